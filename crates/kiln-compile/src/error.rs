@@ -1,0 +1,46 @@
+use std::fmt;
+use std::path::PathBuf;
+
+/// One kernel the device compiler rejected (or whose compile panicked).
+#[derive(Debug, Clone)]
+pub struct KernelFailure {
+    pub kernel: String,
+    pub diagnostics: String,
+    /// Where its source was written for inspection.
+    pub source_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("invalid graph: {0}")]
+    InvalidGraph(String),
+    /// The backend cannot work at all (compiler missing, unsupported target, ...).
+    #[error("{0}")]
+    Backend(String),
+    /// Every failing kernel, sorted by name.
+    #[error("{}", KernelFailures(.0))]
+    Kernels(Vec<KernelFailure>),
+    #[error("cannot start {threads} compile threads: {reason}")]
+    Threads { threads: usize, reason: String },
+    #[error("loading compiled module for kernel {kernel}: {reason}")]
+    Load { kernel: String, reason: String },
+}
+
+struct KernelFailures<'a>(&'a [KernelFailure]);
+
+impl fmt::Display for KernelFailures<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} kernel(s) failed to compile:", self.0.len())?;
+        for k in self.0 {
+            write!(f, "  kernel {}", k.kernel)?;
+            if let Some(p) = &k.source_path {
+                write!(f, " (source: {})", p.display())?;
+            }
+            writeln!(f, ":")?;
+            for line in k.diagnostics.trim_end().lines() {
+                writeln!(f, "    {line}")?;
+            }
+        }
+        Ok(())
+    }
+}

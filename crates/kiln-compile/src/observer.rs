@@ -1,0 +1,150 @@
+//! Compile events, and an observer that turns them into a Chrome/Perfetto trace.
+
+use serde::Serialize;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Stage {
+    Analysis,
+    KernelExtraction,
+    Codegen,
+    Dedupe,
+    CacheLookup,
+    Schedule,
+    ParallelCompile,
+    ModuleLoading,
+    MemoryPlan,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Analysis => "Analysis",
+            Stage::KernelExtraction => "Kernel extraction",
+            Stage::Codegen => "Codegen",
+            Stage::Dedupe => "Dedupe",
+            Stage::CacheLookup => "Cache lookup",
+            Stage::Schedule => "Schedule",
+            Stage::ParallelCompile => "Parallel compile",
+            Stage::ModuleLoading => "Module loading",
+            Stage::MemoryPlan => "Memory plan",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    StageStarted {
+        stage: Stage,
+    },
+    StageFinished {
+        stage: Stage,
+        start: Instant,
+        end: Instant,
+    },
+    /// The compile stage is about to run `jobs` compiler invocations for `kernels` kernels.
+    CompileQueued {
+        jobs: usize,
+        kernels: usize,
+    },
+    /// One compiler invocation finished (successfully or not) on `worker`.
+    JobFinished {
+        kernels: &'a [String],
+        worker: usize,
+        start: Instant,
+        end: Instant,
+        ok: bool,
+    },
+    CacheHit {
+        kernel: &'a str,
+    },
+    CacheCorrupt {
+        kernel: &'a str,
+        reason: &'a str,
+    },
+    Warning {
+        message: &'a str,
+    },
+}
+
+pub trait Observer: Sync {
+    fn event(&self, event: &Event<'_>);
+}
+
+/// Observers compose: the CLI may draw progress and record a trace at once.
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn event(&self, e: &Event<'_>) {
+        self.0.event(e);
+        self.1.event(e);
+    }
+}
+
+/// Records stages (track 0) and compiler invocations (one track per worker) as a Chrome trace.
+pub struct TraceRecorder {
+    origin: Instant,
+    events: Mutex<Vec<serde_json::Value>>,
+}
+
+impl Default for TraceRecorder {
+    fn default() -> Self {
+        TraceRecorder {
+            origin: Instant::now(),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl TraceRecorder {
+    fn us(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.origin).as_secs_f64() * 1e6
+    }
+
+    /// The trace as Chrome's JSON object format (`chrome://tracing`, ui.perfetto.dev).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut events = vec![
+            serde_json::json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": 0, "args": {"name": "pipeline"}}),
+        ];
+        let recorded = self.events.lock().expect("trace lock").clone();
+        let mut workers: Vec<u64> = recorded
+            .iter()
+            .filter_map(|e| e["tid"].as_u64())
+            .filter(|&t| t > 0)
+            .collect();
+        workers.sort();
+        workers.dedup();
+        for w in workers {
+            events.push(serde_json::json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": w, "args": {"name": format!("compile worker {}", w - 1)}}));
+        }
+        events.extend(recorded);
+        serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
+    }
+
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::write(path, serde_json::to_vec_pretty(&self.to_json())?)
+    }
+}
+
+impl Observer for TraceRecorder {
+    fn event(&self, e: &Event<'_>) {
+        let rec = match e {
+            Event::StageFinished { stage, start, end } => serde_json::json!({
+                "ph": "X", "cat": "stage", "name": stage.name(), "pid": 1, "tid": 0,
+                "ts": self.us(*start), "dur": self.us(*end) - self.us(*start),
+            }),
+            Event::JobFinished {
+                kernels,
+                worker,
+                start,
+                end,
+                ok,
+            } => serde_json::json!({
+                "ph": "X", "cat": "compile", "name": if kernels.len() == 1 { kernels[0].clone() } else { format!("{} kernels", kernels.len()) },
+                "pid": 1, "tid": worker + 1, "ts": self.us(*start), "dur": self.us(*end) - self.us(*start),
+                "args": { "kernels": kernels, "ok": ok },
+            }),
+            _ => return,
+        };
+        self.events.lock().expect("trace lock").push(rec);
+    }
+}

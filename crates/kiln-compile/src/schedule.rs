@@ -1,0 +1,103 @@
+//! Scheduling: estimate each kernel's compile cost, batch small kernels into one compiler
+//! invocation, and order invocations longest-first (LPT) for the worker pool.
+//!
+//! The plan depends only on the kernels (never on the thread count or on timing), so the
+//! artifacts — and the artifact digest — are the same for every `--threads`.
+
+/// One compiler invocation: indices into the list of kernels to compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub kernels: Vec<usize>,
+    pub estimate: u64,
+}
+
+/// Fixed cost of one invocation, in the same unit as a kernel's estimate (source bytes): a C
+/// compiler process start and its headers cost about what a few kilobytes of kernel source do.
+pub const INVOCATION_OVERHEAD: u64 = 4096;
+
+/// Builds the jobs for kernels with the given cost estimates (and names, for stable ties).
+///
+/// Kernels at least as costly as the batch target compile alone; smaller ones are packed
+/// (largest first) into batches up to the target. The target is the largest single estimate:
+/// no batch takes longer than the longest kernel already does, so batching never lengthens the
+/// critical path, while small kernels stop paying the per-invocation overhead each.
+pub fn plan(estimates: &[u64], names: &[String], batching: bool) -> Vec<Job> {
+    let mut order: Vec<usize> = (0..estimates.len()).collect();
+    order.sort_by(|&a, &b| {
+        estimates[b]
+            .cmp(&estimates[a])
+            .then_with(|| names[a].cmp(&names[b]))
+    });
+    let mut jobs: Vec<Job> = Vec::new();
+    if !batching {
+        jobs = order
+            .iter()
+            .map(|&k| Job {
+                kernels: vec![k],
+                estimate: estimates[k] + INVOCATION_OVERHEAD,
+            })
+            .collect();
+    } else {
+        let target = estimates.iter().copied().max().unwrap_or(0) + INVOCATION_OVERHEAD;
+        let mut open: Option<Job> = None;
+        for &k in &order {
+            let cost = estimates[k];
+            match &mut open {
+                Some(j) if j.estimate + cost <= target => {
+                    j.kernels.push(k);
+                    j.estimate += cost;
+                }
+                _ => {
+                    if let Some(j) = open.take() {
+                        jobs.push(j);
+                    }
+                    open = Some(Job {
+                        kernels: vec![k],
+                        estimate: cost + INVOCATION_OVERHEAD,
+                    });
+                }
+            }
+        }
+        jobs.extend(open);
+    }
+    // Longest processing time first; ties by first kernel name for a stable order.
+    jobs.sort_by(|a, b| {
+        b.estimate
+            .cmp(&a.estimate)
+            .then_with(|| names[a.kernels[0]].cmp(&names[b.kernels[0]]))
+    });
+    jobs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("k{i:02}")).collect()
+    }
+
+    #[test]
+    fn batches_small_kernels_up_to_the_largest() {
+        let est = [10_000, 1_000, 1_000, 1_000, 1_000, 9_000];
+        let jobs = plan(&est, &names(6), true);
+        // every kernel exactly once
+        let mut all: Vec<usize> = jobs.iter().flat_map(|j| j.kernels.clone()).collect();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);
+        assert!(jobs.len() < 6, "{jobs:?}");
+        let target = 10_000 + INVOCATION_OVERHEAD;
+        assert!(jobs
+            .iter()
+            .all(|j| j.estimate <= target || j.kernels.len() == 1));
+        // LPT order
+        assert!(jobs.windows(2).all(|w| w[0].estimate >= w[1].estimate));
+    }
+
+    #[test]
+    fn no_batching_means_one_job_per_kernel() {
+        let jobs = plan(&[5, 7, 3], &names(3), false);
+        assert_eq!(jobs.len(), 3);
+        assert_eq!(jobs[0].kernels, vec![1]);
+    }
+}

@@ -1,0 +1,134 @@
+/* kiln CPU kernel prelude: included once at the top of every translation unit. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline int64_t kiln_min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t kiln_max(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t kiln_clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* IEEE max that propagates NaN, like the reference interpreter. */
+static inline float kiln_fmax(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
+static inline int32_t kiln_imax(int32_t a, int32_t b) { return a > b ? a : b; }
+/* Wrapping i32 arithmetic (C signed overflow is undefined). */
+static inline int32_t kiln_iadd(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+static inline int32_t kiln_imul(int32_t a, int32_t b) { return (int32_t)((uint32_t)a * (uint32_t)b); }
+static inline int32_t kiln_ineg(int32_t a) { return (int32_t)(0u - (uint32_t)a); }
+static inline int32_t kiln_imod(int32_t a, int32_t b) { return (b == 0 || b == -1) ? 0 : a % b; }
+/* float -> i32 as Rust's `v as i64 as i32`: truncate, saturate to i64, wrap to i32; NaN -> 0. */
+static inline int32_t kiln_f2i(float v) {
+    if (v != v) return 0;
+    if (v >= 9.2233720368547758e18f) return (int32_t)(uint32_t)INT64_MAX;
+    if (v <= -9.2233720368547758e18f) return (int32_t)(uint32_t)(uint64_t)INT64_MIN;
+    return (int32_t)(uint32_t)(uint64_t)(int64_t)v;
+}
+
+/* bf16 and f16 conversions, round to nearest even (the same algorithms as Rust's `half`). */
+static inline float kiln_bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t kiln_f32_to_bf16(float f) {
+    uint32_t x; memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x0040u);
+    const uint32_t r = 0x8000u;
+    return (uint16_t)((x >> 16) + (((x & r) != 0 && (x & (3u * r - 1u)) != 0) ? 1u : 0u));
+}
+static inline float kiln_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0) { float v = (float)man * 5.9604644775390625e-8f; return sign ? -v : v; }
+    if (exp == 0x1f) u = sign | 0x7f800000u | (man ? (0x400000u | (man << 13)) : 0u);
+    else u = sign | ((exp + 112u) << 23) | (man << 13);
+    float f; memcpy(&f, &u, 4); return f;
+}
+static inline uint16_t kiln_f32_to_f16(float f) {
+    uint32_t x; memcpy(&x, &f, 4);
+    uint32_t sign = x & 0x80000000u, exp = x & 0x7f800000u, man = x & 0x007fffffu;
+    if (exp == 0x7f800000u) return (uint16_t)((sign >> 16) | 0x7c00u | (man ? 0x0200u : 0u) | (man >> 13));
+    uint32_t hsign = sign >> 16;
+    int32_t hexp = (int32_t)(exp >> 23) - 127 + 15;
+    if (hexp >= 0x1f) return (uint16_t)(hsign | 0x7c00u);
+    if (hexp <= 0) {
+        if (14 - hexp > 24) return (uint16_t)hsign;
+        uint32_t m = man | 0x00800000u;
+        uint32_t hman = m >> (14 - hexp);
+        uint32_t r = 1u << (13 - hexp);
+        if ((m & r) != 0 && (m & (3u * r - 1u)) != 0) hman += 1;
+        return (uint16_t)(hsign | hman);
+    }
+    uint32_t h = hsign | ((uint32_t)hexp << 10) | (man >> 13);
+    const uint32_t r = 0x1000u;
+    if ((man & r) != 0 && (man & (3u * r - 1u)) != 0) h += 1;
+    return (uint16_t)h;
+}
+static inline float kiln_round_f16(float v) { return kiln_f16_to_f32(kiln_f32_to_f16(v)); }
+static inline float kiln_round_bf16(float v) { return kiln_bf16_to_f32(kiln_f32_to_bf16(v)); }
+
+/* ---- matmul building blocks (f32) ------------------------------------------------------- */
+typedef float kiln_v8 __attribute__((vector_size(32)));
+static inline kiln_v8 kiln_ld8(const float *p) { kiln_v8 v; memcpy(&v, p, 32); return v; }
+static inline float kiln_hsum8(kiln_v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+/* c[m, n] = sum_k a[m*lda + k] * b[n*ldb + k]: both operands contiguous along k ("NT"),
+ * the layout of x @ W^T. 2x4 register blocks of 8-wide accumulators. */
+static void kiln_mm_nt(const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb,
+                       float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) {
+    const int64_t K8 = K & ~(int64_t)7;
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) {
+        const float *b0 = b + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+        int64_t m = 0;
+        for (; m + 2 <= M; m += 2) {
+            const float *a0 = a + m * lda, *a1 = a0 + lda;
+            kiln_v8 c00 = {0}, c01 = {0}, c02 = {0}, c03 = {0}, c10 = {0}, c11 = {0}, c12 = {0}, c13 = {0};
+            for (int64_t k = 0; k < K8; k += 8) {
+                kiln_v8 x0 = kiln_ld8(a0 + k), x1 = kiln_ld8(a1 + k), y;
+                y = kiln_ld8(b0 + k); c00 += x0 * y; c10 += x1 * y;
+                y = kiln_ld8(b1 + k); c01 += x0 * y; c11 += x1 * y;
+                y = kiln_ld8(b2 + k); c02 += x0 * y; c12 += x1 * y;
+                y = kiln_ld8(b3 + k); c03 += x0 * y; c13 += x1 * y;
+            }
+            float s[2][4] = {{kiln_hsum8(c00), kiln_hsum8(c01), kiln_hsum8(c02), kiln_hsum8(c03)},
+                             {kiln_hsum8(c10), kiln_hsum8(c11), kiln_hsum8(c12), kiln_hsum8(c13)}};
+            for (int64_t k = K8; k < K; ++k) {
+                s[0][0] += a0[k] * b0[k]; s[0][1] += a0[k] * b1[k]; s[0][2] += a0[k] * b2[k]; s[0][3] += a0[k] * b3[k];
+                s[1][0] += a1[k] * b0[k]; s[1][1] += a1[k] * b1[k]; s[1][2] += a1[k] * b2[k]; s[1][3] += a1[k] * b3[k];
+            }
+            for (int j = 0; j < 4; ++j) { c[m * ldc + n + j] = s[0][j]; c[(m + 1) * ldc + n + j] = s[1][j]; }
+        }
+        for (; m < M; ++m) {
+            const float *a0 = a + m * lda;
+            kiln_v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+            for (int64_t k = 0; k < K8; k += 8) {
+                kiln_v8 x0 = kiln_ld8(a0 + k);
+                c0 += x0 * kiln_ld8(b0 + k); c1 += x0 * kiln_ld8(b1 + k);
+                c2 += x0 * kiln_ld8(b2 + k); c3 += x0 * kiln_ld8(b3 + k);
+            }
+            float s[4] = {kiln_hsum8(c0), kiln_hsum8(c1), kiln_hsum8(c2), kiln_hsum8(c3)};
+            for (int64_t k = K8; k < K; ++k) { s[0] += a0[k] * b0[k]; s[1] += a0[k] * b1[k]; s[2] += a0[k] * b2[k]; s[3] += a0[k] * b3[k]; }
+            for (int j = 0; j < 4; ++j) c[m * ldc + n + j] = s[j];
+        }
+    }
+    for (; n < N; ++n) {
+        const float *b0 = b + n * ldb;
+        for (int64_t m = 0; m < M; ++m) {
+            const float *a0 = a + m * lda;
+            kiln_v8 c0 = {0};
+            for (int64_t k = 0; k < K8; k += 8) c0 += kiln_ld8(a0 + k) * kiln_ld8(b0 + k);
+            float s = kiln_hsum8(c0);
+            for (int64_t k = K8; k < K; ++k) s += a0[k] * b0[k];
+            c[m * ldc + n] = s;
+        }
+    }
+}
+
+/* c[m, n] = sum_k a[m*lda + k*sak] * b[k*ldb + n]: b contiguous along n ("NN", e.g. P @ V). */
+static void kiln_mm_nn(const float *restrict a, int64_t lda, int64_t sak, const float *restrict b, int64_t ldb,
+                       float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) {
+    for (int64_t m = 0; m < M; ++m) {
+        float acc[16] = {0};
+        for (int64_t k = 0; k < K; ++k) {
+            const float x = a[m * lda + k * sak];
+            const float *restrict brow = b + k * ldb;
+            for (int64_t n = 0; n < N; ++n) acc[n] += x * brow[n];
+        }
+        for (int64_t n = 0; n < N; ++n) c[m * ldc + n] = acc[n];
+    }
+}

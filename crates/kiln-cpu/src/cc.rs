@@ -1,0 +1,127 @@
+//! The system C compiler: `$CC`, else `cc`. One invocation compiles a batch of kernels (one
+//! translation unit) into one shared object.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub const PRELUDE: &str = include_str!("c/prelude.h");
+
+/// Flags for every kernel. -march=native: kernels run where they are compiled (the cache key
+/// names the CPU). No -ffast-math: kernels keep IEEE semantics (inf in masks, NaN propagation).
+pub const FLAGS: &[&str] = &[
+    "-O3",
+    "-march=native",
+    "-fPIC",
+    "-shared",
+    "-std=gnu11",
+    "-fno-math-errno",
+    "-Wl,--build-id=none",
+];
+
+#[derive(Clone, Debug)]
+pub struct CCompiler {
+    pub program: PathBuf,
+    /// Where the choice came from, for error messages.
+    pub origin: &'static str,
+}
+
+impl CCompiler {
+    /// `$CC` if set, else `cc`.
+    pub fn from_env() -> CCompiler {
+        match std::env::var_os("CC").filter(|v| !v.is_empty()) {
+            Some(cc) => CCompiler {
+                program: PathBuf::from(cc),
+                origin: "$CC",
+            },
+            None => CCompiler {
+                program: PathBuf::from("cc"),
+                origin: "the default `cc`",
+            },
+        }
+    }
+
+    /// Compiler version line, flags and CPU: everything that changes the machine code.
+    pub fn identity(&self) -> Result<String, String> {
+        let out = Command::new(&self.program).arg("--version").output().map_err(|e| {
+            format!(
+                "C compiler `{}` ({}) could not be run: {e}. kiln's CPU backend needs a C compiler: install one (Debian/Ubuntu: `apt-get install gcc`) or set CC to its path",
+                self.program.display(),
+                self.origin
+            )
+        })?;
+        if !out.status.success() {
+            return Err(format!(
+                "C compiler `{}` ({}) failed on --version: {}",
+                self.program.display(),
+                self.origin,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let version = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        Ok(format!(
+            "{} | {version} | {} | {}",
+            self.program.display(),
+            FLAGS.join(" "),
+            cpu_identity()
+        ))
+    }
+
+    /// Compiles one translation unit; returns the shared object's bytes or the diagnostics.
+    pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-cc-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+        let mut unit = String::from(PRELUDE);
+        for s in sources {
+            unit.push('\n');
+            unit.push_str(s);
+        }
+        std::fs::write(dir.path().join("kernels.c"), unit)
+            .map_err(|e| format!("cannot write kernel source: {e}"))?;
+        let out = Command::new(&self.program)
+            .args(FLAGS)
+            .args(["-o", "kernels.so", "kernels.c"])
+            .current_dir(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run C compiler `{}`: {e}", self.program.display()))?;
+        if !out.status.success() {
+            let mut msg = String::from_utf8_lossy(&out.stderr).to_string();
+            if msg.trim().is_empty() {
+                msg = format!("C compiler exited with {}", out.status);
+            }
+            return Err(msg);
+        }
+        std::fs::read(dir.path().join("kernels.so"))
+            .map_err(|e| format!("cannot read compiled kernels: {e}"))
+    }
+}
+
+/// CPU model and feature flags (hashed): -march=native output depends on them.
+fn cpu_identity() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split(':').nth(1))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let flags = blake3::hash(field("flags").as_bytes()).to_hex();
+        format!(
+            "{} {} flags:{}",
+            std::env::consts::ARCH,
+            field("model name"),
+            &flags[..12]
+        )
+    })
+}

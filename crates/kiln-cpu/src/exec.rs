@@ -1,0 +1,212 @@
+//! Running a compiled graph on the CPU: buffers from the memory plan, kernels launched in
+//! program order, each split into chunks of work units across a rayon pool.
+
+use crate::codegen::work_units;
+use crate::CpuModule;
+use kiln_compile::Compiled;
+use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+pub type RunError = IrError;
+
+type KernelFn = unsafe extern "C" fn(*const *mut c_void, *const i64, i64, i64);
+
+/// Below this many element operations a kernel runs on the calling thread: splitting costs more.
+const PARALLEL_WORK_THRESHOLD: i64 = 1 << 15;
+
+struct Launch {
+    f: KernelFn,
+    units: Expr,
+    unit_work: Expr,
+    symbols: Vec<String>,
+}
+
+pub struct CpuExecutable {
+    compiled: Compiled<CpuModule>,
+    launches: Vec<Launch>,
+    params: HashMap<String, Tensor>,
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+    slots: Vec<Vec<u64>>,
+}
+
+#[derive(Clone, Copy)]
+struct Ptrs<'a>(&'a [*mut c_void], &'a [i64]);
+// SAFETY: kernels only read inputs and write disjoint output ranges per [lo, hi) chunk.
+unsafe impl Send for Ptrs<'_> {}
+unsafe impl Sync for Ptrs<'_> {}
+
+impl CpuExecutable {
+    /// Resolves every kernel's function; `threads` is the number of execution threads.
+    pub fn new(compiled: Compiled<CpuModule>, threads: usize) -> Result<CpuExecutable, String> {
+        let mut launches = Vec::new();
+        for k in &compiled.kernels {
+            let lib = &compiled.modules[k.module].lib;
+            // SAFETY: every kernel is defined with exactly this signature by codegen.
+            let f: KernelFn = unsafe {
+                *lib.get::<KernelFn>(k.source.name.as_bytes())
+                    .map_err(|e| format!("kernel {}: {e}", k.source.name))?
+            };
+            let (units, unit_work) = work_units(&k.kernel);
+            launches.push(Launch {
+                f,
+                units,
+                unit_work,
+                symbols: k.kernel.symbols(),
+            });
+        }
+        let threads = threads.max(1);
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("kiln-run-{i}"))
+                    .build()
+                    .map_err(|e| format!("cannot start {threads} threads: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(CpuExecutable {
+            compiled,
+            launches,
+            params: HashMap::new(),
+            pool,
+            threads,
+            slots: Vec::new(),
+        })
+    }
+
+    pub fn compiled(&self) -> &Compiled<CpuModule> {
+        &self.compiled
+    }
+
+    /// Binds an input that stays the same across runs (a weight). Checked like any input.
+    pub fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), IrError> {
+        let g = &self.compiled.program.graph;
+        let (id, _) = g
+            .inputs()
+            .into_iter()
+            .find(|(_, n)| *n == name)
+            .ok_or_else(|| IrError::Input {
+                name: name.into(),
+                detail: "is not an input of this graph".into(),
+            })?;
+        let node = g.node(id);
+        let ok = t.dtype() == node.dtype
+            && t.shape().len() == node.shape.len()
+            && node
+                .shape
+                .iter()
+                .zip(t.shape())
+                .all(|(d, &a)| d.as_const().map_or(true, |c| c == a as i64));
+        if !ok {
+            return Err(IrError::Input {
+                name: name.into(),
+                detail: format!(
+                    "expected {} {}, got {} {:?}",
+                    node.dtype,
+                    kiln_ir::shape_str(&node.shape),
+                    t.dtype(),
+                    t.shape()
+                ),
+            });
+        }
+        self.params.insert(name.into(), t);
+        Ok(())
+    }
+
+    /// Runs the graph; `inputs` together with the bound params must cover every input.
+    pub fn run(
+        &mut self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, RunError> {
+        let mut all: HashMap<&str, &Tensor> =
+            self.params.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        all.extend(inputs.iter().map(|(k, v)| (k.as_str(), v)));
+        let program = &self.compiled.program;
+        let b: Bindings = program.graph.bind_inputs(&all, &Bindings::new())?;
+
+        let sizes = self.compiled.plan.slot_bytes(program, &b)?;
+        self.slots.resize(sizes.len(), Vec::new());
+        for (slot, &bytes) in self.slots.iter_mut().zip(&sizes) {
+            let words = bytes.div_ceil(8).max(1);
+            if slot.len() < words {
+                *slot = vec![0u64; words];
+            }
+        }
+        let ptrs: Vec<*mut c_void> = program
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buf)| match &buf.input {
+                Some(name) => all[name.as_str()].bytes().as_ptr() as *mut c_void,
+                None => self.slots[self.compiled.plan.slot_of[i].expect("planned")].as_mut_ptr()
+                    as *mut c_void,
+            })
+            .collect();
+
+        for (step, &u) in program.steps.iter().zip(&self.compiled.step_kernel) {
+            let l = &self.launches[u];
+            let units = l.units.eval(&b)?;
+            if units <= 0 {
+                continue;
+            }
+            let syms: Vec<i64> = l
+                .symbols
+                .iter()
+                .map(|s| Expr::sym(s).eval(&b))
+                .collect::<Result<_, _>>()?;
+            let args: Vec<*mut c_void> = std::iter::once(ptrs[step.output])
+                .chain(step.inputs.iter().map(|&i| ptrs[i]))
+                .collect();
+            let work = units.saturating_mul(l.unit_work.eval(&b)?.max(1));
+            let f = l.f;
+            let p = Ptrs(&args, &syms);
+            match &self.pool {
+                Some(pool) if work >= PARALLEL_WORK_THRESHOLD && units > 1 => {
+                    let chunks = units.min(self.threads as i64 * 4);
+                    let per = (units + chunks - 1) / chunks;
+                    pool.install(|| {
+                        (0..chunks).into_par_iter().for_each(|c| {
+                            let p = p;
+                            let (lo, hi) = (c * per, ((c + 1) * per).min(units));
+                            if lo < hi {
+                                // SAFETY: pointers cover the buffers the plan sized for `b`.
+                                unsafe { f(p.0.as_ptr(), p.1.as_ptr(), lo, hi) }
+                            }
+                        })
+                    });
+                }
+                // SAFETY: as above.
+                _ => unsafe { f(args.as_ptr(), syms.as_ptr(), 0, units) },
+            }
+        }
+
+        let mut out = HashMap::new();
+        for (name, buf) in &program.outputs {
+            let info = &program.buffers[*buf];
+            let shape: Vec<usize> = info
+                .shape
+                .iter()
+                .map(|d| d.eval(&b).map(|v| v.max(0) as usize))
+                .collect::<Result<_, _>>()?;
+            let n: usize = shape.iter().product::<usize>() * info.dtype.size_bytes();
+            // SAFETY: the output buffer holds n bytes written by its kernel.
+            let bytes = unsafe { std::slice::from_raw_parts(ptrs[*buf] as *const u8, n) };
+            out.insert(name.clone(), Tensor::from_bytes(info.dtype, &shape, bytes));
+        }
+        Ok(out)
+    }
+
+    /// Declared dtype of an input, if it exists.
+    pub fn input_dtype(&self, name: &str) -> Option<DType> {
+        let g = &self.compiled.program.graph;
+        g.inputs()
+            .into_iter()
+            .find(|(_, n)| *n == name)
+            .map(|(id, _)| g.dtype(id))
+    }
+}
