@@ -325,10 +325,19 @@ fn simplify_bin(op: Op2, a: Expr, b: Expr) -> Expr {
             if a == b {
                 return C(0);
             }
-            // (x + y) - y -> x
+            // (x + y) - y -> x, (x + y) - x -> y
             if let Expr::Add(x, y) = &a {
                 if **y == b {
                     return (**x).clone();
+                }
+                if **x == b {
+                    return (**y).clone();
+                }
+            }
+            // x - (x - y) -> y
+            if let Expr::Sub(x, y) = &b {
+                if **x == a {
+                    return (**y).clone();
                 }
             }
             Expr::Sub(Box::new(a), Box::new(b))

@@ -1,0 +1,215 @@
+//! The Qwen decoder as a kiln graph, written to read like the Hugging Face reference.
+//!
+//! Inputs: `ids` [s] (i32), and per layer `k_cache.{l}` / `v_cache.{l}` [kv_heads, p, head_dim]
+//! (the keys/values of the `p` earlier positions). Outputs: `logits` ([1, vocab] for the last
+//! position, or [s, vocab] with `all_logits`), and `k_cache_out.{l}` / `v_cache_out.{l}`
+//! [kv_heads, p + s, head_dim]. `s` and `p` are symbols: one compile serves every prompt length
+//! and every decode step.
+
+use crate::config::{Arch, QwenConfig};
+use kiln_ir::{DType, Expr, Graph, NodeId, Result};
+
+/// What the graph should output besides the KV cache.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GraphOptions {
+    /// Logits for every position instead of the last only.
+    pub all_logits: bool,
+    /// Also output `hidden.embed`, `hidden.layer{i}` and `hidden.final_norm` (for tests).
+    pub hidden_states: bool,
+}
+
+/// The weight names and shapes the graph reads, in Hugging Face naming.
+pub fn weight_shapes(c: &QwenConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (nh, kv) = (c.num_heads, c.num_kv_heads);
+    let mut w = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
+    for l in 0..c.num_layers {
+        let p = |n: &str| format!("model.layers.{l}.{n}");
+        w.push((p("input_layernorm.weight"), vec![h]));
+        w.push((p("self_attn.q_proj.weight"), vec![nh * d, h]));
+        w.push((p("self_attn.k_proj.weight"), vec![kv * d, h]));
+        w.push((p("self_attn.v_proj.weight"), vec![kv * d, h]));
+        if c.attention_bias {
+            w.push((p("self_attn.q_proj.bias"), vec![nh * d]));
+            w.push((p("self_attn.k_proj.bias"), vec![kv * d]));
+            w.push((p("self_attn.v_proj.bias"), vec![kv * d]));
+        }
+        w.push((p("self_attn.o_proj.weight"), vec![h, nh * d]));
+        if c.arch == Arch::Qwen3 {
+            w.push((p("self_attn.q_norm.weight"), vec![d]));
+            w.push((p("self_attn.k_norm.weight"), vec![d]));
+        }
+        w.push((p("post_attention_layernorm.weight"), vec![h]));
+        w.push((p("mlp.gate_proj.weight"), vec![i, h]));
+        w.push((p("mlp.up_proj.weight"), vec![i, h]));
+        w.push((p("mlp.down_proj.weight"), vec![h, i]));
+    }
+    w.push(("model.norm.weight".into(), vec![h]));
+    if !c.tie_word_embeddings {
+        w.push(("lm_head.weight".into(), vec![c.vocab_size, h]));
+    }
+    w
+}
+
+struct Builder<'a> {
+    g: Graph,
+    c: &'a QwenConfig,
+}
+
+impl Builder<'_> {
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<NodeId> {
+        let dims: Vec<Expr> = shape.iter().map(|&d| Expr::from(d)).collect();
+        self.g.input(name, DType::F32, &dims)
+    }
+
+    /// y = x W^T (+ b), x: [s, in], W: [out, in].
+    fn linear(
+        &mut self,
+        x: NodeId,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<NodeId> {
+        let w = self.weight(&format!("{name}.weight"), &[out, inp])?;
+        let wt = self.g.transpose(w, 0, 1)?;
+        let y = self.g.matmul(x, wt)?;
+        if bias {
+            let b = self.weight(&format!("{name}.bias"), &[out])?;
+            return self.g.add(y, b);
+        }
+        Ok(y)
+    }
+
+    fn rms_norm(&mut self, x: NodeId, name: &str, dim: usize) -> Result<NodeId> {
+        let w = self.weight(name, &[dim])?;
+        self.g.rms_norm(x, w, self.c.rms_norm_eps)
+    }
+
+    fn attention(
+        &mut self,
+        l: usize,
+        x: NodeId,
+        cos: NodeId,
+        sin: NodeId,
+        mask: NodeId,
+    ) -> Result<NodeId> {
+        let c = self.c;
+        let (h, d, nh, kv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
+        let group = nh / kv;
+        let (s, p) = (Expr::sym("s"), Expr::sym("p"));
+        let pre = format!("model.layers.{l}.self_attn");
+        let q = self.linear(x, &format!("{pre}.q_proj"), nh * d, h, c.attention_bias)?;
+        let k = self.linear(x, &format!("{pre}.k_proj"), kv * d, h, c.attention_bias)?;
+        let v = self.linear(x, &format!("{pre}.v_proj"), kv * d, h, c.attention_bias)?;
+        let mut q = self.g.reshape(q, &[s.clone(), nh.into(), d.into()])?;
+        let mut k = self.g.reshape(k, &[s.clone(), kv.into(), d.into()])?;
+        let v = self.g.reshape(v, &[s.clone(), kv.into(), d.into()])?;
+        if c.arch == Arch::Qwen3 {
+            q = self.rms_norm(q, &format!("{pre}.q_norm.weight"), d)?;
+            k = self.rms_norm(k, &format!("{pre}.k_norm.weight"), d)?;
+        }
+        // [heads, s, d]
+        let q = self.g.permute(q, &[1, 0, 2])?;
+        let k = self.g.permute(k, &[1, 0, 2])?;
+        let v = self.g.permute(v, &[1, 0, 2])?;
+        let q = self.g.rope(q, cos, sin)?;
+        let k = self.g.rope(k, cos, sin)?;
+
+        // KV cache: the past p positions, then these s.
+        let kv_shape = [kv.into(), p.clone(), d.into()];
+        let k_past = self
+            .g
+            .input(&format!("k_cache.{l}"), DType::F32, &kv_shape)?;
+        let v_past = self
+            .g
+            .input(&format!("v_cache.{l}"), DType::F32, &kv_shape)?;
+        let k_all = self.g.concat(&[k_past, k], 1)?;
+        let v_all = self.g.concat(&[v_past, v], 1)?;
+        self.g.output(&format!("k_cache_out.{l}"), k_all);
+        self.g.output(&format!("v_cache_out.{l}"), v_all);
+
+        // Grouped-query attention: query head j reads KV head j / group, so view the queries
+        // as [kv, group * s, d] and use each KV head once.
+        let t = p.add(s.clone());
+        let qg = self
+            .g
+            .reshape(q, &[kv.into(), s.clone().mul(group as i64), d.into()])?;
+        let kt = self.g.transpose(k_all, 1, 2)?;
+        let scores = self.g.matmul(qg, kt)?; // [kv, group*s, t]
+        let scores = self.g.reshape(scores, &[nh.into(), s.clone(), t.clone()])?;
+        let scores = self.g.mul_scalar(scores, 1.0 / (d as f64).sqrt())?;
+        let scores = self.g.add(scores, mask)?;
+        let probs = self.g.softmax(scores, 2)?;
+        let probs = self
+            .g
+            .reshape(probs, &[kv.into(), s.clone().mul(group as i64), t])?;
+        let out = self.g.matmul(probs, v_all)?; // [kv, group*s, d]
+        let out = self.g.reshape(out, &[nh.into(), s.clone(), d.into()])?;
+        let out = self.g.permute(out, &[1, 0, 2])?;
+        let out = self.g.reshape(out, &[s, (nh * d).into()])?;
+        self.linear(out, &format!("{pre}.o_proj"), h, nh * d, false)
+    }
+
+    fn mlp(&mut self, l: usize, x: NodeId) -> Result<NodeId> {
+        let (h, i) = (self.c.hidden_size, self.c.intermediate_size);
+        let pre = format!("model.layers.{l}.mlp");
+        let gate = self.linear(x, &format!("{pre}.gate_proj"), i, h, false)?;
+        let up = self.linear(x, &format!("{pre}.up_proj"), i, h, false)?;
+        let act = self.g.silu(gate)?;
+        let y = self.g.mul(act, up)?;
+        self.linear(y, &format!("{pre}.down_proj"), h, i, false)
+    }
+}
+
+/// Builds the decoder graph for `c`.
+pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
+    let mut b = Builder { g: Graph::new(), c };
+    let (s, p) = (Expr::sym("s"), Expr::sym("p"));
+    let h = c.hidden_size;
+    let ids = b.g.input("ids", DType::I32, &[s.clone()])?;
+    let embed = b.weight("model.embed_tokens.weight", &[c.vocab_size, h])?;
+    let mut x = b.g.gather(embed, ids)?;
+    if opts.hidden_states {
+        b.g.output("hidden.embed", x);
+    }
+    let (cos, sin) =
+        b.g.rope_tables(p.clone(), s.clone(), c.head_dim, c.rope_theta)?;
+    let mask = b.g.causal_mask(p, s.clone())?;
+    for l in 0..c.num_layers {
+        let hn = b.rms_norm(x, &format!("model.layers.{l}.input_layernorm.weight"), h)?;
+        let a = b.attention(l, hn, cos, sin, mask)?;
+        x = b.g.add(x, a)?;
+        let hn = b.rms_norm(
+            x,
+            &format!("model.layers.{l}.post_attention_layernorm.weight"),
+            h,
+        )?;
+        let m = b.mlp(l, hn)?;
+        x = b.g.add(x, m)?;
+        if opts.hidden_states {
+            b.g.output(&format!("hidden.layer{l}"), x);
+        }
+    }
+    let x = b.rms_norm(x, "model.norm.weight", h)?;
+    if opts.hidden_states {
+        b.g.output("hidden.final_norm", x);
+    }
+    let x = if opts.all_logits {
+        x
+    } else {
+        b.g.slice(x, 0, s.clone().sub(1), s)?
+    };
+    let head = if c.tie_word_embeddings {
+        embed
+    } else {
+        b.weight("lm_head.weight", &[c.vocab_size, h])?
+    };
+    let ht = b.g.transpose(head, 0, 1)?;
+    let logits = b.g.matmul(x, ht)?;
+    b.g.output("logits", logits);
+    Ok(b.g)
+}

@@ -1,0 +1,235 @@
+//! A compiled model with its weights, and generation with a KV cache.
+
+use crate::config::QwenConfig;
+use crate::model::{build_graph, weight_shapes, GraphOptions};
+use crate::sampling::{Sampler, Sampling};
+use crate::weights::{random_weights, Checkpoint};
+use crate::{ModelError, ModelSource};
+use kiln_compile::{compile, CompileOptions, CompileReport};
+use kiln_cpu::{CpuBackend, CpuExecutable};
+use kiln_ir::{DType, Tensor};
+use std::collections::HashMap;
+use std::time::Instant;
+
+pub struct LoadOptions<'a> {
+    pub compile: CompileOptions<'a>,
+    /// Threads that run kernels.
+    pub run_threads: usize,
+    pub graph: GraphOptions,
+    /// Seed of a preset's random weights.
+    pub seed: u64,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            compile: CompileOptions::default(),
+            run_threads: kiln_compile::default_threads(),
+            graph: GraphOptions::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer: [kv_heads, len, head_dim].
+pub struct KvCache {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+}
+
+impl KvCache {
+    pub fn new(c: &QwenConfig) -> KvCache {
+        let empty = || Tensor::zeros(DType::F32, &[c.num_kv_heads, 0, c.head_dim]);
+        KvCache {
+            k: (0..c.num_layers).map(|_| empty()).collect(),
+            v: (0..c.num_layers).map(|_| empty()).collect(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.k.first().map_or(0, |t| t.shape()[1])
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Model {
+    pub config: QwenConfig,
+    pub exe: CpuExecutable,
+    pub report: CompileReport,
+    /// Times the graph was compiled (stays 1 for any prompt length and any number of steps).
+    pub compiles: usize,
+    /// Outputs of the last forward besides logits and cache (hidden states when asked for).
+    pub last_outputs: HashMap<String, Tensor>,
+}
+
+/// The result of a generation.
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    /// Logits that chose each generated token (row 0: last prompt position).
+    pub step_logits: Vec<Vec<f32>>,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+impl Generation {
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let n = self.generated_ids.len().saturating_sub(1);
+        if n == 0 || self.decode_ms <= 0.0 {
+            0.0
+        } else {
+            n as f64 / (self.decode_ms / 1e3)
+        }
+    }
+}
+
+fn available_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+impl Model {
+    /// Compiles the model's graph (shapes only: no weights needed).
+    pub fn compile_only(
+        config: &QwenConfig,
+        opts: &LoadOptions<'_>,
+    ) -> Result<kiln_compile::Compiled<kiln_cpu::CpuModule>, ModelError> {
+        let graph = build_graph(config, opts.graph)?;
+        Ok(compile(&graph, &CpuBackend::default(), &opts.compile)?)
+    }
+
+    pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
+        let config = source.config()?;
+        let shapes = weight_shapes(&config);
+        let bytes = config.num_params() * 4;
+        if let Some(avail) = available_memory_bytes() {
+            if bytes > avail {
+                return Err(ModelError::new(format!(
+                    "{} needs {:.1} GB for its f32 weights; this machine has {:.1} GB available",
+                    source.name(),
+                    bytes as f64 / 1e9,
+                    avail as f64 / 1e9
+                )));
+            }
+        }
+        // Weights and compile are independent: load the weights while the kernels compile.
+        let (compiled, weights) = std::thread::scope(|s| {
+            let w = s.spawn(|| match source {
+                ModelSource::Preset(_) => Ok(random_weights(&shapes, opts.seed)),
+                ModelSource::Dir(d) => Checkpoint::open(d)?.load(&shapes),
+            });
+            let c = Self::compile_only(&config, opts);
+            (c, w.join().expect("weight loader panicked"))
+        });
+        let compiled = compiled?;
+        let weights = weights?;
+        let report = compiled.report.clone();
+        let mut exe = CpuExecutable::new(compiled, opts.run_threads).map_err(ModelError::new)?;
+        for (name, t) in weights {
+            exe.set_param(&name, t)?;
+        }
+        Ok(Model {
+            config,
+            exe,
+            report,
+            compiles: 1,
+            last_outputs: HashMap::new(),
+        })
+    }
+
+    /// Runs `ids` at the cache's position; extends the cache; returns the logits.
+    pub fn forward(&mut self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        if ids.is_empty() {
+            return Err(ModelError::new("the prompt is empty".into()));
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+            return Err(ModelError::new(format!(
+                "token id {bad} is out of range for a vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        if cache.len() + ids.len() > c.max_position_embeddings {
+            return Err(ModelError::new(format!(
+                "{} positions exceed max_position_embeddings = {}",
+                cache.len() + ids.len(),
+                c.max_position_embeddings
+            )));
+        }
+        let mut inputs = HashMap::new();
+        let id_vals: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        inputs.insert("ids".to_string(), Tensor::from_i32(&[ids.len()], &id_vals));
+        for l in 0..c.num_layers {
+            inputs.insert(
+                format!("k_cache.{l}"),
+                std::mem::replace(&mut cache.k[l], Tensor::zeros(DType::F32, &[0])),
+            );
+            inputs.insert(
+                format!("v_cache.{l}"),
+                std::mem::replace(&mut cache.v[l], Tensor::zeros(DType::F32, &[0])),
+            );
+        }
+        let mut out = self.exe.run(&inputs)?;
+        for l in 0..c.num_layers {
+            cache.k[l] = out
+                .remove(&format!("k_cache_out.{l}"))
+                .expect("graph output");
+            cache.v[l] = out
+                .remove(&format!("v_cache_out.{l}"))
+                .expect("graph output");
+        }
+        self.last_outputs = out;
+        Ok(self.last_outputs.remove("logits").expect("graph output"))
+    }
+
+    /// Generates up to `max_new` tokens after `prompt`, stopping at a `stop` id; calls
+    /// `on_token` with each new id as it is chosen.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        sampling: &Sampling,
+        stop: &[u32],
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Generation, ModelError> {
+        let mut cache = KvCache::new(&self.config);
+        let mut sampler = Sampler::new(sampling.clone());
+        let mut g = Generation {
+            prompt_ids: prompt.to_vec(),
+            generated_ids: vec![],
+            step_logits: vec![],
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+        };
+        if max_new == 0 {
+            return Ok(g);
+        }
+        let t = Instant::now();
+        let mut logits = self.forward(prompt, &mut cache)?;
+        g.prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        loop {
+            let v = self.config.vocab_size;
+            let row = logits.as_f32();
+            let last = row[row.len() - v..].to_vec();
+            let id = sampler.sample(&last);
+            g.step_logits.push(last);
+            g.generated_ids.push(id);
+            on_token(id);
+            if g.generated_ids.len() >= max_new || stop.contains(&id) {
+                break;
+            }
+            logits = self.forward(&[id], &mut cache)?;
+        }
+        g.decode_ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok(g)
+    }
+}

@@ -1,0 +1,173 @@
+//! Weights from safetensors files (one file, or shards with `model.safetensors.index.json`),
+//! memory-mapped, F32/F16/BF16, converted to f32 tensors. Every error names the file and tensor.
+
+use crate::ModelError;
+use kiln_ir::Tensor;
+use memmap2::Mmap;
+use rayon::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The safetensors files of a checkpoint folder, mapped, with which file holds each tensor.
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Mmap)>,
+    /// tensor name -> index into `files`
+    location: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Checkpoint, ModelError> {
+        let index = dir.join("model.safetensors.index.json");
+        let names: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index)
+                .map_err(|e| ModelError::new(format!("{}: {e}", index.display())))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::new(format!("{}: invalid JSON: {e}", index.display())))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    ModelError::new(format!("{}: missing 'weight_map'", index.display()))
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
+            files.sort();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(ModelError::new(format!(
+                    "{}: no model.safetensors or model.safetensors.index.json",
+                    dir.display()
+                )));
+            }
+            vec![single]
+        };
+        let mut files = Vec::new();
+        let mut location = HashMap::new();
+        for path in names {
+            let f = std::fs::File::open(&path)
+                .map_err(|e| ModelError::new(format!("{}: cannot open: {e}", path.display())))?;
+            // SAFETY: the file is opened read-only; kiln does not modify checkpoints while running.
+            let map = unsafe { Mmap::map(&f) }
+                .map_err(|e| ModelError::new(format!("{}: cannot map: {e}", path.display())))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| {
+                ModelError::new(format!(
+                    "{}: not a valid safetensors file (truncated or corrupt?): {e}",
+                    path.display()
+                ))
+            })?;
+            for name in st.names() {
+                location.insert(name.to_string(), files.len());
+            }
+            files.push((path, map));
+        }
+        Ok(Checkpoint { files, location })
+    }
+
+    /// Loads the named tensors as f32, checking each shape, in parallel.
+    pub fn load(
+        &self,
+        wanted: &[(String, Vec<usize>)],
+    ) -> Result<BTreeMap<String, Tensor>, ModelError> {
+        wanted
+            .par_iter()
+            .map(|(name, shape)| Ok((name.clone(), self.tensor(name, shape)?)))
+            .collect()
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let &fi = self.location.get(name).ok_or_else(|| {
+            let files: Vec<String> = self
+                .files
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect();
+            ModelError::new(format!("tensor '{name}' not found in {}", files.join(", ")))
+        })?;
+        let (path, map) = &self.files[fi];
+        let st = SafeTensors::deserialize(map)
+            .map_err(|e| ModelError::new(format!("{}: {e}", path.display())))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| ModelError::new(format!("{}: tensor '{name}': {e}", path.display())))?;
+        if view.shape() != shape {
+            return Err(ModelError::new(format!(
+                "{}: tensor '{name}' has shape {:?}, the config implies {:?}",
+                path.display(),
+                view.shape(),
+                shape
+            )));
+        }
+        let data = view.data();
+        let n: usize = shape.iter().product();
+        let mut out = Tensor::zeros(kiln_ir::DType::F32, shape);
+        let dst = out.as_f32_mut();
+        match view.dtype() {
+            Dtype::F32 => dst
+                .iter_mut()
+                .zip(data.chunks_exact(4))
+                .for_each(|(d, c)| *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            Dtype::F16 => dst
+                .iter_mut()
+                .zip(data.chunks_exact(2))
+                .for_each(|(d, c)| *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            Dtype::BF16 => dst
+                .iter_mut()
+                .zip(data.chunks_exact(2))
+                .for_each(|(d, c)| *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            other => {
+                return Err(ModelError::new(format!(
+                    "{}: tensor '{name}' has dtype {other:?}; kiln reads F32, F16 and BF16",
+                    path.display()
+                )))
+            }
+        }
+        debug_assert_eq!(dst.len(), n);
+        Ok(out)
+    }
+}
+
+/// Seeded random weights for a preset: linear and embedding weights uniform with std 0.02,
+/// norm weights around 1, biases small. Each tensor has its own seed (from its name), so
+/// generation is parallel and reproducible.
+pub fn random_weights(wanted: &[(String, Vec<usize>)], seed: u64) -> BTreeMap<String, Tensor> {
+    wanted
+        .par_iter()
+        .map(|(name, shape)| {
+            let mut t = Tensor::zeros(kiln_ir::DType::F32, shape);
+            let h = blake3::hash(format!("{seed}:{name}").as_bytes());
+            let base = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+            let (center, half_width) = if name.ends_with("norm.weight") {
+                (1.0, 0.1)
+            } else if name.ends_with(".bias") {
+                (0.0, 0.05)
+            } else {
+                (0.0, 0.02 * 3f32.sqrt())
+            };
+            t.as_f32_mut()
+                .par_chunks_mut(1 << 16)
+                .enumerate()
+                .for_each(|(ci, chunk)| {
+                    let mut x = splitmix(base ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    for v in chunk {
+                        x = splitmix(x);
+                        let u = (x >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                        *v = center + (u * 2.0 - 1.0) * half_width;
+                    }
+                });
+            (name.clone(), t)
+        })
+        .collect()
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,152 @@
+//! kiln against Hugging Face `transformers` on the reference checkpoints in ../shared/fixtures:
+//! per-layer hidden states, prefill logits, and 16 greedy tokens with their logits.
+
+use kiln_compile::CompileOptions;
+use kiln_models::{GraphOptions, KvCache, LoadOptions, Model, ModelSource, Sampling};
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    let p = std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        });
+    assert!(
+        p.join("README.md").exists(),
+        "reference fixtures not found at {} (set KILN_FIXTURES)",
+        p.display()
+    );
+    p
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn reference_tensors(path: &PathBuf) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                v.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn load(dir: &PathBuf, graph: GraphOptions) -> Model {
+    let opts = LoadOptions {
+        compile: CompileOptions {
+            threads: 2,
+            ..Default::default()
+        },
+        run_threads: 2,
+        graph,
+        seed: 0,
+    };
+    Model::load(&ModelSource::Dir(dir.clone()), &opts)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+fn check_model(name: &str, prompts: &[&str]) {
+    let dir = fixtures().join(name);
+    let mut full = load(
+        &dir,
+        GraphOptions {
+            all_logits: true,
+            hidden_states: true,
+        },
+    );
+    let mut gen = load(&dir, GraphOptions::default());
+    for prompt in prompts {
+        let refdir = dir.join("reference");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(refdir.join(format!("{prompt}.json"))).unwrap(),
+        )
+        .unwrap();
+        let ids: Vec<u32> = json["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let greedy: Vec<u32> = json["greedy_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+
+        // Prefill: every hidden state and all logits, layer by layer so a mismatch names its layer.
+        let mut cache = KvCache::new(&full.config);
+        let logits = full.forward(&ids, &mut cache).unwrap();
+        let mut outs = std::mem::take(&mut full.last_outputs);
+        outs.insert("prefill_logits".into(), logits);
+        for (tname, want) in reference_tensors(&refdir.join(format!("{prompt}.safetensors"))) {
+            let got = outs
+                .get(&tname)
+                .unwrap_or_else(|| panic!("kiln has no output {tname}"));
+            let tol = if tname.starts_with("hidden.") {
+                2e-4
+            } else {
+                1e-4
+            };
+            let d = max_abs_diff(got.as_f32(), &want);
+            assert!(
+                d <= tol,
+                "{name}/{prompt}: {tname} differs by {d} (> {tol})"
+            );
+        }
+
+        // Greedy generation with the KV cache.
+        let g = gen
+            .generate(&ids, 16, &Sampling::default(), &[], |_| {})
+            .unwrap();
+        assert_eq!(g.generated_ids, greedy, "{name}/{prompt}: greedy ids");
+        for (k, row) in json["step_logits"].as_array().unwrap().iter().enumerate() {
+            let want: Vec<f32> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let d = max_abs_diff(&g.step_logits[k], &want);
+            assert!(
+                d <= 1e-4,
+                "{name}/{prompt}: step_logits[{k}] differs by {d}"
+            );
+        }
+    }
+    assert_eq!(
+        gen.compiles, 1,
+        "one compile serves every prompt length and step"
+    );
+}
+
+#[test]
+fn tiny_qwen3_matches_transformers() {
+    check_model("tiny-qwen3", &["p1", "p2", "p3"]);
+}
+
+#[test]
+fn tiny_qwen3_sharded_matches_transformers() {
+    check_model("tiny-qwen3-sharded", &["p1", "p2", "p3"]);
+}
+
+#[test]
+fn tiny_qwen3_bf16_matches_transformers() {
+    check_model("tiny-qwen3-bf16", &["p1"]);
+}
