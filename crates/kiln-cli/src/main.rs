@@ -1,1 +1,81 @@
-fn main() {}
+//! `kiln`: compile and run neural-network graphs, fast. A thin layer over the library crates.
+
+mod bench;
+mod cmd_cache;
+mod cmd_compile;
+mod cmd_run;
+mod progress;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "A parallel, cached, deterministic graph compiler and runtime for LLMs (Qwen family)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a model (a preset with random weights, or a checkpoint folder).
+    Run(cmd_run::RunArgs),
+    /// Compile a model's kernels and print the compile report.
+    Compile(cmd_compile::CompileArgs),
+    /// Benchmarks that write JSON and a plot.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Inspect or empty the kernel cache.
+    #[command(subcommand)]
+    Cache(cmd_cache::CacheCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    Cpu,
+    Cuda,
+}
+
+/// Options shared by every command that compiles.
+#[derive(Args, Clone, Debug)]
+pub struct CompileFlags {
+    /// Model: a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen2.5-0.5b, qwen2.5-1.5b,
+    /// qwen2.5-7b) or a Hugging Face checkpoint folder.
+    #[arg(long)]
+    pub model: String,
+    /// Compile threads (1 = sequential). Default: the number of cores.
+    #[arg(long, alias = "parallel-threads", env = "KILN_COMPILE_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Bypass the kernel cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Write a Chrome/Perfetto trace of the compile to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+impl CompileFlags {
+    pub fn threads(&self) -> usize {
+        self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |t| t as usize)
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cmd_run::run(a),
+        Command::Compile(a) => cmd_compile::run(a),
+        Command::Bench(b) => bench::run(b),
+        Command::Cache(c) => cmd_cache::run(c),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,71 @@
+use crate::progress::{open_cache, print_report, Progress};
+use crate::{BackendKind, CompileFlags};
+use anyhow::Context;
+use clap::Args;
+use kiln_compile::{compile, CompileOptions, CompileReport};
+use kiln_cpu::CpuBackend;
+use kiln_models::{build_graph, GraphOptions, ModelSource};
+
+#[derive(Args, Clone, Debug)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    pub flags: CompileFlags,
+    /// Target GPU architecture for `--backend cuda` (e.g. sm_90); default: the device's.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Override the number of decoder layers (to study how compile cost grows with depth).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Compile every kernel launch separately (measures what dedupe saves).
+    #[arg(long)]
+    pub no_dedupe: bool,
+    /// One compiler invocation per kernel (measures what batching saves).
+    #[arg(long)]
+    pub no_batch: bool,
+    /// Limit the memory of compiler invocations in flight, in MB.
+    #[arg(long, value_name = "MB")]
+    pub memory_budget_mb: Option<u64>,
+    /// Print exactly one JSON object (the compile report) on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Compiles the model's graph and returns the report.
+pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<CompileReport> {
+    let source = ModelSource::parse(&a.flags.model)?;
+    let mut config = source.config()?;
+    if let Some(l) = a.layers {
+        anyhow::ensure!(l > 0, "--layers must be at least 1");
+        config.num_layers = l;
+    }
+    let graph = build_graph(&config, GraphOptions::default())?;
+    let opts = CompileOptions {
+        threads: a.flags.threads(),
+        cache: open_cache(a.flags.no_cache),
+        dedupe: !a.no_dedupe,
+        batching: !a.no_batch,
+        memory_budget: a.memory_budget_mb.map(|m| m << 20),
+        observer: Some(progress),
+    };
+    let report = match a.flags.backend {
+        BackendKind::Cpu => {
+            anyhow::ensure!(a.arch.is_none(), "--arch applies to --backend cuda only");
+            compile(&graph, &CpuBackend::default(), &opts).with_context(|| format!("compiling {}", source.name()))?.report
+        }
+        BackendKind::Cuda => crate::cmd_run::cuda_unavailable()?,
+    };
+    Ok(report)
+}
+
+pub fn run(a: CompileArgs) -> anyhow::Result<()> {
+    let progress = Progress::new(a.flags.trace.is_some());
+    let report = compile_model(&a, &progress);
+    progress.finish(a.flags.trace.as_deref())?;
+    let report = report?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}

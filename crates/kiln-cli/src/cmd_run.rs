@@ -1,0 +1,148 @@
+use crate::progress::{open_cache, print_report, Progress};
+use crate::{BackendKind, CompileFlags};
+use anyhow::{bail, Context};
+use clap::Args;
+use kiln_compile::{CompileOptions, CompileReport};
+use kiln_models::{GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder, Tokenizer};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub flags: CompileFlags,
+    /// The prompt text (tokenized with the model's tokenizer).
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    pub prompt: Option<String>,
+    /// The prompt as token ids: 1,2,3.
+    #[arg(long, value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Wrap the prompt in the Qwen chat markup and stop at <|im_end|>.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed for sampling (and a preset's random weights).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep generating after the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print one JSON object on stdout instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the logits that chose each generated token to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub logits_out: Option<PathBuf>,
+}
+
+pub fn cuda_unavailable<T>() -> anyhow::Result<T> {
+    bail!("--backend cuda: this build of kiln has no CUDA backend yet; use --backend cpu")
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    if a.flags.backend == BackendKind::Cuda {
+        return cuda_unavailable();
+    }
+    anyhow::ensure!(a.temperature >= 0.0, "--temperature must be >= 0");
+    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    let source = ModelSource::parse(&a.flags.model)?;
+    let tokenizer = source.tokenizer()?;
+    let prompt_ids = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => {
+            let tok = tokenizer.as_ref().with_context(|| format!("{} has no tokenizer.json: pass --prompt-ids instead of --prompt", source.name()))?;
+            let text = if a.chat { Tokenizer::chat_prompt(text) } else { text.clone() };
+            tok.encode(&text)?
+        }
+        (None, None) => bail!("give --prompt or --prompt-ids"),
+    };
+
+    let threads = a.flags.threads();
+    let progress = Progress::new(a.flags.trace.is_some());
+    let opts = LoadOptions {
+        compile: CompileOptions { threads, cache: open_cache(a.flags.no_cache), observer: Some(&progress), ..Default::default() },
+        run_threads: threads,
+        graph: GraphOptions::default(),
+        seed: a.seed,
+    };
+    let model = Model::load(&source, &opts);
+    progress.finish(a.flags.trace.as_deref())?;
+    let mut model = model?;
+    if !a.json {
+        print_report(&model.report);
+    }
+
+    let mut stop: Vec<u32> = Vec::new();
+    if !a.ignore_eos {
+        stop.extend(&model.config.eos_token_ids);
+        if let Some(t) = &tokenizer {
+            stop.extend(t.token_id(kiln_models::tokenizer::IM_END));
+        }
+    }
+    let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let mut stream = StreamDecoder::default();
+    let mut stdout = std::io::stdout();
+    let show = !a.json;
+    let gen = model.generate(&prompt_ids, a.max_new_tokens, &sampling, &stop, |id| {
+        if !show {
+            return;
+        }
+        if let Some(t) = &tokenizer {
+            if let Ok(piece) = stream.push(t, id) {
+                let _ = write!(stdout, "{piece}");
+            }
+        } else {
+            let _ = write!(stdout, "{id} ");
+        }
+        let _ = stdout.flush();
+    })?;
+    let text = match &tokenizer {
+        Some(t) => t.decode(&gen.generated_ids)?,
+        None => String::new(),
+    };
+    if let Some(path) = &a.logits_out {
+        let v = serde_json::json!({ "step_logits": gen.step_logits });
+        std::fs::write(path, serde_json::to_vec(&v)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if a.json {
+        let out = RunJson {
+            prompt_ids: &gen.prompt_ids,
+            generated_ids: &gen.generated_ids,
+            text,
+            compile: &model.report,
+            prefill_ms: gen.prefill_ms,
+            decode_tokens_per_s: gen.decode_tokens_per_s(),
+        };
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!();
+        eprintln!(
+            "prompt {} tokens, prefill {:.1} ms; {} new tokens, decode {:.2} tokens/s",
+            gen.prompt_ids.len(),
+            gen.prefill_ms,
+            gen.generated_ids.len(),
+            gen.decode_tokens_per_s()
+        );
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct RunJson<'a> {
+    prompt_ids: &'a [u32],
+    generated_ids: &'a [u32],
+    text: String,
+    compile: &'a CompileReport,
+    prefill_ms: f64,
+    decode_tokens_per_s: f64,
+}
