@@ -50,7 +50,9 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
     let report = match a.flags.backend {
         BackendKind::Cpu => {
             anyhow::ensure!(a.arch.is_none(), "--arch applies to --backend cuda only");
-            compile(&graph, &CpuBackend::default(), &opts).with_context(|| format!("compiling {}", source.name()))?.report
+            compile(&graph, &CpuBackend::default(), &opts)
+                .with_context(|| format!("compiling {}", source.name()))?
+                .report
         }
         BackendKind::Cuda => crate::cmd_run::cuda_unavailable()?,
     };

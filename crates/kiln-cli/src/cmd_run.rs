@@ -3,7 +3,9 @@ use crate::{BackendKind, CompileFlags};
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
-use kiln_models::{GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder, Tokenizer};
+use kiln_models::{
+    GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder, Tokenizer,
+};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -12,7 +14,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub flags: CompileFlags,
     /// The prompt text (tokenized with the model's tokenizer).
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
     pub prompt: Option<String>,
     /// The prompt as token ids: 1,2,3.
     #[arg(long, value_delimiter = ',')]
@@ -60,8 +66,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let prompt_ids = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => {
-            let tok = tokenizer.as_ref().with_context(|| format!("{} has no tokenizer.json: pass --prompt-ids instead of --prompt", source.name()))?;
-            let text = if a.chat { Tokenizer::chat_prompt(text) } else { text.clone() };
+            let tok = tokenizer.as_ref().with_context(|| {
+                format!(
+                    "{} has no tokenizer.json: pass --prompt-ids instead of --prompt",
+                    source.name()
+                )
+            })?;
+            let text = if a.chat {
+                Tokenizer::chat_prompt(text)
+            } else {
+                text.clone()
+            };
             tok.encode(&text)?
         }
         (None, None) => bail!("give --prompt or --prompt-ids"),
@@ -70,7 +85,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let threads = a.flags.threads();
     let progress = Progress::new(a.flags.trace.is_some());
     let opts = LoadOptions {
-        compile: CompileOptions { threads, cache: open_cache(a.flags.no_cache), observer: Some(&progress), ..Default::default() },
+        compile: CompileOptions {
+            threads,
+            cache: open_cache(a.flags.no_cache),
+            observer: Some(&progress),
+            ..Default::default()
+        },
         run_threads: threads,
         graph: GraphOptions::default(),
         seed: a.seed,
@@ -89,7 +109,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             stop.extend(t.token_id(kiln_models::tokenizer::IM_END));
         }
     }
-    let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
     let mut stream = StreamDecoder::default();
     let mut stdout = std::io::stdout();
     let show = !a.json;
@@ -112,7 +137,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     if let Some(path) = &a.logits_out {
         let v = serde_json::json!({ "step_logits": gen.step_logits });
-        std::fs::write(path, serde_json::to_vec(&v)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec(&v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if a.json {
         let out = RunJson {

@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "A parallel, cached, deterministic graph compiler and runtime for LLMs (Qwen family)")]
+#[command(
+    name = "kiln",
+    version,
+    about = "A parallel, cached, deterministic graph compiler and runtime for LLMs (Qwen family)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,13 +62,18 @@ pub struct CompileFlags {
 
 impl CompileFlags {
     pub fn threads(&self) -> usize {
-        self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |t| t as usize)
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        )
     }
 }
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

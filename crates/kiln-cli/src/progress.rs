@@ -14,10 +14,19 @@ impl Progress {
     pub fn new(trace: bool) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = ProgressBar::new(0);
-            b.set_style(ProgressStyle::with_template("{spinner} {msg:<18} [{bar:30}] {pos}/{len} kernels {elapsed}").expect("template").progress_chars("=> "));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg:<18} [{bar:30}] {pos}/{len} kernels {elapsed}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
+            );
             b
         });
-        Progress { bar, trace: trace.then(TraceRecorder::default) }
+        Progress {
+            bar,
+            trace: trace.then(TraceRecorder::default),
+        }
     }
 
     pub fn finish(&self, trace_path: Option<&Path>) -> anyhow::Result<()> {
@@ -25,7 +34,8 @@ impl Progress {
             b.finish_and_clear();
         }
         if let (Some(t), Some(p)) = (&self.trace, trace_path) {
-            t.write(p).map_err(|e| anyhow::anyhow!("cannot write trace {}: {e}", p.display()))?;
+            t.write(p)
+                .map_err(|e| anyhow::anyhow!("cannot write trace {}: {e}", p.display()))?;
             eprintln!("trace written to {}", p.display());
         }
         Ok(())
@@ -42,7 +52,9 @@ impl Observer for Progress {
                 Some(b) => b.println(format!("warning: {message}")),
                 None => eprintln!("warning: {message}"),
             },
-            Event::CacheCorrupt { kernel, reason } => eprintln!("warning: discarded corrupt cache entry for {kernel}: {reason}; rebuilding it"),
+            Event::CacheCorrupt { kernel, reason } => eprintln!(
+                "warning: discarded corrupt cache entry for {kernel}: {reason}; rebuilding it"
+            ),
             _ => {}
         }
         let Some(b) = &self.bar else { return };
@@ -67,7 +79,12 @@ pub fn print_report(r: &CompileReport) {
     for s in &r.stages {
         eprintln!("  {:<18} {:>9.1} ms", s.name, s.ms);
     }
-    eprintln!("  parallel efficiency {:.2}, peak RSS {:.0} MB, artifact digest {}", r.parallel_efficiency, r.peak_rss_mb, &r.artifact_digest[..16]);
+    eprintln!(
+        "  parallel efficiency {:.2}, peak RSS {:.0} MB, artifact digest {}",
+        r.parallel_efficiency,
+        r.peak_rss_mb,
+        &r.artifact_digest[..16]
+    );
 }
 
 /// The kernel cache unless `--no-cache`; an unusable cache dir is a warning, not an error.
