@@ -140,3 +140,23 @@ fn preset_generation_is_identical_for_one_and_two_threads() {
     assert_eq!(a["generated_ids"], b["generated_ids"]);
     assert_eq!(a["prompt_ids"], b["prompt_ids"]);
 }
+
+#[test]
+fn bench_compile_writes_json_and_plot() {
+    let out = tempfile::tempdir().unwrap();
+    let model = fixtures().join("tiny-qwen3");
+    let r = kiln(&["bench", "compile", "--model", model.to_str().unwrap(), "--threads", "1,2", "--repeat", "1", "--out", out.path().to_str().unwrap()], out.path());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("compile.json")).unwrap()).unwrap();
+    let configs = doc["configs"].as_array().unwrap();
+    assert_eq!(configs.len(), 2);
+    for c in configs {
+        for key in ["threads", "median_ms", "min_ms", "speedup", "ceiling", "efficiency", "peak_rss_mb", "stages"] {
+            assert!(c.get(key).is_some(), "config lacks {key}");
+        }
+        assert!(c["stages"].as_array().unwrap().len() >= 9);
+    }
+    assert!(doc["warm"]["compile_ms"].as_f64().is_some());
+    let svg = std::fs::read_to_string(out.path().join("compile.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("speedup"));
+}
