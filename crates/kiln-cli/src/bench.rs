@@ -65,27 +65,55 @@ fn cores() -> usize {
 }
 
 fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string())).unwrap_or_default()
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// One `kiln compile --json` child with a fresh (or given) cache dir.
 fn compile_child(a: &CompileBench, threads: usize, cache: &Path) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
-    cmd.args(["compile", "--model", &a.model, "--backend", &a.backend, "--threads", &threads.to_string(), "--json"]);
+    cmd.args([
+        "compile",
+        "--model",
+        &a.model,
+        "--backend",
+        &a.backend,
+        "--threads",
+        &threads.to_string(),
+        "--json",
+    ]);
     if let Some(l) = a.layers {
         cmd.args(["--layers", &l.to_string()]);
     }
-    cmd.env("KILN_CACHE_DIR", cache).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kiln compile")
+    cmd.env("KILN_CACHE_DIR", cache)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln compile")
 }
 
 fn report(child: std::process::Child) -> anyhow::Result<Value> {
     let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "kiln compile failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "kiln compile failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
-    anyhow::ensure!(a.repeat >= 1 && !a.threads.is_empty() && a.threads.iter().all(|&t| t >= 1), "--repeat and --threads must be >= 1");
+    anyhow::ensure!(
+        a.repeat >= 1 && !a.threads.is_empty() && a.threads.iter().all(|&t| t >= 1),
+        "--repeat and --threads must be >= 1"
+    );
     std::fs::create_dir_all(&a.out)?;
     let scratch = tempfile::tempdir()?;
     let fresh = |tag: String| scratch.path().join(tag);
@@ -120,11 +148,23 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
             .iter()
             .map(|s| {
                 let name = s["name"].as_str().unwrap_or("").to_string();
-                let mut ms: Vec<f64> = stage_runs.iter().filter_map(|run| run.as_array()?.iter().find(|x| x["name"] == name.as_str())?["ms"].as_f64()).collect();
+                let mut ms: Vec<f64> = stage_runs
+                    .iter()
+                    .filter_map(|run| {
+                        run.as_array()?
+                            .iter()
+                            .find(|x| x["name"] == name.as_str())?["ms"]
+                            .as_f64()
+                    })
+                    .collect();
                 json!({ "name": name, "ms": median(&mut ms) })
             })
             .collect();
-        let stage_ms = stages.iter().find(|s| s["name"] == "Parallel compile").and_then(|s| s["ms"].as_f64()).unwrap_or(0.0);
+        let stage_ms = stages
+            .iter()
+            .find(|s| s["name"] == "Parallel compile")
+            .and_then(|s| s["ms"].as_f64())
+            .unwrap_or(0.0);
         if t == 1 {
             base_ms = med;
             base_stage = stage_ms;
@@ -134,7 +174,9 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
             1.0
         } else {
             let start = Instant::now();
-            let kids: Vec<_> = (0..t).map(|i| compile_child(&a, 1, &fresh(format!("ceil-t{t}-{i}")))).collect();
+            let kids: Vec<_> = (0..t)
+                .map(|i| compile_child(&a, 1, &fresh(format!("ceil-t{t}-{i}"))))
+                .collect();
             for k in kids {
                 report(k)?;
             }
@@ -154,7 +196,11 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
         }));
     }
     // Warm cache: the same compile again on a cache a cold run filled.
-    let warm = report(compile_child(&a, cores(), warm_dir.as_ref().expect("a 1-thread run")))?;
+    let warm = report(compile_child(
+        &a,
+        cores(),
+        warm_dir.as_ref().expect("a 1-thread run"),
+    ))?;
     let warm_ms = warm["compile_ms"].as_f64().unwrap_or(0.0);
     let doc = json!({
         "model": a.model, "backend": a.backend, "layers": a.layers, "repeat": a.repeat,
@@ -167,7 +213,10 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
     std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
     let spath = a.out.join("compile.svg");
     plot_compile(&doc, &spath)?;
-    eprintln!("warm cache: {warm_ms:.0} ms ({:.1}% of cold)", 100.0 * warm_ms / base_ms);
+    eprintln!(
+        "warm cache: {warm_ms:.0} ms ({:.1}% of cold)",
+        100.0 * warm_ms / base_ms
+    );
     eprintln!("wrote {} and {}", jpath.display(), spath.display());
     Ok(())
 }
@@ -181,33 +230,80 @@ fn threads_one_wall(a: &CompileBench, dir: &Path) -> anyhow::Result<f64> {
 fn plot_compile(doc: &Value, path: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let configs = doc["configs"].as_array().cloned().unwrap_or_default();
-    let pts: Vec<(f64, f64, f64)> = configs.iter().map(|c| (c["threads"].as_f64().unwrap_or(1.0), c["speedup"].as_f64().unwrap_or(0.0), c["ceiling"].as_f64().unwrap_or(0.0))).collect();
+    let pts: Vec<(f64, f64, f64)> = configs
+        .iter()
+        .map(|c| {
+            (
+                c["threads"].as_f64().unwrap_or(1.0),
+                c["speedup"].as_f64().unwrap_or(0.0),
+                c["ceiling"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
     let max_t = pts.iter().map(|p| p.0).fold(1.0, f64::max);
     let root = SVGBackend::new(path, (1100, 450)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(550);
     let mut ch = ChartBuilder::on(&left)
-        .caption(format!("{}: compile speedup vs threads", doc["model"].as_str().unwrap_or("")), ("sans-serif", 18))
+        .caption(
+            format!(
+                "{}: compile speedup vs threads",
+                doc["model"].as_str().unwrap_or("")
+            ),
+            ("sans-serif", 18),
+        )
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(40)
         .build_cartesian_2d(0.0..max_t + 1.0, 0.0..max_t + 1.0)?;
-    ch.configure_mesh().x_desc("threads").y_desc("speedup").draw()?;
-    ch.draw_series(LineSeries::new(vec![(1.0, 1.0), (max_t, max_t)], BLACK.mix(0.4)))?.label("ideal").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
-    ch.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.2)), GREEN))?.label("ceiling (independent copies)").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], GREEN));
-    ch.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), BLUE))?.label("kiln").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
-    ch.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())))?;
-    ch.configure_series_labels().position(SeriesLabelPosition::UpperLeft).border_style(BLACK).draw()?;
+    ch.configure_mesh()
+        .x_desc("threads")
+        .y_desc("speedup")
+        .draw()?;
+    ch.draw_series(LineSeries::new(
+        vec![(1.0, 1.0), (max_t, max_t)],
+        BLACK.mix(0.4),
+    ))?
+    .label("ideal")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
+    ch.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.2)), GREEN))?
+        .label("ceiling (independent copies)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], GREEN));
+    ch.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), BLUE))?
+        .label("kiln")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
+    ch.draw_series(
+        pts.iter()
+            .map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())),
+    )?;
+    ch.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .draw()?;
 
-    let stage_names: Vec<String> = configs.first().and_then(|c| c["stages"].as_array()).map(|s| s.iter().filter_map(|x| x["name"].as_str().map(String::from)).collect()).unwrap_or_default();
-    let max_ms = configs.iter().map(|c| c["median_ms"].as_f64().unwrap_or(0.0)).fold(1.0, f64::max);
+    let stage_names: Vec<String> = configs
+        .first()
+        .and_then(|c| c["stages"].as_array())
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let max_ms = configs
+        .iter()
+        .map(|c| c["median_ms"].as_f64().unwrap_or(0.0))
+        .fold(1.0, f64::max);
     let mut ch = ChartBuilder::on(&right)
         .caption("stage times (median, ms)", ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..configs.len() as f64, 0.0..max_ms * 1.1)?;
-    ch.configure_mesh().x_desc("configuration (threads in the order measured)").y_desc("ms").draw()?;
+    ch.configure_mesh()
+        .x_desc("configuration (threads in the order measured)")
+        .y_desc("ms")
+        .draw()?;
     for (si, name) in stage_names.iter().enumerate() {
         let color = Palette99::pick(si);
         let bars: Vec<Rectangle<(f64, f64)>> = configs
@@ -217,12 +313,20 @@ fn plot_compile(doc: &Value, path: &Path) -> anyhow::Result<()> {
                 let st = c["stages"].as_array().cloned().unwrap_or_default();
                 let below: f64 = st.iter().take(si).filter_map(|x| x["ms"].as_f64()).sum();
                 let this = st.get(si).and_then(|x| x["ms"].as_f64()).unwrap_or(0.0);
-                Rectangle::new([(ci as f64 + 0.15, below), (ci as f64 + 0.85, below + this)], color.filled())
+                Rectangle::new(
+                    [(ci as f64 + 0.15, below), (ci as f64 + 0.85, below + this)],
+                    color.filled(),
+                )
             })
             .collect();
-        ch.draw_series(bars)?.label(name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        ch.draw_series(bars)?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
-    ch.configure_series_labels().position(SeriesLabelPosition::UpperRight).border_style(BLACK).draw()?;
+    ch.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -232,11 +336,18 @@ fn memory_bandwidth(threads: usize) -> f64 {
     use rayon::prelude::*;
     let words = 1usize << 27; // 1 GiB of u64
     let buf: Vec<u64> = (0..words as u64).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
     let mut best = 0.0f64;
     for _ in 0..3 {
         let start = Instant::now();
-        let s: u64 = pool.install(|| buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).reduce(|| 0, u64::wrapping_add));
+        let s: u64 = pool.install(|| {
+            buf.par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+                .reduce(|| 0, u64::wrapping_add)
+        });
         std::hint::black_box(s);
         best = best.max((words * 8) as f64 / start.elapsed().as_secs_f64());
     }
@@ -248,12 +359,22 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let threads = a.threads.unwrap_or_else(cores);
     let source = ModelSource::parse(&a.model)?;
-    let opts = LoadOptions { compile: kiln_compile::CompileOptions { threads, cache: crate::progress::open_cache(false), ..Default::default() }, run_threads: threads, ..Default::default() };
+    let opts = LoadOptions {
+        compile: kiln_compile::CompileOptions {
+            threads,
+            cache: crate::progress::open_cache(false),
+            ..Default::default()
+        },
+        run_threads: threads,
+        ..Default::default()
+    };
     let t = Instant::now();
     let mut model = Model::load(&source, &opts)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let vocab = model.config.vocab_size as u32;
-    let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let prompt: Vec<u32> = (0..a.prompt_len as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
     let g = model.generate(&prompt, a.tokens, &Sampling::default(), &[], |_| {})?;
     let bw = memory_bandwidth(threads);
     let weight_bytes = model.config.num_params() as f64 * 4.0;
@@ -273,16 +394,29 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         use plotters::prelude::*;
         let root = SVGBackend::new(&spath, (600, 400)).into_drawing_area();
         root.fill(&WHITE)?;
-        let vals = [("kiln decode", g.decode_tokens_per_s()), ("bandwidth bound", bound)];
+        let vals = [
+            ("kiln decode", g.decode_tokens_per_s()),
+            ("bandwidth bound", bound),
+        ];
         let mut ch = ChartBuilder::on(&root)
-            .caption(format!("{} decode tokens/s ({threads} threads)", a.model), ("sans-serif", 18))
+            .caption(
+                format!("{} decode tokens/s ({threads} threads)", a.model),
+                ("sans-serif", 18),
+            )
             .margin(15)
             .x_label_area_size(35)
             .y_label_area_size(45)
             .build_cartesian_2d(0.0..2.0, 0.0..bound.max(g.decode_tokens_per_s()) * 1.2)?;
         ch.configure_mesh().x_labels(0).y_desc("tokens/s").draw()?;
         for (i, (name, v)) in vals.iter().enumerate() {
-            ch.draw_series([Rectangle::new([(i as f64 + 0.2, 0.0), (i as f64 + 0.8, *v)], Palette99::pick(i).filled())])?.label(format!("{name}: {v:.2}")).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], Palette99::pick(i).filled()));
+            ch.draw_series([Rectangle::new(
+                [(i as f64 + 0.2, 0.0), (i as f64 + 0.8, *v)],
+                Palette99::pick(i).filled(),
+            )])?
+            .label(format!("{name}: {v:.2}"))
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], Palette99::pick(i).filled())
+            });
         }
         ch.configure_series_labels().border_style(BLACK).draw()?;
         root.present()?;

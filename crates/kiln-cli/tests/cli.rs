@@ -5,18 +5,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn kiln(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).env("KILN_CACHE_DIR", cache).env_remove("KILN_COMPILE_THREADS").output().expect("run kiln")
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_CACHE_DIR", cache)
+        .env_remove("KILN_COMPILE_THREADS")
+        .output()
+        .expect("run kiln")
 }
 
 fn json(out: &Output) -> Value {
-    assert!(out.status.success(), "kiln failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kiln failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout.clone()).unwrap();
-    assert_eq!(text.trim().lines().count(), 1, "exactly one JSON object on stdout: {text}");
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "exactly one JSON object on stdout: {text}"
+    );
     serde_json::from_str(text.trim()).unwrap()
 }
 
 fn fixtures() -> PathBuf {
-    std::env::var_os("KILN_FIXTURES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"))
+    std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        })
 }
 
 #[test]
@@ -24,32 +41,86 @@ fn compile_json_report_and_determinism_across_threads() {
     let cache = tempfile::tempdir().unwrap();
     let mut digest = None;
     for t in ["1", "2", "4", "16", "64"] {
-        let r = json(&kiln(&["compile", "--model", "qwen3-0.6b", "--threads", t, "--no-cache", "--json"], cache.path()));
-        for key in ["threads", "kernels_total", "kernels_unique", "cache_hits", "compiled", "compile_ms", "stages", "parallel_efficiency", "peak_rss_mb", "artifact_digest"] {
+        let r = json(&kiln(
+            &[
+                "compile",
+                "--model",
+                "qwen3-0.6b",
+                "--threads",
+                t,
+                "--no-cache",
+                "--json",
+            ],
+            cache.path(),
+        ));
+        for key in [
+            "threads",
+            "kernels_total",
+            "kernels_unique",
+            "cache_hits",
+            "compiled",
+            "compile_ms",
+            "stages",
+            "parallel_efficiency",
+            "peak_rss_mb",
+            "artifact_digest",
+        ] {
             assert!(r.get(key).is_some(), "report lacks {key}");
         }
         assert_eq!(r["threads"].as_u64().unwrap().to_string(), t);
         let d = r["artifact_digest"].as_str().unwrap().to_string();
-        assert_eq!(digest.get_or_insert(d.clone()), &d, "digest with --threads {t}");
-        let (total, unique) = (r["kernels_total"].as_u64().unwrap(), r["kernels_unique"].as_u64().unwrap());
+        assert_eq!(
+            digest.get_or_insert(d.clone()),
+            &d,
+            "digest with --threads {t}"
+        );
+        let (total, unique) = (
+            r["kernels_total"].as_u64().unwrap(),
+            r["kernels_unique"].as_u64().unwrap(),
+        );
         assert!(unique * 10 <= total, "{unique} unique of {total}");
-        assert!(r["stages"].as_array().unwrap().iter().any(|s| s["name"] == "Parallel compile"));
+        assert!(r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "Parallel compile"));
     }
 }
 
 #[test]
 fn unique_kernels_do_not_grow_with_depth() {
     let cache = tempfile::tempdir().unwrap();
-    let u = |layers: &str| json(&kiln(&["compile", "--model", "qwen3-0.6b", "--layers", layers, "--no-cache", "--json"], cache.path()))["kernels_unique"].as_u64().unwrap();
+    let u = |layers: &str| {
+        json(&kiln(
+            &[
+                "compile",
+                "--model",
+                "qwen3-0.6b",
+                "--layers",
+                layers,
+                "--no-cache",
+                "--json",
+            ],
+            cache.path(),
+        ))["kernels_unique"]
+            .as_u64()
+            .unwrap()
+    };
     assert_eq!(u("28"), u("36"));
 }
 
 #[test]
 fn warm_cache_compiles_nothing() {
     let cache = tempfile::tempdir().unwrap();
-    let cold = json(&kiln(&["compile", "--model", "qwen2.5-0.5b", "--json"], cache.path()));
+    let cold = json(&kiln(
+        &["compile", "--model", "qwen2.5-0.5b", "--json"],
+        cache.path(),
+    ));
     assert_eq!(cold["cache_hits"], 0);
-    let warm = json(&kiln(&["compile", "--model", "qwen2.5-0.5b", "--json"], cache.path()));
+    let warm = json(&kiln(
+        &["compile", "--model", "qwen2.5-0.5b", "--json"],
+        cache.path(),
+    ));
     assert_eq!(warm["cache_hits"], warm["kernels_unique"]);
     assert_eq!(warm["compiled"], 0);
     assert_eq!(warm["artifact_digest"], cold["artifact_digest"]);
@@ -58,7 +129,8 @@ fn warm_cache_compiles_nothing() {
     assert_eq!(s["entries"], cold["kernels_unique"]);
     let cleared = kiln(&["cache", "clear"], cache.path());
     assert!(cleared.status.success());
-    let s: Value = serde_json::from_slice(&kiln(&["cache", "stats", "--json"], cache.path()).stdout).unwrap();
+    let s: Value =
+        serde_json::from_slice(&kiln(&["cache", "stats", "--json"], cache.path()).stdout).unwrap();
     assert_eq!(s["entries"], 0);
 }
 
@@ -67,7 +139,14 @@ fn two_processes_share_one_cache_dir() {
     let cache = tempfile::tempdir().unwrap();
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["compile", "--model", "qwen3-0.6b", "--threads", "1", "--json"])
+            .args([
+                "compile",
+                "--model",
+                "qwen3-0.6b",
+                "--threads",
+                "1",
+                "--json",
+            ])
             .env("KILN_CACHE_DIR", cache.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -75,12 +154,21 @@ fn two_processes_share_one_cache_dir() {
             .unwrap()
     };
     let (a, b) = (spawn(), spawn());
-    let (a, b) = (json(&a.wait_with_output().unwrap()), json(&b.wait_with_output().unwrap()));
+    let (a, b) = (
+        json(&a.wait_with_output().unwrap()),
+        json(&b.wait_with_output().unwrap()),
+    );
     assert_eq!(a["artifact_digest"], b["artifact_digest"]);
-    let third = kiln(&["compile", "--model", "qwen3-0.6b", "--json"], cache.path());
+    let third = kiln(
+        &["compile", "--model", "qwen3-0.6b", "--json"],
+        cache.path(),
+    );
     assert!(!String::from_utf8_lossy(&third.stderr).contains("corrupt"));
     let third = json(&third);
-    assert_eq!(third["cache_hits"], third["kernels_unique"], "every entry written by the two processes is whole");
+    assert_eq!(
+        third["cache_hits"], third["kernels_unique"],
+        "every entry written by the two processes is whole"
+    );
     assert_eq!(third["artifact_digest"], a["artifact_digest"]);
 }
 
@@ -89,36 +177,77 @@ fn unwritable_cache_dir_is_a_warning() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let out = kiln(&["compile", "--model", "qwen3-0.6b", "--json"], &file.join("cache"));
+    let out = kiln(
+        &["compile", "--model", "qwen3-0.6b", "--json"],
+        &file.join("cache"),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(stderr.contains("warning") && stderr.contains("without the kernel cache"), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("without the kernel cache"),
+        "{stderr}"
+    );
     assert_eq!(json(&out)["compiled"], json(&out)["kernels_unique"]);
 }
 
 #[test]
 fn usage_errors() {
     let cache = tempfile::tempdir().unwrap();
-    let out = kiln(&["compile", "--model", "qwen3-0.6b", "--threads", "0"], cache.path());
+    let out = kiln(
+        &["compile", "--model", "qwen3-0.6b", "--threads", "0"],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(2), "clap usage error");
     let out = kiln(&["compile", "--model", "no-such-model"], cache.path());
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && e.contains("unknown model 'no-such-model'") && e.contains("qwen3-0.6b"), "{e}");
+    assert!(
+        !out.status.success()
+            && e.contains("unknown model 'no-such-model'")
+            && e.contains("qwen3-0.6b"),
+        "{e}"
+    );
 }
 
 #[test]
 fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
     let cache = tempfile::tempdir().unwrap();
     let dir = fixtures().join("tiny-qwen3");
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap()).unwrap();
-    let ids: Vec<String> = reference["prompt_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
+            .unwrap();
+    let ids: Vec<String> = reference["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
     let logits = cache.path().join("logits.json");
     let out = kiln(
-        &["run", "--model", dir.to_str().unwrap(), "--prompt-ids", &ids.join(","), "--max-new-tokens", "16", "--temperature", "0", "--ignore-eos", "--json", "--logits-out", logits.to_str().unwrap()],
+        &[
+            "run",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-ids",
+            &ids.join(","),
+            "--max-new-tokens",
+            "16",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
+            "--logits-out",
+            logits.to_str().unwrap(),
+        ],
         cache.path(),
     );
     let r = json(&out);
     assert_eq!(r["generated_ids"], reference["greedy_ids"]);
-    for key in ["prompt_ids", "text", "compile", "prefill_ms", "decode_tokens_per_s"] {
+    for key in [
+        "prompt_ids",
+        "text",
+        "compile",
+        "prefill_ms",
+        "decode_tokens_per_s",
+    ] {
         assert!(r.get(key).is_some(), "run --json lacks {key}");
     }
     let l: Value = serde_json::from_str(&std::fs::read_to_string(&logits).unwrap()).unwrap();
@@ -126,7 +255,13 @@ fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
     assert_eq!(rows.len(), 16);
     for (k, row) in rows.iter().enumerate() {
         let want = reference["step_logits"][k].as_array().unwrap();
-        let d = row.as_array().unwrap().iter().zip(want).map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+        let d = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
+            .fold(0.0, f64::max);
         assert!(d <= 1e-4, "step {k}: {d}");
     }
 }
@@ -134,7 +269,24 @@ fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
 #[test]
 fn preset_generation_is_identical_for_one_and_two_threads() {
     let cache = tempfile::tempdir().unwrap();
-    let run = |t: &str| json(&kiln(&["run", "--model", "qwen3-0.6b", "--prompt", "The capital of France is", "--max-new-tokens", "32", "--ignore-eos", "--threads", t, "--json"], cache.path()));
+    let run = |t: &str| {
+        json(&kiln(
+            &[
+                "run",
+                "--model",
+                "qwen3-0.6b",
+                "--prompt",
+                "The capital of France is",
+                "--max-new-tokens",
+                "32",
+                "--ignore-eos",
+                "--threads",
+                t,
+                "--json",
+            ],
+            cache.path(),
+        ))
+    };
     let (a, b) = (run("1"), run("2"));
     assert_eq!(a["generated_ids"].as_array().unwrap().len(), 32);
     assert_eq!(a["generated_ids"], b["generated_ids"]);
@@ -145,13 +297,38 @@ fn preset_generation_is_identical_for_one_and_two_threads() {
 fn bench_compile_writes_json_and_plot() {
     let out = tempfile::tempdir().unwrap();
     let model = fixtures().join("tiny-qwen3");
-    let r = kiln(&["bench", "compile", "--model", model.to_str().unwrap(), "--threads", "1,2", "--repeat", "1", "--out", out.path().to_str().unwrap()], out.path());
+    let r = kiln(
+        &[
+            "bench",
+            "compile",
+            "--model",
+            model.to_str().unwrap(),
+            "--threads",
+            "1,2",
+            "--repeat",
+            "1",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        out.path(),
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("compile.json")).unwrap()).unwrap();
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("compile.json")).unwrap())
+            .unwrap();
     let configs = doc["configs"].as_array().unwrap();
     assert_eq!(configs.len(), 2);
     for c in configs {
-        for key in ["threads", "median_ms", "min_ms", "speedup", "ceiling", "efficiency", "peak_rss_mb", "stages"] {
+        for key in [
+            "threads",
+            "median_ms",
+            "min_ms",
+            "speedup",
+            "ceiling",
+            "efficiency",
+            "peak_rss_mb",
+            "stages",
+        ] {
             assert!(c.get(key).is_some(), "config lacks {key}");
         }
         assert!(c["stages"].as_array().unwrap().len() >= 9);

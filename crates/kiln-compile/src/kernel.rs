@@ -125,6 +125,8 @@ pub struct Operand {
     pub col_stride: Expr,
 }
 
+// A program holds a few hundred kernels at most: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KernelKind {
     /// `out[v0, .., vn] = lets; body`.

@@ -44,7 +44,7 @@ impl Workers {
     pub fn map<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
         match &self.pool {
             None => items.iter().map(f).collect(),
-            Some(p) => p.install(|| items.par_iter().map(|x| f(x)).collect()),
+            Some(p) => p.install(|| items.par_iter().map(&f).collect()),
         }
     }
 

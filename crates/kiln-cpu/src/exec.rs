@@ -38,6 +38,16 @@ struct Ptrs<'a>(&'a [*mut c_void], &'a [i64]);
 unsafe impl Send for Ptrs<'_> {}
 unsafe impl Sync for Ptrs<'_> {}
 
+impl Ptrs<'_> {
+    /// Calls a kernel on work units `[lo, hi)`.
+    ///
+    /// # Safety
+    /// The pointers must cover the buffers the memory plan sized for this run.
+    unsafe fn call(&self, f: KernelFn, lo: i64, hi: i64) {
+        f(self.0.as_ptr(), self.1.as_ptr(), lo, hi)
+    }
+}
+
 impl CpuExecutable {
     /// Resolves every kernel's function; `threads` is the number of execution threads.
     pub fn new(compiled: Compiled<CpuModule>, threads: usize) -> Result<CpuExecutable, String> {
@@ -101,7 +111,7 @@ impl CpuExecutable {
                 .shape
                 .iter()
                 .zip(t.shape())
-                .all(|(d, &a)| d.as_const().map_or(true, |c| c == a as i64));
+                .all(|(d, &a)| d.as_const().is_none_or(|c| c == a as i64));
         if !ok {
             return Err(IrError::Input {
                 name: name.into(),
@@ -171,11 +181,10 @@ impl CpuExecutable {
                     let per = (units + chunks - 1) / chunks;
                     pool.install(|| {
                         (0..chunks).into_par_iter().for_each(|c| {
-                            let p = p;
                             let (lo, hi) = (c * per, ((c + 1) * per).min(units));
                             if lo < hi {
                                 // SAFETY: pointers cover the buffers the plan sized for `b`.
-                                unsafe { f(p.0.as_ptr(), p.1.as_ptr(), lo, hi) }
+                                unsafe { p.call(f, lo, hi) }
                             }
                         })
                     });

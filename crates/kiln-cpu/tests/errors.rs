@@ -55,7 +55,7 @@ fn wrong_inputs_at_run_time() {
     let mut g = Graph::new();
     let s = Expr::sym("s");
     let x = g.input("x", DType::F32, &[s.clone(), 2.into()]).unwrap();
-    let y = g.input("y", DType::F32, &[s.clone()]).unwrap();
+    let y = g.input("y", DType::F32, std::slice::from_ref(&s)).unwrap();
     let y2 = g.unsqueeze(y, 1).unwrap();
     let z = g.add(x, y2).unwrap();
     g.output("z", z);

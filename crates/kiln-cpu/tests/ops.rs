@@ -164,7 +164,9 @@ fn views_gather_concat_iota() {
     let table = g
         .input("table", DType::F32, &[10.into(), 6.into()])
         .unwrap();
-    let ids = g.input("ids", DType::I32, &[n.clone()]).unwrap();
+    let ids = g
+        .input("ids", DType::I32, std::slice::from_ref(&n))
+        .unwrap();
     let p = g.permute(x, &[2, 0, 1]).unwrap();
     let e = g.exp2(p).unwrap(); // view then compute
     let r = g.reshape(e, &[6.into(), n.clone().mul(4)]).unwrap();

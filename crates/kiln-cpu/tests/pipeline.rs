@@ -2,18 +2,26 @@
 //! panics, the cache, and compiling from inside a library user's rayon pool.
 mod common;
 use common::*;
-use kiln_compile::{compile, Backend, CompileError, CompileOptions, Kernel, KernelCache, KernelSource};
+use kiln_compile::{
+    compile, Backend, CompileError, CompileOptions, Kernel, KernelCache, KernelSource,
+};
 use kiln_cpu::{CpuBackend, CpuModule};
 use kiln_ir::{DType, Expr, Graph, Tensor};
 
 /// A graph with several distinct kernels: an elementwise chain, a reduction, matmuls.
 fn many_kernels() -> Graph {
     let mut g = Graph::new();
-    let x = g.input("x", DType::F32, &[Expr::sym("s"), 8.into()]).unwrap();
+    let x = g
+        .input("x", DType::F32, &[Expr::sym("s"), 8.into()])
+        .unwrap();
     let w = g.input("w", DType::F32, &[8.into(), 8.into()]).unwrap();
     let mut h = x;
     for i in 0..4 {
-        let e = if i % 2 == 0 { g.exp2(h).unwrap() } else { g.sin(h).unwrap() };
+        let e = if i % 2 == 0 {
+            g.exp2(h).unwrap()
+        } else {
+            g.sin(h).unwrap()
+        };
         let m = g.matmul(e, w).unwrap();
         let s = g.softmax(m, 1).unwrap();
         h = g.add(s, x).unwrap();
@@ -41,7 +49,10 @@ impl Backend for Faulty {
     fn codegen(&self, k: &Kernel) -> KernelSource {
         let s = self.inner.codegen(k);
         if self.broken.contains(&k.label().as_str()) {
-            return KernelSource { source: s.source.replacen("{\n", "{\n    broken_on_purpose;\n", 1), name: s.name };
+            return KernelSource {
+                source: s.source.replacen("{\n", "{\n    broken_on_purpose;\n", 1),
+                name: s.name,
+            };
         }
         s
     }
@@ -69,18 +80,45 @@ fn cache_entries(dir: &std::path::Path) -> usize {
 fn every_failing_kernel_is_listed_and_good_ones_are_cached() {
     let dir = tempfile::tempdir().unwrap();
     let g = many_kernels();
-    let good = compile(&g, &CpuBackend::default(), &CompileOptions { threads: 1, ..Default::default() }).unwrap();
+    let good = compile(
+        &g,
+        &CpuBackend::default(),
+        &CompileOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let unique = good.report.kernels_unique;
-    let reductions = good.kernels.iter().filter(|k| k.kernel.label().starts_with("reduce")).count();
+    let reductions = good
+        .kernels
+        .iter()
+        .filter(|k| k.kernel.label().starts_with("reduce"))
+        .count();
     assert!(reductions >= 2 && unique > reductions);
 
-    let b = Faulty { inner: CpuBackend::default(), broken: &["reduce_sum", "reduce_max"], panic_on: None };
-    let opts = CompileOptions { threads: 2, cache: Some(KernelCache::open(dir.path()).unwrap()), ..Default::default() };
+    let b = Faulty {
+        inner: CpuBackend::default(),
+        broken: &["reduce_sum", "reduce_max"],
+        panic_on: None,
+    };
+    let opts = CompileOptions {
+        threads: 2,
+        cache: Some(KernelCache::open(dir.path()).unwrap()),
+        ..Default::default()
+    };
     let err = compile(&g, &b, &opts).err().expect("must fail");
-    let CompileError::Kernels(fails) = err else { panic!("{err}") };
+    let CompileError::Kernels(fails) = err else {
+        panic!("{err}")
+    };
     assert_eq!(fails.len(), reductions, "every broken kernel is reported");
-    assert!(fails.windows(2).all(|w| w[0].kernel < w[1].kernel), "sorted by name");
-    assert!(fails.iter().all(|f| f.diagnostics.contains("broken_on_purpose")));
+    assert!(
+        fails.windows(2).all(|w| w[0].kernel < w[1].kernel),
+        "sorted by name"
+    );
+    assert!(fails
+        .iter()
+        .all(|f| f.diagnostics.contains("broken_on_purpose")));
     // Good kernels were cached; the broken ones were not.
     assert_eq!(cache_entries(dir.path()), unique - reductions);
     // A fixed backend then builds only what is missing.
@@ -92,14 +130,34 @@ fn every_failing_kernel_is_listed_and_good_ones_are_cached() {
 #[test]
 fn a_panicking_worker_becomes_an_error_for_its_kernel() {
     let g = many_kernels();
-    let b = Faulty { inner: CpuBackend::default(), broken: &[], panic_on: Some("matmul") };
+    let b = Faulty {
+        inner: CpuBackend::default(),
+        broken: &[],
+        panic_on: Some("matmul"),
+    };
     for threads in [1, 2] {
-        let err = compile(&g, &b, &CompileOptions { threads, batching: false, ..Default::default() }).err().expect("must fail");
-        let CompileError::Kernels(fails) = err else { panic!("{err}") };
+        let err = compile(
+            &g,
+            &b,
+            &CompileOptions {
+                threads,
+                batching: false,
+                ..Default::default()
+            },
+        )
+        .err()
+        .expect("must fail");
+        let CompileError::Kernels(fails) = err else {
+            panic!("{err}")
+        };
         assert!(!fails.is_empty());
         for f in &fails {
             assert!(f.kernel.contains("matmul"), "{}", f.kernel);
-            assert!(f.diagnostics.contains("panicked") && f.diagnostics.contains("injected panic"), "{}", f.diagnostics);
+            assert!(
+                f.diagnostics.contains("panicked") && f.diagnostics.contains("injected panic"),
+                "{}",
+                f.diagnostics
+            );
         }
     }
 }
@@ -108,9 +166,16 @@ fn a_panicking_worker_becomes_an_error_for_its_kernel() {
 fn corrupt_cache_entries_are_detected_and_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let g = many_kernels();
-    let opts = CompileOptions { threads: 2, cache: Some(KernelCache::open(dir.path()).unwrap()), ..Default::default() };
+    let opts = CompileOptions {
+        threads: 2,
+        cache: Some(KernelCache::open(dir.path()).unwrap()),
+        ..Default::default()
+    };
     let cold = compile(&g, &CpuBackend::default(), &opts).unwrap();
-    let mut files: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.extension().is_some_and(|e| e == "kart")).collect();
+    let mut files: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "kart"))
+        .collect();
     files.sort();
     assert!(files.len() >= 2);
     // Truncate one entry, flip a bit in another.
@@ -131,16 +196,31 @@ fn corrupt_cache_entries_are_detected_and_rebuilt() {
         }
     }
     let obs = Collect(&seen);
-    let warm = compile(&g, &CpuBackend::default(), &CompileOptions { observer: Some(&obs), ..opts.clone() }).unwrap();
+    let warm = compile(
+        &g,
+        &CpuBackend::default(),
+        &CompileOptions {
+            observer: Some(&obs),
+            ..opts.clone()
+        },
+    )
+    .unwrap();
     let reasons = seen.lock().unwrap().clone();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("truncated")) && reasons.iter().any(|r| r.contains("checksum")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("truncated"))
+            && reasons.iter().any(|r| r.contains("checksum")),
+        "{reasons:?}"
+    );
     assert_eq!(warm.report.compiled, 2);
     assert_eq!(warm.report.cache_hits, cold.report.kernels_unique - 2);
     assert_eq!(warm.report.artifact_digest, cold.report.artifact_digest);
     // And the rebuilt program computes the right thing.
     let mut exe = kiln_cpu::CpuExecutable::new(warm, 2).unwrap();
-    let ins = inputs(&[("x", Tensor::from_f32(&[3, 8], &values(24, 1))), ("w", Tensor::from_f32(&[8, 8], &values(64, 2)))]);
+    let ins = inputs(&[
+        ("x", Tensor::from_f32(&[3, 8], &values(24, 1))),
+        ("w", Tensor::from_f32(&[8, 8], &values(64, 2))),
+    ]);
     check(&mut exe, &g, &ins, 1e-5, 1e-5);
     // A third compile finds every entry whole again.
     let third = compile(&g, &CpuBackend::default(), &opts).unwrap();
@@ -162,10 +242,28 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn compiling_inside_a_users_rayon_pool_does_not_deadlock() {
     let g = many_kernels();
-    let user_pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let user_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     let digests: Vec<String> = user_pool.install(|| {
         use rayon::prelude::*;
-        (0..2).into_par_iter().map(|_| compile(&g, &CpuBackend::default(), &CompileOptions { threads: 2, ..Default::default() }).unwrap().report.artifact_digest).collect()
+        (0..2)
+            .into_par_iter()
+            .map(|_| {
+                compile(
+                    &g,
+                    &CpuBackend::default(),
+                    &CompileOptions {
+                        threads: 2,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .report
+                .artifact_digest
+            })
+            .collect()
     });
     assert_eq!(digests[0], digests[1]);
 }
@@ -173,10 +271,38 @@ fn compiling_inside_a_users_rayon_pool_does_not_deadlock() {
 #[test]
 fn thread_count_changes_nothing_but_time() {
     let g = many_kernels();
-    let reports: Vec<_> = [1, 2, 4, 16, 64].iter().map(|&t| compile(&g, &CpuBackend::default(), &CompileOptions { threads: t, ..Default::default() }).unwrap().report).collect();
+    let reports: Vec<_> = [1, 2, 4, 16, 64]
+        .iter()
+        .map(|&t| {
+            compile(
+                &g,
+                &CpuBackend::default(),
+                &CompileOptions {
+                    threads: t,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .report
+        })
+        .collect();
     for r in &reports {
-        assert_eq!(r.artifact_digest, reports[0].artifact_digest, "threads {}", r.threads);
+        assert_eq!(
+            r.artifact_digest, reports[0].artifact_digest,
+            "threads {}",
+            r.threads
+        );
     }
-    let err = compile(&g, &CpuBackend::default(), &CompileOptions { threads: 0, ..Default::default() }).err().unwrap().to_string();
+    let err = compile(
+        &g,
+        &CpuBackend::default(),
+        &CompileOptions {
+            threads: 0,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("at least 1"), "{err}");
 }

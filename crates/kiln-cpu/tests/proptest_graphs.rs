@@ -20,7 +20,7 @@ fn apply(g: &mut Graph, stack: &mut Vec<NodeId>, code: u8, arg: u8) {
         2 => {
             let sq = g.mul(top, top)?;
             let p = g.add_scalar(sq, 0.5)?;
-            if arg % 2 == 0 {
+            if arg.is_multiple_of(2) {
                 g.sqrt(p)
             } else {
                 g.recip(p)
@@ -31,7 +31,11 @@ fn apply(g: &mut Graph, stack: &mut Vec<NodeId>, code: u8, arg: u8) {
         5 => g.maximum(top, other),
         6 => {
             let axis = arg as usize % rank;
-            let red = if arg % 2 == 0 { g.sum(top, axis)? } else { g.max(top, axis)? };
+            let red = if arg.is_multiple_of(2) {
+                g.sum(top, axis)?
+            } else {
+                g.max(top, axis)?
+            };
             g.add(top, red) // broadcast back
         }
         7 => {

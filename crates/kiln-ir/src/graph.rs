@@ -513,7 +513,7 @@ impl Graph {
             ));
         }
         if let (Some(s), Some(e)) = (start.as_const(), end.as_const()) {
-            let within = shape[axis].as_const().map_or(true, |n| e <= n);
+            let within = shape[axis].as_const().is_none_or(|n| e <= n);
             if s < 0 || e < s || !within {
                 return Err(shape_err(
                     "slice",

@@ -170,7 +170,7 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     let mut b = Builder { g: Graph::new(), c };
     let (s, p) = (Expr::sym("s"), Expr::sym("p"));
     let h = c.hidden_size;
-    let ids = b.g.input("ids", DType::I32, &[s.clone()])?;
+    let ids = b.g.input("ids", DType::I32, std::slice::from_ref(&s))?;
     let embed = b.weight("model.embed_tokens.weight", &[c.vocab_size, h])?;
     let mut x = b.g.gather(embed, ids)?;
     if opts.hidden_states {

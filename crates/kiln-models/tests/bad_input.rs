@@ -4,7 +4,12 @@ use kiln_models::{LoadOptions, Model, ModelSource, QwenConfig};
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
-    std::env::var_os("KILN_FIXTURES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")).join("tiny-qwen3")
+    std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        })
+        .join("tiny-qwen3")
 }
 
 /// A writable copy of tiny-qwen3.
@@ -21,7 +26,14 @@ fn copy() -> tempfile::TempDir {
 }
 
 fn load_err(dir: &Path) -> String {
-    let opts = LoadOptions { compile: CompileOptions { threads: 1, ..Default::default() }, run_threads: 1, ..Default::default() };
+    let opts = LoadOptions {
+        compile: CompileOptions {
+            threads: 1,
+            ..Default::default()
+        },
+        run_threads: 1,
+        ..Default::default()
+    };
     match Model::load(&ModelSource::Dir(dir.to_path_buf()), &opts) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e.to_string(),
@@ -32,15 +44,35 @@ fn load_err(dir: &Path) -> String {
 fn rewrite(dir: &Path, edit: impl Fn(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut ts: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n.to_string(), v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut ts: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                v.dtype(),
+                v.shape().to_vec(),
+                v.data().to_vec(),
+            )
+        })
+        .collect();
     edit(&mut ts);
-    let views: Vec<(String, safetensors::tensor::TensorView)> = ts.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = ts
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
 }
 
 fn edit_config(dir: &Path, f: impl Fn(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(p, v.to_string()).unwrap();
 }
@@ -48,9 +80,15 @@ fn edit_config(dir: &Path, f: impl Fn(&mut serde_json::Value)) {
 #[test]
 fn missing_tensor() {
     let d = copy();
-    rewrite(d.path(), |ts| ts.retain(|t| t.0 != "model.layers.1.mlp.up_proj.weight"));
+    rewrite(d.path(), |ts| {
+        ts.retain(|t| t.0 != "model.layers.1.mlp.up_proj.weight")
+    });
     let e = load_err(d.path());
-    assert!(e.contains("tensor 'model.layers.1.mlp.up_proj.weight' not found") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("tensor 'model.layers.1.mlp.up_proj.weight' not found")
+            && e.contains("model.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -62,7 +100,10 @@ fn wrong_shape() {
         t.3.truncate(32 * 4);
     });
     let e = load_err(d.path());
-    assert!(e.contains("'model.norm.weight' has shape [32]") && e.contains("[64]"), "{e}");
+    assert!(
+        e.contains("'model.norm.weight' has shape [32]") && e.contains("[64]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -83,7 +124,10 @@ fn truncated_file() {
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() - 1000]).unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -93,7 +137,10 @@ fn config_errors_name_the_key() {
         v.as_object_mut().unwrap().remove("hidden_size");
     });
     let e = load_err(d.path());
-    assert!(e.contains("config.json") && e.contains("missing key 'hidden_size'"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("missing key 'hidden_size'"),
+        "{e}"
+    );
     edit_config(d.path(), |v| v["hidden_size"] = serde_json::json!("wide"));
     assert!(load_err(d.path()).contains("key 'hidden_size' must be a positive integer"));
     edit_config(d.path(), |v| {
@@ -101,7 +148,10 @@ fn config_errors_name_the_key() {
         v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
     });
     let e = load_err(d.path());
-    assert!(e.contains("architecture 'LlamaForCausalLM' is not supported"), "{e}");
+    assert!(
+        e.contains("architecture 'LlamaForCausalLM' is not supported"),
+        "{e}"
+    );
     std::fs::write(d.path().join("config.json"), "{ not json").unwrap();
     assert!(load_err(d.path()).contains("invalid JSON"));
 }
@@ -115,13 +165,27 @@ fn both_rope_theta_spellings_are_accepted() {
     assert_eq!(c.rope_theta, 1e6);
     v.as_object_mut().unwrap().remove("rope_parameters");
     v["rope_theta"] = 5e5.into();
-    assert_eq!(QwenConfig::from_json(&v.to_string()).unwrap().rope_theta, 5e5);
+    assert_eq!(
+        QwenConfig::from_json(&v.to_string()).unwrap().rope_theta,
+        5e5
+    );
 }
 
 #[test]
 fn out_of_range_token_is_an_error() {
-    let opts = LoadOptions { compile: CompileOptions { threads: 1, ..Default::default() }, run_threads: 1, ..Default::default() };
+    let opts = LoadOptions {
+        compile: CompileOptions {
+            threads: 1,
+            ..Default::default()
+        },
+        run_threads: 1,
+        ..Default::default()
+    };
     let mut m = Model::load(&ModelSource::Dir(fixture()), &opts).unwrap();
-    let e = m.generate(&[1, 999], 2, &Default::default(), &[], |_| {}).err().unwrap().to_string();
+    let e = m
+        .generate(&[1, 999], 2, &Default::default(), &[], |_| {})
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("token id 999") && e.contains("256"), "{e}");
 }

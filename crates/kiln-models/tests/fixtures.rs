@@ -3,7 +3,7 @@
 
 use kiln_compile::CompileOptions;
 use kiln_models::{GraphOptions, KvCache, LoadOptions, Model, ModelSource, Sampling};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
     let p = std::env::var_os("KILN_FIXTURES")
@@ -27,7 +27,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn reference_tensors(path: &PathBuf) -> Vec<(String, Vec<f32>)> {
+fn reference_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut out: Vec<(String, Vec<f32>)> = st
@@ -47,7 +47,7 @@ fn reference_tensors(path: &PathBuf) -> Vec<(String, Vec<f32>)> {
     out
 }
 
-fn load(dir: &PathBuf, graph: GraphOptions) -> Model {
+fn load(dir: &Path, graph: GraphOptions) -> Model {
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 2,
@@ -57,7 +57,7 @@ fn load(dir: &PathBuf, graph: GraphOptions) -> Model {
         graph,
         seed: 0,
     };
-    Model::load(&ModelSource::Dir(dir.clone()), &opts)
+    Model::load(&ModelSource::Dir(dir.to_path_buf()), &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 

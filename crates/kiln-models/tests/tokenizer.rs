@@ -3,8 +3,15 @@ use kiln_models::{StreamDecoder, Tokenizer};
 use std::path::PathBuf;
 
 fn reference() -> serde_json::Value {
-    let p = std::env::var_os("KILN_FIXTURES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
-    serde_json::from_str(&std::fs::read_to_string(p.join("qwen3-tokenizer/reference/tokenize.json")).unwrap()).unwrap()
+    let p = std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        });
+    serde_json::from_str(
+        &std::fs::read_to_string(p.join("qwen3-tokenizer/reference/tokenize.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -15,14 +22,27 @@ fn every_reference_case_encodes_and_decodes() {
     assert_eq!(cases.len(), 27);
     for c in cases {
         let name = c["name"].as_str().unwrap();
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let ids = tok.encode(c["text"].as_str().unwrap()).unwrap();
         assert_eq!(ids, want, "case {name}: ids");
-        assert_eq!(tok.decode(&ids).unwrap(), c["decoded"].as_str().unwrap(), "case {name}: decoded");
+        assert_eq!(
+            tok.decode(&ids).unwrap(),
+            c["decoded"].as_str().unwrap(),
+            "case {name}: decoded"
+        );
         // Streaming token by token gives the same text, never half a character.
         let mut s = StreamDecoder::default();
         let streamed: String = ids.iter().map(|&i| s.push(&tok, i).unwrap()).collect();
-        assert_eq!(streamed, c["decoded"].as_str().unwrap(), "case {name}: streamed");
+        assert_eq!(
+            streamed,
+            c["decoded"].as_str().unwrap(),
+            "case {name}: streamed"
+        );
     }
 }
 
