@@ -27,6 +27,9 @@ pub struct CompileBench {
     repeat: usize,
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// CUDA arch for a compile-only CUDA benchmark (e.g. sm_90).
+    #[arg(long)]
+    arch: Option<String>,
     /// Override the number of layers.
     #[arg(long)]
     layers: Option<usize>,
@@ -91,6 +94,9 @@ fn compile_child(a: &CompileBench, threads: usize, cache: &Path) -> std::process
     ]);
     if let Some(l) = a.layers {
         cmd.args(["--layers", &l.to_string()]);
+    }
+    if let Some(arch) = &a.arch {
+        cmd.args(["--arch", arch]);
     }
     cmd.env("KILN_CACHE_DIR", cache)
         .stdout(Stdio::piped())
@@ -203,7 +209,7 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
     ))?;
     let warm_ms = warm["compile_ms"].as_f64().unwrap_or(0.0);
     let doc = json!({
-        "model": a.model, "backend": a.backend, "layers": a.layers, "repeat": a.repeat,
+        "model": a.model, "backend": a.backend, "arch": a.arch, "layers": a.layers, "repeat": a.repeat,
         "machine": { "cores": cores(), "cpu": cpu_model() },
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "configs": configs,

@@ -54,7 +54,12 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
                 .with_context(|| format!("compiling {}", source.name()))?
                 .report
         }
-        BackendKind::Cuda => crate::cmd_run::cuda_unavailable()?,
+        BackendKind::Cuda => {
+            let backend = crate::cmd_run::cuda_backend(a.arch.as_deref(), true)?;
+            compile(&graph, &backend, &opts)
+                .with_context(|| format!("compiling {} for {}", source.name(), backend.arch()))?
+                .report
+        }
     };
     Ok(report)
 }

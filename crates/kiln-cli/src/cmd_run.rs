@@ -51,14 +51,25 @@ pub struct RunArgs {
     pub logits_out: Option<PathBuf>,
 }
 
-pub fn cuda_unavailable<T>() -> anyhow::Result<T> {
-    bail!("--backend cuda: this build of kiln has no CUDA backend yet; use --backend cpu")
+/// The CUDA backend: on device 0 when there is one (its arch unless `arch` is given), else
+/// compile-only for `arch` when `compile_only_ok`.
+pub fn cuda_backend(
+    arch: Option<&str>,
+    compile_only_ok: bool,
+) -> anyhow::Result<kiln_cuda::CudaBackend> {
+    if kiln_cuda::cuda_device_present() {
+        return Ok(kiln_cuda::CudaBackend::for_device(0, arch)?);
+    }
+    match arch {
+        Some(a) if compile_only_ok => Ok(kiln_cuda::CudaBackend::compile_only(a)?),
+        _ if compile_only_ok => bail!(
+            "no CUDA device found: pass --arch (e.g. --arch sm_90) to compile CUBINs without one"
+        ),
+        _ => bail!("--backend cuda needs an NVIDIA GPU with its driver, and none was found"),
+    }
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    if a.flags.backend == BackendKind::Cuda {
-        return cuda_unavailable();
-    }
     anyhow::ensure!(a.temperature >= 0.0, "--temperature must be >= 0");
     anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
     let source = ModelSource::parse(&a.flags.model)?;
@@ -90,6 +101,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             cache: open_cache(a.flags.no_cache),
             observer: Some(&progress),
             ..Default::default()
+        },
+        device: match a.flags.backend {
+            BackendKind::Cpu => kiln_models::Device::Cpu,
+            BackendKind::Cuda => kiln_models::Device::Cuda,
         },
         run_threads: threads,
         graph: GraphOptions::default(),

@@ -47,6 +47,42 @@ pub struct Program {
     pub outputs: Vec<(String, usize)>,
 }
 
+impl Program {
+    /// Checks a weight against its input declaration (dtype, rank, constant dims).
+    pub fn check_param(&self, name: &str, t: &kiln_ir::Tensor) -> Result<(), kiln_ir::IrError> {
+        let g = &self.graph;
+        let (id, _) = g
+            .inputs()
+            .into_iter()
+            .find(|(_, n)| *n == name)
+            .ok_or_else(|| kiln_ir::IrError::Input {
+                name: name.into(),
+                detail: "is not an input of this graph".into(),
+            })?;
+        let node = g.node(id);
+        let ok = t.dtype() == node.dtype
+            && t.shape().len() == node.shape.len()
+            && node
+                .shape
+                .iter()
+                .zip(t.shape())
+                .all(|(d, &a)| d.as_const().is_none_or(|c| c == a as i64));
+        if !ok {
+            return Err(kiln_ir::IrError::Input {
+                name: name.into(),
+                detail: format!(
+                    "expected {} {}, got {} {:?}",
+                    node.dtype,
+                    kiln_ir::shape_str(&node.shape),
+                    t.dtype(),
+                    t.shape()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 pub fn extract(graph: &Graph) -> Program {
     let mut realized = initial_realized(graph);
     loop {

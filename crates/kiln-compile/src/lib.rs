@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod backend;
 pub mod cache;
+pub mod clike;
 mod error;
 pub mod extract;
 pub mod kernel;
@@ -68,6 +69,19 @@ pub fn default_threads() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// A compiled graph ready to run on a device: weights bound once, inputs per run.
+pub trait Executable {
+    /// Binds an input that stays the same across runs (a weight), checked against its
+    /// declaration.
+    fn set_param(&mut self, name: &str, t: kiln_ir::Tensor) -> Result<(), kiln_ir::IrError>;
+
+    /// Runs the graph; `inputs` together with the bound params must cover every input.
+    fn run(
+        &mut self,
+        inputs: &HashMap<String, kiln_ir::Tensor>,
+    ) -> Result<HashMap<String, kiln_ir::Tensor>, kiln_ir::IrError>;
 }
 
 /// One distinct kernel of the compiled program.

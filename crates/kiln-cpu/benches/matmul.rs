@@ -3,7 +3,7 @@
 //! reported in FLOP/s (criterion's "elem/s" with 2*M*N*K elements per iteration).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kiln_compile::{compile, CompileOptions};
+use kiln_compile::{compile, CompileOptions, Executable};
 use kiln_cpu::{CpuBackend, CpuExecutable};
 use kiln_ir::{DType, Expr, Graph, Tensor};
 use std::collections::HashMap;

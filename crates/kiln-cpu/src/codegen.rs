@@ -6,161 +6,17 @@
 //! order; `[lo, hi)` is the range of parallel work units this call computes (rows for
 //! elementwise kernels, output elements for reductions, tiles for matmuls).
 
-use kiln_compile::{Kernel, KernelKind, Operand, ScalarExpr, NAME_PLACEHOLDER};
-use kiln_ir::{contiguous_strides, numel, BinaryOp, DType, Expr, ReduceOp, UnaryOp};
+use kiln_compile::clike::{
+    c, compute_type, literal, load, round, scalar, storage_type, store, sym_name, unflatten,
+    var_name,
+};
+use kiln_compile::{Kernel, KernelKind, Operand, NAME_PLACEHOLDER};
+use kiln_ir::{numel, DType, Expr, ReduceOp};
 use std::fmt::Write;
 
 /// Matmul tile: rows x columns of the output per work unit.
 pub const MM_TILE_M: i64 = 64;
 pub const MM_TILE_N: i64 = 16;
-
-fn sym_name(s: &str) -> String {
-    format!("s_{s}")
-}
-fn var_name(v: u32) -> String {
-    format!("v{v}")
-}
-fn c(e: &Expr) -> String {
-    e.to_c(&sym_name, &var_name)
-}
-
-/// C type a dtype is stored as.
-pub fn storage_type(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "float",
-        DType::F16 | DType::BF16 => "uint16_t",
-        DType::I32 => "int32_t",
-        DType::Bool => "uint8_t",
-    }
-}
-
-/// C type a dtype is computed in.
-fn compute_type(d: DType) -> &'static str {
-    match d {
-        DType::F32 | DType::F16 | DType::BF16 => "float",
-        DType::I32 => "int32_t",
-        DType::Bool => "int",
-    }
-}
-
-fn load(d: DType, x: String) -> String {
-    match d {
-        DType::F16 => format!("kiln_f16_to_f32({x})"),
-        DType::BF16 => format!("kiln_bf16_to_f32({x})"),
-        DType::Bool => format!("(int)({x})"),
-        _ => x,
-    }
-}
-
-fn store(d: DType, x: String) -> String {
-    match d {
-        DType::F16 => format!("kiln_f32_to_f16({x})"),
-        DType::BF16 => format!("kiln_f32_to_bf16({x})"),
-        DType::Bool => format!("(uint8_t)(({x}) != 0)"),
-        _ => x,
-    }
-}
-
-/// Rounds a computed float to f16/bf16 precision where the dtype asks for it.
-fn round(d: DType, x: String) -> String {
-    match d {
-        DType::F16 => format!("kiln_round_f16({x})"),
-        DType::BF16 => format!("kiln_round_bf16({x})"),
-        _ => x,
-    }
-}
-
-fn literal(bits: u64, d: DType) -> String {
-    let v = f64::from_bits(bits);
-    match d {
-        DType::I32 => format!("((int32_t){})", v as i64 as i32),
-        DType::Bool => format!("{}", (v != 0.0) as i32),
-        _ if v.is_nan() => "NAN".into(),
-        _ if v.is_infinite() => {
-            if v > 0.0 {
-                "INFINITY".into()
-            } else {
-                "(-INFINITY)".into()
-            }
-        }
-        _ => format!("{:?}f", v as f32),
-    }
-}
-
-fn cast(from: DType, to: DType, x: String) -> String {
-    match (from.is_float(), to) {
-        (_, DType::Bool) => format!("(({x}) != 0)"),
-        (true, DType::I32) => format!("kiln_f2i({x})"),
-        (false, DType::I32) => format!("(int32_t)({x})"),
-        (_, t) => round(t, format!("(float)({x})")),
-    }
-}
-
-/// The C expression computing `e` (in its compute type).
-pub fn scalar(e: &ScalarExpr) -> String {
-    match e {
-        ScalarExpr::Load {
-            input,
-            offset,
-            dtype,
-        } => load(*dtype, format!("in{input}[{}]", c(offset))),
-        ScalarExpr::Const { bits, dtype } => literal(*bits, *dtype),
-        ScalarExpr::Index { expr, dtype } => {
-            cast(DType::I32, *dtype, format!("(int32_t)({})", c(expr)))
-        }
-        ScalarExpr::Unary { op, x, dtype } => {
-            let xs = scalar(x);
-            let int = *dtype == DType::I32;
-            let v = match op {
-                UnaryOp::Exp2 => format!("exp2f({xs})"),
-                UnaryOp::Log2 => format!("log2f({xs})"),
-                UnaryOp::Sin => format!("sinf({xs})"),
-                UnaryOp::Sqrt => format!("sqrtf({xs})"),
-                UnaryOp::Recip => format!("(1.0f / {xs})"),
-                UnaryOp::Neg if int => format!("kiln_ineg({xs})"),
-                UnaryOp::Neg => format!("(-{xs})"),
-                UnaryOp::Cast => return cast(x.dtype(), *dtype, xs),
-            };
-            round(*dtype, v)
-        }
-        ScalarExpr::Binary { op, a, b, dtype } => {
-            let (x, y) = (scalar(a), scalar(b));
-            let int = a.dtype() == DType::I32;
-            let v = match op {
-                BinaryOp::Add if int => format!("kiln_iadd({x}, {y})"),
-                BinaryOp::Mul if int => format!("kiln_imul({x}, {y})"),
-                BinaryOp::Mod if int => format!("kiln_imod({x}, {y})"),
-                BinaryOp::Max if int => format!("kiln_imax({x}, {y})"),
-                BinaryOp::Add => format!("({x} + {y})"),
-                BinaryOp::Mul => format!("({x} * {y})"),
-                BinaryOp::Mod if a.dtype() == DType::Bool => format!("kiln_imod({x}, {y})"),
-                BinaryOp::Mod => format!("fmodf({x}, {y})"),
-                BinaryOp::Max if a.dtype().is_float() => format!("kiln_fmax({x}, {y})"),
-                BinaryOp::Max => format!("kiln_imax({x}, {y})"),
-                BinaryOp::Lt => return format!("({x} < {y})"),
-            };
-            round(*dtype, v)
-        }
-        ScalarExpr::Where { cond, a, b, .. } => {
-            format!("(({}) ? {} : {})", scalar(cond), scalar(a), scalar(b))
-        }
-        ScalarExpr::Select {
-            lhs,
-            rhs,
-            then,
-            otherwise,
-            ..
-        } => {
-            format!(
-                "(({}) < ({}) ? {} : {})",
-                c(lhs),
-                c(rhs),
-                scalar(then),
-                scalar(otherwise)
-            )
-        }
-    }
-}
 
 /// Declarations of symbols, output and inputs at the top of every kernel.
 fn header(k: &Kernel, out: &mut String) {
@@ -182,23 +38,6 @@ fn header(k: &Kernel, out: &mut String) {
             i + 1
         )
         .unwrap();
-    }
-}
-
-/// Declares `v{i}` for each axis of `shape` (except `skip`) from a flat index `flat`.
-fn unflatten(shape: &[Expr], flat: &str, skip: Option<usize>, indent: &str, out: &mut String) {
-    let strides = contiguous_strides(shape);
-    for (i, d) in shape.iter().enumerate() {
-        if Some(i) == skip || d.is_const(1) {
-            continue;
-        }
-        let q = if strides[i].is_const(1) {
-            flat.to_string()
-        } else {
-            format!("({flat} / {})", c(&strides[i]))
-        };
-        let v = if i == 0 { q } else { format!("{q} % {}", c(d)) };
-        writeln!(out, "{indent}const int64_t {} = {v};", var_name(i as u32)).unwrap();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::codegen::work_units;
 use crate::CpuModule;
-use kiln_compile::Compiled;
+use kiln_compile::{Compiled, Executable};
 use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -93,43 +93,25 @@ impl CpuExecutable {
         &self.compiled
     }
 
-    /// Binds an input that stays the same across runs (a weight). Checked like any input.
-    pub fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), IrError> {
+    /// Declared dtype of an input, if it exists.
+    pub fn input_dtype(&self, name: &str) -> Option<DType> {
         let g = &self.compiled.program.graph;
-        let (id, _) = g
-            .inputs()
+        g.inputs()
             .into_iter()
             .find(|(_, n)| *n == name)
-            .ok_or_else(|| IrError::Input {
-                name: name.into(),
-                detail: "is not an input of this graph".into(),
-            })?;
-        let node = g.node(id);
-        let ok = t.dtype() == node.dtype
-            && t.shape().len() == node.shape.len()
-            && node
-                .shape
-                .iter()
-                .zip(t.shape())
-                .all(|(d, &a)| d.as_const().is_none_or(|c| c == a as i64));
-        if !ok {
-            return Err(IrError::Input {
-                name: name.into(),
-                detail: format!(
-                    "expected {} {}, got {} {:?}",
-                    node.dtype,
-                    kiln_ir::shape_str(&node.shape),
-                    t.dtype(),
-                    t.shape()
-                ),
-            });
-        }
+            .map(|(id, _)| g.dtype(id))
+    }
+}
+
+impl Executable for CpuExecutable {
+    fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), IrError> {
+        self.compiled.program.check_param(name, &t)?;
         self.params.insert(name.into(), t);
         Ok(())
     }
 
     /// Runs the graph; `inputs` together with the bound params must cover every input.
-    pub fn run(
+    fn run(
         &mut self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, RunError> {
@@ -208,14 +190,5 @@ impl CpuExecutable {
             out.insert(name.clone(), Tensor::from_bytes(info.dtype, &shape, bytes));
         }
         Ok(out)
-    }
-
-    /// Declared dtype of an input, if it exists.
-    pub fn input_dtype(&self, name: &str) -> Option<DType> {
-        let g = &self.compiled.program.graph;
-        g.inputs()
-            .into_iter()
-            .find(|(_, n)| *n == name)
-            .map(|(id, _)| g.dtype(id))
     }
 }

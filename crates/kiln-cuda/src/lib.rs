@@ -1,1 +1,142 @@
+//! kiln's CUDA backend: CUDA C per kernel, compiled by NVRTC to CUBIN for the target arch
+//! (in parallel, by the pipeline), loaded sequentially on the thread that owns the CUDA context,
+//! launched on a stream.
+//!
+//! Everything is loaded at run time (cudarc's dynamic loading): kiln builds and runs without
+//! CUDA, `kiln compile --backend cuda --arch sm_90` works without a GPU, and only running
+//! kernels needs a device.
 
+pub mod codegen;
+mod exec;
+pub mod nvrtc;
+
+pub use exec::{cuda_device_present, CudaExecutable};
+
+use kiln_compile::{Backend, CompileError, Kernel, KernelSource};
+
+pub const PRELUDE: &str = include_str!("cu/prelude.cuh");
+
+/// NVRTC options for every kernel (besides the arch). IEEE division and square root, FMA
+/// contraction allowed, like the CPU backend.
+pub const OPTIONS: &[&str] = &[
+    "--std=c++17",
+    "--fmad=true",
+    "--prec-div=true",
+    "--prec-sqrt=true",
+    "--ftz=false",
+];
+
+pub struct CudaBackend {
+    arch: String,
+    /// The device to load modules on; None compiles only (modules stay CUBIN bytes).
+    context: Option<std::sync::Arc<cudarc::driver::CudaContext>>,
+}
+
+/// A loaded CUDA module, or the CUBIN of a compile-only run.
+pub enum CudaModule {
+    Loaded(std::sync::Arc<cudarc::driver::CudaModule>),
+    Cubin(Vec<u8>),
+}
+
+impl CudaBackend {
+    /// Compile-only for `arch` (e.g. `sm_90`, `sm_80`): no device needed.
+    pub fn compile_only(arch: &str) -> Result<CudaBackend, CompileError> {
+        check_arch(arch)?;
+        Ok(CudaBackend {
+            arch: arch.into(),
+            context: None,
+        })
+    }
+
+    /// For device `ordinal`; the arch is the device's unless given.
+    pub fn for_device(ordinal: usize, arch: Option<&str>) -> Result<CudaBackend, CompileError> {
+        let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(|e| {
+            CompileError::Backend(format!("cannot open CUDA device {ordinal}: {e}"))
+        })?;
+        let arch = match arch {
+            Some(a) => a.to_string(),
+            None => {
+                let (maj, min) = ctx
+                    .compute_capability()
+                    .map_err(|e| CompileError::Backend(format!("CUDA device {ordinal}: {e}")))?;
+                format!("sm_{maj}{min}")
+            }
+        };
+        check_arch(&arch)?;
+        Ok(CudaBackend {
+            arch,
+            context: Some(ctx),
+        })
+    }
+
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    pub fn context(&self) -> Option<&std::sync::Arc<cudarc::driver::CudaContext>> {
+        self.context.as_ref()
+    }
+}
+
+fn check_arch(arch: &str) -> Result<(), CompileError> {
+    let ok = arch
+        .strip_prefix("sm_")
+        .is_some_and(|n| n.len() >= 2 && n.chars().all(|c| c.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err(CompileError::Backend(format!(
+            "invalid CUDA arch '{arch}': expected sm_XY such as sm_80 or sm_90"
+        )))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Module = CudaModule;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn identity(&self) -> Result<String, CompileError> {
+        let ((maj, min), path) = nvrtc::version().map_err(CompileError::Backend)?;
+        Ok(format!(
+            "nvrtc {maj}.{min} ({}) | {} | {}",
+            path.display(),
+            self.arch,
+            OPTIONS.join(" ")
+        ))
+    }
+
+    fn codegen(&self, kernel: &Kernel) -> KernelSource {
+        KernelSource::named(&kernel.label(), &codegen::kernel_source(kernel))
+    }
+
+    fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, String> {
+        let mut unit = String::from(PRELUDE);
+        for k in kernels {
+            unit.push('\n');
+            unit.push_str(&k.source);
+        }
+        nvrtc::compile_cubin(&unit, &self.arch, OPTIONS)
+    }
+
+    fn load(&self, artifact: &[u8]) -> Result<CudaModule, String> {
+        match &self.context {
+            None => Ok(CudaModule::Cubin(artifact.to_vec())),
+            Some(ctx) => ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(artifact.to_vec()))
+                .map(CudaModule::Loaded)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn source_extension(&self) -> &'static str {
+        "cu"
+    }
+
+    fn compile_memory_estimate(&self) -> u64 {
+        // An NVRTC program peaks at a few hundred MB for large translation units.
+        512 << 20
+    }
+}

@@ -476,7 +476,8 @@ mod tests {
         assert_eq!(s.clone().sub(s.clone()), Expr::Const(0));
         assert_eq!(s.clone().rem(1), Expr::Const(0));
         assert_eq!(Expr::from(7).min(3), Expr::Const(3));
-        assert_eq!(s.clone().add(4).sub(4).to_string(), "((s + 4) - 4)");
+        assert_eq!(s.clone().add(4).sub(4), s);
+        assert_eq!(s.clone().sub(s.clone().sub(1)), Expr::Const(1));
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod weights;
 
 pub use config::{Arch, QwenConfig};
 pub use model::{build_graph, weight_shapes, GraphOptions};
-pub use runtime::{Generation, KvCache, LoadOptions, Model};
+pub use runtime::{Device, Generation, KvCache, LoadOptions, Model};
 pub use sampling::{argmax, Sampler, Sampling};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 

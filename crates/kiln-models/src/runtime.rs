@@ -5,14 +5,25 @@ use crate::model::{build_graph, weight_shapes, GraphOptions};
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
-use kiln_compile::{compile, CompileOptions, CompileReport};
+use kiln_compile::{compile, CompileOptions, CompileReport, Executable};
 use kiln_cpu::{CpuBackend, CpuExecutable};
+use kiln_cuda::{CudaBackend, CudaExecutable};
 use kiln_ir::{DType, Tensor};
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// CUDA device 0, kernels compiled for its arch.
+    Cuda,
+}
+
 pub struct LoadOptions<'a> {
     pub compile: CompileOptions<'a>,
+    pub device: Device,
     /// Threads that run kernels.
     pub run_threads: usize,
     pub graph: GraphOptions,
@@ -24,6 +35,7 @@ impl Default for LoadOptions<'_> {
     fn default() -> Self {
         LoadOptions {
             compile: CompileOptions::default(),
+            device: Device::Cpu,
             run_threads: kiln_compile::default_threads(),
             graph: GraphOptions::default(),
             seed: 0,
@@ -55,7 +67,7 @@ impl KvCache {
 
 pub struct Model {
     pub config: QwenConfig,
-    pub exe: CpuExecutable,
+    pub exe: Box<dyn Executable>,
     pub report: CompileReport,
     /// Times the graph was compiled (stays 1 for any prompt length and any number of steps).
     pub compiles: usize,
@@ -97,20 +109,47 @@ fn available_memory_bytes() -> Option<u64> {
 }
 
 impl Model {
-    /// Compiles the model's graph (shapes only: no weights needed).
-    pub fn compile_only(
+    /// Compiles the model's graph for the chosen device (shapes only: no weights needed).
+    pub fn compile(
         config: &QwenConfig,
         opts: &LoadOptions<'_>,
-    ) -> Result<kiln_compile::Compiled<kiln_cpu::CpuModule>, ModelError> {
+    ) -> Result<(Box<dyn Executable>, CompileReport), ModelError> {
         let graph = build_graph(config, opts.graph)?;
-        Ok(compile(&graph, &CpuBackend::default(), &opts.compile)?)
+        match opts.device {
+            Device::Cpu => {
+                let compiled = compile(&graph, &CpuBackend::default(), &opts.compile)?;
+                let report = compiled.report.clone();
+                Ok((
+                    Box::new(
+                        CpuExecutable::new(compiled, opts.run_threads).map_err(ModelError::new)?,
+                    ),
+                    report,
+                ))
+            }
+            Device::Cuda => {
+                if !kiln_cuda::cuda_device_present() {
+                    return Err(ModelError::new(
+                        "--backend cuda needs an NVIDIA GPU with its driver, and none was found"
+                            .into(),
+                    ));
+                }
+                let backend = CudaBackend::for_device(0, None)?;
+                let compiled = compile(&graph, &backend, &opts.compile)?;
+                let report = compiled.report.clone();
+                let ctx = backend.context().expect("device backend").clone();
+                Ok((
+                    Box::new(CudaExecutable::new(compiled, ctx).map_err(ModelError::new)?),
+                    report,
+                ))
+            }
+        }
     }
 
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
         let config = source.config()?;
         let shapes = weight_shapes(&config);
         let bytes = config.num_params() * 4;
-        if let Some(avail) = available_memory_bytes() {
+        if let (Device::Cpu, Some(avail)) = (opts.device, available_memory_bytes()) {
             if bytes > avail {
                 return Err(ModelError::new(format!(
                     "{} needs {:.1} GB for its f32 weights; this machine has {:.1} GB available",
@@ -126,13 +165,11 @@ impl Model {
                 ModelSource::Preset(_) => Ok(random_weights(&shapes, opts.seed)),
                 ModelSource::Dir(d) => Checkpoint::open(d)?.load(&shapes),
             });
-            let c = Self::compile_only(&config, opts);
+            let c = Self::compile(&config, opts);
             (c, w.join().expect("weight loader panicked"))
         });
-        let compiled = compiled?;
+        let (mut exe, report) = compiled?;
         let weights = weights?;
-        let report = compiled.report.clone();
-        let mut exe = CpuExecutable::new(compiled, opts.run_threads).map_err(ModelError::new)?;
         for (name, t) in weights {
             exe.set_param(&name, t)?;
         }

@@ -55,7 +55,7 @@ fn load(dir: &Path, graph: GraphOptions) -> Model {
         },
         run_threads: 2,
         graph,
-        seed: 0,
+        ..Default::default()
     };
     Model::load(&ModelSource::Dir(dir.to_path_buf()), &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))

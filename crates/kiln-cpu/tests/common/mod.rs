@@ -2,6 +2,7 @@
 //! with the reference interpreter.
 #![allow(dead_code)]
 
+pub use kiln_compile::Executable;
 use kiln_compile::{compile, CompileOptions};
 use kiln_cpu::{CpuBackend, CpuExecutable};
 use kiln_ir::{Bindings, Graph, Tensor};

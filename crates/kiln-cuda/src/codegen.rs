@@ -1,0 +1,236 @@
+//! CUDA C for one kernel, canonical like the CPU backend's: the text depends only on the
+//! kernel's structure. Scalar expressions come from the shared C-family printer.
+//!
+//! Signature: `extern "C" __global__ void NAME(OUT *out, const IN0 *in0, ..., int64_t sym..., int64_t kiln_units)`
+//! with symbols in sorted order. Launch geometry per kind is in [`launch_shape`].
+
+use kiln_compile::clike::{
+    c, compute_type, literal, load, round, scalar, storage_type, store, sym_name, unflatten,
+    var_name,
+};
+use kiln_compile::{Kernel, KernelKind, Operand, NAME_PLACEHOLDER};
+use kiln_ir::{numel, DType, Expr, ReduceOp};
+use std::fmt::Write;
+
+pub const BLOCK: u32 = 256;
+pub const TILE: u32 = 16;
+
+/// How a kernel is launched: `threads` total threads of 1-D blocks of [`BLOCK`], or a
+/// matmul grid of TILE x TILE blocks over (n, m, batch).
+pub enum LaunchShape {
+    Threads(Expr),
+    MatMulGrid { n: Expr, m: Expr, batch: Expr },
+}
+
+/// The work-unit count passed as `kiln_units` and the launch geometry.
+pub fn launch_shape(k: &Kernel) -> (Expr, LaunchShape) {
+    match &k.kind {
+        KernelKind::Elementwise { .. } => {
+            let n = numel(&k.out_shape);
+            (n.clone(), LaunchShape::Threads(n))
+        }
+        KernelKind::Reduce { .. } => {
+            let n = numel(&k.out_shape);
+            (n.clone(), LaunchShape::Threads(n.mul(32)))
+        }
+        KernelKind::MatMul { batch, m, n, .. } => (
+            numel(batch),
+            LaunchShape::MatMulGrid {
+                n: n.clone(),
+                m: m.clone(),
+                batch: numel(batch),
+            },
+        ),
+    }
+}
+
+fn header(k: &Kernel, s: &mut String) {
+    let mut params = vec![format!("{} *__restrict__ out", storage_type(k.out_dtype))];
+    for (i, d) in k.inputs.iter().enumerate() {
+        params.push(format!("const {} *__restrict__ in{i}", storage_type(*d)));
+    }
+    for sym in k.symbols() {
+        params.push(format!("int64_t {}", sym_name(&sym)));
+    }
+    params.push("int64_t kiln_units".into());
+    writeln!(
+        s,
+        "extern \"C\" __global__ void {NAME_PLACEHOLDER}({}) {{",
+        params.join(", ")
+    )
+    .unwrap();
+}
+
+fn combine(op: ReduceOp, d: DType, acc: &str, x: &str) -> String {
+    match (op, d) {
+        (ReduceOp::Sum, DType::I32) => format!("kiln_iadd({acc}, {x})"),
+        (ReduceOp::Sum, _) => format!("{acc} + {x}"),
+        (ReduceOp::Max, d) if d.is_float() => format!("kiln_fmax({acc}, {x})"),
+        (ReduceOp::Max, _) => format!("kiln_imax({acc}, {x})"),
+    }
+}
+
+pub fn kernel_source(k: &Kernel) -> String {
+    let mut s = String::new();
+    header(k, &mut s);
+    match &k.kind {
+        KernelKind::Elementwise { lets, body } => {
+            writeln!(s, "    const int64_t kiln_i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;\n    if (kiln_i >= kiln_units) return;").unwrap();
+            unflatten(&k.out_shape, "kiln_i", None, "    ", &mut s);
+            for l in lets {
+                writeln!(
+                    s,
+                    "    const int64_t {} = kiln_clamp((int64_t)({}), 0, {} - 1);",
+                    var_name(l.var),
+                    scalar(&l.value),
+                    c(&l.rows)
+                )
+                .unwrap();
+            }
+            writeln!(s, "    out[kiln_i] = {};", store(k.out_dtype, scalar(body))).unwrap();
+        }
+        KernelKind::Reduce {
+            op,
+            axis,
+            len,
+            body,
+        } => {
+            // One warp per output element: lanes stride the axis, then a shuffle tree.
+            let acc_t = compute_type(k.out_dtype);
+            let init = literal(
+                kiln_compile::kernel::reduce_identity(*op, k.out_dtype).to_bits(),
+                k.out_dtype,
+            );
+            writeln!(
+                s,
+                "    const int64_t kiln_w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;"
+            )
+            .unwrap();
+            writeln!(s, "    const int kiln_lane = threadIdx.x & 31;\n    if (kiln_w >= kiln_units) return;").unwrap();
+            unflatten(&k.out_shape, "kiln_w", Some(*axis), "    ", &mut s);
+            writeln!(s, "    {acc_t} acc = {init};").unwrap();
+            let v = var_name(*axis as u32);
+            writeln!(
+                s,
+                "    for (int64_t {v} = kiln_lane; {v} < {}; {v} += 32) acc = {};",
+                c(len),
+                combine(*op, k.out_dtype, "acc", &scalar(body))
+            )
+            .unwrap();
+            writeln!(s, "    for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {{").unwrap();
+            writeln!(s, "        {acc_t} kiln_x = __shfl_down_sync(0xffffffffu, acc, kiln_o);\n        acc = {};\n    }}", combine(*op, k.out_dtype, "acc", "kiln_x")).unwrap();
+            writeln!(
+                s,
+                "    if (kiln_lane == 0) out[kiln_w] = {};",
+                store(k.out_dtype, round(k.out_dtype, "acc".into()))
+            )
+            .unwrap();
+        }
+        KernelKind::MatMul {
+            batch,
+            m,
+            n,
+            k: kk,
+            a,
+            b,
+        } => matmul(k, batch, m, n, kk, a, b, &mut s),
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn operand_base(o: &Operand, batch: &[Expr]) -> String {
+    let mut off = o.offset.clone();
+    for (i, st) in o.batch_strides.iter().enumerate() {
+        if !batch[i].is_const(1) {
+            off = off.add(Expr::Var(i as u32).mul(st.clone()));
+        }
+    }
+    format!("in{} + {}", o.input, c(&off))
+}
+
+/// A shared-memory tiled matmul: each TILE x TILE block computes one output tile, one batch per
+/// grid z. Simple and correct for any strides and dtypes; not tuned for Hopper (no tensor cores).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    k: &Kernel,
+    batch: &[Expr],
+    m: &Expr,
+    n: &Expr,
+    kk: &Expr,
+    a: &Operand,
+    b: &Operand,
+    s: &mut String,
+) {
+    let t = TILE;
+    writeln!(
+        s,
+        "    const int64_t M = {}, N = {}, K = {};",
+        c(m),
+        c(n),
+        c(kk)
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    const int64_t kiln_b = blockIdx.z;\n    if (kiln_b >= kiln_units) return;"
+    )
+    .unwrap();
+    unflatten(batch, "kiln_b", None, "    ", s);
+    writeln!(
+        s,
+        "    __shared__ float As[{t}][{}], Bs[{t}][{}];",
+        t + 1,
+        t + 1
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    const {} *pa = {};\n    const {} *pb = {};",
+        storage_type(a.dtype),
+        operand_base(a, batch),
+        storage_type(b.dtype),
+        operand_base(b, batch)
+    )
+    .unwrap();
+    writeln!(s, "    const int tx = threadIdx.x, ty = threadIdx.y;").unwrap();
+    writeln!(s, "    const int64_t row = (int64_t)blockIdx.y * {t} + ty, col = (int64_t)blockIdx.x * {t} + tx;").unwrap();
+    writeln!(
+        s,
+        "    float acc = 0.0f;\n    for (int64_t k0 = 0; k0 < K; k0 += {t}) {{"
+    )
+    .unwrap();
+    let la = load(
+        a.dtype,
+        format!(
+            "pa[row * {} + (k0 + tx) * {}]",
+            c(&a.row_stride),
+            c(&a.col_stride)
+        ),
+    );
+    let lb = load(
+        b.dtype,
+        format!(
+            "pb[(k0 + ty) * {} + col * {}]",
+            c(&b.row_stride),
+            c(&b.col_stride)
+        ),
+    );
+    writeln!(
+        s,
+        "        As[ty][tx] = (row < M && k0 + tx < K) ? (float)({la}) : 0.0f;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        Bs[ty][tx] = (k0 + ty < K && col < N) ? (float)({lb}) : 0.0f;"
+    )
+    .unwrap();
+    writeln!(s, "        __syncthreads();\n        #pragma unroll\n        for (int q = 0; q < {t}; ++q) acc += As[ty][q] * Bs[q][tx];\n        __syncthreads();\n    }}").unwrap();
+    writeln!(
+        s,
+        "    if (row < M && col < N) out[kiln_b * M * N + row * N + col] = {};",
+        store(k.out_dtype, round(k.out_dtype, "acc".into()))
+    )
+    .unwrap();
+}

@@ -1,0 +1,238 @@
+//! Running a compiled graph on a CUDA device: weights uploaded once, buffers from the memory
+//! plan, kernels launched in program order on one stream.
+
+use crate::codegen::{launch_shape, LaunchShape, BLOCK, TILE};
+use crate::CudaModule;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use kiln_compile::{Compiled, Executable};
+use kiln_ir::{Bindings, Expr, IrError, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// True when the CUDA driver is installed and sees at least one device.
+pub fn cuda_device_present() -> bool {
+    // SAFETY: only probes for libcuda by name; nothing is called if it is absent.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return false;
+    }
+    CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
+}
+
+struct Launch {
+    f: CudaFunction,
+    units: Expr,
+    shape: LaunchShape,
+    symbols: Vec<String>,
+}
+
+pub struct CudaExecutable {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    compiled: Compiled<CudaModule>,
+    launches: Vec<Launch>,
+    /// Host copies keep the shapes for binding; device copies are what kernels read.
+    params: HashMap<String, (Tensor, CudaSlice<u8>)>,
+    slots: Vec<CudaSlice<u8>>,
+}
+
+fn dev_err(what: &str, e: impl std::fmt::Display) -> IrError {
+    IrError::Invalid {
+        what: format!("CUDA {what}: {e}"),
+    }
+}
+
+impl CudaExecutable {
+    /// Resolves every kernel's function in its loaded module (on this thread).
+    pub fn new(
+        compiled: Compiled<CudaModule>,
+        ctx: Arc<CudaContext>,
+    ) -> Result<CudaExecutable, String> {
+        let mut launches = Vec::new();
+        for k in &compiled.kernels {
+            let CudaModule::Loaded(m) = &compiled.modules[k.module] else {
+                return Err(format!(
+                    "kernel {} was compiled without a device; compile with CudaBackend::for_device",
+                    k.source.name
+                ));
+            };
+            let f = m
+                .load_function(&k.source.name)
+                .map_err(|e| format!("kernel {}: {e}", k.source.name))?;
+            let (units, shape) = launch_shape(&k.kernel);
+            launches.push(Launch {
+                f,
+                units,
+                shape,
+                symbols: k.kernel.symbols(),
+            });
+        }
+        let stream = ctx.default_stream();
+        Ok(CudaExecutable {
+            ctx,
+            stream,
+            compiled,
+            launches,
+            params: HashMap::new(),
+            slots: Vec::new(),
+        })
+    }
+
+    /// Device memory check before an allocation: a clear error instead of a crash.
+    fn ensure_free(&self, what: &str, bytes: usize) -> Result<(), IrError> {
+        let (free, total) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| dev_err("mem_get_info", e))?;
+        if bytes > free {
+            return Err(IrError::Invalid {
+                what: format!(
+                    "{what} needs {:.1} MB of GPU memory but only {:.1} MB of {:.1} MB are free",
+                    bytes as f64 / 1e6,
+                    free as f64 / 1e6,
+                    total as f64 / 1e6
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn upload(&self, what: &str, bytes: &[u8]) -> Result<CudaSlice<u8>, IrError> {
+        self.ensure_free(what, bytes.len())?;
+        if bytes.is_empty() {
+            return self
+                .stream
+                .alloc_zeros::<u8>(1)
+                .map_err(|e| dev_err("alloc", e));
+        }
+        self.stream
+            .clone_htod(bytes)
+            .map_err(|e| dev_err(&format!("upload of {what}"), e))
+    }
+}
+
+impl Executable for CudaExecutable {
+    fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), IrError> {
+        self.compiled.program.check_param(name, &t)?;
+        let dev = self.upload(&format!("weight '{name}'"), t.bytes())?;
+        self.params.insert(name.into(), (t, dev));
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, IrError> {
+        let mut all: HashMap<&str, &Tensor> = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), &v.0))
+            .collect();
+        all.extend(inputs.iter().map(|(k, v)| (k.as_str(), v)));
+        let b: Bindings = self
+            .compiled
+            .program
+            .graph
+            .bind_inputs(&all, &Bindings::new())?;
+
+        let sizes = self.compiled.plan.slot_bytes(&self.compiled.program, &b)?;
+        for (i, &bytes) in sizes.iter().enumerate() {
+            let need = bytes.max(1);
+            if self.slots.get(i).is_none_or(|s| s.len() < need) {
+                self.ensure_free("intermediate buffers", need)?;
+                let s = self
+                    .stream
+                    .alloc_zeros::<u8>(need)
+                    .map_err(|e| dev_err("alloc", e))?;
+                if i < self.slots.len() {
+                    self.slots[i] = s;
+                } else {
+                    self.slots.push(s);
+                }
+            }
+        }
+        let mut uploaded: HashMap<&str, CudaSlice<u8>> = HashMap::new();
+        for (name, t) in inputs {
+            uploaded.insert(
+                name.as_str(),
+                self.upload(&format!("input '{name}'"), t.bytes())?,
+            );
+        }
+        let program = &self.compiled.program;
+        let bufs: Vec<&CudaSlice<u8>> = program
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buf)| match &buf.input {
+                Some(name) => uploaded
+                    .get(name.as_str())
+                    .unwrap_or_else(|| &self.params[name.as_str()].1),
+                None => &self.slots[self.compiled.plan.slot_of[i].expect("planned")],
+            })
+            .collect();
+
+        for (step, &u) in program.steps.iter().zip(&self.compiled.step_kernel) {
+            let l = &self.launches[u];
+            let units = l.units.eval(&b)?;
+            let (grid, block) = match &l.shape {
+                LaunchShape::Threads(n) => {
+                    let n = n.eval(&b)?;
+                    (((n + BLOCK as i64 - 1) / BLOCK as i64, 1, 1), (BLOCK, 1, 1))
+                }
+                LaunchShape::MatMulGrid { n, m, batch } => {
+                    let (n, m, batch) = (n.eval(&b)?, m.eval(&b)?, batch.eval(&b)?);
+                    let t = TILE as i64;
+                    (((n + t - 1) / t, (m + t - 1) / t, batch), (TILE, TILE, 1))
+                }
+            };
+            if units <= 0 || grid.0 <= 0 || grid.1 <= 0 || grid.2 <= 0 {
+                continue;
+            }
+            let syms: Vec<i64> = l
+                .symbols
+                .iter()
+                .map(|s| Expr::sym(s).eval(&b))
+                .collect::<Result<_, _>>()?;
+            let mut lb = self.stream.launch_builder(&l.f);
+            lb.arg(bufs[step.output]);
+            for &i in &step.inputs {
+                lb.arg(bufs[i]);
+            }
+            for v in &syms {
+                lb.arg(v);
+            }
+            lb.arg(&units);
+            let cfg = LaunchConfig {
+                grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+                block_dim: block,
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's generated signature; buffers are sized by the plan.
+            unsafe { lb.launch(cfg) }.map_err(|e| dev_err("launch", e))?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| dev_err("synchronize", e))?;
+
+        let mut out = HashMap::new();
+        for (name, buf) in &program.outputs {
+            let info = &program.buffers[*buf];
+            let shape: Vec<usize> = info
+                .shape
+                .iter()
+                .map(|d| d.eval(&b).map(|v| v.max(0) as usize))
+                .collect::<Result<_, _>>()?;
+            let n = shape.iter().product::<usize>() * info.dtype.size_bytes();
+            let host = self
+                .stream
+                .clone_dtoh(&bufs[*buf].slice(..n.max(1)))
+                .map_err(|e| dev_err("download", e))?;
+            out.insert(
+                name.clone(),
+                Tensor::from_bytes(info.dtype, &shape, &host[..n]),
+            );
+        }
+        Ok(out)
+    }
+}

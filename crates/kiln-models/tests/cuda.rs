@@ -1,0 +1,260 @@
+//! The CUDA backend. Compiling to CUBIN needs only NVRTC and runs everywhere (CI installs the
+//! `nvidia-cuda-nvrtc-cu12` wheel; a missing libnvrtc fails these tests, it does not skip them).
+//! Running kernels needs an NVIDIA GPU: those tests say so and skip when there is none.
+
+use kiln_compile::{
+    compile, Backend, CompileError, CompileOptions, Executable, Kernel, KernelSource,
+};
+use kiln_cuda::{cuda_device_present, CudaBackend, CudaModule};
+use kiln_models::{
+    build_graph, presets::preset, Device, GraphOptions, LoadOptions, Model, ModelSource, Sampling,
+};
+use std::path::PathBuf;
+
+#[test]
+fn qwen3_preset_compiles_to_cubin_deterministically() {
+    let graph = build_graph(&preset("qwen3-0.6b").unwrap(), GraphOptions::default()).unwrap();
+    for arch in ["sm_90", "sm_80"] {
+        let backend = CudaBackend::compile_only(arch).unwrap();
+        let mut digests = Vec::new();
+        for threads in [1, 2] {
+            let c = compile(
+                &graph,
+                &backend,
+                &CompileOptions {
+                    threads,
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{arch}, {threads} threads: {e}"));
+            assert_eq!(c.report.compiled, c.report.kernels_unique);
+            for m in &c.modules {
+                let CudaModule::Cubin(bytes) = m else {
+                    panic!("compile-only loads nothing")
+                };
+                assert_eq!(&bytes[..4], b"\x7fELF", "a CUBIN is an ELF image");
+            }
+            digests.push(c.report.artifact_digest);
+        }
+        assert_eq!(
+            digests[0], digests[1],
+            "{arch}: same CUBINs for 1 and 2 threads"
+        );
+    }
+}
+
+struct Broken(CudaBackend);
+
+impl Backend for Broken {
+    type Module = CudaModule;
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn identity(&self) -> Result<String, CompileError> {
+        self.0.identity()
+    }
+    fn codegen(&self, k: &Kernel) -> KernelSource {
+        let s = self.0.codegen(k);
+        if k.label() == "reduce_max" {
+            return KernelSource {
+                source: s.source.replacen("{\n", "{\n    int oops = ;\n", 1),
+                name: s.name,
+            };
+        }
+        s
+    }
+    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, String> {
+        self.0.compile(ks)
+    }
+    fn load(&self, a: &[u8]) -> Result<CudaModule, String> {
+        self.0.load(a)
+    }
+    fn source_extension(&self) -> &'static str {
+        "cu"
+    }
+}
+
+#[test]
+fn a_cuda_syntax_error_names_the_kernel_with_nvrtc_log() {
+    let graph = build_graph(&preset("qwen3-0.6b").unwrap(), GraphOptions::default()).unwrap();
+    let b = Broken(CudaBackend::compile_only("sm_90").unwrap());
+    let err = compile(
+        &graph,
+        &b,
+        &CompileOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("must fail");
+    let CompileError::Kernels(fails) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(fails.len(), 1, "{err}");
+    assert!(fails[0].kernel.starts_with("kiln_reduce_max_"));
+    assert!(
+        fails[0].diagnostics.contains("error") && fails[0].diagnostics.contains("kernels.cu"),
+        "NVRTC log: {}",
+        fails[0].diagnostics
+    );
+    assert!(fails[0].source_path.as_ref().unwrap().extension().unwrap() == "cu");
+}
+
+#[test]
+fn invalid_arch_is_a_clear_error() {
+    let e = CudaBackend::compile_only("hopper")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("invalid CUDA arch 'hopper'"), "{e}");
+}
+
+fn gpu() -> bool {
+    let present = cuda_device_present();
+    if !present {
+        eprintln!("skipping: no CUDA device (this test runs kernels on an NVIDIA GPU)");
+    }
+    present
+}
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        })
+}
+
+#[test]
+fn gpu_ops_match_the_interpreter() {
+    if !gpu() {
+        return;
+    }
+    use kiln_ir::{DType, Expr, Graph, Tensor};
+    let mut g = Graph::new();
+    let s = Expr::sym("s");
+    let x = g.input("x", DType::F32, &[s.clone(), 64.into()]).unwrap();
+    let w = g.input("w", DType::F32, &[48.into(), 64.into()]).unwrap();
+    let nw = g.input("nw", DType::F32, &[64.into()]).unwrap();
+    let h = g.rms_norm(x, nw, 1e-6).unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    let y = g.matmul(h, wt).unwrap();
+    let y = g.silu(y).unwrap();
+    let sm = g.softmax(y, 1).unwrap();
+    let c = g.cast(sm, DType::BF16);
+    g.output("softmax", sm);
+    g.output("bf16", c);
+    let backend = CudaBackend::for_device(0, None).unwrap();
+    let compiled = compile(&g, &backend, &CompileOptions::default()).unwrap();
+    let mut exe =
+        kiln_cuda::CudaExecutable::new(compiled, backend.context().unwrap().clone()).unwrap();
+    for n in [1usize, 7, 33] {
+        let vals = |k: usize, seed: usize| {
+            (0..k)
+                .map(|i| (((i * 7919 + seed) % 1000) as f32 / 500.0) - 1.0)
+                .collect::<Vec<_>>()
+        };
+        let ins: std::collections::HashMap<String, Tensor> = [
+            (
+                "x".to_string(),
+                Tensor::from_f32(&[n, 64], &vals(n * 64, 1)),
+            ),
+            (
+                "w".to_string(),
+                Tensor::from_f32(&[48, 64], &vals(48 * 64, 2)),
+            ),
+            ("nw".to_string(), Tensor::from_f32(&[64], &vals(64, 3))),
+        ]
+        .into();
+        let got = exe.run(&ins).unwrap();
+        let want = kiln_ir::interpret(&g, &ins, &Default::default()).unwrap();
+        for (name, w) in &want {
+            let (a, b) = (got[name].to_f64_vec(), w.to_f64_vec());
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                d <= if name == "bf16" { 1e-2 } else { 1e-5 },
+                "{name}: max diff {d} at s = {n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_fixtures_reproduce_transformers_greedy_ids() {
+    if !gpu() {
+        return;
+    }
+    for name in ["tiny-qwen3", "tiny-qwen3-sharded", "tiny-qwen3-bf16"] {
+        let dir = fixtures().join(name);
+        let opts = LoadOptions {
+            device: Device::Cuda,
+            ..Default::default()
+        };
+        let mut m = Model::load(&ModelSource::Dir(dir.clone()), &opts).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
+                .unwrap();
+        let ids: Vec<u32> = r["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let g = m
+            .generate(&ids, 16, &Sampling::default(), &[], |_| {})
+            .unwrap();
+        let want: Vec<u32> = r["greedy_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(g.generated_ids, want, "{name}");
+        for (k, row) in r["step_logits"].as_array().unwrap().iter().enumerate() {
+            let d = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(&g.step_logits[k])
+                .map(|(a, b)| (a.as_f64().unwrap() as f32 - b).abs())
+                .fold(0.0, f32::max);
+            assert!(d <= 1e-3, "{name} step {k}: {d}");
+        }
+    }
+}
+
+#[test]
+fn gpu_and_cpu_agree_on_the_qwen3_preset() {
+    if !gpu() {
+        return;
+    }
+    let prompt: Vec<u32> = vec![9707, 11, 1879, 0, 220];
+    let run = |device| {
+        let opts = LoadOptions {
+            device,
+            ..Default::default()
+        };
+        let mut m = Model::load(&ModelSource::Preset("qwen3-0.6b".into()), &opts).unwrap();
+        m.generate(&prompt, 32, &Sampling::default(), &[], |_| {})
+            .unwrap()
+    };
+    let (cpu, gpu) = (run(Device::Cpu), run(Device::Cuda));
+    for k in 0..32 {
+        if cpu.generated_ids[k] != gpu.generated_ids[k] {
+            // Report the margin: a divergence is only acceptable where the top-2 logits are close.
+            let mut row = cpu.step_logits[k].clone();
+            row.sort_by(|a, b| b.total_cmp(a));
+            panic!(
+                "token {k} differs (cpu {} vs cuda {}); cpu top-2 margin {}",
+                cpu.generated_ids[k],
+                gpu.generated_ids[k],
+                row[0] - row[1]
+            );
+        }
+    }
+}
