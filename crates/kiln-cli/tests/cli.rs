@@ -337,3 +337,80 @@ fn bench_compile_writes_json_and_plot() {
     let svg = std::fs::read_to_string(out.path().join("compile.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("speedup"));
 }
+
+#[test]
+fn trace_has_one_track_per_worker_and_budget_keeps_results() {
+    let cache = tempfile::tempdir().unwrap();
+    let trace = cache.path().join("trace.json");
+    let r = json(&kiln(
+        &[
+            "compile",
+            "--model",
+            "qwen3-0.6b",
+            "--threads",
+            "2",
+            "--no-cache",
+            "--json",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+        cache.path(),
+    ));
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = t["traceEvents"].as_array().unwrap();
+    let stages = events.iter().filter(|e| e["cat"] == "stage").count();
+    assert_eq!(stages, r["stages"].as_array().unwrap().len());
+    let mut tids: Vec<u64> = events
+        .iter()
+        .filter(|e| e["cat"] == "compile")
+        .map(|e| e["tid"].as_u64().unwrap())
+        .collect();
+    tids.sort();
+    tids.dedup();
+    assert_eq!(tids, vec![1, 2], "one track per compile worker");
+    // A memory budget that admits one compiler at a time changes nothing but time.
+    let b = json(&kiln(
+        &[
+            "compile",
+            "--model",
+            "qwen3-0.6b",
+            "--threads",
+            "2",
+            "--no-cache",
+            "--json",
+            "--memory-budget-mb",
+            "1",
+        ],
+        cache.path(),
+    ));
+    assert_eq!(b["artifact_digest"], r["artifact_digest"]);
+}
+
+#[test]
+fn chat_run_streams_text() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = kiln(
+        &[
+            "run",
+            "--model",
+            "qwen2.5-0.5b",
+            "--prompt",
+            "Hi",
+            "--chat",
+            "--max-new-tokens",
+            "3",
+            "--ignore-eos",
+        ],
+        cache.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 new tokens") && err.contains("tokens/s"),
+        "{err}"
+    );
+}

@@ -131,6 +131,14 @@ impl Stages<'_> {
     }
 }
 
+static COMPILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many times [`compile`] has run in this process: lets tests prove that nothing
+/// recompiles per token or per prompt length.
+pub fn compile_count() -> usize {
+    COMPILES.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Compiles `graph` for `backend`.
 pub fn compile<B: Backend>(
     graph: &Graph,
@@ -143,6 +151,7 @@ pub fn compile<B: Backend>(
             reason: "the thread count must be at least 1".into(),
         });
     }
+    COMPILES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let t0 = Instant::now();
     let identity = backend.identity()?;
     let mut st = Stages {

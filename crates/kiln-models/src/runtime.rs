@@ -69,8 +69,6 @@ pub struct Model {
     pub config: QwenConfig,
     pub exe: Box<dyn Executable>,
     pub report: CompileReport,
-    /// Times the graph was compiled (stays 1 for any prompt length and any number of steps).
-    pub compiles: usize,
     /// Outputs of the last forward besides logits and cache (hidden states when asked for).
     pub last_outputs: HashMap<String, Tensor>,
 }
@@ -177,7 +175,6 @@ impl Model {
             config,
             exe,
             report,
-            compiles: 1,
             last_outputs: HashMap::new(),
         })
     }

@@ -130,10 +130,6 @@ fn check_model(name: &str, prompts: &[&str]) {
             );
         }
     }
-    assert_eq!(
-        gen.compiles, 1,
-        "one compile serves every prompt length and step"
-    );
 }
 
 #[test]
