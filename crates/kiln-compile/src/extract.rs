@@ -86,11 +86,15 @@ impl Program {
 pub fn extract(graph: &Graph) -> Program {
     let mut realized = initial_realized(graph);
     loop {
-        let program = build(graph, &realized);
-        match program {
+        match build(graph, &realized) {
             Ok(p) => return p,
-            // A matmul operand could not be read as a strided view: realize it and redo.
-            Err(operand) => realized[operand.index()] = true,
+            // Matmul operands that could not be read as strided views: realize them and redo
+            // (all found in one pass, so this converges in one or two rounds).
+            Err(operands) => {
+                for o in operands {
+                    realized[o.index()] = true;
+                }
+            }
         }
     }
 }
@@ -158,7 +162,7 @@ struct Lowering<'a, 'g> {
     reads: Vec<NodeId>,
 }
 
-fn build(graph: &Graph, realized: &[bool]) -> Result<Program, NodeId> {
+fn build(graph: &Graph, realized: &[bool]) -> Result<Program, Vec<NodeId>> {
     let mut b = Builder {
         graph,
         realized,
@@ -167,6 +171,7 @@ fn build(graph: &Graph, realized: &[bool]) -> Result<Program, NodeId> {
     let mut buffers = Vec::new();
     let mut steps = Vec::new();
     let mut kernels = Vec::new();
+    let mut failed = Vec::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         let id = NodeId(i as u32);
         if !realized[i] {
@@ -191,7 +196,13 @@ fn build(graph: &Graph, realized: &[bool]) -> Result<Program, NodeId> {
             root: id,
             reads: Vec::new(),
         };
-        let kind = l.kernel_kind()?;
+        let kind = match l.kernel_kind() {
+            Ok(k) => k,
+            Err(operand) => {
+                failed.push(operand);
+                continue;
+            }
+        };
         let inputs: Vec<usize> = l.reads.iter().map(|r| b.buffer_of[r]).collect();
         kernels.push(Kernel {
             kind,
@@ -205,6 +216,14 @@ fn build(graph: &Graph, realized: &[bool]) -> Result<Program, NodeId> {
             inputs,
         });
     }
+    if !failed.is_empty() {
+        return Err(failed);
+    }
+    assert_eq!(
+        steps.len(),
+        buffers.iter().filter(|b| b.input.is_none()).count(),
+        "every realized node has exactly one kernel"
+    );
     let outputs = graph
         .outputs
         .iter()

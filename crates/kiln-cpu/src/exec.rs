@@ -135,8 +135,9 @@ impl Executable for CpuExecutable {
             .enumerate()
             .map(|(i, buf)| match &buf.input {
                 Some(name) => all[name.as_str()].bytes().as_ptr() as *mut c_void,
-                None => self.slots[self.compiled.plan.slot_of[i].expect("planned")].as_mut_ptr()
-                    as *mut c_void,
+                None => self.slots
+                    [self.compiled.plan.slot_of[i].expect("every kernel output is planned")]
+                .as_mut_ptr() as *mut c_void,
             })
             .collect();
 
