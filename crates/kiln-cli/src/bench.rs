@@ -127,6 +127,8 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
     if !threads.contains(&1) {
         threads.insert(0, 1); // the baseline
     }
+    // One discarded run first: the first compile after a build pays for cold page caches.
+    report(compile_child(&a, 1, &fresh("warm-up".into())))?;
     let mut configs = Vec::new();
     let mut base_ms = 0.0;
     let mut base_stage = 0.0;
