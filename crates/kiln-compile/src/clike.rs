@@ -2,7 +2,43 @@
 //! (C for the CPU, CUDA C for NVIDIA GPUs). The helper functions it calls (`kiln_fmax`,
 //! `kiln_f16_to_f32`, ...) are defined by each backend's prelude with the same semantics.
 
-use crate::ScalarExpr;
+use crate::{Operand, ScalarExpr};
+use kiln_ir::ReduceOp;
+
+/// The scalar helper functions every C-family prelude needs (see `clike_helpers.h`).
+pub const HELPERS: &str = include_str!("clike_helpers.h");
+const HELPERS_MARKER: &str = "/* KILN_CLIKE_HELPERS */";
+
+/// A backend prelude with the shared helpers put in place of its marker.
+pub fn prelude(backend_prelude: &str) -> String {
+    assert!(
+        backend_prelude.contains(HELPERS_MARKER),
+        "prelude lacks {HELPERS_MARKER}"
+    );
+    backend_prelude.replace(HELPERS_MARKER, HELPERS)
+}
+
+/// `acc op x` for a reduction in its compute type.
+pub fn reduce_combine(op: ReduceOp, d: DType, acc: &str, x: &str) -> String {
+    match (op, d) {
+        (ReduceOp::Sum, DType::I32) => format!("kiln_iadd({acc}, {x})"),
+        (ReduceOp::Sum, _) => format!("{acc} + {x}"),
+        (ReduceOp::Max, d) if d.is_float() => format!("kiln_fmax({acc}, {x})"),
+        (ReduceOp::Max, _) => format!("kiln_imax({acc}, {x})"),
+    }
+}
+
+/// Pointer to a matmul operand's batch slice: `in{i} + offset + sum(b_i * stride_i)`, with the
+/// batch index variables `v0..` declared by the kernel.
+pub fn operand_base(o: &Operand, batch: &[Expr]) -> String {
+    let mut off = o.offset.clone();
+    for (i, st) in o.batch_strides.iter().enumerate() {
+        if !batch[i].is_const(1) {
+            off = off.add(Expr::Var(i as u32).mul(st.clone()));
+        }
+    }
+    format!("in{} + {}", o.input, c(&off))
+}
 use kiln_ir::{contiguous_strides, BinaryOp, DType, Expr, UnaryOp};
 use std::fmt::Write;
 

@@ -47,7 +47,42 @@ pub struct Program {
     pub outputs: Vec<(String, usize)>,
 }
 
+/// Where one graph output lies after a run.
+pub struct OutputLayout<'p> {
+    pub name: &'p str,
+    pub buffer: usize,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub bytes: usize,
+}
+
 impl Program {
+    /// Each output's buffer and concrete shape under bindings `b`.
+    pub fn output_layouts(
+        &self,
+        b: &kiln_ir::Bindings,
+    ) -> Result<Vec<OutputLayout<'_>>, kiln_ir::IrError> {
+        self.outputs
+            .iter()
+            .map(|(name, buf)| {
+                let info = &self.buffers[*buf];
+                let shape: Vec<usize> = info
+                    .shape
+                    .iter()
+                    .map(|d| d.eval(b).map(|v| v.max(0) as usize))
+                    .collect::<Result<_, _>>()?;
+                let bytes = shape.iter().product::<usize>() * info.dtype.size_bytes();
+                Ok(OutputLayout {
+                    name,
+                    buffer: *buf,
+                    dtype: info.dtype,
+                    shape,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
     /// Checks a weight against its input declaration (dtype, rank, constant dims).
     pub fn check_param(&self, name: &str, t: &kiln_ir::Tensor) -> Result<(), kiln_ir::IrError> {
         let g = &self.graph;

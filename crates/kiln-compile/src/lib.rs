@@ -23,7 +23,7 @@ pub mod schedule;
 pub use backend::{Backend, KernelSource, NAME_PLACEHOLDER};
 pub use cache::{cache_key, KernelCache, Lookup};
 pub use error::{CompileError, KernelFailure};
-pub use extract::{Buffer, Program, Step};
+pub use extract::{Buffer, OutputLayout, Program, Step};
 pub use kernel::{Kernel, KernelKind, Let, Operand, ScalarExpr};
 pub use memplan::MemoryPlan;
 pub use observer::{Event, Observer, Stage, TraceRecorder};

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub const PRELUDE: &str = include_str!("c/prelude.h");
+/// The C prelude: CPU-specific definitions, the shared scalar helpers, the matmul blocks.
+pub fn prelude() -> &'static str {
+    static P: OnceLock<String> = OnceLock::new();
+    P.get_or_init(|| kiln_compile::clike::prelude(include_str!("c/prelude.h")))
+}
 
 /// Flags for every kernel. -march=native: kernels run where they are compiled (the cache key
 /// names the CPU). No -ffast-math: kernels keep IEEE semantics (inf in masks, NaN propagation).
@@ -78,7 +82,7 @@ impl CCompiler {
             .prefix("kiln-cc-")
             .tempdir()
             .map_err(|e| format!("cannot create a temp dir: {e}"))?;
-        let mut unit = String::from(PRELUDE);
+        let mut unit = String::from(prelude());
         for s in sources {
             unit.push('\n');
             unit.push_str(s);

@@ -7,11 +7,11 @@
 //! elementwise kernels, output elements for reductions, tiles for matmuls).
 
 use kiln_compile::clike::{
-    c, compute_type, literal, load, round, scalar, storage_type, store, sym_name, unflatten,
-    var_name,
+    c, compute_type, literal, load, operand_base, reduce_combine, round, scalar, storage_type,
+    store, sym_name, unflatten, var_name,
 };
 use kiln_compile::{Kernel, KernelKind, Operand, NAME_PLACEHOLDER};
-use kiln_ir::{numel, DType, Expr, ReduceOp};
+use kiln_ir::{numel, DType, Expr};
 use std::fmt::Write;
 
 /// Matmul tile: rows x columns of the output per work unit.
@@ -125,12 +125,7 @@ pub fn kernel_source(k: &Kernel) -> String {
                 k.out_dtype,
             );
             let e = scalar(body);
-            let combine = match (op, k.out_dtype) {
-                (ReduceOp::Sum, DType::I32) => format!("kiln_iadd(acc, {e})"),
-                (ReduceOp::Sum, _) => format!("acc + {e}"),
-                (ReduceOp::Max, d) if d.is_float() => format!("kiln_fmax(acc, {e})"),
-                (ReduceOp::Max, _) => format!("kiln_imax(acc, {e})"),
-            };
+            let combine = reduce_combine(*op, k.out_dtype, "acc", &e);
             writeln!(
                 s,
                 "    for (int64_t kiln_o = kiln_lo; kiln_o < kiln_hi; ++kiln_o) {{"
@@ -163,16 +158,6 @@ pub fn kernel_source(k: &Kernel) -> String {
     }
     s.push_str("}\n");
     s
-}
-
-fn operand_base(o: &Operand, batch: &[Expr]) -> String {
-    let mut off = o.offset.clone();
-    for (i, st) in o.batch_strides.iter().enumerate() {
-        if !batch[i].is_const(1) {
-            off = off.add(Expr::Var(i as u32).mul(st.clone()));
-        }
-    }
-    format!("in{} + {}", o.input, c(&off))
 }
 
 #[allow(clippy::too_many_arguments)]

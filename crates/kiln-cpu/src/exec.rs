@@ -178,17 +178,13 @@ impl Executable for CpuExecutable {
         }
 
         let mut out = HashMap::new();
-        for (name, buf) in &program.outputs {
-            let info = &program.buffers[*buf];
-            let shape: Vec<usize> = info
-                .shape
-                .iter()
-                .map(|d| d.eval(&b).map(|v| v.max(0) as usize))
-                .collect::<Result<_, _>>()?;
-            let n: usize = shape.iter().product::<usize>() * info.dtype.size_bytes();
-            // SAFETY: the output buffer holds n bytes written by its kernel.
-            let bytes = unsafe { std::slice::from_raw_parts(ptrs[*buf] as *const u8, n) };
-            out.insert(name.clone(), Tensor::from_bytes(info.dtype, &shape, bytes));
+        for o in program.output_layouts(&b)? {
+            // SAFETY: the output buffer holds o.bytes bytes written by its kernel.
+            let bytes = unsafe { std::slice::from_raw_parts(ptrs[o.buffer] as *const u8, o.bytes) };
+            out.insert(
+                o.name.to_string(),
+                Tensor::from_bytes(o.dtype, &o.shape, bytes),
+            );
         }
         Ok(out)
     }

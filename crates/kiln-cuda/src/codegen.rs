@@ -5,11 +5,11 @@
 //! with symbols in sorted order. Launch geometry per kind is in [`launch_shape`].
 
 use kiln_compile::clike::{
-    c, compute_type, literal, load, round, scalar, storage_type, store, sym_name, unflatten,
-    var_name,
+    c, compute_type, literal, load, operand_base, reduce_combine, round, scalar, storage_type,
+    store, sym_name, unflatten, var_name,
 };
 use kiln_compile::{Kernel, KernelKind, Operand, NAME_PLACEHOLDER};
-use kiln_ir::{numel, DType, Expr, ReduceOp};
+use kiln_ir::{numel, Expr};
 use std::fmt::Write;
 
 pub const BLOCK: u32 = 256;
@@ -61,15 +61,6 @@ fn header(k: &Kernel, s: &mut String) {
     .unwrap();
 }
 
-fn combine(op: ReduceOp, d: DType, acc: &str, x: &str) -> String {
-    match (op, d) {
-        (ReduceOp::Sum, DType::I32) => format!("kiln_iadd({acc}, {x})"),
-        (ReduceOp::Sum, _) => format!("{acc} + {x}"),
-        (ReduceOp::Max, d) if d.is_float() => format!("kiln_fmax({acc}, {x})"),
-        (ReduceOp::Max, _) => format!("kiln_imax({acc}, {x})"),
-    }
-}
-
 pub fn kernel_source(k: &Kernel) -> String {
     let mut s = String::new();
     header(k, &mut s);
@@ -114,11 +105,11 @@ pub fn kernel_source(k: &Kernel) -> String {
                 s,
                 "    for (int64_t {v} = kiln_lane; {v} < {}; {v} += 32) acc = {};",
                 c(len),
-                combine(*op, k.out_dtype, "acc", &scalar(body))
+                reduce_combine(*op, k.out_dtype, "acc", &scalar(body))
             )
             .unwrap();
             writeln!(s, "    for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {{").unwrap();
-            writeln!(s, "        {acc_t} kiln_x = __shfl_down_sync(0xffffffffu, acc, kiln_o);\n        acc = {};\n    }}", combine(*op, k.out_dtype, "acc", "kiln_x")).unwrap();
+            writeln!(s, "        {acc_t} kiln_x = __shfl_down_sync(0xffffffffu, acc, kiln_o);\n        acc = {};\n    }}", reduce_combine(*op, k.out_dtype, "acc", "kiln_x")).unwrap();
             writeln!(
                 s,
                 "    if (kiln_lane == 0) out[kiln_w] = {};",
@@ -137,16 +128,6 @@ pub fn kernel_source(k: &Kernel) -> String {
     }
     s.push_str("}\n");
     s
-}
-
-fn operand_base(o: &Operand, batch: &[Expr]) -> String {
-    let mut off = o.offset.clone();
-    for (i, st) in o.batch_strides.iter().enumerate() {
-        if !batch[i].is_const(1) {
-            off = off.add(Expr::Var(i as u32).mul(st.clone()));
-        }
-    }
-    format!("in{} + {}", o.input, c(&off))
 }
 
 /// A shared-memory tiled matmul: each TILE x TILE block computes one output tile, one batch per

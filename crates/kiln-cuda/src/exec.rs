@@ -216,21 +216,14 @@ impl Executable for CudaExecutable {
             .map_err(|e| dev_err("synchronize", e))?;
 
         let mut out = HashMap::new();
-        for (name, buf) in &program.outputs {
-            let info = &program.buffers[*buf];
-            let shape: Vec<usize> = info
-                .shape
-                .iter()
-                .map(|d| d.eval(&b).map(|v| v.max(0) as usize))
-                .collect::<Result<_, _>>()?;
-            let n = shape.iter().product::<usize>() * info.dtype.size_bytes();
+        for o in program.output_layouts(&b)? {
             let host = self
                 .stream
-                .clone_dtoh(&bufs[*buf].slice(..n.max(1)))
+                .clone_dtoh(&bufs[o.buffer].slice(..o.bytes.max(1)))
                 .map_err(|e| dev_err("download", e))?;
             out.insert(
-                name.clone(),
-                Tensor::from_bytes(info.dtype, &shape, &host[..n]),
+                o.name.to_string(),
+                Tensor::from_bytes(o.dtype, &o.shape, &host[..o.bytes]),
             );
         }
         Ok(out)

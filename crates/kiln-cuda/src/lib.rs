@@ -14,7 +14,11 @@ pub use exec::{cuda_device_present, CudaExecutable};
 
 use kiln_compile::{Backend, CompileError, Kernel, KernelSource};
 
-pub const PRELUDE: &str = include_str!("cu/prelude.cuh");
+/// The CUDA prelude: NVRTC-specific definitions and the shared scalar helpers.
+pub fn prelude() -> &'static str {
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| kiln_compile::clike::prelude(include_str!("cu/prelude.cuh")))
+}
 
 /// NVRTC options for every kernel (besides the arch). IEEE division and square root, FMA
 /// contraction allowed, like the CPU backend.
@@ -113,7 +117,7 @@ impl Backend for CudaBackend {
     }
 
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, String> {
-        let mut unit = String::from(PRELUDE);
+        let mut unit = String::from(prelude());
         for k in kernels {
             unit.push('\n');
             unit.push_str(&k.source);

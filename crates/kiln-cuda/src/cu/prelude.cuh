@@ -10,56 +10,8 @@ typedef unsigned char uint8_t;
 #define NAN __int_as_float(0x7fffffff)
 #define INT64_MAX 9223372036854775807LL
 #define INT64_MIN (-INT64_MAX - 1LL)
-#define KD static __device__ __forceinline__
 
-KD int64_t kiln_min(int64_t a, int64_t b) { return a < b ? a : b; }
-KD int64_t kiln_max(int64_t a, int64_t b) { return a > b ? a : b; }
-KD int64_t kiln_clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
-KD float kiln_fmax(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
-KD int32_t kiln_imax(int32_t a, int32_t b) { return a > b ? a : b; }
-KD int32_t kiln_iadd(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
-KD int32_t kiln_imul(int32_t a, int32_t b) { return (int32_t)((uint32_t)a * (uint32_t)b); }
-KD int32_t kiln_ineg(int32_t a) { return (int32_t)(0u - (uint32_t)a); }
-KD int32_t kiln_imod(int32_t a, int32_t b) { return (b == 0 || b == -1) ? 0 : a % b; }
-KD int32_t kiln_f2i(float v) {
-    if (v != v) return 0;
-    if (v >= 9.2233720368547758e18f) return (int32_t)(uint32_t)INT64_MAX;
-    if (v <= -9.2233720368547758e18f) return (int32_t)(uint32_t)(uint64_t)INT64_MIN;
-    return (int32_t)(uint32_t)(uint64_t)(int64_t)v;
-}
-KD float kiln_bf16_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
-KD uint16_t kiln_f32_to_bf16(float f) {
-    uint32_t x = __float_as_uint(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x0040u);
-    const uint32_t r = 0x8000u;
-    return (uint16_t)((x >> 16) + (((x & r) != 0 && (x & (3u * r - 1u)) != 0) ? 1u : 0u));
-}
-KD float kiln_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
-    if (exp == 0) { float v = (float)man * 5.9604644775390625e-8f; return sign ? -v : v; }
-    if (exp == 0x1f) u = sign | 0x7f800000u | (man ? (0x400000u | (man << 13)) : 0u);
-    else u = sign | ((exp + 112u) << 23) | (man << 13);
-    return __uint_as_float(u);
-}
-KD uint16_t kiln_f32_to_f16(float f) {
-    uint32_t x = __float_as_uint(f);
-    uint32_t sign = x & 0x80000000u, exp = x & 0x7f800000u, man = x & 0x007fffffu;
-    if (exp == 0x7f800000u) return (uint16_t)((sign >> 16) | 0x7c00u | (man ? 0x0200u : 0u) | (man >> 13));
-    uint32_t hsign = sign >> 16;
-    int32_t hexp = (int32_t)(exp >> 23) - 127 + 15;
-    if (hexp >= 0x1f) return (uint16_t)(hsign | 0x7c00u);
-    if (hexp <= 0) {
-        if (14 - hexp > 24) return (uint16_t)hsign;
-        uint32_t m = man | 0x00800000u;
-        uint32_t hman = m >> (14 - hexp);
-        uint32_t r = 1u << (13 - hexp);
-        if ((m & r) != 0 && (m & (3u * r - 1u)) != 0) hman += 1;
-        return (uint16_t)(hsign | hman);
-    }
-    uint32_t hh = hsign | ((uint32_t)hexp << 10) | (man >> 13);
-    const uint32_t r = 0x1000u;
-    if ((man & r) != 0 && (man & (3u * r - 1u)) != 0) hh += 1;
-    return (uint16_t)hh;
-}
-KD float kiln_round_f16(float v) { return kiln_f16_to_f32(kiln_f32_to_f16(v)); }
-KD float kiln_round_bf16(float v) { return kiln_bf16_to_f32(kiln_f32_to_bf16(v)); }
+#define KILN_FN static __device__ __forceinline__
+KILN_FN uint32_t kiln_f2u(float f) { return __float_as_uint(f); }
+KILN_FN float kiln_u2f(uint32_t u) { return __uint_as_float(u); }
+/* KILN_CLIKE_HELPERS */
