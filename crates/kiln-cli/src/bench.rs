@@ -384,14 +384,14 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         .collect();
     let g = model.generate(&prompt, a.tokens, &Sampling::default(), &[], |_| {})?;
     let bw = memory_bandwidth(threads);
-    let weight_bytes = model.config.num_params() as f64 * 4.0;
+    let weight_bytes = model.config.weight_bytes() as f64;
     let bound = bw / weight_bytes;
     let doc = json!({
         "model": a.model, "threads": threads, "machine": { "cores": cores(), "cpu": cpu_model() },
         "prompt_len": a.prompt_len, "tokens": g.generated_ids.len(), "load_ms": load_ms, "compile_ms": model.report.compile_ms,
         "prefill_ms": g.prefill_ms, "time_to_first_token_ms": g.prefill_ms,
         "decode_tokens_per_s": g.decode_tokens_per_s(),
-        "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes,
+        "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes, "weight_dtype": format!("{:?}", model.config.weight_dtype),
         "bandwidth_bound_tokens_per_s": bound, "fraction_of_bound": g.decode_tokens_per_s() / bound,
     });
     let jpath = a.out.join("decode.json");

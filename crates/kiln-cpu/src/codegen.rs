@@ -171,7 +171,15 @@ fn matmul(
     b: &Operand,
     s: &mut String,
 ) {
-    let all_f32 = a.dtype == DType::F32 && b.dtype == DType::F32 && k.out_dtype == DType::F32;
+    let f32_out = a.dtype == DType::F32 && k.out_dtype == DType::F32;
+    let all_f32 = f32_out && b.dtype == DType::F32;
+    // x @ W^T with f32 or bf16 weights: the register-blocked NT kernel.
+    let nt = match b.dtype {
+        DType::F32 => Some("kiln_mm_nt"),
+        DType::BF16 => Some("kiln_mm_nt_bf16"),
+        _ => None,
+    }
+    .filter(|_| f32_out && a.col_stride.is_const(1) && b.row_stride.is_const(1));
     writeln!(
         s,
         "    const int64_t M = {}, N = {}, K = {};",
@@ -218,10 +226,10 @@ fn matmul(
         c(&b.row_stride),
         c(&b.col_stride),
     );
-    if all_f32 && a.col_stride.is_const(1) && b.row_stride.is_const(1) {
+    if let Some(f) = nt {
         writeln!(
             s,
-            "        kiln_mm_nt(pa + m0 * {sam}, {sam}, pb + n0 * {sbn}, {sbn}, pc, N, tm, tn, K);"
+            "        {f}(pa + m0 * {sam}, {sam}, pb + n0 * {sbn}, {sbn}, pc, N, tm, tn, K);"
         )
         .unwrap();
     } else if all_f32 && b.col_stride.is_const(1) {

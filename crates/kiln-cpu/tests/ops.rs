@@ -136,6 +136,11 @@ fn matmul_layouts() {
     let generic = g.matmul(nn, ntt).unwrap(); // [m, m], strided
     let batched_a = g.reshape(a, &[1.into(), m.clone(), k.clone()]).unwrap();
     let batched = g.matmul(batched_a, b).unwrap(); // batch broadcast
+                                                   // bf16 weights times f32 activations (widened inside the NT kernel)
+    let wb = g.input("wb", DType::BF16, &[n.into(), k.clone()]).unwrap();
+    let wbt = g.transpose(wb, 0, 1).unwrap();
+    let mixed = g.matmul(a, wbt).unwrap();
+    g.output("mixed_bf16", mixed);
     g.output("nn", nn);
     g.output("nt", nt);
     g.output("generic", generic);
@@ -147,6 +152,10 @@ fn matmul_layouts() {
             ("a", Tensor::from_f32(&[mm, kk], &values(mm * kk, 1))),
             ("b", Tensor::from_f32(&[kk, n], &values(kk * n, 2))),
             ("bt", Tensor::from_f32(&[n, kk], &values(kk * n, 3))),
+            (
+                "wb",
+                Tensor::from_f32(&[n, kk], &values(kk * n, 4)).to_dtype(DType::BF16),
+            ),
         ]);
         // `generic` multiplies two f32 matmul results: its error is f32 rounding of the operands
         // times the sum of |terms| (about 19 x 7 here), ~1e-5, not relative to the result.

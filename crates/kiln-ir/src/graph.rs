@@ -330,7 +330,7 @@ impl Graph {
         self.reduce(ReduceOp::Max, x, axis)
     }
 
-    /// Batched matrix product; batch dims broadcast.
+    /// Batched matrix product; batch dims broadcast; the result has `a`'s dtype.
     pub fn matmul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
         let err = |d: String| {
@@ -342,11 +342,13 @@ impl Graph {
         if sa.len() < 2 || sb.len() < 2 {
             return Err(err("operands need at least 2 dims".into()));
         }
-        if self.dtype(a) != self.dtype(b) || !self.dtype(a).is_float() {
+        // Mixed float dtypes are allowed (f32 activations times bf16 weights): products
+        // accumulate in f32 and the result has `a`'s dtype.
+        if !self.dtype(a).is_float() || !self.dtype(b).is_float() {
             return Err(IrError::DType {
                 op: "matmul".into(),
                 detail: format!(
-                    "needs equal float dtypes, got {} and {}",
+                    "needs float operands, got {} and {}",
                     self.dtype(a),
                     self.dtype(b)
                 ),

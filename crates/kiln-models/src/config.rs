@@ -1,6 +1,7 @@
 //! The decoder's hyper-parameters, read from a Hugging Face `config.json` (either the
 //! transformers 5 spelling — `dtype`, `rope_parameters.rope_theta` — or the older one).
 
+use crate::model::WeightDtype;
 use crate::ModelError;
 use serde_json::Value;
 use std::path::Path;
@@ -31,6 +32,8 @@ pub struct QwenConfig {
     pub attention_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// How the matrix weights are held: bf16 when the checkpoint says `bfloat16`, else f32.
+    pub weight_dtype: WeightDtype,
 }
 
 impl QwenConfig {
@@ -140,7 +143,26 @@ impl QwenConfig {
             attention_bias: arch == Arch::Qwen2 || bool_key("attention_bias", false)?,
             bos_token_id: ids("bos_token_id").first().copied(),
             eos_token_ids: ids("eos_token_id"),
+            weight_dtype: match v
+                .get("torch_dtype")
+                .or_else(|| v.get("dtype"))
+                .and_then(|d| d.as_str())
+            {
+                Some("bfloat16") => WeightDtype::BF16,
+                _ => WeightDtype::F32,
+            },
         })
+    }
+
+    /// Bytes of weights in memory: matrices in `weight_dtype`, vectors in f32.
+    pub fn weight_bytes(&self) -> u64 {
+        crate::model::weight_shapes(self)
+            .iter()
+            .map(|(_, s)| {
+                s.iter().product::<usize>() as u64
+                    * crate::model::weight_dtype(s, self.weight_dtype).size_bytes() as u64
+            })
+            .sum()
     }
 
     /// Number of parameters (weights) of the model.

@@ -10,7 +10,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, QwenConfig};
-pub use model::{build_graph, weight_shapes, GraphOptions};
+pub use model::{build_graph, weight_shapes, GraphOptions, WeightDtype};
 pub use runtime::{Device, Generation, KvCache, LoadOptions, Model};
 pub use sampling::{argmax, Sampler, Sampling};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -12,10 +12,40 @@ use kiln_ir::{DType, Expr, Graph, NodeId, Result};
 /// What the graph should output besides the KV cache.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GraphOptions {
+    /// Dtype of the matrix weights (projections, embedding, LM head): bf16 weights stay bf16 in
+    /// memory and are widened to f32 inside the matmul kernels. Norm weights and biases are f32.
+    /// None: the model's own (`QwenConfig::weight_dtype`).
+    pub weight_dtype: Option<WeightDtype>,
     /// Logits for every position instead of the last only.
     pub all_logits: bool,
     /// Also output `hidden.embed`, `hidden.layer{i}` and `hidden.final_norm` (for tests).
     pub hidden_states: bool,
+}
+
+/// See [`GraphOptions::weight_dtype`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    BF16,
+}
+
+impl WeightDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            WeightDtype::F32 => DType::F32,
+            WeightDtype::BF16 => DType::BF16,
+        }
+    }
+}
+
+/// The dtype a weight is held in: matrices in `w`, vectors (norms, biases) in f32.
+pub fn weight_dtype(shape: &[usize], w: WeightDtype) -> DType {
+    if shape.len() == 2 {
+        w.dtype()
+    } else {
+        DType::F32
+    }
 }
 
 /// The weight names and shapes the graph reads, in Hugging Face naming.
@@ -57,12 +87,13 @@ pub fn weight_shapes(c: &QwenConfig) -> Vec<(String, Vec<usize>)> {
 struct Builder<'a> {
     g: Graph,
     c: &'a QwenConfig,
+    weights: WeightDtype,
 }
 
 impl Builder<'_> {
     fn weight(&mut self, name: &str, shape: &[usize]) -> Result<NodeId> {
         let dims: Vec<Expr> = shape.iter().map(|&d| Expr::from(d)).collect();
-        self.g.input(name, DType::F32, &dims)
+        self.g.input(name, weight_dtype(shape, self.weights), &dims)
     }
 
     /// y = x W^T (+ b), x: [s, in], W: [out, in].
@@ -167,12 +198,18 @@ impl Builder<'_> {
 
 /// Builds the decoder graph for `c`.
 pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
-    let mut b = Builder { g: Graph::new(), c };
+    let weights = opts.weight_dtype.unwrap_or(c.weight_dtype);
+    let mut b = Builder {
+        g: Graph::new(),
+        c,
+        weights,
+    };
     let (s, p) = (Expr::sym("s"), Expr::sym("p"));
     let h = c.hidden_size;
     let ids = b.g.input("ids", DType::I32, std::slice::from_ref(&s))?;
     let embed = b.weight("model.embed_tokens.weight", &[c.vocab_size, h])?;
-    let mut x = b.g.gather(embed, ids)?;
+    let x = b.g.gather(embed, ids)?;
+    let mut x = b.g.cast(x, DType::F32);
     if opts.hidden_states {
         b.g.output("hidden.embed", x);
     }

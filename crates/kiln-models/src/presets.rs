@@ -127,5 +127,7 @@ pub fn preset(name: &str) -> Option<QwenConfig> {
         attention_bias: arch == Arch::Qwen2,
         bos_token_id: Some(151643),
         eos_token_ids: vec![151645, 151643],
+        // Qwen checkpoints are published in bf16.
+        weight_dtype: crate::model::WeightDtype::BF16,
     })
 }

@@ -146,11 +146,12 @@ impl Model {
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
         let config = source.config()?;
         let shapes = weight_shapes(&config);
-        let bytes = config.num_params() * 4;
+        let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
+        let bytes = config.weight_bytes();
         if let (Device::Cpu, Some(avail)) = (opts.device, available_memory_bytes()) {
             if bytes > avail {
                 return Err(ModelError::new(format!(
-                    "{} needs {:.1} GB for its f32 weights; this machine has {:.1} GB available",
+                    "{} needs {:.1} GB for its weights; this machine has {:.1} GB available",
                     source.name(),
                     bytes as f64 / 1e9,
                     avail as f64 / 1e9
@@ -160,8 +161,8 @@ impl Model {
         // Weights and compile are independent: load the weights while the kernels compile.
         let (compiled, weights) = std::thread::scope(|s| {
             let w = s.spawn(|| match source {
-                ModelSource::Preset(_) => Ok(random_weights(&shapes, opts.seed)),
-                ModelSource::Dir(d) => Checkpoint::open(d)?.load(&shapes),
+                ModelSource::Preset(_) => Ok(random_weights(&shapes, opts.seed, w)),
+                ModelSource::Dir(d) => Checkpoint::open(d)?.load(&shapes, w),
             });
             let c = Self::compile(&config, opts);
             (c, w.join().expect("weight loader panicked"))

@@ -1,7 +1,9 @@
 //! Weights from safetensors files (one file, or shards with `model.safetensors.index.json`),
 //! memory-mapped, F32/F16/BF16, converted to f32 tensors. Every error names the file and tensor.
 
+use crate::model::{weight_dtype, WeightDtype};
 use crate::ModelError;
+use kiln_ir::DType;
 use kiln_ir::Tensor;
 use memmap2::Mmap;
 use rayon::prelude::*;
@@ -69,18 +71,24 @@ impl Checkpoint {
         Ok(Checkpoint { files, location })
     }
 
-    /// Loads the named tensors as f32, checking each shape, in parallel.
+    /// Loads the named tensors, checking each shape, in parallel: matrices in `w`, vectors in f32.
     pub fn load(
         &self,
         wanted: &[(String, Vec<usize>)],
+        w: WeightDtype,
     ) -> Result<BTreeMap<String, Tensor>, ModelError> {
         wanted
             .par_iter()
-            .map(|(name, shape)| Ok((name.clone(), self.tensor(name, shape)?)))
+            .map(|(name, shape)| {
+                Ok((
+                    name.clone(),
+                    self.tensor(name, shape, weight_dtype(shape, w))?,
+                ))
+            })
             .collect()
     }
 
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+    fn tensor(&self, name: &str, shape: &[usize], want: DType) -> Result<Tensor, ModelError> {
         let &fi = self.location.get(name).ok_or_else(|| {
             let files: Vec<String> = self
                 .files
@@ -104,6 +112,9 @@ impl Checkpoint {
             )));
         }
         let data = view.data();
+        if want == DType::BF16 && view.dtype() == Dtype::BF16 {
+            return Ok(Tensor::from_bytes(DType::BF16, shape, data)); // kept as stored
+        }
         let n: usize = shape.iter().product();
         let mut out = Tensor::zeros(kiln_ir::DType::F32, shape);
         let dst = out.as_f32_mut();
@@ -128,14 +139,22 @@ impl Checkpoint {
             }
         }
         debug_assert_eq!(dst.len(), n);
-        Ok(out)
+        Ok(if want == DType::F32 {
+            out
+        } else {
+            out.to_dtype(want)
+        })
     }
 }
 
 /// Seeded random weights for a preset: linear and embedding weights uniform with std 0.02,
 /// norm weights around 1, biases small. Each tensor has its own seed (from its name), so
 /// generation is parallel and reproducible.
-pub fn random_weights(wanted: &[(String, Vec<usize>)], seed: u64) -> BTreeMap<String, Tensor> {
+pub fn random_weights(
+    wanted: &[(String, Vec<usize>)],
+    seed: u64,
+    w: WeightDtype,
+) -> BTreeMap<String, Tensor> {
     wanted
         .par_iter()
         .map(|(name, shape)| {
@@ -160,9 +179,31 @@ pub fn random_weights(wanted: &[(String, Vec<usize>)], seed: u64) -> BTreeMap<St
                         *v = center + (u * 2.0 - 1.0) * half_width;
                     }
                 });
-            (name.clone(), t)
+            let want = weight_dtype(shape, w);
+            (
+                name.clone(),
+                if want == DType::F32 {
+                    t
+                } else {
+                    to_bf16_parallel(&t)
+                },
+            )
         })
         .collect()
+}
+
+/// f32 -> bf16 (round to nearest even), in parallel: presets hold billions of values.
+fn to_bf16_parallel(t: &Tensor) -> Tensor {
+    let mut out = Tensor::zeros(DType::BF16, t.shape());
+    out.bytes_mut()
+        .par_chunks_mut(1 << 17)
+        .zip(t.as_f32().par_chunks(1 << 16))
+        .for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&half::bf16::from_f32(*s).to_le_bytes());
+            }
+        });
+    out
 }
 
 fn splitmix(mut z: u64) -> u64 {

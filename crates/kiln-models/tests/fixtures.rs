@@ -68,6 +68,7 @@ fn check_model(name: &str, prompts: &[&str]) {
         GraphOptions {
             all_logits: true,
             hidden_states: true,
+            ..Default::default()
         },
     );
     let mut gen = load(&dir, GraphOptions::default());

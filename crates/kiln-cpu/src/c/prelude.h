@@ -15,56 +15,69 @@ static inline float kiln_hsum8(kiln_v8 v) { return ((v[0] + v[4]) + (v[1] + v[5]
 
 /* c[m, n] = sum_k a[m*lda + k] * b[n*ldb + k]: both operands contiguous along k ("NT"),
  * the layout of x @ W^T. 2x4 register blocks of 8-wide accumulators. */
-static void kiln_mm_nt(const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb,
-                       float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) {
-    const int64_t K8 = K & ~(int64_t)7;
-    int64_t n = 0;
-    for (; n + 4 <= N; n += 4) {
-        const float *b0 = b + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        int64_t m = 0;
-        for (; m + 2 <= M; m += 2) {
-            const float *a0 = a + m * lda, *a1 = a0 + lda;
-            kiln_v8 c00 = {0}, c01 = {0}, c02 = {0}, c03 = {0}, c10 = {0}, c11 = {0}, c12 = {0}, c13 = {0};
-            for (int64_t k = 0; k < K8; k += 8) {
-                kiln_v8 x0 = kiln_ld8(a0 + k), x1 = kiln_ld8(a1 + k), y;
-                y = kiln_ld8(b0 + k); c00 += x0 * y; c10 += x1 * y;
-                y = kiln_ld8(b1 + k); c01 += x0 * y; c11 += x1 * y;
-                y = kiln_ld8(b2 + k); c02 += x0 * y; c12 += x1 * y;
-                y = kiln_ld8(b3 + k); c03 += x0 * y; c13 += x1 * y;
-            }
-            float s[2][4] = {{kiln_hsum8(c00), kiln_hsum8(c01), kiln_hsum8(c02), kiln_hsum8(c03)},
-                             {kiln_hsum8(c10), kiln_hsum8(c11), kiln_hsum8(c12), kiln_hsum8(c13)}};
-            for (int64_t k = K8; k < K; ++k) {
-                s[0][0] += a0[k] * b0[k]; s[0][1] += a0[k] * b1[k]; s[0][2] += a0[k] * b2[k]; s[0][3] += a0[k] * b3[k];
-                s[1][0] += a1[k] * b0[k]; s[1][1] += a1[k] * b1[k]; s[1][2] += a1[k] * b2[k]; s[1][3] += a1[k] * b3[k];
-            }
-            for (int j = 0; j < 4; ++j) { c[m * ldc + n + j] = s[0][j]; c[(m + 1) * ldc + n + j] = s[1][j]; }
-        }
-        for (; m < M; ++m) {
-            const float *a0 = a + m * lda;
-            kiln_v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
-            for (int64_t k = 0; k < K8; k += 8) {
-                kiln_v8 x0 = kiln_ld8(a0 + k);
-                c0 += x0 * kiln_ld8(b0 + k); c1 += x0 * kiln_ld8(b1 + k);
-                c2 += x0 * kiln_ld8(b2 + k); c3 += x0 * kiln_ld8(b3 + k);
-            }
-            float s[4] = {kiln_hsum8(c0), kiln_hsum8(c1), kiln_hsum8(c2), kiln_hsum8(c3)};
-            for (int64_t k = K8; k < K; ++k) { s[0] += a0[k] * b0[k]; s[1] += a0[k] * b1[k]; s[2] += a0[k] * b2[k]; s[3] += a0[k] * b3[k]; }
-            for (int j = 0; j < 4; ++j) c[m * ldc + n + j] = s[j];
-        }
-    }
-    for (; n < N; ++n) {
-        const float *b0 = b + n * ldb;
-        for (int64_t m = 0; m < M; ++m) {
-            const float *a0 = a + m * lda;
-            kiln_v8 c0 = {0};
-            for (int64_t k = 0; k < K8; k += 8) c0 += kiln_ld8(a0 + k) * kiln_ld8(b0 + k);
-            float s = kiln_hsum8(c0);
-            for (int64_t k = K8; k < K; ++k) s += a0[k] * b0[k];
-            c[m * ldc + n] = s;
-        }
-    }
+typedef uint16_t kiln_u16x8 __attribute__((vector_size(16)));
+typedef uint32_t kiln_u32x8 __attribute__((vector_size(32)));
+/* 8 bf16 values widened to f32: zero-extend to 32 bits, shift into the high half. */
+static inline kiln_v8 kiln_ldbf8(const uint16_t *p) {
+    kiln_u16x8 h; memcpy(&h, p, 16);
+    kiln_u32x8 w = __builtin_convertvector(h, kiln_u32x8) << 16;
+    kiln_v8 f; memcpy(&f, &w, 32); return f;
 }
+#define KILN_ID(x) (x)
+#define KILN_MM_NT(NAME, BT, LDB8, LDB1) \
+static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
+                       float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) { \
+    const int64_t K8 = K & ~(int64_t)7; \
+    int64_t n = 0; \
+    for (; n + 4 <= N; n += 4) { \
+        const BT *b0 = b + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb; \
+        int64_t m = 0; \
+        for (; m + 2 <= M; m += 2) { \
+            const float *a0 = a + m * lda, *a1 = a0 + lda; \
+            kiln_v8 c00 = {0}, c01 = {0}, c02 = {0}, c03 = {0}, c10 = {0}, c11 = {0}, c12 = {0}, c13 = {0}; \
+            for (int64_t k = 0; k < K8; k += 8) { \
+                kiln_v8 x0 = kiln_ld8(a0 + k), x1 = kiln_ld8(a1 + k), y; \
+                y = LDB8(b0 + k); c00 += x0 * y; c10 += x1 * y; \
+                y = LDB8(b1 + k); c01 += x0 * y; c11 += x1 * y; \
+                y = LDB8(b2 + k); c02 += x0 * y; c12 += x1 * y; \
+                y = LDB8(b3 + k); c03 += x0 * y; c13 += x1 * y; \
+            } \
+            float s[2][4] = {{kiln_hsum8(c00), kiln_hsum8(c01), kiln_hsum8(c02), kiln_hsum8(c03)}, \
+                             {kiln_hsum8(c10), kiln_hsum8(c11), kiln_hsum8(c12), kiln_hsum8(c13)}}; \
+            for (int64_t k = K8; k < K; ++k) { \
+                s[0][0] += a0[k] * LDB1(b0[k]); s[0][1] += a0[k] * LDB1(b1[k]); s[0][2] += a0[k] * LDB1(b2[k]); s[0][3] += a0[k] * LDB1(b3[k]); \
+                s[1][0] += a1[k] * LDB1(b0[k]); s[1][1] += a1[k] * LDB1(b1[k]); s[1][2] += a1[k] * LDB1(b2[k]); s[1][3] += a1[k] * LDB1(b3[k]); \
+            } \
+            for (int j = 0; j < 4; ++j) { c[m * ldc + n + j] = s[0][j]; c[(m + 1) * ldc + n + j] = s[1][j]; } \
+        } \
+        for (; m < M; ++m) { \
+            const float *a0 = a + m * lda; \
+            kiln_v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}; \
+            for (int64_t k = 0; k < K8; k += 8) { \
+                kiln_v8 x0 = kiln_ld8(a0 + k); \
+                c0 += x0 * LDB8(b0 + k); c1 += x0 * LDB8(b1 + k); \
+                c2 += x0 * LDB8(b2 + k); c3 += x0 * LDB8(b3 + k); \
+            } \
+            float s[4] = {kiln_hsum8(c0), kiln_hsum8(c1), kiln_hsum8(c2), kiln_hsum8(c3)}; \
+            for (int64_t k = K8; k < K; ++k) { s[0] += a0[k] * LDB1(b0[k]); s[1] += a0[k] * LDB1(b1[k]); s[2] += a0[k] * LDB1(b2[k]); s[3] += a0[k] * LDB1(b3[k]); } \
+            for (int j = 0; j < 4; ++j) c[m * ldc + n + j] = s[j]; \
+        } \
+    } \
+    for (; n < N; ++n) { \
+        const BT *b0 = b + n * ldb; \
+        for (int64_t m = 0; m < M; ++m) { \
+            const float *a0 = a + m * lda; \
+            kiln_v8 c0 = {0}; \
+            for (int64_t k = 0; k < K8; k += 8) c0 += kiln_ld8(a0 + k) * LDB8(b0 + k); \
+            float s = kiln_hsum8(c0); \
+            for (int64_t k = K8; k < K; ++k) s += a0[k] * LDB1(b0[k]); \
+            c[m * ldc + n] = s; \
+        } \
+    } \
+}
+/* f32 weights, and bf16 weights widened in registers (half the bytes read per token). */
+KILN_MM_NT(kiln_mm_nt, float, kiln_ld8, KILN_ID)
+KILN_MM_NT(kiln_mm_nt_bf16, uint16_t, kiln_ldbf8, kiln_bf16_to_f32)
 
 /* c[m, n] = sum_k a[m*lda + k*sak] * b[k*ldb + n]: b contiguous along n ("NN", e.g. P @ V). */
 static void kiln_mm_nn(const float *restrict a, int64_t lda, int64_t sak, const float *restrict b, int64_t ldb,
