@@ -50,6 +50,7 @@ pub struct CompileFlags {
     /// Compile threads (1 = sequential). Default: the number of cores.
     #[arg(long, alias = "parallel-threads", env = "KILN_COMPILE_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+    /// Where kernels run: cpu (system C compiler) or cuda (NVRTC, NVIDIA GPU).
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
     /// Bypass the kernel cache.
