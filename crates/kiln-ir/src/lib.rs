@@ -12,6 +12,7 @@ pub mod expr;
 pub mod graph;
 pub mod interp;
 pub mod tensor;
+pub mod testing;
 
 pub use dtype::DType;
 pub use expr::{contiguous_strides, numel, shape_str, Bindings, Expr};

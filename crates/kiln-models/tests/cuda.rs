@@ -258,3 +258,37 @@ fn gpu_and_cpu_agree_on_the_qwen3_preset() {
         }
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, failure_persistence: None, ..Default::default() })]
+
+    /// The CPU backend's property test, on the GPU: random graphs and bindings vs the interpreter.
+    #[test]
+    fn gpu_random_graphs_match_the_interpreter(
+        ops in proptest::collection::vec((proptest::prelude::any::<u8>(), proptest::prelude::any::<u8>()), 1..8),
+        binds in proptest::collection::vec((1usize..6, 1usize..9), 3),
+    ) {
+        if !cuda_device_present() {
+            return Ok(()); // gpu() above reports the skip once per test binary run
+        }
+        use kiln_ir::Tensor;
+        let g = kiln_ir::testing::random_graph(&ops);
+        let backend = CudaBackend::for_device(0, None).unwrap();
+        let compiled = compile(&g, &backend, &CompileOptions::default()).unwrap();
+        let mut exe = kiln_cuda::CudaExecutable::new(compiled, backend.context().unwrap().clone()).unwrap();
+        for (i, (na, nb)) in binds.iter().enumerate() {
+            let vals = |seed: usize| (0..na * nb).map(|j| (((j * 7919 + seed * 31 + i) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<_>>();
+            let ins: std::collections::HashMap<String, Tensor> = [
+                ("x".to_string(), Tensor::from_f32(&[*na, *nb], &vals(1))),
+                ("y".to_string(), Tensor::from_f32(&[*na, *nb], &vals(2))),
+            ].into();
+            let got = exe.run(&ins).unwrap();
+            let want = kiln_ir::interpret(&g, &ins, &Default::default()).unwrap();
+            let (a, b) = (got["out"].to_f64_vec(), want["out"].to_f64_vec());
+            for (x, y) in a.iter().zip(&b) {
+                let same = (x.is_nan() && y.is_nan()) || x == y;
+                proptest::prop_assert!(same || (x - y).abs() <= 1e-5 + 2e-5 * y.abs(), "got {x}, want {y}");
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Random graphs for property tests of backends against the interpreter (used by the CPU and
+//! CUDA backends' tests). Deterministic given the op codes, so proptest can shrink them.
+
+use crate::{DType, Expr, Graph, IrError, NodeId};
+
+/// A graph over inputs `x`, `y` of shape [a, b] (symbols), built by applying `ops`; its one
+/// output is `out`. Elementwise, reduction, matmul, view, concat and select ops all occur.
+pub fn random_graph(ops: &[(u8, u8)]) -> Graph {
+    let mut g = Graph::new();
+    let (a, b) = (Expr::sym("a"), Expr::sym("b"));
+    let x = g
+        .input("x", DType::F32, &[a.clone(), b.clone()])
+        .expect("input");
+    let y = g.input("y", DType::F32, &[a, b]).expect("input");
+    let mut stack = vec![x, y];
+    for (code, arg) in ops {
+        apply(&mut g, &mut stack, *code, *arg);
+    }
+    let last = *stack.last().expect("non-empty");
+    g.output("out", last);
+    g
+}
+
+/// Applies one op code to the stack of nodes; ops whose shapes do not fit are skipped.
+fn apply(g: &mut Graph, stack: &mut Vec<NodeId>, code: u8, arg: u8) {
+    let top = *stack.last().expect("non-empty");
+    let other = stack[arg as usize % stack.len()];
+    let rank = g.shape(top).len();
+    let r: Result<NodeId, IrError> = (|| match code % 12 {
+        0 => {
+            let h = g.mul_scalar(top, 0.5)?;
+            g.exp2(h)
+        }
+        1 => g.sin(top),
+        2 => {
+            let sq = g.mul(top, top)?;
+            let p = g.add_scalar(sq, 0.5)?;
+            if arg.is_multiple_of(2) {
+                g.sqrt(p)
+            } else {
+                g.recip(p)
+            }
+        }
+        3 => g.add(top, other),
+        4 => g.mul(top, other),
+        5 => g.maximum(top, other),
+        6 => {
+            let axis = arg as usize % rank;
+            let red = if arg.is_multiple_of(2) {
+                g.sum(top, axis)?
+            } else {
+                g.max(top, axis)?
+            };
+            g.add(top, red) // broadcast back
+        }
+        7 => {
+            let t = g.transpose(other, 0, 1)?;
+            let m = g.matmul(top, t)?; // [a, b] x [b, a] -> [a, a]
+            g.matmul(m, top) // -> [a, b]
+        }
+        8 => g.transpose(top, 0, 1),
+        9 => {
+            let axis = arg as usize % rank;
+            let len = g.shape(top)[axis].clone();
+            let half = len.clone().div(2);
+            let a = g.slice(top, axis, 0, half.clone())?;
+            let b = g.slice(top, axis, half, len)?;
+            let nb = g.neg(b)?;
+            g.concat(&[nb, a], axis)
+        }
+        10 => {
+            let s = g.shape(top).to_vec();
+            let flat = g.reshape(top, &[s[0].clone().mul(s[1].clone())])?;
+            let e = g.exp2(flat)?;
+            g.reshape(e, &[s[1].clone(), s[0].clone()])
+        }
+        _ => {
+            let c = g.lt(top, other)?;
+            g.where_(c, top, other)
+        }
+    })();
+    if let Ok(n) = r {
+        stack.push(n);
+    }
+}
