@@ -391,7 +391,7 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         "prompt_len": a.prompt_len, "tokens": g.generated_ids.len(), "load_ms": load_ms, "compile_ms": model.report.compile_ms,
         "prefill_ms": g.prefill_ms, "time_to_first_token_ms": g.prefill_ms,
         "decode_tokens_per_s": g.decode_tokens_per_s(),
-        "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes, "weight_dtype": format!("{:?}", model.config.weight_dtype),
+        "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes, "weight_dtype": format!("{:?}", model.config.weight_dtype), "params": model.config.num_params(),
         "bandwidth_bound_tokens_per_s": bound, "fraction_of_bound": g.decode_tokens_per_s() / bound,
     });
     let jpath = a.out.join("decode.json");

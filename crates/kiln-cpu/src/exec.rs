@@ -4,7 +4,7 @@
 use crate::codegen::work_units;
 use crate::CpuModule;
 use kiln_compile::{Compiled, Executable};
-use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
+use kiln_ir::{Bindings, Expr, IrError, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -91,15 +91,6 @@ impl CpuExecutable {
 
     pub fn compiled(&self) -> &Compiled<CpuModule> {
         &self.compiled
-    }
-
-    /// Declared dtype of an input, if it exists.
-    pub fn input_dtype(&self, name: &str) -> Option<DType> {
-        let g = &self.compiled.program.graph;
-        g.inputs()
-            .into_iter()
-            .find(|(_, n)| *n == name)
-            .map(|(id, _)| g.dtype(id))
     }
 }
 
