@@ -125,9 +125,13 @@ impl Stages<'_> {
     }
 
     fn emit(&self, e: &Event<'_>) {
-        if let Some(o) = self.observer {
-            o.event(e);
-        }
+        notify(self.observer, e);
+    }
+}
+
+fn notify(observer: Option<&dyn Observer>, e: &Event<'_>) {
+    if let Some(o) = observer {
+        o.event(e);
     }
 }
 
@@ -158,11 +162,7 @@ pub fn compile<B: Backend>(
         observer: opts.observer,
         times: Vec::new(),
     };
-    let emit = |e: &Event<'_>| {
-        if let Some(o) = opts.observer {
-            o.event(e);
-        }
-    };
+    let emit = |e: &Event<'_>| notify(opts.observer, e);
     let pool = pool::Workers::new(opts.threads)?;
 
     let graph = st.run(Stage::Analysis, || analysis::analyze(graph))?;
