@@ -45,7 +45,7 @@ impl CCompiler {
         }
     }
 
-    /// Compiler version line, flags and CPU: everything that changes the machine code.
+    /// Compiler version line, flags, CPU and prelude: everything that changes the machine code.
     pub fn identity(&self) -> Result<String, String> {
         let out = Command::new(&self.program).arg("--version").output().map_err(|e| {
             format!(
@@ -68,11 +68,14 @@ impl CCompiler {
             .unwrap_or("")
             .trim()
             .to_string();
+        // The prelude is part of every translation unit, so it is part of every cache key.
+        let prelude = blake3::hash(prelude().as_bytes()).to_hex();
         Ok(format!(
-            "{} | {version} | {} | {}",
+            "{} | {version} | {} | {} | prelude {}",
             self.program.display(),
             FLAGS.join(" "),
-            cpu_identity()
+            cpu_identity(),
+            &prelude[..16]
         ))
     }
 

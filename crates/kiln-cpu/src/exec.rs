@@ -30,6 +30,8 @@ pub struct CpuExecutable {
     pool: Option<rayon::ThreadPool>,
     threads: usize,
     slots: Vec<Vec<u64>>,
+    /// With `KILN_PROFILE=1`: seconds and launches per kernel, printed when dropped.
+    profile: Option<Vec<(f64, usize)>>,
 }
 
 #[derive(Clone, Copy)]
@@ -86,6 +88,9 @@ impl CpuExecutable {
             pool,
             threads,
             slots: Vec::new(),
+            profile: std::env::var_os("KILN_PROFILE")
+                .filter(|v| v != "0")
+                .map(|_| vec![(0.0, 0); 0]),
         })
     }
 
@@ -149,6 +154,7 @@ impl Executable for CpuExecutable {
             let work = units.saturating_mul(l.unit_work.eval(&b)?.max(1));
             let f = l.f;
             let p = Ptrs(&args, &syms);
+            let started = self.profile.is_some().then(std::time::Instant::now);
             match &self.pool {
                 Some(pool) if work >= PARALLEL_WORK_THRESHOLD && units > 1 => {
                     let chunks = units.min(self.threads as i64 * 4);
@@ -166,6 +172,11 @@ impl Executable for CpuExecutable {
                 // SAFETY: as above.
                 _ => unsafe { f(args.as_ptr(), syms.as_ptr(), 0, units) },
             }
+            if let (Some(prof), Some(t)) = (&mut self.profile, started) {
+                prof.resize(self.launches.len(), (0.0, 0));
+                prof[u].0 += t.elapsed().as_secs_f64();
+                prof[u].1 += 1;
+            }
         }
 
         let mut out = HashMap::new();
@@ -178,5 +189,25 @@ impl Executable for CpuExecutable {
             );
         }
         Ok(out)
+    }
+}
+
+impl Drop for CpuExecutable {
+    /// The `KILN_PROFILE` table: where run time went, per distinct kernel.
+    fn drop(&mut self) {
+        let Some(prof) = &self.profile else { return };
+        let total: f64 = prof.iter().map(|p| p.0).sum();
+        let mut rows: Vec<(usize, &(f64, usize))> = prof.iter().enumerate().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        eprintln!("kiln profile: {:.1} ms in kernels", total * 1e3);
+        for (u, (secs, n)) in rows.into_iter().take(20) {
+            eprintln!(
+                "  {:>9.1} ms {:>5.1}% {:>7} launches  {}",
+                secs * 1e3,
+                100.0 * secs / total.max(1e-12),
+                n,
+                self.compiled.kernels[u].source.name
+            );
+        }
     }
 }

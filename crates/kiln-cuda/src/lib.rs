@@ -104,11 +104,14 @@ impl Backend for CudaBackend {
 
     fn identity(&self) -> Result<String, CompileError> {
         let ((maj, min), path) = nvrtc::version().map_err(CompileError::Backend)?;
+        // The prelude is part of every program, so it is part of every cache key.
+        let prelude = kiln_compile::cache_key("cuda-prelude", "", prelude());
         Ok(format!(
-            "nvrtc {maj}.{min} ({}) | {} | {}",
+            "nvrtc {maj}.{min} ({}) | {} | {} | prelude {}",
             path.display(),
             self.arch,
-            OPTIONS.join(" ")
+            OPTIONS.join(" "),
+            &prelude[..16]
         ))
     }
 
