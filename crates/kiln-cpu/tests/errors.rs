@@ -1,8 +1,8 @@
 //! Errors name what is wrong: the op and shapes, the symbol, the input, the kernel.
 mod common;
 use common::*;
-use kiln_compile::{compile, Backend, CompileError, CompileOptions, Kernel, KernelSource};
-use kiln_cpu::{CpuBackend, CpuModule};
+use kiln_compile::{compile, CompileError, CompileOptions};
+use kiln_cpu::CpuBackend;
 use kiln_ir::{Bindings, DType, Expr, Graph, IrError, Tensor};
 
 #[test]
@@ -106,42 +106,6 @@ fn wrong_inputs_at_run_time() {
     }
 }
 
-/// A backend whose codegen breaks the C of kernels matching a predicate, to test how failures
-/// are reported.
-pub struct Poisoned {
-    pub inner: CpuBackend,
-    pub poison: fn(&Kernel) -> bool,
-}
-
-impl Backend for Poisoned {
-    type Module = CpuModule;
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-    fn identity(&self) -> Result<String, CompileError> {
-        self.inner.identity()
-    }
-    fn codegen(&self, k: &Kernel) -> KernelSource {
-        let mut s = self.inner.codegen(k);
-        if (self.poison)(k) {
-            s = KernelSource {
-                source: s.source.replacen("{\n", "{\n    this_is_not_c;\n", 1),
-                name: s.name,
-            };
-        }
-        s
-    }
-    fn compile(&self, k: &[&KernelSource]) -> Result<Vec<u8>, String> {
-        self.inner.compile(k)
-    }
-    fn load(&self, a: &[u8]) -> Result<CpuModule, String> {
-        self.inner.load(a)
-    }
-    fn source_extension(&self) -> &'static str {
-        "c"
-    }
-}
-
 #[test]
 fn kernel_that_fails_to_compile_is_named_with_the_compiler_message() {
     let mut g = Graph::new();
@@ -149,9 +113,10 @@ fn kernel_that_fails_to_compile_is_named_with_the_compiler_message() {
     let e = g.exp2(x).unwrap();
     let s = g.sum(e, 1).unwrap();
     g.output("s", s);
-    let b = Poisoned {
+    let b = Faulty {
         inner: CpuBackend::default(),
-        poison: |k| k.label() == "reduce_sum",
+        broken: &["reduce_sum"],
+        panic_on: None,
     };
     let err = compile(
         &g,
@@ -173,14 +138,14 @@ fn kernel_that_fails_to_compile_is_named_with_the_compiler_message() {
         fails[0].kernel
     );
     assert!(
-        fails[0].diagnostics.contains("this_is_not_c"),
+        fails[0].diagnostics.contains("broken_on_purpose"),
         "{}",
         fails[0].diagnostics
     );
     let path = fails[0].source_path.as_ref().expect("source written");
     assert!(std::fs::read_to_string(path)
         .unwrap()
-        .contains("this_is_not_c"));
+        .contains("broken_on_purpose"));
     let msg = err.to_string();
     assert!(
         msg.contains("1 kernel(s) failed to compile") && msg.contains(&fails[0].kernel),

@@ -2,10 +2,8 @@
 //! panics, the cache, and compiling from inside a library user's rayon pool.
 mod common;
 use common::*;
-use kiln_compile::{
-    compile, Backend, CompileError, CompileOptions, Kernel, KernelCache, KernelSource,
-};
-use kiln_cpu::{CpuBackend, CpuModule};
+use kiln_compile::{compile, CompileError, CompileOptions, KernelCache};
+use kiln_cpu::CpuBackend;
 use kiln_ir::{DType, Expr, Graph, Tensor};
 
 /// A graph with several distinct kernels: an elementwise chain, a reduction, matmuls.
@@ -28,48 +26,6 @@ fn many_kernels() -> Graph {
         g.output(&format!("h{i}"), h);
     }
     g
-}
-
-struct Faulty {
-    inner: CpuBackend,
-    /// Breaks the C of these kernel labels.
-    broken: &'static [&'static str],
-    /// Panics when compiling a batch containing a kernel with this label.
-    panic_on: Option<&'static str>,
-}
-
-impl Backend for Faulty {
-    type Module = CpuModule;
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-    fn identity(&self) -> Result<String, CompileError> {
-        self.inner.identity()
-    }
-    fn codegen(&self, k: &Kernel) -> KernelSource {
-        let s = self.inner.codegen(k);
-        if self.broken.contains(&k.label().as_str()) {
-            return KernelSource {
-                source: s.source.replacen("{\n", "{\n    broken_on_purpose;\n", 1),
-                name: s.name,
-            };
-        }
-        s
-    }
-    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, String> {
-        if let Some(p) = self.panic_on {
-            if ks.iter().any(|k| k.name.contains(p)) {
-                panic!("injected panic in {}", ks[0].name);
-            }
-        }
-        self.inner.compile(ks)
-    }
-    fn load(&self, a: &[u8]) -> Result<CpuModule, String> {
-        self.inner.load(a)
-    }
-    fn source_extension(&self) -> &'static str {
-        "c"
-    }
 }
 
 fn cache_entries(dir: &std::path::Path) -> usize {
