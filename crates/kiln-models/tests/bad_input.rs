@@ -1,15 +1,11 @@
 //! Bad checkpoints give errors that name the culprit: file, tensor, key.
+mod common;
 use kiln_compile::CompileOptions;
 use kiln_models::{LoadOptions, Model, ModelSource, QwenConfig};
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
-    std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-        })
-        .join("tiny-qwen3")
+    common::fixtures().join("tiny-qwen3")
 }
 
 /// A writable copy of tiny-qwen3.

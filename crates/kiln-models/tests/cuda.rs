@@ -1,6 +1,7 @@
 //! The CUDA backend. Compiling to CUBIN needs only NVRTC and runs everywhere (CI installs the
 //! `nvidia-cuda-nvrtc-cu12` wheel; a missing libnvrtc fails these tests, it does not skip them).
 //! Running kernels needs an NVIDIA GPU: those tests say so and skip when there is none.
+mod common;
 
 use kiln_compile::{
     compile, Backend, CompileError, CompileOptions, Executable, Kernel, KernelSource,
@@ -9,7 +10,6 @@ use kiln_cuda::{cuda_device_present, CudaBackend, CudaModule};
 use kiln_models::{
     build_graph, presets::preset, Device, GraphOptions, LoadOptions, Model, ModelSource, Sampling,
 };
-use std::path::PathBuf;
 
 #[test]
 fn qwen3_preset_compiles_to_cubin_deterministically() {
@@ -126,14 +126,6 @@ fn gpu() -> bool {
     present
 }
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-        })
-}
-
 #[test]
 fn gpu_ops_match_the_interpreter() {
     if !gpu() {
@@ -198,7 +190,7 @@ fn gpu_fixtures_reproduce_transformers_greedy_ids() {
         return;
     }
     for name in ["tiny-qwen3", "tiny-qwen3-sharded", "tiny-qwen3-bf16"] {
-        let dir = fixtures().join(name);
+        let dir = common::fixtures().join(name);
         let opts = LoadOptions {
             device: Device::Cuda,
             ..Default::default()

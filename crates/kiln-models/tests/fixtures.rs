@@ -1,23 +1,10 @@
 //! kiln against Hugging Face `transformers` on the reference checkpoints in ../shared/fixtures:
 //! per-layer hidden states, prefill logits, and 16 greedy tokens with their logits.
+mod common;
 
 use kiln_compile::CompileOptions;
 use kiln_models::{GraphOptions, KvCache, LoadOptions, Model, ModelSource, Sampling};
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    let p = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-        });
-    assert!(
-        p.join("README.md").exists(),
-        "reference fixtures not found at {} (set KILN_FIXTURES)",
-        p.display()
-    );
-    p
-}
+use std::path::Path;
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -62,7 +49,7 @@ fn load(dir: &Path, graph: GraphOptions) -> Model {
 }
 
 fn check_model(name: &str, prompts: &[&str]) {
-    let dir = fixtures().join(name);
+    let dir = common::fixtures().join(name);
     let mut full = load(
         &dir,
         GraphOptions {

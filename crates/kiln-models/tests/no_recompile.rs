@@ -1,17 +1,12 @@
 //! One compiled graph serves every prompt length and every decode step. (Its own test binary:
 //! it reads the process-wide compile counter.)
+mod common;
 use kiln_compile::{compile_count, CompileOptions};
 use kiln_models::{KvCache, LoadOptions, Model, ModelSource, Sampling};
-use std::path::PathBuf;
 
 #[test]
 fn prompts_of_any_length_and_every_step_use_one_compile() {
-    let dir = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-        })
-        .join("tiny-qwen3");
+    let dir = common::fixtures().join("tiny-qwen3");
     let before = compile_count();
     let opts = LoadOptions {
         compile: CompileOptions {

@@ -1,13 +1,9 @@
 //! The embedded tokenizer against the Python `tokenizers` reference encodings.
+mod common;
 use kiln_models::{StreamDecoder, Tokenizer};
-use std::path::PathBuf;
 
 fn reference() -> serde_json::Value {
-    let p = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-        });
+    let p = common::fixtures();
     serde_json::from_str(
         &std::fs::read_to_string(p.join("qwen3-tokenizer/reference/tokenize.json")).unwrap(),
     )
