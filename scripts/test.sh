@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, then every test in the workspace.
 # Installs what the tests need that a fresh machine may lack: a C compiler (CPU backend) and
-# NVRTC from the `nvidia-cuda-nvrtc-cu12` wheel in a local virtualenv (CUDA compile tests).
+# NVRTC 13 and 12 from the NVIDIA wheels in a local virtualenv (CUDA compile tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,18 +12,26 @@ if ! command -v "${CC:-cc}" >/dev/null 2>&1; then
   as_root apt-get update -qq && as_root apt-get install -y -qq gcc
 fi
 
-NVRTC_VERSION=12.8.93   # matches cudarc's pinned cuda-12080 feature
+# NVRTC for the CUDA compile tests, from PyPI into a local virtualenv: 13.0 (what cudarc's
+# bindings are pinned to, `cuda-13000`) is the one kiln uses; 12.8 checks that NVRTC 12 works too.
+NVRTC13=13.0.88
+NVRTC12=12.8.93
 venv=.venv-nvrtc
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import nvidia.cuda_nvrtc" 2>/dev/null; then
-  echo "installing NVRTC (nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION) into $venv" >&2
+have_wheels() {
+  "$venv/bin/python" -c "import importlib.metadata as m; \
+assert m.version('nvidia-cuda-nvrtc') == '$NVRTC13' and m.version('nvidia-cuda-nvrtc-cu12') == '$NVRTC12'" 2>/dev/null
+}
+if [ ! -x "$venv/bin/python" ] || ! have_wheels; then
+  echo "installing NVRTC (nvidia-cuda-nvrtc==$NVRTC13, nvidia-cuda-nvrtc-cu12==$NVRTC12) into $venv" >&2
   if ! python3 -m venv "$venv" 2>/dev/null; then
     as_root apt-get update -qq && as_root apt-get install -y -qq python3-venv
     python3 -m venv "$venv"
   fi
-  "$venv/bin/pip" install -q "nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION"
+  "$venv/bin/pip" install -q "nvidia-cuda-nvrtc==$NVRTC13" "nvidia-cuda-nvrtc-cu12==$NVRTC12"
 fi
-KILN_NVRTC_LIB="$("$venv/bin/python" -c 'import os, nvidia.cuda_nvrtc as m; print(os.path.join(list(m.__path__)[0], "lib", "libnvrtc.so.12"))')"
-export KILN_NVRTC_LIB
+nvidia="$("$venv/bin/python" -c 'import nvidia; print(list(nvidia.__path__)[0])')"
+export KILN_NVRTC_LIB="$nvidia/cu13/lib/libnvrtc.so.13"
+export KILN_NVRTC12_LIB="$nvidia/cuda_nvrtc/lib/libnvrtc.so.12"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -350,6 +350,7 @@ pub fn compile<B: Backend>(
     }
     let report = CompileReport {
         backend: backend.name().into(),
+        compiler: identity.clone(),
         threads: opts.threads,
         kernels_total: program.steps.len(),
         kernels_unique: uniques.len(),

@@ -23,6 +23,8 @@ pub struct KernelReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct CompileReport {
     pub backend: String,
+    /// The device compiler and everything else that keys the cache (version, flags, arch).
+    pub compiler: String,
     pub threads: usize,
     /// Kernel launches in the program.
     pub kernels_total: usize,

@@ -1,5 +1,5 @@
 //! The CUDA backend. Compiling to CUBIN needs only NVRTC and runs everywhere (CI installs the
-//! `nvidia-cuda-nvrtc-cu12` wheel; a missing libnvrtc fails these tests, it does not skip them).
+//! NVRTC 13 wheel `nvidia-cuda-nvrtc`; a missing libnvrtc fails these tests, it does not skip them).
 //! Running kernels needs an NVIDIA GPU: those tests say so and skip when there is none.
 mod common;
 
