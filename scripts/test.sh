@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, then every test in the workspace.
-# Installs what the tests need that a fresh machine may lack: a C compiler (CPU backend) and
-# NVRTC 13 and 12 from the NVIDIA wheels in a local virtualenv (CUDA compile tests).
+# Installs what the tests need that a fresh machine may lack: C and C++ compilers (CPU backend,
+# CUDA emulator) and NVRTC 13 and 12 from NVIDIA's wheels in a local virtualenv (CUDA tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v "${CC:-cc}" >/dev/null 2>&1; then
-  echo "installing a C compiler (gcc) for the CPU backend" >&2
-  as_root apt-get update -qq && as_root apt-get install -y -qq gcc
+if ! command -v "${CC:-cc}" >/dev/null 2>&1 || ! command -v "${CXX:-g++}" >/dev/null 2>&1; then
+  echo "installing C and C++ compilers (gcc, g++) for the CPU backend and the CUDA emulator" >&2
+  as_root apt-get update -qq && as_root apt-get install -y -qq gcc g++
 fi
 
 # NVRTC for the CUDA compile tests, from PyPI into a local virtualenv: 13.0 (what cudarc's

@@ -9,7 +9,7 @@ use kiln_compile::clike::{
     store, sym_name, unflatten, var_name,
 };
 use kiln_compile::{Kernel, KernelKind, Operand, NAME_PLACEHOLDER};
-use kiln_ir::{numel, Expr};
+use kiln_ir::{numel, Bindings, Expr, IrError};
 use std::fmt::Write;
 
 pub const BLOCK: u32 = 256;
@@ -41,6 +41,72 @@ pub fn launch_shape(k: &Kernel) -> (Expr, LaunchShape) {
                 batch: numel(batch),
             },
         ),
+    }
+}
+
+/// How to launch one kernel, for any binding of its symbols.
+pub struct LaunchPlan {
+    units: Expr,
+    shape: LaunchShape,
+    symbols: Vec<String>,
+}
+
+/// One launch for a binding. The kernel's arguments are, in this order: the output buffer, the
+/// input buffers (in the step's order), `symbols`, then `units`.
+pub struct Launch {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub symbols: Vec<i64>,
+    pub units: i64,
+}
+
+impl LaunchPlan {
+    pub fn new(k: &Kernel) -> LaunchPlan {
+        let (units, shape) = launch_shape(k);
+        LaunchPlan {
+            units,
+            shape,
+            symbols: k.symbols(),
+        }
+    }
+
+    /// The launch for bindings `b`; None when there is no work (an empty tensor).
+    pub fn resolve(&self, b: &Bindings) -> Result<Option<Launch>, IrError> {
+        let units = self.units.eval(b)?;
+        let (grid, block) = match &self.shape {
+            LaunchShape::Threads(n) => {
+                let n = n.eval(b)?;
+                let blk = BLOCK as i64;
+                ([(n + blk - 1) / blk, 1, 1], [BLOCK, 1, 1])
+            }
+            LaunchShape::MatMulGrid { n, m, batch } => {
+                let (n, m, batch) = (n.eval(b)?, m.eval(b)?, batch.eval(b)?);
+                let t = TILE as i64;
+                ([(n + t - 1) / t, (m + t - 1) / t, batch], [TILE, TILE, 1])
+            }
+        };
+        if units <= 0 || grid.iter().any(|&g| g <= 0) {
+            return Ok(None);
+        }
+        // CUDA's grid limits: x < 2^31, y and z < 2^16.
+        if grid[0] >= 1 << 31 || grid[1] >= 1 << 16 || grid[2] >= 1 << 16 {
+            return Err(IrError::Invalid {
+                what: format!(
+                    "CUDA grid {grid:?} exceeds the device limits (2^31-1, 65535, 65535)"
+                ),
+            });
+        }
+        let symbols = self
+            .symbols
+            .iter()
+            .map(|s| Expr::sym(s).eval(b))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Launch {
+            grid: grid.map(|g| g as u32),
+            block,
+            symbols,
+            units,
+        }))
     }
 }
 

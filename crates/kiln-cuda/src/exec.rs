@@ -1,13 +1,13 @@
 //! Running a compiled graph on a CUDA device: weights uploaded once, buffers from the memory
 //! plan, kernels launched in program order on one stream.
 
-use crate::codegen::{launch_shape, LaunchShape, BLOCK, TILE};
+use crate::codegen::LaunchPlan;
 use crate::CudaModule;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use kiln_compile::{Compiled, Executable};
-use kiln_ir::{Bindings, Expr, IrError, Tensor};
+use kiln_ir::{Bindings, IrError, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -22,9 +22,7 @@ pub fn cuda_device_present() -> bool {
 
 struct Launch {
     f: CudaFunction,
-    units: Expr,
-    shape: LaunchShape,
-    symbols: Vec<String>,
+    plan: LaunchPlan,
 }
 
 pub struct CudaExecutable {
@@ -60,12 +58,9 @@ impl CudaExecutable {
             let f = m
                 .load_function(&k.source.name)
                 .map_err(|e| format!("kernel {}: {e}", k.source.name))?;
-            let (units, shape) = launch_shape(&k.kernel);
             launches.push(Launch {
                 f,
-                units,
-                shape,
-                symbols: k.kernel.symbols(),
+                plan: LaunchPlan::new(&k.kernel),
             });
         }
         let stream = ctx.default_stream();
@@ -174,38 +169,21 @@ impl Executable for CudaExecutable {
 
         for (step, &u) in program.steps.iter().zip(&self.compiled.step_kernel) {
             let l = &self.launches[u];
-            let units = l.units.eval(&b)?;
-            let (grid, block) = match &l.shape {
-                LaunchShape::Threads(n) => {
-                    let n = n.eval(&b)?;
-                    (((n + BLOCK as i64 - 1) / BLOCK as i64, 1, 1), (BLOCK, 1, 1))
-                }
-                LaunchShape::MatMulGrid { n, m, batch } => {
-                    let (n, m, batch) = (n.eval(&b)?, m.eval(&b)?, batch.eval(&b)?);
-                    let t = TILE as i64;
-                    (((n + t - 1) / t, (m + t - 1) / t, batch), (TILE, TILE, 1))
-                }
-            };
-            if units <= 0 || grid.0 <= 0 || grid.1 <= 0 || grid.2 <= 0 {
+            let Some(launch) = l.plan.resolve(&b)? else {
                 continue;
-            }
-            let syms: Vec<i64> = l
-                .symbols
-                .iter()
-                .map(|s| Expr::sym(s).eval(&b))
-                .collect::<Result<_, _>>()?;
+            };
             let mut lb = self.stream.launch_builder(&l.f);
             lb.arg(bufs[step.output]);
             for &i in &step.inputs {
                 lb.arg(bufs[i]);
             }
-            for v in &syms {
+            for v in &launch.symbols {
                 lb.arg(v);
             }
-            lb.arg(&units);
+            lb.arg(&launch.units);
             let cfg = LaunchConfig {
-                grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
-                block_dim: block,
+                grid_dim: launch.grid.into(),
+                block_dim: launch.block.into(),
                 shared_mem_bytes: 0,
             };
             // SAFETY: arguments match the kernel's generated signature; buffers are sized by the plan.

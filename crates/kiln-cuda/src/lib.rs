@@ -7,6 +7,7 @@
 //! kernels needs a device.
 
 pub mod codegen;
+pub mod emulator;
 mod exec;
 pub mod nvrtc;
 

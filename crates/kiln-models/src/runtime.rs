@@ -7,6 +7,7 @@ use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
 use kiln_compile::{compile, CompileOptions, CompileReport, Executable};
 use kiln_cpu::{CpuBackend, CpuExecutable};
+use kiln_cuda::emulator::EmulatedCuda;
 use kiln_cuda::{CudaBackend, CudaExecutable};
 use kiln_ir::{DType, Tensor};
 use std::collections::HashMap;
@@ -19,6 +20,10 @@ pub enum Device {
     Cpu,
     /// CUDA device 0, kernels compiled for its arch.
     Cuda,
+    /// The CUDA kernels, compiled by NVRTC (for sm_80) and run on the CPU by
+    /// [`kiln_cuda::emulator`]: checks the generated CUDA C where there is no GPU. Slow; for
+    /// tests of small models.
+    CudaEmulated,
 }
 
 pub struct LoadOptions<'a> {
@@ -137,6 +142,15 @@ impl Model {
                 let ctx = backend.context().expect("device backend").clone();
                 Ok((
                     Box::new(CudaExecutable::new(compiled, ctx).map_err(ModelError::new)?),
+                    report,
+                ))
+            }
+            Device::CudaEmulated => {
+                let backend = CudaBackend::compile_only("sm_80")?;
+                let compiled = compile(&graph, &backend, &opts.compile)?;
+                let report = compiled.report.clone();
+                Ok((
+                    Box::new(EmulatedCuda::new(compiled).map_err(ModelError::new)?),
                     report,
                 ))
             }

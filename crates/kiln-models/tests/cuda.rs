@@ -6,6 +6,7 @@ mod common;
 use kiln_compile::{
     compile, Backend, CompileError, CompileOptions, Executable, Kernel, KernelSource,
 };
+use kiln_cuda::emulator::EmulatedCuda;
 use kiln_cuda::{cuda_device_present, CudaBackend, CudaModule};
 use kiln_models::{
     build_graph, presets::preset, Device, GraphOptions, LoadOptions, Model, ModelSource, Sampling,
@@ -126,11 +127,43 @@ fn gpu() -> bool {
     present
 }
 
+/// Where a test runs the CUDA kernels: on the GPU, or the same CUDA C in the CPU emulator.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Gpu,
+    Emulated,
+}
+
+/// Compiles `g` with the CUDA backend and returns something that runs it on `target`.
+fn cuda_executable(g: &kiln_ir::Graph, target: Target) -> Box<dyn Executable> {
+    match target {
+        Target::Gpu => {
+            let backend = CudaBackend::for_device(0, None).unwrap();
+            let compiled = compile(g, &backend, &CompileOptions::default()).unwrap();
+            let ctx = backend.context().unwrap().clone();
+            Box::new(kiln_cuda::CudaExecutable::new(compiled, ctx).unwrap())
+        }
+        Target::Emulated => {
+            let backend = CudaBackend::compile_only("sm_80").unwrap();
+            let compiled = compile(g, &backend, &CompileOptions::default()).unwrap();
+            Box::new(EmulatedCuda::new(compiled).unwrap())
+        }
+    }
+}
+
 #[test]
 fn gpu_ops_match_the_interpreter() {
-    if !gpu() {
-        return;
+    if gpu() {
+        ops_match_the_interpreter(Target::Gpu);
     }
+}
+
+#[test]
+fn emulated_ops_match_the_interpreter() {
+    ops_match_the_interpreter(Target::Emulated);
+}
+
+fn ops_match_the_interpreter(target: Target) {
     use kiln_ir::{DType, Expr, Graph, Tensor};
     let mut g = Graph::new();
     let s = Expr::sym("s");
@@ -145,10 +178,7 @@ fn gpu_ops_match_the_interpreter() {
     let c = g.cast(sm, DType::BF16);
     g.output("softmax", sm);
     g.output("bf16", c);
-    let backend = CudaBackend::for_device(0, None).unwrap();
-    let compiled = compile(&g, &backend, &CompileOptions::default()).unwrap();
-    let mut exe =
-        kiln_cuda::CudaExecutable::new(compiled, backend.context().unwrap().clone()).unwrap();
+    let mut exe = cuda_executable(&g, target);
     for n in [1usize, 7, 33] {
         let vals = |k: usize, seed: usize| {
             (0..k)
@@ -178,7 +208,7 @@ fn gpu_ops_match_the_interpreter() {
                 .fold(0.0, f64::max);
             assert!(
                 d <= if name == "bf16" { 1e-2 } else { 1e-5 },
-                "{name}: max diff {d} at s = {n}"
+                "{target:?} {name}: max diff {d} at s = {n}"
             );
         }
     }
@@ -186,13 +216,21 @@ fn gpu_ops_match_the_interpreter() {
 
 #[test]
 fn gpu_fixtures_reproduce_transformers_greedy_ids() {
-    if !gpu() {
-        return;
+    if gpu() {
+        fixtures_reproduce_transformers_greedy_ids(Device::Cuda);
     }
+}
+
+#[test]
+fn emulated_fixtures_reproduce_transformers_greedy_ids() {
+    fixtures_reproduce_transformers_greedy_ids(Device::CudaEmulated);
+}
+
+fn fixtures_reproduce_transformers_greedy_ids(device: Device) {
     for name in ["tiny-qwen3", "tiny-qwen3-sharded", "tiny-qwen3-bf16"] {
         let dir = common::fixtures().join(name);
         let opts = LoadOptions {
-            device: Device::Cuda,
+            device,
             ..Default::default()
         };
         let mut m = Model::load(&ModelSource::Dir(dir.clone()), &opts).unwrap();
@@ -214,7 +252,7 @@ fn gpu_fixtures_reproduce_transformers_greedy_ids() {
             .iter()
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
-        assert_eq!(g.generated_ids, want, "{name}");
+        assert_eq!(g.generated_ids, want, "{name} on {device:?}");
         for (k, row) in r["step_logits"].as_array().unwrap().iter().enumerate() {
             let d = row
                 .as_array()
@@ -223,7 +261,7 @@ fn gpu_fixtures_reproduce_transformers_greedy_ids() {
                 .zip(&g.step_logits[k])
                 .map(|(a, b)| (a.as_f64().unwrap() as f32 - b).abs())
                 .fold(0.0, f32::max);
-            assert!(d <= 1e-3, "{name} step {k}: {d}");
+            assert!(d <= 1e-3, "{name} on {device:?}, step {k}: {d}");
         }
     }
 }
@@ -259,36 +297,58 @@ fn gpu_and_cpu_agree_on_the_qwen3_preset() {
     }
 }
 
+/// The CPU backend's property test on CUDA: random graphs and bindings vs the interpreter.
+fn random_graph_matches_the_interpreter(
+    target: Target,
+    ops: &[(u8, u8)],
+    binds: &[(usize, usize)],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use kiln_ir::Tensor;
+    let g = kiln_ir::testing::random_graph(ops);
+    let mut exe = cuda_executable(&g, target);
+    for (i, (na, nb)) in binds.iter().enumerate() {
+        let vals = |seed: usize| {
+            (0..na * nb)
+                .map(|j| (((j * 7919 + seed * 31 + i) % 1000) as f32 / 500.0) - 1.0)
+                .collect::<Vec<_>>()
+        };
+        let ins: std::collections::HashMap<String, Tensor> = [
+            ("x".to_string(), Tensor::from_f32(&[*na, *nb], &vals(1))),
+            ("y".to_string(), Tensor::from_f32(&[*na, *nb], &vals(2))),
+        ]
+        .into();
+        let got = exe.run(&ins).unwrap();
+        let want = kiln_ir::interpret(&g, &ins, &Default::default()).unwrap();
+        let (a, b) = (got["out"].to_f64_vec(), want["out"].to_f64_vec());
+        for (x, y) in a.iter().zip(&b) {
+            let same = (x.is_nan() && y.is_nan()) || x == y;
+            proptest::prop_assert!(
+                same || (x - y).abs() <= 1e-5 + 2e-5 * y.abs(),
+                "{target:?}: got {x}, want {y}"
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, failure_persistence: None, ..Default::default() })]
 
-    /// The CPU backend's property test, on the GPU: random graphs and bindings vs the interpreter.
     #[test]
     fn gpu_random_graphs_match_the_interpreter(
         ops in proptest::collection::vec((proptest::prelude::any::<u8>(), proptest::prelude::any::<u8>()), 1..8),
         binds in proptest::collection::vec((1usize..6, 1usize..9), 3),
     ) {
-        if !gpu() {
-            return Ok(());
+        if gpu() {
+            random_graph_matches_the_interpreter(Target::Gpu, &ops, &binds)?;
         }
-        use kiln_ir::Tensor;
-        let g = kiln_ir::testing::random_graph(&ops);
-        let backend = CudaBackend::for_device(0, None).unwrap();
-        let compiled = compile(&g, &backend, &CompileOptions::default()).unwrap();
-        let mut exe = kiln_cuda::CudaExecutable::new(compiled, backend.context().unwrap().clone()).unwrap();
-        for (i, (na, nb)) in binds.iter().enumerate() {
-            let vals = |seed: usize| (0..na * nb).map(|j| (((j * 7919 + seed * 31 + i) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<_>>();
-            let ins: std::collections::HashMap<String, Tensor> = [
-                ("x".to_string(), Tensor::from_f32(&[*na, *nb], &vals(1))),
-                ("y".to_string(), Tensor::from_f32(&[*na, *nb], &vals(2))),
-            ].into();
-            let got = exe.run(&ins).unwrap();
-            let want = kiln_ir::interpret(&g, &ins, &Default::default()).unwrap();
-            let (a, b) = (got["out"].to_f64_vec(), want["out"].to_f64_vec());
-            for (x, y) in a.iter().zip(&b) {
-                let same = (x.is_nan() && y.is_nan()) || x == y;
-                proptest::prop_assert!(same || (x - y).abs() <= 1e-5 + 2e-5 * y.abs(), "got {x}, want {y}");
-            }
-        }
+    }
+
+    #[test]
+    fn emulated_random_graphs_match_the_interpreter(
+        ops in proptest::collection::vec((proptest::prelude::any::<u8>(), proptest::prelude::any::<u8>()), 1..8),
+        binds in proptest::collection::vec((1usize..6, 1usize..9), 3),
+    ) {
+        random_graph_matches_the_interpreter(Target::Emulated, &ops, &binds)?;
     }
 }
