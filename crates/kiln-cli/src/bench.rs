@@ -47,6 +47,9 @@ pub struct DecodeBench {
     tokens: usize,
     #[arg(long)]
     threads: Option<usize>,
+    /// cpu, or cuda (GPU 0; the bound is then the GPU's copy bandwidth).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
 }
@@ -366,7 +369,13 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let threads = a.threads.unwrap_or_else(cores);
     let source = ModelSource::parse(&a.model)?;
+    let device = match a.backend.as_str() {
+        "cpu" => kiln_models::Device::Cpu,
+        "cuda" => kiln_models::Device::Cuda,
+        other => anyhow::bail!("unknown backend '{other}': expected cpu or cuda"),
+    };
     let opts = LoadOptions {
+        device,
         compile: kiln_compile::CompileOptions {
             threads,
             cache: crate::progress::open_cache(false),
@@ -383,11 +392,18 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
     let g = model.generate(&prompt, a.tokens, &Sampling::default(), &[], |_| {})?;
-    let bw = memory_bandwidth(threads);
+    let (bw, device_name) = match device {
+        kiln_models::Device::Cuda => {
+            let (name, bw) = kiln_cuda::copy_bandwidth(1 << 30).map_err(anyhow::Error::msg)?;
+            (bw, format!("{name} (device-to-device copy)"))
+        }
+        _ => (memory_bandwidth(threads), cpu_model()),
+    };
     let weight_bytes = model.config.weight_bytes() as f64;
     let bound = bw / weight_bytes;
     let doc = json!({
-        "model": a.model, "threads": threads, "machine": { "cores": cores(), "cpu": cpu_model() },
+        "model": a.model, "backend": a.backend, "threads": threads,
+        "machine": { "cores": cores(), "cpu": cpu_model(), "bandwidth_from": device_name },
         "prompt_len": a.prompt_len, "tokens": g.generated_ids.len(), "load_ms": load_ms, "compile_ms": model.report.compile_ms,
         "prefill_ms": g.prefill_ms, "time_to_first_token_ms": g.prefill_ms,
         "decode_tokens_per_s": g.decode_tokens_per_s(),
@@ -407,7 +423,10 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         ];
         let mut ch = ChartBuilder::on(&root)
             .caption(
-                format!("{} decode tokens/s ({threads} threads)", a.model),
+                format!(
+                    "{} decode tokens/s ({}, {threads} threads)",
+                    a.model, a.backend
+                ),
                 ("sans-serif", 18),
             )
             .margin(15)

@@ -207,3 +207,24 @@ impl Executable for CudaExecutable {
         Ok(out)
     }
 }
+
+/// GPU 0's name and its device-to-device copy bandwidth (bytes read plus bytes written, per
+/// second): the streaming bandwidth that bounds decode, as `kiln bench decode` reports it.
+pub fn copy_bandwidth(bytes: usize) -> Result<(String, f64), String> {
+    let ctx = CudaContext::new(0).map_err(|e| format!("CUDA device 0: {e}"))?;
+    let name = ctx.name().map_err(|e| e.to_string())?;
+    let stream = ctx.default_stream();
+    let src = stream.alloc_zeros::<u8>(bytes).map_err(|e| e.to_string())?;
+    let mut dst = stream.alloc_zeros::<u8>(bytes).map_err(|e| e.to_string())?;
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        stream.synchronize().map_err(|e| e.to_string())?;
+        let t = std::time::Instant::now();
+        stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(|e| e.to_string())?;
+        stream.synchronize().map_err(|e| e.to_string())?;
+        best = best.max(2.0 * bytes as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok((name, best))
+}

@@ -11,7 +11,7 @@ pub mod emulator;
 mod exec;
 pub mod nvrtc;
 
-pub use exec::{cuda_device_present, CudaExecutable};
+pub use exec::{copy_bandwidth, cuda_device_present, CudaExecutable};
 
 use kiln_compile::{Backend, CompileError, Kernel, KernelSource};
 
