@@ -196,8 +196,15 @@ pub fn kernel_source(k: &Kernel) -> String {
     s
 }
 
-/// A shared-memory tiled matmul: each TILE x TILE block computes one output tile, one batch per
-/// grid z. Simple and correct for any strides and dtypes; not tuned for Hopper (no tensor cores).
+/// Matmul, one TILE x TILE block per output tile and one batch per grid z. Two paths in one
+/// kernel, because the row count is symbolic (the same kernel serves prefill and decode):
+/// - `M == 1` (decode): a GEMV. Each block row (`ty`) owns one output column, its 16 `tx`
+///   lanes stride K and sum with shuffles: every thread works and, for weights stored
+///   `[N, K]`, consecutive lanes read consecutive addresses.
+/// - otherwise a shared-memory tiled product; the B tile is read along k by consecutive
+///   threads when k is B's contiguous axis (weights `[N, K]` seen transposed), so loads coalesce.
+///
+/// Plain FMA in f32, no tensor cores; not tuned for Hopper beyond that.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     k: &Kernel,
@@ -226,13 +233,6 @@ fn matmul(
     unflatten(batch, "kiln_b", None, "    ", s);
     writeln!(
         s,
-        "    __shared__ float As[{t}][{}], Bs[{t}][{}];",
-        t + 1,
-        t + 1
-    )
-    .unwrap();
-    writeln!(
-        s,
         "    const {} *pa = {};\n    const {} *pb = {};",
         storage_type(a.dtype),
         operand_base(a, batch),
@@ -241,43 +241,100 @@ fn matmul(
     )
     .unwrap();
     writeln!(s, "    const int tx = threadIdx.x, ty = threadIdx.y;").unwrap();
+    let a_at = |row: &str, kx: &str| {
+        load(
+            a.dtype,
+            format!(
+                "pa[{row} * {} + ({kx}) * {}]",
+                c(&a.row_stride),
+                c(&a.col_stride)
+            ),
+        )
+    };
+    let b_at = |kx: &str, col: &str| {
+        load(
+            b.dtype,
+            format!(
+                "pb[({kx}) * {} + {col} * {}]",
+                c(&b.row_stride),
+                c(&b.col_stride)
+            ),
+        )
+    };
+    let store_acc = store(k.out_dtype, round(k.out_dtype, "acc".into()));
+
+    // Decode: one row.
+    writeln!(s, "    if (M == 1) {{").unwrap();
+    writeln!(
+        s,
+        "        const int64_t col = (int64_t)blockIdx.x * {t} + ty;"
+    )
+    .unwrap();
+    writeln!(s, "        float acc = 0.0f;").unwrap();
+    writeln!(
+        s,
+        "        if (col < N) for (int64_t kx = tx; kx < K; kx += {t}) acc += (float)({}) * (float)({});",
+        a_at("0", "kx"),
+        b_at("kx", "col")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        for (int kiln_o = {}; kiln_o > 0; kiln_o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, kiln_o);",
+        t / 2
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        if (tx == 0 && col < N) out[kiln_b * N + col] = {store_acc};\n        return;\n    }}"
+    )
+    .unwrap();
+
+    // Tiled.
+    writeln!(
+        s,
+        "    __shared__ float As[{t}][{}], Bs[{t}][{}];",
+        t + 1,
+        t + 1
+    )
+    .unwrap();
     writeln!(s, "    const int64_t row = (int64_t)blockIdx.y * {t} + ty, col = (int64_t)blockIdx.x * {t} + tx;").unwrap();
     writeln!(
         s,
         "    float acc = 0.0f;\n    for (int64_t k0 = 0; k0 < K; k0 += {t}) {{"
     )
     .unwrap();
-    let la = load(
-        a.dtype,
-        format!(
-            "pa[row * {} + (k0 + tx) * {}]",
-            c(&a.row_stride),
-            c(&a.col_stride)
-        ),
-    );
-    let lb = load(
-        b.dtype,
-        format!(
-            "pb[(k0 + ty) * {} + col * {}]",
-            c(&b.row_stride),
-            c(&b.col_stride)
-        ),
-    );
     writeln!(
         s,
-        "        As[ty][tx] = (row < M && k0 + tx < K) ? (float)({la}) : 0.0f;"
+        "        As[ty][tx] = (row < M && k0 + tx < K) ? (float)({}) : 0.0f;",
+        a_at("row", "k0 + tx")
     )
     .unwrap();
-    writeln!(
-        s,
-        "        Bs[ty][tx] = (k0 + ty < K && col < N) ? (float)({lb}) : 0.0f;"
-    )
-    .unwrap();
+    if b.row_stride.is_const(1) && !b.col_stride.is_const(1) {
+        // k is B's contiguous axis: lanes (tx) walk k, rows of the block (ty) walk columns.
+        writeln!(
+            s,
+            "        const int64_t bcol = (int64_t)blockIdx.x * {t} + ty;"
+        )
+        .unwrap();
+        writeln!(
+            s,
+            "        Bs[tx][ty] = (k0 + tx < K && bcol < N) ? (float)({}) : 0.0f;",
+            b_at("k0 + tx", "bcol")
+        )
+        .unwrap();
+    } else {
+        writeln!(
+            s,
+            "        Bs[ty][tx] = (k0 + ty < K && col < N) ? (float)({}) : 0.0f;",
+            b_at("k0 + ty", "col")
+        )
+        .unwrap();
+    }
     writeln!(s, "        __syncthreads();\n        #pragma unroll\n        for (int q = 0; q < {t}; ++q) acc += As[ty][q] * Bs[q][tx];\n        __syncthreads();\n    }}").unwrap();
     writeln!(
         s,
-        "    if (row < M && col < N) out[kiln_b * M * N + row * N + col] = {};",
-        store(k.out_dtype, round(k.out_dtype, "acc".into()))
+        "    if (row < M && col < N) out[kiln_b * M * N + row * N + col] = {store_acc};"
     )
     .unwrap();
 }
