@@ -37,6 +37,9 @@ step "machine (kit built from $(cat "$kit/commit" 2>/dev/null))"
 if [ "$phase" = tests ] || [ "$phase" = all ]; then
   step "GPU tests (the emulated ones ran in CI)"
   run 240 "$kit/cuda-tests" --skip emulated
+  step "kiln run on cuda"
+  run 90 "$kit/kiln" run --model qwen3-0.6b --backend cuda --prompt "Hello, my name is" \
+    --max-new-tokens 16 --json
 fi
 if [ "$phase" = bench ] || [ "$phase" = all ]; then
   step "compile bench, cuda sm_90"

@@ -57,6 +57,18 @@ pub struct OutputLayout<'p> {
 }
 
 impl Program {
+    /// Binds the graph's symbols for one run from the bound params and the run's inputs,
+    /// checking every input against its declaration (what each executor does first).
+    pub fn bind_run<'a>(
+        &self,
+        params: impl Iterator<Item = (&'a str, &'a kiln_ir::Tensor)>,
+        inputs: &'a std::collections::HashMap<String, kiln_ir::Tensor>,
+    ) -> Result<kiln_ir::Bindings, kiln_ir::IrError> {
+        let mut all: std::collections::HashMap<&str, &kiln_ir::Tensor> = params.collect();
+        all.extend(inputs.iter().map(|(k, v)| (k.as_str(), v)));
+        self.graph.bind_inputs(&all, &kiln_ir::Bindings::new())
+    }
+
     /// Each output's buffer and concrete shape under bindings `b`.
     pub fn output_layouts(
         &self,

@@ -4,7 +4,7 @@
 use crate::codegen::work_units;
 use crate::CpuModule;
 use kiln_compile::{Compiled, Executable};
-use kiln_ir::{Bindings, Expr, IrError, Tensor};
+use kiln_ir::{Expr, IrError, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -111,11 +111,9 @@ impl Executable for CpuExecutable {
         &mut self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, RunError> {
-        let mut all: HashMap<&str, &Tensor> =
-            self.params.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        all.extend(inputs.iter().map(|(k, v)| (k.as_str(), v)));
         let program = &self.compiled.program;
-        let b: Bindings = program.graph.bind_inputs(&all, &Bindings::new())?;
+        let params = self.params.iter().map(|(k, v)| (k.as_str(), v));
+        let b = program.bind_run(params, inputs)?;
 
         let sizes = self.compiled.plan.slot_bytes(program, &b)?;
         self.slots.resize(sizes.len(), Vec::new());
@@ -130,7 +128,11 @@ impl Executable for CpuExecutable {
             .iter()
             .enumerate()
             .map(|(i, buf)| match &buf.input {
-                Some(name) => all[name.as_str()].bytes().as_ptr() as *mut c_void,
+                Some(name) => inputs
+                    .get(name)
+                    .unwrap_or_else(|| &self.params[name])
+                    .bytes()
+                    .as_ptr() as *mut c_void,
                 None => self.slots
                     [self.compiled.plan.slot_of[i].expect("every kernel output is planned")]
                 .as_mut_ptr() as *mut c_void,

@@ -15,7 +15,7 @@
 use crate::codegen::LaunchPlan;
 use kiln_compile::clike::storage_type;
 use kiln_compile::{Compiled, Executable, KernelKind, MemoryPlan, Program};
-use kiln_ir::{Bindings, IrError, Tensor};
+use kiln_ir::{IrError, Tensor};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::process::Command;
@@ -189,13 +189,8 @@ impl Executable for EmulatedCuda {
         &mut self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, IrError> {
-        let mut all: HashMap<&str, &Tensor> = self
-            .params
-            .iter()
-            .map(|(k, v)| (k.as_str(), &v.0))
-            .collect();
-        all.extend(inputs.iter().map(|(k, v)| (k.as_str(), v)));
-        let b: Bindings = self.program.graph.bind_inputs(&all, &Bindings::new())?;
+        let params = self.params.iter().map(|(k, v)| (k.as_str(), &v.0));
+        let b = self.program.bind_run(params, inputs)?;
 
         let sizes = self.plan.slot_bytes(&self.program, &b)?;
         self.slots.resize_with(sizes.len(), HostBuffer::default);

@@ -7,7 +7,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use kiln_compile::{Compiled, Executable};
-use kiln_ir::{Bindings, IrError, Tensor};
+use kiln_ir::{IrError, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -119,17 +119,8 @@ impl Executable for CudaExecutable {
         &mut self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, IrError> {
-        let mut all: HashMap<&str, &Tensor> = self
-            .params
-            .iter()
-            .map(|(k, v)| (k.as_str(), &v.0))
-            .collect();
-        all.extend(inputs.iter().map(|(k, v)| (k.as_str(), v)));
-        let b: Bindings = self
-            .compiled
-            .program
-            .graph
-            .bind_inputs(&all, &Bindings::new())?;
+        let params = self.params.iter().map(|(k, v)| (k.as_str(), &v.0));
+        let b = self.compiled.program.bind_run(params, inputs)?;
 
         let sizes = self.compiled.plan.slot_bytes(&self.compiled.program, &b)?;
         for (i, &bytes) in sizes.iter().enumerate() {
