@@ -214,6 +214,36 @@ fn ops_match_the_interpreter(target: Target) {
     }
 }
 
+/// Buffers larger than the card are a clear error naming what was needed and what is free.
+#[test]
+fn gpu_out_of_device_memory_is_a_clear_error() {
+    if !gpu() {
+        return;
+    }
+    use kiln_ir::{DType, Expr, Graph, Tensor};
+    let mut g = Graph::new();
+    let x = g
+        .input("x", DType::F32, &[Expr::sym("s"), 1.into()])
+        .unwrap();
+    let z = g
+        .input("z", DType::F32, &[1.into(), Expr::sym("n")])
+        .unwrap();
+    let y = g.add(x, z).unwrap();
+    g.output("y", y);
+    let mut exe = cuda_executable(&g, Target::Gpu);
+    // [2^18, 2^20] f32 = 1 TiB, more than any card holds; the inputs are 1 MiB and 4 MiB.
+    let ins: std::collections::HashMap<String, Tensor> = [
+        ("x".to_string(), Tensor::zeros(DType::F32, &[1 << 18, 1])),
+        ("z".to_string(), Tensor::zeros(DType::F32, &[1, 1 << 20])),
+    ]
+    .into();
+    let e = exe.run(&ins).err().expect("1 TiB cannot fit").to_string();
+    assert!(
+        e.contains("needs 1099511.6 MB of GPU memory") && e.contains("are free"),
+        "{e}"
+    );
+}
+
 #[test]
 fn gpu_fixtures_reproduce_transformers_greedy_ids() {
     if gpu() {
