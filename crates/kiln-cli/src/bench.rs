@@ -110,10 +110,11 @@ fn compile_child(a: &CompileBench, threads: usize, cache: &Path) -> std::process
 
 fn report(child: std::process::Child) -> anyhow::Result<Value> {
     let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     anyhow::ensure!(
         out.status.success(),
         "kiln compile failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.trim().trim_start_matches("error: ")
     );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
