@@ -57,16 +57,33 @@ pub struct OutputLayout<'p> {
 }
 
 impl Program {
-    /// Binds the graph's symbols for one run from the bound params and the run's inputs,
-    /// checking every input against its declaration (what each executor does first).
+    /// Binds the graph's symbols for one run from the bound params, the run's inputs and the
+    /// values the executor carries over from the previous run, checking every input against
+    /// its declaration (what each executor does first).
     pub fn bind_run<'a>(
         &self,
         params: impl Iterator<Item = (&'a str, &'a kiln_ir::Tensor)>,
         inputs: &'a std::collections::HashMap<String, kiln_ir::Tensor>,
+        carried: impl Iterator<Item = (&'a str, DType, &'a [usize])>,
     ) -> Result<kiln_ir::Bindings, kiln_ir::IrError> {
-        let mut all: std::collections::HashMap<&str, &kiln_ir::Tensor> = params.collect();
-        all.extend(inputs.iter().map(|(k, v)| (k.as_str(), v)));
-        self.graph.bind_inputs(&all, &kiln_ir::Bindings::new())
+        let mut all: std::collections::HashMap<&str, (DType, &[usize])> =
+            params.map(|(n, t)| (n, (t.dtype(), t.shape()))).collect();
+        all.extend(
+            inputs
+                .iter()
+                .map(|(n, t)| (n.as_str(), (t.dtype(), t.shape()))),
+        );
+        for (name, dtype, shape) in carried {
+            if inputs.contains_key(name) {
+                return Err(kiln_ir::IrError::Input {
+                    name: name.into(),
+                    detail: "is carried over from the previous run by the executor; do not pass it"
+                        .into(),
+                });
+            }
+            all.insert(name, (dtype, shape));
+        }
+        self.graph.bind_shapes(&all, &kiln_ir::Bindings::new())
     }
 
     /// Each output's buffer and concrete shape under bindings `b`.

@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod backend;
 pub mod cache;
+pub mod carry;
 pub mod clike;
 mod error;
 pub mod extract;
@@ -82,6 +83,21 @@ pub trait Executable {
         &mut self,
         inputs: &HashMap<String, kiln_ir::Tensor>,
     ) -> Result<HashMap<String, kiln_ir::Tensor>, kiln_ir::IrError>;
+
+    /// Carries graph output `output` of each run into the next run's input `input` inside the
+    /// executor (a KV cache stays in device memory): from now on `run` neither takes `input` nor
+    /// returns `output`, and the next run reads `initial`. Calling it again for the same input
+    /// starts over from the new `initial`. Returns false where the executor cannot carry (the
+    /// caller then passes the values itself).
+    fn carry(
+        &mut self,
+        output: &str,
+        input: &str,
+        initial: kiln_ir::Tensor,
+    ) -> Result<bool, kiln_ir::IrError> {
+        let _ = (output, input, initial);
+        Ok(false)
+    }
 }
 
 /// One distinct kernel of the compiled program.

@@ -3,6 +3,7 @@
 
 use crate::codegen::work_units;
 use crate::CpuModule;
+use kiln_compile::carry::{slot_allocation, CarriedState};
 use kiln_compile::{Compiled, Executable};
 use kiln_ir::{Expr, IrError, Tensor};
 use rayon::prelude::*;
@@ -30,6 +31,8 @@ pub struct CpuExecutable {
     pool: Option<rayon::ThreadPool>,
     threads: usize,
     slots: Vec<Vec<u64>>,
+    /// Outputs kept for the next run (see [`Executable::carry`]).
+    carried: CarriedState<Vec<u64>>,
     /// With `KILN_PROFILE=1`: seconds and launches per kernel, printed when dropped.
     profile: Option<Vec<(f64, usize)>>,
 }
@@ -88,6 +91,7 @@ impl CpuExecutable {
             pool,
             threads,
             slots: Vec::new(),
+            carried: CarriedState::default(),
             profile: std::env::var_os("KILN_PROFILE")
                 .filter(|v| v != "0")
                 .map(|_| vec![(0.0, 0); 0]),
@@ -113,14 +117,16 @@ impl Executable for CpuExecutable {
     ) -> Result<HashMap<String, Tensor>, RunError> {
         let program = &self.compiled.program;
         let params = self.params.iter().map(|(k, v)| (k.as_str(), v));
-        let b = program.bind_run(params, inputs)?;
+        let b = program.bind_run(params, inputs, self.carried.shapes())?;
 
-        let sizes = self.compiled.plan.slot_bytes(program, &b)?;
+        let plan = &self.compiled.plan;
+        let sizes = plan.slot_bytes(program, &b)?;
         self.slots.resize(sizes.len(), Vec::new());
-        for (slot, &bytes) in self.slots.iter_mut().zip(&sizes) {
+        for (i, (slot, &bytes)) in self.slots.iter_mut().zip(&sizes).enumerate() {
             let words = bytes.div_ceil(8).max(1);
             if slot.len() < words {
-                *slot = vec![0u64; words];
+                let carried = self.carried.holds_output(program, &plan.slot_of, i);
+                *slot = vec![0u64; slot_allocation(bytes, carried).div_ceil(8).max(1)];
             }
         }
         let ptrs: Vec<*mut c_void> = program
@@ -128,11 +134,14 @@ impl Executable for CpuExecutable {
             .iter()
             .enumerate()
             .map(|(i, buf)| match &buf.input {
-                Some(name) => inputs
-                    .get(name)
-                    .unwrap_or_else(|| &self.params[name])
-                    .bytes()
-                    .as_ptr() as *mut c_void,
+                Some(name) => match self.carried.input(name) {
+                    Some(c) => c.buf.as_ptr() as *mut c_void,
+                    None => inputs
+                        .get(name)
+                        .unwrap_or_else(|| &self.params[name])
+                        .bytes()
+                        .as_ptr() as *mut c_void,
+                },
                 None => self.slots
                     [self.compiled.plan.slot_of[i].expect("every kernel output is planned")]
                 .as_mut_ptr() as *mut c_void,
@@ -183,6 +192,14 @@ impl Executable for CpuExecutable {
 
         let mut out = HashMap::new();
         for o in program.output_layouts(&b)? {
+            if let Some(c) = self.carried.output_mut(o.name) {
+                // The output's slot becomes the next run's input; the old input's buffer,
+                // read for the last time by this run, becomes the slot.
+                let slot = plan.slot_of[o.buffer].expect("carried outputs are computed");
+                std::mem::swap(&mut self.slots[slot], &mut c.buf);
+                c.shape = o.shape;
+                continue;
+            }
             // SAFETY: the output buffer holds o.bytes bytes written by its kernel.
             let bytes = unsafe { std::slice::from_raw_parts(ptrs[o.buffer] as *const u8, o.bytes) };
             out.insert(
@@ -191,6 +208,17 @@ impl Executable for CpuExecutable {
             );
         }
         Ok(out)
+    }
+
+    fn carry(&mut self, output: &str, input: &str, initial: Tensor) -> Result<bool, IrError> {
+        let mut buf = vec![0u64; initial.bytes().len().div_ceil(8).max(1)];
+        // SAFETY: u64 storage viewed as bytes, at least as long as the tensor's.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, buf.len() * 8) };
+        dst[..initial.bytes().len()].copy_from_slice(initial.bytes());
+        self.carried
+            .set(&self.compiled.program, output, input, &initial, buf)?;
+        Ok(true)
     }
 }
 

@@ -13,6 +13,7 @@
 //! per thread per barrier) and meant for tests of small graphs; the GPU tests stay the judge.
 
 use crate::codegen::LaunchPlan;
+use kiln_compile::carry::{slot_allocation, CarriedState};
 use kiln_compile::clike::storage_type;
 use kiln_compile::{Compiled, Executable, KernelKind, MemoryPlan, Program};
 use kiln_ir::{IrError, Tensor};
@@ -65,6 +66,7 @@ pub struct EmulatedCuda {
     kernels: Vec<EmulatedKernel>,
     params: HashMap<String, (Tensor, HostBuffer)>,
     slots: Vec<HostBuffer>,
+    carried: CarriedState<HostBuffer>,
     _lib: libloading::Library,
     _dir: tempfile::TempDir,
 }
@@ -171,6 +173,7 @@ impl EmulatedCuda {
             kernels,
             params: HashMap::new(),
             slots: Vec::new(),
+            carried: CarriedState::default(),
             _lib: lib,
             _dir: dir,
         })
@@ -190,13 +193,18 @@ impl Executable for EmulatedCuda {
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, IrError> {
         let params = self.params.iter().map(|(k, v)| (k.as_str(), &v.0));
-        let b = self.program.bind_run(params, inputs)?;
+        let b = self
+            .program
+            .bind_run(params, inputs, self.carried.shapes())?;
 
         let sizes = self.plan.slot_bytes(&self.program, &b)?;
         self.slots.resize_with(sizes.len(), HostBuffer::default);
-        for (slot, &bytes) in self.slots.iter_mut().zip(&sizes) {
+        for (i, (slot, &bytes)) in self.slots.iter_mut().zip(&sizes).enumerate() {
             if slot.len() < bytes.max(1) {
-                *slot = HostBuffer::zeroed(bytes);
+                let carried = self
+                    .carried
+                    .holds_output(&self.program, &self.plan.slot_of, i);
+                *slot = HostBuffer::zeroed(slot_allocation(bytes, carried));
             }
         }
         let uploaded: HashMap<&str, HostBuffer> = inputs
@@ -209,10 +217,13 @@ impl Executable for EmulatedCuda {
             .iter()
             .enumerate()
             .map(|(i, buf)| match &buf.input {
-                Some(name) => uploaded
-                    .get(name.as_str())
-                    .unwrap_or_else(|| &self.params[name.as_str()].1)
-                    .ptr(),
+                Some(name) => match self.carried.input(name) {
+                    Some(c) => c.buf.ptr(),
+                    None => uploaded
+                        .get(name.as_str())
+                        .unwrap_or_else(|| &self.params[name.as_str()].1)
+                        .ptr(),
+                },
                 None => self.slots[self.plan.slot_of[i].expect("planned")].ptr(),
             })
             .collect();
@@ -251,6 +262,13 @@ impl Executable for EmulatedCuda {
 
         let mut out = HashMap::new();
         for o in self.program.output_layouts(&b)? {
+            if let Some(c) = self.carried.output_mut(o.name) {
+                // As the CUDA executor: the output's buffer becomes the next run's input.
+                let slot = self.plan.slot_of[o.buffer].expect("carried outputs are computed");
+                std::mem::swap(&mut self.slots[slot], &mut c.buf);
+                c.shape = o.shape;
+                continue;
+            }
             // SAFETY: the buffer holds at least o.bytes (the plan sized it).
             let bytes = unsafe { std::slice::from_raw_parts(bufs[o.buffer], o.bytes) };
             out.insert(
@@ -259,5 +277,12 @@ impl Executable for EmulatedCuda {
             );
         }
         Ok(out)
+    }
+
+    fn carry(&mut self, output: &str, input: &str, initial: Tensor) -> Result<bool, IrError> {
+        let buf = HostBuffer::from_bytes(initial.bytes());
+        self.carried
+            .set(&self.program, output, input, &initial, buf)?;
+        Ok(true)
     }
 }

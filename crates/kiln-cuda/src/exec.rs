@@ -6,6 +6,7 @@ use crate::CudaModule;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
+use kiln_compile::carry::{slot_allocation, CarriedState};
 use kiln_compile::{Compiled, Executable};
 use kiln_ir::{IrError, Tensor};
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub struct CudaExecutable {
     /// Host copies keep the shapes for binding; device copies are what kernels read.
     params: HashMap<String, (Tensor, CudaSlice<u8>)>,
     slots: Vec<CudaSlice<u8>>,
+    /// Outputs kept in device memory for the next run (see [`Executable::carry`]).
+    carried: CarriedState<CudaSlice<u8>>,
 }
 
 fn dev_err(what: &str, e: impl std::fmt::Display) -> IrError {
@@ -71,6 +74,7 @@ impl CudaExecutable {
             launches,
             params: HashMap::new(),
             slots: Vec::new(),
+            carried: CarriedState::default(),
         })
     }
 
@@ -120,12 +124,17 @@ impl Executable for CudaExecutable {
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, IrError> {
         let params = self.params.iter().map(|(k, v)| (k.as_str(), &v.0));
-        let b = self.compiled.program.bind_run(params, inputs)?;
+        let b = self
+            .compiled
+            .program
+            .bind_run(params, inputs, self.carried.shapes())?;
 
-        let sizes = self.compiled.plan.slot_bytes(&self.compiled.program, &b)?;
+        let (program, plan) = (&self.compiled.program, &self.compiled.plan);
+        let sizes = plan.slot_bytes(program, &b)?;
         for (i, &bytes) in sizes.iter().enumerate() {
-            let need = bytes.max(1);
-            if self.slots.get(i).is_none_or(|s| s.len() < need) {
+            if self.slots.get(i).is_none_or(|s| s.len() < bytes.max(1)) {
+                let carried = self.carried.holds_output(program, &plan.slot_of, i);
+                let need = slot_allocation(bytes, carried).max(1);
                 self.ensure_free("intermediate buffers", need)?;
                 let s = self
                     .stream
@@ -151,9 +160,12 @@ impl Executable for CudaExecutable {
             .iter()
             .enumerate()
             .map(|(i, buf)| match &buf.input {
-                Some(name) => uploaded
-                    .get(name.as_str())
-                    .unwrap_or_else(|| &self.params[name.as_str()].1),
+                Some(name) => match self.carried.input(name) {
+                    Some(c) => &c.buf,
+                    None => uploaded
+                        .get(name.as_str())
+                        .unwrap_or_else(|| &self.params[name.as_str()].1),
+                },
                 None => &self.slots[self.compiled.plan.slot_of[i].expect("planned")],
             })
             .collect();
@@ -185,7 +197,12 @@ impl Executable for CudaExecutable {
             .map_err(|e| dev_err("synchronize", e))?;
 
         let mut out = HashMap::new();
+        let mut keep = Vec::new();
         for o in program.output_layouts(&b)? {
+            if self.carried.carries(o.name) {
+                keep.push((o.name.to_string(), o.buffer, o.shape));
+                continue;
+            }
             let host = self
                 .stream
                 .clone_dtoh(&bufs[o.buffer].slice(..o.bytes.max(1)))
@@ -195,7 +212,23 @@ impl Executable for CudaExecutable {
                 Tensor::from_bytes(o.dtype, &o.shape, &host[..o.bytes]),
             );
         }
+        drop(bufs);
+        for (name, buffer, shape) in keep {
+            // The output stays on the device as the next run's input; the old input's buffer,
+            // read for the last time by this run, becomes the slot.
+            let slot = self.compiled.plan.slot_of[buffer].expect("carried outputs are computed");
+            let c = self.carried.output_mut(&name).expect("carried");
+            std::mem::swap(&mut self.slots[slot], &mut c.buf);
+            c.shape = shape;
+        }
         Ok(out)
+    }
+
+    fn carry(&mut self, output: &str, input: &str, initial: Tensor) -> Result<bool, IrError> {
+        let buf = self.upload(&format!("initial '{input}'"), initial.bytes())?;
+        self.carried
+            .set(&self.compiled.program, output, input, &initial, buf)?;
+        Ok(true)
     }
 }
 

@@ -605,6 +605,20 @@ impl Graph {
         inputs: &HashMap<&str, &Tensor>,
         extra: &Bindings,
     ) -> Result<Bindings> {
+        let shapes: HashMap<&str, (DType, &[usize])> = inputs
+            .iter()
+            .map(|(&n, t)| (n, (t.dtype(), t.shape())))
+            .collect();
+        self.bind_shapes(&shapes, extra)
+    }
+
+    /// [`Graph::bind_inputs`] from each input's dtype and shape alone (for inputs whose data
+    /// lives elsewhere, such as a KV cache kept in device memory).
+    pub fn bind_shapes(
+        &self,
+        inputs: &HashMap<&str, (DType, &[usize])>,
+        extra: &Bindings,
+    ) -> Result<Bindings> {
         let declared = self.inputs();
         for name in inputs.keys() {
             if !declared.iter().any(|(_, n)| n == name) {
@@ -621,27 +635,23 @@ impl Graph {
         let mut b = extra.clone();
         for (id, name) in &declared {
             let node = self.node(*id);
-            let t = *inputs.get(*name).ok_or_else(|| IrError::Input {
+            let &(dtype, shape) = inputs.get(*name).ok_or_else(|| IrError::Input {
                 name: name.to_string(),
                 detail: format!("missing ({} {})", node.dtype, shape_str(&node.shape)),
             })?;
-            if t.dtype() != node.dtype {
+            if dtype != node.dtype {
                 return Err(IrError::Input {
                     name: name.to_string(),
-                    detail: format!("expected dtype {}, got {}", node.dtype, t.dtype()),
+                    detail: format!("expected dtype {}, got {}", node.dtype, dtype),
                 });
             }
-            if t.shape().len() != node.shape.len() {
+            if shape.len() != node.shape.len() {
                 return Err(IrError::Input {
                     name: name.to_string(),
-                    detail: format!(
-                        "expected shape {}, got {:?}",
-                        shape_str(&node.shape),
-                        t.shape()
-                    ),
+                    detail: format!("expected shape {}, got {:?}", shape_str(&node.shape), shape),
                 });
             }
-            for (d, &actual) in node.shape.iter().zip(t.shape()) {
+            for (d, &actual) in node.shape.iter().zip(shape) {
                 if let Expr::Sym(s) = d {
                     let prev = *b.entry(s.to_string()).or_insert(actual as i64);
                     if prev != actual as i64 {
@@ -653,15 +663,15 @@ impl Graph {
         // Second pass: every dimension (also compound ones like p + s) must now evaluate and match.
         for (id, name) in &declared {
             let node = self.node(*id);
-            let t = inputs[*name];
-            for (i, (d, &actual)) in node.shape.iter().zip(t.shape()).enumerate() {
+            let shape = inputs[*name].1;
+            for (i, (d, &actual)) in node.shape.iter().zip(shape).enumerate() {
                 let want = d.eval(&b)?;
                 if want != actual as i64 {
                     return Err(IrError::Input {
                         name: name.to_string(),
                         detail: format!(
                             "dimension {i} should be {d} = {want}, got {actual} (shape {:?})",
-                            t.shape()
+                            shape
                         ),
                     });
                 }

@@ -49,25 +49,38 @@ impl Default for LoadOptions<'_> {
 }
 
 /// Keys and values of the positions seen so far, per layer: [kv_heads, len, head_dim].
+///
+/// Where the executor keeps the cache itself (every kiln executor does: on the GPU it stays in
+/// device memory between steps), `k` and `v` stay empty and the cache only counts positions;
+/// a model then serves one cache at a time, the one it last ran.
 pub struct KvCache {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
+    len: usize,
+    id: u64,
 }
 
 impl KvCache {
     pub fn new(c: &QwenConfig) -> KvCache {
-        let empty = || Tensor::zeros(DType::F32, &[c.num_kv_heads, 0, c.head_dim]);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         KvCache {
-            k: (0..c.num_layers).map(|_| empty()).collect(),
-            v: (0..c.num_layers).map(|_| empty()).collect(),
+            k: (0..c.num_layers).map(|_| empty_cache(c)).collect(),
+            v: (0..c.num_layers).map(|_| empty_cache(c)).collect(),
+            len: 0,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
+    /// Positions seen so far.
     pub fn len(&self) -> usize {
-        self.k.first().map_or(0, |t| t.shape()[1])
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
+}
+
+fn empty_cache(c: &QwenConfig) -> Tensor {
+    Tensor::zeros(DType::F32, &[c.num_kv_heads, 0, c.head_dim])
 }
 
 pub struct Model {
@@ -76,6 +89,9 @@ pub struct Model {
     pub report: CompileReport,
     /// Outputs of the last forward besides logits and cache (hidden states when asked for).
     pub last_outputs: HashMap<String, Tensor>,
+    /// Whether the executor keeps the KV cache between runs, and for which [`KvCache`].
+    keeps_cache: bool,
+    cache_held: Option<u64>,
 }
 
 /// The result of a generation.
@@ -186,12 +202,30 @@ impl Model {
         for (name, t) in weights {
             exe.set_param(&name, t)?;
         }
-        Ok(Model {
+        let mut model = Model {
             config,
             exe,
             report,
             last_outputs: HashMap::new(),
-        })
+            keeps_cache: false,
+            cache_held: None,
+        };
+        model.keeps_cache = model.reset_kept_cache()?;
+        Ok(model)
+    }
+
+    /// Asks the executor to keep every layer's cache output for the next run, starting empty;
+    /// false where it cannot.
+    fn reset_kept_cache(&mut self) -> Result<bool, ModelError> {
+        let c = &self.config;
+        let mut kept = true;
+        for l in 0..c.num_layers {
+            for kv in ["k", "v"] {
+                let (output, input) = (format!("{kv}_cache_out.{l}"), format!("{kv}_cache.{l}"));
+                kept &= self.exe.carry(&output, &input, empty_cache(c))?;
+            }
+        }
+        Ok(kept)
     }
 
     /// Runs `ids` at the cache's position; extends the cache; returns the logits.
@@ -216,25 +250,44 @@ impl Model {
         let mut inputs = HashMap::new();
         let id_vals: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         inputs.insert("ids".to_string(), Tensor::from_i32(&[ids.len()], &id_vals));
-        for l in 0..c.num_layers {
-            inputs.insert(
-                format!("k_cache.{l}"),
-                std::mem::replace(&mut cache.k[l], Tensor::zeros(DType::F32, &[0])),
-            );
-            inputs.insert(
-                format!("v_cache.{l}"),
-                std::mem::replace(&mut cache.v[l], Tensor::zeros(DType::F32, &[0])),
-            );
+        let layers = c.num_layers;
+        if self.keeps_cache {
+            if self.cache_held != Some(cache.id) {
+                if !cache.is_empty() {
+                    return Err(ModelError::new(
+                        "this KvCache's keys and values were kept by the executor for another \
+                         run since; a model serves one cache at a time (start a new KvCache)"
+                            .into(),
+                    ));
+                }
+                self.reset_kept_cache()?;
+                self.cache_held = Some(cache.id);
+            }
+        } else {
+            for l in 0..layers {
+                let empty = || Tensor::zeros(DType::F32, &[0]);
+                inputs.insert(
+                    format!("k_cache.{l}"),
+                    std::mem::replace(&mut cache.k[l], empty()),
+                );
+                inputs.insert(
+                    format!("v_cache.{l}"),
+                    std::mem::replace(&mut cache.v[l], empty()),
+                );
+            }
         }
         let mut out = self.exe.run(&inputs)?;
-        for l in 0..c.num_layers {
-            cache.k[l] = out
-                .remove(&format!("k_cache_out.{l}"))
-                .expect("graph output");
-            cache.v[l] = out
-                .remove(&format!("v_cache_out.{l}"))
-                .expect("graph output");
+        if !self.keeps_cache {
+            for l in 0..layers {
+                cache.k[l] = out
+                    .remove(&format!("k_cache_out.{l}"))
+                    .expect("graph output");
+                cache.v[l] = out
+                    .remove(&format!("v_cache_out.{l}"))
+                    .expect("graph output");
+            }
         }
+        cache.len += ids.len();
         self.last_outputs = out;
         Ok(self.last_outputs.remove("logits").expect("graph output"))
     }

@@ -41,5 +41,10 @@ fn prompts_of_any_length_and_every_step_use_one_compile() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(d <= 1e-4, "chunked prefill differs by {d}");
+    // The executor keeps one cache (its memory): the first, since replaced, is refused.
+    let Err(e) = m.forward(&[6], &mut cache) else {
+        panic!("a cache whose keys and values were replaced must be refused")
+    };
+    assert!(e.to_string().contains("one cache at a time"), "{e}");
     assert_eq!(compile_count(), before + 1, "nothing recompiled");
 }

@@ -1,0 +1,123 @@
+//! Outputs an executor carries into its next run as inputs, without a round trip through the
+//! caller: a KV cache stays in the executor's memory (on the GPU, device memory) from one decode
+//! step to the next. Shared by the executors; `B` is an executor's buffer type.
+
+use crate::extract::Program;
+use kiln_ir::{DType, IrError, Tensor};
+
+/// One carried value: produced as `output` by a run, read as `input` by the next.
+pub struct Carried<B> {
+    pub output: String,
+    pub input: String,
+    pub dtype: DType,
+    /// The shape of the value now in `buf` (the buffer may be larger).
+    pub shape: Vec<usize>,
+    pub buf: B,
+}
+
+pub struct CarriedState<B> {
+    items: Vec<Carried<B>>,
+}
+
+impl<B> Default for CarriedState<B> {
+    fn default() -> Self {
+        CarriedState { items: Vec::new() }
+    }
+}
+
+impl<B> CarriedState<B> {
+    /// Carries `output` into `input`, starting from `initial` (already copied into `buf`);
+    /// replaces an earlier carry into the same input, which resets it.
+    pub fn set(
+        &mut self,
+        program: &Program,
+        output: &str,
+        input: &str,
+        initial: &Tensor,
+        buf: B,
+    ) -> Result<(), IrError> {
+        let Some(&(_, out_buf)) = program.outputs.iter().find(|(n, _)| n == output) else {
+            return Err(IrError::Input {
+                name: output.into(),
+                detail: "cannot be carried: it is not an output of this graph".into(),
+            });
+        };
+        if program.buffers[out_buf].input.is_some() {
+            return Err(IrError::Input {
+                name: output.into(),
+                detail: "cannot be carried: it is a graph input passed through, not computed"
+                    .into(),
+            });
+        }
+        program.check_param(input, initial)?;
+        let out_dtype = program.buffers[out_buf].dtype;
+        if out_dtype != initial.dtype() {
+            return Err(IrError::Input {
+                name: output.into(),
+                detail: format!(
+                    "cannot be carried into '{input}': it is {out_dtype}, the input {}",
+                    initial.dtype()
+                ),
+            });
+        }
+        self.items.retain(|c| c.input != input);
+        self.items.push(Carried {
+            output: output.into(),
+            input: input.into(),
+            dtype: initial.dtype(),
+            shape: initial.shape().to_vec(),
+            buf,
+        });
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The carried value that a run reads as `input`.
+    pub fn input(&self, input: &str) -> Option<&Carried<B>> {
+        self.items.iter().find(|c| c.input == input)
+    }
+
+    /// Whether a run's `output` is carried (not returned).
+    pub fn carries(&self, output: &str) -> bool {
+        self.items.iter().any(|c| c.output == output)
+    }
+
+    /// The carry that a run's `output` feeds.
+    pub fn output_mut(&mut self, output: &str) -> Option<&mut Carried<B>> {
+        self.items.iter_mut().find(|c| c.output == output)
+    }
+
+    /// (input name, dtype, shape) of every carried value, for binding a run's symbols.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, DType, &[usize])> {
+        self.items
+            .iter()
+            .map(|c| (c.input.as_str(), c.dtype, c.shape.as_slice()))
+    }
+
+    /// Whether a slot holds a carried output: such slots are grown with headroom, since the
+    /// value grows by a little every run (one position of a KV cache per decode step).
+    pub fn holds_output(
+        &self,
+        program: &Program,
+        plan_slot_of: &[Option<usize>],
+        slot: usize,
+    ) -> bool {
+        program
+            .outputs
+            .iter()
+            .any(|(name, buf)| plan_slot_of[*buf] == Some(slot) && self.carries(name))
+    }
+}
+
+/// Bytes to allocate for a slot that needs `bytes`: carried outputs get a quarter more, so a
+/// cache that grows by one position per step is reallocated every few dozen steps, not each.
+pub fn slot_allocation(bytes: usize, carried: bool) -> usize {
+    if carried {
+        bytes + bytes / 4 + 4096
+    } else {
+        bytes
+    }
+}
