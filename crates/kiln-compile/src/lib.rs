@@ -20,6 +20,7 @@ pub mod observer;
 mod pool;
 pub mod report;
 pub mod schedule;
+pub mod testing;
 
 pub use backend::{Backend, KernelSource, NAME_PLACEHOLDER};
 pub use cache::{cache_key, KernelCache, Lookup};

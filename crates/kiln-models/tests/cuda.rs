@@ -3,9 +3,7 @@
 //! Running kernels needs an NVIDIA GPU: those tests say so and skip when there is none.
 mod common;
 
-use kiln_compile::{
-    compile, Backend, CompileError, CompileOptions, Executable, Kernel, KernelSource,
-};
+use kiln_compile::{compile, CompileError, CompileOptions, Executable};
 use kiln_cuda::emulator::EmulatedCuda;
 use kiln_cuda::{cuda_device_present, CudaBackend, CudaModule};
 use kiln_models::{
@@ -44,41 +42,14 @@ fn qwen3_preset_compiles_to_cubin_deterministically() {
     }
 }
 
-struct Broken(CudaBackend);
-
-impl Backend for Broken {
-    type Module = CudaModule;
-    fn name(&self) -> &'static str {
-        "cuda"
-    }
-    fn identity(&self) -> Result<String, CompileError> {
-        self.0.identity()
-    }
-    fn codegen(&self, k: &Kernel) -> KernelSource {
-        let s = self.0.codegen(k);
-        if k.label() == "reduce_max" {
-            return KernelSource {
-                source: s.source.replacen("{\n", "{\n    int oops = ;\n", 1),
-                name: s.name,
-            };
-        }
-        s
-    }
-    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, String> {
-        self.0.compile(ks)
-    }
-    fn load(&self, a: &[u8]) -> Result<CudaModule, String> {
-        self.0.load(a)
-    }
-    fn source_extension(&self) -> &'static str {
-        "cu"
-    }
-}
-
 #[test]
 fn a_cuda_syntax_error_names_the_kernel_with_nvrtc_log() {
     let graph = build_graph(&preset("qwen3-0.6b").unwrap(), GraphOptions::default()).unwrap();
-    let b = Broken(CudaBackend::compile_only("sm_90").unwrap());
+    let b = kiln_compile::testing::Faulty {
+        inner: CudaBackend::compile_only("sm_90").unwrap(),
+        broken: &["reduce_max"],
+        panic_on: None,
+    };
     let err = compile(
         &graph,
         &b,

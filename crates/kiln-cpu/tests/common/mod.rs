@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 pub use kiln_compile::Executable;
-use kiln_compile::{compile, Backend, CompileError, CompileOptions, Kernel, KernelSource};
-use kiln_cpu::{CpuBackend, CpuExecutable, CpuModule};
+use kiln_compile::{compile, CompileOptions};
+use kiln_cpu::{CpuBackend, CpuExecutable};
 use kiln_ir::{Bindings, Graph, Tensor};
 use std::collections::HashMap;
 
@@ -70,45 +70,5 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// The real CPU backend with faults injected, to test how the pipeline reports them.
-pub struct Faulty {
-    pub inner: CpuBackend,
-    /// Breaks the C of these kernel labels.
-    pub broken: &'static [&'static str],
-    /// Panics when compiling a batch containing a kernel with this label.
-    pub panic_on: Option<&'static str>,
-}
-
-impl Backend for Faulty {
-    type Module = CpuModule;
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-    fn identity(&self) -> Result<String, CompileError> {
-        self.inner.identity()
-    }
-    fn codegen(&self, k: &Kernel) -> KernelSource {
-        let s = self.inner.codegen(k);
-        if self.broken.contains(&k.label().as_str()) {
-            return KernelSource {
-                source: s.source.replacen("{\n", "{\n    broken_on_purpose;\n", 1),
-                name: s.name,
-            };
-        }
-        s
-    }
-    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, String> {
-        if let Some(p) = self.panic_on {
-            if ks.iter().any(|k| k.name.contains(p)) {
-                panic!("injected panic in {}", ks[0].name);
-            }
-        }
-        self.inner.compile(ks)
-    }
-    fn load(&self, a: &[u8]) -> Result<CpuModule, String> {
-        self.inner.load(a)
-    }
-    fn source_extension(&self) -> &'static str {
-        "c"
-    }
-}
+/// The pipeline's fault-injecting backend over the real C compiler.
+pub type Faulty = kiln_compile::testing::Faulty<CpuBackend>;
