@@ -48,7 +48,7 @@ fn driver_major() -> Option<i32> {
     }
 }
 
-fn candidates() -> Vec<PathBuf> {
+fn candidates(sonames: &[&str]) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_NVRTC_LIB").filter(|p| !p.is_empty()) {
         return vec![PathBuf::from(p)]; // an explicit choice is the only choice
     }
@@ -66,7 +66,7 @@ fn candidates() -> Vec<PathBuf> {
     dirs.push("/usr/lib/x86_64-linux-gnu".into());
     dirs.extend(wheel_dirs());
     let mut c = Vec::new();
-    for soname in sonames() {
+    for soname in sonames {
         c.extend(dirs.iter().map(|d| d.join(soname)));
     }
     c
@@ -136,8 +136,10 @@ fn version_of(lib: &libloading::Library) -> Option<(i32, i32)> {
 fn load() -> Result<Loaded, String> {
     let mut tried = Vec::new();
     let mut found = None;
+    // Asks the driver (if any) once: which NVRTC majors can build CUBINs it loads.
+    let sonames = sonames();
     let mut builtins = Vec::new();
-    for path in candidates() {
+    for path in candidates(&sonames) {
         if !path.exists() {
             tried.push(path.display().to_string());
             continue;
@@ -155,8 +157,8 @@ fn load() -> Result<Loaded, String> {
     let (path, lib) = match found {
         Some(f) => f,
         // Last, whatever the dynamic loader finds by name.
-        None => sonames()
-            .into_iter()
+        None => sonames
+            .iter()
             // SAFETY: as above.
             .find_map(|name| {
                 unsafe { libloading::Library::new(name) }
@@ -166,7 +168,7 @@ fn load() -> Result<Loaded, String> {
             .ok_or_else(|| {
                 format!(
                     "NVRTC ({}) not found; tried {}. To fix: {INSTALL_HINT}",
-                    sonames().join(" or "),
+                    sonames.join(" or "),
                     tried.join(", ")
                 )
             })?,
