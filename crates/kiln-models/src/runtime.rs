@@ -89,7 +89,8 @@ pub struct Model {
     pub report: CompileReport,
     /// Outputs of the last forward besides logits and cache (hidden states when asked for).
     pub last_outputs: HashMap<String, Tensor>,
-    /// Whether the executor keeps the KV cache between runs, and for which [`KvCache`].
+    /// Whether the executor keeps the KV cache between runs, and for which [`KvCache`]
+    /// (None: what it keeps is empty, as after load).
     keeps_cache: bool,
     cache_held: Option<u64>,
 }
@@ -260,7 +261,9 @@ impl Model {
                             .into(),
                     ));
                 }
-                self.reset_kept_cache()?;
+                if self.cache_held.is_some() {
+                    self.reset_kept_cache()?;
+                }
                 self.cache_held = Some(cache.id);
             }
         } else {
