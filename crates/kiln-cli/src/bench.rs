@@ -2,6 +2,7 @@
 //! Each compile configuration runs in a child process (its own peak RSS, its own fresh cache).
 
 use clap::{Args, Subcommand};
+use kiln_backends::{BackendKind, BackendOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,8 +26,8 @@ pub struct CompileBench {
     /// Runs per configuration (median and min are reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
     /// CUDA arch for a compile-only CUDA benchmark (e.g. sm_90).
     #[arg(long)]
     arch: Option<String>,
@@ -48,8 +49,8 @@ pub struct DecodeBench {
     #[arg(long)]
     threads: Option<usize>,
     /// cpu, or cuda (GPU 0; the bound is then the GPU's copy bandwidth).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
 }
@@ -90,7 +91,7 @@ fn compile_child(a: &CompileBench, threads: usize, cache: &Path) -> std::process
         "--model",
         &a.model,
         "--backend",
-        &a.backend,
+        a.backend.name(),
         "--threads",
         &threads.to_string(),
         "--json",
@@ -220,7 +221,7 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
     ))?;
     let warm_ms = warm["compile_ms"].as_f64().unwrap_or(0.0);
     let doc = json!({
-        "model": a.model, "backend": a.backend, "arch": a.arch, "layers": a.layers, "repeat": a.repeat,
+        "model": a.model, "backend": a.backend.name(), "arch": a.arch, "layers": a.layers, "repeat": a.repeat,
         "machine": { "cores": cores(), "cpu": cpu_model() },
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "configs": configs,
@@ -370,20 +371,20 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let threads = a.threads.unwrap_or_else(cores);
     let source = ModelSource::parse(&a.model)?;
-    let device = match a.backend.as_str() {
-        "cpu" => kiln_models::Device::Cpu,
-        "cuda" => kiln_models::Device::Cuda,
-        other => anyhow::bail!("unknown backend '{other}': expected cpu or cuda"),
-    };
+    let target = kiln_backends::open(
+        a.backend,
+        &BackendOptions {
+            run_threads: threads,
+            ..Default::default()
+        },
+    )?;
     let opts = LoadOptions {
-        device,
         compile: kiln_compile::CompileOptions {
             threads,
             cache: crate::progress::open_cache(false),
             ..Default::default()
         },
-        run_threads: threads,
-        ..Default::default()
+        ..LoadOptions::new(target.as_ref())
     };
     let t = Instant::now();
     let mut model = Model::load(&source, &opts)?;
@@ -393,17 +394,17 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
     let g = model.generate(&prompt, a.tokens, &Sampling::default(), &[], |_| {})?;
-    let (bw, device_name) = match device {
-        kiln_models::Device::Cuda => {
-            let (name, bw) = kiln_cuda::copy_bandwidth(1 << 30).map_err(anyhow::Error::msg)?;
+    let (bw, device_name) = match target.bandwidth() {
+        Some(probe) => {
+            let (name, bw) = probe?;
             (bw, format!("{name} (device-to-device copy)"))
         }
-        _ => (memory_bandwidth(threads), cpu_model()),
+        None => (memory_bandwidth(threads), cpu_model()),
     };
     let weight_bytes = model.config.weight_bytes() as f64;
     let bound = bw / weight_bytes;
     let doc = json!({
-        "model": a.model, "backend": a.backend, "threads": threads,
+        "model": a.model, "backend": a.backend.name(), "threads": threads,
         "machine": { "cores": cores(), "cpu": cpu_model(), "bandwidth_from": device_name },
         "prompt_len": a.prompt_len, "tokens": g.generated_ids.len(), "load_ms": load_ms, "compile_ms": model.report.compile_ms,
         "prefill_ms": g.prefill_ms, "time_to_first_token_ms": g.prefill_ms,

@@ -1,9 +1,8 @@
 use crate::progress::{open_cache, print_report, Progress};
-use crate::{BackendKind, CompileFlags};
+use crate::CompileFlags;
 use anyhow::Context;
 use clap::Args;
-use kiln_compile::{compile, CompileOptions, CompileReport};
-use kiln_cpu::CpuBackend;
+use kiln_compile::{CompileOptions, CompileReport};
 use kiln_models::{build_graph, GraphOptions, ModelSource};
 
 #[derive(Args, Clone, Debug)]
@@ -38,6 +37,7 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
         anyhow::ensure!(l > 0, "--layers must be at least 1");
         config.num_layers = l;
     }
+    let target = a.flags.open(a.arch.as_deref(), true)?;
     let graph = build_graph(&config, GraphOptions::default())?;
     let opts = CompileOptions {
         threads: a.flags.threads(),
@@ -47,20 +47,9 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
         memory_budget: a.memory_budget_mb.map(|m| m << 20),
         observer: Some(progress),
     };
-    let report = match a.flags.backend {
-        BackendKind::Cpu => {
-            anyhow::ensure!(a.arch.is_none(), "--arch applies to --backend cuda only");
-            compile(&graph, &CpuBackend::default(), &opts)
-                .with_context(|| format!("compiling {}", source.name()))?
-                .report
-        }
-        BackendKind::Cuda => {
-            let backend = crate::cmd_run::cuda_backend(a.arch.as_deref(), true)?;
-            compile(&graph, &backend, &opts)
-                .with_context(|| format!("compiling {} for {}", source.name(), backend.arch()))?
-                .report
-        }
-    };
+    let report = target
+        .compile(&graph, &opts)
+        .with_context(|| format!("compiling {} for {}", source.name(), target.name()))?;
     Ok(report)
 }
 

@@ -1,5 +1,5 @@
 use crate::progress::{open_cache, print_report, Progress};
-use crate::{BackendKind, CompileFlags};
+use crate::CompileFlags;
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
@@ -51,24 +51,6 @@ pub struct RunArgs {
     pub logits_out: Option<PathBuf>,
 }
 
-/// The CUDA backend: on device 0 when there is one (its arch unless `arch` is given), else
-/// compile-only for `arch` when `compile_only_ok`.
-pub fn cuda_backend(
-    arch: Option<&str>,
-    compile_only_ok: bool,
-) -> anyhow::Result<kiln_cuda::CudaBackend> {
-    if kiln_cuda::cuda_device_present() {
-        return Ok(kiln_cuda::CudaBackend::for_device(0, arch)?);
-    }
-    match arch {
-        Some(a) if compile_only_ok => Ok(kiln_cuda::CudaBackend::compile_only(a)?),
-        _ if compile_only_ok => bail!(
-            "no CUDA device found: pass --arch (e.g. --arch sm_90) to compile CUBINs without one"
-        ),
-        _ => bail!("--backend cuda needs an NVIDIA GPU with its driver, and none was found"),
-    }
-}
-
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.temperature >= 0.0, "--temperature must be >= 0");
     anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
@@ -94,19 +76,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
 
     let threads = a.flags.threads();
+    let target = a.flags.open(None, false)?;
     let progress = Progress::new(a.flags.trace.is_some());
     let opts = LoadOptions {
+        target: target.as_ref(),
         compile: CompileOptions {
             threads,
             cache: open_cache(a.flags.no_cache),
             observer: Some(&progress),
             ..Default::default()
         },
-        device: match a.flags.backend {
-            BackendKind::Cpu => kiln_models::Device::Cpu,
-            BackendKind::Cuda => kiln_models::Device::Cuda,
-        },
-        run_threads: threads,
         graph: GraphOptions::default(),
         seed: a.seed,
     };

@@ -6,7 +6,9 @@ mod cmd_compile;
 mod cmd_run;
 mod progress;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use kiln_backends::{BackendKind, BackendOptions};
+use kiln_runtime::Target;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -34,12 +36,6 @@ enum Command {
     Cache(cmd_cache::CacheCommand),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
-    Cpu,
-    Cuda,
-}
-
 /// Options shared by every command that compiles.
 #[derive(Args, Clone, Debug)]
 pub struct CompileFlags {
@@ -51,7 +47,7 @@ pub struct CompileFlags {
     #[arg(long, alias = "parallel-threads", env = "KILN_COMPILE_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
     /// Where kernels run: cpu (system C compiler) or cuda (NVRTC, NVIDIA GPU).
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// Bypass the kernel cache.
     #[arg(long)]
@@ -68,6 +64,29 @@ impl CompileFlags {
             |t| t as usize,
         )
     }
+
+    /// Opens the backend: the one place the CLI turns `--backend` into a target.
+    pub fn open(&self, arch: Option<&str>, compile_only: bool) -> anyhow::Result<Box<dyn Target>> {
+        let opts = BackendOptions {
+            run_threads: self.threads(),
+            arch: arch.map(String::from),
+            compile_only,
+        };
+        Ok(kiln_backends::open(self.backend, &opts)?)
+    }
+}
+
+/// An error and its causes, each cause shown unless the message already says it.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }
 
 fn main() {
@@ -85,7 +104,7 @@ fn main() {
         Command::Cache(c) => cmd_cache::run(c),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
 }

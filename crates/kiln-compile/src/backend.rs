@@ -1,8 +1,8 @@
-//! The boundary between the pipeline and a device: codegen, compile, load. The pipeline never
-//! special-cases a backend; a backend never schedules, caches or dedupes.
+//! The boundary between the pipeline and a device compiler: render, compile, verify, load.
+//! The pipeline never special-cases a backend; a backend never schedules, caches or dedupes.
 
 use crate::kernel::Kernel;
-use crate::CompileError;
+use std::time::Duration;
 
 /// Canonical source of one kernel and the function name inside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +27,42 @@ impl KernelSource {
     }
 }
 
+/// What went wrong in a backend. Messages are complete sentences fragments a user can act on;
+/// compiler diagnostics are kept verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot work on this machine (compiler missing, bad target, no device).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The device compiler rejected the source; its diagnostics.
+    #[error("{0}")]
+    Rejected(String),
+    /// The device compiler did not finish in time.
+    #[error("the compiler did not finish within {0:?}")]
+    Timeout(Duration),
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An artifact that is not what it should be (lacks a kernel, cannot be loaded).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl BackendError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> BackendError {
+        BackendError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// A device compiler and loader: codegen, compile, verify and load. Implemented by each
+/// backend crate; driven by [`crate::compile`].
 pub trait Backend: Sync {
     /// A loaded artifact (a shared object, a CUDA module).
     type Module;
@@ -34,19 +70,36 @@ pub trait Backend: Sync {
     /// Short name: `cpu`, `cuda`. Part of cache keys.
     fn name(&self) -> &'static str;
 
-    /// Identity of the device compiler: program, version, flags, target. Part of every cache
-    /// key. Fails with a clear message when the compiler is missing.
-    fn identity(&self) -> Result<String, CompileError>;
+    /// Identity of the device compiler: program, version, flags, target, prelude. Part of
+    /// every cache key. Fails with a clear message when the compiler is missing.
+    fn identity(&self) -> Result<String, BackendError>;
 
     /// Canonical source for one kernel.
     fn codegen(&self, kernel: &Kernel) -> KernelSource;
 
-    /// Compiles kernels in one compiler invocation into one artifact; on failure returns the
-    /// compiler's diagnostics. Called from worker threads.
-    fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, String>;
+    /// Compiles kernels in one compiler invocation into one artifact. Called from worker
+    /// threads.
+    fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError>;
+
+    /// Checks that an artifact holds every one of `kernels` before it is cached or used.
+    /// Called from worker threads. The default looks for each kernel's name in the artifact's
+    /// bytes (symbol tables of ELF objects and CUBINs hold them).
+    fn verify(&self, artifact: &[u8], kernels: &[&str]) -> Result<(), BackendError> {
+        for k in kernels {
+            let mut needle = k.as_bytes().to_vec();
+            needle.push(0);
+            if !artifact.windows(needle.len()).any(|w| w == needle) {
+                return Err(BackendError::Invalid(format!(
+                    "the compiled artifact ({} bytes) does not define kernel {k}",
+                    artifact.len()
+                )));
+            }
+        }
+        Ok(())
+    }
 
     /// Loads an artifact. Called sequentially on the thread that will run the kernels.
-    fn load(&self, artifact: &[u8]) -> Result<Self::Module, String>;
+    fn load(&self, artifact: &[u8]) -> Result<Self::Module, BackendError>;
 
     /// File extension for kernel sources written for inspection (`c`, `cu`).
     fn source_extension(&self) -> &'static str;

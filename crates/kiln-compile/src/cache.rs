@@ -1,10 +1,13 @@
 //! The on-disk, content-addressed kernel cache.
 //!
-//! Layout: `<dir>/v1/<backend>/<key[..2]>/<key>.kart`. An entry is
-//! `MAGIC | payload length (u64 LE) | compile µs (u64 LE) | blake3(payload) | payload`.
-//! Writes go to a unique temp file in the same folder and are renamed into place, so readers
-//! (other processes too) see a whole entry or none. A truncated or altered entry fails its
-//! length or checksum test, is reported, deleted and rebuilt by the caller.
+//! One entry holds the artifact of one compile unit (a kernel, or a batch of small kernels that
+//! the schedule always groups the same way). Layout: `<dir>/v2/<backend>/<key[..2]>/<key>.kart`.
+//! An entry is `MAGIC | header length (u32 LE) | header (JSON) | payload`; the header names the
+//! entry's key, its backend and its kernels, and carries the payload's length and blake3
+//! checksum and the compile time. Writes go to a unique temp file in the same folder and are
+//! renamed into place, so readers (other processes too) see a whole entry or none. An entry
+//! that is truncated, altered, or filed under another key fails its checks, is reported,
+//! deleted and rebuilt by the caller.
 
 use std::fs;
 use std::io::Write;
@@ -12,9 +15,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bumped whenever the entry format or the meaning of keys changes.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
-const MAGIC: &[u8; 8] = b"KILNART1";
-const HEADER: usize = 8 + 8 + 8 + 32;
+pub const CACHE_FORMAT_VERSION: u32 = 2;
+const MAGIC: &[u8; 8] = b"KILNART2";
+
+/// What an entry says about itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EntryHeader {
+    pub key: String,
+    pub backend: String,
+    /// The kernels (function names) the artifact defines.
+    pub kernels: Vec<String>,
+    pub compile_us: u64,
+    pub len: u64,
+    pub blake3: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct KernelCache {
@@ -26,7 +40,7 @@ pub struct KernelCache {
 pub enum Lookup {
     Hit {
         artifact: Vec<u8>,
-        compile_us: u64,
+        header: EntryHeader,
     },
     Miss,
     /// The entry existed but was damaged; it has been removed.
@@ -43,18 +57,21 @@ pub struct CacheStats {
     pub by_backend: Vec<(String, u64)>,
 }
 
-/// The cache key of one kernel: everything that changes the artifact.
-pub fn cache_key(backend: &str, identity: &str, source: &str) -> String {
+/// The cache key of one compile unit: everything that changes its artifact (the sources of
+/// its kernels, in order, the backend and its compiler's identity).
+pub fn cache_key(backend: &str, identity: &str, sources: &[&str]) -> String {
     let mut h = blake3::Hasher::new();
     for part in [
-        format!("kiln-cache-v{CACHE_FORMAT_VERSION}"),
-        backend.into(),
-        identity.into(),
-    ] {
+        format!("kiln-cache-v{CACHE_FORMAT_VERSION}").as_str(),
+        backend,
+        identity,
+    ]
+    .into_iter()
+    .chain(sources.iter().copied())
+    {
+        h.update(&(part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
-        h.update(&[0]);
     }
-    h.update(source.as_bytes());
     h.finalize().to_hex().to_string()
 }
 
@@ -100,10 +117,10 @@ impl KernelCache {
             Ok(b) => b,
             Err(_) => return Lookup::Miss,
         };
-        match decode(&bytes) {
-            Ok((artifact, compile_us)) => Lookup::Hit {
+        match decode(&bytes, backend, key) {
+            Ok((header, artifact)) => Lookup::Hit {
                 artifact: artifact.to_vec(),
-                compile_us,
+                header,
             },
             Err(reason) => {
                 let _ = fs::remove_file(&path);
@@ -114,11 +131,17 @@ impl KernelCache {
         }
     }
 
-    /// Stores an artifact atomically.
+    /// Removes the entry for `key` (one that failed to load); a missing entry is fine.
+    pub fn remove(&self, backend: &str, key: &str) {
+        let _ = fs::remove_file(self.path(backend, key));
+    }
+
+    /// Stores the artifact of the unit `key`, which defines `kernels`, atomically.
     pub fn put(
         &self,
         backend: &str,
         key: &str,
+        kernels: &[&str],
         artifact: &[u8],
         compile_us: u64,
     ) -> std::io::Result<()> {
@@ -133,11 +156,7 @@ impl KernelCache {
         ));
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(MAGIC)?;
-            f.write_all(&(artifact.len() as u64).to_le_bytes())?;
-            f.write_all(&compile_us.to_le_bytes())?;
-            f.write_all(blake3::hash(artifact).as_bytes())?;
-            f.write_all(artifact)?;
+            f.write_all(&encode(backend, key, kernels, artifact, compile_us))?;
             f.sync_data()?;
             fs::rename(&tmp, &path)
         })();
@@ -192,24 +211,70 @@ impl KernelCache {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<(&[u8], u64), String> {
-    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+/// An entry's bytes.
+pub fn encode(
+    backend: &str,
+    key: &str,
+    kernels: &[&str],
+    artifact: &[u8],
+    compile_us: u64,
+) -> Vec<u8> {
+    let header = EntryHeader {
+        key: key.into(),
+        backend: backend.into(),
+        kernels: kernels.iter().map(|k| k.to_string()).collect(),
+        compile_us,
+        len: artifact.len() as u64,
+        blake3: blake3::hash(artifact).to_hex().to_string(),
+    };
+    let header = serde_json::to_vec(&header).expect("a header serializes");
+    let mut out = Vec::with_capacity(12 + header.len() + artifact.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(artifact);
+    out
+}
+
+/// Checks an entry's bytes against the key and backend it was looked up under; returns its
+/// header and payload.
+pub fn decode<'a>(
+    bytes: &'a [u8],
+    backend: &str,
+    key: &str,
+) -> Result<(EntryHeader, &'a [u8]), String> {
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
         return Err(format!(
-            "not a kiln cache entry or truncated header ({} bytes)",
+            "not a kiln cache entry of format {CACHE_FORMAT_VERSION} or truncated ({} bytes)",
             bytes.len()
         ));
     }
-    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
-    let compile_us = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    let payload = &bytes[HEADER..];
-    if payload.len() != len {
+    let hlen = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let rest = &bytes[12..];
+    if hlen > rest.len() {
         return Err(format!(
-            "truncated: payload is {} bytes, header says {len}",
-            payload.len()
+            "truncated header: {hlen} bytes announced, {} present",
+            rest.len()
         ));
     }
-    if blake3::hash(payload).as_bytes() != &bytes[24..56] {
+    let header: EntryHeader =
+        serde_json::from_slice(&rest[..hlen]).map_err(|e| format!("unreadable header: {e}"))?;
+    if header.key != key || header.backend != backend {
+        return Err(format!(
+            "entry of {} key {} filed under {backend} key {key}",
+            header.backend, header.key
+        ));
+    }
+    let payload = &rest[hlen..];
+    if payload.len() as u64 != header.len {
+        return Err(format!(
+            "truncated: payload is {} bytes, header says {}",
+            payload.len(),
+            header.len
+        ));
+    }
+    if blake3::hash(payload).to_hex().as_str() != header.blake3 {
         return Err("checksum mismatch".into());
     }
-    Ok((payload, compile_us))
+    Ok((header, payload))
 }

@@ -1,29 +1,35 @@
+use crate::BackendError;
 use std::fmt;
 use std::path::PathBuf;
 
-/// One kernel the device compiler rejected (or whose compile panicked).
-#[derive(Debug, Clone)]
+/// One kernel the device compiler rejected (or whose compile panicked or timed out).
+#[derive(Debug)]
 pub struct KernelFailure {
     pub kernel: String,
-    pub diagnostics: String,
+    pub error: BackendError,
     /// Where its source was written for inspection.
     pub source_path: Option<PathBuf>,
 }
 
+/// Why a compile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     #[error("invalid graph: {0}")]
     InvalidGraph(String),
     /// The backend cannot work at all (compiler missing, unsupported target, ...).
-    #[error("{0}")]
-    Backend(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// Every failing kernel, sorted by name.
     #[error("{}", KernelFailures(.0))]
     Kernels(Vec<KernelFailure>),
     #[error("cannot start {threads} compile threads: {reason}")]
     Threads { threads: usize, reason: String },
-    #[error("loading compiled module for kernel {kernel}: {reason}")]
-    Load { kernel: String, reason: String },
+    #[error("loading the compiled module of kernel {kernel}: {source}")]
+    Load {
+        kernel: String,
+        #[source]
+        source: BackendError,
+    },
 }
 
 struct KernelFailures<'a>(&'a [KernelFailure]);
@@ -37,7 +43,7 @@ impl fmt::Display for KernelFailures<'_> {
                 write!(f, " (source: {})", p.display())?;
             }
             writeln!(f, ":")?;
-            for line in k.diagnostics.trim_end().lines() {
+            for line in k.error.to_string().trim_end().lines() {
                 writeln!(f, "    {line}")?;
             }
         }

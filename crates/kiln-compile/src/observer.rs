@@ -4,14 +4,15 @@ use serde::Serialize;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// The pipeline's stages, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Stage {
     Analysis,
     KernelExtraction,
-    Codegen,
     Dedupe,
-    CacheLookup,
+    Codegen,
     Schedule,
+    CacheLookup,
     ParallelCompile,
     ModuleLoading,
     MemoryPlan,
@@ -22,10 +23,10 @@ impl Stage {
         match self {
             Stage::Analysis => "Analysis",
             Stage::KernelExtraction => "Kernel extraction",
-            Stage::Codegen => "Codegen",
             Stage::Dedupe => "Dedupe",
-            Stage::CacheLookup => "Cache lookup",
+            Stage::Codegen => "Codegen",
             Stage::Schedule => "Schedule",
+            Stage::CacheLookup => "Cache lookup",
             Stage::ParallelCompile => "Parallel compile",
             Stage::ModuleLoading => "Module loading",
             Stage::MemoryPlan => "Memory plan",
@@ -68,8 +69,16 @@ pub enum Event<'a> {
     },
 }
 
+/// Receives the pipeline's events (from worker threads too).
 pub trait Observer: Sync {
     fn event(&self, event: &Event<'_>);
+}
+
+/// Sends `e` to `observer`, if there is one.
+pub fn notify(observer: Option<&dyn Observer>, e: &Event<'_>) {
+    if let Some(o) = observer {
+        o.event(e);
+    }
 }
 
 /// Observers compose: the CLI may draw progress and record a trace at once.

@@ -1,25 +1,14 @@
 //! The compile workers: a dedicated rayon pool, or the calling thread alone for `threads = 1`.
 
-use crate::backend::{Backend, KernelSource};
-use crate::observer::{Event, Observer};
 use crate::schedule::Job;
 use crate::CompileError;
 use rayon::prelude::*;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::Instant;
 
 pub struct Workers {
     threads: usize,
     pool: Option<rayon::ThreadPool>,
-}
-
-/// What one job produced: a result per kernel (artifact and seconds, or diagnostics).
-pub struct JobOutcome {
-    pub results: Vec<Result<(Vec<u8>, f64), String>>,
-    pub busy_s: f64,
-    pub invocations: usize,
 }
 
 impl Workers {
@@ -50,14 +39,14 @@ impl Workers {
 
     /// Runs jobs in list order (the schedule's LPT order): each worker takes the next job when
     /// it is free. At most `limit` jobs run at once when given. Results come back in job order.
-    pub fn run_jobs(
+    pub fn run_jobs<R: Send>(
         &self,
-        jobs: &[Job],
+        jobs: &[&Job],
         limit: Option<usize>,
-        f: impl Fn(&Job) -> JobOutcome + Sync,
-    ) -> Vec<JobOutcome> {
+        f: impl Fn(&Job) -> R + Sync,
+    ) -> Vec<R> {
         let next = AtomicUsize::new(0);
-        let slots: Vec<Mutex<Option<JobOutcome>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Option<R>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
         let gate = Gate::new(limit.unwrap_or(usize::MAX));
         let work = || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -65,7 +54,7 @@ impl Workers {
                 break;
             }
             gate.acquire();
-            let out = f(&jobs[i]);
+            let out = f(jobs[i]);
             gate.release();
             *slots[i].lock().expect("slot") = Some(out);
         };
@@ -107,75 +96,5 @@ impl Gate {
     fn release(&self) {
         *self.free.lock().expect("gate") += 1;
         self.cv.notify_one();
-    }
-}
-
-fn invoke<B: Backend>(
-    backend: &B,
-    kernels: &[&KernelSource],
-    observer: Option<&dyn Observer>,
-) -> (Result<Vec<u8>, String>, f64) {
-    let start = Instant::now();
-    let result =
-        catch_unwind(AssertUnwindSafe(|| backend.compile(kernels))).unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(format!("the compile worker panicked: {msg}"))
-        });
-    let end = Instant::now();
-    if let Some(o) = observer {
-        let names: Vec<String> = kernels.iter().map(|k| k.name.clone()).collect();
-        o.event(&Event::JobFinished {
-            kernels: &names,
-            worker: rayon::current_thread_index().unwrap_or(0),
-            start,
-            end,
-            ok: result.is_ok(),
-        });
-    }
-    (result, (end - start).as_secs_f64())
-}
-
-/// Compiles one job. If a batch fails, each of its kernels is compiled alone so that every
-/// failing kernel is named and the good ones still get built.
-pub fn compile_job<B: Backend>(
-    backend: &B,
-    kernels: &[&KernelSource],
-    observer: Option<&dyn Observer>,
-) -> JobOutcome {
-    let (result, secs) = invoke(backend, kernels, observer);
-    match result {
-        Ok(artifact) => JobOutcome {
-            results: kernels
-                .iter()
-                .map(|_| Ok((artifact.clone(), secs)))
-                .collect(),
-            busy_s: secs,
-            invocations: 1,
-        },
-        Err(diag) if kernels.len() == 1 => JobOutcome {
-            results: vec![Err(diag)],
-            busy_s: secs,
-            invocations: 1,
-        },
-        Err(_) => {
-            let mut busy = secs;
-            let results = kernels
-                .iter()
-                .map(|k| {
-                    let (r, s) = invoke(backend, &[k], observer);
-                    busy += s;
-                    r.map(|a| (a, s))
-                })
-                .collect();
-            JobOutcome {
-                results,
-                busy_s: busy,
-                invocations: 1 + kernels.len(),
-            }
-        }
     }
 }

@@ -41,18 +41,25 @@ pub struct CompileReport {
     /// Sum of per-invocation compile times / (threads x wall time of the Parallel compile stage).
     pub parallel_efficiency: f64,
     pub peak_rss_mb: f64,
-    /// Hash over the sorted (kernel key, artifact bytes): equal across thread counts.
+    /// See [`artifact_digest`]: equal across thread counts and cache states.
     pub artifact_digest: String,
     pub kernels: Vec<KernelReport>,
 }
 
-impl CompileReport {
-    pub fn stage_ms(&self, name: &str) -> f64 {
-        self.stages
-            .iter()
-            .find(|s| s.name == name)
-            .map_or(0.0, |s| s.ms)
+/// The artifact digest: a hash over the compile units' (key, artifact) pairs in key order. Units
+/// depend only on the kernels, so the digest is the same for any thread count and whatever
+/// the cache held.
+pub fn artifact_digest(keys: &[String], artifacts: &[Vec<u8>]) -> String {
+    let mut pairs: Vec<(&String, &Vec<u8>)> = keys.iter().zip(artifacts).collect();
+    pairs.sort();
+    pairs.dedup_by(|a, b| a.0 == b.0);
+    let mut h = blake3::Hasher::new();
+    for (k, a) in pairs {
+        h.update(k.as_bytes());
+        h.update(&(a.len() as u64).to_le_bytes());
+        h.update(a);
     }
+    h.finalize().to_hex().to_string()
 }
 
 /// Peak resident set size of this process so far (VmHWM), in MiB; 0 where unknown.

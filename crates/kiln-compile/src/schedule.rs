@@ -1,10 +1,12 @@
-//! Scheduling: estimate each kernel's compile cost, batch small kernels into one compiler
-//! invocation, and order invocations longest-first (LPT) for the worker pool.
+//! Scheduling: estimate each kernel's compile cost, group small kernels into one compile unit
+//! (one compiler invocation, one artifact, one cache entry), and order units longest-first
+//! (LPT) for the worker pool.
 //!
-//! The plan depends only on the kernels (never on the thread count or on timing), so the
-//! artifacts — and the artifact digest — are the same for every `--threads`.
+//! The plan depends only on the kernels — never on the thread count, on timing or on what the
+//! cache holds — so the artifacts, and the artifact digest, are the same for every `--threads`
+//! and every cache state.
 
-/// One compiler invocation: indices into the list of kernels to compile.
+/// One compile unit: indices into the list of distinct kernels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
     pub kernels: Vec<usize>,

@@ -1,7 +1,7 @@
 //! A fault-injecting backend for tests of the pipeline's error handling, over any real
 //! backend (the CPU tests break C, the CUDA tests break CUDA C).
 
-use crate::{Backend, CompileError, Kernel, KernelSource};
+use crate::{Backend, BackendError, Kernel, KernelSource};
 
 /// Wraps a real backend; breaks the source of some kernels or panics while compiling others.
 pub struct Faulty<B> {
@@ -17,7 +17,7 @@ impl<B: Backend> Backend for Faulty<B> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
-    fn identity(&self) -> Result<String, CompileError> {
+    fn identity(&self) -> Result<String, BackendError> {
         self.inner.identity()
     }
     fn codegen(&self, k: &Kernel) -> KernelSource {
@@ -30,7 +30,7 @@ impl<B: Backend> Backend for Faulty<B> {
         }
         s
     }
-    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, String> {
+    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
         if let Some(p) = self.panic_on {
             if ks.iter().any(|k| k.name.contains(p)) {
                 panic!("injected panic in {}", ks[0].name);
@@ -38,7 +38,10 @@ impl<B: Backend> Backend for Faulty<B> {
         }
         self.inner.compile(ks)
     }
-    fn load(&self, a: &[u8]) -> Result<B::Module, String> {
+    fn verify(&self, a: &[u8], kernels: &[&str]) -> Result<(), BackendError> {
+        self.inner.verify(a, kernels)
+    }
+    fn load(&self, a: &[u8]) -> Result<B::Module, BackendError> {
         self.inner.load(a)
     }
     fn source_extension(&self) -> &'static str {

@@ -3,9 +3,10 @@
 //! reported in FLOP/s (criterion's "elem/s" with 2*M*N*K elements per iteration).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kiln_compile::{compile, CompileOptions, Executable};
-use kiln_cpu::{CpuBackend, CpuExecutable};
+use kiln_compile::CompileOptions;
+use kiln_cpu::CpuBackend;
 use kiln_ir::{DType, Expr, Graph, Tensor};
+use kiln_runtime::Target;
 use std::collections::HashMap;
 
 fn values(n: usize) -> Vec<f32> {
@@ -25,8 +26,11 @@ fn bench(c: &mut Criterion) {
     let wt = g.transpose(w, 0, 1).unwrap();
     let y = g.matmul(x, wt).unwrap();
     g.output("y", y);
-    let compiled = compile(&g, &CpuBackend::default(), &CompileOptions::default()).unwrap();
-    let mut exe = CpuExecutable::new(compiled, threads).unwrap();
+    let mut exe = CpuBackend::default()
+        .with_run_threads(threads)
+        .load(&g, &CompileOptions::default())
+        .unwrap()
+        .exe;
     let wv = values(n * k);
     exe.set_param("w", Tensor::from_f32(&[n, k], &wv)).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()

@@ -1,6 +1,7 @@
 //! The system C compiler: `$CC`, else `cc`. One invocation compiles a batch of kernels (one
 //! translation unit) into one shared object.
 
+use kiln_compile::BackendError;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -8,7 +9,7 @@ use std::sync::OnceLock;
 /// The C prelude: CPU-specific definitions, the shared scalar helpers, the matmul blocks.
 pub fn prelude() -> &'static str {
     static P: OnceLock<String> = OnceLock::new();
-    P.get_or_init(|| kiln_compile::clike::prelude(include_str!("c/prelude.h")))
+    P.get_or_init(|| kiln_render::cstyle::prelude(include_str!("c/prelude.h")))
 }
 
 /// Flags for every kernel. -march=native: kernels run where they are compiled (the cache key
@@ -46,21 +47,21 @@ impl CCompiler {
     }
 
     /// Compiler version line, flags, CPU and prelude: everything that changes the machine code.
-    pub fn identity(&self) -> Result<String, String> {
+    pub fn identity(&self) -> Result<String, BackendError> {
         let out = Command::new(&self.program).arg("--version").output().map_err(|e| {
-            format!(
+            BackendError::Unavailable(format!(
                 "C compiler `{}` ({}) could not be run: {e}. kiln's CPU backend needs a C compiler: install one (Debian/Ubuntu: `apt-get install gcc`) or set CC to its path",
                 self.program.display(),
                 self.origin
-            )
+            ))
         })?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(BackendError::Unavailable(format!(
                 "C compiler `{}` ({}) failed on --version: {}",
                 self.program.display(),
                 self.origin,
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            )));
         }
         let version = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -80,33 +81,38 @@ impl CCompiler {
     }
 
     /// Compiles one translation unit; returns the shared object's bytes or the diagnostics.
-    pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, String> {
+    pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, BackendError> {
         let dir = tempfile::Builder::new()
             .prefix("kiln-cc-")
             .tempdir()
-            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+            .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
         let mut unit = String::from(prelude());
         for s in sources {
             unit.push('\n');
             unit.push_str(s);
         }
         std::fs::write(dir.path().join("kernels.c"), unit)
-            .map_err(|e| format!("cannot write kernel source: {e}"))?;
+            .map_err(|e| BackendError::io("cannot write the kernel source", e))?;
         let out = Command::new(&self.program)
             .args(FLAGS)
             .args(["-o", "kernels.so", "kernels.c"])
             .current_dir(dir.path())
             .output()
-            .map_err(|e| format!("cannot run C compiler `{}`: {e}", self.program.display()))?;
+            .map_err(|e| {
+                BackendError::io(
+                    format!("cannot run C compiler `{}`", self.program.display()),
+                    e,
+                )
+            })?;
         if !out.status.success() {
             let mut msg = String::from_utf8_lossy(&out.stderr).to_string();
             if msg.trim().is_empty() {
                 msg = format!("C compiler exited with {}", out.status);
             }
-            return Err(msg);
+            return Err(BackendError::Rejected(msg));
         }
         std::fs::read(dir.path().join("kernels.so"))
-            .map_err(|e| format!("cannot read compiled kernels: {e}"))
+            .map_err(|e| BackendError::io("cannot read the compiled kernels", e))
     }
 }
 

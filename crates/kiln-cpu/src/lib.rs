@@ -3,38 +3,69 @@
 
 mod cc;
 pub mod codegen;
-mod exec;
+mod device;
 
 pub use cc::{CCompiler, FLAGS};
-pub use exec::{CpuExecutable, RunError};
+pub use device::{CpuDevice, CpuKernel};
 
-use kiln_compile::{Backend, CompileError, Kernel, KernelSource};
+use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
+use kiln_runtime::{RunError, Runtime};
 use std::sync::OnceLock;
 
-/// The CPU backend.
+/// The CPU backend: compiles with the system C compiler, runs on `run_threads` threads.
 pub struct CpuBackend {
     cc: CCompiler,
+    run_threads: usize,
     identity: OnceLock<Result<String, String>>,
 }
 
 impl Default for CpuBackend {
+    /// `$CC` (else `cc`), kernels run on every core.
     fn default() -> Self {
-        CpuBackend::new(CCompiler::from_env())
+        CpuBackend::new(CCompiler::from_env(), kiln_compile::default_threads())
     }
 }
 
 impl CpuBackend {
-    pub fn new(cc: CCompiler) -> CpuBackend {
+    pub fn new(cc: CCompiler, run_threads: usize) -> CpuBackend {
         CpuBackend {
             cc,
+            run_threads: run_threads.max(1),
             identity: OnceLock::new(),
         }
+    }
+
+    /// The same compiler, kernels run on `threads` threads.
+    pub fn with_run_threads(mut self, threads: usize) -> CpuBackend {
+        self.run_threads = threads.max(1);
+        self
     }
 }
 
 /// A loaded shared object.
 pub struct CpuModule {
     pub lib: libloading::Library,
+}
+
+impl CpuModule {
+    /// Loads a shared object from its bytes. dlopen needs a file; the mapping outlives the
+    /// file, which is removed right away.
+    fn open(artifact: &[u8]) -> Result<CpuModule, BackendError> {
+        let mut f = tempfile::Builder::new()
+            .prefix("kiln-")
+            .suffix(".so")
+            .tempfile()
+            .map_err(|e| BackendError::io("cannot create a temporary file", e))?;
+        std::io::Write::write_all(&mut f, artifact)
+            .map_err(|e| BackendError::io("cannot write a temporary file", e))?;
+        let path = f.into_temp_path();
+        // SAFETY: the artifact is a shared object kiln compiled from its own source (or a
+        // cache entry whose checksum and key matched); its initialisers are the C compiler's
+        // defaults.
+        let lib = unsafe { libloading::Library::new(&path) }
+            .map_err(|e| BackendError::Invalid(format!("not a loadable shared object: {e}")))?;
+        Ok(CpuModule { lib })
+    }
 }
 
 impl Backend for CpuBackend {
@@ -44,38 +75,50 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn identity(&self) -> Result<String, CompileError> {
+    fn identity(&self) -> Result<String, BackendError> {
         self.identity
-            .get_or_init(|| self.cc.identity())
+            .get_or_init(|| self.cc.identity().map_err(|e| e.to_string()))
             .clone()
-            .map_err(CompileError::Backend)
+            .map_err(BackendError::Unavailable)
     }
 
     fn codegen(&self, kernel: &Kernel) -> KernelSource {
         KernelSource::named(&kernel.label(), &codegen::kernel_source(kernel))
     }
 
-    fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, String> {
+    fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
         let sources: Vec<&str> = kernels.iter().map(|k| k.source.as_str()).collect();
         self.cc.compile(&sources)
     }
 
-    fn load(&self, artifact: &[u8]) -> Result<CpuModule, String> {
-        // dlopen needs a file; the mapping outlives the file, which is removed right away.
-        let mut f = tempfile::Builder::new()
-            .prefix("kiln-")
-            .suffix(".so")
-            .tempfile()
-            .map_err(|e| e.to_string())?;
-        std::io::Write::write_all(&mut f, artifact).map_err(|e| e.to_string())?;
-        let path = f.into_temp_path();
-        // SAFETY: the artifact is a shared object kiln compiled from its own source; its
-        // initialisers are the C compiler's defaults.
-        let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| e.to_string())?;
-        Ok(CpuModule { lib })
+    /// Loads the shared object and finds every kernel in it: what the compiler wrote is
+    /// checked as it will be used, before it is cached.
+    fn verify(&self, artifact: &[u8], kernels: &[&str]) -> Result<(), BackendError> {
+        let module = CpuModule::open(artifact)?;
+        for k in kernels {
+            // SAFETY: only the symbol's presence is checked; nothing is called.
+            unsafe { module.lib.get::<*const ()>(k.as_bytes()) }.map_err(|e| {
+                BackendError::Invalid(format!(
+                    "the compiled shared object does not define kernel {k}: {e}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn load(&self, artifact: &[u8]) -> Result<CpuModule, BackendError> {
+        CpuModule::open(artifact)
     }
 
     fn source_extension(&self) -> &'static str {
         "c"
+    }
+}
+
+impl Runtime for CpuBackend {
+    type Device = CpuDevice;
+
+    fn device(&self) -> Result<CpuDevice, RunError> {
+        CpuDevice::new(self.run_threads)
     }
 }

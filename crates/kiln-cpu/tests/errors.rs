@@ -4,6 +4,7 @@ use common::*;
 use kiln_compile::{compile, CompileError, CompileOptions};
 use kiln_cpu::CpuBackend;
 use kiln_ir::{Bindings, DType, Expr, Graph, IrError, Tensor};
+use kiln_runtime::RunError;
 
 #[test]
 fn shape_mismatch_names_op_and_shapes() {
@@ -41,7 +42,7 @@ fn unbound_symbol_is_named() {
     let ins = inputs(&[("x", Tensor::from_f32(&[2], &[1.0, 2.0]))]);
     let e = exe.run(&ins).unwrap_err();
     assert!(
-        matches!(&e, IrError::UnboundSymbol { symbol, .. } if symbol == "q"),
+        matches!(&e, RunError::Graph(IrError::UnboundSymbol { symbol, .. }) if symbol == "q"),
         "{e}"
     );
     let e = kiln_ir::interpret(&g, &ins, &Bindings::new())
@@ -137,11 +138,8 @@ fn kernel_that_fails_to_compile_is_named_with_the_compiler_message() {
         "{}",
         fails[0].kernel
     );
-    assert!(
-        fails[0].diagnostics.contains("broken_on_purpose"),
-        "{}",
-        fails[0].diagnostics
-    );
+    let diagnostics = fails[0].error.to_string();
+    assert!(diagnostics.contains("broken_on_purpose"), "{diagnostics}");
     let path = fails[0].source_path.as_ref().expect("source written");
     assert!(std::fs::read_to_string(path)
         .unwrap()

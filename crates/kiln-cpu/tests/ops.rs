@@ -34,7 +34,7 @@ fn unary_ops() {
     }
     let mut exe = build(&g, 2);
     for n in [1, 4, 9] {
-        check(&mut exe, &g, &run_x(n), 1e-6, 1e-5);
+        check(exe.as_mut(), &g, &run_x(n), 1e-6, 1e-5);
     }
 }
 
@@ -66,7 +66,7 @@ fn binary_ops_and_where() {
                 Tensor::from_f32(&[6], &[0.5, -0.25, 0.75, -1.0, 0.125, 0.3]),
             ),
         ]);
-        check(&mut exe, &g, &ins, 1e-6, 1e-5);
+        check(exe.as_mut(), &g, &ins, 1e-6, 1e-5);
     }
 }
 
@@ -94,7 +94,7 @@ fn integer_ops_wrap_like_the_interpreter() {
         ("a", Tensor::from_i32(&[6], &av)),
         ("b", Tensor::from_i32(&[6], &bv)),
     ]);
-    check(&mut exe, &g, &ins, 0.0, 0.0);
+    check(exe.as_mut(), &g, &ins, 0.0, 0.0);
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn reductions_over_every_axis() {
     let mut exe = build(&g, 2);
     for (a, b) in [(1, 1), (3, 4), (2, 33)] {
         let ins = inputs(&[("x", Tensor::from_f32(&[a, 5, b], &values(a * 5 * b, 9)))]);
-        check(&mut exe, &g, &ins, 1e-6, 1e-5);
+        check(exe.as_mut(), &g, &ins, 1e-6, 1e-5);
     }
 }
 
@@ -159,7 +159,7 @@ fn matmul_layouts() {
         ]);
         // `generic` multiplies two f32 matmul results: its error is f32 rounding of the operands
         // times the sum of |terms| (about 19 x 7 here), ~1e-5, not relative to the result.
-        check(&mut exe, &g, &ins, 1e-4, 1e-5);
+        check(exe.as_mut(), &g, &ins, 1e-4, 1e-5);
     }
 }
 
@@ -210,7 +210,7 @@ fn views_gather_concat_iota() {
             ("table", Tensor::from_f32(&[10, 6], &values(60, 5))),
             ("ids", Tensor::from_i32(&[nn], &idv)),
         ]);
-        check(&mut exe, &g, &ins, 1e-5, 1e-5);
+        check(exe.as_mut(), &g, &ins, 1e-5, 1e-5);
     }
 }
 
@@ -258,7 +258,7 @@ fn dtype_conversions_round_like_half() {
     }
     let mut exe = build(&g, 1);
     let ins = inputs(&[("x", Tensor::from_f32(&[special.len()], &special))]);
-    check(&mut exe, &g, &ins, 0.0, 0.0);
+    check(exe.as_mut(), &g, &ins, 0.0, 0.0);
     // inputs stored as f16/bf16 are read correctly too
     let mut g2 = Graph::new();
     for d in [DType::F16, DType::BF16] {
@@ -273,5 +273,5 @@ fn dtype_conversions_round_like_half() {
         ("in_f16", Tensor::from_f64(DType::F16, &[4], &v)),
         ("in_bf16", Tensor::from_f64(DType::BF16, &[4], &v)),
     ]);
-    check(&mut exe2, &g2, &ins2, 0.0, 0.0);
+    check(exe2.as_mut(), &g2, &ins2, 0.0, 0.0);
 }

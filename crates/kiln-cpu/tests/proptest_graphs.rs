@@ -24,7 +24,7 @@ proptest! {
             ]);
             // f32 kernels vs the f64 oracle: chains of up to 7 ops (two of them sums of up to
             // 8 x 8 products) keep the error within a few hundred f32 ulps.
-            check(&mut exe, &g, &ins, 1e-5, 2e-5);
+            check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);
         }
     }
 }
@@ -49,6 +49,6 @@ fn matmul_chain_then_sin() {
                 ),
             ),
         ]);
-        check(&mut exe, &g, &ins, 1e-5, 2e-5);
+        check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);
     }
 }

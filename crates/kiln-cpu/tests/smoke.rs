@@ -22,6 +22,6 @@ fn mlp_block_matches_interpreter() {
             ("w", Tensor::from_f32(&[96, 64], &values(96 * 64, 2))),
             ("nw", Tensor::from_f32(&[64], &values(64, 3))),
         ]);
-        check(&mut exe, &g, &ins, 1e-5, 1e-4);
+        check(exe.as_mut(), &g, &ins, 1e-5, 1e-4);
     }
 }

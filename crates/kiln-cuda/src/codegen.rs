@@ -1,15 +1,17 @@
 //! CUDA C for one kernel, canonical like the CPU backend's: the text depends only on the
-//! kernel's structure. Scalar expressions come from the shared C-family printer.
+//! kernel's structure. The C-family dialect ([`kiln_render::cstyle::CStyle`]) and the shared
+//! kernel pieces, laid out as threads, warps and tiles.
 //!
 //! Signature: `extern "C" __global__ void NAME(OUT *out, const IN0 *in0, ..., int64_t sym..., int64_t kiln_units)`
 //! with symbols in sorted order. Launch geometry per kind is in [`launch_shape`].
 
-use kiln_compile::clike::{
-    c, compute_type, literal, load, operand_base, reduce_combine, round, scalar, storage_type,
-    store, sym_name, unflatten, var_name,
-};
-use kiln_compile::{Kernel, KernelKind, Operand, NAME_PLACEHOLDER};
-use kiln_ir::{numel, Bindings, Expr, IrError};
+use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
+use kiln_ir::{numel, Bindings, Expr};
+use kiln_render::cstyle::CStyle;
+use kiln_render::parts::{element, push_lines, MatMul, Params, Reduction, OUT};
+use kiln_render::printer::input_name;
+use kiln_render::{Dialect, Printer};
+use kiln_runtime::RunError;
 use std::fmt::Write;
 
 pub const BLOCK: u32 = 256;
@@ -71,7 +73,7 @@ impl LaunchPlan {
     }
 
     /// The launch for bindings `b`; None when there is no work (an empty tensor).
-    pub fn resolve(&self, b: &Bindings) -> Result<Option<Launch>, IrError> {
+    pub fn resolve(&self, b: &Bindings) -> Result<Option<Launch>, RunError> {
         let units = self.units.eval(b)?;
         let (grid, block) = match &self.shape {
             LaunchShape::Threads(n) => {
@@ -90,11 +92,9 @@ impl LaunchPlan {
         }
         // CUDA's grid limits: x < 2^31, y and z < 2^16.
         if grid[0] >= 1 << 31 || grid[1] >= 1 << 16 || grid[2] >= 1 << 16 {
-            return Err(IrError::Invalid {
-                what: format!(
-                    "CUDA grid {grid:?} exceeds the device limits (2^31-1, 65535, 65535)"
-                ),
-            });
+            return Err(RunError::Unsupported(format!(
+                "CUDA grid {grid:?} exceeds the device limits (2^31-1, 65535, 65535)"
+            )));
         }
         let symbols = self
             .symbols
@@ -110,87 +110,71 @@ impl LaunchPlan {
     }
 }
 
-fn header(k: &Kernel, s: &mut String) {
-    let mut params = vec![format!("{} *__restrict__ out", storage_type(k.out_dtype))];
-    for (i, d) in k.inputs.iter().enumerate() {
-        params.push(format!("const {} *__restrict__ in{i}", storage_type(*d)));
+fn header(d: &dyn Dialect, params: &Params, s: &mut String) {
+    let mut ps = vec![format!(
+        "{} *__restrict__ {OUT}",
+        d.storage_type(params.out)
+    )];
+    for (i, t) in params.inputs.iter().enumerate() {
+        ps.push(format!(
+            "const {} *__restrict__ {}",
+            d.storage_type(*t),
+            input_name(i)
+        ));
     }
-    for sym in k.symbols() {
-        params.push(format!("int64_t {}", sym_name(&sym)));
+    for sym in &params.symbols {
+        ps.push(format!("int64_t {}", d.sym_name(sym)));
     }
-    params.push("int64_t kiln_units".into());
+    ps.push("int64_t kiln_units".into());
     writeln!(
         s,
         "extern \"C\" __global__ void {NAME_PLACEHOLDER}({}) {{",
-        params.join(", ")
+        ps.join(", ")
     )
     .unwrap();
 }
 
+/// The kernel's CUDA C source, with [`NAME_PLACEHOLDER`] where its name goes.
 pub fn kernel_source(k: &Kernel) -> String {
+    let d: &dyn Dialect = &CStyle;
+    let p = Printer::new(d);
     let mut s = String::new();
-    header(k, &mut s);
+    header(d, &Params::of(k), &mut s);
     match &k.kind {
-        KernelKind::Elementwise { lets, body } => {
+        KernelKind::Elementwise { .. } => {
+            // One thread per output element.
             writeln!(s, "    const int64_t kiln_i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;\n    if (kiln_i >= kiln_units) return;").unwrap();
-            unflatten(&k.out_shape, "kiln_i", None, "    ", &mut s);
-            for l in lets {
-                writeln!(
-                    s,
-                    "    const int64_t {} = kiln_clamp((int64_t)({}), 0, {} - 1);",
-                    var_name(l.var),
-                    scalar(&l.value),
-                    c(&l.rows)
-                )
-                .unwrap();
-            }
-            writeln!(s, "    out[kiln_i] = {};", store(k.out_dtype, scalar(body))).unwrap();
+            push_lines(&mut s, "    ", p.unflatten(&k.out_shape, "kiln_i", None));
+            push_lines(&mut s, "    ", element(&p, k, "kiln_i"));
         }
-        KernelKind::Reduce {
-            op,
-            axis,
-            len,
-            body,
-        } => {
+        KernelKind::Reduce { .. } => {
             // One warp per output element: lanes stride the axis, then a shuffle tree.
-            let acc_t = compute_type(k.out_dtype);
-            let init = literal(
-                kiln_compile::kernel::reduce_identity(*op, k.out_dtype).to_bits(),
-                k.out_dtype,
-            );
+            let r = Reduction::of(&p, k);
             writeln!(
                 s,
                 "    const int64_t kiln_w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;"
             )
             .unwrap();
             writeln!(s, "    const int kiln_lane = threadIdx.x & 31;\n    if (kiln_w >= kiln_units) return;").unwrap();
-            unflatten(&k.out_shape, "kiln_w", Some(*axis), "    ", &mut s);
-            writeln!(s, "    {acc_t} acc = {init};").unwrap();
-            let v = var_name(*axis as u32);
+            push_lines(
+                &mut s,
+                "    ",
+                p.unflatten(&k.out_shape, "kiln_w", Some(r.axis)),
+            );
+            writeln!(s, "    {} acc = {};", r.acc_type, r.init).unwrap();
+            let v = &r.var;
             writeln!(
                 s,
                 "    for (int64_t {v} = kiln_lane; {v} < {}; {v} += 32) acc = {};",
-                c(len),
-                reduce_combine(*op, k.out_dtype, "acc", &scalar(body))
+                r.len,
+                r.combine(d, "acc", &r.element)
             )
             .unwrap();
             writeln!(s, "    for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {{").unwrap();
-            writeln!(s, "        {acc_t} kiln_x = __shfl_down_sync(0xffffffffu, acc, kiln_o);\n        acc = {};\n    }}", reduce_combine(*op, k.out_dtype, "acc", "kiln_x")).unwrap();
-            writeln!(
-                s,
-                "    if (kiln_lane == 0) out[kiln_w] = {};",
-                store(k.out_dtype, round(k.out_dtype, "acc".into()))
-            )
-            .unwrap();
+            writeln!(s, "        {} kiln_x = __shfl_down_sync(0xffffffffu, acc, kiln_o);\n        acc = {};\n    }}", r.acc_type, r.combine(d, "acc", "kiln_x")).unwrap();
+            writeln!(s, "    if (kiln_lane == 0) {}", r.store(d, "acc", "kiln_w")).unwrap();
         }
-        KernelKind::MatMul {
-            batch,
-            m,
-            n,
-            k: kk,
-            a,
-            b,
-        } => matmul(k, batch, m, n, kk, a, b, &mut s),
+        KernelKind::MatMul { .. } => matmul(&p, k, &mut s),
     }
     s.push_str("}\n");
     s
@@ -205,24 +189,15 @@ pub fn kernel_source(k: &Kernel) -> String {
 ///   threads when k is B's contiguous axis (weights `[N, K]` seen transposed), so loads coalesce.
 ///
 /// Plain FMA in f32, no tensor cores; not tuned for Hopper beyond that.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    k: &Kernel,
-    batch: &[Expr],
-    m: &Expr,
-    n: &Expr,
-    kk: &Expr,
-    a: &Operand,
-    b: &Operand,
-    s: &mut String,
-) {
+fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
+    let d = p.d;
     let t = TILE;
+    let mm = MatMul::of(p, k);
+    let (a, b) = (&mm.a, &mm.b);
     writeln!(
         s,
         "    const int64_t M = {}, N = {}, K = {};",
-        c(m),
-        c(n),
-        c(kk)
+        mm.m, mm.n, mm.k
     )
     .unwrap();
     writeln!(
@@ -230,38 +205,20 @@ fn matmul(
         "    const int64_t kiln_b = blockIdx.z;\n    if (kiln_b >= kiln_units) return;"
     )
     .unwrap();
-    unflatten(batch, "kiln_b", None, "    ", s);
+    push_lines(s, "    ", p.unflatten(&mm.batch, "kiln_b", None));
     writeln!(
         s,
-        "    const {} *pa = {};\n    const {} *pb = {};",
-        storage_type(a.dtype),
-        operand_base(a, batch),
-        storage_type(b.dtype),
-        operand_base(b, batch)
+        "    const {} *pa = {} + {};\n    const {} *pb = {} + {};",
+        d.storage_type(a.dtype),
+        a.buf,
+        a.base,
+        d.storage_type(b.dtype),
+        b.buf,
+        b.base
     )
     .unwrap();
     writeln!(s, "    const int tx = threadIdx.x, ty = threadIdx.y;").unwrap();
-    let a_at = |row: &str, kx: &str| {
-        load(
-            a.dtype,
-            format!(
-                "pa[{row} * {} + ({kx}) * {}]",
-                c(&a.row_stride),
-                c(&a.col_stride)
-            ),
-        )
-    };
-    let b_at = |kx: &str, col: &str| {
-        load(
-            b.dtype,
-            format!(
-                "pb[({kx}) * {} + {col} * {}]",
-                c(&b.row_stride),
-                c(&b.col_stride)
-            ),
-        )
-    };
-    let store_acc = store(k.out_dtype, round(k.out_dtype, "acc".into()));
+    let store_acc = |index: &str| mm.store(d, OUT, "acc", index);
 
     // Decode: one row.
     writeln!(s, "    if (M == 1) {{").unwrap();
@@ -274,8 +231,8 @@ fn matmul(
     writeln!(
         s,
         "        if (col < N) for (int64_t kx = tx; kx < K; kx += {t}) acc += (float)({}) * (float)({});",
-        a_at("0", "kx"),
-        b_at("kx", "col")
+        a.at(d, "pa", "0", "kx"),
+        b.at(d, "pb", "kx", "col")
     )
     .unwrap();
     writeln!(
@@ -286,7 +243,8 @@ fn matmul(
     .unwrap();
     writeln!(
         s,
-        "        if (tx == 0 && col < N) out[kiln_b * N + col] = {store_acc};\n        return;\n    }}"
+        "        if (tx == 0 && col < N) {}\n        return;\n    }}",
+        store_acc("kiln_b * N + col")
     )
     .unwrap();
 
@@ -307,10 +265,10 @@ fn matmul(
     writeln!(
         s,
         "        As[ty][tx] = (row < M && k0 + tx < K) ? (float)({}) : 0.0f;",
-        a_at("row", "k0 + tx")
+        a.at(d, "pa", "row", "(k0 + tx)")
     )
     .unwrap();
-    if b.row_stride.is_const(1) && !b.col_stride.is_const(1) {
+    if b.row_stride_expr.is_const(1) && !b.col_stride_expr.is_const(1) {
         // k is B's contiguous axis: lanes (tx) walk k, rows of the block (ty) walk columns.
         writeln!(
             s,
@@ -320,21 +278,22 @@ fn matmul(
         writeln!(
             s,
             "        Bs[tx][ty] = (k0 + tx < K && bcol < N) ? (float)({}) : 0.0f;",
-            b_at("k0 + tx", "bcol")
+            b.at(d, "pb", "(k0 + tx)", "bcol")
         )
         .unwrap();
     } else {
         writeln!(
             s,
             "        Bs[ty][tx] = (k0 + ty < K && col < N) ? (float)({}) : 0.0f;",
-            b_at("k0 + ty", "col")
+            b.at(d, "pb", "(k0 + ty)", "col")
         )
         .unwrap();
     }
     writeln!(s, "        __syncthreads();\n        #pragma unroll\n        for (int q = 0; q < {t}; ++q) acc += As[ty][q] * Bs[q][tx];\n        __syncthreads();\n    }}").unwrap();
     writeln!(
         s,
-        "    if (row < M && col < N) out[kiln_b * M * N + row * N + col] = {store_acc};"
+        "    if (row < M && col < N) {}",
+        store_acc("kiln_b * M * N + row * N + col")
     )
     .unwrap();
 }

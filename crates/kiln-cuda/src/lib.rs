@@ -7,18 +7,19 @@
 //! kernels needs a device.
 
 pub mod codegen;
+mod device;
 pub mod emulator;
-mod exec;
 pub mod nvrtc;
 
-pub use exec::{copy_bandwidth, cuda_device_present, CudaExecutable};
+pub use device::{copy_bandwidth, cuda_device_present, CudaDevice, CudaKernel};
 
-use kiln_compile::{Backend, CompileError, Kernel, KernelSource};
+use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
+use kiln_runtime::{RunError, Runtime};
 
 /// The CUDA prelude: NVRTC-specific definitions and the shared scalar helpers.
 pub fn prelude() -> &'static str {
     static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    P.get_or_init(|| kiln_compile::clike::prelude(include_str!("cu/prelude.cuh")))
+    P.get_or_init(|| kiln_render::cstyle::prelude(include_str!("cu/prelude.cuh")))
 }
 
 /// NVRTC options for every kernel (besides the arch). IEEE division and square root, FMA
@@ -45,7 +46,7 @@ pub enum CudaModule {
 
 impl CudaBackend {
     /// Compile-only for `arch` (e.g. `sm_90`, `sm_80`): no device needed.
-    pub fn compile_only(arch: &str) -> Result<CudaBackend, CompileError> {
+    pub fn compile_only(arch: &str) -> Result<CudaBackend, BackendError> {
         check_arch(arch)?;
         Ok(CudaBackend {
             arch: arch.into(),
@@ -54,16 +55,16 @@ impl CudaBackend {
     }
 
     /// For device `ordinal`; the arch is the device's unless given.
-    pub fn for_device(ordinal: usize, arch: Option<&str>) -> Result<CudaBackend, CompileError> {
+    pub fn for_device(ordinal: usize, arch: Option<&str>) -> Result<CudaBackend, BackendError> {
         let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(|e| {
-            CompileError::Backend(format!("cannot open CUDA device {ordinal}: {e}"))
+            BackendError::Unavailable(format!("cannot open CUDA device {ordinal}: {e}"))
         })?;
         let arch = match arch {
             Some(a) => a.to_string(),
             None => {
-                let (maj, min) = ctx
-                    .compute_capability()
-                    .map_err(|e| CompileError::Backend(format!("CUDA device {ordinal}: {e}")))?;
+                let (maj, min) = ctx.compute_capability().map_err(|e| {
+                    BackendError::Unavailable(format!("CUDA device {ordinal}: {e}"))
+                })?;
                 format!("sm_{maj}{min}")
             }
         };
@@ -83,14 +84,14 @@ impl CudaBackend {
     }
 }
 
-fn check_arch(arch: &str) -> Result<(), CompileError> {
+fn check_arch(arch: &str) -> Result<(), BackendError> {
     let ok = arch
         .strip_prefix("sm_")
         .is_some_and(|n| n.len() >= 2 && n.chars().all(|c| c.is_ascii_alphanumeric()));
     if ok {
         Ok(())
     } else {
-        Err(CompileError::Backend(format!(
+        Err(BackendError::Unavailable(format!(
             "invalid CUDA arch '{arch}': expected sm_XY such as sm_80 or sm_90"
         )))
     }
@@ -103,10 +104,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    fn identity(&self) -> Result<String, CompileError> {
-        let ((maj, min), path) = nvrtc::version().map_err(CompileError::Backend)?;
+    fn identity(&self) -> Result<String, BackendError> {
+        let ((maj, min), path) = nvrtc::version()?;
         // The prelude is part of every program, so it is part of every cache key.
-        let prelude = kiln_compile::cache_key("cuda-prelude", "", prelude());
+        let prelude = blake3::hash(prelude().as_bytes()).to_hex();
         Ok(format!(
             "nvrtc {maj}.{min} ({}) | {} | {} | prelude {}",
             path.display(),
@@ -120,7 +121,7 @@ impl Backend for CudaBackend {
         KernelSource::named(&kernel.label(), &codegen::kernel_source(kernel))
     }
 
-    fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, String> {
+    fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
         let mut unit = String::from(prelude());
         for k in kernels {
             unit.push('\n');
@@ -129,13 +130,15 @@ impl Backend for CudaBackend {
         nvrtc::compile_cubin(&unit, &self.arch, OPTIONS)
     }
 
-    fn load(&self, artifact: &[u8]) -> Result<CudaModule, String> {
+    fn load(&self, artifact: &[u8]) -> Result<CudaModule, BackendError> {
         match &self.context {
             None => Ok(CudaModule::Cubin(artifact.to_vec())),
             Some(ctx) => ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(artifact.to_vec()))
                 .map(CudaModule::Loaded)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| {
+                    BackendError::Invalid(format!("the CUDA driver rejected the CUBIN: {e}"))
+                }),
         }
     }
 
@@ -146,5 +149,24 @@ impl Backend for CudaBackend {
     fn compile_memory_estimate(&self) -> u64 {
         // An NVRTC program peaks at a few hundred MB for large translation units.
         512 << 20
+    }
+}
+
+impl Runtime for CudaBackend {
+    type Device = CudaDevice;
+
+    fn device(&self) -> Result<CudaDevice, RunError> {
+        match &self.context {
+            Some(ctx) => Ok(CudaDevice::new(ctx.clone())),
+            None => Err(RunError::Unsupported(format!(
+                "this CUDA backend compiles for {} without a device; running needs an NVIDIA GPU",
+                self.arch
+            ))),
+        }
+    }
+
+    fn bandwidth(&self) -> Option<Result<(String, f64), RunError>> {
+        self.context.as_ref()?;
+        Some(copy_bandwidth(1 << 30))
     }
 }

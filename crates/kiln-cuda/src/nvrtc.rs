@@ -12,6 +12,7 @@
 //! [`load`] checks.
 
 use cudarc::nvrtc::{result, sys};
+use kiln_compile::BackendError;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -210,17 +211,20 @@ fn loaded() -> Result<&'static Loaded, String> {
 }
 
 /// NVRTC's version and where it was loaded from.
-pub fn version() -> Result<((i32, i32), &'static Path), String> {
-    loaded().map(|l| (l.version, l.path.as_path()))
+pub fn version() -> Result<((i32, i32), &'static Path), BackendError> {
+    loaded()
+        .map(|l| (l.version, l.path.as_path()))
+        .map_err(BackendError::Unavailable)
 }
 
 /// Compiles CUDA C to a CUBIN for `arch` (e.g. `sm_90`); on failure returns NVRTC's log.
-pub fn compile_cubin(source: &str, arch: &str, options: &[&str]) -> Result<Vec<u8>, String> {
-    loaded()?;
-    let src = CString::new(source).map_err(|e| e.to_string())?;
+pub fn compile_cubin(source: &str, arch: &str, options: &[&str]) -> Result<Vec<u8>, BackendError> {
+    loaded().map_err(BackendError::Unavailable)?;
+    let src =
+        CString::new(source).map_err(|e| BackendError::Invalid(format!("kernel source: {e}")))?;
     let name = CString::new("kernels.cu").expect("no nul");
     let prog = result::create_program(&src, Some(&name))
-        .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+        .map_err(|e| BackendError::Invalid(format!("nvrtcCreateProgram: {e:?}")))?;
     let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}")];
     opts.extend(options.iter().map(|s| s.to_string()));
     // SAFETY: prog is a live program; destroyed below on every path.
@@ -229,11 +233,11 @@ pub fn compile_cubin(source: &str, arch: &str, options: &[&str]) -> Result<Vec<u
         Ok(()) => cubin(prog),
         Err(e) => {
             let log = log(prog).unwrap_or_default();
-            Err(if log.trim().is_empty() {
+            Err(BackendError::Rejected(if log.trim().is_empty() {
                 format!("NVRTC failed: {e:?}")
             } else {
                 log
-            })
+            }))
         }
     };
     // SAFETY: created above, not used afterwards.
@@ -252,15 +256,15 @@ fn log(prog: sys::nvrtcProgram) -> Option<String> {
     Some(String::from_utf8_lossy(&bytes).to_string())
 }
 
-fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, String> {
+fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, BackendError> {
     let mut size = 0usize;
     // SAFETY: prog is live and compiled; the buffer has the size NVRTC reports.
     unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
         .result()
-        .map_err(|e| format!("nvrtcGetCUBINSize: {e:?}"))?;
+        .map_err(|e| BackendError::Invalid(format!("nvrtcGetCUBINSize: {e:?}")))?;
     let mut buf = vec![0u8; size];
     unsafe { sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _) }
         .result()
-        .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))?;
+        .map_err(|e| BackendError::Invalid(format!("nvrtcGetCUBIN: {e:?}")))?;
     Ok(buf)
 }

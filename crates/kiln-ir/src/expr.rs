@@ -174,32 +174,6 @@ impl Expr {
         }
     }
 
-    /// Replaces loop variables: `Var(i)` becomes `with[i]`.
-    pub fn substitute_vars(&self, with: &[Expr]) -> Expr {
-        match self {
-            Expr::Var(v) => with[*v as usize].clone(),
-            Expr::Const(_) | Expr::Sym(_) => self.clone(),
-            _ => {
-                let (a, b) = self.operands().expect("binary");
-                let (a, b) = (a.substitute_vars(with), b.substitute_vars(with));
-                simplify_bin(self.op2(), a, b)
-            }
-        }
-    }
-
-    fn op2(&self) -> Op2 {
-        match self {
-            Expr::Add(..) => Op2::Add,
-            Expr::Sub(..) => Op2::Sub,
-            Expr::Mul(..) => Op2::Mul,
-            Expr::Div(..) => Op2::Div,
-            Expr::Mod(..) => Op2::Mod,
-            Expr::Min(..) => Op2::Min,
-            Expr::Max(..) => Op2::Max,
-            _ => unreachable!("leaf"),
-        }
-    }
-
     /// If this expression is affine in loop variables `0..nvars`, returns the coefficient of each
     /// variable and the variable-free remainder (e.g. strides and offset of a strided load).
     pub fn affine(&self, nvars: usize) -> Option<(Vec<Expr>, Expr)> {
@@ -234,34 +208,6 @@ impl Expr {
                 Some((c.into_iter().map(|x| x.mul(s.clone())).collect(), k.mul(s)))
             }
             _ => None,
-        }
-    }
-
-    /// C source for this expression; `sym` names a symbol, `var` names a loop variable.
-    pub fn to_c(&self, sym: &dyn Fn(&str) -> String, var: &dyn Fn(u32) -> String) -> String {
-        match self {
-            Expr::Const(c) => {
-                if *c < 0 {
-                    format!("({c}LL)")
-                } else {
-                    format!("{c}LL")
-                }
-            }
-            Expr::Sym(s) => sym(s),
-            Expr::Var(v) => var(*v),
-            Expr::Min(a, b) => format!("kiln_min({}, {})", a.to_c(sym, var), b.to_c(sym, var)),
-            Expr::Max(a, b) => format!("kiln_max({}, {})", a.to_c(sym, var), b.to_c(sym, var)),
-            _ => {
-                let (a, b) = self.operands().expect("binary");
-                let op = match self {
-                    Expr::Add(..) => "+",
-                    Expr::Sub(..) => "-",
-                    Expr::Mul(..) => "*",
-                    Expr::Div(..) => "/",
-                    _ => "%",
-                };
-                format!("({} {op} {})", a.to_c(sym, var), b.to_c(sym, var))
-            }
         }
     }
 }

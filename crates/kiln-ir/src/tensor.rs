@@ -120,10 +120,6 @@ impl Tensor {
             .collect()
     }
 
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        self.to_f64_vec().into_iter().map(|v| v as f32).collect()
-    }
-
     /// A copy converted to another dtype.
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype {
@@ -132,10 +128,8 @@ impl Tensor {
         Tensor::from_f64(dtype, &self.shape, &self.to_f64_vec())
     }
 
-    /// Same data, new shape with the same element count.
-    pub fn reshaped(mut self, shape: &[usize]) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), self.numel());
-        self.shape = shape.to_vec();
-        self
+    /// The storage: the little-endian bytes in 8-byte words (the last one zero-padded).
+    pub fn into_words(self) -> Vec<u64> {
+        self.words
     }
 }

@@ -38,35 +38,43 @@ pub struct QwenConfig {
 
 impl QwenConfig {
     pub fn from_file(path: &Path) -> Result<QwenConfig, ModelError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::new(format!("{}: cannot read: {e}", path.display())))?;
-        Self::from_json(&text).map_err(|e| ModelError::new(format!("{}: {}", path.display(), e.0)))
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Config {
+            path: Some(path.to_path_buf()),
+            detail: format!("cannot read: {e}"),
+        })?;
+        Self::from_json(&text).map_err(|e| match e {
+            ModelError::Config { path: None, detail } => ModelError::Config {
+                path: Some(path.to_path_buf()),
+                detail,
+            },
+            e => e,
+        })
     }
 
     pub fn from_json(text: &str) -> Result<QwenConfig, ModelError> {
         let v: Value = serde_json::from_str(text)
-            .map_err(|e| ModelError::new(format!("invalid JSON: {e}")))?;
+            .map_err(|e| ModelError::config(format!("invalid JSON: {e}")))?;
         let arch_name = v
             .get("architectures")
             .and_then(|a| a.get(0))
             .and_then(|a| a.as_str())
             .ok_or_else(|| {
-                ModelError::new("missing key 'architectures' (e.g. [\"Qwen3ForCausalLM\"])".into())
+                ModelError::config("missing key 'architectures' (e.g. [\"Qwen3ForCausalLM\"])")
             })?;
         let arch = match arch_name {
             "Qwen2ForCausalLM" => Arch::Qwen2,
             "Qwen3ForCausalLM" => Arch::Qwen3,
-            other => return Err(ModelError::new(format!("architecture '{other}' is not supported (supported: Qwen2ForCausalLM, Qwen3ForCausalLM)"))),
+            other => return Err(ModelError::config(format!("architecture '{other}' is not supported (supported: Qwen2ForCausalLM, Qwen3ForCausalLM)"))),
         };
         let uint = |k: &str| -> Result<usize, ModelError> {
             match v.get(k) {
-                None | Some(Value::Null) => Err(ModelError::new(format!("missing key '{k}'"))),
+                None | Some(Value::Null) => Err(ModelError::config(format!("missing key '{k}'"))),
                 Some(x) => x
                     .as_u64()
                     .filter(|&n| n > 0)
                     .map(|n| n as usize)
                     .ok_or_else(|| {
-                        ModelError::new(format!("key '{k}' must be a positive integer, got {x}"))
+                        ModelError::config(format!("key '{k}' must be a positive integer, got {x}"))
                     }),
             }
         };
@@ -80,7 +88,7 @@ impl QwenConfig {
             x.as_f64()
                 .filter(|f| f.is_finite() && *f > 0.0)
                 .ok_or_else(|| {
-                    ModelError::new(format!("key '{k}' must be a positive number, got {x}"))
+                    ModelError::config(format!("key '{k}' must be a positive number, got {x}"))
                 })
         };
         let hidden_size = uint("hidden_size")?;
@@ -88,10 +96,10 @@ impl QwenConfig {
         let num_kv_heads = opt_uint("num_key_value_heads")?.unwrap_or(num_heads);
         let head_dim = opt_uint("head_dim")?.unwrap_or(hidden_size / num_heads);
         if num_heads % num_kv_heads != 0 {
-            return Err(ModelError::new(format!("num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})")));
+            return Err(ModelError::config(format!("num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})")));
         }
         if head_dim % 2 != 0 {
-            return Err(ModelError::new(format!(
+            return Err(ModelError::config(format!(
                 "head_dim ({head_dim}) must be even for RoPE"
             )));
         }
@@ -111,7 +119,7 @@ impl QwenConfig {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(default),
                 Some(x) => x.as_bool().ok_or_else(|| {
-                    ModelError::new(format!("key '{k}' must be true or false, got {x}"))
+                    ModelError::config(format!("key '{k}' must be true or false, got {x}"))
                 }),
             }
         };

@@ -6,37 +6,89 @@ pub mod model;
 pub mod presets;
 pub mod runtime;
 pub mod sampling;
+pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, QwenConfig};
 pub use model::{build_graph, weight_shapes, GraphOptions, WeightDtype};
-pub use runtime::{Device, Generation, KvCache, LoadOptions, Model};
+pub use runtime::{Generation, KvCache, LoadOptions, Model};
 pub use sampling::{argmax, Sampler, Sampling};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
 use std::path::PathBuf;
 
 /// An error for a human: it names the file, tensor or key at fault.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct ModelError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// `--model` names neither a preset nor a checkpoint folder.
+    #[error("{0}")]
+    Source(String),
+    /// A bad `config.json` (the file, when known, and what is wrong with which key).
+    #[error("{}{detail}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Config {
+        path: Option<PathBuf>,
+        detail: String,
+    },
+    /// A bad checkpoint: the file (or folder) and, where one is at fault, the tensor.
+    #[error("{}: {detail}", path.display())]
+    Checkpoint {
+        path: PathBuf,
+        tensor: Option<String>,
+        detail: String,
+    },
+    #[error("{0}")]
+    Tokenizer(String),
+    /// A prompt or generation request the model cannot serve (empty, id out of range, too
+    /// long for the context, a stale KV cache).
+    #[error("{0}")]
+    Input(String),
+    /// The model does not fit this machine.
+    #[error("{0}")]
+    Resources(String),
+    #[error(transparent)]
+    Graph(#[from] kiln_ir::IrError),
+    #[error(transparent)]
+    Compile(#[from] kiln_compile::CompileError),
+    #[error(transparent)]
+    Run(#[from] kiln_runtime::RunError),
+}
+
+impl From<kiln_runtime::LoadError> for ModelError {
+    fn from(e: kiln_runtime::LoadError) -> Self {
+        match e {
+            kiln_runtime::LoadError::Compile(e) => ModelError::Compile(e),
+            kiln_runtime::LoadError::Run(e) => ModelError::Run(e),
+        }
+    }
+}
 
 impl ModelError {
-    pub fn new(msg: String) -> ModelError {
-        ModelError(msg)
+    pub(crate) fn config(detail: impl Into<String>) -> ModelError {
+        ModelError::Config {
+            path: None,
+            detail: detail.into(),
+        }
     }
-}
 
-impl From<kiln_ir::IrError> for ModelError {
-    fn from(e: kiln_ir::IrError) -> Self {
-        ModelError(e.to_string())
+    pub(crate) fn checkpoint(path: &std::path::Path, detail: impl Into<String>) -> ModelError {
+        ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            tensor: None,
+            detail: detail.into(),
+        }
     }
-}
 
-impl From<kiln_compile::CompileError> for ModelError {
-    fn from(e: kiln_compile::CompileError) -> Self {
-        ModelError(e.to_string())
+    pub(crate) fn tensor(
+        path: &std::path::Path,
+        tensor: &str,
+        detail: impl Into<String>,
+    ) -> ModelError {
+        ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            tensor: Some(tensor.into()),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -56,7 +108,7 @@ impl ModelSource {
         if p.is_dir() {
             return Ok(ModelSource::Dir(p));
         }
-        Err(ModelError::new(format!(
+        Err(ModelError::Source(format!(
             "unknown model '{s}': not a preset ({}) and not a folder with config.json",
             presets::preset_names().join(", ")
         )))

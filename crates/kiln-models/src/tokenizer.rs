@@ -18,7 +18,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Tokenizer, ModelError> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
-            ModelError::new(format!("{}: cannot load tokenizer: {e}", path.display()))
+            ModelError::Tokenizer(format!("{}: cannot load tokenizer: {e}", path.display()))
         })?;
         Ok(Tokenizer { inner })
     }
@@ -28,9 +28,9 @@ impl Tokenizer {
         let mut json = Vec::new();
         flate2::read::GzDecoder::new(EMBEDDED_QWEN)
             .read_to_end(&mut json)
-            .map_err(|e| ModelError::new(format!("embedded tokenizer: {e}")))?;
+            .map_err(|e| ModelError::Tokenizer(format!("embedded tokenizer: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(&json)
-            .map_err(|e| ModelError::new(format!("embedded tokenizer: {e}")))?;
+            .map_err(|e| ModelError::Tokenizer(format!("embedded tokenizer: {e}")))?;
         Ok(Tokenizer { inner })
     }
 
@@ -38,14 +38,14 @@ impl Tokenizer {
         let enc = self
             .inner
             .encode(text, false)
-            .map_err(|e| ModelError::new(format!("cannot tokenize: {e}")))?;
+            .map_err(|e| ModelError::Tokenizer(format!("cannot tokenize: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         self.inner
             .decode(ids, false)
-            .map_err(|e| ModelError::new(format!("cannot decode: {e}")))
+            .map_err(|e| ModelError::Tokenizer(format!("cannot decode: {e}")))
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// The safetensors files of a checkpoint folder, mapped, with which file holds each tensor.
 pub struct Checkpoint {
+    dir: PathBuf,
     files: Vec<(PathBuf, Mmap)>,
     /// tensor name -> index into `files`
     location: HashMap<String, usize>,
@@ -23,15 +24,13 @@ impl Checkpoint {
         let index = dir.join("model.safetensors.index.json");
         let names: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index)
-                .map_err(|e| ModelError::new(format!("{}: {e}", index.display())))?;
+                .map_err(|e| ModelError::checkpoint(&index, format!("cannot read: {e}")))?;
             let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::new(format!("{}: invalid JSON: {e}", index.display())))?;
+                .map_err(|e| ModelError::checkpoint(&index, format!("invalid JSON: {e}")))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .ok_or_else(|| {
-                    ModelError::new(format!("{}: missing 'weight_map'", index.display()))
-                })?;
+                .ok_or_else(|| ModelError::checkpoint(&index, "missing 'weight_map'"))?;
             let mut files: Vec<String> = map
                 .values()
                 .filter_map(|f| f.as_str().map(String::from))
@@ -42,10 +41,10 @@ impl Checkpoint {
         } else {
             let single = dir.join("model.safetensors");
             if !single.exists() {
-                return Err(ModelError::new(format!(
-                    "{}: no model.safetensors or model.safetensors.index.json",
-                    dir.display()
-                )));
+                return Err(ModelError::checkpoint(
+                    dir,
+                    "no model.safetensors or model.safetensors.index.json",
+                ));
             }
             vec![single]
         };
@@ -53,22 +52,26 @@ impl Checkpoint {
         let mut location = HashMap::new();
         for path in names {
             let f = std::fs::File::open(&path)
-                .map_err(|e| ModelError::new(format!("{}: cannot open: {e}", path.display())))?;
+                .map_err(|e| ModelError::checkpoint(&path, format!("cannot open: {e}")))?;
             // SAFETY: the file is opened read-only; kiln does not modify checkpoints while running.
             let map = unsafe { Mmap::map(&f) }
-                .map_err(|e| ModelError::new(format!("{}: cannot map: {e}", path.display())))?;
+                .map_err(|e| ModelError::checkpoint(&path, format!("cannot map: {e}")))?;
             let st = SafeTensors::deserialize(&map).map_err(|e| {
-                ModelError::new(format!(
-                    "{}: not a valid safetensors file (truncated or corrupt?): {e}",
-                    path.display()
-                ))
+                ModelError::checkpoint(
+                    &path,
+                    format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+                )
             })?;
             for name in st.names() {
                 location.insert(name.to_string(), files.len());
             }
             files.push((path, map));
         }
-        Ok(Checkpoint { files, location })
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            files,
+            location,
+        })
     }
 
     /// Loads the named tensors, checking each shape, in parallel: matrices in `w`, vectors in f32.
@@ -95,21 +98,28 @@ impl Checkpoint {
                 .iter()
                 .map(|(p, _)| p.display().to_string())
                 .collect();
-            ModelError::new(format!("tensor '{name}' not found in {}", files.join(", ")))
+            ModelError::Checkpoint {
+                path: self.dir.clone(),
+                tensor: Some(name.into()),
+                detail: format!("tensor '{name}' not found in {}", files.join(", ")),
+            }
         })?;
         let (path, map) = &self.files[fi];
         let st = SafeTensors::deserialize(map)
-            .map_err(|e| ModelError::new(format!("{}: {e}", path.display())))?;
+            .map_err(|e| ModelError::checkpoint(path, e.to_string()))?;
         let view = st
             .tensor(name)
-            .map_err(|e| ModelError::new(format!("{}: tensor '{name}': {e}", path.display())))?;
+            .map_err(|e| ModelError::tensor(path, name, format!("tensor '{name}': {e}")))?;
         if view.shape() != shape {
-            return Err(ModelError::new(format!(
-                "{}: tensor '{name}' has shape {:?}, the config implies {:?}",
-                path.display(),
-                view.shape(),
-                shape
-            )));
+            return Err(ModelError::tensor(
+                path,
+                name,
+                format!(
+                    "tensor '{name}' has shape {:?}, the config implies {:?}",
+                    view.shape(),
+                    shape
+                ),
+            ));
         }
         let data = view.data();
         if want == DType::BF16 && view.dtype() == Dtype::BF16 {
@@ -132,10 +142,11 @@ impl Checkpoint {
                 .zip(data.chunks_exact(2))
                 .for_each(|(d, c)| *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
             other => {
-                return Err(ModelError::new(format!(
-                    "{}: tensor '{name}' has dtype {other:?}; kiln reads F32, F16 and BF16",
-                    path.display()
-                )))
+                return Err(ModelError::tensor(
+                    path,
+                    name,
+                    format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F16 and BF16"),
+                ))
             }
         }
         debug_assert_eq!(dst.len(), n);

@@ -1,11 +1,10 @@
 //! Bad checkpoints give errors that name the culprit: file, tensor, key.
-mod common;
 use kiln_compile::CompileOptions;
 use kiln_models::{LoadOptions, Model, ModelSource, QwenConfig};
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
-    common::fixtures().join("tiny-qwen3")
+    kiln_models::testing::fixtures().join("tiny-qwen3")
 }
 
 /// A writable copy of tiny-qwen3.
@@ -22,13 +21,13 @@ fn copy() -> tempfile::TempDir {
 }
 
 fn load_err(dir: &Path) -> String {
+    let cpu = kiln_cpu::CpuBackend::default().with_run_threads(1);
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 1,
             ..Default::default()
         },
-        run_threads: 1,
-        ..Default::default()
+        ..LoadOptions::new(&cpu)
     };
     match Model::load(&ModelSource::Dir(dir.to_path_buf()), &opts) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
@@ -169,13 +168,13 @@ fn both_rope_theta_spellings_are_accepted() {
 
 #[test]
 fn out_of_range_token_is_an_error() {
+    let cpu = kiln_cpu::CpuBackend::default().with_run_threads(1);
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 1,
             ..Default::default()
         },
-        run_threads: 1,
-        ..Default::default()
+        ..LoadOptions::new(&cpu)
     };
     let mut m = Model::load(&ModelSource::Dir(fixture()), &opts).unwrap();
     let e = m

@@ -1,6 +1,5 @@
-//! kiln against Hugging Face `transformers` on the reference checkpoints in ../shared/fixtures:
+//! kiln against Hugging Face `transformers` on the reference checkpoints in tests/fixtures:
 //! per-layer hidden states, prefill logits, and 16 greedy tokens with their logits.
-mod common;
 
 use kiln_compile::CompileOptions;
 use kiln_models::{GraphOptions, KvCache, LoadOptions, Model, ModelSource, Sampling};
@@ -35,21 +34,21 @@ fn reference_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn load(dir: &Path, graph: GraphOptions) -> Model {
+    let cpu = kiln_cpu::CpuBackend::default().with_run_threads(2);
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 2,
             ..Default::default()
         },
-        run_threads: 2,
         graph,
-        ..Default::default()
+        ..LoadOptions::new(&cpu)
     };
     Model::load(&ModelSource::Dir(dir.to_path_buf()), &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
 fn check_model(name: &str, prompts: &[&str]) {
-    let dir = common::fixtures().join(name);
+    let dir = kiln_models::testing::fixtures().join(name);
     let mut full = load(
         &dir,
         GraphOptions {

@@ -1,20 +1,19 @@
 //! One compiled graph serves every prompt length and every decode step. (Its own test binary:
 //! it reads the process-wide compile counter.)
-mod common;
 use kiln_compile::{compile_count, CompileOptions};
 use kiln_models::{KvCache, LoadOptions, Model, ModelSource, Sampling};
 
 #[test]
 fn prompts_of_any_length_and_every_step_use_one_compile() {
-    let dir = common::fixtures().join("tiny-qwen3");
+    let dir = kiln_models::testing::fixtures().join("tiny-qwen3");
     let before = compile_count();
+    let cpu = kiln_cpu::CpuBackend::default().with_run_threads(2);
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 2,
             ..Default::default()
         },
-        run_threads: 2,
-        ..Default::default()
+        ..LoadOptions::new(&cpu)
     };
     let mut m = Model::load(&ModelSource::Dir(dir), &opts).unwrap();
     assert_eq!(compile_count(), before + 1);

@@ -6,7 +6,7 @@
 #define KILN_FN static inline
 static inline uint32_t kiln_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float kiln_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-/* KILN_CLIKE_HELPERS */
+/* KILN_CSTYLE_HELPERS */
 
 /* ---- matmul building blocks (f32) ------------------------------------------------------- */
 typedef float kiln_v8 __attribute__((vector_size(32)));

@@ -2,20 +2,24 @@
 //! with the reference interpreter.
 #![allow(dead_code)]
 
-pub use kiln_compile::Executable;
-use kiln_compile::{compile, CompileOptions};
-use kiln_cpu::{CpuBackend, CpuExecutable};
+use kiln_compile::CompileOptions;
+use kiln_cpu::CpuBackend;
 use kiln_ir::{Bindings, Graph, Tensor};
+pub use kiln_runtime::Executable;
+use kiln_runtime::Target;
 use std::collections::HashMap;
 
-pub fn build(g: &Graph, threads: usize) -> CpuExecutable {
+/// Compiles `g` with the real C compiler and loads it, `threads` compiling and running.
+pub fn build(g: &Graph, threads: usize) -> Box<dyn Executable> {
     let opts = CompileOptions {
         threads,
         ..Default::default()
     };
-    let compiled =
-        compile(g, &CpuBackend::default(), &opts).unwrap_or_else(|e| panic!("compile failed: {e}"));
-    CpuExecutable::new(compiled, threads).expect("load")
+    CpuBackend::default()
+        .with_run_threads(threads)
+        .load(g, &opts)
+        .unwrap_or_else(|e| panic!("compile failed: {e}"))
+        .exe
 }
 
 pub fn inputs(pairs: &[(&str, Tensor)]) -> HashMap<String, Tensor> {
@@ -41,7 +45,7 @@ pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f6
 
 /// Runs `g` on the CPU backend and on the interpreter and compares every output.
 pub fn check(
-    exe: &mut CpuExecutable,
+    exe: &mut dyn Executable,
     g: &Graph,
     ins: &HashMap<String, Tensor>,
     atol: f64,

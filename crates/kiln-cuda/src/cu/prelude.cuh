@@ -14,4 +14,4 @@ typedef unsigned char uint8_t;
 #define KILN_FN static __device__ __forceinline__
 KILN_FN uint32_t kiln_f2u(float f) { return __float_as_uint(f); }
 KILN_FN float kiln_u2f(uint32_t u) { return __uint_as_float(u); }
-/* KILN_CLIKE_HELPERS */
+/* KILN_CSTYLE_HELPERS */

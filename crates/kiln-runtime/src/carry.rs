@@ -1,8 +1,8 @@
 //! Outputs an executor carries into its next run as inputs, without a round trip through the
 //! caller: a KV cache stays in the executor's memory (on the GPU, device memory) from one decode
-//! step to the next. Shared by the executors; `B` is an executor's buffer type.
+//! step to the next. `B` is the executor's buffer type.
 
-use crate::extract::Program;
+use kiln_compile::Program;
 use kiln_ir::{DType, IrError, Tensor};
 
 /// One carried value: produced as `output` by a run, read as `input` by the next.
@@ -26,15 +26,13 @@ impl<B> Default for CarriedState<B> {
 }
 
 impl<B> CarriedState<B> {
-    /// Carries `output` into `input`, starting from `initial` (already copied into `buf`);
-    /// replaces an earlier carry into the same input, which resets it.
-    pub fn set(
-        &mut self,
+    /// Checks that `output` can be carried into `input` starting from `initial`.
+    pub fn check(
+        &self,
         program: &Program,
         output: &str,
         input: &str,
         initial: &Tensor,
-        buf: B,
     ) -> Result<(), IrError> {
         let Some(&(_, out_buf)) = program.outputs.iter().find(|(n, _)| n == output) else {
             return Err(IrError::Input {
@@ -60,6 +58,13 @@ impl<B> CarriedState<B> {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Carries `output` into `input`, starting from `initial` (already copied into `buf`;
+    /// checked with [`CarriedState::check`]); replaces an earlier carry into the same input,
+    /// which resets it.
+    pub fn set(&mut self, output: &str, input: &str, initial: &Tensor, buf: B) {
         self.items.retain(|c| c.input != input);
         self.items.push(Carried {
             output: output.into(),
@@ -68,7 +73,6 @@ impl<B> CarriedState<B> {
             shape: initial.shape().to_vec(),
             buf,
         });
-        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {

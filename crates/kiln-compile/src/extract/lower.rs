@@ -1,221 +1,16 @@
-//! Kernel extraction: partition the analysed graph into fused kernels.
-//!
-//! Rules, in order:
-//! - inputs, reductions, matmuls, gathers and graph outputs are *realized* (own a buffer);
-//! - an elementwise node read more than once is realized too (no recompute), except constants
-//!   and iotas, which are free to recompute;
-//! - everything else is inlined into its consumer's kernel: elementwise chains become one loop
-//!   body, elementwise producers of a reduction become its prologue;
-//! - views never own a buffer: they become index arithmetic in the loads that read through them;
-//! - a matmul operand must be a strided view of a buffer; if it is not, it is realized first.
+//! Lowering: each realized node becomes one canonical [`Kernel`] reading the buffers it needs,
+//! numbered in order of first use; inlined nodes become its loop body, views its index
+//! arithmetic.
 
+use super::fusion::Realized;
+use super::{Buffer, Program, Step};
 use crate::kernel::{Kernel, KernelKind, Let, Operand, ScalarExpr};
-use kiln_ir::{contiguous_strides, numel, DType, Expr, Graph, NodeId, Op, ViewOp};
+use kiln_ir::{contiguous_strides, Expr, Graph, NodeId, Op, ViewOp};
 use std::collections::HashMap;
-
-/// A buffer of the program: a graph input or a kernel output.
-#[derive(Clone, Debug)]
-pub struct Buffer {
-    pub dtype: DType,
-    pub shape: Vec<Expr>,
-    /// The graph input that fills it, if any.
-    pub input: Option<String>,
-}
-
-impl Buffer {
-    pub fn bytes(&self) -> Expr {
-        numel(&self.shape).mul(self.dtype.size_bytes() as i64)
-    }
-}
-
-/// One kernel launch: `kernels[kernel]` writes `output` reading `inputs` (in kernel order).
-#[derive(Clone, Debug)]
-pub struct Step {
-    pub kernel: usize,
-    pub output: usize,
-    pub inputs: Vec<usize>,
-}
-
-/// The graph as a sequence of kernel launches over buffers.
-#[derive(Clone, Debug)]
-pub struct Program {
-    pub graph: Graph,
-    pub buffers: Vec<Buffer>,
-    pub steps: Vec<Step>,
-    /// One kernel per step, before dedupe.
-    pub kernels: Vec<Kernel>,
-    pub outputs: Vec<(String, usize)>,
-}
-
-/// Where one graph output lies after a run.
-pub struct OutputLayout<'p> {
-    pub name: &'p str,
-    pub buffer: usize,
-    pub dtype: DType,
-    pub shape: Vec<usize>,
-    pub bytes: usize,
-}
-
-impl Program {
-    /// Binds the graph's symbols for one run from the bound params, the run's inputs and the
-    /// values the executor carries over from the previous run, checking every input against
-    /// its declaration (what each executor does first).
-    pub fn bind_run<'a>(
-        &self,
-        params: impl Iterator<Item = (&'a str, &'a kiln_ir::Tensor)>,
-        inputs: &'a std::collections::HashMap<String, kiln_ir::Tensor>,
-        carried: impl Iterator<Item = (&'a str, DType, &'a [usize])>,
-    ) -> Result<kiln_ir::Bindings, kiln_ir::IrError> {
-        let mut all: std::collections::HashMap<&str, (DType, &[usize])> =
-            params.map(|(n, t)| (n, (t.dtype(), t.shape()))).collect();
-        all.extend(
-            inputs
-                .iter()
-                .map(|(n, t)| (n.as_str(), (t.dtype(), t.shape()))),
-        );
-        for (name, dtype, shape) in carried {
-            if inputs.contains_key(name) {
-                return Err(kiln_ir::IrError::Input {
-                    name: name.into(),
-                    detail: "is carried over from the previous run by the executor; do not pass it"
-                        .into(),
-                });
-            }
-            all.insert(name, (dtype, shape));
-        }
-        self.graph.bind_shapes(&all, &kiln_ir::Bindings::new())
-    }
-
-    /// Each output's buffer and concrete shape under bindings `b`.
-    pub fn output_layouts(
-        &self,
-        b: &kiln_ir::Bindings,
-    ) -> Result<Vec<OutputLayout<'_>>, kiln_ir::IrError> {
-        self.outputs
-            .iter()
-            .map(|(name, buf)| {
-                let info = &self.buffers[*buf];
-                let shape: Vec<usize> = info
-                    .shape
-                    .iter()
-                    .map(|d| d.eval(b).map(|v| v.max(0) as usize))
-                    .collect::<Result<_, _>>()?;
-                let bytes = shape.iter().product::<usize>() * info.dtype.size_bytes();
-                Ok(OutputLayout {
-                    name,
-                    buffer: *buf,
-                    dtype: info.dtype,
-                    shape,
-                    bytes,
-                })
-            })
-            .collect()
-    }
-
-    /// Checks a weight against its input declaration (dtype, rank, constant dims).
-    pub fn check_param(&self, name: &str, t: &kiln_ir::Tensor) -> Result<(), kiln_ir::IrError> {
-        let g = &self.graph;
-        let (id, _) = g
-            .inputs()
-            .into_iter()
-            .find(|(_, n)| *n == name)
-            .ok_or_else(|| kiln_ir::IrError::Input {
-                name: name.into(),
-                detail: "is not an input of this graph".into(),
-            })?;
-        let node = g.node(id);
-        let ok = t.dtype() == node.dtype
-            && t.shape().len() == node.shape.len()
-            && node
-                .shape
-                .iter()
-                .zip(t.shape())
-                .all(|(d, &a)| d.as_const().is_none_or(|c| c == a as i64));
-        if !ok {
-            return Err(kiln_ir::IrError::Input {
-                name: name.into(),
-                detail: format!(
-                    "expected {} {}, got {} {:?}",
-                    node.dtype,
-                    kiln_ir::shape_str(&node.shape),
-                    t.dtype(),
-                    t.shape()
-                ),
-            });
-        }
-        Ok(())
-    }
-}
-
-pub fn extract(graph: &Graph) -> Program {
-    let mut realized = initial_realized(graph);
-    loop {
-        match build(graph, &realized) {
-            Ok(p) => return p,
-            // Matmul operands that could not be read as strided views: realize them and redo
-            // (all found in one pass, so this converges in one or two rounds).
-            Err(operands) => {
-                for o in operands {
-                    realized[o.index()] = true;
-                }
-            }
-        }
-    }
-}
-
-fn initial_realized(graph: &Graph) -> Vec<bool> {
-    let n = graph.nodes.len();
-    // Reads of each node, counting reads through views as reads of the viewed node.
-    let mut reads = vec![0usize; n];
-    for (_, o) in &graph.outputs {
-        reads[o.index()] += 1;
-    }
-    for i in (0..n).rev() {
-        let node = &graph.nodes[i];
-        for inp in node.op.inputs() {
-            reads[inp.index()] += if node.op.is_view() {
-                reads[i].max(1)
-            } else {
-                1
-            };
-        }
-    }
-    let mut realized: Vec<bool> = graph
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| match &node.op {
-            Op::Input { .. } | Op::Reduce(..) | Op::MatMul(..) | Op::Gather(..) => true,
-            Op::Const { .. } | Op::Iota { .. } | Op::View(..) => false,
-            Op::Unary(..) | Op::Binary(..) | Op::Where(..) | Op::Concat(..) => reads[i] > 1,
-        })
-        .collect();
-    for (_, o) in &graph.outputs {
-        realized[o.index()] = true;
-    }
-    // Matmul operands must reach a buffer through views only.
-    for node in &graph.nodes {
-        if let Op::MatMul(a, b) = node.op {
-            for operand in [a, b] {
-                let mut x = operand;
-                while let Op::View(_, src) = graph.node(x).op {
-                    if realized[x.index()] {
-                        break;
-                    }
-                    x = src;
-                }
-                if !realized[x.index()] {
-                    realized[operand.index()] = true;
-                }
-            }
-        }
-    }
-    realized
-}
 
 struct Builder<'g> {
     graph: &'g Graph,
-    realized: &'g [bool],
+    realized: &'g Realized,
     buffer_of: HashMap<NodeId, usize>,
 }
 
@@ -226,7 +21,8 @@ struct Lowering<'a, 'g> {
     reads: Vec<NodeId>,
 }
 
-fn build(graph: &Graph, realized: &[bool]) -> Result<Program, Vec<NodeId>> {
+/// Lowers every realized node, or returns the matmul operands that must be realized first.
+pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>> {
     let mut b = Builder {
         graph,
         realized,
@@ -234,7 +30,6 @@ fn build(graph: &Graph, realized: &[bool]) -> Result<Program, Vec<NodeId>> {
     };
     let mut buffers = Vec::new();
     let mut steps = Vec::new();
-    let mut kernels = Vec::new();
     let mut failed = Vec::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         let id = NodeId(i as u32);
@@ -268,14 +63,13 @@ fn build(graph: &Graph, realized: &[bool]) -> Result<Program, Vec<NodeId>> {
             }
         };
         let inputs: Vec<usize> = l.reads.iter().map(|r| b.buffer_of[r]).collect();
-        kernels.push(Kernel {
-            kind,
-            out_dtype: node.dtype,
-            out_shape: node.shape.clone(),
-            inputs: l.reads.iter().map(|r| graph.dtype(*r)).collect(),
-        });
         steps.push(Step {
-            kernel: kernels.len() - 1,
+            kernel: Kernel {
+                kind,
+                out_dtype: node.dtype,
+                out_shape: node.shape.clone(),
+                inputs: l.reads.iter().map(|r| graph.dtype(*r)).collect(),
+            },
             output: b.buffer_of[&id],
             inputs,
         });
@@ -297,7 +91,6 @@ fn build(graph: &Graph, realized: &[bool]) -> Result<Program, Vec<NodeId>> {
         graph: graph.clone(),
         buffers,
         steps,
-        kernels,
         outputs,
     })
 }

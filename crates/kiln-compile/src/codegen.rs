@@ -1,0 +1,10 @@
+//! Codegen: the backend renders each distinct kernel's canonical source, in parallel.
+
+use crate::backend::{Backend, KernelSource};
+use crate::kernel::Kernel;
+use crate::pool::Workers;
+
+/// One source per kernel, in the kernels' order.
+pub fn codegen<B: Backend>(kernels: &[Kernel], backend: &B, pool: &Workers) -> Vec<KernelSource> {
+    pool.map(kernels, |k| backend.codegen(k))
+}

@@ -1,0 +1,183 @@
+//! The C family: C for the CPU and CUDA C for NVIDIA GPUs spell scalars the same way (64-bit
+//! index arithmetic, `?:`, `float` compute, 16-bit storage for f16/bf16). They differ only in
+//! their preludes (function qualifiers, headers, bit casts) and their kernel structure, which
+//! their backends own. The helper functions the printed code calls (`kiln_fmax`,
+//! `kiln_bf16_to_f32`, ...) are defined once, in `cstyle_helpers.h`, with the reference
+//! interpreter's semantics.
+
+use crate::dialect::{Dialect, IndexOp};
+use kiln_ir::{BinaryOp, DType, ReduceOp, UnaryOp};
+
+/// The C-family dialect.
+pub struct CStyle;
+
+/// The scalar helpers every C-family prelude includes (after defining `KILN_FN` and the bit
+/// casts `kiln_f2u` / `kiln_u2f`).
+pub const HELPERS: &str = include_str!("cstyle_helpers.h");
+const HELPERS_MARKER: &str = "/* KILN_CSTYLE_HELPERS */";
+
+/// A backend prelude with the shared helpers put in place of its `/* KILN_CSTYLE_HELPERS */`
+/// marker.
+pub fn prelude(backend_prelude: &str) -> String {
+    assert!(
+        backend_prelude.contains(HELPERS_MARKER),
+        "prelude lacks {HELPERS_MARKER}"
+    );
+    backend_prelude.replace(HELPERS_MARKER, HELPERS)
+}
+
+impl Dialect for CStyle {
+    fn storage_type(&self, d: DType) -> &'static str {
+        match d {
+            DType::F32 => "float",
+            DType::F16 | DType::BF16 => "uint16_t",
+            DType::I32 => "int32_t",
+            DType::Bool => "uint8_t",
+        }
+    }
+
+    fn compute_type(&self, d: DType) -> &'static str {
+        match d {
+            DType::F32 | DType::F16 | DType::BF16 => "float",
+            DType::I32 => "int32_t",
+            DType::Bool => "int",
+        }
+    }
+
+    fn index_type(&self) -> &'static str {
+        "int64_t"
+    }
+
+    fn index_literal(&self, v: i64) -> String {
+        if v < 0 {
+            format!("({v}LL)")
+        } else {
+            format!("{v}LL")
+        }
+    }
+
+    fn index_op(&self, op: IndexOp, a: &str, b: &str) -> String {
+        let sym = match op {
+            IndexOp::Add => "+",
+            IndexOp::Sub => "-",
+            IndexOp::Mul => "*",
+            IndexOp::Div => "/",
+            IndexOp::Rem => "%",
+            IndexOp::Min => return format!("kiln_min({a}, {b})"),
+            IndexOp::Max => return format!("kiln_max({a}, {b})"),
+        };
+        format!("({a} {sym} {b})")
+    }
+
+    fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {
+        format!("kiln_clamp({v}, {lo}, {hi})")
+    }
+
+    fn value_to_index(&self, value: &str) -> String {
+        format!("(int64_t)({value})")
+    }
+
+    fn index_to_value(&self, index: &str, d: DType) -> String {
+        self.cast(DType::I32, d, &format!("(int32_t)({index})"))
+    }
+
+    fn declare_index(&self, name: &str, value: &str) -> String {
+        format!("const int64_t {name} = {value};")
+    }
+
+    fn literal(&self, bits: u64, d: DType) -> String {
+        let v = f64::from_bits(bits);
+        match d {
+            DType::I32 => format!("((int32_t){})", v as i64 as i32),
+            DType::Bool => format!("{}", (v != 0.0) as i32),
+            _ if v.is_nan() => "NAN".into(),
+            _ if v.is_infinite() => {
+                if v > 0.0 {
+                    "INFINITY".into()
+                } else {
+                    "(-INFINITY)".into()
+                }
+            }
+            _ => format!("{:?}f", v as f32),
+        }
+    }
+
+    fn load(&self, d: DType, buf: &str, index: &str) -> String {
+        let x = format!("{buf}[{index}]");
+        match d {
+            DType::F16 => format!("kiln_f16_to_f32({x})"),
+            DType::BF16 => format!("kiln_bf16_to_f32({x})"),
+            DType::Bool => format!("(int)({x})"),
+            _ => x,
+        }
+    }
+
+    fn store(&self, d: DType, buf: &str, index: &str, value: &str) -> String {
+        let v = match d {
+            DType::F16 => format!("kiln_f32_to_f16({value})"),
+            DType::BF16 => format!("kiln_f32_to_bf16({value})"),
+            DType::Bool => format!("(uint8_t)(({value}) != 0)"),
+            _ => value.to_string(),
+        };
+        format!("{buf}[{index}] = {v};")
+    }
+
+    fn select(&self, cond: &str, a: &str, b: &str) -> String {
+        format!("(({cond}) ? {a} : {b})")
+    }
+
+    fn unary(&self, op: UnaryOp, d: DType, x: &str) -> String {
+        let v = match op {
+            UnaryOp::Exp2 => format!("exp2f({x})"),
+            UnaryOp::Log2 => format!("log2f({x})"),
+            UnaryOp::Sin => format!("sinf({x})"),
+            UnaryOp::Sqrt => format!("sqrtf({x})"),
+            UnaryOp::Recip => format!("(1.0f / {x})"),
+            UnaryOp::Neg if d == DType::I32 => format!("kiln_ineg({x})"),
+            UnaryOp::Neg => format!("(-{x})"),
+            UnaryOp::Cast => unreachable!("casts go through Dialect::cast"),
+        };
+        self.round(d, &v)
+    }
+
+    fn binary(&self, op: BinaryOp, operand: DType, a: &str, b: &str) -> String {
+        let int = operand == DType::I32;
+        match op {
+            BinaryOp::Add if int => format!("kiln_iadd({a}, {b})"),
+            BinaryOp::Mul if int => format!("kiln_imul({a}, {b})"),
+            BinaryOp::Mod if int || operand == DType::Bool => format!("kiln_imod({a}, {b})"),
+            BinaryOp::Max if operand.is_float() => format!("kiln_fmax({a}, {b})"),
+            BinaryOp::Max => format!("kiln_imax({a}, {b})"),
+            BinaryOp::Add => format!("({a} + {b})"),
+            BinaryOp::Mul => format!("({a} * {b})"),
+            BinaryOp::Mod => format!("fmodf({a}, {b})"),
+            BinaryOp::Lt => format!("({a} < {b})"),
+        }
+    }
+
+    fn cast(&self, from: DType, to: DType, x: &str) -> String {
+        match (from.is_float(), to) {
+            (_, DType::Bool) => format!("(({x}) != 0)"),
+            (true, DType::I32) => format!("kiln_f2i({x})"),
+            (false, DType::I32) => format!("(int32_t)({x})"),
+            (_, t) => self.round(t, &format!("(float)({x})")),
+        }
+    }
+
+    fn round(&self, d: DType, x: &str) -> String {
+        match d {
+            DType::F16 => format!("kiln_round_f16({x})"),
+            DType::BF16 => format!("kiln_round_bf16({x})"),
+            _ => x.to_string(),
+        }
+    }
+
+    fn reduce_combine(&self, op: ReduceOp, d: DType, acc: &str, x: &str) -> String {
+        match (op, d) {
+            (ReduceOp::Sum, DType::I32) => format!("kiln_iadd({acc}, {x})"),
+            (ReduceOp::Sum, _) => format!("{acc} + {x}"),
+            (ReduceOp::Max, d) if d.is_float() => format!("kiln_fmax({acc}, {x})"),
+            (ReduceOp::Max, _) => format!("kiln_imax({acc}, {x})"),
+        }
+    }
+}

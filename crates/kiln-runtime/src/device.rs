@@ -1,0 +1,56 @@
+//! The boundary between the executor and a device: memory, kernels, launches. A device never
+//! sees the graph, the memory plan or carried values; the executor never sees device APIs.
+
+use crate::RunError;
+use kiln_compile::UniqueKernel;
+use kiln_ir::{Bindings, Tensor};
+
+/// One device (the CPU, a GPU, an emulator) as the executor drives it.
+///
+/// Buffers are written by kernels while the executor holds shared references to them
+/// (`launch` takes `&Buffer`), as device memory is.
+pub trait Device: Send {
+    /// What the backend's `load` produced: a shared object, a CUDA module, ...
+    type Module: Send;
+    /// A block of device memory.
+    type Buffer: Send;
+    /// A kernel resolved for launching (a function pointer, a `CUfunction`, a pipeline).
+    type Kernel: Send;
+
+    /// A short description for messages: `cpu (2 threads)`, `CUDA device 0 (NVIDIA H200)`.
+    fn describe(&self) -> String;
+
+    /// Finds `kernel` in the module that holds it. Called once per distinct kernel, in order.
+    fn resolve(
+        &mut self,
+        module: &Self::Module,
+        kernel: &UniqueKernel,
+    ) -> Result<Self::Kernel, RunError>;
+
+    /// At least `bytes` bytes, for kernel outputs; `what` names it in errors.
+    fn alloc(&mut self, bytes: usize, what: &str) -> Result<Self::Buffer, RunError>;
+
+    /// A new buffer holding a copy of `data`.
+    fn upload(&mut self, data: &[u8], what: &str) -> Result<Self::Buffer, RunError>;
+
+    /// A buffer holding `t`, which the device may keep instead of copying (host devices do).
+    fn adopt(&mut self, t: Tensor, what: &str) -> Result<Self::Buffer, RunError> {
+        self.upload(t.bytes(), what)
+    }
+
+    /// The first `bytes` bytes of `buf`, once every launch before has finished.
+    fn download(&mut self, buf: &Self::Buffer, bytes: usize) -> Result<Vec<u8>, RunError>;
+
+    /// Runs `kernel` writing `out` and reading `inputs` (in the kernel's input order), with its
+    /// symbols taken from `bindings`. May return before the kernel finishes.
+    fn launch(
+        &mut self,
+        kernel: &Self::Kernel,
+        out: &Self::Buffer,
+        inputs: &[&Self::Buffer],
+        bindings: &Bindings,
+    ) -> Result<(), RunError>;
+
+    /// Waits for every launch so far.
+    fn sync(&mut self) -> Result<(), RunError>;
+}

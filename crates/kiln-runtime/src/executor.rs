@@ -1,0 +1,276 @@
+//! The one executor: runs a compiled program on any [`Device`]. It binds inputs and weights,
+//! sizes buffers from the memory plan for each run's symbol values, keeps carried values (a
+//! KV cache) on the device between runs, launches kernels in program order, and collects the
+//! outputs. With `KILN_PROFILE=1` it times every launch and prints a table per kernel when
+//! dropped.
+
+use crate::carry::{slot_allocation, CarriedState};
+use crate::{Device, RunError};
+use kiln_compile::{Compiled, MemoryPlan, Program};
+use kiln_ir::{Bindings, DType, Tensor};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// A compiled graph ready to run: weights bound once, inputs per run.
+pub trait Executable: Send {
+    /// Binds an input that stays the same across runs (a weight), checked against its
+    /// declaration; the device keeps it.
+    fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), RunError>;
+
+    /// Runs the graph; `inputs` together with the bound params and carried values must cover
+    /// every graph input.
+    fn run(
+        &mut self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, RunError>;
+
+    /// Carries graph output `output` of each run into the next run's input `input` on the
+    /// device (a KV cache stays in device memory): from now on `run` neither takes `input` nor
+    /// returns `output`, and the next run reads `initial`. Calling it again for the same input
+    /// starts over from the new `initial`.
+    fn carry(&mut self, output: &str, input: &str, initial: Tensor) -> Result<(), RunError>;
+
+    /// What the last run did.
+    fn last_run(&self) -> RunStats;
+
+    /// The device, for messages and reports.
+    fn describe(&self) -> String;
+}
+
+/// Counters of one run (not times: these are the same on every machine).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Kernel launches.
+    pub launches: usize,
+    /// Bytes the kernels wrote to their outputs.
+    pub bytes_written: u64,
+}
+
+struct Param<B> {
+    dtype: DType,
+    shape: Vec<usize>,
+    buf: B,
+}
+
+/// A buffer and the bytes it can hold.
+struct Slot<B> {
+    buf: B,
+    capacity: usize,
+}
+
+/// Runs a [`Compiled`] program on device `D`.
+pub struct Executor<D: Device> {
+    device: D,
+    program: Program,
+    plan: MemoryPlan,
+    step_kernel: Vec<usize>,
+    kernel_names: Vec<String>,
+    kernels: Vec<D::Kernel>,
+    params: HashMap<String, Param<D::Buffer>>,
+    slots: Vec<Option<Slot<D::Buffer>>>,
+    carried: CarriedState<Slot<D::Buffer>>,
+    stats: RunStats,
+    /// With `KILN_PROFILE=1`: seconds and launches per distinct kernel.
+    profile: Option<Vec<(f64, usize)>>,
+    /// Declared last: dropped after the kernels that point into them.
+    _modules: Vec<D::Module>,
+}
+
+impl<D: Device> Executor<D> {
+    /// Resolves every distinct kernel on `device`, in order.
+    pub fn new(mut device: D, compiled: Compiled<D::Module>) -> Result<Executor<D>, RunError> {
+        let mut kernels = Vec::with_capacity(compiled.kernels.len());
+        for k in &compiled.kernels {
+            kernels.push(device.resolve(&compiled.modules[k.module], k)?);
+        }
+        let profile = std::env::var_os("KILN_PROFILE")
+            .filter(|v| v != "0")
+            .map(|_| vec![(0.0, 0); kernels.len()]);
+        Ok(Executor {
+            device,
+            kernel_names: compiled
+                .kernels
+                .iter()
+                .map(|k| k.source.name.clone())
+                .collect(),
+            program: compiled.program,
+            plan: compiled.plan,
+            step_kernel: compiled.step_kernel,
+            kernels,
+            params: HashMap::new(),
+            slots: Vec::new(),
+            carried: CarriedState::default(),
+            stats: RunStats::default(),
+            profile,
+            _modules: compiled.modules,
+        })
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// Grows the plan's slots to what bindings `b` need.
+    fn size_slots(&mut self, b: &Bindings) -> Result<(), RunError> {
+        let sizes = self.plan.slot_bytes(&self.program, b)?;
+        self.slots.resize_with(sizes.len(), || None);
+        for (i, &bytes) in sizes.iter().enumerate() {
+            if matches!(&self.slots[i], Some(s) if s.capacity >= bytes.max(1)) {
+                continue;
+            }
+            // A carried output's slot grows with headroom: it grows by a little every run.
+            let carried = self
+                .carried
+                .holds_output(&self.program, &self.plan.slot_of, i);
+            let capacity = slot_allocation(bytes, carried).max(1);
+            self.slots[i] = None; // free the old buffer before allocating the new one
+            let buf = self.device.alloc(capacity, "intermediate buffers")?;
+            self.slots[i] = Some(Slot { buf, capacity });
+        }
+        Ok(())
+    }
+}
+
+impl<D: Device> Executable for Executor<D> {
+    fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), RunError> {
+        self.program.check_param(name, &t)?;
+        let (dtype, shape) = (t.dtype(), t.shape().to_vec());
+        let buf = self.device.adopt(t, &format!("weight '{name}'"))?;
+        self.params
+            .insert(name.to_string(), Param { dtype, shape, buf });
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, RunError> {
+        let params = self
+            .params
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.dtype, p.shape.as_slice()));
+        let b = self
+            .program
+            .bind_run(params, inputs, self.carried.shapes())?;
+        self.size_slots(&b)?;
+        let mut uploaded = HashMap::new();
+        for (name, t) in inputs {
+            let buf = self.device.upload(t.bytes(), &format!("input '{name}'"))?;
+            uploaded.insert(name.as_str(), buf);
+        }
+
+        let Executor {
+            device,
+            program,
+            plan,
+            step_kernel,
+            kernels,
+            params,
+            slots,
+            carried,
+            stats,
+            profile,
+            ..
+        } = self;
+        let bufs: Vec<&D::Buffer> = program
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buf)| match &buf.input {
+                Some(name) => match carried.input(name) {
+                    Some(c) => &c.buf.buf,
+                    None => uploaded
+                        .get(name.as_str())
+                        .unwrap_or_else(|| &params[name.as_str()].buf),
+                },
+                None => {
+                    let slot = plan.slot_of[i].expect("every kernel output has a slot");
+                    &slots[slot].as_ref().expect("slots sized").buf
+                }
+            })
+            .collect();
+
+        *stats = RunStats::default();
+        for (step, &u) in program.steps.iter().zip(step_kernel.iter()) {
+            let ins: Vec<&D::Buffer> = step.inputs.iter().map(|&i| bufs[i]).collect();
+            let started = profile.is_some().then(Instant::now);
+            device.launch(&kernels[u], bufs[step.output], &ins, &b)?;
+            if let (Some(prof), Some(t)) = (profile.as_mut(), started) {
+                device.sync()?;
+                prof[u].0 += t.elapsed().as_secs_f64();
+                prof[u].1 += 1;
+            }
+            stats.launches += 1;
+            stats.bytes_written += program.buffers[step.output].bytes().eval(&b)?.max(0) as u64;
+        }
+        device.sync()?;
+
+        let mut out = HashMap::new();
+        let mut kept = Vec::new();
+        for o in program.output_layouts(&b)? {
+            if carried.carries(o.name) {
+                kept.push((o.name.to_string(), o.buffer, o.shape));
+                continue;
+            }
+            let bytes = device.download(bufs[o.buffer], o.bytes)?;
+            out.insert(
+                o.name.to_string(),
+                Tensor::from_bytes(o.dtype, &o.shape, &bytes[..o.bytes]),
+            );
+        }
+        drop(bufs);
+        for (name, buffer, shape) in kept {
+            // The output's slot becomes the next run's input; the old input's buffer, read
+            // for the last time by this run, becomes the slot.
+            let slot = plan.slot_of[buffer].expect("carried outputs are computed");
+            let c = carried.output_mut(&name).expect("carried");
+            std::mem::swap(slots[slot].as_mut().expect("sized"), &mut c.buf);
+            c.shape = shape;
+        }
+        Ok(out)
+    }
+
+    fn carry(&mut self, output: &str, input: &str, initial: Tensor) -> Result<(), RunError> {
+        // Checked before anything is allocated.
+        self.carried.check(&self.program, output, input, &initial)?;
+        let capacity = initial.bytes().len().max(1);
+        let buf = self
+            .device
+            .upload(initial.bytes(), &format!("initial value of '{input}'"))?;
+        self.carried
+            .set(output, input, &initial, Slot { buf, capacity });
+        Ok(())
+    }
+
+    fn last_run(&self) -> RunStats {
+        self.stats
+    }
+
+    fn describe(&self) -> String {
+        self.device.describe()
+    }
+}
+
+impl<D: Device> Drop for Executor<D> {
+    /// The `KILN_PROFILE` table: where run time went, per distinct kernel.
+    fn drop(&mut self) {
+        let Some(prof) = &self.profile else { return };
+        let total: f64 = prof.iter().map(|p| p.0).sum();
+        let mut rows: Vec<(usize, &(f64, usize))> = prof.iter().enumerate().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        eprintln!(
+            "kiln profile ({}): {:.1} ms in kernels",
+            self.device.describe(),
+            total * 1e3
+        );
+        for (u, (secs, n)) in rows.into_iter().take(20) {
+            eprintln!(
+                "  {:>9.1} ms {:>5.1}% {:>7} launches  {}",
+                secs * 1e3,
+                100.0 * secs / total.max(1e-12),
+                n,
+                self.kernel_names[u]
+            );
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! An opened backend: something a graph can be compiled for and run on. Programs embedding
+//! kiln (the CLI, the model crate, tests) hold a `&dyn Target` and never name a backend crate.
+
+use crate::executor::{Executable, Executor};
+use crate::{Device, RunError};
+use kiln_compile::{compile, Backend, CompileError, CompileOptions, CompileReport};
+use kiln_ir::Graph;
+
+/// A backend that can also run what it compiles, on its [`Device`].
+pub trait Runtime: Backend + Send + Sync {
+    type Device: Device<Module = Self::Module> + 'static;
+
+    /// The device the kernels run on; an error where there is none (a compile-only CUDA
+    /// backend on a machine without a GPU).
+    fn device(&self) -> Result<Self::Device, RunError>;
+
+    /// The device's own streaming bandwidth (bytes per second) and its name, where the
+    /// backend can measure it (a GPU's device-to-device copy); None for host memory, which the
+    /// caller measures itself.
+    fn bandwidth(&self) -> Option<Result<(String, f64), RunError>> {
+        None
+    }
+}
+
+/// A compiled graph on its device, and how the compile went.
+pub struct Loaded {
+    pub exe: Box<dyn Executable>,
+    pub report: CompileReport,
+}
+
+/// Either half of [`Target::load`] can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// An opened backend, object-safe: compile a graph, or compile and load it onto the device.
+pub trait Target: Send + Sync {
+    /// The backend's short name (`cpu`, `cuda`, ...), as in cache keys and reports.
+    fn name(&self) -> &'static str;
+
+    /// Compiles every kernel of `graph` (through the cache) without running anything; works
+    /// without a device where the backend can (CUDA with an explicit arch).
+    fn compile(
+        &self,
+        graph: &Graph,
+        opts: &CompileOptions<'_>,
+    ) -> Result<CompileReport, CompileError>;
+
+    /// Compiles `graph` and loads it onto the device, ready to run.
+    fn load(&self, graph: &Graph, opts: &CompileOptions<'_>) -> Result<Loaded, LoadError>;
+
+    /// See [`Runtime::bandwidth`].
+    fn bandwidth(&self) -> Option<Result<(String, f64), RunError>>;
+}
+
+impl<R: Runtime> Target for R
+where
+    R::Module: 'static,
+{
+    fn name(&self) -> &'static str {
+        Backend::name(self)
+    }
+
+    fn compile(
+        &self,
+        graph: &Graph,
+        opts: &CompileOptions<'_>,
+    ) -> Result<CompileReport, CompileError> {
+        Ok(compile(graph, self, opts)?.report)
+    }
+
+    fn load(&self, graph: &Graph, opts: &CompileOptions<'_>) -> Result<Loaded, LoadError> {
+        // The device first: without one, compiling would be wasted work.
+        let device = self.device()?;
+        let compiled = compile(graph, self, opts)?;
+        let report = compiled.report.clone();
+        let exe = Executor::new(device, compiled)?;
+        Ok(Loaded {
+            exe: Box::new(exe),
+            report,
+        })
+    }
+
+    fn bandwidth(&self) -> Option<Result<(String, f64), RunError>> {
+        Runtime::bandwidth(self)
+    }
+}
