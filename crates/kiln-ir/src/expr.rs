@@ -5,6 +5,8 @@
 //! (`Var`) exist only inside a kernel. Division and remainder follow C (truncating), which is
 //! floor division for the non-negative values dimensions and indices take.
 
+mod normal;
+
 use crate::IrError;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -99,6 +101,35 @@ impl Expr {
     }
     pub fn max(self, o: impl Into<Expr>) -> Expr {
         simplify_bin(Op2::Max, self, o.into())
+    }
+
+    /// The canonical normal form: a polynomial with integer coefficients over atoms (symbols,
+    /// loop variables, and `/`, `%`, `min`, `max` of normalised operands), expanded, with like
+    /// terms combined and terms in a fixed order. Expressions equal as polynomials normalise to
+    /// the same `Expr`: `(p + s) * 32 - 32 * s` and `p * 32` both give `(p * 32)`, and
+    /// `(s + p) * 2 * 16` gives `((p * 32) + (s * 32))`, as does `32 * s + p * 32`. It also applies rewrites of `/`, `%`, `min` and `max` that hold for every
+    /// binding of non-negative symbols and loop variables (the rules and their preconditions are
+    /// listed in `expr/normal.rs`). The result evaluates to the same value as `self` wherever
+    /// `self` evaluates without overflow.
+    pub fn normalize(&self) -> Expr {
+        normal::poly(self).to_expr()
+    }
+
+    /// True when `self` and `other` are equal for every binding of non-negative symbols and loop
+    /// variables (where both are defined and nothing overflows): `normalize(self - other)` is
+    /// `0`. It never samples bindings; false means "not proven" (`(s + 1) / 2 * 2` and
+    /// `s + s % 2` are equal, but no rule here shows it).
+    pub fn provably_equal(&self, other: &Expr) -> bool {
+        self == other
+            || normal::poly(self)
+                .sub(&normal::poly(other))
+                .is_some_and(|d| d.is_zero())
+    }
+
+    /// True when `self >= 0` for every binding of non-negative symbols and loop variables:
+    /// its normal form has non-negative coefficients over provably non-negative atoms.
+    pub fn provably_nonneg(&self) -> bool {
+        normal::poly(self).nonneg()
     }
 
     /// Evaluates under `b`; loop variables are an error here.
@@ -218,7 +249,7 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Op2 {
     Add,
     Sub,
@@ -452,5 +483,525 @@ mod tests {
         assert_eq!(k, Expr::Const(7));
         assert!(Expr::Var(0).div(4).affine(1).is_none());
         assert!(Expr::Var(0).mul(Expr::Var(1)).affine(2).is_none());
+    }
+
+    fn sym(n: &str) -> Expr {
+        Expr::sym(n)
+    }
+
+    /// `a op b` without the builder's folding, to feed the normaliser unsimplified trees.
+    fn raw(op: Op2, a: impl Into<Expr>, b: impl Into<Expr>) -> Expr {
+        let (a, b) = (Box::new(a.into()), Box::new(b.into()));
+        match op {
+            Op2::Add => Expr::Add(a, b),
+            Op2::Sub => Expr::Sub(a, b),
+            Op2::Mul => Expr::Mul(a, b),
+            Op2::Div => Expr::Div(a, b),
+            Op2::Mod => Expr::Mod(a, b),
+            Op2::Min => Expr::Min(a, b),
+            Op2::Max => Expr::Max(a, b),
+        }
+    }
+
+    fn norm(e: &Expr) -> String {
+        e.normalize().to_string()
+    }
+
+    #[test]
+    fn normalizes_polynomials() {
+        let (p, s, t) = (sym("p"), sym("s"), sym("t"));
+        // Different spellings of the same dimension.
+        let a = raw(
+            Op2::Sub,
+            raw(Op2::Mul, raw(Op2::Add, &p, &s), 32),
+            raw(Op2::Mul, 32, &s),
+        );
+        let b = raw(Op2::Mul, &p, 32);
+        assert_eq!(norm(&a), "(p * 32)");
+        assert_eq!(a.normalize(), b.normalize());
+        let c = raw(Op2::Mul, raw(Op2::Mul, raw(Op2::Add, &s, &p), 2), 16);
+        let d = raw(Op2::Add, raw(Op2::Mul, 32, &s), raw(Op2::Mul, &p, 32));
+        assert_eq!(norm(&c), "((p * 32) + (s * 32))");
+        assert_eq!(c.normalize(), d.normalize());
+        assert_ne!(c.normalize(), b.normalize());
+        // Commutativity and associativity.
+        let abc = raw(Op2::Add, raw(Op2::Add, &p, &s), &t);
+        let cba = raw(Op2::Add, &t, raw(Op2::Add, &s, &p));
+        assert_eq!(abc.normalize(), cba.normalize());
+        assert_eq!(norm(&abc), "((p + s) + t)");
+        let m1 = raw(Op2::Mul, raw(Op2::Mul, &t, &s), &p);
+        let m2 = raw(Op2::Mul, &p, raw(Op2::Mul, &s, &t));
+        assert_eq!(m1.normalize(), m2.normalize());
+        assert_eq!(norm(&m1), "((p * s) * t)");
+        // Distribution, like terms, powers; higher degree first, constant last.
+        let sq = raw(Op2::Mul, raw(Op2::Add, &s, 1), raw(Op2::Add, &s, 1));
+        assert_eq!(norm(&sq), "(((s * s) + (s * 2)) + 1)");
+        let like = raw(
+            Op2::Add,
+            raw(Op2::Mul, &s, 3),
+            raw(Op2::Sub, &s, raw(Op2::Mul, 4, &s)),
+        );
+        assert_eq!(norm(&like), "0");
+        // Differences read as differences.
+        assert_eq!(norm(&raw(Op2::Sub, &s, &p)), "(s - p)");
+        assert_eq!(norm(&raw(Op2::Sub, 1, &s)), "(1 - s)");
+        assert_eq!(
+            norm(&raw(Op2::Sub, raw(Op2::Mul, &s, 2), 3)),
+            "((s * 2) - 3)"
+        );
+        assert_eq!(
+            norm(&raw(Op2::Sub, 0, raw(Op2::Add, &s, 1))),
+            "((s * -1) - 1)"
+        );
+        assert_eq!(norm(&raw(Op2::Sub, raw(Op2::Add, &p, &s), 0)), "(p + s)");
+        assert_eq!(norm(&Expr::Var(1).add(Expr::Var(0))), "(v0 + v1)");
+        assert_eq!(norm(&Expr::Const(7)), "7");
+    }
+
+    #[test]
+    fn normalizes_div_mod_min_max() {
+        let (p, s, t) = (sym("p"), sym("s"), sym("t"));
+        // Operands of atoms are normalised, so atoms compare by value of their operands.
+        let d1 = raw(Op2::Div, raw(Op2::Add, &s, &p), 2);
+        let d2 = raw(Op2::Div, raw(Op2::Add, &p, &s), 2);
+        assert_eq!(d1.normalize(), d2.normalize());
+        assert_eq!(norm(&d1), "((p + s) / 2)");
+        let mm1 = raw(Op2::Min, raw(Op2::Max, &s, raw(Op2::Mul, 2, &t)), &p);
+        let mm2 = raw(Op2::Min, &p, raw(Op2::Max, raw(Op2::Add, &t, &t), &s));
+        assert_eq!(mm1.normalize(), mm2.normalize());
+        // Nested min/max flatten and sort; constants fold.
+        let nested = raw(
+            Op2::Min,
+            raw(Op2::Min, &t, 5),
+            raw(Op2::Min, &s, raw(Op2::Min, 3, &p)),
+        );
+        assert_eq!(norm(&nested), "min(min(min(3, p), s), t)");
+        // Dominated operands (for non-negative symbols) go.
+        assert_eq!(norm(&raw(Op2::Min, &s, raw(Op2::Add, &s, &p))), "s");
+        assert_eq!(norm(&raw(Op2::Max, &s, raw(Op2::Add, &s, 1))), "(s + 1)");
+        assert_eq!(norm(&raw(Op2::Max, &s, 0)), "s");
+        assert_eq!(norm(&raw(Op2::Min, &s, 0)), "0");
+        assert_eq!(norm(&raw(Op2::Min, &s, raw(Op2::Sub, &s, 1))), "(s - 1)");
+        // ... but not when they are not comparable.
+        assert_eq!(
+            norm(&raw(Op2::Max, raw(Op2::Sub, &s, 1), 0)),
+            "max(0, (s - 1))"
+        );
+        assert_eq!(norm(&raw(Op2::Min, &p, &s)), "min(p, s)");
+        // An atom inside a polynomial combines like any other.
+        let half = raw(Op2::Div, &s, 2);
+        let e = raw(
+            Op2::Add,
+            raw(Op2::Sub, &s, &half),
+            raw(Op2::Div, raw(Op2::Mul, &s, 1), 2),
+        );
+        assert_eq!(norm(&e), "s");
+        // Dimensions sizes.
+        assert_eq!(
+            norm(&raw(Op2::Mul, raw(Op2::Div, &s, 2), raw(Op2::Div, &s, 2))),
+            "((s / 2) * (s / 2))"
+        );
+    }
+
+    #[test]
+    fn division_rules_and_their_preconditions() {
+        let (p, s, t) = (sym("p"), sym("s"), sym("t"));
+        // Exact quotients hold for every integer.
+        assert_eq!(norm(&raw(Op2::Div, raw(Op2::Mul, &s, 32), 32)), "s");
+        assert_eq!(norm(&raw(Op2::Div, raw(Op2::Mul, &s, &t), &t)), "s");
+        assert_eq!(
+            norm(&raw(Op2::Div, raw(Op2::Add, raw(Op2::Mul, &s, 4), 8), 4)),
+            "(s + 2)"
+        );
+        assert_eq!(
+            norm(&raw(Op2::Div, raw(Op2::Sub, raw(Op2::Mul, &s, 4), 8), 4)),
+            "(s - 2)"
+        );
+        assert_eq!(
+            norm(&raw(
+                Op2::Div,
+                raw(Op2::Add, raw(Op2::Mul, &p, 2), raw(Op2::Mul, &s, 2)),
+                raw(Op2::Add, &s, &p)
+            )),
+            "2"
+        );
+        assert_eq!(norm(&raw(Op2::Mod, raw(Op2::Mul, &s, 32), 32)), "0");
+        assert_eq!(norm(&raw(Op2::Mod, raw(Op2::Mul, &s, &t), &t)), "0");
+        // (a c + b) / c = a + b / c needs b >= 0 and a c + b >= 0.
+        let e = raw(Op2::Div, raw(Op2::Add, raw(Op2::Mul, &s, 32), 5), 32);
+        assert_eq!(norm(&e), "s");
+        let e = raw(Op2::Div, raw(Op2::Add, raw(Op2::Mul, &s, 32), &p), 32);
+        assert_eq!(norm(&e), "(s + (p / 32))");
+        assert_eq!(
+            norm(&raw(Op2::Mod, raw(Op2::Add, raw(Op2::Mul, &s, 32), &p), 32)),
+            "(p % 32)"
+        );
+        // s = 0: (0 - 1) / 32 = 0 with truncation, not s - 1 = -1. Not rewritten.
+        let e = raw(Op2::Div, raw(Op2::Sub, raw(Op2::Mul, &s, 32), 1), 32);
+        assert_eq!(norm(&e), "(((s * 32) - 1) / 32)");
+        // The ceil-division idiom stays as it is.
+        assert_eq!(
+            norm(&raw(Op2::Div, raw(Op2::Add, &s, 31), 32)),
+            "((s + 31) / 32)"
+        );
+        // Common factors cancel: floor and truncation depend only on the rational value.
+        assert_eq!(
+            norm(&raw(Op2::Div, raw(Op2::Add, raw(Op2::Mul, &s, 4), 6), 8)),
+            "(((s * 2) + 3) / 4)"
+        );
+        assert_eq!(
+            norm(&raw(Op2::Mod, raw(Op2::Add, raw(Op2::Mul, &s, 4), 6), 8)),
+            "((((s * 2) + 3) % 4) * 2)"
+        );
+        // Signs move out: truncation is odd in both operands.
+        assert_eq!(
+            raw(Op2::Div, &s, -2).normalize(),
+            raw(Op2::Mul, raw(Op2::Div, &s, 2), -1).normalize()
+        );
+        assert_eq!(
+            raw(Op2::Mod, &s, -2).normalize(),
+            raw(Op2::Mod, &s, 2).normalize()
+        );
+        let neg = raw(Op2::Sub, 0, &s);
+        assert_eq!(norm(&raw(Op2::Div, &neg, 2)), "((s / 2) * -1)");
+        assert_eq!(norm(&raw(Op2::Mod, &neg, 2)), "((s % 2) * -1)");
+        // Nesting with constants.
+        assert_eq!(norm(&raw(Op2::Div, raw(Op2::Div, &s, 4), 8)), "(s / 32)");
+        assert_eq!(norm(&raw(Op2::Div, raw(Op2::Mod, &s, 4), 8)), "0");
+        assert_eq!(norm(&raw(Op2::Mod, raw(Op2::Mod, &s, 32), 8)), "(s % 8)");
+        assert_eq!(norm(&raw(Op2::Mod, raw(Op2::Mod, &s, 8), 32)), "(s % 8)");
+        assert_eq!(
+            norm(&raw(Op2::Mod, raw(Op2::Mod, &s, 12), 8)),
+            "((s % 12) % 8)"
+        );
+        // x = c (x / c) + x % c, also under a common factor.
+        let v = Expr::Var(0);
+        let e = raw(
+            Op2::Add,
+            raw(Op2::Mul, raw(Op2::Div, &v, 4), 4),
+            raw(Op2::Mod, &v, 4),
+        );
+        assert_eq!(norm(&e), "v0");
+        let e = raw(
+            Op2::Add,
+            raw(Op2::Mul, raw(Op2::Mul, raw(Op2::Div, &s, &t), &t), &p),
+            raw(Op2::Mul, &p, raw(Op2::Mod, &s, &t)),
+        );
+        assert_eq!(norm(&e), "(p * s)");
+        // Identities; division by zero is left for evaluation to report.
+        assert_eq!(norm(&raw(Op2::Div, 0, &s)), "0");
+        assert_eq!(
+            norm(&raw(Op2::Div, raw(Op2::Add, &s, &p), raw(Op2::Add, &p, &s))),
+            "1"
+        );
+        assert_eq!(norm(&raw(Op2::Div, &s, 0)), "(s / 0)");
+        assert_eq!(norm(&raw(Op2::Div, 7, 0)), "(7 / 0)");
+        assert_eq!(norm(&raw(Op2::Div, -7, 2)), "-3");
+        assert_eq!(norm(&raw(Op2::Mod, -7, 2)), "-1");
+    }
+
+    #[test]
+    fn provably_equal_true_and_false() {
+        let (p, s) = (sym("p"), sym("s"));
+        let yes = [
+            (
+                raw(Op2::Mul, raw(Op2::Add, &p, &s), 32),
+                raw(Op2::Add, raw(Op2::Mul, 32, &s), raw(Op2::Mul, &p, 32)),
+            ),
+            (
+                raw(Op2::Sub, raw(Op2::Add, &p, &s), 0),
+                raw(Op2::Add, &s, &p),
+            ),
+            (raw(Op2::Sub, &s, raw(Op2::Sub, &s, 1)), Expr::Const(1)),
+            (
+                raw(Op2::Mul, raw(Op2::Mul, 2, &s), 7),
+                raw(Op2::Mul, 14, &s),
+            ),
+            (
+                raw(Op2::Div, raw(Op2::Mul, &s, 128), 2),
+                raw(Op2::Mul, &s, 64),
+            ),
+            (raw(Op2::Min, &s, raw(Op2::Add, &p, &s)), s.clone()),
+        ];
+        for (a, b) in &yes {
+            assert!(a.provably_equal(b), "{a} = {b}");
+            assert!(b.provably_equal(a), "{b} = {a}");
+        }
+        let no = [
+            (s.clone(), p.clone()),
+            (raw(Op2::Add, &p, 1), s.clone()),
+            (raw(Op2::Mul, raw(Op2::Div, &s, 2), 2), s.clone()), // odd s
+            (
+                raw(Op2::Div, raw(Op2::Sub, raw(Op2::Mul, &s, 32), 1), 32),
+                raw(Op2::Sub, &s, 1),
+            ), // s = 0
+            (raw(Op2::Min, &s, &p), s.clone()),
+        ];
+        for (a, b) in &no {
+            assert!(!a.provably_equal(b), "{a} = {b}");
+            assert!(!b.provably_equal(a), "{b} = {a}");
+        }
+        // s / s is 1 wherever it is defined (s != 0), which is what "equal" means here.
+        assert!(raw(Op2::Div, &s, &s).provably_equal(&Expr::Const(1)));
+        // Equal, but beyond these rules: false only means "not proven".
+        let a = raw(Op2::Mul, raw(Op2::Div, raw(Op2::Add, &s, 1), 2), 2);
+        assert!(!a.provably_equal(&raw(Op2::Add, &s, raw(Op2::Mod, &s, 2))));
+    }
+
+    #[test]
+    fn provably_nonneg() {
+        let (p, s) = (sym("p"), sym("s"));
+        assert!(raw(Op2::Add, &p, raw(Op2::Div, &s, 2)).provably_nonneg());
+        assert!(raw(Op2::Max, raw(Op2::Sub, &s, 1), 0).provably_nonneg());
+        assert!(raw(Op2::Sub, raw(Op2::Add, &s, 1), &s).provably_nonneg());
+        // An even power of an atom of any sign is non-negative ...
+        let d = raw(Op2::Div, raw(Op2::Sub, &s, &p), 2);
+        assert!(raw(Op2::Mul, &d, &d).provably_nonneg());
+        // ... but (s - p)^2 expands to s^2 - 2ps + p^2, which the coefficient test cannot see.
+        assert!(!raw(Op2::Mul, raw(Op2::Sub, &s, &p), raw(Op2::Sub, &s, &p)).provably_nonneg());
+        assert!(!raw(Op2::Sub, &s, 1).provably_nonneg());
+        assert!(!raw(Op2::Div, &s, raw(Op2::Sub, &p, 1)).provably_nonneg());
+    }
+
+    /// The check `graph::dims_equal` used before: equal under six sample bindings.
+    fn sampled_equal(a: &Expr, b: &Expr) -> bool {
+        let mut syms = std::collections::BTreeSet::new();
+        a.symbols(&mut syms);
+        b.symbols(&mut syms);
+        [1i64, 2, 3, 7, 13, 64].iter().all(|&v| {
+            let bind: Bindings = syms
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), v + i as i64))
+                .collect();
+            matches!((a.eval(&bind), b.eval(&bind)), (Ok(x), Ok(y)) if x == y)
+        })
+    }
+
+    #[test]
+    fn sampling_was_fooled_where_the_normal_form_is_not() {
+        let (p, s) = (sym("p"), sym("s"));
+        // The sampler bound p = v and s = v + 1, so it took p + 1 for s.
+        let a = p.clone().add(1);
+        assert!(sampled_equal(&a, &s));
+        assert!(!a.provably_equal(&s));
+        // A polynomial vanishing at every sample value: s (s-1) (s-2) (s-3) (s-7) (s-13) (s-64).
+        let vanish = [1, 2, 3, 7, 13, 64]
+            .iter()
+            .fold(s.clone(), |acc, &r| acc.mul(s.clone().sub(r)));
+        let b = s.clone().add(vanish.clone());
+        assert!(sampled_equal(&b, &s));
+        assert!(!b.provably_equal(&s));
+        let mut bind = Bindings::new();
+        bind.insert("s".into(), 4);
+        assert_ne!(b.eval(&bind).unwrap(), s.eval(&bind).unwrap());
+        assert!(!vanish.provably_equal(&Expr::Const(0)));
+    }
+
+    /// Evaluation that reports overflow and division by zero apart, over symbols `p`, `s`, `t`
+    /// and two loop variables.
+    #[derive(Debug, PartialEq)]
+    enum Fail {
+        Overflow,
+        DivZero,
+    }
+    fn eval_checked(e: &Expr, syms: &[i64; 3], vars: &[i64; 2]) -> Result<i64, Fail> {
+        let ev = |x: &Expr| eval_checked(x, syms, vars);
+        let of = |v: Option<i64>| v.ok_or(Fail::Overflow);
+        match e {
+            Expr::Const(c) => Ok(*c),
+            Expr::Sym(n) => Ok(syms[match &**n {
+                "p" => 0,
+                "s" => 1,
+                _ => 2,
+            }]),
+            Expr::Var(i) => Ok(vars[*i as usize]),
+            Expr::Add(a, b) => of(ev(a)?.checked_add(ev(b)?)),
+            Expr::Sub(a, b) => of(ev(a)?.checked_sub(ev(b)?)),
+            Expr::Mul(a, b) => of(ev(a)?.checked_mul(ev(b)?)),
+            Expr::Div(a, b) | Expr::Mod(a, b) => {
+                let (x, y) = (ev(a)?, ev(b)?);
+                if y == 0 {
+                    return Err(Fail::DivZero);
+                }
+                of(if matches!(e, Expr::Div(..)) {
+                    x.checked_div(y)
+                } else {
+                    x.checked_rem(y)
+                })
+            }
+            Expr::Min(a, b) => Ok(ev(a)?.min(ev(b)?)),
+            Expr::Max(a, b) => Ok(ev(a)?.max(ev(b)?)),
+        }
+    }
+
+    /// Random trees over `p`, `s`, `t`, `v0`, `v1` and constants in `-small..=small` (and, with
+    /// `big`, a few dimension-like ones), built without the builder's folding.
+    fn arb_expr(small: i64, big: bool) -> impl Strategy<Value = Expr> {
+        let bigs = if big {
+            vec![32i64, 64, -16, 128]
+        } else {
+            vec![small]
+        };
+        let leaf = prop_oneof![
+            4 => (-small..=small).prop_map(Expr::Const),
+            1 => prop::sample::select(bigs).prop_map(Expr::Const),
+            6 => prop_oneof![Just("p"), Just("s"), Just("t")].prop_map(Expr::sym),
+            2 => (0u32..2).prop_map(Expr::Var),
+        ];
+        leaf.prop_recursive(5, 48, 2, |inner| {
+            (0u8..7, inner.clone(), inner).prop_map(|(op, a, b)| {
+                let ops = [
+                    Op2::Add,
+                    Op2::Sub,
+                    Op2::Mul,
+                    Op2::Div,
+                    Op2::Mod,
+                    Op2::Min,
+                    Op2::Max,
+                ];
+                raw(ops[op as usize], a, b)
+            })
+        })
+    }
+
+    /// A symbol's or loop variable's value: mostly small, sometimes past the constants.
+    fn val() -> impl Strategy<Value = i64> {
+        prop_oneof![3 => 0i64..=12, 1 => 0i64..=300]
+    }
+
+    /// A ring-equal rewrite of `e`: operands of `+`, `*`, `min`, `max` swapped, `a - b` as
+    /// `a + b * -1`, products distributed over sums, chosen by `seed`.
+    fn shuffle(e: &Expr, seed: &mut u64) -> Expr {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let bits = *seed >> 60;
+        let swap = bits & 1 == 1;
+        match e {
+            Expr::Const(_) | Expr::Sym(_) | Expr::Var(_) => e.clone(),
+            _ => {
+                let (a, b) = e.operands().expect("binary");
+                let (a, b) = (shuffle(a, seed), shuffle(b, seed));
+                match e.op2() {
+                    Op2::Sub if bits & 2 == 2 => raw(Op2::Add, a, raw(Op2::Mul, b, -1)),
+                    Op2::Mul if bits & 4 == 4 => match b {
+                        Expr::Add(x, y) => {
+                            raw(Op2::Add, raw(Op2::Mul, &a, *x), raw(Op2::Mul, &a, *y))
+                        }
+                        Expr::Sub(x, y) => {
+                            raw(Op2::Sub, raw(Op2::Mul, &a, *x), raw(Op2::Mul, &a, *y))
+                        }
+                        b => raw(Op2::Mul, b, a),
+                    },
+                    op @ (Op2::Add | Op2::Mul | Op2::Min | Op2::Max) if swap => raw(op, b, a),
+                    op => raw(op, a, b),
+                }
+            }
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn normalize_preserves_value(
+            e in arb_expr(6, true),
+            binds in prop::collection::vec((val(), val(), val(), val(), val()), 4),
+        ) {
+            let n = e.normalize();
+            prop_assert_eq!(n.normalize(), n.clone(), "not idempotent: {} -> {}", e, n);
+            prop_assert!(e.provably_equal(&n));
+            for (p, s, t, v0, v1) in binds {
+                let (syms, vars) = ([p, s, t], [v0, v1]);
+                let Ok(want) = eval_checked(&e, &syms, &vars) else { continue };
+                match eval_checked(&n, &syms, &vars) {
+                    Ok(got) => prop_assert_eq!(got, want, "{} -> {} at p={} s={} t={} v={:?}", e, n, p, s, t, vars),
+                    Err(Fail::Overflow) => {} // the expanded form can overflow where the factored one did not
+                    Err(Fail::DivZero) => prop_assert!(false, "{} -> {} divides by zero at {:?} {:?}", e, n, syms, vars),
+                }
+                // The library's evaluator agrees where nothing overflows.
+                let mut b = Bindings::new();
+                b.extend([("p".to_string(), p), ("s".to_string(), s), ("t".to_string(), t)]);
+                prop_assert_eq!(e.eval_with(&b, &vars).unwrap(), want);
+            }
+        }
+
+        #[test]
+        fn provably_equal_implies_equal_values(
+            a in arb_expr(6, true),
+            other in arb_expr(6, true),
+            seed in any::<u64>(),
+            k in -2i64..=2,
+            binds in prop::collection::vec((val(), val(), val(), val(), val()), 6),
+        ) {
+            let mut seed = seed;
+            let shuffled = shuffle(&a, &mut seed);
+            let candidates = [
+                other.clone(),
+                shuffled.clone(),
+                raw(Op2::Add, shuffled.clone(), k),
+                raw(Op2::Add, &a, raw(Op2::Mul, &other, k)),
+                raw(Op2::Div, raw(Op2::Mul, &a, 4), 4),
+                raw(Op2::Div, raw(Op2::Add, raw(Op2::Mul, &a, 4), k.abs()), 4),
+                raw(Op2::Min, &a, raw(Op2::Add, &a, &other)),
+            ];
+            for b in &candidates {
+                if !a.provably_equal(b) {
+                    continue;
+                }
+                for &(p, s, t, v0, v1) in &binds {
+                    let (syms, vars) = ([p, s, t], [v0, v1]);
+                    if let (Ok(x), Ok(y)) = (eval_checked(&a, &syms, &vars), eval_checked(b, &syms, &vars)) {
+                        prop_assert_eq!(x, y, "{} = {} claimed, differ at {:?} {:?}", a, b, syms, vars);
+                    }
+                }
+            }
+        }
+
+        /// The division rules, hit on purpose: nested `/` and `%` by constants, `(x c + y) / c`,
+        /// and `c (x / c) + x % c` with perturbations.
+        #[test]
+        fn division_rules_preserve_value(
+            x in arb_expr(4, false),
+            y in arb_expr(4, false),
+            c1 in -9i64..=9,
+            c2 in -9i64..=9,
+            shape in 0u8..6,
+            binds in prop::collection::vec((val(), val(), val(), val(), val()), 6),
+        ) {
+            let dm = |i: u8| if i.is_multiple_of(2) { Op2::Div } else { Op2::Mod };
+            let e = match shape {
+                0..=3 => raw(dm(shape / 2), raw(dm(shape), &x, c1), c2),
+                4 => raw(dm(c2 as u8), raw(Op2::Add, raw(Op2::Mul, &x, c1), &y), c1),
+                _ => raw(
+                    Op2::Add,
+                    raw(Op2::Mul, raw(Op2::Mul, raw(Op2::Div, &x, c1), c1), &y),
+                    raw(Op2::Mul, raw(Op2::Mod, &x, c1), raw(Op2::Add, &y, c2 % 2)),
+                ),
+            };
+            let n = e.normalize();
+            prop_assert_eq!(n.normalize(), n.clone());
+            for (p, s, t, v0, v1) in binds {
+                let (syms, vars) = ([p, s, t], [v0, v1]);
+                let Ok(want) = eval_checked(&e, &syms, &vars) else { continue };
+                match eval_checked(&n, &syms, &vars) {
+                    Ok(got) => prop_assert_eq!(got, want, "{} -> {} at {:?} {:?}", e, n, syms, vars),
+                    Err(Fail::Overflow) => {}
+                    Err(Fail::DivZero) => prop_assert!(false, "{} -> {} divides by zero", e, n),
+                }
+            }
+        }
+
+        /// Rewrites that only use the ring laws are always proven (with small constants, so no
+        /// coefficient overflows and the form stays complete).
+        #[test]
+        fn ring_rewrites_are_proven(a in arb_expr(3, false), seed in any::<u64>()) {
+            let mut seed = seed;
+            let b = shuffle(&a, &mut seed);
+            prop_assert!(a.provably_equal(&b), "{} = {}: {} vs {}", a, b, a.normalize(), b.normalize());
+        }
     }
 }
