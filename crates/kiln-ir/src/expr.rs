@@ -205,6 +205,20 @@ impl Expr {
         }
     }
 
+    /// The operation of a binary node.
+    fn op2(&self) -> Op2 {
+        match self {
+            Expr::Add(..) => Op2::Add,
+            Expr::Sub(..) => Op2::Sub,
+            Expr::Mul(..) => Op2::Mul,
+            Expr::Div(..) => Op2::Div,
+            Expr::Mod(..) => Op2::Mod,
+            Expr::Min(..) => Op2::Min,
+            Expr::Max(..) => Op2::Max,
+            _ => unreachable!("leaf"),
+        }
+    }
+
     /// If this expression is affine in loop variables `0..nvars`, returns the coefficient of each
     /// variable and the variable-free remainder (e.g. strides and offset of a strided load).
     pub fn affine(&self, nvars: usize) -> Option<(Vec<Expr>, Expr)> {
