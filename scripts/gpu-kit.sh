@@ -9,7 +9,7 @@ rm -rf "$kit"
 mkdir -p "$kit/fixtures"
 
 cargo build --release -p kiln-cli
-tests=$(cargo test --release -p kiln-models --test cuda --no-run --message-format=json |
+tests=$(cargo test --release -p kiln-cuda --test cuda --no-run --message-format=json |
   python3 -c 'import json, sys
 for m in map(json.loads, sys.stdin):
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda":
@@ -18,7 +18,7 @@ cp target/release/kiln "$kit/kiln"
 cp "$tests" "$kit/cuda-tests"
 strip "$kit/kiln" "$kit/cuda-tests"
 
-fixtures=${KILN_FIXTURES:-../shared/fixtures}
+fixtures=${KILN_FIXTURES:-tests/fixtures}
 for f in tiny-qwen3 tiny-qwen3-sharded tiny-qwen3-bf16; do
   cp -r "$fixtures/$f" "$kit/fixtures/"
 done
