@@ -129,6 +129,17 @@ pub struct Node {
 pub struct Graph {
     pub nodes: Vec<Node>,
     pub outputs: Vec<(String, NodeId)>,
+    /// Relations between symbols that shapes alone cannot express, checked when a run's
+    /// symbols are bound (e.g. a write into a cache stays inside it).
+    pub requirements: Vec<Requirement>,
+}
+
+/// `lhs <= rhs` for every run; `what` says whose requirement it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Requirement {
+    pub lhs: Expr,
+    pub rhs: Expr,
+    pub what: String,
 }
 
 /// True when two dimensions are provably equal: equal for every binding of the (non-negative)
@@ -666,7 +677,31 @@ impl Graph {
                 }
             }
         }
+        for r in &self.requirements {
+            let (l, h) = (r.lhs.eval(&b)?, r.rhs.eval(&b)?);
+            if l > h {
+                return Err(IrError::Invalid {
+                    what: format!(
+                        "{}: needs {} <= {}, but {} = {l} and {} = {h}",
+                        r.what, r.lhs, r.rhs, r.lhs, r.rhs
+                    ),
+                });
+            }
+        }
         Ok(b)
+    }
+
+    /// Requires `lhs <= rhs` of every run (checked when inputs are bound); `what` names the op
+    /// that needs it. Relations that hold for constants are checked by the builders right away.
+    pub fn require_le(&mut self, lhs: Expr, rhs: Expr, what: &str) {
+        let r = Requirement {
+            lhs,
+            rhs,
+            what: what.to_string(),
+        };
+        if !self.requirements.contains(&r) {
+            self.requirements.push(r);
+        }
     }
 
     /// Symbols any node mentions.

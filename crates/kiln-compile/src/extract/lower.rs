@@ -72,6 +72,7 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
             },
             output: b.buffer_of[&id],
             inputs,
+            writes_into: None,
         });
     }
     if !failed.is_empty() {

@@ -34,6 +34,9 @@ pub struct Step {
     pub kernel: Kernel,
     pub output: usize,
     pub inputs: Vec<usize>,
+    /// In place: `output` is this buffer's storage, updated by the kernel (which writes only
+    /// part of it). Lowering sets it only where this step is the buffer's last reader.
+    pub writes_into: Option<usize>,
 }
 
 /// The graph as a sequence of kernel launches over buffers.
@@ -64,6 +67,7 @@ impl Program {
         params: impl Iterator<Item = (&'a str, DType, &'a [usize])>,
         inputs: &'a std::collections::HashMap<String, kiln_ir::Tensor>,
         carried: impl Iterator<Item = (&'a str, DType, &'a [usize])>,
+        symbols: &kiln_ir::Bindings,
     ) -> Result<kiln_ir::Bindings, kiln_ir::IrError> {
         let mut all: std::collections::HashMap<&str, (DType, &[usize])> =
             params.map(|(n, d, s)| (n, (d, s))).collect();
@@ -82,7 +86,7 @@ impl Program {
             }
             all.insert(name, (dtype, shape));
         }
-        self.graph.bind_shapes(&all, &kiln_ir::Bindings::new())
+        self.graph.bind_shapes(&all, symbols)
     }
 
     /// Each output's buffer and concrete shape under bindings `b`.
