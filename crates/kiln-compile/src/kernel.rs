@@ -213,6 +213,11 @@ impl Kernel {
         s.into_iter().collect()
     }
 
+    /// How many elements one launch writes (the executor counts bytes written per run).
+    pub fn written_elements(&self) -> Expr {
+        kiln_ir::numel(&self.out_shape)
+    }
+
     /// Expected work per output element (for scheduling and cost estimates).
     pub fn op_count(&self) -> usize {
         match &self.kind {

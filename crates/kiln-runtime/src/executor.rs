@@ -228,7 +228,8 @@ impl<D: Device> Executable for Executor<D> {
                 prof[u].1 += 1;
             }
             stats.launches += 1;
-            stats.bytes_written += program.buffers[step.output].bytes().eval(&b)?.max(0) as u64;
+            let written = step.kernel.written_elements().eval(&b)?.max(0) as u64;
+            stats.bytes_written += written * step.kernel.out_dtype.size_bytes() as u64;
         }
         device.sync()?;
 
