@@ -83,6 +83,15 @@ pub enum Op {
     /// Rows of `table` ([rows, cols]) picked by integer `ids` ([n]) -> [n, cols].
     Gather(NodeId, NodeId),
     Concat(Vec<NodeId>, usize),
+    /// `dst` with `src` written at positions `start..start + len` of `axis` (len: `src`'s size
+    /// there); everything else as in `dst`. Compiled in place where `dst` has no other reader:
+    /// how a KV cache takes a step's keys without copying the cache.
+    WriteSlice {
+        dst: NodeId,
+        src: NodeId,
+        axis: usize,
+        start: Expr,
+    },
     View(ViewOp, NodeId),
 }
 
@@ -94,6 +103,7 @@ impl Op {
             Op::Binary(_, a, b) | Op::MatMul(a, b) | Op::Gather(a, b) => vec![*a, *b],
             Op::Where(c, a, b) => vec![*c, *a, *b],
             Op::Concat(xs, _) => xs.clone(),
+            Op::WriteSlice { dst, src, .. } => vec![*dst, *src],
         }
     }
 
@@ -109,6 +119,17 @@ impl Op {
             Op::Gather(a, b) => Op::Gather(f(*a), f(*b)),
             Op::Where(c, a, b) => Op::Where(f(*c), f(*a), f(*b)),
             Op::Concat(xs, ax) => Op::Concat(xs.iter().map(|x| f(*x)).collect(), *ax),
+            Op::WriteSlice {
+                dst,
+                src,
+                axis,
+                start,
+            } => Op::WriteSlice {
+                dst: f(*dst),
+                src: f(*src),
+                axis: *axis,
+                start: start.clone(),
+            },
         }
     }
 
@@ -430,6 +451,60 @@ impl Graph {
             return Ok(first);
         }
         Ok(self.push(Op::Concat(xs.to_vec(), axis), self.dtype(first), shape))
+    }
+
+    /// `dst` with `src` written at `start..start + len` of `axis`, `len` being `src`'s size
+    /// along `axis`; the other dimensions must be equal. A symbolic range is required to fit
+    /// `dst` at run time (checked when the run's symbols are bound).
+    pub fn write_slice(
+        &mut self,
+        dst: NodeId,
+        src: NodeId,
+        axis: usize,
+        start: impl Into<Expr>,
+    ) -> Result<NodeId> {
+        let start = start.into();
+        let (sd, ss) = (self.shape(dst).to_vec(), self.shape(src).to_vec());
+        let fits = sd.len() == ss.len()
+            && axis < sd.len()
+            && (0..sd.len()).all(|i| i == axis || dims_equal(&sd[i], &ss[i]));
+        if !fits || self.dtype(dst) != self.dtype(src) {
+            return Err(shape_err(
+                "write_slice",
+                format!(
+                    "cannot write {} {} into {} {} along axis {axis}",
+                    self.dtype(src),
+                    shape_str(&ss),
+                    self.dtype(dst),
+                    shape_str(&sd)
+                ),
+            ));
+        }
+        let end = start.clone().add(ss[axis].clone());
+        let outside = start.as_const().is_some_and(|s| s < 0)
+            || matches!((end.as_const(), sd[axis].as_const()), (Some(e), Some(n)) if e > n);
+        if outside {
+            return Err(shape_err(
+                "write_slice",
+                format!(
+                    "range {start}..{end} is outside axis {axis} of {}",
+                    shape_str(&sd)
+                ),
+            ));
+        }
+        if end.as_const().is_none() || sd[axis].as_const().is_none() {
+            self.require_le(end, sd[axis].clone(), "write_slice");
+        }
+        Ok(self.push(
+            Op::WriteSlice {
+                dst,
+                src,
+                axis,
+                start,
+            },
+            self.dtype(dst),
+            sd,
+        ))
     }
 
     // ---- views ----------------------------------------------------------------------------
