@@ -21,6 +21,9 @@ pub struct CompileArgs {
     /// One compiler invocation per kernel (measures what batching saves).
     #[arg(long)]
     pub no_batch: bool,
+    /// Keep reductions and matmuls in kernels of their own (measures what fusion saves).
+    #[arg(long)]
+    pub no_fusion: bool,
     /// Limit the memory of compiler invocations in flight, in MB.
     #[arg(long, value_name = "MB")]
     pub memory_budget_mb: Option<u64>,
@@ -44,6 +47,7 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
         cache: open_cache(a.flags.no_cache),
         dedupe: !a.no_dedupe,
         batching: !a.no_batch,
+        fusion: !a.no_fusion,
         memory_budget: a.memory_budget_mb.map(|m| m << 20),
         observer: Some(progress),
     };

@@ -43,6 +43,10 @@ pub enum ScalarExpr {
         otherwise: Box<ScalarExpr>,
         dtype: DType,
     },
+    /// A value the kernel computed before this expression: in a matmul [`Epilogue`], product
+    /// `slot` of the output element; in a [`KernelKind::ReduceMap`], the row's reduction
+    /// (slot 0). Backends print it as a variable their kernel structure declares.
+    Acc { slot: usize, dtype: DType },
 }
 
 impl ScalarExpr {
@@ -54,14 +58,18 @@ impl ScalarExpr {
             | ScalarExpr::Unary { dtype, .. }
             | ScalarExpr::Binary { dtype, .. }
             | ScalarExpr::Where { dtype, .. }
-            | ScalarExpr::Select { dtype, .. } => *dtype,
+            | ScalarExpr::Select { dtype, .. }
+            | ScalarExpr::Acc { dtype, .. } => *dtype,
         }
     }
 
     /// Number of operations, a rough measure of work per element.
     pub fn op_count(&self) -> usize {
         match self {
-            ScalarExpr::Load { .. } | ScalarExpr::Const { .. } | ScalarExpr::Index { .. } => 1,
+            ScalarExpr::Load { .. }
+            | ScalarExpr::Const { .. }
+            | ScalarExpr::Index { .. }
+            | ScalarExpr::Acc { .. } => 1,
             ScalarExpr::Unary { x, .. } => 1 + x.op_count(),
             ScalarExpr::Binary { a, b, .. } => 1 + a.op_count() + b.op_count(),
             ScalarExpr::Where { cond, a, b, .. } => {
@@ -73,10 +81,26 @@ impl ScalarExpr {
         }
     }
 
+    /// The largest `Acc` slot it reads, plus one (0 when it reads none).
+    pub fn acc_slots(&self) -> usize {
+        match self {
+            ScalarExpr::Acc { slot, .. } => slot + 1,
+            ScalarExpr::Load { .. } | ScalarExpr::Const { .. } | ScalarExpr::Index { .. } => 0,
+            ScalarExpr::Unary { x, .. } => x.acc_slots(),
+            ScalarExpr::Binary { a, b, .. } => a.acc_slots().max(b.acc_slots()),
+            ScalarExpr::Where { cond, a, b, .. } => {
+                cond.acc_slots().max(a.acc_slots()).max(b.acc_slots())
+            }
+            ScalarExpr::Select {
+                then, otherwise, ..
+            } => then.acc_slots().max(otherwise.acc_slots()),
+        }
+    }
+
     fn symbols(&self, out: &mut BTreeSet<String>) {
         match self {
             ScalarExpr::Load { offset, .. } => offset.symbols(out),
-            ScalarExpr::Const { .. } => {}
+            ScalarExpr::Const { .. } | ScalarExpr::Acc { .. } => {}
             ScalarExpr::Index { expr, .. } => expr.symbols(out),
             ScalarExpr::Unary { x, .. } => x.symbols(out),
             ScalarExpr::Binary { a, b, .. } => {
@@ -118,6 +142,10 @@ pub struct Let {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Operand {
     pub input: usize,
+    /// The operand reads a graph input directly (a weight, usually), not a kernel's output: a
+    /// device may hold such a buffer in a layout of its own, prepared once when the weight is
+    /// bound (the CPU packs `x @ W^T` weights into column panels, see kiln-cpu's `pack`).
+    pub from_input: bool,
     pub dtype: DType,
     pub offset: Expr,
     pub batch_strides: Vec<Expr>,
@@ -147,7 +175,9 @@ pub enum KernelKind {
         start: Expr,
         body: ScalarExpr,
     },
-    /// `out[b.., m, n] = sum_k a[b.., m, k] * b[b.., k, n]`.
+    /// `out[b.., m, n] = sum_k a[b.., m, k] * b[b.., k, n]` for n in `0..n`, or with an
+    /// epilogue `out[b.., m, n] = epilogue.body`, the products being taken at columns
+    /// `n + epilogue.cols[slot]` of `b` (which may be wider than the output).
     MatMul {
         batch: Vec<Expr>,
         m: Expr,
@@ -155,7 +185,46 @@ pub enum KernelKind {
         k: Expr,
         a: Operand,
         b: Operand,
+        epilogue: Option<Epilogue>,
     },
+    /// A reduction and an elementwise map over the reduced row in one kernel (RMSNorm, a
+    /// softmax step, RoPE of a normalised row): for each output row (every axis but the last,
+    /// `v0..v(r-2)`), `acc` = reduce over `Var(r)` in `0..len` of `body` (which reads through
+    /// the row's variables), then `out[row, v(r-1)] = map` for every `v(r-1)` of the last axis,
+    /// with `Acc(0)` in `map` standing for `acc`. One work unit per row.
+    ReduceMap {
+        op: ReduceOp,
+        len: Expr,
+        body: ScalarExpr,
+        map: ScalarExpr,
+    },
+    /// `out[b.., i, :] = sum_j softmax_j(score) * v[b.., j, :]` over keys `j` in `0..n`, where
+    /// `Acc(0)` in `score` is the product `q[b.., i, :] . kt[b.., :, j]` (depth `k`) and loads
+    /// in `score` use `v0..` batch, `v(r-2)` = i, `v(r-1)` = j. Softmax is the graph's
+    /// composite (`exp2((x - max) * log2 e) / sum`), computed online over key blocks: no
+    /// score is stored. Output `[b.., m, dv]`; one work unit per block of rows of a batch,
+    /// so query heads that share a KV head (rows of one batch) share every K and V load.
+    Attention {
+        batch: Vec<Expr>,
+        m: Expr,
+        n: Expr,
+        k: Expr,
+        dv: Expr,
+        q: Operand,
+        kt: Operand,
+        v: Operand,
+        score: ScalarExpr,
+    },
+}
+
+/// What a matmul computes from its products before it stores an element (a residual add,
+/// SiLU(gate) * up). `Acc(slot)` in `body` is the product at the output's row and at column
+/// `n + cols[slot]` of the product; loads in `body` use the output's loop variables
+/// (`v0..` batch, then m, then n). A backend computes one product per slot and element.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Epilogue {
+    pub cols: Vec<Expr>,
+    pub body: ScalarExpr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -176,7 +245,10 @@ impl Kernel {
             KernelKind::Elementwise { .. } => "elementwise".into(),
             KernelKind::Reduce { op, .. } => format!("reduce_{op:?}").to_lowercase(),
             KernelKind::Write { .. } => "write".into(),
-            KernelKind::MatMul { .. } => "matmul".into(),
+            KernelKind::MatMul { epilogue: None, .. } => "matmul".into(),
+            KernelKind::MatMul { .. } => "matmul_epilogue".into(),
+            KernelKind::ReduceMap { op, .. } => format!("reduce_{op:?}_map").to_lowercase(),
+            KernelKind::Attention { .. } => "attention".into(),
         }
     }
 
@@ -213,9 +285,16 @@ impl Kernel {
                 k,
                 a,
                 b,
+                epilogue,
             } => {
                 for e in batch.iter().chain([m, n, k]) {
                     e.symbols(&mut s);
+                }
+                if let Some(ep) = epilogue {
+                    for c in &ep.cols {
+                        c.symbols(&mut s);
+                    }
+                    ep.body.symbols(&mut s);
                 }
                 for o in [a, b] {
                     for e in o
@@ -226,6 +305,36 @@ impl Kernel {
                         e.symbols(&mut s);
                     }
                 }
+            }
+            KernelKind::ReduceMap { len, body, map, .. } => {
+                len.symbols(&mut s);
+                body.symbols(&mut s);
+                map.symbols(&mut s);
+            }
+            KernelKind::Attention {
+                batch,
+                m,
+                n,
+                k,
+                dv,
+                q,
+                kt,
+                v,
+                score,
+            } => {
+                for e in batch.iter().chain([m, n, k, dv]) {
+                    e.symbols(&mut s);
+                }
+                for o in [q, kt, v] {
+                    for e in o
+                        .batch_strides
+                        .iter()
+                        .chain([&o.offset, &o.row_stride, &o.col_stride])
+                    {
+                        e.symbols(&mut s);
+                    }
+                }
+                score.symbols(&mut s);
             }
         }
         s.into_iter().collect()
@@ -248,7 +357,11 @@ impl Kernel {
             }
             KernelKind::Reduce { body, .. } => body.op_count() + 1,
             KernelKind::Write { body, .. } => body.op_count(),
-            KernelKind::MatMul { .. } => 2,
+            KernelKind::MatMul { epilogue, .. } => {
+                2 + epilogue.as_ref().map_or(0, |e| e.body.op_count())
+            }
+            KernelKind::ReduceMap { body, map, .. } => body.op_count() + map.op_count() + 1,
+            KernelKind::Attention { score, .. } => score.op_count() + 8,
         }
     }
 }

@@ -37,7 +37,7 @@ pub use backend::{Backend, BackendError, KernelSource, NAME_PLACEHOLDER};
 pub use cache::{cache_key, KernelCache, Lookup};
 pub use error::{CompileError, KernelFailure};
 pub use extract::{Buffer, OutputLayout, Program, Step};
-pub use kernel::{Kernel, KernelKind, Let, Operand, ScalarExpr};
+pub use kernel::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
 pub use memplan::MemoryPlan;
 pub use observer::{notify, Event, Observer, Stage, TraceRecorder};
 pub use report::{peak_rss_mb, CompileReport, KernelReport, StageTime};
@@ -56,6 +56,9 @@ pub struct CompileOptions<'a> {
     pub dedupe: bool,
     /// Pack small kernels into one compiler invocation.
     pub batching: bool,
+    /// Fuse reductions, row maps and matmul epilogues into the kernels that read them
+    /// ([`extract::fusion`] passes 4-7); off only to compare against the unfused kernels.
+    pub fusion: bool,
     /// Upper bound on the memory of compiler invocations in flight (bytes).
     pub memory_budget: Option<u64>,
     pub observer: Option<&'a dyn Observer>,
@@ -68,6 +71,7 @@ impl Default for CompileOptions<'_> {
             cache: None,
             dedupe: true,
             batching: true,
+            fusion: true,
             memory_budget: None,
             observer: None,
         }
@@ -163,7 +167,9 @@ pub fn compile<B: Backend>(
     let pool = pool::Workers::new(opts.threads)?;
 
     let graph = st.run(Stage::Analysis, || analysis::analyze(graph))?;
-    let program = st.run(Stage::KernelExtraction, || extract::extract(&graph));
+    let program = st.run(Stage::KernelExtraction, || {
+        extract::extract_with(&graph, opts.fusion)
+    });
     let deduped = st.run(Stage::Dedupe, || dedupe::dedupe(&program, opts.dedupe));
     let sources = st.run(Stage::Codegen, || {
         codegen::codegen(&deduped.kernels, backend, &pool)

@@ -93,7 +93,6 @@ impl MemoryPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::extract;
     use crate::extract::{Buffer, Step};
     use crate::kernel::{Kernel, KernelKind, ScalarExpr};
     use kiln_ir::{DType, Expr, Graph};
@@ -111,7 +110,8 @@ mod tests {
             h = g.mul(h, s).unwrap(); // broadcast back: a second kernel per round
         }
         g.output("y", h);
-        let p = extract(&g);
+        // Unfused: each reduction in a kernel of its own (fused, each round is one kernel).
+        let p = crate::extract::extract_with(&g, false);
         let plan = MemoryPlan::new(&p);
         assert!(p.steps.len() >= 8);
         // Intermediates alternate between a few slots instead of one each.

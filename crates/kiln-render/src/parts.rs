@@ -4,9 +4,9 @@
 //! work units on a CPU, threads and tiles on a GPU).
 
 use crate::dialect::{Dialect, IndexOp};
-use crate::printer::{input_name, Printer};
+use crate::printer::{acc_name, input_name, Printer};
 use kiln_compile::kernel::reduce_identity;
-use kiln_compile::{Kernel, KernelKind, Operand};
+use kiln_compile::{Kernel, KernelKind, Operand, ScalarExpr};
 use kiln_ir::{contiguous_strides, DType, Expr, ReduceOp};
 
 /// The name of every kernel's output buffer.
@@ -122,6 +122,60 @@ impl Reduction {
     }
 }
 
+/// A reduce-then-map kernel (`KernelKind::ReduceMap`): the reduction of a row, then the map
+/// over the row's last axis, which reads the reduction as [`acc_name`]`(0)`.
+pub struct RowReduction {
+    pub op: ReduceOp,
+    pub dtype: DType,
+    /// The reduction's loop variable (`Var(rank)`) and length.
+    pub var: String,
+    pub len: String,
+    pub acc_type: &'static str,
+    pub acc: String,
+    pub init: String,
+    /// One element of the reduction.
+    pub element: String,
+    /// The output's last axis: its loop variable and length.
+    pub map_var: String,
+    pub map_len: String,
+    /// The output element (the map's value, in the output dtype's compute type).
+    pub value: String,
+}
+
+impl RowReduction {
+    pub fn of(p: &Printer, k: &Kernel) -> RowReduction {
+        let KernelKind::ReduceMap { op, len, body, map } = &k.kind else {
+            panic!("RowReduction::of a {} kernel", k.label());
+        };
+        let rank = k.out_shape.len();
+        let dtype = body.dtype();
+        RowReduction {
+            op: *op,
+            dtype,
+            var: p.d.var_name(rank as u32),
+            len: p.index(len),
+            acc_type: p.d.compute_type(dtype),
+            acc: acc_name(0),
+            init: p.d.literal(reduce_identity(*op, dtype).to_bits(), dtype),
+            element: p.scalar(body),
+            map_var: p.d.var_name(rank as u32 - 1),
+            map_len: p.index(&k.out_shape[rank - 1]),
+            value: p.scalar(map),
+        }
+    }
+
+    /// `acc op x`.
+    pub fn combine(&self, d: &dyn Dialect, acc: &str, x: &str) -> String {
+        d.reduce_combine(self.op, self.dtype, acc, x)
+    }
+
+    /// The statement rounding the accumulator to the reduction's dtype, as the interpreter
+    /// stores a reduced value before reading it back.
+    pub fn round_acc(&self, d: &dyn Dialect) -> String {
+        format!("{} = {};", self.acc, d.round(self.dtype, &self.acc))
+    }
+}
+
 /// One matmul operand: where its current batch starts and its row/column strides.
 pub struct MatOperand {
     pub buf: String,
@@ -174,6 +228,11 @@ pub struct MatMul {
     pub k: String,
     pub a: MatOperand,
     pub b: MatOperand,
+    /// Column offsets of the products each element needs (`[0]` without an epilogue).
+    pub cols: Vec<String>,
+    /// The element's value from its products ([`acc_name`]`(slot)`), in the compute type;
+    /// `None`: the product itself.
+    pub epilogue: Option<String>,
 }
 
 impl MatMul {
@@ -185,6 +244,7 @@ impl MatMul {
             k,
             a,
             b,
+            epilogue,
         } = &kernel.kind
         else {
             panic!("MatMul::of a {} kernel", kernel.label());
@@ -198,13 +258,122 @@ impl MatMul {
             k: p.index(k),
             a: MatOperand::of(p, a, batch),
             b: MatOperand::of(p, b, batch),
+            cols: match epilogue {
+                Some(e) => e.cols.iter().map(|c| p.index(c)).collect(),
+                None => vec![p.d.index_literal(0)],
+            },
+            epilogue: epilogue.as_ref().map(|e| p.scalar(&e.body)),
         }
+    }
+
+    /// The output element's value from the products [`acc_name`]`(0..)`.
+    pub fn value(&self) -> String {
+        self.epilogue.clone().unwrap_or_else(|| acc_name(0))
+    }
+
+    /// The output's loop variables of the row and column (`v(r-2)`, `v(r-1)`), which an
+    /// epilogue's loads index with.
+    pub fn row_col_vars(&self, d: &dyn Dialect) -> (String, String) {
+        let r = self.batch.len() as u32 + 2;
+        (d.var_name(r - 2), d.var_name(r - 1))
     }
 
     /// The statement storing accumulator `acc` as element `index` of `buf` (the output, or a
     /// pointer into it).
     pub fn store(&self, d: &dyn Dialect, buf: &str, acc: &str, index: &str) -> String {
         d.store(self.out, buf, index, &d.round(self.out, acc))
+    }
+}
+
+/// An attention kernel (`KernelKind::Attention`): sizes, operands and the score.
+pub struct AttentionParts {
+    pub batch: Vec<Expr>,
+    pub m: String,
+    pub n: String,
+    pub k: String,
+    pub dv: String,
+    pub q: MatOperand,
+    pub kt: MatOperand,
+    pub v: MatOperand,
+    /// The score of (row `v(r-2)`, key `v(r-1)`) from the product [`acc_name`]`(0)`.
+    pub score: String,
+    /// When the score is `f(product) + bias` with a bias that does not read the product (a
+    /// causal mask): the bias, and the score with the bias read as [`acc_name`]`(1)`. A key
+    /// whose bias is -inf has weight 0 whatever its product: its product need not be computed
+    /// (for finite products the result is the same).
+    pub biased: Option<(String, String)>,
+    /// The row and key variables.
+    pub row_var: String,
+    pub key_var: String,
+}
+
+impl AttentionParts {
+    pub fn of(p: &Printer, kernel: &Kernel) -> AttentionParts {
+        let KernelKind::Attention {
+            batch,
+            m,
+            n,
+            k,
+            dv,
+            q,
+            kt,
+            v,
+            score,
+        } = &kernel.kind
+        else {
+            panic!("AttentionParts::of a {} kernel", kernel.label());
+        };
+        let r = batch.len() as u32 + 2;
+        let biased = match score {
+            ScalarExpr::Binary {
+                op: kiln_ir::BinaryOp::Add,
+                a,
+                b,
+                dtype,
+            } if (a.acc_slots() > 0) != (b.acc_slots() > 0) => {
+                let bias_slot = ScalarExpr::Acc {
+                    slot: 1,
+                    dtype: *dtype,
+                };
+                let (bias, rest) = if a.acc_slots() > 0 {
+                    (
+                        b,
+                        ScalarExpr::Binary {
+                            op: kiln_ir::BinaryOp::Add,
+                            a: a.clone(),
+                            b: Box::new(bias_slot),
+                            dtype: *dtype,
+                        },
+                    )
+                } else {
+                    (
+                        a,
+                        ScalarExpr::Binary {
+                            op: kiln_ir::BinaryOp::Add,
+                            a: Box::new(bias_slot),
+                            b: b.clone(),
+                            dtype: *dtype,
+                        },
+                    )
+                };
+                Some((p.scalar(bias), p.scalar(&rest)))
+            }
+            _ => None,
+        };
+        AttentionParts {
+            batch: batch.clone(),
+            m: p.index(m),
+            n: p.index(n),
+            k: p.index(k),
+            dv: p.index(dv),
+            q: MatOperand::of(p, q, batch),
+            kt: MatOperand::of(p, kt, batch),
+            v: MatOperand::of(p, v, batch),
+            score: p.scalar(score),
+            biased,
+            row_var: p.d.var_name(r - 2),
+            key_var: p.d.var_name(r - 1),
+        }
     }
 }
 

@@ -75,6 +75,7 @@ impl<'d> Printer<'d> {
                 );
                 d.select(&cond, &self.scalar(then), &self.scalar(otherwise))
             }
+            ScalarExpr::Acc { slot, .. } => acc_name(*slot),
         }
     }
 
@@ -116,6 +117,12 @@ impl<'d> Printer<'d> {
             })
             .collect()
     }
+}
+
+/// The variable holding value `slot` a kernel computed before its body (a matmul product, a
+/// row's reduction): what [`ScalarExpr::Acc`] prints as.
+pub fn acc_name(slot: usize) -> String {
+    format!("kiln_acc{slot}")
 }
 
 /// The name of a kernel's input buffer `i`.

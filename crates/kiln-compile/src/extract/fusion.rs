@@ -8,9 +8,21 @@
 //!    constants and iotas, which are free to recompute;
 //! 3. [`realize_matmul_operands`]: a matmul operand must reach a buffer through views only.
 //!
+//! Then passes that take buffers away again, so that fewer, bigger kernels run:
+//!
+//! 4. [`fuse_attention`]: `softmax(f(Q K^T)) V` (`extract/attention.rs`) is one kernel; the
+//!    scores, the softmax and everything between them lose their buffers;
+//! 5. [`fuse_reductions_into_maps`]: a reduction read by one elementwise kernel only is
+//!    computed inside it (a `ReduceMap` kernel: RMSNorm, a softmax step);
+//! 6. [`fuse_row_maps_into_readers`]: such a row kernel read by one elementwise kernel only is
+//!    inlined into it too (RoPE applied to a normalised row);
+//! 7. [`fuse_matmul_epilogues`]: a matmul read by one elementwise kernel only computes that
+//!    kernel's elements from its products (a residual add, SiLU(gate) * up).
+//!
 //! Views never own a buffer: they become index arithmetic in the loads that read through
-//! them. Lowering may still find a matmul operand whose index is not a strided (affine) view
-//! and hands it back to [`realize`].
+//! them. Lowering may still find a matmul operand whose index is not a strided (affine) view,
+//! or a fused reduction or matmul read at an index its kernel cannot compute, and hands the
+//! node back to [`realize`].
 
 use kiln_ir::{Graph, NodeId, Op};
 
@@ -19,6 +31,29 @@ pub type Realized = Vec<bool>;
 
 /// Runs the passes in order.
 pub fn plan(graph: &Graph) -> Realized {
+    let mut r = vec![false; graph.nodes.len()];
+    realize_roots(graph, &mut r);
+    realize_shared(graph, &mut r);
+    realize_matmul_operands(graph, &mut r);
+    fuse_attention(graph, &mut r);
+    let row_maps = fuse_reductions_into_maps(graph, &mut r);
+    let row_maps = fuse_row_maps_into_readers(graph, &mut r, row_maps);
+    fuse_matmul_epilogues(graph, &mut r, &row_maps);
+    r
+}
+
+/// Pass 4: each recognised attention is computed by its value product's kernel: the nodes in
+/// between lose their buffers (lowering recognises the pattern again at the root).
+pub fn fuse_attention(graph: &Graph, r: &mut Realized) {
+    for a in super::attention::find(graph, r) {
+        for x in a.inner {
+            r[x.index()] = false;
+        }
+    }
+}
+
+/// Passes 1-3 only: every reduction and matmul owns its buffer.
+pub fn plan_unfused(graph: &Graph) -> Realized {
     let mut r = vec![false; graph.nodes.len()];
     realize_roots(graph, &mut r);
     realize_shared(graph, &mut r);
@@ -107,6 +142,126 @@ pub fn realize_matmul_operands(graph: &Graph, r: &mut Realized) {
     }
 }
 
+/// For each node, the realized nodes whose kernels load it: walking each kernel's inlined
+/// nodes down to the realized ones it reads. Only realized nodes have readers.
+pub fn kernel_readers(graph: &Graph, r: &Realized) -> Vec<Vec<NodeId>> {
+    let mut readers: Vec<Vec<NodeId>> = vec![Vec::new(); graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !r[i] || matches!(node.op, Op::Input { .. }) {
+            continue;
+        }
+        let root = NodeId(i as u32);
+        let mut stack = node.op.inputs();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            if r[x.index()] {
+                readers[x.index()].push(root);
+            } else {
+                stack.extend(graph.node(x).op.inputs());
+            }
+        }
+    }
+    readers
+}
+
+/// Whether a realized node's kernel is lowered as an elementwise body (the kernels that can
+/// absorb a reduction or a matmul).
+fn is_elementwise_kernel(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(..) | Op::Binary(..) | Op::Where(..) | Op::Concat(..) | Op::View(..)
+    )
+}
+
+fn is_output(graph: &Graph, x: usize) -> bool {
+    graph.outputs.iter().any(|(_, o)| o.index() == x)
+}
+
+/// The single kernel that reads realized node `x`, if it is an elementwise kernel and `x` is no
+/// graph output.
+fn sole_elementwise_reader(
+    graph: &Graph,
+    r: &Realized,
+    readers: &[Vec<NodeId>],
+    x: usize,
+) -> Option<NodeId> {
+    match readers[x].as_slice() {
+        [e] if r[e.index()]
+            && is_elementwise_kernel(&graph.node(*e).op)
+            && !is_output(graph, x) =>
+        {
+            Some(*e)
+        }
+        _ => None,
+    }
+}
+
+/// Pass 5: a reduction whose only reader is one elementwise kernel is computed by that kernel
+/// (a `ReduceMap`: reduce the row, then map over it), at most one reduction per kernel.
+/// Returns, per node, whether its kernel now computes a reduction.
+pub fn fuse_reductions_into_maps(graph: &Graph, r: &mut Realized) -> Vec<bool> {
+    let readers = kernel_readers(graph, r);
+    let mut row_map = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !r[i] || !matches!(node.op, Op::Reduce(..)) {
+            continue;
+        }
+        if let Some(e) = sole_elementwise_reader(graph, r, &readers, i) {
+            if !row_map[e.index()] {
+                r[i] = false;
+                row_map[e.index()] = true;
+            }
+        }
+    }
+    row_map
+}
+
+/// Pass 6: a row kernel (pass 5) whose only reader is another elementwise kernel, which does
+/// not compute a reduction of its own, is recomputed inside it: the reader then reduces the
+/// row and applies both maps (RoPE on a normalised row reads each value twice; recomputing
+/// `x * r * w` costs less than a launch and a round trip through memory).
+pub fn fuse_row_maps_into_readers(
+    graph: &Graph,
+    r: &mut Realized,
+    mut row_map: Vec<bool>,
+) -> Vec<bool> {
+    let readers = kernel_readers(graph, r);
+    for i in 0..graph.nodes.len() {
+        if !r[i] || !row_map[i] {
+            continue;
+        }
+        if let Some(e) = sole_elementwise_reader(graph, r, &readers, i) {
+            if !row_map[e.index()] && graph.shape(e).len() == graph.shape(NodeId(i as u32)).len() {
+                r[i] = false;
+                row_map[i] = false;
+                row_map[e.index()] = true;
+            }
+        }
+    }
+    row_map
+}
+
+/// Pass 7: a matmul whose only reader is one elementwise kernel that computes no reduction is
+/// computed by that kernel, as the products its epilogue reads.
+pub fn fuse_matmul_epilogues(graph: &Graph, r: &mut Realized, row_map: &[bool]) {
+    let readers = kernel_readers(graph, r);
+    let mut taken = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !r[i] || !matches!(node.op, Op::MatMul(..)) {
+            continue;
+        }
+        if let Some(e) = sole_elementwise_reader(graph, r, &readers, i) {
+            if !row_map[e.index()] && !taken[e.index()] {
+                r[i] = false;
+                taken[e.index()] = true;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +320,155 @@ mod tests {
         let r = plan(&g);
         assert!(r[e.index()]);
         assert!(!r[wt.index()]);
+    }
+
+    fn kinds(g: &Graph, fuse: bool) -> Vec<String> {
+        crate::extract::extract_with(g, fuse)
+            .steps
+            .iter()
+            .map(|s| s.kernel.label())
+            .collect()
+    }
+
+    #[test]
+    fn rms_norm_is_one_row_kernel() {
+        let mut g = Graph::new();
+        let a = x(&mut g);
+        let w = g.input("w", DType::F32, &[Expr::Const(4)]).unwrap();
+        let y = g.rms_norm(a, w, 1e-6).unwrap();
+        g.output("y", y);
+        assert_eq!(kinds(&g, false), ["reduce_sum", "elementwise"]);
+        assert_eq!(kinds(&g, true), ["reduce_sum_map"]);
+        let mut r = plan_unfused(&g);
+        let maps = fuse_reductions_into_maps(&g, &mut r);
+        assert!(maps[y.index()] && r.iter().filter(|&&x| x).count() == 3);
+    }
+
+    #[test]
+    fn a_reduction_read_by_two_kernels_keeps_its_buffer() {
+        let mut g = Graph::new();
+        let a = x(&mut g);
+        let s = g.sum(a, 1).unwrap();
+        let p = g.mul(a, s).unwrap();
+        let q = g.add(a, s).unwrap();
+        g.output("p", p);
+        g.output("q", q);
+        assert_eq!(
+            kinds(&g, true),
+            ["reduce_sum", "elementwise", "elementwise"]
+        );
+    }
+
+    #[test]
+    fn a_reduction_read_at_a_shifted_row_is_not_fused() {
+        // concat([x, y * sum(y)]) along rows: the reduction's row is (row - n), which not every
+        // row of the kernel has.
+        let mut g = Graph::new();
+        let a = x(&mut g);
+        let b = g
+            .input("y", DType::F32, &[Expr::sym("t"), Expr::Const(4)])
+            .unwrap();
+        let s = g.sum(b, 1).unwrap();
+        let m = g.mul(b, s).unwrap();
+        let c = g.concat(&[a, m], 0).unwrap();
+        g.output("c", c);
+        assert_eq!(kinds(&g, true), ["reduce_sum", "elementwise"]);
+    }
+
+    #[test]
+    fn rope_of_a_normalised_row_is_one_kernel() {
+        let mut g = Graph::new();
+        let q = g
+            .input(
+                "q",
+                DType::F32,
+                &[Expr::sym("s"), Expr::Const(2), Expr::Const(8)],
+            )
+            .unwrap();
+        let w = g.input("w", DType::F32, &[Expr::Const(8)]).unwrap();
+        let n = g.rms_norm(q, w, 1e-6).unwrap();
+        let n = g.permute(n, &[1, 0, 2]).unwrap();
+        let (cos, sin) = g
+            .rope_tables(Expr::Const(0), Expr::sym("s"), 8, 1e4)
+            .unwrap();
+        let y = g.rope(n, cos, sin).unwrap();
+        g.output("y", y);
+        // The RoPE tables keep their kernels either way; the reduction and the normalised
+        // row are computed by the RoPE kernel.
+        let (unfused, fused) = (kinds(&g, false), kinds(&g, true));
+        assert_eq!(unfused[..2], ["reduce_sum", "elementwise"], "{unfused:?}");
+        assert_eq!(fused.last().unwrap(), "reduce_sum_map", "{fused:?}");
+        assert_eq!(fused.len() + 2, unfused.len(), "{fused:?}");
+    }
+
+    fn linear(g: &mut Graph, x: NodeId, name: &str, out: i64) -> NodeId {
+        let k = g.shape(x)[1].clone();
+        let w = g.input(name, DType::F32, &[Expr::Const(out), k]).unwrap();
+        let wt = g.transpose(w, 0, 1).unwrap();
+        g.matmul(x, wt).unwrap()
+    }
+
+    #[test]
+    fn a_residual_add_is_the_matmuls_epilogue() {
+        let mut g = Graph::new();
+        let a = x(&mut g);
+        let m = linear(&mut g, a, "w", 4);
+        let y = g.add(a, m).unwrap();
+        let z = g.exp2(y).unwrap(); // y is read twice: it keeps a buffer
+        let z = g.add(z, y).unwrap();
+        g.output("z", z);
+        assert_eq!(kinds(&g, false), ["matmul", "elementwise", "elementwise"]);
+        assert_eq!(kinds(&g, true), ["matmul_epilogue", "elementwise"]);
+    }
+
+    #[test]
+    fn silu_gate_times_up_from_one_matmul_reads_two_column_ranges() {
+        let mut g = Graph::new();
+        let a = x(&mut g);
+        let gu = linear(&mut g, a, "w_gate_up", 12);
+        let s = Expr::sym("s");
+        let gate = g.slice(gu, 1, 0, 6).unwrap();
+        let up = g.slice(gu, 1, 6, 12).unwrap();
+        let act = g.silu(gate).unwrap();
+        let h = g.mul(act, up).unwrap();
+        let down = linear(&mut g, h, "w_down", 4);
+        g.output("y", down);
+        let p = crate::extract::extract(&g);
+        let labels: Vec<String> = p.steps.iter().map(|s| s.kernel.label()).collect();
+        assert_eq!(labels, ["matmul_epilogue", "matmul"]);
+        let crate::KernelKind::MatMul {
+            epilogue: Some(e),
+            n,
+            ..
+        } = &p.steps[0].kernel.kind
+        else {
+            panic!("an epilogue")
+        };
+        assert_eq!(e.cols, [Expr::Const(0), Expr::Const(6)]);
+        assert_eq!(*n, Expr::Const(6));
+        assert_eq!(p.steps[0].kernel.out_shape, [s, Expr::Const(6)]);
+    }
+
+    #[test]
+    fn gate_and_up_as_two_matmuls_fuse_one_of_them() {
+        let mut g = Graph::new();
+        let a = x(&mut g);
+        let gate = linear(&mut g, a, "w_gate", 6);
+        let up = linear(&mut g, a, "w_up", 6);
+        let act = g.silu(gate).unwrap();
+        let h = g.mul(act, up).unwrap();
+        g.output("h", h);
+        assert_eq!(kinds(&g, true), ["matmul", "matmul_epilogue"]);
+    }
+
+    #[test]
+    fn a_matmul_read_beyond_its_columns_is_not_fused() {
+        // concat([x @ W^T, x]) along columns: the epilogue would need products past N.
+        let mut g = Graph::new();
+        let a = x(&mut g);
+        let m = linear(&mut g, a, "w", 4);
+        let c = g.concat(&[m, a], 1).unwrap();
+        g.output("c", c);
+        assert_eq!(kinds(&g, true), ["matmul", "elementwise"]);
     }
 }

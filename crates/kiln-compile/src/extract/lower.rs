@@ -4,7 +4,7 @@
 
 use super::fusion::{read_counts, Realized};
 use super::{Buffer, Program, Step};
-use crate::kernel::{Kernel, KernelKind, Let, Operand, ScalarExpr};
+use crate::kernel::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
 use kiln_ir::{contiguous_strides, Expr, Graph, NodeId, Op, ViewOp};
 use std::collections::HashMap;
 
@@ -23,6 +23,17 @@ struct Lowering<'a, 'g> {
     reads: Vec<NodeId>,
     /// The node whose buffer the kernel updates in place, if any.
     in_place: Option<NodeId>,
+    /// The root's own index (its loop variables), set while an elementwise root is lowered:
+    /// only such a kernel can compute a fused reduction or matmul.
+    fusing: Option<Vec<Expr>>,
+    /// The reduction this kernel computes (an unrealized reduce it reads) and where.
+    reduce: Option<(NodeId, Vec<Expr>)>,
+    /// The matmul whose products this kernel's epilogue reads, and the column offsets.
+    matmul: Option<(NodeId, Vec<Expr>)>,
+    /// A fused node read where this kernel cannot compute it: realize it and lower again.
+    unfusable: Option<NodeId>,
+    /// While an attention's score is lowered: its `Q K^T` product, read as `Acc(0)`.
+    scores_of: Option<NodeId>,
 }
 
 /// Lowers every realized node, or returns the matmul operands that must be realized first.
@@ -60,6 +71,11 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
             root: id,
             reads: Vec::new(),
             in_place: None,
+            fusing: None,
+            reduce: None,
+            matmul: None,
+            unfusable: None,
+            scores_of: None,
         };
         let kind = match l.kernel_kind() {
             Ok(k) => k,
@@ -137,6 +153,10 @@ impl Lowering<'_, '_> {
                     body,
                 })
             }
+            Op::MatMul(..) if self.attention().is_some() => {
+                let a = self.attention().expect("checked");
+                self.attention_kind(&a)
+            }
             Op::MatMul(a, b) => {
                 let r = rank;
                 let batch = node.shape[..r - 2].to_vec();
@@ -151,6 +171,7 @@ impl Lowering<'_, '_> {
                     k,
                     a,
                     b,
+                    epilogue: None,
                 })
             }
             // In place where the written buffer has no other reader: only the new part is
@@ -183,11 +204,216 @@ impl Lowering<'_, '_> {
             }
             _ => {
                 let idx = vars(rank, &node.shape);
-                Ok(KernelKind::Elementwise {
-                    lets: vec![],
-                    body: self.inline(self.root, &idx),
-                })
+                self.fusing = Some(idx.clone());
+                let body = self.inline(self.root, &idx);
+                self.fusing = None;
+                self.fused_kind(body)
             }
+        }
+        .and_then(|k| match self.unfusable {
+            Some(x) => Err(x),
+            None => Ok(k),
+        })
+    }
+
+    /// The attention whose value product is this root, if fusion gave its nodes away.
+    fn attention(&self) -> Option<super::attention::Attention> {
+        let a = super::attention::at(self.b.graph, self.root, self.b.realized)?;
+        a.inner
+            .iter()
+            .all(|x| !self.b.realized[x.index()])
+            .then_some(a)
+    }
+
+    /// The attention kernel: the score at element (b.., i, j) is X at the same flat position
+    /// (row b.., i of the product, key j), with `Q K^T` there as `Acc(0)`.
+    fn attention_kind(&mut self, a: &super::attention::Attention) -> Result<KernelKind, NodeId> {
+        let g = self.b.graph;
+        let shape = g.shape(self.root).to_vec();
+        let r = shape.len();
+        let (Op::MatMul(pa, v), Op::MatMul(q, kt)) = (&g.node(a.pv).op, &g.node(a.qk).op) else {
+            unreachable!("matmuls")
+        };
+        let keys = g.shape(*pa)[r - 1].clone();
+        let own = vars(r, &shape);
+        let row_strides = contiguous_strides(&shape[..r - 1]);
+        let row = own[..r - 1]
+            .iter()
+            .zip(&row_strides)
+            .fold(Expr::Const(0), |acc, (i, s)| {
+                acc.add(i.clone().mul(s.clone()))
+            });
+        let xshape = g.shape(a.x).to_vec();
+        let xr = xshape.len();
+        let xstrides = contiguous_strides(&xshape[..xr - 1]);
+        let mut xidx: Vec<Expr> = (0..xr - 1)
+            .map(|l| {
+                if xshape[l].is_const(1) {
+                    Expr::Const(0)
+                } else if l == 0 {
+                    row.clone().div(xstrides[0].clone())
+                } else {
+                    row.clone().div(xstrides[l].clone()).rem(xshape[l].clone())
+                }
+            })
+            .collect();
+        xidx.push(if keys.is_const(1) {
+            Expr::Const(0)
+        } else {
+            Expr::Var(r as u32 - 1)
+        });
+        self.scores_of = Some(a.qk);
+        let score = self.at(a.x, &xidx);
+        self.scores_of = None;
+        let depth = g.shape(*q)[r - 1].clone();
+        let q = self.operand(*q, r)?;
+        let kt = self.operand(*kt, r)?;
+        let v = self.operand(*v, r)?;
+        Ok(KernelKind::Attention {
+            batch: shape[..r - 2].to_vec(),
+            m: shape[r - 2].clone(),
+            n: keys,
+            k: depth,
+            dv: shape[r - 1].clone(),
+            q,
+            kt,
+            v,
+            score,
+        })
+    }
+
+    /// An elementwise root's kernel: plain, or computing the reduction or the matmul products
+    /// its body read (see `fused_reduce` and `fused_matmul`).
+    fn fused_kind(&mut self, body: ScalarExpr) -> Result<KernelKind, NodeId> {
+        let g = self.b.graph;
+        let shape = g.shape(self.root).to_vec();
+        let rank = shape.len();
+        if let Some((x, idx)) = self.reduce.clone() {
+            let Op::Reduce(op, src, axis) = g.node(x).op else {
+                unreachable!("a reduce")
+            };
+            let len = g.shape(src)[axis].clone();
+            let mut ridx = idx;
+            ridx[axis] = if len.is_const(1) {
+                Expr::Const(0)
+            } else {
+                Expr::Var(rank as u32)
+            };
+            let reduced = self.at(src, &ridx);
+            return Ok(KernelKind::ReduceMap {
+                op,
+                len,
+                body: reduced,
+                map: body,
+            });
+        }
+        if let Some((x, cols)) = self.matmul.clone() {
+            let Op::MatMul(a, b) = g.node(x).op else {
+                unreachable!("a matmul")
+            };
+            let k = g.shape(a)[rank - 1].clone();
+            let a = self.operand(a, rank)?;
+            let b = self.operand(b, rank)?;
+            return Ok(KernelKind::MatMul {
+                batch: shape[..rank - 2].to_vec(),
+                m: shape[rank - 2].clone(),
+                n: shape[rank - 1].clone(),
+                k,
+                a,
+                b,
+                epilogue: Some(Epilogue { cols, body }),
+            });
+        }
+        Ok(KernelKind::Elementwise { lets: vec![], body })
+    }
+
+    /// Records that node `x` cannot be fused here; the value returned stands in for it.
+    fn unfusable(&mut self, x: NodeId) -> ScalarExpr {
+        self.unfusable.get_or_insert(x);
+        ScalarExpr::Const {
+            bits: 0,
+            dtype: self.b.graph.dtype(x),
+        }
+    }
+
+    /// An unrealized reduction read by an elementwise root at `idx` (the reduced axis at 0):
+    /// the kernel reduces each of its rows first. Every read must be at the same index, made
+    /// of the root's row variables over equal dimensions only, so that every row of the
+    /// kernel reduces a row that exists.
+    fn fused_reduce(&mut self, x: NodeId, idx: &[Expr]) -> ScalarExpr {
+        let g = self.b.graph;
+        let Some(own) = self.fusing.clone() else {
+            return self.unfusable(x);
+        };
+        let Op::Reduce(_, _, axis) = g.node(x).op else {
+            unreachable!("a reduce")
+        };
+        let (rshape, eshape) = (g.shape(x), g.shape(self.root));
+        let last = own.len().wrapping_sub(1);
+        let idx: Vec<Expr> = idx.iter().map(Expr::normalize).collect();
+        let in_row = |j: usize, e: &Expr| match e {
+            Expr::Var(i) => {
+                let i = *i as usize;
+                j != axis && i < last && rshape[j].provably_equal(&eshape[i])
+            }
+            _ => e.is_const(0) && (j == axis || rshape[j].is_const(1)),
+        };
+        let fits = !own.is_empty()
+            && idx.len() == rshape.len()
+            && idx[axis].is_const(0)
+            && idx.iter().enumerate().all(|(j, e)| in_row(j, e))
+            && self.matmul.is_none()
+            && self
+                .reduce
+                .as_ref()
+                .is_none_or(|(r, at)| *r == x && *at == idx);
+        if !fits {
+            return self.unfusable(x);
+        }
+        self.reduce = Some((x, idx));
+        ScalarExpr::Acc {
+            slot: 0,
+            dtype: g.dtype(x),
+        }
+    }
+
+    /// An unrealized matmul read by an elementwise root at `idx`: the root's batch and row
+    /// variables, and its column variable plus a constant offset that keeps every product
+    /// column inside the matmul; each offset is one product per element (an `Acc` slot).
+    fn fused_matmul(&mut self, x: NodeId, idx: &[Expr]) -> ScalarExpr {
+        let g = self.b.graph;
+        let Some(own) = self.fusing.clone() else {
+            return self.unfusable(x);
+        };
+        let (mshape, eshape) = (g.shape(x), g.shape(self.root));
+        let r = own.len();
+        if r < 2 || mshape.len() != r || self.reduce.is_some() {
+            return self.unfusable(x);
+        }
+        let rows_match = (0..r - 1).all(|i| {
+            idx[i].normalize() == own[i].normalize() && mshape[i].provably_equal(&eshape[i])
+        });
+        let col = idx[r - 1].clone().sub(own[r - 1].clone()).normalize();
+        let inside = mshape[r - 1]
+            .clone()
+            .sub(eshape[r - 1].clone())
+            .sub(col.clone())
+            .provably_nonneg();
+        let same = self.matmul.as_ref().is_none_or(|(m, _)| *m == x);
+        if !rows_match || col.has_vars() || !col.provably_nonneg() || !inside || !same {
+            return self.unfusable(x);
+        }
+        let cols = &mut self.matmul.get_or_insert_with(|| (x, Vec::new())).1;
+        let slot = match cols.iter().position(|c| c.provably_equal(&col)) {
+            Some(s) => s,
+            None => {
+                cols.push(col);
+                cols.len() - 1
+            }
+        };
+        ScalarExpr::Acc {
+            slot,
+            dtype: g.dtype(x),
         }
     }
 
@@ -201,8 +427,11 @@ impl Lowering<'_, '_> {
                 dtype,
             } => {
                 let (coeffs, offset) = offset.affine(rank).ok_or(x)?;
+                let from_input =
+                    matches!(self.b.graph.node(self.reads[input]).op, Op::Input { .. });
                 Ok(Operand {
                     input,
+                    from_input,
                     dtype,
                     offset,
                     batch_strides: coeffs[..rank - 2].to_vec(),
@@ -399,7 +628,13 @@ impl Lowering<'_, '_> {
                     self.at(*src, &j)
                 }
             },
-            Op::Input { .. } | Op::Reduce(..) | Op::MatMul(..) | Op::Gather(..) => {
+            Op::Reduce(..) => self.fused_reduce(x, idx),
+            Op::MatMul(..) if self.scores_of == Some(x) => ScalarExpr::Acc {
+                slot: 0,
+                dtype: node.dtype,
+            },
+            Op::MatMul(..) => self.fused_matmul(x, idx),
+            Op::Input { .. } | Op::Gather(..) => {
                 unreachable!("realized nodes are loaded, never inlined")
             }
         }

@@ -6,6 +6,7 @@
 //! chains become its loop body, views become index arithmetic in its loads, and its inputs are
 //! numbered in order of first use, so the kernel never mentions a node id.
 
+mod attention;
 pub mod fusion;
 mod lower;
 
@@ -152,7 +153,17 @@ impl Program {
 
 /// Extracts the kernels of an analysed graph.
 pub fn extract(graph: &Graph) -> Program {
-    let mut realized = fusion::plan(graph);
+    extract_with(graph, true)
+}
+
+/// [`extract`], with the fusion passes that put reductions and matmuls inside their readers
+/// (`fuse`) or without them (the unfused kernels fused ones are tested against).
+pub fn extract_with(graph: &Graph, fuse: bool) -> Program {
+    let mut realized = if fuse {
+        fusion::plan(graph)
+    } else {
+        fusion::plan_unfused(graph)
+    };
     loop {
         match lower::build(graph, &realized) {
             Ok(p) => return p,
