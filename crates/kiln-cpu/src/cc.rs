@@ -6,10 +6,20 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The C prelude: CPU-specific definitions, the shared scalar helpers, the matmul blocks.
+/// The C prelude: CPU-specific definitions, the shared scalar helpers, the matmul blocks and
+/// the packed-weight GEMM/GEMV (`c/gemm.h`), with the blocking constants of
+/// [`crate::codegen`] defined first so that C and Rust agree on them.
 pub fn prelude() -> &'static str {
+    use crate::codegen::{MM_KC, MM_MC, MM_NC};
+    use crate::pack::PANEL;
     static P: OnceLock<String> = OnceLock::new();
-    P.get_or_init(|| kiln_render::cstyle::prelude(include_str!("c/prelude.h")))
+    P.get_or_init(|| {
+        let defines = format!(
+            "#define KILN_NR {PANEL}\n#define KILN_MC {MM_MC}\n#define KILN_NC {MM_NC}\n#define KILN_KC {MM_KC}\n"
+        );
+        let base = kiln_render::cstyle::prelude(include_str!("c/prelude.h"));
+        format!("{defines}{}", base.replace("/* KILN_GEMM */", include_str!("c/gemm.h")))
+    })
 }
 
 /// Flags for every kernel. -march=native: kernels run where they are compiled (the cache key

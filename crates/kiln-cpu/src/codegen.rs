@@ -3,22 +3,40 @@
 //! depends only on the kernel's structure.
 //!
 //! Every kernel has the signature
-//! `void NAME(void *const *buf, const int64_t *sym, int64_t lo, int64_t hi)`:
+//! `void NAME(void *const *buf, const int64_t *sym, int64_t lo, int64_t hi, void *scratch)`:
 //! `buf[0]` is the output, `buf[1 + i]` input `i`; `sym` holds the kernel's symbols in sorted
 //! order; `[lo, hi)` is the range of parallel work units this call computes (rows for
-//! elementwise kernels, output elements for reductions, tiles for matmuls).
+//! elementwise and row-reduction kernels, output elements for reductions, output blocks for
+//! matmuls); `scratch` is the calling worker's scratch memory, at least [`scratch_bytes`]
+//! bytes, 64-byte aligned (only matmuls use it).
 
+use crate::pack::packed_weight;
 use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::{numel, DType, Expr};
 use kiln_render::cstyle::CStyle;
-use kiln_render::parts::{element, push_lines, written_element, MatMul, Params, Reduction, OUT};
-use kiln_render::printer::input_name;
+use kiln_render::parts::{
+    element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
+    OUT,
+};
+use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{Dialect, Printer};
 use std::fmt::Write;
 
-/// Matmul tile: rows x columns of the output per work unit.
-pub const MM_TILE_M: i64 = 64;
-pub const MM_TILE_N: i64 = 16;
+/// Matmul work unit: an output block of `MM_MC` rows x `MM_NC` columns (`KILN_MC`, `KILN_NC`).
+/// 132 rows = 22 micro-kernel strips of 6, so a 128-token prompt is one row block and each
+/// weight panel streams from memory once per launch; 64 columns = 4 panels, the granularity
+/// of the thread split (48 units at N = 3072) and, in decode, a 128 KiB bf16 stream.
+pub const MM_MC: i64 = 132;
+pub const MM_NC: i64 = 64;
+/// k block of the prefill GEMM (`KILN_KC`): a `KC x 16` weight strip stays in L1/L2 while the
+/// row strips of a block reuse it. No blocking constant changes a bit of any result.
+pub const MM_KC: i64 = 1024;
+
+/// Attention work unit: `ATT_ROWS` rows of one batch (query heads sharing a KV head are rows
+/// of one batch, so they share every key and value load); keys in blocks of `ATT_KEYS`, whose
+/// scores sit in the worker's scratch.
+pub const ATT_ROWS: i64 = 16;
+pub const ATT_KEYS: i64 = 64;
 
 /// Units of parallel work for a kernel and the work (in element operations) of each unit.
 pub fn work_units(k: &Kernel) -> (Expr, Expr) {
@@ -29,26 +47,76 @@ pub fn work_units(k: &Kernel) -> (Expr, Expr) {
             Some((last, outer)) => (numel(outer), last.clone().mul(ops)),
         },
         KernelKind::Reduce { len, .. } => (numel(&k.out_shape), len.clone().mul(ops)),
+        KernelKind::ReduceMap { len, .. } => {
+            let (last, outer) = k
+                .out_shape
+                .split_last()
+                .expect("a row kernel has rank >= 1");
+            (numel(outer), len.clone().add(last.clone()).mul(ops))
+        }
         KernelKind::Write { shape, .. } => match shape.split_last() {
             None => (Expr::Const(1), Expr::Const(ops)),
             Some((last, outer)) => (numel(outer), last.clone().mul(ops)),
         },
+        KernelKind::Attention {
+            batch, m, n, k, dv, ..
+        } => (
+            numel(batch).mul(blocks(m, ATT_ROWS)),
+            n.clone()
+                .mul(k.clone().add(dv.clone()).add(ops))
+                .mul(ATT_ROWS * 2),
+        ),
         KernelKind::MatMul {
-            batch, m, n, k: kk, ..
+            batch,
+            m,
+            n,
+            k: kk,
+            epilogue,
+            ..
         } => {
-            let tiles_m = m.clone().add(MM_TILE_M - 1).div(MM_TILE_M);
-            let tiles_n = n.clone().add(MM_TILE_N - 1).div(MM_TILE_N);
+            let slots = epilogue.as_ref().map_or(1, |e| e.cols.len()) as i64;
             (
-                numel(batch).mul(tiles_m).mul(tiles_n),
-                kk.clone().mul(MM_TILE_M * MM_TILE_N * 2),
+                numel(batch).mul(blocks(m, MM_MC)).mul(blocks(n, MM_NC)),
+                kk.clone().mul(MM_MC * MM_NC * 2 * slots),
             )
         }
     }
 }
 
+fn blocks(len: &Expr, block: i64) -> Expr {
+    len.clone().add(block - 1).div(block)
+}
+
+/// Bytes of scratch one call of `k` needs: for a matmul, one `MC x NC` f32 tile per product
+/// slot, and with a packed weight the packed rows of A (`MC x K`) and a widened bf16 strip
+/// (`KC x 16`); each part 64-byte aligned.
+pub fn scratch_bytes(k: &Kernel) -> Expr {
+    if let KernelKind::Attention { dv, .. } = &k.kind {
+        // The rows' unnormalised outputs and the scores of one key block.
+        return dv
+            .clone()
+            .mul(ATT_ROWS * 4)
+            .add(ATT_ROWS * ATT_KEYS * 4 + 128);
+    }
+    let KernelKind::MatMul {
+        k: depth, epilogue, ..
+    } = &k.kind
+    else {
+        return Expr::Const(0);
+    };
+    let slots = epilogue.as_ref().map_or(1, |e| e.cols.len()) as i64;
+    let tiles = Expr::Const(slots * MM_MC * MM_NC * 4 + 64);
+    if packed_weight(k).is_none() {
+        return tiles;
+    }
+    let strip = (MM_KC * crate::pack::PANEL as i64) * 4 + 64;
+    tiles.add(depth.clone().mul(MM_MC * 4)).add(strip + 64)
+}
+
 /// The function header and the declarations of symbols, output and inputs.
 fn header(d: &dyn Dialect, params: &Params, out: &mut String) {
-    writeln!(out, "void {NAME_PLACEHOLDER}(void *const *restrict kiln_buf, const int64_t *restrict kiln_sym, int64_t kiln_lo, int64_t kiln_hi) {{").unwrap();
+    writeln!(out, "void {NAME_PLACEHOLDER}(void *const *restrict kiln_buf, const int64_t *restrict kiln_sym, int64_t kiln_lo, int64_t kiln_hi, void *restrict kiln_scratch) {{").unwrap();
+    writeln!(out, "    (void)kiln_scratch;").unwrap();
     for (i, s) in params.symbols.iter().enumerate() {
         writeln!(out, "    const int64_t {} = kiln_sym[{i}];", d.sym_name(s)).unwrap();
     }
@@ -79,6 +147,8 @@ pub fn kernel_source(k: &Kernel) -> String {
     match &k.kind {
         KernelKind::Elementwise { .. } => elementwise(&p, k, &mut s),
         KernelKind::Reduce { .. } => reduce(&p, k, &mut s),
+        KernelKind::ReduceMap { .. } => reduce_map(&p, k, &mut s),
+        KernelKind::Attention { .. } => attention(&p, k, &mut s),
         KernelKind::Write { .. } => write(&p, k, &mut s),
         KernelKind::MatMul { .. } => matmul(&p, k, &mut s),
     }
@@ -170,28 +240,102 @@ fn reduce(p: &Printer, k: &Kernel, s: &mut String) {
     writeln!(s, "        {}\n    }}", r.store(p.d, "acc", "kiln_o")).unwrap();
 }
 
-/// Work unit = one MM_TILE_M x MM_TILE_N output tile of one batch. `x @ W^T` with f32 or
-/// bf16 weights goes to the register-blocked NT kernels of the prelude, `P @ V` (B contiguous
-/// along n) to the NN kernel, anything else to a plain triple loop.
+/// Work unit = one output row; the reduction over `Var(rank)`, then the map over the last axis.
+fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
+    let r = RowReduction::of(p, k);
+    let rank = k.out_shape.len();
+    writeln!(
+        s,
+        "    for (int64_t kiln_row = kiln_lo; kiln_row < kiln_hi; ++kiln_row) {{"
+    )
+    .unwrap();
+    push_lines(
+        s,
+        "        ",
+        p.unflatten(&k.out_shape[..rank - 1], "kiln_row", None),
+    );
+    writeln!(s, "        {} {} = {};", r.acc_type, r.acc, r.init).unwrap();
+    writeln!(
+        s,
+        "        for (int64_t {0} = 0; {0} < {1}; ++{0}) {2} = {3};",
+        r.var,
+        r.len,
+        r.acc,
+        r.combine(p.d, &r.acc, &r.element)
+    )
+    .unwrap();
+    writeln!(s, "        {}", r.round_acc(p.d)).unwrap();
+    writeln!(
+        s,
+        "        for (int64_t {0} = 0; {0} < {1}; ++{0}) {{",
+        r.map_var, r.map_len
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            {}\n        }}\n    }}",
+        p.d.store(
+            k.out_dtype,
+            OUT,
+            &format!("kiln_row * {} + {}", r.map_len, r.map_var),
+            &r.value
+        )
+    )
+    .unwrap();
+}
+
+/// Work unit = one MM_MC x MM_NC output block of one batch. Each product slot (column offset
+/// of the epilogue, or the product itself) is computed into a tile of the worker's scratch,
+/// then every element of the block is stored through the epilogue.
+/// - `x @ W^T` with W a packed weight ([`packed_weight`]): the prelude's packed GEMM/GEMV;
+/// - B contiguous along k (`Q K^T`): the 2x4 register-blocked NT kernel of the prelude;
+/// - B contiguous along n (`P V`): the NN kernel;
+/// - anything else: a plain triple loop, accumulating in float.
 fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     let d = p.d;
     let mm = MatMul::of(p, k);
     let (a, b) = (&mm.a, &mm.b);
-    let f32_out = a.dtype == DType::F32 && mm.out == DType::F32;
+    let f32_in = a.dtype == DType::F32;
+    let packed = packed_weight(k).map(|_| match b.dtype {
+        DType::BF16 => "kiln_packed_tile_bf16",
+        _ => "kiln_packed_tile_f32",
+    });
     let nt = match b.dtype {
         DType::F32 => Some("kiln_mm_nt"),
         DType::BF16 => Some("kiln_mm_nt_bf16"),
         _ => None,
     }
-    .filter(|_| f32_out && a.col_stride_expr.is_const(1) && b.row_stride_expr.is_const(1));
-    let nn = f32_out && b.dtype == DType::F32 && b.col_stride_expr.is_const(1);
+    .filter(|_| f32_in && a.col_stride_expr.is_const(1) && b.row_stride_expr.is_const(1));
+    let nn = f32_in && b.dtype == DType::F32 && b.col_stride_expr.is_const(1);
+    let slots = mm.cols.len();
+    let tile = MM_MC * MM_NC;
     writeln!(
         s,
         "    const int64_t M = {}, N = {}, K = {};",
         mm.m, mm.n, mm.k
     )
     .unwrap();
-    writeln!(s, "    const int64_t TM = (M + {MM_TILE_M} - 1) / {MM_TILE_M}, TN = (N + {MM_TILE_N} - 1) / {MM_TILE_N};").unwrap();
+    writeln!(
+        s,
+        "    const int64_t TM = (M + {MM_MC} - 1) / {MM_MC}, TN = (N + {MM_NC} - 1) / {MM_NC};"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    const int64_t kiln_cols[{slots}] = {{{}}};",
+        mm.cols.join(", ")
+    )
+    .unwrap();
+    writeln!(s, "    float *kiln_tiles = (float *)kiln_scratch;").unwrap();
+    if packed.is_some() {
+        writeln!(
+            s,
+            "    char *kiln_rest = (char *)kiln_scratch + {};",
+            slots as i64 * tile * 4 + 64
+        )
+        .unwrap();
+        writeln!(s, "    kiln_gemm_ctx kiln_ctx = {{ (float *)kiln_rest, (float *)(kiln_rest + ((K * {MM_MC} * 4 + 63) / 64) * 64), 0, 0 }};").unwrap();
+    }
     writeln!(
         s,
         "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
@@ -205,10 +349,14 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     push_lines(s, "        ", p.unflatten(&mm.batch, "kiln_b", None));
     writeln!(
         s,
-        "        const int64_t m0 = (kiln_r / TN) * {MM_TILE_M}, n0 = (kiln_r % TN) * {MM_TILE_N};"
+        "        const int64_t m0 = (kiln_r / TN) * {MM_MC}, n0 = (kiln_r % TN) * {MM_NC};"
     )
     .unwrap();
-    writeln!(s, "        const int64_t tm = kiln_min(M - m0, {MM_TILE_M}), tn = kiln_min(N - n0, {MM_TILE_N});").unwrap();
+    writeln!(
+        s,
+        "        const int64_t tm = kiln_min(M - m0, {MM_MC}), tn = kiln_min(N - n0, {MM_NC});"
+    )
+    .unwrap();
     writeln!(
         s,
         "        const {} *pa = {} + {};\n        const {} *pb = {} + {};",
@@ -220,37 +368,269 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         b.base
     )
     .unwrap();
+    let (sam, sak, sbk, sbn) = (&a.row_stride, &a.col_stride, &b.row_stride, &b.col_stride);
+    writeln!(
+        s,
+        "        for (int kiln_j = 0; kiln_j < {slots}; ++kiln_j) {{"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            float *pc = kiln_tiles + kiln_j * {tile};\n            const int64_t c0 = n0 + kiln_cols[kiln_j];"
+    )
+    .unwrap();
+    if let Some(f) = packed {
+        writeln!(
+            s,
+            "            {f}(&kiln_ctx, pa + m0 * {sam}, {sam}, pb, K, m0, tm, c0, tn, pc, {MM_NC});"
+        )
+        .unwrap();
+    } else if let Some(f) = nt {
+        writeln!(
+            s,
+            "            {f}(pa + m0 * {sam}, {sam}, pb + c0 * {sbn}, {sbn}, pc, {MM_NC}, tm, tn, K);"
+        )
+        .unwrap();
+    } else if nn {
+        writeln!(
+            s,
+            "            kiln_mm_nn(pa + m0 * {sam}, {sam}, {sak}, pb + c0, {sbk}, pc, {MM_NC}, tm, tn, K);"
+        )
+        .unwrap();
+    } else {
+        let la = a.at(d, "pa", "(m0 + i)", "kk");
+        let lb = b.at(d, "pb", "kk", "(c0 + j)");
+        writeln!(s, "            for (int64_t i = 0; i < tm; ++i)\n                for (int64_t j = 0; j < tn; ++j) {{").unwrap();
+        writeln!(s, "                    float acc = 0.0f;\n                    for (int64_t kk = 0; kk < K; ++kk) acc += {la} * {lb};").unwrap();
+        writeln!(
+            s,
+            "                    pc[i * {MM_NC} + j] = acc;\n                }}"
+        )
+        .unwrap();
+    }
+    writeln!(s, "        }}").unwrap();
+    // The epilogue: every element of the block from its products.
+    let (vm, vn) = mm.row_col_vars(d);
     writeln!(
         s,
         "        {} *pc = {OUT} + kiln_b * M * N + m0 * N + n0;",
         d.storage_type(mm.out)
     )
     .unwrap();
-    let (sam, sak, sbk, sbn) = (&a.row_stride, &a.col_stride, &b.row_stride, &b.col_stride);
-    if let Some(f) = nt {
+    writeln!(
+        s,
+        "        for (int64_t i = 0; i < tm; ++i)\n            for (int64_t j = 0; j < tn; ++j) {{"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "                const int64_t {vm} = m0 + i, {vn} = n0 + j; (void){vm}; (void){vn};"
+    )
+    .unwrap();
+    let prod = k_product_dtype(k);
+    for slot in 0..slots {
         writeln!(
             s,
-            "        {f}(pa + m0 * {sam}, {sam}, pb + n0 * {sbn}, {sbn}, pc, N, tm, tn, K);"
-        )
-        .unwrap();
-    } else if nn {
-        writeln!(
-            s,
-            "        kiln_mm_nn(pa + m0 * {sam}, {sam}, {sak}, pb + n0, {sbk}, pc, N, tm, tn, K);"
-        )
-        .unwrap();
-    } else {
-        // Any layout and dtype: a plain triple loop, accumulating in float.
-        let la = a.at(d, "pa", "(m0 + i)", "kk");
-        let lb = b.at(d, "pb", "kk", "(n0 + j)");
-        writeln!(s, "        for (int64_t i = 0; i < tm; ++i)\n            for (int64_t j = 0; j < tn; ++j) {{").unwrap();
-        writeln!(s, "                float acc = 0.0f;\n                for (int64_t kk = 0; kk < K; ++kk) acc += {la} * {lb};").unwrap();
-        writeln!(
-            s,
-            "                {}\n            }}",
-            mm.store(d, "pc", "acc", "i * N + j")
+            "                const float {} = {};",
+            acc_name(slot),
+            d.round(
+                prod,
+                &format!("kiln_tiles[{} + i * {MM_NC} + j]", slot as i64 * tile)
+            )
         )
         .unwrap();
     }
+    writeln!(
+        s,
+        "                {}\n            }}",
+        mm.store(d, "pc", &mm.value(), "i * N + j")
+    )
+    .unwrap();
     writeln!(s, "    }}").unwrap();
+}
+
+/// Work unit = ATT_ROWS rows of one batch. Per key block: each row's scores (the product
+/// only where the bias, if any, is not -inf), the block's max, then the online softmax update
+/// of the row's running max, sum and unnormalised output. Rows and keys run in a fixed order:
+/// the same bits on any number of threads.
+fn attention(p: &Printer, k: &Kernel, s: &mut String) {
+    let d = p.d;
+    let a = AttentionParts::of(p, k);
+    let (q, kt, v) = (&a.q, &a.kt, &a.v);
+    let f32s = [q.dtype, kt.dtype, v.dtype]
+        .iter()
+        .all(|t| *t == DType::F32);
+    let contiguous = f32s
+        && q.col_stride_expr.is_const(1)
+        && kt.row_stride_expr.is_const(1)
+        && v.col_stride_expr.is_const(1);
+    let (i, j) = (&a.row_var, &a.key_var);
+    writeln!(
+        s,
+        "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
+        a.m, a.n, a.k, a.dv
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    const int64_t TM = (M + {ATT_ROWS} - 1) / {ATT_ROWS};"
+    )
+    .unwrap();
+    writeln!(s, "    float *kiln_o = (float *)kiln_scratch;\n    float *kiln_s = kiln_o + (({ATT_ROWS} * DV + 15) / 16) * 16;").unwrap();
+    writeln!(
+        s,
+        "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
+    )
+    .unwrap();
+    writeln!(s, "        const int64_t kiln_b = kiln_t / TM, i0 = (kiln_t % TM) * {ATT_ROWS}, bi = kiln_min(M - i0, {ATT_ROWS});").unwrap();
+    push_lines(s, "        ", p.unflatten(&a.batch, "kiln_b", None));
+    writeln!(
+        s,
+        "        const {} *pq = {} + {};\n        const {} *pk = {} + {};\n        const {} *pv = {} + {};",
+        d.storage_type(q.dtype), q.buf, q.base,
+        d.storage_type(kt.dtype), kt.buf, kt.base,
+        d.storage_type(v.dtype), v.buf, v.base
+    )
+    .unwrap();
+    writeln!(s, "        float mx[{ATT_ROWS}], sum[{ATT_ROWS}];").unwrap();
+    writeln!(s, "        for (int64_t ii = 0; ii < bi; ++ii) {{ mx[ii] = -INFINITY; sum[ii] = 0.0f; for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] = 0.0f; }}").unwrap();
+    writeln!(
+        s,
+        "        for (int64_t j0 = 0; j0 < T; j0 += {ATT_KEYS}) {{"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            const int64_t bj = kiln_min(T - j0, {ATT_KEYS});"
+    )
+    .unwrap();
+    writeln!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{").unwrap();
+    writeln!(s, "                const int64_t {i} = i0 + ii; (void){i};").unwrap();
+    writeln!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};\n                float bmax = -INFINITY;").unwrap();
+    writeln!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{").unwrap();
+    writeln!(
+        s,
+        "                    const int64_t {j} = j0 + jj; (void){j};"
+    )
+    .unwrap();
+    let product = if contiguous {
+        format!(
+            "kiln_dot(pq + {i} * {}, pk + {j} * {}, KD)",
+            q.row_stride, kt.col_stride
+        )
+    } else {
+        format!(
+            "({{ float kiln_p = 0.0f; for (int64_t kk = 0; kk < KD; ++kk) kiln_p += {} * {}; kiln_p; }})",
+            q.at(d, "pq", i, "kk"),
+            kt.at(d, "pk", "kk", j)
+        )
+    };
+    match &a.biased {
+        Some((bias, rest)) => {
+            writeln!(
+                s,
+                "                    const float {} = {bias};",
+                acc_name(1)
+            )
+            .unwrap();
+            writeln!(s, "                    float sc = -INFINITY;").unwrap();
+            writeln!(
+                s,
+                "                    if ({} != -INFINITY) {{ const float {} = {product}; sc = {rest}; }}",
+                acc_name(1),
+                acc_name(0)
+            )
+            .unwrap();
+        }
+        None => {
+            writeln!(
+                s,
+                "                    const float {} = {product};\n                    const float sc = {};",
+                acc_name(0),
+                a.score
+            )
+            .unwrap();
+        }
+    }
+    writeln!(s, "                    srow[jj] = sc;\n                    if (sc > bmax) bmax = sc;\n                }}").unwrap();
+    writeln!(
+        s,
+        "                if (bmax == -INFINITY) continue; /* every key of the block masked */"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "                const float mnew = mx[ii] > bmax ? mx[ii] : bmax;"
+    )
+    .unwrap();
+    writeln!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);").unwrap();
+    writeln!(s, "                float *orow = kiln_o + ii * DV;\n                float l = sum[ii] * corr;").unwrap();
+    writeln!(s, "                int first = 1;").unwrap();
+    writeln!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{").unwrap();
+    writeln!(
+        s,
+        "                    const float pj = exp2f((srow[jj] - mnew) * 1.44269504088896340736f);"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "                    if (pj == 0.0f && srow[jj] == -INFINITY) continue;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "                    l += pj;\n                    const int64_t {j} = j0 + jj;"
+    )
+    .unwrap();
+    if contiguous {
+        writeln!(
+            s,
+            "                    kiln_scale_axpy(orow, first ? corr : 1.0f, pj, pv + {j} * {}, DV);",
+            v.row_stride
+        )
+        .unwrap();
+    } else {
+        writeln!(
+            s,
+            "                    for (int64_t c = 0; c < DV; ++c) orow[c] = orow[c] * (first ? corr : 1.0f) + pj * {};",
+            v.at(d, "pv", j, "c")
+        )
+        .unwrap();
+    }
+    writeln!(s, "                    first = 0;\n                }}").unwrap();
+    writeln!(
+        s,
+        "                if (first) for (int64_t c = 0; c < DV; ++c) orow[c] *= corr;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "                sum[ii] = l; mx[ii] = mnew;\n            }}\n        }}"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        {} *pc = {OUT} + kiln_b * M * DV + i0 * DV;",
+        d.storage_type(k.out_dtype)
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        for (int64_t ii = 0; ii < bi; ++ii) for (int64_t c = 0; c < DV; ++c) {}\n    }}",
+        d.store(
+            k.out_dtype,
+            "pc",
+            "ii * DV + c",
+            &d.round(k.out_dtype, "kiln_o[ii * DV + c] / sum[ii]")
+        )
+    )
+    .unwrap();
+}
+
+/// The dtype of a matmul's products (what the unfused graph stores them in): its A operand's.
+fn k_product_dtype(k: &Kernel) -> DType {
+    match &k.kind {
+        KernelKind::MatMul { a, .. } => a.dtype,
+        _ => k.out_dtype,
+    }
 }

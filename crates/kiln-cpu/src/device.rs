@@ -1,35 +1,97 @@
 //! The CPU as a [`Device`]: buffers in host memory, kernels are functions in loaded shared
-//! objects, each launch split into chunks of work units across a rayon pool.
+//! objects, each launch split into chunks of work units across the device's threads (a
+//! persistent spin-then-park pool, [`crate::pool`], or a rayon pool). Weights that
+//! matmuls read as `x @ W^T` are packed into panels when they are bound ([`crate::pack`]);
+//! each worker has scratch memory that kernels use for their tiles.
 
-use crate::codegen::work_units;
+use crate::codegen::{scratch_bytes, work_units};
+use crate::pack::{pack, packed_weight};
 use crate::CpuModule;
-use kiln_compile::UniqueKernel;
-use kiln_ir::{Bindings, Expr, Tensor};
+use kiln_compile::{Kernel, UniqueKernel};
+use kiln_ir::{Bindings, DType, Expr, Tensor};
 use kiln_runtime::{Device, HostBuffer, RunError};
 use rayon::prelude::*;
 use std::ffi::c_void;
 
-type KernelFn = unsafe extern "C" fn(*const *mut c_void, *const i64, i64, i64);
+type KernelFn = unsafe extern "C" fn(*const *mut c_void, *const i64, i64, i64, *mut c_void);
 
 /// Below this many element operations a kernel runs on the calling thread: splitting costs more.
 const PARALLEL_WORK_THRESHOLD: i64 = 1 << 15;
 
 /// A kernel's function and how its work splits.
 pub struct CpuKernel {
+    name: String,
     f: KernelFn,
     units: Expr,
     unit_work: Expr,
     symbols: Vec<String>,
+    /// Scratch bytes per call.
+    scratch: Expr,
+    /// The input read as packed panels, its dtype and depth (`K`).
+    packed: Option<(usize, DType, Expr)>,
+}
+
+/// A buffer in host memory; a weight may be held packed for the matmuls that read it so.
+pub struct CpuBuffer {
+    /// The bytes as the graph sees them; `None` for a weight only packed readers read.
+    plain: Option<HostBuffer>,
+    /// The weight in panels ([`crate::pack`]).
+    packed: Option<HostBuffer>,
+}
+
+impl CpuBuffer {
+    fn plain(b: HostBuffer) -> CpuBuffer {
+        CpuBuffer {
+            plain: Some(b),
+            packed: None,
+        }
+    }
+}
+
+/// How launches are spread over threads. `KILN_CPU_DISPATCH=rayon` picks a rayon pool (a
+/// join per launch), for comparison; the default is the persistent pool.
+enum Dispatch {
+    /// One thread: every launch runs on the caller.
+    Caller,
+    /// `threads - 1` persistent workers plus the caller.
+    Spin(crate::pool::Pool),
+    /// A rayon pool of `threads` threads; the caller waits.
+    Rayon(rayon::ThreadPool),
+}
+
+/// Scratch memory per thread (the pool's workers, the calling thread last), 64-byte
+/// aligned, grown to what the largest launch so far asked for.
+struct Scratch {
+    arenas: Vec<HostBuffer>,
+    bytes: usize,
+}
+
+impl Scratch {
+    fn reserve(&mut self, bytes: usize) {
+        if bytes > self.bytes {
+            let n = self.arenas.len();
+            self.arenas = (0..n).map(|_| HostBuffer::zeroed(bytes + 64)).collect();
+            self.bytes = bytes;
+        }
+    }
+
+    fn ptrs(&self) -> Vec<usize> {
+        self.arenas
+            .iter()
+            .map(|a| (a.as_mut_ptr() as usize).next_multiple_of(64))
+            .collect()
+    }
 }
 
 /// Runs kernels on `threads` threads.
 pub struct CpuDevice {
-    pool: Option<rayon::ThreadPool>,
+    dispatch: Dispatch,
     threads: usize,
+    scratch: Scratch,
 }
 
 #[derive(Clone, Copy)]
-struct Args<'a>(&'a [*mut c_void], &'a [i64]);
+struct Args<'a>(&'a [*mut c_void], &'a [i64], &'a [usize]);
 // SAFETY: kernels only read inputs and write disjoint output ranges per [lo, hi) chunk.
 unsafe impl Send for Args<'_> {}
 unsafe impl Sync for Args<'_> {}
@@ -39,34 +101,52 @@ impl Args<'_> {
     ///
     /// # Safety
     /// The pointers must cover the buffers the memory plan sized for this run.
-    unsafe fn call(&self, f: KernelFn, lo: i64, hi: i64) {
-        f(self.0.as_ptr(), self.1.as_ptr(), lo, hi)
+    unsafe fn call(&self, f: KernelFn, lo: i64, hi: i64, worker: usize) {
+        f(
+            self.0.as_ptr(),
+            self.1.as_ptr(),
+            lo,
+            hi,
+            self.2[worker] as *mut c_void,
+        )
     }
 }
 
 impl CpuDevice {
     pub fn new(threads: usize) -> Result<CpuDevice, RunError> {
         let threads = threads.max(1);
-        let pool = if threads > 1 {
-            Some(
+        let cannot = |e: &dyn std::fmt::Display| {
+            RunError::Unsupported(format!("cannot start {threads} threads: {e}"))
+        };
+        let rayon = std::env::var("KILN_CPU_DISPATCH").is_ok_and(|v| v == "rayon");
+        let dispatch = if threads == 1 {
+            Dispatch::Caller
+        } else if rayon {
+            Dispatch::Rayon(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .thread_name(|i| format!("kiln-run-{i}"))
                     .build()
-                    .map_err(|e| {
-                        RunError::Unsupported(format!("cannot start {threads} threads: {e}"))
-                    })?,
+                    .map_err(|e| cannot(&e))?,
             )
         } else {
-            None
+            Dispatch::Spin(crate::pool::Pool::new(threads - 1).map_err(|e| cannot(&e))?)
         };
-        Ok(CpuDevice { pool, threads })
+        let scratch = Scratch {
+            arenas: (0..threads).map(|_| HostBuffer::zeroed(64)).collect(),
+            bytes: 0,
+        };
+        Ok(CpuDevice {
+            dispatch,
+            threads,
+            scratch,
+        })
     }
 }
 
 impl Device for CpuDevice {
     type Module = CpuModule;
-    type Buffer = HostBuffer;
+    type Buffer = CpuBuffer;
     type Kernel = CpuKernel;
 
     fn describe(&self) -> String {
@@ -85,36 +165,77 @@ impl Device for CpuDevice {
                 })?
         };
         let (units, unit_work) = work_units(&k.kernel);
+        let packed = packed_weight(&k.kernel).map(|i| {
+            let depth = match &k.kernel.kind {
+                kiln_compile::KernelKind::MatMul { k, .. } => k.clone(),
+                _ => unreachable!("packed operands are matmul operands"),
+            };
+            (i, k.kernel.inputs[i], depth)
+        });
         Ok(CpuKernel {
+            name: k.source.name.clone(),
             f,
             units,
             unit_work,
             symbols: k.kernel.symbols(),
+            scratch: scratch_bytes(&k.kernel),
+            packed,
         })
     }
 
-    fn alloc(&mut self, bytes: usize, _what: &str) -> Result<HostBuffer, RunError> {
-        Ok(HostBuffer::zeroed(bytes))
+    fn alloc(&mut self, bytes: usize, _what: &str) -> Result<CpuBuffer, RunError> {
+        Ok(CpuBuffer::plain(HostBuffer::zeroed(bytes)))
     }
 
-    fn upload(&mut self, data: &[u8], _what: &str) -> Result<HostBuffer, RunError> {
-        Ok(HostBuffer::from_bytes(data))
+    fn upload(&mut self, data: &[u8], _what: &str) -> Result<CpuBuffer, RunError> {
+        Ok(CpuBuffer::plain(HostBuffer::from_bytes(data)))
     }
 
-    fn adopt(&mut self, t: Tensor, _what: &str) -> Result<HostBuffer, RunError> {
-        Ok(HostBuffer::from_tensor(t))
+    fn adopt(&mut self, t: Tensor, _what: &str) -> Result<CpuBuffer, RunError> {
+        Ok(CpuBuffer::plain(HostBuffer::from_tensor(t)))
     }
 
-    fn download(&mut self, buf: &HostBuffer, bytes: usize) -> Result<Vec<u8>, RunError> {
+    /// Packs the weight for the matmuls that read it as packed panels ([`packed_weight`]);
+    /// keeps the plain bytes only if another kernel reads them (a tied embedding's gather).
+    fn adopt_weight(
+        &mut self,
+        t: Tensor,
+        readers: &[(&Kernel, usize)],
+        what: &str,
+    ) -> Result<CpuBuffer, RunError> {
+        let packed_reads = readers
+            .iter()
+            .filter(|(k, i)| packed_weight(k) == Some(*i))
+            .count();
+        if packed_reads == 0 || t.shape().is_empty() {
+            return self.adopt(t, what);
+        }
+        let depth = *t.shape().last().expect("rank >= 1");
+        let packed = match &self.dispatch {
+            Dispatch::Rayon(pool) => pool.install(|| pack(t.bytes(), t.dtype(), depth)),
+            _ => pack(t.bytes(), t.dtype(), depth),
+        };
+        let plain = (packed_reads < readers.len()).then(|| HostBuffer::from_tensor(t));
+        Ok(CpuBuffer {
+            plain,
+            packed: Some(packed),
+        })
+    }
+
+    fn download(&mut self, buf: &CpuBuffer, bytes: usize) -> Result<Vec<u8>, RunError> {
+        let plain = buf
+            .plain
+            .as_ref()
+            .ok_or_else(|| RunError::Unsupported("a packed weight cannot be read back".into()))?;
         // SAFETY: launches are synchronous on the CPU: no kernel is writing.
-        Ok(unsafe { buf.bytes(bytes) }.to_vec())
+        Ok(unsafe { plain.bytes(bytes) }.to_vec())
     }
 
     fn launch(
         &mut self,
         k: &CpuKernel,
-        out: &HostBuffer,
-        inputs: &[&HostBuffer],
+        out: &CpuBuffer,
+        inputs: &[&CpuBuffer],
         b: &Bindings,
     ) -> Result<(), RunError> {
         let units = k.units.eval(b)?;
@@ -126,29 +247,65 @@ impl Device for CpuDevice {
             .iter()
             .map(|s| Expr::sym(s).eval(b))
             .collect::<Result<_, _>>()?;
-        let ptrs: Vec<*mut c_void> = std::iter::once(out)
-            .chain(inputs.iter().copied())
-            .map(|buf| buf.as_mut_ptr() as *mut c_void)
-            .collect();
+        fn plain<'b>(k: &CpuKernel, buf: &'b CpuBuffer) -> Result<&'b HostBuffer, RunError> {
+            buf.plain.as_ref().ok_or_else(|| RunError::Kernel {
+                kernel: k.name.clone(),
+                detail: "reads a weight that the device holds only packed".into(),
+            })
+        }
+        // A per-run input read as packed panels (weights are packed once, when bound).
+        let mut packed_now = None;
+        let mut ptrs: Vec<*mut c_void> = vec![plain(k, out)?.as_mut_ptr() as *mut c_void];
+        for (i, buf) in inputs.iter().enumerate() {
+            let host = match (&k.packed, &buf.packed) {
+                (Some((j, _, _)), Some(p)) if *j == i => p,
+                (Some((j, dtype, depth)), None) if *j == i => {
+                    let src = plain(k, buf)?;
+                    let depth = depth.eval(b)?.max(1) as usize;
+                    // SAFETY: launches are synchronous: nothing writes the input now.
+                    let bytes = unsafe { src.bytes(src.len()) };
+                    packed_now.insert(pack(bytes, *dtype, depth))
+                }
+                _ => plain(k, buf)?,
+            };
+            ptrs.push(host.as_mut_ptr() as *mut c_void);
+        }
+        self.scratch.reserve(k.scratch.eval(b)?.max(0) as usize);
+        let scratch = self.scratch.ptrs();
         let work = units.saturating_mul(k.unit_work.eval(b)?.max(1));
-        let (f, args) = (k.f, Args(&ptrs, &syms));
-        match &self.pool {
-            Some(pool) if work >= PARALLEL_WORK_THRESHOLD && units > 1 => {
-                let chunks = units.min(self.threads as i64 * 4);
-                let per = (units + chunks - 1) / chunks;
+        let threads = self.threads;
+        let (f, args) = (k.f, Args(&ptrs, &syms, &scratch));
+        let parallel = work >= PARALLEL_WORK_THRESHOLD && units > 1;
+        let chunks = units.min(threads as i64 * 4);
+        let per = (units + chunks - 1) / chunks;
+        match &mut self.dispatch {
+            Dispatch::Spin(pool) if parallel => {
+                pool.run(chunks as usize, &|c, worker| {
+                    let (lo, hi) = (c as i64 * per, ((c as i64 + 1) * per).min(units));
+                    if lo < hi {
+                        // SAFETY: pointers cover the buffers the plan sized for `b`; each
+                        // worker has its own scratch.
+                        unsafe { args.call(f, lo, hi, worker) }
+                    }
+                });
+            }
+            Dispatch::Rayon(pool) if parallel => {
                 pool.install(|| {
                     (0..chunks).into_par_iter().for_each(|c| {
                         let (lo, hi) = (c * per, ((c + 1) * per).min(units));
+                        let worker = rayon::current_thread_index().unwrap_or(threads - 1);
                         if lo < hi {
-                            // SAFETY: pointers cover the buffers the plan sized for `b`.
-                            unsafe { args.call(f, lo, hi) }
+                            // SAFETY: pointers cover the buffers the plan sized for `b`; each
+                            // worker has its own scratch.
+                            unsafe { args.call(f, lo, hi, worker) }
                         }
                     })
                 });
             }
-            // SAFETY: as above.
-            _ => unsafe { args.call(f, 0, units) },
+            // SAFETY: as above; the calling thread's scratch is the last.
+            _ => unsafe { args.call(f, 0, units, threads - 1) },
         }
+        drop(packed_now);
         Ok(())
     }
 

@@ -4,9 +4,12 @@
 mod cc;
 pub mod codegen;
 mod device;
+pub mod pack;
+mod pool;
+pub mod probe;
 
 pub use cc::{CCompiler, FLAGS};
-pub use device::{CpuDevice, CpuKernel};
+pub use device::{CpuBuffer, CpuDevice, CpuKernel};
 
 use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
 use kiln_runtime::{RunError, Runtime};
@@ -50,7 +53,7 @@ pub struct CpuModule {
 impl CpuModule {
     /// Loads a shared object from its bytes. dlopen needs a file; the mapping outlives the
     /// file, which is removed right away.
-    fn open(artifact: &[u8]) -> Result<CpuModule, BackendError> {
+    pub(crate) fn open(artifact: &[u8]) -> Result<CpuModule, BackendError> {
         let mut f = tempfile::Builder::new()
             .prefix("kiln-")
             .suffix(".so")

@@ -2,7 +2,7 @@
 //! sees the graph, the memory plan or carried values; the executor never sees device APIs.
 
 use crate::RunError;
-use kiln_compile::UniqueKernel;
+use kiln_compile::{Kernel, UniqueKernel};
 use kiln_ir::{Bindings, Tensor};
 
 /// One device (the CPU, a GPU, an emulator) as the executor drives it.
@@ -36,6 +36,21 @@ pub trait Device: Send {
     /// A buffer holding `t`, which the device may keep instead of copying (host devices do).
     fn adopt(&mut self, t: Tensor, what: &str) -> Result<Self::Buffer, RunError> {
         self.upload(t.bytes(), what)
+    }
+
+    /// A weight: a buffer bound once and read, unchanged, by every run; `readers` are the
+    /// kernels that read it, each with the kernel input it is. A device may keep it in a
+    /// layout of its own for those kernels (the CPU packs `x @ W^T` weights into panels): the
+    /// layout must follow from the kernels' descriptions alone, and a kernel handed the same
+    /// tensor as a per-run input must compute the same values. The default adopts it as is.
+    fn adopt_weight(
+        &mut self,
+        t: Tensor,
+        readers: &[(&Kernel, usize)],
+        what: &str,
+    ) -> Result<Self::Buffer, RunError> {
+        let _ = readers;
+        self.adopt(t, what)
     }
 
     /// The first `bytes` bytes of `buf`, once every launch before has finished.

@@ -148,7 +148,27 @@ impl<D: Device> Executable for Executor<D> {
     fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), RunError> {
         self.program.check_param(name, &t)?;
         let (dtype, shape) = (t.dtype(), t.shape().to_vec());
-        let buf = self.device.adopt(t, &format!("weight '{name}'"))?;
+        // The kernels that read the weight, so that the device can lay it out for them.
+        let buffer = self
+            .program
+            .buffers
+            .iter()
+            .position(|b| b.input.as_deref() == Some(name));
+        let readers: Vec<(&kiln_compile::Kernel, usize)> = self
+            .program
+            .steps
+            .iter()
+            .flat_map(|step| {
+                step.inputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &b)| Some(b) == buffer)
+                    .map(move |(i, _)| (&step.kernel, i))
+            })
+            .collect();
+        let buf = self
+            .device
+            .adopt_weight(t, &readers, &format!("weight '{name}'"))?;
         self.params
             .insert(name.to_string(), Param { dtype, shape, buf });
         Ok(())

@@ -79,11 +79,11 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
 KILN_MM_NT(kiln_mm_nt, float, kiln_ld8, KILN_ID)
 KILN_MM_NT(kiln_mm_nt_bf16, uint16_t, kiln_ldbf8, kiln_bf16_to_f32)
 
-/* c[m, n] = sum_k a[m*lda + k*sak] * b[k*ldb + n]: b contiguous along n ("NN", e.g. P @ V). */
+/* c[m, n] = sum_k a[m*lda + k*sak] * b[k*ldb + n] for N <= KILN_NC: b contiguous along n ("NN", e.g. P @ V). */
 static void kiln_mm_nn(const float *restrict a, int64_t lda, int64_t sak, const float *restrict b, int64_t ldb,
                        float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) {
     for (int64_t m = 0; m < M; ++m) {
-        float acc[16] = {0};
+        float acc[KILN_NC] = {0}; /* N <= NC: one work unit's columns */
         for (int64_t k = 0; k < K; ++k) {
             const float x = a[m * lda + k * sak];
             const float *restrict brow = b + k * ldb;
@@ -92,3 +92,24 @@ static void kiln_mm_nn(const float *restrict a, int64_t lda, int64_t sak, const 
         for (int64_t n = 0; n < N; ++n) c[m * ldc + n] = acc[n];
     }
 }
+
+/* ---- attention building blocks ---------------------------------------------------------- */
+/* a . b over n contiguous floats: 16 lanes of partial sums, then the tail. */
+static inline float kiln_dot(const float *restrict a, const float *restrict b, int64_t n) {
+    kiln_v8 s0 = {0}, s1 = {0};
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        s0 += kiln_ld8(a + k) * kiln_ld8(b + k);
+        s1 += kiln_ld8(a + k + 8) * kiln_ld8(b + k + 8);
+    }
+    for (; k + 8 <= n; k += 8) s0 += kiln_ld8(a + k) * kiln_ld8(b + k);
+    float s = kiln_hsum8(s0 + s1);
+    for (; k < n; ++k) s += a[k] * b[k];
+    return s;
+}
+/* y[0..n) = y * c + p * x: the online softmax's rescale and one value row. */
+static inline void kiln_scale_axpy(float *restrict y, float c, float p, const float *restrict x, int64_t n) {
+    for (int64_t k = 0; k < n; ++k) y[k] = y[k] * c + p * x[k];
+}
+
+/* KILN_GEMM */

@@ -1,0 +1,111 @@
+//! Packed weights: the layout the CPU's matmul kernels read `x @ W^T` weights in, made once
+//! when a weight is bound (`Device::adopt_weight`), never per launch.
+//!
+//! A weight `W` of `rows x k` elements (row-major, `k` its last dimension) becomes panels of
+//! [`PANEL`] rows each: `[ceil(rows / PANEL)][k][PANEL]`, zero past the last row, in the
+//! weight's own dtype (bf16 stays bf16). Element `(n, j)` is at
+//! `(n / PANEL) * k * PANEL + j * PANEL + n % PANEL`. A panel is one contiguous stream: the
+//! decode GEMV reads it front to back, the prefill GEMM reuses a `KC x PANEL` strip of it from
+//! L1/L2 across every row block. `c/gemm.h` reads this layout; which kernel input is packed is
+//! decided from the kernel's description alone ([`packed_weight`]).
+
+use kiln_compile::{Kernel, KernelKind};
+use kiln_ir::DType;
+use kiln_runtime::HostBuffer;
+use rayon::prelude::*;
+
+/// Columns of the product (rows of `W`) per panel. `KILN_NR` in the C prelude.
+pub const PANEL: usize = 16;
+
+/// The input of `k` that its kernel reads as packed panels, if any: the `b` operand of a
+/// matmul `x @ W^T` where `W` is a graph input read whole and row-major (element (k, n) of the
+/// operand at `n * K + k`, no batch stride), in f32 or bf16, with f32 activations and output.
+pub fn packed_weight(k: &Kernel) -> Option<usize> {
+    let KernelKind::MatMul { k: depth, a, b, .. } = &k.kind else {
+        return None;
+    };
+    let nt = b.from_input
+        && b.offset.is_const(0)
+        && b.row_stride.is_const(1)
+        && b.col_stride.provably_equal(depth)
+        && b.batch_strides.iter().all(|s| s.is_const(0))
+        && matches!(b.dtype, DType::F32 | DType::BF16)
+        && a.dtype == DType::F32
+        && k.out_dtype == DType::F32;
+    nt.then_some(b.input)
+}
+
+/// Packs `bytes` (a row-major weight of `rows x depth` elements of `dtype`, f32 or bf16, at
+/// least 4-byte aligned as tensors and device buffers are) into panels, on the current rayon
+/// pool.
+pub fn pack(bytes: &[u8], dtype: DType, depth: usize) -> HostBuffer {
+    match dtype.size_bytes() {
+        4 => pack_as::<u32>(bytes, depth),
+        2 => pack_as::<u16>(bytes, depth),
+        n => panic!("packing {n}-byte elements: only f32 and bf16 weights are packed"),
+    }
+}
+
+fn pack_as<T: Copy + Default + Send + Sync>(bytes: &[u8], depth: usize) -> HostBuffer {
+    let esize = std::mem::size_of::<T>();
+    assert_eq!(
+        bytes.as_ptr() as usize % esize,
+        0,
+        "weight storage is aligned"
+    );
+    // SAFETY: aligned (checked), in bounds, and T is a plain integer type.
+    let w: &[T] =
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / esize) };
+    let depth = depth.max(1);
+    let rows = w.len() / depth;
+    let panels = rows.div_ceil(PANEL);
+    let panel_len = depth * PANEL;
+    let out = HostBuffer::zeroed(panels * panel_len * esize);
+    let dst = out.as_mut_ptr() as usize;
+    (0..panels).into_par_iter().for_each(|p| {
+        // SAFETY: panel p owns elements [p * panel_len, (p + 1) * panel_len) of `out` (8-byte
+        // aligned, panels * panel_len elements long); nothing else writes them.
+        let panel = unsafe {
+            std::slice::from_raw_parts_mut((dst as *mut T).add(p * panel_len), panel_len)
+        };
+        let live = PANEL.min(rows - p * PANEL);
+        // 64-column tiles of `depth`: the reads of 16 rows stay in L1.
+        for j0 in (0..depth).step_by(64) {
+            let jn = 64.min(depth - j0);
+            for r in 0..live {
+                let src = &w[(p * PANEL + r) * depth + j0..][..jn];
+                for (j, &v) in src.iter().enumerate() {
+                    panel[(j0 + j) * PANEL + r] = v;
+                }
+            }
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn element_n_j_lands_where_the_kernels_read_it() {
+        let (rows, depth) = (37usize, 5usize);
+        let w: Vec<f32> = (0..rows * depth).map(|i| i as f32 + 1.0).collect();
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = pack(&bytes, DType::F32, depth);
+        let panels = rows.div_ceil(PANEL);
+        assert_eq!(p.len(), (panels * depth * PANEL * 4).div_ceil(8) * 8);
+        // SAFETY: nothing writes the buffer.
+        let got = unsafe { p.bytes(panels * depth * PANEL * 4) };
+        let at = |i: usize| f32::from_le_bytes(got[i * 4..i * 4 + 4].try_into().unwrap());
+        for n in 0..panels * PANEL {
+            for j in 0..depth {
+                let want = if n < rows { w[n * depth + j] } else { 0.0 };
+                assert_eq!(
+                    at((n / PANEL) * depth * PANEL + j * PANEL + n % PANEL),
+                    want
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Fused kernels (row reductions with their maps, matmul epilogues, RoPE of a normalised row)
+//! against the same graph compiled unfused and against the interpreter, and a decode loop whose
+//! per-step launches and bytes written do not grow with the position.
+mod common;
+use common::*;
+use kiln_compile::CompileOptions;
+use kiln_cpu::CpuBackend;
+use kiln_ir::{DType, Expr, Graph, NodeId, Tensor};
+use kiln_runtime::Target;
+
+const H: usize = 32; // hidden
+const D: usize = 8; // head dim
+const NH: usize = 2; // query heads
+const KV: usize = 1; // kv heads
+const I: usize = 48; // mlp width
+
+fn linear(g: &mut Graph, x: NodeId, name: &str, out: usize, inp: usize) -> NodeId {
+    let w = g
+        .input(name, DType::BF16, &[out.into(), inp.into()])
+        .unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    g.matmul(x, wt).unwrap()
+}
+
+fn norm(g: &mut Graph, x: NodeId, name: &str, dim: usize) -> NodeId {
+    let w = g.input(name, DType::F32, &[dim.into()]).unwrap();
+    g.rms_norm(x, w, 1e-6).unwrap()
+}
+
+/// One Qwen3-style block over a KV cache written in place: RMSNorm, q/k/v as one matmul,
+/// per-head norms, RoPE, attention, residual adds, SiLU(gate) * up from one matmul.
+fn block() -> Graph {
+    let (s, p) = (Expr::sym("s"), Expr::sym("p"));
+    let mut g = Graph::new();
+    let x = g.input("x", DType::F32, &[s.clone(), H.into()]).unwrap();
+    let hn = norm(&mut g, x, "ln1", H);
+    let qkv = linear(&mut g, hn, "w_qkv", (NH + 2 * KV) * D, H);
+    let q = g.slice(qkv, 1, 0, NH * D).unwrap();
+    let k = g.slice(qkv, 1, NH * D, (NH + KV) * D).unwrap();
+    let v = g.slice(qkv, 1, (NH + KV) * D, (NH + 2 * KV) * D).unwrap();
+    let q = g.reshape(q, &[s.clone(), NH.into(), D.into()]).unwrap();
+    let k = g.reshape(k, &[s.clone(), KV.into(), D.into()]).unwrap();
+    let v = g.reshape(v, &[s.clone(), KV.into(), D.into()]).unwrap();
+    let q = norm(&mut g, q, "q_norm", D);
+    let k = norm(&mut g, k, "k_norm", D);
+    let q = g.permute(q, &[1, 0, 2]).unwrap();
+    let k = g.permute(k, &[1, 0, 2]).unwrap();
+    let v = g.permute(v, &[1, 0, 2]).unwrap();
+    let (cos, sin) = g.rope_tables(p.clone(), s.clone(), D, 1e4).unwrap();
+    let q = g.rope(q, cos, sin).unwrap();
+    let k = g.rope(k, cos, sin).unwrap();
+    // The cache: [kv, c, d], written at p.. in place; attention reads its first p + s rows.
+    let c = Expr::sym("c");
+    let kc = g
+        .input("k_cache", DType::F32, &[KV.into(), c.clone(), D.into()])
+        .unwrap();
+    let vc = g
+        .input("v_cache", DType::F32, &[KV.into(), c, D.into()])
+        .unwrap();
+    let kc = g.write_slice(kc, k, 1, p.clone()).unwrap();
+    let vc = g.write_slice(vc, v, 1, p.clone()).unwrap();
+    g.output("k_cache_out", kc);
+    g.output("v_cache_out", vc);
+    let t = p.clone().add(s.clone());
+    let k_all = g.slice(kc, 1, 0, t.clone()).unwrap();
+    let v_all = g.slice(vc, 1, 0, t.clone()).unwrap();
+    let group = NH / KV;
+    let qg = g
+        .reshape(q, &[KV.into(), s.clone().mul(group as i64), D.into()])
+        .unwrap();
+    let kt = g.transpose(k_all, 1, 2).unwrap();
+    let scores = g.matmul(qg, kt).unwrap();
+    let scores = g
+        .reshape(scores, &[NH.into(), s.clone(), t.clone()])
+        .unwrap();
+    let scores = g.mul_scalar(scores, 1.0 / (D as f64).sqrt()).unwrap();
+    let mask = g.causal_mask(p, s.clone()).unwrap();
+    let scores = g.add(scores, mask).unwrap();
+    let probs = g.softmax(scores, 2).unwrap();
+    let probs = g
+        .reshape(probs, &[KV.into(), s.clone().mul(group as i64), t])
+        .unwrap();
+    let o = g.matmul(probs, v_all).unwrap();
+    let o = g.reshape(o, &[NH.into(), s.clone(), D.into()]).unwrap();
+    let o = g.permute(o, &[1, 0, 2]).unwrap();
+    let o = g.reshape(o, &[s, (NH * D).into()]).unwrap();
+    let o = linear(&mut g, o, "w_o", H, NH * D);
+    let x = g.add(x, o).unwrap();
+    let hn = norm(&mut g, x, "ln2", H);
+    let gu = linear(&mut g, hn, "w_gate_up", 2 * I, H);
+    let gate = g.slice(gu, 1, 0, I).unwrap();
+    let up = g.slice(gu, 1, I, 2 * I).unwrap();
+    let act = g.silu(gate).unwrap();
+    let h = g.mul(act, up).unwrap();
+    let down = linear(&mut g, h, "w_down", H, I);
+    let x = g.add(x, down).unwrap();
+    g.output("y", x);
+    g
+}
+
+fn weights() -> Vec<(&'static str, Tensor)> {
+    let mat = |name, r: usize, c: usize, seed| {
+        let v: Vec<f32> = values(r * c, seed)
+            .into_iter()
+            .map(|x| x / (c as f32).sqrt())
+            .collect();
+        (name, Tensor::from_f32(&[r, c], &v).to_dtype(DType::BF16))
+    };
+    let vec = |name, n: usize, seed| {
+        let v: Vec<f32> = values(n, seed).into_iter().map(|x| 1.0 + 0.5 * x).collect();
+        (name, Tensor::from_f32(&[n], &v))
+    };
+    vec![
+        mat("w_qkv", (NH + 2 * KV) * D, H, 11),
+        mat("w_o", H, NH * D, 12),
+        mat("w_gate_up", 2 * I, H, 13),
+        mat("w_down", H, I, 14),
+        vec("ln1", H, 15),
+        vec("ln2", H, 16),
+        vec("q_norm", D, 17),
+        vec("k_norm", D, 18),
+    ]
+}
+
+fn load(g: &Graph, fusion: bool, threads: usize) -> Box<dyn Executable> {
+    let mut exe = CpuBackend::default()
+        .with_run_threads(threads)
+        .load(
+            g,
+            &CompileOptions {
+                threads: 1,
+                fusion,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .exe;
+    for (name, t) in weights() {
+        exe.set_param(name, t).unwrap();
+    }
+    exe
+}
+
+const CACHE: usize = 24;
+
+fn step_inputs(s: usize, seed: u64) -> std::collections::HashMap<String, Tensor> {
+    inputs(&[("x", Tensor::from_f32(&[s, H], &values(s * H, seed)))])
+}
+
+#[test]
+fn a_fused_block_computes_what_the_unfused_one_and_the_interpreter_do() {
+    let g = block();
+    let mut fused = load(&g, true, 2);
+    let mut unfused = load(&g, false, 2);
+    let zeros = Tensor::zeros(DType::F32, &[KV, CACHE, D]);
+    for exe in [&mut fused, &mut unfused] {
+        exe.carry("k_cache_out", "k_cache", zeros.clone()).unwrap();
+        exe.carry("v_cache_out", "v_cache", zeros.clone()).unwrap();
+    }
+    // A prompt of 5, then decode steps: the interpreter keeps its own cache.
+    let (mut kc, mut vc) = (zeros.clone(), zeros.clone());
+    let mut p = 0usize;
+    for (step, s) in [5usize, 1, 1, 3, 1].into_iter().enumerate() {
+        let ins = step_inputs(s, 100 + step as u64);
+        let b: kiln_ir::Bindings = [("p".to_string(), p as i64)].into();
+        let a = fused.run_with(&ins, &b).unwrap();
+        let launches = fused.last_run().launches;
+        let u = unfused.run_with(&ins, &b).unwrap();
+        assert!(
+            launches + 8 <= unfused.last_run().launches,
+            "fused {launches} launches, unfused {}",
+            unfused.last_run().launches
+        );
+        let mut all = ins.clone();
+        all.insert("k_cache".into(), kc.clone());
+        all.insert("v_cache".into(), vc.clone());
+        for (n, t) in weights() {
+            all.insert(n.into(), t);
+        }
+        let want = kiln_ir::interpret(&g, &all, &b).unwrap();
+        assert_close(&format!("step {step} y"), &a["y"], &want["y"], 2e-5, 1e-4);
+        assert_close(
+            &format!("step {step} unfused"),
+            &u["y"],
+            &want["y"],
+            2e-5,
+            1e-4,
+        );
+        kc = want["k_cache_out"].clone();
+        vc = want["v_cache_out"].clone();
+        assert_close(
+            "k cache",
+            &fused.carried("k_cache").unwrap(),
+            &kc,
+            2e-5,
+            1e-4,
+        );
+        p += s;
+    }
+}
+
+#[test]
+fn fused_results_are_the_same_on_one_and_two_threads() {
+    let g = block();
+    let mut one = load(&g, true, 1);
+    let mut two = load(&g, true, 2);
+    let b: kiln_ir::Bindings = [("p".to_string(), 0)].into();
+    let mut ins = step_inputs(7, 5);
+    ins.insert("k_cache".into(), Tensor::zeros(DType::F32, &[KV, CACHE, D]));
+    ins.insert("v_cache".into(), Tensor::zeros(DType::F32, &[KV, CACHE, D]));
+    let (a, c) = (
+        one.run_with(&ins, &b).unwrap(),
+        two.run_with(&ins, &b).unwrap(),
+    );
+    assert_eq!(a["y"], c["y"]);
+}
+
+/// 200 decode steps over a cache written in place: every step launches the same kernels and
+/// writes the same bytes, whatever the position (the counters, not the clock).
+#[test]
+fn decode_steps_cost_the_same_at_every_position() {
+    let g = block();
+    let mut exe = load(&g, true, 2);
+    let steps = 200;
+    let zeros = Tensor::zeros(DType::F32, &[KV, steps, D]);
+    exe.carry("k_cache_out", "k_cache", zeros.clone()).unwrap();
+    exe.carry("v_cache_out", "v_cache", zeros).unwrap();
+    let mut first = None;
+    for p in 0..steps {
+        let b: kiln_ir::Bindings = [("p".to_string(), p as i64)].into();
+        let out = exe.run_with(&step_inputs(1, p as u64), &b).unwrap();
+        assert!(out["y"].as_f32().iter().all(|v| v.is_finite()), "step {p}");
+        let stats = exe.last_run();
+        match first {
+            None => first = Some(stats),
+            Some(f) => assert_eq!(stats, f, "step {p} against step 0"),
+        }
+    }
+}

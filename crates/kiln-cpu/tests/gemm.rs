@@ -1,0 +1,155 @@
+//! The packed-weight GEMM and GEMV (`c/gemm.h`) against the interpreter: sizes that are not
+//! multiples of any block (M, N, K around MR = 6, the 16-column panels, the 64 x 132 work
+//! units and the 1024-deep k block), f32 and bf16 weights, weights bound once (packed when
+//! bound) and passed per run (packed at launch), epilogues whose product columns start on and
+//! off a panel boundary, and bitwise equality across thread counts.
+mod common;
+use common::*;
+use kiln_compile::CompileOptions;
+use kiln_cpu::CpuBackend;
+use kiln_ir::{DType, Expr, Graph, Tensor};
+use kiln_runtime::Target;
+
+/// `y = x @ W^T + r` and `h = silu(g) * u` with `[g | u] = x @ V^T` split at column `half`,
+/// W [n, k] and V [2 * half, k] in `dtype`.
+fn linear_graph(dtype: DType, n: i64, half: i64, k: i64) -> Graph {
+    let mut g = Graph::new();
+    let m = Expr::sym("m");
+    let x = g.input("x", DType::F32, &[m.clone(), k.into()]).unwrap();
+    let w = g.input("w", dtype, &[n.into(), k.into()]).unwrap();
+    let r = g.input("r", DType::F32, &[m.clone(), n.into()]).unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    let y = g.matmul(x, wt).unwrap();
+    let y = g.add(y, r).unwrap();
+    g.output("y", y);
+    let v = g.input("v", dtype, &[(2 * half).into(), k.into()]).unwrap();
+    let vt = g.transpose(v, 0, 1).unwrap();
+    let gu = g.matmul(x, vt).unwrap();
+    let gate = g.slice(gu, 1, 0, half).unwrap();
+    let up = g.slice(gu, 1, half, 2 * half).unwrap();
+    let act = g.silu(gate).unwrap();
+    let h = g.mul(act, up).unwrap();
+    g.output("h", h);
+    g
+}
+
+fn weights(dtype: DType, n: i64, half: i64, k: i64) -> Vec<(&'static str, Tensor)> {
+    let (n, half, k) = (n as usize, half as usize, k as usize);
+    // Weights about 1/sqrt(k): products of the size a model's are.
+    let scale = |v: Vec<f32>| {
+        v.into_iter()
+            .map(|x| x / (k as f32).sqrt())
+            .collect::<Vec<_>>()
+    };
+    vec![
+        (
+            "w",
+            Tensor::from_f32(&[n, k], &scale(values(n * k, 7))).to_dtype(dtype),
+        ),
+        (
+            "v",
+            Tensor::from_f32(&[2 * half, k], &scale(values(2 * half * k, 8))).to_dtype(dtype),
+        ),
+    ]
+}
+
+fn activations(m: usize, n: i64, k: i64) -> Vec<(&'static str, Tensor)> {
+    let (n, k) = (n as usize, k as usize);
+    vec![
+        ("x", Tensor::from_f32(&[m, k], &values(m * k, m as u64))),
+        ("r", Tensor::from_f32(&[m, n], &values(m * n, 3))),
+    ]
+}
+
+/// Rows around MR = 6, the GEMV limit 4 and the 132-row block.
+const ROWS: [usize; 7] = [1, 3, 4, 5, 7, 133, 140];
+
+fn check_sizes(dtype: DType, n: i64, half: i64, k: i64) {
+    let g = linear_graph(dtype, n, half, k);
+    // Weights bound once: the device packs them.
+    let mut bound = build(&g, 2);
+    for (name, t) in weights(dtype, n, half, k) {
+        bound.set_param(name, t).unwrap();
+    }
+    // The same weights passed with every run: packed at launch.
+    let mut per_run = build(&g, 2);
+    for m in ROWS {
+        let act = activations(m, n, k);
+        let all: Vec<(&str, Tensor)> = act
+            .iter()
+            .cloned()
+            .chain(weights(dtype, n, half, k))
+            .collect();
+        let want = kiln_ir::interpret(&g, &inputs(&all), &Default::default()).unwrap();
+        let got = bound.run(&inputs(&act)).unwrap();
+        let again = per_run.run(&inputs(&all)).unwrap();
+        for name in ["y", "h"] {
+            let what = format!("{dtype} n={n} half={half} k={k} m={m} {name}");
+            assert_close(&what, &got[name], &want[name], 1e-5, 1e-4);
+            assert_eq!(
+                got[name], again[name],
+                "{what}: packed when bound vs at launch"
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_weights_at_awkward_sizes() {
+    // half = 24: the up columns start mid-panel (scalar chains); k = 1029 > KC.
+    check_sizes(DType::F32, 70, 24, 1029);
+    check_sizes(DType::F32, 17, 16, 13);
+}
+
+#[test]
+fn bf16_weights_at_awkward_sizes() {
+    check_sizes(DType::BF16, 70, 32, 37);
+    check_sizes(DType::BF16, 1, 8, 1);
+}
+
+/// Every product is one sequential FMA chain over k, whoever computes it: the same bits on 1
+/// and 2 threads, and a row computed alone (the decode GEMV) equals the same row inside a
+/// prefill GEMM.
+#[test]
+fn results_do_not_depend_on_threads_or_on_the_rows_beside_them() {
+    let (n, half, k) = (200, 64, 1100);
+    let g = linear_graph(DType::BF16, n, half, k);
+    let mut exes: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|t| {
+            let mut e = CpuBackend::default()
+                .with_run_threads(t)
+                .load(
+                    &g,
+                    &CompileOptions {
+                        threads: 1,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .exe;
+            for (name, w) in weights(DType::BF16, n, half, k) {
+                e.set_param(name, w).unwrap();
+            }
+            e
+        })
+        .collect();
+    let m = 140;
+    let act = inputs(&activations(m, n, k));
+    let one = exes[0].run(&act).unwrap();
+    let two = exes[1].run(&act).unwrap();
+    for name in ["y", "h"] {
+        assert_eq!(one[name], two[name], "{name}: 1 vs 2 threads");
+    }
+    // Row 9 alone (GEMV) against row 9 of the 140-row product (GEMM).
+    let row = |t: &Tensor, i: usize, w: usize| t.as_f32()[i * w..(i + 1) * w].to_vec();
+    let x9 = Tensor::from_f32(&[1, k as usize], &row(&act["x"], 9, k as usize));
+    let r9 = Tensor::from_f32(&[1, n as usize], &row(&act["r"], 9, n as usize));
+    let alone = exes[1].run(&inputs(&[("x", x9), ("r", r9)])).unwrap();
+    assert_eq!(alone["y"].as_f32(), row(&two["y"], 9, n as usize));
+    assert_eq!(
+        alone["h"].as_f32(),
+        row(&two["h"], 9, half as usize),
+        "the gated epilogue"
+    );
+}
