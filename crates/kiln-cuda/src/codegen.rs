@@ -8,8 +8,11 @@
 use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::{numel, Bindings, Expr};
 use kiln_render::cstyle::CStyle;
-use kiln_render::parts::{element, push_lines, written_element, MatMul, Params, Reduction, OUT};
-use kiln_render::printer::input_name;
+use kiln_render::parts::{
+    element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
+    OUT,
+};
+use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{Dialect, Printer};
 use kiln_runtime::RunError;
 use std::fmt::Write;
@@ -35,8 +38,19 @@ pub fn launch_shape(k: &Kernel) -> (Expr, LaunchShape) {
             let n = numel(&k.out_shape);
             (n.clone(), LaunchShape::Threads(n.mul(32)))
         }
+        KernelKind::ReduceMap { .. } => {
+            // One warp per row; whole blocks, since every thread reaches the block barrier.
+            let rows = numel(&k.out_shape[..k.out_shape.len() - 1]);
+            let warps = (BLOCK / 32) as i64;
+            let threads = rows.clone().add(warps - 1).div(warps).mul(BLOCK as i64);
+            (rows, LaunchShape::Threads(threads))
+        }
         KernelKind::Write { shape, .. } => {
             let n = numel(shape);
+            (n.clone(), LaunchShape::Threads(n))
+        }
+        KernelKind::Attention { .. } => {
+            let n = numel(&k.out_shape);
             (n.clone(), LaunchShape::Threads(n))
         }
         KernelKind::MatMul { batch, m, n, .. } => (
@@ -184,10 +198,161 @@ pub fn kernel_source(k: &Kernel) -> String {
             push_lines(&mut s, "    ", p.unflatten(shape, "kiln_i", None));
             push_lines(&mut s, "    ", written_element(&p, k));
         }
+        KernelKind::ReduceMap { .. } => reduce_map(&p, k, &mut s),
+        KernelKind::Attention { .. } => attention(&p, k, &mut s),
         KernelKind::MatMul { .. } => matmul(&p, k, &mut s),
     }
     s.push_str("}\n");
     s
+}
+
+/// One warp per row: lanes stride the reduction and combine with shuffles; lane 0 hands the
+/// row's value to its warp through shared memory (one block barrier); lanes then stride the
+/// row's last axis applying the map.
+fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
+    let d = p.d;
+    let r = RowReduction::of(p, k);
+    let rank = k.out_shape.len();
+    let warps = BLOCK / 32;
+    writeln!(
+        s,
+        "    const int64_t kiln_w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    const int kiln_lane = threadIdx.x & 31;\n    const bool kiln_live = kiln_w < kiln_units;"
+    )
+    .unwrap();
+    writeln!(s, "    __shared__ {} kiln_rows[{warps}];", r.acc_type).unwrap();
+    writeln!(s, "    {} {} = {};", r.acc_type, r.acc, r.init).unwrap();
+    writeln!(s, "    if (kiln_live) {{").unwrap();
+    push_lines(
+        s,
+        "        ",
+        p.unflatten(&k.out_shape[..rank - 1], "kiln_w", None),
+    );
+    writeln!(
+        s,
+        "        for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2} = {3};",
+        r.var,
+        r.len,
+        r.acc,
+        r.combine(d, &r.acc, &r.element)
+    )
+    .unwrap();
+    writeln!(s, "    }}").unwrap();
+    writeln!(s, "    for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {{").unwrap();
+    writeln!(
+        s,
+        "        {} kiln_x = __shfl_down_sync(0xffffffffu, {}, kiln_o);\n        {} = {};\n    }}",
+        r.acc_type,
+        r.acc,
+        r.acc,
+        r.combine(d, &r.acc, "kiln_x")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    if (kiln_lane == 0) kiln_rows[threadIdx.x >> 5] = {};",
+        r.acc
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    __syncthreads();\n    {} = kiln_rows[threadIdx.x >> 5];\n    {}",
+        r.acc,
+        r.round_acc(d)
+    )
+    .unwrap();
+    writeln!(s, "    if (!kiln_live) return;").unwrap();
+    push_lines(
+        s,
+        "    ",
+        p.unflatten(&k.out_shape[..rank - 1], "kiln_w", None),
+    );
+    writeln!(
+        s,
+        "    for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2}",
+        r.map_var,
+        r.map_len,
+        d.store(
+            k.out_dtype,
+            OUT,
+            &format!("kiln_w * {} + {}", r.map_len, r.map_var),
+            &r.value
+        )
+    )
+    .unwrap();
+}
+
+/// A plain rendering: one thread per output element (b.., i, c), an online softmax over every
+/// key, each score's product recomputed by every thread of the row. Correct everywhere, not
+/// tuned: a GPU wants a tiled flash-attention kernel here.
+fn attention(p: &Printer, k: &Kernel, s: &mut String) {
+    let d = p.d;
+    let a = AttentionParts::of(p, k);
+    let (q, kt, v) = (&a.q, &a.kt, &a.v);
+    let (i, j) = (&a.row_var, &a.key_var);
+    writeln!(s, "    const int64_t kiln_e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;\n    if (kiln_e >= kiln_units) return;").unwrap();
+    writeln!(
+        s,
+        "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
+        a.m, a.n, a.k, a.dv
+    )
+    .unwrap();
+    writeln!(s, "    const int64_t kiln_b = kiln_e / (M * DV), {i} = (kiln_e / DV) % M, kiln_c = kiln_e % DV;").unwrap();
+    push_lines(s, "    ", p.unflatten(&a.batch, "kiln_b", None));
+    writeln!(
+        s,
+        "    const {} *pq = {} + {};\n    const {} *pk = {} + {};\n    const {} *pv = {} + {};",
+        d.storage_type(q.dtype),
+        q.buf,
+        q.base,
+        d.storage_type(kt.dtype),
+        kt.buf,
+        kt.base,
+        d.storage_type(v.dtype),
+        v.buf,
+        v.base
+    )
+    .unwrap();
+    writeln!(s, "    float mx = -INFINITY, sum = 0.0f, acc = 0.0f;").unwrap();
+    writeln!(s, "    for (int64_t {j} = 0; {j} < T; ++{j}) {{").unwrap();
+    writeln!(
+        s,
+        "        float {0} = 0.0f;\n        for (int64_t kk = 0; kk < KD; ++kk) {0} += (float)({1}) * (float)({2});",
+        acc_name(0),
+        q.at(d, "pq", i, "kk"),
+        kt.at(d, "pk", "kk", j)
+    )
+    .unwrap();
+    writeln!(s, "        const float sc = {};", a.score).unwrap();
+    writeln!(s, "        if (sc == -INFINITY) continue;").unwrap();
+    writeln!(s, "        const float mnew = mx > sc ? mx : sc;").unwrap();
+    writeln!(s, "        const float corr = mx == -INFINITY ? 0.0f : exp2f((mx - mnew) * 1.44269504088896340736f);").unwrap();
+    writeln!(
+        s,
+        "        const float pj = exp2f((sc - mnew) * 1.44269504088896340736f);"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        sum = sum * corr + pj;\n        acc = acc * corr + pj * (float)({});\n        mx = mnew;\n    }}",
+        v.at(d, "pv", j, "kiln_c")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    {}",
+        d.store(
+            k.out_dtype,
+            OUT,
+            "kiln_e",
+            &d.round(k.out_dtype, "acc / sum")
+        )
+    )
+    .unwrap();
 }
 
 /// Matmul, one TILE x TILE block per output tile and one batch per grid z. Two paths in one
@@ -228,7 +393,44 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     )
     .unwrap();
     writeln!(s, "    const int tx = threadIdx.x, ty = threadIdx.y;").unwrap();
-    let store_acc = |index: &str| mm.store(d, OUT, "acc", index);
+    let (vm, vn) = mm.row_col_vars(d);
+    // The element at (row, col) from its products: the epilogue, or the product itself.
+    let store_acc = |row: &str, col: &str, index: &str| {
+        format!(
+            "{{ const int64_t {vm} = {row}, {vn} = {col}; (void){vm}; (void){vn}; const float {} = acc; {} }}",
+            acc_name(0),
+            mm.store(d, OUT, &mm.value(), index)
+        )
+    };
+    if mm.cols.len() > 1 {
+        // Several products per element (SiLU(gate) * up): a plain kernel, one thread per
+        // element, each product a loop over k.
+        writeln!(s, "    const int64_t row = (int64_t)blockIdx.y * {t} + ty, col = (int64_t)blockIdx.x * {t} + tx;").unwrap();
+        writeln!(s, "    if (row >= M || col >= N) return;").unwrap();
+        writeln!(
+            s,
+            "    const int64_t {vm} = row, {vn} = col; (void){vm}; (void){vn};"
+        )
+        .unwrap();
+        for (slot, c) in mm.cols.iter().enumerate() {
+            writeln!(
+                s,
+                "    float {0} = 0.0f;\n    for (int64_t kx = 0; kx < K; ++kx) {0} += (float)({1}) * (float)({2});",
+                acc_name(slot),
+                a.at(d, "pa", "row", "kx"),
+                b.at(d, "pb", "kx", &format!("(col + {c})"))
+            )
+            .unwrap();
+        }
+        writeln!(
+            s,
+            "    {}",
+            mm.store(d, OUT, &mm.value(), "kiln_b * M * N + row * N + col")
+        )
+        .unwrap();
+        return;
+    }
+    let c0 = &mm.cols[0];
 
     // Decode: one row.
     writeln!(s, "    if (M == 1) {{").unwrap();
@@ -242,7 +444,7 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         s,
         "        if (col < N) for (int64_t kx = tx; kx < K; kx += {t}) acc += (float)({}) * (float)({});",
         a.at(d, "pa", "0", "kx"),
-        b.at(d, "pb", "kx", "col")
+        b.at(d, "pb", "kx", &format!("(col + {c0})"))
     )
     .unwrap();
     writeln!(
@@ -254,7 +456,7 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     writeln!(
         s,
         "        if (tx == 0 && col < N) {}\n        return;\n    }}",
-        store_acc("kiln_b * N + col")
+        store_acc("0", "col", "kiln_b * N + col")
     )
     .unwrap();
 
@@ -288,14 +490,14 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         writeln!(
             s,
             "        Bs[tx][ty] = (k0 + tx < K && bcol < N) ? (float)({}) : 0.0f;",
-            b.at(d, "pb", "(k0 + tx)", "bcol")
+            b.at(d, "pb", "(k0 + tx)", &format!("(bcol + {c0})"))
         )
         .unwrap();
     } else {
         writeln!(
             s,
             "        Bs[ty][tx] = (k0 + ty < K && col < N) ? (float)({}) : 0.0f;",
-            b.at(d, "pb", "(k0 + ty)", "col")
+            b.at(d, "pb", "(k0 + ty)", &format!("(col + {c0})"))
         )
         .unwrap();
     }
@@ -303,7 +505,7 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     writeln!(
         s,
         "    if (row < M && col < N) {}",
-        store_acc("kiln_b * M * N + row * N + col")
+        store_acc("row", "col", "kiln_b * M * N + row * N + col")
     )
     .unwrap();
 }

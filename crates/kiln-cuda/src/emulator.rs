@@ -70,7 +70,7 @@ fn launcher(k: &Kernel) -> String {
     // Kernels with barriers or warp shuffles run their threads as coroutines.
     let cooperative = matches!(
         k.kind,
-        KernelKind::Reduce { .. } | KernelKind::MatMul { .. }
+        KernelKind::Reduce { .. } | KernelKind::ReduceMap { .. } | KernelKind::MatMul { .. }
     );
     let name = kiln_compile::NAME_PLACEHOLDER;
     let mut s = String::new();
