@@ -105,3 +105,9 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Target>,
         }
     }
 }
+
+/// The CPU's FMA peak in GFLOP/s on `threads` threads and its vector width in f32 lanes
+/// (`kiln_cpu::probe`): what `kiln bench decode` measures prefill against.
+pub fn cpu_fma_peak(threads: usize) -> Result<(f64, usize), BackendError> {
+    kiln_cpu::probe::fma_peak(&kiln_cpu::CCompiler::from_env(), threads, 25)
+}

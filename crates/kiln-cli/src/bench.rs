@@ -51,6 +51,9 @@ pub struct DecodeBench {
     /// cpu, or cuda (GPU 0; the bound is then the GPU's copy bandwidth).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
+    /// Matrix weights in f32 or bf16 (default: the model's own).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    weight_dtype: Option<String>,
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
 }
@@ -353,7 +356,7 @@ fn memory_bandwidth(threads: usize) -> f64 {
         .build()
         .expect("pool");
     let mut best = 0.0f64;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let start = Instant::now();
         let s: u64 = pool.install(|| {
             buf.par_chunks(1 << 16)
@@ -378,7 +381,11 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let opts = LoadOptions {
+    let weight_dtype = a.weight_dtype.as_deref().map(|d| match d {
+        "f32" => kiln_models::WeightDtype::F32,
+        _ => kiln_models::WeightDtype::BF16,
+    });
+    let mut opts = LoadOptions {
         compile: kiln_compile::CompileOptions {
             threads,
             cache: crate::progress::open_cache(false),
@@ -386,6 +393,7 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         },
         ..LoadOptions::new(target.as_ref())
     };
+    opts.graph.weight_dtype = weight_dtype;
     let t = Instant::now();
     let mut model = Model::load(&source, &opts)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -394,6 +402,8 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
     let g = model.generate(&prompt, a.tokens, &Sampling::default(), &[], |_| {})?;
+    // The last run was a decode step: what one token costs in launches and bytes written.
+    let step = model.exe.last_run();
     let (bw, device_name) = match target.bandwidth() {
         Some(probe) => {
             let (name, bw) = probe?;
@@ -401,16 +411,54 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         }
         None => (memory_bandwidth(threads), cpu_model()),
     };
-    let weight_bytes = model.config.weight_bytes() as f64;
-    let bound = bw / weight_bytes;
+    let mut c = model.config.clone();
+    if let Some(w) = weight_dtype {
+        c.weight_dtype = w;
+    }
+    let c = &c;
+    // Bytes a decode step must read: every weight, and the KV cache (f32) at the mean
+    // position of the generated tokens.
+    let weight_bytes = c.weight_bytes() as f64;
+    let mean_pos = a.prompt_len as f64 + g.generated_ids.len() as f64 / 2.0;
+    let kv_bytes = (2 * c.num_layers * c.num_kv_heads * c.head_dim * 4) as f64 * mean_pos;
+    let bound = bw / (weight_bytes + kv_bytes);
+    let decode = g.decode_tokens_per_s();
+    // Prefill work: the linear layers for every prompt position, causal attention (q.k and
+    // p.v over the keys each position sees) and the LM head for the last position.
+    let (h, i, d) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.head_dim as f64,
+    );
+    let (nh, kv, s) = (
+        c.num_heads as f64,
+        c.num_kv_heads as f64,
+        a.prompt_len as f64,
+    );
+    let linear = 2.0 * (h * (nh + 2.0 * kv) * d + nh * d * h + 3.0 * h * i);
+    let attention = 4.0 * nh * d * s * (s + 1.0) / 2.0;
+    let prefill_flops =
+        c.num_layers as f64 * (linear * s + attention) + 2.0 * h * c.vocab_size as f64;
+    let prefill_gflops = prefill_flops / (g.prefill_ms * 1e6);
+    let (peak, lanes) = match a.backend {
+        BackendKind::Cpu => {
+            let (p, l) = kiln_backends::cpu_fma_peak(threads)?;
+            (Some(p), Some(l))
+        }
+        _ => (None, None),
+    };
     let doc = json!({
         "model": a.model, "backend": a.backend.name(), "threads": threads,
-        "machine": { "cores": cores(), "cpu": cpu_model(), "bandwidth_from": device_name },
+        "machine": { "cores": cores(), "cpu": cpu_model(), "bandwidth_from": device_name, "vector_lanes_f32": lanes },
         "prompt_len": a.prompt_len, "tokens": g.generated_ids.len(), "load_ms": load_ms, "compile_ms": model.report.compile_ms,
         "prefill_ms": g.prefill_ms, "time_to_first_token_ms": g.prefill_ms,
-        "decode_tokens_per_s": g.decode_tokens_per_s(),
-        "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes, "weight_dtype": format!("{:?}", model.config.weight_dtype), "params": model.config.num_params(),
-        "bandwidth_bound_tokens_per_s": bound, "fraction_of_bound": g.decode_tokens_per_s() / bound,
+        "prefill_gflop": prefill_flops / 1e9, "prefill_gflops": prefill_gflops,
+        "fma_peak_gflops": peak, "prefill_pct_of_peak": peak.map(|p| 100.0 * prefill_gflops / p),
+        "decode_tokens_per_s": decode,
+        "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes, "kv_cache_bytes_read": kv_bytes,
+        "weight_dtype": format!("{:?}", c.weight_dtype), "params": c.num_params(),
+        "bound_tokens_per_s": bound, "decode_pct_of_bound": 100.0 * decode / bound,
+        "launches_per_token": step.launches, "bytes_written_per_token": step.bytes_written,
     });
     let jpath = a.out.join("decode.json");
     std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
@@ -419,14 +467,24 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         use plotters::prelude::*;
         let root = SVGBackend::new(&spath, (600, 400)).into_drawing_area();
         root.fill(&WHITE)?;
+        // Both measures against the machine, in percent: prefill of the FMA peak, decode of
+        // the memory-bandwidth bound.
+        let prefill_pct = peak.map_or(0.0, |p| 100.0 * prefill_gflops / p);
+        let decode_pct = 100.0 * decode / bound;
         let vals = [
-            ("kiln decode", g.decode_tokens_per_s()),
-            ("bandwidth bound", bound),
+            (
+                format!("prefill {prefill_gflops:.0} GFLOP/s: % of FMA peak"),
+                prefill_pct,
+            ),
+            (
+                format!("decode {decode:.1} tokens/s: % of bandwidth bound"),
+                decode_pct,
+            ),
         ];
         let mut ch = ChartBuilder::on(&root)
             .caption(
                 format!(
-                    "{} decode tokens/s ({}, {threads} threads)",
+                    "{} on the machine's limits ({}, {threads} threads)",
                     a.model, a.backend
                 ),
                 ("sans-serif", 18),
@@ -434,14 +492,17 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
             .margin(15)
             .x_label_area_size(35)
             .y_label_area_size(45)
-            .build_cartesian_2d(0.0..2.0, 0.0..bound.max(g.decode_tokens_per_s()) * 1.2)?;
-        ch.configure_mesh().x_labels(0).y_desc("tokens/s").draw()?;
+            .build_cartesian_2d(0.0..2.0, 0.0..110.0)?;
+        ch.configure_mesh()
+            .x_labels(0)
+            .y_desc("% of the limit")
+            .draw()?;
         for (i, (name, v)) in vals.iter().enumerate() {
             ch.draw_series([Rectangle::new(
                 [(i as f64 + 0.2, 0.0), (i as f64 + 0.8, *v)],
                 Palette99::pick(i).filled(),
             )])?
-            .label(format!("{name}: {v:.2}"))
+            .label(format!("{name}: {v:.0}%"))
             .legend(move |(x, y)| {
                 Rectangle::new([(x, y - 5), (x + 10, y + 5)], Palette99::pick(i).filled())
             });
@@ -450,13 +511,13 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         root.present()?;
     }
     eprintln!(
-        "prefill {} tokens: {:.1} ms; decode {:.2} tokens/s; bandwidth {:.1} GB/s -> bound {:.2} tokens/s ({:.0}%)",
+        "prefill {} tokens: {:.1} ms, {prefill_gflops:.1} GFLOP/s{}; decode {decode:.2} tokens/s, {} launches/token; bandwidth {:.1} GB/s -> bound {bound:.2} tokens/s ({:.0}%)",
         a.prompt_len,
         g.prefill_ms,
-        g.decode_tokens_per_s(),
+        peak.map_or(String::new(), |p| format!(" ({:.0}% of the {p:.0} GFLOP/s FMA peak)", 100.0 * prefill_gflops / p)),
+        step.launches,
         bw / 1e9,
-        bound,
-        100.0 * g.decode_tokens_per_s() / bound
+        100.0 * decode / bound
     );
     eprintln!("wrote {} and {}", jpath.display(), spath.display());
     Ok(())
