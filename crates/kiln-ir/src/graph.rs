@@ -80,7 +80,7 @@ pub enum Op {
     Reduce(ReduceOp, NodeId, usize),
     /// `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dims equal.
     MatMul(NodeId, NodeId),
-    /// Rows of `table` ([rows, cols]) picked by integer `ids` ([n]) -> [n, cols].
+    /// Rows of `table` (`[rows, cols]`) picked by integer `ids` (`[n]`) -> `[n, cols]`.
     Gather(NodeId, NodeId),
     Concat(Vec<NodeId>, usize),
     /// `dst` with `src` written at positions `start..start + len` of `axis` (len: `src`'s size
