@@ -42,11 +42,8 @@ pub struct EmulatedCuda {
     identity: OnceLock<Result<String, String>>,
 }
 
-/// A compiled unit: the shared object, and the folder its file lives in.
-pub struct EmulatedModule {
-    lib: libloading::Library,
-    _file: tempfile::TempPath,
-}
+/// A compiled unit: the shared object.
+pub type EmulatedModule = kiln_runtime::HostLibrary;
 
 /// The C++ compiler: `$CXX`, else `g++`.
 fn cxx() -> String {
@@ -159,18 +156,7 @@ impl Backend for EmulatedCuda {
     }
 
     fn load(&self, artifact: &[u8]) -> Result<EmulatedModule, BackendError> {
-        let mut f = tempfile::Builder::new()
-            .prefix("kiln-emu-")
-            .suffix(".so")
-            .tempfile()
-            .map_err(|e| BackendError::io("CUDA emulator: temporary file", e))?;
-        std::io::Write::write_all(&mut f, artifact)
-            .map_err(|e| BackendError::io("CUDA emulator: temporary file", e))?;
-        let path = f.into_temp_path();
-        // SAFETY: a library kiln built from its own kernels and emulator runtime.
-        let lib = unsafe { libloading::Library::new(&path) }
-            .map_err(|e| BackendError::Invalid(format!("CUDA emulator: loading: {e}")))?;
-        Ok(EmulatedModule { lib, _file: path })
+        EmulatedModule::open(artifact)
     }
 
     fn source_extension(&self) -> &'static str {
@@ -234,8 +220,7 @@ impl Device for EmulatedDevice {
     }
 
     fn download(&mut self, buf: &HostBuffer, bytes: usize) -> Result<Vec<u8>, RunError> {
-        // SAFETY: emulated launches are synchronous.
-        Ok(unsafe { buf.bytes(bytes) }.to_vec())
+        Ok(buf.read(bytes))
     }
 
     fn launch(
