@@ -3,12 +3,16 @@
 //! ```text
 //! cargo run --release -p kiln-luminal --example luminal_transformer -- [LAYERS...]
 //!     [--threads N] [--backend cpu|cuda] [--seq S] [--no-cache | --cache DIR] [--trace FILE]
-//!     [--kernels] [--no-matmul] [--luminal]
+//!     [--kernels] [--no-matmul] [--weights kept|trusted|per-run] [--luminal]
 //! ```
 //! Default layers: 2 8 32 (luminal's layer count is a const generic: 1, 2, 4, 8, 16, 32 or 64).
 //! For each depth it prints luminal's node count, kiln's kernels total and unique, the compile
 //! time (and its stages), and the time of one forward pass over S positions. `--luminal` runs
-//! the same model under luminal's own `(GenericCompiler, CPUCompiler)` instead.
+//! the same model under luminal's own `(GenericCompiler, CPUCompiler)` instead. `--weights`:
+//! `kept` (default) keeps the weights in luminal (`cx.keep_tensors`), so kiln binds them once
+//! and fingerprints them every execute; `trusted` skips the fingerprint
+//! (`verify_kept_inputs(false)`); `per-run` does not keep them, so luminal produces them anew
+//! and kiln copies them in on every execute.
 
 use kiln_backends::BackendKind;
 use kiln_compile::TraceRecorder;
@@ -32,7 +36,15 @@ struct Args {
     trace: Option<PathBuf>,
     kernels: bool,
     matmul: bool,
+    weights: Weights,
     luminal: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Weights {
+    Kept,
+    Trusted,
+    PerRun,
 }
 
 /// Deterministic values in [-1, 1).
@@ -68,7 +80,9 @@ fn time_execute(cx: &mut Graph, out: GraphTensor<(Dyn<'s'>, Const<DIM>)>) -> (f6
 fn run<const L: usize>(a: &Args) {
     let mut cx = Box::new(Graph::new());
     let model: TransformerEncoder<DIM, FF, HEADS, L> = InitModule::initialize(&mut cx);
-    cx.keep_tensors(state_set(&model)); // weights: computed once, bound into kiln once
+    if a.weights != Weights::PerRun {
+        cx.keep_tensors(state_set(&model)); // weights: computed once, bound into kiln once
+    }
     let x = cx.tensor::<(Dyn<'s'>, Const<DIM>)>();
     let mut out = model.forward(x).retrieve();
     x.set_dyn(values(a.seq * DIM, 1), &[a.seq, DIM]);
@@ -94,7 +108,8 @@ fn run<const L: usize>(a: &Args) {
     let mut b = KilnCompiler::builder()
         .backend(a.backend)
         .threads(a.threads)
-        .recognize_matmul(a.matmul);
+        .recognize_matmul(a.matmul)
+        .verify_kept_inputs(a.weights != Weights::Trusted);
     b = match &a.cache {
         None => b.default_cache(),
         Some(None) => b.no_cache(),
@@ -112,7 +127,15 @@ fn run<const L: usize>(a: &Args) {
     let bridge_ms = t.elapsed().as_secs_f64() * 1e3;
     let r = kiln.report().expect("a report after compile");
     if let (Some(t), Some(path)) = (&trace, &a.trace) {
-        t.write(path).expect("write the trace");
+        let path = if a.layers.len() > 1 {
+            path.with_file_name(format!(
+                "{}-{L}layers.json",
+                path.file_stem().unwrap_or_default().to_string_lossy()
+            ))
+        } else {
+            path.clone()
+        };
+        t.write(&path).expect("write the trace");
         eprintln!("trace written to {}", path.display());
     }
     let (run_ms, y) = time_execute(&mut cx, out);
@@ -153,6 +176,7 @@ fn parse() -> Result<Args, String> {
         trace: None,
         kernels: false,
         matmul: true,
+        weights: Weights::Kept,
         luminal: false,
     };
     let mut it = std::env::args().skip(1);
@@ -171,6 +195,14 @@ fn parse() -> Result<Args, String> {
             "--trace" => a.trace = Some(value("--trace")?.into()),
             "--kernels" => a.kernels = true,
             "--no-matmul" => a.matmul = false,
+            "--weights" => {
+                a.weights = match value("--weights")?.as_str() {
+                    "kept" => Weights::Kept,
+                    "trusted" => Weights::Trusted,
+                    "per-run" => Weights::PerRun,
+                    w => return Err(format!("--weights {w}: use kept, trusted or per-run")),
+                }
+            }
             "--luminal" => a.luminal = true,
             n => a
                 .layers

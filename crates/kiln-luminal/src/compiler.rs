@@ -65,15 +65,9 @@ struct State {
     warnings: Vec<String>,
 }
 
-/// The luminal compiler pass that compiles a graph with kiln.
-///
-/// ```ignore
-/// let kiln = KilnCompiler::builder().threads(2).build();
-/// cx.compile((GenericCompiler::default(), kiln.clone()), &mut out);
-/// cx.execute();
-/// let y = out.data();
-/// let report = kiln.report().unwrap(); // kiln_compile::CompileReport
-/// ```
+/// The luminal compiler pass that compiles a graph with kiln (see the crate docs for a whole
+/// example): `cx.compile((GenericCompiler::default(), kiln.clone()), &mut out)`, then
+/// `kiln.report()`.
 ///
 /// Run it after luminal's `GenericCompiler` (which leaves the primitive ops) and instead of
 /// `CPUCompiler`. Cheap to clone; clones share the reports and warnings of the compiles they
@@ -286,6 +280,9 @@ impl KilnCompiler {
             .filter(|n| matches!(kind[n], Kind::Supported))
             .collect();
         let reports = rewire(cx, built, supported);
+        // `Graph::compile` re-sorts luminal's execution order after a pass; a bare
+        // `try_compile` must too, or `execute` would walk the replaced nodes.
+        cx.compile((), ());
         let mut st = self.state();
         st.reports = reports;
         st.warnings = warnings;

@@ -1,16 +1,27 @@
 //! Compile [luminal](https://crates.io/crates/luminal) 0.2 graphs with kiln.
 //!
-//! ```ignore
+//! ```
 //! use kiln_luminal::KilnCompiler;
+//! use luminal::nn::linear::Linear;
 //! use luminal::prelude::*;
 //!
 //! let mut cx = Graph::new();
-//! let x = cx.tensor::<(Dyn<'s'>, Const<64>)>();
-//! let mut out = model.forward(x).retrieve();
-//! cx.compile(<(GenericCompiler, KilnCompiler)>::default(), &mut out);
-//! x.set_dyn(data, &[s, 64]);
-//! cx.execute();
-//! let y = out.data();          // the same values as with luminal's CPUCompiler
+//! let model: Linear<4, 3> = InitModule::initialize(&mut cx);
+//! cx.keep_tensors(state_set(&model)); // weights: kept by luminal, bound into kiln once
+//! let x = cx.tensor::<(Dyn<'s'>, Const<4>)>();
+//! let mut out = model.forward(x).softmax::<1>().retrieve();
+//!
+//! let kiln = KilnCompiler::builder().threads(2).no_cache().build(); // or ::default()
+//! cx.compile((GenericCompiler::default(), kiln.clone()), &mut out);
+//! for s in [2, 5] {
+//!     x.set_dyn(vec![0.5; s * 4], &[s, 4]); // one compile serves every length
+//!     cx.execute();
+//!     let y = out.data(); // what luminal's CPUCompiler gives
+//!     assert_eq!(y.len(), s * 3);
+//!     out.drop(); // luminal skips nodes whose output is still held
+//! }
+//! let report = kiln.report().unwrap(); // kiln_compile::CompileReport
+//! assert!(report.kernels_unique > 0);
 //! ```
 //!
 //! [`KilnCompiler`] is a luminal compiler pass. After luminal's `GenericCompiler` the graph

@@ -644,7 +644,13 @@ fn trace_and_report_like_the_kiln_command() {
         .no_cache()
         .observer(trace.clone())
         .build();
-    let mut c = Case::new(Backend::Kiln, &k, &mlp);
+    // Through try_compile (not Graph::compile): the graph must be ready to execute all the same.
+    let mut cx = Box::new(Graph::new());
+    let (inputs, out) = mlp(&mut cx);
+    let mut out = out.retrieve();
+    cx.compile(GenericCompiler::default(), &mut out);
+    k.try_compile(&mut cx, &mut out).expect("compiles");
+    let mut c = Case { cx, inputs, out };
     let r = k.report().expect("report after compile");
     assert_eq!(r.threads, 2);
     assert!(r.compiler_invocations > 0 && r.kernels_unique > 0);
