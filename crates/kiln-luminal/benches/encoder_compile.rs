@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p kiln-luminal --bench encoder_compile -- [--layers 2,8,32] [--threads N]
-//!     [--repeat R] [--out DIR]
+//!     [--repeat R] [--out DIR]     (default DIR: bench-out at the workspace root)
 //! ```
 //! For each depth and each of R repeats: build the encoder (64 wide, 256 feed-forward, 4 heads,
 //! weights kept), run luminal's `GenericCompiler` (timed apart: it is luminal's, not kiln's),
@@ -240,7 +240,8 @@ fn main() {
     let mut layers = vec![2, 8, 32];
     let mut threads = kiln_compile::default_threads();
     let mut repeat = 3;
-    let mut out = PathBuf::from("bench-out");
+    // `cargo bench` runs in the crate's folder: default to the workspace's (ignored) bench-out.
+    let mut out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-out");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
