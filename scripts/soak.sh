@@ -9,7 +9,7 @@
 #
 # Environment: KILN (the binary; default target/release/kiln, built if missing), MODEL (default
 # the tiny Qwen3 fixture), KILN_THREADS (compile threads per process, default 2), SEED (for
-# $RANDOM). Exits 1 unless every figure is 0.
+# $RANDOM), KEEP=1 (keep the work folder). Exits 1 unless every figure is 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,12 +32,12 @@ kiln=$(realpath "$kiln")
 work=$(mktemp -d -t kiln-soak-XXXXXX)
 cache=$work/cache
 export TMPDIR=$work/tmp KILN_CACHE_DIR=$cache
-mkdir -p "$TMPDIR" "$cache" "$work/results"
+mkdir -p "$TMPDIR" "$cache" "$work/results" "$work/pids"
 unset KILN_COMPILE_THREADS KILN_CACHE_MAX_MB NO_COLOR
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"' EXIT
 
-digest() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(r.get("compile", r)["artifact_digest"])'; }
-tokens() { python3 -c 'import json,sys; print(json.load(sys.stdin)["generated_ids"])'; }
+digest() { grep -o '"artifact_digest":"[0-9a-f]*"' | cut -d'"' -f4; }
+tokens() { grep -o '"generated_ids":\[[0-9,]*\]' | cut -d: -f2; }
 run_args=(run --model "$model" --prompt-ids "$prompt" --max-new-tokens 8 --ignore-eos --json --threads "$threads")
 compile_args=(compile --model "$model" --json --threads "$threads")
 
@@ -48,24 +48,25 @@ ref_tokens=$(tokens <<<"$ref_json")
 echo "reference: digest ${ref_digest:0:16}, tokens $ref_tokens"
 
 # One worker: COMPILES compiles, then more while the chaos loop runs, then one last one.
-# Each result line: "<kind> <exit status> <digest or -> <tokens or ->".
+# Each result line: "<kind> <exit status> <digest or -> <tokens or ->". The pid of the kiln
+# process running is in $work/pids/<worker>, for the chaos loop.
 worker() {
-  local id=$1 n=0 out status kind
-  local log=$work/results/$id
+  local id=$1 n=0 status kind pid
+  local log=$work/results/$id.log out=$work/results/$id.out
   while :; do
     if [ "$n" -ge "$compiles" ] && [ -e "$work/chaos-done" ]; then
       [ -e "$work/final.$id" ] && break
       touch "$work/final.$id"
     fi
     if [ $((n % 2)) = 0 ]; then kind=compile; args=("${compile_args[@]}"); else kind=run; args=("${run_args[@]}"); fi
+    "$kiln" "${args[@]}" >"$out" 2>>"$work/results/$id.err" &
+    pid=$!
+    echo "$pid" >"$work/pids/$id"
     status=0
-    out=$("$kiln" "${args[@]}" 2>>"$work/results/$id.stderr") || status=$?
+    wait "$pid" || status=$?
+    rm -f "$work/pids/$id"
     if [ "$status" = 0 ]; then
-      if [ "$kind" = run ]; then
-        echo "$kind 0 $(digest <<<"$out") $(tokens <<<"$out" | tr -d ' ')" >>"$log"
-      else
-        echo "$kind 0 $(digest <<<"$out") -" >>"$log"
-      fi
+      echo "$kind 0 $(digest <"$out") $( [ "$kind" = run ] && tokens <"$out" || echo -)" >>"$log"
     else
       echo "$kind $status - -" >>"$log"
     fi
@@ -73,28 +74,21 @@ worker() {
   done
 }
 
-# The kiln processes of the workers (children, or grandchildren through a subshell).
-kiln_processes() {
-  local w c g
-  for w in "${workers[@]}"; do
-    for c in $(pgrep -P "$w" || true); do
-      [ "$(cat "/proc/$c/comm" 2>/dev/null)" = kiln ] && echo "$c"
-      pgrep -P "$c" -x kiln || true
-    done
-  done
-}
-
 # The chaos loop: kill -9 a random kiln process of a worker, and now and then damage an entry.
 chaos() {
   local killed=0 damaged=0 victims entries e other
-  while [ "$killed" -lt "$kills" ] || [ "$damaged" -lt "$corruptions" ]; do
-    sleep "0.$((RANDOM % 5 + 1))"
+  # Killed = processes that died of the signal (a kill can land on one that just finished).
+  while killed=$(cat "$work"/results/*.log 2>/dev/null | grep -c ' 137 ' || true)
+    [ "$killed" -lt "$kills" ] || [ "$damaged" -lt "$corruptions" ]; do
     if [ "$killed" -lt "$kills" ]; then
-      mapfile -t victims < <(kiln_processes)
-      if [ "${#victims[@]}" -gt 0 ]; then
-        kill -9 "${victims[RANDOM % ${#victims[@]}]}" 2>/dev/null && killed=$((killed + 1))
+      victims=("$work"/pids/*)
+      if ! { [ -e "${victims[0]}" ] && kill -9 "$(cat "${victims[RANDOM % ${#victims[@]}]}" 2>/dev/null)" 2>/dev/null; }; then
+        sleep 0.02
+        continue
       fi
     fi
+    # Spread over the run (cold compiles first, then warm ones): 0.1 to 8 s between kills.
+    sleep "$((RANDOM % 8)).$((RANDOM % 9 + 1))"
     if [ "$damaged" -lt "$corruptions" ] && [ $((RANDOM % 2)) = 0 ]; then
       mapfile -t entries < <(find "$cache" -name '*.kart' -type f)
       [ "${#entries[@]}" -ge 2 ] || continue
@@ -117,14 +111,14 @@ chaos() {
 start=$(date +%s)
 workers=()
 for i in $(seq 1 "$procs"); do
-  worker "$i" &
+  worker "$i" 2>/dev/null &
   workers+=($!)
 done
 chaos
 wait "${workers[@]}"
 elapsed=$(($(date +%s) - start))
 
-results=$(cat "$work"/results/[0-9]*)
+results=$(cat "$work"/results/*.log)
 total=$(wc -l <<<"$results")
 killed=$(grep -c ' 137 ' <<<"$results" || true)
 failed=$(awk '$2 != 0 && $2 != 137' <<<"$results" | wc -l)
@@ -158,7 +152,7 @@ soak: $procs processes x $compiles+ compiles on one cache, $(nproc) cores, ${ela
   final run all from cache, same digest and tokens: $([ "$final_ok" = 1 ] && echo yes || echo NO) ($warnings warnings)
 EOF
 if [ "$failed" -gt 0 ]; then
-  echo "failures:" && cat "$work"/results/*.stderr | grep -v '^$' | sort | uniq -c | sort -rn | head -20
+  echo "failures:" && grep -h '^error' "$work"/results/*.err | sort | uniq -c | sort -rn | head -20
 fi
 [ "$poisoned" = 0 ] && [ "$digest_changes" = 0 ] && [ "$token_changes" = 0 ] && [ "$failed" = 0 ] \
   && [ "$temp_files" = 0 ] && [ "$scratch" = 0 ] && [ "$final_ok" = 1 ] && [ "$warnings" = 0 ]
