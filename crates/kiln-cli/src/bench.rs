@@ -20,8 +20,8 @@ pub enum BenchCommand {
 pub struct CompileBench {
     #[arg(long)]
     model: String,
-    /// Thread counts to measure.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    /// Thread counts to measure (each 1 to 1024).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = crate::parse_threads)]
     threads: Vec<usize>,
     /// Runs per configuration (median and min are reported).
     #[arg(long, default_value_t = 3)]
@@ -34,6 +34,9 @@ pub struct CompileBench {
     /// Override the number of layers.
     #[arg(long)]
     layers: Option<usize>,
+    /// Time limit of one compiler invocation in each compile, in seconds.
+    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    compile_timeout: u64,
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
 }
@@ -46,7 +49,8 @@ pub struct DecodeBench {
     prompt_len: usize,
     #[arg(long, default_value_t = 32)]
     tokens: usize,
-    #[arg(long)]
+    /// Compile and run threads (1 to 1024; kernels run on at most one per core).
+    #[arg(long, value_parser = crate::parse_threads)]
     threads: Option<usize>,
     /// cpu, or cuda (GPU 0; the bound is then the GPU's copy bandwidth).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
@@ -102,6 +106,7 @@ fn compile_child(a: &CompileBench, threads: usize, cache: &Path) -> std::process
     if let Some(arch) = &a.arch {
         cmd.args(["--arch", arch]);
     }
+    cmd.args(["--compile-timeout", &a.compile_timeout.to_string()]);
     cmd.env("KILN_CACHE_DIR", cache)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -374,7 +379,7 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
     let target = kiln_backends::open(
         a.backend,
         &BackendOptions {
-            run_threads: threads,
+            run_threads: threads.min(cores()),
             ..Default::default()
         },
     )?;

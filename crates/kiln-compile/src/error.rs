@@ -24,6 +24,9 @@ pub enum CompileError {
     Kernels(Vec<KernelFailure>),
     #[error("cannot start {threads} compile threads: {reason}")]
     Threads { threads: usize, reason: String },
+    /// A signal stopped the compile: compilers were killed, nothing half-written was kept.
+    #[error("interrupted by signal {signal}; compilers stopped, the kernel cache is consistent")]
+    Interrupted { signal: i32 },
     #[error("loading the compiled module of kernel {kernel}: {source}")]
     Load {
         kernel: String,

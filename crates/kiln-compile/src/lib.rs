@@ -29,6 +29,7 @@ pub mod memplan;
 pub mod observer;
 pub mod parallel;
 mod pool;
+pub mod process;
 pub mod report;
 pub mod schedule;
 pub mod testing;
@@ -40,6 +41,10 @@ pub use extract::{Buffer, OutputLayout, Program, Step};
 pub use kernel::{Kernel, KernelKind, Let, Operand, ScalarExpr};
 pub use memplan::MemoryPlan;
 pub use observer::{notify, Event, Observer, Stage, TraceRecorder};
+pub use process::{
+    default_compile_timeout, interrupt, interrupted, wait_until_no_compile_runs,
+    DEFAULT_COMPILE_TIMEOUT,
+};
 pub use report::{peak_rss_mb, CompileReport, KernelReport, StageTime};
 
 use kiln_ir::Graph;
@@ -74,13 +79,19 @@ impl Default for CompileOptions<'_> {
     }
 }
 
-/// `KILN_COMPILE_THREADS`, else the number of available cores.
+/// `KILN_COMPILE_THREADS` (at most [`MAX_THREADS`]), else the number of available cores.
 pub fn default_threads() -> usize {
     std::env::var("KILN_COMPILE_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .map(|n: usize| n.min(MAX_THREADS))
+        .unwrap_or_else(cores)
+}
+
+/// The number of cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// One distinct kernel of the compiled program.
@@ -153,6 +164,8 @@ pub fn compile<B: Backend>(
         });
     }
     COMPILES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _active = process::ActiveCompile::start();
+    check_interrupt()?;
     let t0 = Instant::now();
     let identity = backend.identity()?;
     let observer = opts.observer;
@@ -160,11 +173,13 @@ pub fn compile<B: Backend>(
         observer,
         times: Vec::new(),
     };
-    let pool = pool::Workers::new(opts.threads)?;
 
     let graph = st.run(Stage::Analysis, || analysis::analyze(graph))?;
     let program = st.run(Stage::KernelExtraction, || extract::extract(&graph));
     let deduped = st.run(Stage::Dedupe, || dedupe::dedupe(&program, opts.dedupe));
+    // No stage has more parallel work than there are distinct kernels: more threads would only
+    // be started, compete for the cores while idle, and be stopped again.
+    let pool = pool::Workers::new(opts.threads.min(deduped.kernels.len().max(1)))?;
     let sources = st.run(Stage::Codegen, || {
         codegen::codegen(&deduped.kernels, backend, &pool)
     });
@@ -229,22 +244,36 @@ pub fn compile<B: Backend>(
         cached.into_iter().map(|c| c.map(|c| c.artifact)).collect();
     let mut failures = Vec::new();
     let (mut busy, mut invocations) = (0.0, 0);
+    let cache_warned = std::sync::atomic::AtomicBool::new(false);
+    let stored = std::sync::atomic::AtomicBool::new(false);
     let store = |u: usize, artifact: &[u8], secs: f64| {
         let Some(cache) = &opts.cache else { return };
         let kernels: Vec<&str> = unit_names[u].iter().map(String::as_str).collect();
-        if let Err(e) = cache.put(
+        match cache.put(
             backend.name(),
             &keys[u],
             &kernels,
             artifact,
             (secs * 1e6) as u64,
         ) {
-            let message = format!(
-                "could not write kernel cache entry in {}: {e}; continuing without caching",
-                cache.dir().display()
-            );
-            tracing::debug!("{message}");
-            notify(observer, &Event::Warning { message: &message });
+            Ok(()) => stored.store(true, std::sync::atomic::Ordering::Relaxed),
+            // One warning per compile: the next entry would fail for the same reason.
+            Err(e) if !cache_warned.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                let message = if cache.is_read_only() {
+                    format!(
+                        "the kernel cache {} is read-only: using its entries, storing no new ones",
+                        cache.dir().display()
+                    )
+                } else {
+                    format!(
+                        "could not write a kernel cache entry in {}: {e}; continuing without storing new entries",
+                        cache.dir().display()
+                    )
+                };
+                tracing::debug!("{message}");
+                notify(observer, &Event::Warning { message: &message });
+            }
+            Err(_) => {}
         }
     };
     for (&u, outcome) in misses.iter().zip(outcomes) {
@@ -260,12 +289,17 @@ pub fn compile<B: Backend>(
                 let k = units[u].kernels[i];
                 KernelFailure {
                     kernel: names[k].clone(),
-                    source_path: write_failed_source(&sources[k], backend.source_extension()),
+                    source_path: match error {
+                        BackendError::Interrupted => None,
+                        _ => write_failed_source(&sources[k], backend.source_extension()),
+                    },
                     error,
                 }
             })),
         }
     }
+    // Whole artifacts compiled before an interruption are stored; nothing else is.
+    check_interrupt()?;
     if !failures.is_empty() {
         failures.sort_by(|a, b| a.kernel.cmp(&b.kernel));
         return Err(CompileError::Kernels(failures));
@@ -281,6 +315,11 @@ pub fn compile<B: Backend>(
             &mut artifacts,
             &from_cache,
             |u| unit_names[u].join(", "),
+            |u| {
+                opts.cache
+                    .as_ref()
+                    .map(|c| c.entry_path(backend.name(), &keys[u]))
+            },
             |u| {
                 if let Some(cache) = &opts.cache {
                     cache.remove(backend.name(), &keys[u]);
@@ -310,6 +349,16 @@ pub fn compile<B: Backend>(
     })?;
 
     let plan = st.run(Stage::MemoryPlan, || MemoryPlan::new(&program));
+    if let Some(cache) = opts
+        .cache
+        .as_ref()
+        .filter(|_| stored.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        // Entries were added: keep the cache under its size limit (least recently used go).
+        if let Err(e) = cache.enforce_limit() {
+            tracing::debug!("kernel cache {}: {e}", cache.dir().display());
+        }
+    }
 
     let mut module_of = vec![0; sources.len()];
     for (u, unit) in units.iter().enumerate() {
@@ -370,6 +419,14 @@ pub fn compile<B: Backend>(
     })
 }
 
+/// Fails with [`CompileError::Interrupted`] once [`interrupt`] was called.
+fn check_interrupt() -> Result<(), CompileError> {
+    match interrupted() {
+        Some(signal) => Err(CompileError::Interrupted { signal }),
+        None => Ok(()),
+    }
+}
+
 /// Writes a failing kernel's source where the user can open it: a new folder per compile,
 /// readable by this user only, which the error message names.
 fn write_failed_source(src: &KernelSource, ext: &str) -> Option<std::path::PathBuf> {
@@ -377,6 +434,7 @@ fn write_failed_source(src: &KernelSource, ext: &str) -> Option<std::path::PathB
     let dir = DIR.get_or_init(|| {
         tempfile::Builder::new()
             .prefix("kiln-failed-kernels-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .ok()
             .map(|d| d.keep())

@@ -1,10 +1,13 @@
 //! The system C compiler: `$CC`, else `cc`. One invocation compiles a batch of kernels (one
-//! translation unit) into one shared object.
+//! translation unit) into one shared object, in a private scratch folder, under a time limit
+//! (`kiln_compile::process`).
 
+use kiln_compile::process::{self, ChildError};
 use kiln_compile::BackendError;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The C prelude: CPU-specific definitions, the shared scalar helpers, the matmul blocks.
 pub fn prelude() -> &'static str {
@@ -29,31 +32,45 @@ pub struct CCompiler {
     pub program: PathBuf,
     /// Where the choice came from, for error messages.
     pub origin: &'static str,
+    /// How long one invocation may take before its process group is killed.
+    pub timeout: Duration,
 }
 
 impl CCompiler {
-    /// `$CC` if set, else `cc`.
+    /// `$CC` if set, else `cc`; the time limit from `KILN_COMPILE_TIMEOUT`, else the default.
     pub fn from_env() -> CCompiler {
+        let timeout = kiln_compile::default_compile_timeout();
         match std::env::var_os("CC").filter(|v| !v.is_empty()) {
             Some(cc) => CCompiler {
                 program: PathBuf::from(cc),
                 origin: "$CC",
+                timeout,
             },
             None => CCompiler {
                 program: PathBuf::from("cc"),
                 origin: "the default `cc`",
+                timeout,
             },
         }
     }
 
+    /// The same compiler with another time limit per invocation.
+    pub fn with_timeout(mut self, timeout: Duration) -> CCompiler {
+        self.timeout = timeout;
+        self
+    }
+
     /// Compiler version line, flags, CPU and prelude: everything that changes the machine code.
     pub fn identity(&self) -> Result<String, BackendError> {
-        let out = Command::new(&self.program).arg("--version").output().map_err(|e| {
-            BackendError::Unavailable(format!(
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("--version");
+        let out = process::run(&mut cmd, self.timeout).map_err(|e| match e {
+            ChildError::Spawn(e) => BackendError::Unavailable(format!(
                 "C compiler `{}` ({}) could not be run: {e}. kiln's CPU backend needs a C compiler: install one (Debian/Ubuntu: `apt-get install gcc`) or set CC to its path",
                 self.program.display(),
                 self.origin
-            ))
+            )),
+            e => BackendError::from(e),
         })?;
         if !out.status.success() {
             return Err(BackendError::Unavailable(format!(
@@ -82,9 +99,7 @@ impl CCompiler {
 
     /// Compiles one translation unit; returns the shared object's bytes or the diagnostics.
     pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, BackendError> {
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-cc-")
-            .tempdir()
+        let dir = process::scratch_dir("kiln-cc-")
             .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
         let mut unit = String::from(prelude());
         for s in sources {
@@ -93,17 +108,17 @@ impl CCompiler {
         }
         std::fs::write(dir.path().join("kernels.c"), unit)
             .map_err(|e| BackendError::io("cannot write the kernel source", e))?;
-        let out = Command::new(&self.program)
-            .args(FLAGS)
+        let mut cmd = Command::new(&self.program);
+        cmd.args(FLAGS)
             .args(["-o", "kernels.so", "kernels.c"])
-            .current_dir(dir.path())
-            .output()
-            .map_err(|e| {
-                BackendError::io(
-                    format!("cannot run C compiler `{}`", self.program.display()),
-                    e,
-                )
-            })?;
+            .current_dir(dir.path());
+        let out = process::run(&mut cmd, self.timeout).map_err(|e| match e {
+            ChildError::Spawn(e) => BackendError::io(
+                format!("cannot run C compiler `{}`", self.program.display()),
+                e,
+            ),
+            e => BackendError::from(e),
+        })?;
         if !out.status.success() {
             let mut msg = String::from_utf8_lossy(&out.stderr).to_string();
             if msg.trim().is_empty() {

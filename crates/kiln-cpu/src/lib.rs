@@ -40,6 +40,12 @@ impl CpuBackend {
         self.run_threads = threads.max(1);
         self
     }
+
+    /// The same compiler with another time limit per compiler invocation.
+    pub fn with_compile_timeout(mut self, timeout: std::time::Duration) -> CpuBackend {
+        self.cc = self.cc.with_timeout(timeout);
+        self
+    }
 }
 
 /// A loaded shared object.
