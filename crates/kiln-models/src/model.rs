@@ -68,6 +68,9 @@ pub fn weight_shapes(c: &QwenConfig) -> Vec<(String, Vec<usize>)> {
             w.push((p("self_attn.v_proj.bias"), vec![kv * d]));
         }
         w.push((p("self_attn.o_proj.weight"), vec![h, nh * d]));
+        if c.o_proj_bias() {
+            w.push((p("self_attn.o_proj.bias"), vec![h]));
+        }
         if c.arch == Arch::Qwen3 {
             w.push((p("self_attn.q_norm.weight"), vec![d]));
             w.push((p("self_attn.k_norm.weight"), vec![d]));
@@ -182,7 +185,7 @@ impl Builder<'_> {
         let out = self.g.reshape(out, &[nh.into(), s.clone(), d.into()])?;
         let out = self.g.permute(out, &[1, 0, 2])?;
         let out = self.g.reshape(out, &[s, (nh * d).into()])?;
-        self.linear(out, &format!("{pre}.o_proj"), h, nh * d, false)
+        self.linear(out, &format!("{pre}.o_proj"), h, nh * d, c.o_proj_bias())
     }
 
     fn mlp(&mut self, l: usize, x: NodeId) -> Result<NodeId> {
