@@ -413,17 +413,18 @@ fn check_attention_kinds(keys: &Keys<'_>, num_layers: usize) -> Result<(), Model
 /// `type`, else "default"; `rope_theta` comes from that dict, else the top-level key, else
 /// 10000.
 fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
-    let dict =
-        |k: &'static str| -> Result<Option<(&'static str, &Map<String, Value>)>, ModelError> {
-            match keys.get(k) {
-                None => Ok(None),
-                Some(Value::Object(m)) if m.is_empty() => Ok(None),
-                Some(Value::Object(m)) => Ok(Some((k, m))),
-                Some(x) => Err(ModelError::config(format!(
-                    "key '{k}' must be an object or null, got {x}"
-                ))),
-            }
-        };
+    /// A RoPE dict under key `k`: its name and entries (None when absent, null or empty).
+    type Dict<'a> = Option<(&'static str, &'a Map<String, Value>)>;
+    let dict = |k: &'static str| -> Result<Dict<'_>, ModelError> {
+        match keys.get(k) {
+            None => Ok(None),
+            Some(Value::Object(m)) if m.is_empty() => Ok(None),
+            Some(Value::Object(m)) => Ok(Some((k, m))),
+            Some(x) => Err(ModelError::config(format!(
+                "key '{k}' must be an object or null, got {x}"
+            ))),
+        }
+    };
     let scaling = dict("rope_scaling")?;
     let params = match scaling {
         Some(s) => Some(s),

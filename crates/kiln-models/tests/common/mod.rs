@@ -51,10 +51,18 @@ pub fn cpu() -> kiln_cpu::CpuBackend {
     kiln_cpu::CpuBackend::default().with_run_threads(1)
 }
 
+/// A kernel cache for these tests (the fixtures' edited copies all compile to the same
+/// kernels), in Cargo's scratch folder for integration tests.
+fn test_cache() -> Option<kiln_compile::KernelCache> {
+    kiln_compile::KernelCache::open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-cache"))
+        .ok()
+}
+
 pub fn load_with(dir: &Path, target: &dyn kiln_runtime::Target) -> Result<Model, ModelError> {
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 1,
+            cache: test_cache(),
             ..Default::default()
         },
         ..LoadOptions::new(target)
