@@ -143,8 +143,18 @@ impl Model {
 
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
         let config = source.config()?;
-        let shapes = weight_shapes(&config);
         let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
+        // The checkpoint's headers (names, shapes, dtypes) are checked against the config
+        // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds
+        // (and a checkpoint that lacks tensors is reported as such, whatever its size).
+        let checkpoint = match source {
+            ModelSource::Preset(_) => None,
+            ModelSource::Dir(d) => {
+                let c = Checkpoint::open(d)?;
+                c.check(&config)?;
+                Some(c)
+            }
+        };
         // Weights pass through host memory on their way to any device.
         let bytes = config.weight_bytes();
         if let Some(avail) = available_memory_bytes() {
@@ -157,16 +167,7 @@ impl Model {
                 )));
             }
         }
-        // The checkpoint's headers (names, shapes, dtypes) are checked against the config
-        // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds.
-        let checkpoint = match source {
-            ModelSource::Preset(_) => None,
-            ModelSource::Dir(d) => {
-                let c = Checkpoint::open(d)?;
-                c.check(&shapes)?;
-                Some(c)
-            }
-        };
+        let shapes = weight_shapes(&config);
         // Weights and compile are independent: load the weights while the kernels compile.
         let (compiled, weights) = std::thread::scope(|s| {
             let w = s.spawn(|| match &checkpoint {

@@ -8,7 +8,7 @@
 //! must lie inside the model folder.
 
 use crate::model::{weight_dtype, WeightDtype};
-use crate::ModelError;
+use crate::{ModelError, QwenConfig};
 use kiln_ir::DType;
 use kiln_ir::Tensor;
 use memmap2::Mmap;
@@ -215,44 +215,30 @@ impl Checkpoint {
         })
     }
 
-    /// Checks, from the headers alone, that every wanted tensor is present with the shape the
-    /// config implies and a dtype kiln reads. Cheap: touches no tensor data.
-    pub fn check(&self, wanted: &[(String, Vec<usize>)]) -> Result<(), ModelError> {
-        let mut first_missing = None;
-        let mut missing = 0usize;
-        for (name, shape) in wanted {
-            let found = self
-                .location
-                .get(name)
-                .and_then(|&si| Some((&self.shards[si], self.shards[si].info(name)?)));
-            match found {
-                Some((shard, info)) => check_info(shard, name, info, shape)?,
-                None => {
-                    missing += 1;
-                    first_missing.get_or_insert(name);
-                }
-            }
+    /// Checks, from the headers alone, that every tensor config `c` needs is present with
+    /// the shape it implies and a dtype kiln reads; stops at the first that is not. Cheap:
+    /// touches no tensor data, and lists the needed tensors one at a time.
+    pub fn check(&self, c: &QwenConfig) -> Result<(), ModelError> {
+        for (name, shape) in crate::model::weights(c) {
+            let (shard, info) = self.find(&name).map_err(|e| match e {
+                ModelError::Checkpoint {
+                    path,
+                    tensor,
+                    detail,
+                } => ModelError::Checkpoint {
+                    path,
+                    tensor,
+                    detail: format!(
+                        "{detail} (the config needs {} tensors; the checkpoint holds {})",
+                        crate::model::weight_count(c),
+                        self.location.len()
+                    ),
+                },
+                e => e,
+            })?;
+            check_info(shard, &name, info, &shape)?;
         }
-        let Some(name) = first_missing else {
-            return Ok(());
-        };
-        match self.find(name) {
-            Err(ModelError::Checkpoint {
-                path,
-                tensor,
-                detail,
-            }) if missing > 1 => Err(ModelError::Checkpoint {
-                path,
-                tensor,
-                detail: format!(
-                    "{detail} (and {} more of the {} tensors the config needs are missing)",
-                    missing - 1,
-                    wanted.len()
-                ),
-            }),
-            Err(e) => Err(e),
-            Ok(_) => unreachable!("'{name}' was not found a moment ago"),
-        }
+        Ok(())
     }
 
     /// Loads the named tensors, checking each shape, in parallel: matrices in `w`, vectors in f32.
