@@ -54,6 +54,9 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
 }
 
 pub fn run(a: CompileArgs) -> anyhow::Result<()> {
+    if let Some(p) = &a.flags.trace {
+        crate::output_path::check_writable("--trace", p)?;
+    }
     let progress = Progress::new(a.flags.trace.is_some());
     let report = compile_model(&a, &progress);
     progress.finish(a.flags.trace.as_deref())?;

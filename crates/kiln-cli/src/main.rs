@@ -4,6 +4,7 @@ mod bench;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;
+mod output_path;
 mod progress;
 
 use clap::{Args, Parser, Subcommand};

@@ -16,7 +16,7 @@ use kiln_luminal::KilnCompiler;
 use luminal::nn::transformer::encoder::TransformerEncoder;
 use luminal::prelude::*;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 const DIM: usize = 64;
