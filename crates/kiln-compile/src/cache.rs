@@ -145,6 +145,16 @@ impl KernelCache {
         artifact: &[u8],
         compile_us: u64,
     ) -> std::io::Result<()> {
+        self.put_encoded(
+            backend,
+            key,
+            &encode(backend, key, kernels, artifact, compile_us),
+        )
+    }
+
+    /// Stores an entry's bytes as they are (an entry from the remote tier, already checked
+    /// with [`decode`]), atomically.
+    pub fn put_encoded(&self, backend: &str, key: &str, entry: &[u8]) -> std::io::Result<()> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = self.path(backend, key);
         let dir = path.parent().expect("entry has a folder");
@@ -156,7 +166,7 @@ impl KernelCache {
         ));
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(&encode(backend, key, kernels, artifact, compile_us))?;
+            f.write_all(entry)?;
             f.sync_data()?;
             fs::rename(&tmp, &path)
         })();
@@ -164,6 +174,25 @@ impl KernelCache {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// An entry's bytes as stored (unchecked: [`decode`] them), for `kiln cache push`.
+    pub fn read_encoded(&self, backend: &str, key: &str) -> Option<Vec<u8>> {
+        fs::read(self.path(backend, key)).ok()
+    }
+
+    /// The `(backend, key)` of every entry, sorted.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        let mut keys: Vec<(String, String)> = self
+            .entries()
+            .into_iter()
+            .filter_map(|(backend, path, _)| {
+                let key = path.file_name()?.to_str()?.strip_suffix(".kart")?;
+                Some((backend, key.to_string()))
+            })
+            .collect();
+        keys.sort();
+        keys
     }
 
     fn entries(&self) -> Vec<(String, PathBuf, u64)> {

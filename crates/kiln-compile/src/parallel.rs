@@ -21,6 +21,7 @@ pub struct Outcome {
 }
 
 /// Compiles `units` (each a list of kernel sources) on `pool`, at most `limit` at once.
+/// `built(i, artifact, secs)` is called on the worker as soon as `units[i]` is built.
 pub fn compile_units<B: Backend>(
     backend: &B,
     units: &[&Job],
@@ -28,10 +29,15 @@ pub fn compile_units<B: Backend>(
     pool: &Workers,
     limit: Option<usize>,
     observer: Option<&dyn Observer>,
+    built: &(dyn Fn(usize, &[u8], f64) + Sync),
 ) -> Vec<Outcome> {
-    pool.run_jobs(units, limit, |job| {
+    pool.run_jobs(units, limit, |i, job| {
         let ks: Vec<&KernelSource> = job.kernels.iter().map(|&k| &sources[k]).collect();
-        compile_unit(backend, &ks, observer)
+        let outcome = compile_unit(backend, &ks, observer);
+        if let Ok(artifact) = &outcome.result {
+            built(i, artifact, outcome.secs);
+        }
+        outcome
     })
 }
 
