@@ -27,6 +27,11 @@ pub struct CompileArgs {
     /// Print exactly one JSON object (the compile report) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Compile only shard I of N of the compile units into the caches (a deterministic 1/N,
+    /// balanced by estimated cost): N machines running 1/N .. N/N with one --remote-cache
+    /// build every unit once.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<kiln_compile::Shard>,
 }
 
 /// Compiles the model's graph and returns the report.
@@ -39,6 +44,7 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
     }
     let target = a.flags.open(a.arch.as_deref(), true)?;
     let graph = build_graph(&config, GraphOptions::default())?;
+    let remote = crate::remote::open(&a.flags)?;
     let opts = CompileOptions {
         threads: a.flags.threads(),
         cache: open_cache(a.flags.no_cache),
@@ -46,6 +52,8 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
         batching: !a.no_batch,
         memory_budget: a.memory_budget_mb.map(|m| m << 20),
         observer: Some(progress),
+        remote: remote.as_ref(),
+        shard: a.shard,
     };
     let report = target
         .compile(&graph, &opts)

@@ -87,12 +87,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let threads = a.flags.threads();
     let target = a.flags.open(None, false)?;
     let progress = Progress::new(a.flags.trace.is_some());
+    let remote = crate::remote::open(&a.flags)?;
     let opts = LoadOptions {
         target: target.as_ref(),
         compile: CompileOptions {
             threads,
             cache: open_cache(a.flags.no_cache),
             observer: Some(&progress),
+            remote: remote.as_ref(),
             ..Default::default()
         },
         graph: GraphOptions::default(),

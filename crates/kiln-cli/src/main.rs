@@ -6,6 +6,7 @@ mod cmd_compile;
 mod cmd_run;
 mod output_path;
 mod progress;
+mod remote;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_backends::{BackendKind, BackendOptions};
@@ -59,9 +60,18 @@ pub struct CompileFlags {
     /// Where kernels run: cpu (system C compiler) or cuda (NVRTC, NVIDIA GPU).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
-    /// Bypass the kernel cache.
+    /// Bypass the kernel caches (local and remote).
     #[arg(long)]
     pub no_cache: bool,
+    /// A cache shared by machines, behind the local one: redis://host:port/db,
+    /// s3://bucket/prefix (AWS_* variables) or file:///shared/path.
+    #[arg(
+        long,
+        env = "KILN_REMOTE_CACHE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub remote_cache: Option<String>,
     /// Write a Chrome/Perfetto trace of the compile to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,

@@ -235,6 +235,16 @@ impl KernelCache {
         artifact: &[u8],
         compile_us: u64,
     ) -> std::io::Result<()> {
+        self.put_encoded(
+            backend,
+            key,
+            &encode(backend, key, kernels, artifact, compile_us),
+        )
+    }
+
+    /// Stores an entry's bytes as they are (an entry from the remote tier, already checked
+    /// with [`decode`]), atomically.
+    pub fn put_encoded(&self, backend: &str, key: &str, entry: &[u8]) -> std::io::Result<()> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         if self.read_only {
             return Err(std::io::Error::new(
@@ -252,7 +262,7 @@ impl KernelCache {
         ));
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(&encode(backend, key, kernels, artifact, compile_us))?;
+            f.write_all(entry)?;
             f.sync_data()?;
             fs::rename(&tmp, &path)
         })();
@@ -260,6 +270,26 @@ impl KernelCache {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// An entry's bytes as stored (unchecked: [`decode`] them), for `kiln cache push`.
+    pub fn read_encoded(&self, backend: &str, key: &str) -> Option<Vec<u8>> {
+        fs::read(self.path(backend, key)).ok()
+    }
+
+    /// The `(backend, key)` of every entry, sorted.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        let mut keys: Vec<(String, String)> = self
+            .files()
+            .into_iter()
+            .filter(|f| matches!(f.kind, FileKind::Entry))
+            .filter_map(|f| {
+                let key = f.path.file_name()?.to_str()?.strip_suffix(".kart")?;
+                Some((f.backend, key.to_string()))
+            })
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Every kiln file in the cache: entries and temp files, by backend, never following a

@@ -22,6 +22,9 @@ pub enum CompileError {
     /// Every failing kernel, sorted by name.
     #[error("{}", KernelFailures(.0))]
     Kernels(Vec<KernelFailure>),
+    /// A shard was asked of something that needs the whole program.
+    #[error("{0}")]
+    Shard(String),
     #[error("cannot start {threads} compile threads: {reason}")]
     Threads { threads: usize, reason: String },
     /// A signal stopped the compile: compilers were killed, nothing half-written was kept.

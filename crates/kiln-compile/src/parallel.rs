@@ -23,6 +23,7 @@ pub struct Outcome {
 }
 
 /// Compiles `units` (each a list of kernel sources) on `pool`, at most `limit` at once.
+/// `built(i, artifact, secs)` is called on the worker as soon as `units[i]` is built.
 pub fn compile_units<B: Backend>(
     backend: &B,
     units: &[&Job],
@@ -30,8 +31,9 @@ pub fn compile_units<B: Backend>(
     pool: &Workers,
     limit: Option<usize>,
     observer: Option<&dyn Observer>,
+    built: &(dyn Fn(usize, &[u8], f64) + Sync),
 ) -> Vec<Outcome> {
-    pool.run_jobs(units, limit, |job| {
+    pool.run_jobs(units, limit, |i, job| {
         if crate::process::interrupted().is_some() {
             return Outcome {
                 result: Err((0..job.kernels.len())
@@ -43,7 +45,11 @@ pub fn compile_units<B: Backend>(
             };
         }
         let ks: Vec<&KernelSource> = job.kernels.iter().map(|&k| &sources[k]).collect();
-        compile_unit(backend, &ks, observer)
+        let outcome = compile_unit(backend, &ks, observer);
+        if let Ok(artifact) = &outcome.result {
+            built(i, artifact, outcome.secs);
+        }
+        outcome
     })
 }
 
