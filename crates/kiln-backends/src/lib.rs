@@ -58,6 +58,9 @@ pub struct BackendOptions {
     pub arch: Option<String>,
     /// Open for compiling only: CUDA then needs no GPU (but an `arch`).
     pub compile_only: bool,
+    /// How long one external compiler invocation (the C compiler) may take before it is
+    /// killed. NVRTC runs in-process and has no limit.
+    pub compile_timeout: std::time::Duration,
 }
 
 impl Default for BackendOptions {
@@ -66,6 +69,7 @@ impl Default for BackendOptions {
             run_threads: kiln_compile::default_threads(),
             arch: None,
             compile_only: false,
+            compile_timeout: kiln_compile::default_compile_timeout(),
         }
     }
 }
@@ -80,7 +84,9 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Target>,
                 ));
             }
             Ok(Box::new(
-                kiln_cpu::CpuBackend::default().with_run_threads(opts.run_threads),
+                kiln_cpu::CpuBackend::default()
+                    .with_run_threads(opts.run_threads)
+                    .with_compile_timeout(opts.compile_timeout),
             ))
         }
         BackendKind::Cuda => {

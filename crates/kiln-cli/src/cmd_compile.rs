@@ -30,6 +30,11 @@ pub struct CompileArgs {
     /// Print exactly one JSON object (the compile report) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Compile only shard I of N of the compile units into the caches (a deterministic 1/N,
+    /// balanced by estimated cost): N machines running 1/N .. N/N with one --remote-cache
+    /// build every unit once.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<kiln_compile::Shard>,
 }
 
 /// Compiles the model's graph and returns the report.
@@ -42,6 +47,7 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
     }
     let target = a.flags.open(a.arch.as_deref(), true)?;
     let graph = build_graph(&config, GraphOptions::default())?;
+    let remote = crate::remote::open(&a.flags)?;
     let opts = CompileOptions {
         threads: a.flags.threads(),
         cache: open_cache(a.flags.no_cache),
@@ -50,6 +56,8 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
         fusion: !a.no_fusion,
         memory_budget: a.memory_budget_mb.map(|m| m << 20),
         observer: Some(progress),
+        remote: remote.as_ref(),
+        shard: a.shard,
     };
     let report = target
         .compile(&graph, &opts)
@@ -58,6 +66,9 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
 }
 
 pub fn run(a: CompileArgs) -> anyhow::Result<()> {
+    if let Some(p) = &a.flags.trace {
+        crate::output_path::check_writable("--trace", p)?;
+    }
     let progress = Progress::new(a.flags.trace.is_some());
     let report = compile_model(&a, &progress);
     progress.finish(a.flags.trace.as_deref())?;

@@ -227,8 +227,7 @@ impl Device for CpuDevice {
             .plain
             .as_ref()
             .ok_or_else(|| RunError::Unsupported("a packed weight cannot be read back".into()))?;
-        // SAFETY: launches are synchronous on the CPU: no kernel is writing.
-        Ok(unsafe { plain.bytes(bytes) }.to_vec())
+        Ok(plain.read(bytes))
     }
 
     fn launch(

@@ -1,7 +1,7 @@
 //! A compiled model with its weights, and generation with a KV cache.
 
 use crate::config::QwenConfig;
-use crate::model::{build_graph, weight_shapes, GraphOptions};
+use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions};
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
@@ -58,9 +58,13 @@ impl KvCache {
     }
 }
 
-fn empty_cache(c: &QwenConfig) -> Tensor {
-    Tensor::zeros(DType::F32, &[c.num_kv_heads, 0, c.head_dim])
+/// A KV cache of `capacity` positions for one layer, all zero.
+fn empty_cache(c: &QwenConfig, capacity: usize) -> Tensor {
+    Tensor::zeros(DType::F32, &[c.num_kv_heads, capacity, c.head_dim])
 }
+
+/// The first positions a cache is given room for; it doubles when it is full.
+const MIN_CACHE_CAPACITY: usize = 64;
 
 pub struct Model {
     pub config: QwenConfig,
@@ -71,12 +75,37 @@ pub struct Model {
     /// The [`KvCache`] whose keys and values the executor holds (None: it holds none, as
     /// after load).
     cache_held: Option<u64>,
+    /// Positions the executor's caches have room for.
+    cache_capacity: usize,
+}
+
+/// Why a generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// It chose a stop token (end of sequence).
+    Eos,
+    /// Prompt and output fill the context (`max_position_embeddings`).
+    Length,
+    /// It generated the number of tokens asked for.
+    MaxNewTokens,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Length => "length",
+            FinishReason::MaxNewTokens => "max_new_tokens",
+        }
+    }
 }
 
 /// The result of a generation.
 pub struct Generation {
     pub prompt_ids: Vec<u32>,
     pub generated_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
     /// Logits that chose each generated token (row 0: last prompt position).
     pub step_logits: Vec<Vec<f32>>,
     pub prefill_ms: f64,
@@ -120,8 +149,18 @@ impl Model {
 
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
         let config = source.config()?;
-        let shapes = weight_shapes(&config);
         let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
+        // The checkpoint's headers (names, shapes, dtypes) are checked against the config
+        // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds
+        // (and a checkpoint that lacks tensors is reported as such, whatever its size).
+        let checkpoint = match source {
+            ModelSource::Preset(_) => None,
+            ModelSource::Dir(d) => {
+                let c = Checkpoint::open(d)?;
+                c.check(&config)?;
+                Some(c)
+            }
+        };
         // Weights pass through host memory on their way to any device.
         let bytes = config.weight_bytes();
         if let Some(avail) = available_memory_bytes() {
@@ -134,17 +173,19 @@ impl Model {
                 )));
             }
         }
+        let shapes = weight_shapes(&config);
         // Weights and compile are independent: load the weights while the kernels compile.
         let (compiled, weights) = std::thread::scope(|s| {
-            let w = s.spawn(|| match source {
-                ModelSource::Preset(_) => Ok(random_weights(&shapes, opts.seed, w)),
-                ModelSource::Dir(d) => Checkpoint::open(d)?.load(&shapes, w),
+            let w = s.spawn(|| match &checkpoint {
+                None => Ok(random_weights(&shapes, opts.seed, w)),
+                Some(c) => c.load(&shapes, w),
             });
             let c = Self::compile(&config, opts);
             (c, w.join().expect("weight loader panicked"))
         });
         let (mut exe, report) = compiled?;
-        let weights = weights?;
+        let mut weights = weights?;
+        fuse_projections(&config, &mut weights)?;
         for (name, t) in weights {
             exe.set_param(&name, t)?;
         }
@@ -154,35 +195,76 @@ impl Model {
             report,
             last_outputs: HashMap::new(),
             cache_held: None,
+            cache_capacity: 0,
         };
-        model.reset_kept_cache()?;
+        model.reset_kept_cache(0)?;
         Ok(model)
     }
 
-    /// Has the executor keep every layer's cache output for the next run, starting empty.
-    fn reset_kept_cache(&mut self) -> Result<(), ModelError> {
+    /// Has the executor keep every layer's cache output for the next run, starting empty with
+    /// room for `capacity` positions.
+    fn reset_kept_cache(&mut self, capacity: usize) -> Result<(), ModelError> {
         let c = &self.config;
         for l in 0..c.num_layers {
             for kv in ["k", "v"] {
                 let (output, input) = (format!("{kv}_cache_out.{l}"), format!("{kv}_cache.{l}"));
-                self.exe.carry(&output, &input, empty_cache(c))?;
+                self.exe.carry(&output, &input, empty_cache(c, capacity))?;
             }
         }
+        self.cache_capacity = capacity;
         Ok(())
+    }
+
+    /// Makes room in the kept caches for `positions` positions (keeping the `used` ones):
+    /// generation reserves what it will need at once; a forward past the capacity doubles it.
+    fn grow_kept_cache(&mut self, positions: usize, used: usize) -> Result<(), ModelError> {
+        if positions <= self.cache_capacity {
+            return Ok(());
+        }
+        let c = &self.config;
+        let capacity = positions
+            .max(2 * self.cache_capacity)
+            .max(MIN_CACHE_CAPACITY)
+            .min(c.max_position_embeddings.max(positions));
+        if used == 0 {
+            return self.reset_kept_cache(capacity);
+        }
+        let (kv, d) = (c.num_kv_heads, c.head_dim);
+        for l in 0..c.num_layers {
+            for name in ["k", "v"] {
+                let input = format!("{name}_cache.{l}");
+                let old = self.exe.carried(&input)?;
+                let old_cap = old.shape()[1];
+                let mut new = empty_cache(c, capacity);
+                let (src, dst) = (old.as_f32(), new.as_f32_mut());
+                for h in 0..kv {
+                    let n = used * d;
+                    dst[h * capacity * d..][..n].copy_from_slice(&src[h * old_cap * d..][..n]);
+                }
+                self.exe
+                    .carry(&format!("{name}_cache_out.{l}"), &input, new)?;
+            }
+        }
+        self.cache_capacity = capacity;
+        Ok(())
+    }
+
+    /// Gives the kept caches room for `positions` positions before a generation.
+    pub fn reserve(&mut self, cache: &KvCache, positions: usize) -> Result<(), ModelError> {
+        if self.cache_held == Some(cache.id) {
+            self.grow_kept_cache(positions, cache.len())
+        } else {
+            Ok(())
+        }
     }
 
     /// Runs `ids` at the cache's position; extends the cache; returns the logits.
     pub fn forward(&mut self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor, ModelError> {
         let c = &self.config;
         if ids.is_empty() {
-            return Err(ModelError::Input("the prompt is empty".into()));
+            return Err(ModelError::Input("no tokens to run".into()));
         }
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
-            return Err(ModelError::Input(format!(
-                "token id {bad} is out of range for a vocabulary of {}",
-                c.vocab_size
-            )));
-        }
+        c.check_ids(ids)?;
         if cache.len() + ids.len() > c.max_position_embeddings {
             return Err(ModelError::Input(format!(
                 "{} positions exceed max_position_embeddings = {}",
@@ -199,22 +281,28 @@ impl Model {
                 ));
             }
             if self.cache_held.is_some() {
-                self.reset_kept_cache()?;
+                let capacity = self.cache_capacity;
+                self.reset_kept_cache(capacity)?;
             }
             self.cache_held = Some(cache.id);
         }
+        self.grow_kept_cache(cache.len() + ids.len(), cache.len())?;
         let id_vals: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         let mut inputs = HashMap::new();
         inputs.insert("ids".to_string(), Tensor::from_i32(&[ids.len()], &id_vals));
-        let mut out = self.exe.run(&inputs)?;
+        let position = [("p".to_string(), cache.len() as i64)].into();
+        let mut out = self.exe.run_with(&inputs, &position)?;
         cache.len += ids.len();
         let logits = out.remove("logits").expect("graph output");
         self.last_outputs = out;
         Ok(logits)
     }
 
-    /// Generates up to `max_new` tokens after `prompt`, stopping at a `stop` id; calls
-    /// `on_token` with each new id as it is chosen.
+    /// Generates up to `max_new` tokens after `prompt`, stopping at a `stop` id or when
+    /// prompt and output fill the context (`max_position_embeddings`: every token of the
+    /// sequence has a position in it), and says which in [`Generation::finish_reason`]; calls
+    /// `on_token` with each new id as it is chosen. A prompt the model cannot take (empty,
+    /// longer than the context, an id outside the vocabulary) is an error before any work.
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -225,15 +313,32 @@ impl Model {
     ) -> Result<Generation, ModelError> {
         let mut cache = KvCache::new(&self.config);
         let mut sampler = Sampler::new(sampling.clone());
+        self.config.check_prompt(prompt)?;
+        // Room left in the context for new tokens.
+        let room = self.config.max_position_embeddings - prompt.len();
         let mut g = Generation {
             prompt_ids: prompt.to_vec(),
             generated_ids: vec![],
+            finish_reason: FinishReason::MaxNewTokens,
             step_logits: vec![],
             prefill_ms: 0.0,
             decode_ms: 0.0,
         };
         if max_new == 0 {
             return Ok(g);
+        }
+        if room == 0 {
+            g.finish_reason = FinishReason::Length;
+            return Ok(g);
+        }
+        // The whole generation's cache at once, rather than doubling as it goes.
+        let positions = (prompt.len() + max_new).min(self.config.max_position_embeddings);
+        if self.cache_held.is_some() {
+            let capacity = self.cache_capacity.max(positions);
+            self.reset_kept_cache(capacity)?;
+            self.cache_held = None;
+        } else {
+            self.grow_kept_cache(positions, 0)?;
         }
         let t = Instant::now();
         let mut logits = self.forward(prompt, &mut cache)?;
@@ -247,7 +352,18 @@ impl Model {
             g.step_logits.push(last);
             g.generated_ids.push(id);
             on_token(id);
-            if g.generated_ids.len() >= max_new || stop.contains(&id) {
+            let n = g.generated_ids.len();
+            let reason = if stop.contains(&id) {
+                Some(FinishReason::Eos)
+            } else if n >= max_new {
+                Some(FinishReason::MaxNewTokens)
+            } else if n >= room {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                g.finish_reason = r;
                 break;
             }
             logits = self.forward(&[id], &mut cache)?;
