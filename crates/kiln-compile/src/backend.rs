@@ -107,6 +107,14 @@ pub trait Backend: Sync {
     /// Loads an artifact. Called sequentially on the thread that will run the kernels.
     fn load(&self, artifact: &[u8]) -> Result<Self::Module, BackendError>;
 
+    /// Whether this backend renders the kinds the fusion passes make (`Attention`,
+    /// `ReduceMap`, matmul `Epilogue`s). A backend that returns false gets the unfused
+    /// kernels whatever [`CompileOptions::fusion`](crate::CompileOptions::fusion) says: only
+    /// `Elementwise`, `Reduce`, `Write` and plain `MatMul`.
+    fn supports_fusion(&self) -> bool {
+        true
+    }
+
     /// File extension for kernel sources written for inspection (`c`, `cu`).
     fn source_extension(&self) -> &'static str;
 

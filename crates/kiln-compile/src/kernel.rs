@@ -145,6 +145,8 @@ pub struct Operand {
     /// The operand reads a graph input directly (a weight, usually), not a kernel's output: a
     /// device may hold such a buffer in a layout of its own, prepared once when the weight is
     /// bound (the CPU packs `x @ W^T` weights into column panels, see kiln-cpu's `pack`).
+    /// Set on a matmul's B operand only: an A operand or an attention operand is read as it
+    /// lies whatever it is, and its kernel stays equal to one reading a buffer.
     pub from_input: bool,
     pub dtype: DType,
     pub offset: Expr,

@@ -69,6 +69,7 @@ pub struct CompileOptions<'a> {
     pub batching: bool,
     /// Fuse reductions, row maps and matmul epilogues into the kernels that read them
     /// ([`extract::fusion`] passes 4-7); off only to compare against the unfused kernels.
+    /// A backend whose [`Backend::supports_fusion`] is false never gets them.
     pub fusion: bool,
     /// Upper bound on the memory of compiler invocations in flight (bytes).
     pub memory_budget: Option<u64>,
@@ -219,7 +220,7 @@ fn pipeline<B: Backend>(
 
     let graph = st.run(Stage::Analysis, || analysis::analyze(graph))?;
     let program = st.run(Stage::KernelExtraction, || {
-        extract::extract_with(&graph, opts.fusion)
+        extract::extract_with(&graph, opts.fusion && backend.supports_fusion())
     });
     let deduped = st.run(Stage::Dedupe, || dedupe::dedupe(&program, opts.dedupe));
     // No stage has more parallel work than there are distinct kernels: more threads would only

@@ -50,4 +50,7 @@ impl<B: Backend> Backend for Faulty<B> {
     fn compile_memory_estimate(&self) -> u64 {
         self.inner.compile_memory_estimate()
     }
+    fn supports_fusion(&self) -> bool {
+        self.inner.supports_fusion()
+    }
 }

@@ -162,8 +162,8 @@ impl Lowering<'_, '_> {
                 let batch = node.shape[..r - 2].to_vec();
                 let (m, n) = (node.shape[r - 2].clone(), node.shape[r - 1].clone());
                 let k = g.shape(*a)[r - 1].clone();
-                let a = self.operand(*a, r)?;
-                let b = self.operand(*b, r)?;
+                let a = self.operand(*a, r, false)?;
+                let b = self.operand(*b, r, true)?;
                 Ok(KernelKind::MatMul {
                     batch,
                     m,
@@ -266,9 +266,9 @@ impl Lowering<'_, '_> {
         let score = self.at(a.x, &xidx);
         self.scores_of = None;
         let depth = g.shape(*q)[r - 1].clone();
-        let q = self.operand(*q, r)?;
-        let kt = self.operand(*kt, r)?;
-        let v = self.operand(*v, r)?;
+        let q = self.operand(*q, r, false)?;
+        let kt = self.operand(*kt, r, false)?;
+        let v = self.operand(*v, r, false)?;
         Ok(KernelKind::Attention {
             batch: shape[..r - 2].to_vec(),
             m: shape[r - 2].clone(),
@@ -312,8 +312,8 @@ impl Lowering<'_, '_> {
                 unreachable!("a matmul")
             };
             let k = g.shape(a)[rank - 1].clone();
-            let a = self.operand(a, rank)?;
-            let b = self.operand(b, rank)?;
+            let a = self.operand(a, rank, false)?;
+            let b = self.operand(b, rank, true)?;
             return Ok(KernelKind::MatMul {
                 batch: shape[..rank - 2].to_vec(),
                 m: shape[rank - 2].clone(),
@@ -418,7 +418,10 @@ impl Lowering<'_, '_> {
     }
 
     /// A matmul operand as a strided view: its index (batch.., row, col) uses Var(0..rank).
-    fn operand(&mut self, x: NodeId, rank: usize) -> Result<Operand, NodeId> {
+    /// `weight_side`: the operand is a product's B, the only one a device may keep in a
+    /// layout of its own ([`Operand::from_input`]); elsewhere `from_input` stays false, so
+    /// that a kernel reading a graph input and one reading a buffer in that place are equal.
+    fn operand(&mut self, x: NodeId, rank: usize, weight_side: bool) -> Result<Operand, NodeId> {
         let idx: Vec<Expr> = (0..rank).map(|i| Expr::Var(i as u32)).collect();
         match self.at(x, &idx) {
             ScalarExpr::Load {
@@ -427,8 +430,8 @@ impl Lowering<'_, '_> {
                 dtype,
             } => {
                 let (coeffs, offset) = offset.affine(rank).ok_or(x)?;
-                let from_input =
-                    matches!(self.b.graph.node(self.reads[input]).op, Op::Input { .. });
+                let from_input = weight_side
+                    && matches!(self.b.graph.node(self.reads[input]).op, Op::Input { .. });
                 Ok(Operand {
                     input,
                     from_input,
