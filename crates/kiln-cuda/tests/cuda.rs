@@ -50,7 +50,8 @@ fn a_cuda_syntax_error_names_the_kernel_with_nvrtc_log() {
     let graph = build_graph(&preset("qwen3-0.6b").unwrap(), GraphOptions::default()).unwrap();
     let b = kiln_compile::testing::Faulty {
         inner: CudaBackend::compile_only("sm_90").unwrap(),
-        broken: &["reduce_max"],
+        // The fused attention: one distinct kernel (the softmax's max is inside it).
+        broken: &["attention"],
         panic_on: None,
     };
     let err = compile(
@@ -67,7 +68,7 @@ fn a_cuda_syntax_error_names_the_kernel_with_nvrtc_log() {
         panic!("{err}")
     };
     assert_eq!(fails.len(), 1, "{err}");
-    assert!(fails[0].kernel.starts_with("kiln_reduce_max_"));
+    assert!(fails[0].kernel.starts_with("kiln_attention_"));
     let log = fails[0].error.to_string();
     assert!(
         log.contains("error") && log.contains("kernels.cu"),
