@@ -15,15 +15,20 @@ pub enum BackendKind {
     Cpu,
     /// CUDA C per kernel, NVRTC to CUBIN, an NVIDIA GPU.
     Cuda,
+    /// WGSL per kernel, validated by naga, through wgpu on Vulkan, Metal or DX12 (Mesa's
+    /// lavapipe on a machine without a GPU).
+    Wgpu,
 }
 
 impl BackendKind {
-    pub const ALL: &'static [BackendKind] = &[BackendKind::Cpu, BackendKind::Cuda];
+    pub const ALL: &'static [BackendKind] =
+        &[BackendKind::Cpu, BackendKind::Cuda, BackendKind::Wgpu];
 
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Cpu => "cpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::Wgpu => "wgpu",
         }
     }
 }
@@ -56,8 +61,12 @@ pub struct BackendOptions {
     pub run_threads: usize,
     /// CUDA: the target architecture (e.g. `sm_90`); default: the device's.
     pub arch: Option<String>,
-    /// Open for compiling only: CUDA then needs no GPU (but an `arch`).
+    /// Open for compiling only: CUDA then needs no GPU (but an `arch`); wgpu needs no
+    /// adapter (naga validates; with an adapter its driver compiles too).
     pub compile_only: bool,
+    /// wgpu: the directory of the driver's shader cache (Mesa's), normally inside kiln's
+    /// kernel cache directory; None leaves the driver's default.
+    pub driver_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for BackendOptions {
@@ -66,23 +75,22 @@ impl Default for BackendOptions {
             run_threads: kiln_compile::default_threads(),
             arch: None,
             compile_only: false,
+            driver_cache: None,
         }
     }
 }
 
 /// Opens backend `kind`.
 pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Target>, BackendError> {
+    if opts.arch.is_some() && kind != BackendKind::Cuda {
+        return Err(BackendError::Unavailable(
+            "--arch applies to the cuda backend only".into(),
+        ));
+    }
     match kind {
-        BackendKind::Cpu => {
-            if opts.arch.is_some() {
-                return Err(BackendError::Unavailable(
-                    "--arch applies to the cuda backend only".into(),
-                ));
-            }
-            Ok(Box::new(
+        BackendKind::Cpu => Ok(Box::new(
                 kiln_cpu::CpuBackend::default().with_run_threads(opts.run_threads),
-            ))
-        }
+            )),
         BackendKind::Cuda => {
             if kiln_cuda::cuda_device_present() {
                 return Ok(Box::new(kiln_cuda::CudaBackend::for_device(
@@ -103,5 +111,31 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Target>,
                 )),
             }
         }
+        BackendKind::Wgpu => Ok(Box::new(kiln_wgpu::WgpuBackend::open(
+            &kiln_wgpu::WgpuOptions {
+                compile_only: opts.compile_only,
+                driver_cache: opts.driver_cache.clone(),
+                memory_budget: None,
+            },
+        )?)),
     }
+}
+
+/// Shader text `kiln compile --emit` writes.
+pub use kiln_wgpu::ShaderFormat;
+
+/// Writes the wgpu backend's Metal Shading Language or SPIR-V for every distinct kernel of
+/// `graph` into `dir` (naga's output, checked to hold each entry point); returns the paths.
+/// Needs no adapter: kernels are validated by naga only.
+pub fn emit_shaders(
+    graph: &kiln_ir::Graph,
+    opts: &kiln_compile::CompileOptions<'_>,
+    format: ShaderFormat,
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, kiln_compile::CompileError> {
+    let backend = kiln_wgpu::WgpuBackend::validate_only();
+    let compiled = kiln_compile::compile(graph, &backend, opts)?;
+    let sources: Vec<&kiln_compile::KernelSource> =
+        compiled.kernels.iter().map(|k| &k.source).collect();
+    Ok(kiln_wgpu::emit(&sources, format, dir)?)
 }

@@ -48,7 +48,7 @@ pub struct DecodeBench {
     tokens: usize,
     #[arg(long)]
     threads: Option<usize>,
-    /// cpu, or cuda (GPU 0; the bound is then the GPU's copy bandwidth).
+    /// cpu, cuda (GPU 0) or wgpu (the bound is then the device's copy bandwidth).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
     #[arg(long, default_value = "bench-out")]
@@ -375,6 +375,7 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         a.backend,
         &BackendOptions {
             run_threads: threads,
+            driver_cache: crate::driver_cache(false),
             ..Default::default()
         },
     )?;

@@ -46,7 +46,8 @@ pub struct CompileFlags {
     /// Compile threads (1 = sequential). Default: the number of cores.
     #[arg(long, alias = "parallel-threads", env = "KILN_COMPILE_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
-    /// Where kernels run: cpu (system C compiler) or cuda (NVRTC, NVIDIA GPU).
+    /// Where kernels run: cpu (system C compiler), cuda (NVRTC, NVIDIA GPU) or wgpu (WGSL on
+    /// Vulkan, Metal or DX12; pick the adapter with KILN_WGPU_ADAPTER and WGPU_BACKEND).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// Bypass the kernel cache.
@@ -71,9 +72,21 @@ impl CompileFlags {
             run_threads: self.threads(),
             arch: arch.map(String::from),
             compile_only,
+            driver_cache: driver_cache(self.no_cache),
         };
         Ok(kiln_backends::open(self.backend, &opts)?)
     }
+}
+
+/// The directory of the wgpu driver's shader cache: inside kiln's kernel cache, unless
+/// `--no-cache` (then the driver's default).
+pub fn driver_cache(no_cache: bool) -> Option<PathBuf> {
+    if no_cache {
+        return None;
+    }
+    kiln_compile::KernelCache::open(kiln_compile::KernelCache::default_dir())
+        .ok()
+        .map(|c| c.driver_dir("wgpu"))
 }
 
 /// An error and its causes, each cause shown unless the message already says it.

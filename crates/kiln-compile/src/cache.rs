@@ -103,6 +103,13 @@ impl KernelCache {
         &self.root
     }
 
+    /// Where `backend`'s device driver keeps its own compiled shaders (Mesa's shader cache for
+    /// wgpu): `<dir>/driver/<backend>`, so that a cold kernel cache is a cold driver cache and
+    /// [`KernelCache::clear`] empties both.
+    pub fn driver_dir(&self, backend: &str) -> PathBuf {
+        self.root.join("driver").join(backend)
+    }
+
     fn path(&self, backend: &str, key: &str) -> PathBuf {
         self.root
             .join(format!("v{CACHE_FORMAT_VERSION}"))
@@ -199,12 +206,16 @@ impl KernelCache {
         s
     }
 
-    /// Removes every entry; returns how many.
+    /// Removes every entry (and the drivers' caches); returns how many entries.
     pub fn clear(&self) -> std::io::Result<u64> {
         let n = self.entries().len() as u64;
         let root = self.root.join(format!("v{CACHE_FORMAT_VERSION}"));
         if root.exists() {
             fs::remove_dir_all(&root)?;
+        }
+        let drivers = self.root.join("driver");
+        if drivers.exists() {
+            fs::remove_dir_all(&drivers)?;
         }
         fs::create_dir_all(&root)?;
         Ok(n)

@@ -1,0 +1,389 @@
+//! WGSL for one kernel: the WGSL dialect ([`crate::dialect::Wgsl`]) and the shared kernel
+//! pieces of `kiln_render::parts`, laid out as workgroups. Canonical: the text depends only on
+//! the kernel's structure (never on the adapter, its limits or a thread count), so the artifact
+//! digest is the same everywhere.
+//!
+//! Every kernel is one self-contained WGSL module:
+//! - `@group(0) @binding(0)`: `var<uniform> P: Params`, bound with a dynamic offset into one
+//!   buffer of every launch's params: the kernel's symbols as `i32` in sorted order
+//!   ([`kiln_compile::Kernel::symbols`]), then `kiln_units`. All-zero params mean no work,
+//!   which is what a warm-up dispatch sends.
+//! - `@binding(1)`: the output, `read_write`. bf16, f16 and bool outputs are packed words
+//!   written with `atomicAnd`/`atomicOr`: two invocations storing the two halves of one word
+//!   then never race.
+//! - `@binding(2..)`: the inputs, `read`, in the kernel's input numbering; an input spans
+//!   [`KernelPlan::slices`] consecutive bindings (slices of [`SLICE_BYTES`] of one buffer).
+//! - Loads and stores go through `ld_<buf>(i)` / `st_out(i, v)`, defined here per buffer.
+//!
+//! Structure per kind ([`crate::plan`] has the launch grids):
+//! - elementwise: one invocation per output element, workgroups of [`ELEMENTWISE_WG`];
+//! - reduction: one workgroup of [`REDUCE_WG`] per output element; lanes stride the reduced
+//!   axis, then a tree in workgroup memory;
+//! - matmul: one [`TILE`] x [`TILE`] workgroup per output tile of one batch; with one row
+//!   (decode) a GEMV where each workgroup row owns a column and its lanes stride K, otherwise
+//!   tiles of A and B staged through workgroup memory.
+
+use crate::dialect::{Wgsl, PRELUDE};
+use crate::plan::{
+    KernelPlan, ELEMENTWISE_WG, REDUCE_WG, SLICE_BYTES, SLICE_WORDS_LOG2, TILE,
+};
+use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
+use kiln_ir::DType;
+use kiln_render::parts::{element, push_lines, MatMul, MatOperand, Reduction, OUT};
+use kiln_render::printer::input_name;
+use kiln_render::{Dialect, IndexOp, Printer};
+use std::fmt::Write;
+
+/// The first line of a kernel that cannot be compiled (its constant sizes overflow WGSL's
+/// i32 indices), followed by the reason; `compile` reports it instead of running naga.
+pub const CANNOT_COMPILE: &str = "// kiln-wgpu: cannot compile: ";
+
+/// The kernel's WGSL source, with [`NAME_PLACEHOLDER`] where its entry point's name goes.
+pub fn kernel_source(k: &Kernel) -> String {
+    let plan = KernelPlan::of(k);
+    let d = &Wgsl;
+    let p = Printer::new(d);
+    let mut s = String::new();
+    if let Some(o) = plan.static_overflow() {
+        writeln!(s, "{CANNOT_COMPILE}{o}").unwrap();
+    }
+    s.push_str(PRELUDE);
+    params(&plan, &mut s);
+    buffers(&plan, &mut s);
+    match &k.kind {
+        KernelKind::Elementwise { .. } => elementwise(&p, k, &plan, &mut s),
+        KernelKind::Reduce { .. } => reduce(&p, k, &plan, &mut s),
+        KernelKind::MatMul { .. } => matmul(&p, k, &plan, &mut s),
+    }
+    s
+}
+
+fn params(plan: &KernelPlan, s: &mut String) {
+    s.push_str("\nstruct Params {\n");
+    for sym in &plan.symbols {
+        writeln!(s, "    {}: i32,", Wgsl.sym_name(sym)).unwrap();
+    }
+    s.push_str("    kiln_units: i32,\n}\n@group(0) @binding(0) var<uniform> P: Params;\n");
+}
+
+/// Declarations of the output and inputs and their load/store functions.
+fn buffers(plan: &KernelPlan, s: &mut String) {
+    let mut binding = 1;
+    // The output: one binding; packed dtypes as atomic words.
+    let out = plan.dtypes[0];
+    let word = match out {
+        DType::F32 => "f32",
+        DType::I32 => "i32",
+        _ => "atomic<u32>",
+    };
+    writeln!(
+        s,
+        "@group(0) @binding({binding}) var<storage, read_write> {OUT}: array<{word}>;"
+    )
+    .unwrap();
+    binding += 1;
+    let ty = Wgsl.compute_type(out);
+    match out {
+        DType::F32 | DType::I32 => writeln!(
+            s,
+            "fn st_{OUT}(i: i32, v: {ty}) {{ {OUT}[i] = v; }}"
+        )
+        .unwrap(),
+        _ => {
+            // (elements per word - 1, bits per element, the element's bits)
+            let (lanes, bits, value): (u32, u32, &str) = match out {
+                DType::BF16 => (1, 16, "kiln_f32_to_bf16(v)"),
+                DType::F16 => (1, 16, "kiln_f32_to_f16(v)"),
+                _ => (3, 8, "select(0u, 1u, v != 0i)"),
+            };
+            let shift = lanes.count_ones();
+            let mask = (1u32 << bits) - 1;
+            writeln!(s, "fn st_{OUT}(i: i32, v: {ty}) {{").unwrap();
+            writeln!(
+                s,
+                "    let sh = u32(i & {lanes}i) * {bits}u;\n    let w = i >> {shift}u;"
+            )
+            .unwrap();
+            writeln!(
+                s,
+                "    atomicAnd(&{OUT}[w], ~({mask:#x}u << sh));\n    atomicOr(&{OUT}[w], {value} << sh);\n}}"
+            )
+            .unwrap();
+        }
+    }
+    for (i, &dt) in plan.dtypes[1..].iter().enumerate() {
+        let name = input_name(i);
+        let word = Wgsl.storage_type(dt);
+        let slices = plan.slices[1 + i];
+        // `raw(w)`: word w of the input.
+        let raw = if slices == 1 {
+            writeln!(
+                s,
+                "@group(0) @binding({binding}) var<storage, read> {name}: array<{word}>;"
+            )
+            .unwrap();
+            binding += 1;
+            name.clone()
+        } else {
+            // Slices of SLICE_BYTES of one buffer: word w is word (w & mask) of slice w >> shift.
+            for j in 0..slices {
+                writeln!(
+                    s,
+                    "@group(0) @binding({binding}) var<storage, read> {name}_{j}: array<{word}>;"
+                )
+                .unwrap();
+                binding += 1;
+            }
+            let mask = (SLICE_BYTES / 4) - 1;
+            writeln!(s, "fn w_{name}(w: i32) -> {word} {{\n    let o = w & {mask}i;\n    switch (w >> {SLICE_WORDS_LOG2}u) {{").unwrap();
+            for j in 0..slices - 1 {
+                writeln!(s, "        case {j}i: {{ return {name}_{j}[o]; }}").unwrap();
+            }
+            writeln!(
+                s,
+                "        default: {{ return {name}_{}[o]; }}\n    }}\n}}",
+                slices - 1
+            )
+            .unwrap();
+            format!("w_{name}")
+        };
+        let at = |w: &str| {
+            if slices == 1 {
+                format!("{raw}[{w}]")
+            } else {
+                format!("{raw}({w})")
+            }
+        };
+        let ty = Wgsl.compute_type(dt);
+        let body = match dt {
+            DType::F32 | DType::I32 => format!("return {};", at("i")),
+            DType::BF16 => format!(
+                "let w = {};\n    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1i) == 1i));",
+                at("i >> 1u")
+            ),
+            DType::F16 => format!(
+                "let w = {};\n    return kiln_f16_to_f32((w >> (u32(i & 1i) * 16u)) & 0xffffu);",
+                at("i >> 1u")
+            ),
+            DType::Bool => format!(
+                "let w = {};\n    return i32((w >> (u32(i & 3i) * 8u)) & 0xffu);",
+                at("i >> 2u")
+            ),
+        };
+        writeln!(s, "fn ld_{name}(i: i32) -> {ty} {{\n    {body}\n}}").unwrap();
+    }
+}
+
+/// `let s_x: i32 = P.s_x;` for every symbol, inside the entry point.
+fn symbols(plan: &KernelPlan, s: &mut String) {
+    for sym in &plan.symbols {
+        let n = Wgsl.sym_name(sym);
+        writeln!(s, "    let {n}: i32 = P.{n};").unwrap();
+    }
+}
+
+/// One invocation per output element.
+fn elementwise(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+    let wg = ELEMENTWISE_WG;
+    writeln!(s, "\n@compute @workgroup_size({wg})").unwrap();
+    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{").unwrap();
+    writeln!(
+        s,
+        "    let kiln_g = (kiln_wg.y * kiln_nwg.x + kiln_wg.x) * {wg}u + kiln_li;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    if (kiln_g >= u32(P.kiln_units)) {{ return; }}\n    let kiln_i = i32(kiln_g);"
+    )
+    .unwrap();
+    symbols(plan, s);
+    push_lines(s, "    ", p.unflatten(&k.out_shape, "kiln_i", None));
+    push_lines(s, "    ", element(p, k, "kiln_i"));
+    s.push_str("}\n");
+}
+
+/// One workgroup per output element: lanes stride the reduced axis, then a tree.
+fn reduce(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+    let d = p.d;
+    let wg = REDUCE_WG;
+    let r = Reduction::of(p, k);
+    writeln!(
+        s,
+        "\nvar<workgroup> kiln_red: array<{}, {wg}>;",
+        r.acc_type
+    )
+    .unwrap();
+    writeln!(s, "@compute @workgroup_size({wg})").unwrap();
+    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{").unwrap();
+    // Uniform per workgroup, so the barriers below stay in uniform control flow.
+    writeln!(
+        s,
+        "    let kiln_o = i32(kiln_wg.y * kiln_nwg.x + kiln_wg.x);\n    if (kiln_o >= P.kiln_units) {{ return; }}"
+    )
+    .unwrap();
+    symbols(plan, s);
+    push_lines(s, "    ", p.unflatten(&k.out_shape, "kiln_o", Some(r.axis)));
+    writeln!(s, "    var acc: {} = {};", r.acc_type, r.init).unwrap();
+    let v = &r.var;
+    writeln!(
+        s,
+        "    for (var {v}: i32 = i32(kiln_li); {v} < {}; {v} = {v} + {wg}i) {{ acc = {}; }}",
+        r.len,
+        r.combine(d, "acc", &r.element)
+    )
+    .unwrap();
+    writeln!(s, "    kiln_red[kiln_li] = acc;\n    workgroupBarrier();").unwrap();
+    writeln!(
+        s,
+        "    for (var kiln_s = {}u; kiln_s > 0u; kiln_s = kiln_s >> 1u) {{",
+        wg / 2
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        if (kiln_li < kiln_s) {{ kiln_red[kiln_li] = {}; }}\n        workgroupBarrier();\n    }}",
+        r.combine(d, "kiln_red[kiln_li]", "kiln_red[kiln_li + kiln_s]")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    if (kiln_li == 0u) {{ {} }}\n}}",
+        r.store(d, "kiln_red[0]", "kiln_o")
+    )
+    .unwrap();
+}
+
+/// Element (row, col) of a matmul operand as f32: `ld(base + row * rs + col * cs)`.
+fn operand_at(d: &dyn Dialect, o: &MatOperand, base: &str, row: &str, col: &str) -> String {
+    let r = d.index_op(IndexOp::Mul, row, &o.row_stride);
+    let c = d.index_op(IndexOp::Mul, col, &o.col_stride);
+    let at = d.index_op(IndexOp::Add, base, &d.index_op(IndexOp::Add, &r, &c));
+    let v = d.load(o.dtype, &o.buf, &at);
+    if o.dtype.is_float() {
+        v
+    } else {
+        format!("f32({v})")
+    }
+}
+
+/// One TILE x TILE workgroup per output tile of one batch (grid z). Two paths in one kernel,
+/// because the row count is symbolic (the same kernel serves prefill and decode):
+/// - `M == 1` (decode): a GEMV. Each workgroup row (`ty`) owns one output column, its TILE
+///   lanes (`tx`) stride K, and the partial sums are added in workgroup memory.
+/// - otherwise tiles of A and B staged through workgroup memory; the B tile is read along k
+///   by consecutive lanes when k is B's contiguous axis (weights `[N, K]` seen transposed).
+///
+/// Accumulates in f32.
+fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+    let d = p.d;
+    let t = TILE;
+    let mm = MatMul::of(p, k);
+    let (a, b) = (&mm.a, &mm.b);
+    let store = |index: &str, acc: &str| {
+        let v = if mm.out.is_float() {
+            d.round(mm.out, acc)
+        } else {
+            d.cast(DType::F32, mm.out, acc)
+        };
+        d.store(mm.out, OUT, index, &v)
+    };
+    writeln!(
+        s,
+        "\nvar<workgroup> kiln_as: array<array<f32, {}>, {t}>;\nvar<workgroup> kiln_bs: array<array<f32, {}>, {t}>;",
+        t + 1,
+        t + 1
+    )
+    .unwrap();
+    writeln!(s, "@compute @workgroup_size({t}, {t})").unwrap();
+    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(local_invocation_id) kiln_lid: vec3<u32>) {{").unwrap();
+    writeln!(
+        s,
+        "    let kiln_b = i32(kiln_wg.z);\n    if (kiln_b >= P.kiln_units) {{ return; }}"
+    )
+    .unwrap();
+    symbols(plan, s);
+    writeln!(
+        s,
+        "    let M: i32 = {};\n    let N: i32 = {};\n    let K: i32 = {};",
+        mm.m, mm.n, mm.k
+    )
+    .unwrap();
+    push_lines(s, "    ", p.unflatten(&mm.batch, "kiln_b", None));
+    writeln!(
+        s,
+        "    let kiln_pa: i32 = {};\n    let kiln_pb: i32 = {};",
+        a.base, b.base
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    let tx = i32(kiln_lid.x);\n    let ty = i32(kiln_lid.y);"
+    )
+    .unwrap();
+
+    // Decode: one row.
+    writeln!(s, "    if (M == 1i) {{").unwrap();
+    writeln!(s, "        let col = i32(kiln_wg.x) * {t}i + ty;\n        var acc = 0.0f;").unwrap();
+    writeln!(
+        s,
+        "        if (col < N) {{\n            for (var kx = tx; kx < K; kx = kx + {t}i) {{ acc = acc + {} * {}; }}\n        }}",
+        operand_at(d, a, "kiln_pa", "0i", "kx"),
+        operand_at(d, b, "kiln_pb", "kx", "col")
+    )
+    .unwrap();
+    writeln!(s, "        kiln_bs[ty][tx] = acc;\n        workgroupBarrier();").unwrap();
+    writeln!(s, "        if (tx == 0i && col < N) {{").unwrap();
+    writeln!(
+        s,
+        "            var sum = 0.0f;\n            for (var q = 0i; q < {t}i; q = q + 1i) {{ sum = sum + kiln_bs[ty][q]; }}"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            {}\n        }}\n        return;\n    }}",
+        store("kiln_b * N + col", "sum")
+    )
+    .unwrap();
+
+    // Tiled.
+    writeln!(
+        s,
+        "    let row = i32(kiln_wg.y) * {t}i + ty;\n    let col = i32(kiln_wg.x) * {t}i + tx;\n    var acc = 0.0f;"
+    )
+    .unwrap();
+    writeln!(s, "    for (var k0 = 0i; k0 < K; k0 = k0 + {t}i) {{").unwrap();
+    writeln!(
+        s,
+        "        var av = 0.0f;\n        if (row < M && k0 + tx < K) {{ av = {}; }}\n        kiln_as[ty][tx] = av;",
+        operand_at(d, a, "kiln_pa", "row", "(k0 + tx)")
+    )
+    .unwrap();
+    if b.row_stride_expr.is_const(1) && !b.col_stride_expr.is_const(1) {
+        // k is B's contiguous axis: lanes (tx) walk k, workgroup rows (ty) walk columns.
+        writeln!(
+            s,
+            "        let bcol = i32(kiln_wg.x) * {t}i + ty;\n        var bv = 0.0f;\n        if (k0 + tx < K && bcol < N) {{ bv = {}; }}\n        kiln_bs[tx][ty] = bv;",
+            operand_at(d, b, "kiln_pb", "(k0 + tx)", "bcol")
+        )
+        .unwrap();
+    } else {
+        writeln!(
+            s,
+            "        var bv = 0.0f;\n        if (k0 + ty < K && col < N) {{ bv = {}; }}\n        kiln_bs[ty][tx] = bv;",
+            operand_at(d, b, "kiln_pb", "(k0 + ty)", "col")
+        )
+        .unwrap();
+    }
+    writeln!(
+        s,
+        "        workgroupBarrier();\n        for (var q = 0i; q < {t}i; q = q + 1i) {{ acc = acc + kiln_as[ty][q] * kiln_bs[q][tx]; }}\n        workgroupBarrier();\n    }}"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    if (row < M && col < N) {{ {} }}\n}}",
+        store("(kiln_b * M + row) * N + col", "acc")
+    )
+    .unwrap();
+}
