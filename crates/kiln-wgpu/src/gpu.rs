@@ -390,9 +390,10 @@ impl Gpu {
     }
 
     /// Destroys the device, as a driver reset or a removed GPU would (for tests of device
-    /// loss).
+    /// loss), and polls it, which is when wgpu reports a loss.
     #[doc(hidden)]
     pub fn destroy(&self) {
         self.device.destroy();
+        let _ = self.device.poll(wgpu::PollType::Poll);
     }
 }
