@@ -63,6 +63,7 @@ fn eliminate_common_subexpressions(graph: &Graph) -> Graph {
         .iter()
         .map(|(n, id)| (n.clone(), remap[id.index()]))
         .collect();
+    out.requirements = graph.requirements.clone();
     out
 }
 
@@ -99,6 +100,7 @@ fn eliminate_dead_nodes(graph: &Graph) -> Graph {
         .iter()
         .map(|(n, id)| (n.clone(), remap[id.index()]))
         .collect();
+    out.requirements = graph.requirements.clone();
     out
 }
 

@@ -138,6 +138,15 @@ pub enum KernelKind {
         len: Expr,
         body: ScalarExpr,
     },
+    /// `out[v0, .., v_axis + start, .., vn] = body` for `v` over `shape` (a part of the
+    /// output, whose shape is the kernel's `out_shape`); the rest of the output keeps what it
+    /// holds: the output buffer is one the step updates in place.
+    Write {
+        shape: Vec<Expr>,
+        axis: usize,
+        start: Expr,
+        body: ScalarExpr,
+    },
     /// `out[b.., m, n] = sum_k a[b.., m, k] * b[b.., k, n]`.
     MatMul {
         batch: Vec<Expr>,
@@ -166,6 +175,7 @@ impl Kernel {
             KernelKind::Elementwise { lets, .. } if !lets.is_empty() => "gather".into(),
             KernelKind::Elementwise { .. } => "elementwise".into(),
             KernelKind::Reduce { op, .. } => format!("reduce_{op:?}").to_lowercase(),
+            KernelKind::Write { .. } => "write".into(),
             KernelKind::MatMul { .. } => "matmul".into(),
         }
     }
@@ -186,6 +196,14 @@ impl Kernel {
             }
             KernelKind::Reduce { len, body, .. } => {
                 len.symbols(&mut s);
+                body.symbols(&mut s);
+            }
+            KernelKind::Write {
+                shape, start, body, ..
+            } => {
+                for e in shape.iter().chain([start]) {
+                    e.symbols(&mut s);
+                }
                 body.symbols(&mut s);
             }
             KernelKind::MatMul {
@@ -213,6 +231,15 @@ impl Kernel {
         s.into_iter().collect()
     }
 
+    /// How many elements one launch writes: the whole output, or the written part of an
+    /// in-place update.
+    pub fn written_elements(&self) -> Expr {
+        match &self.kind {
+            KernelKind::Write { shape, .. } => kiln_ir::numel(shape),
+            _ => kiln_ir::numel(&self.out_shape),
+        }
+    }
+
     /// Expected work per output element (for scheduling and cost estimates).
     pub fn op_count(&self) -> usize {
         match &self.kind {
@@ -220,6 +247,7 @@ impl Kernel {
                 body.op_count() + lets.iter().map(|l| l.value.op_count()).sum::<usize>()
             }
             KernelKind::Reduce { body, .. } => body.op_count() + 1,
+            KernelKind::Write { body, .. } => body.op_count(),
             KernelKind::MatMul { .. } => 2,
         }
     }

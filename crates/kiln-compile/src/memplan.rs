@@ -1,15 +1,23 @@
 //! Memory plan: intermediate buffers share slots when their lifetimes do not overlap. Sizes are
 //! symbolic, so the plan assigns buffers to slots at compile time and each slot's size is the
 //! largest of its buffers, evaluated per run.
+//!
+//! A step that writes in place (`Step::writes_into`) gives its output the storage of the
+//! buffer it updates: the same slot, or — when that buffer is a graph input — the input's own
+//! memory (`input_of`).
 
 use crate::extract::Program;
 use kiln_ir::{Bindings, IrError};
 
 #[derive(Clone, Debug)]
 pub struct MemoryPlan {
-    /// Slot of each buffer; `None` for graph inputs (the caller's memory).
+    /// Slot of each buffer; `None` for graph inputs (the caller's memory) and for outputs
+    /// written in place into a graph input.
     pub slot_of: Vec<Option<usize>>,
+    /// The buffers of each slot.
     pub slots: Vec<Vec<usize>>,
+    /// For a buffer written in place into a graph input: that input's buffer.
+    pub input_of: Vec<Option<usize>>,
 }
 
 impl MemoryPlan {
@@ -17,29 +25,42 @@ impl MemoryPlan {
         let n = p.buffers.len();
         let mut last_use = vec![0usize; n];
         for (i, s) in p.steps.iter().enumerate() {
-            for &b in &s.inputs {
+            for &b in s.inputs.iter().chain(&s.writes_into) {
                 last_use[b] = i;
             }
         }
         for (_, b) in &p.outputs {
             last_use[*b] = usize::MAX; // outputs live to the end and are never reused
         }
-        let mut slot_of = vec![None; n];
+        let mut slot_of: Vec<Option<usize>> = vec![None; n];
+        let mut input_of: Vec<Option<usize>> = vec![None; n];
         let mut slots: Vec<Vec<usize>> = Vec::new();
         let mut free: Vec<usize> = Vec::new();
         for (i, s) in p.steps.iter().enumerate() {
-            // Allocate the output before freeing inputs: a kernel never writes what it reads.
-            let slot = free.pop().unwrap_or_else(|| {
-                slots.push(Vec::new());
-                slots.len() - 1
-            });
-            slots[slot].push(s.output);
-            slot_of[s.output] = Some(slot);
+            match s.writes_into {
+                // In place: the output takes over the updated buffer's storage.
+                Some(dst) => match slot_of[dst] {
+                    Some(slot) => {
+                        slots[slot].push(s.output);
+                        slot_of[s.output] = Some(slot);
+                    }
+                    None => input_of[s.output] = Some(input_of[dst].unwrap_or(dst)),
+                },
+                // Allocate the output before freeing inputs: a kernel never writes what it reads.
+                None => {
+                    let slot = free.pop().unwrap_or_else(|| {
+                        slots.push(Vec::new());
+                        slots.len() - 1
+                    });
+                    slots[slot].push(s.output);
+                    slot_of[s.output] = Some(slot);
+                }
+            }
             let mut done: Vec<usize> = s
                 .inputs
                 .iter()
                 .copied()
-                .filter(|&b| last_use[b] == i)
+                .filter(|&b| last_use[b] == i && Some(b) != s.writes_into)
                 .collect();
             done.sort();
             done.dedup();
@@ -49,7 +70,11 @@ impl MemoryPlan {
                 }
             }
         }
-        MemoryPlan { slot_of, slots }
+        MemoryPlan {
+            slot_of,
+            slots,
+            input_of,
+        }
     }
 
     /// Bytes of each slot under `b`.
@@ -62,5 +87,103 @@ impl MemoryPlan {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::extract;
+    use crate::extract::{Buffer, Step};
+    use crate::kernel::{Kernel, KernelKind, ScalarExpr};
+    use kiln_ir::{DType, Expr, Graph};
+
+    #[test]
+    fn a_chain_reuses_two_slots_and_outputs_keep_theirs() {
+        // x -> a -> b -> c -> d (each a reduction, so each is its own kernel), output d.
+        let mut g = Graph::new();
+        let mut h = g
+            .input("x", DType::F32, &[Expr::Const(4), Expr::Const(4)])
+            .unwrap();
+        for _ in 0..4 {
+            let e = g.exp2(h).unwrap();
+            let s = g.sum(e, 1).unwrap();
+            h = g.mul(h, s).unwrap(); // broadcast back: a second kernel per round
+        }
+        g.output("y", h);
+        let p = extract(&g);
+        let plan = MemoryPlan::new(&p);
+        assert!(p.steps.len() >= 8);
+        // Intermediates alternate between a few slots instead of one each.
+        assert!(plan.slots.len() <= 3, "{} slots", plan.slots.len());
+        // The output's slot holds nothing else after it.
+        let out = p.outputs[0].1;
+        let slot = plan.slot_of[out].unwrap();
+        assert_eq!(*plan.slots[slot].last().unwrap(), out);
+        // No two buffers whose lifetimes overlap share a slot: a step's inputs and output
+        // are in different slots.
+        for s in &p.steps {
+            for &i in &s.inputs {
+                if let (Some(a), Some(b)) = (plan.slot_of[i], plan.slot_of[s.output]) {
+                    assert_ne!(a, b, "a kernel would overwrite what it reads");
+                }
+            }
+        }
+    }
+
+    fn buffer(input: Option<&str>) -> Buffer {
+        Buffer {
+            dtype: DType::F32,
+            shape: vec![Expr::Const(8)],
+            input: input.map(String::from),
+        }
+    }
+
+    fn step(output: usize, inputs: Vec<usize>, writes_into: Option<usize>) -> Step {
+        Step {
+            kernel: Kernel {
+                kind: KernelKind::Elementwise {
+                    lets: vec![],
+                    body: ScalarExpr::Const {
+                        bits: 0f64.to_bits(),
+                        dtype: DType::F32,
+                    },
+                },
+                out_dtype: DType::F32,
+                out_shape: vec![Expr::Const(8)],
+                inputs: vec![DType::F32; inputs.len()],
+            },
+            output,
+            inputs,
+            writes_into,
+        }
+    }
+
+    #[test]
+    fn writes_in_place_share_storage_with_what_they_update() {
+        // b0: input "cache"; b1: input "x"; b2 = f(x); b3 = b0 updated in place from b2;
+        // b4 = f(b1); b5 = b4 updated in place from b1.
+        let p = Program {
+            graph: Graph::new(),
+            buffers: (0..6)
+                .map(|i| buffer(["cache", "x"].get(i).copied()))
+                .collect(),
+            steps: vec![
+                step(2, vec![1], None),
+                step(3, vec![2], Some(0)),
+                step(4, vec![1], None),
+                step(5, vec![1], Some(4)),
+            ],
+            outputs: vec![("cache_out".into(), 3), ("y".into(), 5)],
+        };
+        let plan = MemoryPlan::new(&p);
+        // Into an input: no slot, the input's storage.
+        assert_eq!(plan.slot_of[3], None);
+        assert_eq!(plan.input_of[3], Some(0));
+        // Into an intermediate: the same slot.
+        assert!(plan.slot_of[4].is_some());
+        assert_eq!(plan.slot_of[5], plan.slot_of[4]);
+        // b2 is dead after step 1; its slot may be reused by b4, but never b4's by anything.
+        assert_ne!(plan.slot_of[2], None);
     }
 }

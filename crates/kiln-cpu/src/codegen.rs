@@ -11,7 +11,7 @@
 use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::{numel, DType, Expr};
 use kiln_render::cstyle::CStyle;
-use kiln_render::parts::{element, push_lines, MatMul, Params, Reduction, OUT};
+use kiln_render::parts::{element, push_lines, written_element, MatMul, Params, Reduction, OUT};
 use kiln_render::printer::input_name;
 use kiln_render::{Dialect, Printer};
 use std::fmt::Write;
@@ -29,6 +29,10 @@ pub fn work_units(k: &Kernel) -> (Expr, Expr) {
             Some((last, outer)) => (numel(outer), last.clone().mul(ops)),
         },
         KernelKind::Reduce { len, .. } => (numel(&k.out_shape), len.clone().mul(ops)),
+        KernelKind::Write { shape, .. } => match shape.split_last() {
+            None => (Expr::Const(1), Expr::Const(ops)),
+            Some((last, outer)) => (numel(outer), last.clone().mul(ops)),
+        },
         KernelKind::MatMul {
             batch, m, n, k: kk, ..
         } => {
@@ -75,6 +79,7 @@ pub fn kernel_source(k: &Kernel) -> String {
     match &k.kind {
         KernelKind::Elementwise { .. } => elementwise(&p, k, &mut s),
         KernelKind::Reduce { .. } => reduce(&p, k, &mut s),
+        KernelKind::Write { .. } => write(&p, k, &mut s),
         KernelKind::MatMul { .. } => matmul(&p, k, &mut s),
     }
     s.push_str("}\n");
@@ -109,6 +114,34 @@ fn elementwise(p: &Printer, k: &Kernel, s: &mut String) {
         "            ",
         element(p, k, &format!("kiln_row * {len} + {v}")),
     );
+    writeln!(s, "        }}\n    }}").unwrap();
+}
+
+/// Work unit = one row of the written part (all but its last axis); the last axis is the
+/// inner loop.
+fn write(p: &Printer, k: &Kernel, s: &mut String) {
+    let KernelKind::Write { shape, .. } = &k.kind else {
+        unreachable!("a write kernel")
+    };
+    let Some((last_dim, outer)) = shape.split_last() else {
+        writeln!(s, "    (void)kiln_lo; (void)kiln_hi;").unwrap();
+        push_lines(s, "    ", written_element(p, k));
+        return;
+    };
+    let v = p.d.var_name(outer.len() as u32);
+    writeln!(
+        s,
+        "    for (int64_t kiln_row = kiln_lo; kiln_row < kiln_hi; ++kiln_row) {{"
+    )
+    .unwrap();
+    push_lines(s, "        ", p.unflatten(outer, "kiln_row", None));
+    writeln!(
+        s,
+        "        for (int64_t {v} = 0; {v} < {}; ++{v}) {{",
+        p.index(last_dim)
+    )
+    .unwrap();
+    push_lines(s, "            ", written_element(p, k));
     writeln!(s, "        }}\n    }}").unwrap();
 }
 

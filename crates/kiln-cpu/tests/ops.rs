@@ -1,7 +1,7 @@
 //! Every primitive op, view and dtype conversion on the CPU backend against the interpreter.
 mod common;
 use common::*;
-use kiln_ir::{DType, Expr, Graph, NodeId, Tensor};
+use kiln_ir::{Bindings, DType, Expr, Graph, NodeId, Tensor};
 
 fn x_input(g: &mut Graph) -> NodeId {
     g.input("x", DType::F32, &[Expr::sym("n"), 6.into()])
@@ -274,4 +274,93 @@ fn dtype_conversions_round_like_half() {
         ("in_bf16", Tensor::from_f64(DType::BF16, &[4], &v)),
     ]);
     check(exe2.as_mut(), &g2, &ins2, 0.0, 0.0);
+}
+
+/// `write_slice` in place (the destination has no other reader: only the new part is written
+/// into its buffer) and as a copy (the destination is read again afterwards), against the
+/// interpreter, at symbolic positions given to the run.
+#[test]
+fn write_slice_in_place_and_as_a_copy() {
+    let (c, s, p) = (Expr::sym("c"), Expr::sym("s"), Expr::sym("p"));
+    let mut g = Graph::new();
+    let cache = g
+        .input("cache", DType::F32, &[2.into(), c.clone(), 3.into()])
+        .unwrap();
+    let other = g
+        .input("other", DType::F32, &[2.into(), c.clone(), 3.into()])
+        .unwrap();
+    let x = g
+        .input("x", DType::F32, &[2.into(), s.clone(), 3.into()])
+        .unwrap();
+    let x2 = g.mul_scalar(x, 2.0).unwrap();
+    let updated = g.write_slice(cache, x2, 1, p.clone()).unwrap(); // in place
+    let copied = g.write_slice(other, x, 1, p.clone()).unwrap(); // `other` is read again below
+    let again = g.add_scalar(other, 1.0).unwrap();
+    g.output("updated", updated);
+    g.output("copied", copied);
+    g.output("again", again);
+    let mut exe = build(&g, 2);
+    for (cv, sv, pv) in [(5usize, 2usize, 0i64), (5, 2, 3), (7, 1, 6), (4, 4, 0)] {
+        let ins = inputs(&[
+            ("cache", Tensor::from_f32(&[2, cv, 3], &values(6 * cv, 1))),
+            ("other", Tensor::from_f32(&[2, cv, 3], &values(6 * cv, 2))),
+            ("x", Tensor::from_f32(&[2, sv, 3], &values(6 * sv, 3))),
+        ]);
+        let b: Bindings = [("p".to_string(), pv)].into();
+        let got = exe.run_with(&ins, &b).unwrap();
+        let want = kiln_ir::interpret(&g, &ins, &b).unwrap();
+        for (name, w) in &want {
+            assert_close(name, &got[name], w, 0.0, 0.0);
+        }
+    }
+    // A write past the end is refused before anything runs, naming the op and the sizes.
+    let ins = inputs(&[
+        ("cache", Tensor::from_f32(&[2, 4, 3], &values(24, 1))),
+        ("other", Tensor::from_f32(&[2, 4, 3], &values(24, 2))),
+        ("x", Tensor::from_f32(&[2, 2, 3], &values(12, 3))),
+    ]);
+    let b: Bindings = [("p".to_string(), 3)].into();
+    let e = exe.run_with(&ins, &b).unwrap_err().to_string();
+    assert!(
+        e.contains("write_slice") && e.contains("(p + s) = 5"),
+        "{e}"
+    );
+    // Constant bounds are checked while building.
+    let e = g.write_slice(cache, x, 1, -1).unwrap_err().to_string();
+    assert!(e.contains("write_slice"), "{e}");
+}
+
+/// The executor gives an in-place output the storage of the input it updates; carried, the
+/// cache is then never copied from one run to the next.
+#[test]
+fn a_cache_written_in_place_is_carried_without_copies() {
+    let (c, s, p) = (Expr::sym("c"), Expr::sym("s"), Expr::sym("p"));
+    let mut g = Graph::new();
+    let cache = g
+        .input("cache", DType::F32, &[c.clone(), 2.into()])
+        .unwrap();
+    let x = g.input("x", DType::F32, &[s.clone(), 2.into()]).unwrap();
+    let updated = g.write_slice(cache, x, 0, p.clone()).unwrap();
+    let seen = g.slice(updated, 0, 0, p.clone().add(s.clone())).unwrap();
+    let total = g.sum(seen, 0).unwrap();
+    g.output("cache_out", updated);
+    g.output("total", total);
+    let mut exe = build(&g, 1);
+    exe.carry("cache_out", "cache", Tensor::zeros(DType::F32, &[8, 2]))
+        .unwrap();
+    let mut sum = [0.0f32; 2];
+    for step in 0..8i64 {
+        let row = [step as f32, 10.0 * step as f32];
+        sum[0] += row[0];
+        sum[1] += row[1];
+        let ins = inputs(&[("x", Tensor::from_f32(&[1, 2], &row))]);
+        let out = exe
+            .run_with(&ins, &[("p".to_string(), step)].into())
+            .unwrap();
+        assert_eq!(out["total"].as_f32(), &sum, "step {step}");
+        // Only the new row and the sum are written: the cache is not copied.
+        assert_eq!(exe.last_run().bytes_written, (2 + 2) * 4, "step {step}");
+    }
+    let kept = exe.carried("cache").unwrap();
+    assert_eq!(kept.as_f32()[14..], [7.0, 70.0]);
 }

@@ -8,7 +8,7 @@
 use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::{numel, Bindings, Expr};
 use kiln_render::cstyle::CStyle;
-use kiln_render::parts::{element, push_lines, MatMul, Params, Reduction, OUT};
+use kiln_render::parts::{element, push_lines, written_element, MatMul, Params, Reduction, OUT};
 use kiln_render::printer::input_name;
 use kiln_render::{Dialect, Printer};
 use kiln_runtime::RunError;
@@ -34,6 +34,10 @@ pub fn launch_shape(k: &Kernel) -> (Expr, LaunchShape) {
         KernelKind::Reduce { .. } => {
             let n = numel(&k.out_shape);
             (n.clone(), LaunchShape::Threads(n.mul(32)))
+        }
+        KernelKind::Write { shape, .. } => {
+            let n = numel(shape);
+            (n.clone(), LaunchShape::Threads(n))
         }
         KernelKind::MatMul { batch, m, n, .. } => (
             numel(batch),
@@ -173,6 +177,12 @@ pub fn kernel_source(k: &Kernel) -> String {
             writeln!(s, "    for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {{").unwrap();
             writeln!(s, "        {} kiln_x = __shfl_down_sync(0xffffffffu, acc, kiln_o);\n        acc = {};\n    }}", r.acc_type, r.combine(d, "acc", "kiln_x")).unwrap();
             writeln!(s, "    if (kiln_lane == 0) {}", r.store(d, "acc", "kiln_w")).unwrap();
+        }
+        KernelKind::Write { shape, .. } => {
+            // One thread per element of the written part.
+            writeln!(s, "    const int64_t kiln_i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;\n    if (kiln_i >= kiln_units) return;").unwrap();
+            push_lines(&mut s, "    ", p.unflatten(shape, "kiln_i", None));
+            push_lines(&mut s, "    ", written_element(&p, k));
         }
         KernelKind::MatMul { .. } => matmul(&p, k, &mut s),
     }

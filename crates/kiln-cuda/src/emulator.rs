@@ -67,7 +67,11 @@ fn launcher(k: &Kernel) -> String {
     for j in 0..=k.symbols().len() {
         args.push(format!("*(const int64_t *)a[{}]", k.inputs.len() + 1 + j));
     }
-    let cooperative = !matches!(k.kind, KernelKind::Elementwise { .. });
+    // Kernels with barriers or warp shuffles run their threads as coroutines.
+    let cooperative = matches!(
+        k.kind,
+        KernelKind::Reduce { .. } | KernelKind::MatMul { .. }
+    );
     let name = kiln_compile::NAME_PLACEHOLDER;
     let mut s = String::new();
     writeln!(

@@ -9,7 +9,7 @@
 //! installed driver is older than CUDA 13, which could not load its CUBINs.
 //! The library found is opened by its full path first; cudarc's later open by soname
 //! (`libnvrtc.so.13` / `.so.12`) then resolves to that same, already loaded, library, which
-//! [`load`] checks.
+//! `load` checks.
 
 use cudarc::nvrtc::{result, sys};
 use kiln_compile::BackendError;

@@ -80,9 +80,18 @@ pub enum Op {
     Reduce(ReduceOp, NodeId, usize),
     /// `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dims equal.
     MatMul(NodeId, NodeId),
-    /// Rows of `table` ([rows, cols]) picked by integer `ids` ([n]) -> [n, cols].
+    /// Rows of `table` (`[rows, cols]`) picked by integer `ids` (`[n]`) -> `[n, cols]`.
     Gather(NodeId, NodeId),
     Concat(Vec<NodeId>, usize),
+    /// `dst` with `src` written at positions `start..start + len` of `axis` (len: `src`'s size
+    /// there); everything else as in `dst`. Compiled in place where `dst` has no other reader:
+    /// how a KV cache takes a step's keys without copying the cache.
+    WriteSlice {
+        dst: NodeId,
+        src: NodeId,
+        axis: usize,
+        start: Expr,
+    },
     View(ViewOp, NodeId),
 }
 
@@ -94,6 +103,7 @@ impl Op {
             Op::Binary(_, a, b) | Op::MatMul(a, b) | Op::Gather(a, b) => vec![*a, *b],
             Op::Where(c, a, b) => vec![*c, *a, *b],
             Op::Concat(xs, _) => xs.clone(),
+            Op::WriteSlice { dst, src, .. } => vec![*dst, *src],
         }
     }
 
@@ -109,6 +119,17 @@ impl Op {
             Op::Gather(a, b) => Op::Gather(f(*a), f(*b)),
             Op::Where(c, a, b) => Op::Where(f(*c), f(*a), f(*b)),
             Op::Concat(xs, ax) => Op::Concat(xs.iter().map(|x| f(*x)).collect(), *ax),
+            Op::WriteSlice {
+                dst,
+                src,
+                axis,
+                start,
+            } => Op::WriteSlice {
+                dst: f(*dst),
+                src: f(*src),
+                axis: *axis,
+                start: start.clone(),
+            },
         }
     }
 
@@ -129,6 +150,17 @@ pub struct Node {
 pub struct Graph {
     pub nodes: Vec<Node>,
     pub outputs: Vec<(String, NodeId)>,
+    /// Relations between symbols that shapes alone cannot express, checked when a run's
+    /// symbols are bound (e.g. a write into a cache stays inside it).
+    pub requirements: Vec<Requirement>,
+}
+
+/// `lhs <= rhs` for every run; `what` says whose requirement it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Requirement {
+    pub lhs: Expr,
+    pub rhs: Expr,
+    pub what: String,
 }
 
 /// True when two dimensions are provably equal: equal for every binding of the (non-negative)
@@ -421,6 +453,60 @@ impl Graph {
         Ok(self.push(Op::Concat(xs.to_vec(), axis), self.dtype(first), shape))
     }
 
+    /// `dst` with `src` written at `start..start + len` of `axis`, `len` being `src`'s size
+    /// along `axis`; the other dimensions must be equal. A symbolic range is required to fit
+    /// `dst` at run time (checked when the run's symbols are bound).
+    pub fn write_slice(
+        &mut self,
+        dst: NodeId,
+        src: NodeId,
+        axis: usize,
+        start: impl Into<Expr>,
+    ) -> Result<NodeId> {
+        let start = start.into();
+        let (sd, ss) = (self.shape(dst).to_vec(), self.shape(src).to_vec());
+        let fits = sd.len() == ss.len()
+            && axis < sd.len()
+            && (0..sd.len()).all(|i| i == axis || dims_equal(&sd[i], &ss[i]));
+        if !fits || self.dtype(dst) != self.dtype(src) {
+            return Err(shape_err(
+                "write_slice",
+                format!(
+                    "cannot write {} {} into {} {} along axis {axis}",
+                    self.dtype(src),
+                    shape_str(&ss),
+                    self.dtype(dst),
+                    shape_str(&sd)
+                ),
+            ));
+        }
+        let end = start.clone().add(ss[axis].clone());
+        let outside = start.as_const().is_some_and(|s| s < 0)
+            || matches!((end.as_const(), sd[axis].as_const()), (Some(e), Some(n)) if e > n);
+        if outside {
+            return Err(shape_err(
+                "write_slice",
+                format!(
+                    "range {start}..{end} is outside axis {axis} of {}",
+                    shape_str(&sd)
+                ),
+            ));
+        }
+        if end.as_const().is_none() || sd[axis].as_const().is_none() {
+            self.require_le(end, sd[axis].clone(), "write_slice");
+        }
+        Ok(self.push(
+            Op::WriteSlice {
+                dst,
+                src,
+                axis,
+                start,
+            },
+            self.dtype(dst),
+            sd,
+        ))
+    }
+
     // ---- views ----------------------------------------------------------------------------
 
     pub fn reshape(&mut self, x: NodeId, shape: &[Expr]) -> Result<NodeId> {
@@ -666,7 +752,31 @@ impl Graph {
                 }
             }
         }
+        for r in &self.requirements {
+            let (l, h) = (r.lhs.eval(&b)?, r.rhs.eval(&b)?);
+            if l > h {
+                return Err(IrError::Invalid {
+                    what: format!(
+                        "{}: needs {} <= {}, but {} = {l} and {} = {h}",
+                        r.what, r.lhs, r.rhs, r.lhs, r.rhs
+                    ),
+                });
+            }
+        }
         Ok(b)
+    }
+
+    /// Requires `lhs <= rhs` of every run (checked when inputs are bound); `what` names the op
+    /// that needs it. Relations that hold for constants are checked by the builders right away.
+    pub fn require_le(&mut self, lhs: Expr, rhs: Expr, what: &str) {
+        let r = Requirement {
+            lhs,
+            rhs,
+            what: what.to_string(),
+        };
+        if !self.requirements.contains(&r) {
+            self.requirements.push(r);
+        }
     }
 
     /// Symbols any node mentions.

@@ -230,6 +230,25 @@ pub fn interpret(
                     unreachable!("index inside the concatenated axis")
                 })?
             }
+            Op::WriteSlice {
+                dst,
+                src,
+                axis,
+                start,
+            } => {
+                let (d, src) = (v(*dst), v(*src));
+                let start = start.eval(&b)?;
+                let len = src.shape[*axis] as i64;
+                build(&shape, |idx| {
+                    let i = idx[*axis] as i64;
+                    if i < start || i >= start + len {
+                        return Ok(d.at(idx));
+                    }
+                    let mut j = idx.to_vec();
+                    j[*axis] = (i - start) as usize;
+                    Ok(src.at(&j))
+                })?
+            }
             Op::View(view, x) => {
                 let x = v(*x);
                 match view {

@@ -1,10 +1,16 @@
 //! The Qwen decoder as a kiln graph, written to read like the Hugging Face reference.
 //!
-//! Inputs: `ids` [s] (i32), and per layer `k_cache.{l}` / `v_cache.{l}` [kv_heads, p, head_dim]
-//! (the keys/values of the `p` earlier positions). Outputs: `logits` ([1, vocab] for the last
-//! position, or [s, vocab] with `all_logits`), and `k_cache_out.{l}` / `v_cache_out.{l}`
-//! [kv_heads, p + s, head_dim]. `s` and `p` are symbols: one compile serves every prompt length
-//! and every decode step.
+//! Inputs: `ids` `[s]` (i32); per layer the KV cache `k_cache.{l}` / `v_cache.{l}`
+//! `[kv_heads, c, head_dim]`, whose first `p` positions hold the earlier keys and values (`c`
+//! is its capacity); and the weights. Outputs: `logits` (`[1, vocab]` for the last position,
+//! or `[s, vocab]` with `all_logits`), and `k_cache_out.{l}` / `v_cache_out.{l}`: the caches
+//! with this run's `s` positions written at `p` — in place, so a decode step writes one
+//! position, not the cache. `s`, `p` and `c` are symbols (`p` is given to each run): one compile
+//! serves every prompt length, every decode step and every cache size.
+//!
+//! The q/k/v projections are one matmul over their concatenated weights, and gate/up one over
+//! theirs: fewer, bigger kernels. [`fuse_projections`] builds those weights from a
+//! checkpoint's separate ones at load.
 
 use crate::config::{Arch, QwenConfig};
 use kiln_ir::{DType, Expr, Graph, NodeId, Result};
@@ -48,7 +54,8 @@ pub fn weight_dtype(shape: &[usize], w: WeightDtype) -> DType {
     }
 }
 
-/// The weight names and shapes the graph reads, in Hugging Face naming.
+/// The weight names and shapes a checkpoint holds, in Hugging Face naming (what the graph
+/// reads after [`fuse_projections`]).
 pub fn weight_shapes(c: &QwenConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (nh, kv) = (c.num_heads, c.num_kv_heads);
@@ -82,6 +89,67 @@ pub fn weight_shapes(c: &QwenConfig) -> Vec<(String, Vec<usize>)> {
         w.push(("lm_head.weight".into(), vec![c.vocab_size, h]));
     }
     w
+}
+
+/// The fused projections: for each (fused name, parts) the parts are concatenated along the
+/// output dimension (rows of the `[out, in]` weights, elements of the biases), in order.
+fn fused_projections(c: &QwenConfig) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for l in 0..c.num_layers {
+        let attn = format!("model.layers.{l}.self_attn");
+        let mut suffixes = vec!["weight"];
+        if c.attention_bias {
+            suffixes.push("bias");
+        }
+        for suffix in suffixes {
+            out.push((
+                format!("{attn}.qkv_proj.{suffix}"),
+                ["q", "k", "v"]
+                    .iter()
+                    .map(|x| format!("{attn}.{x}_proj.{suffix}"))
+                    .collect(),
+            ));
+        }
+        let mlp = format!("model.layers.{l}.mlp");
+        out.push((
+            format!("{mlp}.gate_up_proj.weight"),
+            vec![
+                format!("{mlp}.gate_proj.weight"),
+                format!("{mlp}.up_proj.weight"),
+            ],
+        ));
+    }
+    out
+}
+
+/// Replaces the separate q/k/v and gate/up weights of a checkpoint by the concatenated ones
+/// the graph reads (one layer at a time, so memory grows by one layer's projections at most).
+pub fn fuse_projections(
+    c: &QwenConfig,
+    weights: &mut std::collections::BTreeMap<String, kiln_ir::Tensor>,
+) -> Result<()> {
+    for (fused, parts) in fused_projections(c) {
+        let tensors: Vec<kiln_ir::Tensor> = parts
+            .iter()
+            .map(|p| {
+                weights.remove(p).ok_or_else(|| kiln_ir::IrError::Input {
+                    name: p.clone(),
+                    detail: format!("is needed to build '{fused}'"),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let dtype = tensors[0].dtype();
+        let rest: Vec<usize> = tensors[0].shape()[1..].to_vec();
+        let rows: usize = tensors.iter().map(|t| t.shape()[0]).sum();
+        let mut bytes = Vec::with_capacity(tensors.iter().map(|t| t.bytes().len()).sum());
+        for t in &tensors {
+            debug_assert!(t.dtype() == dtype && t.shape()[1..] == rest[..]);
+            bytes.extend_from_slice(t.bytes());
+        }
+        let shape: Vec<usize> = std::iter::once(rows).chain(rest).collect();
+        weights.insert(fused, kiln_ir::Tensor::from_bytes(dtype, &shape, &bytes));
+    }
+    Ok(())
 }
 
 struct Builder<'a> {
@@ -133,9 +201,16 @@ impl Builder<'_> {
         let group = nh / kv;
         let (s, p) = (Expr::sym("s"), Expr::sym("p"));
         let pre = format!("model.layers.{l}.self_attn");
-        let q = self.linear(x, &format!("{pre}.q_proj"), nh * d, h, c.attention_bias)?;
-        let k = self.linear(x, &format!("{pre}.k_proj"), kv * d, h, c.attention_bias)?;
-        let v = self.linear(x, &format!("{pre}.v_proj"), kv * d, h, c.attention_bias)?;
+        let qkv = self.linear(
+            x,
+            &format!("{pre}.qkv_proj"),
+            (nh + 2 * kv) * d,
+            h,
+            c.attention_bias,
+        )?;
+        let q = self.g.slice(qkv, 1, 0, nh * d)?;
+        let k = self.g.slice(qkv, 1, nh * d, (nh + kv) * d)?;
+        let v = self.g.slice(qkv, 1, (nh + kv) * d, (nh + 2 * kv) * d)?;
         let mut q = self.g.reshape(q, &[s.clone(), nh.into(), d.into()])?;
         let mut k = self.g.reshape(k, &[s.clone(), kv.into(), d.into()])?;
         let v = self.g.reshape(v, &[s.clone(), kv.into(), d.into()])?;
@@ -150,18 +225,22 @@ impl Builder<'_> {
         let q = self.g.rope(q, cos, sin)?;
         let k = self.g.rope(k, cos, sin)?;
 
-        // KV cache: the past p positions, then these s.
-        let kv_shape = [kv.into(), p.clone(), d.into()];
-        let k_past = self
+        // KV cache: this step's keys and values written at position p, in place; attention
+        // reads the p + s positions that hold something, where they lie.
+        let kv_shape = [kv.into(), Expr::sym("c"), d.into()];
+        let k_cache = self
             .g
             .input(&format!("k_cache.{l}"), DType::F32, &kv_shape)?;
-        let v_past = self
+        let v_cache = self
             .g
             .input(&format!("v_cache.{l}"), DType::F32, &kv_shape)?;
-        let k_all = self.g.concat(&[k_past, k], 1)?;
-        let v_all = self.g.concat(&[v_past, v], 1)?;
-        self.g.output(&format!("k_cache_out.{l}"), k_all);
-        self.g.output(&format!("v_cache_out.{l}"), v_all);
+        let k_cache = self.g.write_slice(k_cache, k, 1, p.clone())?;
+        let v_cache = self.g.write_slice(v_cache, v, 1, p.clone())?;
+        self.g.output(&format!("k_cache_out.{l}"), k_cache);
+        self.g.output(&format!("v_cache_out.{l}"), v_cache);
+        let t = p.clone().add(s.clone());
+        let k_all = self.g.slice(k_cache, 1, 0, t.clone())?;
+        let v_all = self.g.slice(v_cache, 1, 0, t)?;
 
         // Grouped-query attention: query head j reads KV head j / group, so view the queries
         // as [kv, group * s, d] and use each KV head once.
@@ -188,8 +267,9 @@ impl Builder<'_> {
     fn mlp(&mut self, l: usize, x: NodeId) -> Result<NodeId> {
         let (h, i) = (self.c.hidden_size, self.c.intermediate_size);
         let pre = format!("model.layers.{l}.mlp");
-        let gate = self.linear(x, &format!("{pre}.gate_proj"), i, h, false)?;
-        let up = self.linear(x, &format!("{pre}.up_proj"), i, h, false)?;
+        let gate_up = self.linear(x, &format!("{pre}.gate_up_proj"), 2 * i, h, false)?;
+        let gate = self.g.slice(gate_up, 1, 0, i)?;
+        let up = self.g.slice(gate_up, 1, i, 2 * i)?;
         let act = self.g.silu(gate)?;
         let y = self.g.mul(act, up)?;
         self.linear(y, &format!("{pre}.down_proj"), h, i, false)

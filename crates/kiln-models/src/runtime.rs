@@ -1,7 +1,7 @@
 //! A compiled model with its weights, and generation with a KV cache.
 
 use crate::config::QwenConfig;
-use crate::model::{build_graph, weight_shapes, GraphOptions};
+use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions};
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
@@ -58,9 +58,13 @@ impl KvCache {
     }
 }
 
-fn empty_cache(c: &QwenConfig) -> Tensor {
-    Tensor::zeros(DType::F32, &[c.num_kv_heads, 0, c.head_dim])
+/// A KV cache of `capacity` positions for one layer, all zero.
+fn empty_cache(c: &QwenConfig, capacity: usize) -> Tensor {
+    Tensor::zeros(DType::F32, &[c.num_kv_heads, capacity, c.head_dim])
 }
+
+/// The first positions a cache is given room for; it doubles when it is full.
+const MIN_CACHE_CAPACITY: usize = 64;
 
 pub struct Model {
     pub config: QwenConfig,
@@ -71,6 +75,8 @@ pub struct Model {
     /// The [`KvCache`] whose keys and values the executor holds (None: it holds none, as
     /// after load).
     cache_held: Option<u64>,
+    /// Positions the executor's caches have room for.
+    cache_capacity: usize,
 }
 
 /// The result of a generation.
@@ -144,7 +150,8 @@ impl Model {
             (c, w.join().expect("weight loader panicked"))
         });
         let (mut exe, report) = compiled?;
-        let weights = weights?;
+        let mut weights = weights?;
+        fuse_projections(&config, &mut weights)?;
         for (name, t) in weights {
             exe.set_param(&name, t)?;
         }
@@ -154,21 +161,67 @@ impl Model {
             report,
             last_outputs: HashMap::new(),
             cache_held: None,
+            cache_capacity: 0,
         };
-        model.reset_kept_cache()?;
+        model.reset_kept_cache(0)?;
         Ok(model)
     }
 
-    /// Has the executor keep every layer's cache output for the next run, starting empty.
-    fn reset_kept_cache(&mut self) -> Result<(), ModelError> {
+    /// Has the executor keep every layer's cache output for the next run, starting empty with
+    /// room for `capacity` positions.
+    fn reset_kept_cache(&mut self, capacity: usize) -> Result<(), ModelError> {
         let c = &self.config;
         for l in 0..c.num_layers {
             for kv in ["k", "v"] {
                 let (output, input) = (format!("{kv}_cache_out.{l}"), format!("{kv}_cache.{l}"));
-                self.exe.carry(&output, &input, empty_cache(c))?;
+                self.exe.carry(&output, &input, empty_cache(c, capacity))?;
             }
         }
+        self.cache_capacity = capacity;
         Ok(())
+    }
+
+    /// Makes room in the kept caches for `positions` positions (keeping the `used` ones):
+    /// generation reserves what it will need at once; a forward past the capacity doubles it.
+    fn grow_kept_cache(&mut self, positions: usize, used: usize) -> Result<(), ModelError> {
+        if positions <= self.cache_capacity {
+            return Ok(());
+        }
+        let c = &self.config;
+        let capacity = positions
+            .max(2 * self.cache_capacity)
+            .max(MIN_CACHE_CAPACITY)
+            .min(c.max_position_embeddings.max(positions));
+        if used == 0 {
+            return self.reset_kept_cache(capacity);
+        }
+        let (kv, d) = (c.num_kv_heads, c.head_dim);
+        for l in 0..c.num_layers {
+            for name in ["k", "v"] {
+                let input = format!("{name}_cache.{l}");
+                let old = self.exe.carried(&input)?;
+                let old_cap = old.shape()[1];
+                let mut new = empty_cache(c, capacity);
+                let (src, dst) = (old.as_f32(), new.as_f32_mut());
+                for h in 0..kv {
+                    let n = used * d;
+                    dst[h * capacity * d..][..n].copy_from_slice(&src[h * old_cap * d..][..n]);
+                }
+                self.exe
+                    .carry(&format!("{name}_cache_out.{l}"), &input, new)?;
+            }
+        }
+        self.cache_capacity = capacity;
+        Ok(())
+    }
+
+    /// Gives the kept caches room for `positions` positions before a generation.
+    pub fn reserve(&mut self, cache: &KvCache, positions: usize) -> Result<(), ModelError> {
+        if self.cache_held == Some(cache.id) {
+            self.grow_kept_cache(positions, cache.len())
+        } else {
+            Ok(())
+        }
     }
 
     /// Runs `ids` at the cache's position; extends the cache; returns the logits.
@@ -199,14 +252,17 @@ impl Model {
                 ));
             }
             if self.cache_held.is_some() {
-                self.reset_kept_cache()?;
+                let capacity = self.cache_capacity;
+                self.reset_kept_cache(capacity)?;
             }
             self.cache_held = Some(cache.id);
         }
+        self.grow_kept_cache(cache.len() + ids.len(), cache.len())?;
         let id_vals: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         let mut inputs = HashMap::new();
         inputs.insert("ids".to_string(), Tensor::from_i32(&[ids.len()], &id_vals));
-        let mut out = self.exe.run(&inputs)?;
+        let position = [("p".to_string(), cache.len() as i64)].into();
+        let mut out = self.exe.run_with(&inputs, &position)?;
         cache.len += ids.len();
         let logits = out.remove("logits").expect("graph output");
         self.last_outputs = out;
@@ -234,6 +290,15 @@ impl Model {
         };
         if max_new == 0 {
             return Ok(g);
+        }
+        // The whole generation's cache at once, rather than doubling as it goes.
+        let positions = (prompt.len() + max_new).min(self.config.max_position_embeddings);
+        if self.cache_held.is_some() {
+            let capacity = self.cache_capacity.max(positions);
+            self.reset_kept_cache(capacity)?;
+            self.cache_held = None;
+        } else {
+            self.grow_kept_cache(positions, 0)?;
         }
         let t = Instant::now();
         let mut logits = self.forward(prompt, &mut cache)?;

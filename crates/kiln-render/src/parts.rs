@@ -7,7 +7,7 @@ use crate::dialect::{Dialect, IndexOp};
 use crate::printer::{input_name, Printer};
 use kiln_compile::kernel::reduce_identity;
 use kiln_compile::{Kernel, KernelKind, Operand};
-use kiln_ir::{DType, Expr, ReduceOp};
+use kiln_ir::{contiguous_strides, DType, Expr, ReduceOp};
 
 /// The name of every kernel's output buffer.
 pub const OUT: &str = "out";
@@ -39,6 +39,36 @@ pub fn element(p: &Printer, k: &Kernel, out_index: &str) -> Vec<String> {
     let mut s = p.lets(lets);
     s.push(p.d.store(k.out_dtype, OUT, out_index, &p.scalar(body)));
     s
+}
+
+/// One element of a `Write` kernel, once the loop variables of the written part's shape are
+/// declared: the store of the body's value at its place in the (larger) output.
+pub fn written_element(p: &Printer, k: &Kernel) -> Vec<String> {
+    let KernelKind::Write {
+        shape,
+        axis,
+        start,
+        body,
+    } = &k.kind
+    else {
+        panic!("written_element() of a {} kernel", k.label());
+    };
+    let strides = contiguous_strides(&k.out_shape);
+    let mut offset = Expr::Const(0);
+    for (i, dim) in shape.iter().enumerate() {
+        let mut v = if dim.is_const(1) {
+            Expr::Const(0)
+        } else {
+            Expr::Var(i as u32)
+        };
+        if i == *axis {
+            v = v.add(start.clone());
+        }
+        offset = offset.add(v.mul(strides[i].clone()));
+    }
+    vec![p
+        .d
+        .store(k.out_dtype, OUT, &p.index(&offset), &p.scalar(body))]
 }
 
 /// A reduction's accumulator: its type, start value, the update for one element of the

@@ -18,10 +18,20 @@ pub trait Executable: Send {
     fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), RunError>;
 
     /// Runs the graph; `inputs` together with the bound params and carried values must cover
-    /// every graph input.
+    /// every graph input. Symbols are bound from the inputs' shapes.
     fn run(
         &mut self,
         inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, RunError> {
+        self.run_with(inputs, &Bindings::new())
+    }
+
+    /// [`Executable::run`] with symbols that no input's shape binds (a position in a cache)
+    /// given explicitly.
+    fn run_with(
+        &mut self,
+        inputs: &HashMap<String, Tensor>,
+        symbols: &Bindings,
     ) -> Result<HashMap<String, Tensor>, RunError>;
 
     /// Carries graph output `output` of each run into the next run's input `input` on the
@@ -29,6 +39,9 @@ pub trait Executable: Send {
     /// returns `output`, and the next run reads `initial`. Calling it again for the same input
     /// starts over from the new `initial`.
     fn carry(&mut self, output: &str, input: &str, initial: Tensor) -> Result<(), RunError>;
+
+    /// A copy of the value now carried into `input` (downloaded from the device).
+    fn carried(&mut self, input: &str) -> Result<Tensor, RunError>;
 
     /// What the last run did.
     fn last_run(&self) -> RunStats;
@@ -141,9 +154,10 @@ impl<D: Device> Executable for Executor<D> {
         Ok(())
     }
 
-    fn run(
+    fn run_with(
         &mut self,
         inputs: &HashMap<String, Tensor>,
+        symbols: &Bindings,
     ) -> Result<HashMap<String, Tensor>, RunError> {
         let params = self
             .params
@@ -151,7 +165,17 @@ impl<D: Device> Executable for Executor<D> {
             .map(|(n, p)| (n.as_str(), p.dtype, p.shape.as_slice()));
         let b = self
             .program
-            .bind_run(params, inputs, self.carried.shapes())?;
+            .bind_run(params, inputs, self.carried.shapes(), symbols)?;
+        // A weight stays the same across runs: the graph may not update it in place.
+        for (buf, input) in self.plan.input_of.iter().enumerate() {
+            if let Some(name) = input.and_then(|i| self.program.buffers[i].input.as_ref()) {
+                if self.params.contains_key(name) {
+                    return Err(RunError::Unsupported(format!(
+                        "the graph updates input '{name}' in place (buffer {buf}); pass it to each run or carry it, do not bind it as a weight"
+                    )));
+                }
+            }
+        }
         self.size_slots(&b)?;
         let mut uploaded = HashMap::new();
         for (name, t) in inputs {
@@ -172,18 +196,21 @@ impl<D: Device> Executable for Executor<D> {
             profile,
             ..
         } = self;
+        let input_buf = |name: &str| match carried.input(name) {
+            Some(c) => &c.buf.buf,
+            None => uploaded.get(name).unwrap_or_else(|| &params[name].buf),
+        };
         let bufs: Vec<&D::Buffer> = program
             .buffers
             .iter()
             .enumerate()
-            .map(|(i, buf)| match &buf.input {
-                Some(name) => match carried.input(name) {
-                    Some(c) => &c.buf.buf,
-                    None => uploaded
-                        .get(name.as_str())
-                        .unwrap_or_else(|| &params[name.as_str()].buf),
-                },
-                None => {
+            .map(|(i, buf)| match (&buf.input, plan.input_of[i]) {
+                (Some(name), _) => input_buf(name),
+                // Written in place into an input: that input's storage.
+                (None, Some(inp)) => {
+                    input_buf(program.buffers[inp].input.as_deref().expect("an input"))
+                }
+                (None, None) => {
                     let slot = plan.slot_of[i].expect("every kernel output has a slot");
                     &slots[slot].as_ref().expect("slots sized").buf
                 }
@@ -201,7 +228,8 @@ impl<D: Device> Executable for Executor<D> {
                 prof[u].1 += 1;
             }
             stats.launches += 1;
-            stats.bytes_written += program.buffers[step.output].bytes().eval(&b)?.max(0) as u64;
+            let written = step.kernel.written_elements().eval(&b)?.max(0) as u64;
+            stats.bytes_written += written * step.kernel.out_dtype.size_bytes() as u64;
         }
         device.sync()?;
 
@@ -220,11 +248,13 @@ impl<D: Device> Executable for Executor<D> {
         }
         drop(bufs);
         for (name, buffer, shape) in kept {
-            // The output's slot becomes the next run's input; the old input's buffer, read
-            // for the last time by this run, becomes the slot.
-            let slot = plan.slot_of[buffer].expect("carried outputs are computed");
             let c = carried.output_mut(&name).expect("carried");
-            std::mem::swap(slots[slot].as_mut().expect("sized"), &mut c.buf);
+            // The output's slot becomes the next run's input; the old input's buffer, read
+            // for the last time by this run, becomes the slot. An output written in place
+            // into the carried input is already there.
+            if let Some(slot) = plan.slot_of[buffer] {
+                std::mem::swap(slots[slot].as_mut().expect("sized"), &mut c.buf);
+            }
             c.shape = shape;
         }
         Ok(out)
@@ -240,6 +270,18 @@ impl<D: Device> Executable for Executor<D> {
         self.carried
             .set(output, input, &initial, Slot { buf, capacity });
         Ok(())
+    }
+
+    fn carried(&mut self, input: &str) -> Result<Tensor, RunError> {
+        let c = self.carried.input(input).ok_or_else(|| {
+            RunError::Graph(kiln_ir::IrError::Input {
+                name: input.into(),
+                detail: "is not carried".into(),
+            })
+        })?;
+        let t = Tensor::zeros(c.dtype, &c.shape);
+        let bytes = self.device.download(&c.buf.buf, t.bytes().len())?;
+        Ok(Tensor::from_bytes(c.dtype, &c.shape, &bytes))
     }
 
     fn last_run(&self) -> RunStats {

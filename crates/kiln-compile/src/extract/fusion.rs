@@ -2,7 +2,8 @@
 //! other node is inlined into the kernels that read it. The decision is made by ordered
 //! passes over the graph, each adding realized nodes for one reason:
 //!
-//! 1. [`realize_roots`]: graph inputs, reductions, matmuls, gathers and graph outputs;
+//! 1. [`realize_roots`]: graph inputs, reductions, matmuls, gathers, slice writes and graph
+//!    outputs;
 //! 2. [`realize_shared`]: elementwise nodes read more than once (no recompute), except
 //!    constants and iotas, which are free to recompute;
 //! 3. [`realize_matmul_operands`]: a matmul operand must reach a buffer through views only.
@@ -37,7 +38,11 @@ pub fn realize_roots(graph: &Graph, r: &mut Realized) {
     for (i, node) in graph.nodes.iter().enumerate() {
         if matches!(
             node.op,
-            Op::Input { .. } | Op::Reduce(..) | Op::MatMul(..) | Op::Gather(..)
+            Op::Input { .. }
+                | Op::Reduce(..)
+                | Op::MatMul(..)
+                | Op::Gather(..)
+                | Op::WriteSlice { .. }
         ) {
             r[i] = true;
         }

@@ -2,7 +2,7 @@
 //! numbered in order of first use; inlined nodes become its loop body, views its index
 //! arithmetic.
 
-use super::fusion::Realized;
+use super::fusion::{read_counts, Realized};
 use super::{Buffer, Program, Step};
 use crate::kernel::{Kernel, KernelKind, Let, Operand, ScalarExpr};
 use kiln_ir::{contiguous_strides, Expr, Graph, NodeId, Op, ViewOp};
@@ -12,6 +12,8 @@ struct Builder<'g> {
     graph: &'g Graph,
     realized: &'g Realized,
     buffer_of: HashMap<NodeId, usize>,
+    /// How often each node is read (through views too).
+    read_counts: Vec<usize>,
 }
 
 /// Lowers one kernel: collects the buffers it reads, numbered in order of first use.
@@ -19,6 +21,8 @@ struct Lowering<'a, 'g> {
     b: &'a Builder<'g>,
     root: NodeId,
     reads: Vec<NodeId>,
+    /// The node whose buffer the kernel updates in place, if any.
+    in_place: Option<NodeId>,
 }
 
 /// Lowers every realized node, or returns the matmul operands that must be realized first.
@@ -27,6 +31,7 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
         graph,
         realized,
         buffer_of: HashMap::new(),
+        read_counts: read_counts(graph),
     };
     let mut buffers = Vec::new();
     let mut steps = Vec::new();
@@ -54,6 +59,7 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
             b: &b,
             root: id,
             reads: Vec::new(),
+            in_place: None,
         };
         let kind = match l.kernel_kind() {
             Ok(k) => k,
@@ -72,6 +78,7 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
             },
             output: b.buffer_of[&id],
             inputs,
+            writes_into: l.in_place.map(|n| b.buffer_of[&n]),
         });
     }
     if !failed.is_empty() {
@@ -144,6 +151,24 @@ impl Lowering<'_, '_> {
                     k,
                     a,
                     b,
+                })
+            }
+            // In place where the written buffer has no other reader: only the new part is
+            // written. Otherwise a copy of `dst` with the new part (see `inline`).
+            Op::WriteSlice {
+                dst,
+                src,
+                axis,
+                start,
+            } if self.b.realized[dst.index()] && self.b.read_counts[dst.index()] == 1 => {
+                let shape = g.shape(*src).to_vec();
+                let body = self.at(*src, &vars(rank, &shape));
+                self.in_place = Some(*dst);
+                Ok(KernelKind::Write {
+                    shape,
+                    axis: *axis,
+                    start: start.clone(),
+                    body,
                 })
             }
             Op::Gather(table, ids) => {
@@ -310,6 +335,32 @@ impl Lowering<'_, '_> {
                     };
                 }
                 e
+            }
+            Op::WriteSlice {
+                dst,
+                src,
+                axis,
+                start,
+            } => {
+                // dst before the range, src inside it, dst after it.
+                let end = start.clone().add(g.shape(*src)[*axis].clone());
+                let mut shifted = idx.to_vec();
+                shifted[*axis] = idx[*axis].clone().sub(start.clone());
+                let inside = self.at(*src, &shifted);
+                let outside = self.at(*dst, idx);
+                ScalarExpr::Select {
+                    lhs: idx[*axis].clone(),
+                    rhs: start.clone(),
+                    then: Box::new(outside.clone()),
+                    otherwise: Box::new(ScalarExpr::Select {
+                        lhs: idx[*axis].clone(),
+                        rhs: end,
+                        then: Box::new(inside),
+                        otherwise: Box::new(outside),
+                        dtype,
+                    }),
+                    dtype,
+                }
             }
             Op::View(view, src) => match view {
                 ViewOp::Reshape(shape) => {

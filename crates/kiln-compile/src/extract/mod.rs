@@ -2,7 +2,7 @@
 //!
 //! Two steps. [`fusion`] decides which nodes are *realized* (own a buffer), in ordered passes
 //! that can each be tested alone; everything else is inlined into the kernel that reads it.
-//! [`lower`] then turns each realized node into a canonical [`Kernel`]: inlined elementwise
+//! `lower` then turns each realized node into a canonical [`Kernel`]: inlined elementwise
 //! chains become its loop body, views become index arithmetic in its loads, and its inputs are
 //! numbered in order of first use, so the kernel never mentions a node id.
 
@@ -34,6 +34,9 @@ pub struct Step {
     pub kernel: Kernel,
     pub output: usize,
     pub inputs: Vec<usize>,
+    /// In place: `output` is this buffer's storage, updated by the kernel (which writes only
+    /// part of it). Lowering sets it only where this step is the buffer's last reader.
+    pub writes_into: Option<usize>,
 }
 
 /// The graph as a sequence of kernel launches over buffers.
@@ -64,6 +67,7 @@ impl Program {
         params: impl Iterator<Item = (&'a str, DType, &'a [usize])>,
         inputs: &'a std::collections::HashMap<String, kiln_ir::Tensor>,
         carried: impl Iterator<Item = (&'a str, DType, &'a [usize])>,
+        symbols: &kiln_ir::Bindings,
     ) -> Result<kiln_ir::Bindings, kiln_ir::IrError> {
         let mut all: std::collections::HashMap<&str, (DType, &[usize])> =
             params.map(|(n, d, s)| (n, (d, s))).collect();
@@ -82,7 +86,7 @@ impl Program {
             }
             all.insert(name, (dtype, shape));
         }
-        self.graph.bind_shapes(&all, &kiln_ir::Bindings::new())
+        self.graph.bind_shapes(&all, symbols)
     }
 
     /// Each output's buffer and concrete shape under bindings `b`.
@@ -156,5 +160,100 @@ pub fn extract(graph: &Graph) -> Program {
             // (all found in one pass, so this converges in one or two rounds).
             Err(operands) => fusion::realize(&mut realized, &operands),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{KernelKind, ScalarExpr};
+    use kiln_ir::{DType, Expr, Graph};
+
+    fn x(g: &mut Graph, name: &str) -> kiln_ir::NodeId {
+        g.input(name, DType::F32, &[Expr::sym("s"), Expr::Const(8)])
+            .unwrap()
+    }
+
+    #[test]
+    fn an_elementwise_chain_is_one_kernel_reading_its_inputs_once() {
+        let mut g = Graph::new();
+        let a = x(&mut g, "a");
+        let b = x(&mut g, "b");
+        let e = g.exp2(a).unwrap();
+        let m = g.mul(e, b).unwrap();
+        let y = g.sin(m).unwrap();
+        g.output("y", y);
+        let p = extract(&g);
+        assert_eq!(p.steps.len(), 1);
+        let k = &p.steps[0].kernel;
+        assert!(matches!(k.kind, KernelKind::Elementwise { .. }));
+        assert_eq!(k.inputs, vec![DType::F32, DType::F32]);
+        assert_eq!(
+            p.steps[0].inputs,
+            vec![0, 1],
+            "a then b, in order of first use"
+        );
+    }
+
+    #[test]
+    fn a_transposed_weight_is_read_in_place_through_its_strides() {
+        let mut g = Graph::new();
+        let a = x(&mut g, "a");
+        let w = g
+            .input("w", DType::F32, &[Expr::Const(4), Expr::Const(8)])
+            .unwrap();
+        let wt = g.transpose(w, 0, 1).unwrap();
+        let y = g.matmul(a, wt).unwrap();
+        g.output("y", y);
+        let p = extract(&g);
+        assert_eq!(p.steps.len(), 1, "no copy of the transposed weight");
+        let KernelKind::MatMul { b, .. } = &p.steps[0].kernel.kind else {
+            panic!("a matmul")
+        };
+        assert_eq!(
+            (b.row_stride.clone(), b.col_stride.clone()),
+            (1.into(), 8.into())
+        );
+    }
+
+    #[test]
+    fn equal_structure_gives_equal_kernels_whatever_the_node_ids() {
+        // Two "layers" of the same shape, built at different node ids.
+        let mut g = Graph::new();
+        let mut h = x(&mut g, "x");
+        for l in 0..2 {
+            let w = g
+                .input(
+                    &format!("w{l}"),
+                    DType::F32,
+                    &[Expr::Const(8), Expr::Const(8)],
+                )
+                .unwrap();
+            let m = g.matmul(h, w).unwrap();
+            let s = g.softmax(m, 1).unwrap();
+            h = g.add(s, h).unwrap();
+        }
+        g.output("y", h);
+        let p = extract(&g);
+        assert_eq!(p.steps.len() % 2, 0);
+        let half = p.steps.len() / 2;
+        for i in 0..half {
+            assert_eq!(p.steps[i].kernel, p.steps[half + i].kernel, "step {i}");
+        }
+    }
+
+    #[test]
+    fn a_reduction_inlines_its_elementwise_prologue() {
+        let mut g = Graph::new();
+        let a = x(&mut g, "a");
+        let sq = g.mul(a, a).unwrap();
+        let s = g.sum(sq, 1).unwrap();
+        g.output("s", s);
+        let p = extract(&g);
+        assert_eq!(p.steps.len(), 1);
+        let KernelKind::Reduce { body, .. } = &p.steps[0].kernel.kind else {
+            panic!("a reduction")
+        };
+        assert!(matches!(body, ScalarExpr::Binary { .. }), "{body:?}");
     }
 }
