@@ -17,6 +17,7 @@
 //!
 //! Structure per kind ([`crate::plan`] has the launch grids):
 //! - elementwise: one invocation per output element, workgroups of [`ELEMENTWISE_WG`];
+//! - write (an in-place update of part of the output): one invocation per written element;
 //! - reduction: one workgroup of [`REDUCE_WG`] per output element; lanes stride the reduced
 //!   axis, then a tree in workgroup memory;
 //! - matmul: one [`TILE`] x [`TILE`] workgroup per output tile of one batch; with one row
@@ -29,7 +30,9 @@ use crate::plan::{
 };
 use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::DType;
-use kiln_render::parts::{element, push_lines, MatMul, MatOperand, Reduction, OUT};
+use kiln_render::parts::{
+    element, push_lines, written_element, MatMul, MatOperand, Reduction, OUT,
+};
 use kiln_render::printer::input_name;
 use kiln_render::{Dialect, IndexOp, Printer};
 use std::fmt::Write;
@@ -52,6 +55,7 @@ pub fn kernel_source(k: &Kernel) -> String {
     buffers(&plan, &mut s);
     match &k.kind {
         KernelKind::Elementwise { .. } => elementwise(&p, k, &plan, &mut s),
+        KernelKind::Write { shape, .. } => write(&p, k, shape, &plan, &mut s),
         KernelKind::Reduce { .. } => reduce(&p, k, &plan, &mut s),
         KernelKind::MatMul { .. } => matmul(&p, k, &plan, &mut s),
     }
@@ -115,15 +119,14 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
         let name = input_name(i);
         let word = Wgsl.storage_type(dt);
         let slices = plan.slices[1 + i];
-        // `raw(w)`: word w of the input.
-        let raw = if slices == 1 {
+        // `w_<name>(w)`: word w of the input.
+        if slices == 1 {
             writeln!(
                 s,
-                "@group(0) @binding({binding}) var<storage, read> {name}: array<{word}>;"
+                "@group(0) @binding({binding}) var<storage, read> {name}: array<{word}>;\nfn w_{name}(w: i32) -> {word} {{ return {name}[w]; }}"
             )
             .unwrap();
             binding += 1;
-            name.clone()
         } else {
             // Slices of SLICE_BYTES of one buffer: word w is word (w & mask) of slice w >> shift.
             for j in 0..slices {
@@ -145,15 +148,8 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
                 slices - 1
             )
             .unwrap();
-            format!("w_{name}")
-        };
-        let at = |w: &str| {
-            if slices == 1 {
-                format!("{raw}[{w}]")
-            } else {
-                format!("{raw}({w})")
-            }
-        };
+        }
+        let at = |w: &str| format!("w_{name}({w})");
         let ty = Wgsl.compute_type(dt);
         let body = match dt {
             DType::F32 | DType::I32 => format!("return {};", at("i")),
@@ -182,8 +178,9 @@ fn symbols(plan: &KernelPlan, s: &mut String) {
     }
 }
 
-/// One invocation per output element.
-fn elementwise(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+/// The entry point of a kernel with one invocation per element (`kiln_i`, below the unit
+/// count), before its body.
+fn one_per_element(plan: &KernelPlan, s: &mut String) {
     let wg = ELEMENTWISE_WG;
     writeln!(s, "\n@compute @workgroup_size({wg})").unwrap();
     writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{").unwrap();
@@ -198,8 +195,22 @@ fn elementwise(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
     )
     .unwrap();
     symbols(plan, s);
+}
+
+/// One invocation per output element.
+fn elementwise(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+    one_per_element(plan, s);
     push_lines(s, "    ", p.unflatten(&k.out_shape, "kiln_i", None));
     push_lines(s, "    ", element(p, k, "kiln_i"));
+    s.push_str("}\n");
+}
+
+/// An in-place update: one invocation per element of the written part; the rest of the output
+/// keeps what it holds (packed outputs too: their stores change only their own bits).
+fn write(p: &Printer, k: &Kernel, shape: &[kiln_ir::Expr], plan: &KernelPlan, s: &mut String) {
+    one_per_element(plan, s);
+    push_lines(s, "    ", p.unflatten(shape, "kiln_i", None));
+    push_lines(s, "    ", written_element(p, k));
     s.push_str("}\n");
 }
 
@@ -267,10 +278,120 @@ fn operand_at(d: &dyn Dialect, o: &MatOperand, base: &str, row: &str, col: &str)
     }
 }
 
+/// Activations a bf16 GEMV stages in workgroup memory at a time (4 KiB).
+const GEMV_CHUNK: i32 = 1024;
+
+/// The column stride of B (in elements) when the decode path can read B two elements per
+/// 32-bit word: B is bf16 with k contiguous (a weight `[N, K]` seen transposed), and every row
+/// starts on a word (offset, batch strides and row stride even) and ends on one (K even).
+fn packed_gemv(k: &Kernel) -> Option<i64> {
+    let KernelKind::MatMul {
+        batch, k: kk, a, b, ..
+    } = &k.kind
+    else {
+        return None;
+    };
+    let even = |e: &kiln_ir::Expr| e.as_const().is_some_and(|c| c % 2 == 0);
+    let batch_even = batch
+        .iter()
+        .zip(&b.batch_strides)
+        .all(|(d, st)| d.is_const(1) || even(st));
+    let ok = b.dtype == DType::BF16
+        && a.dtype == DType::F32
+        && b.row_stride.is_const(1)
+        && even(&b.col_stride)
+        && even(&b.offset)
+        && even(kk)
+        && batch_even;
+    ok.then(|| b.col_stride.as_const().expect("constant"))
+}
+
+/// The GEMV of any operands: each workgroup row (`ty`) owns one output column, its TILE lanes
+/// (`tx`) stride K, and the partial sums are added in workgroup memory.
+fn gemv(
+    d: &dyn Dialect,
+    a: &MatOperand,
+    b: &MatOperand,
+    store: &dyn Fn(&str, &str) -> String,
+    s: &mut String,
+) {
+    let t = TILE;
+    writeln!(s, "        let col = i32(kiln_wg.x) * {t}i + ty;\n        var acc = 0.0f;").unwrap();
+    writeln!(
+        s,
+        "        if (col < N) {{\n            for (var kx = tx; kx < K; kx = kx + {t}i) {{ acc = acc + {} * {}; }}\n        }}",
+        operand_at(d, a, "kiln_pa", "0i", "kx"),
+        operand_at(d, b, "kiln_pb", "kx", "col")
+    )
+    .unwrap();
+    gemv_sum(store, s);
+}
+
+/// The GEMV of a bf16 weight read two elements per word (see [`packed_gemv`]): chunks of the
+/// activation row are staged in workgroup memory (read once per workgroup instead of once per
+/// column), and each lane reads whole words of its column's weight row. On lavapipe, where every
+/// storage load costs a per-lane bounds-checked access, this reads a quarter of the storage a
+/// plain GEMV does.
+fn gemv_bf16(
+    d: &dyn Dialect,
+    a: &MatOperand,
+    b: &MatOperand,
+    col_stride: i64,
+    store: &dyn Fn(&str, &str) -> String,
+    s: &mut String,
+) {
+    let (t, ch) = (TILE as i32, GEMV_CHUNK);
+    let lanes = t * t;
+    writeln!(
+        s,
+        "        let col = i32(kiln_wg.x) * {t}i + ty;\n        let lane = ty * {t}i + tx;\n        var acc = 0.0f;"
+    )
+    .unwrap();
+    writeln!(s, "        for (var k0 = 0i; k0 < K; k0 = k0 + {ch}i) {{").unwrap();
+    writeln!(
+        s,
+        "            for (var j = lane; j < {ch}i; j = j + {lanes}i) {{\n                var xv = 0.0f;\n                if (k0 + j < K) {{ xv = {}; }}\n                kiln_xs[j] = xv;\n            }}\n            workgroupBarrier();",
+        operand_at(d, a, "kiln_pa", "0i", "(k0 + j)")
+    )
+    .unwrap();
+    writeln!(s, "            if (col < N) {{").unwrap();
+    // Word of element k0 of W's row `col` (rows start on a word), and the words of this chunk.
+    writeln!(
+        s,
+        "                let w0 = (kiln_pb + col * {col_stride}i + k0) / 2i;\n                let words = min(K - k0, {ch}i) / 2i;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "                for (var q = tx; q < words; q = q + {t}i) {{\n                    let w = w_{}(w0 + q);\n                    acc = acc + kiln_xs[2i * q] * bitcast<f32>(w << 16u) + kiln_xs[2i * q + 1i] * bitcast<f32>(w & 0xffff0000u);\n                }}",
+        b.buf
+    )
+    .unwrap();
+    writeln!(s, "            }}\n            workgroupBarrier();\n        }}").unwrap();
+    gemv_sum(store, s);
+}
+
+/// Adds a GEMV's TILE partial sums per column and stores them.
+fn gemv_sum(store: &dyn Fn(&str, &str) -> String, s: &mut String) {
+    let t = TILE;
+    writeln!(s, "        kiln_bs[ty][tx] = acc;\n        workgroupBarrier();").unwrap();
+    writeln!(s, "        if (tx == 0i && col < N) {{").unwrap();
+    writeln!(
+        s,
+        "            var sum = 0.0f;\n            for (var q = 0i; q < {t}i; q = q + 1i) {{ sum = sum + kiln_bs[ty][q]; }}"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            {}\n        }}\n        return;\n    }}",
+        store("kiln_b * N + col", "sum")
+    )
+    .unwrap();
+}
+
 /// One TILE x TILE workgroup per output tile of one batch (grid z). Two paths in one kernel,
 /// because the row count is symbolic (the same kernel serves prefill and decode):
-/// - `M == 1` (decode): a GEMV. Each workgroup row (`ty`) owns one output column, its TILE
-///   lanes (`tx`) stride K, and the partial sums are added in workgroup memory.
+/// - `M == 1` (decode): a GEMV ([`gemv`], or [`gemv_bf16`] for bf16 weights).
 /// - otherwise tiles of A and B staged through workgroup memory; the B tile is read along k
 ///   by consecutive lanes when k is B's contiguous axis (weights `[N, K]` seen transposed).
 ///
@@ -295,6 +416,9 @@ fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
         t + 1
     )
     .unwrap();
+    if packed_gemv(k).is_some() {
+        writeln!(s, "var<workgroup> kiln_xs: array<f32, {GEMV_CHUNK}>;").unwrap();
+    }
     writeln!(s, "@compute @workgroup_size({t}, {t})").unwrap();
     writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(local_invocation_id) kiln_lid: vec3<u32>) {{").unwrap();
     writeln!(
@@ -324,27 +448,12 @@ fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
 
     // Decode: one row.
     writeln!(s, "    if (M == 1i) {{").unwrap();
-    writeln!(s, "        let col = i32(kiln_wg.x) * {t}i + ty;\n        var acc = 0.0f;").unwrap();
-    writeln!(
-        s,
-        "        if (col < N) {{\n            for (var kx = tx; kx < K; kx = kx + {t}i) {{ acc = acc + {} * {}; }}\n        }}",
-        operand_at(d, a, "kiln_pa", "0i", "kx"),
-        operand_at(d, b, "kiln_pb", "kx", "col")
-    )
-    .unwrap();
-    writeln!(s, "        kiln_bs[ty][tx] = acc;\n        workgroupBarrier();").unwrap();
-    writeln!(s, "        if (tx == 0i && col < N) {{").unwrap();
-    writeln!(
-        s,
-        "            var sum = 0.0f;\n            for (var q = 0i; q < {t}i; q = q + 1i) {{ sum = sum + kiln_bs[ty][q]; }}"
-    )
-    .unwrap();
-    writeln!(
-        s,
-        "            {}\n        }}\n        return;\n    }}",
-        store("kiln_b * N + col", "sum")
-    )
-    .unwrap();
+    if let Some(cs) = packed_gemv(k) {
+        gemv_bf16(d, a, b, cs, &store, s);
+    } else {
+        gemv(d, a, b, &store, s);
+    }
+
 
     // Tiled.
     writeln!(

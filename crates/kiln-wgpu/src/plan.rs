@@ -134,6 +134,37 @@ impl KernelPlan {
                     Grid::Flat(out_numel.clone().add(wg - 1).div(wg)),
                 )
             }
+            KernelKind::Write {
+                shape,
+                axis,
+                start,
+                body,
+            } => {
+                // One invocation per element of the written part, stored at its place in the
+                // (larger) output, as `kiln_render::parts::written_element` computes it.
+                for (i, d) in shape.iter().enumerate() {
+                    vars.insert(i as u32, d.clone());
+                }
+                let written = numel(shape);
+                exprs.push(written.clone());
+                exprs.extend(contiguous_strides(shape));
+                exprs.extend(shape.iter().cloned());
+                exprs.push(start.clone());
+                let strides = contiguous_strides(&k.out_shape);
+                let mut at = Expr::Const(0);
+                for (i, st) in strides.iter().enumerate().take(shape.len()) {
+                    let mut v = Expr::Var(i as u32);
+                    if i == *axis {
+                        v = v.add(start.clone());
+                    }
+                    at = at.add(v.mul(st.clone()));
+                }
+                exprs.push(at.clone());
+                accesses[0].push(at);
+                scalar_indices(body, &mut exprs, &mut accesses);
+                let wg = ELEMENTWISE_WG as i64;
+                (written.clone(), Grid::Flat(written.add(wg - 1).div(wg)))
+            }
             KernelKind::Reduce {
                 axis, len, body, ..
             } => {

@@ -10,7 +10,7 @@
 //! rounding are bit-exact and compared with zero tolerance.
 mod common;
 use common::*;
-use kiln_ir::{DType, Expr, Graph, NodeId, Tensor};
+use kiln_ir::{Bindings, DType, Expr, Graph, NodeId, Tensor};
 
 fn x_input(g: &mut Graph) -> NodeId {
     g.input("x", DType::F32, &[Expr::sym("n"), 6.into()])
@@ -419,4 +419,163 @@ fn special_values_follow_the_interpreter() {
         ("y", Tensor::from_f32(&[n], &ys)),
     ]);
     check(exe.as_mut(), &g, &ins, 0.0, 0.0);
+}
+
+/// `write_slice` in place (the destination has no other reader: only the new part is written
+/// into its buffer) and as a copy (the destination is read again afterwards), against the
+/// interpreter, at symbolic positions given to the run.
+#[test]
+fn write_slice_in_place_and_as_a_copy() {
+    let (c, s, p) = (Expr::sym("c"), Expr::sym("s"), Expr::sym("p"));
+    let mut g = Graph::new();
+    let cache = g
+        .input("cache", DType::F32, &[2.into(), c.clone(), 3.into()])
+        .unwrap();
+    let other = g
+        .input("other", DType::F32, &[2.into(), c.clone(), 3.into()])
+        .unwrap();
+    let x = g
+        .input("x", DType::F32, &[2.into(), s.clone(), 3.into()])
+        .unwrap();
+    let x2 = g.mul_scalar(x, 2.0).unwrap();
+    let updated = g.write_slice(cache, x2, 1, p.clone()).unwrap(); // in place
+    let copied = g.write_slice(other, x, 1, p.clone()).unwrap(); // `other` is read again below
+    let again = g.add_scalar(other, 1.0).unwrap();
+    g.output("updated", updated);
+    g.output("copied", copied);
+    g.output("again", again);
+    let Some(b) = backend() else { return };
+    let mut exe = build(&b, &g, 2);
+    for (cv, sv, pv) in [(5usize, 2usize, 0i64), (5, 2, 3), (7, 1, 6), (4, 4, 0)] {
+        let ins = inputs(&[
+            ("cache", Tensor::from_f32(&[2, cv, 3], &values(6 * cv, 1))),
+            ("other", Tensor::from_f32(&[2, cv, 3], &values(6 * cv, 2))),
+            ("x", Tensor::from_f32(&[2, sv, 3], &values(6 * sv, 3))),
+        ]);
+        let b: Bindings = [("p".to_string(), pv)].into();
+        let got = exe.run_with(&ins, &b).unwrap();
+        let want = kiln_ir::interpret(&g, &ins, &b).unwrap();
+        for (name, w) in &want {
+            assert_close(name, &got[name], w, 0.0, 0.0);
+        }
+    }
+    // A write past the end is refused before anything runs, naming the op and the sizes.
+    let ins = inputs(&[
+        ("cache", Tensor::from_f32(&[2, 4, 3], &values(24, 1))),
+        ("other", Tensor::from_f32(&[2, 4, 3], &values(24, 2))),
+        ("x", Tensor::from_f32(&[2, 2, 3], &values(12, 3))),
+    ]);
+    let b: Bindings = [("p".to_string(), 3)].into();
+    let e = exe.run_with(&ins, &b).unwrap_err().to_string();
+    assert!(
+        e.contains("write_slice") && e.contains("(p + s) = 5"),
+        "{e}"
+    );
+    // Constant bounds are checked while building.
+    let e = g.write_slice(cache, x, 1, -1).unwrap_err().to_string();
+    assert!(e.contains("write_slice"), "{e}");
+}
+
+/// The executor gives an in-place output the storage of the input it updates; carried, the
+/// cache is then never copied from one run to the next.
+#[test]
+fn a_cache_written_in_place_is_carried_without_copies() {
+    let (c, s, p) = (Expr::sym("c"), Expr::sym("s"), Expr::sym("p"));
+    let mut g = Graph::new();
+    let cache = g
+        .input("cache", DType::F32, &[c.clone(), 2.into()])
+        .unwrap();
+    let x = g.input("x", DType::F32, &[s.clone(), 2.into()]).unwrap();
+    let updated = g.write_slice(cache, x, 0, p.clone()).unwrap();
+    let seen = g.slice(updated, 0, 0, p.clone().add(s.clone())).unwrap();
+    let total = g.sum(seen, 0).unwrap();
+    g.output("cache_out", updated);
+    g.output("total", total);
+    let Some(bk) = backend() else { return };
+    let mut exe = build(&bk, &g, 1);
+    exe.carry("cache_out", "cache", Tensor::zeros(DType::F32, &[8, 2]))
+        .unwrap();
+    let mut sum = [0.0f32; 2];
+    for step in 0..8i64 {
+        let row = [step as f32, 10.0 * step as f32];
+        sum[0] += row[0];
+        sum[1] += row[1];
+        let ins = inputs(&[("x", Tensor::from_f32(&[1, 2], &row))]);
+        let out = exe
+            .run_with(&ins, &[("p".to_string(), step)].into())
+            .unwrap();
+        assert_eq!(out["total"].as_f32(), &sum, "step {step}");
+        // Only the new row and the sum are written: the cache is not copied.
+        assert_eq!(exe.last_run().bytes_written, (2 + 2) * 4, "step {step}");
+    }
+    let kept = exe.carried("cache").unwrap();
+    assert_eq!(kept.as_f32()[14..], [7.0, 70.0]);
+}
+
+/// An in-place write into a packed (bf16) buffer: each written element shares its 32-bit word
+/// with an element that must keep its value (the row width is odd, positions odd and even).
+#[test]
+fn write_slice_into_a_packed_buffer_keeps_the_neighbours() {
+    let (c, s, p) = (Expr::sym("c"), Expr::sym("s"), Expr::sym("p"));
+    let mut g = Graph::new();
+    let cache = g
+        .input("cache", DType::BF16, &[c.clone(), 3.into()])
+        .unwrap();
+    let x = g.input("x", DType::BF16, &[s.clone(), 3.into()]).unwrap();
+    let updated = g.write_slice(cache, x, 0, p.clone()).unwrap();
+    g.output("updated", updated);
+    let Some(b) = backend() else { return };
+    let mut exe = build(&b, &g, 1);
+    for (cv, sv, pv) in [(7usize, 1usize, 0i64), (7, 1, 3), (9, 2, 5), (6, 3, 2)] {
+        let ins = inputs(&[
+            ("cache", Tensor::from_f32(&[cv, 3], &values(3 * cv, 5)).to_dtype(DType::BF16)),
+            ("x", Tensor::from_f32(&[sv, 3], &values(3 * sv, 6)).to_dtype(DType::BF16)),
+        ]);
+        let bind: Bindings = [("p".to_string(), pv)].into();
+        let got = exe.run_with(&ins, &bind).unwrap();
+        let want = kiln_ir::interpret(&g, &ins, &bind).unwrap();
+        assert_close("updated", &got["updated"], &want["updated"], 0.0, 0.0);
+    }
+}
+
+/// The decode path for bf16 weights `[N, K]` (read two elements per 32-bit word, activations
+/// staged in workgroup memory in chunks of 1024): K beyond one chunk and ending inside one,
+/// N not a multiple of the tile, batched weights, and the tiled path for comparison (s > 1).
+#[test]
+fn bf16_weight_gemv_reads_whole_words() {
+    let mut g = Graph::new();
+    let s = Expr::sym("s");
+    let x = g.input("x", DType::F32, &[s.clone(), 2050.into()]).unwrap();
+    let w = g.input("w", DType::BF16, &[19.into(), 2050.into()]).unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    let y = g.matmul(x, wt).unwrap();
+    let xb = g
+        .input("xb", DType::F32, &[2.into(), s.clone(), 64.into()])
+        .unwrap();
+    let wb = g
+        .input("wb", DType::BF16, &[2.into(), 21.into(), 64.into()])
+        .unwrap();
+    let wbt = g.transpose(wb, 1, 2).unwrap();
+    let yb = g.matmul(xb, wbt).unwrap();
+    g.output("y", y);
+    g.output("yb", yb);
+    let Some(b) = backend() else { return };
+    let mut exe = build(&b, &g, 2);
+    for sv in [1usize, 2] {
+        let ins = inputs(&[
+            ("x", Tensor::from_f32(&[sv, 2050], &values(sv * 2050, 31))),
+            (
+                "w",
+                Tensor::from_f32(&[19, 2050], &values(19 * 2050, 32)).to_dtype(DType::BF16),
+            ),
+            ("xb", Tensor::from_f32(&[2, sv, 64], &values(2 * sv * 64, 33))),
+            (
+                "wb",
+                Tensor::from_f32(&[2, 21, 64], &values(2 * 21 * 64, 34)).to_dtype(DType::BF16),
+            ),
+        ]);
+        // Sums of 2050 products below 1 in f32, in another order than the interpreter's f64:
+        // within 1e-4.
+        check(exe.as_mut(), &g, &ins, 1e-4, 1e-5);
+    }
 }
