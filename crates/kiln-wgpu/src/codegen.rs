@@ -6,8 +6,10 @@
 //! Every kernel is one self-contained WGSL module:
 //! - `@group(0) @binding(0)`: `var<uniform> P: Params`, bound with a dynamic offset into one
 //!   buffer of every launch's params: the kernel's symbols as `i32` in sorted order
-//!   ([`kiln_compile::Kernel::symbols`]), then `kiln_units`. All-zero params mean no work,
-//!   which is what a warm-up dispatch sends.
+//!   ([`kiln_compile::Kernel::symbols`]), then `kiln_units`, then for a matmul
+//!   `kiln_gemv_rows` and `kiln_gemv_columns` (the device's choice of path, see
+//!   [`crate::plan::GemvPlan`]). All-zero
+//!   params mean no work, which is what a warm-up dispatch sends.
 //! - `@binding(1)`: the output, `read_write`. bf16, f16 and bool outputs are packed words
 //!   written with `atomicAnd`/`atomicOr`: two invocations storing the two halves of one word
 //!   then never race.
@@ -26,7 +28,7 @@
 
 use crate::dialect::{Wgsl, PRELUDE};
 use crate::plan::{
-    KernelPlan, ELEMENTWISE_WG, REDUCE_WG, SLICE_BYTES, SLICE_WORDS_LOG2, TILE,
+    Grid, KernelPlan, ELEMENTWISE_WG, REDUCE_WG, SLICE_BYTES, SLICE_WORDS_LOG2, TILE,
 };
 use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::DType;
@@ -67,7 +69,11 @@ fn params(plan: &KernelPlan, s: &mut String) {
     for sym in &plan.symbols {
         writeln!(s, "    {}: i32,", Wgsl.sym_name(sym)).unwrap();
     }
-    s.push_str("    kiln_units: i32,\n}\n@group(0) @binding(0) var<uniform> P: Params;\n");
+    s.push_str("    kiln_units: i32,\n");
+    if matches!(plan.grid, Grid::MatMul { .. }) {
+        s.push_str("    kiln_gemv_rows: i32,\n    kiln_gemv_columns: i32,\n");
+    }
+    s.push_str("}\n@group(0) @binding(0) var<uniform> P: Params;\n");
 }
 
 /// Declarations of the output and inputs and their load/store functions.
@@ -88,11 +94,9 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
     binding += 1;
     let ty = Wgsl.compute_type(out);
     match out {
-        DType::F32 | DType::I32 => writeln!(
-            s,
-            "fn st_{OUT}(i: i32, v: {ty}) {{ {OUT}[i] = v; }}"
-        )
-        .unwrap(),
+        DType::F32 | DType::I32 => {
+            writeln!(s, "fn st_{OUT}(i: i32, v: {ty}) {{ {OUT}[i] = v; }}").unwrap()
+        }
         _ => {
             // (elements per word - 1, bits per element, the element's bits)
             let (lanes, bits, value): (u32, u32, &str) = match out {
@@ -219,12 +223,7 @@ fn reduce(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
     let d = p.d;
     let wg = REDUCE_WG;
     let r = Reduction::of(p, k);
-    writeln!(
-        s,
-        "\nvar<workgroup> kiln_red: array<{}, {wg}>;",
-        r.acc_type
-    )
-    .unwrap();
+    writeln!(s, "\nvar<workgroup> kiln_red: array<{}, {wg}>;", r.acc_type).unwrap();
     writeln!(s, "@compute @workgroup_size({wg})").unwrap();
     writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{").unwrap();
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
@@ -278,13 +277,17 @@ fn operand_at(d: &dyn Dialect, o: &MatOperand, base: &str, row: &str, col: &str)
     }
 }
 
-/// Activations a bf16 GEMV stages in workgroup memory at a time (4 KiB).
-const GEMV_CHUNK: i32 = 1024;
+/// Columns one invocation computes on the CPU-style GEMV path: each activation it loads
+/// serves this many weight rows.
+pub const GEMV_COLS: i32 = 4;
+/// Invocations of a workgroup that work on the CPU-style GEMV path; the workgroup covers
+/// `GEMV_COLS * GEMV_INVOCATIONS` columns.
+pub const GEMV_INVOCATIONS: i32 = 64;
 
-/// The column stride of B (in elements) when the decode path can read B two elements per
-/// 32-bit word: B is bf16 with k contiguous (a weight `[N, K]` seen transposed), and every row
-/// starts on a word (offset, batch strides and row stride even) and ends on one (K even).
-fn packed_gemv(k: &Kernel) -> Option<i64> {
+/// The column stride of B (in elements) when a GEMV can read B two elements per 32-bit word:
+/// B is bf16 with k contiguous (a weight `[N, K]` seen transposed), and every row starts on a
+/// word (offset, batch strides and row stride even) and ends on one (K even).
+pub fn packed_gemv(k: &Kernel) -> Option<i64> {
     let KernelKind::MatMul {
         batch, k: kk, a, b, ..
     } = &k.kind
@@ -306,9 +309,10 @@ fn packed_gemv(k: &Kernel) -> Option<i64> {
     ok.then(|| b.col_stride.as_const().expect("constant"))
 }
 
-/// The GEMV of any operands: each workgroup row (`ty`) owns one output column, its TILE lanes
-/// (`tx`) stride K, and the partial sums are added in workgroup memory.
-fn gemv(
+/// The GPU-style GEMV of row `row` of A: each workgroup row (`ty`) owns one output column, its
+/// TILE lanes (`tx`) stride K (consecutive lanes, consecutive addresses for a `[N, K]` weight),
+/// and the partial sums are added in workgroup memory.
+fn gemv_lanes(
     d: &dyn Dialect,
     a: &MatOperand,
     b: &MatOperand,
@@ -316,65 +320,23 @@ fn gemv(
     s: &mut String,
 ) {
     let t = TILE;
-    writeln!(s, "        let col = i32(kiln_wg.x) * {t}i + ty;\n        var acc = 0.0f;").unwrap();
+    writeln!(
+        s,
+        "        let col = i32(kiln_wg.x) * {t}i + ty;\n        var acc = 0.0f;"
+    )
+    .unwrap();
     writeln!(
         s,
         "        if (col < N) {{\n            for (var kx = tx; kx < K; kx = kx + {t}i) {{ acc = acc + {} * {}; }}\n        }}",
-        operand_at(d, a, "kiln_pa", "0i", "kx"),
+        operand_at(d, a, "kiln_pa", "row", "kx"),
         operand_at(d, b, "kiln_pb", "kx", "col")
     )
     .unwrap();
-    gemv_sum(store, s);
-}
-
-/// The GEMV of a bf16 weight read two elements per word (see [`packed_gemv`]): chunks of the
-/// activation row are staged in workgroup memory (read once per workgroup instead of once per
-/// column), and each lane reads whole words of its column's weight row. On lavapipe, where every
-/// storage load costs a per-lane bounds-checked access, this reads a quarter of the storage a
-/// plain GEMV does.
-fn gemv_bf16(
-    d: &dyn Dialect,
-    a: &MatOperand,
-    b: &MatOperand,
-    col_stride: i64,
-    store: &dyn Fn(&str, &str) -> String,
-    s: &mut String,
-) {
-    let (t, ch) = (TILE as i32, GEMV_CHUNK);
-    let lanes = t * t;
     writeln!(
         s,
-        "        let col = i32(kiln_wg.x) * {t}i + ty;\n        let lane = ty * {t}i + tx;\n        var acc = 0.0f;"
+        "        kiln_bs[ty][tx] = acc;\n        workgroupBarrier();"
     )
     .unwrap();
-    writeln!(s, "        for (var k0 = 0i; k0 < K; k0 = k0 + {ch}i) {{").unwrap();
-    writeln!(
-        s,
-        "            for (var j = lane; j < {ch}i; j = j + {lanes}i) {{\n                var xv = 0.0f;\n                if (k0 + j < K) {{ xv = {}; }}\n                kiln_xs[j] = xv;\n            }}\n            workgroupBarrier();",
-        operand_at(d, a, "kiln_pa", "0i", "(k0 + j)")
-    )
-    .unwrap();
-    writeln!(s, "            if (col < N) {{").unwrap();
-    // Word of element k0 of W's row `col` (rows start on a word), and the words of this chunk.
-    writeln!(
-        s,
-        "                let w0 = (kiln_pb + col * {col_stride}i + k0) / 2i;\n                let words = min(K - k0, {ch}i) / 2i;"
-    )
-    .unwrap();
-    writeln!(
-        s,
-        "                for (var q = tx; q < words; q = q + {t}i) {{\n                    let w = w_{}(w0 + q);\n                    acc = acc + kiln_xs[2i * q] * bitcast<f32>(w << 16u) + kiln_xs[2i * q + 1i] * bitcast<f32>(w & 0xffff0000u);\n                }}",
-        b.buf
-    )
-    .unwrap();
-    writeln!(s, "            }}\n            workgroupBarrier();\n        }}").unwrap();
-    gemv_sum(store, s);
-}
-
-/// Adds a GEMV's TILE partial sums per column and stores them.
-fn gemv_sum(store: &dyn Fn(&str, &str) -> String, s: &mut String) {
-    let t = TILE;
-    writeln!(s, "        kiln_bs[ty][tx] = acc;\n        workgroupBarrier();").unwrap();
     writeln!(s, "        if (tx == 0i && col < N) {{").unwrap();
     writeln!(
         s,
@@ -383,15 +345,96 @@ fn gemv_sum(store: &dyn Fn(&str, &str) -> String, s: &mut String) {
     .unwrap();
     writeln!(
         s,
-        "            {}\n        }}\n        return;\n    }}",
-        store("kiln_b * N + col", "sum")
+        "            {}\n        }}",
+        store("(kiln_b * M + row) * N + col", "sum")
     )
     .unwrap();
 }
 
+/// The CPU-style GEMV of row `row` of A: [`GEMV_INVOCATIONS`] invocations of the workgroup each
+/// compute [`GEMV_COLS`] whole columns, with no workgroup memory and no barrier. On lavapipe a
+/// barrier switches every SIMD fiber of the workgroup and each load is a per-lane access, so
+/// this beats the GPU-style GEMV; a bf16 weight is read a word (two elements) at a time (see
+/// [`packed_gemv`]). The accumulators are unrolled by hand: a private array indexed in a loop
+/// becomes per-lane scratch memory there.
+fn gemv_columns(
+    d: &dyn Dialect,
+    a: &MatOperand,
+    b: &MatOperand,
+    packed: Option<i64>,
+    store: &dyn Fn(&str, &str) -> String,
+    s: &mut String,
+) {
+    let (t, c, n) = (TILE as i32, GEMV_COLS, GEMV_INVOCATIONS);
+    writeln!(
+        s,
+        "        let li = ty * {t}i + tx;\n        let c0 = i32(kiln_wg.x) * {}i + li * {c}i;\n        if (li < {n}i && c0 < N) {{",
+        c * n
+    )
+    .unwrap();
+    let cols = 0..c;
+    for j in cols.clone() {
+        writeln!(s, "            var acc{j} = 0.0f;").unwrap();
+    }
+    match packed {
+        Some(cs) => {
+            // The word of element 0 of each column's weight row (rows start on a word).
+            for j in cols.clone() {
+                writeln!(
+                    s,
+                    "            let r{j} = (kiln_pb + min(c0 + {j}i, N - 1i) * {cs}i) / 2i;"
+                )
+                .unwrap();
+            }
+            writeln!(
+                s,
+                "            for (var q = 0i; q < K / 2i; q = q + 1i) {{\n                let x0 = {};\n                let x1 = {};",
+                operand_at(d, a, "kiln_pa", "row", "(2i * q)"),
+                operand_at(d, a, "kiln_pa", "row", "(2i * q + 1i)")
+            )
+            .unwrap();
+            for j in cols.clone() {
+                writeln!(
+                    s,
+                    "                let w{j} = w_{}(r{j} + q);\n                acc{j} = acc{j} + x0 * bitcast<f32>(w{j} << 16u) + x1 * bitcast<f32>(w{j} & 0xffff0000u);",
+                    b.buf
+                )
+                .unwrap();
+            }
+        }
+        None => {
+            writeln!(
+                s,
+                "            for (var kx = 0i; kx < K; kx = kx + 1i) {{\n                let x = {};",
+                operand_at(d, a, "kiln_pa", "row", "kx")
+            )
+            .unwrap();
+            for j in cols.clone() {
+                writeln!(
+                    s,
+                    "                acc{j} = acc{j} + x * {};",
+                    operand_at(d, b, "kiln_pb", "kx", &format!("min(c0 + {j}i, N - 1i)"))
+                )
+                .unwrap();
+            }
+        }
+    }
+    writeln!(s, "            }}").unwrap();
+    for j in cols {
+        writeln!(
+            s,
+            "            if (c0 + {j}i < N) {{ let col = c0 + {j}i; {} }}",
+            store("(kiln_b * M + row) * N + col", &format!("acc{j}"))
+        )
+        .unwrap();
+    }
+    writeln!(s, "        }}").unwrap();
+}
+
 /// One TILE x TILE workgroup per output tile of one batch (grid z). Two paths in one kernel,
 /// because the row count is symbolic (the same kernel serves prefill and decode):
-/// - `M == 1` (decode): a GEMV ([`gemv`], or [`gemv_bf16`] for bf16 weights).
+/// - few rows (decode: one): a GEMV per row, [`gemv_lanes`] on a GPU, [`gemv_columns`] on a
+///   CPU adapter (the device chooses through the params).
 /// - otherwise tiles of A and B staged through workgroup memory; the B tile is read along k
 ///   by consecutive lanes when k is B's contiguous axis (weights `[N, K]` seen transposed).
 ///
@@ -416,9 +459,6 @@ fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
         t + 1
     )
     .unwrap();
-    if packed_gemv(k).is_some() {
-        writeln!(s, "var<workgroup> kiln_xs: array<f32, {GEMV_CHUNK}>;").unwrap();
-    }
     writeln!(s, "@compute @workgroup_size({t}, {t})").unwrap();
     writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(local_invocation_id) kiln_lid: vec3<u32>) {{").unwrap();
     writeln!(
@@ -446,14 +486,17 @@ fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
     )
     .unwrap();
 
-    // Decode: one row.
-    writeln!(s, "    if (M == 1i) {{").unwrap();
-    if let Some(cs) = packed_gemv(k) {
-        gemv_bf16(d, a, b, cs, &store, s);
-    } else {
-        gemv(d, a, b, &store, s);
-    }
-
+    // Few rows (decode: one): one GEMV per row, the row in grid y, GPU- or CPU-style. The
+    // device chooses both (`kiln_gemv_rows`, `kiln_gemv_columns`; see `plan::GemvPlan`).
+    writeln!(
+        s,
+        "    if (M <= P.kiln_gemv_rows) {{\n        let row = i32(kiln_wg.y);\n        if (P.kiln_gemv_columns != 0i) {{"
+    )
+    .unwrap();
+    gemv_columns(d, a, b, packed_gemv(k), &store, s);
+    writeln!(s, "        }} else {{").unwrap();
+    gemv_lanes(d, a, b, &store, s);
+    writeln!(s, "        }}\n        return;\n    }}").unwrap();
 
     // Tiled.
     writeln!(

@@ -11,7 +11,7 @@
 //! it and the sizes.
 
 use crate::gpu::{GpuError, Pipeline};
-use crate::plan::{KernelPlan, SLICE_BYTES};
+use crate::plan::{GemvPlan, KernelPlan, SLICE_BYTES};
 use crate::{Gpu, WgpuModule};
 use kiln_compile::UniqueKernel;
 use kiln_ir::Bindings;
@@ -60,12 +60,15 @@ pub struct WgpuDevice {
     batch: Option<Batch>,
     /// Distance between two launches' params (the device's uniform offset alignment).
     params_stride: u64,
+    /// How matmuls with few rows run on this device.
+    gemv: GemvPlan,
 }
 
 impl WgpuDevice {
-    pub(crate) fn new(gpu: Arc<Gpu>, budget: Option<u64>) -> WgpuDevice {
+    pub(crate) fn new(gpu: Arc<Gpu>, budget: Option<u64>, gemv: Option<GemvPlan>) -> WgpuDevice {
         let params_stride = (gpu.limits.min_uniform_buffer_offset_alignment as u64).max(256);
         WgpuDevice {
+            gemv: gemv.unwrap_or_else(|| GemvPlan::for_adapter(gpu.info.device_type)),
             name: format!("wgpu device {}", gpu.describe()),
             gpu,
             budget,
@@ -236,7 +239,7 @@ impl Device for WgpuDevice {
             name: name.clone(),
             pipeline: pipeline.clone(),
             layout: layout.clone(),
-            params_bytes: (4 * (plan.symbols.len() as u64 + 1)).next_multiple_of(16),
+            params_bytes: (4 * plan.params_words() as u64).next_multiple_of(16),
             plan,
         })
     }
@@ -275,7 +278,7 @@ impl Device for WgpuDevice {
         let limits = &self.gpu.limits;
         let launch = k
             .plan
-            .launch(b, limits.max_compute_workgroups_per_dimension)
+            .launch(b, limits.max_compute_workgroups_per_dimension, self.gemv)
             .map_err(|e| RunError::Kernel {
                 kernel: k.name.clone(),
                 detail: format!("cannot run on {}: {e}", self.name),
@@ -286,7 +289,10 @@ impl Device for WgpuDevice {
         // Storage bindings: each buffer whole when one binding holds it, else in slices.
         let max_binding = limits.max_storage_buffer_binding_size as u64 / 4 * 4;
         let mut ranges: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
-        for (i, buf) in std::iter::once(out).chain(inputs.iter().copied()).enumerate() {
+        for (i, buf) in std::iter::once(out)
+            .chain(inputs.iter().copied())
+            .enumerate()
+        {
             let size = buf.buf.size();
             let slices = k.plan.slices[i] as u64;
             let holds = if slices == 1 {
@@ -359,7 +365,13 @@ impl Device for WgpuDevice {
                     entries: &entries,
                 })
             })
-            .map_err(|e| RunError::device(format!("wgpu device {}", gpu.describe()), format!("launching kernel {name}"), e))?;
+            .map_err(|e| {
+                RunError::device(
+                    format!("wgpu device {}", gpu.describe()),
+                    format!("launching kernel {name}"),
+                    e,
+                )
+            })?;
         batch
             .passes
             .push((k.pipeline.clone(), bind_group, offset as u32, launch.grid));
@@ -390,7 +402,10 @@ pub(crate) fn copy_bandwidth(gpu: &Gpu) -> Result<(String, f64), RunError> {
             })
         })
     };
-    let (src, dst) = (make().map_err(|e| fail("alloc", e))?, make().map_err(|e| fail("alloc", e))?);
+    let (src, dst) = (
+        make().map_err(|e| fail("alloc", e))?,
+        make().map_err(|e| fail("alloc", e))?,
+    );
     let mut best = 0.0f64;
     for _ in 0..5 {
         let t = std::time::Instant::now();

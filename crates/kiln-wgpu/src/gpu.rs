@@ -186,7 +186,11 @@ impl Gpu {
             })
         };
         Ok(Gpu {
-            warm_params: tiny("warm-up params", WARM_PARAMS_BYTES, wgpu::BufferUsages::UNIFORM),
+            warm_params: tiny(
+                "warm-up params",
+                WARM_PARAMS_BYTES,
+                wgpu::BufferUsages::UNIFORM,
+            ),
             warm_read: tiny("warm-up input", 256, wgpu::BufferUsages::STORAGE),
             warm_write: tiny("warm-up output", 256, wgpu::BufferUsages::STORAGE),
             limits: device.limits(),
@@ -233,7 +237,10 @@ impl Gpu {
         }
         let escaped = std::mem::take(&mut *self.uncaptured.lock().expect("error sink"));
         if !escaped.is_empty() {
-            return Err(GpuError::Internal(format!("{what}: {}", escaped.join("; "))));
+            return Err(GpuError::Internal(format!(
+                "{what}: {}",
+                escaped.join("; ")
+            )));
         }
         Ok(r)
     }
@@ -266,9 +273,7 @@ impl Gpu {
                     ty: match b {
                         Binding::Params => wgpu::BufferBindingType::Uniform,
                         Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Binding::ReadWrite => {
-                            wgpu::BufferBindingType::Storage { read_only: false }
-                        }
+                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
                     has_dynamic_offset: *b == Binding::Params,
                     min_binding_size: None,

@@ -30,6 +30,7 @@ pub mod shader;
 
 pub use device::{WgpuBuffer, WgpuDevice, WgpuKernel};
 pub use gpu::{backends_from_env, Adapter, Gpu, GpuError, Pipeline};
+pub use plan::GemvPlan;
 /// The wgpu kiln is built with, for callers that inspect adapters.
 pub use wgpu;
 
@@ -72,6 +73,8 @@ pub struct WgpuBackend {
     /// The device kernels run on; None compiles only.
     main: Option<Arc<Gpu>>,
     memory_budget: Option<u64>,
+    /// How matmuls with few rows run; None: the adapter's default ([`GemvPlan::for_adapter`]).
+    gemv: Option<GemvPlan>,
 }
 
 /// The kernels of one compile unit: pipelines on the running device, or, compiled without a
@@ -162,6 +165,7 @@ impl WgpuBackend {
             }),
             main,
             memory_budget,
+            gemv: None,
         })
     }
 
@@ -172,6 +176,7 @@ impl WgpuBackend {
             driver: None,
             main: None,
             memory_budget: None,
+            gemv: None,
         }
     }
 
@@ -190,6 +195,14 @@ impl WgpuBackend {
         self.memory_budget
     }
 
+    /// The same backend running matmuls with few rows as `plan` says instead of the adapter's
+    /// default: the tests run the GPU-style GEMV on lavapipe this way, so both paths of the
+    /// matmul kernel are checked on a CPU adapter.
+    pub fn with_gemv_plan(mut self, plan: GemvPlan) -> WgpuBackend {
+        self.gemv = Some(plan);
+        self
+    }
+
     /// The same backend with its own limit on device memory.
     pub fn with_memory_budget(mut self, bytes: u64) -> WgpuBackend {
         self.memory_budget = Some(bytes);
@@ -197,11 +210,17 @@ impl WgpuBackend {
     }
 
     /// The driver compiles `kernels` on a helper device of this thread: pipeline and warm-up.
-    fn driver_compile(&self, d: &Driver, kernels: Vec<(&str, shader::Validated)>) -> Result<(), BackendError> {
+    fn driver_compile(
+        &self,
+        d: &Driver,
+        kernels: Vec<(&str, shader::Validated)>,
+    ) -> Result<(), BackendError> {
         let helper = d.helpers.lock().expect("helpers").pop();
         let helper = match helper {
             Some(h) => h,
-            None => Gpu::new(&d.adapter, "kiln compile helper").map_err(BackendError::Unavailable)?,
+            None => {
+                Gpu::new(&d.adapter, "kiln compile helper").map_err(BackendError::Unavailable)?
+            }
         };
         let result = kernels.into_iter().try_for_each(|(name, v)| {
             let p = helper.pipeline(name, v)?;
@@ -213,14 +232,21 @@ impl WgpuBackend {
                 Ok(())
             }
             // A helper that failed is dropped, not reused: it may be lost.
-            Err(e) => Err(BackendError::Rejected(format!("the driver rejected it: {e}"))),
+            Err(e) => Err(BackendError::Rejected(format!(
+                "the driver rejected it: {e}"
+            ))),
         }
     }
 }
 
 /// A kernel's source, checked: the plan's verdict on its sizes, then naga.
 fn validated(k: &KernelSource) -> Result<shader::Validated, BackendError> {
-    if let Some(reason) = k.source.lines().next().and_then(|l| l.strip_prefix(codegen::CANNOT_COMPILE)) {
+    if let Some(reason) = k
+        .source
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix(codegen::CANNOT_COMPILE))
+    {
         return Err(BackendError::Rejected(format!(
             "{reason}; this kernel's sizes do not fit WGSL's 32-bit indices"
         )));
@@ -316,7 +342,7 @@ impl Runtime for WgpuBackend {
 
     fn device(&self) -> Result<WgpuDevice, RunError> {
         match &self.main {
-            Some(gpu) => Ok(WgpuDevice::new(gpu.clone(), self.memory_budget)),
+            Some(gpu) => Ok(WgpuDevice::new(gpu.clone(), self.memory_budget, self.gemv)),
             None => Err(RunError::Unsupported(
                 "this wgpu backend was opened for compiling only; running needs a device".into(),
             )),
@@ -358,7 +384,8 @@ pub fn emit(
         .map_err(|e| BackendError::io(format!("cannot create {}", dir.display()), e))?;
     let mut paths = Vec::with_capacity(kernels.len());
     for k in kernels {
-        let v = validated(k).map_err(|e| BackendError::Rejected(format!("kernel {}: {e}", k.name)))?;
+        let v =
+            validated(k).map_err(|e| BackendError::Rejected(format!("kernel {}: {e}", k.name)))?;
         let bytes = match format {
             ShaderFormat::Msl => shader::to_msl(&k.name, &v).map(|(src, _)| src.into_bytes()),
             ShaderFormat::Spv => shader::to_spirv(&k.name, &v)

@@ -46,14 +46,15 @@ const VAR_K: u32 = 1003;
 pub enum Grid {
     /// A flat count, spread over x and y when it exceeds the per-dimension limit.
     Flat(Expr),
-    /// `[ceil(n / TILE), ceil(m / TILE) (1 when m == 1: the GEMV path), batch]`.
+    /// `[columns, rows, batch]`: see [`KernelPlan::launch`] and [`GemvPlan`].
     MatMul { n: Expr, m: Expr, batch: Expr },
 }
 
 /// One launch, for one binding of the symbols.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
-    /// The `Params` words: the kernel's symbols in sorted order, then the unit count.
+    /// The `Params` words: the kernel's symbols in sorted order, the unit count, and for a
+    /// matmul the GEMV row threshold.
     pub params: Vec<i32>,
     pub grid: [u32; 3],
     /// Bytes of each buffer (output first, then inputs) the kernel may access.
@@ -295,9 +296,20 @@ impl KernelPlan {
         self.check(&Bindings::new()).err()
     }
 
+    /// Words of the kernel's `Params`: its symbols, the unit count, and for a matmul the
+    /// device's [`GemvPlan`].
+    pub fn params_words(&self) -> usize {
+        self.symbols.len() + 1 + 2 * matches!(self.grid, Grid::MatMul { .. }) as usize
+    }
+
     /// The launch for bindings `b`: its params and grid, after checking that every index fits
-    /// in i32. None when there is no work.
-    pub fn launch(&self, b: &Bindings, max_per_dim: u32) -> Result<Option<Launch>, LaunchError> {
+    /// in i32. None when there is no work. Matmuls follow the device's `gemv`.
+    pub fn launch(
+        &self,
+        b: &Bindings,
+        max_per_dim: u32,
+        gemv: GemvPlan,
+    ) -> Result<Option<Launch>, LaunchError> {
         let units = self.units.eval(b)?;
         if units <= 0 {
             return Ok(None);
@@ -317,8 +329,16 @@ impl KernelPlan {
             Grid::MatMul { n, m, batch } => {
                 let (n, m, batch) = (n.eval(b)?, m.eval(b)?, batch.eval(b)?);
                 let t = TILE as i64;
-                let rows = if m == 1 { 1 } else { (m + t - 1) / t };
-                let grid = [(n + t - 1) / t, rows, batch];
+                let per_row = m <= gemv.rows as i64;
+                let rows = if per_row { m } else { (m + t - 1) / t };
+                // Columns per workgroup: TILE, or GEMV_COLS for each of GEMV_INVOCATIONS.
+                let cols = if per_row && gemv.columns {
+                    (crate::codegen::GEMV_COLS * crate::codegen::GEMV_INVOCATIONS) as i64
+                } else {
+                    t
+                };
+                params.extend([gemv.rows, gemv.columns as i32]);
+                let grid = [(n + cols - 1) / cols, rows, batch];
                 if grid.iter().any(|&g| g <= 0) {
                     return Ok(None);
                 }
@@ -339,6 +359,36 @@ impl KernelPlan {
             grid,
             extents,
         }))
+    }
+}
+
+/// How a device runs matmuls with few rows (the kernel text has every path; the params pick).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemvPlan {
+    /// Matmuls with at most this many rows run one GEMV per row (grid y = the row) instead of
+    /// TILE x TILE tiles.
+    pub rows: i32,
+    /// GEMV CPU-style (each invocation whole columns, no barrier) instead of GPU-style (TILE
+    /// lanes per column, a reduction in workgroup memory).
+    pub columns: bool,
+}
+
+impl GemvPlan {
+    /// GPU-style for decode only on a GPU, where tiles read a weight once per 16 rows from
+    /// fast workgroup memory. On a CPU adapter (lavapipe) a barrier switches all of the
+    /// workgroup's SIMD fibers and workgroup memory costs as much per access as storage, so
+    /// re-reading the weight once per row, CPU-style, beats tiles up to 64 rows.
+    pub fn for_adapter(device_type: wgpu::DeviceType) -> GemvPlan {
+        match device_type {
+            wgpu::DeviceType::Cpu => GemvPlan {
+                rows: 64,
+                columns: true,
+            },
+            _ => GemvPlan {
+                rows: 1,
+                columns: false,
+            },
+        }
     }
 }
 
@@ -497,10 +547,7 @@ mod tests {
         let b: Bindings = [("s".to_string(), 10)].into();
         let vars = ranges(&[(0, 9), (1, 1023)]);
         let e = Expr::Var(0).mul(1024).add(Expr::Var(1));
-        assert_eq!(
-            interval(&e, &b, &vars),
-            Some(Interval { lo: 0, hi: 10239 })
-        );
+        assert_eq!(interval(&e, &b, &vars), Some(Interval { lo: 0, hi: 10239 }));
         let e = Expr::Var(1).sub(Expr::sym("s")).rem(7);
         assert_eq!(interval(&e, &b, &vars), Some(Interval { lo: -6, hi: 6 }));
         let e = Expr::Var(1).div(Expr::sym("s"));

@@ -54,7 +54,10 @@ pub fn bindings(module: &naga::Module) -> Result<Vec<Binding>, String> {
     for (_, g) in module.global_variables.iter() {
         let Some(rb) = &g.binding else { continue };
         if rb.group != 0 {
-            return Err(format!("binding group {} (kiln uses group 0 only)", rb.group));
+            return Err(format!(
+                "binding group {} (kiln uses group 0 only)",
+                rb.group
+            ));
         }
         let kind = match g.space {
             naga::AddressSpace::Uniform => Binding::Params,
@@ -164,7 +167,9 @@ pub fn to_spirv(name: &str, v: &Validated) -> Result<Vec<u32>, String> {
         .map_err(|e| format!("SPIR-V: {e:?}"))?;
     let eps = spirv_entry_points(&words);
     if eps != [name] {
-        return Err(format!("SPIR-V entry points are {eps:?}, expected [{name}]"));
+        return Err(format!(
+            "SPIR-V entry points are {eps:?}, expected [{name}]"
+        ));
     }
     Ok(words)
 }

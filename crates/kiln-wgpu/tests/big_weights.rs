@@ -56,7 +56,11 @@ fn a_weight_above_one_binding_is_read_in_slices() {
                     .map(|k| xv[m * dim + k] as f64 * wf[n * dim + k])
                     .sum();
                 let d = (got[m * rows + n] as f64 - want).abs();
-                assert!(d <= 1e-4, "s = {s}: logits[{m}, {n}] = {}, want {want}", got[m * rows + n]);
+                assert!(
+                    d <= 1e-4,
+                    "s = {s}: logits[{m}, {n}] = {}, want {want}",
+                    got[m * rows + n]
+                );
             }
         }
     }

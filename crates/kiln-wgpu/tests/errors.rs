@@ -29,9 +29,16 @@ fn a_kernel_naga_rejects_is_named_with_its_report() {
         broken: &["reduce_max"],
         panic_on: None,
     };
-    let err = compile(&softmax_graph(), &b, &CompileOptions { threads: 2, ..Default::default() })
-        .err()
-        .expect("a broken kernel must fail");
+    let err = compile(
+        &softmax_graph(),
+        &b,
+        &CompileOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("a broken kernel must fail");
     let CompileError::Kernels(fails) = &err else {
         panic!("{err}")
     };
@@ -44,7 +51,9 @@ fn a_kernel_naga_rejects_is_named_with_its_report() {
     );
     let path = fails[0].source_path.as_ref().expect("source written");
     assert_eq!(path.extension().unwrap(), "wgsl");
-    assert!(std::fs::read_to_string(path).unwrap().contains("broken_on_purpose"));
+    assert!(std::fs::read_to_string(path)
+        .unwrap()
+        .contains("broken_on_purpose"));
 }
 
 /// Constant sizes whose index arithmetic overflows i32 are refused when the kernel is
@@ -57,9 +66,13 @@ fn constant_sizes_beyond_i32_fail_at_compile_time() {
     let y = g.input("y", DType::F32, &shape).unwrap();
     let z = g.add(x, y).unwrap();
     g.output("z", z);
-    let err = compile(&g, &WgpuBackend::validate_only(), &CompileOptions::default())
-        .err()
-        .expect("2^31 elements cannot be indexed in i32");
+    let err = compile(
+        &g,
+        &WgpuBackend::validate_only(),
+        &CompileOptions::default(),
+    )
+    .err()
+    .expect("2^31 elements cannot be indexed in i32");
     let CompileError::Kernels(fails) = &err else {
         panic!("{err}")
     };
@@ -112,7 +125,9 @@ fn buffers_beyond_the_adapters_limits_are_clear_errors() {
         eprintln!("skipping the binding-size check: {bytes} bytes do not fit this device");
         return;
     }
-    let e = run(exe.as_mut(), 1024, n).err().expect("one binding too small");
+    let e = run(exe.as_mut(), 1024, n)
+        .err()
+        .expect("one binding too small");
     let m = e.to_string();
     assert!(
         matches!(e, RunError::Kernel { .. })
@@ -152,7 +167,11 @@ fn a_lost_device_is_an_error_not_a_panic() {
     let mut dev = b.device().unwrap();
     let buf = dev.upload(&[1, 2, 3, 4], "a test buffer").unwrap();
     dev.gpu().destroy();
-    let e = dev.alloc(16, "a test buffer").err().expect("lost").to_string();
+    let e = dev
+        .alloc(16, "a test buffer")
+        .err()
+        .expect("lost")
+        .to_string();
     assert!(e.contains("lost"), "{e}");
     let e = dev.download(&buf, 4).err().expect("lost").to_string();
     assert!(e.contains("lost"), "{e}");

@@ -112,7 +112,10 @@ fn check_model(name: &str, prompts: &[&str]) {
             } else {
                 worst_logits = worst_logits.max(d);
             }
-            assert!(d <= TOL, "{name}/{prompt}: {tname} differs by {d} (> {TOL})");
+            assert!(
+                d <= TOL,
+                "{name}/{prompt}: {tname} differs by {d} (> {TOL})"
+            );
         }
 
         // Greedy generation with the KV cache on the device, for both thread counts.

@@ -133,6 +133,24 @@ fn reductions_over_every_axis() {
     }
 }
 
+/// Every way a device may run matmuls with few rows, whatever the adapter would choose: the
+/// GPU-style GEMV for one row (a GPU's default), for up to 4 rows, and the CPU-style column
+/// GEMV for up to 64 rows (a CPU adapter's default). Rows above the threshold take the tiles.
+const GEMV_PLANS: [kiln_wgpu::GemvPlan; 3] = [
+    kiln_wgpu::GemvPlan {
+        rows: 1,
+        columns: false,
+    },
+    kiln_wgpu::GemvPlan {
+        rows: 4,
+        columns: false,
+    },
+    kiln_wgpu::GemvPlan {
+        rows: 64,
+        columns: true,
+    },
+];
+
 #[test]
 fn matmul_layouts() {
     let mut g = Graph::new();
@@ -160,7 +178,16 @@ fn matmul_layouts() {
     g.output("batched", batched);
     g.output("view", att);
     let Some(b) = backend() else { return };
-    let mut exe = build(&b, &g, 2);
+    for plan in GEMV_PLANS {
+        let b = backend().unwrap().with_gemv_plan(plan);
+        matmul_layouts_on(&b, &g);
+    }
+    matmul_layouts_on(&b, &g); // the adapter's own choice
+}
+
+fn matmul_layouts_on(b: &kiln_wgpu::WgpuBackend, g: &Graph) {
+    let n = 19;
+    let mut exe = build(b, g, 2);
     for (mm, kk) in [(1, 1), (2, 8), (67, 37), (130, 64)] {
         let ins = inputs(&[
             ("a", Tensor::from_f32(&[mm, kk], &values(mm * kk, 1))),
@@ -173,7 +200,7 @@ fn matmul_layouts() {
         ]);
         // `generic` multiplies two f32 matmul results: its error is f32 rounding of the operands
         // times the sum of |terms| (about 19 x 7 here), ~1e-5, not relative to the result.
-        check(exe.as_mut(), &g, &ins, 1e-4, 1e-5);
+        check(exe.as_mut(), g, &ins, 1e-4, 1e-5);
     }
 }
 
@@ -528,8 +555,14 @@ fn write_slice_into_a_packed_buffer_keeps_the_neighbours() {
     let mut exe = build(&b, &g, 1);
     for (cv, sv, pv) in [(7usize, 1usize, 0i64), (7, 1, 3), (9, 2, 5), (6, 3, 2)] {
         let ins = inputs(&[
-            ("cache", Tensor::from_f32(&[cv, 3], &values(3 * cv, 5)).to_dtype(DType::BF16)),
-            ("x", Tensor::from_f32(&[sv, 3], &values(3 * sv, 6)).to_dtype(DType::BF16)),
+            (
+                "cache",
+                Tensor::from_f32(&[cv, 3], &values(3 * cv, 5)).to_dtype(DType::BF16),
+            ),
+            (
+                "x",
+                Tensor::from_f32(&[sv, 3], &values(3 * sv, 6)).to_dtype(DType::BF16),
+            ),
         ]);
         let bind: Bindings = [("p".to_string(), pv)].into();
         let got = exe.run_with(&ins, &bind).unwrap();
@@ -538,15 +571,17 @@ fn write_slice_into_a_packed_buffer_keeps_the_neighbours() {
     }
 }
 
-/// The decode path for bf16 weights `[N, K]` (read two elements per 32-bit word, activations
-/// staged in workgroup memory in chunks of 1024): K beyond one chunk and ending inside one,
-/// N not a multiple of the tile, batched weights, and the tiled path for comparison (s > 1).
+/// The GEMVs for bf16 weights `[N, K]` (the CPU-style one reads two elements per 32-bit word)
+/// under every [`GEMV_PLANS`]: K much longer than a workgroup, N not a multiple of a workgroup's
+/// columns, batched weights, and rows that take the GEMV or the tiles depending on the plan.
 #[test]
 fn bf16_weight_gemv_reads_whole_words() {
     let mut g = Graph::new();
     let s = Expr::sym("s");
     let x = g.input("x", DType::F32, &[s.clone(), 2050.into()]).unwrap();
-    let w = g.input("w", DType::BF16, &[19.into(), 2050.into()]).unwrap();
+    let w = g
+        .input("w", DType::BF16, &[19.into(), 2050.into()])
+        .unwrap();
     let wt = g.transpose(w, 0, 1).unwrap();
     let y = g.matmul(x, wt).unwrap();
     let xb = g
@@ -559,23 +594,29 @@ fn bf16_weight_gemv_reads_whole_words() {
     let yb = g.matmul(xb, wbt).unwrap();
     g.output("y", y);
     g.output("yb", yb);
-    let Some(b) = backend() else { return };
-    let mut exe = build(&b, &g, 2);
-    for sv in [1usize, 2] {
-        let ins = inputs(&[
-            ("x", Tensor::from_f32(&[sv, 2050], &values(sv * 2050, 31))),
-            (
-                "w",
-                Tensor::from_f32(&[19, 2050], &values(19 * 2050, 32)).to_dtype(DType::BF16),
-            ),
-            ("xb", Tensor::from_f32(&[2, sv, 64], &values(2 * sv * 64, 33))),
-            (
-                "wb",
-                Tensor::from_f32(&[2, 21, 64], &values(2 * 21 * 64, 34)).to_dtype(DType::BF16),
-            ),
-        ]);
-        // Sums of 2050 products below 1 in f32, in another order than the interpreter's f64:
-        // within 1e-4.
-        check(exe.as_mut(), &g, &ins, 1e-4, 1e-5);
+    let Some(_) = backend() else { return };
+    for plan in GEMV_PLANS {
+        let b = backend().unwrap().with_gemv_plan(plan);
+        let mut exe = build(&b, &g, 2);
+        for sv in [1usize, 2, 5] {
+            let ins = inputs(&[
+                ("x", Tensor::from_f32(&[sv, 2050], &values(sv * 2050, 31))),
+                (
+                    "w",
+                    Tensor::from_f32(&[19, 2050], &values(19 * 2050, 32)).to_dtype(DType::BF16),
+                ),
+                (
+                    "xb",
+                    Tensor::from_f32(&[2, sv, 64], &values(2 * sv * 64, 33)),
+                ),
+                (
+                    "wb",
+                    Tensor::from_f32(&[2, 21, 64], &values(2 * 21 * 64, 34)).to_dtype(DType::BF16),
+                ),
+            ]);
+            // Sums of 2050 products below 1 in f32, in another order than the interpreter's f64:
+            // within 1e-4.
+            check(exe.as_mut(), &g, &ins, 1e-4, 1e-5);
+        }
     }
 }

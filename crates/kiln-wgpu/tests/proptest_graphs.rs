@@ -44,10 +44,16 @@ fn matmul_chain_then_sin() {
     let mut exe = build(&b, &g, 2);
     for (na, nb) in [(1usize, 1usize), (5, 3), (8, 8)] {
         let ins = inputs(&[
-            ("x", Tensor::from_f32(&[na, nb], &values(na * nb, 11586058300773422267))),
+            (
+                "x",
+                Tensor::from_f32(&[na, nb], &values(na * nb, 11586058300773422267)),
+            ),
             (
                 "y",
-                Tensor::from_f32(&[na, nb], &values(na * nb, 11586058300773422267u64.wrapping_add(79))),
+                Tensor::from_f32(
+                    &[na, nb],
+                    &values(na * nb, 11586058300773422267u64.wrapping_add(79)),
+                ),
             ),
         ]);
         check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);

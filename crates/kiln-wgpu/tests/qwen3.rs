@@ -13,7 +13,9 @@ mod common;
 
 #[test]
 fn wgpu_and_cpu_agree_on_the_qwen3_preset() {
-    let Some(wgpu) = common::backend() else { return };
+    let Some(wgpu) = common::backend() else {
+        return;
+    };
     let tokens: usize = std::env::var("KILN_WGPU_QWEN3_TOKENS")
         .ok()
         .and_then(|v| v.parse().ok())
