@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, then every test in the workspace.
 # Installs what the tests need that a fresh machine may lack: C and C++ compilers (CPU backend,
-# CUDA emulator), NVRTC 13 and 12 from NVIDIA's wheels in a local virtualenv (CUDA tests), and
-# Mesa's lavapipe with the Vulkan loader (the wgpu tests run on it).
+# CUDA emulator), NVRTC 13 and 12 from NVIDIA's wheels in a local virtualenv (CUDA tests),
+# Mesa's lavapipe with the Vulkan loader (the wgpu tests run on it), and
+# the servers of the remote-cache tests (redis-server, moto's S3 server, distccd), which it
+# starts for the run and stops afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +55,70 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
 fi
 # Mesa's shader cache, kept with the build, not in the user's ~/.cache.
 export MESA_SHADER_CACHE_DIR="${CARGO_TARGET_DIR:-$PWD/target}/mesa-shader-cache"
+# Servers for the remote-cache and distcc tests, real ones on loopback: redis-server and distccd
+# (Debian packages), moto's S3 server (PyPI, in a local virtualenv). Started on free ports for
+# this run, named to the tests by KILN_TEST_* (and the standard AWS_* variables for S3), and
+# stopped on exit, whether the tests pass or not.
+MOTO=5.2.5
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v distccd >/dev/null 2>&1 || need+=(distcc)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+if ((${#need[@]})); then
+  echo "installing ${need[*]} for the remote-cache and distcc tests" >&2
+  as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}"
+fi
+moto_venv=.venv-moto
+if ! "$moto_venv/bin/python" -c "import importlib.metadata as m; assert m.version('moto') == '$MOTO'" 2>/dev/null; then
+  echo "installing moto[server]==$MOTO (an S3 server) into $moto_venv" >&2
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q "moto[server]==$MOTO"
+fi
+services=$(mktemp -d /tmp/kiln-test-services.XXXXXX)
+# As root, distccd drops to the distccd user, which must write its log here.
+chmod 0777 "$services"
+pids=()
+stop_services() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$services"
+}
+trap stop_services EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { # port, what
+  for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$2 did not start on port $1; its log:" >&2
+  cat "$services"/*.log >&2 || true
+  exit 1
+}
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+  --dir "$services" --logfile "$services/redis.log" </dev/null >/dev/null 2>&1 &
+pids+=($!)
+s3_port=$(free_port)
+"$moto_venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" </dev/null >"$services/moto.log" 2>&1 &
+pids+=($!)
+distcc_port=$(free_port)
+# --no-detach keeps the daemon our child (its PID is $!); --allow is required.
+distccd --daemon --no-detach --listen 127.0.0.1 --port "$distcc_port" --allow 127.0.0.1/32 \
+  --jobs 4 --log-file "$services/distccd.log" --log-level info </dev/null >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$redis_port" redis-server
+wait_port "$s3_port" "moto S3 server"
+wait_port "$distcc_port" distccd
+# moto takes an unsigned bucket creation.
+python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$s3_port/kiln-test', method='PUT'))"
+export KILN_TEST_SERVICES=1
+export KILN_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+export KILN_TEST_S3_URL="s3://kiln-test"
+export KILN_TEST_DISTCC_HOSTS="127.0.0.1:$distcc_port/4"
+export KILN_TEST_DISTCCD_LOG="$services/distccd.log"
+export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$s3_port" AWS_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=kiln-test AWS_SECRET_ACCESS_KEY=kiln-test-secret
+unset KILN_REMOTE_CACHE
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

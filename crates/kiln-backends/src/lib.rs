@@ -67,6 +67,10 @@ pub struct BackendOptions {
     /// wgpu: the directory of the driver's shader cache (Mesa's), normally inside kiln's
     /// kernel cache directory; None leaves the driver's default.
     pub driver_cache: Option<std::path::PathBuf>,
+    /// How long one external compiler invocation (the C compiler) may take before it is
+    /// killed. NVRTC and wgpu (naga and the Vulkan/Metal/DX12 driver's compiler) run
+    /// in-process and have no limit.
+    pub compile_timeout: std::time::Duration,
 }
 
 impl Default for BackendOptions {
@@ -76,6 +80,7 @@ impl Default for BackendOptions {
             arch: None,
             compile_only: false,
             driver_cache: None,
+            compile_timeout: kiln_compile::default_compile_timeout(),
         }
     }
 }
@@ -89,8 +94,10 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Target>,
     }
     match kind {
         BackendKind::Cpu => Ok(Box::new(
-                kiln_cpu::CpuBackend::default().with_run_threads(opts.run_threads),
-            )),
+            kiln_cpu::CpuBackend::default()
+                .with_run_threads(opts.run_threads)
+                .with_compile_timeout(opts.compile_timeout),
+        )),
         BackendKind::Cuda => {
             if kiln_cuda::cuda_device_present() {
                 return Ok(Box::new(kiln_cuda::CudaBackend::for_device(

@@ -20,8 +20,8 @@ pub enum BenchCommand {
 pub struct CompileBench {
     #[arg(long)]
     model: String,
-    /// Thread counts to measure.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    /// Thread counts to measure (each 1 to 1024).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = crate::parse_threads)]
     threads: Vec<usize>,
     /// Runs per configuration (median and min are reported).
     #[arg(long, default_value_t = 3)]
@@ -34,8 +34,20 @@ pub struct CompileBench {
     /// Override the number of layers.
     #[arg(long)]
     layers: Option<usize>,
+    /// Time limit of one compiler invocation in each compile, in seconds.
+    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    compile_timeout: u64,
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
+    /// Also measure sharing through this remote cache (a fresh key prefix under it): a cold
+    /// machine with a warm remote, and sharded precompiles.
+    #[arg(long, value_name = "URL")]
+    remote_cache: Option<String>,
+    /// Shard counts for the sharded precompile (with --remote-cache). Up to the core count the
+    /// shards run at once, one thread each; beyond it one after another, each alone on the
+    /// machine (as N machines would).
+    #[arg(long, value_delimiter = ',', default_value = "2,16")]
+    shards: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -46,7 +58,8 @@ pub struct DecodeBench {
     prompt_len: usize,
     #[arg(long, default_value_t = 32)]
     tokens: usize,
-    #[arg(long)]
+    /// Compile and run threads (1 to 1024; kernels run on at most one per core).
+    #[arg(long, value_parser = crate::parse_threads)]
     threads: Option<usize>,
     /// cpu, cuda (GPU 0) or wgpu (the bound is then the device's copy bandwidth).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
@@ -85,6 +98,15 @@ fn cpu_model() -> String {
 
 /// One `kiln compile --json` child with a fresh (or given) cache dir.
 fn compile_child(a: &CompileBench, threads: usize, cache: &Path) -> std::process::Child {
+    compile_child_with(a, threads, cache, &[])
+}
+
+fn compile_child_with(
+    a: &CompileBench,
+    threads: usize,
+    cache: &Path,
+    extra: &[&str],
+) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
     cmd.args([
         "compile",
@@ -102,6 +124,8 @@ fn compile_child(a: &CompileBench, threads: usize, cache: &Path) -> std::process
     if let Some(arch) = &a.arch {
         cmd.args(["--arch", arch]);
     }
+    cmd.args(["--compile-timeout", &a.compile_timeout.to_string()]);
+    cmd.args(extra).env_remove("KILN_REMOTE_CACHE");
     cmd.env("KILN_CACHE_DIR", cache)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -220,12 +244,23 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
         warm_dir.as_ref().expect("a 1-thread run"),
     ))?;
     let warm_ms = warm["compile_ms"].as_f64().unwrap_or(0.0);
+    let cold_at = |t: usize| {
+        configs
+            .iter()
+            .find(|c| c["threads"] == t)
+            .and_then(|c| c["median_ms"].as_f64())
+    };
+    let remote = match &a.remote_cache {
+        Some(url) => Some(remote_rows(&a, url, base_ms, cold_at(cores()), &fresh)?),
+        None => None,
+    };
     let doc = json!({
         "model": a.model, "backend": a.backend.name(), "arch": a.arch, "layers": a.layers, "repeat": a.repeat,
         "machine": { "cores": cores(), "cpu": cpu_model() },
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "configs": configs,
         "warm": { "threads": cores(), "compile_ms": warm_ms, "cache_hits": warm["cache_hits"], "ratio_to_cold": warm_ms / base_ms },
+        "remote": remote,
     });
     let jpath = a.out.join("compile.json");
     std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
@@ -237,6 +272,119 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
     );
     eprintln!("wrote {} and {}", jpath.display(), spath.display());
     Ok(())
+}
+
+/// The rows that need a remote cache: a cold machine with a warm remote (vs a cold compile at
+/// the same thread count), and N-way sharded precompiles (vs the 1-thread cold compile / N).
+fn remote_rows(
+    a: &CompileBench,
+    url: &str,
+    cold_1thread_ms: f64,
+    cold_same_threads_ms: Option<f64>,
+    fresh: &dyn Fn(String) -> PathBuf,
+) -> anyhow::Result<Value> {
+    let t = cores();
+    let ms = |r: &Value| r["compile_ms"].as_f64().unwrap_or(0.0);
+    let stage = |r: &Value, name: &str| {
+        r["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|x| x["name"] == name))
+            .and_then(|x| x["ms"].as_f64())
+            .unwrap_or(0.0)
+    };
+    // Fill a fresh prefix: machine A compiles cold and uploads.
+    let warm_url = kiln_remote::testing::namespace(url, "bench-warm");
+    let filled = report(compile_child_with(
+        a,
+        t,
+        &fresh("remote-fill".into()),
+        &["--remote-cache", &warm_url],
+    ))?;
+    let (mut walls, mut lookups, mut runs) = (vec![], vec![], vec![]);
+    for r in 0..a.repeat {
+        let rep = report(compile_child_with(
+            a,
+            t,
+            &fresh(format!("remote-warm-r{r}")),
+            &["--remote-cache", &warm_url],
+        ))?;
+        anyhow::ensure!(
+            rep["compiled"] == 0,
+            "a cold machine with a warm remote compiled {} kernels",
+            rep["compiled"]
+        );
+        walls.push(ms(&rep));
+        lookups.push(stage(&rep, "Cache lookup"));
+        runs.push(rep);
+    }
+    let warm_ms = median(&mut walls.clone());
+    let lookup_ms = median(&mut lookups);
+    let cold = cold_same_threads_ms.unwrap_or(cold_1thread_ms);
+    let last = runs.last().cloned().unwrap_or(Value::Null);
+    eprintln!(
+        "cold machine, warm remote: {warm_ms:.0} ms ({:.1}% of the {t}-thread cold compile), {:.2} MB down, cache lookup (fetch + check + store) {lookup_ms:.0} ms",
+        100.0 * warm_ms / cold,
+        last["remote_bytes_down"].as_f64().unwrap_or(0.0) / 1e6
+    );
+    let warm_remote = json!({
+        "threads": t, "median_ms": warm_ms, "min_ms": walls.iter().copied().fold(f64::INFINITY, f64::min),
+        "cold_ms": cold, "ratio_to_cold": warm_ms / cold,
+        "cache_lookup_ms": lookup_ms, "other_stages_ms": warm_ms - lookup_ms,
+        "bytes_down": last["remote_bytes_down"], "bytes_up_by_the_cold_machine": filled["remote_bytes_up"],
+        "remote_hits": last["remote_hits"], "kernels_unique": last["kernels_unique"], "stages": last["stages"],
+    });
+
+    // Sharded precompiles, each into a fresh prefix.
+    let mut sharded = Vec::new();
+    for &n in &a.shards {
+        anyhow::ensure!(n >= 1, "--shards must be >= 1");
+        let url = kiln_remote::testing::namespace(url, &format!("bench-shards-{n}"));
+        let args: Vec<String> = (1..=n).map(|i| format!("{i}/{n}")).collect();
+        let child = |i: usize| {
+            compile_child_with(
+                a,
+                1,
+                &fresh(format!("shard-{n}-{i}")),
+                &["--remote-cache", &url, "--shard", &args[i]],
+            )
+        };
+        let concurrent = n <= t;
+        let mut shard_ms = Vec::new();
+        let mut largest_unit_ms = 0.0f64;
+        let mut reports = Vec::new();
+        if concurrent {
+            let kids: Vec<_> = (0..n).map(child).collect();
+            for k in kids {
+                reports.push(report(k)?);
+            }
+        } else {
+            for i in 0..n {
+                reports.push(report(child(i))?);
+            }
+        }
+        for r in &reports {
+            shard_ms.push(ms(r));
+            for k in r["kernels"].as_array().into_iter().flatten() {
+                if k["cached"] == false {
+                    largest_unit_ms = largest_unit_ms.max(k["compile_ms"].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
+        let compiled: u64 = reports.iter().filter_map(|r| r["compiled"].as_u64()).sum();
+        let slowest = shard_ms.iter().copied().fold(0.0, f64::max);
+        let ideal = cold_1thread_ms / n as f64;
+        eprintln!(
+            "{n} shards ({}): slowest {slowest:.0} ms = {:.2} x (cold 1-thread {cold_1thread_ms:.0} ms / {n}); largest unit {largest_unit_ms:.0} ms",
+            if concurrent { "at once, 1 thread each" } else { "one after another, each alone" },
+            slowest / ideal
+        );
+        sharded.push(json!({
+            "shards": n, "concurrent": concurrent, "shard_ms": shard_ms, "slowest_ms": slowest,
+            "cold_1thread_ms": cold_1thread_ms, "ideal_ms": ideal, "ratio_to_ideal": slowest / ideal,
+            "largest_unit_ms": largest_unit_ms, "kernels_compiled": compiled,
+        }));
+    }
+    Ok(json!({ "cold_machine_warm_remote": warm_remote, "sharded": sharded }))
 }
 
 fn plot_compile(doc: &Value, path: &Path) -> anyhow::Result<()> {
@@ -374,7 +522,7 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
     let target = kiln_backends::open(
         a.backend,
         &BackendOptions {
-            run_threads: threads,
+            run_threads: threads.min(cores()),
             driver_cache: crate::driver_cache(false),
             ..Default::default()
         },

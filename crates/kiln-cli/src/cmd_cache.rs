@@ -3,17 +3,60 @@ use kiln_compile::KernelCache;
 
 #[derive(Subcommand)]
 pub enum CacheCommand {
-    /// Entries and bytes in the kernel cache ($KILN_CACHE_DIR or ~/.cache/kiln).
+    /// Entries, size and size limit of the kernel cache ($KILN_CACHE_DIR or ~/.cache/kiln).
+    /// Reads only: creates and changes nothing.
     Stats {
         #[arg(long)]
         json: bool,
     },
-    /// Remove every entry.
+    /// Remove every kiln entry (other files in the folder stay).
     Clear,
+    /// Check every entry (whole, checksum, filed under its own key); exits 1 naming each bad
+    /// one. Changes nothing: a compile removes and rebuilds bad entries itself.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove temp files left by killed processes, then the least recently used entries while
+    /// the cache is over its limit (KILN_CACHE_MAX_MB; kiln does this after every compile that
+    /// adds entries).
+    Prune {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload every local entry the remote cache lacks.
+    Push(SyncArgs),
+    /// Download every remote entry the local cache lacks (each checked before it is stored).
+    Pull(SyncArgs),
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn limit(cache: &KernelCache) -> String {
+    cache
+        .max_bytes()
+        .map_or_else(|| "no limit".into(), |b| format!("limit {}", mb(b)))
+}
+
+#[derive(clap::Args)]
+pub struct SyncArgs {
+    /// The remote cache: redis://host:port/db, s3://bucket/prefix or file:///shared/path.
+    #[arg(
+        long,
+        env = "KILN_REMOTE_CACHE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    remote_cache: String,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(c: CacheCommand) -> anyhow::Result<()> {
-    let cache = KernelCache::open(KernelCache::default_dir()).map_err(anyhow::Error::msg)?;
+    let cache = KernelCache::at(KernelCache::default_dir()).map_err(anyhow::Error::msg)?;
     match c {
         CacheCommand::Stats { json } => {
             let s = cache.stats();
@@ -21,9 +64,17 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&s)?);
             } else {
                 println!("kernel cache: {}", s.dir.display());
-                println!("  {} entries, {:.1} MB", s.entries, s.bytes as f64 / 1e6);
+                println!(
+                    "  {} entries, {} ({})",
+                    s.entries,
+                    mb(s.bytes),
+                    limit(&cache)
+                );
                 for (b, n) in &s.by_backend {
                     println!("  {b}: {n} entries");
+                }
+                if s.temp_files > 0 {
+                    println!("  {} temp files (writes in progress or left by killed processes; `kiln cache prune` removes old ones)", s.temp_files);
                 }
             }
         }
@@ -31,6 +82,91 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
             let n = cache.clear()?;
             println!("removed {n} entries from {}", cache.dir().display());
         }
+        CacheCommand::Verify { json } => {
+            let s = cache.stats();
+            let bad = cache.verify();
+            if json {
+                let bad: Vec<_> = bad
+                    .iter()
+                    .map(|(p, r)| serde_json::json!({ "path": p, "reason": r }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "entries": s.entries, "bad": bad, "temp_files": s.temp_files })
+                );
+            } else {
+                for (p, r) in &bad {
+                    println!("bad entry {}: {r}", p.display());
+                }
+                println!(
+                    "{} entries checked in {}, {} bad",
+                    s.entries,
+                    cache.dir().display(),
+                    bad.len()
+                );
+            }
+            anyhow::ensure!(bad.is_empty(), "{} bad kernel cache entries", bad.len());
+        }
+        CacheCommand::Prune { json } => {
+            let p = cache.prune()?;
+            if json {
+                println!("{}", serde_json::to_string(&p)?);
+            } else {
+                let s = cache.stats();
+                println!(
+                    "removed {} entries ({}) and {} stale temp files from {}; {} entries, {} ({}) remain",
+                    p.entries,
+                    mb(p.bytes),
+                    p.temp_files,
+                    cache.dir().display(),
+                    s.entries,
+                    mb(s.bytes),
+                    limit(&cache)
+                );
+            }
+        }
+        CacheCommand::Push(a) | CacheCommand::Pull(a) if a.remote_cache.trim().is_empty() => {
+            anyhow::bail!("--remote-cache (or KILN_REMOTE_CACHE) is empty")
+        }
+        CacheCommand::Push(a) => sync(&cache, &a, true)?,
+        CacheCommand::Pull(a) => sync(&cache, &a, false)?,
+    }
+    Ok(())
+}
+
+fn sync(cache: &KernelCache, a: &SyncArgs, push: bool) -> anyhow::Result<()> {
+    let config = kiln_remote::Config::from_env().map_err(anyhow::Error::msg)?;
+    let remote = kiln_remote::open(&a.remote_cache, &config).map_err(anyhow::Error::msg)?;
+    let r = if push {
+        kiln_remote::sync::push(cache, &remote)
+    } else {
+        kiln_remote::sync::pull(cache, &remote)
+    }
+    .map_err(anyhow::Error::msg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let (verb, from, to) = if push {
+            (
+                "uploaded",
+                cache.dir().display().to_string(),
+                remote.url.to_string(),
+            )
+        } else {
+            (
+                "downloaded",
+                remote.url.to_string(),
+                cache.dir().display().to_string(),
+            )
+        };
+        println!(
+            "{verb} {} entries ({:.1} MB) from {from} to {to}; {} of {} were there already, {} rejected",
+            r.copied,
+            r.bytes as f64 / 1e6,
+            r.present,
+            r.listed,
+            r.rejected
+        );
     }
     Ok(())
 }

@@ -2,8 +2,8 @@ use crate::progress::{open_cache, print_report, Progress};
 use crate::CompileFlags;
 use anyhow::Context;
 use clap::Args;
-use kiln_compile::{CompileOptions, CompileReport};
 use kiln_backends::{BackendKind, ShaderFormat};
+use kiln_compile::{CompileOptions, CompileReport};
 use kiln_models::{build_graph, GraphOptions, ModelSource};
 use std::path::PathBuf;
 
@@ -29,6 +29,11 @@ pub struct CompileArgs {
     /// Print exactly one JSON object (the compile report) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Compile only shard I of N of the compile units into the caches (a deterministic 1/N,
+    /// balanced by estimated cost): N machines running 1/N .. N/N with one --remote-cache
+    /// build every unit once.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<kiln_compile::Shard>,
     /// With `--backend wgpu`: also write naga's Metal Shading Language (`msl`) or SPIR-V (`spv`)
     /// of every distinct kernel into DIR, one file per kernel.
     #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
@@ -61,6 +66,7 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
     let emit = emit_args(a)?;
     let target = a.flags.open(a.arch.as_deref(), true)?;
     let graph = build_graph(&config, GraphOptions::default())?;
+    let remote = crate::remote::open(&a.flags)?;
     let opts = CompileOptions {
         threads: a.flags.threads(),
         cache: open_cache(a.flags.no_cache),
@@ -68,6 +74,8 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
         batching: !a.no_batch,
         memory_budget: a.memory_budget_mb.map(|m| m << 20),
         observer: Some(progress),
+        remote: remote.as_ref(),
+        shard: a.shard,
     };
     let report = target
         .compile(&graph, &opts)
@@ -86,6 +94,9 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
 }
 
 pub fn run(a: CompileArgs) -> anyhow::Result<()> {
+    if let Some(p) = &a.flags.trace {
+        crate::output_path::check_writable("--trace", p)?;
+    }
     let progress = Progress::new(a.flags.trace.is_some());
     let report = compile_model(&a, &progress);
     progress.finish(a.flags.trace.as_deref())?;

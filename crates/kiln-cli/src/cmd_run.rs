@@ -1,10 +1,11 @@
+use crate::output_path::check_writable;
 use crate::progress::{open_cache, print_report, Progress};
 use crate::CompileFlags;
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
 use kiln_models::{
-    GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder, Tokenizer,
+    FinishReason, GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder, Tokenizer,
 };
 use std::io::Write;
 use std::path::PathBuf;
@@ -54,6 +55,12 @@ pub struct RunArgs {
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.temperature >= 0.0, "--temperature must be >= 0");
     anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    if let Some(p) = &a.logits_out {
+        check_writable("--logits-out", p)?;
+    }
+    if let Some(p) = &a.flags.trace {
+        check_writable("--trace", p)?;
+    }
     let source = ModelSource::parse(&a.flags.model)?;
     let tokenizer = source.tokenizer()?;
     let prompt_ids = match (&a.prompt_ids, &a.prompt) {
@@ -74,16 +81,20 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
+    // A prompt the model cannot take fails here, before compiling or loading weights.
+    source.config()?.check_prompt(&prompt_ids)?;
 
     let threads = a.flags.threads();
     let target = a.flags.open(None, false)?;
     let progress = Progress::new(a.flags.trace.is_some());
+    let remote = crate::remote::open(&a.flags)?;
     let opts = LoadOptions {
         target: target.as_ref(),
         compile: CompileOptions {
             threads,
             cache: open_cache(a.flags.no_cache),
             observer: Some(&progress),
+            remote: remote.as_ref(),
             ..Default::default()
         },
         graph: GraphOptions::default(),
@@ -138,6 +149,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         let out = RunJson {
             prompt_ids: &gen.prompt_ids,
             generated_ids: &gen.generated_ids,
+            finish_reason: gen.finish_reason,
             text,
             compile: &model.report,
             prefill_ms: gen.prefill_ms,
@@ -146,11 +158,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!();
+        if gen.finish_reason == FinishReason::Length {
+            eprintln!(
+                "stopped at the context limit: prompt and output fill max_position_embeddings = {}",
+                model.config.max_position_embeddings
+            );
+        }
         eprintln!(
-            "prompt {} tokens, prefill {:.1} ms; {} new tokens, decode {:.2} tokens/s",
+            "prompt {} tokens, prefill {:.1} ms; {} new tokens ({}), decode {:.2} tokens/s",
             gen.prompt_ids.len(),
             gen.prefill_ms,
             gen.generated_ids.len(),
+            gen.finish_reason.as_str(),
             gen.decode_tokens_per_s()
         );
     }
@@ -161,6 +180,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 struct RunJson<'a> {
     prompt_ids: &'a [u32],
     generated_ids: &'a [u32],
+    /// "eos", "length" (the context is full) or "max_new_tokens".
+    finish_reason: FinishReason,
     text: String,
     compile: &'a CompileReport,
     prefill_ms: f64,

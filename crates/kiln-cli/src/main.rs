@@ -4,12 +4,17 @@ mod bench;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;
+mod output_path;
 mod progress;
+mod remote;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_backends::{BackendKind, BackendOptions};
+use kiln_compile::MAX_THREADS;
 use kiln_runtime::Target;
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -43,38 +48,71 @@ pub struct CompileFlags {
     /// qwen2.5-7b) or a Hugging Face checkpoint folder.
     #[arg(long)]
     pub model: String,
-    /// Compile threads (1 = sequential). Default: the number of cores.
-    #[arg(long, alias = "parallel-threads", env = "KILN_COMPILE_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
-    pub threads: Option<u32>,
+    /// Compile threads, 1 to 1024 (1 = sequential). Default: the number of cores. Kernels run
+    /// on at most one thread per core.
+    #[arg(long, alias = "parallel-threads", env = "KILN_COMPILE_THREADS", value_parser = parse_threads)]
+    pub threads: Option<usize>,
+    /// Time limit of one compiler invocation, in seconds; past it the compiler (its whole
+    /// process group) is killed and the compile fails naming the kernels. Applies to external
+    /// compilers (the C compiler), not to NVRTC or wgpu (naga and the driver), which run inside
+    /// kiln.
+    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub compile_timeout: u64,
     /// Where kernels run: cpu (system C compiler), cuda (NVRTC, NVIDIA GPU) or wgpu (WGSL on
     /// Vulkan, Metal or DX12; pick the adapter with KILN_WGPU_ADAPTER and WGPU_BACKEND).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
-    /// Bypass the kernel cache.
+    /// Bypass the kernel caches (local and remote).
     #[arg(long)]
     pub no_cache: bool,
+    /// A cache shared by machines, behind the local one: redis://host:port/db,
+    /// s3://bucket/prefix (AWS_* variables) or file:///shared/path.
+    #[arg(
+        long,
+        env = "KILN_REMOTE_CACHE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub remote_cache: Option<String>,
     /// Write a Chrome/Perfetto trace of the compile to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
 }
 
+/// A thread count between 1 and [`MAX_THREADS`], or a message that says so.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if n == 0 || n > MAX_THREADS {
+        return Err(format!(
+            "kiln uses between 1 and {MAX_THREADS} compile threads, not {n} (more threads only cost start-up time)"
+        ));
+    }
+    Ok(n)
+}
+
 impl CompileFlags {
     pub fn threads(&self) -> usize {
-        self.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |t| t as usize,
-        )
+        self.threads.unwrap_or_else(kiln_compile::cores)
     }
 
-    /// Opens the backend: the one place the CLI turns `--backend` into a target.
+    /// Opens the backend: the one place the CLI turns `--backend` into a target. Kernels run on
+    /// at most one thread per core: more would only share the cores and split each launch finer.
     pub fn open(&self, arch: Option<&str>, compile_only: bool) -> anyhow::Result<Box<dyn Target>> {
         let opts = BackendOptions {
-            run_threads: self.threads(),
+            run_threads: self.threads().min(kiln_compile::cores()),
             arch: arch.map(String::from),
             compile_only,
             driver_cache: driver_cache(self.no_cache),
+            compile_timeout: self.compile_timeout(),
         };
         Ok(kiln_backends::open(self.backend, &opts)?)
+    }
+
+    pub fn compile_timeout(&self) -> Duration {
+        Duration::from_secs(self.compile_timeout)
     }
 }
 
@@ -102,14 +140,63 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// Colour on stderr only for a terminal, and never with `NO_COLOR` set (no-color.org).
+pub fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// SIGINT and SIGTERM: the first stops the compilers (their process groups are killed, their
+/// folders removed, finished entries kept whole) and exits with 128 + the signal once the
+/// compile has cleaned up (at once when none runs); a second exits at once.
+fn handle_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("cannot handle SIGINT/SIGTERM: {e}");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        let mut first = true;
+        for signal in signals.forever() {
+            if !first {
+                exit_interrupted(signal);
+            }
+            first = false;
+            kiln_compile::interrupt(signal);
+            std::thread::spawn(move || {
+                kiln_compile::wait_until_no_compile_runs();
+                exit_interrupted(signal)
+            });
+        }
+    });
+}
+
+/// Exits with the shell's code for `signal` (130 for SIGINT, 143 for SIGTERM). Called by the
+/// main thread and the signal thread alike; the first caller exits, any other waits for it.
+fn exit_interrupted(signal: i32) -> ! {
+    static EXITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = EXITING.lock();
+    let name = match signal {
+        signal_hook::consts::SIGINT => "SIGINT".to_string(),
+        signal_hook::consts::SIGTERM => "SIGTERM".to_string(),
+        s => format!("signal {s}"),
+    };
+    eprintln!("kiln: interrupted by {name}");
+    std::process::exit(128 + signal)
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(color())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    handle_signals();
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(a),
         Command::Compile(a) => cmd_compile::run(a),
@@ -117,6 +204,9 @@ fn main() {
         Command::Cache(c) => cmd_cache::run(c),
     };
     if let Err(e) = result {
+        if let Some(signal) = kiln_compile::interrupted() {
+            exit_interrupted(signal);
+        }
         eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }

@@ -60,6 +60,15 @@ impl Observer for Progress {
         let Some(b) = &self.bar else { return };
         match e {
             Event::StageStarted { stage } => b.set_message(stage.name()),
+            Event::RemoteFetch {
+                kernels, outcome, ..
+            } => {
+                if *outcome == "found" {
+                    b.inc_length(kernels.len() as u64);
+                    b.inc(kernels.len() as u64);
+                }
+                b.set_message(format!("Remote: {outcome}"));
+            }
             Event::CompileQueued { kernels, .. } => {
                 b.set_length(*kernels as u64);
                 b.set_position(0);
@@ -85,6 +94,24 @@ pub fn print_report(r: &CompileReport) {
         r.peak_rss_mb,
         &r.artifact_digest[..16]
     );
+    if let Some(remote) = &r.remote {
+        eprintln!(
+            "  remote cache {}: {} kernels fetched ({:.1} MB), {} missing, {} uploads ({:.1} MB), {} errors",
+            remote.location,
+            r.remote_hits,
+            r.remote_bytes_down as f64 / 1e6,
+            r.remote_misses,
+            remote.uploads,
+            r.remote_bytes_up as f64 / 1e6,
+            r.remote_errors
+        );
+    }
+    if let Some(s) = &r.shard {
+        eprintln!(
+            "  shard {}/{}: {} of the compile units ({} kernels)",
+            s.index, s.count, s.units, s.kernels
+        );
+    }
 }
 
 /// The kernel cache unless `--no-cache`; an unusable cache dir is a warning, not an error.

@@ -549,24 +549,53 @@ fn wgpu_backend_runs_compiles_emits_and_benches() {
     let b = bench.to_str().unwrap();
     let out = kiln(
         &[
-            "bench", "compile", "--model", model, "--backend", "wgpu", "--threads", "1,2",
-            "--repeat", "1", "--out", b,
+            "bench",
+            "compile",
+            "--model",
+            model,
+            "--backend",
+            "wgpu",
+            "--threads",
+            "1,2",
+            "--repeat",
+            "1",
+            "--out",
+            b,
         ],
         cache.path(),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(bench.join("compile.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(bench.join("compile.json")).unwrap())
+            .unwrap();
     assert_eq!(doc["backend"], "wgpu");
     assert_eq!(doc["configs"].as_array().unwrap().len(), 2);
     let out = kiln(
         &[
-            "bench", "decode", "--model", model, "--backend", "wgpu", "--prompt-len", "4",
-            "--tokens", "4", "--out", b,
+            "bench",
+            "decode",
+            "--model",
+            model,
+            "--backend",
+            "wgpu",
+            "--prompt-len",
+            "4",
+            "--tokens",
+            "4",
+            "--out",
+            b,
         ],
         cache.path(),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(bench.join("decode.json")).unwrap()).unwrap();
     assert_eq!(doc["backend"], "wgpu");
@@ -591,12 +620,20 @@ fn wgpu_without_an_adapter_is_a_clear_error() {
     };
     let m = model.to_str().unwrap();
     let out = kiln_without_adapter(&[
-        "run", "--backend", "wgpu", "--model", m, "--prompt-ids", "1,2,3",
+        "run",
+        "--backend",
+        "wgpu",
+        "--model",
+        m,
+        "--prompt-ids",
+        "1,2,3",
     ]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{e}");
     assert!(
-        e.contains("no wgpu adapter found") && e.contains("VK_DRIVER_FILES") && !e.contains("panicked"),
+        e.contains("no wgpu adapter found")
+            && e.contains("VK_DRIVER_FILES")
+            && !e.contains("panicked"),
         "{e}"
     );
     let out = kiln_without_adapter(&["compile", "--backend", "wgpu", "--model", m, "--json"]);

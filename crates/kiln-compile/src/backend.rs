@@ -37,9 +37,15 @@ pub enum BackendError {
     /// The device compiler rejected the source; its diagnostics.
     #[error("{0}")]
     Rejected(String),
-    /// The device compiler did not finish in time.
-    #[error("the compiler did not finish within {0:?}")]
+    /// The device compiler did not finish in time; its process group was killed.
+    #[error(
+        "the compiler did not finish within the time limit of {} s (--compile-timeout, KILN_COMPILE_TIMEOUT) and was killed",
+        .0.as_secs_f64()
+    )]
     Timeout(Duration),
+    /// The program was interrupted (SIGINT, SIGTERM) while the compiler ran; it was killed.
+    #[error("interrupted")]
+    Interrupted,
     /// A file or process operation failed.
     #[error("{what}: {source}")]
     Io {

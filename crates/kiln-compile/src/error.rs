@@ -22,8 +22,14 @@ pub enum CompileError {
     /// Every failing kernel, sorted by name.
     #[error("{}", KernelFailures(.0))]
     Kernels(Vec<KernelFailure>),
+    /// A shard was asked of something that needs the whole program.
+    #[error("{0}")]
+    Shard(String),
     #[error("cannot start {threads} compile threads: {reason}")]
     Threads { threads: usize, reason: String },
+    /// A signal stopped the compile: compilers were killed, nothing half-written was kept.
+    #[error("interrupted by signal {signal}; compilers stopped, the kernel cache is consistent")]
+    Interrupted { signal: i32 },
     #[error("loading the compiled module of kernel {kernel}: {source}")]
     Load {
         kernel: String,

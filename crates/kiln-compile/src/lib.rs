@@ -7,8 +7,10 @@
 //! Each stage is one module taking the previous stage's output: [`analysis`] (validate, CSE,
 //! DCE), [`extract`] (fusion into canonical kernels), [`dedupe`] (equal kernels compile once),
 //! [`codegen`] (the backend renders each distinct kernel), [`schedule`] (compile units: small
-//! kernels batched, longest first), [`lookup`] (the cache, per unit), [`parallel`] (the device
-//! compiler on a rayon pool), [`load`] (modules, sequentially), [`memplan`] (buffer slots).
+//! kernels batched, longest first), [`lookup`] (the local cache, then the [`remote`] tier, per
+//! unit), [`parallel`] (the device compiler on a rayon pool), [`load`] (modules,
+//! sequentially), [`memplan`] (buffer slots). [`precompile`] stops after the compile, for a
+//! [`shard`] of the units or to fill caches.
 //! Units are formed before the cache is consulted, from the kernels alone, so a unit's
 //! artifact — and the artifact digest — never depends on what the cache held.
 //!
@@ -29,8 +31,11 @@ pub mod memplan;
 pub mod observer;
 pub mod parallel;
 mod pool;
+pub mod process;
+pub mod remote;
 pub mod report;
 pub mod schedule;
+pub mod shard;
 pub mod testing;
 
 pub use backend::{Backend, BackendError, KernelSource, NAME_PLACEHOLDER};
@@ -40,7 +45,13 @@ pub use extract::{Buffer, OutputLayout, Program, Step};
 pub use kernel::{Kernel, KernelKind, Let, Operand, ScalarExpr};
 pub use memplan::MemoryPlan;
 pub use observer::{notify, Event, Observer, Stage, TraceRecorder};
-pub use report::{peak_rss_mb, CompileReport, KernelReport, StageTime};
+pub use process::{
+    default_compile_timeout, interrupt, interrupted, wait_until_no_compile_runs,
+    DEFAULT_COMPILE_TIMEOUT,
+};
+pub use remote::{RemoteCache, RemoteOptions, RemoteStore};
+pub use report::{peak_rss_mb, CompileReport, KernelReport, RemoteReport, ShardReport, StageTime};
+pub use shard::Shard;
 
 use kiln_ir::Graph;
 use std::time::Instant;
@@ -59,6 +70,11 @@ pub struct CompileOptions<'a> {
     /// Upper bound on the memory of compiler invocations in flight (bytes).
     pub memory_budget: Option<u64>,
     pub observer: Option<&'a dyn Observer>,
+    /// The remote tier behind the local cache: asked for what the local cache lacks, sent
+    /// what this compile builds.
+    pub remote: Option<&'a RemoteCache>,
+    /// Compile only this shard of the units ([`precompile`] only).
+    pub shard: Option<Shard>,
 }
 
 impl Default for CompileOptions<'_> {
@@ -70,17 +86,25 @@ impl Default for CompileOptions<'_> {
             batching: true,
             memory_budget: None,
             observer: None,
+            remote: None,
+            shard: None,
         }
     }
 }
 
-/// `KILN_COMPILE_THREADS`, else the number of available cores.
+/// `KILN_COMPILE_THREADS` (at most [`MAX_THREADS`]), else the number of available cores.
 pub fn default_threads() -> usize {
     std::env::var("KILN_COMPILE_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .map(|n: usize| n.min(MAX_THREADS))
+        .unwrap_or_else(cores)
+}
+
+/// The number of cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// One distinct kernel of the compiled program.
@@ -140,11 +164,37 @@ pub fn compile_count() -> usize {
 /// machine kiln runs on.
 pub const MAX_THREADS: usize = 1024;
 
-/// Compiles `graph` for `backend`.
+/// Compiles `graph` for `backend` and loads every unit.
 pub fn compile<B: Backend>(
     graph: &Graph,
     backend: &B,
     opts: &CompileOptions<'_>,
+) -> Result<Compiled<B::Module>, CompileError> {
+    if let Some(shard) = opts.shard {
+        return Err(CompileError::Shard(format!(
+            "shard {shard} holds part of the program only; it can be precompiled, not loaded"
+        )));
+    }
+    pipeline(graph, backend, opts, true)
+}
+
+/// Compiles `graph` for `backend` into the caches without loading anything: the whole program,
+/// or [`CompileOptions::shard`] of its units. Returns the report.
+pub fn precompile<B: Backend>(
+    graph: &Graph,
+    backend: &B,
+    opts: &CompileOptions<'_>,
+) -> Result<CompileReport, CompileError> {
+    Ok(pipeline(graph, backend, opts, false)?.report)
+}
+
+/// The pipeline; `load` false stops after the compile (no modules, an empty
+/// [`Compiled::modules`]).
+fn pipeline<B: Backend>(
+    graph: &Graph,
+    backend: &B,
+    opts: &CompileOptions<'_>,
+    load: bool,
 ) -> Result<Compiled<B::Module>, CompileError> {
     if opts.threads == 0 || opts.threads > MAX_THREADS {
         return Err(CompileError::Threads {
@@ -153,6 +203,8 @@ pub fn compile<B: Backend>(
         });
     }
     COMPILES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _active = process::ActiveCompile::start();
+    check_interrupt()?;
     let t0 = Instant::now();
     let identity = backend.identity()?;
     let observer = opts.observer;
@@ -160,11 +212,13 @@ pub fn compile<B: Backend>(
         observer,
         times: Vec::new(),
     };
-    let pool = pool::Workers::new(opts.threads)?;
 
     let graph = st.run(Stage::Analysis, || analysis::analyze(graph))?;
     let program = st.run(Stage::KernelExtraction, || extract::extract(&graph));
     let deduped = st.run(Stage::Dedupe, || dedupe::dedupe(&program, opts.dedupe));
+    // No stage has more parallel work than there are distinct kernels: more threads would only
+    // be started, compete for the cores while idle, and be stopped again.
+    let pool = pool::Workers::new(opts.threads.min(deduped.kernels.len().max(1)))?;
     let sources = st.run(Stage::Codegen, || {
         codegen::codegen(&deduped.kernels, backend, &pool)
     });
@@ -189,20 +243,38 @@ pub fn compile<B: Backend>(
             cache_key(backend.name(), &identity, &srcs)
         })
         .collect();
+    // The units this compile builds: all, or its shard's.
+    let wanted: Vec<bool> = match opts.shard {
+        Some(shard) => shard.select(&units, &keys),
+        None => vec![true; units.len()],
+    };
 
-    let cached = st.run(Stage::CacheLookup, || {
+    let session = opts.remote.map(RemoteCache::session);
+    let found = st.run(Stage::CacheLookup, || {
         lookup::lookup(
             opts.cache.as_ref(),
-            backend.name(),
+            session.as_ref(),
+            backend,
             &keys,
             &unit_names,
+            &wanted,
             &pool,
             observer,
         )
     });
+    let remote_warning = || {
+        if let Some(message) = opts.remote.and_then(RemoteCache::take_warning) {
+            tracing::debug!("{message}");
+            notify(observer, &Event::Warning { message: &message });
+        }
+    };
+    remote_warning();
+    let cached = found.cached;
 
-    // Compile what the cache did not hold, in the schedule's order.
-    let misses: Vec<usize> = (0..units.len()).filter(|&u| cached[u].is_none()).collect();
+    // Compile what the caches did not hold, in the schedule's order.
+    let misses: Vec<usize> = (0..units.len())
+        .filter(|&u| wanted[u] && cached[u].is_none())
+        .collect();
     let miss_jobs: Vec<&schedule::Job> = misses.iter().map(|&u| &units[u]).collect();
     notify(
         observer,
@@ -211,12 +283,63 @@ pub fn compile<B: Backend>(
             kernels: miss_jobs.iter().map(|j| j.kernels.len()).sum(),
         },
     );
+    // Stores a built unit locally and queues it for the remote tier (in the background).
+    let cache_warned = std::sync::atomic::AtomicBool::new(false);
+    let stored = std::sync::atomic::AtomicBool::new(false);
+    let store = |u: usize, artifact: &[u8], secs: f64| {
+        if opts.cache.is_none() && session.is_none() {
+            return;
+        }
+        let kernels: Vec<&str> = unit_names[u].iter().map(String::as_str).collect();
+        let entry = cache::encode(
+            backend.name(),
+            &keys[u],
+            &kernels,
+            artifact,
+            (secs * 1e6) as u64,
+        );
+        if let Some(cache) = &opts.cache {
+            match cache.put_encoded(backend.name(), &keys[u], &entry) {
+                Ok(()) => stored.store(true, std::sync::atomic::Ordering::Relaxed),
+                // One warning per compile: the next entry would fail for the same reason.
+                Err(e) if !cache_warned.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                    let message = if cache.is_read_only() {
+                        format!(
+                            "the kernel cache {} is read-only: using its entries, storing no new ones",
+                            cache.dir().display()
+                        )
+                    } else {
+                        format!(
+                            "could not write a kernel cache entry in {}: {e}; continuing without storing new entries",
+                            cache.dir().display()
+                        )
+                    };
+                    tracing::debug!("{message}");
+                    notify(observer, &Event::Warning { message: &message });
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(session) = &session {
+            session.upload(backend.name(), &keys[u], entry);
+        }
+    };
     let compile_start = Instant::now();
     let outcomes = st.run(Stage::ParallelCompile, || {
         let limit = opts
             .memory_budget
             .map(|b| (b / backend.compile_memory_estimate().max(1)).max(1) as usize);
-        parallel::compile_units(backend, &miss_jobs, &sources, &pool, limit, observer)
+        // Each unit is stored (and queued for upload) as soon as it is built, so uploads
+        // overlap the rest of the compile.
+        parallel::compile_units(
+            backend,
+            &miss_jobs,
+            &sources,
+            &pool,
+            limit,
+            observer,
+            &|i, artifact, secs| store(misses[i], artifact, secs),
+        )
     });
     let compile_wall = compile_start.elapsed().as_secs_f64();
 
@@ -225,91 +348,134 @@ pub fn compile<B: Backend>(
         .map(|c| c.as_ref().map_or(0.0, |c| c.compile_us as f64 / 1e3))
         .collect();
     let from_cache: Vec<bool> = cached.iter().map(Option::is_some).collect();
+    let from_remote: Vec<bool> = cached
+        .iter()
+        .map(|c| c.as_ref().is_some_and(|c| c.remote))
+        .collect();
     let mut artifacts: Vec<Option<Vec<u8>>> =
         cached.into_iter().map(|c| c.map(|c| c.artifact)).collect();
     let mut failures = Vec::new();
     let (mut busy, mut invocations) = (0.0, 0);
-    let store = |u: usize, artifact: &[u8], secs: f64| {
-        let Some(cache) = &opts.cache else { return };
-        let kernels: Vec<&str> = unit_names[u].iter().map(String::as_str).collect();
-        if let Err(e) = cache.put(
-            backend.name(),
-            &keys[u],
-            &kernels,
-            artifact,
-            (secs * 1e6) as u64,
-        ) {
-            let message = format!(
-                "could not write kernel cache entry in {}: {e}; continuing without caching",
-                cache.dir().display()
-            );
-            tracing::debug!("{message}");
-            notify(observer, &Event::Warning { message: &message });
-        }
-    };
     for (&u, outcome) in misses.iter().zip(outcomes) {
         busy += outcome.busy_s;
         invocations += outcome.invocations;
         match outcome.result {
             Ok(artifact) => {
                 unit_ms[u] = outcome.secs * 1e3;
-                store(u, &artifact, outcome.secs);
                 artifacts[u] = Some(artifact);
             }
             Err(errors) => failures.extend(errors.into_iter().map(|(i, error)| {
                 let k = units[u].kernels[i];
                 KernelFailure {
                     kernel: names[k].clone(),
-                    source_path: write_failed_source(&sources[k], backend.source_extension()),
+                    source_path: match error {
+                        BackendError::Interrupted => None,
+                        _ => write_failed_source(&sources[k], backend.source_extension()),
+                    },
                     error,
                 }
             })),
         }
     }
+    // Whole artifacts compiled before an interruption are stored; nothing else is.
+    check_interrupt()?;
     if !failures.is_empty() {
         failures.sort_by(|a, b| a.kernel.cmp(&b.kernel));
         return Err(CompileError::Kernels(failures));
     }
+    // Every wanted unit has its artifact; a shard's other units have none.
     let mut artifacts: Vec<Vec<u8>> = artifacts
         .into_iter()
-        .map(|a| a.expect("every unit compiled or cached"))
+        .zip(&wanted)
+        .map(|(a, &w)| {
+            assert!(!w || a.is_some(), "every unit compiled or cached");
+            a.unwrap_or_default()
+        })
         .collect();
 
-    let modules = st.run(Stage::ModuleLoading, || {
-        load::load_units(
-            backend,
-            &mut artifacts,
-            &from_cache,
-            |u| unit_names[u].join(", "),
-            |u| {
-                if let Some(cache) = &opts.cache {
-                    cache.remove(backend.name(), &keys[u]);
-                }
-                let ks: Vec<&KernelSource> =
-                    units[u].kernels.iter().map(|&k| &sources[k]).collect();
-                let outcome = parallel::compile_unit(backend, &ks, observer);
-                match outcome.result {
-                    Ok(a) => {
-                        store(u, &a, outcome.secs);
-                        Ok(a)
+    let modules = if !load {
+        Vec::new()
+    } else {
+        st.run(Stage::ModuleLoading, || {
+            load::load_units(
+                backend,
+                &mut artifacts,
+                &from_cache,
+                |u| unit_names[u].join(", "),
+                |u| {
+                    opts.cache
+                        .as_ref()
+                        .map(|c| c.entry_path(backend.name(), &keys[u]))
+                },
+                |u| {
+                    if let Some(cache) = &opts.cache {
+                        cache.remove(backend.name(), &keys[u]);
                     }
-                    Err(errors) => Err(CompileError::Kernels(
-                        errors
-                            .into_iter()
-                            .map(|(i, error)| KernelFailure {
-                                kernel: ks[i].name.clone(),
-                                source_path: None,
-                                error,
-                            })
-                            .collect(),
-                    )),
-                }
-            },
-            observer,
-        )
-    })?;
+                    let ks: Vec<&KernelSource> =
+                        units[u].kernels.iter().map(|&k| &sources[k]).collect();
+                    let outcome = parallel::compile_unit(backend, &ks, observer);
+                    match outcome.result {
+                        Ok(a) => {
+                            store(u, &a, outcome.secs);
+                            Ok(a)
+                        }
+                        Err(errors) => Err(CompileError::Kernels(
+                            errors
+                                .into_iter()
+                                .map(|(i, error)| KernelFailure {
+                                    kernel: ks[i].name.clone(),
+                                    source_path: None,
+                                    error,
+                                })
+                                .collect(),
+                        )),
+                    }
+                },
+                observer,
+            )
+        })?
+    };
 
     let plan = st.run(Stage::MemoryPlan, || MemoryPlan::new(&program));
+    if let Some(cache) = opts
+        .cache
+        .as_ref()
+        .filter(|_| stored.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        // Entries were added: keep the cache under its size limit (least recently used go).
+        if let Err(e) = cache.enforce_limit() {
+            tracing::debug!("kernel cache {}: {e}", cache.dir().display());
+        }
+    }
+
+    // The compile's uploads, given until the flush limit to finish.
+    let kernels_of = |pick: &dyn Fn(usize) -> bool| -> usize {
+        (0..units.len())
+            .filter(|&u| pick(u))
+            .map(|u| units[u].kernels.len())
+            .sum()
+    };
+    let remote = session.map(|session| {
+        let location = session.remote().location().to_string();
+        let (totals, abandoned) = session.finish();
+        if let Some(message) = abandoned {
+            tracing::debug!("{message}");
+            notify(observer, &Event::Warning { message: &message });
+        }
+        remote_warning();
+        (
+            totals,
+            RemoteReport {
+                location,
+                uploads: totals.uploads,
+                uploads_dropped: totals.dropped,
+            },
+        )
+    });
+    let (totals, remote) = match remote {
+        Some((t, r)) => (t, Some(r)),
+        None => (Default::default(), None),
+    };
 
     let mut module_of = vec![0; sources.len()];
     for (u, unit) in units.iter().enumerate() {
@@ -317,6 +483,15 @@ pub fn compile<B: Backend>(
             module_of[k] = u;
         }
     }
+    let wanted_keys: Vec<String> = (0..units.len())
+        .filter(|&u| wanted[u])
+        .map(|u| keys[u].clone())
+        .collect();
+    let wanted_artifacts: Vec<Vec<u8>> = (0..units.len())
+        .filter(|&u| wanted[u])
+        .map(|u| std::mem::take(&mut artifacts[u]))
+        .collect();
+    let digest = report::artifact_digest(&wanted_keys, &wanted_artifacts);
     let report = CompileReport {
         backend: backend.name().into(),
         compiler: identity,
@@ -336,7 +511,19 @@ pub fn compile<B: Backend>(
             busy / (opts.threads as f64 * compile_wall)
         },
         peak_rss_mb: peak_rss_mb(),
-        artifact_digest: report::artifact_digest(&keys, &artifacts),
+        artifact_digest: digest,
+        remote_hits: kernels_of(&|u| from_remote[u]),
+        remote_misses: kernels_of(&|u| found.asked_remote[u] && !from_remote[u]),
+        remote_errors: totals.errors,
+        remote_bytes_down: totals.bytes_down,
+        remote_bytes_up: totals.bytes_up,
+        remote,
+        shard: opts.shard.map(|s| ShardReport {
+            index: s.index,
+            count: s.count,
+            units: wanted.iter().filter(|&&w| w).count(),
+            kernels: kernels_of(&|u| wanted[u]),
+        }),
         kernels: (0..sources.len())
             .map(|k| KernelReport {
                 name: names[k].clone(),
@@ -370,6 +557,14 @@ pub fn compile<B: Backend>(
     })
 }
 
+/// Fails with [`CompileError::Interrupted`] once [`interrupt`] was called.
+fn check_interrupt() -> Result<(), CompileError> {
+    match interrupted() {
+        Some(signal) => Err(CompileError::Interrupted { signal }),
+        None => Ok(()),
+    }
+}
+
 /// Writes a failing kernel's source where the user can open it: a new folder per compile,
 /// readable by this user only, which the error message names.
 fn write_failed_source(src: &KernelSource, ext: &str) -> Option<std::path::PathBuf> {
@@ -377,6 +572,7 @@ fn write_failed_source(src: &KernelSource, ext: &str) -> Option<std::path::PathB
     let dir = DIR.get_or_init(|| {
         tempfile::Builder::new()
             .prefix("kiln-failed-kernels-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .ok()
             .map(|d| d.keep())

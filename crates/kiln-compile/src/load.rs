@@ -7,12 +7,14 @@ use crate::observer::{notify, Event, Observer};
 use crate::CompileError;
 
 /// Loads `artifacts[u]` for every unit. For a unit that came from the cache and fails to load,
-/// `rebuild(u)` compiles it again (replacing `artifacts[u]`) and the load is retried once.
+/// `rebuild(u)` removes its entry (at `entry_path(u)`), compiles it again (replacing
+/// `artifacts[u]`) and the load is retried once.
 pub fn load_units<B: Backend>(
     backend: &B,
     artifacts: &mut [Vec<u8>],
     from_cache: &[bool],
     unit_name: impl Fn(usize) -> String,
+    entry_path: impl Fn(usize) -> Option<std::path::PathBuf>,
     mut rebuild: impl FnMut(usize) -> Result<Vec<u8>, CompileError>,
     observer: Option<&dyn Observer>,
 ) -> Result<Vec<B::Module>, CompileError> {
@@ -21,8 +23,11 @@ pub fn load_units<B: Backend>(
         let module = match backend.load(&artifacts[u]) {
             Ok(m) => m,
             Err(e) if from_cache[u] => {
+                let entry = entry_path(u)
+                    .map(|p| format!(" (cache entry {})", p.display()))
+                    .unwrap_or_default();
                 let message = format!(
-                    "the cached artifact of kernel {} failed to load ({e}); rebuilding it",
+                    "the cached artifact of kernel {}{entry} failed to load ({e}); removed it, rebuilding",
                     unit_name(u)
                 );
                 tracing::debug!("{message}");

@@ -64,6 +64,16 @@ pub enum Event<'a> {
         kernel: &'a str,
         reason: &'a str,
     },
+    /// The remote tier was asked for one compile unit (on fetch thread `worker`): `outcome`
+    /// is `found` (`bytes` long, checked next), `missing` or `unavailable`.
+    RemoteFetch {
+        kernels: &'a [String],
+        worker: usize,
+        start: Instant,
+        end: Instant,
+        outcome: &'a str,
+        bytes: usize,
+    },
     Warning {
         message: &'a str,
     },
@@ -89,7 +99,11 @@ impl<A: Observer, B: Observer> Observer for (A, B) {
     }
 }
 
-/// Records stages (track 0) and compiler invocations (one track per worker) as a Chrome trace.
+/// Trace tracks of the remote tier's fetch threads start here (compile workers are 1, 2, ...).
+const REMOTE_TRACK: u64 = 1000;
+
+/// Records stages (track 0), compiler invocations (one track per worker) and remote fetches
+/// (one track per fetch thread) as a Chrome trace.
 pub struct TraceRecorder {
     origin: Instant,
     events: Mutex<Vec<serde_json::Value>>,
@@ -123,7 +137,12 @@ impl TraceRecorder {
         workers.sort();
         workers.dedup();
         for w in workers {
-            events.push(serde_json::json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": w, "args": {"name": format!("compile worker {}", w - 1)}}));
+            let name = if w >= REMOTE_TRACK {
+                format!("remote fetch {}", w - REMOTE_TRACK)
+            } else {
+                format!("compile worker {}", w - 1)
+            };
+            events.push(serde_json::json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": w, "args": {"name": name}}));
         }
         events.extend(recorded);
         serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
@@ -151,6 +170,18 @@ impl Observer for TraceRecorder {
                 "ph": "X", "cat": "compile", "name": if kernels.len() == 1 { kernels[0].clone() } else { format!("{} kernels", kernels.len()) },
                 "pid": 1, "tid": worker + 1, "ts": self.us(*start), "dur": self.us(*end) - self.us(*start),
                 "args": { "kernels": kernels, "ok": ok },
+            }),
+            Event::RemoteFetch {
+                kernels,
+                worker,
+                start,
+                end,
+                outcome,
+                bytes,
+            } => serde_json::json!({
+                "ph": "X", "cat": "remote", "name": format!("remote {outcome}"),
+                "pid": 1, "tid": REMOTE_TRACK + *worker as u64, "ts": self.us(*start), "dur": self.us(*end) - self.us(*start),
+                "args": { "kernels": kernels, "bytes": bytes },
             }),
             _ => return,
         };

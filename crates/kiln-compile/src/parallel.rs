@@ -1,6 +1,8 @@
 //! Parallel compile: the compile units the cache did not hold, on the worker pool, in the
 //! schedule's (longest first) order. Every artifact is verified to define its kernels before
-//! anyone trusts it. A unit that fails is split so that each failing kernel is named.
+//! anyone trusts it. A unit that fails is split so that each failing kernel is named — unless
+//! it ran out of time or was interrupted, which its kernels alone would do again. Once the
+//! program is interrupted, units not yet started are not started.
 
 use crate::backend::{Backend, BackendError, KernelSource};
 use crate::observer::{Event, Observer};
@@ -21,6 +23,7 @@ pub struct Outcome {
 }
 
 /// Compiles `units` (each a list of kernel sources) on `pool`, at most `limit` at once.
+/// `built(i, artifact, secs)` is called on the worker as soon as `units[i]` is built.
 pub fn compile_units<B: Backend>(
     backend: &B,
     units: &[&Job],
@@ -28,10 +31,25 @@ pub fn compile_units<B: Backend>(
     pool: &Workers,
     limit: Option<usize>,
     observer: Option<&dyn Observer>,
+    built: &(dyn Fn(usize, &[u8], f64) + Sync),
 ) -> Vec<Outcome> {
-    pool.run_jobs(units, limit, |job| {
+    pool.run_jobs(units, limit, |i, job| {
+        if crate::process::interrupted().is_some() {
+            return Outcome {
+                result: Err((0..job.kernels.len())
+                    .map(|i| (i, BackendError::Interrupted))
+                    .collect()),
+                secs: 0.0,
+                busy_s: 0.0,
+                invocations: 0,
+            };
+        }
         let ks: Vec<&KernelSource> = job.kernels.iter().map(|&k| &sources[k]).collect();
-        compile_unit(backend, &ks, observer)
+        let outcome = compile_unit(backend, &ks, observer);
+        if let Ok(artifact) = &outcome.result {
+            built(i, artifact, outcome.secs);
+        }
+        outcome
     })
 }
 
@@ -91,6 +109,16 @@ pub fn compile_unit<B: Backend>(
         }
         Err(e) => e,
     };
+    if let BackendError::Timeout(_) | BackendError::Interrupted = err {
+        // Every kernel of the unit shares the verdict: compiling each alone would take as long.
+        let result = Err((0..kernels.len()).map(|i| (i, clone_stop(&err))).collect());
+        return Outcome {
+            result,
+            secs,
+            busy_s: secs,
+            invocations: 1,
+        };
+    }
     if kernels.len() == 1 {
         return Outcome {
             result: Err(vec![(0, err)]),
@@ -127,5 +155,13 @@ pub fn compile_unit<B: Backend>(
         secs,
         busy_s: busy,
         invocations: 1 + kernels.len(),
+    }
+}
+
+/// A copy of a timeout or interruption error, for each kernel of its unit.
+fn clone_stop(e: &BackendError) -> BackendError {
+    match e {
+        BackendError::Timeout(d) => BackendError::Timeout(*d),
+        _ => BackendError::Interrupted,
     }
 }

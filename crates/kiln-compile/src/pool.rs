@@ -38,12 +38,13 @@ impl Workers {
     }
 
     /// Runs jobs in list order (the schedule's LPT order): each worker takes the next job when
-    /// it is free. At most `limit` jobs run at once when given. Results come back in job order.
+    /// it is free, and `f(i, job)` runs it. At most `limit` jobs run at once when given.
+    /// Results come back in job order.
     pub fn run_jobs<R: Send>(
         &self,
         jobs: &[&Job],
         limit: Option<usize>,
-        f: impl Fn(&Job) -> R + Sync,
+        f: impl Fn(usize, &Job) -> R + Sync,
     ) -> Vec<R> {
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<R>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
@@ -54,7 +55,7 @@ impl Workers {
                 break;
             }
             gate.acquire();
-            let out = f(jobs[i]);
+            let out = f(i, jobs[i]);
             gate.release();
             *slots[i].lock().expect("slot") = Some(out);
         };

@@ -41,9 +41,45 @@ pub struct CompileReport {
     /// Sum of per-invocation compile times / (threads x wall time of the Parallel compile stage).
     pub parallel_efficiency: f64,
     pub peak_rss_mb: f64,
-    /// See [`artifact_digest`]: equal across thread counts and cache states.
+    /// See [`artifact_digest`]: equal across thread counts and cache states. For a shard,
+    /// over the shard's units only.
     pub artifact_digest: String,
+    /// Kernels whose compile unit came from the remote tier (counted in `cache_hits` too).
+    pub remote_hits: usize,
+    /// Kernels the remote tier was asked for and could not supply (absent, rejected, failed).
+    pub remote_misses: usize,
+    /// Remote operations that failed (the first one turns the remote off for the process).
+    pub remote_errors: u64,
+    pub remote_bytes_down: u64,
+    /// Bytes this compile uploaded (before its flush limit).
+    pub remote_bytes_up: u64,
+    /// The remote tier's details, when there is one.
+    pub remote: Option<RemoteReport>,
+    /// The shard this compile built, when it was one.
+    pub shard: Option<ShardReport>,
     pub kernels: Vec<KernelReport>,
+}
+
+/// What the remote tier did during one compile.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteReport {
+    /// Where it is (never with a password).
+    pub location: String,
+    /// Entries uploaded.
+    pub uploads: u64,
+    /// Uploads not made: queue full, remote off, or pending at the flush limit.
+    pub uploads_dropped: u64,
+}
+
+/// Which part of the program a sharded precompile built.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardReport {
+    /// 1-based.
+    pub index: usize,
+    pub count: usize,
+    /// Compile units (and kernels) in this shard.
+    pub units: usize,
+    pub kernels: usize,
 }
 
 /// The artifact digest: a hash over the compile units' (key, artifact) pairs in key order. Units

@@ -40,33 +40,16 @@ impl CpuBackend {
         self.run_threads = threads.max(1);
         self
     }
+
+    /// The same compiler with another time limit per compiler invocation.
+    pub fn with_compile_timeout(mut self, timeout: std::time::Duration) -> CpuBackend {
+        self.cc = self.cc.with_timeout(timeout);
+        self
+    }
 }
 
 /// A loaded shared object.
-pub struct CpuModule {
-    pub lib: libloading::Library,
-}
-
-impl CpuModule {
-    /// Loads a shared object from its bytes. dlopen needs a file; the mapping outlives the
-    /// file, which is removed right away.
-    fn open(artifact: &[u8]) -> Result<CpuModule, BackendError> {
-        let mut f = tempfile::Builder::new()
-            .prefix("kiln-")
-            .suffix(".so")
-            .tempfile()
-            .map_err(|e| BackendError::io("cannot create a temporary file", e))?;
-        std::io::Write::write_all(&mut f, artifact)
-            .map_err(|e| BackendError::io("cannot write a temporary file", e))?;
-        let path = f.into_temp_path();
-        // SAFETY: the artifact is a shared object kiln compiled from its own source (or a
-        // cache entry whose checksum and key matched); its initialisers are the C compiler's
-        // defaults.
-        let lib = unsafe { libloading::Library::new(&path) }
-            .map_err(|e| BackendError::Invalid(format!("not a loadable shared object: {e}")))?;
-        Ok(CpuModule { lib })
-    }
-}
+pub type CpuModule = kiln_runtime::HostLibrary;
 
 impl Backend for CpuBackend {
     type Module = CpuModule;

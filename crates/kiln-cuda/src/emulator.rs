@@ -18,6 +18,7 @@
 //! small graphs; the GPU tests stay the judge.
 
 use crate::codegen::LaunchPlan;
+use kiln_compile::process::{self, ChildError};
 use kiln_compile::{Backend, BackendError, Kernel, KernelKind, KernelSource, UniqueKernel};
 use kiln_ir::Bindings;
 use kiln_render::cstyle::CStyle;
@@ -26,6 +27,7 @@ use kiln_runtime::{Device, HostBuffer, RunError, Runtime};
 use std::fmt::Write;
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 const ABI_H: &str = include_str!("emu/abi.h");
 const KERNEL_H: &str = include_str!("emu/kernel.h");
@@ -37,16 +39,46 @@ type LaunchFn = unsafe extern "C" fn(*mut *mut u8, *const u32, *const u32) -> i3
 const LAUNCHER_SUFFIX: &str = "_emu_launch";
 
 /// The emulated CUDA backend.
-#[derive(Default)]
 pub struct EmulatedCuda {
     identity: OnceLock<Result<String, String>>,
+    /// How long one g++ invocation may take before its process group is killed.
+    timeout: Duration,
 }
 
-/// A compiled unit: the shared object, and the folder its file lives in.
-pub struct EmulatedModule {
-    lib: libloading::Library,
-    _file: tempfile::TempPath,
+impl Default for EmulatedCuda {
+    /// The time limit from `KILN_COMPILE_TIMEOUT`, else the default.
+    fn default() -> Self {
+        EmulatedCuda {
+            identity: OnceLock::new(),
+            timeout: kiln_compile::default_compile_timeout(),
+        }
+    }
 }
+
+impl EmulatedCuda {
+    /// The same backend with another time limit per compiler invocation.
+    pub fn with_compile_timeout(mut self, timeout: Duration) -> EmulatedCuda {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// Runs the C++ compiler under the time limit; a missing compiler says how to get one.
+fn run_cxx(
+    cmd: &mut Command,
+    cxx: &str,
+    timeout: Duration,
+) -> Result<std::process::Output, BackendError> {
+    process::run(cmd, timeout).map_err(|e| match e {
+        ChildError::Spawn(e) => BackendError::Unavailable(format!(
+            "CUDA emulator: cannot run the C++ compiler '{cxx}' ({e}); install g++ or set CXX"
+        )),
+        e => BackendError::from(e),
+    })
+}
+
+/// A compiled unit: the shared object.
+pub type EmulatedModule = kiln_runtime::HostLibrary;
 
 /// The C++ compiler: `$CXX`, else `g++`.
 fn cxx() -> String {
@@ -97,9 +129,8 @@ impl Backend for EmulatedCuda {
         self.identity
             .get_or_init(|| {
                 let cxx = cxx();
-                let out = Command::new(&cxx).arg("--version").output().map_err(|e| {
-                    format!("CUDA emulator: cannot run the C++ compiler '{cxx}' ({e}); install g++ or set CXX")
-                })?;
+                let out = run_cxx(Command::new(&cxx).arg("--version"), &cxx, self.timeout)
+                    .map_err(|e| e.to_string())?;
                 let version = String::from_utf8_lossy(&out.stdout)
                     .lines()
                     .next()
@@ -109,7 +140,10 @@ impl Backend for EmulatedCuda {
                 for part in [crate::prelude(), ABI_H, KERNEL_H, RUNTIME_CPP] {
                     h.update(part.as_bytes());
                 }
-                Ok(format!("{cxx} | {version} | emulator {}", &h.finalize().to_hex()[..16]))
+                Ok(format!(
+                    "{cxx} | {version} | emulator {}",
+                    &h.finalize().to_hex()[..16]
+                ))
             })
             .clone()
             .map_err(BackendError::Unavailable)
@@ -122,9 +156,7 @@ impl Backend for EmulatedCuda {
     }
 
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-cuda-emu-")
-            .tempdir()
+        let dir = process::scratch_dir("kiln-cuda-emu-")
             .map_err(|e| BackendError::io("CUDA emulator: temporary folder", e))?;
         let mut unit = String::from("#include \"kernel.h\"\n");
         unit.push_str(crate::prelude());
@@ -142,13 +174,12 @@ impl Backend for EmulatedCuda {
                 .map_err(|e| BackendError::io(format!("CUDA emulator: writing {name}"), e))?;
         }
         let cxx = cxx();
-        let out = Command::new(&cxx)
-            .current_dir(dir.path())
+        let mut cmd = Command::new(&cxx);
+        cmd.current_dir(dir.path())
             .args(["-std=c++17", "-O1", "-fPIC", "-shared", "-w", "-o"])
             .arg("emulated.so")
-            .args(["kernels.cpp", "runtime.cpp"])
-            .output()
-            .map_err(|e| BackendError::io(format!("CUDA emulator: running '{cxx}'"), e))?;
+            .args(["kernels.cpp", "runtime.cpp"]);
+        let out = run_cxx(&mut cmd, &cxx, self.timeout)?;
         if !out.status.success() {
             return Err(BackendError::Rejected(
                 String::from_utf8_lossy(&out.stderr).to_string(),
@@ -159,18 +190,7 @@ impl Backend for EmulatedCuda {
     }
 
     fn load(&self, artifact: &[u8]) -> Result<EmulatedModule, BackendError> {
-        let mut f = tempfile::Builder::new()
-            .prefix("kiln-emu-")
-            .suffix(".so")
-            .tempfile()
-            .map_err(|e| BackendError::io("CUDA emulator: temporary file", e))?;
-        std::io::Write::write_all(&mut f, artifact)
-            .map_err(|e| BackendError::io("CUDA emulator: temporary file", e))?;
-        let path = f.into_temp_path();
-        // SAFETY: a library kiln built from its own kernels and emulator runtime.
-        let lib = unsafe { libloading::Library::new(&path) }
-            .map_err(|e| BackendError::Invalid(format!("CUDA emulator: loading: {e}")))?;
-        Ok(EmulatedModule { lib, _file: path })
+        EmulatedModule::open(artifact)
     }
 
     fn source_extension(&self) -> &'static str {
@@ -234,8 +254,7 @@ impl Device for EmulatedDevice {
     }
 
     fn download(&mut self, buf: &HostBuffer, bytes: usize) -> Result<Vec<u8>, RunError> {
-        // SAFETY: emulated launches are synchronous.
-        Ok(unsafe { buf.bytes(bytes) }.to_vec())
+        Ok(buf.read(bytes))
     }
 
     fn launch(

@@ -121,6 +121,10 @@ impl Backend for CudaBackend {
         KernelSource::named(&kernel.label(), &codegen::kernel_source(kernel))
     }
 
+    /// NVRTC compiles inside this process, so `--compile-timeout` does not apply to it and an
+    /// interrupt takes effect once the NVRTC calls in progress return: a library call cannot be
+    /// stopped from outside without ending the process. (The external compilers — the C
+    /// compiler, the emulator's g++ — run as child processes and are killed on both.)
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
         let mut unit = String::from(prelude());
         for k in kernels {

@@ -1,9 +1,16 @@
 //! The decoder's hyper-parameters, read from a Hugging Face `config.json` (either the
 //! transformers 5 spelling — `dtype`, `rope_parameters.rope_theta` — or the older one).
+//!
+//! Every key that changes the math of a Qwen2/Qwen3 forward pass in `transformers` is either
+//! implemented here exactly as `transformers` reads it (`configuration_qwen2.py`,
+//! `configuration_qwen3.py`, `modeling_qwen{2,3}.py`, `modeling_rope_utils.py`), or rejected
+//! with an error naming the key and its value: kiln never runs a model it would compute
+//! differently. Keys that do not change inference (`attention_dropout`, `initializer_range`,
+//! `use_cache`, `pad_token_id`, ...) are ignored, as `transformers` ignores them at inference.
 
 use crate::model::WeightDtype;
 use crate::ModelError;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +19,16 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: per-head RMSNorm on q and k before RoPE, no biases.
     Qwen3,
+}
+
+impl Arch {
+    /// The `model_type` transformers pairs with the architecture.
+    fn model_type(self) -> &'static str {
+        match self {
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -28,12 +45,98 @@ pub struct QwenConfig {
     pub rope_theta: f64,
     pub tie_word_embeddings: bool,
     pub max_position_embeddings: usize,
-    /// Biases on q/k/v projections (Qwen2 family).
+    /// Biases on the q/k/v projections: always for Qwen2; for Qwen3 when `attention_bias`
+    /// says so, and then on `o_proj` too (see [`QwenConfig::o_proj_bias`]).
     pub attention_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// How the matrix weights are held: bf16 when the checkpoint says `bfloat16`, else f32.
     pub weight_dtype: WeightDtype,
+}
+
+/// Activations `transformers` maps to SiLU (`ACT2FN` in `activations.py`: both are
+/// `SiLUActivation`).
+const SILU_NAMES: [&str; 2] = ["silu", "swish"];
+
+/// Largest value any dimension may have: shapes are `i64` expressions and kernels index with
+/// 64-bit products of two dimensions, so each must stay well inside 32 bits.
+const MAX_DIM: u64 = i32::MAX as u64;
+
+/// `config.json` as a JSON object, with readers that name the key at fault.
+struct Keys<'a>(&'a Map<String, Value>);
+
+impl Keys<'_> {
+    /// The value of `k`, `None` when absent or `null`.
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+
+    fn uint_value(x: &Value, k: &str) -> Result<usize, ModelError> {
+        x.as_u64()
+            .filter(|&n| n > 0 && n <= MAX_DIM)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                ModelError::config(format!(
+                    "key '{k}' must be a positive integer (at most {MAX_DIM}), got {x}"
+                ))
+            })
+    }
+
+    fn uint(&self, k: &str) -> Result<usize, ModelError> {
+        match self.get(k) {
+            None => Err(ModelError::config(format!("missing key '{k}'"))),
+            Some(x) => Self::uint_value(x, k),
+        }
+    }
+
+    fn opt_uint(&self, k: &str) -> Result<Option<usize>, ModelError> {
+        self.get(k).map(|x| Self::uint_value(x, k)).transpose()
+    }
+
+    fn positive_float(x: &Value, k: &str) -> Result<f64, ModelError> {
+        x.as_f64()
+            .filter(|f| f.is_finite() && *f > 0.0)
+            .ok_or_else(|| {
+                ModelError::config(format!("key '{k}' must be a positive number, got {x}"))
+            })
+    }
+
+    fn bool(&self, k: &str, default: bool) -> Result<bool, ModelError> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(x) => x.as_bool().ok_or_else(|| {
+                ModelError::config(format!("key '{k}' must be true or false, got {x}"))
+            }),
+        }
+    }
+
+    fn str(&self, k: &str) -> Result<Option<&str>, ModelError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(x) => Err(ModelError::config(format!(
+                "key '{k}' must be a string, got {x}"
+            ))),
+        }
+    }
+
+    /// A token id or a list of them.
+    fn ids(&self, k: &str) -> Result<Vec<u32>, ModelError> {
+        let id = |x: &Value| {
+            x.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    ModelError::config(format!(
+                        "key '{k}' must be a token id or a list of token ids, got {x}"
+                    ))
+                })
+        };
+        match self.get(k) {
+            None => Ok(vec![]),
+            Some(Value::Array(a)) => a.iter().map(id).collect(),
+            Some(x) => Ok(vec![id(x)?]),
+        }
+    }
 }
 
 impl QwenConfig {
@@ -54,7 +157,12 @@ impl QwenConfig {
     pub fn from_json(text: &str) -> Result<QwenConfig, ModelError> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| ModelError::config(format!("invalid JSON: {e}")))?;
-        let arch_name = v
+        let obj = v
+            .as_object()
+            .ok_or_else(|| ModelError::config("must be a JSON object"))?;
+        let keys = Keys(obj);
+
+        let arch_name = keys
             .get("architectures")
             .and_then(|a| a.get(0))
             .and_then(|a| a.as_str())
@@ -66,114 +174,178 @@ impl QwenConfig {
             "Qwen3ForCausalLM" => Arch::Qwen3,
             other => return Err(ModelError::config(format!("architecture '{other}' is not supported (supported: Qwen2ForCausalLM, Qwen3ForCausalLM)"))),
         };
-        let uint = |k: &str| -> Result<usize, ModelError> {
-            match v.get(k) {
-                None | Some(Value::Null) => Err(ModelError::config(format!("missing key '{k}'"))),
-                Some(x) => x
-                    .as_u64()
-                    .filter(|&n| n > 0)
-                    .map(|n| n as usize)
-                    .ok_or_else(|| {
-                        ModelError::config(format!("key '{k}' must be a positive integer, got {x}"))
-                    }),
+        if let Some(mt) = keys.str("model_type")? {
+            if mt != arch.model_type() {
+                return Err(ModelError::config(format!(
+                    "key 'model_type' = \"{mt}\" does not match architecture '{arch_name}' \
+                     (model_type \"{}\")",
+                    arch.model_type()
+                )));
             }
-        };
-        let opt_uint = |k: &str| -> Result<Option<usize>, ModelError> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(_) => uint(k).map(Some),
+        }
+        if let Some(q) = keys.get("quantization_config") {
+            let method = q
+                .get("quant_method")
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| q.to_string());
+            return Err(ModelError::config(format!(
+                "key 'quantization_config' (quant_method {method}) is not supported: kiln reads \
+                 unquantized F32, F16 and BF16 weights"
+            )));
+        }
+        for k in ["hidden_act", "hidden_activation"] {
+            if let Some(act) = keys.str(k)? {
+                if !SILU_NAMES.contains(&act) {
+                    return Err(ModelError::config(format!(
+                        "key '{k}' = \"{act}\" is not supported: kiln implements silu (the \
+                         Qwen activation)"
+                    )));
+                }
             }
+        }
+
+        let hidden_size = keys.uint("hidden_size")?;
+        let num_heads = keys.uint("num_attention_heads")?;
+        let num_layers = keys.uint("num_hidden_layers")?;
+        // transformers' Qwen2Config/Qwen3Config: `num_key_value_heads: int | None = 32`, and
+        // `None` means `num_attention_heads`; so an absent key is 32, a null one MHA.
+        let num_kv_heads = match obj.get("num_key_value_heads") {
+            None => 32,
+            Some(Value::Null) => num_heads,
+            Some(x) => Keys::uint_value(x, "num_key_value_heads")?,
         };
-        let float = |x: &Value, k: &str| {
-            x.as_f64()
-                .filter(|f| f.is_finite() && *f > 0.0)
-                .ok_or_else(|| {
-                    ModelError::config(format!("key '{k}' must be a positive number, got {x}"))
-                })
-        };
-        let hidden_size = uint("hidden_size")?;
-        let num_heads = uint("num_attention_heads")?;
-        let num_kv_heads = opt_uint("num_key_value_heads")?.unwrap_or(num_heads);
-        let head_dim = opt_uint("head_dim")?.unwrap_or(hidden_size / num_heads);
         if num_heads % num_kv_heads != 0 {
             return Err(ModelError::config(format!("num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})")));
         }
-        if head_dim % 2 != 0 {
+        // Qwen3Config declares `head_dim: int = 128`; Qwen2Config has no such field and
+        // modeling_qwen2 uses `hidden_size // num_attention_heads` unless the key is present.
+        let head_dim = match (obj.get("head_dim"), arch) {
+            (Some(x), _) => Keys::uint_value(x, "head_dim")?,
+            (None, Arch::Qwen3) => 128,
+            (None, Arch::Qwen2) => hidden_size / num_heads,
+        };
+        if head_dim == 0 || head_dim % 2 != 0 {
             return Err(ModelError::config(format!(
-                "head_dim ({head_dim}) must be even for RoPE"
+                "head_dim ({head_dim}) must be a positive even number for RoPE{}",
+                if obj.contains_key("head_dim") {
+                    String::new()
+                } else {
+                    format!(" (hidden_size {hidden_size} // num_attention_heads {num_heads})")
+                }
             )));
         }
-        let rope_theta = match (
-            v.get("rope_theta"),
-            v.get("rope_parameters").and_then(|r| r.get("rope_theta")),
-        ) {
-            (Some(x), _) if !x.is_null() => float(x, "rope_theta")?,
-            (_, Some(x)) => float(x, "rope_parameters.rope_theta")?,
-            _ => 10000.0,
-        };
-        let rms_norm_eps = match v.get("rms_norm_eps") {
-            Some(x) => float(x, "rms_norm_eps")?,
+        check_attention_kinds(&keys, num_layers)?;
+        let rope_theta = rope_theta(&keys)?;
+        let rms_norm_eps = match keys.get("rms_norm_eps") {
+            Some(x) => Keys::positive_float(x, "rms_norm_eps")?,
             None => 1e-6,
         };
-        let bool_key = |k: &str, default: bool| -> Result<bool, ModelError> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(default),
-                Some(x) => x.as_bool().ok_or_else(|| {
-                    ModelError::config(format!("key '{k}' must be true or false, got {x}"))
-                }),
-            }
-        };
-        let ids = |k: &str| -> Vec<u32> {
-            match v.get(k) {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u32)
-                    .collect(),
-                Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                None => vec![],
-            }
-        };
-        Ok(QwenConfig {
+        let c = QwenConfig {
             arch,
-            vocab_size: uint("vocab_size")?,
+            vocab_size: keys.uint("vocab_size")?,
             hidden_size,
-            intermediate_size: uint("intermediate_size")?,
-            num_layers: uint("num_hidden_layers")?,
+            intermediate_size: keys.uint("intermediate_size")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
             rms_norm_eps,
             rope_theta,
-            tie_word_embeddings: bool_key("tie_word_embeddings", false)?,
-            max_position_embeddings: opt_uint("max_position_embeddings")?.unwrap_or(32768),
-            // Qwen2's q/k/v projections always carry biases; Qwen3's only if the config says so.
-            attention_bias: arch == Arch::Qwen2 || bool_key("attention_bias", false)?,
-            bos_token_id: ids("bos_token_id").first().copied(),
-            eos_token_ids: ids("eos_token_id"),
-            weight_dtype: match v
-                .get("torch_dtype")
-                .or_else(|| v.get("dtype"))
-                .and_then(|d| d.as_str())
-            {
-                Some("bfloat16") => WeightDtype::BF16,
-                _ => WeightDtype::F32,
-            },
-        })
+            tie_word_embeddings: keys.bool("tie_word_embeddings", false)?,
+            max_position_embeddings: keys.opt_uint("max_position_embeddings")?.unwrap_or(32768),
+            // modeling_qwen2 builds q/k/v with `bias=True` whatever the config says (Qwen2Config
+            // has no `attention_bias`); modeling_qwen3 uses `bias=config.attention_bias` on
+            // q, k, v and o.
+            attention_bias: arch == Arch::Qwen2 || keys.bool("attention_bias", false)?,
+            bos_token_id: keys.ids("bos_token_id")?.first().copied(),
+            eos_token_ids: keys.ids("eos_token_id")?,
+            weight_dtype: weight_dtype(&keys)?,
+        };
+        let bytes = c.weight_bytes();
+        if bytes >= 1 << 62 {
+            return Err(ModelError::config(format!(
+                "the sizes describe {} parameters, more than any machine holds",
+                c.num_params()
+            )));
+        }
+        Ok(c)
     }
 
-    /// Bytes of weights in memory: matrices in `weight_dtype`, vectors in f32.
+    /// Checks that the model can take `prompt`: not empty, every id in the vocabulary, and no
+    /// longer than the context (`max_position_embeddings`). Cheap: callers check before
+    /// compiling or loading anything.
+    pub fn check_prompt(&self, prompt: &[u32]) -> Result<(), ModelError> {
+        if prompt.is_empty() {
+            return Err(ModelError::Input("the prompt is empty".into()));
+        }
+        self.check_ids(prompt)?;
+        if prompt.len() > self.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "the prompt has {} tokens; the context holds max_position_embeddings = {}",
+                prompt.len(),
+                self.max_position_embeddings
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every id is in the vocabulary.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<(), ModelError> {
+        match ids.iter().find(|&&i| i as usize >= self.vocab_size) {
+            Some(bad) => Err(ModelError::Input(format!(
+                "token id {bad} is out of range for a vocabulary of {}",
+                self.vocab_size
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `o_proj` has a bias: Qwen3 with `attention_bias` (Qwen2 never).
+    pub fn o_proj_bias(&self) -> bool {
+        self.arch == Arch::Qwen3 && self.attention_bias
+    }
+
+    /// Bytes of weights in memory: matrices in `weight_dtype`, vectors in f32 (saturating: a
+    /// config claiming absurd sizes gives a huge number, never an overflow).
     pub fn weight_bytes(&self) -> u64 {
-        crate::model::weight_shapes(self)
-            .iter()
-            .map(|(_, s)| {
-                s.iter().product::<usize>() as u64
-                    * crate::model::weight_dtype(s, self.weight_dtype).size_bytes() as u64
-            })
-            .sum()
+        let matrix = self.weight_dtype.dtype().size_bytes() as u64;
+        let (h, i, d) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.head_dim as u64,
+        );
+        let (nh, kv, v) = (
+            self.num_heads as u64,
+            self.num_kv_heads as u64,
+            self.vocab_size as u64,
+        );
+        let m = |a: u64, b: u64| a.saturating_mul(b);
+        let layer_matrices =
+            m(m(h, d), m(nh, 2).saturating_add(m(kv, 2))).saturating_add(m(m(h, i), 3));
+        let layer_vectors = self.layer_vector_params();
+        let per_layer = m(layer_matrices, matrix).saturating_add(m(layer_vectors, 4));
+        let embed = m(m(v, h), if self.tie_word_embeddings { 1 } else { 2 });
+        m(per_layer, self.num_layers as u64)
+            .saturating_add(m(embed, matrix))
+            .saturating_add(m(h, 4))
     }
 
-    /// Number of parameters (weights) of the model.
+    /// Norm weights and biases of one layer.
+    fn layer_vector_params(&self) -> u64 {
+        let (h, d) = (self.hidden_size as u64, self.head_dim as u64);
+        let (nh, kv) = (self.num_heads as u64, self.num_kv_heads as u64);
+        let norms = 2 * h + if self.arch == Arch::Qwen3 { 2 * d } else { 0 };
+        let bias = if self.attention_bias {
+            nh.saturating_mul(d)
+                .saturating_add(kv.saturating_mul(d).saturating_mul(2))
+        } else {
+            0
+        };
+        let o_bias = if self.o_proj_bias() { h } else { 0 };
+        norms.saturating_add(bias).saturating_add(o_bias)
+    }
+
+    /// Number of parameters (weights) of the model (saturating).
     pub fn num_params(&self) -> u64 {
         let (h, i, d) = (
             self.hidden_size as u64,
@@ -181,15 +353,153 @@ impl QwenConfig {
             self.head_dim as u64,
         );
         let (nh, kv) = (self.num_heads as u64, self.num_kv_heads as u64);
-        let attn = h * nh * d * 2 + h * kv * d * 2;
-        let norms = 2 * h + if self.arch == Arch::Qwen3 { 2 * d } else { 0 };
-        let bias = if self.attention_bias {
-            nh * d + 2 * kv * d
-        } else {
-            0
+        let m = |a: u64, b: u64| a.saturating_mul(b);
+        let attn = m(m(h, d), m(nh, 2).saturating_add(m(kv, 2)));
+        let layer = attn
+            .saturating_add(m(m(h, i), 3))
+            .saturating_add(self.layer_vector_params());
+        let embed = m(self.vocab_size as u64, h);
+        m(embed, if self.tie_word_embeddings { 1 } else { 2 })
+            .saturating_add(h)
+            .saturating_add(m(layer, self.num_layers as u64))
+    }
+}
+
+/// Every layer must be full (causal) attention: kiln does not implement sliding windows.
+/// transformers (Qwen2Config/Qwen3Config `__post_init__`): `sliding_window` only counts when
+/// `use_sliding_window` is true; `layer_types`, when given, decides per layer, otherwise layer
+/// `i` slides when a window is set and `i >= max_window_layers`.
+fn check_attention_kinds(keys: &Keys<'_>, num_layers: usize) -> Result<(), ModelError> {
+    if let Some(types) = keys.get("layer_types") {
+        let types = types.as_array().ok_or_else(|| {
+            ModelError::config(format!(
+                "key 'layer_types' must be a list of strings, got {types}"
+            ))
+        })?;
+        if types.len() != num_layers {
+            return Err(ModelError::config(format!(
+                "key 'layer_types' has {} entries, num_hidden_layers is {num_layers}",
+                types.len()
+            )));
+        }
+        for (i, t) in types.iter().enumerate() {
+            if t.as_str() != Some("full_attention") {
+                return Err(ModelError::config(format!(
+                    "key 'layer_types[{i}]' = {t} is not supported: kiln implements \
+                     \"full_attention\" layers only"
+                )));
+            }
+        }
+        return Ok(());
+    }
+    let use_sliding = keys.bool("use_sliding_window", false)?;
+    let window = keys.opt_uint("sliding_window")?;
+    let max_window_layers = keys.opt_uint("max_window_layers")?.unwrap_or(28);
+    if let (true, Some(w)) = (use_sliding, window) {
+        if max_window_layers < num_layers {
+            return Err(ModelError::config(format!(
+                "key 'use_sliding_window' = true with 'sliding_window' = {w} and \
+                 'max_window_layers' = {max_window_layers}: layers {max_window_layers}..{num_layers} \
+                 would use sliding-window attention, which kiln does not implement"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The RoPE base, after checking that the RoPE is the default (unscaled, full-width) one.
+/// transformers 5 (`convert_rope_params_to_dict`, `standardize_rope_params`): a non-empty
+/// `rope_scaling` replaces `rope_parameters`; the type is its `rope_type`, else its legacy
+/// `type`, else "default"; `rope_theta` comes from that dict, else the top-level key, else
+/// 10000.
+fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
+    /// A RoPE dict under key `k`: its name and entries (None when absent, null or empty).
+    type Dict<'a> = Option<(&'static str, &'a Map<String, Value>)>;
+    let dict = |k: &'static str| -> Result<Dict<'_>, ModelError> {
+        match keys.get(k) {
+            None => Ok(None),
+            Some(Value::Object(m)) if m.is_empty() => Ok(None),
+            Some(Value::Object(m)) => Ok(Some((k, m))),
+            Some(x) => Err(ModelError::config(format!(
+                "key '{k}' must be an object or null, got {x}"
+            ))),
+        }
+    };
+    let scaling = dict("rope_scaling")?;
+    let params = match scaling {
+        Some(s) => Some(s),
+        None => dict("rope_parameters")?,
+    };
+    let mut theta = None;
+    if let Some((name, p)) = params {
+        for nested in ["full_attention", "sliding_attention"] {
+            if p.contains_key(nested) {
+                return Err(ModelError::config(format!(
+                    "key '{name}.{nested}': per-layer-type RoPE parameters are not supported"
+                )));
+            }
+        }
+        let (type_key, rope_type) = match (p.get("rope_type"), p.get("type")) {
+            (Some(t), _) if !t.is_null() => ("rope_type", t),
+            (_, Some(t)) if !t.is_null() => ("type", t),
+            _ => ("rope_type", &Value::Null),
         };
-        let layer = attn + 3 * h * i + norms + bias;
-        let embed = self.vocab_size as u64 * h;
-        embed * if self.tie_word_embeddings { 1 } else { 2 } + h + layer * self.num_layers as u64
+        if !(rope_type.is_null() || rope_type.as_str() == Some("default")) {
+            return Err(ModelError::config(format!(
+                "key '{name}.{type_key}' = {rope_type} is not supported: kiln implements the \
+                 default (unscaled) RoPE only"
+            )));
+        }
+        if let Some(f) = p.get("partial_rotary_factor").filter(|f| !f.is_null()) {
+            if f.as_f64() != Some(1.0) {
+                return Err(ModelError::config(format!(
+                    "key '{name}.partial_rotary_factor' = {f} is not supported: kiln rotates \
+                     the whole head"
+                )));
+            }
+        }
+        if let Some(t) = p.get("rope_theta").filter(|t| !t.is_null()) {
+            theta = Some(Keys::positive_float(t, &format!("{name}.rope_theta"))?);
+        }
+    }
+    if let Some(f) = keys.get("partial_rotary_factor") {
+        if f.as_f64() != Some(1.0) {
+            return Err(ModelError::config(format!(
+                "key 'partial_rotary_factor' = {f} is not supported: kiln rotates the whole head"
+            )));
+        }
+    }
+    match (theta, keys.get("rope_theta")) {
+        (Some(t), _) => Ok(t),
+        (None, Some(t)) => Keys::positive_float(t, "rope_theta"),
+        (None, None) => Ok(10000.0),
+    }
+}
+
+/// The dtype the checkpoint's matrices are meant to be used in (`dtype`, or the older
+/// `torch_dtype`): bfloat16 stays bfloat16 in memory; float32 and float16 weights are held
+/// in f32 (float16 widens exactly, and kiln computes in f32, so a float16 model is computed
+/// more precisely than in float16, never less).
+fn weight_dtype(keys: &Keys<'_>) -> Result<WeightDtype, ModelError> {
+    let new = keys.str("dtype")?;
+    let old = keys.str("torch_dtype")?;
+    if let (Some(a), Some(b)) = (new, old) {
+        if a != b {
+            return Err(ModelError::config(format!(
+                "keys 'dtype' = \"{a}\" and 'torch_dtype' = \"{b}\" disagree"
+            )));
+        }
+    }
+    let (key, name) = match (new, old) {
+        (Some(n), _) => ("dtype", n),
+        (None, Some(o)) => ("torch_dtype", o),
+        (None, None) => return Ok(WeightDtype::F32),
+    };
+    match name {
+        "bfloat16" => Ok(WeightDtype::BF16),
+        "float32" | "float16" => Ok(WeightDtype::F32),
+        other => Err(ModelError::config(format!(
+            "key '{key}' = \"{other}\" is not supported (supported: float32, bfloat16, float16)"
+        ))),
     }
 }

@@ -57,37 +57,56 @@ pub fn weight_dtype(shape: &[usize], w: WeightDtype) -> DType {
 /// The weight names and shapes a checkpoint holds, in Hugging Face naming (what the graph
 /// reads after [`fuse_projections`]).
 pub fn weight_shapes(c: &QwenConfig) -> Vec<(String, Vec<usize>)> {
+    weights(c).collect()
+}
+
+/// [`weight_shapes`] one at a time, in the same order: a config claiming a million layers can
+/// be checked against a checkpoint up to its first missing tensor without listing them all.
+pub fn weights(c: &QwenConfig) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
+    let (h, v) = (c.hidden_size, c.vocab_size);
+    let head = (!c.tie_word_embeddings).then(|| ("lm_head.weight".to_string(), vec![v, h]));
+    std::iter::once(("model.embed_tokens.weight".to_string(), vec![v, h]))
+        .chain((0..c.num_layers).flat_map(move |l| layer_weights(c, l)))
+        .chain(std::iter::once(("model.norm.weight".to_string(), vec![h])))
+        .chain(head)
+}
+
+/// How many weight tensors the graph reads.
+pub fn weight_count(c: &QwenConfig) -> u64 {
+    let per_layer = 9
+        + if c.attention_bias { 3 } else { 0 }
+        + if c.o_proj_bias() { 1 } else { 0 }
+        + if c.arch == Arch::Qwen3 { 2 } else { 0 };
+    2 + per_layer * c.num_layers as u64 + if c.tie_word_embeddings { 0 } else { 1 }
+}
+
+fn layer_weights(c: &QwenConfig, l: usize) -> Vec<(String, Vec<usize>)> {
     let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (nh, kv) = (c.num_heads, c.num_kv_heads);
-    let mut w = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![c.vocab_size, h],
-    )];
-    for l in 0..c.num_layers {
-        let p = |n: &str| format!("model.layers.{l}.{n}");
-        w.push((p("input_layernorm.weight"), vec![h]));
-        w.push((p("self_attn.q_proj.weight"), vec![nh * d, h]));
-        w.push((p("self_attn.k_proj.weight"), vec![kv * d, h]));
-        w.push((p("self_attn.v_proj.weight"), vec![kv * d, h]));
-        if c.attention_bias {
-            w.push((p("self_attn.q_proj.bias"), vec![nh * d]));
-            w.push((p("self_attn.k_proj.bias"), vec![kv * d]));
-            w.push((p("self_attn.v_proj.bias"), vec![kv * d]));
-        }
-        w.push((p("self_attn.o_proj.weight"), vec![h, nh * d]));
-        if c.arch == Arch::Qwen3 {
-            w.push((p("self_attn.q_norm.weight"), vec![d]));
-            w.push((p("self_attn.k_norm.weight"), vec![d]));
-        }
-        w.push((p("post_attention_layernorm.weight"), vec![h]));
-        w.push((p("mlp.gate_proj.weight"), vec![i, h]));
-        w.push((p("mlp.up_proj.weight"), vec![i, h]));
-        w.push((p("mlp.down_proj.weight"), vec![h, i]));
+    let p = |n: &str| format!("model.layers.{l}.{n}");
+    let mut w = vec![
+        (p("input_layernorm.weight"), vec![h]),
+        (p("self_attn.q_proj.weight"), vec![nh * d, h]),
+        (p("self_attn.k_proj.weight"), vec![kv * d, h]),
+        (p("self_attn.v_proj.weight"), vec![kv * d, h]),
+    ];
+    if c.attention_bias {
+        w.push((p("self_attn.q_proj.bias"), vec![nh * d]));
+        w.push((p("self_attn.k_proj.bias"), vec![kv * d]));
+        w.push((p("self_attn.v_proj.bias"), vec![kv * d]));
     }
-    w.push(("model.norm.weight".into(), vec![h]));
-    if !c.tie_word_embeddings {
-        w.push(("lm_head.weight".into(), vec![c.vocab_size, h]));
+    w.push((p("self_attn.o_proj.weight"), vec![h, nh * d]));
+    if c.o_proj_bias() {
+        w.push((p("self_attn.o_proj.bias"), vec![h]));
     }
+    if c.arch == Arch::Qwen3 {
+        w.push((p("self_attn.q_norm.weight"), vec![d]));
+        w.push((p("self_attn.k_norm.weight"), vec![d]));
+    }
+    w.push((p("post_attention_layernorm.weight"), vec![h]));
+    w.push((p("mlp.gate_proj.weight"), vec![i, h]));
+    w.push((p("mlp.up_proj.weight"), vec![i, h]));
+    w.push((p("mlp.down_proj.weight"), vec![h, i]));
     w
 }
 
@@ -261,7 +280,7 @@ impl Builder<'_> {
         let out = self.g.reshape(out, &[nh.into(), s.clone(), d.into()])?;
         let out = self.g.permute(out, &[1, 0, 2])?;
         let out = self.g.reshape(out, &[s, (nh * d).into()])?;
-        self.linear(out, &format!("{pre}.o_proj"), h, nh * d, false)
+        self.linear(out, &format!("{pre}.o_proj"), h, nh * d, c.o_proj_bias())
     }
 
     fn mlp(&mut self, l: usize, x: NodeId) -> Result<NodeId> {

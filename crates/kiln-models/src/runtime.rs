@@ -79,10 +79,33 @@ pub struct Model {
     cache_capacity: usize,
 }
 
+/// Why a generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// It chose a stop token (end of sequence).
+    Eos,
+    /// Prompt and output fill the context (`max_position_embeddings`).
+    Length,
+    /// It generated the number of tokens asked for.
+    MaxNewTokens,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Length => "length",
+            FinishReason::MaxNewTokens => "max_new_tokens",
+        }
+    }
+}
+
 /// The result of a generation.
 pub struct Generation {
     pub prompt_ids: Vec<u32>,
     pub generated_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
     /// Logits that chose each generated token (row 0: last prompt position).
     pub step_logits: Vec<Vec<f32>>,
     pub prefill_ms: f64,
@@ -126,8 +149,18 @@ impl Model {
 
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
         let config = source.config()?;
-        let shapes = weight_shapes(&config);
         let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
+        // The checkpoint's headers (names, shapes, dtypes) are checked against the config
+        // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds
+        // (and a checkpoint that lacks tensors is reported as such, whatever its size).
+        let checkpoint = match source {
+            ModelSource::Preset(_) => None,
+            ModelSource::Dir(d) => {
+                let c = Checkpoint::open(d)?;
+                c.check(&config)?;
+                Some(c)
+            }
+        };
         // Weights pass through host memory on their way to any device.
         let bytes = config.weight_bytes();
         if let Some(avail) = available_memory_bytes() {
@@ -140,11 +173,12 @@ impl Model {
                 )));
             }
         }
+        let shapes = weight_shapes(&config);
         // Weights and compile are independent: load the weights while the kernels compile.
         let (compiled, weights) = std::thread::scope(|s| {
-            let w = s.spawn(|| match source {
-                ModelSource::Preset(_) => Ok(random_weights(&shapes, opts.seed, w)),
-                ModelSource::Dir(d) => Checkpoint::open(d)?.load(&shapes, w),
+            let w = s.spawn(|| match &checkpoint {
+                None => Ok(random_weights(&shapes, opts.seed, w)),
+                Some(c) => c.load(&shapes, w),
             });
             let c = Self::compile(&config, opts);
             (c, w.join().expect("weight loader panicked"))
@@ -228,14 +262,9 @@ impl Model {
     pub fn forward(&mut self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor, ModelError> {
         let c = &self.config;
         if ids.is_empty() {
-            return Err(ModelError::Input("the prompt is empty".into()));
+            return Err(ModelError::Input("no tokens to run".into()));
         }
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
-            return Err(ModelError::Input(format!(
-                "token id {bad} is out of range for a vocabulary of {}",
-                c.vocab_size
-            )));
-        }
+        c.check_ids(ids)?;
         if cache.len() + ids.len() > c.max_position_embeddings {
             return Err(ModelError::Input(format!(
                 "{} positions exceed max_position_embeddings = {}",
@@ -269,8 +298,11 @@ impl Model {
         Ok(logits)
     }
 
-    /// Generates up to `max_new` tokens after `prompt`, stopping at a `stop` id; calls
-    /// `on_token` with each new id as it is chosen.
+    /// Generates up to `max_new` tokens after `prompt`, stopping at a `stop` id or when
+    /// prompt and output fill the context (`max_position_embeddings`: every token of the
+    /// sequence has a position in it), and says which in [`Generation::finish_reason`]; calls
+    /// `on_token` with each new id as it is chosen. A prompt the model cannot take (empty,
+    /// longer than the context, an id outside the vocabulary) is an error before any work.
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -281,14 +313,22 @@ impl Model {
     ) -> Result<Generation, ModelError> {
         let mut cache = KvCache::new(&self.config);
         let mut sampler = Sampler::new(sampling.clone());
+        self.config.check_prompt(prompt)?;
+        // Room left in the context for new tokens.
+        let room = self.config.max_position_embeddings - prompt.len();
         let mut g = Generation {
             prompt_ids: prompt.to_vec(),
             generated_ids: vec![],
+            finish_reason: FinishReason::MaxNewTokens,
             step_logits: vec![],
             prefill_ms: 0.0,
             decode_ms: 0.0,
         };
         if max_new == 0 {
+            return Ok(g);
+        }
+        if room == 0 {
+            g.finish_reason = FinishReason::Length;
             return Ok(g);
         }
         // The whole generation's cache at once, rather than doubling as it goes.
@@ -312,7 +352,18 @@ impl Model {
             g.step_logits.push(last);
             g.generated_ids.push(id);
             on_token(id);
-            if g.generated_ids.len() >= max_new || stop.contains(&id) {
+            let n = g.generated_ids.len();
+            let reason = if stop.contains(&id) {
+                Some(FinishReason::Eos)
+            } else if n >= max_new {
+                Some(FinishReason::MaxNewTokens)
+            } else if n >= room {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                g.finish_reason = r;
                 break;
             }
             logits = self.forward(&[id], &mut cache)?;

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 /// The Qwen3 `tokenizer.json`, gzip-compressed (see assets/QWEN3-TOKENIZER-NOTICE.md).
-const EMBEDDED_QWEN: &[u8] = include_bytes!("../assets/qwen3-tokenizer.json.gz");
+pub(crate) const EMBEDDED_QWEN: &[u8] = include_bytes!("../assets/qwen3-tokenizer.json.gz");
 
 pub const IM_START: &str = "<|im_start|>";
 pub const IM_END: &str = "<|im_end|>";
@@ -17,9 +17,23 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Tokenizer, ModelError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
-            ModelError::Tokenizer(format!("{}: cannot load tokenizer: {e}", path.display()))
-        })?;
+        let err = |d: String| {
+            ModelError::Tokenizer(format!("{}: cannot load tokenizer: {d}", path.display()))
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        Self::from_json(&bytes).map_err(err)
+    }
+
+    /// A tokenizer from the bytes of a `tokenizer.json`.
+    pub fn from_json(bytes: &[u8]) -> Result<Tokenizer, String> {
+        // Checked as JSON first, so that a truncated or mangled file is a plain JSON error:
+        // tokenizers 0.22 panics on some malformed sections (its decoder deserializer calls
+        // `expect("Helper")` on a syntax error). Panics it still raises on well-formed JSON
+        // (`expect("Precompiled")` on a bad charsmap, ...) are caught and reported.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| format!("invalid JSON: {e}"))?;
+        let inner =
+            no_panic(|| tokenizers::Tokenizer::from_bytes(bytes))?.map_err(|e| e.to_string())?;
         Ok(Tokenizer { inner })
     }
 
@@ -29,22 +43,20 @@ impl Tokenizer {
         flate2::read::GzDecoder::new(EMBEDDED_QWEN)
             .read_to_end(&mut json)
             .map_err(|e| ModelError::Tokenizer(format!("embedded tokenizer: {e}")))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&json)
-            .map_err(|e| ModelError::Tokenizer(format!("embedded tokenizer: {e}")))?;
-        Ok(Tokenizer { inner })
+        Self::from_json(&json)
+            .map_err(|e| ModelError::Tokenizer(format!("embedded tokenizer: {e}")))
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let enc = self
-            .inner
-            .encode(text, false)
+        let enc = no_panic(|| self.inner.encode(text, false))
+            .map_err(|e| ModelError::Tokenizer(format!("cannot tokenize: {e}")))?
             .map_err(|e| ModelError::Tokenizer(format!("cannot tokenize: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.inner
-            .decode(ids, false)
+        no_panic(|| self.inner.decode(ids, false))
+            .map_err(|e| ModelError::Tokenizer(format!("cannot decode: {e}")))?
             .map_err(|e| ModelError::Tokenizer(format!("cannot decode: {e}")))
     }
 
@@ -56,6 +68,19 @@ impl Tokenizer {
     pub fn chat_prompt(user: &str) -> String {
         format!("{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
     }
+}
+
+/// Runs a call into the tokenizers library, turning a panic of the library (a tokenizer file
+/// it cannot handle) into an error.
+fn no_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        format!("the tokenizers library failed on this file ({msg})")
+    })
 }
 
 /// Turns a growing list of ids into text pieces as soon as they are whole characters.

@@ -1,77 +1,244 @@
 //! Weights from safetensors files (one file, or shards with `model.safetensors.index.json`),
 //! memory-mapped, F32/F16/BF16, converted to f32 tensors. Every error names the file and tensor.
+//!
+//! Opening a checkpoint reads and validates every header (names, dtypes, shapes, byte ranges)
+//! without touching tensor data, so [`Checkpoint::check`] can reject a checkpoint that does not
+//! fit the config before any graph is built or kernel compiled. A shard index is followed
+//! exactly: each tensor is read from the shard its `weight_map` names, and the files it names
+//! must lie inside the model folder.
 
 use crate::model::{weight_dtype, WeightDtype};
-use crate::ModelError;
+use crate::{ModelError, QwenConfig};
 use kiln_ir::DType;
 use kiln_ir::Tensor;
 use memmap2::Mmap;
 use rayon::prelude::*;
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// One safetensors file, mapped, with its validated header.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    /// Where tensor data starts (after the 8-byte length and the header).
+    data_start: usize,
+    meta: Metadata,
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Shard, ModelError> {
+        let f = std::fs::File::open(path)
+            .map_err(|e| ModelError::checkpoint(path, format!("cannot open: {e}")))?;
+        // SAFETY: the file is opened read-only; kiln does not modify checkpoints while running.
+        let map = unsafe { Mmap::map(&f) }
+            .map_err(|e| ModelError::checkpoint(path, format!("cannot map: {e}")))?;
+        // Reads and validates the header only: every tensor's byte range lies in the file, the
+        // ranges tile the data exactly and match dtype x shape.
+        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+            ModelError::checkpoint(
+                path,
+                format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+            )
+        })?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            data_start: 8 + header_len,
+            meta,
+        })
+    }
+
+    fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.meta.info(name)
+    }
+
+    fn data(&self, info: &TensorInfo) -> &[u8] {
+        let (s, e) = info.data_offsets;
+        // In range: read_metadata checked that the ranges tile the data to the file's end.
+        &self.map[self.data_start + s..self.data_start + e]
+    }
+}
 
 /// The safetensors files of a checkpoint folder, mapped, with which file holds each tensor.
 pub struct Checkpoint {
     dir: PathBuf,
-    files: Vec<(PathBuf, Mmap)>,
-    /// tensor name -> index into `files`
+    shards: Vec<Shard>,
+    /// tensor name -> index into `shards`: the index's `weight_map`, or the single file's
+    /// header.
     location: HashMap<String, usize>,
+    /// The index file, when the checkpoint is sharded.
+    index: Option<PathBuf>,
 }
 
 impl Checkpoint {
+    /// Opens `dir/model.safetensors`, else the shards `dir/model.safetensors.index.json`
+    /// names. Like transformers (`modeling_utils.py`, `_get_resolved_checkpoint_files`: for a
+    /// local folder `SAFE_WEIGHTS_NAME` is tried before `SAFE_WEIGHTS_INDEX_NAME`), a single
+    /// file wins when both exist.
     pub fn open(dir: &Path) -> Result<Checkpoint, ModelError> {
-        let index = dir.join("model.safetensors.index.json");
-        let names: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index)
-                .map_err(|e| ModelError::checkpoint(&index, format!("cannot read: {e}")))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::checkpoint(&index, format!("invalid JSON: {e}")))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| ModelError::checkpoint(&index, "missing 'weight_map'"))?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(String::from))
+        let roots = allowed_roots(dir)?;
+        let single = dir.join(SINGLE_FILE);
+        let index = dir.join(INDEX_FILE);
+        if single.is_file() {
+            if index.exists() {
+                tracing::debug!(
+                    "{}: both {SINGLE_FILE} and {INDEX_FILE}; reading {SINGLE_FILE}, as \
+                     transformers does",
+                    dir.display()
+                );
+            }
+            check_inside(&single, SINGLE_FILE, &roots, &single)?;
+            let shard = Shard::open(&single)?;
+            let location = shard
+                .meta
+                .tensors()
+                .into_keys()
+                .map(|name| (name, 0))
                 .collect();
-            files.sort();
-            files.dedup();
-            files.into_iter().map(|f| dir.join(f)).collect()
-        } else {
-            let single = dir.join("model.safetensors");
-            if !single.exists() {
-                return Err(ModelError::checkpoint(
-                    dir,
-                    "no model.safetensors or model.safetensors.index.json",
-                ));
-            }
-            vec![single]
-        };
-        let mut files = Vec::new();
-        let mut location = HashMap::new();
-        for path in names {
-            let f = std::fs::File::open(&path)
-                .map_err(|e| ModelError::checkpoint(&path, format!("cannot open: {e}")))?;
-            // SAFETY: the file is opened read-only; kiln does not modify checkpoints while running.
-            let map = unsafe { Mmap::map(&f) }
-                .map_err(|e| ModelError::checkpoint(&path, format!("cannot map: {e}")))?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| {
-                ModelError::checkpoint(
-                    &path,
-                    format!("not a valid safetensors file (truncated or corrupt?): {e}"),
-                )
-            })?;
-            for name in st.names() {
-                location.insert(name.to_string(), files.len());
-            }
-            files.push((path, map));
+            return Ok(Checkpoint {
+                dir: dir.to_path_buf(),
+                shards: vec![shard],
+                location,
+                index: None,
+            });
         }
-        Ok(Checkpoint {
+        if !index.exists() {
+            return Err(ModelError::checkpoint(
+                dir,
+                format!("no {SINGLE_FILE} or {INDEX_FILE}"),
+            ));
+        }
+        let text = std::fs::read_to_string(&index)
+            .map_err(|e| ModelError::checkpoint(&index, format!("cannot read: {e}")))?;
+        let weight_map = parse_index(&text).map_err(|e| ModelError::checkpoint(&index, e))?;
+        // Shards in order of first mention, each opened once.
+        let mut shard_of_file: HashMap<&str, usize> = HashMap::new();
+        let mut shards = Vec::new();
+        let mut location = HashMap::with_capacity(weight_map.len());
+        for (tensor, file) in &weight_map {
+            let si = match shard_of_file.get(file.as_str()) {
+                Some(&si) => si,
+                None => {
+                    let path = dir.join(file);
+                    check_inside(&path, file, &roots, &index)?;
+                    shards.push(Shard::open(&path)?);
+                    shard_of_file.insert(file, shards.len() - 1);
+                    shards.len() - 1
+                }
+            };
+            location.insert(tensor.clone(), si);
+        }
+        let ckpt = Checkpoint {
             dir: dir.to_path_buf(),
-            files,
+            shards,
             location,
+            index: Some(index),
+        };
+        // The index must tell the truth about every tensor it names.
+        for (tensor, &si) in &ckpt.location {
+            if ckpt.shards[si].info(tensor).is_none() {
+                return Err(ckpt.misfiled(tensor, si));
+            }
+        }
+        Ok(ckpt)
+    }
+
+    /// The error for a tensor the index files under shard `si`, which lacks it.
+    fn misfiled(&self, tensor: &str, si: usize) -> ModelError {
+        let named = self.shards[si].path.display();
+        let index = self.index.as_deref().unwrap_or(&self.dir);
+        let detail = match self.shards.iter().find(|s| s.info(tensor).is_some()) {
+            Some(other) => format!(
+                "tensor '{tensor}' is in {}, but the index says {named}",
+                other.path.display()
+            ),
+            None => format!("the index says tensor '{tensor}' is in {named}, which lacks it"),
+        };
+        ModelError::tensor(index, tensor, detail)
+    }
+
+    /// Every tensor the checkpoint holds, with its shape (sorted by name).
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out: Vec<(String, Vec<usize>)> = self
+            .location
+            .iter()
+            .filter_map(|(name, &si)| {
+                Some((name.clone(), self.shards[si].info(name)?.shape.clone()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Where tensor `name` is, or an error naming the files searched (and a shard that has it
+    /// although the index does not list it).
+    fn find(&self, name: &str) -> Result<(&Shard, &TensorInfo), ModelError> {
+        if let Some(&si) = self.location.get(name) {
+            let shard = &self.shards[si];
+            return match shard.info(name) {
+                Some(info) => Ok((shard, info)),
+                None => Err(self.misfiled(name, si)),
+            };
+        }
+        if let (Some(index), Some(s)) = (
+            &self.index,
+            self.shards.iter().find(|s| s.info(name).is_some()),
+        ) {
+            return Err(ModelError::tensor(
+                index,
+                name,
+                format!(
+                    "tensor '{name}' is in {} but not in the index's weight_map",
+                    s.path.display()
+                ),
+            ));
+        }
+        let files: Vec<String> = self
+            .shards
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect();
+        let searched = if files.is_empty() {
+            "any weight file (the index names none)".to_string()
+        } else {
+            files.join(", ")
+        };
+        Err(ModelError::Checkpoint {
+            path: self.dir.clone(),
+            tensor: Some(name.into()),
+            detail: format!("tensor '{name}' not found in {searched}"),
         })
+    }
+
+    /// Checks, from the headers alone, that every tensor config `c` needs is present with
+    /// the shape it implies and a dtype kiln reads; stops at the first that is not. Cheap:
+    /// touches no tensor data, and lists the needed tensors one at a time.
+    pub fn check(&self, c: &QwenConfig) -> Result<(), ModelError> {
+        for (name, shape) in crate::model::weights(c) {
+            let (shard, info) = self.find(&name).map_err(|e| match e {
+                ModelError::Checkpoint {
+                    path,
+                    tensor,
+                    detail,
+                } => ModelError::Checkpoint {
+                    path,
+                    tensor,
+                    detail: format!(
+                        "{detail} (the config needs {} tensors; the checkpoint holds {})",
+                        crate::model::weight_count(c),
+                        self.location.len()
+                    ),
+                },
+                e => e,
+            })?;
+            check_info(shard, &name, info, &shape)?;
+        }
+        Ok(())
     }
 
     /// Loads the named tensors, checking each shape, in parallel: matrices in `w`, vectors in f32.
@@ -92,43 +259,15 @@ impl Checkpoint {
     }
 
     fn tensor(&self, name: &str, shape: &[usize], want: DType) -> Result<Tensor, ModelError> {
-        let &fi = self.location.get(name).ok_or_else(|| {
-            let files: Vec<String> = self
-                .files
-                .iter()
-                .map(|(p, _)| p.display().to_string())
-                .collect();
-            ModelError::Checkpoint {
-                path: self.dir.clone(),
-                tensor: Some(name.into()),
-                detail: format!("tensor '{name}' not found in {}", files.join(", ")),
-            }
-        })?;
-        let (path, map) = &self.files[fi];
-        let st = SafeTensors::deserialize(map)
-            .map_err(|e| ModelError::checkpoint(path, e.to_string()))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| ModelError::tensor(path, name, format!("tensor '{name}': {e}")))?;
-        if view.shape() != shape {
-            return Err(ModelError::tensor(
-                path,
-                name,
-                format!(
-                    "tensor '{name}' has shape {:?}, the config implies {:?}",
-                    view.shape(),
-                    shape
-                ),
-            ));
-        }
-        let data = view.data();
-        if want == DType::BF16 && view.dtype() == Dtype::BF16 {
+        let (shard, info) = self.find(name)?;
+        check_info(shard, name, info, shape)?;
+        let data = shard.data(info);
+        if want == DType::BF16 && info.dtype == Dtype::BF16 {
             return Ok(Tensor::from_bytes(DType::BF16, shape, data)); // kept as stored
         }
-        let n: usize = shape.iter().product();
         let mut out = Tensor::zeros(kiln_ir::DType::F32, shape);
         let dst = out.as_f32_mut();
-        match view.dtype() {
+        match info.dtype {
             Dtype::F32 => dst
                 .iter_mut()
                 .zip(data.chunks_exact(4))
@@ -141,21 +280,110 @@ impl Checkpoint {
                 .iter_mut()
                 .zip(data.chunks_exact(2))
                 .for_each(|(d, c)| *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-            other => {
-                return Err(ModelError::tensor(
-                    path,
-                    name,
-                    format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F16 and BF16"),
-                ))
-            }
+            _ => unreachable!("check_info admits F32, F16 and BF16 only"),
         }
-        debug_assert_eq!(dst.len(), n);
         Ok(if want == DType::F32 {
             out
         } else {
             out.to_dtype(want)
         })
     }
+}
+
+/// A tensor's header against what the config implies.
+fn check_info(
+    shard: &Shard,
+    name: &str,
+    info: &TensorInfo,
+    shape: &[usize],
+) -> Result<(), ModelError> {
+    if info.shape != shape {
+        return Err(ModelError::tensor(
+            &shard.path,
+            name,
+            format!(
+                "tensor '{name}' has shape {:?}, the config implies {:?}",
+                info.shape, shape
+            ),
+        ));
+    }
+    if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Err(ModelError::tensor(
+            &shard.path,
+            name,
+            format!(
+                "tensor '{name}' has dtype {:?}; kiln reads F32, F16 and BF16",
+                info.dtype
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `weight_map` of an index: tensor name -> file name (sorted by tensor).
+pub fn parse_index(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or("missing 'weight_map' (an object of tensor name -> file)")?;
+    map.iter()
+        .map(|(tensor, file)| match file.as_str() {
+            Some(f) => Ok((tensor.clone(), f.to_string())),
+            None => Err(format!(
+                "weight_map['{tensor}'] must be a file name, got {file}"
+            )),
+        })
+        .collect()
+}
+
+/// Folders the weight files may resolve into: the model folder and, for a Hugging Face hub
+/// snapshot (`<repo>/snapshots/<revision>/`, whose files are symlinks to `<repo>/blobs/`),
+/// that repository's blob store.
+fn allowed_roots(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| ModelError::checkpoint(dir, format!("cannot open the folder: {e}")))?;
+    let mut roots = vec![dir.clone()];
+    if let Some(snapshots) = dir
+        .parent()
+        .filter(|p| p.file_name() == Some("snapshots".as_ref()))
+    {
+        if let Some(blobs) = snapshots.parent().map(|repo| repo.join("blobs")) {
+            roots.extend(blobs.canonicalize().ok());
+        }
+    }
+    Ok(roots)
+}
+
+/// Rejects a weight file named `name` (by `by`: the index, or the folder's own file) that is
+/// not a plain relative path inside the model folder, or a symlink resolving outside it.
+fn check_inside(path: &Path, name: &str, roots: &[PathBuf], by: &Path) -> Result<(), ModelError> {
+    let plain = !name.is_empty()
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        return Err(ModelError::checkpoint(
+            by,
+            format!("names the weight file '{name}', which is not a file inside the model folder"),
+        ));
+    }
+    let real = path
+        .canonicalize()
+        .map_err(|e| ModelError::checkpoint(path, format!("cannot open: {e}")))?;
+    if !roots.iter().any(|r| real.starts_with(r)) {
+        return Err(ModelError::checkpoint(
+            path,
+            format!(
+                "resolves to {}, outside the model folder {}",
+                real.display(),
+                roots[0].display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Seeded random weights for a preset: linear and embedding weights uniform with std 0.02,

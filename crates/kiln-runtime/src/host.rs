@@ -1,9 +1,36 @@
-//! Host memory for the devices that run kernels on the CPU (the CPU backend, the CUDA
-//! emulator): 8-byte aligned, so kernels may read any dtype from it, and written by kernels
-//! through raw pointers while the executor holds shared references.
+//! For the devices that run kernels on the CPU (the CPU backend, the CUDA emulator): host
+//! memory, 8-byte aligned so kernels may read any dtype from it and written by kernels through
+//! raw pointers while the executor holds shared references; and shared objects loaded from an
+//! artifact's bytes.
 
+use kiln_compile::BackendError;
 use kiln_ir::Tensor;
 use std::ptr::NonNull;
+
+/// A shared object loaded from bytes (dlopen needs a file: it lives as long as the library).
+pub struct HostLibrary {
+    pub lib: libloading::Library,
+    _file: tempfile::TempPath,
+}
+
+impl HostLibrary {
+    /// Writes `artifact` to a temporary file and loads it.
+    pub fn open(artifact: &[u8]) -> Result<HostLibrary, BackendError> {
+        let mut f = tempfile::Builder::new()
+            .prefix("kiln-")
+            .suffix(".so")
+            .tempfile()
+            .map_err(|e| BackendError::io("cannot create a temporary file", e))?;
+        std::io::Write::write_all(&mut f, artifact)
+            .map_err(|e| BackendError::io("cannot write a temporary file", e))?;
+        let file = f.into_temp_path();
+        // SAFETY: the artifact is a shared object kiln compiled from its own source (or a cache
+        // entry whose checksum and key matched); its initialisers are the compiler's defaults.
+        let lib = unsafe { libloading::Library::new(&file) }
+            .map_err(|e| BackendError::Invalid(format!("not a loadable shared object: {e}")))?;
+        Ok(HostLibrary { lib, _file: file })
+    }
+}
 
 /// A zero-initialised, 8-byte aligned allocation.
 pub struct HostBuffer {
@@ -59,6 +86,13 @@ impl HostBuffer {
     /// The start of the buffer, for kernels to read and write.
     pub fn as_mut_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr() as *mut u8
+    }
+
+    /// A copy of the first `n` bytes, once no kernel is writing (host launches are
+    /// synchronous, so a device's `download` can call it right away).
+    pub fn read(&self, n: usize) -> Vec<u8> {
+        // SAFETY: callers download between launches; nothing else writes the buffer.
+        unsafe { self.bytes(n) }.to_vec()
     }
 
     /// The first `n` bytes.

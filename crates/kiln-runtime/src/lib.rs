@@ -18,5 +18,5 @@ mod target;
 pub use device::Device;
 pub use error::{Cause, RunError};
 pub use executor::{Executable, Executor, RunStats};
-pub use host::HostBuffer;
+pub use host::{HostBuffer, HostLibrary};
 pub use target::{LoadError, Loaded, Runtime, Target};

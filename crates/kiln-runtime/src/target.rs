@@ -3,7 +3,7 @@
 
 use crate::executor::{Executable, Executor};
 use crate::{Device, RunError};
-use kiln_compile::{compile, Backend, CompileError, CompileOptions, CompileReport};
+use kiln_compile::{compile, precompile, Backend, CompileError, CompileOptions, CompileReport};
 use kiln_ir::Graph;
 
 /// A backend that can also run what it compiles, on its [`Device`].
@@ -42,8 +42,9 @@ pub trait Target: Send + Sync {
     /// The backend's short name (`cpu`, `cuda`, ...), as in cache keys and reports.
     fn name(&self) -> &'static str;
 
-    /// Compiles every kernel of `graph` (through the cache) without running anything; works
-    /// without a device where the backend can (CUDA with an explicit arch).
+    /// Compiles every kernel of `graph` (through the caches) without running anything; works
+    /// without a device where the backend can (CUDA with an explicit arch). With
+    /// [`CompileOptions::shard`], only that shard's units, into the caches.
     fn compile(
         &self,
         graph: &Graph,
@@ -70,6 +71,9 @@ where
         graph: &Graph,
         opts: &CompileOptions<'_>,
     ) -> Result<CompileReport, CompileError> {
+        if opts.shard.is_some() {
+            return precompile(graph, self, opts);
+        }
         Ok(compile(graph, self, opts)?.report)
     }
 

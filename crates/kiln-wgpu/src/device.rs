@@ -287,7 +287,7 @@ impl Device for WgpuDevice {
             return Ok(());
         };
         // Storage bindings: each buffer whole when one binding holds it, else in slices.
-        let max_binding = limits.max_storage_buffer_binding_size as u64 / 4 * 4;
+        let max_binding = limits.max_storage_buffer_binding_size / 4 * 4;
         let mut ranges: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
         for (i, buf) in std::iter::once(out)
             .chain(inputs.iter().copied())

@@ -109,7 +109,7 @@ fn buffers_beyond_the_adapters_limits_are_clear_errors() {
     };
     // 2^31 elements = 8 GiB in one buffer: above wgpu's max_buffer_size (at most 2^31 - 1
     // bytes with lavapipe, and far above the binding size everywhere).
-    let e = run(exe.as_mut(), 1 << 16, 1 << 15).err().expect("8 GiB");
+    let e = run(exe.as_mut(), 1 << 16, 1 << 15).expect_err("8 GiB");
     let m = e.to_string();
     assert!(
         matches!(e, RunError::Unsupported(_))
@@ -118,16 +118,14 @@ fn buffers_beyond_the_adapters_limits_are_clear_errors() {
         "{m}"
     );
     // An output one binding cannot hold (lavapipe: 128 MiB), if the device allows such a buffer.
-    let binding = limits.max_storage_buffer_binding_size as u64;
+    let binding = limits.max_storage_buffer_binding_size;
     let n = (binding / 4 / 1024 + 1) as usize; // rows of 1024: just past one binding
     let bytes = (1024 * n * 4) as u64;
     if bytes > limits.max_buffer_size || bytes > b.memory_budget().unwrap_or(u64::MAX) / 2 {
         eprintln!("skipping the binding-size check: {bytes} bytes do not fit this device");
         return;
     }
-    let e = run(exe.as_mut(), 1024, n)
-        .err()
-        .expect("one binding too small");
+    let e = run(exe.as_mut(), 1024, n).expect_err("one binding too small");
     let m = e.to_string();
     assert!(
         matches!(e, RunError::Kernel { .. })
@@ -152,7 +150,7 @@ fn the_memory_budget_is_enforced() {
     let ok = inputs(&[("x", Tensor::zeros(DType::F32, &[1024]))]);
     exe.run(&ok).expect("8 KB fit in 1 MiB");
     let big = inputs(&[("x", Tensor::zeros(DType::F32, &[1 << 19]))]); // 2 MiB
-    let e = exe.run(&big).err().expect("over budget");
+    let e = exe.run(&big).expect_err("over budget");
     let m = e.to_string();
     assert!(
         matches!(e, RunError::OutOfMemory { .. }) && m.contains("needs 2.1 MB of"),
@@ -173,7 +171,7 @@ fn a_lost_device_is_an_error_not_a_panic() {
         .expect("lost")
         .to_string();
     assert!(e.contains("lost"), "{e}");
-    let e = dev.download(&buf, 4).err().expect("lost").to_string();
+    let e = dev.download(&buf, 4).expect_err("lost").to_string();
     assert!(e.contains("lost"), "{e}");
 }
 

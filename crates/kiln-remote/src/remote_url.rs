@@ -1,0 +1,303 @@
+//! `--remote-cache URL` / `KILN_REMOTE_CACHE`: the three forms, and redaction for messages.
+//!
+//! | form | meaning |
+//! | --- | --- |
+//! | `redis://[user[:password]@]host[:port][/db[/prefix]]` | a Redis server; port 6379, db 0, key prefix `kiln` by default |
+//! | `s3://bucket[/prefix]` | an S3 bucket or an S3-compatible store; endpoint, region and credentials from the standard AWS variables |
+//! | `file:///absolute/path` | a shared folder (NFS, a mounted volume) |
+//!
+//! Passwords never leave this module: [`RemoteUrl::shown`] (what every message uses) has them
+//! replaced by `***`, and S3 credentials are refused in the URL (they belong in the AWS
+//! variables, out of `ps` and shell history).
+
+use std::path::PathBuf;
+
+/// Which store, as parsed from the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    Redis {
+        /// `redis://[user:password@]host:port/db`, for the client (holds the password).
+        connect: String,
+        /// `host:port`.
+        address: String,
+        /// Key prefix, without leading or trailing `/`.
+        prefix: String,
+        password: Option<String>,
+    },
+    S3 {
+        bucket: String,
+        /// Object prefix, without leading or trailing `/` (may be empty).
+        prefix: String,
+    },
+    Fs {
+        root: PathBuf,
+    },
+}
+
+/// Shows no password: `connect` and `password` are written as `***` when they hold one.
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Redis {
+                address,
+                prefix,
+                password,
+                ..
+            } => f
+                .debug_struct("Redis")
+                .field("address", address)
+                .field("prefix", prefix)
+                .field("password", &password.as_ref().map(|_| "***"))
+                .finish_non_exhaustive(),
+            Location::S3 { bucket, prefix } => f
+                .debug_struct("S3")
+                .field("bucket", bucket)
+                .field("prefix", prefix)
+                .finish(),
+            Location::Fs { root } => f.debug_struct("Fs").field("root", root).finish(),
+        }
+    }
+}
+
+/// A parsed remote URL. Neither `Debug` nor `Display` shows a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteUrl {
+    pub location: Location,
+    shown: String,
+}
+
+impl std::fmt::Debug for RemoteUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteUrl({})", self.shown)
+    }
+}
+
+impl std::fmt::Display for RemoteUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl RemoteUrl {
+    /// The URL with any password replaced by `***`.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The secrets the URL holds, to scrub from error texts that might echo them.
+    pub fn secrets(&self) -> Vec<String> {
+        match &self.location {
+            Location::Redis {
+                password: Some(p), ..
+            } => vec![p.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<RemoteUrl, String> {
+        let raw = raw.trim();
+        // Never echo the raw text: it may hold a password.
+        let shown = redact(raw);
+        let bad = |why: &str| format!("invalid remote cache URL {shown}: {why}");
+        let u = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+        let location = match u.scheme() {
+            "redis" => {
+                let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
+                let port = u.port().unwrap_or(6379);
+                let mut segments = u
+                    .path_segments()
+                    .map(|s| s.filter(|s| !s.is_empty()).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter();
+                let db: u32 = match segments.next() {
+                    None => 0,
+                    Some(d) => d
+                        .parse()
+                        .map_err(|_| bad("the first path segment must be the database number"))?,
+                };
+                let rest: Vec<&str> = segments.collect();
+                let prefix = if rest.is_empty() {
+                    "kiln".to_string()
+                } else {
+                    rest.join("/")
+                };
+                let password = u
+                    .password()
+                    .map(percent_decode)
+                    .filter(|p| !p.is_empty())
+                    .or_else(|| std::env::var("KILN_REDIS_PASSWORD").ok().filter(|p| !p.is_empty()));
+                let mut connect = u.clone();
+                connect.set_path(&format!("/{db}"));
+                connect.set_query(None);
+                connect.set_fragment(None);
+                if let Some(p) = &password {
+                    connect
+                        .set_password(Some(p))
+                        .map_err(|_| bad("cannot set the password"))?;
+                }
+                Location::Redis {
+                    connect: connect.to_string(),
+                    address: format!("{host}:{port}"),
+                    prefix,
+                    password,
+                }
+            }
+            "rediss" => {
+                return Err(bad(
+                    "Redis over TLS is not supported yet; use redis:// (through a TLS tunnel such as stunnel if the server requires TLS)",
+                ))
+            }
+            "s3" => {
+                if u.password().is_some() || !u.username().is_empty() {
+                    return Err(bad(
+                        "put no credentials in an s3:// URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                    ));
+                }
+                let bucket = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no bucket"))?;
+                Location::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: u.path().trim_matches('/').to_string(),
+                }
+            }
+            "file" => {
+                let root = u
+                    .to_file_path()
+                    .map_err(|_| bad("expected file:///absolute/path"))?;
+                Location::Fs { root }
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unsupported scheme `{other}` (use redis://, s3:// or file://)"
+                )))
+            }
+        };
+        Ok(RemoteUrl { location, shown })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = if b[i] == b'%' {
+            b.get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        } else {
+            None
+        };
+        match hex {
+            Some(v) => {
+                out.push(v);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `scheme://user:password@host...` with the password replaced by `***`; works on text that
+/// does not parse as a URL, so it is safe on anything a user typed.
+pub fn redact(raw: &str) -> String {
+    let Some(scheme_end) = raw.find("://") else {
+        return raw.to_string();
+    };
+    let start = scheme_end + 3;
+    let rest = &raw[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else {
+        return raw.to_string();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        // `redis://secret@host`: Redis reads a lone user part as the password.
+        None => "***".to_string(),
+    };
+    format!("{}{user}@{}", &raw[..start], &rest[at + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_forms() {
+        let u = RemoteUrl::parse("redis://127.0.0.1:7000/3").unwrap();
+        assert_eq!(
+            u.location,
+            Location::Redis {
+                connect: "redis://127.0.0.1:7000/3".into(),
+                address: "127.0.0.1:7000".into(),
+                prefix: "kiln".into(),
+                password: None,
+            }
+        );
+        let u = RemoteUrl::parse("redis://cache.example").unwrap();
+        assert!(
+            matches!(&u.location, Location::Redis { connect, address, .. }
+            if connect == "redis://cache.example/0" && address == "cache.example:6379")
+        );
+        let u = RemoteUrl::parse("redis://bob:s%40cret@h:1/2/team/a").unwrap();
+        match &u.location {
+            Location::Redis {
+                prefix, password, ..
+            } => {
+                assert_eq!(prefix, "team/a");
+                assert_eq!(password.as_deref(), Some("s@cret"));
+            }
+            _ => panic!("{u:?}"),
+        }
+        assert_eq!(u.shown(), "redis://bob:***@h:1/2/team/a");
+        assert!(!format!("{u:?} {u}").contains("cret"));
+        let e = RemoteUrl::parse("redis://u:hunter2@h/notanumber").unwrap_err();
+        assert!(
+            e.contains("database number") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = RemoteUrl::parse("rediss://u:hunter2@h").unwrap_err();
+        assert!(e.contains("TLS") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn s3_and_file_forms() {
+        let u = RemoteUrl::parse("s3://bkt/some/prefix/").unwrap();
+        assert_eq!(
+            u.location,
+            Location::S3 {
+                bucket: "bkt".into(),
+                prefix: "some/prefix".into()
+            }
+        );
+        let e = RemoteUrl::parse("s3://AKIA:topsecret@bkt/p").unwrap_err();
+        assert!(
+            e.contains("AWS_ACCESS_KEY_ID") && !e.contains("topsecret"),
+            "{e}"
+        );
+        let u = RemoteUrl::parse("file:///mnt/shared/kiln").unwrap();
+        assert_eq!(
+            u.location,
+            Location::Fs {
+                root: "/mnt/shared/kiln".into()
+            }
+        );
+        for bad in ["gs://x", "/plain/path", "s3://", "file://host/relative"] {
+            assert!(RemoteUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redact("redis://pw@h"), "redis://***@h");
+        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact("not a url :pw@"), "not a url :pw@");
+        let e = RemoteUrl::parse("redis://u:hunter2@[bad").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}
