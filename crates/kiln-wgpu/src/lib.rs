@@ -104,11 +104,27 @@ impl WgpuModule {
 fn point_driver_cache(dir: &Path) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if std::env::var_os("MESA_SHADER_CACHE_DIR").is_none() {
+        // Mesa makes only the last folder of its cache path (`mesa_shader_cache`) and turns
+        // its cache off when the parent is missing, so the folder is made here.
+        if std::env::var_os("MESA_SHADER_CACHE_DIR").is_none() && made_dir(dir) {
             // Before any wgpu instance exists; the CLI calls this while it is single-threaded.
             std::env::set_var("MESA_SHADER_CACHE_DIR", dir);
         }
     });
+}
+
+/// Makes `dir` (and its parents); false, with a warning, where it cannot be made.
+fn made_dir(dir: &Path) -> bool {
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "cannot make the driver's shader cache folder {}: {e}; the driver keeps its default",
+                dir.display()
+            );
+            false
+        }
+    }
 }
 
 /// `KILN_WGPU_MEMORY_MB`, else for a CPU adapter 90% of `MemAvailable`.
