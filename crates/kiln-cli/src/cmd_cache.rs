@@ -40,7 +40,6 @@ fn limit(cache: &KernelCache) -> String {
         .map_or_else(|| "no limit".into(), |b| format!("limit {}", mb(b)))
 }
 
-
 #[derive(clap::Args)]
 pub struct SyncArgs {
     /// The remote cache: redis://host:port/db, s3://bucket/prefix or file:///shared/path.

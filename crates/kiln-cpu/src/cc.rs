@@ -156,7 +156,9 @@ impl CCompiler {
     /// [`FLAGS`] with `-march=native` replaced by the flags it means on this machine, as the
     /// real compiler reports them (gcc); unchanged where the compiler does not report them.
     pub fn compile_flags(&self) -> Vec<String> {
-        let native = self.native.get_or_init(|| native_flags(&self.real(), self.timeout));
+        let native = self
+            .native
+            .get_or_init(|| native_flags(&self.real(), self.timeout));
         FLAGS
             .iter()
             .flat_map(|&f| match (f, native) {
@@ -214,7 +216,8 @@ impl CCompiler {
 /// not say (clang prints another format): then `-march=native` stays as it is.
 fn native_flags(real: &[String], timeout: Duration) -> Option<Vec<String>> {
     let mut cmd = Command::new(&real[0]);
-    cmd.args(&real[1..]).args(["-march=native", "-E", "-v", "-"]);
+    cmd.args(&real[1..])
+        .args(["-march=native", "-E", "-v", "-"]);
     let out = process::run(&mut cmd, timeout).ok()?;
     let text = String::from_utf8_lossy(&out.stderr);
     let line = text

@@ -39,7 +39,11 @@ fn a_hanging_cxx_is_killed_at_the_time_limit() {
     )
     .err()
     .expect("must fail");
-    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
     let CompileError::Kernels(fails) = &err else {
         panic!("{err}")
     };
@@ -53,5 +57,8 @@ fn a_hanging_cxx_is_killed_at_the_time_limit() {
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
     let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-    assert!(stat.is_empty() || state.starts_with('Z'), "the compiler still runs: {stat}");
+    assert!(
+        stat.is_empty() || state.starts_with('Z'),
+        "the compiler still runs: {stat}"
+    );
 }
