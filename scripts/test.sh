@@ -122,4 +122,4 @@ unset KILN_REMOTE_CACHE
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --release
+cargo test --workspace --release --no-fail-fast

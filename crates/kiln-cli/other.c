@@ -1,0 +1,1 @@
+int kiln_not_a_kernel;
