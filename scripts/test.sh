@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, then every test in the workspace.
 # Installs what the tests need that a fresh machine may lack: C and C++ compilers (CPU backend,
-# CUDA emulator), NVRTC 13 and 12 from NVIDIA's wheels in a local virtualenv (CUDA tests), and
+# CUDA emulator), NVRTC 13 and 12 from NVIDIA's wheels in a local virtualenv (CUDA tests),
+# Mesa's lavapipe with the Vulkan loader (the wgpu tests run on it), and
 # the servers of the remote-cache tests (redis-server, moto's S3 server, distccd), which it
 # starts for the run and stops afterwards.
 set -euo pipefail
@@ -35,6 +36,25 @@ nvidia="$("$venv/bin/python" -c 'import nvidia; print(list(nvidia.__path__)[0])'
 export KILN_NVRTC_LIB="$nvidia/cu13/lib/libnvrtc.so.13"
 export KILN_NVRTC12_LIB="$nvidia/cuda_nvrtc/lib/libnvrtc.so.12"
 
+# lavapipe: Mesa's Vulkan driver on the CPU, so the wgpu backend's tests run without a GPU.
+arch="$(uname -m)"
+lavapipe="/usr/share/vulkan/icd.d/lvp_icd.$arch.json"
+if [ ! -f "$lavapipe" ] || ! ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1 ' >/dev/null; then
+  echo "installing Mesa's lavapipe and the Vulkan loader (mesa-vulkan-drivers, libvulkan1) for the wgpu tests" >&2
+  as_root apt-get update -qq && as_root apt-get install -y -qq mesa-vulkan-drivers libvulkan1
+fi
+# Only lavapipe (not whatever GPU driver the machine has), through Vulkan; the tests assert
+# that the adapter is a Vulkan one and fail, not skip, without it (KILN_REQUIRE_WGPU).
+export VK_DRIVER_FILES="$lavapipe"
+export WGPU_BACKEND=vulkan
+export KILN_REQUIRE_WGPU=1
+# The Vulkan loader wants a private runtime dir (a harmless warning otherwise).
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+  XDG_RUNTIME_DIR="$(mktemp -d)"
+  export XDG_RUNTIME_DIR
+fi
+# Mesa's shader cache, kept with the build, not in the user's ~/.cache.
+export MESA_SHADER_CACHE_DIR="${CARGO_TARGET_DIR:-$PWD/target}/mesa-shader-cache"
 # Servers for the remote-cache and distcc tests, real ones on loopback: redis-server and distccd
 # (Debian packages), moto's S3 server (PyPI, in a local virtualenv). Started on free ports for
 # this run, named to the tests by KILN_TEST_* (and the standard AWS_* variables for S3), and
@@ -102,4 +122,4 @@ unset KILN_REMOTE_CACHE
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --release
+cargo test --workspace --release --no-fail-fast

@@ -15,15 +15,20 @@ pub enum BackendKind {
     Cpu,
     /// CUDA C per kernel, NVRTC to CUBIN, an NVIDIA GPU.
     Cuda,
+    /// WGSL per kernel, validated by naga, through wgpu on Vulkan, Metal or DX12 (Mesa's
+    /// lavapipe on a machine without a GPU).
+    Wgpu,
 }
 
 impl BackendKind {
-    pub const ALL: &'static [BackendKind] = &[BackendKind::Cpu, BackendKind::Cuda];
+    pub const ALL: &'static [BackendKind] =
+        &[BackendKind::Cpu, BackendKind::Cuda, BackendKind::Wgpu];
 
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Cpu => "cpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::Wgpu => "wgpu",
         }
     }
 }
@@ -56,10 +61,15 @@ pub struct BackendOptions {
     pub run_threads: usize,
     /// CUDA: the target architecture (e.g. `sm_90`); default: the device's.
     pub arch: Option<String>,
-    /// Open for compiling only: CUDA then needs no GPU (but an `arch`).
+    /// Open for compiling only: CUDA then needs no GPU (but an `arch`); wgpu needs no
+    /// adapter (naga validates; with an adapter its driver compiles too).
     pub compile_only: bool,
+    /// wgpu: the directory of the driver's shader cache (Mesa's), normally inside kiln's
+    /// kernel cache directory; None leaves the driver's default.
+    pub driver_cache: Option<std::path::PathBuf>,
     /// How long one external compiler invocation (the C compiler) may take before it is
-    /// killed. NVRTC runs in-process and has no limit.
+    /// killed. NVRTC and wgpu (naga and the Vulkan/Metal/DX12 driver's compiler) run
+    /// in-process and have no limit.
     pub compile_timeout: std::time::Duration,
 }
 
@@ -69,6 +79,7 @@ impl Default for BackendOptions {
             run_threads: kiln_compile::default_threads(),
             arch: None,
             compile_only: false,
+            driver_cache: None,
             compile_timeout: kiln_compile::default_compile_timeout(),
         }
     }
@@ -76,19 +87,17 @@ impl Default for BackendOptions {
 
 /// Opens backend `kind`.
 pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Target>, BackendError> {
+    if opts.arch.is_some() && kind != BackendKind::Cuda {
+        return Err(BackendError::Unavailable(
+            "--arch applies to the cuda backend only".into(),
+        ));
+    }
     match kind {
-        BackendKind::Cpu => {
-            if opts.arch.is_some() {
-                return Err(BackendError::Unavailable(
-                    "--arch applies to the cuda backend only".into(),
-                ));
-            }
-            Ok(Box::new(
-                kiln_cpu::CpuBackend::default()
-                    .with_run_threads(opts.run_threads)
-                    .with_compile_timeout(opts.compile_timeout),
-            ))
-        }
+        BackendKind::Cpu => Ok(Box::new(
+            kiln_cpu::CpuBackend::default()
+                .with_run_threads(opts.run_threads)
+                .with_compile_timeout(opts.compile_timeout),
+        )),
         BackendKind::Cuda => {
             if kiln_cuda::cuda_device_present() {
                 return Ok(Box::new(kiln_cuda::CudaBackend::for_device(
@@ -109,6 +118,13 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Target>,
                 )),
             }
         }
+        BackendKind::Wgpu => Ok(Box::new(kiln_wgpu::WgpuBackend::open(
+            &kiln_wgpu::WgpuOptions {
+                compile_only: opts.compile_only,
+                driver_cache: opts.driver_cache.clone(),
+                memory_budget: None,
+            },
+        )?)),
     }
 }
 
@@ -116,4 +132,23 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Target>,
 /// (`kiln_cpu::probe`): what `kiln bench decode` measures prefill against.
 pub fn cpu_fma_peak(threads: usize) -> Result<(f64, usize), BackendError> {
     kiln_cpu::probe::fma_peak(&kiln_cpu::CCompiler::from_env(), threads, 25)
+}
+
+/// Shader text `kiln compile --emit` writes.
+pub use kiln_wgpu::ShaderFormat;
+
+/// Writes the wgpu backend's Metal Shading Language or SPIR-V for every distinct kernel of
+/// `graph` into `dir` (naga's output, checked to hold each entry point); returns the paths.
+/// Needs no adapter: kernels are validated by naga only.
+pub fn emit_shaders(
+    graph: &kiln_ir::Graph,
+    opts: &kiln_compile::CompileOptions<'_>,
+    format: ShaderFormat,
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, kiln_compile::CompileError> {
+    let backend = kiln_wgpu::WgpuBackend::validate_only();
+    let compiled = kiln_compile::compile(graph, &backend, opts)?;
+    let sources: Vec<&kiln_compile::KernelSource> =
+        compiled.kernels.iter().map(|k| &k.source).collect();
+    Ok(kiln_wgpu::emit(&sources, format, dir)?)
 }

@@ -61,7 +61,7 @@ pub struct DecodeBench {
     /// Compile and run threads (1 to 1024; kernels run on at most one per core).
     #[arg(long, value_parser = crate::parse_threads)]
     threads: Option<usize>,
-    /// cpu, or cuda (GPU 0; the bound is then the GPU's copy bandwidth).
+    /// cpu, cuda (GPU 0) or wgpu (the bound is then the device's copy bandwidth).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
     /// Matrix weights in f32 or bf16 (default: the model's own).
@@ -526,6 +526,7 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         a.backend,
         &BackendOptions {
             run_threads: threads.min(cores()),
+            driver_cache: crate::driver_cache(false),
             ..Default::default()
         },
     )?;

@@ -2,8 +2,10 @@ use crate::progress::{open_cache, print_report, Progress};
 use crate::CompileFlags;
 use anyhow::Context;
 use clap::Args;
+use kiln_backends::{BackendKind, ShaderFormat};
 use kiln_compile::{CompileOptions, CompileReport};
 use kiln_models::{build_graph, GraphOptions, ModelSource};
+use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
 pub struct CompileArgs {
@@ -35,6 +37,25 @@ pub struct CompileArgs {
     /// build every unit once.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<kiln_compile::Shard>,
+    /// With `--backend wgpu`: also write naga's Metal Shading Language (`msl`) or SPIR-V (`spv`)
+    /// of every distinct kernel into DIR, one file per kernel.
+    #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
+    pub emit: Option<Vec<String>>,
+}
+
+/// `--emit FORMAT DIR`, checked.
+fn emit_args(a: &CompileArgs) -> anyhow::Result<Option<(ShaderFormat, PathBuf)>> {
+    let Some(v) = &a.emit else { return Ok(None) };
+    anyhow::ensure!(
+        a.flags.backend == BackendKind::Wgpu,
+        "--emit applies to --backend wgpu only"
+    );
+    let format = match v[0].as_str() {
+        "msl" => ShaderFormat::Msl,
+        "spv" => ShaderFormat::Spv,
+        other => anyhow::bail!("--emit {other}: expected msl or spv"),
+    };
+    Ok(Some((format, PathBuf::from(&v[1]))))
 }
 
 /// Compiles the model's graph and returns the report.
@@ -45,6 +66,7 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
         anyhow::ensure!(l > 0, "--layers must be at least 1");
         config.num_layers = l;
     }
+    let emit = emit_args(a)?;
     let target = a.flags.open(a.arch.as_deref(), true)?;
     let graph = build_graph(&config, GraphOptions::default())?;
     let remote = crate::remote::open(&a.flags)?;
@@ -62,6 +84,16 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
     let report = target
         .compile(&graph, &opts)
         .with_context(|| format!("compiling {} for {}", source.name(), target.name()))?;
+    if let Some((format, dir)) = emit {
+        let paths = kiln_backends::emit_shaders(&graph, &opts, format, &dir)
+            .with_context(|| format!("writing {format:?} to {}", dir.display()))?;
+        eprintln!(
+            "wrote {} {} files to {}",
+            paths.len(),
+            format.extension(),
+            dir.display()
+        );
+    }
     Ok(report)
 }
 

@@ -54,10 +54,12 @@ pub struct CompileFlags {
     pub threads: Option<usize>,
     /// Time limit of one compiler invocation, in seconds; past it the compiler (its whole
     /// process group) is killed and the compile fails naming the kernels. Applies to external
-    /// compilers (the C compiler), not to NVRTC, which runs inside kiln.
+    /// compilers (the C compiler), not to NVRTC or wgpu (naga and the driver), which run inside
+    /// kiln.
     #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub compile_timeout: u64,
-    /// Where kernels run: cpu (system C compiler) or cuda (NVRTC, NVIDIA GPU).
+    /// Where kernels run: cpu (system C compiler), cuda (NVRTC, NVIDIA GPU) or wgpu (WGSL on
+    /// Vulkan, Metal or DX12; pick the adapter with KILN_WGPU_ADAPTER and WGPU_BACKEND).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// Bypass the kernel caches (local and remote).
@@ -103,6 +105,7 @@ impl CompileFlags {
             run_threads: self.threads().min(kiln_compile::cores()),
             arch: arch.map(String::from),
             compile_only,
+            driver_cache: driver_cache(self.no_cache),
             compile_timeout: self.compile_timeout(),
         };
         Ok(kiln_backends::open(self.backend, &opts)?)
@@ -111,6 +114,17 @@ impl CompileFlags {
     pub fn compile_timeout(&self) -> Duration {
         Duration::from_secs(self.compile_timeout)
     }
+}
+
+/// The directory of the wgpu driver's shader cache: inside kiln's kernel cache, unless
+/// `--no-cache` (then the driver's default).
+pub fn driver_cache(no_cache: bool) -> Option<PathBuf> {
+    if no_cache {
+        return None;
+    }
+    kiln_compile::KernelCache::open(kiln_compile::KernelCache::default_dir())
+        .ok()
+        .map(|c| c.driver_dir("wgpu"))
 }
 
 /// An error and its causes, each cause shown unless the message already says it.

@@ -9,6 +9,9 @@ fn kiln(args: &[&str], cache: &Path) -> Output {
         .args(args)
         .env("KILN_CACHE_DIR", cache)
         .env_remove("KILN_COMPILE_THREADS")
+        // wgpu: the driver's shader cache then lives in KILN_CACHE_DIR, where kiln points it
+        // (scripts/test.sh points it into the build folder for the library tests).
+        .env_remove("MESA_SHADER_CACHE_DIR")
         .output()
         .expect("run kiln")
 }
@@ -451,4 +454,192 @@ fn cuda_compile_with_nvrtc_13_and_12() {
         assert!(compiler.contains("sm_80"), "{compiler}");
         assert_eq!(r["compiled"], r["kernels_unique"]);
     }
+}
+
+/// Whether a wgpu adapter is present (lavapipe in CI, where scripts/test.sh sets
+/// KILN_REQUIRE_WGPU and a missing one fails); says so once when it skips.
+fn wgpu_present() -> bool {
+    match kiln_backends::open(
+        kiln_backends::BackendKind::Wgpu,
+        &kiln_backends::BackendOptions::default(),
+    ) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var_os("KILN_REQUIRE_WGPU").is_none(),
+                "KILN_REQUIRE_WGPU is set but wgpu has no adapter: {e}"
+            );
+            eprintln!("skipping the wgpu CLI checks: {e}");
+            false
+        }
+    }
+}
+
+/// `--backend wgpu` through the binary: a fixture's greedy tokens; naga's MSL and SPIR-V for
+/// every distinct kernel with `compile --emit`; `bench compile` and `bench decode` write
+/// their JSON.
+#[test]
+fn wgpu_backend_runs_compiles_emits_and_benches() {
+    if !wgpu_present() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let dir = fixtures().join("tiny-qwen3");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
+            .unwrap();
+    let ids: Vec<String> = reference["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let model = dir.to_str().unwrap();
+    let r = json(&kiln(
+        &[
+            "run",
+            "--backend",
+            "wgpu",
+            "--model",
+            model,
+            "--prompt-ids",
+            &ids.join(","),
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--json",
+        ],
+        cache.path(),
+    ));
+    assert_eq!(r["generated_ids"], reference["greedy_ids"]);
+    assert!(
+        cache.path().join("driver/wgpu").is_dir(),
+        "the driver's shader cache lives in kiln's cache dir"
+    );
+
+    for (format, ext) in [("msl", "metal"), ("spv", "spv")] {
+        let out_dir = cache.path().join(format);
+        let r = json(&kiln(
+            &[
+                "compile",
+                "--backend",
+                "wgpu",
+                "--model",
+                model,
+                "--json",
+                "--emit",
+                format,
+                out_dir.to_str().unwrap(),
+            ],
+            cache.path(),
+        ));
+        assert!(r["compiler"].as_str().unwrap().starts_with("wgpu"), "{r}");
+        let files: Vec<_> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len() as u64, r["kernels_unique"].as_u64().unwrap());
+        assert!(files.iter().all(|p| p.extension().unwrap() == ext));
+    }
+    let out = kiln(
+        &["compile", "--model", model, "--emit", "msl", "x"],
+        cache.path(),
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("--backend wgpu"), "{e}");
+
+    let bench = cache.path().join("bench");
+    let b = bench.to_str().unwrap();
+    let out = kiln(
+        &[
+            "bench",
+            "compile",
+            "--model",
+            model,
+            "--backend",
+            "wgpu",
+            "--threads",
+            "1,2",
+            "--repeat",
+            "1",
+            "--out",
+            b,
+        ],
+        cache.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(bench.join("compile.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["backend"], "wgpu");
+    assert_eq!(doc["configs"].as_array().unwrap().len(), 2);
+    let out = kiln(
+        &[
+            "bench",
+            "decode",
+            "--model",
+            model,
+            "--backend",
+            "wgpu",
+            "--prompt-len",
+            "4",
+            "--tokens",
+            "4",
+            "--out",
+            b,
+        ],
+        cache.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(bench.join("decode.json")).unwrap()).unwrap();
+    assert_eq!(doc["backend"], "wgpu");
+    assert!(doc["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+/// Without any adapter (the Vulkan loader pointed at a driver file that does not exist),
+/// running on wgpu is a clear error, not a panic; compiling still works (naga alone).
+#[test]
+fn wgpu_without_an_adapter_is_a_clear_error() {
+    let cache = tempfile::tempdir().unwrap();
+    let model = fixtures().join("tiny-qwen3");
+    let kiln_without_adapter = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env("KILN_CACHE_DIR", cache.path())
+            .env("VK_DRIVER_FILES", "/nonexistent/kiln_icd.json")
+            .env("VK_ICD_FILENAMES", "/nonexistent/kiln_icd.json")
+            .env("WGPU_BACKEND", "vulkan")
+            .output()
+            .unwrap()
+    };
+    let m = model.to_str().unwrap();
+    let out = kiln_without_adapter(&[
+        "run",
+        "--backend",
+        "wgpu",
+        "--model",
+        m,
+        "--prompt-ids",
+        "1,2,3",
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("no wgpu adapter found")
+            && e.contains("VK_DRIVER_FILES")
+            && !e.contains("panicked"),
+        "{e}"
+    );
+    let out = kiln_without_adapter(&["compile", "--backend", "wgpu", "--model", m, "--json"]);
+    let r = json(&out);
+    assert_eq!(r["compiled"], r["kernels_unique"]);
 }

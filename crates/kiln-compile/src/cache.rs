@@ -169,6 +169,13 @@ impl KernelCache {
         &self.root
     }
 
+    /// Where `backend`'s device driver keeps its own compiled shaders (Mesa's shader cache for
+    /// wgpu): `<dir>/driver/<backend>`, so that a cold kernel cache is a cold driver cache and
+    /// [`KernelCache::clear`] empties both.
+    pub fn driver_dir(&self, backend: &str) -> PathBuf {
+        self.root.join("driver").join(backend)
+    }
+
     /// Whether the folder could not be written when it was opened: hits are served, new
     /// entries are not stored.
     pub fn is_read_only(&self) -> bool {
@@ -382,8 +389,8 @@ impl KernelCache {
         bad
     }
 
-    /// Removes every entry and temp file, and the folders they leave empty; anything else in
-    /// the folder stays. Returns how many entries were removed.
+    /// Removes every entry and temp file, and the folders they leave empty, and the drivers'
+    /// shader caches; anything else in the folder stays. Returns how many entries were removed.
     pub fn clear(&self) -> std::io::Result<u64> {
         let mut n = 0;
         for f in self.files() {
@@ -406,6 +413,16 @@ impl KernelCache {
             let _ = fs::remove_dir(backend);
         }
         let _ = fs::remove_dir(self.versioned());
+        // The drivers' own shader caches (see [`KernelCache::driver_dir`]) are kiln's too.
+        let drivers = self.root.join("driver");
+        if drivers.is_dir() {
+            fs::remove_dir_all(&drivers).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot remove {}: {e}", drivers.display()),
+                )
+            })?;
+        }
         Ok(n)
     }
 

@@ -226,8 +226,10 @@ impl CCompiler {
 /// not say (clang prints another format): then `-march=native` stays as it is.
 fn native_flags(real: &[String], timeout: Duration) -> Option<Vec<String>> {
     let mut cmd = Command::new(&real[0]);
+    // Run where it can write nothing of the user's (a wrapper script need not be a real gcc).
     cmd.args(&real[1..])
-        .args(["-march=native", "-E", "-v", "-"]);
+        .args(["-march=native", "-E", "-v", "-"])
+        .current_dir(std::env::temp_dir());
     let out = process::run(&mut cmd, timeout).ok()?;
     let text = String::from_utf8_lossy(&out.stderr);
     let line = text

@@ -1,7 +1,62 @@
-//! Random graphs for property tests of backends against the interpreter (used by the CPU and
-//! CUDA backends' tests). Deterministic given the op codes, so proptest can shrink them.
+//! What the backends' tests share: random graphs for property tests against the interpreter
+//! (deterministic given the op codes, so proptest can shrink them), deterministic values, and
+//! the comparison of a backend's outputs with the interpreter's.
 
-use crate::{DType, Expr, Graph, IrError, NodeId};
+use crate::{Bindings, DType, Expr, Graph, IrError, NodeId, Tensor};
+use std::collections::HashMap;
+
+/// Deterministic pseudo-random values in [-1, 1) (xorshift from `seed`).
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Named tensors as a run's inputs.
+pub fn inputs(pairs: &[(&str, Tensor)]) -> HashMap<String, Tensor> {
+    pairs
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect()
+}
+
+/// Panics unless |got - want| <= atol + rtol * |want| everywhere (NaNs and infinities equal
+/// where both are), naming the tensor and the first element that is off.
+pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{name}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{name}: dtype");
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let same = (a.is_nan() && b.is_nan()) || a == b;
+        assert!(
+            same || (a - b).abs() <= atol + rtol * b.abs(),
+            "{name}[{i}]: got {a}, want {b} (atol {atol}, rtol {rtol})"
+        );
+    }
+}
+
+/// Compares a backend's outputs of `g` on `ins` with the interpreter's, output by output.
+pub fn assert_matches_interpreter(
+    got: &HashMap<String, Tensor>,
+    g: &Graph,
+    ins: &HashMap<String, Tensor>,
+    atol: f64,
+    rtol: f64,
+) {
+    let want = crate::interpret(g, ins, &Bindings::new()).expect("interpreter");
+    for (name, w) in &want {
+        assert_close(name, &got[name], w, atol, rtol);
+    }
+}
 
 /// A graph over inputs `x`, `y` of shape [a, b] (symbols), built by applying `ops`; its one
 /// output is `out`. Elementwise, reduction, matmul, view, concat and select ops all occur.

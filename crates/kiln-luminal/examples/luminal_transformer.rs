@@ -16,6 +16,7 @@
 
 use kiln_backends::BackendKind;
 use kiln_compile::TraceRecorder;
+use kiln_ir::testing::values;
 use kiln_luminal::KilnCompiler;
 use luminal::nn::transformer::encoder::TransformerEncoder;
 use luminal::prelude::*;
@@ -45,22 +46,6 @@ enum Weights {
     Kept,
     Trusted,
     PerRun,
-}
-
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// Best of three forward passes, in ms; the last output.

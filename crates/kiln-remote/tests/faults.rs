@@ -83,7 +83,8 @@ fn config() -> Config {
         // Generous: the test machine is loaded; the fault tests measure their own bounds.
         connect_timeout: Duration::from_secs(10),
         op_timeout: Duration::from_secs(20),
-        ..Config::default()
+        // The S3 endpoint and credentials scripts/test.sh exported for its moto server.
+        ..Config::from_env().expect("the KILN_REMOTE_CACHE_* and AWS_* variables")
     }
 }
 

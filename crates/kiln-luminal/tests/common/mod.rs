@@ -6,21 +6,9 @@ use kiln_luminal::{KilnCompiler, KilnCompilerBuilder};
 use luminal::op::Function;
 use luminal::prelude::*;
 
-/// Deterministic values in [-1, 1).
-pub fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use kiln_ir::testing::values;
 
 /// Replaces the data a luminal `Function` (input or weight) node produces.
 pub fn set_node(cx: &mut Graph, id: NodeIndex, data: Vec<f32>) {

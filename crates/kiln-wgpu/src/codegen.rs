@@ -1,0 +1,567 @@
+//! WGSL for one kernel: the WGSL dialect ([`crate::dialect::Wgsl`]) and the shared kernel
+//! pieces of `kiln_render::parts`, laid out as workgroups. Canonical: the text depends only on
+//! the kernel's structure (never on the adapter, its limits or a thread count), so the artifact
+//! digest is the same everywhere.
+//!
+//! Every kernel is one self-contained WGSL module:
+//! - `@group(0) @binding(0)`: `var<uniform> P: Params`, bound with a dynamic offset into one
+//!   buffer of every launch's params: the kernel's symbols as `i32` in sorted order
+//!   ([`kiln_compile::Kernel::symbols`]), then `kiln_units`, then for a matmul
+//!   `kiln_gemv_rows` and `kiln_gemv_columns` (the device's choice of path, see
+//!   [`crate::plan::GemvPlan`]). All-zero
+//!   params mean no work, which is what a warm-up dispatch sends.
+//! - `@binding(1)`: the output, `read_write`. bf16, f16 and bool outputs are packed words
+//!   written with `atomicAnd`/`atomicOr`: two invocations storing the two halves of one word
+//!   then never race.
+//! - `@binding(2..)`: the inputs, `read`, in the kernel's input numbering; an input spans
+//!   [`KernelPlan::slices`] consecutive bindings (slices of [`SLICE_BYTES`] of one buffer).
+//! - Loads and stores go through `ld_<buf>(i)` / `st_out(i, v)`, defined here per buffer.
+//!
+//! Structure per kind ([`crate::plan`] has the launch grids):
+//! - elementwise: one invocation per output element, workgroups of [`ELEMENTWISE_WG`];
+//! - write (an in-place update of part of the output): one invocation per written element;
+//! - reduction: one workgroup of [`REDUCE_WG`] per output element; lanes stride the reduced
+//!   axis, then a tree in workgroup memory;
+//! - matmul: one [`TILE`] x [`TILE`] workgroup per output tile of one batch; with one row
+//!   (decode) a GEMV where each workgroup row owns a column and its lanes stride K, otherwise
+//!   tiles of A and B staged through workgroup memory.
+
+use crate::dialect::{Wgsl, PRELUDE};
+use crate::plan::{
+    Grid, KernelPlan, ELEMENTWISE_WG, REDUCE_WG, SLICE_BYTES, SLICE_WORDS_LOG2, TILE,
+};
+use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
+use kiln_ir::DType;
+use kiln_render::parts::{
+    element, push_lines, written_element, MatMul, MatOperand, Reduction, OUT,
+};
+use kiln_render::printer::input_name;
+use kiln_render::{Dialect, IndexOp, Printer};
+use std::fmt::Write;
+
+/// The first line of a kernel that cannot be compiled (its constant sizes overflow WGSL's
+/// i32 indices, or its kind is not rendered), followed by the reason; `compile` reports it
+/// instead of running naga.
+pub const CANNOT_COMPILE: &str = "// kiln-wgpu: cannot compile: ";
+
+/// The kernel's WGSL source, with [`NAME_PLACEHOLDER`] where its entry point's name goes.
+pub fn kernel_source(k: &Kernel) -> String {
+    if is_fused(k) {
+        // The backend opts out of fusion, so only a caller that bypasses `compile` gets here.
+        return format!(
+            "{CANNOT_COMPILE}the WGSL dialect does not render fused `{}` kernels\n",
+            k.label()
+        );
+    }
+    let plan = KernelPlan::of(k);
+    let d = &Wgsl;
+    let p = Printer::new(d);
+    let mut s = String::new();
+    if let Some(o) = plan.static_overflow() {
+        writeln!(
+            s,
+            "{CANNOT_COMPILE}{o}; this kernel's sizes do not fit WGSL's 32-bit indices"
+        )
+        .unwrap();
+    }
+    s.push_str(PRELUDE);
+    params(&plan, &mut s);
+    buffers(&plan, &mut s);
+    match &k.kind {
+        KernelKind::Elementwise { .. } => elementwise(&p, k, &plan, &mut s),
+        KernelKind::Write { shape, .. } => write(&p, k, shape, &plan, &mut s),
+        KernelKind::Reduce { .. } => reduce(&p, k, &plan, &mut s),
+        KernelKind::MatMul { .. } => matmul(&p, k, &plan, &mut s),
+        KernelKind::ReduceMap { .. } | KernelKind::Attention { .. } => unreachable!("is_fused"),
+    }
+    s
+}
+
+/// The kinds the fusion passes make, which this dialect does not render.
+fn is_fused(k: &Kernel) -> bool {
+    matches!(
+        k.kind,
+        KernelKind::ReduceMap { .. }
+            | KernelKind::Attention { .. }
+            | KernelKind::MatMul {
+                epilogue: Some(_),
+                ..
+            }
+    )
+}
+
+fn params(plan: &KernelPlan, s: &mut String) {
+    s.push_str("\nstruct Params {\n");
+    for sym in &plan.symbols {
+        writeln!(s, "    {}: i32,", Wgsl.sym_name(sym)).unwrap();
+    }
+    s.push_str("    kiln_units: i32,\n");
+    if matches!(plan.grid, Grid::MatMul { .. }) {
+        s.push_str("    kiln_gemv_rows: i32,\n    kiln_gemv_columns: i32,\n");
+    }
+    s.push_str("}\n@group(0) @binding(0) var<uniform> P: Params;\n");
+}
+
+/// Declarations of the output and inputs and their load/store functions.
+fn buffers(plan: &KernelPlan, s: &mut String) {
+    let mut binding = 1;
+    // The output: one binding; packed dtypes as atomic words.
+    let out = plan.dtypes[0];
+    let word = match out {
+        DType::F32 => "f32",
+        DType::I32 => "i32",
+        _ => "atomic<u32>",
+    };
+    writeln!(
+        s,
+        "@group(0) @binding({binding}) var<storage, read_write> {OUT}: array<{word}>;"
+    )
+    .unwrap();
+    binding += 1;
+    let ty = Wgsl.compute_type(out);
+    match out {
+        DType::F32 | DType::I32 => {
+            writeln!(s, "fn st_{OUT}(i: i32, v: {ty}) {{ {OUT}[i] = v; }}").unwrap()
+        }
+        _ => {
+            // (elements per word - 1, bits per element, the element's bits)
+            let (lanes, bits, value): (u32, u32, &str) = match out {
+                DType::BF16 => (1, 16, "kiln_f32_to_bf16(v)"),
+                DType::F16 => (1, 16, "kiln_f32_to_f16(v)"),
+                _ => (3, 8, "select(0u, 1u, v != 0i)"),
+            };
+            let shift = lanes.count_ones();
+            let mask = (1u32 << bits) - 1;
+            writeln!(s, "fn st_{OUT}(i: i32, v: {ty}) {{").unwrap();
+            writeln!(
+                s,
+                "    let sh = u32(i & {lanes}i) * {bits}u;\n    let w = i >> {shift}u;"
+            )
+            .unwrap();
+            writeln!(
+                s,
+                "    atomicAnd(&{OUT}[w], ~({mask:#x}u << sh));\n    atomicOr(&{OUT}[w], {value} << sh);\n}}"
+            )
+            .unwrap();
+        }
+    }
+    for (i, &dt) in plan.dtypes[1..].iter().enumerate() {
+        let name = input_name(i);
+        let word = Wgsl.storage_type(dt);
+        let slices = plan.slices[1 + i];
+        // `w_<name>(w)`: word w of the input.
+        if slices == 1 {
+            writeln!(
+                s,
+                "@group(0) @binding({binding}) var<storage, read> {name}: array<{word}>;\nfn w_{name}(w: i32) -> {word} {{ return {name}[w]; }}"
+            )
+            .unwrap();
+            binding += 1;
+        } else {
+            // Slices of SLICE_BYTES of one buffer: word w is word (w & mask) of slice w >> shift.
+            for j in 0..slices {
+                writeln!(
+                    s,
+                    "@group(0) @binding({binding}) var<storage, read> {name}_{j}: array<{word}>;"
+                )
+                .unwrap();
+                binding += 1;
+            }
+            let mask = (SLICE_BYTES / 4) - 1;
+            writeln!(s, "fn w_{name}(w: i32) -> {word} {{\n    let o = w & {mask}i;\n    switch (w >> {SLICE_WORDS_LOG2}u) {{").unwrap();
+            for j in 0..slices - 1 {
+                writeln!(s, "        case {j}i: {{ return {name}_{j}[o]; }}").unwrap();
+            }
+            writeln!(
+                s,
+                "        default: {{ return {name}_{}[o]; }}\n    }}\n}}",
+                slices - 1
+            )
+            .unwrap();
+        }
+        let at = |w: &str| format!("w_{name}({w})");
+        let ty = Wgsl.compute_type(dt);
+        let body = match dt {
+            DType::F32 | DType::I32 => format!("return {};", at("i")),
+            DType::BF16 => format!(
+                "let w = {};\n    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1i) == 1i));",
+                at("i >> 1u")
+            ),
+            DType::F16 => format!(
+                "let w = {};\n    return kiln_f16_to_f32((w >> (u32(i & 1i) * 16u)) & 0xffffu);",
+                at("i >> 1u")
+            ),
+            DType::Bool => format!(
+                "let w = {};\n    return i32((w >> (u32(i & 3i) * 8u)) & 0xffu);",
+                at("i >> 2u")
+            ),
+        };
+        writeln!(s, "fn ld_{name}(i: i32) -> {ty} {{\n    {body}\n}}").unwrap();
+    }
+}
+
+/// `let s_x: i32 = P.s_x;` for every symbol, inside the entry point.
+fn symbols(plan: &KernelPlan, s: &mut String) {
+    for sym in &plan.symbols {
+        let n = Wgsl.sym_name(sym);
+        writeln!(s, "    let {n}: i32 = P.{n};").unwrap();
+    }
+}
+
+/// The entry point of a kernel with one invocation per element (`kiln_i`, below the unit
+/// count), before its body.
+fn one_per_element(plan: &KernelPlan, s: &mut String) {
+    let wg = ELEMENTWISE_WG;
+    writeln!(s, "\n@compute @workgroup_size({wg})").unwrap();
+    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{").unwrap();
+    writeln!(
+        s,
+        "    let kiln_g = (kiln_wg.y * kiln_nwg.x + kiln_wg.x) * {wg}u + kiln_li;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    if (kiln_g >= u32(P.kiln_units)) {{ return; }}\n    let kiln_i = i32(kiln_g);"
+    )
+    .unwrap();
+    symbols(plan, s);
+}
+
+/// One invocation per output element.
+fn elementwise(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+    one_per_element(plan, s);
+    push_lines(s, "    ", p.unflatten(&k.out_shape, "kiln_i", None));
+    push_lines(s, "    ", element(p, k, "kiln_i"));
+    s.push_str("}\n");
+}
+
+/// An in-place update: one invocation per element of the written part; the rest of the output
+/// keeps what it holds (packed outputs too: their stores change only their own bits).
+fn write(p: &Printer, k: &Kernel, shape: &[kiln_ir::Expr], plan: &KernelPlan, s: &mut String) {
+    one_per_element(plan, s);
+    push_lines(s, "    ", p.unflatten(shape, "kiln_i", None));
+    push_lines(s, "    ", written_element(p, k));
+    s.push_str("}\n");
+}
+
+/// One workgroup per output element: lanes stride the reduced axis, then a tree.
+fn reduce(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+    let d = p.d;
+    let wg = REDUCE_WG;
+    let r = Reduction::of(p, k);
+    writeln!(s, "\nvar<workgroup> kiln_red: array<{}, {wg}>;", r.acc_type).unwrap();
+    writeln!(s, "@compute @workgroup_size({wg})").unwrap();
+    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{").unwrap();
+    // Uniform per workgroup, so the barriers below stay in uniform control flow.
+    writeln!(
+        s,
+        "    let kiln_o = i32(kiln_wg.y * kiln_nwg.x + kiln_wg.x);\n    if (kiln_o >= P.kiln_units) {{ return; }}"
+    )
+    .unwrap();
+    symbols(plan, s);
+    push_lines(s, "    ", p.unflatten(&k.out_shape, "kiln_o", Some(r.axis)));
+    writeln!(s, "    var acc: {} = {};", r.acc_type, r.init).unwrap();
+    let v = &r.var;
+    writeln!(
+        s,
+        "    for (var {v}: i32 = i32(kiln_li); {v} < {}; {v} = {v} + {wg}i) {{ acc = {}; }}",
+        r.len,
+        r.combine(d, "acc", &r.element)
+    )
+    .unwrap();
+    writeln!(s, "    kiln_red[kiln_li] = acc;\n    workgroupBarrier();").unwrap();
+    writeln!(
+        s,
+        "    for (var kiln_s = {}u; kiln_s > 0u; kiln_s = kiln_s >> 1u) {{",
+        wg / 2
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        if (kiln_li < kiln_s) {{ kiln_red[kiln_li] = {}; }}\n        workgroupBarrier();\n    }}",
+        r.combine(d, "kiln_red[kiln_li]", "kiln_red[kiln_li + kiln_s]")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    if (kiln_li == 0u) {{ {} }}\n}}",
+        r.store(d, "kiln_red[0]", "kiln_o")
+    )
+    .unwrap();
+}
+
+/// Element (row, col) of a matmul operand as f32: `ld(base + row * rs + col * cs)`.
+fn operand_at(d: &dyn Dialect, o: &MatOperand, base: &str, row: &str, col: &str) -> String {
+    let r = d.index_op(IndexOp::Mul, row, &o.row_stride);
+    let c = d.index_op(IndexOp::Mul, col, &o.col_stride);
+    let at = d.index_op(IndexOp::Add, base, &d.index_op(IndexOp::Add, &r, &c));
+    let v = d.load(o.dtype, &o.buf, &at);
+    if o.dtype.is_float() {
+        v
+    } else {
+        format!("f32({v})")
+    }
+}
+
+/// Columns one invocation computes on the CPU-style GEMV path: each activation it loads
+/// serves this many weight rows.
+pub const GEMV_COLS: i32 = 4;
+/// Invocations of a workgroup that work on the CPU-style GEMV path; the workgroup covers
+/// `GEMV_COLS * GEMV_INVOCATIONS` columns.
+pub const GEMV_INVOCATIONS: i32 = 64;
+
+/// The column stride of B (in elements) when a GEMV can read B two elements per 32-bit word:
+/// B is bf16 with k contiguous (a weight `[N, K]` seen transposed), and every row starts on a
+/// word (offset, batch strides and row stride even) and ends on one (K even).
+pub fn packed_gemv(k: &Kernel) -> Option<i64> {
+    let KernelKind::MatMul {
+        batch, k: kk, a, b, ..
+    } = &k.kind
+    else {
+        return None;
+    };
+    let even = |e: &kiln_ir::Expr| e.as_const().is_some_and(|c| c % 2 == 0);
+    let batch_even = batch
+        .iter()
+        .zip(&b.batch_strides)
+        .all(|(d, st)| d.is_const(1) || even(st));
+    let ok = b.dtype == DType::BF16
+        && a.dtype == DType::F32
+        && b.row_stride.is_const(1)
+        && even(&b.col_stride)
+        && even(&b.offset)
+        && even(kk)
+        && batch_even;
+    ok.then(|| b.col_stride.as_const().expect("constant"))
+}
+
+/// The GPU-style GEMV of row `row` of A: each workgroup row (`ty`) owns one output column, its
+/// TILE lanes (`tx`) stride K (consecutive lanes, consecutive addresses for a `[N, K]` weight),
+/// and the partial sums are added in workgroup memory.
+fn gemv_lanes(
+    d: &dyn Dialect,
+    a: &MatOperand,
+    b: &MatOperand,
+    store: &dyn Fn(&str, &str) -> String,
+    s: &mut String,
+) {
+    let t = TILE;
+    writeln!(
+        s,
+        "        let col = i32(kiln_wg.x) * {t}i + ty;\n        var acc = 0.0f;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        if (col < N) {{\n            for (var kx = tx; kx < K; kx = kx + {t}i) {{ acc = acc + {} * {}; }}\n        }}",
+        operand_at(d, a, "kiln_pa", "row", "kx"),
+        operand_at(d, b, "kiln_pb", "kx", "col")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        kiln_bs[ty][tx] = acc;\n        workgroupBarrier();"
+    )
+    .unwrap();
+    writeln!(s, "        if (tx == 0i && col < N) {{").unwrap();
+    writeln!(
+        s,
+        "            var sum = 0.0f;\n            for (var q = 0i; q < {t}i; q = q + 1i) {{ sum = sum + kiln_bs[ty][q]; }}"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            {}\n        }}",
+        store("(kiln_b * M + row) * N + col", "sum")
+    )
+    .unwrap();
+}
+
+/// The CPU-style GEMV of row `row` of A: [`GEMV_INVOCATIONS`] invocations of the workgroup each
+/// compute [`GEMV_COLS`] whole columns, with no workgroup memory and no barrier. On lavapipe a
+/// barrier switches every SIMD fiber of the workgroup and each load is a per-lane access, so
+/// this beats the GPU-style GEMV; a bf16 weight is read a word (two elements) at a time (see
+/// [`packed_gemv`]). The accumulators are unrolled by hand: a private array indexed in a loop
+/// becomes per-lane scratch memory there.
+fn gemv_columns(
+    d: &dyn Dialect,
+    a: &MatOperand,
+    b: &MatOperand,
+    packed: Option<i64>,
+    store: &dyn Fn(&str, &str) -> String,
+    s: &mut String,
+) {
+    let (t, c, n) = (TILE as i32, GEMV_COLS, GEMV_INVOCATIONS);
+    writeln!(
+        s,
+        "        let li = ty * {t}i + tx;\n        let c0 = i32(kiln_wg.x) * {}i + li * {c}i;\n        if (li < {n}i && c0 < N) {{",
+        c * n
+    )
+    .unwrap();
+    let cols = 0..c;
+    for j in cols.clone() {
+        writeln!(s, "            var acc{j} = 0.0f;").unwrap();
+    }
+    match packed {
+        Some(cs) => {
+            // The word of element 0 of each column's weight row (rows start on a word).
+            for j in cols.clone() {
+                writeln!(
+                    s,
+                    "            let r{j} = (kiln_pb + min(c0 + {j}i, N - 1i) * {cs}i) / 2i;"
+                )
+                .unwrap();
+            }
+            writeln!(
+                s,
+                "            for (var q = 0i; q < K / 2i; q = q + 1i) {{\n                let x0 = {};\n                let x1 = {};",
+                operand_at(d, a, "kiln_pa", "row", "(2i * q)"),
+                operand_at(d, a, "kiln_pa", "row", "(2i * q + 1i)")
+            )
+            .unwrap();
+            for j in cols.clone() {
+                writeln!(
+                    s,
+                    "                let w{j} = w_{}(r{j} + q);\n                acc{j} = acc{j} + x0 * bitcast<f32>(w{j} << 16u) + x1 * bitcast<f32>(w{j} & 0xffff0000u);",
+                    b.buf
+                )
+                .unwrap();
+            }
+        }
+        None => {
+            writeln!(
+                s,
+                "            for (var kx = 0i; kx < K; kx = kx + 1i) {{\n                let x = {};",
+                operand_at(d, a, "kiln_pa", "row", "kx")
+            )
+            .unwrap();
+            for j in cols.clone() {
+                writeln!(
+                    s,
+                    "                acc{j} = acc{j} + x * {};",
+                    operand_at(d, b, "kiln_pb", "kx", &format!("min(c0 + {j}i, N - 1i)"))
+                )
+                .unwrap();
+            }
+        }
+    }
+    writeln!(s, "            }}").unwrap();
+    for j in cols {
+        writeln!(
+            s,
+            "            if (c0 + {j}i < N) {{ let col = c0 + {j}i; {} }}",
+            store("(kiln_b * M + row) * N + col", &format!("acc{j}"))
+        )
+        .unwrap();
+    }
+    writeln!(s, "        }}").unwrap();
+}
+
+/// One TILE x TILE workgroup per output tile of one batch (grid z). Two paths in one kernel,
+/// because the row count is symbolic (the same kernel serves prefill and decode):
+/// - few rows (decode: one): a GEMV per row, [`gemv_lanes`] on a GPU, [`gemv_columns`] on a
+///   CPU adapter (the device chooses through the params).
+/// - otherwise tiles of A and B staged through workgroup memory; the B tile is read along k
+///   by consecutive lanes when k is B's contiguous axis (weights `[N, K]` seen transposed).
+///
+/// Accumulates in f32.
+fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+    let d = p.d;
+    let t = TILE;
+    let mm = MatMul::of(p, k);
+    let (a, b) = (&mm.a, &mm.b);
+    let store = |index: &str, acc: &str| {
+        let v = if mm.out.is_float() {
+            d.round(mm.out, acc)
+        } else {
+            d.cast(DType::F32, mm.out, acc)
+        };
+        d.store(mm.out, OUT, index, &v)
+    };
+    writeln!(
+        s,
+        "\nvar<workgroup> kiln_as: array<array<f32, {}>, {t}>;\nvar<workgroup> kiln_bs: array<array<f32, {}>, {t}>;",
+        t + 1,
+        t + 1
+    )
+    .unwrap();
+    writeln!(s, "@compute @workgroup_size({t}, {t})").unwrap();
+    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(local_invocation_id) kiln_lid: vec3<u32>) {{").unwrap();
+    writeln!(
+        s,
+        "    let kiln_b = i32(kiln_wg.z);\n    if (kiln_b >= P.kiln_units) {{ return; }}"
+    )
+    .unwrap();
+    symbols(plan, s);
+    writeln!(
+        s,
+        "    let M: i32 = {};\n    let N: i32 = {};\n    let K: i32 = {};",
+        mm.m, mm.n, mm.k
+    )
+    .unwrap();
+    push_lines(s, "    ", p.unflatten(&mm.batch, "kiln_b", None));
+    writeln!(
+        s,
+        "    let kiln_pa: i32 = {};\n    let kiln_pb: i32 = {};",
+        a.base, b.base
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    let tx = i32(kiln_lid.x);\n    let ty = i32(kiln_lid.y);"
+    )
+    .unwrap();
+
+    // Few rows (decode: one): one GEMV per row, the row in grid y, GPU- or CPU-style. The
+    // device chooses both (`kiln_gemv_rows`, `kiln_gemv_columns`; see `plan::GemvPlan`).
+    writeln!(
+        s,
+        "    if (M <= P.kiln_gemv_rows) {{\n        let row = i32(kiln_wg.y);\n        if (P.kiln_gemv_columns != 0i) {{"
+    )
+    .unwrap();
+    gemv_columns(d, a, b, packed_gemv(k), &store, s);
+    writeln!(s, "        }} else {{").unwrap();
+    gemv_lanes(d, a, b, &store, s);
+    writeln!(s, "        }}\n        return;\n    }}").unwrap();
+
+    // Tiled.
+    writeln!(
+        s,
+        "    let row = i32(kiln_wg.y) * {t}i + ty;\n    let col = i32(kiln_wg.x) * {t}i + tx;\n    var acc = 0.0f;"
+    )
+    .unwrap();
+    writeln!(s, "    for (var k0 = 0i; k0 < K; k0 = k0 + {t}i) {{").unwrap();
+    writeln!(
+        s,
+        "        var av = 0.0f;\n        if (row < M && k0 + tx < K) {{ av = {}; }}\n        kiln_as[ty][tx] = av;",
+        operand_at(d, a, "kiln_pa", "row", "(k0 + tx)")
+    )
+    .unwrap();
+    if b.row_stride_expr.is_const(1) && !b.col_stride_expr.is_const(1) {
+        // k is B's contiguous axis: lanes (tx) walk k, workgroup rows (ty) walk columns.
+        writeln!(
+            s,
+            "        let bcol = i32(kiln_wg.x) * {t}i + ty;\n        var bv = 0.0f;\n        if (k0 + tx < K && bcol < N) {{ bv = {}; }}\n        kiln_bs[tx][ty] = bv;",
+            operand_at(d, b, "kiln_pb", "(k0 + tx)", "bcol")
+        )
+        .unwrap();
+    } else {
+        writeln!(
+            s,
+            "        var bv = 0.0f;\n        if (k0 + ty < K && col < N) {{ bv = {}; }}\n        kiln_bs[ty][tx] = bv;",
+            operand_at(d, b, "kiln_pb", "(k0 + ty)", "col")
+        )
+        .unwrap();
+    }
+    writeln!(
+        s,
+        "        workgroupBarrier();\n        for (var q = 0i; q < {t}i; q = q + 1i) {{ acc = acc + kiln_as[ty][q] * kiln_bs[q][tx]; }}\n        workgroupBarrier();\n    }}"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    if (row < M && col < N) {{ {} }}\n}}",
+        store("(kiln_b * M + row) * N + col", "acc")
+    )
+    .unwrap();
+}
