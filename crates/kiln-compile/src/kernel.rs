@@ -97,6 +97,22 @@ impl ScalarExpr {
         }
     }
 
+    /// Whether it loads from kernel input `input`.
+    pub fn reads_input(&self, input: usize) -> bool {
+        match self {
+            ScalarExpr::Load { input: i, .. } => *i == input,
+            ScalarExpr::Const { .. } | ScalarExpr::Index { .. } | ScalarExpr::Acc { .. } => false,
+            ScalarExpr::Unary { x, .. } => x.reads_input(input),
+            ScalarExpr::Binary { a, b, .. } => a.reads_input(input) || b.reads_input(input),
+            ScalarExpr::Where { cond, a, b, .. } => {
+                cond.reads_input(input) || a.reads_input(input) || b.reads_input(input)
+            }
+            ScalarExpr::Select {
+                then, otherwise, ..
+            } => then.reads_input(input) || otherwise.reads_input(input),
+        }
+    }
+
     fn symbols(&self, out: &mut BTreeSet<String>) {
         match self {
             ScalarExpr::Load { offset, .. } => offset.symbols(out),

@@ -19,12 +19,25 @@ pub const PANEL: usize = 16;
 
 /// The input of `k` that its kernel reads as packed panels, if any: the `b` operand of a
 /// matmul `x @ W^T` where `W` is a graph input read whole and row-major (element (k, n) of the
-/// operand at `n * K + k`, no batch stride), in f32 or bf16, with f32 activations and output.
+/// operand at `n * K + k`, no batch stride), in f32 or bf16, with f32 activations and output,
+/// and read by nothing else in the kernel: the kernel gets only the packed copy, so an `a`
+/// operand or epilogue reading the same input (`x @ x^T`) would read panels as rows.
 pub fn packed_weight(k: &Kernel) -> Option<usize> {
-    let KernelKind::MatMul { k: depth, a, b, .. } = &k.kind else {
+    let KernelKind::MatMul {
+        k: depth,
+        a,
+        b,
+        epilogue,
+        ..
+    } = &k.kind
+    else {
         return None;
     };
     let nt = b.from_input
+        && a.input != b.input
+        && epilogue
+            .as_ref()
+            .is_none_or(|e| !e.body.reads_input(b.input))
         && b.offset.is_const(0)
         && b.row_stride.is_const(1)
         && b.col_stride.provably_equal(depth)

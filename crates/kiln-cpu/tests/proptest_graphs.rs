@@ -29,6 +29,25 @@ proptest! {
     }
 }
 
+/// Found by the property test: `y @ y^T @ y`. The first product reads input `y` as both
+/// operands; the CPU device passed only the packed-panel copy of `y` for its `b` operand, so
+/// the `a` operand read panels as rows (only the first column of each row was right).
+#[test]
+fn matmul_of_an_input_with_itself() {
+    let g = kiln_ir::testing::random_graph(&[(43, 65)]);
+    let mut exe = build(&g, 2);
+    for (na, nb) in [(1usize, 2usize), (3, 5), (8, 8)] {
+        let ins = inputs(&[
+            ("x", Tensor::from_f32(&[na, nb], &values(na * nb, 3688))),
+            (
+                "y",
+                Tensor::from_f32(&[na, nb], &values(na * nb, 3688 + 79)),
+            ),
+        ]);
+        check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);
+    }
+}
+
 /// Found by the property test in CI: two chained matmuls then sin (an ill-conditioned oracle
 /// comparison before the generator scaled matmul chains back to |x| <= 1).
 #[test]
