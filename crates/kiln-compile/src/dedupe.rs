@@ -3,6 +3,7 @@
 //! distinct kernels as 2 layers do; comparing the [`Kernel`]s themselves, before any codegen,
 //! means 823 launches cost 34 codegens.
 
+use crate::backend::KernelSource;
 use crate::extract::Program;
 use crate::kernel::Kernel;
 use std::collections::HashMap;
@@ -44,5 +45,81 @@ pub fn dedupe(program: &Program, enabled: bool) -> Deduped {
         kernels,
         step_kernel,
         uses,
+    }
+}
+
+impl Deduped {
+    /// Merges kernels whose sources came out equal (kernels that differ only in ways the
+    /// backend does not print, e.g. an output extent `a * b` against `b * a` where the size is
+    /// a launch parameter): equal sources have equal names, so they are one compiled kernel,
+    /// and two of them must never share a compile unit. Returns the surviving sources.
+    pub fn merge_equal_sources(&mut self, sources: Vec<KernelSource>) -> Vec<KernelSource> {
+        let mut first: HashMap<String, usize> = HashMap::new();
+        let mut remap = Vec::with_capacity(sources.len());
+        let (mut kernels, mut uses, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, s) in sources.into_iter().enumerate() {
+            match first.get(&s.name) {
+                Some(&j) if kept[j] == s => {
+                    uses[j] += self.uses[i];
+                    remap.push(j);
+                }
+                _ => {
+                    first.insert(s.name.clone(), kept.len());
+                    remap.push(kept.len());
+                    kernels.push(self.kernels[i].clone());
+                    uses.push(self.uses[i]);
+                    kept.push(s);
+                }
+            }
+        }
+        for k in &mut self.step_kernel {
+            *k = remap[*k];
+        }
+        self.kernels = kernels;
+        self.uses = uses;
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{KernelKind, ScalarExpr};
+    use kiln_ir::{DType, Expr};
+
+    fn copy(shape: Expr) -> Kernel {
+        Kernel {
+            kind: KernelKind::Elementwise {
+                lets: Vec::new(),
+                body: ScalarExpr::Load {
+                    input: 0,
+                    offset: Expr::Var(0),
+                    dtype: DType::F32,
+                },
+            },
+            out_dtype: DType::F32,
+            out_shape: vec![shape],
+            inputs: vec![DType::F32],
+        }
+    }
+
+    #[test]
+    fn kernels_with_equal_sources_become_one() {
+        let (a, b) = (Expr::sym("a"), Expr::sym("b"));
+        let ab = copy(a.clone().mul(b.clone()));
+        let ba = copy(b.mul(a));
+        assert_ne!(ab, ba);
+        let mut d = Deduped {
+            kernels: vec![ab, ba],
+            step_kernel: vec![0, 1, 1, 0],
+            uses: vec![2, 2],
+        };
+        // A backend that prints the size as a parameter renders both the same.
+        let src = KernelSource::named("elementwise", "void KILN_KERNEL_NAME() {}");
+        let kept = d.merge_equal_sources(vec![src.clone(), src]);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(d.kernels.len(), 1);
+        assert_eq!(d.uses, vec![4]);
+        assert_eq!(d.step_kernel, vec![0, 0, 0, 0]);
     }
 }

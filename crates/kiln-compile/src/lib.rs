@@ -222,12 +222,17 @@ fn pipeline<B: Backend>(
     let program = st.run(Stage::KernelExtraction, || {
         extract::extract_with(&graph, opts.fusion && backend.supports_fusion())
     });
-    let deduped = st.run(Stage::Dedupe, || dedupe::dedupe(&program, opts.dedupe));
+    let mut deduped = st.run(Stage::Dedupe, || dedupe::dedupe(&program, opts.dedupe));
     // No stage has more parallel work than there are distinct kernels: more threads would only
     // be started, compete for the cores while idle, and be stopped again.
     let pool = pool::Workers::new(opts.threads.min(deduped.kernels.len().max(1)))?;
     let sources = st.run(Stage::Codegen, || {
-        codegen::codegen(&deduped.kernels, backend, &pool)
+        let sources = codegen::codegen(&deduped.kernels, backend, &pool);
+        if opts.dedupe {
+            deduped.merge_equal_sources(sources)
+        } else {
+            sources
+        }
     });
     let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let units = st.run(Stage::Schedule, || {

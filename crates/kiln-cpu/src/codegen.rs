@@ -28,6 +28,9 @@ use std::fmt::Write;
 /// of the thread split (48 units at N = 3072) and, in decode, a 128 KiB bf16 stream.
 pub const MM_MC: i64 = 132;
 pub const MM_NC: i64 = 64;
+// The micro-kernels write whole strips of 6 (AVX2) or 4 (portable) rows: a row block must be
+// a multiple of both, or the last strip of a block overruns its tile in the scratch.
+const _: () = assert!(MM_MC % 12 == 0);
 /// k block of the prefill GEMM (`KILN_KC`): a `KC x 16` weight strip stays in L1/L2 while the
 /// row strips of a block reuse it. No blocking constant changes a bit of any result.
 pub const MM_KC: i64 = 1024;
@@ -621,7 +624,12 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
             k.out_dtype,
             "pc",
             "ii * DV + c",
-            &d.round(k.out_dtype, "kiln_o[ii * DV + c] / sum[ii]")
+            // No keys: the product over zero keys is 0, as unfused; a row
+            // whose keys are all masked stays 0/0 = NaN, as the unfused softmax gives.
+            &d.round(
+                k.out_dtype,
+                "(T > 0 ? kiln_o[ii * DV + c] / sum[ii] : 0.0f)"
+            )
         )
     )
     .unwrap();

@@ -7,10 +7,11 @@
 use crate::codegen::{scratch_bytes, work_units};
 use crate::pack::{pack, packed_weight};
 use crate::CpuModule;
-use kiln_compile::{Kernel, UniqueKernel};
+use kiln_compile::{Kernel, KernelKind, UniqueKernel};
 use kiln_ir::{Bindings, DType, Expr, Tensor};
 use kiln_runtime::{Device, HostBuffer, RunError};
 use rayon::prelude::*;
+use std::collections::BTreeSet;
 use std::ffi::c_void;
 
 type KernelFn = unsafe extern "C" fn(*const *mut c_void, *const i64, i64, i64, *mut c_void);
@@ -167,7 +168,7 @@ impl Device for CpuDevice {
         let (units, unit_work) = work_units(&k.kernel);
         let packed = packed_weight(&k.kernel).map(|i| {
             let depth = match &k.kernel.kind {
-                kiln_compile::KernelKind::MatMul { k, .. } => k.clone(),
+                KernelKind::MatMul { k, .. } => k.clone(),
                 _ => unreachable!("packed operands are matmul operands"),
             };
             (i, k.kernel.inputs[i], depth)
@@ -203,14 +204,20 @@ impl Device for CpuDevice {
         readers: &[(&Kernel, usize)],
         what: &str,
     ) -> Result<CpuBuffer, RunError> {
-        let packed_reads = readers
+        let packed: Vec<&Kernel> = readers
             .iter()
             .filter(|(k, i)| packed_weight(k) == Some(*i))
-            .count();
-        if packed_reads == 0 || t.shape().is_empty() {
-            return self.adopt(t, what);
-        }
-        let depth = *t.shape().last().expect("rank >= 1");
+            .map(|(k, _)| *k)
+            .collect();
+        // The panels' depth is the products' K, which need not be the tensor's last dimension
+        // (a reshaped weight). Readers that disagree on it, or whose K is symbolic, get the
+        // plain bytes, packed per launch with their own K (`launch`).
+        let depths: BTreeSet<Option<i64>> = packed.iter().map(|k| matmul_depth(k)).collect();
+        let depth = match depths.iter().next() {
+            Some(Some(d)) if depths.len() == 1 && *d > 0 => *d as usize,
+            _ => return self.adopt(t, what),
+        };
+        let packed_reads = packed.len();
         let packed = match &self.dispatch {
             Dispatch::Rayon(pool) => pool.install(|| pack(t.bytes(), t.dtype(), depth)),
             _ => pack(t.bytes(), t.dtype(), depth),
@@ -310,5 +317,13 @@ impl Device for CpuDevice {
 
     fn sync(&mut self) -> Result<(), RunError> {
         Ok(())
+    }
+}
+
+/// A matmul's depth `K` when it is a constant.
+fn matmul_depth(k: &Kernel) -> Option<i64> {
+    match &k.kind {
+        KernelKind::MatMul { k, .. } => k.as_const(),
+        _ => None,
     }
 }

@@ -19,8 +19,9 @@ pub const PANEL: usize = 16;
 
 /// The input of `k` that its kernel reads as packed panels, if any: the `b` operand of a
 /// matmul `x @ W^T` where `W` is a graph input read whole and row-major (element (k, n) of the
-/// operand at `n * K + k`, no batch stride), in f32 or bf16, with f32 activations and output,
-/// and read by nothing else in the kernel: the kernel gets only the packed copy, so an `a`
+/// operand at `n * K + k`, no batch stride), in f32 or bf16, with f32 activations whose rows
+/// are contiguous along k (what the packed GEMM/GEMV read) and an f32 output, and read by
+/// nothing else in the kernel: the kernel gets only the packed copy, so an `a`
 /// operand or epilogue reading the same input (`x @ x^T`) would read panels as rows.
 pub fn packed_weight(k: &Kernel) -> Option<usize> {
     let KernelKind::MatMul {
@@ -34,6 +35,7 @@ pub fn packed_weight(k: &Kernel) -> Option<usize> {
         return None;
     };
     let nt = b.from_input
+        && a.col_stride.is_const(1)
         && a.input != b.input
         && epilogue
             .as_ref()

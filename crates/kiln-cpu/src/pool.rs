@@ -72,7 +72,14 @@ impl Shared {
                     // SAFETY: the claim succeeded, so the launch of this epoch is running: its
                     // caller waits until this chunk is done, which keeps the job alive.
                     let job = unsafe { &**(self.job.load(Ordering::Acquire) as *const &Job) };
-                    job(next, worker);
+                    // A panic must not unwind out of here: other threads may still run the
+                    // job, which lives on the caller's stack, and the caller would wait for a
+                    // chunk that never finishes. Jobs call generated C, which does not panic.
+                    let run = std::panic::AssertUnwindSafe(|| job(next, worker));
+                    if std::panic::catch_unwind(run).is_err() {
+                        eprintln!("kiln: a CPU kernel launch panicked; aborting");
+                        std::process::abort();
+                    }
                     self.done.fetch_add(1, Ordering::Release);
                 }
                 Err(now) => {

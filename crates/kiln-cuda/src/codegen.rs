@@ -349,7 +349,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
             k.out_dtype,
             OUT,
             "kiln_e",
-            &d.round(k.out_dtype, "acc / sum")
+            &d.round(k.out_dtype, "(T > 0 ? acc / sum : 0.0f)")
         )
     )
     .unwrap();

@@ -456,6 +456,19 @@ fn random_graph_matches_the_interpreter(
     Ok(())
 }
 
+/// Found by the property test: two flattened copies of one row (`[a * b]` and `[b * a]`) are
+/// different kernels whose CUDA C is the same (the size is a launch parameter), so they had the
+/// same name and were compiled into one unit twice. Equal sources are now one kernel.
+#[test]
+fn kernels_with_equal_cuda_sources_compile_once() {
+    random_graph_matches_the_interpreter(
+        Where::Emulated,
+        &[(118, 0), (190, 0), (98, 0), (187, 3), (80, 0)],
+        &[(1, 1), (2, 3), (5, 8)],
+    )
+    .unwrap();
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, failure_persistence: None, ..Default::default() })]
 

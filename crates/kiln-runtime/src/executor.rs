@@ -166,9 +166,14 @@ impl<D: Device> Executable for Executor<D> {
                     .map(move |(i, _)| (&step.kernel, i))
             })
             .collect();
-        let buf = self
-            .device
-            .adopt_weight(t, &readers, &format!("weight '{name}'"))?;
+        let what = format!("weight '{name}'");
+        // A weight that is also a graph output is read back as it is: no device layout.
+        let is_output = self.program.outputs.iter().any(|(_, b)| Some(*b) == buffer);
+        let buf = if is_output {
+            self.device.adopt(t, &what)?
+        } else {
+            self.device.adopt_weight(t, &readers, &what)?
+        };
         self.params
             .insert(name.to_string(), Param { dtype, shape, buf });
         Ok(())

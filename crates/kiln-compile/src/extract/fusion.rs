@@ -17,7 +17,8 @@
 //! 6. [`fuse_row_maps_into_readers`]: such a row kernel read by one elementwise kernel only is
 //!    inlined into it too (RoPE applied to a normalised row);
 //! 7. [`fuse_matmul_epilogues`]: a matmul read by one elementwise kernel only computes that
-//!    kernel's elements from its products (a residual add, SiLU(gate) * up).
+//!    kernel's elements from its products (a residual add, SiLU(gate) * up); an attention's
+//!    value product stays the attention's root.
 //!
 //! Views never own a buffer: they become index arithmetic in the loads that read through
 //! them. Lowering may still find a matmul operand whose index is not a strided (affine) view,
@@ -35,21 +36,25 @@ pub fn plan(graph: &Graph) -> Realized {
     realize_roots(graph, &mut r);
     realize_shared(graph, &mut r);
     realize_matmul_operands(graph, &mut r);
-    fuse_attention(graph, &mut r);
+    let attention_roots = fuse_attention(graph, &mut r);
     let row_maps = fuse_reductions_into_maps(graph, &mut r);
     let row_maps = fuse_row_maps_into_readers(graph, &mut r, row_maps);
-    fuse_matmul_epilogues(graph, &mut r, &row_maps);
+    fuse_matmul_epilogues(graph, &mut r, &row_maps, &attention_roots);
     r
 }
 
 /// Pass 4: each recognised attention is computed by its value product's kernel: the nodes in
-/// between lose their buffers (lowering recognises the pattern again at the root).
-pub fn fuse_attention(graph: &Graph, r: &mut Realized) {
+/// between lose their buffers (lowering recognises the pattern again at the root). Returns
+/// the roots.
+pub fn fuse_attention(graph: &Graph, r: &mut Realized) -> Vec<NodeId> {
+    let mut roots = Vec::new();
     for a in super::attention::find(graph, r) {
         for x in a.inner {
             r[x.index()] = false;
         }
+        roots.push(a.pv);
     }
+    roots
 }
 
 /// Passes 1-3 only: every reduction and matmul owns its buffer.
@@ -246,11 +251,19 @@ pub fn fuse_row_maps_into_readers(
 
 /// Pass 7: a matmul whose only reader is one elementwise kernel that computes no reduction is
 /// computed by that kernel, as the products its epilogue reads.
-pub fn fuse_matmul_epilogues(graph: &Graph, r: &mut Realized, row_map: &[bool]) {
+pub fn fuse_matmul_epilogues(
+    graph: &Graph,
+    r: &mut Realized,
+    row_map: &[bool],
+    attention_roots: &[NodeId],
+) {
     let readers = kernel_readers(graph, r);
     let mut taken = vec![false; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
-        if !r[i] || !matches!(node.op, Op::MatMul(..)) {
+        // An attention's value product stays its kernel's root: as an epilogue's matmul its
+        // fused scores would be lowered as plain buffers again.
+        let attention = attention_roots.contains(&NodeId(i as u32));
+        if !r[i] || !matches!(node.op, Op::MatMul(..)) || attention {
             continue;
         }
         if let Some(e) = sole_elementwise_reader(graph, r, &readers, i) {

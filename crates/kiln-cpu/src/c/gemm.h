@@ -216,6 +216,10 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const
         }                                                                                          \
         return;                                                                                    \
     }                                                                                              \
+    if (K == 0) { /* empty products: zeros, as the other paths give */                            \
+        for (int64_t i = 0; i < tm; ++i) for (int64_t j = 0; j < np * KILN_NR; ++j) t[i * ldt + j] = 0.0f; \
+        return;                                                                                    \
+    }                                                                                              \
     if (ctx->a_src != a || ctx->a_m0 != m0) {                                                      \
         kiln_pack_a_rows(a, lda, tm, K, ctx->abuf);                                                \
         ctx->a_src = a; ctx->a_m0 = m0;                                                            \
