@@ -97,6 +97,63 @@ impl ScalarExpr {
         }
     }
 
+    /// The same expression with `f` applied to every index expression in it (load offsets,
+    /// iota values, select bounds).
+    pub fn map_indices(&self, f: &impl Fn(&Expr) -> Expr) -> ScalarExpr {
+        let b = |x: &ScalarExpr| Box::new(x.map_indices(f));
+        match self {
+            ScalarExpr::Load {
+                input,
+                offset,
+                dtype,
+            } => ScalarExpr::Load {
+                input: *input,
+                offset: f(offset),
+                dtype: *dtype,
+            },
+            ScalarExpr::Const { .. } | ScalarExpr::Acc { .. } => self.clone(),
+            ScalarExpr::Index { expr, dtype } => ScalarExpr::Index {
+                expr: f(expr),
+                dtype: *dtype,
+            },
+            ScalarExpr::Unary { op, x, dtype } => ScalarExpr::Unary {
+                op: *op,
+                x: b(x),
+                dtype: *dtype,
+            },
+            ScalarExpr::Binary { op, a, b: y, dtype } => ScalarExpr::Binary {
+                op: *op,
+                a: b(a),
+                b: b(y),
+                dtype: *dtype,
+            },
+            ScalarExpr::Where {
+                cond,
+                a,
+                b: y,
+                dtype,
+            } => ScalarExpr::Where {
+                cond: b(cond),
+                a: b(a),
+                b: b(y),
+                dtype: *dtype,
+            },
+            ScalarExpr::Select {
+                lhs,
+                rhs,
+                then,
+                otherwise,
+                dtype,
+            } => ScalarExpr::Select {
+                lhs: f(lhs),
+                rhs: f(rhs),
+                then: b(then),
+                otherwise: b(otherwise),
+                dtype: *dtype,
+            },
+        }
+    }
+
     /// Whether it loads from kernel input `input`.
     pub fn reads_input(&self, input: usize) -> bool {
         match self {

@@ -237,3 +237,74 @@ fn decode_steps_cost_the_same_at_every_position() {
         }
     }
 }
+
+/// Grouped-query causal attention alone, at sizes that take every path of the fused kernel:
+/// a head dimension of 20 (a 16-wide step, then a scalar tail), 150 keys (three key blocks,
+/// a group of four keys with a remainder), more query rows than one work unit, and with and
+/// without the causal mask (the product skipped where the bias is -inf, or always computed).
+#[test]
+fn attention_alone_at_awkward_sizes() {
+    const D: usize = 20;
+    for masked in [true, false] {
+        let mut g = Graph::new();
+        // q as [kv, 2, s, d] so that its shape binds s; t (keys) is bound by k.
+        let (s, t) = (Expr::sym("s"), Expr::sym("t"));
+        let p = t.clone().sub(s.clone());
+        let q = g
+            .input("q", DType::F32, &[KV.into(), 2.into(), s.clone(), D.into()])
+            .unwrap();
+        let q = g
+            .reshape(q, &[KV.into(), s.clone().mul(2), D.into()])
+            .unwrap();
+        let k = g
+            .input("k", DType::F32, &[KV.into(), t.clone(), D.into()])
+            .unwrap();
+        let v = g
+            .input("v", DType::F32, &[KV.into(), t.clone(), D.into()])
+            .unwrap();
+        let kt = g.transpose(k, 1, 2).unwrap();
+        let scores = g.matmul(q, kt).unwrap();
+        let scores = g
+            .reshape(scores, &[2.into(), s.clone(), t.clone()])
+            .unwrap();
+        let mut scores = g.mul_scalar(scores, 0.3).unwrap();
+        if masked {
+            let mask = g.causal_mask(p, s.clone()).unwrap();
+            scores = g.add(scores, mask).unwrap();
+        }
+        let probs = g.softmax(scores, 2).unwrap();
+        let probs = g.reshape(probs, &[KV.into(), s.mul(2), t]).unwrap();
+        let o = g.matmul(probs, v).unwrap();
+        g.output("o", o);
+        let compiled = kiln_compile::compile(
+            &g,
+            &CpuBackend::default(),
+            &CompileOptions {
+                threads: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            compiled
+                .kernels
+                .iter()
+                .any(|k| k.kernel.label() == "attention"),
+            "the pattern is fused"
+        );
+        let mut exe = build(&g, 2);
+        // (s, p): a prompt of 75 (rows 150: ten 16-row units), then a decode step at 149.
+        for (s, p) in [(75usize, 0usize), (1, 149), (3, 7)] {
+            let t = s + p;
+            let ins = inputs(&[
+                (
+                    "q",
+                    Tensor::from_f32(&[KV, 2, s, D], &values(KV * 2 * s * D, 1)),
+                ),
+                ("k", Tensor::from_f32(&[KV, t, D], &values(KV * t * D, 2))),
+                ("v", Tensor::from_f32(&[KV, t, D], &values(KV * t * D, 3))),
+            ]);
+            check(exe.as_mut(), &g, &ins, 1e-5, 1e-4);
+        }
+    }
+}

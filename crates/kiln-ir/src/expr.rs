@@ -219,6 +219,34 @@ impl Expr {
         }
     }
 
+    /// Rewrites `(a * d + v) / d` to `a` and `(a * d + v) % d` to `v` wherever `v` is a loop
+    /// variable whose extent `bounds[v]` is provably `d` (so `0 <= v < d`) and `a` is provably
+    /// non-negative: the unflattening of an index that was just flattened (a causal mask read
+    /// inside attention indexes `[row, key]` this way). Each such `/` or `%` costs a 64-bit
+    /// division per element on a CPU. The result equals `self` for every binding where the
+    /// loop variables stay within their extents.
+    pub fn simplify_within(&self, bounds: &BTreeMap<u32, Expr>) -> Expr {
+        let Some((a, b)) = self.operands() else {
+            return self.clone();
+        };
+        let (a, b) = (a.simplify_within(bounds), b.simplify_within(bounds));
+        let op = self.op2();
+        if matches!(op, Op2::Div | Op2::Mod) {
+            if let Some((q, v)) = split_multiple(&a, &b, bounds) {
+                return if op == Op2::Div { q } else { v };
+            }
+        }
+        match op {
+            Op2::Add => Expr::Add(Box::new(a), Box::new(b)),
+            Op2::Sub => Expr::Sub(Box::new(a), Box::new(b)),
+            Op2::Mul => Expr::Mul(Box::new(a), Box::new(b)),
+            Op2::Div => Expr::Div(Box::new(a), Box::new(b)),
+            Op2::Mod => Expr::Mod(Box::new(a), Box::new(b)),
+            Op2::Min => Expr::Min(Box::new(a), Box::new(b)),
+            Op2::Max => Expr::Max(Box::new(a), Box::new(b)),
+        }
+    }
+
     /// If this expression is affine in loop variables `0..nvars`, returns the coefficient of each
     /// variable and the variable-free remainder (e.g. strides and offset of a strided load).
     pub fn affine(&self, nvars: usize) -> Option<(Vec<Expr>, Expr)> {
@@ -272,6 +300,31 @@ enum Op2 {
     Mod,
     Min,
     Max,
+}
+
+/// `x` as `q * d + v` with `v` a loop variable of extent `d` and `q >= 0` (see
+/// [`Expr::simplify_within`]): returns `(q, v)`.
+fn split_multiple(x: &Expr, d: &Expr, bounds: &BTreeMap<u32, Expr>) -> Option<(Expr, Expr)> {
+    let Expr::Add(l, r) = x else {
+        return None;
+    };
+    for (m, v) in [(l, r), (r, l)] {
+        let Expr::Var(k) = **v else {
+            continue;
+        };
+        if !bounds.get(&k).is_some_and(|e| e.provably_equal(d)) {
+            continue;
+        }
+        let Expr::Mul(f, g) = &**m else {
+            continue;
+        };
+        for (q, dd) in [(f, g), (g, f)] {
+            if dd.provably_equal(d) && q.provably_nonneg() {
+                return Some(((**q).clone(), (**v).clone()));
+            }
+        }
+    }
+    None
 }
 
 /// Builds `a op b`, folding constants and the obvious identities (x+0, x*1, x*0, x/1, x%1, ...).
@@ -1017,5 +1070,40 @@ mod tests {
             let b = shuffle(&a, &mut seed);
             prop_assert!(a.provably_equal(&b), "{} = {}: {} vs {}", a, b, a.normalize(), b.normalize());
         }
+    }
+}
+
+#[cfg(test)]
+mod within_tests {
+    use super::*;
+
+    #[test]
+    fn unflattening_a_flattened_row_and_key_is_the_identity() {
+        let (s, p) = (Expr::sym("s"), Expr::sym("p"));
+        let t = p.clone().add(s.clone());
+        let row = Expr::Mod(
+            Box::new(Expr::Add(
+                Box::new(Expr::Mul(
+                    Box::new(Expr::Var(0)),
+                    Box::new(Expr::Mul(Box::new(s.clone()), Box::new(Expr::Const(2)))),
+                )),
+                Box::new(Expr::Var(1)),
+            )),
+            Box::new(s.clone()),
+        );
+        let flat = Expr::Add(
+            Box::new(Expr::Mul(Box::new(row.clone()), Box::new(t.clone()))),
+            Box::new(Expr::Var(2)),
+        );
+        let bounds: BTreeMap<u32, Expr> = [(2, s.clone().add(p.clone()))].into();
+        let div = Expr::Div(Box::new(flat.clone()), Box::new(t.clone()));
+        let rem = Expr::Mod(Box::new(flat.clone()), Box::new(t.clone()));
+        assert_eq!(div.simplify_within(&bounds), row);
+        assert_eq!(rem.simplify_within(&bounds), Expr::Var(2));
+        // Without the key's extent nothing is known: unchanged.
+        assert_eq!(div.simplify_within(&BTreeMap::new()), div);
+        // A variable whose extent is not the divisor: unchanged.
+        let other: BTreeMap<u32, Expr> = [(2, s.clone())].into();
+        assert_eq!(rem.simplify_within(&other), rem);
     }
 }

@@ -6,7 +6,7 @@ use super::fusion::{read_counts, Realized};
 use super::{Buffer, Program, Step};
 use crate::kernel::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
 use kiln_ir::{contiguous_strides, Expr, Graph, NodeId, Op, ViewOp};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 struct Builder<'g> {
     graph: &'g Graph,
@@ -263,7 +263,24 @@ impl Lowering<'_, '_> {
             Expr::Var(r as u32 - 1)
         });
         self.scores_of = Some(a.qk);
-        let score = self.at(a.x, &xidx);
+        // The score reads its operands (a mask, say) at `[row.., key]` flattened and then
+        // unflattened again: with the loop variables' extents known, `(row * T + key) / T` is
+        // `row` and `% T` is `key`, two divisions fewer per score.
+        let extents: BTreeMap<u32, Expr> = (0..r as u32)
+            .map(|l| {
+                (
+                    l,
+                    if l + 1 == r as u32 {
+                        keys.clone()
+                    } else {
+                        shape[l as usize].clone()
+                    },
+                )
+            })
+            .collect();
+        let score = self
+            .at(a.x, &xidx)
+            .map_indices(&|e| e.simplify_within(&extents));
         self.scores_of = None;
         let depth = g.shape(*q)[r - 1].clone();
         let q = self.operand(*q, r, false)?;
