@@ -202,6 +202,7 @@ impl Device for CpuDevice {
         &mut self,
         t: Tensor,
         readers: &[(&Kernel, usize)],
+        bindings: &Bindings,
         what: &str,
     ) -> Result<CpuBuffer, RunError> {
         let packed: Vec<&Kernel> = readers
@@ -210,9 +211,11 @@ impl Device for CpuDevice {
             .map(|(k, _)| *k)
             .collect();
         // The panels' depth is the products' K, which need not be the tensor's last dimension
-        // (a reshaped weight). Readers that disagree on it, or whose K is symbolic, get the
-        // plain bytes, packed per launch with their own K (`launch`).
-        let depths: BTreeSet<Option<i64>> = packed.iter().map(|k| matmul_depth(k)).collect();
+        // (a reshaped weight), evaluated with the symbols the weight's shape binds. Readers
+        // that disagree on it, or whose K the weight does not determine, get the plain bytes,
+        // packed per launch with their own K (`launch`).
+        let depths: BTreeSet<Option<i64>> =
+            packed.iter().map(|k| matmul_depth(k, bindings)).collect();
         let depth = match depths.iter().next() {
             Some(Some(d)) if depths.len() == 1 && *d > 0 => *d as usize,
             _ => return self.adopt(t, what),
@@ -320,10 +323,10 @@ impl Device for CpuDevice {
     }
 }
 
-/// A matmul's depth `K` when it is a constant.
-fn matmul_depth(k: &Kernel) -> Option<i64> {
+/// A matmul's depth `K`, when `bindings` determine it.
+fn matmul_depth(k: &Kernel, bindings: &Bindings) -> Option<i64> {
     match &k.kind {
-        KernelKind::MatMul { k, .. } => k.as_const(),
+        KernelKind::MatMul { k, .. } => k.eval(bindings).ok(),
         _ => None,
     }
 }

@@ -39,7 +39,8 @@ pub trait Device: Send {
     }
 
     /// A weight: a buffer bound once and read, unchanged, by every run; `readers` are the
-    /// kernels that read it, each with the kernel input it is. A device may keep it in a
+    /// kernels that read it, each with the kernel input it is, and `bindings` the symbols its
+    /// own shape binds (to evaluate the readers' sizes). A device may keep it in a
     /// layout of its own for those kernels (the CPU packs `x @ W^T` weights into panels): the
     /// layout must follow from the kernels' descriptions alone, and a kernel handed the same
     /// tensor as a per-run input must compute the same values. The default adopts it as is.
@@ -47,9 +48,10 @@ pub trait Device: Send {
         &mut self,
         t: Tensor,
         readers: &[(&Kernel, usize)],
+        bindings: &Bindings,
         what: &str,
     ) -> Result<Self::Buffer, RunError> {
-        let _ = readers;
+        let _ = (readers, bindings);
         self.adopt(t, what)
     }
 

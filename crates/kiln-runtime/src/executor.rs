@@ -172,7 +172,8 @@ impl<D: Device> Executable for Executor<D> {
         let buf = if is_output {
             self.device.adopt(t, &what)?
         } else {
-            self.device.adopt_weight(t, &readers, &what)?
+            let bindings = self.program.param_bindings(name, &t);
+            self.device.adopt_weight(t, &readers, &bindings, &what)?
         };
         self.params
             .insert(name.to_string(), Param { dtype, shape, buf });

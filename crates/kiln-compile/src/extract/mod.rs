@@ -117,6 +117,21 @@ impl Program {
     }
 
     /// Checks a weight against its input declaration (dtype, rank, constant dims).
+    /// The symbols a parameter's shape binds when `t` is bound to it (dimensions that are a
+    /// plain symbol), so that a device can evaluate its readers' sizes when it is bound.
+    pub fn param_bindings(&self, name: &str, t: &kiln_ir::Tensor) -> kiln_ir::Bindings {
+        let g = &self.graph;
+        let mut b = kiln_ir::Bindings::new();
+        if let Some((id, _)) = g.inputs().into_iter().find(|(_, n)| *n == name) {
+            for (d, &a) in g.node(id).shape.iter().zip(t.shape()) {
+                if let Expr::Sym(s) = d {
+                    b.insert(s.to_string(), a as i64);
+                }
+            }
+        }
+        b
+    }
+
     pub fn check_param(&self, name: &str, t: &kiln_ir::Tensor) -> Result<(), kiln_ir::IrError> {
         let g = &self.graph;
         let (id, _) = g
