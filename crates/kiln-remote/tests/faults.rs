@@ -117,8 +117,10 @@ fn a_remote_killed_mid_compile_costs_one_warning_and_nothing_else() {
     drop(remote);
 
     // 2. A fresh server, filled by machine A2; machine B fetches, and the server dies after
-    //    the 4th kernel came back: the fetches still in flight fail fast, the breaker skips
-    //    the rest, B compiles them itself.
+    //    the 4th unit came back: the fetches still in flight fail fast, the breaker skips
+    //    the rest, B compiles them itself. B fetches two units at a time, so that units are
+    //    still unasked when the server dies whatever the unit count (qwen3 is 11 units since
+    //    fusion; with the default 8 fetch threads all 11 could be answered before the kill).
     let server = RedisServer::start(None).unwrap();
     let url = server.url();
     let filled = open_cache(&url, &config()).unwrap();
@@ -131,7 +133,9 @@ fn a_remote_killed_mid_compile_costs_one_warning_and_nothing_else() {
         ..Default::default()
     };
     *b.server.lock().unwrap() = Some(server);
-    let remote = open_cache(&url, &config()).unwrap();
+    let mut two_at_a_time = config();
+    two_at_a_time.tier.fetch_threads = 2;
+    let remote = open_cache(&url, &two_at_a_time).unwrap();
     let start = Instant::now();
     let (rb, _) = machine(&remote, &b);
     assert!(start.elapsed() < Duration::from_secs(120));
