@@ -3,7 +3,7 @@
 //! one compiled graph (no recompiling).
 mod common;
 use common::*;
-use kiln_ir::Tensor;
+use kiln_ir::testing::random_graph_inputs;
 use proptest::prelude::*;
 
 proptest! {
@@ -18,10 +18,7 @@ proptest! {
         let g = kiln_ir::testing::random_graph(&ops);
         let mut exe = build(&g, 2);
         for (i, (na, nb)) in binds.iter().enumerate() {
-            let ins = inputs(&[
-                ("x", Tensor::from_f32(&[*na, *nb], &values(na * nb, seed ^ i as u64))),
-                ("y", Tensor::from_f32(&[*na, *nb], &values(na * nb, seed.wrapping_add(77 + i as u64)))),
-            ]);
+            let ins = random_graph_inputs(*na, *nb, seed ^ i as u64, seed.wrapping_add(77 + i as u64));
             // f32 kernels vs the f64 oracle: chains of up to 7 ops (two of them sums of up to
             // 8 x 8 products) keep the error within a few hundred f32 ulps.
             check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);
@@ -37,13 +34,7 @@ fn matmul_of_an_input_with_itself() {
     let g = kiln_ir::testing::random_graph(&[(43, 65)]);
     let mut exe = build(&g, 2);
     for (na, nb) in [(1usize, 2usize), (3, 5), (8, 8)] {
-        let ins = inputs(&[
-            ("x", Tensor::from_f32(&[na, nb], &values(na * nb, 3688))),
-            (
-                "y",
-                Tensor::from_f32(&[na, nb], &values(na * nb, 3688 + 79)),
-            ),
-        ]);
+        let ins = random_graph_inputs(na, nb, 3688, 3688 + 79);
         check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);
     }
 }
@@ -55,19 +46,12 @@ fn matmul_chain_then_sin() {
     let g = kiln_ir::testing::random_graph(&[(103, 223), (103, 20), (181, 0)]);
     let mut exe = build(&g, 2);
     for (na, nb) in [(1usize, 1usize), (5, 3), (8, 8)] {
-        let ins = inputs(&[
-            (
-                "x",
-                Tensor::from_f32(&[na, nb], &values(na * nb, 11586058300773422267)),
-            ),
-            (
-                "y",
-                Tensor::from_f32(
-                    &[na, nb],
-                    &values(na * nb, 11586058300773422267u64.wrapping_add(79)),
-                ),
-            ),
-        ]);
+        let ins = random_graph_inputs(
+            na,
+            nb,
+            11586058300773422267,
+            11586058300773422267u64.wrapping_add(79),
+        );
         check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);
     }
 }

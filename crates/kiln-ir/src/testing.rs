@@ -58,6 +58,20 @@ pub fn assert_matches_interpreter(
     }
 }
 
+/// The inputs of a [`random_graph`] with its symbols bound to `a = na`, `b = nb`: `x` and `y`,
+/// `[na, nb]` f32 tensors of [`values`] from seeds `seed_x` and `seed_y`.
+pub fn random_graph_inputs(
+    na: usize,
+    nb: usize,
+    seed_x: u64,
+    seed_y: u64,
+) -> HashMap<String, Tensor> {
+    inputs(&[
+        ("x", Tensor::from_f32(&[na, nb], &values(na * nb, seed_x))),
+        ("y", Tensor::from_f32(&[na, nb], &values(na * nb, seed_y))),
+    ])
+}
+
 /// A graph over inputs `x`, `y` of shape [a, b] (symbols), built by applying `ops`; its one
 /// output is `out`. Elementwise, reduction, matmul, view, concat and select ops all occur.
 ///

@@ -62,3 +62,43 @@ pub fn small_qwen_tokenizer_json(vocab: u32) -> Vec<u8> {
     model["merges"] = merges.into();
     serde_json::to_vec(&v).expect("serializes")
 }
+
+/// Checks another backend's greedy generation against the CPU's, for the same prompt: both sum
+/// in f32 in different orders (and a GPU's exp2/sin are not libm's), so logits differ in the
+/// last bits. Tokens must match until a step where the CPU's top-2 logits are that close (a
+/// near tie); after a divergence the two continue from different prefixes and are not
+/// compared. Every compared step's logits must agree within 1e-3 of the largest logit.
+/// `other` names the backend in the messages.
+pub fn assert_greedy_agrees(cpu: &crate::Generation, got: &crate::Generation, other: &str) {
+    let mut worst = 0.0f32;
+    for k in 0..cpu.generated_ids.len().min(got.generated_ids.len()) {
+        let d = cpu.step_logits[k]
+            .iter()
+            .zip(&got.step_logits[k])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        worst = worst.max(d);
+        if cpu.generated_ids[k] != got.generated_ids[k] {
+            let mut row = cpu.step_logits[k].clone();
+            row.sort_by(|a, b| b.total_cmp(a));
+            let margin = row[0] - row[1];
+            eprintln!(
+                "token {k} differs (cpu {} vs {other} {}): cpu top-2 margin {margin}, max logit diff {d}",
+                cpu.generated_ids[k], got.generated_ids[k]
+            );
+            assert!(
+                margin <= 2.0 * d,
+                "token {k} differs although the cpu's top-2 margin {margin} exceeds twice the logit difference {d}"
+            );
+            break;
+        }
+    }
+    let scale = cpu.step_logits[0]
+        .iter()
+        .fold(1.0f32, |m, x| m.max(x.abs()));
+    eprintln!("cpu vs {other}: max logit difference {worst} (largest logit {scale})");
+    assert!(
+        worst <= 1e-3 * scale,
+        "cpu and {other} logits differ by {worst} (largest logit {scale})"
+    );
+}

@@ -10,7 +10,7 @@
 //! lavapipe are within a few ulps for the bounded arguments the generator produces.
 mod common;
 use common::*;
-use kiln_ir::Tensor;
+use kiln_ir::testing::random_graph_inputs;
 use proptest::prelude::*;
 
 proptest! {
@@ -26,10 +26,7 @@ proptest! {
         let g = kiln_ir::testing::random_graph(&ops);
         let mut exe = build(&b, &g, 2);
         for (i, (na, nb)) in binds.iter().enumerate() {
-            let ins = inputs(&[
-                ("x", Tensor::from_f32(&[*na, *nb], &values(na * nb, seed ^ i as u64))),
-                ("y", Tensor::from_f32(&[*na, *nb], &values(na * nb, seed.wrapping_add(77 + i as u64)))),
-            ]);
+            let ins = random_graph_inputs(*na, *nb, seed ^ i as u64, seed.wrapping_add(77 + i as u64));
             check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);
         }
     }
@@ -43,19 +40,12 @@ fn matmul_chain_then_sin() {
     let g = kiln_ir::testing::random_graph(&[(103, 223), (103, 20), (181, 0)]);
     let mut exe = build(&b, &g, 2);
     for (na, nb) in [(1usize, 1usize), (5, 3), (8, 8)] {
-        let ins = inputs(&[
-            (
-                "x",
-                Tensor::from_f32(&[na, nb], &values(na * nb, 11586058300773422267)),
-            ),
-            (
-                "y",
-                Tensor::from_f32(
-                    &[na, nb],
-                    &values(na * nb, 11586058300773422267u64.wrapping_add(79)),
-                ),
-            ),
-        ]);
+        let ins = random_graph_inputs(
+            na,
+            nb,
+            11586058300773422267,
+            11586058300773422267u64.wrapping_add(79),
+        );
         check(exe.as_mut(), &g, &ins, 1e-5, 2e-5);
     }
 }
