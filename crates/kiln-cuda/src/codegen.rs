@@ -50,8 +50,9 @@ pub fn launch_shape(k: &Kernel) -> (Expr, LaunchShape) {
             (n.clone(), LaunchShape::Threads(n))
         }
         KernelKind::Attention { .. } => {
-            let n = numel(&k.out_shape);
-            (n.clone(), LaunchShape::Threads(n))
+            // One block per query row.
+            let rows = numel(&k.out_shape[..k.out_shape.len() - 1]);
+            (rows.clone(), LaunchShape::Threads(rows.mul(BLOCK as i64)))
         }
         KernelKind::MatMul { batch, m, n, .. } => (
             numel(batch),
@@ -286,22 +287,41 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     .unwrap();
 }
 
-/// A plain rendering: one thread per output element (b.., i, c), an online softmax over every
-/// key, each score's product recomputed by every thread of the row. Correct everywhere, not
-/// tuned: a GPU wants a tiled flash-attention kernel here.
+/// Output columns one attention pass covers: each lane of a warp owns
+/// `ATTENTION_COLS / 32` of them (a value dimension wider than this takes several passes,
+/// each recomputing the scores).
+pub const ATTENTION_COLS: u32 = 128;
+
+/// Flash-decoding, one block per query row (b.., i): the block's warps split the keys, each
+/// warp keeping an online softmax of its keys; lanes share each score's dot product (they
+/// stride KD, then a butterfly of shuffles leaves the same sum in every lane) and own
+/// [`ATTENTION_COLS`]` / 32` output columns each. The warps' partial results are merged through
+/// shared memory. Decode has few rows and many keys, so the keys are what is spread over the
+/// GPU; a key whose bias is -inf (a causal mask) is skipped before its product.
 fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     let d = p.d;
     let a = AttentionParts::of(p, k);
     let (q, kt, v) = (&a.q, &a.kt, &a.v);
     let (i, j) = (&a.row_var, &a.key_var);
-    writeln!(s, "    const int64_t kiln_e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;\n    if (kiln_e >= kiln_units) return;").unwrap();
+    let warps = BLOCK / 32;
+    let per_lane = ATTENTION_COLS / 32;
+    const LOG2E: &str = "1.44269504088896340736f";
+    writeln!(
+        s,
+        "    const int64_t kiln_r = blockIdx.x;\n    if (kiln_r >= kiln_units) return;"
+    )
+    .unwrap();
     writeln!(
         s,
         "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
         a.m, a.n, a.k, a.dv
     )
     .unwrap();
-    writeln!(s, "    const int64_t kiln_b = kiln_e / (M * DV), {i} = (kiln_e / DV) % M, kiln_c = kiln_e % DV;").unwrap();
+    writeln!(
+        s,
+        "    const int64_t kiln_b = kiln_r / M, {i} = kiln_r % M;"
+    )
+    .unwrap();
     push_lines(s, "    ", p.unflatten(&a.batch, "kiln_b", None));
     writeln!(
         s,
@@ -317,42 +337,109 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         v.base
     )
     .unwrap();
-    writeln!(s, "    float mx = -INFINITY, sum = 0.0f, acc = 0.0f;").unwrap();
-    writeln!(s, "    for (int64_t {j} = 0; {j} < T; ++{j}) {{").unwrap();
     writeln!(
         s,
-        "        float {0} = 0.0f;\n        for (int64_t kk = 0; kk < KD; ++kk) {0} += (float)({1}) * (float)({2});",
+        "    const int kiln_warp = threadIdx.x >> 5, kiln_lane = threadIdx.x & 31;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    __shared__ float kiln_wmx[{warps}], kiln_wsum[{warps}], kiln_wacc[{warps}][{ATTENTION_COLS}];"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    for (int64_t kiln_c0 = 0; kiln_c0 < DV; kiln_c0 += {ATTENTION_COLS}) {{"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        float mx = -INFINITY, sum = 0.0f, acc[{per_lane}] = {{0.0f}};"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        for (int64_t {j} = kiln_warp; {j} < T; {j} += {warps}) {{"
+    )
+    .unwrap();
+    // Every lane of a warp has the same key: the branches below are uniform in the warp.
+    if let Some((bias, _)) = &a.biased {
+        writeln!(
+            s,
+            "            const float {} = {bias};\n            if ({} == -INFINITY) continue;",
+            acc_name(1),
+            acc_name(1)
+        )
+        .unwrap();
+    }
+    writeln!(
+        s,
+        "            float {0} = 0.0f;\n            for (int64_t kk = kiln_lane; kk < KD; kk += 32) {0} += (float)({1}) * (float)({2});",
         acc_name(0),
         q.at(d, "pq", i, "kk"),
         kt.at(d, "pk", "kk", j)
     )
     .unwrap();
-    writeln!(s, "        const float sc = {};", a.score).unwrap();
-    writeln!(s, "        if (sc == -INFINITY) continue;").unwrap();
-    writeln!(s, "        const float mnew = mx > sc ? mx : sc;").unwrap();
-    writeln!(s, "        const float corr = mx == -INFINITY ? 0.0f : exp2f((mx - mnew) * 1.44269504088896340736f);").unwrap();
     writeln!(
         s,
-        "        const float pj = exp2f((sc - mnew) * 1.44269504088896340736f);"
+        "            for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {0} += __shfl_xor_sync(0xffffffffu, {0}, kiln_o);",
+        acc_name(0)
+    )
+    .unwrap();
+    let score = a.biased.as_ref().map_or(&a.score, |(_, rest)| rest);
+    writeln!(s, "            const float sc = {score};").unwrap();
+    writeln!(s, "            if (sc == -INFINITY) continue;").unwrap();
+    writeln!(s, "            const float mnew = mx > sc ? mx : sc;").unwrap();
+    writeln!(
+        s,
+        "            const float corr = mx == -INFINITY ? 0.0f : exp2f((mx - mnew) * {LOG2E});"
     )
     .unwrap();
     writeln!(
         s,
-        "        sum = sum * corr + pj;\n        acc = acc * corr + pj * (float)({});\n        mx = mnew;\n    }}",
+        "            const float pj = exp2f((sc - mnew) * {LOG2E});\n            sum = sum * corr + pj;\n            mx = mnew;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            #pragma unroll\n            for (int t = 0; t < {per_lane}; ++t) {{\n                const int64_t kiln_c = kiln_c0 + kiln_lane + 32 * t;\n                acc[t] = acc[t] * corr + (kiln_c < DV ? pj * (float)({}) : 0.0f);\n            }}",
         v.at(d, "pv", j, "kiln_c")
     )
     .unwrap();
+    writeln!(s, "        }}").unwrap();
+    // Merge the warps: rescale each to the largest maximum, then sum.
     writeln!(
         s,
-        "    {}",
+        "        if (kiln_lane == 0) {{ kiln_wmx[kiln_warp] = mx; kiln_wsum[kiln_warp] = sum; }}\n        #pragma unroll\n        for (int t = 0; t < {per_lane}; ++t) kiln_wacc[kiln_warp][kiln_lane + 32 * t] = acc[t];\n        __syncthreads();"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        const int64_t kiln_c = kiln_c0 + threadIdx.x;\n        if (threadIdx.x < {ATTENTION_COLS} && kiln_c < DV) {{"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            float big = -INFINITY, total = 0.0f, val = 0.0f;\n            for (int w = 0; w < {warps}; ++w) big = kiln_wmx[w] > big ? kiln_wmx[w] : big;"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            for (int w = 0; w < {warps}; ++w) {{\n                if (kiln_wmx[w] == -INFINITY) continue;\n                const float f = exp2f((kiln_wmx[w] - big) * {LOG2E});\n                total += kiln_wsum[w] * f;\n                val += kiln_wacc[w][threadIdx.x] * f;\n            }}"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "            {}",
         d.store(
             k.out_dtype,
             OUT,
-            "kiln_e",
-            &d.round(k.out_dtype, "(T > 0 ? acc / sum : 0.0f)")
+            "kiln_r * DV + kiln_c",
+            &d.round(k.out_dtype, "(T > 0 ? val / total : 0.0f)")
         )
     )
     .unwrap();
+    writeln!(s, "        }}\n        __syncthreads();\n    }}").unwrap();
 }
 
 /// Matmul, one TILE x TILE block per output tile and one batch per grid z. Two paths in one
@@ -363,12 +450,27 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
 /// - otherwise a shared-memory tiled product; the B tile is read along k by consecutive
 ///   threads when k is B's contiguous axis (weights `[N, K]` seen transposed), so loads coalesce.
 ///
+/// An epilogue that reads several products per element (SiLU(gate) * up over one fused
+/// weight: columns `col + c` for each offset `c`) keeps one accumulator per product on both
+/// paths, so its weight reads are as coalesced as a plain product's.
+///
 /// Plain FMA in f32, no tensor cores; not tuned for Hopper beyond that.
 fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     let d = p.d;
     let t = TILE;
     let mm = MatMul::of(p, k);
     let (a, b) = (&mm.a, &mm.b);
+    let slots: Vec<(String, &String)> = mm
+        .cols
+        .iter()
+        .enumerate()
+        .map(|(slot, c)| (acc_name(slot), c))
+        .collect();
+    let zero_accs = slots
+        .iter()
+        .map(|(acc, _)| format!("{acc} = 0.0f"))
+        .collect::<Vec<_>>()
+        .join(", ");
     writeln!(
         s,
         "    const int64_t M = {}, N = {}, K = {};",
@@ -394,43 +496,14 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     .unwrap();
     writeln!(s, "    const int tx = threadIdx.x, ty = threadIdx.y;").unwrap();
     let (vm, vn) = mm.row_col_vars(d);
-    // The element at (row, col) from its products: the epilogue, or the product itself.
-    let store_acc = |row: &str, col: &str, index: &str| {
+    // The element at (row, col) from its products (the accumulators): the epilogue, or the
+    // product itself.
+    let store = |row: &str, col: &str, index: &str| {
         format!(
-            "{{ const int64_t {vm} = {row}, {vn} = {col}; (void){vm}; (void){vn}; const float {} = acc; {} }}",
-            acc_name(0),
+            "{{ const int64_t {vm} = {row}, {vn} = {col}; (void){vm}; (void){vn}; {} }}",
             mm.store(d, OUT, &mm.value(), index)
         )
     };
-    if mm.cols.len() > 1 {
-        // Several products per element (SiLU(gate) * up): a plain kernel, one thread per
-        // element, each product a loop over k.
-        writeln!(s, "    const int64_t row = (int64_t)blockIdx.y * {t} + ty, col = (int64_t)blockIdx.x * {t} + tx;").unwrap();
-        writeln!(s, "    if (row >= M || col >= N) return;").unwrap();
-        writeln!(
-            s,
-            "    const int64_t {vm} = row, {vn} = col; (void){vm}; (void){vn};"
-        )
-        .unwrap();
-        for (slot, c) in mm.cols.iter().enumerate() {
-            writeln!(
-                s,
-                "    float {0} = 0.0f;\n    for (int64_t kx = 0; kx < K; ++kx) {0} += (float)({1}) * (float)({2});",
-                acc_name(slot),
-                a.at(d, "pa", "row", "kx"),
-                b.at(d, "pb", "kx", &format!("(col + {c})"))
-            )
-            .unwrap();
-        }
-        writeln!(
-            s,
-            "    {}",
-            mm.store(d, OUT, &mm.value(), "kiln_b * M * N + row * N + col")
-        )
-        .unwrap();
-        return;
-    }
-    let c0 = &mm.cols[0];
 
     // Decode: one row.
     writeln!(s, "    if (M == 1) {{").unwrap();
@@ -439,39 +512,57 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         "        const int64_t col = (int64_t)blockIdx.x * {t} + ty;"
     )
     .unwrap();
-    writeln!(s, "        float acc = 0.0f;").unwrap();
+    writeln!(s, "        float {zero_accs};").unwrap();
     writeln!(
         s,
-        "        if (col < N) for (int64_t kx = tx; kx < K; kx += {t}) acc += (float)({}) * (float)({});",
+        "        if (col < N) for (int64_t kx = tx; kx < K; kx += {t}) {{\n            const float kiln_a = (float)({});",
         a.at(d, "pa", "0", "kx"),
-        b.at(d, "pb", "kx", &format!("(col + {c0})"))
     )
     .unwrap();
+    for (acc, c) in &slots {
+        writeln!(
+            s,
+            "            {acc} += kiln_a * (float)({});",
+            b.at(d, "pb", "kx", &format!("(col + {c})"))
+        )
+        .unwrap();
+    }
+    writeln!(s, "        }}").unwrap();
+    // Every lane of the warp reaches the shuffles (a lane past N adds its zeros).
     writeln!(
         s,
-        "        for (int kiln_o = {}; kiln_o > 0; kiln_o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, kiln_o);",
+        "        for (int kiln_o = {}; kiln_o > 0; kiln_o >>= 1) {{",
         t / 2
     )
     .unwrap();
+    for (acc, _) in &slots {
+        writeln!(
+            s,
+            "            {acc} += __shfl_down_sync(0xffffffffu, {acc}, kiln_o);"
+        )
+        .unwrap();
+    }
+    writeln!(s, "        }}").unwrap();
     writeln!(
         s,
         "        if (tx == 0 && col < N) {}\n        return;\n    }}",
-        store_acc("0", "col", "kiln_b * N + col")
+        store("0", "col", "kiln_b * N + col")
     )
     .unwrap();
 
-    // Tiled.
+    // Tiled: one A tile and one B tile per product.
     writeln!(
         s,
-        "    __shared__ float As[{t}][{}], Bs[{t}][{}];",
+        "    __shared__ float As[{t}][{}], Bs[{}][{t}][{}];",
         t + 1,
+        slots.len(),
         t + 1
     )
     .unwrap();
     writeln!(s, "    const int64_t row = (int64_t)blockIdx.y * {t} + ty, col = (int64_t)blockIdx.x * {t} + tx;").unwrap();
     writeln!(
         s,
-        "    float acc = 0.0f;\n    for (int64_t k0 = 0; k0 < K; k0 += {t}) {{"
+        "    float {zero_accs};\n    for (int64_t k0 = 0; k0 < K; k0 += {t}) {{"
     )
     .unwrap();
     writeln!(
@@ -480,32 +571,45 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         a.at(d, "pa", "row", "(k0 + tx)")
     )
     .unwrap();
-    if b.row_stride_expr.is_const(1) && !b.col_stride_expr.is_const(1) {
+    let k_contiguous = b.row_stride_expr.is_const(1) && !b.col_stride_expr.is_const(1);
+    if k_contiguous {
         // k is B's contiguous axis: lanes (tx) walk k, rows of the block (ty) walk columns.
         writeln!(
             s,
             "        const int64_t bcol = (int64_t)blockIdx.x * {t} + ty;"
         )
         .unwrap();
-        writeln!(
-            s,
-            "        Bs[tx][ty] = (k0 + tx < K && bcol < N) ? (float)({}) : 0.0f;",
-            b.at(d, "pb", "(k0 + tx)", &format!("(bcol + {c0})"))
-        )
-        .unwrap();
-    } else {
-        writeln!(
-            s,
-            "        Bs[ty][tx] = (k0 + ty < K && col < N) ? (float)({}) : 0.0f;",
-            b.at(d, "pb", "(k0 + ty)", &format!("(col + {c0})"))
-        )
-        .unwrap();
     }
-    writeln!(s, "        __syncthreads();\n        #pragma unroll\n        for (int q = 0; q < {t}; ++q) acc += As[ty][q] * Bs[q][tx];\n        __syncthreads();\n    }}").unwrap();
+    for (slot, (_, c)) in slots.iter().enumerate() {
+        if k_contiguous {
+            writeln!(
+                s,
+                "        Bs[{slot}][tx][ty] = (k0 + tx < K && bcol < N) ? (float)({}) : 0.0f;",
+                b.at(d, "pb", "(k0 + tx)", &format!("(bcol + {c})"))
+            )
+            .unwrap();
+        } else {
+            writeln!(
+                s,
+                "        Bs[{slot}][ty][tx] = (k0 + ty < K && col < N) ? (float)({}) : 0.0f;",
+                b.at(d, "pb", "(k0 + ty)", &format!("(col + {c})"))
+            )
+            .unwrap();
+        }
+    }
+    writeln!(
+        s,
+        "        __syncthreads();\n        #pragma unroll\n        for (int q = 0; q < {t}; ++q) {{\n            const float kiln_a = As[ty][q];"
+    )
+    .unwrap();
+    for (slot, (acc, _)) in slots.iter().enumerate() {
+        writeln!(s, "            {acc} += kiln_a * Bs[{slot}][q][tx];").unwrap();
+    }
+    writeln!(s, "        }}\n        __syncthreads();\n    }}").unwrap();
     writeln!(
         s,
         "    if (row < M && col < N) {}",
-        store_acc("row", "col", "kiln_b * M * N + row * N + col")
+        store("row", "col", "kiln_b * M * N + row * N + col")
     )
     .unwrap();
 }

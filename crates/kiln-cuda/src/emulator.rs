@@ -8,7 +8,10 @@
 //! keywords, built-in variables and intrinsics onto a small runtime (`emu/runtime.cpp`): blocks
 //! run one after another, and the threads of a block that synchronises (reductions' warp
 //! shuffles, the tiled matmul's `__syncthreads`) run as coroutines that switch at every
-//! barrier. Launch geometry and argument order come from the same [`LaunchPlan`] the CUDA
+//! barrier. A shuffle waits for the lanes of its warp only and `__syncthreads` for the whole
+//! block, so warps that run different numbers of shuffles (attention's warps over their share
+//! of the keys) run as on a GPU; a shuffle that a returned lane misses, and a block whose
+//! threads wait at barriers that can never all be reached, abort with a message. Launch geometry and argument order come from the same [`LaunchPlan`] the CUDA
 //! device uses, so the emulator checks the kernels' indexing, reductions and tiling as the GPU
 //! would run them.
 //!
@@ -102,7 +105,10 @@ fn launcher(k: &Kernel) -> String {
     // Kernels with barriers or warp shuffles run their threads as coroutines.
     let cooperative = matches!(
         k.kind,
-        KernelKind::Reduce { .. } | KernelKind::ReduceMap { .. } | KernelKind::MatMul { .. }
+        KernelKind::Reduce { .. }
+            | KernelKind::ReduceMap { .. }
+            | KernelKind::MatMul { .. }
+            | KernelKind::Attention { .. }
     );
     let name = kiln_compile::NAME_PLACEHOLDER;
     let mut s = String::new();

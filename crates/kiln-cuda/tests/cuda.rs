@@ -210,6 +210,92 @@ fn ops_match_the_interpreter(target: Where) {
 }
 
 #[test]
+fn gpu_attention_matches_the_interpreter_at_awkward_sizes() {
+    if gpu() {
+        attention_matches_the_interpreter(Where::Gpu);
+    }
+}
+
+#[test]
+fn emulated_attention_matches_the_interpreter_at_awkward_sizes() {
+    attention_matches_the_interpreter(Where::Emulated);
+}
+
+/// The fused attention kernel (one block per query row, warps splitting the keys, lanes the
+/// columns) at sizes that fit none of its strides: a key depth of 20 (not a multiple of the
+/// 32 lanes), 160 value columns (two passes of 128, the second partial), key counts that do not
+/// divide among the 8 warps or are smaller than them, with and without a causal mask.
+fn attention_matches_the_interpreter(target: Where) {
+    use kiln_ir::{DType, Expr, Graph, Tensor};
+    const KV: usize = 2;
+    const D: usize = 20;
+    const DV: usize = 160;
+    for masked in [true, false] {
+        let mut g = Graph::new();
+        let (s, t) = (Expr::sym("s"), Expr::sym("t"));
+        let p = t.clone().sub(s.clone());
+        let q = g
+            .input("q", DType::F32, &[KV.into(), s.clone(), D.into()])
+            .unwrap();
+        let k = g
+            .input("k", DType::F32, &[KV.into(), t.clone(), D.into()])
+            .unwrap();
+        let v = g
+            .input("v", DType::F32, &[KV.into(), t.clone(), DV.into()])
+            .unwrap();
+        let kt = g.transpose(k, 1, 2).unwrap();
+        let scores = g.matmul(q, kt).unwrap();
+        let mut scores = g.mul_scalar(scores, 0.3).unwrap();
+        if masked {
+            let mask = g.causal_mask(p, s.clone()).unwrap();
+            scores = g.add(scores, mask).unwrap();
+        }
+        let probs = g.softmax(scores, 2).unwrap();
+        let o = g.matmul(probs, v).unwrap();
+        g.output("o", o);
+        let mut exe = cuda_executable(&g, target);
+        // (s, p): a prompt, decode steps at positions whose key counts split unevenly among
+        // the warps, and a single key.
+        for (s, p) in [(19usize, 0usize), (1, 37), (3, 2), (1, 0)] {
+            let t = s + p;
+            let vals = |n: usize, seed: usize| {
+                (0..n)
+                    .map(|i| (((i * 7919 + seed) % 1000) as f32 / 500.0) - 1.0)
+                    .collect::<Vec<_>>()
+            };
+            let ins: std::collections::HashMap<String, Tensor> = [
+                (
+                    "q".to_string(),
+                    Tensor::from_f32(&[KV, s, D], &vals(KV * s * D, 1)),
+                ),
+                (
+                    "k".to_string(),
+                    Tensor::from_f32(&[KV, t, D], &vals(KV * t * D, 2)),
+                ),
+                (
+                    "v".to_string(),
+                    Tensor::from_f32(&[KV, t, DV], &vals(KV * t * DV, 3)),
+                ),
+            ]
+            .into();
+            let got = exe.run(&ins).unwrap();
+            let want = kiln_ir::interpret(&g, &ins, &Default::default()).unwrap();
+            let (a, b) = (got["o"].to_f64_vec(), want["o"].to_f64_vec());
+            assert_eq!(a.len(), b.len());
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                d <= 1e-5,
+                "{target:?}, masked {masked}, s {s}, p {p}: max diff {d}"
+            );
+        }
+    }
+}
+
+#[test]
 fn gpu_write_slice_matches_the_interpreter() {
     if gpu() {
         write_slice_matches_the_interpreter(Where::Gpu);

@@ -9,8 +9,9 @@ extern thread_local kiln_emu_where kiln_emu_cur;
 extern "C" {
 /* __syncthreads(): every live thread of the block reaches it before any goes on. */
 void kiln_emu_sync(void);
-/* __shfl_down_sync on 64 raw bits: the value of lane + delta of the same warp, else our own. */
-unsigned long long kiln_emu_shfl_down(unsigned long long bits, unsigned delta);
+/* Warp shuffles on 64 raw bits: the value of lane + arg (down) or of lane ^ arg (xor) of the
+ * same warp, else our own. Every lane of the warp must take part (mask 0xffffffff). */
+unsigned long long kiln_emu_shfl(unsigned long long bits, unsigned arg, int xor_lanes);
 /* Runs `body(args)` once per thread of a grid of blocks. `cooperative` kernels (barriers,
  * shuffles) run each block's threads as coroutines; others run them one after another.
  * Returns 0, or -1 when memory for the coroutines could not be had. */

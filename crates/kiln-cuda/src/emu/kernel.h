@@ -17,14 +17,20 @@
 
 #define __syncthreads() kiln_emu_sync()
 
-template <class T> static inline T __shfl_down_sync(unsigned, T v, unsigned delta) {
+template <class T> static inline T kiln_emu_shfl_t(T v, unsigned arg, int xor_lanes) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 64 bits");
     unsigned long long bits = 0;
     __builtin_memcpy(&bits, &v, sizeof v);
-    bits = kiln_emu_shfl_down(bits, delta);
+    bits = kiln_emu_shfl(bits, arg, xor_lanes);
     T out;
     __builtin_memcpy(&out, &bits, sizeof out);
     return out;
+}
+template <class T> static inline T __shfl_down_sync(unsigned, T v, unsigned delta) {
+    return kiln_emu_shfl_t(v, delta, 0);
+}
+template <class T> static inline T __shfl_xor_sync(unsigned, T v, unsigned mask) {
+    return kiln_emu_shfl_t(v, mask, 1);
 }
 
 static inline unsigned __float_as_uint(float f) { unsigned u; __builtin_memcpy(&u, &f, 4); return u; }

@@ -1,7 +1,8 @@
 /* kiln's CUDA emulator runtime: runs a grid of blocks on the calling OS thread. Threads of a
- * cooperative kernel are ucontext coroutines; __syncthreads and warp shuffles switch between
- * them, so barriers and shuffles mean what they mean on a GPU, for kernels whose warps are
- * converged (kiln's are). */
+ * cooperative kernel are ucontext coroutines that switch at every barrier: __syncthreads waits
+ * for the whole block, a warp shuffle for the 32 lanes of its warp only, so warps that diverge
+ * (one warp doing more iterations of a loop with shuffles than another) run as on a GPU. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <ucontext.h>
 
@@ -11,7 +12,7 @@ thread_local kiln_emu_where kiln_emu_cur;
 
 namespace {
 
-enum State { READY, WAITING, DONE };
+enum State { READY, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 const size_t STACK_BYTES = 64 * 1024;
 
 struct Block {
@@ -37,8 +38,26 @@ void entry() {
     b->state[b->cur] = DONE; /* returning resumes the scheduler (uc_link) */
 }
 
+/* Releases the warps whose live lanes all wait at a shuffle; true if any was released. */
+bool release_warps(Block &b) {
+    bool released = false;
+    for (unsigned w = 0; w < b.n; w += 32) {
+        unsigned end = w + 32 < b.n ? w + 32 : b.n, live = 0, at_warp = 0;
+        for (unsigned t = w; t < end; ++t) {
+            live += b.state[t] != DONE;
+            at_warp += b.state[t] == AT_WARP_BARRIER;
+        }
+        if (live == 0 || at_warp != live) continue;
+        for (unsigned t = w; t < end; ++t)
+            if (b.state[t] == AT_WARP_BARRIER) b.state[t] = READY;
+        released = true;
+    }
+    return released;
+}
+
 /* Runs every thread of the current block until all have finished, in rounds: each round runs
- * every READY thread up to its next barrier. */
+ * every READY thread up to its next barrier, then releases what can go on: whole warps at a
+ * shuffle first, else the block at __syncthreads once every live thread is there. */
 void run_block(Block &b, const unsigned block[3]) {
     for (unsigned t = 0; t < b.n; ++t) {
         getcontext(&b.threads[t]);
@@ -55,31 +74,53 @@ void run_block(Block &b, const unsigned block[3]) {
             kiln_emu_cur.thread_idx = thread_index(block, t);
             swapcontext(&b.scheduler, &b.threads[t]);
         }
-        bool waiting = false;
+        if (release_warps(b)) continue;
+        unsigned live = 0, at_block = 0;
+        for (unsigned t = 0; t < b.n; ++t) {
+            live += b.state[t] != DONE;
+            at_block += b.state[t] == AT_BLOCK_BARRIER;
+        }
+        if (live == 0) return;
+        if (at_block != live) {
+            kiln_emu_dim3 blk = kiln_emu_cur.block_idx;
+            fprintf(stderr,
+                    "CUDA emulator: block (%u, %u, %u) deadlocks: %u of its %u live threads wait at "
+                    "__syncthreads, the others at a warp shuffle their warp does not reach\n",
+                    blk.x, blk.y, blk.z, at_block, live);
+            abort();
+        }
         for (unsigned t = 0; t < b.n; ++t)
-            if (b.state[t] == WAITING) { b.state[t] = READY; waiting = true; }
-        if (!waiting) return;
+            if (b.state[t] == AT_BLOCK_BARRIER) b.state[t] = READY;
     }
+}
+
+void wait_at(State barrier) {
+    Block *b = running;
+    if (b == nullptr) abort(); /* a barrier in a kernel launched as non-cooperative */
+    unsigned t = b->cur;
+    b->state[t] = barrier;
+    swapcontext(&b->threads[t], &b->scheduler);
 }
 
 } // namespace
 
-extern "C" void kiln_emu_sync(void) {
-    Block *b = running;
-    if (b == nullptr) abort(); /* a barrier in a kernel launched as non-cooperative */
-    unsigned t = b->cur;
-    b->state[t] = WAITING;
-    swapcontext(&b->threads[t], &b->scheduler);
-}
+extern "C" void kiln_emu_sync(void) { wait_at(AT_BLOCK_BARRIER); }
 
-extern "C" unsigned long long kiln_emu_shfl_down(unsigned long long bits, unsigned delta) {
+extern "C" unsigned long long kiln_emu_shfl(unsigned long long bits, unsigned arg, int xor_lanes) {
     Block *b = running;
     if (b == nullptr) abort();
-    unsigned t = b->cur;
+    unsigned t = b->cur, warp = t & ~31u, lane = t & 31;
     b->slots[t] = bits;
-    kiln_emu_sync();
-    unsigned long long r = ((t & 31) + delta < 32 && t + delta < b->n) ? b->slots[t + delta] : bits;
-    kiln_emu_sync(); /* nobody overwrites a slot before every lane has read it */
+    wait_at(AT_WARP_BARRIER);
+    /* A lane that returned before a full-mask shuffle is undefined behaviour on a GPU. */
+    for (unsigned l = warp; l < warp + 32 && l < b->n; ++l)
+        if (b->state[l] == DONE) {
+            fprintf(stderr, "CUDA emulator: thread %u shuffles while thread %u of its warp has returned\n", t, l);
+            abort();
+        }
+    unsigned src = xor_lanes ? (lane ^ arg) : lane + arg;
+    unsigned long long r = (src < 32 && warp + src < b->n) ? b->slots[warp + src] : bits;
+    wait_at(AT_WARP_BARRIER); /* nobody overwrites a slot before every lane has read it */
     return r;
 }
 
