@@ -5,8 +5,12 @@
 # `tests` (~2 min) runs the GPU tests (interpreter property tests, fixtures, cpu vs cuda on
 # qwen3-0.6b); `bench` (~5 min) runs `kiln bench compile` at 1-16 threads (cuda and cpu) and
 # `kiln bench decode` on cuda for qwen3-0.6b and qwen3-8b. Everything lands in
-# $OUT/gpu-check.log and $OUT/gpu-results.tgz (or ./gpu-results without $OUT).
-# Each step has a timeout so that one hang cannot eat the machine's time.
+# $OUT/gpu-check.log and $OUT/gpu-results.tgz (or ./gpu-results without $OUT); the bench
+# phase ends with a summary (the tables for docs/benchmarks.md) that the device tool's
+# output tail shows. Each step has a timeout so that one hang cannot eat the machine's time;
+# the timeouts add up to 15 min, the expected total is about 6 (`all` fits one 600 s call).
+# A dry run on a machine without a GPU goes through every step: the GPU tests skip, saying
+# so, and the cuda run and decode steps fail with "needs an NVIDIA GPU".
 set -u
 cd "$(dirname "$0")/.."
 phase=${1:-all}
@@ -32,6 +36,10 @@ step "machine (kit built from $(cat "$kit/commit" 2>/dev/null))"
   grep -m1 'model name' /proc/cpuinfo
   ls /usr/local/cuda/lib64/libnvrtc.so* 2>&1
   command -v cc g++
+  nvcc --version 2>/dev/null | tail -2
+  # The NVRTC kiln finds, as the compile report names it.
+  "$kit/kiln" compile --model qwen3-0.6b --layers 1 --backend cuda --arch sm_90 --no-cache --json |
+    python3 -c 'import json, sys; print("kiln cuda compiler:", json.load(sys.stdin)["compiler"])'
 } 2>&1 | tee -a "$log"
 
 if [ "$phase" = tests ] || [ "$phase" = all ]; then
@@ -52,6 +60,28 @@ if [ "$phase" = bench ] || [ "$phase" = all ]; then
   run 90 "$kit/kiln" bench decode --model qwen3-0.6b --backend cuda --out "$res/decode-qwen3-0.6b"
   step "decode bench, qwen3-8b on cuda"
   run 180 "$kit/kiln" bench decode --model qwen3-8b --backend cuda --out "$res/decode-qwen3-8b"
+fi
+if [ "$phase" = bench ] || [ "$phase" = all ]; then
+  step "summary (the rows for docs/benchmarks.md)"
+  python3 - "$res" <<'PY' 2>&1 | tee -a "$log"
+import json, pathlib, sys
+res = pathlib.Path(sys.argv[1])
+for name in ("compile-cuda", "compile-cpu"):
+    f = res / name / "compile.json"
+    if not f.exists():
+        print(f"{name}: no result")
+        continue
+    d = json.loads(f.read_text())
+    print(f"\n{name} ({d['machine']['cores']} cores, {d['machine']['cpu']}), warm cache {100 * d['warm']['ratio_to_cold']:.1f}% of cold")
+    print("| threads | median ms | speedup | ceiling | speedup / ceiling |\n| --- | --- | --- | --- | --- |")
+    for c in d["configs"]:
+        print(f"| {c['threads']} | {c['median_ms']:.0f} | {c['speedup']:.2f} | {c['ceiling']:.2f} | {c['speedup_vs_ceiling']:.2f} |")
+for f in sorted(res.glob("decode-*/decode.json")):
+    d = json.loads(f.read_text())
+    print(f"\n{d['model']} on {d['backend']} ({d['machine']['bandwidth_from']}, {d['memory_bandwidth_gb_s']:.0f} GB/s), {d['weight_dtype']} weights: "
+          f"prefill {d['prompt_len']} tokens {d['prefill_ms']:.1f} ms, decode {d['decode_tokens_per_s']:.1f} tokens/s = "
+          f"{d['decode_pct_of_bound']:.1f}% of the {d['bound_tokens_per_s']:.0f} tokens/s bound, {d['launches_per_token']} launches/token, load {d['load_ms'] / 1e3:.1f} s")
+PY
 fi
 step done
 tar czf "$out/gpu-results.tgz" -C "$res" --exclude cache .
