@@ -6,14 +6,14 @@
 //! with symbols in sorted order. Launch geometry per kind is in [`launch_shape`].
 
 use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
-use kiln_ir::{numel, Bindings, Expr};
+use kiln_ir::{numel, Bindings, DType, Expr};
 use kiln_render::cstyle::CStyle;
 use kiln_render::parts::{
     element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
     OUT,
 };
 use kiln_render::printer::{acc_name, input_name};
-use kiln_render::{Dialect, Printer};
+use kiln_render::{Dialect, IndexOp, Printer};
 use kiln_runtime::RunError;
 use std::fmt::Write;
 
@@ -513,20 +513,8 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     )
     .unwrap();
     writeln!(s, "        float {zero_accs};").unwrap();
-    writeln!(
-        s,
-        "        if (col < N) for (int64_t kx = tx; kx < K; kx += {t}) {{\n            const float kiln_a = (float)({});",
-        a.at(d, "pa", "0", "kx"),
-    )
-    .unwrap();
-    for (acc, c) in &slots {
-        writeln!(
-            s,
-            "            {acc} += kiln_a * (float)({});",
-            b.at(d, "pb", "kx", &format!("(col + {c})"))
-        )
-        .unwrap();
-    }
+    writeln!(s, "        if (col < N) {{").unwrap();
+    gemv_products(d, &mm, &slots, s);
     writeln!(s, "        }}").unwrap();
     // Every lane of the warp reaches the shuffles (a lane past N adds its zeros).
     writeln!(
@@ -612,4 +600,95 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         store("row", "col", "kiln_b * M * N + row * N + col")
     )
     .unwrap();
+}
+
+/// The products of the decode row's column `col`, each lane `tx` of the 16 striding K. Where
+/// B's k axis is contiguous and B is bf16 or f32, a lane reads 16 bytes of each column at once
+/// (8 or 4 consecutive k) when every column starts 16-byte aligned and K is a multiple of that
+/// (checked at run time: buffers are aligned, views into them need not be); otherwise one
+/// element at a time. Decode streams every weight once per token, so this loop is what the
+/// token rate is made of.
+fn gemv_products(d: &dyn Dialect, mm: &MatMul, slots: &[(String, &String)], s: &mut String) {
+    let (a, b) = (&mm.a, &mm.b);
+    let t = TILE;
+    let scalar_loop = |s: &mut String, indent: &str| {
+        writeln!(
+            s,
+            "{indent}for (int64_t kx = tx; kx < K; kx += {t}) {{\n{indent}    const float kiln_a = (float)({});",
+            a.at(d, "pa", "0", "kx"),
+        )
+        .unwrap();
+        for (acc, c) in slots {
+            writeln!(
+                s,
+                "{indent}    {acc} += kiln_a * (float)({});",
+                b.at(d, "pb", "kx", &format!("(col + {c})"))
+            )
+            .unwrap();
+        }
+        writeln!(s, "{indent}}}").unwrap();
+    };
+    let unpack = match b.dtype {
+        DType::BF16 => Some((8, "kiln_bf16x8_at")),
+        DType::F32 => Some((4, "kiln_f32x4_at")),
+        _ => None,
+    };
+    let (Some((lanes, at)), true) = (unpack, b.row_stride_expr.is_const(1)) else {
+        scalar_loop(s, "            ");
+        return;
+    };
+    let ty = d.storage_type(b.dtype);
+    let starts: Vec<String> = slots
+        .iter()
+        .enumerate()
+        .map(|(slot, (_, c))| {
+            format!(
+                "*kiln_w{slot} = pb + {}",
+                d.index_op(IndexOp::Mul, &format!("(col + {c})"), &b.col_stride)
+            )
+        })
+        .collect();
+    writeln!(s, "            const {ty} {};", starts.join(", ")).unwrap();
+    let aligned = (0..slots.len())
+        .map(|slot| format!("(unsigned long long)kiln_w{slot}"))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    writeln!(
+        s,
+        "            if (K % {lanes} == 0 && (({aligned}) & 15) == 0) {{"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "                for (int64_t kx = tx * {lanes}; kx < K; kx += {}) {{",
+        t * lanes
+    )
+    .unwrap();
+    for slot in 0..slots.len() {
+        writeln!(
+            s,
+            "                    const uint4 kiln_q{slot} = *(const uint4 *)(kiln_w{slot} + kx);"
+        )
+        .unwrap();
+    }
+    writeln!(
+        s,
+        "                    #pragma unroll\n                    for (int e = 0; e < {lanes}; ++e) {{\n                        const float kiln_a = (float)({});",
+        a.at(d, "pa", "0", "(kx + e)")
+    )
+    .unwrap();
+    for (slot, (acc, _)) in slots.iter().enumerate() {
+        writeln!(
+            s,
+            "                        {acc} += kiln_a * {at}(kiln_q{slot}, e);"
+        )
+        .unwrap();
+    }
+    writeln!(
+        s,
+        "                    }}\n                }}\n            }} else {{"
+    )
+    .unwrap();
+    scalar_loop(s, "                ");
+    writeln!(s, "            }}").unwrap();
 }

@@ -182,7 +182,15 @@ impl Backend for EmulatedCuda {
         let cxx = cxx();
         let mut cmd = Command::new(&cxx);
         cmd.current_dir(dir.path())
-            .args(["-std=c++17", "-O1", "-fPIC", "-shared", "-w", "-o"])
+            .args([
+                "-std=c++17",
+                "-O1",
+                "-fno-strict-aliasing",
+                "-fPIC",
+                "-shared",
+                "-w",
+                "-o",
+            ])
             .arg("emulated.so")
             .args(["kernels.cpp", "runtime.cpp"]);
         let out = run_cxx(&mut cmd, &cxx, self.timeout)?;

@@ -14,4 +14,12 @@ typedef unsigned char uint8_t;
 #define KILN_FN static __device__ __forceinline__
 KILN_FN uint32_t kiln_f2u(float f) { return __float_as_uint(f); }
 KILN_FN float kiln_u2f(uint32_t u) { return __uint_as_float(u); }
+/* Element e of 16 bytes read at once (a uint4): 8 bf16 or 4 f32, as floats. */
+KILN_FN float kiln_bf16x8_at(uint4 q, int e) {
+    const uint32_t w = e < 2 ? q.x : e < 4 ? q.y : e < 6 ? q.z : q.w;
+    return __uint_as_float((e & 1) ? (w & 0xffff0000u) : (w << 16));
+}
+KILN_FN float kiln_f32x4_at(uint4 q, int e) {
+    return __uint_as_float(e == 0 ? q.x : e == 1 ? q.y : e == 2 ? q.z : q.w);
+}
 /* KILN_CSTYLE_HELPERS */

@@ -17,6 +17,9 @@
 
 #define __syncthreads() kiln_emu_sync()
 
+/* CUDA's built-in 16-byte vector (NVRTC has it without headers). */
+struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
+
 template <class T> static inline T kiln_emu_shfl_t(T v, unsigned arg, int xor_lanes) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 64 bits");
     unsigned long long bits = 0;
