@@ -95,11 +95,11 @@ fn blocks(len: &Expr, block: i64) -> Expr {
 /// (`KC x 16`); each part 64-byte aligned.
 pub fn scratch_bytes(k: &Kernel) -> Expr {
     if let KernelKind::Attention { dv, .. } = &k.kind {
-        // The rows' unnormalised outputs and the scores of one key block.
+        // The rows' unnormalised outputs, and the scores and biases of one key block.
         return dv
             .clone()
             .mul(ATT_ROWS * 4)
-            .add(ATT_ROWS * ATT_KEYS * 4 + 128);
+            .add(2 * ATT_ROWS * ATT_KEYS * 4 + 128);
     }
     let KernelKind::MatMul {
         k: depth, epilogue, ..
@@ -452,10 +452,12 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     writeln!(s, "    }}").unwrap();
 }
 
-/// Work unit = ATT_ROWS rows of one batch. Per key block: each row's scores (the product
-/// only where the bias, if any, is not -inf), the block's max, then the online softmax update
-/// of the row's running max, sum and unnormalised output. Rows and keys run in a fixed order:
-/// the same bits on any number of threads.
+/// Work unit = ATT_ROWS rows of one batch; keys in blocks of ATT_KEYS. Per key block: the
+/// rows' scores, each row's block max, then the online softmax update of the row's running
+/// max, sum and unnormalised output; f32 operands contiguous along the head dimension (every
+/// model's attention) take the blocked path ([`attention_block`]), anything else goes row by
+/// row ([`attention_rows`]). Rows and keys run in a fixed order: the same bits on any number
+/// of threads.
 fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     let d = p.d;
     let a = AttentionParts::of(p, k);
@@ -467,7 +469,6 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         && q.col_stride_expr.is_const(1)
         && kt.row_stride_expr.is_const(1)
         && v.col_stride_expr.is_const(1);
-    let (i, j) = (&a.row_var, &a.key_var);
     writeln!(
         s,
         "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
@@ -479,7 +480,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         "    const int64_t TM = (M + {ATT_ROWS} - 1) / {ATT_ROWS};"
     )
     .unwrap();
-    writeln!(s, "    float *kiln_o = (float *)kiln_scratch;\n    float *kiln_s = kiln_o + (({ATT_ROWS} * DV + 15) / 16) * 16;").unwrap();
+    writeln!(s, "    float *kiln_o = (float *)kiln_scratch;\n    float *kiln_s = kiln_o + (({ATT_ROWS} * DV + 15) / 16) * 16;\n    float *kiln_bias = kiln_s + {};\n    (void)kiln_bias;", ATT_ROWS * ATT_KEYS).unwrap();
     writeln!(
         s,
         "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
@@ -507,6 +508,101 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         "            const int64_t bj = kiln_min(T - j0, {ATT_KEYS});"
     )
     .unwrap();
+    if contiguous {
+        attention_block(&a, s);
+    } else {
+        attention_rows(p, &a, s);
+    }
+    writeln!(
+        s,
+        "        {} *pc = {OUT} + kiln_b * M * DV + i0 * DV;",
+        d.storage_type(k.out_dtype)
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "        for (int64_t ii = 0; ii < bi; ++ii) for (int64_t c = 0; c < DV; ++c) {}\n    }}",
+        d.store(
+            k.out_dtype,
+            "pc",
+            "ii * DV + c",
+            // No keys: the product over zero keys is 0, as unfused; a row
+            // whose keys are all masked stays 0/0 = NaN, as the unfused softmax gives.
+            &d.round(
+                k.out_dtype,
+                "(T > 0 ? kiln_o[ii * DV + c] / sum[ii] : 0.0f)"
+            )
+        )
+    )
+    .unwrap();
+}
+
+/// One key block of f32 operands, contiguous along the head dimension, as small matrix
+/// steps: every (row, key) bias first (a block masked for all its rows is skipped), the
+/// block's products as one `NT` product (`kiln_mm_nt`: register-blocked, each key load shared
+/// by two rows), the online softmax on the scores in place (8 exponentials at a time,
+/// `kiln_softmax_weights`), then `O += P V` over the block (`kiln_att_pv`: each value load
+/// shared by two rows). The products of masked keys in a block that has unmasked ones are
+/// computed and discarded: their score is -inf whatever the product, the same result as
+/// [`attention_rows`] skipping them.
+fn attention_block(a: &AttentionParts, s: &mut String) {
+    let (q, kt, v) = (&a.q, &a.kt, &a.v);
+    let (i, j) = (&a.row_var, &a.key_var);
+    let score = match &a.biased {
+        Some((bias, rest)) => {
+            writeln!(s, "            int kiln_live = 0;").unwrap();
+            writeln!(s, "            for (int64_t ii = 0; ii < bi; ++ii) for (int64_t jj = 0; jj < bj; ++jj) {{\n                const int64_t {i} = i0 + ii, {j} = j0 + jj; (void){i}; (void){j};").unwrap();
+            writeln!(s, "                const float b = {bias};\n                kiln_bias[ii * {ATT_KEYS} + jj] = b;\n                kiln_live |= b != -INFINITY;\n            }}").unwrap();
+            writeln!(
+                s,
+                "            if (!kiln_live) continue; /* every key of the block masked for every row */"
+            )
+            .unwrap();
+            format!(
+                "{{ const float {} = kiln_bias[ii * {ATT_KEYS} + jj]; *sp = {} == -INFINITY ? -INFINITY : ({rest}); }}",
+                acc_name(1),
+                acc_name(1)
+            )
+        }
+        None => format!("*sp = {};", a.score),
+    };
+    writeln!(
+        s,
+        "            kiln_mm_nt(pq + i0 * {}, {}, pk + j0 * {}, {}, kiln_s, {ATT_KEYS}, bi, bj, KD);",
+        q.row_stride, q.row_stride, kt.col_stride, kt.col_stride
+    )
+    .unwrap();
+    writeln!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{").unwrap();
+    writeln!(s, "                const int64_t {i} = i0 + ii; (void){i};").unwrap();
+    writeln!(
+        s,
+        "                float *srow = kiln_s + ii * {ATT_KEYS}, bmax = -INFINITY;"
+    )
+    .unwrap();
+    writeln!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{\n                    const int64_t {j} = j0 + jj; (void){j};\n                    float *sp = srow + jj;\n                    const float {} = *sp;\n                    {score}\n                    if (*sp > bmax) bmax = *sp;\n                }}", acc_name(0)).unwrap();
+    writeln!(
+        s,
+        "                const float mnew = mx[ii] > bmax ? mx[ii] : bmax;"
+    )
+    .unwrap();
+    writeln!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);").unwrap();
+    writeln!(s, "                sum[ii] = sum[ii] * corr + kiln_softmax_weights(srow, bj, mnew);\n                mx[ii] = mnew;").unwrap();
+    writeln!(s, "                if (corr != 1.0f) for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] *= corr;\n            }}").unwrap();
+    writeln!(
+        s,
+        "            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, pv + j0 * {}, {}, bi, bj, DV);\n        }}",
+        v.row_stride, v.row_stride
+    )
+    .unwrap();
+}
+
+/// One key block, row by row, for any operand dtypes and strides: each row's scores (the
+/// product only where the bias, if any, is not -inf), then the online softmax update of the
+/// row's running max, sum and unnormalised output, one value row at a time.
+fn attention_rows(p: &Printer, a: &AttentionParts, s: &mut String) {
+    let d = p.d;
+    let (q, kt, v) = (&a.q, &a.kt, &a.v);
+    let (i, j) = (&a.row_var, &a.key_var);
     writeln!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{").unwrap();
     writeln!(s, "                const int64_t {i} = i0 + ii; (void){i};").unwrap();
     writeln!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};\n                float bmax = -INFINITY;").unwrap();
@@ -516,18 +612,11 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         "                    const int64_t {j} = j0 + jj; (void){j};"
     )
     .unwrap();
-    let product = if contiguous {
-        format!(
-            "kiln_dot(pq + {i} * {}, pk + {j} * {}, KD)",
-            q.row_stride, kt.col_stride
-        )
-    } else {
-        format!(
-            "({{ float kiln_p = 0.0f; for (int64_t kk = 0; kk < KD; ++kk) kiln_p += {} * {}; kiln_p; }})",
-            q.at(d, "pq", i, "kk"),
-            kt.at(d, "pk", "kk", j)
-        )
-    };
+    let product = format!(
+        "({{ float kiln_p = 0.0f; for (int64_t kk = 0; kk < KD; ++kk) kiln_p += {} * {}; kiln_p; }})",
+        q.at(d, "pq", i, "kk"),
+        kt.at(d, "pk", "kk", j)
+    );
     match &a.biased {
         Some((bias, rest)) => {
             writeln!(
@@ -585,21 +674,12 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         "                    l += pj;\n                    const int64_t {j} = j0 + jj;"
     )
     .unwrap();
-    if contiguous {
-        writeln!(
-            s,
-            "                    kiln_scale_axpy(orow, first ? corr : 1.0f, pj, pv + {j} * {}, DV);",
-            v.row_stride
-        )
-        .unwrap();
-    } else {
-        writeln!(
-            s,
-            "                    for (int64_t c = 0; c < DV; ++c) orow[c] = orow[c] * (first ? corr : 1.0f) + pj * {};",
-            v.at(d, "pv", j, "c")
-        )
-        .unwrap();
-    }
+    writeln!(
+        s,
+        "                    for (int64_t c = 0; c < DV; ++c) orow[c] = orow[c] * (first ? corr : 1.0f) + pj * {};",
+        v.at(d, "pv", j, "c")
+    )
+    .unwrap();
     writeln!(s, "                    first = 0;\n                }}").unwrap();
     writeln!(
         s,
@@ -609,28 +689,6 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     writeln!(
         s,
         "                sum[ii] = l; mx[ii] = mnew;\n            }}\n        }}"
-    )
-    .unwrap();
-    writeln!(
-        s,
-        "        {} *pc = {OUT} + kiln_b * M * DV + i0 * DV;",
-        d.storage_type(k.out_dtype)
-    )
-    .unwrap();
-    writeln!(
-        s,
-        "        for (int64_t ii = 0; ii < bi; ++ii) for (int64_t c = 0; c < DV; ++c) {}\n    }}",
-        d.store(
-            k.out_dtype,
-            "pc",
-            "ii * DV + c",
-            // No keys: the product over zero keys is 0, as unfused; a row
-            // whose keys are all masked stays 0/0 = NaN, as the unfused softmax gives.
-            &d.round(
-                k.out_dtype,
-                "(T > 0 ? kiln_o[ii * DV + c] / sum[ii] : 0.0f)"
-            )
-        )
     )
     .unwrap();
 }

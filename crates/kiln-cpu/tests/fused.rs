@@ -239,33 +239,36 @@ fn decode_steps_cost_the_same_at_every_position() {
 }
 
 /// Grouped-query causal attention alone, at sizes that take every path of the fused kernel:
-/// a head dimension of 20 (a 16-wide step, then a scalar tail), 150 keys (three key blocks,
-/// a group of four keys with a remainder), more query rows than one work unit, and with and
-/// without the causal mask (the product skipped where the bias is -inf, or always computed).
+/// a key depth of 20 (an 8-wide step, then a scalar tail), 40 value columns (one 32-wide pass,
+/// then single columns), three query heads per KV head (an odd row count: a block ends on a
+/// single row), 150 keys (three key blocks, the last partial), more query rows than one work
+/// unit, and with and without the causal mask (key blocks masked for every row skipped).
 #[test]
 fn attention_alone_at_awkward_sizes() {
     const D: usize = 20;
+    const DV: usize = 40;
+    const G: usize = 3;
     for masked in [true, false] {
         let mut g = Graph::new();
-        // q as [kv, 2, s, d] so that its shape binds s; t (keys) is bound by k.
+        // q as [kv, G, s, d] so that its shape binds s; t (keys) is bound by k.
         let (s, t) = (Expr::sym("s"), Expr::sym("t"));
         let p = t.clone().sub(s.clone());
         let q = g
-            .input("q", DType::F32, &[KV.into(), 2.into(), s.clone(), D.into()])
+            .input("q", DType::F32, &[KV.into(), G.into(), s.clone(), D.into()])
             .unwrap();
         let q = g
-            .reshape(q, &[KV.into(), s.clone().mul(2), D.into()])
+            .reshape(q, &[KV.into(), s.clone().mul(G as i64), D.into()])
             .unwrap();
         let k = g
             .input("k", DType::F32, &[KV.into(), t.clone(), D.into()])
             .unwrap();
         let v = g
-            .input("v", DType::F32, &[KV.into(), t.clone(), D.into()])
+            .input("v", DType::F32, &[KV.into(), t.clone(), DV.into()])
             .unwrap();
         let kt = g.transpose(k, 1, 2).unwrap();
         let scores = g.matmul(q, kt).unwrap();
         let scores = g
-            .reshape(scores, &[2.into(), s.clone(), t.clone()])
+            .reshape(scores, &[G.into(), s.clone(), t.clone()])
             .unwrap();
         let mut scores = g.mul_scalar(scores, 0.3).unwrap();
         if masked {
@@ -273,7 +276,7 @@ fn attention_alone_at_awkward_sizes() {
             scores = g.add(scores, mask).unwrap();
         }
         let probs = g.softmax(scores, 2).unwrap();
-        let probs = g.reshape(probs, &[KV.into(), s.mul(2), t]).unwrap();
+        let probs = g.reshape(probs, &[KV.into(), s.mul(G as i64), t]).unwrap();
         let o = g.matmul(probs, v).unwrap();
         g.output("o", o);
         let compiled = kiln_compile::compile(
@@ -293,16 +296,17 @@ fn attention_alone_at_awkward_sizes() {
             "the pattern is fused"
         );
         let mut exe = build(&g, 2);
-        // (s, p): a prompt of 75 (rows 150: ten 16-row units), then a decode step at 149.
+        // (s, p): a prompt of 75 (rows 225: fifteen 16-row units, the last of one row), then
+        // a decode step at 149 (3 rows).
         for (s, p) in [(75usize, 0usize), (1, 149), (3, 7)] {
             let t = s + p;
             let ins = inputs(&[
                 (
                     "q",
-                    Tensor::from_f32(&[KV, 2, s, D], &values(KV * 2 * s * D, 1)),
+                    Tensor::from_f32(&[KV, G, s, D], &values(KV * G * s * D, 1)),
                 ),
                 ("k", Tensor::from_f32(&[KV, t, D], &values(KV * t * D, 2))),
-                ("v", Tensor::from_f32(&[KV, t, D], &values(KV * t * D, 3))),
+                ("v", Tensor::from_f32(&[KV, t, DV], &values(KV * t * DV, 3))),
             ]);
             check(exe.as_mut(), &g, &ins, 1e-5, 1e-4);
         }
