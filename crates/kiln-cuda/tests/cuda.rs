@@ -226,6 +226,7 @@ fn emulated_attention_matches_the_interpreter_at_awkward_sizes() {
 /// 32 lanes), 160 value columns (two passes of 128, the second partial), key counts that do not
 /// divide among the 8 warps or are smaller than them, with and without a causal mask.
 fn attention_matches_the_interpreter(target: Where) {
+    use kiln_ir::testing::{assert_matches_interpreter, inputs, values};
     use kiln_ir::{DType, Expr, Graph, Tensor};
     const KV: usize = 2;
     const D: usize = 20;
@@ -258,39 +259,14 @@ fn attention_matches_the_interpreter(target: Where) {
         // the warps, and a single key.
         for (s, p) in [(19usize, 0usize), (1, 37), (3, 2), (1, 0)] {
             let t = s + p;
-            let vals = |n: usize, seed: usize| {
-                (0..n)
-                    .map(|i| (((i * 7919 + seed) % 1000) as f32 / 500.0) - 1.0)
-                    .collect::<Vec<_>>()
-            };
-            let ins: std::collections::HashMap<String, Tensor> = [
-                (
-                    "q".to_string(),
-                    Tensor::from_f32(&[KV, s, D], &vals(KV * s * D, 1)),
-                ),
-                (
-                    "k".to_string(),
-                    Tensor::from_f32(&[KV, t, D], &vals(KV * t * D, 2)),
-                ),
-                (
-                    "v".to_string(),
-                    Tensor::from_f32(&[KV, t, DV], &vals(KV * t * DV, 3)),
-                ),
-            ]
-            .into();
+            let ins = inputs(&[
+                ("q", Tensor::from_f32(&[KV, s, D], &values(KV * s * D, 1))),
+                ("k", Tensor::from_f32(&[KV, t, D], &values(KV * t * D, 2))),
+                ("v", Tensor::from_f32(&[KV, t, DV], &values(KV * t * DV, 3))),
+            ]);
             let got = exe.run(&ins).unwrap();
-            let want = kiln_ir::interpret(&g, &ins, &Default::default()).unwrap();
-            let (a, b) = (got["o"].to_f64_vec(), want["o"].to_f64_vec());
-            assert_eq!(a.len(), b.len());
-            let d = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                d <= 1e-5,
-                "{target:?}, masked {masked}, s {s}, p {p}: max diff {d}"
-            );
+            eprintln!("{target:?}, masked {masked}, s {s}, p {p}");
+            assert_matches_interpreter(&got, &g, &ins, 1e-5, 1e-5);
         }
     }
 }
