@@ -310,4 +310,37 @@ mod tests {
             .unwrap();
         assert_ne!(plain, other, "compiler arguments are part of the identity");
     }
+
+    /// `-march=native` is not always AVX2 (QEMU's default CPU models, some Atoms and
+    /// Celerons): the prelude's building blocks must compile for baseline x86-64 too (a register
+    /// constraint for 32-byte vectors once broke every kernel there).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_prelude_compiles_for_baseline_x86_64() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("baseline.c");
+        let uses = "void kiln_uses(float *o, const float *a, float *s) {\n\
+            kiln_mm_nt(a, 64, a, 64, o, 64, 3, 5, 64);\n\
+            kiln_att_pv(o, 40, s, 64, a, 40, 3, 9, 40);\n\
+            o[0] += kiln_softmax_weights(s, 13, 0.5f);\n}\n";
+        std::fs::write(&src, format!("{}\n{uses}", prelude())).unwrap();
+        let out = std::process::Command::new("cc")
+            .args([
+                "-O2",
+                "-march=x86-64",
+                "-std=gnu11",
+                "-fno-math-errno",
+                "-c",
+                "-o",
+            ])
+            .arg(dir.path().join("baseline.o"))
+            .arg(&src)
+            .output()
+            .expect("run cc");
+        assert!(
+            out.status.success(),
+            "the prelude does not compile with -march=x86-64:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

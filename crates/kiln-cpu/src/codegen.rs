@@ -605,7 +605,7 @@ fn attention_rows(p: &Printer, a: &AttentionParts, s: &mut String) {
     let (i, j) = (&a.row_var, &a.key_var);
     writeln!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{").unwrap();
     writeln!(s, "                const int64_t {i} = i0 + ii; (void){i};").unwrap();
-    writeln!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};\n                float bmax = -INFINITY;").unwrap();
+    writeln!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};\n                float bmax = -INFINITY;\n                int masked = 1;").unwrap();
     writeln!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{").unwrap();
     writeln!(
         s,
@@ -644,10 +644,10 @@ fn attention_rows(p: &Printer, a: &AttentionParts, s: &mut String) {
             .unwrap();
         }
     }
-    writeln!(s, "                    srow[jj] = sc;\n                    if (sc > bmax) bmax = sc;\n                }}").unwrap();
+    writeln!(s, "                    srow[jj] = sc;\n                    if (sc > bmax) bmax = sc;\n                    masked &= sc == -INFINITY;\n                }}").unwrap();
     writeln!(
         s,
-        "                if (bmax == -INFINITY) continue; /* every key of the block masked */"
+        "                if (masked) continue; /* every key of the block masked (a NaN score is not) */"
     )
     .unwrap();
     writeln!(

@@ -291,13 +291,19 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
 /// `ATTENTION_COLS / 32` of them (a value dimension wider than this takes several passes,
 /// each recomputing the scores).
 pub const ATTENTION_COLS: u32 = 128;
+// The merge gives each of a pass's columns its own thread, and lanes own whole columns.
+const _: () = assert!(BLOCK >= ATTENTION_COLS && ATTENTION_COLS.is_multiple_of(32));
+// The GEMV's shuffle tree sums the 16 lanes of a half-warp: two block rows per warp.
+const _: () = assert!(TILE == 16);
 
-/// Flash-decoding, one block per query row (b.., i): the block's warps split the keys, each
-/// warp keeping an online softmax of its keys; lanes share each score's dot product (they
-/// stride KD, then a butterfly of shuffles leaves the same sum in every lane) and own
+/// One block per query row (b.., i), an online softmax as in flash attention: the block's
+/// warps split the keys, each warp keeping an online softmax of its keys; lanes share each
+/// score's dot product (they stride KD, then an xor butterfly of shuffles leaves the same bits
+/// in every lane, so the branches on the score below are uniform in the warp) and own
 /// [`ATTENTION_COLS`]` / 32` output columns each. The warps' partial results are merged through
-/// shared memory. Decode has few rows and many keys, so the keys are what is spread over the
-/// GPU; a key whose bias is -inf (a causal mask) is skipped before its product.
+/// shared memory. A key whose bias is -inf (a causal mask) is skipped before its product.
+/// Keys are split among one block's warps only, not among blocks: decode runs one block per
+/// query head (16 on qwen3-0.6b), which the GPU measurements have to judge.
 fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     let d = p.d;
     let a = AttentionParts::of(p, k);

@@ -299,8 +299,10 @@ pub struct AttentionParts {
     pub score: String,
     /// When the score is `f(product) + bias` with a bias that does not read the product (a
     /// causal mask): the bias, and the score with the bias read as [`acc_name`]`(1)`. A key
-    /// whose bias is -inf has weight 0 whatever its product: its product need not be computed
-    /// (for finite products the result is the same).
+    /// whose bias is -inf has weight 0 whatever its product: its product (and its value row)
+    /// need not be read. Backends may skip masked keys, so a masked key's K and V are assumed
+    /// finite: where they are not, the unfused graph's `0 * inf` or `0 * NaN` gives NaN and a
+    /// backend that skipped the key does not.
     pub biased: Option<(String, String)>,
     /// The row and key variables.
     pub row_var: String,

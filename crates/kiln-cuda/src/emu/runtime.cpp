@@ -21,6 +21,10 @@ struct Block {
     ucontext_t *threads = nullptr;
     char *stacks = nullptr;
     State *state = nullptr;
+    /* Shuffles and __syncthreads each thread has passed (2 per thread): threads released
+     * together must agree, or they are at different shuffles (or different __syncthreads),
+     * undefined behaviour on a GPU. */
+    unsigned *passed = nullptr;
     unsigned long long *slots = nullptr;
     void (*body)(void **) = nullptr;
     void **args = nullptr;
@@ -38,6 +42,25 @@ void entry() {
     b->state[b->cur] = DONE; /* returning resumes the scheduler (uc_link) */
 }
 
+/* Aborts unless the threads [from, to) waiting at `barrier` have passed as many barriers:
+ * lanes of a warp as many shuffles and __syncthreads, threads of a block as many
+ * __syncthreads (warps may run different numbers of shuffles between two of those). */
+void check_lockstep(Block &b, unsigned from, unsigned to, State barrier, const char *what) {
+    unsigned first = to;
+    for (unsigned t = from; t < to; ++t) {
+        if (b.state[t] != barrier) continue;
+        if (first == to) { first = t; continue; }
+        const unsigned *p = b.passed + 2 * t, *q = b.passed + 2 * first;
+        if (p[1] != q[1] || (barrier == AT_WARP_BARRIER && p[0] != q[0])) {
+            kiln_emu_dim3 blk = kiln_emu_cur.block_idx;
+            fprintf(stderr,
+                    "CUDA emulator: block (%u, %u, %u): threads %u and %u meet at different %s\n",
+                    blk.x, blk.y, blk.z, first, t, what);
+            abort();
+        }
+    }
+}
+
 /* Releases the warps whose live lanes all wait at a shuffle; true if any was released. */
 bool release_warps(Block &b) {
     bool released = false;
@@ -48,6 +71,7 @@ bool release_warps(Block &b) {
             at_warp += b.state[t] == AT_WARP_BARRIER;
         }
         if (live == 0 || at_warp != live) continue;
+        check_lockstep(b, w, end, AT_WARP_BARRIER, "warp shuffles");
         for (unsigned t = w; t < end; ++t)
             if (b.state[t] == AT_WARP_BARRIER) b.state[t] = READY;
         released = true;
@@ -66,6 +90,7 @@ void run_block(Block &b, const unsigned block[3]) {
         b.threads[t].uc_link = &b.scheduler;
         makecontext(&b.threads[t], entry, 0);
         b.state[t] = READY;
+        b.passed[2 * t] = b.passed[2 * t + 1] = 0;
     }
     for (;;) {
         for (unsigned t = 0; t < b.n; ++t) {
@@ -89,6 +114,7 @@ void run_block(Block &b, const unsigned block[3]) {
                     blk.x, blk.y, blk.z, at_block, live);
             abort();
         }
+        check_lockstep(b, 0, b.n, AT_BLOCK_BARRIER, "__syncthreads");
         for (unsigned t = 0; t < b.n; ++t)
             if (b.state[t] == AT_BLOCK_BARRIER) b.state[t] = READY;
     }
@@ -99,6 +125,7 @@ void wait_at(State barrier) {
     if (b == nullptr) abort(); /* a barrier in a kernel launched as non-cooperative */
     unsigned t = b->cur;
     b->state[t] = barrier;
+    b->passed[2 * t + (barrier == AT_BLOCK_BARRIER)]++;
     swapcontext(&b->threads[t], &b->scheduler);
 }
 
@@ -135,8 +162,9 @@ extern "C" int kiln_emu_launch(void (*body)(void **), void **args, const unsigne
         b.stacks = (char *)malloc((size_t)b.n * STACK_BYTES);
         b.state = (State *)calloc(b.n, sizeof(State));
         b.slots = (unsigned long long *)calloc(b.n, sizeof(unsigned long long));
-        if (!b.threads || !b.stacks || !b.state || !b.slots) {
-            free(b.threads); free(b.stacks); free(b.state); free(b.slots);
+        b.passed = (unsigned *)calloc(2 * (size_t)b.n, sizeof(unsigned));
+        if (!b.threads || !b.stacks || !b.state || !b.slots || !b.passed) {
+            free(b.threads); free(b.stacks); free(b.state); free(b.slots); free(b.passed);
             return -1;
         }
     }
@@ -157,6 +185,6 @@ extern "C" int kiln_emu_launch(void (*body)(void **), void **args, const unsigne
                     }
                 }
             }
-    free(b.threads); free(b.stacks); free(b.state); free(b.slots);
+    free(b.threads); free(b.stacks); free(b.state); free(b.slots); free(b.passed);
     return 0;
 }
