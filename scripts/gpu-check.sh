@@ -2,13 +2,14 @@
 # The GPU checks of the CUDA backend, as one run on a GPU machine (the `device` tool):
 #   here:   bash scripts/gpu-kit.sh
 #   device: bash scripts/gpu-check.sh [tests|bench|all]     (carry: .gpu-kit)
-# `tests` (~2 min) runs the GPU tests (interpreter property tests, fixtures, cpu vs cuda on
-# qwen3-0.6b); `bench` (~5 min) runs `kiln bench compile` at 1-16 threads (cuda and cpu) and
-# `kiln bench decode` on cuda for qwen3-0.6b and qwen3-8b. Everything lands in
-# $OUT/gpu-check.log and $OUT/gpu-results.tgz (or ./gpu-results without $OUT); the bench
-# phase ends with a summary (the tables for docs/benchmarks.md) that the device tool's
-# output tail shows. Each step has a timeout so that one hang cannot eat the machine's time;
-# the timeouts add up to 15 min, the expected total is about 6 (`all` fits one 600 s call).
+# `tests` (~2-3 min) runs the GPU tests (interpreter property tests, fixtures, cpu vs cuda on
+# qwen3-0.6b), then the small ones under compute-sanitizer (racecheck, memcheck); `bench`
+# (~5 min) runs `kiln bench compile` at 1-16 threads (cuda and cpu) and `kiln bench decode`
+# on cuda for qwen3-0.6b and qwen3-8b. Everything lands in $OUT/gpu-check.log and
+# $OUT/gpu-results.tgz (or ./gpu-results without $OUT); the bench phase ends with a summary
+# (the tables for docs/benchmarks.md) that the device tool's output tail shows. Each step has
+# a timeout so that one hang cannot eat the machine's time; the timeouts add up to 19 min, the
+# expected total is 7-8 (`all` should fit one 600 s call; the log in $OUT survives a kill).
 # A dry run on a machine without a GPU goes through every step: the GPU tests skip, saying
 # so, and the cuda run and decode steps fail with "needs an NVIDIA GPU".
 set -u
@@ -45,6 +46,15 @@ step "machine (kit built from $(cat "$kit/commit" 2>/dev/null))"
 if [ "$phase" = tests ] || [ "$phase" = all ]; then
   step "GPU tests (the emulated ones ran in CI)"
   run 240 "$kit/cuda-tests" --skip emulated
+  # What the emulator cannot see: races between warps and out-of-bounds accesses on the GPU
+  # (compute-sanitizer ran on the device's Firecracker machines, not on gVisor ones).
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    for tool in racecheck memcheck; do
+      step "compute-sanitizer --tool $tool on the small GPU tests"
+      run 120 compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 \
+        "$kit/cuda-tests" gpu_attention gpu_ops gpu_write_slice
+    done
+  fi
   step "kiln run on cuda"
   run 90 "$kit/kiln" run --model qwen3-0.6b --backend cuda --prompt "Hello, my name is" \
     --max-new-tokens 16 --json
