@@ -249,36 +249,7 @@ fn attention_alone_at_awkward_sizes() {
     const DV: usize = 40;
     const G: usize = 3;
     for masked in [true, false] {
-        let mut g = Graph::new();
-        // q as [kv, G, s, d] so that its shape binds s; t (keys) is bound by k.
-        let (s, t) = (Expr::sym("s"), Expr::sym("t"));
-        let p = t.clone().sub(s.clone());
-        let q = g
-            .input("q", DType::F32, &[KV.into(), G.into(), s.clone(), D.into()])
-            .unwrap();
-        let q = g
-            .reshape(q, &[KV.into(), s.clone().mul(G as i64), D.into()])
-            .unwrap();
-        let k = g
-            .input("k", DType::F32, &[KV.into(), t.clone(), D.into()])
-            .unwrap();
-        let v = g
-            .input("v", DType::F32, &[KV.into(), t.clone(), DV.into()])
-            .unwrap();
-        let kt = g.transpose(k, 1, 2).unwrap();
-        let scores = g.matmul(q, kt).unwrap();
-        let scores = g
-            .reshape(scores, &[G.into(), s.clone(), t.clone()])
-            .unwrap();
-        let mut scores = g.mul_scalar(scores, 0.3).unwrap();
-        if masked {
-            let mask = g.causal_mask(p, s.clone()).unwrap();
-            scores = g.add(scores, mask).unwrap();
-        }
-        let probs = g.softmax(scores, 2).unwrap();
-        let probs = g.reshape(probs, &[KV.into(), s.mul(G as i64), t]).unwrap();
-        let o = g.matmul(probs, v).unwrap();
-        g.output("o", o);
+        let g = kiln_ir::testing::attention_graph(KV, G, D, DV, masked);
         let compiled = kiln_compile::compile(
             &g,
             &CpuBackend::default(),

@@ -223,44 +223,28 @@ fn emulated_attention_matches_the_interpreter_at_awkward_sizes() {
 
 /// The fused attention kernel (one block per query row, warps splitting the keys, lanes the
 /// columns) at sizes that fit none of its strides: a key depth of 20 (not a multiple of the
-/// 32 lanes), 160 value columns (two passes of 128, the second partial), key counts that do not
-/// divide among the 8 warps or are smaller than them, with and without a causal mask.
+/// 32 lanes), 160 value columns (two passes of 128, the second partial), three query heads per
+/// KV head, key counts that do not divide among the 8 warps or are smaller than them, with and
+/// without a causal mask.
 fn attention_matches_the_interpreter(target: Where) {
-    use kiln_ir::testing::{assert_matches_interpreter, inputs, values};
-    use kiln_ir::{DType, Expr, Graph, Tensor};
+    use kiln_ir::testing::{assert_matches_interpreter, attention_graph, inputs, values};
+    use kiln_ir::Tensor;
     const KV: usize = 2;
+    const G: usize = 3;
     const D: usize = 20;
     const DV: usize = 160;
     for masked in [true, false] {
-        let mut g = Graph::new();
-        let (s, t) = (Expr::sym("s"), Expr::sym("t"));
-        let p = t.clone().sub(s.clone());
-        let q = g
-            .input("q", DType::F32, &[KV.into(), s.clone(), D.into()])
-            .unwrap();
-        let k = g
-            .input("k", DType::F32, &[KV.into(), t.clone(), D.into()])
-            .unwrap();
-        let v = g
-            .input("v", DType::F32, &[KV.into(), t.clone(), DV.into()])
-            .unwrap();
-        let kt = g.transpose(k, 1, 2).unwrap();
-        let scores = g.matmul(q, kt).unwrap();
-        let mut scores = g.mul_scalar(scores, 0.3).unwrap();
-        if masked {
-            let mask = g.causal_mask(p, s.clone()).unwrap();
-            scores = g.add(scores, mask).unwrap();
-        }
-        let probs = g.softmax(scores, 2).unwrap();
-        let o = g.matmul(probs, v).unwrap();
-        g.output("o", o);
+        let g = attention_graph(KV, G, D, DV, masked);
         let mut exe = cuda_executable(&g, target);
         // (s, p): a prompt, decode steps at positions whose key counts split unevenly among
         // the warps, and a single key.
         for (s, p) in [(19usize, 0usize), (1, 37), (3, 2), (1, 0)] {
             let t = s + p;
             let ins = inputs(&[
-                ("q", Tensor::from_f32(&[KV, s, D], &values(KV * s * D, 1))),
+                (
+                    "q",
+                    Tensor::from_f32(&[KV, G, s, D], &values(KV * G * s * D, 1)),
+                ),
                 ("k", Tensor::from_f32(&[KV, t, D], &values(KV * t * D, 2))),
                 ("v", Tensor::from_f32(&[KV, t, DV], &values(KV * t * DV, 3))),
             ]);

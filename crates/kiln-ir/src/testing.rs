@@ -72,6 +72,47 @@ pub fn random_graph_inputs(
     ])
 }
 
+/// Grouped-query attention as a model writes it, for the fused attention kernels' tests:
+/// `softmax(0.3 q k^T [+ causal mask]) v` with `heads` query heads per KV head. Inputs `q`
+/// `[kv, heads, s, d]` (its shape binds s), `k` `[kv, t, d]` and `v` `[kv, t, dv]` (t keys,
+/// the mask's past is `t - s`); output `o` `[kv, heads * s, dv]`.
+pub fn attention_graph(kv: usize, heads: usize, d: usize, dv: usize, masked: bool) -> Graph {
+    let mut g = Graph::new();
+    let (s, t) = (Expr::sym("s"), Expr::sym("t"));
+    let rows = s.clone().mul(heads as i64);
+    let q = g
+        .input(
+            "q",
+            DType::F32,
+            &[kv.into(), heads.into(), s.clone(), d.into()],
+        )
+        .expect("q");
+    let q = g
+        .reshape(q, &[kv.into(), rows.clone(), d.into()])
+        .expect("q rows");
+    let k = g
+        .input("k", DType::F32, &[kv.into(), t.clone(), d.into()])
+        .expect("k");
+    let v = g
+        .input("v", DType::F32, &[kv.into(), t.clone(), dv.into()])
+        .expect("v");
+    let kt = g.transpose(k, 1, 2).expect("k^T");
+    let scores = g.matmul(q, kt).expect("q k^T");
+    let scores = g
+        .reshape(scores, &[(kv * heads).into(), s.clone(), t.clone()])
+        .expect("scores per head");
+    let mut scores = g.mul_scalar(scores, 0.3).expect("scale");
+    if masked {
+        let mask = g.causal_mask(t.clone().sub(s.clone()), s).expect("mask");
+        scores = g.add(scores, mask).expect("masked");
+    }
+    let probs = g.softmax(scores, 2).expect("softmax");
+    let probs = g.reshape(probs, &[kv.into(), rows, t]).expect("probs");
+    let o = g.matmul(probs, v).expect("p v");
+    g.output("o", o);
+    g
+}
+
 /// A graph over inputs `x`, `y` of shape [a, b] (symbols), built by applying `ops`; its one
 /// output is `out`. Elementwise, reduction, matmul, view, concat and select ops all occur.
 ///
