@@ -270,15 +270,7 @@ fn attention_alone_at_awkward_sizes() {
         // (s, p): a prompt of 75 (rows 225: fifteen 16-row units, the last of one row), then
         // a decode step at 149 (3 rows).
         for (s, p) in [(75usize, 0usize), (1, 149), (3, 7)] {
-            let t = s + p;
-            let ins = inputs(&[
-                (
-                    "q",
-                    Tensor::from_f32(&[KV, G, s, D], &values(KV * G * s * D, 1)),
-                ),
-                ("k", Tensor::from_f32(&[KV, t, D], &values(KV * t * D, 2))),
-                ("v", Tensor::from_f32(&[KV, t, DV], &values(KV * t * DV, 3))),
-            ]);
+            let ins = kiln_ir::testing::attention_inputs(KV, G, D, DV, s, s + p);
             check(exe.as_mut(), &g, &ins, 1e-5, 1e-4);
         }
     }

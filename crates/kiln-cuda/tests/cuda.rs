@@ -227,8 +227,7 @@ fn emulated_attention_matches_the_interpreter_at_awkward_sizes() {
 /// KV head, key counts that do not divide among the 8 warps or are smaller than them, with and
 /// without a causal mask.
 fn attention_matches_the_interpreter(target: Where) {
-    use kiln_ir::testing::{assert_matches_interpreter, attention_graph, inputs, values};
-    use kiln_ir::Tensor;
+    use kiln_ir::testing::{assert_matches_interpreter, attention_graph, attention_inputs};
     const KV: usize = 2;
     const G: usize = 3;
     const D: usize = 20;
@@ -239,15 +238,7 @@ fn attention_matches_the_interpreter(target: Where) {
         // (s, p): a prompt, decode steps at positions whose key counts split unevenly among
         // the warps, and a single key.
         for (s, p) in [(19usize, 0usize), (1, 37), (3, 2), (1, 0)] {
-            let t = s + p;
-            let ins = inputs(&[
-                (
-                    "q",
-                    Tensor::from_f32(&[KV, G, s, D], &values(KV * G * s * D, 1)),
-                ),
-                ("k", Tensor::from_f32(&[KV, t, D], &values(KV * t * D, 2))),
-                ("v", Tensor::from_f32(&[KV, t, DV], &values(KV * t * DV, 3))),
-            ]);
+            let ins = attention_inputs(KV, G, D, DV, s, s + p);
             let got = exe.run(&ins).unwrap();
             eprintln!("{target:?}, masked {masked}, s {s}, p {p}");
             assert_matches_interpreter(&got, &g, &ins, 1e-5, 1e-5);

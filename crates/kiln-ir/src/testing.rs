@@ -75,7 +75,8 @@ pub fn random_graph_inputs(
 /// Grouped-query attention as a model writes it, for the fused attention kernels' tests:
 /// `softmax(0.3 q k^T [+ causal mask]) v` with `heads` query heads per KV head. Inputs `q`
 /// `[kv, heads, s, d]` (its shape binds s), `k` `[kv, t, d]` and `v` `[kv, t, dv]` (t keys,
-/// the mask's past is `t - s`); output `o` `[kv, heads * s, dv]`.
+/// the mask's past is `t - s`; values from [`attention_inputs`]); output `o`
+/// `[kv, heads * s, dv]`.
 pub fn attention_graph(kv: usize, heads: usize, d: usize, dv: usize, masked: bool) -> Graph {
     let mut g = Graph::new();
     let (s, t) = (Expr::sym("s"), Expr::sym("t"));
@@ -111,6 +112,25 @@ pub fn attention_graph(kv: usize, heads: usize, d: usize, dv: usize, masked: boo
     let o = g.matmul(probs, v).expect("p v");
     g.output("o", o);
     g
+}
+
+/// Inputs of [`attention_graph`] for `s` query positions per head and `t` keys.
+pub fn attention_inputs(
+    kv: usize,
+    heads: usize,
+    d: usize,
+    dv: usize,
+    s: usize,
+    t: usize,
+) -> HashMap<String, Tensor> {
+    inputs(&[
+        (
+            "q",
+            Tensor::from_f32(&[kv, heads, s, d], &values(kv * heads * s * d, 1)),
+        ),
+        ("k", Tensor::from_f32(&[kv, t, d], &values(kv * t * d, 2))),
+        ("v", Tensor::from_f32(&[kv, t, dv], &values(kv * t * dv, 3))),
+    ])
 }
 
 /// A graph over inputs `x`, `y` of shape [a, b] (symbols), built by applying `ops`; its one
