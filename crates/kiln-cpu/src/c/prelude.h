@@ -129,27 +129,27 @@ static inline kiln_v8 kiln_exp2_v8(kiln_v8 x) {
     return kiln_sel8(nan, x0, p);
 }
 /* The online softmax's weights of one key block, in place: s[j] = 2^((s[j] - m) log2 e), 0
- * for a masked key (-inf), NaN stays NaN; returns their sum (in a fixed order). */
+ * for a masked key (-inf), NaN stays NaN; returns their sum (in a fixed order). A partial
+ * last group of 8 is padded with masked keys, so every key takes the same arithmetic. */
 static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) {
     const float l2e = 1.44269504088896340736f;
     kiln_v8 total = {0};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        const kiln_v8 x = kiln_ld8(s + j);
+    for (int64_t j = 0; j < n; j += 8) {
+        float *g = s + j, pad[8];
+        const int64_t c = n - j < 8 ? n - j : 8;
+        if (c < 8) { /* the partial last group, through a padded copy */
+            for (int64_t i = 0; i < 8; ++i) pad[i] = i < c ? g[i] : -INFINITY;
+            g = pad;
+        }
+        const kiln_v8 x = kiln_ld8(g);
         kiln_v8 w = kiln_exp2_v8((x - m) * l2e);
         w = kiln_sel8(x == -INFINITY, kiln_splat8(0.0f), w);
         w = kiln_sel8(x != x, x, w);
-        memcpy(s + j, &w, 32);
+        memcpy(g, &w, 32);
         total += w;
+        if (c < 8) for (int64_t i = 0; i < c; ++i) s[j + i] = pad[i];
     }
-    float sum = kiln_hsum8(total);
-    for (; j < n; ++j) {
-        const float x = s[j];
-        const float w = x == -INFINITY ? 0.0f : x != x ? x : exp2f((x - m) * l2e);
-        s[j] = w;
-        sum += w;
-    }
-    return sum;
+    return kiln_hsum8(total);
 }
 /* o[m, n] += sum_k p[m*ldp + k] * v[k*ldv + n]: the block's weights times its value rows,
  * value rows contiguous along n. 2 rows x 32 columns of accumulators per pass, so each value
