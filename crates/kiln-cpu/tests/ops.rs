@@ -146,7 +146,13 @@ fn matmul_layouts() {
     g.output("generic", generic);
     g.output("batched", batched);
     g.output("view", att);
-    let mut exe = build(&g, 2);
+    for isa in isas() {
+        matmul_layouts_for(&g, isa, n);
+    }
+}
+
+fn matmul_layouts_for(g: &Graph, isa: Isa, n: usize) {
+    let mut exe = build_for(g, 2, Some(isa));
     for (mm, kk) in [(1, 1), (2, 8), (67, 37), (130, 64)] {
         let ins = inputs(&[
             ("a", Tensor::from_f32(&[mm, kk], &values(mm * kk, 1))),
@@ -159,7 +165,7 @@ fn matmul_layouts() {
         ]);
         // `generic` multiplies two f32 matmul results: its error is f32 rounding of the operands
         // times the sum of |terms| (about 19 x 7 here), ~1e-5, not relative to the result.
-        check(exe.as_mut(), &g, &ins, 1e-4, 1e-5);
+        check(exe.as_mut(), g, &ins, 1e-4, 1e-5);
     }
 }
 
