@@ -67,6 +67,30 @@ static inline float kiln_hsumv(kiln_vf v) {
     return kiln_hsum8(v);
 #endif
 }
+/* kiln_hsumv of four vectors at once, each summed in exactly kiln_hsumv's order (the
+ * shuffles move lanes, the additions are the same pairs): out[i] = kiln_hsumv(v_i). */
+typedef int32_t kiln_i8 __attribute__((vector_size(32)));
+static inline void kiln_hsum4v(kiln_vf a, kiln_vf b, kiln_vf c, kiln_vf d, float *out) {
+    kiln_v8 a8, b8, c8, d8;
+#if KILN_VL == 16
+    kiln_v8 h;
+    memcpy(&a8, &a, 32); memcpy(&h, (const char *)&a + 32, 32); a8 += h;
+    memcpy(&b8, &b, 32); memcpy(&h, (const char *)&b + 32, 32); b8 += h;
+    memcpy(&c8, &c, 32); memcpy(&h, (const char *)&c + 32, 32); c8 += h;
+    memcpy(&d8, &d, 32); memcpy(&h, (const char *)&d + 32, 32); d8 += h;
+#else
+    a8 = a; b8 = b; c8 = c; d8 = d;
+#endif
+    /* Lanes i and i + 4 of each, two vectors per register: (v0+v4, v1+v5, v2+v6, v3+v7). */
+    const kiln_i8 lo = {0, 1, 2, 3, 8, 9, 10, 11}, hi = {4, 5, 6, 7, 12, 13, 14, 15};
+    const kiln_v8 ab = __builtin_shuffle(a8, b8, lo) + __builtin_shuffle(a8, b8, hi);
+    const kiln_v8 cd = __builtin_shuffle(c8, d8, lo) + __builtin_shuffle(c8, d8, hi);
+    /* (s0+s1) and (s2+s3), then their sum: kiln_hsum8's tree. */
+    const kiln_i8 ev = {0, 2, 8, 10, 4, 6, 12, 14}, od = {1, 3, 9, 11, 5, 7, 13, 15};
+    const kiln_v8 h1 = __builtin_shuffle(ab, cd, ev) + __builtin_shuffle(ab, cd, od);
+    const kiln_v8 h2 = __builtin_shuffle(h1, h1, ev) + __builtin_shuffle(h1, h1, od);
+    out[0] = h2[0]; out[1] = h2[4]; out[2] = h2[1]; out[3] = h2[5];
+}
 /* KILN_VL bf16 values widened to f32: zero-extend to 32 bits, shift into the high half. */
 static inline kiln_vf kiln_ldbfv(const uint16_t *p) {
     kiln_vh h; memcpy(&h, p, sizeof h);
@@ -97,8 +121,8 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
                 y = LDBV(b2 + k); KILN_IN_REG(y); c02 += x0 * y; c12 += x1 * y; \
                 y = LDBV(b3 + k); KILN_IN_REG(y); c03 += x0 * y; c13 += x1 * y; \
             } \
-            float s[2][4] = {{kiln_hsumv(c00), kiln_hsumv(c01), kiln_hsumv(c02), kiln_hsumv(c03)}, \
-                             {kiln_hsumv(c10), kiln_hsumv(c11), kiln_hsumv(c12), kiln_hsumv(c13)}}; \
+            float s[2][4]; \
+            kiln_hsum4v(c00, c01, c02, c03, s[0]); kiln_hsum4v(c10, c11, c12, c13, s[1]); \
             for (int64_t k = KV; k < K; ++k) { \
                 s[0][0] += a0[k] * LDB1(b0[k]); s[0][1] += a0[k] * LDB1(b1[k]); s[0][2] += a0[k] * LDB1(b2[k]); s[0][3] += a0[k] * LDB1(b3[k]); \
                 s[1][0] += a1[k] * LDB1(b0[k]); s[1][1] += a1[k] * LDB1(b1[k]); s[1][2] += a1[k] * LDB1(b2[k]); s[1][3] += a1[k] * LDB1(b3[k]); \
@@ -113,7 +137,8 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
                 c0 += x0 * LDBV(b0 + k); c1 += x0 * LDBV(b1 + k); \
                 c2 += x0 * LDBV(b2 + k); c3 += x0 * LDBV(b3 + k); \
             } \
-            float s[4] = {kiln_hsumv(c0), kiln_hsumv(c1), kiln_hsumv(c2), kiln_hsumv(c3)}; \
+            float s[4]; \
+            kiln_hsum4v(c0, c1, c2, c3, s); \
             for (int64_t k = KV; k < K; ++k) { s[0] += a0[k] * LDB1(b0[k]); s[1] += a0[k] * LDB1(b1[k]); s[2] += a0[k] * LDB1(b2[k]); s[3] += a0[k] * LDB1(b3[k]); } \
             for (int j = 0; j < 4; ++j) c[m * ldc + n + j] = s[j]; \
         } \
@@ -198,9 +223,15 @@ static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) 
     return kiln_hsumv(total);
 }
 /* o[m, n] += sum_k p[m*ldp + k] * v[k*ldv + n]: the block's weights times its value rows,
- * value rows contiguous along n. 2 rows x 4 vectors of columns of accumulators per pass, so
- * each value load serves two rows. */
-#define KILN_PV_COLS (4 * KILN_VL)
+ * value rows contiguous along n. Passes of 2 rows x KILN_PV_NV vectors of columns of
+ * accumulators (128 columns with AVX-512's 32 registers, 32 with AVX2's 16), so each value
+ * load serves two rows; every element is one chain over k in order, whatever the pass. */
+#if KILN_VL == 16
+#define KILN_PV_NV 8
+#else
+#define KILN_PV_NV 4
+#endif
+#define KILN_PV_COLS (KILN_PV_NV * KILN_VL)
 static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
                         const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
     int64_t n = 0;
@@ -209,30 +240,36 @@ static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p,
         for (; m + 2 <= M; m += 2) {
             float *o0 = o + m * ldo + n, *o1 = o0 + ldo;
             const float *p0 = p + m * ldp, *p1 = p0 + ldp;
-            kiln_vf a00 = kiln_ldv(o0), a01 = kiln_ldv(o0 + KILN_VL), a02 = kiln_ldv(o0 + 2 * KILN_VL), a03 = kiln_ldv(o0 + 3 * KILN_VL);
-            kiln_vf a10 = kiln_ldv(o1), a11 = kiln_ldv(o1 + KILN_VL), a12 = kiln_ldv(o1 + 2 * KILN_VL), a13 = kiln_ldv(o1 + 3 * KILN_VL);
+            kiln_vf a0[KILN_PV_NV], a1[KILN_PV_NV];
+#pragma GCC unroll 8
+            for (int j = 0; j < KILN_PV_NV; ++j) { a0[j] = kiln_ldv(o0 + j * KILN_VL); a1[j] = kiln_ldv(o1 + j * KILN_VL); }
             for (int64_t k = 0; k < K; ++k) {
                 const float *vr = v + k * ldv + n;
                 const kiln_vf x0 = kiln_splatv(p0[k]), x1 = kiln_splatv(p1[k]);
-                kiln_vf y0 = kiln_ldv(vr), y1 = kiln_ldv(vr + KILN_VL), y2 = kiln_ldv(vr + 2 * KILN_VL), y3 = kiln_ldv(vr + 3 * KILN_VL);
-                KILN_IN_REG(y0); KILN_IN_REG(y1); KILN_IN_REG(y2); KILN_IN_REG(y3);
-                a00 += x0 * y0; a10 += x1 * y0; a01 += x0 * y1; a11 += x1 * y1;
-                a02 += x0 * y2; a12 += x1 * y2; a03 += x0 * y3; a13 += x1 * y3;
+#pragma GCC unroll 8
+                for (int j = 0; j < KILN_PV_NV; ++j) {
+                    kiln_vf y = kiln_ldv(vr + j * KILN_VL);
+                    KILN_IN_REG(y);
+                    a0[j] += x0 * y; a1[j] += x1 * y;
+                }
             }
-            kiln_stv(o0, a00); kiln_stv(o0 + KILN_VL, a01); kiln_stv(o0 + 2 * KILN_VL, a02); kiln_stv(o0 + 3 * KILN_VL, a03);
-            kiln_stv(o1, a10); kiln_stv(o1 + KILN_VL, a11); kiln_stv(o1 + 2 * KILN_VL, a12); kiln_stv(o1 + 3 * KILN_VL, a13);
+#pragma GCC unroll 8
+            for (int j = 0; j < KILN_PV_NV; ++j) { kiln_stv(o0 + j * KILN_VL, a0[j]); kiln_stv(o1 + j * KILN_VL, a1[j]); }
         }
         for (; m < M; ++m) {
             float *o0 = o + m * ldo + n;
             const float *p0 = p + m * ldp;
-            kiln_vf a0 = kiln_ldv(o0), a1 = kiln_ldv(o0 + KILN_VL), a2 = kiln_ldv(o0 + 2 * KILN_VL), a3 = kiln_ldv(o0 + 3 * KILN_VL);
+            kiln_vf a0[KILN_PV_NV];
+#pragma GCC unroll 8
+            for (int j = 0; j < KILN_PV_NV; ++j) a0[j] = kiln_ldv(o0 + j * KILN_VL);
             for (int64_t k = 0; k < K; ++k) {
                 const float *vr = v + k * ldv + n;
                 const kiln_vf x0 = kiln_splatv(p0[k]);
-                a0 += x0 * kiln_ldv(vr); a1 += x0 * kiln_ldv(vr + KILN_VL);
-                a2 += x0 * kiln_ldv(vr + 2 * KILN_VL); a3 += x0 * kiln_ldv(vr + 3 * KILN_VL);
+#pragma GCC unroll 8
+                for (int j = 0; j < KILN_PV_NV; ++j) a0[j] += x0 * kiln_ldv(vr + j * KILN_VL);
             }
-            kiln_stv(o0, a0); kiln_stv(o0 + KILN_VL, a1); kiln_stv(o0 + 2 * KILN_VL, a2); kiln_stv(o0 + 3 * KILN_VL, a3);
+#pragma GCC unroll 8
+            for (int j = 0; j < KILN_PV_NV; ++j) kiln_stv(o0 + j * KILN_VL, a0[j]);
         }
     }
     for (; n + KILN_VL <= N; n += KILN_VL) /* columns left: one vector at a time */
