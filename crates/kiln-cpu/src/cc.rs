@@ -109,7 +109,10 @@ impl CCompiler {
     /// The vector ISA the kernels are compiled for: `KILN_CPU_ISA` if set, else AVX-512 where
     /// the compiler's target has it, else AVX2 (see [`crate::isa`]).
     pub fn isa(&self) -> Result<Isa, BackendError> {
-        let request = self.isa_request.clone().map_err(BackendError::Unavailable)?;
+        let request = self
+            .isa_request
+            .clone()
+            .map_err(BackendError::Unavailable)?;
         match request {
             IsaRequest::Auto if self.target_has_avx512() => Ok(Isa::Avx512),
             IsaRequest::Auto | IsaRequest::Force(Isa::Avx2) => Ok(Isa::Avx2),
@@ -440,7 +443,8 @@ int kiln_selftest(void) {
         for (int ci = 0; ci < 3; ++ci)
             for (int bf = 0; bf < 2; ++bf) {
                 const int64_t m = rows[ri], c0 = cols[ci], tn = kiln_min(N - c0, KILN_NC);
-                kiln_gemm_ctx ctx = {abuf, bbuf, 0, 0};
+                kiln_gemm_state st = {0, 0};
+                kiln_gemm_ctx ctx = {abuf, bbuf, &st};
                 if (bf) kiln_packed_tile_bf16(&ctx, a, K, wpb, K, 0, m, c0, tn, t, KILN_NC);
                 else kiln_packed_tile_f32(&ctx, a, K, wpf, K, 0, m, c0, tn, t, KILN_NC);
                 for (int64_t i = 0; i < m; ++i)
@@ -495,7 +499,10 @@ int kiln_selftest(void) {
                     .unwrap();
                 f()
             };
-            assert_eq!(bad, 0, "{march} ({isa:?}): products that are not fmaf chains");
+            assert_eq!(
+                bad, 0,
+                "{march} ({isa:?}): products that are not fmaf chains"
+            );
         }
     }
 

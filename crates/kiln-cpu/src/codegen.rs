@@ -8,7 +8,8 @@
 //! order; `[lo, hi)` is the range of parallel work units this call computes (rows for
 //! elementwise and row-reduction kernels, output elements for reductions, output blocks for
 //! matmuls); `scratch` is the calling worker's scratch memory, at least [`scratch_bytes`]
-//! bytes, 64-byte aligned (only matmuls use it).
+//! bytes, 64-byte aligned, its first [`SCRATCH_HEADER`] bytes zeroed before each launch (only
+//! matmuls and attention use it).
 
 use crate::pack::packed_weight;
 use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
@@ -92,9 +93,14 @@ fn blocks(len: &Expr, block: i64) -> Expr {
     len.clone().add(block - 1).div(block)
 }
 
+/// The first bytes of every worker's scratch, which the device zeroes before each launch: a
+/// packed matmul keeps there which rows of A the worker has packed in this launch
+/// (`kiln_gemm_state`), so that its later calls of the launch reuse them.
+pub const SCRATCH_HEADER: i64 = 64;
+
 /// Bytes of scratch one call of `k` needs: for a matmul, one `MC x NC` f32 tile per product
-/// slot, and with a packed weight the packed rows of A (`MC x K`) and a widened bf16 strip
-/// (`KC x NR`); each part 64-byte aligned.
+/// slot, and with a packed weight the launch's packing state ([`SCRATCH_HEADER`]), the packed
+/// rows of A (`MC x K`) and a widened bf16 strip (`KC x NR`); each part 64-byte aligned.
 pub fn scratch_bytes(k: &Kernel) -> Expr {
     if let KernelKind::Attention { dv, .. } = &k.kind {
         // The rows' unnormalised outputs, and the scores and biases of one key block.
@@ -116,7 +122,9 @@ pub fn scratch_bytes(k: &Kernel) -> Expr {
     }
     // Sized for the widest panel, whatever ISA the kernel is compiled for.
     let strip = (MM_KC * crate::isa::MAX_PANEL as i64) * 4 + 64;
-    tiles.add(depth.clone().mul(MM_MC * 4)).add(strip + 64)
+    tiles
+        .add(depth.clone().mul(MM_MC * 4))
+        .add(strip + 64 + SCRATCH_HEADER)
 }
 
 /// The function header and the declarations of symbols, output and inputs.
@@ -332,15 +340,23 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         mm.cols.join(", ")
     )
     .unwrap();
-    writeln!(s, "    float *kiln_tiles = (float *)kiln_scratch;").unwrap();
     if packed.is_some() {
+        // The launch's packing state first (zeroed by the device at every launch), then the
+        // tiles, the packed rows of A and the widened bf16 strip.
         writeln!(
             s,
-            "    char *kiln_rest = (char *)kiln_scratch + {};",
+            "    float *kiln_tiles = (float *)((char *)kiln_scratch + {SCRATCH_HEADER});"
+        )
+        .unwrap();
+        writeln!(
+            s,
+            "    char *kiln_rest = (char *)kiln_tiles + {};",
             slots as i64 * tile * 4 + 64
         )
         .unwrap();
-        writeln!(s, "    kiln_gemm_ctx kiln_ctx = {{ (float *)kiln_rest, (float *)(kiln_rest + ((K * {MM_MC} * 4 + 63) / 64) * 64), 0, 0 }};").unwrap();
+        writeln!(s, "    kiln_gemm_ctx kiln_ctx = {{ (float *)kiln_rest, (float *)(kiln_rest + ((K * {MM_MC} * 4 + 63) / 64) * 64), (kiln_gemm_state *)kiln_scratch }};").unwrap();
+    } else {
+        writeln!(s, "    float *kiln_tiles = (float *)kiln_scratch;").unwrap();
     }
     writeln!(
         s,

@@ -4,7 +4,7 @@
 //! matmuls read as `x @ W^T` are packed into panels when they are bound ([`crate::pack`]);
 //! each worker has scratch memory that kernels use for their tiles.
 
-use crate::codegen::{scratch_bytes, work_units};
+use crate::codegen::{scratch_bytes, work_units, SCRATCH_HEADER};
 use crate::pack::{pack, packed_weight};
 use crate::CpuModule;
 use kiln_compile::{Kernel, KernelKind, UniqueKernel};
@@ -77,10 +77,18 @@ impl Scratch {
         }
     }
 
+    /// Each thread's scratch, with its first [`SCRATCH_HEADER`] bytes zeroed: a launch starts
+    /// with no state from the one before.
     fn ptrs(&self) -> Vec<usize> {
         self.arenas
             .iter()
-            .map(|a| (a.as_mut_ptr() as usize).next_multiple_of(64))
+            .map(|a| {
+                let p = (a.as_mut_ptr() as usize).next_multiple_of(64);
+                // SAFETY: the arena holds at least `bytes + 64` bytes, and at least 128 (the
+                // header after the alignment), and no kernel runs now.
+                unsafe { std::ptr::write_bytes(p as *mut u8, 0, SCRATCH_HEADER as usize) };
+                p
+            })
             .collect()
     }
 }
@@ -138,7 +146,8 @@ impl CpuDevice {
             Dispatch::Spin(crate::pool::Pool::new(threads - 1).map_err(|e| cannot(&e))?)
         };
         let scratch = Scratch {
-            arenas: (0..threads).map(|_| HostBuffer::zeroed(64)).collect(),
+            // Room for the zeroed header at a 64-byte boundary before any launch reserves more.
+            arenas: (0..threads).map(|_| HostBuffer::zeroed(128)).collect(),
             bytes: 0,
         };
         Ok(CpuDevice {

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use kiln_compile::CompileOptions;
-pub use kiln_cpu::Isa;
 use kiln_cpu::CpuBackend;
+pub use kiln_cpu::Isa;
 // Not every test binary uses every helper.
 #[allow(unused_imports)]
 pub use kiln_ir::testing::{assert_close, inputs, values};
