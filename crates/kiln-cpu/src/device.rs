@@ -25,7 +25,9 @@ pub struct CpuKernel {
     f: KernelFn,
     units: Expr,
     unit_work: Expr,
-    symbols: Vec<String>,
+    /// The kernel's symbols in `sym[]` order, as expressions made once (a launch evaluates
+    /// them without allocating).
+    symbols: Vec<Expr>,
     /// Scratch bytes per call.
     scratch: Expr,
     /// The input read as packed panels, its dtype, depth (`K`) and panel width (`KILN_NR`
@@ -228,7 +230,7 @@ impl Device for CpuDevice {
             f,
             units,
             unit_work,
-            symbols: k.kernel.symbols(),
+            symbols: k.kernel.symbols().iter().map(|s| Expr::sym(s)).collect(),
             scratch: scratch_bytes(&k.kernel),
             packed,
         })
@@ -309,7 +311,7 @@ impl Device for CpuDevice {
         let syms: Vec<i64> = k
             .symbols
             .iter()
-            .map(|s| Expr::sym(s).eval(b))
+            .map(|s| s.eval(b))
             .collect::<Result<_, _>>()?;
         fn plain<'b>(k: &CpuKernel, buf: &'b CpuBuffer) -> Result<&'b HostBuffer, RunError> {
             buf.plain.as_ref().ok_or_else(|| RunError::Kernel {

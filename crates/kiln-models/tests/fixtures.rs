@@ -1,7 +1,9 @@
 //! kiln against Hugging Face `transformers` on the reference checkpoints in tests/fixtures:
-//! per-layer hidden states, prefill logits, and 16 greedy tokens with their logits.
+//! per-layer hidden states, prefill logits, and 16 greedy tokens with their logits, with the
+//! CPU kernels of each ISA this machine runs (AVX2, and AVX-512 where the compiler targets it).
 
 use kiln_compile::CompileOptions;
+use kiln_cpu::{CpuBackend, Isa};
 use kiln_models::{GraphOptions, KvCache, LoadOptions, Model, ModelSource, Sampling};
 use std::path::Path;
 
@@ -33,8 +35,20 @@ fn reference_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     out
 }
 
-fn load(dir: &Path, graph: GraphOptions) -> Model {
-    let cpu = kiln_cpu::CpuBackend::default().with_run_threads(2);
+/// The CPU kernel ISAs to check: AVX2 everywhere, AVX-512 where the compiler targets it (the
+/// test says when it skips it).
+fn isas() -> Vec<Isa> {
+    match CpuBackend::default().with_isa(Isa::Avx512).isa() {
+        Ok(_) => vec![Isa::Avx2, Isa::Avx512],
+        Err(e) => {
+            eprintln!("skipping the AVX-512 kernels: {e}");
+            vec![Isa::Avx2]
+        }
+    }
+}
+
+fn load(dir: &Path, graph: GraphOptions, isa: Isa) -> Model {
+    let cpu = CpuBackend::default().with_isa(isa).with_run_threads(2);
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 2,
@@ -48,6 +62,12 @@ fn load(dir: &Path, graph: GraphOptions) -> Model {
 }
 
 fn check_model(name: &str, prompts: &[&str]) {
+    for isa in isas() {
+        check_model_with(name, prompts, isa);
+    }
+}
+
+fn check_model_with(name: &str, prompts: &[&str], isa: Isa) {
     let dir = kiln_models::testing::fixtures().join(name);
     let mut full = load(
         &dir,
@@ -56,8 +76,9 @@ fn check_model(name: &str, prompts: &[&str]) {
             hidden_states: true,
             ..Default::default()
         },
+        isa,
     );
-    let mut gen = load(&dir, GraphOptions::default());
+    let mut gen = load(&dir, GraphOptions::default(), isa);
     for prompt in prompts {
         let refdir = dir.join("reference");
         let json: serde_json::Value = serde_json::from_str(
@@ -94,7 +115,7 @@ fn check_model(name: &str, prompts: &[&str]) {
             let d = max_abs_diff(got.as_f32(), &want);
             assert!(
                 d <= tol,
-                "{name}/{prompt}: {tname} differs by {d} (> {tol})"
+                "{name}/{prompt} ({isa:?}): {tname} differs by {d} (> {tol})"
             );
         }
 
@@ -102,7 +123,10 @@ fn check_model(name: &str, prompts: &[&str]) {
         let g = gen
             .generate(&ids, 16, &Sampling::default(), &[], |_| {})
             .unwrap();
-        assert_eq!(g.generated_ids, greedy, "{name}/{prompt}: greedy ids");
+        assert_eq!(
+            g.generated_ids, greedy,
+            "{name}/{prompt} ({isa:?}): greedy ids"
+        );
         for (k, row) in json["step_logits"].as_array().unwrap().iter().enumerate() {
             let want: Vec<f32> = row
                 .as_array()
@@ -113,7 +137,7 @@ fn check_model(name: &str, prompts: &[&str]) {
             let d = max_abs_diff(&g.step_logits[k], &want);
             assert!(
                 d <= 1e-4,
-                "{name}/{prompt}: step_logits[{k}] differs by {d}"
+                "{name}/{prompt} ({isa:?}): step_logits[{k}] differs by {d}"
             );
         }
     }
