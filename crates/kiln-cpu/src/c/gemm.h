@@ -22,8 +22,8 @@
 #if defined(KILN_AVX512)
 /* GCC vector extensions and the compiler's FMA builtins instead of <immintrin.h>: parsing that
  * header costs ~0.6 s per translation unit, more than compiling most kernels. kiln_vf,
- * kiln_ldv and kiln_ldbf_panel_lo/hi come from the prelude; each builtin is one vfmadd231ps (a * b + c,
- * rounded once), what _mm512_fmadd_ps / _mm256_fmadd_ps expand to. */
+ * kiln_ldv and kiln_ldbf_panel_lo/hi come from the prelude; each builtin is one vfmadd231ps
+ * (a * b + c, rounded once), what _mm512_fmadd_ps / _mm256_fmadd_ps expand to. */
 #define KILN_MR 12
 #define KILN_FMAV(a, b, c) __builtin_ia32_vfmaddps512_mask((a), (b), (c), (unsigned short)-1, 4)
 #define KILN_SIMD 1
@@ -91,8 +91,8 @@ static inline void kiln_widen_bf16(const uint16_t *restrict s, float *restrict d
 
 /* Micro-kernel: C[MR x NR] (row stride ldc) (+)= A strip [kc][MR] x B strip [kc][NR]: MR
  * rows x two vectors of accumulators; per k two B loads (kept in registers), MR broadcasts
- * (folded into the FMAs as memory operands where the ISA has them), 2 MR FMAs.
- * AVX-512 12 x 32: 24 zmm accumulators + 2 B vectors of 32 registers. AVX2 6 x 16: 12 ymm
+ * (each into a register both of its FMAs read), 2 MR FMAs. AVX-512 12 x 32: 24 zmm
+ * accumulators + 2 B vectors + 1 broadcast = 27 of 32 registers. AVX2 6 x 16: 12 ymm
  * accumulators + 2 B vectors + 1 broadcast = 15 of 16. */
 #if defined(KILN_SIMD)
 #define KILN_SPLATV(x) kiln_splatv(x)
