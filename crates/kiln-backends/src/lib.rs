@@ -5,7 +5,7 @@
 //! crate receives the opened target and depends on no backend crate.
 
 use kiln_compile::BackendError;
-use kiln_runtime::Target;
+use kiln_compile::Target;
 
 /// Every backend kiln has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -149,6 +149,6 @@ pub fn emit_shaders(
     let backend = kiln_wgpu::WgpuBackend::validate_only();
     let compiled = kiln_compile::compile(graph, &backend, opts)?;
     let sources: Vec<&kiln_compile::KernelSource> =
-        compiled.kernels.iter().map(|k| &k.source).collect();
+        compiled.loaded.kernels.iter().map(|k| &k.source).collect();
     Ok(kiln_wgpu::emit(&sources, format, dir)?)
 }

@@ -10,8 +10,8 @@ mod remote;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_backends::{BackendKind, BackendOptions};
+use kiln_compile::Target;
 use kiln_compile::MAX_THREADS;
-use kiln_runtime::Target;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -8,11 +8,11 @@
 //! names exactly the unit's kernels, and the backend finds every kernel in the artifact
 //! ([`Backend::verify`]). Only then is it stored in the local cache and used.
 
-use crate::backend::Backend;
 use crate::cache::{self, KernelCache, Lookup};
 use crate::observer::{notify, Event, Observer};
 use crate::pool::Workers;
 use crate::remote::{Fetch, RemoteSession};
+use kiln_program::Backend;
 
 /// An artifact found in a cache.
 pub struct Cached {

@@ -3,7 +3,7 @@
 //! cache compiles (`distcc gcc`, `icecc gcc`, `ccache gcc`). One invocation compiles a batch of
 //! kernels (one translation unit) into an object, which the real compiler then links into a
 //! shared object locally: distcc only sends `-c` compiles to other machines. Every invocation
-//! runs in a private scratch folder under a time limit (`kiln_compile::process`).
+//! runs in a private scratch folder under a time limit (`kiln_process`).
 //!
 //! The cache key holds the *real* compiler's identity (its `--version`, the flags), never the
 //! wrappers': an artifact does not depend on where distcc compiled it. For that to be true,
@@ -11,8 +11,8 @@
 //! flags it stands for (gcc reports them); otherwise each distcc server would compile for its
 //! own CPU. Resolving changes no byte of the output (checked: the shared objects are identical).
 
-use kiln_compile::process::{self, ChildError};
-use kiln_compile::BackendError;
+use kiln_process::{self as process, ChildError};
+use kiln_program::BackendError;
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -78,7 +78,7 @@ impl CCompiler {
             command: line.split_whitespace().map(String::from).collect(),
             origin,
             native: OnceLock::new(),
-            timeout: kiln_compile::default_compile_timeout(),
+            timeout: kiln_process::default_compile_timeout(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! Running kernels needs an NVIDIA GPU: those tests say so and skip when there is none. Their
 //! bodies also run on the CUDA emulator (the same CUDA C on the CPU), which runs everywhere.
 
+use kiln_compile::Target;
 use kiln_compile::{compile, CompileError, CompileOptions};
 use kiln_cpu::CpuBackend;
 use kiln_cuda::emulator::EmulatedCuda;
@@ -11,7 +12,7 @@ use kiln_models::{
     build_graph, presets::preset, testing::fixtures, GraphOptions, LoadOptions, Model, ModelSource,
     Sampling,
 };
-use kiln_runtime::{Executable, Target};
+use kiln_runtime::Executable;
 
 #[test]
 fn qwen3_preset_compiles_to_cubin_deterministically() {
@@ -30,7 +31,7 @@ fn qwen3_preset_compiles_to_cubin_deterministically() {
             )
             .unwrap_or_else(|e| panic!("{arch}, {threads} threads: {e}"));
             assert_eq!(c.report.compiled, c.report.kernels_unique);
-            for m in &c.modules {
+            for m in &c.loaded.modules {
                 let CudaModule::Cubin(bytes) = m else {
                     panic!("compile-only loads nothing")
                 };
@@ -283,7 +284,7 @@ fn write_slice_graph() -> kiln_ir::Graph {
 fn write_kernels_compile_with_nvrtc() {
     let backend = CudaBackend::compile_only("sm_90").unwrap();
     let c = compile(&write_slice_graph(), &backend, &CompileOptions::default()).unwrap();
-    assert!(c.kernels.iter().any(|k| k.kernel.label() == "write"));
+    assert!(c.loaded.kernels.iter().any(|k| k.kernel.label() == "write"));
 }
 
 /// In place and as a copy, at symbolic positions, against the interpreter.

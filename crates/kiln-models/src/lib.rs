@@ -54,11 +54,11 @@ pub enum ModelError {
     Run(#[from] kiln_runtime::RunError),
 }
 
-impl From<kiln_runtime::LoadError> for ModelError {
-    fn from(e: kiln_runtime::LoadError) -> Self {
+impl From<kiln_compile::LoadError> for ModelError {
+    fn from(e: kiln_compile::LoadError) -> Self {
         match e {
-            kiln_runtime::LoadError::Compile(e) => ModelError::Compile(e),
-            kiln_runtime::LoadError::Run(e) => ModelError::Run(e),
+            kiln_compile::LoadError::Compile(e) => ModelError::Compile(e),
+            kiln_compile::LoadError::Run(e) => ModelError::Run(e),
         }
     }
 }

@@ -5,9 +5,10 @@ use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions};
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
+use kiln_compile::Target;
 use kiln_compile::{CompileOptions, CompileReport};
 use kiln_ir::{DType, Tensor};
-use kiln_runtime::{Executable, Target};
+use kiln_runtime::Executable;
 use std::collections::HashMap;
 use std::time::Instant;
 

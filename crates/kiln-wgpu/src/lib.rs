@@ -34,8 +34,8 @@ pub use plan::GemvPlan;
 /// The wgpu kiln is built with, for callers that inspect adapters.
 pub use wgpu;
 
-use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
-use kiln_runtime::{RunError, Runtime};
+use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+use kiln_program::{RunError, Runtime};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 

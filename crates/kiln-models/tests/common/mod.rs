@@ -58,7 +58,7 @@ fn test_cache() -> Option<kiln_compile::KernelCache> {
         .ok()
 }
 
-pub fn load_with(dir: &Path, target: &dyn kiln_runtime::Target) -> Result<Model, ModelError> {
+pub fn load_with(dir: &Path, target: &dyn kiln_compile::Target) -> Result<Model, ModelError> {
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 1,
