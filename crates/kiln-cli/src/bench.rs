@@ -296,7 +296,7 @@ fn remote_rows(
             .unwrap_or(0.0)
     };
     // Fill a fresh prefix: machine A compiles cold and uploads.
-    let warm_url = kiln_remote::testing::namespace(url, "bench-warm");
+    let warm_url = kiln_remote::namespace(url, "bench-warm");
     let filled = report(compile_child_with(
         a,
         t,
@@ -341,7 +341,7 @@ fn remote_rows(
     let mut sharded = Vec::new();
     for &n in &a.shards {
         anyhow::ensure!(n >= 1, "--shards must be >= 1");
-        let url = kiln_remote::testing::namespace(url, &format!("bench-shards-{n}"));
+        let url = kiln_remote::namespace(url, &format!("bench-shards-{n}"));
         let args: Vec<String> = (1..=n).map(|i| format!("{i}/{n}")).collect();
         let child = |i: usize| {
             compile_child_with(

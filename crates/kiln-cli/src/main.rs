@@ -79,16 +79,23 @@ pub struct CompileFlags {
     pub trace: Option<PathBuf>,
 }
 
-/// A thread count between 1 and [`MAX_THREADS`], or a message that says so.
-pub fn parse_threads(s: &str) -> Result<usize, String> {
+/// A `--threads` value that is not a thread count kiln uses.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadsError {
+    #[error("'{0}' is not a whole number")]
+    NotANumber(String),
+    #[error("kiln uses between 1 and {MAX_THREADS} compile threads, not {0} (more threads only cost start-up time)")]
+    OutOfRange(usize),
+}
+
+/// A thread count between 1 and [`MAX_THREADS`], or an error that says so.
+pub fn parse_threads(s: &str) -> Result<usize, ThreadsError> {
     let n: usize = s
         .trim()
         .parse()
-        .map_err(|_| format!("'{s}' is not a whole number"))?;
+        .map_err(|_| ThreadsError::NotANumber(s.to_string()))?;
     if n == 0 || n > MAX_THREADS {
-        return Err(format!(
-            "kiln uses between 1 and {MAX_THREADS} compile threads, not {n} (more threads only cost start-up time)"
-        ));
+        return Err(ThreadsError::OutOfRange(n));
     }
     Ok(n)
 }

@@ -177,12 +177,11 @@ fn golden() -> &'static (Case, Run) {
         let r = c.run();
         assert_eq!(r.hits, 0, "a cold cache");
         // The tokens are transformers' greedy tokens for this prompt.
-        let reference: Value = serde_json::from_str(
-            &std::fs::read_to_string(tiny().join("reference/p1.json")).unwrap(),
-        )
-        .unwrap();
-        let want: Vec<Value> = reference["greedy_ids"].as_array().unwrap()[..NEW_TOKENS].to_vec();
-        assert_eq!(r.tokens, Value::Array(want));
+        let reference = kiln_models::testing::Reference::read("tiny-qwen3", "p1");
+        assert_eq!(
+            r.tokens,
+            serde_json::json!(reference.greedy_ids[..NEW_TOKENS])
+        );
         (c, r)
     })
 }

@@ -36,10 +36,11 @@ pub mod remote;
 pub mod report;
 pub mod schedule;
 pub mod shard;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use backend::{Backend, BackendError, KernelSource, NAME_PLACEHOLDER};
-pub use cache::{cache_key, KernelCache, Lookup};
+pub use cache::{cache_key, CacheError, EntryError, KernelCache, Lookup};
 pub use error::{CompileError, KernelFailure};
 pub use extract::{Buffer, OutputLayout, Program, Step};
 pub use kernel::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
@@ -49,9 +50,9 @@ pub use process::{
     default_compile_timeout, interrupt, interrupted, wait_until_no_compile_runs,
     DEFAULT_COMPILE_TIMEOUT,
 };
-pub use remote::{RemoteCache, RemoteOptions, RemoteStore};
+pub use remote::{RemoteCache, RemoteError, RemoteOptions, RemoteStore};
 pub use report::{peak_rss_mb, CompileReport, KernelReport, RemoteReport, ShardReport, StageTime};
-pub use shard::Shard;
+pub use shard::{Shard, ShardParseError};
 
 use kiln_ir::Graph;
 use std::time::Instant;
