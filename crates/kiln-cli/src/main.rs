@@ -4,9 +4,11 @@ mod bench;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;
+mod local_cache;
 mod output_path;
 mod progress;
 mod remote;
+mod report;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_backends::{BackendKind, BackendOptions};
@@ -112,7 +114,7 @@ impl CompileFlags {
             run_threads: self.threads().min(kiln_compile::cores()),
             arch: arch.map(String::from),
             compile_only,
-            driver_cache: driver_cache(self.no_cache),
+            driver_cache: local_cache::driver_dir(self.no_cache),
             compile_timeout: self.compile_timeout(),
         };
         Ok(kiln_backends::open(self.backend, &opts)?)
@@ -121,17 +123,6 @@ impl CompileFlags {
     pub fn compile_timeout(&self) -> Duration {
         Duration::from_secs(self.compile_timeout)
     }
-}
-
-/// The directory of the wgpu driver's shader cache: inside kiln's kernel cache, unless
-/// `--no-cache` (then the driver's default).
-pub fn driver_cache(no_cache: bool) -> Option<PathBuf> {
-    if no_cache {
-        return None;
-    }
-    kiln_compile::KernelCache::open(kiln_compile::KernelCache::default_dir())
-        .ok()
-        .map(|c| c.driver_dir("wgpu"))
 }
 
 /// An error and its causes, each cause shown unless the message already says it.
