@@ -56,7 +56,7 @@ pub struct SyncArgs {
 }
 
 pub fn run(c: CacheCommand) -> anyhow::Result<()> {
-    let cache = KernelCache::at(KernelCache::default_dir()).map_err(anyhow::Error::msg)?;
+    let cache = KernelCache::at(KernelCache::default_dir())?;
     match c {
         CacheCommand::Stats { json } => {
             let s = cache.stats();
@@ -88,7 +88,7 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
             if json {
                 let bad: Vec<_> = bad
                     .iter()
-                    .map(|(p, r)| serde_json::json!({ "path": p, "reason": r }))
+                    .map(|(p, r)| serde_json::json!({ "path": p, "reason": r.to_string() }))
                     .collect();
                 println!(
                     "{}",
@@ -135,14 +135,13 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
 }
 
 fn sync(cache: &KernelCache, a: &SyncArgs, push: bool) -> anyhow::Result<()> {
-    let config = kiln_remote::Config::from_env().map_err(anyhow::Error::msg)?;
-    let remote = kiln_remote::open(&a.remote_cache, &config).map_err(anyhow::Error::msg)?;
+    let config = kiln_remote::Config::from_env()?;
+    let remote = kiln_remote::open(&a.remote_cache, &config)?;
     let r = if push {
         kiln_remote::sync::push(cache, &remote)
     } else {
         kiln_remote::sync::pull(cache, &remote)
-    }
-    .map_err(anyhow::Error::msg)?;
+    }?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

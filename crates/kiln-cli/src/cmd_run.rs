@@ -1,5 +1,7 @@
+use crate::local_cache;
 use crate::output_path::check_writable;
-use crate::progress::{open_cache, print_report, Progress};
+use crate::progress::Progress;
+use crate::report::print_report;
 use crate::CompileFlags;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -92,7 +94,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         target: target.as_ref(),
         compile: CompileOptions {
             threads,
-            cache: open_cache(a.flags.no_cache),
+            cache: local_cache::open(a.flags.no_cache),
             observer: Some(&progress),
             remote: remote.as_ref(),
             ..Default::default()

@@ -4,9 +4,11 @@ mod bench;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;
+mod local_cache;
 mod output_path;
 mod progress;
 mod remote;
+mod report;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_backends::{BackendKind, BackendOptions};
@@ -79,16 +81,23 @@ pub struct CompileFlags {
     pub trace: Option<PathBuf>,
 }
 
-/// A thread count between 1 and [`MAX_THREADS`], or a message that says so.
-pub fn parse_threads(s: &str) -> Result<usize, String> {
+/// A `--threads` value that is not a thread count kiln uses.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadsError {
+    #[error("'{0}' is not a whole number")]
+    NotANumber(String),
+    #[error("kiln uses between 1 and {MAX_THREADS} compile threads, not {0} (more threads only cost start-up time)")]
+    OutOfRange(usize),
+}
+
+/// A thread count between 1 and [`MAX_THREADS`], or an error that says so.
+pub fn parse_threads(s: &str) -> Result<usize, ThreadsError> {
     let n: usize = s
         .trim()
         .parse()
-        .map_err(|_| format!("'{s}' is not a whole number"))?;
+        .map_err(|_| ThreadsError::NotANumber(s.to_string()))?;
     if n == 0 || n > MAX_THREADS {
-        return Err(format!(
-            "kiln uses between 1 and {MAX_THREADS} compile threads, not {n} (more threads only cost start-up time)"
-        ));
+        return Err(ThreadsError::OutOfRange(n));
     }
     Ok(n)
 }
@@ -105,7 +114,7 @@ impl CompileFlags {
             run_threads: self.threads().min(kiln_compile::cores()),
             arch: arch.map(String::from),
             compile_only,
-            driver_cache: driver_cache(self.no_cache),
+            driver_cache: local_cache::driver_dir(self.no_cache),
             compile_timeout: self.compile_timeout(),
         };
         Ok(kiln_backends::open(self.backend, &opts)?)
@@ -114,17 +123,6 @@ impl CompileFlags {
     pub fn compile_timeout(&self) -> Duration {
         Duration::from_secs(self.compile_timeout)
     }
-}
-
-/// The directory of the wgpu driver's shader cache: inside kiln's kernel cache, unless
-/// `--no-cache` (then the driver's default).
-pub fn driver_cache(no_cache: bool) -> Option<PathBuf> {
-    if no_cache {
-        return None;
-    }
-    kiln_compile::KernelCache::open(kiln_compile::KernelCache::default_dir())
-        .ok()
-        .map(|c| c.driver_dir("wgpu"))
 }
 
 /// An error and its causes, each cause shown unless the message already says it.

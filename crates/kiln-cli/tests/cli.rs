@@ -1,5 +1,6 @@
 //! The command-line contract, end to end through the `kiln` binary.
 
+use kiln_models::testing::{max_abs_diff, Reference};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -212,15 +213,7 @@ fn usage_errors() {
 fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
     let cache = tempfile::tempdir().unwrap();
     let dir = fixtures().join("tiny-qwen3");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
-            .unwrap();
-    let ids: Vec<String> = reference["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let reference = Reference::read("tiny-qwen3", "p1");
     let logits = cache.path().join("logits.json");
     let out = kiln(
         &[
@@ -228,7 +221,7 @@ fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
             "--model",
             dir.to_str().unwrap(),
             "--prompt-ids",
-            &ids.join(","),
+            &reference.prompt_arg(),
             "--max-new-tokens",
             "16",
             "--temperature",
@@ -241,7 +234,7 @@ fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
         cache.path(),
     );
     let r = json(&out);
-    assert_eq!(r["generated_ids"], reference["greedy_ids"]);
+    assert_eq!(r["generated_ids"], serde_json::json!(reference.greedy_ids));
     for key in [
         "prompt_ids",
         "text",
@@ -255,14 +248,8 @@ fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
     let rows = l["step_logits"].as_array().unwrap();
     assert_eq!(rows.len(), 16);
     for (k, row) in rows.iter().enumerate() {
-        let want = reference["step_logits"][k].as_array().unwrap();
-        let d = row
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
-            .fold(0.0, f64::max);
+        let got: Vec<f32> = serde_json::from_value(row.clone()).unwrap();
+        let d = max_abs_diff(&got, &reference.step_logits[k]);
         assert!(d <= 1e-4, "step {k}: {d}");
     }
 }
@@ -466,7 +453,7 @@ fn wgpu_present() -> bool {
         Ok(_) => true,
         Err(e) => {
             assert!(
-                std::env::var_os("KILN_REQUIRE_WGPU").is_none(),
+                !kiln_ir::testing::require("KILN_REQUIRE_WGPU"),
                 "KILN_REQUIRE_WGPU is set but wgpu has no adapter: {e}"
             );
             eprintln!("skipping the wgpu CLI checks: {e}");
@@ -485,15 +472,7 @@ fn wgpu_backend_runs_compiles_emits_and_benches() {
     }
     let cache = tempfile::tempdir().unwrap();
     let dir = fixtures().join("tiny-qwen3");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
-            .unwrap();
-    let ids: Vec<String> = reference["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let reference = Reference::read("tiny-qwen3", "p1");
     let model = dir.to_str().unwrap();
     let r = json(&kiln(
         &[
@@ -503,7 +482,7 @@ fn wgpu_backend_runs_compiles_emits_and_benches() {
             "--model",
             model,
             "--prompt-ids",
-            &ids.join(","),
+            &reference.prompt_arg(),
             "--max-new-tokens",
             "16",
             "--ignore-eos",
@@ -511,7 +490,7 @@ fn wgpu_backend_runs_compiles_emits_and_benches() {
         ],
         cache.path(),
     ));
-    assert_eq!(r["generated_ids"], reference["greedy_ids"]);
+    assert_eq!(r["generated_ids"], serde_json::json!(reference.greedy_ids));
     assert!(
         cache.path().join("driver/wgpu").is_dir(),
         "the driver's shader cache lives in kiln's cache dir"

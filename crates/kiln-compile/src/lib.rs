@@ -34,9 +34,10 @@ pub mod report;
 pub mod schedule;
 pub mod shard;
 mod target;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use cache::{cache_key, KernelCache, Lookup};
+pub use cache::{cache_key, CacheError, EntryError, KernelCache, Lookup};
 pub use error::{CompileError, KernelFailure};
 pub use kiln_process::{
     cores, default_compile_timeout, default_threads, interrupt, interrupted,
@@ -48,9 +49,9 @@ pub use kiln_program::{
     MemoryPlan, Operand, Program, ScalarExpr, Step, UniqueKernel, NAME_PLACEHOLDER,
 };
 pub use observer::{notify, Event, Observer, Stage, TraceRecorder};
-pub use remote::{RemoteCache, RemoteOptions, RemoteStore};
+pub use remote::{RemoteCache, RemoteError, RemoteOptions, RemoteStore};
 pub use report::{peak_rss_mb, CompileReport, KernelReport, RemoteReport, ShardReport, StageTime};
-pub use shard::Shard;
+pub use shard::{Shard, ShardParseError};
 pub use target::{LoadError, Loaded, Target};
 
 use kiln_ir::Graph;

@@ -148,7 +148,8 @@ fn check_remote<B: Backend>(
     kernels: &[String],
     bytes: &[u8],
 ) -> Result<(u64, Vec<u8>), String> {
-    let (header, artifact) = cache::decode(bytes, backend.name(), key)?;
+    let (header, artifact) =
+        cache::decode(bytes, backend.name(), key).map_err(|e| e.to_string())?;
     if header.kernels != kernels {
         return Err(format!(
             "the entry names kernels [{}], the unit is [{}]",

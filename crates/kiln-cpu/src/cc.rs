@@ -127,8 +127,12 @@ impl CCompiler {
             )));
         }
         let real = self.real();
+        // Like every invocation, in a scratch folder: a compiler (or a wrapper script) may
+        // write into its working directory, which must never be the user's.
+        let scratch = process::scratch_dir("kiln-cc-")
+            .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
         let mut cmd = self.run(&real);
-        cmd.arg("--version");
+        cmd.arg("--version").current_dir(scratch.path());
         let out = process::run(&mut cmd, self.timeout).map_err(|e| match e {
             ChildError::Spawn(e) => BackendError::Unavailable(format!(
                 "C compiler `{}` ({}) could not be run: {e}. kiln's CPU backend needs a C compiler: install one (Debian/Ubuntu: `apt-get install gcc`) or set CC to its path",
@@ -225,11 +229,12 @@ impl CCompiler {
 /// driver passes to `cc1` for it (`gcc -march=native -E -v -`). None where the compiler does
 /// not say (clang prints another format): then `-march=native` stays as it is.
 fn native_flags(real: &[String], timeout: Duration) -> Option<Vec<String>> {
-    let mut cmd = Command::new(&real[0]);
     // Run where it can write nothing of the user's (a wrapper script need not be a real gcc).
+    let scratch = process::scratch_dir("kiln-cc-").ok()?;
+    let mut cmd = Command::new(&real[0]);
     cmd.args(&real[1..])
         .args(["-march=native", "-E", "-v", "-"])
-        .current_dir(std::env::temp_dir());
+        .current_dir(scratch.path());
     let out = process::run(&mut cmd, timeout).ok()?;
     let text = String::from_utf8_lossy(&out.stderr);
     let line = text

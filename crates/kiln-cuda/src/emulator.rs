@@ -136,8 +136,12 @@ impl Backend for EmulatedCuda {
         self.identity
             .get_or_init(|| {
                 let cxx = cxx();
-                let out = run_cxx(Command::new(&cxx).arg("--version"), &cxx, self.timeout)
-                    .map_err(|e| e.to_string())?;
+                // In a scratch folder, like the compile: never in the user's working directory.
+                let scratch = process::scratch_dir("kiln-cuda-emu-")
+                    .map_err(|e| format!("CUDA emulator: temporary folder: {e}"))?;
+                let mut cmd = Command::new(&cxx);
+                cmd.arg("--version").current_dir(scratch.path());
+                let out = run_cxx(&mut cmd, &cxx, self.timeout).map_err(|e| e.to_string())?;
                 let version = String::from_utf8_lossy(&out.stdout)
                     .lines()
                     .next()

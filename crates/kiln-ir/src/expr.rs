@@ -971,7 +971,9 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        // No failure file: a test never writes into the repository (a failure prints the
+        // shrunk case to copy into a test).
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
 
         #[test]
         fn normalize_preserves_value(

@@ -12,6 +12,7 @@ pub mod expr;
 pub mod graph;
 pub mod interp;
 pub mod tensor;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use dtype::DType;

@@ -6,6 +6,7 @@ pub mod model;
 pub mod presets;
 pub mod runtime;
 pub mod sampling;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;
@@ -14,7 +15,8 @@ pub use config::{Arch, QwenConfig};
 pub use model::{build_graph, weight_shapes, GraphOptions, WeightDtype};
 pub use runtime::{FinishReason, Generation, KvCache, LoadOptions, Model};
 pub use sampling::{argmax, Sampler, Sampling};
-pub use tokenizer::{StreamDecoder, Tokenizer};
+pub use tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+pub use weights::IndexError;
 
 use std::path::PathBuf;
 
@@ -37,8 +39,14 @@ pub enum ModelError {
         tensor: Option<String>,
         detail: String,
     },
-    #[error("{0}")]
-    Tokenizer(String),
+    /// A tokenizer that cannot be loaded (`context` names the file), or text it cannot encode
+    /// or decode.
+    #[error("{context}: {source}")]
+    Tokenizer {
+        context: String,
+        #[source]
+        source: TokenizerError,
+    },
     /// A prompt or generation request the model cannot serve (empty, id out of range, too
     /// long for the context, a stale KV cache).
     #[error("{0}")]

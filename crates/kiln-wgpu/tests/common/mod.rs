@@ -27,7 +27,7 @@ pub fn backend() -> Option<WgpuBackend> {
         }
         Err(e) => {
             assert!(
-                std::env::var_os("KILN_REQUIRE_WGPU").is_none(),
+                !kiln_ir::testing::require("KILN_REQUIRE_WGPU"),
                 "KILN_REQUIRE_WGPU is set but there is no wgpu adapter: {e}"
             );
             static SAID: std::sync::Once = std::sync::Once::new();
