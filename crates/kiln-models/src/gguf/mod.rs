@@ -359,6 +359,11 @@ impl GgufFile {
         &self.path
     }
 
+    /// Where the data section starts: the header's size, padded to the alignment.
+    pub fn data_start(&self) -> usize {
+        self.data_start
+    }
+
     pub fn metadata(&self) -> &BTreeMap<String, MetaValue> {
         &self.metadata
     }
@@ -487,7 +492,8 @@ impl<'a> Cursor<'a> {
         let room = self.remaining() / min_bytes.max(1);
         if count > room {
             return Err(ParseError::new(format!(
-                "claims {count} {what}, but the {} bytes left in the file hold at most {room}",
+                "claims {count} {what}, but the {} bytes left in the file hold at most {room} \
+                 (truncated or corrupt?)",
                 self.remaining()
             )));
         }
