@@ -42,3 +42,17 @@ pub fn exercise_checkpoint(dir: &Path) {
         let _ = ck.load(&[(name, shape)], WeightDtype::F32);
     }
 }
+
+/// Opens a GGUF file as kiln does: config, check, weights, tokenizer.
+pub fn exercise_gguf(path: &Path) {
+    use kiln_models::gguf::qwen::GgufCheckpoint;
+    use kiln_models::WeightDtype;
+    let Ok(ck) = GgufCheckpoint::open(path) else { return };
+    let _ = kiln_models::gguf::tokenizer::from_gguf(ck.file());
+    let Ok(config) = ck.config() else { return };
+    if ck.check(&config).is_ok() && config.weight_bytes() < 1 << 28 {
+        let shapes = kiln_models::weight_shapes(&config);
+        ck.load(&shapes, WeightDtype::F32).expect("a checked GGUF file loads");
+        ck.load(&shapes, WeightDtype::BF16).expect("a checked GGUF file loads");
+    }
+}

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
 use kiln_models::{
-    FinishReason, GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder, Tokenizer,
+    FinishReason, GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder,
 };
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,7 +26,8 @@ pub struct RunArgs {
     /// The prompt as token ids: 1,2,3.
     #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
-    /// Wrap the prompt in the Qwen chat markup and stop at <|im_end|>.
+    /// Wrap the prompt in the model's chat template (a GGUF file's tokenizer.chat_template, a
+    /// folder's tokenizer_config.json; the Qwen chat markup without one) and stop at <|im_end|>.
     #[arg(long)]
     pub chat: bool,
     #[arg(long, default_value_t = 32)]
@@ -70,12 +71,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (None, Some(text)) => {
             let tok = tokenizer.as_ref().with_context(|| {
                 format!(
-                    "{} has no tokenizer.json: pass --prompt-ids instead of --prompt",
+                    "{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): \
+                     pass --prompt-ids instead of --prompt",
                     source.name()
                 )
             })?;
             let text = if a.chat {
-                Tokenizer::chat_prompt(text)
+                tok.apply_chat_template(text)?
             } else {
                 text.clone()
             };

@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate text with a model (a preset with random weights, or a checkpoint folder).
+    /// Generate text with a model (a preset with random weights, a checkpoint folder or a GGUF
+    /// file).
     Run(cmd_run::RunArgs),
     /// Compile a model's kernels and print the compile report.
     Compile(cmd_compile::CompileArgs),
@@ -47,7 +48,9 @@ enum Command {
 #[derive(Args, Clone, Debug)]
 pub struct CompileFlags {
     /// Model: a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen2.5-0.5b, qwen2.5-1.5b,
-    /// qwen2.5-7b) or a Hugging Face checkpoint folder.
+    /// qwen2.5-7b), a Hugging Face checkpoint folder or a GGUF file (FILE.gguf: Qwen2/2.5/3 in
+    /// F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; quantized weights are
+    /// decoded to f32 at load).
     #[arg(long)]
     pub model: String,
     /// Compile threads, 1 to 1024 (1 = sequential). Default: the number of cores. Kernels run

@@ -374,6 +374,71 @@ fn trace_has_one_track_per_worker_and_budget_keeps_results() {
     assert_eq!(b["artifact_digest"], r["artifact_digest"]);
 }
 
+/// A GGUF file end to end: `run` reproduces the file's NumPy reference (tests/gguf), reads
+/// the prompt with the file's own tokenizer and chat template, and `compile` takes it too.
+#[test]
+fn run_and_compile_a_gguf_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let file = kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-Q4_K_M.gguf");
+    let file_arg = file.to_str().unwrap();
+    let bytes = std::fs::read(file.with_extension("ref.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |n: &str| -> Vec<u32> {
+        reference
+            .tensor(n)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    let ids: Vec<String> = ints("p1.prompt_ids").iter().map(u32::to_string).collect();
+    let r = json(&kiln(
+        &[
+            "run", "--model", file_arg, "--prompt-ids", &ids.join(","), "--max-new-tokens", "16",
+            "--ignore-eos", "--json",
+        ],
+        cache.path(),
+    ));
+    let got: Vec<u32> = r["generated_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got, ints("p1.greedy_ids"));
+
+    let tok = kiln_models::ModelSource::Gguf(file.clone())
+        .tokenizer()
+        .unwrap()
+        .unwrap();
+    let want = tok
+        .encode(&tok.apply_chat_template("the theme").unwrap())
+        .unwrap();
+    let r = json(&kiln(
+        &[
+            "run", "--model", file_arg, "--prompt", "the theme", "--chat", "--max-new-tokens", "2",
+            "--ignore-eos", "--json",
+        ],
+        cache.path(),
+    ));
+    let prompt: Vec<u32> = r["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(prompt, want);
+    assert!(prompt.contains(&254) && prompt.contains(&255), "the file's merges: {prompt:?}");
+
+    let r = json(&kiln(&["compile", "--model", file_arg, "--json"], cache.path()));
+    assert!(r["kernels_unique"].as_u64().unwrap() > 0);
+
+    let out = kiln(&["run", "--model", "missing.gguf", "--prompt-ids", "1"], cache.path());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("GGUF file 'missing.gguf' not found"), "{e}");
+}
+
 #[test]
 fn chat_run_streams_text() {
     let cache = tempfile::tempdir().unwrap();

@@ -60,7 +60,7 @@ const SILU_NAMES: [&str; 2] = ["silu", "swish"];
 
 /// Largest value any dimension may have: shapes are `i64` expressions and kernels index with
 /// 64-bit products of two dimensions, so each must stay well inside 32 bits.
-const MAX_DIM: u64 = i32::MAX as u64;
+pub(crate) const MAX_DIM: u64 = i32::MAX as u64;
 
 /// `config.json` as a JSON object, with readers that name the key at fault.
 struct Keys<'a>(&'a Map<String, Value>);

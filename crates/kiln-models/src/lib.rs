@@ -1,7 +1,9 @@
 //! The Qwen family on kiln: `config.json` -> graph -> compiled kernels, safetensors weights or
-//! seeded random ones for the built-in presets, the tokenizer, a KV cache and sampling.
+//! seeded random ones for the built-in presets, GGUF files (hyper-parameters, weights and
+//! tokenizer in one file), the tokenizer, a KV cache and sampling.
 
 pub mod config;
+pub mod gguf;
 pub mod model;
 pub mod presets;
 pub mod runtime;
@@ -100,11 +102,12 @@ impl ModelError {
     }
 }
 
-/// Where a model comes from: a built-in preset or a Hugging Face checkpoint folder.
+/// Where a model comes from: a built-in preset, a Hugging Face checkpoint folder or a GGUF file.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelSource {
     Preset(String),
     Dir(PathBuf),
+    Gguf(PathBuf),
 }
 
 impl ModelSource {
@@ -116,8 +119,17 @@ impl ModelSource {
         if p.is_dir() {
             return Ok(ModelSource::Dir(p));
         }
+        if p.is_file() && gguf::is_gguf_path(&p) {
+            return Ok(ModelSource::Gguf(p));
+        }
+        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Err(ModelError::Source(format!(
+                "GGUF file '{s}' not found{}",
+                if p.exists() { " (it is not a file)" } else { "" }
+            )));
+        }
         Err(ModelError::Source(format!(
-            "unknown model '{s}': not a preset ({}) and not a folder with config.json",
+            "unknown model '{s}': not a preset ({}), a folder with config.json or a GGUF file",
             presets::preset_names().join(", ")
         )))
     }
@@ -126,28 +138,37 @@ impl ModelSource {
         match self {
             ModelSource::Preset(name) => Ok(presets::preset(name).expect("parsed preset")),
             ModelSource::Dir(d) => QwenConfig::from_file(&d.join("config.json")),
+            ModelSource::Gguf(p) => gguf::qwen::GgufCheckpoint::open(p)?.config(),
         }
     }
 
     pub fn name(&self) -> String {
         match self {
             ModelSource::Preset(n) => n.clone(),
-            ModelSource::Dir(d) => d.display().to_string(),
+            ModelSource::Dir(d) | ModelSource::Gguf(d) => d.display().to_string(),
         }
     }
 
-    /// The tokenizer: the folder's `tokenizer.json`, the embedded Qwen one for presets.
+    /// The tokenizer: the folder's `tokenizer.json` (with the chat template of its
+    /// `tokenizer_config.json`), the GGUF file's `tokenizer.ggml.*`, the embedded Qwen one for
+    /// presets.
     pub fn tokenizer(&self) -> Result<Option<Tokenizer>, ModelError> {
         match self {
             ModelSource::Preset(_) => Tokenizer::embedded_qwen().map(Some),
             ModelSource::Dir(d) => {
                 let p = d.join("tokenizer.json");
-                if p.exists() {
-                    Tokenizer::from_file(&p).map(Some)
-                } else {
-                    Ok(None)
+                if !p.exists() {
+                    return Ok(None);
                 }
+                let t = Tokenizer::from_file(&p)?;
+                let config = d.join("tokenizer_config.json");
+                if config.exists() {
+                    let (template, bos, eos) = tokenizer::chat_template_of_config(&config)?;
+                    return Ok(Some(t.with_chat_template(template, bos, eos)));
+                }
+                Ok(Some(t))
             }
+            ModelSource::Gguf(p) => gguf::tokenizer::from_gguf(&gguf::GgufFile::open(p)?),
         }
     }
 }

@@ -3,6 +3,7 @@
 use crate::config::QwenConfig;
 use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions};
 use crate::sampling::{Sampler, Sampling};
+use crate::gguf::qwen::GgufCheckpoint;
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
 use kiln_compile::Target;
@@ -32,6 +33,12 @@ impl<'a> LoadOptions<'a> {
             seed: 0,
         }
     }
+}
+
+/// The files a model's weights come from.
+enum WeightFiles {
+    Safetensors(Checkpoint),
+    Gguf(GgufCheckpoint),
 }
 
 /// The positions a generation has seen. The keys and values themselves stay in the
@@ -149,19 +156,25 @@ impl Model {
     }
 
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
-        let config = source.config()?;
-        let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
         // The checkpoint's headers (names, shapes, dtypes) are checked against the config
         // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds
         // (and a checkpoint that lacks tensors is reported as such, whatever its size).
-        let checkpoint = match source {
-            ModelSource::Preset(_) => None,
+        let (config, checkpoint) = match source {
+            ModelSource::Preset(_) => (source.config()?, None),
             ModelSource::Dir(d) => {
+                let config = source.config()?;
                 let c = Checkpoint::open(d)?;
                 c.check(&config)?;
-                Some(c)
+                (config, Some(WeightFiles::Safetensors(c)))
+            }
+            ModelSource::Gguf(p) => {
+                let c = GgufCheckpoint::open(p)?;
+                let config = c.config()?;
+                c.check(&config)?;
+                (config, Some(WeightFiles::Gguf(c)))
             }
         };
+        let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
         // Weights pass through host memory on their way to any device.
         let bytes = config.weight_bytes();
         if let Some(avail) = available_memory_bytes() {
@@ -179,11 +192,14 @@ impl Model {
         let (compiled, weights) = std::thread::scope(|s| {
             let w = s.spawn(|| match &checkpoint {
                 None => Ok(random_weights(&shapes, opts.seed, w)),
-                Some(c) => c.load(&shapes, w),
+                Some(WeightFiles::Safetensors(c)) => c.load(&shapes, w),
+                Some(WeightFiles::Gguf(c)) => c.load(&shapes, w),
             });
             let c = Self::compile(&config, opts);
             (c, w.join().expect("weight loader panicked"))
         });
+        // The weights are in memory now: unmap the files.
+        drop(checkpoint);
         let (mut exe, report) = compiled?;
         let mut weights = weights?;
         fuse_projections(&config, &mut weights)?;

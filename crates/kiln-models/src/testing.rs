@@ -122,6 +122,141 @@ impl Reference {
     }
 }
 
+/// The GGUF fixtures (`tests/gguf`: tiny Qwen3 models in every GGUF type kiln reads, with
+/// reference outputs computed by NumPy on the weights the `gguf` package decodes; see its
+/// README), or `$KILN_GGUF_FIXTURES`.
+pub fn gguf_fixtures() -> PathBuf {
+    let p = std::env::var_os("KILN_GGUF_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/gguf"));
+    assert!(
+        p.join("README.md").exists(),
+        "GGUF fixtures not found at {} (set KILN_GGUF_FIXTURES)",
+        p.display()
+    );
+    p
+}
+
+/// Writes GGUF files (version 3, little-endian) for tests: metadata and tensors as given,
+/// tensor data at aligned offsets in the order added. Nothing is checked, so a test can write
+/// exactly the broken file it wants (with [`GgufBuilder::raw_kv`] and
+/// [`GgufBuilder::raw_tensor`]).
+#[derive(Clone, Debug)]
+pub struct GgufBuilder {
+    pub version: u32,
+    pub alignment: u64,
+    kvs: Vec<(String, u32, Vec<u8>)>,
+    /// (name, ne, type, data, offset override)
+    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>, Option<u64>)>,
+}
+
+impl Default for GgufBuilder {
+    fn default() -> Self {
+        GgufBuilder {
+            version: 3,
+            alignment: 32,
+            kvs: Vec::new(),
+            tensors: Vec::new(),
+        }
+    }
+}
+
+/// A GGUF string: u64 length and bytes.
+pub fn gguf_string(s: &str) -> Vec<u8> {
+    let mut b = (s.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(s.as_bytes());
+    b
+}
+
+impl GgufBuilder {
+    /// A metadata entry of value type `ty` whose value is `value`'s bytes, as they are.
+    pub fn raw_kv(mut self, key: &str, ty: u32, value: Vec<u8>) -> Self {
+        self.kvs.push((key.into(), ty, value));
+        self
+    }
+
+    pub fn str(self, key: &str, v: &str) -> Self {
+        self.raw_kv(key, 8, gguf_string(v))
+    }
+
+    pub fn u32(self, key: &str, v: u32) -> Self {
+        self.raw_kv(key, 4, v.to_le_bytes().to_vec())
+    }
+
+    pub fn f32(self, key: &str, v: f32) -> Self {
+        self.raw_kv(key, 6, v.to_le_bytes().to_vec())
+    }
+
+    /// An array of strings.
+    pub fn strs(self, key: &str, v: &[&str]) -> Self {
+        let mut b = 8u32.to_le_bytes().to_vec();
+        b.extend((v.len() as u64).to_le_bytes());
+        for s in v {
+            b.extend(gguf_string(s));
+        }
+        self.raw_kv(key, 9, b)
+    }
+
+    /// An array of int32.
+    pub fn i32s(self, key: &str, v: &[i32]) -> Self {
+        let mut b = 5u32.to_le_bytes().to_vec();
+        b.extend((v.len() as u64).to_le_bytes());
+        for x in v {
+            b.extend(x.to_le_bytes());
+        }
+        self.raw_kv(key, 9, b)
+    }
+
+    /// A tensor with GGUF dimensions `ne` (fastest first) of GGML type `ty`.
+    pub fn tensor(mut self, name: &str, ne: &[u64], ty: u32, data: Vec<u8>) -> Self {
+        self.tensors.push((name.into(), ne.to_vec(), ty, data, None));
+        self
+    }
+
+    /// A tensor whose info claims `offset`, whatever its data's place.
+    pub fn raw_tensor(mut self, name: &str, ne: &[u64], ty: u32, data: Vec<u8>, offset: u64) -> Self {
+        self.tensors.push((name.into(), ne.to_vec(), ty, data, Some(offset)));
+        self
+    }
+
+    /// An f32 tensor of Hugging Face shape `shape` (row-major) with `values`.
+    pub fn f32_tensor(self, name: &str, shape: &[usize], values: &[f32]) -> Self {
+        let ne: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensor(name, &ne, 0, data)
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(self.version.to_le_bytes());
+        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((self.kvs.len() as u64).to_le_bytes());
+        for (k, ty, v) in &self.kvs {
+            out.extend(gguf_string(k));
+            out.extend(ty.to_le_bytes());
+            out.extend(v);
+        }
+        let align = |n: u64| n.div_ceil(self.alignment.max(1)) * self.alignment.max(1);
+        let mut offset = 0u64;
+        let mut data = Vec::new();
+        for (name, ne, ty, bytes, at) in &self.tensors {
+            out.extend(gguf_string(name));
+            out.extend((ne.len() as u32).to_le_bytes());
+            for d in ne {
+                out.extend(d.to_le_bytes());
+            }
+            out.extend(ty.to_le_bytes());
+            out.extend(at.unwrap_or(offset).to_le_bytes());
+            data.resize(offset as usize, 0);
+            data.extend(bytes);
+            offset = align(data.len() as u64);
+        }
+        out.resize(align(out.len() as u64) as usize, 0);
+        out.extend(data);
+        out
+    }
+}
+
 /// The largest `|a[i] - b[i]|` (NaN where either holds one). Panics when the lengths differ.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");

@@ -1,5 +1,7 @@
-//! Text <-> ids through the `tokenizers` crate, with the Qwen chat markup and a streaming
-//! decoder that never prints half a UTF-8 character.
+//! Text <-> ids through the `tokenizers` crate, the model's chat template (rendered with
+//! minijinja, as Hugging Face's `apply_chat_template` renders it with Jinja; the Qwen chat
+//! markup for models without one) and a streaming decoder that never prints half a UTF-8
+//! character.
 
 use crate::ModelError;
 use std::io::Read;
@@ -13,6 +15,14 @@ pub const IM_END: &str = "<|im_end|>";
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    chat: Option<ChatTemplate>,
+}
+
+/// A Jinja chat template and the special tokens it may name.
+struct ChatTemplate {
+    source: String,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
 }
 
 /// Why a tokenizer could not be loaded, or could not encode or decode.
@@ -28,6 +38,10 @@ pub enum TokenizerError {
     /// type, text it cannot encode).
     #[error("{0}")]
     Library(#[source] tokenizers::Error),
+    /// A tokenizer description kiln reads itself is wrong (a `tokenizer.ggml.*` key of a GGUF
+    /// file, a chat template): what is wrong where.
+    #[error("{0}")]
+    Invalid(String),
     /// The tokenizers library panicked on it (its message).
     #[error("the tokenizers library failed on this file ({0})")]
     Panicked(String),
@@ -52,7 +66,65 @@ impl Tokenizer {
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(TokenizerError::Json)?;
         let inner = no_panic(|| tokenizers::Tokenizer::from_bytes(bytes))?
             .map_err(TokenizerError::Library)?;
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer { inner, chat: None })
+    }
+
+    /// The same tokenizer with a chat template (`tokenizer.chat_template` of a GGUF file,
+    /// `chat_template` of a `tokenizer_config.json`) and the bos/eos strings it may use.
+    pub fn with_chat_template(
+        mut self,
+        template: Option<String>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Tokenizer {
+        self.chat = template.map(|source| ChatTemplate {
+            source,
+            bos_token,
+            eos_token,
+        });
+        self
+    }
+
+    /// The chat template, when the model has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat.as_ref().map(|c| c.source.as_str())
+    }
+
+    /// One user message as the model's chat template writes it, ready for the assistant's
+    /// answer (`add_generation_prompt`); [`Tokenizer::chat_prompt`] for a model without one.
+    pub fn apply_chat_template(&self, user: &str) -> Result<String, ModelError> {
+        let Some(chat) = &self.chat else {
+            return Ok(Self::chat_prompt(user));
+        };
+        let err = |e: minijinja::Error| {
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            ModelError::Tokenizer {
+                context: "the chat template failed".into(),
+                source: TokenizerError::Invalid(detail),
+            }
+        };
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        // Python's str methods (`.startswith`, `.split`, `.strip`, ...), which HF templates use.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<(), minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", &chat.source).map_err(err)?;
+        let ctx = minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => user }],
+            add_generation_prompt => true,
+            bos_token => chat.bos_token.clone().unwrap_or_default(),
+            eos_token => chat.eos_token.clone().unwrap_or_default(),
+        };
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(err)
     }
 
     /// The Qwen tokenizer shipped inside kiln.
@@ -97,6 +169,42 @@ impl Tokenizer {
     pub fn chat_prompt(user: &str) -> String {
         format!("{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
     }
+}
+
+/// The chat template of a `tokenizer_config.json` (its `chat_template`: a string, or a list
+/// of `{name, template}` whose `default` one is used) and its `bos_token`/`eos_token` strings.
+pub type ChatTemplateParts = (Option<String>, Option<String>, Option<String>);
+
+pub fn chat_template_of_config(path: &Path) -> Result<ChatTemplateParts, ModelError> {
+    let err = |d: String| ModelError::Tokenizer {
+        context: path.display().to_string(),
+        source: TokenizerError::Invalid(d),
+    };
+    let text = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let template = match v.get("chat_template") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(t)) => Some(t.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str())
+            .map(str::to_string),
+        Some(other) => {
+            return Err(err(format!(
+                "key 'chat_template' must be a string or a list of named templates, got {other}"
+            )))
+        }
+    };
+    // A special token is a string or an AddedToken object with its `content`.
+    let token = |k: &str| {
+        let t = v.get(k)?;
+        t.as_str()
+            .or_else(|| t.get("content")?.as_str())
+            .map(str::to_string)
+    };
+    Ok((template, token("bos_token"), token("eos_token")))
 }
 
 /// Runs a call into the tokenizers library, turning a panic of the library (a tokenizer file

@@ -58,5 +58,27 @@ fn main() {
     let tk = out.join("tokenizer_file");
     write(&tk, "qwen-300", &kiln_models::testing::small_qwen_tokenizer_json(300));
     write(&tk, "qwen-1000", &kiln_models::testing::small_qwen_tokenizer_json(1000));
+    // GGUF: fixture files (a 32-block mix, K-quants) and a small file with a tokenizer.
+    let gg = out.join("gguf_header");
+    let gf = kiln_models::testing::gguf_fixtures();
+    for f in ["tiny-qwen3/tiny-qwen3-Q4_K_M.gguf", "tiny-qwen3/tiny-qwen3-BF16.gguf", "qwen3-256/qwen3-256-Q4_K.gguf"] {
+        let bytes = std::fs::read(gf.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        write(&gg, f.rsplit('/').next().unwrap(), &bytes);
+    }
+    let small = kiln_models::testing::GgufBuilder::default()
+        .str("general.architecture", "qwen2")
+        .u32("qwen2.block_count", 1)
+        .u32("qwen2.embedding_length", 8)
+        .u32("qwen2.feed_forward_length", 32)
+        .u32("qwen2.attention.head_count", 2)
+        .str("tokenizer.ggml.model", "gpt2")
+        .str("tokenizer.ggml.pre", "qwen2")
+        .strs("tokenizer.ggml.tokens", &["a", "b", "ab"])
+        .i32s("tokenizer.ggml.token_type", &[1, 1, 3])
+        .strs("tokenizer.ggml.merges", &["a b"])
+        .f32_tensor("token_embd.weight", &[3, 8], &[0.5; 24])
+        .tensor("blk.0.attn_q.weight", &[32, 2], 8, vec![7; 68])
+        .build();
+    write(&gg, "small-qwen2", &small);
     eprintln!("seeds written to {}", out.display());
 }

@@ -62,6 +62,7 @@ pub struct CompileBench {
 
 #[derive(Args)]
 pub struct DecodeBench {
+    /// A preset, a checkpoint folder or a GGUF file.
     #[arg(long)]
     model: String,
     #[arg(long, default_value_t = 128)]
@@ -74,7 +75,8 @@ pub struct DecodeBench {
     /// cpu, cuda (GPU 0) or wgpu (the bound is then the device's copy bandwidth).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
-    /// Matrix weights in f32 or bf16 (default: the model's own).
+    /// Matrix weights in f32 or bf16 (default: the model's own; a GGUF file's quantized
+    /// weights are decoded to f32).
     #[arg(long, value_parser = ["f32", "bf16"])]
     weight_dtype: Option<String>,
     #[arg(long, default_value = "bench-out")]
