@@ -11,6 +11,7 @@
 //! flags it stands for (gcc reports them); otherwise each distcc server would compile for its
 //! own CPU. Resolving changes no byte of the output (checked: the shared objects are identical).
 
+use crate::isa::{Isa, IsaRequest, AVX512_FLAGS, ISA_ENV};
 use kiln_process::{self as process, ChildError};
 use kiln_program::BackendError;
 use std::path::Path;
@@ -18,16 +19,17 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The C prelude: CPU-specific definitions, the shared scalar helpers, the matmul blocks and
-/// the packed-weight GEMM/GEMV (`c/gemm.h`), with the blocking constants of
-/// [`crate::codegen`] defined first so that C and Rust agree on them.
-pub fn prelude() -> &'static str {
+/// The C prelude for kernels compiled for `isa`: CPU-specific definitions, the shared scalar
+/// helpers, the matmul blocks and the packed-weight GEMM/GEMV (`c/gemm.h`), with the blocking
+/// constants of [`crate::codegen`] and the panel width of `isa` defined first so that C and
+/// Rust agree on them.
+pub fn prelude(isa: Isa) -> &'static str {
     use crate::codegen::{MM_KC, MM_MC, MM_NC};
-    use crate::pack::PANEL;
-    static P: OnceLock<String> = OnceLock::new();
-    P.get_or_init(|| {
+    static P: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
+    P[isa as usize].get_or_init(|| {
         let defines = format!(
-            "#define KILN_NR {PANEL}\n#define KILN_MC {MM_MC}\n#define KILN_NC {MM_NC}\n#define KILN_KC {MM_KC}\n"
+            "#define KILN_NR {}\n#define KILN_MC {MM_MC}\n#define KILN_NC {MM_NC}\n#define KILN_KC {MM_KC}\n",
+            isa.panel()
         );
         let base = kiln_render::cstyle::prelude(include_str!("c/prelude.h"));
         format!("{defines}{}", base.replace("/* KILN_GEMM */", include_str!("c/gemm.h")))
@@ -59,6 +61,8 @@ pub struct CCompiler {
     pub origin: &'static str,
     /// What `-march=native` means here, asked of the real compiler once.
     native: OnceLock<Option<Vec<String>>>,
+    /// The kernels' vector ISA asked for (`KILN_CPU_ISA`, or [`CCompiler::with_isa`]).
+    isa_request: Result<IsaRequest, String>,
     /// How long one invocation may take before its process group is killed.
     pub timeout: Duration,
 }
@@ -78,8 +82,50 @@ impl CCompiler {
             command: line.split_whitespace().map(String::from).collect(),
             origin,
             native: OnceLock::new(),
+            isa_request: IsaRequest::from_env(),
             timeout: kiln_process::default_compile_timeout(),
         }
+    }
+
+    /// The same compiler, kernels for `isa` whatever `KILN_CPU_ISA` says (tests compare both).
+    pub fn with_isa(mut self, isa: Isa) -> CCompiler {
+        self.isa_request = Ok(IsaRequest::Force(isa));
+        self
+    }
+
+    /// Whether the compiler's target (`-march=native` as resolved, and the command's own
+    /// flags) has the AVX-512 subsets the kernels use.
+    fn target_has_avx512(&self) -> bool {
+        if self.real().iter().any(|w| w.starts_with("-mno-avx512")) {
+            return false;
+        }
+        match self.native() {
+            Some(flags) => AVX512_FLAGS.iter().all(|f| flags.iter().any(|g| g == f)),
+            // A compiler that does not say what -march=native means targets this CPU.
+            None => Isa::host_has_avx512(),
+        }
+    }
+
+    /// The vector ISA the kernels are compiled for: `KILN_CPU_ISA` if set, else AVX-512 where
+    /// the compiler's target has it, else AVX2 (see [`crate::isa`]).
+    pub fn isa(&self) -> Result<Isa, BackendError> {
+        let request = self.isa_request.clone().map_err(BackendError::Unavailable)?;
+        match request {
+            IsaRequest::Auto if self.target_has_avx512() => Ok(Isa::Avx512),
+            IsaRequest::Auto | IsaRequest::Force(Isa::Avx2) => Ok(Isa::Avx2),
+            IsaRequest::Force(Isa::Avx512) if self.target_has_avx512() => Ok(Isa::Avx512),
+            IsaRequest::Force(Isa::Avx512) => Err(BackendError::Unavailable(format!(
+                "{ISA_ENV}=avx512, but the C compiler `{}` does not target AVX-512 (F, BW, DQ and VL) here: -march=native means `{}`",
+                self.real().join(" "),
+                self.native().map_or("(not reported)".to_string(), |f| f.join(" "))
+            ))),
+        }
+    }
+
+    fn native(&self) -> Option<&Vec<String>> {
+        self.native
+            .get_or_init(|| native_flags(&self.real(), self.timeout))
+            .as_ref()
     }
 
     /// The same compiler with another time limit per invocation.
@@ -156,37 +202,42 @@ impl CCompiler {
             .trim()
             .to_string();
         // The prelude is part of every translation unit, so it is part of every cache key.
-        let prelude = blake3::hash(prelude().as_bytes()).to_hex();
+        let isa = self.isa()?;
+        let prelude = blake3::hash(prelude(isa).as_bytes()).to_hex();
         Ok(format!(
-            "{} | {version} | {} {} | {} | prelude {}",
+            "{} | {version} | {} {} | {} | {} kernels | prelude {}",
             real.join(" "),
             self.compile_flags().join(" "),
             LINK_FLAGS.join(" "),
             cpu_identity(),
+            isa.name(),
             &prelude[..16]
         ))
     }
 
     /// [`FLAGS`] with `-march=native` replaced by the flags it means on this machine, as the
-    /// real compiler reports them (gcc); unchanged where the compiler does not report them.
+    /// real compiler reports them (gcc; unchanged where the compiler does not report them),
+    /// and `-mno-avx512f` last where the AVX2 kernels are forced on an AVX-512 target.
     pub fn compile_flags(&self) -> Vec<String> {
-        let native = self
-            .native
-            .get_or_init(|| native_flags(&self.real(), self.timeout));
-        FLAGS
+        let native = self.native();
+        let mut flags: Vec<String> = FLAGS
             .iter()
             .flat_map(|&f| match (f, native) {
                 ("-march=native", Some(n)) => n.clone(),
                 _ => vec![f.to_string()],
             })
-            .collect()
+            .collect();
+        if matches!(self.isa(), Ok(Isa::Avx2)) && self.target_has_avx512() {
+            flags.push("-mno-avx512f".into());
+        }
+        flags
     }
 
     /// Compiles one translation unit; returns the shared object's bytes or the diagnostics.
     pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, BackendError> {
         let dir = process::scratch_dir("kiln-cc-")
             .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
-        let mut unit = String::from(prelude());
+        let mut unit = String::from(prelude(self.isa()?));
         for s in sources {
             unit.push('\n');
             unit.push_str(s);
@@ -316,6 +367,51 @@ mod tests {
         assert_ne!(plain, other, "compiler arguments are part of the identity");
     }
 
+    /// The AVX-512 prelude (32-column panels) on a target without AVX-512 stops the compile
+    /// with a message, instead of kernels that read panels with the wrong stride.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn panels_for_another_isa_do_not_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("mismatch.c");
+        std::fs::write(&src, prelude(Isa::Avx512)).unwrap();
+        let out = std::process::Command::new("cc")
+            .args(["-O0", "-march=x86-64-v3", "-std=gnu11", "-c", "-o"])
+            .arg(dir.path().join("mismatch.o"))
+            .arg(&src)
+            .output()
+            .expect("run cc");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("KILN_NR does not match"), "{err}");
+    }
+
+    /// The ISA is part of the identity (and so of every cache key): forcing AVX2 on an
+    /// AVX-512 machine adds `-mno-avx512f` and changes the prelude's panel width.
+    #[test]
+    fn the_isa_is_part_of_the_identity() {
+        let avx2 = CCompiler::command("gcc", "test").with_isa(Isa::Avx2);
+        assert_eq!(avx2.isa().unwrap(), Isa::Avx2);
+        let id2 = avx2.identity().unwrap();
+        assert!(id2.contains("avx2 kernels"), "{id2}");
+        let avx512 = CCompiler::command("gcc", "test").with_isa(Isa::Avx512);
+        match avx512.isa() {
+            Ok(isa) => {
+                assert_eq!(isa, Isa::Avx512);
+                assert!(
+                    avx2.compile_flags().last().unwrap() == "-mno-avx512f",
+                    "{:?}",
+                    avx2.compile_flags()
+                );
+                assert_ne!(avx512.identity().unwrap(), id2);
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("KILN_CPU_ISA=avx512"), "{e}");
+                eprintln!("skipping the AVX-512 half: {e}");
+            }
+        }
+    }
+
     /// `-march=native` is not always AVX2 (QEMU's default CPU models, some Atoms and
     /// Celerons): the prelude's building blocks must compile for baseline x86-64 too (a register
     /// constraint for 32-byte vectors once broke every kernel there).
@@ -328,7 +424,7 @@ mod tests {
             kiln_mm_nt(a, 64, a, 64, o, 64, 3, 5, 64);\n\
             kiln_att_pv(o, 40, s, 64, a, 40, 3, 9, 40);\n\
             o[0] += kiln_softmax_weights(s, 13, 0.5f);\n}\n";
-        std::fs::write(&src, format!("{}\n{uses}", prelude())).unwrap();
+        std::fs::write(&src, format!("{}\n{uses}", prelude(Isa::Avx2))).unwrap();
         let out = std::process::Command::new("cc")
             .args([
                 "-O2",

@@ -6,9 +6,13 @@ use common::*;
 use kiln_ir::testing::OpCase;
 use kiln_ir::{DType, Expr, Graph, Tensor};
 
+/// Each case on every kernel ISA this machine can run (AVX2, and AVX-512 where the compiler
+/// targets it; `isas` says when it skips).
 fn run(case: OpCase) {
-    let mut exe = build(&case.graph, case.threads);
-    case.check(|ins, b| exe.run_with(ins, b).map_err(|e| e.to_string()));
+    for isa in isas() {
+        let mut exe = build_for(&case.graph, case.threads, Some(isa));
+        case.check(|ins, b| exe.run_with(ins, b).map_err(|e| format!("{isa:?}: {e}")));
+    }
 }
 
 kiln_ir::op_case_tests!(run);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use kiln_compile::CompileOptions;
+pub use kiln_cpu::Isa;
 use kiln_cpu::CpuBackend;
 // Not every test binary uses every helper.
 use kiln_compile::Target;
@@ -14,15 +15,40 @@ use std::collections::HashMap;
 
 /// Compiles `g` with the real C compiler and loads it, `threads` compiling and running.
 pub fn build(g: &Graph, threads: usize) -> Box<dyn Executable> {
+    build_for(g, threads, None)
+}
+
+/// [`build`] with kernels for `isa` (None: what `KILN_CPU_ISA` and the CPU say).
+pub fn build_for(g: &Graph, threads: usize, isa: Option<Isa>) -> Box<dyn Executable> {
     let opts = CompileOptions {
         threads,
         ..Default::default()
     };
-    CpuBackend::default()
+    backend(isa)
         .with_run_threads(threads)
         .load(g, &opts)
         .unwrap_or_else(|e| panic!("compile failed: {e}"))
         .exe
+}
+
+/// The CPU backend, with kernels for `isa` if given.
+pub fn backend(isa: Option<Isa>) -> CpuBackend {
+    match isa {
+        Some(isa) => CpuBackend::default().with_isa(isa),
+        None => CpuBackend::default(),
+    }
+}
+
+/// The kernel ISAs this machine runs: AVX2 (16-column panels; the portable C where the CPU has
+/// no AVX2) everywhere, AVX-512 where the compiler targets it. Says so when AVX-512 is skipped.
+pub fn isas() -> Vec<Isa> {
+    match CpuBackend::default().with_isa(Isa::Avx512).isa() {
+        Ok(_) => vec![Isa::Avx2, Isa::Avx512],
+        Err(e) => {
+            eprintln!("skipping the AVX-512 kernels: {e}");
+            vec![Isa::Avx2]
+        }
+    }
 }
 
 /// Runs `g` on the CPU backend and on the interpreter and compares every output.
