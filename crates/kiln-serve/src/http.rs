@@ -312,11 +312,15 @@ async fn generate(
         },
         seq,
     );
-    match accept(&s, kind, body, seq, &id, arrived).await {
+    let mut response = match accept(&s, kind, body, seq, &id, arrived).await {
         Err(e) => s.refuse(&id, kind.endpoint(), &e),
         Ok(a) if a.params.stream => stream_response(a),
         Ok(a) => whole_response(a).await,
+    };
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
     }
+    response
 }
 
 /// Parses, checks and tokenizes a request and hands it to the engine.
