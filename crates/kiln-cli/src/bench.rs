@@ -1,5 +1,6 @@
-//! `kiln bench compile|decode`: reproducible numbers with one command, as JSON and an SVG plot.
-//! Each compile configuration runs in a child process (its own peak RSS, its own fresh cache).
+//! `kiln bench compile|decode|serve`: reproducible numbers with one command, as JSON and an SVG
+//! plot. Each compile configuration runs in a child process (its own peak RSS, its own fresh
+//! cache); the serve benchmark drives a `kiln serve` child over HTTP.
 
 use clap::{Args, Subcommand};
 use kiln_backends::{BackendKind, BackendOptions};
@@ -14,6 +15,9 @@ pub enum BenchCommand {
     Compile(CompileBench),
     /// Prefill time, decode tokens/s and the memory-bandwidth bound.
     Decode(DecodeBench),
+    /// `kiln serve` under N concurrent streams: aggregate tokens/s, time to first token,
+    /// inter-token latency.
+    Serve(ServeBench),
 }
 
 #[derive(Args)]
@@ -71,10 +75,33 @@ pub struct DecodeBench {
     out: PathBuf,
 }
 
+#[derive(Args)]
+pub struct ServeBench {
+    #[arg(long)]
+    pub model: String,
+    /// Concurrent streams to measure, one round each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub streams: Vec<u64>,
+    /// Prompt tokens of each stream.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// Tokens each stream generates.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// Compile and run threads of the server (1 to 1024; kernels run on at most one per core).
+    #[arg(long, value_parser = crate::parse_threads)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    pub backend: BackendKind,
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+}
+
 pub fn run(b: BenchCommand) -> anyhow::Result<()> {
     match b {
         BenchCommand::Compile(a) => compile_bench(a),
         BenchCommand::Decode(a) => decode_bench(a),
+        BenchCommand::Serve(a) => crate::bench_serve::serve_bench(a),
     }
 }
 
@@ -83,11 +110,11 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

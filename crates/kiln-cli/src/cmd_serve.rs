@@ -57,13 +57,16 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let source = ModelSource::parse(&a.flags.model)?;
     let config = source.config()?;
     let tokenizer = source.tokenizer()?;
-    let name = a.served_model_name.clone().unwrap_or_else(|| match &source {
-        ModelSource::Preset(p) => p.clone(),
-        ModelSource::Dir(d) => d
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| source.name()),
-    });
+    let name = a
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| match &source {
+            ModelSource::Preset(p) => p.clone(),
+            ModelSource::Dir(d) => d
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| source.name()),
+        });
     let cfg = kiln_serve::ServeConfig {
         host: a.host.clone(),
         port: a.port,

@@ -1,6 +1,7 @@
 //! `kiln`: compile and run neural-network graphs, fast. A thin layer over the library crates.
 
 mod bench;
+mod bench_serve;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;

@@ -96,7 +96,14 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(["serve", "--model"])
             .arg(model)
-            .args(["--port", "0", "--threads", "1", "--served-model-name", "tiny"])
+            .args([
+                "--port",
+                "0",
+                "--threads",
+                "1",
+                "--served-model-name",
+                "tiny",
+            ])
             .args(extra)
             .env("KILN_CACHE_DIR", kernel_cache())
             .env("RUST_LOG", "warn,kiln_serve=info")
@@ -257,7 +264,13 @@ fn as_ids(v: &Value) -> Vec<u32> {
 }
 
 /// One greedy request, streamed or not: (ids, finish reason).
-fn greedy(c: &Client, ids: &[u32], max_tokens: usize, ignore_eos: bool, stream: bool) -> (Vec<u32>, String) {
+fn greedy(
+    c: &Client,
+    ids: &[u32],
+    max_tokens: usize,
+    ignore_eos: bool,
+    stream: bool,
+) -> (Vec<u32>, String) {
     let body = json!({
         "model": "tiny", "prompt": ids, "max_tokens": max_tokens, "temperature": 0,
         "ignore_eos": ignore_eos, "return_token_ids": true, "stream": stream,
@@ -272,7 +285,10 @@ fn greedy(c: &Client, ids: &[u32], max_tokens: usize, ignore_eos: bool, stream: 
         let v = r.json().unwrap();
         (
             as_ids(&v["choices"][0]["token_ids"]),
-            v["choices"][0]["finish_reason"].as_str().unwrap().to_string(),
+            v["choices"][0]["finish_reason"]
+                .as_str()
+                .unwrap()
+                .to_string(),
         )
     }
 }
@@ -291,7 +307,7 @@ fn concurrent_greedy_requests_equal_their_solo_runs_and_kiln_run() {
         .map(|(i, &n)| prompt(i as u32, n))
         .collect();
     // Two of them may stop at the end of sequence; the others run to max_tokens.
-    let ignore_eos = |i: usize| i % 4 != 0;
+    let ignore_eos = |i: usize| !i.is_multiple_of(4);
     let solo: Vec<(Vec<u32>, String)> = (0..8)
         .map(|i| greedy(&c, &prompts[i], max_tokens[i], ignore_eos(i), false))
         .collect();
@@ -379,7 +395,11 @@ fn the_openai_python_client_drives_the_server() {
         tiny(),
         &["--prompt", "Hello", "--chat", "--max-new-tokens", "12"],
     );
-    assert_eq!(as_ids(&last["chat_token_ids"]), ids, "chat vs kiln run --chat");
+    assert_eq!(
+        as_ids(&last["chat_token_ids"]),
+        ids,
+        "chat vs kiln run --chat"
+    );
     assert_eq!(
         last["finish_reason"],
         if reason == "eos" { "stop" } else { "length" }
@@ -423,7 +443,10 @@ fn bad_requests_get_openai_error_bodies() {
     assert_eq!(r.status, 400);
     assert_eq!(error(400, &r.body)["param"], "max_tokens");
     let r = post(br#"{"model": "tiny", "prompt": {"text": "x"}}"#);
-    assert_eq!((r.status, error(400, &r.body)["param"].clone()), (400, json!("prompt")));
+    assert_eq!(
+        (r.status, error(400, &r.body)["param"].clone()),
+        (400, json!("prompt"))
+    );
     let r = post(br#"{"model": "gpt-4", "prompt": "x"}"#);
     assert_eq!(r.status, 404);
     let e = error(404, &r.body);
@@ -431,7 +454,10 @@ fn bad_requests_get_openai_error_bodies() {
     assert!(e["message"].as_str().unwrap().contains("gpt-4"));
     // 600 ids do not fit the 512 positions.
     let r = c
-        .post("/v1/completions", &json!({"model": "tiny", "prompt": vec![7; 600]}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": vec![7; 600]}),
+        )
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
     let e = error(400, &r.body);
@@ -440,7 +466,10 @@ fn bad_requests_get_openai_error_bodies() {
     assert!(m.contains("600 tokens") && m.contains("512"), "{m}");
     // Ids outside the vocabulary, an empty prompt, a chat with nothing to say.
     let r = c
-        .post("/v1/completions", &json!({"model": "tiny", "prompt": [1, 256]}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": [1, 256]}),
+        )
         .unwrap();
     assert!(r.status == 400 && r.body.contains("256"), "{}", r.body);
     let r = c
@@ -448,7 +477,10 @@ fn bad_requests_get_openai_error_bodies() {
         .unwrap();
     assert!(r.status == 400 && r.body.contains("empty"), "{}", r.body);
     let r = c
-        .post("/v1/chat/completions", &json!({"model": "tiny", "messages": []}))
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "tiny", "messages": []}),
+        )
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
     // Over the body limit: 413.
@@ -500,11 +532,17 @@ fn a_client_that_disconnects_mid_stream_frees_its_slot() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap();
-    assert!(generated < 15000, "cancelled only after {generated} tokens: {line}");
+    assert!(
+        generated < 15000,
+        "cancelled only after {generated} tokens: {line}"
+    );
     let (ids, reason) = greedy(&c, &[4, 5, 6], 5, true, true);
     assert_eq!((ids.len(), reason.as_str()), (5, "length"));
     let m = server.metrics();
-    assert_eq!(metric(&m, "kiln_requests_total{outcome=\"cancelled\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "kiln_requests_total{outcome=\"cancelled\"}"),
+        1.0
+    );
     // The last sequence leaves its slot at the step after its last token.
     let t = Instant::now();
     while metric(&server.metrics(), "kiln_batch_occupancy") != 0.0 {
@@ -542,7 +580,10 @@ fn a_flood_past_the_queue_gets_429_at_once() {
     let ok: Vec<_> = results.iter().filter(|r| r.0 == 200).collect();
     let refused: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
     assert_eq!(ok.len() + refused.len(), 16, "{results:?}");
-    assert!(ok.len() >= 3, "the running and queued ones complete: {results:?}");
+    assert!(
+        ok.len() >= 3,
+        "the running and queued ones complete: {results:?}"
+    );
     assert!(refused.len() >= 8, "a flood is refused: {results:?}");
     for r in &ok {
         let v: Value = serde_json::from_str(&r.2).unwrap();
@@ -569,7 +610,14 @@ fn a_flood_past_the_queue_gets_429_at_once() {
 fn sigterm_with_requests_in_flight_finishes_or_cancels_them_and_exits_0() {
     let mut server = Server::start(
         tiny_long(),
-        &["--max-batch", "2", "--shutdown-grace", "1", "--ctx", "16384"],
+        &[
+            "--max-batch",
+            "2",
+            "--shutdown-grace",
+            "1",
+            "--ctx",
+            "16384",
+        ],
     );
     // Two short requests can finish within the grace period; two very long ones cannot.
     let streaming = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -629,7 +677,11 @@ fn sigterm_with_requests_in_flight_finishes_or_cancels_them_and_exits_0() {
             assert!(cancelled, "stream {i} (15000 tokens) cannot finish in 1 s");
         }
     }
-    assert!(server.log().contains("kiln serve: stopped"), "{}", server.log());
+    assert!(
+        server.log().contains("kiln serve: stopped"),
+        "{}",
+        server.log()
+    );
     assert!(
         Client::new(&server.base).get("/health").is_err(),
         "nothing listens any more"

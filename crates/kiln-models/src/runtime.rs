@@ -73,11 +73,7 @@ pub struct SavedCache {
 impl SavedCache {
     /// Host memory it holds.
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|t| t.bytes().len())
-            .sum()
+        self.layers.iter().flatten().map(|t| t.bytes().len()).sum()
     }
 }
 

@@ -11,8 +11,10 @@ use kiln_models::{argmax, KvCache, SavedCache};
 fn interleaved_generations_with_saved_caches_equal_each_alone() {
     let d = fixture("tiny-qwen3");
     let mut m = load(&d).unwrap();
-    let prompts: Vec<(Vec<u32>, Vec<u32>)> =
-        ["p1", "p2", "p3"].iter().map(|p| reference("tiny-qwen3", p)).collect();
+    let prompts: Vec<(Vec<u32>, Vec<u32>)> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|p| reference("tiny-qwen3", p))
+        .collect();
     let steps = 16;
     let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(&m.config)).collect();
     let mut saved: Vec<Option<SavedCache>> = prompts.iter().map(|_| None).collect();
@@ -53,7 +55,11 @@ fn interleaved_generations_with_saved_caches_equal_each_alone() {
         }
     }
     for (s, (prompt, greedy)) in prompts.iter().enumerate() {
-        assert_eq!(generated[s], greedy[..steps], "sequence {s} vs transformers");
+        assert_eq!(
+            generated[s],
+            greedy[..steps],
+            "sequence {s} vs transformers"
+        );
         let alone = m
             .generate(prompt, steps, &Default::default(), &[], |_| {})
             .unwrap();
@@ -67,12 +73,18 @@ fn a_saved_cache_restores_only_its_own_cache_at_its_length() {
     let (prompt, _) = reference("tiny-qwen3", "p1");
     let mut a = KvCache::new(&m.config);
     let b = KvCache::new(&m.config);
-    assert!(m.save_cache(&a).is_err(), "a cache that never ran is not held");
+    assert!(
+        m.save_cache(&a).is_err(),
+        "a cache that never ran is not held"
+    );
     m.forward(&prompt, &mut a).unwrap();
     let copy = m.save_cache(&a).unwrap();
     let e = m.restore_cache(&b, copy).err().unwrap().to_string();
     assert!(e.contains("another KvCache"), "{e}");
     let copy = m.save_cache(&a).unwrap();
     m.forward(&[1], &mut a).unwrap();
-    assert!(m.restore_cache(&a, copy).is_err(), "a copy of an older length");
+    assert!(
+        m.restore_cache(&a, copy).is_err(),
+        "a copy of an older length"
+    );
 }

@@ -66,9 +66,7 @@ impl ApiError {
     pub fn model_not_found(asked: &str, served: &str) -> ApiError {
         ApiError {
             status: 404,
-            message: format!(
-                "the model '{asked}' does not exist: this server serves '{served}'"
-            ),
+            message: format!("the model '{asked}' does not exist: this server serves '{served}'"),
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
@@ -225,6 +223,9 @@ pub struct ChatRequest {
     pub common: CommonParams,
 }
 
+/// Chat messages as `(role, text)`, roles as the chat markup spells them.
+pub type Messages = Vec<(&'static str, String)>;
+
 /// A prompt as the client gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PromptInput {
@@ -256,7 +257,11 @@ fn refuse_unless(ok: bool, param: &str) -> Result<(), ApiError> {
     }
 }
 
-fn max_tokens(v: Option<i64>, param: &str, default: Option<usize>) -> Result<Option<usize>, ApiError> {
+fn max_tokens(
+    v: Option<i64>,
+    param: &str,
+    default: Option<usize>,
+) -> Result<Option<usize>, ApiError> {
     match v {
         None => Ok(default),
         Some(n) if n >= 1 => Ok(Some(n as usize)),
@@ -271,9 +276,18 @@ impl CommonParams {
     /// Checks the shared fields; `seed` is used when the request gives none.
     fn params(&self, max_tokens: Option<usize>, seed: u64) -> Result<GenerateParams, ApiError> {
         refuse_unless(self.n.is_none_or(|n| n == 1), "n")?;
-        refuse_unless(self.presence_penalty.is_none_or(|p| p == 0.0), "presence_penalty")?;
-        refuse_unless(self.frequency_penalty.is_none_or(|p| p == 0.0), "frequency_penalty")?;
-        refuse_unless(self.logit_bias.as_ref().is_none_or(|b| b.is_empty()), "logit_bias")?;
+        refuse_unless(
+            self.presence_penalty.is_none_or(|p| p == 0.0),
+            "presence_penalty",
+        )?;
+        refuse_unless(
+            self.frequency_penalty.is_none_or(|p| p == 0.0),
+            "frequency_penalty",
+        )?;
+        refuse_unless(
+            self.logit_bias.as_ref().is_none_or(|b| b.is_empty()),
+            "logit_bias",
+        )?;
         let temperature = self.temperature.unwrap_or(DEFAULT_TEMPERATURE);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid(
@@ -307,12 +321,18 @@ impl CommonParams {
         };
         if stop.len() > MAX_STOP_STRINGS {
             return Err(ApiError::invalid(
-                format!("'stop' has {} strings; at most {MAX_STOP_STRINGS}", stop.len()),
+                format!(
+                    "'stop' has {} strings; at most {MAX_STOP_STRINGS}",
+                    stop.len()
+                ),
                 Some("stop"),
             ));
         }
         if stop.iter().any(|s| s.is_empty()) {
-            return Err(ApiError::invalid("'stop' strings must not be empty", Some("stop")));
+            return Err(ApiError::invalid(
+                "'stop' strings must not be empty",
+                Some("stop"),
+            ));
         }
         let stream = self.stream.unwrap_or(false);
         Ok(GenerateParams {
@@ -416,7 +436,10 @@ fn content_text(i: usize, v: &Value) -> Result<String, ApiError> {
         Value::Array(parts) => {
             let mut s = String::new();
             for p in parts {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text"), Some(t)) => s.push_str(t),
                     (kind, _) => {
                         return Err(ApiError::invalid(
@@ -448,15 +471,18 @@ impl ChatRequest {
     }
 
     /// The messages as `(role, text)` and the generation parameters.
-    pub fn check(&self, seed: u64) -> Result<(Vec<(&'static str, String)>, GenerateParams), ApiError> {
+    pub fn check(&self, seed: u64) -> Result<(Messages, GenerateParams), ApiError> {
         refuse_unless(self.logprobs != Some(true), "logprobs")?;
         refuse_unless(self.top_logprobs.is_none(), "top_logprobs")?;
         refuse_unless(self.tools.as_ref().is_none_or(|t| t.is_empty()), "tools")?;
-        refuse_unless(self.functions.as_ref().is_none_or(|t| t.is_empty()), "functions")?;
         refuse_unless(
-            self.response_format
-                .as_ref()
-                .is_none_or(|f| f.is_null() || f.get("type").and_then(Value::as_str) == Some("text")),
+            self.functions.as_ref().is_none_or(|t| t.is_empty()),
+            "functions",
+        )?;
+        refuse_unless(
+            self.response_format.as_ref().is_none_or(|f| {
+                f.is_null() || f.get("type").and_then(Value::as_str) == Some("text")
+            }),
             "response_format",
         )?;
         if self.messages.is_empty() {
@@ -594,7 +620,7 @@ mod tests {
         CompletionRequest::parse(body.as_bytes())?.check(42)
     }
 
-    fn chat(body: &str) -> Result<(Vec<(&'static str, String)>, GenerateParams), ApiError> {
+    fn chat(body: &str) -> Result<(Messages, GenerateParams), ApiError> {
         ChatRequest::parse(body.as_bytes())?.check(42)
     }
 
@@ -640,7 +666,11 @@ mod tests {
         assert_eq!(p("[[7, 8]]").unwrap(), PromptInput::Ids(vec![7, 8]));
         for bad in ["5", "[1.5]", "[-1]", "{}", "[true]", "null"] {
             let e = p(bad).unwrap_err();
-            assert_eq!((e.status, e.param.as_deref()), (400, Some("prompt")), "{bad}: {e:?}");
+            assert_eq!(
+                (e.status, e.param.as_deref()),
+                (400, Some("prompt")),
+                "{bad}: {e:?}"
+            );
         }
         for several in [r#"["a", "b"]"#, "[[1], [2]]"] {
             assert!(p(several).unwrap_err().message.contains("several prompts"));
@@ -651,12 +681,20 @@ mod tests {
     #[test]
     fn wrong_types_name_the_field() {
         for (body, param) in [
-            (r#"{"model": "m", "prompt": "x", "temperature": "hot"}"#, "temperature"),
-            (r#"{"model": "m", "prompt": "x", "max_tokens": "5"}"#, "max_tokens"),
+            (
+                r#"{"model": "m", "prompt": "x", "temperature": "hot"}"#,
+                "temperature",
+            ),
+            (
+                r#"{"model": "m", "prompt": "x", "max_tokens": "5"}"#,
+                "max_tokens",
+            ),
             (r#"{"model": "m", "prompt": "x", "stream": 1}"#, "stream"),
             (r#"{"model": 5, "prompt": "x"}"#, "model"),
-            (r#"{"model": "m", "prompt": "x", "stream_options": {"include_usage": "y"}}"#,
-             "stream_options.include_usage"),
+            (
+                r#"{"model": "m", "prompt": "x", "stream_options": {"include_usage": "y"}}"#,
+                "stream_options.include_usage",
+            ),
             (r#"{"model": "m", "prompt": "x", "stop": 3}"#, "stop"),
             (r#"{"model": "m", "prompt": "x", "stop": ["a", 1]}"#, "stop"),
         ] {
@@ -672,7 +710,12 @@ mod tests {
 
     #[test]
     fn malformed_json_is_a_400_that_says_so() {
-        for body in [r#"{"model": "m", "prompt": "x""#, "not json", "", r#"{"a": 1} trailing"#] {
+        for body in [
+            r#"{"model": "m", "prompt": "x""#,
+            "not json",
+            "",
+            r#"{"a": 1} trailing"#,
+        ] {
             let e = completion(body).unwrap_err();
             assert_eq!(e.status, 400);
             assert!(e.message.contains("not valid JSON"), "{body}: {e:?}");
@@ -691,8 +734,10 @@ mod tests {
             ("max_tokens", "0"),
             ("max_tokens", "-3"),
         ] {
-            let e = completion(&format!(r#"{{"model": "m", "prompt": "x", "{field}": {value}}}"#))
-                .unwrap_err();
+            let e = completion(&format!(
+                r#"{{"model": "m", "prompt": "x", "{field}": {value}}}"#
+            ))
+            .unwrap_err();
             assert_eq!(e.param.as_deref(), Some(field), "{field}={value}: {e:?}");
         }
         let e = completion(r#"{"model": "m", "prompt": "x", "stop": ["a","b","c","d","e"]}"#)
@@ -714,8 +759,10 @@ mod tests {
             ("frequency_penalty", "1"),
             ("logit_bias", r#"{"5": 1}"#),
         ] {
-            let e = completion(&format!(r#"{{"model": "m", "prompt": "x", "{field}": {value}}}"#))
-                .unwrap_err();
+            let e = completion(&format!(
+                r#"{{"model": "m", "prompt": "x", "{field}": {value}}}"#
+            ))
+            .unwrap_err();
             assert!(e.message.contains("not supported"), "{field}: {e:?}");
             assert_eq!(e.param.as_deref(), Some(field));
         }
@@ -747,16 +794,38 @@ mod tests {
             ]
         );
         assert_eq!(g.max_tokens, Some(7), "max_completion_tokens wins");
-        let (_, g) = chat(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}]}"#).unwrap();
-        assert_eq!(g.max_tokens, None, "a chat goes on to the end of sequence or the context");
+        let (_, g) =
+            chat(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}]}"#).unwrap();
+        assert_eq!(
+            g.max_tokens, None,
+            "a chat goes on to the end of sequence or the context"
+        );
         for (body, needle) in [
             (r#"{"model": "m", "messages": []}"#, "empty"),
-            (r#"{"model": "m", "messages": [{"role": "tool", "content": "x"}]}"#, "role 'tool'"),
-            (r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#, "only text parts"),
-            (r#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#, "messages[0].content"),
-            (r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}"#, "'tools'"),
-            (r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": true}"#, "'logprobs'"),
-            (r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#, "response_format"),
+            (
+                r#"{"model": "m", "messages": [{"role": "tool", "content": "x"}]}"#,
+                "role 'tool'",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
+                "only text parts",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#,
+                "messages[0].content",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}"#,
+                "'tools'",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": true}"#,
+                "'logprobs'",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#,
+                "response_format",
+            ),
             (r#"{"model": "m", "messages": "hi"}"#, "messages"),
         ] {
             let e = chat(body).unwrap_err();
@@ -771,7 +840,10 @@ mod tests {
         assert_eq!(b["error"]["type"], "rate_limit_error");
         assert_eq!(b["error"]["code"], "queue_full");
         assert!(b["error"]["param"].is_null());
-        assert!(b["error"]["message"].as_str().unwrap().contains("--max-queue"));
+        assert!(b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-queue"));
         let b = ApiError::invalid("x", Some("temperature")).body();
         assert_eq!(b["error"]["param"], "temperature");
         assert!(b["error"]["code"].is_null());

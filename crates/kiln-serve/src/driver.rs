@@ -58,7 +58,9 @@ pub enum SeqEvent {
 enum Command {
     Submit(Submission),
     /// Stop taking requests; cancel what still runs at `cancel_at`.
-    Drain { cancel_at: Instant },
+    Drain {
+        cancel_at: Instant,
+    },
 }
 
 /// Where the engine is in its life.
@@ -384,7 +386,7 @@ impl Driver {
 
     fn on_event(&mut self, e: TokenEvent) {
         let seq = e.seq;
-        if !self.live.get(&seq).is_some_and(|l| !l.done) {
+        if self.live.get(&seq).is_none_or(|l| l.done) {
             return;
         }
         let token = match e.outcome {

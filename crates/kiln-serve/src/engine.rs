@@ -11,7 +11,7 @@
 //! the scheduler, driver and HTTP layer stay as they are.
 
 use crate::scheduler::{SeqId, SlotId, Step};
-use kiln_models::{KvCache, Model, SavedCache, Sampler};
+use kiln_models::{KvCache, Model, Sampler, SavedCache};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// The token an engine chose for a sequence in a step (after the last chunk of its prompt,
@@ -77,7 +77,9 @@ impl SequentialEngine {
                 }
             }
         }
-        let state = self.slots[slot].as_mut().ok_or("no sequence in this slot")?;
+        let state = self.slots[slot]
+            .as_mut()
+            .ok_or("no sequence in this slot")?;
         if !state.cache.is_empty() {
             let saved = state.saved.take().ok_or(
                 "its keys and values were lost when the sequence that ran before it failed",
@@ -99,7 +101,9 @@ impl SequentialEngine {
         sample: bool,
     ) -> Result<Option<u32>, String> {
         self.switch_to(slot)?;
-        let state = self.slots[slot].as_mut().ok_or("no sequence in this slot")?;
+        let state = self.slots[slot]
+            .as_mut()
+            .ok_or("no sequence in this slot")?;
         if state.cache.len() != position {
             return Err(format!(
                 "the scheduler asked for position {position}, the sequence is at {}",
@@ -129,7 +133,9 @@ impl SequentialEngine {
         tokens: &[u32],
         sample: bool,
     ) -> Result<Option<u32>, String> {
-        match catch_unwind(AssertUnwindSafe(|| self.run(slot, position, tokens, sample))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            self.run(slot, position, tokens, sample)
+        })) {
             Ok(r) => r,
             Err(panic) => {
                 self.resident = None;
@@ -171,7 +177,15 @@ impl Engine for SequentialEngine {
         let mut work: Vec<(SeqId, SlotId, usize, &[u32], bool)> = step
             .decode
             .iter()
-            .map(|d| (d.seq, d.slot, d.position, std::slice::from_ref(&d.token), true))
+            .map(|d| {
+                (
+                    d.seq,
+                    d.slot,
+                    d.position,
+                    std::slice::from_ref(&d.token),
+                    true,
+                )
+            })
             .chain(
                 step.prefill
                     .iter()

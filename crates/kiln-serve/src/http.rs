@@ -5,8 +5,8 @@
 
 use crate::api::{
     ApiError, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion,
-    ChatRequest, Completion, CompletionChoice, CompletionRequest, Delta, GenerateParams,
-    ModelCard, ModelList, PromptInput, Usage,
+    ChatRequest, Completion, CompletionChoice, CompletionRequest, Delta, GenerateParams, ModelCard,
+    ModelList, PromptInput, Usage,
 };
 use crate::driver::{EngineHandle, EngineState, SeqEvent, Submission};
 use crate::metrics::{self, Metrics};
@@ -298,11 +298,7 @@ struct Accepted {
     events: UnboundedReceiver<SeqEvent>,
 }
 
-async fn generate(
-    s: Arc<AppState>,
-    kind: Kind,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn generate(s: Arc<AppState>, kind: Kind, body: Result<Bytes, BytesRejection>) -> Response {
     let arrived = Instant::now();
     let seq = s.engine.next_seq();
     let id = s.request_id(
@@ -360,8 +356,7 @@ async fn accept(
             s.check_model(&r.model)?;
             let (messages, params) = r.check(seed)?;
             let tok = s.tokenizer("a chat")?;
-            let pairs: Vec<(&str, &str)> =
-                messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
+            let pairs: Vec<(&str, &str)> = messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
             let text = Tokenizer::chat_messages_prompt(&pairs);
             (r.model, s.encode(tok, text).await?, params, "messages")
         }
@@ -534,47 +529,74 @@ fn stream_response(a: Accepted) -> Response {
     }
     let mut opening = vec![];
     if a.kind == Kind::Chat {
-        opening.push(chunk(&a, created, Some(String::new()), None, None, None, true));
+        opening.push(chunk(
+            &a,
+            created,
+            Some(String::new()),
+            None,
+            None,
+            None,
+            true,
+        ));
     }
-    let events = futures_util::stream::unfold(Sending { a, ended: false }, move |mut st| async move {
-        if st.ended {
-            return None;
-        }
-        let out: Vec<String> = match st.a.events.recv().await {
-            Some(SeqEvent::Token { text, id }) => {
-                if text.is_empty() && !st.a.params.return_token_ids {
-                    vec![]
-                } else {
-                    vec![chunk(&st.a, created, Some(text), Some(vec![id]), None, None, false)]
+    let events =
+        futures_util::stream::unfold(Sending { a, ended: false }, move |mut st| async move {
+            if st.ended {
+                return None;
+            }
+            let out: Vec<String> = match st.a.events.recv().await {
+                Some(SeqEvent::Token { text, id }) => {
+                    if text.is_empty() && !st.a.params.return_token_ids {
+                        vec![]
+                    } else {
+                        vec![chunk(
+                            &st.a,
+                            created,
+                            Some(text),
+                            Some(vec![id]),
+                            None,
+                            None,
+                            false,
+                        )]
+                    }
                 }
-            }
-            Some(SeqEvent::Done {
-                finish_reason,
-                usage,
-            }) => {
-                st.ended = true;
-                let text = (st.a.kind == Kind::Completion).then(String::new);
-                let mut v = vec![chunk(&st.a, created, text, None, Some(finish_reason), None, false)];
-                if st.a.params.include_usage {
-                    v.push(chunk(&st.a, created, None, None, None, Some(usage), false));
+                Some(SeqEvent::Done {
+                    finish_reason,
+                    usage,
+                }) => {
+                    st.ended = true;
+                    let text = (st.a.kind == Kind::Completion).then(String::new);
+                    let mut v = vec![chunk(
+                        &st.a,
+                        created,
+                        text,
+                        None,
+                        Some(finish_reason),
+                        None,
+                        false,
+                    )];
+                    if st.a.params.include_usage {
+                        v.push(chunk(&st.a, created, None, None, None, Some(usage), false));
+                    }
+                    v.push("[DONE]".to_string());
+                    v
                 }
-                v.push("[DONE]".to_string());
-                v
-            }
-            Some(SeqEvent::Failed(e)) => {
-                st.ended = true;
-                vec![e.body().to_string()]
-            }
-            None => {
-                st.ended = true;
-                vec![ApiError::internal("the engine stopped before the request finished")
-                    .body()
-                    .to_string()]
-            }
-        };
-        Some((futures_util::stream::iter(out), st))
-    })
-    .flatten();
+                Some(SeqEvent::Failed(e)) => {
+                    st.ended = true;
+                    vec![e.body().to_string()]
+                }
+                None => {
+                    st.ended = true;
+                    vec![
+                        ApiError::internal("the engine stopped before the request finished")
+                            .body()
+                            .to_string(),
+                    ]
+                }
+            };
+            Some((futures_util::stream::iter(out), st))
+        })
+        .flatten();
     let all = futures_util::stream::iter(opening)
         .chain(events)
         .map(|data| Ok::<Event, Infallible>(Event::default().data(data)));

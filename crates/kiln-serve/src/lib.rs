@@ -235,7 +235,8 @@ async fn run(
             }
         }
     };
-    let server = axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(shutdown);
+    let server =
+        axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(shutdown);
     // Connections that stay open past the grace period (a client that stopped reading) do not
     // keep the process alive.
     let give_up = async {

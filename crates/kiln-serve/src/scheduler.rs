@@ -329,7 +329,9 @@ impl Scheduler {
                 continue;
             }
             if r.prefilled == r.req.prompt.len() {
-                let token = r.last_token.expect("a sequence past its prompt has a token");
+                let token = r
+                    .last_token
+                    .expect("a sequence past its prompt has a token");
                 step.decode.push(Decode {
                     seq: r.req.id,
                     slot: r.slot,
@@ -615,7 +617,11 @@ mod tests {
         let st = s.plan();
         sample_all(&mut s, &st, 5);
         s.cancel(1);
-        assert_eq!(s.record(1, 5), None, "a cancelled sequence takes no more tokens");
+        assert_eq!(
+            s.record(1, 5),
+            None,
+            "a cancelled sequence takes no more tokens"
+        );
         let st = s.plan();
         assert_eq!(
             st.finished,

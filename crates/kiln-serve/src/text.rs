@@ -110,8 +110,9 @@ impl TextStream {
 mod tests {
     use super::*;
 
-    fn tok() -> Tokenizer {
-        Tokenizer::embedded_qwen().unwrap()
+    fn tok() -> &'static Tokenizer {
+        static T: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+        T.get_or_init(|| Tokenizer::embedded_qwen().unwrap())
     }
 
     /// Sends every token of `text`'s encoding through a stream; returns the pieces.
@@ -121,13 +122,13 @@ mod tests {
         let mut s = TextStream::new(stops.iter().map(|s| s.to_string()).collect());
         let mut pieces = vec![];
         for id in ids {
-            let p = s.push(&t, id).unwrap();
+            let p = s.push(t, id).unwrap();
             pieces.push(p.text);
             if p.stopped {
                 return (pieces.clone(), pieces.concat(), true);
             }
         }
-        let p = s.finish(&t).unwrap();
+        let p = s.finish(t).unwrap();
         pieces.push(p.text);
         (pieces.clone(), pieces.concat(), p.stopped)
     }
@@ -181,9 +182,9 @@ mod tests {
             .find(|ids| ids.len() > 1 && t.decode(&ids[..1]).unwrap().ends_with('\u{FFFD}'))
             .expect("one of these characters takes several tokens");
         let mut s = TextStream::new(vec![]);
-        let p = s.push(&t, ids[0]).unwrap();
+        let p = s.push(t, ids[0]).unwrap();
         assert_eq!(p.text, "", "half a character is held");
-        let p = s.finish(&t).unwrap();
+        let p = s.finish(t).unwrap();
         assert_eq!(p.text, t.decode(&ids[..1]).unwrap());
         assert!(!p.text.is_empty());
     }
