@@ -4,6 +4,7 @@ mod bench;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;
+mod cmd_serve;
 mod local_cache;
 mod output_path;
 mod progress;
@@ -36,6 +37,8 @@ enum Command {
     Run(cmd_run::RunArgs),
     /// Compile a model's kernels and print the compile report.
     Compile(cmd_compile::CompileArgs),
+    /// Serve a model over HTTP with the OpenAI API (completions, chat), batching requests.
+    Serve(cmd_serve::ServeArgs),
     /// Benchmarks that write JSON and a plot.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -191,16 +194,22 @@ fn exit_interrupted(signal: i32) -> ! {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // The server's one line per request is at info level.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kiln_serve=info".into()),
         )
         .with_ansi(color())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    handle_signals();
+    // The server handles SIGINT/SIGTERM itself: it drains its requests and exits 0.
+    if !matches!(cli.command, Command::Serve(_)) {
+        handle_signals();
+    }
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(a),
         Command::Compile(a) => cmd_compile::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
         Command::Bench(b) => bench::run(b),
         Command::Cache(c) => cmd_cache::run(c),
     };

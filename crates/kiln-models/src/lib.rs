@@ -15,7 +15,7 @@ pub mod weights;
 
 pub use config::{Arch, QwenConfig};
 pub use model::{build_graph, weight_shapes, GraphOptions, WeightDtype};
-pub use runtime::{FinishReason, Generation, KvCache, LoadOptions, Model};
+pub use runtime::{FinishReason, Generation, KvCache, LoadOptions, Model, SavedCache};
 pub use sampling::{argmax, Sampler, Sampling};
 pub use tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 pub use weights::IndexError;

@@ -167,7 +167,19 @@ impl Tokenizer {
 
     /// Wraps a user message in the Qwen chat markup.
     pub fn chat_prompt(user: &str) -> String {
-        format!("{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
+        Self::chat_messages_prompt(&[("user", user)])
+    }
+
+    /// A conversation in the Qwen chat markup (ChatML), `(role, content)` in order (roles
+    /// `system`, `user`, `assistant`), ending with the opening of the assistant's reply.
+    /// No system message is added when there is none (Qwen3's template adds none).
+    pub fn chat_messages_prompt(messages: &[(&str, &str)]) -> String {
+        let mut s = String::new();
+        for (role, content) in messages {
+            s.push_str(&format!("{IM_START}{role}\n{content}{IM_END}\n"));
+        }
+        s.push_str(&format!("{IM_START}assistant\n"));
+        s
     }
 }
 
@@ -242,5 +254,23 @@ impl StreamDecoder {
         let new = text[self.printed..].to_string();
         self.printed = text.len();
         Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tokenizer;
+
+    #[test]
+    fn chat_markup_of_a_conversation() {
+        assert_eq!(
+            Tokenizer::chat_messages_prompt(&[("system", "Be brief."), ("user", "Hi")]),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        assert_eq!(
+            Tokenizer::chat_prompt("Hi"),
+            Tokenizer::chat_messages_prompt(&[("user", "Hi")])
+        );
     }
 }

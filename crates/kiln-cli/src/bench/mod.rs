@@ -1,10 +1,12 @@
-//! `kiln bench compile|decode`: reproducible numbers with one command, as JSON and an SVG plot.
+//! `kiln bench compile|decode|serve`: reproducible numbers with one command, as JSON and an SVG
+//! plot.
 //!
 //! | module | what |
 //! | --- | --- |
 //! | [`compile`] | compile time against threads, each configuration in child processes (its own peak RSS, its own fresh cache), the machine's ceiling, the warm cache |
 //! | [`sharing`] | with `--remote-cache`: a cold machine with a warm remote, sharded precompiles |
 //! | [`decode`] | prefill and decode speed against the machine's limits |
+//! | [`serve`] | `kiln serve` under N concurrent streams, driven over HTTP from a child process |
 //! | [`machine`] | what the machine is and can do: CPU model, memory bandwidth |
 //! | [`plot`] | the SVG plots |
 
@@ -12,6 +14,7 @@ mod compile;
 mod decode;
 mod machine;
 mod plot;
+mod serve;
 mod sharing;
 
 use clap::{Args, Subcommand};
@@ -24,6 +27,9 @@ pub enum BenchCommand {
     Compile(CompileBench),
     /// Prefill time, decode tokens/s and the memory-bandwidth bound.
     Decode(DecodeBench),
+    /// `kiln serve` under N concurrent streams: aggregate tokens/s, time to first token,
+    /// inter-token latency.
+    Serve(ServeBench),
 }
 
 #[derive(Args)]
@@ -83,10 +89,33 @@ pub struct DecodeBench {
     out: PathBuf,
 }
 
+#[derive(Args)]
+pub struct ServeBench {
+    #[arg(long)]
+    pub model: String,
+    /// Concurrent streams to measure, one round each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub streams: Vec<u64>,
+    /// Prompt tokens of each stream.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// Tokens each stream generates.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// Compile and run threads of the server (1 to 1024; kernels run on at most one per core).
+    #[arg(long, value_parser = crate::parse_threads)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    pub backend: BackendKind,
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+}
+
 pub fn run(b: BenchCommand) -> anyhow::Result<()> {
     match b {
         BenchCommand::Compile(a) => compile::run(a),
         BenchCommand::Decode(a) => decode::run(a),
+        BenchCommand::Serve(a) => serve::run(a),
     }
 }
 
