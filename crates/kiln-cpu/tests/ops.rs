@@ -8,7 +8,7 @@ use kiln_ir::{DType, Expr, Graph, Tensor};
 
 fn run(case: OpCase) {
     let mut exe = build(&case.graph, case.threads);
-    case.check(|ins, b| exe.run_with(ins, b).map_err(|e| e.to_string()));
+    case.check(|ins, b| exe.run_with(ins, b));
 }
 
 kiln_ir::op_case_tests!(run);
