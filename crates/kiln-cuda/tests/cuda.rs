@@ -137,7 +137,7 @@ fn cuda_executable(g: &kiln_ir::Graph, target: Where) -> Box<dyn Executable> {
 /// Runs an op case of `kiln_ir::testing::op_cases` (the table every backend runs) on `target`.
 fn run_op_case(target: Where, case: kiln_ir::testing::OpCase) {
     let mut exe = cuda_executable(&case.graph, target);
-    case.check(|ins, b| exe.run_with(ins, b).map_err(|e| e.to_string()));
+    case.check(|ins, b| exe.run_with(ins, b));
 }
 
 /// The op cases on the GPU: every one.

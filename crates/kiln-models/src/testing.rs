@@ -4,7 +4,7 @@
 //! Compiled only for tests (`cfg(test)`, or the `testing` feature that tests turn on through
 //! their dev-dependencies), never into the release binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The reference fixtures that come with the repository (`tests/fixtures`: tiny Qwen
 /// checkpoints with what `transformers` computes for them, the tokenizer's reference
@@ -40,12 +40,7 @@ impl Reference {
     /// Reads prompt `prompt` (`p1`, `p2`, `p3`) of fixture `fixture` (`tiny-qwen3`, ...) from
     /// [`fixtures`]. Panics naming the file and the field when one is missing or malformed.
     pub fn read(fixture: &str, prompt: &str) -> Reference {
-        Reference::read_in(&fixtures().join(fixture), prompt)
-    }
-
-    /// [`Reference::read`] for a fixture folder given by its path.
-    pub fn read_in(fixture_dir: &Path, prompt: &str) -> Reference {
-        let dir = fixture_dir.join("reference");
+        let dir = fixtures().join(fixture).join("reference");
         let path = dir.join(format!("{prompt}.json"));
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

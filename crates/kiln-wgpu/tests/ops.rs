@@ -17,7 +17,7 @@ use kiln_wgpu::WgpuBackend;
 
 fn run_on(b: &WgpuBackend, case: &OpCase) {
     let mut exe = build(b, &case.graph, case.threads);
-    case.check(|ins, bind| exe.run_with(ins, bind).map_err(|e| e.to_string()));
+    case.check(|ins, bind| exe.run_with(ins, bind));
 }
 
 fn run(case: OpCase) {
