@@ -22,9 +22,11 @@ pub struct TokenEvent {
     pub outcome: Result<u32, String>,
 }
 
-/// Executes scheduler steps. `step` must return one event for every decode and for every
-/// prefill chunk marked `last`, and none for other chunks. A failure (an error or a panic) in
-/// one sequence's work is that sequence's `Err` event; the others go on.
+/// Executes scheduler steps. `step` releases the slots of `finished` sequences, sets up the
+/// `admitted` ones (with their sampling), and returns a token for every decode and for every
+/// prefill chunk marked `last` (none for other chunks). A failure (an error or a panic) in one
+/// sequence's work is an `Err` event for that sequence, whatever its work was; the others go
+/// on.
 pub trait Engine {
     fn step(&mut self, step: &Step) -> Vec<TokenEvent>;
 }
