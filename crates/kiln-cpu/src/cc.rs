@@ -412,6 +412,98 @@ mod tests {
         }
     }
 
+    /// The packed GEMM/GEMV of `c/gemm.h` against plain `fmaf` chains, compiled for each ISA
+    /// this CPU runs: baseline x86-64 (the portable C), x86-64-v3 (the AVX2 kernels) and
+    /// x86-64-v4 (the AVX-512 ones), bit for bit: f32 and bf16 panels, 1 to 13 rows (the GEMV
+    /// and the micro-kernel with row remainders), 75 columns (partial panels), k = 1029 (across
+    /// the k block), product columns on and off a panel boundary.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_packed_kernels_are_fma_chains_on_every_isa() {
+        let check = r#"
+static float kiln_test_value(int64_t i) { return (float)((i * 7919) % 2001 - 1000) / 1000.0f; }
+int kiln_selftest(void) {
+    enum { M = 13, N = 75, K = 1029 };
+    const int64_t np = (N + KILN_NR - 1) / KILN_NR;
+    float *a = malloc(sizeof(float) * M * K), *w = malloc(sizeof(float) * N * K);
+    float *wpf = calloc(np * K * KILN_NR, sizeof(float));
+    uint16_t *wpb = calloc(np * K * KILN_NR, sizeof(uint16_t));
+    float *t = malloc(sizeof(float) * KILN_MC * (KILN_NC + KILN_NR));
+    float *abuf = malloc(sizeof(float) * KILN_MC * K), *bbuf = malloc(sizeof(float) * KILN_KC * KILN_NR);
+    for (int64_t i = 0; i < M * K; ++i) a[i] = kiln_test_value(i);
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+            const uint32_t bits = kiln_f2u(kiln_test_value(3 * (n * K + k) + 1)) & 0xffff0000u;
+            const int64_t at = (n / KILN_NR) * K * KILN_NR + k * KILN_NR;
+            w[n * K + k] = kiln_u2f(bits);
+            wpf[at + n % KILN_NR] = kiln_u2f(bits);
+            wpb[at + kiln_bf16_pos(n % KILN_NR)] = (uint16_t)(bits >> 16);
+        }
+    int bad = 0;
+    const int64_t rows[] = {1, 2, 3, 4, 5, 12, 13}, cols[] = {0, KILN_NR, 8};
+    for (int ri = 0; ri < 7; ++ri)
+        for (int ci = 0; ci < 3; ++ci)
+            for (int bf = 0; bf < 2; ++bf) {
+                const int64_t m = rows[ri], c0 = cols[ci], tn = kiln_min(N - c0, KILN_NC);
+                kiln_gemm_ctx ctx = {abuf, bbuf, 0, 0};
+                if (bf) kiln_packed_tile_bf16(&ctx, a, K, wpb, K, 0, m, c0, tn, t, KILN_NC);
+                else kiln_packed_tile_f32(&ctx, a, K, wpf, K, 0, m, c0, tn, t, KILN_NC);
+                for (int64_t i = 0; i < m; ++i)
+                    for (int64_t j = 0; j < tn; ++j) {
+                        float acc = 0.0f;
+                        for (int64_t k = 0; k < K; ++k) acc = fmaf(a[i * K + k], w[(c0 + j) * K + k], acc);
+                        bad += acc != t[i * KILN_NC + j];
+                    }
+            }
+    free(a); free(w); free(wpf); free(wpb); free(t); free(abuf); free(bbuf);
+    return bad;
+}
+"#;
+        let mut targets = vec![("x86-64", Isa::Avx2)];
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            targets.push(("x86-64-v3", Isa::Avx2));
+        }
+        if Isa::host_has_avx512() {
+            targets.push(("x86-64-v4", Isa::Avx512));
+        } else {
+            eprintln!("skipping the AVX-512 kernels: this CPU has no AVX-512");
+        }
+        for (march, isa) in targets {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("selftest.c");
+            let so = dir.path().join("selftest.so");
+            std::fs::write(
+                &src,
+                format!("{}\n#include <stdlib.h>\n{check}", prelude(isa)),
+            )
+            .unwrap();
+            let out = std::process::Command::new("cc")
+                .args(["-O2", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno"])
+                .arg(format!("-march={march}"))
+                .arg("-o")
+                .arg(&so)
+                .arg(&src)
+                .arg("-lm")
+                .output()
+                .expect("run cc");
+            assert!(
+                out.status.success(),
+                "{march}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // SAFETY: the library was just compiled from the prelude and the checker above.
+            let bad = unsafe {
+                let lib = libloading::Library::new(&so).unwrap();
+                let f = lib
+                    .get::<unsafe extern "C" fn() -> i32>(b"kiln_selftest")
+                    .unwrap();
+                f()
+            };
+            assert_eq!(bad, 0, "{march} ({isa:?}): products that are not fmaf chains");
+        }
+    }
+
     /// `-march=native` is not always AVX2 (QEMU's default CPU models, some Atoms and
     /// Celerons): the prelude's building blocks must compile for baseline x86-64 too (a register
     /// constraint for 32-byte vectors once broke every kernel there).

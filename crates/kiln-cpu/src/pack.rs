@@ -4,7 +4,10 @@
 //! A weight `W` of `rows x k` elements (row-major, `k` its last dimension) becomes panels of
 //! `panel` rows each: `[ceil(rows / panel)][k][panel]`, zero past the last row, in the
 //! weight's own dtype (bf16 stays bf16). Element `(n, j)` is at
-//! `(n / panel) * k * panel + j * panel + n % panel`. The panel width is two vectors of the ISA
+//! `(n / panel) * k * panel + j * panel + n % panel` for f32; for bf16 `n % panel` is stored at
+//! [`bf16_position`] instead, the order in which one unpack instruction per vector widens a
+//! panel row to f32 in register order (`kiln_ldbf_panel_lo/hi` in the C prelude). The panel
+//! width is two vectors of the ISA
 //! the reading kernels were compiled for (32 with AVX-512, 16 otherwise: [`crate::Isa`]); the
 //! compiled kernels say which (`kiln_panel_columns`), and the device packs to that. A panel is
 //! one contiguous stream: the
@@ -61,6 +64,16 @@ pub fn pack(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffe
     }
 }
 
+/// Where column `c` (< `panel`) of a bf16 panel row is stored: column `4L + i` of the low half
+/// at `8L + i`, of the high half at `8L + 4 + i` (`kiln_bf16_pos` in the C prelude). An unpack
+/// of the row's 16-bit values against zeros, within each 128-bit lane, then gives the columns
+/// of each half in order, as f32.
+pub fn bf16_position(c: usize, panel: usize) -> usize {
+    let half = panel / 2;
+    let (h, c) = if c >= half { (1, c - half) } else { (0, c) };
+    (c / 4) * 8 + h * 4 + c % 4
+}
+
 fn pack_as<T: Copy + Default + Send + Sync>(bytes: &[u8], depth: usize, width: usize) -> HostBuffer {
     let esize = std::mem::size_of::<T>();
     assert_eq!(
@@ -88,9 +101,10 @@ fn pack_as<T: Copy + Default + Send + Sync>(bytes: &[u8], depth: usize, width: u
         for j0 in (0..depth).step_by(64) {
             let jn = 64.min(depth - j0);
             for r in 0..live {
+                let at = if esize == 2 { bf16_position(r, width) } else { r };
                 let src = &w[(p * width + r) * depth + j0..][..jn];
                 for (j, &v) in src.iter().enumerate() {
-                    panel[(j0 + j) * width + r] = v;
+                    panel[(j0 + j) * width + at] = v;
                 }
             }
         }
@@ -106,6 +120,41 @@ mod tests {
     fn element_n_j_lands_where_the_kernels_read_it() {
         for panel in [16, 32] {
             element_n_j_lands_at(panel);
+            bf16_element_n_j_lands_at(panel);
+        }
+    }
+
+    #[test]
+    fn bf16_positions_are_a_permutation_a_lane_unpack_undoes() {
+        for panel in [16, 32] {
+            let mut seen = vec![false; panel];
+            for c in 0..panel {
+                let at = bf16_position(c, panel);
+                assert!(!seen[at], "{panel}: {c}");
+                seen[at] = true;
+                // vpunpck{l,h}wd: lane L of the result holds 16-bit elements 8L.. (low half)
+                // or 8L + 4.. (high half) of the source, as the high halves of 4 dwords.
+                let (half, lane, i) = (c / (panel / 2), (c % (panel / 2)) / 4, c % 4);
+                assert_eq!(at, 8 * lane + 4 * half + i);
+            }
+        }
+    }
+
+    fn bf16_element_n_j_lands_at(panel: usize) {
+        let (rows, depth) = (37usize, 3usize);
+        let w: Vec<u16> = (0..rows * depth).map(|i| i as u16 + 1).collect();
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = pack(&bytes, DType::BF16, depth, panel);
+        let panels = rows.div_ceil(panel);
+        // SAFETY: nothing writes the buffer.
+        let got = unsafe { p.bytes(panels * depth * panel * 2) };
+        let at = |i: usize| u16::from_le_bytes(got[i * 2..i * 2 + 2].try_into().unwrap());
+        for n in 0..panels * panel {
+            for j in 0..depth {
+                let want = if n < rows { w[n * depth + j] } else { 0 };
+                let pos = (n / panel) * depth * panel + j * panel + bf16_position(n % panel, panel);
+                assert_eq!(at(pos), want);
+            }
         }
     }
 

@@ -115,6 +115,8 @@ fn bf16_weights_at_awkward_sizes() {
     check_sizes(DType::BF16, 1, 8, 1);
     // Three 32-column panels and a partial fourth, k across the k block.
     check_sizes(DType::BF16, 100, 64, 1030);
+    // half = 40: the up columns start mid-panel on both ISAs (scalar chains on bf16 panels).
+    check_sizes(DType::BF16, 50, 40, 19);
 }
 
 /// Every product is one sequential FMA chain over k, whoever computes it: the same bits on 1

@@ -16,10 +16,18 @@ pub fn cpu_model() -> String {
 }
 
 /// Streaming read of a large buffer on every core: the machine's memory bandwidth, bytes/s.
+/// The buffer is host memory as the CPU device holds weights and caches (huge pages where the
+/// OS has them: with 4 KiB pages a core of a virtual machine reads at half the speed).
 pub fn memory_bandwidth(threads: usize) -> f64 {
     use rayon::prelude::*;
     let words = 1usize << 27; // 1 GiB of u64
-    let buf: Vec<u64> = (0..words as u64).collect();
+    let host = kiln_runtime::HostBuffer::zeroed(words * 8);
+    // SAFETY: the buffer holds `words` u64 (8-byte aligned) and only this function uses it.
+    let buf: &mut [u64] =
+        unsafe { std::slice::from_raw_parts_mut(host.as_mut_ptr() as *mut u64, words) };
+    buf.par_iter_mut()
+        .enumerate()
+        .for_each(|(i, w)| *w = i as u64);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

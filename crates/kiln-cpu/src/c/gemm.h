@@ -2,7 +2,9 @@
  *
  * y = x W^T with W a weight the CPU device packed once, when it was bound (see pack.rs):
  * W [N, K] becomes panels of KILN_NR columns, [ceil(N/NR)][K][NR], zero past N, in W's own
- * dtype (bf16 stays bf16). Element (n, k) is at wp[(n / NR) * K * NR + k * NR + n % NR].
+ * dtype (bf16 stays bf16). Element (n, k) is at wp[(n / NR) * K * NR + k * NR + n % NR] for
+ * f32, at wp[(n / NR) * K * NR + k * NR + kiln_bf16_pos(n % NR)] for bf16 (the order in which
+ * one unpack per vector widens a row: kiln_ldbf_panel_lo/hi in the prelude).
  *
  * Arithmetic contract (what makes results independent of the thread count and the split into
  * work units): every product is ONE sequential fused multiply-add chain over k = 0..K-1 from 0,
@@ -20,7 +22,7 @@
 #if defined(KILN_AVX512)
 /* GCC vector extensions and the compiler's FMA builtins instead of <immintrin.h>: parsing that
  * header costs ~0.6 s per translation unit, more than compiling most kernels. kiln_vf,
- * kiln_ldv and kiln_ldbfv come from the prelude; each builtin is one vfmadd231ps (a * b + c,
+ * kiln_ldv and kiln_ldbf_panel_lo/hi come from the prelude; each builtin is one vfmadd231ps (a * b + c,
  * rounded once), what _mm512_fmadd_ps / _mm256_fmadd_ps expand to. */
 #define KILN_MR 12
 #define KILN_FMAV(a, b, c) __builtin_ia32_vfmaddps512_mask((a), (b), (c), (unsigned short)-1, 4)
@@ -65,14 +67,19 @@ static void kiln_pack_a_rows(const float *restrict a, int64_t lda, int64_t tm, i
     }
 }
 
-/* bf16 panel strip -> f32 strip (n values). */
-static inline void kiln_widen_bf16(const uint16_t *restrict s, float *restrict d, int64_t n) {
-    int64_t i = 0;
+/* bf16 panel strip of kc rows -> f32 strip [kc][NR] in column order. */
+static inline void kiln_widen_bf16(const uint16_t *restrict s, float *restrict d, int64_t kc) {
+    for (int64_t r = 0; r < kc; ++r, s += KILN_NR, d += KILN_NR) {
 #if defined(KILN_SIMD)
-    for (; i + KILN_VL <= n; i += KILN_VL) kiln_stv(d + i, kiln_ldbfv(s + i));
+        kiln_stv(d, kiln_ldbf_panel_lo(s));
+        kiln_stv(d + KILN_VL, kiln_ldbf_panel_hi(s));
+#else
+        for (int64_t j = 0; j < KILN_NR; ++j) d[j] = kiln_bf16f(s[kiln_bf16_pos(j)]);
 #endif
-    for (; i < n; ++i) d[i] = kiln_bf16f(s[i]);
+    }
 }
+#define KILN_POS_F32(j) (j)
+#define KILN_POS_BF16(j) kiln_bf16_pos(j)
 
 /* Micro-kernel: C[MR x NR] (row stride ldc) (+)= A strip [kc][MR] x B strip [kc][NR]: MR
  * rows x two vectors of accumulators; per k two B loads (kept in registers), MR broadcasts
@@ -129,8 +136,8 @@ static inline void kiln_ukr(int64_t kc, const float *restrict a, const float *re
  * (row stride ldx); t[r * ldt + s * NR + j]. R * S <= 4, two vector accumulators per row and
  * panel; 64-byte prefetches 1 KiB ahead on every panel stream. */
 #if defined(KILN_SIMD)
-#define KILN_LDV_F32(p) kiln_ldv(p)
-#define KILN_LDV_BF16(p) kiln_ldbfv(p)
+#define KILN_LDV_F32(row) kiln_ldv(row), kiln_ldv((row) + KILN_VL)
+#define KILN_LDV_BF16(row) kiln_ldbf_panel_lo(row), kiln_ldbf_panel_hi(row)
 #define KILN_GEMV_PASS(NAME, BT, LB)                                                               \
 static inline __attribute__((always_inline)) void NAME(const int R, const int S,                  \
         const float *restrict x, int64_t ldx, const BT *const *w, int64_t K, float *restrict t,   \
@@ -142,14 +149,14 @@ static inline __attribute__((always_inline)) void NAME(const int R, const int S,
         if (((k * KILN_NR * (int64_t)sizeof(BT)) & 63) == 0)                                       \
             _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s)                                    \
             _Pragma("GCC unroll 2") for (int l = 0; l < (int)(KILN_NR * sizeof(BT) + 63) / 64; ++l) \
-                __builtin_prefetch((const char *)(w[s] + k * KILN_NR) + 1024 + 64 * l, 0, 3);    \
+                __builtin_prefetch((const char *)(w[s] + k * KILN_NR) + 1024 + 64 * l, 0, 3); \
         kiln_vf xv[4];                                                                             \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) xv[r] = kiln_splatv(x[r * ldx + k]);   \
         _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {                                      \
-            const kiln_vf b0 = LB(w[s] + k * KILN_NR), b1 = LB(w[s] + k * KILN_NR + KILN_VL);       \
+            const kiln_vf b[2] = {LB(w[s] + k * KILN_NR)}; /* columns 0..VL-1, VL..NR-1 */     \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
-                acc[r][s][0] = KILN_FMAV(xv[r], b0, acc[r][s][0]);                                 \
-                acc[r][s][1] = KILN_FMAV(xv[r], b1, acc[r][s][1]);                                 \
+                acc[r][s][0] = KILN_FMAV(xv[r], b[0], acc[r][s][0]);                               \
+                acc[r][s][1] = KILN_FMAV(xv[r], b[1], acc[r][s][1]);                               \
             }                                                                                      \
         }                                                                                          \
     }                                                                                              \
@@ -160,8 +167,8 @@ static inline __attribute__((always_inline)) void NAME(const int R, const int S,
     }                                                                                              \
 }
 #else
-#define KILN_LD1_F32(p) (*(p))
-#define KILN_LD1_BF16(p) kiln_bf16f(*(p))
+#define KILN_LD1_F32(row, j) (row)[j]
+#define KILN_LD1_BF16(row, j) kiln_bf16f((row)[kiln_bf16_pos(j)])
 #define KILN_GEMV_PASS(NAME, BT, LB)                                                               \
 static inline void NAME(const int R, const int S, const float *restrict x, int64_t ldx,           \
         const BT *const *w, int64_t K, float *restrict t, int64_t ldt) {                           \
@@ -169,7 +176,7 @@ static inline void NAME(const int R, const int S, const float *restrict x, int64
     for (int r = 0; r < R; ++r) for (int j = 0; j < S * KILN_NR; ++j) acc[r][j] = 0.0f;            \
     for (int64_t k = 0; k < K; ++k)                                                                \
         for (int r = 0; r < R; ++r) for (int s = 0; s < S; ++s) for (int j = 0; j < KILN_NR; ++j)  \
-            acc[r][s * KILN_NR + j] = fmaf(x[r * ldx + k], LB(w[s] + k * KILN_NR + j), acc[r][s * KILN_NR + j]); \
+            acc[r][s * KILN_NR + j] = fmaf(x[r * ldx + k], LB(w[s] + k * KILN_NR, j), acc[r][s * KILN_NR + j]); \
     for (int r = 0; r < R; ++r) for (int j = 0; j < S * KILN_NR; ++j) t[r * ldt + j] = acc[r][j];  \
 }
 #define KILN_LDV_F32 KILN_LD1_F32
@@ -182,7 +189,7 @@ KILN_GEMV_PASS(kiln_gemv_pass_bf16, uint16_t, KILN_LDV_BF16)
  * for i < tm <= MC, j < tn <= NC. The tile has room for MC rows and NC + NR columns' worth of
  * whole panels: garbage beyond (tm, tn) is the caller's to ignore. `a` points at row m0 of A;
  * ctx caches the packed rows across the calls of one kernel invocation. */
-#define KILN_PACKED_TILE(NAME, BT, CVT, GEMV)                                                      \
+#define KILN_PACKED_TILE(NAME, BT, CVT, POS, GEMV)                                                 \
 static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const BT *restrict wp,  \
                  int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t,     \
                  int64_t ldt) {                                                                    \
@@ -190,7 +197,7 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const
         for (int64_t i = 0; i < tm; ++i)                                                           \
             for (int64_t j = 0; j < tn; ++j) {                                                     \
                 const int64_t n = c0 + j;                                                          \
-                const BT *w = wp + (n / KILN_NR) * K * KILN_NR + n % KILN_NR;                      \
+                const BT *w = wp + (n / KILN_NR) * K * KILN_NR + POS(n % KILN_NR);                 \
                 float acc = 0.0f;                                                                  \
                 for (int64_t k = 0; k < K; ++k) acc = fmaf(a[i * lda + k], CVT(w[k * KILN_NR]), acc); \
                 t[i * ldt + j] = acc;                                                              \
@@ -229,11 +236,11 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const
             const BT *panel = wp + (p0 + s) * K * KILN_NR + k0 * KILN_NR;                          \
             const float *bs;                                                                       \
             if (sizeof(BT) == 4) bs = (const float *)(const void *)panel;                          \
-            else { kiln_widen_bf16((const uint16_t *)(const void *)panel, ctx->bbuf, kc * KILN_NR); bs = ctx->bbuf; } \
+            else { kiln_widen_bf16((const uint16_t *)(const void *)panel, ctx->bbuf, kc); bs = ctx->bbuf; } \
             for (int64_t i0 = 0; i0 < tm; i0 += KILN_MR)                                           \
                 kiln_ukr(kc, ctx->abuf + i0 * K + k0 * KILN_MR, bs, t + i0 * ldt + s * KILN_NR, ldt, k0 > 0); \
         }                                                                                          \
     }                                                                                              \
 }
-KILN_PACKED_TILE(kiln_packed_tile_f32, float, KILN_F32F, kiln_gemv_pass_f32)
-KILN_PACKED_TILE(kiln_packed_tile_bf16, uint16_t, kiln_bf16f, kiln_gemv_pass_bf16)
+KILN_PACKED_TILE(kiln_packed_tile_f32, float, KILN_F32F, KILN_POS_F32, kiln_gemv_pass_f32)
+KILN_PACKED_TILE(kiln_packed_tile_bf16, uint16_t, kiln_bf16f, KILN_POS_BF16, kiln_gemv_pass_bf16)
