@@ -109,7 +109,10 @@ impl CCompiler {
     /// The vector ISA the kernels are compiled for: `KILN_CPU_ISA` if set, else AVX-512 where
     /// the compiler's target has it, else AVX2 (see [`crate::isa`]).
     pub fn isa(&self) -> Result<Isa, BackendError> {
-        let request = self.isa_request.clone().map_err(BackendError::Unavailable)?;
+        let request = self
+            .isa_request
+            .clone()
+            .map_err(BackendError::Unavailable)?;
         match request {
             IsaRequest::Auto if self.target_has_avx512() => Ok(Isa::Avx512),
             IsaRequest::Auto | IsaRequest::Force(Isa::Avx2) => Ok(Isa::Avx2),
@@ -500,7 +503,10 @@ int kiln_selftest(void) {
                     .unwrap();
                 f()
             };
-            assert_eq!(bad, 0, "{march} ({isa:?}): products that are not fmaf chains");
+            assert_eq!(
+                bad, 0,
+                "{march} ({isa:?}): products that are not fmaf chains"
+            );
         }
     }
 

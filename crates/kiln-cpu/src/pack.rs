@@ -74,7 +74,11 @@ pub fn bf16_position(c: usize, panel: usize) -> usize {
     (c / 4) * 8 + h * 4 + c % 4
 }
 
-fn pack_as<T: Copy + Default + Send + Sync>(bytes: &[u8], depth: usize, width: usize) -> HostBuffer {
+fn pack_as<T: Copy + Default + Send + Sync>(
+    bytes: &[u8],
+    depth: usize,
+    width: usize,
+) -> HostBuffer {
     let esize = std::mem::size_of::<T>();
     assert_eq!(
         bytes.as_ptr() as usize % esize,
@@ -101,7 +105,11 @@ fn pack_as<T: Copy + Default + Send + Sync>(bytes: &[u8], depth: usize, width: u
         for j0 in (0..depth).step_by(64) {
             let jn = 64.min(depth - j0);
             for r in 0..live {
-                let at = if esize == 2 { bf16_position(r, width) } else { r };
+                let at = if esize == 2 {
+                    bf16_position(r, width)
+                } else {
+                    r
+                };
                 let src = &w[(p * width + r) * depth + j0..][..jn];
                 for (j, &v) in src.iter().enumerate() {
                     panel[(j0 + j) * width + at] = v;

@@ -199,7 +199,13 @@ fn check_bound_and_per_run(
         let got = bound.run(&inputs(acts)).unwrap();
         let again = per_run.run(&inputs(&all)).unwrap();
         for (name, w) in &want {
-            assert_close(&format!("{isa:?} {what}: {name}"), &got[name], w, 1e-5, 1e-4);
+            assert_close(
+                &format!("{isa:?} {what}: {name}"),
+                &got[name],
+                w,
+                1e-5,
+                1e-4,
+            );
             assert_close(
                 &format!("{isa:?} {what}: {name} per run"),
                 &again[name],

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use kiln_compile::CompileOptions;
-pub use kiln_cpu::Isa;
 use kiln_cpu::CpuBackend;
+pub use kiln_cpu::Isa;
 // Not every test binary uses every helper.
 use kiln_compile::Target;
 #[allow(unused_imports)]
