@@ -132,6 +132,9 @@ pub fn gguf_fixtures() -> PathBuf {
     p
 }
 
+/// A tensor [`GgufBuilder`] writes: (name, ne, type, data, offset override).
+type GgufTensorSpec = (String, Vec<u64>, u32, Vec<u8>, Option<u64>);
+
 /// Writes GGUF files (version 3, little-endian) for tests: metadata and tensors as given,
 /// tensor data at aligned offsets in the order added. Nothing is checked, so a test can write
 /// exactly the broken file it wants (with [`GgufBuilder::raw_kv`] and
@@ -141,8 +144,7 @@ pub struct GgufBuilder {
     pub version: u32,
     pub alignment: u64,
     kvs: Vec<(String, u32, Vec<u8>)>,
-    /// (name, ne, type, data, offset override)
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>, Option<u64>)>,
+    tensors: Vec<GgufTensorSpec>,
 }
 
 impl Default for GgufBuilder {

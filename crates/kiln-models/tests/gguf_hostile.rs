@@ -311,9 +311,13 @@ fn bad_tensor_infos() {
     assert_error(&twice, &["tensor 'a'", "appears twice"]);
 }
 
+/// What a test does to one tensor of the model: None keeps it, Some(None) drops it,
+/// Some(Some((ne, type, data))) replaces it.
+type TensorEdit<'a> = &'a dyn Fn(&str, &[u64]) -> Option<Option<(Vec<u64>, u32, Vec<u8>)>>;
+
 #[test]
 fn tensors_that_do_not_fit_the_model() {
-    let model = |edit: &dyn Fn(&str, &[u64]) -> Option<Option<(Vec<u64>, u32, Vec<u8>)>>| {
+    let model = |edit: TensorEdit| {
         with_tensors(tiny_metadata(), edit).build()
     };
     // An IQ4_NL matrix (a GGML type kiln does not decode): [64, 128] in blocks of 32 values
