@@ -233,7 +233,14 @@ impl QuantType {
     pub fn quantize(self, src: &[f32]) -> Result<Vec<u8>, QuantError> {
         let be = self.block_elems();
         let bytes = (src.len() / be).saturating_mul(self.block_bytes());
-        let mut out = vec![0u8; if src.len().is_multiple_of(be) { bytes } else { 0 }];
+        let mut out = vec![
+            0u8;
+            if src.len().is_multiple_of(be) {
+                bytes
+            } else {
+                0
+            }
+        ];
         self.quantize_row(src, &mut out)?;
         Ok(out)
     }

@@ -317,9 +317,7 @@ type TensorEdit<'a> = &'a dyn Fn(&str, &[u64]) -> Option<Option<(Vec<u64>, u32, 
 
 #[test]
 fn tensors_that_do_not_fit_the_model() {
-    let model = |edit: TensorEdit| {
-        with_tensors(tiny_metadata(), edit).build()
-    };
+    let model = |edit: TensorEdit| with_tensors(tiny_metadata(), edit).build();
     // An IQ4_NL matrix (a GGML type kiln does not decode): [64, 128] in blocks of 32 values
     // and 18 bytes.
     let e = assert_error(
