@@ -2,6 +2,7 @@
 //! seeded random ones for the built-in presets, the tokenizer, a KV cache and sampling.
 
 pub mod config;
+pub mod files;
 pub mod model;
 pub mod presets;
 pub mod runtime;
@@ -134,7 +135,9 @@ impl ModelSource {
             ModelSource::Preset(_) => Tokenizer::embedded_qwen().map(Some),
             ModelSource::Dir(d) => {
                 let p = d.join("tokenizer.json");
-                if p.exists() {
+                // Anything by that name (a folder, a FIFO, a dangling link) is read, and refused
+                // saying what it is, rather than taken for a missing tokenizer.
+                if p.symlink_metadata().is_ok() {
                     Tokenizer::from_file(&p).map(Some)
                 } else {
                     Ok(None)

@@ -16,11 +16,13 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// Reads `path` (a regular file in its model folder, at most [`crate::files::TOKENIZER`]).
     pub fn from_file(path: &Path) -> Result<Tokenizer, ModelError> {
         let err = |d: String| {
             ModelError::Tokenizer(format!("{}: cannot load tokenizer: {d}", path.display()))
         };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let bytes = crate::files::read_bytes(path, crate::files::TOKENIZER)
+            .map_err(|e| err(crate::files::problem(&e)))?;
         Self::from_json(&bytes).map_err(err)
     }
 
