@@ -108,7 +108,7 @@ pub fn run(a: CompileArgs) -> anyhow::Result<()> {
     progress.finish(a.flags.trace.as_deref())?;
     let report = report?;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::out::json(&report)?;
     } else {
         print_report(&report);
     }

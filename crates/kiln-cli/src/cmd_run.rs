@@ -1,4 +1,5 @@
 use crate::local_cache;
+use crate::out;
 use crate::output_path::check_writable;
 use crate::progress::Progress;
 use crate::report::print_report;
@@ -9,7 +10,6 @@ use kiln_compile::{CompileOptions, CompileReport};
 use kiln_models::{
     FinishReason, GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder,
 };
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -125,20 +125,20 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         seed: a.seed,
     };
     let mut stream = StreamDecoder::default();
-    let mut stdout = std::io::stdout();
     let show = !a.json;
+    // Streamed as generated; a stdout that fails ends kiln here (see `out`): there is nothing
+    // left to clean up, and no reason to generate what nobody reads.
     let gen = model.generate(&prompt_ids, a.max_new_tokens, &sampling, &stop, |id| {
         if !show {
             return;
         }
         if let Some(t) = &tokenizer {
             if let Ok(piece) = stream.push(t, id) {
-                let _ = write!(stdout, "{piece}");
+                out::print_or_exit(&piece);
             }
         } else {
-            let _ = write!(stdout, "{id} ");
+            out::print_or_exit(&format!("{id} "));
         }
-        let _ = stdout.flush();
     })?;
     let text = match &tokenizer {
         Some(t) => t.decode(&gen.generated_ids)?,
@@ -150,7 +150,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if a.json {
-        let out = RunJson {
+        let report = RunJson {
             prompt_ids: &gen.prompt_ids,
             generated_ids: &gen.generated_ids,
             finish_reason: gen.finish_reason,
@@ -159,9 +159,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             prefill_ms: gen.prefill_ms,
             decode_tokens_per_s: gen.decode_tokens_per_s(),
         };
-        println!("{}", serde_json::to_string(&out)?);
+        out::json(&report)?;
     } else {
-        println!();
+        out::line("")?;
         if gen.finish_reason == FinishReason::Length {
             eprintln!(
                 "stopped at the context limit: prompt and output fill max_position_embeddings = {}",

@@ -6,6 +6,7 @@ mod cmd_compile;
 mod cmd_run;
 mod cmd_serve;
 mod local_cache;
+mod out;
 mod output_path;
 mod progress;
 mod remote;
@@ -188,6 +189,7 @@ fn exit_interrupted(signal: i32) -> ! {
         s => format!("signal {s}"),
     };
     eprintln!("kiln: interrupted by {name}");
+    out::json_error(&format!("interrupted by {name}"));
     std::process::exit(128 + signal)
 }
 
@@ -201,7 +203,22 @@ fn main() {
         .with_ansi(color())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A usage error of a `--json` command is still one JSON object on stdout.
+            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+                out::set_json(true);
+                out::json_error(&e.kind().to_string());
+            }
+            e.exit()
+        }
+    };
+    out::set_json(cli.command.json());
+    if let Err(e) = out::check_open(cli.command.prints_on_stdout()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     // The server handles SIGINT/SIGTERM itself: it drains its requests and exits 0.
     if !matches!(cli.command, Command::Serve(_)) {
         handle_signals();
@@ -214,10 +231,39 @@ fn main() {
         Command::Cache(c) => cmd_cache::run(c),
     };
     if let Err(e) = result {
+        if let Some(e) = e.chain().find_map(|c| c.downcast_ref::<out::StdoutError>()) {
+            out::exit_for(e);
+        }
         if let Some(signal) = kiln_compile::interrupted() {
             exit_interrupted(signal);
         }
-        eprintln!("error: {}", error_chain(&e));
+        let message = error_chain(&e);
+        if e.downcast_ref::<out::AlreadyReported>().is_none() {
+            out::json_error(&message);
+        }
+        eprintln!("error: {message}");
         std::process::exit(1);
+    }
+}
+
+impl Command {
+    /// Whether the command prints its result as one JSON object on stdout.
+    fn json(&self) -> bool {
+        match self {
+            Command::Run(a) => a.json,
+            Command::Compile(a) => a.json,
+            Command::Bench(_) | Command::Serve(_) => false,
+            Command::Cache(c) => c.json(),
+        }
+    }
+
+    /// Whether the command prints anything on stdout (the others write stderr and files only).
+    fn prints_on_stdout(&self) -> bool {
+        match self {
+            Command::Run(_) | Command::Cache(_) => true,
+            Command::Compile(a) => a.json,
+            // The server logs on stderr; its answers go over HTTP.
+            Command::Bench(_) | Command::Serve(_) => false,
+        }
     }
 }

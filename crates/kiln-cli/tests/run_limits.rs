@@ -140,7 +140,14 @@ fn a_prompt_longer_than_the_context_fails_before_compiling() {
         !out.status.success() && e.contains("max_position_embeddings = 7"),
         "{e}"
     );
-    assert!(out.stdout.is_empty());
+    // With --json, the failure is one JSON error object on stdout.
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_position_embeddings = 7")),
+        "{v}"
+    );
     assert_eq!(files_under(cache.path()), 0, "kernels were compiled first");
 }
 

@@ -31,6 +31,14 @@ pub struct EntryHeader {
     pub blake3: String,
 }
 
+/// The largest entry kiln reads (a local or remote entry past it is damaged, whatever it
+/// holds): compiled kernels are kilobytes to a few megabytes per unit.
+pub const MAX_ENTRY_BYTES: u64 = 1 << 30;
+/// Entries are opened through [`kiln_fs`]: regular files inside the cache folder, at most
+/// [`MAX_ENTRY_BYTES`].
+pub const ENTRY_LIMIT: kiln_fs::Limit =
+    kiln_fs::Limit::new("a kernel cache entry", MAX_ENTRY_BYTES);
+
 /// The size limit when `KILN_CACHE_MAX_MB` is not set, in MiB.
 pub const DEFAULT_MAX_MB: u64 = 1024;
 /// Eviction removes entries until the cache is at this share of its limit, so that it does not
@@ -87,9 +95,10 @@ pub enum EntryError {
     TruncatedPayload { present: u64, announced: u64 },
     #[error("checksum mismatch")]
     Checksum,
-    /// The file could not be read ([`KernelCache::verify`]).
+    /// The file could not be read, or is not a regular file in the cache folder
+    /// ([`KernelCache::verify`]).
     #[error("unreadable: {0}")]
-    Unreadable(#[source] std::io::Error),
+    Unreadable(#[source] kiln_fs::Problem),
 }
 
 /// What a lookup found.
@@ -243,8 +252,14 @@ impl KernelCache {
 
     pub fn get(&self, backend: &str, key: &str) -> Lookup {
         let path = self.path(backend, key);
-        let bytes = match fs::read(&path) {
+        let bytes = match self.read_entry(&path) {
             Ok(b) => b,
+            Err(e) if damaged(&e) => {
+                let _ = fs::remove_file(&path);
+                return Lookup::Corrupt {
+                    reason: e.to_string(),
+                };
+            }
             Err(_) => return Lookup::Miss,
         };
         match decode(&bytes, backend, key) {
@@ -320,7 +335,13 @@ impl KernelCache {
 
     /// An entry's bytes as stored (unchecked: [`decode`] them), for `kiln cache push`.
     pub fn read_encoded(&self, backend: &str, key: &str) -> Option<Vec<u8>> {
-        fs::read(self.path(backend, key)).ok()
+        self.read_entry(&self.path(backend, key)).ok()
+    }
+
+    /// The bytes of the entry file at `path`: a regular file inside the cache folder, at most
+    /// [`MAX_ENTRY_BYTES`] (a FIFO, a device or a link out of the folder is never read).
+    fn read_entry(&self, path: &Path) -> Result<Vec<u8>, kiln_fs::FileError> {
+        kiln_fs::Folder::new(&self.root)?.read(path, ENTRY_LIMIT)
     }
 
     /// The `(backend, key)` of every entry, sorted.
@@ -367,15 +388,20 @@ impl KernelCache {
                     } else {
                         continue;
                     };
-                    if file_type.is_file() {
-                        out.push(CacheFile {
-                            backend: name.clone(),
-                            path: e.path(),
-                            len: meta.len(),
-                            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                            kind,
-                        });
-                    }
+                    let kind = match kind {
+                        _ if file_type.is_file() => kind,
+                        // Never a folder; anything else with an entry's name is a damaged
+                        // entry (for `verify` only: never counted, removed or followed).
+                        FileKind::Entry if !file_type.is_dir() => FileKind::NotAFile,
+                        _ => continue,
+                    };
+                    out.push(CacheFile {
+                        backend: name.clone(),
+                        path: e.path(),
+                        len: meta.len(),
+                        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        kind,
+                    });
                 }
             }
         }
@@ -399,18 +425,21 @@ impl KernelCache {
                     *by.entry(f.backend).or_default() += 1;
                 }
                 FileKind::Temp => s.temp_files += 1,
+                FileKind::NotAFile => {}
             }
         }
         s.by_backend = by.into_iter().collect();
         s
     }
 
-    /// Checks every entry as a lookup would (whole, its checksum, filed under its own key and
-    /// backend) and changes nothing; returns each bad entry with what is wrong.
+    /// Checks every entry as a lookup would (a regular file in the folder, whole, its
+    /// checksum, filed under its own key and backend) and changes nothing; returns each bad
+    /// entry with what is wrong. Anything else bearing an entry's name (a FIFO, a device, a
+    /// link) is a bad entry too: a lookup would refuse it.
     pub fn verify(&self) -> Vec<(PathBuf, EntryError)> {
         let mut bad = Vec::new();
         for f in self.files() {
-            if f.kind != FileKind::Entry {
+            if f.kind == FileKind::Temp {
                 continue;
             }
             let key = f
@@ -418,8 +447,9 @@ impl KernelCache {
                 .file_stem()
                 .and_then(|k| k.to_str())
                 .unwrap_or_default();
-            let result = fs::read(&f.path)
-                .map_err(EntryError::Unreadable)
+            let result = self
+                .read_entry(&f.path)
+                .map_err(|e| EntryError::Unreadable(e.problem))
                 .and_then(|bytes| decode(&bytes, &f.backend, key).map(|_| ()));
             if let Err(reason) = result {
                 bad.push((f.path, reason));
@@ -480,6 +510,7 @@ impl KernelCache {
                     }
                 }
                 FileKind::Entry => entries.push(f),
+                FileKind::NotAFile => {}
             }
         }
         let Some(limit) = self.max_bytes else {
@@ -520,6 +551,8 @@ impl KernelCache {
 enum FileKind {
     Entry,
     Temp,
+    /// An entry's name on something that is not a regular file.
+    NotAFile,
 }
 
 struct CacheFile {
@@ -528,6 +561,16 @@ struct CacheFile {
     len: u64,
     modified: SystemTime,
     kind: FileKind,
+}
+
+/// Whether a read failed because of what the entry file is (a FIFO, a device, a link out of
+/// the folder, too big), rather than because it is missing or unreadable.
+fn damaged(e: &kiln_fs::FileError) -> bool {
+    use kiln_fs::Problem;
+    matches!(
+        e.problem,
+        Problem::NotRegular(_) | Problem::Outside { .. } | Problem::TooLarge { .. }
+    )
 }
 
 /// `<64 lowercase hex digits>.kart`: a name [`KernelCache::put`] gives an entry.

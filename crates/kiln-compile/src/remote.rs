@@ -65,6 +65,10 @@ pub enum RemoteError {
         #[source]
         source: std::io::Error,
     },
+    /// An entry of a shared folder that kiln would not read: not a regular file inside the
+    /// folder (a FIFO, a link out of it), or larger than an entry can be.
+    #[error(transparent)]
+    File(#[from] kiln_fs::FileError),
     /// A backend or key that cannot name an entry (it would escape the store's layout).
     #[error("not a cache entry name: backend {backend:?}, key {key:?}")]
     BadName { backend: String, key: String },

@@ -140,10 +140,13 @@ impl Keys<'_> {
 }
 
 impl QwenConfig {
+    /// Reads `path` (a regular file in its model folder, at most [`crate::files::CONFIG`]).
     pub fn from_file(path: &Path) -> Result<QwenConfig, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Config {
-            path: Some(path.to_path_buf()),
-            detail: format!("cannot read: {e}"),
+        let text = crate::files::read_text(path, crate::files::CONFIG).map_err(|e| {
+            ModelError::Config {
+                path: Some(path.to_path_buf()),
+                detail: crate::files::problem(&e),
+            }
         })?;
         Self::from_json(&text).map_err(|e| match e {
             ModelError::Config { path: None, detail } => ModelError::Config {

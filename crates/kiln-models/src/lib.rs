@@ -3,6 +3,7 @@
 //! tokenizer in one file), the tokenizer, a KV cache and sampling.
 
 pub mod config;
+pub mod files;
 pub mod gguf;
 pub mod model;
 pub mod presets;
@@ -163,12 +164,14 @@ impl ModelSource {
             ModelSource::Preset(_) => Tokenizer::embedded_qwen().map(Some),
             ModelSource::Dir(d) => {
                 let p = d.join("tokenizer.json");
-                if !p.exists() {
+                // Anything by that name (a folder, a FIFO, a dangling link) is read, and refused
+                // saying what it is, rather than taken for a missing tokenizer.
+                if p.symlink_metadata().is_err() {
                     return Ok(None);
                 }
                 let t = Tokenizer::from_file(&p)?;
                 let config = d.join("tokenizer_config.json");
-                if config.exists() {
+                if config.symlink_metadata().is_ok() {
                     let (template, bos, eos) = tokenizer::chat_template_of_config(&config)?;
                     return Ok(Some(t.with_chat_template(template, bos, eos)));
                 }

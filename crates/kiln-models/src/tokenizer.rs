@@ -28,9 +28,13 @@ struct ChatTemplate {
 /// Why a tokenizer could not be loaded, or could not encode or decode.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    /// The file could not be read.
+    /// The embedded tokenizer could not be unpacked.
     #[error("{0}")]
     Io(#[source] std::io::Error),
+    /// The file is not one kiln reads: not a regular file, outside its folder, too large or
+    /// unreadable (what is wrong, from `kiln_fs`).
+    #[error("{0}")]
+    File(String),
     /// Not JSON (truncated, mangled).
     #[error("invalid JSON: {0}")]
     Json(#[source] serde_json::Error),
@@ -48,12 +52,14 @@ pub enum TokenizerError {
 }
 
 impl Tokenizer {
+    /// Reads `path` (a regular file in its model folder, at most [`crate::files::TOKENIZER`]).
     pub fn from_file(path: &Path) -> Result<Tokenizer, ModelError> {
         let err = |source| ModelError::Tokenizer {
             context: format!("{}: cannot load tokenizer", path.display()),
             source,
         };
-        let bytes = std::fs::read(path).map_err(|e| err(TokenizerError::Io(e)))?;
+        let bytes = crate::files::read_bytes(path, crate::files::TOKENIZER)
+            .map_err(|e| err(TokenizerError::File(crate::files::problem(&e))))?;
         Self::from_json(&bytes).map_err(err)
     }
 
@@ -198,7 +204,8 @@ pub fn chat_template_of_config(path: &Path) -> Result<ChatTemplateParts, ModelEr
         context: path.display().to_string(),
         source: TokenizerError::Invalid(d),
     };
-    let text = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let text = crate::files::read_bytes(path, crate::files::CONFIG)
+        .map_err(|e| err(crate::files::problem(&e)))?;
     let v: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
     let template = match v.get("chat_template") {

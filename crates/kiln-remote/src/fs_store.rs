@@ -25,14 +25,14 @@ impl FsStore {
 
     pub fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         let path = self.path(backend, key)?;
-        match std::fs::read(&path) {
+        // A regular file inside the folder, of at most an entry's size: never a FIFO, a device
+        // or a link out of the folder.
+        match kiln_fs::Folder::new(&self.root)
+            .and_then(|f| f.read(&path, kiln_compile::cache::ENTRY_LIMIT))
+        {
             Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(RemoteError::Io {
-                op: "read",
-                path,
-                source,
-            }),
+            Err(e) if e.is_missing() => Ok(None),
+            Err(e) => Err(RemoteError::File(e)),
         }
     }
 
