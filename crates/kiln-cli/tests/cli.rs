@@ -408,8 +408,15 @@ fn run_and_compile_a_gguf_file() {
     let ids: Vec<String> = ints("p1.prompt_ids").iter().map(u32::to_string).collect();
     let r = json(&kiln(
         &[
-            "run", "--model", file_arg, "--prompt-ids", &ids.join(","), "--max-new-tokens", "16",
-            "--ignore-eos", "--json",
+            "run",
+            "--model",
+            file_arg,
+            "--prompt-ids",
+            &ids.join(","),
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--json",
         ],
         cache.path(),
     ));
@@ -430,8 +437,16 @@ fn run_and_compile_a_gguf_file() {
         .unwrap();
     let r = json(&kiln(
         &[
-            "run", "--model", file_arg, "--prompt", "the theme", "--chat", "--max-new-tokens", "2",
-            "--ignore-eos", "--json",
+            "run",
+            "--model",
+            file_arg,
+            "--prompt",
+            "the theme",
+            "--chat",
+            "--max-new-tokens",
+            "2",
+            "--ignore-eos",
+            "--json",
         ],
         cache.path(),
     ));
@@ -442,14 +457,26 @@ fn run_and_compile_a_gguf_file() {
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
     assert_eq!(prompt, want);
-    assert!(prompt.contains(&254) && prompt.contains(&255), "the file's merges: {prompt:?}");
+    assert!(
+        prompt.contains(&254) && prompt.contains(&255),
+        "the file's merges: {prompt:?}"
+    );
 
-    let r = json(&kiln(&["compile", "--model", file_arg, "--json"], cache.path()));
+    let r = json(&kiln(
+        &["compile", "--model", file_arg, "--json"],
+        cache.path(),
+    ));
     assert!(r["kernels_unique"].as_u64().unwrap() > 0);
 
-    let out = kiln(&["run", "--model", "missing.gguf", "--prompt-ids", "1"], cache.path());
+    let out = kiln(
+        &["run", "--model", "missing.gguf", "--prompt-ids", "1"],
+        cache.path(),
+    );
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && e.contains("GGUF file 'missing.gguf' not found"), "{e}");
+    assert!(
+        !out.status.success() && e.contains("GGUF file 'missing.gguf' not found"),
+        "{e}"
+    );
 }
 
 #[test]

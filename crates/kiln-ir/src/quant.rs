@@ -121,7 +121,11 @@ impl QuantType {
     pub fn block_elems(self) -> usize {
         match self {
             QuantType::F32 | QuantType::F16 | QuantType::BF16 => 1,
-            QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 => 32,
+            QuantType::Q8_0
+            | QuantType::Q4_0
+            | QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1 => 32,
             QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => QK_K,
         }
     }
@@ -299,7 +303,10 @@ fn dequantize_q4_1(b: &[u8], y: &mut [f32]) {
 
 /// The fifth bits of a Q5 block's values `j` and `j + 16`, at bit 4.
 fn q5_high_bits(qh: u32, j: usize) -> (u8, u8) {
-    ((((qh >> j) << 4) & 0x10) as u8, ((qh >> (j + 12)) & 0x10) as u8)
+    (
+        (((qh >> j) << 4) & 0x10) as u8,
+        ((qh >> (j + 12)) & 0x10) as u8,
+    )
 }
 
 fn dequantize_q5_0(b: &[u8], y: &mut [f32]) {
@@ -565,7 +572,11 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
             max_min = min;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let packed = &mut b[4..16];
     packed.fill(0);

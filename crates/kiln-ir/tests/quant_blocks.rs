@@ -22,7 +22,11 @@ fn decode(t: QuantType, block: &[u8]) -> Vec<f32> {
 /// A deterministic byte pattern.
 fn pattern(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed.wrapping_mul(40503)) >> 13) as u8)
+        .map(|i| {
+            (i.wrapping_mul(2_654_435_761)
+                .wrapping_add(seed.wrapping_mul(40503))
+                >> 13) as u8
+        })
         .collect()
 }
 
@@ -259,11 +263,18 @@ fn q8_0_round_trip_is_within_half_a_step() {
         let d = f16::from_f32(amax / 127.0).to_f32();
         for (a, b2) in xs.iter().zip(ys) {
             // Half a step, plus the scale's f16 rounding carried over up to 127 steps.
-            assert!((a - b2).abs() <= d * 0.5 + amax * 1e-3, "block {b}: {a} -> {b2}");
+            assert!(
+                (a - b2).abs() <= d * 0.5 + amax * 1e-3,
+                "block {b}: {a} -> {b2}"
+            );
         }
     }
     // Multiples of a power-of-two step that reach 127 steps come back exactly.
-    let x: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 0.25).chain([127.0 * 0.25]).skip(1).collect();
+    let x: Vec<f32> = (0..32)
+        .map(|i| (i as f32 - 16.0) * 0.25)
+        .chain([127.0 * 0.25])
+        .skip(1)
+        .collect();
     assert_eq!(round_trip(QuantType::Q8_0, &x), x);
 }
 
@@ -299,12 +310,23 @@ fn q4_k_round_trip_error_is_small() {
             // its scale and min.
             let range = hi.max(0.0) - lo.min(0.0);
             for (a, b) in xs.iter().zip(ys) {
-                assert!((a - b).abs() <= range / 15.0 * 0.75 + range * 0.05, "{a} -> {b}");
+                assert!(
+                    (a - b).abs() <= range / 15.0 * 0.75 + range * 0.05,
+                    "{a} -> {b}"
+                );
             }
         }
-        let mse: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / x.len() as f32;
+        let mse: f32 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            / x.len() as f32;
         let var: f32 = x.iter().map(|a| a * a).sum::<f32>() / x.len() as f32;
-        assert!(mse < var * 0.01, "seed {seed}: mse {mse}, mean square {var}");
+        assert!(
+            mse < var * 0.01,
+            "seed {seed}: mse {mse}, mean square {var}"
+        );
     }
 }
 
@@ -323,11 +345,20 @@ fn lengths_that_do_not_fit_are_errors() {
     let mut y = vec![0.0f32; 48];
     assert!(matches!(
         QuantType::Q8_0.dequantize_row(&[0; 34], &mut y),
-        Err(QuantError::PartialBlock { elems: 48, block: 32, .. })
+        Err(QuantError::PartialBlock {
+            elems: 48,
+            block: 32,
+            ..
+        })
     ));
     let mut y = vec![0.0f32; 64];
-    let e = QuantType::Q8_0.dequantize_row(&[0; 34], &mut y).unwrap_err();
-    assert_eq!(e.to_string(), "Q8_0: 64 values take 68 bytes, the buffer has 34");
+    let e = QuantType::Q8_0
+        .dequantize_row(&[0; 34], &mut y)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Q8_0: 64 values take 68 bytes, the buffer has 34"
+    );
     let mut out = vec![0u8; 22];
     assert_eq!(
         QuantType::Q5_0.quantize_row(&[0.0; 32], &mut out),

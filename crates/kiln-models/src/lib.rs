@@ -114,10 +114,16 @@ impl ModelSource {
         if p.is_file() && gguf::is_gguf_path(&p) {
             return Ok(ModelSource::Gguf(p));
         }
-        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        if p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             return Err(ModelError::Source(format!(
                 "GGUF file '{s}' not found{}",
-                if p.exists() { " (it is not a file)" } else { "" }
+                if p.exists() {
+                    " (it is not a file)"
+                } else {
+                    ""
+                }
             )));
         }
         Err(ModelError::Source(format!(

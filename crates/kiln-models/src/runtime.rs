@@ -1,9 +1,9 @@
 //! A compiled model with its weights, and generation with a KV cache.
 
 use crate::config::QwenConfig;
+use crate::gguf::qwen::GgufCheckpoint;
 use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions};
 use crate::sampling::{Sampler, Sampling};
-use crate::gguf::qwen::GgufCheckpoint;
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
 use kiln_compile::{CompileOptions, CompileReport};

@@ -104,13 +104,22 @@ impl GgufBuilder {
 
     /// A tensor with GGUF dimensions `ne` (fastest first) of GGML type `ty`.
     pub fn tensor(mut self, name: &str, ne: &[u64], ty: u32, data: Vec<u8>) -> Self {
-        self.tensors.push((name.into(), ne.to_vec(), ty, data, None));
+        self.tensors
+            .push((name.into(), ne.to_vec(), ty, data, None));
         self
     }
 
     /// A tensor whose info claims `offset`, whatever its data's place.
-    pub fn raw_tensor(mut self, name: &str, ne: &[u64], ty: u32, data: Vec<u8>, offset: u64) -> Self {
-        self.tensors.push((name.into(), ne.to_vec(), ty, data, Some(offset)));
+    pub fn raw_tensor(
+        mut self,
+        name: &str,
+        ne: &[u64],
+        ty: u32,
+        data: Vec<u8>,
+        offset: u64,
+    ) -> Self {
+        self.tensors
+            .push((name.into(), ne.to_vec(), ty, data, Some(offset)));
         self
     }
 

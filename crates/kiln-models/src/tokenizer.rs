@@ -87,9 +87,15 @@ impl Tokenizer {
         minijinja_contrib::add_to_environment(&mut env);
         // Python's str methods (`.startswith`, `.split`, `.strip`, ...), which HF templates use.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<(), minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<(), minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", &chat.source).map_err(err)?;
         let ctx = minijinja::context! {
             messages => vec![minijinja::context! { role => "user", content => user }],

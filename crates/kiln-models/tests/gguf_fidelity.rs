@@ -37,7 +37,7 @@ fn load(source: &ModelSource) -> Model {
 /// The GGUF fixture files (sorted).
 fn gguf_files() -> Vec<PathBuf> {
     let root = kiln_models::testing::gguf_fixtures();
-    let mut files: Vec<PathBuf> = ["tiny-qwen3", "qwen3-256"]
+    let mut files: Vec<PathBuf> = ["tiny-qwen3", "tiny-qwen2", "qwen3-256"]
         .iter()
         .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
         .map(|e| e.unwrap().path())
@@ -87,13 +87,16 @@ fn references(gguf: &Path) -> Vec<(String, Reference)> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn every_fixture_file_matches_its_numpy_reference() {
     let files = gguf_files();
-    assert!(files.len() >= 15, "fixture files: {files:?}");
+    assert!(files.len() >= 16, "fixture files: {files:?}");
     let mut worst = 0.0f32;
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
@@ -106,7 +109,10 @@ fn every_fixture_file_matches_its_numpy_reference() {
             assert_eq!(g.generated_ids, r.greedy, "{name} {p}: greedy ids");
             for (k, (got, want)) in g.step_logits.iter().zip(&r.step_logits).enumerate() {
                 let d = max_abs_diff(got, want);
-                assert!(d <= 1e-4, "{name} {p}: step {k} logits differ by {d} (> 1e-4)");
+                assert!(
+                    d <= 1e-4,
+                    "{name} {p}: step {k} logits differ by {d} (> 1e-4)"
+                );
                 file_worst = file_worst.max(d);
             }
         }
@@ -119,21 +125,47 @@ fn every_fixture_file_matches_its_numpy_reference() {
 /// A GGUF and the safetensors checkpoint it was written from run the same graph on the same
 /// weights: the same config, and the same logits to the bit.
 fn assert_same_as_safetensors(gguf: &str, dir: &str) {
-    let gguf = kiln_models::testing::gguf_fixtures().join("tiny-qwen3").join(gguf);
+    let gguf = kiln_models::testing::gguf_fixtures()
+        .join("tiny-qwen3")
+        .join(gguf);
     let dir = kiln_models::testing::fixtures().join(dir);
     let from_gguf = ModelSource::Gguf(gguf.clone()).config().unwrap();
     let from_json = QwenConfig::from_file(&dir.join("config.json")).unwrap();
     assert_eq!(from_gguf, from_json, "config from {}", gguf.display());
     let mut a = load(&ModelSource::Gguf(gguf));
     let mut b = load(&ModelSource::Dir(dir));
-    for (p, r) in references(&kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-F32.gguf")) {
-        let ga = a.generate(&r.prompt, 16, &Sampling::default(), &[], |_| {}).unwrap();
-        let gb = b.generate(&r.prompt, 16, &Sampling::default(), &[], |_| {}).unwrap();
+    for (p, r) in
+        references(&kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-F32.gguf"))
+    {
+        let ga = a
+            .generate(&r.prompt, 16, &Sampling::default(), &[], |_| {})
+            .unwrap();
+        let gb = b
+            .generate(&r.prompt, 16, &Sampling::default(), &[], |_| {})
+            .unwrap();
         assert_eq!(ga.generated_ids, gb.generated_ids, "{p}: greedy ids");
         for (k, (x, y)) in ga.step_logits.iter().zip(&gb.step_logits).enumerate() {
             let same = x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{p}: step {k} logits differ by {}", max_abs_diff(x, y));
+            assert!(
+                same,
+                "{p}: step {k} logits differ by {}",
+                max_abs_diff(x, y)
+            );
         }
+    }
+}
+
+#[test]
+fn configs_from_gguf_metadata_equal_config_json() {
+    // tiny-qwen2: Qwen2's q/k/v biases, head_dim = hidden / heads, an untied LM head.
+    for (dir, file) in [
+        ("tiny-qwen2", "tiny-qwen2-Q8_0.gguf"),
+        ("qwen3-256", "qwen3-256-Q4_K_M.gguf"),
+    ] {
+        let dir = kiln_models::testing::gguf_fixtures().join(dir);
+        let from_gguf = ModelSource::Gguf(dir.join(file)).config().unwrap();
+        let from_json = QwenConfig::from_file(&dir.join("config.json")).unwrap();
+        assert_eq!(from_gguf, from_json, "{file}");
     }
 }
 
@@ -167,7 +199,9 @@ fn weight_dtype_bf16_rounds_decoded_weights_to_bf16() {
     };
     let mut m = Model::load(&ModelSource::Gguf(file.clone()), &opts).unwrap();
     let (_, r) = references(&file).remove(0);
-    let g = m.generate(&r.prompt, 1, &Sampling::default(), &[], |_| {}).unwrap();
+    let g = m
+        .generate(&r.prompt, 1, &Sampling::default(), &[], |_| {})
+        .unwrap();
     let d = max_abs_diff(&g.step_logits[0], &r.step_logits[0]);
     assert!(d > 1e-4 && d < 0.1, "bf16 weights: logits differ by {d}");
 }

@@ -82,8 +82,13 @@ fn exercise(path: &Path) -> Result<(), ModelError> {
 #[track_caller]
 fn assert_error(bytes: &[u8], needles: &[&str]) -> String {
     let (_d, p) = write(bytes);
-    let e = exercise(&p).expect_err("a hostile file must be an error").to_string();
-    assert!(e.contains(&p.display().to_string()), "the error names no file: {e}");
+    let e = exercise(&p)
+        .expect_err("a hostile file must be an error")
+        .to_string();
+    assert!(
+        e.contains(&p.display().to_string()),
+        "the error names no file: {e}"
+    );
     for n in needles {
         assert!(e.contains(n), "expected {n:?} in: {e}");
     }
@@ -108,7 +113,9 @@ fn truncated_at_every_byte_of_the_header_and_inside_the_data() {
     let (_d, p) = write(&bytes);
     let header_end = GgufFile::open(&p).unwrap().data_start();
     assert!(header_end > 1000 && header_end < bytes.len());
-    let data_lengths = (header_end..bytes.len()).step_by(997).chain([bytes.len() - 1]);
+    let data_lengths = (header_end..bytes.len())
+        .step_by(997)
+        .chain([bytes.len() - 1]);
     for len in (0..=header_end).chain(data_lengths) {
         let (_d, p) = write(&bytes[..len]);
         let e = match GgufFile::open(&p) {
@@ -135,15 +142,30 @@ fn patched(at: usize, v: u64) -> Vec<u8> {
 fn huge_counts_and_lengths() {
     // Header: magic (0..4), version (4..8), tensor count (8..16), metadata count (16..24),
     // then the first key's length (24..32).
-    assert_error(&patched(8, u64::MAX), &["claims 18446744073709551615 tensors"]);
-    assert_error(&patched(16, 1 << 60), &["claims 1152921504606846976 metadata entries"]);
-    assert_error(&patched(24, u64::MAX - 3), &["metadata entry #0", "needs 18446744073709551612 bytes"]);
+    assert_error(
+        &patched(8, u64::MAX),
+        &["claims 18446744073709551615 tensors"],
+    );
+    assert_error(
+        &patched(16, 1 << 60),
+        &["claims 1152921504606846976 metadata entries"],
+    );
+    assert_error(
+        &patched(24, u64::MAX - 3),
+        &["metadata entry #0", "needs 18446744073709551612 bytes"],
+    );
     let array = |elem: u32, n: u64| {
         let mut v = elem.to_le_bytes().to_vec();
         v.extend(n.to_le_bytes());
         tiny_model().raw_kv("huge.array", 9, v).build()
     };
-    assert_error(&array(8, u64::MAX), &["'huge.array'", "claims 18446744073709551615 string elements"]);
+    assert_error(
+        &array(8, u64::MAX),
+        &[
+            "'huge.array'",
+            "claims 18446744073709551615 string elements",
+        ],
+    );
     assert_error(&array(12, 1 << 40), &["'huge.array'", "float64 elements"]);
     assert_error(&array(0, 1 << 40), &["'huge.array'", "uint8 elements"]);
     // A string array whose strings claim more than the file.
@@ -151,7 +173,10 @@ fn huge_counts_and_lengths() {
     v.extend(2u64.to_le_bytes());
     v.extend(gguf_string("a"));
     v.extend(u64::MAX.to_le_bytes());
-    assert_error(&tiny_model().raw_kv("s", 9, v).build(), &["'s'", "string #1 of the array"]);
+    assert_error(
+        &tiny_model().raw_kv("s", 9, v).build(),
+        &["'s'", "string #1 of the array"],
+    );
 }
 
 #[test]
@@ -176,13 +201,29 @@ fn bad_header_fields() {
 #[test]
 fn bad_metadata_values() {
     let model = tiny_model();
-    assert_error(&model.clone().raw_kv("k", 13, vec![0; 8]).build(), &["'k'", "unknown value type 13"]);
-    assert_error(&model.clone().raw_kv("b", 7, vec![2]).build(), &["'b'", "bool must be 0 or 1"]);
     assert_error(
-        &model.clone().raw_kv("bad-utf8", 8, { let mut v = 2u64.to_le_bytes().to_vec(); v.extend([0xC3, 0x28]); v }).build(),
+        &model.clone().raw_kv("k", 13, vec![0; 8]).build(),
+        &["'k'", "unknown value type 13"],
+    );
+    assert_error(
+        &model.clone().raw_kv("b", 7, vec![2]).build(),
+        &["'b'", "bool must be 0 or 1"],
+    );
+    assert_error(
+        &model
+            .clone()
+            .raw_kv("bad-utf8", 8, {
+                let mut v = 2u64.to_le_bytes().to_vec();
+                v.extend([0xC3, 0x28]);
+                v
+            })
+            .build(),
         &["'bad-utf8'", "not UTF-8"],
     );
-    assert_error(&model.clone().u32("qwen3.block_count", 2).build(), &["'qwen3.block_count'", "appears twice"]);
+    assert_error(
+        &model.clone().u32("qwen3.block_count", 2).build(),
+        &["'qwen3.block_count'", "appears twice"],
+    );
     // Arrays of arrays of ... (a stack overflow in a recursive reader).
     let mut nested = Vec::new();
     for _ in 0..100 {
@@ -191,10 +232,20 @@ fn bad_metadata_values() {
     }
     nested.extend(0u32.to_le_bytes());
     nested.extend(0u64.to_le_bytes());
-    assert_error(&model.clone().raw_kv("deep", 9, nested).build(), &["'deep'", "nested more than"]);
+    assert_error(
+        &model.clone().raw_kv("deep", 9, nested).build(),
+        &["'deep'", "nested more than"],
+    );
     for (alignment, ty) in [(0u32, 4u32), (24, 4), (32, 10)] {
-        let value = if ty == 4 { alignment.to_le_bytes().to_vec() } else { (alignment as u64).to_le_bytes().to_vec() };
-        assert_error(&model.clone().raw_kv("general.alignment", ty, value).build(), &["'general.alignment'", "power of two"]);
+        let value = if ty == 4 {
+            alignment.to_le_bytes().to_vec()
+        } else {
+            (alignment as u64).to_le_bytes().to_vec()
+        };
+        assert_error(
+            &model.clone().raw_kv("general.alignment", ty, value).build(),
+            &["'general.alignment'", "power of two"],
+        );
     }
 }
 
@@ -209,16 +260,43 @@ fn a_different_alignment_is_followed() {
 
 #[test]
 fn bad_tensor_infos() {
-    let q = |name: &str, ne: &[u64], ty: u32, data: Vec<u8>| tiny_metadata().tensor(name, ne, ty, data).build();
+    let q = |name: &str, ne: &[u64], ty: u32, data: Vec<u8>| {
+        tiny_metadata().tensor(name, ne, ty, data).build()
+    };
     assert_error(&q("t", &[], 0, vec![]), &["tensor 't'", "0 dimensions"]);
-    assert_error(&q("t", &[1, 1, 1, 1, 1], 0, vec![0; 4]), &["tensor 't'", "5 dimensions"]);
-    assert_error(&q("t", &[1 << 32, 1 << 32, 1 << 32], 0, vec![]), &["tensor 't'", "overflow"]);
-    assert_error(&q("t", &[u64::MAX / 2, 2], 0, vec![]), &["tensor 't'", "overflow"]);
-    assert_error(&q("t", &[33], 8, vec![0; 34]), &["tensor 't'", "not a whole number of Q8_0 blocks"]);
-    assert_error(&q("t", &[32], 99, vec![0; 34]), &["tensor 't'", "type id 99"]);
-    assert_error(&q("t", &[1 << 20], 0, vec![0; 4]), &["tensor 't'", "past the end of the file"]);
-    let at = |offset: u64| tiny_metadata().raw_tensor("t", &[4], 0, vec![0; 16], offset).build();
-    assert_error(&at(4), &["tensor 't'", "not a multiple of the alignment 32"]);
+    assert_error(
+        &q("t", &[1, 1, 1, 1, 1], 0, vec![0; 4]),
+        &["tensor 't'", "5 dimensions"],
+    );
+    assert_error(
+        &q("t", &[1 << 32, 1 << 32, 1 << 32], 0, vec![]),
+        &["tensor 't'", "overflow"],
+    );
+    assert_error(
+        &q("t", &[u64::MAX / 2, 2], 0, vec![]),
+        &["tensor 't'", "overflow"],
+    );
+    assert_error(
+        &q("t", &[33], 8, vec![0; 34]),
+        &["tensor 't'", "not a whole number of Q8_0 blocks"],
+    );
+    assert_error(
+        &q("t", &[32], 99, vec![0; 34]),
+        &["tensor 't'", "type id 99"],
+    );
+    assert_error(
+        &q("t", &[1 << 20], 0, vec![0; 4]),
+        &["tensor 't'", "past the end of the file"],
+    );
+    let at = |offset: u64| {
+        tiny_metadata()
+            .raw_tensor("t", &[4], 0, vec![0; 16], offset)
+            .build()
+    };
+    assert_error(
+        &at(4),
+        &["tensor 't'", "not a multiple of the alignment 32"],
+    );
     assert_error(&at(1 << 40), &["tensor 't'", "past the end"]);
     assert_error(&at(u64::MAX - 31), &["tensor 't'", "past the end"]);
     let overlap = tiny_metadata()
@@ -226,7 +304,10 @@ fn bad_tensor_infos() {
         .raw_tensor("b", &[16], 0, vec![0; 64], 32)
         .build();
     assert_error(&overlap, &["tensor 'b'", "overlap tensor 'a'"]);
-    let twice = tiny_metadata().tensor("a", &[4], 0, vec![0; 16]).tensor("a", &[4], 0, vec![0; 16]).build();
+    let twice = tiny_metadata()
+        .tensor("a", &[4], 0, vec![0; 16])
+        .tensor("a", &[4], 0, vec![0; 16])
+        .build();
     assert_error(&twice, &["tensor 'a'", "appears twice"]);
 }
 
@@ -238,39 +319,61 @@ fn tensors_that_do_not_fit_the_model() {
     // An IQ4_NL matrix (a GGML type kiln does not decode): [64, 128] in blocks of 32 values
     // and 18 bytes.
     let e = assert_error(
-        &model(&|n, ne| (n == "blk.1.ffn_up.weight").then(|| Some((ne.to_vec(), 20, vec![0; 18 * 2 * 128])))),
+        &model(&|n, ne| {
+            (n == "blk.1.ffn_up.weight").then(|| Some((ne.to_vec(), 20, vec![0; 18 * 2 * 128])))
+        }),
         &["blk.1.ffn_up.weight", "type IQ4_NL", "kiln reads F32, F16"],
     );
     assert!(e.contains("Q4_K"), "{e}");
-    assert_error(&model(&|n, _| (n == "blk.0.attn_k.weight").then_some(None)), &["tensor 'blk.0.attn_k.weight'", "not found"]);
+    assert_error(
+        &model(&|n, _| (n == "blk.0.attn_k.weight").then_some(None)),
+        &["tensor 'blk.0.attn_k.weight'", "not found"],
+    );
     assert_error(
         &model(&|n, _| (n == "blk.0.attn_q_norm.weight").then(|| Some((vec![16], 0, vec![0; 64])))),
         &["blk.0.attn_q_norm.weight", "shape [16]", "implies [32]"],
     );
     assert_error(
-        &model(&|n, _| (n == "token_embd.weight").then(|| Some((vec![64, 256, 1], 0, vec![0; 4 * 64 * 256])))),
+        &model(&|n, _| {
+            (n == "token_embd.weight").then(|| Some((vec![64, 256, 1], 0, vec![0; 4 * 64 * 256])))
+        }),
         &["token_embd.weight", "dimensions [64, 256, 1]"],
     );
 }
 
 #[test]
 fn metadata_that_is_not_a_qwen_model() {
-    let with = |edit: fn(GgufBuilder) -> GgufBuilder| with_tensors(edit(GgufBuilder::default()), |_, _| None).build();
+    let with = |edit: fn(GgufBuilder) -> GgufBuilder| {
+        with_tensors(edit(GgufBuilder::default()), |_, _| None).build()
+    };
     let keys = |arch: &str| {
         GgufBuilder::default()
             .str("general.architecture", arch)
             .u32(&format!("{arch}.block_count"), 2)
     };
-    assert_error(&with_tensors(keys("llama"), |_, _| None).build(), &["'general.architecture'", "'llama' is not supported"]);
+    assert_error(
+        &with_tensors(keys("llama"), |_, _| None).build(),
+        &["'general.architecture'", "'llama' is not supported"],
+    );
     assert_error(&with(|b| b), &["'general.architecture'", "missing"]);
-    assert_error(&with(|b| b.u32("general.architecture", 3)), &["'general.architecture'", "must be a string"]);
+    assert_error(
+        &with(|b| b.u32("general.architecture", 3)),
+        &["'general.architecture'", "must be a string"],
+    );
     let e = assert_error(
-        &with_tensors(tiny_metadata().str("qwen3.rope.scaling.type", "yarn"), |_, _| None).build(),
+        &with_tensors(
+            tiny_metadata().str("qwen3.rope.scaling.type", "yarn"),
+            |_, _| None,
+        )
+        .build(),
         &["'qwen3.rope.scaling.type'", "yarn"],
     );
     assert!(e.contains("RoPE"), "{e}");
     let duplicate = tiny_metadata().str("qwen3.attention.head_count_kv", "2");
-    assert_error(&with_tensors(duplicate, |_, _| None).build(), &["'qwen3.attention.head_count_kv'", "appears twice"]);
+    assert_error(
+        &with_tensors(duplicate, |_, _| None).build(),
+        &["'qwen3.attention.head_count_kv'", "appears twice"],
+    );
     let kv3 = GgufBuilder::default()
         .str("general.architecture", "qwen3")
         .u32("qwen3.block_count", 2)
@@ -278,21 +381,34 @@ fn metadata_that_is_not_a_qwen_model() {
         .u32("qwen3.feed_forward_length", 128)
         .u32("qwen3.attention.head_count", 4)
         .u32("qwen3.attention.head_count_kv", 3);
-    assert_error(&with_tensors(kv3, |_, _| None).build(), &["'qwen3.attention.head_count_kv'", "3 must divide"]);
+    assert_error(
+        &with_tensors(kv3, |_, _| None).build(),
+        &["'qwen3.attention.head_count_kv'", "3 must divide"],
+    );
     let text_heads = GgufBuilder::default()
         .str("general.architecture", "qwen3")
         .u32("qwen3.block_count", 2)
         .u32("qwen3.embedding_length", 64)
         .u32("qwen3.feed_forward_length", 128)
         .str("qwen3.attention.head_count", "4");
-    assert_error(&with_tensors(text_heads, |_, _| None).build(), &["'qwen3.attention.head_count'", "positive integer"]);
+    assert_error(
+        &with_tensors(text_heads, |_, _| None).build(),
+        &["'qwen3.attention.head_count'", "positive integer"],
+    );
     let missing = GgufBuilder::default()
         .str("general.architecture", "qwen3")
         .u32("qwen3.block_count", 2)
         .u32("qwen3.embedding_length", 64);
-    assert_error(&with_tensors(missing, |_, _| None).build(), &["'qwen3.feed_forward_length'", "missing"]);
     assert_error(
-        &with_tensors(tiny_metadata().u32("qwen3.rope.dimension_count", 16), |_, _| None).build(),
+        &with_tensors(missing, |_, _| None).build(),
+        &["'qwen3.feed_forward_length'", "missing"],
+    );
+    assert_error(
+        &with_tensors(
+            tiny_metadata().u32("qwen3.rope.dimension_count", 16),
+            |_, _| None,
+        )
+        .build(),
         &["'qwen3.rope.dimension_count'", "partial rotary"],
     );
     assert_error(
@@ -303,18 +419,39 @@ fn metadata_that_is_not_a_qwen_model() {
 
 #[test]
 fn tokenizer_metadata_that_kiln_cannot_build() {
-    let tok = |b: GgufBuilder| b.str("tokenizer.ggml.pre", "qwen2").strs("tokenizer.ggml.tokens", &["a", "b", "ab"]);
+    let tok = |b: GgufBuilder| {
+        b.str("tokenizer.ggml.pre", "qwen2")
+            .strs("tokenizer.ggml.tokens", &["a", "b", "ab"])
+    };
     let base = || tiny_model().str("tokenizer.ggml.model", "gpt2");
-    assert_error(&tiny_model().str("tokenizer.ggml.model", "llama").build(), &["'tokenizer.ggml.model'", "'llama' is not supported"]);
-    assert_error(&base().str("tokenizer.ggml.pre", "llama-bpe").build(), &["'tokenizer.ggml.pre'", "llama-bpe"]);
-    assert_error(&tok(base()).build(), &["'tokenizer.ggml.merges'", "missing"]);
-    assert_error(&tok(base()).strs("tokenizer.ggml.merges", &["ab"]).build(), &["merge #0", "\"ab\""]);
     assert_error(
-        &tok(base()).strs("tokenizer.ggml.merges", &["a b"]).i32s("tokenizer.ggml.token_type", &[1, 1]).build(),
+        &tiny_model().str("tokenizer.ggml.model", "llama").build(),
+        &["'tokenizer.ggml.model'", "'llama' is not supported"],
+    );
+    assert_error(
+        &base().str("tokenizer.ggml.pre", "llama-bpe").build(),
+        &["'tokenizer.ggml.pre'", "llama-bpe"],
+    );
+    assert_error(
+        &tok(base()).build(),
+        &["'tokenizer.ggml.merges'", "missing"],
+    );
+    assert_error(
+        &tok(base()).strs("tokenizer.ggml.merges", &["ab"]).build(),
+        &["merge #0", "\"ab\""],
+    );
+    assert_error(
+        &tok(base())
+            .strs("tokenizer.ggml.merges", &["a b"])
+            .i32s("tokenizer.ggml.token_type", &[1, 1])
+            .build(),
         &["'tokenizer.ggml.token_type'", "3 integers"],
     );
     // A merge whose result is not a token: the tokenizers library's own check.
-    assert_error(&tok(base()).strs("tokenizer.ggml.merges", &["b a"]).build(), &["cannot build the tokenizer"]);
+    assert_error(
+        &tok(base()).strs("tokenizer.ggml.merges", &["b a"]).build(),
+        &["cannot build the tokenizer"],
+    );
     // A consistent one builds.
     let (_d, p) = write(&tok(base()).strs("tokenizer.ggml.merges", &["a b"]).build());
     exercise(&p).unwrap();
@@ -322,24 +459,54 @@ fn tokenizer_metadata_that_kiln_cannot_build() {
 
 #[test]
 fn model_paths() {
-    let e = ModelSource::parse("/no/such/model.gguf").unwrap_err().to_string();
-    assert!(e.contains("GGUF file '/no/such/model.gguf' not found"), "{e}");
+    let e = ModelSource::parse("/no/such/model.gguf")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("GGUF file '/no/such/model.gguf' not found"),
+        "{e}"
+    );
     let d = tempfile::tempdir().unwrap();
     let not_gguf = d.path().join("model.gguf");
     std::fs::write(&not_gguf, b"{\"a\": 1}").unwrap();
     let source = ModelSource::parse(not_gguf.to_str().unwrap()).unwrap();
     let e = source.config().unwrap_err().to_string();
-    assert!(e.contains("model.gguf") && e.contains("not a GGUF file"), "{e}");
+    assert!(
+        e.contains("model.gguf") && e.contains("not a GGUF file"),
+        "{e}"
+    );
     // A GGUF file is recognised by its magic whatever its name.
     let renamed = d.path().join("weights.bin");
     std::fs::write(&renamed, fixture_bytes()).unwrap();
-    assert_eq!(ModelSource::parse(renamed.to_str().unwrap()).unwrap(), ModelSource::Gguf(renamed));
+    assert_eq!(
+        ModelSource::parse(renamed.to_str().unwrap()).unwrap(),
+        ModelSource::Gguf(renamed)
+    );
 }
 
 // ---- mutations ----------------------------------------------------------------------------
 
 /// Values that break counts, lengths, offsets and type ids.
-const WORDS: &[u64] = &[0, 1, 2, 3, 4, 5, 8, 9, 13, 16, 31, 32, 255, 1 << 31, 1 << 32, 1 << 62, u64::MAX, u64::MAX - 1];
+const WORDS: &[u64] = &[
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    8,
+    9,
+    13,
+    16,
+    31,
+    32,
+    255,
+    1 << 31,
+    1 << 32,
+    1 << 62,
+    u64::MAX,
+    u64::MAX - 1,
+];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]

@@ -49,7 +49,10 @@ fn dequantization_is_bit_identical_to_the_gguf_package() {
         qt.dequantize_row(&f.data(t)[..rows * row_bytes], &mut got)
             .unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(g.to_bits() == w.to_bits(), "{key}: value {i}: kiln {g}, gguf {w}");
+            assert!(
+                g.to_bits() == w.to_bits(),
+                "{key}: value {i}: kiln {g}, gguf {w}"
+            );
         }
         types.insert(qt);
     }
@@ -85,14 +88,23 @@ fn q8_0_and_q4_0_quantizers_write_the_gguf_packages_bytes() {
     ] {
         let quantized = open(file);
         let mut n = 0;
-        for t in quantized.tensors().iter().filter(|t| t.quant_type() == Some(qt)) {
+        for t in quantized
+            .tensors()
+            .iter()
+            .filter(|t| t.quant_type() == Some(qt))
+        {
             let src = source.tensor(&t.name).unwrap();
             let values: Vec<f32> = source
                 .data(src)
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            assert_quantizes_to(&format!("{file} {}", t.name), qt, &values, quantized.data(t));
+            assert_quantizes_to(
+                &format!("{file} {}", t.name),
+                qt,
+                &values,
+                quantized.data(t),
+            );
             n += 1;
         }
         assert_eq!(n, 15, "{file}: matrices of {qt}");

@@ -47,7 +47,11 @@ fn the_27_reference_cases_encode_and_decode_as_with_tokenizer_json() {
             .collect();
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids, want, "case {name}: ids");
-        assert_eq!(ids, json.encode(text).unwrap(), "case {name}: ids vs tokenizer.json");
+        assert_eq!(
+            ids,
+            json.encode(text).unwrap(),
+            "case {name}: ids vs tokenizer.json"
+        );
         let decoded = c["decoded"].as_str().unwrap();
         assert_eq!(tok.decode(&ids).unwrap(), decoded, "case {name}: decoded");
         let mut s = StreamDecoder::default();
@@ -69,17 +73,31 @@ fn every_id_and_a_long_text_agree_with_tokenizer_json() {
     };
     assert_eq!(n, 151936);
     for id in 0..n {
-        assert_eq!(tok.decode(&[id]).unwrap(), json.decode(&[id]).unwrap(), "id {id}");
+        assert_eq!(
+            tok.decode(&[id]).unwrap(),
+            json.decode(&[id]).unwrap(),
+            "id {id}"
+        );
     }
     // Prose, code, tables and non-ASCII text from the repository's docs.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for doc in ["README.md", "docs/ARCHITECTURE.md", "tests/fixtures/README.md"] {
+    for doc in [
+        "README.md",
+        "docs/ARCHITECTURE.md",
+        "tests/fixtures/README.md",
+    ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         let ids = tok.encode(&text).unwrap();
         assert_eq!(ids, json.encode(&text).unwrap(), "{doc}");
         assert_eq!(tok.decode(&ids).unwrap(), text, "{doc}");
     }
-    for special in ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</tool_call>"] {
+    for special in [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<think>",
+        "</tool_call>",
+    ] {
         assert_eq!(tok.token_id(special), json.token_id(special), "{special}");
     }
 }
@@ -103,7 +121,8 @@ fn the_chat_template_comes_with_the_tokenizer() {
     let ids = tok.encode(&prompt).unwrap();
     assert_eq!(ids.first(), Some(&151644));
     assert_eq!(
-        f.get("tokenizer.ggml.eos_token_id").and_then(MetaValue::as_u64),
+        f.get("tokenizer.ggml.eos_token_id")
+            .and_then(MetaValue::as_u64),
         Some(151645)
     );
 }
@@ -116,10 +135,15 @@ fn a_template_that_fails_is_an_error_naming_it() {
         None,
     );
     let e = tok.apply_chat_template("x").unwrap_err().to_string();
-    assert!(e.contains("chat template") && e.contains("no system role"), "{e}");
-    let tok = Tokenizer::embedded_qwen()
-        .unwrap()
-        .with_chat_template(Some("{% for %}".into()), None, None);
+    assert!(
+        e.contains("chat template") && e.contains("no system role"),
+        "{e}"
+    );
+    let tok = Tokenizer::embedded_qwen().unwrap().with_chat_template(
+        Some("{% for %}".into()),
+        None,
+        None,
+    );
     let e = tok.apply_chat_template("x").unwrap_err().to_string();
     assert!(e.contains("chat template"), "{e}");
 }

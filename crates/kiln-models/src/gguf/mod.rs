@@ -425,8 +425,12 @@ impl ParseError {
 
     fn into_model_error(self, path: &Path) -> ModelError {
         match (self.key, self.tensor) {
-            (Some(k), _) => ModelError::checkpoint(path, format!("metadata key '{k}': {}", self.detail)),
-            (None, Some(t)) => ModelError::tensor(path, &t, format!("tensor '{t}': {}", self.detail)),
+            (Some(k), _) => {
+                ModelError::checkpoint(path, format!("metadata key '{k}': {}", self.detail))
+            }
+            (None, Some(t)) => {
+                ModelError::tensor(path, &t, format!("tensor '{t}': {}", self.detail))
+            }
             (None, None) => ModelError::checkpoint(path, self.detail),
         }
     }
@@ -503,9 +507,12 @@ impl<'a> Cursor<'a> {
 
 fn parse(buf: &[u8]) -> Parsed<Header> {
     let mut c = Cursor { buf, pos: 0 };
-    let magic = c
-        .take(4, "the magic")
-        .map_err(|_| ParseError::new(format!("not a GGUF file: {} bytes, shorter than the header", buf.len())))?;
+    let magic = c.take(4, "the magic").map_err(|_| {
+        ParseError::new(format!(
+            "not a GGUF file: {} bytes, shorter than the header",
+            buf.len()
+        ))
+    })?;
     if magic != MAGIC {
         return Err(ParseError::new(format!(
             "not a GGUF file: it starts with {magic:02x?}, not \"GGUF\""
@@ -650,12 +657,15 @@ fn read_tensor_info(c: &mut Cursor<'_>, name: String) -> Parsed<TensorInfo> {
     }
     let ggml_type = c.u32("the type")?;
     let offset = c.u64("the offset")?;
-    let (type_name, block, block_bytes) = ggml_type_info(ggml_type)
-        .ok_or_else(|| ParseError::new(format!("has type id {ggml_type}, which is not a GGML type")))?;
+    let (type_name, block, block_bytes) = ggml_type_info(ggml_type).ok_or_else(|| {
+        ParseError::new(format!("has type id {ggml_type}, which is not a GGML type"))
+    })?;
     // ggml keeps element counts in int64.
     let elems = ne
         .iter()
-        .try_fold(1u64, |n, &d| n.checked_mul(d).filter(|&n| n <= i64::MAX as u64))
+        .try_fold(1u64, |n, &d| {
+            n.checked_mul(d).filter(|&n| n <= i64::MAX as u64)
+        })
         .ok_or_else(|| ParseError::new(format!("dimensions {ne:?} overflow")))?;
     if ne[0] % block != 0 {
         return Err(ParseError::new(format!(

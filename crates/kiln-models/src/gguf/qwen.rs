@@ -91,7 +91,9 @@ impl GgufCheckpoint {
         let num_layers = keys.uint("block_count")?;
         let intermediate = keys.uint("feed_forward_length")?;
         let num_heads = keys.uint("attention.head_count")?;
-        let num_kv_heads = keys.opt_uint("attention.head_count_kv")?.unwrap_or(num_heads);
+        let num_kv_heads = keys
+            .opt_uint("attention.head_count_kv")?
+            .unwrap_or(num_heads);
         if num_heads % num_kv_heads != 0 {
             return Err(keys.error(
                 "attention.head_count_kv",
@@ -127,7 +129,9 @@ impl GgufCheckpoint {
             if v.as_str() != Some("none") {
                 return Err(keys.error(
                     "rope.scaling.type",
-                    format!("{v:?} is not supported: kiln implements the default (unscaled) RoPE only"),
+                    format!(
+                        "{v:?} is not supported: kiln implements the default (unscaled) RoPE only"
+                    ),
                 ));
             }
         }
@@ -137,9 +141,12 @@ impl GgufCheckpoint {
             .unwrap_or(1e-6);
         let max_position_embeddings = keys.opt_uint("context_length")?.unwrap_or(32768);
 
-        let embed = f
-            .tensor("token_embd.weight")
-            .ok_or_else(|| f.tensor_error("token_embd.weight", "tensor 'token_embd.weight' (the token embedding) not found"))?;
+        let embed = f.tensor("token_embd.weight").ok_or_else(|| {
+            f.tensor_error(
+                "token_embd.weight",
+                "tensor 'token_embd.weight' (the token embedding) not found",
+            )
+        })?;
         let vocab_size = match embed.ne[..] {
             [h, v] if h == hidden as u64 && v > 0 && v <= MAX_DIM => v as usize,
             _ => {
@@ -272,7 +279,10 @@ impl GgufCheckpoint {
             .par_iter()
             .map(|(name, shape)| {
                 let (t, qt) = self.find(name, shape)?;
-                Ok((name.clone(), self.decode(t, qt, shape, weight_dtype(shape, w))?))
+                Ok((
+                    name.clone(),
+                    self.decode(t, qt, shape, weight_dtype(shape, w))?,
+                ))
             })
             .collect()
     }
@@ -319,7 +329,10 @@ impl GgufCheckpoint {
                 }),
             other => unreachable!("weights are f32 or bf16, not {other:?}"),
         };
-        result.map_err(|e| self.file.tensor_error(&t.name, format!("tensor '{}': {e}", t.name)))?;
+        result.map_err(|e| {
+            self.file
+                .tensor_error(&t.name, format!("tensor '{}': {e}", t.name))
+        })?;
         Ok(out)
     }
 }
@@ -360,8 +373,7 @@ impl ArchKeys<'_> {
     }
 
     fn uint(&self, k: &str) -> Result<usize, ModelError> {
-        self.opt_uint(k)?
-            .ok_or_else(|| self.error(k, "missing"))
+        self.opt_uint(k)?.ok_or_else(|| self.error(k, "missing"))
     }
 
     fn opt_float(&self, k: &str) -> Result<Option<f64>, ModelError> {

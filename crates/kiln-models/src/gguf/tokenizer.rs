@@ -35,7 +35,12 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
     let model = match f.get("tokenizer.ggml.model") {
         None => return Ok(None),
         Some(MetaValue::Str(m)) => m.as_str(),
-        Some(v) => return Err(err("tokenizer.ggml.model", format!("must be a string, got {}", v.type_name()))),
+        Some(v) => {
+            return Err(err(
+                "tokenizer.ggml.model",
+                format!("must be a string, got {}", v.type_name()),
+            ))
+        }
     };
     if model != "gpt2" {
         return Err(err(
@@ -60,7 +65,10 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
         match f.get(key) {
             Some(MetaValue::Array(MetaArray::Str(v))) => Ok(v),
             None => Err(err(key, "missing".into())),
-            Some(v) => Err(err(key, format!("must be an array of strings, got {}", v.type_name()))),
+            Some(v) => Err(err(
+                key,
+                format!("must be an array of strings, got {}", v.type_name()),
+            )),
         }
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
@@ -68,7 +76,10 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
     let types = match f.get("tokenizer.ggml.token_type") {
         None => vec![1; tokens.len()],
         Some(MetaValue::Array(a)) if a.len() == tokens.len() => a.to_i64s().ok_or_else(|| {
-            err("tokenizer.ggml.token_type", "must be an array of integers".into())
+            err(
+                "tokenizer.ggml.token_type",
+                "must be an array of integers".into(),
+            )
         })?,
         Some(v) => {
             return Err(err(
@@ -110,9 +121,7 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
         .iter()
         .enumerate()
         .map(|(i, m)| match m.split_once(' ') {
-            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
-                Ok(json!([a, b]))
-            }
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => Ok(json!([a, b])),
             _ => Err(err(
                 "tokenizer.ggml.merges",
                 format!("merge #{i} {m:?} is not two tokens separated by one space"),
