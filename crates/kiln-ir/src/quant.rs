@@ -150,7 +150,7 @@ impl QuantType {
     /// overflows.
     pub fn bytes_of(self, elems: u64) -> Option<u64> {
         let be = self.block_elems() as u64;
-        if elems % be != 0 {
+        if !elems.is_multiple_of(be) {
             return None;
         }
         (elems / be).checked_mul(self.block_bytes() as u64)
@@ -159,7 +159,7 @@ impl QuantType {
     /// Checks that `bytes` hold exactly `elems` values.
     fn check_len(self, elems: usize, bytes: usize) -> Result<usize, QuantError> {
         let be = self.block_elems();
-        if elems % be != 0 {
+        if !elems.is_multiple_of(be) {
             return Err(QuantError::PartialBlock {
                 ty: self,
                 elems,
@@ -233,7 +233,14 @@ impl QuantType {
     pub fn quantize(self, src: &[f32]) -> Result<Vec<u8>, QuantError> {
         let be = self.block_elems();
         let bytes = (src.len() / be).saturating_mul(self.block_bytes());
-        let mut out = vec![0u8; if src.len() % be == 0 { bytes } else { 0 }];
+        let mut out = vec![
+            0u8;
+            if src.len().is_multiple_of(be) {
+                bytes
+            } else {
+                0
+            }
+        ];
         self.quantize_row(src, &mut out)?;
         Ok(out)
     }

@@ -41,8 +41,18 @@ pub struct GgufBuilder {
     pub version: u32,
     pub alignment: u64,
     kvs: Vec<(String, u32, Vec<u8>)>,
-    /// (name, ne, type, data, offset override)
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>, Option<u64>)>,
+    tensors: Vec<BuiltTensor>,
+}
+
+/// A tensor of a [`GgufBuilder`]: its info, its data, and the offset its info claims when a
+/// test overrides it.
+#[derive(Clone, Debug)]
+struct BuiltTensor {
+    name: String,
+    ne: Vec<u64>,
+    ty: u32,
+    data: Vec<u8>,
+    offset: Option<u64>,
 }
 
 impl Default for GgufBuilder {
@@ -104,8 +114,13 @@ impl GgufBuilder {
 
     /// A tensor with GGUF dimensions `ne` (fastest first) of GGML type `ty`.
     pub fn tensor(mut self, name: &str, ne: &[u64], ty: u32, data: Vec<u8>) -> Self {
-        self.tensors
-            .push((name.into(), ne.to_vec(), ty, data, None));
+        self.tensors.push(BuiltTensor {
+            name: name.into(),
+            ne: ne.to_vec(),
+            ty,
+            data,
+            offset: None,
+        });
         self
     }
 
@@ -118,8 +133,13 @@ impl GgufBuilder {
         data: Vec<u8>,
         offset: u64,
     ) -> Self {
-        self.tensors
-            .push((name.into(), ne.to_vec(), ty, data, Some(offset)));
+        self.tensors.push(BuiltTensor {
+            name: name.into(),
+            ne: ne.to_vec(),
+            ty,
+            data,
+            offset: Some(offset),
+        });
         self
     }
 
@@ -143,16 +163,16 @@ impl GgufBuilder {
         let align = |n: u64| n.div_ceil(self.alignment.max(1)) * self.alignment.max(1);
         let mut offset = 0u64;
         let mut data = Vec::new();
-        for (name, ne, ty, bytes, at) in &self.tensors {
-            out.extend(gguf_string(name));
-            out.extend((ne.len() as u32).to_le_bytes());
-            for d in ne {
+        for t in &self.tensors {
+            out.extend(gguf_string(&t.name));
+            out.extend((t.ne.len() as u32).to_le_bytes());
+            for d in &t.ne {
                 out.extend(d.to_le_bytes());
             }
-            out.extend(ty.to_le_bytes());
-            out.extend(at.unwrap_or(offset).to_le_bytes());
+            out.extend(t.ty.to_le_bytes());
+            out.extend(t.offset.unwrap_or(offset).to_le_bytes());
             data.resize(offset as usize, 0);
-            data.extend(bytes);
+            data.extend(&t.data);
             offset = align(data.len() as u64);
         }
         out.resize(align(out.len() as u64) as usize, 0);
