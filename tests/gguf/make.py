@@ -112,6 +112,8 @@ def gguf_name(hf):
     if hf in top:
         return top[hf]
     _, _, layer, rest = hf.split(".", 3)
+    if rest.endswith(".bias"):
+        return f"blk.{layer}.{LAYER_NAMES[rest[:-len('bias')] + 'weight'][:-len('weight')]}bias"
     return f"blk.{layer}.{LAYER_NAMES[rest]}"
 
 
@@ -122,6 +124,8 @@ def hf_name(g):
     if g in top:
         return top[g]
     _, layer, rest = g.split(".", 2)
+    if rest.endswith(".bias"):
+        return f"model.layers.{layer}.{inverse[rest[:-len('bias')] + 'weight'][:-len('weight')]}bias"
     return f"model.layers.{layer}.{inverse[rest]}"
 
 
@@ -189,6 +193,47 @@ def qwen3_256():
     return config, w
 
 
+def tiny_qwen2():
+    """A Qwen2.5-shaped model: q/k/v biases, no q/k norms, head_dim = hidden / heads, and an
+    untied LM head (`output.weight`). Seeded random weights as qwen3_256's, biases N(0, 0.1^2)."""
+    rng = np.random.default_rng(2)
+    vocab, h, i, layers, nh, kv = 256, 64, 128, 2, 4, 2
+    d = h // nh
+
+    def linear(out, inp):
+        return rng.normal(0.0, 0.2 * np.sqrt(64 / inp), (out, inp)).astype(np.float32)
+
+    def vec(n, mean, std):
+        return (mean + rng.normal(0.0, std, n)).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": rng.normal(0.0, 0.2, (vocab, h)).astype(np.float32)}
+    for layer in range(layers):
+        p = f"model.layers.{layer}."
+        w[p + "input_layernorm.weight"] = vec(h, 1.0, 0.2)
+        w[p + "self_attn.q_proj.weight"] = linear(nh * d, h)
+        w[p + "self_attn.q_proj.bias"] = vec(nh * d, 0.0, 0.1)
+        w[p + "self_attn.k_proj.weight"] = linear(kv * d, h)
+        w[p + "self_attn.k_proj.bias"] = vec(kv * d, 0.0, 0.1)
+        w[p + "self_attn.v_proj.weight"] = linear(kv * d, h)
+        w[p + "self_attn.v_proj.bias"] = vec(kv * d, 0.0, 0.1)
+        w[p + "self_attn.o_proj.weight"] = linear(h, nh * d)
+        w[p + "post_attention_layernorm.weight"] = vec(h, 1.0, 0.2)
+        w[p + "mlp.gate_proj.weight"] = linear(i, h)
+        w[p + "mlp.up_proj.weight"] = linear(i, h)
+        w[p + "mlp.down_proj.weight"] = linear(h, i)
+    w["model.norm.weight"] = vec(h, 1.0, 0.2)
+    w["lm_head.weight"] = linear(vocab, h)
+    config = {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+        "dtype": "float32", "hidden_size": h, "intermediate_size": i, "num_attention_heads": nh,
+        "num_hidden_layers": layers, "num_key_value_heads": kv, "rms_norm_eps": 1e-6,
+        "rope_theta": 1e6, "tie_word_embeddings": False, "vocab_size": vocab,
+        "max_position_embeddings": 512, "bos_token_id": 1, "eos_token_id": 2,
+        "use_sliding_window": False,
+    }
+    return config, w
+
+
 # ---------------------------------------------------------------- writing
 
 def bytes_to_unicode():
@@ -232,9 +277,10 @@ def add_hparams(w, cfg, name):
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(cfg["num_attention_heads"])
     w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_key_length(cfg["head_dim"])
-    w.add_value_length(cfg["head_dim"])
-    w.add_rope_dimension_count(cfg["head_dim"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
     w.add_rope_freq_base(float(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"]))
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
 
@@ -245,7 +291,7 @@ FILE_TYPE = {T.F32: 0, T.F16: 1, T.Q4_0: 2, T.Q4_1: 3, T.Q8_0: 7, T.Q5_0: 8, T.Q
 def write_gguf(path, cfg, weights, qtype, name, bf16_bits=None):
     """Matrices in qtype (gguf's own quantizer), vectors in F32, as convert_hf_to_gguf.py lays
     them out. bf16_bits: the raw bf16 bits of every weight, when qtype is BF16."""
-    w = gguf.GGUFWriter(path, "qwen3")
+    w = gguf.GGUFWriter(path, cfg["model_type"])
     add_hparams(w, cfg, name)
     w.add_file_type(FILE_TYPE[qtype])
     add_small_tokenizer(w, cfg)
@@ -301,6 +347,7 @@ def read_gguf(path):
         "intermediate_size": a("feed_forward_length"), "num_attention_heads": a("attention.head_count"),
         "num_key_value_heads": a("attention.head_count_kv"), "head_dim": a("attention.key_length"),
         "rope_theta": a("rope.freq_base"), "rms_norm_eps": a("attention.layer_norm_rms_epsilon"),
+        "model_type": arch,
         "tie_word_embeddings": "output.weight" not in types,
     }
     return cfg, weights, types
@@ -468,6 +515,24 @@ def main():
         path = os.path.join(out, f"tiny-qwen3-{name}.gguf")
         llama_quantize(src, path, ftype, pure)
         finish(path)
+
+    # tiny-qwen2: Q8_0 only (the F32 file, a temporary, checks that llama.cpp reads the Qwen2
+    # layout, biases and untied head included, as make.py writes it)
+    out = os.path.join(HERE, "tiny-qwen2")
+    os.makedirs(out, exist_ok=True)
+    config, w = tiny_qwen2()
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    src = os.path.join(tmp, "tiny-qwen2-F32.gguf")
+    write_gguf(src, config, w, T.F32, "tiny-qwen2")
+    ref, _, _ = reference(src)
+    dist, same = llama_cpp_distance(src, ref)
+    assert dist < 1e-4 and same, f"llama.cpp reads {src} differently: {dist:.2e}"
+    print(f"tiny-qwen2 F32 (not kept): llama.cpp max |logit diff| {dist:.2e}", flush=True)
+    path = os.path.join(out, "tiny-qwen2-Q8_0.gguf")
+    write_gguf(path, config, w, T.Q8_0, "tiny-qwen2")
+    finish(path)
 
     # qwen3-256
     out = os.path.join(HERE, "qwen3-256")

@@ -5,6 +5,8 @@
 //! from the decoder's loops; the reference quantizers' round trips and error bounds; length
 //! errors. The bit-exact comparisons with ggml and the `gguf` package are in kiln-models'
 //! `gguf_quant` test, on the fixture files.
+// Each expectation is written for value index `v`, from the layout: index loops say that best.
+#![allow(clippy::needless_range_loop)]
 
 use half::f16;
 use kiln_ir::quant::{QuantError, QuantType, QK_K};

@@ -37,7 +37,7 @@ fn load(source: &ModelSource) -> Model {
 /// The GGUF fixture files (sorted).
 fn gguf_files() -> Vec<PathBuf> {
     let root = kiln_models::testing::gguf_fixtures();
-    let mut files: Vec<PathBuf> = ["tiny-qwen3", "qwen3-256"]
+    let mut files: Vec<PathBuf> = ["tiny-qwen3", "tiny-qwen2", "qwen3-256"]
         .iter()
         .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
         .map(|e| e.unwrap().path())
@@ -96,7 +96,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn every_fixture_file_matches_its_numpy_reference() {
     let files = gguf_files();
-    assert!(files.len() >= 15, "fixture files: {files:?}");
+    assert!(files.len() >= 16, "fixture files: {files:?}");
     let mut worst = 0.0f32;
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
@@ -152,6 +152,20 @@ fn assert_same_as_safetensors(gguf: &str, dir: &str) {
                 max_abs_diff(x, y)
             );
         }
+    }
+}
+
+#[test]
+fn configs_from_gguf_metadata_equal_config_json() {
+    // tiny-qwen2: Qwen2's q/k/v biases, head_dim = hidden / heads, an untied LM head.
+    for (dir, file) in [
+        ("tiny-qwen2", "tiny-qwen2-Q8_0.gguf"),
+        ("qwen3-256", "qwen3-256-Q4_K_M.gguf"),
+    ] {
+        let dir = kiln_models::testing::gguf_fixtures().join(dir);
+        let from_gguf = ModelSource::Gguf(dir.join(file)).config().unwrap();
+        let from_json = QwenConfig::from_file(&dir.join("config.json")).unwrap();
+        assert_eq!(from_gguf, from_json, "{file}");
     }
 }
 

@@ -34,11 +34,14 @@ fn tiny_metadata() -> GgufBuilder {
         .f32("qwen3.attention.layer_norm_rms_epsilon", 1e-6)
 }
 
-/// Adds tiny-qwen3's tensors (zeros, F32) to `b`; `edit` may change one's (type, data) or
-/// drop it (None).
+/// A tensor's replacement: None drops it, Some((ne, type, data)) replaces it.
+type Replacement = Option<(Vec<u64>, u32, Vec<u8>)>;
+
+/// Adds tiny-qwen3's tensors (zeros, F32) to `b`; `edit` may replace one (Some) given its name
+/// and dimensions.
 fn with_tensors(
     mut b: GgufBuilder,
-    edit: impl Fn(&str, &[u64]) -> Option<Option<(Vec<u64>, u32, Vec<u8>)>>,
+    edit: impl Fn(&str, &[u64]) -> Option<Replacement>,
 ) -> GgufBuilder {
     for (hf, shape) in weight_shapes(&tiny_config()) {
         let name = gguf_name(&hf).unwrap();
@@ -311,13 +314,11 @@ fn bad_tensor_infos() {
     assert_error(&twice, &["tensor 'a'", "appears twice"]);
 }
 
-/// What a test does to one tensor of the model: None keeps it, Some(None) drops it,
-/// Some(Some((ne, type, data))) replaces it.
-type TensorEdit<'a> = &'a dyn Fn(&str, &[u64]) -> Option<Option<(Vec<u64>, u32, Vec<u8>)>>;
-
 #[test]
 fn tensors_that_do_not_fit_the_model() {
-    let model = |edit: TensorEdit| with_tensors(tiny_metadata(), edit).build();
+    let model = |edit: &dyn Fn(&str, &[u64]) -> Option<Replacement>| {
+        with_tensors(tiny_metadata(), edit).build()
+    };
     // An IQ4_NL matrix (a GGML type kiln does not decode): [64, 128] in blocks of 32 values
     // and 18 bytes.
     let e = assert_error(
