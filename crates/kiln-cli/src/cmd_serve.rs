@@ -30,8 +30,9 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     pub ctx: Option<u64>,
     /// Prompt tokens prefilled per step, over all sequences: a long prompt is read in chunks
-    /// of this size between the other sequences' decode steps.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    /// of this size between the other sequences' decode steps (smaller: the others wait less
+    /// for their next token; larger: a long prompt's first token comes sooner).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub prefill_chunk: u64,
     /// Require 'Authorization: Bearer KEY' on /v1 requests.
     #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]

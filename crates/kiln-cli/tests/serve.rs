@@ -740,8 +740,11 @@ fn a_bounded_load_run_loses_and_duplicates_nothing() {
         ttft.push((first - r.started).as_secs_f64() * 1e3);
         latency.push((last - r.started).as_secs_f64() * 1e3);
     }
-    eprintln!(
-        "200 requests from 16 clients in {:.2} s: latency p50 {:.1} ms p99 {:.1} ms; time to first token p50 {:.1} ms p99 {:.1} ms",
+    // Straight to stderr (not captured by the test harness): the numbers show in every run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "serve load run: 200 requests from 16 clients in {:.2} s: latency p50 {:.1} ms p99 {:.1} ms; time to first token p50 {:.1} ms p99 {:.1} ms",
         wall.as_secs_f64(),
         percentile(&latency, 50.0),
         percentile(&latency, 99.0),
@@ -751,4 +754,45 @@ fn a_bounded_load_run_loses_and_duplicates_nothing() {
     let m = server.metrics();
     assert_eq!(metric(&m, "kiln_requests_total{outcome=\"length\"}"), 200.0);
     assert_eq!(metric(&m, "kiln_queue_depth"), 0.0);
+}
+
+#[test]
+fn bench_serve_writes_its_rows_and_plot() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["bench", "serve", "--model"])
+        .arg(tiny())
+        .args(["--streams", "1,3", "--prompt-len", "8", "--tokens", "6"])
+        .args(["--threads", "1", "--out"])
+        .arg(out.path())
+        .env("KILN_CACHE_DIR", kernel_cache())
+        .env_remove("KILN_COMPILE_THREADS")
+        .env_remove("KILN_REMOTE_CACHE")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("serve.json")).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, streams) in rows.iter().zip([1, 3]) {
+        assert_eq!(row["streams"], streams);
+        assert_eq!(row["tokens"], 6 * streams);
+        for k in [
+            "aggregate_tokens_per_s",
+            "ttft_ms_p50",
+            "ttft_ms_p99",
+            "itl_ms_p50",
+            "itl_ms_p99",
+        ] {
+            assert!(row[k].as_f64().is_some_and(|v| v >= 0.0), "{k}: {row}");
+        }
+        assert!(row["aggregate_tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    let svg = std::fs::read_to_string(out.path().join("serve.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
 }
