@@ -1,5 +1,3 @@
-// Block layouts read best as index loops over a block's values.
-#![allow(clippy::needless_range_loop)]
 //! GGML block formats: every type decoded from hand-built blocks, each expectation written
 //! from the format's documented layout (which bit of which byte holds value `v`) rather than
 //! from the decoder's loops; the reference quantizers' round trips and error bounds; length

@@ -1,4 +1,9 @@
-//! For tests of kiln and of programs built on it: where the reference fixtures are.
+//! For tests of kiln and of programs built on it: where the reference fixtures are, and the one
+//! reader of what `transformers` computed for them ([`Reference`]); the GGUF fixtures and a
+//! writer of GGUF files for tests ([`GgufBuilder`]).
+//!
+//! Compiled only for tests (`cfg(test)`, or the `testing` feature that tests turn on through
+//! their dev-dependencies), never into the release binary.
 
 use std::path::PathBuf;
 
@@ -15,6 +20,102 @@ pub fn fixtures() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// What `transformers` computed for one prompt of a reference fixture:
+/// `<fixture>/reference/<prompt>.json`, and the prefill tensors of `<prompt>.safetensors`
+/// ([`Reference::tensors`]). `tests/fixtures/README.md` says what each field holds.
+#[derive(Clone, Debug)]
+pub struct Reference {
+    pub prompt_ids: Vec<u32>,
+    /// 16 new tokens, greedy, with the KV cache and EOS disabled.
+    pub greedy_ids: Vec<u32>,
+    /// The logits at the last prompt position.
+    pub prefill_last_logits: Vec<f32>,
+    /// The logits that chose each of `greedy_ids` (row 0: the prefill's last position).
+    pub step_logits: Vec<Vec<f32>>,
+    tensors: PathBuf,
+}
+
+impl Reference {
+    /// Reads prompt `prompt` (`p1`, `p2`, `p3`) of fixture `fixture` (`tiny-qwen3`, ...) from
+    /// [`fixtures`]. Panics naming the file and the field when one is missing or malformed.
+    pub fn read(fixture: &str, prompt: &str) -> Reference {
+        let dir = fixtures().join(fixture).join("reference");
+        let path = dir.join(format!("{prompt}.json"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let bad =
+            |key: &str| -> ! { panic!("{}: '{key}' is missing or malformed", path.display()) };
+        let floats = |row: &serde_json::Value, key: &str| -> Vec<f32> {
+            row.as_array()
+                .unwrap_or_else(|| bad(key))
+                .iter()
+                .map(|x| x.as_f64().unwrap_or_else(|| bad(key)) as f32)
+                .collect()
+        };
+        let ids = |key: &str| -> Vec<u32> {
+            v[key]
+                .as_array()
+                .unwrap_or_else(|| bad(key))
+                .iter()
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .unwrap_or_else(|| bad(key))
+                })
+                .collect()
+        };
+        Reference {
+            prompt_ids: ids("prompt_ids"),
+            greedy_ids: ids("greedy_ids"),
+            prefill_last_logits: floats(&v["prefill_last_logits"], "prefill_last_logits"),
+            step_logits: v["step_logits"]
+                .as_array()
+                .unwrap_or_else(|| bad("step_logits"))
+                .iter()
+                .map(|row| floats(row, "step_logits"))
+                .collect(),
+            tensors: dir.join(format!("{prompt}.safetensors")),
+        }
+    }
+
+    /// The prompt as `kiln run --prompt-ids` takes it: `1,17,42`.
+    pub fn prompt_arg(&self) -> String {
+        let ids: Vec<String> = self.prompt_ids.iter().map(u32::to_string).collect();
+        ids.join(",")
+    }
+
+    /// The prefill tensors (all f32): `prefill_logits` `[T, vocab]`, `hidden.embed`,
+    /// `hidden.layer{i}` and `hidden.final_norm` `[T, hidden]`, flattened, sorted by name.
+    pub fn tensors(&self) -> Vec<(String, Vec<f32>)> {
+        let path = &self.tensors;
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut out: Vec<(String, Vec<f32>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                assert_eq!(
+                    view.dtype(),
+                    safetensors::Dtype::F32,
+                    "{}: {name}",
+                    path.display()
+                );
+                let values = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                (name, values)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
 }
 
 /// The GGUF fixtures (`tests/gguf`: tiny Qwen3 models in every GGUF type kiln reads, with
@@ -179,6 +280,21 @@ impl GgufBuilder {
         out.extend(data);
         out
     }
+}
+
+/// The largest `|a[i] - b[i]|` (NaN where either holds one). Panics when the lengths differ.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
 }
 
 /// The Qwen3 `tokenizer.json` cut down to its first `vocab` ids and the merges among them
