@@ -1,3 +1,4 @@
+use crate::out;
 use clap::Subcommand;
 use kiln_compile::KernelCache;
 
@@ -30,6 +31,19 @@ pub enum CacheCommand {
     Pull(SyncArgs),
 }
 
+impl CacheCommand {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        match self {
+            CacheCommand::Stats { json }
+            | CacheCommand::Verify { json }
+            | CacheCommand::Prune { json } => *json,
+            CacheCommand::Push(a) | CacheCommand::Pull(a) => a.json,
+            CacheCommand::Clear => false,
+        }
+    }
+}
+
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / (1u64 << 20) as f64)
 }
@@ -56,31 +70,35 @@ pub struct SyncArgs {
 }
 
 pub fn run(c: CacheCommand) -> anyhow::Result<()> {
-    let cache = KernelCache::at(KernelCache::default_dir()).map_err(anyhow::Error::msg)?;
+    let cache = KernelCache::at(KernelCache::default_dir())?;
     match c {
         CacheCommand::Stats { json } => {
             let s = cache.stats();
             if json {
-                println!("{}", serde_json::to_string(&s)?);
+                out::json(&s)?;
             } else {
-                println!("kernel cache: {}", s.dir.display());
-                println!(
-                    "  {} entries, {} ({})",
+                let mut text = format!(
+                    "kernel cache: {}\n  {} entries, {} ({})\n",
+                    s.dir.display(),
                     s.entries,
                     mb(s.bytes),
                     limit(&cache)
                 );
                 for (b, n) in &s.by_backend {
-                    println!("  {b}: {n} entries");
+                    text += &format!("  {b}: {n} entries\n");
                 }
                 if s.temp_files > 0 {
-                    println!("  {} temp files (writes in progress or left by killed processes; `kiln cache prune` removes old ones)", s.temp_files);
+                    text += &format!("  {} temp files (writes in progress or left by killed processes; `kiln cache prune` removes old ones)\n", s.temp_files);
                 }
+                out::print(&text)?;
             }
         }
         CacheCommand::Clear => {
             let n = cache.clear()?;
-            println!("removed {n} entries from {}", cache.dir().display());
+            out::line(&format!(
+                "removed {n} entries from {}",
+                cache.dir().display()
+            ))?;
         }
         CacheCommand::Verify { json } => {
             let s = cache.stats();
@@ -88,32 +106,39 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
             if json {
                 let bad: Vec<_> = bad
                     .iter()
-                    .map(|(p, r)| serde_json::json!({ "path": p, "reason": r }))
+                    .map(|(p, r)| serde_json::json!({ "path": p, "reason": r.to_string() }))
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({ "entries": s.entries, "bad": bad, "temp_files": s.temp_files })
-                );
+                out::json(
+                    &serde_json::json!({ "entries": s.entries, "bad": bad, "temp_files": s.temp_files }),
+                )?;
             } else {
+                let mut text = String::new();
                 for (p, r) in &bad {
-                    println!("bad entry {}: {r}", p.display());
+                    text += &format!("bad entry {}: {r}\n", p.display());
                 }
-                println!(
-                    "{} entries checked in {}, {} bad",
+                text += &format!(
+                    "{} entries checked in {}, {} bad\n",
                     s.entries,
                     cache.dir().display(),
                     bad.len()
                 );
+                out::print(&text)?;
             }
-            anyhow::ensure!(bad.is_empty(), "{} bad kernel cache entries", bad.len());
+            if !bad.is_empty() {
+                return Err(out::AlreadyReported(format!(
+                    "{} bad kernel cache entries",
+                    bad.len()
+                ))
+                .into());
+            }
         }
         CacheCommand::Prune { json } => {
             let p = cache.prune()?;
             if json {
-                println!("{}", serde_json::to_string(&p)?);
+                out::json(&p)?;
             } else {
                 let s = cache.stats();
-                println!(
+                out::line(&format!(
                     "removed {} entries ({}) and {} stale temp files from {}; {} entries, {} ({}) remain",
                     p.entries,
                     mb(p.bytes),
@@ -122,7 +147,7 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
                     s.entries,
                     mb(s.bytes),
                     limit(&cache)
-                );
+                ))?;
             }
         }
         CacheCommand::Push(a) | CacheCommand::Pull(a) if a.remote_cache.trim().is_empty() => {
@@ -135,16 +160,15 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
 }
 
 fn sync(cache: &KernelCache, a: &SyncArgs, push: bool) -> anyhow::Result<()> {
-    let config = kiln_remote::Config::from_env().map_err(anyhow::Error::msg)?;
-    let remote = kiln_remote::open(&a.remote_cache, &config).map_err(anyhow::Error::msg)?;
+    let config = kiln_remote::Config::from_env()?;
+    let remote = kiln_remote::open(&a.remote_cache, &config)?;
     let r = if push {
         kiln_remote::sync::push(cache, &remote)
     } else {
         kiln_remote::sync::pull(cache, &remote)
-    }
-    .map_err(anyhow::Error::msg)?;
+    }?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        out::json(&r)?;
     } else {
         let (verb, from, to) = if push {
             (
@@ -159,14 +183,14 @@ fn sync(cache: &KernelCache, a: &SyncArgs, push: bool) -> anyhow::Result<()> {
                 cache.dir().display().to_string(),
             )
         };
-        println!(
+        out::line(&format!(
             "{verb} {} entries ({:.1} MB) from {from} to {to}; {} of {} were there already, {} rejected",
             r.copied,
             r.bytes as f64 / 1e6,
             r.present,
             r.listed,
             r.rejected
-        );
+        ))?;
     }
     Ok(())
 }

@@ -1,13 +1,15 @@
+use crate::local_cache;
+use crate::out;
 use crate::output_path::check_writable;
-use crate::progress::{open_cache, print_report, Progress};
+use crate::progress::Progress;
+use crate::report::print_report;
 use crate::CompileFlags;
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
 use kiln_models::{
-    FinishReason, GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder, Tokenizer,
+    FinishReason, GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder,
 };
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -24,7 +26,8 @@ pub struct RunArgs {
     /// The prompt as token ids: 1,2,3.
     #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
-    /// Wrap the prompt in the Qwen chat markup and stop at <|im_end|>.
+    /// Wrap the prompt in the model's chat template (a GGUF file's tokenizer.chat_template, a
+    /// folder's tokenizer_config.json; the Qwen chat markup without one) and stop at <|im_end|>.
     #[arg(long)]
     pub chat: bool,
     #[arg(long, default_value_t = 32)]
@@ -68,12 +71,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (None, Some(text)) => {
             let tok = tokenizer.as_ref().with_context(|| {
                 format!(
-                    "{} has no tokenizer.json: pass --prompt-ids instead of --prompt",
+                    "{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): \
+                     pass --prompt-ids instead of --prompt",
                     source.name()
                 )
             })?;
             let text = if a.chat {
-                Tokenizer::chat_prompt(text)
+                tok.apply_chat_template(text)?
             } else {
                 text.clone()
             };
@@ -92,7 +96,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         target: target.as_ref(),
         compile: CompileOptions {
             threads,
-            cache: open_cache(a.flags.no_cache),
+            cache: local_cache::open(a.flags.no_cache),
             observer: Some(&progress),
             remote: remote.as_ref(),
             ..Default::default()
@@ -121,20 +125,20 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         seed: a.seed,
     };
     let mut stream = StreamDecoder::default();
-    let mut stdout = std::io::stdout();
     let show = !a.json;
+    // Streamed as generated; a stdout that fails ends kiln here (see `out`): there is nothing
+    // left to clean up, and no reason to generate what nobody reads.
     let gen = model.generate(&prompt_ids, a.max_new_tokens, &sampling, &stop, |id| {
         if !show {
             return;
         }
         if let Some(t) = &tokenizer {
             if let Ok(piece) = stream.push(t, id) {
-                let _ = write!(stdout, "{piece}");
+                out::print_or_exit(&piece);
             }
         } else {
-            let _ = write!(stdout, "{id} ");
+            out::print_or_exit(&format!("{id} "));
         }
-        let _ = stdout.flush();
     })?;
     let text = match &tokenizer {
         Some(t) => t.decode(&gen.generated_ids)?,
@@ -146,7 +150,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if a.json {
-        let out = RunJson {
+        let report = RunJson {
             prompt_ids: &gen.prompt_ids,
             generated_ids: &gen.generated_ids,
             finish_reason: gen.finish_reason,
@@ -155,9 +159,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             prefill_ms: gen.prefill_ms,
             decode_tokens_per_s: gen.decode_tokens_per_s(),
         };
-        println!("{}", serde_json::to_string(&out)?);
+        out::json(&report)?;
     } else {
-        println!();
+        out::line("")?;
         if gen.finish_reason == FinishReason::Length {
             eprintln!(
                 "stopped at the context limit: prompt and output fill max_position_embeddings = {}",

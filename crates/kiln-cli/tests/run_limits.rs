@@ -50,18 +50,11 @@ fn tiny_with_context(ctx: u64) -> tempfile::TempDir {
     d
 }
 
+/// The prompt (as `--prompt-ids`) and the greedy tokens transformers computed for it.
 fn reference() -> (String, Vec<Value>) {
-    let dir = kiln_models::testing::fixtures().join("tiny-qwen3");
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
-            .unwrap();
-    let ids: Vec<String> = r["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-    (ids.join(","), r["greedy_ids"].as_array().unwrap().clone())
+    let r = kiln_models::testing::Reference::read("tiny-qwen3", "p1");
+    let greedy = r.greedy_ids.iter().map(|&id| Value::from(id)).collect();
+    (r.prompt_arg(), greedy)
 }
 
 #[test]
@@ -147,7 +140,14 @@ fn a_prompt_longer_than_the_context_fails_before_compiling() {
         !out.status.success() && e.contains("max_position_embeddings = 7"),
         "{e}"
     );
-    assert!(out.stdout.is_empty());
+    // With --json, the failure is one JSON error object on stdout.
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_position_embeddings = 7")),
+        "{v}"
+    );
     assert_eq!(files_under(cache.path()), 0, "kernels were compiled first");
 }
 

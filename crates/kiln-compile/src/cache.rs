@@ -31,6 +31,14 @@ pub struct EntryHeader {
     pub blake3: String,
 }
 
+/// The largest entry kiln reads (a local or remote entry past it is damaged, whatever it
+/// holds): compiled kernels are kilobytes to a few megabytes per unit.
+pub const MAX_ENTRY_BYTES: u64 = 1 << 30;
+/// Entries are opened through [`kiln_fs`]: regular files inside the cache folder, at most
+/// [`MAX_ENTRY_BYTES`].
+pub const ENTRY_LIMIT: kiln_fs::Limit =
+    kiln_fs::Limit::new("a kernel cache entry", MAX_ENTRY_BYTES);
+
 /// The size limit when `KILN_CACHE_MAX_MB` is not set, in MiB.
 pub const DEFAULT_MAX_MB: u64 = 1024;
 /// Eviction removes entries until the cache is at this share of its limit, so that it does not
@@ -46,6 +54,51 @@ pub struct KernelCache {
     /// None: no limit.
     max_bytes: Option<u64>,
     read_only: bool,
+}
+
+/// Why a kernel cache could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// `KILN_CACHE_MAX_MB` is set to something that is not a size.
+    #[error("KILN_CACHE_MAX_MB={value:?} is not a size in megabytes (0: no limit)")]
+    MaxSize { value: String },
+    /// The folder neither exists nor can be created.
+    #[error("cannot create kernel cache dir {}: {source}", dir.display())]
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why an entry's bytes are not a good entry for the key and backend they were looked up
+/// under ([`decode`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// Another format (an older kiln), or too short to hold a header.
+    #[error("not a kiln cache entry of format {CACHE_FORMAT_VERSION} or truncated ({len} bytes)")]
+    NotAnEntry { len: usize },
+    #[error("truncated header: {announced} bytes announced, {present} present")]
+    TruncatedHeader { announced: usize, present: usize },
+    #[error("unreadable header: {0}")]
+    UnreadableHeader(#[source] serde_json::Error),
+    /// A whole entry, but of another key or backend (copied over another entry's file).
+    #[error("entry of {entry_backend} key {entry_key} filed under {backend} key {key}")]
+    Misfiled {
+        /// The backend and key the header names.
+        entry_backend: String,
+        entry_key: String,
+        backend: String,
+        key: String,
+    },
+    #[error("truncated: payload is {present} bytes, header says {announced}")]
+    TruncatedPayload { present: u64, announced: u64 },
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The file could not be read, or is not a regular file in the cache folder
+    /// ([`KernelCache::verify`]).
+    #[error("unreadable: {0}")]
+    Unreadable(#[source] kiln_fs::Problem),
 }
 
 /// What a lookup found.
@@ -84,16 +137,14 @@ pub struct Pruned {
 
 /// The size limit from `KILN_CACHE_MAX_MB` (megabytes of 2^20 bytes, fractions allowed; 0: no
 /// limit), else [`DEFAULT_MAX_MB`].
-pub fn max_bytes_from_env() -> Result<Option<u64>, String> {
+pub fn max_bytes_from_env() -> Result<Option<u64>, CacheError> {
     let mb = match std::env::var("KILN_CACHE_MAX_MB") {
         Ok(v) if !v.trim().is_empty() => v
             .trim()
             .parse::<f64>()
             .ok()
             .filter(|mb| mb.is_finite() && *mb >= 0.0)
-            .ok_or_else(|| {
-                format!("KILN_CACHE_MAX_MB={v:?} is not a size in megabytes (0: no limit)")
-            })?,
+            .ok_or(CacheError::MaxSize { value: v })?,
         _ => DEFAULT_MAX_MB as f64,
     };
     Ok((mb > 0.0).then_some((mb * (1u64 << 20) as f64) as u64))
@@ -132,15 +183,12 @@ impl KernelCache {
     /// exists but cannot be written is opened read-only: it serves hits, stores nothing (see
     /// [`KernelCache::is_read_only`]). Fails where the folder neither exists nor can be made,
     /// or `KILN_CACHE_MAX_MB` is not a number.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<KernelCache, String> {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<KernelCache, CacheError> {
         let mut cache = KernelCache::at(dir)?;
         let root = cache.versioned();
-        if let Err(e) = fs::create_dir_all(&root) {
+        if let Err(source) = fs::create_dir_all(&root) {
             if !root.is_dir() {
-                return Err(format!(
-                    "cannot create kernel cache dir {}: {e}",
-                    root.display()
-                ));
+                return Err(CacheError::Create { dir: root, source });
             }
         }
         let probe = root.join(format!("{TEMP_PREFIX}probe-{}", std::process::id()));
@@ -151,7 +199,7 @@ impl KernelCache {
 
     /// The cache in `dir` as it is, creating and changing nothing: for `stats`, `clear` and
     /// `prune`.
-    pub fn at(dir: impl Into<PathBuf>) -> Result<KernelCache, String> {
+    pub fn at(dir: impl Into<PathBuf>) -> Result<KernelCache, CacheError> {
         Ok(KernelCache {
             root: dir.into(),
             max_bytes: max_bytes_from_env()?,
@@ -204,8 +252,14 @@ impl KernelCache {
 
     pub fn get(&self, backend: &str, key: &str) -> Lookup {
         let path = self.path(backend, key);
-        let bytes = match fs::read(&path) {
+        let bytes = match self.read_entry(&path) {
             Ok(b) => b,
+            Err(e) if damaged(&e) => {
+                let _ = fs::remove_file(&path);
+                return Lookup::Corrupt {
+                    reason: e.to_string(),
+                };
+            }
             Err(_) => return Lookup::Miss,
         };
         match decode(&bytes, backend, key) {
@@ -281,7 +335,13 @@ impl KernelCache {
 
     /// An entry's bytes as stored (unchecked: [`decode`] them), for `kiln cache push`.
     pub fn read_encoded(&self, backend: &str, key: &str) -> Option<Vec<u8>> {
-        fs::read(self.path(backend, key)).ok()
+        self.read_entry(&self.path(backend, key)).ok()
+    }
+
+    /// The bytes of the entry file at `path`: a regular file inside the cache folder, at most
+    /// [`MAX_ENTRY_BYTES`] (a FIFO, a device or a link out of the folder is never read).
+    fn read_entry(&self, path: &Path) -> Result<Vec<u8>, kiln_fs::FileError> {
+        kiln_fs::Folder::new(&self.root)?.read(path, ENTRY_LIMIT)
     }
 
     /// The `(backend, key)` of every entry, sorted.
@@ -328,15 +388,20 @@ impl KernelCache {
                     } else {
                         continue;
                     };
-                    if file_type.is_file() {
-                        out.push(CacheFile {
-                            backend: name.clone(),
-                            path: e.path(),
-                            len: meta.len(),
-                            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                            kind,
-                        });
-                    }
+                    let kind = match kind {
+                        _ if file_type.is_file() => kind,
+                        // Never a folder; anything else with an entry's name is a damaged
+                        // entry (for `verify` only: never counted, removed or followed).
+                        FileKind::Entry if !file_type.is_dir() => FileKind::NotAFile,
+                        _ => continue,
+                    };
+                    out.push(CacheFile {
+                        backend: name.clone(),
+                        path: e.path(),
+                        len: meta.len(),
+                        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        kind,
+                    });
                 }
             }
         }
@@ -360,18 +425,21 @@ impl KernelCache {
                     *by.entry(f.backend).or_default() += 1;
                 }
                 FileKind::Temp => s.temp_files += 1,
+                FileKind::NotAFile => {}
             }
         }
         s.by_backend = by.into_iter().collect();
         s
     }
 
-    /// Checks every entry as a lookup would (whole, its checksum, filed under its own key and
-    /// backend) and changes nothing; returns each bad entry with what is wrong.
-    pub fn verify(&self) -> Vec<(PathBuf, String)> {
+    /// Checks every entry as a lookup would (a regular file in the folder, whole, its
+    /// checksum, filed under its own key and backend) and changes nothing; returns each bad
+    /// entry with what is wrong. Anything else bearing an entry's name (a FIFO, a device, a
+    /// link) is a bad entry too: a lookup would refuse it.
+    pub fn verify(&self) -> Vec<(PathBuf, EntryError)> {
         let mut bad = Vec::new();
         for f in self.files() {
-            if f.kind != FileKind::Entry {
+            if f.kind == FileKind::Temp {
                 continue;
             }
             let key = f
@@ -379,8 +447,9 @@ impl KernelCache {
                 .file_stem()
                 .and_then(|k| k.to_str())
                 .unwrap_or_default();
-            let result = fs::read(&f.path)
-                .map_err(|e| format!("unreadable: {e}"))
+            let result = self
+                .read_entry(&f.path)
+                .map_err(|e| EntryError::Unreadable(e.problem))
                 .and_then(|bytes| decode(&bytes, &f.backend, key).map(|_| ()));
             if let Err(reason) = result {
                 bad.push((f.path, reason));
@@ -441,6 +510,7 @@ impl KernelCache {
                     }
                 }
                 FileKind::Entry => entries.push(f),
+                FileKind::NotAFile => {}
             }
         }
         let Some(limit) = self.max_bytes else {
@@ -481,6 +551,8 @@ impl KernelCache {
 enum FileKind {
     Entry,
     Temp,
+    /// An entry's name on something that is not a regular file.
+    NotAFile,
 }
 
 struct CacheFile {
@@ -489,6 +561,16 @@ struct CacheFile {
     len: u64,
     modified: SystemTime,
     kind: FileKind,
+}
+
+/// Whether a read failed because of what the entry file is (a FIFO, a device, a link out of
+/// the folder, too big), rather than because it is missing or unreadable.
+fn damaged(e: &kiln_fs::FileError) -> bool {
+    use kiln_fs::Problem;
+    matches!(
+        e.problem,
+        Problem::NotRegular(_) | Problem::Outside { .. } | Problem::TooLarge { .. }
+    )
 }
 
 /// `<64 lowercase hex digits>.kart`: a name [`KernelCache::put`] gives an entry.
@@ -560,39 +642,37 @@ pub fn decode<'a>(
     bytes: &'a [u8],
     backend: &str,
     key: &str,
-) -> Result<(EntryHeader, &'a [u8]), String> {
+) -> Result<(EntryHeader, &'a [u8]), EntryError> {
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
-        return Err(format!(
-            "not a kiln cache entry of format {CACHE_FORMAT_VERSION} or truncated ({} bytes)",
-            bytes.len()
-        ));
+        return Err(EntryError::NotAnEntry { len: bytes.len() });
     }
     let hlen = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
     let rest = &bytes[12..];
     if hlen > rest.len() {
-        return Err(format!(
-            "truncated header: {hlen} bytes announced, {} present",
-            rest.len()
-        ));
+        return Err(EntryError::TruncatedHeader {
+            announced: hlen,
+            present: rest.len(),
+        });
     }
     let header: EntryHeader =
-        serde_json::from_slice(&rest[..hlen]).map_err(|e| format!("unreadable header: {e}"))?;
+        serde_json::from_slice(&rest[..hlen]).map_err(EntryError::UnreadableHeader)?;
     if header.key != key || header.backend != backend {
-        return Err(format!(
-            "entry of {} key {} filed under {backend} key {key}",
-            header.backend, header.key
-        ));
+        return Err(EntryError::Misfiled {
+            entry_backend: header.backend,
+            entry_key: header.key,
+            backend: backend.into(),
+            key: key.into(),
+        });
     }
     let payload = &rest[hlen..];
     if payload.len() as u64 != header.len {
-        return Err(format!(
-            "truncated: payload is {} bytes, header says {}",
-            payload.len(),
-            header.len
-        ));
+        return Err(EntryError::TruncatedPayload {
+            present: payload.len() as u64,
+            announced: header.len,
+        });
     }
     if blake3::hash(payload).to_hex().as_str() != header.blake3 {
-        return Err("checksum mismatch".into());
+        return Err(EntryError::Checksum);
     }
     Ok((header, payload))
 }
@@ -732,10 +812,13 @@ mod tests {
         fs::copy(cache.path("cpu", &key(1)), cache.path("cpu", &key(2))).unwrap();
         let bad = cache.verify();
         assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad.iter().any(|(p, r)| *p == truncated
+            && matches!(r, EntryError::TruncatedPayload { .. })
+            && r.to_string().contains("truncated")));
         assert!(bad
             .iter()
-            .any(|(p, r)| *p == truncated && r.contains("truncated")));
-        assert!(bad.iter().any(|(_, r)| r.contains("filed under")));
+            .any(|(_, r)| matches!(r, EntryError::Misfiled { .. })
+                && r.to_string().contains("filed under")));
         assert_eq!(cache.stats().entries, 3);
     }
 
@@ -744,7 +827,22 @@ mod tests {
         let bytes = encode("cpu", &key(1), &["k"], b"payload", 1);
         assert!(decode(&bytes, "cpu", &key(1)).is_ok());
         let e = decode(&bytes, "cpu", &key(2)).unwrap_err();
-        assert!(e.contains("filed under"), "{e}");
+        assert!(matches!(e, EntryError::Misfiled { .. }), "{e:?}");
+        assert!(e.to_string().contains("filed under"), "{e}");
         assert!(decode(&bytes, "cuda", &key(1)).is_err());
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1], "cpu", &key(1)),
+            Err(EntryError::TruncatedPayload { .. })
+        ));
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            decode(&flipped, "cpu", &key(1)),
+            Err(EntryError::Checksum)
+        ));
+        assert!(matches!(
+            decode(b"KILNART1", "cpu", &key(1)),
+            Err(EntryError::NotAnEntry { len: 8 })
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! cache compiles (`distcc gcc`, `icecc gcc`, `ccache gcc`). One invocation compiles a batch of
 //! kernels (one translation unit) into an object, which the real compiler then links into a
 //! shared object locally: distcc only sends `-c` compiles to other machines. Every invocation
-//! runs in a private scratch folder under a time limit (`kiln_compile::process`).
+//! runs in a private scratch folder under a time limit (`kiln_process`).
 //!
 //! The cache key holds the *real* compiler's identity (its `--version`, the flags), never the
 //! wrappers': an artifact does not depend on where distcc compiled it. For that to be true,
@@ -12,8 +12,8 @@
 //! own CPU. Resolving changes no byte of the output (checked: the shared objects are identical).
 
 use crate::isa::{Isa, IsaRequest, AVX512_FLAGS, ISA_ENV};
-use kiln_compile::process::{self, ChildError};
-use kiln_compile::BackendError;
+use kiln_process::{self as process, ChildError};
+use kiln_program::BackendError;
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -83,7 +83,7 @@ impl CCompiler {
             origin,
             native: OnceLock::new(),
             isa_request: IsaRequest::from_env(),
-            timeout: kiln_compile::default_compile_timeout(),
+            timeout: kiln_process::default_compile_timeout(),
         }
     }
 
@@ -176,8 +176,12 @@ impl CCompiler {
             )));
         }
         let real = self.real();
+        // Like every invocation, in a scratch folder: a compiler (or a wrapper script) may
+        // write into its working directory, which must never be the user's.
+        let scratch = process::scratch_dir("kiln-cc-")
+            .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
         let mut cmd = self.run(&real);
-        cmd.arg("--version");
+        cmd.arg("--version").current_dir(scratch.path());
         let out = process::run(&mut cmd, self.timeout).map_err(|e| match e {
             ChildError::Spawn(e) => BackendError::Unavailable(format!(
                 "C compiler `{}` ({}) could not be run: {e}. kiln's CPU backend needs a C compiler: install one (Debian/Ubuntu: `apt-get install gcc`) or set CC to its path",
@@ -279,11 +283,12 @@ impl CCompiler {
 /// driver passes to `cc1` for it (`gcc -march=native -E -v -`). None where the compiler does
 /// not say (clang prints another format): then `-march=native` stays as it is.
 fn native_flags(real: &[String], timeout: Duration) -> Option<Vec<String>> {
-    let mut cmd = Command::new(&real[0]);
     // Run where it can write nothing of the user's (a wrapper script need not be a real gcc).
+    let scratch = process::scratch_dir("kiln-cc-").ok()?;
+    let mut cmd = Command::new(&real[0]);
     cmd.args(&real[1..])
         .args(["-march=native", "-E", "-v", "-"])
-        .current_dir(std::env::temp_dir());
+        .current_dir(scratch.path());
     let out = process::run(&mut cmd, timeout).ok()?;
     let text = String::from_utf8_lossy(&out.stderr);
     let line = text

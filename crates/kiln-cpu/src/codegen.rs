@@ -12,8 +12,8 @@
 //! matmuls and attention use it).
 
 use crate::pack::packed_weight;
-use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::{numel, DType, Expr};
+use kiln_program::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_render::cstyle::CStyle;
 use kiln_render::parts::{
     element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,

@@ -7,9 +7,10 @@
 use crate::codegen::{scratch_bytes, work_units, SCRATCH_HEADER};
 use crate::pack::{pack, packed_weight};
 use crate::CpuModule;
-use kiln_compile::{Kernel, KernelKind, UniqueKernel};
 use kiln_ir::{Bindings, DType, Expr, Tensor};
-use kiln_runtime::{Device, HostBuffer, RunError};
+use kiln_program::{Device, RunError};
+use kiln_program::{Kernel, KernelKind, UniqueKernel};
+use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::ffi::c_void;

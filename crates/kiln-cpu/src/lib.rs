@@ -13,8 +13,8 @@ pub use cc::{CCompiler, FLAGS};
 pub use device::{CpuBuffer, CpuDevice, CpuKernel};
 pub use isa::Isa;
 
-use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
-use kiln_runtime::{RunError, Runtime};
+use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+use kiln_program::{RunError, Runtime};
 use std::sync::OnceLock;
 
 /// The CPU backend: compiles with the system C compiler, runs on `run_threads` threads.
@@ -27,7 +27,7 @@ pub struct CpuBackend {
 impl Default for CpuBackend {
     /// `$CC` (else `cc`), kernels run on every core.
     fn default() -> Self {
-        CpuBackend::new(CCompiler::from_env(), kiln_compile::default_threads())
+        CpuBackend::new(CCompiler::from_env(), kiln_process::default_threads())
     }
 }
 

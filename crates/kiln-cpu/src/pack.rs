@@ -15,8 +15,8 @@
 //! L1/L2 across every row block. `c/gemm.h` reads this layout; which kernel input is packed is
 //! decided from the kernel's description alone ([`packed_weight`]).
 
-use kiln_compile::{Kernel, KernelKind};
 use kiln_ir::DType;
+use kiln_program::{Kernel, KernelKind};
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
 

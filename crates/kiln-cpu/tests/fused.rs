@@ -4,8 +4,8 @@
 mod common;
 use common::*;
 use kiln_compile::CompileOptions;
+use kiln_compile::Target;
 use kiln_ir::{DType, Expr, Graph, NodeId, Tensor};
-use kiln_runtime::Target;
 
 const H: usize = 32; // hidden
 const D: usize = 8; // head dim
@@ -279,6 +279,7 @@ fn attention_alone_at_awkward_sizes() {
                 .unwrap();
                 assert!(
                     compiled
+                        .loaded
                         .kernels
                         .iter()
                         .any(|k| k.kernel.label() == "attention"),

@@ -8,8 +8,8 @@
 mod common;
 use common::*;
 use kiln_compile::CompileOptions;
+use kiln_compile::Target;
 use kiln_ir::{DType, Expr, Graph, Tensor};
-use kiln_runtime::Target;
 
 /// `y = x @ W^T + r` and `h = silu(g) * u` with `[g | u] = x @ V^T` split at column `half`,
 /// W [n, k] and V [2 * half, k] in `dtype`.

@@ -60,7 +60,7 @@ const SILU_NAMES: [&str; 2] = ["silu", "swish"];
 
 /// Largest value any dimension may have: shapes are `i64` expressions and kernels index with
 /// 64-bit products of two dimensions, so each must stay well inside 32 bits.
-const MAX_DIM: u64 = i32::MAX as u64;
+pub(crate) const MAX_DIM: u64 = i32::MAX as u64;
 
 /// `config.json` as a JSON object, with readers that name the key at fault.
 struct Keys<'a>(&'a Map<String, Value>);
@@ -140,10 +140,13 @@ impl Keys<'_> {
 }
 
 impl QwenConfig {
+    /// Reads `path` (a regular file in its model folder, at most [`crate::files::CONFIG`]).
     pub fn from_file(path: &Path) -> Result<QwenConfig, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Config {
-            path: Some(path.to_path_buf()),
-            detail: format!("cannot read: {e}"),
+        let text = crate::files::read_text(path, crate::files::CONFIG).map_err(|e| {
+            ModelError::Config {
+                path: Some(path.to_path_buf()),
+                detail: crate::files::problem(&e),
+            }
         })?;
         Self::from_json(&text).map_err(|e| match e {
             ModelError::Config { path: None, detail } => ModelError::Config {

@@ -8,7 +8,7 @@
 //! must lie inside the model folder.
 
 use crate::model::{weight_dtype, WeightDtype};
-use crate::{ModelError, QwenConfig};
+use crate::{files, ModelError, QwenConfig};
 use kiln_ir::DType;
 use kiln_ir::Tensor;
 use memmap2::Mmap;
@@ -31,9 +31,11 @@ struct Shard {
 }
 
 impl Shard {
-    fn open(path: &Path) -> Result<Shard, ModelError> {
-        let f = std::fs::File::open(path)
-            .map_err(|e| ModelError::checkpoint(path, format!("cannot open: {e}")))?;
+    fn open(folder: &kiln_fs::Folder, path: &Path) -> Result<Shard, ModelError> {
+        let f = folder
+            .open(path, files::WEIGHTS)
+            .map_err(|e| ModelError::checkpoint(path, files::problem(&e)))?
+            .file;
         // SAFETY: the file is opened read-only; kiln does not modify checkpoints while running.
         let map = unsafe { Mmap::map(&f) }
             .map_err(|e| ModelError::checkpoint(path, format!("cannot map: {e}")))?;
@@ -79,21 +81,24 @@ impl Checkpoint {
     /// Opens `dir/model.safetensors`, else the shards `dir/model.safetensors.index.json`
     /// names. Like transformers (`modeling_utils.py`, `_get_resolved_checkpoint_files`: for a
     /// local folder `SAFE_WEIGHTS_NAME` is tried before `SAFE_WEIGHTS_INDEX_NAME`), a single
-    /// file wins when both exist.
+    /// file wins when both exist. Anything named `model.safetensors` (a folder, a FIFO, a
+    /// dangling link) counts as the single file, and is refused saying what it is. Every file
+    /// is opened through [`kiln_fs`]: a regular file inside the model folder.
     pub fn open(dir: &Path) -> Result<Checkpoint, ModelError> {
-        let roots = allowed_roots(dir)?;
+        let folder = files::model_folder(dir)
+            .map_err(|e| ModelError::checkpoint(dir, files::problem(&e)))?;
         let single = dir.join(SINGLE_FILE);
         let index = dir.join(INDEX_FILE);
-        if single.is_file() {
-            if index.exists() {
+        let exists = |p: &Path| p.symlink_metadata().is_ok();
+        if exists(&single) {
+            if exists(&index) {
                 tracing::debug!(
                     "{}: both {SINGLE_FILE} and {INDEX_FILE}; reading {SINGLE_FILE}, as \
                      transformers does",
                     dir.display()
                 );
             }
-            check_inside(&single, SINGLE_FILE, &roots, &single)?;
-            let shard = Shard::open(&single)?;
+            let shard = Shard::open(&folder, &single)?;
             let location = shard
                 .meta
                 .tensors()
@@ -107,27 +112,29 @@ impl Checkpoint {
                 index: None,
             });
         }
-        if !index.exists() {
+        if !exists(&index) {
             return Err(ModelError::checkpoint(
                 dir,
                 format!("no {SINGLE_FILE} or {INDEX_FILE}"),
             ));
         }
-        let text = std::fs::read_to_string(&index)
-            .map_err(|e| ModelError::checkpoint(&index, format!("cannot read: {e}")))?;
-        let weight_map = parse_index(&text).map_err(|e| ModelError::checkpoint(&index, e))?;
+        let text = folder
+            .read_to_string(&index, files::INDEX)
+            .map_err(|e| ModelError::checkpoint(&index, files::problem(&e)))?;
+        let weight_map =
+            parse_index(&text).map_err(|e| ModelError::checkpoint(&index, e.to_string()))?;
         // Shards in order of first mention, each opened once.
-        let mut shard_of_file: HashMap<&str, usize> = HashMap::new();
+        let mut shard_of_file: HashMap<PathBuf, usize> = HashMap::new();
         let mut shards = Vec::new();
         let mut location = HashMap::with_capacity(weight_map.len());
         for (tensor, file) in &weight_map {
-            let si = match shard_of_file.get(file.as_str()) {
+            // `model-1.safetensors` and `./model-1.safetensors` are one file, opened once.
+            let name = plain_name(file, &index)?;
+            let si = match shard_of_file.get(&name) {
                 Some(&si) => si,
                 None => {
-                    let path = dir.join(file);
-                    check_inside(&path, file, &roots, &index)?;
-                    shards.push(Shard::open(&path)?);
-                    shard_of_file.insert(file, shards.len() - 1);
+                    shards.push(Shard::open(&folder, &dir.join(&name))?);
+                    shard_of_file.insert(name, shards.len() - 1);
                     shards.len() - 1
                 }
             };
@@ -320,70 +327,57 @@ fn check_info(
     Ok(())
 }
 
+/// What is wrong with a `model.safetensors.index.json` ([`parse_index`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("missing 'weight_map' (an object of tensor name -> file)")]
+    NoWeightMap,
+    #[error("weight_map['{tensor}'] must be a file name, got {found}")]
+    NotAFileName { tensor: String, found: String },
+}
+
 /// The `weight_map` of an index: tensor name -> file name (sorted by tensor).
-pub fn parse_index(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+pub fn parse_index(text: &str) -> Result<BTreeMap<String, String>, IndexError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(IndexError::Json)?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or("missing 'weight_map' (an object of tensor name -> file)")?;
+        .ok_or(IndexError::NoWeightMap)?;
     map.iter()
         .map(|(tensor, file)| match file.as_str() {
             Some(f) => Ok((tensor.clone(), f.to_string())),
-            None => Err(format!(
-                "weight_map['{tensor}'] must be a file name, got {file}"
-            )),
+            None => Err(IndexError::NotAFileName {
+                tensor: tensor.clone(),
+                found: file.to_string(),
+            }),
         })
         .collect()
 }
 
-/// Folders the weight files may resolve into: the model folder and, for a Hugging Face hub
-/// snapshot (`<repo>/snapshots/<revision>/`, whose files are symlinks to `<repo>/blobs/`),
-/// that repository's blob store.
-fn allowed_roots(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| ModelError::checkpoint(dir, format!("cannot open the folder: {e}")))?;
-    let mut roots = vec![dir.clone()];
-    if let Some(snapshots) = dir
-        .parent()
-        .filter(|p| p.file_name() == Some("snapshots".as_ref()))
-    {
-        if let Some(blobs) = snapshots.parent().map(|repo| repo.join("blobs")) {
-            roots.extend(blobs.canonicalize().ok());
+/// A weight file named `name` by the index `by`, as a relative path inside the model folder
+/// (leading `./` dropped); anything that could leave the folder by its name alone (`..`, an
+/// absolute path) is refused. Where its links lead is checked when it is opened.
+fn plain_name(name: &str, by: &Path) -> Result<PathBuf, ModelError> {
+    let mut plain = PathBuf::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(part) => plain.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                plain = PathBuf::new();
+                break;
+            }
         }
     }
-    Ok(roots)
-}
-
-/// Rejects a weight file named `name` (by `by`: the index, or the folder's own file) that is
-/// not a plain relative path inside the model folder, or a symlink resolving outside it.
-fn check_inside(path: &Path, name: &str, roots: &[PathBuf], by: &Path) -> Result<(), ModelError> {
-    let plain = !name.is_empty()
-        && Path::new(name)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)));
-    if !plain {
+    if plain.as_os_str().is_empty() {
         return Err(ModelError::checkpoint(
             by,
             format!("names the weight file '{name}', which is not a file inside the model folder"),
         ));
     }
-    let real = path
-        .canonicalize()
-        .map_err(|e| ModelError::checkpoint(path, format!("cannot open: {e}")))?;
-    if !roots.iter().any(|r| real.starts_with(r)) {
-        return Err(ModelError::checkpoint(
-            path,
-            format!(
-                "resolves to {}, outside the model folder {}",
-                real.display(),
-                roots[0].display()
-            ),
-        ));
-    }
-    Ok(())
+    Ok(plain)
 }
 
 /// Seeded random weights for a preset: linear and embedding weights uniform with std 0.02,

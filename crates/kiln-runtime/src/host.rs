@@ -3,8 +3,8 @@
 //! raw pointers while the executor holds shared references; and shared objects loaded from an
 //! artifact's bytes.
 
-use kiln_compile::BackendError;
 use kiln_ir::Tensor;
+use kiln_program::BackendError;
 use std::ptr::NonNull;
 
 /// A shared object loaded from bytes (dlopen needs a file: it lives as long as the library).

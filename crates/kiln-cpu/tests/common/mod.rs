@@ -6,11 +6,11 @@ use kiln_compile::CompileOptions;
 use kiln_cpu::CpuBackend;
 pub use kiln_cpu::Isa;
 // Not every test binary uses every helper.
+use kiln_compile::Target;
 #[allow(unused_imports)]
 pub use kiln_ir::testing::{assert_close, inputs, values};
 use kiln_ir::{Graph, Tensor};
 pub use kiln_runtime::Executable;
-use kiln_runtime::Target;
 use std::collections::HashMap;
 
 /// Compiles `g` with the real C compiler and loads it, `threads` compiling and running.
