@@ -56,10 +56,11 @@ impl Deduped {
     pub fn merge_equal_sources(&mut self, sources: Vec<KernelSource>) -> Vec<KernelSource> {
         let mut first: HashMap<String, usize> = HashMap::new();
         let mut remap = Vec::with_capacity(sources.len());
-        let (mut kernels, mut uses, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut kernels, mut uses) = (Vec::new(), Vec::new());
+        let mut kept: Vec<KernelSource> = Vec::new();
         for (i, s) in sources.into_iter().enumerate() {
             match first.get(&s.name) {
-                Some(&j) if kept[j] == s => {
+                Some(&j) if kept[j].same_text(&s) => {
                     uses[j] += self.uses[i];
                     remap.push(j);
                 }
@@ -85,7 +86,7 @@ impl Deduped {
 mod tests {
     use super::*;
     use kiln_ir::{DType, Expr};
-    use kiln_program::{KernelKind, ScalarExpr};
+    use kiln_program::{KernelKind, LaunchSpec, ScalarExpr};
 
     fn copy(shape: Expr) -> Kernel {
         Kernel {
@@ -114,9 +115,15 @@ mod tests {
             step_kernel: vec![0, 1, 1, 0],
             uses: vec![2, 2],
         };
-        // A backend that prints the size as a parameter renders both the same.
-        let src = KernelSource::named("elementwise", "void KILN_KERNEL_NAME() {}");
-        let kept = d.merge_equal_sources(vec![src.clone(), src]);
+        // A backend that prints the size as a parameter renders both the same text; their
+        // launch specs differ as the kernels do, and evaluate alike.
+        let rendered = |units: &Kernel| {
+            let launch = LaunchSpec::units(vec![], units.out_shape[0].clone(), Expr::Const(1));
+            KernelSource::named("elementwise", "void KILN_KERNEL_NAME() {}", launch)
+        };
+        let sources: Vec<KernelSource> = d.kernels.iter().map(rendered).collect();
+        assert_ne!(sources[0].launch, sources[1].launch);
+        let kept = d.merge_equal_sources(sources);
         assert_eq!(kept.len(), 1);
         assert_eq!(d.kernels.len(), 1);
         assert_eq!(d.uses, vec![4]);

@@ -4,11 +4,10 @@
 //! matmuls read as `x @ W^T` are packed into panels when they are bound ([`crate::pack`]);
 //! each worker has scratch memory that kernels use for their tiles.
 
-use crate::codegen::{scratch_bytes, work_units};
 use crate::pack::{pack, packed_weight};
 use crate::CpuModule;
 use kiln_ir::{Bindings, DType, Expr, Tensor};
-use kiln_program::{Device, RunError};
+use kiln_program::{Device, LaunchSpec, RunError};
 use kiln_program::{Kernel, KernelKind, UniqueKernel};
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -20,15 +19,11 @@ type KernelFn = unsafe extern "C" fn(*const *mut c_void, *const i64, i64, i64, *
 /// Below this many element operations a kernel runs on the calling thread: splitting costs more.
 const PARALLEL_WORK_THRESHOLD: i64 = 1 << 15;
 
-/// A kernel's function and how its work splits.
+/// A kernel's function and how its work splits (its launch spec, from codegen).
 pub struct CpuKernel {
     name: String,
     f: KernelFn,
-    units: Expr,
-    unit_work: Expr,
-    symbols: Vec<String>,
-    /// Scratch bytes per call.
-    scratch: Expr,
+    launch: LaunchSpec,
     /// The input read as packed panels, its dtype and depth (`K`).
     packed: Option<(usize, DType, Expr)>,
 }
@@ -166,7 +161,6 @@ impl Device for CpuDevice {
                     detail: e.to_string(),
                 })?
         };
-        let (units, unit_work) = work_units(&k.kernel);
         let packed = packed_weight(&k.kernel).map(|i| {
             let depth = match &k.kernel.kind {
                 KernelKind::MatMul { k, .. } => k.clone(),
@@ -177,10 +171,7 @@ impl Device for CpuDevice {
         Ok(CpuKernel {
             name: k.source.name.clone(),
             f,
-            units,
-            unit_work,
-            symbols: k.kernel.symbols(),
-            scratch: scratch_bytes(&k.kernel),
+            launch: k.source.launch.clone(),
             packed,
         })
     }
@@ -248,15 +239,11 @@ impl Device for CpuDevice {
         inputs: &[&CpuBuffer],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let units = k.units.eval(b)?;
+        let units = k.launch.units.eval(b)?;
         if units <= 0 {
             return Ok(());
         }
-        let syms: Vec<i64> = k
-            .symbols
-            .iter()
-            .map(|s| Expr::sym(s).eval(b))
-            .collect::<Result<_, _>>()?;
+        let syms = k.launch.symbol_values(b)?;
         fn plain<'b>(k: &CpuKernel, buf: &'b CpuBuffer) -> Result<&'b HostBuffer, RunError> {
             buf.plain.as_ref().ok_or_else(|| RunError::Kernel {
                 kernel: k.name.clone(),
@@ -280,9 +267,10 @@ impl Device for CpuDevice {
             };
             ptrs.push(host.as_mut_ptr() as *mut c_void);
         }
-        self.scratch.reserve(k.scratch.eval(b)?.max(0) as usize);
+        self.scratch
+            .reserve(k.launch.scratch.eval(b)?.max(0) as usize);
         let scratch = self.scratch.ptrs();
-        let work = units.saturating_mul(k.unit_work.eval(b)?.max(1));
+        let work = units.saturating_mul(k.launch.unit_work.eval(b)?.max(1));
         let threads = self.threads;
         let (f, args) = (k.f, Args(&ptrs, &syms, &scratch));
         let parallel = work >= PARALLEL_WORK_THRESHOLD && units > 1;
