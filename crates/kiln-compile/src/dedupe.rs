@@ -16,6 +16,9 @@ pub struct Deduped {
     pub step_kernel: Vec<usize>,
     /// Launches of each distinct kernel.
     pub uses: Vec<usize>,
+    /// Whether equal kernels were merged (off only to measure what dedupe saves); codegen
+    /// then merges kernels whose sources come out equal too.
+    pub enabled: bool,
 }
 
 /// Finds the distinct kernels; with `enabled` false every launch keeps its own (to measure
@@ -45,6 +48,7 @@ pub fn dedupe(program: &Program, enabled: bool) -> Deduped {
         kernels,
         step_kernel,
         uses,
+        enabled,
     }
 }
 
@@ -114,6 +118,7 @@ mod tests {
             kernels: vec![ab, ba],
             step_kernel: vec![0, 1, 1, 0],
             uses: vec![2, 2],
+            enabled: true,
         };
         // A backend that prints the size as a parameter renders both the same text; their
         // launch specs differ as the kernels do, and evaluate alike.
