@@ -4,11 +4,11 @@
 //! matmuls read as `x @ W^T` are packed into panels when they are bound ([`crate::pack`]);
 //! each worker has scratch memory that kernels use for their tiles.
 
-use crate::codegen::{scratch_bytes, work_units, SCRATCH_HEADER};
+use crate::codegen::SCRATCH_HEADER;
 use crate::pack::{pack, packed_weight};
 use crate::CpuModule;
 use kiln_ir::{Bindings, DType, Expr, Tensor};
-use kiln_program::{Device, RunError};
+use kiln_program::{Device, LaunchSpec, RunError};
 use kiln_program::{Kernel, KernelKind, UniqueKernel};
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -20,17 +20,14 @@ type KernelFn = unsafe extern "C" fn(*const *mut c_void, *const i64, i64, i64, *
 /// Below this many element operations a kernel runs on the calling thread: splitting costs more.
 const PARALLEL_WORK_THRESHOLD: i64 = 1 << 15;
 
-/// A kernel's function and how its work splits.
+/// A kernel's function and how its work splits (its launch spec, from codegen).
 pub struct CpuKernel {
     name: String,
     f: KernelFn,
-    units: Expr,
-    unit_work: Expr,
-    /// The kernel's symbols in `sym[]` order, as expressions made once (a launch evaluates
-    /// them without allocating).
+    launch: LaunchSpec,
+    /// The launch spec's symbols in `sym[]` order, as expressions made once (a launch
+    /// evaluates them without allocating).
     symbols: Vec<Expr>,
-    /// Scratch bytes per call.
-    scratch: Expr,
     /// The input read as packed panels, its dtype, depth (`K`) and panel width (`KILN_NR`
     /// of the module the kernel was compiled in).
     packed: Option<(usize, DType, Expr, usize)>,
@@ -214,7 +211,6 @@ impl Device for CpuDevice {
                     detail: e.to_string(),
                 })?
         };
-        let (units, unit_work) = work_units(&k.kernel);
         let packed = match packed_weight(&k.kernel) {
             Some(i) => {
                 let depth = match &k.kernel.kind {
@@ -229,10 +225,14 @@ impl Device for CpuDevice {
         Ok(CpuKernel {
             name: k.source.name.clone(),
             f,
-            units,
-            unit_work,
-            symbols: k.kernel.symbols().iter().map(|s| Expr::sym(s)).collect(),
-            scratch: scratch_bytes(&k.kernel),
+            symbols: k
+                .source
+                .launch
+                .symbols
+                .iter()
+                .map(|s| Expr::sym(s))
+                .collect(),
+            launch: k.source.launch.clone(),
             packed,
         })
     }
@@ -305,7 +305,7 @@ impl Device for CpuDevice {
         inputs: &[&CpuBuffer],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let units = k.units.eval(b)?;
+        let units = k.launch.units.eval(b)?;
         if units <= 0 {
             return Ok(());
         }
@@ -337,9 +337,10 @@ impl Device for CpuDevice {
             };
             ptrs.push(host.as_mut_ptr() as *mut c_void);
         }
-        self.scratch.reserve(k.scratch.eval(b)?.max(0) as usize);
+        self.scratch
+            .reserve(k.launch.scratch.eval(b)?.max(0) as usize);
         let scratch = self.scratch.ptrs();
-        let work = units.saturating_mul(k.unit_work.eval(b)?.max(1));
+        let work = units.saturating_mul(k.launch.unit_work.eval(b)?.max(1));
         let threads = self.threads;
         let (f, args) = (k.f, Args(&ptrs, &syms, &scratch));
         let parallel = work >= PARALLEL_WORK_THRESHOLD && units > 1;
