@@ -17,6 +17,19 @@ pub fn print_report(r: &CompileReport) {
         r.peak_rss_mb,
         &r.artifact_digest[..16]
     );
+    if let Some(longest) = r
+        .units
+        .iter()
+        .max_by(|a, b| a.compile_ms.total_cmp(&b.compile_ms))
+    {
+        eprintln!(
+            "  {} compile units: critical path {:.0} ms ({}), available parallelism {:.1}",
+            r.units.len(),
+            r.critical_path_ms,
+            longest.kernels.join(", "),
+            r.available_parallelism
+        );
+    }
     if let Some(remote) = &r.remote {
         eprintln!(
             "  remote cache {}: {} kernels fetched ({:.1} MB), {} missing, {} uploads ({:.1} MB), {} errors",

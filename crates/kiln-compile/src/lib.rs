@@ -65,7 +65,11 @@ pub use kiln_program::{
 pub use observer::{notify, Event, Observer, Stage, TraceRecorder};
 pub use options::CompileOptions;
 pub use remote::{RemoteCache, RemoteError, RemoteOptions, RemoteStore};
-pub use report::{peak_rss_mb, CompileReport, KernelReport, RemoteReport, ShardReport, StageTime};
+pub use report::{
+    critical_path, peak_rss_mb, CompileReport, KernelReport, RemoteReport, ShardReport, StageTime,
+    UnitReport,
+};
+pub use schedule::modelled_makespan_ms;
 pub use shard::{Shard, ShardParseError};
 pub use target::{LoadError, Loaded, Target};
 pub use types::Compiled;

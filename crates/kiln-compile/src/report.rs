@@ -26,6 +26,21 @@ pub struct KernelReport {
     pub compile_ms: f64,
 }
 
+/// One compile unit (one compiler invocation, one artifact, one cache entry), in the
+/// schedule's (longest estimate first) order.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitReport {
+    /// Its kernels' function names.
+    pub kernels: Vec<String>,
+    /// The schedule's cost estimate (source bytes plus the invocation overhead).
+    pub estimate: u64,
+    /// Where its artifact came from: `compiled`, `cache` or `remote`.
+    pub origin: &'static str,
+    /// Time of the compiler invocation that built its artifact, ms (recorded in the cache entry
+    /// when it came from a cache).
+    pub compile_ms: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CompileReport {
     pub backend: String,
@@ -64,6 +79,13 @@ pub struct CompileReport {
     /// The shard this compile built, when it was one.
     pub shard: Option<ShardReport>,
     pub kernels: Vec<KernelReport>,
+    /// The compile units this compile wanted (a shard's only), in the schedule's order.
+    pub units: Vec<UnitReport>,
+    /// The longest unit's compile time, ms: no number of threads compiles faster than this.
+    pub critical_path_ms: f64,
+    /// Sum of the units' compile times / the longest one: the most speedup any number of
+    /// threads can give the parallel compile stage (0 with no units).
+    pub available_parallelism: f64,
 }
 
 /// What the remote tier did during one compile.
@@ -143,6 +165,9 @@ pub(crate) fn build<B: Backend>(cx: &Context<B>, units: &[Unit], end: Finish) ->
         .find(|s| s.name == Stage::ParallelCompile.name())
         .map_or(0.0, |s| s.ms / 1e3);
     let totals = end.remote.totals;
+    let unit_reports = unit_reports(units);
+    let (critical_path_ms, available_parallelism) =
+        critical_path(unit_reports.iter().map(|u| u.compile_ms));
     let wanted = units.iter().filter(|u| u.wanted);
     let artifacts = wanted.clone().map(|u| {
         let artifact = u
@@ -182,7 +207,37 @@ pub(crate) fn build<B: Backend>(cx: &Context<B>, units: &[Unit], end: Finish) ->
             kernels: kernels_in(&|u| u.wanted),
         }),
         kernels: kernel_reports(cx, units),
+        units: unit_reports,
+        critical_path_ms,
+        available_parallelism,
     }
+}
+
+/// The wanted units' reports, in the schedule's order.
+fn unit_reports(units: &[Unit]) -> Vec<UnitReport> {
+    units
+        .iter()
+        .filter(|u| u.wanted)
+        .map(|u| UnitReport {
+            kernels: u.names.clone(),
+            estimate: u.estimate,
+            origin: match u.origin {
+                Some(Origin::Cache) => "cache",
+                Some(Origin::Remote) => "remote",
+                Some(Origin::Compiled) | None => "compiled",
+            },
+            compile_ms: u.compile_ms,
+        })
+        .collect()
+}
+
+/// The longest unit's time and the sum of all over it (0 when there is nothing to compile).
+pub fn critical_path(unit_ms: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    let (sum, longest) = unit_ms
+        .into_iter()
+        .fold((0.0, 0.0_f64), |(s, m), ms| (s + ms, m.max(ms)));
+    let parallelism = if longest > 0.0 { sum / longest } else { 0.0 };
+    (longest, parallelism)
 }
 
 /// One line per distinct kernel: its uses, its source's size, and its unit's provenance and

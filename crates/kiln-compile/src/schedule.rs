@@ -112,9 +112,37 @@ pub fn units<B: Backend>(cx: &Context<B>) -> Vec<Unit> {
         .collect()
 }
 
+/// The wall time of the compile stage that kiln's worker pool would take on `threads` ideal
+/// cores for units taking `unit_ms` each, listed in the schedule's (LPT) order: each worker,
+/// when free, takes the next unit (as [`crate::pool`] does). A model, not a measurement: it
+/// ignores contention for the cores and the memory budget. At one thread it is the sum.
+pub fn modelled_makespan_ms(unit_ms: &[f64], threads: usize) -> f64 {
+    let mut free_at = vec![0.0_f64; threads.max(1).min(unit_ms.len().max(1))];
+    for &ms in unit_ms {
+        let worker = free_at
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(w, _)| w);
+        free_at[worker] += ms;
+    }
+    free_at.into_iter().fold(0.0, f64::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modelled_makespan_follows_the_list_schedule() {
+        let ms = [5.0, 4.0, 3.0, 3.0, 1.0];
+        assert_eq!(modelled_makespan_ms(&ms, 1), 16.0);
+        // worker 0: 5, 3 (at 5) -> 8; worker 1: 4, 3 (at 4) -> 7, then 1 (at 7) -> 8
+        assert_eq!(modelled_makespan_ms(&ms, 2), 8.0);
+        // never below the longest unit, whatever the thread count
+        assert_eq!(modelled_makespan_ms(&ms, 32), 5.0);
+        assert_eq!(modelled_makespan_ms(&[], 4), 0.0);
+    }
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("k{i:02}")).collect()

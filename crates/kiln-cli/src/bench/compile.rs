@@ -3,7 +3,7 @@
 //! ceiling (independent sequential compiles started together); the warm cache.
 
 use super::{machine, median, plot, sharing, CompileBench};
-use kiln_compile::cores;
+use kiln_compile::{cores, critical_path, modelled_makespan_ms};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -72,12 +72,13 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
     // One discarded run first: the first compile after a build pays for cold page caches.
     report(compile_child(&a, 1, &fresh("warm-up".into())))?;
     let mut configs = Vec::new();
+    let mut representative = Vec::new();
     let mut base_ms = 0.0;
     let mut base_stage = 0.0;
     let mut warm_dir = None;
     for &t in &threads {
         let (mut walls, mut rss, mut stage_runs) = (vec![], vec![], vec![]);
-        let mut last = Value::Null;
+        let mut runs = Vec::new();
         for r in 0..a.repeat {
             let dir = fresh(format!("t{t}-r{r}"));
             let rep = report(compile_child(&a, t, &dir))?;
@@ -87,8 +88,9 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
             if t == 1 && warm_dir.is_none() {
                 warm_dir = Some(dir);
             }
-            last = rep;
+            runs.push(rep);
         }
+        let last = median_run(runs);
         let min = walls.iter().copied().fold(f64::INFINITY, f64::min);
         let med = median(&mut walls.clone());
         let stages: Vec<Value> = last["stages"]
@@ -148,8 +150,12 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
             "peak_rss_mb": median(&mut rss), "stages": stages,
             "kernels_total": last["kernels_total"], "kernels_unique": last["kernels_unique"], "compiled": last["compiled"],
             "compiler_invocations": last["compiler_invocations"],
+            "units": last["units"].as_array().map_or(0, |u| u.len()),
+            "critical_path_ms": last["critical_path_ms"], "available_parallelism": last["available_parallelism"],
         }));
+        representative.push((t, last));
     }
+    let model = model(&representative);
     // Warm cache: the same compile again on a cache a cold run filled.
     let warm = report(compile_child(
         &a,
@@ -178,6 +184,7 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
         "machine": { "cores": cores(), "cpu": machine::cpu_model() },
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "configs": configs,
+        "model": model,
         "warm": { "threads": cores(), "compile_ms": warm_ms, "cache_hits": warm["cache_hits"], "ratio_to_cold": warm_ms / base_ms },
         "remote": remote,
     });
@@ -185,10 +192,110 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
     std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
     let spath = a.out.join("compile.svg");
     plot::compile(&doc, &spath)?;
+    if let Some(rows) = doc["model"]["rows"].as_array() {
+        let row = |r: &Value| {
+            format!(
+                "{}: {:.1}",
+                r["threads"],
+                r["speedup"].as_f64().unwrap_or(0.0)
+            )
+        };
+        eprintln!(
+            "model (LPT over the 1-thread run's unit times, not measured): speedup {}; available parallelism {:.1}",
+            rows.iter().map(row).collect::<Vec<_>>().join(", "),
+            doc["model"]["available_parallelism"].as_f64().unwrap_or(0.0)
+        );
+    }
     eprintln!(
         "warm cache: {warm_ms:.0} ms ({:.1}% of cold)",
         100.0 * warm_ms / base_ms
     );
     eprintln!("wrote {} and {}", jpath.display(), spath.display());
     Ok(())
+}
+
+/// The thread counts the model is evaluated at.
+const MODEL_THREADS: [usize; 6] = [1, 2, 4, 8, 16, 32];
+
+/// Of one configuration's runs, the one with the median wall time.
+fn median_run(mut runs: Vec<Value>) -> Value {
+    runs.sort_by(|a, b| {
+        let ms = |r: &Value| r["compile_ms"].as_f64().unwrap_or(0.0);
+        ms(a).total_cmp(&ms(b))
+    });
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
+}
+
+/// A report's unit compile times, ms, in the schedule's order.
+fn unit_ms(report: &Value) -> Vec<f64> {
+    report["units"]
+        .as_array()
+        .map(|units| {
+            units
+                .iter()
+                .map(|u| u["compile_ms"].as_f64().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A report's Parallel compile stage, ms.
+fn parallel_stage_ms(report: &Value) -> f64 {
+    report["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "Parallel compile"))
+        .and_then(|s| s["ms"].as_f64())
+        .unwrap_or(0.0)
+}
+
+/// The modelled speedups: kiln's own list schedule (units longest estimate first, each worker
+/// taking the next when free, `modelled_makespan_ms`) over the 1-thread run's measured unit
+/// times, on ideal cores; the other stages as measured at 1 thread. And the check of the model
+/// against the measured 1- and 2-thread runs (`check`): from the 1-thread unit times, and from
+/// the run's own unit times (which carry whatever contention the run met).
+fn model(runs: &[(usize, Value)]) -> Value {
+    let Some((_, base)) = runs.iter().find(|(t, _)| *t == 1) else {
+        return Value::Null;
+    };
+    let units = unit_ms(base);
+    let serial = base["compile_ms"].as_f64().unwrap_or(0.0) - parallel_stage_ms(base);
+    let at = |t: usize| modelled_makespan_ms(&units, t);
+    let rows: Vec<Value> = MODEL_THREADS
+        .iter()
+        .map(|&t| {
+            json!({
+                "threads": t,
+                "parallel_stage_ms": at(t),
+                "parallel_stage_speedup": at(1) / at(t).max(1e-9),
+                "compile_ms": serial + at(t),
+                "speedup": (serial + at(1)) / (serial + at(t)).max(1e-9),
+            })
+        })
+        .collect();
+    let (critical_path_ms, available_parallelism) = critical_path(units.iter().copied());
+    let check: Vec<Value> = runs
+        .iter()
+        .filter(|(t, _)| *t <= 2)
+        .map(|(t, run)| {
+            let measured = parallel_stage_ms(run);
+            let own = modelled_makespan_ms(&unit_ms(run), *t);
+            json!({
+                "threads": t,
+                "measured_parallel_stage_ms": measured,
+                "modelled_from_1_thread_units_ms": at(*t),
+                "modelled_from_own_units_ms": own,
+            })
+        })
+        .collect();
+    json!({
+        "kind": "model",
+        "label": "modelled, not measured: kiln's LPT schedule over the 1-thread run's unit compile times on ideal cores",
+        "units": units.len(),
+        "critical_path_ms": critical_path_ms,
+        "available_parallelism": available_parallelism,
+        "serial_ms": serial,
+        "rows": rows,
+        "check": check,
+    })
 }

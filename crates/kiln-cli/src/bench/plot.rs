@@ -18,7 +18,25 @@ pub fn compile(doc: &Value, path: &Path) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let max_t = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    // The modelled speedups (LPT over measured unit times), drawn dashed and labelled a model.
+    let model: Vec<(f64, f64)> = doc["model"]["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r["threads"].as_f64().unwrap_or(1.0),
+                        r["speedup"].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let max_t = pts
+        .iter()
+        .map(|p| p.0)
+        .chain(model.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
     let root = SVGBackend::new(path, (1100, 450)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(550);
@@ -54,6 +72,16 @@ pub fn compile(doc: &Value, path: &Path) -> anyhow::Result<()> {
         pts.iter()
             .map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())),
     )?;
+    if !model.is_empty() {
+        ch.draw_series(DashedLineSeries::new(
+            model.iter().copied(),
+            6,
+            4,
+            RED.stroke_width(2),
+        ))?
+        .label("model: LPT over measured unit times (not measured)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], RED));
+    }
     ch.configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
