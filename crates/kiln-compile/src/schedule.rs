@@ -22,12 +22,30 @@ pub struct Job {
 /// compiler process start and its headers cost about what a few kilobytes of kernel source do.
 pub const INVOCATION_OVERHEAD: u64 = 4096;
 
+/// The largest share of the program's estimated cost one unit should hold: 1/32, so that 32
+/// workers each have a unit to compile.
+pub const UNIT_SHARE: u64 = 32;
+
+/// The batch target is never below this: a batch whose kernels cost less than one more
+/// invocation would only be slower apart (each part paying the invocation again), so small
+/// programs keep their batches even where they exceed 1/[`UNIT_SHARE`] of the total.
+pub const MIN_BATCH_TARGET: u64 = 2 * INVOCATION_OVERHEAD;
+
+/// The estimated cost a batch of small kernels is packed up to: the largest single kernel (so
+/// batching never lengthens the critical path), lowered to 1/[`UNIT_SHARE`] of the whole
+/// program where that is larger than [`MIN_BATCH_TARGET`] (so no unit holds more than its
+/// share of the work unless one kernel alone does).
+pub fn batch_target(estimates: &[u64]) -> u64 {
+    let largest = estimates.iter().copied().max().unwrap_or(0) + INVOCATION_OVERHEAD;
+    let total = estimates.iter().sum::<u64>() + INVOCATION_OVERHEAD;
+    largest.min((total / UNIT_SHARE).max(MIN_BATCH_TARGET))
+}
+
 /// Builds the jobs for kernels with the given cost estimates (and names, for stable ties).
 ///
-/// Kernels at least as costly as the batch target compile alone; smaller ones are packed
-/// (largest first) into batches up to the target. The target is the largest single estimate:
-/// no batch takes longer than the longest kernel already does, so batching never lengthens the
-/// critical path, while small kernels stop paying the per-invocation overhead each.
+/// Kernels at least as costly as the [`batch_target`] compile alone; smaller ones are packed
+/// (largest first) into batches up to the target, so that small kernels stop paying the
+/// per-invocation overhead each. The plan is a function of the estimates and names only.
 pub fn plan(estimates: &[u64], names: &[String], batching: bool) -> Vec<Job> {
     let mut order: Vec<usize> = (0..estimates.len()).collect();
     order.sort_by(|&a, &b| {
@@ -45,7 +63,7 @@ pub fn plan(estimates: &[u64], names: &[String], batching: bool) -> Vec<Job> {
             })
             .collect();
     } else {
-        let target = estimates.iter().copied().max().unwrap_or(0) + INVOCATION_OVERHEAD;
+        let target = batch_target(estimates);
         let mut open: Option<Job> = None;
         for &k in &order {
             let cost = estimates[k];
@@ -163,6 +181,43 @@ mod tests {
             .all(|j| j.estimate <= target || j.kernels.len() == 1));
         // LPT order
         assert!(jobs.windows(2).all(|w| w[0].estimate >= w[1].estimate));
+    }
+
+    #[test]
+    fn no_unit_exceeds_its_share_unless_one_kernel_does() {
+        // 300 small kernels and one large one: the large one alone exceeds 1/32 of the total;
+        // every batch stays within it.
+        let mut est = vec![2_000; 300];
+        est.push(60_000);
+        let jobs = plan(&est, &names(301), true);
+        let total = est.iter().sum::<u64>() + INVOCATION_OVERHEAD;
+        let share = total / UNIT_SHARE;
+        assert!(share > MIN_BATCH_TARGET && share < 60_000 + INVOCATION_OVERHEAD);
+        for j in &jobs {
+            assert!(j.estimate <= share || j.kernels == vec![300], "{j:?}");
+        }
+        // still batched: far fewer invocations than kernels
+        assert!(jobs.len() < 301 / 3, "{} jobs", jobs.len());
+        // the same kernels, in any order, give the same partition
+        let mut rev_est = est.clone();
+        rev_est.reverse();
+        let mut rev_names = names(301);
+        rev_names.reverse();
+        let rev = plan(&rev_est, &rev_names, true);
+        let partition = |jobs: &[Job], names: &[String]| -> Vec<Vec<String>> {
+            jobs.iter()
+                .map(|j| j.kernels.iter().map(|&k| names[k].clone()).collect())
+                .collect()
+        };
+        assert_eq!(partition(&jobs, &names(301)), partition(&rev, &rev_names));
+    }
+
+    #[test]
+    fn small_programs_keep_their_batches() {
+        // 1/32 of this program is far below one invocation's overhead: the batches stay.
+        let est = [3_000, 600, 600, 600, 600, 600, 600];
+        assert_eq!(batch_target(&est), 3_000 + INVOCATION_OVERHEAD);
+        assert!(plan(&est, &names(7), true).len() <= 3);
     }
 
     #[test]
