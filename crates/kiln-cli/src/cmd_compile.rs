@@ -28,7 +28,9 @@ pub struct CompileArgs {
     /// Keep reductions and matmuls in kernels of their own (measures what fusion saves).
     #[arg(long)]
     pub no_fusion: bool,
-    /// Limit the memory of compiler invocations in flight, in MB.
+    /// Limit the memory of compiler invocations in flight, in MB: at most MB / (the backend's
+    /// estimate of one invocation) run at once, whatever --threads is [default: half of the
+    /// memory available].
     #[arg(long, value_name = "MB")]
     pub memory_budget_mb: Option<u64>,
     /// Print exactly one JSON object (the compile report) on stdout.

@@ -30,6 +30,12 @@ pub fn print_report(r: &CompileReport) {
             r.available_parallelism
         );
     }
+    if let Some(mb) = r.memory_budget_mb {
+        eprintln!(
+            "  memory budget {mb} MB: at most {} compiler invocations at once",
+            r.max_compilers_in_flight
+        );
+    }
     if let Some(remote) = &r.remote {
         eprintln!(
             "  remote cache {}: {} kernels fetched ({:.1} MB), {} missing, {} uploads ({:.1} MB), {} errors",

@@ -435,7 +435,9 @@ fn trace_has_one_track_per_worker_and_budget_keeps_results() {
     tids.sort();
     tids.dedup();
     assert_eq!(tids, vec![1, 2], "one track per compile worker");
-    // A memory budget that admits one compiler at a time changes nothing but time.
+    // A memory budget that admits one compiler at a time changes nothing but time, and no two
+    // compiler invocations overlap.
+    let trace = cache.path().join("budget-trace.json");
     let b = json(&kiln(
         &[
             "compile",
@@ -447,10 +449,32 @@ fn trace_has_one_track_per_worker_and_budget_keeps_results() {
             "--json",
             "--memory-budget-mb",
             "1",
+            "--trace",
+            trace.to_str().unwrap(),
         ],
         cache.path(),
     ));
     assert_eq!(b["artifact_digest"], r["artifact_digest"]);
+    assert_eq!(b["memory_budget_mb"], 1);
+    assert_eq!(b["max_compilers_in_flight"], 1);
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let mut spans: Vec<(f64, f64)> = t["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cat"] == "compile")
+        .map(|e| {
+            let ts = e["ts"].as_f64().unwrap();
+            (ts, ts + e["dur"].as_f64().unwrap())
+        })
+        .collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(spans.len() > 1);
+    for w in spans.windows(2) {
+        assert!(w[1].0 >= w[0].1 - 1.0, "invocations overlap: {w:?}");
+    }
+    // Without --memory-budget-mb, the budget is half the available memory.
+    assert!(r["memory_budget_mb"].as_u64().unwrap() > 0);
 }
 
 /// A GGUF file end to end: `run` reproduces the file's NumPy reference (tests/gguf), reads

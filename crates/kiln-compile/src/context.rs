@@ -22,6 +22,10 @@ pub struct Context<'a, B: Backend> {
     /// Their sources, in the same order.
     pub sources: Vec<KernelSource>,
     pub store: Store<'a>,
+    /// The memory budget for compilers in flight (bytes; None: no limit), and how many
+    /// invocations it admits at once ([`crate::budget`]).
+    pub memory_budget: Option<u64>,
+    pub max_in_flight: usize,
 }
 
 impl<'a, B: Backend> Context<'a, B> {

@@ -10,7 +10,7 @@ use crate::store::Store;
 use crate::timer::StageTimer;
 use crate::types::{unique_kernels, Compiled};
 use crate::unit::Unit;
-use crate::{analysis, codegen, dedupe, extract, load, lookup, memplan, parallel, report};
+use crate::{analysis, budget, codegen, dedupe, extract, load, lookup, memplan, parallel, report};
 use crate::{schedule, CompileError, CompileOptions, CompileReport};
 use kiln_ir::Graph;
 use kiln_process::{interrupted, ActiveCompile, MAX_THREADS};
@@ -78,6 +78,8 @@ fn pipeline<B: Backend>(
         codegen::codegen(&mut kernels, backend, &pool)
     });
     let store = Store::new(opts);
+    let memory_budget = budget::memory_budget(opts.memory_budget);
+    let max_in_flight = budget::in_flight_limit(memory_budget, backend.compile_memory_estimate());
     let mut cx = Context {
         backend,
         opts,
@@ -86,6 +88,8 @@ fn pipeline<B: Backend>(
         kernels,
         sources,
         store,
+        memory_budget,
+        max_in_flight,
     };
     let mut units: Vec<Unit> = stages.run(Stage::Schedule, || schedule::units(&cx));
     stages.run(Stage::CacheLookup, || lookup::lookup(&mut units, &cx));

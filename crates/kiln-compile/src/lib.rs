@@ -24,6 +24,7 @@
 //! together.
 
 pub mod analysis;
+pub mod budget;
 pub mod cache;
 mod codegen;
 mod context;

@@ -22,7 +22,8 @@ pub struct CompileOptions<'a> {
     /// kernels. A backend whose [`Backend::supports_fusion`](kiln_program::Backend) is false
     /// never gets them.
     pub fusion: bool,
-    /// Upper bound on the memory of compiler invocations in flight (bytes).
+    /// Upper bound on the memory of compiler invocations in flight (bytes); None: half of the
+    /// memory available when the compile starts ([`crate::budget`]).
     pub memory_budget: Option<u64>,
     pub observer: Option<&'a dyn Observer>,
     /// The remote tier behind the local cache: asked for what the local cache lacks, sent

@@ -43,13 +43,9 @@ pub fn compile_missing<B: Backend>(
         kernels,
     };
     notify(cx.observer(), &queued);
-    let limit = cx
-        .opts
-        .memory_budget
-        .map(|b| (b / cx.backend.compile_memory_estimate().max(1)).max(1) as usize);
-    let outcomes = cx
-        .pool
-        .run_jobs(&jobs, limit, |_, unit| compile_job(unit, cx));
+    let outcomes = cx.pool.run_jobs(&jobs, Some(cx.max_in_flight), |_, unit| {
+        compile_job(unit, cx)
+    });
     let mut failures = Vec::new();
     for (&u, outcome) in missing.iter().zip(outcomes) {
         failures.extend(record(&mut units[u], outcome, cx));

@@ -62,6 +62,10 @@ pub struct CompileReport {
     /// Sum of per-invocation compile times / (threads x wall time of the Parallel compile stage).
     pub parallel_efficiency: f64,
     pub peak_rss_mb: f64,
+    /// The memory budget of compilers in flight (MB; None: unknown, no limit) and how many
+    /// invocations it let run at once.
+    pub memory_budget_mb: Option<u64>,
+    pub max_compilers_in_flight: usize,
     /// See [`artifact_digest`]: equal across thread counts and cache states. For a shard,
     /// over the shard's units only.
     pub artifact_digest: String,
@@ -193,6 +197,8 @@ pub(crate) fn build<B: Backend>(cx: &Context<B>, units: &[Unit], end: Finish) ->
             1.0
         },
         peak_rss_mb: peak_rss_mb(),
+        memory_budget_mb: cx.memory_budget.map(|b| b >> 20),
+        max_compilers_in_flight: cx.max_in_flight.min(cx.opts.threads),
         artifact_digest: artifact_digest(artifacts),
         remote_hits: kernels_in(&|u| u.origin == Some(Origin::Remote)),
         remote_misses: kernels_in(&|u| u.asked_remote && u.origin != Some(Origin::Remote)),
