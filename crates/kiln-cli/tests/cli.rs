@@ -156,6 +156,22 @@ fn warm_cache_compiles_nothing() {
     assert_eq!(warm["cache_hits"], warm["kernels_unique"]);
     assert_eq!(warm["compiled"], 0);
     assert_eq!(warm["artifact_digest"], cold["artifact_digest"]);
+    // The same compile units, whatever the cache held, each found with its recorded time.
+    let partition = |r: &Value| -> Vec<Value> {
+        r["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["kernels"].clone())
+            .collect()
+    };
+    assert_eq!(partition(&warm), partition(&cold));
+    check_units(&warm);
+    assert!(warm["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|u| u["origin"] == "cache"));
     let stats = kiln(&["cache", "stats", "--json"], cache.path());
     let s: Value = serde_json::from_slice(&stats.stdout).unwrap();
     // One entry per compile unit (a kernel, or a batch of small ones): what the cold compile

@@ -3,7 +3,7 @@
 use crate::CompileError;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 pub struct Workers {
     threads: usize,
@@ -37,8 +37,11 @@ impl Workers {
     }
 
     /// Runs jobs in list order (the schedule's LPT order): each worker takes the next job when
-    /// it is free, and `f(i, job)` runs it. At most `limit` jobs run at once when given.
-    /// Results come back in job order.
+    /// it is free, and `f(i, job)` runs it. At most `limit` workers take jobs when given (the
+    /// memory budget's cap on compilers in flight): capping the workers, not only the jobs in
+    /// flight, also bounds what each worker thread keeps allocated between jobs (an in-process
+    /// compiler's thread-local state, the allocator's per-thread arenas). Results come back in
+    /// job order.
     pub fn run_jobs<T: Sync, R: Send>(
         &self,
         jobs: &[T],
@@ -47,54 +50,30 @@ impl Workers {
     ) -> Vec<R> {
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<R>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-        let gate = Gate::new(limit.unwrap_or(usize::MAX));
         let work = || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= jobs.len() {
                 break;
             }
-            gate.acquire();
             let out = f(i, &jobs[i]);
-            gate.release();
             *slots[i].lock().expect("slot") = Some(out);
         };
+        let workers = self
+            .threads
+            .min(jobs.len())
+            .min(limit.unwrap_or(usize::MAX))
+            .max(1);
         match &self.pool {
-            None => work(),
-            Some(p) => p.scope(|s| {
-                for _ in 0..self.threads.min(jobs.len()) {
+            Some(p) if workers > 1 => p.scope(|s| {
+                for _ in 0..workers {
                     s.spawn(|_| work());
                 }
             }),
+            _ => work(),
         }
         slots
             .into_iter()
             .map(|s| s.into_inner().expect("slot").expect("every job ran"))
             .collect()
-    }
-}
-
-/// A counting semaphore for the in-flight memory budget.
-struct Gate {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn new(n: usize) -> Gate {
-        Gate {
-            free: Mutex::new(n.max(1)),
-            cv: Condvar::new(),
-        }
-    }
-    fn acquire(&self) {
-        let mut f = self.free.lock().expect("gate");
-        while *f == 0 {
-            f = self.cv.wait(f).expect("gate");
-        }
-        *f -= 1;
-    }
-    fn release(&self) {
-        *self.free.lock().expect("gate") += 1;
-        self.cv.notify_one();
     }
 }
