@@ -27,16 +27,17 @@ pub struct RunArgs {
     /// Wrap the prompt in the Qwen chat markup and stop at <|im_end|>.
     #[arg(long)]
     pub chat: bool,
-    #[arg(long, default_value_t = 32)]
+    /// At most this many new tokens (generation also stops at the model's context).
+    #[arg(long, default_value_t = 32, value_parser = crate::bounds::new_tokens)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::bounds::temperature)]
     pub temperature: f32,
-    /// Keep the K most likely tokens (0 = all).
+    /// Keep the K most likely tokens (0 = all; at most the vocabulary).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P.
-    #[arg(long, default_value_t = 1.0)]
+    /// Keep the smallest set of tokens whose probability reaches P, in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_parser = crate::bounds::top_p)]
     pub top_p: f32,
     /// Seed for sampling (and a preset's random weights).
     #[arg(long, default_value_t = 0)]
@@ -53,8 +54,6 @@ pub struct RunArgs {
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.temperature >= 0.0, "--temperature must be >= 0");
-    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
     if let Some(p) = &a.logits_out {
         check_writable("--logits-out", p)?;
     }
@@ -82,7 +81,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
     // A prompt the model cannot take fails here, before compiling or loading weights.
-    source.config()?.check_prompt(&prompt_ids)?;
+    let config = source.config()?;
+    config.check_prompt(&prompt_ids)?;
+    anyhow::ensure!(
+        a.top_k <= config.vocab_size,
+        "--top-k {} is more than the vocabulary ({} tokens; 0 keeps them all)",
+        a.top_k,
+        config.vocab_size
+    );
 
     let threads = a.flags.threads();
     let target = a.flags.open(None, false)?;

@@ -1,6 +1,7 @@
 //! `kiln`: compile and run neural-network graphs, fast. A thin layer over the library crates.
 
 mod bench;
+mod bounds;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;
@@ -57,7 +58,7 @@ pub struct CompileFlags {
     /// process group) is killed and the compile fails naming the kernels. Applies to external
     /// compilers (the C compiler), not to NVRTC or wgpu (naga and the driver), which run inside
     /// kiln.
-    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = bounds::compile_timeout)]
     pub compile_timeout: u64,
     /// Where kernels run: cpu (system C compiler), cuda (NVRTC, NVIDIA GPU) or wgpu (WGSL on
     /// Vulkan, Metal or DX12; pick the adapter with KILN_WGPU_ADAPTER and WGPU_BACKEND).

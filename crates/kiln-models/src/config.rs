@@ -60,7 +60,13 @@ const SILU_NAMES: [&str; 2] = ["silu", "swish"];
 
 /// Largest value any dimension may have: shapes are `i64` expressions and kernels index with
 /// 64-bit products of two dimensions, so each must stay well inside 32 bits.
-const MAX_DIM: u64 = i32::MAX as u64;
+pub const MAX_DIM: u64 = i32::MAX as u64;
+
+/// The most decoder layers a model (or `kiln compile --layers`) may have. The deepest
+/// published decoders have about 130; each layer adds about 240 graph nodes and 13 kernel
+/// launches (some 130 KB of graph while compiling), so 10 000 layers take a few GB to compile
+/// and anything deeper is a typo or an attack, not a model.
+pub const MAX_LAYERS: usize = 10_000;
 
 /// `config.json` as a JSON object, with readers that name the key at fault.
 struct Keys<'a>(&'a Map<String, Value>);
@@ -210,6 +216,11 @@ impl QwenConfig {
         let hidden_size = keys.uint("hidden_size")?;
         let num_heads = keys.uint("num_attention_heads")?;
         let num_layers = keys.uint("num_hidden_layers")?;
+        if num_layers > MAX_LAYERS {
+            return Err(ModelError::config(format!(
+                "key 'num_hidden_layers' = {num_layers}: kiln builds at most {MAX_LAYERS} layers"
+            )));
+        }
         // transformers' Qwen2Config/Qwen3Config: `num_key_value_heads: int | None = 32`, and
         // `None` means `num_attention_heads`; so an absent key is 32, a null one MHA.
         let num_kv_heads = match obj.get("num_key_value_heads") {

@@ -332,7 +332,10 @@ impl Model {
             return Ok(g);
         }
         // The whole generation's cache at once, rather than doubling as it goes.
-        let positions = (prompt.len() + max_new).min(self.config.max_position_embeddings);
+        let positions = prompt
+            .len()
+            .saturating_add(max_new)
+            .min(self.config.max_position_embeddings);
         if self.cache_held.is_some() {
             let capacity = self.cache_capacity.max(positions);
             self.reset_kept_cache(capacity)?;

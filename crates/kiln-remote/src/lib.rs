@@ -111,8 +111,15 @@ impl Config {
                 .map(|v| {
                     v.trim()
                         .parse::<u64>()
+                        .ok()
+                        .filter(|&ms| ms <= MAX_WAIT_MS)
                         .map(Duration::from_millis)
-                        .map_err(|_| format!("{name}={v} is not a number of milliseconds"))
+                        .ok_or_else(|| {
+                            format!(
+                                "{name}={v} is not a number of milliseconds from 0 to \
+                                 {MAX_WAIT_MS} (a day)"
+                            )
+                        })
                 })
                 .transpose()
         };
@@ -127,7 +134,10 @@ impl Config {
         }
         if let Some(v) = env(&["KILN_REMOTE_CACHE_TTL"]) {
             c.ttl = Some(parse_duration(&v).ok_or_else(|| {
-                format!("KILN_REMOTE_CACHE_TTL={v} is not a duration (3600, 90s, 30m, 12h, 7d)")
+                format!(
+                    "KILN_REMOTE_CACHE_TTL={v} is not a duration (3600, 90s, 30m, 12h, 7d) of at \
+                     most {MAX_TTL_DAYS} days"
+                )
             })?);
         }
         c.tier.read_only = env(&["KILN_REMOTE_CACHE_READONLY"])
@@ -143,7 +153,12 @@ impl Config {
     }
 }
 
-/// `3600` (seconds), `90s`, `30m`, `12h`, `7d`.
+/// The longest timeout or flush wait a variable may set: a day.
+const MAX_WAIT_MS: u64 = 86_400_000;
+/// The longest expiry: ten years.
+const MAX_TTL_DAYS: u64 = 3650;
+
+/// `3600` (seconds), `90s`, `30m`, `12h`, `7d`; at most [`MAX_TTL_DAYS`] days.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = match s.char_indices().last()? {
@@ -154,7 +169,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => (s, 1),
     };
     let n: u64 = num.trim().parse().ok().filter(|&n| n > 0)?;
-    Some(Duration::from_secs(n * unit))
+    let secs = n.checked_mul(unit).filter(|&s| s <= MAX_TTL_DAYS * 86400)?;
+    Some(Duration::from_secs(secs))
 }
 
 /// An opened store.
@@ -313,6 +329,8 @@ mod tests {
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("0"), None);
         assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("18446744073709551615d"), None);
+        assert_eq!(parse_duration("3651d"), None);
         assert_eq!(
             scrub("auth hunter2 failed".into(), &["hunter2".into()]),
             "auth *** failed"
