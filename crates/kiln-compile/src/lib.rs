@@ -20,6 +20,7 @@
 pub mod analysis;
 pub mod backend;
 pub mod cache;
+mod cancel;
 pub mod codegen;
 pub mod dedupe;
 mod error;
@@ -208,8 +209,10 @@ fn pipeline<B: Backend>(
         });
     }
     COMPILES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let _active = process::ActiveCompile::start();
-    check_interrupt()?;
+    // Held while this compile runs; given up first when it ends interrupted, so that the
+    // signal handler's exit does not wait for the big values below to be freed.
+    let mut active = Some(process::ActiveCompile::start());
+    check_interrupt(&mut active)?;
     let t0 = Instant::now();
     let identity = backend.identity()?;
     let observer = opts.observer;
@@ -218,11 +221,17 @@ fn pipeline<B: Backend>(
         times: Vec::new(),
     };
 
-    let graph = st.run(Stage::Analysis, || analysis::analyze(graph))?;
+    let graph = st
+        .run(Stage::Analysis, || analysis::analyze(graph))
+        .inspect_err(|_| drop(active.take()))?;
+    // Every stage stops early once the program is interrupted (an atomic load per loop
+    // chunk); what it returns then is incomplete, and the compile ends here.
     let program = st.run(Stage::KernelExtraction, || {
         extract::extract_with(&graph, opts.fusion && backend.supports_fusion())
     });
+    check_interrupt(&mut active)?;
     let mut deduped = st.run(Stage::Dedupe, || dedupe::dedupe(&program, opts.dedupe));
+    check_interrupt(&mut active)?;
     // No stage has more parallel work than there are distinct kernels: more threads would only
     // be started, compete for the cores while idle, and be stopped again.
     let pool = pool::Workers::new(opts.threads.min(deduped.kernels.len().max(1)))?;
@@ -234,6 +243,7 @@ fn pipeline<B: Backend>(
             sources
         }
     });
+    check_interrupt(&mut active)?;
     let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let units = st.run(Stage::Schedule, || {
         let est: Vec<u64> = sources.iter().map(|s| s.source.len() as u64).collect();
@@ -281,6 +291,7 @@ fn pipeline<B: Backend>(
         }
     };
     remote_warning();
+    check_interrupt(&mut active)?;
     let cached = found.cached;
 
     // Compile what the caches did not hold, in the schedule's order.
@@ -390,7 +401,7 @@ fn pipeline<B: Backend>(
         }
     }
     // Whole artifacts compiled before an interruption are stored; nothing else is.
-    check_interrupt()?;
+    check_interrupt(&mut active)?;
     if !failures.is_empty() {
         failures.sort_by(|a, b| a.kernel.cmp(&b.kernel));
         return Err(CompileError::Kernels(failures));
@@ -569,10 +580,14 @@ fn pipeline<B: Backend>(
     })
 }
 
-/// Fails with [`CompileError::Interrupted`] once [`interrupt`] was called.
-fn check_interrupt() -> Result<(), CompileError> {
+/// Fails with [`CompileError::Interrupted`] once [`interrupt`] was called, giving up
+/// `active` (the compile's mark as running) first.
+fn check_interrupt(active: &mut Option<process::ActiveCompile>) -> Result<(), CompileError> {
     match interrupted() {
-        Some(signal) => Err(CompileError::Interrupted { signal }),
+        Some(signal) => {
+            drop(active.take());
+            Err(CompileError::Interrupted { signal })
+        }
         None => Ok(()),
     }
 }

@@ -33,12 +33,27 @@ pub type Realized = Vec<bool>;
 /// Runs the passes in order.
 pub fn plan(graph: &Graph) -> Realized {
     let mut r = vec![false; graph.nodes.len()];
+    // Each pass is linear in the graph and short; between passes, an interrupted compile
+    // stops (see `extract_with`).
+    let stop = crate::cancel::requested;
     realize_roots(graph, &mut r);
     realize_shared(graph, &mut r);
     realize_matmul_operands(graph, &mut r);
+    if stop() {
+        return r;
+    }
     let attention_roots = fuse_attention(graph, &mut r);
+    if stop() {
+        return r;
+    }
     let row_maps = fuse_reductions_into_maps(graph, &mut r);
+    if stop() {
+        return r;
+    }
     let row_maps = fuse_row_maps_into_readers(graph, &mut r, row_maps);
+    if stop() {
+        return r;
+    }
     fuse_matmul_epilogues(graph, &mut r, &row_maps, &attention_roots);
     r
 }
