@@ -39,6 +39,21 @@ fn unary_ops() {
 }
 
 #[test]
+fn non_finite_constants_follow_the_interpreter() {
+    // Infinities, NaN and f64 constants past f32's range, in products, sums, maxima,
+    // comparisons, reductions and a bf16 cast (an f32 `1e39` once rendered as `inff`).
+    let g = kiln_ir::testing::non_finite_constants_graph();
+    let mut exe = build(&g, 1);
+    check(
+        exe.as_mut(),
+        &g,
+        &kiln_ir::testing::non_finite_inputs(),
+        0.0,
+        1e-6,
+    );
+}
+
+#[test]
 fn binary_ops_and_where() {
     let mut g = Graph::new();
     let x = x_input(&mut g);

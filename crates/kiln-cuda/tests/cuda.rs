@@ -139,6 +139,27 @@ fn emulated_ops_match_the_interpreter() {
     ops_match_the_interpreter(Where::Emulated);
 }
 
+#[test]
+fn gpu_non_finite_constants_follow_the_interpreter() {
+    if gpu() {
+        non_finite_constants_follow_the_interpreter(Where::Gpu);
+    }
+}
+
+#[test]
+fn emulated_non_finite_constants_follow_the_interpreter() {
+    non_finite_constants_follow_the_interpreter(Where::Emulated);
+}
+
+/// Infinities, NaN and f64 constants past f32's range in CUDA C (an f32 `1e39` once rendered
+/// as `inff`), against the interpreter.
+fn non_finite_constants_follow_the_interpreter(target: Where) {
+    let g = kiln_ir::testing::non_finite_constants_graph();
+    let ins = kiln_ir::testing::non_finite_inputs();
+    let got = cuda_executable(&g, target).run(&ins).unwrap();
+    kiln_ir::testing::assert_matches_interpreter(&got, &g, &ins, 0.0, 1e-6);
+}
+
 fn ops_match_the_interpreter(target: Where) {
     use kiln_ir::{DType, Expr, Graph, Tensor};
     let mut g = Graph::new();
@@ -284,6 +305,13 @@ fn write_kernels_compile_with_nvrtc() {
     let backend = CudaBackend::compile_only("sm_90").unwrap();
     let c = compile(&write_slice_graph(), &backend, &CompileOptions::default()).unwrap();
     assert!(c.kernels.iter().any(|k| k.kernel.label() == "write"));
+}
+
+#[test]
+fn non_finite_constants_compile_with_nvrtc() {
+    let backend = CudaBackend::compile_only("sm_90").unwrap();
+    let g = kiln_ir::testing::non_finite_constants_graph();
+    compile(&g, &backend, &CompileOptions::default()).unwrap();
 }
 
 /// In place and as a copy, at symbolic positions, against the interpreter.

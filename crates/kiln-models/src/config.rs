@@ -107,6 +107,41 @@ impl Keys<'_> {
             })
     }
 
+    /// A number in `lo..=hi`; `range` says what the bound is and why.
+    fn bounded_float(x: &Value, k: &str, lo: f64, hi: f64, range: &str) -> Result<f64, ModelError> {
+        let v = Self::positive_float(x, k)?;
+        if !(lo..=hi).contains(&v) {
+            return Err(ModelError::config(format!(
+                "key '{k}' = {x} is out of range: {range}"
+            )));
+        }
+        Ok(v)
+    }
+
+    /// `rms_norm_eps`: added to a mean of squares in f32, it must be a normal f32 (a larger
+    /// one is infinite there, a smaller one zero) and no more than 1 (past that it dominates
+    /// every activation).
+    fn eps(x: &Value, k: &str) -> Result<f64, ModelError> {
+        Self::bounded_float(
+            x,
+            k,
+            f32::MIN_POSITIVE as f64,
+            1.0,
+            "it must be a normal f32 (at least 1.2e-38) no larger than 1",
+        )
+    }
+
+    /// A RoPE base: below 1 the frequencies grow with the dimension, past f32's range.
+    fn rope_base(x: &Value, k: &str) -> Result<f64, ModelError> {
+        Self::bounded_float(
+            x,
+            k,
+            1.0,
+            f64::MAX,
+            "it must be at least 1 (below 1 the RoPE frequencies grow past f32's range)",
+        )
+    }
+
     fn bool(&self, k: &str, default: bool) -> Result<bool, ModelError> {
         match self.get(k) {
             None => Ok(default),
@@ -251,7 +286,7 @@ impl QwenConfig {
         check_attention_kinds(&keys, num_layers)?;
         let rope_theta = rope_theta(&keys)?;
         let rms_norm_eps = match keys.get("rms_norm_eps") {
-            Some(x) => Keys::positive_float(x, "rms_norm_eps")?,
+            Some(x) => Keys::eps(x, "rms_norm_eps")?,
             None => 1e-6,
         };
         let c = QwenConfig {
@@ -473,7 +508,7 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
             }
         }
         if let Some(t) = p.get("rope_theta").filter(|t| !t.is_null()) {
-            theta = Some(Keys::positive_float(t, &format!("{name}.rope_theta"))?);
+            theta = Some(Keys::rope_base(t, &format!("{name}.rope_theta"))?);
         }
     }
     if let Some(f) = keys.get("partial_rotary_factor") {
@@ -485,7 +520,7 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
     }
     match (theta, keys.get("rope_theta")) {
         (Some(t), _) => Ok(t),
-        (None, Some(t)) => Keys::positive_float(t, "rope_theta"),
+        (None, Some(t)) => Keys::rope_base(t, "rope_theta"),
         (None, None) => Ok(10000.0),
     }
 }

@@ -390,6 +390,22 @@ fn large_launches_split_their_grid() {
 /// unspecified), `%` is C's exact fmodf (WGSL's `%` is `a - b * trunc(a / b)`), casts wrap like
 /// Rust's `v as i64 as i32` (WGSL's `i32()` saturates).
 #[test]
+fn non_finite_constants_follow_the_interpreter() {
+    // WGSL rejects constant expressions that are infinite or NaN: they must come from bits at
+    // run time, 1e39 (infinite in f32) included.
+    let g = kiln_ir::testing::non_finite_constants_graph();
+    let Some(b) = backend() else { return };
+    let mut exe = build(&b, &g, 1);
+    check(
+        exe.as_mut(),
+        &g,
+        &kiln_ir::testing::non_finite_inputs(),
+        0.0,
+        1e-6,
+    );
+}
+
+#[test]
 fn special_values_follow_the_interpreter() {
     let xs = [
         f32::NAN,
