@@ -518,10 +518,10 @@ fn memory_bandwidth(threads: usize) -> f64 {
 }
 
 fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
-    use kiln_models::{LoadOptions, Model, ModelSource, Sampling};
+    use kiln_models::{LoadOptions, Model, Sampling};
     std::fs::create_dir_all(&a.out)?;
     let threads = a.threads.unwrap_or_else(cores);
-    let source = ModelSource::parse(&a.model)?;
+    let source = crate::model_source(&a.model)?;
     let target = kiln_backends::open(
         a.backend,
         &BackendOptions {

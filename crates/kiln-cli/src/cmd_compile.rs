@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use kiln_backends::{BackendKind, ShaderFormat};
 use kiln_compile::{CompileOptions, CompileReport};
-use kiln_models::{build_graph, GraphOptions, ModelSource};
+use kiln_models::{build_graph, GraphOptions};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -61,7 +61,7 @@ fn emit_args(a: &CompileArgs) -> anyhow::Result<Option<(ShaderFormat, PathBuf)>>
 
 /// Compiles the model's graph and returns the report.
 pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<CompileReport> {
-    let source = ModelSource::parse(&a.flags.model)?;
+    let source = crate::model_source(&a.flags.model)?;
     let mut config = source.config()?;
     if let Some(l) = a.layers {
         config.num_layers = l;

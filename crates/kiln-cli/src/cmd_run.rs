@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
 use kiln_models::{
-    FinishReason, GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder, Tokenizer,
+    FinishReason, GraphOptions, LoadOptions, Model, Sampling, StreamDecoder, Tokenizer,
 };
 use std::path::PathBuf;
 
@@ -60,7 +60,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.flags.trace {
         check_writable("--trace", p)?;
     }
-    let source = ModelSource::parse(&a.flags.model)?;
+    let source = crate::model_source(&a.flags.model)?;
     let tokenizer = source.tokenizer()?;
     let prompt_ids = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),

@@ -47,7 +47,8 @@ enum Command {
 #[derive(Args, Clone, Debug)]
 pub struct CompileFlags {
     /// Model: a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen2.5-0.5b, qwen2.5-1.5b,
-    /// qwen2.5-7b) or a Hugging Face checkpoint folder.
+    /// qwen2.5-7b) or a Hugging Face checkpoint folder. A folder wins over a preset of the same
+    /// name (with a note); preset:NAME is always the preset.
     #[arg(long)]
     pub model: String,
     /// Compile threads, 1 to 1024 (1 = sequential). Default: the number of cores. Kernels run
@@ -79,6 +80,16 @@ pub struct CompileFlags {
     /// Write a Chrome/Perfetto trace of the compile to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+}
+
+/// The model `--model` names; a folder that shadows a preset of the same name is used, with a
+/// notice on stderr (see [`kiln_models::ModelSource::parse`]).
+pub fn model_source(arg: &str) -> anyhow::Result<kiln_models::ModelSource> {
+    let source = kiln_models::ModelSource::parse(arg)?;
+    if let Some(notice) = source.shadowed_preset() {
+        eprintln!("note: {notice}");
+    }
+    Ok(source)
 }
 
 /// A thread count between 1 and [`MAX_THREADS`], or a message that says so.

@@ -100,19 +100,50 @@ pub enum ModelSource {
     Dir(PathBuf),
 }
 
+/// The prefix that names a preset whatever folders exist: `preset:qwen3-0.6b`.
+pub const PRESET_PREFIX: &str = "preset:";
+
 impl ModelSource {
+    /// A folder, else a preset. A name that is both (a checkpoint downloaded into
+    /// `./qwen3-0.6b`) is the folder — a real checkpoint is never silently replaced by random
+    /// weights — and [`ModelSource::shadowed_preset`] says so; `preset:NAME` is the preset.
     pub fn parse(s: &str) -> Result<ModelSource, ModelError> {
-        if presets::preset(s).is_some() {
-            return Ok(ModelSource::Preset(s.into()));
+        if let Some(name) = s.strip_prefix(PRESET_PREFIX) {
+            return match presets::preset(name) {
+                Some(_) => Ok(ModelSource::Preset(name.into())),
+                None => Err(ModelError::Source(format!(
+                    "unknown preset '{name}' (presets: {})",
+                    presets::preset_names().join(", ")
+                ))),
+            };
         }
         let p = PathBuf::from(s);
         if p.is_dir() {
             return Ok(ModelSource::Dir(p));
         }
+        if presets::preset(s).is_some() {
+            return Ok(ModelSource::Preset(s.into()));
+        }
         Err(ModelError::Source(format!(
             "unknown model '{s}': not a preset ({}) and not a folder with config.json",
             presets::preset_names().join(", ")
         )))
+    }
+
+    /// For a folder whose name (as given) is also a preset's: the notice to show, saying which
+    /// was chosen and how to choose the other.
+    pub fn shadowed_preset(&self) -> Option<String> {
+        let ModelSource::Dir(d) = self else {
+            return None;
+        };
+        let name = d.to_str()?;
+        presets::preset(name).map(|_| {
+            format!(
+                "'{name}' is both a folder and a preset: using the folder {}; for the preset \
+                 (random weights) pass --model {PRESET_PREFIX}{name}",
+                d.display()
+            )
+        })
     }
 
     pub fn config(&self) -> Result<QwenConfig, ModelError> {
