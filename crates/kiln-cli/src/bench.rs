@@ -1,6 +1,7 @@
 //! `kiln bench compile|decode`: reproducible numbers with one command, as JSON and an SVG plot.
 //! Each compile configuration runs in a child process (its own peak RSS, its own fresh cache).
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use kiln_backends::{BackendKind, BackendOptions};
 use serde_json::{json, Value};
@@ -78,6 +79,19 @@ pub fn run(b: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `--out DIR`: made if missing, and checked to take files, before any benchmark runs; every
+/// error names it.
+fn out_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--out {}: cannot create", dir.display()))?;
+    crate::output_path::check_writable("--out", &dir.join("bench.json"))
+}
+
+fn write_json(path: &Path, doc: &Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(doc)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -152,7 +166,7 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
         a.repeat >= 1 && !a.threads.is_empty() && a.threads.iter().all(|&t| t >= 1),
         "--repeat and --threads must be >= 1"
     );
-    std::fs::create_dir_all(&a.out)?;
+    out_dir(&a.out)?;
     let scratch = tempfile::tempdir()?;
     let fresh = |tag: String| scratch.path().join(tag);
     let mut threads = a.threads.clone();
@@ -266,9 +280,9 @@ fn compile_bench(a: CompileBench) -> anyhow::Result<()> {
         "remote": remote,
     });
     let jpath = a.out.join("compile.json");
-    std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
+    write_json(&jpath, &doc)?;
     let spath = a.out.join("compile.svg");
-    plot_compile(&doc, &spath)?;
+    plot_compile(&doc, &spath).with_context(|| format!("writing {}", spath.display()))?;
     eprintln!(
         "warm cache: {warm_ms:.0} ms ({:.1}% of cold)",
         100.0 * warm_ms / base_ms
@@ -519,7 +533,7 @@ fn memory_bandwidth(threads: usize) -> f64 {
 
 fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
     use kiln_models::{LoadOptions, Model, Sampling};
-    std::fs::create_dir_all(&a.out)?;
+    out_dir(&a.out)?;
     let threads = a.threads.unwrap_or_else(cores);
     let source = crate::model_source(&a.model)?;
     let target = kiln_backends::open(
@@ -610,7 +624,7 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
         "launches_per_token": step.launches, "bytes_written_per_token": step.bytes_written,
     });
     let jpath = a.out.join("decode.json");
-    std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
+    write_json(&jpath, &doc)?;
     let spath = a.out.join("decode.svg");
     {
         use plotters::prelude::*;
@@ -657,7 +671,8 @@ fn decode_bench(a: DecodeBench) -> anyhow::Result<()> {
             });
         }
         ch.configure_series_labels().border_style(BLACK).draw()?;
-        root.present()?;
+        root.present()
+            .with_context(|| format!("writing {}", spath.display()))?;
     }
     eprintln!(
         "prefill {} tokens: {:.1} ms, {prefill_gflops:.1} GFLOP/s{}; decode {decode:.2} tokens/s, {} launches/token; bandwidth {:.1} GB/s -> bound {bound:.2} tokens/s ({:.0}%)",

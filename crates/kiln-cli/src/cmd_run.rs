@@ -24,8 +24,9 @@ pub struct RunArgs {
     /// The prompt as token ids: 1,2,3.
     #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
-    /// Wrap the prompt in the Qwen chat markup and stop at <|im_end|>.
-    #[arg(long)]
+    /// Wrap the prompt in the Qwen chat markup and stop at <|im_end|> (with --prompt: ids are
+    /// passed as they are).
+    #[arg(long, conflicts_with = "prompt_ids")]
     pub chat: bool,
     /// At most this many new tokens (generation also stops at the model's context).
     #[arg(long, default_value_t = 32, value_parser = crate::bounds::new_tokens)]
@@ -60,6 +61,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.flags.trace {
         check_writable("--trace", p)?;
     }
+    crate::output_path::check_distinct(&[
+        ("--logits-out", a.logits_out.as_deref()),
+        ("--trace", a.flags.trace.as_deref()),
+    ])?;
     let source = crate::model_source(&a.flags.model)?;
     let tokenizer = source.tokenizer()?;
     let prompt_ids = match (&a.prompt_ids, &a.prompt) {
@@ -72,6 +77,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 )
             })?;
             let text = if a.chat {
+                tok.check_chat_tokens()?;
                 Tokenizer::chat_prompt(text)
             } else {
                 text.clone()
@@ -142,8 +148,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             out::print_or_exit(&format!("{id} "));
         }
     })?;
+    if let (true, Some(t)) = (show, &tokenizer) {
+        // A last token that ended inside a character: shown (as U+FFFD), as --json shows it.
+        out::print(&stream.finish(t)?)?;
+    }
     let text = match &tokenizer {
-        Some(t) => t.decode(&gen.generated_ids)?,
+        Some(t) => {
+            let unknown = t.unknown_ids(&gen.generated_ids);
+            if !unknown.is_empty() {
+                eprintln!(
+                    "warning: generated ids with no token in the tokenizer ({} tokens; the model \
+                     has {}): {unknown:?}, shown as U+FFFD",
+                    t.vocab_size(),
+                    model.config.vocab_size
+                );
+            }
+            t.decode(&gen.generated_ids)?
+        }
         None => String::new(),
     };
     if let Some(path) = &a.logits_out {

@@ -238,6 +238,12 @@ impl QwenConfig {
             )));
         }
         for k in ["hidden_act", "hidden_activation"] {
+            // transformers looks a null activation up in ACT2FN and fails: no default here.
+            if obj.get(k).is_some_and(Value::is_null) {
+                return Err(ModelError::config(format!(
+                    "key '{k}' is null; kiln implements silu (the Qwen activation)"
+                )));
+            }
             if let Some(act) = keys.str(k)? {
                 if !SILU_NAMES.contains(&act) {
                     return Err(ModelError::config(format!(
@@ -310,6 +316,8 @@ impl QwenConfig {
             eos_token_ids: keys.ids("eos_token_id")?,
             weight_dtype: weight_dtype(&keys)?,
         };
+        // Special token ids name rows of the embedding: one past the vocabulary is no token.
+        check_special_ids(&keys, c.vocab_size)?;
         let bytes = c.weight_bytes();
         if bytes >= 1 << 62 {
             return Err(ModelError::config(format!(
@@ -414,6 +422,35 @@ impl QwenConfig {
     }
 }
 
+/// The special token ids (`bos_token_id`, `eos_token_id`, `pad_token_id`: an id or a list)
+/// of a config or generation config are inside a vocabulary of `vocab` tokens.
+fn check_special_ids(keys: &Keys<'_>, vocab: usize) -> Result<(), ModelError> {
+    for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        if let Some(bad) = keys.ids(k)?.into_iter().find(|&i| i as usize >= vocab) {
+            return Err(ModelError::config(format!(
+                "key '{k}' = {bad} is not a token: the vocabulary has {vocab} (vocab_size)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The stop tokens `generation_config.json` (`text`) gives for a model of `vocab` tokens:
+/// its `eos_token_id` (an id or a list), which replaces the config's as in transformers
+/// (`GenerationConfig` is what `generate` reads). `None` when the file does not name them.
+pub fn generation_eos_ids(text: &str, vocab: usize) -> Result<Option<Vec<u32>>, ModelError> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| ModelError::config(format!("invalid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ModelError::config("must be a JSON object"))?;
+    let keys = Keys(obj);
+    check_special_ids(&keys, vocab)?;
+    keys.get("eos_token_id")
+        .map(|_| keys.ids("eos_token_id"))
+        .transpose()
+}
+
 /// Every layer must be full (causal) attention: kiln does not implement sliding windows.
 /// transformers (Qwen2Config/Qwen3Config `__post_init__`): `sliding_window` only counts when
 /// `use_sliding_window` is true; `layer_types`, when given, decides per layer, otherwise layer
@@ -480,6 +517,7 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
         None => dict("rope_parameters")?,
     };
     let mut theta = None;
+    let mut theta_key = String::new();
     if let Some((name, p)) = params {
         for nested in ["full_attention", "sliding_attention"] {
             if p.contains_key(nested) {
@@ -508,7 +546,8 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
             }
         }
         if let Some(t) = p.get("rope_theta").filter(|t| !t.is_null()) {
-            theta = Some(Keys::rope_base(t, &format!("{name}.rope_theta"))?);
+            theta_key = format!("{name}.rope_theta");
+            theta = Some(Keys::rope_base(t, &theta_key)?);
         }
     }
     if let Some(f) = keys.get("partial_rotary_factor") {
@@ -519,7 +558,17 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
         }
     }
     match (theta, keys.get("rope_theta")) {
-        (Some(t), _) => Ok(t),
+        // Both spellings (transformers 5 writes both): they must say the same.
+        (Some(t), Some(top)) => {
+            let top_value = Keys::rope_base(top, "rope_theta")?;
+            if top_value != t {
+                return Err(ModelError::config(format!(
+                    "keys '{theta_key}' = {t} and 'rope_theta' = {top} disagree"
+                )));
+            }
+            Ok(t)
+        }
+        (Some(t), None) => Ok(t),
         (None, Some(t)) => Keys::rope_base(t, "rope_theta"),
         (None, None) => Ok(10000.0),
     }

@@ -47,6 +47,10 @@ pub enum ModelError {
     /// The model does not fit this machine.
     #[error("{0}")]
     Resources(String),
+    /// The model computed NaN or infinite logits (NaN or Inf weights, or an overflow):
+    /// no token can be chosen from them.
+    #[error("{0}")]
+    NonFinite(String),
     #[error(transparent)]
     Graph(#[from] kiln_ir::IrError),
     #[error(transparent)]
@@ -146,10 +150,33 @@ impl ModelSource {
         })
     }
 
+    /// The model's config; for a folder, `config.json` and, when present,
+    /// `generation_config.json`, whose `eos_token_id` replaces the config's (as in
+    /// transformers: Qwen3's instruct models stop at `<|endoftext|>` only through it).
     pub fn config(&self) -> Result<QwenConfig, ModelError> {
         match self {
             ModelSource::Preset(name) => Ok(presets::preset(name).expect("parsed preset")),
-            ModelSource::Dir(d) => QwenConfig::from_file(&d.join("config.json")),
+            ModelSource::Dir(d) => {
+                let mut c = QwenConfig::from_file(&d.join("config.json"))?;
+                let path = d.join("generation_config.json");
+                if path.symlink_metadata().is_ok() {
+                    let at = |detail: String| ModelError::Config {
+                        path: Some(path.clone()),
+                        detail,
+                    };
+                    let text = files::read_text(&path, files::CONFIG)
+                        .map_err(|e| at(files::problem(&e)))?;
+                    let eos =
+                        config::generation_eos_ids(&text, c.vocab_size).map_err(|e| match e {
+                            ModelError::Config { detail, .. } => at(detail),
+                            e => e,
+                        })?;
+                    if let Some(eos) = eos {
+                        c.eos_token_ids = eos;
+                    }
+                }
+                Ok(c)
+            }
         }
     }
 

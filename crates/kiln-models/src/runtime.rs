@@ -123,6 +123,23 @@ impl Generation {
     }
 }
 
+/// Fails when the logits of generation step `step` hold a NaN or an infinity: sampling would
+/// pick token 0 (or any) from them, forever.
+fn check_finite(logits: &[f32], step: usize) -> Result<(), ModelError> {
+    let bad = logits.iter().filter(|x| !x.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    let first = logits.iter().position(|x| !x.is_finite()).expect("counted");
+    Err(ModelError::NonFinite(format!(
+        "the logits of generated token {step} are not finite ({bad} of {} are NaN or infinite, \
+         the first for token id {first}: {}): the checkpoint's weights hold NaN or Inf values, \
+         or the computation overflowed",
+        logits.len(),
+        logits[first]
+    )))
+}
+
 fn available_memory_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = s
@@ -351,6 +368,7 @@ impl Model {
             let v = self.config.vocab_size;
             let row = logits.as_f32();
             let last = row[row.len() - v..].to_vec();
+            check_finite(&last, g.generated_ids.len())?;
             let id = sampler.sample(&last);
             g.step_logits.push(last);
             g.generated_ids.push(id);

@@ -314,17 +314,22 @@ fn accepted_spellings_mean_what_transformers_means() {
     );
     with(json!({"use_sliding_window": true, "sliding_window": 4096, "max_window_layers": 0}));
     // Default RoPE in every spelling; a non-empty rope_scaling replaces rope_parameters, and
-    // the theta inside the dict wins over the top-level one.
+    // the theta inside the dict is used; a top-level one must then say the same (a
+    // disagreement is an error: `quiet_failures.rs`).
     assert_eq!(
         with(json!({"rope_scaling": {"type": "default"}, "rope_theta": 5e5})).rope_theta,
         5e5
     );
     assert_eq!(
-        with(json!({"rope_parameters": {"rope_theta": 2e6}, "rope_theta": 5e5})).rope_theta,
+        with(json!({"rope_parameters": {"rope_theta": 2e6}, "rope_theta": 2e6})).rope_theta,
         2e6
     );
     assert_eq!(
-        with(json!({"rope_scaling": {}, "rope_theta": 5e5})).rope_theta,
+        with(json!({"rope_parameters": {"rope_theta": 2e6}, "-rope_theta": null})).rope_theta,
+        2e6
+    );
+    assert_eq!(
+        with(json!({"rope_scaling": {}, "rope_theta": 1e6})).rope_theta,
         1e6
     );
     assert_eq!(

@@ -96,9 +96,19 @@ impl RemoteUrl {
 
     pub fn parse(raw: &str) -> Result<RemoteUrl, String> {
         let raw = raw.trim();
-        // Never echo the raw text: it may hold a password.
-        let shown = redact(raw);
+        // Never echo the raw text: it may hold a password, or control characters.
+        let shown = escape_controls(&redact(raw));
         let bad = |why: &str| format!("invalid remote cache URL {shown}: {why}");
+        // A path where a URL belongs: say how to write it (the URL parser would only say
+        // "relative URL without a base").
+        if !raw.contains("://") {
+            let how = if raw.starts_with('/') {
+                format!("a path, not a URL; for a shared folder write file://{shown}")
+            } else {
+                "not a URL; use redis://host, s3://bucket or file:///absolute/path".to_string()
+            };
+            return Err(bad(&how));
+        }
         let u = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
         let location = match u.scheme() {
             "redis" => {
@@ -163,7 +173,9 @@ impl RemoteUrl {
                 let root = u
                     .to_file_path()
                     .map_err(|_| bad("expected file:///absolute/path"))?;
-                Location::Fs { root }
+                Location::Fs {
+                    root: folder_path(root).map_err(|why| bad(&why))?,
+                }
             }
             other => {
                 return Err(bad(&format!(
@@ -173,6 +185,29 @@ impl RemoteUrl {
         };
         Ok(RemoteUrl { location, shown })
     }
+}
+
+/// A shared folder's path, refused if it holds a NUL byte (`%00`): no file can be named so,
+/// and the byte would reach messages raw.
+fn folder_path(p: PathBuf) -> Result<PathBuf, String> {
+    if p.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err("the path holds a NUL byte (%00)".into());
+    }
+    Ok(p)
+}
+
+/// `text` with control characters (NUL, ESC, ...) written as escapes, for messages.
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let e: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            e
+        })
+        .collect()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -288,6 +323,16 @@ mod tests {
         for bad in ["gs://x", "/plain/path", "s3://", "file://host/relative"] {
             assert!(RemoteUrl::parse(bad).is_err(), "{bad}");
         }
+        // How to write a folder, not "relative URL without a base".
+        let e = RemoteUrl::parse("/plain/path").unwrap_err();
+        assert!(e.contains("write file:///plain/path"), "{e}");
+        let e = RemoteUrl::parse("cache-dir").unwrap_err();
+        assert!(e.contains("file:///absolute/path"), "{e}");
+        // A NUL byte is refused, and neither it nor another control character is echoed.
+        let e = RemoteUrl::parse("file:///tmp/a%00b").unwrap_err();
+        assert!(e.contains("NUL") && !e.contains('\0'), "{e:?}");
+        let e = RemoteUrl::parse("gopher://a\u{1b}[31mb").unwrap_err();
+        assert!(!e.contains('\u{1b}') && e.contains("\\u{1b}"), "{e:?}");
     }
 
     #[test]
