@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes kiln's readers of untrusted files with cargo-fuzz (libFuzzer), SECONDS per target:
 #   scripts/fuzz.sh SECONDS [TARGET...]
-# Targets: safetensors_header shard_index config_json cache_entry tokenizer_file (default: all).
+# Targets: safetensors_header shard_index config_json cache_entry tokenizer_file gguf_header
+# (default: all).
 # Needs the nightly toolchain (rustup toolchain install nightly) and cargo-fuzz
 # (cargo install cargo-fuzz). The corpus grows in fuzz/corpus/<target>/ (seeded from the real
 # fixtures on first use); a crash leaves its input in fuzz/artifacts/<target>/ and fails the
@@ -13,7 +14,7 @@ secs="${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}"
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(safetensors_header shard_index config_json cache_entry tokenizer_file)
+  targets=(safetensors_header shard_index config_json cache_entry tokenizer_file gguf_header)
 fi
 cargo +nightly fuzz --version >/dev/null 2>&1 || {
   echo "cargo-fuzz on the nightly toolchain is needed: rustup toolchain install nightly && cargo install cargo-fuzz" >&2
@@ -21,11 +22,16 @@ cargo +nightly fuzz --version >/dev/null 2>&1 || {
 }
 
 export KILN_FIXTURES="$PWD/tests/fixtures"
+export KILN_GGUF_FIXTURES="$PWD/tests/gguf"
 corpus=fuzz/corpus
-# Seeds from the real fixtures, once (kept between runs, like the corpus it grows into).
-if [ ! -d "$corpus" ]; then
-  cargo +nightly run -q --release --manifest-path fuzz/Cargo.toml -p kiln-fuzz-seeds -- "$corpus"
-fi
+# Seeds from the real fixtures, once per target (kept between runs, like the corpus it grows
+# into).
+for t in "${targets[@]}"; do
+  if [ ! -d "$corpus/$t" ]; then
+    cargo +nightly run -q --release --manifest-path fuzz/Cargo.toml -p kiln-fuzz-seeds -- "$corpus"
+    break
+  fi
+done
 cargo +nightly fuzz build -O --fuzz-dir fuzz >/dev/null
 
 status=0

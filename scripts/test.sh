@@ -2,9 +2,9 @@
 # The project's test command: formatting, lints, then every test in the workspace.
 # Installs what the tests need that a fresh machine may lack: C and C++ compilers (CPU backend,
 # CUDA emulator), NVRTC 13 and 12 from NVIDIA's wheels in a local virtualenv (CUDA tests),
-# Mesa's lavapipe with the Vulkan loader (the wgpu tests run on it), and
-# the servers of the remote-cache tests (redis-server, moto's S3 server, distccd), which it
-# starts for the run and stops afterwards.
+# Mesa's lavapipe with the Vulkan loader (the wgpu tests run on it), the OpenAI Python client
+# in a local virtualenv (the `kiln serve` tests), and the servers of the remote-cache tests
+# (redis-server, moto's S3 server, distccd), which it starts for the run and stops afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,6 +74,16 @@ if ! "$moto_venv/bin/python" -c "import importlib.metadata as m; assert m.versio
   python3 -m venv "$moto_venv"
   "$moto_venv/bin/pip" install -q "moto[server]==$MOTO"
 fi
+# The official OpenAI Python client (PyPI, in a local virtualenv) drives `kiln serve` in
+# crates/kiln-cli/tests/serve.rs.
+OPENAI=3.63.0
+openai_venv=.venv-openai
+if ! "$openai_venv/bin/python" -c "import importlib.metadata as m; assert m.version('openai') == '$OPENAI'" 2>/dev/null; then
+  echo "installing openai==$OPENAI (the OpenAI Python client) into $openai_venv" >&2
+  python3 -m venv "$openai_venv"
+  "$openai_venv/bin/pip" install -q "openai==$OPENAI"
+fi
+export KILN_TEST_OPENAI_PYTHON="$PWD/$openai_venv/bin/python"
 services=$(mktemp -d /tmp/kiln-test-services.XXXXXX)
 # As root, distccd drops to the distccd user, which must write its log here.
 chmod 0777 "$services"

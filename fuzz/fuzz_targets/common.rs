@@ -31,14 +31,38 @@ pub fn tiny_config() -> &'static kiln_models::QwenConfig {
 pub fn exercise_checkpoint(dir: &Path) {
     use kiln_models::weights::Checkpoint;
     use kiln_models::WeightDtype;
-    let Ok(ck) = Checkpoint::open(dir) else { return };
+    let Ok(ck) = Checkpoint::open(dir) else {
+        return;
+    };
     let config = tiny_config();
     if ck.check(config).is_ok() {
         let shapes = kiln_models::weight_shapes(config);
-        ck.load(&shapes, WeightDtype::F32).expect("a checked checkpoint loads");
-        ck.load(&shapes, WeightDtype::BF16).expect("a checked checkpoint loads");
+        ck.load(&shapes, WeightDtype::F32)
+            .expect("a checked checkpoint loads");
+        ck.load(&shapes, WeightDtype::BF16)
+            .expect("a checked checkpoint loads");
     }
     for (name, shape) in ck.tensors() {
         let _ = ck.load(&[(name, shape)], WeightDtype::F32);
+    }
+}
+
+/// Opens a GGUF file as kiln does: config, check, weights, tokenizer.
+pub fn exercise_gguf(path: &Path) {
+    use kiln_models::gguf::qwen::GgufCheckpoint;
+    use kiln_models::WeightDtype;
+    let Ok(ck) = GgufCheckpoint::open(path) else {
+        return;
+    };
+    let _ = kiln_models::gguf::tokenizer::from_gguf(ck.file());
+    let Ok(config) = ck.config() else { return };
+    // Weights of models up to tiny-qwen3's size (115k parameters): decoding a larger one
+    // (which the input's few hundred KB cannot hold anyway) only slows the fuzzer down.
+    if ck.check(&config).is_ok() && config.num_params() <= 200_000 {
+        let shapes = kiln_models::weight_shapes(&config);
+        ck.load(&shapes, WeightDtype::F32)
+            .expect("a checked GGUF file loads");
+        ck.load(&shapes, WeightDtype::BF16)
+            .expect("a checked GGUF file loads");
     }
 }

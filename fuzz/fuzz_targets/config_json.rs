@@ -6,8 +6,12 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(c) = kiln_models::QwenConfig::from_json(text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(c) = kiln_models::QwenConfig::from_json(text) else {
+        return;
+    };
     let _ = (c.weight_bytes(), c.num_params(), c.check_prompt(&[0, 1, 2]));
     let _ = kiln_models::model::weights(&c).take(64).count();
     if c.num_layers <= 2 && c.weight_bytes() < (1 << 40) {

@@ -5,7 +5,7 @@
 //! crate receives the opened target and depends on no backend crate.
 
 use kiln_compile::BackendError;
-use kiln_runtime::Target;
+use kiln_compile::Target;
 
 /// Every backend kiln has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,18 +39,20 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
-impl std::str::FromStr for BackendKind {
-    type Err = String;
+/// A backend name that is none of [`BackendKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend '{0}' (backends: {names})", names = BackendKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownBackend(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for BackendKind {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         BackendKind::ALL
             .iter()
             .copied()
             .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = BackendKind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown backend '{s}' (backends: {})", names.join(", "))
-            })
+            .ok_or_else(|| UnknownBackend(s.to_string()))
     }
 }
 
@@ -149,6 +151,24 @@ pub fn emit_shaders(
     let backend = kiln_wgpu::WgpuBackend::validate_only();
     let compiled = kiln_compile::compile(graph, &backend, opts)?;
     let sources: Vec<&kiln_compile::KernelSource> =
-        compiled.kernels.iter().map(|k| &k.source).collect();
+        compiled.loaded.kernels.iter().map(|k| &k.source).collect();
     Ok(kiln_wgpu::emit(&sources, format, dir)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_an_unknown_one_lists_the_backends() {
+        for &k in BackendKind::ALL {
+            assert_eq!(k.name().parse::<BackendKind>(), Ok(k));
+        }
+        let e = "metal".parse::<BackendKind>().unwrap_err();
+        assert_eq!(e, UnknownBackend("metal".into()));
+        assert_eq!(
+            e.to_string(),
+            "unknown backend 'metal' (backends: cpu, cuda, wgpu)"
+        );
+    }
 }

@@ -70,7 +70,7 @@ pub struct SyncArgs {
 }
 
 pub fn run(c: CacheCommand) -> anyhow::Result<()> {
-    let cache = KernelCache::at(KernelCache::default_dir()).map_err(anyhow::Error::msg)?;
+    let cache = KernelCache::at(KernelCache::default_dir())?;
     // The folder named (KILN_CACHE_DIR, else the default) must be a folder, if it exists at
     // all; a missing one is an empty cache to `stats` (which says so) and an error to
     // `verify`: there is nothing there to vouch for.
@@ -130,7 +130,7 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
             if json {
                 let bad: Vec<_> = bad
                     .iter()
-                    .map(|(p, r)| serde_json::json!({ "path": p, "reason": r }))
+                    .map(|(p, r)| serde_json::json!({ "path": p, "reason": r.to_string() }))
                     .collect();
                 out::json(
                     &serde_json::json!({ "entries": s.entries, "bad": bad, "temp_files": s.temp_files }),
@@ -184,14 +184,13 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
 }
 
 fn sync(cache: &KernelCache, a: &SyncArgs, push: bool) -> anyhow::Result<()> {
-    let config = kiln_remote::Config::from_env().map_err(anyhow::Error::msg)?;
-    let remote = kiln_remote::open(&a.remote_cache, &config).map_err(anyhow::Error::msg)?;
+    let config = kiln_remote::Config::from_env()?;
+    let remote = kiln_remote::open(&a.remote_cache, &config)?;
     let r = if push {
         kiln_remote::sync::push(cache, &remote)
     } else {
         kiln_remote::sync::pull(cache, &remote)
-    }
-    .map_err(anyhow::Error::msg)?;
+    }?;
     if a.json {
         out::json(&r)?;
     } else {

@@ -1,4 +1,6 @@
-use crate::progress::{open_cache, print_report, Progress};
+use crate::local_cache;
+use crate::progress::Progress;
+use crate::report::print_report;
 use crate::CompileFlags;
 use anyhow::Context;
 use clap::Args;
@@ -72,7 +74,7 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
     let remote = crate::remote::open(&a.flags)?;
     let opts = CompileOptions {
         threads: a.flags.threads(),
-        cache: open_cache(a.flags.no_cache),
+        cache: local_cache::open(a.flags.no_cache),
         dedupe: !a.no_dedupe,
         batching: !a.no_batch,
         fusion: !a.no_fusion,

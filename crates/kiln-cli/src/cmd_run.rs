@@ -1,13 +1,13 @@
+use crate::local_cache;
 use crate::out;
 use crate::output_path::check_writable;
-use crate::progress::{open_cache, print_report, Progress};
+use crate::progress::Progress;
+use crate::report::print_report;
 use crate::CompileFlags;
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
-use kiln_models::{
-    FinishReason, GraphOptions, LoadOptions, Model, Sampling, StreamDecoder, Tokenizer,
-};
+use kiln_models::{FinishReason, GraphOptions, LoadOptions, Model, Sampling, StreamDecoder};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -24,8 +24,9 @@ pub struct RunArgs {
     /// The prompt as token ids: 1,2,3.
     #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
-    /// Wrap the prompt in the Qwen chat markup and stop at <|im_end|> (with --prompt: ids are
-    /// passed as they are).
+    /// Wrap the prompt in the model's chat template (a GGUF file's tokenizer.chat_template, a
+    /// folder's tokenizer_config.json; the Qwen chat markup without one) and stop at <|im_end|>
+    /// (with --prompt: ids are passed as they are).
     #[arg(long, conflicts_with = "prompt_ids")]
     pub chat: bool,
     /// At most this many new tokens (generation also stops at the model's context).
@@ -72,13 +73,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (None, Some(text)) => {
             let tok = tokenizer.as_ref().with_context(|| {
                 format!(
-                    "{} has no tokenizer.json: pass --prompt-ids instead of --prompt",
+                    "{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): \
+                     pass --prompt-ids instead of --prompt",
                     source.name()
                 )
             })?;
             let text = if a.chat {
-                tok.check_chat_tokens()?;
-                Tokenizer::chat_prompt(text)
+                if tok.chat_template().is_none() {
+                    // The Qwen chat markup stands in for a template: it needs its tokens.
+                    tok.check_chat_tokens()?;
+                }
+                tok.apply_chat_template(text)?
             } else {
                 text.clone()
             };
@@ -104,7 +109,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         target: target.as_ref(),
         compile: CompileOptions {
             threads,
-            cache: open_cache(a.flags.no_cache),
+            cache: local_cache::open(a.flags.no_cache),
             observer: Some(&progress),
             remote: remote.as_ref(),
             ..Default::default()

@@ -5,15 +5,18 @@ mod bounds;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;
+mod cmd_serve;
+mod local_cache;
 mod out;
 mod output_path;
 mod progress;
 mod remote;
+mod report;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_backends::{BackendKind, BackendOptions};
+use kiln_compile::Target;
 use kiln_compile::MAX_THREADS;
-use kiln_runtime::Target;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,10 +34,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate text with a model (a preset with random weights, or a checkpoint folder).
+    /// Generate text with a model (a preset with random weights, a checkpoint folder or a GGUF
+    /// file).
     Run(cmd_run::RunArgs),
     /// Compile a model's kernels and print the compile report.
     Compile(cmd_compile::CompileArgs),
+    /// Serve a model over HTTP with the OpenAI API (completions, chat), batching requests.
+    Serve(cmd_serve::ServeArgs),
     /// Benchmarks that write JSON and a plot.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -47,8 +53,10 @@ enum Command {
 #[derive(Args, Clone, Debug)]
 pub struct CompileFlags {
     /// Model: a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen2.5-0.5b, qwen2.5-1.5b,
-    /// qwen2.5-7b) or a Hugging Face checkpoint folder. A folder wins over a preset of the same
-    /// name (with a note); preset:NAME is always the preset.
+    /// qwen2.5-7b), a Hugging Face checkpoint folder or a GGUF file (FILE.gguf: Qwen2/2.5/3 in
+    /// F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; quantized weights are
+    /// decoded to f32 at load). A folder wins over a preset of the same name (with a note);
+    /// preset:NAME is always the preset.
     #[arg(long)]
     pub model: String,
     /// Compile threads, 1 to 1024 (1 = sequential). Default: the number of cores. Kernels run
@@ -92,16 +100,23 @@ pub fn model_source(arg: &str) -> anyhow::Result<kiln_models::ModelSource> {
     Ok(source)
 }
 
-/// A thread count between 1 and [`MAX_THREADS`], or a message that says so.
-pub fn parse_threads(s: &str) -> Result<usize, String> {
+/// A `--threads` value that is not a thread count kiln uses.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadsError {
+    #[error("'{0}' is not a whole number")]
+    NotANumber(String),
+    #[error("kiln uses between 1 and {MAX_THREADS} compile threads, not {0} (more threads only cost start-up time)")]
+    OutOfRange(usize),
+}
+
+/// A thread count between 1 and [`MAX_THREADS`], or an error that says so.
+pub fn parse_threads(s: &str) -> Result<usize, ThreadsError> {
     let n: usize = s
         .trim()
         .parse()
-        .map_err(|_| format!("'{s}' is not a whole number"))?;
+        .map_err(|_| ThreadsError::NotANumber(s.to_string()))?;
     if n == 0 || n > MAX_THREADS {
-        return Err(format!(
-            "kiln uses between 1 and {MAX_THREADS} compile threads, not {n} (more threads only cost start-up time)"
-        ));
+        return Err(ThreadsError::OutOfRange(n));
     }
     Ok(n)
 }
@@ -118,7 +133,7 @@ impl CompileFlags {
             run_threads: self.threads().min(kiln_compile::cores()),
             arch: arch.map(String::from),
             compile_only,
-            driver_cache: driver_cache(self.no_cache),
+            driver_cache: local_cache::driver_dir(self.no_cache),
             compile_timeout: self.compile_timeout(),
         };
         Ok(kiln_backends::open(self.backend, &opts)?)
@@ -127,17 +142,6 @@ impl CompileFlags {
     pub fn compile_timeout(&self) -> Duration {
         Duration::from_secs(self.compile_timeout)
     }
-}
-
-/// The directory of the wgpu driver's shader cache: inside kiln's kernel cache, unless
-/// `--no-cache` (then the driver's default).
-pub fn driver_cache(no_cache: bool) -> Option<PathBuf> {
-    if no_cache {
-        return None;
-    }
-    kiln_compile::KernelCache::open(kiln_compile::KernelCache::default_dir())
-        .ok()
-        .map(|c| c.driver_dir("wgpu"))
 }
 
 /// An error and its causes, each cause shown unless the message already says it.
@@ -204,7 +208,9 @@ fn exit_interrupted(signal: i32) -> ! {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // The server's one line per request is at info level.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kiln_serve=info".into()),
         )
         .with_ansi(color())
         .with_writer(std::io::stderr)
@@ -225,10 +231,14 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
-    handle_signals();
+    // The server handles SIGINT/SIGTERM itself: it drains its requests and exits 0.
+    if !matches!(cli.command, Command::Serve(_)) {
+        handle_signals();
+    }
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(a),
         Command::Compile(a) => cmd_compile::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
         Command::Bench(b) => bench::run(b),
         Command::Cache(c) => cmd_cache::run(c),
     };
@@ -254,7 +264,7 @@ impl Command {
         match self {
             Command::Run(a) => a.json,
             Command::Compile(a) => a.json,
-            Command::Bench(_) => false,
+            Command::Bench(_) | Command::Serve(_) => false,
             Command::Cache(c) => c.json(),
         }
     }
@@ -264,7 +274,8 @@ impl Command {
         match self {
             Command::Run(_) | Command::Cache(_) => true,
             Command::Compile(a) => a.json,
-            Command::Bench(_) => false,
+            // The server logs on stderr; its answers go over HTTP.
+            Command::Bench(_) | Command::Serve(_) => false,
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Compile progress on a terminal, plus the optional trace; nothing is drawn on a pipe.
+//! Compile progress on a terminal (a bar, warnings printed above it), plus the optional
+//! `--trace`; nothing is drawn on a pipe.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_compile::{CompileReport, Event, Observer, TraceRecorder};
+use kiln_compile::{Event, Observer, TraceRecorder};
 use std::io::IsTerminal;
 use std::path::Path;
 
@@ -75,55 +76,6 @@ impl Observer for Progress {
             }
             Event::JobFinished { kernels, .. } => b.inc(kernels.len() as u64),
             _ => {}
-        }
-    }
-}
-
-/// The report for humans, on stderr.
-pub fn print_report(r: &CompileReport) {
-    eprintln!(
-        "compiled {} kernels ({} unique, {} from cache, {} built in {} compiler invocations) in {:.0} ms on {} thread(s)",
-        r.kernels_total, r.kernels_unique, r.cache_hits, r.compiled, r.compiler_invocations, r.compile_ms, r.threads
-    );
-    for s in &r.stages {
-        eprintln!("  {:<18} {:>9.1} ms", s.name, s.ms);
-    }
-    eprintln!(
-        "  parallel efficiency {:.2}, peak RSS {:.0} MB, artifact digest {}",
-        r.parallel_efficiency,
-        r.peak_rss_mb,
-        &r.artifact_digest[..16]
-    );
-    if let Some(remote) = &r.remote {
-        eprintln!(
-            "  remote cache {}: {} kernels fetched ({:.1} MB), {} missing, {} uploads ({:.1} MB), {} errors",
-            remote.location,
-            r.remote_hits,
-            r.remote_bytes_down as f64 / 1e6,
-            r.remote_misses,
-            remote.uploads,
-            r.remote_bytes_up as f64 / 1e6,
-            r.remote_errors
-        );
-    }
-    if let Some(s) = &r.shard {
-        eprintln!(
-            "  shard {}/{}: {} of the compile units ({} kernels)",
-            s.index, s.count, s.units, s.kernels
-        );
-    }
-}
-
-/// The kernel cache unless `--no-cache`; an unusable cache dir is a warning, not an error.
-pub fn open_cache(no_cache: bool) -> Option<kiln_compile::KernelCache> {
-    if no_cache {
-        return None;
-    }
-    match kiln_compile::KernelCache::open(kiln_compile::KernelCache::default_dir()) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("warning: {e}; compiling without the kernel cache");
-            None
         }
     }
 }

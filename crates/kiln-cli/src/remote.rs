@@ -17,6 +17,6 @@ pub fn open(flags: &CompileFlags) -> anyhow::Result<Option<RemoteCache>> {
 }
 
 pub fn open_url(url: &str) -> anyhow::Result<RemoteCache> {
-    let config = kiln_remote::Config::from_env().map_err(anyhow::Error::msg)?;
-    kiln_remote::open_cache(url, &config).map_err(anyhow::Error::msg)
+    let config = kiln_remote::Config::from_env()?;
+    Ok(kiln_remote::open_cache(url, &config)?)
 }

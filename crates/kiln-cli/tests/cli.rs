@@ -1,5 +1,6 @@
 //! The command-line contract, end to end through the `kiln` binary.
 
+use kiln_models::testing::{max_abs_diff, Reference};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -212,15 +213,7 @@ fn usage_errors() {
 fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
     let cache = tempfile::tempdir().unwrap();
     let dir = fixtures().join("tiny-qwen3");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
-            .unwrap();
-    let ids: Vec<String> = reference["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let reference = Reference::read("tiny-qwen3", "p1");
     let logits = cache.path().join("logits.json");
     let out = kiln(
         &[
@@ -228,7 +221,7 @@ fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
             "--model",
             dir.to_str().unwrap(),
             "--prompt-ids",
-            &ids.join(","),
+            &reference.prompt_arg(),
             "--max-new-tokens",
             "16",
             "--temperature",
@@ -241,7 +234,7 @@ fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
         cache.path(),
     );
     let r = json(&out);
-    assert_eq!(r["generated_ids"], reference["greedy_ids"]);
+    assert_eq!(r["generated_ids"], serde_json::json!(reference.greedy_ids));
     for key in [
         "prompt_ids",
         "text",
@@ -255,14 +248,8 @@ fn run_fixture_reproduces_transformers_greedy_ids_with_logits_out() {
     let rows = l["step_logits"].as_array().unwrap();
     assert_eq!(rows.len(), 16);
     for (k, row) in rows.iter().enumerate() {
-        let want = reference["step_logits"][k].as_array().unwrap();
-        let d = row
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
-            .fold(0.0, f64::max);
+        let got: Vec<f32> = serde_json::from_value(row.clone()).unwrap();
+        let d = max_abs_diff(&got, &reference.step_logits[k]);
         assert!(d <= 1e-4, "step {k}: {d}");
     }
 }
@@ -387,6 +374,98 @@ fn trace_has_one_track_per_worker_and_budget_keeps_results() {
     assert_eq!(b["artifact_digest"], r["artifact_digest"]);
 }
 
+/// A GGUF file end to end: `run` reproduces the file's NumPy reference (tests/gguf), reads
+/// the prompt with the file's own tokenizer and chat template, and `compile` takes it too.
+#[test]
+fn run_and_compile_a_gguf_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let file = kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-Q4_K_M.gguf");
+    let file_arg = file.to_str().unwrap();
+    let bytes = std::fs::read(file.with_extension("ref.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |n: &str| -> Vec<u32> {
+        reference
+            .tensor(n)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    let ids: Vec<String> = ints("p1.prompt_ids").iter().map(u32::to_string).collect();
+    let r = json(&kiln(
+        &[
+            "run",
+            "--model",
+            file_arg,
+            "--prompt-ids",
+            &ids.join(","),
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--json",
+        ],
+        cache.path(),
+    ));
+    let got: Vec<u32> = r["generated_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got, ints("p1.greedy_ids"));
+
+    let tok = kiln_models::ModelSource::Gguf(file.clone())
+        .tokenizer()
+        .unwrap()
+        .unwrap();
+    let want = tok
+        .encode(&tok.apply_chat_template("the theme").unwrap())
+        .unwrap();
+    let r = json(&kiln(
+        &[
+            "run",
+            "--model",
+            file_arg,
+            "--prompt",
+            "the theme",
+            "--chat",
+            "--max-new-tokens",
+            "2",
+            "--ignore-eos",
+            "--json",
+        ],
+        cache.path(),
+    ));
+    let prompt: Vec<u32> = r["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(prompt, want);
+    assert!(
+        prompt.contains(&254) && prompt.contains(&255),
+        "the file's merges: {prompt:?}"
+    );
+
+    let r = json(&kiln(
+        &["compile", "--model", file_arg, "--json"],
+        cache.path(),
+    ));
+    assert!(r["kernels_unique"].as_u64().unwrap() > 0);
+
+    let out = kiln(
+        &["run", "--model", "missing.gguf", "--prompt-ids", "1"],
+        cache.path(),
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("GGUF file 'missing.gguf' not found"),
+        "{e}"
+    );
+}
+
 #[test]
 fn chat_run_streams_text() {
     let cache = tempfile::tempdir().unwrap();
@@ -466,7 +545,7 @@ fn wgpu_present() -> bool {
         Ok(_) => true,
         Err(e) => {
             assert!(
-                std::env::var_os("KILN_REQUIRE_WGPU").is_none(),
+                !kiln_ir::testing::require("KILN_REQUIRE_WGPU"),
                 "KILN_REQUIRE_WGPU is set but wgpu has no adapter: {e}"
             );
             eprintln!("skipping the wgpu CLI checks: {e}");
@@ -485,15 +564,7 @@ fn wgpu_backend_runs_compiles_emits_and_benches() {
     }
     let cache = tempfile::tempdir().unwrap();
     let dir = fixtures().join("tiny-qwen3");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
-            .unwrap();
-    let ids: Vec<String> = reference["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let reference = Reference::read("tiny-qwen3", "p1");
     let model = dir.to_str().unwrap();
     let r = json(&kiln(
         &[
@@ -503,7 +574,7 @@ fn wgpu_backend_runs_compiles_emits_and_benches() {
             "--model",
             model,
             "--prompt-ids",
-            &ids.join(","),
+            &reference.prompt_arg(),
             "--max-new-tokens",
             "16",
             "--ignore-eos",
@@ -511,7 +582,7 @@ fn wgpu_backend_runs_compiles_emits_and_benches() {
         ],
         cache.path(),
     ));
-    assert_eq!(r["generated_ids"], reference["greedy_ids"]);
+    assert_eq!(r["generated_ids"], serde_json::json!(reference.greedy_ids));
     assert!(
         cache.path().join("driver/wgpu").is_dir(),
         "the driver's shader cache lives in kiln's cache dir"

@@ -36,10 +36,13 @@ fn real_cc() -> String {
         .unwrap_or_else(|| "cc".into())
 }
 
-/// A private cache folder and `TMPDIR` for one test.
+/// A private cache folder, `TMPDIR` and working directory for one test.
 struct Case {
     cache: tempfile::TempDir,
     tmp: tempfile::TempDir,
+    /// kiln's working directory: nothing may be written there (compilers run in scratch
+    /// folders).
+    work: tempfile::TempDir,
 }
 
 /// What `kiln run --json` on the tiny fixture reported.
@@ -58,6 +61,7 @@ impl Case {
         Case {
             cache: tempfile::tempdir().unwrap(),
             tmp: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -71,6 +75,7 @@ impl Case {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.args(args)
+            .current_dir(self.work.path())
             .env("KILN_CACHE_DIR", self.cache.path())
             .env("TMPDIR", self.tmp.path())
             .env_remove("KILN_COMPILE_THREADS")
@@ -172,12 +177,11 @@ fn golden() -> &'static (Case, Run) {
         let r = c.run();
         assert_eq!(r.hits, 0, "a cold cache");
         // The tokens are transformers' greedy tokens for this prompt.
-        let reference: Value = serde_json::from_str(
-            &std::fs::read_to_string(tiny().join("reference/p1.json")).unwrap(),
-        )
-        .unwrap();
-        let want: Vec<Value> = reference["greedy_ids"].as_array().unwrap()[..NEW_TOKENS].to_vec();
-        assert_eq!(r.tokens, Value::Array(want));
+        let reference = kiln_models::testing::Reference::read("tiny-qwen3", "p1");
+        assert_eq!(
+            r.tokens,
+            serde_json::json!(reference.greedy_ids[..NEW_TOKENS])
+        );
         (c, r)
     })
 }
@@ -410,6 +414,12 @@ fn compiler_output_lacking_the_kernels_fails_the_compile_and_is_not_cached() {
         );
         assert!(c.entries().is_empty(), "{name}: cached {:?}", c.entries());
         assert_eq!(c.stats()["entries"], 0, "{name}");
+        // Every invocation of the compiler (`--version`, `-march=native -E -v`, the compile)
+        // ran in a scratch folder: the script's `other.c` is neither in kiln's working
+        // directory nor left in TMPDIR.
+        let left: Vec<_> = walk(c.work.path());
+        assert!(left.is_empty(), "{name}: written into the working directory: {left:?}");
+        assert!(c.tmp_named("other.c").is_empty(), "{name}: other.c left in TMPDIR");
     }
 }
 

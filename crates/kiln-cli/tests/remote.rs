@@ -3,7 +3,8 @@
 //! Each "machine" is a `kiln` process with its own fresh local cache dir; each test uses its
 //! own key prefix on the shared servers.
 
-use kiln_remote::testing::{namespace, services, Services};
+use kiln_remote::namespace;
+use kiln_remote::testing::{services, Services};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -50,18 +50,11 @@ fn tiny_with_context(ctx: u64) -> tempfile::TempDir {
     d
 }
 
+/// The prompt (as `--prompt-ids`) and the greedy tokens transformers computed for it.
 fn reference() -> (String, Vec<Value>) {
-    let dir = kiln_models::testing::fixtures().join("tiny-qwen3");
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/p1.json")).unwrap())
-            .unwrap();
-    let ids: Vec<String> = r["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-    (ids.join(","), r["greedy_ids"].as_array().unwrap().clone())
+    let r = kiln_models::testing::Reference::read("tiny-qwen3", "p1");
+    let greedy = r.greedy_ids.iter().map(|&id| Value::from(id)).collect();
+    (r.prompt_arg(), greedy)
 }
 
 #[test]

@@ -45,11 +45,14 @@ fn no_panic(what: &str, r: &Ran) {
 fn a_reader_that_goes_away_ends_kiln_quietly_by_sigpipe() {
     let c = Case::warm();
     for args in commands() {
-        // `kiln ... | true`: the reader is gone before kiln writes a byte.
+        // `kiln ... | true`: the reader is gone before kiln writes a byte. Closed before kiln
+        // starts (a pipe whose read end is already dropped): dropping it after the spawn
+        // raced a fast command (`cache verify`), whose output could fit the pipe first.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
         let mut cmd = c.cmd(&strs(&args));
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdout(writer).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
-        drop(child.stdout.take());
         let mut stderr = String::new();
         child
             .stderr

@@ -56,6 +56,52 @@ pub struct KernelCache {
     read_only: bool,
 }
 
+/// Why a kernel cache could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// `KILN_CACHE_MAX_MB` is set to something that is not a size kiln can keep to (`why`:
+    /// not a number, less than a byte, past 64 bits).
+    #[error("KILN_CACHE_MAX_MB={value:?} {why} (megabytes; 0: no limit)")]
+    MaxSize { value: String, why: &'static str },
+    /// The folder neither exists nor can be created.
+    #[error("cannot create kernel cache dir {}: {source}", dir.display())]
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why an entry's bytes are not a good entry for the key and backend they were looked up
+/// under ([`decode`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// Another format (an older kiln), or too short to hold a header.
+    #[error("not a kiln cache entry of format {CACHE_FORMAT_VERSION} or truncated ({len} bytes)")]
+    NotAnEntry { len: usize },
+    #[error("truncated header: {announced} bytes announced, {present} present")]
+    TruncatedHeader { announced: usize, present: usize },
+    #[error("unreadable header: {0}")]
+    UnreadableHeader(#[source] serde_json::Error),
+    /// A whole entry, but of another key or backend (copied over another entry's file).
+    #[error("entry of {entry_backend} key {entry_key} filed under {backend} key {key}")]
+    Misfiled {
+        /// The backend and key the header names.
+        entry_backend: String,
+        entry_key: String,
+        backend: String,
+        key: String,
+    },
+    #[error("truncated: payload is {present} bytes, header says {announced}")]
+    TruncatedPayload { present: u64, announced: u64 },
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The file could not be read, or is not a regular file in the cache folder
+    /// ([`KernelCache::verify`]).
+    #[error("unreadable: {0}")]
+    Unreadable(#[source] kiln_fs::Problem),
+}
+
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -93,12 +139,15 @@ pub struct Pruned {
 /// The size limit from `KILN_CACHE_MAX_MB` (megabytes of 2^20 bytes, fractions allowed; 0: no
 /// limit), else [`DEFAULT_MAX_MB`]. Only a written zero means no limit: a value too small to
 /// be a byte (`1e-400` parses as 0) or too large for 64 bits is an error.
-pub fn max_bytes_from_env() -> Result<Option<u64>, String> {
+pub fn max_bytes_from_env() -> Result<Option<u64>, CacheError> {
     let v = match std::env::var("KILN_CACHE_MAX_MB") {
         Ok(v) if !v.trim().is_empty() => v,
         _ => return Ok(Some(DEFAULT_MAX_MB << 20)),
     };
-    let bad = |why: &str| format!("KILN_CACHE_MAX_MB={v:?} {why} (megabytes; 0: no limit)");
+    let bad = |why| CacheError::MaxSize {
+        value: v.clone(),
+        why,
+    };
     let mb = v
         .trim()
         .parse::<f64>()
@@ -156,15 +205,12 @@ impl KernelCache {
     /// exists but cannot be written is opened read-only: it serves hits, stores nothing (see
     /// [`KernelCache::is_read_only`]). Fails where the folder neither exists nor can be made,
     /// or `KILN_CACHE_MAX_MB` is not a number.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<KernelCache, String> {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<KernelCache, CacheError> {
         let mut cache = KernelCache::at(dir)?;
         let root = cache.versioned();
-        if let Err(e) = fs::create_dir_all(&root) {
+        if let Err(source) = fs::create_dir_all(&root) {
             if !root.is_dir() {
-                return Err(format!(
-                    "cannot create kernel cache dir {}: {e}",
-                    root.display()
-                ));
+                return Err(CacheError::Create { dir: root, source });
             }
         }
         let probe = root.join(format!("{TEMP_PREFIX}probe-{}", std::process::id()));
@@ -175,7 +221,7 @@ impl KernelCache {
 
     /// The cache in `dir` as it is, creating and changing nothing: for `stats`, `clear` and
     /// `prune`.
-    pub fn at(dir: impl Into<PathBuf>) -> Result<KernelCache, String> {
+    pub fn at(dir: impl Into<PathBuf>) -> Result<KernelCache, CacheError> {
         Ok(KernelCache {
             root: dir.into(),
             max_bytes: max_bytes_from_env()?,
@@ -412,7 +458,7 @@ impl KernelCache {
     /// checksum, filed under its own key and backend) and changes nothing; returns each bad
     /// entry with what is wrong. Anything else bearing an entry's name (a FIFO, a device, a
     /// link) is a bad entry too: a lookup would refuse it.
-    pub fn verify(&self) -> Vec<(PathBuf, String)> {
+    pub fn verify(&self) -> Vec<(PathBuf, EntryError)> {
         let mut bad = Vec::new();
         for f in self.files() {
             if f.kind == FileKind::Temp {
@@ -425,7 +471,7 @@ impl KernelCache {
                 .unwrap_or_default();
             let result = self
                 .read_entry(&f.path)
-                .map_err(|e| format!("unreadable: {}", e.problem))
+                .map_err(|e| EntryError::Unreadable(e.problem))
                 .and_then(|bytes| decode(&bytes, &f.backend, key).map(|_| ()));
             if let Err(reason) = result {
                 bad.push((f.path, reason));
@@ -618,39 +664,37 @@ pub fn decode<'a>(
     bytes: &'a [u8],
     backend: &str,
     key: &str,
-) -> Result<(EntryHeader, &'a [u8]), String> {
+) -> Result<(EntryHeader, &'a [u8]), EntryError> {
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
-        return Err(format!(
-            "not a kiln cache entry of format {CACHE_FORMAT_VERSION} or truncated ({} bytes)",
-            bytes.len()
-        ));
+        return Err(EntryError::NotAnEntry { len: bytes.len() });
     }
     let hlen = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
     let rest = &bytes[12..];
     if hlen > rest.len() {
-        return Err(format!(
-            "truncated header: {hlen} bytes announced, {} present",
-            rest.len()
-        ));
+        return Err(EntryError::TruncatedHeader {
+            announced: hlen,
+            present: rest.len(),
+        });
     }
     let header: EntryHeader =
-        serde_json::from_slice(&rest[..hlen]).map_err(|e| format!("unreadable header: {e}"))?;
+        serde_json::from_slice(&rest[..hlen]).map_err(EntryError::UnreadableHeader)?;
     if header.key != key || header.backend != backend {
-        return Err(format!(
-            "entry of {} key {} filed under {backend} key {key}",
-            header.backend, header.key
-        ));
+        return Err(EntryError::Misfiled {
+            entry_backend: header.backend,
+            entry_key: header.key,
+            backend: backend.into(),
+            key: key.into(),
+        });
     }
     let payload = &rest[hlen..];
     if payload.len() as u64 != header.len {
-        return Err(format!(
-            "truncated: payload is {} bytes, header says {}",
-            payload.len(),
-            header.len
-        ));
+        return Err(EntryError::TruncatedPayload {
+            present: payload.len() as u64,
+            announced: header.len,
+        });
     }
     if blake3::hash(payload).to_hex().as_str() != header.blake3 {
-        return Err("checksum mismatch".into());
+        return Err(EntryError::Checksum);
     }
     Ok((header, payload))
 }
@@ -790,10 +834,13 @@ mod tests {
         fs::copy(cache.path("cpu", &key(1)), cache.path("cpu", &key(2))).unwrap();
         let bad = cache.verify();
         assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad.iter().any(|(p, r)| *p == truncated
+            && matches!(r, EntryError::TruncatedPayload { .. })
+            && r.to_string().contains("truncated")));
         assert!(bad
             .iter()
-            .any(|(p, r)| *p == truncated && r.contains("truncated")));
-        assert!(bad.iter().any(|(_, r)| r.contains("filed under")));
+            .any(|(_, r)| matches!(r, EntryError::Misfiled { .. })
+                && r.to_string().contains("filed under")));
         assert_eq!(cache.stats().entries, 3);
     }
 
@@ -802,7 +849,22 @@ mod tests {
         let bytes = encode("cpu", &key(1), &["k"], b"payload", 1);
         assert!(decode(&bytes, "cpu", &key(1)).is_ok());
         let e = decode(&bytes, "cpu", &key(2)).unwrap_err();
-        assert!(e.contains("filed under"), "{e}");
+        assert!(matches!(e, EntryError::Misfiled { .. }), "{e:?}");
+        assert!(e.to_string().contains("filed under"), "{e}");
         assert!(decode(&bytes, "cuda", &key(1)).is_err());
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1], "cpu", &key(1)),
+            Err(EntryError::TruncatedPayload { .. })
+        ));
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            decode(&flipped, "cpu", &key(1)),
+            Err(EntryError::Checksum)
+        ));
+        assert!(matches!(
+            decode(b"KILNART1", "cpu", &key(1)),
+            Err(EntryError::NotAnEntry { len: 8 })
+        ));
     }
 }

@@ -3,9 +3,9 @@
 //! distinct kernels as 2 layers do; comparing the [`Kernel`]s themselves, before any codegen,
 //! means 823 launches cost 34 codegens.
 
-use crate::backend::KernelSource;
 use crate::extract::Program;
-use crate::kernel::Kernel;
+use kiln_program::Kernel;
+use kiln_program::KernelSource;
 use std::collections::HashMap;
 
 /// The distinct kernels of a program.
@@ -87,8 +87,8 @@ impl Deduped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{KernelKind, ScalarExpr};
     use kiln_ir::{DType, Expr};
+    use kiln_program::{KernelKind, ScalarExpr};
 
     fn copy(shape: Expr) -> Kernel {
         Kernel {

@@ -18,41 +18,42 @@
 //! Every stage is timed, reported to an [`Observer`] and summed up in a [`CompileReport`].
 
 pub mod analysis;
-pub mod backend;
 pub mod cache;
 mod cancel;
 pub mod codegen;
 pub mod dedupe;
 mod error;
 pub mod extract;
-pub mod kernel;
 pub mod load;
 pub mod lookup;
 pub mod memplan;
 pub mod observer;
 pub mod parallel;
 mod pool;
-pub mod process;
 pub mod remote;
 pub mod report;
 pub mod schedule;
 pub mod shard;
+mod target;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use backend::{Backend, BackendError, KernelSource, NAME_PLACEHOLDER};
-pub use cache::{cache_key, KernelCache, Lookup};
+pub use cache::{cache_key, CacheError, EntryError, KernelCache, Lookup};
 pub use error::{CompileError, KernelFailure};
-pub use extract::{Buffer, OutputLayout, Program, Step};
-pub use kernel::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
-pub use memplan::MemoryPlan;
-pub use observer::{notify, Event, Observer, Stage, TraceRecorder};
-pub use process::{
-    default_compile_timeout, interrupt, interrupted, wait_until_no_compile_runs,
-    DEFAULT_COMPILE_TIMEOUT,
+pub use kiln_process::{
+    cores, default_compile_timeout, default_threads, interrupt, interrupted,
+    wait_until_no_compile_runs, DEFAULT_COMPILE_TIMEOUT, MAX_THREADS,
 };
-pub use remote::{RemoteCache, RemoteOptions, RemoteStore};
+// The contracts the pipeline works on, for the pipeline's users (models, the CLI, tests).
+pub use kiln_program::{
+    Backend, BackendError, Buffer, Epilogue, Kernel, KernelKind, KernelSource, Let, LoadedProgram,
+    MemoryPlan, Operand, Program, ScalarExpr, Step, UniqueKernel, NAME_PLACEHOLDER,
+};
+pub use observer::{notify, Event, Observer, Stage, TraceRecorder};
+pub use remote::{RemoteCache, RemoteError, RemoteOptions, RemoteStore};
 pub use report::{peak_rss_mb, CompileReport, KernelReport, RemoteReport, ShardReport, StageTime};
-pub use shard::Shard;
+pub use shard::{Shard, ShardParseError};
+pub use target::{LoadError, Loaded, Target};
 
 use kiln_ir::Graph;
 use std::time::Instant;
@@ -98,41 +99,10 @@ impl Default for CompileOptions<'_> {
     }
 }
 
-/// `KILN_COMPILE_THREADS` (at most [`MAX_THREADS`]), else the number of available cores.
-pub fn default_threads() -> usize {
-    std::env::var("KILN_COMPILE_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .map(|n: usize| n.min(MAX_THREADS))
-        .unwrap_or_else(cores)
-}
-
-/// The number of cores this process may run on.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// One distinct kernel of the compiled program.
-pub struct UniqueKernel {
-    pub kernel: Kernel,
-    pub source: KernelSource,
-    /// The cache key of the compile unit that holds it.
-    pub key: String,
-    /// Index into [`Compiled::modules`].
-    pub module: usize,
-}
-
-/// A compiled graph: the program, its distinct kernels loaded, and the memory plan.
+/// A compiled graph: the program with its distinct kernels loaded and its memory plan (what an
+/// executor runs), and how the compile went.
 pub struct Compiled<M> {
-    pub program: Program,
-    /// The distinct kernels, in order of first launch.
-    pub kernels: Vec<UniqueKernel>,
-    /// For each step of the program, its kernel in `kernels`.
-    pub step_kernel: Vec<usize>,
-    /// One loaded module per compile unit.
-    pub modules: Vec<M>,
-    pub plan: MemoryPlan,
+    pub loaded: LoadedProgram<M>,
     pub report: CompileReport,
 }
 
@@ -165,10 +135,6 @@ static COMPILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 pub fn compile_count() -> usize {
     COMPILES.load(std::sync::atomic::Ordering::SeqCst)
 }
-
-/// The most compile threads kiln starts: more cost start-up time and buy nothing on any
-/// machine kiln runs on.
-pub const MAX_THREADS: usize = 1024;
 
 /// Compiles `graph` for `backend` and loads every unit.
 pub fn compile<B: Backend>(
@@ -211,7 +177,7 @@ fn pipeline<B: Backend>(
     COMPILES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     // Held while this compile runs; given up first when it ends interrupted, so that the
     // signal handler's exit does not wait for the big values below to be freed.
-    let mut active = Some(process::ActiveCompile::start());
+    let mut active = Some(kiln_process::ActiveCompile::start());
     check_interrupt(&mut active)?;
     let t0 = Instant::now();
     let identity = backend.identity()?;
@@ -459,7 +425,7 @@ fn pipeline<B: Backend>(
         })?
     };
 
-    let plan = st.run(Stage::MemoryPlan, || MemoryPlan::new(&program));
+    let plan = st.run(Stage::MemoryPlan, || memplan::plan(&program));
     if let Some(cache) = opts
         .cache
         .as_ref()
@@ -571,18 +537,20 @@ fn pipeline<B: Backend>(
         })
         .collect();
     Ok(Compiled {
-        program,
-        kernels,
-        step_kernel: deduped.step_kernel,
-        modules,
-        plan,
+        loaded: LoadedProgram {
+            program,
+            kernels,
+            step_kernel: deduped.step_kernel,
+            modules,
+            plan,
+        },
         report,
     })
 }
 
 /// Fails with [`CompileError::Interrupted`] once [`interrupt`] was called, giving up
 /// `active` (the compile's mark as running) first.
-fn check_interrupt(active: &mut Option<process::ActiveCompile>) -> Result<(), CompileError> {
+fn check_interrupt(active: &mut Option<kiln_process::ActiveCompile>) -> Result<(), CompileError> {
     match interrupted() {
         Some(signal) => {
             drop(active.take());

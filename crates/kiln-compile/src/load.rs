@@ -2,9 +2,9 @@
 //! contexts are not thread-safe). A cached artifact that fails to load is a miss: its entry is
 //! removed and the unit rebuilt, never a permanent failure.
 
-use crate::backend::{Backend, BackendError};
 use crate::observer::{notify, Event, Observer};
 use crate::CompileError;
+use kiln_program::{Backend, BackendError};
 
 /// Loads `artifacts[u]` for every unit. For a unit that came from the cache and fails to load,
 /// `rebuild(u)` removes its entry (at `entry_path(u)`), compiles it again (replacing

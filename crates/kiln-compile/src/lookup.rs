@@ -8,11 +8,11 @@
 //! names exactly the unit's kernels, and the backend finds every kernel in the artifact
 //! ([`Backend::verify`]). Only then is it stored in the local cache and used.
 
-use crate::backend::Backend;
 use crate::cache::{self, KernelCache, Lookup};
 use crate::observer::{notify, Event, Observer};
 use crate::pool::Workers;
 use crate::remote::{Fetch, RemoteSession};
+use kiln_program::Backend;
 
 /// An artifact found in a cache.
 pub struct Cached {
@@ -148,7 +148,8 @@ fn check_remote<B: Backend>(
     kernels: &[String],
     bytes: &[u8],
 ) -> Result<(u64, Vec<u8>), String> {
-    let (header, artifact) = cache::decode(bytes, backend.name(), key)?;
+    let (header, artifact) =
+        cache::decode(bytes, backend.name(), key).map_err(|e| e.to_string())?;
     if header.kernels != kernels {
         return Err(format!(
             "the entry names kernels [{}], the unit is [{}]",

@@ -1,101 +1,76 @@
 //! Memory plan: intermediate buffers share slots when their lifetimes do not overlap. Sizes are
-//! symbolic, so the plan assigns buffers to slots at compile time and each slot's size is the
-//! largest of its buffers, evaluated per run.
+//! symbolic, so the plan ([`kiln_program::MemoryPlan`]) assigns buffers to slots at compile
+//! time and each slot's size is the largest of its buffers, evaluated per run.
 //!
 //! A step that writes in place (`Step::writes_into`) gives its output the storage of the
 //! buffer it updates: the same slot, or — when that buffer is a graph input — the input's own
 //! memory (`input_of`).
 
-use crate::extract::Program;
-use kiln_ir::{Bindings, IrError};
+use kiln_program::{MemoryPlan, Program};
 
-#[derive(Clone, Debug)]
-pub struct MemoryPlan {
-    /// Slot of each buffer; `None` for graph inputs (the caller's memory) and for outputs
-    /// written in place into a graph input.
-    pub slot_of: Vec<Option<usize>>,
-    /// The buffers of each slot.
-    pub slots: Vec<Vec<usize>>,
-    /// For a buffer written in place into a graph input: that input's buffer.
-    pub input_of: Vec<Option<usize>>,
-}
-
-impl MemoryPlan {
-    pub fn new(p: &Program) -> MemoryPlan {
-        let n = p.buffers.len();
-        let mut last_use = vec![0usize; n];
-        for (i, s) in p.steps.iter().enumerate() {
-            for &b in s.inputs.iter().chain(&s.writes_into) {
-                last_use[b] = i;
-            }
+/// The plan of `p`: slots handed out in step order, an output's slot taken before the
+/// step's last-read inputs give theirs back (a kernel never writes what it reads).
+pub fn plan(p: &Program) -> MemoryPlan {
+    let n = p.buffers.len();
+    let mut last_use = vec![0usize; n];
+    for (i, s) in p.steps.iter().enumerate() {
+        for &b in s.inputs.iter().chain(&s.writes_into) {
+            last_use[b] = i;
         }
-        for (_, b) in &p.outputs {
-            last_use[*b] = usize::MAX; // outputs live to the end and are never reused
-        }
-        let mut slot_of: Vec<Option<usize>> = vec![None; n];
-        let mut input_of: Vec<Option<usize>> = vec![None; n];
-        let mut slots: Vec<Vec<usize>> = Vec::new();
-        let mut free: Vec<usize> = Vec::new();
-        for (i, s) in p.steps.iter().enumerate() {
-            match s.writes_into {
-                // In place: the output takes over the updated buffer's storage.
-                Some(dst) => match slot_of[dst] {
-                    Some(slot) => {
-                        slots[slot].push(s.output);
-                        slot_of[s.output] = Some(slot);
-                    }
-                    None => input_of[s.output] = Some(input_of[dst].unwrap_or(dst)),
-                },
-                // Allocate the output before freeing inputs: a kernel never writes what it reads.
-                None => {
-                    let slot = free.pop().unwrap_or_else(|| {
-                        slots.push(Vec::new());
-                        slots.len() - 1
-                    });
+    }
+    for (_, b) in &p.outputs {
+        last_use[*b] = usize::MAX; // outputs live to the end and are never reused
+    }
+    let mut slot_of: Vec<Option<usize>> = vec![None; n];
+    let mut input_of: Vec<Option<usize>> = vec![None; n];
+    let mut slots: Vec<Vec<usize>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        match s.writes_into {
+            // In place: the output takes over the updated buffer's storage.
+            Some(dst) => match slot_of[dst] {
+                Some(slot) => {
                     slots[slot].push(s.output);
                     slot_of[s.output] = Some(slot);
                 }
-            }
-            let mut done: Vec<usize> = s
-                .inputs
-                .iter()
-                .copied()
-                .filter(|&b| last_use[b] == i && Some(b) != s.writes_into)
-                .collect();
-            done.sort();
-            done.dedup();
-            for b in done {
-                if let Some(sl) = slot_of[b] {
-                    free.push(sl);
-                }
+                None => input_of[s.output] = Some(input_of[dst].unwrap_or(dst)),
+            },
+            // Allocate the output before freeing inputs: a kernel never writes what it reads.
+            None => {
+                let slot = free.pop().unwrap_or_else(|| {
+                    slots.push(Vec::new());
+                    slots.len() - 1
+                });
+                slots[slot].push(s.output);
+                slot_of[s.output] = Some(slot);
             }
         }
-        MemoryPlan {
-            slot_of,
-            slots,
-            input_of,
+        let mut done: Vec<usize> = s
+            .inputs
+            .iter()
+            .copied()
+            .filter(|&b| last_use[b] == i && Some(b) != s.writes_into)
+            .collect();
+        done.sort();
+        done.dedup();
+        for b in done {
+            if let Some(sl) = slot_of[b] {
+                free.push(sl);
+            }
         }
     }
-
-    /// Bytes of each slot under `b`.
-    pub fn slot_bytes(&self, p: &Program, b: &Bindings) -> Result<Vec<usize>, IrError> {
-        self.slots
-            .iter()
-            .map(|bufs| {
-                bufs.iter().try_fold(0usize, |m, &buf| {
-                    Ok(m.max(p.buffers[buf].bytes().eval(b)?.max(0) as usize))
-                })
-            })
-            .collect()
+    MemoryPlan {
+        slot_of,
+        slots,
+        input_of,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::{Buffer, Step};
-    use crate::kernel::{Kernel, KernelKind, ScalarExpr};
     use kiln_ir::{DType, Expr, Graph};
+    use kiln_program::{Buffer, Kernel, KernelKind, ScalarExpr, Step};
 
     #[test]
     fn a_chain_reuses_two_slots_and_outputs_keep_theirs() {
@@ -112,7 +87,7 @@ mod tests {
         g.output("y", h);
         // Unfused: each reduction in a kernel of its own (fused, each round is one kernel).
         let p = crate::extract::extract_with(&g, false);
-        let plan = MemoryPlan::new(&p);
+        let plan = super::plan(&p);
         assert!(p.steps.len() >= 8);
         // Intermediates alternate between a few slots instead of one each.
         assert!(plan.slots.len() <= 3, "{} slots", plan.slots.len());
@@ -176,7 +151,7 @@ mod tests {
             ],
             outputs: vec![("cache_out".into(), 3), ("y".into(), 5)],
         };
-        let plan = MemoryPlan::new(&p);
+        let plan = super::plan(&p);
         // Into an input: no slot, the input's storage.
         assert_eq!(plan.slot_of[3], None);
         assert_eq!(plan.input_of[3], Some(0));

@@ -4,10 +4,10 @@
 //! it ran out of time or was interrupted, which its kernels alone would do again. Once the
 //! program is interrupted, units not yet started are not started.
 
-use crate::backend::{Backend, BackendError, KernelSource};
 use crate::observer::{Event, Observer};
 use crate::pool::Workers;
 use crate::schedule::Job;
+use kiln_program::{Backend, BackendError, KernelSource};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -34,7 +34,7 @@ pub fn compile_units<B: Backend>(
     built: &(dyn Fn(usize, &[u8], f64) + Sync),
 ) -> Vec<Outcome> {
     pool.run_jobs(units, limit, |i, job| {
-        if crate::process::interrupted().is_some() {
+        if kiln_process::interrupted().is_some() {
             return Outcome {
                 result: Err((0..job.kernels.len())
                     .map(|i| (i, BackendError::Interrupted))

@@ -19,6 +19,7 @@
 //! password.
 
 use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -29,9 +30,48 @@ pub trait RemoteStore: Send + Sync {
     /// Where the store is, safe to print: a URL with any password replaced by `***`.
     fn location(&self) -> &str;
     /// The entry stored under `(backend, key)`; `Ok(None)` when there is none.
-    fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, RemoteError>;
     /// Stores (or overwrites) an entry; readers see the old entry or the new one, whole.
-    fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), String>;
+    fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), RemoteError>;
+}
+
+/// Why one operation on a remote store failed. `op` names the operation and where it went
+/// (`GET`, `PUT on bucket ci-cache`).
+///
+/// Stores build it with every secret already replaced by `***`: a client library's error can
+/// echo a password (a Redis URL) or a token (a presigned S3 URL), so such errors are kept as
+/// scrubbed text in `detail`, not as a `source()` that would print them unscrubbed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// No answer within the store's timeout (connecting, or the operation).
+    #[error("{op}: timed out ({detail})")]
+    Timeout { op: String, detail: String },
+    /// The store could not be reached, or the connection broke.
+    #[error("{op}: {detail}")]
+    Unreachable { op: String, detail: String },
+    /// The store answered with an error: an HTTP status from S3 (`status`), an error reply
+    /// from Redis (a wrong password, a read-only replica).
+    #[error("{op}: {detail}")]
+    Refused {
+        op: String,
+        status: Option<u16>,
+        detail: String,
+    },
+    /// A file operation on a shared folder failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An entry of a shared folder that kiln would not read: not a regular file inside the
+    /// folder (a FIFO, a link out of it), or larger than an entry can be.
+    #[error(transparent)]
+    File(#[from] kiln_fs::FileError),
+    /// A backend or key that cannot name an entry (it would escape the store's layout).
+    #[error("not a cache entry name: backend {backend:?}, key {key:?}")]
+    BadName { backend: String, key: String },
 }
 
 /// How the remote tier queues and waits. The store's own timeouts are the store's business.
@@ -205,7 +245,7 @@ impl RemoteCache {
     pub fn call<T>(
         &self,
         errors: Option<&AtomicU64>,
-        op: impl FnOnce(&dyn RemoteStore) -> Result<T, String>,
+        op: impl FnOnce(&dyn RemoteStore) -> Result<T, RemoteError>,
     ) -> Option<T> {
         self.shared.call(errors, op)
     }
@@ -233,7 +273,7 @@ impl Shared {
     fn call<T>(
         &self,
         errors: Option<&AtomicU64>,
-        op: impl FnOnce(&dyn RemoteStore) -> Result<T, String>,
+        op: impl FnOnce(&dyn RemoteStore) -> Result<T, RemoteError>,
     ) -> Option<T> {
         if self.is_tripped.load(Ordering::SeqCst) {
             return None;
@@ -247,7 +287,7 @@ impl Shared {
                 tracing::debug!("remote cache {}: {reason}", self.store.location());
                 let mut t = self.tripped.lock().expect("breaker");
                 if t.is_none() {
-                    *t = Some(reason);
+                    *t = Some(reason.to_string());
                     self.is_tripped.store(true, Ordering::SeqCst);
                 }
                 None
@@ -462,24 +502,31 @@ mod tests {
 
     struct Handle(Arc<Memory>);
 
+    fn refused() -> RemoteError {
+        RemoteError::Unreachable {
+            op: "connect".into(),
+            detail: "connection refused".into(),
+        }
+    }
+
     impl RemoteStore for Handle {
         fn location(&self) -> &str {
             "memory://test"
         }
-        fn get(&self, b: &str, k: &str) -> Result<Option<Vec<u8>>, String> {
+        fn get(&self, b: &str, k: &str) -> Result<Option<Vec<u8>>, RemoteError> {
             self.0.calls.fetch_add(1, Ordering::SeqCst);
             if self.0.fail.load(Ordering::SeqCst) {
-                return Err("connection refused".into());
+                return Err(refused());
             }
             Ok(self.0.map.lock().unwrap().get(&format!("{b}/{k}")).cloned())
         }
-        fn put(&self, b: &str, k: &str, e: &[u8]) -> Result<(), String> {
+        fn put(&self, b: &str, k: &str, e: &[u8]) -> Result<(), RemoteError> {
             self.0.calls.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(
                 self.0.delay_ms.load(Ordering::SeqCst),
             ));
             if self.0.fail.load(Ordering::SeqCst) {
-                return Err("connection refused".into());
+                return Err(refused());
             }
             self.0
                 .map

@@ -27,14 +27,17 @@ impl std::fmt::Display for Shard {
     }
 }
 
+/// A `--shard` that is not `I/N` with 1 <= I <= N.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid shard `{0}`: expected I/N with 1 <= I <= N <= {MAX_SHARDS}, e.g. 2/3")]
+pub struct ShardParseError(pub String);
+
 impl std::str::FromStr for Shard {
-    type Err = String;
+    type Err = ShardParseError;
 
     /// `I/N` with 1 <= I <= N <= [`MAX_SHARDS`].
-    fn from_str(s: &str) -> Result<Shard, String> {
-        let bad = || {
-            format!("invalid shard `{s}`: expected I/N with 1 <= I <= N <= {MAX_SHARDS}, e.g. 2/3")
-        };
+    fn from_str(s: &str) -> Result<Shard, ShardParseError> {
+        let bad = || ShardParseError(s.to_string());
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: usize = i.trim().parse().map_err(|_| bad())?;
         let count: usize = n.trim().parse().map_err(|_| bad())?;
@@ -166,7 +169,7 @@ mod tests {
             "1/4294967296",
             &too_many,
         ] {
-            let e = bad.parse::<Shard>().unwrap_err();
+            let e = bad.parse::<Shard>().unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("I/N"), "{e}");
         }
     }

@@ -9,9 +9,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_compile::CompileOptions;
+use kiln_compile::Target;
 use kiln_cpu::CpuBackend;
 use kiln_ir::{DType, Expr, Graph, Tensor};
-use kiln_runtime::{Executable, Target};
+use kiln_runtime::Executable;
 use std::collections::HashMap;
 
 fn values(n: usize) -> Vec<f32> {

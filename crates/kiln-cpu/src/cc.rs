@@ -3,7 +3,7 @@
 //! cache compiles (`distcc gcc`, `icecc gcc`, `ccache gcc`). One invocation compiles a batch of
 //! kernels (one translation unit) into an object, which the real compiler then links into a
 //! shared object locally: distcc only sends `-c` compiles to other machines. Every invocation
-//! runs in a private scratch folder under a time limit (`kiln_compile::process`).
+//! runs in a private scratch folder under a time limit (`kiln_process`).
 //!
 //! The cache key holds the *real* compiler's identity (its `--version`, the flags), never the
 //! wrappers': an artifact does not depend on where distcc compiled it. For that to be true,
@@ -11,23 +11,25 @@
 //! flags it stands for (gcc reports them); otherwise each distcc server would compile for its
 //! own CPU. Resolving changes no byte of the output (checked: the shared objects are identical).
 
-use kiln_compile::process::{self, ChildError};
-use kiln_compile::BackendError;
+use crate::isa::{Isa, IsaRequest, AVX512_FLAGS, ISA_ENV};
+use kiln_process::{self as process, ChildError};
+use kiln_program::BackendError;
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The C prelude: CPU-specific definitions, the shared scalar helpers, the matmul blocks and
-/// the packed-weight GEMM/GEMV (`c/gemm.h`), with the blocking constants of
-/// [`crate::codegen`] defined first so that C and Rust agree on them.
-pub fn prelude() -> &'static str {
+/// The C prelude for kernels compiled for `isa`: CPU-specific definitions, the shared scalar
+/// helpers, the matmul blocks and the packed-weight GEMM/GEMV (`c/gemm.h`), with the blocking
+/// constants of [`crate::codegen`] and the panel width of `isa` defined first so that C and
+/// Rust agree on them.
+pub fn prelude(isa: Isa) -> &'static str {
     use crate::codegen::{MM_KC, MM_MC, MM_NC};
-    use crate::pack::PANEL;
-    static P: OnceLock<String> = OnceLock::new();
-    P.get_or_init(|| {
+    static P: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
+    P[isa as usize].get_or_init(|| {
         let defines = format!(
-            "#define KILN_NR {PANEL}\n#define KILN_MC {MM_MC}\n#define KILN_NC {MM_NC}\n#define KILN_KC {MM_KC}\n"
+            "#define KILN_NR {}\n#define KILN_MC {MM_MC}\n#define KILN_NC {MM_NC}\n#define KILN_KC {MM_KC}\n",
+            isa.panel()
         );
         let base = kiln_render::cstyle::prelude(include_str!("c/prelude.h"));
         format!("{defines}{}", base.replace("/* KILN_GEMM */", include_str!("c/gemm.h")))
@@ -59,6 +61,8 @@ pub struct CCompiler {
     pub origin: &'static str,
     /// What `-march=native` means here, asked of the real compiler once.
     native: OnceLock<Option<Vec<String>>>,
+    /// The kernels' vector ISA asked for (`KILN_CPU_ISA`, or [`CCompiler::with_isa`]).
+    isa_request: Result<IsaRequest, String>,
     /// How long one invocation may take before its process group is killed.
     pub timeout: Duration,
 }
@@ -89,8 +93,53 @@ impl CCompiler {
             command: line.split_whitespace().map(absolute).collect(),
             origin,
             native: OnceLock::new(),
-            timeout: kiln_compile::default_compile_timeout(),
+            isa_request: IsaRequest::from_env(),
+            timeout: kiln_process::default_compile_timeout(),
         }
+    }
+
+    /// The same compiler, kernels for `isa` whatever `KILN_CPU_ISA` says (tests compare both).
+    pub fn with_isa(mut self, isa: Isa) -> CCompiler {
+        self.isa_request = Ok(IsaRequest::Force(isa));
+        self
+    }
+
+    /// Whether the compiler's target (`-march=native` as resolved, and the command's own
+    /// flags) has the AVX-512 subsets the kernels use.
+    fn target_has_avx512(&self) -> bool {
+        if self.real().iter().any(|w| w.starts_with("-mno-avx512")) {
+            return false;
+        }
+        match self.native() {
+            Some(flags) => AVX512_FLAGS.iter().all(|f| flags.iter().any(|g| g == f)),
+            // A compiler that does not say what -march=native means targets this CPU.
+            None => Isa::host_has_avx512(),
+        }
+    }
+
+    /// The vector ISA the kernels are compiled for: `KILN_CPU_ISA` if set, else AVX-512 where
+    /// the compiler's target has it, else AVX2 (see [`crate::isa`]).
+    pub fn isa(&self) -> Result<Isa, BackendError> {
+        let request = self
+            .isa_request
+            .clone()
+            .map_err(BackendError::Unavailable)?;
+        match request {
+            IsaRequest::Auto if self.target_has_avx512() => Ok(Isa::Avx512),
+            IsaRequest::Auto | IsaRequest::Force(Isa::Avx2) => Ok(Isa::Avx2),
+            IsaRequest::Force(Isa::Avx512) if self.target_has_avx512() => Ok(Isa::Avx512),
+            IsaRequest::Force(Isa::Avx512) => Err(BackendError::Unavailable(format!(
+                "{ISA_ENV}=avx512, but the C compiler `{}` does not target AVX-512 (F, BW, DQ and VL) here: -march=native means `{}`",
+                self.real().join(" "),
+                self.native().map_or("(not reported)".to_string(), |f| f.join(" "))
+            ))),
+        }
+    }
+
+    fn native(&self) -> Option<&Vec<String>> {
+        self.native
+            .get_or_init(|| native_flags(&self.real(), self.timeout))
+            .as_ref()
     }
 
     /// The same compiler with another time limit per invocation.
@@ -138,8 +187,12 @@ impl CCompiler {
             )));
         }
         let real = self.real();
+        // Like every invocation, in a scratch folder: a compiler (or a wrapper script) may
+        // write into its working directory, which must never be the user's.
+        let scratch = process::scratch_dir("kiln-cc-")
+            .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
         let mut cmd = self.run(&real);
-        cmd.arg("--version");
+        cmd.arg("--version").current_dir(scratch.path());
         let out = process::run(&mut cmd, self.timeout).map_err(|e| match e {
             ChildError::Spawn(e) => BackendError::Unavailable(format!(
                 "C compiler `{}` ({}) could not be run: {e}. kiln's CPU backend needs a C compiler: install one (Debian/Ubuntu: `apt-get install gcc`) or set CC to its path",
@@ -163,37 +216,42 @@ impl CCompiler {
             .trim()
             .to_string();
         // The prelude is part of every translation unit, so it is part of every cache key.
-        let prelude = blake3::hash(prelude().as_bytes()).to_hex();
+        let isa = self.isa()?;
+        let prelude = blake3::hash(prelude(isa).as_bytes()).to_hex();
         Ok(format!(
-            "{} | {version} | {} {} | {} | prelude {}",
+            "{} | {version} | {} {} | {} | {} kernels | prelude {}",
             real.join(" "),
             self.compile_flags().join(" "),
             LINK_FLAGS.join(" "),
             cpu_identity(),
+            isa.name(),
             &prelude[..16]
         ))
     }
 
     /// [`FLAGS`] with `-march=native` replaced by the flags it means on this machine, as the
-    /// real compiler reports them (gcc); unchanged where the compiler does not report them.
+    /// real compiler reports them (gcc; unchanged where the compiler does not report them),
+    /// and `-mno-avx512f` last where the AVX2 kernels are forced on an AVX-512 target.
     pub fn compile_flags(&self) -> Vec<String> {
-        let native = self
-            .native
-            .get_or_init(|| native_flags(&self.real(), self.timeout));
-        FLAGS
+        let native = self.native();
+        let mut flags: Vec<String> = FLAGS
             .iter()
             .flat_map(|&f| match (f, native) {
                 ("-march=native", Some(n)) => n.clone(),
                 _ => vec![f.to_string()],
             })
-            .collect()
+            .collect();
+        if matches!(self.isa(), Ok(Isa::Avx2)) && self.target_has_avx512() {
+            flags.push("-mno-avx512f".into());
+        }
+        flags
     }
 
     /// Compiles one translation unit; returns the shared object's bytes or the diagnostics.
     pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, BackendError> {
         let dir = process::scratch_dir("kiln-cc-")
             .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
-        let mut unit = String::from(prelude());
+        let mut unit = String::from(prelude(self.isa()?));
         for s in sources {
             unit.push('\n');
             unit.push_str(s);
@@ -236,11 +294,12 @@ impl CCompiler {
 /// driver passes to `cc1` for it (`gcc -march=native -E -v -`). None where the compiler does
 /// not say (clang prints another format): then `-march=native` stays as it is.
 fn native_flags(real: &[String], timeout: Duration) -> Option<Vec<String>> {
-    let mut cmd = Command::new(&real[0]);
     // Run where it can write nothing of the user's (a wrapper script need not be a real gcc).
+    let scratch = process::scratch_dir("kiln-cc-").ok()?;
+    let mut cmd = Command::new(&real[0]);
     cmd.args(&real[1..])
         .args(["-march=native", "-E", "-v", "-"])
-        .current_dir(std::env::temp_dir());
+        .current_dir(scratch.path());
     let out = process::run(&mut cmd, timeout).ok()?;
     let text = String::from_utf8_lossy(&out.stderr);
     let line = text
@@ -322,6 +381,146 @@ mod tests {
         assert_ne!(plain, other, "compiler arguments are part of the identity");
     }
 
+    /// The AVX-512 prelude (32-column panels) on a target without AVX-512 stops the compile
+    /// with a message, instead of kernels that read panels with the wrong stride.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn panels_for_another_isa_do_not_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("mismatch.c");
+        std::fs::write(&src, prelude(Isa::Avx512)).unwrap();
+        let out = std::process::Command::new("cc")
+            .args(["-O0", "-march=x86-64-v3", "-std=gnu11", "-c", "-o"])
+            .arg(dir.path().join("mismatch.o"))
+            .arg(&src)
+            .output()
+            .expect("run cc");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("KILN_NR does not match"), "{err}");
+    }
+
+    /// The ISA is part of the identity (and so of every cache key): forcing AVX2 on an
+    /// AVX-512 machine adds `-mno-avx512f` and changes the prelude's panel width.
+    #[test]
+    fn the_isa_is_part_of_the_identity() {
+        let avx2 = CCompiler::command("gcc", "test").with_isa(Isa::Avx2);
+        assert_eq!(avx2.isa().unwrap(), Isa::Avx2);
+        let id2 = avx2.identity().unwrap();
+        assert!(id2.contains("avx2 kernels"), "{id2}");
+        let avx512 = CCompiler::command("gcc", "test").with_isa(Isa::Avx512);
+        match avx512.isa() {
+            Ok(isa) => {
+                assert_eq!(isa, Isa::Avx512);
+                assert!(
+                    avx2.compile_flags().last().unwrap() == "-mno-avx512f",
+                    "{:?}",
+                    avx2.compile_flags()
+                );
+                assert_ne!(avx512.identity().unwrap(), id2);
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("KILN_CPU_ISA=avx512"), "{e}");
+                eprintln!("skipping the AVX-512 half: {e}");
+            }
+        }
+    }
+
+    /// The packed GEMM/GEMV of `c/gemm.h` against plain `fmaf` chains, compiled for each ISA
+    /// this CPU runs: baseline x86-64 (the portable C), x86-64-v3 (the AVX2 kernels) and
+    /// x86-64-v4 (the AVX-512 ones), bit for bit: f32 and bf16 panels, 1 to 13 rows (the GEMV
+    /// and the micro-kernel with row remainders), 75 columns (partial panels), k = 1029 (across
+    /// the k block), product columns on and off a panel boundary.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_packed_kernels_are_fma_chains_on_every_isa() {
+        let check = r#"
+static float kiln_test_value(int64_t i) { return (float)((i * 7919) % 2001 - 1000) / 1000.0f; }
+int kiln_selftest(void) {
+    enum { M = 13, N = 75, K = 1029 };
+    const int64_t np = (N + KILN_NR - 1) / KILN_NR;
+    float *a = malloc(sizeof(float) * M * K), *w = malloc(sizeof(float) * N * K);
+    float *wpf = calloc(np * K * KILN_NR, sizeof(float));
+    uint16_t *wpb = calloc(np * K * KILN_NR, sizeof(uint16_t));
+    float *t = malloc(sizeof(float) * KILN_MC * (KILN_NC + KILN_NR));
+    float *abuf = malloc(sizeof(float) * KILN_MC * K), *bbuf = malloc(sizeof(float) * KILN_KC * KILN_NR);
+    for (int64_t i = 0; i < M * K; ++i) a[i] = kiln_test_value(i);
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+            const uint32_t bits = kiln_f2u(kiln_test_value(3 * (n * K + k) + 1)) & 0xffff0000u;
+            const int64_t at = (n / KILN_NR) * K * KILN_NR + k * KILN_NR;
+            w[n * K + k] = kiln_u2f(bits);
+            wpf[at + n % KILN_NR] = kiln_u2f(bits);
+            wpb[at + kiln_bf16_pos(n % KILN_NR)] = (uint16_t)(bits >> 16);
+        }
+    int bad = 0;
+    const int64_t rows[] = {1, 2, 3, 4, 5, 12, 13}, cols[] = {0, KILN_NR, 8};
+    for (int ri = 0; ri < 7; ++ri)
+        for (int ci = 0; ci < 3; ++ci)
+            for (int bf = 0; bf < 2; ++bf) {
+                const int64_t m = rows[ri], c0 = cols[ci], tn = kiln_min(N - c0, KILN_NC);
+                kiln_gemm_ctx ctx = {abuf, bbuf, 0, 0};
+                if (bf) kiln_packed_tile_bf16(&ctx, a, K, wpb, K, 0, m, c0, tn, t, KILN_NC);
+                else kiln_packed_tile_f32(&ctx, a, K, wpf, K, 0, m, c0, tn, t, KILN_NC);
+                for (int64_t i = 0; i < m; ++i)
+                    for (int64_t j = 0; j < tn; ++j) {
+                        float acc = 0.0f;
+                        for (int64_t k = 0; k < K; ++k) acc = fmaf(a[i * K + k], w[(c0 + j) * K + k], acc);
+                        bad += acc != t[i * KILN_NC + j];
+                    }
+            }
+    free(a); free(w); free(wpf); free(wpb); free(t); free(abuf); free(bbuf);
+    return bad;
+}
+"#;
+        let mut targets = vec![("x86-64", Isa::Avx2)];
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            targets.push(("x86-64-v3", Isa::Avx2));
+        }
+        if Isa::host_has_avx512() {
+            targets.push(("x86-64-v4", Isa::Avx512));
+        } else {
+            eprintln!("skipping the AVX-512 kernels: this CPU has no AVX-512");
+        }
+        for (march, isa) in targets {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("selftest.c");
+            let so = dir.path().join("selftest.so");
+            std::fs::write(
+                &src,
+                format!("{}\n#include <stdlib.h>\n{check}", prelude(isa)),
+            )
+            .unwrap();
+            let out = std::process::Command::new("cc")
+                .args(["-O2", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno"])
+                .arg(format!("-march={march}"))
+                .arg("-o")
+                .arg(&so)
+                .arg(&src)
+                .arg("-lm")
+                .output()
+                .expect("run cc");
+            assert!(
+                out.status.success(),
+                "{march}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // SAFETY: the library was just compiled from the prelude and the checker above.
+            let bad = unsafe {
+                let lib = libloading::Library::new(&so).unwrap();
+                let f = lib
+                    .get::<unsafe extern "C" fn() -> i32>(b"kiln_selftest")
+                    .unwrap();
+                f()
+            };
+            assert_eq!(
+                bad, 0,
+                "{march} ({isa:?}): products that are not fmaf chains"
+            );
+        }
+    }
+
     /// `-march=native` is not always AVX2 (QEMU's default CPU models, some Atoms and
     /// Celerons): the prelude's building blocks must compile for baseline x86-64 too (a register
     /// constraint for 32-byte vectors once broke every kernel there).
@@ -334,7 +533,7 @@ mod tests {
             kiln_mm_nt(a, 64, a, 64, o, 64, 3, 5, 64);\n\
             kiln_att_pv(o, 40, s, 64, a, 40, 3, 9, 40);\n\
             o[0] += kiln_softmax_weights(s, 13, 0.5f);\n}\n";
-        std::fs::write(&src, format!("{}\n{uses}", prelude())).unwrap();
+        std::fs::write(&src, format!("{}\n{uses}", prelude(Isa::Avx2))).unwrap();
         let out = std::process::Command::new("cc")
             .args([
                 "-O2",

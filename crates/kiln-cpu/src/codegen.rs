@@ -11,8 +11,8 @@
 //! bytes, 64-byte aligned (only matmuls use it).
 
 use crate::pack::packed_weight;
-use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::{numel, DType, Expr};
+use kiln_program::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_render::cstyle::CStyle;
 use kiln_render::parts::{
     element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
@@ -23,15 +23,17 @@ use kiln_render::{Dialect, Printer};
 use std::fmt::Write;
 
 /// Matmul work unit: an output block of `MM_MC` rows x `MM_NC` columns (`KILN_MC`, `KILN_NC`).
-/// 132 rows = 22 micro-kernel strips of 6, so a 128-token prompt is one row block and each
-/// weight panel streams from memory once per launch; 64 columns = 4 panels, the granularity
-/// of the thread split (48 units at N = 3072) and, in decode, a 128 KiB bf16 stream.
+/// 132 rows = 11 micro-kernel strips of 12 (22 of 6), so a 128-token prompt is one row block
+/// and each weight panel streams from memory once per launch; 64 columns = 2 or 4 panels, the
+/// granularity of the thread split (48 units at N = 3072) and, in decode, a 128 KiB bf16
+/// stream.
 pub const MM_MC: i64 = 132;
 pub const MM_NC: i64 = 64;
-// The micro-kernels write whole strips of 6 (AVX2) or 4 (portable) rows: a row block must be
-// a multiple of both, or the last strip of a block overruns its tile in the scratch.
+// The micro-kernels write whole strips of 12 (AVX-512), 6 (AVX2) or 4 (portable) rows: a row
+// block must be a multiple of each, or the last strip of a block overruns its tile in the
+// scratch.
 const _: () = assert!(MM_MC % 12 == 0);
-/// k block of the prefill GEMM (`KILN_KC`): a `KC x 16` weight strip stays in L1/L2 while the
+/// k block of the prefill GEMM (`KILN_KC`): a `KC x NR` weight strip stays in L2 while the
 /// row strips of a block reuse it. No blocking constant changes a bit of any result.
 pub const MM_KC: i64 = 1024;
 
@@ -92,7 +94,7 @@ fn blocks(len: &Expr, block: i64) -> Expr {
 
 /// Bytes of scratch one call of `k` needs: for a matmul, one `MC x NC` f32 tile per product
 /// slot, and with a packed weight the packed rows of A (`MC x K`) and a widened bf16 strip
-/// (`KC x 16`); each part 64-byte aligned.
+/// (`KC x NR`); each part 64-byte aligned.
 pub fn scratch_bytes(k: &Kernel) -> Expr {
     if let KernelKind::Attention { dv, .. } = &k.kind {
         // The rows' unnormalised outputs, and the scores and biases of one key block.
@@ -112,7 +114,8 @@ pub fn scratch_bytes(k: &Kernel) -> Expr {
     if packed_weight(k).is_none() {
         return tiles;
     }
-    let strip = (MM_KC * crate::pack::PANEL as i64) * 4 + 64;
+    // Sized for the widest panel, whatever ISA the kernel is compiled for.
+    let strip = (MM_KC * crate::isa::MAX_PANEL as i64) * 4 + 64;
     tiles.add(depth.clone().mul(MM_MC * 4)).add(strip + 64)
 }
 

@@ -7,9 +7,10 @@
 use crate::codegen::{scratch_bytes, work_units};
 use crate::pack::{pack, packed_weight};
 use crate::CpuModule;
-use kiln_compile::{Kernel, KernelKind, UniqueKernel};
 use kiln_ir::{Bindings, DType, Expr, Tensor};
-use kiln_runtime::{Device, HostBuffer, RunError};
+use kiln_program::{Device, RunError};
+use kiln_program::{Kernel, KernelKind, UniqueKernel};
+use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::ffi::c_void;
@@ -28,8 +29,9 @@ pub struct CpuKernel {
     symbols: Vec<String>,
     /// Scratch bytes per call.
     scratch: Expr,
-    /// The input read as packed panels, its dtype and depth (`K`).
-    packed: Option<(usize, DType, Expr)>,
+    /// The input read as packed panels, its dtype, depth (`K`) and panel width (`KILN_NR`
+    /// of the module the kernel was compiled in).
+    packed: Option<(usize, DType, Expr, usize)>,
 }
 
 /// A buffer in host memory; a weight may be held packed for the matmuls that read it so.
@@ -89,6 +91,9 @@ pub struct CpuDevice {
     dispatch: Dispatch,
     threads: usize,
     scratch: Scratch,
+    /// The panel width of the kernels resolved so far (every module of a program is compiled
+    /// for one ISA); weights are packed to it.
+    panel: Option<usize>,
 }
 
 #[derive(Clone, Copy)]
@@ -141,7 +146,40 @@ impl CpuDevice {
             dispatch,
             threads,
             scratch,
+            panel: None,
         })
+    }
+}
+
+impl CpuDevice {
+    /// The panel width `module` was compiled for (its `kiln_panel_columns`), which must be the
+    /// one of every module resolved before: weights are packed once, for all their readers.
+    fn panel_of(&mut self, module: &CpuModule, kernel: &str) -> Result<usize, RunError> {
+        let bad = |detail: String| RunError::Kernel {
+            kernel: kernel.to_string(),
+            detail,
+        };
+        // SAFETY: the prelude of every translation unit defines it as a `const int`.
+        let panel = unsafe {
+            let sym = module
+                .lib
+                .get::<*const i32>(b"kiln_panel_columns")
+                .map_err(|e| bad(format!("its module does not say its panel width: {e}")))?;
+            **sym
+        };
+        let panel = usize::try_from(panel)
+            .ok()
+            .filter(|p| [16, 32].contains(p))
+            .ok_or_else(|| bad(format!("its module says panels are {panel} columns wide")))?;
+        match self.panel {
+            Some(p) if p != panel => Err(bad(format!(
+                "compiled for {panel}-column weight panels, but this device packs weights in {p}-column panels for kernels resolved before (kernels compiled for two ISAs in one program)"
+            ))),
+            _ => {
+                self.panel = Some(panel);
+                Ok(panel)
+            }
+        }
     }
 }
 
@@ -166,13 +204,17 @@ impl Device for CpuDevice {
                 })?
         };
         let (units, unit_work) = work_units(&k.kernel);
-        let packed = packed_weight(&k.kernel).map(|i| {
-            let depth = match &k.kernel.kind {
-                KernelKind::MatMul { k, .. } => k.clone(),
-                _ => unreachable!("packed operands are matmul operands"),
-            };
-            (i, k.kernel.inputs[i], depth)
-        });
+        let packed = match packed_weight(&k.kernel) {
+            Some(i) => {
+                let depth = match &k.kernel.kind {
+                    KernelKind::MatMul { k, .. } => k.clone(),
+                    _ => unreachable!("packed operands are matmul operands"),
+                };
+                let panel = self.panel_of(module, &k.source.name)?;
+                Some((i, k.kernel.inputs[i], depth, panel))
+            }
+            None => None,
+        };
         Ok(CpuKernel {
             name: k.source.name.clone(),
             f,
@@ -220,10 +262,15 @@ impl Device for CpuDevice {
             Some(Some(d)) if depths.len() == 1 && *d > 0 => *d as usize,
             _ => return self.adopt(t, what),
         };
+        let Some(panel) = self.panel else {
+            return Err(RunError::Unsupported(format!(
+                "{what} is read as packed panels by kernels this device has not resolved"
+            )));
+        };
         let packed_reads = packed.len();
         let packed = match &self.dispatch {
-            Dispatch::Rayon(pool) => pool.install(|| pack(t.bytes(), t.dtype(), depth)),
-            _ => pack(t.bytes(), t.dtype(), depth),
+            Dispatch::Rayon(pool) => pool.install(|| pack(t.bytes(), t.dtype(), depth, panel)),
+            _ => pack(t.bytes(), t.dtype(), depth, panel),
         };
         let plain = (packed_reads < readers.len()).then(|| HostBuffer::from_tensor(t));
         Ok(CpuBuffer {
@@ -267,13 +314,13 @@ impl Device for CpuDevice {
         let mut ptrs: Vec<*mut c_void> = vec![plain(k, out)?.as_mut_ptr() as *mut c_void];
         for (i, buf) in inputs.iter().enumerate() {
             let host = match (&k.packed, &buf.packed) {
-                (Some((j, _, _)), Some(p)) if *j == i => p,
-                (Some((j, dtype, depth)), None) if *j == i => {
+                (Some((j, ..)), Some(p)) if *j == i => p,
+                (Some((j, dtype, depth, panel)), None) if *j == i => {
                     let src = plain(k, buf)?;
                     let depth = depth.eval(b)?.max(1) as usize;
                     // SAFETY: launches are synchronous: nothing writes the input now.
                     let bytes = unsafe { src.bytes(src.len()) };
-                    packed_now.insert(pack(bytes, *dtype, depth))
+                    packed_now.insert(pack(bytes, *dtype, depth, *panel))
                 }
                 _ => plain(k, buf)?,
             };

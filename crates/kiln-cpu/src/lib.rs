@@ -4,15 +4,17 @@
 mod cc;
 pub mod codegen;
 mod device;
+pub mod isa;
 pub mod pack;
 mod pool;
 pub mod probe;
 
 pub use cc::{CCompiler, FLAGS};
 pub use device::{CpuBuffer, CpuDevice, CpuKernel};
+pub use isa::Isa;
 
-use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
-use kiln_runtime::{RunError, Runtime};
+use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+use kiln_program::{RunError, Runtime};
 use std::sync::OnceLock;
 
 /// The CPU backend: compiles with the system C compiler, runs on `run_threads` threads.
@@ -25,7 +27,7 @@ pub struct CpuBackend {
 impl Default for CpuBackend {
     /// `$CC` (else `cc`), kernels run on every core.
     fn default() -> Self {
-        CpuBackend::new(CCompiler::from_env(), kiln_compile::default_threads())
+        CpuBackend::new(CCompiler::from_env(), kiln_process::default_threads())
     }
 }
 
@@ -42,6 +44,18 @@ impl CpuBackend {
     pub fn with_run_threads(mut self, threads: usize) -> CpuBackend {
         self.run_threads = threads.max(1);
         self
+    }
+
+    /// Kernels for `isa` whatever `KILN_CPU_ISA` says (tests run both ISAs in one process).
+    pub fn with_isa(mut self, isa: Isa) -> CpuBackend {
+        self.cc = self.cc.with_isa(isa);
+        self.identity = OnceLock::new();
+        self
+    }
+
+    /// The vector ISA the kernels are compiled for ([`isa`]).
+    pub fn isa(&self) -> Result<Isa, BackendError> {
+        self.cc.isa()
     }
 
     /// The same compiler with another time limit per compiler invocation.

@@ -3,7 +3,7 @@
 //! vector width the CPU has), run on every thread at once.
 
 use crate::cc::CCompiler;
-use kiln_compile::BackendError;
+use kiln_program::BackendError;
 use std::time::Instant;
 
 /// The FMA peak of `threads` threads in GFLOP/s (best of `runs` short runs, 2 FLOPs per lane

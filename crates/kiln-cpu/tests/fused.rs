@@ -4,9 +4,8 @@
 mod common;
 use common::*;
 use kiln_compile::CompileOptions;
-use kiln_cpu::CpuBackend;
+use kiln_compile::Target;
 use kiln_ir::{DType, Expr, Graph, NodeId, Tensor};
-use kiln_runtime::Target;
 
 const H: usize = 32; // hidden
 const D: usize = 8; // head dim
@@ -123,7 +122,11 @@ fn weights() -> Vec<(&'static str, Tensor)> {
 }
 
 fn load(g: &Graph, fusion: bool, threads: usize) -> Box<dyn Executable> {
-    let mut exe = CpuBackend::default()
+    load_for(g, fusion, threads, None)
+}
+
+fn load_for(g: &Graph, fusion: bool, threads: usize, isa: Option<Isa>) -> Box<dyn Executable> {
+    let mut exe = backend(isa)
         .with_run_threads(threads)
         .load(
             g,
@@ -149,9 +152,15 @@ fn step_inputs(s: usize, seed: u64) -> std::collections::HashMap<String, Tensor>
 
 #[test]
 fn a_fused_block_computes_what_the_unfused_one_and_the_interpreter_do() {
+    for isa in isas() {
+        fused_block_for(isa);
+    }
+}
+
+fn fused_block_for(isa: Isa) {
     let g = block();
-    let mut fused = load(&g, true, 2);
-    let mut unfused = load(&g, false, 2);
+    let mut fused = load_for(&g, true, 2, Some(isa));
+    let mut unfused = load_for(&g, false, 2, Some(isa));
     let zeros = Tensor::zeros(DType::F32, &[KV, CACHE, D]);
     for exe in [&mut fused, &mut unfused] {
         exe.carry("k_cache_out", "k_cache", zeros.clone()).unwrap();
@@ -178,9 +187,15 @@ fn a_fused_block_computes_what_the_unfused_one_and_the_interpreter_do() {
             all.insert(n.into(), t);
         }
         let want = kiln_ir::interpret(&g, &all, &b).unwrap();
-        assert_close(&format!("step {step} y"), &a["y"], &want["y"], 2e-5, 1e-4);
         assert_close(
-            &format!("step {step} unfused"),
+            &format!("{isa:?} step {step} y"),
+            &a["y"],
+            &want["y"],
+            2e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{isa:?} step {step} unfused"),
             &u["y"],
             &want["y"],
             2e-5,
@@ -202,17 +217,19 @@ fn a_fused_block_computes_what_the_unfused_one_and_the_interpreter_do() {
 #[test]
 fn fused_results_are_the_same_on_one_and_two_threads() {
     let g = block();
-    let mut one = load(&g, true, 1);
-    let mut two = load(&g, true, 2);
-    let b: kiln_ir::Bindings = [("p".to_string(), 0)].into();
-    let mut ins = step_inputs(7, 5);
-    ins.insert("k_cache".into(), Tensor::zeros(DType::F32, &[KV, CACHE, D]));
-    ins.insert("v_cache".into(), Tensor::zeros(DType::F32, &[KV, CACHE, D]));
-    let (a, c) = (
-        one.run_with(&ins, &b).unwrap(),
-        two.run_with(&ins, &b).unwrap(),
-    );
-    assert_eq!(a["y"], c["y"]);
+    for isa in isas() {
+        let mut one = load_for(&g, true, 1, Some(isa));
+        let mut two = load_for(&g, true, 2, Some(isa));
+        let b: kiln_ir::Bindings = [("p".to_string(), 0)].into();
+        let mut ins = step_inputs(7, 5);
+        ins.insert("k_cache".into(), Tensor::zeros(DType::F32, &[KV, CACHE, D]));
+        ins.insert("v_cache".into(), Tensor::zeros(DType::F32, &[KV, CACHE, D]));
+        let (a, c) = (
+            one.run_with(&ins, &b).unwrap(),
+            two.run_with(&ins, &b).unwrap(),
+        );
+        assert_eq!(a["y"], c["y"], "{isa:?}");
+    }
 }
 
 /// 200 decode steps over a cache written in place: every step launches the same kernels and
@@ -238,40 +255,50 @@ fn decode_steps_cost_the_same_at_every_position() {
     }
 }
 
-/// Grouped-query causal attention alone, at sizes that take every path of the fused kernel:
-/// a key depth of 20 (an 8-wide step, then a scalar tail), 40 value columns (one 32-wide pass,
-/// then single columns), three query heads per KV head (an odd row count: a block ends on a
-/// single row), 150 keys (three key blocks, the last partial), more query rows than one work
-/// unit, and with and without the causal mask (key blocks masked for every row skipped).
+/// Grouped-query causal attention alone, for each kernel ISA, at sizes that take every path
+/// of the fused kernel: key depths of 20 and 37 (vector steps of 8 or 16, then a scalar tail),
+/// 40 and 80 value columns (passes of four vectors, single vectors, single columns), three
+/// query heads per KV head (an odd row count: a block ends on a single row), 150 keys (three
+/// key blocks, the last partial), more query rows than one work unit, and with and without the
+/// causal mask (key blocks masked for every row skipped). Bitwise the same on 1 and 2 threads.
 #[test]
 fn attention_alone_at_awkward_sizes() {
-    const D: usize = 20;
-    const DV: usize = 40;
     const G: usize = 3;
-    for masked in [true, false] {
-        let g = kiln_ir::testing::attention_graph(KV, G, D, DV, masked);
-        let compiled = kiln_compile::compile(
-            &g,
-            &CpuBackend::default(),
-            &CompileOptions {
-                threads: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert!(
-            compiled
-                .kernels
-                .iter()
-                .any(|k| k.kernel.label() == "attention"),
-            "the pattern is fused"
-        );
-        let mut exe = build(&g, 2);
-        // (s, p): a prompt of 75 (rows 225: fifteen 16-row units, the last of one row), then
-        // a decode step at 149 (3 rows).
-        for (s, p) in [(75usize, 0usize), (1, 149), (3, 7)] {
-            let ins = kiln_ir::testing::attention_inputs(KV, G, D, DV, s, s + p);
-            check(exe.as_mut(), &g, &ins, 1e-5, 1e-4);
+    for isa in isas() {
+        for (d, dv) in [(20usize, 40usize), (37, 80)] {
+            for masked in [true, false] {
+                let g = kiln_ir::testing::attention_graph(KV, G, d, dv, masked);
+                let compiled = kiln_compile::compile(
+                    &g,
+                    &backend(Some(isa)),
+                    &CompileOptions {
+                        threads: 1,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                assert!(
+                    compiled
+                        .loaded
+                        .kernels
+                        .iter()
+                        .any(|k| k.kernel.label() == "attention"),
+                    "the pattern is fused"
+                );
+                let mut exe = build_for(&g, 2, Some(isa));
+                let mut one = build_for(&g, 1, Some(isa));
+                // (s, p): a prompt of 75 (rows 225: fifteen 16-row units, the last of one
+                // row), then a decode step at 149 (3 rows).
+                for (s, p) in [(75usize, 0usize), (1, 149), (3, 7)] {
+                    let ins = kiln_ir::testing::attention_inputs(KV, G, d, dv, s, s + p);
+                    check(exe.as_mut(), &g, &ins, 1e-5, 1e-4);
+                    assert_eq!(
+                        exe.run(&ins).unwrap(),
+                        one.run(&ins).unwrap(),
+                        "{isa:?} d={d} dv={dv} s={s} p={p}: 1 vs 2 threads"
+                    );
+                }
+            }
         }
     }
 }

@@ -1,14 +1,15 @@
-//! The packed-weight GEMM and GEMV (`c/gemm.h`) against the interpreter: sizes that are not
-//! multiples of any block (M, N, K around MR = 6, the 16-column panels, the 64 x 132 work
-//! units and the 1024-deep k block), f32 and bf16 weights, weights bound once (packed when
-//! bound) and passed per run (packed at launch), epilogues whose product columns start on and
-//! off a panel boundary, and bitwise equality across thread counts.
+//! The packed-weight GEMM and GEMV (`c/gemm.h`) against the interpreter, for each kernel ISA
+//! this machine runs (AVX2 with 16-column panels and 6-row strips, AVX-512 with 32 and 12; the
+//! AVX-512 half says when it is skipped): sizes that are not multiples of any block (M, N, K
+//! around MR, the panels, the 64 x 132 work units and the 1024-deep k block), f32 and bf16
+//! weights, weights bound once (packed when bound) and passed per run (packed at launch),
+//! epilogues whose product columns start on and off a panel boundary, bitwise equality across
+//! thread counts, and between the ISAs (every product is the same FMA chain).
 mod common;
 use common::*;
 use kiln_compile::CompileOptions;
-use kiln_cpu::CpuBackend;
+use kiln_compile::Target;
 use kiln_ir::{DType, Expr, Graph, Tensor};
-use kiln_runtime::Target;
 
 /// `y = x @ W^T + r` and `h = silu(g) * u` with `[g | u] = x @ V^T` split at column `half`,
 /// W [n, k] and V [2 * half, k] in `dtype`.
@@ -61,18 +62,24 @@ fn activations(m: usize, n: i64, k: i64) -> Vec<(&'static str, Tensor)> {
     ]
 }
 
-/// Rows around MR = 6, the GEMV limit 4 and the 132-row block.
-const ROWS: [usize; 7] = [1, 3, 4, 5, 7, 133, 140];
+/// Rows around MR = 6 and 12, the GEMV limit 4 and the 132-row block.
+const ROWS: [usize; 10] = [1, 3, 4, 5, 7, 12, 13, 25, 133, 140];
 
 fn check_sizes(dtype: DType, n: i64, half: i64, k: i64) {
+    for isa in isas() {
+        check_sizes_for(isa, dtype, n, half, k);
+    }
+}
+
+fn check_sizes_for(isa: Isa, dtype: DType, n: i64, half: i64, k: i64) {
     let g = linear_graph(dtype, n, half, k);
     // Weights bound once: the device packs them.
-    let mut bound = build(&g, 2);
+    let mut bound = build_for(&g, 2, Some(isa));
     for (name, t) in weights(dtype, n, half, k) {
         bound.set_param(name, t).unwrap();
     }
     // The same weights passed with every run: packed at launch.
-    let mut per_run = build(&g, 2);
+    let mut per_run = build_for(&g, 2, Some(isa));
     for m in ROWS {
         let act = activations(m, n, k);
         let all: Vec<(&str, Tensor)> = act
@@ -84,7 +91,7 @@ fn check_sizes(dtype: DType, n: i64, half: i64, k: i64) {
         let got = bound.run(&inputs(&act)).unwrap();
         let again = per_run.run(&inputs(&all)).unwrap();
         for name in ["y", "h"] {
-            let what = format!("{dtype} n={n} half={half} k={k} m={m} {name}");
+            let what = format!("{isa:?}: {dtype} n={n} half={half} k={k} m={m} {name}");
             assert_close(&what, &got[name], &want[name], 1e-5, 1e-4);
             assert_eq!(
                 got[name], again[name],
@@ -103,55 +110,75 @@ fn f32_weights_at_awkward_sizes() {
 
 #[test]
 fn bf16_weights_at_awkward_sizes() {
-    check_sizes(DType::BF16, 70, 32, 37);
+    // half = 48: the up columns start on a 16-column panel, mid-way through a 32-column one.
+    check_sizes(DType::BF16, 70, 48, 37);
     check_sizes(DType::BF16, 1, 8, 1);
+    // Three 32-column panels and a partial fourth, k across the k block.
+    check_sizes(DType::BF16, 100, 64, 1030);
+    // half = 40: the up columns start mid-panel on both ISAs (scalar chains on bf16 panels).
+    check_sizes(DType::BF16, 50, 40, 19);
 }
 
 /// Every product is one sequential FMA chain over k, whoever computes it: the same bits on 1
-/// and 2 threads, and a row computed alone (the decode GEMV) equals the same row inside a
-/// prefill GEMM.
+/// and 2 threads, a row computed alone (the decode GEMV) equals the same row inside a prefill
+/// GEMM, and the AVX2 and AVX-512 kernels give the same bits.
 #[test]
 fn results_do_not_depend_on_threads_or_on_the_rows_beside_them() {
     let (n, half, k) = (200, 64, 1100);
     let g = linear_graph(DType::BF16, n, half, k);
-    let mut exes: Vec<_> = [1, 2]
-        .into_iter()
-        .map(|t| {
-            let mut e = CpuBackend::default()
-                .with_run_threads(t)
-                .load(
-                    &g,
-                    &CompileOptions {
-                        threads: 1,
-                        ..Default::default()
-                    },
-                )
-                .unwrap()
-                .exe;
-            for (name, w) in weights(DType::BF16, n, half, k) {
-                e.set_param(name, w).unwrap();
-            }
-            e
-        })
-        .collect();
     let m = 140;
     let act = inputs(&activations(m, n, k));
-    let one = exes[0].run(&act).unwrap();
-    let two = exes[1].run(&act).unwrap();
-    for name in ["y", "h"] {
-        assert_eq!(one[name], two[name], "{name}: 1 vs 2 threads");
+    let mut first: Option<(Isa, std::collections::HashMap<String, Tensor>)> = None;
+    for isa in isas() {
+        let mut exes: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|t| {
+                let mut e = backend(Some(isa))
+                    .with_run_threads(t)
+                    .load(
+                        &g,
+                        &CompileOptions {
+                            threads: 1,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap()
+                    .exe;
+                for (name, w) in weights(DType::BF16, n, half, k) {
+                    e.set_param(name, w).unwrap();
+                }
+                e
+            })
+            .collect();
+        let one = exes[0].run(&act).unwrap();
+        let two = exes[1].run(&act).unwrap();
+        for name in ["y", "h"] {
+            assert_eq!(one[name], two[name], "{isa:?} {name}: 1 vs 2 threads");
+        }
+        // Row 9 alone (GEMV) against row 9 of the 140-row product (GEMM).
+        let row = |t: &Tensor, i: usize, w: usize| t.as_f32()[i * w..(i + 1) * w].to_vec();
+        let x9 = Tensor::from_f32(&[1, k as usize], &row(&act["x"], 9, k as usize));
+        let r9 = Tensor::from_f32(&[1, n as usize], &row(&act["r"], 9, n as usize));
+        let alone = exes[1].run(&inputs(&[("x", x9), ("r", r9)])).unwrap();
+        assert_eq!(
+            alone["y"].as_f32(),
+            row(&two["y"], 9, n as usize),
+            "{isa:?}"
+        );
+        assert_eq!(
+            alone["h"].as_f32(),
+            row(&two["h"], 9, half as usize),
+            "{isa:?}: the gated epilogue"
+        );
+        match &first {
+            None => first = Some((isa, two)),
+            Some((other, theirs)) => {
+                for name in ["y", "h"] {
+                    assert_eq!(theirs[name], two[name], "{name}: {other:?} vs {isa:?}");
+                }
+            }
+        }
     }
-    // Row 9 alone (GEMV) against row 9 of the 140-row product (GEMM).
-    let row = |t: &Tensor, i: usize, w: usize| t.as_f32()[i * w..(i + 1) * w].to_vec();
-    let x9 = Tensor::from_f32(&[1, k as usize], &row(&act["x"], 9, k as usize));
-    let r9 = Tensor::from_f32(&[1, n as usize], &row(&act["r"], 9, n as usize));
-    let alone = exes[1].run(&inputs(&[("x", x9), ("r", r9)])).unwrap();
-    assert_eq!(alone["y"].as_f32(), row(&two["y"], 9, n as usize));
-    assert_eq!(
-        alone["h"].as_f32(),
-        row(&two["h"], 9, half as usize),
-        "the gated epilogue"
-    );
 }
 
 /// Runs `g` with `params` bound once and with them passed per run, against the interpreter.
@@ -161,24 +188,32 @@ fn check_bound_and_per_run(
     params: &[(&'static str, Tensor)],
     acts: &[(&'static str, Tensor)],
 ) {
-    let mut bound = build(g, 2);
-    for (name, t) in params {
-        bound.set_param(name, t.clone()).unwrap();
-    }
-    let mut per_run = build(g, 2);
-    let all: Vec<(&str, Tensor)> = acts.iter().chain(params).cloned().collect();
-    let want = kiln_ir::interpret(g, &inputs(&all), &Default::default()).unwrap();
-    let got = bound.run(&inputs(acts)).unwrap();
-    let again = per_run.run(&inputs(&all)).unwrap();
-    for (name, w) in &want {
-        assert_close(&format!("{what}: {name}"), &got[name], w, 1e-5, 1e-4);
-        assert_close(
-            &format!("{what}: {name} per run"),
-            &again[name],
-            w,
-            1e-5,
-            1e-4,
-        );
+    for isa in isas() {
+        let mut bound = build_for(g, 2, Some(isa));
+        for (name, t) in params {
+            bound.set_param(name, t.clone()).unwrap();
+        }
+        let mut per_run = build_for(g, 2, Some(isa));
+        let all: Vec<(&str, Tensor)> = acts.iter().chain(params).cloned().collect();
+        let want = kiln_ir::interpret(g, &inputs(&all), &Default::default()).unwrap();
+        let got = bound.run(&inputs(acts)).unwrap();
+        let again = per_run.run(&inputs(&all)).unwrap();
+        for (name, w) in &want {
+            assert_close(
+                &format!("{isa:?} {what}: {name}"),
+                &got[name],
+                w,
+                1e-5,
+                1e-4,
+            );
+            assert_close(
+                &format!("{isa:?} {what}: {name} per run"),
+                &again[name],
+                w,
+                1e-5,
+                1e-4,
+            );
+        }
     }
 }
 

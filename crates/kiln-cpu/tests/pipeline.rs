@@ -47,6 +47,7 @@ fn every_failing_kernel_is_listed_and_good_ones_are_cached() {
     .unwrap();
     let unique = good.report.kernels_unique;
     let reductions = good
+        .loaded
         .kernels
         .iter()
         .filter(|k| k.kernel.label().starts_with("reduce"))
@@ -187,7 +188,7 @@ fn corrupt_cache_entries_are_detected_and_rebuilt() {
     assert_eq!(warm.report.artifact_digest, cold.report.artifact_digest);
     // And the rebuilt program computes the right thing.
     let device = kiln_cpu::CpuDevice::new(2).unwrap();
-    let mut exe = kiln_runtime::Executor::new(device, warm).unwrap();
+    let mut exe = kiln_runtime::Executor::new(device, warm.loaded).unwrap();
     let ins = inputs(&[
         ("x", Tensor::from_f32(&[3, 8], &values(24, 1))),
         ("w", Tensor::from_f32(&[8, 8], &values(64, 2))),

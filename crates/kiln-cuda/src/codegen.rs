@@ -5,8 +5,9 @@
 //! Signature: `extern "C" __global__ void NAME(OUT *out, const IN0 *in0, ..., int64_t sym..., int64_t kiln_units)`
 //! with symbols in sorted order. Launch geometry per kind is in [`launch_shape`].
 
-use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::{numel, Bindings, DType, Expr};
+use kiln_program::RunError;
+use kiln_program::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_render::cstyle::CStyle;
 use kiln_render::parts::{
     element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
@@ -14,7 +15,6 @@ use kiln_render::parts::{
 };
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{Dialect, IndexOp, Printer};
-use kiln_runtime::RunError;
 use std::fmt::Write;
 
 pub const BLOCK: u32 = 256;

@@ -6,9 +6,9 @@ use crate::CudaModule;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
-use kiln_compile::UniqueKernel;
 use kiln_ir::Bindings;
-use kiln_runtime::{Device, RunError};
+use kiln_program::UniqueKernel;
+use kiln_program::{Device, RunError};
 use std::sync::Arc;
 
 /// True when the CUDA driver is installed and sees at least one device.

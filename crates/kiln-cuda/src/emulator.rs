@@ -21,12 +21,13 @@
 //! small graphs; the GPU tests stay the judge.
 
 use crate::codegen::LaunchPlan;
-use kiln_compile::process::{self, ChildError};
-use kiln_compile::{Backend, BackendError, Kernel, KernelKind, KernelSource, UniqueKernel};
 use kiln_ir::Bindings;
+use kiln_process::{self as process, ChildError};
+use kiln_program::{Backend, BackendError, Kernel, KernelKind, KernelSource, UniqueKernel};
+use kiln_program::{Device, RunError, Runtime};
 use kiln_render::cstyle::CStyle;
 use kiln_render::Dialect;
-use kiln_runtime::{Device, HostBuffer, RunError, Runtime};
+use kiln_runtime::HostBuffer;
 use std::fmt::Write;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -53,7 +54,7 @@ impl Default for EmulatedCuda {
     fn default() -> Self {
         EmulatedCuda {
             identity: OnceLock::new(),
-            timeout: kiln_compile::default_compile_timeout(),
+            timeout: kiln_process::default_compile_timeout(),
         }
     }
 }
@@ -110,7 +111,7 @@ fn launcher(k: &Kernel) -> String {
             | KernelKind::MatMul { .. }
             | KernelKind::Attention { .. }
     );
-    let name = kiln_compile::NAME_PLACEHOLDER;
+    let name = kiln_program::NAME_PLACEHOLDER;
     let mut s = String::new();
     writeln!(
         s,
@@ -135,8 +136,12 @@ impl Backend for EmulatedCuda {
         self.identity
             .get_or_init(|| {
                 let cxx = cxx();
-                let out = run_cxx(Command::new(&cxx).arg("--version"), &cxx, self.timeout)
-                    .map_err(|e| e.to_string())?;
+                // In a scratch folder, like the compile: never in the user's working directory.
+                let scratch = process::scratch_dir("kiln-cuda-emu-")
+                    .map_err(|e| format!("CUDA emulator: temporary folder: {e}"))?;
+                let mut cmd = Command::new(&cxx);
+                cmd.arg("--version").current_dir(scratch.path());
+                let out = run_cxx(&mut cmd, &cxx, self.timeout).map_err(|e| e.to_string())?;
                 let version = String::from_utf8_lossy(&out.stdout)
                     .lines()
                     .next()

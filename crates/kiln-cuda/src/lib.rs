@@ -13,8 +13,8 @@ pub mod nvrtc;
 
 pub use device::{copy_bandwidth, cuda_device_present, CudaDevice, CudaKernel};
 
-use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
-use kiln_runtime::{RunError, Runtime};
+use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+use kiln_program::{RunError, Runtime};
 
 /// The CUDA prelude: NVRTC-specific definitions and the shared scalar helpers.
 pub fn prelude() -> &'static str {

@@ -12,7 +12,7 @@
 //! `load` checks.
 
 use cudarc::nvrtc::{result, sys};
-use kiln_compile::BackendError;
+use kiln_program::BackendError;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

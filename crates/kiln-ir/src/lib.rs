@@ -11,13 +11,16 @@ pub mod dtype;
 pub mod expr;
 pub mod graph;
 pub mod interp;
+pub mod quant;
 pub mod tensor;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use dtype::DType;
 pub use expr::{contiguous_strides, numel, shape_str, Bindings, Expr};
 pub use graph::{BinaryOp, Graph, Node, NodeId, Op, ReduceOp, UnaryOp, ViewOp};
 pub use interp::interpret;
+pub use quant::QuantType;
 pub use tensor::Tensor;
 
 /// Errors from building or running a graph. Each names the op or input and the shapes involved.

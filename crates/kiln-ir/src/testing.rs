@@ -1,9 +1,16 @@
-//! What the backends' tests share: random graphs for property tests against the interpreter
-//! (deterministic given the op codes, so proptest can shrink them), deterministic values, and
-//! the comparison of a backend's outputs with the interpreter's.
+//! What the backends' tests share: the op cases every backend runs ([`op_cases`]), random
+//! graphs for property tests against the interpreter (deterministic given the op codes, so
+//! proptest can shrink them), deterministic values, the comparison of a backend's outputs with
+//! the interpreter's, and [`require`] (a test that must not skip).
+//!
+//! Compiled only for tests (`cfg(test)`, or the `testing` feature that other crates' tests turn
+//! on through their dev-dependencies), never into the release binary.
 
 use crate::{Bindings, DType, Expr, Graph, IrError, NodeId, Tensor};
 use std::collections::HashMap;
+
+pub mod op_cases;
+pub use op_cases::{OpCase, Run, Tolerance};
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift from `seed`).
 pub fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -19,6 +26,13 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
             ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+/// Whether the environment variable `var` (`KILN_REQUIRE_WGPU`, `KILN_REQUIRE_CUDA`) asks that
+/// tests needing a device fail instead of skipping where it is missing: set, and neither empty
+/// nor `0`.
+pub fn require(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Named tensors as a run's inputs.

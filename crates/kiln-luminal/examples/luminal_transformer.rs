@@ -173,7 +173,11 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--threads: {e}"))?
             }
-            "--backend" => a.backend = value("--backend")?.parse()?,
+            "--backend" => {
+                a.backend = value("--backend")?
+                    .parse::<BackendKind>()
+                    .map_err(|e| e.to_string())?
+            }
             "--seq" => a.seq = value("--seq")?.parse().map_err(|e| format!("--seq: {e}"))?,
             "--cache" => a.cache = Some(Some(value("--cache")?.into())),
             "--no-cache" => a.cache = Some(None),

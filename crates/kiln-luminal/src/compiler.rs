@@ -10,8 +10,8 @@ use crate::partition::{self, op_name, Kind, Segment};
 use crate::translate::{ExternalInput, Translator};
 use kiln_backends::{BackendKind, BackendOptions};
 use kiln_compile::{notify, CompileOptions, CompileReport, Event, KernelCache, Observer};
+use kiln_compile::{LoadError, Target};
 use kiln_ir::{DType, Expr};
-use kiln_runtime::{LoadError, Target};
 use luminal::prelude::{
     petgraph::{visit::EdgeRef, Direction},
     Compiler, Dependency, Graph, NodeIndex, ShapeTracker, ToIdsMut,

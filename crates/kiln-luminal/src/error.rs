@@ -1,7 +1,7 @@
 //! Why a luminal graph could not be handed to kiln.
 
 use kiln_backends::BackendKind;
-use kiln_compile::{BackendError, CompileError};
+use kiln_compile::{BackendError, CacheError, CompileError};
 use kiln_runtime::RunError;
 
 /// An error of [`crate::KilnCompiler::try_compile`]. On any of them the luminal graph is left
@@ -25,7 +25,7 @@ pub enum BridgeError {
     },
     /// The kernel cache directory could not be opened.
     #[error("kiln could not open its kernel cache: {0}")]
-    Cache(String),
+    Cache(#[source] CacheError),
     /// kiln's pipeline rejected the translated graph or failed to compile a kernel (the error
     /// names the kernel and where its source was written).
     #[error("kiln failed to compile segment {segment} of the luminal graph: {source}")]

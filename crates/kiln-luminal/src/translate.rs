@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
 /// A translation problem with one node (op name and reason are filled in by the caller).
-pub type TResult<T> = Result<T, String>;
+pub(crate) type TResult<T> = Result<T, String>;
 
 /// The kiln symbol for a luminal dynamic dimension: 'a'..'z' keep their name, 'A'..'Z' become
 /// `upper_a`..`upper_z` (kiln symbols must match `[a-z_][a-z0-9_]*`).

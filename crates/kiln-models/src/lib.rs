@@ -1,21 +1,25 @@
 //! The Qwen family on kiln: `config.json` -> graph -> compiled kernels, safetensors weights or
-//! seeded random ones for the built-in presets, the tokenizer, a KV cache and sampling.
+//! seeded random ones for the built-in presets, GGUF files (hyper-parameters, weights and
+//! tokenizer in one file), the tokenizer, a KV cache and sampling.
 
 pub mod config;
 pub mod files;
+pub mod gguf;
 pub mod model;
 pub mod presets;
 pub mod runtime;
 pub mod sampling;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, QwenConfig};
 pub use model::{build_graph, weight_shapes, GraphOptions, WeightDtype};
-pub use runtime::{FinishReason, Generation, KvCache, LoadOptions, Model};
+pub use runtime::{FinishReason, Generation, KvCache, LoadOptions, Model, SavedCache};
 pub use sampling::{argmax, Sampler, Sampling};
-pub use tokenizer::{StreamDecoder, Tokenizer};
+pub use tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+pub use weights::IndexError;
 
 use std::path::PathBuf;
 
@@ -38,8 +42,14 @@ pub enum ModelError {
         tensor: Option<String>,
         detail: String,
     },
-    #[error("{0}")]
-    Tokenizer(String),
+    /// A tokenizer that cannot be loaded (`context` names the file), or text it cannot encode
+    /// or decode.
+    #[error("{context}: {source}")]
+    Tokenizer {
+        context: String,
+        #[source]
+        source: TokenizerError,
+    },
     /// A prompt or generation request the model cannot serve (empty, id out of range, too
     /// long for the context, a stale KV cache).
     #[error("{0}")]
@@ -59,11 +69,11 @@ pub enum ModelError {
     Run(#[from] kiln_runtime::RunError),
 }
 
-impl From<kiln_runtime::LoadError> for ModelError {
-    fn from(e: kiln_runtime::LoadError) -> Self {
+impl From<kiln_compile::LoadError> for ModelError {
+    fn from(e: kiln_compile::LoadError) -> Self {
         match e {
-            kiln_runtime::LoadError::Compile(e) => ModelError::Compile(e),
-            kiln_runtime::LoadError::Run(e) => ModelError::Run(e),
+            kiln_compile::LoadError::Compile(e) => ModelError::Compile(e),
+            kiln_compile::LoadError::Run(e) => ModelError::Run(e),
         }
     }
 }
@@ -97,11 +107,12 @@ impl ModelError {
     }
 }
 
-/// Where a model comes from: a built-in preset or a Hugging Face checkpoint folder.
+/// Where a model comes from: a built-in preset, a Hugging Face checkpoint folder or a GGUF file.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelSource {
     Preset(String),
     Dir(PathBuf),
+    Gguf(PathBuf),
 }
 
 /// The prefix that names a preset whatever folders exist: `preset:qwen3-0.6b`.
@@ -125,11 +136,26 @@ impl ModelSource {
         if p.is_dir() {
             return Ok(ModelSource::Dir(p));
         }
+        if p.is_file() && gguf::is_gguf_path(&p) {
+            return Ok(ModelSource::Gguf(p));
+        }
+        if p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Err(ModelError::Source(format!(
+                "GGUF file '{s}' not found{}",
+                if p.exists() {
+                    " (it is not a file)"
+                } else {
+                    ""
+                }
+            )));
+        }
         if presets::preset(s).is_some() {
             return Ok(ModelSource::Preset(s.into()));
         }
         Err(ModelError::Source(format!(
-            "unknown model '{s}': not a preset ({}) and not a folder with config.json",
+            "unknown model '{s}': not a preset ({}), a folder with config.json or a GGUF file",
             presets::preset_names().join(", ")
         )))
     }
@@ -177,17 +203,20 @@ impl ModelSource {
                 }
                 Ok(c)
             }
+            ModelSource::Gguf(p) => gguf::qwen::GgufCheckpoint::open(p)?.config(),
         }
     }
 
     pub fn name(&self) -> String {
         match self {
             ModelSource::Preset(n) => n.clone(),
-            ModelSource::Dir(d) => d.display().to_string(),
+            ModelSource::Dir(d) | ModelSource::Gguf(d) => d.display().to_string(),
         }
     }
 
-    /// The tokenizer: the folder's `tokenizer.json`, the embedded Qwen one for presets.
+    /// The tokenizer: the folder's `tokenizer.json` (with the chat template of its
+    /// `tokenizer_config.json`), the GGUF file's `tokenizer.ggml.*`, the embedded Qwen one for
+    /// presets.
     pub fn tokenizer(&self) -> Result<Option<Tokenizer>, ModelError> {
         match self {
             ModelSource::Preset(_) => Tokenizer::embedded_qwen().map(Some),
@@ -195,12 +224,18 @@ impl ModelSource {
                 let p = d.join("tokenizer.json");
                 // Anything by that name (a folder, a FIFO, a dangling link) is read, and refused
                 // saying what it is, rather than taken for a missing tokenizer.
-                if p.symlink_metadata().is_ok() {
-                    Tokenizer::from_file(&p).map(Some)
-                } else {
-                    Ok(None)
+                if p.symlink_metadata().is_err() {
+                    return Ok(None);
                 }
+                let t = Tokenizer::from_file(&p)?;
+                let config = d.join("tokenizer_config.json");
+                if config.symlink_metadata().is_ok() {
+                    let (template, bos, eos) = tokenizer::chat_template_of_config(&config)?;
+                    return Ok(Some(t.with_chat_template(template, bos, eos)));
+                }
+                Ok(Some(t))
             }
+            ModelSource::Gguf(p) => gguf::tokenizer::from_gguf(&gguf::GgufFile::open(p)?),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! A compiled model with its weights, and generation with a KV cache.
 
 use crate::config::QwenConfig;
+use crate::gguf::qwen::GgufCheckpoint;
 use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions};
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
+use kiln_compile::Target;
 use kiln_compile::{CompileOptions, CompileReport};
 use kiln_ir::{DType, Tensor};
-use kiln_runtime::{Executable, Target};
+use kiln_runtime::Executable;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -31,6 +33,12 @@ impl<'a> LoadOptions<'a> {
             seed: 0,
         }
     }
+}
+
+/// The files a model's weights come from.
+enum WeightFiles {
+    Safetensors(Checkpoint),
+    Gguf(GgufCheckpoint),
 }
 
 /// The positions a generation has seen. The keys and values themselves stay in the
@@ -57,6 +65,29 @@ impl KvCache {
         self.len == 0
     }
 }
+
+/// A copy of one [`KvCache`]'s keys and values, taken out of the executor by
+/// [`Model::save_cache`] so that the model can run other caches in between and then go on with
+/// this one ([`Model::restore_cache`]). It lives in host memory: every layer's keys and values,
+/// `[kv_heads, capacity, head_dim]` f32 each.
+pub struct SavedCache {
+    cache_id: u64,
+    len: usize,
+    capacity: usize,
+    /// Keys and values of each layer.
+    layers: Vec<[Tensor; 2]>,
+}
+
+impl SavedCache {
+    /// Host memory it holds.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().flatten().map(|t| t.bytes().len()).sum()
+    }
+}
+
+/// `Model::cache_held` after a restore failed half-way: no [`KvCache`] has this id (ids count
+/// up from 0), so the next forward of any cache starts from an empty one.
+const MIXED_CACHE: u64 = u64::MAX;
 
 /// A KV cache of `capacity` positions for one layer, all zero.
 fn empty_cache(c: &QwenConfig, capacity: usize) -> Tensor {
@@ -165,19 +196,25 @@ impl Model {
     }
 
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
-        let config = source.config()?;
-        let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
         // The checkpoint's headers (names, shapes, dtypes) are checked against the config
         // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds
         // (and a checkpoint that lacks tensors is reported as such, whatever its size).
-        let checkpoint = match source {
-            ModelSource::Preset(_) => None,
+        let (config, checkpoint) = match source {
+            ModelSource::Preset(_) => (source.config()?, None),
             ModelSource::Dir(d) => {
+                let config = source.config()?;
                 let c = Checkpoint::open(d)?;
                 c.check(&config)?;
-                Some(c)
+                (config, Some(WeightFiles::Safetensors(c)))
+            }
+            ModelSource::Gguf(p) => {
+                let c = GgufCheckpoint::open(p)?;
+                let config = c.config()?;
+                c.check(&config)?;
+                (config, Some(WeightFiles::Gguf(c)))
             }
         };
+        let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
         // Weights pass through host memory on their way to any device.
         let bytes = config.weight_bytes();
         if let Some(avail) = available_memory_bytes() {
@@ -195,11 +232,14 @@ impl Model {
         let (compiled, weights) = std::thread::scope(|s| {
             let w = s.spawn(|| match &checkpoint {
                 None => Ok(random_weights(&shapes, opts.seed, w)),
-                Some(c) => c.load(&shapes, w),
+                Some(WeightFiles::Safetensors(c)) => c.load(&shapes, w),
+                Some(WeightFiles::Gguf(c)) => c.load(&shapes, w),
             });
             let c = Self::compile(&config, opts);
             (c, w.join().expect("weight loader panicked"))
         });
+        // The weights are in memory now: unmap the files.
+        drop(checkpoint);
         let (mut exe, report) = compiled?;
         let mut weights = weights?;
         fuse_projections(&config, &mut weights)?;
@@ -273,6 +313,56 @@ impl Model {
         } else {
             Ok(())
         }
+    }
+
+    /// Copies the keys and values of `cache` out of the executor (a download from the
+    /// device), so that other caches can run before [`Model::restore_cache`] brings it back.
+    /// `cache` must be the cache the model last ran.
+    pub fn save_cache(&mut self, cache: &KvCache) -> Result<SavedCache, ModelError> {
+        if self.cache_held != Some(cache.id) {
+            return Err(ModelError::Input(
+                "save_cache: this KvCache is not the one the executor holds (only the cache \
+                 the model last ran can be saved)"
+                    .into(),
+            ));
+        }
+        let mut layers = Vec::with_capacity(self.config.num_layers);
+        for l in 0..self.config.num_layers {
+            layers.push([
+                self.exe.carried(&format!("k_cache.{l}"))?,
+                self.exe.carried(&format!("v_cache.{l}"))?,
+            ]);
+        }
+        Ok(SavedCache {
+            cache_id: cache.id,
+            len: cache.len(),
+            capacity: self.cache_capacity,
+            layers,
+        })
+    }
+
+    /// Has the executor hold `cache`'s keys and values again (an upload), from the copy
+    /// [`Model::save_cache`] took of this cache at its present length; the next
+    /// [`Model::forward`] with `cache` continues it.
+    pub fn restore_cache(&mut self, cache: &KvCache, saved: SavedCache) -> Result<(), ModelError> {
+        if saved.cache_id != cache.id || saved.len != cache.len() {
+            return Err(ModelError::Input(format!(
+                "restore_cache: the saved keys and values are of another KvCache or another \
+                 length ({} positions saved, the cache has {})",
+                saved.len,
+                cache.len()
+            )));
+        }
+        self.cache_held = Some(MIXED_CACHE);
+        for (l, [k, v]) in saved.layers.into_iter().enumerate() {
+            self.exe
+                .carry(&format!("k_cache_out.{l}"), &format!("k_cache.{l}"), k)?;
+            self.exe
+                .carry(&format!("v_cache_out.{l}"), &format!("v_cache.{l}"), v)?;
+        }
+        self.cache_capacity = saved.capacity;
+        self.cache_held = Some(cache.id);
+        Ok(())
     }
 
     /// Runs `ids` at the cache's position; extends the cache; returns the logits.

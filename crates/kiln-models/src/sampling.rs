@@ -1,6 +1,6 @@
 //! Choosing the next token: greedy, or temperature with top-k and top-p, from a seeded RNG.
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sampling {
     /// 0 = greedy.
     pub temperature: f32,

@@ -1,4 +1,9 @@
-//! For tests of kiln and of programs built on it: where the reference fixtures are.
+//! For tests of kiln and of programs built on it: where the reference fixtures are, and the one
+//! reader of what `transformers` computed for them ([`Reference`]); the GGUF fixtures and a
+//! writer of GGUF files for tests ([`GgufBuilder`]).
+//!
+//! Compiled only for tests (`cfg(test)`, or the `testing` feature that tests turn on through
+//! their dev-dependencies), never into the release binary.
 
 use std::path::PathBuf;
 
@@ -15,6 +20,281 @@ pub fn fixtures() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// What `transformers` computed for one prompt of a reference fixture:
+/// `<fixture>/reference/<prompt>.json`, and the prefill tensors of `<prompt>.safetensors`
+/// ([`Reference::tensors`]). `tests/fixtures/README.md` says what each field holds.
+#[derive(Clone, Debug)]
+pub struct Reference {
+    pub prompt_ids: Vec<u32>,
+    /// 16 new tokens, greedy, with the KV cache and EOS disabled.
+    pub greedy_ids: Vec<u32>,
+    /// The logits at the last prompt position.
+    pub prefill_last_logits: Vec<f32>,
+    /// The logits that chose each of `greedy_ids` (row 0: the prefill's last position).
+    pub step_logits: Vec<Vec<f32>>,
+    tensors: PathBuf,
+}
+
+impl Reference {
+    /// Reads prompt `prompt` (`p1`, `p2`, `p3`) of fixture `fixture` (`tiny-qwen3`, ...) from
+    /// [`fixtures`]. Panics naming the file and the field when one is missing or malformed.
+    pub fn read(fixture: &str, prompt: &str) -> Reference {
+        let dir = fixtures().join(fixture).join("reference");
+        let path = dir.join(format!("{prompt}.json"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let bad =
+            |key: &str| -> ! { panic!("{}: '{key}' is missing or malformed", path.display()) };
+        let floats = |row: &serde_json::Value, key: &str| -> Vec<f32> {
+            row.as_array()
+                .unwrap_or_else(|| bad(key))
+                .iter()
+                .map(|x| x.as_f64().unwrap_or_else(|| bad(key)) as f32)
+                .collect()
+        };
+        let ids = |key: &str| -> Vec<u32> {
+            v[key]
+                .as_array()
+                .unwrap_or_else(|| bad(key))
+                .iter()
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .unwrap_or_else(|| bad(key))
+                })
+                .collect()
+        };
+        Reference {
+            prompt_ids: ids("prompt_ids"),
+            greedy_ids: ids("greedy_ids"),
+            prefill_last_logits: floats(&v["prefill_last_logits"], "prefill_last_logits"),
+            step_logits: v["step_logits"]
+                .as_array()
+                .unwrap_or_else(|| bad("step_logits"))
+                .iter()
+                .map(|row| floats(row, "step_logits"))
+                .collect(),
+            tensors: dir.join(format!("{prompt}.safetensors")),
+        }
+    }
+
+    /// The prompt as `kiln run --prompt-ids` takes it: `1,17,42`.
+    pub fn prompt_arg(&self) -> String {
+        let ids: Vec<String> = self.prompt_ids.iter().map(u32::to_string).collect();
+        ids.join(",")
+    }
+
+    /// The prefill tensors (all f32): `prefill_logits` `[T, vocab]`, `hidden.embed`,
+    /// `hidden.layer{i}` and `hidden.final_norm` `[T, hidden]`, flattened, sorted by name.
+    pub fn tensors(&self) -> Vec<(String, Vec<f32>)> {
+        let path = &self.tensors;
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut out: Vec<(String, Vec<f32>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                assert_eq!(
+                    view.dtype(),
+                    safetensors::Dtype::F32,
+                    "{}: {name}",
+                    path.display()
+                );
+                let values = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                (name, values)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// The GGUF fixtures (`tests/gguf`: tiny Qwen3 models in every GGUF type kiln reads, with
+/// reference outputs computed by NumPy on the weights the `gguf` package decodes; see its
+/// README), or `$KILN_GGUF_FIXTURES`.
+pub fn gguf_fixtures() -> PathBuf {
+    let p = std::env::var_os("KILN_GGUF_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/gguf"));
+    assert!(
+        p.join("README.md").exists(),
+        "GGUF fixtures not found at {} (set KILN_GGUF_FIXTURES)",
+        p.display()
+    );
+    p
+}
+
+/// Writes GGUF files (version 3, little-endian) for tests: metadata and tensors as given,
+/// tensor data at aligned offsets in the order added. Nothing is checked, so a test can write
+/// exactly the broken file it wants (with [`GgufBuilder::raw_kv`] and
+/// [`GgufBuilder::raw_tensor`]).
+#[derive(Clone, Debug)]
+pub struct GgufBuilder {
+    pub version: u32,
+    pub alignment: u64,
+    kvs: Vec<(String, u32, Vec<u8>)>,
+    tensors: Vec<BuiltTensor>,
+}
+
+/// A tensor of a [`GgufBuilder`]: its info, its data, and the offset its info claims when a
+/// test overrides it.
+#[derive(Clone, Debug)]
+struct BuiltTensor {
+    name: String,
+    ne: Vec<u64>,
+    ty: u32,
+    data: Vec<u8>,
+    offset: Option<u64>,
+}
+
+impl Default for GgufBuilder {
+    fn default() -> Self {
+        GgufBuilder {
+            version: 3,
+            alignment: 32,
+            kvs: Vec::new(),
+            tensors: Vec::new(),
+        }
+    }
+}
+
+/// A GGUF string: u64 length and bytes.
+pub fn gguf_string(s: &str) -> Vec<u8> {
+    let mut b = (s.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(s.as_bytes());
+    b
+}
+
+impl GgufBuilder {
+    /// A metadata entry of value type `ty` whose value is `value`'s bytes, as they are.
+    pub fn raw_kv(mut self, key: &str, ty: u32, value: Vec<u8>) -> Self {
+        self.kvs.push((key.into(), ty, value));
+        self
+    }
+
+    pub fn str(self, key: &str, v: &str) -> Self {
+        self.raw_kv(key, 8, gguf_string(v))
+    }
+
+    pub fn u32(self, key: &str, v: u32) -> Self {
+        self.raw_kv(key, 4, v.to_le_bytes().to_vec())
+    }
+
+    pub fn f32(self, key: &str, v: f32) -> Self {
+        self.raw_kv(key, 6, v.to_le_bytes().to_vec())
+    }
+
+    /// An array of strings.
+    pub fn strs(self, key: &str, v: &[&str]) -> Self {
+        let mut b = 8u32.to_le_bytes().to_vec();
+        b.extend((v.len() as u64).to_le_bytes());
+        for s in v {
+            b.extend(gguf_string(s));
+        }
+        self.raw_kv(key, 9, b)
+    }
+
+    /// An array of int32.
+    pub fn i32s(self, key: &str, v: &[i32]) -> Self {
+        let mut b = 5u32.to_le_bytes().to_vec();
+        b.extend((v.len() as u64).to_le_bytes());
+        for x in v {
+            b.extend(x.to_le_bytes());
+        }
+        self.raw_kv(key, 9, b)
+    }
+
+    /// A tensor with GGUF dimensions `ne` (fastest first) of GGML type `ty`.
+    pub fn tensor(mut self, name: &str, ne: &[u64], ty: u32, data: Vec<u8>) -> Self {
+        self.tensors.push(BuiltTensor {
+            name: name.into(),
+            ne: ne.to_vec(),
+            ty,
+            data,
+            offset: None,
+        });
+        self
+    }
+
+    /// A tensor whose info claims `offset`, whatever its data's place.
+    pub fn raw_tensor(
+        mut self,
+        name: &str,
+        ne: &[u64],
+        ty: u32,
+        data: Vec<u8>,
+        offset: u64,
+    ) -> Self {
+        self.tensors.push(BuiltTensor {
+            name: name.into(),
+            ne: ne.to_vec(),
+            ty,
+            data,
+            offset: Some(offset),
+        });
+        self
+    }
+
+    /// An f32 tensor of Hugging Face shape `shape` (row-major) with `values`.
+    pub fn f32_tensor(self, name: &str, shape: &[usize], values: &[f32]) -> Self {
+        let ne: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensor(name, &ne, 0, data)
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(self.version.to_le_bytes());
+        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((self.kvs.len() as u64).to_le_bytes());
+        for (k, ty, v) in &self.kvs {
+            out.extend(gguf_string(k));
+            out.extend(ty.to_le_bytes());
+            out.extend(v);
+        }
+        let align = |n: u64| n.div_ceil(self.alignment.max(1)) * self.alignment.max(1);
+        let mut offset = 0u64;
+        let mut data = Vec::new();
+        for t in &self.tensors {
+            out.extend(gguf_string(&t.name));
+            out.extend((t.ne.len() as u32).to_le_bytes());
+            for d in &t.ne {
+                out.extend(d.to_le_bytes());
+            }
+            out.extend(t.ty.to_le_bytes());
+            out.extend(t.offset.unwrap_or(offset).to_le_bytes());
+            data.resize(offset as usize, 0);
+            data.extend(&t.data);
+            offset = align(data.len() as u64);
+        }
+        out.resize(align(out.len() as u64) as usize, 0);
+        out.extend(data);
+        out
+    }
+}
+
+/// The largest `|a[i] - b[i]|` (NaN where either holds one). Panics when the lengths differ.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
 }
 
 /// The Qwen3 `tokenizer.json` cut down to its first `vocab` ids and the merges among them

@@ -128,7 +128,8 @@ impl Checkpoint {
         let text = folder
             .read_to_string(&index, files::INDEX)
             .map_err(|e| ModelError::checkpoint(&index, files::problem(&e)))?;
-        let weight_map = parse_index(&text).map_err(|e| ModelError::checkpoint(&index, e))?;
+        let weight_map =
+            parse_index(&text).map_err(|e| ModelError::checkpoint(&index, e.to_string()))?;
         // Shards in order of first mention, each opened once.
         let mut shard_of_file: HashMap<PathBuf, usize> = HashMap::new();
         let mut shards = Vec::new();
@@ -333,20 +334,31 @@ fn check_info(
     Ok(())
 }
 
+/// What is wrong with a `model.safetensors.index.json` ([`parse_index`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("missing 'weight_map' (an object of tensor name -> file)")]
+    NoWeightMap,
+    #[error("weight_map['{tensor}'] must be a file name, got {found}")]
+    NotAFileName { tensor: String, found: String },
+}
+
 /// The `weight_map` of an index: tensor name -> file name (sorted by tensor).
-pub fn parse_index(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+pub fn parse_index(text: &str) -> Result<BTreeMap<String, String>, IndexError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(IndexError::Json)?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or("missing 'weight_map' (an object of tensor name -> file)")?;
+        .ok_or(IndexError::NoWeightMap)?;
     map.iter()
         .map(|(tensor, file)| match file.as_str() {
             Some(f) => Ok((tensor.clone(), f.to_string())),
-            None => Err(format!(
-                "weight_map['{tensor}'] must be a file name, got {file}"
-            )),
+            None => Err(IndexError::NotAFileName {
+                tensor: tensor.clone(),
+                found: file.to_string(),
+            }),
         })
         .collect()
 }

@@ -5,10 +5,11 @@ mod common;
 
 use common::*;
 use kiln_compile::{CompileError, CompileOptions, CompileReport};
+use kiln_compile::{LoadError, Loaded, Target};
 use kiln_ir::Graph;
 use kiln_models::weights::{Checkpoint, INDEX_FILE, SINGLE_FILE};
 use kiln_models::{weight_shapes, QwenConfig, WeightDtype};
-use kiln_runtime::{LoadError, Loaded, RunError, Target};
+use kiln_runtime::RunError;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

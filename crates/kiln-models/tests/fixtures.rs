@@ -2,36 +2,9 @@
 //! per-layer hidden states, prefill logits, and 16 greedy tokens with their logits.
 
 use kiln_compile::CompileOptions;
+use kiln_models::testing::{max_abs_diff, Reference};
 use kiln_models::{GraphOptions, KvCache, LoadOptions, Model, ModelSource, Sampling};
 use std::path::Path;
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn reference_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            (
-                n.to_string(),
-                v.data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
 
 fn load(dir: &Path, graph: GraphOptions) -> Model {
     let cpu = kiln_cpu::CpuBackend::default().with_run_threads(2);
@@ -59,30 +32,15 @@ fn check_model(name: &str, prompts: &[&str]) {
     );
     let mut gen = load(&dir, GraphOptions::default());
     for prompt in prompts {
-        let refdir = dir.join("reference");
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(refdir.join(format!("{prompt}.json"))).unwrap(),
-        )
-        .unwrap();
-        let ids: Vec<u32> = json["prompt_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let greedy: Vec<u32> = json["greedy_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let reference = Reference::read(name, prompt);
+        let (ids, greedy) = (&reference.prompt_ids, &reference.greedy_ids);
 
         // Prefill: every hidden state and all logits, layer by layer so a mismatch names its layer.
         let mut cache = KvCache::new(&full.config);
-        let logits = full.forward(&ids, &mut cache).unwrap();
+        let logits = full.forward(ids, &mut cache).unwrap();
         let mut outs = std::mem::take(&mut full.last_outputs);
         outs.insert("prefill_logits".into(), logits);
-        for (tname, want) in reference_tensors(&refdir.join(format!("{prompt}.safetensors"))) {
+        for (tname, want) in reference.tensors() {
             let got = outs
                 .get(&tname)
                 .unwrap_or_else(|| panic!("kiln has no output {tname}"));
@@ -100,17 +58,11 @@ fn check_model(name: &str, prompts: &[&str]) {
 
         // Greedy generation with the KV cache.
         let g = gen
-            .generate(&ids, 16, &Sampling::default(), &[], |_| {})
+            .generate(ids, 16, &Sampling::default(), &[], |_| {})
             .unwrap();
-        assert_eq!(g.generated_ids, greedy, "{name}/{prompt}: greedy ids");
-        for (k, row) in json["step_logits"].as_array().unwrap().iter().enumerate() {
-            let want: Vec<f32> = row
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            let d = max_abs_diff(&g.step_logits[k], &want);
+        assert_eq!(&g.generated_ids, greedy, "{name}/{prompt}: greedy ids");
+        for (k, want) in reference.step_logits.iter().enumerate() {
+            let d = max_abs_diff(&g.step_logits[k], want);
             assert!(
                 d <= 1e-4,
                 "{name}/{prompt}: step_logits[{k}] differs by {d}"

@@ -5,6 +5,7 @@
 //! as it would hang anything else reading it.
 
 use crate::entry_path;
+use kiln_compile::RemoteError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,11 +19,11 @@ impl FsStore {
         FsStore { root: root.into() }
     }
 
-    fn path(&self, backend: &str, key: &str) -> Result<PathBuf, String> {
+    fn path(&self, backend: &str, key: &str) -> Result<PathBuf, RemoteError> {
         Ok(self.root.join(entry_path(backend, key)?))
     }
 
-    pub fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    pub fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         let path = self.path(backend, key)?;
         // A regular file inside the folder, of at most an entry's size: never a FIFO, a device
         // or a link out of the folder.
@@ -31,11 +32,11 @@ impl FsStore {
         {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.is_missing() => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(RemoteError::File(e)),
         }
     }
 
-    pub fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), String> {
+    pub fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), RemoteError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = self.path(backend, key)?;
         let dir = path.parent().expect("an entry has a folder");
@@ -53,28 +54,38 @@ impl FsStore {
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map_err(|e| format!("cannot write {}: {e}", path.display()))
+        result.map_err(|source| RemoteError::Io {
+            op: "write",
+            path,
+            source,
+        })
     }
 
-    pub fn delete(&self, backend: &str, key: &str) -> Result<(), String> {
+    pub fn delete(&self, backend: &str, key: &str) -> Result<(), RemoteError> {
         let path = self.path(backend, key)?;
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("cannot remove {}: {e}", path.display()))
-            }
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(RemoteError::Io {
+                op: "remove",
+                path,
+                source,
+            }),
             _ => Ok(()),
         }
     }
 
     /// Every entry path (`v<N>/<backend>/<kk>/<key>.kart`); temporary files are skipped.
-    pub fn list(&self) -> Result<Vec<String>, String> {
+    pub fn list(&self) -> Result<Vec<String>, RemoteError> {
         let root = crate::layout_root();
         let top = self.root.join(&root);
-        let read = |dir: &Path| -> Result<Vec<std::fs::DirEntry>, String> {
+        let read = |dir: &Path| -> Result<Vec<std::fs::DirEntry>, RemoteError> {
             match std::fs::read_dir(dir) {
                 Ok(rd) => Ok(rd.flatten().collect()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(format!("cannot list {}: {e}", dir.display())),
+                Err(source) => Err(RemoteError::Io {
+                    op: "list",
+                    path: dir.to_path_buf(),
+                    source,
+                }),
             }
         };
         let mut out = Vec::new();

@@ -8,23 +8,27 @@
 //! Every store keeps entries exactly as the local cache does (the same bytes, checked the same
 //! way by the reader) under `v<N>/<backend>/<key[..2]>/<key>.kart`, with `N` the local cache's
 //! format version: a format change starts a fresh namespace. Clients are blocking, with
-//! timeouts (connect, then per operation), and no error text ever holds a password or a
-//! secret key.
+//! timeouts (connect, then per operation), and no error ([`error`]) ever holds a password or
+//! a secret key.
 
+pub mod error;
 mod fs_store;
 mod redis_store;
 pub mod remote_url;
 mod s3_store;
 pub mod sync;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use error::{ConfigError, OpenError, SyncError, UrlError, UrlErrorKind};
 pub use fs_store::FsStore;
 pub use redis_store::RedisStore;
 pub use remote_url::RemoteUrl;
 pub use s3_store::S3Store;
 
 use kiln_compile::cache::CACHE_FORMAT_VERSION;
-use kiln_compile::{RemoteCache, RemoteOptions, RemoteStore};
+use kiln_compile::{RemoteCache, RemoteError, RemoteOptions, RemoteStore};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How to reach a store: timeouts, TTL, S3 settings. [`Config::from_env`] reads the standard
@@ -104,22 +108,17 @@ impl Config {
     /// | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | credentials |
     ///
     /// A malformed value is an error naming the variable.
-    pub fn from_env() -> Result<Config, String> {
+    pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let ms = |name: &str| -> Result<Option<Duration>, String> {
-            env(&[name])
+        let ms = |var: &'static str| -> Result<Option<Duration>, ConfigError> {
+            env(&[var])
                 .map(|v| {
                     v.trim()
                         .parse::<u64>()
                         .ok()
                         .filter(|&ms| ms <= MAX_WAIT_MS)
                         .map(Duration::from_millis)
-                        .ok_or_else(|| {
-                            format!(
-                                "{name}={v} is not a number of milliseconds from 0 to \
-                                 {MAX_WAIT_MS} (a day)"
-                            )
-                        })
+                        .ok_or(ConfigError::NotMilliseconds { var, value: v })
                 })
                 .transpose()
         };
@@ -133,12 +132,7 @@ impl Config {
             c.tier.flush_limit = d;
         }
         if let Some(v) = env(&["KILN_REMOTE_CACHE_TTL"]) {
-            c.ttl = Some(parse_duration(&v).ok_or_else(|| {
-                format!(
-                    "KILN_REMOTE_CACHE_TTL={v} is not a duration (3600, 90s, 30m, 12h, 7d) of at \
-                     most {MAX_TTL_DAYS} days"
-                )
-            })?);
+            c.ttl = Some(parse_duration(&v).ok_or(ConfigError::NotDuration { value: v })?);
         }
         c.tier.read_only = env(&["KILN_REMOTE_CACHE_READONLY"])
             .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
@@ -188,7 +182,7 @@ pub struct Remote {
 
 /// Opens the store a URL names. Fails only on a malformed URL or setting, never because the
 /// store is unreachable (that is found out, and survived, when it is used).
-pub fn open(url: &str, config: &Config) -> Result<Remote, String> {
+pub fn open(url: &str, config: &Config) -> Result<Remote, OpenError> {
     let url = RemoteUrl::parse(url)?;
     let store = match &url.location {
         remote_url::Location::Redis {
@@ -203,20 +197,19 @@ pub fn open(url: &str, config: &Config) -> Result<Remote, String> {
 }
 
 /// [`open`], wrapped in the pipeline's remote tier (queue, breaker) with `config.tier`.
-pub fn open_cache(url: &str, config: &Config) -> Result<RemoteCache, String> {
+pub fn open_cache(url: &str, config: &Config) -> Result<RemoteCache, OpenError> {
     let remote = open(url, config)?;
     Ok(RemoteCache::new(Box::new(remote), config.tier.clone()))
 }
 
 impl Remote {
     /// Every `(backend, key)` the store holds under this format version, sorted.
-    pub fn list(&self) -> Result<Vec<(String, String)>, String> {
+    pub fn list(&self) -> Result<Vec<(String, String)>, RemoteError> {
         let paths = match &self.store {
             Store::Redis(s) => s.list(),
             Store::S3(s) => s.list(),
             Store::Fs(s) => s.list(),
-        }
-        .map_err(|e| format!("listing remote cache {}: {e}", self.url))?;
+        }?;
         let mut out: Vec<(String, String)> =
             paths.iter().filter_map(|p| parse_entry_path(p)).collect();
         out.sort();
@@ -224,7 +217,7 @@ impl Remote {
         Ok(out)
     }
 
-    pub fn delete(&self, backend: &str, key: &str) -> Result<(), String> {
+    pub fn delete(&self, backend: &str, key: &str) -> Result<(), RemoteError> {
         match &self.store {
             Store::Redis(s) => s.delete(backend, key),
             Store::S3(s) => s.delete(backend, key),
@@ -238,7 +231,7 @@ impl RemoteStore for Remote {
         self.url.shown()
     }
 
-    fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         match &self.store {
             Store::Redis(s) => s.get(backend, key),
             Store::S3(s) => s.get(backend, key),
@@ -246,12 +239,35 @@ impl RemoteStore for Remote {
         }
     }
 
-    fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), String> {
+    fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), RemoteError> {
         match &self.store {
             Store::Redis(s) => s.put(backend, key, entry),
             Store::S3(s) => s.put(backend, key, entry),
             Store::Fs(s) => s.put(backend, key, entry),
         }
+    }
+}
+
+/// `url` with a fresh key prefix under it, unique to this call (process, counter, time): tests
+/// and benchmarks sharing a server never see each other's entries.
+pub fn namespace(url: &str, name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let unique = format!(
+        "{name}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let base = url.trim_end_matches('/');
+    // A Redis URL needs its database number before the prefix.
+    let needs_db =
+        base.starts_with("redis://") && base["redis://".len()..].split('/').nth(1).is_none();
+    if needs_db {
+        format!("{base}/0/{unique}")
+    } else {
+        format!("{base}/{unique}")
     }
 }
 
@@ -262,16 +278,17 @@ fn layout_root() -> String {
 
 /// `v<N>/<backend>/<key[..2]>/<key>.kart`, after checking that the names cannot escape it:
 /// backends are `[a-z0-9_-]+`, keys lowercase hex.
-pub fn entry_path(backend: &str, key: &str) -> Result<String, String> {
+pub fn entry_path(backend: &str, key: &str) -> Result<String, RemoteError> {
     let backend_ok = !backend.is_empty()
         && backend
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     let key_ok = key.len() >= 2 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if !backend_ok || !key_ok {
-        return Err(format!(
-            "not a cache entry name: backend {backend:?}, key {key:?}"
-        ));
+        return Err(RemoteError::BadName {
+            backend: backend.into(),
+            key: key.into(),
+        });
     }
     Ok(format!(
         "{}{backend}/{}/{key}.kart",
@@ -318,8 +335,58 @@ mod tests {
             ("cpu", "ZZ"),
             ("cpu", "../00"),
         ] {
-            assert!(entry_path(b, k).is_err(), "{b} {k}");
+            assert!(
+                matches!(entry_path(b, k), Err(RemoteError::BadName { .. })),
+                "{b} {k}"
+            );
         }
+    }
+
+    #[test]
+    fn a_shared_folder_that_cannot_be_written_is_an_io_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the store's root folder should be.
+        let root = dir.path().join("not-a-folder");
+        std::fs::write(&root, "x").unwrap();
+        let store = FsStore::new(&root);
+        let key = "ab".to_string() + &"0".repeat(62);
+        let e = store.put("cpu", &key, b"entry").unwrap_err();
+        assert!(
+            matches!(&e, RemoteError::Io { op: "write", path, .. } if path.starts_with(&root)),
+            "{e:?}"
+        );
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the io::Error is kept"
+        );
+        assert!(matches!(
+            store.get("cpu", "../x"),
+            Err(RemoteError::BadName { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        let e = ConfigError::NotMilliseconds {
+            var: "KILN_REMOTE_CACHE_TIMEOUT_MS",
+            value: "soon".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "KILN_REMOTE_CACHE_TIMEOUT_MS=soon is not a number of milliseconds from 0 to \
+             86400000 (a day)"
+        );
+        // An endpoint that does not parse is shown without its password.
+        let config = Config {
+            s3: S3Config {
+                endpoint: Some("http://user:hunter2@[bad".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = open("s3://bucket", &config).err().expect("a bad endpoint");
+        assert!(matches!(e, OpenError::S3Endpoint { .. }), "{e:?}");
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
     }
 
     #[test]

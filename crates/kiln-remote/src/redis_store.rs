@@ -7,7 +7,8 @@
 //! every command by the operation timeout. Connections are pooled (one per thread in use);
 //! a connection that failed is dropped, not reused.
 
-use crate::{entry_path, scrub, Config};
+use crate::{entry_path, scrub, Config, OpenError};
+use kiln_compile::RemoteError;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ impl RedisStore {
         prefix: &str,
         config: &Config,
         secrets: Vec<String>,
-    ) -> Result<RedisStore, String> {
-        let client = redis::Client::open(connect)
-            .map_err(|e| scrub(format!("invalid Redis URL: {e}"), &secrets))?;
+    ) -> Result<RedisStore, OpenError> {
+        let client = redis::Client::open(connect).map_err(|e| OpenError::Redis {
+            detail: scrub(e.to_string(), &secrets),
+        })?;
         Ok(RedisStore {
             client,
             prefix: prefix.to_string(),
@@ -41,7 +43,7 @@ impl RedisStore {
         })
     }
 
-    fn name(&self, backend: &str, key: &str) -> Result<String, String> {
+    fn name(&self, backend: &str, key: &str) -> Result<String, RemoteError> {
         Ok(format!("{}/{}", self.prefix, entry_path(backend, key)?))
     }
 
@@ -51,7 +53,7 @@ impl RedisStore {
         &self,
         what: &str,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, RemoteError> {
         let pooled = self.idle.lock().expect("pool").pop();
         let mut con = match pooled {
             Some(c) => c,
@@ -71,21 +73,31 @@ impl RedisStore {
         Ok(out)
     }
 
-    fn error(&self, what: &str, e: redis::RedisError) -> String {
-        let why = if e.is_timeout() {
-            format!("timed out ({e})")
+    /// The client's error as a [`RemoteError`], its text scrubbed of the password (the
+    /// client may echo the URL).
+    fn error(&self, what: &str, e: redis::RedisError) -> RemoteError {
+        let op = what.to_string();
+        let detail = scrub(e.to_string(), &self.secrets);
+        if e.is_timeout() {
+            RemoteError::Timeout { op, detail }
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+            RemoteError::Unreachable { op, detail }
         } else {
-            e.to_string()
-        };
-        scrub(format!("{what}: {why}"), &self.secrets)
+            // An error reply: a wrong password, a read-only replica, an out-of-memory server.
+            RemoteError::Refused {
+                op,
+                status: None,
+                detail,
+            }
+        }
     }
 
-    pub fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    pub fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         let name = self.name(backend, key)?;
         self.with("GET", |c| redis::cmd("GET").arg(&name).query(c))
     }
 
-    pub fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), String> {
+    pub fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), RemoteError> {
         let name = self.name(backend, key)?;
         self.with("SET", |c| {
             let mut cmd = redis::cmd("SET");
@@ -97,13 +109,13 @@ impl RedisStore {
         })
     }
 
-    pub fn delete(&self, backend: &str, key: &str) -> Result<(), String> {
+    pub fn delete(&self, backend: &str, key: &str) -> Result<(), RemoteError> {
         let name = self.name(backend, key)?;
         self.with("DEL", |c| redis::cmd("DEL").arg(&name).query(c))
     }
 
     /// Every entry path under the prefix (`v<N>/<backend>/<kk>/<key>.kart`).
-    pub fn list(&self) -> Result<Vec<String>, String> {
+    pub fn list(&self) -> Result<Vec<String>, RemoteError> {
         let pattern = format!("{}/{}*", self.prefix, crate::layout_root());
         let strip = format!("{}/", self.prefix);
         self.with("SCAN", |c| {
@@ -131,7 +143,7 @@ impl RedisStore {
     }
 
     /// Milliseconds left before an entry expires (None: no expiry or no entry); for tests.
-    pub fn ttl_ms(&self, backend: &str, key: &str) -> Result<Option<u64>, String> {
+    pub fn ttl_ms(&self, backend: &str, key: &str) -> Result<Option<u64>, RemoteError> {
         let name = self.name(backend, key)?;
         let ms: i64 = self.with("PTTL", |c| redis::cmd("PTTL").arg(&name).query(c))?;
         Ok((ms >= 0).then_some(ms as u64))

@@ -10,6 +10,7 @@
 //! replaced by `***`, and S3 credentials are refused in the URL (they belong in the AWS
 //! variables, out of `ps` and shell history).
 
+use crate::{UrlError, UrlErrorKind};
 use std::path::PathBuf;
 
 /// Which store, as parsed from the URL.
@@ -94,25 +95,30 @@ impl RemoteUrl {
         }
     }
 
-    pub fn parse(raw: &str) -> Result<RemoteUrl, String> {
+    pub fn parse(raw: &str) -> Result<RemoteUrl, UrlError> {
         let raw = raw.trim();
         // Never echo the raw text: it may hold a password, or control characters.
         let shown = escape_controls(&redact(raw));
-        let bad = |why: &str| format!("invalid remote cache URL {shown}: {why}");
+        let bad = |kind: UrlErrorKind| UrlError {
+            url: shown.clone(),
+            kind,
+        };
         // A path where a URL belongs: say how to write it (the URL parser would only say
         // "relative URL without a base").
         if !raw.contains("://") {
-            let how = if raw.starts_with('/') {
-                format!("a path, not a URL; for a shared folder write file://{shown}")
+            return Err(bad(if raw.starts_with('/') {
+                UrlErrorKind::PathNotUrl(shown.clone())
             } else {
-                "not a URL; use redis://host, s3://bucket or file:///absolute/path".to_string()
-            };
-            return Err(bad(&how));
+                UrlErrorKind::NotAUrl
+            }));
         }
-        let u = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+        let u = url::Url::parse(raw).map_err(|e| bad(UrlErrorKind::Syntax(e)))?;
         let location = match u.scheme() {
             "redis" => {
-                let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
+                let host = u
+                    .host_str()
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| bad(UrlErrorKind::NoHost))?;
                 let port = u.port().unwrap_or(6379);
                 let mut segments = u
                     .path_segments()
@@ -121,9 +127,7 @@ impl RemoteUrl {
                     .into_iter();
                 let db: u32 = match segments.next() {
                     None => 0,
-                    Some(d) => d
-                        .parse()
-                        .map_err(|_| bad("the first path segment must be the database number"))?,
+                    Some(d) => d.parse().map_err(|_| bad(UrlErrorKind::DatabaseNumber))?,
                 };
                 let rest: Vec<&str> = segments.collect();
                 let prefix = if rest.is_empty() {
@@ -135,7 +139,11 @@ impl RemoteUrl {
                     .password()
                     .map(percent_decode)
                     .filter(|p| !p.is_empty())
-                    .or_else(|| std::env::var("KILN_REDIS_PASSWORD").ok().filter(|p| !p.is_empty()));
+                    .or_else(|| {
+                        std::env::var("KILN_REDIS_PASSWORD")
+                            .ok()
+                            .filter(|p| !p.is_empty())
+                    });
                 let mut connect = u.clone();
                 connect.set_path(&format!("/{db}"));
                 connect.set_query(None);
@@ -143,7 +151,7 @@ impl RemoteUrl {
                 if let Some(p) = &password {
                     connect
                         .set_password(Some(p))
-                        .map_err(|_| bad("cannot set the password"))?;
+                        .map_err(|_| bad(UrlErrorKind::Password))?;
                 }
                 Location::Redis {
                     connect: connect.to_string(),
@@ -152,18 +160,15 @@ impl RemoteUrl {
                     password,
                 }
             }
-            "rediss" => {
-                return Err(bad(
-                    "Redis over TLS is not supported yet; use redis:// (through a TLS tunnel such as stunnel if the server requires TLS)",
-                ))
-            }
+            "rediss" => return Err(bad(UrlErrorKind::RedisTls)),
             "s3" => {
                 if u.password().is_some() || !u.username().is_empty() {
-                    return Err(bad(
-                        "put no credentials in an s3:// URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                    ));
+                    return Err(bad(UrlErrorKind::S3Credentials));
                 }
-                let bucket = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no bucket"))?;
+                let bucket = u
+                    .host_str()
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| bad(UrlErrorKind::NoBucket))?;
                 Location::S3 {
                     bucket: bucket.to_string(),
                     prefix: u.path().trim_matches('/').to_string(),
@@ -172,16 +177,12 @@ impl RemoteUrl {
             "file" => {
                 let root = u
                     .to_file_path()
-                    .map_err(|_| bad("expected file:///absolute/path"))?;
+                    .map_err(|_| bad(UrlErrorKind::NotAbsolutePath))?;
                 Location::Fs {
-                    root: folder_path(root).map_err(|why| bad(&why))?,
+                    root: folder_path(root).map_err(bad)?,
                 }
             }
-            other => {
-                return Err(bad(&format!(
-                    "unsupported scheme `{other}` (use redis://, s3:// or file://)"
-                )))
-            }
+            other => return Err(bad(UrlErrorKind::UnsupportedScheme(other.to_string()))),
         };
         Ok(RemoteUrl { location, shown })
     }
@@ -189,9 +190,9 @@ impl RemoteUrl {
 
 /// A shared folder's path, refused if it holds a NUL byte (`%00`): no file can be named so,
 /// and the byte would reach messages raw.
-fn folder_path(p: PathBuf) -> Result<PathBuf, String> {
+fn folder_path(p: PathBuf) -> Result<PathBuf, UrlErrorKind> {
     if p.as_os_str().as_encoded_bytes().contains(&0) {
-        return Err("the path holds a NUL byte (%00)".into());
+        return Err(UrlErrorKind::NulInPath);
     }
     Ok(p)
 }
@@ -290,11 +291,17 @@ mod tests {
         assert_eq!(u.shown(), "redis://bob:***@h:1/2/team/a");
         assert!(!format!("{u:?} {u}").contains("cret"));
         let e = RemoteUrl::parse("redis://u:hunter2@h/notanumber").unwrap_err();
+        assert!(matches!(e.kind, UrlErrorKind::DatabaseNumber), "{e:?}");
+        assert_eq!(e.url, "redis://u:***@h/notanumber");
+        let e = e.to_string();
         assert!(
             e.contains("database number") && !e.contains("hunter2"),
             "{e}"
         );
         let e = RemoteUrl::parse("rediss://u:hunter2@h").unwrap_err();
+        assert!(matches!(e.kind, UrlErrorKind::RedisTls), "{e:?}");
+        assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("TLS") && !e.contains("hunter2"), "{e}");
     }
 
@@ -309,6 +316,8 @@ mod tests {
             }
         );
         let e = RemoteUrl::parse("s3://AKIA:topsecret@bkt/p").unwrap_err();
+        assert!(matches!(e.kind, UrlErrorKind::S3Credentials), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("AWS_ACCESS_KEY_ID") && !e.contains("topsecret"),
             "{e}"
@@ -320,18 +329,28 @@ mod tests {
                 root: "/mnt/shared/kiln".into()
             }
         );
-        for bad in ["gs://x", "/plain/path", "s3://", "file://host/relative"] {
-            assert!(RemoteUrl::parse(bad).is_err(), "{bad}");
+        for (bad, kind) in [
+            ("gs://x", "UnsupportedScheme"),
+            ("/plain/path", "PathNotUrl"),
+            ("s3://", "NoBucket"),
+            ("file://host/relative", "NotAbsolutePath"),
+        ] {
+            let e = RemoteUrl::parse(bad).unwrap_err();
+            assert!(format!("{:?}", e.kind).starts_with(kind), "{bad}: {e:?}");
         }
         // How to write a folder, not "relative URL without a base".
-        let e = RemoteUrl::parse("/plain/path").unwrap_err();
+        let e = RemoteUrl::parse("/plain/path").unwrap_err().to_string();
         assert!(e.contains("write file:///plain/path"), "{e}");
-        let e = RemoteUrl::parse("cache-dir").unwrap_err();
+        let e = RemoteUrl::parse("cache-dir").unwrap_err().to_string();
         assert!(e.contains("file:///absolute/path"), "{e}");
         // A NUL byte is refused, and neither it nor another control character is echoed.
-        let e = RemoteUrl::parse("file:///tmp/a%00b").unwrap_err();
+        let e = RemoteUrl::parse("file:///tmp/a%00b")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("NUL") && !e.contains('\0'), "{e:?}");
-        let e = RemoteUrl::parse("gopher://a\u{1b}[31mb").unwrap_err();
+        let e = RemoteUrl::parse("gopher://a\u{1b}[31mb")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains('\u{1b}') && e.contains("\\u{1b}"), "{e:?}");
     }
 
@@ -343,6 +362,14 @@ mod tests {
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
         assert_eq!(redact("not a url :pw@"), "not a url :pw@");
         let e = RemoteUrl::parse("redis://u:hunter2@[bad").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
+        assert!(matches!(e.kind, UrlErrorKind::Syntax(_)), "{e:?}");
+        // Neither the message, nor its causes, nor the debug form holds the password.
+        let mut texts = vec![e.to_string(), format!("{e:?}")];
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            texts.push(c.to_string());
+            cause = c.source();
+        }
+        assert!(texts.iter().all(|t| !t.contains("hunter2")), "{texts:?}");
     }
 }

@@ -7,7 +7,9 @@
 //! requests go unsigned (a public bucket). Errors S3 asks clients to retry (500, 502, 503, 504,
 //! 429: `InternalError`, `SlowDown`) are retried twice, 100 ms and 400 ms apart.
 
-use crate::{entry_path, scrub, Config};
+use crate::remote_url::redact;
+use crate::{entry_path, scrub, Config, OpenError};
+use kiln_compile::RemoteError;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    pub fn new(bucket: &str, prefix: &str, config: &Config) -> Result<S3Store, String> {
+    pub fn new(bucket: &str, prefix: &str, config: &Config) -> Result<S3Store, OpenError> {
         let s3 = &config.s3;
         let region = s3.region.clone().unwrap_or_else(|| "us-east-1".into());
         // A custom endpoint (MinIO, moto, ...) is addressed by path; AWS by virtual host.
@@ -38,11 +40,17 @@ impl S3Store {
                 UrlStyle::VirtualHost,
             ),
         };
-        let endpoint: url::Url = endpoint
-            .parse()
-            .map_err(|e| format!("invalid S3 endpoint {endpoint}: {e}"))?;
-        let bucket = Bucket::new(endpoint, style, bucket.to_string(), region)
-            .map_err(|e| format!("invalid S3 bucket {bucket}: {e}"))?;
+        let endpoint: url::Url = endpoint.parse().map_err(|source| OpenError::S3Endpoint {
+            endpoint: redact(&endpoint),
+            source,
+        })?;
+        let bucket =
+            Bucket::new(endpoint, style, bucket.to_string(), region).map_err(|source| {
+                OpenError::S3Bucket {
+                    bucket: bucket.to_string(),
+                    source,
+                }
+            })?;
         let credentials = match (&s3.access_key_id, &s3.secret_access_key) {
             (Some(k), Some(s)) => Some(match &s3.session_token {
                 Some(t) => Credentials::new_with_token(k, s, t),
@@ -74,7 +82,7 @@ impl S3Store {
         })
     }
 
-    fn object(&self, backend: &str, key: &str) -> Result<String, String> {
+    fn object(&self, backend: &str, key: &str) -> Result<String, RemoteError> {
         let path = entry_path(backend, key)?;
         Ok(if self.prefix.is_empty() {
             path
@@ -88,17 +96,17 @@ impl S3Store {
         &self,
         what: &str,
         request: impl Fn() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<(u16, Vec<u8>), String> {
+    ) -> Result<(u16, Vec<u8>), RemoteError> {
         let mut attempt = 0;
         loop {
-            let mut response = request().map_err(|e| self.error(what, &e.to_string()))?;
+            let mut response = request().map_err(|e| self.error(what, &e))?;
             let status = response.status().as_u16();
             let body = response
                 .body_mut()
                 .with_config()
                 .limit(MAX_ENTRY)
                 .read_to_vec()
-                .map_err(|e| self.error(what, &e.to_string()))?;
+                .map_err(|e| self.error(what, &e))?;
             let retryable = matches!(status, 429 | 500 | 502 | 503 | 504);
             if retryable && attempt < RETRY_AFTER.len() {
                 std::thread::sleep(Duration::from_millis(RETRY_AFTER[attempt]));
@@ -109,14 +117,26 @@ impl S3Store {
         }
     }
 
-    fn error(&self, what: &str, why: &str) -> String {
-        scrub(
-            format!("{what} on bucket {}: {why}", self.bucket.name()),
-            &self.secrets,
-        )
+    /// `GET on bucket b`: what a message says was being done.
+    fn op(&self, what: &str) -> String {
+        format!("{what} on bucket {}", self.bucket.name())
     }
 
-    fn status_error(&self, what: &str, status: u16, body: &[u8]) -> String {
+    /// The client's error as a [`RemoteError`], its text scrubbed of the secrets (the request
+    /// was a presigned URL, which a client error may echo).
+    fn error(&self, what: &str, e: &ureq::Error) -> RemoteError {
+        let op = self.op(what);
+        let detail = scrub(e.to_string(), &self.secrets);
+        match e {
+            ureq::Error::Timeout(_) => RemoteError::Timeout { op, detail },
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                RemoteError::Timeout { op, detail }
+            }
+            _ => RemoteError::Unreachable { op, detail },
+        }
+    }
+
+    fn status_error(&self, what: &str, status: u16, body: &[u8]) -> RemoteError {
         // S3 errors are XML with a <Code> and a <Message>: show those, not the whole body.
         let text = String::from_utf8_lossy(body);
         let field = |tag: &str| {
@@ -130,10 +150,14 @@ impl S3Store {
             (Some(c), None) => c,
             _ => text.chars().take(200).collect(),
         };
-        self.error(what, &format!("HTTP {status} {detail}"))
+        RemoteError::Refused {
+            op: self.op(what),
+            status: Some(status),
+            detail: scrub(format!("HTTP {status} {detail}"), &self.secrets),
+        }
     }
 
-    pub fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    pub fn get(&self, backend: &str, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         let object = self.object(backend, key)?;
         let url = self
             .bucket
@@ -147,7 +171,7 @@ impl S3Store {
         }
     }
 
-    pub fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), String> {
+    pub fn put(&self, backend: &str, key: &str, entry: &[u8]) -> Result<(), RemoteError> {
         let object = self.object(backend, key)?;
         let url = self
             .bucket
@@ -160,7 +184,7 @@ impl S3Store {
         }
     }
 
-    pub fn delete(&self, backend: &str, key: &str) -> Result<(), String> {
+    pub fn delete(&self, backend: &str, key: &str) -> Result<(), RemoteError> {
         let object = self.object(backend, key)?;
         let url = self
             .bucket
@@ -174,7 +198,7 @@ impl S3Store {
     }
 
     /// Every entry path under the prefix (`v<N>/<backend>/<kk>/<key>.kart`), page by page.
-    pub fn list(&self) -> Result<Vec<String>, String> {
+    pub fn list(&self) -> Result<Vec<String>, RemoteError> {
         let root = if self.prefix.is_empty() {
             crate::layout_root()
         } else {
@@ -200,7 +224,11 @@ impl S3Store {
             }
             let page =
                 rusty_s3::actions::ListObjectsV2::parse_response(&String::from_utf8_lossy(&body))
-                    .map_err(|e| self.error("LIST", &format!("unreadable listing: {e}")))?;
+                    .map_err(|e| RemoteError::Refused {
+                    op: self.op("LIST"),
+                    status: Some(status),
+                    detail: scrub(format!("unreadable listing: {e}"), &self.secrets),
+                })?;
             out.extend(
                 page.contents
                     .into_iter()

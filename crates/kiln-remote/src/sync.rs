@@ -8,7 +8,7 @@
 //! checksum) before it is sent or stored; a bad one is counted and skipped. These are explicit
 //! commands: the first store failure stops them with an error.
 
-use crate::Remote;
+use crate::{Remote, SyncError};
 use kiln_compile::cache::decode;
 use kiln_compile::{KernelCache, RemoteStore};
 use std::collections::HashSet;
@@ -31,8 +31,8 @@ pub struct SyncReport {
 }
 
 /// Sends every good local entry the store does not list.
-pub fn push(local: &KernelCache, remote: &Remote) -> Result<SyncReport, String> {
-    let there: HashSet<(String, String)> = remote.list()?.into_iter().collect();
+pub fn push(local: &KernelCache, remote: &Remote) -> Result<SyncReport, SyncError> {
+    let there: HashSet<(String, String)> = list(remote)?.into_iter().collect();
     let mine = local.keys();
     let todo: Vec<&(String, String)> = mine.iter().filter(|e| !there.contains(*e)).collect();
     let report = transfer(&todo, |backend, key| {
@@ -44,7 +44,10 @@ pub fn push(local: &KernelCache, remote: &Remote) -> Result<SyncReport, String> 
         }
         remote
             .put(backend, key, &bytes)
-            .map_err(|e| format!("uploading to remote cache {}: {e}", remote.url))?;
+            .map_err(|source| SyncError::Upload {
+                url: remote.url.to_string(),
+                source,
+            })?;
         Ok(Moved::Copied(bytes.len() as u64))
     })?;
     Ok(SyncReport {
@@ -55,8 +58,8 @@ pub fn push(local: &KernelCache, remote: &Remote) -> Result<SyncReport, String> 
 }
 
 /// Fetches every entry the store lists and the local cache lacks, checked before it is stored.
-pub fn pull(local: &KernelCache, remote: &Remote) -> Result<SyncReport, String> {
-    let listed = remote.list()?;
+pub fn pull(local: &KernelCache, remote: &Remote) -> Result<SyncReport, SyncError> {
+    let listed = list(remote)?;
     let mine: HashSet<(String, String)> = local.keys().into_iter().collect();
     let todo: Vec<&(String, String)> = listed.iter().filter(|e| !mine.contains(*e)).collect();
     let report = transfer(&todo, |backend, key| {
@@ -64,20 +67,35 @@ pub fn pull(local: &KernelCache, remote: &Remote) -> Result<SyncReport, String> 
             Ok(Some(b)) => b,
             // Listed, then gone (expired or deleted meanwhile).
             Ok(None) => return Ok(Moved::Gone),
-            Err(e) => return Err(format!("downloading from remote cache {}: {e}", remote.url)),
+            Err(source) => {
+                return Err(SyncError::Download {
+                    url: remote.url.to_string(),
+                    source,
+                })
+            }
         };
         if decode(&bytes, backend, key).is_err() {
             return Ok(Moved::Rejected);
         }
         local
             .put_encoded(backend, key, &bytes)
-            .map_err(|e| format!("writing to {}: {e}", local.dir().display()))?;
+            .map_err(|source| SyncError::Local {
+                dir: local.dir().to_path_buf(),
+                source,
+            })?;
         Ok(Moved::Copied(bytes.len() as u64))
     })?;
     Ok(SyncReport {
         listed: listed.len(),
         present: listed.len() - todo.len(),
         ..report
+    })
+}
+
+fn list(remote: &Remote) -> Result<Vec<(String, String)>, SyncError> {
+    remote.list().map_err(|source| SyncError::List {
+        url: remote.url.to_string(),
+        source,
     })
 }
 
@@ -90,12 +108,12 @@ enum Moved {
 /// Runs `one` over the entries, [`TRANSFERS`] at once; stops at the first error.
 fn transfer(
     entries: &[&(String, String)],
-    one: impl Fn(&str, &str) -> Result<Moved, String> + Sync,
-) -> Result<SyncReport, String> {
+    one: impl Fn(&str, &str) -> Result<Moved, SyncError> + Sync,
+) -> Result<SyncReport, SyncError> {
     let next = AtomicUsize::new(0);
     let (copied, rejected, bytes) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicU64::new(0));
     let stop = AtomicBool::new(false);
-    let error: Mutex<Option<String>> = Mutex::new(None);
+    let error: Mutex<Option<SyncError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..TRANSFERS.min(entries.len()) {
             s.spawn(|| {

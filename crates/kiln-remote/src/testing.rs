@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -56,29 +55,6 @@ pub fn services() -> Option<Services> {
             });
             None
         }
-    }
-}
-
-/// `url` with a fresh key prefix under it, unique to this call: tests sharing a server never
-/// see each other's entries.
-pub fn namespace(url: &str, name: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let unique = format!(
-        "{name}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    let base = url.trim_end_matches('/');
-    // A Redis URL needs its database number before the prefix.
-    let needs_db =
-        base.starts_with("redis://") && base["redis://".len()..].split('/').nth(1).is_none();
-    if needs_db {
-        format!("{base}/0/{unique}")
-    } else {
-        format!("{base}/{unique}")
     }
 }
 

@@ -4,12 +4,13 @@
 
 use kiln_compile::cache::{decode, encode};
 use kiln_compile::{
-    compile, CompileOptions, CompileReport, Event, KernelCache, Observer, RemoteCache, RemoteStore,
+    compile, CompileOptions, CompileReport, Event, KernelCache, Observer, RemoteCache, RemoteError,
+    RemoteStore,
 };
 use kiln_cpu::CpuBackend;
 use kiln_models::{build_graph, GraphOptions, ModelSource};
-use kiln_remote::testing::{namespace, services, RedisServer};
-use kiln_remote::{open, open_cache, Config, Store};
+use kiln_remote::testing::{services, RedisServer};
+use kiln_remote::{namespace, open, open_cache, Config, Store};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -231,7 +232,12 @@ fn passwords_never_show_and_a_wrong_one_turns_the_remote_off() {
     let bad = format!("redis://:wrong-pw-123@127.0.0.1:{}/0", server.port);
     let store = open(&bad, &config()).unwrap();
     let err = store.get("cpu", "abcd").unwrap_err();
-    assert!(!err.contains("wrong-pw-123"), "{err}");
+    // The server's error reply, told apart from a dead server; no password in any form.
+    assert!(matches!(err, RemoteError::Refused { .. }), "{err:?}");
+    assert!(
+        !format!("{err} {err:?}").contains("wrong-pw-123"),
+        "{err:?}"
+    );
     let tier = RemoteCache::new(Box::new(store), Default::default());
     let s = tier.session();
     s.fetch_many("cpu", &["abcd"], &|_| {});
@@ -250,6 +256,15 @@ fn a_server_that_never_answers_costs_one_timeout() {
         op_timeout: Duration::from_millis(500),
         ..Config::default()
     };
+    let err = open(&url, &config).unwrap().get("cpu", "abcd").unwrap_err();
+    assert!(matches!(err, RemoteError::Timeout { .. }), "{err:?}");
+    // Nothing listening at all is another cause: refused at once.
+    let refused = format!("redis://127.0.0.1:{}/0", kiln_remote::testing::free_port());
+    let err = open(&refused, &config)
+        .unwrap()
+        .get("cpu", "abcd")
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Unreachable { .. }), "{err:?}");
     let tier = open_cache(&url, &config).unwrap();
     let keys: Vec<String> = (0..32).map(|i| format!("{i:04x}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -293,6 +308,17 @@ fn a_missing_bucket_is_named() {
     let Some(_) = services() else { return };
     let remote = open("s3://no-such-bucket-kiln/x", &config()).unwrap();
     let err = remote.put("cpu", "aa11", b"entry").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RemoteError::Refused {
+                status: Some(404),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = format!("{err} {err:?}");
     assert!(
         err.contains("NoSuchBucket") && err.contains("no-such-bucket-kiln"),
         "{err}"

@@ -1,6 +1,6 @@
 //! kiln's kernel renderers.
 //!
-//! A backend turns each canonical [`kiln_compile::Kernel`] into source text for its device
+//! A backend turns each canonical [`kiln_program::Kernel`] into source text for its device
 //! compiler. The text has two layers:
 //! - **the dialect** ([`Dialect`]): how the language spells types, literals, index arithmetic,
 //!   loads, stores, select, math and casts. C and CUDA C share one ([`cstyle::CStyle`]); WGSL

@@ -5,9 +5,9 @@
 
 use crate::dialect::{Dialect, IndexOp};
 use crate::printer::{acc_name, input_name, Printer};
-use kiln_compile::kernel::reduce_identity;
-use kiln_compile::{Kernel, KernelKind, Operand, ScalarExpr};
 use kiln_ir::{contiguous_strides, DType, Expr, ReduceOp};
+use kiln_program::kernel::reduce_identity;
+use kiln_program::{Kernel, KernelKind, Operand, ScalarExpr};
 
 /// The name of every kernel's output buffer.
 pub const OUT: &str = "out";

@@ -1,8 +1,8 @@
 //! Index expressions and scalar expressions as source text, in any [`Dialect`].
 
 use crate::dialect::{Dialect, IndexOp};
-use kiln_compile::{Let, ScalarExpr};
 use kiln_ir::{contiguous_strides, DType, Expr, UnaryOp};
+use kiln_program::{Let, ScalarExpr};
 
 /// Prints expressions through a dialect.
 #[derive(Clone, Copy)]

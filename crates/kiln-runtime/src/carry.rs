@@ -2,8 +2,9 @@
 //! caller: a KV cache stays in the executor's memory (on the GPU, device memory) from one decode
 //! step to the next. `B` is the executor's buffer type.
 
-use kiln_compile::Program;
+use crate::binding::check_param;
 use kiln_ir::{DType, IrError, Tensor};
+use kiln_program::Program;
 
 /// One carried value: produced as `output` by a run, read as `input` by the next.
 pub struct Carried<B> {
@@ -47,7 +48,7 @@ impl<B> CarriedState<B> {
                     .into(),
             });
         }
-        program.check_param(input, initial)?;
+        check_param(program, input, initial)?;
         let out_dtype = program.buffers[out_buf].dtype;
         if out_dtype != initial.dtype() {
             return Err(IrError::Input {

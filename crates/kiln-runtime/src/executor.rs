@@ -4,10 +4,10 @@
 //! outputs. With `KILN_PROFILE=1` it times every launch and prints a table per kernel when
 //! dropped.
 
+use crate::binding::{bind_run, check_param, output_layouts, param_bindings};
 use crate::carry::{slot_allocation, CarriedState};
-use crate::{Device, RunError};
-use kiln_compile::{Compiled, MemoryPlan, Program};
 use kiln_ir::{Bindings, DType, Tensor};
+use kiln_program::{Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -71,7 +71,7 @@ struct Slot<B> {
     capacity: usize,
 }
 
-/// Runs a [`Compiled`] program on device `D`.
+/// Runs a [`LoadedProgram`] on device `D`.
 pub struct Executor<D: Device> {
     device: D,
     program: Program,
@@ -91,7 +91,7 @@ pub struct Executor<D: Device> {
 
 impl<D: Device> Executor<D> {
     /// Resolves every distinct kernel on `device`, in order.
-    pub fn new(mut device: D, compiled: Compiled<D::Module>) -> Result<Executor<D>, RunError> {
+    pub fn new(mut device: D, compiled: LoadedProgram<D::Module>) -> Result<Executor<D>, RunError> {
         let mut kernels = Vec::with_capacity(compiled.kernels.len());
         for k in &compiled.kernels {
             kernels.push(device.resolve(&compiled.modules[k.module], k)?);
@@ -146,7 +146,7 @@ impl<D: Device> Executor<D> {
 
 impl<D: Device> Executable for Executor<D> {
     fn set_param(&mut self, name: &str, t: Tensor) -> Result<(), RunError> {
-        self.program.check_param(name, &t)?;
+        check_param(&self.program, name, &t)?;
         let (dtype, shape) = (t.dtype(), t.shape().to_vec());
         // The kernels that read the weight, so that the device can lay it out for them.
         let buffer = self
@@ -154,7 +154,7 @@ impl<D: Device> Executable for Executor<D> {
             .buffers
             .iter()
             .position(|b| b.input.as_deref() == Some(name));
-        let readers: Vec<(&kiln_compile::Kernel, usize)> = self
+        let readers: Vec<(&Kernel, usize)> = self
             .program
             .steps
             .iter()
@@ -172,7 +172,7 @@ impl<D: Device> Executable for Executor<D> {
         let buf = if is_output {
             self.device.adopt(t, &what)?
         } else {
-            let bindings = self.program.param_bindings(name, &t);
+            let bindings = param_bindings(&self.program, name, &t);
             self.device.adopt_weight(t, &readers, &bindings, &what)?
         };
         self.params
@@ -189,9 +189,13 @@ impl<D: Device> Executable for Executor<D> {
             .params
             .iter()
             .map(|(n, p)| (n.as_str(), p.dtype, p.shape.as_slice()));
-        let b = self
-            .program
-            .bind_run(params, inputs, self.carried.shapes(), symbols)?;
+        let b = bind_run(
+            &self.program,
+            params,
+            inputs,
+            self.carried.shapes(),
+            symbols,
+        )?;
         // A weight stays the same across runs: the graph may not update it in place.
         for (buf, input) in self.plan.input_of.iter().enumerate() {
             if let Some(name) = input.and_then(|i| self.program.buffers[i].input.as_ref()) {
@@ -261,7 +265,7 @@ impl<D: Device> Executable for Executor<D> {
 
         let mut out = HashMap::new();
         let mut kept = Vec::new();
-        for o in program.output_layouts(&b)? {
+        for o in output_layouts(program, &b)? {
             if carried.carries(o.name) {
                 kept.push((o.name.to_string(), o.buffer, o.shape));
                 continue;

@@ -4,8 +4,8 @@
 //! `cargo run --release -p kiln-wgpu --example gemv [N K [REPS]]` (default 3072 1024 5).
 
 use kiln_compile::CompileOptions;
+use kiln_compile::Target;
 use kiln_ir::{DType, Expr, Graph, Tensor};
-use kiln_runtime::Target;
 use std::collections::HashMap;
 use std::time::Instant;
 

@@ -17,26 +17,43 @@ pub fn pack<'a>(kernels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8
     out.into_bytes()
 }
 
+/// Why bytes are not a kiln-wgpu artifact ([`unpack`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("not UTF-8 text: {0}")]
+    NotText(#[source] std::str::Utf8Error),
+    #[error("not a kiln-wgpu artifact (bad header)")]
+    BadHeader,
+    #[error("truncated kernel header")]
+    TruncatedHeader,
+    #[error("bad kernel header {0:?}")]
+    BadKernelHeader(String),
+    #[error("bad source length in {0:?}")]
+    BadLength(String),
+    #[error("the source of {0} is truncated")]
+    TruncatedSource(String),
+}
+
 /// The `(name, source)` pairs of an artifact.
-pub fn unpack(artifact: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let text = std::str::from_utf8(artifact).map_err(|e| format!("not UTF-8 text: {e}"))?;
-    let mut rest = text
-        .strip_prefix(HEADER)
-        .ok_or("not a kiln-wgpu artifact (bad header)")?;
+pub fn unpack(artifact: &[u8]) -> Result<Vec<(String, String)>, ArtifactError> {
+    let text = std::str::from_utf8(artifact).map_err(ArtifactError::NotText)?;
+    let mut rest = text.strip_prefix(HEADER).ok_or(ArtifactError::BadHeader)?;
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let (line, tail) = rest.split_once('\n').ok_or("truncated kernel header")?;
+        let (line, tail) = rest
+            .split_once('\n')
+            .ok_or(ArtifactError::TruncatedHeader)?;
         let mut parts = line.split(' ');
         let (Some("kernel"), Some(name), Some(len), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(format!("bad kernel header {line:?}"));
+            return Err(ArtifactError::BadKernelHeader(line.to_string()));
         };
         let len: usize = len
             .parse()
-            .map_err(|_| format!("bad source length in {line:?}"))?;
+            .map_err(|_| ArtifactError::BadLength(line.to_string()))?;
         if tail.len() < len || !tail.is_char_boundary(len) {
-            return Err(format!("the source of {name} is truncated"));
+            return Err(ArtifactError::TruncatedSource(name.to_string()));
         }
         out.push((name.to_string(), tail[..len].to_string()));
         rest = &tail[len..];
@@ -58,7 +75,19 @@ mod tests {
                 ("k2".to_string(), "ü".to_string())
             ]
         );
-        assert!(unpack(&a[..a.len() - 1]).is_err());
-        assert!(unpack(b"something else").is_err());
+        // Cut inside the 2-byte 'ü': no longer text; cut after it: a source too short.
+        assert!(matches!(
+            unpack(&a[..a.len() - 1]),
+            Err(ArtifactError::NotText(_))
+        ));
+        let b = pack([("k1", "fn k1() {}\n")]);
+        assert!(matches!(
+            unpack(&b[..b.len() - 1]),
+            Err(ArtifactError::TruncatedSource(k)) if k == "k1"
+        ));
+        assert!(matches!(
+            unpack(b"something else"),
+            Err(ArtifactError::BadHeader)
+        ));
     }
 }

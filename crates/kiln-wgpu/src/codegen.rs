@@ -6,7 +6,7 @@
 //! Every kernel is one self-contained WGSL module:
 //! - `@group(0) @binding(0)`: `var<uniform> P: Params`, bound with a dynamic offset into one
 //!   buffer of every launch's params: the kernel's symbols as `i32` in sorted order
-//!   ([`kiln_compile::Kernel::symbols`]), then `kiln_units`, then for a matmul
+//!   ([`kiln_program::Kernel::symbols`]), then `kiln_units`, then for a matmul
 //!   `kiln_gemv_rows` and `kiln_gemv_columns` (the device's choice of path, see
 //!   [`crate::plan::GemvPlan`]). All-zero
 //!   params mean no work, which is what a warm-up dispatch sends.
@@ -30,8 +30,8 @@ use crate::dialect::{Wgsl, PRELUDE};
 use crate::plan::{
     Grid, KernelPlan, ELEMENTWISE_WG, REDUCE_WG, SLICE_BYTES, SLICE_WORDS_LOG2, TILE,
 };
-use kiln_compile::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_ir::DType;
+use kiln_program::{Kernel, KernelKind, NAME_PLACEHOLDER};
 use kiln_render::parts::{
     element, push_lines, written_element, MatMul, MatOperand, Reduction, OUT,
 };

@@ -13,9 +13,9 @@
 use crate::gpu::{GpuError, Pipeline};
 use crate::plan::{GemvPlan, KernelPlan, SLICE_BYTES};
 use crate::{Gpu, WgpuModule};
-use kiln_compile::UniqueKernel;
 use kiln_ir::Bindings;
-use kiln_runtime::{Device, RunError};
+use kiln_program::UniqueKernel;
+use kiln_program::{Device, RunError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

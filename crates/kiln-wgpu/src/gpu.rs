@@ -24,6 +24,42 @@ pub enum GpuError {
     DeviceLost(String),
     #[error("reading a buffer back failed: {0}")]
     Map(String),
+    /// The adapter would not open a device ([`Gpu::new`]); `adapter` describes it.
+    #[error("{adapter}: requesting a device failed: {source}")]
+    RequestDevice {
+        adapter: String,
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+}
+
+/// No adapter kiln can run on ([`select_adapter`]): what was asked for and what was found.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", no_adapter_message(self))]
+pub struct AdapterError {
+    /// The APIs searched (`WGPU_BACKEND`, else Vulkan, Metal and DX12).
+    pub backends: wgpu::Backends,
+    /// `KILN_WGPU_ADAPTER`, when set.
+    pub filter: Option<String>,
+    /// Every adapter enumerated (none matched the filter), described.
+    pub seen: Vec<String>,
+}
+
+fn no_adapter_message(e: &AdapterError) -> String {
+    let mut m = format!("no wgpu adapter found for {:?}", e.backends);
+    if let Some(f) = &e.filter {
+        m.push_str(&format!(" matching KILN_WGPU_ADAPTER={f:?}"));
+    }
+    if e.seen.is_empty() {
+        m.push_str(
+            " (none was enumerated: is a GPU driver installed? On Linux without a GPU, \
+             install Mesa's lavapipe (Debian: mesa-vulkan-drivers); check \
+             VK_DRIVER_FILES and WGPU_BACKEND)",
+        );
+    } else {
+        m.push_str(&format!(" (adapters seen: {})", e.seen.join("; ")));
+    }
+    m
 }
 
 /// An adapter kiln runs on, and the instance that found it.
@@ -69,7 +105,7 @@ pub fn backends_from_env() -> wgpu::Backends {
 
 /// Picks an adapter: `KILN_WGPU_ADAPTER` is a case-insensitive substring of the adapter's name;
 /// among the matches a discrete GPU beats an integrated one, a virtual one, then the CPU.
-pub fn select_adapter() -> Result<Adapter, String> {
+pub fn select_adapter() -> Result<Adapter, AdapterError> {
     let backends = backends_from_env();
     let filter = std::env::var("KILN_WGPU_ADAPTER")
         .ok()
@@ -107,22 +143,11 @@ pub fn select_adapter() -> Result<Adapter, String> {
             adapter,
             _instance: instance,
         }),
-        None => {
-            let mut m = format!("no wgpu adapter found for {backends:?}");
-            if let Some(f) = &filter {
-                m.push_str(&format!(" matching KILN_WGPU_ADAPTER={f:?}"));
-            }
-            if seen.is_empty() {
-                m.push_str(
-                    " (none was enumerated: is a GPU driver installed? On Linux without a GPU, \
-                     install Mesa's lavapipe (Debian: mesa-vulkan-drivers); check \
-                     VK_DRIVER_FILES and WGPU_BACKEND)",
-                );
-            } else {
-                m.push_str(&format!(" (adapters seen: {})", seen.join("; ")));
-            }
-            Err(m)
-        }
+        None => Err(AdapterError {
+            backends,
+            filter,
+            seen,
+        }),
     }
 }
 
@@ -154,7 +179,7 @@ const WARM_PARAMS_BYTES: u64 = 4096;
 impl Gpu {
     /// Opens a device on `adapter` with the adapter's own limits (wgpu's defaults stop at
     /// 256 MiB buffers, which a Qwen embedding exceeds).
-    pub fn new(adapter: &Adapter, label: &str) -> Result<Gpu, String> {
+    pub fn new(adapter: &Adapter, label: &str) -> Result<Gpu, GpuError> {
         let limits = adapter.adapter.limits();
         let (device, queue) =
             pollster::block_on(adapter.adapter.request_device(&wgpu::DeviceDescriptor {
@@ -165,7 +190,10 @@ impl Gpu {
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             }))
-            .map_err(|e| format!("{}: requesting a device failed: {e}", adapter.describe()))?;
+            .map_err(|source| GpuError::RequestDevice {
+                adapter: adapter.describe(),
+                source,
+            })?;
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = uncaptured.clone();
         // Replaces wgpu's default handler, which panics.

@@ -28,14 +28,16 @@ mod gpu;
 pub mod plan;
 pub mod shader;
 
+pub use artifact::ArtifactError;
 pub use device::{WgpuBuffer, WgpuDevice, WgpuKernel};
-pub use gpu::{backends_from_env, Adapter, Gpu, GpuError, Pipeline};
+pub use gpu::{backends_from_env, select_adapter, Adapter, AdapterError, Gpu, GpuError, Pipeline};
 pub use plan::GemvPlan;
+pub use shader::ShaderError;
 /// The wgpu kiln is built with, for callers that inspect adapters.
 pub use wgpu;
 
-use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
-use kiln_runtime::{RunError, Runtime};
+use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+use kiln_program::{RunError, Runtime};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -163,14 +165,14 @@ impl WgpuBackend {
                 tracing::warn!("{e}; kernels are validated by naga only, the driver compiles them when they are loaded");
                 return Ok(WgpuBackend::validate_only());
             }
-            Err(e) => return Err(BackendError::Unavailable(e)),
+            Err(e) => return Err(BackendError::Unavailable(e.to_string())),
         };
         tracing::info!("wgpu adapter: {}", adapter.describe());
         let main = if opts.compile_only {
             None
         } else {
             Some(Arc::new(
-                Gpu::new(&adapter, "kiln").map_err(BackendError::Unavailable)?,
+                Gpu::new(&adapter, "kiln").map_err(|e| BackendError::Unavailable(e.to_string()))?,
             ))
         };
         let memory_budget = opts.memory_budget.or_else(|| default_budget(&adapter.info));
@@ -234,9 +236,8 @@ impl WgpuBackend {
         let helper = d.helpers.lock().expect("helpers").pop();
         let helper = match helper {
             Some(h) => h,
-            None => {
-                Gpu::new(&d.adapter, "kiln compile helper").map_err(BackendError::Unavailable)?
-            }
+            None => Gpu::new(&d.adapter, "kiln compile helper")
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
         };
         let result = kernels.into_iter().try_for_each(|(name, v)| {
             let p = helper.pipeline(name, v)?;
@@ -265,7 +266,7 @@ fn validated(k: &KernelSource) -> Result<shader::Validated, BackendError> {
     {
         return Err(BackendError::Rejected(reason.to_string()));
     }
-    shader::validate(&k.name, &k.source).map_err(BackendError::Rejected)
+    shader::validate(&k.name, &k.source).map_err(|e| BackendError::Rejected(e.to_string()))
 }
 
 impl Backend for WgpuBackend {
@@ -309,7 +310,7 @@ impl Backend for WgpuBackend {
 
     /// Reads the artifact back and finds each kernel's entry point in it.
     fn verify(&self, artifact: &[u8], kernels: &[&str]) -> Result<(), BackendError> {
-        let found = artifact::unpack(artifact).map_err(BackendError::Invalid)?;
+        let found = artifact::unpack(artifact).map_err(|e| BackendError::Invalid(e.to_string()))?;
         for k in kernels {
             let has = found
                 .iter()
@@ -324,7 +325,8 @@ impl Backend for WgpuBackend {
     }
 
     fn load(&self, artifact: &[u8]) -> Result<WgpuModule, BackendError> {
-        let kernels = artifact::unpack(artifact).map_err(BackendError::Invalid)?;
+        let kernels =
+            artifact::unpack(artifact).map_err(|e| BackendError::Invalid(e.to_string()))?;
         let Some(gpu) = &self.main else {
             return Ok(WgpuModule {
                 pipelines: Vec::new(),

@@ -15,8 +15,8 @@
 //! exceeds [`SLICE_BYTES`] (the 311 MB embedding and LM head of Qwen) is bound as several
 //! slices of one buffer.
 
-use kiln_compile::{Kernel, KernelKind, ScalarExpr};
 use kiln_ir::{contiguous_strides, numel, Bindings, DType, Expr};
+use kiln_program::{Kernel, KernelKind, ScalarExpr};
 use std::collections::BTreeMap;
 
 /// Invocations per workgroup of elementwise kernels (one output element each).

@@ -6,6 +6,37 @@
 use naga::back::{msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 
+/// Why a kernel's WGSL is not a kernel kiln can run, or cannot be translated for Metal or
+/// Vulkan. The parse and validation variants hold naga's annotated report (the source line and
+/// a caret) and keep naga's error (boxed: it is large) as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ShaderError {
+    #[error("WGSL parse error:\n{report}")]
+    Parse {
+        report: String,
+        #[source]
+        source: Box<naga::front::wgsl::ParseError>,
+    },
+    #[error("WGSL validation error:\n{report}")]
+    Invalid {
+        report: String,
+        #[source]
+        source: Box<naga::WithSpan<naga::valid::ValidationError>>,
+    },
+    #[error("the module has no entry point named {name} (entry points: {found:?})")]
+    NoEntryPoint { name: String, found: Vec<String> },
+    /// A binding kiln does not make (another group, another address space, a gap).
+    #[error("{0}")]
+    Bindings(String),
+    #[error("MSL: {0:?}")]
+    Msl(naga::back::msl::Error),
+    #[error("SPIR-V: {0:?}")]
+    Spirv(naga::back::spv::Error),
+    /// The translation lost or renamed the entry point.
+    #[error("{0}")]
+    EntryPointLost(String),
+}
+
 /// A kernel naga parsed and validated.
 pub struct Validated {
     pub module: naga::Module,
@@ -29,35 +60,40 @@ pub const CAPABILITIES: Capabilities = Capabilities::empty();
 
 /// Parses and validates `src`, whose entry point must be `name`. The error is naga's own
 /// report with the source line and a caret.
-pub fn validate(name: &str, src: &str) -> Result<Validated, String> {
-    let module = naga::front::wgsl::parse_str(src)
-        .map_err(|e| format!("WGSL parse error:\n{}", e.emit_to_string(src)))?;
+pub fn validate(name: &str, src: &str) -> Result<Validated, ShaderError> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|source| ShaderError::Parse {
+        report: source.emit_to_string(src),
+        source: Box::new(source),
+    })?;
     let info = Validator::new(ValidationFlags::all(), CAPABILITIES)
         .validate(&module)
-        .map_err(|e| format!("WGSL validation error:\n{}", e.emit_to_string(src)))?;
+        .map_err(|source| ShaderError::Invalid {
+            report: source.emit_to_string(src),
+            source: Box::new(source),
+        })?;
     if !module.entry_points.iter().any(|ep| ep.name == name) {
-        let found: Vec<&str> = module
-            .entry_points
-            .iter()
-            .map(|ep| ep.name.as_str())
-            .collect();
-        return Err(format!(
-            "the module has no entry point named {name} (entry points: {found:?})"
-        ));
+        return Err(ShaderError::NoEntryPoint {
+            name: name.to_string(),
+            found: module
+                .entry_points
+                .iter()
+                .map(|ep| ep.name.clone())
+                .collect(),
+        });
     }
     Ok(Validated { module, info })
 }
 
 /// The kernel's bindings in group 0, in binding order, read from the module itself.
-pub fn bindings(module: &naga::Module) -> Result<Vec<Binding>, String> {
+pub fn bindings(module: &naga::Module) -> Result<Vec<Binding>, ShaderError> {
     let mut found: Vec<(u32, Binding)> = Vec::new();
     for (_, g) in module.global_variables.iter() {
         let Some(rb) = &g.binding else { continue };
         if rb.group != 0 {
-            return Err(format!(
+            return Err(ShaderError::Bindings(format!(
                 "binding group {} (kiln uses group 0 only)",
                 rb.group
-            ));
+            )));
         }
         let kind = match g.space {
             naga::AddressSpace::Uniform => Binding::Params,
@@ -68,17 +104,22 @@ pub fn bindings(module: &naga::Module) -> Result<Vec<Binding>, String> {
                     Binding::Read
                 }
             }
-            other => return Err(format!("binding {} in address space {other:?}", rb.binding)),
+            other => {
+                return Err(ShaderError::Bindings(format!(
+                    "binding {} in address space {other:?}",
+                    rb.binding
+                )))
+            }
         };
         found.push((rb.binding, kind));
     }
     found.sort_by_key(|b| b.0);
     if found.iter().enumerate().any(|(i, b)| b.0 != i as u32) {
-        return Err(format!(
+        return Err(ShaderError::Bindings(format!(
             "bindings are not numbered 0..{}: {:?}",
             found.len(),
             found.iter().map(|b| b.0).collect::<Vec<_>>()
-        ));
+        )));
     }
     Ok(found.into_iter().map(|b| b.1).collect())
 }
@@ -94,7 +135,7 @@ pub const MSL_VERSION: (u8, u8) = (2, 0);
 /// entry point checked to be present. Returns the source and the entry point's MSL name:
 /// naga's namer appends `_` to a name that ends in a digit (as wgpu's Metal backend then
 /// looks it up).
-pub fn to_msl(name: &str, v: &Validated) -> Result<(String, String), String> {
+pub fn to_msl(name: &str, v: &Validated) -> Result<(String, String), ShaderError> {
     let binds = bindings(&v.module)?;
     let mut resources = msl::BindingMap::new();
     for (i, b) in binds.iter().enumerate() {
@@ -134,26 +175,31 @@ pub fn to_msl(name: &str, v: &Validated) -> Result<(String, String), String> {
         entry_point: Some((naga::ShaderStage::Compute, name.to_string())),
         ..Default::default()
     };
-    let (src, tinfo) = msl::write_string(&v.module, &v.info, &options, &pipeline)
-        .map_err(|e| format!("MSL: {e:?}"))?;
+    let (src, tinfo) =
+        msl::write_string(&v.module, &v.info, &options, &pipeline).map_err(ShaderError::Msl)?;
     // With `fake_missing_bindings: false` an entry point that cannot be translated is dropped
     // silently from the source; its error is here.
     let ep = match tinfo.entry_point_names.as_slice() {
         [Ok(n)] => n.clone(),
-        [Err(e)] => return Err(format!("MSL entry point: {e}")),
-        other => return Err(format!("MSL produced {} entry points", other.len())),
+        [Err(e)] => return Err(ShaderError::EntryPointLost(format!("MSL entry point: {e}"))),
+        other => {
+            return Err(ShaderError::EntryPointLost(format!(
+                "MSL produced {} entry points",
+                other.len()
+            )))
+        }
     };
     let renamed = ep == name || ep.strip_suffix('_') == Some(name);
     if !renamed || !src.contains(&format!("kernel void {ep}(")) {
-        return Err(format!(
+        return Err(ShaderError::EntryPointLost(format!(
             "entry point {name} is missing from the MSL (translated as {ep})"
-        ));
+        )));
     }
     Ok((src, ep))
 }
 
 /// SPIR-V 1.3 (Vulkan 1.1) for the kernel's entry point.
-pub fn to_spirv(name: &str, v: &Validated) -> Result<Vec<u32>, String> {
+pub fn to_spirv(name: &str, v: &Validated) -> Result<Vec<u32>, ShaderError> {
     let options = spv::Options {
         lang_version: (1, 3),
         flags: spv::WriterFlags::empty(),
@@ -164,12 +210,12 @@ pub fn to_spirv(name: &str, v: &Validated) -> Result<Vec<u32>, String> {
         entry_point: name.to_string(),
     };
     let words = spv::write_vec(&v.module, &v.info, &options, Some(&pipeline))
-        .map_err(|e| format!("SPIR-V: {e:?}"))?;
+        .map_err(ShaderError::Spirv)?;
     let eps = spirv_entry_points(&words);
     if eps != [name] {
-        return Err(format!(
+        return Err(ShaderError::EntryPointLost(format!(
             "SPIR-V entry points are {eps:?}, expected [{name}]"
-        ));
+        )));
     }
     Ok(words)
 }

@@ -3,9 +3,10 @@
 
 mod common;
 use common::*;
+use kiln_compile::Target;
 use kiln_compile::{compile, CompileError, CompileOptions};
 use kiln_ir::{DType, Expr, Graph, Tensor};
-use kiln_runtime::{Device, RunError, Runtime, Target};
+use kiln_program::{Device, RunError, Runtime};
 use kiln_wgpu::{WgpuBackend, WgpuOptions};
 
 /// A graph with a softmax (it has a max reduction) over symbolic rows.

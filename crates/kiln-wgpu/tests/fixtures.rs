@@ -15,39 +15,12 @@
 mod common;
 use common::backend;
 use kiln_compile::CompileOptions;
+use kiln_models::testing::{max_abs_diff, Reference};
 use kiln_models::{GraphOptions, KvCache, LoadOptions, Model, ModelSource, Sampling};
 use kiln_wgpu::WgpuBackend;
 use std::path::Path;
 
 const TOL: f32 = 1e-3;
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn reference_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            (
-                n.to_string(),
-                v.data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
 
 fn load(b: &WgpuBackend, dir: &Path, graph: GraphOptions, threads: usize) -> Model {
     let opts = LoadOptions {
@@ -60,15 +33,6 @@ fn load(b: &WgpuBackend, dir: &Path, graph: GraphOptions, threads: usize) -> Mod
     };
     Model::load(&ModelSource::Dir(dir.to_path_buf()), &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-}
-
-fn ids(json: &serde_json::Value, key: &str) -> Vec<u32> {
-    json[key]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn check_model(name: &str, prompts: &[&str]) {
@@ -90,19 +54,15 @@ fn check_model(name: &str, prompts: &[&str]) {
     );
     let (mut worst_hidden, mut worst_logits) = (0.0f32, 0.0f32);
     for prompt in prompts {
-        let refdir = dir.join("reference");
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(refdir.join(format!("{prompt}.json"))).unwrap(),
-        )
-        .unwrap();
-        let prompt_ids = ids(&json, "prompt_ids");
+        let reference = Reference::read(name, prompt);
+        let prompt_ids = &reference.prompt_ids;
 
         // Prefill: every hidden state and all logits, so that a mismatch names its layer.
         let mut cache = KvCache::new(&full.config);
-        let logits = full.forward(&prompt_ids, &mut cache).unwrap();
+        let logits = full.forward(prompt_ids, &mut cache).unwrap();
         let mut outs = std::mem::take(&mut full.last_outputs);
         outs.insert("prefill_logits".into(), logits);
-        for (tname, want) in reference_tensors(&refdir.join(format!("{prompt}.safetensors"))) {
+        for (tname, want) in reference.tensors() {
             let got = outs
                 .get(&tname)
                 .unwrap_or_else(|| panic!("kiln has no output {tname}"));
@@ -119,21 +79,17 @@ fn check_model(name: &str, prompts: &[&str]) {
         }
 
         // Greedy generation with the KV cache on the device, for both thread counts.
-        let greedy = ids(&json, "greedy_ids");
         let mut tokens = Vec::new();
         for m in gen.iter_mut() {
             let g = m
-                .generate(&prompt_ids, 16, &Sampling::default(), &[], |_| {})
+                .generate(prompt_ids, 16, &Sampling::default(), &[], |_| {})
                 .unwrap();
-            assert_eq!(g.generated_ids, greedy, "{name}/{prompt}: greedy ids");
-            for (k, row) in json["step_logits"].as_array().unwrap().iter().enumerate() {
-                let want: Vec<f32> = row
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect();
-                let d = max_abs_diff(&g.step_logits[k], &want);
+            assert_eq!(
+                g.generated_ids, reference.greedy_ids,
+                "{name}/{prompt}: greedy ids"
+            );
+            for (k, want) in reference.step_logits.iter().enumerate() {
+                let d = max_abs_diff(&g.step_logits[k], want);
                 worst_logits = worst_logits.max(d);
                 assert!(d <= TOL, "{name}/{prompt}: step_logits[{k}] differs by {d}");
             }

@@ -5,8 +5,8 @@
 //! storage loads), so the number of tokens is `KILN_WGPU_QWEN3_TOKENS` (default 16); the test
 //! prints how long each backend took.
 
+use kiln_compile::Target;
 use kiln_models::{LoadOptions, Model, ModelSource, Sampling};
-use kiln_runtime::Target;
 use std::time::Instant;
 
 mod common;

@@ -24,7 +24,7 @@ fn qwen3_kernels_validate_and_emit_msl_and_spirv() {
         assert_eq!(c.report.compiled, c.report.kernels_unique);
         digests.push(c.report.artifact_digest.clone());
         if threads == 2 {
-            let sources: Vec<_> = c.kernels.iter().map(|k| &k.source).collect();
+            let sources: Vec<_> = c.loaded.kernels.iter().map(|k| &k.source).collect();
             let dir = tempfile::tempdir().unwrap();
             for format in [ShaderFormat::Msl, ShaderFormat::Spv] {
                 let paths = kiln_wgpu::emit(&sources, format, dir.path()).unwrap();

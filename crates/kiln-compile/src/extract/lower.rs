@@ -4,8 +4,8 @@
 
 use super::fusion::{read_counts, Realized};
 use super::{Buffer, Program, Step};
-use crate::kernel::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
 use kiln_ir::{contiguous_strides, Expr, Graph, NodeId, Op, ViewOp};
+use kiln_program::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
 use std::collections::{BTreeMap, HashMap};
 
 struct Builder<'g> {

@@ -8,51 +8,164 @@ static inline uint32_t kiln_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return
 static inline float kiln_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 /* KILN_CSTYLE_HELPERS */
 
+/* ---- the vector ISA ----------------------------------------------------------------------
+ * AVX-512 (F, BW, DQ, VL: every AVX-512 CPU since Skylake-SP and Zen 4) gives 16-lane vectors
+ * and 32-column weight panels; anything else 8-lane vectors (AVX2 registers, or what GCC
+ * makes of them elsewhere) and 16-column panels. kiln-cpu (cc.rs) picks the panel width
+ * KILN_NR from the same choice (KILN_CPU_ISA=avx2 adds -mno-avx512f), and packs weights to
+ * it; a mismatch would read panels with the wrong stride, so it stops the compile. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define KILN_AVX512 1
+#define KILN_VL 16
+#else
+#define KILN_VL 8
+#endif
+#if defined(KILN_AVX512) != (KILN_NR == 32)
+#error "kiln-cpu: KILN_NR does not match the vector ISA the compiler targets (32-column panels go with AVX-512)"
+#endif
+/* What the device packs weights to for this module's kernels (read by name, device.rs). */
+const int kiln_panel_columns = KILN_NR;
+
 /* ---- matmul building blocks (f32) ------------------------------------------------------- */
 typedef float kiln_v8 __attribute__((vector_size(32)));
 static inline kiln_v8 kiln_ld8(const float *p) { kiln_v8 v; memcpy(&v, p, 32); return v; }
 static inline float kiln_hsum8(kiln_v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 /* Keeps a loaded vector in a register: GCC otherwise folds the load into every FMA that uses
- * it, and a micro-kernel whose loads are each used twice becomes bound by its loads. */
-#if defined(__x86_64__) && defined(__AVX__) /* "x" holds a 32-byte vector only with AVX */
+ * it, and a micro-kernel whose loads are each used twice becomes bound by its loads. "v" is
+ * any of the 32 vector registers with AVX-512 (up to 64 bytes); "x" holds a 32-byte vector
+ * only with AVX. */
+#if defined(__x86_64__) && defined(KILN_AVX512)
+#define KILN_IN_REG(v) __asm__("" : "+v"(v))
+#elif defined(__x86_64__) && defined(__AVX__)
 #define KILN_IN_REG(v) __asm__("" : "+x"(v))
 #else
 #define KILN_IN_REG(v) ((void)0)
 #endif
 
-/* c[m, n] = sum_k a[m*lda + k] * b[n*ldb + k]: both operands contiguous along k ("NT"),
- * the layout of x @ W^T. 2x4 register blocks of 8-wide accumulators. */
-typedef uint16_t kiln_u16x8 __attribute__((vector_size(16)));
-typedef uint32_t kiln_u32x8 __attribute__((vector_size(32)));
-/* 8 bf16 values widened to f32: zero-extend to 32 bits, shift into the high half. */
-static inline kiln_v8 kiln_ldbf8(const uint16_t *p) {
-    kiln_u16x8 h; memcpy(&h, p, 16);
-    kiln_u32x8 w = __builtin_convertvector(h, kiln_u32x8) << 16;
-    kiln_v8 f; memcpy(&f, &w, 32); return f;
+/* The widest vector: KILN_VL f32 lanes (kiln_vf), the same number of i32 lanes (kiln_vi). */
+typedef float kiln_vf __attribute__((vector_size(KILN_VL * 4)));
+typedef int32_t kiln_vi __attribute__((vector_size(KILN_VL * 4)));
+typedef uint16_t kiln_vh __attribute__((vector_size(KILN_VL * 2)));
+typedef uint32_t kiln_vu __attribute__((vector_size(KILN_VL * 4)));
+static inline kiln_vf kiln_ldv(const float *p) { kiln_vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void kiln_stv(float *p, kiln_vf v) { memcpy(p, &v, sizeof v); }
+/* Every lane x (one vbroadcastss; `(kiln_vf){0} + x` would add first: 0 + -0 is +0). */
+static inline kiln_vf kiln_splatv(float x) {
+#if KILN_VL == 16
+    return (kiln_vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#else
+    return (kiln_vf){x, x, x, x, x, x, x, x};
+#endif
 }
+/* The lanes' sum in a fixed order: the halves added lane by lane, then kiln_hsum8. */
+static inline float kiln_hsumv(kiln_vf v) {
+#if KILN_VL == 16
+    kiln_v8 lo, hi;
+    memcpy(&lo, &v, 32); memcpy(&hi, (const char *)&v + 32, 32);
+    return kiln_hsum8(lo + hi);
+#else
+    return kiln_hsum8(v);
+#endif
+}
+/* kiln_hsumv of four vectors at once, each summed in exactly kiln_hsumv's order (the
+ * shuffles move lanes, the additions are the same pairs): out[i] = kiln_hsumv(v_i). */
+typedef int32_t kiln_i8 __attribute__((vector_size(32)));
+static inline void kiln_hsum4v(kiln_vf a, kiln_vf b, kiln_vf c, kiln_vf d, float *out) {
+    kiln_v8 a8, b8, c8, d8;
+#if KILN_VL == 16
+    kiln_v8 h;
+    memcpy(&a8, &a, 32); memcpy(&h, (const char *)&a + 32, 32); a8 += h;
+    memcpy(&b8, &b, 32); memcpy(&h, (const char *)&b + 32, 32); b8 += h;
+    memcpy(&c8, &c, 32); memcpy(&h, (const char *)&c + 32, 32); c8 += h;
+    memcpy(&d8, &d, 32); memcpy(&h, (const char *)&d + 32, 32); d8 += h;
+#else
+    a8 = a; b8 = b; c8 = c; d8 = d;
+#endif
+    /* Lanes i and i + 4 of each, two vectors per register: (v0+v4, v1+v5, v2+v6, v3+v7). */
+    const kiln_i8 lo = {0, 1, 2, 3, 8, 9, 10, 11}, hi = {4, 5, 6, 7, 12, 13, 14, 15};
+    const kiln_v8 ab = __builtin_shuffle(a8, b8, lo) + __builtin_shuffle(a8, b8, hi);
+    const kiln_v8 cd = __builtin_shuffle(c8, d8, lo) + __builtin_shuffle(c8, d8, hi);
+    /* (s0+s1) and (s2+s3), then their sum: kiln_hsum8's tree. */
+    const kiln_i8 ev = {0, 2, 8, 10, 4, 6, 12, 14}, od = {1, 3, 9, 11, 5, 7, 13, 15};
+    const kiln_v8 h1 = __builtin_shuffle(ab, cd, ev) + __builtin_shuffle(ab, cd, od);
+    const kiln_v8 h2 = __builtin_shuffle(h1, h1, ev) + __builtin_shuffle(h1, h1, od);
+    out[0] = h2[0]; out[1] = h2[4]; out[2] = h2[1]; out[3] = h2[5];
+}
+/* KILN_VL bf16 values widened to f32: zero-extend to 32 bits, shift into the high half.
+ * With AVX-512 and AVX2 through the builtin of one vpmovzxwd: GCC 12 lowers the generic
+ * conversion of a whole register into two half-width ones and an insert. */
+static inline kiln_vf kiln_ldbfv(const uint16_t *p) {
+    kiln_vh h; memcpy(&h, p, sizeof h);
+#if defined(KILN_AVX512)
+    typedef short kiln_v16hi __attribute__((vector_size(32)));
+    typedef int kiln_v16si __attribute__((vector_size(64)));
+    kiln_vu w = (kiln_vu)__builtin_ia32_pmovzxwd512_mask((kiln_v16hi)h, (kiln_v16si){0}, (unsigned short)-1) << 16;
+#elif defined(__AVX2__)
+    typedef short kiln_v8hi __attribute__((vector_size(16)));
+    kiln_vu w = (kiln_vu)__builtin_ia32_pmovzxwd256((kiln_v8hi)h) << 16;
+#else
+    kiln_vu w = __builtin_convertvector(h, kiln_vu) << 16;
+#endif
+    kiln_vf f; memcpy(&f, &w, sizeof f); return f;
+}
+/* A row of a bf16 weight panel (KILN_NR = 2 KILN_VL values, packed in the order of
+ * kiln_bf16_pos, pack.rs) widened to f32: columns 0..VL-1 and VL..2VL-1. Each is one
+ * vpunpcklwd / vpunpckhwd against zero (bf16 in the high half of a zero f32 is its f32
+ * value), which works within 128-bit lanes: the packing put column 4L + i of each half at
+ * position 8L + i (low half) and 8L + 4 + i (high half). One in-lane shuffle per vector,
+ * where vpmovzxwd + vpslld are two, one of them across lanes: the bf16 GEMV streams ~6%
+ * faster (two cores of a Zen 4, 300 MB). */
+#if KILN_VL == 16
+typedef short kiln_vpanel __attribute__((vector_size(64)));
+#define KILN_UNPACK_LO {0, 32, 1, 33, 2, 34, 3, 35, 8, 40, 9, 41, 10, 42, 11, 43, 16, 48, 17, 49, 18, 50, 19, 51, 24, 56, 25, 57, 26, 58, 27, 59}
+#define KILN_UNPACK_HI {4, 36, 5, 37, 6, 38, 7, 39, 12, 44, 13, 45, 14, 46, 15, 47, 20, 52, 21, 53, 22, 54, 23, 55, 28, 60, 29, 61, 30, 62, 31, 63}
+#else
+typedef short kiln_vpanel __attribute__((vector_size(32)));
+#define KILN_UNPACK_LO {0, 16, 1, 17, 2, 18, 3, 19, 8, 24, 9, 25, 10, 26, 11, 27}
+#define KILN_UNPACK_HI {4, 20, 5, 21, 6, 22, 7, 23, 12, 28, 13, 29, 14, 30, 15, 31}
+#endif
+static inline kiln_vf kiln_ldbf_panel_lo(const uint16_t *row) {
+    kiln_vpanel h; memcpy(&h, row, sizeof h);
+    const kiln_vpanel w = __builtin_shuffle((kiln_vpanel){0}, h, (kiln_vpanel)KILN_UNPACK_LO);
+    kiln_vf f; memcpy(&f, &w, sizeof f); return f;
+}
+static inline kiln_vf kiln_ldbf_panel_hi(const uint16_t *row) {
+    kiln_vpanel h; memcpy(&h, row, sizeof h);
+    const kiln_vpanel w = __builtin_shuffle((kiln_vpanel){0}, h, (kiln_vpanel)KILN_UNPACK_HI);
+    kiln_vf f; memcpy(&f, &w, sizeof f); return f;
+}
+/* Where column j (< KILN_NR) of a bf16 panel row is stored (pack.rs: bf16_position). */
+static inline int64_t kiln_bf16_pos(int64_t j) {
+    const int64_t half = KILN_NR / 2, h = j >= half, c = j - h * half;
+    return (c / 4) * 8 + h * 4 + c % 4;
+}
+
+/* c[m, n] = sum_k a[m*lda + k] * b[n*ldb + k]: both operands contiguous along k ("NT"),
+ * the layout of Q K^T. 2x4 register blocks of KILN_VL-wide accumulators; each (m, n) is
+ * summed in the same order whether its row is paired or not. */
 #define KILN_ID(x) (x)
-#define KILN_MM_NT(NAME, BT, LDB8, LDB1) \
+#define KILN_MM_NT(NAME, BT, LDBV, LDB1) \
 static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
                        float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) { \
-    const int64_t K8 = K & ~(int64_t)7; \
+    const int64_t KV = K - K % KILN_VL; \
     int64_t n = 0; \
     for (; n + 4 <= N; n += 4) { \
         const BT *b0 = b + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb; \
         int64_t m = 0; \
         for (; m + 2 <= M; m += 2) { \
             const float *a0 = a + m * lda, *a1 = a0 + lda; \
-            kiln_v8 c00 = {0}, c01 = {0}, c02 = {0}, c03 = {0}, c10 = {0}, c11 = {0}, c12 = {0}, c13 = {0}; \
-            for (int64_t k = 0; k < K8; k += 8) { \
-                kiln_v8 x0 = kiln_ld8(a0 + k), x1 = kiln_ld8(a1 + k), y; \
+            kiln_vf c00 = {0}, c01 = {0}, c02 = {0}, c03 = {0}, c10 = {0}, c11 = {0}, c12 = {0}, c13 = {0}; \
+            for (int64_t k = 0; k < KV; k += KILN_VL) { \
+                kiln_vf x0 = kiln_ldv(a0 + k), x1 = kiln_ldv(a1 + k), y; \
                 KILN_IN_REG(x0); KILN_IN_REG(x1); \
-                y = LDB8(b0 + k); KILN_IN_REG(y); c00 += x0 * y; c10 += x1 * y; \
-                y = LDB8(b1 + k); KILN_IN_REG(y); c01 += x0 * y; c11 += x1 * y; \
-                y = LDB8(b2 + k); KILN_IN_REG(y); c02 += x0 * y; c12 += x1 * y; \
-                y = LDB8(b3 + k); KILN_IN_REG(y); c03 += x0 * y; c13 += x1 * y; \
+                y = LDBV(b0 + k); KILN_IN_REG(y); c00 += x0 * y; c10 += x1 * y; \
+                y = LDBV(b1 + k); KILN_IN_REG(y); c01 += x0 * y; c11 += x1 * y; \
+                y = LDBV(b2 + k); KILN_IN_REG(y); c02 += x0 * y; c12 += x1 * y; \
+                y = LDBV(b3 + k); KILN_IN_REG(y); c03 += x0 * y; c13 += x1 * y; \
             } \
-            float s[2][4] = {{kiln_hsum8(c00), kiln_hsum8(c01), kiln_hsum8(c02), kiln_hsum8(c03)}, \
-                             {kiln_hsum8(c10), kiln_hsum8(c11), kiln_hsum8(c12), kiln_hsum8(c13)}}; \
-            for (int64_t k = K8; k < K; ++k) { \
+            float s[2][4]; \
+            kiln_hsum4v(c00, c01, c02, c03, s[0]); kiln_hsum4v(c10, c11, c12, c13, s[1]); \
+            for (int64_t k = KV; k < K; ++k) { \
                 s[0][0] += a0[k] * LDB1(b0[k]); s[0][1] += a0[k] * LDB1(b1[k]); s[0][2] += a0[k] * LDB1(b2[k]); s[0][3] += a0[k] * LDB1(b3[k]); \
                 s[1][0] += a1[k] * LDB1(b0[k]); s[1][1] += a1[k] * LDB1(b1[k]); s[1][2] += a1[k] * LDB1(b2[k]); s[1][3] += a1[k] * LDB1(b3[k]); \
             } \
@@ -60,14 +173,15 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
         } \
         for (; m < M; ++m) { \
             const float *a0 = a + m * lda; \
-            kiln_v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}; \
-            for (int64_t k = 0; k < K8; k += 8) { \
-                kiln_v8 x0 = kiln_ld8(a0 + k); \
-                c0 += x0 * LDB8(b0 + k); c1 += x0 * LDB8(b1 + k); \
-                c2 += x0 * LDB8(b2 + k); c3 += x0 * LDB8(b3 + k); \
+            kiln_vf c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}; \
+            for (int64_t k = 0; k < KV; k += KILN_VL) { \
+                kiln_vf x0 = kiln_ldv(a0 + k); \
+                c0 += x0 * LDBV(b0 + k); c1 += x0 * LDBV(b1 + k); \
+                c2 += x0 * LDBV(b2 + k); c3 += x0 * LDBV(b3 + k); \
             } \
-            float s[4] = {kiln_hsum8(c0), kiln_hsum8(c1), kiln_hsum8(c2), kiln_hsum8(c3)}; \
-            for (int64_t k = K8; k < K; ++k) { s[0] += a0[k] * LDB1(b0[k]); s[1] += a0[k] * LDB1(b1[k]); s[2] += a0[k] * LDB1(b2[k]); s[3] += a0[k] * LDB1(b3[k]); } \
+            float s[4]; \
+            kiln_hsum4v(c0, c1, c2, c3, s); \
+            for (int64_t k = KV; k < K; ++k) { s[0] += a0[k] * LDB1(b0[k]); s[1] += a0[k] * LDB1(b1[k]); s[2] += a0[k] * LDB1(b2[k]); s[3] += a0[k] * LDB1(b3[k]); } \
             for (int j = 0; j < 4; ++j) c[m * ldc + n + j] = s[j]; \
         } \
     } \
@@ -75,17 +189,17 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
         const BT *b0 = b + n * ldb; \
         for (int64_t m = 0; m < M; ++m) { \
             const float *a0 = a + m * lda; \
-            kiln_v8 c0 = {0}; \
-            for (int64_t k = 0; k < K8; k += 8) c0 += kiln_ld8(a0 + k) * LDB8(b0 + k); \
-            float s = kiln_hsum8(c0); \
-            for (int64_t k = K8; k < K; ++k) s += a0[k] * LDB1(b0[k]); \
+            kiln_vf c0 = {0}; \
+            for (int64_t k = 0; k < KV; k += KILN_VL) c0 += kiln_ldv(a0 + k) * LDBV(b0 + k); \
+            float s = kiln_hsumv(c0); \
+            for (int64_t k = KV; k < K; ++k) s += a0[k] * LDB1(b0[k]); \
             c[m * ldc + n] = s; \
         } \
     } \
 }
-/* f32 weights, and bf16 weights widened in registers (half the bytes read per token). */
-KILN_MM_NT(kiln_mm_nt, float, kiln_ld8, KILN_ID)
-KILN_MM_NT(kiln_mm_nt_bf16, uint16_t, kiln_ldbf8, kiln_bf16_to_f32)
+/* f32 weights, and bf16 weights widened in registers. */
+KILN_MM_NT(kiln_mm_nt, float, kiln_ldv, KILN_ID)
+KILN_MM_NT(kiln_mm_nt_bf16, uint16_t, kiln_ldbfv, kiln_bf16_to_f32)
 
 /* c[m, n] = sum_k a[m*lda + k*sak] * b[k*ldb + n] for N <= KILN_NC: b contiguous along n ("NN", e.g. P @ V). */
 static void kiln_mm_nn(const float *restrict a, int64_t lda, int64_t sak, const float *restrict b, int64_t ldb,
@@ -102,92 +216,110 @@ static void kiln_mm_nn(const float *restrict a, int64_t lda, int64_t sak, const 
 }
 
 /* ---- attention building blocks ---------------------------------------------------------- */
-typedef int32_t kiln_i8 __attribute__((vector_size(32)));
-static inline kiln_v8 kiln_splat8(float x) { kiln_v8 v = {x, x, x, x, x, x, x, x}; return v; }
 /* Lane by lane, `mask ? a : b` (a mask lane is all ones or zero, as comparisons give). */
-static inline kiln_v8 kiln_sel8(kiln_i8 mask, kiln_v8 a, kiln_v8 b) {
-    return (kiln_v8)((mask & (kiln_i8)a) | (~mask & (kiln_i8)b));
+static inline kiln_vf kiln_selv(kiln_vi mask, kiln_vf a, kiln_vf b) {
+    return (kiln_vf)((mask & (kiln_vi)a) | (~mask & (kiln_vi)b));
 }
 /* 2^x for x <= 0 (Cephes' exp2f polynomial on [-0.5, 0.5]; worst relative error 7.9e-8 over
- * [-126, 0]), 8 at a time; below -126 it gives 2^-126 instead of a subnormal or 0; NaN stays NaN. */
-static inline kiln_v8 kiln_exp2_v8(kiln_v8 x) {
-    const kiln_i8 nan = x != x;
-    const kiln_v8 x0 = x;
-    x = kiln_sel8(nan, kiln_splat8(0.0f), x); /* no NaN reaches the int conversion */
-    x = kiln_sel8(x < -126.0f, kiln_splat8(-126.0f), x);
-    const kiln_i8 n = __builtin_convertvector(x - 0.5f, kiln_i8); /* round, x <= 0 */
-    const kiln_v8 f = x - __builtin_convertvector(n, kiln_v8);
-    kiln_v8 p = 1.535336188319500e-4f * f + 1.339887440266574e-3f;
+ * [-126, 0]), KILN_VL at a time; below -126 it gives 2^-126 instead of a subnormal or 0; NaN
+ * stays NaN. */
+static inline kiln_vf kiln_exp2v(kiln_vf x) {
+    const kiln_vi nan = x != x;
+    const kiln_vf x0 = x;
+    x = kiln_selv(nan, kiln_splatv(0.0f), x); /* no NaN reaches the int conversion */
+    x = kiln_selv(x < -126.0f, kiln_splatv(-126.0f), x);
+    const kiln_vi n = __builtin_convertvector(x - 0.5f, kiln_vi); /* round, x <= 0 */
+    const kiln_vf f = x - __builtin_convertvector(n, kiln_vf);
+    kiln_vf p = 1.535336188319500e-4f * f + 1.339887440266574e-3f;
     p = p * f + 9.618437357674640e-3f;
     p = p * f + 5.550332471162809e-2f;
     p = p * f + 2.402264791363012e-1f;
     p = p * f + 6.931472028550421e-1f;
     p = p * f + 1.0f;
-    kiln_i8 bits; memcpy(&bits, &p, 32);
+    kiln_vi bits; memcpy(&bits, &p, sizeof bits);
     bits += n << 23;
-    memcpy(&p, &bits, 32);
-    return kiln_sel8(nan, x0, p);
+    memcpy(&p, &bits, sizeof p);
+    return kiln_selv(nan, x0, p);
 }
 /* The online softmax's weights of one key block, in place: s[j] = 2^((s[j] - m) log2 e), 0
  * for a masked key (-inf), NaN stays NaN; returns their sum (in a fixed order). A partial
- * last group of 8 is padded with masked keys, so every key takes the same arithmetic. */
+ * last group of KILN_VL is padded with masked keys, so every key takes the same arithmetic. */
 static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) {
     const float l2e = 1.44269504088896340736f;
-    kiln_v8 total = {0};
-    for (int64_t j = 0; j < n; j += 8) {
-        float *g = s + j, pad[8];
-        const int64_t c = n - j < 8 ? n - j : 8;
-        if (c < 8) { /* the partial last group, through a padded copy */
-            for (int64_t i = 0; i < 8; ++i) pad[i] = i < c ? g[i] : -INFINITY;
+    kiln_vf total = {0};
+    for (int64_t j = 0; j < n; j += KILN_VL) {
+        float *g = s + j, pad[KILN_VL];
+        const int64_t c = n - j < KILN_VL ? n - j : KILN_VL;
+        if (c < KILN_VL) { /* the partial last group, through a padded copy */
+            for (int64_t i = 0; i < KILN_VL; ++i) pad[i] = i < c ? g[i] : -INFINITY;
             g = pad;
         }
-        const kiln_v8 x = kiln_ld8(g);
-        kiln_v8 w = kiln_exp2_v8((x - m) * l2e);
-        w = kiln_sel8(x == -INFINITY, kiln_splat8(0.0f), w);
-        w = kiln_sel8(x != x, x, w);
-        memcpy(g, &w, 32);
+        const kiln_vf x = kiln_ldv(g);
+        kiln_vf w = kiln_exp2v((x - m) * l2e);
+        w = kiln_selv(x == -INFINITY, kiln_splatv(0.0f), w);
+        w = kiln_selv(x != x, x, w);
+        kiln_stv(g, w);
         total += w;
-        if (c < 8) for (int64_t i = 0; i < c; ++i) s[j + i] = pad[i];
+        if (c < KILN_VL) for (int64_t i = 0; i < c; ++i) s[j + i] = pad[i];
     }
-    return kiln_hsum8(total);
+    return kiln_hsumv(total);
 }
 /* o[m, n] += sum_k p[m*ldp + k] * v[k*ldv + n]: the block's weights times its value rows,
- * value rows contiguous along n. 2 rows x 32 columns of accumulators per pass, so each value
- * load serves two rows. */
+ * value rows contiguous along n. Passes of 2 rows x KILN_PV_NV vectors of columns of
+ * accumulators (128 columns with AVX-512's 32 registers, 32 with AVX2's 16), so each value
+ * load serves two rows; every element is one chain over k in order, whatever the pass. */
+#if KILN_VL == 16
+#define KILN_PV_NV 8
+#else
+#define KILN_PV_NV 4
+#endif
+#define KILN_PV_COLS (KILN_PV_NV * KILN_VL)
 static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
                         const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
     int64_t n = 0;
-    for (; n + 32 <= N; n += 32) {
+    for (; n + KILN_PV_COLS <= N; n += KILN_PV_COLS) {
         int64_t m = 0;
         for (; m + 2 <= M; m += 2) {
             float *o0 = o + m * ldo + n, *o1 = o0 + ldo;
             const float *p0 = p + m * ldp, *p1 = p0 + ldp;
-            kiln_v8 a00 = kiln_ld8(o0), a01 = kiln_ld8(o0 + 8), a02 = kiln_ld8(o0 + 16), a03 = kiln_ld8(o0 + 24);
-            kiln_v8 a10 = kiln_ld8(o1), a11 = kiln_ld8(o1 + 8), a12 = kiln_ld8(o1 + 16), a13 = kiln_ld8(o1 + 24);
+            kiln_vf a0[KILN_PV_NV], a1[KILN_PV_NV];
+#pragma GCC unroll 8
+            for (int j = 0; j < KILN_PV_NV; ++j) { a0[j] = kiln_ldv(o0 + j * KILN_VL); a1[j] = kiln_ldv(o1 + j * KILN_VL); }
             for (int64_t k = 0; k < K; ++k) {
                 const float *vr = v + k * ldv + n;
-                const kiln_v8 x0 = kiln_splat8(p0[k]), x1 = kiln_splat8(p1[k]);
-                kiln_v8 y0 = kiln_ld8(vr), y1 = kiln_ld8(vr + 8), y2 = kiln_ld8(vr + 16), y3 = kiln_ld8(vr + 24);
-                KILN_IN_REG(y0); KILN_IN_REG(y1); KILN_IN_REG(y2); KILN_IN_REG(y3);
-                a00 += x0 * y0; a10 += x1 * y0; a01 += x0 * y1; a11 += x1 * y1;
-                a02 += x0 * y2; a12 += x1 * y2; a03 += x0 * y3; a13 += x1 * y3;
+                const kiln_vf x0 = kiln_splatv(p0[k]), x1 = kiln_splatv(p1[k]);
+#pragma GCC unroll 8
+                for (int j = 0; j < KILN_PV_NV; ++j) {
+                    kiln_vf y = kiln_ldv(vr + j * KILN_VL);
+                    KILN_IN_REG(y);
+                    a0[j] += x0 * y; a1[j] += x1 * y;
+                }
             }
-            memcpy(o0, &a00, 32); memcpy(o0 + 8, &a01, 32); memcpy(o0 + 16, &a02, 32); memcpy(o0 + 24, &a03, 32);
-            memcpy(o1, &a10, 32); memcpy(o1 + 8, &a11, 32); memcpy(o1 + 16, &a12, 32); memcpy(o1 + 24, &a13, 32);
+#pragma GCC unroll 8
+            for (int j = 0; j < KILN_PV_NV; ++j) { kiln_stv(o0 + j * KILN_VL, a0[j]); kiln_stv(o1 + j * KILN_VL, a1[j]); }
         }
         for (; m < M; ++m) {
             float *o0 = o + m * ldo + n;
             const float *p0 = p + m * ldp;
-            kiln_v8 a0 = kiln_ld8(o0), a1 = kiln_ld8(o0 + 8), a2 = kiln_ld8(o0 + 16), a3 = kiln_ld8(o0 + 24);
+            kiln_vf a0[KILN_PV_NV];
+#pragma GCC unroll 8
+            for (int j = 0; j < KILN_PV_NV; ++j) a0[j] = kiln_ldv(o0 + j * KILN_VL);
             for (int64_t k = 0; k < K; ++k) {
                 const float *vr = v + k * ldv + n;
-                const kiln_v8 x0 = kiln_splat8(p0[k]);
-                a0 += x0 * kiln_ld8(vr); a1 += x0 * kiln_ld8(vr + 8);
-                a2 += x0 * kiln_ld8(vr + 16); a3 += x0 * kiln_ld8(vr + 24);
+                const kiln_vf x0 = kiln_splatv(p0[k]);
+#pragma GCC unroll 8
+                for (int j = 0; j < KILN_PV_NV; ++j) a0[j] += x0 * kiln_ldv(vr + j * KILN_VL);
             }
-            memcpy(o0, &a0, 32); memcpy(o0 + 8, &a1, 32); memcpy(o0 + 16, &a2, 32); memcpy(o0 + 24, &a3, 32);
+#pragma GCC unroll 8
+            for (int j = 0; j < KILN_PV_NV; ++j) kiln_stv(o0 + j * KILN_VL, a0[j]);
         }
     }
+    for (; n + KILN_VL <= N; n += KILN_VL) /* columns left: one vector at a time */
+        for (int64_t m = 0; m < M; ++m) {
+            kiln_vf a0 = kiln_ldv(o + m * ldo + n);
+            for (int64_t k = 0; k < K; ++k) a0 += kiln_splatv(p[m * ldp + k]) * kiln_ldv(v + k * ldv + n);
+            kiln_stv(o + m * ldo + n, a0);
+        }
     for (; n < N; ++n)
         for (int64_t m = 0; m < M; ++m) {
             float acc = o[m * ldo + n];

@@ -58,7 +58,7 @@ fn test_cache() -> Option<kiln_compile::KernelCache> {
         .ok()
 }
 
-pub fn load_with(dir: &Path, target: &dyn kiln_runtime::Target) -> Result<Model, ModelError> {
+pub fn load_with(dir: &Path, target: &dyn kiln_compile::Target) -> Result<Model, ModelError> {
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 1,
@@ -77,18 +77,8 @@ pub fn load(dir: &Path) -> Result<Model, ModelError> {
 /// The prompt and greedy ids (16, EOS disabled) transformers computed for `prompt` of fixture
 /// `name`.
 pub fn reference(name: &str, prompt: &str) -> (Vec<u32>, Vec<u32>) {
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture(name).join(format!("reference/{prompt}.json"))).unwrap(),
-    )
-    .unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        v[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
-    (ids("prompt_ids"), ids("greedy_ids"))
+    let r = kiln_models::testing::Reference::read(name, prompt);
+    (r.prompt_ids, r.greedy_ids)
 }
 
 /// One tensor of a safetensors file: (name, dtype, shape, bytes).

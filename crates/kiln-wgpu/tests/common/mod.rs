@@ -4,11 +4,11 @@
 
 use kiln_compile::CompileOptions;
 // Not every test binary uses every helper.
+use kiln_compile::Target;
 #[allow(unused_imports)]
 pub use kiln_ir::testing::{assert_close, inputs, values};
 use kiln_ir::{Graph, Tensor};
 pub use kiln_runtime::Executable;
-use kiln_runtime::Target;
 use kiln_wgpu::{WgpuBackend, WgpuOptions};
 use std::collections::HashMap;
 
@@ -27,7 +27,7 @@ pub fn backend() -> Option<WgpuBackend> {
         }
         Err(e) => {
             assert!(
-                std::env::var_os("KILN_REQUIRE_WGPU").is_none(),
+                !kiln_ir::testing::require("KILN_REQUIRE_WGPU"),
                 "KILN_REQUIRE_WGPU is set but there is no wgpu adapter: {e}"
             );
             static SAID: std::sync::Once = std::sync::Once::new();

@@ -1,8 +1,10 @@
 //! The boundary between the executor and a device: memory, kernels, launches. A device never
 //! sees the graph, the memory plan or carried values; the executor never sees device APIs.
 
+use crate::backend::Backend;
+use crate::kernel::Kernel;
+use crate::program::UniqueKernel;
 use crate::RunError;
-use kiln_compile::{Kernel, UniqueKernel};
 use kiln_ir::{Bindings, Tensor};
 
 /// One device (the CPU, a GPU, an emulator) as the executor drives it.
@@ -70,4 +72,20 @@ pub trait Device: Send {
 
     /// Waits for every launch so far.
     fn sync(&mut self) -> Result<(), RunError>;
+}
+
+/// A backend that can also run what it compiles, on its [`Device`].
+pub trait Runtime: Backend + Send + Sync {
+    type Device: Device<Module = Self::Module> + 'static;
+
+    /// The device the kernels run on; an error where there is none (a compile-only CUDA
+    /// backend on a machine without a GPU).
+    fn device(&self) -> Result<Self::Device, RunError>;
+
+    /// The device's own streaming bandwidth (bytes per second) and its name, where the
+    /// backend can measure it (a GPU's device-to-device copy); None for host memory, which the
+    /// caller measures itself.
+    fn bandwidth(&self) -> Option<Result<(String, f64), RunError>> {
+        None
+    }
 }

@@ -2,30 +2,8 @@
 //! The pipeline never special-cases a backend; a backend never schedules, caches or dedupes.
 
 use crate::kernel::Kernel;
+use crate::source::KernelSource;
 use std::time::Duration;
-
-/// Canonical source of one kernel and the function name inside it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelSource {
-    pub name: String,
-    pub source: String,
-}
-
-/// Placeholder a backend writes where the kernel's function name goes.
-pub const NAME_PLACEHOLDER: &str = "KILN_KERNEL_NAME";
-
-impl KernelSource {
-    /// Names a kernel after its label and a hash of its source, so the name (and therefore the
-    /// whole source) depends only on the kernel's structure.
-    pub fn named(label: &str, template: &str) -> KernelSource {
-        let hash = blake3::hash(template.as_bytes()).to_hex();
-        let name = format!("kiln_{label}_{}", &hash[..16]);
-        KernelSource {
-            source: template.replace(NAME_PLACEHOLDER, &name),
-            name,
-        }
-    }
-}
 
 /// What went wrong in a backend. Messages are complete sentences fragments a user can act on;
 /// compiler diagnostics are kept verbatim.
@@ -68,7 +46,7 @@ impl BackendError {
 }
 
 /// A device compiler and loader: codegen, compile, verify and load. Implemented by each
-/// backend crate; driven by [`crate::compile`].
+/// backend crate; driven by the compile pipeline (`kiln_compile::compile`).
 pub trait Backend: Sync {
     /// A loaded artifact (a shared object, a CUDA module).
     type Module;
@@ -109,7 +87,7 @@ pub trait Backend: Sync {
 
     /// Whether this backend renders the kinds the fusion passes make (`Attention`,
     /// `ReduceMap`, matmul `Epilogue`s). A backend that returns false gets the unfused
-    /// kernels whatever [`CompileOptions::fusion`](crate::CompileOptions::fusion) says: only
+    /// kernels whatever the compile's `fusion` option says: only
     /// `Elementwise`, `Reduce`, `Write` and plain `MatMul`.
     fn supports_fusion(&self) -> bool {
         true

@@ -1,15 +1,24 @@
-//! Device compilers run as child processes: each in a process group of its own, under a time
-//! limit, and killed — the whole group, so `cc1`, `as` and `ld` too — when the limit passes or
-//! when the program is interrupted. Every backend that runs an external compiler (the C
-//! compiler, the CUDA emulator's g++) goes through [`run`]; NVRTC compiles in-process and
-//! cannot be stopped this way.
+//! kiln's external device compilers, run as child processes: each in a process group of its
+//! own, under a time limit, and killed — the whole group, so `cc1`, `as` and `ld` too — when
+//! the limit passes or when the program is interrupted. Every backend that runs an external
+//! compiler (the C compiler, the CUDA emulator's g++) goes through [`run`]; NVRTC compiles
+//! in-process and cannot be stopped this way.
 //!
 //! Interruption: a program that handles SIGINT/SIGTERM (the CLI) calls [`interrupt`]; every
-//! compiler running then is killed, no new one starts, and [`crate::compile`] returns
-//! [`crate::CompileError::Interrupted`] once its workers have cleaned up (temporary folders
-//! removed, finished artifacts stored whole). [`wait_until_no_compile_runs`] lets the handler
-//! wait for that before it exits.
+//! compiler running then is killed, no new one starts, and the compile pipeline
+//! (`kiln_compile::compile`, which holds an [`ActiveCompile`] while it runs) returns
+//! `CompileError::Interrupted` once its workers have cleaned up (temporary folders removed,
+//! finished artifacts stored whole). [`wait_until_no_compile_runs`] lets the handler wait for
+//! that before it exits.
+//!
+//! A crate of its own, below the pipeline: backends run their compilers through it without
+//! depending on kiln-compile, and the state here — the interrupt flag, the process groups
+//! running, the compiles running — must exist once per process, which one small crate that
+//! everything shares guarantees. It also holds the two process-wide defaults of a compile
+//! that backends read: the time limit ([`default_compile_timeout`]) and the thread count
+//! ([`default_threads`]).
 
+use kiln_program::BackendError;
 use std::io;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -29,6 +38,25 @@ pub fn default_compile_timeout() -> Duration {
         .map_or(DEFAULT_COMPILE_TIMEOUT, Duration::from_secs)
 }
 
+/// The most compile threads kiln starts: more cost start-up time and buy nothing on any
+/// machine kiln runs on.
+pub const MAX_THREADS: usize = 1024;
+
+/// `KILN_COMPILE_THREADS` (at most [`MAX_THREADS`]), else the number of available cores.
+pub fn default_threads() -> usize {
+    std::env::var("KILN_COMPILE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .map(|n: usize| n.min(MAX_THREADS))
+        .unwrap_or_else(cores)
+}
+
+/// The number of cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Why a compiler process gave no output.
 #[derive(Debug)]
 pub enum ChildError {
@@ -42,13 +70,13 @@ pub enum ChildError {
     Wait(io::Error),
 }
 
-impl From<ChildError> for crate::BackendError {
+impl From<ChildError> for BackendError {
     fn from(e: ChildError) -> Self {
         match e {
-            ChildError::Spawn(e) => crate::BackendError::io("cannot start the compiler", e),
-            ChildError::Timeout(limit) => crate::BackendError::Timeout(limit),
-            ChildError::Interrupted => crate::BackendError::Interrupted,
-            ChildError::Wait(e) => crate::BackendError::io("waiting for the compiler", e),
+            ChildError::Spawn(e) => BackendError::io("cannot start the compiler", e),
+            ChildError::Timeout(limit) => BackendError::Timeout(limit),
+            ChildError::Interrupted => BackendError::Interrupted,
+            ChildError::Wait(e) => BackendError::io("waiting for the compiler", e),
         }
     }
 }
@@ -58,7 +86,7 @@ static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
 /// Process groups of the compilers running now. Spawning happens under this lock, so a
 /// compiler is either killed by [`interrupt`] or never started after it.
 static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-/// How many [`crate::compile`] calls are running.
+/// How many compiles ([`ActiveCompile`]s) are running.
 static ACTIVE: Mutex<usize> = Mutex::new(0);
 static IDLE: Condvar = Condvar::new();
 
@@ -170,8 +198,7 @@ fn process_exists(pid: libc::pid_t) -> bool {
 }
 
 /// Records that the program was interrupted by `signal` and kills every compiler running: the
-/// compiles in progress stop at their next step and return
-/// [`crate::CompileError::Interrupted`]. Safe to call from any thread (not from a signal
+/// compiles in progress stop at their next step and return `CompileError::Interrupted`. Safe to call from any thread (not from a signal
 /// handler itself: use a thread that receives signals, such as `signal-hook`'s iterator).
 pub fn interrupt(signal: i32) {
     let groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
@@ -189,7 +216,7 @@ pub fn interrupted() -> Option<i32> {
     }
 }
 
-/// Blocks until no [`crate::compile`] is running (right away if none is).
+/// Blocks until no compile is running (right away if none is).
 pub fn wait_until_no_compile_runs() {
     let mut active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
     while *active > 0 {
@@ -197,11 +224,12 @@ pub fn wait_until_no_compile_runs() {
     }
 }
 
-/// Counts a running compile for [`wait_until_no_compile_runs`] while it lives.
-pub(crate) struct ActiveCompile(());
+/// Counts a running compile for [`wait_until_no_compile_runs`] while it lives: the pipeline
+/// holds one from start to end.
+pub struct ActiveCompile(());
 
 impl ActiveCompile {
-    pub(crate) fn start() -> ActiveCompile {
+    pub fn start() -> ActiveCompile {
         *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         ActiveCompile(())
     }

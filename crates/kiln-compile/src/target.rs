@@ -1,26 +1,12 @@
 //! An opened backend: something a graph can be compiled for and run on. Programs embedding
 //! kiln (the CLI, the model crate, tests) hold a `&dyn Target` and never name a backend crate.
+//! It lives here, with the pipeline, because it needs both halves: [`compile`] and
+//! kiln-runtime's [`Executor`].
 
-use crate::executor::{Executable, Executor};
-use crate::{Device, RunError};
-use kiln_compile::{compile, precompile, Backend, CompileError, CompileOptions, CompileReport};
+use crate::{compile, precompile, CompileError, CompileOptions, CompileReport};
 use kiln_ir::Graph;
-
-/// A backend that can also run what it compiles, on its [`Device`].
-pub trait Runtime: Backend + Send + Sync {
-    type Device: Device<Module = Self::Module> + 'static;
-
-    /// The device the kernels run on; an error where there is none (a compile-only CUDA
-    /// backend on a machine without a GPU).
-    fn device(&self) -> Result<Self::Device, RunError>;
-
-    /// The device's own streaming bandwidth (bytes per second) and its name, where the
-    /// backend can measure it (a GPU's device-to-device copy); None for host memory, which the
-    /// caller measures itself.
-    fn bandwidth(&self) -> Option<Result<(String, f64), RunError>> {
-        None
-    }
-}
+use kiln_program::{Backend, RunError, Runtime};
+use kiln_runtime::{Executable, Executor};
 
 /// A compiled graph on its device, and how the compile went.
 pub struct Loaded {
@@ -81,8 +67,8 @@ where
         // The device first: without one, compiling would be wasted work.
         let device = self.device()?;
         let compiled = compile(graph, self, opts)?;
-        let report = compiled.report.clone();
-        let exe = Executor::new(device, compiled)?;
+        let exe = Executor::new(device, compiled.loaded)?;
+        let report = compiled.report;
         Ok(Loaded {
             exe: Box::new(exe),
             report,

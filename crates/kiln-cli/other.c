@@ -1,1 +1,0 @@
-int kiln_not_a_kernel;

@@ -1,0 +1,116 @@
+//! `kiln serve`: the OpenAI-compatible server of the `kiln-serve` crate, with the model
+//! compiled and loaded by the same flags as `kiln run`.
+
+use crate::local_cache;
+use crate::progress::Progress;
+use crate::CompileFlags;
+use clap::Args;
+use kiln_compile::CompileOptions;
+use kiln_models::{GraphOptions, LoadOptions, Model, ModelSource};
+use std::time::Duration;
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub flags: CompileFlags,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sequences generating at once (each holds a KV-cache slot of --ctx positions).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_batch: u64,
+    /// Requests that may wait for a slot; more are refused at once with 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Positions one request may fill, prompt and output (default: the model's context, at
+    /// most 4096).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    pub ctx: Option<u64>,
+    /// Prompt tokens prefilled per step, over all sequences: a long prompt is read in chunks
+    /// of this size between the other sequences' decode steps (smaller: the others wait less
+    /// for their next token; larger: a long prompt's first token comes sooner).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prefill_chunk: u64,
+    /// Require 'Authorization: Bearer KEY' on /v1 requests.
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The model id clients name (default: the preset's name, or the checkpoint folder's).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Largest request body, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds running requests get to finish after SIGTERM/SIGINT; the rest are cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+    /// Seed of a preset's random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.shutdown_grace.is_finite() && a.shutdown_grace >= 0.0,
+        "--shutdown-grace must be a number of seconds >= 0"
+    );
+    let source = ModelSource::parse(&a.flags.model)?;
+    let config = source.config()?;
+    let tokenizer = source.tokenizer()?;
+    let name = a
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| match &source {
+            ModelSource::Preset(p) => p.clone(),
+            ModelSource::Dir(d) => d
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| source.name()),
+            ModelSource::Gguf(f) => f
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| source.name()),
+        });
+    let cfg = kiln_serve::ServeConfig {
+        host: a.host.clone(),
+        port: a.port,
+        max_batch: a.max_batch as usize,
+        max_queue: a.max_queue,
+        ctx: a.ctx.map(|c| c as usize),
+        prefill_chunk: a.prefill_chunk as usize,
+        api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+        max_body_bytes: a.max_body_bytes,
+        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+    };
+    let served = kiln_serve::ServedModel {
+        name,
+        config,
+        tokenizer,
+    };
+    let flags = a.flags.clone();
+    let seed = a.seed;
+    // Compiles and loads on the engine thread, once the socket is bound.
+    let load = move || -> anyhow::Result<Model> {
+        let target = flags.open(None, false)?;
+        let progress = Progress::new(flags.trace.is_some());
+        let remote = crate::remote::open(&flags)?;
+        let opts = LoadOptions {
+            target: target.as_ref(),
+            compile: CompileOptions {
+                threads: flags.threads(),
+                cache: local_cache::open(flags.no_cache),
+                observer: Some(&progress),
+                remote: remote.as_ref(),
+                ..Default::default()
+            },
+            graph: GraphOptions::default(),
+            seed,
+        };
+        let model = Model::load(&source, &opts);
+        progress.finish(flags.trace.as_deref())?;
+        Ok(model?)
+    };
+    kiln_serve::serve(cfg, served, load)
+}

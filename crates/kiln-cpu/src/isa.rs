@@ -1,0 +1,114 @@
+//! Which vector instructions the CPU kernels are written for, and so how wide the packed
+//! weight panels are: AVX-512 (16 f32 lanes, 32-column panels, a 12 x 32 GEMM micro-kernel)
+//! or AVX2 (8 lanes, 16-column panels, 6 x 16; also what machines without AVX2 get, with the
+//! portable C paths). The C prelude derives the same choice from the compiler's target macros
+//! (`__AVX512F__` ...) and stops the compile if it disagrees with the panel width kiln-cpu
+//! defined (`KILN_NR`), so the layout a weight is packed in always matches its readers.
+//!
+//! The choice follows the compiling CPU (`-march=native`, already in the cache key);
+//! `KILN_CPU_ISA=avx2` forces the AVX2 kernels on an AVX-512 machine (the compile flags then end
+//! in `-mno-avx512f`, which is part of the compiler identity and so of every cache key), to
+//! compare the two on one machine.
+
+/// The vector ISA the kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// AVX-512 F, BW, DQ and VL.
+    Avx512,
+    /// AVX2 with FMA, or the portable paths where the target has neither.
+    Avx2,
+}
+
+/// What the user asked for with `KILN_CPU_ISA`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsaRequest {
+    /// The widest the compiling CPU has (unset, `auto` or `native`).
+    Auto,
+    /// This one.
+    Force(Isa),
+}
+
+/// The environment variable that forces an ISA.
+pub const ISA_ENV: &str = "KILN_CPU_ISA";
+
+/// Target-feature flags (as gcc resolves `-march=native`) that the AVX-512 kernels need.
+pub const AVX512_FLAGS: [&str; 4] = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"];
+
+impl Isa {
+    /// Columns per weight panel (`KILN_NR`): two vectors.
+    pub fn panel(self) -> usize {
+        match self {
+            Isa::Avx512 => 32,
+            Isa::Avx2 => 16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+        }
+    }
+
+    /// Whether the CPU this process runs on has the AVX-512 subsets the kernels use.
+    pub fn host_has_avx512() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// The widest panel any ISA uses: scratch is sized for it, whatever the kernels were compiled for.
+pub const MAX_PANEL: usize = 32;
+
+impl IsaRequest {
+    /// `KILN_CPU_ISA`: unset, empty, `auto` or `native` for the widest the CPU has; `avx2` or
+    /// `avx512`. Anything else is an error naming the variable and the accepted values.
+    pub fn from_env() -> Result<IsaRequest, String> {
+        match std::env::var(ISA_ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(IsaRequest::Auto),
+            Ok(v) => IsaRequest::parse(&v),
+            Err(e) => Err(format!("{ISA_ENV}: {e}")),
+        }
+    }
+
+    pub fn parse(v: &str) -> Result<IsaRequest, String> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" | "native" => Ok(IsaRequest::Auto),
+            "avx2" => Ok(IsaRequest::Force(Isa::Avx2)),
+            "avx512" => Ok(IsaRequest::Force(Isa::Avx512)),
+            other => Err(format!(
+                "{ISA_ENV}={other:?} is not a CPU kernel ISA: use avx2, avx512 or auto (the widest the CPU has)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variable_is_parsed_or_named_in_the_error() {
+        assert_eq!(IsaRequest::parse("").unwrap(), IsaRequest::Auto);
+        assert_eq!(IsaRequest::parse("Native").unwrap(), IsaRequest::Auto);
+        assert_eq!(
+            IsaRequest::parse("avx2").unwrap(),
+            IsaRequest::Force(Isa::Avx2)
+        );
+        assert_eq!(
+            IsaRequest::parse(" AVX512 ").unwrap(),
+            IsaRequest::Force(Isa::Avx512)
+        );
+        let e = IsaRequest::parse("sse9").unwrap_err();
+        assert!(e.contains("KILN_CPU_ISA") && e.contains("avx2"), "{e}");
+    }
+}

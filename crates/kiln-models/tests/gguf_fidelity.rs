@@ -1,0 +1,207 @@
+//! GGUF files against references kiln did not compute (tests/gguf, made by
+//! tests/gguf/make.py): every fixture file gives the greedy tokens of its NumPy reference
+//! (float64, on the weights the `gguf` package decodes from the same file) and logits within
+//! 1e-4 of it. 1e-4 is the tolerance of the safetensors fixtures: phase 1 dequantizes the
+//! weights to f32 at load (bf16 files stay bf16, widened exactly in the kernels), so kiln
+//! computes the reference's function in f32, and the only difference left is f32 rounding,
+//! as for an f32 checkpoint. The F32 and BF16 files of tiny-qwen3 also give bit-identical
+//! logits to the safetensors fixtures they were written from.
+
+use kiln_compile::CompileOptions;
+use kiln_models::{GraphOptions, LoadOptions, Model, ModelSource, QwenConfig, Sampling};
+use std::path::{Path, PathBuf};
+
+fn cpu() -> kiln_cpu::CpuBackend {
+    kiln_cpu::CpuBackend::default().with_run_threads(2)
+}
+
+/// Every fixture file's models compile to the same few kernels: one cache for the test.
+fn cache() -> Option<kiln_compile::KernelCache> {
+    kiln_compile::KernelCache::open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("gguf-cache")).ok()
+}
+
+fn load(source: &ModelSource) -> Model {
+    let cpu = cpu();
+    let opts = LoadOptions {
+        compile: CompileOptions {
+            threads: 2,
+            cache: cache(),
+            ..Default::default()
+        },
+        graph: GraphOptions::default(),
+        ..LoadOptions::new(&cpu)
+    };
+    Model::load(source, &opts).unwrap_or_else(|e| panic!("{}: {e}", source.name()))
+}
+
+/// The GGUF fixture files (sorted).
+fn gguf_files() -> Vec<PathBuf> {
+    let root = kiln_models::testing::gguf_fixtures();
+    let mut files: Vec<PathBuf> = ["tiny-qwen3", "tiny-qwen2", "qwen3-256"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    files.sort();
+    files
+}
+
+struct Reference {
+    prompt: Vec<u32>,
+    greedy: Vec<u32>,
+    step_logits: Vec<Vec<f32>>,
+}
+
+/// `X.ref.safetensors` beside `X.gguf`: per prompt, its ids, 16 greedy ids and their logits.
+fn references(gguf: &Path) -> Vec<(String, Reference)> {
+    let path = gguf.with_extension("ref.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |n: &str| -> Vec<u32> {
+        let t = st.tensor(n).unwrap();
+        t.data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    ["p1", "p2", "p3"]
+        .iter()
+        .map(|p| {
+            let t = st.tensor(&format!("{p}.step_logits")).unwrap();
+            let vocab = t.shape()[1];
+            let values: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let reference = Reference {
+                prompt: ints(&format!("{p}.prompt_ids")),
+                greedy: ints(&format!("{p}.greedy_ids")),
+                step_logits: values.chunks(vocab).map(<[f32]>::to_vec).collect(),
+            };
+            (p.to_string(), reference)
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn every_fixture_file_matches_its_numpy_reference() {
+    let files = gguf_files();
+    assert!(files.len() >= 16, "fixture files: {files:?}");
+    let mut worst = 0.0f32;
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let mut model = load(&ModelSource::Gguf(file.clone()));
+        let mut file_worst = 0.0f32;
+        for (p, r) in references(file) {
+            let g = model
+                .generate(&r.prompt, r.greedy.len(), &Sampling::default(), &[], |_| {})
+                .unwrap();
+            assert_eq!(g.generated_ids, r.greedy, "{name} {p}: greedy ids");
+            for (k, (got, want)) in g.step_logits.iter().zip(&r.step_logits).enumerate() {
+                let d = max_abs_diff(got, want);
+                assert!(
+                    d <= 1e-4,
+                    "{name} {p}: step {k} logits differ by {d} (> 1e-4)"
+                );
+                file_worst = file_worst.max(d);
+            }
+        }
+        eprintln!("{name}: max |kiln - numpy| {file_worst:.2e}");
+        worst = worst.max(file_worst);
+    }
+    eprintln!("all files: max |kiln - numpy| {worst:.2e}");
+}
+
+/// A GGUF and the safetensors checkpoint it was written from run the same graph on the same
+/// weights: the same config, and the same logits to the bit.
+fn assert_same_as_safetensors(gguf: &str, dir: &str) {
+    let gguf = kiln_models::testing::gguf_fixtures()
+        .join("tiny-qwen3")
+        .join(gguf);
+    let dir = kiln_models::testing::fixtures().join(dir);
+    let from_gguf = ModelSource::Gguf(gguf.clone()).config().unwrap();
+    let from_json = QwenConfig::from_file(&dir.join("config.json")).unwrap();
+    assert_eq!(from_gguf, from_json, "config from {}", gguf.display());
+    let mut a = load(&ModelSource::Gguf(gguf));
+    let mut b = load(&ModelSource::Dir(dir));
+    for (p, r) in
+        references(&kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-F32.gguf"))
+    {
+        let ga = a
+            .generate(&r.prompt, 16, &Sampling::default(), &[], |_| {})
+            .unwrap();
+        let gb = b
+            .generate(&r.prompt, 16, &Sampling::default(), &[], |_| {})
+            .unwrap();
+        assert_eq!(ga.generated_ids, gb.generated_ids, "{p}: greedy ids");
+        for (k, (x, y)) in ga.step_logits.iter().zip(&gb.step_logits).enumerate() {
+            let same = x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{p}: step {k} logits differ by {}",
+                max_abs_diff(x, y)
+            );
+        }
+    }
+}
+
+#[test]
+fn configs_from_gguf_metadata_equal_config_json() {
+    // tiny-qwen2: Qwen2's q/k/v biases, head_dim = hidden / heads, an untied LM head.
+    for (dir, file) in [
+        ("tiny-qwen2", "tiny-qwen2-Q8_0.gguf"),
+        ("qwen3-256", "qwen3-256-Q4_K_M.gguf"),
+    ] {
+        let dir = kiln_models::testing::gguf_fixtures().join(dir);
+        let from_gguf = ModelSource::Gguf(dir.join(file)).config().unwrap();
+        let from_json = QwenConfig::from_file(&dir.join("config.json")).unwrap();
+        assert_eq!(from_gguf, from_json, "{file}");
+    }
+}
+
+#[test]
+fn f32_gguf_equals_the_safetensors_fixture() {
+    assert_same_as_safetensors("tiny-qwen3-F32.gguf", "tiny-qwen3");
+}
+
+#[test]
+fn bf16_gguf_equals_the_bf16_safetensors_fixture() {
+    assert_same_as_safetensors("tiny-qwen3-BF16.gguf", "tiny-qwen3-bf16");
+}
+
+#[test]
+fn weight_dtype_bf16_rounds_decoded_weights_to_bf16() {
+    // A Q8_0 file loaded with bf16 matrices: the dequantized weights are rounded to bf16, so
+    // the logits move (by bf16 rounding, far more than f32 rounding) but stay close.
+    let file = kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-Q8_0.gguf");
+    let cpu = cpu();
+    let opts = LoadOptions {
+        compile: CompileOptions {
+            threads: 2,
+            cache: cache(),
+            ..Default::default()
+        },
+        graph: GraphOptions {
+            weight_dtype: Some(kiln_models::WeightDtype::BF16),
+            ..Default::default()
+        },
+        ..LoadOptions::new(&cpu)
+    };
+    let mut m = Model::load(&ModelSource::Gguf(file.clone()), &opts).unwrap();
+    let (_, r) = references(&file).remove(0);
+    let g = m
+        .generate(&r.prompt, 1, &Sampling::default(), &[], |_| {})
+        .unwrap();
+    let d = max_abs_diff(&g.step_logits[0], &r.step_logits[0]);
+    assert!(d > 1e-4 && d < 0.1, "bf16 weights: logits differ by {d}");
+}

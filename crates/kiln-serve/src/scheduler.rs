@@ -1,0 +1,788 @@
+//! Continuous batching, as decisions only: which sequences run at each step and what each
+//! does. No I/O, no model, no clock: the driver feeds it requests, sampled tokens and
+//! cancellations, and asks it for the next [`Step`], which the engine executes.
+//!
+//! A step is built in this order:
+//! 1. sequences that finished since the last step (end of sequence, `max_tokens`, the
+//!    context, a stop string, a cancellation, a failure) leave and free their KV slot;
+//! 2. waiting requests are admitted first come, first served while a slot is free and the
+//!    batch has room (`max_batch`): they join this step, nobody waits for the batch to drain;
+//! 3. every running sequence past its prompt decodes one token;
+//! 4. sequences still reading their prompt prefill the next chunk of it, in admission order,
+//!    up to `prefill_chunk` prompt tokens in the whole step: a long prompt is read over
+//!    several steps and never stalls the others' decoding for more than one chunk.
+//!
+//! The KV-slot pool: `kv_slots` slots of `slot_positions` positions each (`--max-batch`
+//! slots of `--ctx` positions). A slot is a sequence's KV cache from admission to finish.
+
+use kiln_models::Sampling;
+use std::collections::VecDeque;
+
+/// A sequence (one request) for the whole of its life.
+pub type SeqId = u64;
+/// A KV-cache slot of the pool.
+pub type SlotId = usize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Sequences running at once.
+    pub max_batch: usize,
+    /// KV-cache slots in the pool.
+    pub kv_slots: usize,
+    /// Positions one slot holds (prompt and generated tokens): the context of a sequence.
+    pub slot_positions: usize,
+    /// Prompt tokens prefilled per step, over all sequences.
+    pub prefill_chunk: usize,
+}
+
+/// A request as the scheduler sees it: token ids and limits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeqRequest {
+    pub id: SeqId,
+    pub prompt: Vec<u32>,
+    /// Tokens to generate at most.
+    pub max_tokens: usize,
+    /// Tokens that end the sequence (end of sequence; `<|im_end|>`), included in its output.
+    pub stop_ids: Vec<u32>,
+    /// How the engine chooses its tokens (passed on at admission, never read here).
+    pub sampling: Sampling,
+}
+
+/// Why a sequence left the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// It sampled one of its stop ids.
+    Eos,
+    /// It generated `max_tokens`.
+    MaxTokens,
+    /// Prompt and output fill its slot (the context).
+    ContextFull,
+    /// Its text reached a stop string (decided by the driver, which sees the text).
+    StopString,
+    /// Its client went away, or the server is shutting down.
+    Cancelled,
+    /// The engine failed on it (the message says how).
+    Failed(String),
+}
+
+impl Finish {
+    /// OpenAI's `finish_reason`: `stop` or `length` (None: the request did not complete).
+    pub fn openai_reason(&self) -> Option<&'static str> {
+        match self {
+            Finish::Eos | Finish::StopString => Some("stop"),
+            Finish::MaxTokens | Finish::ContextFull => Some("length"),
+            Finish::Cancelled | Finish::Failed(_) => None,
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Finish::Eos => "eos",
+            Finish::MaxTokens => "max_tokens",
+            Finish::ContextFull => "context",
+            Finish::StopString => "stop_string",
+            Finish::Cancelled => "cancelled",
+            Finish::Failed(_) => "failed",
+        }
+    }
+}
+
+/// A sequence admitted into the batch at this step, with the slot it holds until it finishes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admitted {
+    pub seq: SeqId,
+    pub slot: SlotId,
+    pub sampling: Sampling,
+}
+
+/// Prompt tokens `position..position + tokens.len()` of a sequence to run into its slot.
+/// After the `last` chunk the engine samples the sequence's first token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prefill {
+    pub seq: SeqId,
+    pub slot: SlotId,
+    pub position: usize,
+    pub tokens: Vec<u32>,
+    pub last: bool,
+}
+
+/// The sequence's last sampled `token`, to run at `position`; the engine samples the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decode {
+    pub seq: SeqId,
+    pub slot: SlotId,
+    pub position: usize,
+    pub token: u32,
+}
+
+/// A sequence that left; its slot (None: it never got one) is free from this step on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub seq: SeqId,
+    pub slot: Option<SlotId>,
+    pub reason: Finish,
+}
+
+/// What one step does. The engine releases `finished` slots, sets up `admitted` ones, then
+/// runs `decode` and `prefill` (in any order: they touch different slots).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Step {
+    pub finished: Vec<Finished>,
+    pub admitted: Vec<Admitted>,
+    pub decode: Vec<Decode>,
+    pub prefill: Vec<Prefill>,
+}
+
+impl Step {
+    /// Whether the model runs at all in this step.
+    pub fn has_work(&self) -> bool {
+        !self.decode.is_empty() || !self.prefill.is_empty()
+    }
+
+    /// Sequences the model runs in this step.
+    pub fn batch_size(&self) -> usize {
+        self.decode.len() + self.prefill.len()
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    req: SeqRequest,
+    slot: SlotId,
+    /// Prompt tokens already run into the slot (scheduled, counting this step's chunk).
+    prefilled: usize,
+    /// Tokens sampled so far.
+    generated: usize,
+    last_token: Option<u32>,
+    /// Set when it finished; it leaves at the next step.
+    finish: Option<Finish>,
+    /// A token is expected from the engine for it (it was in the last step's work).
+    awaiting_token: bool,
+}
+
+/// A request refused at [`Scheduler::submit`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error(
+        "the prompt has {prompt} tokens; a sequence holds {positions} positions and must \
+         leave room for at least one new token"
+    )]
+    PromptTooLong { prompt: usize, positions: usize },
+    #[error("max_tokens must be at least 1")]
+    NoTokens,
+    #[error("sequence {0} is already known")]
+    Duplicate(SeqId),
+}
+
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    waiting: VecDeque<SeqRequest>,
+    /// Waiting requests cancelled before admission: they leave at the next step.
+    cancelled_waiting: Vec<SeqId>,
+    /// In admission order.
+    running: Vec<Running>,
+    free_slots: Vec<SlotId>,
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig) -> Scheduler {
+        assert!(
+            cfg.max_batch >= 1 && cfg.kv_slots >= 1 && cfg.prefill_chunk >= 1,
+            "a scheduler needs a batch, a slot and a chunk of at least 1: {cfg:?}"
+        );
+        Scheduler {
+            cfg,
+            waiting: VecDeque::new(),
+            cancelled_waiting: Vec::new(),
+            running: Vec::new(),
+            // Popped from the end: slot 0 is handed out first.
+            free_slots: (0..cfg.kv_slots).rev().collect(),
+        }
+    }
+
+    pub fn config(&self) -> SchedulerConfig {
+        self.cfg
+    }
+
+    /// Queues a request; it is admitted at a step with a free slot.
+    pub fn submit(&mut self, req: SeqRequest) -> Result<(), SubmitError> {
+        if req.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if req.prompt.len() >= self.cfg.slot_positions {
+            return Err(SubmitError::PromptTooLong {
+                prompt: req.prompt.len(),
+                positions: self.cfg.slot_positions,
+            });
+        }
+        if req.max_tokens == 0 {
+            return Err(SubmitError::NoTokens);
+        }
+        if self.knows(req.id) {
+            return Err(SubmitError::Duplicate(req.id));
+        }
+        self.waiting.push_back(req);
+        Ok(())
+    }
+
+    fn knows(&self, seq: SeqId) -> bool {
+        self.waiting.iter().any(|r| r.id == seq) || self.running.iter().any(|r| r.req.id == seq)
+    }
+
+    /// The client of `seq` went away (or the server stops): it leaves at the next step,
+    /// freeing its slot. Unknown or finished sequences are ignored.
+    pub fn cancel(&mut self, seq: SeqId) {
+        self.end(seq, Finish::Cancelled);
+    }
+
+    /// Ends `seq` for a reason found outside the scheduler (a stop string in its text, an
+    /// engine failure); it leaves at the next step. A sequence that already finished keeps
+    /// its first reason.
+    pub fn end(&mut self, seq: SeqId, reason: Finish) {
+        if let Some(i) = self.waiting.iter().position(|r| r.id == seq) {
+            self.waiting.remove(i);
+            self.cancelled_waiting.push(seq);
+        } else if let Some(r) = self.running.iter_mut().find(|r| r.req.id == seq) {
+            r.finish.get_or_insert(reason);
+        }
+    }
+
+    /// A token the engine sampled for `seq` (after its prompt's last chunk or a decode).
+    /// Returns why the sequence finishes if this token ends it; it then leaves at the next
+    /// step. The finishing token is part of the output.
+    pub fn record(&mut self, seq: SeqId, token: u32) -> Option<Finish> {
+        let positions = self.cfg.slot_positions;
+        let r = self.running.iter_mut().find(|r| r.req.id == seq)?;
+        if !r.awaiting_token || r.finish.is_some() {
+            return None;
+        }
+        r.awaiting_token = false;
+        r.generated += 1;
+        r.last_token = Some(token);
+        // The order of `Model::generate`: a stop id, then the count, then the context (the
+        // sampled token would take the position after the ones the slot holds).
+        let reason = if r.req.stop_ids.contains(&token) {
+            Some(Finish::Eos)
+        } else if r.generated >= r.req.max_tokens {
+            Some(Finish::MaxTokens)
+        } else if r.req.prompt.len() + r.generated >= positions {
+            Some(Finish::ContextFull)
+        } else {
+            None
+        };
+        r.finish = reason.clone();
+        reason
+    }
+
+    /// The next step (see the module's documentation for the order of decisions).
+    pub fn plan(&mut self) -> Step {
+        let mut step = Step::default();
+        for seq in self.cancelled_waiting.drain(..) {
+            step.finished.push(Finished {
+                seq,
+                slot: None,
+                reason: Finish::Cancelled,
+            });
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if let Some(reason) = self.running[i].finish.clone() {
+                let r = self.running.remove(i);
+                self.free_slots.push(r.slot);
+                step.finished.push(Finished {
+                    seq: r.req.id,
+                    slot: Some(r.slot),
+                    reason,
+                });
+            } else {
+                i += 1;
+            }
+        }
+        while self.running.len() < self.cfg.max_batch && !self.waiting.is_empty() {
+            let Some(slot) = self.free_slots.pop() else {
+                break;
+            };
+            let req = self.waiting.pop_front().expect("not empty");
+            step.admitted.push(Admitted {
+                seq: req.id,
+                slot,
+                sampling: req.sampling.clone(),
+            });
+            self.running.push(Running {
+                req,
+                slot,
+                prefilled: 0,
+                generated: 0,
+                last_token: None,
+                finish: None,
+                awaiting_token: false,
+            });
+        }
+        let mut budget = self.cfg.prefill_chunk;
+        for r in &mut self.running {
+            if r.awaiting_token {
+                // The engine did not report a token for it last step (it failed and the
+                // driver ended it, or the driver lost track): never schedule it twice.
+                continue;
+            }
+            if r.prefilled == r.req.prompt.len() {
+                let token = r
+                    .last_token
+                    .expect("a sequence past its prompt has a token");
+                step.decode.push(Decode {
+                    seq: r.req.id,
+                    slot: r.slot,
+                    position: r.req.prompt.len() + r.generated - 1,
+                    token,
+                });
+                r.awaiting_token = true;
+            } else if budget > 0 {
+                let n = budget.min(r.req.prompt.len() - r.prefilled);
+                let last = r.prefilled + n == r.req.prompt.len();
+                step.prefill.push(Prefill {
+                    seq: r.req.id,
+                    slot: r.slot,
+                    position: r.prefilled,
+                    tokens: r.req.prompt[r.prefilled..r.prefilled + n].to_vec(),
+                    last,
+                });
+                r.prefilled += n;
+                r.awaiting_token = last;
+                budget -= n;
+            }
+        }
+        step
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences holding a slot (finished ones until the next step frees them).
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn free_slots(&self) -> usize {
+        self.free_slots.len()
+    }
+
+    /// Nothing waits, runs, or has to be reported as finished.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty() && self.cancelled_waiting.is_empty()
+    }
+
+    /// Ids of every sequence the scheduler holds (waiting or running).
+    pub fn sequences(&self) -> Vec<SeqId> {
+        self.waiting
+            .iter()
+            .map(|r| r.id)
+            .chain(self.running.iter().map(|r| r.req.id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max_batch: usize, positions: usize, chunk: usize) -> SchedulerConfig {
+        SchedulerConfig {
+            max_batch,
+            kv_slots: max_batch,
+            slot_positions: positions,
+            prefill_chunk: chunk,
+        }
+    }
+
+    fn req(id: SeqId, prompt_len: usize, max_tokens: usize) -> SeqRequest {
+        SeqRequest {
+            id,
+            prompt: (0..prompt_len as u32).map(|i| 10 + i).collect(),
+            max_tokens,
+            stop_ids: vec![2],
+            sampling: Sampling::default(),
+        }
+    }
+
+    fn admitted(seq: SeqId, slot: SlotId) -> Admitted {
+        Admitted {
+            seq,
+            slot,
+            sampling: Sampling::default(),
+        }
+    }
+
+    /// Feeds a token to every sequence the step ran to the end of its prompt or decoded.
+    fn sample_all(s: &mut Scheduler, step: &Step, token: u32) -> Vec<(SeqId, Finish)> {
+        let mut done = vec![];
+        let sampled = step
+            .decode
+            .iter()
+            .map(|d| d.seq)
+            .chain(step.prefill.iter().filter(|p| p.last).map(|p| p.seq));
+        for seq in sampled.collect::<Vec<_>>() {
+            if let Some(f) = s.record(seq, token) {
+                done.push((seq, f));
+            }
+        }
+        done
+    }
+
+    #[test]
+    fn a_request_prefills_then_decodes_until_max_tokens() {
+        let mut s = Scheduler::new(cfg(4, 64, 16));
+        s.submit(req(1, 5, 3)).unwrap();
+        let st = s.plan();
+        assert_eq!(st.admitted, vec![admitted(1, 0)]);
+        assert_eq!(
+            st.prefill,
+            vec![Prefill {
+                seq: 1,
+                slot: 0,
+                position: 0,
+                tokens: vec![10, 11, 12, 13, 14],
+                last: true
+            }]
+        );
+        assert!(st.decode.is_empty());
+        assert_eq!(sample_all(&mut s, &st, 7), vec![]);
+        let st = s.plan();
+        assert_eq!(
+            st.decode,
+            vec![Decode {
+                seq: 1,
+                slot: 0,
+                position: 5,
+                token: 7
+            }]
+        );
+        assert_eq!(sample_all(&mut s, &st, 8), vec![]);
+        let st = s.plan();
+        assert_eq!(st.decode[0].position, 6);
+        assert_eq!(sample_all(&mut s, &st, 9), vec![(1, Finish::MaxTokens)]);
+        let st = s.plan();
+        assert_eq!(
+            st.finished,
+            vec![Finished {
+                seq: 1,
+                slot: Some(0),
+                reason: Finish::MaxTokens
+            }]
+        );
+        assert!(!st.has_work());
+        assert!(s.is_idle());
+        assert_eq!(s.free_slots(), 4);
+    }
+
+    #[test]
+    fn a_stop_id_ends_the_sequence_and_counts_as_output() {
+        let mut s = Scheduler::new(cfg(1, 64, 16));
+        s.submit(req(1, 3, 10)).unwrap();
+        let st = s.plan();
+        assert_eq!(s.record(1, 2), Some(Finish::Eos));
+        assert_eq!(s.record(1, 5), None, "no token after the end");
+        assert_eq!(st.batch_size(), 1);
+        assert_eq!(s.plan().finished[0].reason, Finish::Eos);
+    }
+
+    #[test]
+    fn the_context_ends_a_sequence_with_its_last_token() {
+        // 8 positions: a 5-token prompt leaves room for 3 new tokens (the third is sampled
+        // but never run), as `Model::generate` does.
+        let mut s = Scheduler::new(cfg(1, 8, 16));
+        s.submit(req(1, 5, 100)).unwrap();
+        let mut got = vec![];
+        loop {
+            let st = s.plan();
+            if !st.finished.is_empty() {
+                assert_eq!(st.finished[0].reason, Finish::ContextFull);
+                break;
+            }
+            for d in &st.decode {
+                assert!(d.position < 8, "position {} past the slot", d.position);
+            }
+            got.extend(sample_all(&mut s, &st, 20 + got.len() as u32));
+        }
+        assert_eq!(got, vec![(1, Finish::ContextFull)]);
+    }
+
+    #[test]
+    fn long_prompts_are_prefilled_in_chunks_beside_decoding_sequences() {
+        let mut s = Scheduler::new(cfg(4, 256, 8));
+        s.submit(req(1, 3, 100)).unwrap();
+        let st = s.plan();
+        sample_all(&mut s, &st, 5);
+        // A 20-token prompt arrives while 1 decodes: it joins the next step at once, is read
+        // 8 tokens per step, and 1 decodes at every one of those steps.
+        s.submit(req(2, 20, 100)).unwrap();
+        let mut chunks = vec![];
+        for _ in 0..3 {
+            let st = s.plan();
+            assert_eq!(st.decode.len(), 1, "sequence 1 decodes every step: {st:?}");
+            assert_eq!(st.decode[0].seq, 1);
+            let p = &st.prefill[0];
+            chunks.push((p.position, p.tokens.len(), p.last));
+            sample_all(&mut s, &st, 5);
+        }
+        assert_eq!(chunks, vec![(0, 8, false), (8, 8, false), (16, 4, true)]);
+        let st = s.plan();
+        assert_eq!(st.decode.len(), 2, "both decode once 2's prompt is in");
+        assert_eq!(st.decode[1].position, 20);
+    }
+
+    #[test]
+    fn the_prefill_budget_is_shared_in_admission_order() {
+        let mut s = Scheduler::new(cfg(4, 256, 10));
+        s.submit(req(1, 6, 5)).unwrap();
+        s.submit(req(2, 6, 5)).unwrap();
+        s.submit(req(3, 6, 5)).unwrap();
+        let st = s.plan();
+        assert_eq!(st.admitted.len(), 3);
+        let got: Vec<(SeqId, usize, usize)> = st
+            .prefill
+            .iter()
+            .map(|p| (p.seq, p.position, p.tokens.len()))
+            .collect();
+        assert_eq!(got, vec![(1, 0, 6), (2, 0, 4)]);
+        sample_all(&mut s, &st, 5);
+        let st = s.plan();
+        let got: Vec<(SeqId, usize, usize)> = st
+            .prefill
+            .iter()
+            .map(|p| (p.seq, p.position, p.tokens.len()))
+            .collect();
+        assert_eq!(got, vec![(2, 4, 2), (3, 0, 6)]);
+        assert_eq!(st.decode.len(), 1);
+    }
+
+    #[test]
+    fn requests_wait_for_a_slot_and_join_when_one_frees() {
+        let mut s = Scheduler::new(cfg(2, 64, 64));
+        for id in 1..=4 {
+            s.submit(req(id, 4, 2)).unwrap();
+        }
+        let st = s.plan();
+        assert_eq!(st.admitted.len(), 2);
+        assert_eq!((s.running(), s.waiting(), s.free_slots()), (2, 2, 0));
+        sample_all(&mut s, &st, 5);
+        let st = s.plan();
+        assert!(st.admitted.is_empty(), "no slot is free yet");
+        // Both reach max_tokens = 2; their slots free at the next step, where 3 and 4 join.
+        assert_eq!(sample_all(&mut s, &st, 5).len(), 2);
+        let st = s.plan();
+        assert_eq!(st.finished.len(), 2);
+        let slots: Vec<SlotId> = st.admitted.iter().map(|a| a.slot).collect();
+        let mut freed: Vec<SlotId> = st.finished.iter().filter_map(|f| f.slot).collect();
+        freed.sort();
+        let mut slots_sorted = slots.clone();
+        slots_sorted.sort();
+        assert_eq!(slots_sorted, freed, "the new ones take the freed slots");
+        assert_eq!(st.prefill.len(), 2);
+    }
+
+    #[test]
+    fn the_batch_is_capped_by_max_batch_and_by_the_slots() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch: 3,
+            kv_slots: 2,
+            slot_positions: 64,
+            prefill_chunk: 64,
+        });
+        for id in 1..=5 {
+            s.submit(req(id, 4, 50)).unwrap();
+        }
+        assert_eq!(s.plan().admitted.len(), 2, "two slots");
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch: 1,
+            kv_slots: 4,
+            slot_positions: 64,
+            prefill_chunk: 64,
+        });
+        for id in 1..=5 {
+            s.submit(req(id, 4, 50)).unwrap();
+        }
+        assert_eq!(s.plan().admitted.len(), 1, "a batch of one");
+    }
+
+    #[test]
+    fn a_cancelled_sequence_frees_its_slot_at_the_next_step() {
+        let mut s = Scheduler::new(cfg(1, 64, 64));
+        s.submit(req(1, 4, 50)).unwrap();
+        s.submit(req(2, 4, 50)).unwrap();
+        let st = s.plan();
+        sample_all(&mut s, &st, 5);
+        s.cancel(1);
+        assert_eq!(
+            s.record(1, 5),
+            None,
+            "a cancelled sequence takes no more tokens"
+        );
+        let st = s.plan();
+        assert_eq!(
+            st.finished,
+            vec![Finished {
+                seq: 1,
+                slot: Some(0),
+                reason: Finish::Cancelled
+            }]
+        );
+        assert_eq!(st.admitted, vec![admitted(2, 0)]);
+        assert!(st.decode.is_empty(), "1 no longer runs");
+    }
+
+    #[test]
+    fn a_cancelled_waiting_request_leaves_without_a_slot() {
+        let mut s = Scheduler::new(cfg(1, 64, 64));
+        s.submit(req(1, 4, 50)).unwrap();
+        s.submit(req(2, 4, 50)).unwrap();
+        s.submit(req(3, 4, 50)).unwrap();
+        let st = s.plan();
+        sample_all(&mut s, &st, 5);
+        s.cancel(2);
+        assert_eq!(s.waiting(), 1);
+        let st = s.plan();
+        assert_eq!(
+            st.finished,
+            vec![Finished {
+                seq: 2,
+                slot: None,
+                reason: Finish::Cancelled
+            }]
+        );
+        assert_eq!(st.decode.len(), 1);
+        s.cancel(99); // unknown: ignored
+        assert!(s.plan().finished.is_empty());
+    }
+
+    #[test]
+    fn a_stop_string_or_a_failure_ends_a_sequence_with_that_reason() {
+        let mut s = Scheduler::new(cfg(2, 64, 64));
+        s.submit(req(1, 4, 50)).unwrap();
+        s.submit(req(2, 4, 50)).unwrap();
+        let st = s.plan();
+        sample_all(&mut s, &st, 5);
+        s.end(1, Finish::StopString);
+        s.end(1, Finish::Cancelled); // the first reason stays
+        s.end(2, Finish::Failed("boom".into()));
+        let st = s.plan();
+        let reasons: Vec<Finish> = st.finished.iter().map(|f| f.reason.clone()).collect();
+        assert_eq!(
+            reasons,
+            vec![Finish::StopString, Finish::Failed("boom".into())]
+        );
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_sequence_without_its_token_is_not_scheduled_again() {
+        // The engine reported nothing for 1 (the driver will end it): 1 must not decode a
+        // stale token; 2 goes on.
+        let mut s = Scheduler::new(cfg(2, 64, 64));
+        s.submit(req(1, 4, 50)).unwrap();
+        s.submit(req(2, 4, 50)).unwrap();
+        s.plan();
+        s.record(2, 5);
+        let st = s.plan();
+        assert_eq!(st.decode.len(), 1);
+        assert_eq!(st.decode[0].seq, 2);
+        assert!(st.prefill.is_empty());
+    }
+
+    #[test]
+    fn bad_requests_are_refused_at_submit() {
+        let mut s = Scheduler::new(cfg(1, 8, 8));
+        assert_eq!(s.submit(req(1, 0, 5)), Err(SubmitError::EmptyPrompt));
+        assert_eq!(
+            s.submit(req(1, 8, 5)),
+            Err(SubmitError::PromptTooLong {
+                prompt: 8,
+                positions: 8
+            })
+        );
+        assert_eq!(s.submit(req(1, 4, 0)), Err(SubmitError::NoTokens));
+        s.submit(req(1, 7, 5)).unwrap();
+        assert_eq!(s.submit(req(1, 2, 5)), Err(SubmitError::Duplicate(1)));
+    }
+
+    #[test]
+    fn every_request_finishes_exactly_once_under_random_traffic() {
+        // A deterministic pseudo-random mix of arrivals, lengths, cancellations and stop ids:
+        // each request is admitted once, finishes once, never runs twice in a step, never
+        // shares a slot, and positions always advance by what ran.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch: 4,
+            kv_slots: 4,
+            slot_positions: 48,
+            prefill_chunk: 10,
+        });
+        let (mut next, mut admitted, mut finished) = (0u64, vec![], vec![]);
+        let mut positions = std::collections::HashMap::new();
+        for _ in 0..2000 {
+            if next < 300 && rand(3) == 0 {
+                s.submit(req(next, 1 + rand(40) as usize, 1 + rand(20) as usize))
+                    .unwrap();
+                next += 1;
+            }
+            if rand(20) == 0 {
+                let ids = s.sequences();
+                if !ids.is_empty() {
+                    s.cancel(ids[rand(ids.len() as u64) as usize]);
+                }
+            }
+            let st = s.plan();
+            let mut slots = std::collections::HashSet::new();
+            let mut seqs = std::collections::HashSet::new();
+            for a in &st.admitted {
+                admitted.push(a.seq);
+            }
+            for f in &st.finished {
+                finished.push(f.seq);
+            }
+            for (seq, slot, pos, len) in st
+                .decode
+                .iter()
+                .map(|d| (d.seq, d.slot, d.position, 1))
+                .chain(
+                    st.prefill
+                        .iter()
+                        .map(|p| (p.seq, p.slot, p.position, p.tokens.len())),
+                )
+            {
+                assert!(slots.insert(slot), "slot {slot} twice in a step");
+                assert!(seqs.insert(seq), "sequence {seq} twice in a step");
+                let at = positions.entry(seq).or_insert(0);
+                assert_eq!(*at, pos, "sequence {seq} runs at the position it reached");
+                *at += len;
+                assert!(*at <= 48);
+            }
+            let stop = if rand(30) == 0 { 2 } else { 3 };
+            sample_all(&mut s, &st, stop);
+        }
+        while !s.is_idle() {
+            let st = s.plan();
+            finished.extend(st.finished.iter().map(|f| f.seq));
+            sample_all(&mut s, &st, 3);
+        }
+        finished.sort();
+        let mut all: Vec<u64> = (0..next).collect();
+        all.sort();
+        assert_eq!(finished, all, "each request finishes exactly once");
+        let mut a = admitted.clone();
+        a.sort();
+        a.dedup();
+        assert_eq!(a.len(), admitted.len(), "admitted once");
+        assert_eq!(s.free_slots(), 4);
+    }
+}
