@@ -22,9 +22,10 @@ pub struct ServeArgs {
     /// Sequences generating at once (each holds a KV-cache slot of --ctx positions).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_batch: u64,
-    /// Requests that may wait for a slot; more are refused at once with 429.
-    #[arg(long, default_value_t = 64)]
-    pub max_queue: usize,
+    /// Requests that may wait for a slot (at least 1: a request waits until the next step
+    /// admits it); more are refused at once with 429.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queue: u64,
     /// Positions one request may fill, prompt and output (default: the model's context, at
     /// most 4096).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
@@ -77,7 +78,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         host: a.host.clone(),
         port: a.port,
         max_batch: a.max_batch as usize,
-        max_queue: a.max_queue,
+        max_queue: a.max_queue as usize,
         ctx: a.ctx.map(|c| c as usize),
         prefill_chunk: a.prefill_chunk as usize,
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),

@@ -92,7 +92,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(model: &Path, extra: &[&str]) -> Server {
+    /// A server that has bound its socket (its model may still be loading).
+    fn spawn(model: &Path, extra: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(["serve", "--model"])
             .arg(model)
@@ -136,7 +137,12 @@ impl Server {
                 );
             }
         };
-        let s = Server { child, base, log };
+        Server { child, base, log }
+    }
+
+    /// A server whose model is loaded (`/health` answers 200).
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let s = Server::spawn(model, extra);
         let client = s.client();
         let t = Instant::now();
         loop {
@@ -754,6 +760,65 @@ fn a_bounded_load_run_loses_and_duplicates_nothing() {
     let m = server.metrics();
     assert_eq!(metric(&m, "kiln_requests_total{outcome=\"length\"}"), 200.0);
     assert_eq!(metric(&m, "kiln_queue_depth"), 0.0);
+    // One log line per request, naming it.
+    let t = Instant::now();
+    loop {
+        let log = server.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("request id=cmpl-") && l.contains("finish_reason=length"))
+            .collect();
+        if lines.len() == 200 {
+            for id in &ids {
+                assert_eq!(
+                    lines
+                        .iter()
+                        .filter(|l| l.contains(&format!("id={id} ")))
+                        .count(),
+                    1,
+                    "{id}"
+                );
+            }
+            break;
+        }
+        assert!(
+            lines.len() < 200 && t.elapsed() < Duration::from_secs(10),
+            "{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn health_is_503_until_the_model_is_loaded() {
+    // Compiled afresh (a few seconds): the socket answers before the model is ready.
+    let server = Server::spawn(tiny(), &["--no-cache"]);
+    let c = server.client();
+    let r = c.get("/health").unwrap();
+    assert_eq!(
+        (r.status, r.json().unwrap()["status"].clone()),
+        (503, json!("loading"))
+    );
+    let r = c
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": [1, 2], "max_tokens": 2}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json().unwrap()["error"]["code"], "model_loading");
+    let t = Instant::now();
+    while c.get("/health").unwrap().status != 200 {
+        assert!(t.elapsed() < Duration::from_secs(180), "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = c
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": [1, 2], "max_tokens": 2}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 #[test]

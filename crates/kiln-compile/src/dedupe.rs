@@ -16,6 +16,9 @@ pub struct Deduped {
     pub step_kernel: Vec<usize>,
     /// Launches of each distinct kernel.
     pub uses: Vec<usize>,
+    /// Whether equal kernels were merged (off only to measure what dedupe saves); codegen
+    /// then merges kernels whose sources come out equal too.
+    pub enabled: bool,
 }
 
 /// Finds the distinct kernels; with `enabled` false every launch keeps its own (to measure
@@ -48,6 +51,7 @@ pub fn dedupe(program: &Program, enabled: bool) -> Deduped {
         kernels,
         step_kernel,
         uses,
+        enabled,
     }
 }
 
@@ -59,10 +63,11 @@ impl Deduped {
     pub fn merge_equal_sources(&mut self, sources: Vec<KernelSource>) -> Vec<KernelSource> {
         let mut first: HashMap<String, usize> = HashMap::new();
         let mut remap = Vec::with_capacity(sources.len());
-        let (mut kernels, mut uses, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut kernels, mut uses) = (Vec::new(), Vec::new());
+        let mut kept: Vec<KernelSource> = Vec::new();
         for (i, s) in sources.into_iter().enumerate() {
             match first.get(&s.name) {
-                Some(&j) if kept[j] == s => {
+                Some(&j) if kept[j].same_text(&s) => {
                     uses[j] += self.uses[i];
                     remap.push(j);
                 }
@@ -88,7 +93,7 @@ impl Deduped {
 mod tests {
     use super::*;
     use kiln_ir::{DType, Expr};
-    use kiln_program::{KernelKind, ScalarExpr};
+    use kiln_program::{KernelKind, LaunchSpec, ScalarExpr};
 
     fn copy(shape: Expr) -> Kernel {
         Kernel {
@@ -116,10 +121,17 @@ mod tests {
             kernels: vec![ab, ba],
             step_kernel: vec![0, 1, 1, 0],
             uses: vec![2, 2],
+            enabled: true,
         };
-        // A backend that prints the size as a parameter renders both the same.
-        let src = KernelSource::named("elementwise", "void KILN_KERNEL_NAME() {}");
-        let kept = d.merge_equal_sources(vec![src.clone(), src]);
+        // A backend that prints the size as a parameter renders both the same text; their
+        // launch specs differ as the kernels do, and evaluate alike.
+        let rendered = |units: &Kernel| {
+            let launch = LaunchSpec::units(vec![], units.out_shape[0].clone(), Expr::Const(1));
+            KernelSource::named("elementwise", "void KILN_KERNEL_NAME() {}", launch)
+        };
+        let sources: Vec<KernelSource> = d.kernels.iter().map(rendered).collect();
+        assert_ne!(sources[0].launch, sources[1].launch);
+        let kept = d.merge_equal_sources(sources);
         assert_eq!(kept.len(), 1);
         assert_eq!(d.kernels.len(), 1);
         assert_eq!(d.uses, vec![4]);

@@ -1,4 +1,7 @@
-use crate::BackendError;
+//! Why a compile failed: [`CompileError`], and for kernels the compiler rejected, where their
+//! source was written for the user to open.
+
+use kiln_program::{BackendError, KernelSource};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -55,4 +58,21 @@ impl fmt::Display for KernelFailures<'_> {
         }
         Ok(())
     }
+}
+
+/// Writes a failing kernel's source where the user can open it: a new folder per compile,
+/// readable by this user only, which the error message names.
+pub(crate) fn write_failed_source(src: &KernelSource, ext: &str) -> Option<std::path::PathBuf> {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("kiln-failed-kernels-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .ok()
+            .map(|d| d.keep())
+    });
+    let path = dir.as_ref()?.join(format!("{}.{ext}", src.name));
+    std::fs::write(&path, &src.source).ok()?;
+    Some(path)
 }

@@ -2,51 +2,79 @@
 //! contexts are not thread-safe). A cached artifact that fails to load is a miss: its entry is
 //! removed and the unit rebuilt, never a permanent failure.
 
-use crate::observer::{notify, Event, Observer};
-use crate::CompileError;
+use crate::context::Context;
+use crate::error::{CompileError, KernelFailure};
+use crate::parallel::compile_unit;
+use crate::store::store_built;
+use crate::unit::Unit;
 use kiln_program::{Backend, BackendError};
 
-/// Loads `artifacts[u]` for every unit. For a unit that came from the cache and fails to load,
-/// `rebuild(u)` removes its entry (at `entry_path(u)`), compiles it again (replacing
-/// `artifacts[u]`) and the load is retried once.
+/// One loaded module per unit, in the units' order.
 pub fn load_units<B: Backend>(
-    backend: &B,
-    artifacts: &mut [Vec<u8>],
-    from_cache: &[bool],
-    unit_name: impl Fn(usize) -> String,
-    entry_path: impl Fn(usize) -> Option<std::path::PathBuf>,
-    mut rebuild: impl FnMut(usize) -> Result<Vec<u8>, CompileError>,
-    observer: Option<&dyn Observer>,
+    units: &mut [Unit],
+    cx: &Context<B>,
 ) -> Result<Vec<B::Module>, CompileError> {
-    let mut modules = Vec::with_capacity(artifacts.len());
-    for u in 0..artifacts.len() {
-        let module = match backend.load(&artifacts[u]) {
-            Ok(m) => m,
-            Err(e) if from_cache[u] => {
-                let entry = entry_path(u)
-                    .map(|p| format!(" (cache entry {})", p.display()))
-                    .unwrap_or_default();
-                let message = format!(
-                    "the cached artifact of kernel {}{entry} failed to load ({e}); removed it, rebuilding",
-                    unit_name(u)
-                );
-                tracing::debug!("{message}");
-                notify(observer, &Event::Warning { message: &message });
-                artifacts[u] = rebuild(u)?;
-                backend
-                    .load(&artifacts[u])
-                    .map_err(|source| load_error(&unit_name(u), source))?
-            }
-            Err(source) => return Err(load_error(&unit_name(u), source)),
-        };
-        modules.push(module);
-    }
-    Ok(modules)
+    units.iter_mut().map(|unit| load_unit(unit, cx)).collect()
 }
 
-fn load_error(kernel: &str, source: BackendError) -> CompileError {
+/// Loads a unit's artifact; one that came from a cache and fails to load is rebuilt and the
+/// load retried once.
+fn load_unit<B: Backend>(unit: &mut Unit, cx: &Context<B>) -> Result<B::Module, CompileError> {
+    let artifact = unit
+        .artifact
+        .as_deref()
+        .expect("every unit has its artifact");
+    match cx.backend.load(artifact) {
+        Ok(module) => Ok(module),
+        Err(e) if unit.cached() => {
+            let entry = cx
+                .opts
+                .cache
+                .as_ref()
+                .map(|c| c.entry_path(cx.backend.name(), &unit.key))
+                .map(|p| format!(" (cache entry {})", p.display()))
+                .unwrap_or_default();
+            cx.warn(&format!(
+                "the cached artifact of kernel {}{entry} failed to load ({e}); removed it, rebuilding",
+                unit.label()
+            ));
+            let artifact = rebuild(unit, cx)?;
+            let module = cx.backend.load(&artifact);
+            unit.artifact = Some(artifact);
+            module.map_err(|source| load_error(unit, source))
+        }
+        Err(source) => Err(load_error(unit, source)),
+    }
+}
+
+/// Removes a unit's cache entry and compiles it again; the new artifact is stored like any
+/// built one.
+fn rebuild<B: Backend>(unit: &Unit, cx: &Context<B>) -> Result<Vec<u8>, CompileError> {
+    if let Some(cache) = &cx.opts.cache {
+        cache.remove(cx.backend.name(), &unit.key);
+    }
+    let outcome = compile_unit(cx.backend, &cx.sources_of(&unit.kernels), cx.observer());
+    match outcome.result {
+        Ok(artifact) => {
+            store_built(cx, unit, &artifact, outcome.secs);
+            Ok(artifact)
+        }
+        Err(errors) => Err(CompileError::Kernels(
+            errors
+                .into_iter()
+                .map(|(i, error)| KernelFailure {
+                    kernel: unit.names[i].clone(),
+                    source_path: None,
+                    error,
+                })
+                .collect(),
+        )),
+    }
+}
+
+fn load_error(unit: &Unit, source: BackendError) -> CompileError {
     CompileError::Load {
-        kernel: kernel.to_string(),
+        kernel: unit.label(),
         source,
     }
 }

@@ -91,6 +91,12 @@ pub fn notify(observer: Option<&dyn Observer>, e: &Event<'_>) {
     }
 }
 
+/// A warning: something that does not stop the compile, logged and sent to `observer`.
+pub(crate) fn warn(observer: Option<&dyn Observer>, message: &str) {
+    tracing::debug!("{message}");
+    notify(observer, &Event::Warning { message });
+}
+
 /// Observers compose: the CLI may draw progress and record a trace at once.
 impl<A: Observer, B: Observer> Observer for (A, B) {
     fn event(&self, e: &Event<'_>) {

@@ -4,9 +4,12 @@
 //! it ran out of time or was interrupted, which its kernels alone would do again. Once the
 //! program is interrupted, units not yet started are not started.
 
-use crate::observer::{Event, Observer};
-use crate::pool::Workers;
-use crate::schedule::Job;
+use crate::context::Context;
+use crate::driver::check_interrupt;
+use crate::error::{write_failed_source, CompileError, KernelFailure};
+use crate::observer::{notify, Event, Observer};
+use crate::store::store_built;
+use crate::unit::{Origin, Unit};
 use kiln_program::{Backend, BackendError, KernelSource};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -22,35 +25,90 @@ pub struct Outcome {
     pub invocations: usize,
 }
 
-/// Compiles `units` (each a list of kernel sources) on `pool`, at most `limit` at once.
-/// `built(i, artifact, secs)` is called on the worker as soon as `units[i]` is built.
-pub fn compile_units<B: Backend>(
-    backend: &B,
-    units: &[&Job],
-    sources: &[KernelSource],
-    pool: &Workers,
-    limit: Option<usize>,
-    observer: Option<&dyn Observer>,
-    built: &(dyn Fn(usize, &[u8], f64) + Sync),
-) -> Vec<Outcome> {
-    pool.run_jobs(units, limit, |i, job| {
-        if kiln_process::interrupted().is_some() {
-            return Outcome {
-                result: Err((0..job.kernels.len())
-                    .map(|i| (i, BackendError::Interrupted))
-                    .collect()),
-                secs: 0.0,
-                busy_s: 0.0,
-                invocations: 0,
-            };
+/// Compiles the wanted units that have no artifact yet on the workers, in the schedule's
+/// order, at most as many at once as the memory budget allows; each is stored as soon as it
+/// is built. Fails, once every worker is done, with every failing kernel (sorted by name), or
+/// with the interruption that stopped it.
+pub fn compile_missing<B: Backend>(
+    units: &mut [Unit],
+    cx: &Context<B>,
+) -> Result<(), CompileError> {
+    let missing: Vec<usize> = (0..units.len())
+        .filter(|&u| units[u].wanted && units[u].artifact.is_none())
+        .collect();
+    let jobs: Vec<&Unit> = missing.iter().map(|&u| &units[u]).collect();
+    let kernels = jobs.iter().map(|j| j.kernels.len()).sum();
+    let queued = Event::CompileQueued {
+        jobs: jobs.len(),
+        kernels,
+    };
+    notify(cx.observer(), &queued);
+    let limit = cx
+        .opts
+        .memory_budget
+        .map(|b| (b / cx.backend.compile_memory_estimate().max(1)).max(1) as usize);
+    let outcomes = cx
+        .pool
+        .run_jobs(&jobs, limit, |_, unit| compile_job(unit, cx));
+    let mut failures = Vec::new();
+    for (&u, outcome) in missing.iter().zip(outcomes) {
+        failures.extend(record(&mut units[u], outcome, cx));
+    }
+    // Whole artifacts compiled before an interruption are stored; nothing else is.
+    check_interrupt()?;
+    if !failures.is_empty() {
+        failures.sort_by(|a, b| a.kernel.cmp(&b.kernel));
+        return Err(CompileError::Kernels(failures));
+    }
+    Ok(())
+}
+
+/// Compiles one unit on a worker and stores what it built; once the program is interrupted,
+/// a unit not yet started is not started.
+fn compile_job<B: Backend>(unit: &Unit, cx: &Context<B>) -> Outcome {
+    if kiln_process::interrupted().is_some() {
+        return Outcome {
+            result: Err((0..unit.kernels.len())
+                .map(|i| (i, BackendError::Interrupted))
+                .collect()),
+            secs: 0.0,
+            busy_s: 0.0,
+            invocations: 0,
+        };
+    }
+    let outcome = compile_unit(cx.backend, &cx.sources_of(&unit.kernels), cx.observer());
+    if let Ok(artifact) = &outcome.result {
+        store_built(cx, unit, artifact, outcome.secs);
+    }
+    outcome
+}
+
+/// Records a unit's outcome in it; returns its failing kernels, their sources written where the
+/// user can open them.
+fn record<B: Backend>(unit: &mut Unit, outcome: Outcome, cx: &Context<B>) -> Vec<KernelFailure> {
+    unit.busy_s += outcome.busy_s;
+    unit.invocations += outcome.invocations;
+    let errors = match outcome.result {
+        Ok(artifact) => {
+            unit.origin = Some(Origin::Compiled);
+            unit.artifact = Some(artifact);
+            unit.compile_ms = outcome.secs * 1e3;
+            return Vec::new();
         }
-        let ks: Vec<&KernelSource> = job.kernels.iter().map(|&k| &sources[k]).collect();
-        let outcome = compile_unit(backend, &ks, observer);
-        if let Ok(artifact) = &outcome.result {
-            built(i, artifact, outcome.secs);
-        }
-        outcome
-    })
+        Err(errors) => errors,
+    };
+    let ext = cx.backend.source_extension();
+    errors
+        .into_iter()
+        .map(|(i, error)| KernelFailure {
+            kernel: unit.names[i].clone(),
+            source_path: match error {
+                BackendError::Interrupted => None,
+                _ => write_failed_source(&cx.sources[unit.kernels[i]], ext),
+            },
+            error,
+        })
+        .collect()
 }
 
 /// One compiler invocation, its artifact verified; a panic becomes an error.

@@ -1,6 +1,5 @@
 //! The compile workers: a dedicated rayon pool, or the calling thread alone for `threads = 1`.
 
-use crate::schedule::Job;
 use crate::CompileError;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,11 +39,11 @@ impl Workers {
     /// Runs jobs in list order (the schedule's LPT order): each worker takes the next job when
     /// it is free, and `f(i, job)` runs it. At most `limit` jobs run at once when given.
     /// Results come back in job order.
-    pub fn run_jobs<R: Send>(
+    pub fn run_jobs<T: Sync, R: Send>(
         &self,
-        jobs: &[&Job],
+        jobs: &[T],
         limit: Option<usize>,
-        f: impl Fn(usize, &Job) -> R + Sync,
+        f: impl Fn(usize, &T) -> R + Sync,
     ) -> Vec<R> {
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<R>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
@@ -55,7 +54,7 @@ impl Workers {
                 break;
             }
             gate.acquire();
-            let out = f(i, jobs[i]);
+            let out = f(i, &jobs[i]);
             gate.release();
             *slots[i].lock().expect("slot") = Some(out);
         };

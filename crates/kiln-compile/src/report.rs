@@ -1,6 +1,12 @@
 //! What every compile reports.
 
+use crate::context::Context;
+use crate::observer::Stage;
+use crate::store::RemoteOutcome;
+use crate::unit::{unit_of_kernel, Origin, Unit};
+use kiln_program::Backend;
 use serde::Serialize;
+use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StageTime {
@@ -85,8 +91,8 @@ pub struct ShardReport {
 /// The artifact digest: a hash over the compile units' (key, artifact) pairs in key order. Units
 /// depend only on the kernels, so the digest is the same for any thread count and whatever
 /// the cache held.
-pub fn artifact_digest(keys: &[String], artifacts: &[Vec<u8>]) -> String {
-    let mut pairs: Vec<(&String, &Vec<u8>)> = keys.iter().zip(artifacts).collect();
+pub fn artifact_digest<'a>(units: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut pairs: Vec<(&str, &[u8])> = units.into_iter().collect();
     pairs.sort();
     pairs.dedup_by(|a, b| a.0 == b.0);
     let mut h = blake3::Hasher::new();
@@ -108,4 +114,91 @@ pub fn peak_rss_mb() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// What the report needs besides the compile's context and units.
+pub(crate) struct Finish {
+    /// Kernel launches in the program.
+    pub launches: usize,
+    pub stages: Vec<StageTime>,
+    /// When the compile started.
+    pub started: Instant,
+    pub remote: RemoteOutcome,
+}
+
+/// The report of a finished compile, from its units.
+pub(crate) fn build<B: Backend>(cx: &Context<B>, units: &[Unit], end: Finish) -> CompileReport {
+    let kernels_in = |pick: &dyn Fn(&Unit) -> bool| -> usize {
+        units
+            .iter()
+            .filter(|u| pick(u))
+            .map(|u| u.kernels.len())
+            .sum()
+    };
+    let built = |u: &Unit| u.origin == Some(Origin::Compiled);
+    let busy: f64 = units.iter().map(|u| u.busy_s).sum();
+    let compile_wall = end
+        .stages
+        .iter()
+        .find(|s| s.name == Stage::ParallelCompile.name())
+        .map_or(0.0, |s| s.ms / 1e3);
+    let totals = end.remote.totals;
+    let wanted = units.iter().filter(|u| u.wanted);
+    let artifacts = wanted.clone().map(|u| {
+        let artifact = u
+            .artifact
+            .as_deref()
+            .expect("every wanted unit has its artifact");
+        (u.key.as_str(), artifact)
+    });
+    CompileReport {
+        backend: cx.backend.name().into(),
+        compiler: cx.identity.clone(),
+        threads: cx.opts.threads,
+        kernels_total: end.launches,
+        kernels_unique: cx.sources.len(),
+        cache_hits: kernels_in(&Unit::cached),
+        compiled: kernels_in(&built),
+        compiler_invocations: units.iter().map(|u| u.invocations).sum(),
+        compile_ms: end.started.elapsed().as_secs_f64() * 1e3,
+        stages: end.stages,
+        parallel_efficiency: if units.iter().any(built) {
+            busy / (cx.opts.threads as f64 * compile_wall)
+        } else {
+            1.0
+        },
+        peak_rss_mb: peak_rss_mb(),
+        artifact_digest: artifact_digest(artifacts),
+        remote_hits: kernels_in(&|u| u.origin == Some(Origin::Remote)),
+        remote_misses: kernels_in(&|u| u.asked_remote && u.origin != Some(Origin::Remote)),
+        remote_errors: totals.errors,
+        remote_bytes_down: totals.bytes_down,
+        remote_bytes_up: totals.bytes_up,
+        remote: end.remote.report,
+        shard: cx.opts.shard.map(|s| ShardReport {
+            index: s.index,
+            count: s.count,
+            units: wanted.count(),
+            kernels: kernels_in(&|u| u.wanted),
+        }),
+        kernels: kernel_reports(cx, units),
+    }
+}
+
+/// One line per distinct kernel: its uses, its source's size, and its unit's provenance and
+/// compile time.
+fn kernel_reports<B: Backend>(cx: &Context<B>, units: &[Unit]) -> Vec<KernelReport> {
+    let unit_of = unit_of_kernel(units, cx.sources.len());
+    cx.sources
+        .iter()
+        .enumerate()
+        .map(|(k, source)| KernelReport {
+            name: source.name.clone(),
+            label: cx.kernels.kernels[k].label(),
+            uses: cx.kernels.uses[k],
+            source_bytes: source.source.len(),
+            cached: units[unit_of[k]].cached(),
+            compile_ms: units[unit_of[k]].compile_ms,
+        })
+        .collect()
 }

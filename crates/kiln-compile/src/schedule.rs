@@ -6,6 +6,11 @@
 //! cache holds — so the artifacts, and the artifact digest, are the same for every `--threads`
 //! and every cache state.
 
+use crate::cache::cache_key;
+use crate::context::Context;
+use crate::unit::Unit;
+use kiln_program::Backend;
+
 /// One compile unit: indices into the list of distinct kernels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
@@ -69,6 +74,42 @@ pub fn plan(estimates: &[u64], names: &[String], batching: bool) -> Vec<Job> {
             .then_with(|| names[a.kernels[0]].cmp(&names[b.kernels[0]]))
     });
     jobs
+}
+
+/// The compile units of the distinct kernels (planned from their sources' sizes and names),
+/// each keyed for the caches; with [`CompileOptions::shard`](crate::CompileOptions::shard),
+/// the units of other shards are not wanted.
+pub fn units<B: Backend>(cx: &Context<B>) -> Vec<Unit> {
+    let names: Vec<String> = cx.sources.iter().map(|s| s.name.clone()).collect();
+    let estimates: Vec<u64> = cx.sources.iter().map(|s| s.source.len() as u64).collect();
+    // Without dedupe, equal kernels have equal names and cannot share a unit.
+    let jobs = plan(&estimates, &names, cx.opts.batching && cx.opts.dedupe);
+    let keys: Vec<String> = jobs
+        .iter()
+        .map(|job| {
+            let sources: Vec<&str> = job
+                .kernels
+                .iter()
+                .map(|&k| cx.sources[k].source.as_str())
+                .collect();
+            cache_key(cx.backend.name(), &cx.identity, &sources)
+        })
+        .collect();
+    let wanted = match cx.opts.shard {
+        Some(shard) => shard.select(&jobs, &keys),
+        None => vec![true; jobs.len()],
+    };
+    jobs.into_iter()
+        .zip(keys)
+        .zip(wanted)
+        .map(|((job, key), wanted)| {
+            let unit_names = job.kernels.iter().map(|&k| names[k].clone()).collect();
+            Unit {
+                wanted,
+                ..Unit::new(job.kernels, unit_names, job.estimate, key)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

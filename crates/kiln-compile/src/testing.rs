@@ -25,7 +25,7 @@ impl<B: Backend> Backend for Faulty<B> {
         if self.broken.contains(&k.label().as_str()) {
             return KernelSource {
                 source: s.source.replacen("{\n", "{\n    broken_on_purpose;\n", 1),
-                name: s.name,
+                ..s
             };
         }
         s

@@ -459,7 +459,8 @@ int kiln_selftest(void) {
         for (int ci = 0; ci < 3; ++ci)
             for (int bf = 0; bf < 2; ++bf) {
                 const int64_t m = rows[ri], c0 = cols[ci], tn = kiln_min(N - c0, KILN_NC);
-                kiln_gemm_ctx ctx = {abuf, bbuf, 0, 0};
+                kiln_gemm_state st = {0, 0};
+                kiln_gemm_ctx ctx = {abuf, bbuf, &st};
                 if (bf) kiln_packed_tile_bf16(&ctx, a, K, wpb, K, 0, m, c0, tn, t, KILN_NC);
                 else kiln_packed_tile_f32(&ctx, a, K, wpf, K, 0, m, c0, tn, t, KILN_NC);
                 for (int64_t i = 0; i < m; ++i)

@@ -7,12 +7,17 @@
 //! `buf[0]` is the output, `buf[1 + i]` input `i`; `sym` holds the kernel's symbols in sorted
 //! order; `[lo, hi)` is the range of parallel work units this call computes (rows for
 //! elementwise and row-reduction kernels, output elements for reductions, output blocks for
-//! matmuls); `scratch` is the calling worker's scratch memory, at least [`scratch_bytes`]
-//! bytes, 64-byte aligned (only matmuls use it).
+//! matmuls); `scratch` is the calling worker's scratch memory, at least the launch spec's
+//! `scratch` bytes, 64-byte aligned, its first [`SCRATCH_HEADER`] bytes zeroed before each
+//! launch (only matmuls and attention use it).
+//!
+//! [`launch`] is the launch spec that goes with the text: the work units, the element
+//! operations of one unit (the device splits large launches over its threads) and the scratch
+//! bytes, as expressions the device evaluates at each launch.
 
 use crate::pack::packed_weight;
 use kiln_ir::{numel, DType, Expr};
-use kiln_program::{Kernel, KernelKind, NAME_PLACEHOLDER};
+use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
 use kiln_render::cstyle::CStyle;
 use kiln_render::parts::{
     element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
@@ -43,8 +48,17 @@ pub const MM_KC: i64 = 1024;
 pub const ATT_ROWS: i64 = 16;
 pub const ATT_KEYS: i64 = 64;
 
+/// How the CPU device launches `k`: its work units, the operations of one, its scratch.
+pub fn launch(k: &Kernel) -> LaunchSpec {
+    let (units, unit_work) = work_units(k);
+    LaunchSpec {
+        scratch: scratch_bytes(k),
+        ..LaunchSpec::units(k.symbols(), units, unit_work)
+    }
+}
+
 /// Units of parallel work for a kernel and the work (in element operations) of each unit.
-pub fn work_units(k: &Kernel) -> (Expr, Expr) {
+fn work_units(k: &Kernel) -> (Expr, Expr) {
     let ops = k.op_count() as i64;
     match &k.kind {
         KernelKind::Elementwise { .. } => match k.out_shape.split_last() {
@@ -92,10 +106,15 @@ fn blocks(len: &Expr, block: i64) -> Expr {
     len.clone().add(block - 1).div(block)
 }
 
+/// The first bytes of every worker's scratch, which the device zeroes before each launch: a
+/// packed matmul keeps there which rows of A the worker has packed in this launch
+/// (`kiln_gemm_state`), so that its later calls of the launch reuse them.
+pub const SCRATCH_HEADER: i64 = 64;
+
 /// Bytes of scratch one call of `k` needs: for a matmul, one `MC x NC` f32 tile per product
-/// slot, and with a packed weight the packed rows of A (`MC x K`) and a widened bf16 strip
-/// (`KC x NR`); each part 64-byte aligned.
-pub fn scratch_bytes(k: &Kernel) -> Expr {
+/// slot, and with a packed weight the launch's packing state ([`SCRATCH_HEADER`]), the packed
+/// rows of A (`MC x K`) and a widened bf16 strip (`KC x NR`); each part 64-byte aligned.
+fn scratch_bytes(k: &Kernel) -> Expr {
     if let KernelKind::Attention { dv, .. } = &k.kind {
         // The rows' unnormalised outputs, and the scores and biases of one key block.
         return dv
@@ -116,7 +135,9 @@ pub fn scratch_bytes(k: &Kernel) -> Expr {
     }
     // Sized for the widest panel, whatever ISA the kernel is compiled for.
     let strip = (MM_KC * crate::isa::MAX_PANEL as i64) * 4 + 64;
-    tiles.add(depth.clone().mul(MM_MC * 4)).add(strip + 64)
+    tiles
+        .add(depth.clone().mul(MM_MC * 4))
+        .add(strip + 64 + SCRATCH_HEADER)
 }
 
 /// The function header and the declarations of symbols, output and inputs.
@@ -332,15 +353,23 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         mm.cols.join(", ")
     )
     .unwrap();
-    writeln!(s, "    float *kiln_tiles = (float *)kiln_scratch;").unwrap();
     if packed.is_some() {
+        // The launch's packing state first (zeroed by the device at every launch), then the
+        // tiles, the packed rows of A and the widened bf16 strip.
         writeln!(
             s,
-            "    char *kiln_rest = (char *)kiln_scratch + {};",
+            "    float *kiln_tiles = (float *)((char *)kiln_scratch + {SCRATCH_HEADER});"
+        )
+        .unwrap();
+        writeln!(
+            s,
+            "    char *kiln_rest = (char *)kiln_tiles + {};",
             slots as i64 * tile * 4 + 64
         )
         .unwrap();
-        writeln!(s, "    kiln_gemm_ctx kiln_ctx = {{ (float *)kiln_rest, (float *)(kiln_rest + ((K * {MM_MC} * 4 + 63) / 64) * 64), 0, 0 }};").unwrap();
+        writeln!(s, "    kiln_gemm_ctx kiln_ctx = {{ (float *)kiln_rest, (float *)(kiln_rest + ((K * {MM_MC} * 4 + 63) / 64) * 64), (kiln_gemm_state *)kiln_scratch }};").unwrap();
+    } else {
+        writeln!(s, "    float *kiln_tiles = (float *)kiln_scratch;").unwrap();
     }
     writeln!(
         s,

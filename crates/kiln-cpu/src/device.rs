@@ -4,11 +4,11 @@
 //! matmuls read as `x @ W^T` are packed into panels when they are bound ([`crate::pack`]);
 //! each worker has scratch memory that kernels use for their tiles.
 
-use crate::codegen::{scratch_bytes, work_units};
+use crate::codegen::SCRATCH_HEADER;
 use crate::pack::{pack, packed_weight};
 use crate::CpuModule;
 use kiln_ir::{Bindings, DType, Expr, Tensor};
-use kiln_program::{Device, RunError};
+use kiln_program::{Device, LaunchSpec, RunError};
 use kiln_program::{Kernel, KernelKind, UniqueKernel};
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -20,15 +20,14 @@ type KernelFn = unsafe extern "C" fn(*const *mut c_void, *const i64, i64, i64, *
 /// Below this many element operations a kernel runs on the calling thread: splitting costs more.
 const PARALLEL_WORK_THRESHOLD: i64 = 1 << 15;
 
-/// A kernel's function and how its work splits.
+/// A kernel's function and how its work splits (its launch spec, from codegen).
 pub struct CpuKernel {
     name: String,
     f: KernelFn,
-    units: Expr,
-    unit_work: Expr,
-    symbols: Vec<String>,
-    /// Scratch bytes per call.
-    scratch: Expr,
+    launch: LaunchSpec,
+    /// The launch spec's symbols in `sym[]` order, as expressions made once (a launch
+    /// evaluates them without allocating).
+    symbols: Vec<Expr>,
     /// The input read as packed panels, its dtype, depth (`K`) and panel width (`KILN_NR`
     /// of the module the kernel was compiled in).
     packed: Option<(usize, DType, Expr, usize)>,
@@ -78,10 +77,18 @@ impl Scratch {
         }
     }
 
+    /// Each thread's scratch, with its first [`SCRATCH_HEADER`] bytes zeroed: a launch starts
+    /// with no state from the one before.
     fn ptrs(&self) -> Vec<usize> {
         self.arenas
             .iter()
-            .map(|a| (a.as_mut_ptr() as usize).next_multiple_of(64))
+            .map(|a| {
+                let p = (a.as_mut_ptr() as usize).next_multiple_of(64);
+                // SAFETY: the arena holds at least `bytes + 64` bytes, and at least 128 (the
+                // header after the alignment), and no kernel runs now.
+                unsafe { std::ptr::write_bytes(p as *mut u8, 0, SCRATCH_HEADER as usize) };
+                p
+            })
             .collect()
     }
 }
@@ -139,7 +146,8 @@ impl CpuDevice {
             Dispatch::Spin(crate::pool::Pool::new(threads - 1).map_err(|e| cannot(&e))?)
         };
         let scratch = Scratch {
-            arenas: (0..threads).map(|_| HostBuffer::zeroed(64)).collect(),
+            // Room for the zeroed header at a 64-byte boundary before any launch reserves more.
+            arenas: (0..threads).map(|_| HostBuffer::zeroed(128)).collect(),
             bytes: 0,
         };
         Ok(CpuDevice {
@@ -203,7 +211,6 @@ impl Device for CpuDevice {
                     detail: e.to_string(),
                 })?
         };
-        let (units, unit_work) = work_units(&k.kernel);
         let packed = match packed_weight(&k.kernel) {
             Some(i) => {
                 let depth = match &k.kernel.kind {
@@ -218,10 +225,14 @@ impl Device for CpuDevice {
         Ok(CpuKernel {
             name: k.source.name.clone(),
             f,
-            units,
-            unit_work,
-            symbols: k.kernel.symbols(),
-            scratch: scratch_bytes(&k.kernel),
+            symbols: k
+                .source
+                .launch
+                .symbols
+                .iter()
+                .map(|s| Expr::sym(s))
+                .collect(),
+            launch: k.source.launch.clone(),
             packed,
         })
     }
@@ -294,14 +305,14 @@ impl Device for CpuDevice {
         inputs: &[&CpuBuffer],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let units = k.units.eval(b)?;
+        let units = k.launch.units.eval(b)?;
         if units <= 0 {
             return Ok(());
         }
         let syms: Vec<i64> = k
             .symbols
             .iter()
-            .map(|s| Expr::sym(s).eval(b))
+            .map(|s| s.eval(b))
             .collect::<Result<_, _>>()?;
         fn plain<'b>(k: &CpuKernel, buf: &'b CpuBuffer) -> Result<&'b HostBuffer, RunError> {
             buf.plain.as_ref().ok_or_else(|| RunError::Kernel {
@@ -326,9 +337,10 @@ impl Device for CpuDevice {
             };
             ptrs.push(host.as_mut_ptr() as *mut c_void);
         }
-        self.scratch.reserve(k.scratch.eval(b)?.max(0) as usize);
+        self.scratch
+            .reserve(k.launch.scratch.eval(b)?.max(0) as usize);
         let scratch = self.scratch.ptrs();
-        let work = units.saturating_mul(k.unit_work.eval(b)?.max(1));
+        let work = units.saturating_mul(k.launch.unit_work.eval(b)?.max(1));
         let threads = self.threads;
         let (f, args) = (k.f, Args(&ptrs, &syms, &scratch));
         let parallel = work >= PARALLEL_WORK_THRESHOLD && units > 1;

@@ -11,7 +11,7 @@
 //! the reading kernels were compiled for (32 with AVX-512, 16 otherwise: [`crate::Isa`]); the
 //! compiled kernels say which (`kiln_panel_columns`), and the device packs to that. A panel is
 //! one contiguous stream: the
-//! decode GEMV reads it front to back, the prefill GEMM reuses a `KC x PANEL` strip of it from
+//! decode GEMV reads it front to back, the prefill GEMM reuses a `KC x panel` strip of it from
 //! L1/L2 across every row block. `c/gemm.h` reads this layout; which kernel input is packed is
 //! decided from the kernel's description alone ([`packed_weight`]).
 

@@ -307,3 +307,52 @@ fn empty_products_are_zero() {
         assert_close(&format!("s={s} k={k}"), &got["y"], &want["y"], 1e-5, 1e-4);
     }
 }
+
+/// Each worker keeps the rows of A it packed for the calls of one launch, and only of that
+/// launch: runs with new activations of the same shape (likely at the same address) and a
+/// second product of the first's output must not see rows packed for an earlier launch.
+#[test]
+fn packed_rows_of_a_do_not_outlive_their_launch() {
+    let (k, n) = (40i64, 96i64);
+    let mut g = Graph::new();
+    let x = g
+        .input("x", DType::F32, &[Expr::sym("m"), k.into()])
+        .unwrap();
+    let w = g.input("w", DType::F32, &[n.into(), k.into()]).unwrap();
+    let v = g.input("v", DType::F32, &[k.into(), n.into()]).unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    let vt = g.transpose(v, 0, 1).unwrap();
+    let y = g.matmul(x, wt).unwrap();
+    let z = g.matmul(y, vt).unwrap();
+    g.output("z", z);
+    let params = [
+        (
+            "w",
+            Tensor::from_f32(&[n as usize, k as usize], &values((n * k) as usize, 1)),
+        ),
+        (
+            "v",
+            Tensor::from_f32(&[k as usize, n as usize], &values((n * k) as usize, 2)),
+        ),
+    ];
+    for isa in isas() {
+        let mut exe = build_for(&g, 2, Some(isa));
+        for (name, t) in &params {
+            exe.set_param(name, t.clone()).unwrap();
+        }
+        for seed in 0..4u64 {
+            let x = Tensor::from_f32(&[140, k as usize], &values(140 * k as usize, 10 + seed));
+            let mut all = params.to_vec();
+            all.push(("x", x.clone()));
+            let want = kiln_ir::interpret(&g, &inputs(&all), &Default::default()).unwrap();
+            let got = exe.run(&inputs(&[("x", x)])).unwrap();
+            assert_close(
+                &format!("{isa:?} run {seed}"),
+                &got["z"],
+                &want["z"],
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+}

@@ -3,11 +3,10 @@
 //! kernel pieces, laid out as threads, warps and tiles.
 //!
 //! Signature: `extern "C" __global__ void NAME(OUT *out, const IN0 *in0, ..., int64_t sym..., int64_t kiln_units)`
-//! with symbols in sorted order. Launch geometry per kind is in [`launch_shape`].
+//! with symbols in sorted order. The launch geometry of each kind is its [`launch`] spec.
 
-use kiln_ir::{numel, Bindings, DType, Expr};
-use kiln_program::RunError;
-use kiln_program::{Kernel, KernelKind, NAME_PLACEHOLDER};
+use kiln_ir::{numel, DType, Expr};
+use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
 use kiln_render::cstyle::CStyle;
 use kiln_render::parts::{
     element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
@@ -20,112 +19,46 @@ use std::fmt::Write;
 pub const BLOCK: u32 = 256;
 pub const TILE: u32 = 16;
 
-/// How a kernel is launched: `threads` total threads of 1-D blocks of [`BLOCK`], or a
-/// matmul grid of TILE x TILE blocks over (n, m, batch).
-pub enum LaunchShape {
-    Threads(Expr),
-    MatMulGrid { n: Expr, m: Expr, batch: Expr },
-}
-
-/// The work-unit count passed as `kiln_units` and the launch geometry.
-pub fn launch_shape(k: &Kernel) -> (Expr, LaunchShape) {
+/// How the kernel is launched: `kiln_units` (the last argument) and the grid. Threads of 1-D
+/// blocks of [`BLOCK`] for every kind but the matmul, whose blocks are TILE x TILE output
+/// tiles over (n, m, batch).
+pub fn launch(k: &Kernel) -> LaunchSpec {
+    let threads = |units: Expr, threads: Expr| LaunchSpec {
+        global: [threads, Expr::Const(1), Expr::Const(1)],
+        local: [BLOCK, 1, 1],
+        ..LaunchSpec::units(k.symbols(), units, Expr::Const(1))
+    };
     match &k.kind {
         KernelKind::Elementwise { .. } => {
             let n = numel(&k.out_shape);
-            (n.clone(), LaunchShape::Threads(n))
+            threads(n.clone(), n)
         }
+        // A warp per output element.
         KernelKind::Reduce { .. } => {
             let n = numel(&k.out_shape);
-            (n.clone(), LaunchShape::Threads(n.mul(32)))
+            threads(n.clone(), n.mul(32))
         }
         KernelKind::ReduceMap { .. } => {
             // One warp per row; whole blocks, since every thread reaches the block barrier.
             let rows = numel(&k.out_shape[..k.out_shape.len() - 1]);
             let warps = (BLOCK / 32) as i64;
-            let threads = rows.clone().add(warps - 1).div(warps).mul(BLOCK as i64);
-            (rows, LaunchShape::Threads(threads))
+            let n = rows.clone().add(warps - 1).div(warps).mul(BLOCK as i64);
+            threads(rows, n)
         }
         KernelKind::Write { shape, .. } => {
             let n = numel(shape);
-            (n.clone(), LaunchShape::Threads(n))
+            threads(n.clone(), n)
         }
         KernelKind::Attention { .. } => {
             // One block per query row.
             let rows = numel(&k.out_shape[..k.out_shape.len() - 1]);
-            (rows.clone(), LaunchShape::Threads(rows.mul(BLOCK as i64)))
+            threads(rows.clone(), rows.mul(BLOCK as i64))
         }
-        KernelKind::MatMul { batch, m, n, .. } => (
-            numel(batch),
-            LaunchShape::MatMulGrid {
-                n: n.clone(),
-                m: m.clone(),
-                batch: numel(batch),
-            },
-        ),
-    }
-}
-
-/// How to launch one kernel, for any binding of its symbols.
-pub struct LaunchPlan {
-    units: Expr,
-    shape: LaunchShape,
-    symbols: Vec<String>,
-}
-
-/// One launch for a binding. The kernel's arguments are, in this order: the output buffer, the
-/// input buffers (in the step's order), `symbols`, then `units`.
-pub struct Launch {
-    pub grid: [u32; 3],
-    pub block: [u32; 3],
-    pub symbols: Vec<i64>,
-    pub units: i64,
-}
-
-impl LaunchPlan {
-    pub fn new(k: &Kernel) -> LaunchPlan {
-        let (units, shape) = launch_shape(k);
-        LaunchPlan {
-            units,
-            shape,
-            symbols: k.symbols(),
-        }
-    }
-
-    /// The launch for bindings `b`; None when there is no work (an empty tensor).
-    pub fn resolve(&self, b: &Bindings) -> Result<Option<Launch>, RunError> {
-        let units = self.units.eval(b)?;
-        let (grid, block) = match &self.shape {
-            LaunchShape::Threads(n) => {
-                let n = n.eval(b)?;
-                let blk = BLOCK as i64;
-                ([(n + blk - 1) / blk, 1, 1], [BLOCK, 1, 1])
-            }
-            LaunchShape::MatMulGrid { n, m, batch } => {
-                let (n, m, batch) = (n.eval(b)?, m.eval(b)?, batch.eval(b)?);
-                let t = TILE as i64;
-                ([(n + t - 1) / t, (m + t - 1) / t, batch], [TILE, TILE, 1])
-            }
-        };
-        if units <= 0 || grid.iter().any(|&g| g <= 0) {
-            return Ok(None);
-        }
-        // CUDA's grid limits: x < 2^31, y and z < 2^16.
-        if grid[0] >= 1 << 31 || grid[1] >= 1 << 16 || grid[2] >= 1 << 16 {
-            return Err(RunError::Unsupported(format!(
-                "CUDA grid {grid:?} exceeds the device limits (2^31-1, 65535, 65535)"
-            )));
-        }
-        let symbols = self
-            .symbols
-            .iter()
-            .map(|s| Expr::sym(s).eval(b))
-            .collect::<Result<_, _>>()?;
-        Ok(Some(Launch {
-            grid: grid.map(|g| g as u32),
-            block,
-            symbols,
-            units,
-        }))
+        KernelKind::MatMul { batch, m, n, .. } => LaunchSpec {
+            global: [n.clone(), m.clone(), numel(batch)],
+            local: [TILE, TILE, 1],
+            ..LaunchSpec::units(k.symbols(), numel(batch), Expr::Const(1))
+        },
     }
 }
 

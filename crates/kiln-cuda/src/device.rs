@@ -1,14 +1,13 @@
 //! A CUDA GPU as a [`Device`]: buffers in device memory, kernels are functions of loaded
 //! modules, launched in order on the context's default stream.
 
-use crate::codegen::LaunchPlan;
 use crate::CudaModule;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use kiln_ir::Bindings;
 use kiln_program::UniqueKernel;
-use kiln_program::{Device, RunError};
+use kiln_program::{Device, LaunchSpec, RunError};
 use std::sync::Arc;
 
 /// True when the CUDA driver is installed and sees at least one device.
@@ -20,10 +19,10 @@ pub fn cuda_device_present() -> bool {
     CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
 }
 
-/// A kernel's function and its launch geometry.
+/// A kernel's function and its launch spec.
 pub struct CudaKernel {
     f: CudaFunction,
-    plan: LaunchPlan,
+    launch: LaunchSpec,
 }
 
 /// One GPU, through its context's default stream.
@@ -95,7 +94,7 @@ impl Device for CudaDevice {
             })?;
         Ok(CudaKernel {
             f,
-            plan: LaunchPlan::new(&k.kernel),
+            launch: k.source.launch.clone(),
         })
     }
 
@@ -132,7 +131,7 @@ impl Device for CudaDevice {
         inputs: &[&CudaSlice<u8>],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let Some(launch) = k.plan.resolve(b)? else {
+        let Some(launch) = crate::launch::resolve(&k.launch, b)? else {
             return Ok(());
         };
         let mut lb = self.stream.launch_builder(&k.f);

@@ -11,7 +11,7 @@
 //! barrier. A shuffle waits for the lanes of its warp only and `__syncthreads` for the whole
 //! block, so warps that run different numbers of shuffles (attention's warps over their share
 //! of the keys) run as on a GPU; a shuffle that a returned lane misses, and a block whose
-//! threads wait at barriers that can never all be reached, abort with a message. Launch geometry and argument order come from the same [`LaunchPlan`] the CUDA
+//! threads wait at barriers that can never all be reached, abort with a message. Launch geometry and argument order come from the same launch spec the CUDA
 //! device uses, so the emulator checks the kernels' indexing, reductions and tiling as the GPU
 //! would run them.
 //!
@@ -20,11 +20,10 @@
 //! driver. It is slow (one coroutine switch per thread per barrier) and meant for tests of
 //! small graphs; the GPU tests stay the judge.
 
-use crate::codegen::LaunchPlan;
 use kiln_ir::Bindings;
 use kiln_process::{self as process, ChildError};
 use kiln_program::{Backend, BackendError, Kernel, KernelKind, KernelSource, UniqueKernel};
-use kiln_program::{Device, RunError, Runtime};
+use kiln_program::{Device, LaunchSpec, RunError, Runtime};
 use kiln_render::cstyle::CStyle;
 use kiln_render::Dialect;
 use kiln_runtime::HostBuffer;
@@ -163,7 +162,7 @@ impl Backend for EmulatedCuda {
     fn codegen(&self, kernel: &Kernel) -> KernelSource {
         let mut template = crate::codegen::kernel_source(kernel);
         template.push_str(&launcher(kernel));
-        KernelSource::named(&kernel.label(), &template)
+        KernelSource::named(&kernel.label(), &template, crate::codegen::launch(kernel))
     }
 
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
@@ -225,10 +224,10 @@ impl Runtime for EmulatedCuda {
     }
 }
 
-/// An emulated kernel: its launcher and launch geometry.
+/// An emulated kernel: its launcher and launch spec.
 pub struct EmulatedKernel {
     name: String,
-    plan: LaunchPlan,
+    spec: LaunchSpec,
     launch: LaunchFn,
 }
 
@@ -259,7 +258,7 @@ impl Device for EmulatedDevice {
         })?;
         Ok(EmulatedKernel {
             name: k.source.name.clone(),
-            plan: LaunchPlan::new(&k.kernel),
+            spec: k.source.launch.clone(),
             launch: *launch,
         })
     }
@@ -283,7 +282,7 @@ impl Device for EmulatedDevice {
         inputs: &[&HostBuffer],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let Some(launch) = k.plan.resolve(b)? else {
+        let Some(launch) = crate::launch::resolve(&k.spec, b)? else {
             return Ok(());
         };
         let scalars: Vec<i64> = launch

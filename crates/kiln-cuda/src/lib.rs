@@ -9,6 +9,7 @@
 pub mod codegen;
 mod device;
 pub mod emulator;
+mod launch;
 pub mod nvrtc;
 
 pub use device::{copy_bandwidth, cuda_device_present, CudaDevice, CudaKernel};
@@ -118,7 +119,11 @@ impl Backend for CudaBackend {
     }
 
     fn codegen(&self, kernel: &Kernel) -> KernelSource {
-        KernelSource::named(&kernel.label(), &codegen::kernel_source(kernel))
+        KernelSource::named(
+            &kernel.label(),
+            &codegen::kernel_source(kernel),
+            codegen::launch(kernel),
+        )
     }
 
     /// NVRTC compiles inside this process, so `--compile-timeout` does not apply to it and an

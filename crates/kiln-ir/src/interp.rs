@@ -51,7 +51,10 @@ fn as_i32(v: f64) -> i32 {
     v as i64 as i32
 }
 
-fn unary(op: UnaryOp, x: f64, dt: DType) -> f64 {
+/// The interpreter's semantics of a unary op on a value of dtype `dt` (before the result is
+/// rounded to `dt`): what a device that evaluates kernels on the host (kiln-runtime's tests)
+/// computes too.
+pub fn unary(op: UnaryOp, x: f64, dt: DType) -> f64 {
     match op {
         UnaryOp::Exp2 => x.exp2(),
         UnaryOp::Log2 => x.log2(),
@@ -64,7 +67,9 @@ fn unary(op: UnaryOp, x: f64, dt: DType) -> f64 {
     }
 }
 
-fn binary(op: BinaryOp, a: f64, b: f64, operand: DType) -> f64 {
+/// The interpreter's semantics of a binary op on operands of dtype `operand` (before the
+/// result is rounded to its dtype).
+pub fn binary(op: BinaryOp, a: f64, b: f64, operand: DType) -> f64 {
     let int = operand == DType::I32;
     match op {
         BinaryOp::Add if int => as_i32(a).wrapping_add(as_i32(b)) as f64,

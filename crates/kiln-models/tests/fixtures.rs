@@ -1,13 +1,27 @@
 //! kiln against Hugging Face `transformers` on the reference checkpoints in tests/fixtures:
-//! per-layer hidden states, prefill logits, and 16 greedy tokens with their logits.
+//! per-layer hidden states, prefill logits, and 16 greedy tokens with their logits, with the
+//! CPU kernels of each ISA this machine runs (AVX2, and AVX-512 where the compiler targets it).
 
 use kiln_compile::CompileOptions;
+use kiln_cpu::{CpuBackend, Isa};
 use kiln_models::testing::{max_abs_diff, Reference};
 use kiln_models::{GraphOptions, KvCache, LoadOptions, Model, ModelSource, Sampling};
 use std::path::Path;
 
-fn load(dir: &Path, graph: GraphOptions) -> Model {
-    let cpu = kiln_cpu::CpuBackend::default().with_run_threads(2);
+/// The CPU kernel ISAs to check: AVX2 everywhere, AVX-512 where the compiler targets it (the
+/// test says when it skips it).
+fn isas() -> Vec<Isa> {
+    match CpuBackend::default().with_isa(Isa::Avx512).isa() {
+        Ok(_) => vec![Isa::Avx2, Isa::Avx512],
+        Err(e) => {
+            eprintln!("skipping the AVX-512 kernels: {e}");
+            vec![Isa::Avx2]
+        }
+    }
+}
+
+fn load(dir: &Path, graph: GraphOptions, isa: Isa) -> Model {
+    let cpu = CpuBackend::default().with_isa(isa).with_run_threads(2);
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 2,
@@ -21,6 +35,12 @@ fn load(dir: &Path, graph: GraphOptions) -> Model {
 }
 
 fn check_model(name: &str, prompts: &[&str]) {
+    for isa in isas() {
+        check_model_with(name, prompts, isa);
+    }
+}
+
+fn check_model_with(name: &str, prompts: &[&str], isa: Isa) {
     let dir = kiln_models::testing::fixtures().join(name);
     let mut full = load(
         &dir,
@@ -29,8 +49,9 @@ fn check_model(name: &str, prompts: &[&str]) {
             hidden_states: true,
             ..Default::default()
         },
+        isa,
     );
-    let mut gen = load(&dir, GraphOptions::default());
+    let mut gen = load(&dir, GraphOptions::default(), isa);
     for prompt in prompts {
         let reference = Reference::read(name, prompt);
         let (ids, greedy) = (&reference.prompt_ids, &reference.greedy_ids);
@@ -52,7 +73,7 @@ fn check_model(name: &str, prompts: &[&str]) {
             let d = max_abs_diff(got.as_f32(), &want);
             assert!(
                 d <= tol,
-                "{name}/{prompt}: {tname} differs by {d} (> {tol})"
+                "{name}/{prompt} ({isa:?}): {tname} differs by {d} (> {tol})"
             );
         }
 
@@ -60,12 +81,15 @@ fn check_model(name: &str, prompts: &[&str]) {
         let g = gen
             .generate(ids, 16, &Sampling::default(), &[], |_| {})
             .unwrap();
-        assert_eq!(&g.generated_ids, greedy, "{name}/{prompt}: greedy ids");
+        assert_eq!(
+            &g.generated_ids, greedy,
+            "{name}/{prompt} ({isa:?}): greedy ids"
+        );
         for (k, want) in reference.step_logits.iter().enumerate() {
             let d = max_abs_diff(&g.step_logits[k], want);
             assert!(
                 d <= 1e-4,
-                "{name}/{prompt}: step_logits[{k}] differs by {d}"
+                "{name}/{prompt} ({isa:?}): step_logits[{k}] differs by {d}"
             );
         }
     }

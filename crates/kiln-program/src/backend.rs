@@ -58,7 +58,8 @@ pub trait Backend: Sync {
     /// every cache key. Fails with a clear message when the compiler is missing.
     fn identity(&self) -> Result<String, BackendError>;
 
-    /// Canonical source for one kernel.
+    /// Canonical source for one kernel, with how to launch it ([`KernelSource::launch`]: the
+    /// geometry of the parallel structure the text has, for the backend's device to evaluate).
     fn codegen(&self, kernel: &Kernel) -> KernelSource;
 
     /// Compiles kernels in one compiler invocation into one artifact. Called from worker

@@ -23,6 +23,7 @@ pub trait Device: Send {
     fn describe(&self) -> String;
 
     /// Finds `kernel` in the module that holds it. Called once per distinct kernel, in order.
+    /// How to launch it is `kernel.source.launch`, which the backend's codegen wrote.
     fn resolve(
         &mut self,
         module: &Self::Module,
@@ -61,7 +62,8 @@ pub trait Device: Send {
     fn download(&mut self, buf: &Self::Buffer, bytes: usize) -> Result<Vec<u8>, RunError>;
 
     /// Runs `kernel` writing `out` and reading `inputs` (in the kernel's input order), with its
-    /// symbols taken from `bindings`. May return before the kernel finishes.
+    /// symbols taken from `bindings` (its launch spec evaluated with them; no launch where it
+    /// has no work units). May return before the kernel finishes.
     fn launch(
         &mut self,
         kernel: &Self::Kernel,

@@ -4,7 +4,8 @@
 //! - [`Kernel`] ([`kernel`]): the canonical description of one fused kernel, what every
 //!   backend renders;
 //! - [`KernelSource`] ([`source`]): a kernel's canonical text and function name, as a
-//!   backend's codegen returns it;
+//!   backend's codegen returns it, with its [`LaunchSpec`] ([`launch`]): the launch geometry
+//!   as expressions over the kernel's symbols, which the device evaluates per run;
 //! - [`Program`], [`Step`], [`Buffer`] ([`program`]): a graph as kernel launches over
 //!   buffers, and [`LoadedProgram`], what an executor runs;
 //! - [`MemoryPlan`] ([`memplan`]): which storage slot each buffer uses, sized per run;
@@ -24,6 +25,7 @@ pub mod backend;
 pub mod device;
 pub mod error;
 pub mod kernel;
+pub mod launch;
 pub mod memplan;
 pub mod program;
 pub mod source;
@@ -32,6 +34,7 @@ pub use backend::{Backend, BackendError};
 pub use device::{Device, Runtime};
 pub use error::{Cause, RunError};
 pub use kernel::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
+pub use launch::LaunchSpec;
 pub use memplan::MemoryPlan;
 pub use program::{Buffer, LoadedProgram, Program, Step, UniqueKernel};
 pub use source::{KernelSource, NAME_PLACEHOLDER};

@@ -15,7 +15,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -600,5 +600,9 @@ fn stream_response(a: Accepted) -> Response {
     let all = futures_util::stream::iter(opening)
         .chain(events)
         .map(|data| Ok::<Event, Infallible>(Event::default().data(data)));
-    Sse::new(all).into_response()
+    // A comment line every 15 s while nothing else is sent (a request waiting for a slot):
+    // proxies keep the connection, and a client that went away is noticed.
+    Sse::new(all)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

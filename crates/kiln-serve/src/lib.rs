@@ -52,7 +52,8 @@ pub struct ServeConfig {
     pub port: u16,
     /// Sequences running at once (and KV-cache slots).
     pub max_batch: usize,
-    /// Requests waiting for a slot before new ones are refused with 429.
+    /// Requests waiting for a slot before new ones are refused with 429 (at least 1: a request
+    /// waits until the next step admits it).
     pub max_queue: usize,
     /// Positions one request may fill, prompt and output (None: the model's context, at most
     /// [`DEFAULT_CTX`]).
@@ -93,6 +94,7 @@ pub fn serve(
         "--ctx {ctx}: must be between 2 and the model's context (max_position_embeddings = {max_pos})"
     );
     anyhow::ensure!(cfg.max_batch >= 1, "--max-batch must be at least 1");
+    anyhow::ensure!(cfg.max_queue >= 1, "--max-queue must be at least 1");
     anyhow::ensure!(cfg.prefill_chunk >= 1, "--prefill-chunk must be at least 1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -27,11 +27,9 @@
 //!   tiles of A and B staged through workgroup memory.
 
 use crate::dialect::{Wgsl, PRELUDE};
-use crate::plan::{
-    Grid, KernelPlan, ELEMENTWISE_WG, REDUCE_WG, SLICE_BYTES, SLICE_WORDS_LOG2, TILE,
-};
-use kiln_ir::DType;
-use kiln_program::{Kernel, KernelKind, NAME_PLACEHOLDER};
+use crate::plan::{KernelPlan, ELEMENTWISE_WG, REDUCE_WG, SLICE_BYTES, SLICE_WORDS_LOG2, TILE};
+use kiln_ir::{numel, DType, Expr};
+use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
 use kiln_render::parts::{
     element, push_lines, written_element, MatMul, MatOperand, Reduction, OUT,
 };
@@ -77,6 +75,31 @@ pub fn kernel_source(k: &Kernel) -> String {
     s
 }
 
+/// How the kernel is launched: `kiln_units` and its workgroups. One invocation per element
+/// in workgroups of [`ELEMENTWISE_WG`], one workgroup of [`REDUCE_WG`] per reduced element,
+/// matmuls over their output `[n, m, batch]` in TILE x TILE tiles (or per row, as the device's
+/// `GemvPlan` says: see `plan::KernelPlan::launch`).
+pub fn launch(k: &Kernel) -> LaunchSpec {
+    let out = numel(&k.out_shape);
+    let flat = |units: Expr, threads: Expr, wg: u32| LaunchSpec {
+        global: [threads, Expr::Const(1), Expr::Const(1)],
+        local: [wg, 1, 1],
+        ..LaunchSpec::units(k.symbols(), units, Expr::Const(1))
+    };
+    match &k.kind {
+        KernelKind::Elementwise { .. } => flat(out.clone(), out, ELEMENTWISE_WG),
+        KernelKind::Write { shape, .. } => flat(numel(shape), numel(shape), ELEMENTWISE_WG),
+        KernelKind::Reduce { .. } => flat(out.clone(), out.mul(REDUCE_WG as i64), REDUCE_WG),
+        // Never compiled here (see `is_fused`): one workgroup per element.
+        KernelKind::ReduceMap { .. } | KernelKind::Attention { .. } => flat(out.clone(), out, 1),
+        KernelKind::MatMul { batch, m, n, .. } => LaunchSpec {
+            global: [n.clone(), m.clone(), numel(batch)],
+            local: [TILE, TILE, 1],
+            ..LaunchSpec::units(k.symbols(), numel(batch), Expr::Const(1))
+        },
+    }
+}
+
 /// The kinds the fusion passes make, which this dialect does not render.
 fn is_fused(k: &Kernel) -> bool {
     matches!(
@@ -96,7 +119,7 @@ fn params(plan: &KernelPlan, s: &mut String) {
         writeln!(s, "    {}: i32,", Wgsl.sym_name(sym)).unwrap();
     }
     s.push_str("    kiln_units: i32,\n");
-    if matches!(plan.grid, Grid::MatMul { .. }) {
+    if plan.matmul {
         s.push_str("    kiln_gemv_rows: i32,\n    kiln_gemv_columns: i32,\n");
     }
     s.push_str("}\n@group(0) @binding(0) var<uniform> P: Params;\n");

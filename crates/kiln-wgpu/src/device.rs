@@ -15,7 +15,7 @@ use crate::plan::{GemvPlan, KernelPlan, SLICE_BYTES};
 use crate::{Gpu, WgpuModule};
 use kiln_ir::Bindings;
 use kiln_program::UniqueKernel;
-use kiln_program::{Device, RunError};
+use kiln_program::{Device, LaunchSpec, RunError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -34,11 +34,13 @@ impl Drop for WgpuBuffer {
     }
 }
 
-/// A kernel's pipeline and launch plan.
+/// A kernel's pipeline, its launch spec (from codegen) and its plan (its i32 indices and
+/// bindings).
 pub struct WgpuKernel {
     name: String,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    launch: LaunchSpec,
     plan: KernelPlan,
     /// Bytes of its `Params` binding.
     params_bytes: u64,
@@ -240,6 +242,7 @@ impl Device for WgpuDevice {
             pipeline: pipeline.clone(),
             layout: layout.clone(),
             params_bytes: (4 * plan.params_words() as u64).next_multiple_of(16),
+            launch: k.source.launch.clone(),
             plan,
         })
     }
@@ -278,7 +281,12 @@ impl Device for WgpuDevice {
         let limits = &self.gpu.limits;
         let launch = k
             .plan
-            .launch(b, limits.max_compute_workgroups_per_dimension, self.gemv)
+            .launch(
+                &k.launch,
+                b,
+                limits.max_compute_workgroups_per_dimension,
+                self.gemv,
+            )
             .map_err(|e| RunError::Kernel {
                 kernel: k.name.clone(),
                 detail: format!("cannot run on {}: {e}", self.name),

@@ -292,7 +292,11 @@ impl Backend for WgpuBackend {
     }
 
     fn codegen(&self, kernel: &Kernel) -> KernelSource {
-        KernelSource::named(&kernel.label(), &codegen::kernel_source(kernel))
+        KernelSource::named(
+            &kernel.label(),
+            &codegen::kernel_source(kernel),
+            codegen::launch(kernel),
+        )
     }
 
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {

@@ -1,5 +1,6 @@
-//! What a kernel computes in `i32` and how it is launched, derived from the canonical
-//! [`Kernel`] alone (so codegen and the device agree without passing anything around).
+//! What a kernel computes in `i32`, derived from the canonical [`Kernel`] alone (so codegen
+//! and the device agree without passing anything around), and how a kernel's launch spec
+//! (from [`crate::codegen::launch`]) becomes a launch on a device.
 //!
 //! WGSL has no 64-bit integers, so every index a kernel evaluates must fit in `i32`. The plan
 //! lists the index expressions a kernel's text evaluates (loads, unflattening, lets, matmul
@@ -16,7 +17,8 @@
 //! slices of one buffer.
 
 use kiln_ir::{contiguous_strides, numel, Bindings, DType, Expr};
-use kiln_program::{Kernel, KernelKind, ScalarExpr};
+use kiln_program::launch::ceil_div;
+use kiln_program::{Kernel, KernelKind, LaunchSpec, ScalarExpr};
 use std::collections::BTreeMap;
 
 /// Invocations per workgroup of elementwise kernels (one output element each).
@@ -41,15 +43,6 @@ const VAR_ROW: u32 = 1001;
 const VAR_COL: u32 = 1002;
 const VAR_K: u32 = 1003;
 
-/// How many workgroups a launch has.
-#[derive(Clone, Debug)]
-pub enum Grid {
-    /// A flat count, spread over x and y when it exceeds the per-dimension limit.
-    Flat(Expr),
-    /// `[columns, rows, batch]`: see [`KernelPlan::launch`] and [`GemvPlan`].
-    MatMul { n: Expr, m: Expr, batch: Expr },
-}
-
 /// One launch, for one binding of the symbols.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
@@ -61,15 +54,14 @@ pub struct Launch {
     pub extents: Vec<u64>,
 }
 
-/// Everything about a kernel besides its text.
+/// What a kernel's text indexes and binds (its launch geometry is its launch spec).
 #[derive(Clone, Debug)]
 pub struct KernelPlan {
     pub label: String,
     /// Symbols in `Params` order.
     pub symbols: Vec<String>,
-    /// Work units: elements, reduced outputs or matmul batches; 0 means no work.
-    pub units: Expr,
-    pub grid: Grid,
+    /// A matmul: its `Params` end with the device's [`GemvPlan`], which also shapes its grid.
+    pub matmul: bool,
     /// The dtype of each buffer: output, then inputs.
     pub dtypes: Vec<DType>,
     /// Bindings each buffer spans (1, or several slices of [`SLICE_BYTES`] for an input whose
@@ -115,7 +107,7 @@ impl KernelPlan {
         let mut accesses = vec![Vec::new(); 1 + k.inputs.len()];
         let out_numel = numel(&k.out_shape);
         exprs.push(out_numel.clone());
-        let (units, grid) = match &k.kind {
+        match &k.kind {
             KernelKind::Elementwise { lets, body } => {
                 for (i, d) in k.out_shape.iter().enumerate() {
                     vars.insert(i as u32, d.clone());
@@ -129,11 +121,6 @@ impl KernelPlan {
                 }
                 scalar_indices(body, &mut exprs, &mut accesses);
                 accesses[0].push(out_numel.clone().sub(1));
-                let wg = ELEMENTWISE_WG as i64;
-                (
-                    out_numel.clone(),
-                    Grid::Flat(out_numel.clone().add(wg - 1).div(wg)),
-                )
             }
             KernelKind::Write {
                 shape,
@@ -163,8 +150,6 @@ impl KernelPlan {
                 exprs.push(at.clone());
                 accesses[0].push(at);
                 scalar_indices(body, &mut exprs, &mut accesses);
-                let wg = ELEMENTWISE_WG as i64;
-                (written.clone(), Grid::Flat(written.add(wg - 1).div(wg)))
             }
             KernelKind::Reduce {
                 axis, len, body, ..
@@ -177,13 +162,11 @@ impl KernelPlan {
                 exprs.push(len.clone());
                 scalar_indices(body, &mut exprs, &mut accesses);
                 accesses[0].push(out_numel.clone().sub(1));
-                (out_numel.clone(), Grid::Flat(out_numel.clone()))
             }
             // Never compiled for this backend (`supports_fusion` is false; `kernel_source`
             // rejects them): a plan that checks only the output's extent.
             KernelKind::ReduceMap { .. } | KernelKind::Attention { .. } => {
                 accesses[0].push(out_numel.clone().sub(1));
-                (out_numel.clone(), Grid::Flat(out_numel.clone()))
             }
             KernelKind::MatMul {
                 batch,
@@ -226,24 +209,15 @@ impl KernelPlan {
                     .add(Expr::Var(VAR_COL));
                 exprs.push(out_at.clone());
                 accesses[0].push(out_at);
-                (
-                    batches.clone(),
-                    Grid::MatMul {
-                        n: n.clone(),
-                        m: m.clone(),
-                        batch: batches,
-                    },
-                )
             }
-        };
+        }
         let dtypes: Vec<DType> = std::iter::once(k.out_dtype)
             .chain(k.inputs.iter().copied())
             .collect();
         let mut plan = KernelPlan {
             label: k.label(),
             symbols: k.symbols(),
-            units,
-            grid,
+            matmul: matches!(k.kind, KernelKind::MatMul { .. }),
             slices: vec![1; dtypes.len()],
             dtypes,
             vars,
@@ -306,24 +280,25 @@ impl KernelPlan {
     /// Words of the kernel's `Params`: its symbols, the unit count, and for a matmul the
     /// device's [`GemvPlan`].
     pub fn params_words(&self) -> usize {
-        self.symbols.len() + 1 + 2 * matches!(self.grid, Grid::MatMul { .. }) as usize
+        self.symbols.len() + 1 + 2 * self.matmul as usize
     }
 
-    /// The launch for bindings `b`: its params and grid, after checking that every index fits
-    /// in i32. None when there is no work. Matmuls follow the device's `gemv`.
+    /// The launch of `spec` (the kernel's launch spec) for bindings `b`: its params and grid,
+    /// after checking that every index fits in i32. None when there is no work. A flat grid
+    /// wider than `max_per_dim` is spread over y; matmuls follow the device's `gemv`.
     pub fn launch(
         &self,
+        spec: &LaunchSpec,
         b: &Bindings,
         max_per_dim: u32,
         gemv: GemvPlan,
     ) -> Result<Option<Launch>, LaunchError> {
-        let units = self.units.eval(b)?;
+        let units = spec.units.eval(b)?;
         if units <= 0 {
             return Ok(None);
         }
-        let mut params = Vec::with_capacity(self.symbols.len() + 1);
-        for s in &self.symbols {
-            let v = Expr::sym(s).eval(b)?;
+        let mut params = Vec::with_capacity(spec.symbols.len() + 1);
+        for (s, v) in spec.symbols.iter().zip(spec.symbol_values(b)?) {
             params.push(i32::try_from(v).map_err(|_| LaunchError::Symbol {
                 symbol: s.clone(),
                 value: v,
@@ -331,32 +306,20 @@ impl KernelPlan {
         }
         self.check(b).map_err(LaunchError::Overflow)?;
         params.push(units as i32);
-        let grid = match &self.grid {
-            Grid::Flat(n) => split(n.eval(b)?, max_per_dim)?,
-            Grid::MatMul { n, m, batch } => {
-                let (n, m, batch) = (n.eval(b)?, m.eval(b)?, batch.eval(b)?);
-                let t = TILE as i64;
-                let per_row = m <= gemv.rows as i64;
-                let rows = if per_row { m } else { (m + t - 1) / t };
-                // Columns per workgroup: TILE, or GEMV_COLS for each of GEMV_INVOCATIONS.
-                let cols = if per_row && gemv.columns {
-                    (crate::codegen::GEMV_COLS * crate::codegen::GEMV_INVOCATIONS) as i64
-                } else {
-                    t
-                };
-                params.extend([gemv.rows, gemv.columns as i32]);
-                let grid = [(n + cols - 1) / cols, rows, batch];
-                if grid.iter().any(|&g| g <= 0) {
-                    return Ok(None);
-                }
-                if grid.iter().any(|&g| g > max_per_dim as i64) {
+        let grid = if self.matmul {
+            params.extend([gemv.rows, gemv.columns as i32]);
+            match matmul_grid(spec, b, gemv)? {
+                None => return Ok(None),
+                Some(g) if g.iter().any(|&g| g > max_per_dim as i64) => {
                     return Err(LaunchError::Grid {
-                        grid,
+                        grid: g,
                         max: max_per_dim,
-                    });
+                    })
                 }
-                grid.map(|g| g as u32)
+                Some(g) => g.map(|g| g as u32),
             }
+        } else {
+            split(spec.groups(b)?[0], max_per_dim)?
         };
         let extents = (0..self.dtypes.len())
             .map(|i| self.extent(i, b).expect("every symbol is bound"))
@@ -367,6 +330,32 @@ impl KernelPlan {
             extents,
         }))
     }
+}
+
+/// A matmul's workgroups `[columns, rows, batch]` under `gemv`; None when one is empty. The
+/// spec's global size is the output `[n, m, batch]` and its local size a tile: tiles, or with
+/// at most `gemv.rows` rows one workgroup per row (of `GEMV_COLS` columns per invocation
+/// where `gemv.columns`).
+fn matmul_grid(
+    spec: &LaunchSpec,
+    b: &Bindings,
+    gemv: GemvPlan,
+) -> Result<Option<[i64; 3]>, LaunchError> {
+    let (n, m, batch) = (
+        spec.global[0].eval(b)?,
+        spec.global[1].eval(b)?,
+        spec.global[2].eval(b)?,
+    );
+    let [tile_n, tile_m, _] = spec.local.map(i64::from);
+    let per_row = m <= gemv.rows as i64;
+    let rows = if per_row { m } else { ceil_div(m, tile_m) };
+    let cols = if per_row && gemv.columns {
+        (crate::codegen::GEMV_COLS * crate::codegen::GEMV_INVOCATIONS) as i64
+    } else {
+        tile_n
+    };
+    let grid = [ceil_div(n, cols), rows, batch];
+    Ok((!grid.iter().any(|&g| g <= 0)).then_some(grid))
 }
 
 /// How a device runs matmuls with few rows (the kernel text has every path; the params pick).

@@ -4,7 +4,7 @@
 
 use super::fusion::{read_counts, Realized};
 use super::{Buffer, Program, Step};
-use kiln_ir::{contiguous_strides, Expr, Graph, NodeId, Op, ViewOp};
+use kiln_ir::{contiguous_strides, DType, Expr, Graph, NodeId, Op, ViewOp};
 use kiln_program::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
 use std::collections::{BTreeMap, HashMap};
 
@@ -567,102 +567,14 @@ impl Lowering<'_, '_> {
                     dtype,
                 }
             }
-            Op::Concat(parts, axis) => {
-                // Built from the last part backwards: if i < end(part) { part } else { rest }.
-                let mut ends = Vec::new();
-                let mut end = Expr::Const(0);
-                for p in parts {
-                    end = end.add(g.shape(*p)[*axis].clone());
-                    ends.push(end.clone());
-                }
-                let start_of = |j: usize| {
-                    if j == 0 {
-                        Expr::Const(0)
-                    } else {
-                        ends[j - 1].clone()
-                    }
-                };
-                let last = parts.len() - 1;
-                let mut shifted = idx.to_vec();
-                shifted[*axis] = idx[*axis].clone().sub(start_of(last));
-                let mut e = self.at(parts[last], &shifted);
-                for j in (0..last).rev() {
-                    let mut shifted = idx.to_vec();
-                    shifted[*axis] = idx[*axis].clone().sub(start_of(j));
-                    let then = self.at(parts[j], &shifted);
-                    e = ScalarExpr::Select {
-                        lhs: idx[*axis].clone(),
-                        rhs: ends[j].clone(),
-                        then: Box::new(then),
-                        otherwise: Box::new(e),
-                        dtype,
-                    };
-                }
-                e
-            }
+            Op::Concat(parts, axis) => self.concat(parts, *axis, idx, dtype),
             Op::WriteSlice {
                 dst,
                 src,
                 axis,
                 start,
-            } => {
-                // dst before the range, src inside it, dst after it.
-                let end = start.clone().add(g.shape(*src)[*axis].clone());
-                let mut shifted = idx.to_vec();
-                shifted[*axis] = idx[*axis].clone().sub(start.clone());
-                let inside = self.at(*src, &shifted);
-                let outside = self.at(*dst, idx);
-                ScalarExpr::Select {
-                    lhs: idx[*axis].clone(),
-                    rhs: start.clone(),
-                    then: Box::new(outside.clone()),
-                    otherwise: Box::new(ScalarExpr::Select {
-                        lhs: idx[*axis].clone(),
-                        rhs: end,
-                        then: Box::new(inside),
-                        otherwise: Box::new(outside),
-                        dtype,
-                    }),
-                    dtype,
-                }
-            }
-            Op::View(view, src) => match view {
-                ViewOp::Reshape(shape) => {
-                    let strides = contiguous_strides(shape);
-                    let flat = idx
-                        .iter()
-                        .zip(strides)
-                        .fold(Expr::Const(0), |acc, (i, s)| acc.add(i.clone().mul(s)));
-                    self.at_flat(*src, flat)
-                }
-                ViewOp::Permute(perm) => {
-                    let mut j = vec![Expr::Const(0); idx.len()];
-                    for (i, &p) in perm.iter().enumerate() {
-                        j[p] = idx[i].clone();
-                    }
-                    self.at(*src, &j)
-                }
-                ViewOp::Slice { axis, start } => {
-                    let mut j = idx.to_vec();
-                    j[*axis] = j[*axis].clone().add(start.clone());
-                    self.at(*src, &j)
-                }
-                ViewOp::Expand => {
-                    let from = g.shape(*src);
-                    let j: Vec<Expr> = idx
-                        .iter()
-                        .zip(from)
-                        .map(|(i, d)| {
-                            if d.is_const(1) {
-                                Expr::Const(0)
-                            } else {
-                                i.clone()
-                            }
-                        })
-                        .collect();
-                    self.at(*src, &j)
-                }
-            },
+            } => self.write_slice([*dst, *src], *axis, start, idx, dtype),
+            Op::View(view, src) => self.view(view, *src, idx),
             Op::Reduce(..) => self.fused_reduce(x, idx),
             Op::MatMul(..) if self.scores_of == Some(x) => ScalarExpr::Acc {
                 slot: 0,
@@ -671,6 +583,115 @@ impl Lowering<'_, '_> {
             Op::MatMul(..) => self.fused_matmul(x, idx),
             Op::Input { .. } | Op::Gather(..) => {
                 unreachable!("realized nodes are loaded, never inlined")
+            }
+        }
+    }
+
+    /// Element `idx` of a concatenation: built from the last part backwards, `if i < end(part)
+    /// { part } else { rest }`.
+    fn concat(&mut self, parts: &[NodeId], axis: usize, idx: &[Expr], dtype: DType) -> ScalarExpr {
+        let g = self.b.graph;
+        let mut ends = Vec::new();
+        let mut end = Expr::Const(0);
+        for p in parts {
+            end = end.add(g.shape(*p)[axis].clone());
+            ends.push(end.clone());
+        }
+        let start_of = |j: usize| {
+            if j == 0 {
+                Expr::Const(0)
+            } else {
+                ends[j - 1].clone()
+            }
+        };
+        let last = parts.len() - 1;
+        let mut shifted = idx.to_vec();
+        shifted[axis] = idx[axis].clone().sub(start_of(last));
+        let mut e = self.at(parts[last], &shifted);
+        for j in (0..last).rev() {
+            let mut shifted = idx.to_vec();
+            shifted[axis] = idx[axis].clone().sub(start_of(j));
+            let then = self.at(parts[j], &shifted);
+            e = ScalarExpr::Select {
+                lhs: idx[axis].clone(),
+                rhs: ends[j].clone(),
+                then: Box::new(then),
+                otherwise: Box::new(e),
+                dtype,
+            };
+        }
+        e
+    }
+
+    /// Element `idx` of `dst` with the range from `start` along `axis` replaced by `src`: dst
+    /// before the range, src inside it, dst after it.
+    fn write_slice(
+        &mut self,
+        [dst, src]: [NodeId; 2],
+        axis: usize,
+        start: &Expr,
+        idx: &[Expr],
+        dtype: DType,
+    ) -> ScalarExpr {
+        let g = self.b.graph;
+        let end = start.clone().add(g.shape(src)[axis].clone());
+        let mut shifted = idx.to_vec();
+        shifted[axis] = idx[axis].clone().sub(start.clone());
+        let inside = self.at(src, &shifted);
+        let outside = self.at(dst, idx);
+        ScalarExpr::Select {
+            lhs: idx[axis].clone(),
+            rhs: start.clone(),
+            then: Box::new(outside.clone()),
+            otherwise: Box::new(ScalarExpr::Select {
+                lhs: idx[axis].clone(),
+                rhs: end,
+                then: Box::new(inside),
+                otherwise: Box::new(outside),
+                dtype,
+            }),
+            dtype,
+        }
+    }
+
+    /// Element `idx` of a view of `src`: index arithmetic on `src`'s element.
+    fn view(&mut self, view: &ViewOp, src: NodeId, idx: &[Expr]) -> ScalarExpr {
+        let g = self.b.graph;
+        match view {
+            ViewOp::Reshape(shape) => {
+                let strides = contiguous_strides(shape);
+                let flat = idx
+                    .iter()
+                    .zip(strides)
+                    .fold(Expr::Const(0), |acc, (i, s)| acc.add(i.clone().mul(s)));
+                self.at_flat(src, flat)
+            }
+            ViewOp::Permute(perm) => {
+                let mut j = vec![Expr::Const(0); idx.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    j[p] = idx[i].clone();
+                }
+                self.at(src, &j)
+            }
+            ViewOp::Slice { axis, start } => {
+                let mut j = idx.to_vec();
+                j[*axis] = j[*axis].clone().add(start.clone());
+                self.at(src, &j)
+            }
+            ViewOp::Expand => {
+                let from = g.shape(src);
+                let j: Vec<Expr> = idx
+                    .iter()
+                    .zip(from)
+                    .map(|(i, d)| {
+                        if d.is_const(1) {
+                            Expr::Const(0)
+                        } else {
+                            i.clone()
+                        }
+                    })
+                    .collect();
+                self.at(src, &j)
             }
         }
     }

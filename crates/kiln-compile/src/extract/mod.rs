@@ -2,9 +2,9 @@
 //!
 //! Two steps. [`fusion`] decides which nodes are *realized* (own a buffer), in ordered passes
 //! that can each be tested alone; everything else is inlined into the kernel that reads it.
-//! `lower` then turns each realized node into a canonical [`Kernel`]: inlined elementwise
-//! chains become its loop body, views become index arithmetic in its loads, and its inputs are
-//! numbered in order of first use, so the kernel never mentions a node id.
+//! `lower` then turns each realized node into a canonical [`Kernel`](kiln_program::Kernel):
+//! inlined elementwise chains become its loop body, views become index arithmetic in its loads,
+//! and its inputs are numbered in order of first use, so the kernel never mentions a node id.
 
 mod attention;
 pub mod fusion;

@@ -22,8 +22,8 @@
 #if defined(KILN_AVX512)
 /* GCC vector extensions and the compiler's FMA builtins instead of <immintrin.h>: parsing that
  * header costs ~0.6 s per translation unit, more than compiling most kernels. kiln_vf,
- * kiln_ldv and kiln_ldbf_panel_lo/hi come from the prelude; each builtin is one vfmadd231ps (a * b + c,
- * rounded once), what _mm512_fmadd_ps / _mm256_fmadd_ps expand to. */
+ * kiln_ldv and kiln_ldbf_panel_lo/hi come from the prelude; each builtin is one vfmadd231ps
+ * (a * b + c, rounded once), what _mm512_fmadd_ps / _mm256_fmadd_ps expand to. */
 #define KILN_MR 12
 #define KILN_FMAV(a, b, c) __builtin_ia32_vfmaddps512_mask((a), (b), (c), (unsigned short)-1, 4)
 #define KILN_SIMD 1
@@ -38,12 +38,20 @@
 #error "kiln-cpu: a panel is two vectors wide"
 #endif
 
-/* The worker's scratch and which A rows it holds packed (rows m0.. of a, for this call). */
+/* Which A rows the worker holds packed in its abuf (rows m0.. of a). It lives in the first
+ * bytes of the worker's scratch, which the device zeroes before every launch: the rows packed
+ * by one call serve the worker's later calls of the same launch (a launch is split into more
+ * chunks than threads, and packing the rows of A again for each was up to a fifth of a prefill
+ * GEMM with a small N). */
+typedef struct {
+    const float *a_src;
+    int64_t a_m0;
+} kiln_gemm_state;
+/* The worker's scratch. */
 typedef struct {
     float *abuf;           /* [ceil(MC/MR)][K][MR] */
     float *bbuf;           /* [KC][NR] */
-    const float *a_src;
-    int64_t a_m0;
+    kiln_gemm_state *st;
 } kiln_gemm_ctx;
 
 static inline float kiln_bf16f(uint16_t h) { return kiln_u2f((uint32_t)h << 16); }
@@ -83,8 +91,8 @@ static inline void kiln_widen_bf16(const uint16_t *restrict s, float *restrict d
 
 /* Micro-kernel: C[MR x NR] (row stride ldc) (+)= A strip [kc][MR] x B strip [kc][NR]: MR
  * rows x two vectors of accumulators; per k two B loads (kept in registers), MR broadcasts
- * (folded into the FMAs as memory operands where the ISA has them), 2 MR FMAs.
- * AVX-512 12 x 32: 24 zmm accumulators + 2 B vectors of 32 registers. AVX2 6 x 16: 12 ymm
+ * (each into a register both of its FMAs read), 2 MR FMAs. AVX-512 12 x 32: 24 zmm
+ * accumulators + 2 B vectors + 1 broadcast = 27 of 32 registers. AVX2 6 x 16: 12 ymm
  * accumulators + 2 B vectors + 1 broadcast = 15 of 16. */
 #if defined(KILN_SIMD)
 #define KILN_SPLATV(x) kiln_splatv(x)
@@ -188,7 +196,7 @@ KILN_GEMV_PASS(kiln_gemv_pass_bf16, uint16_t, KILN_LDV_BF16)
 /* The product tile of a packed weight: t[i * ldt + j] = sum_k a[i * lda + k] * W[c0 + j, k]
  * for i < tm <= MC, j < tn <= NC. The tile has room for MC rows and NC + NR columns' worth of
  * whole panels: garbage beyond (tm, tn) is the caller's to ignore. `a` points at row m0 of A;
- * ctx caches the packed rows across the calls of one kernel invocation. */
+ * ctx->st says which rows the worker has packed in this launch. */
 #define KILN_PACKED_TILE(NAME, BT, CVT, POS, GEMV)                                                 \
 static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const BT *restrict wp,  \
                  int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t,     \
@@ -226,9 +234,9 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const
         for (int64_t i = 0; i < tm; ++i) for (int64_t j = 0; j < np * KILN_NR; ++j) t[i * ldt + j] = 0.0f; \
         return;                                                                                    \
     }                                                                                              \
-    if (ctx->a_src != a || ctx->a_m0 != m0) {                                                      \
+    if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {                                              \
         kiln_pack_a_rows(a, lda, tm, K, ctx->abuf);                                                \
-        ctx->a_src = a; ctx->a_m0 = m0;                                                            \
+        ctx->st->a_src = a; ctx->st->a_m0 = m0;                                                    \
     }                                                                                              \
     for (int64_t k0 = 0; k0 < K; k0 += KILN_KC) {                                                  \
         const int64_t kc = kiln_min(KILN_KC, K - k0);                                              \

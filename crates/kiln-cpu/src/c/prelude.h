@@ -141,13 +141,32 @@ static inline int64_t kiln_bf16_pos(int64_t j) {
 }
 
 /* c[m, n] = sum_k a[m*lda + k] * b[n*ldb + k]: both operands contiguous along k ("NT"),
- * the layout of Q K^T. 2x4 register blocks of KILN_VL-wide accumulators; each (m, n) is
- * summed in the same order whether its row is paired or not. */
+ * the layout of Q K^T. 2x4 register blocks of KILN_VL-wide accumulators; at most two rows
+ * (decode attention), one row of B at a time: B then streams from memory in address order,
+ * where the blocks' four interleaved rows read at less than half the speed (a KV cache of
+ * 1536 keys on a Zen 4 core: 0.62 -> 0.28 ms per layer). Each (m, n) is summed in the same
+ * order on every path: one KILN_VL-wide chain over k, kiln_hsumv, then the scalar tail. */
 #define KILN_ID(x) (x)
 #define KILN_MM_NT(NAME, BT, LDBV, LDB1) \
 static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
                        float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) { \
     const int64_t KV = K - K % KILN_VL; \
+    if (M <= 2) { /* a row of B at a time, in address order: B streams from memory */ \
+        const float *a0 = a, *a1 = M == 2 ? a + lda : a; \
+        for (int64_t n = 0; n < N; ++n) { \
+            const BT *b0 = b + n * ldb; \
+            kiln_vf c0 = {0}, c1 = {0}; \
+            for (int64_t k = 0; k < KV; k += KILN_VL) { \
+                const kiln_vf y = LDBV(b0 + k); \
+                c0 += kiln_ldv(a0 + k) * y; c1 += kiln_ldv(a1 + k) * y; \
+            } \
+            float s0 = kiln_hsumv(c0), s1 = kiln_hsumv(c1); \
+            for (int64_t k = KV; k < K; ++k) { s0 += a0[k] * LDB1(b0[k]); s1 += a1[k] * LDB1(b0[k]); } \
+            c[n] = s0; \
+            if (M == 2) c[ldc + n] = s1; \
+        } \
+        return; \
+    } \
     int64_t n = 0; \
     for (; n + 4 <= N; n += 4) { \
         const BT *b0 = b + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb; \
