@@ -71,11 +71,34 @@ pub struct SyncArgs {
 
 pub fn run(c: CacheCommand) -> anyhow::Result<()> {
     let cache = KernelCache::at(KernelCache::default_dir())?;
+    // The folder named (KILN_CACHE_DIR, else the default) must be a folder, if it exists at
+    // all; a missing one is an empty cache to `stats` (which says so) and an error to
+    // `verify`: there is nothing there to vouch for.
+    let exists = match std::fs::metadata(cache.dir()) {
+        Ok(m) if m.is_dir() => true,
+        Ok(_) => anyhow::bail!(
+            "the kernel cache {} (KILN_CACHE_DIR, else the default) is not a folder",
+            cache.dir().display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => anyhow::bail!("the kernel cache {}: {e}", cache.dir().display()),
+    };
+    let missing = || {
+        format!(
+            "there is no kernel cache at {} (KILN_CACHE_DIR, else the default): nothing was \
+             compiled into it yet",
+            cache.dir().display()
+        )
+    };
     match c {
         CacheCommand::Stats { json } => {
             let s = cache.stats();
             if json {
-                out::json(&s)?;
+                let mut v = serde_json::to_value(&s)?;
+                v["exists"] = exists.into();
+                out::json(&v)?;
+            } else if !exists {
+                out::line(&missing())?;
             } else {
                 let mut text = format!(
                     "kernel cache: {}\n  {} entries, {} ({})\n",
@@ -100,6 +123,7 @@ pub fn run(c: CacheCommand) -> anyhow::Result<()> {
                 cache.dir().display()
             ))?;
         }
+        CacheCommand::Verify { .. } if !exists => anyhow::bail!("{}", missing()),
         CacheCommand::Verify { json } => {
             let s = cache.stats();
             let bad = cache.verify();

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use kiln_backends::{BackendKind, ShaderFormat};
 use kiln_compile::{CompileOptions, CompileReport};
-use kiln_models::{build_graph, GraphOptions, ModelSource};
+use kiln_models::{build_graph, GraphOptions};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -16,8 +16,9 @@ pub struct CompileArgs {
     /// Target GPU architecture for `--backend cuda` (e.g. sm_90); default: the device's.
     #[arg(long)]
     pub arch: Option<String>,
-    /// Override the number of decoder layers (to study how compile cost grows with depth).
-    #[arg(long)]
+    /// Override the number of decoder layers (to study how compile cost grows with depth),
+    /// 1 to 10000.
+    #[arg(long, value_parser = crate::bounds::layers)]
     pub layers: Option<usize>,
     /// Compile every kernel launch separately (measures what dedupe saves).
     #[arg(long)]
@@ -31,14 +32,14 @@ pub struct CompileArgs {
     /// Limit the memory of compiler invocations in flight, in MB: at most MB / (the backend's
     /// estimate of one invocation) run at once, whatever --threads is [default: half of the
     /// memory available].
-    #[arg(long, value_name = "MB")]
+    #[arg(long, value_name = "MB", value_parser = crate::bounds::memory_mb)]
     pub memory_budget_mb: Option<u64>,
     /// Print exactly one JSON object (the compile report) on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Compile only shard I of N of the compile units into the caches (a deterministic 1/N,
-    /// balanced by estimated cost): N machines running 1/N .. N/N with one --remote-cache
-    /// build every unit once.
+    /// Compile only shard I of N (N at most 65536) of the compile units into the caches (a
+    /// deterministic 1/N, balanced by estimated cost): N machines running 1/N .. N/N with one
+    /// --remote-cache build every unit once.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<kiln_compile::Shard>,
     /// With `--backend wgpu`: also write naga's Metal Shading Language (`msl`) or SPIR-V (`spv`)
@@ -64,10 +65,9 @@ fn emit_args(a: &CompileArgs) -> anyhow::Result<Option<(ShaderFormat, PathBuf)>>
 
 /// Compiles the model's graph and returns the report.
 pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<CompileReport> {
-    let source = ModelSource::parse(&a.flags.model)?;
+    let source = crate::model_source(&a.flags.model)?;
     let mut config = source.config()?;
     if let Some(l) = a.layers {
-        anyhow::ensure!(l > 0, "--layers must be at least 1");
         config.num_layers = l;
     }
     let emit = emit_args(a)?;

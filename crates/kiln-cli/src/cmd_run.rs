@@ -7,9 +7,7 @@ use crate::CompileFlags;
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
-use kiln_models::{
-    FinishReason, GraphOptions, LoadOptions, Model, ModelSource, Sampling, StreamDecoder,
-};
+use kiln_models::{FinishReason, GraphOptions, LoadOptions, Model, Sampling, StreamDecoder};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -27,19 +25,21 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
     /// Wrap the prompt in the model's chat template (a GGUF file's tokenizer.chat_template, a
-    /// folder's tokenizer_config.json; the Qwen chat markup without one) and stop at <|im_end|>.
-    #[arg(long)]
+    /// folder's tokenizer_config.json; the Qwen chat markup without one) and stop at <|im_end|>
+    /// (with --prompt: ids are passed as they are).
+    #[arg(long, conflicts_with = "prompt_ids")]
     pub chat: bool,
-    #[arg(long, default_value_t = 32)]
+    /// At most this many new tokens (generation also stops at the model's context).
+    #[arg(long, default_value_t = 32, value_parser = crate::bounds::new_tokens)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::bounds::temperature)]
     pub temperature: f32,
-    /// Keep the K most likely tokens (0 = all).
+    /// Keep the K most likely tokens (0 = all; at most the vocabulary).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P.
-    #[arg(long, default_value_t = 1.0)]
+    /// Keep the smallest set of tokens whose probability reaches P, in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_parser = crate::bounds::top_p)]
     pub top_p: f32,
     /// Seed for sampling (and a preset's random weights).
     #[arg(long, default_value_t = 0)]
@@ -56,15 +56,17 @@ pub struct RunArgs {
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.temperature >= 0.0, "--temperature must be >= 0");
-    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
     if let Some(p) = &a.logits_out {
         check_writable("--logits-out", p)?;
     }
     if let Some(p) = &a.flags.trace {
         check_writable("--trace", p)?;
     }
-    let source = ModelSource::parse(&a.flags.model)?;
+    crate::output_path::check_distinct(&[
+        ("--logits-out", a.logits_out.as_deref()),
+        ("--trace", a.flags.trace.as_deref()),
+    ])?;
+    let source = crate::model_source(&a.flags.model)?;
     let tokenizer = source.tokenizer()?;
     let prompt_ids = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
@@ -77,6 +79,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 )
             })?;
             let text = if a.chat {
+                if tok.chat_template().is_none() {
+                    // The Qwen chat markup stands in for a template: it needs its tokens.
+                    tok.check_chat_tokens()?;
+                }
                 tok.apply_chat_template(text)?
             } else {
                 text.clone()
@@ -86,7 +92,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
     // A prompt the model cannot take fails here, before compiling or loading weights.
-    source.config()?.check_prompt(&prompt_ids)?;
+    let config = source.config()?;
+    config.check_prompt(&prompt_ids)?;
+    anyhow::ensure!(
+        a.top_k <= config.vocab_size,
+        "--top-k {} is more than the vocabulary ({} tokens; 0 keeps them all)",
+        a.top_k,
+        config.vocab_size
+    );
 
     let threads = a.flags.threads();
     let target = a.flags.open(None, false)?;
@@ -140,8 +153,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             out::print_or_exit(&format!("{id} "));
         }
     })?;
+    if let (true, Some(t)) = (show, &tokenizer) {
+        // A last token that ended inside a character: shown (as U+FFFD), as --json shows it.
+        out::print(&stream.finish(t)?)?;
+    }
     let text = match &tokenizer {
-        Some(t) => t.decode(&gen.generated_ids)?,
+        Some(t) => {
+            let unknown = t.unknown_ids(&gen.generated_ids);
+            if !unknown.is_empty() {
+                eprintln!(
+                    "warning: generated ids with no token in the tokenizer ({} tokens; the model \
+                     has {}): {unknown:?}, shown as U+FFFD",
+                    t.vocab_size(),
+                    model.config.vocab_size
+                );
+            }
+            t.decode(&gen.generated_ids)?
+        }
         None => String::new(),
     };
     if let Some(path) = &a.logits_out {

@@ -1,6 +1,7 @@
 //! `kiln`: compile and run neural-network graphs, fast. A thin layer over the library crates.
 
 mod bench;
+mod bounds;
 mod cmd_cache;
 mod cmd_compile;
 mod cmd_run;
@@ -54,7 +55,8 @@ pub struct CompileFlags {
     /// Model: a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen2.5-0.5b, qwen2.5-1.5b,
     /// qwen2.5-7b), a Hugging Face checkpoint folder or a GGUF file (FILE.gguf: Qwen2/2.5/3 in
     /// F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; quantized weights are
-    /// decoded to f32 at load).
+    /// decoded to f32 at load). A folder wins over a preset of the same name (with a note);
+    /// preset:NAME is always the preset.
     #[arg(long)]
     pub model: String,
     /// Compile threads, 1 to 1024 (1 = sequential). Default: the number of cores. Kernels run
@@ -65,7 +67,7 @@ pub struct CompileFlags {
     /// process group) is killed and the compile fails naming the kernels. Applies to external
     /// compilers (the C compiler), not to NVRTC or wgpu (naga and the driver), which run inside
     /// kiln.
-    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = bounds::compile_timeout)]
     pub compile_timeout: u64,
     /// Where kernels run: cpu (system C compiler), cuda (NVRTC, NVIDIA GPU) or wgpu (WGSL on
     /// Vulkan, Metal or DX12; pick the adapter with KILN_WGPU_ADAPTER and WGPU_BACKEND).
@@ -86,6 +88,16 @@ pub struct CompileFlags {
     /// Write a Chrome/Perfetto trace of the compile to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+}
+
+/// The model `--model` names; a folder that shadows a preset of the same name is used, with a
+/// notice on stderr (see [`kiln_models::ModelSource::parse`]).
+pub fn model_source(arg: &str) -> anyhow::Result<kiln_models::ModelSource> {
+    let source = kiln_models::ModelSource::parse(arg)?;
+    if let Some(notice) = source.shadowed_preset() {
+        eprintln!("note: {notice}");
+    }
+    Ok(source)
 }
 
 /// A `--threads` value that is not a thread count kiln uses.

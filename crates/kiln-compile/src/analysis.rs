@@ -4,12 +4,16 @@
 use kiln_ir::{Graph, Node, NodeId, Op};
 use std::collections::HashMap;
 
-use crate::CompileError;
+use crate::{cancel, CompileError};
 
 pub fn analyze(graph: &Graph) -> Result<Graph, CompileError> {
     validate(graph)?;
-    let cse = eliminate_common_subexpressions(graph);
-    Ok(eliminate_dead_nodes(&cse))
+    let cse = eliminate_common_subexpressions(graph)?;
+    let dce = eliminate_dead_nodes(&cse);
+    if dce.is_err() {
+        cancel::discard(cse);
+    }
+    dce
 }
 
 fn validate(graph: &Graph) -> Result<(), CompileError> {
@@ -29,6 +33,7 @@ fn validate(graph: &Graph) -> Result<(), CompileError> {
         }
     }
     for (i, node) in graph.nodes.iter().enumerate() {
+        cancel::check_every(i)?;
         for inp in node.op.inputs() {
             if inp.index() >= i {
                 return invalid(format!(
@@ -43,11 +48,15 @@ fn validate(graph: &Graph) -> Result<(), CompileError> {
 
 /// Merges nodes with the same op, inputs, dtype and shape (e.g. the RoPE tables every layer
 /// builds): the first occurrence wins.
-fn eliminate_common_subexpressions(graph: &Graph) -> Graph {
+fn eliminate_common_subexpressions(graph: &Graph) -> Result<Graph, CompileError> {
     let mut out = Graph::new();
     let mut seen: HashMap<Node, NodeId> = HashMap::new();
     let mut remap: Vec<NodeId> = Vec::with_capacity(graph.nodes.len());
-    for node in &graph.nodes {
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if let Err(e) = cancel::check_every(i) {
+            cancel::discard((out, seen));
+            return Err(e);
+        }
         let n = Node {
             op: node.op.map_inputs(|x| remap[x.index()]),
             dtype: node.dtype,
@@ -64,12 +73,12 @@ fn eliminate_common_subexpressions(graph: &Graph) -> Graph {
         .map(|(n, id)| (n.clone(), remap[id.index()]))
         .collect();
     out.requirements = graph.requirements.clone();
-    out
+    Ok(out)
 }
 
 /// Drops nodes no output depends on. Inputs are kept even when unused, so that callers may pass
 /// every declared input.
-fn eliminate_dead_nodes(graph: &Graph) -> Graph {
+fn eliminate_dead_nodes(graph: &Graph) -> Result<Graph, CompileError> {
     let mut live = vec![false; graph.nodes.len()];
     for (_, o) in &graph.outputs {
         live[o.index()] = true;
@@ -87,6 +96,10 @@ fn eliminate_dead_nodes(graph: &Graph) -> Graph {
     let mut out = Graph::new();
     let mut remap = vec![NodeId(u32::MAX); graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
+        if let Err(e) = cancel::check_every(i) {
+            cancel::discard(out);
+            return Err(e);
+        }
         if live[i] {
             remap[i] = out.push(
                 node.op.map_inputs(|x| remap[x.index()]),
@@ -101,7 +114,7 @@ fn eliminate_dead_nodes(graph: &Graph) -> Graph {
         .map(|(n, id)| (n.clone(), remap[id.index()]))
         .collect();
     out.requirements = graph.requirements.clone();
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

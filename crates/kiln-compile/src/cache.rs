@@ -59,9 +59,10 @@ pub struct KernelCache {
 /// Why a kernel cache could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    /// `KILN_CACHE_MAX_MB` is set to something that is not a size.
-    #[error("KILN_CACHE_MAX_MB={value:?} is not a size in megabytes (0: no limit)")]
-    MaxSize { value: String },
+    /// `KILN_CACHE_MAX_MB` is set to something that is not a size kiln can keep to (`why`:
+    /// not a number, less than a byte, past 64 bits).
+    #[error("KILN_CACHE_MAX_MB={value:?} {why} (megabytes; 0: no limit)")]
+    MaxSize { value: String, why: &'static str },
     /// The folder neither exists nor can be created.
     #[error("cannot create kernel cache dir {}: {source}", dir.display())]
     Create {
@@ -136,18 +137,39 @@ pub struct Pruned {
 }
 
 /// The size limit from `KILN_CACHE_MAX_MB` (megabytes of 2^20 bytes, fractions allowed; 0: no
-/// limit), else [`DEFAULT_MAX_MB`].
+/// limit), else [`DEFAULT_MAX_MB`]. Only a written zero means no limit: a value too small to
+/// be a byte (`1e-400` parses as 0) or too large for 64 bits is an error.
 pub fn max_bytes_from_env() -> Result<Option<u64>, CacheError> {
-    let mb = match std::env::var("KILN_CACHE_MAX_MB") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|mb| mb.is_finite() && *mb >= 0.0)
-            .ok_or(CacheError::MaxSize { value: v })?,
-        _ => DEFAULT_MAX_MB as f64,
+    let v = match std::env::var("KILN_CACHE_MAX_MB") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => return Ok(Some(DEFAULT_MAX_MB << 20)),
     };
-    Ok((mb > 0.0).then_some((mb * (1u64 << 20) as f64) as u64))
+    let bad = |why| CacheError::MaxSize {
+        value: v.clone(),
+        why,
+    };
+    let mb = v
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|mb| mb.is_finite() && *mb >= 0.0)
+        .ok_or_else(|| bad("is not a size"))?;
+    let written_zero = v
+        .trim()
+        .split(['e', 'E'])
+        .next()
+        .is_some_and(|m| m.chars().all(|c| matches!(c, '0' | '.' | '+' | '-')));
+    if mb == 0.0 && written_zero {
+        return Ok(None);
+    }
+    let bytes = mb * (1u64 << 20) as f64;
+    if bytes < 1.0 {
+        return Err(bad("is less than a byte"));
+    }
+    if bytes >= u64::MAX as f64 {
+        return Err(bad("is more than 64 bits of bytes"));
+    }
+    Ok(Some(bytes as u64))
 }
 
 /// The cache key of one compile unit: everything that changes its artifact (the sources of

@@ -27,10 +27,13 @@ pub fn dedupe(program: &Program, enabled: bool) -> Deduped {
     let mut index: HashMap<&Kernel, usize> = HashMap::new();
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut uses: Vec<usize> = Vec::new();
+    // An interrupted compile stops here (`compile` then fails with `Interrupted`).
     let step_kernel = program
         .steps
         .iter()
-        .map(|step| {
+        .enumerate()
+        .take_while(|(i, _)| crate::cancel::check_every(*i).is_ok())
+        .map(|(_, step)| {
             let u = match index.get(&step.kernel) {
                 Some(&u) if enabled => u,
                 _ => {

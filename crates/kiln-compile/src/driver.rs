@@ -59,24 +59,40 @@ fn pipeline<B: Backend>(
 ) -> Result<Compiled<B::Module>, CompileError> {
     check_threads(opts.threads)?;
     COMPILES.fetch_add(1, Ordering::SeqCst);
-    let _active = ActiveCompile::start();
-    check_interrupt()?;
+    // Held while this compile runs, and given up as soon as it fails (an interruption above
+    // all), before the stages' values are freed: the signal handler's exit waits for this
+    // mark, and freeing a deep graph's millions of nodes would take longer than the second it
+    // has.
+    let mut active = Some(ActiveCompile::start());
+    let mut give_up = |e: CompileError| {
+        active.take();
+        e
+    };
+    check_interrupt().map_err(&mut give_up)?;
     let started = Instant::now();
     let identity = backend.identity()?;
     let mut stages = StageTimer::new(opts.observer);
 
-    let graph = stages.run(Stage::Analysis, || analysis::analyze(graph))?;
+    // Every stage stops early once the program is interrupted (an atomic load per chunk of
+    // its loop, `cancel.rs`); what it returns then is incomplete, and the compile ends at the
+    // check after it.
+    let graph = stages
+        .run(Stage::Analysis, || analysis::analyze(graph))
+        .map_err(&mut give_up)?;
     let fuse = opts.fusion && backend.supports_fusion();
     let program = stages.run(Stage::KernelExtraction, || {
         extract::extract_with(&graph, fuse)
     });
+    check_interrupt().map_err(&mut give_up)?;
     let mut kernels = stages.run(Stage::Dedupe, || dedupe::dedupe(&program, opts.dedupe));
+    check_interrupt().map_err(&mut give_up)?;
     // No stage has more parallel work than there are distinct kernels: more threads would only
     // be started, compete for the cores while idle, and be stopped again.
     let pool = Workers::new(opts.threads.min(kernels.kernels.len().max(1)))?;
     let sources = stages.run(Stage::Codegen, || {
         codegen::codegen(&mut kernels, backend, &pool)
     });
+    check_interrupt().map_err(&mut give_up)?;
     let store = Store::new(opts);
     let memory_budget = budget::memory_budget(opts.memory_budget);
     let max_in_flight = budget::in_flight_limit(memory_budget, backend.compile_memory_estimate());
@@ -94,11 +110,16 @@ fn pipeline<B: Backend>(
     let mut units: Vec<Unit> = stages.run(Stage::Schedule, || schedule::units(&cx));
     stages.run(Stage::CacheLookup, || lookup::lookup(&mut units, &cx));
     cx.store.warn_if_remote_failed();
-    stages.run(Stage::ParallelCompile, || {
-        parallel::compile_missing(&mut units, &cx)
-    })?;
+    check_interrupt().map_err(&mut give_up)?;
+    stages
+        .run(Stage::ParallelCompile, || {
+            parallel::compile_missing(&mut units, &cx)
+        })
+        .map_err(&mut give_up)?;
     let modules = match load {
-        true => stages.run(Stage::ModuleLoading, || load::load_units(&mut units, &cx))?,
+        true => stages
+            .run(Stage::ModuleLoading, || load::load_units(&mut units, &cx))
+            .map_err(&mut give_up)?,
         false => Vec::new(),
     };
     let plan = stages.run(Stage::MemoryPlan, || memplan::plan(&program));

@@ -26,6 +26,7 @@
 pub mod analysis;
 pub mod budget;
 pub mod cache;
+mod cancel;
 mod codegen;
 mod context;
 pub mod dedupe;

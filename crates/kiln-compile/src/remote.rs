@@ -444,14 +444,15 @@ impl RemoteSession<'_> {
         let limit = shared.opts.flush_limit;
         let deadline = Instant::now() + limit;
         let mut q = shared.queue.lock().expect("queue");
-        while self.tally.pending.load(Ordering::SeqCst) > 0 {
+        // An interrupted program does not wait for its uploads (looked at every 100 ms).
+        while self.tally.pending.load(Ordering::SeqCst) > 0 && !crate::cancel::requested() {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             q = shared
                 .changed
-                .wait_timeout(q, deadline - now)
+                .wait_timeout(q, (deadline - now).min(Duration::from_millis(100)))
                 .expect("queue")
                 .0;
         }

@@ -10,6 +10,10 @@
 
 use crate::schedule::Job;
 
+/// The most shards a program is split into: machines in one precompile. (A shard beyond the
+/// program's compile units is empty; the partition never allocates per shard.)
+pub const MAX_SHARDS: usize = 65_536;
+
 /// Shard `index` of `count` (1-based: `--shard 1/3`, `2/3`, `3/3`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
@@ -25,19 +29,19 @@ impl std::fmt::Display for Shard {
 
 /// A `--shard` that is not `I/N` with 1 <= I <= N.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid shard `{0}`: expected I/N with 1 <= I <= N, e.g. 2/3")]
+#[error("invalid shard `{0}`: expected I/N with 1 <= I <= N <= {MAX_SHARDS}, e.g. 2/3")]
 pub struct ShardParseError(pub String);
 
 impl std::str::FromStr for Shard {
     type Err = ShardParseError;
 
-    /// `I/N` with 1 <= I <= N.
+    /// `I/N` with 1 <= I <= N <= [`MAX_SHARDS`].
     fn from_str(s: &str) -> Result<Shard, ShardParseError> {
         let bad = || ShardParseError(s.to_string());
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: usize = i.trim().parse().map_err(|_| bad())?;
         let count: usize = n.trim().parse().map_err(|_| bad())?;
-        if index == 0 || count == 0 || index > count {
+        if index == 0 || count == 0 || index > count || count > MAX_SHARDS {
             return Err(bad());
         }
         Ok(Shard { index, count })
@@ -53,13 +57,16 @@ pub fn partition(units: &[Job], keys: &[String], count: usize) -> Vec<usize> {
             .cmp(&units[a].estimate)
             .then_with(|| keys[a].cmp(&keys[b]))
     });
-    let mut load = vec![0u64; count.max(1)];
+    // Only the first `units.len()` shards can receive a unit (the least-loaded shard, ties to
+    // the lowest index, is never past the first empty one), so the loads of the others are
+    // never kept: `--shard 1/65536` costs what `--shard 1/<units>` does.
+    let bins = count.clamp(1, units.len().max(1));
+    let mut load: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> =
+        (0..bins).map(|s| std::cmp::Reverse((0, s))).collect();
     let mut shard_of = vec![0; units.len()];
     for u in order {
-        let s = (0..load.len())
-            .min_by_key(|&s| (load[s], s))
-            .expect("at least one shard");
-        load[s] += units[u].estimate;
+        let std::cmp::Reverse((l, s)) = load.pop().expect("at least one shard");
+        load.push(std::cmp::Reverse((l + units[u].estimate, s)));
         shard_of[u] = s;
     }
     shard_of
@@ -137,9 +144,31 @@ mod tests {
     }
 
     #[test]
+    fn more_shards_than_units_leave_the_extra_shards_empty_at_no_cost() {
+        let (jobs, keys) = units(&[5, 9, 9, 3]);
+        let few = partition(&jobs, &keys, 4);
+        assert_eq!(partition(&jobs, &keys, MAX_SHARDS), few);
+        let last = Shard {
+            index: MAX_SHARDS,
+            count: MAX_SHARDS,
+        };
+        assert!(last.select(&jobs, &keys).iter().all(|&w| !w));
+    }
+
+    #[test]
     fn parses_i_of_n() {
         assert_eq!("2/3".parse(), Ok(Shard { index: 2, count: 3 }));
-        for bad in ["0/3", "4/3", "1/0", "x/2", "3", ""] {
+        let too_many = format!("1/{}", MAX_SHARDS + 1);
+        for bad in [
+            "0/3",
+            "4/3",
+            "1/0",
+            "x/2",
+            "3",
+            "",
+            "1/4294967296",
+            &too_many,
+        ] {
             let e = bad.parse::<Shard>().unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("I/N"), "{e}");
         }

@@ -76,10 +76,21 @@ impl CCompiler {
         }
     }
 
-    /// A command line such as `distcc gcc` (split at spaces).
+    /// A command line such as `distcc gcc` (split at spaces). A relative path in it
+    /// (`./mycc`) is made absolute here: compiles run in a scratch folder, where it would name
+    /// nothing (the `--version` check, run here, would pass and every kernel then fail).
     pub fn command(line: &str, origin: &'static str) -> CCompiler {
+        let cwd = std::env::current_dir().ok();
+        let absolute = |w: &str| -> String {
+            match &cwd {
+                Some(d) if !w.starts_with('-') && w.contains('/') && Path::new(w).is_relative() => {
+                    d.join(w).to_string_lossy().into_owned()
+                }
+                _ => w.to_string(),
+            }
+        };
         CCompiler {
-            command: line.split_whitespace().map(String::from).collect(),
+            command: line.split_whitespace().map(absolute).collect(),
             origin,
             native: OnceLock::new(),
             isa_request: IsaRequest::from_env(),

@@ -209,6 +209,15 @@ fn write_kernels_compile_with_nvrtc() {
     assert!(c.loaded.kernels.iter().any(|k| k.kernel.label() == "write"));
 }
 
+/// Infinities, NaN and f64 constants past f32's range compile with NVRTC (an f32 `1e39` once
+/// rendered as `inff`; the op cases run them on the emulator and the GPU).
+#[test]
+fn non_finite_constants_compile_with_nvrtc() {
+    let backend = CudaBackend::compile_only("sm_90").unwrap();
+    let g = kiln_ir::testing::non_finite_constants_graph();
+    compile(&g, &backend, &CompileOptions::default()).unwrap();
+}
+
 /// Buffers larger than the card are a clear error naming what was needed and what is free.
 #[test]
 fn gpu_out_of_device_memory_is_a_clear_error() {

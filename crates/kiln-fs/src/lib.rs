@@ -118,14 +118,6 @@ impl Folder {
         Ok(Folder { roots: vec![real] })
     }
 
-    /// The folder of a file: its parent (the current folder for a bare name).
-    pub fn of_file(path: &Path) -> Result<Folder, FileError> {
-        match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => Folder::new(p),
-            _ => Folder::new(Path::new(".")),
-        }
-    }
-
     /// Also lets files resolve into `other` (when it exists): a Hugging Face snapshot's files
     /// are links into the repository's `blobs/`.
     pub fn also(mut self, other: &Path) -> Folder {

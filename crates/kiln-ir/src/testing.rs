@@ -86,6 +86,56 @@ pub fn random_graph_inputs(
     ])
 }
 
+/// Constants a kernel cannot spell as a plain literal — infinities, NaN, and f64 values past
+/// f32's range (1e39 is infinity in f32) — and a large finite one, each combined with an
+/// input `x` `[2, 4]` (values from [`non_finite_inputs`]): outputs `<op>_<k>` for the `k`th
+/// constant: a sum, a maximum, a comparison, a row sum, a row max and a bf16 cast of the sum
+/// (and of the product, for the constants f32 and the interpreter's f64 agree on: `0 * 1e39`
+/// is 0 in f64 but NaN in f32).
+pub fn non_finite_constants_graph() -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("x", DType::F32, &[2.into(), 4.into()]).expect("x");
+    let constants = [
+        (f64::INFINITY, true),
+        (f64::NEG_INFINITY, true),
+        (f64::NAN, true),
+        (1e37, true),
+        (1e39, false),
+        (-1e39, false),
+    ];
+    for (k, (c, products_agree)) in constants.into_iter().enumerate() {
+        let c = g.scalar(c, DType::F32);
+        let c = g.broadcast_to(c, &[2.into(), 4.into()]).expect("broadcast");
+        let sum = g.add(x, c).expect("add");
+        let mut outs = vec![
+            ("add", sum),
+            ("max", g.maximum(x, c).expect("max")),
+            ("lt", g.lt(x, c).expect("lt")),
+            ("rowsum", g.sum(sum, 1).expect("sum")),
+            ("rowmax", g.max(sum, 1).expect("rowmax")),
+            ("bf16", g.cast(sum, DType::BF16)),
+        ];
+        if products_agree {
+            let prod = g.mul(x, c).expect("mul");
+            outs.push(("mul", prod));
+            outs.push(("mulsum", g.sum(prod, 1).expect("sum")));
+            outs.push(("mulmax", g.max(prod, 1).expect("max")));
+        }
+        for (name, o) in outs {
+            g.output(&format!("{name}_{k}"), o);
+        }
+    }
+    g
+}
+
+/// The input of [`non_finite_constants_graph`]: positive, negative and zero values.
+pub fn non_finite_inputs() -> HashMap<String, Tensor> {
+    inputs(&[(
+        "x",
+        Tensor::from_f32(&[2, 4], &[1.0, -2.0, 0.0, 0.5, -0.0, 3.0, -1.5, 2.5]),
+    )])
+}
+
 /// Grouped-query attention as a model writes it, for the fused attention kernels' tests:
 /// `softmax(0.3 q k^T [+ causal mask]) v` with `heads` query heads per KV head. Inputs `q`
 /// `[kv, heads, s, d]` (its shape binds s), `k` `[kv, t, d]` and `v` `[kv, t, dv]` (t keys,

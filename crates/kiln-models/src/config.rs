@@ -60,7 +60,13 @@ const SILU_NAMES: [&str; 2] = ["silu", "swish"];
 
 /// Largest value any dimension may have: shapes are `i64` expressions and kernels index with
 /// 64-bit products of two dimensions, so each must stay well inside 32 bits.
-pub(crate) const MAX_DIM: u64 = i32::MAX as u64;
+pub const MAX_DIM: u64 = i32::MAX as u64;
+
+/// The most decoder layers a model (or `kiln compile --layers`) may have. The deepest
+/// published decoders have about 130; each layer adds about 240 graph nodes and 13 kernel
+/// launches (some 130 KB of graph while compiling), so 10 000 layers take a few GB to compile
+/// and anything deeper is a typo or an attack, not a model.
+pub const MAX_LAYERS: usize = 10_000;
 
 /// `config.json` as a JSON object, with readers that name the key at fault.
 struct Keys<'a>(&'a Map<String, Value>);
@@ -99,6 +105,41 @@ impl Keys<'_> {
             .ok_or_else(|| {
                 ModelError::config(format!("key '{k}' must be a positive number, got {x}"))
             })
+    }
+
+    /// A number in `lo..=hi`; `range` says what the bound is and why.
+    fn bounded_float(x: &Value, k: &str, lo: f64, hi: f64, range: &str) -> Result<f64, ModelError> {
+        let v = Self::positive_float(x, k)?;
+        if !(lo..=hi).contains(&v) {
+            return Err(ModelError::config(format!(
+                "key '{k}' = {x} is out of range: {range}"
+            )));
+        }
+        Ok(v)
+    }
+
+    /// `rms_norm_eps`: added to a mean of squares in f32, it must be a normal f32 (a larger
+    /// one is infinite there, a smaller one zero) and no more than 1 (past that it dominates
+    /// every activation).
+    fn eps(x: &Value, k: &str) -> Result<f64, ModelError> {
+        Self::bounded_float(
+            x,
+            k,
+            f32::MIN_POSITIVE as f64,
+            1.0,
+            "it must be a normal f32 (at least 1.2e-38) no larger than 1",
+        )
+    }
+
+    /// A RoPE base: below 1 the frequencies grow with the dimension, past f32's range.
+    fn rope_base(x: &Value, k: &str) -> Result<f64, ModelError> {
+        Self::bounded_float(
+            x,
+            k,
+            1.0,
+            f64::MAX,
+            "it must be at least 1 (below 1 the RoPE frequencies grow past f32's range)",
+        )
     }
 
     fn bool(&self, k: &str, default: bool) -> Result<bool, ModelError> {
@@ -197,6 +238,12 @@ impl QwenConfig {
             )));
         }
         for k in ["hidden_act", "hidden_activation"] {
+            // transformers looks a null activation up in ACT2FN and fails: no default here.
+            if obj.get(k).is_some_and(Value::is_null) {
+                return Err(ModelError::config(format!(
+                    "key '{k}' is null; kiln implements silu (the Qwen activation)"
+                )));
+            }
             if let Some(act) = keys.str(k)? {
                 if !SILU_NAMES.contains(&act) {
                     return Err(ModelError::config(format!(
@@ -210,6 +257,11 @@ impl QwenConfig {
         let hidden_size = keys.uint("hidden_size")?;
         let num_heads = keys.uint("num_attention_heads")?;
         let num_layers = keys.uint("num_hidden_layers")?;
+        if num_layers > MAX_LAYERS {
+            return Err(ModelError::config(format!(
+                "key 'num_hidden_layers' = {num_layers}: kiln builds at most {MAX_LAYERS} layers"
+            )));
+        }
         // transformers' Qwen2Config/Qwen3Config: `num_key_value_heads: int | None = 32`, and
         // `None` means `num_attention_heads`; so an absent key is 32, a null one MHA.
         let num_kv_heads = match obj.get("num_key_value_heads") {
@@ -240,7 +292,7 @@ impl QwenConfig {
         check_attention_kinds(&keys, num_layers)?;
         let rope_theta = rope_theta(&keys)?;
         let rms_norm_eps = match keys.get("rms_norm_eps") {
-            Some(x) => Keys::positive_float(x, "rms_norm_eps")?,
+            Some(x) => Keys::eps(x, "rms_norm_eps")?,
             None => 1e-6,
         };
         let c = QwenConfig {
@@ -264,6 +316,8 @@ impl QwenConfig {
             eos_token_ids: keys.ids("eos_token_id")?,
             weight_dtype: weight_dtype(&keys)?,
         };
+        // Special token ids name rows of the embedding: one past the vocabulary is no token.
+        check_special_ids(&keys, c.vocab_size)?;
         let bytes = c.weight_bytes();
         if bytes >= 1 << 62 {
             return Err(ModelError::config(format!(
@@ -368,6 +422,35 @@ impl QwenConfig {
     }
 }
 
+/// The special token ids (`bos_token_id`, `eos_token_id`, `pad_token_id`: an id or a list)
+/// of a config or generation config are inside a vocabulary of `vocab` tokens.
+fn check_special_ids(keys: &Keys<'_>, vocab: usize) -> Result<(), ModelError> {
+    for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        if let Some(bad) = keys.ids(k)?.into_iter().find(|&i| i as usize >= vocab) {
+            return Err(ModelError::config(format!(
+                "key '{k}' = {bad} is not a token: the vocabulary has {vocab} (vocab_size)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The stop tokens `generation_config.json` (`text`) gives for a model of `vocab` tokens:
+/// its `eos_token_id` (an id or a list), which replaces the config's as in transformers
+/// (`GenerationConfig` is what `generate` reads). `None` when the file does not name them.
+pub fn generation_eos_ids(text: &str, vocab: usize) -> Result<Option<Vec<u32>>, ModelError> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| ModelError::config(format!("invalid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ModelError::config("must be a JSON object"))?;
+    let keys = Keys(obj);
+    check_special_ids(&keys, vocab)?;
+    keys.get("eos_token_id")
+        .map(|_| keys.ids("eos_token_id"))
+        .transpose()
+}
+
 /// Every layer must be full (causal) attention: kiln does not implement sliding windows.
 /// transformers (Qwen2Config/Qwen3Config `__post_init__`): `sliding_window` only counts when
 /// `use_sliding_window` is true; `layer_types`, when given, decides per layer, otherwise layer
@@ -434,6 +517,7 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
         None => dict("rope_parameters")?,
     };
     let mut theta = None;
+    let mut theta_key = String::new();
     if let Some((name, p)) = params {
         for nested in ["full_attention", "sliding_attention"] {
             if p.contains_key(nested) {
@@ -462,7 +546,8 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
             }
         }
         if let Some(t) = p.get("rope_theta").filter(|t| !t.is_null()) {
-            theta = Some(Keys::positive_float(t, &format!("{name}.rope_theta"))?);
+            theta_key = format!("{name}.rope_theta");
+            theta = Some(Keys::rope_base(t, &theta_key)?);
         }
     }
     if let Some(f) = keys.get("partial_rotary_factor") {
@@ -473,8 +558,18 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64, ModelError> {
         }
     }
     match (theta, keys.get("rope_theta")) {
-        (Some(t), _) => Ok(t),
-        (None, Some(t)) => Keys::positive_float(t, "rope_theta"),
+        // Both spellings (transformers 5 writes both): they must say the same.
+        (Some(t), Some(top)) => {
+            let top_value = Keys::rope_base(top, "rope_theta")?;
+            if top_value != t {
+                return Err(ModelError::config(format!(
+                    "keys '{theta_key}' = {t} and 'rope_theta' = {top} disagree"
+                )));
+            }
+            Ok(t)
+        }
+        (Some(t), None) => Ok(t),
+        (None, Some(t)) => Keys::rope_base(t, "rope_theta"),
         (None, None) => Ok(10000.0),
     }
 }

@@ -57,6 +57,10 @@ pub enum ModelError {
     /// The model does not fit this machine.
     #[error("{0}")]
     Resources(String),
+    /// The model computed NaN or infinite logits (NaN or Inf weights, or an overflow):
+    /// no token can be chosen from them.
+    #[error("{0}")]
+    NonFinite(String),
     #[error(transparent)]
     Graph(#[from] kiln_ir::IrError),
     #[error(transparent)]
@@ -111,10 +115,22 @@ pub enum ModelSource {
     Gguf(PathBuf),
 }
 
+/// The prefix that names a preset whatever folders exist: `preset:qwen3-0.6b`.
+pub const PRESET_PREFIX: &str = "preset:";
+
 impl ModelSource {
+    /// A folder, else a preset. A name that is both (a checkpoint downloaded into
+    /// `./qwen3-0.6b`) is the folder — a real checkpoint is never silently replaced by random
+    /// weights — and [`ModelSource::shadowed_preset`] says so; `preset:NAME` is the preset.
     pub fn parse(s: &str) -> Result<ModelSource, ModelError> {
-        if presets::preset(s).is_some() {
-            return Ok(ModelSource::Preset(s.into()));
+        if let Some(name) = s.strip_prefix(PRESET_PREFIX) {
+            return match presets::preset(name) {
+                Some(_) => Ok(ModelSource::Preset(name.into())),
+                None => Err(ModelError::Source(format!(
+                    "unknown preset '{name}' (presets: {})",
+                    presets::preset_names().join(", ")
+                ))),
+            };
         }
         let p = PathBuf::from(s);
         if p.is_dir() {
@@ -135,16 +151,58 @@ impl ModelSource {
                 }
             )));
         }
+        if presets::preset(s).is_some() {
+            return Ok(ModelSource::Preset(s.into()));
+        }
         Err(ModelError::Source(format!(
             "unknown model '{s}': not a preset ({}), a folder with config.json or a GGUF file",
             presets::preset_names().join(", ")
         )))
     }
 
+    /// For a folder whose name (as given) is also a preset's: the notice to show, saying which
+    /// was chosen and how to choose the other.
+    pub fn shadowed_preset(&self) -> Option<String> {
+        let ModelSource::Dir(d) = self else {
+            return None;
+        };
+        let name = d.to_str()?;
+        presets::preset(name).map(|_| {
+            format!(
+                "'{name}' is both a folder and a preset: using the folder {}; for the preset \
+                 (random weights) pass --model {PRESET_PREFIX}{name}",
+                d.display()
+            )
+        })
+    }
+
+    /// The model's config; for a folder, `config.json` and, when present,
+    /// `generation_config.json`, whose `eos_token_id` replaces the config's (as in
+    /// transformers: Qwen3's instruct models stop at `<|endoftext|>` only through it).
     pub fn config(&self) -> Result<QwenConfig, ModelError> {
         match self {
             ModelSource::Preset(name) => Ok(presets::preset(name).expect("parsed preset")),
-            ModelSource::Dir(d) => QwenConfig::from_file(&d.join("config.json")),
+            ModelSource::Dir(d) => {
+                let mut c = QwenConfig::from_file(&d.join("config.json"))?;
+                let path = d.join("generation_config.json");
+                if path.symlink_metadata().is_ok() {
+                    let at = |detail: String| ModelError::Config {
+                        path: Some(path.clone()),
+                        detail,
+                    };
+                    let text = files::read_text(&path, files::CONFIG)
+                        .map_err(|e| at(files::problem(&e)))?;
+                    let eos =
+                        config::generation_eos_ids(&text, c.vocab_size).map_err(|e| match e {
+                            ModelError::Config { detail, .. } => at(detail),
+                            e => e,
+                        })?;
+                    if let Some(eos) = eos {
+                        c.eos_token_ids = eos;
+                    }
+                }
+                Ok(c)
+            }
             ModelSource::Gguf(p) => gguf::qwen::GgufCheckpoint::open(p)?.config(),
         }
     }

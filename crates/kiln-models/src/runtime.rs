@@ -154,6 +154,23 @@ impl Generation {
     }
 }
 
+/// Fails when the logits of generation step `step` hold a NaN or an infinity: sampling would
+/// pick token 0 (or any) from them, forever.
+fn check_finite(logits: &[f32], step: usize) -> Result<(), ModelError> {
+    let bad = logits.iter().filter(|x| !x.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    let first = logits.iter().position(|x| !x.is_finite()).expect("counted");
+    Err(ModelError::NonFinite(format!(
+        "the logits of generated token {step} are not finite ({bad} of {} are NaN or infinite, \
+         the first for token id {first}: {}): the checkpoint's weights hold NaN or Inf values, \
+         or the computation overflowed",
+        logits.len(),
+        logits[first]
+    )))
+}
+
 fn available_memory_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = s
@@ -422,7 +439,10 @@ impl Model {
             return Ok(g);
         }
         // The whole generation's cache at once, rather than doubling as it goes.
-        let positions = (prompt.len() + max_new).min(self.config.max_position_embeddings);
+        let positions = prompt
+            .len()
+            .saturating_add(max_new)
+            .min(self.config.max_position_embeddings);
         if self.cache_held.is_some() {
             let capacity = self.cache_capacity.max(positions);
             self.reset_kept_cache(capacity)?;
@@ -438,6 +458,7 @@ impl Model {
             let v = self.config.vocab_size;
             let row = logits.as_f32();
             let last = row[row.len() - v..].to_vec();
+            check_finite(&last, g.generated_ids.len())?;
             let id = sampler.sample(&last);
             g.step_logits.push(last);
             g.generated_ids.push(id);

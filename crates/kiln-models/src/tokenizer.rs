@@ -152,6 +152,8 @@ impl Tokenizer {
         Self::from_json(&json).map_err(err)
     }
 
+    /// The ids of `text`. A character no token covers (a tokenizer without byte fallback or
+    /// an unknown token drops it) is an error naming it: the model would never see it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
         let err = |source| ModelError::Tokenizer {
             context: "cannot tokenize".into(),
@@ -160,17 +162,88 @@ impl Tokenizer {
         let enc = no_panic(|| self.inner.encode(text, false))
             .map_err(err)?
             .map_err(|e| err(TokenizerError::Library(e)))?;
+        let mut covered = vec![false; text.len()];
+        for &(start, end) in enc.get_offsets() {
+            covered[start.min(text.len())..end.min(text.len())].fill(true);
+        }
+        // A character no token's span covers may also have been merged into its neighbour by
+        // the normalizer (NFC composes `e` + U+0301): it is dropped only if, alone, it
+        // encodes to nothing.
+        let dropped = text.char_indices().enumerate().find(|(_, (at, c))| {
+            !c.is_whitespace()
+                && !covered[*at..*at + c.len_utf8()].iter().any(|&b| b)
+                && no_panic(|| self.inner.encode(c.to_string(), false))
+                    .ok()
+                    .and_then(Result::ok)
+                    .is_some_and(|e| e.get_ids().is_empty())
+        });
+        if let Some((n, (_, c))) = dropped {
+            return Err(err(TokenizerError::Invalid(format!(
+                "the prompt's character {n} ({c:?}, U+{:04X}) has no token in this tokenizer \
+                 (it would be dropped)",
+                c as u32
+            ))));
+        }
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The text of `ids`. An id the tokenizer has no token for (a model's vocabulary larger
+    /// than its tokenizer's) is shown as U+FFFD, never dropped; see [`Tokenizer::unknown_ids`].
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         let err = |source| ModelError::Tokenizer {
             context: "cannot decode".into(),
             source,
         };
-        no_panic(|| self.inner.decode(ids, false))
-            .map_err(err)?
-            .map_err(|e| err(TokenizerError::Library(e)))
+        let mut out = String::new();
+        for (i, run) in ids.split(|&id| !self.knows(id)).enumerate() {
+            if i > 0 {
+                out.push(char::REPLACEMENT_CHARACTER);
+            }
+            if !run.is_empty() {
+                out += &no_panic(|| self.inner.decode(run, false))
+                    .map_err(err)?
+                    .map_err(|e| err(TokenizerError::Library(e)))?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn knows(&self, id: u32) -> bool {
+        self.inner.id_to_token(id).is_some()
+    }
+
+    /// The ids among `ids` that have no token in this tokenizer, each once, in order.
+    pub fn unknown_ids(&self, ids: &[u32]) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::new();
+        for &id in ids {
+            if !self.knows(id) && !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// Tokens in the tokenizer, its added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Fails unless the tokenizer has the Qwen chat tokens (`<|im_start|>`, `<|im_end|>`):
+    /// without them the chat markup would be encoded as plain text.
+    pub fn check_chat_tokens(&self) -> Result<(), ModelError> {
+        match [IM_START, IM_END]
+            .into_iter()
+            .find(|t| self.token_id(t).is_none())
+        {
+            Some(missing) => Err(ModelError::Tokenizer {
+                context: "--chat".into(),
+                source: TokenizerError::Invalid(format!(
+                    "the Qwen chat markup needs the tokens {IM_START} and {IM_END}; this \
+                     tokenizer has no {missing}"
+                )),
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
@@ -253,6 +326,19 @@ pub struct StreamDecoder {
 }
 
 impl StreamDecoder {
+    /// The text not returned yet, whole or not: at the end of a generation, a last token that
+    /// ended inside a multi-byte character shows as U+FFFD, as the whole text decodes.
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String, ModelError> {
+        let text = tok.decode(&self.ids)?;
+        let rest = if text.len() >= self.printed && text.is_char_boundary(self.printed) {
+            text[self.printed..].to_string()
+        } else {
+            String::new()
+        };
+        self.printed = text.len();
+        Ok(rest)
+    }
+
     /// Adds one id; returns the new text that is complete (possibly empty).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String, ModelError> {
         self.ids.push(id);

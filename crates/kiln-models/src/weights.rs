@@ -39,6 +39,13 @@ impl Shard {
         // SAFETY: the file is opened read-only; kiln does not modify checkpoints while running.
         let map = unsafe { Mmap::map(&f) }
             .map_err(|e| ModelError::checkpoint(path, format!("cannot map: {e}")))?;
+        if let Some(name) = named_twice(&map) {
+            return Err(ModelError::tensor(
+                path,
+                &name,
+                format!("the header names tensor '{name}' twice"),
+            ));
+        }
         // Reads and validates the header only: every tensor's byte range lies in the file, the
         // ranges tile the data exactly and match dtype x shape.
         let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
@@ -354,6 +361,36 @@ pub fn parse_index(text: &str) -> Result<BTreeMap<String, String>, IndexError> {
             }),
         })
         .collect()
+}
+
+/// A tensor a safetensors file's header names twice, if any. A JSON reader keeps one of the
+/// two entries, so the file's byte ranges no longer tile and the error would name another
+/// tensor. (A header that is not a JSON object is left to the safetensors reader.)
+fn named_twice(file: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstRepeat;
+    impl<'de> Visitor<'de> for FirstRepeat {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    let len = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    let header = file.get(8..8usize.checked_add(usize::try_from(len).ok()?)?)?;
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(FirstRepeat)
+        .ok()
+        .flatten()
 }
 
 /// A weight file named `name` by the index `by`, as a relative path inside the model folder

@@ -253,6 +253,45 @@ fn keys_that_change_the_math_are_rejected_with_key_and_value() {
 }
 
 #[test]
+fn float_values_no_kernel_could_compute_with_are_rejected_naming_the_key() {
+    // rms_norm_eps 1e39 is infinite in f32 (its kernels once failed to compile with `inff`);
+    // 1e-50 is zero there; a RoPE base below 1 makes inv_freq overflow f32.
+    let cases: Vec<(Value, &[&str])> = vec![
+        (
+            json!({"rms_norm_eps": 1e39}),
+            &["rms_norm_eps", "1e+39", "no larger than 1"],
+        ),
+        (
+            json!({"rms_norm_eps": 1e-50}),
+            &["rms_norm_eps", "out of range"],
+        ),
+        (json!({"rms_norm_eps": 2.0}), &["rms_norm_eps", "2"]),
+        (
+            json!({"rope_parameters": {"rope_theta": 1e-300, "rope_type": "default"}, "rope_theta": 1e-300}),
+            &["rope_theta", "1e-300", "below 1"],
+        ),
+    ];
+    for (patch, needles) in cases {
+        let mut v = fixture_config();
+        for (k, x) in patch.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        let e = parse(&v)
+            .err()
+            .unwrap_or_else(|| panic!("{patch} was accepted"));
+        for n in needles {
+            assert!(e.contains(n), "{patch}: error lacks '{n}': {e}");
+        }
+    }
+    // The values published checkpoints use stay accepted.
+    for eps in [1e-5, 1e-6, 1e-12] {
+        let mut v = fixture_config();
+        v["rms_norm_eps"] = eps.into();
+        assert_eq!(parse(&v).unwrap().rms_norm_eps, eps);
+    }
+}
+
+#[test]
 fn accepted_spellings_mean_what_transformers_means() {
     let with = |patch: Value| {
         let mut v = fixture_config();
@@ -275,17 +314,22 @@ fn accepted_spellings_mean_what_transformers_means() {
     );
     with(json!({"use_sliding_window": true, "sliding_window": 4096, "max_window_layers": 0}));
     // Default RoPE in every spelling; a non-empty rope_scaling replaces rope_parameters, and
-    // the theta inside the dict wins over the top-level one.
+    // the theta inside the dict is used; a top-level one must then say the same (a
+    // disagreement is an error: `quiet_failures.rs`).
     assert_eq!(
         with(json!({"rope_scaling": {"type": "default"}, "rope_theta": 5e5})).rope_theta,
         5e5
     );
     assert_eq!(
-        with(json!({"rope_parameters": {"rope_theta": 2e6}, "rope_theta": 5e5})).rope_theta,
+        with(json!({"rope_parameters": {"rope_theta": 2e6}, "rope_theta": 2e6})).rope_theta,
         2e6
     );
     assert_eq!(
-        with(json!({"rope_scaling": {}, "rope_theta": 5e5})).rope_theta,
+        with(json!({"rope_parameters": {"rope_theta": 2e6}, "-rope_theta": null})).rope_theta,
+        2e6
+    );
+    assert_eq!(
+        with(json!({"rope_scaling": {}, "rope_theta": 1e6})).rope_theta,
         1e6
     );
     assert_eq!(

@@ -40,6 +40,14 @@ pub enum UrlErrorKind {
     S3Credentials,
     #[error("expected file:///absolute/path")]
     NotAbsolutePath,
+    /// A path where a URL belongs (the URL parser would only say "relative URL without a
+    /// base"): how to write it as a URL (the path, shown).
+    #[error("a path, not a URL; for a shared folder write file://{0}")]
+    PathNotUrl(String),
+    #[error("not a URL; use redis://host, s3://bucket or file:///absolute/path")]
+    NotAUrl,
+    #[error("the path holds a NUL byte (%00)")]
+    NulInPath,
     #[error("unsupported scheme `{0}` (use redis://, s3:// or file://)")]
     UnsupportedScheme(String),
 }
@@ -47,9 +55,9 @@ pub enum UrlErrorKind {
 /// A malformed `KILN_REMOTE_CACHE_*` variable ([`crate::Config::from_env`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{var}={value} is not a number of milliseconds")]
+    #[error("{var}={value} is not a number of milliseconds from 0 to {max} (a day)", max = crate::MAX_WAIT_MS)]
     NotMilliseconds { var: &'static str, value: String },
-    #[error("KILN_REMOTE_CACHE_TTL={value} is not a duration (3600, 90s, 30m, 12h, 7d)")]
+    #[error("KILN_REMOTE_CACHE_TTL={value} is not a duration (3600, 90s, 30m, 12h, 7d) of at most {max} days", max = crate::MAX_TTL_DAYS)]
     NotDuration { value: String },
 }
 

@@ -115,8 +115,10 @@ impl Config {
                 .map(|v| {
                     v.trim()
                         .parse::<u64>()
+                        .ok()
+                        .filter(|&ms| ms <= MAX_WAIT_MS)
                         .map(Duration::from_millis)
-                        .map_err(|_| ConfigError::NotMilliseconds { var, value: v })
+                        .ok_or(ConfigError::NotMilliseconds { var, value: v })
                 })
                 .transpose()
         };
@@ -145,7 +147,12 @@ impl Config {
     }
 }
 
-/// `3600` (seconds), `90s`, `30m`, `12h`, `7d`.
+/// The longest timeout or flush wait a variable may set: a day.
+const MAX_WAIT_MS: u64 = 86_400_000;
+/// The longest expiry: ten years.
+const MAX_TTL_DAYS: u64 = 3650;
+
+/// `3600` (seconds), `90s`, `30m`, `12h`, `7d`; at most [`MAX_TTL_DAYS`] days.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = match s.char_indices().last()? {
@@ -156,7 +163,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => (s, 1),
     };
     let n: u64 = num.trim().parse().ok().filter(|&n| n > 0)?;
-    Some(Duration::from_secs(n * unit))
+    let secs = n.checked_mul(unit).filter(|&s| s <= MAX_TTL_DAYS * 86400)?;
+    Some(Duration::from_secs(secs))
 }
 
 /// An opened store.
@@ -365,7 +373,8 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "KILN_REMOTE_CACHE_TIMEOUT_MS=soon is not a number of milliseconds"
+            "KILN_REMOTE_CACHE_TIMEOUT_MS=soon is not a number of milliseconds from 0 to \
+             86400000 (a day)"
         );
         // An endpoint that does not parse is shown without its password.
         let config = Config {
@@ -387,6 +396,8 @@ mod tests {
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("0"), None);
         assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("18446744073709551615d"), None);
+        assert_eq!(parse_duration("3651d"), None);
         assert_eq!(
             scrub("auth hunter2 failed".into(), &["hunter2".into()]),
             "auth *** failed"

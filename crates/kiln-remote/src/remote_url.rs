@@ -97,12 +97,21 @@ impl RemoteUrl {
 
     pub fn parse(raw: &str) -> Result<RemoteUrl, UrlError> {
         let raw = raw.trim();
-        // Never echo the raw text: it may hold a password.
-        let shown = redact(raw);
+        // Never echo the raw text: it may hold a password, or control characters.
+        let shown = escape_controls(&redact(raw));
         let bad = |kind: UrlErrorKind| UrlError {
             url: shown.clone(),
             kind,
         };
+        // A path where a URL belongs: say how to write it (the URL parser would only say
+        // "relative URL without a base").
+        if !raw.contains("://") {
+            return Err(bad(if raw.starts_with('/') {
+                UrlErrorKind::PathNotUrl(shown.clone())
+            } else {
+                UrlErrorKind::NotAUrl
+            }));
+        }
         let u = url::Url::parse(raw).map_err(|e| bad(UrlErrorKind::Syntax(e)))?;
         let location = match u.scheme() {
             "redis" => {
@@ -169,12 +178,37 @@ impl RemoteUrl {
                 let root = u
                     .to_file_path()
                     .map_err(|_| bad(UrlErrorKind::NotAbsolutePath))?;
-                Location::Fs { root }
+                Location::Fs {
+                    root: folder_path(root).map_err(bad)?,
+                }
             }
             other => return Err(bad(UrlErrorKind::UnsupportedScheme(other.to_string()))),
         };
         Ok(RemoteUrl { location, shown })
     }
+}
+
+/// A shared folder's path, refused if it holds a NUL byte (`%00`): no file can be named so,
+/// and the byte would reach messages raw.
+fn folder_path(p: PathBuf) -> Result<PathBuf, UrlErrorKind> {
+    if p.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(UrlErrorKind::NulInPath);
+    }
+    Ok(p)
+}
+
+/// `text` with control characters (NUL, ESC, ...) written as escapes, for messages.
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let e: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            e
+        })
+        .collect()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -297,13 +331,27 @@ mod tests {
         );
         for (bad, kind) in [
             ("gs://x", "UnsupportedScheme"),
-            ("/plain/path", "Syntax"),
+            ("/plain/path", "PathNotUrl"),
             ("s3://", "NoBucket"),
             ("file://host/relative", "NotAbsolutePath"),
         ] {
             let e = RemoteUrl::parse(bad).unwrap_err();
             assert!(format!("{:?}", e.kind).starts_with(kind), "{bad}: {e:?}");
         }
+        // How to write a folder, not "relative URL without a base".
+        let e = RemoteUrl::parse("/plain/path").unwrap_err().to_string();
+        assert!(e.contains("write file:///plain/path"), "{e}");
+        let e = RemoteUrl::parse("cache-dir").unwrap_err().to_string();
+        assert!(e.contains("file:///absolute/path"), "{e}");
+        // A NUL byte is refused, and neither it nor another control character is echoed.
+        let e = RemoteUrl::parse("file:///tmp/a%00b")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NUL") && !e.contains('\0'), "{e:?}");
+        let e = RemoteUrl::parse("gopher://a\u{1b}[31mb")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\u{1b}') && e.contains("\\u{1b}"), "{e:?}");
     }
 
     #[test]

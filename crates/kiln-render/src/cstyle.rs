@@ -87,18 +87,21 @@ impl Dialect for CStyle {
 
     fn literal(&self, bits: u64, d: DType) -> String {
         let v = f64::from_bits(bits);
+        // Float constants are f32 in the kernel: an f64 past f32's range is an infinity there
+        // (as an f32 buffer would store it), which C spells INFINITY, never `inff`.
+        let f = v as f32;
         match d {
             DType::I32 => format!("((int32_t){})", v as i64 as i32),
             DType::Bool => format!("{}", (v != 0.0) as i32),
-            _ if v.is_nan() => "NAN".into(),
-            _ if v.is_infinite() => {
-                if v > 0.0 {
+            _ if f.is_nan() => "NAN".into(),
+            _ if f.is_infinite() => {
+                if f > 0.0 {
                     "INFINITY".into()
                 } else {
                     "(-INFINITY)".into()
                 }
             }
-            _ => format!("{:?}f", v as f32),
+            _ => format!("{f:?}f"),
         }
     }
 
@@ -178,6 +181,27 @@ impl Dialect for CStyle {
             (ReduceOp::Sum, _) => format!("{acc} + {x}"),
             (ReduceOp::Max, d) if d.is_float() => format!("kiln_fmax({acc}, {x})"),
             (ReduceOp::Max, _) => format!("kiln_imax({acc}, {x})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_and_out_of_range_constants_are_valid_c() {
+        let lit = |v: f64, d| CStyle.literal(v.to_bits(), d);
+        assert_eq!(lit(1.5, DType::F32), "1.5f");
+        assert_eq!(lit(1e39, DType::F32), "INFINITY");
+        assert_eq!(lit(-1e39, DType::BF16), "(-INFINITY)");
+        assert_eq!(lit(f64::INFINITY, DType::F16), "INFINITY");
+        assert_eq!(lit(f64::NEG_INFINITY, DType::F32), "(-INFINITY)");
+        assert_eq!(lit(f64::NAN, DType::F32), "NAN");
+        assert_eq!(lit(1e-50, DType::F32), "0.0f");
+        assert_eq!(lit(3.0e38, DType::F32), "3e38f");
+        for v in [1e39, -1e300, f64::MAX] {
+            assert!(!lit(v, DType::F32).contains("inf"), "{v}");
         }
     }
 }

@@ -135,7 +135,7 @@ fn default_budget(info: &wgpu::AdapterInfo) -> Option<u64> {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        return Some(mb << 20);
+        return Some(mb.saturating_mul(1 << 20));
     }
     if info.device_type != wgpu::DeviceType::Cpu {
         return None;

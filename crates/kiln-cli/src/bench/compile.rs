@@ -3,6 +3,7 @@
 //! ceiling (independent sequential compiles started together); the warm cache.
 
 use super::{machine, median, plot, sharing, CompileBench};
+use anyhow::Context;
 use kiln_compile::{cores, critical_path, modelled_makespan_ms};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -62,7 +63,7 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
         a.repeat >= 1 && !a.threads.is_empty() && a.threads.iter().all(|&t| t >= 1),
         "--repeat and --threads must be >= 1"
     );
-    std::fs::create_dir_all(&a.out)?;
+    super::out_dir(&a.out)?;
     let scratch = tempfile::tempdir()?;
     let fresh = |tag: String| scratch.path().join(tag);
     let mut threads = a.threads.clone();
@@ -189,9 +190,9 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
         "remote": remote,
     });
     let jpath = a.out.join("compile.json");
-    std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
+    super::write_json(&jpath, &doc)?;
     let spath = a.out.join("compile.svg");
-    plot::compile(&doc, &spath)?;
+    plot::compile(&doc, &spath).with_context(|| format!("writing {}", spath.display()))?;
     if let Some(rows) = doc["model"]["rows"].as_array() {
         let row = |r: &Value| {
             format!(

@@ -2,16 +2,17 @@
 //! against the memory-bandwidth bound (every weight and the KV cache read once per token).
 
 use super::{machine, plot, DecodeBench};
+use anyhow::Context;
 use kiln_backends::{BackendKind, BackendOptions};
 use kiln_compile::cores;
 use serde_json::json;
 use std::time::Instant;
 
 pub fn run(a: DecodeBench) -> anyhow::Result<()> {
-    use kiln_models::{LoadOptions, Model, ModelSource, Sampling};
-    std::fs::create_dir_all(&a.out)?;
+    use kiln_models::{LoadOptions, Model, Sampling};
+    super::out_dir(&a.out)?;
     let threads = a.threads.unwrap_or_else(cores);
-    let source = ModelSource::parse(&a.model)?;
+    let source = crate::model_source(&a.model)?;
     let target = kiln_backends::open(
         a.backend,
         &BackendOptions {
@@ -100,9 +101,9 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
         "launches_per_token": step.launches, "bytes_written_per_token": step.bytes_written,
     });
     let jpath = a.out.join("decode.json");
-    std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
+    super::write_json(&jpath, &doc)?;
     let spath = a.out.join("decode.svg");
-    plot::decode(&doc, &spath)?;
+    plot::decode(&doc, &spath).with_context(|| format!("writing {}", spath.display()))?;
     eprintln!(
         "prefill {} tokens: {:.1} ms, {prefill_gflops:.1} GFLOP/s{}; decode {decode:.2} tokens/s, {} launches/token; bandwidth {:.1} GB/s -> bound {bound:.2} tokens/s ({:.0}%)",
         a.prompt_len,

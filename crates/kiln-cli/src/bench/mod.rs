@@ -17,9 +17,10 @@ mod plot;
 mod serve;
 mod sharing;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use kiln_backends::BackendKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -39,19 +40,19 @@ pub struct CompileBench {
     /// Thread counts to measure (each 1 to 1024).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = crate::parse_threads)]
     threads: Vec<usize>,
-    /// Runs per configuration (median and min are reported).
-    #[arg(long, default_value_t = 3)]
+    /// Runs per configuration (median and min are reported), 1 to 1000.
+    #[arg(long, default_value_t = 3, value_parser = crate::bounds::repeat)]
     repeat: usize,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
     /// CUDA arch for a compile-only CUDA benchmark (e.g. sm_90).
     #[arg(long)]
     arch: Option<String>,
-    /// Override the number of layers.
-    #[arg(long)]
+    /// Override the number of layers (1 to 10000).
+    #[arg(long, value_parser = crate::bounds::layers)]
     layers: Option<usize>,
     /// Time limit of one compiler invocation in each compile, in seconds.
-    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = crate::bounds::compile_timeout)]
     compile_timeout: u64,
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -62,7 +63,7 @@ pub struct CompileBench {
     /// Shard counts for the sharded precompile (with --remote-cache). Up to the core count the
     /// shards run at once, one thread each; beyond it one after another, each alone on the
     /// machine (as N machines would).
-    #[arg(long, value_delimiter = ',', default_value = "2,16")]
+    #[arg(long, value_delimiter = ',', default_value = "2,16", value_parser = crate::bounds::shards)]
     shards: Vec<usize>,
 }
 
@@ -71,9 +72,9 @@ pub struct DecodeBench {
     /// A preset, a checkpoint folder or a GGUF file.
     #[arg(long)]
     model: String,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::bounds::prompt_len)]
     prompt_len: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::bounds::new_tokens)]
     tokens: usize,
     /// Compile and run threads (1 to 1024; kernels run on at most one per core).
     #[arg(long, value_parser = crate::parse_threads)]
@@ -97,10 +98,10 @@ pub struct ServeBench {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub streams: Vec<u64>,
     /// Prompt tokens of each stream.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::bounds::prompt_len)]
     pub prompt_len: usize,
     /// Tokens each stream generates.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::bounds::new_tokens)]
     pub tokens: usize,
     /// Compile and run threads of the server (1 to 1024; kernels run on at most one per core).
     #[arg(long, value_parser = crate::parse_threads)]
@@ -117,6 +118,20 @@ pub fn run(b: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Decode(a) => decode::run(a),
         BenchCommand::Serve(a) => serve::run(a),
     }
+}
+
+/// `--out DIR`: made if missing, and checked to take files, before any benchmark runs; every
+/// error names it.
+fn out_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--out {}: cannot create", dir.display()))?;
+    crate::output_path::check_writable("--out", &dir.join("bench.json"))
+}
+
+/// Writes `doc` to `path` as pretty JSON; an error names the file.
+fn write_json(path: &Path, doc: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(doc)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The median (the upper one of an even count); sorts `v`.

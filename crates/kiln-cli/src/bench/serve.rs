@@ -4,6 +4,7 @@
 
 use super::machine::cpu_model;
 use super::ServeBench;
+use anyhow::Context;
 use kiln_compile::cores;
 use kiln_serve::client::{percentile, Client, Streamed};
 use serde_json::{json, Value};
@@ -146,8 +147,8 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
         a.prompt_len >= 1 && a.tokens >= 2 && !a.streams.is_empty(),
         "--prompt-len must be >= 1, --tokens >= 2, --streams not empty"
     );
-    std::fs::create_dir_all(&a.out)?;
-    let source = kiln_models::ModelSource::parse(&a.model)?;
+    super::out_dir(&a.out)?;
+    let source = crate::model_source(&a.model)?;
     let vocab = source.config()?.vocab_size as u64;
     let threads = a.threads.unwrap_or_else(cores);
     let log = a.out.join("serve.log");
@@ -213,9 +214,9 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
         "rows": rows,
     });
     let jpath = a.out.join("serve.json");
-    std::fs::write(&jpath, serde_json::to_vec_pretty(&doc)?)?;
+    super::write_json(&jpath, &doc)?;
     let spath = a.out.join("serve.svg");
-    plot(&doc, &spath)?;
+    plot(&doc, &spath).with_context(|| format!("writing {}", spath.display()))?;
     eprintln!(
         "wrote {} and {} (server log: {})",
         jpath.display(),

@@ -183,7 +183,7 @@ pub fn find(g: &Graph, realized: &[bool]) -> Vec<Attention> {
             users[x.index()].push(NodeId(i as u32));
         }
     }
-    let outputs: Vec<NodeId> = g.outputs.iter().map(|(_, o)| *o).collect();
+    let outputs = super::fusion::output_mask(g);
     let mut found = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
         if !matches!(n.op, Op::MatMul(..)) {
@@ -193,7 +193,7 @@ pub fn find(g: &Graph, realized: &[bool]) -> Vec<Attention> {
             continue;
         };
         let private = a.inner.iter().all(|x| {
-            !outputs.contains(x)
+            !outputs[x.index()]
                 && users[x.index()]
                     .iter()
                     .all(|u| *u == a.pv || a.inner.binary_search(u).is_ok())

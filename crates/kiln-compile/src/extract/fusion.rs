@@ -33,12 +33,27 @@ pub type Realized = Vec<bool>;
 /// Runs the passes in order.
 pub fn plan(graph: &Graph) -> Realized {
     let mut r = vec![false; graph.nodes.len()];
+    // Each pass is linear in the graph and short; between passes, an interrupted compile
+    // stops (see `extract_with`).
+    let stop = crate::cancel::requested;
     realize_roots(graph, &mut r);
     realize_shared(graph, &mut r);
     realize_matmul_operands(graph, &mut r);
+    if stop() {
+        return r;
+    }
     let attention_roots = fuse_attention(graph, &mut r);
+    if stop() {
+        return r;
+    }
     let row_maps = fuse_reductions_into_maps(graph, &mut r);
+    if stop() {
+        return r;
+    }
     let row_maps = fuse_row_maps_into_readers(graph, &mut r, row_maps);
+    if stop() {
+        return r;
+    }
     fuse_matmul_epilogues(graph, &mut r, &row_maps, &attention_roots);
     r
 }
@@ -181,25 +196,27 @@ fn is_elementwise_kernel(op: &Op) -> bool {
     )
 }
 
-fn is_output(graph: &Graph, x: usize) -> bool {
-    graph.outputs.iter().any(|(_, o)| o.index() == x)
+/// For each node, whether it is a graph output. (A model has two outputs per layer, its KV
+/// cache: a scan of the outputs per node would make extraction quadratic in depth.)
+pub fn output_mask(graph: &Graph) -> Vec<bool> {
+    let mut out = vec![false; graph.nodes.len()];
+    for (_, o) in &graph.outputs {
+        out[o.index()] = true;
+    }
+    out
 }
 
 /// The single kernel that reads realized node `x`, if it is an elementwise kernel and `x` is no
-/// graph output.
+/// graph output (`outputs`: [`output_mask`]).
 fn sole_elementwise_reader(
     graph: &Graph,
     r: &Realized,
     readers: &[Vec<NodeId>],
+    outputs: &[bool],
     x: usize,
 ) -> Option<NodeId> {
     match readers[x].as_slice() {
-        [e] if r[e.index()]
-            && is_elementwise_kernel(&graph.node(*e).op)
-            && !is_output(graph, x) =>
-        {
-            Some(*e)
-        }
+        [e] if r[e.index()] && is_elementwise_kernel(&graph.node(*e).op) && !outputs[x] => Some(*e),
         _ => None,
     }
 }
@@ -209,12 +226,13 @@ fn sole_elementwise_reader(
 /// Returns, per node, whether its kernel now computes a reduction.
 pub fn fuse_reductions_into_maps(graph: &Graph, r: &mut Realized) -> Vec<bool> {
     let readers = kernel_readers(graph, r);
+    let outputs = output_mask(graph);
     let mut row_map = vec![false; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
         if !r[i] || !matches!(node.op, Op::Reduce(..)) {
             continue;
         }
-        if let Some(e) = sole_elementwise_reader(graph, r, &readers, i) {
+        if let Some(e) = sole_elementwise_reader(graph, r, &readers, &outputs, i) {
             if !row_map[e.index()] {
                 r[i] = false;
                 row_map[e.index()] = true;
@@ -234,11 +252,12 @@ pub fn fuse_row_maps_into_readers(
     mut row_map: Vec<bool>,
 ) -> Vec<bool> {
     let readers = kernel_readers(graph, r);
+    let outputs = output_mask(graph);
     for i in 0..graph.nodes.len() {
         if !r[i] || !row_map[i] {
             continue;
         }
-        if let Some(e) = sole_elementwise_reader(graph, r, &readers, i) {
+        if let Some(e) = sole_elementwise_reader(graph, r, &readers, &outputs, i) {
             if !row_map[e.index()] && graph.shape(e).len() == graph.shape(NodeId(i as u32)).len() {
                 r[i] = false;
                 row_map[i] = false;
@@ -258,15 +277,19 @@ pub fn fuse_matmul_epilogues(
     attention_roots: &[NodeId],
 ) {
     let readers = kernel_readers(graph, r);
+    let outputs = output_mask(graph);
+    let mut attention = vec![false; graph.nodes.len()];
+    for root in attention_roots {
+        attention[root.index()] = true;
+    }
     let mut taken = vec![false; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
         // An attention's value product stays its kernel's root: as an epilogue's matmul its
         // fused scores would be lowered as plain buffers again.
-        let attention = attention_roots.contains(&NodeId(i as u32));
-        if !r[i] || !matches!(node.op, Op::MatMul(..)) || attention {
+        if !r[i] || !matches!(node.op, Op::MatMul(..)) || attention[i] {
             continue;
         }
-        if let Some(e) = sole_elementwise_reader(graph, r, &readers, i) {
+        if let Some(e) = sole_elementwise_reader(graph, r, &readers, &outputs, i) {
             if !row_map[e.index()] && !taken[e.index()] {
                 r[i] = false;
                 taken[e.index()] = true;

@@ -52,6 +52,11 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
         if !realized[i] {
             continue;
         }
+        // A kernel is a few microseconds of work: an interrupted compile stops here.
+        if crate::cancel::requested() {
+            crate::cancel::discard((buffers, steps));
+            return Err(Vec::new());
+        }
         let input = match &node.op {
             Op::Input { name } => Some(name.clone()),
             _ => None,
@@ -116,6 +121,16 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
         steps,
         outputs,
     })
+}
+
+/// The program of an interrupted extraction: no kernels (see `extract_with`).
+pub fn empty() -> Program {
+    Program {
+        graph: Graph::new(),
+        buffers: Vec::new(),
+        steps: Vec::new(),
+        outputs: Vec::new(),
+    }
 }
 
 fn vars(rank: usize, shape: &[Expr]) -> Vec<Expr> {

@@ -21,6 +21,10 @@ pub fn extract(graph: &Graph) -> Program {
 
 /// [`extract`], with the fusion passes that put reductions and matmuls inside their readers
 /// (`fuse`) or without them (the unfused kernels fused ones are tested against).
+///
+/// Once the program is interrupted ([`crate::interrupt`]), the passes and lowering stop early
+/// and the program returned is incomplete: [`crate::compile`] looks at the flag after this
+/// stage and fails with [`crate::CompileError::Interrupted`].
 pub fn extract_with(graph: &Graph, fuse: bool) -> Program {
     let mut realized = if fuse {
         fusion::plan(graph)
@@ -30,6 +34,7 @@ pub fn extract_with(graph: &Graph, fuse: bool) -> Program {
     loop {
         match lower::build(graph, &realized) {
             Ok(p) => return p,
+            Err(_) if crate::cancel::requested() => return lower::empty(),
             // Matmul operands that could not be read as strided views: realize them and redo
             // (all found in one pass, so this converges in one or two rounds).
             Err(operands) => fusion::realize(&mut realized, &operands),

@@ -158,6 +158,7 @@ macro_rules! op_case_tests {
             packed_outputs_from_every_kernel_kind,
             large_launches_split_their_grid,
             special_values_follow_the_interpreter,
+            non_finite_constants_follow_the_interpreter,
             bf16_weight_gemv_reads_whole_words,
             norm_matmul_softmax_and_a_gated_epilogue
         );
@@ -691,6 +692,20 @@ pub fn special_values_follow_the_interpreter() -> OpCase {
         ("x", Tensor::from_f32(&[n], &xs)),
         ("y", Tensor::from_f32(&[n], &ys)),
     ])));
+    c
+}
+
+/// Infinities, NaN and f64 constants past f32's range in products, sums, maxima, comparisons,
+/// reductions and a bf16 cast ([`super::non_finite_constants_graph`]): an f32 `1e39` once
+/// rendered as `inff` in C, and WGSL refuses infinite constant expressions.
+pub fn non_finite_constants_follow_the_interpreter() -> OpCase {
+    let mut c = OpCase::new(
+        "non_finite_constants_follow_the_interpreter",
+        super::non_finite_constants_graph(),
+        1,
+        Tolerance::new(0.0, 1e-6),
+    );
+    c.runs.push(Run::new(super::non_finite_inputs()));
     c
 }
 
