@@ -240,11 +240,7 @@ impl CCompiler {
     pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, BackendError> {
         let dir = process::scratch_dir("kiln-cc-")
             .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
-        let mut unit = String::from(prelude(self.isa()?));
-        for s in sources {
-            unit.push('\n');
-            unit.push_str(s);
-        }
+        let unit = kiln_render::translation_unit(prelude(self.isa()?), sources.iter().copied());
         std::fs::write(dir.path().join("kernels.c"), unit)
             .map_err(|e| BackendError::io("cannot write the kernel source", e))?;
         // Compile (through the wrappers: this is what distcc distributes), then link locally.

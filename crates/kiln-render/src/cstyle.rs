@@ -57,16 +57,7 @@ impl Dialect for CStyle {
     }
 
     fn index_op(&self, op: IndexOp, a: &str, b: &str) -> String {
-        let sym = match op {
-            IndexOp::Add => "+",
-            IndexOp::Sub => "-",
-            IndexOp::Mul => "*",
-            IndexOp::Div => "/",
-            IndexOp::Rem => "%",
-            IndexOp::Min => return format!("kiln_min({a}, {b})"),
-            IndexOp::Max => return format!("kiln_max({a}, {b})"),
-        };
-        format!("({a} {sym} {b})")
+        op.c_like(a, b, "kiln_min", "kiln_max")
     }
 
     fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {
