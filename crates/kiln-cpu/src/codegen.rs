@@ -18,7 +18,7 @@
 use crate::pack::packed_weight;
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::CStyle;
+use kiln_render::cstyle::{slice_pointer, CStyle};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{emit, Emit};
@@ -338,16 +338,7 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         s,
         "        const int64_t tm = kiln_min(M - m0, {MM_MC}), tn = kiln_min(N - n0, {MM_NC});"
     );
-    emit!(
-        s,
-        "        const {} *pa = {} + {};\n        const {} *pb = {} + {};",
-        d.storage_type(a.dtype),
-        a.buf,
-        a.base,
-        d.storage_type(b.dtype),
-        b.buf,
-        b.base
-    );
+    s.lines("        ", [slice_pointer("pa", a), slice_pointer("pb", b)]);
     let (sam, sak, sbk, sbn) = (&a.row_stride, &a.col_stride, &b.row_stride, &b.col_stride);
     emit!(
         s,
@@ -454,12 +445,13 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     );
     emit!(s, "        const int64_t kiln_b = kiln_t / TM, i0 = (kiln_t % TM) * {ATT_ROWS}, bi = kiln_min(M - i0, {ATT_ROWS});");
     s.lines("        ", p.unflatten(&a.batch, "kiln_b", None));
-    emit!(
-        s,
-        "        const {} *pq = {} + {};\n        const {} *pk = {} + {};\n        const {} *pv = {} + {};",
-        d.storage_type(q.dtype), q.buf, q.base,
-        d.storage_type(kt.dtype), kt.buf, kt.base,
-        d.storage_type(v.dtype), v.buf, v.base
+    s.lines(
+        "        ",
+        [
+            slice_pointer("pq", q),
+            slice_pointer("pk", kt),
+            slice_pointer("pv", v),
+        ],
     );
     emit!(s, "        float mx[{ATT_ROWS}], sum[{ATT_ROWS}];");
     emit!(s, "        for (int64_t ii = 0; ii < bi; ++ii) {{ mx[ii] = -INFINITY; sum[ii] = 0.0f; for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] = 0.0f; }}");

@@ -7,7 +7,7 @@
 
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::CStyle;
+use kiln_render::cstyle::{slice_pointer, CStyle};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{emit, Emit};
@@ -238,18 +238,13 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         "    const int64_t kiln_b = kiln_r / M, {i} = kiln_r % M;"
     );
     s.lines("    ", p.unflatten(&a.batch, "kiln_b", None));
-    emit!(
-        s,
-        "    const {} *pq = {} + {};\n    const {} *pk = {} + {};\n    const {} *pv = {} + {};",
-        d.storage_type(q.dtype),
-        q.buf,
-        q.base,
-        d.storage_type(kt.dtype),
-        kt.buf,
-        kt.base,
-        d.storage_type(v.dtype),
-        v.buf,
-        v.base
+    s.lines(
+        "    ",
+        [
+            slice_pointer("pq", q),
+            slice_pointer("pk", kt),
+            slice_pointer("pv", v),
+        ],
     );
     emit!(
         s,
@@ -381,16 +376,7 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         "    const int64_t kiln_b = blockIdx.z;\n    if (kiln_b >= kiln_units) return;"
     );
     s.lines("    ", p.unflatten(&mm.batch, "kiln_b", None));
-    emit!(
-        s,
-        "    const {} *pa = {} + {};\n    const {} *pb = {} + {};",
-        d.storage_type(a.dtype),
-        a.buf,
-        a.base,
-        d.storage_type(b.dtype),
-        b.buf,
-        b.base
-    );
+    s.lines("    ", [slice_pointer("pa", a), slice_pointer("pb", b)]);
     emit!(s, "    const int tx = threadIdx.x, ty = threadIdx.y;");
     let (vm, vn) = mm.row_col_vars(d);
     // The element at (row, col) from its products (the accumulators): the epilogue, or the

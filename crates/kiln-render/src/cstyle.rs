@@ -6,6 +6,7 @@
 //! interpreter's semantics.
 
 use crate::dialect::{Dialect, IndexOp};
+use crate::parts::MatOperand;
 use kiln_ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 
 /// The C-family dialect.
@@ -24,6 +25,16 @@ pub fn prelude(backend_prelude: &str) -> String {
         "prelude lacks {HELPERS_MARKER}"
     );
     backend_prelude.replace(HELPERS_MARKER, HELPERS)
+}
+
+/// `const T *name = inN + base;`: a pointer to the start of a matmul operand's batch slice.
+pub fn slice_pointer(name: &str, o: &MatOperand) -> String {
+    format!(
+        "const {} *{name} = {} + {};",
+        CStyle.storage_type(o.dtype),
+        o.buf,
+        o.base
+    )
 }
 
 impl Dialect for CStyle {
