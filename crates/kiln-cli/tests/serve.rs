@@ -232,12 +232,7 @@ fn kiln_run(model: &Path, args: &[&str]) -> (Vec<u32>, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids = v["generated_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let ids = as_ids(&v["generated_ids"]);
     (ids, v["finish_reason"].as_str().unwrap().to_string())
 }
 
@@ -262,11 +257,7 @@ fn prompt(i: u32, len: usize) -> Vec<u32> {
 }
 
 fn as_ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list of ids: {v}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    kiln_models::testing::json_ids(v, "token ids")
 }
 
 /// One greedy request, streamed or not: (ids, finish reason).
