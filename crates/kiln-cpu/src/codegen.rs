@@ -18,7 +18,7 @@
 use crate::pack::packed_weight;
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::{slice_pointer, CStyle};
+use kiln_render::cstyle::{attention_slices, slice_pointer, CStyle};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{emit, Emit};
@@ -444,15 +444,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
     );
     emit!(s, "        const int64_t kiln_b = kiln_t / TM, i0 = (kiln_t % TM) * {ATT_ROWS}, bi = kiln_min(M - i0, {ATT_ROWS});");
-    s.lines("        ", p.unflatten(&a.batch, "kiln_b", None));
-    s.lines(
-        "        ",
-        [
-            slice_pointer("pq", q),
-            slice_pointer("pk", kt),
-            slice_pointer("pv", v),
-        ],
-    );
+    s.lines("        ", attention_slices(p, &a));
     emit!(s, "        float mx[{ATT_ROWS}], sum[{ATT_ROWS}];");
     emit!(s, "        for (int64_t ii = 0; ii < bi; ++ii) {{ mx[ii] = -INFINITY; sum[ii] = 0.0f; for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] = 0.0f; }}");
     emit!(

@@ -7,7 +7,7 @@
 
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::{slice_pointer, CStyle};
+use kiln_render::cstyle::{attention_slices, slice_pointer, CStyle};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{emit, Emit};
@@ -237,15 +237,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         s,
         "    const int64_t kiln_b = kiln_r / M, {i} = kiln_r % M;"
     );
-    s.lines("    ", p.unflatten(&a.batch, "kiln_b", None));
-    s.lines(
-        "    ",
-        [
-            slice_pointer("pq", q),
-            slice_pointer("pk", kt),
-            slice_pointer("pv", v),
-        ],
-    );
+    s.lines("    ", attention_slices(p, &a));
     emit!(
         s,
         "    const int kiln_warp = threadIdx.x >> 5, kiln_lane = threadIdx.x & 31;"

@@ -6,7 +6,8 @@
 //! interpreter's semantics.
 
 use crate::dialect::{Dialect, IndexOp};
-use crate::parts::MatOperand;
+use crate::parts::{AttentionParts, MatOperand};
+use crate::printer::Printer;
 use kiln_ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 
 /// The C-family dialect.
@@ -35,6 +36,18 @@ pub fn slice_pointer(name: &str, o: &MatOperand) -> String {
         o.buf,
         o.base
     )
+}
+
+/// An attention's batch slice once its batch index `kiln_b` is known: the batch's loop
+/// variables, then the pointers to the Q, K^T and V slices (`pq`, `pk`, `pv`).
+pub fn attention_slices(p: &Printer, a: &AttentionParts) -> Vec<String> {
+    let mut s = p.unflatten(&a.batch, "kiln_b", None);
+    s.extend([
+        slice_pointer("pq", &a.q),
+        slice_pointer("pk", &a.kt),
+        slice_pointer("pv", &a.v),
+    ]);
+    s
 }
 
 impl Dialect for CStyle {
