@@ -1,6 +1,6 @@
 //! The command-line contract, end to end through the `kiln` binary.
 
-use kiln_models::testing::{max_abs_diff, Reference};
+use kiln_models::testing::{json_ids, max_abs_diff, Reference};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -526,12 +526,7 @@ fn run_and_compile_a_gguf_file() {
         ],
         cache.path(),
     ));
-    let got: Vec<u32> = r["generated_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let got = json_ids(&r["generated_ids"], "generated_ids");
     assert_eq!(got, ints("p1.greedy_ids"));
 
     let tok = kiln_models::ModelSource::Gguf(file.clone())
@@ -556,12 +551,7 @@ fn run_and_compile_a_gguf_file() {
         ],
         cache.path(),
     ));
-    let prompt: Vec<u32> = r["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let prompt = json_ids(&r["prompt_ids"], "prompt_ids");
     assert_eq!(prompt, want);
     assert!(
         prompt.contains(&254) && prompt.contains(&255),

@@ -144,21 +144,16 @@ impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
         let s = Server::spawn(model, extra);
         let client = s.client();
-        let t = Instant::now();
-        loop {
-            if let Ok(r) = client.get("/health") {
-                if r.status == 200 {
-                    break;
-                }
-                assert_eq!(r.status, 503, "{}", r.body);
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(180),
-                "the model did not get ready; log:\n{}",
-                s.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(
+            Duration::from_secs(180),
+            Duration::from_millis(50),
+            || {
+                let r = client.get("/health").ok()?;
+                assert!(r.status == 200 || r.status == 503, "{}", r.body);
+                (r.status == 200).then_some(())
+            },
+            || format!("the model did not get ready; log:\n{}", s.log()),
+        );
         s
     }
 
@@ -172,28 +167,38 @@ impl Server {
 
     /// Waits (up to 30 s) for a log line that contains every piece.
     fn wait_for_log(&self, pieces: &[&str]) -> String {
-        let t = Instant::now();
-        loop {
-            if let Some(l) = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| pieces.iter().all(|p| l.contains(p)))
-            {
-                return l.clone();
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "no log line with {pieces:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || {
+                let log = self.log.lock().unwrap();
+                log.iter()
+                    .find(|l| pieces.iter().all(|p| l.contains(p)))
+                    .cloned()
+            },
+            || format!("no log line with {pieces:?}; log:\n{}", self.log()),
+        )
     }
 
     fn metrics(&self) -> String {
         self.client().get("/metrics").unwrap().body
+    }
+}
+
+/// Calls `ready` every `every` until it gives a value; fails with `why()` after `limit`.
+fn poll<T>(
+    limit: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> Option<T>,
+    why: impl Fn() -> String,
+) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = ready() {
+            return v;
+        }
+        assert!(t.elapsed() < limit, "{}", why());
+        std::thread::sleep(every);
     }
 }
 
@@ -232,12 +237,7 @@ fn kiln_run(model: &Path, args: &[&str]) -> (Vec<u32>, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids = v["generated_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let ids = as_ids(&v["generated_ids"]);
     (ids, v["finish_reason"].as_str().unwrap().to_string())
 }
 
@@ -262,11 +262,7 @@ fn prompt(i: u32, len: usize) -> Vec<u32> {
 }
 
 fn as_ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list of ids: {v}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    kiln_models::testing::json_ids(v, "token ids")
 }
 
 /// One greedy request, streamed or not: (ids, finish reason).
@@ -550,11 +546,12 @@ fn a_client_that_disconnects_mid_stream_frees_its_slot() {
         1.0
     );
     // The last sequence leaves its slot at the step after its last token.
-    let t = Instant::now();
-    while metric(&server.metrics(), "kiln_batch_occupancy") != 0.0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "a slot stays taken");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || (metric(&server.metrics(), "kiln_batch_occupancy") == 0.0).then_some(()),
+        || "a slot stays taken".into(),
+    );
 }
 
 #[test]
@@ -649,11 +646,12 @@ fn sigterm_with_requests_in_flight_finishes_or_cancels_them_and_exits_0() {
             })
             .collect();
         // Both slots generate (the others wait for a slot, or have finished): stop the server.
-        let t = Instant::now();
-        while streaming.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-            assert!(t.elapsed() < Duration::from_secs(60), "no streams started");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        poll(
+            Duration::from_secs(60),
+            Duration::from_millis(5),
+            || (streaming.load(std::sync::atomic::Ordering::SeqCst) >= 2).then_some(()),
+            || "no streams started".into(),
+        );
         unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -807,11 +805,12 @@ fn health_is_503_until_the_model_is_loaded() {
         .unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json().unwrap()["error"]["code"], "model_loading");
-    let t = Instant::now();
-    while c.get("/health").unwrap().status != 200 {
-        assert!(t.elapsed() < Duration::from_secs(180), "{}", server.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(
+        Duration::from_secs(180),
+        Duration::from_millis(50),
+        || (c.get("/health").unwrap().status == 200).then_some(()),
+        || server.log(),
+    );
     let r = c
         .post(
             "/v1/completions",

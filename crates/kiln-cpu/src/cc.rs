@@ -11,7 +11,7 @@
 //! flags it stands for (gcc reports them); otherwise each distcc server would compile for its
 //! own CPU. Resolving changes no byte of the output (checked: the shared objects are identical).
 
-use crate::isa::{Isa, IsaRequest, AVX512_FLAGS, ISA_ENV};
+use crate::isa::{Isa, IsaError, IsaRequest, AVX512_FLAGS, ISA_ENV};
 use kiln_process::{self as process, ChildError};
 use kiln_program::BackendError;
 use std::path::Path;
@@ -62,7 +62,7 @@ pub struct CCompiler {
     /// What `-march=native` means here, asked of the real compiler once.
     native: OnceLock<Option<Vec<String>>>,
     /// The kernels' vector ISA asked for (`KILN_CPU_ISA`, or [`CCompiler::with_isa`]).
-    isa_request: Result<IsaRequest, String>,
+    isa_request: Result<IsaRequest, IsaError>,
     /// How long one invocation may take before its process group is killed.
     pub timeout: Duration,
 }
@@ -123,7 +123,7 @@ impl CCompiler {
         let request = self
             .isa_request
             .clone()
-            .map_err(BackendError::Unavailable)?;
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
         match request {
             IsaRequest::Auto if self.target_has_avx512() => Ok(Isa::Avx512),
             IsaRequest::Auto | IsaRequest::Force(Isa::Avx2) => Ok(Isa::Avx2),
@@ -251,11 +251,7 @@ impl CCompiler {
     pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, BackendError> {
         let dir = process::scratch_dir("kiln-cc-")
             .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
-        let mut unit = String::from(prelude(self.isa()?));
-        for s in sources {
-            unit.push('\n');
-            unit.push_str(s);
-        }
+        let unit = kiln_render::translation_unit(prelude(self.isa()?), sources.iter().copied());
         std::fs::write(dir.path().join("kernels.c"), unit)
             .map_err(|e| BackendError::io("cannot write the kernel source", e))?;
         // Compile (through the wrappers: this is what distcc distributes), then link locally.

@@ -18,14 +18,11 @@
 use crate::pack::packed_weight;
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::CStyle;
-use kiln_render::parts::{
-    element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
-    OUT,
-};
+use kiln_render::cstyle::{attention_slices, slice_pointer, CStyle};
+use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
+use kiln_render::{emit, Emit};
 use kiln_render::{Dialect, Printer};
-use std::fmt::Write;
 
 /// Matmul work unit: an output block of `MM_MC` rows x `MM_NC` columns (`KILN_MC`, `KILN_NC`).
 /// 132 rows = 11 micro-kernel strips of 12 (22 of 6), so a 128-token prompt is one row block
@@ -142,26 +139,24 @@ fn scratch_bytes(k: &Kernel) -> Expr {
 
 /// The function header and the declarations of symbols, output and inputs.
 fn header(d: &dyn Dialect, params: &Params, out: &mut String) {
-    writeln!(out, "void {NAME_PLACEHOLDER}(void *const *restrict kiln_buf, const int64_t *restrict kiln_sym, int64_t kiln_lo, int64_t kiln_hi, void *restrict kiln_scratch) {{").unwrap();
-    writeln!(out, "    (void)kiln_scratch;").unwrap();
+    emit!(out, "void {NAME_PLACEHOLDER}(void *const *restrict kiln_buf, const int64_t *restrict kiln_sym, int64_t kiln_lo, int64_t kiln_hi, void *restrict kiln_scratch) {{");
+    emit!(out, "    (void)kiln_scratch;");
     for (i, s) in params.symbols.iter().enumerate() {
-        writeln!(out, "    const int64_t {} = kiln_sym[{i}];", d.sym_name(s)).unwrap();
+        emit!(out, "    const int64_t {} = kiln_sym[{i}];", d.sym_name(s));
     }
-    writeln!(
+    emit!(
         out,
         "    {0} *restrict {OUT} = ({0} *)kiln_buf[0];",
         d.storage_type(params.out)
-    )
-    .unwrap();
+    );
     for (i, t) in params.inputs.iter().enumerate() {
-        writeln!(
+        emit!(
             out,
             "    const {0} *restrict {1} = (const {0} *)kiln_buf[{2}];",
             d.storage_type(*t),
             input_name(i),
             i + 1
-        )
-        .unwrap();
+        );
     }
 }
 
@@ -172,133 +167,92 @@ pub fn kernel_source(k: &Kernel) -> String {
     let mut s = String::new();
     header(d, &Params::of(k), &mut s);
     match &k.kind {
-        KernelKind::Elementwise { .. } => elementwise(&p, k, &mut s),
+        KernelKind::Elementwise { .. } | KernelKind::Write { .. } => pointwise(&p, k, &mut s),
         KernelKind::Reduce { .. } => reduce(&p, k, &mut s),
         KernelKind::ReduceMap { .. } => reduce_map(&p, k, &mut s),
         KernelKind::Attention { .. } => attention(&p, k, &mut s),
-        KernelKind::Write { .. } => write(&p, k, &mut s),
         KernelKind::MatMul { .. } => matmul(&p, k, &mut s),
     }
     s.push_str("}\n");
     s
 }
 
-/// Work unit = one row (all but the last axis); the last axis is the inner loop, which the C
+/// Elementwise and write kernels. Work unit = one row of the iteration shape (the output's, or
+/// the written part's: all but its last axis); the last axis is the inner loop, which the C
 /// compiler vectorises.
-fn elementwise(p: &Printer, k: &Kernel, s: &mut String) {
-    let rank = k.out_shape.len();
-    if rank == 0 {
-        writeln!(s, "    (void)kiln_lo; (void)kiln_hi;").unwrap();
-        push_lines(s, "    ", element(p, k, "0"));
-        return;
-    }
-    let last = rank - 1;
-    let len = p.index(&k.out_shape[last]);
-    let v = p.d.var_name(last as u32);
-    writeln!(
-        s,
-        "    for (int64_t kiln_row = kiln_lo; kiln_row < kiln_hi; ++kiln_row) {{"
-    )
-    .unwrap();
-    push_lines(
-        s,
-        "        ",
-        p.unflatten(&k.out_shape[..last], "kiln_row", None),
-    );
-    writeln!(s, "        for (int64_t {v} = 0; {v} < {len}; ++{v}) {{").unwrap();
-    push_lines(
-        s,
-        "            ",
-        element(p, k, &format!("kiln_row * {len} + {v}")),
-    );
-    writeln!(s, "        }}\n    }}").unwrap();
-}
-
-/// Work unit = one row of the written part (all but its last axis); the last axis is the
-/// inner loop.
-fn write(p: &Printer, k: &Kernel, s: &mut String) {
-    let KernelKind::Write { shape, .. } = &k.kind else {
-        unreachable!("a write kernel")
-    };
-    let Some((last_dim, outer)) = shape.split_last() else {
-        writeln!(s, "    (void)kiln_lo; (void)kiln_hi;").unwrap();
-        push_lines(s, "    ", written_element(p, k));
+fn pointwise(p: &Printer, k: &Kernel, s: &mut String) {
+    let pw = Pointwise::of(k).expect("an elementwise or write kernel");
+    let Some((last, outer)) = pw.shape.split_last() else {
+        emit!(s, "    (void)kiln_lo; (void)kiln_hi;");
+        s.lines("    ", pw.element(p, "0"));
         return;
     };
+    let len = p.index(last);
     let v = p.d.var_name(outer.len() as u32);
-    writeln!(
+    emit!(
         s,
         "    for (int64_t kiln_row = kiln_lo; kiln_row < kiln_hi; ++kiln_row) {{"
-    )
-    .unwrap();
-    push_lines(s, "        ", p.unflatten(outer, "kiln_row", None));
-    writeln!(
-        s,
-        "        for (int64_t {v} = 0; {v} < {}; ++{v}) {{",
-        p.index(last_dim)
-    )
-    .unwrap();
-    push_lines(s, "            ", written_element(p, k));
-    writeln!(s, "        }}\n    }}").unwrap();
+    );
+    s.lines("        ", p.unflatten(outer, "kiln_row", None));
+    emit!(s, "        for (int64_t {v} = 0; {v} < {len}; ++{v}) {{");
+    s.lines(
+        "            ",
+        pw.element(p, &format!("kiln_row * {len} + {v}")),
+    );
+    emit!(s, "        }}\n    }}");
 }
 
 /// Work unit = one output element; the reduced axis is a sequential loop.
 fn reduce(p: &Printer, k: &Kernel, s: &mut String) {
     let r = Reduction::of(p, k);
-    writeln!(
+    emit!(
         s,
         "    for (int64_t kiln_o = kiln_lo; kiln_o < kiln_hi; ++kiln_o) {{"
-    )
-    .unwrap();
-    push_lines(
-        s,
+    );
+    s.lines(
         "        ",
         p.unflatten(&k.out_shape, "kiln_o", Some(r.axis)),
     );
-    writeln!(s, "        {} acc = {};", r.acc_type, r.init).unwrap();
-    writeln!(
+    emit!(s, "        {} acc = {};", r.acc_type, r.init);
+    emit!(
         s,
         "        for (int64_t {0} = 0; {0} < {1}; ++{0}) acc = {2};",
         r.var,
         r.len,
         r.combine(p.d, "acc", &r.element)
-    )
-    .unwrap();
-    writeln!(s, "        {}\n    }}", r.store(p.d, "acc", "kiln_o")).unwrap();
+    );
+    emit!(s, "        {}\n    }}", r.store(p.d, "acc", "kiln_o"));
 }
 
 /// Work unit = one output row; the reduction over `Var(rank)`, then the map over the last axis.
 fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     let r = RowReduction::of(p, k);
     let rank = k.out_shape.len();
-    writeln!(
+    emit!(
         s,
         "    for (int64_t kiln_row = kiln_lo; kiln_row < kiln_hi; ++kiln_row) {{"
-    )
-    .unwrap();
-    push_lines(
-        s,
+    );
+    s.lines(
         "        ",
         p.unflatten(&k.out_shape[..rank - 1], "kiln_row", None),
     );
-    writeln!(s, "        {} {} = {};", r.acc_type, r.acc, r.init).unwrap();
-    writeln!(
+    emit!(s, "        {} {} = {};", r.acc_type, r.acc, r.init);
+    emit!(
         s,
         "        for (int64_t {0} = 0; {0} < {1}; ++{0}) {2} = {3};",
         r.var,
         r.len,
         r.acc,
         r.combine(p.d, &r.acc, &r.element)
-    )
-    .unwrap();
-    writeln!(s, "        {}", r.round_acc(p.d)).unwrap();
-    writeln!(
+    );
+    emit!(s, "        {}", r.round_acc(p.d));
+    emit!(
         s,
         "        for (int64_t {0} = 0; {0} < {1}; ++{0}) {{",
-        r.map_var, r.map_len
-    )
-    .unwrap();
-    writeln!(
+        r.map_var,
+        r.map_len
+    );
+    emit!(
         s,
         "            {}\n        }}\n    }}",
         p.d.store(
@@ -307,8 +261,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
             &format!("kiln_row * {} + {}", r.map_len, r.map_var),
             &r.value
         )
-    )
-    .unwrap();
+    );
 }
 
 /// Work unit = one MM_MC x MM_NC output block of one batch. Each product slot (column offset
@@ -336,135 +289,109 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     let nn = f32_in && b.dtype == DType::F32 && b.col_stride_expr.is_const(1);
     let slots = mm.cols.len();
     let tile = MM_MC * MM_NC;
-    writeln!(
+    emit!(
         s,
         "    const int64_t M = {}, N = {}, K = {};",
-        mm.m, mm.n, mm.k
-    )
-    .unwrap();
-    writeln!(
+        mm.m,
+        mm.n,
+        mm.k
+    );
+    emit!(
         s,
         "    const int64_t TM = (M + {MM_MC} - 1) / {MM_MC}, TN = (N + {MM_NC} - 1) / {MM_NC};"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    const int64_t kiln_cols[{slots}] = {{{}}};",
         mm.cols.join(", ")
-    )
-    .unwrap();
+    );
     if packed.is_some() {
         // The launch's packing state first (zeroed by the device at every launch), then the
         // tiles, the packed rows of A and the widened bf16 strip.
-        writeln!(
+        emit!(
             s,
             "    float *kiln_tiles = (float *)((char *)kiln_scratch + {SCRATCH_HEADER});"
-        )
-        .unwrap();
-        writeln!(
+        );
+        emit!(
             s,
             "    char *kiln_rest = (char *)kiln_tiles + {};",
             slots as i64 * tile * 4 + 64
-        )
-        .unwrap();
-        writeln!(s, "    kiln_gemm_ctx kiln_ctx = {{ (float *)kiln_rest, (float *)(kiln_rest + ((K * {MM_MC} * 4 + 63) / 64) * 64), (kiln_gemm_state *)kiln_scratch }};").unwrap();
+        );
+        emit!(s, "    kiln_gemm_ctx kiln_ctx = {{ (float *)kiln_rest, (float *)(kiln_rest + ((K * {MM_MC} * 4 + 63) / 64) * 64), (kiln_gemm_state *)kiln_scratch }};");
     } else {
-        writeln!(s, "    float *kiln_tiles = (float *)kiln_scratch;").unwrap();
+        emit!(s, "    float *kiln_tiles = (float *)kiln_scratch;");
     }
-    writeln!(
+    emit!(
         s,
         "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        const int64_t kiln_b = kiln_t / (TM * TN), kiln_r = kiln_t % (TM * TN);"
-    )
-    .unwrap();
-    push_lines(s, "        ", p.unflatten(&mm.batch, "kiln_b", None));
-    writeln!(
+    );
+    s.lines("        ", p.unflatten(&mm.batch, "kiln_b", None));
+    emit!(
         s,
         "        const int64_t m0 = (kiln_r / TN) * {MM_MC}, n0 = (kiln_r % TN) * {MM_NC};"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        const int64_t tm = kiln_min(M - m0, {MM_MC}), tn = kiln_min(N - n0, {MM_NC});"
-    )
-    .unwrap();
-    writeln!(
-        s,
-        "        const {} *pa = {} + {};\n        const {} *pb = {} + {};",
-        d.storage_type(a.dtype),
-        a.buf,
-        a.base,
-        d.storage_type(b.dtype),
-        b.buf,
-        b.base
-    )
-    .unwrap();
+    );
+    s.lines("        ", [slice_pointer("pa", a), slice_pointer("pb", b)]);
     let (sam, sak, sbk, sbn) = (&a.row_stride, &a.col_stride, &b.row_stride, &b.col_stride);
-    writeln!(
+    emit!(
         s,
         "        for (int kiln_j = 0; kiln_j < {slots}; ++kiln_j) {{"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            float *pc = kiln_tiles + kiln_j * {tile};\n            const int64_t c0 = n0 + kiln_cols[kiln_j];"
-    )
-    .unwrap();
+    );
     if let Some(f) = packed {
-        writeln!(
+        emit!(
             s,
             "            {f}(&kiln_ctx, pa + m0 * {sam}, {sam}, pb, K, m0, tm, c0, tn, pc, {MM_NC});"
-        )
-        .unwrap();
+        );
     } else if let Some(f) = nt {
-        writeln!(
+        emit!(
             s,
             "            {f}(pa + m0 * {sam}, {sam}, pb + c0 * {sbn}, {sbn}, pc, {MM_NC}, tm, tn, K);"
-        )
-        .unwrap();
+        );
     } else if nn {
-        writeln!(
+        emit!(
             s,
             "            kiln_mm_nn(pa + m0 * {sam}, {sam}, {sak}, pb + c0, {sbk}, pc, {MM_NC}, tm, tn, K);"
-        )
-        .unwrap();
+        );
     } else {
         let la = a.at(d, "pa", "(m0 + i)", "kk");
         let lb = b.at(d, "pb", "kk", "(c0 + j)");
-        writeln!(s, "            for (int64_t i = 0; i < tm; ++i)\n                for (int64_t j = 0; j < tn; ++j) {{").unwrap();
-        writeln!(s, "                    float acc = 0.0f;\n                    for (int64_t kk = 0; kk < K; ++kk) acc += {la} * {lb};").unwrap();
-        writeln!(
+        emit!(s, "            for (int64_t i = 0; i < tm; ++i)\n                for (int64_t j = 0; j < tn; ++j) {{");
+        emit!(s, "                    float acc = 0.0f;\n                    for (int64_t kk = 0; kk < K; ++kk) acc += {la} * {lb};");
+        emit!(
             s,
             "                    pc[i * {MM_NC} + j] = acc;\n                }}"
-        )
-        .unwrap();
+        );
     }
-    writeln!(s, "        }}").unwrap();
+    emit!(s, "        }}");
     // The epilogue: every element of the block from its products.
     let (vm, vn) = mm.row_col_vars(d);
-    writeln!(
+    emit!(
         s,
         "        {} *pc = {OUT} + kiln_b * M * N + m0 * N + n0;",
         d.storage_type(mm.out)
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        for (int64_t i = 0; i < tm; ++i)\n            for (int64_t j = 0; j < tn; ++j) {{"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "                const int64_t {vm} = m0 + i, {vn} = n0 + j; (void){vm}; (void){vn};"
-    )
-    .unwrap();
+    );
     let prod = k_product_dtype(k);
     for slot in 0..slots {
-        writeln!(
+        emit!(
             s,
             "                const float {} = {};",
             acc_name(slot),
@@ -472,16 +399,14 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
                 prod,
                 &format!("kiln_tiles[{} + i * {MM_NC} + j]", slot as i64 * tile)
             )
-        )
-        .unwrap();
+        );
     }
-    writeln!(
+    emit!(
         s,
         "                {}\n            }}",
         mm.store(d, "pc", &mm.value(), "i * N + j")
-    )
-    .unwrap();
-    writeln!(s, "    }}").unwrap();
+    );
+    emit!(s, "    }}");
 }
 
 /// Work unit = ATT_ROWS rows of one batch; keys in blocks of ATT_KEYS. Per key block: the
@@ -501,57 +426,46 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         && q.col_stride_expr.is_const(1)
         && kt.row_stride_expr.is_const(1)
         && v.col_stride_expr.is_const(1);
-    writeln!(
+    emit!(
         s,
         "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
-        a.m, a.n, a.k, a.dv
-    )
-    .unwrap();
-    writeln!(
+        a.m,
+        a.n,
+        a.k,
+        a.dv
+    );
+    emit!(
         s,
         "    const int64_t TM = (M + {ATT_ROWS} - 1) / {ATT_ROWS};"
-    )
-    .unwrap();
-    writeln!(s, "    float *kiln_o = (float *)kiln_scratch;\n    float *kiln_s = kiln_o + (({ATT_ROWS} * DV + 15) / 16) * 16;\n    float *kiln_bias = kiln_s + {};\n    (void)kiln_bias;", ATT_ROWS * ATT_KEYS).unwrap();
-    writeln!(
+    );
+    emit!(s, "    float *kiln_o = (float *)kiln_scratch;\n    float *kiln_s = kiln_o + (({ATT_ROWS} * DV + 15) / 16) * 16;\n    float *kiln_bias = kiln_s + {};\n    (void)kiln_bias;", ATT_ROWS * ATT_KEYS);
+    emit!(
         s,
         "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
-    )
-    .unwrap();
-    writeln!(s, "        const int64_t kiln_b = kiln_t / TM, i0 = (kiln_t % TM) * {ATT_ROWS}, bi = kiln_min(M - i0, {ATT_ROWS});").unwrap();
-    push_lines(s, "        ", p.unflatten(&a.batch, "kiln_b", None));
-    writeln!(
-        s,
-        "        const {} *pq = {} + {};\n        const {} *pk = {} + {};\n        const {} *pv = {} + {};",
-        d.storage_type(q.dtype), q.buf, q.base,
-        d.storage_type(kt.dtype), kt.buf, kt.base,
-        d.storage_type(v.dtype), v.buf, v.base
-    )
-    .unwrap();
-    writeln!(s, "        float mx[{ATT_ROWS}], sum[{ATT_ROWS}];").unwrap();
-    writeln!(s, "        for (int64_t ii = 0; ii < bi; ++ii) {{ mx[ii] = -INFINITY; sum[ii] = 0.0f; for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] = 0.0f; }}").unwrap();
-    writeln!(
+    );
+    emit!(s, "        const int64_t kiln_b = kiln_t / TM, i0 = (kiln_t % TM) * {ATT_ROWS}, bi = kiln_min(M - i0, {ATT_ROWS});");
+    s.lines("        ", attention_slices(p, &a));
+    emit!(s, "        float mx[{ATT_ROWS}], sum[{ATT_ROWS}];");
+    emit!(s, "        for (int64_t ii = 0; ii < bi; ++ii) {{ mx[ii] = -INFINITY; sum[ii] = 0.0f; for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] = 0.0f; }}");
+    emit!(
         s,
         "        for (int64_t j0 = 0; j0 < T; j0 += {ATT_KEYS}) {{"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            const int64_t bj = kiln_min(T - j0, {ATT_KEYS});"
-    )
-    .unwrap();
+    );
     if contiguous {
         attention_block(&a, s);
     } else {
         attention_rows(p, &a, s);
     }
-    writeln!(
+    emit!(
         s,
         "        {} *pc = {OUT} + kiln_b * M * DV + i0 * DV;",
         d.storage_type(k.out_dtype)
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        for (int64_t ii = 0; ii < bi; ++ii) for (int64_t c = 0; c < DV; ++c) {}\n    }}",
         d.store(
@@ -565,8 +479,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
                 "(T > 0 ? kiln_o[ii * DV + c] / sum[ii] : 0.0f)"
             )
         )
-    )
-    .unwrap();
+    );
 }
 
 /// One key block of f32 operands, contiguous along the head dimension, as small matrix
@@ -582,14 +495,13 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
     let (i, j) = (&a.row_var, &a.key_var);
     let score = match &a.biased {
         Some((bias, rest)) => {
-            writeln!(s, "            int kiln_live = 0;").unwrap();
-            writeln!(s, "            for (int64_t ii = 0; ii < bi; ++ii) for (int64_t jj = 0; jj < bj; ++jj) {{\n                const int64_t {i} = i0 + ii, {j} = j0 + jj; (void){i}; (void){j};").unwrap();
-            writeln!(s, "                const float b = {bias};\n                kiln_bias[ii * {ATT_KEYS} + jj] = b;\n                kiln_live |= b != -INFINITY;\n            }}").unwrap();
-            writeln!(
+            emit!(s, "            int kiln_live = 0;");
+            emit!(s, "            for (int64_t ii = 0; ii < bi; ++ii) for (int64_t jj = 0; jj < bj; ++jj) {{\n                const int64_t {i} = i0 + ii, {j} = j0 + jj; (void){i}; (void){j};");
+            emit!(s, "                const float b = {bias};\n                kiln_bias[ii * {ATT_KEYS} + jj] = b;\n                kiln_live |= b != -INFINITY;\n            }}");
+            emit!(
                 s,
                 "            if (!kiln_live) continue; /* every key of the block masked for every row */"
-            )
-            .unwrap();
+            );
             format!(
                 "{{ const float {} = kiln_bias[ii * {ATT_KEYS} + jj]; *sp = {} == -INFINITY ? -INFINITY : ({rest}); }}",
                 acc_name(1),
@@ -598,34 +510,30 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
         }
         None => format!("*sp = {};", a.score),
     };
-    writeln!(
+    emit!(
         s,
         "            kiln_mm_nt(pq + i0 * {}, {}, pk + j0 * {}, {}, kiln_s, {ATT_KEYS}, bi, bj, KD);",
         q.row_stride, q.row_stride, kt.col_stride, kt.col_stride
-    )
-    .unwrap();
-    writeln!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{").unwrap();
-    writeln!(s, "                const int64_t {i} = i0 + ii; (void){i};").unwrap();
-    writeln!(
+    );
+    emit!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{");
+    emit!(s, "                const int64_t {i} = i0 + ii; (void){i};");
+    emit!(
         s,
         "                float *srow = kiln_s + ii * {ATT_KEYS}, bmax = -INFINITY;"
-    )
-    .unwrap();
-    writeln!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{\n                    const int64_t {j} = j0 + jj; (void){j};\n                    float *sp = srow + jj;\n                    const float {} = *sp;\n                    {score}\n                    if (*sp > bmax) bmax = *sp;\n                }}", acc_name(0)).unwrap();
-    writeln!(
+    );
+    emit!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{\n                    const int64_t {j} = j0 + jj; (void){j};\n                    float *sp = srow + jj;\n                    const float {} = *sp;\n                    {score}\n                    if (*sp > bmax) bmax = *sp;\n                }}", acc_name(0));
+    emit!(
         s,
         "                const float mnew = mx[ii] > bmax ? mx[ii] : bmax;"
-    )
-    .unwrap();
-    writeln!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);").unwrap();
-    writeln!(s, "                sum[ii] = sum[ii] * corr + kiln_softmax_weights(srow, bj, mnew);\n                mx[ii] = mnew;").unwrap();
-    writeln!(s, "                if (corr != 1.0f) for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] *= corr;\n            }}").unwrap();
-    writeln!(
+    );
+    emit!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);");
+    emit!(s, "                sum[ii] = sum[ii] * corr + kiln_softmax_weights(srow, bj, mnew);\n                mx[ii] = mnew;");
+    emit!(s, "                if (corr != 1.0f) for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] *= corr;\n            }}");
+    emit!(
         s,
         "            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, pv + j0 * {}, {}, bi, bj, DV);\n        }}",
         v.row_stride, v.row_stride
-    )
-    .unwrap();
+    );
 }
 
 /// One key block, row by row, for any operand dtypes and strides: each row's scores (the
@@ -635,15 +543,14 @@ fn attention_rows(p: &Printer, a: &AttentionParts, s: &mut String) {
     let d = p.d;
     let (q, kt, v) = (&a.q, &a.kt, &a.v);
     let (i, j) = (&a.row_var, &a.key_var);
-    writeln!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{").unwrap();
-    writeln!(s, "                const int64_t {i} = i0 + ii; (void){i};").unwrap();
-    writeln!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};\n                float bmax = -INFINITY;\n                int masked = 1;").unwrap();
-    writeln!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{").unwrap();
-    writeln!(
+    emit!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{");
+    emit!(s, "                const int64_t {i} = i0 + ii; (void){i};");
+    emit!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};\n                float bmax = -INFINITY;\n                int masked = 1;");
+    emit!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{");
+    emit!(
         s,
         "                    const int64_t {j} = j0 + jj; (void){j};"
-    )
-    .unwrap();
+    );
     let product = format!(
         "({{ float kiln_p = 0.0f; for (int64_t kk = 0; kk < KD; ++kk) kiln_p += {} * {}; kiln_p; }})",
         q.at(d, "pq", i, "kk"),
@@ -651,78 +558,67 @@ fn attention_rows(p: &Printer, a: &AttentionParts, s: &mut String) {
     );
     match &a.biased {
         Some((bias, rest)) => {
-            writeln!(
+            emit!(
                 s,
                 "                    const float {} = {bias};",
                 acc_name(1)
-            )
-            .unwrap();
-            writeln!(s, "                    float sc = -INFINITY;").unwrap();
-            writeln!(
+            );
+            emit!(s, "                    float sc = -INFINITY;");
+            emit!(
                 s,
                 "                    if ({} != -INFINITY) {{ const float {} = {product}; sc = {rest}; }}",
                 acc_name(1),
                 acc_name(0)
-            )
-            .unwrap();
+            );
         }
         None => {
-            writeln!(
+            emit!(
                 s,
                 "                    const float {} = {product};\n                    const float sc = {};",
                 acc_name(0),
                 a.score
-            )
-            .unwrap();
+            );
         }
     }
-    writeln!(s, "                    srow[jj] = sc;\n                    if (sc > bmax) bmax = sc;\n                    masked &= sc == -INFINITY;\n                }}").unwrap();
-    writeln!(
+    emit!(s, "                    srow[jj] = sc;\n                    if (sc > bmax) bmax = sc;\n                    masked &= sc == -INFINITY;\n                }}");
+    emit!(
         s,
         "                if (masked) continue; /* every key of the block masked (a NaN score is not) */"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "                const float mnew = mx[ii] > bmax ? mx[ii] : bmax;"
-    )
-    .unwrap();
-    writeln!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);").unwrap();
-    writeln!(s, "                float *orow = kiln_o + ii * DV;\n                float l = sum[ii] * corr;").unwrap();
-    writeln!(s, "                int first = 1;").unwrap();
-    writeln!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{").unwrap();
-    writeln!(
+    );
+    emit!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);");
+    emit!(s, "                float *orow = kiln_o + ii * DV;\n                float l = sum[ii] * corr;");
+    emit!(s, "                int first = 1;");
+    emit!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{");
+    emit!(
         s,
         "                    const float pj = exp2f((srow[jj] - mnew) * 1.44269504088896340736f);"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "                    if (pj == 0.0f && srow[jj] == -INFINITY) continue;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "                    l += pj;\n                    const int64_t {j} = j0 + jj;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "                    for (int64_t c = 0; c < DV; ++c) orow[c] = orow[c] * (first ? corr : 1.0f) + pj * {};",
         v.at(d, "pv", j, "c")
-    )
-    .unwrap();
-    writeln!(s, "                    first = 0;\n                }}").unwrap();
-    writeln!(
+    );
+    emit!(s, "                    first = 0;\n                }}");
+    emit!(
         s,
         "                if (first) for (int64_t c = 0; c < DV; ++c) orow[c] *= corr;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "                sum[ii] = l; mx[ii] = mnew;\n            }}\n        }}"
-    )
-    .unwrap();
+    );
 }
 
 /// The dtype of a matmul's products (what the unfused graph stores them in): its A operand's.

@@ -69,25 +69,33 @@ impl Isa {
 /// The widest panel any ISA uses: scratch is sized for it, whatever the kernels were compiled for.
 pub const MAX_PANEL: usize = 32;
 
+/// A `KILN_CPU_ISA` that names no ISA; the message names the variable and the accepted values.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IsaError {
+    #[error("{env}={0:?} is not a CPU kernel ISA: use avx2, avx512 or auto (the widest the CPU has)", env = ISA_ENV)]
+    Unknown(String),
+    #[error("{env}: {0}", env = ISA_ENV)]
+    Unreadable(std::env::VarError),
+}
+
 impl IsaRequest {
     /// `KILN_CPU_ISA`: unset, empty, `auto` or `native` for the widest the CPU has; `avx2` or
     /// `avx512`. Anything else is an error naming the variable and the accepted values.
-    pub fn from_env() -> Result<IsaRequest, String> {
+    pub fn from_env() -> Result<IsaRequest, IsaError> {
         match std::env::var(ISA_ENV) {
             Err(std::env::VarError::NotPresent) => Ok(IsaRequest::Auto),
             Ok(v) => IsaRequest::parse(&v),
-            Err(e) => Err(format!("{ISA_ENV}: {e}")),
+            Err(e) => Err(IsaError::Unreadable(e)),
         }
     }
 
-    pub fn parse(v: &str) -> Result<IsaRequest, String> {
+    /// A value of `KILN_CPU_ISA` (see [`IsaRequest::from_env`]).
+    pub fn parse(v: &str) -> Result<IsaRequest, IsaError> {
         match v.trim().to_ascii_lowercase().as_str() {
             "" | "auto" | "native" => Ok(IsaRequest::Auto),
             "avx2" => Ok(IsaRequest::Force(Isa::Avx2)),
             "avx512" => Ok(IsaRequest::Force(Isa::Avx512)),
-            other => Err(format!(
-                "{ISA_ENV}={other:?} is not a CPU kernel ISA: use avx2, avx512 or auto (the widest the CPU has)"
-            )),
+            other => Err(IsaError::Unknown(other.to_string())),
         }
     }
 }
@@ -109,6 +117,8 @@ mod tests {
             IsaRequest::Force(Isa::Avx512)
         );
         let e = IsaRequest::parse("sse9").unwrap_err();
+        assert_eq!(e, IsaError::Unknown("sse9".into()));
+        let e = e.to_string();
         assert!(e.contains("KILN_CPU_ISA") && e.contains("avx2"), "{e}");
     }
 }

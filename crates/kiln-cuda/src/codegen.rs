@@ -7,14 +7,11 @@
 
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::CStyle;
-use kiln_render::parts::{
-    element, push_lines, written_element, AttentionParts, MatMul, Params, Reduction, RowReduction,
-    OUT,
-};
+use kiln_render::cstyle::{attention_slices, slice_pointer, CStyle};
+use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
+use kiln_render::{emit, Emit};
 use kiln_render::{Dialect, IndexOp, Printer};
-use std::fmt::Write;
 
 pub const BLOCK: u32 = 256;
 pub const TILE: u32 = 16;
@@ -78,12 +75,11 @@ fn header(d: &dyn Dialect, params: &Params, s: &mut String) {
         ps.push(format!("int64_t {}", d.sym_name(sym)));
     }
     ps.push("int64_t kiln_units".into());
-    writeln!(
+    emit!(
         s,
         "extern \"C\" __global__ void {NAME_PLACEHOLDER}({}) {{",
         ps.join(", ")
-    )
-    .unwrap();
+    );
 }
 
 /// The kernel's CUDA C source, with [`NAME_PLACEHOLDER`] where its name goes.
@@ -93,44 +89,31 @@ pub fn kernel_source(k: &Kernel) -> String {
     let mut s = String::new();
     header(d, &Params::of(k), &mut s);
     match &k.kind {
-        KernelKind::Elementwise { .. } => {
-            // One thread per output element.
-            writeln!(s, "    const int64_t kiln_i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;\n    if (kiln_i >= kiln_units) return;").unwrap();
-            push_lines(&mut s, "    ", p.unflatten(&k.out_shape, "kiln_i", None));
-            push_lines(&mut s, "    ", element(&p, k, "kiln_i"));
+        KernelKind::Elementwise { .. } | KernelKind::Write { .. } => {
+            // One thread per element of the output (or of the written part).
+            emit!(s, "    const int64_t kiln_i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;\n    if (kiln_i >= kiln_units) return;");
+            let pw = Pointwise::of(k).expect("an elementwise or write kernel");
+            s.lines("    ", pw.at_flat(&p, "kiln_i"));
         }
         KernelKind::Reduce { .. } => {
             // One warp per output element: lanes stride the axis, then a shuffle tree.
             let r = Reduction::of(&p, k);
-            writeln!(
+            emit!(
                 s,
                 "    const int64_t kiln_w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;"
-            )
-            .unwrap();
-            writeln!(s, "    const int kiln_lane = threadIdx.x & 31;\n    if (kiln_w >= kiln_units) return;").unwrap();
-            push_lines(
-                &mut s,
-                "    ",
-                p.unflatten(&k.out_shape, "kiln_w", Some(r.axis)),
             );
-            writeln!(s, "    {} acc = {};", r.acc_type, r.init).unwrap();
+            emit!(s, "    const int kiln_lane = threadIdx.x & 31;\n    if (kiln_w >= kiln_units) return;");
+            s.lines("    ", p.unflatten(&k.out_shape, "kiln_w", Some(r.axis)));
+            emit!(s, "    {} acc = {};", r.acc_type, r.init);
             let v = &r.var;
-            writeln!(
+            emit!(
                 s,
                 "    for (int64_t {v} = kiln_lane; {v} < {}; {v} += 32) acc = {};",
                 r.len,
                 r.combine(d, "acc", &r.element)
-            )
-            .unwrap();
-            writeln!(s, "    for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {{").unwrap();
-            writeln!(s, "        {} kiln_x = __shfl_down_sync(0xffffffffu, acc, kiln_o);\n        acc = {};\n    }}", r.acc_type, r.combine(d, "acc", "kiln_x")).unwrap();
-            writeln!(s, "    if (kiln_lane == 0) {}", r.store(d, "acc", "kiln_w")).unwrap();
-        }
-        KernelKind::Write { shape, .. } => {
-            // One thread per element of the written part.
-            writeln!(s, "    const int64_t kiln_i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;\n    if (kiln_i >= kiln_units) return;").unwrap();
-            push_lines(&mut s, "    ", p.unflatten(shape, "kiln_i", None));
-            push_lines(&mut s, "    ", written_element(&p, k));
+            );
+            warp_reduce(&mut s, r.acc_type, "acc", &r.combine(d, "acc", "kiln_x"));
+            emit!(s, "    if (kiln_lane == 0) {}", r.store(d, "acc", "kiln_w"));
         }
         KernelKind::ReduceMap { .. } => reduce_map(&p, k, &mut s),
         KernelKind::Attention { .. } => attention(&p, k, &mut s),
@@ -138,6 +121,16 @@ pub fn kernel_source(k: &Kernel) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// The shuffle tree of a warp's reduction: afterwards lane 0's `acc` (of type `ty`) holds the
+/// 32 lanes' values combined; `combined` is `acc` combined with the other lane's `kiln_x`.
+fn warp_reduce(s: &mut String, ty: &str, acc: &str, combined: &str) {
+    emit!(s, "    for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {{");
+    emit!(
+        s,
+        "        {ty} kiln_x = __shfl_down_sync(0xffffffffu, {acc}, kiln_o);\n        {acc} = {combined};\n    }}"
+    );
 }
 
 /// One warp per row: lanes stride the reduction and combine with shuffles; lane 0 hands the
@@ -148,64 +141,48 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     let r = RowReduction::of(p, k);
     let rank = k.out_shape.len();
     let warps = BLOCK / 32;
-    writeln!(
+    emit!(
         s,
         "    const int64_t kiln_w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    const int kiln_lane = threadIdx.x & 31;\n    const bool kiln_live = kiln_w < kiln_units;"
-    )
-    .unwrap();
-    writeln!(s, "    __shared__ {} kiln_rows[{warps}];", r.acc_type).unwrap();
-    writeln!(s, "    {} {} = {};", r.acc_type, r.acc, r.init).unwrap();
-    writeln!(s, "    if (kiln_live) {{").unwrap();
-    push_lines(
-        s,
+    );
+    emit!(s, "    __shared__ {} kiln_rows[{warps}];", r.acc_type);
+    emit!(s, "    {} {} = {};", r.acc_type, r.acc, r.init);
+    emit!(s, "    if (kiln_live) {{");
+    s.lines(
         "        ",
         p.unflatten(&k.out_shape[..rank - 1], "kiln_w", None),
     );
-    writeln!(
+    emit!(
         s,
         "        for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2} = {3};",
         r.var,
         r.len,
         r.acc,
         r.combine(d, &r.acc, &r.element)
-    )
-    .unwrap();
-    writeln!(s, "    }}").unwrap();
-    writeln!(s, "    for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {{").unwrap();
-    writeln!(
-        s,
-        "        {} kiln_x = __shfl_down_sync(0xffffffffu, {}, kiln_o);\n        {} = {};\n    }}",
-        r.acc_type,
-        r.acc,
-        r.acc,
-        r.combine(d, &r.acc, "kiln_x")
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(s, "    }}");
+    warp_reduce(s, r.acc_type, &r.acc, &r.combine(d, &r.acc, "kiln_x"));
+    emit!(
         s,
         "    if (kiln_lane == 0) kiln_rows[threadIdx.x >> 5] = {};",
         r.acc
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    __syncthreads();\n    {} = kiln_rows[threadIdx.x >> 5];\n    {}",
         r.acc,
         r.round_acc(d)
-    )
-    .unwrap();
-    writeln!(s, "    if (!kiln_live) return;").unwrap();
-    push_lines(
-        s,
+    );
+    emit!(s, "    if (!kiln_live) return;");
+    s.lines(
         "    ",
         p.unflatten(&k.out_shape[..rank - 1], "kiln_w", None),
     );
-    writeln!(
+    emit!(
         s,
         "    for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2}",
         r.map_var,
@@ -216,8 +193,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
             &format!("kiln_w * {} + {}", r.map_len, r.map_var),
             &r.value
         )
-    )
-    .unwrap();
+    );
 }
 
 /// Output columns one attention pass covers: each lane of a warp owns
@@ -245,129 +221,100 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     let warps = BLOCK / 32;
     let per_lane = ATTENTION_COLS / 32;
     const LOG2E: &str = "1.44269504088896340736f";
-    writeln!(
+    emit!(
         s,
         "    const int64_t kiln_r = blockIdx.x;\n    if (kiln_r >= kiln_units) return;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
-        a.m, a.n, a.k, a.dv
-    )
-    .unwrap();
-    writeln!(
+        a.m,
+        a.n,
+        a.k,
+        a.dv
+    );
+    emit!(
         s,
         "    const int64_t kiln_b = kiln_r / M, {i} = kiln_r % M;"
-    )
-    .unwrap();
-    push_lines(s, "    ", p.unflatten(&a.batch, "kiln_b", None));
-    writeln!(
-        s,
-        "    const {} *pq = {} + {};\n    const {} *pk = {} + {};\n    const {} *pv = {} + {};",
-        d.storage_type(q.dtype),
-        q.buf,
-        q.base,
-        d.storage_type(kt.dtype),
-        kt.buf,
-        kt.base,
-        d.storage_type(v.dtype),
-        v.buf,
-        v.base
-    )
-    .unwrap();
-    writeln!(
+    );
+    s.lines("    ", attention_slices(p, &a));
+    emit!(
         s,
         "    const int kiln_warp = threadIdx.x >> 5, kiln_lane = threadIdx.x & 31;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    __shared__ float kiln_wmx[{warps}], kiln_wsum[{warps}], kiln_wacc[{warps}][{ATTENTION_COLS}];"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    for (int64_t kiln_c0 = 0; kiln_c0 < DV; kiln_c0 += {ATTENTION_COLS}) {{"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        float mx = -INFINITY, sum = 0.0f, acc[{per_lane}] = {{0.0f}};"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        for (int64_t {j} = kiln_warp; {j} < T; {j} += {warps}) {{"
-    )
-    .unwrap();
+    );
     // Every lane of a warp has the same key: the branches below are uniform in the warp.
     if let Some((bias, _)) = &a.biased {
-        writeln!(
+        emit!(
             s,
             "            const float {} = {bias};\n            if ({} == -INFINITY) continue;",
             acc_name(1),
             acc_name(1)
-        )
-        .unwrap();
+        );
     }
-    writeln!(
+    emit!(
         s,
         "            float {0} = 0.0f;\n            for (int64_t kk = kiln_lane; kk < KD; kk += 32) {0} += (float)({1}) * (float)({2});",
         acc_name(0),
         q.at(d, "pq", i, "kk"),
         kt.at(d, "pk", "kk", j)
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            for (int kiln_o = 16; kiln_o > 0; kiln_o >>= 1) {0} += __shfl_xor_sync(0xffffffffu, {0}, kiln_o);",
         acc_name(0)
-    )
-    .unwrap();
+    );
     let score = a.biased.as_ref().map_or(&a.score, |(_, rest)| rest);
-    writeln!(s, "            const float sc = {score};").unwrap();
-    writeln!(s, "            if (sc == -INFINITY) continue;").unwrap();
-    writeln!(s, "            const float mnew = mx > sc ? mx : sc;").unwrap();
-    writeln!(
+    emit!(s, "            const float sc = {score};");
+    emit!(s, "            if (sc == -INFINITY) continue;");
+    emit!(s, "            const float mnew = mx > sc ? mx : sc;");
+    emit!(
         s,
         "            const float corr = mx == -INFINITY ? 0.0f : exp2f((mx - mnew) * {LOG2E});"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            const float pj = exp2f((sc - mnew) * {LOG2E});\n            sum = sum * corr + pj;\n            mx = mnew;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            #pragma unroll\n            for (int t = 0; t < {per_lane}; ++t) {{\n                const int64_t kiln_c = kiln_c0 + kiln_lane + 32 * t;\n                acc[t] = acc[t] * corr + (kiln_c < DV ? pj * (float)({}) : 0.0f);\n            }}",
         v.at(d, "pv", j, "kiln_c")
-    )
-    .unwrap();
-    writeln!(s, "        }}").unwrap();
+    );
+    emit!(s, "        }}");
     // Merge the warps: rescale each to the largest maximum, then sum.
-    writeln!(
+    emit!(
         s,
         "        if (kiln_lane == 0) {{ kiln_wmx[kiln_warp] = mx; kiln_wsum[kiln_warp] = sum; }}\n        #pragma unroll\n        for (int t = 0; t < {per_lane}; ++t) kiln_wacc[kiln_warp][kiln_lane + 32 * t] = acc[t];\n        __syncthreads();"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        const int64_t kiln_c = kiln_c0 + threadIdx.x;\n        if (threadIdx.x < {ATTENTION_COLS} && kiln_c < DV) {{"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            float big = -INFINITY, total = 0.0f, val = 0.0f;\n            for (int w = 0; w < {warps}; ++w) big = kiln_wmx[w] > big ? kiln_wmx[w] : big;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            for (int w = 0; w < {warps}; ++w) {{\n                if (kiln_wmx[w] == -INFINITY) continue;\n                const float f = exp2f((kiln_wmx[w] - big) * {LOG2E});\n                total += kiln_wsum[w] * f;\n                val += kiln_wacc[w][threadIdx.x] * f;\n            }}"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            {}",
         d.store(
@@ -376,9 +323,8 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
             "kiln_r * DV + kiln_c",
             &d.round(k.out_dtype, "(T > 0 ? val / total : 0.0f)")
         )
-    )
-    .unwrap();
-    writeln!(s, "        }}\n        __syncthreads();\n    }}").unwrap();
+    );
+    emit!(s, "        }}\n        __syncthreads();\n    }}");
 }
 
 /// Matmul, one TILE x TILE block per output tile and one batch per grid z. Two paths in one
@@ -410,30 +356,20 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         .map(|(acc, _)| format!("{acc} = 0.0f"))
         .collect::<Vec<_>>()
         .join(", ");
-    writeln!(
+    emit!(
         s,
         "    const int64_t M = {}, N = {}, K = {};",
-        mm.m, mm.n, mm.k
-    )
-    .unwrap();
-    writeln!(
+        mm.m,
+        mm.n,
+        mm.k
+    );
+    emit!(
         s,
         "    const int64_t kiln_b = blockIdx.z;\n    if (kiln_b >= kiln_units) return;"
-    )
-    .unwrap();
-    push_lines(s, "    ", p.unflatten(&mm.batch, "kiln_b", None));
-    writeln!(
-        s,
-        "    const {} *pa = {} + {};\n    const {} *pb = {} + {};",
-        d.storage_type(a.dtype),
-        a.buf,
-        a.base,
-        d.storage_type(b.dtype),
-        b.buf,
-        b.base
-    )
-    .unwrap();
-    writeln!(s, "    const int tx = threadIdx.x, ty = threadIdx.y;").unwrap();
+    );
+    s.lines("    ", p.unflatten(&mm.batch, "kiln_b", None));
+    s.lines("    ", [slice_pointer("pa", a), slice_pointer("pb", b)]);
+    emit!(s, "    const int tx = threadIdx.x, ty = threadIdx.y;");
     let (vm, vn) = mm.row_col_vars(d);
     // The element at (row, col) from its products (the accumulators): the epilogue, or the
     // product itself.
@@ -445,100 +381,88 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     };
 
     // Decode: one row.
-    writeln!(s, "    if (M == 1) {{").unwrap();
-    writeln!(
+    emit!(s, "    if (M == 1) {{");
+    emit!(
         s,
         "        const int64_t col = (int64_t)blockIdx.x * {t} + ty;"
-    )
-    .unwrap();
-    writeln!(s, "        float {zero_accs};").unwrap();
-    writeln!(s, "        if (col < N) {{").unwrap();
+    );
+    emit!(s, "        float {zero_accs};");
+    emit!(s, "        if (col < N) {{");
     gemv_products(d, &mm, &slots, s);
-    writeln!(s, "        }}").unwrap();
+    emit!(s, "        }}");
     // Every lane of the warp reaches the shuffles (a lane past N adds its zeros).
-    writeln!(
+    emit!(
         s,
         "        for (int kiln_o = {}; kiln_o > 0; kiln_o >>= 1) {{",
         t / 2
-    )
-    .unwrap();
+    );
     for (acc, _) in &slots {
-        writeln!(
+        emit!(
             s,
             "            {acc} += __shfl_down_sync(0xffffffffu, {acc}, kiln_o);"
-        )
-        .unwrap();
+        );
     }
-    writeln!(s, "        }}").unwrap();
-    writeln!(
+    emit!(s, "        }}");
+    emit!(
         s,
         "        if (tx == 0 && col < N) {}\n        return;\n    }}",
         store("0", "col", "kiln_b * N + col")
-    )
-    .unwrap();
+    );
 
     // Tiled: one A tile and one B tile per product.
-    writeln!(
+    emit!(
         s,
         "    __shared__ float As[{t}][{}], Bs[{}][{t}][{}];",
         t + 1,
         slots.len(),
         t + 1
-    )
-    .unwrap();
-    writeln!(s, "    const int64_t row = (int64_t)blockIdx.y * {t} + ty, col = (int64_t)blockIdx.x * {t} + tx;").unwrap();
-    writeln!(
+    );
+    emit!(s, "    const int64_t row = (int64_t)blockIdx.y * {t} + ty, col = (int64_t)blockIdx.x * {t} + tx;");
+    emit!(
         s,
         "    float {zero_accs};\n    for (int64_t k0 = 0; k0 < K; k0 += {t}) {{"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        As[ty][tx] = (row < M && k0 + tx < K) ? (float)({}) : 0.0f;",
         a.at(d, "pa", "row", "(k0 + tx)")
-    )
-    .unwrap();
+    );
     let k_contiguous = b.row_stride_expr.is_const(1) && !b.col_stride_expr.is_const(1);
     if k_contiguous {
         // k is B's contiguous axis: lanes (tx) walk k, rows of the block (ty) walk columns.
-        writeln!(
+        emit!(
             s,
             "        const int64_t bcol = (int64_t)blockIdx.x * {t} + ty;"
-        )
-        .unwrap();
+        );
     }
     for (slot, (_, c)) in slots.iter().enumerate() {
         if k_contiguous {
-            writeln!(
+            emit!(
                 s,
                 "        Bs[{slot}][tx][ty] = (k0 + tx < K && bcol < N) ? (float)({}) : 0.0f;",
                 b.at(d, "pb", "(k0 + tx)", &format!("(bcol + {c})"))
-            )
-            .unwrap();
+            );
         } else {
-            writeln!(
+            emit!(
                 s,
                 "        Bs[{slot}][ty][tx] = (k0 + ty < K && col < N) ? (float)({}) : 0.0f;",
                 b.at(d, "pb", "(k0 + ty)", &format!("(col + {c})"))
-            )
-            .unwrap();
+            );
         }
     }
-    writeln!(
+    emit!(
         s,
         "        __syncthreads();\n        #pragma unroll\n        for (int q = 0; q < {t}; ++q) {{\n            const float kiln_a = As[ty][q];"
-    )
-    .unwrap();
+    );
     for (slot, (acc, _)) in slots.iter().enumerate() {
-        writeln!(s, "            {acc} += kiln_a * Bs[{slot}][q][tx];").unwrap();
+        emit!(s, "            {acc} += kiln_a * Bs[{slot}][q][tx];");
     }
-    writeln!(s, "        }}\n        __syncthreads();\n    }}").unwrap();
-    writeln!(
+    emit!(s, "        }}\n        __syncthreads();\n    }}");
+    emit!(
         s,
         "    if (row < M && col < N) {}",
         store("row", "col", "kiln_b * M * N + row * N + col")
-    )
-    .unwrap();
+    );
 }
 
 /// The products of the decode row's column `col`, each lane `tx` of the 16 striding K. Where
@@ -551,21 +475,19 @@ fn gemv_products(d: &dyn Dialect, mm: &MatMul, slots: &[(String, &String)], s: &
     let (a, b) = (&mm.a, &mm.b);
     let t = TILE;
     let scalar_loop = |s: &mut String, indent: &str| {
-        writeln!(
+        emit!(
             s,
             "{indent}for (int64_t kx = tx; kx < K; kx += {t}) {{\n{indent}    const float kiln_a = (float)({});",
             a.at(d, "pa", "0", "kx"),
-        )
-        .unwrap();
+        );
         for (acc, c) in slots {
-            writeln!(
+            emit!(
                 s,
                 "{indent}    {acc} += kiln_a * (float)({});",
                 b.at(d, "pb", "kx", &format!("(col + {c})"))
-            )
-            .unwrap();
+            );
         }
-        writeln!(s, "{indent}}}").unwrap();
+        emit!(s, "{indent}}}");
     };
     let unpack = match b.dtype {
         DType::BF16 => Some((8, "kiln_bf16x8_at")),
@@ -587,47 +509,41 @@ fn gemv_products(d: &dyn Dialect, mm: &MatMul, slots: &[(String, &String)], s: &
             )
         })
         .collect();
-    writeln!(s, "            const {ty} {};", starts.join(", ")).unwrap();
+    emit!(s, "            const {ty} {};", starts.join(", "));
     let aligned = (0..slots.len())
         .map(|slot| format!("(unsigned long long)kiln_w{slot}"))
         .collect::<Vec<_>>()
         .join(" | ");
-    writeln!(
+    emit!(
         s,
         "            if (K % {lanes} == 0 && (({aligned}) & 15) == 0) {{"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "                for (int64_t kx = tx * {lanes}; kx < K; kx += {}) {{",
         t * lanes
-    )
-    .unwrap();
+    );
     for slot in 0..slots.len() {
-        writeln!(
+        emit!(
             s,
             "                    const uint4 kiln_q{slot} = *(const uint4 *)(kiln_w{slot} + kx);"
-        )
-        .unwrap();
+        );
     }
-    writeln!(
+    emit!(
         s,
         "                    #pragma unroll\n                    for (int e = 0; e < {lanes}; ++e) {{\n                        const float kiln_a = (float)({});",
         a.at(d, "pa", "0", "(kx + e)")
-    )
-    .unwrap();
+    );
     for (slot, (acc, _)) in slots.iter().enumerate() {
-        writeln!(
+        emit!(
             s,
             "                        {acc} += kiln_a * {at}(kiln_q{slot}, e);"
-        )
-        .unwrap();
+        );
     }
-    writeln!(
+    emit!(
         s,
         "                    }}\n                }}\n            }} else {{"
-    )
-    .unwrap();
+    );
     scalar_loop(s, "                ");
-    writeln!(s, "            }}").unwrap();
+    emit!(s, "            }}");
 }

@@ -27,7 +27,6 @@ use kiln_program::{Device, LaunchSpec, RunError, Runtime};
 use kiln_render::cstyle::CStyle;
 use kiln_render::Dialect;
 use kiln_runtime::HostBuffer;
-use std::fmt::Write;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -112,15 +111,14 @@ fn launcher(k: &Kernel) -> String {
     );
     let name = kiln_program::NAME_PLACEHOLDER;
     let mut s = String::new();
-    writeln!(
+    kiln_render::emit!(
         s,
         "static void {name}_emu_body(void **a) {{ {name}({}); }}\n\
          extern \"C\" int {name}{LAUNCHER_SUFFIX}(void **a, const unsigned *g, const unsigned *b) \
          {{ return kiln_emu_launch({name}_emu_body, a, g, b, {}); }}",
         args.join(", "),
         cooperative as i32
-    )
-    .unwrap();
+    );
     s
 }
 
@@ -168,12 +166,10 @@ impl Backend for EmulatedCuda {
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
         let dir = process::scratch_dir("kiln-cuda-emu-")
             .map_err(|e| BackendError::io("CUDA emulator: temporary folder", e))?;
-        let mut unit = String::from("#include \"kernel.h\"\n");
-        unit.push_str(crate::prelude());
-        for k in kernels {
-            unit.push('\n');
-            unit.push_str(&k.source);
-        }
+        // The CUDA prelude and kernels, after the header that maps CUDA's built-ins to C++.
+        let prelude = format!("#include \"kernel.h\"\n{}", crate::prelude());
+        let unit =
+            kiln_render::translation_unit(&prelude, kernels.iter().map(|k| k.source.as_str()));
         for (name, text) in [
             ("abi.h", ABI_H),
             ("kernel.h", KERNEL_H),

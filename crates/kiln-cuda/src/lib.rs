@@ -131,11 +131,8 @@ impl Backend for CudaBackend {
     /// stopped from outside without ending the process. (The external compilers — the C
     /// compiler, the emulator's g++ — run as child processes and are killed on both.)
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
-        let mut unit = String::from(prelude());
-        for k in kernels {
-            unit.push('\n');
-            unit.push_str(&k.source);
-        }
+        let unit =
+            kiln_render::translation_unit(prelude(), kernels.iter().map(|k| k.source.as_str()));
         nvrtc::compile_cubin(&unit, &self.arch, OPTIONS)
     }
 

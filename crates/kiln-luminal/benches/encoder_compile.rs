@@ -136,9 +136,11 @@ fn measure(layers: usize, threads: usize, repeat: usize) -> Value {
 }
 
 fn plot(doc: &Value, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    use plotters::prelude::*;
+    use kiln_plot::plotters::prelude::*;
+    use kiln_plot::{chart, legend, line_with_dots, two_panels, Axes};
     let rows = doc["depths"].as_array().cloned().unwrap_or_default();
     let get = |r: &Value, k: &str| r[k]["median"].as_f64().unwrap_or(0.0);
+    let layers = |r: &Value| r["layers"].as_f64().unwrap_or(0.0);
     let max_layers = rows
         .iter()
         .filter_map(|r| r["layers"].as_f64())
@@ -152,22 +154,23 @@ fn plot(doc: &Value, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
             ]
         })
         .fold(1.0, f64::max);
-    let root = SVGBackend::new(path, (1100, 450)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(550);
-    let mut ch = ChartBuilder::on(&left)
-        .caption(
-            format!(
-                "luminal TransformerEncoder through kiln ({} threads): compile ms",
-                doc["threads"]
-            ),
-            ("sans-serif", 16),
-        )
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..max_layers * 1.05, 0.0..max_ms * 1.1)?;
-    ch.configure_mesh().x_desc("layers").y_desc("ms").draw()?;
+    let (root, left, right) = two_panels(path)?;
+    let caption = format!(
+        "luminal TransformerEncoder through kiln ({} threads): compile ms",
+        doc["threads"]
+    );
+    let mut ch = chart(
+        &left,
+        Axes {
+            caption: &caption,
+            font: 16,
+            x: 0.0..max_layers * 1.05,
+            y: 0.0..max_ms * 1.1,
+            x_desc: "layers",
+            y_desc: "ms",
+            y_label_width: 55,
+        },
+    )?;
     let series = [
         (
             "kiln, cold cache (translate+compile+load)",
@@ -182,56 +185,38 @@ fn plot(doc: &Value, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     for (label, key, color) in series {
-        let pts: Vec<(f64, f64)> = rows
-            .iter()
-            .map(|r| (r["layers"].as_f64().unwrap_or(0.0), get(r, key)))
-            .collect();
-        ch.draw_series(LineSeries::new(pts.clone(), color))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
-        ch.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+        let pts: Vec<(f64, f64)> = rows.iter().map(|r| (layers(r), get(r, key))).collect();
+        line_with_dots(&mut ch, &pts, color, label)?;
     }
-    ch.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut ch, SeriesLabelPosition::UpperLeft)?;
 
     let max_k = rows
         .iter()
         .filter_map(|r| r["kernels_total"].as_f64())
         .fold(1.0, f64::max);
-    let mut ch = ChartBuilder::on(&right)
-        .caption("kernel launches vs distinct kernels", ("sans-serif", 16))
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..max_layers * 1.05, 0.0..max_k * 1.1)?;
-    ch.configure_mesh()
-        .x_desc("layers")
-        .y_desc("kernels")
-        .draw()?;
+    let mut ch = chart(
+        &right,
+        Axes {
+            caption: "kernel launches vs distinct kernels",
+            font: 16,
+            x: 0.0..max_layers * 1.05,
+            y: 0.0..max_k * 1.1,
+            x_desc: "layers",
+            y_desc: "kernels",
+            y_label_width: 55,
+        },
+    )?;
     for (label, key, color) in [
         ("launches", "kernels_total", BLACK),
         ("unique (compiled)", "kernels_unique", BLUE),
     ] {
         let pts: Vec<(f64, f64)> = rows
             .iter()
-            .map(|r| {
-                (
-                    r["layers"].as_f64().unwrap_or(0.0),
-                    r[key].as_f64().unwrap_or(0.0),
-                )
-            })
+            .map(|r| (layers(r), r[key].as_f64().unwrap_or(0.0)))
             .collect();
-        ch.draw_series(LineSeries::new(pts.clone(), color))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
-        ch.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+        line_with_dots(&mut ch, &pts, color, label)?;
     }
-    ch.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut ch, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }

@@ -56,18 +56,7 @@ impl Reference {
                 .map(|x| x.as_f64().unwrap_or_else(|| bad(key)) as f32)
                 .collect()
         };
-        let ids = |key: &str| -> Vec<u32> {
-            v[key]
-                .as_array()
-                .unwrap_or_else(|| bad(key))
-                .iter()
-                .map(|x| {
-                    x.as_u64()
-                        .and_then(|x| u32::try_from(x).ok())
-                        .unwrap_or_else(|| bad(key))
-                })
-                .collect()
-        };
+        let ids = |key: &str| json_ids(&v[key], &format!("{}: '{key}'", path.display()));
         Reference {
             prompt_ids: ids("prompt_ids"),
             greedy_ids: ids("greedy_ids"),
@@ -115,6 +104,78 @@ impl Reference {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+}
+
+/// Token ids from a JSON array (`[1, 17, 42]`). Panics naming `what` when `v` is not one.
+pub fn json_ids(v: &serde_json::Value, what: &str) -> Vec<u32> {
+    let bad = || -> ! { panic!("{what} is missing or not an array of token ids: {v}") };
+    v.as_array()
+        .unwrap_or_else(|| bad())
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .unwrap_or_else(|| bad())
+        })
+        .collect()
+}
+
+/// One case of the tokenizer reference (`qwen3-tokenizer/reference/tokenize.json`): the ids
+/// the Python `tokenizers` library encodes `text` as, and the text it decodes them back to.
+#[derive(Clone, Debug)]
+pub struct TokenizeCase {
+    pub name: String,
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub decoded: String,
+}
+
+impl TokenizeCase {
+    /// Every case of the reference (27). Panics naming the file and the field when one is
+    /// missing or malformed.
+    pub fn read_all() -> Vec<TokenizeCase> {
+        let path = fixtures().join("qwen3-tokenizer/reference/tokenize.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cases = v
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: not an array of cases", path.display()));
+        cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let s = |key: &str| -> String {
+                    c[key].as_str().map(str::to_string).unwrap_or_else(|| {
+                        panic!("{}: case {i}: '{key}' is missing", path.display())
+                    })
+                };
+                TokenizeCase {
+                    name: s("name"),
+                    text: s("text"),
+                    ids: json_ids(&c["ids"], &format!("{}: case {i}: 'ids'", path.display())),
+                    decoded: s("decoded"),
+                }
+            })
+            .collect()
+    }
+
+    /// Checks that `tok` encodes the case's text to its ids and decodes them back to its text,
+    /// at once and token by token ([`crate::StreamDecoder`]: never half a character).
+    pub fn check(&self, tok: &crate::Tokenizer) {
+        let name = &self.name;
+        let ids = tok.encode(&self.text).unwrap();
+        assert_eq!(ids, self.ids, "case {name}: ids");
+        assert_eq!(
+            tok.decode(&ids).unwrap(),
+            self.decoded,
+            "case {name}: decoded"
+        );
+        let mut s = crate::StreamDecoder::default();
+        let streamed: String = ids.iter().map(|&i| s.push(tok, i).unwrap()).collect();
+        assert_eq!(streamed, self.decoded, "case {name}: streamed");
     }
 }
 

@@ -21,6 +21,20 @@ use std::path::{Component, Path, PathBuf};
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// The named weights of a checkpoint in any format, in parallel: each read by
+/// `tensor(name, shape, dtype)` in the dtype it is held in (matrices in `w`, vectors in f32:
+/// [`weight_dtype`]).
+pub(crate) fn load_weights(
+    wanted: &[(String, Vec<usize>)],
+    w: WeightDtype,
+    tensor: impl Fn(&str, &[usize], DType) -> Result<Tensor, ModelError> + Sync,
+) -> Result<BTreeMap<String, Tensor>, ModelError> {
+    wanted
+        .par_iter()
+        .map(|(name, shape)| Ok((name.clone(), tensor(name, shape, weight_dtype(shape, w))?)))
+        .collect()
+}
+
 /// One safetensors file, mapped, with its validated header.
 struct Shard {
     path: PathBuf,
@@ -261,15 +275,9 @@ impl Checkpoint {
         wanted: &[(String, Vec<usize>)],
         w: WeightDtype,
     ) -> Result<BTreeMap<String, Tensor>, ModelError> {
-        wanted
-            .par_iter()
-            .map(|(name, shape)| {
-                Ok((
-                    name.clone(),
-                    self.tensor(name, shape, weight_dtype(shape, w))?,
-                ))
-            })
-            .collect()
+        load_weights(wanted, w, |name, shape, want| {
+            self.tensor(name, shape, want)
+        })
     }
 
     fn tensor(&self, name: &str, shape: &[usize], want: DType) -> Result<Tensor, ModelError> {

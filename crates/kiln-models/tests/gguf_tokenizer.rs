@@ -5,7 +5,8 @@
 //! types, the chat template).
 
 use kiln_models::gguf::{tokenizer::from_gguf, GgufFile, MetaValue};
-use kiln_models::{StreamDecoder, Tokenizer};
+use kiln_models::testing::TokenizeCase;
+use kiln_models::Tokenizer;
 use std::io::Read;
 
 /// The fixture, decompressed into a temporary file.
@@ -23,40 +24,21 @@ fn tokenizer_gguf() -> (tempfile::TempDir, GgufFile) {
     (dir, f)
 }
 
-fn reference_cases() -> Vec<serde_json::Value> {
-    let p = kiln_models::testing::fixtures().join("qwen3-tokenizer/reference/tokenize.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    v.as_array().unwrap().clone()
-}
-
 #[test]
 fn the_27_reference_cases_encode_and_decode_as_with_tokenizer_json() {
     let (_dir, f) = tokenizer_gguf();
     let tok = from_gguf(&f).unwrap().expect("the file has a tokenizer");
     let json = Tokenizer::embedded_qwen().unwrap();
-    let cases = reference_cases();
+    let cases = TokenizeCase::read_all();
     assert_eq!(cases.len(), 27);
     for c in &cases {
-        let name = c["name"].as_str().unwrap();
-        let text = c["text"].as_str().unwrap();
-        let want: Vec<u32> = c["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let ids = tok.encode(text).unwrap();
-        assert_eq!(ids, want, "case {name}: ids");
+        c.check(&tok);
         assert_eq!(
-            ids,
-            json.encode(text).unwrap(),
-            "case {name}: ids vs tokenizer.json"
+            json.encode(&c.text).unwrap(),
+            c.ids,
+            "case {}: tokenizer.json",
+            c.name
         );
-        let decoded = c["decoded"].as_str().unwrap();
-        assert_eq!(tok.decode(&ids).unwrap(), decoded, "case {name}: decoded");
-        let mut s = StreamDecoder::default();
-        let streamed: String = ids.iter().map(|&i| s.push(&tok, i).unwrap()).collect();
-        assert_eq!(streamed, decoded, "case {name}: streamed");
     }
 }
 

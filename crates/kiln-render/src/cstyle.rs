@@ -6,6 +6,8 @@
 //! interpreter's semantics.
 
 use crate::dialect::{Dialect, IndexOp};
+use crate::parts::{AttentionParts, MatOperand};
+use crate::printer::Printer;
 use kiln_ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 
 /// The C-family dialect.
@@ -24,6 +26,28 @@ pub fn prelude(backend_prelude: &str) -> String {
         "prelude lacks {HELPERS_MARKER}"
     );
     backend_prelude.replace(HELPERS_MARKER, HELPERS)
+}
+
+/// `const T *name = inN + base;`: a pointer to the start of a matmul operand's batch slice.
+pub fn slice_pointer(name: &str, o: &MatOperand) -> String {
+    format!(
+        "const {} *{name} = {} + {};",
+        CStyle.storage_type(o.dtype),
+        o.buf,
+        o.base
+    )
+}
+
+/// An attention's batch slice once its batch index `kiln_b` is known: the batch's loop
+/// variables, then the pointers to the Q, K^T and V slices (`pq`, `pk`, `pv`).
+pub fn attention_slices(p: &Printer, a: &AttentionParts) -> Vec<String> {
+    let mut s = p.unflatten(&a.batch, "kiln_b", None);
+    s.extend([
+        slice_pointer("pq", &a.q),
+        slice_pointer("pk", &a.kt),
+        slice_pointer("pv", &a.v),
+    ]);
+    s
 }
 
 impl Dialect for CStyle {
@@ -57,16 +81,7 @@ impl Dialect for CStyle {
     }
 
     fn index_op(&self, op: IndexOp, a: &str, b: &str) -> String {
-        let sym = match op {
-            IndexOp::Add => "+",
-            IndexOp::Sub => "-",
-            IndexOp::Mul => "*",
-            IndexOp::Div => "/",
-            IndexOp::Rem => "%",
-            IndexOp::Min => return format!("kiln_min({a}, {b})"),
-            IndexOp::Max => return format!("kiln_max({a}, {b})"),
-        };
-        format!("({a} {sym} {b})")
+        op.c_like(a, b, "kiln_min", "kiln_max")
     }
 
     fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {

@@ -18,6 +18,23 @@ pub enum IndexOp {
     Max,
 }
 
+impl IndexOp {
+    /// `a op b` in a language with C's infix arithmetic (C, CUDA C and WGSL: `/` and `%`
+    /// truncate in each) whose minimum and maximum are the functions `min_fn` and `max_fn`.
+    pub fn c_like(self, a: &str, b: &str, min_fn: &str, max_fn: &str) -> String {
+        let sym = match self {
+            IndexOp::Add => "+",
+            IndexOp::Sub => "-",
+            IndexOp::Mul => "*",
+            IndexOp::Div => "/",
+            IndexOp::Rem => "%",
+            IndexOp::Min => return format!("{min_fn}({a}, {b})"),
+            IndexOp::Max => return format!("{max_fn}({a}, {b})"),
+        };
+        format!("({a} {sym} {b})")
+    }
+}
+
 /// The spelling of one kernel language. Methods return source text; statements carry no
 /// trailing newline or indentation (the caller lays them out).
 pub trait Dialect: Sync {

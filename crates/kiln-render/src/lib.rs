@@ -15,8 +15,10 @@
 
 pub mod cstyle;
 pub mod dialect;
+pub mod emit;
 pub mod parts;
 pub mod printer;
 
 pub use dialect::{Dialect, IndexOp};
+pub use emit::{translation_unit, Emit};
 pub use printer::Printer;

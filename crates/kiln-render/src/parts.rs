@@ -71,6 +71,50 @@ pub fn written_element(p: &Printer, k: &Kernel) -> Vec<String> {
         .store(k.out_dtype, OUT, &p.index(&offset), &p.scalar(body))]
 }
 
+/// An elementwise or a write kernel, seen as what both are: one loop nest over an iteration
+/// shape (the output's, or the written part's), each element a few statements. A backend
+/// writes one skeleton for both kinds from this.
+pub struct Pointwise<'k> {
+    /// The shape iterated over; its loop variables are `v0..`.
+    pub shape: &'k [Expr],
+    kernel: &'k Kernel,
+}
+
+impl<'k> Pointwise<'k> {
+    /// `None` for the other kinds.
+    pub fn of(k: &'k Kernel) -> Option<Pointwise<'k>> {
+        match &k.kind {
+            KernelKind::Elementwise { .. } => Some(Pointwise {
+                shape: &k.out_shape,
+                kernel: k,
+            }),
+            KernelKind::Write { shape, .. } => Some(Pointwise {
+                shape: shape.as_slice(),
+                kernel: k,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The statements of one element once the loop variables of [`Self::shape`] are declared;
+    /// `flat` is the element's flat index in the shape (an elementwise kernel stores there; a
+    /// write computes its place in the larger output from the loop variables).
+    pub fn element(&self, p: &Printer, flat: &str) -> Vec<String> {
+        match &self.kernel.kind {
+            KernelKind::Write { .. } => written_element(p, self.kernel),
+            _ => element(p, self.kernel, flat),
+        }
+    }
+
+    /// One element from its flat index alone (one thread per element): the declarations of
+    /// the loop variables, then [`Self::element`].
+    pub fn at_flat(&self, p: &Printer, flat: &str) -> Vec<String> {
+        let mut s = p.unflatten(self.shape, flat, None);
+        s.extend(self.element(p, flat));
+        s
+    }
+}
+
 /// A reduction's accumulator: its type, start value, the update for one element of the
 /// reduced axis and the final store.
 pub struct Reduction {
@@ -208,12 +252,17 @@ impl MatOperand {
         }
     }
 
+    /// The offset of element (row, col) from the start of the batch slice.
+    pub fn offset(&self, d: &dyn Dialect, row: &str, col: &str) -> String {
+        let r = d.index_op(IndexOp::Mul, row, &self.row_stride);
+        let c = d.index_op(IndexOp::Mul, col, &self.col_stride);
+        d.index_op(IndexOp::Add, &r, &c)
+    }
+
     /// Element (row, col) of this operand's batch slice, read from a buffer (or pointer)
     /// named `from` that starts at the slice, in the compute type.
     pub fn at(&self, d: &dyn Dialect, from: &str, row: &str, col: &str) -> String {
-        let r = d.index_op(IndexOp::Mul, row, &self.row_stride);
-        let c = d.index_op(IndexOp::Mul, col, &self.col_stride);
-        d.load(self.dtype, from, &d.index_op(IndexOp::Add, &r, &c))
+        d.load(self.dtype, from, &self.offset(d, row, col))
     }
 }
 
@@ -376,14 +425,5 @@ impl AttentionParts {
             row_var: p.d.var_name(r - 2),
             key_var: p.d.var_name(r - 1),
         }
-    }
-}
-
-/// Appends `lines` to `out`, each on its own line at `indent`.
-pub fn push_lines(out: &mut String, indent: &str, lines: impl IntoIterator<Item = String>) {
-    for l in lines {
-        out.push_str(indent);
-        out.push_str(&l);
-        out.push('\n');
     }
 }

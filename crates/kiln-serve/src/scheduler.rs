@@ -587,26 +587,19 @@ mod tests {
 
     #[test]
     fn the_batch_is_capped_by_max_batch_and_by_the_slots() {
-        let mut s = Scheduler::new(SchedulerConfig {
-            max_batch: 3,
-            kv_slots: 2,
-            slot_positions: 64,
-            prefill_chunk: 64,
-        });
-        for id in 1..=5 {
-            s.submit(req(id, 4, 50)).unwrap();
-        }
-        assert_eq!(s.plan().admitted.len(), 2, "two slots");
-        let mut s = Scheduler::new(SchedulerConfig {
-            max_batch: 1,
-            kv_slots: 4,
-            slot_positions: 64,
-            prefill_chunk: 64,
-        });
-        for id in 1..=5 {
-            s.submit(req(id, 4, 50)).unwrap();
-        }
-        assert_eq!(s.plan().admitted.len(), 1, "a batch of one");
+        // Five requests waiting: how many the first step admits.
+        let admitted = |max_batch, kv_slots| {
+            let mut s = Scheduler::new(SchedulerConfig {
+                kv_slots,
+                ..cfg(max_batch, 64, 64)
+            });
+            for id in 1..=5 {
+                s.submit(req(id, 4, 50)).unwrap();
+            }
+            s.plan().admitted.len()
+        };
+        assert_eq!(admitted(3, 2), 2, "two slots");
+        assert_eq!(admitted(1, 4), 1, "a batch of one");
     }
 
     #[test]

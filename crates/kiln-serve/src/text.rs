@@ -3,7 +3,7 @@
 //! the start of a stop string held back until it is known not to be, so that the text sent
 //! never contains a stop string.
 
-use kiln_models::{StreamDecoder, Tokenizer};
+use kiln_models::{ModelError, StreamDecoder, Tokenizer};
 
 pub struct TextStream {
     decoder: StreamDecoder,
@@ -40,7 +40,7 @@ impl TextStream {
     }
 
     /// Adds a generated token.
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Piece, String> {
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Piece, ModelError> {
         if self.stopped {
             return Ok(Piece {
                 text: String::new(),
@@ -48,7 +48,7 @@ impl TextStream {
             });
         }
         self.ids.push(id);
-        let new = self.decoder.push(tok, id).map_err(|e| e.to_string())?;
+        let new = self.decoder.push(tok, id)?;
         self.decoded += new.len();
         self.held.push_str(&new);
         Ok(self.release(false))
@@ -56,14 +56,14 @@ impl TextStream {
 
     /// The sequence ended: the rest of the text, including characters the decoder was still
     /// waiting to complete (they come out as U+FFFD, as a full decode gives them).
-    pub fn finish(&mut self, tok: &Tokenizer) -> Result<Piece, String> {
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<Piece, ModelError> {
         if self.stopped {
             return Ok(Piece {
                 text: String::new(),
                 stopped: true,
             });
         }
-        let full = tok.decode(&self.ids).map_err(|e| e.to_string())?;
+        let full = tok.decode(&self.ids)?;
         if let Some(rest) = full.get(self.decoded..) {
             self.held.push_str(rest);
             self.decoded = full.len();

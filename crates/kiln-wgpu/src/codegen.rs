@@ -30,12 +30,10 @@ use crate::dialect::{Wgsl, PRELUDE};
 use crate::plan::{KernelPlan, ELEMENTWISE_WG, REDUCE_WG, SLICE_BYTES, SLICE_WORDS_LOG2, TILE};
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::parts::{
-    element, push_lines, written_element, MatMul, MatOperand, Reduction, OUT,
-};
+use kiln_render::parts::{MatMul, MatOperand, Pointwise, Reduction, OUT};
 use kiln_render::printer::input_name;
+use kiln_render::{emit, Emit};
 use kiln_render::{Dialect, IndexOp, Printer};
-use std::fmt::Write;
 
 /// The first line of a kernel that cannot be compiled (its constant sizes overflow WGSL's
 /// i32 indices, or its kind is not rendered), followed by the reason; `compile` reports it
@@ -56,18 +54,18 @@ pub fn kernel_source(k: &Kernel) -> String {
     let p = Printer::new(d);
     let mut s = String::new();
     if let Some(o) = plan.static_overflow() {
-        writeln!(
+        emit!(
             s,
             "{CANNOT_COMPILE}{o}; this kernel's sizes do not fit WGSL's 32-bit indices"
-        )
-        .unwrap();
+        );
     }
     s.push_str(PRELUDE);
     params(&plan, &mut s);
     buffers(&plan, &mut s);
     match &k.kind {
-        KernelKind::Elementwise { .. } => elementwise(&p, k, &plan, &mut s),
-        KernelKind::Write { shape, .. } => write(&p, k, shape, &plan, &mut s),
+        KernelKind::Elementwise { .. } | KernelKind::Write { .. } => {
+            pointwise(&p, k, &plan, &mut s)
+        }
         KernelKind::Reduce { .. } => reduce(&p, k, &plan, &mut s),
         KernelKind::MatMul { .. } => matmul(&p, k, &plan, &mut s),
         KernelKind::ReduceMap { .. } | KernelKind::Attention { .. } => unreachable!("is_fused"),
@@ -116,7 +114,7 @@ fn is_fused(k: &Kernel) -> bool {
 fn params(plan: &KernelPlan, s: &mut String) {
     s.push_str("\nstruct Params {\n");
     for sym in &plan.symbols {
-        writeln!(s, "    {}: i32,", Wgsl.sym_name(sym)).unwrap();
+        emit!(s, "    {}: i32,", Wgsl.sym_name(sym));
     }
     s.push_str("    kiln_units: i32,\n");
     if plan.matmul {
@@ -135,16 +133,15 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
         DType::I32 => "i32",
         _ => "atomic<u32>",
     };
-    writeln!(
+    emit!(
         s,
         "@group(0) @binding({binding}) var<storage, read_write> {OUT}: array<{word}>;"
-    )
-    .unwrap();
+    );
     binding += 1;
     let ty = Wgsl.compute_type(out);
     match out {
         DType::F32 | DType::I32 => {
-            writeln!(s, "fn st_{OUT}(i: i32, v: {ty}) {{ {OUT}[i] = v; }}").unwrap()
+            emit!(s, "fn st_{OUT}(i: i32, v: {ty}) {{ {OUT}[i] = v; }}")
         }
         _ => {
             // (elements per word - 1, bits per element, the element's bits)
@@ -155,17 +152,15 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
             };
             let shift = lanes.count_ones();
             let mask = (1u32 << bits) - 1;
-            writeln!(s, "fn st_{OUT}(i: i32, v: {ty}) {{").unwrap();
-            writeln!(
+            emit!(s, "fn st_{OUT}(i: i32, v: {ty}) {{");
+            emit!(
                 s,
                 "    let sh = u32(i & {lanes}i) * {bits}u;\n    let w = i >> {shift}u;"
-            )
-            .unwrap();
-            writeln!(
+            );
+            emit!(
                 s,
                 "    atomicAnd(&{OUT}[w], ~({mask:#x}u << sh));\n    atomicOr(&{OUT}[w], {value} << sh);\n}}"
-            )
-            .unwrap();
+            );
         }
     }
     for (i, &dt) in plan.dtypes[1..].iter().enumerate() {
@@ -174,33 +169,30 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
         let slices = plan.slices[1 + i];
         // `w_<name>(w)`: word w of the input.
         if slices == 1 {
-            writeln!(
+            emit!(
                 s,
                 "@group(0) @binding({binding}) var<storage, read> {name}: array<{word}>;\nfn w_{name}(w: i32) -> {word} {{ return {name}[w]; }}"
-            )
-            .unwrap();
+            );
             binding += 1;
         } else {
             // Slices of SLICE_BYTES of one buffer: word w is word (w & mask) of slice w >> shift.
             for j in 0..slices {
-                writeln!(
+                emit!(
                     s,
                     "@group(0) @binding({binding}) var<storage, read> {name}_{j}: array<{word}>;"
-                )
-                .unwrap();
+                );
                 binding += 1;
             }
             let mask = (SLICE_BYTES / 4) - 1;
-            writeln!(s, "fn w_{name}(w: i32) -> {word} {{\n    let o = w & {mask}i;\n    switch (w >> {SLICE_WORDS_LOG2}u) {{").unwrap();
+            emit!(s, "fn w_{name}(w: i32) -> {word} {{\n    let o = w & {mask}i;\n    switch (w >> {SLICE_WORDS_LOG2}u) {{");
             for j in 0..slices - 1 {
-                writeln!(s, "        case {j}i: {{ return {name}_{j}[o]; }}").unwrap();
+                emit!(s, "        case {j}i: {{ return {name}_{j}[o]; }}");
             }
-            writeln!(
+            emit!(
                 s,
                 "        default: {{ return {name}_{}[o]; }}\n    }}\n}}",
                 slices - 1
-            )
-            .unwrap();
+            );
         }
         let at = |w: &str| format!("w_{name}({w})");
         let ty = Wgsl.compute_type(dt);
@@ -219,7 +211,7 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
                 at("i >> 2u")
             ),
         };
-        writeln!(s, "fn ld_{name}(i: i32) -> {ty} {{\n    {body}\n}}").unwrap();
+        emit!(s, "fn ld_{name}(i: i32) -> {ty} {{\n    {body}\n}}");
     }
 }
 
@@ -227,7 +219,7 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
 fn symbols(plan: &KernelPlan, s: &mut String) {
     for sym in &plan.symbols {
         let n = Wgsl.sym_name(sym);
-        writeln!(s, "    let {n}: i32 = P.{n};").unwrap();
+        emit!(s, "    let {n}: i32 = P.{n};");
     }
 }
 
@@ -235,35 +227,26 @@ fn symbols(plan: &KernelPlan, s: &mut String) {
 /// count), before its body.
 fn one_per_element(plan: &KernelPlan, s: &mut String) {
     let wg = ELEMENTWISE_WG;
-    writeln!(s, "\n@compute @workgroup_size({wg})").unwrap();
-    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{").unwrap();
-    writeln!(
+    emit!(s, "\n@compute @workgroup_size({wg})");
+    emit!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{");
+    emit!(
         s,
         "    let kiln_g = (kiln_wg.y * kiln_nwg.x + kiln_wg.x) * {wg}u + kiln_li;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    if (kiln_g >= u32(P.kiln_units)) {{ return; }}\n    let kiln_i = i32(kiln_g);"
-    )
-    .unwrap();
+    );
     symbols(plan, s);
 }
 
-/// One invocation per output element.
-fn elementwise(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
+/// Elementwise and write kernels: one invocation per element of the output (or of the
+/// written part: an in-place update, where the rest of the output keeps what it holds, packed
+/// outputs too, their stores changing only their own bits).
+fn pointwise(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
     one_per_element(plan, s);
-    push_lines(s, "    ", p.unflatten(&k.out_shape, "kiln_i", None));
-    push_lines(s, "    ", element(p, k, "kiln_i"));
-    s.push_str("}\n");
-}
-
-/// An in-place update: one invocation per element of the written part; the rest of the output
-/// keeps what it holds (packed outputs too: their stores change only their own bits).
-fn write(p: &Printer, k: &Kernel, shape: &[kiln_ir::Expr], plan: &KernelPlan, s: &mut String) {
-    one_per_element(plan, s);
-    push_lines(s, "    ", p.unflatten(shape, "kiln_i", None));
-    push_lines(s, "    ", written_element(p, k));
+    let pw = Pointwise::of(k).expect("an elementwise or write kernel");
+    s.lines("    ", pw.at_flat(p, "kiln_i"));
     s.push_str("}\n");
 }
 
@@ -272,52 +255,46 @@ fn reduce(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
     let d = p.d;
     let wg = REDUCE_WG;
     let r = Reduction::of(p, k);
-    writeln!(s, "\nvar<workgroup> kiln_red: array<{}, {wg}>;", r.acc_type).unwrap();
-    writeln!(s, "@compute @workgroup_size({wg})").unwrap();
-    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{").unwrap();
+    emit!(s, "\nvar<workgroup> kiln_red: array<{}, {wg}>;", r.acc_type);
+    emit!(s, "@compute @workgroup_size({wg})");
+    emit!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(num_workgroups) kiln_nwg: vec3<u32>, @builtin(local_invocation_index) kiln_li: u32) {{");
     // Uniform per workgroup, so the barriers below stay in uniform control flow.
-    writeln!(
+    emit!(
         s,
         "    let kiln_o = i32(kiln_wg.y * kiln_nwg.x + kiln_wg.x);\n    if (kiln_o >= P.kiln_units) {{ return; }}"
-    )
-    .unwrap();
+    );
     symbols(plan, s);
-    push_lines(s, "    ", p.unflatten(&k.out_shape, "kiln_o", Some(r.axis)));
-    writeln!(s, "    var acc: {} = {};", r.acc_type, r.init).unwrap();
+    s.lines("    ", p.unflatten(&k.out_shape, "kiln_o", Some(r.axis)));
+    emit!(s, "    var acc: {} = {};", r.acc_type, r.init);
     let v = &r.var;
-    writeln!(
+    emit!(
         s,
         "    for (var {v}: i32 = i32(kiln_li); {v} < {}; {v} = {v} + {wg}i) {{ acc = {}; }}",
         r.len,
         r.combine(d, "acc", &r.element)
-    )
-    .unwrap();
-    writeln!(s, "    kiln_red[kiln_li] = acc;\n    workgroupBarrier();").unwrap();
-    writeln!(
+    );
+    emit!(s, "    kiln_red[kiln_li] = acc;\n    workgroupBarrier();");
+    emit!(
         s,
         "    for (var kiln_s = {}u; kiln_s > 0u; kiln_s = kiln_s >> 1u) {{",
         wg / 2
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        if (kiln_li < kiln_s) {{ kiln_red[kiln_li] = {}; }}\n        workgroupBarrier();\n    }}",
         r.combine(d, "kiln_red[kiln_li]", "kiln_red[kiln_li + kiln_s]")
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    if (kiln_li == 0u) {{ {} }}\n}}",
         r.store(d, "kiln_red[0]", "kiln_o")
-    )
-    .unwrap();
+    );
 }
 
-/// Element (row, col) of a matmul operand as f32: `ld(base + row * rs + col * cs)`.
+/// Element (row, col) of a matmul operand as f32: `ld(base + row * rs + col * cs)` (WGSL has
+/// no pointers into a buffer: the batch slice's start `base` is part of the index).
 fn operand_at(d: &dyn Dialect, o: &MatOperand, base: &str, row: &str, col: &str) -> String {
-    let r = d.index_op(IndexOp::Mul, row, &o.row_stride);
-    let c = d.index_op(IndexOp::Mul, col, &o.col_stride);
-    let at = d.index_op(IndexOp::Add, base, &d.index_op(IndexOp::Add, &r, &c));
+    let at = d.index_op(IndexOp::Add, base, &o.offset(d, row, col));
     let v = d.load(o.dtype, &o.buf, &at);
     if o.dtype.is_float() {
         v
@@ -369,35 +346,30 @@ fn gemv_lanes(
     s: &mut String,
 ) {
     let t = TILE;
-    writeln!(
+    emit!(
         s,
         "        let col = i32(kiln_wg.x) * {t}i + ty;\n        var acc = 0.0f;"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        if (col < N) {{\n            for (var kx = tx; kx < K; kx = kx + {t}i) {{ acc = acc + {} * {}; }}\n        }}",
         operand_at(d, a, "kiln_pa", "row", "kx"),
         operand_at(d, b, "kiln_pb", "kx", "col")
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "        kiln_bs[ty][tx] = acc;\n        workgroupBarrier();"
-    )
-    .unwrap();
-    writeln!(s, "        if (tx == 0i && col < N) {{").unwrap();
-    writeln!(
+    );
+    emit!(s, "        if (tx == 0i && col < N) {{");
+    emit!(
         s,
         "            var sum = 0.0f;\n            for (var q = 0i; q < {t}i; q = q + 1i) {{ sum = sum + kiln_bs[ty][q]; }}"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "            {}\n        }}",
         store("(kiln_b * M + row) * N + col", "sum")
-    )
-    .unwrap();
+    );
 }
 
 /// The CPU-style GEMV of row `row` of A: [`GEMV_INVOCATIONS`] invocations of the workgroup each
@@ -415,69 +387,62 @@ fn gemv_columns(
     s: &mut String,
 ) {
     let (t, c, n) = (TILE as i32, GEMV_COLS, GEMV_INVOCATIONS);
-    writeln!(
+    emit!(
         s,
         "        let li = ty * {t}i + tx;\n        let c0 = i32(kiln_wg.x) * {}i + li * {c}i;\n        if (li < {n}i && c0 < N) {{",
         c * n
-    )
-    .unwrap();
+    );
     let cols = 0..c;
     for j in cols.clone() {
-        writeln!(s, "            var acc{j} = 0.0f;").unwrap();
+        emit!(s, "            var acc{j} = 0.0f;");
     }
     match packed {
         Some(cs) => {
             // The word of element 0 of each column's weight row (rows start on a word).
             for j in cols.clone() {
-                writeln!(
+                emit!(
                     s,
                     "            let r{j} = (kiln_pb + min(c0 + {j}i, N - 1i) * {cs}i) / 2i;"
-                )
-                .unwrap();
+                );
             }
-            writeln!(
+            emit!(
                 s,
                 "            for (var q = 0i; q < K / 2i; q = q + 1i) {{\n                let x0 = {};\n                let x1 = {};",
                 operand_at(d, a, "kiln_pa", "row", "(2i * q)"),
                 operand_at(d, a, "kiln_pa", "row", "(2i * q + 1i)")
-            )
-            .unwrap();
+            );
             for j in cols.clone() {
-                writeln!(
+                emit!(
                     s,
                     "                let w{j} = w_{}(r{j} + q);\n                acc{j} = acc{j} + x0 * bitcast<f32>(w{j} << 16u) + x1 * bitcast<f32>(w{j} & 0xffff0000u);",
                     b.buf
-                )
-                .unwrap();
+                );
             }
         }
         None => {
-            writeln!(
+            emit!(
                 s,
                 "            for (var kx = 0i; kx < K; kx = kx + 1i) {{\n                let x = {};",
                 operand_at(d, a, "kiln_pa", "row", "kx")
-            )
-            .unwrap();
+            );
             for j in cols.clone() {
-                writeln!(
+                emit!(
                     s,
                     "                acc{j} = acc{j} + x * {};",
                     operand_at(d, b, "kiln_pb", "kx", &format!("min(c0 + {j}i, N - 1i)"))
-                )
-                .unwrap();
+                );
             }
         }
     }
-    writeln!(s, "            }}").unwrap();
+    emit!(s, "            }}");
     for j in cols {
-        writeln!(
+        emit!(
             s,
             "            if (c0 + {j}i < N) {{ let col = c0 + {j}i; {} }}",
             store("(kiln_b * M + row) * N + col", &format!("acc{j}"))
-        )
-        .unwrap();
+        );
     }
-    writeln!(s, "        }}").unwrap();
+    emit!(s, "        }}");
 }
 
 /// One TILE x TILE workgroup per output tile of one batch (grid z). Two paths in one kernel,
@@ -501,90 +466,81 @@ fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
         };
         d.store(mm.out, OUT, index, &v)
     };
-    writeln!(
+    emit!(
         s,
         "\nvar<workgroup> kiln_as: array<array<f32, {}>, {t}>;\nvar<workgroup> kiln_bs: array<array<f32, {}>, {t}>;",
         t + 1,
         t + 1
-    )
-    .unwrap();
-    writeln!(s, "@compute @workgroup_size({t}, {t})").unwrap();
-    writeln!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(local_invocation_id) kiln_lid: vec3<u32>) {{").unwrap();
-    writeln!(
+    );
+    emit!(s, "@compute @workgroup_size({t}, {t})");
+    emit!(s, "fn {NAME_PLACEHOLDER}(@builtin(workgroup_id) kiln_wg: vec3<u32>, @builtin(local_invocation_id) kiln_lid: vec3<u32>) {{");
+    emit!(
         s,
         "    let kiln_b = i32(kiln_wg.z);\n    if (kiln_b >= P.kiln_units) {{ return; }}"
-    )
-    .unwrap();
+    );
     symbols(plan, s);
-    writeln!(
+    emit!(
         s,
         "    let M: i32 = {};\n    let N: i32 = {};\n    let K: i32 = {};",
-        mm.m, mm.n, mm.k
-    )
-    .unwrap();
-    push_lines(s, "    ", p.unflatten(&mm.batch, "kiln_b", None));
-    writeln!(
+        mm.m,
+        mm.n,
+        mm.k
+    );
+    s.lines("    ", p.unflatten(&mm.batch, "kiln_b", None));
+    emit!(
         s,
         "    let kiln_pa: i32 = {};\n    let kiln_pb: i32 = {};",
-        a.base, b.base
-    )
-    .unwrap();
-    writeln!(
+        a.base,
+        b.base
+    );
+    emit!(
         s,
         "    let tx = i32(kiln_lid.x);\n    let ty = i32(kiln_lid.y);"
-    )
-    .unwrap();
+    );
 
     // Few rows (decode: one): one GEMV per row, the row in grid y, GPU- or CPU-style. The
     // device chooses both (`kiln_gemv_rows`, `kiln_gemv_columns`; see `plan::GemvPlan`).
-    writeln!(
+    emit!(
         s,
         "    if (M <= P.kiln_gemv_rows) {{\n        let row = i32(kiln_wg.y);\n        if (P.kiln_gemv_columns != 0i) {{"
-    )
-    .unwrap();
+    );
     gemv_columns(d, a, b, packed_gemv(k), &store, s);
-    writeln!(s, "        }} else {{").unwrap();
+    emit!(s, "        }} else {{");
     gemv_lanes(d, a, b, &store, s);
-    writeln!(s, "        }}\n        return;\n    }}").unwrap();
+    emit!(s, "        }}\n        return;\n    }}");
 
     // Tiled.
-    writeln!(
+    emit!(
         s,
         "    let row = i32(kiln_wg.y) * {t}i + ty;\n    let col = i32(kiln_wg.x) * {t}i + tx;\n    var acc = 0.0f;"
-    )
-    .unwrap();
-    writeln!(s, "    for (var k0 = 0i; k0 < K; k0 = k0 + {t}i) {{").unwrap();
-    writeln!(
+    );
+    emit!(s, "    for (var k0 = 0i; k0 < K; k0 = k0 + {t}i) {{");
+    emit!(
         s,
         "        var av = 0.0f;\n        if (row < M && k0 + tx < K) {{ av = {}; }}\n        kiln_as[ty][tx] = av;",
         operand_at(d, a, "kiln_pa", "row", "(k0 + tx)")
-    )
-    .unwrap();
+    );
     if b.row_stride_expr.is_const(1) && !b.col_stride_expr.is_const(1) {
         // k is B's contiguous axis: lanes (tx) walk k, workgroup rows (ty) walk columns.
-        writeln!(
+        emit!(
             s,
             "        let bcol = i32(kiln_wg.x) * {t}i + ty;\n        var bv = 0.0f;\n        if (k0 + tx < K && bcol < N) {{ bv = {}; }}\n        kiln_bs[tx][ty] = bv;",
             operand_at(d, b, "kiln_pb", "(k0 + tx)", "bcol")
-        )
-        .unwrap();
+        );
     } else {
-        writeln!(
+        emit!(
             s,
             "        var bv = 0.0f;\n        if (k0 + ty < K && col < N) {{ bv = {}; }}\n        kiln_bs[ty][tx] = bv;",
             operand_at(d, b, "kiln_pb", "(k0 + ty)", "col")
-        )
-        .unwrap();
+        );
     }
-    writeln!(
+    emit!(
         s,
         "        workgroupBarrier();\n        for (var q = 0i; q < {t}i; q = q + 1i) {{ acc = acc + kiln_as[ty][q] * kiln_bs[q][tx]; }}\n        workgroupBarrier();\n    }}"
-    )
-    .unwrap();
-    writeln!(
+    );
+    emit!(
         s,
         "    if (row < M && col < N) {{ {} }}\n}}",
         store("(kiln_b * M + row) * N + col", "acc")
-    )
-    .unwrap();
+    );
 }

@@ -63,17 +63,8 @@ impl Dialect for Wgsl {
     }
 
     fn index_op(&self, op: IndexOp, a: &str, b: &str) -> String {
-        let sym = match op {
-            IndexOp::Add => "+",
-            IndexOp::Sub => "-",
-            IndexOp::Mul => "*",
-            // WGSL's i32 `/` and `%` truncate, like C.
-            IndexOp::Div => "/",
-            IndexOp::Rem => "%",
-            IndexOp::Min => return format!("min({a}, {b})"),
-            IndexOp::Max => return format!("max({a}, {b})"),
-        };
-        format!("({a} {sym} {b})")
+        // WGSL's i32 `/` and `%` truncate, like C.
+        op.c_like(a, b, "min", "max")
     }
 
     fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {

@@ -1,6 +1,7 @@
-//! The benchmarks' SVG plots (plotters).
+//! The benchmarks' SVG plots (plotters, in the style of `kiln_plot`).
 
-use plotters::prelude::*;
+use kiln_plot::plotters::prelude::*;
+use kiln_plot::{chart, legend, line_with_dots, two_panels, Axes};
 use serde_json::Value;
 use std::path::Path;
 
@@ -183,6 +184,89 @@ pub fn decode(doc: &Value, path: &Path) -> anyhow::Result<()> {
         });
     }
     ch.configure_series_labels().border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The serve benchmark's charts, from its JSON document: aggregate tokens/s against the number
+/// of concurrent streams (with the line of linear scaling from the first row), and the latency
+/// percentiles.
+pub fn serve(doc: &Value, path: &Path) -> anyhow::Result<()> {
+    let rows = doc["rows"].as_array().cloned().unwrap_or_default();
+    let get = |r: &Value, k: &str| r[k].as_f64().unwrap_or(0.0);
+    let max_n = rows.iter().map(|r| get(r, "streams")).fold(1.0, f64::max);
+    let (root, left, right) = two_panels(path)?;
+
+    let base = rows.first().map_or(0.0, |r| {
+        get(r, "aggregate_tokens_per_s") / get(r, "streams").max(1.0)
+    });
+    let max_tps = rows
+        .iter()
+        .map(|r| get(r, "aggregate_tokens_per_s"))
+        .fold(base * max_n, f64::max)
+        .max(1e-9);
+    let caption = format!(
+        "{}: aggregate tokens/s vs streams",
+        doc["model"].as_str().unwrap_or("")
+    );
+    let mut ch = chart(
+        &left,
+        Axes {
+            caption: &caption,
+            font: 18,
+            x: 0.0..max_n + 1.0,
+            y: 0.0..max_tps * 1.1,
+            x_desc: "concurrent streams",
+            y_desc: "tokens/s",
+            y_label_width: 50,
+        },
+    )?;
+    ch.draw_series(LineSeries::new(
+        vec![(1.0, base), (max_n, base * max_n)],
+        BLACK.mix(0.4),
+    ))?
+    .label("linear in streams (from the first row)")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| (get(r, "streams"), get(r, "aggregate_tokens_per_s")))
+        .collect();
+    line_with_dots(&mut ch, &pts, BLUE, "kiln serve")?;
+    legend(&mut ch, SeriesLabelPosition::UpperLeft)?;
+
+    let keys = [
+        ("ttft_ms_p50", "time to first token p50"),
+        ("ttft_ms_p99", "time to first token p99"),
+        ("itl_ms_p50", "inter-token latency p50"),
+        ("itl_ms_p99", "inter-token latency p99"),
+    ];
+    let max_ms = rows
+        .iter()
+        .flat_map(|r| keys.iter().map(move |(k, _)| get(r, k)))
+        .fold(1.0, f64::max);
+    let mut ch = chart(
+        &right,
+        Axes {
+            caption: "latency (ms)",
+            font: 18,
+            x: 0.0..max_n + 1.0,
+            y: 0.0..max_ms * 1.1,
+            x_desc: "concurrent streams",
+            y_desc: "ms",
+            y_label_width: 50,
+        },
+    )?;
+    for (i, (k, label)) in keys.iter().enumerate() {
+        let color = Palette99::pick(i);
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (get(r, "streams"), get(r, k)))
+            .collect();
+        ch.draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.to_rgba()));
+    }
+    legend(&mut ch, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }

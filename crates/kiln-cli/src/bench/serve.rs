@@ -7,7 +7,7 @@ use super::ServeBench;
 use anyhow::Context;
 use kiln_compile::cores;
 use kiln_serve::client::{percentile, Client, Streamed};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -216,102 +216,12 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
     let jpath = a.out.join("serve.json");
     super::write_json(&jpath, &doc)?;
     let spath = a.out.join("serve.svg");
-    plot(&doc, &spath).with_context(|| format!("writing {}", spath.display()))?;
+    super::plot::serve(&doc, &spath).with_context(|| format!("writing {}", spath.display()))?;
     eprintln!(
         "wrote {} and {} (server log: {})",
         jpath.display(),
         spath.display(),
         log.display()
     );
-    Ok(())
-}
-
-fn plot(doc: &Value, path: &Path) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-    let rows = doc["rows"].as_array().cloned().unwrap_or_default();
-    let get = |r: &Value, k: &str| r[k].as_f64().unwrap_or(0.0);
-    let max_n = rows.iter().map(|r| get(r, "streams")).fold(1.0, f64::max);
-    let root = SVGBackend::new(path, (1100, 450)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(550);
-
-    let base = rows.first().map_or(0.0, |r| {
-        get(r, "aggregate_tokens_per_s") / get(r, "streams").max(1.0)
-    });
-    let max_tps = rows
-        .iter()
-        .map(|r| get(r, "aggregate_tokens_per_s"))
-        .fold(base * max_n, f64::max)
-        .max(1e-9);
-    let mut ch = ChartBuilder::on(&left)
-        .caption(
-            format!(
-                "{}: aggregate tokens/s vs streams",
-                doc["model"].as_str().unwrap_or("")
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..max_n + 1.0, 0.0..max_tps * 1.1)?;
-    ch.configure_mesh()
-        .x_desc("concurrent streams")
-        .y_desc("tokens/s")
-        .draw()?;
-    ch.draw_series(LineSeries::new(
-        vec![(1.0, base), (max_n, base * max_n)],
-        BLACK.mix(0.4),
-    ))?
-    .label("linear in streams (from the first row)")
-    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
-    let pts: Vec<(f64, f64)> = rows
-        .iter()
-        .map(|r| (get(r, "streams"), get(r, "aggregate_tokens_per_s")))
-        .collect();
-    ch.draw_series(LineSeries::new(pts.clone(), BLUE))?
-        .label("kiln serve")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
-    ch.draw_series(pts.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
-    ch.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .draw()?;
-
-    let keys = [
-        ("ttft_ms_p50", "time to first token p50"),
-        ("ttft_ms_p99", "time to first token p99"),
-        ("itl_ms_p50", "inter-token latency p50"),
-        ("itl_ms_p99", "inter-token latency p99"),
-    ];
-    let max_ms = rows
-        .iter()
-        .flat_map(|r| keys.iter().map(move |(k, _)| get(r, k)))
-        .fold(1.0, f64::max);
-    let mut ch = ChartBuilder::on(&right)
-        .caption("latency (ms)", ("sans-serif", 18))
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..max_n + 1.0, 0.0..max_ms * 1.1)?;
-    ch.configure_mesh()
-        .x_desc("concurrent streams")
-        .y_desc("ms")
-        .draw()?;
-    for (i, (k, label)) in keys.iter().enumerate() {
-        let color = Palette99::pick(i);
-        let pts: Vec<(f64, f64)> = rows
-            .iter()
-            .map(|r| (get(r, "streams"), get(r, k)))
-            .collect();
-        ch.draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-            .label(*label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.to_rgba()));
-    }
-    ch.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -9,7 +9,8 @@
 
 use super::{GgufFile, MetaValue, TensorInfo};
 use crate::config::{Arch, QwenConfig, MAX_DIM};
-use crate::model::{weight_dtype, WeightDtype};
+use crate::model::WeightDtype;
+use crate::weights::load_weights;
 use crate::ModelError;
 use kiln_ir::{DType, QuantType, Tensor};
 use rayon::prelude::*;
@@ -275,16 +276,10 @@ impl GgufCheckpoint {
         wanted: &[(String, Vec<usize>)],
         w: WeightDtype,
     ) -> Result<BTreeMap<String, Tensor>, ModelError> {
-        wanted
-            .par_iter()
-            .map(|(name, shape)| {
-                let (t, qt) = self.find(name, shape)?;
-                Ok((
-                    name.clone(),
-                    self.decode(t, qt, shape, weight_dtype(shape, w))?,
-                ))
-            })
-            .collect()
+        load_weights(wanted, w, |name, shape, want| {
+            let (t, qt) = self.find(name, shape)?;
+            self.decode(t, qt, shape, want)
+        })
     }
 
     /// A tensor's values in dtype `want` (f32 or bf16): bf16 bytes are kept as stored when
