@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use crate::CompileFlags;
 use clap::Args;
 use kiln_compile::CompileOptions;
-use kiln_models::{GraphOptions, LoadOptions, Model, ModelSource};
+use kiln_models::{BatchedModel, GraphOptions, LoadOptions, ModelSource};
 use std::time::Duration;
 
 #[derive(Args, Clone, Debug)]
@@ -93,7 +93,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let flags = a.flags.clone();
     let seed = a.seed;
     // Compiles and loads on the engine thread, once the socket is bound.
-    let load = move || -> anyhow::Result<Model> {
+    let load = move |pool: kiln_serve::SlotPool| -> anyhow::Result<BatchedModel> {
         let target = flags.open(None, false)?;
         let progress = Progress::new(flags.trace.is_some());
         let remote = crate::remote::open(&flags)?;
@@ -109,7 +109,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             graph: GraphOptions::default(),
             seed,
         };
-        let model = Model::load(&source, &opts);
+        let model = BatchedModel::load(&source, &opts, pool.slots, pool.positions);
         progress.finish(flags.trace.as_deref())?;
         Ok(model?)
     };

@@ -118,45 +118,51 @@ impl BatchedModel {
         Ok(())
     }
 
-    /// Checks `work` before anything runs: slots in range and each once, positions where the
-    /// sequences are, tokens in the vocabulary and inside a slot.
+    /// Checks one item of a forward's work: its slot exists, its position is where the
+    /// sequence is, its tokens are in the vocabulary and fit in a slot.
+    pub fn check_work(&self, w: &SlotWork<'_>) -> Result<(), ModelError> {
+        let Some(state) = self.slots.get(w.slot) else {
+            return Err(ModelError::Input(format!(
+                "slot {} does not exist (the pool has {})",
+                w.slot,
+                self.slots.len()
+            )));
+        };
+        if w.tokens.is_empty() {
+            return Err(ModelError::Input(format!("slot {}: no tokens", w.slot)));
+        }
+        if w.position != state.len {
+            return Err(ModelError::Input(format!(
+                "slot {}: asked to run at position {}, the sequence is at {}",
+                w.slot, w.position, state.len
+            )));
+        }
+        if w.position + w.tokens.len() > self.positions {
+            return Err(ModelError::Input(format!(
+                "slot {}: {} positions exceed the {} a slot holds",
+                w.slot,
+                w.position + w.tokens.len(),
+                self.positions
+            )));
+        }
+        self.config.check_ids(w.tokens)
+    }
+
+    /// Checks `work` before anything runs: every item ([`BatchedModel::check_work`]), each
+    /// slot once.
     fn check(&self, work: &[SlotWork<'_>]) -> Result<(), ModelError> {
         if work.is_empty() {
             return Err(ModelError::Input("no sequence to run".into()));
         }
         let mut seen = vec![false; self.slots.len()];
         for w in work {
-            let Some(state) = self.slots.get(w.slot) else {
-                return Err(ModelError::Input(format!(
-                    "slot {} does not exist (the pool has {})",
-                    w.slot,
-                    self.slots.len()
-                )));
-            };
+            self.check_work(w)?;
             if std::mem::replace(&mut seen[w.slot], true) {
                 return Err(ModelError::Input(format!(
                     "slot {} is given work twice in one forward",
                     w.slot
                 )));
             }
-            if w.tokens.is_empty() {
-                return Err(ModelError::Input(format!("slot {}: no tokens", w.slot)));
-            }
-            if w.position != state.len {
-                return Err(ModelError::Input(format!(
-                    "slot {}: asked to run at position {}, the sequence is at {}",
-                    w.slot, w.position, state.len
-                )));
-            }
-            if w.position + w.tokens.len() > self.positions {
-                return Err(ModelError::Input(format!(
-                    "slot {}: {} positions exceed the {} a slot holds",
-                    w.slot,
-                    w.position + w.tokens.len(),
-                    self.positions
-                )));
-            }
-            self.config.check_ids(w.tokens)?;
         }
         Ok(())
     }

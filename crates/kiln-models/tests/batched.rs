@@ -98,12 +98,19 @@ fn interpreter_batch_of_n_equals_batch_of_one_and_the_single_sequence_graph_bitw
             }
         }
     }
-    let work = vec![(2, 3, tokens(0, 4)), (0, 5, tokens(1, 1)), (3, 0, tokens(2, 1))];
+    let work = vec![
+        (2, 3, tokens(0, 4)),
+        (0, 5, tokens(1, 1)),
+        (3, 0, tokens(2, 1)),
+    ];
     let (together, after) = interpret_batch(&batched, &weights, slots, &caches, &work);
     for (i, w) in work.iter().enumerate() {
         let (alone, alone_after) =
             interpret_batch(&batched, &weights, slots, &caches, std::slice::from_ref(w));
-        assert_eq!(together[i], alone[0], "sequence {i}: batch of 3 vs batch of 1");
+        assert_eq!(
+            together[i], alone[0],
+            "sequence {i}: batch of 3 vs batch of 1"
+        );
         // Its cache is written the same way; the others' caches stay as they were.
         for l in 0..c.num_layers {
             let name = format!("k_cache.{l}.{}", w.0);
@@ -231,16 +238,29 @@ fn cpu_batched_generation_equals_each_sequence_alone_bitwise() {
     let mut single = load(&fixture("tiny-qwen3")).unwrap();
     for (i, prompt) in ps.iter().enumerate() {
         if let Some((_, greedy)) = prompts.get(i) {
-            assert_eq!(together[i].0, greedy[..steps], "sequence {i} vs transformers");
+            assert_eq!(
+                together[i].0,
+                greedy[..steps],
+                "sequence {i} vs transformers"
+            );
         }
         let alone = generate_batched(&mut m, &ps[i..=i], &[1], steps, 5);
-        assert_eq!(together[i].0, alone[0].0, "sequence {i}: tokens, batch of 3 vs 1");
-        assert_eq!(together[i].1, alone[0].1, "sequence {i}: logits, batch of 3 vs 1");
+        assert_eq!(
+            together[i].0, alone[0].0,
+            "sequence {i}: tokens, batch of 3 vs 1"
+        );
+        assert_eq!(
+            together[i].1, alone[0].1,
+            "sequence {i}: logits, batch of 3 vs 1"
+        );
         let run = single
             .generate(prompt, steps, &Default::default(), &[], |_| {})
             .unwrap();
         assert_eq!(together[i].0, run.generated_ids, "sequence {i} vs Model");
-        assert_eq!(together[i].1, run.step_logits, "sequence {i}: logits vs Model");
+        assert_eq!(
+            together[i].1, run.step_logits,
+            "sequence {i}: logits vs Model"
+        );
     }
 }
 
