@@ -7,10 +7,11 @@ use common::*;
 use kiln_compile::CompileOptions;
 use kiln_ir::{interpret, Bindings, DType, Tensor};
 use kiln_models::model::{fuse_projections, slot_symbols};
+use kiln_models::testing::assert_batched_equals_single;
 use kiln_models::weights::random_weights;
 use kiln_models::{
-    argmax, build_batched_graph, build_graph, weight_shapes, BatchedModel, GraphOptions,
-    LoadOptions, ModelSource, SlotWork, WeightDtype,
+    build_batched_graph, build_graph, weight_shapes, BatchedModel, GraphOptions, LoadOptions,
+    ModelSource, SlotWork, WeightDtype,
 };
 use std::collections::HashMap;
 
@@ -161,106 +162,14 @@ fn load_batched(slots: usize, positions: usize) -> BatchedModel {
     .unwrap()
 }
 
-/// Greedy generation of each prompt through the batched model: prompts prefilled in chunks
-/// of `chunk` beside the others' decodes, every sequence in the slot `slot_of` gives it,
-/// all of a step's work in one forward. Returns each sequence's tokens and the logits that
-/// chose them.
-fn generate_batched(
-    m: &mut BatchedModel,
-    prompts: &[Vec<u32>],
-    slot_of: &[usize],
-    steps: usize,
-    chunk: usize,
-) -> Vec<(Vec<u32>, Vec<Vec<f32>>)> {
-    for &s in slot_of {
-        m.clear_slot(s);
-    }
-    let mut fed = vec![0usize; prompts.len()];
-    let mut out: Vec<(Vec<u32>, Vec<Vec<f32>>)> = vec![(vec![], vec![]); prompts.len()];
-    // Sequence i starts at step i (a later admission), so prefill and decode mix.
-    let mut step = 0;
-    while out.iter().any(|o| o.0.len() < steps) {
-        let mut chunks = vec![];
-        for (i, p) in prompts.iter().enumerate() {
-            if i > step || out[i].0.len() == steps {
-                continue;
-            }
-            let ids = if fed[i] < p.len() {
-                p[fed[i]..(fed[i] + chunk).min(p.len())].to_vec()
-            } else {
-                vec![*out[i].0.last().unwrap()]
-            };
-            chunks.push((i, ids));
-        }
-        let work: Vec<SlotWork> = chunks
-            .iter()
-            .map(|(i, ids)| SlotWork {
-                slot: slot_of[*i],
-                position: m.slot_len(slot_of[*i]),
-                tokens: ids,
-                logits: fed[*i] + ids.len() >= prompts[*i].len(),
-            })
-            .collect();
-        let logits = m.forward(&work).unwrap();
-        let mut rows = logits.into_iter();
-        for (i, ids) in &chunks {
-            fed[*i] += ids.len();
-            if fed[*i] >= prompts[*i].len() {
-                let row = rows.next().unwrap();
-                out[*i].0.push(argmax(&row));
-                out[*i].1.push(row);
-            }
-        }
-        step += 1;
-    }
-    out
-}
-
 /// On the CPU backend: four sequences batched (chunked prefill beside decodes, in slots 3,
 /// 0, 2 and 1 of 4) give the tokens and the logits, bit for bit, each gives alone in the
-/// batched model, alone in the single-sequence model (`kiln run`'s), and transformers'
-/// tokens.
+/// batched model and alone in the single-sequence model (`kiln run`'s), and transformers'
+/// tokens (the backends' fixture tests run the same check).
 #[test]
 fn cpu_batched_generation_equals_each_sequence_alone_bitwise() {
-    let prompts: Vec<(Vec<u32>, Vec<u32>)> = ["p1", "p2", "p3"]
-        .iter()
-        .map(|p| reference("tiny-qwen3", p))
-        .collect();
-    let steps = 16;
-    // A fourth sequence with a prompt past a slot's first 64 positions: its cache grows
-    // while the others run.
-    let mut ps: Vec<Vec<u32>> = prompts.iter().map(|p| p.0.clone()).collect();
-    ps.push(tokens(3, 70));
-    // Slots start with room for 64 positions and double: the caches grow mid-generation
-    // when the prompts are long enough.
-    let mut m = load_batched(4, 256);
-    let together = generate_batched(&mut m, &ps, &[3, 0, 2, 1], steps, 3);
-    let mut single = load(&fixture("tiny-qwen3")).unwrap();
-    for (i, prompt) in ps.iter().enumerate() {
-        if let Some((_, greedy)) = prompts.get(i) {
-            assert_eq!(
-                together[i].0,
-                greedy[..steps],
-                "sequence {i} vs transformers"
-            );
-        }
-        let alone = generate_batched(&mut m, &ps[i..=i], &[1], steps, 5);
-        assert_eq!(
-            together[i].0, alone[0].0,
-            "sequence {i}: tokens, batch of 3 vs 1"
-        );
-        assert_eq!(
-            together[i].1, alone[0].1,
-            "sequence {i}: logits, batch of 3 vs 1"
-        );
-        let run = single
-            .generate(prompt, steps, &Default::default(), &[], |_| {})
-            .unwrap();
-        assert_eq!(together[i].0, run.generated_ids, "sequence {i} vs Model");
-        assert_eq!(
-            together[i].1, run.step_logits,
-            "sequence {i}: logits vs Model"
-        );
+    for name in ["tiny-qwen3", "tiny-qwen3-bf16"] {
+        assert_batched_equals_single(&cpu(), name);
     }
 }
 
