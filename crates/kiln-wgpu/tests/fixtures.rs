@@ -107,7 +107,11 @@ fn check_model(name: &str, prompts: &[&str]) {
 #[test]
 fn batched_model_equals_the_single_sequence_model() {
     let Some(b) = backend() else { return };
-    kiln_models::testing::assert_batched_equals_single(&b, "tiny-qwen3");
+    kiln_models::testing::assert_batched_equals_single(
+        &b,
+        "tiny-qwen3",
+        kiln_models::testing::BatchExactness::Bitwise,
+    );
 }
 
 #[test]
