@@ -39,13 +39,13 @@ fn interpret_batch(
     let mut ids = vec![];
     let mut last = vec![0i32; slots];
     let mut b = Bindings::new();
-    for slot in 0..slots {
+    for (slot, last) in last.iter_mut().enumerate() {
         let [n, p, _] = slot_symbols(slot);
         let w = work.iter().find(|w| w.0 == slot);
         if let Some((_, _, t)) = w {
             ids.extend(t.iter().map(|&x| x as i32));
         }
-        last[slot] = ids.len() as i32 - 1;
+        *last = ids.len() as i32 - 1;
         b.insert(n, w.map_or(0, |w| w.2.len()) as i64);
         b.insert(p, w.map_or(0, |w| w.1) as i64);
     }
