@@ -19,8 +19,9 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Sequences generating at once (each holds a KV-cache slot of --ctx positions).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    /// Sequences generating at once, 1 to 64 (each holds a KV-cache slot of --ctx positions;
+    /// the batched graph has attention kernels per slot, so more slots compile more kernels).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_batch: u64,
     /// Requests that may wait for a slot (at least 1: a request waits until the next step
     /// admits it); more are refused at once with 429.

@@ -150,3 +150,92 @@ impl Engine for BatchedEngine {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{Admitted, Decode, Prefill};
+    use kiln_models::{LoadOptions, ModelSource, Sampling};
+
+    fn engine() -> BatchedEngine {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-qwen3");
+        let cpu = kiln_cpu::CpuBackend::default().with_run_threads(1);
+        let model =
+            BatchedModel::load(&ModelSource::Dir(dir), &LoadOptions::new(&cpu), 2, 64).unwrap();
+        BatchedEngine::new(model)
+    }
+
+    fn admit(seq: SeqId, slot: usize) -> Admitted {
+        Admitted {
+            seq,
+            slot,
+            sampling: Sampling::default(),
+        }
+    }
+
+    /// Work that is wrong in itself fails its sequence alone; the others in the same step
+    /// get their tokens, and the same tokens as without it.
+    #[test]
+    fn bad_work_fails_its_sequence_alone() {
+        let prefill = |seq, slot, tokens: Vec<u32>| Prefill {
+            seq,
+            slot,
+            position: 0,
+            tokens,
+            last: true,
+        };
+        let run = |bad: bool| {
+            let mut e = engine();
+            let first = e.step(&Step {
+                admitted: vec![admit(1, 0), admit(2, 1)],
+                prefill: vec![prefill(1, 0, vec![5, 6, 7]), prefill(2, 1, vec![9, 10])],
+                ..Default::default()
+            });
+            assert_eq!(first.len(), 2);
+            assert!(first.iter().all(|t| t.outcome.is_ok()), "{first:?}");
+            let token = |seq| first.iter().find(|t| t.seq == seq).unwrap().outcome.clone();
+            let mut decode = vec![Decode {
+                seq: 1,
+                slot: 0,
+                position: 3,
+                token: token(1).unwrap(),
+            }];
+            if bad {
+                // Sequence 2 at a position it is not at, and a sequence in a slot not its own.
+                decode.push(Decode {
+                    seq: 2,
+                    slot: 1,
+                    position: 7,
+                    token: token(2).unwrap(),
+                });
+                decode.push(Decode {
+                    seq: 3,
+                    slot: 1,
+                    position: 2,
+                    token: 1,
+                });
+            }
+            e.step(&Step {
+                decode,
+                ..Default::default()
+            })
+        };
+        let good = run(false);
+        let bad = run(true);
+        assert_eq!(bad[..2].iter().filter(|t| t.outcome.is_err()).count(), 2);
+        let err = |seq| {
+            bad.iter()
+                .find(|t| t.seq == seq)
+                .unwrap()
+                .outcome
+                .clone()
+                .unwrap_err()
+        };
+        assert!(err(2).contains("position 7"), "{}", err(2));
+        assert!(err(3).contains("does not hold sequence 3"), "{}", err(3));
+        let ok: Vec<_> = bad.iter().filter(|t| t.outcome.is_ok()).collect();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(*ok[0], good[0]);
+    }
+}
