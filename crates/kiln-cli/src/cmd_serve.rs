@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use crate::CompileFlags;
 use clap::Args;
 use kiln_compile::CompileOptions;
-use kiln_models::{GraphOptions, LoadOptions, Model, ModelSource};
+use kiln_models::{BatchedModel, GraphOptions, LoadOptions, ModelSource};
 use std::time::Duration;
 
 #[derive(Args, Clone, Debug)]
@@ -19,8 +19,9 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Sequences generating at once (each holds a KV-cache slot of --ctx positions).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    /// Sequences generating at once, 1 to 64 (each holds a KV-cache slot of --ctx positions;
+    /// the batched graph has attention kernels per slot, so more slots compile more kernels).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_batch: u64,
     /// Requests that may wait for a slot (at least 1: a request waits until the next step
     /// admits it); more are refused at once with 429.
@@ -93,7 +94,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let flags = a.flags.clone();
     let seed = a.seed;
     // Compiles and loads on the engine thread, once the socket is bound.
-    let load = move || -> anyhow::Result<Model> {
+    let load = move |pool: kiln_serve::SlotPool| -> anyhow::Result<BatchedModel> {
         let target = flags.open(None, false)?;
         let progress = Progress::new(flags.trace.is_some());
         let remote = crate::remote::open(&flags)?;
@@ -109,7 +110,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             graph: GraphOptions::default(),
             seed,
         };
-        let model = Model::load(&source, &opts);
+        let model = BatchedModel::load(&source, &opts, pool.slots, pool.positions);
         progress.finish(flags.trace.as_deref())?;
         Ok(model?)
     };

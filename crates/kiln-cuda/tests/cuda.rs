@@ -281,6 +281,28 @@ fn fixtures_reproduce_transformers_greedy_ids(device: Where) {
     }
 }
 
+/// The batched graph (several sequences per forward, a KV cache slot each) gives each
+/// sequence bitwise what the single-sequence graph gives it on the same device.
+#[test]
+fn emulated_batched_model_equals_the_single_sequence_model() {
+    kiln_models::testing::assert_batched_equals_single(
+        Where::Emulated.target().as_ref(),
+        "tiny-qwen3",
+        kiln_models::testing::BatchExactness::Close,
+    );
+}
+
+#[test]
+fn gpu_batched_model_equals_the_single_sequence_model() {
+    if gpu() {
+        kiln_models::testing::assert_batched_equals_single(
+            Where::Gpu.target().as_ref(),
+            "tiny-qwen3",
+            kiln_models::testing::BatchExactness::Close,
+        );
+    }
+}
+
 #[test]
 fn gpu_and_cpu_agree_on_the_qwen3_preset() {
     if !gpu() {

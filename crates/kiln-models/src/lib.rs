@@ -2,6 +2,7 @@
 //! seeded random ones for the built-in presets, GGUF files (hyper-parameters, weights and
 //! tokenizer in one file), the tokenizer, a KV cache and sampling.
 
+pub mod batched;
 pub mod config;
 pub mod files;
 pub mod gguf;
@@ -14,8 +15,9 @@ pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
+pub use batched::{BatchedModel, SlotWork};
 pub use config::{Arch, QwenConfig};
-pub use model::{build_graph, weight_shapes, GraphOptions, WeightDtype};
+pub use model::{build_batched_graph, build_graph, weight_shapes, GraphOptions, WeightDtype};
 pub use runtime::{FinishReason, Generation, KvCache, LoadOptions, Model, SavedCache};
 pub use sampling::{argmax, Sampler, Sampling};
 pub use tokenizer::{StreamDecoder, Tokenizer, TokenizerError};

@@ -171,6 +171,19 @@ pub fn fuse_projections(
     Ok(())
 }
 
+/// One sequence's part of a forward: its `s` new positions at `p` in its cache (of
+/// `capacity` positions, inputs `k_cache.{l}{cache_suffix}`), with the RoPE tables and causal
+/// mask of those positions.
+struct SeqSpan {
+    s: Expr,
+    p: Expr,
+    capacity: Expr,
+    cache_suffix: String,
+    cos: NodeId,
+    sin: NodeId,
+    mask: NodeId,
+}
+
 struct Builder<'a> {
     g: Graph,
     c: &'a QwenConfig,
@@ -178,7 +191,12 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// The weight input `name` (declared at its first use; the batched graph reads the
+    /// per-head norms once per slot).
     fn weight(&mut self, name: &str, shape: &[usize]) -> Result<NodeId> {
+        if let Some(id) = self.g.input_id(name) {
+            return Ok(id);
+        }
         let dims: Vec<Expr> = shape.iter().map(|&d| Expr::from(d)).collect();
         self.g.input(name, weight_dtype(shape, self.weights), &dims)
     }
@@ -207,18 +225,10 @@ impl Builder<'_> {
         self.g.rms_norm(x, w, self.c.rms_norm_eps)
     }
 
-    fn attention(
-        &mut self,
-        l: usize,
-        x: NodeId,
-        cos: NodeId,
-        sin: NodeId,
-        mask: NodeId,
-    ) -> Result<NodeId> {
+    /// Self-attention of layer `l` for the sequence whose rows `x` holds (`[s, hidden]`).
+    fn attention(&mut self, l: usize, x: NodeId, seq: &SeqSpan) -> Result<NodeId> {
         let c = self.c;
         let (h, d, nh, kv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
-        let group = nh / kv;
-        let (s, p) = (Expr::sym("s"), Expr::sym("p"));
         let pre = format!("model.layers.{l}.self_attn");
         let qkv = self.linear(
             x,
@@ -227,6 +237,21 @@ impl Builder<'_> {
             h,
             c.attention_bias,
         )?;
+        let out = self.attend(l, qkv, seq)?;
+        self.linear(out, &format!("{pre}.o_proj"), h, nh * d, c.o_proj_bias())
+    }
+
+    /// The attention of one sequence between its q/k/v projection (`qkv`, `[seq.s, (nh + 2
+    /// kv) * d]`) and the output projection: normalised, rotated heads, this step's keys and
+    /// values written into the sequence's cache at `seq.p`, grouped-query attention over the
+    /// `p + s` positions the cache holds. Returns `[seq.s, nh * d]`.
+    fn attend(&mut self, l: usize, qkv: NodeId, seq: &SeqSpan) -> Result<NodeId> {
+        let c = self.c;
+        let (d, nh, kv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let group = nh / kv;
+        let (s, p) = (seq.s.clone(), seq.p.clone());
+        let (cos, sin, mask) = (seq.cos, seq.sin, seq.mask);
+        let pre = format!("model.layers.{l}.self_attn");
         let q = self.g.slice(qkv, 1, 0, nh * d)?;
         let k = self.g.slice(qkv, 1, nh * d, (nh + kv) * d)?;
         let v = self.g.slice(qkv, 1, (nh + kv) * d, (nh + 2 * kv) * d)?;
@@ -246,17 +271,18 @@ impl Builder<'_> {
 
         // KV cache: this step's keys and values written at position p, in place; attention
         // reads the p + s positions that hold something, where they lie.
-        let kv_shape = [kv.into(), Expr::sym("c"), d.into()];
+        let kv_shape = [kv.into(), seq.capacity.clone(), d.into()];
+        let suffix = &seq.cache_suffix;
         let k_cache = self
             .g
-            .input(&format!("k_cache.{l}"), DType::F32, &kv_shape)?;
+            .input(&format!("k_cache.{l}{suffix}"), DType::F32, &kv_shape)?;
         let v_cache = self
             .g
-            .input(&format!("v_cache.{l}"), DType::F32, &kv_shape)?;
+            .input(&format!("v_cache.{l}{suffix}"), DType::F32, &kv_shape)?;
         let k_cache = self.g.write_slice(k_cache, k, 1, p.clone())?;
         let v_cache = self.g.write_slice(v_cache, v, 1, p.clone())?;
-        self.g.output(&format!("k_cache_out.{l}"), k_cache);
-        self.g.output(&format!("v_cache_out.{l}"), v_cache);
+        self.g.output(&format!("k_cache_out.{l}{suffix}"), k_cache);
+        self.g.output(&format!("v_cache_out.{l}{suffix}"), v_cache);
         let t = p.clone().add(s.clone());
         let k_all = self.g.slice(k_cache, 1, 0, t.clone())?;
         let v_all = self.g.slice(v_cache, 1, 0, t)?;
@@ -279,8 +305,7 @@ impl Builder<'_> {
         let out = self.g.matmul(probs, v_all)?; // [kv, group*s, d]
         let out = self.g.reshape(out, &[nh.into(), s.clone(), d.into()])?;
         let out = self.g.permute(out, &[1, 0, 2])?;
-        let out = self.g.reshape(out, &[s, (nh * d).into()])?;
-        self.linear(out, &format!("{pre}.o_proj"), h, nh * d, c.o_proj_bias())
+        self.g.reshape(out, &[s, (nh * d).into()])
     }
 
     fn mlp(&mut self, l: usize, x: NodeId) -> Result<NodeId> {
@@ -314,10 +339,19 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     }
     let (cos, sin) =
         b.g.rope_tables(p.clone(), s.clone(), c.head_dim, c.rope_theta)?;
-    let mask = b.g.causal_mask(p, s.clone())?;
+    let mask = b.g.causal_mask(p.clone(), s.clone())?;
+    let seq = SeqSpan {
+        s: s.clone(),
+        p,
+        capacity: Expr::sym("c"),
+        cache_suffix: String::new(),
+        cos,
+        sin,
+        mask,
+    };
     for l in 0..c.num_layers {
         let hn = b.rms_norm(x, &format!("model.layers.{l}.input_layernorm.weight"), h)?;
-        let a = b.attention(l, hn, cos, sin, mask)?;
+        let a = b.attention(l, hn, &seq)?;
         x = b.g.add(x, a)?;
         let hn = b.rms_norm(
             x,
@@ -339,6 +373,109 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     } else {
         b.g.slice(x, 0, s.clone().sub(1), s)?
     };
+    let head = if c.tie_word_embeddings {
+        embed
+    } else {
+        b.weight("lm_head.weight", &[c.vocab_size, h])?
+    };
+    let ht = b.g.transpose(head, 0, 1)?;
+    let logits = b.g.matmul(x, ht)?;
+    b.g.output("logits", logits);
+    Ok(b.g)
+}
+
+/// The names of slot `r`'s symbols in the batched graph: its new positions this forward, its
+/// cache position, its cache capacity.
+pub fn slot_symbols(r: usize) -> [String; 3] {
+    [format!("n{r}"), format!("p{r}"), format!("c{r}")]
+}
+
+/// The batched decoder graph: one forward runs the sequences of up to `slots` KV cache slots
+/// at once, each with its own tokens, position and length, and reads every weight once for
+/// all of them.
+///
+/// Slot `r` runs `n{r}` positions at `p{r}` of its cache `k_cache.{l}.{r}` / `v_cache.{l}.{r}`
+/// (`[kv_heads, c{r}, head_dim]`, carried outputs `k_cache_out.{l}.{r}`, ...); a slot with
+/// nothing to run this step has `n{r} = 0`. `ids` (`[n0 + n1 + ..]`, i32) holds the slots'
+/// tokens one after another in slot order. Everything that mixes positions of one sequence —
+/// RoPE tables, causal mask, the cache write, attention — is built once per slot, exactly as
+/// the single-sequence graph builds it (so each slot's kernels compute what
+/// [`build_graph`]'s compute for that sequence); everything row-wise (norms, projections, MLP)
+/// runs once over all rows. `rows` (`[k]`, i32) names the rows whose logits are wanted
+/// (`logits`: `[k, vocab]`), usually each sampled sequence's last one.
+///
+/// The per-slot symbols keep the op set as it is: no scatter, no per-row index in a kernel;
+/// the price is that each slot's attention kernels are compiled and launched separately
+/// (empty ones when a slot is idle).
+pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> Result<Graph> {
+    if slots == 0 {
+        return Err(kiln_ir::IrError::Invalid {
+            what: "a batched graph needs at least one KV cache slot".into(),
+        });
+    }
+    let weights = opts.weight_dtype.unwrap_or(c.weight_dtype);
+    let mut b = Builder {
+        g: Graph::new(),
+        c,
+        weights,
+    };
+    let h = c.hidden_size;
+    let mut spans = Vec::with_capacity(slots);
+    let mut offsets = Vec::with_capacity(slots);
+    let mut total = Expr::Const(0);
+    for r in 0..slots {
+        let [n, p, cap] = slot_symbols(r);
+        let (n, p) = (Expr::sym(&n), Expr::sym(&p));
+        offsets.push(total.clone());
+        total = total.add(n.clone());
+        let (cos, sin) =
+            b.g.rope_tables(p.clone(), n.clone(), c.head_dim, c.rope_theta)?;
+        let mask = b.g.causal_mask(p.clone(), n.clone())?;
+        spans.push(SeqSpan {
+            s: n,
+            p,
+            capacity: Expr::sym(&cap),
+            cache_suffix: format!(".{r}"),
+            cos,
+            sin,
+            mask,
+        });
+    }
+    let ids = b.g.input("ids", DType::I32, std::slice::from_ref(&total))?;
+    let embed = b.weight("model.embed_tokens.weight", &[c.vocab_size, h])?;
+    let x = b.g.gather(embed, ids)?;
+    let mut x = b.g.cast(x, DType::F32);
+    let (d, nh, kv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+    for l in 0..c.num_layers {
+        let hn = b.rms_norm(x, &format!("model.layers.{l}.input_layernorm.weight"), h)?;
+        let pre = format!("model.layers.{l}.self_attn");
+        let qkv = b.linear(
+            hn,
+            &format!("{pre}.qkv_proj"),
+            (nh + 2 * kv) * d,
+            h,
+            c.attention_bias,
+        )?;
+        let mut outs = Vec::with_capacity(slots);
+        for (span, offset) in spans.iter().zip(&offsets) {
+            let end = offset.clone().add(span.s.clone());
+            let rows = b.g.slice(qkv, 0, offset.clone(), end)?;
+            outs.push(b.attend(l, rows, span)?);
+        }
+        let out = b.g.concat(&outs, 0)?;
+        let a = b.linear(out, &format!("{pre}.o_proj"), h, nh * d, c.o_proj_bias())?;
+        x = b.g.add(x, a)?;
+        let hn = b.rms_norm(
+            x,
+            &format!("model.layers.{l}.post_attention_layernorm.weight"),
+            h,
+        )?;
+        let m = b.mlp(l, hn)?;
+        x = b.g.add(x, m)?;
+    }
+    let x = b.rms_norm(x, "model.norm.weight", h)?;
+    let rows = b.g.input("rows", DType::I32, &[Expr::sym("k")])?;
+    let x = b.g.gather(x, rows)?;
     let head = if c.tie_word_embeddings {
         embed
     } else {

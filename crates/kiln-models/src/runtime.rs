@@ -183,6 +183,70 @@ fn available_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Reads the checkpoint's headers, then compiles `build`'s graph for its config while the
+/// weights load, and binds the weights: what [`Model::load`] and
+/// [`crate::BatchedModel::load`] share.
+pub(crate) fn load_executable(
+    source: &ModelSource,
+    opts: &LoadOptions<'_>,
+    build: &dyn Fn(&QwenConfig, GraphOptions) -> kiln_ir::Result<kiln_ir::Graph>,
+) -> Result<(QwenConfig, Box<dyn Executable>, CompileReport), ModelError> {
+    // The checkpoint's headers (names, shapes, dtypes) are checked against the config
+    // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds
+    // (and a checkpoint that lacks tensors is reported as such, whatever its size).
+    let (config, checkpoint) = match source {
+        ModelSource::Preset(_) => (source.config()?, None),
+        ModelSource::Dir(d) => {
+            let config = source.config()?;
+            let c = Checkpoint::open(d)?;
+            c.check(&config)?;
+            (config, Some(WeightFiles::Safetensors(c)))
+        }
+        ModelSource::Gguf(p) => {
+            let c = GgufCheckpoint::open(p)?;
+            let config = c.config()?;
+            c.check(&config)?;
+            (config, Some(WeightFiles::Gguf(c)))
+        }
+    };
+    let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
+    // Weights pass through host memory on their way to any device.
+    let bytes = config.weight_bytes();
+    if let Some(avail) = available_memory_bytes() {
+        if bytes > avail {
+            return Err(ModelError::Resources(format!(
+                "{} needs {:.1} GB for its weights; this machine has {:.1} GB available",
+                source.name(),
+                bytes as f64 / 1e9,
+                avail as f64 / 1e9
+            )));
+        }
+    }
+    let shapes = weight_shapes(&config);
+    // Weights and compile are independent: load the weights while the kernels compile.
+    let (compiled, weights) = std::thread::scope(|s| {
+        let w = s.spawn(|| match &checkpoint {
+            None => Ok(random_weights(&shapes, opts.seed, w)),
+            Some(WeightFiles::Safetensors(c)) => c.load(&shapes, w),
+            Some(WeightFiles::Gguf(c)) => c.load(&shapes, w),
+        });
+        let c = build(&config, opts.graph)
+            .map_err(ModelError::from)
+            .and_then(|graph| Ok(opts.target.load(&graph, &opts.compile)?))
+            .map(|loaded| (loaded.exe, loaded.report));
+        (c, w.join().expect("weight loader panicked"))
+    });
+    // The weights are in memory now: unmap the files.
+    drop(checkpoint);
+    let (mut exe, report) = compiled?;
+    let mut weights = weights?;
+    fuse_projections(&config, &mut weights)?;
+    for (name, t) in weights {
+        exe.set_param(&name, t)?;
+    }
+    Ok((config, exe, report))
+}
+
 impl Model {
     /// Compiles the model's graph and loads it onto the target's device (shapes only: no
     /// weights needed yet).
@@ -196,56 +260,7 @@ impl Model {
     }
 
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
-        // The checkpoint's headers (names, shapes, dtypes) are checked against the config
-        // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds
-        // (and a checkpoint that lacks tensors is reported as such, whatever its size).
-        let (config, checkpoint) = match source {
-            ModelSource::Preset(_) => (source.config()?, None),
-            ModelSource::Dir(d) => {
-                let config = source.config()?;
-                let c = Checkpoint::open(d)?;
-                c.check(&config)?;
-                (config, Some(WeightFiles::Safetensors(c)))
-            }
-            ModelSource::Gguf(p) => {
-                let c = GgufCheckpoint::open(p)?;
-                let config = c.config()?;
-                c.check(&config)?;
-                (config, Some(WeightFiles::Gguf(c)))
-            }
-        };
-        let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
-        // Weights pass through host memory on their way to any device.
-        let bytes = config.weight_bytes();
-        if let Some(avail) = available_memory_bytes() {
-            if bytes > avail {
-                return Err(ModelError::Resources(format!(
-                    "{} needs {:.1} GB for its weights; this machine has {:.1} GB available",
-                    source.name(),
-                    bytes as f64 / 1e9,
-                    avail as f64 / 1e9
-                )));
-            }
-        }
-        let shapes = weight_shapes(&config);
-        // Weights and compile are independent: load the weights while the kernels compile.
-        let (compiled, weights) = std::thread::scope(|s| {
-            let w = s.spawn(|| match &checkpoint {
-                None => Ok(random_weights(&shapes, opts.seed, w)),
-                Some(WeightFiles::Safetensors(c)) => c.load(&shapes, w),
-                Some(WeightFiles::Gguf(c)) => c.load(&shapes, w),
-            });
-            let c = Self::compile(&config, opts);
-            (c, w.join().expect("weight loader panicked"))
-        });
-        // The weights are in memory now: unmap the files.
-        drop(checkpoint);
-        let (mut exe, report) = compiled?;
-        let mut weights = weights?;
-        fuse_projections(&config, &mut weights)?;
-        for (name, t) in weights {
-            exe.set_param(&name, t)?;
-        }
+        let (config, exe, report) = load_executable(source, opts, &build_graph)?;
         let mut model = Model {
             config,
             exe,

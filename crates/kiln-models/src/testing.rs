@@ -443,3 +443,155 @@ pub fn assert_greedy_agrees(cpu: &crate::Generation, got: &crate::Generation, ot
         "cpu and {other} logits differ by {worst} (largest logit {scale})"
     );
 }
+
+/// Greedy generation of each prompt through a batched model, `steps` tokens each: sequence
+/// `i` joins at step `i` into slot `slot_of[i]`, its prompt prefilled in chunks of `chunk`
+/// beside the others' decodes, all of a step's work in one forward. Returns each sequence's
+/// tokens and the logits that chose them.
+pub fn generate_batched(
+    m: &mut crate::BatchedModel,
+    prompts: &[Vec<u32>],
+    slot_of: &[usize],
+    steps: usize,
+    chunk: usize,
+) -> Vec<(Vec<u32>, Vec<Vec<f32>>)> {
+    for &s in slot_of {
+        m.clear_slot(s);
+    }
+    let mut fed = vec![0usize; prompts.len()];
+    let mut out: Vec<(Vec<u32>, Vec<Vec<f32>>)> = vec![(vec![], vec![]); prompts.len()];
+    let mut step = 0;
+    while out.iter().any(|o| o.0.len() < steps) {
+        let mut chunks = vec![];
+        for (i, p) in prompts.iter().enumerate() {
+            if i > step || out[i].0.len() == steps {
+                continue;
+            }
+            let ids = if fed[i] < p.len() {
+                p[fed[i]..(fed[i] + chunk).min(p.len())].to_vec()
+            } else {
+                vec![*out[i].0.last().expect("a token after the prompt")]
+            };
+            chunks.push((i, ids));
+        }
+        let work: Vec<crate::SlotWork> = chunks
+            .iter()
+            .map(|(i, ids)| crate::SlotWork {
+                slot: slot_of[*i],
+                position: m.slot_len(slot_of[*i]),
+                tokens: ids,
+                logits: fed[*i] + ids.len() >= prompts[*i].len(),
+            })
+            .collect();
+        let logits = m.forward(&work).expect("batched forward");
+        let mut rows = logits.into_iter();
+        for (i, ids) in &chunks {
+            fed[*i] += ids.len();
+            if fed[*i] >= prompts[*i].len() {
+                let row = rows.next().expect("a row per sampled sequence");
+                out[*i].0.push(crate::argmax(&row));
+                out[*i].1.push(row);
+            }
+        }
+        step += 1;
+    }
+    out
+}
+
+/// How closely a backend's batched forward must reproduce its single-sequence one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchExactness {
+    /// Bitwise: every kernel reduces a row in the same order whatever the rows beside it
+    /// (the CPU backend).
+    Bitwise,
+    /// Within [`assert_greedy_agrees`]' tolerance: a backend whose matmul takes another
+    /// path for one row than for several (CUDA's warp-reduced GEMV at M = 1) sums in
+    /// another order when a decode runs beside others.
+    Close,
+}
+
+/// The batched model on `target` against the single-sequence model on the same target, on
+/// fixture `name`'s reference prompts (p1..p3, made up to three with others) and a fourth of
+/// 70 positions (past a slot's first capacity: its cache grows mid-generation): batched
+/// (slots 3, 0, 2, 1 of 4, chunked prefill beside decodes), each alone in the batched model,
+/// and each through `Model::generate` agree as `exactness` says, and the batched run gives
+/// transformers' greedy tokens for the fixture's prompts.
+pub fn assert_batched_equals_single(
+    target: &dyn kiln_compile::Target,
+    name: &str,
+    exactness: BatchExactness,
+) {
+    let dir = fixtures().join(name);
+    let source = crate::ModelSource::Dir(dir);
+    let opts = crate::LoadOptions::new(target);
+    let refs: Vec<Reference> = ["p1", "p2", "p3"]
+        .iter()
+        .filter(|p| {
+            fixtures()
+                .join(name)
+                .join("reference")
+                .join(format!("{p}.json"))
+                .exists()
+        })
+        .map(|p| Reference::read(name, p))
+        .collect();
+    let steps = 16;
+    let mut prompts: Vec<Vec<u32>> = refs.iter().map(|r| r.prompt_ids.clone()).collect();
+    // Prompts of other lengths where the fixture has fewer references.
+    let synthetic = |i: u32, n: u32| (0..n).map(|j| (7 + 31 * i + 13 * j) % 256).collect();
+    for i in prompts.len()..3 {
+        prompts.push(synthetic(i as u32, 4 + 5 * i as u32));
+    }
+    prompts.push(synthetic(3, 70));
+    let mut m = crate::BatchedModel::load(&source, &opts, 4, 256).expect("batched model");
+    let together = generate_batched(&mut m, &prompts, &[3, 0, 2, 1], steps, 3);
+    let mut single = crate::Model::load(&source, &opts).expect("model");
+    let generation =
+        |prompt: &[u32], (ids, logits): &(Vec<u32>, Vec<Vec<f32>>)| crate::Generation {
+            prompt_ids: prompt.to_vec(),
+            generated_ids: ids.clone(),
+            finish_reason: crate::FinishReason::MaxNewTokens,
+            step_logits: logits.clone(),
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+        };
+    for (i, prompt) in prompts.iter().enumerate() {
+        if let Some(r) = refs.get(i) {
+            assert_eq!(
+                together[i].0,
+                r.greedy_ids[..steps],
+                "{name}: sequence {i} vs transformers"
+            );
+        }
+        let alone = generate_batched(&mut m, &prompts[i..=i], &[1], steps, 5);
+        let run = single
+            .generate(prompt, steps, &Default::default(), &[], |_| {})
+            .expect("generate");
+        let batched = generation(prompt, &together[i]);
+        match exactness {
+            BatchExactness::Bitwise => {
+                assert_eq!(
+                    together[i].0, alone[0].0,
+                    "{name}: sequence {i}: tokens, batch of 4 vs 1"
+                );
+                assert!(
+                    together[i].1 == alone[0].1,
+                    "{name}: sequence {i}: logits, batch of 4 vs 1"
+                );
+                assert_eq!(
+                    together[i].0, run.generated_ids,
+                    "{name}: sequence {i} vs Model"
+                );
+                assert!(
+                    together[i].1 == run.step_logits,
+                    "{name}: sequence {i}: logits vs Model"
+                );
+            }
+            BatchExactness::Close => {
+                let what = format!("{name}: sequence {i} batched");
+                assert_greedy_agrees(&run, &batched, &what);
+                assert_greedy_agrees(&run, &generation(prompt, &alone[0]), &what);
+            }
+        }
+    }
+}

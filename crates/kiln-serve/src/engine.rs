@@ -1,17 +1,13 @@
 //! The engine: executes the scheduler's steps on the compiled model, on the one thread that
-//! owns it (`Model` and its `Executable` are `Send` but not `Sync`).
+//! owns it (`BatchedModel` and its `Executable` are `Send` but not `Sync`).
 //!
-//! [`Engine`] is the seam between batching decisions and execution. Phase 1 of continuous
-//! batching is [`SequentialEngine`]: it runs a step's sequences one after another through the
-//! single-sequence `Model::forward`, each with its own KV cache, which it saves out of the
-//! executor when it switches to another sequence and restores when it comes back
-//! (`Model::save_cache` / `restore_cache`, a download and an upload of that sequence's keys
-//! and values). Phase 2 replaces only this type: a model graph with a batch dimension runs
-//! all of a step's decodes (and prefill chunks) in one forward over a pool of KV slots, and
-//! the scheduler, driver and HTTP layer stay as they are.
+//! [`Engine`] is the seam between batching decisions and execution. [`BatchedEngine`] runs
+//! all of a step's work — every decode and every prefill chunk — in one forward of the
+//! batched graph (`kiln_models::BatchedModel`): each scheduler slot is a KV cache slot of
+//! the model, and the weights are read once for all the step's rows.
 
-use crate::scheduler::{SeqId, SlotId, Step};
-use kiln_models::{KvCache, Model, Sampler, SavedCache};
+use crate::scheduler::{SeqId, Step};
+use kiln_models::{BatchedModel, Sampler, SlotWork};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// The token an engine chose for a sequence in a step (after the last chunk of its prompt,
@@ -24,126 +20,30 @@ pub struct TokenEvent {
 
 /// Executes scheduler steps. `step` releases the slots of `finished` sequences, sets up the
 /// `admitted` ones (with their sampling), and returns a token for every decode and for every
-/// prefill chunk marked `last` (none for other chunks). A failure (an error or a panic) in one
-/// sequence's work is an `Err` event for that sequence, whatever its work was; the others go
-/// on.
+/// prefill chunk marked `last` (none for other chunks). A failure (an error or a panic) is an
+/// `Err` event for each sequence whose work it touched, whatever that work was: work that is
+/// wrong in itself fails that sequence alone; a forward that fails fails the sequences that
+/// ran in it. The others go on.
 pub trait Engine {
     fn step(&mut self, step: &Step) -> Vec<TokenEvent>;
 }
 
-/// A sequence in a slot: its cache's length, its keys and values while another sequence
-/// runs, and its sampler.
-struct SlotState {
-    seq: SeqId,
-    cache: KvCache,
-    /// The keys and values saved out of the executor (None while it is the resident one,
-    /// before its first forward, or after they were lost to a failure).
-    saved: Option<SavedCache>,
-    sampler: Sampler,
+/// One forward per step over a pool of KV cache slots (see the module documentation).
+pub struct BatchedEngine {
+    model: BatchedModel,
+    /// The sequence in each slot and its sampler.
+    slots: Vec<Option<(SeqId, Sampler)>>,
 }
 
-/// Phase 1: one sequence at a time on the existing single-sequence model (see the module
-/// documentation).
-pub struct SequentialEngine {
-    model: Model,
-    slots: Vec<Option<SlotState>>,
-    /// The slot whose keys and values the executor holds now.
-    resident: Option<SlotId>,
-}
-
-impl SequentialEngine {
-    pub fn new(model: Model, slots: usize) -> SequentialEngine {
-        SequentialEngine {
-            model,
-            slots: (0..slots).map(|_| None).collect(),
-            resident: None,
-        }
+impl BatchedEngine {
+    /// `model`'s pool must have a slot for every scheduler slot.
+    pub fn new(model: BatchedModel) -> BatchedEngine {
+        let slots = (0..model.slots()).map(|_| None).collect();
+        BatchedEngine { model, slots }
     }
 
-    pub fn model(&self) -> &Model {
+    pub fn model(&self) -> &BatchedModel {
         &self.model
-    }
-
-    /// Makes the executor hold `slot`'s keys and values: saves the resident sequence's and
-    /// restores this one's (a sequence that has not run yet needs nothing: its first
-    /// forward starts from an empty cache).
-    fn switch_to(&mut self, slot: SlotId) -> Result<(), String> {
-        if self.resident == Some(slot) {
-            return Ok(());
-        }
-        if let Some(r) = self.resident.take() {
-            if let Some(state) = self.slots[r].as_mut() {
-                if !state.cache.is_empty() {
-                    // On failure its keys and values are lost: it fails when it runs next.
-                    state.saved = self.model.save_cache(&state.cache).ok();
-                }
-            }
-        }
-        let state = self.slots[slot]
-            .as_mut()
-            .ok_or("no sequence in this slot")?;
-        if !state.cache.is_empty() {
-            let saved = state.saved.take().ok_or(
-                "its keys and values were lost when the sequence that ran before it failed",
-            )?;
-            self.model
-                .restore_cache(&state.cache, saved)
-                .map_err(|e| e.to_string())?;
-        }
-        self.resident = Some(slot);
-        Ok(())
-    }
-
-    /// Runs `tokens` at `position` of `slot`'s sequence; samples the next token if `sample`.
-    fn run(
-        &mut self,
-        slot: SlotId,
-        position: usize,
-        tokens: &[u32],
-        sample: bool,
-    ) -> Result<Option<u32>, String> {
-        self.switch_to(slot)?;
-        let state = self.slots[slot]
-            .as_mut()
-            .ok_or("no sequence in this slot")?;
-        if state.cache.len() != position {
-            return Err(format!(
-                "the scheduler asked for position {position}, the sequence is at {}",
-                state.cache.len()
-            ));
-        }
-        let logits = self
-            .model
-            .forward(tokens, &mut state.cache)
-            .map_err(|e| e.to_string())?;
-        if !sample {
-            return Ok(None);
-        }
-        let vocab = self.model.config.vocab_size;
-        let row = logits.as_f32();
-        Ok(Some(state.sampler.sample(&row[row.len() - vocab..])))
-    }
-
-    /// [`SequentialEngine::run`] with a panic turned into that sequence's error. After a
-    /// panic nothing is known of the executor's kept cache: the resident sequence loses its
-    /// keys and values (it is the one that failed, unless the panic came from saving the
-    /// previous one, which then fails when it runs next).
-    fn run_guarded(
-        &mut self,
-        slot: SlotId,
-        position: usize,
-        tokens: &[u32],
-        sample: bool,
-    ) -> Result<Option<u32>, String> {
-        match catch_unwind(AssertUnwindSafe(|| {
-            self.run(slot, position, tokens, sample)
-        })) {
-            Ok(r) => r,
-            Err(panic) => {
-                self.resident = None;
-                Err(format!("the engine panicked: {}", panic_message(&panic)))
-            }
-        }
     }
 }
 
@@ -156,65 +56,186 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
-impl Engine for SequentialEngine {
+impl Engine for BatchedEngine {
     fn step(&mut self, step: &Step) -> Vec<TokenEvent> {
         for f in &step.finished {
-            if let Some(slot) = f.slot {
+            if let Some(slot) = f.slot.filter(|&s| s < self.slots.len()) {
                 self.slots[slot] = None;
-                if self.resident == Some(slot) {
-                    self.resident = None;
-                }
+                self.model.clear_slot(slot);
             }
         }
-        for a in &step.admitted {
-            self.slots[a.slot] = Some(SlotState {
-                seq: a.seq,
-                cache: KvCache::new(&self.model.config),
-                saved: None,
-                sampler: Sampler::new(a.sampling.clone()),
-            });
-        }
         let mut events = Vec::with_capacity(step.batch_size());
-        // The resident sequence first (no switch), then the others in the step's order.
-        let mut work: Vec<(SeqId, SlotId, usize, &[u32], bool)> = step
-            .decode
-            .iter()
-            .map(|d| {
-                (
-                    d.seq,
-                    d.slot,
-                    d.position,
-                    std::slice::from_ref(&d.token),
-                    true,
-                )
-            })
-            .chain(
-                step.prefill
-                    .iter()
-                    .map(|p| (p.seq, p.slot, p.position, p.tokens.as_slice(), p.last)),
-            )
-            .collect();
-        if let Some(i) = work.iter().position(|w| Some(w.1) == self.resident) {
-            let w = work.remove(i);
-            work.insert(0, w);
-        }
-        for (seq, slot, position, tokens, sample) in work {
-            let outcome = match self.slots[slot].as_ref().map(|s| s.seq) {
-                Some(s) if s == seq => self.run_guarded(slot, position, tokens, sample),
-                _ => Err(format!("slot {slot} does not hold sequence {seq}")),
-            };
-            match outcome {
-                Ok(Some(token)) => events.push(TokenEvent {
-                    seq,
-                    outcome: Ok(token),
+        for a in &step.admitted {
+            match self.slots.get_mut(a.slot) {
+                Some(s) => {
+                    *s = Some((a.seq, Sampler::new(a.sampling.clone())));
+                    self.model.clear_slot(a.slot);
+                }
+                None => events.push(TokenEvent {
+                    seq: a.seq,
+                    outcome: Err(format!(
+                        "slot {} is outside the model's pool of {}",
+                        a.slot,
+                        self.slots.len()
+                    )),
                 }),
-                Ok(None) => {}
+            }
+        }
+        // (sequence, its work): decodes, then prefill chunks; a sequence not in the slot
+        // the step names fails alone, before the forward.
+        let mut work: Vec<(SeqId, SlotWork<'_>)> = Vec::with_capacity(step.batch_size());
+        let decodes = step.decode.iter().map(|d| {
+            (
+                d.seq,
+                SlotWork {
+                    slot: d.slot,
+                    position: d.position,
+                    tokens: std::slice::from_ref(&d.token),
+                    logits: true,
+                },
+            )
+        });
+        let chunks = step.prefill.iter().map(|p| {
+            (
+                p.seq,
+                SlotWork {
+                    slot: p.slot,
+                    position: p.position,
+                    tokens: p.tokens.as_slice(),
+                    logits: p.last,
+                },
+            )
+        });
+        for (seq, w) in decodes.chain(chunks) {
+            let checked = match self.slots.get(w.slot).and_then(|s| s.as_ref()) {
+                Some((s, _)) if *s == seq => self.model.check_work(&w).map_err(|e| e.to_string()),
+                _ => Err(format!("slot {} does not hold sequence {seq}", w.slot)),
+            };
+            match checked {
+                Ok(()) => work.push((seq, w)),
                 Err(e) => events.push(TokenEvent {
                     seq,
                     outcome: Err(e),
                 }),
             }
         }
+        if work.is_empty() {
+            return events;
+        }
+        let items: Vec<SlotWork<'_>> = work.iter().map(|(_, w)| *w).collect();
+        let ran = match catch_unwind(AssertUnwindSafe(|| self.model.forward(&items))) {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(p) => Err(format!("the engine panicked: {}", panic_message(&p))),
+        };
+        match ran {
+            Ok(logits) => {
+                let mut rows = logits.into_iter();
+                for (seq, w) in &work {
+                    if !w.logits {
+                        continue;
+                    }
+                    let outcome = match (rows.next(), self.slots[w.slot].as_mut()) {
+                        (Some(row), Some((_, sampler))) => Ok(sampler.sample(&row)),
+                        _ => Err("the forward returned fewer logits than asked for".into()),
+                    };
+                    events.push(TokenEvent { seq: *seq, outcome });
+                }
+            }
+            // One forward ran them all: all of them fail (the scheduler frees their slots).
+            Err(e) => events.extend(work.iter().map(|(seq, _)| TokenEvent {
+                seq: *seq,
+                outcome: Err(e.clone()),
+            })),
+        }
         events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{Admitted, Decode, Prefill};
+    use kiln_models::{LoadOptions, ModelSource, Sampling};
+
+    fn engine() -> BatchedEngine {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-qwen3");
+        let cpu = kiln_cpu::CpuBackend::default().with_run_threads(1);
+        let model =
+            BatchedModel::load(&ModelSource::Dir(dir), &LoadOptions::new(&cpu), 2, 64).unwrap();
+        BatchedEngine::new(model)
+    }
+
+    fn admit(seq: SeqId, slot: usize) -> Admitted {
+        Admitted {
+            seq,
+            slot,
+            sampling: Sampling::default(),
+        }
+    }
+
+    /// Work that is wrong in itself fails its sequence alone; the others in the same step
+    /// get their tokens, and the same tokens as without it.
+    #[test]
+    fn bad_work_fails_its_sequence_alone() {
+        let prefill = |seq, slot, tokens: Vec<u32>| Prefill {
+            seq,
+            slot,
+            position: 0,
+            tokens,
+            last: true,
+        };
+        let run = |bad: bool| {
+            let mut e = engine();
+            let first = e.step(&Step {
+                admitted: vec![admit(1, 0), admit(2, 1)],
+                prefill: vec![prefill(1, 0, vec![5, 6, 7]), prefill(2, 1, vec![9, 10])],
+                ..Default::default()
+            });
+            assert_eq!(first.len(), 2);
+            assert!(first.iter().all(|t| t.outcome.is_ok()), "{first:?}");
+            let token = |seq| first.iter().find(|t| t.seq == seq).unwrap().outcome.clone();
+            let mut decode = vec![Decode {
+                seq: 1,
+                slot: 0,
+                position: 3,
+                token: token(1).unwrap(),
+            }];
+            if bad {
+                // Sequence 2 at a position it is not at, and a sequence in a slot not its own.
+                decode.push(Decode {
+                    seq: 2,
+                    slot: 1,
+                    position: 7,
+                    token: token(2).unwrap(),
+                });
+                decode.push(Decode {
+                    seq: 3,
+                    slot: 1,
+                    position: 2,
+                    token: 1,
+                });
+            }
+            e.step(&Step {
+                decode,
+                ..Default::default()
+            })
+        };
+        let good = run(false);
+        let bad = run(true);
+        assert_eq!(bad[..2].iter().filter(|t| t.outcome.is_err()).count(), 2);
+        let err = |seq| {
+            bad.iter()
+                .find(|t| t.seq == seq)
+                .unwrap()
+                .outcome
+                .clone()
+                .unwrap_err()
+        };
+        assert!(err(2).contains("position 7"), "{}", err(2));
+        assert!(err(3).contains("does not hold sequence 3"), "{}", err(3));
+        let ok: Vec<_> = bad.iter().filter(|t| t.outcome.is_ok()).collect();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(*ok[0], good[0]);
     }
 }

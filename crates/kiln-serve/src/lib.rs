@@ -2,7 +2,7 @@
 //! batching.
 //!
 //! ```text
-//!  clients ──HTTP──► http (axum, tokio threads)          engine thread (owns the Model)
+//!  clients ──HTTP──► http (axum, tokio threads)          engine thread (owns the model)
 //!                    parse, check, tokenize ──submit──►  driver: scheduler.plan() ─► Step
 //!                    bounded queue (429)                         engine.step(&Step) ─► tokens
 //!                    JSON or SSE ◄──── SeqEvent per token ─────  text, stop strings, finish
@@ -33,7 +33,7 @@ pub mod scheduler;
 pub mod text;
 
 use anyhow::Context;
-use kiln_models::{Model, QwenConfig, Tokenizer};
+use kiln_models::{BatchedModel, QwenConfig, Tokenizer};
 use scheduler::{Scheduler, SchedulerConfig};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicU64;
@@ -80,12 +80,21 @@ enum Stop {
     Fatal(String),
 }
 
+/// The KV cache slots the model is loaded with: one per sequence the server runs at once
+/// (`--max-batch`), each of `positions` positions (`--ctx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotPool {
+    pub slots: usize,
+    pub positions: usize,
+}
+
 /// Serves until SIGTERM/SIGINT (then `Ok`) or until the engine fails (an error). `load`
-/// compiles and loads the model; it runs on the engine thread once the socket is bound.
+/// compiles and loads the batched model for the pool it is given; it runs on the engine
+/// thread once the socket is bound.
 pub fn serve(
     cfg: ServeConfig,
     served: ServedModel,
-    load: impl FnOnce() -> anyhow::Result<Model> + Send + 'static,
+    load: impl FnOnce(SlotPool) -> anyhow::Result<BatchedModel> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max_pos = served.config.max_position_embeddings;
     let ctx = cfg.ctx.unwrap_or(max_pos.min(DEFAULT_CTX));
@@ -108,7 +117,7 @@ async fn run(
     cfg: ServeConfig,
     served: ServedModel,
     ctx: usize,
-    load: impl FnOnce() -> anyhow::Result<Model> + Send + 'static,
+    load: impl FnOnce(SlotPool) -> anyhow::Result<BatchedModel> + Send + 'static,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Signals are ours from now on (also while the model compiles).
@@ -164,7 +173,11 @@ async fn run(
         .name("kiln-engine".into())
         .spawn(move || {
             let t = Instant::now();
-            let loaded = catch_unwind(AssertUnwindSafe(load)).unwrap_or_else(|p| {
+            let pool = SlotPool {
+                slots,
+                positions: ctx,
+            };
+            let loaded = catch_unwind(AssertUnwindSafe(|| load(pool))).unwrap_or_else(|p| {
                 Err(anyhow::anyhow!(
                     "loading the model panicked: {}",
                     engine::panic_message(&p)
@@ -184,7 +197,15 @@ async fn run(
                 model.report.kernels_total,
                 model.report.kernels_unique
             );
-            let driver = make_driver(Box::new(engine::SequentialEngine::new(model, slots)));
+            if model.slots() != slots {
+                status.set(driver::EngineState::Failed);
+                let _ = fatal_tx.send(Some(format!(
+                    "the model was loaded with {} KV cache slots, the server needs {slots}",
+                    model.slots()
+                )));
+                return;
+            }
+            let driver = make_driver(Box::new(engine::BatchedEngine::new(model)));
             status.set_ready();
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| driver.run())) {
                 status.set(driver::EngineState::Failed);

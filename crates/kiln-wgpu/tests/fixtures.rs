@@ -102,6 +102,18 @@ fn check_model(name: &str, prompts: &[&str]) {
     );
 }
 
+/// The batched graph (several sequences per forward, a KV cache slot each) gives each
+/// sequence bitwise what the single-sequence graph gives it on the same device.
+#[test]
+fn batched_model_equals_the_single_sequence_model() {
+    let Some(b) = backend() else { return };
+    kiln_models::testing::assert_batched_equals_single(
+        &b,
+        "tiny-qwen3",
+        kiln_models::testing::BatchExactness::Bitwise,
+    );
+}
+
 #[test]
 fn tiny_qwen3_matches_transformers() {
     check_model("tiny-qwen3", &["p1", "p2", "p3"]);

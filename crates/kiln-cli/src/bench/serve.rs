@@ -209,7 +209,7 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
         "model": a.model, "source": source.name(), "backend": a.backend.name(), "threads": threads,
         "prompt_len": a.prompt_len, "tokens": a.tokens,
         "machine": { "cores": cores(), "cpu": cpu_model() },
-        "engine": "phase 1: one sequence per forward, KV caches swapped between sequences",
+        "engine": "batched: one forward per step for all decodes and prefill chunks, a KV cache slot per sequence",
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "rows": rows,
     });
