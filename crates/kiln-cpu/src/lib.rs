@@ -6,6 +6,7 @@ pub mod codegen;
 mod device;
 pub mod isa;
 pub mod pack;
+pub mod pack_quant;
 mod pool;
 pub mod probe;
 
