@@ -302,7 +302,11 @@ pub fn sub_block(ty: QuantType, row: &[u8], g: usize) -> Option<(f32, f32, [u8; 
             let (sc, m) = scale_min_k4(j, &b[4..16]);
             let bytes = &b[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
             for (l, &v) in bytes.iter().enumerate() {
-                q[l] = if j.is_multiple_of(2) { v & 0x0F } else { v >> 4 };
+                q[l] = if j.is_multiple_of(2) {
+                    v & 0x0F
+                } else {
+                    v >> 4
+                };
             }
             Some((d * sc as f32, dmin * m as f32, q))
         }

@@ -4,7 +4,9 @@
 //! 1e-4 of it. 1e-4 is the tolerance of the safetensors fixtures: phase 1 dequantizes the
 //! weights to f32 at load (bf16 files stay bf16, widened exactly in the kernels), so kiln
 //! computes the reference's function in f32, and the only difference left is f32 rounding,
-//! as for an f32 checkpoint. The F32 and BF16 files of tiny-qwen3 also give bit-identical
+//! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0 and Q4_K linear weights quantized and
+//! dequantizes them inside the kernels, to the same f32 values ggml's dequantization gives
+//! (bit for bit: crates/kiln-cpu/tests/gemm_quant.rs), so the same tolerance holds. The F32 and BF16 files of tiny-qwen3 also give bit-identical
 //! logits to the safetensors fixtures they were written from.
 
 use kiln_compile::CompileOptions;
@@ -101,6 +103,14 @@ fn every_fixture_file_matches_its_numpy_reference() {
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let mut model = load(&ModelSource::Gguf(file.clone()));
+        // Q8_0, Q4_0 and Q4_K linear weights stay quantized: the kernels read the blocks.
+        let kept: Vec<&str> = model.config.file_quant.values().map(|d| d.name()).collect();
+        // (Q4_K rows are 256-value super-blocks: tiny-qwen3's 64-wide rows are dequantized.)
+        for (ty, dtype) in [("Q8_0", "q8_0"), ("Q4_0", "q4_0"), ("Q4_K", "q4_k")] {
+            if name.contains(&format!("-{ty}")) && (ty != "Q4_K" || name.starts_with("qwen3-256")) {
+                assert!(kept.contains(&dtype), "{name}: kept quantized {kept:?}");
+            }
+        }
         let mut file_worst = 0.0f32;
         for (p, r) in references(file) {
             let g = model
@@ -163,7 +173,10 @@ fn configs_from_gguf_metadata_equal_config_json() {
         ("qwen3-256", "qwen3-256-Q4_K_M.gguf"),
     ] {
         let dir = kiln_models::testing::gguf_fixtures().join(dir);
-        let from_gguf = ModelSource::Gguf(dir.join(file)).config().unwrap();
+        let mut from_gguf = ModelSource::Gguf(dir.join(file)).config().unwrap();
+        // Which weights stay in the file's blocks is the GGUF's own (config.json has none).
+        assert!(!from_gguf.file_quant.is_empty(), "{file}");
+        from_gguf.file_quant.clear();
         let from_json = QwenConfig::from_file(&dir.join("config.json")).unwrap();
         assert_eq!(from_gguf, from_json, "{file}");
     }

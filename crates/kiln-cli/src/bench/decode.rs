@@ -20,10 +20,7 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let weight_dtype = a.weight_dtype.as_deref().map(|d| match d {
-        "f32" => kiln_models::WeightDtype::F32,
-        _ => kiln_models::WeightDtype::BF16,
-    });
+    let weight_dtype = a.weight_dtype;
     let mut opts = LoadOptions {
         compile: kiln_compile::CompileOptions {
             threads,
@@ -95,7 +92,7 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
         "fma_peak_gflops": peak, "prefill_pct_of_peak": peak.map(|p| 100.0 * prefill_gflops / p),
         "decode_tokens_per_s": decode,
         "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes, "kv_cache_bytes_read": kv_bytes,
-        "weight_dtype": format!("{:?}", c.weight_dtype), "params": c.num_params(),
+        "weight_dtype": c.weight_dtype.name(), "weight_format": weight_format(c), "params": c.num_params(),
         "bound_tokens_per_s": bound, "decode_pct_of_bound": 100.0 * decode / bound,
         "launches_per_token": step.launches, "bytes_written_per_token": step.bytes_written,
     });
@@ -114,4 +111,20 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
     );
     eprintln!("wrote {} and {}", jpath.display(), spath.display());
     Ok(())
+}
+
+/// The weights' format as held in memory: the weight dtype, and for a GGUF file the
+/// quantized types its linear layers stay in.
+fn weight_format(c: &kiln_models::QwenConfig) -> String {
+    let kept: std::collections::BTreeSet<&str> = c.file_quant.values().map(|d| d.name()).collect();
+    if kept.is_empty() {
+        c.weight_dtype.name().to_string()
+    } else {
+        let kept: Vec<&str> = kept.into_iter().collect();
+        format!(
+            "{} (linear layers in {} as the file stores them)",
+            c.weight_dtype.name(),
+            kept.join(", ")
+        )
+    }
 }

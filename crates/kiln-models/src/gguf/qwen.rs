@@ -211,7 +211,10 @@ impl GgufCheckpoint {
             } else {
                 WeightDtype::F32
             },
+            file_quant: BTreeMap::new(),
         };
+        let mut c = c;
+        c.file_quant = self.file_quant(&c);
         if c.weight_bytes() >= 1 << 62 {
             return Err(f.error(format!(
                 "the sizes describe {} parameters, more than any machine holds",
@@ -259,6 +262,39 @@ impl GgufCheckpoint {
         Ok((t, qt))
     }
 
+    /// The linear layers' weights whose blocks kiln's kernels read (Q8_0, Q4_0, Q4_K, rows of
+    /// whole blocks): they stay quantized in memory. Projections the graph reads fused
+    /// (q/k/v, gate/up) stay quantized only when all their parts have the same type (a Q4_K_M
+    /// file may hold attn_v in Q6_K beside Q4_K q and k); the rest are dequantized at load.
+    fn file_quant(&self, c: &QwenConfig) -> BTreeMap<String, DType> {
+        let mut keep = BTreeMap::new();
+        for (name, shape) in crate::model::weights(c) {
+            if shape.len() != 2 || name == crate::model::EMBEDDING {
+                continue;
+            }
+            let Ok((_, qt)) = self.find(&name, &shape) else {
+                continue;
+            };
+            if let Some(d) = DType::from_quant(qt) {
+                if shape[1] % d.block_elems() == 0 {
+                    keep.insert(name, d);
+                }
+            }
+        }
+        for (fused, parts) in crate::model::fused_projections(c) {
+            let dtypes: Vec<Option<DType>> = parts.iter().map(|p| keep.get(p).copied()).collect();
+            match dtypes[0] {
+                Some(d) if dtypes.iter().all(|x| *x == Some(d)) => {
+                    keep.insert(fused, d);
+                }
+                _ => parts.iter().for_each(|p| {
+                    keep.remove(p);
+                }),
+            }
+        }
+        keep
+    }
+
     /// Checks, from the tensor table alone, that every tensor config `c` needs is present
     /// with the shape it implies and a type kiln decodes.
     pub fn check(&self, c: &QwenConfig) -> Result<(), ModelError> {
@@ -270,10 +306,12 @@ impl GgufCheckpoint {
 
     /// Loads the named weights (Hugging Face names), in parallel: matrices in `w`, vectors in
     /// f32, each decoded from the file's type.
+    /// The weights in `keep` (`QwenConfig::file_quant`) keep the file's blocks.
     pub fn load(
         &self,
         wanted: &[(String, Vec<usize>)],
         w: WeightDtype,
+        keep: &BTreeMap<String, DType>,
     ) -> Result<BTreeMap<String, Tensor>, ModelError> {
         wanted
             .par_iter()
@@ -281,7 +319,7 @@ impl GgufCheckpoint {
                 let (t, qt) = self.find(name, shape)?;
                 Ok((
                     name.clone(),
-                    self.decode(t, qt, shape, weight_dtype(shape, w))?,
+                    self.decode(name, t, qt, shape, weight_dtype(name, shape, w), keep)?,
                 ))
             })
             .collect()
@@ -291,14 +329,25 @@ impl GgufCheckpoint {
     /// bf16 is wanted, everything else is dequantized, rows in parallel.
     fn decode(
         &self,
+        name: &str,
         t: &TensorInfo,
         qt: QuantType,
         shape: &[usize],
         want: DType,
+        keep: &BTreeMap<String, DType>,
     ) -> Result<Tensor, ModelError> {
         let data = self.file.data(t);
         if want == DType::BF16 && qt == QuantType::BF16 {
             return Ok(Tensor::from_bytes(DType::BF16, shape, data));
+        }
+        // Blocks the kernels read stay as the file stores them (`QwenConfig::file_quant`).
+        if let Some(&d) = keep.get(name) {
+            return Ok(Tensor::from_bytes(d, shape, data));
+        }
+        if want.is_quantized() {
+            // --weight-dtype: dequantized, then quantized again with ggml's quantizer.
+            let f = self.decode(name, t, qt, shape, DType::F32, keep)?;
+            return Ok(crate::weights::quantize_parallel(&f, want));
         }
         let mut out = Tensor::zeros(want, shape);
         let row = t.ne[0] as usize;
