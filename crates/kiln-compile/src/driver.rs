@@ -66,6 +66,16 @@ fn pipeline<B: Backend>(
     let mut stages = StageTimer::new(opts.observer);
 
     let graph = stages.run(Stage::Analysis, || analysis::analyze(graph))?;
+    for (id, name) in graph.inputs() {
+        let dtype = graph.dtype(id);
+        if !backend.supports_weight_dtype(dtype) {
+            return Err(CompileError::UnsupportedDType {
+                backend: backend.name().to_string(),
+                input: name.to_string(),
+                dtype,
+            });
+        }
+    }
     let fuse = opts.fusion && backend.supports_fusion();
     let program = stages.run(Stage::KernelExtraction, || {
         extract::extract_with(&graph, fuse)

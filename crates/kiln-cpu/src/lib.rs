@@ -76,6 +76,12 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    /// Every dtype: the packed matmul kernels read Q8_0, Q4_0 and Q4_K weights
+    /// (`c/gemm_quant.h`).
+    fn supports_weight_dtype(&self, _: kiln_ir::DType) -> bool {
+        true
+    }
+
     fn identity(&self) -> Result<String, BackendError> {
         self.identity
             .get_or_init(|| self.cc.identity().map_err(|e| e.to_string()))
