@@ -313,9 +313,23 @@ impl QwenConfig {
         self.arch == Arch::Qwen3 && self.attention_bias
     }
 
-    /// Bytes of weights in memory: matrices in `weight_dtype`, vectors in f32 (saturating: a
+    /// Bytes of weights in memory: matrices in `weight_dtype` (or a GGUF file's blocks, see
+    /// `file_quant`), vectors in f32 (saturating: a
     /// config claiming absurd sizes gives a huge number, never an overflow).
     pub fn weight_bytes(&self) -> u64 {
+        if !self.file_quant.is_empty() {
+            // A GGUF file's weights, some kept in its blocks: tensor by tensor (the file holds
+            // every one of them, so the count is bounded by the file).
+            return crate::model::weights(self)
+                .map(|(name, shape)| {
+                    let d = match self.file_quant.get(&name) {
+                        Some(&d) => d,
+                        None => crate::model::weight_dtype(&name, &shape, self.weight_dtype),
+                    };
+                    d.storage_bytes(shape.iter().product()) as u64
+                })
+                .sum();
+        }
         // Bytes of `n` matrix values in `d` (whole blocks for the quantized types).
         let bytes = |n: u64, d: kiln_ir::DType| {
             let be = d.block_elems() as u64;
@@ -338,7 +352,7 @@ impl QwenConfig {
             m(m(h, d), m(nh, 2).saturating_add(m(kv, 2))).saturating_add(m(m(h, i), 3));
         let layer_vectors = self.layer_vector_params();
         let per_layer = bytes(layer_matrices, matrix).saturating_add(m(layer_vectors, 4));
-        let head = if self.tie_word_embeddings {
+        let head = if self.tie_word_embeddings && !matrix.is_quantized() {
             0
         } else {
             bytes(m(v, h), matrix)

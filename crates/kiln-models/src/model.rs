@@ -84,6 +84,10 @@ impl WeightDtype {
     }
 }
 
+/// With quantized weights and a tied embedding, the LM head reads this input: the embedding
+/// table quantized at load ([`quantized_tied_head`]).
+pub const QUANTIZED_TIED_HEAD: &str = "lm_head.weight";
+
 /// The weight read by gathers, not products: it is never quantized.
 pub const EMBEDDING: &str = "model.embed_tokens.weight";
 
@@ -389,7 +393,9 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     } else {
         b.g.slice(x, 0, s.clone().sub(1), s)?
     };
-    let head = if c.tie_word_embeddings {
+    // A tied head with quantized weights reads its own quantized copy of the table
+    // (`QUANTIZED_TIED_HEAD`, made at load), as llama.cpp does: the products stream blocks.
+    let head = if c.tie_word_embeddings && !weights.dtype().is_quantized() {
         embed
     } else {
         b.weight("lm_head.weight", &[c.vocab_size, h])?
@@ -398,4 +404,21 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     let logits = b.g.matmul(x, ht)?;
     b.g.output("logits", logits);
     Ok(b.g)
+}
+
+/// The quantized copy of a tied embedding table the LM head reads when the weights are
+/// quantized (`None` when the graph reads the table itself).
+pub fn quantized_tied_head(
+    c: &QwenConfig,
+    w: WeightDtype,
+    weights: &std::collections::BTreeMap<String, kiln_ir::Tensor>,
+) -> Option<(String, kiln_ir::Tensor)> {
+    if !(c.tie_word_embeddings && w.dtype().is_quantized()) {
+        return None;
+    }
+    let table = weights.get(EMBEDDING)?.to_dtype(DType::F32);
+    Some((
+        QUANTIZED_TIED_HEAD.to_string(),
+        crate::weights::quantize_parallel(&table, w.dtype()),
+    ))
 }

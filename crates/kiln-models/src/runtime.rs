@@ -232,6 +232,9 @@ impl Model {
         let (mut exe, report) = compiled?;
         let mut weights = weights?;
         fuse_projections(&config, &mut weights)?;
+        if let Some((name, head)) = crate::model::quantized_tied_head(&config, w, &weights) {
+            weights.insert(name, head);
+        }
         for (name, t) in weights {
             exe.set_param(&name, t)?;
         }

@@ -218,3 +218,54 @@ fn weight_dtype_bf16_rounds_decoded_weights_to_bf16() {
     let d = max_abs_diff(&g.step_logits[0], &r.step_logits[0]);
     assert!(d > 1e-4 && d < 0.1, "bf16 weights: logits differ by {d}");
 }
+
+/// `--weight-dtype q8_0|q4_0|q4_k` quantizes at load with kiln's reference quantizers (and a
+/// tied LM head reads a quantized copy of the table). Given a file already in that type, the
+/// loader dequantizes its blocks and quantizes them again, which gives back the file's
+/// blocks; so the tokens and logits must be the file's NumPy reference's, within the same
+/// 1e-4: a test of the whole quantize-at-load path against a reference kiln did not compute.
+#[test]
+fn weight_dtype_quantizes_at_load_as_ggml_does() {
+    use kiln_models::WeightDtype;
+    let root = kiln_models::testing::gguf_fixtures();
+    for (file, w) in [
+        ("tiny-qwen3/tiny-qwen3-Q8_0.gguf", WeightDtype::Q8_0),
+        ("tiny-qwen2/tiny-qwen2-Q8_0.gguf", WeightDtype::Q8_0),
+        ("tiny-qwen3/tiny-qwen3-Q4_0.gguf", WeightDtype::Q4_0),
+        // Not Q4_K: llama.cpp's Q4_K files hold some tensors in other types (Q6_K), which a
+        // Q4_K quantizer cannot give back, and K-quant scales are searched, not computed, so
+        // quantizing dequantized blocks again need not return them. kiln's Q4_K quantizer
+        // gives llama.cpp's bytes (kiln-ir's quant tests, tests/gguf/quant-source.safetensors).
+    ] {
+        let path = root.join(file);
+        let cpu = cpu();
+        let opts = LoadOptions {
+            compile: CompileOptions {
+                threads: 2,
+                cache: cache(),
+                ..Default::default()
+            },
+            graph: GraphOptions {
+                weight_dtype: Some(w),
+                ..Default::default()
+            },
+            ..LoadOptions::new(&cpu)
+        };
+        let mut model = Model::load(&ModelSource::Gguf(path.clone()), &opts)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(model.config.file_quant.is_empty(), "{file}");
+        for (p, r) in references(&path) {
+            let g = model
+                .generate(&r.prompt, r.greedy.len(), &Sampling::default(), &[], |_| {})
+                .unwrap();
+            assert_eq!(g.generated_ids, r.greedy, "{file} {p}: greedy ids");
+            for (k, (got, want)) in g.step_logits.iter().zip(&r.step_logits).enumerate() {
+                let d = max_abs_diff(got, want);
+                assert!(
+                    d <= 1e-4,
+                    "{file} {p} ({w:?}): step {k} logits differ by {d}"
+                );
+            }
+        }
+    }
+}

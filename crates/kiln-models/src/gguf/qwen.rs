@@ -269,12 +269,14 @@ impl GgufCheckpoint {
     fn file_quant(&self, c: &QwenConfig) -> BTreeMap<String, DType> {
         let mut keep = BTreeMap::new();
         for (name, shape) in crate::model::weights(c) {
+            // A tensor missing or unreadable: `check` reports it. Stopping here also bounds
+            // the work by the file's tensors, whatever layer count the metadata claims.
+            let Ok((_, qt)) = self.find(&name, &shape) else {
+                return BTreeMap::new();
+            };
             if shape.len() != 2 || name == crate::model::EMBEDDING {
                 continue;
             }
-            let Ok((_, qt)) = self.find(&name, &shape) else {
-                continue;
-            };
             if let Some(d) = DType::from_quant(qt) {
                 if shape[1] % d.block_elems() == 0 {
                     keep.insert(name, d);
