@@ -17,6 +17,25 @@
 #define KILN_GB_Q4_K (24 * KILN_NR)
 typedef int8_t kiln_vq8 __attribute__((vector_size(KILN_VL)));
 typedef uint8_t kiln_vq4 __attribute__((vector_size(KILN_VL)));
+/* KILN_VL bytes widened to i32 lanes, sign- or zero-extended: one vpmovsxbd / vpmovzxbd
+ * through the builtins (GCC 12 turns the generic conversion of bytes into a scalar loop). */
+typedef char kiln_v16qi __attribute__((vector_size(16)));
+static inline kiln_vi kiln_ld_i8(const void *p, int zero_extend) {
+#if defined(KILN_AVX512)
+    typedef int kiln_v16si __attribute__((vector_size(64)));
+    kiln_v16qi b; memcpy(&b, p, 16);
+    return zero_extend ? (kiln_vi)__builtin_ia32_pmovzxbd512_mask(b, (kiln_v16si){0}, (unsigned short)-1)
+                       : (kiln_vi)__builtin_ia32_pmovsxbd512_mask(b, (kiln_v16si){0}, (unsigned short)-1);
+#elif defined(__AVX2__)
+    typedef long long kiln_v2di __attribute__((vector_size(16)));
+    long long q; memcpy(&q, p, 8);
+    const kiln_v16qi b = (kiln_v16qi)(kiln_v2di){q, 0};
+    return zero_extend ? (kiln_vi)__builtin_ia32_pmovzxbd256(b) : (kiln_vi)__builtin_ia32_pmovsxbd256(b);
+#else
+    if (zero_extend) { kiln_vq4 v; memcpy(&v, p, KILN_VL); return __builtin_convertvector(v, kiln_vi); }
+    kiln_vq8 v; memcpy(&v, p, KILN_VL); return __builtin_convertvector(v, kiln_vi);
+#endif
+}
 #if defined(KILN_SIMD)
 #define KILN_QFMAV KILN_FMAV
 #else
@@ -35,25 +54,20 @@ static inline kiln_vf kiln_qfmav(kiln_vf a, kiln_vf b, kiln_vf c) {
 
 /* Row r (< 32) of group g, columns 0..VL-1 into *lo and VL..NR-1 into *hi. */
 static inline __attribute__((always_inline)) void kiln_deq_q8_0(const uint8_t *restrict g, int64_t r, kiln_vf *lo, kiln_vf *hi) {
-    kiln_vq8 a, b;
-    memcpy(&a, g + 4 * KILN_NR + r * KILN_NR, KILN_VL);
-    memcpy(&b, g + 4 * KILN_NR + r * KILN_NR + KILN_VL, KILN_VL);
+    const kiln_vi a = kiln_ld_i8(g + 4 * KILN_NR + r * KILN_NR, 0);
+    const kiln_vi b = kiln_ld_i8(g + 4 * KILN_NR + r * KILN_NR + KILN_VL, 0);
     const float *s = (const float *)(const void *)g;
     *lo = __builtin_convertvector(a, kiln_vf) * kiln_ldv(s);
     *hi = __builtin_convertvector(b, kiln_vf) * kiln_ldv(s + KILN_VL);
 }
 static inline __attribute__((always_inline)) void kiln_deq_q4_0(const uint8_t *restrict g, int64_t r, kiln_vf *lo, kiln_vf *hi) {
-    kiln_vq4 v;
-    memcpy(&v, g + 4 * KILN_NR + r * (KILN_NR / 2), KILN_VL);
-    const kiln_vi w = __builtin_convertvector(v, kiln_vi);
+    const kiln_vi w = kiln_ld_i8(g + 4 * KILN_NR + r * (KILN_NR / 2), 1);
     const float *s = (const float *)(const void *)g;
     *lo = __builtin_convertvector((w & 15) - 8, kiln_vf) * kiln_ldv(s);
     *hi = __builtin_convertvector((w >> 4) - 8, kiln_vf) * kiln_ldv(s + KILN_VL);
 }
 static inline __attribute__((always_inline)) void kiln_deq_q4_k(const uint8_t *restrict g, int64_t r, kiln_vf *lo, kiln_vf *hi) {
-    kiln_vq4 v;
-    memcpy(&v, g + 8 * KILN_NR + r * (KILN_NR / 2), KILN_VL);
-    const kiln_vi w = __builtin_convertvector(v, kiln_vi);
+    const kiln_vi w = kiln_ld_i8(g + 8 * KILN_NR + r * (KILN_NR / 2), 1);
     const float *s = (const float *)(const void *)g, *m = s + KILN_NR;
     kiln_vf pl = kiln_ldv(s) * __builtin_convertvector(w & 15, kiln_vf);
     kiln_vf ph = kiln_ldv(s + KILN_VL) * __builtin_convertvector(w >> 4, kiln_vf);
