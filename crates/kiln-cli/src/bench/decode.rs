@@ -54,7 +54,14 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
     let c = &c;
     // Bytes a decode step must read: every weight, and the KV cache (f32) at the mean
     // position of the generated tokens.
-    let weight_bytes = c.weight_bytes() as f64;
+    // With quantized weights the LM head has its own blocks, and the f32 embedding table is
+    // only gathered from (one row per token): it is not streamed.
+    let table = if c.weight_dtype.dtype().is_quantized() {
+        (c.vocab_size * c.hidden_size * 4) as f64
+    } else {
+        0.0
+    };
+    let weight_bytes = c.weight_bytes() as f64 - table;
     let mean_pos = a.prompt_len as f64 + g.generated_ids.len() as f64 / 2.0;
     let kv_bytes = (2 * c.num_layers * c.num_kv_heads * c.head_dim * 4) as f64 * mean_pos;
     let bound = bw / (weight_bytes + kv_bytes);
