@@ -328,7 +328,14 @@ impl QwenConfig {
                     };
                     d.storage_bytes(shape.iter().product()) as u64
                 })
-                .sum();
+                .sum::<u64>()
+                + self
+                    .file_quant
+                    .get(crate::model::QUANTIZED_TIED_HEAD)
+                    .filter(|_| self.tie_word_embeddings)
+                    .map_or(0, |d| {
+                        d.storage_bytes(self.vocab_size * self.hidden_size) as u64
+                    });
         }
         // Bytes of `n` matrix values in `d` (whole blocks for the quantized types).
         let bytes = |n: u64, d: kiln_ir::DType| {

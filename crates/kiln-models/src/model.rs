@@ -395,7 +395,8 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     };
     // A tied head with quantized weights reads its own quantized copy of the table
     // (`QUANTIZED_TIED_HEAD`, made at load), as llama.cpp does: the products stream blocks.
-    let head = if c.tie_word_embeddings && !weights.dtype().is_quantized() {
+    let own_head = weights.dtype().is_quantized() || c.file_quant.contains_key(QUANTIZED_TIED_HEAD);
+    let head = if c.tie_word_embeddings && !own_head {
         embed
     } else {
         b.weight("lm_head.weight", &[c.vocab_size, h])?

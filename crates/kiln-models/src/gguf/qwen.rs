@@ -283,6 +283,18 @@ impl GgufCheckpoint {
                 }
             }
         }
+        // A tied LM head reads the table's blocks where the kernels read them (as llama.cpp
+        // does); the gather reads the table dequantized.
+        if c.tie_word_embeddings {
+            let shape = [c.vocab_size, c.hidden_size];
+            if let Ok((_, qt)) = self.find(crate::model::EMBEDDING, &shape) {
+                if let Some(d) =
+                    DType::from_quant(qt).filter(|d| c.hidden_size % d.block_elems() == 0)
+                {
+                    keep.insert(crate::model::QUANTIZED_TIED_HEAD.to_string(), d);
+                }
+            }
+        }
         for (fused, parts) in crate::model::fused_projections(c) {
             let dtypes: Vec<Option<DType>> = parts.iter().map(|p| keep.get(p).copied()).collect();
             match dtypes[0] {
@@ -315,7 +327,7 @@ impl GgufCheckpoint {
         w: WeightDtype,
         keep: &BTreeMap<String, DType>,
     ) -> Result<BTreeMap<String, Tensor>, ModelError> {
-        wanted
+        let mut out: BTreeMap<String, Tensor> = wanted
             .par_iter()
             .map(|(name, shape)| {
                 let (t, qt) = self.find(name, shape)?;
@@ -324,7 +336,20 @@ impl GgufCheckpoint {
                     self.decode(name, t, qt, shape, weight_dtype(name, shape, w), keep)?,
                 ))
             })
-            .collect()
+            .collect::<Result<_, ModelError>>()?;
+        // A tied head (one the checkpoint does not list) reads the table's blocks as the file
+        // stores them (`file_quant`).
+        let tied = !wanted
+            .iter()
+            .any(|(n, _)| n == crate::model::QUANTIZED_TIED_HEAD);
+        if let Some(&d) = keep.get(crate::model::QUANTIZED_TIED_HEAD).filter(|_| tied) {
+            if let Some((_, shape)) = wanted.iter().find(|(n, _)| n == crate::model::EMBEDDING) {
+                let (t, _) = self.find(crate::model::EMBEDDING, shape)?;
+                let head = Tensor::from_bytes(d, shape, self.file.data(t));
+                out.insert(crate::model::QUANTIZED_TIED_HEAD.to_string(), head);
+            }
+        }
+        Ok(out)
     }
 
     /// A tensor's values in dtype `want` (f32 or bf16): bf16 bytes are kept as stored when
