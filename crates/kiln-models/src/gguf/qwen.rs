@@ -289,7 +289,7 @@ impl GgufCheckpoint {
             let shape = [c.vocab_size, c.hidden_size];
             if let Ok((_, qt)) = self.find(crate::model::EMBEDDING, &shape) {
                 if let Some(d) =
-                    DType::from_quant(qt).filter(|d| c.hidden_size % d.block_elems() == 0)
+                    DType::from_quant(qt).filter(|d| c.hidden_size.is_multiple_of(d.block_elems()))
                 {
                     keep.insert(crate::model::QUANTIZED_TIED_HEAD.to_string(), d);
                 }
