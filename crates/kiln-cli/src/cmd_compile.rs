@@ -72,7 +72,17 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
     }
     let emit = emit_args(a)?;
     let target = a.flags.open(a.arch.as_deref(), true)?;
-    let graph = build_graph(&config, GraphOptions::default())?;
+    if a.flags.weight_dtype.is_some() {
+        // --weight-dtype decides every weight, a GGUF file's blocks included.
+        config.file_quant.clear();
+    }
+    let graph = build_graph(
+        &config,
+        GraphOptions {
+            weight_dtype: a.flags.weight_dtype,
+            ..Default::default()
+        },
+    )?;
     let remote = crate::remote::open(&a.flags)?;
     let opts = CompileOptions {
         threads: a.flags.threads(),

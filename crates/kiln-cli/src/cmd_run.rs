@@ -114,7 +114,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             remote: remote.as_ref(),
             ..Default::default()
         },
-        graph: GraphOptions::default(),
+        graph: GraphOptions {
+            weight_dtype: a.flags.weight_dtype,
+            ..Default::default()
+        },
         seed: a.seed,
     };
     let model = Model::load(&source, &opts);

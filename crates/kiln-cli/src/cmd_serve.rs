@@ -107,7 +107,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                 remote: remote.as_ref(),
                 ..Default::default()
             },
-            graph: GraphOptions::default(),
+            graph: GraphOptions {
+                weight_dtype: flags.weight_dtype,
+                ..Default::default()
+            },
             seed,
         };
         let model = BatchedModel::load(&source, &opts, pool.slots, pool.positions);

@@ -43,6 +43,9 @@ fn validate(graph: &Graph) -> Result<(), CompileError> {
             }
         }
     }
+    if let Err(e) = graph.check_quantized_reads() {
+        return invalid(e.to_string());
+    }
     Ok(())
 }
 

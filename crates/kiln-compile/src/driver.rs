@@ -79,6 +79,7 @@ fn pipeline<B: Backend>(
     let graph = stages
         .run(Stage::Analysis, || analysis::analyze(graph))
         .map_err(&mut give_up)?;
+    check_weight_dtypes(&graph, backend).map_err(&mut give_up)?;
     let fuse = opts.fusion && backend.supports_fusion();
     let program = stages.run(Stage::KernelExtraction, || {
         extract::extract_with(&graph, fuse)
@@ -141,6 +142,22 @@ fn pipeline<B: Backend>(
         plan,
     };
     Ok(Compiled { loaded, report })
+}
+
+/// Refuses an input whose dtype the backend cannot read (block-quantized weights on a backend
+/// without kernels for them), naming backend, input and dtype.
+fn check_weight_dtypes<B: Backend>(graph: &Graph, backend: &B) -> Result<(), CompileError> {
+    for (id, name) in graph.inputs() {
+        let dtype = graph.dtype(id);
+        if !backend.supports_weight_dtype(dtype) {
+            return Err(CompileError::UnsupportedDType {
+                backend: backend.name().to_string(),
+                input: name.to_string(),
+                dtype,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_threads(threads: usize) -> Result<(), CompileError> {

@@ -19,6 +19,14 @@ pub struct KernelFailure {
 pub enum CompileError {
     #[error("invalid graph: {0}")]
     InvalidGraph(String),
+    /// The backend's kernels do not read an input's storage dtype (a block-quantized weight
+    /// on a backend without quantized kernels).
+    #[error("the {backend} backend does not read {dtype} weights (input '{input}'); block-quantized weights run on the cpu backend")]
+    UnsupportedDType {
+        backend: String,
+        input: String,
+        dtype: kiln_ir::DType,
+    },
     /// The backend cannot work at all (compiler missing, unsupported target, ...).
     #[error(transparent)]
     Backend(#[from] BackendError),

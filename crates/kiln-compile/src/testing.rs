@@ -50,6 +50,10 @@ impl<B: Backend> Backend for Faulty<B> {
     fn compile_memory_estimate(&self) -> u64 {
         self.inner.compile_memory_estimate()
     }
+    fn supports_weight_dtype(&self, dtype: kiln_ir::DType) -> bool {
+        self.inner.supports_weight_dtype(dtype)
+    }
+
     fn supports_fusion(&self) -> bool {
         self.inner.supports_fusion()
     }

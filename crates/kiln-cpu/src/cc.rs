@@ -32,7 +32,10 @@ pub fn prelude(isa: Isa) -> &'static str {
             isa.panel()
         );
         let base = kiln_render::cstyle::prelude(include_str!("c/prelude.h"));
-        format!("{defines}{}", base.replace("/* KILN_GEMM */", include_str!("c/gemm.h")))
+        format!("{defines}{}", base.replace(
+            "/* KILN_GEMM */",
+            concat!(include_str!("c/gemm.h"), include_str!("c/gemm_quant.h")),
+        ))
     })
 }
 

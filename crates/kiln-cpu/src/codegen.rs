@@ -278,8 +278,21 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     let f32_in = a.dtype == DType::F32;
     let packed = packed_weight(k).map(|_| match b.dtype {
         DType::BF16 => "kiln_packed_tile_bf16",
+        DType::Q8_0 => "kiln_packed_tile_q8_0",
+        DType::Q4_0 => "kiln_packed_tile_q4_0",
+        DType::Q4_K => "kiln_packed_tile_q4_k",
         _ => "kiln_packed_tile_f32",
     });
+    if b.dtype.is_quantized() && packed.is_none() {
+        // The graph admits a quantized weight only as a matmul's `b` operand; the packed
+        // kernels are the only ones that read blocks. Anything else stops the compile here,
+        // naming the kernel (`Backend::compile` reports the compiler's diagnostics).
+        emit!(
+            s,
+            "#error \"kiln-cpu: this matmul reads a {} weight other than as x @ W^T with whole rows of blocks along a constant K\"",
+            b.dtype
+        );
+    }
     let nt = match b.dtype {
         DType::F32 => Some("kiln_mm_nt"),
         DType::BF16 => Some("kiln_mm_nt_bf16"),

@@ -6,6 +6,7 @@ pub mod codegen;
 mod device;
 pub mod isa;
 pub mod pack;
+pub mod pack_quant;
 mod pool;
 pub mod probe;
 
@@ -73,6 +74,12 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    /// Every dtype: the packed matmul kernels read Q8_0, Q4_0 and Q4_K weights
+    /// (`c/gemm_quant.h`).
+    fn supports_weight_dtype(&self, _: kiln_ir::DType) -> bool {
+        true
     }
 
     fn identity(&self) -> Result<String, BackendError> {

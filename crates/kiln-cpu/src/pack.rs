@@ -22,7 +22,8 @@ use rayon::prelude::*;
 
 /// The input of `k` that its kernel reads as packed panels, if any: the `b` operand of a
 /// matmul `x @ W^T` where `W` is a graph input read whole and row-major (element (k, n) of the
-/// operand at `n * K + k`, no batch stride), in f32 or bf16, with f32 activations whose rows
+/// operand at `n * K + k`, no batch stride), in f32 or bf16 or block-quantized (whole blocks
+/// along a constant K: [`crate::pack_quant`]), with f32 activations whose rows
 /// are contiguous along k (what the packed GEMM/GEMV read) and an f32 output, and read by
 /// nothing else in the kernel: the kernel gets only the packed copy, so an `a`
 /// operand or epilogue reading the same input (`x @ x^T`) would read panels as rows.
@@ -47,16 +48,28 @@ pub fn packed_weight(k: &Kernel) -> Option<usize> {
         && b.row_stride.is_const(1)
         && b.col_stride.provably_equal(depth)
         && b.batch_strides.iter().all(|s| s.is_const(0))
-        && matches!(b.dtype, DType::F32 | DType::BF16)
+        && (matches!(b.dtype, DType::F32 | DType::BF16) || quantized_rows(b.dtype, depth))
         && a.dtype == DType::F32
         && k.out_dtype == DType::F32;
     nt.then_some(b.input)
+}
+
+/// Whether a block-quantized weight's products have a constant depth of whole 32-value groups
+/// and blocks (what the quantized panels of [`crate::pack_quant`] need).
+fn quantized_rows(dtype: DType, depth: &kiln_ir::Expr) -> bool {
+    dtype.is_quantized()
+        && depth
+            .as_const()
+            .is_some_and(|k| k > 0 && k % dtype.block_elems() as i64 == 0)
 }
 
 /// Packs `bytes` (a row-major weight of `rows x depth` elements of `dtype`, f32 or bf16, at
 /// least 4-byte aligned as tensors and device buffers are) into panels of `panel` columns of
 /// the product (`KILN_NR` in the C prelude), on the current rayon pool.
 pub fn pack(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
+    if dtype.is_quantized() {
+        return crate::pack_quant::pack_quant(bytes, dtype, depth, panel);
+    }
     match dtype.size_bytes() {
         4 => pack_as::<u32>(bytes, depth, panel),
         2 => pack_as::<u16>(bytes, depth, panel),

@@ -1,11 +1,20 @@
 //! Element types and the scalar conversions every backend and the interpreter share.
+//!
+//! Besides the element types, three block-quantized storage types (GGML's `Q8_0`, `Q4_0` and
+//! `Q4_K`, in GGUF's byte layout: [`crate::quant`]) that only weights may have: a tensor of
+//! one is a graph input of rank 2 whose rows are whole blocks, read by nothing but matrix
+//! products as their `b` operand (through views), and every value it holds is its ggml
+//! dequantization to f32. Backends read the blocks inside their matmul kernels; the
+//! interpreter dequantizes them (the oracle).
 
+use crate::quant::QuantType;
 use half::{bf16, f16};
 use serde::Serialize;
 use std::fmt;
 
 /// The element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[allow(non_camel_case_types)]
 pub enum DType {
     F32,
     F16,
@@ -13,14 +22,72 @@ pub enum DType {
     I32,
     /// One byte, 0 or 1: the result of comparisons.
     Bool,
+    /// GGML Q8_0 blocks (32 values: f16 scale, 32 x i8), a weight's storage only.
+    Q8_0,
+    /// GGML Q4_0 blocks (32 values: f16 scale, 16 bytes of 4-bit values), a weight's only.
+    Q4_0,
+    /// GGML Q4_K super-blocks (256 values in 8 sub-blocks with 6-bit scales and mins), a
+    /// weight's only.
+    Q4_K,
 }
 
 impl DType {
+    /// The block-quantized storage types, in the order [`DType::name`] lists them.
+    pub const QUANTIZED: [DType; 3] = [DType::Q8_0, DType::Q4_0, DType::Q4_K];
+
+    /// Bytes of one element. Block-quantized types have no per-element size (see
+    /// [`DType::storage_bytes`]): asking is a bug in the caller.
     pub fn size_bytes(self) -> usize {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::Bool => 1,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => {
+                panic!("{self} is block-quantized: it has no per-element size")
+            }
+        }
+    }
+
+    /// The GGML format of a block-quantized type.
+    pub fn quant(self) -> Option<QuantType> {
+        match self {
+            DType::Q8_0 => Some(QuantType::Q8_0),
+            DType::Q4_0 => Some(QuantType::Q4_0),
+            DType::Q4_K => Some(QuantType::Q4_K),
+            _ => None,
+        }
+    }
+
+    /// The block-quantized dtype of a GGML format, where kiln has one.
+    pub fn from_quant(q: QuantType) -> Option<DType> {
+        DType::QUANTIZED.into_iter().find(|d| d.quant() == Some(q))
+    }
+
+    pub fn is_quantized(self) -> bool {
+        self.quant().is_some()
+    }
+
+    /// Values per storage block: 1 for element types.
+    pub fn block_elems(self) -> usize {
+        self.quant().map_or(1, |q| q.block_elems())
+    }
+
+    /// Bytes of `numel` values (rounded up to whole blocks for the quantized types).
+    pub fn storage_bytes(self, numel: usize) -> usize {
+        match self.quant() {
+            Some(q) => numel.div_ceil(q.block_elems()) * q.block_bytes(),
+            None => numel * self.size_bytes(),
+        }
+    }
+
+    /// [`DType::storage_bytes`] of a symbolic element count.
+    pub fn storage_bytes_expr(self, numel: crate::Expr) -> crate::Expr {
+        match self.quant() {
+            Some(q) => numel
+                .add(q.block_elems() as i64 - 1)
+                .div(q.block_elems() as i64)
+                .mul(q.block_bytes() as i64),
+            None => numel.mul(self.size_bytes() as i64),
         }
     }
 
@@ -35,6 +102,9 @@ impl DType {
             DType::BF16 => "bf16",
             DType::I32 => "i32",
             DType::Bool => "bool",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_K => "q4_k",
         }
     }
 
@@ -53,6 +123,9 @@ impl DType {
                 }
             }
             DType::Bool => (v != 0.0) as u8 as f64,
+            // Values of a quantized weight are read whole (Tensor::to_f64_vec) and never
+            // computed: nothing rounds to these types.
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => v,
         }
     }
 
@@ -64,6 +137,9 @@ impl DType {
             DType::BF16 => out[..2].copy_from_slice(&bf16::from_f32(v as f32).to_le_bytes()),
             DType::I32 => out[..4].copy_from_slice(&(self.round(v) as i32).to_le_bytes()),
             DType::Bool => out[0] = (v != 0.0) as u8,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => {
+                panic!("{self} is block-quantized: values are written a block at a time (kiln_ir::quant)")
+            }
         }
     }
 
@@ -75,6 +151,11 @@ impl DType {
             DType::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f64(),
             DType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
             DType::Bool => (b[0] != 0) as u8 as f64,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => {
+                panic!(
+                    "{self} is block-quantized: values are read a block at a time (kiln_ir::quant)"
+                )
+            }
         }
     }
 }

@@ -233,7 +233,59 @@ impl Graph {
                 what: format!("input '{name}' is declared twice"),
             });
         }
+        if let Some(q) = dtype.quant() {
+            let whole_blocks = shape.len() == 2
+                && shape[1]
+                    .as_const()
+                    .is_some_and(|k| k > 0 && k % q.block_elems() as i64 == 0);
+            if !whole_blocks {
+                return Err(IrError::DType {
+                    op: format!("input '{name}'"),
+                    detail: format!(
+                        "a {dtype} weight is a matrix whose rows are whole {}-value blocks (a constant last dimension), got {}",
+                        q.block_elems(),
+                        shape_str(shape)
+                    ),
+                });
+            }
+        }
         Ok(self.push(Op::Input { name: name.into() }, dtype, shape.to_vec()))
+    }
+
+    /// Checks where block-quantized values are read: only through views by the `b` operand of
+    /// matrix products (a weight of `x @ W^T`), never by another op, the `a` operand or as a
+    /// graph output. Backends read quantized blocks in their matmul kernels and nowhere else.
+    pub fn check_quantized_reads(&self) -> Result<()> {
+        for node in &self.nodes {
+            let reads_ok = |x: NodeId| match &node.op {
+                Op::View(..) => true,
+                Op::MatMul(a, b) => *b == x && *a != x,
+                _ => false,
+            };
+            for x in node.op.inputs() {
+                let dt = self.dtype(x);
+                if dt.is_quantized() && !reads_ok(x) {
+                    return Err(IrError::DType {
+                        op: format!("{:?}", node.op),
+                        detail: format!(
+                            "reads a {dt} value: block-quantized weights are read only as the b operand of a matmul"
+                        ),
+                    });
+                }
+            }
+        }
+        for (name, x) in &self.outputs {
+            if self.dtype(*x).is_quantized() {
+                return Err(IrError::DType {
+                    op: format!("output '{name}'"),
+                    detail: format!(
+                        "is {}: a block-quantized weight cannot be an output",
+                        self.dtype(*x)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A scalar constant; binary ops broadcast it.
@@ -378,7 +430,9 @@ impl Graph {
         }
         // Mixed float dtypes are allowed (f32 activations times bf16 weights): products
         // accumulate in f32 and the result has `a`'s dtype.
-        if !self.dtype(a).is_float() || !self.dtype(b).is_float() {
+        // A block-quantized `b` (a weight) is read as its f32 values.
+        if !self.dtype(a).is_float() || !(self.dtype(b).is_float() || self.dtype(b).is_quantized())
+        {
             return Err(IrError::DType {
                 op: "matmul".into(),
                 detail: format!(

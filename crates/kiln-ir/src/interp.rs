@@ -102,6 +102,7 @@ pub fn interpret(
     extra: &Bindings,
 ) -> Result<HashMap<String, Tensor>> {
     let refs: HashMap<&str, &Tensor> = inputs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    graph.check_quantized_reads()?;
     let b = graph.bind_inputs(&refs, extra)?;
     let mut needed = vec![false; graph.nodes.len()];
     for (_, o) in &graph.outputs {

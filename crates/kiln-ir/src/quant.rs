@@ -273,6 +273,47 @@ pub enum QuantError {
     NoQuantizer(QuantType),
 }
 
+/// Sub-block `g` (values `32 g .. 32 g + 32`) of a row of Q8_0, Q4_0 or Q4_K blocks, as the
+/// kernels that read blocks unpack it: `(scale, min, q)` with `q` the 32 stored integers (the
+/// i8 bits for Q8_0, the 4-bit values for Q4_0 and Q4_K, in value order), such that ggml's
+/// dequantization of value `j` is, in f32:
+/// Q8_0 `(q[j] as i8) as f32 * scale`; Q4_0 `(q[j] as i32 - 8) as f32 * scale`;
+/// Q4_K `scale * q[j] as f32 - min` (its `d * sc` and `dmin * m`, computed here as ggml does).
+/// `None` for another type or a sub-block past the row.
+pub fn sub_block(ty: QuantType, row: &[u8], g: usize) -> Option<(f32, f32, [u8; 32])> {
+    let mut q = [0u8; 32];
+    match ty {
+        QuantType::Q8_0 | QuantType::Q4_0 => {
+            let b = row.get(g * ty.block_bytes()..(g + 1) * ty.block_bytes())?;
+            if ty == QuantType::Q8_0 {
+                q.copy_from_slice(&b[2..34]);
+            } else {
+                for (j, &v) in b[2..18].iter().enumerate() {
+                    q[j] = v & 0x0F;
+                    q[j + 16] = v >> 4;
+                }
+            }
+            Some((f16_at(b, 0), 0.0, q))
+        }
+        QuantType::Q4_K => {
+            let b = row.get((g / 8) * 144..(g / 8 + 1) * 144)?;
+            let j = g % 8;
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (sc, m) = scale_min_k4(j, &b[4..16]);
+            let bytes = &b[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+            for (l, &v) in bytes.iter().enumerate() {
+                q[l] = if j.is_multiple_of(2) {
+                    v & 0x0F
+                } else {
+                    v >> 4
+                };
+            }
+            Some((d * sc as f32, dmin * m as f32, q))
+        }
+        _ => None,
+    }
+}
+
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }

@@ -19,7 +19,7 @@ impl std::fmt::Debug for Tensor {
 
 impl Tensor {
     pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
-        let len = shape.iter().product::<usize>() * dtype.size_bytes();
+        let len = dtype.storage_bytes(shape.iter().product::<usize>());
         Tensor {
             dtype,
             shape: shape.to_vec(),
@@ -58,6 +58,26 @@ impl Tensor {
     pub fn from_i32(shape: &[usize], values: &[i32]) -> Tensor {
         let v: Vec<f64> = values.iter().map(|&x| x as f64).collect();
         Tensor::from_f64(DType::I32, shape, &v)
+    }
+
+    /// `values` quantized to the block-quantized `dtype` with ggml's reference quantizer
+    /// (`kiln_ir::quant`); the last dimension must be whole blocks.
+    pub fn quantize(
+        dtype: DType,
+        shape: &[usize],
+        values: &[f32],
+    ) -> Result<Tensor, crate::quant::QuantError> {
+        let q = dtype
+            .quant()
+            .unwrap_or_else(|| panic!("Tensor::quantize to {dtype}, which is not quantized"));
+        assert_eq!(
+            values.len(),
+            shape.iter().product::<usize>(),
+            "value count does not match shape {shape:?}"
+        );
+        let mut t = Tensor::zeros(dtype, shape);
+        q.quantize_row(values, t.bytes_mut())?;
+        Ok(t)
     }
 
     /// From raw little-endian bytes of `dtype`.
@@ -112,7 +132,14 @@ impl Tensor {
     }
 
     /// Every value widened to f64, whatever the dtype.
+    /// Block-quantized values are their ggml dequantization to f32.
     pub fn to_f64_vec(&self) -> Vec<f64> {
+        if let Some(q) = self.dtype.quant() {
+            let mut v = vec![0f32; self.numel()];
+            q.dequantize_row(self.bytes(), &mut v)
+                .expect("a tensor holds whole blocks of its values");
+            return v.into_iter().map(f64::from).collect();
+        }
         let sz = self.dtype.size_bytes();
         self.bytes()
             .chunks_exact(sz)
@@ -124,6 +151,11 @@ impl Tensor {
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype {
             return self.clone();
+        }
+        if dtype.is_quantized() {
+            let v: Vec<f32> = self.to_f64_vec().into_iter().map(|x| x as f32).collect();
+            return Tensor::quantize(dtype, &self.shape, &v)
+                .unwrap_or_else(|e| panic!("{dtype} of a {:?} tensor: {e}", self.shape));
         }
         Tensor::from_f64(dtype, &self.shape, &self.to_f64_vec())
     }

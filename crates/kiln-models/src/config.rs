@@ -52,6 +52,10 @@ pub struct QwenConfig {
     pub eos_token_ids: Vec<u32>,
     /// How the matrix weights are held: bf16 when the checkpoint says `bfloat16`, else f32.
     pub weight_dtype: WeightDtype,
+    /// Weights (graph names, fused projections included) a GGUF file holds in blocks kiln's
+    /// kernels read, which stay quantized in memory whatever `weight_dtype` says; empty for
+    /// every other source and when `--weight-dtype` is given.
+    pub file_quant: std::collections::BTreeMap<String, kiln_ir::DType>,
 }
 
 /// Activations `transformers` maps to SiLU (`ACT2FN` in `activations.py`: both are
@@ -315,6 +319,7 @@ impl QwenConfig {
             bos_token_id: keys.ids("bos_token_id")?.first().copied(),
             eos_token_ids: keys.ids("eos_token_id")?,
             weight_dtype: weight_dtype(&keys)?,
+            file_quant: Default::default(),
         };
         // Special token ids name rows of the embedding: one past the vocabulary is no token.
         check_special_ids(&keys, c.vocab_size)?;
@@ -362,10 +367,37 @@ impl QwenConfig {
         self.arch == Arch::Qwen3 && self.attention_bias
     }
 
-    /// Bytes of weights in memory: matrices in `weight_dtype`, vectors in f32 (saturating: a
+    /// Bytes of weights in memory: matrices in `weight_dtype` (or a GGUF file's blocks, see
+    /// `file_quant`), vectors in f32 (saturating: a
     /// config claiming absurd sizes gives a huge number, never an overflow).
     pub fn weight_bytes(&self) -> u64 {
-        let matrix = self.weight_dtype.dtype().size_bytes() as u64;
+        if !self.file_quant.is_empty() {
+            // A GGUF file's weights, some kept in its blocks: tensor by tensor (the file holds
+            // every one of them, so the count is bounded by the file).
+            return crate::model::weights(self)
+                .map(|(name, shape)| {
+                    let d = match self.file_quant.get(&name) {
+                        Some(&d) => d,
+                        None => crate::model::weight_dtype(&name, &shape, self.weight_dtype),
+                    };
+                    d.storage_bytes(shape.iter().product()) as u64
+                })
+                .sum::<u64>()
+                + self
+                    .file_quant
+                    .get(crate::model::QUANTIZED_TIED_HEAD)
+                    .filter(|_| self.tie_word_embeddings)
+                    .map_or(0, |d| {
+                        d.storage_bytes(self.vocab_size * self.hidden_size) as u64
+                    });
+        }
+        // Bytes of `n` matrix values in `d` (whole blocks for the quantized types).
+        let bytes = |n: u64, d: kiln_ir::DType| {
+            let be = d.block_elems() as u64;
+            n.div_ceil(be)
+                .saturating_mul(d.storage_bytes(d.block_elems()) as u64)
+        };
+        let (matrix, table) = (self.weight_dtype.dtype(), self.weight_dtype.table_dtype());
         let (h, i, d) = (
             self.hidden_size as u64,
             self.intermediate_size as u64,
@@ -380,10 +412,15 @@ impl QwenConfig {
         let layer_matrices =
             m(m(h, d), m(nh, 2).saturating_add(m(kv, 2))).saturating_add(m(m(h, i), 3));
         let layer_vectors = self.layer_vector_params();
-        let per_layer = m(layer_matrices, matrix).saturating_add(m(layer_vectors, 4));
-        let embed = m(m(v, h), if self.tie_word_embeddings { 1 } else { 2 });
+        let per_layer = bytes(layer_matrices, matrix).saturating_add(m(layer_vectors, 4));
+        let head = if self.tie_word_embeddings && !matrix.is_quantized() {
+            0
+        } else {
+            bytes(m(v, h), matrix)
+        };
         m(per_layer, self.num_layers as u64)
-            .saturating_add(m(embed, matrix))
+            .saturating_add(bytes(m(v, h), table))
+            .saturating_add(head)
             .saturating_add(m(h, 4))
     }
 

@@ -28,29 +28,78 @@ pub struct GraphOptions {
     pub hidden_states: bool,
 }
 
-/// See [`GraphOptions::weight_dtype`].
+/// See [`GraphOptions::weight_dtype`]. The quantized ones (GGML's Q8_0, Q4_0, Q4_K blocks)
+/// hold the matrices of the linear layers quantized with ggml's reference quantizer at load;
+/// the embedding table, which is gathered rather than multiplied, stays f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum WeightDtype {
     #[default]
     F32,
     BF16,
+    Q8_0,
+    Q4_0,
+    Q4_K,
 }
 
 impl WeightDtype {
+    /// Every weight dtype, as `--weight-dtype` spells them ([`WeightDtype::name`]).
+    pub const ALL: [WeightDtype; 5] = [
+        WeightDtype::F32,
+        WeightDtype::BF16,
+        WeightDtype::Q8_0,
+        WeightDtype::Q4_0,
+        WeightDtype::Q4_K,
+    ];
+
+    /// The dtype of the matrices read by matrix products.
     pub fn dtype(self) -> DType {
         match self {
             WeightDtype::F32 => DType::F32,
             WeightDtype::BF16 => DType::BF16,
+            WeightDtype::Q8_0 => DType::Q8_0,
+            WeightDtype::Q4_0 => DType::Q4_0,
+            WeightDtype::Q4_K => DType::Q4_K,
         }
+    }
+
+    /// The dtype of matrices read otherwise (the embedding table's gather): f32 for the
+    /// quantized types.
+    pub fn table_dtype(self) -> DType {
+        match self {
+            WeightDtype::BF16 => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.dtype().name()
+    }
+
+    /// Parses [`WeightDtype::name`] (any case).
+    pub fn parse(s: &str) -> Option<WeightDtype> {
+        WeightDtype::ALL
+            .into_iter()
+            .find(|w| w.name().eq_ignore_ascii_case(s))
     }
 }
 
-/// The dtype a weight is held in: matrices in `w`, vectors (norms, biases) in f32.
-pub fn weight_dtype(shape: &[usize], w: WeightDtype) -> DType {
-    if shape.len() == 2 {
-        w.dtype()
-    } else {
+/// With quantized weights and a tied embedding, the LM head reads this input: the embedding
+/// table quantized at load ([`quantized_tied_head`]).
+pub const QUANTIZED_TIED_HEAD: &str = "lm_head.weight";
+
+/// The weight read by gathers, not products: it is never quantized.
+pub const EMBEDDING: &str = "model.embed_tokens.weight";
+
+/// The dtype weight `name` is held in: the embedding table in `w`'s table dtype, other
+/// matrices in `w`, vectors (norms, biases) in f32.
+pub fn weight_dtype(name: &str, shape: &[usize], w: WeightDtype) -> DType {
+    if shape.len() != 2 {
         DType::F32
+    } else if name == EMBEDDING {
+        w.table_dtype()
+    } else {
+        w.dtype()
     }
 }
 
@@ -112,7 +161,7 @@ fn layer_weights(c: &QwenConfig, l: usize) -> Vec<(String, Vec<usize>)> {
 
 /// The fused projections: for each (fused name, parts) the parts are concatenated along the
 /// output dimension (rows of the `[out, in]` weights, elements of the biases), in order.
-fn fused_projections(c: &QwenConfig) -> Vec<(String, Vec<String>)> {
+pub(crate) fn fused_projections(c: &QwenConfig) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     for l in 0..c.num_layers {
         let attn = format!("model.layers.{l}.self_attn");
@@ -198,7 +247,12 @@ impl Builder<'_> {
             return Ok(id);
         }
         let dims: Vec<Expr> = shape.iter().map(|&d| Expr::from(d)).collect();
-        self.g.input(name, weight_dtype(shape, self.weights), &dims)
+        // A weight a GGUF file holds in blocks kiln's kernels read stays in them.
+        let dtype = match self.c.file_quant.get(name) {
+            Some(&d) => d,
+            None => weight_dtype(name, shape, self.weights),
+        };
+        self.g.input(name, dtype, &dims)
     }
 
     /// y = x W^T (+ b), x: [s, in], W: [out, in].
@@ -331,7 +385,7 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     let (s, p) = (Expr::sym("s"), Expr::sym("p"));
     let h = c.hidden_size;
     let ids = b.g.input("ids", DType::I32, std::slice::from_ref(&s))?;
-    let embed = b.weight("model.embed_tokens.weight", &[c.vocab_size, h])?;
+    let embed = b.weight(EMBEDDING, &[c.vocab_size, h])?;
     let x = b.g.gather(embed, ids)?;
     let mut x = b.g.cast(x, DType::F32);
     if opts.hidden_states {
@@ -373,7 +427,10 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     } else {
         b.g.slice(x, 0, s.clone().sub(1), s)?
     };
-    let head = if c.tie_word_embeddings {
+    // A tied head with quantized weights reads its own quantized copy of the table
+    // (`QUANTIZED_TIED_HEAD`, made at load), as llama.cpp does: the products stream blocks.
+    let own_head = weights.dtype().is_quantized() || c.file_quant.contains_key(QUANTIZED_TIED_HEAD);
+    let head = if c.tie_word_embeddings && !own_head {
         embed
     } else {
         b.weight("lm_head.weight", &[c.vocab_size, h])?
@@ -476,7 +533,9 @@ pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> 
     let x = b.rms_norm(x, "model.norm.weight", h)?;
     let rows = b.g.input("rows", DType::I32, &[Expr::sym("k")])?;
     let x = b.g.gather(x, rows)?;
-    let head = if c.tie_word_embeddings {
+    // As in [`build_graph`]: a tied head with quantized weights reads its own quantized copy.
+    let own_head = weights.dtype().is_quantized() || c.file_quant.contains_key(QUANTIZED_TIED_HEAD);
+    let head = if c.tie_word_embeddings && !own_head {
         embed
     } else {
         b.weight("lm_head.weight", &[c.vocab_size, h])?
@@ -485,4 +544,21 @@ pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> 
     let logits = b.g.matmul(x, ht)?;
     b.g.output("logits", logits);
     Ok(b.g)
+}
+
+/// The quantized copy of a tied embedding table the LM head reads when the weights are
+/// quantized (`None` when the graph reads the table itself).
+pub fn quantized_tied_head(
+    c: &QwenConfig,
+    w: WeightDtype,
+    weights: &std::collections::BTreeMap<String, kiln_ir::Tensor>,
+) -> Option<(String, kiln_ir::Tensor)> {
+    if !(c.tie_word_embeddings && w.dtype().is_quantized()) {
+        return None;
+    }
+    let table = weights.get(EMBEDDING)?.to_dtype(DType::F32);
+    Some((
+        QUANTIZED_TIED_HEAD.to_string(),
+        crate::weights::quantize_parallel(&table, w.dtype()),
+    ))
 }

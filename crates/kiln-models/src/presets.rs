@@ -129,5 +129,6 @@ pub fn preset(name: &str) -> Option<QwenConfig> {
         eos_token_ids: vec![151645, 151643],
         // Qwen checkpoints are published in bf16.
         weight_dtype: crate::model::WeightDtype::BF16,
+        file_quant: Default::default(),
     })
 }

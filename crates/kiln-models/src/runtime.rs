@@ -2,7 +2,7 @@
 
 use crate::config::QwenConfig;
 use crate::gguf::qwen::GgufCheckpoint;
-use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions};
+use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions, WeightDtype};
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
@@ -209,7 +209,13 @@ pub(crate) fn load_executable(
             (config, Some(WeightFiles::Gguf(c)))
         }
     };
+    let mut config = config;
+    if opts.graph.weight_dtype.is_some() {
+        // --weight-dtype decides every weight, a GGUF file's blocks included.
+        config.file_quant.clear();
+    }
     let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
+    check_quantizable(&config, w)?;
     // Weights pass through host memory on their way to any device.
     let bytes = config.weight_bytes();
     if let Some(avail) = available_memory_bytes() {
@@ -228,7 +234,7 @@ pub(crate) fn load_executable(
         let w = s.spawn(|| match &checkpoint {
             None => Ok(random_weights(&shapes, opts.seed, w)),
             Some(WeightFiles::Safetensors(c)) => c.load(&shapes, w),
-            Some(WeightFiles::Gguf(c)) => c.load(&shapes, w),
+            Some(WeightFiles::Gguf(c)) => c.load(&shapes, w, &config.file_quant),
         });
         let c = build(&config, opts.graph)
             .map_err(ModelError::from)
@@ -241,6 +247,15 @@ pub(crate) fn load_executable(
     let (mut exe, report) = compiled?;
     let mut weights = weights?;
     fuse_projections(&config, &mut weights)?;
+    if let Some((name, head)) =
+        crate::model::quantized_tied_head(&config, w, &weights).filter(|_| {
+            !config
+                .file_quant
+                .contains_key(crate::model::QUANTIZED_TIED_HEAD)
+        })
+    {
+        weights.insert(name, head);
+    }
     for (name, t) in weights {
         exe.set_param(&name, t)?;
     }
@@ -497,4 +512,24 @@ impl Model {
         g.decode_ms = t.elapsed().as_secs_f64() * 1e3;
         Ok(g)
     }
+}
+
+/// Whether the linear layers' weights of `c` can be held in `w`'s blocks: every product's
+/// depth (the hidden size, the heads' width, the MLP's width) a whole number of blocks.
+fn check_quantizable(c: &QwenConfig, w: WeightDtype) -> Result<(), ModelError> {
+    let be = w.dtype().block_elems();
+    let depths = [
+        ("hidden_size", c.hidden_size),
+        ("num_attention_heads * head_dim", c.num_heads * c.head_dim),
+        ("intermediate_size", c.intermediate_size),
+    ];
+    for (what, k) in depths {
+        if k % be != 0 {
+            return Err(ModelError::Input(format!(
+                "weight dtype {} holds rows of {be}-value blocks, but the model's {what} is {k}",
+                w.name()
+            )));
+        }
+    }
+    Ok(())
 }

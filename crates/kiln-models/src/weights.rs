@@ -31,7 +31,12 @@ pub(crate) fn load_weights(
 ) -> Result<BTreeMap<String, Tensor>, ModelError> {
     wanted
         .par_iter()
-        .map(|(name, shape)| Ok((name.clone(), tensor(name, shape, weight_dtype(shape, w))?)))
+        .map(|(name, shape)| {
+            Ok((
+                name.clone(),
+                tensor(name, shape, weight_dtype(name, shape, w))?,
+            ))
+        })
         .collect()
 }
 
@@ -304,10 +309,10 @@ impl Checkpoint {
                 .for_each(|(d, c)| *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
             _ => unreachable!("check_info admits F32, F16 and BF16 only"),
         }
-        Ok(if want == DType::F32 {
-            out
-        } else {
-            out.to_dtype(want)
+        Ok(match want {
+            DType::F32 => out,
+            q if q.is_quantized() => quantize_parallel(&out, q),
+            _ => out.to_dtype(want),
         })
     }
 }
@@ -457,17 +462,34 @@ pub fn random_weights(
                         *v = center + (u * 2.0 - 1.0) * half_width;
                     }
                 });
-            let want = weight_dtype(shape, w);
+            let want = weight_dtype(name, shape, w);
             (
                 name.clone(),
-                if want == DType::F32 {
-                    t
-                } else {
-                    to_bf16_parallel(&t)
+                match want {
+                    DType::F32 => t,
+                    DType::BF16 => to_bf16_parallel(&t),
+                    q => quantize_parallel(&t, q),
                 },
             )
         })
         .collect()
+}
+
+/// f32 -> a block-quantized dtype with ggml's reference quantizer, rows in parallel (the
+/// graph checks that rows are whole blocks before a weight is made).
+pub fn quantize_parallel(t: &Tensor, dtype: DType) -> Tensor {
+    let q = dtype.quant().expect("a quantized dtype");
+    let row = *t.shape().last().expect("a matrix");
+    let mut out = Tensor::zeros(dtype, t.shape());
+    let row_bytes = row / q.block_elems() * q.block_bytes();
+    out.bytes_mut()
+        .par_chunks_mut(row_bytes)
+        .zip(t.as_f32().par_chunks(row))
+        .for_each(|(b, x)| {
+            q.quantize_row(x, b)
+                .expect("rows of whole blocks (checked by the graph)")
+        });
+    out
 }
 
 /// f32 -> bf16 (round to nearest even), in parallel: presets hold billions of values.

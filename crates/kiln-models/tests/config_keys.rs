@@ -421,9 +421,9 @@ fn weight_bytes_and_params_agree_with_the_weight_list() {
             .sum();
         let bytes: u64 = shapes
             .iter()
-            .map(|(_, s)| {
-                s.iter().product::<usize>() as u64
-                    * kiln_models::model::weight_dtype(s, c.weight_dtype).size_bytes() as u64
+            .map(|(name, s)| {
+                kiln_models::model::weight_dtype(name, s, c.weight_dtype)
+                    .storage_bytes(s.iter().product::<usize>()) as u64
             })
             .sum();
         assert_eq!(c.num_params(), params, "{c:?}");

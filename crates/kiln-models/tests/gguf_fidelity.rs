@@ -4,7 +4,9 @@
 //! 1e-4 of it. 1e-4 is the tolerance of the safetensors fixtures: phase 1 dequantizes the
 //! weights to f32 at load (bf16 files stay bf16, widened exactly in the kernels), so kiln
 //! computes the reference's function in f32, and the only difference left is f32 rounding,
-//! as for an f32 checkpoint. The F32 and BF16 files of tiny-qwen3 also give bit-identical
+//! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0 and Q4_K linear weights quantized and
+//! dequantizes them inside the kernels, to the same f32 values ggml's dequantization gives
+//! (bit for bit: crates/kiln-cpu/tests/gemm_quant.rs), so the same tolerance holds. The F32 and BF16 files of tiny-qwen3 also give bit-identical
 //! logits to the safetensors fixtures they were written from.
 
 use kiln_compile::CompileOptions;
@@ -101,6 +103,14 @@ fn every_fixture_file_matches_its_numpy_reference() {
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let mut model = load(&ModelSource::Gguf(file.clone()));
+        // Q8_0, Q4_0 and Q4_K linear weights stay quantized: the kernels read the blocks.
+        let kept: Vec<&str> = model.config.file_quant.values().map(|d| d.name()).collect();
+        // (Q4_K rows are 256-value super-blocks: tiny-qwen3's 64-wide rows are dequantized.)
+        for (ty, dtype) in [("Q8_0", "q8_0"), ("Q4_0", "q4_0"), ("Q4_K", "q4_k")] {
+            if name.contains(&format!("-{ty}")) && (ty != "Q4_K" || name.starts_with("qwen3-256")) {
+                assert!(kept.contains(&dtype), "{name}: kept quantized {kept:?}");
+            }
+        }
         let mut file_worst = 0.0f32;
         for (p, r) in references(file) {
             let g = model
@@ -163,7 +173,10 @@ fn configs_from_gguf_metadata_equal_config_json() {
         ("qwen3-256", "qwen3-256-Q4_K_M.gguf"),
     ] {
         let dir = kiln_models::testing::gguf_fixtures().join(dir);
-        let from_gguf = ModelSource::Gguf(dir.join(file)).config().unwrap();
+        let mut from_gguf = ModelSource::Gguf(dir.join(file)).config().unwrap();
+        // Which weights stay in the file's blocks is the GGUF's own (config.json has none).
+        assert!(!from_gguf.file_quant.is_empty(), "{file}");
+        from_gguf.file_quant.clear();
         let from_json = QwenConfig::from_file(&dir.join("config.json")).unwrap();
         assert_eq!(from_gguf, from_json, "{file}");
     }
@@ -204,4 +217,55 @@ fn weight_dtype_bf16_rounds_decoded_weights_to_bf16() {
         .unwrap();
     let d = max_abs_diff(&g.step_logits[0], &r.step_logits[0]);
     assert!(d > 1e-4 && d < 0.1, "bf16 weights: logits differ by {d}");
+}
+
+/// `--weight-dtype q8_0|q4_0|q4_k` quantizes at load with kiln's reference quantizers (and a
+/// tied LM head reads a quantized copy of the table). Given a file already in that type, the
+/// loader dequantizes its blocks and quantizes them again, which gives back the file's
+/// blocks; so the tokens and logits must be the file's NumPy reference's, within the same
+/// 1e-4: a test of the whole quantize-at-load path against a reference kiln did not compute.
+#[test]
+fn weight_dtype_quantizes_at_load_as_ggml_does() {
+    use kiln_models::WeightDtype;
+    let root = kiln_models::testing::gguf_fixtures();
+    for (file, w) in [
+        ("tiny-qwen3/tiny-qwen3-Q8_0.gguf", WeightDtype::Q8_0),
+        ("tiny-qwen2/tiny-qwen2-Q8_0.gguf", WeightDtype::Q8_0),
+        ("tiny-qwen3/tiny-qwen3-Q4_0.gguf", WeightDtype::Q4_0),
+        // Not Q4_K: llama.cpp's Q4_K files hold some tensors in other types (Q6_K), which a
+        // Q4_K quantizer cannot give back, and K-quant scales are searched, not computed, so
+        // quantizing dequantized blocks again need not return them. kiln's Q4_K quantizer
+        // gives llama.cpp's bytes (kiln-ir's quant tests, tests/gguf/quant-source.safetensors).
+    ] {
+        let path = root.join(file);
+        let cpu = cpu();
+        let opts = LoadOptions {
+            compile: CompileOptions {
+                threads: 2,
+                cache: cache(),
+                ..Default::default()
+            },
+            graph: GraphOptions {
+                weight_dtype: Some(w),
+                ..Default::default()
+            },
+            ..LoadOptions::new(&cpu)
+        };
+        let mut model = Model::load(&ModelSource::Gguf(path.clone()), &opts)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(model.config.file_quant.is_empty(), "{file}");
+        for (p, r) in references(&path) {
+            let g = model
+                .generate(&r.prompt, r.greedy.len(), &Sampling::default(), &[], |_| {})
+                .unwrap();
+            assert_eq!(g.generated_ids, r.greedy, "{file} {p}: greedy ids");
+            for (k, (got, want)) in g.step_logits.iter().zip(&r.step_logits).enumerate() {
+                let d = max_abs_diff(got, want);
+                assert!(
+                    d <= 1e-4,
+                    "{file} {p} ({w:?}): step {k} logits differ by {d}"
+                );
+            }
+        }
+    }
 }

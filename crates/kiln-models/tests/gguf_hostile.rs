@@ -76,8 +76,8 @@ fn exercise(path: &Path) -> Result<(), ModelError> {
     let tok = from_gguf(ck.file());
     let c = ck.config()?;
     ck.check(&c)?;
-    ck.load(&weight_shapes(&c), WeightDtype::F32)?;
-    ck.load(&weight_shapes(&c), WeightDtype::BF16)?;
+    ck.load(&weight_shapes(&c), WeightDtype::F32, &c.file_quant)?;
+    ck.load(&weight_shapes(&c), WeightDtype::BF16, &Default::default())?;
     tok.map(|_| ())
 }
 

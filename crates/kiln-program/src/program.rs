@@ -17,7 +17,7 @@ pub struct Buffer {
 
 impl Buffer {
     pub fn bytes(&self) -> Expr {
-        numel(&self.shape).mul(self.dtype.size_bytes() as i64)
+        self.dtype.storage_bytes_expr(numel(&self.shape))
     }
 }
 

@@ -57,12 +57,15 @@ impl Dialect for CStyle {
             DType::F16 | DType::BF16 => "uint16_t",
             DType::I32 => "int32_t",
             DType::Bool => "uint8_t",
+            // Blocks, read by the matmul kernels that know their layout.
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => "uint8_t",
         }
     }
 
     fn compute_type(&self, d: DType) -> &'static str {
         match d {
             DType::F32 | DType::F16 | DType::BF16 => "float",
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => "float",
             DType::I32 => "int32_t",
             DType::Bool => "int",
         }

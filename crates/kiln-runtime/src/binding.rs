@@ -60,7 +60,7 @@ pub fn output_layouts<'p>(
                 .iter()
                 .map(|d| d.eval(b).map(|v| v.max(0) as usize))
                 .collect::<Result<_, _>>()?;
-            let bytes = shape.iter().product::<usize>() * info.dtype.size_bytes();
+            let bytes = info.dtype.storage_bytes(shape.iter().product::<usize>());
             Ok(OutputLayout {
                 name,
                 buffer: *buf,

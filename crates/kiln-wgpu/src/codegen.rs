@@ -210,6 +210,11 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
                 "let w = {};\n    return i32((w >> (u32(i & 3i) * 8u)) & 0xffu);",
                 at("i >> 2u")
             ),
+            // Never rendered: the backend does not take block-quantized weights
+            // (`Backend::supports_weight_dtype`), so the compile stops before codegen.
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => {
+                format!("{CANNOT_COMPILE}block-quantized {dt} weights are not supported by wgpu")
+            }
         };
         emit!(s, "fn ld_{name}(i: i32) -> {ty} {{\n    {body}\n}}");
     }

@@ -36,12 +36,15 @@ impl Dialect for Wgsl {
             DType::I32 => "i32",
             // Packed: two f16/bf16 or four bools per word.
             DType::F16 | DType::BF16 | DType::Bool => "u32",
+            // Blocks in words; kiln-wgpu refuses kernels that read them (lib.rs).
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => "u32",
         }
     }
 
     fn compute_type(&self, d: DType) -> &'static str {
         match d {
             DType::F32 | DType::F16 | DType::BF16 => "f32",
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => "f32",
             DType::I32 | DType::Bool => "i32",
         }
     }

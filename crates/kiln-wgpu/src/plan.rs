@@ -244,7 +244,7 @@ impl KernelPlan {
             hi = hi.max(interval(e, b, &vars)?.hi);
         }
         let elems = (hi + 1).max(0) as u64;
-        Some((elems * self.dtypes[i].size_bytes() as u64).next_multiple_of(4))
+        Some((self.dtypes[i].storage_bytes(elems as usize) as u64).next_multiple_of(4))
     }
 
     fn var_ranges(&self, b: &Bindings) -> BTreeMap<u32, Option<Interval>> {

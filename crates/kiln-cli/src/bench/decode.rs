@@ -21,10 +21,7 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let weight_dtype = a.weight_dtype.as_deref().map(|d| match d {
-        "f32" => kiln_models::WeightDtype::F32,
-        _ => kiln_models::WeightDtype::BF16,
-    });
+    let weight_dtype = a.weight_dtype;
     let mut opts = LoadOptions {
         compile: kiln_compile::CompileOptions {
             threads,
@@ -58,7 +55,14 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
     let c = &c;
     // Bytes a decode step must read: every weight, and the KV cache (f32) at the mean
     // position of the generated tokens.
-    let weight_bytes = c.weight_bytes() as f64;
+    // With quantized weights the LM head has its own blocks, and the f32 embedding table is
+    // only gathered from (one row per token): it is not streamed.
+    let table = if c.weight_dtype.dtype().is_quantized() {
+        (c.vocab_size * c.hidden_size * 4) as f64
+    } else {
+        0.0
+    };
+    let weight_bytes = c.weight_bytes() as f64 - table;
     let mean_pos = a.prompt_len as f64 + g.generated_ids.len() as f64 / 2.0;
     let kv_bytes = (2 * c.num_layers * c.num_kv_heads * c.head_dim * 4) as f64 * mean_pos;
     let bound = bw / (weight_bytes + kv_bytes);
@@ -96,7 +100,7 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
         "fma_peak_gflops": peak, "prefill_pct_of_peak": peak.map(|p| 100.0 * prefill_gflops / p),
         "decode_tokens_per_s": decode,
         "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes, "kv_cache_bytes_read": kv_bytes,
-        "weight_dtype": format!("{:?}", c.weight_dtype), "params": c.num_params(),
+        "weight_dtype": c.weight_dtype.name(), "weight_format": weight_format(c), "params": c.num_params(),
         "bound_tokens_per_s": bound, "decode_pct_of_bound": 100.0 * decode / bound,
         "launches_per_token": step.launches, "bytes_written_per_token": step.bytes_written,
     });
@@ -115,4 +119,20 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
     );
     eprintln!("wrote {} and {}", jpath.display(), spath.display());
     Ok(())
+}
+
+/// The weights' format as held in memory: the weight dtype, and for a GGUF file the
+/// quantized types its linear layers stay in.
+fn weight_format(c: &kiln_models::QwenConfig) -> String {
+    let kept: std::collections::BTreeSet<&str> = c.file_quant.values().map(|d| d.name()).collect();
+    if kept.is_empty() {
+        c.weight_dtype.name().to_string()
+    } else {
+        let kept: Vec<&str> = kept.into_iter().collect();
+        format!(
+            "{} (linear layers in {} as the file stores them)",
+            c.weight_dtype.name(),
+            kept.join(", ")
+        )
+    }
 }

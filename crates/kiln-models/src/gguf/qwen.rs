@@ -212,7 +212,10 @@ impl GgufCheckpoint {
             } else {
                 WeightDtype::F32
             },
+            file_quant: BTreeMap::new(),
         };
+        let mut c = c;
+        c.file_quant = self.file_quant(&c);
         if c.weight_bytes() >= 1 << 62 {
             return Err(f.error(format!(
                 "the sizes describe {} parameters, more than any machine holds",
@@ -260,6 +263,53 @@ impl GgufCheckpoint {
         Ok((t, qt))
     }
 
+    /// The linear layers' weights whose blocks kiln's kernels read (Q8_0, Q4_0, Q4_K, rows of
+    /// whole blocks): they stay quantized in memory. Projections the graph reads fused
+    /// (q/k/v, gate/up) stay quantized only when all their parts have the same type (a Q4_K_M
+    /// file may hold attn_v in Q6_K beside Q4_K q and k); the rest are dequantized at load.
+    fn file_quant(&self, c: &QwenConfig) -> BTreeMap<String, DType> {
+        let mut keep = BTreeMap::new();
+        for (name, shape) in crate::model::weights(c) {
+            // A tensor missing or unreadable: `check` reports it. Stopping here also bounds
+            // the work by the file's tensors, whatever layer count the metadata claims.
+            let Ok((_, qt)) = self.find(&name, &shape) else {
+                return BTreeMap::new();
+            };
+            if shape.len() != 2 || name == crate::model::EMBEDDING {
+                continue;
+            }
+            if let Some(d) = DType::from_quant(qt) {
+                if shape[1] % d.block_elems() == 0 {
+                    keep.insert(name, d);
+                }
+            }
+        }
+        // A tied LM head reads the table's blocks where the kernels read them (as llama.cpp
+        // does); the gather reads the table dequantized.
+        if c.tie_word_embeddings {
+            let shape = [c.vocab_size, c.hidden_size];
+            if let Ok((_, qt)) = self.find(crate::model::EMBEDDING, &shape) {
+                if let Some(d) =
+                    DType::from_quant(qt).filter(|d| c.hidden_size.is_multiple_of(d.block_elems()))
+                {
+                    keep.insert(crate::model::QUANTIZED_TIED_HEAD.to_string(), d);
+                }
+            }
+        }
+        for (fused, parts) in crate::model::fused_projections(c) {
+            let dtypes: Vec<Option<DType>> = parts.iter().map(|p| keep.get(p).copied()).collect();
+            match dtypes[0] {
+                Some(d) if dtypes.iter().all(|x| *x == Some(d)) => {
+                    keep.insert(fused, d);
+                }
+                _ => parts.iter().for_each(|p| {
+                    keep.remove(p);
+                }),
+            }
+        }
+        keep
+    }
+
     /// Checks, from the tensor table alone, that every tensor config `c` needs is present
     /// with the shape it implies and a type kiln decodes.
     pub fn check(&self, c: &QwenConfig) -> Result<(), ModelError> {
@@ -271,29 +321,55 @@ impl GgufCheckpoint {
 
     /// Loads the named weights (Hugging Face names), in parallel: matrices in `w`, vectors in
     /// f32, each decoded from the file's type.
+    /// The weights in `keep` (`QwenConfig::file_quant`) keep the file's blocks.
     pub fn load(
         &self,
         wanted: &[(String, Vec<usize>)],
         w: WeightDtype,
+        keep: &BTreeMap<String, DType>,
     ) -> Result<BTreeMap<String, Tensor>, ModelError> {
-        load_weights(wanted, w, |name, shape, want| {
+        let mut out = load_weights(wanted, w, |name, shape, want| {
             let (t, qt) = self.find(name, shape)?;
-            self.decode(t, qt, shape, want)
-        })
+            self.decode(name, t, qt, shape, want, keep)
+        })?;
+        // A tied head (one the checkpoint does not list) reads the table's blocks as the file
+        // stores them (`file_quant`).
+        let tied = !wanted
+            .iter()
+            .any(|(n, _)| n == crate::model::QUANTIZED_TIED_HEAD);
+        if let Some(&d) = keep.get(crate::model::QUANTIZED_TIED_HEAD).filter(|_| tied) {
+            if let Some((_, shape)) = wanted.iter().find(|(n, _)| n == crate::model::EMBEDDING) {
+                let (t, _) = self.find(crate::model::EMBEDDING, shape)?;
+                let head = Tensor::from_bytes(d, shape, self.file.data(t));
+                out.insert(crate::model::QUANTIZED_TIED_HEAD.to_string(), head);
+            }
+        }
+        Ok(out)
     }
 
     /// A tensor's values in dtype `want` (f32 or bf16): bf16 bytes are kept as stored when
     /// bf16 is wanted, everything else is dequantized, rows in parallel.
     fn decode(
         &self,
+        name: &str,
         t: &TensorInfo,
         qt: QuantType,
         shape: &[usize],
         want: DType,
+        keep: &BTreeMap<String, DType>,
     ) -> Result<Tensor, ModelError> {
         let data = self.file.data(t);
         if want == DType::BF16 && qt == QuantType::BF16 {
             return Ok(Tensor::from_bytes(DType::BF16, shape, data));
+        }
+        // Blocks the kernels read stay as the file stores them (`QwenConfig::file_quant`).
+        if let Some(&d) = keep.get(name) {
+            return Ok(Tensor::from_bytes(d, shape, data));
+        }
+        if want.is_quantized() {
+            // --weight-dtype: dequantized, then quantized again with ggml's quantizer.
+            let f = self.decode(name, t, qt, shape, DType::F32, keep)?;
+            return Ok(crate::weights::quantize_parallel(&f, want));
         }
         let mut out = Tensor::zeros(want, shape);
         let row = t.ne[0] as usize;

@@ -1,0 +1,179 @@
+//! The block-quantized GEMM and GEMV (`c/gemm_quant.h`: Q8_0, Q4_0, Q4_K weights read as
+//! blocks inside the kernels) for each kernel ISA this machine runs (AVX2 with 16-column
+//! panels, AVX-512 with 32; the AVX-512 half says when it is skipped): against the interpreter
+//! (which dequantizes the weights to f32, the oracle), and bit for bit against the f32 kernels
+//! given the dequantized weights — every weight is dequantized exactly as ggml does and every
+//! product is the f32 path's FMA chain. Sizes off every block: rows around the GEMV limit and
+//! the micro-kernel's strips, a partial last panel, K past the 1024-deep k block, epilogue
+//! columns on and off a panel boundary; weights bound once (packed when bound) and passed per
+//! run (packed at launch); 1 vs 2 threads and a decode row against the same row of a prefill.
+mod common;
+use common::*;
+use kiln_compile::{CompileOptions, Target};
+use kiln_ir::{DType, Expr, Graph, Tensor};
+use std::collections::HashMap;
+
+/// `y = x @ W^T + r` and `h = silu(g) * u` with `[g | u] = x @ V^T` split at column `half`,
+/// W [n, k] and V [2 * half, k] in `dtype`.
+fn linear_graph(dtype: DType, n: i64, half: i64, k: i64) -> Graph {
+    let mut g = Graph::new();
+    let m = Expr::sym("m");
+    let x = g.input("x", DType::F32, &[m.clone(), k.into()]).unwrap();
+    let w = g.input("w", dtype, &[n.into(), k.into()]).unwrap();
+    let r = g.input("r", DType::F32, &[m.clone(), n.into()]).unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    let y = g.matmul(x, wt).unwrap();
+    let y = g.add(y, r).unwrap();
+    g.output("y", y);
+    let v = g.input("v", dtype, &[(2 * half).into(), k.into()]).unwrap();
+    let vt = g.transpose(v, 0, 1).unwrap();
+    let gu = g.matmul(x, vt).unwrap();
+    let gate = g.slice(gu, 1, 0, half).unwrap();
+    let up = g.slice(gu, 1, half, 2 * half).unwrap();
+    let act = g.silu(gate).unwrap();
+    let h = g.mul(act, up).unwrap();
+    g.output("h", h);
+    g
+}
+
+/// The weights quantized to `dtype` with ggml's reference quantizer.
+fn weights(dtype: DType, n: i64, half: i64, k: i64) -> Vec<(&'static str, Tensor)> {
+    let (n, half, k) = (n as usize, half as usize, k as usize);
+    let scale = |v: Vec<f32>| {
+        v.into_iter()
+            .map(|x| x / (k as f32).sqrt())
+            .collect::<Vec<_>>()
+    };
+    vec![
+        (
+            "w",
+            Tensor::quantize(dtype, &[n, k], &scale(values(n * k, 7))).unwrap(),
+        ),
+        (
+            "v",
+            Tensor::quantize(dtype, &[2 * half, k], &scale(values(2 * half * k, 8))).unwrap(),
+        ),
+    ]
+}
+
+fn activations(m: usize, n: i64, k: i64) -> Vec<(&'static str, Tensor)> {
+    let (n, k) = (n as usize, k as usize);
+    vec![
+        ("x", Tensor::from_f32(&[m, k], &values(m * k, m as u64))),
+        ("r", Tensor::from_f32(&[m, n], &values(m * n, 3))),
+    ]
+}
+
+/// Rows around the GEMV limit 4, MR = 6 and 12, and the 132-row block.
+const ROWS: [usize; 8] = [1, 2, 4, 5, 7, 13, 25, 133];
+
+fn load(g: &Graph, isa: Isa, threads: usize) -> Box<dyn Executable> {
+    backend(Some(isa))
+        .with_run_threads(threads)
+        .load(
+            g,
+            &CompileOptions {
+                threads: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("compile failed: {e}"))
+        .exe
+}
+
+fn check_sizes(dtype: DType, n: i64, half: i64, k: i64) {
+    for isa in isas() {
+        let g = linear_graph(dtype, n, half, k);
+        let q = weights(dtype, n, half, k);
+        let deq: Vec<(&str, Tensor)> = q
+            .iter()
+            .map(|(name, t)| (*name, t.to_dtype(DType::F32)))
+            .collect();
+        let mut bound = load(&g, isa, 2);
+        let mut one_thread = load(&g, isa, 1);
+        for (name, t) in &q {
+            bound.set_param(name, t.clone()).unwrap();
+            one_thread.set_param(name, t.clone()).unwrap();
+        }
+        let mut per_run = load(&g, isa, 2);
+        // The f32 kernels on the dequantized weights.
+        let mut f32s = load(&linear_graph(DType::F32, n, half, k), isa, 2);
+        for (name, t) in &deq {
+            f32s.set_param(name, t.clone()).unwrap();
+        }
+        let mut rows: HashMap<usize, HashMap<String, Tensor>> = HashMap::new();
+        for m in ROWS {
+            let act = activations(m, n, k);
+            let all: Vec<(&str, Tensor)> = act.iter().cloned().chain(q.clone()).collect();
+            let want = kiln_ir::interpret(&g, &inputs(&all), &Default::default()).unwrap();
+            let got = bound.run(&inputs(&act)).unwrap();
+            let again = per_run.run(&inputs(&all)).unwrap();
+            let single = one_thread.run(&inputs(&act)).unwrap();
+            let f32_got = f32s.run(&inputs(&act)).unwrap();
+            for name in ["y", "h"] {
+                let what = format!("{isa:?}: {dtype} n={n} half={half} k={k} m={m} {name}");
+                assert_close(&what, &got[name], &want[name], 1e-5, 1e-4);
+                assert_eq!(got[name], again[name], "{what}: bound vs per run");
+                assert_eq!(got[name], single[name], "{what}: 2 vs 1 threads");
+                assert_eq!(
+                    got[name], f32_got[name],
+                    "{what}: the f32 kernels on the dequantized weights"
+                );
+            }
+            rows.insert(m, got);
+        }
+        // Row 3 of the 133-row product (GEMM) equals the same row computed alone (GEMV).
+        let act = inputs(&activations(133, n, k));
+        let row = |t: &Tensor, i: usize, w: usize| t.as_f32()[i * w..(i + 1) * w].to_vec();
+        let x3 = Tensor::from_f32(&[1, k as usize], &row(&act["x"], 3, k as usize));
+        let r3 = Tensor::from_f32(&[1, n as usize], &row(&act["r"], 3, n as usize));
+        let alone = bound.run(&inputs(&[("x", x3), ("r", r3)])).unwrap();
+        assert_eq!(
+            alone["y"].as_f32(),
+            row(&rows[&133]["y"], 3, n as usize),
+            "{isa:?} {dtype}: decode row vs prefill row"
+        );
+    }
+}
+
+#[test]
+fn q8_0_weights_at_awkward_sizes() {
+    // half = 24: the up columns start mid-panel (scalar chains); k = 1056 > KC.
+    check_sizes(DType::Q8_0, 70, 24, 1056);
+    check_sizes(DType::Q8_0, 17, 16, 32);
+}
+
+#[test]
+fn q4_0_weights_at_awkward_sizes() {
+    check_sizes(DType::Q4_0, 70, 48, 1088);
+    check_sizes(DType::Q4_0, 1, 8, 64);
+}
+
+#[test]
+fn q4_k_weights_at_awkward_sizes() {
+    // Five super-blocks per row: across the k block.
+    check_sizes(DType::Q4_K, 70, 40, 1280);
+    check_sizes(DType::Q4_K, 33, 16, 256);
+}
+
+/// A quantized weight read other than as a product's `b` operand is refused by the graph.
+#[test]
+fn quantized_values_are_only_matmul_weights() {
+    let mut g = Graph::new();
+    let w = g.input("w", DType::Q8_0, &[4.into(), 32.into()]).unwrap();
+    let x = g.input("x", DType::F32, &[4.into(), 32.into()]).unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    let y = g.matmul(wt, x).unwrap_err();
+    assert!(y.to_string().contains("q8_0"), "{y}");
+    let err = g
+        .input("bad", DType::Q4_K, &[4.into(), 32.into()])
+        .unwrap_err();
+    assert!(err.to_string().contains("256-value blocks"), "{err}");
+    let s = g.sum(w, 1).unwrap();
+    g.output("s", s);
+    let err = backend(None)
+        .load(&g, &CompileOptions::default())
+        .err()
+        .expect("a sum of a quantized weight is refused");
+    assert!(err.to_string().contains("q8_0"), "{err}");
+}
