@@ -43,7 +43,6 @@ fn kill_listed(pids: &std::path::Path) {
 /// Defect 3: a compiler that leaves a detached child holding its output pipes must not keep
 /// kiln waiting past the compiler's own exit, nor past the time limit.
 #[test]
-#[ignore = "defect 28.3: fixed in part 2"]
 fn a_compiler_leaving_a_detached_child_does_not_hold_the_compile() {
     let c = Case::new();
     let pids = c.tmp.path().join("detached.pids");
@@ -82,7 +81,6 @@ fn a_compiler_leaving_a_detached_child_does_not_hold_the_compile() {
 
 /// Defect 3, the signal: SIGTERM while such a compile waits ends kiln within about a second.
 #[test]
-#[ignore = "defect 28.3: fixed in part 2"]
 fn sigterm_ends_a_compile_whose_compiler_left_a_detached_child() {
     let c = Case::new();
     let pids = c.tmp.path().join("detached.pids");
