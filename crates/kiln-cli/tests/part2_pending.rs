@@ -125,7 +125,6 @@ fn sigterm_ends_a_compile_whose_compiler_left_a_detached_child() {
 /// Defect 10: one invocation's compiler output is kept once per compile unit, capped, with
 /// control characters escaped — not copied into every failing kernel's error.
 #[test]
-#[ignore = "defect 28.10: fixed in part 2"]
 fn compiler_output_is_reported_once_capped_and_escaped() {
     let c = Case::new();
     // 2 MB of diagnostics and an ANSI colour sequence, then a failure.

@@ -170,6 +170,38 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, ChildError> {
     })
 }
 
+/// A compiler's diagnostics as a message may show them: decoded (bytes that are not UTF-8
+/// as U+FFFD), control characters other than newline and tab escaped (`\u{1b}`: an ESC
+/// sequence from a compiler that colours its output must not reach the user's terminal), and
+/// cut at [`OUTPUT_LIMIT`] bytes with a note of how much was cut. Output [`run`] captured was
+/// cut already (its note is left alone); a log that comes from elsewhere (NVRTC's) is cut here.
+pub fn diagnostics(bytes: &[u8]) -> String {
+    // Room for the note `run` adds after its OUTPUT_LIMIT bytes.
+    const NOTE_ROOM: usize = 256;
+    let text = String::from_utf8_lossy(bytes);
+    let (kept, cut) = if text.len() > OUTPUT_LIMIT + NOTE_ROOM {
+        let mut end = OUTPUT_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        (&text[..end], text.len() - end)
+    } else {
+        (&text[..], 0)
+    };
+    let mut out = String::with_capacity(kept.len());
+    for c in kept.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut > 0 {
+        out.push_str(&format!("\n[kiln: {cut} more bytes of output cut]\n"));
+    }
+    out
+}
+
 /// Blocks until process `pid` (a child of this process) has exited, without reaping it.
 fn wait_for_exit(pid: u32) -> io::Result<()> {
     loop {
@@ -486,6 +518,22 @@ mod tests {
                 .trim_start()
                 .starts_with('Z')
         })
+    }
+
+    #[test]
+    fn diagnostics_are_escaped_and_cut() {
+        let text = diagnostics(b"\x1b[31merror\x1b[0m: x\r\n\tnote\0\xff\n");
+        assert_eq!(
+            text,
+            "\\u{1b}[31merror\\u{1b}[0m: x\\r\n\tnote\\u{0}\u{fffd}\n"
+        );
+        let long = "é".repeat(OUTPUT_LIMIT);
+        let text = diagnostics(long.as_bytes());
+        assert!(text.len() < OUTPUT_LIMIT + 100, "{}", text.len());
+        assert!(text.ends_with(&format!(
+            "[kiln: {} more bytes of output cut]\n",
+            OUTPUT_LIMIT
+        )));
     }
 
     #[test]
