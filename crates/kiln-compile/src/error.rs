@@ -54,13 +54,26 @@ struct KernelFailures<'a>(&'a [KernelFailure]);
 impl fmt::Display for KernelFailures<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} kernel(s) failed to compile:", self.0.len())?;
+        // Kernels that failed with the same message — a unit's shared verdict, a compiler that
+        // says the same for each kernel — are listed together and the message shown once: one
+        // invocation's output is never repeated per kernel.
+        let mut groups: Vec<(String, Vec<&KernelFailure>)> = Vec::new();
         for k in self.0 {
-            write!(f, "  kernel {}", k.kernel)?;
-            if let Some(p) = &k.source_path {
-                write!(f, " (source: {})", p.display())?;
+            let msg = k.error.to_string();
+            match groups.iter_mut().find(|(m, _)| *m == msg) {
+                Some((_, kernels)) => kernels.push(k),
+                None => groups.push((msg, vec![k])),
             }
-            writeln!(f, ":")?;
-            for line in k.error.to_string().trim_end().lines() {
+        }
+        for (msg, kernels) in &groups {
+            for (i, k) in kernels.iter().enumerate() {
+                write!(f, "  kernel {}", k.kernel)?;
+                if let Some(p) = &k.source_path {
+                    write!(f, " (source: {})", p.display())?;
+                }
+                writeln!(f, "{}", if i + 1 == kernels.len() { ":" } else { "," })?;
+            }
+            for line in msg.trim_end().lines() {
                 writeln!(f, "    {line}")?;
             }
         }

@@ -209,7 +209,7 @@ impl CCompiler {
                 "C compiler `{}` ({}) failed on --version: {}",
                 real.join(" "),
                 self.origin,
-                String::from_utf8_lossy(&out.stderr).trim()
+                process::diagnostics(&out.stderr).trim()
             )));
         }
         let version = String::from_utf8_lossy(&out.stdout)
@@ -279,7 +279,7 @@ impl CCompiler {
             e => BackendError::from(e),
         })?;
         if !out.status.success() {
-            let mut msg = String::from_utf8_lossy(&out.stderr).to_string();
+            let mut msg = process::diagnostics(&out.stderr);
             if msg.trim().is_empty() {
                 msg = format!("C compiler `{shown}` exited with {}", out.status);
             }

@@ -195,9 +195,7 @@ impl Backend for EmulatedCuda {
             .args(["kernels.cpp", "runtime.cpp"]);
         let out = run_cxx(&mut cmd, &cxx, self.timeout)?;
         if !out.status.success() {
-            return Err(BackendError::Rejected(
-                String::from_utf8_lossy(&out.stderr).to_string(),
-            ));
+            return Err(BackendError::Rejected(process::diagnostics(&out.stderr)));
         }
         std::fs::read(dir.path().join("emulated.so"))
             .map_err(|e| BackendError::io("CUDA emulator: reading the compiled kernels", e))

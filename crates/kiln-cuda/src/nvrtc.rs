@@ -253,7 +253,8 @@ fn log(prog: sys::nvrtcProgram) -> Option<String> {
         .map(|&c| c as u8)
         .take_while(|&b| b != 0)
         .collect();
-    Some(String::from_utf8_lossy(&bytes).to_string())
+    // Escaped and cut like an external compiler's output.
+    Some(kiln_process::diagnostics(&bytes))
 }
 
 fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, BackendError> {

@@ -62,11 +62,13 @@ pub fn cores() -> usize {
 pub enum ChildError {
     /// It could not be started (not found, not executable).
     Spawn(io::Error),
+    /// The files that take its output could not be made or read.
+    Capture(io::Error),
     /// It ran past the limit; its process group was killed.
     Timeout(Duration),
     /// The program was interrupted; its process group was killed.
     Interrupted,
-    /// Waiting for it or reading its output failed.
+    /// Waiting for it failed.
     Wait(io::Error),
 }
 
@@ -74,6 +76,7 @@ impl From<ChildError> for BackendError {
     fn from(e: ChildError) -> Self {
         match e {
             ChildError::Spawn(e) => BackendError::io("cannot start the compiler", e),
+            ChildError::Capture(e) => BackendError::io("cannot keep the compiler's output", e),
             ChildError::Timeout(limit) => BackendError::Timeout(limit),
             ChildError::Interrupted => BackendError::Interrupted,
             ChildError::Wait(e) => BackendError::io("waiting for the compiler", e),
@@ -83,22 +86,36 @@ impl From<ChildError> for BackendError {
 
 /// The signal that interrupted the program, 0 while none has.
 static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
-/// Process groups of the compilers running now. Spawning happens under this lock, so a
+/// Process groups of the compilers running now, each listed until its leader is reaped (so a
+/// listed group's id cannot have been reused). Spawning happens under this lock, so a
 /// compiler is either killed by [`interrupt`] or never started after it.
 static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// How many compiles ([`ActiveCompile`]s) are running.
 static ACTIVE: Mutex<usize> = Mutex::new(0);
 static IDLE: Condvar = Condvar::new();
 
-/// Runs `cmd` (its stdin closed, stdout and stderr captured) in a new process group, killing
-/// the group after `timeout`.
+/// The most of each output stream [`run`] keeps: a compiler's first diagnostics are the ones
+/// that matter, and one that writes megabytes must not become a message of megabytes.
+pub const OUTPUT_LIMIT: usize = 64 << 10;
+
+/// Runs `cmd` (its stdin closed, stdout and stderr captured, each cut at [`OUTPUT_LIMIT`]
+/// with a note of how much was cut) in a new process group. Returns when the compiler
+/// process itself exits, or kills its group when `timeout` passes or the program is
+/// interrupted.
+///
+/// The output goes to unlinked temporary files, not pipes: a pipe stays open as long as any
+/// process holding it lives, and a compiler may leave a detached child holding its output
+/// (`setsid sleep 300 &` in a wrapper script), which must hold neither the compile nor the
+/// time limit nor an interrupt. What is left of the compiler's group when it exits is killed.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, ChildError> {
     use std::os::unix::process::CommandExt;
+    let stdout = tempfile::tempfile().map_err(ChildError::Capture)?;
+    let stderr = tempfile::tempfile().map_err(ChildError::Capture)?;
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout.try_clone().map_err(ChildError::Capture)?)
+        .stderr(stderr.try_clone().map_err(ChildError::Capture)?)
         .process_group(0);
-    let child = {
+    let mut child = {
         let mut groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
         if interrupted().is_some() {
             return Err(ChildError::Interrupted);
@@ -107,35 +124,131 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, ChildError> {
         groups.push(child.id());
         child
     };
+    // The command keeps its copies of the files' descriptors; they are files, not pipes, so
+    // nothing waits on them, but they need not live longer than the child.
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let group = child.id();
-    // Output is read on a thread of its own (a compiler that fills its pipe would otherwise
-    // block), while this one keeps the time.
+    // The compiler is waited for on a thread of its own, while this one keeps the time.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
+        let exited = wait_for_exit(group);
+        // Its group is killed (background children it left) and unlisted before the leader
+        // is reaped: until then the group's id cannot be reused.
+        {
+            let mut groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+            kill_group(group);
+            groups.retain(|&g| g != group);
+        }
+        let _ = tx.send(exited.and_then(|()| child.wait()));
     });
-    let (result, timed_out) = match rx.recv_timeout(timeout) {
+    let (status, timed_out) = match rx.recv_timeout(timeout) {
         Ok(r) => (r, false),
         Err(_) => {
-            kill_group(group);
+            {
+                let groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+                if groups.contains(&group) {
+                    kill_group(group);
+                }
+            }
             let r = rx
                 .recv()
                 .unwrap_or_else(|_| Err(io::Error::other("the waiting thread ended")));
             (r, true)
         }
     };
-    GROUPS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|&g| g != group);
-    let output = result.map_err(ChildError::Wait)?;
+    let status = status.map_err(ChildError::Wait)?;
     if timed_out {
         return Err(ChildError::Timeout(timeout));
     }
-    if interrupted().is_some() && !output.status.success() {
+    if interrupted().is_some() && !status.success() {
         return Err(ChildError::Interrupted);
     }
-    Ok(output)
+    Ok(Output {
+        status,
+        stdout: read_capped(&stdout).map_err(ChildError::Capture)?,
+        stderr: read_capped(&stderr).map_err(ChildError::Capture)?,
+    })
+}
+
+/// A compiler's diagnostics as a message may show them: decoded (bytes that are not UTF-8
+/// as U+FFFD), control characters other than newline and tab escaped (`\u{1b}`: an ESC
+/// sequence from a compiler that colours its output must not reach the user's terminal), and
+/// cut at [`OUTPUT_LIMIT`] bytes with a note of how much was cut. Output [`run`] captured was
+/// cut already (its note is left alone); a log that comes from elsewhere (NVRTC's) is cut here.
+pub fn diagnostics(bytes: &[u8]) -> String {
+    // Room for the note `run` adds after its OUTPUT_LIMIT bytes.
+    const NOTE_ROOM: usize = 256;
+    let text = String::from_utf8_lossy(bytes);
+    let (kept, cut) = if text.len() > OUTPUT_LIMIT + NOTE_ROOM {
+        let mut end = OUTPUT_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        (&text[..end], text.len() - end)
+    } else {
+        (&text[..], 0)
+    };
+    let mut out = String::with_capacity(kept.len());
+    for c in kept.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut > 0 {
+        out.push_str(&format!("\n[kiln: {cut} more bytes of output cut]\n"));
+    }
+    out
+}
+
+/// Blocks until process `pid` (a child of this process) has exited, without reaping it.
+fn wait_for_exit(pid: u32) -> io::Result<()> {
+    loop {
+        // SAFETY: `info` is a valid siginfo_t to write into; WNOWAIT leaves the child to be
+        // reaped by `Child::wait`.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The first [`OUTPUT_LIMIT`] bytes of `file`, and a note of what was cut. Read by position:
+/// a detached child of the compiler may still be writing to it.
+fn read_capped(file: &std::fs::File) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let keep = len.min(OUTPUT_LIMIT as u64) as usize;
+    let mut out = vec![0; keep];
+    let mut at = 0;
+    while at < keep {
+        match file.read_at(&mut out[at..], at as u64) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.truncate(at);
+    if len > at as u64 {
+        out.extend_from_slice(
+            format!("\n[kiln: {} more bytes of output cut]\n", len - at as u64).as_bytes(),
+        );
+    }
+    Ok(out)
 }
 
 fn kill_group(group: u32) {
@@ -311,6 +424,116 @@ mod tests {
         let fresh = scratch_dir("kiln-test-sweep-").unwrap();
         assert!(!dead.exists() && alive.exists() && fresh.path().exists());
         std::fs::remove_dir_all(alive).unwrap();
+    }
+
+    /// A compiler that leaves a detached child (its own session, out of reach of the group
+    /// kill) holding its output: `run` returns when the compiler exits, with its output.
+    #[test]
+    fn a_detached_child_holding_the_output_does_not_hold_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "setsid sh -c 'echo $$ > {}; exec sleep 60' & echo done; echo warn >&2",
+            pid_file.display()
+        );
+        let start = Instant::now();
+        let out = run(
+            Command::new("sh").args(["-c", &script]),
+            Duration::from_secs(30),
+        );
+        let took = start.elapsed();
+        // The detached child, by its id (it escaped the group).
+        let t = Instant::now();
+        while !pid_file.exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Ok(pid) = std::fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+        {
+            // SAFETY: kill has no memory-safety preconditions; the process is this test's.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let out = out.unwrap();
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"done\n");
+        assert_eq!(out.stderr, b"warn\n");
+    }
+
+    /// A background child left in the compiler's group dies when the compiler exits.
+    #[test]
+    fn what_the_compiler_leaves_in_its_group_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "sleep 60 > /dev/null 2>&1 & echo $! > {}",
+            pid_file.display()
+        );
+        run(
+            Command::new("sh").args(["-c", &script]),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let t = Instant::now();
+        while alive(pid) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "the compiler's child {pid} survived");
+    }
+
+    #[test]
+    fn output_past_the_limit_is_cut_with_a_note() {
+        let out = run(
+            Command::new("sh").args(["-c", "head -c 200000 /dev/zero | tr '\\000' x >&2"]),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let text = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            text.starts_with(&"x".repeat(OUTPUT_LIMIT)),
+            "{}",
+            text.len()
+        );
+        let cut = 200_000 - OUTPUT_LIMIT;
+        assert!(
+            text.ends_with(&format!("[kiln: {cut} more bytes of output cut]\n")),
+            "{}",
+            &text[OUTPUT_LIMIT..]
+        );
+    }
+
+    /// Whether `pid` runs (a zombie does not).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    #[test]
+    fn diagnostics_are_escaped_and_cut() {
+        let text = diagnostics(b"\x1b[31merror\x1b[0m: x\r\n\tnote\0\xff\n");
+        assert_eq!(
+            text,
+            "\\u{1b}[31merror\\u{1b}[0m: x\\r\n\tnote\\u{0}\u{fffd}\n"
+        );
+        let long = "é".repeat(OUTPUT_LIMIT);
+        let text = diagnostics(long.as_bytes());
+        assert!(text.len() < OUTPUT_LIMIT + 100, "{}", text.len());
+        assert!(text.ends_with(&format!(
+            "[kiln: {} more bytes of output cut]\n",
+            OUTPUT_LIMIT
+        )));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub enum UrlErrorKind {
     NotAUrl,
     #[error("the path holds a NUL byte (%00)")]
     NulInPath,
+    /// `file://`, `file:///`, `file://localhost`: the root, never meant as a cache folder.
+    #[error("names no folder (the cache would be written into /); write file:///absolute/path")]
+    NoFolder,
     #[error("unsupported scheme `{0}` (use redis://, s3:// or file://)")]
     UnsupportedScheme(String),
 }

@@ -98,7 +98,7 @@ impl RemoteUrl {
     pub fn parse(raw: &str) -> Result<RemoteUrl, UrlError> {
         let raw = raw.trim();
         // Never echo the raw text: it may hold a password, or control characters.
-        let shown = escape_controls(&redact(raw));
+        let shown = redact(raw);
         let bad = |kind: UrlErrorKind| UrlError {
             url: shown.clone(),
             kind,
@@ -188,11 +188,18 @@ impl RemoteUrl {
     }
 }
 
-/// A shared folder's path, refused if it holds a NUL byte (`%00`): no file can be named so,
-/// and the byte would reach messages raw.
+/// A shared folder's path, refused if it holds a NUL byte (`%00`: no file can be named so, and
+/// the byte would reach messages raw) or names no folder below the root (`file://`,
+/// `file:///`, `file://localhost`: the cache would be written into `/`).
 fn folder_path(p: PathBuf) -> Result<PathBuf, UrlErrorKind> {
     if p.as_os_str().as_encoded_bytes().contains(&0) {
         return Err(UrlErrorKind::NulInPath);
+    }
+    if !p
+        .components()
+        .any(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(UrlErrorKind::NoFolder);
     }
     Ok(p)
 }
@@ -237,24 +244,79 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `scheme://user:password@host...` with the password replaced by `***`; works on text that
-/// does not parse as a URL, so it is safe on anything a user typed.
+/// `raw` as messages may show it: no password, whatever form it takes, and control characters
+/// escaped. Works on any text a user typed, URL or not.
+///
+/// A URL with an authority (`scheme://...`) that parses is shown as parsed, its password (or a
+/// lone user name: Redis reads `redis://secret@host` as a password) replaced by `***`: the
+/// parser knows exactly where the user information ends. Anything else — text the parser
+/// refuses (`redis://u:pa/ss@h`, `redis://u:pw@[::1`), a URL without an authority
+/// (`redis:/u:pw@h`, `redis:u:pw@h`), no URL at all (`u:pw@h:1`) — may hold a password
+/// anywhere before its last `@`, or after a `:` where a port belongs (`redis://u:pw`): all of
+/// that is replaced by `***`, in the percent-decoded text (so `%40` for `@` hides nothing).
 pub fn redact(raw: &str) -> String {
-    let Some(scheme_end) = raw.find("://") else {
-        return raw.to_string();
+    let parsed = url::Url::parse(raw).ok().filter(|u| u.has_authority());
+    let shown = match parsed {
+        Some(mut u) => {
+            let hidden = if u.password().is_some() {
+                u.set_password(Some("***")).is_ok()
+            } else if !u.username().is_empty() {
+                u.set_username("***").is_ok()
+            } else {
+                true
+            };
+            if hidden {
+                u.to_string()
+            } else {
+                redact_malformed(&percent_decode(raw))
+            }
+        }
+        None => redact_malformed(&percent_decode(raw)),
     };
-    let start = scheme_end + 3;
-    let rest = &raw[start..];
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..end].rfind('@') else {
-        return raw.to_string();
+    escape_controls(&shown)
+}
+
+/// [`redact`] of text that is not a URL with an authority: the scheme is kept (`redis:`,
+/// `redis:/`, `redis://`), everything up to the last `@` after it becomes `***`, and so does
+/// anything after the authority's `:` that is not a port number.
+fn redact_malformed(text: &str) -> String {
+    let scheme_end = text
+        .find(':')
+        .filter(|&i| {
+            let scheme = &text[..i];
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        })
+        .map_or(0, |i| i + 1);
+    let slashes = text[scheme_end..].len() - text[scheme_end..].trim_start_matches('/').len();
+    let (head, rest) = text.split_at(scheme_end + slashes);
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***{}", &rest[at..]),
+        None => rest.to_string(),
     };
-    let user = match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        // `redis://secret@host`: Redis reads a lone user part as the password.
-        None => "***".to_string(),
+    // `host:port`: a port is digits; anything else there may be a password (`u:pw`). The
+    // colons of an IPv6 literal (`[::1]`) are no port.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let port_colon = match authority.ends_with(']') {
+        true => None,
+        false => authority.rfind(':'),
     };
-    format!("{}{user}@{}", &raw[..start], &rest[at + 1..])
+    let authority = match port_colon {
+        Some(i) if !authority[i + 1..].chars().all(|c| c.is_ascii_digit()) => {
+            match authority.find('[') {
+                // Inside an IPv6 literal never closed: nothing after its `[` is shown.
+                Some(open) if !authority[..i].contains(']') => {
+                    format!("{}***", &authority[..=open])
+                }
+                _ => format!("{}:***", &authority[..i]),
+            }
+        }
+        _ => authority.to_string(),
+    };
+    format!("{head}{authority}{path}")
 }
 
 #[cfg(test)]
@@ -305,6 +367,58 @@ mod tests {
         assert!(e.contains("TLS") && !e.contains("hunter2"), "{e}");
     }
 
+    /// Issue 28, defect 8: a password is never shown, whatever form it takes, in the URL of
+    /// any error (or of a URL that parses).
+    #[test]
+    fn no_form_of_a_password_is_shown() {
+        for raw in [
+            // No authority, or no URL at all.
+            "redis:/admin:S3cretPW@127.0.0.1:1/0",
+            "redis:admin:S3cretPW@127.0.0.1",
+            "admin:S3cretPW@127.0.0.1:1",
+            "redis:/S3cretPW@h",
+            // The parser refuses it.
+            "redis://admin:S3cretPW@[::1",
+            "redis://admin:S3cret/PW@h:1/0",
+            "redis://admin:S3cret#PW@h",
+            "redis://admin:S3cret?PW@h",
+            "redis://admin:S3cretPW@h:99999",
+            "redis://admin:S3cretPW@h@:1",
+            // Where a port belongs, or with `@` percent-encoded.
+            "redis://admin:S3cretPW",
+            "redis://admin:S3cretPW%40h:1/0",
+            "redis://[::1]:S3cretPW",
+            // Percent-encoded, a lone user (Redis's password), other schemes, controls.
+            "redis://admin:S3cret%50W@h/notanumber",
+            "redis://%53%33cret%50W@h/x",
+            "redis://S3cretPW@h/notanumber",
+            "rediss://admin:S3cretPW@h",
+            "gopher://admin:S3cretPW@h",
+            "s3://AKIA:S3cretPW@bkt",
+            "file://admin:S3cretPW@/tmp",
+            "redis://admin:S3cretPW@h/\u{1b}[31m",
+            " redis://admin:S3cretPW@h:1/0/a ",
+        ] {
+            let shown = match RemoteUrl::parse(raw) {
+                Ok(u) => format!("{u} {u:?}"),
+                Err(e) => format!("{e} {e:?}"),
+            };
+            for secret in ["S3cretPW", "S3cret", "%50W", "%53%33"] {
+                assert!(!shown.contains(secret), "{raw}: {shown}");
+            }
+            assert!(!shown.contains('\u{1b}'), "{raw}: {shown}");
+        }
+        // What is no password stays: the scheme, the host, the port, the path.
+        assert_eq!(
+            redact("redis:/admin:S3cretPW@127.0.0.1:1/0"),
+            "redis:/***@127.0.0.1:1/0"
+        );
+        assert_eq!(redact("admin:S3cretPW@h:1"), "admin:***@h:1");
+        assert_eq!(redact("redis://u:pw"), "redis://u:***");
+        assert_eq!(redact("redis://[::1]:6379/0"), "redis://[::1]:6379/0");
+        assert_eq!(redact("file:///mnt/a@b"), "file:///mnt/a@b");
+    }
+
     #[test]
     fn s3_and_file_forms() {
         let u = RemoteUrl::parse("s3://bkt/some/prefix/").unwrap();
@@ -343,6 +457,22 @@ mod tests {
         assert!(e.contains("write file:///plain/path"), "{e}");
         let e = RemoteUrl::parse("cache-dir").unwrap_err().to_string();
         assert!(e.contains("file:///absolute/path"), "{e}");
+        // A folder, not the root (issue 28, defect 7: `file://` wrote into `/`).
+        for root in [
+            "file://",
+            "file:///",
+            "file://localhost",
+            "file://localhost/",
+            "file:///.",
+            "file:////",
+            "file:///..",
+            "file:///%2E",
+        ] {
+            let e = RemoteUrl::parse(root).unwrap_err();
+            assert!(matches!(e.kind, UrlErrorKind::NoFolder), "{root}: {e:?}");
+            assert!(e.to_string().contains("file://"), "{e}");
+        }
+        assert!(RemoteUrl::parse("file:///tmp").is_ok());
         // A NUL byte is refused, and neither it nor another control character is echoed.
         let e = RemoteUrl::parse("file:///tmp/a%00b")
             .unwrap_err()
@@ -360,7 +490,8 @@ mod tests {
         assert_eq!(redact("redis://:pw@h"), "redis://:***@h");
         assert_eq!(redact("redis://pw@h"), "redis://***@h");
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
-        assert_eq!(redact("not a url :pw@"), "not a url :pw@");
+        // Text that is no URL may still hold a password before an `@` (`u:pw@h`).
+        assert_eq!(redact("not a url :pw@"), "***@");
         let e = RemoteUrl::parse("redis://u:hunter2@[bad").unwrap_err();
         assert!(matches!(e.kind, UrlErrorKind::Syntax(_)), "{e:?}");
         // Neither the message, nor its causes, nor the debug form holds the password.
