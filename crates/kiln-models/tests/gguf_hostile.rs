@@ -543,3 +543,61 @@ proptest! {
         let _ = exercise(&p);
     }
 }
+
+/// Issue 28's defect classes 1 and 5 for GGUF files (named directly, not found in a folder):
+/// a FIFO or a device is refused without being opened for reading, a link out of its folder
+/// is refused, and the layer count is bounded like `num_hidden_layers`.
+#[test]
+fn a_gguf_that_is_not_a_regular_file_in_its_folder_is_refused_without_hanging() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("pipe.gguf");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let e = GgufCheckpoint::open(&fifo)
+        .err()
+        .expect("a FIFO")
+        .to_string();
+    assert!(e.contains("FIFO") && e.contains("pipe.gguf"), "{e}");
+    // Sniffing a nameless FIFO for the magic would block: it is not a GGUF file.
+    let plain = d.path().join("pipe");
+    std::fs::rename(&fifo, &plain).unwrap();
+    assert!(!kiln_models::gguf::is_gguf_path(&plain));
+
+    let outside = tempfile::tempdir().unwrap();
+    let real = outside.path().join("real.gguf");
+    std::fs::write(&real, tiny_model().build()).unwrap();
+    let link = d.path().join("link.gguf");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let e = GgufCheckpoint::open(&link)
+        .err()
+        .expect("a link out")
+        .to_string();
+    assert!(e.contains("outside"), "{e}");
+    assert!(GgufCheckpoint::open(&real).is_ok());
+
+    let e = GgufCheckpoint::open(Path::new("/dev/zero"))
+        .err()
+        .expect("a device")
+        .to_string();
+    assert!(e.contains("character device"), "{e}");
+}
+
+#[test]
+fn a_layer_count_past_kilns_bound_is_refused() {
+    let many = GgufBuilder::default()
+        .str("general.architecture", "qwen3")
+        .u32("qwen3.block_count", 10_001)
+        .u32("qwen3.context_length", 512)
+        .u32("qwen3.embedding_length", 64)
+        .u32("qwen3.feed_forward_length", 128)
+        .u32("qwen3.attention.head_count", 4)
+        .u32("qwen3.attention.head_count_kv", 2)
+        .u32("qwen3.attention.key_length", 32);
+    assert_error(
+        &with_tensors(many, |_, _| None).build(),
+        &["'qwen3.block_count'", "10001 layers", "at most 10000"],
+    );
+}

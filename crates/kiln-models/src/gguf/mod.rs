@@ -44,6 +44,10 @@ pub fn is_gguf_path(path: &Path) -> bool {
     {
         return true;
     }
+    // Only a regular file is sniffed: opening a FIFO would block, a device could do anything.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut magic = [0u8; 4];
     std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
@@ -331,8 +335,12 @@ impl GgufFile {
     /// Maps `path` and parses its header, metadata and tensor table, checking every tensor's
     /// byte range against the file.
     pub fn open(path: &Path) -> Result<GgufFile, ModelError> {
-        let f = std::fs::File::open(path)
-            .map_err(|e| ModelError::checkpoint(path, format!("cannot open: {e}")))?;
+        // Through kiln-fs like every file of a model folder: a regular file (never a FIFO or a
+        // device), inside its folder (or its Hugging Face blob store) once links are resolved.
+        let f = crate::files::folder_of(path)
+            .and_then(|folder| folder.open(path, crate::files::WEIGHTS))
+            .map_err(|e| ModelError::checkpoint(path, crate::files::problem(&e)))?
+            .file;
         // SAFETY: read-only mapping; kiln does not modify model files while running.
         let map = unsafe { Mmap::map(&f) }
             .map_err(|e| ModelError::checkpoint(path, format!("cannot map: {e}")))?;

@@ -90,6 +90,15 @@ impl GgufCheckpoint {
         let keys = ArchKeys { f, arch: arch_name };
         let hidden = keys.uint("embedding_length")?;
         let num_layers = keys.uint("block_count")?;
+        if num_layers > crate::config::MAX_LAYERS {
+            return Err(keys.error(
+                "block_count",
+                format!(
+                    "{num_layers} layers: kiln builds at most {}",
+                    crate::config::MAX_LAYERS
+                ),
+            ));
+        }
         let intermediate = keys.uint("feed_forward_length")?;
         let num_heads = keys.uint("attention.head_count")?;
         let num_kv_heads = keys
