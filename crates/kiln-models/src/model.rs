@@ -242,6 +242,25 @@ struct Builder<'a> {
 impl Builder<'_> {
     /// The weight input `name` (declared at its first use; the batched graph reads the
     /// per-head norms once per slot).
+    /// The LM head over the final hidden rows `x`: the `logits` output. A tied head reads the
+    /// embedding table `embed`, except with quantized weights: then it reads its own quantized
+    /// copy of the table (`QUANTIZED_TIED_HEAD`, made at load), as llama.cpp does, so that the
+    /// products stream blocks.
+    fn logits(&mut self, x: NodeId, embed: NodeId) -> Result<()> {
+        let c = self.c;
+        let own_head =
+            self.weights.dtype().is_quantized() || c.file_quant.contains_key(QUANTIZED_TIED_HEAD);
+        let head = if c.tie_word_embeddings && !own_head {
+            embed
+        } else {
+            self.weight("lm_head.weight", &[c.vocab_size, c.hidden_size])?
+        };
+        let ht = self.g.transpose(head, 0, 1)?;
+        let logits = self.g.matmul(x, ht)?;
+        self.g.output("logits", logits);
+        Ok(())
+    }
+
     fn weight(&mut self, name: &str, shape: &[usize]) -> Result<NodeId> {
         if let Some(id) = self.g.input_id(name) {
             return Ok(id);
@@ -427,17 +446,7 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
     } else {
         b.g.slice(x, 0, s.clone().sub(1), s)?
     };
-    // A tied head with quantized weights reads its own quantized copy of the table
-    // (`QUANTIZED_TIED_HEAD`, made at load), as llama.cpp does: the products stream blocks.
-    let own_head = weights.dtype().is_quantized() || c.file_quant.contains_key(QUANTIZED_TIED_HEAD);
-    let head = if c.tie_word_embeddings && !own_head {
-        embed
-    } else {
-        b.weight("lm_head.weight", &[c.vocab_size, h])?
-    };
-    let ht = b.g.transpose(head, 0, 1)?;
-    let logits = b.g.matmul(x, ht)?;
-    b.g.output("logits", logits);
+    b.logits(x, embed)?;
     Ok(b.g)
 }
 
@@ -533,16 +542,7 @@ pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> 
     let x = b.rms_norm(x, "model.norm.weight", h)?;
     let rows = b.g.input("rows", DType::I32, &[Expr::sym("k")])?;
     let x = b.g.gather(x, rows)?;
-    // As in [`build_graph`]: a tied head with quantized weights reads its own quantized copy.
-    let own_head = weights.dtype().is_quantized() || c.file_quant.contains_key(QUANTIZED_TIED_HEAD);
-    let head = if c.tie_word_embeddings && !own_head {
-        embed
-    } else {
-        b.weight("lm_head.weight", &[c.vocab_size, h])?
-    };
-    let ht = b.g.transpose(head, 0, 1)?;
-    let logits = b.g.matmul(x, ht)?;
-    b.g.output("logits", logits);
+    b.logits(x, embed)?;
     Ok(b.g)
 }
 
