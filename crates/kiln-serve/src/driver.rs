@@ -9,7 +9,7 @@
 //! wait for a slot and refuses one more than `--max-queue` at once (HTTP 429).
 
 use crate::api::{ApiError, Usage};
-use crate::engine::{panic_message, Engine, TokenEvent};
+use crate::engine::{panic_message, Engine, StepError, TokenEvent};
 use crate::metrics::Metrics;
 use crate::scheduler::{Finish, Scheduler, SeqId, SeqRequest, Step};
 use crate::text::TextStream;
@@ -264,7 +264,7 @@ impl Driver {
                         worked_on(&step)
                             .map(|seq| TokenEvent {
                                 seq,
-                                outcome: Err(msg.clone()),
+                                outcome: Err(StepError::Forward(msg.clone())),
                             })
                             .collect()
                     }
@@ -391,7 +391,8 @@ impl Driver {
         }
         let token = match e.outcome {
             Ok(t) => t,
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 self.scheduler.end(seq, Finish::Failed(msg.clone()));
                 self.complete(seq, Finish::Failed(msg));
                 return;

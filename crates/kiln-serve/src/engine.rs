@@ -15,7 +15,19 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenEvent {
     pub seq: SeqId,
-    pub outcome: Result<u32, String>,
+    pub outcome: Result<u32, StepError>,
+}
+
+/// Why a sequence got no token from a step.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// Its own work was wrong (a slot it does not hold, a position past its cache): it fails
+    /// alone, before the forward.
+    #[error("{0}")]
+    Refused(String),
+    /// The forward it ran in failed or panicked: every sequence of that forward fails.
+    #[error("{0}")]
+    Forward(String),
 }
 
 /// Executes scheduler steps. `step` releases the slots of `finished` sequences, sets up the
@@ -73,11 +85,11 @@ impl Engine for BatchedEngine {
                 }
                 None => events.push(TokenEvent {
                     seq: a.seq,
-                    outcome: Err(format!(
+                    outcome: Err(StepError::Refused(format!(
                         "slot {} is outside the model's pool of {}",
                         a.slot,
                         self.slots.len()
-                    )),
+                    ))),
                 }),
             }
         }
@@ -108,8 +120,14 @@ impl Engine for BatchedEngine {
         });
         for (seq, w) in decodes.chain(chunks) {
             let checked = match self.slots.get(w.slot).and_then(|s| s.as_ref()) {
-                Some((s, _)) if *s == seq => self.model.check_work(&w).map_err(|e| e.to_string()),
-                _ => Err(format!("slot {} does not hold sequence {seq}", w.slot)),
+                Some((s, _)) if *s == seq => self
+                    .model
+                    .check_work(&w)
+                    .map_err(|e| StepError::Refused(e.to_string())),
+                _ => Err(StepError::Refused(format!(
+                    "slot {} does not hold sequence {seq}",
+                    w.slot
+                ))),
             };
             match checked {
                 Ok(()) => work.push((seq, w)),
@@ -124,8 +142,11 @@ impl Engine for BatchedEngine {
         }
         let items: Vec<SlotWork<'_>> = work.iter().map(|(_, w)| *w).collect();
         let ran = match catch_unwind(AssertUnwindSafe(|| self.model.forward(&items))) {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(p) => Err(format!("the engine panicked: {}", panic_message(&p))),
+            Ok(r) => r.map_err(|e| StepError::Forward(e.to_string())),
+            Err(p) => Err(StepError::Forward(format!(
+                "the engine panicked: {}",
+                panic_message(&p)
+            ))),
         };
         match ran {
             Ok(logits) => {
@@ -136,7 +157,9 @@ impl Engine for BatchedEngine {
                     }
                     let outcome = match (rows.next(), self.slots[w.slot].as_mut()) {
                         (Some(row), Some((_, sampler))) => Ok(sampler.sample(&row)),
-                        _ => Err("the forward returned fewer logits than asked for".into()),
+                        _ => Err(StepError::Forward(
+                            "the forward returned fewer logits than asked for".into(),
+                        )),
                     };
                     events.push(TokenEvent { seq: *seq, outcome });
                 }
@@ -231,6 +254,7 @@ mod tests {
                 .outcome
                 .clone()
                 .unwrap_err()
+                .to_string()
         };
         assert!(err(2).contains("position 7"), "{}", err(2));
         assert!(err(3).contains("does not hold sequence 3"), "{}", err(3));
