@@ -132,4 +132,7 @@ unset KILN_REMOTE_CACHE
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The fuzz targets live outside the workspace (cargo-fuzz builds them with nightly's
+# sanitizers); checking them on stable keeps an API change from breaking them unnoticed.
+cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 cargo test --workspace --release --no-fail-fast

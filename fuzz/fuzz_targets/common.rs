@@ -60,9 +60,10 @@ pub fn exercise_gguf(path: &Path) {
     // (which the input's few hundred KB cannot hold anyway) only slows the fuzzer down.
     if ck.check(&config).is_ok() && config.num_params() <= 200_000 {
         let shapes = kiln_models::weight_shapes(&config);
-        ck.load(&shapes, WeightDtype::F32)
+        // As kiln loads it (the file's Q8_0/Q4_0/Q4_K blocks kept), and all decoded.
+        ck.load(&shapes, WeightDtype::F32, &config.file_quant)
             .expect("a checked GGUF file loads");
-        ck.load(&shapes, WeightDtype::BF16)
+        ck.load(&shapes, WeightDtype::BF16, &Default::default())
             .expect("a checked GGUF file loads");
     }
 }
