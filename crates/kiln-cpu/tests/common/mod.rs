@@ -9,7 +9,7 @@ pub use kiln_cpu::Isa;
 use kiln_compile::Target;
 #[allow(unused_imports)]
 pub use kiln_ir::testing::{assert_close, inputs, values};
-use kiln_ir::{Graph, Tensor};
+use kiln_ir::{DType, Expr, Graph, Tensor};
 pub use kiln_runtime::Executable;
 use std::collections::HashMap;
 
@@ -65,3 +65,26 @@ pub fn check(
 
 /// The pipeline's fault-injecting backend over the real C compiler.
 pub type Faulty = kiln_compile::testing::Faulty<CpuBackend>;
+
+/// `y = x @ W^T + r` and `h = silu(g) * u` with `[g | u] = x @ V^T` split at column `half`,
+/// W [n, k] and V [2 * half, k] in `dtype`.
+pub fn linear_graph(dtype: DType, n: i64, half: i64, k: i64) -> Graph {
+    let mut g = Graph::new();
+    let m = Expr::sym("m");
+    let x = g.input("x", DType::F32, &[m.clone(), k.into()]).unwrap();
+    let w = g.input("w", dtype, &[n.into(), k.into()]).unwrap();
+    let r = g.input("r", DType::F32, &[m.clone(), n.into()]).unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    let y = g.matmul(x, wt).unwrap();
+    let y = g.add(y, r).unwrap();
+    g.output("y", y);
+    let v = g.input("v", dtype, &[(2 * half).into(), k.into()]).unwrap();
+    let vt = g.transpose(v, 0, 1).unwrap();
+    let gu = g.matmul(x, vt).unwrap();
+    let gate = g.slice(gu, 1, 0, half).unwrap();
+    let up = g.slice(gu, 1, half, 2 * half).unwrap();
+    let act = g.silu(gate).unwrap();
+    let h = g.mul(act, up).unwrap();
+    g.output("h", h);
+    g
+}
