@@ -600,6 +600,11 @@ fn recombine(mut p: Poly) -> Poly {
                     continue;
                 };
                 let (xp, cp) = (poly(x), poly(c));
+                if cp.is_zero() {
+                    // `x % 0` is undefined: it stays for evaluation to report, as `rem` keeps it
+                    // (the identity below would silently drop it).
+                    continue;
+                }
                 let coef = Poly::term(rest, *k);
                 // coef * (x % c) + coef * c * (x / c) -> coef * x
                 let new = (|| {
