@@ -1,38 +1,53 @@
-//! Block-quantized weights are read only by the CPU backend's kernels: CUDA (here its
-//! emulator, the same codegen) refuses them before any kernel is rendered, with a typed error
-//! naming the backend, the input and the dtype.
-use kiln_compile::{CompileError, CompileOptions};
+//! Block-quantized weights (Q8_0, Q4_0, Q4_K in GGUF's byte layout) on the CUDA backend: its
+//! matmul kernels (the GEMV and the tiled product) read the blocks and dequantize each element
+//! as ggml does (`kiln_q*_at` in kiln-render's C-family helpers). NVRTC compiles them; the CUDA
+//! emulator runs them (the op case `quantized_weight_matmuls` runs in `cuda.rs` with the other
+//! op cases, on the emulator and on a GPU when there is one), here the GGUF fixtures.
+//!
+//! Tolerance of the fixtures' logits: 1e-3, the CUDA tests' tolerance for the safetensors
+//! fixtures (`cuda.rs`): the kernels sum in f32 in other orders than the CPU and the NumPy
+//! reference; the weights they read are bit for bit ggml's dequantized values (the op case
+//! compares them with the interpreter at 1e-5 + 1e-4 relative).
+use kiln_compile::{compile, CompileOptions, Target};
 use kiln_cuda::emulator::EmulatedCuda;
-use kiln_ir::{DType, Expr, Graph};
+use kiln_cuda::CudaBackend;
+use kiln_models::testing::{assert_gguf_fixture_matches, GGUF_QUANTIZED_FILES};
 
 #[test]
-fn a_quantized_weight_is_refused_naming_backend_input_and_dtype() {
-    for dtype in DType::QUANTIZED {
-        let mut g = Graph::new();
-        let x = g
-            .input("x", DType::F32, &[Expr::sym("m"), 256.into()])
-            .unwrap();
-        let w = g.input("w", dtype, &[8.into(), 256.into()]).unwrap();
-        let wt = g.transpose(w, 0, 1).unwrap();
-        let y = g.matmul(x, wt).unwrap();
-        g.output("y", y);
-        let err = kiln_compile::compile(&g, &EmulatedCuda::default(), &CompileOptions::default())
-            .err()
-            .expect("refused");
-        match &err {
-            CompileError::UnsupportedDType {
-                backend,
-                input,
-                dtype: d,
-            } => {
-                assert_eq!(
-                    (backend.as_str(), input.as_str(), *d),
-                    ("cuda-emulated", "w", dtype)
-                );
-            }
-            other => panic!("{dtype}: {other}"),
-        }
-        let msg = err.to_string();
-        assert!(msg.contains(dtype.name()) && msg.contains("cuda"), "{msg}");
+fn quantized_matmuls_compile_with_nvrtc() {
+    let case = kiln_ir::testing::op_cases::quantized_weight_matmuls();
+    for arch in ["sm_90", "sm_80"] {
+        let backend = CudaBackend::compile_only(arch).unwrap();
+        let c = compile(&case.graph, &backend, &CompileOptions::default())
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        // One product per weight, the gate/up one with its SiLU(gate) * up epilogue.
+        let matmuls = c
+            .loaded
+            .kernels
+            .iter()
+            .filter(|k| matches!(k.kernel.kind, kiln_program::KernelKind::MatMul { .. }))
+            .count();
+        assert_eq!(matmuls, 4, "{arch}");
     }
+}
+
+/// Weights read through views that start mid-block (not an op case: the CPU refuses them).
+#[test]
+fn emulated_quantized_weight_views_match_the_interpreter() {
+    let case = kiln_ir::testing::op_cases::quantized_weight_views();
+    let mut exe = EmulatedCuda::default()
+        .load(&case.graph, &CompileOptions::default())
+        .unwrap()
+        .exe;
+    case.check(|ins, b| exe.run_with(ins, b));
+}
+
+#[test]
+fn emulated_quantized_gguf_fixtures_match_their_numpy_references() {
+    let target = EmulatedCuda::default();
+    let mut worst = 0.0f32;
+    for file in GGUF_QUANTIZED_FILES {
+        worst = worst.max(assert_gguf_fixture_matches(&target, file, 1e-3));
+    }
+    eprintln!("CUDA emulator, all quantized GGUF files: max |kiln - numpy| {worst:.2e}");
 }
