@@ -15,7 +15,9 @@
 //!   then never race.
 //! - `@binding(2..)`: the inputs, `read`, in the kernel's input numbering; an input spans
 //!   [`KernelPlan::slices`] consecutive bindings (slices of [`SLICE_BYTES`] of one buffer).
-//! - Loads and stores go through `ld_<buf>(i)` / `st_out(i, v)`, defined here per buffer.
+//! - Loads and stores go through `ld_<buf>(i)` / `st_out(i, v)`, defined here per buffer. A
+//!   Q8_0, Q4_0 or Q4_K weight is bound as its GGML bytes and `ld_<buf>(i)` dequantizes
+//!   element `i` from them (`quantized_load`).
 //!
 //! Structure per kind ([`crate::plan`] has the launch grids):
 //! - elementwise: one invocation per output element, workgroups of [`ELEMENTWISE_WG`];
