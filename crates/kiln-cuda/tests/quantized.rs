@@ -2,7 +2,8 @@
 //! matmul kernels (the GEMV and the tiled product) read the blocks and dequantize each element
 //! as ggml does (`kiln_q*_at` in kiln-render's C-family helpers). NVRTC compiles them; the CUDA
 //! emulator runs them (the op case `quantized_weight_matmuls` runs in `cuda.rs` with the other
-//! op cases, on the emulator and on a GPU when there is one), here the GGUF fixtures.
+//! op cases, on the emulator and on a GPU when there is one), here views that start mid-block
+//! and the GGUF fixtures. A backend that does not read blocks still refuses them.
 //!
 //! Tolerance of the fixtures' logits: 1e-3, the CUDA tests' tolerance for the safetensors
 //! fixtures (`cuda.rs`): the kernels sum in f32 in other orders than the CPU and the NumPy
@@ -50,4 +51,56 @@ fn emulated_quantized_gguf_fixtures_match_their_numpy_references() {
         worst = worst.max(assert_gguf_fixture_matches(&target, file, 1e-3));
     }
     eprintln!("CUDA emulator, all quantized GGUF files: max |kiln - numpy| {worst:.2e}");
+}
+
+/// A backend without quantized kernels (every trait default; the CUDA emulator renders and
+/// compiles for it), to check the refusal that such a backend still gets.
+struct WithoutQuantizedKernels(EmulatedCuda);
+
+impl kiln_program::Backend for WithoutQuantizedKernels {
+    type Module = <EmulatedCuda as kiln_program::Backend>::Module;
+    fn name(&self) -> &'static str {
+        "no-quantized-kernels"
+    }
+    fn identity(&self) -> Result<String, kiln_program::BackendError> {
+        self.0.identity()
+    }
+    fn codegen(&self, k: &kiln_program::Kernel) -> kiln_program::KernelSource {
+        self.0.codegen(k)
+    }
+    fn compile(
+        &self,
+        ks: &[&kiln_program::KernelSource],
+    ) -> Result<Vec<u8>, kiln_program::BackendError> {
+        kiln_program::Backend::compile(&self.0, ks)
+    }
+    fn load(&self, a: &[u8]) -> Result<Self::Module, kiln_program::BackendError> {
+        kiln_program::Backend::load(&self.0, a)
+    }
+    fn source_extension(&self) -> &'static str {
+        self.0.source_extension()
+    }
+}
+
+/// A backend that does not say it reads quantized weights gets a typed error naming the
+/// backend, the input and the dtype before any kernel is rendered.
+#[test]
+fn a_backend_without_quantized_kernels_refuses_them_naming_backend_input_and_dtype() {
+    use kiln_program::Backend;
+    let case = kiln_ir::testing::op_cases::quantized_weight_matmuls();
+    let backend = WithoutQuantizedKernels(EmulatedCuda::default());
+    let err = compile(&case.graph, &backend, &CompileOptions::default())
+        .err()
+        .expect("refused");
+    let kiln_compile::CompileError::UnsupportedDType {
+        backend: name,
+        input,
+        dtype,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(name, Backend::name(&backend));
+    assert!(dtype.is_quantized() && input.starts_with('w'), "{err}");
+    assert!(err.to_string().contains(dtype.name()), "{err}");
 }

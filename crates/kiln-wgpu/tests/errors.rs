@@ -85,8 +85,6 @@ fn constant_sizes_beyond_i32_fail_at_compile_time() {
     );
 }
 
-/// Block-quantized weights are read only by the CPU backend's kernels: wgpu refuses them
-/// before any kernel is rendered, naming the backend, the input and the dtype.
 /// A buffer larger than the adapter's `max_buffer_size`, and an output larger than one storage
 /// binding, are refused before anything is launched, naming the buffer and the sizes.
 #[test]
