@@ -32,6 +32,26 @@ fn quantized_matmuls_compile_with_nvrtc() {
     }
 }
 
+/// Whole quantized models (their graphs as `kiln compile --backend cuda` builds them from the
+/// GGUF metadata, fused projections and a tied head reading blocks included) compile to CUBIN.
+#[test]
+fn quantized_gguf_models_compile_with_nvrtc() {
+    let backend = CudaBackend::compile_only("sm_90").unwrap();
+    for file in GGUF_QUANTIZED_FILES {
+        let path = kiln_models::testing::gguf_fixtures().join(file);
+        let config = kiln_models::ModelSource::Gguf(path).config().unwrap();
+        let graph = kiln_models::build_graph(&config, Default::default()).unwrap();
+        let quantized = graph
+            .inputs()
+            .into_iter()
+            .filter(|(id, _)| graph.dtype(*id).is_quantized())
+            .count();
+        assert!(quantized > 0, "{file}: no quantized weight in the graph");
+        compile(&graph, &backend, &CompileOptions::default())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
+
 /// Weights read through views that start mid-block (not an op case: the CPU refuses them).
 #[test]
 fn emulated_quantized_weight_views_match_the_interpreter() {
