@@ -21,7 +21,7 @@ pub enum CompileError {
     InvalidGraph(String),
     /// The backend's kernels do not read an input's storage dtype (a block-quantized weight
     /// on a backend without quantized kernels).
-    #[error("the {backend} backend does not read {dtype} weights (input '{input}'); block-quantized weights run on the cpu backend")]
+    #[error("the {backend} backend does not read {dtype} weights (input '{input}'); block-quantized weights run on the cpu, cuda and wgpu backends")]
     UnsupportedDType {
         backend: String,
         input: String,

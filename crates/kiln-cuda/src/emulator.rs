@@ -205,6 +205,11 @@ impl Backend for EmulatedCuda {
         EmulatedModule::open(artifact)
     }
 
+    /// As the CUDA backend: the same kernels read GGML blocks.
+    fn supports_weight_dtype(&self, _: kiln_ir::DType) -> bool {
+        true
+    }
+
     fn source_extension(&self) -> &'static str {
         "cu"
     }

@@ -148,6 +148,12 @@ impl Backend for CudaBackend {
         }
     }
 
+    /// Every dtype: the matmul kernels read Q8_0, Q4_0 and Q4_K weights in their GGML blocks
+    /// (`kiln_q*_at` in kiln-render's C-family helpers).
+    fn supports_weight_dtype(&self, _: kiln_ir::DType) -> bool {
+        true
+    }
+
     fn source_extension(&self) -> &'static str {
         "cu"
     }

@@ -194,6 +194,114 @@ pub fn gguf_fixtures() -> PathBuf {
     p
 }
 
+/// The GGUF fixture files whose linear weights stay in their blocks (Q8_0, Q4_0, Q4_K) on a
+/// backend that reads blocks: a Qwen3 and a Qwen2 (q/k/v biases) in Q8_0, Q4_0, and the
+/// 256-wide Qwen3 (K-quants need whole 256-value rows) in Q4_K and in llama.cpp's Q4_K_M mix.
+pub const GGUF_QUANTIZED_FILES: [&str; 5] = [
+    "tiny-qwen3/tiny-qwen3-Q8_0.gguf",
+    "tiny-qwen3/tiny-qwen3-Q4_0.gguf",
+    "tiny-qwen2/tiny-qwen2-Q8_0.gguf",
+    "qwen3-256/qwen3-256-Q4_K.gguf",
+    "qwen3-256/qwen3-256-Q4_K_M.gguf",
+];
+
+/// What NumPy computed for one prompt of a GGUF fixture file (float64, on the weights the
+/// `gguf` package decodes from the same file).
+#[derive(Clone, Debug)]
+pub struct GgufReference {
+    /// `p1`, `p2`, `p3`.
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+    /// The logits that chose each of `greedy_ids`.
+    pub step_logits: Vec<Vec<f32>>,
+}
+
+impl GgufReference {
+    /// Every prompt's reference for `gguf`, from `X.ref.safetensors` beside `X.gguf`. Panics
+    /// naming the file and the tensor when one is missing or malformed.
+    pub fn read_all(gguf: &std::path::Path) -> Vec<GgufReference> {
+        let path = gguf.with_extension("ref.safetensors");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let tensor = |name: &str| {
+            st.tensor(name)
+                .unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()))
+        };
+        let words = |name: &str| -> Vec<[u8; 4]> {
+            tensor(name)
+                .data()
+                .chunks_exact(4)
+                .map(|c| c.try_into().expect("4 bytes"))
+                .collect()
+        };
+        let ints = |name: &str| -> Vec<u32> {
+            words(name)
+                .into_iter()
+                .map(|w| i32::from_le_bytes(w) as u32)
+                .collect()
+        };
+        ["p1", "p2", "p3"]
+            .iter()
+            .map(|p| {
+                let logits = format!("{p}.step_logits");
+                let vocab = tensor(&logits).shape()[1];
+                let values: Vec<f32> = words(&logits).into_iter().map(f32::from_le_bytes).collect();
+                GgufReference {
+                    prompt: p.to_string(),
+                    prompt_ids: ints(&format!("{p}.prompt_ids")),
+                    greedy_ids: ints(&format!("{p}.greedy_ids")),
+                    step_logits: values.chunks(vocab).map(<[f32]>::to_vec).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs GGUF fixture file `file` (a path under [`gguf_fixtures`]) on `target`: its Q8_0, Q4_0
+/// and Q4_K linear weights must stay quantized (the kernels read the blocks), every prompt's
+/// greedy tokens must equal the NumPy reference's and its logits be within `tol` of them.
+/// Returns the largest logit difference.
+pub fn assert_gguf_fixture_matches(target: &dyn kiln_compile::Target, file: &str, tol: f32) -> f32 {
+    let path = gguf_fixtures().join(file);
+    let opts = crate::LoadOptions::new(target);
+    let mut model = crate::Model::load(&crate::ModelSource::Gguf(path.clone()), &opts)
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    assert!(
+        !model.config.file_quant.is_empty(),
+        "{file}: no weight stayed quantized"
+    );
+    let mut worst = 0.0f32;
+    for r in GgufReference::read_all(&path) {
+        let g = model
+            .generate(
+                &r.prompt_ids,
+                r.greedy_ids.len(),
+                &crate::Sampling::default(),
+                &[],
+                |_| {},
+            )
+            .unwrap_or_else(|e| panic!("{file} {}: {e}", r.prompt));
+        assert_eq!(
+            g.generated_ids, r.greedy_ids,
+            "{file} {}: greedy ids",
+            r.prompt
+        );
+        for (k, (got, want)) in g.step_logits.iter().zip(&r.step_logits).enumerate() {
+            let d = max_abs_diff(got, want);
+            assert!(
+                d <= tol,
+                "{file} {}: step {k} logits differ by {d} (> {tol})",
+                r.prompt
+            );
+            worst = worst.max(d);
+        }
+    }
+    eprintln!("{file}: max |kiln - numpy| {worst:.2e}");
+    worst
+}
+
 /// Writes GGUF files (version 3, little-endian) for tests: metadata and tensors as given,
 /// tensor data at aligned offsets in the order added. Nothing is checked, so a test can write
 /// exactly the broken file it wants (with [`GgufBuilder::raw_kv`] and

@@ -95,9 +95,10 @@ pub trait Backend: Sync {
     }
 
     /// Whether this backend's kernels read weights stored in `dtype`. The block-quantized
-    /// dtypes (`DType::is_quantized`) are read only by backends that render their matmul
-    /// kernels (kiln-cpu); the compile refuses a graph with such an input on any other,
-    /// naming the backend, the input and the dtype (`CompileError::UnsupportedDType`).
+    /// dtypes (`DType::is_quantized`) are read only by backends whose matmul kernels read
+    /// GGML blocks (kiln-cpu, kiln-cuda and kiln-wgpu say so); the compile refuses a graph
+    /// with such an input on any other, naming the backend, the input and the dtype
+    /// (`CompileError::UnsupportedDType`).
     fn supports_weight_dtype(&self, dtype: kiln_ir::DType) -> bool {
         !dtype.is_quantized()
     }

@@ -28,8 +28,13 @@ pub fn prelude(backend_prelude: &str) -> String {
     backend_prelude.replace(HELPERS_MARKER, HELPERS)
 }
 
-/// `const T *name = inN + base;`: a pointer to the start of a matmul operand's batch slice.
+/// `const T *name = inN + base;`: a pointer to the start of a matmul operand's batch slice;
+/// for a block-quantized operand the buffer itself (its elements are not bytes: the element
+/// index adds the base, see [`MatOperand::at`]).
 pub fn slice_pointer(name: &str, o: &MatOperand) -> String {
+    if o.dtype.is_quantized() {
+        return format!("const uint8_t *{name} = {};", o.buf);
+    }
     format!(
         "const {} *{name} = {} + {};",
         CStyle.storage_type(o.dtype),
@@ -57,7 +62,7 @@ impl Dialect for CStyle {
             DType::F16 | DType::BF16 => "uint16_t",
             DType::I32 => "int32_t",
             DType::Bool => "uint8_t",
-            // Blocks, read by the matmul kernels that know their layout.
+            // Bytes of GGML blocks: `load` reads an element through `kiln_q*_at`.
             DType::Q8_0 | DType::Q4_0 | DType::Q4_K => "uint8_t",
         }
     }
@@ -129,6 +134,10 @@ impl Dialect for CStyle {
             DType::F16 => format!("kiln_f16_to_f32({x})"),
             DType::BF16 => format!("kiln_bf16_to_f32({x})"),
             DType::Bool => format!("(int)({x})"),
+            // Element `index` of a weight of GGML blocks, dequantized as ggml does.
+            DType::Q8_0 => format!("kiln_q8_0_at({buf}, {index})"),
+            DType::Q4_0 => format!("kiln_q4_0_at({buf}, {index})"),
+            DType::Q4_K => format!("kiln_q4_k_at({buf}, {index})"),
             _ => x,
         }
     }

@@ -260,9 +260,20 @@ impl MatOperand {
     }
 
     /// Element (row, col) of this operand's batch slice, read from a buffer (or pointer)
-    /// named `from` that starts at the slice, in the compute type.
+    /// named `from` that starts at the slice, in the compute type. A block-quantized operand
+    /// has no pointer to its slice (the slice may start inside a block): `from` is the buffer
+    /// itself and the element index includes [`Self::base`].
     pub fn at(&self, d: &dyn Dialect, from: &str, row: &str, col: &str) -> String {
-        d.load(self.dtype, from, &self.offset(d, row, col))
+        let offset = self.offset(d, row, col);
+        if self.dtype.is_quantized() {
+            d.load(
+                self.dtype,
+                from,
+                &d.index_op(IndexOp::Add, &self.base, &offset),
+            )
+        } else {
+            d.load(self.dtype, from, &offset)
+        }
     }
 }
 

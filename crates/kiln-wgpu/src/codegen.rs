@@ -15,7 +15,9 @@
 //!   then never race.
 //! - `@binding(2..)`: the inputs, `read`, in the kernel's input numbering; an input spans
 //!   [`KernelPlan::slices`] consecutive bindings (slices of [`SLICE_BYTES`] of one buffer).
-//! - Loads and stores go through `ld_<buf>(i)` / `st_out(i, v)`, defined here per buffer.
+//! - Loads and stores go through `ld_<buf>(i)` / `st_out(i, v)`, defined here per buffer. A
+//!   Q8_0, Q4_0 or Q4_K weight is bound as its GGML bytes and `ld_<buf>(i)` dequantizes
+//!   element `i` from them (`quantized_load`).
 //!
 //! Structure per kind ([`crate::plan`] has the launch grids):
 //! - elementwise: one invocation per output element, workgroups of [`ELEMENTWISE_WG`];
@@ -210,13 +212,67 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
                 "let w = {};\n    return i32((w >> (u32(i & 3i) * 8u)) & 0xffu);",
                 at("i >> 2u")
             ),
-            // Never rendered: the backend does not take block-quantized weights
-            // (`Backend::supports_weight_dtype`), so the compile stops before codegen.
             DType::Q8_0 | DType::Q4_0 | DType::Q4_K => {
-                format!("{CANNOT_COMPILE}block-quantized {dt} weights are not supported by wgpu")
+                s.push_str(&quantized_bytes(&name));
+                quantized_load(dt, &name)
             }
         };
         emit!(s, "fn ld_{name}(i: i32) -> {ty} {{\n    {body}\n}}");
+    }
+}
+
+/// Byte `p` and the f16 at (even) byte `p` of input `name`, from its words: a weight of GGML
+/// blocks is bound in the file's byte layout, whose Q8_0 and Q4_0 blocks (34 and 18 bytes)
+/// start on any even byte, so a block's fields are read as a word and a shift. The f16 scales
+/// sit at even offsets of every block and never straddle two words. Byte offsets are `u32`:
+/// a weight's bytes exceed its element count (34/32 for Q8_0), which fits in `i32`.
+fn quantized_bytes(name: &str) -> String {
+    format!(
+        "fn kiln_byte_{name}(p: u32) -> u32 {{ return (w_{name}(i32(p >> 2u)) >> ((p & 3u) * 8u)) & 0xffu; }}\n\
+         fn kiln_f16_{name}(p: u32) -> f32 {{ return kiln_f16_to_f32((w_{name}(i32(p >> 2u)) >> ((p & 2u) * 8u)) & 0xffffu); }}\n"
+    )
+}
+
+/// The body of `ld_<name>(i)` for a weight of GGML blocks: element `i` (a flat element index)
+/// dequantized exactly as ggml does (`kiln_ir::quant`; the same steps as `kiln_q*_at` in
+/// kiln-render's `cstyle_helpers.h`): the f16 scale to f32, then `d * q`, or for Q4_K
+/// `d * sc * q - dmin * m` with ggml's 6-bit sub-block scale and min.
+fn quantized_load(dt: DType, name: &str) -> String {
+    let byte = |p: &str| format!("kiln_byte_{name}({p})");
+    let half = |p: &str| format!("kiln_f16_{name}({p})");
+    match dt {
+        DType::Q8_0 => format!(
+            "let e = u32(i);\n    let b = (e >> 5u) * 34u;\n    \
+             let q = bitcast<i32>({} << 24u) >> 24u;\n    return f32(q) * {};",
+            byte("b + 2u + (e & 31u)"),
+            half("b")
+        ),
+        DType::Q4_0 => format!(
+            "let e = u32(i);\n    let b = (e >> 5u) * 18u;\n    let j = e & 31u;\n    \
+             let q = ({} >> ((j >> 4u) * 4u)) & 15u;\n    return f32(i32(q) - 8i) * {};",
+            byte("b + 2u + (j & 15u)"),
+            half("b")
+        ),
+        DType::Q4_K => format!(
+            "let e = u32(i);\n    let b = (e >> 8u) * 144u;\n    let v = e & 255u;\n    \
+             let j = v >> 5u;\n    let l = v & 63u;\n    \
+             // ggml's get_scale_min_k4 for sub-block j (the 12 scale bytes start at b + 4).\n    \
+             var sc = {} & 63u;\n    var m = {} & 63u;\n    \
+             if (j >= 4u) {{\n        let x = {};\n        \
+             sc = (x & 15u) | (({} >> 6u) << 4u);\n        \
+             m = (x >> 4u) | (({} >> 6u) << 4u);\n    }}\n    \
+             let q = ({} >> ((l >> 5u) * 4u)) & 15u;\n    \
+             let d = {} * f32(sc);\n    let dm = {} * f32(m);\n    return d * f32(q) - dm;",
+            byte("b + 4u + j"),
+            byte("b + 8u + j"),
+            byte("b + 8u + j"),
+            byte("b + j"),
+            byte("b + 4u + j"),
+            byte("b + 16u + 32u * (v >> 6u) + (l & 31u)"),
+            half("b"),
+            half("b + 2u")
+        ),
+        _ => unreachable!("{dt} is not block-quantized"),
     }
 }
 

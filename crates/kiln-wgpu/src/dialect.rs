@@ -36,7 +36,7 @@ impl Dialect for Wgsl {
             DType::I32 => "i32",
             // Packed: two f16/bf16 or four bools per word.
             DType::F16 | DType::BF16 | DType::Bool => "u32",
-            // Blocks in words; kiln-wgpu refuses kernels that read them (lib.rs).
+            // GGML blocks in words, read a byte at a time by `ld_<buf>` (codegen.rs).
             DType::Q8_0 | DType::Q4_0 | DType::Q4_K => "u32",
         }
     }

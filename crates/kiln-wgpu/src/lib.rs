@@ -353,6 +353,12 @@ impl Backend for WgpuBackend {
         })
     }
 
+    /// Every dtype: the matmul kernels read Q8_0, Q4_0 and Q4_K weights in their GGML blocks,
+    /// a byte at a time from 32-bit words (`codegen::quantized_load`).
+    fn supports_weight_dtype(&self, _: kiln_ir::DType) -> bool {
+        true
+    }
+
     fn source_extension(&self) -> &'static str {
         "wgsl"
     }

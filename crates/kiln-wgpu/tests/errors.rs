@@ -85,39 +85,6 @@ fn constant_sizes_beyond_i32_fail_at_compile_time() {
     );
 }
 
-/// Block-quantized weights are read only by the CPU backend's kernels: wgpu refuses them
-/// before any kernel is rendered, naming the backend, the input and the dtype.
-#[test]
-fn quantized_weights_are_refused_naming_backend_input_and_dtype() {
-    for dtype in DType::QUANTIZED {
-        let mut g = Graph::new();
-        let x = g
-            .input("x", DType::F32, &[kiln_ir::Expr::sym("m"), 256.into()])
-            .unwrap();
-        let w = g.input("w", dtype, &[8.into(), 256.into()]).unwrap();
-        let wt = g.transpose(w, 0, 1).unwrap();
-        let y = g.matmul(x, wt).unwrap();
-        g.output("y", y);
-        let err = compile(
-            &g,
-            &WgpuBackend::validate_only(),
-            &CompileOptions::default(),
-        )
-        .err()
-        .expect("refused");
-        let CompileError::UnsupportedDType {
-            backend,
-            input,
-            dtype: d,
-        } = &err
-        else {
-            panic!("{dtype}: {err}")
-        };
-        assert_eq!((backend.as_str(), input.as_str(), *d), ("wgpu", "w", dtype));
-        assert!(err.to_string().contains(dtype.name()), "{err}");
-    }
-}
-
 /// A buffer larger than the adapter's `max_buffer_size`, and an output larger than one storage
 /// binding, are refused before anything is launched, naming the buffer and the sizes.
 #[test]

@@ -160,6 +160,7 @@ macro_rules! op_case_tests {
             special_values_follow_the_interpreter,
             non_finite_constants_follow_the_interpreter,
             bf16_weight_gemv_reads_whole_words,
+            quantized_weight_matmuls,
             norm_matmul_softmax_and_a_gated_epilogue
         );
     };
@@ -747,6 +748,100 @@ pub fn bf16_weight_gemv_reads_whole_words() -> OpCase {
             ("w", bf16s(&[19, 2050], 32)),
             ("xb", f32s(&[2, sv, 64], 33)),
             ("wb", bf16s(&[2, 21, 64], 34)),
+        ])));
+    }
+    c
+}
+
+/// Matmuls of block-quantized weights (Q8_0, Q4_0 and Q4_K in GGML's byte layout, read as
+/// blocks by the kernels, dequantized by the interpreter): `x @ W^T` for each type with an odd
+/// number of weight rows, so that Q8_0's 34-byte and Q4_0's 18-byte blocks start on every even
+/// byte and not only on 32-bit words, and SiLU(gate) * up from one Q4_0 weight (an epilogue
+/// reading two products per element, where a backend fuses it); at one row (the GEMV), a few
+/// rows, and more rows than a 16-row tile.
+pub fn quantized_weight_matmuls() -> OpCase {
+    let mut g = Graph::new();
+    let s = Expr::sym("s");
+    // (weight dtype, name, rows, depth): depths of whole blocks (Q4_K: 256-value super-blocks).
+    let weights = [
+        (DType::Q8_0, "w8", 19usize, 96usize),
+        (DType::Q4_0, "w4", 21, 64),
+        (DType::Q4_K, "wk", 7, 512),
+    ];
+    for (dtype, name, n, k) in weights {
+        let x = g
+            .input(&format!("x_{name}"), DType::F32, &[s.clone(), k.into()])
+            .expect("x");
+        let w = g.input(name, dtype, &[n.into(), k.into()]).expect("w");
+        let wt = g.transpose(w, 0, 1).expect("w^T");
+        let y = g.matmul(x, wt).expect("x w^T");
+        g.output(&format!("y_{name}"), y);
+    }
+    let (half, k) = (12i64, 64usize);
+    let x = g.input("x_gu", DType::F32, &[s, k.into()]).expect("x");
+    let wgu = g
+        .input("wgu", DType::Q4_0, &[(2 * half).into(), k.into()])
+        .expect("wgu");
+    let wgut = g.transpose(wgu, 0, 1).expect("wgu^T");
+    let gu = g.matmul(x, wgut).expect("x wgu^T");
+    let gate = g.slice(gu, 1, 0, half).expect("gate");
+    let up = g.slice(gu, 1, half, 2 * half).expect("up");
+    let act = g.silu(gate).expect("silu");
+    let h = g.mul(act, up).expect("silu(gate) * up");
+    g.output("h", h);
+    // Dequantized weights summed in f32 in another order than the interpreter's f64, sums of
+    // at most 512 products of magnitude below 1 / sqrt(depth): within 1e-5 + 1e-4 relative.
+    let mut c = OpCase::new("quantized_weight_matmuls", g, 2, Tolerance::new(1e-5, 1e-4));
+    let quantized = |dtype: DType, n: usize, k: usize, seed: u64| {
+        let v: Vec<f32> = values(n * k, seed)
+            .into_iter()
+            .map(|x| x / (k as f32).sqrt())
+            .collect();
+        Tensor::quantize(dtype, &[n, k], &v).expect("whole blocks")
+    };
+    for sv in [1usize, 3, 17] {
+        let mut ins = vec![
+            ("x_gu", f32s(&[sv, k], 40)),
+            ("wgu", quantized(DType::Q4_0, 2 * half as usize, k, 41)),
+        ];
+        for (i, (dtype, name, n, k)) in weights.into_iter().enumerate() {
+            let seed = 42 + 2 * i as u64;
+            ins.push((["x_w8", "x_w4", "x_wk"][i], f32s(&[sv, k], seed)));
+            ins.push((name, quantized(dtype, n, k, seed + 1)));
+        }
+        c.runs.push(Run::new(inputs(&ins)));
+    }
+    c
+}
+
+/// Quantized weights read through views whose elements do not start a block: a product with
+/// columns 8..40 of each row of a Q8_0 and a Q4_0 weight (every element index of the operand
+/// lands mid-block). The graph admits it; kiln-cpu's packed kernels take only whole rows of
+/// blocks and refuse it, so this case is not in [`op_case_tests!`](crate::op_case_tests):
+/// the GPU backends, which read any element of a block, run it.
+pub fn quantized_weight_views() -> OpCase {
+    let mut g = Graph::new();
+    let s = Expr::sym("s");
+    let x = g
+        .input("x", DType::F32, &[s.clone(), 32.into()])
+        .expect("x");
+    for (dtype, name) in [(DType::Q8_0, "w8"), (DType::Q4_0, "w4")] {
+        let w = g.input(name, dtype, &[5.into(), 64.into()]).expect("w");
+        let cols = g.slice(w, 1, 8, 40).expect("w[:, 8..40]");
+        let wt = g.transpose(cols, 0, 1).expect("^T");
+        let y = g.matmul(x, wt).expect("x w^T");
+        g.output(&format!("y_{name}"), y);
+    }
+    let mut c = OpCase::new("quantized_weight_views", g, 2, Tolerance::new(1e-5, 1e-4));
+    for sv in [1usize, 18] {
+        let w = |dtype, seed| {
+            let v: Vec<f32> = values(5 * 64, seed).iter().map(|x| x / 8.0).collect();
+            Tensor::quantize(dtype, &[5, 64], &v).expect("whole blocks")
+        };
+        c.runs.push(Run::new(inputs(&[
+            ("x", f32s(&[sv, 32], 50)),
+            ("w8", w(DType::Q8_0, 51)),
+            ("w4", w(DType::Q4_0, 52)),
         ])));
     }
     c
