@@ -250,13 +250,18 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
             uint8_t *blk = strip + g * KILN_QA_BLOCK;
             int8_t q[32] = {0};
             float d = 0.0f;
+            int32_t sum = 0;
             if (i < tm) {
                 const float *restrict r = a + i * lda + g * 32;
                 const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 16);
                 const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
                 kiln_vf m = kiln_vmax((kiln_vf)((kiln_vu)x0 & abs_mask), (kiln_vf)((kiln_vu)x1 & abs_mask));
-                float amax = 0.0f;
-                for (int l = 0; l < 16; ++l) amax = m[l] > amax ? m[l] : amax;
+                /* the lanes' maximum by halving (max is exact: any order gives the same) */
+                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+                const float amax = m[0];
                 d = amax / 127.0f;
                 const float id = d != 0.0f ? 1.0f / d : 0.0f;
                 const kiln_vf sid = kiln_splatv(id);
@@ -266,11 +271,20 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
                 const kiln_v16qi b0 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q0, (kiln_v16qi){0}, (unsigned short)-1);
                 const kiln_v16qi b1 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q1, (kiln_v16qi){0}, (unsigned short)-1);
                 memcpy(q, &b0, 16); memcpy(q + 16, &b1, 16);
+                kiln_vi qs = q0 + q1;
+                qs += __builtin_shuffle(qs, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+                qs += __builtin_shuffle(qs, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+                qs += __builtin_shuffle(qs, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+                qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+                sum = qs[0];
             }
-            int32_t sum = 0;
-            for (int j = 0; j < 32; ++j) sum += q[j];
-            for (int qd = 0; qd < 8; ++qd)
-                for (int j = 0; j < 4; ++j) blk[(qd * KILN_QMR + s) * 4 + j] = (uint8_t)q[4 * qd + j] ^ flip;
+            const uint32_t flip4 = 0x01010101u * flip;
+            for (int qd = 0; qd < 8; ++qd) {
+                uint32_t word;
+                memcpy(&word, q + 4 * qd, 4);
+                word ^= flip4;
+                memcpy(blk + (qd * KILN_QMR + s) * 4, &word, 4);
+            }
             const int32_t bias = bias_mul * sum;
             memcpy(blk + 32 * KILN_QMR + 4 * s, &d, 4);
             memcpy(blk + 36 * KILN_QMR + 4 * s, &bias, 4);
