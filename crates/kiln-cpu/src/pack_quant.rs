@@ -18,7 +18,7 @@
 //! Bytes per 32 values and column: Q8_0 36 (GGUF 34), Q4_0 20 (18), Q4_K 24 (18): the f32
 //! scales cost a little memory and save a conversion per group on every token.
 //!
-//! **Integer layout** (Q8_0 and Q4_0 when the kernels were compiled for AVX-512 with VNNI:
+//! **Integer layout** (Q8_0, Q4_0 and Q4_K when the kernels were compiled for AVX-512 VNNI:
 //! `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
 //! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane),
 //! so a group's values are grouped four k-values per 32-bit lane: quad `q` (values
@@ -28,7 +28,9 @@
 //!   `[8][panel][4]` i8 — 40 bytes per 32 values and column;
 //! - Q4_0: `scale: [f32; panel]`, then `[8][panel / 2][4]` bytes, column `c` in the low nibble
 //!   of byte `(c, j)` and column `c + panel / 2` in its high nibble (the stored 0..15, the
-//!   kernel subtracts `8 * sum(a)`) — 20 bytes, as in the f32 layout.
+//!   kernel subtracts `8 * sum(a)`) — 20 bytes, as in the f32 layout;
+//! - Q4_K: `scale: [f32; panel]` (`d * sc`), `neg_min: [f32; panel]` (`-(dmin * m)`), then the
+//!   nibbles as Q4_0 — 24 bytes, as in the f32 layout.
 
 use kiln_ir::quant::sub_block;
 use kiln_ir::DType;
@@ -103,9 +105,9 @@ pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> Hos
     out
 }
 
-/// Whether `dtype` has an integer layout ([`pack_quant_int8`]); Q4_K keeps the f32 one.
+/// Whether `dtype` has an integer layout ([`pack_quant_int8`]).
 pub fn integer_layout(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0)
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_K)
 }
 
 /// Bytes of one group of a `panel`-column panel of `dtype` in the integer layout
@@ -114,11 +116,12 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
     match dtype {
         DType::Q8_0 => (8 + GROUP) * panel,
         DType::Q4_0 => (4 + GROUP / 2) * panel,
+        DType::Q4_K => (8 + GROUP / 2) * panel,
         other => panic!("{other} has no integer layout"),
     }
 }
 
-/// [`pack_quant`] in the integer layout (see the module's documentation): Q8_0 or Q4_0.
+/// [`pack_quant`] in the integer layout (see the module's documentation): Q8_0, Q4_0, Q4_K.
 pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     let q = dtype.quant().expect("a block-quantized dtype");
     assert!(integer_layout(dtype), "{dtype} has no integer layout");
@@ -145,7 +148,7 @@ pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -
         for c in 0..live {
             let row = &bytes[(p * panel + c) * row_bytes..][..row_bytes];
             for g in 0..groups {
-                let (scale, _, vals) = sub_block(q, row, g).expect("whole blocks");
+                let (scale, min, vals) = sub_block(q, row, g).expect("whole blocks");
                 let grp = &mut dst[g * gb..][..gb];
                 grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
                 if dtype == DType::Q8_0 {
@@ -155,9 +158,14 @@ pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -
                         grp[8 * panel + (k / 4) * 4 * panel + 4 * c + k % 4] = v;
                     }
                 } else {
+                    let mut at = 4 * panel;
+                    if dtype == DType::Q4_K {
+                        grp[at + 4 * c..][..4].copy_from_slice(&(-min).to_le_bytes());
+                        at += 4 * panel;
+                    }
                     let shift = if c < half { 0 } else { 4 };
                     for (k, &v) in vals.iter().enumerate() {
-                        grp[4 * panel + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
+                        grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
                     }
                 }
             }

@@ -1,9 +1,9 @@
-//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, AVX-512 VNNI: Q8_0 and
-//! Q4_0 weights times activations quantized per 32 values to int8) against a scalar Rust model
+//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, AVX-512 VNNI: Q8_0, Q4_0
+//! and Q4_K weights times activations quantized per 32 values to int8) against a scalar model
 //! of the same arithmetic, bit for bit: each activation block quantized as ggml's
 //! quantize_row_q8_0 does (d = amax / 127, q = round-half-even(x * (1 / d)), d kept in f32),
 //! each block's dot product an exact integer, and the blocks summed in order with
-//! `acc = fma(dot as f32, sw * sa, acc)`. Both sides do the same f32 operations in the same
+//! `acc = fma(dot as f32, sw * sa, acc)` (Q4_K then `acc = fma(-m, sa * sum(q_a), acc)`). Both sides do the same f32 operations in the same
 //! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
 //! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
 //! columns starting mid-panel (the scalar chains), blocks of zeros (d = 0); 1 vs 2 threads;
@@ -75,17 +75,23 @@ fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
             let row = &w.bytes()[n * row_bytes..(n + 1) * row_bytes];
             let mut acc = 0f32;
             for (b, (sa, qa)) in blocks.iter().enumerate() {
-                let (sw, _, qw) = sub_block(q, row, b).unwrap();
+                let (sw, mw, qw) = sub_block(q, row, b).unwrap();
                 let dot: i32 = (0..32)
                     .map(|j| {
                         let wv = match dtype {
                             DType::Q8_0 => qw[j] as i8 as i32,
-                            _ => qw[j] as i32 - 8,
+                            DType::Q4_0 => qw[j] as i32 - 8,
+                            _ => qw[j] as i32,
                         };
                         qa[j] * wv
                     })
                     .sum();
                 acc = (dot as f32).mul_add(sw * sa, acc);
+                if dtype == DType::Q4_K {
+                    // d1 * q - m1: the min times the block's activation sum, a second FMA.
+                    let sum: i32 = qa.iter().sum();
+                    acc = (-mw).mul_add(sa * sum as f32, acc);
+                }
             }
             out[i * rows + n] = acc;
         }
@@ -176,6 +182,13 @@ fn q8_0_integer_path_is_the_model() {
     check(DType::Q8_0, 70, 24, 1056);
     check(DType::Q8_0, 1, 16, 32);
     check(DType::Q8_0, 33, 40, 2080);
+}
+
+#[test]
+fn q4_k_integer_path_is_the_model() {
+    // Five 256-value super-blocks per row: across the k block.
+    check(DType::Q4_K, 70, 40, 1280);
+    check(DType::Q4_K, 33, 16, 256);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! the micro-kernel's strips, a partial last panel, K past the 1024-deep k block, epilogue
 //! columns on and off a panel boundary; weights bound once (packed when bound) and passed per
 //! run (packed at launch); 1 vs 2 threads and a decode row against the same row of a prefill.
-//! Where the compiler targets AVX-512 VNNI, the integer path of Q8_0 and Q4_0 (activations
+//! Where the compiler targets AVX-512 VNNI, the integer path of Q8_0, Q4_0, Q4_K (activations
 //! quantized to int8) runs too: against the interpreter within the activation quantization's
 //! error (stated below), not bit for bit against the f32 kernels; its exact model is
 //! tests/gemm_qint8.rs. The f32-dequantizing AVX-512 kernels are then forced
@@ -88,8 +88,7 @@ fn load(g: &Graph, (isa, quant): (Isa, QuantRequest), threads: usize) -> Box<dyn
 fn check_sizes(dtype: DType, n: i64, half: i64, k: i64) {
     for isa in paths() {
         // The integer path quantizes the activations (exact model: tests/gemm_qint8.rs).
-        let int8 = backend(Some(isa.0)).with_quant(isa.1).quant_int8().unwrap()
-            && matches!(dtype, DType::Q8_0 | DType::Q4_0);
+        let int8 = backend(Some(isa.0)).with_quant(isa.1).quant_int8().unwrap();
         let g = linear_graph(dtype, n, half, k);
         let q = weights(dtype, n, half, k);
         let deq: Vec<(&str, Tensor)> = q

@@ -91,9 +91,9 @@ fn references(gguf: &Path) -> Vec<(String, Reference)> {
 }
 
 /// Whether `kept` (the dtypes a model keeps quantized) puts a matmul on the CPU's integer path
-/// (AVX-512 VNNI: Q8_0 and Q4_0 times activations quantized per 32 values to int8).
+/// (AVX-512 VNNI: Q8_0, Q4_0 and Q4_K times activations quantized per 32 values to int8).
 fn int8_path(kept: &[&str]) -> bool {
-    cpu().quant_int8().unwrap() && kept.iter().any(|d| matches!(*d, "q8_0" | "q4_0"))
+    cpu().quant_int8().unwrap() && kept.iter().any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k"))
 }
 
 /// llama.cpp's own max |logit - NumPy reference| on `file` (`dir/name.gguf`), measured by
