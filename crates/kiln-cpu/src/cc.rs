@@ -11,7 +11,9 @@
 //! flags it stands for (gcc reports them); otherwise each distcc server would compile for its
 //! own CPU. Resolving changes no byte of the output (checked: the shared objects are identical).
 
-use crate::isa::{Isa, IsaError, IsaRequest, AVX512_FLAGS, ISA_ENV};
+use crate::isa::{
+    Isa, IsaError, IsaRequest, QuantRequest, AVX512_FLAGS, ISA_ENV, QUANT_ENV, VNNI_FLAG,
+};
 use kiln_process::{self as process, ChildError};
 use kiln_program::BackendError;
 use std::path::Path;
@@ -66,6 +68,8 @@ pub struct CCompiler {
     native: OnceLock<Option<Vec<String>>>,
     /// The kernels' vector ISA asked for (`KILN_CPU_ISA`, or [`CCompiler::with_isa`]).
     isa_request: Result<IsaRequest, IsaError>,
+    /// The quantized matmul path asked for (`KILN_CPU_QUANT`, or [`CCompiler::with_quant`]).
+    quant_request: Result<QuantRequest, IsaError>,
     /// How long one invocation may take before its process group is killed.
     pub timeout: Duration,
 }
@@ -97,6 +101,7 @@ impl CCompiler {
             origin,
             native: OnceLock::new(),
             isa_request: IsaRequest::from_env(),
+            quant_request: QuantRequest::from_env(),
             timeout: kiln_process::default_compile_timeout(),
         }
     }
@@ -105,6 +110,52 @@ impl CCompiler {
     pub fn with_isa(mut self, isa: Isa) -> CCompiler {
         self.isa_request = Ok(IsaRequest::Force(isa));
         self
+    }
+
+    /// The same compiler, quantized matmuls on the path `quant` asks for whatever
+    /// `KILN_CPU_QUANT` says (tests compare both).
+    pub fn with_quant(mut self, quant: QuantRequest) -> CCompiler {
+        self.quant_request = Ok(quant);
+        self
+    }
+
+    /// Whether the kernels' Q8_0 and Q4_0 matmuls take the integer path (`kiln_quant_int8` in
+    /// the prelude): AVX-512 kernels on a target with VNNI, unless `KILN_CPU_QUANT=dequant`.
+    pub fn quant_int8(&self) -> Result<bool, BackendError> {
+        let request = self
+            .quant_request
+            .clone()
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let vnni = self.isa()? == Isa::Avx512 && self.target_has_vnni();
+        match request {
+            QuantRequest::Dequant => Ok(false),
+            QuantRequest::Auto => Ok(vnni),
+            QuantRequest::Int8 if vnni => Ok(true),
+            QuantRequest::Int8 => Err(BackendError::Unavailable(format!(
+                "{QUANT_ENV}=int8, but the kernels are not compiled for AVX-512 with VNNI here (`{}` kernels; -march=native means `{}`)",
+                self.isa()?.name(),
+                self.native().map_or("(not reported)".to_string(), |f| f.join(" "))
+            ))),
+        }
+    }
+
+    fn target_has_vnni(&self) -> bool {
+        if self.real().iter().any(|w| w == "-mno-avx512vnni") {
+            return false;
+        }
+        match self.native() {
+            Some(flags) => flags.iter().any(|g| g == VNNI_FLAG),
+            None => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    std::arch::is_x86_feature_detected!("avx512vnni")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
+                }
+            }
+        }
     }
 
     /// Whether the compiler's target (`-march=native` as resolved, and the command's own
@@ -220,6 +271,7 @@ impl CCompiler {
             .to_string();
         // The prelude is part of every translation unit, so it is part of every cache key.
         let isa = self.isa()?;
+        self.quant_int8()?;
         let prelude = blake3::hash(prelude(isa).as_bytes()).to_hex();
         Ok(format!(
             "{} | {version} | {} {} | {} | {} kernels | prelude {}",
@@ -246,6 +298,13 @@ impl CCompiler {
             .collect();
         if matches!(self.isa(), Ok(Isa::Avx2)) && self.target_has_avx512() {
             flags.push("-mno-avx512f".into());
+        }
+        // Only where it changes the kernels (the prelude would pick the integer path).
+        if matches!(self.quant_request, Ok(QuantRequest::Dequant))
+            && matches!(self.isa(), Ok(Isa::Avx512))
+            && self.target_has_vnni()
+        {
+            flags.push("-DKILN_QUANT_DEQUANT".into());
         }
         flags
     }

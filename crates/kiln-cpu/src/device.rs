@@ -5,7 +5,7 @@
 //! each worker has scratch memory that kernels use for their tiles.
 
 use crate::codegen::SCRATCH_HEADER;
-use crate::pack::{pack, packed_weight};
+use crate::pack::{pack, packed_weight, Panels};
 use crate::CpuModule;
 use kiln_ir::{Bindings, DType, Expr, Tensor};
 use kiln_program::{Device, LaunchSpec, RunError};
@@ -30,7 +30,7 @@ pub struct CpuKernel {
     symbols: Vec<Expr>,
     /// The input read as packed panels, its dtype, depth (`K`) and panel width (`KILN_NR`
     /// of the module the kernel was compiled in).
-    packed: Option<(usize, DType, Expr, usize)>,
+    packed: Option<(usize, DType, Expr, Panels)>,
 }
 
 /// A buffer in host memory; a weight may be held packed for the matmuls that read it so.
@@ -98,9 +98,9 @@ pub struct CpuDevice {
     dispatch: Dispatch,
     threads: usize,
     scratch: Scratch,
-    /// The panel width of the kernels resolved so far (every module of a program is compiled
-    /// for one ISA); weights are packed to it.
-    panel: Option<usize>,
+    /// The panels of the kernels resolved so far (every module of a program is compiled for
+    /// one ISA and quantized path); weights are packed to them.
+    panel: Option<Panels>,
 }
 
 #[derive(Clone, Copy)]
@@ -160,28 +160,35 @@ impl CpuDevice {
 }
 
 impl CpuDevice {
-    /// The panel width `module` was compiled for (its `kiln_panel_columns`), which must be the
-    /// one of every module resolved before: weights are packed once, for all their readers.
-    fn panel_of(&mut self, module: &CpuModule, kernel: &str) -> Result<usize, RunError> {
+    /// The panels `module` was compiled for (its `kiln_panel_columns` and `kiln_quant_int8`),
+    /// which must be those of every module resolved before: weights are packed once, for all
+    /// their readers.
+    fn panel_of(&mut self, module: &CpuModule, kernel: &str) -> Result<Panels, RunError> {
         let bad = |detail: String| RunError::Kernel {
             kernel: kernel.to_string(),
             detail,
         };
-        // SAFETY: the prelude of every translation unit defines it as a `const int`.
-        let panel = unsafe {
-            let sym = module
-                .lib
-                .get::<*const i32>(b"kiln_panel_columns")
-                .map_err(|e| bad(format!("its module does not say its panel width: {e}")))?;
-            **sym
+        let read = |name: &str| -> Result<i32, RunError> {
+            // SAFETY: the prelude of every translation unit defines both as a `const int`.
+            unsafe {
+                let sym = module.lib.get::<*const i32>(name.as_bytes()).map_err(|e| {
+                    bad(format!("its module does not say its panels ({name}): {e}"))
+                })?;
+                Ok(**sym)
+            }
         };
-        let panel = usize::try_from(panel)
+        let columns = read("kiln_panel_columns")?;
+        let columns = usize::try_from(columns)
             .ok()
             .filter(|p| [16, 32].contains(p))
-            .ok_or_else(|| bad(format!("its module says panels are {panel} columns wide")))?;
+            .ok_or_else(|| bad(format!("its module says panels are {columns} columns wide")))?;
+        let panel = Panels {
+            columns,
+            int8_quant: read("kiln_quant_int8")? != 0,
+        };
         match self.panel {
             Some(p) if p != panel => Err(bad(format!(
-                "compiled for {panel}-column weight panels, but this device packs weights in {p}-column panels for kernels resolved before (kernels compiled for two ISAs in one program)"
+                "compiled for {panel:?}, but this device packs weights as {p:?} for kernels resolved before (kernels compiled for two ISAs or quantized paths in one program)"
             ))),
             _ => {
                 self.panel = Some(panel);

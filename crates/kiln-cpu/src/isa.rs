@@ -74,7 +74,9 @@ pub const MAX_PANEL: usize = 32;
 pub enum IsaError {
     #[error("{env}={0:?} is not a CPU kernel ISA: use avx2, avx512 or auto (the widest the CPU has)", env = ISA_ENV)]
     Unknown(String),
-    #[error("{env}: {0}", env = ISA_ENV)]
+    #[error("{env}={0:?} is not a quantized matmul path: use int8 (AVX-512 VNNI), dequant or auto", env = QUANT_ENV)]
+    UnknownQuant(String),
+    #[error("{env} / {quant}: {0}", env = ISA_ENV, quant = QUANT_ENV)]
     Unreadable(std::env::VarError),
 }
 
@@ -100,6 +102,45 @@ impl IsaRequest {
     }
 }
 
+/// The environment variable that picks the quantized matmul path (`auto`, `int8`, `dequant`).
+pub const QUANT_ENV: &str = "KILN_CPU_QUANT";
+
+/// The target-feature flag the integer quantized path needs (with AVX-512).
+pub const VNNI_FLAG: &str = "-mavx512vnni";
+
+/// How Q8_0 and Q4_0 weights are multiplied: with `KILN_CPU_QUANT` unset (or `auto`), on the
+/// integer path where the kernels are compiled for AVX-512 with VNNI (activations quantized
+/// per 32 values to int8, `vpdpbusd`), else by dequantizing to f32 in registers; `dequant`
+/// forces the latter (the compile flags then hold `-DKILN_QUANT_DEQUANT`, so the cache key
+/// changes with it), `int8` asks for the former and is an error where it cannot be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantRequest {
+    Auto,
+    Int8,
+    Dequant,
+}
+
+impl QuantRequest {
+    /// `KILN_CPU_QUANT` (see [`QuantRequest`]).
+    pub fn from_env() -> Result<QuantRequest, IsaError> {
+        match std::env::var(QUANT_ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(QuantRequest::Auto),
+            Ok(v) => QuantRequest::parse(&v),
+            Err(e) => Err(IsaError::Unreadable(e)),
+        }
+    }
+
+    /// A value of `KILN_CPU_QUANT`.
+    pub fn parse(v: &str) -> Result<QuantRequest, IsaError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(QuantRequest::Auto),
+            "int8" => Ok(QuantRequest::Int8),
+            "dequant" | "f32" => Ok(QuantRequest::Dequant),
+            other => Err(IsaError::UnknownQuant(other.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +157,14 @@ mod tests {
             IsaRequest::parse(" AVX512 ").unwrap(),
             IsaRequest::Force(Isa::Avx512)
         );
+        assert_eq!(QuantRequest::parse("").unwrap(), QuantRequest::Auto);
+        assert_eq!(QuantRequest::parse("INT8").unwrap(), QuantRequest::Int8);
+        assert_eq!(
+            QuantRequest::parse("dequant").unwrap(),
+            QuantRequest::Dequant
+        );
+        let q = QuantRequest::parse("int4").unwrap_err().to_string();
+        assert!(q.contains("KILN_CPU_QUANT") && q.contains("dequant"), "{q}");
         let e = IsaRequest::parse("sse9").unwrap_err();
         assert_eq!(e, IsaError::Unknown("sse9".into()));
         let e = e.to_string();

@@ -12,7 +12,7 @@ pub mod probe;
 
 pub use cc::{CCompiler, FLAGS};
 pub use device::{CpuBuffer, CpuDevice, CpuKernel};
-pub use isa::Isa;
+pub use isa::{Isa, QuantRequest};
 
 use kiln_program::{Backend, BackendError, Kernel, KernelSource};
 use kiln_program::{RunError, Runtime};
@@ -52,6 +52,18 @@ impl CpuBackend {
         self.cc = self.cc.with_isa(isa);
         self.identity = OnceLock::new();
         self
+    }
+
+    /// Quantized matmuls on the path `quant` asks for whatever `KILN_CPU_QUANT` says.
+    pub fn with_quant(mut self, quant: isa::QuantRequest) -> CpuBackend {
+        self.cc = self.cc.with_quant(quant);
+        self.identity = OnceLock::new();
+        self
+    }
+
+    /// Whether Q8_0 and Q4_0 matmuls take the integer (VNNI) path ([`isa::QuantRequest`]).
+    pub fn quant_int8(&self) -> Result<bool, BackendError> {
+        self.cc.quant_int8()
     }
 
     /// The vector ISA the kernels are compiled for ([`isa`]).

@@ -63,11 +63,35 @@ fn quantized_rows(dtype: DType, depth: &kiln_ir::Expr) -> bool {
             .is_some_and(|k| k > 0 && k % dtype.block_elems() as i64 == 0)
 }
 
+/// What the kernels a device resolved read packed weights as (each module says so:
+/// `kiln_panel_columns`, `kiln_quant_int8` in the C prelude).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Panels {
+    /// Columns per panel (`KILN_NR`): 32 with AVX-512, 16 otherwise.
+    pub columns: usize,
+    /// Q8_0 and Q4_0 weights in the integer (VNNI) layout of [`crate::pack_quant`].
+    pub int8_quant: bool,
+}
+
+impl Panels {
+    /// `columns`-wide panels, quantized weights in the f32-dequantizing layout.
+    pub fn dequant(columns: usize) -> Panels {
+        Panels {
+            columns,
+            int8_quant: false,
+        }
+    }
+}
+
 /// Packs `bytes` (a row-major weight of `rows x depth` elements of `dtype`, f32 or bf16, at
 /// least 4-byte aligned as tensors and device buffers are) into panels of `panel` columns of
 /// the product (`KILN_NR` in the C prelude), on the current rayon pool.
-pub fn pack(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
+pub fn pack(bytes: &[u8], dtype: DType, depth: usize, panels: Panels) -> HostBuffer {
+    let panel = panels.columns;
     if dtype.is_quantized() {
+        if panels.int8_quant && crate::pack_quant::integer_layout(dtype) {
+            return crate::pack_quant::pack_quant_int8(bytes, dtype, depth, panel);
+        }
         return crate::pack_quant::pack_quant(bytes, dtype, depth, panel);
     }
     match dtype.size_bytes() {
@@ -165,7 +189,7 @@ mod tests {
         let (rows, depth) = (37usize, 3usize);
         let w: Vec<u16> = (0..rows * depth).map(|i| i as u16 + 1).collect();
         let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let p = pack(&bytes, DType::BF16, depth, panel);
+        let p = pack(&bytes, DType::BF16, depth, Panels::dequant(panel));
         let panels = rows.div_ceil(panel);
         // SAFETY: nothing writes the buffer.
         let got = unsafe { p.bytes(panels * depth * panel * 2) };
@@ -183,7 +207,7 @@ mod tests {
         let (rows, depth) = (37usize, 5usize);
         let w: Vec<f32> = (0..rows * depth).map(|i| i as f32 + 1.0).collect();
         let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let p = pack(&bytes, DType::F32, depth, panel);
+        let p = pack(&bytes, DType::F32, depth, Panels::dequant(panel));
         let panels = rows.div_ceil(panel);
         assert_eq!(p.len(), (panels * depth * panel * 4).div_ceil(8) * 8);
         // SAFETY: nothing writes the buffer.

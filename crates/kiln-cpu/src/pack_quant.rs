@@ -17,6 +17,20 @@
 //! (`kiln_ir::quant::sub_block` gives the operations). Columns past the last row are zero.
 //! Bytes per 32 values and column: Q8_0 36 (GGUF 34), Q4_0 20 (18), Q4_K 24 (18): the f32
 //! scales cost a little memory and save a conversion per group on every token.
+//!
+//! **Integer layout** (Q8_0, Q4_0 and Q4_K when the kernels were compiled for AVX-512 VNNI:
+//! `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
+//! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane),
+//! so a group's values are grouped four k-values per 32-bit lane: quad `q` (values
+//! `4q..4q+3` of the group) is `[panel][4]` bytes, one 64-byte load per 16 columns. Per group:
+//! - Q8_0: `scale: [f32; panel]`, `bias: [i32; panel]` = `-128 * sum(q)` (the kernel feeds the
+//!   activations as `a + 128`, unsigned, and starts each block's dot at this), then
+//!   `[8][panel][4]` i8 — 40 bytes per 32 values and column;
+//! - Q4_0: `scale: [f32; panel]`, then `[8][panel / 2][4]` bytes, column `c` in the low nibble
+//!   of byte `(c, j)` and column `c + panel / 2` in its high nibble (the stored 0..15, the
+//!   kernel subtracts `8 * sum(a)`) — 20 bytes, as in the f32 layout;
+//! - Q4_K: `scale: [f32; panel]` (`d * sc`), `neg_min: [f32; panel]` (`-(dmin * m)`), then the
+//!   nibbles as Q4_0 — 24 bytes, as in the f32 layout.
 
 use kiln_ir::quant::sub_block;
 use kiln_ir::DType;
@@ -83,6 +97,75 @@ pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> Hos
                         grp[at + r * half + byte] |= v << shift;
                     } else {
                         grp[at + r * panel + c] = v;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Whether `dtype` has an integer layout ([`pack_quant_int8`]).
+pub fn integer_layout(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_K)
+}
+
+/// Bytes of one group of a `panel`-column panel of `dtype` in the integer layout
+/// (`KILN_GBI_*` in the C header).
+pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
+    match dtype {
+        DType::Q8_0 => (8 + GROUP) * panel,
+        DType::Q4_0 => (4 + GROUP / 2) * panel,
+        DType::Q4_K => (8 + GROUP / 2) * panel,
+        other => panic!("{other} has no integer layout"),
+    }
+}
+
+/// [`pack_quant`] in the integer layout (see the module's documentation): Q8_0, Q4_0, Q4_K.
+pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
+    let q = dtype.quant().expect("a block-quantized dtype");
+    assert!(integer_layout(dtype), "{dtype} has no integer layout");
+    assert!(
+        depth > 0 && depth.is_multiple_of(q.block_elems()),
+        "{dtype} rows of {depth} values are not whole blocks"
+    );
+    let row_bytes = depth / q.block_elems() * q.block_bytes();
+    let rows = bytes.len() / row_bytes;
+    let groups = depth / GROUP;
+    let gb = group_bytes_int8(dtype, panel);
+    let panel_bytes = groups * gb;
+    let panels = rows.div_ceil(panel);
+    let out = HostBuffer::zeroed(panels * panel_bytes);
+    let dst = out.as_mut_ptr() as usize;
+    let half = panel / 2;
+    (0..panels).into_par_iter().for_each(|p| {
+        // SAFETY: panel p owns bytes [p * panel_bytes, (p + 1) * panel_bytes) of `out`;
+        // nothing else writes them.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut((dst as *mut u8).add(p * panel_bytes), panel_bytes)
+        };
+        let live = panel.min(rows - p * panel);
+        for c in 0..live {
+            let row = &bytes[(p * panel + c) * row_bytes..][..row_bytes];
+            for g in 0..groups {
+                let (scale, min, vals) = sub_block(q, row, g).expect("whole blocks");
+                let grp = &mut dst[g * gb..][..gb];
+                grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
+                if dtype == DType::Q8_0 {
+                    let sum: i32 = vals.iter().map(|&v| v as i8 as i32).sum();
+                    grp[4 * panel + 4 * c..][..4].copy_from_slice(&(-128 * sum).to_le_bytes());
+                    for (k, &v) in vals.iter().enumerate() {
+                        grp[8 * panel + (k / 4) * 4 * panel + 4 * c + k % 4] = v;
+                    }
+                } else {
+                    let mut at = 4 * panel;
+                    if dtype == DType::Q4_K {
+                        grp[at + 4 * c..][..4].copy_from_slice(&(-min).to_le_bytes());
+                        at += 4 * panel;
+                    }
+                    let shift = if c < half { 0 } else { 4 };
+                    for (k, &v) in vals.iter().enumerate() {
+                        grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
                     }
                 }
             }

@@ -6,7 +6,10 @@
 //! computes the reference's function in f32, and the only difference left is f32 rounding,
 //! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0 and Q4_K linear weights quantized and
 //! dequantizes them inside the kernels, to the same f32 values ggml's dequantization gives
-//! (bit for bit: crates/kiln-cpu/tests/gemm_quant.rs), so the same tolerance holds. The F32 and BF16 files of tiny-qwen3 also give bit-identical
+//! (bit for bit: crates/kiln-cpu/tests/gemm_quant.rs), so the same tolerance holds on the f32-dequantizing kernels. Where the CPU has AVX-512 VNNI,
+//! Q8_0 and Q4_0 matmuls take the integer path (activations quantized per 32 values to int8,
+//! as llama.cpp does): those files are held to llama.cpp's own distance from the reference
+//! ([`tolerance`], [`check_prompt`]). The F32 and BF16 files of tiny-qwen3 also give bit-identical
 //! logits to the safetensors fixtures they were written from.
 
 use kiln_compile::CompileOptions;
@@ -87,6 +90,125 @@ fn references(gguf: &Path) -> Vec<(String, Reference)> {
         .collect()
 }
 
+/// Whether `kept` (the dtypes a model keeps quantized) puts a matmul on the CPU's integer path
+/// (AVX-512 VNNI: Q8_0, Q4_0 and Q4_K times activations quantized per 32 values to int8).
+fn int8_path(kept: &[&str]) -> bool {
+    cpu().quant_int8().unwrap() && kept.iter().any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k"))
+}
+
+/// llama.cpp's own max |logit - NumPy reference| on `file` (`dir/name.gguf`), measured by
+/// tests/gguf/make.py on the same prompts (tests/gguf/llama-cpp-distance.json).
+fn llama_cpp_distance(file: &str) -> f32 {
+    let path = kiln_models::testing::gguf_fixtures().join("llama-cpp-distance.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == file)
+        .and_then(|f| f["llama_cpp_max_abs_logit_diff"].as_f64())
+        .unwrap_or_else(|| panic!("{}: no entry for {file}", path.display())) as f32
+}
+
+/// The logits' tolerance for `file` (`dir/name.gguf`): 1e-4 where the kernels compute the
+/// dequantized model in f32 (see the top of this file). On the integer path the activations
+/// are quantized per 32 values to int8 exactly as llama.cpp quantizes them (q8_0, its scale
+/// kept in f32 where llama.cpp rounds it to f16), so the error is of llama.cpp's kind and size,
+/// and is measured like llama.cpp's in tests/gguf/make.py (teacher-forced, max over 3 prompts x
+/// 16 steps x the vocabulary). Two realisations of the same rounding noise do not have the same
+/// maximum: measured kiln / llama.cpp per file 0.36 to 1.17 (tiny-qwen3 Q8_0: 0.176 vs 0.151,
+/// the only file above 1; printed by the test). The bound is therefore 1.25 x llama.cpp's
+/// distance on the same file: it fails an error of another kind (a wrong scale, block or
+/// sign moves logits by whole units), and `docs/benchmarks.md` states the measured ratios.
+fn tolerance(file: &str, int8: bool) -> f32 {
+    if int8 {
+        1.25 * llama_cpp_distance(file)
+    } else {
+        1e-4
+    }
+}
+
+/// Whether llama.cpp's greedy tokens were the reference's on every step of `file`.
+fn llama_cpp_argmax_same(file: &str) -> bool {
+    let path = kiln_models::testing::gguf_fixtures().join("llama-cpp-distance.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == file)
+        .and_then(|f| f["llama_cpp_argmax_same"].as_bool())
+        .unwrap_or_else(|| panic!("{}: no entry for {file}", path.display()))
+}
+
+/// The reference's greedy tokens and logits against `model`'s on one prompt; returns the
+/// largest logit difference. Greedy tokens must be the reference's, except on the integer
+/// path for a file where llama.cpp's own greedy tokens also leave the reference's: there a
+/// token may differ only where the reference's top two logits are within 2 x `tol` of each
+/// other (a near tie that an error of `tol` can flip), and then every step is compared
+/// teacher-forced (kiln given the reference's tokens so far), within `tol` too.
+fn check_prompt(
+    model: &mut Model,
+    file: &str,
+    p: &str,
+    r: &Reference,
+    tol: f32,
+    int8: bool,
+) -> f32 {
+    let g = model
+        .generate(&r.prompt, r.greedy.len(), &Sampling::default(), &[], |_| {})
+        .unwrap();
+    let first_diff = g
+        .generated_ids
+        .iter()
+        .zip(&r.greedy)
+        .position(|(a, b)| a != b);
+    let diverged = first_diff.unwrap_or(r.greedy.len());
+    let mut worst = 0.0f32;
+    for (k, (got, want)) in g
+        .step_logits
+        .iter()
+        .zip(&r.step_logits)
+        .enumerate()
+        .take(diverged + 1)
+    {
+        let d = max_abs_diff(got, want);
+        assert!(
+            d <= tol,
+            "{file} {p}: step {k} logits differ by {d} (> {tol})"
+        );
+        worst = worst.max(d);
+    }
+    let Some(s) = first_diff else { return worst };
+    assert!(
+        int8 && !llama_cpp_argmax_same(file),
+        "{file} {p}: greedy ids {:?}, reference {:?}",
+        g.generated_ids,
+        r.greedy
+    );
+    let mut sorted = r.step_logits[s].clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let gap = sorted[0] - sorted[1];
+    assert!(
+        gap <= 2.0 * tol,
+        "{file} {p}: greedy ids leave the reference's at step {s}, where its top-2 gap {gap} is no near tie (> 2 x {tol})"
+    );
+    eprintln!("{file} {p}: greedy ids leave the reference's at step {s} (reference top-2 gap {gap:.2e}, as llama.cpp's do on this file); teacher-forced from there");
+    for k in s..r.greedy.len() {
+        let ids: Vec<u32> = r.prompt.iter().chain(&r.greedy[..k]).copied().collect();
+        let g = model
+            .generate(&ids, 1, &Sampling::default(), &[], |_| {})
+            .unwrap();
+        let d = max_abs_diff(&g.step_logits[0], &r.step_logits[k]);
+        assert!(
+            d <= tol,
+            "{file} {p}: step {k} (teacher-forced) logits differ by {d} (> {tol})"
+        );
+        worst = worst.max(d);
+    }
+    worst
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -111,25 +233,33 @@ fn every_fixture_file_matches_its_numpy_reference() {
                 assert!(kept.contains(&dtype), "{name}: kept quantized {kept:?}");
             }
         }
+        let dir = file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        let int8 = int8_path(&kept);
+        let tol = tolerance(&format!("{dir}/{name}"), int8);
         let mut file_worst = 0.0f32;
+        let rel = format!("{dir}/{name}");
         for (p, r) in references(file) {
-            let g = model
-                .generate(&r.prompt, r.greedy.len(), &Sampling::default(), &[], |_| {})
-                .unwrap();
-            assert_eq!(g.generated_ids, r.greedy, "{name} {p}: greedy ids");
-            for (k, (got, want)) in g.step_logits.iter().zip(&r.step_logits).enumerate() {
-                let d = max_abs_diff(got, want);
-                assert!(
-                    d <= 1e-4,
-                    "{name} {p}: step {k} logits differ by {d} (> 1e-4)"
-                );
-                file_worst = file_worst.max(d);
-            }
+            file_worst = file_worst.max(check_prompt(&mut model, &rel, &p, &r, tol, int8));
         }
-        eprintln!("{name}: max |kiln - numpy| {file_worst:.2e}");
-        worst = worst.max(file_worst);
+        if int8 {
+            let llama = llama_cpp_distance(&rel);
+            eprintln!(
+                "{name} (int8 path): max |kiln - numpy| {file_worst:.3} = {:.2} x llama.cpp's {llama:.3}",
+                file_worst / llama
+            );
+        } else {
+            eprintln!("{name} (f32 path): max |kiln - numpy| {file_worst:.2e}");
+        }
+        if !int8 {
+            worst = worst.max(file_worst);
+        }
     }
-    eprintln!("all files: max |kiln - numpy| {worst:.2e}");
+    eprintln!("files on the f32 path: max |kiln - numpy| {worst:.2e}");
 }
 
 /// A GGUF and the safetensors checkpoint it was written from run the same graph on the same
@@ -254,18 +384,15 @@ fn weight_dtype_quantizes_at_load_as_ggml_does() {
         let mut model = Model::load(&ModelSource::Gguf(path.clone()), &opts)
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(model.config.file_quant.is_empty(), "{file}");
+        let int8 = int8_path(&[w.name()]);
+        let tol = tolerance(file, int8);
+        let mut worst = 0.0f32;
         for (p, r) in references(&path) {
-            let g = model
-                .generate(&r.prompt, r.greedy.len(), &Sampling::default(), &[], |_| {})
-                .unwrap();
-            assert_eq!(g.generated_ids, r.greedy, "{file} {p}: greedy ids");
-            for (k, (got, want)) in g.step_logits.iter().zip(&r.step_logits).enumerate() {
-                let d = max_abs_diff(got, want);
-                assert!(
-                    d <= 1e-4,
-                    "{file} {p} ({w:?}): step {k} logits differ by {d}"
-                );
-            }
+            worst = worst.max(check_prompt(&mut model, file, &p, &r, tol, int8));
         }
+        eprintln!(
+            "{file} --weight-dtype {}: max |kiln - numpy| {worst:.2e} (tolerance {tol:.2e})",
+            w.name()
+        );
     }
 }

@@ -194,6 +194,335 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
         }                                                                                          \
     }                                                                                              \
 }
+#if !defined(KILN_QINT8) /* with VNNI, Q8_0, Q4_0 and Q4_K take the integer path below */
 KILN_QPACKED_TILE(kiln_packed_tile_q8_0, KILN_GB_Q8_0, kiln_deq_q8_0, kiln_qat_q8_0, kiln_qgemv_pass_q8_0)
 KILN_QPACKED_TILE(kiln_packed_tile_q4_0, KILN_GB_Q4_0, kiln_deq_q4_0, kiln_qat_q4_0, kiln_qgemv_pass_q4_0)
 KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q4_k, kiln_qgemv_pass_q4_k)
+#endif
+
+/* ---- Integer path: Q8_0, Q4_0 and Q4_K weights on AVX-512 VNNI (KILN_QINT8, the prelude) ---
+ *
+ * As llama.cpp does on these CPUs: the activation rows are quantized per 32 values to int8
+ * with an f32 scale (ggml's quantize_row_q8_0: d = amax / 127, q = round(x / d), rounded to
+ * nearest even as its x86 code does; d kept in f32, where ggml rounds it to f16), each
+ * 32-value block of a product is one exact int32 dot product (vpdpbusd: u8 x s8, four
+ * products per i32 lane), and the blocks are summed in f32:
+ *     y[i][n] = 0;  for each block b in order:  y = fmaf((float)dot_b, sw[n][b] * sa[i][b], y)
+ * — the same sequence on every path (GEMM micro-kernel, GEMV, scalar columns), so results do
+ * not depend on the thread count and a decode row equals the same row of a prefill.
+ * vpdpbusd multiplies unsigned by signed bytes: Q4_0's nibbles q (0..15) are the unsigned
+ * operand and the dot starts at -8 * sum(a) (sum_j (q_j - 8) a_j); Q8_0's activations are
+ * stored offset to a + 128 (unsigned) and the dot starts at -128 * sum(w), which the packer
+ * stores per column and block. Q4_K's sub-block is d1 * q - m1 with q in 0..15: the dot
+ * sum(q * a) starts at 0 and the block adds, after the scaled dot, a second FMA
+ *     y = fmaf(-m1[n][b], sa[i][b] * sum(a), y)     (sa * sum(a) rounded once, per row/block).
+ * Panels (pack_quant.rs, "integer layout"), per 32-value group:
+ *   Q8_0: f32 scale[NR] | i32 -128*sum(w)[NR] | 8 quads x [NR][4] i8   (40 NR bytes)
+ *   Q4_0: f32 scale[NR] | 8 quads x [NR/2][4] bytes, column c in the low nibble and column
+ *         c + NR/2 in the high nibble of byte (c, j)                   (20 NR bytes)
+ *   Q4_K: f32 d1[NR] | f32 -m1[NR] | nibbles as Q4_0                   (24 NR bytes)
+ * where quad q holds values k = 4q..4q+3 of the group: one 64-byte load is 16 columns x 4 k,
+ * the layout of a vpdpbusd operand. The quantized activations of a launch's rows (the
+ * worker's abuf) are strips of KILN_QMR rows, per block: i32 [8][QMR] (row i's values
+ * 4q..4q+3), f32 scale[QMR], and per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32),
+ * Q8_0 0, Q4_K the f32 sa * sum. */
+#if defined(KILN_QINT8)
+#define KILN_QMR 6
+#define KILN_GBI_Q8_0 (40 * KILN_NR)
+#define KILN_GBI_Q4_0 (20 * KILN_NR)
+#define KILN_GBI_Q4_K (24 * KILN_NR)
+#define KILN_QA_BLOCK (40 * KILN_QMR)
+typedef int kiln_v16si __attribute__((vector_size(64)));
+static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
+    return (kiln_vi)__builtin_ia32_vpdpbusd_v16si((kiln_v16si)acc, (kiln_v16si)u8, (kiln_v16si)s8);
+}
+static inline kiln_vi kiln_splati(int32_t x) {
+    return (kiln_vi){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+static inline kiln_vi kiln_ldvi(const void *p) { kiln_vi v; memcpy(&v, p, sizeof v); return v; }
+static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) {
+    return __builtin_ia32_maxps512_mask(a, b, a, (unsigned short)-1, 4);
+}
+
+/* Rows [0, tm) of a into quantized strips at qa (rows past tm up to the strip's end: zeros),
+ * for weights of `kind` (0 Q8_0: values stored as a + 128; 1 Q4_0; 2 Q4_K). */
+static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
+                                 int kind, uint8_t *restrict qa) {
+    const uint8_t flip = kind == 0 ? 0x80 : 0;
+    const int64_t G = K / 32, rows = (tm + KILN_QMR - 1) / KILN_QMR * KILN_QMR;
+    for (int64_t i = 0; i < rows; ++i) {
+        uint8_t *strip = qa + (i / KILN_QMR) * G * KILN_QA_BLOCK;
+        const int64_t s = i % KILN_QMR;
+        for (int64_t g = 0; g < G; ++g) {
+            uint8_t *blk = strip + g * KILN_QA_BLOCK;
+            int8_t q[32] = {0};
+            float d = 0.0f;
+            int32_t sum = 0;
+            if (i < tm) {
+                const float *restrict r = a + i * lda + g * 32;
+                const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 16);
+                const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
+                kiln_vf m = kiln_vmax((kiln_vf)((kiln_vu)x0 & abs_mask), (kiln_vf)((kiln_vu)x1 & abs_mask));
+                /* the lanes' maximum by halving (max is exact: any order gives the same) */
+                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+                const float amax = m[0];
+                d = amax / 127.0f;
+                const float id = d != 0.0f ? 1.0f / d : 0.0f;
+                const kiln_vf sid = kiln_splatv(id);
+                /* vcvtps2dq: round to nearest even (the MXCSR default) */
+                const kiln_vi q0 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x0 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
+                const kiln_vi q1 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x1 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
+                const kiln_v16qi b0 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q0, (kiln_v16qi){0}, (unsigned short)-1);
+                const kiln_v16qi b1 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q1, (kiln_v16qi){0}, (unsigned short)-1);
+                memcpy(q, &b0, 16); memcpy(q + 16, &b1, 16);
+                kiln_vi qs = q0 + q1;
+                qs += __builtin_shuffle(qs, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+                qs += __builtin_shuffle(qs, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+                qs += __builtin_shuffle(qs, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+                qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+                sum = qs[0];
+            }
+            const uint32_t flip4 = 0x01010101u * flip;
+            for (int qd = 0; qd < 8; ++qd) {
+                uint32_t word;
+                memcpy(&word, q + 4 * qd, 4);
+                word ^= flip4;
+                memcpy(blk + (qd * KILN_QMR + s) * 4, &word, 4);
+            }
+            const int32_t bias = kind == 1 ? -8 * sum : 0;
+            const float msum = d * (float)sum;
+            memcpy(blk + 32 * KILN_QMR + 4 * s, &d, 4);
+            if (kind == 2) memcpy(blk + 36 * KILN_QMR + 4 * s, &msum, 4);
+            else memcpy(blk + 36 * KILN_QMR + 4 * s, &bias, 4);
+        }
+    }
+}
+
+/* Quad qd of a group's weights: columns 0..15 into *w0, 16..31 into *w1, as vpdpbusd operands. */
+static inline __attribute__((always_inline)) void kiln_qiw_q8_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
+    *w0 = kiln_ldvi(g + 8 * KILN_NR + qd * 4 * KILN_NR);
+    *w1 = kiln_ldvi(g + 8 * KILN_NR + qd * 4 * KILN_NR + 64);
+}
+static inline __attribute__((always_inline)) void kiln_qiw_q4_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
+    const kiln_vu v = (kiln_vu)kiln_ldvi(g + 4 * KILN_NR + qd * 2 * KILN_NR);
+    *w0 = (kiln_vi)(v & 0x0F0F0F0Fu);
+    *w1 = (kiln_vi)((v >> 4) & 0x0F0F0F0Fu);
+}
+static inline __attribute__((always_inline)) void kiln_qiw_q4_k(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
+    kiln_qiw_q4_0(g + 4 * KILN_NR, qd, w0, w1);
+}
+/* One quad of row x (4 activation bytes, broadcast) into a row's two int accumulators. */
+#define KILN_QI_DOT(Q8, ia, x, w0, w1)                                                             \
+    do {                                                                                           \
+        if (Q8) { ia[0] = kiln_dpbusd(ia[0], x, w0); ia[1] = kiln_dpbusd(ia[1], x, w1); }         \
+        else { ia[0] = kiln_dpbusd(ia[0], w0, x); ia[1] = kiln_dpbusd(ia[1], w1, x); }            \
+    } while (0)
+
+/* Micro-kernel: rows of one activation strip (QMR) x one panel (NR columns), blocks 0..nb-1
+ * from qa and wg (both at their first block), into c (row stride ldc), (+)= as load_c says. */
+#define KILN_QI_UKR(NAME, GB, KIND, LOADW)                                                         \
+static inline __attribute__((always_inline)) void NAME(int64_t nb, const uint8_t *restrict qa,     \
+        const uint8_t *restrict wg, float *restrict c, int64_t ldc, int load_c) {                  \
+    kiln_vf acc[KILN_QMR][2];                                                                      \
+    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                                   \
+        acc[i][0] = load_c ? kiln_ldv(c + i * ldc) : (kiln_vf){0};                                 \
+        acc[i][1] = load_c ? kiln_ldv(c + i * ldc + KILN_VL) : (kiln_vf){0};                       \
+    }                                                                                              \
+    for (int64_t b = 0; b < nb; ++b, qa += KILN_QA_BLOCK, wg += (GB)) {                            \
+        const int32_t *aq = (const int32_t *)(const void *)qa;                                     \
+        kiln_vi ia[KILN_QMR][2];                                                                   \
+        if ((KIND) == 0) {                                                                         \
+            const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) { ia[i][0] = b0; ia[i][1] = b1; } \
+        } else {                                                                                   \
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                             \
+                ia[i][0] = ia[i][1] = kiln_splati((KIND) == 1 ? aq[9 * KILN_QMR + i] : 0);         \
+        }                                                                                          \
+        _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                                   \
+            kiln_vi w0, w1;                                                                        \
+            LOADW(wg, qd, &w0, &w1);                                                               \
+            KILN_IN_REG(w0); KILN_IN_REG(w1);                                                      \
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                           \
+                const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + i]);                              \
+                KILN_QI_DOT((KIND) == 0, ia[i], x, w0, w1);                                        \
+            }                                                                                      \
+        }                                                                                          \
+        const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                              \
+        const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                    \
+        const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);                       \
+        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                               \
+            const kiln_vf sc = kiln_splatv(sa[i]);                                                 \
+            acc[i][0] = KILN_FMAV(__builtin_convertvector(ia[i][0], kiln_vf), s0 * sc, acc[i][0]); \
+            acc[i][1] = KILN_FMAV(__builtin_convertvector(ia[i][1], kiln_vf), s1 * sc, acc[i][1]); \
+        }                                                                                          \
+        if ((KIND) == 2) {                                                                         \
+            const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);                \
+            const kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + KILN_NR + KILN_VL);      \
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                           \
+                const kiln_vf ms = kiln_splatv(sa[KILN_QMR + i]);                                  \
+                acc[i][0] = KILN_FMAV(n0, ms, acc[i][0]);                                          \
+                acc[i][1] = KILN_FMAV(n1, ms, acc[i][1]);                                          \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                                   \
+        kiln_stv(c + i * ldc, acc[i][0]);                                                          \
+        kiln_stv(c + i * ldc + KILN_VL, acc[i][1]);                                                \
+    }                                                                                              \
+}
+KILN_QI_UKR(kiln_qi_ukr_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
+KILN_QI_UKR(kiln_qi_ukr_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
+KILN_QI_UKR(kiln_qi_ukr_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
+
+/* GEMV pass (decode, R <= 4 rows, all in the first activation strip): S panels of w (each at
+ * its first group), R * S <= 4; t[r * ldt + s * NR + j]. Each panel one stream of groups,
+ * prefetched four groups ahead. */
+#define KILN_QI_GEMV(NAME, GB, KIND, LOADW)                                                        \
+static inline __attribute__((always_inline)) void NAME(const int R, const int S,                  \
+        const uint8_t *restrict qa, const uint8_t *const *w, int64_t G, float *restrict t,         \
+        int64_t ldt) {                                                                             \
+    kiln_vf acc[4][4][2];                                                                          \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                            \
+    _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) acc[r][s][0] = acc[r][s][1] = (kiln_vf){0}; \
+    for (int64_t g = 0; g < G; ++g) {                                                              \
+        const uint8_t *blk = qa + g * KILN_QA_BLOCK;                                               \
+        const int32_t *aq = (const int32_t *)(const void *)blk;                                    \
+        const float *sa = (const float *)(const void *)(blk + 32 * KILN_QMR);                      \
+        _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {                                      \
+            const uint8_t *wg = w[s] + g * (GB);                                                   \
+            _Pragma("GCC unroll 20") for (int l = 0; l < (GB) / 64; ++l)                           \
+                __builtin_prefetch(wg + 4 * (GB) + 64 * l, 0, 3);                                  \
+            kiln_vi ia[4][2];                                                                      \
+            if ((KIND) == 0) {                                                                     \
+                const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) { ia[r][0] = b0; ia[r][1] = b1; } \
+            } else {                                                                               \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                \
+                    ia[r][0] = ia[r][1] = kiln_splati((KIND) == 1 ? aq[9 * KILN_QMR + r] : 0);     \
+            }                                                                                      \
+            _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                               \
+                kiln_vi w0, w1;                                                                    \
+                LOADW(wg, qd, &w0, &w1);                                                           \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                              \
+                    const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + r]);                          \
+                    KILN_QI_DOT((KIND) == 0, ia[r], x, w0, w1);                                    \
+                }                                                                                  \
+            }                                                                                      \
+            const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                          \
+            const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
+                const kiln_vf sc = kiln_splatv(sa[r]);                                             \
+                acc[r][s][0] = KILN_FMAV(__builtin_convertvector(ia[r][0], kiln_vf), s0 * sc, acc[r][s][0]); \
+                acc[r][s][1] = KILN_FMAV(__builtin_convertvector(ia[r][1], kiln_vf), s1 * sc, acc[r][s][1]); \
+            }                                                                                      \
+            if ((KIND) == 2) {                                                                     \
+                const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);            \
+                const kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + KILN_NR + KILN_VL);  \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                              \
+                    const kiln_vf ms = kiln_splatv(sa[KILN_QMR + r]);                              \
+                    acc[r][s][0] = KILN_FMAV(n0, ms, acc[r][s][0]);                                \
+                    acc[r][s][1] = KILN_FMAV(n1, ms, acc[r][s][1]);                                \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                            \
+    _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {                                          \
+        kiln_stv(t + r * ldt + s * KILN_NR, acc[r][s][0]);                                         \
+        kiln_stv(t + r * ldt + s * KILN_NR + KILN_VL, acc[r][s][1]);                               \
+    }                                                                                              \
+}
+KILN_QI_GEMV(kiln_qi_gemv_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
+KILN_QI_GEMV(kiln_qi_gemv_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
+KILN_QI_GEMV(kiln_qi_gemv_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
+
+/* Weight value (n, k) and activation (i, k) as integers, for the scalar columns. */
+static inline int32_t kiln_qiw_at_q8_0(const uint8_t *g, int64_t c, int64_t kk) {
+    return (int8_t)g[8 * KILN_NR + (kk / 4) * 4 * KILN_NR + c * 4 + kk % 4];
+}
+static inline int32_t kiln_qiw_at_q4_0(const uint8_t *g, int64_t c, int64_t kk) {
+    const uint8_t b = g[4 * KILN_NR + (kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
+    return (int32_t)(c < KILN_NR / 2 ? (b & 15) : (b >> 4)) - 8;
+}
+
+static inline int32_t kiln_qiw_at_q4_k(const uint8_t *g, int64_t c, int64_t kk) {
+    return kiln_qiw_at_q4_0(g + 4 * KILN_NR, c, kk) + 8;
+}
+
+/* The product tile (as kiln_packed_tile_*): the rows quantized once per launch and worker,
+ * then the GEMV (up to 4 rows), the micro-kernel, or scalar chains off a panel boundary. */
+#define KILN_QI_TILE(NAME, GB, KIND, UKR, GEMV, WAT)                                               \
+static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,                         \
+                 const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0,        \
+                 int64_t tn, float *restrict t, int64_t ldt) {                                     \
+    const int64_t G = K / 32, PB = G * (GB), SB = G * KILN_QA_BLOCK;                               \
+    uint8_t *qa = (uint8_t *)ctx->abuf;                                                            \
+    if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {                                              \
+        kiln_quantize_a_rows(a, lda, tm, K, (KIND), qa);                                           \
+        ctx->st->a_src = a; ctx->st->a_m0 = m0;                                                    \
+    }                                                                                              \
+    if (c0 % KILN_NR != 0) {                                                                       \
+        for (int64_t i = 0; i < tm; ++i)                                                           \
+            for (int64_t j = 0; j < tn; ++j) {                                                     \
+                const int64_t n = c0 + j, c = n % KILN_NR;                                         \
+                const uint8_t *pw = wp + (n / KILN_NR) * PB;                                       \
+                const uint8_t *pa = qa + (i / KILN_QMR) * SB;                                      \
+                float acc = 0.0f;                                                                  \
+                for (int64_t b = 0; b < G; ++b) {                                                  \
+                    const uint8_t *g = pw + b * (GB), *blk = pa + b * KILN_QA_BLOCK;               \
+                    int32_t dot = 0;                                                               \
+                    for (int64_t kk = 0; kk < 32; ++kk) {                                          \
+                        const uint8_t av = blk[((kk / 4) * KILN_QMR + i % KILN_QMR) * 4 + kk % 4]; \
+                        dot += ((KIND) == 0 ? (int32_t)av - 128 : (int32_t)(int8_t)av) * WAT(g, c, kk); \
+                    }                                                                              \
+                    float sw, sa;                                                                  \
+                    memcpy(&sw, g + 4 * c, 4);                                                     \
+                    memcpy(&sa, blk + 32 * KILN_QMR + 4 * (i % KILN_QMR), 4);                      \
+                    acc = fmaf((float)dot, sw * sa, acc);                                          \
+                    if ((KIND) == 2) {                                                             \
+                        float nm, ms;                                                              \
+                        memcpy(&nm, g + 4 * KILN_NR + 4 * c, 4);                                   \
+                        memcpy(&ms, blk + 36 * KILN_QMR + 4 * (i % KILN_QMR), 4);                  \
+                        acc = fmaf(nm, ms, acc);                                                   \
+                    }                                                                              \
+                }                                                                                  \
+                t[i * ldt + j] = acc;                                                              \
+            }                                                                                      \
+        return;                                                                                    \
+    }                                                                                              \
+    const int64_t p0 = c0 / KILN_NR, np = (tn + KILN_NR - 1) / KILN_NR;                            \
+    if (tm <= 4) {                                                                                 \
+        const int R = (int)tm;                                                                     \
+        for (int64_t s = 0; s < np;) {                                                             \
+            const int S = R == 1 && s + 4 <= np ? 4 : R <= 2 && s + 2 <= np ? 2 : 1;               \
+            const uint8_t *w[4];                                                                   \
+            for (int q = 0; q < 4; ++q) w[q] = wp + (p0 + s + (q < S ? q : 0)) * PB;               \
+            if (S == 4) GEMV(1, 4, qa, w, G, t + s * KILN_NR, ldt);                                \
+            else if (S == 2 && R == 1) GEMV(1, 2, qa, w, G, t + s * KILN_NR, ldt);                 \
+            else if (S == 2) GEMV(2, 2, qa, w, G, t + s * KILN_NR, ldt);                           \
+            else if (R == 1) GEMV(1, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
+            else if (R == 2) GEMV(2, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
+            else if (R == 3) GEMV(3, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
+            else GEMV(4, 1, qa, w, G, t + s * KILN_NR, ldt);                                       \
+            s += S;                                                                                \
+        }                                                                                          \
+        return;                                                                                    \
+    }                                                                                              \
+    const int64_t BC = KILN_KC / 32;                                                               \
+    for (int64_t b0 = 0; b0 < G; b0 += BC) {                                                       \
+        const int64_t nb = kiln_min(BC, G - b0);                                                   \
+        for (int64_t s = 0; s < np; ++s) {                                                         \
+            const uint8_t *panel = wp + (p0 + s) * PB + b0 * (GB);                                 \
+            for (int64_t i0 = 0; i0 < tm; i0 += KILN_QMR)                                          \
+                UKR(nb, qa + (i0 / KILN_QMR) * SB + b0 * KILN_QA_BLOCK, panel,                     \
+                    t + i0 * ldt + s * KILN_NR, ldt, b0 > 0);                                      \
+        }                                                                                          \
+    }                                                                                              \
+}
+KILN_QI_TILE(kiln_packed_tile_q8_0, KILN_GBI_Q8_0, 0, kiln_qi_ukr_q8_0, kiln_qi_gemv_q8_0, kiln_qiw_at_q8_0)
+KILN_QI_TILE(kiln_packed_tile_q4_0, KILN_GBI_Q4_0, 1, kiln_qi_ukr_q4_0, kiln_qi_gemv_q4_0, kiln_qiw_at_q4_0)
+KILN_QI_TILE(kiln_packed_tile_q4_k, KILN_GBI_Q4_K, 2, kiln_qi_ukr_q4_k, kiln_qi_gemv_q4_k, kiln_qiw_at_q4_k)
+#endif

@@ -25,6 +25,15 @@ static inline float kiln_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f;
 #endif
 /* What the device packs weights to for this module's kernels (read by name, device.rs). */
 const int kiln_panel_columns = KILN_NR;
+/* Q8_0 and Q4_0 weights on the integer path (gemm_quant.h): AVX-512 with VNNI, unless kiln-cpu
+ * forces the f32-dequantizing kernels (KILN_CPU_QUANT=dequant adds -DKILN_QUANT_DEQUANT). The
+ * device packs those weights in the integer layout where this says 1 (read by name). */
+#if defined(KILN_AVX512) && defined(__AVX512VNNI__) && !defined(KILN_QUANT_DEQUANT)
+#define KILN_QINT8 1
+const int kiln_quant_int8 = 1;
+#else
+const int kiln_quant_int8 = 0;
+#endif
 
 /* ---- matmul building blocks (f32) ------------------------------------------------------- */
 typedef float kiln_v8 __attribute__((vector_size(32)));

@@ -1,0 +1,199 @@
+//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, AVX-512 VNNI: Q8_0, Q4_0
+//! and Q4_K weights times activations quantized per 32 values to int8) against a scalar model
+//! of the same arithmetic, bit for bit: each activation block quantized as ggml's
+//! quantize_row_q8_0 does (d = amax / 127, q = round-half-even(x * (1 / d)), d kept in f32),
+//! each block's dot product an exact integer, and the blocks summed in order with
+//! `acc = fma(dot as f32, sw * sa, acc)` (Q4_K then `acc = fma(-m, sa * sum(q_a), acc)`). Both sides do the same f32 operations in the same
+//! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
+//! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
+//! columns starting mid-panel (the scalar chains), blocks of zeros (d = 0); 1 vs 2 threads;
+//! a decode row against the same row of a prefill. Skipped (and says so) where the kernels
+//! are not compiled for AVX-512 with VNNI.
+mod common;
+use common::*;
+use kiln_compile::{CompileOptions, Target};
+use kiln_cpu::QuantRequest;
+use kiln_ir::quant::sub_block;
+use kiln_ir::{DType, Expr, Graph, Tensor};
+
+/// The integer path's backend, or None (printed) where this machine cannot compile it.
+fn int8_backend() -> Option<kiln_cpu::CpuBackend> {
+    let b = backend(Some(Isa::Avx512)).with_quant(QuantRequest::Int8);
+    match b.isa().and_then(|_| b.quant_int8()) {
+        Ok(true) => Some(b),
+        Ok(false) => unreachable!("int8 asked for"),
+        Err(e) => {
+            eprintln!("skipping the integer (VNNI) quantized kernels: {e}");
+            None
+        }
+    }
+}
+
+/// `y = x @ W^T`, and `s = g + u` with `[g | u] = x @ V^T` split at column `half`.
+fn graph(dtype: DType, n: i64, half: i64, k: i64) -> Graph {
+    let mut g = Graph::new();
+    let m = Expr::sym("m");
+    let x = g.input("x", DType::F32, &[m, k.into()]).unwrap();
+    let w = g.input("w", dtype, &[n.into(), k.into()]).unwrap();
+    let wt = g.transpose(w, 0, 1).unwrap();
+    let y = g.matmul(x, wt).unwrap();
+    g.output("y", y);
+    let v = g.input("v", dtype, &[(2 * half).into(), k.into()]).unwrap();
+    let vt = g.transpose(v, 0, 1).unwrap();
+    let gu = g.matmul(x, vt).unwrap();
+    let gate = g.slice(gu, 1, 0, half).unwrap();
+    let up = g.slice(gu, 1, half, 2 * half).unwrap();
+    let s = g.add(gate, up).unwrap();
+    g.output("s", s);
+    g
+}
+
+/// One activation block quantized as the kernels do: (d, q).
+fn quantize_block(x: &[f32]) -> (f32, [i32; 32]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0i32; 32];
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (v * id).round_ties_even() as i32;
+    }
+    (d, q)
+}
+
+/// The model: `x [m, k]` times the rows of `w` (`dtype` blocks), `[m, rows]`.
+fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
+    let q = dtype.quant().unwrap();
+    let row_bytes = k / q.block_elems() * q.block_bytes();
+    let rows = w.bytes().len() / row_bytes;
+    let mut out = vec![0f32; m * rows];
+    for i in 0..m {
+        let blocks: Vec<(f32, [i32; 32])> = x[i * k..(i + 1) * k]
+            .chunks(32)
+            .map(quantize_block)
+            .collect();
+        for n in 0..rows {
+            let row = &w.bytes()[n * row_bytes..(n + 1) * row_bytes];
+            let mut acc = 0f32;
+            for (b, (sa, qa)) in blocks.iter().enumerate() {
+                let (sw, mw, qw) = sub_block(q, row, b).unwrap();
+                let dot: i32 = (0..32)
+                    .map(|j| {
+                        let wv = match dtype {
+                            DType::Q8_0 => qw[j] as i8 as i32,
+                            DType::Q4_0 => qw[j] as i32 - 8,
+                            _ => qw[j] as i32,
+                        };
+                        qa[j] * wv
+                    })
+                    .sum();
+                acc = (dot as f32).mul_add(sw * sa, acc);
+                if dtype == DType::Q4_K {
+                    // d1 * q - m1: the min times the block's activation sum, a second FMA.
+                    let sum: i32 = qa.iter().sum();
+                    acc = (-mw).mul_add(sa * sum as f32, acc);
+                }
+            }
+            out[i * rows + n] = acc;
+        }
+    }
+    out
+}
+
+/// Activations with awkward blocks: one of zeros, one with a single large value.
+fn activations(m: usize, k: usize) -> Vec<f32> {
+    let mut x = values(m * k, m as u64 + 11);
+    for i in 0..m {
+        if k >= 64 {
+            x[i * k + 32..i * k + 64].fill(0.0);
+        }
+        x[i * k + (7 * i) % k] = 40.0;
+    }
+    x
+}
+
+const ROWS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 13, 133];
+
+fn check(dtype: DType, n: i64, half: i64, k: i64) {
+    if int8_backend().is_none() {
+        return;
+    }
+    let g = graph(dtype, n, half, k);
+    let load = |threads: usize| {
+        int8_backend()
+            .unwrap()
+            .with_run_threads(threads)
+            .load(
+                &g,
+                &CompileOptions {
+                    threads: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("compile failed: {e}"))
+            .exe
+    };
+    let (nu, hu, ku) = (n as usize, half as usize, k as usize);
+    let scaled = |v: Vec<f32>| v.iter().map(|x| x / (k as f32).sqrt()).collect::<Vec<_>>();
+    let w = Tensor::quantize(dtype, &[nu, ku], &scaled(values(nu * ku, 5))).unwrap();
+    let v = Tensor::quantize(dtype, &[2 * hu, ku], &scaled(values(2 * hu * ku, 6))).unwrap();
+    let (mut two, mut one) = (load(2), load(1));
+    for exe in [&mut two, &mut one] {
+        exe.set_param("w", w.clone()).unwrap();
+        exe.set_param("v", v.clone()).unwrap();
+    }
+    let mut prefill_row3 = None;
+    for m in ROWS {
+        let x = activations(m, ku);
+        let ins = inputs(&[("x", Tensor::from_f32(&[m, ku], &x))]);
+        let got = two.run(&ins).unwrap();
+        let single = one.run(&ins).unwrap();
+        let what = format!("{dtype} n={n} half={half} k={k} m={m}");
+        let want_y = model(dtype, &x, m, ku, &w);
+        let gu = model(dtype, &x, m, ku, &v);
+        let want_s: Vec<f32> = (0..m * hu)
+            .map(|e| {
+                let (i, j) = (e / hu, e % hu);
+                gu[i * 2 * hu + j] + gu[i * 2 * hu + hu + j]
+            })
+            .collect();
+        assert_eq!(got["y"].as_f32(), want_y, "{what}: y against the model");
+        assert_eq!(got["s"].as_f32(), want_s, "{what}: s against the model");
+        assert_eq!(got["y"], single["y"], "{what}: 2 vs 1 threads");
+        assert_eq!(got["s"], single["s"], "{what}: 2 vs 1 threads");
+        if m == 133 {
+            prefill_row3 = Some(got["y"].as_f32()[3 * nu..4 * nu].to_vec());
+        }
+    }
+    // Row 3 of the 133-row product (GEMM) equals the same row computed alone (GEMV).
+    let x3 = activations(133, ku)[3 * ku..4 * ku].to_vec();
+    let alone = two
+        .run(&inputs(&[("x", Tensor::from_f32(&[1, ku], &x3))]))
+        .unwrap();
+    assert_eq!(
+        Some(alone["y"].as_f32().to_vec()),
+        prefill_row3,
+        "{dtype}: decode row vs prefill row"
+    );
+}
+
+#[test]
+fn q8_0_integer_path_is_the_model() {
+    // half = 24: the up columns start mid-panel (scalar chains); k = 1056 > KC.
+    check(DType::Q8_0, 70, 24, 1056);
+    check(DType::Q8_0, 1, 16, 32);
+    check(DType::Q8_0, 33, 40, 2080);
+}
+
+#[test]
+fn q4_k_integer_path_is_the_model() {
+    // Five 256-value super-blocks per row: across the k block.
+    check(DType::Q4_K, 70, 40, 1280);
+    check(DType::Q4_K, 33, 16, 256);
+}
+
+#[test]
+fn q4_0_integer_path_is_the_model() {
+    check(DType::Q4_0, 70, 48, 1088);
+    check(DType::Q4_0, 1, 8, 64);
+    check(DType::Q4_0, 64, 24, 2080);
+}
