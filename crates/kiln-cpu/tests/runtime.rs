@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use kiln_compile::{CompileOptions, KernelCache, Target};
+use kiln_cpu::CpuBackend;
 use kiln_ir::{DType, Tensor};
 
 fn weights(n: i64, half: i64, k: i64) -> Vec<(&'static str, Tensor)> {
