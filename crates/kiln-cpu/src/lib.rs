@@ -149,8 +149,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// Loads a kernels' module, its calls into the runtime object bound now: where the runtime
+    /// is not loaded (a backend wrapper that does not pass `runtime` on), the load fails
+    /// naming the function, rather than the process at the first call.
     fn load(&self, artifact: &[u8]) -> Result<CpuModule, BackendError> {
-        CpuModule::open(artifact)
+        CpuModule::open_bound(artifact)
     }
 
     fn source_extension(&self) -> &'static str {

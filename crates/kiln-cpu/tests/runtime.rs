@@ -146,3 +146,45 @@ fn programs_that_call_no_runtime_function_compile_none() {
         report.units
     );
 }
+
+/// A backend wrapper that does not pass the runtime on: the kernels that call it fail to load,
+/// naming the function they call, instead of ending the process when they run.
+#[test]
+fn kernels_whose_runtime_is_missing_fail_to_load_by_name() {
+    use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+    struct NoRuntime(CpuBackend);
+    impl Backend for NoRuntime {
+        type Module = kiln_cpu::CpuModule;
+        fn name(&self) -> &'static str {
+            Backend::name(&self.0)
+        }
+        fn identity(&self) -> Result<String, BackendError> {
+            self.0.identity()
+        }
+        fn codegen(&self, k: &Kernel) -> KernelSource {
+            self.0.codegen(k)
+        }
+        fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
+            Backend::compile(&self.0, ks)
+        }
+        fn verify(&self, a: &[u8], kernels: &[&str]) -> Result<(), BackendError> {
+            self.0.verify(a, kernels)
+        }
+        fn load(&self, a: &[u8]) -> Result<Self::Module, BackendError> {
+            Backend::load(&self.0, a)
+        }
+        fn source_extension(&self) -> &'static str {
+            self.0.source_extension()
+        }
+    }
+    let g = linear_graph(DType::BF16, 40, 24, 32);
+    let opts = CompileOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    let err = kiln_compile::compile(&g, &NoRuntime(CpuBackend::default()), &opts)
+        .err()
+        .expect("the kernels cannot be loaded without the runtime");
+    let msg = err.to_string();
+    assert!(msg.contains("kiln_packed_tile_bf16_"), "{msg}");
+}

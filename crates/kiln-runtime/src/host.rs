@@ -34,6 +34,18 @@ impl HostLibrary {
         })
     }
 
+    /// [`HostLibrary::open`], with every undefined symbol resolved now (`RTLD_NOW`): a
+    /// library that calls a function nothing loaded defines fails here, naming the symbol,
+    /// instead of ending the process when the call is first made.
+    #[cfg(unix)]
+    pub fn open_bound(artifact: &[u8]) -> Result<HostLibrary, BackendError> {
+        use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+        // SAFETY: as for `open`.
+        Self::open_with(artifact, |file| unsafe {
+            Library::open(Some(file), RTLD_NOW | RTLD_LOCAL).map(Into::into)
+        })
+    }
+
     fn open_with(
         artifact: &[u8],
         load: impl FnOnce(&std::path::Path) -> Result<libloading::Library, libloading::Error>,
