@@ -15,10 +15,11 @@
 //! The tag is a hash of the runtime's code and of the compiler's identity (version, flags,
 //! CPU, ISA). The runtime's shared objects are loaded with `RTLD_GLOBAL` before the kernels'
 //! (`Backend::load_runtime`), and the kernels' modules, linked with undefined references to
-//! the tagged names and lazy binding, find them there when first called: kernels compile and
-//! link without waiting for the runtime, and two runtimes in one process (AVX2 and AVX-512
-//! kernels, other flags) never resolve each other's functions, since their tags differ.
-//! `verify` loads kernel modules before the runtime exists; with `LD_BIND_NOW` set that fails.
+//! the tagged names, are loaded after them with those references bound then (`RTLD_NOW`):
+//! kernels compile and link without waiting for the runtime, and two runtimes in one process
+//! (AVX2 and AVX-512 kernels, other flags) never resolve each other's functions, since their
+//! tags differ. `verify` opens kernel modules before the runtime exists, which lazy binding
+//! (`-Wl,-z,lazy`) allows; with `LD_BIND_NOW` set that fails (`KILN_CPU_RUNTIME=off`).
 
 use crate::isa::Isa;
 
