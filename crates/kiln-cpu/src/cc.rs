@@ -52,9 +52,9 @@ pub const FLAGS: &[&str] = &[
     "-fno-math-errno",
 ];
 
-/// Link flags: a shared object, with no build id (so equal code gives equal bytes), bound
-/// lazily: a kernel's calls into the runtime object resolve when first made, after the
-/// runtime is loaded (see [`crate::runtime`]), whatever the toolchain's default.
+/// Link flags: a shared object, with no build id (so equal code gives equal bytes), lazily
+/// bindable whatever the toolchain's default: `verify` opens a kernels' module before the
+/// runtime object it calls is loaded (see [`crate::runtime`]).
 pub const LINK_FLAGS: &[&str] = &["-shared", "-Wl,--build-id=none", "-Wl,-z,lazy"];
 
 /// Extra compile flag of the runtime object's parts: only their wrappers are exported.
@@ -232,6 +232,7 @@ impl CCompiler {
     pub fn runtime_tag(&self) -> Result<String, BackendError> {
         let mut h = blake3::Hasher::new();
         h.update(self.base_identity()?.as_bytes());
+        h.update(RUNTIME_FLAGS.join(" ").as_bytes());
         h.update(runtime::code(self.isa()?).as_bytes());
         Ok(h.finalize().to_hex()[..16].to_string())
     }
