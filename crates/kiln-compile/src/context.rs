@@ -6,6 +6,7 @@ use crate::dedupe::Deduped;
 use crate::observer::{warn, Observer};
 use crate::pool::Workers;
 use crate::store::Store;
+use crate::unit::Unit;
 use crate::CompileOptions;
 use kiln_program::{Backend, KernelSource};
 
@@ -21,6 +22,8 @@ pub struct Context<'a, B: Backend> {
     pub kernels: Deduped,
     /// Their sources, in the same order.
     pub sources: Vec<KernelSource>,
+    /// The backend's runtime parts these kernels call (`Backend::runtime`).
+    pub runtime: Vec<KernelSource>,
     pub store: Store<'a>,
     /// The memory budget for compilers in flight (bytes; None: no limit), and how many
     /// invocations it admits at once ([`crate::budget`]).
@@ -38,8 +41,13 @@ impl<'a, B: Backend> Context<'a, B> {
         warn(self.observer(), message);
     }
 
-    /// The sources of `kernels` (indices into the distinct kernels).
-    pub fn sources_of(&self, kernels: &[usize]) -> Vec<&KernelSource> {
-        kernels.iter().map(|&k| &self.sources[k]).collect()
+    /// The sources `unit` compiles: its kernels', or its runtime part's.
+    pub fn sources_of(&self, unit: &Unit) -> Vec<&KernelSource> {
+        let from = if unit.runtime {
+            &self.runtime
+        } else {
+            &self.sources
+        };
+        unit.kernels.iter().map(|&k| &from[k]).collect()
     }
 }

@@ -90,8 +90,10 @@ fn pipeline<B: Backend>(
     // No stage has more parallel work than there are distinct kernels: more threads would only
     // be started, compete for the cores while idle, and be stopped again.
     let pool = Workers::new(opts.threads.min(kernels.kernels.len().max(1)))?;
-    let sources = stages.run(Stage::Codegen, || {
-        codegen::codegen(&mut kernels, backend, &pool)
+    let (sources, runtime) = stages.run(Stage::Codegen, || {
+        let sources = codegen::codegen(&mut kernels, backend, &pool);
+        let runtime = backend.runtime(&sources);
+        (sources, runtime)
     });
     check_interrupt().map_err(&mut give_up)?;
     let store = Store::new(opts);
@@ -104,6 +106,7 @@ fn pipeline<B: Backend>(
         pool,
         kernels,
         sources,
+        runtime,
         store,
         memory_budget,
         max_in_flight,

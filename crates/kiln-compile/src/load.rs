@@ -1,5 +1,6 @@
 //! Module loading: each unit's artifact loaded once, in order, on the calling thread (GPU
-//! contexts are not thread-safe). A cached artifact that fails to load is a miss: its entry is
+//! contexts are not thread-safe); the backend's runtime units come first in that order, so
+//! that the kernels' modules find the code they call. A cached artifact that fails to load is a miss: its entry is
 //! removed and the unit rebuilt, never a permanent failure.
 
 use crate::context::Context;
@@ -20,11 +21,16 @@ pub fn load_units<B: Backend>(
 /// Loads a unit's artifact; one that came from a cache and fails to load is rebuilt and the
 /// load retried once.
 fn load_unit<B: Backend>(unit: &mut Unit, cx: &Context<B>) -> Result<B::Module, CompileError> {
+    let runtime = unit.runtime;
+    let load = |artifact: &[u8]| match runtime {
+        true => cx.backend.load_runtime(artifact),
+        false => cx.backend.load(artifact),
+    };
     let artifact = unit
         .artifact
         .as_deref()
         .expect("every unit has its artifact");
-    match cx.backend.load(artifact) {
+    match load(artifact) {
         Ok(module) => Ok(module),
         Err(e) if unit.cached() => {
             let entry = cx
@@ -39,7 +45,7 @@ fn load_unit<B: Backend>(unit: &mut Unit, cx: &Context<B>) -> Result<B::Module, 
                 unit.label()
             ));
             let artifact = rebuild(unit, cx)?;
-            let module = cx.backend.load(&artifact);
+            let module = load(&artifact);
             unit.artifact = Some(artifact);
             module.map_err(|source| load_error(unit, source))
         }
@@ -53,7 +59,7 @@ fn rebuild<B: Backend>(unit: &Unit, cx: &Context<B>) -> Result<Vec<u8>, CompileE
     if let Some(cache) = &cx.opts.cache {
         cache.remove(cx.backend.name(), &unit.key);
     }
-    let outcome = compile_unit(cx.backend, &cx.sources_of(&unit.kernels), cx.observer());
+    let outcome = compile_unit(cx.backend, &cx.sources_of(unit), cx.observer());
     match outcome.result {
         Ok(artifact) => {
             store_built(cx, unit, &artifact, outcome.secs);

@@ -72,7 +72,7 @@ fn compile_job<B: Backend>(unit: &Unit, cx: &Context<B>) -> Outcome {
             invocations: 0,
         };
     }
-    let outcome = compile_unit(cx.backend, &cx.sources_of(&unit.kernels), cx.observer());
+    let outcome = compile_unit(cx.backend, &cx.sources_of(unit), cx.observer());
     if let Ok(artifact) = &outcome.result {
         store_built(cx, unit, artifact, outcome.secs);
     }
@@ -100,7 +100,7 @@ fn record<B: Backend>(unit: &mut Unit, outcome: Outcome, cx: &Context<B>) -> Vec
             kernel: unit.names[i].clone(),
             source_path: match error {
                 BackendError::Interrupted => None,
-                _ => write_failed_source(&cx.sources[unit.kernels[i]], ext),
+                _ => write_failed_source(cx.sources_of(unit)[i], ext),
             },
             error,
         })

@@ -27,11 +27,14 @@ pub struct KernelReport {
 }
 
 /// One compile unit (one compiler invocation, one artifact, one cache entry), in the
-/// schedule's (longest estimate first) order.
+/// schedule's order: the backend's runtime units first, then longest estimate first.
 #[derive(Clone, Debug, Serialize)]
 pub struct UnitReport {
-    /// Its kernels' function names.
+    /// Its kernels' function names (a runtime unit: the name of the runtime part).
     pub kernels: Vec<String>,
+    /// Whether it is a part of the backend's runtime (code the kernels call, compiled once:
+    /// `Backend::runtime`) rather than kernels.
+    pub runtime: bool,
     /// The schedule's cost estimate (source bytes plus the invocation overhead).
     pub estimate: u64,
     /// Where its artifact came from: `compiled`, `cache` or `remote`.
@@ -157,7 +160,7 @@ pub(crate) fn build<B: Backend>(cx: &Context<B>, units: &[Unit], end: Finish) ->
     let kernels_in = |pick: &dyn Fn(&Unit) -> bool| -> usize {
         units
             .iter()
-            .filter(|u| pick(u))
+            .filter(|u| !u.runtime && pick(u))
             .map(|u| u.kernels.len())
             .sum()
     };
@@ -226,6 +229,7 @@ fn unit_reports(units: &[Unit]) -> Vec<UnitReport> {
         .filter(|u| u.wanted)
         .map(|u| UnitReport {
             kernels: u.names.clone(),
+            runtime: u.runtime,
             estimate: u.estimate,
             origin: match u.origin {
                 Some(Origin::Cache) => "cache",

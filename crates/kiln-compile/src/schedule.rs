@@ -94,24 +94,37 @@ pub fn plan(estimates: &[u64], names: &[String], batching: bool) -> Vec<Job> {
     jobs
 }
 
-/// The compile units of the distinct kernels (planned from their sources' sizes and names),
-/// each keyed for the caches; with [`CompileOptions::shard`](crate::CompileOptions::shard),
-/// the units of other shards are not wanted.
+/// The compile units: first one per part of the backend's runtime (in the backend's order:
+/// every kernel module's load needs them, so they are started first), then those of the
+/// distinct kernels (planned from their sources' sizes and names), each keyed for the
+/// caches; with [`CompileOptions::shard`](crate::CompileOptions::shard), the units of other
+/// shards are not wanted.
 pub fn units<B: Backend>(cx: &Context<B>) -> Vec<Unit> {
     let names: Vec<String> = cx.sources.iter().map(|s| s.name.clone()).collect();
     let estimates: Vec<u64> = cx.sources.iter().map(|s| s.source.len() as u64).collect();
     // Without dedupe, equal kernels have equal names and cannot share a unit.
-    let jobs = plan(&estimates, &names, cx.opts.batching && cx.opts.dedupe);
-    let keys: Vec<String> = jobs
-        .iter()
-        .map(|job| {
-            let sources: Vec<&str> = job
-                .kernels
-                .iter()
-                .map(|&k| cx.sources[k].source.as_str())
-                .collect();
-            cache_key(cx.backend.name(), &cx.identity, &sources)
-        })
+    let kernel_jobs = plan(&estimates, &names, cx.opts.batching && cx.opts.dedupe);
+    let runtime_jobs = cx.runtime.iter().enumerate().map(|(i, part)| Job {
+        kernels: vec![i],
+        estimate: part.source.len() as u64 + INVOCATION_OVERHEAD,
+    });
+    let runtime_units = cx.runtime.len();
+    let jobs: Vec<Job> = runtime_jobs.chain(kernel_jobs).collect();
+    let is_runtime = |u: usize| u < runtime_units;
+    let sources_of = |u: usize| -> Vec<&str> {
+        let from = if is_runtime(u) {
+            &cx.runtime
+        } else {
+            &cx.sources
+        };
+        jobs[u]
+            .kernels
+            .iter()
+            .map(|&k| from[k].source.as_str())
+            .collect()
+    };
+    let keys: Vec<String> = (0..jobs.len())
+        .map(|u| cache_key(cx.backend.name(), &cx.identity, &sources_of(u)))
         .collect();
     let wanted = match cx.opts.shard {
         Some(shard) => shard.select(&jobs, &keys),
@@ -120,10 +133,15 @@ pub fn units<B: Backend>(cx: &Context<B>) -> Vec<Unit> {
     jobs.into_iter()
         .zip(keys)
         .zip(wanted)
-        .map(|((job, key), wanted)| {
-            let unit_names = job.kernels.iter().map(|&k| names[k].clone()).collect();
+        .enumerate()
+        .map(|(u, ((job, key), wanted))| {
+            let unit_names = match is_runtime(u) {
+                true => vec![cx.runtime[u].name.clone()],
+                false => job.kernels.iter().map(|&k| names[k].clone()).collect(),
+            };
             Unit {
                 wanted,
+                runtime: is_runtime(u),
                 ..Unit::new(job.kernels, unit_names, job.estimate, key)
             }
         })

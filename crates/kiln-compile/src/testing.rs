@@ -44,6 +44,12 @@ impl<B: Backend> Backend for Faulty<B> {
     fn load(&self, a: &[u8]) -> Result<B::Module, BackendError> {
         self.inner.load(a)
     }
+    fn runtime(&self, kernels: &[KernelSource]) -> Vec<KernelSource> {
+        self.inner.runtime(kernels)
+    }
+    fn load_runtime(&self, a: &[u8]) -> Result<B::Module, BackendError> {
+        self.inner.load_runtime(a)
+    }
     fn source_extension(&self) -> &'static str {
         self.inner.source_extension()
     }

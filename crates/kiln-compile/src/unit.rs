@@ -21,6 +21,9 @@ pub struct Unit {
     pub kernels: Vec<usize>,
     /// Their function names, in the same order.
     pub names: Vec<String>,
+    /// A part of the backend's runtime (`Backend::runtime`): `kernels` then holds one index
+    /// into the runtime's sources ([`crate::context::Context::runtime`]), not a kernel.
+    pub runtime: bool,
     /// The schedule's cost estimate (source bytes plus the invocation overhead).
     pub estimate: u64,
     /// Its cache key: the backend, the compiler's identity and the kernels' sources.
@@ -48,6 +51,7 @@ impl Unit {
         Unit {
             kernels,
             names,
+            runtime: false,
             estimate,
             key,
             wanted: true,
@@ -82,7 +86,7 @@ impl Unit {
 /// The unit of each of `kernels` distinct kernels.
 pub fn unit_of_kernel(units: &[Unit], kernels: usize) -> Vec<usize> {
     let mut unit_of = vec![0; kernels];
-    for (u, unit) in units.iter().enumerate() {
+    for (u, unit) in units.iter().enumerate().filter(|(_, unit)| !unit.runtime) {
         for &k in &unit.kernels {
             unit_of[k] = u;
         }

@@ -14,6 +14,7 @@
 use crate::isa::{
     Isa, IsaError, IsaRequest, QuantRequest, AVX512_FLAGS, ISA_ENV, QUANT_ENV, VNNI_FLAG,
 };
+use crate::runtime;
 use kiln_process::{self as process, ChildError};
 use kiln_program::BackendError;
 use std::path::Path;
@@ -21,10 +22,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The C prelude for kernels compiled for `isa`: CPU-specific definitions, the shared scalar
+/// The C prelude for code compiled for `isa`: CPU-specific definitions, the shared scalar
 /// helpers, the matmul blocks and the packed-weight GEMM/GEMV (`c/gemm.h`), with the blocking
 /// constants of [`crate::codegen`] and the panel width of `isa` defined first so that C and
-/// Rust agree on them.
+/// Rust agree on them. The runtime object's parts compile it; kernels compile it followed by
+/// the runtime's prototypes ([`runtime::kernel_prelude`]).
 pub fn prelude(isa: Isa) -> &'static str {
     use crate::codegen::{MM_KC, MM_MC, MM_NC};
     static P: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
@@ -52,8 +54,13 @@ pub const FLAGS: &[&str] = &[
     "-fno-math-errno",
 ];
 
-/// Link flags: a shared object, with no build id (so equal code gives equal bytes).
-pub const LINK_FLAGS: &[&str] = &["-shared", "-Wl,--build-id=none"];
+/// Link flags: a shared object, with no build id (so equal code gives equal bytes), lazily
+/// bindable whatever the toolchain's default: `verify` opens a kernels' module before the
+/// runtime object it calls is loaded (see [`crate::runtime`]).
+pub const LINK_FLAGS: &[&str] = &["-shared", "-Wl,--build-id=none", "-Wl,-z,lazy"];
+
+/// Extra compile flag of the runtime object's parts: only their wrappers are exported.
+const RUNTIME_FLAGS: &[&str] = &["-fvisibility=hidden"];
 
 /// Programs that run a compiler given after them: they are not the compiler.
 const WRAPPERS: &[&str] = &["distcc", "icecc", "ccache", "sccache"];
@@ -72,7 +79,16 @@ pub struct CCompiler {
     quant_request: Result<QuantRequest, IsaError>,
     /// How long one invocation may take before its process group is killed.
     pub timeout: Duration,
+    /// [`CCompiler::base_identity`], asked of the compiler once.
+    base: OnceLock<Result<String, String>>,
+    /// Whether kernels call the runtime object (the default) or compile the code it holds
+    /// themselves (`KILN_CPU_RUNTIME=off`: for A/B measurements, and for processes that bind
+    /// symbols when a library is loaded, `LD_BIND_NOW`).
+    pub use_runtime: bool,
 }
+
+/// The variable that turns the runtime object off (`off`).
+pub const RUNTIME_ENV: &str = "KILN_CPU_RUNTIME";
 
 impl CCompiler {
     /// `$CC` if set, else `cc`; the time limit from `KILN_COMPILE_TIMEOUT`, else the default.
@@ -103,12 +119,15 @@ impl CCompiler {
             isa_request: IsaRequest::from_env(),
             quant_request: QuantRequest::from_env(),
             timeout: kiln_process::default_compile_timeout(),
+            base: OnceLock::new(),
+            use_runtime: !matches!(std::env::var(RUNTIME_ENV).as_deref(), Ok("off" | "0")),
         }
     }
 
     /// The same compiler, kernels for `isa` whatever `KILN_CPU_ISA` says (tests compare both).
     pub fn with_isa(mut self, isa: Isa) -> CCompiler {
         self.isa_request = Ok(IsaRequest::Force(isa));
+        self.base = OnceLock::new();
         self
     }
 
@@ -231,9 +250,54 @@ impl CCompiler {
         c
     }
 
-    /// Compiler version line, flags, CPU and prelude: everything that changes the machine code.
-    /// The real compiler's, not a wrapper's.
+    /// Compiler version line, flags, CPU, ISA, the kernels' prelude and the runtime object's
+    /// tag: everything that changes the machine code. The real compiler's, not a wrapper's.
     pub fn identity(&self) -> Result<String, BackendError> {
+        // The prelude is part of every translation unit, so it is part of every cache key; it
+        // names the runtime's functions by their tag, so a kernel's key changes with the
+        // runtime's code too. A quantized path asked for but unavailable is an error here.
+        self.quant_int8()?;
+        let prelude = blake3::hash(self.kernel_prelude()?.as_bytes()).to_hex();
+        let runtime = match self.use_runtime {
+            true => self.runtime_tag()?,
+            false => "off".to_string(),
+        };
+        Ok(format!(
+            "{} | prelude {} | runtime {runtime}",
+            self.base_identity()?,
+            &prelude[..16]
+        ))
+    }
+
+    /// What precedes the kernels in their translation units: the prelude, and the runtime
+    /// object's prototypes unless it is off.
+    fn kernel_prelude(&self) -> Result<String, BackendError> {
+        let isa = self.isa()?;
+        Ok(match self.use_runtime {
+            true => runtime::kernel_prelude(isa, &self.runtime_tag()?),
+            false => prelude(isa).to_string(),
+        })
+    }
+
+    /// The runtime object's tag ([`crate::runtime`]): a hash of its code and of
+    /// [`CCompiler::base_identity`].
+    pub fn runtime_tag(&self) -> Result<String, BackendError> {
+        let mut h = blake3::Hasher::new();
+        h.update(self.base_identity()?.as_bytes());
+        h.update(RUNTIME_FLAGS.join(" ").as_bytes());
+        h.update(runtime::code(self.isa()?).as_bytes());
+        Ok(h.finalize().to_hex()[..16].to_string())
+    }
+
+    /// Compiler version line, flags, CPU and ISA, asked of the compiler once.
+    fn base_identity(&self) -> Result<String, BackendError> {
+        self.base
+            .get_or_init(|| self.ask_identity().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(BackendError::Unavailable)
+    }
+
+    fn ask_identity(&self) -> Result<String, BackendError> {
         if self.command.is_empty() {
             return Err(BackendError::Unavailable(format!(
                 "C compiler ({}) is empty: set CC to a compiler such as gcc",
@@ -269,18 +333,13 @@ impl CCompiler {
             .unwrap_or("")
             .trim()
             .to_string();
-        // The prelude is part of every translation unit, so it is part of every cache key.
-        let isa = self.isa()?;
-        self.quant_int8()?;
-        let prelude = blake3::hash(prelude(isa).as_bytes()).to_hex();
         Ok(format!(
-            "{} | {version} | {} {} | {} | {} kernels | prelude {}",
+            "{} | {version} | {} {} | {} | {} kernels",
             real.join(" "),
             self.compile_flags().join(" "),
             LINK_FLAGS.join(" "),
             cpu_identity(),
-            isa.name(),
-            &prelude[..16]
+            self.isa()?.name(),
         ))
     }
 
@@ -309,18 +368,41 @@ impl CCompiler {
         flags
     }
 
-    /// Compiles one translation unit; returns the shared object's bytes or the diagnostics.
+    /// Compiles one translation unit of kernels (after the kernels' prelude, which calls the
+    /// runtime object); returns the shared object's bytes or the diagnostics.
     pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, BackendError> {
+        let unit = kiln_render::translation_unit(&self.kernel_prelude()?, sources.iter().copied());
+        self.compile_unit(&unit, &[])
+    }
+
+    /// Compiles one part of the runtime object (its whole translation unit,
+    /// [`runtime::part_source`]).
+    pub fn compile_runtime(&self, source: &str) -> Result<Vec<u8>, BackendError> {
+        self.compile_unit(source, RUNTIME_FLAGS)
+    }
+
+    /// The source of runtime part `part` for this compiler, and its name.
+    pub fn runtime_part(&self, part: &str) -> Result<(String, String), BackendError> {
+        let tag = self.runtime_tag()?;
+        Ok((
+            runtime::part_name(part, &tag),
+            runtime::part_source(self.isa()?, &tag, part),
+        ))
+    }
+
+    fn compile_unit(&self, unit: &str, extra_flags: &[&str]) -> Result<Vec<u8>, BackendError> {
         let dir = process::scratch_dir("kiln-cc-")
             .map_err(|e| BackendError::io("cannot create a temporary folder", e))?;
-        let unit = kiln_render::translation_unit(prelude(self.isa()?), sources.iter().copied());
         std::fs::write(dir.path().join("kernels.c"), unit)
             .map_err(|e| BackendError::io("cannot write the kernel source", e))?;
         // Compile (through the wrappers: this is what distcc distributes), then link locally.
         let mut compile = self.run(&self.command);
-        compile
-            .args(self.compile_flags())
-            .args(["-c", "-o", "kernels.o", "kernels.c"]);
+        compile.args(self.compile_flags()).args(extra_flags).args([
+            "-c",
+            "-o",
+            "kernels.o",
+            "kernels.c",
+        ]);
         self.invoke(compile, dir.path(), &self.shown())?;
         let real = self.real();
         let mut link = self.run(&real);

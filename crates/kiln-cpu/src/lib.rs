@@ -9,12 +9,14 @@ pub mod pack;
 pub mod pack_quant;
 mod pool;
 pub mod probe;
+pub mod runtime;
 
 pub use cc::{CCompiler, FLAGS};
 pub use device::{CpuBuffer, CpuDevice, CpuKernel};
 pub use isa::{Isa, QuantRequest};
 
-use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+use kiln_ir::Expr;
+use kiln_program::{Backend, BackendError, Kernel, KernelSource, LaunchSpec};
 use kiln_program::{RunError, Runtime};
 use std::sync::OnceLock;
 
@@ -109,9 +111,39 @@ impl Backend for CpuBackend {
         )
     }
 
+    /// A unit of kernels, or one part of the runtime object (alone in its unit).
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
-        let sources: Vec<&str> = kernels.iter().map(|k| k.source.as_str()).collect();
-        self.cc.compile(&sources)
+        match kernels {
+            [part] if runtime::is_part(&part.name) => self.cc.compile_runtime(&part.source),
+            _ => {
+                let sources: Vec<&str> = kernels.iter().map(|k| k.source.as_str()).collect();
+                self.cc.compile(&sources)
+            }
+        }
+    }
+
+    /// The parts of the runtime object ([`runtime`]) that `kernels` call (none where it is
+    /// off).
+    fn runtime(&self, kernels: &[KernelSource]) -> Vec<KernelSource> {
+        if !self.cc.use_runtime {
+            return Vec::new();
+        }
+        let called = runtime::parts_called(kernels.iter().map(|k| k.source.as_str()));
+        called
+            .into_iter()
+            .filter_map(|part| self.cc.runtime_part(part).ok())
+            .map(|(name, source)| KernelSource {
+                name,
+                source,
+                // Never launched: its module is loaded, not run.
+                launch: LaunchSpec::units(Vec::new(), Expr::Const(0), Expr::Const(0)),
+            })
+            .collect()
+    }
+
+    /// A runtime part, its functions made visible to the kernels' modules loaded after it.
+    fn load_runtime(&self, artifact: &[u8]) -> Result<CpuModule, BackendError> {
+        CpuModule::open_global(artifact)
     }
 
     /// Loads the shared object and finds every kernel in it: what the compiler wrote is
@@ -129,8 +161,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// Loads a kernels' module, its calls into the runtime object bound now: where the runtime
+    /// is not loaded (a backend wrapper that does not pass `runtime` on), the load fails
+    /// naming the function, rather than the process at the first call.
     fn load(&self, artifact: &[u8]) -> Result<CpuModule, BackendError> {
-        CpuModule::open(artifact)
+        CpuModule::open_bound(artifact)
     }
 
     fn source_extension(&self) -> &'static str {

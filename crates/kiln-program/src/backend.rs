@@ -86,6 +86,24 @@ pub trait Backend: Sync {
     /// Loads an artifact. Called sequentially on the thread that will run the kernels.
     fn load(&self, artifact: &[u8]) -> Result<Self::Module, BackendError>;
 
+    /// Code that `kernels` call but do not contain (kiln-cpu: the packed GEMM/GEMV
+    /// micro-kernels, the attention's helpers), as sources of their own: each is one more
+    /// compile unit, scheduled first, compiled by [`Backend::compile`] alone, keyed, cached and
+    /// verified (it defines a symbol named after it) like the kernels' units, and loaded
+    /// before them with [`Backend::load_runtime`]. Must be a function of `kernels` and the
+    /// backend's identity only (so that artifacts do not depend on threads or caches); the
+    /// identity must change with the runtime's code, since the kernels' keys must. None by
+    /// default: kernels contain everything they call.
+    fn runtime(&self, _kernels: &[KernelSource]) -> Vec<KernelSource> {
+        Vec::new()
+    }
+
+    /// Loads a [`Backend::runtime`] artifact so that the kernels' modules loaded after it
+    /// find its functions. Called before any kernel's module is loaded.
+    fn load_runtime(&self, artifact: &[u8]) -> Result<Self::Module, BackendError> {
+        self.load(artifact)
+    }
+
     /// Whether this backend renders the kinds the fusion passes make (`Attention`,
     /// `ReduceMap`, matmul `Epilogue`s). A backend that returns false gets the unfused
     /// kernels whatever the compile's `fusion` option says: only

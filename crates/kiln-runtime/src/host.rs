@@ -14,8 +14,42 @@ pub struct HostLibrary {
 }
 
 impl HostLibrary {
-    /// Writes `artifact` to a temporary file and loads it.
+    /// Writes `artifact` to a temporary file and loads it (its symbols its own: `RTLD_LOCAL`).
     pub fn open(artifact: &[u8]) -> Result<HostLibrary, BackendError> {
+        // SAFETY: the artifact is a shared object kiln compiled from its own source (or a cache
+        // entry whose checksum and key matched); its initialisers are the compiler's defaults.
+        Self::open_with(artifact, |file| unsafe { libloading::Library::new(file) })
+    }
+
+    /// Writes `artifact` to a temporary file and loads it with its symbols made global
+    /// (`RTLD_NOW | RTLD_GLOBAL`): shared objects loaded after it resolve their undefined
+    /// references to them (the CPU backend's runtime object, whose functions have names no
+    /// other object defines).
+    #[cfg(unix)]
+    pub fn open_global(artifact: &[u8]) -> Result<HostLibrary, BackendError> {
+        use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+        // SAFETY: as for `open`.
+        Self::open_with(artifact, |file| unsafe {
+            Library::open(Some(file), RTLD_NOW | RTLD_GLOBAL).map(Into::into)
+        })
+    }
+
+    /// [`HostLibrary::open`], with every undefined symbol resolved now (`RTLD_NOW`): a
+    /// library that calls a function nothing loaded defines fails here, naming the symbol,
+    /// instead of ending the process when the call is first made.
+    #[cfg(unix)]
+    pub fn open_bound(artifact: &[u8]) -> Result<HostLibrary, BackendError> {
+        use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+        // SAFETY: as for `open`.
+        Self::open_with(artifact, |file| unsafe {
+            Library::open(Some(file), RTLD_NOW | RTLD_LOCAL).map(Into::into)
+        })
+    }
+
+    fn open_with(
+        artifact: &[u8],
+        load: impl FnOnce(&std::path::Path) -> Result<libloading::Library, libloading::Error>,
+    ) -> Result<HostLibrary, BackendError> {
         let mut f = tempfile::Builder::new()
             .prefix("kiln-")
             .suffix(".so")
@@ -24,9 +58,7 @@ impl HostLibrary {
         std::io::Write::write_all(&mut f, artifact)
             .map_err(|e| BackendError::io("cannot write a temporary file", e))?;
         let file = f.into_temp_path();
-        // SAFETY: the artifact is a shared object kiln compiled from its own source (or a cache
-        // entry whose checksum and key matched); its initialisers are the compiler's defaults.
-        let lib = unsafe { libloading::Library::new(&file) }
+        let lib = load(&file)
             .map_err(|e| BackendError::Invalid(format!("not a loadable shared object: {e}")))?;
         Ok(HostLibrary { lib, _file: file })
     }
