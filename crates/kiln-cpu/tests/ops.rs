@@ -3,16 +3,29 @@
 //! at their tolerances (its kernels call libm).
 mod common;
 use common::*;
+use kiln_compile::{CompileOptions, Target};
+use kiln_cpu::QuantRequest;
 use kiln_ir::testing::OpCase;
 use kiln_ir::{DType, Expr, Graph, Tensor};
 
 /// Each case on every kernel ISA this machine can run (AVX2, and AVX-512 where the compiler
-/// targets it; `isas` says when it skips).
+/// targets it; `isas` says when it skips). Quantized weights take the f32-dequantizing path,
+/// which computes the interpreter's function at the cases' tolerances; the integer (VNNI)
+/// path quantizes activations and is checked against its exact model in `gemm_qint8.rs`.
 fn run(case: OpCase) {
     for isa in isas() {
         // Shown with the failure, if any: which kernels failed.
         eprintln!("{isa:?} kernels");
-        let mut exe = build_for(&case.graph, case.threads, Some(isa));
+        let opts = CompileOptions {
+            threads: case.threads,
+            ..Default::default()
+        };
+        let mut exe = backend(Some(isa))
+            .with_quant(QuantRequest::Dequant)
+            .with_run_threads(case.threads)
+            .load(&case.graph, &opts)
+            .unwrap_or_else(|e| panic!("compile failed: {e}"))
+            .exe;
         case.check(|ins, b| exe.run_with(ins, b));
     }
 }
