@@ -57,7 +57,8 @@ impl Dialect for CStyle {
             DType::F16 | DType::BF16 => "uint16_t",
             DType::I32 => "int32_t",
             DType::Bool => "uint8_t",
-            // Blocks, read by the matmul kernels that know their layout.
+            // Blocks, read by the matmul kernels that know their layout and by gathers
+            // (`kiln_ldq_*`).
             DType::Q8_0 | DType::Q4_0 | DType::Q4_K => "uint8_t",
         }
     }
@@ -129,6 +130,10 @@ impl Dialect for CStyle {
             DType::F16 => format!("kiln_f16_to_f32({x})"),
             DType::BF16 => format!("kiln_bf16_to_f32({x})"),
             DType::Bool => format!("(int)({x})"),
+            // A value of a block-quantized table, dequantized where it is read (a gather).
+            DType::Q8_0 => format!("kiln_ldq_q8_0({buf}, {index})"),
+            DType::Q4_0 => format!("kiln_ldq_q4_0({buf}, {index})"),
+            DType::Q4_K => format!("kiln_ldq_q4_k({buf}, {index})"),
             _ => x,
         }
     }

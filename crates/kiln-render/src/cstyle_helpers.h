@@ -59,3 +59,31 @@ KILN_FN uint16_t kiln_f32_to_f16(float f) {
 KILN_FN float kiln_round_f16(float v) { return kiln_f16_to_f32(kiln_f32_to_f16(v)); }
 KILN_FN float kiln_round_bf16(float v) { return kiln_bf16_to_f32(kiln_f32_to_bf16(v)); }
 
+
+/* Value `i` (row-major, rows of whole blocks) of a block-quantized GGML tensor, as ggml
+ * dequantizes it (kiln_ir::quant): what a gather reads from a quantized embedding table. */
+KILN_FN float kiln_ldq_f16(const uint8_t *p) { return kiln_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
+KILN_FN float kiln_ldq_q8_0(const uint8_t *t, int64_t i) {
+    const uint8_t *b = t + (i / 32) * 34;
+    return (float)(int8_t)b[2 + i % 32] * kiln_ldq_f16(b);
+}
+KILN_FN float kiln_ldq_q4_0(const uint8_t *t, int64_t i) {
+    const uint8_t *b = t + (i / 32) * 18;
+    const int64_t j = i % 32;
+    const int32_t q = j < 16 ? (b[2 + j] & 0x0f) : (b[2 + j - 16] >> 4);
+    return (float)(q - 8) * kiln_ldq_f16(b);
+}
+KILN_FN float kiln_ldq_q4_k(const uint8_t *t, int64_t i) {
+    const uint8_t *b = t + (i / 256) * 144, *s = b + 4;
+    const int64_t v = i % 256, g = v / 32, l = v % 32;
+    int32_t sc, m;
+    if (g < 4) { sc = s[g] & 63; m = s[g + 4] & 63; }
+    else { sc = (s[g + 4] & 0x0f) | ((s[g - 4] >> 6) << 4); m = (s[g + 4] >> 4) | ((s[g] >> 6) << 4); }
+    const uint8_t byte = b[16 + 32 * (g / 2) + l];
+    const int32_t q = g % 2 == 0 ? (byte & 0x0f) : (byte >> 4);
+    /* Both products rounded before the subtraction, as ggml computes them: no fused
+     * multiply-add (the kernels are compiled with contraction allowed). */
+    volatile float scaled = kiln_ldq_f16(b) * (float)sc * (float)q;
+    volatile float min = kiln_ldq_f16(b + 2) * (float)m;
+    return scaled - min;
+}
