@@ -33,7 +33,10 @@ fn ids(list: &[i32]) -> Tensor {
     Tensor::from_bytes(
         DType::I32,
         &[list.len()],
-        &list.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>(),
+        &list
+            .iter()
+            .flat_map(|i| i.to_le_bytes())
+            .collect::<Vec<u8>>(),
     )
 }
 

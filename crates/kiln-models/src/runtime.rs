@@ -247,15 +247,6 @@ pub(crate) fn load_executable(
     let (mut exe, report) = compiled?;
     let mut weights = weights?;
     fuse_projections(&config, &mut weights)?;
-    if let Some((name, head)) =
-        crate::model::quantized_tied_head(&config, w, &weights).filter(|_| {
-            !config
-                .file_quant
-                .contains_key(crate::model::QUANTIZED_TIED_HEAD)
-        })
-    {
-        weights.insert(name, head);
-    }
     for (name, t) in weights {
         exe.set_param(&name, t)?;
     }

@@ -421,8 +421,8 @@ fn weight_bytes_and_params_agree_with_the_weight_list() {
             .sum();
         let bytes: u64 = shapes
             .iter()
-            .map(|(name, s)| {
-                kiln_models::model::weight_dtype(name, s, c.weight_dtype)
+            .map(|(_, s)| {
+                kiln_models::model::weight_dtype(s, c.weight_dtype)
                     .storage_bytes(s.iter().product::<usize>()) as u64
             })
             .sum();
