@@ -211,7 +211,21 @@ fn exit_interrupted(signal: i32) -> ! {
     std::process::exit(128 + signal)
 }
 
+/// Large allocations get their own mappings, returned to the system when freed. glibc's
+/// default threshold grows with every such block freed (up to 32 MB), after which the weights'
+/// tensors (a few MB each) come from the heap arenas of the threads that loaded them and stay
+/// there once they are repacked and freed: a quantized model's peak memory then held both.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_mmap_threshold() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_mmap_threshold() {}
+
 fn main() {
+    fix_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(
             // The server's one line per request is at info level.

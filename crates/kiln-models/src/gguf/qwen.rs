@@ -328,7 +328,9 @@ impl GgufCheckpoint {
     ) -> Result<BTreeMap<String, Tensor>, ModelError> {
         load_weights(wanted, w, |name, shape, want| {
             let (t, qt) = self.find(name, shape)?;
-            self.decode(name, t, qt, shape, want, keep)
+            let tensor = self.decode(name, t, qt, shape, want, keep);
+            self.file.release(t);
+            tensor
         })
     }
 
