@@ -367,6 +367,26 @@ impl QwenConfig {
         self.arch == Arch::Qwen3 && self.attention_bias
     }
 
+    /// Bytes of memory the weights are held in once bound: [`QwenConfig::weight_bytes`], plus
+    /// a tied embedding table a second time (the gather reads its rows, the LM head's
+    /// products the layout the matmul kernels read: the CPU backend keeps both).
+    pub fn held_weight_bytes(&self) -> u64 {
+        let table = if self.tie_word_embeddings {
+            let shape = [self.vocab_size, self.hidden_size];
+            let dtype = match self.file_quant.get(crate::model::EMBEDDING) {
+                Some(&d) => d,
+                None => crate::model::weight_dtype(&shape, self.weight_dtype),
+            };
+            (self.vocab_size as u64)
+                .saturating_mul(self.hidden_size as u64)
+                .div_ceil(dtype.block_elems() as u64)
+                .saturating_mul(dtype.storage_bytes(dtype.block_elems()) as u64)
+        } else {
+            0
+        };
+        self.weight_bytes().saturating_add(table)
+    }
+
     /// Bytes of weights in memory: matrices in `weight_dtype` (or a GGUF file's blocks, see
     /// `file_quant`), vectors in f32 (saturating: a
     /// config claiming absurd sizes gives a huge number, never an overflow).

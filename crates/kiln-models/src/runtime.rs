@@ -210,14 +210,16 @@ pub(crate) fn load_executable(
         }
     };
     let mut config = config;
-    if opts.graph.weight_dtype.is_some() {
+    if let Some(w) = opts.graph.weight_dtype {
         // --weight-dtype decides every weight, a GGUF file's blocks included.
         config.file_quant.clear();
+        config.weight_dtype = w;
     }
-    let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
+    let w = config.weight_dtype;
     check_quantizable(&config, w)?;
-    // Weights pass through host memory on their way to any device.
-    let bytes = config.weight_bytes();
+    // Weights pass through host memory on their way to any device: what will be held, in
+    // the dtypes it will be held in.
+    let bytes = config.held_weight_bytes();
     if let Some(avail) = available_memory_bytes() {
         if bytes > avail {
             return Err(ModelError::Resources(format!(
