@@ -135,7 +135,7 @@ fn weight_format(c: &kiln_models::QwenConfig) -> String {
     } else {
         let kept: Vec<&str> = kept.into_iter().collect();
         format!(
-            "{} (linear layers in {} as the file stores them)",
+            "{} (matrices in {} as the file stores them)",
             c.weight_dtype.name(),
             kept.join(", ")
         )
