@@ -65,7 +65,7 @@ KILN_FN float kiln_round_bf16(float v) { return kiln_bf16_to_f32(kiln_f32_to_bf1
 KILN_FN float kiln_ldq_f16(const uint8_t *p) { return kiln_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
 KILN_FN float kiln_ldq_q8_0(const uint8_t *t, int64_t i) {
     const uint8_t *b = t + (i / 32) * 34;
-    return (float)(int8_t)b[2 + i % 32] * kiln_ldq_f16(b);
+    return (float)(signed char)b[2 + i % 32] * kiln_ldq_f16(b);
 }
 KILN_FN float kiln_ldq_q4_0(const uint8_t *t, int64_t i) {
     const uint8_t *b = t + (i / 32) * 18;
@@ -84,6 +84,6 @@ KILN_FN float kiln_ldq_q4_k(const uint8_t *t, int64_t i) {
     /* Both products rounded before the subtraction, as ggml computes them: no fused
      * multiply-add (the kernels are compiled with contraction allowed). */
     volatile float scaled = kiln_ldq_f16(b) * (float)sc * (float)q;
-    volatile float min = kiln_ldq_f16(b + 2) * (float)m;
-    return scaled - min;
+    volatile float shift = kiln_ldq_f16(b + 2) * (float)m;
+    return scaled - shift;
 }
