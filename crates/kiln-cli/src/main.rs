@@ -60,9 +60,10 @@ pub struct CompileFlags {
     /// preset:NAME is always the preset.
     #[arg(long)]
     pub model: String,
-    /// Hold the linear layers' weights in this dtype: f32, bf16, or quantized at load with
-    /// ggml's reference quantizer (q8_0, q4_0, q4_k: GGML blocks, read inside every backend's
-    /// matmul kernels; the embedding table stays f32). Default: the model's own.
+    /// Hold the matrix weights in this dtype: f32, bf16, or quantized at load with ggml's
+    /// reference quantizer (q8_0, q4_0, q4_k: GGML blocks, read inside every backend's matmul
+    /// kernels; the embedding table too, its gather dequantizing the rows it reads). Default:
+    /// the model's own.
     #[arg(long, value_parser = parse_weight_dtype)]
     pub weight_dtype: Option<kiln_models::WeightDtype>,
     /// Compile threads, 1 to 1024 (1 = sequential). Default: the number of cores. Kernels run
@@ -211,7 +212,21 @@ fn exit_interrupted(signal: i32) -> ! {
     std::process::exit(128 + signal)
 }
 
+/// Large allocations get their own mappings, returned to the system when freed. glibc's
+/// default threshold grows with every such block freed (up to 32 MB), after which the weights'
+/// tensors (a few MB each) come from the heap arenas of the threads that loaded them and stay
+/// there once they are repacked and freed: a quantized model's peak memory then held both.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_mmap_threshold() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_mmap_threshold() {}
+
 fn main() {
+    fix_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(
             // The server's one line per request is at info level.

@@ -3,9 +3,10 @@
 //! Besides the element types, three block-quantized storage types (GGML's `Q8_0`, `Q4_0` and
 //! `Q4_K`, in GGUF's byte layout: [`crate::quant`]) that only weights may have: a tensor of
 //! one is a graph input of rank 2 whose rows are whole blocks, read by nothing but matrix
-//! products as their `b` operand (through views), and every value it holds is its ggml
-//! dequantization to f32. Backends read the blocks inside their matmul kernels; the
-//! interpreter dequantizes them (the oracle).
+//! products as their `b` operand (through views) and gathers as their table (an embedding
+//! lookup, whose result is f32), and every value it holds is its ggml dequantization to f32.
+//! Backends read the blocks inside their matmul and gather kernels; the interpreter
+//! dequantizes them (the oracle).
 
 use crate::quant::QuantType;
 use half::{bf16, f16};

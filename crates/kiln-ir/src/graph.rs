@@ -252,14 +252,17 @@ impl Graph {
         Ok(self.push(Op::Input { name: name.into() }, dtype, shape.to_vec()))
     }
 
-    /// Checks where block-quantized values are read: only through views by the `b` operand of
-    /// matrix products (a weight of `x @ W^T`), never by another op, the `a` operand or as a
-    /// graph output. Backends read quantized blocks in their matmul kernels and nowhere else.
+    /// Checks where block-quantized values are read: through views by the `b` operand of
+    /// matrix products (a weight of `x @ W^T`) and as the table of a gather (an embedding
+    /// lookup, which dequantizes the rows it reads), never by another op, the `a` operand or
+    /// as a graph output. Backends read quantized blocks in their matmul kernels and gathers
+    /// and nowhere else.
     pub fn check_quantized_reads(&self) -> Result<()> {
         for node in &self.nodes {
             let reads_ok = |x: NodeId| match &node.op {
                 Op::View(..) => true,
                 Op::MatMul(a, b) => *b == x && *a != x,
+                Op::Gather(table, ids) => *table == x && *ids != x,
                 _ => false,
             };
             for x in node.op.inputs() {
@@ -268,7 +271,7 @@ impl Graph {
                     return Err(IrError::DType {
                         op: format!("{:?}", node.op),
                         detail: format!(
-                            "reads a {dt} value: block-quantized weights are read only as the b operand of a matmul"
+                            "reads a {dt} value: block-quantized weights are read only as the b operand of a matmul or the table of a gather"
                         ),
                     });
                 }
@@ -459,7 +462,8 @@ impl Graph {
         ))
     }
 
-    /// Embedding lookup: `table[ids[i], :]`.
+    /// Embedding lookup: `table[ids[i], :]`. A block-quantized table (an embedding held in
+    /// the file's blocks) gives its rows dequantized, in f32; any other table its own dtype.
     pub fn gather(&mut self, table: NodeId, ids: NodeId) -> Result<NodeId> {
         let (st, si) = (self.shape(table).to_vec(), self.shape(ids).to_vec());
         if st.len() != 2 || si.len() != 1 {
@@ -478,9 +482,13 @@ impl Graph {
                 detail: format!("ids must be i32, got {}", self.dtype(ids)),
             });
         }
+        let dtype = match self.dtype(table) {
+            q if q.is_quantized() => DType::F32,
+            d => d,
+        };
         Ok(self.push(
             Op::Gather(table, ids),
-            self.dtype(table),
+            dtype,
             vec![si[0].clone(), st[1].clone()],
         ))
     }

@@ -367,6 +367,26 @@ impl QwenConfig {
         self.arch == Arch::Qwen3 && self.attention_bias
     }
 
+    /// Bytes of memory the weights are held in once bound: [`QwenConfig::weight_bytes`], plus
+    /// a tied embedding table a second time (the gather reads its rows, the LM head's
+    /// products the layout the matmul kernels read: the CPU backend keeps both).
+    pub fn held_weight_bytes(&self) -> u64 {
+        let table = if self.tie_word_embeddings {
+            let shape = [self.vocab_size, self.hidden_size];
+            let dtype = match self.file_quant.get(crate::model::EMBEDDING) {
+                Some(&d) => d,
+                None => crate::model::weight_dtype(&shape, self.weight_dtype),
+            };
+            (self.vocab_size as u64)
+                .saturating_mul(self.hidden_size as u64)
+                .div_ceil(dtype.block_elems() as u64)
+                .saturating_mul(dtype.storage_bytes(dtype.block_elems()) as u64)
+        } else {
+            0
+        };
+        self.weight_bytes().saturating_add(table)
+    }
+
     /// Bytes of weights in memory: matrices in `weight_dtype` (or a GGUF file's blocks, see
     /// `file_quant`), vectors in f32 (saturating: a
     /// config claiming absurd sizes gives a huge number, never an overflow).
@@ -378,18 +398,11 @@ impl QwenConfig {
                 .map(|(name, shape)| {
                     let d = match self.file_quant.get(&name) {
                         Some(&d) => d,
-                        None => crate::model::weight_dtype(&name, &shape, self.weight_dtype),
+                        None => crate::model::weight_dtype(&shape, self.weight_dtype),
                     };
                     d.storage_bytes(shape.iter().product()) as u64
                 })
-                .sum::<u64>()
-                + self
-                    .file_quant
-                    .get(crate::model::QUANTIZED_TIED_HEAD)
-                    .filter(|_| self.tie_word_embeddings)
-                    .map_or(0, |d| {
-                        d.storage_bytes(self.vocab_size * self.hidden_size) as u64
-                    });
+                .sum::<u64>();
         }
         // Bytes of `n` matrix values in `d` (whole blocks for the quantized types).
         let bytes = |n: u64, d: kiln_ir::DType| {
@@ -397,7 +410,7 @@ impl QwenConfig {
             n.div_ceil(be)
                 .saturating_mul(d.storage_bytes(d.block_elems()) as u64)
         };
-        let (matrix, table) = (self.weight_dtype.dtype(), self.weight_dtype.table_dtype());
+        let matrix = self.weight_dtype.dtype();
         let (h, i, d) = (
             self.hidden_size as u64,
             self.intermediate_size as u64,
@@ -413,13 +426,13 @@ impl QwenConfig {
             m(m(h, d), m(nh, 2).saturating_add(m(kv, 2))).saturating_add(m(m(h, i), 3));
         let layer_vectors = self.layer_vector_params();
         let per_layer = bytes(layer_matrices, matrix).saturating_add(m(layer_vectors, 4));
-        let head = if self.tie_word_embeddings && !matrix.is_quantized() {
+        let head = if self.tie_word_embeddings {
             0
         } else {
             bytes(m(v, h), matrix)
         };
         m(per_layer, self.num_layers as u64)
-            .saturating_add(bytes(m(v, h), table))
+            .saturating_add(bytes(m(v, h), matrix))
             .saturating_add(head)
             .saturating_add(m(h, 4))
     }

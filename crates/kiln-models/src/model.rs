@@ -29,8 +29,9 @@ pub struct GraphOptions {
 }
 
 /// See [`GraphOptions::weight_dtype`]. The quantized ones (GGML's Q8_0, Q4_0, Q4_K blocks)
-/// hold the matrices of the linear layers quantized with ggml's reference quantizer at load;
-/// the embedding table, which is gathered rather than multiplied, stays f32.
+/// hold every matrix quantized with ggml's reference quantizer at load, the embedding table
+/// included: its gather dequantizes the rows it reads, and a tied LM head reads the same
+/// table's blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
 pub enum WeightDtype {
@@ -63,15 +64,6 @@ impl WeightDtype {
         }
     }
 
-    /// The dtype of matrices read otherwise (the embedding table's gather): f32 for the
-    /// quantized types.
-    pub fn table_dtype(self) -> DType {
-        match self {
-            WeightDtype::BF16 => DType::BF16,
-            _ => DType::F32,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         self.dtype().name()
     }
@@ -84,20 +76,15 @@ impl WeightDtype {
     }
 }
 
-/// With quantized weights and a tied embedding, the LM head reads this input: the embedding
-/// table quantized at load ([`quantized_tied_head`]).
-pub const QUANTIZED_TIED_HEAD: &str = "lm_head.weight";
-
-/// The weight read by gathers, not products: it is never quantized.
+/// The embedding table: read by the gather of the token ids, and by the LM head when the
+/// embedding is tied.
 pub const EMBEDDING: &str = "model.embed_tokens.weight";
 
-/// The dtype weight `name` is held in: the embedding table in `w`'s table dtype, other
-/// matrices in `w`, vectors (norms, biases) in f32.
-pub fn weight_dtype(name: &str, shape: &[usize], w: WeightDtype) -> DType {
+/// The dtype weight `name` is held in: matrices (the embedding table included) in `w`,
+/// vectors (norms, biases) in f32.
+pub fn weight_dtype(shape: &[usize], w: WeightDtype) -> DType {
     if shape.len() != 2 {
         DType::F32
-    } else if name == EMBEDDING {
-        w.table_dtype()
     } else {
         w.dtype()
     }
@@ -243,14 +230,11 @@ impl Builder<'_> {
     /// The weight input `name` (declared at its first use; the batched graph reads the
     /// per-head norms once per slot).
     /// The LM head over the final hidden rows `x`: the `logits` output. A tied head reads the
-    /// embedding table `embed`, except with quantized weights: then it reads its own quantized
-    /// copy of the table (`QUANTIZED_TIED_HEAD`, made at load), as llama.cpp does, so that the
-    /// products stream blocks.
+    /// embedding table `embed` itself, in whatever dtype it is held (quantized blocks too: the
+    /// products stream them, as llama.cpp's do).
     fn logits(&mut self, x: NodeId, embed: NodeId) -> Result<()> {
         let c = self.c;
-        let own_head =
-            self.weights.dtype().is_quantized() || c.file_quant.contains_key(QUANTIZED_TIED_HEAD);
-        let head = if c.tie_word_embeddings && !own_head {
+        let head = if c.tie_word_embeddings {
             embed
         } else {
             self.weight("lm_head.weight", &[c.vocab_size, c.hidden_size])?
@@ -269,7 +253,7 @@ impl Builder<'_> {
         // A weight a GGUF file holds in blocks kiln's kernels read stays in them.
         let dtype = match self.c.file_quant.get(name) {
             Some(&d) => d,
-            None => weight_dtype(name, shape, self.weights),
+            None => weight_dtype(shape, self.weights),
         };
         self.g.input(name, dtype, &dims)
     }
@@ -544,21 +528,4 @@ pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> 
     let x = b.g.gather(x, rows)?;
     b.logits(x, embed)?;
     Ok(b.g)
-}
-
-/// The quantized copy of a tied embedding table the LM head reads when the weights are
-/// quantized (`None` when the graph reads the table itself).
-pub fn quantized_tied_head(
-    c: &QwenConfig,
-    w: WeightDtype,
-    weights: &std::collections::BTreeMap<String, kiln_ir::Tensor>,
-) -> Option<(String, kiln_ir::Tensor)> {
-    if !(c.tie_word_embeddings && w.dtype().is_quantized()) {
-        return None;
-    }
-    let table = weights.get(EMBEDDING)?.to_dtype(DType::F32);
-    Some((
-        QUANTIZED_TIED_HEAD.to_string(),
-        crate::weights::quantize_parallel(&table, w.dtype()),
-    ))
 }

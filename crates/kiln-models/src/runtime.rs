@@ -210,14 +210,16 @@ pub(crate) fn load_executable(
         }
     };
     let mut config = config;
-    if opts.graph.weight_dtype.is_some() {
+    if let Some(w) = opts.graph.weight_dtype {
         // --weight-dtype decides every weight, a GGUF file's blocks included.
         config.file_quant.clear();
+        config.weight_dtype = w;
     }
-    let w = opts.graph.weight_dtype.unwrap_or(config.weight_dtype);
+    let w = config.weight_dtype;
     check_quantizable(&config, w)?;
-    // Weights pass through host memory on their way to any device.
-    let bytes = config.weight_bytes();
+    // Weights pass through host memory on their way to any device: what will be held, in
+    // the dtypes it will be held in.
+    let bytes = config.held_weight_bytes();
     if let Some(avail) = available_memory_bytes() {
         if bytes > avail {
             return Err(ModelError::Resources(format!(
@@ -247,15 +249,6 @@ pub(crate) fn load_executable(
     let (mut exe, report) = compiled?;
     let mut weights = weights?;
     fuse_projections(&config, &mut weights)?;
-    if let Some((name, head)) =
-        crate::model::quantized_tied_head(&config, w, &weights).filter(|_| {
-            !config
-                .file_quant
-                .contains_key(crate::model::QUANTIZED_TIED_HEAD)
-        })
-    {
-        weights.insert(name, head);
-    }
     for (name, t) in weights {
         exe.set_param(&name, t)?;
     }

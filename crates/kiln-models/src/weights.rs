@@ -31,12 +31,7 @@ pub(crate) fn load_weights(
 ) -> Result<BTreeMap<String, Tensor>, ModelError> {
     wanted
         .par_iter()
-        .map(|(name, shape)| {
-            Ok((
-                name.clone(),
-                tensor(name, shape, weight_dtype(name, shape, w))?,
-            ))
-        })
+        .map(|(name, shape)| Ok((name.clone(), tensor(name, shape, weight_dtype(shape, w))?)))
         .collect()
 }
 
@@ -462,7 +457,7 @@ pub fn random_weights(
                         *v = center + (u * 2.0 - 1.0) * half_width;
                     }
                 });
-            let want = weight_dtype(name, shape, w);
+            let want = weight_dtype(shape, w);
             (
                 name.clone(),
                 match want {

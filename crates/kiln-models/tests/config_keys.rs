@@ -413,21 +413,33 @@ fn weight_bytes_and_params_agree_with_the_weight_list() {
     v["attention_bias"] = true.into();
     v["tie_word_embeddings"] = false.into();
     configs.push(parse(&v).unwrap());
+    // Every weight dtype whose blocks the config's rows hold whole.
+    let configs = configs.into_iter().flat_map(|c| {
+        kiln_models::WeightDtype::ALL
+            .into_iter()
+            .filter(move |w| c.hidden_size % w.dtype().block_elems() == 0)
+            .map(move |w| QwenConfig {
+                weight_dtype: w,
+                ..c.clone()
+            })
+    });
     for c in configs {
         let shapes = weight_shapes(&c);
         let params: u64 = shapes
             .iter()
             .map(|(_, s)| s.iter().product::<usize>() as u64)
             .sum();
-        let bytes: u64 = shapes
-            .iter()
-            .map(|(name, s)| {
-                kiln_models::model::weight_dtype(name, s, c.weight_dtype)
-                    .storage_bytes(s.iter().product::<usize>()) as u64
-            })
-            .sum();
+        let held = |s: &[usize]| {
+            kiln_models::model::weight_dtype(s, c.weight_dtype)
+                .storage_bytes(s.iter().product::<usize>()) as u64
+        };
+        let bytes: u64 = shapes.iter().map(|(_, s)| held(s)).sum();
         assert_eq!(c.num_params(), params, "{c:?}");
         assert_eq!(kiln_models::model::weight_count(&c), shapes.len() as u64);
         assert_eq!(c.weight_bytes(), bytes, "{c:?}");
+        // A tied table is held twice: rows for the gather, the head's layout for the products.
+        let table = held(&[c.vocab_size, c.hidden_size]);
+        let twice = if c.tie_word_embeddings { table } else { 0 };
+        assert_eq!(c.held_weight_bytes(), bytes + twice, "{c:?}");
     }
 }

@@ -124,3 +124,17 @@ fn q4_k_quantizer_writes_llama_cpps_bytes() {
         assert_quantizes_to(&name, QuantType::Q4_K, &values, bytes);
     }
 }
+
+/// The loader drops a tensor's mapped pages once it has copied it out (`GgufFile::release`):
+/// the file reads the same afterwards, every tensor (neighbours share pages).
+#[test]
+fn released_tensors_read_back_the_same_bytes() {
+    let f = open("qwen3-256/qwen3-256-Q4_K_M.gguf");
+    let before: Vec<Vec<u8>> = f.tensors().iter().map(|t| f.data(t).to_vec()).collect();
+    for t in f.tensors() {
+        f.release(t);
+    }
+    for (t, bytes) in f.tensors().iter().zip(&before) {
+        assert_eq!(f.data(t), &bytes[..], "{}", t.name);
+    }
+}

@@ -62,7 +62,8 @@ impl Dialect for CStyle {
             DType::F16 | DType::BF16 => "uint16_t",
             DType::I32 => "int32_t",
             DType::Bool => "uint8_t",
-            // Bytes of GGML blocks: `load` reads an element through `kiln_q*_at`.
+            // Blocks: the matmul kernels that know their layout read them, other loads (the
+            // GPU matmuls, a gather) through `kiln_q*_at`.
             DType::Q8_0 | DType::Q4_0 | DType::Q4_K => "uint8_t",
         }
     }
@@ -134,7 +135,8 @@ impl Dialect for CStyle {
             DType::F16 => format!("kiln_f16_to_f32({x})"),
             DType::BF16 => format!("kiln_bf16_to_f32({x})"),
             DType::Bool => format!("(int)({x})"),
-            // Element `index` of a weight of GGML blocks, dequantized as ggml does.
+            // Element `index` of a tensor of GGML blocks, dequantized as ggml does (a GPU
+            // matmul's weight, a gather's table).
             DType::Q8_0 => format!("kiln_q8_0_at({buf}, {index})"),
             DType::Q4_0 => format!("kiln_q4_0_at({buf}, {index})"),
             DType::Q4_K => format!("kiln_q4_k_at({buf}, {index})"),

@@ -60,16 +60,18 @@ KILN_FN float kiln_round_f16(float v) { return kiln_f16_to_f32(kiln_f32_to_f16(v
 KILN_FN float kiln_round_bf16(float v) { return kiln_bf16_to_f32(kiln_f32_to_bf16(v)); }
 
 
-/* Element e (a flat element index) of a weight of GGML blocks, in the file's byte layout,
- * dequantized exactly as ggml does (kiln-ir's quant.rs): the f16 scale to f32, then d * q, or
- * d * sc * q - dmin * m for Q4_K. GPU matmul kernels read block-quantized weights through
- * these, one element at a time. Blocks: Q8_0 34 bytes (f16 d, 32 x i8), Q4_0 18 bytes (f16 d,
- * 16 bytes of nibbles: low nibbles values 0..16, high 16..32), Q4_K 144 bytes (f16 d, f16 dmin,
- * 12 bytes of 6-bit scales and mins, 128 bytes of nibbles in 4 groups of 64 values). */
+/* Element e (a flat, row-major index; rows of whole blocks) of a tensor of GGML blocks, in the
+ * file's byte layout, dequantized exactly as ggml does (kiln-ir's quant.rs): the f16 scale to
+ * f32, then d * q, or (d * sc) * q - dmin * m for Q4_K. The GPU matmul kernels read
+ * block-quantized weights through these one element at a time, and every backend's gather
+ * reads a quantized embedding table through them. Blocks: Q8_0 34 bytes (f16 d, 32 x i8),
+ * Q4_0 18 bytes (f16 d, 16 bytes of nibbles: low nibbles values 0..16, high 16..32), Q4_K 144
+ * bytes (f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles in 4 groups
+ * of 64 values). signed char, not int8_t: NVRTC's headers lack it. */
 KILN_FN float kiln_f16_at(const uint8_t *p) { return kiln_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
 KILN_FN float kiln_q8_0_at(const uint8_t *w, int64_t e) {
     const uint8_t *b = w + (e >> 5) * 34;
-    return (float)(int8_t)b[2 + (e & 31)] * kiln_f16_at(b);
+    return (float)(signed char)b[2 + (e & 31)] * kiln_f16_at(b);
 }
 KILN_FN float kiln_q4_0_at(const uint8_t *w, int64_t e) {
     const uint8_t *b = w + (e >> 5) * 18;
@@ -86,6 +88,9 @@ KILN_FN float kiln_q4_k_at(const uint8_t *w, int64_t e) {
     const int m = j < 4 ? (s[j + 4] & 63) : ((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
     const uint8_t byte = b[16 + 32 * (i >> 6) + (l & 31)];
     const int q = l < 32 ? (byte & 0x0F) : (byte >> 4);
-    const float d = kiln_f16_at(b) * (float)sc, dm = kiln_f16_at(b + 2) * (float)m;
-    return d * (float)q - dm;
+    /* Both products rounded before the subtraction, as ggml computes them: no fused
+     * multiply-add (the kernels are compiled with contraction allowed). */
+    volatile float scaled = kiln_f16_at(b) * (float)sc * (float)q;
+    volatile float shift = kiln_f16_at(b + 2) * (float)m;
+    return scaled - shift;
 }

@@ -55,12 +55,17 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
     let c = &c;
     // Bytes a decode step must read: every weight, and the KV cache (f32) at the mean
     // position of the generated tokens.
-    // With quantized weights the LM head has its own blocks, and the f32 embedding table is
-    // only gathered from (one row per token): it is not streamed.
-    let table = if c.weight_dtype.dtype().is_quantized() {
-        (c.vocab_size * c.hidden_size * 4) as f64
-    } else {
+    // An untied embedding table is only gathered from (one row per token): it is not
+    // streamed. A tied one is the LM head's weight.
+    let table = if c.tie_word_embeddings {
         0.0
+    } else {
+        let shape = [c.vocab_size, c.hidden_size];
+        let dtype = match c.file_quant.get(kiln_models::model::EMBEDDING) {
+            Some(&d) => d,
+            None => kiln_models::model::weight_dtype(&shape, c.weight_dtype),
+        };
+        dtype.storage_bytes(c.vocab_size * c.hidden_size) as f64
     };
     let weight_bytes = c.weight_bytes() as f64 - table;
     let mean_pos = a.prompt_len as f64 + g.generated_ids.len() as f64 / 2.0;
@@ -130,7 +135,7 @@ fn weight_format(c: &kiln_models::QwenConfig) -> String {
     } else {
         let kept: Vec<&str> = kept.into_iter().collect();
         format!(
-            "{} (linear layers in {} as the file stores them)",
+            "{} (matrices in {} as the file stores them)",
             c.weight_dtype.name(),
             kept.join(", ")
         )

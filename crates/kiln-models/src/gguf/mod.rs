@@ -395,6 +395,28 @@ impl GgufFile {
         &self.map[start..start + t.bytes as usize]
     }
 
+    /// Drops tensor `t`'s pages from this process's memory once its bytes have been copied
+    /// out (at load), so that the mapped file does not stay resident beside the weights made
+    /// from it: without this, a loaded model's peak memory counts the file twice.
+    #[cfg(unix)]
+    pub fn release(&self, t: &TensorInfo) {
+        let start = self.data_start + t.offset as usize;
+        // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only unmaps
+        // the pages, and a later read of them (a tensor sharing a page at either end, or
+        // `data` again) faults them back in from the page cache with the same bytes. A
+        // failure leaves the pages mapped, which is only memory.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                t.bytes as usize,
+            )
+        };
+    }
+
+    #[cfg(not(unix))]
+    pub fn release(&self, _: &TensorInfo) {}
+
     /// An error about this file.
     pub fn error(&self, detail: impl Into<String>) -> ModelError {
         ModelError::checkpoint(&self.path, detail)

@@ -272,8 +272,9 @@ impl GgufCheckpoint {
         Ok((t, qt))
     }
 
-    /// The linear layers' weights whose blocks kiln's kernels read (Q8_0, Q4_0, Q4_K, rows of
-    /// whole blocks): they stay quantized in memory. Projections the graph reads fused
+    /// The matrices whose blocks kiln's kernels read (Q8_0, Q4_0, Q4_K, rows of whole blocks):
+    /// they stay quantized in memory — the embedding table too (its gather dequantizes the
+    /// rows it reads; a tied LM head reads the same blocks). Projections the graph reads fused
     /// (q/k/v, gate/up) stay quantized only when all their parts have the same type (a Q4_K_M
     /// file may hold attn_v in Q6_K beside Q4_K q and k); the rest are dequantized at load.
     fn file_quant(&self, c: &QwenConfig) -> BTreeMap<String, DType> {
@@ -284,24 +285,12 @@ impl GgufCheckpoint {
             let Ok((_, qt)) = self.find(&name, &shape) else {
                 return BTreeMap::new();
             };
-            if shape.len() != 2 || name == crate::model::EMBEDDING {
+            if shape.len() != 2 {
                 continue;
             }
             if let Some(d) = DType::from_quant(qt) {
                 if shape[1] % d.block_elems() == 0 {
                     keep.insert(name, d);
-                }
-            }
-        }
-        // A tied LM head reads the table's blocks where the kernels read them (as llama.cpp
-        // does); the gather reads the table dequantized.
-        if c.tie_word_embeddings {
-            let shape = [c.vocab_size, c.hidden_size];
-            if let Ok((_, qt)) = self.find(crate::model::EMBEDDING, &shape) {
-                if let Some(d) =
-                    DType::from_quant(qt).filter(|d| c.hidden_size.is_multiple_of(d.block_elems()))
-                {
-                    keep.insert(crate::model::QUANTIZED_TIED_HEAD.to_string(), d);
                 }
             }
         }
@@ -337,23 +326,12 @@ impl GgufCheckpoint {
         w: WeightDtype,
         keep: &BTreeMap<String, DType>,
     ) -> Result<BTreeMap<String, Tensor>, ModelError> {
-        let mut out = load_weights(wanted, w, |name, shape, want| {
+        load_weights(wanted, w, |name, shape, want| {
             let (t, qt) = self.find(name, shape)?;
-            self.decode(name, t, qt, shape, want, keep)
-        })?;
-        // A tied head (one the checkpoint does not list) reads the table's blocks as the file
-        // stores them (`file_quant`).
-        let tied = !wanted
-            .iter()
-            .any(|(n, _)| n == crate::model::QUANTIZED_TIED_HEAD);
-        if let Some(&d) = keep.get(crate::model::QUANTIZED_TIED_HEAD).filter(|_| tied) {
-            if let Some((_, shape)) = wanted.iter().find(|(n, _)| n == crate::model::EMBEDDING) {
-                let (t, _) = self.find(crate::model::EMBEDDING, shape)?;
-                let head = Tensor::from_bytes(d, shape, self.file.data(t));
-                out.insert(crate::model::QUANTIZED_TIED_HEAD.to_string(), head);
-            }
-        }
-        Ok(out)
+            let tensor = self.decode(name, t, qt, shape, want, keep);
+            self.file.release(t);
+            tensor
+        })
     }
 
     /// A tensor's values in dtype `want` (f32 or bf16): bf16 bytes are kept as stored when
