@@ -31,11 +31,15 @@ pub struct ServeArgs {
     /// most 4096).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     pub ctx: Option<u64>,
-    /// Prompt tokens prefilled per step, over all sequences: a long prompt is read in chunks
-    /// of this size between the other sequences' decode steps (smaller: the others wait less
-    /// for their next token; larger: a long prompt's first token comes sooner).
+    /// Prompt tokens prefilled per step, over all sequences, while no sequence decodes: a
+    /// long prompt is read in chunks of this size (larger: its first token comes sooner).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub prefill_chunk: u64,
+    /// Prompt tokens prefilled per step, over all sequences, while others decode (at most
+    /// --prefill-chunk): bounds how long a new prompt holds the running streams' next token
+    /// (smaller: steadier streams; larger: the new prompt's first token comes sooner).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prefill_while_decoding: u64,
     /// Require 'Authorization: Bearer KEY' on /v1 requests.
     #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -82,6 +86,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_queue: a.max_queue as usize,
         ctx: a.ctx.map(|c| c as usize),
         prefill_chunk: a.prefill_chunk as usize,
+        prefill_while_decoding: a.prefill_while_decoding as usize,
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         max_body_bytes: a.max_body_bytes,
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),

@@ -1,5 +1,5 @@
 //! Dedupe: launches of equal kernels share one compiled kernel. Kernels are canonical (no node
-//! ids, inputs numbered by first use), so the 28 layers of a model produce the same handful of
+//! ids, inputs numbered by first use, symbols named by their place: `Kernel::canonical`), so the 28 layers of a model produce the same handful of
 //! distinct kernels as 2 layers do; comparing the [`Kernel`]s themselves, before any codegen,
 //! means 823 launches cost 34 codegens.
 
@@ -24,7 +24,7 @@ pub struct Deduped {
 /// Finds the distinct kernels; with `enabled` false every launch keeps its own (to measure
 /// what dedupe saves).
 pub fn dedupe(program: &Program, enabled: bool) -> Deduped {
-    let mut index: HashMap<&Kernel, usize> = HashMap::new();
+    let mut index: HashMap<Kernel, usize> = HashMap::new();
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut uses: Vec<usize> = Vec::new();
     // An interrupted compile stops here (`compile` then fails with `Interrupted`).
@@ -34,12 +34,15 @@ pub fn dedupe(program: &Program, enabled: bool) -> Deduped {
         .enumerate()
         .take_while(|(i, _)| crate::cancel::check_every(*i).is_ok())
         .map(|(_, step)| {
-            let u = match index.get(&step.kernel) {
+            // Compared by their canonical form: kernels that differ only in the names of
+            // their symbols are one (each launch binds its own names, `launch_bindings`).
+            let kernel = step.kernel.canonical();
+            let u = match index.get(&kernel) {
                 Some(&u) if enabled => u,
                 _ => {
-                    kernels.push(step.kernel.clone());
+                    kernels.push(kernel.clone());
                     uses.push(0);
-                    index.insert(&step.kernel, kernels.len() - 1);
+                    index.insert(kernel, kernels.len() - 1);
                     kernels.len() - 1
                 }
             };

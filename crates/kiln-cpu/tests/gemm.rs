@@ -39,8 +39,9 @@ fn activations(m: usize, n: i64, k: i64) -> Vec<(&'static str, Tensor)> {
     ]
 }
 
-/// Rows around MR = 6 and 12, the GEMV limit 4 and the 132-row block.
-const ROWS: [usize; 10] = [1, 3, 4, 5, 7, 12, 13, 25, 133, 140];
+/// Rows around MR = 6 and 12, the GEMV limits 4 (several panels per pass) and 12 (rows 4 at a
+/// time), and the 132-row block.
+const ROWS: [usize; 12] = [1, 3, 4, 5, 7, 8, 9, 12, 13, 25, 133, 140];
 
 fn check_sizes(dtype: DType, n: i64, half: i64, k: i64) {
     for isa in isas() {
@@ -330,6 +331,41 @@ fn packed_rows_of_a_do_not_outlive_their_launch() {
                 1e-4,
                 1e-4,
             );
+        }
+    }
+}
+
+/// A batched decode step: rows 5 to 13 at once (the GEMV passes up to 12 rows, the packed GEMM
+/// from 13), f32 and bf16 weights, each ISA. Every row of the batch is bitwise the row
+/// computed alone (M = 1), on the weights bound once and packed at launch.
+#[test]
+fn each_row_of_a_small_batch_equals_the_row_alone_bitwise() {
+    // half = 64: the up columns start on a panel on both ISAs (the GEMV, not scalar chains).
+    let (n, half, k) = (100, 64, 1030);
+    for dtype in [DType::F32, DType::BF16] {
+        let g = linear_graph(dtype, n, half, k);
+        for isa in isas() {
+            let mut exe = build_for(&g, 2, Some(isa));
+            for (name, t) in weights(dtype, n, half, k) {
+                exe.set_param(name, t).unwrap();
+            }
+            let row = |t: &Tensor, i: usize, w: usize| t.as_f32()[i * w..(i + 1) * w].to_vec();
+            for m in 5..=13 {
+                let act = activations(m, n, k);
+                let all = exe.run(&inputs(&act)).unwrap();
+                for i in 0..m {
+                    let x = Tensor::from_f32(&[1, k as usize], &row(&act[0].1, i, k as usize));
+                    let r = Tensor::from_f32(&[1, n as usize], &row(&act[1].1, i, n as usize));
+                    let alone = exe.run(&inputs(&[("x", x), ("r", r)])).unwrap();
+                    for (name, w) in [("y", n as usize), ("h", half as usize)] {
+                        assert_eq!(
+                            alone[name].as_f32(),
+                            row(&all[name], i, w),
+                            "{isa:?} {dtype}: row {i} of {m}, {name}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -178,6 +178,49 @@ impl Expr {
         });
     }
 
+    /// The same expression with every named symbol renamed by `name` (the structure is kept
+    /// as it is: nothing is simplified again).
+    pub fn rename_symbols(&self, name: &impl Fn(&str) -> String) -> Expr {
+        let two = |a: &Expr, b: &Expr| {
+            (
+                Box::new(a.rename_symbols(name)),
+                Box::new(b.rename_symbols(name)),
+            )
+        };
+        match self {
+            Expr::Const(_) | Expr::Var(_) => self.clone(),
+            Expr::Sym(s) => Expr::Sym(name(s).into()),
+            Expr::Add(a, b) => {
+                let (a, b) = two(a, b);
+                Expr::Add(a, b)
+            }
+            Expr::Sub(a, b) => {
+                let (a, b) = two(a, b);
+                Expr::Sub(a, b)
+            }
+            Expr::Mul(a, b) => {
+                let (a, b) = two(a, b);
+                Expr::Mul(a, b)
+            }
+            Expr::Div(a, b) => {
+                let (a, b) = two(a, b);
+                Expr::Div(a, b)
+            }
+            Expr::Mod(a, b) => {
+                let (a, b) = two(a, b);
+                Expr::Mod(a, b)
+            }
+            Expr::Min(a, b) => {
+                let (a, b) = two(a, b);
+                Expr::Min(a, b)
+            }
+            Expr::Max(a, b) => {
+                let (a, b) = two(a, b);
+                Expr::Max(a, b)
+            }
+        }
+    }
+
     pub fn has_vars(&self) -> bool {
         let mut found = false;
         self.visit(&mut |e| found |= matches!(e, Expr::Var(_)));

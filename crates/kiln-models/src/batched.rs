@@ -188,7 +188,8 @@ impl BatchedModel {
         let mut symbols = kiln_ir::Bindings::new();
         let mut last_row = vec![0usize; self.slots.len()];
         for (slot, w) in by_slot.iter().enumerate() {
-            let [n, p, _] = slot_symbols(slot);
+            let [n, p, _, o] = slot_symbols(slot);
+            symbols.insert(o, ids.len() as i64);
             let (len, position) = match w {
                 Some(w) => (w.tokens.len(), w.position),
                 None => (0, self.slots[slot].len),

@@ -435,9 +435,15 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
 }
 
 /// The names of slot `r`'s symbols in the batched graph: its new positions this forward, its
-/// cache position, its cache capacity.
-pub fn slot_symbols(r: usize) -> [String; 3] {
-    [format!("n{r}"), format!("p{r}"), format!("c{r}")]
+/// cache position, its cache capacity, and its first row among the forward's rows (`n0 + .. +
+/// n{r-1}`).
+pub fn slot_symbols(r: usize) -> [String; 4] {
+    [
+        format!("n{r}"),
+        format!("p{r}"),
+        format!("c{r}"),
+        format!("o{r}"),
+    ]
 }
 
 /// The batched decoder graph: one forward runs the sequences of up to `slots` KV cache slots
@@ -454,9 +460,11 @@ pub fn slot_symbols(r: usize) -> [String; 3] {
 /// runs once over all rows. `rows` (`[k]`, i32) names the rows whose logits are wanted
 /// (`logits`: `[k, vocab]`), usually each sampled sequence's last one.
 ///
-/// The per-slot symbols keep the op set as it is: no scatter, no per-row index in a kernel;
-/// the price is that each slot's attention kernels are compiled and launched separately
-/// (empty ones when a slot is idle).
+/// The per-slot symbols keep the op set as it is: no scatter, no per-row index in a kernel.
+/// Each slot's rows start at its own symbol `o{r}` (bound to `n0 + .. + n{r-1}`), so slot
+/// `r`'s kernels differ from slot 0's only in the names of their symbols and dedupe makes them
+/// one compiled kernel; they are still launched per slot (a slot with no rows launches
+/// nothing: its kernels have no work units).
 pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> Result<Graph> {
     if slots == 0 {
         return Err(kiln_ir::IrError::Invalid {
@@ -474,9 +482,22 @@ pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> 
     let mut offsets = Vec::with_capacity(slots);
     let mut total = Expr::Const(0);
     for r in 0..slots {
-        let [n, p, cap] = slot_symbols(r);
-        let (n, p) = (Expr::sym(&n), Expr::sym(&p));
-        offsets.push(total.clone());
+        let [n, p, cap, o] = slot_symbols(r);
+        let (n, p, o) = (Expr::sym(&n), Expr::sym(&p), Expr::sym(&o));
+        // The slot's first row is a symbol of its own, bound to `n0 + .. + n{r-1}`, so that
+        // its kernels name only its own symbols: every slot's attention kernels are then one
+        // canonical kernel (`Kernel::canonical`), compiled once.
+        b.g.require_le(
+            o.clone(),
+            total.clone(),
+            &format!("slot {r}'s first row o{r}: the rows of the slots before it"),
+        );
+        b.g.require_le(
+            total.clone(),
+            o.clone(),
+            &format!("slot {r}'s first row o{r}: the rows of the slots before it"),
+        );
+        offsets.push(o);
         total = total.add(n.clone());
         let (cos, sin) =
             b.g.rope_tables(p.clone(), n.clone(), c.head_dim, c.rope_theta)?;

@@ -40,7 +40,8 @@ fn interpret_batch(
     let mut last = vec![0i32; slots];
     let mut b = Bindings::new();
     for (slot, last) in last.iter_mut().enumerate() {
-        let [n, p, _] = slot_symbols(slot);
+        let [n, p, _, o] = slot_symbols(slot);
+        b.insert(o, ids.len() as i64);
         let w = work.iter().find(|w| w.0 == slot);
         if let Some((_, _, t)) = w {
             ids.extend(t.iter().map(|&x| x as i32));

@@ -58,3 +58,29 @@ fn qwen2_5_0_5b_launches_and_unique_kernels() {
     );
     assert_eq!(counts_with("qwen2.5-0.5b", None, false), (563, 30));
 }
+
+/// (launches, distinct kernels) of the batched graph of a preset for `slots` KV cache slots.
+fn batched_counts(name: &str, slots: usize) -> (usize, usize) {
+    let c = preset(name).unwrap();
+    let g = kiln_models::build_batched_graph(&c, GraphOptions::default(), slots).unwrap();
+    let p = extract_with(&analyze(&g).unwrap(), true);
+    (p.steps.len(), dedupe(&p, true).kernels.len())
+}
+
+#[test]
+fn batched_graph_slots_share_their_attention_kernels() {
+    // Each slot launches its own attention kernels (6 per layer), but they differ from slot
+    // 0's only in the names of their symbols: one canonical kernel each, whatever the slots
+    // (108 distinct kernels at 8 slots before the kernels were compared by canonical form).
+    assert_eq!(batched_counts("qwen3-0.6b", 8), (1594, 24));
+    let (launches_2, distinct_2) = batched_counts("qwen3-0.6b", 2);
+    assert_eq!(
+        distinct_2, 24,
+        "distinct kernels must not grow with the slots"
+    );
+    assert_eq!(
+        1594 - launches_2,
+        6 * (28 * 6 + 6),
+        "per slot: 6 per layer, 6 per forward"
+    );
+}

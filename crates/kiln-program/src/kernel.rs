@@ -2,7 +2,7 @@
 //! refers to graph node ids — inputs are numbered in order of first use — so two layers with the
 //! same structure produce equal kernels, equal source and one compile.
 
-use kiln_ir::{BinaryOp, DType, Expr, ReduceOp, UnaryOp};
+use kiln_ir::{BinaryOp, Bindings, DType, Expr, IrError, ReduceOp, UnaryOp};
 use std::collections::BTreeSet;
 
 /// A scalar computation for one output element, over loop variables `Var(i)` and symbols.
@@ -415,6 +415,123 @@ impl Kernel {
         s.into_iter().collect()
     }
 
+    /// The same kernel with every index and size expression in it mapped by `f`.
+    pub fn map_exprs(&self, f: &impl Fn(&Expr) -> Expr) -> Kernel {
+        let all = |v: &[Expr]| v.iter().map(f).collect::<Vec<_>>();
+        let operand = |o: &Operand| Operand {
+            offset: f(&o.offset),
+            batch_strides: all(&o.batch_strides),
+            row_stride: f(&o.row_stride),
+            col_stride: f(&o.col_stride),
+            ..o.clone()
+        };
+        let kind = match &self.kind {
+            KernelKind::Elementwise { lets, body } => KernelKind::Elementwise {
+                lets: lets
+                    .iter()
+                    .map(|l| Let {
+                        var: l.var,
+                        value: l.value.map_indices(f),
+                        rows: f(&l.rows),
+                    })
+                    .collect(),
+                body: body.map_indices(f),
+            },
+            KernelKind::Reduce {
+                op,
+                axis,
+                len,
+                body,
+            } => KernelKind::Reduce {
+                op: *op,
+                axis: *axis,
+                len: f(len),
+                body: body.map_indices(f),
+            },
+            KernelKind::Write {
+                shape,
+                axis,
+                start,
+                body,
+            } => KernelKind::Write {
+                shape: all(shape),
+                axis: *axis,
+                start: f(start),
+                body: body.map_indices(f),
+            },
+            KernelKind::MatMul {
+                batch,
+                m,
+                n,
+                k,
+                a,
+                b,
+                epilogue,
+            } => KernelKind::MatMul {
+                batch: all(batch),
+                m: f(m),
+                n: f(n),
+                k: f(k),
+                a: operand(a),
+                b: operand(b),
+                epilogue: epilogue.as_ref().map(|e| Epilogue {
+                    cols: all(&e.cols),
+                    body: e.body.map_indices(f),
+                }),
+            },
+            KernelKind::ReduceMap { op, len, body, map } => KernelKind::ReduceMap {
+                op: *op,
+                len: f(len),
+                body: body.map_indices(f),
+                map: map.map_indices(f),
+            },
+            KernelKind::Attention {
+                batch,
+                m,
+                n,
+                k,
+                dv,
+                q,
+                kt,
+                v,
+                score,
+            } => KernelKind::Attention {
+                batch: all(batch),
+                m: f(m),
+                n: f(n),
+                k: f(k),
+                dv: f(dv),
+                q: operand(q),
+                kt: operand(kt),
+                v: operand(v),
+                score: score.map_indices(f),
+            },
+        };
+        Kernel {
+            kind,
+            out_dtype: self.out_dtype,
+            out_shape: all(&self.out_shape),
+            inputs: self.inputs.clone(),
+        }
+    }
+
+    /// The kernel with its symbols named by their place: the `i`-th of [`Kernel::symbols`]
+    /// becomes [`canonical_symbol`]`(i)`. Two launches whose kernels differ only in the names
+    /// of their symbols (the same attention over KV cache slot 0's `n0`, `p0` and slot 3's
+    /// `n3`, `p3`) share one canonical kernel, so one compiled kernel; each launch binds its
+    /// own symbols to the canonical names ([`launch_bindings`]).
+    pub fn canonical(&self) -> Kernel {
+        let names = self.symbols();
+        if names.is_empty() {
+            return self.clone();
+        }
+        let rename = |s: &str| {
+            let i = names.binary_search_by(|n| n.as_str().cmp(s));
+            canonical_symbol(i.expect("a symbol of the kernel"))
+        };
+        self.map_exprs(&|e| e.rename_symbols(&rename))
+    }
+
     /// How many elements one launch writes: the whole output, or the written part of an
     /// in-place update.
     pub fn written_elements(&self) -> Expr {
@@ -441,6 +558,28 @@ impl Kernel {
     }
 }
 
+/// The name of a canonical kernel's `i`-th symbol ([`Kernel::canonical`]). The names sort in
+/// `i`'s order, so a canonical kernel's symbol parameters keep the order of the original's.
+pub fn canonical_symbol(i: usize) -> String {
+    format!("a{i:03}")
+}
+
+/// The bindings of a canonical kernel's symbols for one launch: `canonical_symbol(i)` is bound
+/// to `b[symbols[i]]`, `symbols` being the launch's own kernel's [`Kernel::symbols`].
+pub fn launch_bindings(symbols: &[String], b: &Bindings) -> Result<Bindings, IrError> {
+    symbols
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let v = b.get(s).ok_or_else(|| IrError::UnboundSymbol {
+                symbol: s.clone(),
+                bound: b.keys().cloned().collect(),
+            })?;
+            Ok((canonical_symbol(i), *v))
+        })
+        .collect()
+}
+
 /// Reductions' identity element, shared by backends and the planner.
 pub fn reduce_identity(op: ReduceOp, dtype: DType) -> f64 {
     match (op, dtype) {
@@ -448,5 +587,53 @@ pub fn reduce_identity(op: ReduceOp, dtype: DType) -> f64 {
         (ReduceOp::Max, DType::I32) => i32::MIN as f64,
         (ReduceOp::Max, DType::Bool) => 0.0,
         (ReduceOp::Max, _) => f64::NEG_INFINITY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `out[v0, v1] = in[(o + v0) * 8 + v1]` over `[n, 8]`, reading `o` and `n` (a slot's
+    /// rows of a batched forward).
+    fn rows_of_slot(n: &str, o: &str) -> Kernel {
+        let offset = Expr::sym(o).add(Expr::Var(0)).mul(8).add(Expr::Var(1));
+        Kernel {
+            kind: KernelKind::Elementwise {
+                lets: Vec::new(),
+                body: ScalarExpr::Load {
+                    input: 0,
+                    offset,
+                    dtype: DType::F32,
+                },
+            },
+            out_dtype: DType::F32,
+            out_shape: vec![Expr::sym(n), Expr::Const(8)],
+            inputs: vec![DType::F32],
+        }
+    }
+
+    #[test]
+    fn kernels_that_differ_only_in_symbol_names_have_one_canonical_form() {
+        let (slot0, slot3) = (rows_of_slot("n0", "o0"), rows_of_slot("n3", "o3"));
+        assert_ne!(slot0, slot3);
+        assert_eq!(slot0.canonical(), slot3.canonical());
+        assert_eq!(slot3.canonical(), rows_of_slot("a000", "a001"));
+        // Each launch binds its own symbols, by place.
+        let b: Bindings = [("n0", 2), ("o0", 0), ("n3", 5), ("o3", 7)]
+            .map(|(s, v)| (s.to_string(), v))
+            .into();
+        let at3 = launch_bindings(&slot3.symbols(), &b).unwrap();
+        assert_eq!(
+            at3,
+            [("a000".to_string(), 5), ("a001".to_string(), 7)].into()
+        );
+        // A kernel that reads the same structure through different symbols is another kernel.
+        assert_ne!(
+            rows_of_slot("n0", "o0").canonical(),
+            rows_of_slot("o0", "n0").canonical()
+        );
+        let missing = launch_bindings(&["q".to_string()], &b).unwrap_err();
+        assert!(matches!(missing, IrError::UnboundSymbol { symbol, .. } if symbol == "q"));
     }
 }

@@ -33,7 +33,9 @@ pub mod source;
 pub use backend::{Backend, BackendError};
 pub use device::{Device, Runtime};
 pub use error::{Cause, RunError};
-pub use kernel::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
+pub use kernel::{
+    canonical_symbol, launch_bindings, Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr,
+};
 pub use launch::LaunchSpec;
 pub use memplan::MemoryPlan;
 pub use program::{Buffer, LoadedProgram, Program, Step, UniqueKernel};

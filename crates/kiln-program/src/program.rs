@@ -45,6 +45,8 @@ pub struct Program {
 
 /// One distinct kernel of a compiled program.
 pub struct UniqueKernel {
+    /// Canonical ([`Kernel::canonical`]): a step binds its own kernel's symbols to it by
+    /// place ([`crate::launch_bindings`]).
     pub kernel: Kernel,
     pub source: KernelSource,
     /// The cache key of the compile unit that holds it.

@@ -7,7 +7,7 @@
 use crate::binding::{bind_run, check_param, output_layouts, param_bindings};
 use crate::carry::{slot_allocation, CarriedState};
 use kiln_ir::{Bindings, DType, Tensor};
-use kiln_program::{Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError};
+use kiln_program::{launch_bindings, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -77,6 +77,9 @@ pub struct Executor<D: Device> {
     program: Program,
     plan: MemoryPlan,
     step_kernel: Vec<usize>,
+    /// Each step's own symbols, in the order its canonical kernel takes them
+    /// (`kiln_program::launch_bindings`).
+    step_symbols: Vec<Vec<String>>,
     kernel_names: Vec<String>,
     kernels: Vec<D::Kernel>,
     params: HashMap<String, Param<D::Buffer>>,
@@ -99,6 +102,12 @@ impl<D: Device> Executor<D> {
         let profile = std::env::var_os("KILN_PROFILE")
             .filter(|v| v != "0")
             .map(|_| vec![(0.0, 0); kernels.len()]);
+        let step_symbols = compiled
+            .program
+            .steps
+            .iter()
+            .map(|s| s.kernel.symbols())
+            .collect();
         Ok(Executor {
             device,
             kernel_names: compiled
@@ -108,6 +117,7 @@ impl<D: Device> Executor<D> {
                 .collect(),
             program: compiled.program,
             plan: compiled.plan,
+            step_symbols,
             step_kernel: compiled.step_kernel,
             kernels,
             params: HashMap::new(),
@@ -218,6 +228,7 @@ impl<D: Device> Executable for Executor<D> {
             program,
             plan,
             step_kernel,
+            step_symbols,
             kernels,
             params,
             slots,
@@ -248,10 +259,17 @@ impl<D: Device> Executable for Executor<D> {
             .collect();
 
         *stats = RunStats::default();
-        for (step, &u) in program.steps.iter().zip(step_kernel.iter()) {
+        for ((step, &u), names) in program
+            .steps
+            .iter()
+            .zip(step_kernel.iter())
+            .zip(step_symbols.iter())
+        {
             let ins: Vec<&D::Buffer> = step.inputs.iter().map(|&i| bufs[i]).collect();
             let started = profile.is_some().then(Instant::now);
-            device.launch(&kernels[u], bufs[step.output], &ins, &b)?;
+            // The compiled kernel is the canonical one: its symbols are bound by place.
+            let launch_b = launch_bindings(names, &b)?;
+            device.launch(&kernels[u], bufs[step.output], &ins, &launch_b)?;
             if let (Some(prof), Some(t)) = (profile.as_mut(), started) {
                 device.sync()?;
                 prof[u].0 += t.elapsed().as_secs_f64();

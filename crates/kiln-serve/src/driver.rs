@@ -605,6 +605,7 @@ mod tests {
             kv_slots: max_batch,
             slot_positions: 64,
             prefill_chunk: 4,
+            prefill_while_decoding: 4,
         });
         let metrics = Arc::new(Metrics::new());
         let (h, make) = channel(sched, None, metrics.clone(), max_queue);
@@ -667,6 +668,7 @@ mod tests {
             kv_slots: 1,
             slot_positions: 64,
             prefill_chunk: 4,
+            prefill_while_decoding: 4,
         });
         let (h, _make) = channel(sched, None, Arc::new(Metrics::new()), 2);
         let (tx, _rx) = unbounded_channel();

@@ -58,8 +58,10 @@ pub struct ServeConfig {
     /// Positions one request may fill, prompt and output (None: the model's context, at most
     /// [`DEFAULT_CTX`]).
     pub ctx: Option<usize>,
-    /// Prompt tokens prefilled per step.
+    /// Prompt tokens prefilled per step when no sequence decodes.
     pub prefill_chunk: usize,
+    /// Prompt tokens prefilled per step when some sequences decode (`--prefill-while-decoding`).
+    pub prefill_while_decoding: usize,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     /// How long running requests may take to finish after SIGTERM/SIGINT.
@@ -105,6 +107,10 @@ pub fn serve(
     anyhow::ensure!(cfg.max_batch >= 1, "--max-batch must be at least 1");
     anyhow::ensure!(cfg.max_queue >= 1, "--max-queue must be at least 1");
     anyhow::ensure!(cfg.prefill_chunk >= 1, "--prefill-chunk must be at least 1");
+    anyhow::ensure!(
+        cfg.prefill_while_decoding >= 1,
+        "--prefill-while-decoding must be at least 1"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-http")
@@ -140,6 +146,7 @@ async fn run(
         kv_slots: cfg.max_batch,
         slot_positions: ctx,
         prefill_chunk: cfg.prefill_chunk,
+        prefill_while_decoding: cfg.prefill_while_decoding,
     });
     let (handle, make_driver) =
         driver::channel(scheduler, tokenizer.clone(), metrics.clone(), cfg.max_queue);

@@ -9,8 +9,12 @@
 //!    batch has room (`max_batch`): they join this step, nobody waits for the batch to drain;
 //! 3. every running sequence past its prompt decodes one token;
 //! 4. sequences still reading their prompt prefill the next chunk of it, in admission order,
-//!    up to `prefill_chunk` prompt tokens in the whole step: a long prompt is read over
-//!    several steps and never stalls the others' decoding for more than one chunk.
+//!    up to a budget of prompt tokens for the whole step: `prefill_chunk` when no sequence
+//!    decodes in it, `prefill_while_decoding` (smaller) when some do. A long prompt is read
+//!    over several steps, and a step that carries others' decodes is never much longer than
+//!    a decode step: on a CPU a prompt token costs about as much as a decode step's weight
+//!    reads over some tens of rows, so one 256-token chunk would hold every other stream's
+//!    next token for seconds.
 //!
 //! The KV-slot pool: `kv_slots` slots of `slot_positions` positions each (`--max-batch`
 //! slots of `--ctx` positions). A slot is a sequence's KV cache from admission to finish.
@@ -31,8 +35,11 @@ pub struct SchedulerConfig {
     pub kv_slots: usize,
     /// Positions one slot holds (prompt and generated tokens): the context of a sequence.
     pub slot_positions: usize,
-    /// Prompt tokens prefilled per step, over all sequences.
+    /// Prompt tokens prefilled per step, over all sequences, when no sequence decodes.
     pub prefill_chunk: usize,
+    /// Prompt tokens prefilled per step, over all sequences, when some decode in it (at most
+    /// `prefill_chunk`).
+    pub prefill_while_decoding: usize,
 }
 
 /// A request as the scheduler sees it: token ids and limits.
@@ -190,8 +197,11 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Scheduler {
         assert!(
-            cfg.max_batch >= 1 && cfg.kv_slots >= 1 && cfg.prefill_chunk >= 1,
-            "a scheduler needs a batch, a slot and a chunk of at least 1: {cfg:?}"
+            cfg.max_batch >= 1
+                && cfg.kv_slots >= 1
+                && cfg.prefill_chunk >= 1
+                && cfg.prefill_while_decoding >= 1,
+            "a scheduler needs a batch, a slot and prefill budgets of at least 1: {cfg:?}"
         );
         Scheduler {
             cfg,
@@ -321,7 +331,12 @@ impl Scheduler {
                 awaiting_token: false,
             });
         }
-        let mut budget = self.cfg.prefill_chunk;
+        let decodes = |r: &Running| !r.awaiting_token && r.prefilled == r.req.prompt.len();
+        let mut budget = if self.running.iter().any(decodes) {
+            self.cfg.prefill_while_decoding.min(self.cfg.prefill_chunk)
+        } else {
+            self.cfg.prefill_chunk
+        };
         for r in &mut self.running {
             if r.awaiting_token {
                 // The engine did not report a token for it last step (it failed and the
@@ -396,6 +411,7 @@ mod tests {
             kv_slots: max_batch,
             slot_positions: positions,
             prefill_chunk: chunk,
+            prefill_while_decoding: chunk,
         }
     }
 
@@ -533,6 +549,42 @@ mod tests {
         let st = s.plan();
         assert_eq!(st.decode.len(), 2, "both decode once 2's prompt is in");
         assert_eq!(st.decode[1].position, 20);
+    }
+
+    #[test]
+    fn a_step_with_decodes_prefills_at_most_the_smaller_budget() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            prefill_while_decoding: 3,
+            ..cfg(4, 256, 16)
+        });
+        s.submit(req(1, 20, 100)).unwrap();
+        s.submit(req(2, 4, 100)).unwrap();
+        // Nobody decodes yet: the whole chunk (16 of 1's prompt), 2 waits for budget.
+        let st = s.plan();
+        let chunks = |st: &Step| -> Vec<(SeqId, usize, usize)> {
+            st.prefill
+                .iter()
+                .map(|p| (p.seq, p.position, p.tokens.len()))
+                .collect()
+        };
+        assert_eq!(chunks(&st), vec![(1, 0, 16)]);
+        sample_all(&mut s, &st, 5);
+        // Still nobody decodes: 1's last 4 and 2's whole prompt share the 16.
+        let st = s.plan();
+        assert_eq!(chunks(&st), vec![(1, 16, 4), (2, 0, 4)]);
+        sample_all(&mut s, &st, 5);
+        // A new prompt while 1 and 2 decode: 3 tokens a step, both decode every step.
+        s.submit(req(3, 7, 100)).unwrap();
+        let mut got = vec![];
+        for _ in 0..3 {
+            let st = s.plan();
+            assert_eq!(st.decode.len(), 2, "{st:?}");
+            got.extend(chunks(&st));
+            sample_all(&mut s, &st, 5);
+        }
+        assert_eq!(got, vec![(3, 0, 3), (3, 3, 3), (3, 6, 1)]);
+        let st = s.plan();
+        assert_eq!((st.decode.len(), st.prefill.len()), (3, 0));
     }
 
     #[test]
@@ -719,6 +771,7 @@ mod tests {
             kv_slots: 4,
             slot_positions: 48,
             prefill_chunk: 10,
+            prefill_while_decoding: 3,
         });
         let (mut next, mut admitted, mut finished) = (0u64, vec![], vec![]);
         let mut positions = std::collections::HashMap::new();

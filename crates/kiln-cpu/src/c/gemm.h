@@ -140,6 +140,11 @@ static inline void kiln_ukr(int64_t kc, const float *restrict a, const float *re
 }
 #endif
 
+/* Rows up to which a product tile streams the weight panels once (GEMV passes) rather than
+ * packing A and running the micro-kernel: a batched decode step of up to this many sequences
+ * (kiln serve --max-batch) reads each weight once and computes no padding rows. */
+#define KILN_GEMV_ROWS 12
+
 /* GEMV pass (decode, R <= 4 rows): S panels of w (each a pointer to its first k), R rows of x
  * (row stride ldx); t[r * ldt + s * NR + j]. R * S <= 4, two vector accumulators per row and
  * panel; 64-byte prefetches 1 KiB ahead on every panel stream. */
@@ -227,6 +232,22 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const
             else if (R == 3) GEMV(3, 1, a, lda, w, K, t + s * KILN_NR, ldt);                       \
             else GEMV(4, 1, a, lda, w, K, t + s * KILN_NR, ldt);                                   \
             s += S;                                                                                \
+        }                                                                                          \
+        return;                                                                                    \
+    }                                                                                              \
+    if (tm <= KILN_GEMV_ROWS) { /* a few decodes at once: each panel streamed from memory once, */ \
+        for (int64_t s = 0; s < np; ++s) { /* its rows 4 at a time (the panel stays in cache) */ \
+            const BT *w[4];                                                                        \
+            for (int q = 0; q < 4; ++q) w[q] = wp + (p0 + s) * K * KILN_NR;                        \
+            for (int64_t r0 = 0; r0 < tm; r0 += 4) {                                               \
+                const float *ar = a + r0 * lda;                                                    \
+                float *tr = t + r0 * ldt + s * KILN_NR;                                            \
+                const int64_t R = kiln_min(4, tm - r0);                                            \
+                if (R == 4) GEMV(4, 1, ar, lda, w, K, tr, ldt);                                    \
+                else if (R == 3) GEMV(3, 1, ar, lda, w, K, tr, ldt);                               \
+                else if (R == 2) GEMV(2, 1, ar, lda, w, K, tr, ldt);                               \
+                else GEMV(1, 1, ar, lda, w, K, tr, ldt);                                           \
+            }                                                                                      \
         }                                                                                          \
         return;                                                                                    \
     }                                                                                              \

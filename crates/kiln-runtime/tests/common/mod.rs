@@ -338,18 +338,19 @@ pub fn step(kernel: Kernel, output: usize, inputs: Vec<usize>) -> Step {
     }
 }
 
-/// What the pipeline would hand the executor: each step's kernel distinct, with the launch
-/// spec a host device needs (its elements, or its written part's, as units).
+/// What the pipeline would hand the executor: each step's kernel distinct and canonical
+/// (symbols named by their place), with the launch spec a host device needs (its elements, or
+/// its written part's, as units).
 pub fn loaded(program: Program, plan: MemoryPlan) -> LoadedProgram<()> {
     let kernels = program
         .steps
         .iter()
         .map(|s| {
-            let launch =
-                LaunchSpec::units(s.kernel.symbols(), s.kernel.written_elements(), 1.into());
+            let k = s.kernel.canonical();
+            let launch = LaunchSpec::units(k.symbols(), k.written_elements(), 1.into());
             UniqueKernel {
-                kernel: s.kernel.clone(),
-                source: KernelSource::named(&s.kernel.label(), "interpreted", launch),
+                source: KernelSource::named(&k.label(), "interpreted", launch),
+                kernel: k,
                 key: String::new(),
                 module: 0,
             }
