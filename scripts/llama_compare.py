@@ -379,11 +379,14 @@ def decode_comparison(args, kiln, tools, files, work):
         lp_ms = med(ll["prompt_ms"] for ll in llama_runs)
         ld = med(ll["predicted_per_second"] for ll in llama_runs)
         bw = med(k["memory_bandwidth_gb_s"] for k in kiln_runs) * 1e9
-        wb = kiln_runs[0]["weight_bytes"]
+        # The bound's bytes: the file's tensors, which a decode step reads once each (the tied
+        # embedding as the LM head). Not `bench decode`'s weight_bytes: for a GGUF file kept
+        # quantized it counts the f32 embedding table (gathered from, not streamed) instead.
+        wb = tensor_bytes
         rows.append({
             "type": typ, "file": os.path.basename(path), "file_bytes": size, "tensor_types": types,
             "tensor_bytes": tensor_bytes, "kiln_weight_format": kiln_runs[0]["weight_format"],
-            "kiln_weight_bytes": wb,
+            "kiln_weight_bytes": kiln_runs[0]["weight_bytes"],
             "kiln_prefill_ms": kp, "kiln_decode_tokens_per_s": kd,
             "llama_prefill_ms": lp_ms, "llama_decode_tokens_per_s": ld,
             "prefill_ratio_llama_over_kiln": lp_ms / kp, "decode_ratio_kiln_over_llama": kd / ld,
@@ -439,7 +442,7 @@ def markdown(doc):
              f"load average during the runs {min(doc['loads']):.1f}-{max(doc['loads']):.1f}.", ""]
     if doc.get("decode"):
         lines += [f"Decode ({PROMPT_LEN}-token prompt, {NEW_TOKENS} tokens; median of {doc['rounds']} "
-                  "interleaved rounds; bound = kiln's weight bytes / kiln's bandwidth probe):", "",
+                  "interleaved rounds; bound = the file's tensor bytes / kiln's bandwidth probe):", "",
                   "| file | tensor types | size | kiln prefill ms | kiln decode tok/s | llama.cpp prefill ms "
                   "| llama.cpp decode tok/s | prefill llama/kiln | decode kiln/llama | bound tok/s "
                   "| kiln % of bound | llama.cpp % of bound |",
