@@ -860,3 +860,91 @@ fn bench_serve_writes_its_rows_and_plot() {
     let svg = std::fs::read_to_string(out.path().join("serve.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
 }
+
+#[test]
+fn bench_serve_drives_a_running_server_at_url() {
+    // What scripts/llama-compare.sh does to llama-server, here against a real `kiln serve`:
+    // the load goes to the server at --url (its own request counter shows every stream), no
+    // child is started, and the rows are the same as with a child.
+    let server = Server::start(tiny(), &["--max-batch", "4"]);
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["bench", "serve", "--url", &server.base, "--model"])
+        .arg(tiny())
+        .args([
+            "--streams",
+            "1,3",
+            "--prompt-len",
+            "8",
+            "--tokens",
+            "6",
+            "--out",
+        ])
+        .arg(out.path())
+        .env_remove("KILN_REMOTE_CACHE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(!stderr.contains("loading the model"), "{stderr}");
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("serve.json")).unwrap()).unwrap();
+    assert_eq!(doc["server"], format!("the server at {}", server.base));
+    assert_eq!(
+        doc["model"], "tiny",
+        "the name the server lists at /v1/models"
+    );
+    assert!(doc["threads"].is_null(), "{doc}");
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, streams) in rows.iter().zip([1, 3]) {
+        assert_eq!(row["streams"], streams);
+        assert_eq!(row["tokens"], 6 * streams);
+        assert!(
+            row["aggregate_tokens_per_s"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+        assert!(
+            row["itl_ms_p50"].as_f64().is_some_and(|v| v >= 0.0),
+            "{row}"
+        );
+    }
+    // The warm-up stream, then 1 and 3: five requests that ran to max_tokens.
+    assert_eq!(
+        metric(&server.metrics(), "kiln_requests_total{outcome=\"length\"}"),
+        5.0
+    );
+}
+
+#[test]
+fn bench_serve_url_errors_name_the_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // bound, then closed: nothing listens there
+    let url = format!("http://127.0.0.1:{port}");
+    let out = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["bench", "serve", "--url", &url, "--model"])
+            .arg(tiny())
+            .args(extra)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap()
+    };
+    let r = run(&[]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        stderr.contains(&format!("--url {url}: no server answers there")),
+        "{stderr}"
+    );
+    // The server's threads are its own: asking for them is an error, not silently ignored.
+    let r = run(&["--threads", "2"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}

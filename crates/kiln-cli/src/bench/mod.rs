@@ -6,7 +6,7 @@
 //! | [`compile`] | compile time against threads, each configuration in child processes (its own peak RSS, its own fresh cache), the machine's ceiling, the warm cache |
 //! | [`sharing`] | with `--remote-cache`: a cold machine with a warm remote, sharded precompiles |
 //! | [`decode`] | prefill and decode speed against the machine's limits |
-//! | [`serve`] | `kiln serve` under N concurrent streams, driven over HTTP from a child process |
+//! | [`serve`] | `kiln serve` (a child process, or any OpenAI-compatible server at `--url`) under N concurrent streams, driven over HTTP |
 //! | [`machine`] | what the machine is and can do: CPU model, memory bandwidth |
 //! | [`plot`] | the SVG plots |
 
@@ -28,8 +28,8 @@ pub enum BenchCommand {
     Compile(CompileBench),
     /// Prefill time, decode tokens/s and the memory-bandwidth bound.
     Decode(DecodeBench),
-    /// `kiln serve` under N concurrent streams: aggregate tokens/s, time to first token,
-    /// inter-token latency.
+    /// `kiln serve` (or the server at `--url`) under N concurrent streams: aggregate
+    /// tokens/s, time to first token, inter-token latency.
     Serve(ServeBench),
 }
 
@@ -92,8 +92,17 @@ pub struct DecodeBench {
 
 #[derive(Args)]
 pub struct ServeBench {
+    /// A preset, a checkpoint folder or a GGUF file. With `--url`: the model the running
+    /// server serves (its vocabulary bounds the prompt ids; the name sent in requests is the
+    /// one the server lists at /v1/models).
     #[arg(long)]
     pub model: String,
+    /// Drive the OpenAI-compatible server already running at this URL (e.g.
+    /// `http://127.0.0.1:8081`: another `kiln serve`, or llama.cpp's `llama-server -np N -cb`
+    /// as a benchmark anchor) instead of starting a `kiln serve` child. It must accept prompts
+    /// as token ids, `ignore_eos` and streaming; `--threads`/`--backend` are then its own.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["threads", "backend"])]
+    pub url: Option<String>,
     /// Concurrent streams to measure, one round each.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub streams: Vec<u64>,
