@@ -1,9 +1,13 @@
 //! A gather (embedding lookup) whose table is block-quantized (Q8_0, Q4_0, Q4_K: an embedding
 //! held in a GGUF file's blocks), the table also read as a tied LM head's weight: the gathered
 //! rows are bit for bit the rows of the table dequantized to f32 (what the f32-table graph
-//! gives), and both outputs match the interpreter, for each kernel ISA this machine runs.
+//! gives), and both outputs match the interpreter, for each kernel ISA this machine runs. The
+//! head's product takes the f32-dequantizing path (`QuantRequest::Dequant`), bit for bit the
+//! f32 kernels; the integer (VNNI) path quantizes activations (its model: `gemm_qint8.rs`).
 mod common;
 use common::*;
+use kiln_compile::{CompileOptions, Target};
+use kiln_cpu::QuantRequest;
 use kiln_ir::{DType, Expr, Graph, Tensor};
 use std::collections::HashMap;
 
@@ -50,7 +54,16 @@ fn quantized_tables_gather_their_dequantized_rows() {
         let q = table(dtype);
         let deq = q.to_dtype(DType::F32);
         for isa in isas() {
-            let mut quant = build_for(&graph(dtype), 2, Some(isa));
+            let opts = CompileOptions {
+                threads: 2,
+                ..Default::default()
+            };
+            let mut quant = backend(Some(isa))
+                .with_quant(QuantRequest::Dequant)
+                .with_run_threads(2)
+                .load(&graph(dtype), &opts)
+                .unwrap_or_else(|e| panic!("compile failed: {e}"))
+                .exe;
             quant.set_param("table", q.clone()).unwrap();
             let mut f32s = build_for(&graph(DType::F32), 2, Some(isa));
             f32s.set_param("table", deq.clone()).unwrap();

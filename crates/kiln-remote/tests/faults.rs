@@ -118,7 +118,7 @@ fn a_remote_killed_mid_compile_costs_one_warning_and_nothing_else() {
     drop(remote);
 
     // 2. A fresh server, filled by machine A2; machine B fetches, and the server dies after
-    //    the 4th unit came back: the fetches still in flight fail fast, the breaker skips
+    //    the 4th kernel unit came back (after the runtime's units): the fetches still in flight fail fast, the breaker skips
     //    the rest, B compiles them itself. B fetches two units at a time, so that units are
     //    still unasked when the server dies whatever the unit count (qwen3 is 11 units since
     //    fusion; with the default 8 fetch threads all 11 could be answered before the kill).
@@ -129,8 +129,10 @@ fn a_remote_killed_mid_compile_costs_one_warning_and_nothing_else() {
     assert_eq!(ra2.artifact_digest, ra.artifact_digest);
     assert!(ra2.remote_bytes_up > 0);
     drop(filled);
+    // The CPU runtime's parts are units too, fetched first and not counted as kernel hits.
+    let runtime_units = ra.units.iter().filter(|u| u.runtime).count();
     let b = Watch {
-        kill_after_fetched: Some(4),
+        kill_after_fetched: Some(4 + runtime_units),
         ..Default::default()
     };
     *b.server.lock().unwrap() = Some(server);
