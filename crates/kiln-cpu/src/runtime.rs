@@ -45,14 +45,13 @@ const fn tile(part: &'static str, name: &'static str, params: &'static str) -> R
 }
 
 /// Every function of the runtime, by part. A kernel that calls a prelude function not listed
-/// here still compiles it itself (the static copy in its prelude), as before the runtime. The
-/// quantized tiles (`kiln_packed_tile_q8_0`, `_q4_0`, `_q4_k`) stay in their kernels: called
-/// through the runtime, Q4_0 decode measured 5% slower (54.5 against 57.5 tokens/s, qwen3-0.6b,
-/// two interleaved rounds each on a quiet 2-vCPU Zen 4), and only quantized models pay their
-/// compile time.
+/// here still compiles it itself (the static copy in its prelude), as before the runtime.
 pub const FUNCTIONS: &[RuntimeFn] = &[
     tile("gemm_f32", "kiln_packed_tile_f32", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const float *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     tile("gemm_bf16", "kiln_packed_tile_bf16", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint16_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
+    tile("gemm_q8_0", "kiln_packed_tile_q8_0", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
+    tile("gemm_q4_0", "kiln_packed_tile_q4_0", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
+    tile("gemm_q4_k", "kiln_packed_tile_q4_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     RuntimeFn {
         part: "mm_nt",
         ret: "void",
