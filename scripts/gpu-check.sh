@@ -5,10 +5,10 @@
 # `tests` (~2-3 min) runs the GPU tests (interpreter property tests, fixtures, cpu vs cuda on
 # qwen3-0.6b), then the small ones under compute-sanitizer (racecheck, memcheck); `bench`
 # (~5 min) runs `kiln bench compile` at 1-16 threads (cuda and cpu) and `kiln bench decode`
-# on cuda for qwen3-0.6b and qwen3-8b. Everything lands in $OUT/gpu-check.log and
+# on cuda for qwen3-0.6b (bf16 and q4_0) and qwen3-8b. Everything lands in $OUT/gpu-check.log and
 # $OUT/gpu-results.tgz (or ./gpu-results without $OUT); the bench phase ends with a summary
 # (the tables for docs/benchmarks.md) that the device tool's output tail shows. Each step has
-# a timeout so that one hang cannot eat the machine's time; the timeouts add up to 19 min, the
+# a timeout so that one hang cannot eat the machine's time; the timeouts add up to 21 min, the
 # expected total is 7-8 (`all` should fit one 600 s call; the log in $OUT survives a kill).
 # KILN_REQUIRE_CUDA=1 (set here unless the caller sets it) makes a GPU test that finds no CUDA
 # device fail instead of skipping. A dry run on a machine without a GPU
@@ -74,6 +74,9 @@ if [ "$phase" = bench ] || [ "$phase" = all ]; then
     --out "$res/compile-cpu"
   step "decode bench, qwen3-0.6b on cuda"
   run 90 "$kit/kiln" bench decode --model qwen3-0.6b --backend cuda --out "$res/decode-qwen3-0.6b"
+  step "decode bench, qwen3-0.6b on cuda, q4_0 weights (GGML blocks read in the kernels)"
+  run 90 "$kit/kiln" bench decode --model qwen3-0.6b --backend cuda --weight-dtype q4_0 \
+    --out "$res/decode-qwen3-0.6b-q4_0"
   step "decode bench, qwen3-8b on cuda"
   run 180 "$kit/kiln" bench decode --model qwen3-8b --backend cuda --out "$res/decode-qwen3-8b"
 fi
