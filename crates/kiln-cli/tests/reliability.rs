@@ -62,7 +62,6 @@ struct Run {
     tokens: Value,
     unique: u64,
     hits: u64,
-    compiled: u64,
     /// Compile units (kernels' or the CPU runtime's) found in the cache, and built.
     units_cached: usize,
     units_built: usize,
@@ -137,7 +136,6 @@ impl Case {
             tokens: r["generated_ids"].clone(),
             unique: c["kernels_unique"].as_u64().unwrap(),
             hits: c["cache_hits"].as_u64().unwrap(),
-            compiled: c["compiled"].as_u64().unwrap(),
             units_cached: units_from(c, "cache"),
             units_built: units_from(c, "compiled"),
             stderr,
