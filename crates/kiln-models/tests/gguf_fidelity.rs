@@ -96,9 +96,9 @@ fn int8_path(kept: &[&str]) -> bool {
     cpu().quant_int8().unwrap() && kept.iter().any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k"))
 }
 
-/// llama.cpp's own max |logit - NumPy reference| on `file` (`dir/name.gguf`), measured by
-/// tests/gguf/make.py on the same prompts (tests/gguf/llama-cpp-distance.json).
-fn llama_cpp_distance(file: &str) -> f32 {
+/// What tests/gguf/make.py measured of llama.cpp on `file` (`dir/name.gguf`), on the same
+/// prompts: its `key` in tests/gguf/llama-cpp-distance.json.
+fn llama_cpp_measured(file: &str, key: &str) -> serde_json::Value {
     let path = kiln_models::testing::gguf_fixtures().join("llama-cpp-distance.json");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     json["files"]
@@ -106,8 +106,16 @@ fn llama_cpp_distance(file: &str) -> f32 {
         .unwrap()
         .iter()
         .find(|f| f["file"] == file)
-        .and_then(|f| f["llama_cpp_max_abs_logit_diff"].as_f64())
-        .unwrap_or_else(|| panic!("{}: no entry for {file}", path.display())) as f32
+        .map(|f| f[key].clone())
+        .filter(|v| !v.is_null())
+        .unwrap_or_else(|| panic!("{}: no {key} for {file}", path.display()))
+}
+
+/// llama.cpp's own max |logit - NumPy reference| on `file`.
+fn llama_cpp_distance(file: &str) -> f32 {
+    llama_cpp_measured(file, "llama_cpp_max_abs_logit_diff")
+        .as_f64()
+        .expect("a number") as f32
 }
 
 /// The logits' tolerance for `file` (`dir/name.gguf`): 1e-4 where the kernels compute the
@@ -130,15 +138,9 @@ fn tolerance(file: &str, int8: bool) -> f32 {
 
 /// Whether llama.cpp's greedy tokens were the reference's on every step of `file`.
 fn llama_cpp_argmax_same(file: &str) -> bool {
-    let path = kiln_models::testing::gguf_fixtures().join("llama-cpp-distance.json");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    json["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["file"] == file)
-        .and_then(|f| f["llama_cpp_argmax_same"].as_bool())
-        .unwrap_or_else(|| panic!("{}: no entry for {file}", path.display()))
+    llama_cpp_measured(file, "llama_cpp_argmax_same")
+        .as_bool()
+        .expect("a boolean")
 }
 
 /// The reference's greedy tokens and logits against `model`'s on one prompt; returns the
