@@ -54,6 +54,51 @@ pub fn group_bytes(dtype: DType, panel: usize) -> usize {
 /// `panel` columns, on the current rayon pool. `depth` is a multiple of the type's block (the
 /// graph checks it: `Graph::input`); a trailing partial row (buffer padding) is ignored.
 pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
+    let (with_min, nibbles) = match dtype {
+        DType::Q8_0 => (false, false),
+        DType::Q4_0 => (false, true),
+        _ => (true, true),
+    };
+    let gb = group_bytes(dtype, panel);
+    pack_groups(
+        bytes,
+        dtype,
+        depth,
+        panel,
+        gb,
+        |grp, c, scale, min, vals| {
+            grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
+            let mut at = 4 * panel;
+            if with_min {
+                grp[at + 4 * c..at + 4 * c + 4].copy_from_slice(&min.to_le_bytes());
+                at += 4 * panel;
+            }
+            for (r, &v) in vals.iter().enumerate() {
+                if nibbles {
+                    let half = panel / 2;
+                    let (byte, shift) = (c % half, if c < half { 0 } else { 4 });
+                    grp[at + r * half + byte] |= v << shift;
+                } else {
+                    grp[at + r * panel + c] = v;
+                }
+            }
+        },
+    )
+}
+
+/// The walk both layouts share: `bytes` (rows of `depth` values in GGML blocks of `dtype`) as
+/// panels of `panel` columns, each `depth / GROUP` groups of `gb` bytes, packed in parallel
+/// (one panel per task); `write(group, column, scale, min, values)` fills one column of one
+/// group with sub-block `g` of that column's row (`kiln_ir::quant::sub_block`). Columns past
+/// the last row stay zero.
+fn pack_groups(
+    bytes: &[u8],
+    dtype: DType,
+    depth: usize,
+    panel: usize,
+    gb: usize,
+    write: impl Fn(&mut [u8], usize, f32, f32, &[u8; GROUP]) + Sync,
+) -> HostBuffer {
     let q = dtype.quant().expect("a block-quantized dtype");
     assert!(
         depth > 0 && depth.is_multiple_of(q.block_elems()),
@@ -62,16 +107,10 @@ pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> Hos
     let row_bytes = depth / q.block_elems() * q.block_bytes();
     let rows = bytes.len() / row_bytes;
     let groups = depth / GROUP;
-    let gb = group_bytes(dtype, panel);
     let panel_bytes = groups * gb;
     let panels = rows.div_ceil(panel);
     let out = HostBuffer::zeroed(panels * panel_bytes);
     let dst = out.as_mut_ptr() as usize;
-    let (with_min, nibbles) = match dtype {
-        DType::Q8_0 => (false, false),
-        DType::Q4_0 => (false, true),
-        _ => (true, true),
-    };
     (0..panels).into_par_iter().for_each(|p| {
         // SAFETY: panel p owns bytes [p * panel_bytes, (p + 1) * panel_bytes) of `out`;
         // nothing else writes them.
@@ -83,22 +122,7 @@ pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> Hos
             let row = &bytes[(p * panel + c) * row_bytes..][..row_bytes];
             for g in 0..groups {
                 let (scale, min, vals) = sub_block(q, row, g).expect("whole blocks");
-                let grp = &mut dst[g * gb..][..gb];
-                grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
-                let mut at = 4 * panel;
-                if with_min {
-                    grp[at + 4 * c..at + 4 * c + 4].copy_from_slice(&min.to_le_bytes());
-                    at += 4 * panel;
-                }
-                for (r, &v) in vals.iter().enumerate() {
-                    if nibbles {
-                        let half = panel / 2;
-                        let (byte, shift) = (c % half, if c < half { 0 } else { 4 });
-                        grp[at + r * half + byte] |= v << shift;
-                    } else {
-                        grp[at + r * panel + c] = v;
-                    }
-                }
+                write(&mut dst[g * gb..][..gb], c, scale, min, &vals);
             }
         }
     });
@@ -123,55 +147,36 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
 
 /// [`pack_quant`] in the integer layout (see the module's documentation): Q8_0, Q4_0, Q4_K.
 pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
-    let q = dtype.quant().expect("a block-quantized dtype");
     assert!(integer_layout(dtype), "{dtype} has no integer layout");
-    assert!(
-        depth > 0 && depth.is_multiple_of(q.block_elems()),
-        "{dtype} rows of {depth} values are not whole blocks"
-    );
-    let row_bytes = depth / q.block_elems() * q.block_bytes();
-    let rows = bytes.len() / row_bytes;
-    let groups = depth / GROUP;
-    let gb = group_bytes_int8(dtype, panel);
-    let panel_bytes = groups * gb;
-    let panels = rows.div_ceil(panel);
-    let out = HostBuffer::zeroed(panels * panel_bytes);
-    let dst = out.as_mut_ptr() as usize;
     let half = panel / 2;
-    (0..panels).into_par_iter().for_each(|p| {
-        // SAFETY: panel p owns bytes [p * panel_bytes, (p + 1) * panel_bytes) of `out`;
-        // nothing else writes them.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut((dst as *mut u8).add(p * panel_bytes), panel_bytes)
-        };
-        let live = panel.min(rows - p * panel);
-        for c in 0..live {
-            let row = &bytes[(p * panel + c) * row_bytes..][..row_bytes];
-            for g in 0..groups {
-                let (scale, min, vals) = sub_block(q, row, g).expect("whole blocks");
-                let grp = &mut dst[g * gb..][..gb];
-                grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
-                if dtype == DType::Q8_0 {
-                    let sum: i32 = vals.iter().map(|&v| v as i8 as i32).sum();
-                    grp[4 * panel + 4 * c..][..4].copy_from_slice(&(-128 * sum).to_le_bytes());
-                    for (k, &v) in vals.iter().enumerate() {
-                        grp[8 * panel + (k / 4) * 4 * panel + 4 * c + k % 4] = v;
-                    }
-                } else {
-                    let mut at = 4 * panel;
-                    if dtype == DType::Q4_K {
-                        grp[at + 4 * c..][..4].copy_from_slice(&(-min).to_le_bytes());
-                        at += 4 * panel;
-                    }
-                    let shift = if c < half { 0 } else { 4 };
-                    for (k, &v) in vals.iter().enumerate() {
-                        grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
-                    }
+    let gb = group_bytes_int8(dtype, panel);
+    pack_groups(
+        bytes,
+        dtype,
+        depth,
+        panel,
+        gb,
+        |grp, c, scale, min, vals| {
+            grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
+            if dtype == DType::Q8_0 {
+                let sum: i32 = vals.iter().map(|&v| v as i8 as i32).sum();
+                grp[4 * panel + 4 * c..][..4].copy_from_slice(&(-128 * sum).to_le_bytes());
+                for (k, &v) in vals.iter().enumerate() {
+                    grp[8 * panel + (k / 4) * 4 * panel + 4 * c + k % 4] = v;
+                }
+            } else {
+                let mut at = 4 * panel;
+                if dtype == DType::Q4_K {
+                    grp[at + 4 * c..][..4].copy_from_slice(&(-min).to_le_bytes());
+                    at += 4 * panel;
+                }
+                let shift = if c < half { 0 } else { 4 };
+                for (k, &v) in vals.iter().enumerate() {
+                    grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
                 }
             }
-        }
-    });
-    out
+        },
+    )
 }
 
 #[cfg(test)]
