@@ -131,7 +131,7 @@ impl Backend for CpuBackend {
         let called = runtime::parts_called(kernels.iter().map(|k| k.source.as_str()));
         called
             .into_iter()
-            .filter_map(|part| self.cc.runtime_part(part).ok())
+            .filter_map(|part| self.cc.runtime_part(&part).ok())
             .map(|(name, source)| KernelSource {
                 name,
                 source,

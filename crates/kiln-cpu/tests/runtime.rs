@@ -51,17 +51,15 @@ fn the_runtime_is_compiled_once_cached_and_rebuilt_when_damaged() {
         let loaded = CpuBackend::default().load(&g, &opts).unwrap();
         let report = loaded.report;
         let runtime: Vec<_> = report.units.iter().filter(|u| u.runtime).collect();
-        assert_eq!(
-            runtime.len(),
-            1,
-            "one runtime part, the bf16 GEMM: {:?}",
-            report.units
-        );
-        assert!(
-            runtime[0].kernels[0].starts_with("kiln_rt_gemm_bf16_"),
-            "{:?}",
-            runtime[0].kernels
-        );
+        // The bf16 tile, compiled in its three cases (decode rows, batched decode, GEMM).
+        let parts: Vec<&str> = runtime.iter().map(|u| u.kernels[0].as_str()).collect();
+        assert_eq!(parts.len(), 3, "the bf16 tile's parts: {:?}", report.units);
+        for (part, case) in parts.iter().zip(["rows4", "rows12", "gemm"]) {
+            assert!(
+                part.starts_with(&format!("kiln_rt_gemm_bf16_{case}_")),
+                "{parts:?}"
+            );
+        }
         assert_eq!(runtime[0].origin, report_origin, "{:?}", report.units);
         let matmuls = report
             .kernels
@@ -77,20 +75,22 @@ fn the_runtime_is_compiled_once_cached_and_rebuilt_when_damaged() {
         for (name, w) in &ws {
             exe.set_param(name, w.clone()).unwrap();
         }
-        let m = 7;
-        let act = vec![
-            (
-                "x",
-                Tensor::from_f32(&[m, k as usize], &values(m * k as usize, 5)),
-            ),
-            (
-                "r",
-                Tensor::from_f32(&[m, n as usize], &values(m * n as usize, 3)),
-            ),
-        ];
-        let got = exe.run(&inputs(&act)).unwrap();
-        let all: Vec<_> = act.into_iter().chain(ws).collect();
-        kiln_ir::testing::assert_matches_interpreter(&got, &g, &inputs(&all), 1e-4, 1e-4);
+        // Rows that take every case of the tile: 1 to 4 (decode), 5 to 12, and more.
+        for m in [1, 2, 3, 4, 5, 7, 12, 13, 30] {
+            let act = vec![
+                (
+                    "x",
+                    Tensor::from_f32(&[m, k as usize], &values(m * k as usize, 5)),
+                ),
+                (
+                    "r",
+                    Tensor::from_f32(&[m, n as usize], &values(m * n as usize, 3)),
+                ),
+            ];
+            let got = exe.run(&inputs(&act)).unwrap();
+            let all: Vec<_> = act.into_iter().chain(ws.iter().cloned()).collect();
+            kiln_ir::testing::assert_matches_interpreter(&got, &g, &inputs(&all), 1e-4, 1e-4);
+        }
         report
     };
 
