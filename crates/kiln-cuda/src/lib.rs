@@ -33,6 +33,21 @@ pub const OPTIONS: &[&str] = &[
     "--ftz=false",
 ];
 
+/// NVRTC's `-minimal` (12.4 and later): leaves out the declarations of texture, surface and
+/// device-runtime functions that kernels never use. The CUBIN is the same (checked on every
+/// kernel of qwen3-0.6b with NVRTC 13.0), each program compiles ~7% faster: a program's
+/// fixed cost is most of a small unit's (issue 27).
+const MINIMAL: &str = "-minimal";
+
+/// [`OPTIONS`], and `-minimal` where NVRTC `version` has it.
+pub fn options(version: (i32, i32)) -> Vec<&'static str> {
+    let mut o = OPTIONS.to_vec();
+    if version >= (12, 4) {
+        o.push(MINIMAL);
+    }
+    o
+}
+
 pub struct CudaBackend {
     arch: String,
     /// The device to load modules on; None compiles only (modules stay CUBIN bytes).
@@ -113,7 +128,7 @@ impl Backend for CudaBackend {
             "nvrtc {maj}.{min} ({}) | {} | {} | prelude {}",
             path.display(),
             self.arch,
-            OPTIONS.join(" "),
+            options((maj, min)).join(" "),
             &prelude[..16]
         ))
     }
@@ -133,7 +148,8 @@ impl Backend for CudaBackend {
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
         let unit =
             kiln_render::translation_unit(prelude(), kernels.iter().map(|k| k.source.as_str()));
-        nvrtc::compile_cubin(&unit, &self.arch, OPTIONS)
+        let (version, _) = nvrtc::version()?;
+        nvrtc::compile_cubin(&unit, &self.arch, &options(version))
     }
 
     fn load(&self, artifact: &[u8]) -> Result<CudaModule, BackendError> {
