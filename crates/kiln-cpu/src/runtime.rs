@@ -362,7 +362,10 @@ mod tests {
     #[test]
     fn a_function_in_cases_is_dispatched_to_its_parts() {
         let p = kernel_prelude(Isa::Avx2, "T");
-        assert!(p.contains("static inline void kiln_packed_tile_bf16_T("), "{p}");
+        assert!(
+            p.contains("static inline void kiln_packed_tile_bf16_T("),
+            "{p}"
+        );
         let gemv = p.find("kiln_packed_tile_bf16_gemv_T(ctx").unwrap();
         let gemm = p.find("kiln_packed_tile_bf16_gemm_T(ctx").unwrap();
         assert!(gemv < gemm);

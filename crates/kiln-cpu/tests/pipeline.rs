@@ -185,7 +185,11 @@ fn corrupt_cache_entries_are_detected_and_rebuilt() {
     // The two damaged units (one kernel, a batch or a runtime part each: the entries are in
     // hash order) are rebuilt, the rest are hits, and the artifacts are exactly what a cold
     // compile made.
-    assert_eq!(warm.report.compiler_invocations, 2, "{:?}", warm.report.units);
+    assert_eq!(
+        warm.report.compiler_invocations, 2,
+        "{:?}",
+        warm.report.units
+    );
     assert_eq!(
         warm.report.cache_hits + warm.report.compiled,
         cold.report.kernels_unique
