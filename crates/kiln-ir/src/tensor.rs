@@ -249,3 +249,39 @@ impl Tensor {
         std::mem::take(self.words_mut())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Bytes(Vec<u64>);
+
+    impl SharedBytes for Bytes {
+        fn bytes(&self) -> &[u8] {
+            // SAFETY: the words' bytes; u8 has no alignment needs.
+            unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.0.len() * 8) }
+        }
+    }
+
+    #[test]
+    fn a_shared_tensor_reads_its_owners_bytes_and_copies_them_on_write() {
+        let owner: Arc<dyn SharedBytes> = Arc::new(Bytes(vec![1f32.to_bits() as u64; 2]));
+        let mut t = Tensor::from_shared(DType::F32, &[4], owner.clone()).unwrap();
+        assert!(t.is_shared());
+        assert_eq!(t.bytes().as_ptr(), owner.bytes().as_ptr(), "no copy");
+        assert_eq!(t.as_f32(), [1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(t, Tensor::from_f32(&[4], &[1.0, 0.0, 1.0, 0.0]));
+        t.as_f32_mut()[1] = 2.0;
+        assert!(!t.is_shared());
+        assert_eq!(t.as_f32(), [1.0, 2.0, 1.0, 0.0]);
+        assert_eq!(
+            owner.bytes()[4..8],
+            [0; 4],
+            "the owner's bytes are unchanged"
+        );
+        // Bytes that do not hold the shape are refused (the caller copies them instead).
+        assert!(Tensor::from_shared(DType::F32, &[3], owner.clone()).is_none());
+        let t = Tensor::from_shared(DType::F32, &[4], owner).unwrap();
+        assert_eq!(t.into_words(), vec![1f32.to_bits() as u64; 2]);
+    }
+}
