@@ -450,3 +450,54 @@ fn matmul_depth(k: &Kernel, bindings: &Bindings) -> Option<i64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_ir::tensor::SharedBytes;
+    use std::sync::Arc;
+
+    struct Words(Vec<u64>);
+
+    impl SharedBytes for Words {
+        fn bytes(&self) -> &[u8] {
+            // SAFETY: the words' bytes; u8 has no alignment needs.
+            unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.0.len() * 8) }
+        }
+    }
+
+    /// A shared weight packed a slice at a time gives the panels `pack` makes of the whole,
+    /// for a row count that ends in a partial slice and a partial panel.
+    #[test]
+    fn packing_in_slices_makes_the_same_panels() {
+        for (dtype, depth) in [(DType::Q8_0, 64), (DType::Q4_0, 32), (DType::F32, 8)] {
+            // Whole 8-byte words of blocks (what `from_shared` takes).
+            let rows = 2 * 256 * 32 + 40;
+            let values: Vec<f32> = (0..rows * depth)
+                .map(|i| ((i * 7919) % 251) as f32 / 50.0 - 2.5)
+                .collect();
+            let t = if dtype == DType::F32 {
+                Tensor::from_f32(&[rows, depth], &values)
+            } else {
+                Tensor::quantize(dtype, &[rows, depth], &values).unwrap()
+            };
+            let words = Arc::new(Words(t.clone().into_words()));
+            let len = t.bytes().len();
+            assert_eq!(len % 8, 0);
+            let shared = Tensor::from_shared(dtype, &[rows, depth], words).unwrap();
+            for panels in [
+                Panels::dequant(32),
+                Panels::dequant(16),
+                Panels {
+                    columns: 32,
+                    int8_quant: true,
+                },
+            ] {
+                let whole = pack(t.bytes(), dtype, depth, panels);
+                let sliced = pack_shared(&shared, depth, panels);
+                let n = whole.len().min(sliced.len());
+                assert_eq!(whole.read(n), sliced.read(n), "{dtype} {panels:?}");
+            }
+        }
+    }
+}
