@@ -191,6 +191,8 @@ fn kiln_run_on_a_q4_0_gguf_peaks_below_1_45x_the_file() {
         "kiln run failed: {}",
         String::from_utf8_lossy(&warm.stderr)
     );
+    // Reaped by wait4 below, which gives its rusage (std's wait does not).
+    #[allow(clippy::zombie_processes)]
     let child = run(std::process::Stdio::null());
     // SAFETY: wait4 reaps this child (std's handle is not waited on after) and writes the
     // status and the rusage it is given.

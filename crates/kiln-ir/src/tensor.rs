@@ -62,12 +62,14 @@ impl Tensor {
     ) -> Option<Tensor> {
         let b = bytes.bytes();
         let len = dtype.storage_bytes(shape.iter().product::<usize>());
-        (b.len() == len && len % 8 == 0 && (b.as_ptr() as usize) % 8 == 0).then(|| Tensor {
-            dtype,
-            shape: shape.to_vec(),
-            storage: Storage::Shared(bytes),
-            len,
-        })
+        (b.len() == len && len.is_multiple_of(8) && (b.as_ptr() as usize).is_multiple_of(8)).then(
+            || Tensor {
+                dtype,
+                shape: shape.to_vec(),
+                storage: Storage::Shared(bytes),
+                len,
+            },
+        )
     }
 
     /// Whether this tensor views bytes kept elsewhere ([`Tensor::from_shared`]).
