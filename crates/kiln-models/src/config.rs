@@ -369,9 +369,11 @@ impl QwenConfig {
 
     /// Bytes of memory the weights are held in once bound: [`QwenConfig::weight_bytes`], plus
     /// a tied embedding table a second time (the gather reads its rows, the LM head's
-    /// products the layout the matmul kernels read: the CPU backend keeps both).
+    /// products the layout the matmul kernels read: the CPU backend keeps both) unless the
+    /// rows are a GGUF file's blocks, which the gather reads from the file's mapping.
     pub fn held_weight_bytes(&self) -> u64 {
-        let table = if self.tie_word_embeddings {
+        let from_file = self.file_quant.contains_key(crate::model::EMBEDDING);
+        let table = if self.tie_word_embeddings && !from_file {
             let shape = [self.vocab_size, self.hidden_size];
             let dtype = match self.file_quant.get(crate::model::EMBEDDING) {
                 Some(&d) => d,

@@ -237,7 +237,24 @@ impl ModelSource {
                 }
                 Ok(Some(t))
             }
-            ModelSource::Gguf(p) => gguf::tokenizer::from_gguf(&gguf::GgufFile::open(p)?),
+            ModelSource::Gguf(p) => {
+                let t = gguf::tokenizer::from_gguf(&gguf::GgufFile::open(p)?);
+                // The file's metadata (every token and merge as a string) and the JSON the
+                // tokenizer was built from are freed now, in small pieces among the
+                // tokenizer's own: give the heap's free pages back before the weights load.
+                return_free_heap();
+                t
+            }
         }
+    }
+}
+
+/// Returns the allocator's free pages to the system (glibc keeps freed small allocations for
+/// reuse; `malloc_trim` gives back every whole free page, not only the heap's top).
+fn return_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

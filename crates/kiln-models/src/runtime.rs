@@ -244,7 +244,8 @@ pub(crate) fn load_executable(
             .map(|loaded| (loaded.exe, loaded.report));
         (c, w.join().expect("weight loader panicked"))
     });
-    // The weights are in memory now: unmap the files.
+    // The weights are in memory now: unmap the files (a GGUF embedding table kept in its
+    // blocks holds its file's mapping on: `GgufFile::shared`).
     drop(checkpoint);
     let (mut exe, report) = compiled?;
     let mut weights = weights?;

@@ -75,6 +75,9 @@ pub struct HostBuffer {
     /// Bytes mapped with mmap (freed with munmap), or 0 for a boxed slice.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     mapped: usize,
+    /// A shared tensor whose bytes this buffer is (`Tensor::from_shared`: a weight in a mapped
+    /// file), read-only: kernels only read weights.
+    view: Option<Tensor>,
 }
 
 /// Buffers from this size up get their own huge-page mapping.
@@ -131,6 +134,7 @@ impl HostBuffer {
                 ptr: NonNull::new(start as *mut u64)?,
                 words: len / 8,
                 mapped: len,
+                view: None,
             })
         }
     }
@@ -150,6 +154,18 @@ impl HostBuffer {
 
     /// A tensor's storage, without copying it.
     pub fn from_tensor(t: Tensor) -> HostBuffer {
+        if t.is_shared() {
+            // Kept as it is (whole 8-byte-aligned words: `Tensor::from_shared`).
+            let ptr = NonNull::new(t.bytes().as_ptr() as *mut u64);
+            if let Some(ptr) = ptr.filter(|_| !t.bytes().is_empty()) {
+                return HostBuffer {
+                    ptr,
+                    words: t.bytes().len() / 8,
+                    mapped: 0,
+                    view: Some(t),
+                };
+            }
+        }
         let mut words = t.into_words();
         if words.is_empty() {
             words.push(0);
@@ -166,6 +182,7 @@ impl HostBuffer {
             ptr,
             words,
             mapped: 0,
+            view: None,
         }
     }
 
@@ -206,6 +223,9 @@ impl HostBuffer {
 
 impl Drop for HostBuffer {
     fn drop(&mut self) {
+        if self.view.is_some() {
+            return; // the tensor frees (or unmaps) its own bytes
+        }
         #[cfg(target_os = "linux")]
         if self.mapped > 0 {
             // SAFETY: ptr and mapped are the mapping `mapped` made; nothing refers to it now.

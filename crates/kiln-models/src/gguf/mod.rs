@@ -23,10 +23,12 @@ pub mod qwen;
 pub mod tokenizer;
 
 use crate::ModelError;
+use kiln_ir::tensor::SharedBytes;
 use kiln_ir::QuantType;
 use memmap2::Mmap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -322,7 +324,7 @@ impl TensorInfo {
 /// A GGUF file, mapped, with its parsed metadata and tensor table.
 pub struct GgufFile {
     path: PathBuf,
-    map: Mmap,
+    map: Arc<Mmap>,
     pub version: u32,
     metadata: BTreeMap<String, MetaValue>,
     tensors: Vec<TensorInfo>,
@@ -344,6 +346,7 @@ impl GgufFile {
         // SAFETY: read-only mapping; kiln does not modify model files while running.
         let map = unsafe { Mmap::map(&f) }
             .map_err(|e| ModelError::checkpoint(path, format!("cannot map: {e}")))?;
+        let map = Arc::new(map);
         let header = parse(&map).map_err(|e| e.into_model_error(path))?;
         let by_name = header
             .tensors
@@ -417,6 +420,16 @@ impl GgufFile {
     #[cfg(not(unix))]
     pub fn release(&self, _: &TensorInfo) {}
 
+    /// Tensor `t`'s bytes as a view of the mapping that outlives this `GgufFile`
+    /// (`Tensor::from_shared`): pages are resident only while read.
+    pub fn shared(&self, t: &TensorInfo) -> Arc<dyn SharedBytes> {
+        Arc::new(MappedTensor {
+            map: self.map.clone(),
+            start: self.data_start + t.offset as usize,
+            len: t.bytes as usize,
+        })
+    }
+
     /// An error about this file.
     pub fn error(&self, detail: impl Into<String>) -> ModelError {
         ModelError::checkpoint(&self.path, detail)
@@ -433,6 +446,32 @@ impl GgufFile {
     /// An error about tensor `name` of this file.
     pub fn tensor_error(&self, name: &str, detail: impl Into<String>) -> ModelError {
         ModelError::tensor(&self.path, name, detail)
+    }
+}
+
+/// One tensor's bytes in a GGUF file's mapping ([`GgufFile::shared`]).
+struct MappedTensor {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl SharedBytes for MappedTensor {
+    fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    #[cfg(unix)]
+    fn release(&self) {
+        // SAFETY: as in `GgufFile::release`: a read-only shared file mapping, whose pages a
+        // later read faults back in with the same bytes.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.start,
+                self.len,
+            )
+        };
     }
 }
 

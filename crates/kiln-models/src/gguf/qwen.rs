@@ -9,7 +9,7 @@
 
 use super::{GgufFile, MetaValue, TensorInfo};
 use crate::config::{Arch, QwenConfig, MAX_DIM};
-use crate::model::WeightDtype;
+use crate::model::{WeightDtype, EMBEDDING};
 use crate::weights::load_weights;
 use crate::ModelError;
 use kiln_ir::{DType, QuantType, Tensor};
@@ -351,6 +351,14 @@ impl GgufCheckpoint {
         }
         // Blocks the kernels read stay as the file stores them (`QwenConfig::file_quant`).
         if let Some(&d) = keep.get(name) {
+            // The embedding table is read by row (the gather), and by a tied LM head that the
+            // CPU packs into panels of its own: it stays a view of the file, whose pages are
+            // resident only while read, rather than a second copy held beside the panels.
+            if name == EMBEDDING {
+                if let Some(t) = Tensor::from_shared(d, shape, self.file.shared(t)) {
+                    return Ok(t);
+                }
+            }
             return Ok(Tensor::from_bytes(d, shape, data));
         }
         if want.is_quantized() {

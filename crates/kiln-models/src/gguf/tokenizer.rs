@@ -14,7 +14,9 @@
 use super::{GgufFile, MetaArray, MetaValue};
 use crate::tokenizer::Tokenizer;
 use crate::ModelError;
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{json, Value};
+use std::collections::HashSet;
 
 /// The Qwen2 pre-tokenizer's split regex (`tokenizer.json`'s, and llama.cpp's for `qwen2`).
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -97,17 +99,22 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
         return Err(err("tokenizer.ggml.tokens", "more than 2^32 tokens".into()));
     }
 
-    let mut vocab = Map::new();
+    // The vocabulary and merges are serialized from the metadata's strings as they are, not
+    // through a `serde_json::Value` tree: 300,000 small allocations freed just before the
+    // tokenizer makes its own would leave the heap fragmented, ~100 MB that a Qwen
+    // vocabulary's process then holds for good (resident beside the weights).
+    let mut seen = HashSet::new();
+    let mut vocab = Vec::with_capacity(tokens.len());
     let mut added = Vec::new();
     for (id, (token, &ty)) in tokens.iter().zip(&types).enumerate() {
         if ty == TYPE_UNUSED {
             continue;
         }
         // The first id of a string wins, as a JSON vocabulary can hold each string once.
-        if vocab.contains_key(token) {
+        if !seen.insert(token.as_str()) {
             continue;
         }
-        vocab.insert(token.clone(), json!(id));
+        vocab.push((token.as_str(), id));
         if ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED {
             added.push(json!({
                 "id": id, "content": token, "single_word": false, "lstrip": false,
@@ -115,11 +122,12 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
             }));
         }
     }
-    let merges: Vec<Value> = merges
+    drop(seen);
+    let merges: Vec<(&str, &str)> = merges
         .iter()
         .enumerate()
         .map(|(i, m)| match m.split_once(' ') {
-            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => Ok(json!([a, b])),
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => Ok((a, b)),
             _ => Err(err(
                 "tokenizer.ggml.merges",
                 format!("merge #{i} {m:?} is not two tokens separated by one space"),
@@ -129,26 +137,34 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
     let byte_level = json!({
         "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
     });
-    let tokenizer_json = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+    let tokenizer_json = TokenizerJson {
+        version: "1.0",
+        truncation: None,
+        padding: None,
+        added_tokens: added,
+        normalizer: json!({"type": "NFC"}),
+        pre_tokenizer: json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
             byte_level,
-        ]},
-        "post_processor": byte_level,
-        "decoder": byte_level,
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": merges,
+        ]}),
+        post_processor: byte_level.clone(),
+        decoder: byte_level,
+        model: BpeJson {
+            kind: "BPE",
+            dropout: None,
+            unk_token: None,
+            continuing_subword_prefix: "",
+            end_of_word_suffix: "",
+            fuse_unk: false,
+            byte_fallback: false,
+            ignore_merges: false,
+            vocab: Vocab(&vocab),
+            merges,
         },
-    });
+    };
     let bytes = serde_json::to_vec(&tokenizer_json).expect("a JSON value serializes");
     drop(tokenizer_json);
+    drop(vocab);
     let tokenizer = Tokenizer::from_json(&bytes).map_err(|source| ModelError::Tokenizer {
         context: format!(
             "{}: cannot build the tokenizer from tokenizer.ggml.*",
@@ -177,4 +193,47 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
         token_text("tokenizer.ggml.bos_token_id"),
         token_text("tokenizer.ggml.eos_token_id"),
     )))
+}
+
+/// `tokenizer.json`, as [`from_gguf`] writes it (the fields in its order).
+#[derive(serde::Serialize)]
+struct TokenizerJson<'a> {
+    version: &'static str,
+    truncation: Option<()>,
+    padding: Option<()>,
+    added_tokens: Vec<Value>,
+    normalizer: Value,
+    pre_tokenizer: Value,
+    post_processor: Value,
+    decoder: Value,
+    model: BpeJson<'a>,
+}
+
+/// Its byte-level BPE model; the merges as `[a, b]` pairs.
+#[derive(serde::Serialize)]
+struct BpeJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    dropout: Option<()>,
+    unk_token: Option<()>,
+    continuing_subword_prefix: &'static str,
+    end_of_word_suffix: &'static str,
+    fuse_unk: bool,
+    byte_fallback: bool,
+    ignore_merges: bool,
+    vocab: Vocab<'a>,
+    merges: Vec<(&'a str, &'a str)>,
+}
+
+/// The vocabulary as a JSON object `{token: id}`, in id order.
+struct Vocab<'a>(&'a [(&'a str, usize)]);
+
+impl Serialize for Vocab<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (token, id) in self.0 {
+            m.serialize_entry(token, id)?;
+        }
+        m.end()
+    }
 }

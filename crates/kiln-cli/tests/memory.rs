@@ -1,0 +1,218 @@
+//! Peak memory of `kiln run` on a GGUF file against the file's size (issue 24's target: peak
+//! RSS <= 1.15x the file). The file is generated here: the qwen3-0.6b shape in Q4_0 (the type
+//! whose ratio is the largest), random blocks, the embedding tied to the LM head, no tokenizer
+//! (the tokenizer's memory has its own test: kiln-models' `tokenizer_memory`). Alone in its
+//! test binary: the peak is read from the finished child's rusage.
+
+use kiln_models::testing::{gguf_string, GgufBuilder};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+// qwen3-0.6b (crates/kiln-models/src/presets.rs).
+const VOCAB: usize = 151_936;
+const HIDDEN: usize = 1024;
+const INTER: usize = 3072;
+const LAYERS: usize = 28;
+const HEADS: usize = 16;
+const KV_HEADS: usize = 8;
+const HEAD_DIM: usize = 128;
+/// GGML's type id for Q4_0.
+const Q4_0: u32 = 2;
+
+/// Writes `rows x cols` random Q4_0 values: blocks of a small f16 scale and 16 bytes of
+/// nibbles, the same every run (xorshift64).
+fn write_q4_0(out: &mut impl Write, rows: usize, cols: usize, seed: &mut u64) {
+    let mut next = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    };
+    for _ in 0..rows {
+        let mut row = Vec::with_capacity(cols / 32 * 18);
+        for _ in 0..cols / 32 {
+            // f16 scales in [0.00125, 0.0025): 0x1520 + up to 0xff steps.
+            let d = 0x1520u16 + (next() & 0xff) as u16;
+            row.extend(d.to_le_bytes());
+            row.extend(next().to_le_bytes());
+            row.extend(next().to_le_bytes());
+        }
+        out.write_all(&row).unwrap();
+    }
+}
+
+/// A tensor of the file: name, GGUF dimensions (fastest first), Q4_0 matrix or f32 ones.
+struct Info {
+    name: String,
+    ne: Vec<u64>,
+    q4_0: bool,
+}
+
+impl Info {
+    fn bytes(&self) -> u64 {
+        let n: u64 = self.ne.iter().product();
+        if self.q4_0 {
+            n / 32 * 18
+        } else {
+            4 * n
+        }
+    }
+}
+
+/// Writes the qwen3-0.6b shape in Q4_0 to `path`, streamed (the test process stays small: a
+/// spawned child's peak RSS counts the parent's memory up to the exec).
+fn write_qwen3_0_6b_q4_0(path: &Path) {
+    let mut header = GgufBuilder::default();
+    // No padding after the metadata: the tensor infos follow it (the file's alignment is
+    // GGUF's default, 32).
+    header.alignment = 1;
+    let header = header
+        .str("general.architecture", "qwen3")
+        .u32("qwen3.block_count", LAYERS as u32)
+        .u32("qwen3.context_length", 40960)
+        .u32("qwen3.embedding_length", HIDDEN as u32)
+        .u32("qwen3.feed_forward_length", INTER as u32)
+        .u32("qwen3.attention.head_count", HEADS as u32)
+        .u32("qwen3.attention.head_count_kv", KV_HEADS as u32)
+        .u32("qwen3.attention.key_length", HEAD_DIM as u32)
+        .u32("qwen3.attention.value_length", HEAD_DIM as u32)
+        .f32("qwen3.rope.freq_base", 1e6)
+        .f32("qwen3.attention.layer_norm_rms_epsilon", 1e-6);
+    let mut infos = Vec::new();
+    let matrix = |name: String, rows: usize, cols: usize| Info {
+        name,
+        ne: vec![cols as u64, rows as u64],
+        q4_0: true,
+    };
+    let norm = |name: String, n: usize| Info {
+        name,
+        ne: vec![n as u64],
+        q4_0: false,
+    };
+    infos.push(matrix("token_embd.weight".into(), VOCAB, HIDDEN));
+    for l in 0..LAYERS {
+        let p = format!("blk.{l}");
+        infos.push(norm(format!("{p}.attn_norm.weight"), HIDDEN));
+        infos.push(matrix(
+            format!("{p}.attn_q.weight"),
+            HEADS * HEAD_DIM,
+            HIDDEN,
+        ));
+        infos.push(matrix(
+            format!("{p}.attn_k.weight"),
+            KV_HEADS * HEAD_DIM,
+            HIDDEN,
+        ));
+        infos.push(matrix(
+            format!("{p}.attn_v.weight"),
+            KV_HEADS * HEAD_DIM,
+            HIDDEN,
+        ));
+        infos.push(matrix(
+            format!("{p}.attn_output.weight"),
+            HIDDEN,
+            HEADS * HEAD_DIM,
+        ));
+        infos.push(norm(format!("{p}.attn_q_norm.weight"), HEAD_DIM));
+        infos.push(norm(format!("{p}.attn_k_norm.weight"), HEAD_DIM));
+        infos.push(norm(format!("{p}.ffn_norm.weight"), HIDDEN));
+        infos.push(matrix(format!("{p}.ffn_gate.weight"), INTER, HIDDEN));
+        infos.push(matrix(format!("{p}.ffn_up.weight"), INTER, HIDDEN));
+        infos.push(matrix(format!("{p}.ffn_down.weight"), HIDDEN, INTER));
+    }
+    infos.push(norm("output_norm.weight".into(), HIDDEN));
+
+    // The header and metadata as GgufBuilder writes them (no tensors), then the tensor infos: every size
+    // here is a multiple of the 32-byte alignment, so the data is packed end to end.
+    let mut head = header.build();
+    head[8..16].copy_from_slice(&(infos.len() as u64).to_le_bytes());
+    let mut offset = 0u64;
+    for t in &infos {
+        head.extend(gguf_string(&t.name));
+        head.extend((t.ne.len() as u32).to_le_bytes());
+        for d in &t.ne {
+            head.extend(d.to_le_bytes());
+        }
+        head.extend((if t.q4_0 { Q4_0 } else { 0u32 }).to_le_bytes());
+        head.extend(offset.to_le_bytes());
+        assert_eq!(t.bytes() % 32, 0);
+        offset += t.bytes();
+    }
+    head.resize(head.len().next_multiple_of(32), 0);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    out.write_all(&head).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for t in &infos {
+        if t.q4_0 {
+            write_q4_0(&mut out, t.ne[1] as usize, t.ne[0] as usize, &mut seed);
+        } else {
+            let ones: Vec<u8> = (0..t.ne[0]).flat_map(|_| 1f32.to_le_bytes()).collect();
+            out.write_all(&ones).unwrap();
+        }
+    }
+    out.flush().unwrap();
+}
+
+/// Peak RSS of `kiln run` over the file's size. Measured (AMD EPYC Zen 4, AVX-512 VNNI, 2
+/// threads): 1.58x when the tied table was held twice (file rows for the gather and panels for
+/// the head), 1.34x with the gather reading the file's mapping. What remains: the int8 panels
+/// are 20 bytes per 32 values where the file has 18 (1.11x of the weights), and ~70 MiB of
+/// process, kernels, heap and caches. The limit leaves 0.11x (about 35 MiB) of margin; the
+/// issue's 1.15x is not met (docs/benchmarks.md).
+#[test]
+#[cfg(target_os = "linux")]
+fn kiln_run_on_a_q4_0_gguf_peaks_below_1_45x_the_file() {
+    const LIMIT: f64 = 1.45;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen3-0.6b-q4_0.gguf");
+    write_qwen3_0_6b_q4_0(&path);
+    let file = std::fs::metadata(&path).unwrap().len() as f64;
+    // The kernels compile once into the build folder's cache (outside the repository); the
+    // measured run finds them there: a compile's C compilers are child processes, whose
+    // memory the run's rusage would count.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("memory-test-cache");
+    let run = |stderr: std::process::Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["run", "--model", path.to_str().unwrap(), "--prompt-ids"])
+            .args(["9707,1052,13", "--max-new-tokens", "8", "--threads", "2"])
+            .env("KILN_CACHE_DIR", &cache)
+            .env_remove("KILN_COMPILE_THREADS")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let warm = run(std::process::Stdio::piped())
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        warm.status.success(),
+        "kiln run failed: {}",
+        String::from_utf8_lossy(&warm.stderr)
+    );
+    // Reaped by wait4 below, which gives its rusage (std's wait does not).
+    #[allow(clippy::zombie_processes)]
+    let child = run(std::process::Stdio::null());
+    // SAFETY: wait4 reaps this child (std's handle is not waited on after) and writes the
+    // status and the rusage it is given.
+    let peak = unsafe {
+        let (mut status, mut u): (i32, libc::rusage) = (0, std::mem::zeroed());
+        let pid = child.id() as libc::pid_t;
+        assert_eq!(libc::wait4(pid, &mut status, 0, &mut u), pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        u.ru_maxrss as f64 * 1024.0
+    };
+    let ratio = peak / file;
+    eprintln!(
+        "peak RSS {:.0} MiB for a {:.0} MiB file: {ratio:.2}x",
+        peak / 1048576.0,
+        file / 1048576.0
+    );
+    assert!(
+        ratio <= LIMIT,
+        "kiln run's peak RSS is {ratio:.2}x the GGUF file ({:.0} of {:.0} MiB), over {LIMIT}x",
+        peak / 1048576.0,
+        file / 1048576.0
+    );
+}
