@@ -7,7 +7,9 @@
 use crate::binding::{bind_run, check_param, output_layouts, param_bindings};
 use crate::carry::{slot_allocation, CarriedState};
 use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
-use kiln_program::{canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError};
+use kiln_program::{
+    canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError,
+};
 use std::collections::HashMap;
 use std::time::Instant;
 

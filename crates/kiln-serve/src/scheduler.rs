@@ -376,7 +376,10 @@ impl Scheduler {
             }
         }
         // A fill ends with the last prompt read: a prompt that arrives later is judged anew.
-        self.filling &= self.running.iter().any(|r| r.prefilled < r.req.prompt.len());
+        self.filling &= self
+            .running
+            .iter()
+            .any(|r| r.prefilled < r.req.prompt.len());
         step
     }
 
