@@ -31,13 +31,16 @@ pub struct ServeArgs {
     /// most 4096).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     pub ctx: Option<u64>,
-    /// Prompt tokens prefilled per step, over all sequences, while no sequence decodes: a
-    /// long prompt is read in chunks of this size (larger: its first token comes sooner).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Prompt tokens prefilled per step, over all sequences, while no sequence decodes or
+    /// while the batch fills (at least as many prompts to read as sequences decoding, until
+    /// every prompt is in): a long prompt is read in chunks of this size (larger: its first
+    /// token comes sooner).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub prefill_chunk: u64,
-    /// Prompt tokens prefilled per step, over all sequences, while others decode (at most
-    /// --prefill-chunk): bounds how long a new prompt holds the running streams' next token
-    /// (smaller: steadier streams; larger: the new prompt's first token comes sooner).
+    /// Prompt tokens prefilled per step, over all sequences, while others decode and the
+    /// batch is not filling (at most --prefill-chunk): bounds how long a new prompt holds the
+    /// running streams' next token (smaller: steadier streams; larger: the new prompt's first
+    /// token comes sooner).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub prefill_while_decoding: u64,
     /// Require 'Authorization: Bearer KEY' on /v1 requests.

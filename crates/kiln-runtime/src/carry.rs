@@ -5,6 +5,7 @@
 use crate::binding::check_param;
 use kiln_ir::{DType, IrError, Tensor};
 use kiln_program::Program;
+use std::collections::HashMap;
 
 /// One carried value: produced as `output` by a run, read as `input` by the next.
 pub struct Carried<B> {
@@ -18,11 +19,19 @@ pub struct Carried<B> {
 
 pub struct CarriedState<B> {
     items: Vec<Carried<B>>,
+    /// Index in `items` by input and by output name: a batched model carries hundreds of
+    /// caches (layers x K and V x slots), and every run looks each of them up.
+    by_input: HashMap<String, usize>,
+    by_output: HashMap<String, usize>,
 }
 
 impl<B> Default for CarriedState<B> {
     fn default() -> Self {
-        CarriedState { items: Vec::new() }
+        CarriedState {
+            items: Vec::new(),
+            by_input: HashMap::new(),
+            by_output: HashMap::new(),
+        }
     }
 }
 
@@ -66,14 +75,25 @@ impl<B> CarriedState<B> {
     /// checked with [`CarriedState::check`]); replaces an earlier carry into the same input,
     /// which resets it.
     pub fn set(&mut self, output: &str, input: &str, initial: &Tensor, buf: B) {
-        self.items.retain(|c| c.input != input);
-        self.items.push(Carried {
+        let item = Carried {
             output: output.into(),
             input: input.into(),
             dtype: initial.dtype(),
             shape: initial.shape().to_vec(),
             buf,
-        });
+        };
+        match self.by_input.get(input) {
+            Some(&i) => {
+                self.by_output.remove(&self.items[i].output);
+                self.by_output.insert(output.into(), i);
+                self.items[i] = item;
+            }
+            None => {
+                self.by_input.insert(input.into(), self.items.len());
+                self.by_output.insert(output.into(), self.items.len());
+                self.items.push(item);
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,17 +102,18 @@ impl<B> CarriedState<B> {
 
     /// The carried value that a run reads as `input`.
     pub fn input(&self, input: &str) -> Option<&Carried<B>> {
-        self.items.iter().find(|c| c.input == input)
+        self.by_input.get(input).map(|&i| &self.items[i])
     }
 
     /// Whether a run's `output` is carried (not returned).
     pub fn carries(&self, output: &str) -> bool {
-        self.items.iter().any(|c| c.output == output)
+        self.by_output.contains_key(output)
     }
 
     /// The carry that a run's `output` feeds.
     pub fn output_mut(&mut self, output: &str) -> Option<&mut Carried<B>> {
-        self.items.iter_mut().find(|c| c.output == output)
+        let i = *self.by_output.get(output)?;
+        Some(&mut self.items[i])
     }
 
     /// (input name, dtype, shape) of every carried value, for binding a run's symbols.

@@ -6,8 +6,10 @@
 
 use crate::binding::{bind_run, check_param, output_layouts, param_bindings};
 use crate::carry::{slot_allocation, CarriedState};
-use kiln_ir::{Bindings, DType, Tensor};
-use kiln_program::{launch_bindings, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError};
+use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
+use kiln_program::{
+    canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError,
+};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -77,15 +79,19 @@ pub struct Executor<D: Device> {
     program: Program,
     plan: MemoryPlan,
     step_kernel: Vec<usize>,
-    /// Each step's own symbols, in the order its canonical kernel takes them
-    /// (`kiln_program::launch_bindings`).
-    step_symbols: Vec<Vec<String>>,
+    /// Each step's launch bindings, reused from run to run: its canonical kernel's symbols
+    /// bound to the values of the step's own (`kiln_program::launch_bindings`).
+    step_bindings: Vec<StepBindings>,
+    /// Elements each step writes (`Kernel::written_elements`) and the bytes of one.
+    step_written: Vec<(Expr, u64)>,
+    /// The last run's launches and symbol values: [`Executable::last_run`] counts its bytes
+    /// from them when asked, not in the launch loop.
+    last: Option<(usize, Bindings)>,
     kernel_names: Vec<String>,
     kernels: Vec<D::Kernel>,
     params: HashMap<String, Param<D::Buffer>>,
     slots: Vec<Option<Slot<D::Buffer>>>,
     carried: CarriedState<Slot<D::Buffer>>,
-    stats: RunStats,
     /// With `KILN_PROFILE=1`: seconds and launches per distinct kernel.
     profile: Option<Vec<(f64, usize)>>,
     /// Declared last: dropped after the kernels that point into them.
@@ -102,11 +108,20 @@ impl<D: Device> Executor<D> {
         let profile = std::env::var_os("KILN_PROFILE")
             .filter(|v| v != "0")
             .map(|_| vec![(0.0, 0); kernels.len()]);
-        let step_symbols = compiled
+        let step_bindings = compiled
             .program
             .steps
             .iter()
-            .map(|s| s.kernel.symbols())
+            .map(|s| StepBindings::new(s.kernel.symbols()))
+            .collect();
+        let step_written = compiled
+            .program
+            .steps
+            .iter()
+            .map(|s| {
+                let k = &s.kernel;
+                (k.written_elements(), k.out_dtype.size_bytes() as u64)
+            })
             .collect();
         Ok(Executor {
             device,
@@ -117,13 +132,14 @@ impl<D: Device> Executor<D> {
                 .collect(),
             program: compiled.program,
             plan: compiled.plan,
-            step_symbols,
+            step_bindings,
+            step_written,
             step_kernel: compiled.step_kernel,
             kernels,
             params: HashMap::new(),
             slots: Vec::new(),
             carried: CarriedState::default(),
-            stats: RunStats::default(),
+            last: None,
             profile,
             _modules: compiled.modules,
         })
@@ -228,12 +244,12 @@ impl<D: Device> Executable for Executor<D> {
             program,
             plan,
             step_kernel,
-            step_symbols,
+            step_bindings,
             kernels,
             params,
             slots,
             carried,
-            stats,
+            last,
             profile,
             ..
         } = self;
@@ -258,28 +274,26 @@ impl<D: Device> Executable for Executor<D> {
             })
             .collect();
 
-        *stats = RunStats::default();
-        for ((step, &u), names) in program
+        *last = None;
+        for ((step, &u), launch_b) in program
             .steps
             .iter()
             .zip(step_kernel.iter())
-            .zip(step_symbols.iter())
+            .zip(step_bindings.iter_mut())
         {
             let ins: Vec<&D::Buffer> = step.inputs.iter().map(|&i| bufs[i]).collect();
             let started = profile.is_some().then(Instant::now);
             // The compiled kernel is the canonical one: its symbols are bound by place.
-            let launch_b = launch_bindings(names, &b)?;
-            device.launch(&kernels[u], bufs[step.output], &ins, &launch_b)?;
+            let launch_b = launch_b.bind(&b)?;
+            device.launch(&kernels[u], bufs[step.output], &ins, launch_b)?;
             if let (Some(prof), Some(t)) = (profile.as_mut(), started) {
                 device.sync()?;
                 prof[u].0 += t.elapsed().as_secs_f64();
                 prof[u].1 += 1;
             }
-            stats.launches += 1;
-            let written = step.kernel.written_elements().eval(&b)?.max(0) as u64;
-            stats.bytes_written += written * step.kernel.out_dtype.size_bytes() as u64;
         }
         device.sync()?;
+        *last = Some((program.steps.len(), b.clone()));
 
         let mut out = HashMap::new();
         let mut kept = Vec::new();
@@ -333,11 +347,64 @@ impl<D: Device> Executable for Executor<D> {
     }
 
     fn last_run(&self) -> RunStats {
-        self.stats
+        let Some((launches, b)) = &self.last else {
+            return RunStats::default();
+        };
+        // Every symbol a step's size names was bound for its launch.
+        let bytes_written = self
+            .step_written
+            .iter()
+            .map(|(elements, bytes)| elements.eval(b).unwrap_or(0).max(0) as u64 * bytes)
+            .sum();
+        RunStats {
+            launches: *launches,
+            bytes_written,
+        }
     }
 
     fn describe(&self) -> String {
         self.device.describe()
+    }
+}
+
+/// One step's launch bindings (`kiln_program::launch_bindings`), kept from run to run so
+/// that a launch allocates nothing: a batched model launches some thousands of kernels a run.
+struct StepBindings {
+    /// The step's own symbols, in the order its canonical kernel takes them.
+    symbols: Vec<String>,
+    /// `canonical_symbol(i)` for each, bound to the last run's values.
+    bound: Bindings,
+    /// For the k-th entry of `bound` in its order, the index of its symbol in `symbols`.
+    order: Vec<usize>,
+}
+
+impl StepBindings {
+    fn new(symbols: Vec<String>) -> StepBindings {
+        let bound: Bindings = (0..symbols.len())
+            .map(|i| (canonical_symbol(i), 0))
+            .collect();
+        let order = bound
+            .keys()
+            .map(|k| (0..symbols.len()).position(|i| canonical_symbol(i) == *k))
+            .map(|i| i.expect("a canonical name of this step"))
+            .collect();
+        StepBindings {
+            symbols,
+            bound,
+            order,
+        }
+    }
+
+    /// The bindings of this step's launch under the run's bindings `b`.
+    fn bind(&mut self, b: &Bindings) -> Result<&Bindings, IrError> {
+        for (value, &i) in self.bound.values_mut().zip(&self.order) {
+            let symbol = &self.symbols[i];
+            *value = *b.get(symbol).ok_or_else(|| IrError::UnboundSymbol {
+                symbol: symbol.clone(),
+                bound: b.keys().cloned().collect(),
+            })?;
+        }
+        Ok(&self.bound)
     }
 }
 

@@ -9,12 +9,18 @@
 //!    batch has room (`max_batch`): they join this step, nobody waits for the batch to drain;
 //! 3. every running sequence past its prompt decodes one token;
 //! 4. sequences still reading their prompt prefill the next chunk of it, in admission order,
-//!    up to a budget of prompt tokens for the whole step: `prefill_chunk` when no sequence
-//!    decodes in it, `prefill_while_decoding` (smaller) when some do. A long prompt is read
-//!    over several steps, and a step that carries others' decodes is never much longer than
-//!    a decode step: on a CPU a prompt token costs about as much as a decode step's weight
-//!    reads over some tens of rows, so one 256-token chunk would hold every other stream's
-//!    next token for seconds.
+//!    up to a budget of prompt tokens for the whole step ([`Scheduler::prefill_budget`]):
+//!    `prefill_chunk` when no sequence decodes in it, or while the batch is filling (from a
+//!    step where at least as many sequences read their prompt as decode, until every
+//!    prompt is in); `prefill_while_decoding` (smaller) otherwise: one new prompt beside a
+//!    busy batch. A long prompt is read over
+//!    several steps, and a step that carries the decodes of a full batch is never much longer
+//!    than a decode step: on a CPU a prompt token costs about as much as a decode step's
+//!    weight reads over some tens of rows, so one 256-token chunk would hold every other
+//!    stream's next token for seconds. While the batch fills, the few streams already
+//!    decoding pay one long step each instead: reading several waiting prompts 16 tokens a
+//!    step would hold every one of those for dozens of steps (their first token) and
+//!    stretch the whole batch's run by as many steps.
 //!
 //! The KV-slot pool: `kv_slots` slots of `slot_positions` positions each (`--max-batch`
 //! slots of `--ctx` positions). A slot is a sequence's KV cache from admission to finish.
@@ -192,6 +198,10 @@ pub struct Scheduler {
     /// In admission order.
     running: Vec<Running>,
     free_slots: Vec<SlotId>,
+    /// The batch is filling: a step found at least as many sequences reading their prompt
+    /// as decoding, and some still read theirs. Steps prefill the whole chunk until none
+    /// does ([`Scheduler::prefill_budget`]).
+    filling: bool,
 }
 
 impl Scheduler {
@@ -210,6 +220,7 @@ impl Scheduler {
             running: Vec::new(),
             // Popped from the end: slot 0 is handed out first.
             free_slots: (0..cfg.kv_slots).rev().collect(),
+            filling: false,
         }
     }
 
@@ -331,12 +342,7 @@ impl Scheduler {
                 awaiting_token: false,
             });
         }
-        let decodes = |r: &Running| !r.awaiting_token && r.prefilled == r.req.prompt.len();
-        let mut budget = if self.running.iter().any(decodes) {
-            self.cfg.prefill_while_decoding.min(self.cfg.prefill_chunk)
-        } else {
-            self.cfg.prefill_chunk
-        };
+        let mut budget = self.prefill_budget();
         for r in &mut self.running {
             if r.awaiting_token {
                 // The engine did not report a token for it last step (it failed and the
@@ -369,7 +375,36 @@ impl Scheduler {
                 budget -= n;
             }
         }
+        // A fill ends with the last prompt read: a prompt that arrives later is judged anew.
+        self.filling &= self
+            .running
+            .iter()
+            .any(|r| r.prefilled < r.req.prompt.len());
         step
+    }
+
+    /// Prompt tokens the next step may prefill, over all sequences (step 4 of the module's
+    /// documentation): the full `prefill_chunk` when nobody decodes, and while the batch is
+    /// filling — from a step where at least as many sequences read their prompt as decode
+    /// until every prompt is in (once the first chunks are read, their sequences decode and
+    /// outnumber the rest; a fill that stopped there would read the last prompts 16 tokens
+    /// a step). Otherwise `prefill_while_decoding`.
+    fn prefill_budget(&mut self) -> usize {
+        let ready = |r: &&Running| !r.awaiting_token;
+        let reading = |r: &&Running| r.prefilled < r.req.prompt.len();
+        let decoding = self
+            .running
+            .iter()
+            .filter(ready)
+            .filter(|r| !reading(r))
+            .count();
+        let prefilling = self.running.iter().filter(ready).filter(reading).count();
+        self.filling = decoding > 0 && prefilling > 0 && (self.filling || prefilling >= decoding);
+        if decoding == 0 || self.filling {
+            self.cfg.prefill_chunk
+        } else {
+            self.cfg.prefill_while_decoding.min(self.cfg.prefill_chunk)
+        }
     }
 
     /// Requests waiting for a slot.
@@ -585,6 +620,55 @@ mod tests {
         assert_eq!(got, vec![(3, 0, 3), (3, 3, 3), (3, 6, 1)]);
         let st = s.plan();
         assert_eq!((st.decode.len(), st.prefill.len()), (3, 0));
+    }
+
+    #[test]
+    fn while_the_batch_fills_a_step_with_decodes_prefills_the_whole_chunk() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            prefill_while_decoding: 2,
+            ..cfg(8, 256, 16)
+        });
+        let chunks = |st: &Step| -> Vec<(SeqId, usize, usize)> {
+            st.prefill
+                .iter()
+                .map(|p| (p.seq, p.position, p.tokens.len()))
+                .collect()
+        };
+        s.submit(req(1, 4, 100)).unwrap();
+        let st = s.plan();
+        sample_all(&mut s, &st, 5);
+        // Four prompts arrive while 1 alone decodes: the batch is filling, so steps read the
+        // whole chunk beside the decodes until every prompt is in, although 2, 3 and 4
+        // decode (and outnumber 5) before 5's prompt is.
+        for id in 2..=5 {
+            s.submit(req(id, 10, 100)).unwrap();
+        }
+        let mut got = vec![];
+        for decodes in [1, 2, 4] {
+            let st = s.plan();
+            assert_eq!(st.decode.len(), decodes, "{st:?}");
+            got.push(chunks(&st));
+            sample_all(&mut s, &st, 5);
+        }
+        let want = vec![
+            vec![(2, 0, 10), (3, 0, 6)],
+            vec![(3, 6, 4), (4, 0, 10), (5, 0, 2)],
+            vec![(5, 2, 8)],
+        ];
+        assert_eq!(got, want);
+        let st = s.plan();
+        assert_eq!((st.decode.len(), st.prefill.len()), (5, 0));
+        sample_all(&mut s, &st, 5);
+        // One prompt beside a busy batch: the small budget, 5 decodes at every step.
+        s.submit(req(6, 4, 100)).unwrap();
+        let mut got = vec![];
+        for _ in 0..2 {
+            let st = s.plan();
+            assert_eq!(st.decode.len(), 5, "{st:?}");
+            got.extend(chunks(&st));
+            sample_all(&mut s, &st, 5);
+        }
+        assert_eq!(got, vec![(6, 0, 2), (6, 2, 2)]);
     }
 
     #[test]
