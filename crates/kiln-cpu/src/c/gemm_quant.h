@@ -377,62 +377,59 @@ KILN_QI_UKR(kiln_qi_ukr_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
 KILN_QI_UKR(kiln_qi_ukr_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
 KILN_QI_UKR(kiln_qi_ukr_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
 
-/* GEMV pass (decode, R <= 4 rows, all in the first activation strip): S panels of w (each at
- * its first group), R * S <= 4; t[r * ldt + s * NR + j]. Each panel one stream of groups,
- * prefetched four groups ahead. */
+/* GEMV pass (decode, R <= 4 rows, all in the first activation strip): one panel w (at its
+ * first group) into t[r * ldt + j]. One panel at a time, so the weights are ONE sequential
+ * stream (the hardware prefetcher follows it; two panels side by side, or software prefetches
+ * on top, halved the Q4_0 stream on Zen 4). A block's dot is split into two integer chains
+ * (even and odd quads, added at the end: integers, so the dot is the same) to halve the
+ * vpdpbusd latency chain; the f32 sum over blocks is the micro-kernel's, in block order. */
 #define KILN_QI_GEMV(NAME, GB, KIND, LOADW)                                                        \
-static inline __attribute__((always_inline)) void NAME(const int R, const int S,                  \
-        const uint8_t *restrict qa, const uint8_t *const *w, int64_t G, float *restrict t,         \
-        int64_t ldt) {                                                                             \
-    kiln_vf acc[4][4][2];                                                                          \
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                            \
-    _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) acc[r][s][0] = acc[r][s][1] = (kiln_vf){0}; \
+static inline __attribute__((always_inline)) void NAME(const int R, const uint8_t *restrict qa,   \
+        const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {                    \
+    kiln_vf acc[4][2];                                                                             \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};      \
     for (int64_t g = 0; g < G; ++g) {                                                              \
-        const uint8_t *blk = qa + g * KILN_QA_BLOCK;                                               \
+        const uint8_t *blk = qa + g * KILN_QA_BLOCK, *wg = w + g * (GB);                           \
         const int32_t *aq = (const int32_t *)(const void *)blk;                                    \
         const float *sa = (const float *)(const void *)(blk + 32 * KILN_QMR);                      \
-        _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {                                      \
-            const uint8_t *wg = w[s] + g * (GB);                                                   \
-            _Pragma("GCC unroll 20") for (int l = 0; l < (GB) / 64; ++l)                           \
-                __builtin_prefetch(wg + 4 * (GB) + 64 * l, 0, 3);                                  \
-            kiln_vi ia[4][2];                                                                      \
-            if ((KIND) == 0) {                                                                     \
-                const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) { ia[r][0] = b0; ia[r][1] = b1; } \
-            } else {                                                                               \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                \
-                    ia[r][0] = ia[r][1] = kiln_splati((KIND) == 1 ? aq[9 * KILN_QMR + r] : 0);     \
-            }                                                                                      \
-            _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                               \
-                kiln_vi w0, w1;                                                                    \
-                LOADW(wg, qd, &w0, &w1);                                                           \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                              \
-                    const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + r]);                          \
-                    KILN_QI_DOT((KIND) == 0, ia[r], x, w0, w1);                                    \
-                }                                                                                  \
-            }                                                                                      \
-            const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                          \
-            const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                \
+        kiln_vi ia[4][2], ib[4][2];                                                                \
+        if ((KIND) == 0) {                                                                         \
+            const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) { ia[r][0] = b0; ia[r][1] = b1; } \
+        } else {                                                                                   \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                    \
+                ia[r][0] = ia[r][1] = kiln_splati((KIND) == 1 ? aq[9 * KILN_QMR + r] : 0);         \
+        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) ib[r][0] = ib[r][1] = (kiln_vi){0};    \
+        _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                                   \
+            kiln_vi w0, w1;                                                                        \
+            LOADW(wg, qd, &w0, &w1);                                                               \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
-                const kiln_vf sc = kiln_splatv(sa[r]);                                             \
-                acc[r][s][0] = KILN_FMAV(__builtin_convertvector(ia[r][0], kiln_vf), s0 * sc, acc[r][s][0]); \
-                acc[r][s][1] = KILN_FMAV(__builtin_convertvector(ia[r][1], kiln_vf), s1 * sc, acc[r][s][1]); \
+                const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + r]);                              \
+                if (qd % 2 == 0) KILN_QI_DOT((KIND) == 0, ia[r], x, w0, w1);                       \
+                else KILN_QI_DOT((KIND) == 0, ib[r], x, w0, w1);                                   \
             }                                                                                      \
-            if ((KIND) == 2) {                                                                     \
-                const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);            \
-                const kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + KILN_NR + KILN_VL);  \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                              \
-                    const kiln_vf ms = kiln_splatv(sa[KILN_QMR + r]);                              \
-                    acc[r][s][0] = KILN_FMAV(n0, ms, acc[r][s][0]);                                \
-                    acc[r][s][1] = KILN_FMAV(n1, ms, acc[r][s][1]);                                \
-                }                                                                                  \
+        }                                                                                          \
+        const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                              \
+        const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                      \
+            const kiln_vf sc = kiln_splatv(sa[r]);                                                 \
+            acc[r][0] = KILN_FMAV(__builtin_convertvector(ia[r][0] + ib[r][0], kiln_vf), s0 * sc, acc[r][0]); \
+            acc[r][1] = KILN_FMAV(__builtin_convertvector(ia[r][1] + ib[r][1], kiln_vf), s1 * sc, acc[r][1]); \
+        }                                                                                          \
+        if ((KIND) == 2) {                                                                         \
+            const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);                \
+            const kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + KILN_NR + KILN_VL);      \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
+                const kiln_vf ms = kiln_splatv(sa[KILN_QMR + r]);                                  \
+                acc[r][0] = KILN_FMAV(n0, ms, acc[r][0]);                                          \
+                acc[r][1] = KILN_FMAV(n1, ms, acc[r][1]);                                          \
             }                                                                                      \
         }                                                                                          \
     }                                                                                              \
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                            \
-    _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {                                          \
-        kiln_stv(t + r * ldt + s * KILN_NR, acc[r][s][0]);                                         \
-        kiln_stv(t + r * ldt + s * KILN_NR + KILN_VL, acc[r][s][1]);                               \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                          \
+        kiln_stv(t + r * ldt, acc[r][0]);                                                          \
+        kiln_stv(t + r * ldt + KILN_VL, acc[r][1]);                                                \
     }                                                                                              \
 }
 KILN_QI_GEMV(kiln_qi_gemv_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
@@ -495,19 +492,13 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
     }                                                                                              \
     const int64_t p0 = c0 / KILN_NR, np = (tn + KILN_NR - 1) / KILN_NR;                            \
     if (tm <= 4) {                                                                                 \
-        const int R = (int)tm;                                                                     \
-        for (int64_t s = 0; s < np;) {                                                             \
-            const int S = R == 1 && s + 4 <= np ? 4 : R <= 2 && s + 2 <= np ? 2 : 1;               \
-            const uint8_t *w[4];                                                                   \
-            for (int q = 0; q < 4; ++q) w[q] = wp + (p0 + s + (q < S ? q : 0)) * PB;               \
-            if (S == 4) GEMV(1, 4, qa, w, G, t + s * KILN_NR, ldt);                                \
-            else if (S == 2 && R == 1) GEMV(1, 2, qa, w, G, t + s * KILN_NR, ldt);                 \
-            else if (S == 2) GEMV(2, 2, qa, w, G, t + s * KILN_NR, ldt);                           \
-            else if (R == 1) GEMV(1, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
-            else if (R == 2) GEMV(2, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
-            else if (R == 3) GEMV(3, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
-            else GEMV(4, 1, qa, w, G, t + s * KILN_NR, ldt);                                       \
-            s += S;                                                                                \
+        for (int64_t s = 0; s < np; ++s) {                                                         \
+            const uint8_t *w = wp + (p0 + s) * PB;                                                 \
+            float *ts = t + s * KILN_NR;                                                           \
+            if (tm == 1) GEMV(1, qa, w, G, ts, ldt);                                               \
+            else if (tm == 2) GEMV(2, qa, w, G, ts, ldt);                                          \
+            else if (tm == 3) GEMV(3, qa, w, G, ts, ldt);                                          \
+            else GEMV(4, qa, w, G, ts, ldt);                                                       \
         }                                                                                          \
         return;                                                                                    \
     }                                                                                              \
