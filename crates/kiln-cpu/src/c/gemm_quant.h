@@ -309,7 +309,8 @@ static inline __attribute__((always_inline)) void kiln_qiw_q8_0(const uint8_t *r
     *w1 = kiln_ldvi(g + 8 * KILN_NR + qd * 4 * KILN_NR + 64);
 }
 static inline __attribute__((always_inline)) void kiln_qiw_q4_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
-    const kiln_vu v = (kiln_vu)kiln_ldvi(g + 4 * KILN_NR + qd * 2 * KILN_NR);
+    kiln_vu v = (kiln_vu)kiln_ldvi(g + 4 * KILN_NR + qd * 2 * KILN_NR);
+    KILN_IN_REG(v); /* one load for both nibbles (GCC would fold it into the and and the shift) */
     *w0 = (kiln_vi)(v & 0x0F0F0F0Fu);
     *w1 = (kiln_vi)((v >> 4) & 0x0F0F0F0Fu);
 }
@@ -382,19 +383,20 @@ KILN_QI_UKR(kiln_qi_ukr_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
 /* GEMV pass (decode, R <= 4 rows, quantized as one strip of R rows): one panel w (at its
  * first group) into t[r * ldt + j]. One panel at a time, so the weights are ONE sequential
  * stream (the hardware prefetcher follows it; two panels side by side, or software prefetches
- * on top, halved the Q4_0 stream on Zen 4). A block's dot is split into two integer chains
- * (even and odd quads, added at the end: integers, so the dot is the same) to halve the
+ * on top, halved the Q4_0 stream on Zen 4). A block's dot is split into up to four integer
+ * chains (quads qd % CH, added at the end: integers, so the dot is the same) to shorten the
  * vpdpbusd latency chain; the f32 sum over blocks is the micro-kernel's, in block order. */
 #define KILN_QI_GEMV(NAME, GB, KIND, LOADW)                                                        \
 static inline __attribute__((always_inline)) void NAME(const int R, const uint8_t *restrict qa,   \
         const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {                    \
+    const int CH = R == 1 ? 4 : R == 2 ? 2 : 1; /* integer chains per dot: as registers allow */ \
     kiln_vf acc[4][2];                                                                             \
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};      \
     for (int64_t g = 0; g < G; ++g) {                                                              \
         const uint8_t *blk = qa + g * 40 * R, *wg = w + g * (GB);                                  \
         const int32_t *aq = (const int32_t *)(const void *)blk;                                    \
         const float *sa = (const float *)(const void *)(blk + 32 * R);                             \
-        kiln_vi ia[4][2], ib[4][2];                                                                \
+        kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2]; /* the dot's chains: quads qd % CH */       \
         if ((KIND) == 0) {                                                                         \
             const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) { ia[r][0] = b0; ia[r][1] = b1; } \
@@ -402,22 +404,25 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                    \
                 ia[r][0] = ia[r][1] = kiln_splati((KIND) == 1 ? aq[9 * R + r] : 0);                \
         }                                                                                          \
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) ib[r][0] = ib[r][1] = (kiln_vi){0};    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                        \
+            ib[r][0] = ib[r][1] = ic[r][0] = ic[r][1] = id[r][0] = id[r][1] = (kiln_vi){0};        \
         _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                                   \
             kiln_vi w0, w1;                                                                        \
             LOADW(wg, qd, &w0, &w1);                                                               \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
                 const kiln_vi x = kiln_splati(aq[qd * R + r]);                                    \
-                if (qd % 2 == 0) KILN_QI_DOT((KIND) == 0, ia[r], x, w0, w1);                       \
-                else KILN_QI_DOT((KIND) == 0, ib[r], x, w0, w1);                                   \
+                if (qd % CH == 0) KILN_QI_DOT((KIND) == 0, ia[r], x, w0, w1);                      \
+                else if (qd % CH == 1) KILN_QI_DOT((KIND) == 0, ib[r], x, w0, w1);                 \
+                else if (qd % CH == 2) KILN_QI_DOT((KIND) == 0, ic[r], x, w0, w1);                 \
+                else KILN_QI_DOT((KIND) == 0, id[r], x, w0, w1);                                   \
             }                                                                                      \
         }                                                                                          \
         const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                              \
         const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                    \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                      \
             const kiln_vf sc = kiln_splatv(sa[r]);                                                 \
-            acc[r][0] = KILN_FMAV(__builtin_convertvector(ia[r][0] + ib[r][0], kiln_vf), s0 * sc, acc[r][0]); \
-            acc[r][1] = KILN_FMAV(__builtin_convertvector(ia[r][1] + ib[r][1], kiln_vf), s1 * sc, acc[r][1]); \
+            acc[r][0] = KILN_FMAV(__builtin_convertvector((ia[r][0] + ib[r][0]) + (ic[r][0] + id[r][0]), kiln_vf), s0 * sc, acc[r][0]); \
+            acc[r][1] = KILN_FMAV(__builtin_convertvector((ia[r][1] + ib[r][1]) + (ic[r][1] + id[r][1]), kiln_vf), s1 * sc, acc[r][1]); \
         }                                                                                          \
         if ((KIND) == 2) {                                                                         \
             const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);                \
