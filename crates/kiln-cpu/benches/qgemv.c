@@ -12,6 +12,8 @@
  * The same threads then read a buffer of the same size with vector loads. GB/s = the bytes a
  * thread streams / its CPU time (CLOCK_THREAD_CPUTIME_ID), summed over the threads; best of
  * REPS rounds. Weight bytes are the panels' (what the kernel reads), GGUF bytes beside them.
+ * ROWS=m (default 1) runs m activation rows instead (m > 4: the prefill micro-kernel; the
+ * table then also gives GFLOP/s).
  * Values are random (scales small and finite): the timing does not depend on them.
  */
 #define _GNU_SOURCE
@@ -61,7 +63,7 @@ static uint64_t rng = 88172645463325252ull;
 static uint32_t next_u32(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t)rng; }
 
 typedef struct {
-    int id, threads, copies, type;
+    int id, threads, copies, type, rows;
     int64_t N, K, bytes; /* bytes of one copy's panels */
     uint8_t **w;
     const float *x;
@@ -87,7 +89,7 @@ static void *run(void *arg) {
         memset(st, 0, sizeof *st); /* a new launch */
         for (int64_t u = u0; u < u1; ++u) {
             const int64_t n0 = u * KILN_NC;
-            TYPES[j->type].f(&ctx, j->x, j->K, j->w[c], j->K, 0, 1, n0, kiln_min(KILN_NC, j->N - n0), t, KILN_NC);
+            TYPES[j->type].f(&ctx, j->x, j->K, j->w[c], j->K, 0, j->rows, n0, kiln_min(KILN_NC, j->N - n0), t, KILN_NC);
             sink += t[0];
         }
     }
@@ -113,14 +115,16 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
     const int threads = getenv("THREADS") ? atoi(getenv("THREADS")) : 2;
     const int reps = getenv("REPS") ? atoi(getenv("REPS")) : 5;
+    const int rows = getenv("ROWS") ? atoi(getenv("ROWS")) : 1;
+    if (rows < 1 || rows > KILN_MC) { fprintf(stderr, "ROWS=%d: 1..%d\n", rows, KILN_MC); return 1; }
     /* copies of the weight up to MIN_MB (default 320: past any cache; 1 gives the in-cache speed) */
     const double min_bytes = (getenv("MIN_MB") ? atof(getenv("MIN_MB")) : 320) * 1e6;
     static const int64_t SHAPES[][2] = {{3072, 1024}, {1024, 3072}, {151936, 1024}};
     const char *only = argc > 1 ? argv[1] : NULL;
-    printf("layout %s, KILN_NR %d, %d thread(s), best of %d; GB/s of panel bytes per CPU second\n",
-           LAYOUT, KILN_NR, threads, reps);
-    printf("| type | N x K | panel MB | GGUF MB | copies | GEMV GB/s | read GB/s | GEMV / read | GGUF GB/s |\n");
-    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    printf("layout %s, KILN_NR %d, %d row(s), %d thread(s), best of %d; GB/s of panel bytes per CPU second\n",
+           LAYOUT, KILN_NR, rows, threads, reps);
+    printf("| type | N x K | panel MB | GGUF MB | copies | GEMV GB/s | read GB/s | GEMV / read | GGUF GB/s | GFLOP/s |\n");
+    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (int ty = 0; ty < 3; ++ty) {
         if (only && !strstr(only, TYPES[ty].name)) continue;
         for (int sh = 0; sh < 3; ++sh) {
@@ -140,14 +144,14 @@ int main(int argc, char **argv) {
             }
             uint8_t *stream = huge_alloc((size_t)bytes * copies);
             memset(stream, 1, (size_t)bytes * copies);
-            float *x = malloc(sizeof(float) * K);
-            for (int64_t k = 0; k < K; ++k) x[k] = (float)((int)(next_u32() % 2001) - 1000) * 1e-3f;
+            float *x = malloc(sizeof(float) * K * rows);
+            for (int64_t k = 0; k < K * rows; ++k) x[k] = (float)((int)(next_u32() % 2001) - 1000) * 1e-3f;
             double best_g = 1e30, best_r = 1e30;
             for (int r = 0; r < reps; ++r) {
                 job jobs[2];
                 pthread_t tid[2];
                 for (int i = 0; i < threads; ++i) {
-                    jobs[i] = (job){i, threads, copies, ty, N, K, bytes, w, x, stream, 0, 0, 0};
+                    jobs[i] = (job){i, threads, copies, ty, rows, N, K, bytes, w, x, stream, 0, 0, 0};
                     pthread_create(&tid[i], NULL, run, &jobs[i]);
                 }
                 double g = 0, rd = 0; /* the threads' mean CPU time */
@@ -159,10 +163,10 @@ int main(int argc, char **argv) {
                 if (rd < best_r) best_r = rd;
             }
             const double total = (double)bytes * copies;
-            printf("| %s | %lld x %lld | %.1f | %.1f | %d | %.1f | %.1f | %.2f | %.1f |\n", TYPES[ty].name,
+            printf("| %s | %lld x %lld | %.1f | %.1f | %d | %.1f | %.1f | %.2f | %.1f | %.1f |\n", TYPES[ty].name,
                    (long long)N, (long long)K, bytes / 1e6, N * K * TYPES[ty].gguf / 1e6, copies,
                    total / best_g / 1e9, total / best_r / 1e9, best_r / best_g,
-                   N * K * TYPES[ty].gguf * copies / best_g / 1e9);
+                   N * K * TYPES[ty].gguf * copies / best_g / 1e9, 2.0 * rows * N * K * copies / best_g / 1e9);
             fflush(stdout);
             munmap(all, huge_size((size_t)bytes * copies));
             munmap(stream, huge_size((size_t)bytes * copies));
