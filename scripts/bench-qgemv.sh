@@ -8,6 +8,7 @@
 #   bash scripts/bench-qgemv.sh              # AVX-512 (integer path with VNNI), 2 threads
 #   ISA=avx2 bash scripts/bench-qgemv.sh     # the AVX2 kernels (f32-dequant path)
 #   THREADS=1 REPS=7 bash scripts/bench-qgemv.sh q4_0   # one type; one core
+#   MIN_MB=1 ...        # the weight in cache (compute only);  EXTRA="-DX=1" ... extra C flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ISA=${ISA:-avx512}
