@@ -223,9 +223,9 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
  *   Q4_K: f32 d1[NR] | f32 -m1[NR] | nibbles as Q4_0                   (24 NR bytes)
  * where quad q holds values k = 4q..4q+3 of the group: one 64-byte load is 16 columns x 4 k,
  * the layout of a vpdpbusd operand. The quantized activations of a launch's rows (the
- * worker's abuf) are strips of KILN_QMR rows, per block: i32 [8][QMR] (row i's values
- * 4q..4q+3), f32 scale[QMR], and per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32),
- * Q8_0 0, Q4_K the f32 sa * sum. */
+ * worker's abuf) are strips of SR rows (KILN_QMR for the micro-kernel, tm <= 4 for the
+ * GEMV), per block (40 SR bytes): i32 [8][SR] (row i's values 4q..4q+3), f32 scale[SR], and
+ * per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32), Q8_0 0, Q4_K the f32 sa * sum. */
 #if defined(KILN_QINT8)
 #define KILN_QMR 6
 #define KILN_GBI_Q8_0 (40 * KILN_NR)
@@ -244,17 +244,19 @@ static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) {
     return __builtin_ia32_maxps512_mask(a, b, a, (unsigned short)-1, 4);
 }
 
-/* Rows [0, tm) of a into quantized strips at qa (rows past tm up to the strip's end: zeros),
- * for weights of `kind` (0 Q8_0: values stored as a + 128; 1 Q4_0; 2 Q4_K). */
+/* Rows [0, tm) of a into quantized strips of sr rows at qa (rows past tm up to the strip's
+ * end: zeros), for weights of `kind` (0 Q8_0: values stored as a + 128; 1 Q4_0; 2 Q4_K). The
+ * micro-kernel reads strips of KILN_QMR rows; the GEMV (tm <= 4) one strip of tm rows, so a
+ * decode row's block is 40 contiguous bytes (a 6-row strip spread its 40 over four lines). */
 static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
-                                 int kind, uint8_t *restrict qa) {
+                                 int kind, int64_t sr, uint8_t *restrict qa) {
     const uint8_t flip = kind == 0 ? 0x80 : 0;
-    const int64_t G = K / 32, rows = (tm + KILN_QMR - 1) / KILN_QMR * KILN_QMR;
+    const int64_t G = K / 32, rows = (tm + sr - 1) / sr * sr, qb = 40 * sr;
     for (int64_t i = 0; i < rows; ++i) {
-        uint8_t *strip = qa + (i / KILN_QMR) * G * KILN_QA_BLOCK;
-        const int64_t s = i % KILN_QMR;
+        uint8_t *strip = qa + (i / sr) * G * qb;
+        const int64_t s = i % sr;
         for (int64_t g = 0; g < G; ++g) {
-            uint8_t *blk = strip + g * KILN_QA_BLOCK;
+            uint8_t *blk = strip + g * qb;
             int8_t q[32] = {0};
             float d = 0.0f;
             int32_t sum = 0;
@@ -290,13 +292,13 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
                 uint32_t word;
                 memcpy(&word, q + 4 * qd, 4);
                 word ^= flip4;
-                memcpy(blk + (qd * KILN_QMR + s) * 4, &word, 4);
+                memcpy(blk + (qd * sr + s) * 4, &word, 4);
             }
             const int32_t bias = kind == 1 ? -8 * sum : 0;
             const float msum = d * (float)sum;
-            memcpy(blk + 32 * KILN_QMR + 4 * s, &d, 4);
-            if (kind == 2) memcpy(blk + 36 * KILN_QMR + 4 * s, &msum, 4);
-            else memcpy(blk + 36 * KILN_QMR + 4 * s, &bias, 4);
+            memcpy(blk + 32 * sr + 4 * s, &d, 4);
+            if (kind == 2) memcpy(blk + 36 * sr + 4 * s, &msum, 4);
+            else memcpy(blk + 36 * sr + 4 * s, &bias, 4);
         }
     }
 }
@@ -307,7 +309,8 @@ static inline __attribute__((always_inline)) void kiln_qiw_q8_0(const uint8_t *r
     *w1 = kiln_ldvi(g + 8 * KILN_NR + qd * 4 * KILN_NR + 64);
 }
 static inline __attribute__((always_inline)) void kiln_qiw_q4_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
-    const kiln_vu v = (kiln_vu)kiln_ldvi(g + 4 * KILN_NR + qd * 2 * KILN_NR);
+    kiln_vu v = (kiln_vu)kiln_ldvi(g + 4 * KILN_NR + qd * 2 * KILN_NR);
+    KILN_IN_REG(v); /* one load for both nibbles (GCC would fold it into the and and the shift) */
     *w0 = (kiln_vi)(v & 0x0F0F0F0Fu);
     *w1 = (kiln_vi)((v >> 4) & 0x0F0F0F0Fu);
 }
@@ -377,62 +380,67 @@ KILN_QI_UKR(kiln_qi_ukr_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
 KILN_QI_UKR(kiln_qi_ukr_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
 KILN_QI_UKR(kiln_qi_ukr_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
 
-/* GEMV pass (decode, R <= 4 rows, all in the first activation strip): S panels of w (each at
- * its first group), R * S <= 4; t[r * ldt + s * NR + j]. Each panel one stream of groups,
- * prefetched four groups ahead. */
+/* GEMV pass (decode, R <= 4 rows, quantized as one strip of R rows): one panel w (at its
+ * first group) into t[r * ldt + j]. One panel at a time, so the weights are ONE sequential
+ * stream (the hardware prefetcher follows it; two panels side by side, or software prefetches
+ * on top, halved the one-row Q4_0 stream on Zen 4; from 3 rows on, with more work per byte,
+ * prefetches 4 groups ahead pay again). A block's dot is split into up to four integer chains
+ * (quads qd % CH, added at the end: integers, so the dot is the same) to shorten the vpdpbusd
+ * latency chain; the f32 sum over blocks is the micro-kernel's, in block order. */
 #define KILN_QI_GEMV(NAME, GB, KIND, LOADW)                                                        \
-static inline __attribute__((always_inline)) void NAME(const int R, const int S,                  \
-        const uint8_t *restrict qa, const uint8_t *const *w, int64_t G, float *restrict t,         \
-        int64_t ldt) {                                                                             \
-    kiln_vf acc[4][4][2];                                                                          \
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                            \
-    _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) acc[r][s][0] = acc[r][s][1] = (kiln_vf){0}; \
+static inline __attribute__((always_inline)) void NAME(const int R, const uint8_t *restrict qa,   \
+        const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {                    \
+    const int CH = R == 1 ? 4 : R == 2 ? 2 : 1; /* integer chains per dot: as registers allow */ \
+    kiln_vf acc[4][2];                                                                             \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};      \
     for (int64_t g = 0; g < G; ++g) {                                                              \
-        const uint8_t *blk = qa + g * KILN_QA_BLOCK;                                               \
-        const int32_t *aq = (const int32_t *)(const void *)blk;                                    \
-        const float *sa = (const float *)(const void *)(blk + 32 * KILN_QMR);                      \
-        _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {                                      \
-            const uint8_t *wg = w[s] + g * (GB);                                                   \
+        const uint8_t *blk = qa + g * 40 * R, *wg = w + g * (GB);                                  \
+        if (R >= 3) /* Q4_K, 4 rows: 30-32 GB/s without, 44-46 with */                           \
             _Pragma("GCC unroll 20") for (int l = 0; l < (GB) / 64; ++l)                           \
                 __builtin_prefetch(wg + 4 * (GB) + 64 * l, 0, 3);                                  \
-            kiln_vi ia[4][2];                                                                      \
-            if ((KIND) == 0) {                                                                     \
-                const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) { ia[r][0] = b0; ia[r][1] = b1; } \
-            } else {                                                                               \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                \
-                    ia[r][0] = ia[r][1] = kiln_splati((KIND) == 1 ? aq[9 * KILN_QMR + r] : 0);     \
-            }                                                                                      \
-            _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                               \
-                kiln_vi w0, w1;                                                                    \
-                LOADW(wg, qd, &w0, &w1);                                                           \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                              \
-                    const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + r]);                          \
-                    KILN_QI_DOT((KIND) == 0, ia[r], x, w0, w1);                                    \
-                }                                                                                  \
-            }                                                                                      \
-            const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                          \
-            const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                \
+        const int32_t *aq = (const int32_t *)(const void *)blk;                                    \
+        const float *sa = (const float *)(const void *)(blk + 32 * R);                             \
+        kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2]; /* the dot's chains: quads qd % CH */       \
+        if ((KIND) == 0) {                                                                         \
+            const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) { ia[r][0] = b0; ia[r][1] = b1; } \
+        } else {                                                                                   \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                    \
+                ia[r][0] = ia[r][1] = kiln_splati((KIND) == 1 ? aq[9 * R + r] : 0);                \
+        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                        \
+            ib[r][0] = ib[r][1] = ic[r][0] = ic[r][1] = id[r][0] = id[r][1] = (kiln_vi){0};        \
+        _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                                   \
+            kiln_vi w0, w1;                                                                        \
+            LOADW(wg, qd, &w0, &w1);                                                               \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
-                const kiln_vf sc = kiln_splatv(sa[r]);                                             \
-                acc[r][s][0] = KILN_FMAV(__builtin_convertvector(ia[r][0], kiln_vf), s0 * sc, acc[r][s][0]); \
-                acc[r][s][1] = KILN_FMAV(__builtin_convertvector(ia[r][1], kiln_vf), s1 * sc, acc[r][s][1]); \
+                const kiln_vi x = kiln_splati(aq[qd * R + r]);                                    \
+                if (qd % CH == 0) KILN_QI_DOT((KIND) == 0, ia[r], x, w0, w1);                      \
+                else if (qd % CH == 1) KILN_QI_DOT((KIND) == 0, ib[r], x, w0, w1);                 \
+                else if (qd % CH == 2) KILN_QI_DOT((KIND) == 0, ic[r], x, w0, w1);                 \
+                else KILN_QI_DOT((KIND) == 0, id[r], x, w0, w1);                                   \
             }                                                                                      \
-            if ((KIND) == 2) {                                                                     \
-                const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);            \
-                const kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + KILN_NR + KILN_VL);  \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                              \
-                    const kiln_vf ms = kiln_splatv(sa[KILN_QMR + r]);                              \
-                    acc[r][s][0] = KILN_FMAV(n0, ms, acc[r][s][0]);                                \
-                    acc[r][s][1] = KILN_FMAV(n1, ms, acc[r][s][1]);                                \
-                }                                                                                  \
+        }                                                                                          \
+        const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                              \
+        const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                      \
+            const kiln_vf sc = kiln_splatv(sa[r]);                                                 \
+            acc[r][0] = KILN_FMAV(__builtin_convertvector((ia[r][0] + ib[r][0]) + (ic[r][0] + id[r][0]), kiln_vf), s0 * sc, acc[r][0]); \
+            acc[r][1] = KILN_FMAV(__builtin_convertvector((ia[r][1] + ib[r][1]) + (ic[r][1] + id[r][1]), kiln_vf), s1 * sc, acc[r][1]); \
+        }                                                                                          \
+        if ((KIND) == 2) {                                                                         \
+            const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);                \
+            const kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + KILN_NR + KILN_VL);      \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
+                const kiln_vf ms = kiln_splatv(sa[R + r]);                                         \
+                acc[r][0] = KILN_FMAV(n0, ms, acc[r][0]);                                          \
+                acc[r][1] = KILN_FMAV(n1, ms, acc[r][1]);                                          \
             }                                                                                      \
         }                                                                                          \
     }                                                                                              \
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                            \
-    _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {                                          \
-        kiln_stv(t + r * ldt + s * KILN_NR, acc[r][s][0]);                                         \
-        kiln_stv(t + r * ldt + s * KILN_NR + KILN_VL, acc[r][s][1]);                               \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                          \
+        kiln_stv(t + r * ldt, acc[r][0]);                                                          \
+        kiln_stv(t + r * ldt + KILN_VL, acc[r][1]);                                                \
     }                                                                                              \
 }
 KILN_QI_GEMV(kiln_qi_gemv_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
@@ -458,10 +466,12 @@ static inline int32_t kiln_qiw_at_q4_k(const uint8_t *g, int64_t c, int64_t kk) 
 static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,                         \
                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0,        \
                  int64_t tn, float *restrict t, int64_t ldt) {                                     \
-    const int64_t G = K / 32, PB = G * (GB), SB = G * KILN_QA_BLOCK;                               \
+    /* rows per activation strip: the GEMV's tm, the micro-kernel's QMR */                        \
+    const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = 40 * SR;                                      \
+    const int64_t G = K / 32, PB = G * (GB), SB = G * QB;                                          \
     uint8_t *qa = (uint8_t *)ctx->abuf;                                                            \
     if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {                                              \
-        kiln_quantize_a_rows(a, lda, tm, K, (KIND), qa);                                           \
+        kiln_quantize_a_rows(a, lda, tm, K, (KIND), SR, qa);                                       \
         ctx->st->a_src = a; ctx->st->a_m0 = m0;                                                    \
     }                                                                                              \
     if (c0 % KILN_NR != 0) {                                                                       \
@@ -469,23 +479,23 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
             for (int64_t j = 0; j < tn; ++j) {                                                     \
                 const int64_t n = c0 + j, c = n % KILN_NR;                                         \
                 const uint8_t *pw = wp + (n / KILN_NR) * PB;                                       \
-                const uint8_t *pa = qa + (i / KILN_QMR) * SB;                                      \
+                const uint8_t *pa = qa + (i / SR) * SB;                                            \
                 float acc = 0.0f;                                                                  \
                 for (int64_t b = 0; b < G; ++b) {                                                  \
-                    const uint8_t *g = pw + b * (GB), *blk = pa + b * KILN_QA_BLOCK;               \
+                    const uint8_t *g = pw + b * (GB), *blk = pa + b * QB;                          \
                     int32_t dot = 0;                                                               \
                     for (int64_t kk = 0; kk < 32; ++kk) {                                          \
-                        const uint8_t av = blk[((kk / 4) * KILN_QMR + i % KILN_QMR) * 4 + kk % 4]; \
+                        const uint8_t av = blk[((kk / 4) * SR + i % SR) * 4 + kk % 4];             \
                         dot += ((KIND) == 0 ? (int32_t)av - 128 : (int32_t)(int8_t)av) * WAT(g, c, kk); \
                     }                                                                              \
                     float sw, sa;                                                                  \
                     memcpy(&sw, g + 4 * c, 4);                                                     \
-                    memcpy(&sa, blk + 32 * KILN_QMR + 4 * (i % KILN_QMR), 4);                      \
+                    memcpy(&sa, blk + 32 * SR + 4 * (i % SR), 4);                                  \
                     acc = fmaf((float)dot, sw * sa, acc);                                          \
                     if ((KIND) == 2) {                                                             \
                         float nm, ms;                                                              \
                         memcpy(&nm, g + 4 * KILN_NR + 4 * c, 4);                                   \
-                        memcpy(&ms, blk + 36 * KILN_QMR + 4 * (i % KILN_QMR), 4);                  \
+                        memcpy(&ms, blk + 36 * SR + 4 * (i % SR), 4);                              \
                         acc = fmaf(nm, ms, acc);                                                   \
                     }                                                                              \
                 }                                                                                  \
@@ -495,19 +505,13 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
     }                                                                                              \
     const int64_t p0 = c0 / KILN_NR, np = (tn + KILN_NR - 1) / KILN_NR;                            \
     if (tm <= 4) {                                                                                 \
-        const int R = (int)tm;                                                                     \
-        for (int64_t s = 0; s < np;) {                                                             \
-            const int S = R == 1 && s + 4 <= np ? 4 : R <= 2 && s + 2 <= np ? 2 : 1;               \
-            const uint8_t *w[4];                                                                   \
-            for (int q = 0; q < 4; ++q) w[q] = wp + (p0 + s + (q < S ? q : 0)) * PB;               \
-            if (S == 4) GEMV(1, 4, qa, w, G, t + s * KILN_NR, ldt);                                \
-            else if (S == 2 && R == 1) GEMV(1, 2, qa, w, G, t + s * KILN_NR, ldt);                 \
-            else if (S == 2) GEMV(2, 2, qa, w, G, t + s * KILN_NR, ldt);                           \
-            else if (R == 1) GEMV(1, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
-            else if (R == 2) GEMV(2, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
-            else if (R == 3) GEMV(3, 1, qa, w, G, t + s * KILN_NR, ldt);                           \
-            else GEMV(4, 1, qa, w, G, t + s * KILN_NR, ldt);                                       \
-            s += S;                                                                                \
+        for (int64_t s = 0; s < np; ++s) {                                                         \
+            const uint8_t *w = wp + (p0 + s) * PB;                                                 \
+            float *ts = t + s * KILN_NR;                                                           \
+            if (tm == 1) GEMV(1, qa, w, G, ts, ldt);                                               \
+            else if (tm == 2) GEMV(2, qa, w, G, ts, ldt);                                          \
+            else if (tm == 3) GEMV(3, qa, w, G, ts, ldt);                                          \
+            else GEMV(4, qa, w, G, ts, ldt);                                                       \
         }                                                                                          \
         return;                                                                                    \
     }                                                                                              \
