@@ -28,7 +28,7 @@ pub struct GraphOptions {
     pub hidden_states: bool,
 }
 
-/// See [`GraphOptions::weight_dtype`]. The quantized ones (GGML's Q8_0, Q4_0, Q4_K blocks)
+/// See [`GraphOptions::weight_dtype`]. The quantized ones (GGML's Q8_0, Q4_0, Q4_K, Q6_K blocks)
 /// hold every matrix quantized with ggml's reference quantizer at load, the embedding table
 /// included: its gather dequantizes the rows it reads, and a tied LM head reads the same
 /// table's blocks.
@@ -41,16 +41,18 @@ pub enum WeightDtype {
     Q8_0,
     Q4_0,
     Q4_K,
+    Q6_K,
 }
 
 impl WeightDtype {
     /// Every weight dtype, as `--weight-dtype` spells them ([`WeightDtype::name`]).
-    pub const ALL: [WeightDtype; 5] = [
+    pub const ALL: [WeightDtype; 6] = [
         WeightDtype::F32,
         WeightDtype::BF16,
         WeightDtype::Q8_0,
         WeightDtype::Q4_0,
         WeightDtype::Q4_K,
+        WeightDtype::Q6_K,
     ];
 
     /// The dtype of the matrices read by matrix products.
@@ -61,6 +63,7 @@ impl WeightDtype {
             WeightDtype::Q8_0 => DType::Q8_0,
             WeightDtype::Q4_0 => DType::Q4_0,
             WeightDtype::Q4_K => DType::Q4_K,
+            WeightDtype::Q6_K => DType::Q6_K,
         }
     }
 

@@ -272,7 +272,7 @@ impl GgufCheckpoint {
         Ok((t, qt))
     }
 
-    /// The matrices whose blocks kiln's kernels read (Q8_0, Q4_0, Q4_K, rows of whole blocks):
+    /// The matrices whose blocks kiln's kernels read (Q8_0, Q4_0, Q4_K, Q6_K, rows of whole blocks):
     /// they stay quantized in memory — the embedding table too (its gather dequantizes the
     /// rows it reads; a tied LM head reads the same blocks). Projections the graph reads fused
     /// (q/k/v, gate/up) stay quantized only when all their parts have the same type (a Q4_K_M
