@@ -61,9 +61,9 @@ pub struct CompileFlags {
     #[arg(long)]
     pub model: String,
     /// Hold the matrix weights in this dtype: f32, bf16, or quantized at load with ggml's
-    /// reference quantizer (q8_0, q4_0, q4_k, q6_k: GGML blocks, read inside every backend's matmul
-    /// kernels; the embedding table too, its gather dequantizing the rows it reads). Default:
-    /// the model's own.
+    /// reference quantizer (q8_0, q4_0, q4_k, q6_k: GGML blocks, read inside every backend's
+    /// matmul kernels; the embedding table too, its gather dequantizing the rows it reads).
+    /// Default: the model's own.
     #[arg(long, value_parser = parse_weight_dtype)]
     pub weight_dtype: Option<kiln_models::WeightDtype>,
     /// Compile threads, 1 to 1024 (1 = sequential). Default: the number of cores. Kernels run
