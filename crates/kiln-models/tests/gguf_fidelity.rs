@@ -252,6 +252,17 @@ fn every_fixture_file_matches_its_numpy_reference() {
         for dtype in must_keep {
             assert!(kept.contains(&dtype), "{name}: kept quantized {kept:?}");
         }
+        if name.contains("_K_M") && k_file {
+            // Layer 1 holds attn_v in Q6_K beside q and k in another type: the graph reads
+            // the three as parts, v kept in its blocks (not a fused q/k/v decoded to f32).
+            let fq = &model.config.file_quant;
+            let v = "model.layers.1.self_attn.v_proj.weight";
+            assert_eq!(fq.get(v), Some(&kiln_ir::DType::Q6_K), "{name}: {fq:?}");
+            assert!(
+                !fq.contains_key("model.layers.1.self_attn.qkv_proj.weight"),
+                "{name}: {fq:?}"
+            );
+        }
         let dir = file
             .parent()
             .unwrap()
