@@ -38,7 +38,11 @@ pub fn prelude(isa: Isa) -> &'static str {
         let base = kiln_render::cstyle::prelude(include_str!("c/prelude.h"));
         format!("{defines}{}", base.replace(
             "/* KILN_GEMM */",
-            concat!(include_str!("c/gemm.h"), include_str!("c/gemm_quant.h")),
+            concat!(
+                include_str!("c/gemm.h"),
+                include_str!("c/gemm_quant.h"),
+                include_str!("c/gemm_q6k.h")
+            ),
         ))
     })
 }

@@ -1,6 +1,6 @@
-//! Block-quantized weights in panels: the layout the CPU's matmul kernels read Q8_0, Q4_0 and
-//! Q4_K weights in (`c/gemm_quant.h`), repacked once when a weight is bound, like the f32 and
-//! bf16 panels of [`crate::pack`].
+//! Block-quantized weights in panels: the layout the CPU's matmul kernels read Q8_0, Q4_0,
+//! Q4_K and Q6_K weights in (`c/gemm_quant.h`, `c/gemm_q6k.h`), repacked once when a weight
+//! is bound, like the f32 and bf16 panels of [`crate::pack`].
 //!
 //! A weight `W` of `rows x k` values (rows of GGML blocks, `k` a multiple of 32) becomes
 //! panels of `panel` rows (product columns); a panel is `k / 32` groups, one per 32 values of
@@ -18,6 +18,10 @@
 //! Bytes per 32 values and column: Q8_0 36 (GGUF 34), Q4_0 20 (18), Q4_K 24 (18): the f32
 //! scales cost a little memory and save a conversion per group on every token.
 //!
+//! Q6_K (two 16-value scales per group, 6-bit values) has its own group layout, described in
+//! `c/gemm_q6k.h`: f32 `d * sc` of each half, the low nibbles as Q4_0's, then a plane of the
+//! high bit pairs — 32 bytes per 32 values and column (GGUF 26.25).
+//!
 //! **Integer layout** (Q8_0, Q4_0 and Q4_K when the kernels were compiled for AVX-512 VNNI:
 //! `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
 //! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane),
@@ -30,9 +34,11 @@
 //!   of byte `(c, j)` and column `c + panel / 2` in its high nibble (the stored 0..15, the
 //!   kernel subtracts `8 * sum(a)`) — 20 bytes, as in the f32 layout;
 //! - Q4_K: `scale: [f32; panel]` (`d * sc`), `neg_min: [f32; panel]` (`-(dmin * m)`), then the
-//!   nibbles as Q4_0 — 24 bytes, as in the f32 layout.
+//!   nibbles as Q4_0 — 24 bytes, as in the f32 layout;
+//! - Q6_K: `d: [f32; panel]`, `bias: [i32; panel]`, `sc: [[i8; panel]; 2]`, the low nibbles as
+//!   Q4_0, then the high bit pairs (`c/gemm_q6k.h` says how and why) — 34 bytes.
 
-use kiln_ir::quant::sub_block;
+use kiln_ir::quant::{sub_block, sub_block_q6_k};
 use kiln_ir::DType;
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -46,6 +52,7 @@ pub fn group_bytes(dtype: DType, panel: usize) -> usize {
         DType::Q8_0 => (4 + GROUP) * panel,
         DType::Q4_0 => (4 + GROUP / 2) * panel,
         DType::Q4_K => (8 + GROUP / 2) * panel,
+        DType::Q6_K => (8 + GROUP / 2 + GROUP / 4) * panel,
         other => panic!("{other} is not block-quantized"),
     }
 }
@@ -54,19 +61,24 @@ pub fn group_bytes(dtype: DType, panel: usize) -> usize {
 /// `panel` columns, on the current rayon pool. `depth` is a multiple of the type's block (the
 /// graph checks it: `Graph::input`); a trailing partial row (buffer padding) is ignored.
 pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
+    if dtype == DType::Q6_K {
+        return pack_q6_k(bytes, depth, panel);
+    }
     let (with_min, nibbles) = match dtype {
         DType::Q8_0 => (false, false),
         DType::Q4_0 => (false, true),
         _ => (true, true),
     };
     let gb = group_bytes(dtype, panel);
+    let q = dtype.quant().expect("a block-quantized dtype");
     pack_groups(
         bytes,
         dtype,
         depth,
         panel,
         gb,
-        |grp, c, scale, min, vals| {
+        |row, g| sub_block(q, row, g).expect("whole blocks"),
+        |grp, c, (scale, min, vals)| {
             grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
             let mut at = 4 * panel;
             if with_min {
@@ -88,16 +100,17 @@ pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> Hos
 
 /// The walk both layouts share: `bytes` (rows of `depth` values in GGML blocks of `dtype`) as
 /// panels of `panel` columns, each `depth / GROUP` groups of `gb` bytes, packed in parallel
-/// (one panel per task); `write(group, column, scale, min, values)` fills one column of one
-/// group with sub-block `g` of that column's row (`kiln_ir::quant::sub_block`). Columns past
-/// the last row stay zero.
-fn pack_groups(
+/// (one panel per task); `write(group, column, sub)` fills one column of one group with
+/// `sub = read(row, g)`, sub-block `g` of that column's row (`kiln_ir::quant::sub_block`).
+/// Columns past the last row stay zero.
+fn pack_groups<S>(
     bytes: &[u8],
     dtype: DType,
     depth: usize,
     panel: usize,
     gb: usize,
-    write: impl Fn(&mut [u8], usize, f32, f32, &[u8; GROUP]) + Sync,
+    read: impl Fn(&[u8], usize) -> S + Sync,
+    write: impl Fn(&mut [u8], usize, S) + Sync,
 ) -> HostBuffer {
     let q = dtype.quant().expect("a block-quantized dtype");
     assert!(
@@ -121,8 +134,7 @@ fn pack_groups(
         for c in 0..live {
             let row = &bytes[(p * panel + c) * row_bytes..][..row_bytes];
             for g in 0..groups {
-                let (scale, min, vals) = sub_block(q, row, g).expect("whole blocks");
-                write(&mut dst[g * gb..][..gb], c, scale, min, &vals);
+                write(&mut dst[g * gb..][..gb], c, read(row, g));
             }
         }
     });
@@ -131,7 +143,7 @@ fn pack_groups(
 
 /// Whether `dtype` has an integer layout ([`pack_quant_int8`]).
 pub fn integer_layout(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_K)
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K)
 }
 
 /// Bytes of one group of a `panel`-column panel of `dtype` in the integer layout
@@ -141,22 +153,29 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
         DType::Q8_0 => (8 + GROUP) * panel,
         DType::Q4_0 => (4 + GROUP / 2) * panel,
         DType::Q4_K => (8 + GROUP / 2) * panel,
+        DType::Q6_K => (10 + GROUP / 2 + GROUP / 4) * panel,
         other => panic!("{other} has no integer layout"),
     }
 }
 
-/// [`pack_quant`] in the integer layout (see the module's documentation): Q8_0, Q4_0, Q4_K.
+/// [`pack_quant`] in the integer layout (see the module's documentation): Q8_0, Q4_0, Q4_K,
+/// Q6_K.
 pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     assert!(integer_layout(dtype), "{dtype} has no integer layout");
+    if dtype == DType::Q6_K {
+        return pack_q6_k_int8(bytes, depth, panel);
+    }
     let half = panel / 2;
     let gb = group_bytes_int8(dtype, panel);
+    let q = dtype.quant().expect("a block-quantized dtype");
     pack_groups(
         bytes,
         dtype,
         depth,
         panel,
         gb,
-        |grp, c, scale, min, vals| {
+        |row, g| sub_block(q, row, g).expect("whole blocks"),
+        |grp, c, (scale, min, vals)| {
             grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
             if dtype == DType::Q8_0 {
                 let sum: i32 = vals.iter().map(|&v| v as i8 as i32).sum();
@@ -179,6 +198,75 @@ pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -
     )
 }
 
+/// Q6_K in the f32 layout (`c/gemm_q6k.h`): per group `[f32; panel]` of `d * sc` for each
+/// 16-value half, the low nibbles as Q4_0's, then `[16][panel / 2]` bytes of high bit pairs:
+/// byte `(r, c % half)` holds those of column `c` (bits 0-1) and `c + half` (2-3) at row `r`,
+/// then at row `r + 16` (4-5, 6-7).
+fn pack_q6_k(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
+    let half = panel / 2;
+    let gb = group_bytes(DType::Q6_K, panel);
+    pack_groups(
+        bytes,
+        DType::Q6_K,
+        depth,
+        panel,
+        gb,
+        |row, g| sub_block_q6_k(row, g).expect("whole blocks"),
+        |grp, c, (d, sc, vals)| {
+            for (hf, &s) in sc.iter().enumerate() {
+                // ggml's `d * sc`, rounded once: the kernels multiply it by `q - 32`.
+                let scale = d * s as f32;
+                grp[4 * (hf * panel + c)..][..4].copy_from_slice(&scale.to_le_bytes());
+            }
+            let shift = if c < half { 0 } else { 4 };
+            for (r, &v) in vals.iter().enumerate() {
+                grp[8 * panel + r * half + c % half] |= (v & 15) << shift;
+                let pair = 2 * (c / half) + 4 * (r / 16);
+                grp[24 * panel + (r % 16) * half + c % half] |= (v >> 4) << pair;
+            }
+        },
+    )
+}
+
+/// Q6_K in the integer layout (`c/gemm_q6k.h`): per group `d: [f32; panel]`,
+/// `bias: [i32; panel]` (`-128 * (sc0 * sum0(q - 32) + sc1 * sum1(q - 32))`, the halves' sums),
+/// `sc: [[i8; panel]; 2]`, the low nibbles in Q4_0's integer layout, then 4 vectors of
+/// `[panel / 2][4]` bytes of high bit pairs: byte `(c % half, j)` of vector `v` holds those of
+/// value `4 v + j` for columns `c` (bits 0-1) and `c + half` (2-3), then of value `4 v + 16 + j`
+/// (4-5, 6-7).
+fn pack_q6_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
+    let half = panel / 2;
+    let gb = group_bytes_int8(DType::Q6_K, panel);
+    pack_groups(
+        bytes,
+        DType::Q6_K,
+        depth,
+        panel,
+        gb,
+        |row, g| sub_block_q6_k(row, g).expect("whole blocks"),
+        |grp, c, (d, sc, vals)| {
+            grp[4 * c..][..4].copy_from_slice(&d.to_le_bytes());
+            let sum = |h: usize| {
+                vals[16 * h..16 * h + 16]
+                    .iter()
+                    .map(|&v| v as i32 - 32)
+                    .sum::<i32>()
+            };
+            let bias = -128 * (sc[0] as i32 * sum(0) + sc[1] as i32 * sum(1));
+            grp[4 * panel + 4 * c..][..4].copy_from_slice(&bias.to_le_bytes());
+            grp[8 * panel + c] = sc[0] as u8;
+            grp[9 * panel + c] = sc[1] as u8;
+            let shift = if c < half { 0 } else { 4 };
+            for (k, &v) in vals.iter().enumerate() {
+                let (quad, j) = (k / 4, k % 4);
+                grp[10 * panel + quad * 2 * panel + 4 * (c % half) + j] |= (v & 15) << shift;
+                let pair = 2 * (c / half) + 4 * (quad / 4);
+                grp[26 * panel + (quad % 4) * 2 * panel + 4 * (c % half) + j] |= (v >> 4) << pair;
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,11 +279,18 @@ mod tests {
         let (c, r) = (n % panel, k % GROUP);
         let f = |at: usize| f32::from_le_bytes(g[at..at + 4].try_into().unwrap());
         let scale = f(4 * c);
+        let half = panel / 2;
         match dtype {
             DType::Q8_0 => (g[4 * panel + r * panel + c] as i8) as f32 * scale,
+            DType::Q6_K => {
+                let byte = g[8 * panel + r * half + c % half];
+                let low = if c < half { byte & 15 } else { byte >> 4 };
+                let pair = 2 * (c / half) + 4 * (r / 16);
+                let high = (g[24 * panel + (r % 16) * half + c % half] >> pair) & 3;
+                f(4 * ((r / 16) * panel + c)) * ((low | (high << 4)) as i32 - 32) as f32
+            }
             _ => {
                 let at = if dtype == DType::Q4_K { 8 } else { 4 } * panel;
-                let half = panel / 2;
                 let byte = g[at + r * half + c % half];
                 let v = if c < half { byte & 15 } else { byte >> 4 };
                 if dtype == DType::Q4_0 {

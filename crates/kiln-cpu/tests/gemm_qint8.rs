@@ -1,9 +1,10 @@
-//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, AVX-512 VNNI: Q8_0, Q4_0
-//! and Q4_K weights times activations quantized per 32 values to int8) against a scalar model
+//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q6k.h`, AVX-512
+//! VNNI: Q8_0, Q4_0, Q4_K and Q6_K weights times activations quantized per 32 values to int8) against a scalar model
 //! of the same arithmetic, bit for bit: each activation block quantized as ggml's
 //! quantize_row_q8_0 does (d = amax / 127, q = round-half-even(x * (1 / d)), d kept in f32),
 //! each block's dot product an exact integer, and the blocks summed in order with
-//! `acc = fma(dot as f32, sw * sa, acc)` (Q4_K then `acc = fma(-m, sa * sum(q_a), acc)`). Both sides do the same f32 operations in the same
+//! `acc = fma(dot as f32, sw * sa, acc)` (Q4_K then `acc = fma(-m, sa * sum(q_a), acc)`; Q6_K's
+//! dot is `sum(sc * (q - 32) * a)` over both 16-value halves and `sw` the super-block's d). Both sides do the same f32 operations in the same
 //! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
 //! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
 //! columns starting mid-panel (the scalar chains), blocks of zeros (d = 0); 1 vs 2 threads;
@@ -13,7 +14,7 @@ mod common;
 use common::*;
 use kiln_compile::{CompileOptions, Target};
 use kiln_cpu::QuantRequest;
-use kiln_ir::quant::sub_block;
+use kiln_ir::quant::{sub_block, sub_block_q6_k};
 use kiln_ir::{DType, Expr, Graph, Tensor};
 
 /// The integer path's backend, or None (printed) where this machine cannot compile it.
@@ -75,6 +76,16 @@ fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
             let row = &w.bytes()[n * row_bytes..(n + 1) * row_bytes];
             let mut acc = 0f32;
             for (b, (sa, qa)) in blocks.iter().enumerate() {
+                if dtype == DType::Q6_K {
+                    // Two 16-value halves with their own i8 scales: one exact integer
+                    // sum(sc * (q - 32) * a) per block, times d * sa.
+                    let (d, sc, qw) = sub_block_q6_k(row, b).unwrap();
+                    let dot: i32 = (0..32)
+                        .map(|j| qa[j] * sc[j / 16] as i32 * (qw[j] as i32 - 32))
+                        .sum();
+                    acc = (dot as f32).mul_add(d * sa, acc);
+                    continue;
+                }
                 let (sw, mw, qw) = sub_block(q, row, b).unwrap();
                 let dot: i32 = (0..32)
                     .map(|j| {
@@ -196,4 +207,10 @@ fn q4_0_integer_path_is_the_model() {
     check(DType::Q4_0, 70, 48, 1088);
     check(DType::Q4_0, 1, 8, 64);
     check(DType::Q4_0, 64, 24, 2080);
+}
+
+#[test]
+fn q6_k_integer_path_is_the_model() {
+    check(DType::Q6_K, 70, 40, 1280);
+    check(DType::Q6_K, 33, 16, 256);
 }

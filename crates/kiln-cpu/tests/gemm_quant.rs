@@ -1,4 +1,5 @@
-//! The block-quantized GEMM and GEMV (`c/gemm_quant.h`: Q8_0, Q4_0, Q4_K weights read as
+//! The block-quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q6k.h`: Q8_0, Q4_0, Q4_K and
+//! Q6_K weights read as
 //! blocks inside the kernels) for each kernel ISA this machine runs (AVX2 with 16-column
 //! panels, AVX-512 with 32; the AVX-512 half says when it is skipped): against the interpreter
 //! (which dequantizes the weights to f32, the oracle), and bit for bit against the f32 kernels
@@ -7,7 +8,7 @@
 //! the micro-kernel's strips, a partial last panel, K past the 1024-deep k block, epilogue
 //! columns on and off a panel boundary; weights bound once (packed when bound) and passed per
 //! run (packed at launch); 1 vs 2 threads and a decode row against the same row of a prefill.
-//! Where the compiler targets AVX-512 VNNI, the integer path of Q8_0, Q4_0, Q4_K (activations
+//! Where the compiler targets AVX-512 VNNI, the integer path of every type (activations
 //! quantized to int8) runs too: against the interpreter within the activation quantization's
 //! error (stated below), not bit for bit against the f32 kernels; its exact model is
 //! tests/gemm_qint8.rs. The f32-dequantizing AVX-512 kernels are then forced
@@ -176,6 +177,14 @@ fn q4_k_weights_at_awkward_sizes() {
     // Five super-blocks per row: across the k block.
     check_sizes(DType::Q4_K, 70, 40, 1280);
     check_sizes(DType::Q4_K, 33, 16, 256);
+}
+
+#[test]
+fn q6_k_weights_at_awkward_sizes() {
+    // Two scales per 32-value group (16-value sub-blocks); five super-blocks: across the k
+    // block; half = 40: the up columns start mid-panel.
+    check_sizes(DType::Q6_K, 70, 40, 1280);
+    check_sizes(DType::Q6_K, 33, 16, 256);
 }
 
 /// A quantized weight read other than as a product's `b` operand is refused by the graph.

@@ -1,6 +1,6 @@
 //! GGML's weight formats, the tensor types of GGUF files: their type ids, their block layouts,
 //! dequantization to f32 exactly as ggml's reference C (`dequantize_row_*` in
-//! `ggml-quants.c`), and ggml's reference quantizers for Q8_0, Q4_0 and Q4_K
+//! `ggml-quants.c`), and ggml's reference quantizers for Q8_0, Q4_0, Q4_K and Q6_K
 //! (`quantize_row_*_ref`: the bytes llama.cpp's own quantizer writes when it is given no
 //! importance matrix).
 //!
@@ -63,13 +63,14 @@ impl QuantType {
     ];
 
     /// The types [`QuantType::quantize_row`] writes.
-    pub const QUANTIZERS: [QuantType; 6] = [
+    pub const QUANTIZERS: [QuantType; 7] = [
         QuantType::F32,
         QuantType::F16,
         QuantType::BF16,
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_K,
+        QuantType::Q6_K,
     ];
 
     /// The type's id in GGUF tensor infos (`enum ggml_type`).
@@ -224,6 +225,7 @@ impl QuantType {
             QuantType::Q8_0 => blocks.for_each(|(x, b)| quantize_q8_0(x, b)),
             QuantType::Q4_0 => blocks.for_each(|(x, b)| quantize_q4_0(x, b)),
             QuantType::Q4_K => blocks.for_each(|(x, b)| quantize_q4_k(x, b)),
+            QuantType::Q6_K => blocks.for_each(|(x, b)| quantize_q6_k(x, b)),
             other => return Err(QuantError::NoQuantizer(other)),
         }
         Ok(())
@@ -269,7 +271,7 @@ pub enum QuantError {
         expected: Option<usize>,
         got: usize,
     },
-    #[error("kiln has no quantizer for {0} (it writes F32, F16, BF16, Q8_0, Q4_0 and Q4_K)")]
+    #[error("kiln has no quantizer for {0} (it writes F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K)")]
     NoQuantizer(QuantType),
 }
 
@@ -312,6 +314,27 @@ pub fn sub_block(ty: QuantType, row: &[u8], g: usize) -> Option<(f32, f32, [u8; 
         }
         _ => None,
     }
+}
+
+/// Sub-block pair `g` (values `32 g .. 32 g + 32`) of a row of Q6_K super-blocks, as the
+/// kernels that read them unpack it: `(d, [sc0, sc1], q)` with `d` the super-block's scale,
+/// `sc0` the i8 scale of values `0..16` of the group and `sc1` of `16..32`, and `q` the 32
+/// stored 6-bit integers (0..=63) in value order, such that ggml's dequantization of value
+/// `j` is, in f32, `(d * sc as f32) * (q[j] as i32 - 32) as f32` (`sc` its half's scale).
+/// `None` for a group past the row.
+pub fn sub_block_q6_k(row: &[u8], g: usize) -> Option<(f32, [i8; 2], [u8; 32])> {
+    let b = row.get((g / 8) * 210..(g / 8 + 1) * 210)?;
+    // A super-block is two halves of 128 values; within one, group `part` (0..4) takes
+    // nibble `part / 2` of `ql[32 * (part % 2) + l]` and bit pair `part` of `qh[l]`.
+    let (h, part) = ((g % 8) / 4, g % 4);
+    let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
+    let mut q = [0u8; 32];
+    for (l, q) in q.iter_mut().enumerate() {
+        let low = (ql[32 * (part % 2) + l] >> (4 * (part / 2))) & 0x0F;
+        *q = low | (((qh[l] >> (2 * part)) & 3) << 4);
+    }
+    let sc = 192 + 8 * h + 2 * part;
+    Some((f16_at(b, 208), [b[sc] as i8, b[sc + 1] as i8], q))
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -454,6 +477,9 @@ fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
 }
 
 // ---------------------------------------------------------------- reference quantizers
+
+/// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below it quantizes to zeros.
+const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// ggml's `nearest_int`: round to nearest, ties to even, through the float mantissa (valid for
 /// |x| < 2^22, which every caller's range guarantees).
@@ -658,6 +684,101 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
     for (g, q) in b[16..144].chunks_exact_mut(32).enumerate() {
         for (l, q) in q.iter_mut().enumerate() {
             *q = levels[64 * g + l] | (levels[64 * g + l + 32] << 4);
+        }
+    }
+}
+
+/// ggml's `make_qx_quants` with `rmse_type` 1 and no importance weights: the signed scale of
+/// `x` on levels `-nmax..nmax` (stored in `l` as `level + nmax`), the best of 19 candidate
+/// scales around `-nmax / max` under the squared error weighted by `x^2`.
+fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    // Weighted sums of x * level and level^2 (w = x^2), in ggml's operation order.
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for &v in x {
+            let q = level(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * q;
+            suml2 += w * q * q;
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = -(nmax as f32) / max;
+    for (l, &v) in l.iter_mut().zip(x) {
+        *l = (level(iscale, v) + nmax) as i8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in (-9..=9).filter(|&is| is != 0) {
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (l, &v) in l.iter_mut().zip(x) {
+                *l = (level(iscale, v) + nmax) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// `quantize_row_q6_K_ref`: each sub-block of 16 gets a signed scale ([`make_qx_quants`] on
+/// 32 levels each side), those are quantized to i8 against the super-block's largest (which
+/// maps to -128), and the values are re-quantized against the stored (rounded) scales.
+fn quantize_q6_k(x: &[f32], b: &mut [u8]) {
+    let mut levels = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
+    for (ib, s) in scales.iter_mut().enumerate() {
+        let r = 16 * ib..16 * ib + 16;
+        *s = make_qx_quants(32, &x[r.clone()], &mut levels[r]);
+        if s.abs() > max_abs_scale {
+            max_abs_scale = s.abs();
+            max_scale = *s;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        b.fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let (d, d_bytes) = f16_round(1.0 / iscale);
+    b[208..210].copy_from_slice(&d_bytes);
+    for (ib, &s) in scales.iter().enumerate() {
+        b[192 + ib] = nearest_int(iscale * s).min(127) as i8 as u8;
+    }
+    for j in 0..16 {
+        let d = d * b[192 + j] as i8 as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for i in 16 * j..16 * j + 16 {
+            levels[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    for h in 0..2 {
+        let l6 = |i: usize| levels[128 * h + i] as u8;
+        for l in 0..32 {
+            b[64 * h + l] = (l6(l) & 0x0F) | ((l6(l + 64) & 0x0F) << 4);
+            b[64 * h + l + 32] = (l6(l + 32) & 0x0F) | ((l6(l + 96) & 0x0F) << 4);
+            b[128 + 32 * h + l] = (l6(l) >> 4)
+                | ((l6(l + 32) >> 4) << 2)
+                | ((l6(l + 64) >> 4) << 4)
+                | ((l6(l + 96) >> 4) << 6);
         }
     }
 }

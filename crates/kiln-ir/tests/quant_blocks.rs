@@ -368,3 +368,28 @@ fn lengths_that_do_not_fit_are_errors() {
     );
     assert!(QuantType::Q4_K.quantize(&[0.0; 100]).is_err());
 }
+
+/// `sub_block_q6_k` (what the kernels' packers read) gives back every value of a Q6_K row as
+/// ggml dequantizes it: `(d * sc) * (q - 32)`, `sc` the scale of the value's 16-value half.
+#[test]
+fn q6_k_sub_blocks_are_the_dequantization() {
+    let x: Vec<f32> = (0..2 * QK_K)
+        .map(|i| ((i * 7919) % 257) as f32 / 16.0 - 8.0)
+        .collect();
+    let row = QuantType::Q6_K.quantize(&x).unwrap();
+    let mut y = vec![f32::NAN; x.len()];
+    QuantType::Q6_K.dequantize_row(&row, &mut y).unwrap();
+    for g in 0..2 * QK_K / 32 {
+        let (d, sc, q) = kiln_ir::quant::sub_block_q6_k(&row, g).unwrap();
+        for (j, &q) in q.iter().enumerate() {
+            assert!(q < 64, "group {g} value {j}: {q}");
+            let got = (d * sc[j / 16] as f32) * (q as i32 - 32) as f32;
+            assert_eq!(
+                got.to_bits(),
+                y[32 * g + j].to_bits(),
+                "group {g} value {j}"
+            );
+        }
+    }
+    assert!(kiln_ir::quant::sub_block_q6_k(&row, 2 * QK_K / 32).is_none());
+}

@@ -10,7 +10,8 @@
 //!
 //! The q/k/v projections are one matmul over their concatenated weights, and gate/up one over
 //! theirs: fewer, bigger kernels. [`fuse_projections`] builds those weights from a
-//! checkpoint's separate ones at load.
+//! checkpoint's separate ones at load — except where a GGUF file keeps the parts in blocks of
+//! different types ([`reads_parts`]): those are read as their parts.
 
 use crate::config::{Arch, QwenConfig};
 use kiln_ir::{DType, Expr, Graph, NodeId, Result};
@@ -28,7 +29,7 @@ pub struct GraphOptions {
     pub hidden_states: bool,
 }
 
-/// See [`GraphOptions::weight_dtype`]. The quantized ones (GGML's Q8_0, Q4_0, Q4_K blocks)
+/// See [`GraphOptions::weight_dtype`]. The quantized ones (GGML's Q8_0, Q4_0, Q4_K, Q6_K blocks)
 /// hold every matrix quantized with ggml's reference quantizer at load, the embedding table
 /// included: its gather dequantizes the rows it reads, and a tied LM head reads the same
 /// table's blocks.
@@ -41,16 +42,18 @@ pub enum WeightDtype {
     Q8_0,
     Q4_0,
     Q4_K,
+    Q6_K,
 }
 
 impl WeightDtype {
     /// Every weight dtype, as `--weight-dtype` spells them ([`WeightDtype::name`]).
-    pub const ALL: [WeightDtype; 5] = [
+    pub const ALL: [WeightDtype; 6] = [
         WeightDtype::F32,
         WeightDtype::BF16,
         WeightDtype::Q8_0,
         WeightDtype::Q4_0,
         WeightDtype::Q4_K,
+        WeightDtype::Q6_K,
     ];
 
     /// The dtype of the matrices read by matrix products.
@@ -61,6 +64,7 @@ impl WeightDtype {
             WeightDtype::Q8_0 => DType::Q8_0,
             WeightDtype::Q4_0 => DType::Q4_0,
             WeightDtype::Q4_K => DType::Q4_K,
+            WeightDtype::Q6_K => DType::Q6_K,
         }
     }
 
@@ -177,13 +181,38 @@ pub(crate) fn fused_projections(c: &QwenConfig) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// Whether the graph reads fused projection `fused` (a name of [`fused_projections`], its
+/// `.weight` or `.bias`) as its parts: where a GGUF file keeps the parts in blocks of different
+/// types (a Q4_K_M file's attn_v in Q6_K beside Q4_K q and k), `QwenConfig::file_quant` names
+/// the parts and not the fused weight, and the graph multiplies by each part and concatenates
+/// the products rather than hold the fused weight dequantized to f32.
+pub(crate) fn reads_parts(c: &QwenConfig, fused: &str) -> bool {
+    if c.file_quant.is_empty() {
+        return false;
+    }
+    let base = fused
+        .strip_suffix(".bias")
+        .or_else(|| fused.strip_suffix(".weight"))
+        .unwrap_or(fused);
+    let weight = format!("{base}.weight");
+    !c.file_quant.contains_key(&weight)
+        && fused_projections(c)
+            .into_iter()
+            .find(|(name, _)| *name == weight)
+            .is_some_and(|(_, parts)| parts.iter().any(|p| c.file_quant.contains_key(p)))
+}
+
 /// Replaces the separate q/k/v and gate/up weights of a checkpoint by the concatenated ones
-/// the graph reads (one layer at a time, so memory grows by one layer's projections at most).
+/// the graph reads (one layer at a time, so memory grows by one layer's projections at most),
+/// except those the graph reads as their parts ([`reads_parts`]).
 pub fn fuse_projections(
     c: &QwenConfig,
     weights: &mut std::collections::BTreeMap<String, kiln_ir::Tensor>,
 ) -> Result<()> {
     for (fused, parts) in fused_projections(c) {
+        if reads_parts(c, &fused) {
+            continue;
+        }
         let tensors: Vec<kiln_ir::Tensor> = parts
             .iter()
             .map(|p| {
@@ -258,6 +287,30 @@ impl Builder<'_> {
         self.g.input(name, dtype, &dims)
     }
 
+    /// y = x W^T (+ b) for the fused projection `{pre}.{fused}` whose rows are those of
+    /// `parts` (name, rows) in order; where the model reads it as its parts ([`reads_parts`]),
+    /// the parts' products concatenated along the columns (the same values).
+    fn projection(
+        &mut self,
+        x: NodeId,
+        pre: &str,
+        fused: &str,
+        parts: &[(&str, usize)],
+        inp: usize,
+        bias: bool,
+    ) -> Result<NodeId> {
+        let name = format!("{pre}.{fused}");
+        if !reads_parts(self.c, &format!("{name}.weight")) {
+            let out = parts.iter().map(|(_, rows)| rows).sum();
+            return self.linear(x, &name, out, inp, bias);
+        }
+        let ys = parts
+            .iter()
+            .map(|(part, rows)| self.linear(x, &format!("{pre}.{part}"), *rows, inp, bias))
+            .collect::<Result<Vec<_>>>()?;
+        self.g.concat(&ys, 1)
+    }
+
     /// y = x W^T (+ b), x: [s, in], W: [out, in].
     fn linear(
         &mut self,
@@ -287,13 +340,8 @@ impl Builder<'_> {
         let c = self.c;
         let (h, d, nh, kv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
         let pre = format!("model.layers.{l}.self_attn");
-        let qkv = self.linear(
-            x,
-            &format!("{pre}.qkv_proj"),
-            (nh + 2 * kv) * d,
-            h,
-            c.attention_bias,
-        )?;
+        let parts = [("q_proj", nh * d), ("k_proj", kv * d), ("v_proj", kv * d)];
+        let qkv = self.projection(x, &pre, "qkv_proj", &parts, h, c.attention_bias)?;
         let out = self.attend(l, qkv, seq)?;
         self.linear(out, &format!("{pre}.o_proj"), h, nh * d, c.o_proj_bias())
     }
@@ -368,7 +416,8 @@ impl Builder<'_> {
     fn mlp(&mut self, l: usize, x: NodeId) -> Result<NodeId> {
         let (h, i) = (self.c.hidden_size, self.c.intermediate_size);
         let pre = format!("model.layers.{l}.mlp");
-        let gate_up = self.linear(x, &format!("{pre}.gate_up_proj"), 2 * i, h, false)?;
+        let parts = [("gate_proj", i), ("up_proj", i)];
+        let gate_up = self.projection(x, &pre, "gate_up_proj", &parts, h, false)?;
         let gate = self.g.slice(gate_up, 1, 0, i)?;
         let up = self.g.slice(gate_up, 1, i, 2 * i)?;
         let act = self.g.silu(gate)?;
@@ -520,13 +569,8 @@ pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> 
     for l in 0..c.num_layers {
         let hn = b.rms_norm(x, &format!("model.layers.{l}.input_layernorm.weight"), h)?;
         let pre = format!("model.layers.{l}.self_attn");
-        let qkv = b.linear(
-            hn,
-            &format!("{pre}.qkv_proj"),
-            (nh + 2 * kv) * d,
-            h,
-            c.attention_bias,
-        )?;
+        let parts = [("q_proj", nh * d), ("k_proj", kv * d), ("v_proj", kv * d)];
+        let qkv = b.projection(hn, &pre, "qkv_proj", &parts, h, c.attention_bias)?;
         let mut outs = Vec::with_capacity(slots);
         for (span, offset) in spans.iter().zip(&offsets) {
             let end = offset.clone().add(span.s.clone());

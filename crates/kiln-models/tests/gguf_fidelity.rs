@@ -91,9 +91,12 @@ fn references(gguf: &Path) -> Vec<(String, Reference)> {
 }
 
 /// Whether `kept` (the dtypes a model keeps quantized) puts a matmul on the CPU's integer path
-/// (AVX-512 VNNI: Q8_0, Q4_0 and Q4_K times activations quantized per 32 values to int8).
+/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K and Q6_K times activations quantized per 32 values to int8).
 fn int8_path(kept: &[&str]) -> bool {
-    cpu().quant_int8().unwrap() && kept.iter().any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k"))
+    cpu().quant_int8().unwrap()
+        && kept
+            .iter()
+            .any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k" | "q6_k"))
 }
 
 /// What tests/gguf/make.py measured of llama.cpp on `file` (`dir/name.gguf`), on the same
@@ -227,13 +230,38 @@ fn every_fixture_file_matches_its_numpy_reference() {
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let mut model = load(&ModelSource::Gguf(file.clone()));
-        // Q8_0, Q4_0 and Q4_K linear weights stay quantized: the kernels read the blocks.
+        // Q8_0, Q4_0, Q4_K and Q6_K linear weights stay quantized: the kernels read the
+        // blocks. (K-type rows are 256-value super-blocks: tiny-qwen3's 64-wide K files hold
+        // 32-value types; the K_M mixes put the embedding/LM head and some matrices in Q6_K.)
         let kept: Vec<&str> = model.config.file_quant.values().map(|d| d.name()).collect();
-        // (Q4_K rows are 256-value super-blocks: tiny-qwen3's 64-wide rows are dequantized.)
-        for (ty, dtype) in [("Q8_0", "q8_0"), ("Q4_0", "q4_0"), ("Q4_K", "q4_k")] {
-            if name.contains(&format!("-{ty}")) && (ty != "Q4_K" || name.starts_with("qwen3-256")) {
-                assert!(kept.contains(&dtype), "{name}: kept quantized {kept:?}");
+        let k_file = name.starts_with("qwen3-256");
+        let mut must_keep = vec![];
+        for (ty, dtype) in [
+            ("Q8_0", "q8_0"),
+            ("Q4_0", "q4_0"),
+            ("Q4_K", "q4_k"),
+            ("Q6_K", "q6_k"),
+        ] {
+            if name.contains(&format!("-{ty}")) && (!ty.contains('K') || k_file) {
+                must_keep.push(dtype);
             }
+        }
+        if name.contains("_K_M") && k_file {
+            must_keep.push("q6_k");
+        }
+        for dtype in must_keep {
+            assert!(kept.contains(&dtype), "{name}: kept quantized {kept:?}");
+        }
+        if name.contains("_K_M") && k_file {
+            // Layer 1 holds attn_v in Q6_K beside q and k in another type: the graph reads
+            // the three as parts, v kept in its blocks (not a fused q/k/v decoded to f32).
+            let fq = &model.config.file_quant;
+            let v = "model.layers.1.self_attn.v_proj.weight";
+            assert_eq!(fq.get(v), Some(&kiln_ir::DType::Q6_K), "{name}: {fq:?}");
+            assert!(
+                !fq.contains_key("model.layers.1.self_attn.qkv_proj.weight"),
+                "{name}: {fq:?}"
+            );
         }
         let dir = file
             .parent()

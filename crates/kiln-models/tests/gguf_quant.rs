@@ -1,7 +1,8 @@
 //! kiln's block formats against the fixture files (tests/gguf): dequantization bit-identical to
 //! the `gguf` Python package's for every type in every file, and kiln's reference quantizers
 //! writing the very bytes of the files: Q8_0 and Q4_0 as the `gguf` package wrote them, Q4_K
-//! as llama.cpp's own quantizer did (`quantize_row_q4_K_ref`, no importance matrix).
+//! and Q6_K as llama.cpp's own quantizer did (`quantize_row_q4_K_ref`, `quantize_row_q6_K_ref`,
+//! no importance matrix).
 
 use kiln_ir::QuantType;
 use kiln_models::gguf::GgufFile;
@@ -112,16 +113,21 @@ fn q8_0_and_q4_0_quantizers_write_the_gguf_packages_bytes() {
 }
 
 #[test]
-fn q4_k_quantizer_writes_llama_cpps_bytes() {
-    let quantized = open("qwen3-256/qwen3-256-Q4_K.gguf");
-    let sources = f32_tensors(&fixtures().join("quant-source.safetensors"));
-    assert_eq!(sources.len(), 3);
-    for (name, shape, values) in sources {
-        let t = quantized.tensor(&name).unwrap();
-        assert_eq!(t.quant_type(), Some(QuantType::Q4_K), "{name}");
-        let row_bytes = QuantType::Q4_K.bytes_of(shape[1] as u64).unwrap() as usize;
-        let bytes = &quantized.data(t)[..shape[0] * row_bytes];
-        assert_quantizes_to(&name, QuantType::Q4_K, &values, bytes);
+fn k_quantizers_write_llama_cpps_bytes() {
+    for (qt, file) in [
+        (QuantType::Q4_K, "qwen3-256/qwen3-256-Q4_K.gguf"),
+        (QuantType::Q6_K, "qwen3-256/qwen3-256-Q6_K.gguf"),
+    ] {
+        let quantized = open(file);
+        let sources = f32_tensors(&fixtures().join("quant-source.safetensors"));
+        assert_eq!(sources.len(), 3);
+        for (name, shape, values) in sources {
+            let t = quantized.tensor(&name).unwrap();
+            assert_eq!(t.quant_type(), Some(qt), "{file} {name}");
+            let row_bytes = qt.bytes_of(shape[1] as u64).unwrap() as usize;
+            let bytes = &quantized.data(t)[..shape[0] * row_bytes];
+            assert_quantizes_to(&format!("{file} {name}"), qt, &values, bytes);
+        }
     }
 }
 

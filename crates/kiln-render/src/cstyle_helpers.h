@@ -62,12 +62,13 @@ KILN_FN float kiln_round_bf16(float v) { return kiln_bf16_to_f32(kiln_f32_to_bf1
 
 /* Element e (a flat, row-major index; rows of whole blocks) of a tensor of GGML blocks, in the
  * file's byte layout, dequantized exactly as ggml does (kiln-ir's quant.rs): the f16 scale to
- * f32, then d * q, or (d * sc) * q - dmin * m for Q4_K. The GPU matmul kernels read
+ * f32, then d * q, or (d * sc) * q - dmin * m for Q4_K, or (d * sc) * (q - 32) for Q6_K. The GPU matmul kernels read
  * block-quantized weights through these one element at a time, and every backend's gather
  * reads a quantized embedding table through them. Blocks: Q8_0 34 bytes (f16 d, 32 x i8),
  * Q4_0 18 bytes (f16 d, 16 bytes of nibbles: low nibbles values 0..16, high 16..32), Q4_K 144
  * bytes (f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles in 4 groups
- * of 64 values). signed char, not int8_t: NVRTC's headers lack it. */
+ * of 64 values), Q6_K 210 bytes (128 bytes of low nibbles, 64 of high bit pairs, 16 x i8
+ * scales of 16 values each, f16 d). signed char, not int8_t: NVRTC's headers lack it. */
 KILN_FN float kiln_f16_at(const uint8_t *p) { return kiln_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
 KILN_FN float kiln_q8_0_at(const uint8_t *w, int64_t e) {
     const uint8_t *b = w + (e >> 5) * 34;
@@ -93,4 +94,14 @@ KILN_FN float kiln_q4_k_at(const uint8_t *w, int64_t e) {
     volatile float scaled = kiln_f16_at(b) * (float)sc * (float)q;
     volatile float shift = kiln_f16_at(b + 2) * (float)m;
     return scaled - shift;
+}
+KILN_FN float kiln_q6_k_at(const uint8_t *w, int64_t e) {
+    const uint8_t *b = w + (e >> 8) * 210;
+    /* Half h of 128 values; within it, quarter k takes nibble k / 2 of ql[l + 32 (k % 2)] and
+     * bit pair k of qh[l]; 16-value sub-block (l / 16) + 2 k of the half has the scale. */
+    const int i = (int)(e & 255), h = i >> 7, k = (i >> 5) & 3, l = i & 31;
+    const int low = (b[64 * h + l + 32 * (k & 1)] >> (4 * (k >> 1))) & 0x0F;
+    const int high = (b[128 + 32 * h + l] >> (2 * k)) & 3;
+    const int sc = (signed char)b[192 + 8 * h + (l >> 4) + 2 * k];
+    return kiln_f16_at(b + 208) * (float)sc * (float)((low | (high << 4)) - 32);
 }

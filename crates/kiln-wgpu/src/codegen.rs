@@ -16,7 +16,7 @@
 //! - `@binding(2..)`: the inputs, `read`, in the kernel's input numbering; an input spans
 //!   [`KernelPlan::slices`] consecutive bindings (slices of [`SLICE_BYTES`] of one buffer).
 //! - Loads and stores go through `ld_<buf>(i)` / `st_out(i, v)`, defined here per buffer. A
-//!   Q8_0, Q4_0 or Q4_K weight is bound as its GGML bytes and `ld_<buf>(i)` dequantizes
+//!   Q8_0, Q4_0, Q4_K or Q6_K weight is bound as its GGML bytes and `ld_<buf>(i)` dequantizes
 //!   element `i` from them (`quantized_load`).
 //!
 //! Structure per kind ([`crate::plan`] has the launch grids):
@@ -212,7 +212,7 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
                 "let w = {};\n    return i32((w >> (u32(i & 3i) * 8u)) & 0xffu);",
                 at("i >> 2u")
             ),
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => {
                 s.push_str(&quantized_bytes(&name));
                 quantized_load(dt, &name)
             }
@@ -236,7 +236,8 @@ fn quantized_bytes(name: &str) -> String {
 /// The body of `ld_<name>(i)` for a weight of GGML blocks: element `i` (a flat element index)
 /// dequantized exactly as ggml does (`kiln_ir::quant`; the same steps as `kiln_q*_at` in
 /// kiln-render's `cstyle_helpers.h`): the f16 scale to f32, then `d * q`, or for Q4_K
-/// `d * sc * q - dmin * m` with ggml's 6-bit sub-block scale and min.
+/// `d * sc * q - dmin * m` with ggml's 6-bit sub-block scale and min, for Q6_K
+/// `d * sc * (q - 32)` with the i8 scale of the value's 16-value sub-block.
 fn quantized_load(dt: DType, name: &str) -> String {
     let byte = |p: &str| format!("kiln_byte_{name}({p})");
     let half = |p: &str| format!("kiln_f16_{name}({p})");
@@ -271,6 +272,20 @@ fn quantized_load(dt: DType, name: &str) -> String {
             byte("b + 16u + 32u * (v >> 6u) + (l & 31u)"),
             half("b"),
             half("b + 2u")
+        ),
+        DType::Q6_K => format!(
+            "let e = u32(i);\n    let b = (e >> 8u) * 210u;\n    let v = e & 255u;\n    \
+             // Half h of 128 values; quarter k takes nibble k / 2 of ql[l + 32 (k % 2)] and\n    \
+             // bit pair k of qh[l]; sub-block (l / 16) + 2 k of the half has the scale.\n    \
+             let h = v >> 7u;\n    let k = (v >> 5u) & 3u;\n    let l = v & 31u;\n    \
+             let low = ({} >> ((k >> 1u) * 4u)) & 15u;\n    \
+             let high = ({} >> (k * 2u)) & 3u;\n    \
+             let sc = bitcast<i32>({} << 24u) >> 24u;\n    \
+             return {} * f32(sc) * f32(i32(low | (high << 4u)) - 32i);",
+            byte("b + 64u * h + l + 32u * (k & 1u)"),
+            byte("b + 128u + 32u * h + l"),
+            byte("b + 192u + 8u * h + (l >> 4u) + 2u * k"),
+            half("b + 208u")
         ),
         _ => unreachable!("{dt} is not block-quantized"),
     }

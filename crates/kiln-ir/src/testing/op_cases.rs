@@ -753,20 +753,22 @@ pub fn bf16_weight_gemv_reads_whole_words() -> OpCase {
     c
 }
 
-/// Matmuls of block-quantized weights (Q8_0, Q4_0 and Q4_K in GGML's byte layout, read as
-/// blocks by the kernels, dequantized by the interpreter): `x @ W^T` for each type with an odd
-/// number of weight rows, so that Q8_0's 34-byte and Q4_0's 18-byte blocks start on every even
-/// byte and not only on 32-bit words, and SiLU(gate) * up from one Q4_0 weight (an epilogue
+/// Matmuls of block-quantized weights (Q8_0, Q4_0, Q4_K and Q6_K in GGML's byte layout, read
+/// as blocks by the kernels, dequantized by the interpreter): `x @ W^T` for each type with an
+/// odd number of weight rows, so that Q8_0's 34-byte, Q4_0's 18-byte and Q6_K's 210-byte
+/// blocks start on every even byte and not only on 32-bit words, and SiLU(gate) * up from one Q4_0 weight (an epilogue
 /// reading two products per element, where a backend fuses it); at one row (the GEMV), a few
 /// rows, and more rows than a 16-row tile.
 pub fn quantized_weight_matmuls() -> OpCase {
     let mut g = Graph::new();
     let s = Expr::sym("s");
-    // (weight dtype, name, rows, depth): depths of whole blocks (Q4_K: 256-value super-blocks).
+    // (weight dtype, name, rows, depth): depths of whole blocks (K types: 256-value
+    // super-blocks).
     let weights = [
         (DType::Q8_0, "w8", 19usize, 96usize),
         (DType::Q4_0, "w4", 21, 64),
         (DType::Q4_K, "wk", 7, 512),
+        (DType::Q6_K, "w6", 5, 512),
     ];
     for (dtype, name, n, k) in weights {
         let x = g
@@ -806,7 +808,7 @@ pub fn quantized_weight_matmuls() -> OpCase {
         ];
         for (i, (dtype, name, n, k)) in weights.into_iter().enumerate() {
             let seed = 42 + 2 * i as u64;
-            ins.push((["x_w8", "x_w4", "x_wk"][i], f32s(&[sv, k], seed)));
+            ins.push((["x_w8", "x_w4", "x_wk", "x_w6"][i], f32s(&[sv, k], seed)));
             ins.push((name, quantized(dtype, n, k, seed + 1)));
         }
         c.runs.push(Run::new(inputs(&ins)));

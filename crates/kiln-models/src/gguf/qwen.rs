@@ -272,11 +272,13 @@ impl GgufCheckpoint {
         Ok((t, qt))
     }
 
-    /// The matrices whose blocks kiln's kernels read (Q8_0, Q4_0, Q4_K, rows of whole blocks):
+    /// The matrices whose blocks kiln's kernels read (Q8_0, Q4_0, Q4_K, Q6_K, rows of whole blocks):
     /// they stay quantized in memory — the embedding table too (its gather dequantizes the
     /// rows it reads; a tied LM head reads the same blocks). Projections the graph reads fused
-    /// (q/k/v, gate/up) stay quantized only when all their parts have the same type (a Q4_K_M
-    /// file may hold attn_v in Q6_K beside Q4_K q and k); the rest are dequantized at load.
+    /// (q/k/v, gate/up) are kept fused when all their parts have the same type; parts of
+    /// different types (a Q4_K_M file may hold attn_v in Q6_K beside Q4_K q and k) are kept
+    /// each in its own, and the graph reads them as parts (`model::reads_parts`). The rest are
+    /// dequantized at load.
     fn file_quant(&self, c: &QwenConfig) -> BTreeMap<String, DType> {
         let mut keep = BTreeMap::new();
         for (name, shape) in crate::model::weights(c) {
@@ -296,13 +298,11 @@ impl GgufCheckpoint {
         }
         for (fused, parts) in crate::model::fused_projections(c) {
             let dtypes: Vec<Option<DType>> = parts.iter().map(|p| keep.get(p).copied()).collect();
-            match dtypes[0] {
-                Some(d) if dtypes.iter().all(|x| *x == Some(d)) => {
+            // Otherwise the parts stay as they are, each kept or dequantized on its own.
+            if let Some(d) = dtypes[0] {
+                if dtypes.iter().all(|x| *x == Some(d)) {
                     keep.insert(fused, d);
                 }
-                _ => parts.iter().for_each(|p| {
-                    keep.remove(p);
-                }),
             }
         }
         keep
