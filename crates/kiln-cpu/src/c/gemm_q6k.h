@@ -121,57 +121,54 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nb, c
     }
 }
 
-/* GEMV pass (as KILN_QI_GEMV: R <= 4 rows, S panels, R * S <= 4). */
-static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R, const int S,
-        const uint8_t *restrict qa, const uint8_t *const *w, int64_t G, float *restrict t, int64_t ldt) {
-    kiln_vf acc[4][4][2];
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
-    _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) acc[r][s][0] = acc[r][s][1] = (kiln_vf){0};
+/* GEMV pass (as KILN_QI_GEMV: R <= 4 rows of one activation strip of R rows, one panel; no
+ * software prefetch below 3 rows: the panel is one sequential stream the hardware follows). */
+static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R, const uint8_t *restrict qa,
+        const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {
+    kiln_vf acc[4][2];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};
     for (int64_t g = 0; g < G; ++g) {
-        const uint8_t *blk = qa + g * KILN_QA_BLOCK;
-        const int32_t *aq = (const int32_t *)(const void *)blk;
-        const float *sa = (const float *)(const void *)(blk + 32 * KILN_QMR);
-        _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {
-            const uint8_t *wg = w[s] + g * KILN_GBI_Q6_K;
+        const uint8_t *blk = qa + g * 40 * R, *wg = w + g * KILN_GBI_Q6_K;
+        if (R >= 3)
             _Pragma("GCC unroll 20") for (int l = 0; l < KILN_GBI_Q6_K / 64; ++l)
                 __builtin_prefetch(wg + 4 * KILN_GBI_Q6_K + 64 * l, 0, 3);
-            kiln_vi dot[4][2];
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                dot[r][0] = kiln_ldvi(wg + 4 * KILN_NR);
-                dot[r][1] = kiln_ldvi(wg + 4 * KILN_NR + 64);
-            }
-            _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
-                kiln_vi ia[4][2];
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) ia[r][0] = ia[r][1] = (kiln_vi){0};
-                _Pragma("GCC unroll 4") for (int q = 0; q < 4; ++q) {
-                    const int qd = 4 * hf + q;
-                    kiln_vi w0, w1;
-                    kiln_qiw_q6_k(wg, qd, &w0, &w1);
-                    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                        const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + r]);
-                        KILN_QI_DOT(1, ia[r], x, w0, w1);
-                    }
-                }
-                kiln_vi s0, s1;
-                kiln_q6_scales(wg, hf, &s0, &s1);
+        const int32_t *aq = (const int32_t *)(const void *)blk;
+        const float *sa = (const float *)(const void *)(blk + 32 * R);
+        kiln_vi dot[4][2];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+            dot[r][0] = kiln_ldvi(wg + 4 * KILN_NR);
+            dot[r][1] = kiln_ldvi(wg + 4 * KILN_NR + 64);
+        }
+        _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
+            kiln_vi ia[4][2];
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) ia[r][0] = ia[r][1] = (kiln_vi){0};
+            _Pragma("GCC unroll 4") for (int q = 0; q < 4; ++q) {
+                const int qd = 4 * hf + q;
+                kiln_vi w0, w1;
+                kiln_qiw_q6_k(wg, qd, &w0, &w1);
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                    dot[r][0] += s0 * ia[r][0];
-                    dot[r][1] += s1 * ia[r][1];
+                    const kiln_vi x = kiln_splati(aq[qd * R + r]);
+                    KILN_QI_DOT(1, ia[r], x, w0, w1);
                 }
             }
-            const kiln_vf d0 = kiln_ldv((const float *)(const void *)wg);
-            const kiln_vf d1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);
+            kiln_vi s0, s1;
+            kiln_q6_scales(wg, hf, &s0, &s1);
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                const kiln_vf sc = kiln_splatv(sa[r]);
-                acc[r][s][0] = KILN_FMAV(__builtin_convertvector(dot[r][0], kiln_vf), d0 * sc, acc[r][s][0]);
-                acc[r][s][1] = KILN_FMAV(__builtin_convertvector(dot[r][1], kiln_vf), d1 * sc, acc[r][s][1]);
+                dot[r][0] += s0 * ia[r][0];
+                dot[r][1] += s1 * ia[r][1];
             }
         }
+        const kiln_vf d0 = kiln_ldv((const float *)(const void *)wg);
+        const kiln_vf d1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+            const kiln_vf sc = kiln_splatv(sa[r]);
+            acc[r][0] = KILN_FMAV(__builtin_convertvector(dot[r][0], kiln_vf), d0 * sc, acc[r][0]);
+            acc[r][1] = KILN_FMAV(__builtin_convertvector(dot[r][1], kiln_vf), d1 * sc, acc[r][1]);
+        }
     }
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
-    _Pragma("GCC unroll 4") for (int s = 0; s < S; ++s) {
-        kiln_stv(t + r * ldt + s * KILN_NR, acc[r][s][0]);
-        kiln_stv(t + r * ldt + s * KILN_NR + KILN_VL, acc[r][s][1]);
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+        kiln_stv(t + r * ldt, acc[r][0]);
+        kiln_stv(t + r * ldt + KILN_VL, acc[r][1]);
     }
 }
 
