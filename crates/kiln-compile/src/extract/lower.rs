@@ -133,6 +133,41 @@ pub fn empty() -> Program {
     }
 }
 
+/// An elementwise body's indices simplified with its loop variables' extents (`shape`): the
+/// divisions that unflatten an index read through reshapes (`(h * s * 128 + i * 128 + j) /
+/// (s * 128)`) go where the extents decide them (see [`Expr::simplify_in_bounds`]). An index
+/// is replaced only where that leaves fewer divisions: other kernels keep their text.
+fn within_extents(body: ScalarExpr, shape: &[Expr]) -> ScalarExpr {
+    let extents: BTreeMap<u32, Expr> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i as u32, d.clone()))
+        .collect();
+    body.map_indices(&|e| {
+        let divisions = divisions(e);
+        if divisions == 0 {
+            return e.clone();
+        }
+        let simpler = e.simplify_in_bounds(&extents);
+        if self::divisions(&simpler) < divisions {
+            simpler
+        } else {
+            e.clone()
+        }
+    })
+}
+
+/// How many `/` and `%` an index computes.
+fn divisions(e: &Expr) -> usize {
+    match e {
+        Expr::Div(a, b) | Expr::Mod(a, b) => 1 + divisions(a) + divisions(b),
+        Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Min(a, b) | Expr::Max(a, b) => {
+            divisions(a) + divisions(b)
+        }
+        Expr::Const(_) | Expr::Sym(_) | Expr::Var(_) => 0,
+    }
+}
+
 fn vars(rank: usize, shape: &[Expr]) -> Vec<Expr> {
     // Size-1 axes always have index 0: say so, which keeps index arithmetic simple.
     (0..rank)
@@ -222,7 +257,13 @@ impl Lowering<'_, '_> {
                 self.fusing = Some(idx.clone());
                 let body = self.inline(self.root, &idx);
                 self.fusing = None;
-                self.fused_kind(body)
+                self.fused_kind(body).map(|kind| match kind {
+                    KernelKind::Elementwise { lets, body } if lets.is_empty() => {
+                        let body = within_extents(body, &node.shape);
+                        KernelKind::Elementwise { lets, body }
+                    }
+                    other => other,
+                })
             }
         }
         .and_then(|k| match self.unfusable {
