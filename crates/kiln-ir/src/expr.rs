@@ -298,7 +298,16 @@ impl Expr {
     /// divisions by run-time symbols, which cost a 64-bit division per element on a CPU. The
     /// result equals `self` wherever the loop variables stay within their extents.
     pub fn simplify_in_bounds(&self, bounds: &BTreeMap<u32, Expr>) -> Expr {
-        in_bounds(&self.normalize(), bounds).normalize()
+        // A rewrite can expose another (`(v0 * 8 + v1) / 8` after a first one): a few rounds.
+        let mut e = self.normalize();
+        for _ in 0..4 {
+            let next = in_bounds(&e, bounds).normalize();
+            if next == e {
+                break;
+            }
+            e = next;
+        }
+        e
     }
 
     /// If this expression is affine in loop variables `0..nvars`, returns the coefficient of each

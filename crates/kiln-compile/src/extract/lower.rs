@@ -28,6 +28,14 @@ struct Lowering<'a, 'g> {
     fusing: Option<Vec<Expr>>,
     /// The reduction this kernel computes (an unrealized reduce it reads) and where.
     reduce: Option<(NodeId, Vec<Expr>)>,
+    /// The reduction is read at an index computed from the row variables through views
+    /// (not the row variables themselves), and whether one read of it lies outside every
+    /// [`Lowering::selects`]: see `fused_reduce`.
+    reduce_through_views: bool,
+    reduce_read_unshifted: bool,
+    /// How many branches of a concatenation or slice write enclose what is being lowered: an
+    /// index there is shifted, in range only where the branch is taken.
+    selects: usize,
     /// The matmul whose products this kernel's epilogue reads, and the column offsets.
     matmul: Option<(NodeId, Vec<Expr>)>,
     /// A fused node read where this kernel cannot compute it: realize it and lower again.
@@ -78,6 +86,9 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
             in_place: None,
             fusing: None,
             reduce: None,
+            reduce_through_views: false,
+            reduce_read_unshifted: false,
+            selects: 0,
             matmul: None,
             unfusable: None,
             scores_of: None,
@@ -133,7 +144,8 @@ pub fn empty() -> Program {
     }
 }
 
-/// An elementwise body's indices simplified with its loop variables' extents (`shape`): the
+/// An elementwise body's (or a row kernel's) indices simplified with its loop variables'
+/// extents (`shape`, `Var(i)` over `shape[i]`): the
 /// divisions that unflatten an index read through reshapes (`(h * s * 128 + i * 128 + j) /
 /// (s * 128)`) go where the extents decide them (see [`Expr::simplify_in_bounds`]). An index
 /// is replaced only where that leaves fewer divisions: other kernels keep their text.
@@ -155,6 +167,21 @@ fn within_extents(body: ScalarExpr, shape: &[Expr]) -> ScalarExpr {
             e.clone()
         }
     })
+}
+
+/// Whether every loop variable in `e` is below `Var(last)`.
+fn vars_below(e: &Expr, last: usize) -> bool {
+    match e {
+        Expr::Var(i) => (*i as usize) < last,
+        Expr::Add(a, b)
+        | Expr::Sub(a, b)
+        | Expr::Mul(a, b)
+        | Expr::Div(a, b)
+        | Expr::Mod(a, b)
+        | Expr::Min(a, b)
+        | Expr::Max(a, b) => vars_below(a, last) && vars_below(b, last),
+        Expr::Const(_) | Expr::Sym(_) => true,
+    }
 }
 
 /// How many `/` and `%` an index computes.
@@ -262,6 +289,16 @@ impl Lowering<'_, '_> {
                         let body = within_extents(body, &node.shape);
                         KernelKind::Elementwise { lets, body }
                     }
+                    // The reduction's own variable, `Var(rank)`, runs over `len`.
+                    KernelKind::ReduceMap { op, len, body, map } => {
+                        let row = [node.shape.as_slice(), std::slice::from_ref(&len)].concat();
+                        KernelKind::ReduceMap {
+                            op,
+                            body: within_extents(body, &row),
+                            map: within_extents(map, &node.shape),
+                            len,
+                        }
+                    }
                     other => other,
                 })
             }
@@ -362,6 +399,9 @@ impl Lowering<'_, '_> {
         let shape = g.shape(self.root).to_vec();
         let rank = shape.len();
         if let Some((x, idx)) = self.reduce.clone() {
+            if self.reduce_through_views && !self.reduce_read_unshifted {
+                return Err(x);
+            }
             let Op::Reduce(op, src, axis) = g.node(x).op else {
                 unreachable!("a reduce")
             };
@@ -410,9 +450,15 @@ impl Lowering<'_, '_> {
     }
 
     /// An unrealized reduction read by an elementwise root at `idx` (the reduced axis at 0):
-    /// the kernel reduces each of its rows first. Every read must be at the same index, made
-    /// of the root's row variables over equal dimensions only, so that every row of the
-    /// kernel reduces a row that exists.
+    /// the kernel reduces each of its rows first. Every read must be at the same index, which
+    /// must name a reduced row that exists for every row of the kernel, and must not change
+    /// along the kernel's last axis. Either the index is the root's row variables over equal
+    /// dimensions, or (simplified with the loop extents) an expression of the row variables
+    /// reached through views: views map an index in range to one in range, so such an index is
+    /// in range wherever no concatenation or slice write shifted it (the kernel must read the
+    /// reduction once outside every such branch; with one index for every read, all are in
+    /// range). The second form is a RoPE of normalised heads read through the
+    /// `[kv, group * s, d]` reshape of grouped-query attention.
     fn fused_reduce(&mut self, x: NodeId, idx: &[Expr]) -> ScalarExpr {
         let g = self.b.graph;
         let Some(own) = self.fusing.clone() else {
@@ -423,7 +469,12 @@ impl Lowering<'_, '_> {
         };
         let (rshape, eshape) = (g.shape(x), g.shape(self.root));
         let last = own.len().wrapping_sub(1);
-        let idx: Vec<Expr> = idx.iter().map(Expr::normalize).collect();
+        let extents: BTreeMap<u32, Expr> = eshape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i as u32, d.clone()))
+            .collect();
+        let idx: Vec<Expr> = idx.iter().map(|e| e.simplify_in_bounds(&extents)).collect();
         let in_row = |j: usize, e: &Expr| match e {
             Expr::Var(i) => {
                 let i = *i as usize;
@@ -431,10 +482,12 @@ impl Lowering<'_, '_> {
             }
             _ => e.is_const(0) && (j == axis || rshape[j].is_const(1)),
         };
+        let direct = idx.iter().enumerate().all(|(j, e)| in_row(j, e));
+        let through_views = !direct && idx.iter().all(|e| vars_below(e, last));
         let fits = !own.is_empty()
             && idx.len() == rshape.len()
             && idx[axis].is_const(0)
-            && idx.iter().enumerate().all(|(j, e)| in_row(j, e))
+            && (direct || through_views)
             && self.matmul.is_none()
             && self
                 .reduce
@@ -443,6 +496,8 @@ impl Lowering<'_, '_> {
         if !fits {
             return self.unfusable(x);
         }
+        self.reduce_through_views |= through_views;
+        self.reduce_read_unshifted |= self.selects == 0;
         self.reduce = Some((x, idx));
         ScalarExpr::Acc {
             slot: 0,
@@ -648,6 +703,7 @@ impl Lowering<'_, '_> {
         let last = parts.len() - 1;
         let mut shifted = idx.to_vec();
         shifted[axis] = idx[axis].clone().sub(start_of(last));
+        self.selects += 1;
         let mut e = self.at(parts[last], &shifted);
         for j in (0..last).rev() {
             let mut shifted = idx.to_vec();
@@ -661,6 +717,7 @@ impl Lowering<'_, '_> {
                 dtype,
             };
         }
+        self.selects -= 1;
         e
     }
 
@@ -678,8 +735,10 @@ impl Lowering<'_, '_> {
         let end = start.clone().add(g.shape(src)[axis].clone());
         let mut shifted = idx.to_vec();
         shifted[axis] = idx[axis].clone().sub(start.clone());
+        self.selects += 1;
         let inside = self.at(src, &shifted);
         let outside = self.at(dst, idx);
+        self.selects -= 1;
         ScalarExpr::Select {
             lhs: idx[axis].clone(),
             rhs: start.clone(),
