@@ -71,15 +71,33 @@ struct Slot<B> {
     capacity: usize,
 }
 
+/// Steps that launch the same compiled kernel with the same symbols: equal canonical kernels
+/// and equal symbol names make equal step kernels, so they bind and write alike.
+struct LaunchGroup {
+    /// The first step of the group.
+    step: usize,
+    symbols: Vec<String>,
+}
+
+/// What every launch of a group needs, evaluated once per run.
+struct GroupLaunch {
+    bindings: Bindings,
+    bytes_written: u64,
+}
+
 /// Runs a [`LoadedProgram`] on device `D`.
 pub struct Executor<D: Device> {
     device: D,
     program: Program,
     plan: MemoryPlan,
     step_kernel: Vec<usize>,
-    /// Each step's own symbols, in the order its canonical kernel takes them
-    /// (`kiln_program::launch_bindings`).
-    step_symbols: Vec<Vec<String>>,
+    /// Each step's launch group: steps that run the same compiled kernel with the same symbols
+    /// (a layer's kernels, once per layer) launch with the same bindings, evaluated once per
+    /// run for the group instead of once per launch.
+    step_group: Vec<usize>,
+    /// Per group: a step of it, whose symbols (in the order its canonical kernel takes them,
+    /// `kiln_program::launch_bindings`) and written elements stand for the group's.
+    groups: Vec<LaunchGroup>,
     kernel_names: Vec<String>,
     kernels: Vec<D::Kernel>,
     params: HashMap<String, Param<D::Buffer>>,
@@ -102,11 +120,22 @@ impl<D: Device> Executor<D> {
         let profile = std::env::var_os("KILN_PROFILE")
             .filter(|v| v != "0")
             .map(|_| vec![(0.0, 0); kernels.len()]);
-        let step_symbols = compiled
+        let mut groups: Vec<LaunchGroup> = Vec::new();
+        let mut group_of: HashMap<(usize, Vec<String>), usize> = HashMap::new();
+        let step_group = compiled
             .program
             .steps
             .iter()
-            .map(|s| s.kernel.symbols())
+            .enumerate()
+            .map(|(i, s)| {
+                let symbols = s.kernel.symbols();
+                *group_of
+                    .entry((compiled.step_kernel[i], symbols.clone()))
+                    .or_insert_with(|| {
+                        groups.push(LaunchGroup { step: i, symbols });
+                        groups.len() - 1
+                    })
+            })
             .collect();
         Ok(Executor {
             device,
@@ -117,7 +146,8 @@ impl<D: Device> Executor<D> {
                 .collect(),
             program: compiled.program,
             plan: compiled.plan,
-            step_symbols,
+            step_group,
+            groups,
             step_kernel: compiled.step_kernel,
             kernels,
             params: HashMap::new(),
@@ -228,7 +258,8 @@ impl<D: Device> Executable for Executor<D> {
             program,
             plan,
             step_kernel,
-            step_symbols,
+            step_group,
+            groups,
             kernels,
             params,
             slots,
@@ -258,26 +289,38 @@ impl<D: Device> Executable for Executor<D> {
             })
             .collect();
 
+        // The compiled kernel is the canonical one: its symbols are bound by place.
+        let launches = groups
+            .iter()
+            .map(|g| {
+                let kernel = &program.steps[g.step].kernel;
+                let written = kernel.written_elements().eval(&b)?.max(0) as u64;
+                Ok(GroupLaunch {
+                    bindings: launch_bindings(&g.symbols, &b)?,
+                    bytes_written: written * kernel.out_dtype.size_bytes() as u64,
+                })
+            })
+            .collect::<Result<Vec<_>, RunError>>()?;
         *stats = RunStats::default();
-        for ((step, &u), names) in program
+        let mut ins: Vec<&D::Buffer> = Vec::new();
+        for ((step, &u), &group) in program
             .steps
             .iter()
             .zip(step_kernel.iter())
-            .zip(step_symbols.iter())
+            .zip(step_group.iter())
         {
-            let ins: Vec<&D::Buffer> = step.inputs.iter().map(|&i| bufs[i]).collect();
+            ins.clear();
+            ins.extend(step.inputs.iter().map(|&i| bufs[i]));
+            let launch = &launches[group];
             let started = profile.is_some().then(Instant::now);
-            // The compiled kernel is the canonical one: its symbols are bound by place.
-            let launch_b = launch_bindings(names, &b)?;
-            device.launch(&kernels[u], bufs[step.output], &ins, &launch_b)?;
+            device.launch(&kernels[u], bufs[step.output], &ins, &launch.bindings)?;
             if let (Some(prof), Some(t)) = (profile.as_mut(), started) {
                 device.sync()?;
                 prof[u].0 += t.elapsed().as_secs_f64();
                 prof[u].1 += 1;
             }
             stats.launches += 1;
-            let written = step.kernel.written_elements().eval(&b)?.max(0) as u64;
-            stats.bytes_written += written * step.kernel.out_dtype.size_bytes() as u64;
+            stats.bytes_written += launch.bytes_written;
         }
         device.sync()?;
 
