@@ -6,6 +6,7 @@ use super::fusion::{read_counts, Realized};
 use super::{Buffer, Program, Step};
 use kiln_ir::{contiguous_strides, DType, Expr, Graph, NodeId, Op, ViewOp};
 use kiln_program::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 struct Builder<'g> {
@@ -14,6 +15,30 @@ struct Builder<'g> {
     buffer_of: HashMap<NodeId, usize>,
     /// How often each node is read (through views too).
     read_counts: Vec<usize>,
+    /// Indices already simplified within loop extents: every layer lowers the same kernels,
+    /// and the normal forms cost more than the rest of lowering.
+    in_bounds: InBounds,
+}
+
+/// A memo of [`Expr::simplify_in_bounds`] by expression and extents.
+#[derive(Default)]
+struct InBounds(RefCell<HashMap<(Expr, Vec<Expr>), Expr>>);
+
+impl InBounds {
+    fn simplify(&self, e: &Expr, extents: &[Expr]) -> Expr {
+        let key = (e.clone(), extents.to_vec());
+        if let Some(done) = self.0.borrow().get(&key) {
+            return done.clone();
+        }
+        let bounds: BTreeMap<u32, Expr> = extents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i as u32, d.clone()))
+            .collect();
+        let simpler = e.simplify_in_bounds(&bounds);
+        self.0.borrow_mut().insert(key, simpler.clone());
+        simpler
+    }
 }
 
 /// Lowers one kernel: collects the buffers it reads, numbered in order of first use.
@@ -51,6 +76,7 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
         realized,
         buffer_of: HashMap::new(),
         read_counts: read_counts(graph),
+        in_bounds: InBounds::default(),
     };
     let mut buffers = Vec::new();
     let mut steps = Vec::new();
@@ -145,22 +171,17 @@ pub fn empty() -> Program {
 }
 
 /// An elementwise body's (or a row kernel's) indices simplified with its loop variables'
-/// extents (`shape`, `Var(i)` over `shape[i]`): the
+/// extents (`shape`, `Var(i)` over `shape[i]`; `memo` across the layers' equal kernels): the
 /// divisions that unflatten an index read through reshapes (`(h * s * 128 + i * 128 + j) /
 /// (s * 128)`) go where the extents decide them (see [`Expr::simplify_in_bounds`]). An index
 /// is replaced only where that leaves fewer divisions: other kernels keep their text.
-fn within_extents(body: ScalarExpr, shape: &[Expr]) -> ScalarExpr {
-    let extents: BTreeMap<u32, Expr> = shape
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (i as u32, d.clone()))
-        .collect();
+fn within_extents(memo: &InBounds, body: ScalarExpr, shape: &[Expr]) -> ScalarExpr {
     body.map_indices(&|e| {
         let divisions = divisions(e);
         if divisions == 0 {
             return e.clone();
         }
-        let simpler = e.simplify_in_bounds(&extents);
+        let simpler = memo.simplify(e, shape);
         if self::divisions(&simpler) < divisions {
             simpler
         } else {
@@ -286,7 +307,7 @@ impl Lowering<'_, '_> {
                 self.fusing = None;
                 self.fused_kind(body).map(|kind| match kind {
                     KernelKind::Elementwise { lets, body } if lets.is_empty() => {
-                        let body = within_extents(body, &node.shape);
+                        let body = within_extents(&self.b.in_bounds, body, &node.shape);
                         KernelKind::Elementwise { lets, body }
                     }
                     // The reduction's own variable, `Var(rank)`, runs over `len`.
@@ -294,8 +315,8 @@ impl Lowering<'_, '_> {
                         let row = [node.shape.as_slice(), std::slice::from_ref(&len)].concat();
                         KernelKind::ReduceMap {
                             op,
-                            body: within_extents(body, &row),
-                            map: within_extents(map, &node.shape),
+                            body: within_extents(&self.b.in_bounds, body, &row),
+                            map: within_extents(&self.b.in_bounds, map, &node.shape),
                             len,
                         }
                     }
@@ -469,12 +490,10 @@ impl Lowering<'_, '_> {
         };
         let (rshape, eshape) = (g.shape(x), g.shape(self.root));
         let last = own.len().wrapping_sub(1);
-        let extents: BTreeMap<u32, Expr> = eshape
+        let idx: Vec<Expr> = idx
             .iter()
-            .enumerate()
-            .map(|(i, d)| (i as u32, d.clone()))
+            .map(|e| self.b.in_bounds.simplify(e, eshape))
             .collect();
-        let idx: Vec<Expr> = idx.iter().map(|e| e.simplify_in_bounds(&extents)).collect();
         let in_row = |j: usize, e: &Expr| match e {
             Expr::Var(i) => {
                 let i = *i as usize;
