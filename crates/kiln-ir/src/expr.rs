@@ -290,6 +290,26 @@ impl Expr {
         }
     }
 
+    /// [`Expr::normalize`], then the `/` and `%` that the loop variables' extents `bounds`
+    /// decide: `(c x + v) / (c y)` becomes `x / y` and `(c x + v) % (c y)` becomes
+    /// `(x % y) c + v` wherever `v` is a loop variable of constant extent `c` (`0 <= v < c`)
+    /// and `x >= 0` provably. An index unflattened
+    /// through a reshape (`(h * s * 128 + i * 128 + j) / (s * 128)` with `j < 128`) loses its
+    /// divisions by run-time symbols, which cost a 64-bit division per element on a CPU. The
+    /// result equals `self` wherever the loop variables stay within their extents.
+    pub fn simplify_in_bounds(&self, bounds: &BTreeMap<u32, Expr>) -> Expr {
+        // A rewrite can expose another (`(v0 * 8 + v1) / 8` after a first one): a few rounds.
+        let mut e = self.normalize();
+        for _ in 0..4 {
+            let next = in_bounds(&e, bounds).normalize();
+            if next == e {
+                break;
+            }
+            e = next;
+        }
+        e
+    }
+
     /// If this expression is affine in loop variables `0..nvars`, returns the coefficient of each
     /// variable and the variable-free remainder (e.g. strides and offset of a strided load).
     pub fn affine(&self, nvars: usize) -> Option<(Vec<Expr>, Expr)> {
@@ -343,6 +363,83 @@ enum Op2 {
     Mod,
     Min,
     Max,
+}
+
+/// [`Expr::simplify_in_bounds`] on a normalised expression, innermost `/` and `%` first.
+fn in_bounds(e: &Expr, bounds: &BTreeMap<u32, Expr>) -> Expr {
+    let Some((a, b)) = e.operands() else {
+        return e.clone();
+    };
+    let (a, b) = (in_bounds(a, bounds), in_bounds(b, bounds));
+    let op = e.op2();
+    if matches!(op, Op2::Div | Op2::Mod) {
+        if let Some((x, v, c, y)) = split_bounded(&a, &b, bounds) {
+            let q = Expr::Div(Box::new(x.clone()), Box::new(y.clone()));
+            return if op == Op2::Div {
+                q.normalize()
+            } else {
+                let r = Expr::Mod(Box::new(x), Box::new(y));
+                Expr::Add(Box::new(Expr::Mul(Box::new(r), Box::new(c))), Box::new(v)).normalize()
+            };
+        }
+    }
+    let (a, b) = (Box::new(a), Box::new(b));
+    match op {
+        Op2::Add => Expr::Add(a, b),
+        Op2::Sub => Expr::Sub(a, b),
+        Op2::Mul => Expr::Mul(a, b),
+        Op2::Div => Expr::Div(a, b),
+        Op2::Mod => Expr::Mod(a, b),
+        Op2::Min => Expr::Min(a, b),
+        Op2::Max => Expr::Max(a, b),
+    }
+}
+
+/// `a = c x + v` and `b = c y` with `v` a loop variable of constant extent `c = bounds[v]`,
+/// `x >= 0` and `y` a non-zero multiple: returns `(x, v, c, y)`. The candidates
+/// for `v` are the variables among `a`'s terms (a sum of non-negative terms only).
+fn split_bounded(
+    a: &Expr,
+    b: &Expr,
+    bounds: &BTreeMap<u32, Expr>,
+) -> Option<(Expr, Expr, Expr, Expr)> {
+    fn terms<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) -> bool {
+        match e {
+            Expr::Add(l, r) => terms(l, out) && terms(r, out),
+            Expr::Sub(..) => false,
+            _ => {
+                out.push(e);
+                true
+            }
+        }
+    }
+    let mut ts = Vec::new();
+    if !terms(a, &mut ts) || !a.provably_nonneg() {
+        return None;
+    }
+    for (i, t) in ts.iter().enumerate() {
+        let Expr::Var(k) = t else { continue };
+        let Some(c) = bounds.get(k) else { continue };
+        // The rest of the sum, and the divisor, as multiples of the extent.
+        let rest = ts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .fold(Expr::Const(0), |acc, (_, t)| acc.add((*t).clone()));
+        let x = Expr::Div(Box::new(rest.clone()), Box::new(c.clone())).normalize();
+        let y = Expr::Div(Box::new(b.clone()), Box::new(c.clone())).normalize();
+        let exact = |q: &Expr, whole: &Expr| q.clone().mul(c.clone()).provably_equal(whole);
+        if c.as_const().is_some_and(|c| c > 0)
+            && exact(&x, &rest)
+            && exact(&y, b)
+            && !y.is_const(0)
+            && x.provably_nonneg()
+            && y.provably_nonneg()
+        {
+            return Some((x, (*t).clone(), c.clone(), y));
+        }
+    }
+    None
 }
 
 /// `x` as `q * d + v` with `v` a loop variable of extent `d` and `q >= 0` (see
@@ -1137,6 +1234,54 @@ mod tests {
 #[cfg(test)]
 mod within_tests {
     use super::*;
+
+    #[test]
+    fn a_reshaped_index_loses_its_divisions_by_symbols() {
+        // Element (v0, v1, v2) of [8, 2s, 128] read as [16, s, 128]: head, row, column.
+        let s = Expr::sym("s");
+        let v = |i| Expr::Var(i);
+        let flat = v(0).mul(s.clone().mul(256)).add(v(1).mul(128)).add(v(2));
+        let bounds: BTreeMap<u32, Expr> = [
+            (0, Expr::Const(8)),
+            (1, s.clone().mul(2)),
+            (2, Expr::Const(128)),
+        ]
+        .into();
+        let head = flat.clone().div(s.clone().mul(128));
+        let row = flat.clone().div(128).rem(s.clone());
+        let col = flat.clone().rem(128);
+        assert_eq!(
+            head.simplify_in_bounds(&bounds),
+            v(0).mul(2).add(v(1).div(s.clone())).normalize()
+        );
+        assert_eq!(
+            row.simplify_in_bounds(&bounds),
+            v(0).mul(s.clone().mul(2))
+                .add(v(1))
+                .rem(s.clone())
+                .normalize()
+        );
+        assert_eq!(col.simplify_in_bounds(&bounds), v(2));
+        // The same values wherever the variables stay within their extents.
+        let b: crate::Bindings = [("s".to_string(), 3)].into();
+        for i in 0..8 {
+            for j in 0..6 {
+                for k in [0, 1, 63, 127] {
+                    for e in [&head, &row, &col] {
+                        assert_eq!(
+                            e.eval_with(&b, &[i, j, k]).unwrap(),
+                            e.simplify_in_bounds(&bounds)
+                                .eval_with(&b, &[i, j, k])
+                                .unwrap()
+                        );
+                    }
+                }
+            }
+        }
+        // A variable whose extent exceeds the divisor's factor: unchanged.
+        let wide: BTreeMap<u32, Expr> = [(2, Expr::Const(256))].into();
+        assert_eq!(col.simplify_in_bounds(&wide), col.normalize());
+    }
 
     #[test]
     fn unflattening_a_flattened_row_and_key_is_the_identity() {

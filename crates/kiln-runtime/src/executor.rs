@@ -275,13 +275,15 @@ impl<D: Device> Executable for Executor<D> {
             .collect();
 
         *last = None;
+        let mut ins: Vec<&D::Buffer> = Vec::new();
         for ((step, &u), launch_b) in program
             .steps
             .iter()
             .zip(step_kernel.iter())
             .zip(step_bindings.iter_mut())
         {
-            let ins: Vec<&D::Buffer> = step.inputs.iter().map(|&i| bufs[i]).collect();
+            ins.clear();
+            ins.extend(step.inputs.iter().map(|&i| bufs[i]));
             let started = profile.is_some().then(Instant::now);
             // The compiled kernel is the canonical one: its symbols are bound by place.
             let launch_b = launch_b.bind(&b)?;

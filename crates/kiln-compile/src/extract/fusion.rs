@@ -437,6 +437,36 @@ mod tests {
         assert_eq!(fused.len() + 2, unfused.len(), "{fused:?}");
     }
 
+    #[test]
+    fn rope_of_normalised_heads_read_through_a_grouped_reshape_is_one_row_kernel() {
+        // Grouped-query attention reads the rotated heads as [kv, group * s, d]: each row of
+        // that kernel is one (head, position) row of the norm, reached through views only.
+        let s = Expr::sym("s");
+        let mut g = Graph::new();
+        let q = g
+            .input(
+                "q",
+                DType::F32,
+                &[s.clone(), Expr::Const(4), Expr::Const(8)],
+            )
+            .unwrap();
+        let w = g.input("w", DType::F32, &[Expr::Const(8)]).unwrap();
+        let n = g.rms_norm(q, w, 1e-6).unwrap();
+        let n = g.permute(n, &[1, 0, 2]).unwrap();
+        let (cos, sin) = g.rope_tables(Expr::Const(0), s.clone(), 8, 1e4).unwrap();
+        let y = g.rope(n, cos, sin).unwrap();
+        let grouped = g
+            .reshape(y, &[Expr::Const(2), s.mul(2), Expr::Const(8)])
+            .unwrap();
+        g.output("y", grouped);
+        let fused = kinds(&g, true);
+        assert_eq!(fused.last().unwrap(), "reduce_sum_map", "{fused:?}");
+        assert!(!fused.contains(&"reduce_sum".to_string()), "{fused:?}");
+        // The reduction is read at (position, head) of each row; the RoPE tables keep
+        // their kernels.
+        assert_eq!(kinds(&g, false).len(), fused.len() + 2, "{fused:?}");
+    }
+
     fn linear(g: &mut Graph, x: NodeId, name: &str, out: i64) -> NodeId {
         let k = g.shape(x)[1].clone();
         let w = g.input(name, DType::F32, &[Expr::Const(out), k]).unwrap();

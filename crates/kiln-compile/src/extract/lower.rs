@@ -6,6 +6,7 @@ use super::fusion::{read_counts, Realized};
 use super::{Buffer, Program, Step};
 use kiln_ir::{contiguous_strides, DType, Expr, Graph, NodeId, Op, ViewOp};
 use kiln_program::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 struct Builder<'g> {
@@ -14,6 +15,30 @@ struct Builder<'g> {
     buffer_of: HashMap<NodeId, usize>,
     /// How often each node is read (through views too).
     read_counts: Vec<usize>,
+    /// Indices already simplified within loop extents: every layer lowers the same kernels,
+    /// and the normal forms cost more than the rest of lowering.
+    in_bounds: InBounds,
+}
+
+/// A memo of [`Expr::simplify_in_bounds`] by expression and extents.
+#[derive(Default)]
+struct InBounds(RefCell<HashMap<(Expr, Vec<Expr>), Expr>>);
+
+impl InBounds {
+    fn simplify(&self, e: &Expr, extents: &[Expr]) -> Expr {
+        let key = (e.clone(), extents.to_vec());
+        if let Some(done) = self.0.borrow().get(&key) {
+            return done.clone();
+        }
+        let bounds: BTreeMap<u32, Expr> = extents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i as u32, d.clone()))
+            .collect();
+        let simpler = e.simplify_in_bounds(&bounds);
+        self.0.borrow_mut().insert(key, simpler.clone());
+        simpler
+    }
 }
 
 /// Lowers one kernel: collects the buffers it reads, numbered in order of first use.
@@ -28,6 +53,14 @@ struct Lowering<'a, 'g> {
     fusing: Option<Vec<Expr>>,
     /// The reduction this kernel computes (an unrealized reduce it reads) and where.
     reduce: Option<(NodeId, Vec<Expr>)>,
+    /// The reduction is read at an index computed from the row variables through views
+    /// (not the row variables themselves), and whether one read of it lies outside every
+    /// [`Lowering::selects`]: see `fused_reduce`.
+    reduce_through_views: bool,
+    reduce_read_unshifted: bool,
+    /// How many branches of a concatenation or slice write enclose what is being lowered: an
+    /// index there is shifted, in range only where the branch is taken.
+    selects: usize,
     /// The matmul whose products this kernel's epilogue reads, and the column offsets.
     matmul: Option<(NodeId, Vec<Expr>)>,
     /// A fused node read where this kernel cannot compute it: realize it and lower again.
@@ -43,6 +76,7 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
         realized,
         buffer_of: HashMap::new(),
         read_counts: read_counts(graph),
+        in_bounds: InBounds::default(),
     };
     let mut buffers = Vec::new();
     let mut steps = Vec::new();
@@ -78,6 +112,9 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
             in_place: None,
             fusing: None,
             reduce: None,
+            reduce_through_views: false,
+            reduce_read_unshifted: false,
+            selects: 0,
             matmul: None,
             unfusable: None,
             scores_of: None,
@@ -130,6 +167,52 @@ pub fn empty() -> Program {
         buffers: Vec::new(),
         steps: Vec::new(),
         outputs: Vec::new(),
+    }
+}
+
+/// An elementwise body's (or a row kernel's) indices simplified with its loop variables'
+/// extents (`shape`, `Var(i)` over `shape[i]`; `memo` across the layers' equal kernels): the
+/// divisions that unflatten an index read through reshapes (`(h * s * 128 + i * 128 + j) /
+/// (s * 128)`) go where the extents decide them (see [`Expr::simplify_in_bounds`]). An index
+/// is replaced only where that leaves fewer divisions: other kernels keep their text.
+fn within_extents(memo: &InBounds, body: ScalarExpr, shape: &[Expr]) -> ScalarExpr {
+    body.map_indices(&|e| {
+        let divisions = divisions(e);
+        if divisions == 0 {
+            return e.clone();
+        }
+        let simpler = memo.simplify(e, shape);
+        if self::divisions(&simpler) < divisions {
+            simpler
+        } else {
+            e.clone()
+        }
+    })
+}
+
+/// Whether every loop variable in `e` is below `Var(last)`.
+fn vars_below(e: &Expr, last: usize) -> bool {
+    match e {
+        Expr::Var(i) => (*i as usize) < last,
+        Expr::Add(a, b)
+        | Expr::Sub(a, b)
+        | Expr::Mul(a, b)
+        | Expr::Div(a, b)
+        | Expr::Mod(a, b)
+        | Expr::Min(a, b)
+        | Expr::Max(a, b) => vars_below(a, last) && vars_below(b, last),
+        Expr::Const(_) | Expr::Sym(_) => true,
+    }
+}
+
+/// How many `/` and `%` an index computes.
+fn divisions(e: &Expr) -> usize {
+    match e {
+        Expr::Div(a, b) | Expr::Mod(a, b) => 1 + divisions(a) + divisions(b),
+        Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Min(a, b) | Expr::Max(a, b) => {
+            divisions(a) + divisions(b)
+        }
+        Expr::Const(_) | Expr::Sym(_) | Expr::Var(_) => 0,
     }
 }
 
@@ -222,7 +305,23 @@ impl Lowering<'_, '_> {
                 self.fusing = Some(idx.clone());
                 let body = self.inline(self.root, &idx);
                 self.fusing = None;
-                self.fused_kind(body)
+                self.fused_kind(body).map(|kind| match kind {
+                    KernelKind::Elementwise { lets, body } if lets.is_empty() => {
+                        let body = within_extents(&self.b.in_bounds, body, &node.shape);
+                        KernelKind::Elementwise { lets, body }
+                    }
+                    // The reduction's own variable, `Var(rank)`, runs over `len`.
+                    KernelKind::ReduceMap { op, len, body, map } => {
+                        let row = [node.shape.as_slice(), std::slice::from_ref(&len)].concat();
+                        KernelKind::ReduceMap {
+                            op,
+                            body: within_extents(&self.b.in_bounds, body, &row),
+                            map: within_extents(&self.b.in_bounds, map, &node.shape),
+                            len,
+                        }
+                    }
+                    other => other,
+                })
             }
         }
         .and_then(|k| match self.unfusable {
@@ -321,6 +420,9 @@ impl Lowering<'_, '_> {
         let shape = g.shape(self.root).to_vec();
         let rank = shape.len();
         if let Some((x, idx)) = self.reduce.clone() {
+            if self.reduce_through_views && !self.reduce_read_unshifted {
+                return Err(x);
+            }
             let Op::Reduce(op, src, axis) = g.node(x).op else {
                 unreachable!("a reduce")
             };
@@ -369,9 +471,15 @@ impl Lowering<'_, '_> {
     }
 
     /// An unrealized reduction read by an elementwise root at `idx` (the reduced axis at 0):
-    /// the kernel reduces each of its rows first. Every read must be at the same index, made
-    /// of the root's row variables over equal dimensions only, so that every row of the
-    /// kernel reduces a row that exists.
+    /// the kernel reduces each of its rows first. Every read must be at the same index, which
+    /// must name a reduced row that exists for every row of the kernel, and must not change
+    /// along the kernel's last axis. Either the index is the root's row variables over equal
+    /// dimensions, or (simplified with the loop extents) an expression of the row variables
+    /// reached through views: views map an index in range to one in range, so such an index is
+    /// in range wherever no concatenation or slice write shifted it (the kernel must read the
+    /// reduction once outside every such branch; with one index for every read, all are in
+    /// range). The second form is a RoPE of normalised heads read through the
+    /// `[kv, group * s, d]` reshape of grouped-query attention.
     fn fused_reduce(&mut self, x: NodeId, idx: &[Expr]) -> ScalarExpr {
         let g = self.b.graph;
         let Some(own) = self.fusing.clone() else {
@@ -382,7 +490,10 @@ impl Lowering<'_, '_> {
         };
         let (rshape, eshape) = (g.shape(x), g.shape(self.root));
         let last = own.len().wrapping_sub(1);
-        let idx: Vec<Expr> = idx.iter().map(Expr::normalize).collect();
+        let idx: Vec<Expr> = idx
+            .iter()
+            .map(|e| self.b.in_bounds.simplify(e, eshape))
+            .collect();
         let in_row = |j: usize, e: &Expr| match e {
             Expr::Var(i) => {
                 let i = *i as usize;
@@ -390,10 +501,12 @@ impl Lowering<'_, '_> {
             }
             _ => e.is_const(0) && (j == axis || rshape[j].is_const(1)),
         };
+        let direct = idx.iter().enumerate().all(|(j, e)| in_row(j, e));
+        let through_views = !direct && idx.iter().all(|e| vars_below(e, last));
         let fits = !own.is_empty()
             && idx.len() == rshape.len()
             && idx[axis].is_const(0)
-            && idx.iter().enumerate().all(|(j, e)| in_row(j, e))
+            && (direct || through_views)
             && self.matmul.is_none()
             && self
                 .reduce
@@ -402,6 +515,8 @@ impl Lowering<'_, '_> {
         if !fits {
             return self.unfusable(x);
         }
+        self.reduce_through_views |= through_views;
+        self.reduce_read_unshifted |= self.selects == 0;
         self.reduce = Some((x, idx));
         ScalarExpr::Acc {
             slot: 0,
@@ -607,6 +722,7 @@ impl Lowering<'_, '_> {
         let last = parts.len() - 1;
         let mut shifted = idx.to_vec();
         shifted[axis] = idx[axis].clone().sub(start_of(last));
+        self.selects += 1;
         let mut e = self.at(parts[last], &shifted);
         for j in (0..last).rev() {
             let mut shifted = idx.to_vec();
@@ -620,6 +736,7 @@ impl Lowering<'_, '_> {
                 dtype,
             };
         }
+        self.selects -= 1;
         e
     }
 
@@ -637,8 +754,10 @@ impl Lowering<'_, '_> {
         let end = start.clone().add(g.shape(src)[axis].clone());
         let mut shifted = idx.to_vec();
         shifted[axis] = idx[axis].clone().sub(start.clone());
+        self.selects += 1;
         let inside = self.at(src, &shifted);
         let outside = self.at(dst, idx);
+        self.selects -= 1;
         ScalarExpr::Select {
             lhs: idx[axis].clone(),
             rhs: start.clone(),
