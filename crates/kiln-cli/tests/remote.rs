@@ -194,7 +194,8 @@ fn three_shards_build_everything_once_then_a_fourth_machine_builds_nothing() {
     for (i, r) in shards.iter().enumerate() {
         assert_eq!(n(&r["shard"], "index"), i as u64 + 1);
         assert_eq!(n(r, "compiled"), n(&r["shard"], "kernels"), "{r}");
-        assert!(n(&r["shard"], "kernels") > 0, "every shard has work: {r}");
+        // Work is units: a shard may hold only runtime parts (no kernels) of the CPU backend.
+        assert!(n(&r["shard"], "units") > 0, "every shard has work: {r}");
     }
     let fourth = tempfile::tempdir().unwrap();
     let (r, err) = report(compile(fourth.path(), Some(&url), &[]));

@@ -206,7 +206,9 @@ fn corrupt_foreign_and_hollow_entries_are_rejected_rebuilt_and_overwritten() {
         assert_eq!(rb.remote_errors, 0);
         assert_eq!(rb.artifact_digest, ra.artifact_digest);
         assert_eq!(rb.compiled + rb.remote_hits, rb.kernels_unique);
-        assert!(rb.compiled >= 4);
+        // The four damaged entries are rebuilt: kernels or the CPU runtime's parts (which the
+        // content hashes can put anywhere in the listing), one compiler invocation each.
+        assert!(rb.compiler_invocations >= 4, "{}", rb.compiler_invocations);
         // Rebuilt and overwritten: every entry is good again.
         for k in [k0, k1, k2, k3] {
             let bytes = store.get("cpu", k).unwrap().unwrap();
