@@ -365,6 +365,22 @@ enum Op2 {
     Max,
 }
 
+impl Op2 {
+    /// The node `a op b`, as built, without folding.
+    fn node(self, a: Expr, b: Expr) -> Expr {
+        let (a, b) = (Box::new(a), Box::new(b));
+        match self {
+            Op2::Add => Expr::Add(a, b),
+            Op2::Sub => Expr::Sub(a, b),
+            Op2::Mul => Expr::Mul(a, b),
+            Op2::Div => Expr::Div(a, b),
+            Op2::Mod => Expr::Mod(a, b),
+            Op2::Min => Expr::Min(a, b),
+            Op2::Max => Expr::Max(a, b),
+        }
+    }
+}
+
 /// [`Expr::simplify_in_bounds`] on a normalised expression, innermost `/` and `%` first.
 fn in_bounds(e: &Expr, bounds: &BTreeMap<u32, Expr>) -> Expr {
     let Some((a, b)) = e.operands() else {
@@ -383,16 +399,7 @@ fn in_bounds(e: &Expr, bounds: &BTreeMap<u32, Expr>) -> Expr {
             };
         }
     }
-    let (a, b) = (Box::new(a), Box::new(b));
-    match op {
-        Op2::Add => Expr::Add(a, b),
-        Op2::Sub => Expr::Sub(a, b),
-        Op2::Mul => Expr::Mul(a, b),
-        Op2::Div => Expr::Div(a, b),
-        Op2::Mod => Expr::Mod(a, b),
-        Op2::Min => Expr::Min(a, b),
-        Op2::Max => Expr::Max(a, b),
-    }
+    op.node(a, b)
 }
 
 /// `a = c x + v` and `b = c y` with `v` a loop variable of constant extent `c = bounds[v]`,
@@ -698,16 +705,7 @@ mod tests {
 
     /// `a op b` without the builder's folding, to feed the normaliser unsimplified trees.
     fn raw(op: Op2, a: impl Into<Expr>, b: impl Into<Expr>) -> Expr {
-        let (a, b) = (Box::new(a.into()), Box::new(b.into()));
-        match op {
-            Op2::Add => Expr::Add(a, b),
-            Op2::Sub => Expr::Sub(a, b),
-            Op2::Mul => Expr::Mul(a, b),
-            Op2::Div => Expr::Div(a, b),
-            Op2::Mod => Expr::Mod(a, b),
-            Op2::Min => Expr::Min(a, b),
-            Op2::Max => Expr::Max(a, b),
-        }
+        op.node(a.into(), b.into())
     }
 
     fn norm(e: &Expr) -> String {

@@ -383,16 +383,7 @@ pub(super) fn poly(e: &Expr) -> Poly {
 
 /// The node `a op b` (operands normalised).
 fn node(op: Op2, a: &Poly, b: &Poly) -> Expr {
-    let (a, b) = (Box::new(a.to_expr()), Box::new(b.to_expr()));
-    match op {
-        Op2::Add => Expr::Add(a, b),
-        Op2::Sub => Expr::Sub(a, b),
-        Op2::Mul => Expr::Mul(a, b),
-        Op2::Div => Expr::Div(a, b),
-        Op2::Mod => Expr::Mod(a, b),
-        Op2::Min => Expr::Min(a, b),
-        Op2::Max => Expr::Max(a, b),
-    }
+    op.node(a.to_expr(), b.to_expr())
 }
 
 /// Normal form of `a / b` (truncating).
