@@ -9,6 +9,7 @@
 #   ISA=avx2 bash scripts/bench-qgemv.sh     # the AVX2 kernels (f32-dequant path)
 #   THREADS=1 REPS=7 bash scripts/bench-qgemv.sh q4_0   # one type; one core
 #   MIN_MB=1 ...        # the weight in cache (compute only);  EXTRA="-DX=1" ... extra C flags
+#   EXTRA=-DSMALL_PAGES ...   # weights and stream on 4 KiB pages (default: 2 MiB ones)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ISA=${ISA:-avx512}

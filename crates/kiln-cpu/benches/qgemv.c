@@ -44,9 +44,18 @@ static const struct { const char *name; tile_fn f; int64_t gb; int floats; doubl
     {"q4_k", kiln_packed_tile_q4_k, GB_Q4_K, 2, 144.0 / 256},
 };
 
+/* EXTRA=-DLAUNCH_BARRIER: the threads meet at a spin barrier before each copy, as a decode
+ * launch's chunks end in a join, and the times are wall clock, not CPU time. */
+#ifdef LAUNCH_BARRIER
+static _Atomic long launch_arrivals;
+#define KILN_BENCH_CLOCK CLOCK_MONOTONIC
+#else
+#define KILN_BENCH_CLOCK CLOCK_THREAD_CPUTIME_ID
+#endif
+
 static double now_cpu(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    clock_gettime(KILN_BENCH_CLOCK, &ts);
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
@@ -55,7 +64,13 @@ static void *huge_alloc(size_t n) {
     n = huge_size(n);
     void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) { perror("mmap"); exit(1); }
+    /* EXTRA=-DSMALL_PAGES: 4 KiB pages, as a packed weight below HUGE_MIN had before the
+     * CPU device's huge-page arena (kiln-runtime host.rs) */
+#ifdef SMALL_PAGES
+    madvise(p, n, MADV_NOHUGEPAGE);
+#else
     madvise(p, n, MADV_HUGEPAGE);
+#endif
     return p;
 }
 
@@ -87,6 +102,10 @@ static void *run(void *arg) {
     double t0 = now_cpu();
     for (int c = 0; c < j->copies; ++c) {
         memset(st, 0, sizeof *st); /* a new launch */
+#ifdef LAUNCH_BARRIER
+        launch_arrivals++;
+        while (launch_arrivals < (long)(c + 1) * j->threads) __builtin_ia32_pause();
+#endif
         for (int64_t u = u0; u < u1; ++u) {
             const int64_t n0 = u * KILN_NC;
             TYPES[j->type].f(&ctx, j->x, j->K, j->w[c], j->K, 0, j->rows, n0, kiln_min(KILN_NC, j->N - n0), t, KILN_NC);
@@ -150,6 +169,9 @@ int main(int argc, char **argv) {
             for (int r = 0; r < reps; ++r) {
                 job jobs[2];
                 pthread_t tid[2];
+#ifdef LAUNCH_BARRIER
+                launch_arrivals = 0;
+#endif
                 for (int i = 0; i < threads; ++i) {
                     jobs[i] = (job){i, threads, copies, ty, rows, N, K, bytes, w, x, stream, 0, 0, 0};
                     pthread_create(&tid[i], NULL, run, &jobs[i]);

@@ -10,7 +10,7 @@ use crate::CpuModule;
 use kiln_ir::{Bindings, DType, Expr, Tensor};
 use kiln_program::{Device, LaunchSpec, RunError};
 use kiln_program::{Kernel, KernelKind, UniqueKernel};
-use kiln_runtime::HostBuffer;
+use kiln_runtime::{HostBuffer, HugePageArena};
 use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::ffi::c_void;
@@ -101,6 +101,9 @@ pub struct CpuDevice {
     /// The panels of the kernels resolved so far (every module of a program is compiled for
     /// one ISA and quantized path); weights are packed to them.
     panel: Option<Panels>,
+    /// Where packed weights below a huge-page mapping of their own are placed, so that the
+    /// GEMV streams them through 2 MiB pages too.
+    weights: HugePageArena,
 }
 
 #[derive(Clone, Copy)]
@@ -155,6 +158,7 @@ impl CpuDevice {
             threads,
             scratch,
             panel: None,
+            weights: HugePageArena::default(),
         })
     }
 }
@@ -298,6 +302,7 @@ impl Device for CpuDevice {
             Dispatch::Rayon(pool) => pool.install(pack_it),
             _ => pack_it(),
         };
+        let packed = self.weights.place(packed);
         // A weight in a mapped file (`Tensor::from_shared`: a GGUF file's embedding table)
         // stays a view of it: the gather touches only the pages of the rows it reads.
         let plain = (packed_reads < readers.len()).then(|| HostBuffer::from_tensor(t));

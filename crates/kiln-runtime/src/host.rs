@@ -6,6 +6,7 @@
 use kiln_ir::Tensor;
 use kiln_program::BackendError;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 /// A shared object loaded from bytes (dlopen needs a file: it lives as long as the library).
 pub struct HostLibrary {
@@ -78,6 +79,9 @@ pub struct HostBuffer {
     /// A shared tensor whose bytes this buffer is (`Tensor::from_shared`: a weight in a mapped
     /// file), read-only: kernels only read weights.
     view: Option<Tensor>,
+    /// The huge-page chunk of a [`HugePageArena`] this buffer is a part of, kept mapped while
+    /// any part lives.
+    chunk: Option<Arc<HostBuffer>>,
 }
 
 /// Buffers from this size up get their own huge-page mapping.
@@ -135,6 +139,7 @@ impl HostBuffer {
                 words: len / 8,
                 mapped: len,
                 view: None,
+                chunk: None,
             })
         }
     }
@@ -163,6 +168,7 @@ impl HostBuffer {
                     words: t.bytes().len() / 8,
                     mapped: 0,
                     view: Some(t),
+                    chunk: None,
                 };
             }
         }
@@ -183,6 +189,7 @@ impl HostBuffer {
             words,
             mapped: 0,
             view: None,
+            chunk: None,
         }
     }
 
@@ -223,8 +230,8 @@ impl HostBuffer {
 
 impl Drop for HostBuffer {
     fn drop(&mut self) {
-        if self.view.is_some() {
-            return; // the tensor frees (or unmaps) its own bytes
+        if self.view.is_some() || self.chunk.is_some() {
+            return; // the tensor, or the arena's chunk, frees (or unmaps) its own bytes
         }
         #[cfg(target_os = "linux")]
         if self.mapped > 0 {
@@ -239,6 +246,57 @@ impl Drop for HostBuffer {
                 self.words,
             )))
         };
+    }
+}
+
+/// Long-lived buffers below [`HUGE_MIN`] (a model's packed weights) placed one after the
+/// other in huge-page chunks, so that they too are read through 2 MiB pages without each being
+/// rounded up to whole ones. A small model's packed quantized weights are 0.6-4 MB each
+/// (Qwen3-0.6B Q4_0: 1.3 MB for q_proj, 2 MB for down_proj); on 4 KiB pages its decode GEMV
+/// read them at ~17 GB/s, against 56-69 GB/s on huge pages (`docs/benchmarks.md`).
+#[derive(Default)]
+pub struct HugePageArena {
+    chunk: Option<Arc<HostBuffer>>,
+    used: usize,
+}
+
+/// Bytes of one arena chunk: an unused end of at most one buffer below [`HUGE_MIN`] per chunk.
+const ARENA_CHUNK: usize = 32 << 20;
+
+impl HugePageArena {
+    /// `buf`, or a copy of it in the arena where it is below [`HUGE_MIN`] (larger buffers have
+    /// their own huge-page mapping already) and huge-page chunks can be mapped here.
+    pub fn place(&mut self, buf: HostBuffer) -> HostBuffer {
+        let bytes = buf.len();
+        if bytes >= HUGE_MIN || buf.view.is_some() {
+            return buf;
+        }
+        let room = self.chunk.as_ref().map_or(0, |c| c.len() - self.used);
+        if room < bytes {
+            let chunk = HostBuffer::zeroed(ARENA_CHUNK);
+            if chunk.mapped == 0 {
+                return buf; // no huge-page mapping here: the allocator's memory serves
+            }
+            self.chunk = Some(Arc::new(chunk));
+            self.used = 0;
+        }
+        let chunk = self.chunk.as_ref().expect("a chunk with room");
+        // SAFETY: [used, used + bytes) lies in the chunk and no other part of the arena refers
+        // to it; `buf` holds `bytes` bytes.
+        let ptr = unsafe {
+            let at = chunk.as_mut_ptr().add(self.used);
+            std::ptr::copy_nonoverlapping(buf.as_mut_ptr(), at, bytes);
+            NonNull::new(at as *mut u64).expect("inside a mapping")
+        };
+        // The next part on a cache line of its own (`bytes` is whole words).
+        self.used = (self.used + bytes).next_multiple_of(64);
+        HostBuffer {
+            ptr,
+            words: bytes / 8,
+            mapped: 0,
+            view: None,
+            chunk: Some(chunk.clone()),
+        }
     }
 }
 
@@ -262,6 +320,33 @@ mod tests {
             assert_eq!(b.read(bytes)[bytes - 1], 7);
             let c = HostBuffer::from_bytes(&b.read(bytes));
             assert_eq!(c.read(bytes), b.read(bytes));
+        }
+    }
+
+    #[test]
+    fn arena_parts_are_copies_on_huge_pages_that_outlive_the_arena() {
+        let mut arena = HugePageArena::default();
+        let sizes = [8, 1 << 20, 3 << 20, 3 << 20, HUGE_MIN + 8, 5000 * 8];
+        let parts: Vec<(HostBuffer, Vec<u8>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let want: Vec<u8> = (0..n).map(|j| (i * 31 + j % 251) as u8).collect();
+                (arena.place(HostBuffer::from_bytes(&want)), want)
+            })
+            .collect();
+        drop(arena);
+        for (b, want) in &parts {
+            assert_eq!(&b.read(want.len()), want);
+            if cfg!(target_os = "linux") && want.len() < HUGE_MIN {
+                assert!(b.chunk.is_some(), "{} bytes not in the arena", want.len());
+            }
+        }
+        if cfg!(target_os = "linux") {
+            // 1 MiB and 3 MiB share the first chunk, each part on its own cache lines.
+            let (a, b) = (&parts[1].0, &parts[2].0);
+            assert_eq!(b.as_mut_ptr() as usize - a.as_mut_ptr() as usize, 1 << 20);
+            assert_eq!(a.as_mut_ptr() as usize % 64, 0);
         }
     }
 }

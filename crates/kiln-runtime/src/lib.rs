@@ -16,6 +16,6 @@ mod executor;
 pub mod host;
 
 pub use executor::{Executable, Executor, RunStats};
-pub use host::{HostBuffer, HostLibrary};
+pub use host::{HostBuffer, HostLibrary, HugePageArena};
 // The device-side contracts, for backends and embedders that name them from here.
 pub use kiln_program::{Cause, Device, RunError, Runtime};
