@@ -503,7 +503,15 @@ fn bad_requests_get_openai_error_bodies() {
         )
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json().unwrap()["usage"]["completion_tokens"], 3);
+    // (Seen once in CI at 1 token, not reproduced in 40 runs since: the body and the server's
+    // log say which finish it was if it happens again.)
+    assert_eq!(
+        r.json().unwrap()["usage"]["completion_tokens"],
+        3,
+        "{}\nlog:\n{}",
+        r.body,
+        server.log()
+    );
     server.wait_for_log(&["status=413", "endpoint=/v1/completions"]);
     server.wait_for_log(&["status=404", "endpoint=/v1/embeddings"]);
     let m = server.metrics();
@@ -645,11 +653,20 @@ fn sigterm_with_requests_in_flight_finishes_or_cancels_them_and_exits_0() {
                 })
             })
             .collect();
-        // Both slots generate (the others wait for a slot, or have finished): stop the server.
+        // Both slots generate and the server holds all four requests (queued, or admitted to
+        // a slot: each prompt is 5 tokens), so that none is still connecting when it stops
+        // accepting: stop the server.
+        let held = || {
+            let m = server.metrics();
+            metric(&m, "kiln_queue_depth") + metric(&m, "kiln_prompt_tokens_total") / 5.0
+        };
         poll(
             Duration::from_secs(60),
             Duration::from_millis(5),
-            || (streaming.load(std::sync::atomic::Ordering::SeqCst) >= 2).then_some(()),
+            || {
+                (streaming.load(std::sync::atomic::Ordering::SeqCst) >= 2 && held() >= 4.0)
+                    .then_some(())
+            },
             || "no streams started".into(),
         );
         unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
@@ -909,10 +926,16 @@ fn bench_serve_drives_a_running_server_at_url() {
             "{row}"
         );
     }
-    // The warm-up stream, then 1 and 3: five requests that ran to max_tokens.
-    assert_eq!(
-        metric(&server.metrics(), "kiln_requests_total{outcome=\"length\"}"),
-        5.0
+    // The warm-up stream, then 1 and 3: five requests that ran to max_tokens. The driver
+    // counts a request just after its last chunk is sent, so the bench may exit first.
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || {
+            let n = metric(&server.metrics(), "kiln_requests_total{outcome=\"length\"}");
+            (n == 5.0).then_some(())
+        },
+        || format!("not five length requests:\n{}", server.metrics()),
     );
 }
 
