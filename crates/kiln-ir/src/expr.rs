@@ -227,7 +227,8 @@ impl Expr {
         found
     }
 
-    fn visit(&self, f: &mut impl FnMut(&Expr)) {
+    /// Calls `f` on this node and every node below it, parents first.
+    pub fn visit(&self, f: &mut impl FnMut(&Expr)) {
         f(self);
         if let Some((a, b)) = self.operands() {
             a.visit(f);

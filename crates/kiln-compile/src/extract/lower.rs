@@ -192,28 +192,20 @@ fn within_extents(memo: &InBounds, body: ScalarExpr, shape: &[Expr]) -> ScalarEx
 
 /// Whether every loop variable in `e` is below `Var(last)`.
 fn vars_below(e: &Expr, last: usize) -> bool {
-    match e {
-        Expr::Var(i) => (*i as usize) < last,
-        Expr::Add(a, b)
-        | Expr::Sub(a, b)
-        | Expr::Mul(a, b)
-        | Expr::Div(a, b)
-        | Expr::Mod(a, b)
-        | Expr::Min(a, b)
-        | Expr::Max(a, b) => vars_below(a, last) && vars_below(b, last),
-        Expr::Const(_) | Expr::Sym(_) => true,
-    }
+    let mut below = true;
+    e.visit(&mut |x| {
+        if let Expr::Var(i) = x {
+            below &= (*i as usize) < last;
+        }
+    });
+    below
 }
 
 /// How many `/` and `%` an index computes.
 fn divisions(e: &Expr) -> usize {
-    match e {
-        Expr::Div(a, b) | Expr::Mod(a, b) => 1 + divisions(a) + divisions(b),
-        Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Min(a, b) | Expr::Max(a, b) => {
-            divisions(a) + divisions(b)
-        }
-        Expr::Const(_) | Expr::Sym(_) | Expr::Var(_) => 0,
-    }
+    let mut n = 0;
+    e.visit(&mut |x| n += matches!(x, Expr::Div(..) | Expr::Mod(..)) as usize);
+    n
 }
 
 fn vars(rank: usize, shape: &[Expr]) -> Vec<Expr> {
