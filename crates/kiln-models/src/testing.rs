@@ -194,6 +194,19 @@ pub fn gguf_fixtures() -> PathBuf {
     p
 }
 
+/// The Qwen3 tokenizer fixture (`qwen3-tokenizer.gguf.gz`) decompressed into `dir`: its path.
+pub fn tokenizer_gguf_in(dir: &std::path::Path) -> PathBuf {
+    use std::io::Read;
+    let gz = std::fs::read(gguf_fixtures().join("qwen3-tokenizer.gguf.gz")).unwrap();
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let path = dir.join("qwen3-tokenizer.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 /// The GGUF fixture files whose linear weights stay in their blocks (Q8_0, Q4_0, Q4_K, Q6_K)
 /// on a backend that reads blocks: a Qwen3 and a Qwen2 (q/k/v biases) in Q8_0, Q4_0, and the
 /// 256-wide Qwen3 (K-quants need whole 256-value rows) in Q4_K, Q6_K and in llama.cpp's

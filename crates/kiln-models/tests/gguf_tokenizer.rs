@@ -7,20 +7,11 @@
 use kiln_models::gguf::{tokenizer::from_gguf, GgufFile, MetaValue};
 use kiln_models::testing::TokenizeCase;
 use kiln_models::Tokenizer;
-use std::io::Read;
 
 /// The fixture, decompressed into a temporary file.
 fn tokenizer_gguf() -> (tempfile::TempDir, GgufFile) {
-    let gz = std::fs::read(kiln_models::testing::gguf_fixtures().join("qwen3-tokenizer.gguf.gz"))
-        .unwrap();
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut bytes)
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qwen3-tokenizer.gguf");
-    std::fs::write(&path, bytes).unwrap();
-    let f = GgufFile::open(&path).unwrap();
+    let f = GgufFile::open(&kiln_models::testing::tokenizer_gguf_in(dir.path())).unwrap();
     (dir, f)
 }
 

@@ -4,7 +4,6 @@
 //! way must not stay resident. Alone in its test binary: it measures the whole process.
 
 use kiln_models::ModelSource;
-use std::io::Read;
 
 /// This process's resident anonymous memory, in MiB.
 fn rss_anon_mib() -> f64 {
@@ -28,16 +27,8 @@ fn a_gguf_tokenizer_keeps_no_more_than_the_tokenizer() {
     // kiln's allocator setting (kiln-cli's main): allocations from 1 MB up are mapped alone.
     // SAFETY: sets an allocator parameter before this test allocates much.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
-    let gz = std::fs::read(kiln_models::testing::gguf_fixtures().join("qwen3-tokenizer.gguf.gz"))
-        .unwrap();
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut bytes)
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qwen3-tokenizer.gguf");
-    std::fs::write(&path, &bytes).unwrap();
-    drop((gz, bytes));
+    let path = kiln_models::testing::tokenizer_gguf_in(dir.path());
 
     let before = rss_anon_mib();
     let tok = ModelSource::Gguf(path).tokenizer().unwrap().unwrap();
