@@ -666,6 +666,97 @@ int kiln_selftest(void) {
         }
     }
 
+    /// `kiln_mm_nt` and `kiln_mm_nt_bf16` (Q K^T and the small products): a row computed alone
+    /// equals the same row inside a call of 2 to 7 rows (the M <= 2 path against the register
+    /// blocks), for K with and without a scalar tail, and the results do not depend on GCC's
+    /// loop vectoriser (the runtime compiles them without it, `runtime::MM_NT_OPTIMIZE`): the
+    /// tails are explicit `fmaf` chains. Written `s += a * b`, the bf16 blocks' tails once gave
+    /// a row alone other last bits than the same row in a call of 3 or more.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn mm_nt_rows_are_the_same_alone_and_in_blocks_with_or_without_the_vectoriser() {
+        let check = r#"
+static float kiln_test_value(int64_t i) { return (float)((i * 7919) % 2001 - 1000) / 1000.0f; }
+static uint64_t kiln_test_mix(uint64_t h, float v) { return (h ^ kiln_f2u(v)) * 1099511628211ull; }
+int64_t kiln_selftest(uint64_t *digest) {
+    enum { MM = 7, NN = 9, LD = 300 };
+    static float a[MM * LD], b[NN * LD], c[MM * NN], r[NN];
+    static uint16_t bb[NN * LD];
+    for (int64_t i = 0; i < MM * LD; ++i) a[i] = kiln_test_value(i);
+    for (int64_t i = 0; i < NN * LD; ++i) {
+        b[i] = kiln_test_value(3 * i + 1);
+        bb[i] = (uint16_t)(kiln_f2u(b[i]) >> 16);
+    }
+    const int64_t ks[] = {1, 3, 15, 16, 17, 31, 33, 47, 131, 300};
+    int64_t bad = 0;
+    uint64_t h = 1469598103934665603ull;
+    for (int bf = 0; bf < 2; ++bf)
+        for (int ki = 0; ki < 10; ++ki)
+            for (int64_t m = 1; m <= MM; ++m)
+                for (int64_t n = 1; n <= NN; ++n) {
+                    const int64_t k = ks[ki];
+                    if (bf) kiln_mm_nt_bf16(a, LD, bb, LD, c, NN, m, n, k);
+                    else kiln_mm_nt(a, LD, b, LD, c, NN, m, n, k);
+                    for (int64_t i = 0; i < m; ++i) {
+                        if (bf) kiln_mm_nt_bf16(a + i * LD, LD, bb, LD, r, NN, 1, n, k);
+                        else kiln_mm_nt(a + i * LD, LD, b, LD, r, NN, 1, n, k);
+                        for (int64_t j = 0; j < n; ++j) {
+                            bad += kiln_f2u(r[j]) != kiln_f2u(c[i * NN + j]);
+                            h = kiln_test_mix(h, c[i * NN + j]);
+                        }
+                    }
+                }
+    *digest = h;
+    return bad;
+}
+"#;
+        let isa = if Isa::host_has_avx512() {
+            Isa::Avx512
+        } else {
+            Isa::Avx2
+        };
+        let mut digests = Vec::new();
+        for extra in [None, Some("-fno-tree-loop-vectorize")] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("mm_nt.c");
+            let so = dir.path().join("mm_nt.so");
+            std::fs::write(&src, format!("{}\n{check}", prelude(isa))).unwrap();
+            let out = std::process::Command::new("cc")
+                .args(["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11"])
+                .args(["-fno-math-errno"])
+                .args(extra)
+                .arg("-o")
+                .arg(&so)
+                .arg(&src)
+                .arg("-lm")
+                .output()
+                .expect("run cc");
+            assert!(
+                out.status.success(),
+                "{extra:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut digest = 0u64;
+            // SAFETY: the library was just compiled from the prelude and the checker above.
+            let bad = unsafe {
+                let lib = libloading::Library::new(&so).unwrap();
+                let f = lib
+                    .get::<unsafe extern "C" fn(*mut u64) -> i64>(b"kiln_selftest")
+                    .unwrap();
+                f(&mut digest)
+            };
+            assert_eq!(
+                bad, 0,
+                "{extra:?}: rows alone differ from the same rows in a call"
+            );
+            digests.push(digest);
+        }
+        assert_eq!(
+            digests[0], digests[1],
+            "kiln_mm_nt's results depend on the loop vectoriser"
+        );
+    }
+
     /// `-march=native` is not always AVX2 (QEMU's default CPU models, some Atoms and
     /// Celerons): the prelude's building blocks must compile for baseline x86-64 too (a register
     /// constraint for 32-byte vectors once broke every kernel there).

@@ -44,6 +44,10 @@ pub struct RuntimeFn {
     /// runs the same body: results are the same whichever part computes them. Empty: one part,
     /// the whole function.
     cases: &'static [Case],
+    /// GCC optimisation options of its parts (`#pragma GCC optimize`, first in the part's
+    /// source, so in its cache key and tag), where the defaults spend compile time on code
+    /// that does not run faster for it. Empty: none.
+    optimize: &'static str,
 }
 
 /// A case of a runtime function: the suffix of its part and its condition (C, over the
@@ -53,12 +57,18 @@ pub struct Case {
     pub when: &'static str,
 }
 
-/// The cases of a packed f32 or bf16 tile (`c/gemm.h`), by rows: the GEMV passes (decode and
-/// batched decode, up to `KILN_GEMV_ROWS` rows) and the register-blocked GEMM. All paths of
-/// the bf16 tile compiled together were the longest compile unit of a model (issue 27);
-/// splitting the GEMV passes once more (at 4 rows) shortened the longest unit no further (the
-/// GEMM case and `kiln_mm_nt`'s blocked case are as long) and cost a unit's fixed cost.
+/// The cases of a packed f32 or bf16 tile (`c/gemm.h`): product columns off a panel boundary
+/// (the scalar `fmaf` chains), then by rows: the GEMV passes (decode and batched decode, up to
+/// `KILN_GEMV_ROWS` rows) and the register-blocked GEMM. All paths of the bf16 tile compiled
+/// together were the longest compile unit of a model (issue 27); the scalar path, compiled in
+/// both row cases, was ~20 ms of each, and one case of its own takes it out of both (the GEMM
+/// case is the longest part). Splitting the GEMV passes once more (at 4 rows) shortened the
+/// longest unit no further and cost a unit's fixed cost.
 const TILE_CASES: &[Case] = &[
+    Case {
+        suffix: "cols",
+        when: "c0 % KILN_NR != 0",
+    },
     Case {
         suffix: "gemv",
         when: "tm <= KILN_GEMV_ROWS",
@@ -95,6 +105,12 @@ const MM_NT_CASES: &[Case] = &[
     },
 ];
 
+/// `kiln_mm_nt` without GCC's loop vectoriser: its loops are written in vector types already,
+/// and the vectoriser spent ~0.1 s of the blocked case's ~0.19 s on the scalar K tails
+/// (explicit `fmaf` chains, so the results do not depend on it), for no speed (a C harness,
+/// M = 1, 2, 64, N = 1536, K = 128: the same per-thread CPU time; issue 27).
+const MM_NT_OPTIMIZE: &str = "no-tree-loop-vectorize";
+
 const TILE_ARGS: &str = "(ctx, a, lda, wp, K, m0, tm, c0, tn, t, ldt)";
 const fn tile(part: &'static str, name: &'static str, params: &'static str) -> RuntimeFn {
     RuntimeFn {
@@ -104,6 +120,7 @@ const fn tile(part: &'static str, name: &'static str, params: &'static str) -> R
         params,
         args: TILE_ARGS,
         cases: TILE_CASES,
+        optimize: "",
     }
 }
 const fn qtile(part: &'static str, name: &'static str, params: &'static str) -> RuntimeFn {
@@ -129,6 +146,7 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         params: "(const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)",
         args: "(a, lda, b, ldb, c, ldc, M, N, K)",
         cases: MM_NT_CASES,
+        optimize: MM_NT_OPTIMIZE,
     },
     RuntimeFn {
         part: "mm_nt_bf16",
@@ -137,6 +155,7 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         params: "(const float *restrict a, int64_t lda, const uint16_t *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)",
         args: "(a, lda, b, ldb, c, ldc, M, N, K)",
         cases: MM_NT_CASES,
+        optimize: MM_NT_OPTIMIZE,
     },
     RuntimeFn {
         part: "mm_nn",
@@ -145,6 +164,7 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         params: "(const float *restrict a, int64_t lda, int64_t sak, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)",
         args: "(a, lda, sak, b, ldb, c, ldc, M, N, K)",
         cases: &[],
+        optimize: "",
     },
     RuntimeFn {
         part: "attention",
@@ -153,6 +173,7 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         params: "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N)",
         args: "(o, ldo, p, ldp, v, ldv, M, K, N)",
         cases: &[],
+        optimize: "",
     },
     RuntimeFn {
         part: "attention",
@@ -161,6 +182,7 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         params: "(float *restrict s, int64_t n, float m)",
         args: "(s, n, m)",
         cases: &[],
+        optimize: "",
     },
 ];
 
@@ -231,8 +253,8 @@ pub fn code(isa: Isa) -> String {
     let mut code = crate::cc::prelude(isa).to_string();
     for f in FUNCTIONS {
         code.push_str(&format!(
-            "{} | {} {}{} -> {}\n",
-            f.part, f.ret, f.name, f.params, f.args
+            "{} | {} {}{} -> {} [{}]\n",
+            f.part, f.ret, f.name, f.params, f.args, f.optimize
         ));
         for c in f.cases {
             code.push_str(&format!("  case {}: {}\n", c.suffix, c.when));
@@ -281,7 +303,14 @@ pub fn kernel_prelude(isa: Isa, tag: &str) -> String {
 /// condition (`__builtin_unreachable` where it does not hold) and has the function's body
 /// inlined into it (`flatten`) before the optimiser prunes the paths the condition excludes.
 pub fn part_source(isa: Isa, tag: &str, part: &str) -> String {
-    let mut s = crate::cc::prelude(isa).to_string();
+    let mut s = String::new();
+    if let Some(f) = FUNCTIONS
+        .iter()
+        .find(|f| f.parts().iter().any(|p| p == part) && !f.optimize.is_empty())
+    {
+        s.push_str(&format!("#pragma GCC optimize (\"{}\")\n", f.optimize));
+    }
+    s.push_str(crate::cc::prelude(isa));
     let export = "__attribute__((visibility(\"default\")))";
     s.push_str(&format!(
         "\n/* ---- runtime part {part} (kiln-cpu runtime.rs) */\n{export} const int {} = 1;\n",
@@ -374,7 +403,9 @@ mod tests {
         let part = part_source(Isa::Avx2, "T", "gemm_bf16_gemm");
         assert!(part.contains("kiln_rt_gemm_bf16_gemm_T"));
         assert!(
-            part.contains("if (!(!(tm <= KILN_GEMV_ROWS))) __builtin_unreachable();"),
+            part.contains(
+                "if (!(!(c0 % KILN_NR != 0) && !(tm <= KILN_GEMV_ROWS))) __builtin_unreachable();"
+            ),
             "{part}"
         );
         assert!(!part.contains("kiln_packed_tile_bf16_gemv_T"));

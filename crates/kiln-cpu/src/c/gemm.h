@@ -197,6 +197,20 @@ static inline void NAME(const int R, const int S, const float *restrict x, int64
 #endif
 KILN_GEMV_PASS(kiln_gemv_pass_f32, float, KILN_LDV_F32)
 KILN_GEMV_PASS(kiln_gemv_pass_bf16, uint16_t, KILN_LDV_BF16)
+/* One function per shape (R rows, S panels) of a pass, which the tiles call: their 11 call
+ * sites use 7 shapes, and inlining the pass at each compiled the same loops again (~30 ms of
+ * the GEMV case's ~190 ms of gcc, issue 27). A call per pass of K steps costs nothing measurable
+ * (a C harness, 1-12 rows, K = 1024 and 4096: the same per-thread CPU time). */
+#define KILN_GEMV_AT(NAME, BT, R, S)                                                               \
+static __attribute__((noinline)) void NAME##_##R##x##S(const float *restrict x, int64_t ldx,      \
+        const BT *const *w, int64_t K, float *restrict t, int64_t ldt) {                           \
+    NAME(R, S, x, ldx, w, K, t, ldt);                                                              \
+}
+#define KILN_GEMV_SHAPES(NAME, BT) KILN_GEMV_AT(NAME, BT, 1, 4) KILN_GEMV_AT(NAME, BT, 1, 2)       \
+    KILN_GEMV_AT(NAME, BT, 2, 2) KILN_GEMV_AT(NAME, BT, 1, 1) KILN_GEMV_AT(NAME, BT, 2, 1)         \
+    KILN_GEMV_AT(NAME, BT, 3, 1) KILN_GEMV_AT(NAME, BT, 4, 1)
+KILN_GEMV_SHAPES(kiln_gemv_pass_f32, float)
+KILN_GEMV_SHAPES(kiln_gemv_pass_bf16, uint16_t)
 
 /* The product tile of a packed weight: t[i * ldt + j] = sum_k a[i * lda + k] * W[c0 + j, k]
  * for i < tm <= MC, j < tn <= NC. The tile has room for MC rows and NC + NR columns' worth of
@@ -224,13 +238,13 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const
             const int S = R == 1 && s + 4 <= np ? 4 : R <= 2 && s + 2 <= np ? 2 : 1;               \
             const BT *w[4];                                                                        \
             for (int q = 0; q < 4; ++q) w[q] = wp + (p0 + s + (q < S ? q : 0)) * K * KILN_NR;      \
-            if (S == 4) GEMV(1, 4, a, lda, w, K, t + s * KILN_NR, ldt);                            \
-            else if (S == 2 && R == 1) GEMV(1, 2, a, lda, w, K, t + s * KILN_NR, ldt);             \
-            else if (S == 2) GEMV(2, 2, a, lda, w, K, t + s * KILN_NR, ldt);                       \
-            else if (R == 1) GEMV(1, 1, a, lda, w, K, t + s * KILN_NR, ldt);                       \
-            else if (R == 2) GEMV(2, 1, a, lda, w, K, t + s * KILN_NR, ldt);                       \
-            else if (R == 3) GEMV(3, 1, a, lda, w, K, t + s * KILN_NR, ldt);                       \
-            else GEMV(4, 1, a, lda, w, K, t + s * KILN_NR, ldt);                                   \
+            if (S == 4) GEMV##_1x4(a, lda, w, K, t + s * KILN_NR, ldt);                            \
+            else if (S == 2 && R == 1) GEMV##_1x2(a, lda, w, K, t + s * KILN_NR, ldt);             \
+            else if (S == 2) GEMV##_2x2(a, lda, w, K, t + s * KILN_NR, ldt);                       \
+            else if (R == 1) GEMV##_1x1(a, lda, w, K, t + s * KILN_NR, ldt);                       \
+            else if (R == 2) GEMV##_2x1(a, lda, w, K, t + s * KILN_NR, ldt);                       \
+            else if (R == 3) GEMV##_3x1(a, lda, w, K, t + s * KILN_NR, ldt);                       \
+            else GEMV##_4x1(a, lda, w, K, t + s * KILN_NR, ldt);                                   \
             s += S;                                                                                \
         }                                                                                          \
         return;                                                                                    \
@@ -243,10 +257,10 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const
                 const float *ar = a + r0 * lda;                                                    \
                 float *tr = t + r0 * ldt + s * KILN_NR;                                            \
                 const int64_t R = kiln_min(4, tm - r0);                                            \
-                if (R == 4) GEMV(4, 1, ar, lda, w, K, tr, ldt);                                    \
-                else if (R == 3) GEMV(3, 1, ar, lda, w, K, tr, ldt);                               \
-                else if (R == 2) GEMV(2, 1, ar, lda, w, K, tr, ldt);                               \
-                else GEMV(1, 1, ar, lda, w, K, tr, ldt);                                           \
+                if (R == 4) GEMV##_4x1(ar, lda, w, K, tr, ldt);                                    \
+                else if (R == 3) GEMV##_3x1(ar, lda, w, K, tr, ldt);                               \
+                else if (R == 2) GEMV##_2x1(ar, lda, w, K, tr, ldt);                               \
+                else GEMV##_1x1(ar, lda, w, K, tr, ldt);                                           \
             }                                                                                      \
         }                                                                                          \
         return;                                                                                    \

@@ -165,7 +165,9 @@ static inline int64_t kiln_bf16_pos(int64_t j) {
  * (decode attention), one row of B at a time: B then streams from memory in address order,
  * where the blocks' four interleaved rows read at less than half the speed (a KV cache of
  * 1536 keys on a Zen 4 core: 0.62 -> 0.28 ms per layer). Each (m, n) is summed in the same
- * order on every path: one KILN_VL-wide chain over k, kiln_hsumv, then the scalar tail. */
+ * order on every path: one KILN_VL-wide chain over k, kiln_hsumv, then the scalar tail, an
+ * explicit fmaf chain: written `s += a * b`, its contraction into FMAs depended on whether GCC's
+ * loop vectoriser ran (runtime.rs compiles these without it: it spent ~0.1 s on the tails). */
 #define KILN_ID(x) (x)
 #define KILN_MM_NT(NAME, BT, LDBV, LDB1) \
 static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
@@ -181,7 +183,7 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
                 c0 += kiln_ldv(a0 + k) * y; c1 += kiln_ldv(a1 + k) * y; \
             } \
             float s0 = kiln_hsumv(c0), s1 = kiln_hsumv(c1); \
-            for (int64_t k = KV; k < K; ++k) { s0 += a0[k] * LDB1(b0[k]); s1 += a1[k] * LDB1(b0[k]); } \
+            for (int64_t k = KV; k < K; ++k) { s0 = fmaf(a0[k], LDB1(b0[k]), s0); s1 = fmaf(a1[k], LDB1(b0[k]), s1); } \
             c[n] = s0; \
             if (M == 2) c[ldc + n] = s1; \
         } \
@@ -205,8 +207,8 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
             float s[2][4]; \
             kiln_hsum4v(c00, c01, c02, c03, s[0]); kiln_hsum4v(c10, c11, c12, c13, s[1]); \
             for (int64_t k = KV; k < K; ++k) { \
-                s[0][0] += a0[k] * LDB1(b0[k]); s[0][1] += a0[k] * LDB1(b1[k]); s[0][2] += a0[k] * LDB1(b2[k]); s[0][3] += a0[k] * LDB1(b3[k]); \
-                s[1][0] += a1[k] * LDB1(b0[k]); s[1][1] += a1[k] * LDB1(b1[k]); s[1][2] += a1[k] * LDB1(b2[k]); s[1][3] += a1[k] * LDB1(b3[k]); \
+                s[0][0] = fmaf(a0[k], LDB1(b0[k]), s[0][0]); s[0][1] = fmaf(a0[k], LDB1(b1[k]), s[0][1]); s[0][2] = fmaf(a0[k], LDB1(b2[k]), s[0][2]); s[0][3] = fmaf(a0[k], LDB1(b3[k]), s[0][3]); \
+                s[1][0] = fmaf(a1[k], LDB1(b0[k]), s[1][0]); s[1][1] = fmaf(a1[k], LDB1(b1[k]), s[1][1]); s[1][2] = fmaf(a1[k], LDB1(b2[k]), s[1][2]); s[1][3] = fmaf(a1[k], LDB1(b3[k]), s[1][3]); \
             } \
             for (int j = 0; j < 4; ++j) { c[m * ldc + n + j] = s[0][j]; c[(m + 1) * ldc + n + j] = s[1][j]; } \
         } \
@@ -220,7 +222,7 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
             } \
             float s[4]; \
             kiln_hsum4v(c0, c1, c2, c3, s); \
-            for (int64_t k = KV; k < K; ++k) { s[0] += a0[k] * LDB1(b0[k]); s[1] += a0[k] * LDB1(b1[k]); s[2] += a0[k] * LDB1(b2[k]); s[3] += a0[k] * LDB1(b3[k]); } \
+            for (int64_t k = KV; k < K; ++k) { s[0] = fmaf(a0[k], LDB1(b0[k]), s[0]); s[1] = fmaf(a0[k], LDB1(b1[k]), s[1]); s[2] = fmaf(a0[k], LDB1(b2[k]), s[2]); s[3] = fmaf(a0[k], LDB1(b3[k]), s[3]); } \
             for (int j = 0; j < 4; ++j) c[m * ldc + n + j] = s[j]; \
         } \
     } \
@@ -231,7 +233,7 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
             kiln_vf c0 = {0}; \
             for (int64_t k = 0; k < KV; k += KILN_VL) c0 += kiln_ldv(a0 + k) * LDBV(b0 + k); \
             float s = kiln_hsumv(c0); \
-            for (int64_t k = KV; k < K; ++k) s += a0[k] * LDB1(b0[k]); \
+            for (int64_t k = KV; k < K; ++k) s = fmaf(a0[k], LDB1(b0[k]), s); \
             c[m * ldc + n] = s; \
         } \
     } \
