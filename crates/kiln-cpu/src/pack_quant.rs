@@ -35,8 +35,9 @@
 //!   kernel subtracts `8 * sum(a)`) — 20 bytes, as in the f32 layout;
 //! - Q4_K: `scale: [f32; panel]` (`d * sc`), `neg_min: [f32; panel]` (`-(dmin * m)`), then the
 //!   nibbles as Q4_0 — 24 bytes, as in the f32 layout;
-//! - Q6_K: `d: [f32; panel]`, `bias: [i32; panel]`, `sc: [[i8; panel]; 2]`, the low nibbles as
-//!   Q4_0, then the high bit pairs (`c/gemm_q6k.h` says how and why) — 34 bytes.
+//! - Q6_K: `d: [f32; panel]`, `sc: [[i8; panel]; 2]`, then the 6-bit values, three vectors per
+//!   two quads with the fourth quad's bits in their top bit pairs (`c/gemm_q6k.h` says how and
+//!   why) — 30 bytes.
 
 use kiln_ir::quant::{sub_block, sub_block_q6_k};
 use kiln_ir::DType;
@@ -153,7 +154,7 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
         DType::Q8_0 => (8 + GROUP) * panel,
         DType::Q4_0 => (4 + GROUP / 2) * panel,
         DType::Q4_K => (8 + GROUP / 2) * panel,
-        DType::Q6_K => (10 + GROUP / 2 + GROUP / 4) * panel,
+        DType::Q6_K => (6 + 3 * GROUP / 4) * panel,
         other => panic!("{other} has no integer layout"),
     }
 }
@@ -229,11 +230,10 @@ fn pack_q6_k(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
 }
 
 /// Q6_K in the integer layout (`c/gemm_q6k.h`): per group `d: [f32; panel]`,
-/// `bias: [i32; panel]` (`-128 * (sc0 * sum0(q - 32) + sc1 * sum1(q - 32))`, the halves' sums),
-/// `sc: [[i8; panel]; 2]`, the low nibbles in Q4_0's integer layout, then 4 vectors of
-/// `[panel / 2][4]` bytes of high bit pairs: byte `(c % half, j)` of vector `v` holds those of
-/// value `4 v + j` for columns `c` (bits 0-1) and `c + half` (2-3), then of value `4 v + 16 + j`
-/// (4-5, 6-7).
+/// `sc: [[i8; panel]; 2]`, then for each pair `p` of quads (`p` and `p + 4`) three vectors X,
+/// Y, Z of `[panel / 2][4]` bytes: byte `(j, t)` holds value `4 p + t` of column `j` (X, low 6
+/// bits) and of column `j + half` (Y), value `16 + 4 p + t` of column `j` (Z), and in the top
+/// two bits of X, Y, Z bits 0-1, 2-3, 4-5 of value `16 + 4 p + t` of column `j + half`.
 fn pack_q6_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
     let half = panel / 2;
     let gb = group_bytes_int8(DType::Q6_K, panel);
@@ -246,22 +246,25 @@ fn pack_q6_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
         |row, g| sub_block_q6_k(row, g).expect("whole blocks"),
         |grp, c, (d, sc, vals)| {
             grp[4 * c..][..4].copy_from_slice(&d.to_le_bytes());
-            let sum = |h: usize| {
-                vals[16 * h..16 * h + 16]
-                    .iter()
-                    .map(|&v| v as i32 - 32)
-                    .sum::<i32>()
+            grp[4 * panel + c] = sc[0] as u8;
+            grp[5 * panel + c] = sc[1] as u8;
+            // vector v (0 X, 1 Y, 2 Z) of pair p, byte (j, t)
+            let at = |p: usize, v: usize, t: usize| {
+                6 * panel + p * 6 * panel + v * 2 * panel + 4 * (c % half) + t
             };
-            let bias = -128 * (sc[0] as i32 * sum(0) + sc[1] as i32 * sum(1));
-            grp[4 * panel + 4 * c..][..4].copy_from_slice(&bias.to_le_bytes());
-            grp[8 * panel + c] = sc[0] as u8;
-            grp[9 * panel + c] = sc[1] as u8;
-            let shift = if c < half { 0 } else { 4 };
-            for (k, &v) in vals.iter().enumerate() {
-                let (quad, j) = (k / 4, k % 4);
-                grp[10 * panel + quad * 2 * panel + 4 * (c % half) + j] |= (v & 15) << shift;
-                let pair = 2 * (c / half) + 4 * (quad / 4);
-                grp[26 * panel + (quad % 4) * 2 * panel + 4 * (c % half) + j] |= (v >> 4) << pair;
+            for (k, &q) in vals.iter().enumerate() {
+                let (quad, t) = (k / 4, k % 4);
+                let p = quad % 4;
+                match (c < half, quad < 4) {
+                    (true, true) => grp[at(p, 0, t)] |= q,
+                    (false, true) => grp[at(p, 1, t)] |= q,
+                    (true, false) => grp[at(p, 2, t)] |= q,
+                    (false, false) => {
+                        for v in 0..3 {
+                            grp[at(p, v, t)] |= ((q >> (2 * v)) & 3) << 6;
+                        }
+                    }
+                }
             }
         },
     )

@@ -46,38 +46,53 @@ KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q
 
 /* ---- Q6_K on the integer path (AVX-512 VNNI) ----------------------------------------------
  *
- * Activations as for Q8_0 (kind 0: stored a + 128, unsigned), weights q - 32 as the signed
- * operand. A 32-value block has two scales, so each column's block dot is two int32 dots D0
- * (values 0..15, quads 0..3) and D1 (16..31, quads 4..7) of (a + 128) (q - 32), combined
- * exactly in int32 with the i8 scales and a bias the packer stores:
- *     dot = sc0 * D0 + sc1 * D1 + bias,   bias = -128 * (sc0 * sum0(q - 32) + sc1 * sum1(q - 32))
- * so dot = sum_j sc(j) (q_j - 32) a_j (|dot| <= 32 * 128 * 32 * 127 < 2^24: exact in f32), and
+ * Activations signed (kind 3: as Q4_0's, with the sums of each 16-value half, s0 and s1, in
+ * the block's word as two i16), weights the unsigned 6-bit q (0..63). A 32-value block has two
+ * scales, so each column's block dot is two int32 dots, D0 (values 0..15, quads 0..3) and D1
+ * (16..31, quads 4..7), of a (q - 32) — each started at -32 * s_h and fed q — combined
+ * exactly in int32 with the i8 scales:
+ *     dot = sc0 * D0 + sc1 * D1 = sum_j sc(j) (q_j - 32) a_j
+ * (|dot| <= 32 * 128 * 32 * 127 < 2^24: exact in f32), and
  *     y = fmaf((float)dot, d[n] * sa[i][b], y)
- * in block order on every path (micro-kernel, GEMV, scalar columns: KILN_QI_TILE with kind 0
+ * in block order on every path (micro-kernel, GEMV, scalar columns: KILN_QI_TILE with kind 3
  * and a per-value weight sc * (q - 32), the same integer), as for the other types.
  * Panels, per 32-value group (pack_quant.rs, integer layout):
- *   f32 d[NR] | i32 bias[NR] | i8 sc[2][NR] | nibbles as Q4_0's integer layout (8 quads x
- *   [NR/2][4]) | high bits [4][NR/2][4]: byte (c, j) of vector v holds, two bits each from
- *   bit 0 up, value j of quad v for columns c and c + NR/2, then of quad v + 4   (34 NR bytes).
+ *   f32 d[NR] | i8 sc[2][NR] | 4 pairs p x 3 vectors X, Y, Z of [NR/2][4] bytes  (30 NR bytes)
+ * Lane j, byte t of pair p's vectors hold value k = 4p + t of columns j (X, low 6 bits) and
+ * j + NR/2 (Y), value 16 + 4p + t of column j (Z), and in their top 2 bits (X, Y, Z: bits 0-1,
+ * 2-3, 4-5 of it) value 16 + 4p + t of column j + NR/2. So three of the four vpdpbusd operands
+ * of a pair are one AND each (& 0x3F), the fourth is 4 q assembled from the three top bit pairs
+ * in place (its dot is 4 D1, started at -128 * s1 and shifted right by 2: exact); the 6-bit
+ * values cost 0.75 bytes, with no plane of high bits to unpack per quad (the former layout,
+ * nibbles + high pairs, a bias and q - 32 as the signed operand: 34 NR bytes, 0.38 of the
+ * read in scripts/bench-qgemv.sh).
  */
 #if defined(KILN_QINT8)
-#define KILN_GBI_Q6_K (34 * KILN_NR)
-typedef uint8_t kiln_vq6 __attribute__((vector_size(64)));
+#define KILN_GBI_Q6_K (30 * KILN_NR)
 
-/* Quad qd of a group's weights (q - 32, signed bytes): columns 0..15 into *w0, 16..31 *w1. */
-static inline __attribute__((always_inline)) void kiln_qiw_q6_k(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
-    const kiln_vu v = (kiln_vu)kiln_ldvi(g + 10 * KILN_NR + qd * 2 * KILN_NR);
-    const kiln_vu h = (kiln_vu)kiln_ldvi(g + 26 * KILN_NR + (qd % 4) * 2 * KILN_NR) >> (qd < 4 ? 0 : 4);
-    const kiln_vu lo = (v & 0x0F0F0F0Fu) | ((h << 4) & 0x30303030u);
-    const kiln_vu hi = ((v >> 4) & 0x0F0F0F0Fu) | ((h << 2) & 0x30303030u);
-    *w0 = (kiln_vi)((kiln_vq6)lo - 32);
-    *w1 = (kiln_vi)((kiln_vq6)hi - 32);
+/* Pair p (quads p and p + 4) of a group's weights: the vpdpbusd operands of columns 0..15 and
+ * 16..31 at quad p (*w00, *w10), columns 0..15 at quad p + 4 (*w01), and 4 q of columns 16..31
+ * at quad p + 4 (*w11x4). */
+static inline __attribute__((always_inline)) void kiln_qiw_q6_k(const uint8_t *restrict g, int p, kiln_vi *w00,
+        kiln_vi *w10, kiln_vi *w01, kiln_vi *w11x4) {
+    const uint8_t *v = g + 6 * KILN_NR + p * 6 * KILN_NR;
+    const kiln_vu x = (kiln_vu)kiln_ldvi(v), y = (kiln_vu)kiln_ldvi(v + 2 * KILN_NR);
+    const kiln_vu z = (kiln_vu)kiln_ldvi(v + 4 * KILN_NR);
+    *w00 = (kiln_vi)(x & 0x3F3F3F3Fu);
+    *w10 = (kiln_vi)(y & 0x3F3F3F3Fu);
+    *w01 = (kiln_vi)(z & 0x3F3F3F3Fu);
+    *w11x4 = (kiln_vi)(((x >> 4) & 0x0C0C0C0Cu) | ((y >> 2) & 0x30303030u) | (z & 0xC0C0C0C0u));
 }
 
 /* The i32 scales of half `hf` of a group, columns 0..15 and 16..31. */
 static inline __attribute__((always_inline)) void kiln_q6_scales(const uint8_t *restrict g, int hf, kiln_vi *s0, kiln_vi *s1) {
-    *s0 = kiln_ld_i8(g + 8 * KILN_NR + hf * KILN_NR, 0);
-    *s1 = kiln_ld_i8(g + 8 * KILN_NR + hf * KILN_NR + KILN_VL, 0);
+    *s0 = kiln_ld_i8(g + 4 * KILN_NR + hf * KILN_NR, 0);
+    *s1 = kiln_ld_i8(g + 4 * KILN_NR + hf * KILN_NR + KILN_VL, 0);
+}
+
+/* A row's dot starts: -32 * s_h of half h (the block's word: s0 in the low i16, s1 the high). */
+static inline int32_t kiln_q6_start(int32_t word, int hf) {
+    return -32 * (hf ? (int32_t)(int16_t)(word >> 16) : (int32_t)(int16_t)(word & 0xFFFF));
 }
 
 /* Micro-kernel (as KILN_QI_UKR): rows of one activation strip (QMR) x one panel, blocks
@@ -93,24 +108,25 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nb, c
         for (int64_t b = 0; b < nb; ++b, qa += KILN_QA_BLOCK, wg += KILN_GBI_Q6_K) {
             const int32_t *aq = (const int32_t *)(const void *)qa;
             kiln_vi dot[KILN_QMR];
-            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
-                dot[i] = kiln_ldvi(wg + 4 * KILN_NR + ch * 64);
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) dot[i] = (kiln_vi){0};
             _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
+                const int x4 = ch == 1 && hf == 1; /* this dot is 4 D1 */
                 kiln_vi ia[KILN_QMR];
-                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) ia[i] = (kiln_vi){0};
-                _Pragma("GCC unroll 4") for (int q = 0; q < 4; ++q) {
-                    const int qd = 4 * hf + q;
-                    kiln_vi w0, w1;
-                    kiln_qiw_q6_k(wg, qd, &w0, &w1);
-                    kiln_vi w = ch ? w1 : w0;
+                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
+                    ia[i] = kiln_splati(kiln_q6_start(aq[9 * KILN_QMR + i], hf) * (x4 ? 4 : 1));
+                _Pragma("GCC unroll 4") for (int p = 0; p < 4; ++p) {
+                    kiln_vi w00, w10, w01, w11;
+                    kiln_qiw_q6_k(wg, p, &w00, &w10, &w01, &w11);
+                    kiln_vi w = ch ? (hf ? w11 : w10) : (hf ? w01 : w00);
                     KILN_IN_REG(w);
                     _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
-                        ia[i] = kiln_dpbusd(ia[i], kiln_splati(aq[qd * KILN_QMR + i]), w);
+                        ia[i] = kiln_dpbusd(ia[i], w, kiln_splati(aq[(4 * hf + p) * KILN_QMR + i]));
                 }
                 kiln_vi s0, s1;
                 kiln_q6_scales(wg, hf, &s0, &s1);
                 const kiln_vi sc = ch ? s1 : s0;
-                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) dot[i] += sc * ia[i];
+                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
+                    dot[i] += sc * (x4 ? ia[i] >> 2 : ia[i]);
             }
             const kiln_vf d = kiln_ldv((const float *)(const void *)wg + ch * KILN_VL);
             const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);
@@ -122,7 +138,8 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nb, c
 }
 
 /* GEMV pass (as KILN_QI_GEMV: R <= 4 rows of one activation strip of R rows, one panel; no
- * software prefetch below 3 rows: the panel is one sequential stream the hardware follows). */
+ * software prefetch below 3 rows: the panel is one sequential stream the hardware follows).
+ * Per row four dot chains: (column half, value half). */
 static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R, const uint8_t *restrict qa,
         const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {
     kiln_vf acc[4][2];
@@ -134,36 +151,38 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R,
                 __builtin_prefetch(wg + 4 * KILN_GBI_Q6_K + 64 * l, 0, 3);
         const int32_t *aq = (const int32_t *)(const void *)blk;
         const float *sa = (const float *)(const void *)(blk + 32 * R);
-        kiln_vi dot[4][2];
+        /* the group's d and scales first, in register (the lines asked for in address order,
+         * as KILN_QI_GEMV does) */
+        kiln_vi s00, s01, s10, s11; /* s<half><column half> */
+        kiln_q6_scales(wg, 0, &s00, &s01);
+        kiln_q6_scales(wg, 1, &s10, &s11);
+        kiln_vf dv0 = kiln_ldv((const float *)(const void *)wg);
+        kiln_vf dv1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);
+        KILN_IN_REG(dv0); KILN_IN_REG(dv1);
+        KILN_IN_REG(s00); KILN_IN_REG(s01); KILN_IN_REG(s10); KILN_IN_REG(s11);
+        kiln_vi d00[4], d10[4], d01[4], d11[4]; /* [column half][value half], d11 = 4 D1 */
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-            dot[r][0] = kiln_ldvi(wg + 4 * KILN_NR);
-            dot[r][1] = kiln_ldvi(wg + 4 * KILN_NR + 64);
+            const int32_t s0 = kiln_q6_start(aq[9 * R + r], 0), s1 = kiln_q6_start(aq[9 * R + r], 1);
+            d00[r] = d10[r] = kiln_splati(s0);
+            d01[r] = kiln_splati(s1);
+            d11[r] = kiln_splati(4 * s1);
         }
-        _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
-            kiln_vi ia[4][2];
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) ia[r][0] = ia[r][1] = (kiln_vi){0};
-            _Pragma("GCC unroll 4") for (int q = 0; q < 4; ++q) {
-                const int qd = 4 * hf + q;
-                kiln_vi w0, w1;
-                kiln_qiw_q6_k(wg, qd, &w0, &w1);
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                    const kiln_vi x = kiln_splati(aq[qd * R + r]);
-                    KILN_QI_DOT(1, ia[r], x, w0, w1);
-                }
-            }
-            kiln_vi s0, s1;
-            kiln_q6_scales(wg, hf, &s0, &s1);
+        _Pragma("GCC unroll 4") for (int p = 0; p < 4; ++p) {
+            kiln_vi w00, w10, w01, w11;
+            kiln_qiw_q6_k(wg, p, &w00, &w10, &w01, &w11);
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                dot[r][0] += s0 * ia[r][0];
-                dot[r][1] += s1 * ia[r][1];
+                const kiln_vi xa = kiln_splati(aq[p * R + r]), xb = kiln_splati(aq[(p + 4) * R + r]);
+                d00[r] = kiln_dpbusd(d00[r], w00, xa);
+                d10[r] = kiln_dpbusd(d10[r], w10, xa);
+                d01[r] = kiln_dpbusd(d01[r], w01, xb);
+                d11[r] = kiln_dpbusd(d11[r], w11, xb);
             }
         }
-        const kiln_vf d0 = kiln_ldv((const float *)(const void *)wg);
-        const kiln_vf d1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
             const kiln_vf sc = kiln_splatv(sa[r]);
-            acc[r][0] = KILN_FMAV(__builtin_convertvector(dot[r][0], kiln_vf), d0 * sc, acc[r][0]);
-            acc[r][1] = KILN_FMAV(__builtin_convertvector(dot[r][1], kiln_vf), d1 * sc, acc[r][1]);
+            const kiln_vi dot0 = s00 * d00[r] + s10 * d01[r], dot1 = s01 * d10[r] + s11 * (d11[r] >> 2);
+            acc[r][0] = KILN_FMAV(__builtin_convertvector(dot0, kiln_vf), dv0 * sc, acc[r][0]);
+            acc[r][1] = KILN_FMAV(__builtin_convertvector(dot1, kiln_vf), dv1 * sc, acc[r][1]);
         }
     }
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
@@ -173,15 +192,14 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R,
 }
 
 /* Weight value (n, k) as the integer sc * (q - 32), for KILN_QI_TILE's scalar columns: with
- * kind 0's signed activations their block dot is the micro-kernel's `dot`, exactly. */
+ * kind 3's signed activations their block dot is the micro-kernel's `dot`, exactly. */
 static inline int32_t kiln_qiw_at_q6_k(const uint8_t *g, int64_t c, int64_t kk) {
-    const uint8_t b = g[10 * KILN_NR + (kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
-    const int32_t low = c < KILN_NR / 2 ? (b & 15) : (b >> 4);
-    const int64_t quad = kk / 4, hb = c >= KILN_NR / 2;
-    const uint8_t h = g[26 * KILN_NR + (quad % 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
-    const int32_t high = (h >> (2 * hb + 4 * (quad >= 4))) & 3;
-    return (int32_t)(int8_t)g[8 * KILN_NR + (kk / 16) * KILN_NR + c] * ((low | (high << 4)) - 32);
+    const int64_t half = KILN_NR / 2, ch = c >= half, quad = kk / 4, hf = quad >= 4;
+    const uint8_t *v = g + 6 * KILN_NR + (quad % 4) * 6 * KILN_NR + (c % half) * 4 + kk % 4;
+    const uint8_t x = v[0], y = v[2 * KILN_NR], z = v[4 * KILN_NR];
+    const int32_t q = !hf ? (ch ? y : x) & 63 : !ch ? z & 63 : (x >> 6) | (y >> 6) << 2 | (z >> 6) << 4;
+    return (int32_t)(int8_t)g[4 * KILN_NR + hf * KILN_NR + c] * (q - 32);
 }
 
-KILN_QI_TILE(kiln_packed_tile_q6_k, KILN_GBI_Q6_K, 0, kiln_qi_ukr_q6_k, kiln_qi_gemv_q6_k, kiln_qiw_at_q6_k)
+KILN_QI_TILE(kiln_packed_tile_q6_k, KILN_GBI_Q6_K, 3, kiln_qi_ukr_q6_k, kiln_qi_gemv_q6_k, kiln_qiw_at_q6_k)
 #endif

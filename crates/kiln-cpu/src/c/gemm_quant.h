@@ -225,7 +225,8 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
  * the layout of a vpdpbusd operand. The quantized activations of a launch's rows (the
  * worker's abuf) are strips of SR rows (KILN_QMR for the micro-kernel, tm <= 4 for the
  * GEMV), per block (40 SR bytes): i32 [8][SR] (row i's values 4q..4q+3), f32 scale[SR], and
- * per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32), Q8_0 0, Q4_K the f32 sa * sum. */
+ * per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32), Q8_0 0, Q4_K the f32 sa * sum,
+ * Q6_K the sums of the block's two 16-value halves (two i16). */
 #if defined(KILN_QINT8)
 #define KILN_QMR 6
 #define KILN_GBI_Q8_0 (40 * KILN_NR)
@@ -245,7 +246,8 @@ static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) {
 }
 
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (rows past tm up to the strip's
- * end: zeros), for weights of `kind` (0 Q8_0: values stored as a + 128; 1 Q4_0; 2 Q4_K). The
+ * end: zeros), for weights of `kind` (0 Q8_0: values stored as a + 128; 1 Q4_0; 2 Q4_K; 3 Q6_K,
+ * gemm_q6k.h). The
  * micro-kernel reads strips of KILN_QMR rows; the GEMV (tm <= 4) one strip of tm rows, so a
  * decode row's block is 40 contiguous bytes (a 6-row strip spread its 40 over four lines). */
 static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
@@ -259,7 +261,7 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
             uint8_t *blk = strip + g * qb;
             int8_t q[32] = {0};
             float d = 0.0f;
-            int32_t sum = 0;
+            int32_t sum0 = 0, sum1 = 0;
             if (i < tm) {
                 const float *restrict r = a + i * lda + g * 32;
                 const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 16);
@@ -280,12 +282,15 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
                 const kiln_v16qi b0 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q0, (kiln_v16qi){0}, (unsigned short)-1);
                 const kiln_v16qi b1 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q1, (kiln_v16qi){0}, (unsigned short)-1);
                 memcpy(q, &b0, 16); memcpy(q + 16, &b1, 16);
-                kiln_vi qs = q0 + q1;
-                qs += __builtin_shuffle(qs, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+                /* the sums of the two 16-value halves (Q6_K's scales' halves) side by side:
+                 * lanes 0-7 of the first step hold half 0's partial sums, 8-15 half 1's */
+                kiln_vi qs = __builtin_shuffle(q0, q1, (kiln_vi){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+                           + __builtin_shuffle(q0, q1, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
                 qs += __builtin_shuffle(qs, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
                 qs += __builtin_shuffle(qs, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
                 qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
-                sum = qs[0];
+                sum0 = qs[0];
+                sum1 = qs[8];
             }
             const uint32_t flip4 = 0x01010101u * flip;
             for (int qd = 0; qd < 8; ++qd) {
@@ -294,7 +299,9 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
                 word ^= flip4;
                 memcpy(blk + (qd * sr + s) * 4, &word, 4);
             }
-            const int32_t bias = kind == 1 ? -8 * sum : 0;
+            const int32_t sum = sum0 + sum1;
+            /* kind 3 (Q6_K): the halves' sums (|s| <= 16 * 128) as two i16 */
+            const int32_t bias = kind == 1 ? -8 * sum : kind == 3 ? (int32_t)((uint32_t)(uint16_t)sum0 | (uint32_t)sum1 << 16) : 0;
             const float msum = d * (float)sum;
             memcpy(blk + 32 * sr + 4 * s, &d, 4);
             if (kind == 2) memcpy(blk + 36 * sr + 4 * s, &msum, 4);
@@ -400,6 +407,15 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
                 __builtin_prefetch(wg + 4 * (GB) + 64 * l, 0, 3);                                  \
         const int32_t *aq = (const int32_t *)(const void *)blk;                                    \
         const float *sa = (const float *)(const void *)(blk + 32 * R);                             \
+        /* the group's scales (and Q4_K's mins) loaded first, in register: the group's lines    \
+         * are then asked for in address order (loaded where used, at the group's end, Q4_K     \
+         * streamed at 0.66-0.74 of the read in scripts/bench-qgemv.sh, 0.87-1.03 so) */        \
+        kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                                    \
+        kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                          \
+        kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + ((KIND) == 2 ? KILN_NR : 0));      \
+        kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + ((KIND) == 2 ? KILN_NR : 0) + KILN_VL); \
+        KILN_IN_REG(s0); KILN_IN_REG(s1);                                                          \
+        if ((KIND) == 2) { KILN_IN_REG(n0); KILN_IN_REG(n1); }                                     \
         kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2]; /* the dot's chains: quads qd % CH */       \
         if ((KIND) == 0) {                                                                         \
             const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
@@ -421,16 +437,12 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
                 else KILN_QI_DOT((KIND) == 0, id[r], x, w0, w1);                                   \
             }                                                                                      \
         }                                                                                          \
-        const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                              \
-        const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                    \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                      \
             const kiln_vf sc = kiln_splatv(sa[r]);                                                 \
             acc[r][0] = KILN_FMAV(__builtin_convertvector((ia[r][0] + ib[r][0]) + (ic[r][0] + id[r][0]), kiln_vf), s0 * sc, acc[r][0]); \
             acc[r][1] = KILN_FMAV(__builtin_convertvector((ia[r][1] + ib[r][1]) + (ic[r][1] + id[r][1]), kiln_vf), s1 * sc, acc[r][1]); \
         }                                                                                          \
         if ((KIND) == 2) {                                                                         \
-            const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);                \
-            const kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + KILN_NR + KILN_VL);      \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
                 const kiln_vf ms = kiln_splatv(sa[R + r]);                                         \
                 acc[r][0] = KILN_FMAV(n0, ms, acc[r][0]);                                          \
