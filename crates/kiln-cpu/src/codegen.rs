@@ -474,26 +474,33 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     } else {
         attention_rows(p, &a, s);
     }
-    emit!(
-        s,
-        "        {} *pc = {OUT} + kiln_b * M * DV + i0 * DV;",
-        d.storage_type(k.out_dtype)
+    // No keys: the product over zero keys is 0, as unfused; a row whose keys are all masked
+    // stays 0/0 = NaN, as the unfused softmax gives.
+    let value = d.round(
+        k.out_dtype,
+        "(T > 0 ? kiln_o[ii * DV + c] / sum[ii] : 0.0f)",
     );
-    emit!(
-        s,
-        "        for (int64_t ii = 0; ii < bi; ++ii) for (int64_t c = 0; c < DV; ++c) {}\n    }}",
-        d.store(
-            k.out_dtype,
-            "pc",
-            "ii * DV + c",
-            // No keys: the product over zero keys is 0, as unfused; a row
-            // whose keys are all masked stays 0/0 = NaN, as the unfused softmax gives.
-            &d.round(
-                k.out_dtype,
-                "(T > 0 ? kiln_o[ii * DV + c] / sum[ii] : 0.0f)"
-            )
-        )
-    );
+    let out = d.storage_type(k.out_dtype);
+    match &a.out_rows {
+        None => {
+            emit!(s, "        {out} *pc = {OUT} + kiln_b * M * DV + i0 * DV;");
+            emit!(
+                s,
+                "        for (int64_t ii = 0; ii < bi; ++ii) for (int64_t c = 0; c < DV; ++c) {}\n    }}",
+                d.store(k.out_dtype, "pc", "ii * DV + c", &value)
+            );
+        }
+        // Each row where the output view puts it (`out_rows`), its values contiguous.
+        Some(rows) => {
+            let i = &a.row_var;
+            emit!(s, "        for (int64_t ii = 0; ii < bi; ++ii) {{\n            const int64_t {i} = i0 + ii; (void){i};\n            {out} *pc = {OUT} + {rows};");
+            emit!(
+                s,
+                "            for (int64_t c = 0; c < DV; ++c) {}\n        }}\n    }}",
+                d.store(k.out_dtype, "pc", "c", &value)
+            );
+        }
+    }
 }
 
 /// One key block of f32 operands, contiguous along the head dimension, as small matrix

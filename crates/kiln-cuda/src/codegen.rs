@@ -46,9 +46,10 @@ pub fn launch(k: &Kernel) -> LaunchSpec {
             let n = numel(shape);
             threads(n.clone(), n)
         }
-        KernelKind::Attention { .. } => {
-            // One block per query row.
-            let rows = numel(&k.out_shape[..k.out_shape.len() - 1]);
+        KernelKind::Attention { batch, m, .. } => {
+            // One block per query row (the output may be a view of `[b.., m, dv]` of another
+            // shape: see `out_rows`).
+            let rows = numel(batch).mul(m.clone());
             threads(rows.clone(), rows.mul(BLOCK as i64))
         }
         KernelKind::MatMul { batch, m, n, .. } => LaunchSpec {
@@ -314,13 +315,18 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         s,
         "            for (int w = 0; w < {warps}; ++w) {{\n                if (kiln_wmx[w] == -INFINITY) continue;\n                const float f = exp2f((kiln_wmx[w] - big) * {LOG2E});\n                total += kiln_wsum[w] * f;\n                val += kiln_wacc[w][threadIdx.x] * f;\n            }}"
     );
+    // Row (b.., i) at `kiln_r * DV`, or where the output view puts it (`out_rows`).
+    let at = match &a.out_rows {
+        None => "kiln_r * DV + kiln_c".to_string(),
+        Some(rows) => format!("{rows} + kiln_c"),
+    };
     emit!(
         s,
         "            {}",
         d.store(
             k.out_dtype,
             OUT,
-            "kiln_r * DV + kiln_c",
+            &at,
             &d.round(k.out_dtype, "(T > 0 ? val / total : 0.0f)")
         )
     );

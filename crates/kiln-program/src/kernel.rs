@@ -289,6 +289,12 @@ pub enum KernelKind {
         kt: Operand,
         v: Operand,
         score: ScalarExpr,
+        /// Where row (b.., i) goes when the output is not `[b.., m, dv]` itself but a view of
+        /// it that keeps each row's `dv` values together (grouped-query attention's
+        /// `[kv, group * s, d]` written as `[s, heads * d]`, what the output projection
+        /// reads): the flat offset of the row's first value, in the batch variables `v0..`
+        /// and the row variable `v(r-2)`; its values follow at stride 1. `None`: contiguous.
+        out_rows: Option<Expr>,
     },
 }
 
@@ -396,8 +402,9 @@ impl Kernel {
                 kt,
                 v,
                 score,
+                out_rows,
             } => {
-                for e in batch.iter().chain([m, n, k, dv]) {
+                for e in batch.iter().chain([m, n, k, dv]).chain(out_rows) {
                     e.symbols(&mut s);
                 }
                 for o in [q, kt, v] {
@@ -495,6 +502,7 @@ impl Kernel {
                 kt,
                 v,
                 score,
+                out_rows,
             } => KernelKind::Attention {
                 batch: all(batch),
                 m: f(m),
@@ -505,6 +513,7 @@ impl Kernel {
                 kt: operand(kt),
                 v: operand(v),
                 score: score.map_indices(f),
+                out_rows: out_rows.as_ref().map(f),
             },
         };
         Kernel {

@@ -367,6 +367,10 @@ pub struct AttentionParts {
     /// The row and key variables.
     pub row_var: String,
     pub key_var: String,
+    /// The flat offset of row (b.., i)'s first output value, in the batch variables and
+    /// [`AttentionParts::row_var`], where the output is not contiguous `[b.., m, dv]`
+    /// (`KernelKind::Attention::out_rows`); the row's values follow at stride 1.
+    pub out_rows: Option<String>,
 }
 
 impl AttentionParts {
@@ -381,6 +385,7 @@ impl AttentionParts {
             kt,
             v,
             score,
+            out_rows,
         } = &kernel.kind
         else {
             panic!("AttentionParts::of a {} kernel", kernel.label());
@@ -435,6 +440,7 @@ impl AttentionParts {
             biased,
             row_var: p.d.var_name(r - 2),
             key_var: p.d.var_name(r - 1),
+            out_rows: out_rows.as_ref().map(|e| p.index(e)),
         }
     }
 }

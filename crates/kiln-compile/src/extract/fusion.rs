@@ -18,7 +18,10 @@
 //!    inlined into it too (RoPE applied to a normalised row);
 //! 7. [`fuse_matmul_epilogues`]: a matmul read by one elementwise kernel only computes that
 //!    kernel's elements from its products (a residual add, SiLU(gate) * up); an attention's
-//!    value product stays the attention's root.
+//!    value product stays the attention's root;
+//! 8. [`fuse_attention_outputs`]: an attention read only by a matmul through views that keep
+//!    each output row together (grouped-query attention's `[kv, group * s, d]` read as
+//!    `[s, heads * d]`) writes that view's buffer itself, in place of a copy.
 //!
 //! Views never own a buffer: they become index arithmetic in the loads that read through
 //! them. Lowering may still find a matmul operand whose index is not a strided (affine) view,
@@ -55,6 +58,7 @@ pub fn plan(graph: &Graph) -> Realized {
         return r;
     }
     fuse_matmul_epilogues(graph, &mut r, &row_maps, &attention_roots);
+    fuse_attention_outputs(graph, &mut r, &attention_roots);
     r
 }
 
@@ -298,6 +302,49 @@ pub fn fuse_matmul_epilogues(
     }
 }
 
+/// Pass 8: an attention read only by a matmul (one with a kernel of its own or a kernel's
+/// epilogue product), through views that no one else reads and that the attention kernel can
+/// write (`attention::output_rows`), writes the matmul's operand: the top view gets the
+/// buffer, the attention loses its own. Otherwise that operand, not a strided view of the
+/// attention's `[b.., m, dv]` rows, is copied by a kernel of its own (`realize`). Runs last, so
+/// that the passes above, which take a realized view for an elementwise kernel, never see
+/// this one.
+pub fn fuse_attention_outputs(graph: &Graph, r: &mut Realized, attention_roots: &[NodeId]) {
+    let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); graph.nodes.len()];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        for x in n.op.inputs() {
+            users[x.index()].push(NodeId(i as u32));
+        }
+    }
+    let outputs = output_mask(graph);
+    for &pv in attention_roots {
+        // Up the chain of views while each is the only reader of the one below.
+        let mut top = pv;
+        loop {
+            if outputs[top.index()] || (top != pv && r[top.index()]) {
+                break;
+            }
+            match users[top.index()].as_slice() {
+                [u] if graph.node(*u).op.is_view() => top = *u,
+                _ => break,
+            }
+        }
+        let read_by_one_matmul = match users[top.index()].as_slice() {
+            [m] => matches!(graph.node(*m).op, Op::MatMul(a, b) if (a == top) != (b == top)),
+            _ => false,
+        };
+        if top != pv
+            && !r[top.index()]
+            && !outputs[top.index()]
+            && read_by_one_matmul
+            && super::attention::output_rows(graph, pv, top).is_some()
+        {
+            r[top.index()] = true;
+            r[pv.index()] = false;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,6 +572,59 @@ mod tests {
         let h = g.mul(act, up).unwrap();
         g.output("h", h);
         assert_eq!(kinds(&g, true), ["matmul", "matmul_epilogue"]);
+    }
+
+    #[test]
+    fn grouped_query_attention_writes_the_rows_its_output_projection_reads() {
+        // [kv, group * s, d] read as [s, heads * d]: not a strided view of the attention's
+        // rows, so a copy kernel while the attention wrote them contiguously.
+        let g = kiln_ir::testing::attention_graph_projected(2, 3, 8, 8);
+        assert_eq!(kinds(&g, true), ["attention", "matmul"]);
+        let p = crate::extract::extract(&g);
+        let crate::KernelKind::Attention {
+            out_rows: Some(rows),
+            ..
+        } = &p.steps[0].kernel.kind
+        else {
+            panic!("an attention writing its rows elsewhere")
+        };
+        // Row i of KV head v0's group is head v0 * 3 + i / s at position i % s.
+        let s = Expr::sym("s");
+        let (b, i) = (Expr::Var(0), Expr::Var(1));
+        let flat = b.mul(s.clone().mul(3)).add(i);
+        let want = flat
+            .clone()
+            .rem(s.clone())
+            .mul(48)
+            .add(flat.div(s).mul(8));
+        let bind: kiln_ir::Bindings = [("s".to_string(), 5)].into();
+        for (v0, v1) in [(0, 0), (0, 14), (1, 3), (1, 11)] {
+            assert_eq!(
+                rows.eval_with(&bind, &[v0, v1]).unwrap(),
+                want.eval_with(&bind, &[v0, v1]).unwrap(),
+                "{rows:?} at ({v0}, {v1})"
+            );
+        }
+    }
+
+    #[test]
+    fn an_attention_read_through_a_slice_keeps_its_copy() {
+        // Each head's first position only: most rows the attention writes are not in the view.
+        let mut g = kiln_ir::testing::attention_graph(2, 3, 8, 8, true);
+        let (_, pv) = g.outputs.pop().unwrap();
+        let first = g.slice(pv, 1, 0, 1).unwrap();
+        let heads = g.reshape(first, &[Expr::Const(1), Expr::Const(16)]).unwrap();
+        let w = g
+            .input("w", DType::F32, &[Expr::Const(16), Expr::Const(4)])
+            .unwrap();
+        let y = g.matmul(heads, w).unwrap();
+        g.output("y", y);
+        assert_eq!(kinds(&g, true), ["attention", "elementwise", "matmul"]);
+        let p = crate::extract::extract(&g);
+        assert!(matches!(
+            p.steps[0].kernel.kind,
+            crate::KernelKind::Attention { out_rows: None, .. }
+        ));
     }
 
     #[test]

@@ -243,9 +243,17 @@ impl Lowering<'_, '_> {
                     body,
                 })
             }
-            Op::MatMul(..) if self.attention().is_some() => {
-                let a = self.attention().expect("checked");
-                self.attention_kind(&a)
+            Op::MatMul(..) if self.attention_at(self.root).is_some() => {
+                let a = self.attention_at(self.root).expect("checked");
+                self.attention_kind(&a, None)
+            }
+            // The view of an attention's output that its reader needs (fusion pass 8): the
+            // attention kernel writes each row where the view puts it.
+            Op::View(..) if self.attention_under_view().is_some() => {
+                let a = self.attention_under_view().expect("checked");
+                let rows = super::attention::output_rows(g, a.pv, self.root).ok_or(a.pv)?;
+                let rows = self.b.in_bounds.simplify(&rows, g.shape(a.pv));
+                self.attention_kind(&a, Some(rows))
             }
             Op::MatMul(a, b) => {
                 let r = rank;
@@ -322,20 +330,40 @@ impl Lowering<'_, '_> {
         })
     }
 
-    /// The attention whose value product is this root, if fusion gave its nodes away.
-    fn attention(&self) -> Option<super::attention::Attention> {
-        let a = super::attention::at(self.b.graph, self.root, self.b.realized)?;
+    /// The attention whose value product is `pv`, if fusion gave its nodes away.
+    fn attention_at(&self, pv: NodeId) -> Option<super::attention::Attention> {
+        let a = super::attention::at(self.b.graph, pv, self.b.realized)?;
         a.inner
             .iter()
             .all(|x| !self.b.realized[x.index()])
             .then_some(a)
     }
 
-    /// The attention kernel: the score at element (b.., i, j) is X at the same flat position
-    /// (row b.., i of the product, key j), with `Q K^T` there as `Acc(0)`.
-    fn attention_kind(&mut self, a: &super::attention::Attention) -> Result<KernelKind, NodeId> {
+    /// The attention under this root, a view, when the value product has no buffer of its
+    /// own (fusion pass 8): the view's kernel computes it.
+    fn attention_under_view(&self) -> Option<super::attention::Attention> {
         let g = self.b.graph;
-        let shape = g.shape(self.root).to_vec();
+        let mut x = self.root;
+        while let Op::View(_, src) = g.node(x).op {
+            if x != self.root && self.b.realized[x.index()] {
+                return None;
+            }
+            x = src;
+        }
+        let unrealized_matmul = matches!(g.node(x).op, Op::MatMul(..)) && !self.b.realized[x.index()];
+        unrealized_matmul.then(|| self.attention_at(x)).flatten()
+    }
+
+    /// The attention kernel: the score at element (b.., i, j) is X at the same flat position
+    /// (row b.., i of the product, key j), with `Q K^T` there as `Acc(0)`. Its rows are stored
+    /// contiguously (`out_rows` `None`) or at `out_rows`.
+    fn attention_kind(
+        &mut self,
+        a: &super::attention::Attention,
+        out_rows: Option<Expr>,
+    ) -> Result<KernelKind, NodeId> {
+        let g = self.b.graph;
+        let shape = g.shape(a.pv).to_vec();
         let r = shape.len();
         let (Op::MatMul(pa, v), Op::MatMul(q, kt)) = (&g.node(a.pv).op, &g.node(a.qk).op) else {
             unreachable!("matmuls")
@@ -402,6 +430,7 @@ impl Lowering<'_, '_> {
             kt,
             v,
             score,
+            out_rows,
         })
     }
 
