@@ -65,7 +65,7 @@ fn work_units(k: &Kernel) -> (Expr, Expr) {
         KernelKind::Reduce { len, .. } => (numel(&k.out_shape), len.clone().mul(ops)),
         KernelKind::ReduceMap { len, .. } => {
             let (last, outer) = k
-                .out_shape
+                .iteration_shape()
                 .split_last()
                 .expect("a row kernel has rank >= 1");
             (numel(outer), len.clone().add(last.clone()).mul(ops))
@@ -227,15 +227,11 @@ fn reduce(p: &Printer, k: &Kernel, s: &mut String) {
 /// Work unit = one output row; the reduction over `Var(rank)`, then the map over the last axis.
 fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     let r = RowReduction::of(p, k);
-    let rank = k.out_shape.len();
     emit!(
         s,
         "    for (int64_t kiln_row = kiln_lo; kiln_row < kiln_hi; ++kiln_row) {{"
     );
-    s.lines(
-        "        ",
-        p.unflatten(&k.out_shape[..rank - 1], "kiln_row", None),
-    );
+    s.lines("        ", p.unflatten(&r.rows, "kiln_row", None));
     emit!(s, "        {} {} = {};", r.acc_type, r.acc, r.init);
     emit!(
         s,
@@ -255,12 +251,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     emit!(
         s,
         "            {}\n        }}\n    }}",
-        p.d.store(
-            k.out_dtype,
-            OUT,
-            &format!("kiln_row * {} + {}", r.map_len, r.map_var),
-            &r.value
-        )
+        r.store(p.d, "kiln_row")
     );
 }
 
