@@ -65,7 +65,7 @@ fn work_units(k: &Kernel) -> (Expr, Expr) {
         KernelKind::Reduce { len, .. } => (numel(&k.out_shape), len.clone().mul(ops)),
         KernelKind::ReduceMap { len, .. } => {
             let (last, outer) = k
-                .out_shape
+                .iteration_shape()
                 .split_last()
                 .expect("a row kernel has rank >= 1");
             (numel(outer), len.clone().add(last.clone()).mul(ops))
@@ -227,15 +227,11 @@ fn reduce(p: &Printer, k: &Kernel, s: &mut String) {
 /// Work unit = one output row; the reduction over `Var(rank)`, then the map over the last axis.
 fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     let r = RowReduction::of(p, k);
-    let rank = k.out_shape.len();
     emit!(
         s,
         "    for (int64_t kiln_row = kiln_lo; kiln_row < kiln_hi; ++kiln_row) {{"
     );
-    s.lines(
-        "        ",
-        p.unflatten(&k.out_shape[..rank - 1], "kiln_row", None),
-    );
+    s.lines("        ", p.unflatten(&r.rows, "kiln_row", None));
     emit!(s, "        {} {} = {};", r.acc_type, r.acc, r.init);
     emit!(
         s,
@@ -255,12 +251,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     emit!(
         s,
         "            {}\n        }}\n    }}",
-        p.d.store(
-            k.out_dtype,
-            OUT,
-            &format!("kiln_row * {} + {}", r.map_len, r.map_var),
-            &r.value
-        )
+        r.store(p.d, "kiln_row")
     );
 }
 
@@ -474,26 +465,33 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     } else {
         attention_rows(p, &a, s);
     }
-    emit!(
-        s,
-        "        {} *pc = {OUT} + kiln_b * M * DV + i0 * DV;",
-        d.storage_type(k.out_dtype)
+    // No keys: the product over zero keys is 0, as unfused; a row whose keys are all masked
+    // stays 0/0 = NaN, as the unfused softmax gives.
+    let value = d.round(
+        k.out_dtype,
+        "(T > 0 ? kiln_o[ii * DV + c] / sum[ii] : 0.0f)",
     );
-    emit!(
-        s,
-        "        for (int64_t ii = 0; ii < bi; ++ii) for (int64_t c = 0; c < DV; ++c) {}\n    }}",
-        d.store(
-            k.out_dtype,
-            "pc",
-            "ii * DV + c",
-            // No keys: the product over zero keys is 0, as unfused; a row
-            // whose keys are all masked stays 0/0 = NaN, as the unfused softmax gives.
-            &d.round(
-                k.out_dtype,
-                "(T > 0 ? kiln_o[ii * DV + c] / sum[ii] : 0.0f)"
-            )
-        )
-    );
+    let out = d.storage_type(k.out_dtype);
+    match &a.out_rows {
+        None => {
+            emit!(s, "        {out} *pc = {OUT} + kiln_b * M * DV + i0 * DV;");
+            emit!(
+                s,
+                "        for (int64_t ii = 0; ii < bi; ++ii) for (int64_t c = 0; c < DV; ++c) {}\n    }}",
+                d.store(k.out_dtype, "pc", "ii * DV + c", &value)
+            );
+        }
+        // Each row where the output view puts it (`out_rows`), its values contiguous.
+        Some(rows) => {
+            let i = &a.row_var;
+            emit!(s, "        for (int64_t ii = 0; ii < bi; ++ii) {{\n            const int64_t {i} = i0 + ii; (void){i};\n            {out} *pc = {OUT} + {rows};");
+            emit!(
+                s,
+                "            for (int64_t c = 0; c < DV; ++c) {}\n        }}\n    }}",
+                d.store(k.out_dtype, "pc", "c", &value)
+            );
+        }
+    }
 }
 
 /// One key block of f32 operands, contiguous along the head dimension, as small matrix

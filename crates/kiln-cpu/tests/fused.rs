@@ -302,3 +302,47 @@ fn attention_alone_at_awkward_sizes() {
         }
     }
 }
+
+/// Grouped-query attention whose output a projection reads as `[s, heads * dv]` (two KV
+/// heads of three query heads each): the attention kernel writes each row where that view
+/// puts it, with no copy kernel, for each kernel ISA and both the blocked (f32, contiguous)
+/// and the row-by-row paths' sizes; against the interpreter, bitwise the same on 1 and 2
+/// threads.
+#[test]
+fn attention_writes_the_rows_its_projection_reads() {
+    const KVH: usize = 2;
+    const G: usize = 3;
+    for isa in isas() {
+        for (d, dv) in [(16usize, 16usize), (20, 12)] {
+            let g = kiln_ir::testing::attention_graph_projected(KVH, G, d, dv);
+            let compiled = kiln_compile::compile(
+                &g,
+                &backend(Some(isa)),
+                &CompileOptions {
+                    threads: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let labels: Vec<String> = compiled
+                .loaded
+                .kernels
+                .iter()
+                .map(|k| k.kernel.label())
+                .collect();
+            assert_eq!(labels, ["attention", "matmul"], "{isa:?} d={d} dv={dv}");
+            let mut two = build_for(&g, 2, Some(isa));
+            let mut one = build_for(&g, 1, Some(isa));
+            // A prompt of 21 (rows 63: several work units, the last partial), decode steps.
+            for (s, p) in [(21usize, 0usize), (1, 40), (3, 7)] {
+                let ins = kiln_ir::testing::attention_projected_inputs(KVH, G, d, dv, s, s + p);
+                check(two.as_mut(), &g, &ins, 1e-5, 1e-4);
+                assert_eq!(
+                    two.run(&ins).unwrap(),
+                    one.run(&ins).unwrap(),
+                    "{isa:?} d={d} dv={dv} s={s} p={p}: 1 vs 2 threads"
+                );
+            }
+        }
+    }
+}

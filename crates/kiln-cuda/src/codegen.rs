@@ -37,7 +37,8 @@ pub fn launch(k: &Kernel) -> LaunchSpec {
         }
         KernelKind::ReduceMap { .. } => {
             // One warp per row; whole blocks, since every thread reaches the block barrier.
-            let rows = numel(&k.out_shape[..k.out_shape.len() - 1]);
+            let shape = k.iteration_shape();
+            let rows = numel(&shape[..shape.len() - 1]);
             let warps = (BLOCK / 32) as i64;
             let n = rows.clone().add(warps - 1).div(warps).mul(BLOCK as i64);
             threads(rows, n)
@@ -46,9 +47,10 @@ pub fn launch(k: &Kernel) -> LaunchSpec {
             let n = numel(shape);
             threads(n.clone(), n)
         }
-        KernelKind::Attention { .. } => {
-            // One block per query row.
-            let rows = numel(&k.out_shape[..k.out_shape.len() - 1]);
+        KernelKind::Attention { batch, m, .. } => {
+            // One block per query row (the output may be a view of `[b.., m, dv]` of another
+            // shape: see `out_rows`).
+            let rows = numel(batch).mul(m.clone());
             threads(rows.clone(), rows.mul(BLOCK as i64))
         }
         KernelKind::MatMul { batch, m, n, .. } => LaunchSpec {
@@ -139,7 +141,6 @@ fn warp_reduce(s: &mut String, ty: &str, acc: &str, combined: &str) {
 fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     let d = p.d;
     let r = RowReduction::of(p, k);
-    let rank = k.out_shape.len();
     let warps = BLOCK / 32;
     emit!(
         s,
@@ -152,10 +153,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     emit!(s, "    __shared__ {} kiln_rows[{warps}];", r.acc_type);
     emit!(s, "    {} {} = {};", r.acc_type, r.acc, r.init);
     emit!(s, "    if (kiln_live) {{");
-    s.lines(
-        "        ",
-        p.unflatten(&k.out_shape[..rank - 1], "kiln_w", None),
-    );
+    s.lines("        ", p.unflatten(&r.rows, "kiln_w", None));
     emit!(
         s,
         "        for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2} = {3};",
@@ -178,21 +176,13 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
         r.round_acc(d)
     );
     emit!(s, "    if (!kiln_live) return;");
-    s.lines(
-        "    ",
-        p.unflatten(&k.out_shape[..rank - 1], "kiln_w", None),
-    );
+    s.lines("    ", p.unflatten(&r.rows, "kiln_w", None));
     emit!(
         s,
         "    for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2}",
         r.map_var,
         r.map_len,
-        d.store(
-            k.out_dtype,
-            OUT,
-            &format!("kiln_w * {} + {}", r.map_len, r.map_var),
-            &r.value
-        )
+        r.store(d, "kiln_w")
     );
 }
 
@@ -314,13 +304,18 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         s,
         "            for (int w = 0; w < {warps}; ++w) {{\n                if (kiln_wmx[w] == -INFINITY) continue;\n                const float f = exp2f((kiln_wmx[w] - big) * {LOG2E});\n                total += kiln_wsum[w] * f;\n                val += kiln_wacc[w][threadIdx.x] * f;\n            }}"
     );
+    // Row (b.., i) at `kiln_r * DV`, or where the output view puts it (`out_rows`).
+    let at = match &a.out_rows {
+        None => "kiln_r * DV + kiln_c".to_string(),
+        Some(rows) => format!("{rows} + kiln_c"),
+    };
     emit!(
         s,
         "            {}",
         d.store(
             k.out_dtype,
             OUT,
-            "kiln_r * DV + kiln_c",
+            &at,
             &d.round(k.out_dtype, "(T > 0 ? val / total : 0.0f)")
         )
     );

@@ -202,6 +202,40 @@ fn attention_matches_the_interpreter(target: Where) {
 }
 
 #[test]
+fn gpu_attention_writes_the_rows_its_projection_reads() {
+    if gpu() {
+        attention_writes_the_rows_its_projection_reads(Where::Gpu);
+    }
+}
+
+#[test]
+fn emulated_attention_writes_the_rows_its_projection_reads() {
+    attention_writes_the_rows_its_projection_reads(Where::Emulated);
+}
+
+/// Grouped-query attention read by a projection as `[s, heads * dv]`: one attention kernel
+/// that stores each row where that view puts it (`out_rows`), then the projection; no copy.
+fn attention_writes_the_rows_its_projection_reads(target: Where) {
+    use kiln_ir::testing::{
+        assert_matches_interpreter, attention_graph_projected, attention_projected_inputs,
+    };
+    const KV: usize = 2;
+    const G: usize = 3;
+    const D: usize = 20;
+    const DV: usize = 40;
+    let g = attention_graph_projected(KV, G, D, DV);
+    let program = kiln_compile::extract::extract(&kiln_compile::analysis::analyze(&g).unwrap());
+    let labels: Vec<String> = program.steps.iter().map(|s| s.kernel.label()).collect();
+    assert_eq!(labels, ["attention", "matmul"]);
+    let mut exe = cuda_executable(&g, target);
+    for (s, p) in [(5usize, 0usize), (1, 37), (3, 2)] {
+        let ins = attention_projected_inputs(KV, G, D, DV, s, s + p);
+        let got = exe.run(&ins).unwrap();
+        assert_matches_interpreter(&got, &g, &ins, 1e-5, 1e-4);
+    }
+}
+
+#[test]
 fn write_kernels_compile_with_nvrtc() {
     let backend = CudaBackend::compile_only("sm_90").unwrap();
     let case = kiln_ir::testing::op_cases::write_slice_in_place_and_as_a_copy();

@@ -197,6 +197,45 @@ pub fn attention_inputs(
     ])
 }
 
+/// [`attention_graph`] (masked) with its output read as a model's output projection reads
+/// it: `[kv, heads * s, dv]` viewed as `[s, kv * heads * dv]` (head-major columns) times `w`
+/// `[kv * heads * dv, 5]`; output `y` `[s, 5]`. Inputs from [`attention_projected_inputs`].
+pub fn attention_graph_projected(kv: usize, heads: usize, d: usize, dv: usize) -> Graph {
+    let mut g = attention_graph(kv, heads, d, dv, true);
+    let (_, o) = g.outputs.pop().expect("the attention's output");
+    let s = Expr::sym("s");
+    let nh = kv * heads;
+    let o = g
+        .reshape(o, &[nh.into(), s.clone(), dv.into()])
+        .expect("per head");
+    let o = g.permute(o, &[1, 0, 2]).expect("per position");
+    let o = g.reshape(o, &[s, (nh * dv).into()]).expect("rows");
+    let w = g
+        .input("w", DType::F32, &[(nh * dv).into(), 5.into()])
+        .expect("w");
+    let y = g.matmul(o, w).expect("projection");
+    g.output("y", y);
+    g
+}
+
+/// Inputs of [`attention_graph_projected`]: [`attention_inputs`] and `w`.
+pub fn attention_projected_inputs(
+    kv: usize,
+    heads: usize,
+    d: usize,
+    dv: usize,
+    s: usize,
+    t: usize,
+) -> HashMap<String, Tensor> {
+    let mut ins = attention_inputs(kv, heads, d, dv, s, t);
+    let rows = kv * heads * dv;
+    ins.insert(
+        "w".into(),
+        Tensor::from_f32(&[rows, 5], &values(rows * 5, 4)),
+    );
+    ins
+}
+
 /// A graph over inputs `x`, `y` of shape [a, b] (symbols), built by applying `ops`; its one
 /// output is `out`. Elementwise, reduction, matmul, view, concat and select ops all occur.
 ///

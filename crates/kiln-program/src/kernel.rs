@@ -266,12 +266,15 @@ pub enum KernelKind {
     /// softmax step, RoPE of a normalised row): for each output row (every axis but the last,
     /// `v0..v(r-2)`), `acc` = reduce over `Var(r)` in `0..len` of `body` (which reads through
     /// the row's variables), then `out[row, v(r-1)] = map` for every `v(r-1)` of the last axis,
-    /// with `Acc(0)` in `map` standing for `acc`. One work unit per row.
+    /// with `Acc(0)` in `map` standing for `acc`. One work unit per row. With `write`, the rows
+    /// are those of a part of the output, which the step updates in place (as `Write`): a KV
+    /// cache write of normalised, rotated keys.
     ReduceMap {
         op: ReduceOp,
         len: Expr,
         body: ScalarExpr,
         map: ScalarExpr,
+        write: Option<RowWrite>,
     },
     /// `out[b.., i, :] = sum_j softmax_j(score) * v[b.., j, :]` over keys `j` in `0..n`, where
     /// `Acc(0)` in `score` is the product `q[b.., i, :] . kt[b.., :, j]` (depth `k`) and loads
@@ -289,7 +292,23 @@ pub enum KernelKind {
         kt: Operand,
         v: Operand,
         score: ScalarExpr,
+        /// Where row (b.., i) goes when the output is not `[b.., m, dv]` itself but a view of
+        /// it that keeps each row's `dv` values together (grouped-query attention's
+        /// `[kv, group * s, d]` written as `[s, heads * d]`, what the output projection
+        /// reads): the flat offset of the row's first value, in the batch variables `v0..`
+        /// and the row variable `v(r-2)`; its values follow at stride 1. `None`: contiguous.
+        out_rows: Option<Expr>,
     },
+}
+
+/// The part of its output a row kernel writes in place (`KernelKind::ReduceMap::write`): its
+/// rows are those of `shape` (loop variables `v0..`, the last axis the map's), element `v` is
+/// stored at `v_axis + start` along `axis` of the output, as a `Write` stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RowWrite {
+    pub shape: Vec<Expr>,
+    pub axis: usize,
+    pub start: Expr,
 }
 
 /// What a matmul computes from its products before it stores an element (a residual add,
@@ -381,7 +400,18 @@ impl Kernel {
                     }
                 }
             }
-            KernelKind::ReduceMap { len, body, map, .. } => {
+            KernelKind::ReduceMap {
+                len,
+                body,
+                map,
+                write,
+                ..
+            } => {
+                if let Some(w) = write {
+                    for e in w.shape.iter().chain([&w.start]) {
+                        e.symbols(&mut s);
+                    }
+                }
                 len.symbols(&mut s);
                 body.symbols(&mut s);
                 map.symbols(&mut s);
@@ -396,8 +426,9 @@ impl Kernel {
                 kt,
                 v,
                 score,
+                out_rows,
             } => {
-                for e in batch.iter().chain([m, n, k, dv]) {
+                for e in batch.iter().chain([m, n, k, dv]).chain(out_rows) {
                     e.symbols(&mut s);
                 }
                 for o in [q, kt, v] {
@@ -479,11 +510,22 @@ impl Kernel {
                     body: e.body.map_indices(f),
                 }),
             },
-            KernelKind::ReduceMap { op, len, body, map } => KernelKind::ReduceMap {
+            KernelKind::ReduceMap {
+                op,
+                len,
+                body,
+                map,
+                write,
+            } => KernelKind::ReduceMap {
                 op: *op,
                 len: f(len),
                 body: body.map_indices(f),
                 map: map.map_indices(f),
+                write: write.as_ref().map(|w| RowWrite {
+                    shape: all(&w.shape),
+                    axis: w.axis,
+                    start: f(&w.start),
+                }),
             },
             KernelKind::Attention {
                 batch,
@@ -495,6 +537,7 @@ impl Kernel {
                 kt,
                 v,
                 score,
+                out_rows,
             } => KernelKind::Attention {
                 batch: all(batch),
                 m: f(m),
@@ -505,6 +548,7 @@ impl Kernel {
                 kt: operand(kt),
                 v: operand(v),
                 score: score.map_indices(f),
+                out_rows: out_rows.as_ref().map(f),
             },
         };
         Kernel {
@@ -535,9 +579,19 @@ impl Kernel {
     /// How many elements one launch writes: the whole output, or the written part of an
     /// in-place update.
     pub fn written_elements(&self) -> Expr {
+        kiln_ir::numel(self.iteration_shape())
+    }
+
+    /// The shape an elementwise, write or row kernel iterates over: the written part of an
+    /// in-place update (`Write`, `ReduceMap` with `write`), else the output's.
+    pub fn iteration_shape(&self) -> &[Expr] {
         match &self.kind {
-            KernelKind::Write { shape, .. } => kiln_ir::numel(shape),
-            _ => kiln_ir::numel(&self.out_shape),
+            KernelKind::Write { shape, .. }
+            | KernelKind::ReduceMap {
+                write: Some(RowWrite { shape, .. }),
+                ..
+            } => shape,
+            _ => &self.out_shape,
         }
     }
 

@@ -34,7 +34,8 @@ pub use backend::{Backend, BackendError};
 pub use device::{Device, Runtime};
 pub use error::{Cause, RunError};
 pub use kernel::{
-    canonical_symbol, launch_bindings, Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr,
+    canonical_symbol, launch_bindings, Epilogue, Kernel, KernelKind, Let, Operand, RowWrite,
+    ScalarExpr,
 };
 pub use launch::LaunchSpec;
 pub use memplan::MemoryPlan;

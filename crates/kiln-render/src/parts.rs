@@ -53,7 +53,16 @@ pub fn written_element(p: &Printer, k: &Kernel) -> Vec<String> {
     else {
         panic!("written_element() of a {} kernel", k.label());
     };
-    let strides = contiguous_strides(&k.out_shape);
+    let offset = written_offset(&k.out_shape, shape, *axis, start);
+    vec![p
+        .d
+        .store(k.out_dtype, OUT, &p.index(&offset), &p.scalar(body))]
+}
+
+/// Where element `v0..` of the part `shape` written at `start` along `axis` lies in the output
+/// (of shape `out`).
+fn written_offset(out: &[Expr], shape: &[Expr], axis: usize, start: &Expr) -> Expr {
+    let strides = contiguous_strides(out);
     let mut offset = Expr::Const(0);
     for (i, dim) in shape.iter().enumerate() {
         let mut v = if dim.is_const(1) {
@@ -61,14 +70,12 @@ pub fn written_element(p: &Printer, k: &Kernel) -> Vec<String> {
         } else {
             Expr::Var(i as u32)
         };
-        if i == *axis {
+        if i == axis {
             v = v.add(start.clone());
         }
         offset = offset.add(v.mul(strides[i].clone()));
     }
-    vec![p
-        .d
-        .store(k.out_dtype, OUT, &p.index(&offset), &p.scalar(body))]
+    offset
 }
 
 /// An elementwise or a write kernel, seen as what both are: one loop nest over an iteration
@@ -184,14 +191,28 @@ pub struct RowReduction {
     pub map_len: String,
     /// The output element (the map's value, in the output dtype's compute type).
     pub value: String,
+    /// The rows (all axes but the last of the output, or of the part written in place).
+    pub rows: Vec<Expr>,
+    /// Where the map's element goes in a part written in place: its offset in the output, in
+    /// the loop variables; `None`: at `row * map_len + map_var`.
+    pub written_at: Option<String>,
+    out: DType,
 }
 
 impl RowReduction {
     pub fn of(p: &Printer, k: &Kernel) -> RowReduction {
-        let KernelKind::ReduceMap { op, len, body, map } = &k.kind else {
+        let KernelKind::ReduceMap {
+            op,
+            len,
+            body,
+            map,
+            write,
+        } = &k.kind
+        else {
             panic!("RowReduction::of a {} kernel", k.label());
         };
-        let rank = k.out_shape.len();
+        let shape = k.iteration_shape();
+        let rank = shape.len();
         let dtype = body.dtype();
         RowReduction {
             op: *op,
@@ -203,9 +224,24 @@ impl RowReduction {
             init: p.d.literal(reduce_identity(*op, dtype).to_bits(), dtype),
             element: p.scalar(body),
             map_var: p.d.var_name(rank as u32 - 1),
-            map_len: p.index(&k.out_shape[rank - 1]),
+            map_len: p.index(&shape[rank - 1]),
             value: p.scalar(map),
+            rows: shape[..rank - 1].to_vec(),
+            written_at: write
+                .as_ref()
+                .map(|w| p.index(&written_offset(&k.out_shape, &w.shape, w.axis, &w.start))),
+            out: k.out_dtype,
         }
+    }
+
+    /// The statement storing the map's value of row `row` (its flat index over
+    /// [`Self::rows`]), once the row's and the map's loop variables are declared.
+    pub fn store(&self, d: &dyn Dialect, row: &str) -> String {
+        let at = match &self.written_at {
+            Some(at) => at.clone(),
+            None => format!("{row} * {} + {}", self.map_len, self.map_var),
+        };
+        d.store(self.out, OUT, &at, &self.value)
     }
 
     /// `acc op x`.
@@ -367,6 +403,10 @@ pub struct AttentionParts {
     /// The row and key variables.
     pub row_var: String,
     pub key_var: String,
+    /// The flat offset of row (b.., i)'s first output value, in the batch variables and
+    /// [`AttentionParts::row_var`], where the output is not contiguous `[b.., m, dv]`
+    /// (`KernelKind::Attention::out_rows`); the row's values follow at stride 1.
+    pub out_rows: Option<String>,
 }
 
 impl AttentionParts {
@@ -381,6 +421,7 @@ impl AttentionParts {
             kt,
             v,
             score,
+            out_rows,
         } = &kernel.kind
         else {
             panic!("AttentionParts::of a {} kernel", kernel.label());
@@ -435,6 +476,7 @@ impl AttentionParts {
             biased,
             row_var: p.d.var_name(r - 2),
             key_var: p.d.var_name(r - 1),
+            out_rows: out_rows.as_ref().map(|e| p.index(e)),
         }
     }
 }

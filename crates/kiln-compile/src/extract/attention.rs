@@ -15,7 +15,7 @@
 //! computes PV as one `KernelKind::Attention`: scores per key block, an online softmax, the
 //! value product.
 
-use kiln_ir::{BinaryOp, Graph, NodeId, Op, ReduceOp, UnaryOp, ViewOp};
+use kiln_ir::{contiguous_strides, BinaryOp, Expr, Graph, NodeId, Op, ReduceOp, UnaryOp, ViewOp};
 
 /// The nodes of one recognised attention.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +173,76 @@ pub fn at(g: &Graph, pv: NodeId, realized: &[bool]) -> Option<Attention> {
     inner.sort();
     inner.dedup();
     Some(Attention { pv, qk, x, inner })
+}
+
+/// Where the attention output `pv` (`[b.., m, dv]`) lands when its kernel writes `top`, a
+/// chain of views of it, instead: the flat offset in `top`'s buffer of row (b.., i)'s first
+/// value, in the batch variables and the row variable (`Var(0..r-1)`), each row's `dv`
+/// values following at stride 1. The chain may permute the axes before the last and reshape
+/// them (keeping the last); reshapes at its top may do anything, as they keep the flat order.
+/// Grouped-query attention's `[kv, group * s, d]` read as `[s, heads * d]` is such a chain.
+/// `None` for any other (a slice, a broadcast, a permute that moves the last axis).
+pub fn output_rows(g: &Graph, pv: NodeId, top: NodeId) -> Option<Expr> {
+    let mut chain = Vec::new();
+    let mut x = top;
+    while x != pv {
+        let Op::View(view, src) = &g.node(x).op else {
+            return None;
+        };
+        chain.push(view);
+        x = *src;
+    }
+    let mut shape = g.shape(pv).to_vec();
+    let unflatten = |flat: Expr, dims: &[Expr]| -> Vec<Expr> {
+        let strides = contiguous_strides(dims);
+        (0..dims.len())
+            .map(|i| {
+                if dims[i].is_const(1) {
+                    Expr::Const(0)
+                } else if i == 0 {
+                    flat.clone().div(strides[0].clone())
+                } else {
+                    flat.clone().div(strides[i].clone()).rem(dims[i].clone())
+                }
+            })
+            .collect()
+    };
+    let offset = |rows: &[Expr], dims: &[Expr]| {
+        rows.iter()
+            .zip(contiguous_strides(dims))
+            .fold(Expr::Const(0), |acc, (i, s)| acc.add(i.clone().mul(s)))
+    };
+    let last = shape.len().checked_sub(1)?;
+    let mut rows: Vec<Expr> = (0..last)
+        .map(|i| {
+            if shape[i].is_const(1) {
+                Expr::Const(0)
+            } else {
+                Expr::Var(i as u32)
+            }
+        })
+        .collect();
+    // Past the first reshape that changes the row length, only the flat order is known.
+    let mut flat_only = false;
+    for view in chain.into_iter().rev() {
+        let last = shape.len() - 1;
+        match view {
+            ViewOp::Reshape(new)
+                if !flat_only && new.last().is_some_and(|d| d.provably_equal(&shape[last])) =>
+            {
+                let flat = offset(&rows, &shape[..last]);
+                rows = unflatten(flat, &new[..new.len() - 1]);
+                shape = new.clone();
+            }
+            ViewOp::Reshape(_) => flat_only = true,
+            ViewOp::Permute(perm) if !flat_only && perm.last() == Some(&last) => {
+                rows = perm[..last].iter().map(|&p| rows[p].clone()).collect();
+                shape = perm.iter().map(|&p| shape[p].clone()).collect();
+            }
+            _ => return None,
+        }
+    }
+    Some(offset(&rows, &shape[..shape.len() - 1]).mul(shape[shape.len() - 1].clone()))
 }
 
 /// Every attention of the graph whose intermediates nothing else reads.

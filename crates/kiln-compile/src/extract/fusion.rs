@@ -14,11 +14,15 @@
 //!    scores, the softmax and everything between them lose their buffers;
 //! 5. [`fuse_reductions_into_maps`]: a reduction read by one elementwise kernel only is
 //!    computed inside it (a `ReduceMap` kernel: RMSNorm, a softmax step);
-//! 6. [`fuse_row_maps_into_readers`]: such a row kernel read by one elementwise kernel only is
-//!    inlined into it too (RoPE applied to a normalised row);
+//! 6. [`fuse_row_maps_into_readers`]: such a row kernel read by one elementwise kernel or one
+//!    in-place slice write only is inlined into it too (RoPE applied to a normalised row; the
+//!    k heads' norm and RoPE computed by the KV cache write);
 //! 7. [`fuse_matmul_epilogues`]: a matmul read by one elementwise kernel only computes that
 //!    kernel's elements from its products (a residual add, SiLU(gate) * up); an attention's
-//!    value product stays the attention's root.
+//!    value product stays the attention's root;
+//! 8. [`fuse_attention_outputs`]: an attention read only by a matmul through views that keep
+//!    each output row together (grouped-query attention's `[kv, group * s, d]` read as
+//!    `[s, heads * d]`) writes that view's buffer itself, in place of a copy.
 //!
 //! Views never own a buffer: they become index arithmetic in the loads that read through
 //! them. Lowering may still find a matmul operand whose index is not a strided (affine) view,
@@ -55,6 +59,7 @@ pub fn plan(graph: &Graph) -> Realized {
         return r;
     }
     fuse_matmul_epilogues(graph, &mut r, &row_maps, &attention_roots);
+    fuse_attention_outputs(graph, &mut r, &attention_roots);
     r
 }
 
@@ -242,10 +247,18 @@ pub fn fuse_reductions_into_maps(graph: &Graph, r: &mut Realized) -> Vec<bool> {
     row_map
 }
 
-/// Pass 6: a row kernel (pass 5) whose only reader is another elementwise kernel, which does
-/// not compute a reduction of its own, is recomputed inside it: the reader then reduces the
-/// row and applies both maps (RoPE on a normalised row reads each value twice; recomputing
-/// `x * r * w` costs less than a launch and a round trip through memory).
+/// Whether realized node `w` is a slice write that lowering makes in place (the written
+/// buffer has no other reader): its kernel iterates over the written part only, whose rows a
+/// row kernel can compute (a KV cache write).
+fn writes_in_place(graph: &Graph, r: &Realized, reads: &[usize], w: NodeId) -> bool {
+    matches!(graph.node(w).op, Op::WriteSlice { dst, .. } if r[dst.index()] && reads[dst.index()] == 1)
+}
+
+/// Pass 6: a row kernel (pass 5) whose only reader is another elementwise kernel or an
+/// in-place slice write, which does not compute a reduction of its own, is recomputed inside
+/// it: the reader then reduces the row and applies both maps (RoPE on a normalised row reads
+/// each value twice; recomputing `x * r * w` costs less than a launch and a round trip
+/// through memory; the keys' norm and RoPE are computed by their KV cache write).
 pub fn fuse_row_maps_into_readers(
     graph: &Graph,
     r: &mut Realized,
@@ -253,11 +266,17 @@ pub fn fuse_row_maps_into_readers(
 ) -> Vec<bool> {
     let readers = kernel_readers(graph, r);
     let outputs = output_mask(graph);
+    let reads = read_counts(graph);
     for i in 0..graph.nodes.len() {
         if !r[i] || !row_map[i] {
             continue;
         }
-        if let Some(e) = sole_elementwise_reader(graph, r, &readers, &outputs, i) {
+        let writer = match readers[i].as_slice() {
+            [w] if r[w.index()] && !outputs[i] && writes_in_place(graph, r, &reads, *w) => Some(*w),
+            _ => None,
+        };
+        let reader = sole_elementwise_reader(graph, r, &readers, &outputs, i).or(writer);
+        if let Some(e) = reader {
             if !row_map[e.index()] && graph.shape(e).len() == graph.shape(NodeId(i as u32)).len() {
                 r[i] = false;
                 row_map[i] = false;
@@ -294,6 +313,49 @@ pub fn fuse_matmul_epilogues(
                 r[i] = false;
                 taken[e.index()] = true;
             }
+        }
+    }
+}
+
+/// Pass 8: an attention read only by a matmul (one with a kernel of its own or a kernel's
+/// epilogue product), through views that no one else reads and that the attention kernel can
+/// write (`attention::output_rows`), writes the matmul's operand: the top view gets the
+/// buffer, the attention loses its own. Otherwise that operand, not a strided view of the
+/// attention's `[b.., m, dv]` rows, is copied by a kernel of its own (`realize`). Runs last, so
+/// that the passes above, which take a realized view for an elementwise kernel, never see
+/// this one.
+pub fn fuse_attention_outputs(graph: &Graph, r: &mut Realized, attention_roots: &[NodeId]) {
+    let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); graph.nodes.len()];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        for x in n.op.inputs() {
+            users[x.index()].push(NodeId(i as u32));
+        }
+    }
+    let outputs = output_mask(graph);
+    for &pv in attention_roots {
+        // Up the chain of views while each is the only reader of the one below.
+        let mut top = pv;
+        loop {
+            if outputs[top.index()] || (top != pv && r[top.index()]) {
+                break;
+            }
+            match users[top.index()].as_slice() {
+                [u] if graph.node(*u).op.is_view() => top = *u,
+                _ => break,
+            }
+        }
+        let read_by_one_matmul = match users[top.index()].as_slice() {
+            [m] => matches!(graph.node(*m).op, Op::MatMul(a, b) if (a == top) != (b == top)),
+            _ => false,
+        };
+        if top != pv
+            && !r[top.index()]
+            && !outputs[top.index()]
+            && read_by_one_matmul
+            && super::attention::output_rows(graph, pv, top).is_some()
+        {
+            r[top.index()] = true;
+            r[pv.index()] = false;
         }
     }
 }
@@ -467,6 +529,50 @@ mod tests {
         assert_eq!(kinds(&g, false).len(), fused.len() + 2, "{fused:?}");
     }
 
+    #[test]
+    fn a_cache_write_of_normalised_rotated_keys_is_one_row_kernel() {
+        // The keys' norm, RoPE and the in-place write into the cache at p: one kernel that
+        // reduces each head's row and stores its rotated values in the cache.
+        let (s, p) = (Expr::sym("s"), Expr::sym("p"));
+        let mut g = Graph::new();
+        let k = g
+            .input(
+                "k",
+                DType::F32,
+                &[s.clone(), Expr::Const(2), Expr::Const(8)],
+            )
+            .unwrap();
+        let w = g.input("w", DType::F32, &[Expr::Const(8)]).unwrap();
+        let n = g.rms_norm(k, w, 1e-6).unwrap();
+        let n = g.permute(n, &[1, 0, 2]).unwrap();
+        let (cos, sin) = g.rope_tables(p.clone(), s, 8, 1e4).unwrap();
+        let y = g.rope(n, cos, sin).unwrap();
+        let cache = g
+            .input(
+                "cache",
+                DType::F32,
+                &[Expr::Const(2), Expr::sym("c"), Expr::Const(8)],
+            )
+            .unwrap();
+        let written = g.write_slice(cache, y, 1, p).unwrap();
+        g.output("cache_out", written);
+        let (unfused, fused) = (kinds(&g, false), kinds(&g, true));
+        assert_eq!(unfused[..2], ["reduce_sum", "elementwise"], "{unfused:?}");
+        assert_eq!(unfused.last().unwrap(), "write", "{unfused:?}");
+        assert_eq!(fused.last().unwrap(), "reduce_sum_map", "{fused:?}");
+        assert_eq!(fused.len() + 2, unfused.len(), "{fused:?}");
+        let program = crate::extract::extract(&g);
+        let last = program.steps.last().unwrap();
+        assert!(last.writes_into.is_some(), "in place");
+        let crate::KernelKind::ReduceMap {
+            write: Some(part), ..
+        } = &last.kernel.kind
+        else {
+            panic!("a row kernel writing part of the cache")
+        };
+        assert_eq!((part.axis, part.shape.len()), (1, 3));
+    }
+
     fn linear(g: &mut Graph, x: NodeId, name: &str, out: i64) -> NodeId {
         let k = g.shape(x)[1].clone();
         let w = g.input(name, DType::F32, &[Expr::Const(out), k]).unwrap();
@@ -525,6 +631,57 @@ mod tests {
         let h = g.mul(act, up).unwrap();
         g.output("h", h);
         assert_eq!(kinds(&g, true), ["matmul", "matmul_epilogue"]);
+    }
+
+    #[test]
+    fn grouped_query_attention_writes_the_rows_its_output_projection_reads() {
+        // [kv, group * s, d] read as [s, heads * d]: not a strided view of the attention's
+        // rows, so a copy kernel while the attention wrote them contiguously.
+        let g = kiln_ir::testing::attention_graph_projected(2, 3, 8, 8);
+        assert_eq!(kinds(&g, true), ["attention", "matmul"]);
+        let p = crate::extract::extract(&g);
+        let crate::KernelKind::Attention {
+            out_rows: Some(rows),
+            ..
+        } = &p.steps[0].kernel.kind
+        else {
+            panic!("an attention writing its rows elsewhere")
+        };
+        // Row i of KV head v0's group is head v0 * 3 + i / s at position i % s.
+        let s = Expr::sym("s");
+        let (b, i) = (Expr::Var(0), Expr::Var(1));
+        let flat = b.mul(s.clone().mul(3)).add(i);
+        let want = flat.clone().rem(s.clone()).mul(48).add(flat.div(s).mul(8));
+        let bind: kiln_ir::Bindings = [("s".to_string(), 5)].into();
+        for (v0, v1) in [(0, 0), (0, 14), (1, 3), (1, 11)] {
+            assert_eq!(
+                rows.eval_with(&bind, &[v0, v1]).unwrap(),
+                want.eval_with(&bind, &[v0, v1]).unwrap(),
+                "{rows:?} at ({v0}, {v1})"
+            );
+        }
+    }
+
+    #[test]
+    fn an_attention_read_through_a_slice_keeps_its_copy() {
+        // Each head's first position only: most rows the attention writes are not in the view.
+        let mut g = kiln_ir::testing::attention_graph(2, 3, 8, 8, true);
+        let (_, pv) = g.outputs.pop().unwrap();
+        let first = g.slice(pv, 1, 0, 1).unwrap();
+        let heads = g
+            .reshape(first, &[Expr::Const(1), Expr::Const(16)])
+            .unwrap();
+        let w = g
+            .input("w", DType::F32, &[Expr::Const(16), Expr::Const(4)])
+            .unwrap();
+        let y = g.matmul(heads, w).unwrap();
+        g.output("y", y);
+        assert_eq!(kinds(&g, true), ["attention", "elementwise", "matmul"]);
+        let p = crate::extract::extract(&g);
+        assert!(matches!(
+            p.steps[0].kernel.kind,
+            crate::KernelKind::Attention { out_rows: None, .. }
+        ));
     }
 
     #[test]

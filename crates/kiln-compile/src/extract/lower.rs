@@ -5,7 +5,7 @@
 use super::fusion::{read_counts, Realized};
 use super::{Buffer, Program, Step};
 use kiln_ir::{contiguous_strides, DType, Expr, Graph, NodeId, Op, ViewOp};
-use kiln_program::{Epilogue, Kernel, KernelKind, Let, Operand, ScalarExpr};
+use kiln_program::{Epilogue, Kernel, KernelKind, Let, Operand, RowWrite, ScalarExpr};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
@@ -48,9 +48,12 @@ struct Lowering<'a, 'g> {
     reads: Vec<NodeId>,
     /// The node whose buffer the kernel updates in place, if any.
     in_place: Option<NodeId>,
-    /// The root's own index (its loop variables), set while an elementwise root is lowered:
-    /// only such a kernel can compute a fused reduction or matmul.
+    /// The root's own index (its loop variables), set while an elementwise root or an
+    /// in-place write's part is lowered: only such a kernel can compute a fused reduction (and
+    /// only an elementwise one a fused matmul).
     fusing: Option<Vec<Expr>>,
+    /// The shape those loop variables run over: the root's, or the written part's.
+    fusing_shape: Vec<Expr>,
     /// The reduction this kernel computes (an unrealized reduce it reads) and where.
     reduce: Option<(NodeId, Vec<Expr>)>,
     /// The reduction is read at an index computed from the row variables through views
@@ -111,6 +114,7 @@ pub fn build(graph: &Graph, realized: &Realized) -> Result<Program, Vec<NodeId>>
             reads: Vec::new(),
             in_place: None,
             fusing: None,
+            fusing_shape: Vec::new(),
             reduce: None,
             reduce_through_views: false,
             reduce_read_unshifted: false,
@@ -243,9 +247,17 @@ impl Lowering<'_, '_> {
                     body,
                 })
             }
-            Op::MatMul(..) if self.attention().is_some() => {
-                let a = self.attention().expect("checked");
-                self.attention_kind(&a)
+            Op::MatMul(..) if self.attention_at(self.root).is_some() => {
+                let a = self.attention_at(self.root).expect("checked");
+                self.attention_kind(&a, None)
+            }
+            // The view of an attention's output that its reader needs (fusion pass 8): the
+            // attention kernel writes each row where the view puts it.
+            Op::View(..) if self.attention_under_view().is_some() => {
+                let a = self.attention_under_view().expect("checked");
+                let rows = super::attention::output_rows(g, a.pv, self.root).ok_or(a.pv)?;
+                let rows = self.b.in_bounds.simplify(&rows, g.shape(a.pv));
+                self.attention_kind(&a, Some(rows))
             }
             Op::MatMul(a, b) => {
                 let r = rank;
@@ -273,14 +285,36 @@ impl Lowering<'_, '_> {
                 start,
             } if self.b.realized[dst.index()] && self.b.read_counts[dst.index()] == 1 => {
                 let shape = g.shape(*src).to_vec();
-                let body = self.at(*src, &vars(rank, &shape));
+                let idx = vars(rank, &shape);
+                // The part may be a row kernel's rows (fusion pass 6: a KV cache write of
+                // normalised keys reduces each head's row first).
+                self.fusing = Some(idx.clone());
+                self.fusing_shape = shape.clone();
+                let body = self.at(*src, &idx);
+                self.fusing = None;
                 self.in_place = Some(*dst);
-                Ok(KernelKind::Write {
-                    shape,
-                    axis: *axis,
-                    start: start.clone(),
-                    body,
-                })
+                let (axis, start) = (*axis, start.clone());
+                match self.fused_kind(body)? {
+                    KernelKind::ReduceMap {
+                        op, len, body, map, ..
+                    } => {
+                        let row = [shape.as_slice(), std::slice::from_ref(&len)].concat();
+                        Ok(KernelKind::ReduceMap {
+                            op,
+                            body: within_extents(&self.b.in_bounds, body, &row),
+                            map: within_extents(&self.b.in_bounds, map, &shape),
+                            len,
+                            write: Some(RowWrite { shape, axis, start }),
+                        })
+                    }
+                    KernelKind::Elementwise { body, .. } => Ok(KernelKind::Write {
+                        shape,
+                        axis,
+                        start,
+                        body,
+                    }),
+                    _ => unreachable!("a write's part computes no matmul"),
+                }
             }
             Op::Gather(table, ids) => {
                 let var = rank as u32;
@@ -295,6 +329,7 @@ impl Lowering<'_, '_> {
             _ => {
                 let idx = vars(rank, &node.shape);
                 self.fusing = Some(idx.clone());
+                self.fusing_shape = node.shape.clone();
                 let body = self.inline(self.root, &idx);
                 self.fusing = None;
                 self.fused_kind(body).map(|kind| match kind {
@@ -303,13 +338,16 @@ impl Lowering<'_, '_> {
                         KernelKind::Elementwise { lets, body }
                     }
                     // The reduction's own variable, `Var(rank)`, runs over `len`.
-                    KernelKind::ReduceMap { op, len, body, map } => {
+                    KernelKind::ReduceMap {
+                        op, len, body, map, ..
+                    } => {
                         let row = [node.shape.as_slice(), std::slice::from_ref(&len)].concat();
                         KernelKind::ReduceMap {
                             op,
                             body: within_extents(&self.b.in_bounds, body, &row),
                             map: within_extents(&self.b.in_bounds, map, &node.shape),
                             len,
+                            write: None,
                         }
                     }
                     other => other,
@@ -322,20 +360,41 @@ impl Lowering<'_, '_> {
         })
     }
 
-    /// The attention whose value product is this root, if fusion gave its nodes away.
-    fn attention(&self) -> Option<super::attention::Attention> {
-        let a = super::attention::at(self.b.graph, self.root, self.b.realized)?;
+    /// The attention whose value product is `pv`, if fusion gave its nodes away.
+    fn attention_at(&self, pv: NodeId) -> Option<super::attention::Attention> {
+        let a = super::attention::at(self.b.graph, pv, self.b.realized)?;
         a.inner
             .iter()
             .all(|x| !self.b.realized[x.index()])
             .then_some(a)
     }
 
-    /// The attention kernel: the score at element (b.., i, j) is X at the same flat position
-    /// (row b.., i of the product, key j), with `Q K^T` there as `Acc(0)`.
-    fn attention_kind(&mut self, a: &super::attention::Attention) -> Result<KernelKind, NodeId> {
+    /// The attention under this root, a view, when the value product has no buffer of its
+    /// own (fusion pass 8): the view's kernel computes it.
+    fn attention_under_view(&self) -> Option<super::attention::Attention> {
         let g = self.b.graph;
-        let shape = g.shape(self.root).to_vec();
+        let mut x = self.root;
+        while let Op::View(_, src) = g.node(x).op {
+            if x != self.root && self.b.realized[x.index()] {
+                return None;
+            }
+            x = src;
+        }
+        let unrealized_matmul =
+            matches!(g.node(x).op, Op::MatMul(..)) && !self.b.realized[x.index()];
+        unrealized_matmul.then(|| self.attention_at(x)).flatten()
+    }
+
+    /// The attention kernel: the score at element (b.., i, j) is X at the same flat position
+    /// (row b.., i of the product, key j), with `Q K^T` there as `Acc(0)`. Its rows are stored
+    /// contiguously (`out_rows` `None`) or at `out_rows`.
+    fn attention_kind(
+        &mut self,
+        a: &super::attention::Attention,
+        out_rows: Option<Expr>,
+    ) -> Result<KernelKind, NodeId> {
+        let g = self.b.graph;
+        let shape = g.shape(a.pv).to_vec();
         let r = shape.len();
         let (Op::MatMul(pa, v), Op::MatMul(q, kt)) = (&g.node(a.pv).op, &g.node(a.qk).op) else {
             unreachable!("matmuls")
@@ -402,6 +461,7 @@ impl Lowering<'_, '_> {
             kt,
             v,
             score,
+            out_rows,
         })
     }
 
@@ -409,7 +469,7 @@ impl Lowering<'_, '_> {
     /// its body read (see `fused_reduce` and `fused_matmul`).
     fn fused_kind(&mut self, body: ScalarExpr) -> Result<KernelKind, NodeId> {
         let g = self.b.graph;
-        let shape = g.shape(self.root).to_vec();
+        let shape = self.fusing_shape.clone();
         let rank = shape.len();
         if let Some((x, idx)) = self.reduce.clone() {
             if self.reduce_through_views && !self.reduce_read_unshifted {
@@ -431,6 +491,7 @@ impl Lowering<'_, '_> {
                 len,
                 body: reduced,
                 map: body,
+                write: None,
             });
         }
         if let Some((x, cols)) = self.matmul.clone() {
@@ -480,7 +541,7 @@ impl Lowering<'_, '_> {
         let Op::Reduce(_, _, axis) = g.node(x).op else {
             unreachable!("a reduce")
         };
-        let (rshape, eshape) = (g.shape(x), g.shape(self.root));
+        let (rshape, eshape) = (g.shape(x), self.fusing_shape.as_slice());
         let last = own.len().wrapping_sub(1);
         let idx: Vec<Expr> = idx
             .iter()
@@ -521,7 +582,9 @@ impl Lowering<'_, '_> {
     /// column inside the matmul; each offset is one product per element (an `Acc` slot).
     fn fused_matmul(&mut self, x: NodeId, idx: &[Expr]) -> ScalarExpr {
         let g = self.b.graph;
-        let Some(own) = self.fusing.clone() else {
+        // A write's part has no matmul epilogue.
+        let writes = matches!(g.node(self.root).op, Op::WriteSlice { .. });
+        let Some(own) = self.fusing.clone().filter(|_| !writes) else {
             return self.unfusable(x);
         };
         let (mshape, eshape) = (g.shape(x), g.shape(self.root));
