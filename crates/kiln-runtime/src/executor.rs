@@ -6,12 +6,12 @@
 
 use crate::binding::{bind_run, check_param, output_layouts, param_bindings};
 use crate::carry::{slot_allocation, CarriedState};
+use crate::profile::Profile;
 use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
 use kiln_program::{
     canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError,
 };
 use std::collections::HashMap;
-use crate::profile::Profile;
 use std::time::Instant;
 
 /// A compiled graph ready to run: weights bound once, inputs per run.
@@ -416,7 +416,11 @@ impl<D: Device> Drop for Executor<D> {
     /// The `KILN_PROFILE` table.
     fn drop(&mut self) {
         if let Some(p) = &self.profile {
-            p.print(&self.device.describe(), &self.step_kernel, &self.kernel_names);
+            p.print(
+                &self.device.describe(),
+                &self.step_kernel,
+                &self.kernel_names,
+            );
         }
     }
 }
