@@ -18,7 +18,8 @@ pub(crate) struct Profile {
     best_gap: Vec<f64>,
     /// When the last launch of the current run ended.
     last_end: Option<Instant>,
-    runs: usize,
+    /// Seconds in kernels per run (the first is a prefill in `kiln bench decode`).
+    per_run: Vec<f64>,
 }
 
 impl Profile {
@@ -31,13 +32,13 @@ impl Profile {
                 best_launch: vec![f64::INFINITY; steps],
                 best_gap: vec![f64::INFINITY; steps],
                 last_end: None,
-                runs: 0,
+                per_run: Vec::new(),
             })
     }
 
     pub(crate) fn start_run(&mut self) {
         self.last_end = None;
-        self.runs += 1;
+        self.per_run.push(0.0);
     }
 
     /// Step `step` (kernel `kernel`) launched at `started` and finished now.
@@ -46,6 +47,9 @@ impl Profile {
         let secs = (end - started).as_secs_f64();
         self.per_kernel[kernel].0 += secs;
         self.per_kernel[kernel].1 += 1;
+        if let Some(run) = self.per_run.last_mut() {
+            *run += secs;
+        }
         let best = &mut self.best_launch[step];
         *best = best.min(secs);
         if let Some(prev) = self.last_end {
@@ -65,10 +69,14 @@ impl Profile {
         }
         let best_launches: f64 = best.iter().sum();
         let best_gaps: f64 = self.best_gap.iter().map(finite).sum();
+        let later = self.per_run.get(1..).unwrap_or(&[]);
+        let later_mean = later.iter().sum::<f64>() / later.len().max(1) as f64;
         eprintln!(
-            "kiln profile ({device}): {:.1} ms in kernels over {} runs; fastest of each step: {:.3} ms of launches + {:.3} ms between them per run",
+            "kiln profile ({device}): {:.1} ms in kernels over {} runs (first {:.3} ms, later ones {:.3} ms each); fastest of each step: {:.3} ms of launches + {:.3} ms between them per run",
             total * 1e3,
-            self.runs,
+            self.per_run.len(),
+            self.per_run.first().unwrap_or(&0.0) * 1e3,
+            later_mean * 1e3,
             best_launches * 1e3,
             best_gaps * 1e3,
         );
