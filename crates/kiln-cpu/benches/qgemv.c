@@ -18,6 +18,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,9 @@ static const struct { const char *name; tile_fn f; int64_t gb; int floats; doubl
 };
 
 /* EXTRA=-DLAUNCH_BARRIER: the threads meet at a spin barrier before each copy, as a decode
- * launch's chunks end in a join, and the times are wall clock, not CPU time. */
+ * launch's chunks end in a join, and the times are wall clock, not CPU time.
+ * EXTRA=-DINTERLEAVED_CHUNKS=8: each copy in 8 chunks the threads take in turn (the CPU pool's
+ * split before each thread owned a contiguous share) instead of one contiguous share each. */
 #ifdef LAUNCH_BARRIER
 static _Atomic long launch_arrivals;
 #define KILN_BENCH_CLOCK CLOCK_MONOTONIC
@@ -110,10 +113,21 @@ static void *run(void *arg) {
         launch_arrivals++;
         while (launch_arrivals < (long)(c + 1) * j->threads) __builtin_ia32_pause();
 #endif
-        for (int64_t u = u0; u < u1; ++u) {
-            const int64_t n0 = u * KILN_NC;
-            TYPES[j->type].f(&ctx, j->x, j->K, j->w[c], j->K, 0, j->rows, n0, kiln_min(KILN_NC, j->N - n0), t, KILN_NC);
-            sink += t[0];
+#ifdef INTERLEAVED_CHUNKS
+        /* the CPU pool before it gave each thread a contiguous share: a launch in
+         * INTERLEAVED_CHUNKS chunks that the threads claim in turn (thread i: i, i + threads, ..) */
+        for (int64_t ch = j->id; ch < INTERLEAVED_CHUNKS; ch += j->threads) {
+            const int64_t per = (units + INTERLEAVED_CHUNKS - 1) / INTERLEAVED_CHUNKS;
+            const int64_t c0 = ch * per, c1 = kiln_min((ch + 1) * per, units);
+#else
+        {
+            const int64_t c0 = u0, c1 = u1;
+#endif
+            for (int64_t u = c0; u < c1; ++u) {
+                const int64_t n0 = u * KILN_NC;
+                TYPES[j->type].f(&ctx, j->x, j->K, j->w[c], j->K, 0, j->rows, n0, kiln_min(KILN_NC, j->N - n0), t, KILN_NC);
+                sink += t[0];
+            }
         }
     }
     j->gemv_s = now_cpu() - t0;

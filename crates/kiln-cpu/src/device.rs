@@ -65,31 +65,47 @@ enum Dispatch {
 /// aligned, grown to what the largest launch so far asked for.
 struct Scratch {
     arenas: Vec<HostBuffer>,
+    /// Each arena's first 64-byte boundary (what kernels get).
+    aligned: Vec<usize>,
     bytes: usize,
 }
 
 impl Scratch {
+    fn new(threads: usize) -> Scratch {
+        // Room for the zeroed header at a 64-byte boundary before any launch reserves more.
+        Scratch::of(threads, 64)
+    }
+
+    fn of(threads: usize, bytes: usize) -> Scratch {
+        let arenas: Vec<HostBuffer> = (0..threads)
+            .map(|_| HostBuffer::zeroed(bytes + 64))
+            .collect();
+        let aligned = arenas
+            .iter()
+            .map(|a| (a.as_mut_ptr() as usize).next_multiple_of(64))
+            .collect();
+        Scratch {
+            arenas,
+            aligned,
+            bytes,
+        }
+    }
+
     fn reserve(&mut self, bytes: usize) {
         if bytes > self.bytes {
-            let n = self.arenas.len();
-            self.arenas = (0..n).map(|_| HostBuffer::zeroed(bytes + 64)).collect();
-            self.bytes = bytes;
+            *self = Scratch::of(self.arenas.len(), bytes);
         }
     }
 
     /// Each thread's scratch, with its first [`SCRATCH_HEADER`] bytes zeroed: a launch starts
     /// with no state from the one before.
-    fn ptrs(&self) -> Vec<usize> {
-        self.arenas
-            .iter()
-            .map(|a| {
-                let p = (a.as_mut_ptr() as usize).next_multiple_of(64);
-                // SAFETY: the arena holds at least `bytes + 64` bytes, and at least 128 (the
-                // header after the alignment), and no kernel runs now.
-                unsafe { std::ptr::write_bytes(p as *mut u8, 0, SCRATCH_HEADER as usize) };
-                p
-            })
-            .collect()
+    fn ptrs(&self) -> &[usize] {
+        for &p in &self.aligned {
+            // SAFETY: the arena holds at least `bytes + 64` bytes from its start, at least
+            // 128, so the header after the alignment; no kernel runs now.
+            unsafe { std::ptr::write_bytes(p as *mut u8, 0, SCRATCH_HEADER as usize) };
+        }
+        &self.aligned
     }
 }
 
@@ -104,7 +120,20 @@ pub struct CpuDevice {
     /// Where packed weights below a huge-page mapping of their own are placed, so that the
     /// GEMV streams them through 2 MiB pages too.
     weights: HugePageArena,
+    /// A launch's argument arrays, kept from launch to launch (no allocation per launch).
+    args: ArgArrays,
 }
+
+/// The kernel arguments of the launch in progress: buffer pointers (output first) and symbol
+/// values. Between launches they hold stale values nothing reads.
+#[derive(Default)]
+struct ArgArrays {
+    ptrs: Vec<*mut c_void>,
+    syms: Vec<i64>,
+}
+// SAFETY: the pointers are only dereferenced by the kernels of the launch that set them,
+// while the buffers they point into are borrowed by that launch.
+unsafe impl Send for ArgArrays {}
 
 #[derive(Clone, Copy)]
 struct Args<'a>(&'a [*mut c_void], &'a [i64], &'a [usize]);
@@ -148,17 +177,14 @@ impl CpuDevice {
         } else {
             Dispatch::Spin(crate::pool::Pool::new(threads - 1).map_err(|e| cannot(&e))?)
         };
-        let scratch = Scratch {
-            // Room for the zeroed header at a 64-byte boundary before any launch reserves more.
-            arenas: (0..threads).map(|_| HostBuffer::zeroed(128)).collect(),
-            bytes: 0,
-        };
+        let scratch = Scratch::new(threads);
         Ok(CpuDevice {
             dispatch,
             threads,
             scratch,
             panel: None,
             weights: HugePageArena::default(),
+            args: ArgArrays::default(),
         })
     }
 }
@@ -331,11 +357,11 @@ impl Device for CpuDevice {
         if units <= 0 {
             return Ok(());
         }
-        let syms: Vec<i64> = k
-            .symbols
-            .iter()
-            .map(|s| s.eval(b))
-            .collect::<Result<_, _>>()?;
+        let ArgArrays { ptrs, syms } = &mut self.args;
+        syms.clear();
+        for s in &k.symbols {
+            syms.push(s.eval(b)?);
+        }
         fn plain<'b>(k: &CpuKernel, buf: &'b CpuBuffer) -> Result<&'b HostBuffer, RunError> {
             buf.plain.as_ref().ok_or_else(|| RunError::Kernel {
                 kernel: k.name.clone(),
@@ -344,7 +370,8 @@ impl Device for CpuDevice {
         }
         // A per-run input read as packed panels (weights are packed once, when bound).
         let mut packed_now = None;
-        let mut ptrs: Vec<*mut c_void> = vec![plain(k, out)?.as_mut_ptr() as *mut c_void];
+        ptrs.clear();
+        ptrs.push(plain(k, out)?.as_mut_ptr() as *mut c_void);
         for (i, buf) in inputs.iter().enumerate() {
             let host = match (&k.packed, &buf.packed) {
                 (Some((j, ..)), Some(p)) if *j == i => p,
@@ -364,7 +391,7 @@ impl Device for CpuDevice {
         let scratch = self.scratch.ptrs();
         let work = units.saturating_mul(k.launch.unit_work.eval(b)?.max(1));
         let threads = self.threads;
-        let (f, args) = (k.f, Args(&ptrs, &syms, &scratch));
+        let (f, args) = (k.f, Args(ptrs, syms, scratch));
         let parallel = work >= PARALLEL_WORK_THRESHOLD && units > 1;
         let chunks = units.min(threads as i64 * 4);
         let per = (units + chunks - 1) / chunks;

@@ -6,11 +6,16 @@
 //! watch, and the caller works on the chunks too. Workers spin on the epoch for a while after
 //! a launch, then yield, then park on a condition variable, so an idle process costs nothing.
 //!
-//! Chunks are claimed with one compare-and-swap on a word holding (epoch, chunk count, next
-//! chunk): a worker that woke late for an old launch cannot claim a chunk of a new one, and it
-//! reads the job only after a successful claim, while the caller is still waiting for that
-//! chunk. Which thread runs which chunk never changes a result: kernels compute whole work
-//! units per chunk.
+//! Each thread owns a contiguous range of the chunks (thread `t` of `T` the `t`-th `1/T`, the
+//! caller the last) and runs it front to back, so in a GEMV every thread streams one run of
+//! consecutive weight panels, the same rows at every launch of that kernel (each token), and the
+//! hardware prefetcher follows one stream instead of restarting at every chunk. A thread done
+//! with its own range takes chunks from the back of the others' (a worker preempted or late
+//! costs the launch only its own share). A range is one word holding (epoch, next, end),
+//! claimed with a compare-and-swap: a worker that woke late for an old launch cannot claim a
+//! chunk of a new one, and it reads the job only after a successful claim, while the caller is
+//! still waiting for that chunk. Which thread runs which chunk never changes a result: kernels
+//! compute whole work units per chunk.
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,9 +31,16 @@ const SPIN_POLLS: u32 = 20_000;
 /// Yields before it parks.
 const YIELDS: u32 = 64;
 
+/// One thread's chunks of the current launch not yet claimed: `(epoch << 32) | (next << 16) |
+/// end`. On a cache line of its own (its owner claims from it at every chunk).
+#[repr(align(128))]
+struct Range(AtomicU64);
+
 struct Shared {
-    /// (epoch << 32) | (chunks << 16) | next chunk.
-    claim: AtomicU64,
+    /// The current launch (workers watch it for a new one).
+    epoch: AtomicU64,
+    /// Per thread (the pool's workers, the caller last), its range of the current launch.
+    ranges: Box<[Range]>,
     /// The job of the current epoch (a `*const &Job` on the caller's stack).
     job: AtomicPtr<()>,
     /// Chunks finished in the current epoch.
@@ -42,8 +54,8 @@ struct Shared {
 const CHUNK_BITS: u64 = 16;
 const MAX_CHUNKS: usize = (1 << CHUNK_BITS) - 1;
 
-fn pack(epoch: u64, chunks: usize, next: usize) -> u64 {
-    (epoch << 32) | ((chunks as u64) << CHUNK_BITS) | next as u64
+fn pack(epoch: u64, next: usize, end: usize) -> u64 {
+    (epoch << 32) | ((next as u64) << CHUNK_BITS) | end as u64
 }
 
 fn unpack(w: u64) -> (u64, usize, usize) {
@@ -54,42 +66,62 @@ fn unpack(w: u64) -> (u64, usize, usize) {
     )
 }
 
+/// Which end of a range a thread claims from: its owner the front, the others the back.
+#[derive(Clone, Copy)]
+enum End {
+    Front,
+    Back,
+}
+
 impl Shared {
-    /// Claims and runs chunks of the launch in `w`'s epoch until none is left.
-    fn work(&self, mut w: u64, worker: usize) {
+    /// Claims one chunk of `range` in launch `epoch`; `None` when the range is empty or the
+    /// launch is over.
+    fn claim(&self, range: usize, epoch: u64, end: End) -> Option<usize> {
+        let word = &self.ranges[range].0;
+        let mut w = word.load(Ordering::Acquire);
         loop {
-            let (epoch, chunks, next) = unpack(w);
-            if next >= chunks {
-                return;
+            let (e, next, stop) = unpack(w);
+            if e != epoch || next >= stop {
+                return None;
             }
-            match self.claim.compare_exchange_weak(
-                w,
-                pack(epoch, chunks, next + 1),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    // SAFETY: the claim succeeded, so the launch of this epoch is running: its
-                    // caller waits until this chunk is done, which keeps the job alive.
-                    let job = unsafe { &**(self.job.load(Ordering::Acquire) as *const &Job) };
-                    // A panic must not unwind out of here: other threads may still run the
-                    // job, which lives on the caller's stack, and the caller would wait for a
-                    // chunk that never finishes. Jobs call generated C, which does not panic.
-                    let run = std::panic::AssertUnwindSafe(|| job(next, worker));
-                    if std::panic::catch_unwind(run).is_err() {
-                        eprintln!("kiln: a CPU kernel launch panicked; aborting");
-                        std::process::abort();
-                    }
-                    self.done.fetch_add(1, Ordering::Release);
-                }
-                Err(now) => {
-                    if unpack(now).0 != epoch {
-                        return;
-                    }
-                    w = now;
-                }
+            let (claimed, after) = match end {
+                End::Front => (next, pack(e, next + 1, stop)),
+                End::Back => (stop - 1, pack(e, next, stop - 1)),
+            };
+            match word.compare_exchange_weak(w, after, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(claimed),
+                Err(now) => w = now,
             }
         }
+    }
+
+    /// Runs thread `me`'s range of launch `epoch`, then what is left of the others'.
+    fn work(&self, epoch: u64, me: usize) {
+        let threads = self.ranges.len();
+        while let Some(c) = self.claim(me, epoch, End::Front) {
+            self.run(c, me);
+        }
+        for other in (1..threads).map(|i| (me + i) % threads) {
+            while let Some(c) = self.claim(other, epoch, End::Back) {
+                self.run(c, me);
+            }
+        }
+    }
+
+    /// Runs a claimed chunk.
+    fn run(&self, chunk: usize, worker: usize) {
+        // SAFETY: the claim succeeded, so the launch of this epoch is running: its caller
+        // waits until this chunk is done, which keeps the job alive.
+        let job = unsafe { &**(self.job.load(Ordering::Acquire) as *const &Job) };
+        // A panic must not unwind out of here: other threads may still run the job, which
+        // lives on the caller's stack, and the caller would wait for a chunk that never
+        // finishes. Jobs call generated C, which does not panic.
+        let run = std::panic::AssertUnwindSafe(|| job(chunk, worker));
+        if std::panic::catch_unwind(run).is_err() {
+            eprintln!("kiln: a CPU kernel launch panicked; aborting");
+            std::process::abort();
+        }
+        self.done.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -103,7 +135,8 @@ pub struct Pool {
 impl Pool {
     pub fn new(workers: usize) -> std::io::Result<Pool> {
         let shared = Arc::new(Shared {
-            claim: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            ranges: (0..=workers).map(|_| Range(AtomicU64::new(0))).collect(),
             job: AtomicPtr::new(std::ptr::null_mut()),
             done: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
@@ -128,7 +161,9 @@ impl Pool {
     }
 
     /// Runs `job(chunk, worker)` for `chunk` in `0..chunks` on the workers and the calling
-    /// thread; returns when every chunk has run.
+    /// thread; returns when every chunk has run. Thread `t` of `T` (the caller last) runs
+    /// chunks `t * chunks / T .. (t + 1) * chunks / T` unless another finishes first and
+    /// takes some of them.
     pub fn run(&mut self, chunks: usize, job: &Job) {
         assert!(chunks <= MAX_CHUNKS, "{chunks} chunks in one launch");
         if chunks == 0 {
@@ -140,13 +175,17 @@ impl Pool {
         s.done.store(0, Ordering::Relaxed);
         s.job
             .store(&job_ref as *const &Job as *mut (), Ordering::Release);
-        let w = pack(self.epoch, chunks, 0);
-        s.claim.store(w, Ordering::SeqCst);
+        let threads = s.ranges.len();
+        for (t, range) in s.ranges.iter().enumerate() {
+            let (lo, hi) = (t * chunks / threads, (t + 1) * chunks / threads);
+            range.0.store(pack(self.epoch, lo, hi), Ordering::Release);
+        }
+        s.epoch.store(self.epoch, Ordering::SeqCst);
         if s.parked.load(Ordering::SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        s.work(w, self.workers.len());
+        s.work(self.epoch, self.workers.len());
         // Chunks other threads claimed: spin briefly, then yield (a preempted worker holding
         // the last chunk needs the core more than we do).
         let mut polls = 0u32;
@@ -165,17 +204,13 @@ fn worker_loop(s: &Shared, me: usize) {
     let mut seen = 0u64;
     loop {
         let mut polls = 0u32;
-        let w = loop {
+        let epoch = loop {
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let w = s.claim.load(Ordering::Acquire);
-            let (epoch, chunks, next) = unpack(w);
-            if epoch != seen && next < chunks {
-                break w;
-            }
+            let epoch = s.epoch.load(Ordering::Acquire);
             if epoch != seen {
-                seen = epoch; // a launch already fully claimed
+                break epoch;
             }
             polls += 1;
             if polls < SPIN_POLLS {
@@ -185,7 +220,7 @@ fn worker_loop(s: &Shared, me: usize) {
             } else {
                 let g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.parked.fetch_add(1, Ordering::SeqCst);
-                let unchanged = unpack(s.claim.load(Ordering::SeqCst)).0 == seen;
+                let unchanged = s.epoch.load(Ordering::SeqCst) == seen;
                 let g = if unchanged && !s.shutdown.load(Ordering::SeqCst) {
                     s.wake.wait(g).unwrap_or_else(|e| e.into_inner())
                 } else {
@@ -196,8 +231,8 @@ fn worker_loop(s: &Shared, me: usize) {
                 polls = 0;
             }
         };
-        seen = unpack(w).0;
-        s.work(w, me);
+        seen = epoch;
+        s.work(epoch, me);
     }
 }
 
@@ -230,6 +265,42 @@ mod tests {
                 });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
+        }
+    }
+
+    /// A slow worker costs the launch only the chunk it is in: the caller runs its own range,
+    /// then the rest of the worker's from the back.
+    #[test]
+    fn the_caller_takes_a_slow_workers_chunks() {
+        let mut pool = Pool::new(1).unwrap();
+        let by_caller = AtomicUsize::new(0);
+        pool.run(8, &|_, w| {
+            if w == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            } else {
+                by_caller.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // The worker runs at most the one chunk it claimed first (none if it woke late).
+        assert!(by_caller.load(Ordering::Relaxed) >= 7);
+    }
+
+    /// Without stealing, each thread runs its own contiguous range front to back.
+    #[test]
+    fn ranges_split_the_chunks_in_order() {
+        let mut pool = Pool::new(2).unwrap();
+        let order = Mutex::new(Vec::new());
+        // 3 threads, 9 chunks: worker 0 owns 0..3, worker 1 3..6, the caller 6..9.
+        pool.run(9, &|c, w| order.lock().unwrap().push((w, c)));
+        let order = order.into_inner().unwrap();
+        assert_eq!(order.len(), 9);
+        for w in 0..3 {
+            let own: Vec<usize> = order
+                .iter()
+                .filter(|(t, c)| *t == w && c / 3 == w)
+                .map(|&(_, c)| c)
+                .collect();
+            assert!(own.windows(2).all(|p| p[0] < p[1]), "{order:?}");
         }
     }
 

@@ -6,6 +6,7 @@
 
 use crate::binding::{bind_run, check_param, output_layouts, param_bindings};
 use crate::carry::{slot_allocation, CarriedState};
+use crate::profile::Profile;
 use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
 use kiln_program::{
     canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError,
@@ -92,8 +93,8 @@ pub struct Executor<D: Device> {
     params: HashMap<String, Param<D::Buffer>>,
     slots: Vec<Option<Slot<D::Buffer>>>,
     carried: CarriedState<Slot<D::Buffer>>,
-    /// With `KILN_PROFILE=1`: seconds and launches per distinct kernel.
-    profile: Option<Vec<(f64, usize)>>,
+    /// With `KILN_PROFILE=1`: where run time went ([`Profile`]).
+    profile: Option<Profile>,
     /// Declared last: dropped after the kernels that point into them.
     _modules: Vec<D::Module>,
 }
@@ -105,9 +106,7 @@ impl<D: Device> Executor<D> {
         for k in &compiled.kernels {
             kernels.push(device.resolve(&compiled.modules[k.module], k)?);
         }
-        let profile = std::env::var_os("KILN_PROFILE")
-            .filter(|v| v != "0")
-            .map(|_| vec![(0.0, 0); kernels.len()]);
+        let profile = Profile::from_env(kernels.len(), compiled.program.steps.len());
         let step_bindings = compiled
             .program
             .steps
@@ -275,23 +274,26 @@ impl<D: Device> Executable for Executor<D> {
             .collect();
 
         *last = None;
+        if let Some(p) = profile.as_mut() {
+            p.start_run();
+        }
         let mut ins: Vec<&D::Buffer> = Vec::new();
-        for ((step, &u), launch_b) in program
+        for (s, ((step, &u), launch_b)) in program
             .steps
             .iter()
             .zip(step_kernel.iter())
             .zip(step_bindings.iter_mut())
+            .enumerate()
         {
             ins.clear();
             ins.extend(step.inputs.iter().map(|&i| bufs[i]));
-            let started = profile.is_some().then(Instant::now);
             // The compiled kernel is the canonical one: its symbols are bound by place.
             let launch_b = launch_b.bind(&b)?;
+            let started = profile.is_some().then(Instant::now);
             device.launch(&kernels[u], bufs[step.output], &ins, launch_b)?;
             if let (Some(prof), Some(t)) = (profile.as_mut(), started) {
                 device.sync()?;
-                prof[u].0 += t.elapsed().as_secs_f64();
-                prof[u].1 += 1;
+                prof.launched(s, u, t);
             }
         }
         device.sync()?;
@@ -411,24 +413,13 @@ impl StepBindings {
 }
 
 impl<D: Device> Drop for Executor<D> {
-    /// The `KILN_PROFILE` table: where run time went, per distinct kernel.
+    /// The `KILN_PROFILE` table.
     fn drop(&mut self) {
-        let Some(prof) = &self.profile else { return };
-        let total: f64 = prof.iter().map(|p| p.0).sum();
-        let mut rows: Vec<(usize, &(f64, usize))> = prof.iter().enumerate().collect();
-        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-        eprintln!(
-            "kiln profile ({}): {:.1} ms in kernels",
-            self.device.describe(),
-            total * 1e3
-        );
-        for (u, (secs, n)) in rows.into_iter().take(20) {
-            eprintln!(
-                "  {:>9.1} ms {:>5.1}% {:>7} launches  {}",
-                secs * 1e3,
-                100.0 * secs / total.max(1e-12),
-                n,
-                self.kernel_names[u]
+        if let Some(p) = &self.profile {
+            p.print(
+                &self.device.describe(),
+                &self.step_kernel,
+                &self.kernel_names,
             );
         }
     }

@@ -14,6 +14,7 @@ pub mod binding;
 pub mod carry;
 mod executor;
 pub mod host;
+mod profile;
 
 pub use executor::{Executable, Executor, RunStats};
 pub use host::{HostBuffer, HostLibrary, HugePageArena};
