@@ -390,47 +390,41 @@ static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) 
     return kiln_hsumv(total);
 }
 /* o[m, n] += sum_k p[m*ldp + k] * v[k*ldv + n]: the block's weights times its value rows,
- * value rows contiguous along n. Passes of KILN_PV_ROWS rows x KILN_PV_NV vectors of columns
- * of accumulators (4 x 64 columns with AVX-512's 32 registers: a value load serves four rows
- * and each k takes 8 loads for 16 FMAs; 2 x 32 with AVX2's 16), then single rows; every
- * element is one chain over k in order, whatever the pass. */
+ * value rows contiguous along n. Every element is one chain over k in order, whatever the
+ * pass that computes it. With AVX-512 the rows go in tiles of 4 over 64 columns (a value load
+ * serves four rows: 8 loads per 16 FMAs); the rows left (all of a decode step's) in passes of
+ * 2 rows x KILN_PV_NV vectors (128 columns with AVX-512's 32 registers, 32 with AVX2's 16),
+ * which read each value row whole and once: a decode step streams the KV cache in address
+ * order (half-row passes read it 30% slower). */
 #if KILN_VL == 16
-#define KILN_PV_ROWS 4
+#define KILN_PV_NV 8
 #else
-#define KILN_PV_ROWS 2
-#endif
 #define KILN_PV_NV 4
-#define KILN_PV_COLS (KILN_PV_NV * KILN_VL)
-/* R rows (m..m+R-1) x KILN_PV_COLS columns (n..) of o += P V, accumulators in registers. */
-#define KILN_PV_TILE(R) \
-    for (; m + (R) <= M; m += (R)) { \
-        kiln_vf a[R][KILN_PV_NV]; \
-        _Pragma("GCC unroll 4") for (int r = 0; r < (R); ++r) \
-            _Pragma("GCC unroll 4") for (int j = 0; j < KILN_PV_NV; ++j) a[r][j] = kiln_ldv(o + (m + r) * ldo + n + j * KILN_VL); \
+#endif
+/* Tiles of R rows (from m, below MEND) x NV vectors of columns (from n) of o += P V, the
+ * accumulators in registers. */
+#define KILN_PV_TILE(R, NV, MEND) \
+    for (; m + (R) <= (MEND); m += (R)) { \
+        kiln_vf a[R][NV]; \
+        _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) \
+            _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) a[r][j] = kiln_ldv(o + (m + r) * ldo + n + j * KILN_VL); \
         for (int64_t k = 0; k < K; ++k) { \
             const float *vr = v + k * ldv + n; \
-            kiln_vf y[KILN_PV_NV]; \
-            _Pragma("GCC unroll 4") for (int j = 0; j < KILN_PV_NV; ++j) { y[j] = kiln_ldv(vr + j * KILN_VL); KILN_IN_REG(y[j]); } \
-            _Pragma("GCC unroll 4") for (int r = 0; r < (R); ++r) { \
+            kiln_vf y[NV]; \
+            _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) { y[j] = kiln_ldv(vr + j * KILN_VL); KILN_IN_REG(y[j]); } \
+            _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) { \
                 const kiln_vf x = kiln_splatv(p[(m + r) * ldp + k]); \
-                _Pragma("GCC unroll 4") for (int j = 0; j < KILN_PV_NV; ++j) a[r][j] += x * y[j]; \
+                _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) a[r][j] += x * y[j]; \
             } \
         } \
-        _Pragma("GCC unroll 4") for (int r = 0; r < (R); ++r) \
-            _Pragma("GCC unroll 4") for (int j = 0; j < KILN_PV_NV; ++j) kiln_stv(o + (m + r) * ldo + n + j * KILN_VL, a[r][j]); \
+        _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) \
+            _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) kiln_stv(o + (m + r) * ldo + n + j * KILN_VL, a[r][j]); \
     }
-static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
-                        const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
-    int64_t n = 0;
-    for (; n + KILN_PV_COLS <= N; n += KILN_PV_COLS) {
-        int64_t m = 0;
-#if KILN_PV_ROWS == 4
-        KILN_PV_TILE(4)
-#endif
-        KILN_PV_TILE(2)
-        KILN_PV_TILE(1)
-    }
-    for (; n + KILN_VL <= N; n += KILN_VL) /* columns left: one vector at a time */
+/* Columns n0.. of rows 0..M-1 that no tile took: one vector, then one column at a time. */
+static inline void kiln_att_pv_cols(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
+                                    const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N) {
+    int64_t n = n0;
+    for (; n + KILN_VL <= N; n += KILN_VL)
         for (int64_t m = 0; m < M; ++m) {
             kiln_vf a0 = kiln_ldv(o + m * ldo + n);
             for (int64_t k = 0; k < K; ++k) a0 += kiln_splatv(p[m * ldp + k]) * kiln_ldv(v + k * ldv + n);
@@ -442,6 +436,28 @@ static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p,
             for (int64_t k = 0; k < K; ++k) acc += p[m * ldp + k] * v[k * ldv + n];
             o[m * ldo + n] = acc;
         }
+}
+static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
+                        const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
+    int64_t n = 0;
+#if KILN_VL == 16
+    const int64_t m4 = M - M % 4;
+    if (m4 > 0) {
+        for (; n + 4 * KILN_VL <= N; n += 4 * KILN_VL) {
+            int64_t m = 0;
+            KILN_PV_TILE(4, 4, m4)
+        }
+        kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, m4, K, n, N);
+        o += m4 * ldo; p += m4 * ldp; M -= m4;
+        n = 0;
+    }
+#endif
+    for (; n + KILN_PV_NV * KILN_VL <= N; n += KILN_PV_NV * KILN_VL) {
+        int64_t m = 0;
+        KILN_PV_TILE(2, KILN_PV_NV, M)
+        KILN_PV_TILE(1, KILN_PV_NV, M)
+    }
+    kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, n, N);
 }
 
 /* KILN_GEMM */
