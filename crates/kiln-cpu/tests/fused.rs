@@ -332,7 +332,10 @@ fn a_query_row_gets_the_same_bits_in_a_prompt_and_in_a_decode_step() {
             let ins = std::collections::HashMap::from([
                 ("q".to_string(), Tensor::from_f32(&[KV, G, 1, d], &q_row)),
                 ("k".to_string(), Tensor::from_f32(&[KV, t, d], &k[..t * d])),
-                ("v".to_string(), Tensor::from_f32(&[KV, t, dv], &v[..t * dv])),
+                (
+                    "v".to_string(),
+                    Tensor::from_f32(&[KV, t, dv], &v[..t * dv]),
+                ),
             ]);
             let step = exe.run(&ins).unwrap()["o"].clone(); // [KV, G, dv]
             for h in 0..G {
