@@ -768,7 +768,8 @@ int64_t kiln_selftest(uint64_t *digest) {
         let uses = "void kiln_uses(float *o, const float *a, float *s) {\n\
             kiln_mm_nt(a, 64, a, 64, o, 64, 3, 5, 64);\n\
             kiln_att_pv(o, 40, s, 64, a, 40, 3, 9, 40);\n\
-            o[0] += kiln_softmax_weights(s, 13, 0.5f);\n}\n";
+            o[0] += kiln_softmax_weights(s, 13, 0.5f);\n\
+            o[1] += kiln_maxv(s, 13);\n}\n";
         std::fs::write(&src, format!("{}\n{uses}", prelude(Isa::Avx2))).unwrap();
         let out = std::process::Command::new("cc")
             .args([

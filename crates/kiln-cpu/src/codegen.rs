@@ -496,12 +496,15 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
 
 /// One key block of f32 operands, contiguous along the head dimension, as small matrix
 /// steps: every (row, key) bias first (a block masked for all its rows is skipped), the
-/// block's products as one `NT` product (`kiln_mm_nt`: register-blocked, each key load shared
-/// by two rows), the online softmax on the scores in place (8 exponentials at a time,
-/// `kiln_softmax_weights`), then `O += P V` over the block (`kiln_att_pv`: each value load
-/// shared by two rows). The products of masked keys in a block that has unmasked ones are
-/// computed and discarded: their score is -inf whatever the product, the same result as
-/// [`attention_rows`] skipping them.
+/// block's products as one `NT` product (`kiln_mm_nt`: tiles of 4 rows x 4 keys with AVX-512,
+/// 2 x 4 with AVX2, whose sums are reduced together, `kiln_hsum_tile`), the scores in place
+/// (a vectorized loop) and their maximum (`kiln_maxv`), the online softmax weights a vector
+/// at a time (`kiln_softmax_weights`), then `O += P V` over the block (`kiln_att_pv`: each
+/// value load shared by four rows with AVX-512, two with AVX2). Every score, weight sum and
+/// output element is summed in one order whatever the tile or the row count (a decode row
+/// gets the bits a prefill row gets). The products of masked keys in a block that has
+/// unmasked ones are computed and discarded: their score is -inf whatever the product, the
+/// same result as [`attention_rows`] skipping them.
 fn attention_block(a: &AttentionParts, s: &mut String) {
     let (q, kt, v) = (&a.q, &a.kt, &a.v);
     let (i, j) = (&a.row_var, &a.key_var);
@@ -514,8 +517,10 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
                 s,
                 "            if (!kiln_live) continue; /* every key of the block masked for every row */"
             );
+            // The score computed for every key and then selected (not a branch), so that
+            // the loop vectorizes on AVX2 too; a masked key's product was computed anyway.
             format!(
-                "{{ const float {} = kiln_bias[ii * {ATT_KEYS} + jj]; *sp = {} == -INFINITY ? -INFINITY : ({rest}); }}",
+                "{{ const float {} = kiln_bias[ii * {ATT_KEYS} + jj]; const float kiln_sc = {rest}; *sp = {} == -INFINITY ? -INFINITY : kiln_sc; }}",
                 acc_name(1),
                 acc_name(1)
             )
@@ -529,11 +534,10 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
     );
     emit!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{");
     emit!(s, "                const int64_t {i} = i0 + ii; (void){i};");
-    emit!(
-        s,
-        "                float *srow = kiln_s + ii * {ATT_KEYS}, bmax = -INFINITY;"
-    );
-    emit!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{\n                    const int64_t {j} = j0 + jj; (void){j};\n                    float *sp = srow + jj;\n                    const float {} = *sp;\n                    {score}\n                    if (*sp > bmax) bmax = *sp;\n                }}", acc_name(0));
+    emit!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};");
+    // The scores in place (a loop GCC vectorizes), then their maximum.
+    emit!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{\n                    const int64_t {j} = j0 + jj; (void){j};\n                    float *sp = srow + jj;\n                    const float {} = *sp;\n                    {score}\n                }}", acc_name(0));
+    emit!(s, "                const float bmax = kiln_maxv(srow, bj);");
     emit!(
         s,
         "                const float mnew = mx[ii] > bmax ? mx[ii] : bmax;"

@@ -111,6 +111,48 @@ static inline void kiln_hsum4v(kiln_vf a, kiln_vf b, kiln_vf c, kiln_vf d, float
     const kiln_v8 h2 = __builtin_shuffle(h1, h1, ev) + __builtin_shuffle(h1, h1, od);
     out[0] = h2[0]; out[1] = h2[4]; out[2] = h2[1]; out[3] = h2[5];
 }
+/* kiln_hsumv of KILN_VL vectors at once, each summed in exactly kiln_hsumv's tree (lanes l
+ * and l + 8, then l and l + 4, then the adjacent pairs, then the pairs of pairs; the shuffles
+ * move lanes, the additions are the same pairs), for a KILN_MMT_ROWS x KILN_MMT_KEYS tile of
+ * the NT product: v[n * ROWS + r] is the products' vector of (row r, key n); returns the sums
+ * with (r, n) at lane r * KEYS + n, each row's keys side by side. A tile of sums costs
+ * 2 VL - 1 additions and twice as many shuffles, where kiln_hsum4v takes about 5 per sum. */
+#if KILN_VL == 16
+#define KILN_MMT_ROWS 4
+typedef int32_t kiln_vperm __attribute__((vector_size(64)));
+static inline kiln_vf kiln_hsum_tile(const kiln_vf *v) {
+    const kiln_vperm h0 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+                     h1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+                     q0 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27},
+                     q1 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31},
+                     ev = {0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30},
+                     od = {1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31};
+    kiln_vf b[8], c[4], d[2];
+    /* b[p]: v[2p] then v[2p+1], each folded to 8 lanes (l + l+8). */
+    for (int p = 0; p < 8; ++p) b[p] = __builtin_shuffle(v[2 * p], v[2 * p + 1], h0) + __builtin_shuffle(v[2 * p], v[2 * p + 1], h1);
+    /* c[p]: quarters v[4p] .. v[4p+3], each folded to 4 lanes (l + l+4). */
+    for (int p = 0; p < 4; ++p) c[p] = __builtin_shuffle(b[2 * p], b[2 * p + 1], q0) + __builtin_shuffle(b[2 * p], b[2 * p + 1], q1);
+    /* d[p], quarter q: (w0+w1, w2+w3) of v[8p+q], then of v[8p+4+q]. */
+    for (int p = 0; p < 2; ++p) d[p] = __builtin_shuffle(c[2 * p], c[2 * p + 1], ev) + __builtin_shuffle(c[2 * p], c[2 * p + 1], od);
+    /* quarter q, lane j: the sum of v[4j + q] = (row q, key j). */
+    return __builtin_shuffle(d[0], d[1], ev) + __builtin_shuffle(d[0], d[1], od);
+}
+#else
+#define KILN_MMT_ROWS 2
+typedef int32_t kiln_vperm __attribute__((vector_size(32)));
+static inline kiln_vf kiln_hsum_tile(const kiln_vf *v) {
+    const kiln_vperm h0 = {0, 1, 2, 3, 8, 9, 10, 11}, h1 = {4, 5, 6, 7, 12, 13, 14, 15},
+                     ev = {0, 2, 8, 10, 4, 6, 12, 14}, od = {1, 3, 9, 11, 5, 7, 13, 15};
+    kiln_vf b[4], c[2];
+    /* b[p]: v[2p] then v[2p+1], each folded to 4 lanes (l + l+4). */
+    for (int p = 0; p < 4; ++p) b[p] = __builtin_shuffle(v[2 * p], v[2 * p + 1], h0) + __builtin_shuffle(v[2 * p], v[2 * p + 1], h1);
+    /* c[p], half h: (w0+w1, w2+w3) of v[4p+h], then of v[4p+2+h]. */
+    for (int p = 0; p < 2; ++p) c[p] = __builtin_shuffle(b[2 * p], b[2 * p + 1], ev) + __builtin_shuffle(b[2 * p], b[2 * p + 1], od);
+    /* half h, lane j: the sum of v[2j + h] = (row h, key j). */
+    return __builtin_shuffle(c[0], c[1], ev) + __builtin_shuffle(c[0], c[1], od);
+}
+#endif
+#define KILN_MMT_KEYS (KILN_VL / KILN_MMT_ROWS)
 /* KILN_VL bf16 values widened to f32: zero-extend to 32 bits, shift into the high half.
  * With AVX-512 and AVX2 through the builtin of one vpmovzxwd: GCC 12 lowers the generic
  * conversion of a whole register into two half-width ones and an insert. */
@@ -193,6 +235,34 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
     for (; n + 4 <= N; n += 4) { \
         const BT *b0 = b + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb; \
         int64_t m = 0; \
+        for (; m + KILN_MMT_ROWS <= M; m += KILN_MMT_ROWS) { /* a tile: rows x 4 keys */ \
+            kiln_vf acc[KILN_VL] = {0}; \
+            for (int64_t k = 0; k < KV; k += KILN_VL) { \
+                kiln_vf x[KILN_MMT_ROWS], y[KILN_MMT_KEYS]; \
+                _Pragma("GCC unroll 4") \
+                for (int r = 0; r < KILN_MMT_ROWS; ++r) { x[r] = kiln_ldv(a + (m + r) * lda + k); KILN_IN_REG(x[r]); } \
+                y[0] = LDBV(b0 + k); y[1] = LDBV(b1 + k); y[2] = LDBV(b2 + k); y[3] = LDBV(b3 + k); \
+                _Pragma("GCC unroll 4") \
+                for (int j = 0; j < KILN_MMT_KEYS; ++j) { \
+                    KILN_IN_REG(y[j]); \
+                    _Pragma("GCC unroll 4") \
+                    for (int r = 0; r < KILN_MMT_ROWS; ++r) acc[j * KILN_MMT_ROWS + r] += x[r] * y[j]; \
+                } \
+            } \
+            float s[KILN_VL]; \
+            kiln_stv(s, kiln_hsum_tile(acc)); \
+            if (KV < K) { \
+                const BT *bj[4] = {b0, b1, b2, b3}; \
+                for (int r = 0; r < KILN_MMT_ROWS; ++r) \
+                    for (int j = 0; j < 4; ++j) { \
+                        const float *ar = a + (m + r) * lda; \
+                        float t = s[r * 4 + j]; \
+                        for (int64_t k = KV; k < K; ++k) t += ar[k] * LDB1(bj[j][k]); \
+                        s[r * 4 + j] = t; \
+                    } \
+            } \
+            for (int r = 0; r < KILN_MMT_ROWS; ++r) memcpy(c + (m + r) * ldc + n, s + r * 4, 4 * sizeof(float)); \
+        } \
         for (; m + 2 <= M; m += 2) { \
             const float *a0 = a + m * lda, *a1 = a0 + lda; \
             kiln_vf c00 = {0}, c01 = {0}, c02 = {0}, c03 = {0}, c10 = {0}, c11 = {0}, c12 = {0}, c13 = {0}; \
@@ -282,6 +352,22 @@ static inline kiln_vf kiln_exp2v(kiln_vf x) {
     memcpy(&p, &bits, sizeof p);
     return kiln_selv(nan, x0, p);
 }
+/* The largest of s[0..n) that is not NaN, -inf if there is none: what `if (x > m) m = x` over
+ * the values in order gives, up to the sign of a zero (which no later step can tell apart:
+ * x - +0 and x - -0 are equal, and 2^+-0 = 1). Each lane keeps the largest of its values,
+ * then the lanes and the tail are taken in order. */
+static inline float kiln_maxv(const float *restrict s, int64_t n) {
+    kiln_vf m = kiln_splatv(-INFINITY);
+    int64_t j = 0;
+    for (; j + KILN_VL <= n; j += KILN_VL) {
+        const kiln_vf x = kiln_ldv(s + j);
+        m = kiln_selv(x > m, x, m);
+    }
+    float r = -INFINITY;
+    for (int l = 0; l < KILN_VL; ++l) if (m[l] > r) r = m[l];
+    for (; j < n; ++j) if (s[j] > r) r = s[j];
+    return r;
+}
 /* The online softmax's weights of one key block, in place: s[j] = 2^((s[j] - m) log2 e), 0
  * for a masked key (-inf), NaN stays NaN; returns their sum (in a fixed order). A partial
  * last group of KILN_VL is padded with masked keys, so every key takes the same arithmetic. */
@@ -306,56 +392,41 @@ static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) 
     return kiln_hsumv(total);
 }
 /* o[m, n] += sum_k p[m*ldp + k] * v[k*ldv + n]: the block's weights times its value rows,
- * value rows contiguous along n. Passes of 2 rows x KILN_PV_NV vectors of columns of
- * accumulators (128 columns with AVX-512's 32 registers, 32 with AVX2's 16), so each value
- * load serves two rows; every element is one chain over k in order, whatever the pass. */
+ * value rows contiguous along n. Every element is one chain over k in order, whatever the
+ * pass that computes it. With AVX-512 the rows go in tiles of 4 over 64 columns (a value load
+ * serves four rows: 8 loads per 16 FMAs); the rows left (all of a decode step's) in passes of
+ * 2 rows x KILN_PV_NV vectors (128 columns with AVX-512's 32 registers, 32 with AVX2's 16),
+ * which read each value row whole and once: a decode step streams the KV cache in address
+ * order (half-row passes read it 30% slower). */
 #if KILN_VL == 16
 #define KILN_PV_NV 8
 #else
 #define KILN_PV_NV 4
 #endif
-#define KILN_PV_COLS (KILN_PV_NV * KILN_VL)
-static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
-                        const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
-    int64_t n = 0;
-    for (; n + KILN_PV_COLS <= N; n += KILN_PV_COLS) {
-        int64_t m = 0;
-        for (; m + 2 <= M; m += 2) {
-            float *o0 = o + m * ldo + n, *o1 = o0 + ldo;
-            const float *p0 = p + m * ldp, *p1 = p0 + ldp;
-            kiln_vf a0[KILN_PV_NV], a1[KILN_PV_NV];
-#pragma GCC unroll 8
-            for (int j = 0; j < KILN_PV_NV; ++j) { a0[j] = kiln_ldv(o0 + j * KILN_VL); a1[j] = kiln_ldv(o1 + j * KILN_VL); }
-            for (int64_t k = 0; k < K; ++k) {
-                const float *vr = v + k * ldv + n;
-                const kiln_vf x0 = kiln_splatv(p0[k]), x1 = kiln_splatv(p1[k]);
-#pragma GCC unroll 8
-                for (int j = 0; j < KILN_PV_NV; ++j) {
-                    kiln_vf y = kiln_ldv(vr + j * KILN_VL);
-                    KILN_IN_REG(y);
-                    a0[j] += x0 * y; a1[j] += x1 * y;
-                }
-            }
-#pragma GCC unroll 8
-            for (int j = 0; j < KILN_PV_NV; ++j) { kiln_stv(o0 + j * KILN_VL, a0[j]); kiln_stv(o1 + j * KILN_VL, a1[j]); }
-        }
-        for (; m < M; ++m) {
-            float *o0 = o + m * ldo + n;
-            const float *p0 = p + m * ldp;
-            kiln_vf a0[KILN_PV_NV];
-#pragma GCC unroll 8
-            for (int j = 0; j < KILN_PV_NV; ++j) a0[j] = kiln_ldv(o0 + j * KILN_VL);
-            for (int64_t k = 0; k < K; ++k) {
-                const float *vr = v + k * ldv + n;
-                const kiln_vf x0 = kiln_splatv(p0[k]);
-#pragma GCC unroll 8
-                for (int j = 0; j < KILN_PV_NV; ++j) a0[j] += x0 * kiln_ldv(vr + j * KILN_VL);
-            }
-#pragma GCC unroll 8
-            for (int j = 0; j < KILN_PV_NV; ++j) kiln_stv(o0 + j * KILN_VL, a0[j]);
-        }
+/* Tiles of R rows (from m, below MEND) x NV vectors of columns (from n) of o += P V, the
+ * accumulators in registers. */
+#define KILN_PV_TILE(R, NV, MEND) \
+    for (; m + (R) <= (MEND); m += (R)) { \
+        kiln_vf a[R][NV]; \
+        _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) \
+            _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) a[r][j] = kiln_ldv(o + (m + r) * ldo + n + j * KILN_VL); \
+        for (int64_t k = 0; k < K; ++k) { \
+            const float *vr = v + k * ldv + n; \
+            kiln_vf y[NV]; \
+            _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) { y[j] = kiln_ldv(vr + j * KILN_VL); KILN_IN_REG(y[j]); } \
+            _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) { \
+                const kiln_vf x = kiln_splatv(p[(m + r) * ldp + k]); \
+                _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) a[r][j] += x * y[j]; \
+            } \
+        } \
+        _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) \
+            _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) kiln_stv(o + (m + r) * ldo + n + j * KILN_VL, a[r][j]); \
     }
-    for (; n + KILN_VL <= N; n += KILN_VL) /* columns left: one vector at a time */
+/* Columns n0.. of rows 0..M-1 that no tile took: one vector, then one column at a time. */
+static inline void kiln_att_pv_cols(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
+                                    const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N) {
+    int64_t n = n0;
+    for (; n + KILN_VL <= N; n += KILN_VL)
         for (int64_t m = 0; m < M; ++m) {
             kiln_vf a0 = kiln_ldv(o + m * ldo + n);
             for (int64_t k = 0; k < K; ++k) a0 += kiln_splatv(p[m * ldp + k]) * kiln_ldv(v + k * ldv + n);
@@ -367,6 +438,28 @@ static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p,
             for (int64_t k = 0; k < K; ++k) acc += p[m * ldp + k] * v[k * ldv + n];
             o[m * ldo + n] = acc;
         }
+}
+static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
+                        const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
+    int64_t n = 0;
+#if KILN_VL == 16
+    const int64_t m4 = M - M % 4;
+    if (m4 > 0) {
+        for (; n + 4 * KILN_VL <= N; n += 4 * KILN_VL) {
+            int64_t m = 0;
+            KILN_PV_TILE(4, 4, m4)
+        }
+        kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, m4, K, n, N);
+        o += m4 * ldo; p += m4 * ldp; M -= m4;
+        n = 0;
+    }
+#endif
+    for (; n + KILN_PV_NV * KILN_VL <= N; n += KILN_PV_NV * KILN_VL) {
+        int64_t m = 0;
+        KILN_PV_TILE(2, KILN_PV_NV, M)
+        KILN_PV_TILE(1, KILN_PV_NV, M)
+    }
+    kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, n, N);
 }
 
 /* KILN_GEMM */
