@@ -657,7 +657,10 @@ mod tests {
         assert_eq!((st.decode.len(), st.prefill.len()), (3, 0));
     }
 
-    fn chunks(st: &Step) -> Vec<(SeqId, usize, usize)> {
+    /// A step's prefill chunks: (sequence, position, tokens).
+    type Chunks = Vec<(SeqId, usize, usize)>;
+
+    fn chunks(st: &Step) -> Chunks {
         st.prefill
             .iter()
             .map(|p| (p.seq, p.position, p.tokens.len()))
@@ -707,10 +710,7 @@ mod tests {
     /// Runs steps until none prefills, recording a token for each decode and last chunk and
     /// telling the scheduler the step took `cost(rows)` seconds. Returns each step's
     /// (decodes, prefill chunks).
-    fn run_prefills(
-        s: &mut Scheduler,
-        cost: impl Fn(usize) -> f64,
-    ) -> Vec<(usize, Vec<(SeqId, usize, usize)>)> {
+    fn run_prefills(s: &mut Scheduler, cost: impl Fn(usize) -> f64) -> Vec<(usize, Chunks)> {
         let mut steps = vec![];
         loop {
             let st = s.plan();
