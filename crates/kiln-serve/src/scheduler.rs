@@ -44,7 +44,8 @@ pub struct SchedulerConfig {
     pub kv_slots: usize,
     /// Positions one slot holds (prompt and generated tokens): the context of a sequence.
     pub slot_positions: usize,
-    /// Prompt tokens prefilled per step, over all sequences, when no sequence decodes.
+    /// Prompt tokens prefilled per step, over all sequences, when no sequence decodes or at
+    /// least as many read their prompt as decode.
     pub prefill_chunk: usize,
     /// Prompt tokens a step beside decoding sequences prefills at least (over all sequences,
     /// at most `prefill_chunk`), and its budget until step times are known.
