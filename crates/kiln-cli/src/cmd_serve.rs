@@ -32,15 +32,19 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     pub ctx: Option<u64>,
     /// Prompt tokens prefilled per step, over all sequences, while no sequence decodes or
-    /// while the batch fills (at least as many prompts to read as sequences decoding, until
-    /// every prompt is in): a long prompt is read in chunks of this size (larger: its first
-    /// token comes sooner).
+    /// while at least as many sequences read their prompt as decode (the batch fills): a long
+    /// prompt is read in chunks of this size (larger: its first token comes sooner).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub prefill_chunk: u64,
-    /// Prompt tokens prefilled per step, over all sequences, while others decode and the
-    /// batch is not filling (at most --prefill-chunk): bounds how long a new prompt holds the
-    /// running streams' next token (smaller: steadier streams; larger: the new prompt's first
-    /// token comes sooner).
+    /// While more sequences decode than read their prompt, a step reads as many prompt tokens
+    /// as keep it within F times the decodes' own step time, estimated from the engine's
+    /// recent steps (smaller: steadier streams; larger: a new prompt's first token comes
+    /// sooner).
+    #[arg(long, value_name = "F", default_value_t = 2.0)]
+    pub prefill_stretch: f64,
+    /// Prompt tokens a step beside decoding sequences reads at least (at most
+    /// --prefill-chunk), however long the step then takes, so that every prompt advances;
+    /// also the budget until the engine has timed its first steps.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub prefill_while_decoding: u64,
     /// Require 'Authorization: Bearer KEY' on /v1 requests.
@@ -90,6 +94,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         ctx: a.ctx.map(|c| c as usize),
         prefill_chunk: a.prefill_chunk as usize,
         prefill_while_decoding: a.prefill_while_decoding as usize,
+        prefill_stretch: a.prefill_stretch,
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         max_body_bytes: a.max_body_bytes,
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),

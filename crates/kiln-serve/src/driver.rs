@@ -256,8 +256,13 @@ impl Driver {
                         .step_batch_size
                         .observe(step.batch_size() as f64);
                 }
+                let started = Instant::now();
                 let events = match catch_unwind(AssertUnwindSafe(|| self.engine.step(&step))) {
-                    Ok(events) => events,
+                    Ok(events) => {
+                        // What the prefill budget of later steps is drawn from.
+                        self.scheduler.observe(&step, started.elapsed());
+                        events
+                    }
                     Err(panic) => {
                         let msg = format!("the engine panicked: {}", panic_message(&panic));
                         tracing::error!("{msg}");
@@ -606,6 +611,7 @@ mod tests {
             slot_positions: 64,
             prefill_chunk: 4,
             prefill_while_decoding: 4,
+            prefill_stretch: 2.0,
         });
         let metrics = Arc::new(Metrics::new());
         let (h, make) = channel(sched, None, metrics.clone(), max_queue);
@@ -669,6 +675,7 @@ mod tests {
             slot_positions: 64,
             prefill_chunk: 4,
             prefill_while_decoding: 4,
+            prefill_stretch: 2.0,
         });
         let (h, _make) = channel(sched, None, Arc::new(Metrics::new()), 2);
         let (tx, _rx) = unbounded_channel();

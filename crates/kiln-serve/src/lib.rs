@@ -11,7 +11,8 @@
 //! - [`api`]: the OpenAI request and response types, checks, error bodies.
 //! - [`http`]: routes, API key, body limit, streaming, `/health`, `/metrics`.
 //! - [`scheduler`]: the batching decisions (admission, prefill chunks, decodes, finishes,
-//!   KV slots), pure and unit-tested.
+//!   KV slots), pure and unit-tested; [`step_times`]: the engine's step times by rows, which
+//!   bound the prompt tokens a step reads beside decodes.
 //! - [`engine`]: executes the scheduler's steps on the model ([`engine::Engine`] is the seam
 //!   that batched execution will replace).
 //! - [`driver`]: the engine thread's loop between the two, and the handle to it.
@@ -30,6 +31,7 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod scheduler;
+pub mod step_times;
 pub mod text;
 
 use anyhow::Context;
@@ -60,8 +62,12 @@ pub struct ServeConfig {
     pub ctx: Option<usize>,
     /// Prompt tokens prefilled per step when no sequence decodes.
     pub prefill_chunk: usize,
-    /// Prompt tokens prefilled per step when some sequences decode (`--prefill-while-decoding`).
+    /// Prompt tokens prefilled per step at least when more sequences decode than read their
+    /// prompt (`--prefill-while-decoding`).
     pub prefill_while_decoding: usize,
+    /// A step that prefills beside decodes is expected to take at most this many times as
+    /// long as the decodes alone (`--prefill-stretch`).
+    pub prefill_stretch: f64,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     /// How long running requests may take to finish after SIGTERM/SIGINT.
@@ -111,6 +117,10 @@ pub fn serve(
         cfg.prefill_while_decoding >= 1,
         "--prefill-while-decoding must be at least 1"
     );
+    anyhow::ensure!(
+        cfg.prefill_stretch.is_finite() && cfg.prefill_stretch >= 1.0,
+        "--prefill-stretch must be a number >= 1"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-http")
@@ -147,6 +157,7 @@ async fn run(
         slot_positions: ctx,
         prefill_chunk: cfg.prefill_chunk,
         prefill_while_decoding: cfg.prefill_while_decoding,
+        prefill_stretch: cfg.prefill_stretch,
     });
     let (handle, make_driver) =
         driver::channel(scheduler, tokenizer.clone(), metrics.clone(), cfg.max_queue);

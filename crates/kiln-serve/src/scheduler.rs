@@ -10,30 +10,33 @@
 //! 3. every running sequence past its prompt decodes one token;
 //! 4. sequences still reading their prompt prefill the next chunk of it, in admission order,
 //!    up to a budget of prompt tokens for the whole step ([`Scheduler::prefill_budget`]):
-//!    `prefill_chunk` when no sequence decodes in it, or while the batch is filling (from a
-//!    step where at least as many sequences read their prompt as decode, until every
-//!    prompt is in); `prefill_while_decoding` (smaller) otherwise: one new prompt beside a
-//!    busy batch. A long prompt is read over
-//!    several steps, and a step that carries the decodes of a full batch is never much longer
-//!    than a decode step: on a CPU a prompt token costs about as much as a decode step's
-//!    weight reads over some tens of rows, so one 256-token chunk would hold every other
-//!    stream's next token for seconds. While the batch fills, the few streams already
-//!    decoding pay one long step each instead: reading several waiting prompts 16 tokens a
-//!    step would hold every one of those for dozens of steps (their first token) and
-//!    stretch the whole batch's run by as many steps.
+//!    - `prefill_chunk` when no sequence decodes in the step, or when at least as many
+//!      sequences read their prompt as decode (the batch is filling: a long step then starts
+//!      more streams than it delays, and a prompt read a few tokens a step would hold its
+//!      first token for dozens of steps);
+//!    - otherwise (a few new prompts beside a busy batch) as many tokens as keep the step's
+//!      expected time within `prefill_stretch` times that of the decodes alone, from the
+//!      engine's own recent step times ([`StepTimes`], fed by [`Scheduler::observe`]); never
+//!      fewer than `prefill_while_decoding` (so a prompt always advances), which is also the
+//!      budget until the times say more. On a CPU a prompt token costs about as much as a
+//!      decode row, so a 1024-token chunk beside 8 decoding streams would hold each one's
+//!      next token for seconds; the stretch bounds that gap to a small multiple of a decode
+//!      step on any machine, and a GPU, where rows are nearly free, gets large chunks.
 //!
 //! The KV-slot pool: `kv_slots` slots of `slot_positions` positions each (`--max-batch`
 //! slots of `--ctx` positions). A slot is a sequence's KV cache from admission to finish.
 
+use crate::step_times::StepTimes;
 use kiln_models::Sampling;
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// A sequence (one request) for the whole of its life.
 pub type SeqId = u64;
 /// A KV-cache slot of the pool.
 pub type SlotId = usize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SchedulerConfig {
     /// Sequences running at once.
     pub max_batch: usize,
@@ -41,11 +44,16 @@ pub struct SchedulerConfig {
     pub kv_slots: usize,
     /// Positions one slot holds (prompt and generated tokens): the context of a sequence.
     pub slot_positions: usize,
-    /// Prompt tokens prefilled per step, over all sequences, when no sequence decodes.
+    /// Prompt tokens prefilled per step, over all sequences, when no sequence decodes or at
+    /// least as many read their prompt as decode.
     pub prefill_chunk: usize,
-    /// Prompt tokens prefilled per step, over all sequences, when some decode in it (at most
-    /// `prefill_chunk`).
+    /// Prompt tokens a step beside decoding sequences prefills at least (over all sequences,
+    /// at most `prefill_chunk`), and its budget until step times are known.
     pub prefill_while_decoding: usize,
+    /// A step that prefills beside decoding sequences (fewer sequences reading a prompt than
+    /// decoding) is expected to take at most this many times as long as their decodes alone
+    /// (at least 1).
+    pub prefill_stretch: f64,
 }
 
 /// A request as the scheduler sees it: token ids and limits.
@@ -145,6 +153,9 @@ pub struct Step {
     pub admitted: Vec<Admitted>,
     pub decode: Vec<Decode>,
     pub prefill: Vec<Prefill>,
+    /// The most prompt tokens this step could prefill (step 4 of the module's
+    /// documentation); it prefills fewer when the prompts end first.
+    pub prefill_budget: usize,
 }
 
 impl Step {
@@ -156,6 +167,16 @@ impl Step {
     /// Sequences the model runs in this step.
     pub fn batch_size(&self) -> usize {
         self.decode.len() + self.prefill.len()
+    }
+
+    /// Rows the model runs in this step: a decode is one, a prefill chunk one per token.
+    pub fn rows(&self) -> usize {
+        self.decode.len() + self.prefill_tokens()
+    }
+
+    /// Prompt tokens this step prefills, over all sequences.
+    pub fn prefill_tokens(&self) -> usize {
+        self.prefill.iter().map(|p| p.tokens.len()).sum()
     }
 }
 
@@ -198,10 +219,8 @@ pub struct Scheduler {
     /// In admission order.
     running: Vec<Running>,
     free_slots: Vec<SlotId>,
-    /// The batch is filling: a step found at least as many sequences reading their prompt
-    /// as decoding, and some still read theirs. Steps prefill the whole chunk until none
-    /// does ([`Scheduler::prefill_budget`]).
-    filling: bool,
+    /// How long the engine's recent steps took, by rows ([`Scheduler::observe`]).
+    step_times: StepTimes,
 }
 
 impl Scheduler {
@@ -210,8 +229,10 @@ impl Scheduler {
             cfg.max_batch >= 1
                 && cfg.kv_slots >= 1
                 && cfg.prefill_chunk >= 1
-                && cfg.prefill_while_decoding >= 1,
-            "a scheduler needs a batch, a slot and prefill budgets of at least 1: {cfg:?}"
+                && cfg.prefill_while_decoding >= 1
+                && cfg.prefill_stretch >= 1.0,
+            "a scheduler needs a batch, a slot, prefill budgets of at least 1 and a stretch of \
+             at least 1: {cfg:?}"
         );
         Scheduler {
             cfg,
@@ -220,7 +241,7 @@ impl Scheduler {
             running: Vec::new(),
             // Popped from the end: slot 0 is handed out first.
             free_slots: (0..cfg.kv_slots).rev().collect(),
-            filling: false,
+            step_times: StepTimes::new(),
         }
     }
 
@@ -298,6 +319,17 @@ impl Scheduler {
         reason
     }
 
+    /// The engine ran `step` in `took`: the step times the prefill budget is drawn from
+    /// learn it (a step without work is ignored).
+    pub fn observe(&mut self, step: &Step, took: Duration) {
+        self.step_times.observe(step.rows(), took.as_secs_f64());
+    }
+
+    /// What the scheduler has learned of the engine's step times.
+    pub fn step_times(&self) -> &StepTimes {
+        &self.step_times
+    }
+
     /// The next step (see the module's documentation for the order of decisions).
     pub fn plan(&mut self) -> Step {
         let mut step = Step::default();
@@ -343,6 +375,7 @@ impl Scheduler {
             });
         }
         let mut budget = self.prefill_budget();
+        step.prefill_budget = budget;
         for r in &mut self.running {
             if r.awaiting_token {
                 // The engine did not report a token for it last step (it failed and the
@@ -375,21 +408,15 @@ impl Scheduler {
                 budget -= n;
             }
         }
-        // A fill ends with the last prompt read: a prompt that arrives later is judged anew.
-        self.filling &= self
-            .running
-            .iter()
-            .any(|r| r.prefilled < r.req.prompt.len());
         step
     }
 
     /// Prompt tokens the next step may prefill, over all sequences (step 4 of the module's
-    /// documentation): the full `prefill_chunk` when nobody decodes, and while the batch is
-    /// filling — from a step where at least as many sequences read their prompt as decode
-    /// until every prompt is in (once the first chunks are read, their sequences decode and
-    /// outnumber the rest; a fill that stopped there would read the last prompts 16 tokens
-    /// a step). Otherwise `prefill_while_decoding`.
-    fn prefill_budget(&mut self) -> usize {
+    /// documentation): the full `prefill_chunk` when nobody decodes or when at least as many
+    /// sequences read their prompt as decode; otherwise the most tokens that keep the step's
+    /// expected time within `prefill_stretch` times that of its decodes alone, and at least
+    /// `prefill_while_decoding` (that alone until the step times give an estimate).
+    fn prefill_budget(&self) -> usize {
         let ready = |r: &&Running| !r.awaiting_token;
         let reading = |r: &&Running| r.prefilled < r.req.prompt.len();
         let decoding = self
@@ -399,12 +426,20 @@ impl Scheduler {
             .filter(|r| !reading(r))
             .count();
         let prefilling = self.running.iter().filter(ready).filter(reading).count();
-        self.filling = decoding > 0 && prefilling > 0 && (self.filling || prefilling >= decoding);
-        if decoding == 0 || self.filling {
-            self.cfg.prefill_chunk
-        } else {
-            self.cfg.prefill_while_decoding.min(self.cfg.prefill_chunk)
+        let chunk = self.cfg.prefill_chunk;
+        if decoding == 0 || prefilling >= decoding {
+            return chunk;
         }
+        let least = self.cfg.prefill_while_decoding.min(chunk);
+        let Some(alone) = self.step_times.estimate(decoding) else {
+            return least;
+        };
+        let limit = alone * self.cfg.prefill_stretch;
+        let rows = self
+            .step_times
+            .rows_within(decoding, chunk, limit)
+            .unwrap_or(decoding);
+        (rows - decoding).max(least)
     }
 
     /// Requests waiting for a slot.
@@ -447,6 +482,7 @@ mod tests {
             slot_positions: positions,
             prefill_chunk: chunk,
             prefill_while_decoding: chunk,
+            prefill_stretch: 2.0,
         }
     }
 
@@ -622,53 +658,175 @@ mod tests {
         assert_eq!((st.decode.len(), st.prefill.len()), (3, 0));
     }
 
+    /// A step's prefill chunks: (sequence, position, tokens).
+    type Chunks = Vec<(SeqId, usize, usize)>;
+
+    fn chunks(st: &Step) -> Chunks {
+        st.prefill
+            .iter()
+            .map(|p| (p.seq, p.position, p.tokens.len()))
+            .collect()
+    }
+
     #[test]
-    fn while_the_batch_fills_a_step_with_decodes_prefills_the_whole_chunk() {
+    fn while_as_many_read_as_decode_a_step_prefills_the_whole_chunk() {
         let mut s = Scheduler::new(SchedulerConfig {
             prefill_while_decoding: 2,
             ..cfg(8, 256, 16)
         });
-        let chunks = |st: &Step| -> Vec<(SeqId, usize, usize)> {
-            st.prefill
-                .iter()
-                .map(|p| (p.seq, p.position, p.tokens.len()))
-                .collect()
-        };
         s.submit(req(1, 4, 100)).unwrap();
         let st = s.plan();
         sample_all(&mut s, &st, 5);
         // Four prompts arrive while 1 alone decodes: the batch is filling, so steps read the
-        // whole chunk beside the decodes until every prompt is in, although 2, 3 and 4
-        // decode (and outnumber 5) before 5's prompt is.
+        // whole chunk beside the decodes while at least as many read their prompt as decode;
+        // once 2, 3 and 4 decode and outnumber 5, the rest of 5's prompt goes at the budget
+        // beside decodes (no step times known: `prefill_while_decoding`).
         for id in 2..=5 {
             s.submit(req(id, 10, 100)).unwrap();
         }
         let mut got = vec![];
-        for decodes in [1, 2, 4] {
+        let mut decodes = vec![];
+        loop {
             let st = s.plan();
-            assert_eq!(st.decode.len(), decodes, "{st:?}");
+            if st.prefill.is_empty() {
+                assert_eq!(st.decode.len(), 5);
+                break;
+            }
+            decodes.push(st.decode.len());
             got.push(chunks(&st));
             sample_all(&mut s, &st, 5);
         }
         let want = vec![
             vec![(2, 0, 10), (3, 0, 6)],
             vec![(3, 6, 4), (4, 0, 10), (5, 0, 2)],
-            vec![(5, 2, 8)],
+            vec![(5, 2, 2)],
+            vec![(5, 4, 2)],
+            vec![(5, 6, 2)],
+            vec![(5, 8, 2)],
         ];
         assert_eq!(got, want);
-        let st = s.plan();
-        assert_eq!((st.decode.len(), st.prefill.len()), (5, 0));
-        sample_all(&mut s, &st, 5);
-        // One prompt beside a busy batch: the small budget, 5 decodes at every step.
-        s.submit(req(6, 4, 100)).unwrap();
-        let mut got = vec![];
-        for _ in 0..2 {
+        assert_eq!(decodes, vec![1, 2, 4, 4, 4, 4]);
+    }
+
+    /// Runs steps until none prefills, recording a token for each decode and last chunk and
+    /// telling the scheduler the step took `cost(rows)` seconds. Returns each step's
+    /// (decodes, prefill chunks).
+    fn run_prefills(s: &mut Scheduler, cost: impl Fn(usize) -> f64) -> Vec<(usize, Chunks)> {
+        let mut steps = vec![];
+        loop {
             let st = s.plan();
-            assert_eq!(st.decode.len(), 5, "{st:?}");
-            got.extend(chunks(&st));
+            s.observe(&st, Duration::from_secs_f64(cost(st.rows())));
+            sample_all(s, &st, 5);
+            if st.prefill.is_empty() {
+                return steps;
+            }
+            steps.push((st.decode.len(), chunks(&st)));
+        }
+    }
+
+    #[test]
+    fn beside_a_busy_batch_a_step_stays_within_the_stretch_of_its_decodes() {
+        // A machine whose step costs 30 ms plus 5 ms a row; 8 decode alone in 70 ms.
+        let cost = |rows: usize| 0.030 + 0.005 * rows as f64;
+        let mut s = Scheduler::new(SchedulerConfig {
+            prefill_while_decoding: 4,
+            prefill_stretch: 2.05,
+            ..cfg(16, 512, 1024)
+        });
+        for id in 1..=8 {
+            s.submit(req(id, 8, 1000)).unwrap();
+        }
+        // Nobody decodes: the 8 prompts (64 rows) in one step; then the 8 decode alone: the
+        // scheduler has seen two sizes of step and can estimate the rest.
+        let first = run_prefills(&mut s, cost);
+        assert_eq!((first.len(), first[0].0, first[0].1.len()), (1, 0, 8));
+        assert!(s.step_times().estimate(8).is_some());
+        // A 100-token prompt beside the 8: 2.05 x 70 ms allows 8 + 14 rows a step (140 ms).
+        s.submit(req(9, 100, 1000)).unwrap();
+        let steps = run_prefills(&mut s, cost);
+        let sizes: Vec<usize> = steps.iter().map(|(_, c)| c[0].2).collect();
+        assert_eq!(sizes, vec![14, 14, 14, 14, 14, 14, 14, 2]);
+        for (decodes, c) in &steps {
+            assert_eq!(*decodes, 8, "the 8 decode at every step");
+            assert!(cost(decodes + c[0].2) <= 2.05 * cost(8));
+        }
+        // With a larger stretch, larger chunks; 9 decode now.
+        s.cfg.prefill_stretch = 4.05;
+        s.submit(req(10, 100, 1000)).unwrap();
+        let sizes: Vec<usize> = run_prefills(&mut s, cost)
+            .iter()
+            .map(|(_, c)| c[0].2)
+            .collect();
+        // 9 decode alone in 75 ms; 4.05 x 75 = 304 ms >= 30 + 5 x 54 rows: 45 prompt tokens.
+        assert_eq!(sizes, vec![45, 45, 10]);
+    }
+
+    #[test]
+    fn without_decodes_a_step_prefills_the_whole_chunk() {
+        let cost = |rows: usize| 0.030 + 0.005 * rows as f64;
+        let mut s = Scheduler::new(SchedulerConfig {
+            prefill_while_decoding: 4,
+            ..cfg(4, 512, 100)
+        });
+        s.submit(req(1, 8, 3)).unwrap();
+        s.submit(req(2, 8, 3)).unwrap();
+        run_prefills(&mut s, cost);
+        while !s.is_idle() {
+            let st = s.plan();
+            s.observe(&st, Duration::from_secs_f64(cost(st.rows())));
             sample_all(&mut s, &st, 5);
         }
-        assert_eq!(got, vec![(6, 0, 2), (6, 2, 2)]);
+        // Step times are known, nobody decodes: a 250-token prompt goes 100 tokens a step.
+        assert!(s.step_times().estimate(2).is_some());
+        s.submit(req(3, 250, 3)).unwrap();
+        let steps = run_prefills(&mut s, cost);
+        assert_eq!(
+            steps,
+            vec![
+                (0, vec![(3, 0, 100)]),
+                (0, vec![(3, 100, 100)]),
+                (0, vec![(3, 200, 50)])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_prompt_advances_every_step_however_slow_the_steps() {
+        // A stretch of 1 leaves no room beside the decodes: the prompt still gets
+        // `prefill_while_decoding` tokens at every step, ahead of prompts admitted after it.
+        let cost = |rows: usize| 0.030 + 0.005 * rows as f64;
+        let mut s = Scheduler::new(SchedulerConfig {
+            prefill_while_decoding: 8,
+            prefill_stretch: 1.0,
+            ..cfg(16, 512, 1024)
+        });
+        for id in 1..=6 {
+            s.submit(req(id, 4, 1000)).unwrap();
+        }
+        run_prefills(&mut s, cost);
+        s.submit(req(7, 300, 1000)).unwrap();
+        let mut read = 0;
+        let mut steps = 0;
+        let mut next = 100;
+        while read < 300 {
+            // A short prompt arrives at every other step (3 at most wait at once: fewer
+            // read than decode).
+            if steps % 2 == 0 && s.running() < 9 {
+                s.submit(req(next, 4, 2)).unwrap();
+                next += 1;
+            }
+            let st = s.plan();
+            s.observe(&st, Duration::from_secs_f64(cost(st.rows())));
+            sample_all(&mut s, &st, 5);
+            let mine: Vec<_> = st.prefill.iter().filter(|p| p.seq == 7).collect();
+            assert_eq!(mine.len(), 1, "7 reads at every step: {st:?}");
+            assert_eq!(mine[0].position, read);
+            assert_eq!(st.prefill[0].seq, 7, "the earliest admitted reads first");
+            read += mine[0].tokens.len();
+            steps += 1;
+            assert!(st.decode.len() >= 6);
+        }
+        assert_eq!(steps, 300usize.div_ceil(8));
     }
 
     #[test]
@@ -840,9 +998,10 @@ mod tests {
 
     #[test]
     fn every_request_finishes_exactly_once_under_random_traffic() {
-        // A deterministic pseudo-random mix of arrivals, lengths, cancellations and stop ids:
-        // each request is admitted once, finishes once, never runs twice in a step, never
-        // shares a slot, and positions always advance by what ran.
+        // A deterministic pseudo-random mix of arrivals, lengths, cancellations, stop ids and
+        // step times: each request is admitted once, finishes once, never runs twice in a
+        // step, never shares a slot, positions always advance by what ran, and no step
+        // prefills past its budget.
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut rand = move |n: u64| {
             state ^= state << 13;
@@ -856,6 +1015,7 @@ mod tests {
             slot_positions: 48,
             prefill_chunk: 10,
             prefill_while_decoding: 3,
+            prefill_stretch: 2.0,
         });
         let (mut next, mut admitted, mut finished) = (0u64, vec![], vec![]);
         let mut positions = std::collections::HashMap::new();
@@ -897,6 +1057,20 @@ mod tests {
                 *at += len;
                 assert!(*at <= 48);
             }
+            // The budget: the whole chunk without decodes; beside decodes the minimum, or a
+            // step expected within the stretch of its decodes alone; never exceeded.
+            let (decodes, tokens) = (st.decode.len(), st.prefill_tokens());
+            assert!(tokens <= st.prefill_budget, "{st:?}");
+            let times = s.step_times();
+            if decodes == 0 {
+                assert_eq!(st.prefill_budget, 10);
+            } else if st.prefill_budget != 10 && st.prefill_budget > 3 {
+                let (alone, with) = (times.estimate(decodes), times.estimate(decodes + tokens));
+                assert!(with.unwrap() <= 2.0 * alone.unwrap(), "{st:?}");
+            }
+            // A machine whose steps cost 20 ms plus 4 ms a row, give or take 10%.
+            let secs = (0.020 + 0.004 * st.rows() as f64) * (0.9 + rand(21) as f64 / 100.0);
+            s.observe(&st, Duration::from_secs_f64(secs));
             let stop = if rand(30) == 0 { 2 } else { 3 };
             sample_all(&mut s, &st, stop);
         }

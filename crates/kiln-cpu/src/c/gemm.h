@@ -140,10 +140,15 @@ static inline void kiln_ukr(int64_t kc, const float *restrict a, const float *re
 }
 #endif
 
-/* Rows up to which a product tile streams the weight panels once (GEMV passes) rather than
- * packing A and running the micro-kernel: a batched decode step of up to this many sequences
- * (kiln serve --max-batch) reads each weight once and computes no padding rows. */
-#define KILN_GEMV_ROWS 12
+/* Rows up to which a product tile streams the weight panels once (GEMV passes, 4 rows at a
+ * time over a panel that stays in cache) rather than packing A and running the micro-kernel: a
+ * batched decode step of up to this many sequences (kiln serve --max-batch), or a step of
+ * decodes and a small prefill chunk, reads each weight once and computes no padding rows. On
+ * Zen 4 (bf16 weights, one thread, a qwen3-0.6b serve step) the GEMV passes beat the GEMM at
+ * every size measured up to 48 rows (16: 271 against 445 ms; 32: 486 against 637; 48: 736
+ * against 847): the GEMM's packing and widening pay off only on prefill-sized tiles. 32 keeps
+ * a margin (docs/benchmarks.md, issue 26's adaptive prefill budget). */
+#define KILN_GEMV_ROWS 32
 
 /* GEMV pass (decode, R <= 4 rows): S panels of w (each a pointer to its first k), R rows of x
  * (row stride ldx); t[r * ldt + s * NR + j]. R * S <= 4, two vector accumulators per row and
