@@ -257,7 +257,7 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
                     for (int j = 0; j < 4; ++j) { \
                         const float *ar = a + (m + r) * lda; \
                         float t = s[r * 4 + j]; \
-                        for (int64_t k = KV; k < K; ++k) t += ar[k] * LDB1(bj[j][k]); \
+                        for (int64_t k = KV; k < K; ++k) t = fmaf(ar[k], LDB1(bj[j][k]), t); \
                         s[r * 4 + j] = t; \
                     } \
             } \
