@@ -77,6 +77,29 @@ static inline kiln_vf kiln_splatv(float x) {
     return (kiln_vf){x, x, x, x, x, x, x, x};
 #endif
 }
+/* a * b + c rounded once, lane by lane (kiln_fmav) and for one float (kiln_fma1), written out
+ * for the sums that must come out the same on every path (the attention's Q K^T and P V):
+ * left to -ffp-contract, GCC fuses `c += a * b` or not depending on how it vectorizes the loop
+ * around it (the AVX2 NT product's last keys, vectorized across rows, had the product and
+ * the sum split by shuffles and so rounded twice: a decode row got other bits than the same
+ * row of a prompt). Without an FMA instruction nothing is fused, so plain a * b + c is exact. */
+#if defined(KILN_AVX512)
+static inline kiln_vf kiln_fmav(kiln_vf a, kiln_vf b, kiln_vf c) { return __builtin_ia32_vfmaddps512_mask(a, b, c, (unsigned short)-1, 4); }
+#elif defined(__AVX__) && defined(__FMA__)
+static inline kiln_vf kiln_fmav(kiln_vf a, kiln_vf b, kiln_vf c) { return __builtin_ia32_vfmaddps256(a, b, c); }
+#elif defined(__FMA__)
+static inline kiln_vf kiln_fmav(kiln_vf a, kiln_vf b, kiln_vf c) {
+    for (int l = 0; l < KILN_VL; ++l) c[l] = __builtin_fmaf(a[l], b[l], c[l]);
+    return c;
+}
+#else
+static inline kiln_vf kiln_fmav(kiln_vf a, kiln_vf b, kiln_vf c) { return a * b + c; }
+#endif
+#if defined(__FMA__)
+static inline float kiln_fma1(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+#else
+static inline float kiln_fma1(float a, float b, float c) { return a * b + c; }
+#endif
 /* The lanes' sum in a fixed order: the halves added lane by lane, then kiln_hsum8. */
 static inline float kiln_hsumv(kiln_vf v) {
 #if KILN_VL == 16
@@ -207,9 +230,10 @@ static inline int64_t kiln_bf16_pos(int64_t j) {
  * (decode attention), one row of B at a time: B then streams from memory in address order,
  * where the blocks' four interleaved rows read at less than half the speed (a KV cache of
  * 1536 keys on a Zen 4 core: 0.62 -> 0.28 ms per layer). Each (m, n) is summed in the same
- * order on every path: one KILN_VL-wide chain over k, kiln_hsumv, then the scalar tail, an
- * explicit fmaf chain: written `s += a * b`, its contraction into FMAs depended on whether GCC's
- * loop vectoriser ran (runtime.rs compiles these without it: it spent ~0.1 s on the tails). */
+ * order on every path: one KILN_VL-wide FMA chain over k, kiln_hsumv, then the scalar tail's
+ * FMAs, explicit (kiln_fmav and kiln_fma1): left to contraction, `s += a * b` became an FMA or
+ * not depending on whether GCC's loop vectoriser ran and how it shuffled lanes (runtime.rs
+ * compiles these without the vectoriser: it spent ~0.1 s on the tails). */
 #define KILN_ID(x) (x)
 #define KILN_MM_NT(NAME, BT, LDBV, LDB1) \
 static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
@@ -222,10 +246,10 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
             kiln_vf c0 = {0}, c1 = {0}; \
             for (int64_t k = 0; k < KV; k += KILN_VL) { \
                 const kiln_vf y = LDBV(b0 + k); \
-                c0 += kiln_ldv(a0 + k) * y; c1 += kiln_ldv(a1 + k) * y; \
+                c0 = kiln_fmav(kiln_ldv(a0 + k), y, c0); c1 = kiln_fmav(kiln_ldv(a1 + k), y, c1); \
             } \
             float s0 = kiln_hsumv(c0), s1 = kiln_hsumv(c1); \
-            for (int64_t k = KV; k < K; ++k) { s0 = fmaf(a0[k], LDB1(b0[k]), s0); s1 = fmaf(a1[k], LDB1(b0[k]), s1); } \
+            for (int64_t k = KV; k < K; ++k) { s0 = kiln_fma1(a0[k], LDB1(b0[k]), s0); s1 = kiln_fma1(a1[k], LDB1(b0[k]), s1); } \
             c[n] = s0; \
             if (M == 2) c[ldc + n] = s1; \
         } \
@@ -246,7 +270,7 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
                 for (int j = 0; j < KILN_MMT_KEYS; ++j) { \
                     KILN_IN_REG(y[j]); \
                     _Pragma("GCC unroll 4") \
-                    for (int r = 0; r < KILN_MMT_ROWS; ++r) acc[j * KILN_MMT_ROWS + r] += x[r] * y[j]; \
+                    for (int r = 0; r < KILN_MMT_ROWS; ++r) acc[j * KILN_MMT_ROWS + r] = kiln_fmav(x[r], y[j], acc[j * KILN_MMT_ROWS + r]); \
                 } \
             } \
             float s[KILN_VL]; \
@@ -257,7 +281,7 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
                     for (int j = 0; j < 4; ++j) { \
                         const float *ar = a + (m + r) * lda; \
                         float t = s[r * 4 + j]; \
-                        for (int64_t k = KV; k < K; ++k) t = fmaf(ar[k], LDB1(bj[j][k]), t); \
+                        for (int64_t k = KV; k < K; ++k) t = kiln_fma1(ar[k], LDB1(bj[j][k]), t); \
                         s[r * 4 + j] = t; \
                     } \
             } \
@@ -269,16 +293,16 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
             for (int64_t k = 0; k < KV; k += KILN_VL) { \
                 kiln_vf x0 = kiln_ldv(a0 + k), x1 = kiln_ldv(a1 + k), y; \
                 KILN_IN_REG(x0); KILN_IN_REG(x1); \
-                y = LDBV(b0 + k); KILN_IN_REG(y); c00 += x0 * y; c10 += x1 * y; \
-                y = LDBV(b1 + k); KILN_IN_REG(y); c01 += x0 * y; c11 += x1 * y; \
-                y = LDBV(b2 + k); KILN_IN_REG(y); c02 += x0 * y; c12 += x1 * y; \
-                y = LDBV(b3 + k); KILN_IN_REG(y); c03 += x0 * y; c13 += x1 * y; \
+                y = LDBV(b0 + k); KILN_IN_REG(y); c00 = kiln_fmav(x0, y, c00); c10 = kiln_fmav(x1, y, c10); \
+                y = LDBV(b1 + k); KILN_IN_REG(y); c01 = kiln_fmav(x0, y, c01); c11 = kiln_fmav(x1, y, c11); \
+                y = LDBV(b2 + k); KILN_IN_REG(y); c02 = kiln_fmav(x0, y, c02); c12 = kiln_fmav(x1, y, c12); \
+                y = LDBV(b3 + k); KILN_IN_REG(y); c03 = kiln_fmav(x0, y, c03); c13 = kiln_fmav(x1, y, c13); \
             } \
             float s[2][4]; \
             kiln_hsum4v(c00, c01, c02, c03, s[0]); kiln_hsum4v(c10, c11, c12, c13, s[1]); \
             for (int64_t k = KV; k < K; ++k) { \
-                s[0][0] = fmaf(a0[k], LDB1(b0[k]), s[0][0]); s[0][1] = fmaf(a0[k], LDB1(b1[k]), s[0][1]); s[0][2] = fmaf(a0[k], LDB1(b2[k]), s[0][2]); s[0][3] = fmaf(a0[k], LDB1(b3[k]), s[0][3]); \
-                s[1][0] = fmaf(a1[k], LDB1(b0[k]), s[1][0]); s[1][1] = fmaf(a1[k], LDB1(b1[k]), s[1][1]); s[1][2] = fmaf(a1[k], LDB1(b2[k]), s[1][2]); s[1][3] = fmaf(a1[k], LDB1(b3[k]), s[1][3]); \
+                s[0][0] = kiln_fma1(a0[k], LDB1(b0[k]), s[0][0]); s[0][1] = kiln_fma1(a0[k], LDB1(b1[k]), s[0][1]); s[0][2] = kiln_fma1(a0[k], LDB1(b2[k]), s[0][2]); s[0][3] = kiln_fma1(a0[k], LDB1(b3[k]), s[0][3]); \
+                s[1][0] = kiln_fma1(a1[k], LDB1(b0[k]), s[1][0]); s[1][1] = kiln_fma1(a1[k], LDB1(b1[k]), s[1][1]); s[1][2] = kiln_fma1(a1[k], LDB1(b2[k]), s[1][2]); s[1][3] = kiln_fma1(a1[k], LDB1(b3[k]), s[1][3]); \
             } \
             for (int j = 0; j < 4; ++j) { c[m * ldc + n + j] = s[0][j]; c[(m + 1) * ldc + n + j] = s[1][j]; } \
         } \
@@ -287,12 +311,12 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
             kiln_vf c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}; \
             for (int64_t k = 0; k < KV; k += KILN_VL) { \
                 kiln_vf x0 = kiln_ldv(a0 + k); \
-                c0 += x0 * LDBV(b0 + k); c1 += x0 * LDBV(b1 + k); \
-                c2 += x0 * LDBV(b2 + k); c3 += x0 * LDBV(b3 + k); \
+                c0 = kiln_fmav(x0, LDBV(b0 + k), c0); c1 = kiln_fmav(x0, LDBV(b1 + k), c1); \
+                c2 = kiln_fmav(x0, LDBV(b2 + k), c2); c3 = kiln_fmav(x0, LDBV(b3 + k), c3); \
             } \
             float s[4]; \
             kiln_hsum4v(c0, c1, c2, c3, s); \
-            for (int64_t k = KV; k < K; ++k) { s[0] = fmaf(a0[k], LDB1(b0[k]), s[0]); s[1] = fmaf(a0[k], LDB1(b1[k]), s[1]); s[2] = fmaf(a0[k], LDB1(b2[k]), s[2]); s[3] = fmaf(a0[k], LDB1(b3[k]), s[3]); } \
+            for (int64_t k = KV; k < K; ++k) { s[0] = kiln_fma1(a0[k], LDB1(b0[k]), s[0]); s[1] = kiln_fma1(a0[k], LDB1(b1[k]), s[1]); s[2] = kiln_fma1(a0[k], LDB1(b2[k]), s[2]); s[3] = kiln_fma1(a0[k], LDB1(b3[k]), s[3]); } \
             for (int j = 0; j < 4; ++j) c[m * ldc + n + j] = s[j]; \
         } \
     } \
@@ -301,9 +325,9 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
         for (int64_t m = 0; m < M; ++m) { \
             const float *a0 = a + m * lda; \
             kiln_vf c0 = {0}; \
-            for (int64_t k = 0; k < KV; k += KILN_VL) c0 += kiln_ldv(a0 + k) * LDBV(b0 + k); \
+            for (int64_t k = 0; k < KV; k += KILN_VL) c0 = kiln_fmav(kiln_ldv(a0 + k), LDBV(b0 + k), c0); \
             float s = kiln_hsumv(c0); \
-            for (int64_t k = KV; k < K; ++k) s = fmaf(a0[k], LDB1(b0[k]), s); \
+            for (int64_t k = KV; k < K; ++k) s = kiln_fma1(a0[k], LDB1(b0[k]), s); \
             c[m * ldc + n] = s; \
         } \
     } \
@@ -392,12 +416,12 @@ static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) 
     return kiln_hsumv(total);
 }
 /* o[m, n] += sum_k p[m*ldp + k] * v[k*ldv + n]: the block's weights times its value rows,
- * value rows contiguous along n. Every element is one chain over k in order, whatever the
- * pass that computes it. With AVX-512 the rows go in tiles of 4 over 64 columns (a value load
- * serves four rows: 8 loads per 16 FMAs); the rows left (all of a decode step's) in passes of
- * 2 rows x KILN_PV_NV vectors (128 columns with AVX-512's 32 registers, 32 with AVX2's 16),
- * which read each value row whole and once: a decode step streams the KV cache in address
- * order (half-row passes read it 30% slower). */
+ * value rows contiguous along n. Every element is one FMA chain over k in order (kiln_fmav,
+ * kiln_fma1), whatever the pass that computes it. With AVX-512 the rows go in tiles of 4 over
+ * 64 columns (a value load serves four rows: 8 loads per 16 FMAs); the rows left (all of a
+ * decode step's) in passes of 2 rows x KILN_PV_NV vectors (128 columns with AVX-512's 32
+ * registers, 32 with AVX2's 16), which read each value row whole and once: a decode step
+ * streams the KV cache in address order (half-row passes read it 30% slower). */
 #if KILN_VL == 16
 #define KILN_PV_NV 8
 #else
@@ -416,7 +440,7 @@ static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) 
             _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) { y[j] = kiln_ldv(vr + j * KILN_VL); KILN_IN_REG(y[j]); } \
             _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) { \
                 const kiln_vf x = kiln_splatv(p[(m + r) * ldp + k]); \
-                _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) a[r][j] += x * y[j]; \
+                _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) a[r][j] = kiln_fmav(x, y[j], a[r][j]); \
             } \
         } \
         _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) \
@@ -429,13 +453,13 @@ static inline void kiln_att_pv_cols(float *restrict o, int64_t ldo, const float 
     for (; n + KILN_VL <= N; n += KILN_VL)
         for (int64_t m = 0; m < M; ++m) {
             kiln_vf a0 = kiln_ldv(o + m * ldo + n);
-            for (int64_t k = 0; k < K; ++k) a0 += kiln_splatv(p[m * ldp + k]) * kiln_ldv(v + k * ldv + n);
+            for (int64_t k = 0; k < K; ++k) a0 = kiln_fmav(kiln_splatv(p[m * ldp + k]), kiln_ldv(v + k * ldv + n), a0);
             kiln_stv(o + m * ldo + n, a0);
         }
     for (; n < N; ++n)
         for (int64_t m = 0; m < M; ++m) {
             float acc = o[m * ldo + n];
-            for (int64_t k = 0; k < K; ++k) acc += p[m * ldp + k] * v[k * ldv + n];
+            for (int64_t k = 0; k < K; ++k) acc = kiln_fma1(p[m * ldp + k], v[k * ldv + n], acc);
             o[m * ldo + n] = acc;
         }
 }
