@@ -497,6 +497,34 @@ fn cpu_identity() -> &'static str {
 mod tests {
     use super::*;
 
+    /// `source` compiled by the system's `cc` with `flags` into a shared library and loaded
+    /// (the folder holding it comes back too: the library lives as long as both).
+    fn selftest_library(
+        source: &str,
+        flags: &[String],
+    ) -> (tempfile::TempDir, libloading::Library) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("selftest.c");
+        let so = dir.path().join("selftest.so");
+        std::fs::write(&src, source).unwrap();
+        let out = std::process::Command::new("cc")
+            .args(flags)
+            .args(["-fPIC", "-shared", "-std=gnu11", "-fno-math-errno", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .arg("-lm")
+            .output()
+            .expect("run cc");
+        assert!(
+            out.status.success(),
+            "cc {flags:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // SAFETY: a library compiled just now from the test's own C, with no initialisers.
+        let lib = unsafe { libloading::Library::new(&so).unwrap() };
+        (dir, lib)
+    }
+
     #[test]
     fn the_real_compiler_is_behind_the_wrappers() {
         let real = |cc: &str| CCompiler::command(cc, "test").real().join(" ");
@@ -629,31 +657,12 @@ int kiln_selftest(void) {
             eprintln!("skipping the AVX-512 kernels: this CPU has no AVX-512");
         }
         for (march, isa) in targets {
-            let dir = tempfile::tempdir().unwrap();
-            let src = dir.path().join("selftest.c");
-            let so = dir.path().join("selftest.so");
-            std::fs::write(
-                &src,
-                format!("{}\n#include <stdlib.h>\n{check}", prelude(isa)),
-            )
-            .unwrap();
-            let out = std::process::Command::new("cc")
-                .args(["-O2", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno"])
-                .arg(format!("-march={march}"))
-                .arg("-o")
-                .arg(&so)
-                .arg(&src)
-                .arg("-lm")
-                .output()
-                .expect("run cc");
-            assert!(
-                out.status.success(),
-                "{march}: {}",
-                String::from_utf8_lossy(&out.stderr)
+            let (_dir, lib) = selftest_library(
+                &format!("{}\n#include <stdlib.h>\n{check}", prelude(isa)),
+                &["-O2".into(), format!("-march={march}")],
             );
             // SAFETY: the library was just compiled from the prelude and the checker above.
             let bad = unsafe {
-                let lib = libloading::Library::new(&so).unwrap();
                 let f = lib
                     .get::<unsafe extern "C" fn() -> i32>(b"kiln_selftest")
                     .unwrap();
@@ -717,29 +726,15 @@ int64_t kiln_selftest(uint64_t *digest) {
         };
         let mut digests = Vec::new();
         for extra in [None, Some("-fno-tree-loop-vectorize")] {
-            let dir = tempfile::tempdir().unwrap();
-            let src = dir.path().join("mm_nt.c");
-            let so = dir.path().join("mm_nt.so");
-            std::fs::write(&src, format!("{}\n{check}", prelude(isa))).unwrap();
-            let out = std::process::Command::new("cc")
-                .args(["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11"])
-                .args(["-fno-math-errno"])
-                .args(extra)
-                .arg("-o")
-                .arg(&so)
-                .arg(&src)
-                .arg("-lm")
-                .output()
-                .expect("run cc");
-            assert!(
-                out.status.success(),
-                "{extra:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let flags: Vec<String> = ["-O3", "-march=native"]
+                .into_iter()
+                .chain(extra)
+                .map(String::from)
+                .collect();
+            let (_dir, lib) = selftest_library(&format!("{}\n{check}", prelude(isa)), &flags);
             let mut digest = 0u64;
             // SAFETY: the library was just compiled from the prelude and the checker above.
             let bad = unsafe {
-                let lib = libloading::Library::new(&so).unwrap();
                 let f = lib
                     .get::<unsafe extern "C" fn(*mut u64) -> i64>(b"kiln_selftest")
                     .unwrap();
