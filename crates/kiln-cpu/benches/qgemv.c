@@ -42,11 +42,12 @@
 
 typedef void (*tile_fn)(kiln_gemm_ctx *, const float *, int64_t, const uint8_t *, int64_t, int64_t,
                         int64_t, int64_t, int64_t, float *, int64_t);
-static const struct { const char *name; tile_fn f; int64_t gb; int floats; double gguf; } TYPES[] = {
-    {"q8_0", kiln_packed_tile_q8_0, GB_Q8_0, 1, 34.0 / 32},
-    {"q4_0", kiln_packed_tile_q4_0, GB_Q4_0, 1, 18.0 / 32},
-    {"q4_k", kiln_packed_tile_q4_k, GB_Q4_K, 2, 144.0 / 256},
-    {"q6_k", kiln_packed_tile_q6_k, GB_Q6_K, 2, 210.0 / 256},
+/* floats: the group's f32 scales (and mins), x KILN_NR; halves: its f16 scales, x KILN_NR. */
+static const struct { const char *name; tile_fn f; int64_t gb; int floats, halves; double gguf; } TYPES[] = {
+    {"q8_0", kiln_packed_tile_q8_0, GB_Q8_0, 0, 1, 34.0 / 32},
+    {"q4_0", kiln_packed_tile_q4_0, GB_Q4_0, 0, 1, 18.0 / 32},
+    {"q4_k", kiln_packed_tile_q4_k, GB_Q4_K, 2, 0, 144.0 / 256},
+    {"q6_k", kiln_packed_tile_q6_k, GB_Q6_K, 2, 0, 210.0 / 256},
 };
 
 /* EXTRA=-DLAUNCH_BARRIER: the threads meet at a spin barrier before each copy, as a decode
@@ -177,6 +178,8 @@ int main(int argc, char **argv) {
                 for (int64_t g = 0; g < panels * G; ++g) { /* the scales (and mins): small, finite */
                     float *s = (float *)(w[c] + g * gb);
                     for (int i = 0; i < TYPES[ty].floats * KILN_NR; ++i) s[i] = (float)(next_u32() % 1000 + 1) * 1e-5f;
+                    uint16_t *h = (uint16_t *)(w[c] + g * gb); /* f16 2^-10 .. 2^-9 */
+                    for (int i = 0; i < TYPES[ty].halves * KILN_NR; ++i) h[i] = (uint16_t)(0x1400 + next_u32() % 0x400);
                 }
             }
             uint8_t *stream = huge_alloc((size_t)bytes * copies);

@@ -5,7 +5,9 @@
 //! A weight `W` of `rows x k` values (rows of GGML blocks, `k` a multiple of 32) becomes
 //! panels of `panel` rows (product columns); a panel is `k / 32` groups, one per 32 values of
 //! `k`, each holding for its `panel` columns:
-//! - `scale: [f32; panel]` — Q8_0/Q4_0: the block's `d`; Q4_K: the sub-block's `d * sc`;
+//! - `scale` — Q8_0/Q4_0: `[f16; panel]`, the block's own `d` (its bits, copied from the
+//!   file; the kernels widen it with `vcvtph2ps`, exactly); Q4_K: `[f32; panel]`, the
+//!   sub-block's `d * sc`;
 //! - `min: [f32; panel]` — Q4_K only: the sub-block's `dmin * m`;
 //! - the 32 values of each column, row by row (`k` within the group): Q8_0 `[32][panel]` i8;
 //!   Q4_0/Q4_K `[32][panel / 2]` bytes, column `c` in the low nibble of byte `c` and column
@@ -15,8 +17,9 @@
 //! with one widening load, a shift or mask, a conversion and a multiply per vector (its
 //! scales loaded once per group), and every value is bit for bit ggml's dequantization
 //! (`kiln_ir::quant::sub_block` gives the operations). Columns past the last row are zero.
-//! Bytes per 32 values and column: Q8_0 36 (GGUF 34), Q4_0 20 (18), Q4_K 24 (18): the f32
-//! scales cost a little memory and save a conversion per group on every token.
+//! Bytes per 32 values and column: Q8_0 34 and Q4_0 18, exactly the GGUF blocks' (the decode
+//! GEMV reads no byte more than the file holds; one f16 conversion per group and 16 columns,
+//! hoisted out of the group's rows), Q4_K 24 (GGUF 18: f32 `d * sc` and `dmin * m`).
 //!
 //! Q6_K (two 16-value scales per group, 6-bit values) has its own group layout, described in
 //! `c/gemm_q6k.h`: f32 `d * sc` of each half, the low nibbles as Q4_0's, then a plane of the
@@ -26,13 +29,14 @@
 //! `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
 //! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane),
 //! so a group's values are grouped four k-values per 32-bit lane: quad `q` (values
-//! `4q..4q+3` of the group) is `[panel][4]` bytes, one 64-byte load per 16 columns. Per group:
-//! - Q8_0: `scale: [f32; panel]`, `bias: [i32; panel]` = `-128 * sum(q)` (the kernel feeds the
-//!   activations as `a + 128`, unsigned, and starts each block's dot at this), then
-//!   `[8][panel][4]` i8 — 40 bytes per 32 values and column;
-//! - Q4_0: `scale: [f32; panel]`, then `[8][panel / 2][4]` bytes, column `c` in the low nibble
+//! `4q..4q+3` of the group) is `[panel][4]` bytes, one 64-byte load per 16 columns. The
+//! weights are `vpdpbusd`'s unsigned operand, the activations its signed one. Per group:
+//! - Q8_0: `d: [f16; panel]`, then `[8][panel][4]` bytes `q + 128` (`q ^ 0x80`, 0..255; the
+//!   kernel starts each block's dot at `-128 * sum(a)`, a term of the activations, so the
+//!   dot is exactly `sum(q * a)`) — 34 bytes per 32 values and column, the GGUF block's;
+//! - Q4_0: `d: [f16; panel]`, then `[8][panel / 2][4]` bytes, column `c` in the low nibble
 //!   of byte `(c, j)` and column `c + panel / 2` in its high nibble (the stored 0..15, the
-//!   kernel subtracts `8 * sum(a)`) — 20 bytes, as in the f32 layout;
+//!   kernel subtracts `8 * sum(a)`) — 18 bytes, as in the f32 layout and the file;
 //! - Q4_K: `scale: [f32; panel]` (`d * sc`), `neg_min: [f32; panel]` (`-(dmin * m)`), then the
 //!   nibbles as Q4_0 — 24 bytes, as in the f32 layout;
 //! - Q6_K: `d: [f32; panel]`, `sc: [[i8; panel]; 2]`, then the 6-bit values, three vectors per
@@ -50,8 +54,8 @@ pub const GROUP: usize = 32;
 /// Bytes of one group of a `panel`-column panel of `dtype` (`KILN_GB_*` in the C header).
 pub fn group_bytes(dtype: DType, panel: usize) -> usize {
     match dtype {
-        DType::Q8_0 => (4 + GROUP) * panel,
-        DType::Q4_0 => (4 + GROUP / 2) * panel,
+        DType::Q8_0 => (2 + GROUP) * panel,
+        DType::Q4_0 => (2 + GROUP / 2) * panel,
         DType::Q4_K => (8 + GROUP / 2) * panel,
         DType::Q6_K => (8 + GROUP / 2 + GROUP / 4) * panel,
         other => panic!("{other} is not block-quantized"),
@@ -62,14 +66,11 @@ pub fn group_bytes(dtype: DType, panel: usize) -> usize {
 /// `panel` columns, on the current rayon pool. `depth` is a multiple of the type's block (the
 /// graph checks it: `Graph::input`); a trailing partial row (buffer padding) is ignored.
 pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
-    if dtype == DType::Q6_K {
-        return pack_q6_k(bytes, depth, panel);
+    match dtype {
+        DType::Q6_K => return pack_q6_k(bytes, depth, panel),
+        DType::Q8_0 | DType::Q4_0 => return pack_q8_0_q4_0(bytes, dtype, depth, panel, false),
+        _ => {}
     }
-    let (with_min, nibbles) = match dtype {
-        DType::Q8_0 => (false, false),
-        DType::Q4_0 => (false, true),
-        _ => (true, true),
-    };
     let gb = group_bytes(dtype, panel);
     let q = dtype.quant().expect("a block-quantized dtype");
     pack_groups(
@@ -81,18 +82,58 @@ pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> Hos
         |row, g| sub_block(q, row, g).expect("whole blocks"),
         |grp, c, (scale, min, vals)| {
             grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
-            let mut at = 4 * panel;
-            if with_min {
-                grp[at + 4 * c..at + 4 * c + 4].copy_from_slice(&min.to_le_bytes());
-                at += 4 * panel;
-            }
+            let at = 8 * panel;
+            grp[4 * panel + 4 * c..][..4].copy_from_slice(&min.to_le_bytes());
             for (r, &v) in vals.iter().enumerate() {
-                if nibbles {
-                    let half = panel / 2;
-                    let (byte, shift) = (c % half, if c < half { 0 } else { 4 });
-                    grp[at + r * half + byte] |= v << shift;
-                } else {
-                    grp[at + r * panel + c] = v;
+                let half = panel / 2;
+                let (byte, shift) = (c % half, if c < half { 0 } else { 4 });
+                grp[at + r * half + byte] |= v << shift;
+            }
+        },
+    )
+}
+
+/// Q8_0 and Q4_0 in either layout (the module's documentation): per group the blocks' own f16
+/// `d` (its bits, copied from the file: the kernels widen it exactly), then the values: f32
+/// layout Q8_0 `[32][panel]` i8, Q4_0 `[32][panel / 2]` nibbles; integer layout Q8_0
+/// `[8][panel][4]` bytes `q + 128` (`q ^ 0x80`), Q4_0 `[8][panel / 2][4]` nibbles. So a group
+/// is exactly as large as the GGUF blocks it holds.
+fn pack_q8_0_q4_0(
+    bytes: &[u8],
+    dtype: DType,
+    depth: usize,
+    panel: usize,
+    int8: bool,
+) -> HostBuffer {
+    let q = dtype.quant().expect("a block-quantized dtype");
+    let block = q.block_bytes();
+    let gb = if int8 {
+        group_bytes_int8(dtype, panel)
+    } else {
+        group_bytes(dtype, panel)
+    };
+    let (half, at) = (panel / 2, 2 * panel);
+    pack_groups(
+        bytes,
+        dtype,
+        depth,
+        panel,
+        gb,
+        |row, g| {
+            let (_, _, vals) = sub_block(q, row, g).expect("whole blocks");
+            ([row[g * block], row[g * block + 1]], vals)
+        },
+        |grp, c, (d, vals)| {
+            grp[2 * c..2 * c + 2].copy_from_slice(&d);
+            let shift = if c < half { 0 } else { 4 };
+            for (k, &v) in vals.iter().enumerate() {
+                match (dtype, int8) {
+                    (DType::Q8_0, false) => grp[at + k * panel + c] = v,
+                    (DType::Q8_0, true) => grp[at + (k / 4) * 4 * panel + 4 * c + k % 4] = v ^ 0x80,
+                    (_, false) => grp[at + k * half + c % half] |= v << shift,
+                    (_, true) => {
+                        grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift
+                    }
                 }
             }
         },
@@ -151,8 +192,8 @@ pub fn integer_layout(dtype: DType) -> bool {
 /// (`KILN_GBI_*` in the C header).
 pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
     match dtype {
-        DType::Q8_0 => (8 + GROUP) * panel,
-        DType::Q4_0 => (4 + GROUP / 2) * panel,
+        DType::Q8_0 => (2 + GROUP) * panel,
+        DType::Q4_0 => (2 + GROUP / 2) * panel,
         DType::Q4_K => (8 + GROUP / 2) * panel,
         DType::Q6_K => (6 + 3 * GROUP / 4) * panel,
         other => panic!("{other} has no integer layout"),
@@ -163,8 +204,10 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
 /// Q6_K.
 pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     assert!(integer_layout(dtype), "{dtype} has no integer layout");
-    if dtype == DType::Q6_K {
-        return pack_q6_k_int8(bytes, depth, panel);
+    match dtype {
+        DType::Q6_K => return pack_q6_k_int8(bytes, depth, panel),
+        DType::Q8_0 | DType::Q4_0 => return pack_q8_0_q4_0(bytes, dtype, depth, panel, true),
+        _ => {}
     }
     let half = panel / 2;
     let gb = group_bytes_int8(dtype, panel);
@@ -178,22 +221,11 @@ pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -
         |row, g| sub_block(q, row, g).expect("whole blocks"),
         |grp, c, (scale, min, vals)| {
             grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
-            if dtype == DType::Q8_0 {
-                let sum: i32 = vals.iter().map(|&v| v as i8 as i32).sum();
-                grp[4 * panel + 4 * c..][..4].copy_from_slice(&(-128 * sum).to_le_bytes());
-                for (k, &v) in vals.iter().enumerate() {
-                    grp[8 * panel + (k / 4) * 4 * panel + 4 * c + k % 4] = v;
-                }
-            } else {
-                let mut at = 4 * panel;
-                if dtype == DType::Q4_K {
-                    grp[at + 4 * c..][..4].copy_from_slice(&(-min).to_le_bytes());
-                    at += 4 * panel;
-                }
-                let shift = if c < half { 0 } else { 4 };
-                for (k, &v) in vals.iter().enumerate() {
-                    grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
-                }
+            grp[4 * panel + 4 * c..][..4].copy_from_slice(&(-min).to_le_bytes());
+            let at = 8 * panel;
+            let shift = if c < half { 0 } else { 4 };
+            for (k, &v) in vals.iter().enumerate() {
+                grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
             }
         },
     )
@@ -282,9 +314,15 @@ mod tests {
         let (c, r) = (n % panel, k % GROUP);
         let f = |at: usize| f32::from_le_bytes(g[at..at + 4].try_into().unwrap());
         let scale = f(4 * c);
+        let d = half::f16::from_le_bytes([g[2 * c], g[2 * c + 1]]).to_f32();
         let half = panel / 2;
         match dtype {
-            DType::Q8_0 => (g[4 * panel + r * panel + c] as i8) as f32 * scale,
+            DType::Q8_0 => (g[2 * panel + r * panel + c] as i8) as f32 * d,
+            DType::Q4_0 => {
+                let byte = g[2 * panel + r * half + c % half];
+                let v = if c < half { byte & 15 } else { byte >> 4 };
+                (v as i32 - 8) as f32 * d
+            }
             DType::Q6_K => {
                 let byte = g[8 * panel + r * half + c % half];
                 let low = if c < half { byte & 15 } else { byte >> 4 };
@@ -293,13 +331,61 @@ mod tests {
                 f(4 * ((r / 16) * panel + c)) * ((low | (high << 4)) as i32 - 32) as f32
             }
             _ => {
-                let at = if dtype == DType::Q4_K { 8 } else { 4 } * panel;
-                let byte = g[at + r * half + c % half];
+                let byte = g[8 * panel + r * half + c % half];
                 let v = if c < half { byte & 15 } else { byte >> 4 };
-                if dtype == DType::Q4_0 {
-                    (v as i32 - 8) as f32 * scale
-                } else {
-                    scale * v as f32 - f(4 * panel + 4 * c)
+                scale * v as f32 - f(4 * panel + 4 * c)
+            }
+        }
+    }
+
+    /// Value (n, k) of a Q8_0 or Q4_0 weight read back from the integer layout, as the
+    /// kernels' scalar columns do (`kiln_qiw_at_*` in the C header): `d * q`.
+    fn value_at_int8(p: &[u8], dtype: DType, depth: usize, n: usize, k: usize) -> f32 {
+        let panel = 32;
+        let gb = group_bytes_int8(dtype, panel);
+        let g = &p[(n / panel) * (depth / GROUP) * gb + (k / GROUP) * gb..][..gb];
+        let (c, kk, half) = (n % panel, k % GROUP, panel / 2);
+        let d = half::f16::from_le_bytes([g[2 * c], g[2 * c + 1]]).to_f32();
+        let q = if dtype == DType::Q8_0 {
+            g[2 * panel + (kk / 4) * 4 * panel + 4 * c + kk % 4] as i32 - 128
+        } else {
+            let b = g[2 * panel + (kk / 4) * 2 * panel + 4 * (c % half) + kk % 4];
+            (if c < half { b & 15 } else { b >> 4 }) as i32 - 8
+        };
+        q as f32 * d
+    }
+
+    #[test]
+    fn q8_0_and_q4_0_groups_are_the_files_bytes_and_read_back_exactly() {
+        for dtype in [DType::Q8_0, DType::Q4_0] {
+            let q: QuantType = dtype.quant().unwrap();
+            for panel in [16, 32] {
+                assert_eq!(group_bytes(dtype, panel), panel * q.block_bytes());
+                assert_eq!(group_bytes_int8(dtype, panel), panel * q.block_bytes());
+            }
+            let (depth, rows) = (3 * GROUP, 45);
+            // every Q8_0 value from -128 to 127 (the file may hold -128; ggml writes -127..127)
+            let mut bytes = q.quantize(&vec![0.5f32; rows * depth]).unwrap();
+            for (i, b) in bytes.chunks_mut(q.block_bytes()).enumerate() {
+                b[..2].copy_from_slice(&half::f16::from_f32(0.25 + i as f32 / 64.0).to_le_bytes());
+                for (j, v) in b[2..].iter_mut().enumerate() {
+                    *v = (i * 37 + j * 11) as u8;
+                }
+            }
+            let mut want = vec![0f32; rows * depth];
+            q.dequantize_row(&bytes, &mut want).unwrap();
+            let p = pack_quant_int8(&bytes, dtype, depth, 32);
+            let len = rows.div_ceil(32) * (depth / GROUP) * group_bytes_int8(dtype, 32);
+            // SAFETY: nothing writes the buffer.
+            let got = unsafe { p.bytes(len) };
+            for n in 0..rows {
+                for k in 0..depth {
+                    let v = value_at_int8(got, dtype, depth, n, k);
+                    assert_eq!(
+                        v.to_bits(),
+                        want[n * depth + k].to_bits(),
+                        "{dtype}: ({n}, {k})"
+                    );
                 }
             }
         }

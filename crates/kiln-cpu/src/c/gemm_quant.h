@@ -2,9 +2,10 @@
  *
  * y = x W^T with W a GGML-quantized weight the CPU device repacked once, when it was bound
  * (pack_quant.rs): panels of KILN_NR columns, each K/32 groups of GB bytes; a group holds
- * the columns' f32 scales (Q4_K: then their f32 mins) and 32 rows of quantized values
- * (Q8_0: [32][NR] i8; Q4_0/Q4_K: [32][NR/2] bytes, column c in the low nibble of byte c and
- * column c + NR/2 in the high nibble).
+ * the columns' scales (Q8_0/Q4_0: the blocks' own f16 d, 2 bytes, so a group is exactly as
+ * large as the GGUF blocks it holds; Q4_K: f32 d * sc, then f32 mins) and 32 rows of
+ * quantized values (Q8_0: [32][NR] i8; Q4_0/Q4_K: [32][NR/2] bytes, column c in the low
+ * nibble of byte c and column c + NR/2 in the high nibble).
  *
  * Every weight value is dequantized exactly as ggml does it (Q8_0 q * d; Q4_0 (q - 8) * d;
  * Q4_K d1 * q - m1, the product kept from contracting into an FMA), then the product chains
@@ -12,8 +13,8 @@
  * bit for bit, what the f32 kernels give on the dequantized weight, on every path (GEMV,
  * GEMM, scalar columns), for any thread count.
  */
-#define KILN_GB_Q8_0 (36 * KILN_NR)
-#define KILN_GB_Q4_0 (20 * KILN_NR)
+#define KILN_GB_Q8_0 (34 * KILN_NR)
+#define KILN_GB_Q4_0 (18 * KILN_NR)
 #define KILN_GB_Q4_K (24 * KILN_NR)
 typedef int8_t kiln_vq8 __attribute__((vector_size(KILN_VL)));
 typedef uint8_t kiln_vq4 __attribute__((vector_size(KILN_VL)));
@@ -36,6 +37,21 @@ static inline kiln_vi kiln_ld_i8(const void *p, int zero_extend) {
     kiln_vq8 v; memcpy(&v, p, KILN_VL); return __builtin_convertvector(v, kiln_vi);
 #endif
 }
+/* KILN_VL f16 values widened to f32, exactly (vcvtph2ps: AVX-512F, or F16C with AVX2). */
+static inline kiln_vf kiln_ldhv(const void *p) {
+    kiln_vh h; memcpy(&h, p, sizeof h);
+#if defined(KILN_AVX512)
+    typedef short kiln_v16hi __attribute__((vector_size(32)));
+    return __builtin_ia32_vcvtph2ps512_mask((kiln_v16hi)h, (kiln_vf){0}, (unsigned short)-1, 4);
+#elif defined(__F16C__) && KILN_VL == 8
+    typedef short kiln_v8hi __attribute__((vector_size(16)));
+    return __builtin_ia32_vcvtph2ps256((kiln_v8hi)h);
+#else
+    kiln_vf f;
+    for (int l = 0; l < KILN_VL; ++l) f[l] = kiln_f16_to_f32(h[l]);
+    return f;
+#endif
+}
 #if defined(KILN_SIMD)
 #define KILN_QFMAV KILN_FMAV
 #else
@@ -54,17 +70,15 @@ static inline kiln_vf kiln_qfmav(kiln_vf a, kiln_vf b, kiln_vf c) {
 
 /* Row r (< 32) of group g, columns 0..VL-1 into *lo and VL..NR-1 into *hi. */
 static inline __attribute__((always_inline)) void kiln_deq_q8_0(const uint8_t *restrict g, int64_t r, kiln_vf *lo, kiln_vf *hi) {
-    const kiln_vi a = kiln_ld_i8(g + 4 * KILN_NR + r * KILN_NR, 0);
-    const kiln_vi b = kiln_ld_i8(g + 4 * KILN_NR + r * KILN_NR + KILN_VL, 0);
-    const float *s = (const float *)(const void *)g;
-    *lo = __builtin_convertvector(a, kiln_vf) * kiln_ldv(s);
-    *hi = __builtin_convertvector(b, kiln_vf) * kiln_ldv(s + KILN_VL);
+    const kiln_vi a = kiln_ld_i8(g + 2 * KILN_NR + r * KILN_NR, 0);
+    const kiln_vi b = kiln_ld_i8(g + 2 * KILN_NR + r * KILN_NR + KILN_VL, 0);
+    *lo = __builtin_convertvector(a, kiln_vf) * kiln_ldhv(g);
+    *hi = __builtin_convertvector(b, kiln_vf) * kiln_ldhv(g + 2 * KILN_VL);
 }
 static inline __attribute__((always_inline)) void kiln_deq_q4_0(const uint8_t *restrict g, int64_t r, kiln_vf *lo, kiln_vf *hi) {
-    const kiln_vi w = kiln_ld_i8(g + 4 * KILN_NR + r * (KILN_NR / 2), 1);
-    const float *s = (const float *)(const void *)g;
-    *lo = __builtin_convertvector((w & 15) - 8, kiln_vf) * kiln_ldv(s);
-    *hi = __builtin_convertvector((w >> 4) - 8, kiln_vf) * kiln_ldv(s + KILN_VL);
+    const kiln_vi w = kiln_ld_i8(g + 2 * KILN_NR + r * (KILN_NR / 2), 1);
+    *lo = __builtin_convertvector((w & 15) - 8, kiln_vf) * kiln_ldhv(g);
+    *hi = __builtin_convertvector((w >> 4) - 8, kiln_vf) * kiln_ldhv(g + 2 * KILN_VL);
 }
 static inline __attribute__((always_inline)) void kiln_deq_q4_k(const uint8_t *restrict g, int64_t r, kiln_vf *lo, kiln_vf *hi) {
     const kiln_vi w = kiln_ld_i8(g + 8 * KILN_NR + r * (KILN_NR / 2), 1);
@@ -80,8 +94,7 @@ static inline __attribute__((always_inline)) void kiln_deq_q4_k(const uint8_t *r
 static inline float kiln_qat_q8_0(const uint8_t *wp, int64_t K, int64_t n, int64_t k) {
     const uint8_t *g = wp + ((n / KILN_NR) * (K / 32) + k / 32) * KILN_GB_Q8_0;
     const int64_t c = n % KILN_NR;
-    float s; memcpy(&s, g + 4 * c, 4);
-    return (float)(int8_t)g[4 * KILN_NR + (k % 32) * KILN_NR + c] * s;
+    return (float)(int8_t)g[2 * KILN_NR + (k % 32) * KILN_NR + c] * kiln_f16_at(g + 2 * c);
 }
 static inline uint8_t kiln_qnib(const uint8_t *q, int64_t r, int64_t c) {
     const uint8_t b = q[r * (KILN_NR / 2) + c % (KILN_NR / 2)];
@@ -90,8 +103,7 @@ static inline uint8_t kiln_qnib(const uint8_t *q, int64_t r, int64_t c) {
 static inline float kiln_qat_q4_0(const uint8_t *wp, int64_t K, int64_t n, int64_t k) {
     const uint8_t *g = wp + ((n / KILN_NR) * (K / 32) + k / 32) * KILN_GB_Q4_0;
     const int64_t c = n % KILN_NR;
-    float s; memcpy(&s, g + 4 * c, 4);
-    return (float)((int)kiln_qnib(g + 4 * KILN_NR, k % 32, c) - 8) * s;
+    return (float)((int)kiln_qnib(g + 2 * KILN_NR, k % 32, c) - 8) * kiln_f16_at(g + 2 * c);
 }
 static inline float kiln_qat_q4_k(const uint8_t *wp, int64_t K, int64_t n, int64_t k) {
     const uint8_t *g = wp + ((n / KILN_NR) * (K / 32) + k / 32) * KILN_GB_Q4_K;
@@ -210,27 +222,30 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
  *     y[i][n] = 0;  for each block b in order:  y = fmaf((float)dot_b, sw[n][b] * sa[i][b], y)
  * — the same sequence on every path (GEMM micro-kernel, GEMV, scalar columns), so results do
  * not depend on the thread count and a decode row equals the same row of a prefill.
- * vpdpbusd multiplies unsigned by signed bytes: Q4_0's nibbles q (0..15) are the unsigned
- * operand and the dot starts at -8 * sum(a) (sum_j (q_j - 8) a_j); Q8_0's activations are
- * stored offset to a + 128 (unsigned) and the dot starts at -128 * sum(w), which the packer
- * stores per column and block. Q4_K's sub-block is d1 * q - m1 with q in 0..15: the dot
- * sum(q * a) starts at 0 and the block adds, after the scaled dot, a second FMA
+ * vpdpbusd multiplies unsigned weights by signed activations: Q4_0's nibbles q (0..15) are
+ * the unsigned operand and the dot starts at -8 * sum(a) (sum_j (q_j - 8) a_j); Q8_0's values
+ * are stored offset to q + 128 (0..255) and the dot starts at -128 * sum(a) — both per row
+ * and block, with the activations' quantization, so the panel holds no per-column term.
+ * Neither overflows: vpdpbusd sums its four u8 x s8 products in 32 bits without saturating
+ * (|255 * 127| * 32 < 2^21), and the result is exactly sum(q * a). Q4_K's sub-block is
+ * d1 * q - m1 with q in 0..15: the dot sum(q * a) starts at 0 and the block adds, after the
+ * scaled dot, a second FMA
  *     y = fmaf(-m1[n][b], sa[i][b] * sum(a), y)     (sa * sum(a) rounded once, per row/block).
  * Panels (pack_quant.rs, "integer layout"), per 32-value group:
- *   Q8_0: f32 scale[NR] | i32 -128*sum(w)[NR] | 8 quads x [NR][4] i8   (40 NR bytes)
- *   Q4_0: f32 scale[NR] | 8 quads x [NR/2][4] bytes, column c in the low nibble and column
- *         c + NR/2 in the high nibble of byte (c, j)                   (20 NR bytes)
+ *   Q8_0: f16 d[NR] | 8 quads x [NR][4] bytes q + 128                  (34 NR bytes: GGUF's)
+ *   Q4_0: f16 d[NR] | 8 quads x [NR/2][4] bytes, column c in the low nibble and column
+ *         c + NR/2 in the high nibble of byte (c, j)                   (18 NR bytes: GGUF's)
  *   Q4_K: f32 d1[NR] | f32 -m1[NR] | nibbles as Q4_0                   (24 NR bytes)
  * where quad q holds values k = 4q..4q+3 of the group: one 64-byte load is 16 columns x 4 k,
  * the layout of a vpdpbusd operand. The quantized activations of a launch's rows (the
  * worker's abuf) are strips of SR rows (KILN_QMR for the micro-kernel, tm <= 4 for the
  * GEMV), per block (40 SR bytes): i32 [8][SR] (row i's values 4q..4q+3), f32 scale[SR], and
- * per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32), Q8_0 0, Q4_K the f32 sa * sum,
+ * per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32), Q8_0 -128 * sum, Q4_K the f32 sa * sum,
  * Q6_K the sums of the block's two 16-value halves (two i16). */
 #if defined(KILN_QINT8)
 #define KILN_QMR 6
-#define KILN_GBI_Q8_0 (40 * KILN_NR)
-#define KILN_GBI_Q4_0 (20 * KILN_NR)
+#define KILN_GBI_Q8_0 (34 * KILN_NR)
+#define KILN_GBI_Q4_0 (18 * KILN_NR)
 #define KILN_GBI_Q4_K (24 * KILN_NR)
 #define KILN_QA_BLOCK (40 * KILN_QMR)
 typedef int kiln_v16si __attribute__((vector_size(64)));
@@ -246,13 +261,11 @@ static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) {
 }
 
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (rows past tm up to the strip's
- * end: zeros), for weights of `kind` (0 Q8_0: values stored as a + 128; 1 Q4_0; 2 Q4_K; 3 Q6_K,
- * gemm_q6k.h). The
+ * end: zeros), for weights of `kind` (0 Q8_0; 1 Q4_0; 2 Q4_K; 3 Q6_K, gemm_q6k.h). The
  * micro-kernel reads strips of KILN_QMR rows; the GEMV (tm <= 4) one strip of tm rows, so a
  * decode row's block is 40 contiguous bytes (a 6-row strip spread its 40 over four lines). */
 static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
                                  int kind, int64_t sr, uint8_t *restrict qa) {
-    const uint8_t flip = kind == 0 ? 0x80 : 0;
     const int64_t G = K / 32, rows = (tm + sr - 1) / sr * sr, qb = 40 * sr;
     for (int64_t i = 0; i < rows; ++i) {
         uint8_t *strip = qa + (i / sr) * G * qb;
@@ -292,16 +305,11 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
                 sum0 = qs[0];
                 sum1 = qs[8];
             }
-            const uint32_t flip4 = 0x01010101u * flip;
-            for (int qd = 0; qd < 8; ++qd) {
-                uint32_t word;
-                memcpy(&word, q + 4 * qd, 4);
-                word ^= flip4;
-                memcpy(blk + (qd * sr + s) * 4, &word, 4);
-            }
+            for (int qd = 0; qd < 8; ++qd) memcpy(blk + (qd * sr + s) * 4, q + 4 * qd, 4);
             const int32_t sum = sum0 + sum1;
             /* kind 3 (Q6_K): the halves' sums (|s| <= 16 * 128) as two i16 */
-            const int32_t bias = kind == 1 ? -8 * sum : kind == 3 ? (int32_t)((uint32_t)(uint16_t)sum0 | (uint32_t)sum1 << 16) : 0;
+            const int32_t bias = kind == 0 ? -128 * sum : kind == 1 ? -8 * sum
+                               : kind == 3 ? (int32_t)((uint32_t)(uint16_t)sum0 | (uint32_t)sum1 << 16) : 0;
             const float msum = d * (float)sum;
             memcpy(blk + 32 * sr + 4 * s, &d, 4);
             if (kind == 2) memcpy(blk + 36 * sr + 4 * s, &msum, 4);
@@ -312,24 +320,31 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
 
 /* Quad qd of a group's weights: columns 0..15 into *w0, 16..31 into *w1, as vpdpbusd operands. */
 static inline __attribute__((always_inline)) void kiln_qiw_q8_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
-    *w0 = kiln_ldvi(g + 8 * KILN_NR + qd * 4 * KILN_NR);
-    *w1 = kiln_ldvi(g + 8 * KILN_NR + qd * 4 * KILN_NR + 64);
+    *w0 = kiln_ldvi(g + 2 * KILN_NR + qd * 4 * KILN_NR);
+    *w1 = kiln_ldvi(g + 2 * KILN_NR + qd * 4 * KILN_NR + 64);
 }
-static inline __attribute__((always_inline)) void kiln_qiw_q4_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
-    kiln_vu v = (kiln_vu)kiln_ldvi(g + 4 * KILN_NR + qd * 2 * KILN_NR);
+/* The nibble plane `nib` (Q4_0's and Q4_K's): quad qd, both column halves. */
+static inline __attribute__((always_inline)) void kiln_qiw_nib(const uint8_t *restrict nib, int qd, kiln_vi *w0, kiln_vi *w1) {
+    kiln_vu v = (kiln_vu)kiln_ldvi(nib + qd * 2 * KILN_NR);
     KILN_IN_REG(v); /* one load for both nibbles (GCC would fold it into the and and the shift) */
     *w0 = (kiln_vi)(v & 0x0F0F0F0Fu);
     *w1 = (kiln_vi)((v >> 4) & 0x0F0F0F0Fu);
 }
+static inline __attribute__((always_inline)) void kiln_qiw_q4_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
+    kiln_qiw_nib(g + 2 * KILN_NR, qd, w0, w1);
+}
 static inline __attribute__((always_inline)) void kiln_qiw_q4_k(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
-    kiln_qiw_q4_0(g + 4 * KILN_NR, qd, w0, w1);
+    kiln_qiw_nib(g + 8 * KILN_NR, qd, w0, w1);
+}
+/* The f32 scales of a group's columns 0..VL-1 (*s0) and VL..NR-1 (*s1): Q8_0's and Q4_0's
+ * (kind 0, 1) widened from the f16 d, the other kinds' f32. */
+static inline __attribute__((always_inline)) void kiln_qi_scales(int kind, const uint8_t *restrict g, kiln_vf *s0, kiln_vf *s1) {
+    if (kind <= 1) { *s0 = kiln_ldhv(g); *s1 = kiln_ldhv(g + 2 * KILN_VL); }
+    else { *s0 = kiln_ldv((const float *)(const void *)g); *s1 = kiln_ldv((const float *)(const void *)g + KILN_VL); }
 }
 /* One quad of row x (4 activation bytes, broadcast) into a row's two int accumulators. */
-#define KILN_QI_DOT(Q8, ia, x, w0, w1)                                                             \
-    do {                                                                                           \
-        if (Q8) { ia[0] = kiln_dpbusd(ia[0], x, w0); ia[1] = kiln_dpbusd(ia[1], x, w1); }         \
-        else { ia[0] = kiln_dpbusd(ia[0], w0, x); ia[1] = kiln_dpbusd(ia[1], w1, x); }            \
-    } while (0)
+#define KILN_QI_DOT(ia, x, w0, w1)                                                                 \
+    do { ia[0] = kiln_dpbusd(ia[0], w0, x); ia[1] = kiln_dpbusd(ia[1], w1, x); } while (0)
 
 /* Micro-kernel: rows of one activation strip (QMR) x one panel (NR columns), blocks 0..nb-1
  * from qa and wg (both at their first block), into c (row stride ldc), (+)= as load_c says. */
@@ -344,24 +359,19 @@ static inline __attribute__((always_inline)) void NAME(int64_t nb, const uint8_t
     for (int64_t b = 0; b < nb; ++b, qa += KILN_QA_BLOCK, wg += (GB)) {                            \
         const int32_t *aq = (const int32_t *)(const void *)qa;                                     \
         kiln_vi ia[KILN_QMR][2];                                                                   \
-        if ((KIND) == 0) {                                                                         \
-            const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
-            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) { ia[i][0] = b0; ia[i][1] = b1; } \
-        } else {                                                                                   \
-            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                             \
-                ia[i][0] = ia[i][1] = kiln_splati((KIND) == 1 ? aq[9 * KILN_QMR + i] : 0);         \
-        }                                                                                          \
+        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                                 \
+            ia[i][0] = ia[i][1] = kiln_splati((KIND) <= 1 ? aq[9 * KILN_QMR + i] : 0);             \
         _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                                   \
             kiln_vi w0, w1;                                                                        \
             LOADW(wg, qd, &w0, &w1);                                                               \
             KILN_IN_REG(w0); KILN_IN_REG(w1);                                                      \
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                           \
                 const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + i]);                              \
-                KILN_QI_DOT((KIND) == 0, ia[i], x, w0, w1);                                        \
+                KILN_QI_DOT(ia[i], x, w0, w1);                                                     \
             }                                                                                      \
         }                                                                                          \
-        const kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                              \
-        const kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                    \
+        kiln_vf s0, s1;                                                                            \
+        kiln_qi_scales((KIND), wg, &s0, &s1);                                                      \
         const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);                       \
         _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                               \
             const kiln_vf sc = kiln_splatv(sa[i]);                                                 \
@@ -410,20 +420,15 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
         /* the group's scales (and Q4_K's mins) loaded first, in register: the group's lines    \
          * are then asked for in address order (loaded where used, at the group's end, Q4_K     \
          * streamed at 0.66-0.74 of the read in scripts/bench-qgemv.sh, 0.87-1.03 so) */        \
-        kiln_vf s0 = kiln_ldv((const float *)(const void *)wg);                                    \
-        kiln_vf s1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);                          \
+        kiln_vf s0, s1;                                                                            \
+        kiln_qi_scales((KIND), wg, &s0, &s1);                                                      \
         kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + ((KIND) == 2 ? KILN_NR : 0));      \
         kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + ((KIND) == 2 ? KILN_NR : 0) + KILN_VL); \
         KILN_IN_REG(s0); KILN_IN_REG(s1);                                                          \
         if ((KIND) == 2) { KILN_IN_REG(n0); KILN_IN_REG(n1); }                                     \
         kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2]; /* the dot's chains: quads qd % CH */       \
-        if ((KIND) == 0) {                                                                         \
-            const kiln_vi b0 = kiln_ldvi(wg + 4 * KILN_NR), b1 = kiln_ldvi(wg + 4 * KILN_NR + 64); \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) { ia[r][0] = b0; ia[r][1] = b1; } \
-        } else {                                                                                   \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                    \
-                ia[r][0] = ia[r][1] = kiln_splati((KIND) == 1 ? aq[9 * R + r] : 0);                \
-        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                        \
+            ia[r][0] = ia[r][1] = kiln_splati((KIND) <= 1 ? aq[9 * R + r] : 0);                    \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                        \
             ib[r][0] = ib[r][1] = ic[r][0] = ic[r][1] = id[r][0] = id[r][1] = (kiln_vi){0};        \
         _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                                   \
@@ -431,10 +436,10 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
             LOADW(wg, qd, &w0, &w1);                                                               \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
                 const kiln_vi x = kiln_splati(aq[qd * R + r]);                                    \
-                if (qd % CH == 0) KILN_QI_DOT((KIND) == 0, ia[r], x, w0, w1);                      \
-                else if (qd % CH == 1) KILN_QI_DOT((KIND) == 0, ib[r], x, w0, w1);                 \
-                else if (qd % CH == 2) KILN_QI_DOT((KIND) == 0, ic[r], x, w0, w1);                 \
-                else KILN_QI_DOT((KIND) == 0, id[r], x, w0, w1);                                   \
+                if (qd % CH == 0) KILN_QI_DOT(ia[r], x, w0, w1);                                   \
+                else if (qd % CH == 1) KILN_QI_DOT(ib[r], x, w0, w1);                              \
+                else if (qd % CH == 2) KILN_QI_DOT(ic[r], x, w0, w1);                              \
+                else KILN_QI_DOT(id[r], x, w0, w1);                                                \
             }                                                                                      \
         }                                                                                          \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                      \
@@ -461,15 +466,19 @@ KILN_QI_GEMV(kiln_qi_gemv_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
 
 /* Weight value (n, k) and activation (i, k) as integers, for the scalar columns. */
 static inline int32_t kiln_qiw_at_q8_0(const uint8_t *g, int64_t c, int64_t kk) {
-    return (int8_t)g[8 * KILN_NR + (kk / 4) * 4 * KILN_NR + c * 4 + kk % 4];
+    return (int32_t)g[2 * KILN_NR + (kk / 4) * 4 * KILN_NR + c * 4 + kk % 4] - 128;
+}
+/* The nibble (0..15) of column c, value kk of a nibble plane (Q4_0's, Q4_K's). */
+static inline int32_t kiln_qiw_at_nib(const uint8_t *nib, int64_t c, int64_t kk) {
+    const uint8_t b = nib[(kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
+    return c < KILN_NR / 2 ? (b & 15) : (b >> 4);
 }
 static inline int32_t kiln_qiw_at_q4_0(const uint8_t *g, int64_t c, int64_t kk) {
-    const uint8_t b = g[4 * KILN_NR + (kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
-    return (int32_t)(c < KILN_NR / 2 ? (b & 15) : (b >> 4)) - 8;
+    return kiln_qiw_at_nib(g + 2 * KILN_NR, c, kk) - 8;
 }
 
 static inline int32_t kiln_qiw_at_q4_k(const uint8_t *g, int64_t c, int64_t kk) {
-    return kiln_qiw_at_q4_0(g + 4 * KILN_NR, c, kk) + 8;
+    return kiln_qiw_at_nib(g + 8 * KILN_NR, c, kk);
 }
 
 /* The product tile (as kiln_packed_tile_*): the rows quantized once per launch and worker,
@@ -498,10 +507,11 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
                     int32_t dot = 0;                                                               \
                     for (int64_t kk = 0; kk < 32; ++kk) {                                          \
                         const uint8_t av = blk[((kk / 4) * SR + i % SR) * 4 + kk % 4];             \
-                        dot += ((KIND) == 0 ? (int32_t)av - 128 : (int32_t)(int8_t)av) * WAT(g, c, kk); \
+                        dot += (int32_t)(int8_t)av * WAT(g, c, kk);                                \
                     }                                                                              \
                     float sw, sa;                                                                  \
-                    memcpy(&sw, g + 4 * c, 4);                                                     \
+                    if ((KIND) <= 1) sw = kiln_f16_at(g + 2 * c);                                  \
+                    else memcpy(&sw, g + 4 * c, 4);                                                \
                     memcpy(&sa, blk + 32 * SR + 4 * (i % SR), 4);                                  \
                     acc = fmaf((float)dot, sw * sa, acc);                                          \
                     if ((KIND) == 2) {                                                             \
