@@ -136,6 +136,14 @@ pub trait Backend: Sync {
         DEFAULT_INVOCATION_OVERHEAD
     }
 
+    /// Whether [`Backend::compile`] runs inside this process, on this machine's cores (NVRTC),
+    /// rather than as a compiler process that may run elsewhere (cc through distcc). Then no
+    /// more invocations than the machine has cores run at once, whatever `--threads` says:
+    /// more would only time-slice the same cores while each holds its memory.
+    fn compiles_on_local_cores(&self) -> bool {
+        false
+    }
+
     /// Expected peak memory of one compiler invocation (bytes), for the in-flight budget.
     fn compile_memory_estimate(&self) -> u64 {
         128 << 20
