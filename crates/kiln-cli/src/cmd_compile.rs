@@ -30,8 +30,8 @@ pub struct CompileArgs {
     #[arg(long)]
     pub no_fusion: bool,
     /// Limit the memory of compiler invocations in flight, in MB: at most MB / (the backend's
-    /// estimate of one invocation) run at once, whatever --threads is [default: half of the
-    /// memory available].
+    /// estimate of one invocation) run at once, whatever --threads is; NVRTC, which compiles
+    /// inside kiln, also at most one per core [default: half of the memory available].
     #[arg(long, value_name = "MB", value_parser = crate::bounds::memory_mb)]
     pub memory_budget_mb: Option<u64>,
     /// Print exactly one JSON object (the compile report) on stdout.

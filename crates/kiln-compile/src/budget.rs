@@ -2,7 +2,8 @@
 //! holds at the backend's estimate of one invocation's peak
 //! ([`Backend::compile_memory_estimate`](kiln_program::Backend)), at least one. Workers beyond
 //! that wait for a free slot, so a high `--threads` (on more cores, or with distcc) cannot hold
-//! more compilers in memory than the budget allows.
+//! more compilers in memory than the budget allows. A compiler that runs inside the process
+//! (NVRTC) is also held to one invocation per core ([`local_cores`]).
 
 /// Without a budget given, the compilers in flight may use this share (1/2) of the memory
 /// available when the compile starts: the rest stays for the program being compiled (weights,
@@ -26,6 +27,13 @@ pub fn available_memory_bytes() -> Option<u64> {
 /// available memory; None (no limit) where neither is known.
 pub fn memory_budget(given: Option<u64>) -> Option<u64> {
     given.or_else(|| available_memory_bytes().map(|b| b / DEFAULT_SHARE_DIVISOR))
+}
+
+/// The cores this process may run on (at least one): the most invocations of a compiler that
+/// runs inside the process ([`Backend::compiles_on_local_cores`](kiln_program::Backend)) that
+/// are in flight at once.
+pub fn local_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The most invocations in flight under `budget` at `per_invocation` bytes each (at least

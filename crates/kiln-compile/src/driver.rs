@@ -98,7 +98,11 @@ fn pipeline<B: Backend>(
     check_interrupt().map_err(&mut give_up)?;
     let store = Store::new(opts);
     let memory_budget = budget::memory_budget(opts.memory_budget);
-    let max_in_flight = budget::in_flight_limit(memory_budget, backend.compile_memory_estimate());
+    let mut max_in_flight =
+        budget::in_flight_limit(memory_budget, backend.compile_memory_estimate());
+    if backend.compiles_on_local_cores() {
+        max_in_flight = max_in_flight.min(budget::local_cores());
+    }
     let mut cx = Context {
         backend,
         opts,

@@ -66,7 +66,7 @@ pub struct CompileReport {
     pub parallel_efficiency: f64,
     pub peak_rss_mb: f64,
     /// The memory budget of compilers in flight (MB; None: unknown, no limit) and how many
-    /// invocations it let run at once.
+    /// invocations it (and, for a compiler inside the process, the cores) let run at once.
     pub memory_budget_mb: Option<u64>,
     pub max_compilers_in_flight: usize,
     /// See [`artifact_digest`]: equal across thread counts and cache states. For a shard,

@@ -20,33 +20,38 @@ pub struct Job {
 
 /// Fixed cost of one invocation, in the same unit as a kernel's estimate (source bytes): a C
 /// compiler process start and its headers cost about what a few kilobytes of kernel source do.
-pub const INVOCATION_OVERHEAD: u64 = 4096;
+/// The default of [`Backend::invocation_overhead`], which the schedule uses.
+pub const INVOCATION_OVERHEAD: u64 = kiln_program::DEFAULT_INVOCATION_OVERHEAD;
 
 /// The largest share of the program's estimated cost one unit should hold: 1/32, so that 32
 /// workers each have a unit to compile.
 pub const UNIT_SHARE: u64 = 32;
 
-/// The batch target is never below this: a batch whose kernels cost less than one more
-/// invocation would only be slower apart (each part paying the invocation again), so small
-/// programs keep their batches even where they exceed 1/[`UNIT_SHARE`] of the total.
-pub const MIN_BATCH_TARGET: u64 = 2 * INVOCATION_OVERHEAD;
+/// The batch target is never below this many invocations' `overhead`: a batch whose kernels
+/// cost less than one more invocation would only be slower apart (each part paying the
+/// invocation again), so small programs keep their batches even where they exceed
+/// 1/[`UNIT_SHARE`] of the total.
+pub const MIN_BATCH_INVOCATIONS: u64 = 2;
 
-/// The estimated cost a batch of small kernels is packed up to: the largest single kernel (so
-/// batching never lengthens the critical path), lowered to 1/[`UNIT_SHARE`] of the whole
-/// program where that is larger than [`MIN_BATCH_TARGET`] (so no unit holds more than its
-/// share of the work unless one kernel alone does).
-pub fn batch_target(estimates: &[u64]) -> u64 {
-    let largest = estimates.iter().copied().max().unwrap_or(0) + INVOCATION_OVERHEAD;
-    let total = estimates.iter().sum::<u64>() + INVOCATION_OVERHEAD;
-    largest.min((total / UNIT_SHARE).max(MIN_BATCH_TARGET))
+/// The estimated cost a batch of small kernels is packed up to, for a compiler whose
+/// invocation costs `overhead`: the largest single kernel (so batching never lengthens the
+/// critical path), lowered to 1/[`UNIT_SHARE`] of the whole program where that is larger than
+/// [`MIN_BATCH_INVOCATIONS`] invocations (so no unit holds more than its share of the work
+/// unless one kernel alone does).
+pub fn batch_target(estimates: &[u64], overhead: u64) -> u64 {
+    let largest = estimates.iter().copied().max().unwrap_or(0) + overhead;
+    let total = estimates.iter().sum::<u64>() + overhead;
+    largest.min((total / UNIT_SHARE).max(MIN_BATCH_INVOCATIONS * overhead))
 }
 
-/// Builds the jobs for kernels with the given cost estimates (and names, for stable ties).
+/// Builds the jobs for kernels with the given cost estimates (and names, for stable ties), for a
+/// compiler whose invocation costs `overhead` ([`Backend::invocation_overhead`]).
 ///
 /// Kernels at least as costly as the [`batch_target`] compile alone; smaller ones are packed
 /// (largest first) into batches up to the target, so that small kernels stop paying the
-/// per-invocation overhead each. The plan is a function of the estimates and names only.
-pub fn plan(estimates: &[u64], names: &[String], batching: bool) -> Vec<Job> {
+/// per-invocation overhead each. The plan is a function of the estimates, names and overhead
+/// only.
+pub fn plan(estimates: &[u64], names: &[String], batching: bool, overhead: u64) -> Vec<Job> {
     let mut order: Vec<usize> = (0..estimates.len()).collect();
     order.sort_by(|&a, &b| {
         estimates[b]
@@ -59,11 +64,11 @@ pub fn plan(estimates: &[u64], names: &[String], batching: bool) -> Vec<Job> {
             .iter()
             .map(|&k| Job {
                 kernels: vec![k],
-                estimate: estimates[k] + INVOCATION_OVERHEAD,
+                estimate: estimates[k] + overhead,
             })
             .collect();
     } else {
-        let target = batch_target(estimates);
+        let target = batch_target(estimates, overhead);
         let mut open: Option<Job> = None;
         for &k in &order {
             let cost = estimates[k];
@@ -78,7 +83,7 @@ pub fn plan(estimates: &[u64], names: &[String], batching: bool) -> Vec<Job> {
                     }
                     open = Some(Job {
                         kernels: vec![k],
-                        estimate: cost + INVOCATION_OVERHEAD,
+                        estimate: cost + overhead,
                     });
                 }
             }
@@ -103,10 +108,16 @@ pub fn units<B: Backend>(cx: &Context<B>) -> Vec<Unit> {
     let names: Vec<String> = cx.sources.iter().map(|s| s.name.clone()).collect();
     let estimates: Vec<u64> = cx.sources.iter().map(|s| s.source.len() as u64).collect();
     // Without dedupe, equal kernels have equal names and cannot share a unit.
-    let kernel_jobs = plan(&estimates, &names, cx.opts.batching && cx.opts.dedupe);
+    let overhead = cx.backend.invocation_overhead();
+    let kernel_jobs = plan(
+        &estimates,
+        &names,
+        cx.opts.batching && cx.opts.dedupe,
+        overhead,
+    );
     let runtime_jobs = cx.runtime.iter().enumerate().map(|(i, part)| Job {
         kernels: vec![i],
-        estimate: part.source.len() as u64 + INVOCATION_OVERHEAD,
+        estimate: part.source.len() as u64 + overhead,
     });
     let runtime_units = cx.runtime.len();
     let jobs: Vec<Job> = runtime_jobs.chain(kernel_jobs).collect();
@@ -187,7 +198,7 @@ mod tests {
     #[test]
     fn batches_small_kernels_up_to_the_largest() {
         let est = [10_000, 1_000, 1_000, 1_000, 1_000, 9_000];
-        let jobs = plan(&est, &names(6), true);
+        let jobs = plan(&est, &names(6), true, INVOCATION_OVERHEAD);
         // every kernel exactly once
         let mut all: Vec<usize> = jobs.iter().flat_map(|j| j.kernels.clone()).collect();
         all.sort();
@@ -207,10 +218,11 @@ mod tests {
         // every batch stays within it.
         let mut est = vec![2_000; 300];
         est.push(60_000);
-        let jobs = plan(&est, &names(301), true);
+        let jobs = plan(&est, &names(301), true, INVOCATION_OVERHEAD);
         let total = est.iter().sum::<u64>() + INVOCATION_OVERHEAD;
         let share = total / UNIT_SHARE;
-        assert!(share > MIN_BATCH_TARGET && share < 60_000 + INVOCATION_OVERHEAD);
+        let min_target = MIN_BATCH_INVOCATIONS * INVOCATION_OVERHEAD;
+        assert!(share > min_target && share < 60_000 + INVOCATION_OVERHEAD);
         for j in &jobs {
             assert!(j.estimate <= share || j.kernels == vec![300], "{j:?}");
         }
@@ -221,7 +233,7 @@ mod tests {
         rev_est.reverse();
         let mut rev_names = names(301);
         rev_names.reverse();
-        let rev = plan(&rev_est, &rev_names, true);
+        let rev = plan(&rev_est, &rev_names, true, INVOCATION_OVERHEAD);
         let partition = |jobs: &[Job], names: &[String]| -> Vec<Vec<String>> {
             jobs.iter()
                 .map(|j| j.kernels.iter().map(|&k| names[k].clone()).collect())
@@ -234,13 +246,42 @@ mod tests {
     fn small_programs_keep_their_batches() {
         // 1/32 of this program is far below one invocation's overhead: the batches stay.
         let est = [3_000, 600, 600, 600, 600, 600, 600];
-        assert_eq!(batch_target(&est), 3_000 + INVOCATION_OVERHEAD);
-        assert!(plan(&est, &names(7), true).len() <= 3);
+        assert_eq!(
+            batch_target(&est, INVOCATION_OVERHEAD),
+            3_000 + INVOCATION_OVERHEAD
+        );
+        assert!(plan(&est, &names(7), true, INVOCATION_OVERHEAD).len() <= 3);
+    }
+
+    #[test]
+    fn a_cheaper_invocation_packs_smaller_batches() {
+        // kiln-cuda's NVRTC program costs half a C compiler's invocation: its batches of small
+        // kernels must not outgrow the longest single kernel in time, so it packs less into
+        // each (more units), and no batch is longer than with the C compiler's overhead.
+        let est = [
+            3_400, 3_100, 2_700, 2_600, 1_200, 1_170, 640, 550, 480, 450, 450, 430, 420,
+        ];
+        let cheap = plan(&est, &names(13), true, INVOCATION_OVERHEAD / 2);
+        let dear = plan(&est, &names(13), true, INVOCATION_OVERHEAD);
+        assert!(cheap.len() > dear.len(), "{cheap:?} vs {dear:?}");
+        let largest_batch = |jobs: &[Job], overhead: u64| {
+            jobs.iter()
+                .filter(|j| j.kernels.len() > 1)
+                .map(|j| j.estimate - overhead)
+                .max()
+                .unwrap_or(0)
+        };
+        assert!(
+            largest_batch(&cheap, INVOCATION_OVERHEAD / 2)
+                < largest_batch(&dear, INVOCATION_OVERHEAD)
+        );
+        // still batched
+        assert!(cheap.len() < est.len());
     }
 
     #[test]
     fn no_batching_means_one_job_per_kernel() {
-        let jobs = plan(&[5, 7, 3], &names(3), false);
+        let jobs = plan(&[5, 7, 3], &names(3), false, INVOCATION_OVERHEAD);
         assert_eq!(jobs.len(), 3);
         assert_eq!(jobs[0].kernels, vec![1]);
     }

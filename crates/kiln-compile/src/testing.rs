@@ -53,6 +53,12 @@ impl<B: Backend> Backend for Faulty<B> {
     fn source_extension(&self) -> &'static str {
         self.inner.source_extension()
     }
+    fn invocation_overhead(&self) -> u64 {
+        self.inner.invocation_overhead()
+    }
+    fn compiles_on_local_cores(&self) -> bool {
+        self.inner.compiles_on_local_cores()
+    }
     fn compile_memory_estimate(&self) -> u64 {
         self.inner.compile_memory_estimate()
     }

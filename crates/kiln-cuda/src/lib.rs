@@ -174,9 +174,27 @@ impl Backend for CudaBackend {
         "cu"
     }
 
+    /// Half a C compiler's: an NVRTC program's fixed cost (the builtin header, linking
+    /// libdevice, ptxas's setup) is ~20 ms against cc's ~45 ms (an empty kernel with the
+    /// prelude, NVRTC 13.0, sm_90, Zen 4). With the C compiler's overhead, batches of small
+    /// kernels grew longer than the longest single kernel and set the critical path (issue 27).
+    fn invocation_overhead(&self) -> u64 {
+        kiln_program::DEFAULT_INVOCATION_OVERHEAD / 2
+    }
+
+    /// NVRTC compiles on the calling thread: more programs at once than cores only share the
+    /// cores, each holding its memory (issue 27).
+    fn compiles_on_local_cores(&self) -> bool {
+        true
+    }
+
+    /// Measured (issue 27, NVRTC 13.0, sm_90): kiln's peak RSS grows by 8-12 MB per NVRTC
+    /// program in flight for qwen3-0.6b and qwen3-8b (`--threads 16`, budgets admitting 1, 2,
+    /// 4, 8 and 12 programs); 32 MB leaves room for larger units, and a small
+    /// `--memory-budget-mb` no longer holds a many-core machine to a few programs (at 512 MB,
+    /// 1 GB admitted 2).
     fn compile_memory_estimate(&self) -> u64 {
-        // An NVRTC program peaks at a few hundred MB for large translation units.
-        512 << 20
+        32 << 20
     }
 }
 

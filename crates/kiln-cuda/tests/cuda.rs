@@ -20,17 +20,22 @@ fn qwen3_preset_compiles_to_cubin_deterministically() {
     for arch in ["sm_90", "sm_80"] {
         let backend = CudaBackend::compile_only(arch).unwrap();
         let mut digests = Vec::new();
-        for threads in [1, 2] {
+        // NVRTC compiles inside kiln: never more programs at once than cores, whatever the
+        // threads (with a memory budget that holds them all).
+        let cores = std::thread::available_parallelism().unwrap().get();
+        for threads in [1, 2, 16] {
             let c = compile(
                 &graph,
                 &backend,
                 &CompileOptions {
                     threads,
+                    memory_budget: Some(1 << 40),
                     ..Default::default()
                 },
             )
             .unwrap_or_else(|e| panic!("{arch}, {threads} threads: {e}"));
             assert_eq!(c.report.compiled, c.report.kernels_unique);
+            assert_eq!(c.report.max_compilers_in_flight, threads.min(cores));
             for m in &c.loaded.modules {
                 let CudaModule::Cubin(bytes) = m else {
                     panic!("compile-only loads nothing")
@@ -39,9 +44,9 @@ fn qwen3_preset_compiles_to_cubin_deterministically() {
             }
             digests.push(c.report.artifact_digest);
         }
-        assert_eq!(
-            digests[0], digests[1],
-            "{arch}: same CUBINs for 1 and 2 threads"
+        assert!(
+            digests.iter().all(|d| *d == digests[0]),
+            "{arch}: same CUBINs for 1, 2 and 16 threads: {digests:?}"
         );
     }
 }

@@ -45,6 +45,9 @@ impl BackendError {
     }
 }
 
+/// [`Backend::invocation_overhead`] unless a backend says otherwise.
+pub const DEFAULT_INVOCATION_OVERHEAD: u64 = 4096;
+
 /// A device compiler and loader: codegen, compile, verify and load. Implemented by each
 /// backend crate; driven by the compile pipeline (`kiln_compile::compile`).
 pub trait Backend: Sync {
@@ -123,6 +126,23 @@ pub trait Backend: Sync {
 
     /// File extension for kernel sources written for inspection (`c`, `cu`).
     fn source_extension(&self) -> &'static str;
+
+    /// The fixed cost of one compiler invocation, in the unit of a kernel's cost estimate
+    /// (bytes of kernel source): what the schedule adds per compile unit and what it weighs
+    /// batching small kernels against. The default, [`DEFAULT_INVOCATION_OVERHEAD`], is a C
+    /// compiler's (a process start and its headers, ~45 ms, cost about what 4 KB of kernel
+    /// source do); a compiler with a smaller fixed cost gets smaller batches.
+    fn invocation_overhead(&self) -> u64 {
+        DEFAULT_INVOCATION_OVERHEAD
+    }
+
+    /// Whether [`Backend::compile`] runs inside this process, on this machine's cores (NVRTC),
+    /// rather than as a compiler process that may run elsewhere (cc through distcc). Then no
+    /// more invocations than the machine has cores run at once, whatever `--threads` says:
+    /// more would only time-slice the same cores while each holds its memory.
+    fn compiles_on_local_cores(&self) -> bool {
+        false
+    }
 
     /// Expected peak memory of one compiler invocation (bytes), for the in-flight budget.
     fn compile_memory_estimate(&self) -> u64 {

@@ -30,7 +30,7 @@ pub mod memplan;
 pub mod program;
 pub mod source;
 
-pub use backend::{Backend, BackendError};
+pub use backend::{Backend, BackendError, DEFAULT_INVOCATION_OVERHEAD};
 pub use device::{Device, Runtime};
 pub use error::{Cause, RunError};
 pub use kernel::{
