@@ -577,8 +577,14 @@ mod tests {
         // a unit without a tile call compiles the base prelude, and no tile prototype
         assert_eq!(kernel_section(["y = kiln_mm_nt(a"]), Section::Base);
         let base = kernel_prelude(Isa::Avx2, "T", Section::Base);
-        assert!(!base.contains("kiln_packed_tile_bf16_T") && base.contains("#define kiln_mm_nt kiln_mm_nt_T"));
-        assert_eq!(kernel_section(["kiln_packed_tile_bf16(&kiln_ctx"]), Section::Gemm);
+        assert!(
+            !base.contains("kiln_packed_tile_bf16_T")
+                && base.contains("#define kiln_mm_nt kiln_mm_nt_T")
+        );
+        assert_eq!(
+            kernel_section(["kiln_packed_tile_bf16(&kiln_ctx"]),
+            Section::Gemm
+        );
     }
 
     /// A part that calls another part's functions comes after it (its module is loaded with
