@@ -5,21 +5,22 @@
 //!
 //! It is split into parts (one shared object each, one compile unit each, so that no part
 //! is a long pole of the parallel compile), and a program compiles only the parts its kernels
-//! call. A part's source is the whole prelude (headers as they are) followed by an exported
-//! wrapper per function: `kiln_mm_nn_<tag>` calls the prelude's static `kiln_mm_nn`, which
+//! call. A part's source is the prelude (headers as they are, up to the section its functions
+//! need) followed by an exported wrapper per function: `kiln_mm_nn_<tag>` calls the prelude's static `kiln_mm_nn`, which
 //! GCC inlines into it (a static function called once). A kernel's prelude
-//! ([`kernel_prelude`]) is the same prelude followed by each wrapper's prototype and a
+//! ([`kernel_prelude`]) is the prelude followed by each wrapper's prototype and a
 //! `#define` of the function's name to the wrapper's: the kernel's call goes to the runtime,
 //! and the prelude's static copy, unused, is never compiled.
 //!
-//! The longest functions (the packed tiles, `kiln_mm_nt`) are compiled in cases ([`Case`]):
+//! The longest functions (the packed tiles) are compiled in cases ([`Case`]):
 //! one part per range of rows, each the same body compiled knowing its range, so that the
 //! paths of one function (decode GEMV passes, register-blocked GEMM) compile in parallel; the
 //! kernel's prelude defines the function's tagged name as a dispatcher over the cases.
 //!
 //! A part may call functions of other parts instead of compiling them ([`RuntimeFn::calls`]:
-//! the tiles' micro-kernel, A packing and GEMV pass shapes are parts of their own), so that
-//! no part holds a whole long function's code; and a part compiles only the prelude's
+//! the tiles' micro-kernel, A packing and GEMV pass shapes, `kiln_mm_nt`'s register blocks and
+//! the halves of `kiln_att_pv` are parts of their own), so that no part holds a whole long
+//! function's code; and a part compiles only the prelude's
 //! sections its functions need ([`Section`]).
 //!
 //! The tag is a hash of the runtime's code and of the compiler's identity (version, flags,
@@ -76,9 +77,8 @@ pub struct Case {
 /// (the scalar `fmaf` chains), then by rows: the GEMV passes (decode and batched decode, up to
 /// `KILN_GEMV_ROWS` rows) and the register-blocked GEMM. All paths of the bf16 tile compiled
 /// together were the longest compile unit of a model (issue 27); the scalar path, compiled in
-/// both row cases, was ~20 ms of each, and one case of its own takes it out of both (the GEMM
-/// case is the longest part). Splitting the GEMV passes once more (at 4 rows) shortened the
-/// longest unit no further and cost a unit's fixed cost.
+/// both row cases, was ~20 ms of each, and one case of its own takes it out of both. The
+/// GEMM and GEMV cases then call what was most of them in parts of their own (see [`tile`]).
 const TILE_CASES: &[Case] = &[
     Case {
         suffix: "cols",
