@@ -25,25 +25,50 @@ use std::time::Duration;
 /// The C prelude for code compiled for `isa`: CPU-specific definitions, the shared scalar
 /// helpers, the matmul blocks and the packed-weight GEMM/GEMV (`c/gemm.h`), with the blocking
 /// constants of [`crate::codegen`] and the panel width of `isa` defined first so that C and
-/// Rust agree on them. The runtime object's parts compile it; kernels compile it followed by
-/// the runtime's prototypes ([`runtime::kernel_prelude`]).
+/// Rust agree on them. The whole of it: [`prelude_upto`] with [`Section::Quant`].
 pub fn prelude(isa: Isa) -> &'static str {
+    prelude_upto(isa, Section::Quant)
+}
+
+/// How much of the prelude a translation unit compiles: each section adds headers to the one
+/// before, and a unit that needs none of a section's code does not pay for parsing it (~4 ms
+/// of gcc for `c/gemm.h`, ~8 ms for the quantized headers, of a ~45 ms unit; issue 27).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Section {
+    /// `c/prelude.h`: the scalar and vector helpers, `kiln_mm_nt`, the attention's blocks.
+    Base,
+    /// And `c/gemm.h`: the packed f32 and bf16 GEMM/GEMV (and the types of its scratch,
+    /// which the kernels that call it pass on).
+    Gemm,
+    /// And `c/gemm_quant.h` and `c/gemm_q6k.h`: the block-quantized tiles.
+    Quant,
+}
+
+/// The prelude up to and including `section`: what the runtime object's parts and the kernels'
+/// translation units start with (kernels: followed by the runtime's prototypes,
+/// [`runtime::kernel_prelude`]).
+pub fn prelude_upto(isa: Isa, section: Section) -> &'static str {
     use crate::codegen::{MM_KC, MM_MC, MM_NC};
-    static P: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
-    P[isa as usize].get_or_init(|| {
+    static P: [[OnceLock<String>; 3]; 2] = [
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()],
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()],
+    ];
+    P[isa as usize][section as usize].get_or_init(|| {
         let defines = format!(
             "#define KILN_NR {}\n#define KILN_MC {MM_MC}\n#define KILN_NC {MM_NC}\n#define KILN_KC {MM_KC}\n",
             isa.panel()
         );
         let base = kiln_render::cstyle::prelude(include_str!("c/prelude.h"));
-        format!("{defines}{}", base.replace(
-            "/* KILN_GEMM */",
-            concat!(
+        let gemm = match section {
+            Section::Base => "",
+            Section::Gemm => include_str!("c/gemm.h"),
+            Section::Quant => concat!(
                 include_str!("c/gemm.h"),
                 include_str!("c/gemm_quant.h"),
                 include_str!("c/gemm_q6k.h")
             ),
-        ))
+        };
+        format!("{defines}{}", base.replace("/* KILN_GEMM */", gemm))
     })
 }
 
@@ -261,7 +286,8 @@ impl CCompiler {
         // names the runtime's functions by their tag, so a kernel's key changes with the
         // runtime's code too. A quantized path asked for but unavailable is an error here.
         self.quant_int8()?;
-        let prelude = blake3::hash(self.kernel_prelude()?.as_bytes()).to_hex();
+        // (The GEMM section's: the base one is the same code less the GEMM's.)
+        let prelude = blake3::hash(self.kernel_prelude(Section::Gemm)?.as_bytes()).to_hex();
         let runtime = match self.use_runtime {
             true => self.runtime_tag()?,
             false => "off".to_string(),
@@ -273,12 +299,12 @@ impl CCompiler {
         ))
     }
 
-    /// What precedes the kernels in their translation units: the prelude, and the runtime
-    /// object's prototypes unless it is off.
-    fn kernel_prelude(&self) -> Result<String, BackendError> {
+    /// What precedes kernels in their translation units: the prelude (up to `section` with the
+    /// runtime, [`runtime::kernel_section`]), and the runtime object's prototypes unless it is off.
+    fn kernel_prelude(&self, section: Section) -> Result<String, BackendError> {
         let isa = self.isa()?;
         Ok(match self.use_runtime {
-            true => runtime::kernel_prelude(isa, &self.runtime_tag()?),
+            true => runtime::kernel_prelude(isa, &self.runtime_tag()?, section),
             false => prelude(isa).to_string(),
         })
     }
@@ -375,7 +401,9 @@ impl CCompiler {
     /// Compiles one translation unit of kernels (after the kernels' prelude, which calls the
     /// runtime object); returns the shared object's bytes or the diagnostics.
     pub fn compile(&self, sources: &[&str]) -> Result<Vec<u8>, BackendError> {
-        let unit = kiln_render::translation_unit(&self.kernel_prelude()?, sources.iter().copied());
+        let section = runtime::kernel_section(sources.iter().copied());
+        let unit =
+            kiln_render::translation_unit(&self.kernel_prelude(section)?, sources.iter().copied());
         self.compile_unit(&unit, &[])
     }
 

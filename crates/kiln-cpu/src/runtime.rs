@@ -5,17 +5,23 @@
 //!
 //! It is split into parts (one shared object each, one compile unit each, so that no part
 //! is a long pole of the parallel compile), and a program compiles only the parts its kernels
-//! call. A part's source is the whole prelude (headers as they are) followed by an exported
-//! wrapper per function: `kiln_mm_nn_<tag>` calls the prelude's static `kiln_mm_nn`, which
+//! call. A part's source is the prelude (headers as they are, up to the section its functions
+//! need) followed by an exported wrapper per function: `kiln_mm_nn_<tag>` calls the prelude's static `kiln_mm_nn`, which
 //! GCC inlines into it (a static function called once). A kernel's prelude
-//! ([`kernel_prelude`]) is the same prelude followed by each wrapper's prototype and a
+//! ([`kernel_prelude`]) is the prelude followed by each wrapper's prototype and a
 //! `#define` of the function's name to the wrapper's: the kernel's call goes to the runtime,
 //! and the prelude's static copy, unused, is never compiled.
 //!
-//! The longest functions (the packed tiles, `kiln_mm_nt`) are compiled in cases ([`Case`]):
+//! The longest functions (the packed tiles) are compiled in cases ([`Case`]):
 //! one part per range of rows, each the same body compiled knowing its range, so that the
 //! paths of one function (decode GEMV passes, register-blocked GEMM) compile in parallel; the
 //! kernel's prelude defines the function's tagged name as a dispatcher over the cases.
+//!
+//! A part may call functions of other parts instead of compiling them ([`RuntimeFn::calls`]:
+//! the tiles' micro-kernel, A packing and GEMV pass shapes, `kiln_mm_nt`'s register blocks and
+//! the halves of `kiln_att_pv` are parts of their own), so that no part holds a whole long
+//! function's code; and a part compiles only the prelude's
+//! sections its functions need ([`Section`]).
 //!
 //! The tag is a hash of the runtime's code and of the compiler's identity (version, flags,
 //! CPU, ISA). The runtime's shared objects are loaded with `RTLD_GLOBAL` before the kernels'
@@ -26,6 +32,7 @@
 //! tags differ. `verify` opens kernel modules before the runtime exists, which lazy binding
 //! (`-Wl,-z,lazy`) allows; with `LD_BIND_NOW` set that fails (`KILN_CPU_RUNTIME=off`).
 
+use crate::cc::{prelude_upto, Section};
 use crate::isa::Isa;
 
 /// One function of the runtime: its part, return type, name, parameters, the arguments that
@@ -48,6 +55,15 @@ pub struct RuntimeFn {
     /// source, so in its cache key and tag), where the defaults spend compile time on code
     /// that does not run faster for it. Empty: none.
     optimize: &'static str,
+    /// Parts whose functions this one's body calls rather than compiles: in its parts, each
+    /// of their functions' names is defined, before the prelude, to that part's exported
+    /// function, so that the prelude's static copy (guarded by `#if !defined(name)` in the C
+    /// headers) is not compiled there. What lets one long function be compiled in several
+    /// parts at once (issue 27); those parts are earlier in [`FUNCTIONS`], since a part's
+    /// module is loaded with its calls bound (`RTLD_NOW`), after the parts it calls.
+    calls: &'static [&'static str],
+    /// How much of the prelude its parts compile.
+    section: Section,
 }
 
 /// A case of a runtime function: the suffix of its part and its condition (C, over the
@@ -61,9 +77,8 @@ pub struct Case {
 /// (the scalar `fmaf` chains), then by rows: the GEMV passes (decode and batched decode, up to
 /// `KILN_GEMV_ROWS` rows) and the register-blocked GEMM. All paths of the bf16 tile compiled
 /// together were the longest compile unit of a model (issue 27); the scalar path, compiled in
-/// both row cases, was ~20 ms of each, and one case of its own takes it out of both (the GEMM
-/// case is the longest part). Splitting the GEMV passes once more (at 4 rows) shortened the
-/// longest unit no further and cost a unit's fixed cost.
+/// both row cases, was ~20 ms of each, and one case of its own takes it out of both. The
+/// GEMM and GEMV cases then call what was most of them in parts of their own (see [`tile`]).
 const TILE_CASES: &[Case] = &[
     Case {
         suffix: "cols",
@@ -92,19 +107,6 @@ const QTILE_CASES: &[Case] = &[
     },
 ];
 
-/// The cases of `kiln_mm_nt`: the decode rows (M <= 2, a row of B at a time), and the
-/// register-blocked rest.
-const MM_NT_CASES: &[Case] = &[
-    Case {
-        suffix: "rows2",
-        when: "M <= 2",
-    },
-    Case {
-        suffix: "blocks",
-        when: "else",
-    },
-];
-
 /// `kiln_mm_nt` without GCC's loop vectoriser: its loops are written in vector types already,
 /// and the vectoriser spent ~0.1 s of the blocked case's ~0.19 s on the scalar K tails
 /// (explicit `fmaf` chains, so the results do not depend on it), for no speed (a C harness,
@@ -112,7 +114,17 @@ const MM_NT_CASES: &[Case] = &[
 const MM_NT_OPTIMIZE: &str = "no-tree-loop-vectorize";
 
 const TILE_ARGS: &str = "(ctx, a, lda, wp, K, m0, tm, c0, tn, t, ldt)";
-const fn tile(part: &'static str, name: &'static str, params: &'static str) -> RuntimeFn {
+/// A packed f32 or bf16 tile: its GEMM case calls the micro-kernel and the A packing of
+/// [`GEMM_BLOCKS`], its GEMV case the pass shapes of `gemv` (parts of their own: compiled in
+/// the tile's GEMM case, they made it the longest unit of a model, ~145 ms of gcc of which
+/// ~35 ms the packing and ~30 ms the micro-kernel; the GEMV case ~145 ms of which the shapes
+/// ~70 ms; issue 27).
+const fn tile(
+    part: &'static str,
+    name: &'static str,
+    params: &'static str,
+    calls: &'static [&'static str],
+) -> RuntimeFn {
     RuntimeFn {
         part,
         ret: "void",
@@ -121,20 +133,107 @@ const fn tile(part: &'static str, name: &'static str, params: &'static str) -> R
         args: TILE_ARGS,
         cases: TILE_CASES,
         optimize: "",
+        calls,
+        section: Section::Gemm,
     }
 }
+/// A quantized tile: it compiles what it calls itself (with VNNI, the integer path, which
+/// calls neither the micro-kernel nor the packing; without, the dequantizing one is not a
+/// model's longest unit).
 const fn qtile(part: &'static str, name: &'static str, params: &'static str) -> RuntimeFn {
     RuntimeFn {
         cases: QTILE_CASES,
-        ..tile(part, name, params)
+        section: Section::Quant,
+        ..tile(part, name, params, &[])
     }
+}
+
+/// A function of its own part, no cases: the parts that [`RuntimeFn::calls`] name.
+const fn called(
+    part: &'static str,
+    name: &'static str,
+    params: &'static str,
+    args: &'static str,
+) -> RuntimeFn {
+    RuntimeFn {
+        part,
+        ret: "void",
+        name,
+        params,
+        args,
+        cases: &[],
+        optimize: "",
+        calls: &[],
+        section: Section::Gemm,
+    }
+}
+
+/// The part of the micro-kernel and the A packing of the f32 and bf16 tiles' GEMM case.
+const GEMM_BLOCKS: &str = "gemm_blocks";
+const GEMV_F32_PARAMS: &str = "(const float *restrict x, int64_t ldx, const float *const *w, int64_t K, float *restrict t, int64_t ldt)";
+const GEMV_BF16_PARAMS: &str = "(const float *restrict x, int64_t ldx, const uint16_t *const *w, int64_t K, float *restrict t, int64_t ldt)";
+const GEMV_ARGS: &str = "(x, ldx, w, K, t, ldt)";
+const ATT_PV_PARAMS: &str = "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N)";
+const MM_NT_PARAMS: &str = "(const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)";
+const MM_NT_BF16_PARAMS: &str = "(const float *restrict a, int64_t lda, const uint16_t *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)";
+const MM_NT_ARGS: &str = "(a, lda, b, ldb, c, ldc, M, N, K)";
+const fn mm_nt_half(part: &'static str, name: &'static str, params: &'static str) -> RuntimeFn {
+    RuntimeFn {
+        optimize: MM_NT_OPTIMIZE,
+        section: Section::Base,
+        ..called(part, name, params, MM_NT_ARGS)
+    }
+}
+const ATT_PV_ARGS: &str = "(o, ldo, p, ldp, v, ldv, M, K, N)";
+const fn gemv_f32(part: &'static str, name: &'static str) -> RuntimeFn {
+    called(part, name, GEMV_F32_PARAMS, GEMV_ARGS)
+}
+const fn gemv_bf16(part: &'static str, name: &'static str) -> RuntimeFn {
+    called(part, name, GEMV_BF16_PARAMS, GEMV_ARGS)
 }
 
 /// Every function of the runtime, by part. A kernel that calls a prelude function not listed
 /// here still compiles it itself (the static copy in its prelude), as before the runtime.
 pub const FUNCTIONS: &[RuntimeFn] = &[
-    tile("gemm_f32", "kiln_packed_tile_f32", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const float *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
-    tile("gemm_bf16", "kiln_packed_tile_bf16", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint16_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
+    // Called by other parts (before them: see `RuntimeFn::calls`). The GEMV pass shapes of
+    // `c/gemm.h` (`KILN_GEMV_SHAPES`: R rows x S panels).
+    called(GEMM_BLOCKS, "kiln_ukr", "(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c, int64_t ldc, int load_c)", "(kc, a, b, c, ldc, load_c)"),
+    called(GEMM_BLOCKS, "kiln_pack_a_rows", "(const float *restrict a, int64_t lda, int64_t tm, int64_t K, float *restrict ap)", "(a, lda, tm, K, ap)"),
+    // Several panels per pass (one row: 4 or 2 panels, two rows: 2), then one panel, 1 to 4
+    // rows: two parts a type (~70 ms of gcc each; one part of all seven shapes was the longest
+    // of the parts after the split).
+    gemv_f32("gemv_f32_panels", "kiln_gemv_pass_f32_1x4"),
+    gemv_f32("gemv_f32_panels", "kiln_gemv_pass_f32_1x2"),
+    gemv_f32("gemv_f32_panels", "kiln_gemv_pass_f32_2x2"),
+    gemv_f32("gemv_f32_rows", "kiln_gemv_pass_f32_1x1"),
+    gemv_f32("gemv_f32_rows", "kiln_gemv_pass_f32_2x1"),
+    gemv_f32("gemv_f32_rows", "kiln_gemv_pass_f32_3x1"),
+    gemv_f32("gemv_f32_rows", "kiln_gemv_pass_f32_4x1"),
+    gemv_bf16("gemv_bf16_panels", "kiln_gemv_pass_bf16_1x4"),
+    gemv_bf16("gemv_bf16_panels", "kiln_gemv_pass_bf16_1x2"),
+    gemv_bf16("gemv_bf16_panels", "kiln_gemv_pass_bf16_2x2"),
+    gemv_bf16("gemv_bf16_rows", "kiln_gemv_pass_bf16_1x1"),
+    gemv_bf16("gemv_bf16_rows", "kiln_gemv_pass_bf16_2x1"),
+    gemv_bf16("gemv_bf16_rows", "kiln_gemv_pass_bf16_3x1"),
+    gemv_bf16("gemv_bf16_rows", "kiln_gemv_pass_bf16_4x1"),
+    // The attention's P V product: its AVX-512 tiles of 4 rows, and its passes of 2 and 1 rows.
+    RuntimeFn {
+        section: Section::Base,
+        ..called("attention_pv_rows4", "kiln_att_pv_rows4", ATT_PV_PARAMS, ATT_PV_ARGS)
+    },
+    RuntimeFn {
+        section: Section::Base,
+        ..called("attention_pv_rows2", "kiln_att_pv_rows2", ATT_PV_PARAMS, ATT_PV_ARGS)
+    },
+    // `kiln_mm_nt`'s register blocks (its M <= 2 rows stay in its own part): tiles of
+    // KILN_MMT_ROWS rows, and the rows left. Each ~half of what was the longest part.
+    mm_nt_half("mm_nt_tiles", "kiln_mm_nt_tiles", MM_NT_PARAMS),
+    mm_nt_half("mm_nt_rows", "kiln_mm_nt_rows", MM_NT_PARAMS),
+    mm_nt_half("mm_nt_bf16_tiles", "kiln_mm_nt_bf16_tiles", MM_NT_BF16_PARAMS),
+    mm_nt_half("mm_nt_bf16_rows", "kiln_mm_nt_bf16_rows", MM_NT_BF16_PARAMS),
+    // Called by the kernels.
+    tile("gemm_f32", "kiln_packed_tile_f32", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const float *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)", &[GEMM_BLOCKS, "gemv_f32_panels", "gemv_f32_rows"]),
+    tile("gemm_bf16", "kiln_packed_tile_bf16", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint16_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)", &[GEMM_BLOCKS, "gemv_bf16_panels", "gemv_bf16_rows"]),
     qtile("gemm_q8_0", "kiln_packed_tile_q8_0", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q4_0", "kiln_packed_tile_q4_0", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q4_k", "kiln_packed_tile_q4_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
@@ -143,19 +242,23 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         part: "mm_nt",
         ret: "void",
         name: "kiln_mm_nt",
-        params: "(const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)",
-        args: "(a, lda, b, ldb, c, ldc, M, N, K)",
-        cases: MM_NT_CASES,
+        params: MM_NT_PARAMS,
+        args: MM_NT_ARGS,
+        cases: &[],
         optimize: MM_NT_OPTIMIZE,
+        calls: &["mm_nt_tiles", "mm_nt_rows"],
+        section: Section::Base,
     },
     RuntimeFn {
         part: "mm_nt_bf16",
         ret: "void",
         name: "kiln_mm_nt_bf16",
-        params: "(const float *restrict a, int64_t lda, const uint16_t *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)",
-        args: "(a, lda, b, ldb, c, ldc, M, N, K)",
-        cases: MM_NT_CASES,
+        params: MM_NT_BF16_PARAMS,
+        args: MM_NT_ARGS,
+        cases: &[],
         optimize: MM_NT_OPTIMIZE,
+        calls: &["mm_nt_bf16_tiles", "mm_nt_bf16_rows"],
+        section: Section::Base,
     },
     RuntimeFn {
         part: "mm_nn",
@@ -165,15 +268,32 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         args: "(a, lda, sak, b, ldb, c, ldc, M, N, K)",
         cases: &[],
         optimize: "",
+        calls: &[],
+        section: Section::Base,
     },
+    // The attention's helpers: one part, the P V product's halves in parts of their own.
     RuntimeFn {
         part: "attention",
         ret: "void",
         name: "kiln_att_pv",
-        params: "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N)",
-        args: "(o, ldo, p, ldp, v, ldv, M, K, N)",
+        params: ATT_PV_PARAMS,
+        args: ATT_PV_ARGS,
         cases: &[],
         optimize: "",
+        calls: &["attention_pv_rows4", "attention_pv_rows2"],
+        section: Section::Base,
+    },
+    // The largest score of a key block: inlined, ~20 ms of the attention kernel's compile.
+    RuntimeFn {
+        part: "attention",
+        ret: "float",
+        name: "kiln_maxv",
+        params: "(const float *restrict s, int64_t n)",
+        args: "(s, n)",
+        cases: &[],
+        optimize: "",
+        calls: &[],
+        section: Section::Base,
     },
     RuntimeFn {
         part: "attention",
@@ -183,6 +303,8 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         args: "(s, n, m)",
         cases: &[],
         optimize: "",
+        calls: &[],
+        section: Section::Base,
     },
 ];
 
@@ -253,8 +375,8 @@ pub fn code(isa: Isa) -> String {
     let mut code = crate::cc::prelude(isa).to_string();
     for f in FUNCTIONS {
         code.push_str(&format!(
-            "{} | {} {}{} -> {} [{}]\n",
-            f.part, f.ret, f.name, f.params, f.args, f.optimize
+            "{} | {} {}{} -> {} [{}] calls {:?} {:?}\n",
+            f.part, f.ret, f.name, f.params, f.args, f.optimize, f.calls, f.section
         ));
         for c in f.cases {
             code.push_str(&format!("  case {}: {}\n", c.suffix, c.when));
@@ -263,13 +385,31 @@ pub fn code(isa: Isa) -> String {
     code
 }
 
-/// The prelude of a kernel's translation unit: the whole prelude, then each runtime
+/// The section of the prelude a kernels' translation unit compiles: the GEMM section where a
+/// kernel calls a packed tile (it passes the tile the scratch types of `c/gemm.h`), else the
+/// base (~4 ms of gcc less a unit; the quantized headers hold nothing a kernel calls but through
+/// the runtime).
+pub fn kernel_section<'a>(sources: impl IntoIterator<Item = &'a str>) -> Section {
+    match sources
+        .into_iter()
+        .any(|s| s.contains("kiln_packed_tile_") || s.contains("kiln_gemm_"))
+    {
+        true => Section::Gemm,
+        false => Section::Base,
+    }
+}
+
+/// The prelude of a kernels' translation unit: the prelude up to `section`, then each runtime
 /// function's prototype under its tagged name (a function compiled in cases: each case's
-/// prototype, and a dispatcher under the tagged name), and its plain name defined to that.
-pub fn kernel_prelude(isa: Isa, tag: &str) -> String {
-    let mut p = crate::cc::prelude(isa).to_string();
+/// prototype, and a dispatcher under the tagged name), and its plain name defined to that;
+/// with the base section, not the functions that take the GEMM's scratch (the tiles).
+pub fn kernel_prelude(isa: Isa, tag: &str, section: Section) -> String {
+    let mut p = prelude_upto(isa, section).to_string();
     p.push_str("\n/* ---- the runtime object's functions (kiln-cpu runtime.rs): called, not compiled here */\n");
     for f in FUNCTIONS {
+        if section < Section::Gemm && f.params.contains("kiln_gemm_ctx") {
+            continue;
+        }
         if f.cases.is_empty() {
             p.push_str(&format!("{} {}_{tag}{};\n", f.ret, f.name, f.params));
         } else {
@@ -297,27 +437,43 @@ pub fn kernel_prelude(isa: Isa, tag: &str) -> String {
     p
 }
 
-/// The translation unit of one part: the whole prelude, the part's symbol, and an exported
-/// wrapper per function, or per case of a function, in the part (compiled with
-/// `-fvisibility=hidden`: nothing else is exported). A case's wrapper tells the compiler its
-/// condition (`__builtin_unreachable` where it does not hold) and has the function's body
-/// inlined into it (`flatten`) before the optimiser prunes the paths the condition excludes.
+/// The translation unit of one part: the prototypes of the functions it calls in other parts
+/// ([`RuntimeFn::calls`]) and their names defined to them, the prelude up to the section its
+/// functions need, the part's symbol, and an exported wrapper per function, or per case of a
+/// function, in the part (compiled with `-fvisibility=hidden`: nothing else is exported). A
+/// case's wrapper tells the compiler its condition (`__builtin_unreachable` where it does not
+/// hold) and has the function's body inlined into it (`flatten`) before the optimiser prunes
+/// the paths the condition excludes.
 pub fn part_source(isa: Isa, tag: &str, part: &str) -> String {
-    let mut s = String::new();
-    if let Some(f) = FUNCTIONS
+    let own: Vec<&RuntimeFn> = FUNCTIONS
         .iter()
-        .find(|f| f.parts().iter().any(|p| p == part) && !f.optimize.is_empty())
-    {
+        .filter(|f| f.parts().iter().any(|p| p == part))
+        .collect();
+    let mut s = String::new();
+    if let Some(f) = own.iter().find(|f| !f.optimize.is_empty()) {
         s.push_str(&format!("#pragma GCC optimize (\"{}\")\n", f.optimize));
     }
-    s.push_str(crate::cc::prelude(isa));
     let export = "__attribute__((visibility(\"default\")))";
+    let mut calls: Vec<&str> = own.iter().flat_map(|f| f.calls.iter().copied()).collect();
+    calls.sort_unstable();
+    calls.dedup();
+    if !calls.is_empty() {
+        s.push_str("#include <stdint.h>\n/* ---- called in other parts of the runtime object (kiln-cpu runtime.rs) */\n");
+    }
+    for f in FUNCTIONS.iter().filter(|f| calls.contains(&f.part)) {
+        s.push_str(&format!(
+            "{export} {} {}_{tag}{};\n#define {} {}_{tag}\n",
+            f.ret, f.name, f.params, f.name, f.name
+        ));
+    }
+    let section = own.iter().map(|f| f.section).max().unwrap_or(Section::Base);
+    s.push_str(prelude_upto(isa, section));
     s.push_str(&format!(
         "\n/* ---- runtime part {part} (kiln-cpu runtime.rs) */\n{export} const int {} = 1;\n",
         part_name(part, tag)
     ));
-    for f in FUNCTIONS {
-        if f.cases.is_empty() && f.part == part {
+    for f in own {
+        if f.cases.is_empty() {
             let ret = if f.ret == "void" { "" } else { "return " };
             s.push_str(&format!(
                 "{export} {} {}_{tag}{} {{ {ret}{}{}; }}\n",
@@ -342,16 +498,23 @@ pub fn part_source(isa: Isa, tag: &str, part: &str) -> String {
     s
 }
 
-/// The parts the given kernel sources call (in the table's order): a function is called
-/// where its name is followed by `(`; every part of a function compiled in cases is called.
+/// The parts the given kernel sources call, and the parts those call (in the table's order,
+/// so a part comes after the parts it calls): a function is called where its name is followed
+/// by `(`; every part of a function compiled in cases is called.
 pub fn parts_called<'a>(sources: impl IntoIterator<Item = &'a str> + Clone) -> Vec<String> {
-    let called: Vec<&RuntimeFn> = FUNCTIONS
+    let mut called: Vec<&RuntimeFn> = FUNCTIONS
         .iter()
         .filter(|f| {
             let call = format!("{}(", f.name);
             sources.clone().into_iter().any(|s| s.contains(&call))
         })
         .collect();
+    // One level: the parts that `calls` names call nothing themselves (a test checks it).
+    let by_calls: Vec<&RuntimeFn> = FUNCTIONS
+        .iter()
+        .filter(|g| called.iter().any(|f| f.calls.contains(&g.part)))
+        .collect();
+    called.extend(by_calls);
     parts()
         .into_iter()
         .filter(|part| called.iter().any(|f| f.parts().contains(part)))
@@ -391,7 +554,7 @@ mod tests {
     /// order; a part defines the wrappers of its own case only.
     #[test]
     fn a_function_in_cases_is_dispatched_to_its_parts() {
-        let p = kernel_prelude(Isa::Avx2, "T");
+        let p = kernel_prelude(Isa::Avx2, "T", Section::Gemm);
         assert!(
             p.contains("static inline void kiln_packed_tile_bf16_T("),
             "{p}"
@@ -410,6 +573,63 @@ mod tests {
         );
         assert!(!part.contains("kiln_packed_tile_bf16_gemv_T"));
         let called = parts_called(["y = kiln_mm_nt(a"]);
-        assert_eq!(called, ["mm_nt_rows2", "mm_nt_blocks"]);
+        assert_eq!(called, ["mm_nt_tiles", "mm_nt_rows", "mm_nt"]);
+        // a unit without a tile call compiles the base prelude, and no tile prototype
+        assert_eq!(kernel_section(["y = kiln_mm_nt(a"]), Section::Base);
+        let base = kernel_prelude(Isa::Avx2, "T", Section::Base);
+        assert!(
+            !base.contains("kiln_packed_tile_bf16_T")
+                && base.contains("#define kiln_mm_nt kiln_mm_nt_T")
+        );
+        assert_eq!(
+            kernel_section(["kiln_packed_tile_bf16(&kiln_ctx"]),
+            Section::Gemm
+        );
+    }
+
+    /// A part that calls another part's functions comes after it (its module is loaded with
+    /// its calls bound), is given their prototypes and names before the prelude (so the
+    /// prelude's guarded static copies are not compiled), and a program that calls the
+    /// caller gets both; the called parts call nothing themselves.
+    #[test]
+    fn called_parts_come_first_and_replace_the_static_copies() {
+        let order = parts();
+        for f in FUNCTIONS {
+            for &c in f.calls {
+                let callee = order.iter().position(|p| p == c).expect(c);
+                for p in f.parts() {
+                    let caller = order.iter().position(|q| *q == p).unwrap();
+                    assert!(callee < caller, "{c} after {p}");
+                }
+                assert!(FUNCTIONS
+                    .iter()
+                    .filter(|g| g.part == c)
+                    .all(|g| g.calls.is_empty() && g.cases.is_empty()));
+            }
+        }
+        let part = part_source(Isa::Avx512, "T", "gemm_bf16_gemm");
+        let prelude = part.find("#define KILN_NR").unwrap();
+        let define = part.find("#define kiln_ukr kiln_ukr_T\n").unwrap();
+        assert!(define < prelude, "{part}");
+        assert!(part.contains("#define kiln_gemv_pass_bf16_4x1 kiln_gemv_pass_bf16_4x1_T\n"));
+        assert!(!part.contains("kiln_gemv_pass_f32_4x1_T"));
+        // the tile's part compiles the GEMM section only; a quantized tile's the whole prelude
+        assert!(!part.contains("kiln_packed_tile_q8_0"));
+        assert!(part_source(Isa::Avx512, "T", "gemm_q8_0_gemm").contains("kiln_packed_tile_q8_0"));
+        let blocks = part_source(Isa::Avx512, "T", "gemm_blocks");
+        assert!(blocks.contains("void kiln_ukr_T(int64_t kc"), "{blocks}");
+        assert!(!blocks.contains("#define kiln_ukr"));
+        let called = parts_called(["kiln_packed_tile_bf16(ctx"]);
+        assert_eq!(
+            called,
+            [
+                "gemm_blocks",
+                "gemv_bf16_panels",
+                "gemv_bf16_rows",
+                "gemm_bf16_cols",
+                "gemm_bf16_gemv",
+                "gemm_bf16_gemm"
+            ]
+        );
     }
 }

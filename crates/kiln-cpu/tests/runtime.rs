@@ -52,15 +52,20 @@ fn the_runtime_is_compiled_once_cached_and_rebuilt_when_damaged() {
         let report = loaded.report;
         let runtime: Vec<_> = report.units.iter().filter(|u| u.runtime).collect();
         // The bf16 tile, compiled in its three cases (columns off a panel boundary, GEMV
-        // passes, GEMM).
-        let mut parts: Vec<&str> = runtime.iter().map(|u| u.kernels[0].as_str()).collect();
-        assert_eq!(parts.len(), 3, "the bf16 tile's parts: {:?}", report.units);
-        parts.sort();
-        for (part, case) in parts.iter().zip(["cols", "gemm", "gemv"]) {
-            assert!(
-                part.starts_with(&format!("kiln_rt_gemm_bf16_{case}_")),
-                "{parts:?}"
-            );
+        // passes, GEMM), and the parts they call: the micro-kernel and A packing, the GEMV
+        // pass shapes (several panels, one panel); those first, as they load first.
+        let parts: Vec<&str> = runtime.iter().map(|u| u.kernels[0].as_str()).collect();
+        assert_eq!(parts.len(), 6, "the bf16 tile's parts: {:?}", report.units);
+        let expected = [
+            "gemm_blocks",
+            "gemv_bf16_panels",
+            "gemv_bf16_rows",
+            "gemm_bf16_cols",
+            "gemm_bf16_gemv",
+            "gemm_bf16_gemm",
+        ];
+        for (part, name) in parts.iter().zip(expected) {
+            assert!(part.starts_with(&format!("kiln_rt_{name}_")), "{parts:?}");
         }
         assert_eq!(runtime[0].origin, report_origin, "{:?}", report.units);
         let matmuls = report
@@ -77,9 +82,9 @@ fn the_runtime_is_compiled_once_cached_and_rebuilt_when_damaged() {
         for (name, w) in &ws {
             exe.set_param(name, w.clone()).unwrap();
         }
-        // Rows that take every path of the tile: 1 to 4 (decode), 5 to 12 (batched decode),
-        // and more (GEMM).
-        for m in [1, 2, 3, 4, 5, 7, 12, 13, 30] {
+        // Rows that take every path of the tile: 1 to 4 (decode), 5 to KILN_GEMV_ROWS = 32
+        // (batched decode), and more (GEMM).
+        for m in [1, 2, 3, 4, 5, 7, 12, 13, 30, 45] {
             let act = vec![
                 (
                     "x",

@@ -57,7 +57,11 @@ typedef struct {
 static inline float kiln_bf16f(uint16_t h) { return kiln_u2f((uint32_t)h << 16); }
 #define KILN_F32F(x) (x)
 
-/* Rows [0, tm) of a (row stride lda, k contiguous) into ap = [ceil(tm/MR)][K][MR], zero rows past tm. */
+/* Rows [0, tm) of a (row stride lda, k contiguous) into ap = [ceil(tm/MR)][K][MR], zero rows past tm.
+ * Guarded, like the micro-kernel and the GEMV shapes below: where the name is a macro, a part of
+ * kiln's runtime object compiles it and this translation unit calls that (kiln-cpu runtime.rs,
+ * `RuntimeFn::calls`). */
+#if !defined(kiln_pack_a_rows)
 static void kiln_pack_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K, float *restrict ap) {
     for (int64_t i0 = 0; i0 < tm; i0 += KILN_MR) {
         float *restrict d = ap + i0 * K;
@@ -74,6 +78,7 @@ static void kiln_pack_a_rows(const float *restrict a, int64_t lda, int64_t tm, i
         }
     }
 }
+#endif
 
 /* bf16 panel strip of kc rows -> f32 strip [kc][NR] in column order. */
 static inline void kiln_widen_bf16(const uint16_t *restrict s, float *restrict d, int64_t kc) {
@@ -106,6 +111,7 @@ static inline void kiln_widen_bf16(const uint16_t *restrict s, float *restrict d
 #define KILN_UKR_ZERO(i) c##i##0 = c##i##1 = (kiln_vf){0};
 #define KILN_UKR_STEP(i) { const kiln_vf x = KILN_SPLATV(a[i]); c##i##0 = KILN_FMAV(x, b0, c##i##0); c##i##1 = KILN_FMAV(x, b1, c##i##1); }
 #define KILN_UKR_STORE(i) kiln_stv(c + i * ldc, c##i##0); kiln_stv(c + i * ldc + KILN_VL, c##i##1);
+#if !defined(kiln_ukr)
 static inline void kiln_ukr(int64_t kc, const float *restrict a, const float *restrict b,
                             float *restrict c, int64_t ldc, int load_c) {
     KILN_ROWS(KILN_UKR_DECL)
@@ -125,8 +131,10 @@ static inline void kiln_ukr(int64_t kc, const float *restrict a, const float *re
     }
     KILN_ROWS(KILN_UKR_STORE)
 }
+#endif
 #else
 /* Portable: the same chains with explicit fmaf (the compiler vectorises over j). */
+#if !defined(kiln_ukr)
 static inline void kiln_ukr(int64_t kc, const float *restrict a, const float *restrict b,
                             float *restrict c, int64_t ldc, int load_c) {
     float acc[KILN_MR][KILN_NR];
@@ -138,6 +146,7 @@ static inline void kiln_ukr(int64_t kc, const float *restrict a, const float *re
     for (int i = 0; i < KILN_MR; ++i)
         for (int j = 0; j < KILN_NR; ++j) c[i * ldc + j] = acc[i][j];
 }
+#endif
 #endif
 
 /* Rows up to which a product tile streams the weight panels once (GEMV passes, 4 rows at a
@@ -214,8 +223,12 @@ static __attribute__((noinline)) void NAME##_##R##x##S(const float *restrict x, 
 #define KILN_GEMV_SHAPES(NAME, BT) KILN_GEMV_AT(NAME, BT, 1, 4) KILN_GEMV_AT(NAME, BT, 1, 2)       \
     KILN_GEMV_AT(NAME, BT, 2, 2) KILN_GEMV_AT(NAME, BT, 1, 1) KILN_GEMV_AT(NAME, BT, 2, 1)         \
     KILN_GEMV_AT(NAME, BT, 3, 1) KILN_GEMV_AT(NAME, BT, 4, 1)
+#if !defined(kiln_gemv_pass_f32_1x1)
 KILN_GEMV_SHAPES(kiln_gemv_pass_f32, float)
+#endif
+#if !defined(kiln_gemv_pass_bf16_1x1)
 KILN_GEMV_SHAPES(kiln_gemv_pass_bf16, uint16_t)
+#endif
 
 /* The product tile of a packed weight: t[i * ldt + j] = sum_k a[i * lda + k] * W[c0 + j, k]
  * for i < tm <= MC, j < tn <= NC. The tile has room for MC rows and NC + NR columns' worth of

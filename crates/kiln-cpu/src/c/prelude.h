@@ -235,26 +235,11 @@ static inline int64_t kiln_bf16_pos(int64_t j) {
  * not depending on whether GCC's loop vectoriser ran and how it shuffled lanes (runtime.rs
  * compiles these without the vectoriser: it spent ~0.1 s on the tails). */
 #define KILN_ID(x) (x)
-#define KILN_MM_NT(NAME, BT, LDBV, LDB1) \
-static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
+#define KILN_MM_NT_TILES(NAME, BT, LDBV, LDB1) \
+/* Rows 0..M-1, M a multiple of KILN_MMT_ROWS: tiles of rows x 4 keys, then the keys left one at a time. */ \
+static void NAME##_tiles(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
                        float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) { \
     const int64_t KV = K - K % KILN_VL; \
-    if (M <= 2) { /* a row of B at a time, in address order: B streams from memory */ \
-        const float *a0 = a, *a1 = M == 2 ? a + lda : a; \
-        for (int64_t n = 0; n < N; ++n) { \
-            const BT *b0 = b + n * ldb; \
-            kiln_vf c0 = {0}, c1 = {0}; \
-            for (int64_t k = 0; k < KV; k += KILN_VL) { \
-                const kiln_vf y = LDBV(b0 + k); \
-                c0 = kiln_fmav(kiln_ldv(a0 + k), y, c0); c1 = kiln_fmav(kiln_ldv(a1 + k), y, c1); \
-            } \
-            float s0 = kiln_hsumv(c0), s1 = kiln_hsumv(c1); \
-            for (int64_t k = KV; k < K; ++k) { s0 = kiln_fma1(a0[k], LDB1(b0[k]), s0); s1 = kiln_fma1(a1[k], LDB1(b0[k]), s1); } \
-            c[n] = s0; \
-            if (M == 2) c[ldc + n] = s1; \
-        } \
-        return; \
-    } \
     int64_t n = 0; \
     for (; n + 4 <= N; n += 4) { \
         const BT *b0 = b + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb; \
@@ -287,6 +272,28 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
             } \
             for (int r = 0; r < KILN_MMT_ROWS; ++r) memcpy(c + (m + r) * ldc + n, s + r * 4, 4 * sizeof(float)); \
         } \
+    } \
+    for (; n < N; ++n) { \
+        const BT *b0 = b + n * ldb; \
+        for (int64_t m = 0; m < M; ++m) { \
+            const float *a0 = a + m * lda; \
+            kiln_vf c0 = {0}; \
+            for (int64_t k = 0; k < KV; k += KILN_VL) c0 = kiln_fmav(kiln_ldv(a0 + k), LDBV(b0 + k), c0); \
+            float s = kiln_hsumv(c0); \
+            for (int64_t k = KV; k < K; ++k) s = kiln_fma1(a0[k], LDB1(b0[k]), s); \
+            c[m * ldc + n] = s; \
+        } \
+    } \
+}
+#define KILN_MM_NT_ROWS(NAME, BT, LDBV, LDB1) \
+/* Rows 0..M-1 two at a time, then one, over 4 keys; then the keys left one at a time. */ \
+static void NAME##_rows(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
+                       float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) { \
+    const int64_t KV = K - K % KILN_VL; \
+    int64_t n = 0; \
+    for (; n + 4 <= N; n += 4) { \
+        const BT *b0 = b + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb; \
+        int64_t m = 0; \
         for (; m + 2 <= M; m += 2) { \
             const float *a0 = a + m * lda, *a1 = a0 + lda; \
             kiln_vf c00 = {0}, c01 = {0}, c02 = {0}, c03 = {0}, c10 = {0}, c11 = {0}, c12 = {0}, c13 = {0}; \
@@ -332,8 +339,47 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
         } \
     } \
 }
-/* f32 weights, and bf16 weights widened in registers. */
+#define KILN_MM_NT(NAME, BT, LDBV, LDB1) \
+static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
+                       float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) { \
+    const int64_t KV = K - K % KILN_VL; \
+    if (M <= 2) { /* a row of B at a time, in address order: B streams from memory */ \
+        const float *a0 = a, *a1 = M == 2 ? a + lda : a; \
+        for (int64_t n = 0; n < N; ++n) { \
+            const BT *b0 = b + n * ldb; \
+            kiln_vf c0 = {0}, c1 = {0}; \
+            for (int64_t k = 0; k < KV; k += KILN_VL) { \
+                const kiln_vf y = LDBV(b0 + k); \
+                c0 = kiln_fmav(kiln_ldv(a0 + k), y, c0); c1 = kiln_fmav(kiln_ldv(a1 + k), y, c1); \
+            } \
+            float s0 = kiln_hsumv(c0), s1 = kiln_hsumv(c1); \
+            for (int64_t k = KV; k < K; ++k) { s0 = kiln_fma1(a0[k], LDB1(b0[k]), s0); s1 = kiln_fma1(a1[k], LDB1(b0[k]), s1); } \
+            c[n] = s0; \
+            if (M == 2) c[ldc + n] = s1; \
+        } \
+        return; \
+    } \
+    (void)KV; \
+    const int64_t MT = M - M % KILN_MMT_ROWS; \
+    if (MT > 0) NAME##_tiles(a, lda, b, ldb, c, ldc, MT, N, K); \
+    if (M > MT) NAME##_rows(a + MT * lda, lda, b, ldb, c + MT * ldc, ldc, M - MT, N, K); \
+}
+/* f32 weights, and bf16 weights widened in registers. The blocks' two halves are functions of
+ * their own, guarded (where the name is a macro, a part of kiln's runtime object compiles it and
+ * this translation unit calls that: kiln-cpu runtime.rs, `RuntimeFn::calls`). */
+#if !defined(kiln_mm_nt_tiles)
+KILN_MM_NT_TILES(kiln_mm_nt, float, kiln_ldv, KILN_ID)
+#endif
+#if !defined(kiln_mm_nt_rows)
+KILN_MM_NT_ROWS(kiln_mm_nt, float, kiln_ldv, KILN_ID)
+#endif
 KILN_MM_NT(kiln_mm_nt, float, kiln_ldv, KILN_ID)
+#if !defined(kiln_mm_nt_bf16_tiles)
+KILN_MM_NT_TILES(kiln_mm_nt_bf16, uint16_t, kiln_ldbfv, kiln_bf16_to_f32)
+#endif
+#if !defined(kiln_mm_nt_bf16_rows)
+KILN_MM_NT_ROWS(kiln_mm_nt_bf16, uint16_t, kiln_ldbfv, kiln_bf16_to_f32)
+#endif
 KILN_MM_NT(kiln_mm_nt_bf16, uint16_t, kiln_ldbfv, kiln_bf16_to_f32)
 
 /* c[m, n] = sum_k a[m*lda + k*sak] * b[k*ldb + n] for N <= KILN_NC: b contiguous along n ("NN", e.g. P @ V). */
@@ -463,27 +509,48 @@ static inline void kiln_att_pv_cols(float *restrict o, int64_t ldo, const float 
             o[m * ldo + n] = acc;
         }
 }
-static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
-                        const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
-    int64_t n = 0;
+/* Its two halves are functions of their own, each guarded (where the name is a macro, a part of
+ * kiln's runtime object compiles it and this translation unit calls that: kiln-cpu runtime.rs,
+ * `RuntimeFn::calls`), so that they compile in parallel. With AVX-512, rows 0..M-1 (M a multiple
+ * of 4) in tiles of 4 (none with AVX2: the function exists on both, for the runtime's table). */
+#if !defined(kiln_att_pv_rows4)
+static void kiln_att_pv_rows4(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
+                              const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
 #if KILN_VL == 16
-    const int64_t m4 = M - M % 4;
-    if (m4 > 0) {
-        for (; n + 4 * KILN_VL <= N; n += 4 * KILN_VL) {
-            int64_t m = 0;
-            KILN_PV_TILE(4, 4, m4)
-        }
-        kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, m4, K, n, N);
-        o += m4 * ldo; p += m4 * ldp; M -= m4;
-        n = 0;
+    int64_t n = 0;
+    for (; n + 4 * KILN_VL <= N; n += 4 * KILN_VL) {
+        int64_t m = 0;
+        KILN_PV_TILE(4, 4, M)
     }
+    kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, n, N);
+#else
+    (void)o; (void)ldo; (void)p; (void)ldp; (void)v; (void)ldv; (void)M; (void)K; (void)N;
 #endif
+}
+#endif
+/* Rows 0..M-1 in passes of 2 rows, then 1. */
+#if !defined(kiln_att_pv_rows2)
+static void kiln_att_pv_rows2(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
+                              const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
+    int64_t n = 0;
     for (; n + KILN_PV_NV * KILN_VL <= N; n += KILN_PV_NV * KILN_VL) {
         int64_t m = 0;
         KILN_PV_TILE(2, KILN_PV_NV, M)
         KILN_PV_TILE(1, KILN_PV_NV, M)
     }
     kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, n, N);
+}
+#endif
+static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
+                        const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
+#if KILN_VL == 16
+    const int64_t m4 = M - M % 4;
+    if (m4 > 0) {
+        kiln_att_pv_rows4(o, ldo, p, ldp, v, ldv, m4, K, N);
+        o += m4 * ldo; p += m4 * ldp; M -= m4;
+    }
+#endif
+    kiln_att_pv_rows2(o, ldo, p, ldp, v, ldv, M, K, N);
 }
 
 /* KILN_GEMM */
