@@ -41,6 +41,7 @@ pub fn prelude(isa: Isa) -> &'static str {
             concat!(
                 include_str!("c/gemm.h"),
                 include_str!("c/gemm_quant.h"),
+                include_str!("c/gemm_q4k.h"),
                 include_str!("c/gemm_q6k.h")
             ),
         ))

@@ -39,7 +39,7 @@
 //!   two quads with the fourth quad's bits in their top bit pairs (`c/gemm_q6k.h` says how and
 //!   why) — 30 bytes.
 
-use kiln_ir::quant::{sub_block, sub_block_q6_k};
+use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k};
 use kiln_ir::DType;
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -113,6 +113,22 @@ fn pack_groups<S>(
     read: impl Fn(&[u8], usize) -> S + Sync,
     write: impl Fn(&mut [u8], usize, S) + Sync,
 ) -> HostBuffer {
+    pack_units(bytes, dtype, depth, panel, GROUP, gb, read, write)
+}
+
+/// [`pack_groups`] over units of `unit` values of `k` (a multiple of the type's block or a
+/// divisor of it), `ub` bytes each: Q4_K's integer layout packs whole super-blocks.
+#[allow(clippy::too_many_arguments)]
+fn pack_units<S>(
+    bytes: &[u8],
+    dtype: DType,
+    depth: usize,
+    panel: usize,
+    unit: usize,
+    ub: usize,
+    read: impl Fn(&[u8], usize) -> S + Sync,
+    write: impl Fn(&mut [u8], usize, S) + Sync,
+) -> HostBuffer {
     let q = dtype.quant().expect("a block-quantized dtype");
     assert!(
         depth > 0 && depth.is_multiple_of(q.block_elems()),
@@ -120,8 +136,8 @@ fn pack_groups<S>(
     );
     let row_bytes = depth / q.block_elems() * q.block_bytes();
     let rows = bytes.len() / row_bytes;
-    let groups = depth / GROUP;
-    let panel_bytes = groups * gb;
+    let units = depth / unit;
+    let panel_bytes = units * ub;
     let panels = rows.div_ceil(panel);
     let out = HostBuffer::zeroed(panels * panel_bytes);
     let dst = out.as_mut_ptr() as usize;
@@ -134,8 +150,8 @@ fn pack_groups<S>(
         let live = panel.min(rows - p * panel);
         for c in 0..live {
             let row = &bytes[(p * panel + c) * row_bytes..][..row_bytes];
-            for g in 0..groups {
-                write(&mut dst[g * gb..][..gb], c, read(row, g));
+            for u in 0..units {
+                write(&mut dst[u * ub..][..ub], c, read(row, u));
             }
         }
     });
@@ -153,7 +169,7 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
     match dtype {
         DType::Q8_0 => (8 + GROUP) * panel,
         DType::Q4_0 => (4 + GROUP / 2) * panel,
-        DType::Q4_K => (8 + GROUP / 2) * panel,
+        DType::Q4_K => Q4_K_SUPER_BLOCK_INT8 * panel / 8,
         DType::Q6_K => (6 + 3 * GROUP / 4) * panel,
         other => panic!("{other} has no integer layout"),
     }
@@ -163,8 +179,10 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
 /// Q6_K.
 pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     assert!(integer_layout(dtype), "{dtype} has no integer layout");
-    if dtype == DType::Q6_K {
-        return pack_q6_k_int8(bytes, depth, panel);
+    match dtype {
+        DType::Q6_K => return pack_q6_k_int8(bytes, depth, panel),
+        DType::Q4_K => return pack_q4_k_int8(bytes, depth, panel),
+        _ => {}
     }
     let half = panel / 2;
     let gb = group_bytes_int8(dtype, panel);
@@ -176,7 +194,7 @@ pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -
         panel,
         gb,
         |row, g| sub_block(q, row, g).expect("whole blocks"),
-        |grp, c, (scale, min, vals)| {
+        |grp, c, (scale, _min, vals)| {
             grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
             if dtype == DType::Q8_0 {
                 let sum: i32 = vals.iter().map(|&v| v as i8 as i32).sum();
@@ -185,14 +203,41 @@ pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -
                     grp[8 * panel + (k / 4) * 4 * panel + 4 * c + k % 4] = v;
                 }
             } else {
-                let mut at = 4 * panel;
-                if dtype == DType::Q4_K {
-                    grp[at + 4 * c..][..4].copy_from_slice(&(-min).to_le_bytes());
-                    at += 4 * panel;
-                }
                 let shift = if c < half { 0 } else { 4 };
                 for (k, &v) in vals.iter().enumerate() {
-                    grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
+                    grp[4 * panel + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
+                }
+            }
+        },
+    )
+}
+
+/// Bytes per column of one Q4_K super-block (256 values) in the integer layout.
+const Q4_K_SUPER_BLOCK_INT8: usize = 148;
+
+/// Q4_K in the integer layout (`c/gemm_q4k.h`), per super-block: `d: [f16; panel]`,
+/// `dmin: [f16; panel]`, `m: [2][panel][4]` u8 (group `4 j + t`'s min of column `c` at
+/// `(j, c, t)`), `sc: [8][panel]` u8, then each group's nibbles as Q4_0's integer layout.
+fn pack_q4_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
+    let half = panel / 2;
+    pack_units(
+        bytes,
+        DType::Q4_K,
+        depth,
+        panel,
+        256,
+        Q4_K_SUPER_BLOCK_INT8 * panel,
+        |row, b| super_block_q4_k(row, b).expect("whole blocks"),
+        |sb, c, (d, dmin, sc, m, q)| {
+            sb[2 * c..][..2].copy_from_slice(&d.to_le_bytes());
+            sb[2 * panel + 2 * c..][..2].copy_from_slice(&dmin.to_le_bytes());
+            let shift = if c < half { 0 } else { 4 };
+            for g in 0..8 {
+                sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4] = m[g];
+                sb[12 * panel + g * panel + c] = sc[g];
+                let nibbles = &mut sb[20 * panel + g * 16 * panel..][..16 * panel];
+                for (k, &v) in q[g].iter().enumerate() {
+                    nibbles[(k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
                 }
             }
         },

@@ -231,7 +231,6 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
 #define KILN_QMR 6
 #define KILN_GBI_Q8_0 (40 * KILN_NR)
 #define KILN_GBI_Q4_0 (20 * KILN_NR)
-#define KILN_GBI_Q4_K (24 * KILN_NR)
 #define KILN_QA_BLOCK (40 * KILN_QMR)
 typedef int kiln_v16si __attribute__((vector_size(64)));
 static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
@@ -321,9 +320,6 @@ static inline __attribute__((always_inline)) void kiln_qiw_q4_0(const uint8_t *r
     *w0 = (kiln_vi)(v & 0x0F0F0F0Fu);
     *w1 = (kiln_vi)((v >> 4) & 0x0F0F0F0Fu);
 }
-static inline __attribute__((always_inline)) void kiln_qiw_q4_k(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
-    kiln_qiw_q4_0(g + 4 * KILN_NR, qd, w0, w1);
-}
 /* One quad of row x (4 activation bytes, broadcast) into a row's two int accumulators. */
 #define KILN_QI_DOT(Q8, ia, x, w0, w1)                                                             \
     do {                                                                                           \
@@ -385,7 +381,6 @@ static inline __attribute__((always_inline)) void NAME(int64_t nb, const uint8_t
 }
 KILN_QI_UKR(kiln_qi_ukr_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
 KILN_QI_UKR(kiln_qi_ukr_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
-KILN_QI_UKR(kiln_qi_ukr_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
 
 /* GEMV pass (decode, R <= 4 rows, quantized as one strip of R rows): one panel w (at its
  * first group) into t[r * ldt + j]. One panel at a time, so the weights are ONE sequential
@@ -457,7 +452,6 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
 }
 KILN_QI_GEMV(kiln_qi_gemv_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
 KILN_QI_GEMV(kiln_qi_gemv_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
-KILN_QI_GEMV(kiln_qi_gemv_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
 
 /* Weight value (n, k) and activation (i, k) as integers, for the scalar columns. */
 static inline int32_t kiln_qiw_at_q8_0(const uint8_t *g, int64_t c, int64_t kk) {
@@ -466,10 +460,6 @@ static inline int32_t kiln_qiw_at_q8_0(const uint8_t *g, int64_t c, int64_t kk) 
 static inline int32_t kiln_qiw_at_q4_0(const uint8_t *g, int64_t c, int64_t kk) {
     const uint8_t b = g[4 * KILN_NR + (kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
     return (int32_t)(c < KILN_NR / 2 ? (b & 15) : (b >> 4)) - 8;
-}
-
-static inline int32_t kiln_qiw_at_q4_k(const uint8_t *g, int64_t c, int64_t kk) {
-    return kiln_qiw_at_q4_0(g + 4 * KILN_NR, c, kk) + 8;
 }
 
 /* The product tile (as kiln_packed_tile_*): the rows quantized once per launch and worker,
@@ -540,5 +530,4 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
 }
 KILN_QI_TILE(kiln_packed_tile_q8_0, KILN_GBI_Q8_0, 0, kiln_qi_ukr_q8_0, kiln_qi_gemv_q8_0, kiln_qiw_at_q8_0)
 KILN_QI_TILE(kiln_packed_tile_q4_0, KILN_GBI_Q4_0, 1, kiln_qi_ukr_q4_0, kiln_qi_gemv_q4_0, kiln_qiw_at_q4_0)
-KILN_QI_TILE(kiln_packed_tile_q4_k, KILN_GBI_Q4_K, 2, kiln_qi_ukr_q4_k, kiln_qi_gemv_q4_k, kiln_qiw_at_q4_k)
 #endif
