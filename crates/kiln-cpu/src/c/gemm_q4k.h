@@ -90,33 +90,26 @@ static void kiln_quantize_a_q4k(const float *restrict a, int64_t lda, int64_t tm
 static inline __attribute__((always_inline)) void kiln_q4k_dmin(const uint8_t *restrict sb, kiln_vf *d0,
         kiln_vf *d1, kiln_vf *n0, kiln_vf *n1) {
     typedef short kiln_v16hi __attribute__((vector_size(32)));
-    kiln_v16hi h[4];
-    memcpy(h, sb, sizeof h);
+    kiln_v16hi h0, h1, h2, h3;
+    memcpy(&h0, sb, 32); memcpy(&h1, sb + 32, 32); memcpy(&h2, sb + 64, 32); memcpy(&h3, sb + 96, 32);
     const kiln_vu sign = (kiln_vu){0} + 0x80000000u;
-    *d0 = __builtin_ia32_vcvtph2ps512_mask(h[0], (kiln_vf){0}, (unsigned short)-1, 4);
-    *d1 = __builtin_ia32_vcvtph2ps512_mask(h[1], (kiln_vf){0}, (unsigned short)-1, 4);
-    *n0 = (kiln_vf)((kiln_vu)__builtin_ia32_vcvtph2ps512_mask(h[2], (kiln_vf){0}, (unsigned short)-1, 4) ^ sign);
-    *n1 = (kiln_vf)((kiln_vu)__builtin_ia32_vcvtph2ps512_mask(h[3], (kiln_vf){0}, (unsigned short)-1, 4) ^ sign);
+    *d0 = __builtin_ia32_vcvtph2ps512_mask(h0, (kiln_vf){0}, (unsigned short)-1, 4);
+    *d1 = __builtin_ia32_vcvtph2ps512_mask(h1, (kiln_vf){0}, (unsigned short)-1, 4);
+    *n0 = (kiln_vf)((kiln_vu)__builtin_ia32_vcvtph2ps512_mask(h2, (kiln_vf){0}, (unsigned short)-1, 4) ^ sign);
+    *n1 = (kiln_vf)((kiln_vu)__builtin_ia32_vcvtph2ps512_mask(h3, (kiln_vf){0}, (unsigned short)-1, 4) ^ sign);
 }
 
-/* Mi of one row (its super-block's four words hA, lA, hB, lB) for columns 0..15 and 16..31,
- * from the m operands m[j][column half]. */
-static inline __attribute__((always_inline)) void kiln_q4k_mins(const kiln_vi m[2][2], const int32_t *words,
+/* Mi of one row (its super-block's four words hA, lA, hB, lB, `stride` int32 apart) for
+ * columns 0..15 and 16..31 of super-block sb. */
+static inline __attribute__((always_inline)) void kiln_q4k_mins(const uint8_t *restrict sb, const int32_t *words,
         int64_t stride, kiln_vi *mi0, kiln_vi *mi1) {
+    const kiln_vi m00 = kiln_ldvi(sb + KILN_Q4K_M), m01 = kiln_ldvi(sb + KILN_Q4K_M + 64);
+    const kiln_vi m10 = kiln_ldvi(sb + KILN_Q4K_M + 4 * KILN_NR), m11 = kiln_ldvi(sb + KILN_Q4K_M + 4 * KILN_NR + 64);
     const kiln_vi hA = kiln_splati(words[0]), lA = kiln_splati(words[stride]);
     const kiln_vi hB = kiln_splati(words[2 * stride]), lB = kiln_splati(words[3 * stride]);
     const kiln_vi z = (kiln_vi){0};
-    *mi0 = kiln_dpbusd(kiln_dpbusd(z, m[0][0], hA), m[1][0], hB) * 128
-         + kiln_dpbusd(kiln_dpbusd(z, m[0][0], lA), m[1][0], lB);
-    *mi1 = kiln_dpbusd(kiln_dpbusd(z, m[0][1], hA), m[1][1], hB) * 128
-         + kiln_dpbusd(kiln_dpbusd(z, m[0][1], lA), m[1][1], lB);
-}
-
-static inline __attribute__((always_inline)) void kiln_q4k_mvecs(const uint8_t *restrict sb, kiln_vi m[2][2]) {
-    _Pragma("GCC unroll 2") for (int j = 0; j < 2; ++j) {
-        m[j][0] = kiln_ldvi(sb + KILN_Q4K_M + j * 4 * KILN_NR);
-        m[j][1] = kiln_ldvi(sb + KILN_Q4K_M + j * 4 * KILN_NR + 64);
-    }
+    *mi0 = kiln_dpbusd(kiln_dpbusd(z, m00, hA), m10, hB) * 128 + kiln_dpbusd(kiln_dpbusd(z, m00, lA), m10, lB);
+    *mi1 = kiln_dpbusd(kiln_dpbusd(z, m01, hA), m11, hB) * 128 + kiln_dpbusd(kiln_dpbusd(z, m01, lA), m11, lB);
 }
 
 /* Quad qd of group g's nibbles: columns 0..15 into *w0, 16..31 into *w1. */
@@ -144,11 +137,9 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(int64_t nsb, c
         {
             kiln_vf d0, d1, n0, n1;
             kiln_q4k_dmin(w, &d0, &d1, &n0, &n1);
-            kiln_vi m[2][2];
-            kiln_q4k_mvecs(w, m);
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
                 kiln_vi mi0, mi1;
-                kiln_q4k_mins(m, (const int32_t *)(const void *)(qa + 36 * KILN_QMR) + i, KILN_QA_BLOCK / 4, &mi0, &mi1);
+                kiln_q4k_mins(w, (const int32_t *)(const void *)(qa + 36 * KILN_QMR) + i, KILN_QA_BLOCK / 4, &mi0, &mi1);
                 const kiln_vf sc = kiln_splatv(sa[i]);
                 kiln_stv(c + i * ldc, KILN_FMAV(__builtin_convertvector(mi0, kiln_vf), n0 * sc, kiln_ldv(c + i * ldc)));
                 kiln_stv(c + i * ldc + KILN_VL, KILN_FMAV(__builtin_convertvector(mi1, kiln_vf), n1 * sc, kiln_ldv(c + i * ldc + KILN_VL)));
@@ -175,6 +166,7 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(int64_t nsb, c
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
                 S[i][0] += s0 * ia[i][0];
                 S[i][1] += s1 * ia[i][1];
+                KILN_IN_REG(S[i][0]); KILN_IN_REG(S[i][1]);
             }
         }
         kiln_vf d0, d1, n0, n1;
@@ -202,11 +194,9 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int R, 
         {
             kiln_vf d0, d1, n0, n1;
             kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
-            kiln_vi m[2][2];
-            kiln_q4k_mvecs(sb, m);
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
                 kiln_vi mi0, mi1;
-                kiln_q4k_mins(m, (const int32_t *)(const void *)(ab + 36 * R) + r, 10 * R, &mi0, &mi1);
+                kiln_q4k_mins(sb, (const int32_t *)(const void *)(ab + 36 * R) + r, 10 * R, &mi0, &mi1);
                 const kiln_vf sc = kiln_splatv(sa[r]);
                 acc[r][0] = KILN_FMAV(__builtin_convertvector(mi0, kiln_vf), n0 * sc, acc[r][0]);
                 acc[r][1] = KILN_FMAV(__builtin_convertvector(mi1, kiln_vf), n1 * sc, acc[r][1]);
@@ -227,9 +217,10 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int R, 
                 kiln_qiw_q4k(sb, g, qd, &w0, &w1);
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
                     const kiln_vi x = kiln_splati(aq[qd * R + r]);
-                    kiln_vi *ch = qd % CH == 0 ? ia[r] : qd % CH == 1 ? ib[r] : qd % CH == 2 ? ic[r] : id[r];
-                    ch[0] = kiln_dpbusd(ch[0], w0, x);
-                    ch[1] = kiln_dpbusd(ch[1], w1, x);
+                    if (qd % CH == 0) { ia[r][0] = kiln_dpbusd(ia[r][0], w0, x); ia[r][1] = kiln_dpbusd(ia[r][1], w1, x); }
+                    else if (qd % CH == 1) { ib[r][0] = kiln_dpbusd(ib[r][0], w0, x); ib[r][1] = kiln_dpbusd(ib[r][1], w1, x); }
+                    else if (qd % CH == 2) { ic[r][0] = kiln_dpbusd(ic[r][0], w0, x); ic[r][1] = kiln_dpbusd(ic[r][1], w1, x); }
+                    else { id[r][0] = kiln_dpbusd(id[r][0], w0, x); id[r][1] = kiln_dpbusd(id[r][1], w1, x); }
                 }
             }
             const kiln_vi s0 = kiln_ld_i8(sb + KILN_Q4K_SC + g * KILN_NR, 1);
@@ -237,6 +228,7 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int R, 
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
                 S[r][0] += s0 * ((ia[r][0] + ib[r][0]) + (ic[r][0] + id[r][0]));
                 S[r][1] += s1 * ((ia[r][1] + ib[r][1]) + (ic[r][1] + id[r][1]));
+                KILN_IN_REG(S[r][0]); KILN_IN_REG(S[r][1]); /* summed here, not all at the end */
             }
         }
         kiln_vf d0, d1, n0, n1;
