@@ -14,9 +14,9 @@
 //! are not compiled for AVX-512 with VNNI.
 mod common;
 use common::*;
+use half::f16;
 use kiln_compile::{CompileOptions, Target};
 use kiln_cpu::QuantRequest;
-use half::f16;
 use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k};
 use kiln_ir::{DType, Expr, Graph, Tensor};
 

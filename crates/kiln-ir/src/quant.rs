@@ -343,7 +343,10 @@ pub fn sub_block_q6_k(row: &[u8], g: usize) -> Option<(f32, [i8; 2], [u8; 32])> 
 /// dequantization of value `j` of group `g` is `d * sc[g] * q[g][j] - dmin * m[g]` (as
 /// [`sub_block`] gives it in f32). `None` for a super-block past the row.
 #[allow(clippy::type_complexity)]
-pub fn super_block_q4_k(row: &[u8], b: usize) -> Option<(u16, u16, [u8; 8], [u8; 8], [[u8; 32]; 8])> {
+pub fn super_block_q4_k(
+    row: &[u8],
+    b: usize,
+) -> Option<(u16, u16, [u8; 8], [u8; 8], [[u8; 32]; 8])> {
     let blk = row.get(b * 144..(b + 1) * 144)?;
     let (mut sc, mut m, mut q) = ([0u8; 8], [0u8; 8], [[0u8; 32]; 8]);
     for j in 0..8 {
