@@ -182,7 +182,9 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(int64_t nsb, c
 /* GEMV pass (decode, R <= 4 rows of one strip of R rows): one panel w (at its first
  * super-block) into t[r * ldt + j], one sequential stream as KILN_QI_GEMV's. A super-block's
  * d, dmin and m are loaded first (the lines asked for in address order), each group's scales
- * where used; a group's dot split into CH integer chains (quads qd % CH) for latency. */
+ * where used; a group's dot split into CH integer chains (quads qd % CH) for latency. No
+ * software prefetch at any row count: unlike the 24-byte groups, 4 groups ahead cost 3 and 4
+ * rows 15-35% here (scripts/bench-qgemv.sh, ROWS=3: 31-36 GB/s with, 38-50 without). */
 static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int R, const uint8_t *restrict qa,
         const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {
     const int CH = R == 1 ? 4 : R == 2 ? 2 : 1;
@@ -205,9 +207,6 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int R, 
         kiln_vi S[4][2];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) S[r][0] = S[r][1] = (kiln_vi){0};
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; ++g) {
-            if (R >= 3) /* as KILN_QI_GEMV: from 3 rows on, prefetches 4 groups ahead pay */
-                _Pragma("GCC unroll 10") for (int l = 0; l < (KILN_GBI_Q4_K + 63) / 64; ++l)
-                    __builtin_prefetch(sb + (g + 4) * KILN_GBI_Q4_K + 64 * l, 0, 3);
             const int32_t *aq = (const int32_t *)(const void *)(ab + g * 40 * R);
             kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2];
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
