@@ -65,6 +65,7 @@ pub fn prelude_upto(isa: Isa, section: Section) -> &'static str {
             Section::Quant => concat!(
                 include_str!("c/gemm.h"),
                 include_str!("c/gemm_quant.h"),
+                include_str!("c/gemm_q4k.h"),
                 include_str!("c/gemm_q6k.h")
             ),
         };

@@ -1,5 +1,5 @@
 //! Block-quantized weights in panels: the layout the CPU's matmul kernels read Q8_0, Q4_0,
-//! Q4_K and Q6_K weights in (`c/gemm_quant.h`, `c/gemm_q6k.h`), repacked once when a weight
+//! Q4_K and Q6_K weights in (`c/gemm_quant.h`, `c/gemm_q4k.h`, `c/gemm_q6k.h`), repacked once when a weight
 //! is bound, like the f32 and bf16 panels of [`crate::pack`].
 //!
 //! A weight `W` of `rows x k` values (rows of GGML blocks, `k` a multiple of 32) becomes
@@ -25,8 +25,8 @@
 //! `c/gemm_q6k.h`: f32 `d * sc` of each half, the low nibbles as Q4_0's, then a plane of the
 //! high bit pairs — 32 bytes per 32 values and column (GGUF 26.25).
 //!
-//! **Integer layout** (Q8_0, Q4_0 and Q4_K when the kernels were compiled for AVX-512 VNNI:
-//! `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
+//! **Integer layout** (Q8_0, Q4_0, Q4_K and Q6_K when the kernels were compiled for AVX-512
+//! VNNI: `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
 //! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane),
 //! so a group's values are grouped four k-values per 32-bit lane: quad `q` (values
 //! `4q..4q+3` of the group) is `[panel][4]` bytes, one 64-byte load per 16 columns. The
@@ -37,13 +37,19 @@
 //! - Q4_0: `d: [f16; panel]`, then `[8][panel / 2][4]` bytes, column `c` in the low nibble
 //!   of byte `(c, j)` and column `c + panel / 2` in its high nibble (the stored 0..15, the
 //!   kernel subtracts `8 * sum(a)`) — 18 bytes, as in the f32 layout and the file;
-//! - Q4_K: `scale: [f32; panel]` (`d * sc`), `neg_min: [f32; panel]` (`-(dmin * m)`), then the
-//!   nibbles as Q4_0 — 24 bytes, as in the f32 layout;
-//! - Q6_K: `d: [f32; panel]`, `sc: [[i8; panel]; 2]`, then the 6-bit values, three vectors per
-//!   two quads with the fourth quad's bits in their top bit pairs (`c/gemm_q6k.h` says how and
-//!   why) — 30 bytes.
+//! - Q4_K, per super-block of 256 values, not per group (`c/gemm_q4k.h`: the kernels apply
+//!   the group scales in int32 and convert once per super-block, as llama.cpp's q4_K x q8_K
+//!   dot does): `d: [f16; panel]`, `dmin: [f16; panel]` (the file's bits), `m: [2][panel][4]`
+//!   u8 (group `4j + t`'s 6-bit min of column `c` at `(j, c, t)`: a vpdpbusd operand),
+//!   `sc: [8][panel]` u8 (the 6-bit scales), then each group's nibbles as Q4_0's — 148 bytes
+//!   per 256 values and column, 18.5 per 32 (GGUF 18; the former per-group f32 `d * sc` and
+//!   `-(dmin * m)`: 24);
+//! - Q6_K, per super-block of 256 values: `d: [f16; panel]` (the file's bits), then per group
+//!   `sc: [[i8; panel]; 2]` and the 6-bit values, three vectors per two quads with the fourth
+//!   quad's bits in their top bit pairs (`c/gemm_q6k.h` says how and why) — 210 bytes per 256
+//!   values and column, 26.25 per 32, the file's size (`d` per group in f32: 30).
 
-use kiln_ir::quant::{sub_block, sub_block_q6_k};
+use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k};
 use kiln_ir::DType;
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -154,6 +160,22 @@ fn pack_groups<S>(
     read: impl Fn(&[u8], usize) -> S + Sync,
     write: impl Fn(&mut [u8], usize, S) + Sync,
 ) -> HostBuffer {
+    pack_units(bytes, dtype, depth, panel, GROUP, gb, read, write)
+}
+
+/// [`pack_groups`] over units of `unit` values of `k` (a multiple of the type's block or a
+/// divisor of it), `ub` bytes each: Q4_K's integer layout packs whole super-blocks.
+#[allow(clippy::too_many_arguments)]
+fn pack_units<S>(
+    bytes: &[u8],
+    dtype: DType,
+    depth: usize,
+    panel: usize,
+    unit: usize,
+    ub: usize,
+    read: impl Fn(&[u8], usize) -> S + Sync,
+    write: impl Fn(&mut [u8], usize, S) + Sync,
+) -> HostBuffer {
     let q = dtype.quant().expect("a block-quantized dtype");
     assert!(
         depth > 0 && depth.is_multiple_of(q.block_elems()),
@@ -161,8 +183,8 @@ fn pack_groups<S>(
     );
     let row_bytes = depth / q.block_elems() * q.block_bytes();
     let rows = bytes.len() / row_bytes;
-    let groups = depth / GROUP;
-    let panel_bytes = groups * gb;
+    let units = depth / unit;
+    let panel_bytes = units * ub;
     let panels = rows.div_ceil(panel);
     let out = HostBuffer::zeroed(panels * panel_bytes);
     let dst = out.as_mut_ptr() as usize;
@@ -175,8 +197,8 @@ fn pack_groups<S>(
         let live = panel.min(rows - p * panel);
         for c in 0..live {
             let row = &bytes[(p * panel + c) * row_bytes..][..row_bytes];
-            for g in 0..groups {
-                write(&mut dst[g * gb..][..gb], c, read(row, g));
+            for u in 0..units {
+                write(&mut dst[u * ub..][..ub], c, read(row, u));
             }
         }
     });
@@ -189,13 +211,14 @@ pub fn integer_layout(dtype: DType) -> bool {
 }
 
 /// Bytes of one group of a `panel`-column panel of `dtype` in the integer layout
-/// (`KILN_GBI_*` in the C header).
+/// (`KILN_GBI_*` in the C header; Q4_K's and Q6_K's panels are whole super-blocks: an eighth
+/// of one).
 pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
     match dtype {
         DType::Q8_0 => (2 + GROUP) * panel,
         DType::Q4_0 => (2 + GROUP / 2) * panel,
-        DType::Q4_K => (8 + GROUP / 2) * panel,
-        DType::Q6_K => (6 + 3 * GROUP / 4) * panel,
+        DType::Q4_K => Q4_K_SUPER_BLOCK_INT8 * panel / 8,
+        DType::Q6_K => Q6_K_SUPER_BLOCK_INT8 * panel / 8,
         other => panic!("{other} has no integer layout"),
     }
 }
@@ -205,27 +228,40 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
 pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     assert!(integer_layout(dtype), "{dtype} has no integer layout");
     match dtype {
-        DType::Q6_K => return pack_q6_k_int8(bytes, depth, panel),
-        DType::Q8_0 | DType::Q4_0 => return pack_q8_0_q4_0(bytes, dtype, depth, panel, true),
-        _ => {}
+        DType::Q8_0 | DType::Q4_0 => pack_q8_0_q4_0(bytes, dtype, depth, panel, true),
+        DType::Q4_K => pack_q4_k_int8(bytes, depth, panel),
+        DType::Q6_K => pack_q6_k_int8(bytes, depth, panel),
+        other => unreachable!("{other} has no integer layout"),
     }
+}
+
+/// Bytes per column of one Q4_K super-block (256 values) in the integer layout.
+const Q4_K_SUPER_BLOCK_INT8: usize = 148;
+
+/// Q4_K in the integer layout (`c/gemm_q4k.h`), per super-block: `d: [f16; panel]`,
+/// `dmin: [f16; panel]`, `m: [2][panel][4]` u8 (group `4 j + t`'s min of column `c` at
+/// `(j, c, t)`), `sc: [8][panel]` u8, then each group's nibbles as Q4_0's integer layout.
+fn pack_q4_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
     let half = panel / 2;
-    let gb = group_bytes_int8(dtype, panel);
-    let q = dtype.quant().expect("a block-quantized dtype");
-    pack_groups(
+    pack_units(
         bytes,
-        dtype,
+        DType::Q4_K,
         depth,
         panel,
-        gb,
-        |row, g| sub_block(q, row, g).expect("whole blocks"),
-        |grp, c, (scale, min, vals)| {
-            grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
-            grp[4 * panel + 4 * c..][..4].copy_from_slice(&(-min).to_le_bytes());
-            let at = 8 * panel;
+        256,
+        Q4_K_SUPER_BLOCK_INT8 * panel,
+        |row, b| super_block_q4_k(row, b).expect("whole blocks"),
+        |sb, c, (d, dmin, sc, m, q)| {
+            sb[2 * c..][..2].copy_from_slice(&d.to_le_bytes());
+            sb[2 * panel + 2 * c..][..2].copy_from_slice(&dmin.to_le_bytes());
             let shift = if c < half { 0 } else { 4 };
-            for (k, &v) in vals.iter().enumerate() {
-                grp[at + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
+            for g in 0..8 {
+                sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4] = m[g];
+                sb[12 * panel + g * panel + c] = sc[g];
+                let nibbles = &mut sb[20 * panel + g * 16 * panel..][..16 * panel];
+                for (k, &v) in q[g].iter().enumerate() {
+                    nibbles[(k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
+                }
             }
         },
     )
@@ -261,45 +297,64 @@ fn pack_q6_k(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
     )
 }
 
-/// Q6_K in the integer layout (`c/gemm_q6k.h`): per group `d: [f32; panel]`,
-/// `sc: [[i8; panel]; 2]`, then for each pair `p` of quads (`p` and `p + 4`) three vectors X,
-/// Y, Z of `[panel / 2][4]` bytes: byte `(j, t)` holds value `4 p + t` of column `j` (X, low 6
-/// bits) and of column `j + half` (Y), value `16 + 4 p + t` of column `j` (Z), and in the top
-/// two bits of X, Y, Z bits 0-1, 2-3, 4-5 of value `16 + 4 p + t` of column `j + half`.
+/// Bytes per column of one Q6_K super-block (256 values) in the integer layout.
+const Q6_K_SUPER_BLOCK_INT8: usize = 210;
+
+/// Q6_K in the integer layout (`c/gemm_q6k.h`): per super-block `d: [f16; panel]` (the file's
+/// bits), then per group `sc: [[i8; panel]; 2]`, then for each pair `p` of quads (`p` and
+/// `p + 4`) three vectors X, Y, Z of `[panel / 2][4]` bytes: byte `(j, t)` holds value
+/// `4 p + t` of column `j` (X, low 6 bits) and of column `j + half` (Y), value `16 + 4 p + t`
+/// of column `j` (Z), and in the top two bits of X, Y, Z bits 0-1, 2-3, 4-5 of value
+/// `16 + 4 p + t` of column `j + half`.
 fn pack_q6_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
-    let half = panel / 2;
-    let gb = group_bytes_int8(DType::Q6_K, panel);
-    pack_groups(
+    pack_units(
         bytes,
         DType::Q6_K,
         depth,
         panel,
-        gb,
-        |row, g| sub_block_q6_k(row, g).expect("whole blocks"),
-        |grp, c, (d, sc, vals)| {
-            grp[4 * c..][..4].copy_from_slice(&d.to_le_bytes());
-            grp[4 * panel + c] = sc[0] as u8;
-            grp[5 * panel + c] = sc[1] as u8;
-            // vector v (0 X, 1 Y, 2 Z) of pair p, byte (j, t)
-            let at = |p: usize, v: usize, t: usize| {
-                6 * panel + p * 6 * panel + v * 2 * panel + 4 * (c % half) + t
-            };
-            for (k, &q) in vals.iter().enumerate() {
-                let (quad, t) = (k / 4, k % 4);
-                let p = quad % 4;
-                match (c < half, quad < 4) {
-                    (true, true) => grp[at(p, 0, t)] |= q,
-                    (false, true) => grp[at(p, 1, t)] |= q,
-                    (true, false) => grp[at(p, 2, t)] |= q,
-                    (false, false) => {
-                        for v in 0..3 {
-                            grp[at(p, v, t)] |= ((q >> (2 * v)) & 3) << 6;
-                        }
-                    }
-                }
+        256,
+        Q6_K_SUPER_BLOCK_INT8 * panel,
+        |row, b| {
+            // ggml's block_q6_K ends with its f16 d (bytes 208..210 of 210)
+            let d = u16::from_le_bytes([row[210 * b + 208], row[210 * b + 209]]);
+            let groups: [_; 8] =
+                std::array::from_fn(|g| sub_block_q6_k(row, 8 * b + g).expect("whole blocks"));
+            (d, groups)
+        },
+        |sb, c, (d, groups)| {
+            sb[2 * c..][..2].copy_from_slice(&d.to_le_bytes());
+            for (g, (_, sc, vals)) in groups.into_iter().enumerate() {
+                let grp = &mut sb[2 * panel + g * 26 * panel..][..26 * panel];
+                write_q6_k_group(grp, panel, c, sc, vals);
             }
         },
     )
+}
+
+/// Column `c` of one Q6_K group in the integer layout: `sc: [[i8; panel]; 2]`, then the three
+/// vectors of each pair of quads (see [`pack_q6_k_int8`]).
+fn write_q6_k_group(grp: &mut [u8], panel: usize, c: usize, sc: [i8; 2], vals: [u8; 32]) {
+    let half = panel / 2;
+    grp[c] = sc[0] as u8;
+    grp[panel + c] = sc[1] as u8;
+    // vector v (0 X, 1 Y, 2 Z) of pair p, byte (j, t)
+    let at = |p: usize, v: usize, t: usize| {
+        2 * panel + p * 6 * panel + v * 2 * panel + 4 * (c % half) + t
+    };
+    for (k, &q) in vals.iter().enumerate() {
+        let (quad, t) = (k / 4, k % 4);
+        let p = quad % 4;
+        match (c < half, quad < 4) {
+            (true, true) => grp[at(p, 0, t)] |= q,
+            (false, true) => grp[at(p, 1, t)] |= q,
+            (true, false) => grp[at(p, 2, t)] |= q,
+            (false, false) => {
+                for v in 0..3 {
+                    grp[at(p, v, t)] |= ((q >> (2 * v)) & 3) << 6;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -387,6 +442,44 @@ mod tests {
                         "{dtype}: ({n}, {k})"
                     );
                 }
+            }
+        }
+    }
+
+    /// Q4_K's integer layout read back as `c/gemm_q4k.h` reads it gives ggml's values.
+    #[test]
+    fn q4_k_integer_layout_holds_ggmls_values() {
+        let q = QuantType::Q4_K;
+        let (rows, depth, panel): (usize, usize, usize) = (37, 512, 32);
+        let w: Vec<f32> = (0..rows * depth)
+            .map(|i| ((i * 7919) % 257) as f32 / 64.0 - 2.0)
+            .collect();
+        let bytes = q.quantize(&w).unwrap();
+        let mut want = vec![0f32; w.len()];
+        q.dequantize_row(&bytes, &mut want).unwrap();
+        let sbb = Q4_K_SUPER_BLOCK_INT8 * panel;
+        let len = rows.div_ceil(panel) * (depth / 256) * sbb;
+        assert_eq!(
+            len,
+            rows.div_ceil(panel) * (depth / GROUP) * group_bytes_int8(DType::Q4_K, panel)
+        );
+        let p = pack_quant_int8(&bytes, DType::Q4_K, depth, panel);
+        // SAFETY: nothing writes the buffer.
+        let got = unsafe { p.bytes(len) };
+        let half = panel / 2;
+        for n in 0..rows {
+            for k in 0..depth {
+                let sb = &got[((n / panel) * (depth / 256) + k / 256) * sbb..][..sbb];
+                let (c, g, kk) = (n % panel, (k % 256) / 32, k % 32);
+                let f16 = |at: usize| half::f16::from_le_bytes([sb[at], sb[at + 1]]).to_f32();
+                let (d, dmin) = (f16(2 * c), f16(2 * panel + 2 * c));
+                let m = sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4];
+                let sc = sb[12 * panel + g * panel + c];
+                let byte = sb
+                    [20 * panel + g * 16 * panel + (kk / 4) * 2 * panel + 4 * (c % half) + kk % 4];
+                let v = if c < half { byte & 15 } else { byte >> 4 };
+                let value = (d * sc as f32) * v as f32 - dmin * m as f32;
+                assert_eq!(value.to_bits(), want[n * depth + k].to_bits(), "({n}, {k})");
             }
         }
     }

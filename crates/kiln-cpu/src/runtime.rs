@@ -1,5 +1,5 @@
 //! The runtime object: the C code that kernels call but do not contain (the packed GEMM/GEMV
-//! micro-kernels of `c/gemm.h`, `c/gemm_quant.h` and `c/gemm_q6k.h`, the attention's helpers of
+//! micro-kernels of `c/gemm.h`, `c/gemm_quant.h`, `c/gemm_q4k.h` and `c/gemm_q6k.h`, the attention's helpers of
 //! `c/prelude.h`), compiled once per compiler identity, flags and ISA instead of once per
 //! compile unit that calls it.
 //!

@@ -1,10 +1,12 @@
-//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q6k.h`, AVX-512
+//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q4k.h`,
+//! `c/gemm_q6k.h`, AVX-512
 //! VNNI: Q8_0, Q4_0, Q4_K and Q6_K weights times activations quantized per 32 values to int8) against a scalar model
 //! of the same arithmetic, bit for bit: each activation block quantized as ggml's
 //! quantize_row_q8_0 does (d = amax / 127, q = round-half-even(x * (1 / d)), d kept in f32),
 //! each block's dot product an exact integer, and the blocks summed in order with
-//! `acc = fma(dot as f32, sw * sa, acc)` (Q4_K then `acc = fma(-m, sa * sum(q_a), acc)`; Q6_K's
-//! dot is `sum(sc * (q - 32) * a)` over both 16-value halves and `sw` the super-block's d). Both sides do the same f32 operations in the same
+//! `acc = fma(dot as f32, sw * sa, acc)` (Q6_K's dot is `sum(sc * (q - 32) * a)` over both
+//! 16-value halves and `sw` the super-block's d; Q4_K, `c/gemm_q4k.h`, quantizes activations per
+//! 256 values and sums per super-block: `model_q4_k`). Both sides do the same f32 operations in the same
 //! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
 //! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
 //! columns starting mid-panel (the scalar chains), blocks of zeros (d = 0); 1 vs 2 threads;
@@ -12,9 +14,10 @@
 //! are not compiled for AVX-512 with VNNI.
 mod common;
 use common::*;
+use half::f16;
 use kiln_compile::{CompileOptions, Target};
 use kiln_cpu::QuantRequest;
-use kiln_ir::quant::{sub_block, sub_block_q6_k};
+use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k};
 use kiln_ir::{DType, Expr, Graph, Tensor};
 
 /// The integer path's backend, or None (printed) where this machine cannot compile it.
@@ -61,8 +64,56 @@ fn quantize_block(x: &[f32]) -> (f32, [i32; 32]) {
     (d, q)
 }
 
+/// 256 activations quantized as the Q4_K kernels do (one scale per super-block, as ggml's
+/// q8_K): (d, the 8 groups' q).
+fn quantize_super_block(x: &[f32]) -> (f32, [[i32; 32]; 8]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [[0i32; 32]; 8];
+    for (j, &v) in x.iter().enumerate() {
+        q[j / 32][j % 32] = (v * id).round_ties_even() as i32;
+    }
+    (d, q)
+}
+
+/// The Q4_K model: per super-block the exact integers `Mi = sum_g m_g * sum(a_g)` and
+/// `S = sum_g sc_g * dot_g`, then `acc = fma(Mi, -dmin * sa, acc)`, `acc = fma(S, d * sa, acc)`.
+fn model_q4_k(x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
+    let row_bytes = k / 256 * 144;
+    let rows = w.bytes().len() / row_bytes;
+    let mut out = vec![0f32; m * rows];
+    for i in 0..m {
+        let blocks: Vec<_> = x[i * k..(i + 1) * k]
+            .chunks(256)
+            .map(quantize_super_block)
+            .collect();
+        for n in 0..rows {
+            let row = &w.bytes()[n * row_bytes..(n + 1) * row_bytes];
+            let mut acc = 0f32;
+            for (b, (sa, qa)) in blocks.iter().enumerate() {
+                let (d, dmin, sc, mins, qw) = super_block_q4_k(row, b).unwrap();
+                let (mut s, mut mi) = (0i32, 0i32);
+                for g in 0..8 {
+                    let dot: i32 = (0..32).map(|j| qa[g][j] * qw[g][j] as i32).sum();
+                    s += sc[g] as i32 * dot;
+                    mi += mins[g] as i32 * qa[g].iter().sum::<i32>();
+                }
+                let (d, dmin) = (f16::from_bits(d).to_f32(), f16::from_bits(dmin).to_f32());
+                acc = (mi as f32).mul_add(-dmin * sa, acc);
+                acc = (s as f32).mul_add(d * sa, acc);
+            }
+            out[i * rows + n] = acc;
+        }
+    }
+    out
+}
+
 /// The model: `x [m, k]` times the rows of `w` (`dtype` blocks), `[m, rows]`.
 fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
+    if dtype == DType::Q4_K {
+        return model_q4_k(x, m, k, w);
+    }
     let q = dtype.quant().unwrap();
     let row_bytes = k / q.block_elems() * q.block_bytes();
     let rows = w.bytes().len() / row_bytes;
@@ -86,23 +137,17 @@ fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
                     acc = (dot as f32).mul_add(d * sa, acc);
                     continue;
                 }
-                let (sw, mw, qw) = sub_block(q, row, b).unwrap();
+                let (sw, _, qw) = sub_block(q, row, b).unwrap();
                 let dot: i32 = (0..32)
                     .map(|j| {
                         let wv = match dtype {
                             DType::Q8_0 => qw[j] as i8 as i32,
-                            DType::Q4_0 => qw[j] as i32 - 8,
-                            _ => qw[j] as i32,
+                            _ => qw[j] as i32 - 8,
                         };
                         qa[j] * wv
                     })
                     .sum();
                 acc = (dot as f32).mul_add(sw * sa, acc);
-                if dtype == DType::Q4_K {
-                    // d1 * q - m1: the min times the block's activation sum, a second FMA.
-                    let sum: i32 = qa.iter().sum();
-                    acc = (-mw).mul_add(sa * sum as f32, acc);
-                }
             }
             out[i * rows + n] = acc;
         }
@@ -116,6 +161,10 @@ fn activations(m: usize, k: usize) -> Vec<f32> {
     for i in 0..m {
         if k >= 64 {
             x[i * k + 32..i * k + 64].fill(0.0);
+        }
+        if k >= 768 {
+            // a whole Q4_K super-block of zeros (its activation scale 0)
+            x[i * k + 512..i * k + 768].fill(0.0);
         }
         x[i * k + (7 * i) % k] = 40.0;
     }

@@ -337,6 +337,28 @@ pub fn sub_block_q6_k(row: &[u8], g: usize) -> Option<(f32, [i8; 2], [u8; 32])> 
     Some((f16_at(b, 208), [b[sc] as i8, b[sc + 1] as i8], q))
 }
 
+/// Super-block `b` (values `256 b .. 256 b + 256`) of a row of Q4_K blocks, its integers as
+/// stored: `(d, dmin, sc, m, q)` with `d` and `dmin` the f16 bits, `sc[g]` and `m[g]` group
+/// `g`'s 6-bit scale and min, and `q[g]` its 32 4-bit values in value order, such that ggml's
+/// dequantization of value `j` of group `g` is `d * sc[g] * q[g][j] - dmin * m[g]` (as
+/// [`sub_block`] gives it in f32). `None` for a super-block past the row.
+#[allow(clippy::type_complexity)]
+pub fn super_block_q4_k(
+    row: &[u8],
+    b: usize,
+) -> Option<(u16, u16, [u8; 8], [u8; 8], [[u8; 32]; 8])> {
+    let blk = row.get(b * 144..(b + 1) * 144)?;
+    let (mut sc, mut m, mut q) = ([0u8; 8], [0u8; 8], [[0u8; 32]; 8]);
+    for j in 0..8 {
+        (sc[j], m[j]) = scale_min_k4(j, &blk[4..16]);
+        for (l, &v) in blk[16 + 32 * (j / 2)..][..32].iter().enumerate() {
+            q[j][l] = if j % 2 == 0 { v & 0x0F } else { v >> 4 };
+        }
+    }
+    let bits = |at: usize| u16::from_le_bytes([blk[at], blk[at + 1]]);
+    Some((bits(0), bits(2), sc, m, q))
+}
+
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }

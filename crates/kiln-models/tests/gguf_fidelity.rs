@@ -7,8 +7,8 @@
 //! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0 and Q4_K linear weights quantized and
 //! dequantizes them inside the kernels, to the same f32 values ggml's dequantization gives
 //! (bit for bit: crates/kiln-cpu/tests/gemm_quant.rs), so the same tolerance holds on the f32-dequantizing kernels. Where the CPU has AVX-512 VNNI,
-//! Q8_0 and Q4_0 matmuls take the integer path (activations quantized per 32 values to int8,
-//! as llama.cpp does): those files are held to llama.cpp's own distance from the reference
+//! Q8_0, Q4_0, Q4_K and Q6_K matmuls take the integer path (activations quantized to int8 as
+//! llama.cpp does: per 32 values, per 256 for Q4_K): those files are held to llama.cpp's own distance from the reference
 //! ([`tolerance`], [`check_prompt`]). The F32 and BF16 files of tiny-qwen3 also give bit-identical
 //! logits to the safetensors fixtures they were written from.
 
@@ -91,7 +91,8 @@ fn references(gguf: &Path) -> Vec<(String, Reference)> {
 }
 
 /// Whether `kept` (the dtypes a model keeps quantized) puts a matmul on the CPU's integer path
-/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K and Q6_K times activations quantized per 32 values to int8).
+/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K and Q6_K times activations quantized to int8, per 32
+/// values, per 256 for Q4_K).
 fn int8_path(kept: &[&str]) -> bool {
     cpu().quant_int8().unwrap()
         && kept
@@ -123,8 +124,9 @@ fn llama_cpp_distance(file: &str) -> f32 {
 
 /// The logits' tolerance for `file` (`dir/name.gguf`): 1e-4 where the kernels compute the
 /// dequantized model in f32 (see the top of this file). On the integer path the activations
-/// are quantized per 32 values to int8 exactly as llama.cpp quantizes them (q8_0, its scale
-/// kept in f32 where llama.cpp rounds it to f16), so the error is of llama.cpp's kind and size,
+/// are quantized to int8 as llama.cpp quantizes them (per 32 values as q8_0, its scale kept in
+/// f32 where llama.cpp rounds it to f16; for Q4_K weights per 256 as q8_K), so the error is of
+/// llama.cpp's kind and size,
 /// and is measured like llama.cpp's in tests/gguf/make.py (teacher-forced, max over 3 prompts x
 /// 16 steps x the vocabulary). Two realisations of the same rounding noise do not have the same
 /// maximum: measured kiln / llama.cpp per file 0.36 to 1.17 (tiny-qwen3 Q8_0: 0.176 vs 0.151,

@@ -54,10 +54,12 @@ KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q
  *     dot = sc0 * D0 + sc1 * D1 = sum_j sc(j) (q_j - 32) a_j
  * (|dot| <= 32 * 128 * 32 * 127 < 2^24: exact in f32), and
  *     y = fmaf((float)dot, d[n] * sa[i][b], y)
- * in block order on every path (micro-kernel, GEMV, scalar columns: KILN_QI_TILE with kind 3
- * and a per-value weight sc * (q - 32), the same integer), as for the other types.
- * Panels, per 32-value group (pack_quant.rs, integer layout):
- *   f32 d[NR] | i8 sc[2][NR] | 4 pairs p x 3 vectors X, Y, Z of [NR/2][4] bytes  (30 NR bytes)
+ * in block order on every path (micro-kernel, GEMV, scalar columns with a per-value weight
+ * sc * (q - 32), the same integer), as for the other types.
+ * Panels (pack_quant.rs, integer layout), per super-block of 256 values (210 NR bytes, the
+ * file's 26.25 per 32 values; d per group in f32 was 30):
+ *   u16 d[NR] (the file's f16) | 8 groups of:
+ *   i8 sc[2][NR] | 4 pairs p x 3 vectors X, Y, Z of [NR/2][4] bytes             (26 NR bytes)
  * Lane j, byte t of pair p's vectors hold value k = 4p + t of columns j (X, low 6 bits) and
  * j + NR/2 (Y), value 16 + 4p + t of column j (Z), and in their top 2 bits (X, Y, Z: bits 0-1,
  * 2-3, 4-5 of it) value 16 + 4p + t of column j + NR/2. So three of the four vpdpbusd operands
@@ -68,14 +70,26 @@ KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q
  * read in scripts/bench-qgemv.sh).
  */
 #if defined(KILN_QINT8)
-#define KILN_GBI_Q6_K (30 * KILN_NR)
+#define KILN_SBI_Q6_K (210 * KILN_NR)
+#define KILN_GBI_Q6_K (KILN_SBI_Q6_K / 8) /* bytes per group, on average (the harness's unit) */
+/* Group g of the super-block at sb. */
+#define KILN_Q6K_GROUP(sb, g) ((sb) + 2 * KILN_NR + (g) * 26 * KILN_NR)
+
+/* A super-block's d in f32 (exact: f16 widened), columns 0..15 and 16..31. */
+static inline __attribute__((always_inline)) void kiln_q6k_d(const uint8_t *restrict sb, kiln_vf *d0, kiln_vf *d1) {
+    typedef short kiln_v16hi __attribute__((vector_size(32)));
+    kiln_v16hi h0, h1;
+    memcpy(&h0, sb, 32); memcpy(&h1, sb + 32, 32);
+    *d0 = __builtin_ia32_vcvtph2ps512_mask(h0, (kiln_vf){0}, (unsigned short)-1, 4);
+    *d1 = __builtin_ia32_vcvtph2ps512_mask(h1, (kiln_vf){0}, (unsigned short)-1, 4);
+}
 
 /* Pair p (quads p and p + 4) of a group's weights: the vpdpbusd operands of columns 0..15 and
  * 16..31 at quad p (*w00, *w10), columns 0..15 at quad p + 4 (*w01), and 4 q of columns 16..31
  * at quad p + 4 (*w11x4). */
 static inline __attribute__((always_inline)) void kiln_qiw_q6_k(const uint8_t *restrict g, int p, kiln_vi *w00,
         kiln_vi *w10, kiln_vi *w01, kiln_vi *w11x4) {
-    const uint8_t *v = g + 6 * KILN_NR + p * 6 * KILN_NR;
+    const uint8_t *v = g + 2 * KILN_NR + p * 6 * KILN_NR;
     const kiln_vu x = (kiln_vu)kiln_ldvi(v), y = (kiln_vu)kiln_ldvi(v + 2 * KILN_NR);
     const kiln_vu z = (kiln_vu)kiln_ldvi(v + 4 * KILN_NR);
     *w00 = (kiln_vi)(x & 0x3F3F3F3Fu);
@@ -86,8 +100,8 @@ static inline __attribute__((always_inline)) void kiln_qiw_q6_k(const uint8_t *r
 
 /* The i32 scales of half `hf` of a group, columns 0..15 and 16..31. */
 static inline __attribute__((always_inline)) void kiln_q6_scales(const uint8_t *restrict g, int hf, kiln_vi *s0, kiln_vi *s1) {
-    *s0 = kiln_ld_i8(g + 4 * KILN_NR + hf * KILN_NR, 0);
-    *s1 = kiln_ld_i8(g + 4 * KILN_NR + hf * KILN_NR + KILN_VL, 0);
+    *s0 = kiln_ld_i8(g + hf * KILN_NR, 0);
+    *s1 = kiln_ld_i8(g + hf * KILN_NR + KILN_VL, 0);
 }
 
 /* A row's dot starts: -32 * s_h of half h (the block's word: s0 in the low i16, s1 the high). */
@@ -95,17 +109,18 @@ static inline int32_t kiln_q6_start(int32_t word, int hf) {
     return -32 * (hf ? (int32_t)(int16_t)(word >> 16) : (int32_t)(int16_t)(word & 0xFFFF));
 }
 
-/* Micro-kernel (as KILN_QI_UKR): rows of one activation strip (QMR) x one panel, blocks
- * 0..nb-1. Two dots per row, half and column half need more registers than the other types'
+/* Micro-kernel (as KILN_QI_UKR): rows of one activation strip (QMR) x one panel, super-blocks
+ * 0..nsb-1. Two dots per row, half and column half need more registers than the other types'
  * kernels have, so the panel's two 16-column halves are separate passes over the blocks. */
-static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nb, const uint8_t *restrict qa0,
-        const uint8_t *restrict wg0, float *restrict c, int64_t ldc, int load_c) {
+static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nsb, const uint8_t *restrict qa0,
+        const uint8_t *restrict w, float *restrict c, int64_t ldc, int load_c) {
     _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {
         kiln_vf acc[KILN_QMR];
         _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
             acc[i] = load_c ? kiln_ldv(c + i * ldc + ch * KILN_VL) : (kiln_vf){0};
-        const uint8_t *qa = qa0, *wg = wg0;
-        for (int64_t b = 0; b < nb; ++b, qa += KILN_QA_BLOCK, wg += KILN_GBI_Q6_K) {
+        const uint8_t *qa = qa0;
+        for (int64_t b = 0; b < 8 * nsb; ++b, qa += KILN_QA_BLOCK) {
+            const uint8_t *sb = w + (b / 8) * KILN_SBI_Q6_K, *wg = KILN_Q6K_GROUP(sb, b % 8);
             const int32_t *aq = (const int32_t *)(const void *)qa;
             kiln_vi dot[KILN_QMR];
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) dot[i] = (kiln_vi){0};
@@ -128,7 +143,9 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nb, c
                 _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
                     dot[i] += sc * (x4 ? ia[i] >> 2 : ia[i]);
             }
-            const kiln_vf d = kiln_ldv((const float *)(const void *)wg + ch * KILN_VL);
+            kiln_vf d0, d1;
+            kiln_q6k_d(sb, &d0, &d1);
+            const kiln_vf d = ch ? d1 : d0;
             const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
                 acc[i] = KILN_FMAV(__builtin_convertvector(dot[i], kiln_vf), d * kiln_splatv(sa[i]), acc[i]);
@@ -144,11 +161,14 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R,
         const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {
     kiln_vf acc[4][2];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};
+    kiln_vf dv0, dv1;
     for (int64_t g = 0; g < G; ++g) {
-        const uint8_t *blk = qa + g * 40 * R, *wg = w + g * KILN_GBI_Q6_K;
+        const uint8_t *blk = qa + g * 40 * R, *sb = w + (g / 8) * KILN_SBI_Q6_K;
+        const uint8_t *wg = KILN_Q6K_GROUP(sb, g % 8);
         if (R >= 3)
-            _Pragma("GCC unroll 20") for (int l = 0; l < KILN_GBI_Q6_K / 64; ++l)
+            _Pragma("GCC unroll 20") for (int l = 0; l < (KILN_GBI_Q6_K + 63) / 64; ++l)
                 __builtin_prefetch(wg + 4 * KILN_GBI_Q6_K + 64 * l, 0, 3);
+        if (g % 8 == 0) kiln_q6k_d(sb, &dv0, &dv1); /* the super-block's d: its first line */
         const int32_t *aq = (const int32_t *)(const void *)blk;
         const float *sa = (const float *)(const void *)(blk + 32 * R);
         /* the group's d and scales first, in register (the lines asked for in address order,
@@ -156,8 +176,6 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R,
         kiln_vi s00, s01, s10, s11; /* s<half><column half> */
         kiln_q6_scales(wg, 0, &s00, &s01);
         kiln_q6_scales(wg, 1, &s10, &s11);
-        kiln_vf dv0 = kiln_ldv((const float *)(const void *)wg);
-        kiln_vf dv1 = kiln_ldv((const float *)(const void *)wg + KILN_VL);
         KILN_IN_REG(dv0); KILN_IN_REG(dv1);
         KILN_IN_REG(s00); KILN_IN_REG(s01); KILN_IN_REG(s10); KILN_IN_REG(s11);
         kiln_vi d00[4], d10[4], d01[4], d11[4]; /* [column half][value half], d11 = 4 D1 */
@@ -195,11 +213,67 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R,
  * kind 3's signed activations their block dot is the micro-kernel's `dot`, exactly. */
 static inline int32_t kiln_qiw_at_q6_k(const uint8_t *g, int64_t c, int64_t kk) {
     const int64_t half = KILN_NR / 2, ch = c >= half, quad = kk / 4, hf = quad >= 4;
-    const uint8_t *v = g + 6 * KILN_NR + (quad % 4) * 6 * KILN_NR + (c % half) * 4 + kk % 4;
+    const uint8_t *v = g + 2 * KILN_NR + (quad % 4) * 6 * KILN_NR + (c % half) * 4 + kk % 4;
     const uint8_t x = v[0], y = v[2 * KILN_NR], z = v[4 * KILN_NR];
     const int32_t q = !hf ? (ch ? y : x) & 63 : !ch ? z & 63 : (x >> 6) | (y >> 6) << 2 | (z >> 6) << 4;
-    return (int32_t)(int8_t)g[4 * KILN_NR + hf * KILN_NR + c] * (q - 32);
+    return (int32_t)(int8_t)g[hf * KILN_NR + c] * (q - 32);
 }
 
-KILN_QI_TILE(kiln_packed_tile_q6_k, KILN_GBI_Q6_K, 3, kiln_qi_ukr_q6_k, kiln_qi_gemv_q6_k, kiln_qiw_at_q6_k)
+/* The product tile (as KILN_QI_TILE, kind 3): the rows quantized once per launch and worker,
+ * then the GEMV (up to 4 rows), the micro-kernel, or scalar chains off a panel boundary. */
+static void kiln_packed_tile_q6_k(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,
+                                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm,
+                                  int64_t c0, int64_t tn, float *restrict t, int64_t ldt) {
+    const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = 40 * SR;
+    const int64_t G = K / 32, PB = (K / 256) * KILN_SBI_Q6_K, SB = G * QB;
+    uint8_t *qa = (uint8_t *)ctx->abuf;
+    if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {
+        kiln_quantize_a_rows(a, lda, tm, K, 3, SR, qa);
+        ctx->st->a_src = a; ctx->st->a_m0 = m0;
+    }
+    if (c0 % KILN_NR != 0) {
+        for (int64_t i = 0; i < tm; ++i)
+            for (int64_t j = 0; j < tn; ++j) {
+                const int64_t n = c0 + j, c = n % KILN_NR;
+                const uint8_t *pw = wp + (n / KILN_NR) * PB, *pa = qa + (i / SR) * SB;
+                float acc = 0.0f;
+                for (int64_t b = 0; b < G; ++b) {
+                    const uint8_t *sb = pw + (b / 8) * KILN_SBI_Q6_K, *g = KILN_Q6K_GROUP(sb, b % 8);
+                    const uint8_t *blk = pa + b * QB;
+                    int32_t dot = 0;
+                    for (int64_t kk = 0; kk < 32; ++kk)
+                        dot += (int32_t)(int8_t)blk[((kk / 4) * SR + i % SR) * 4 + kk % 4] * kiln_qiw_at_q6_k(g, c, kk);
+                    uint16_t dh;
+                    float sa;
+                    memcpy(&dh, sb + 2 * c, 2);
+                    memcpy(&sa, blk + 32 * SR + 4 * (i % SR), 4);
+                    acc = fmaf((float)dot, kiln_f16_to_f32(dh) * sa, acc);
+                }
+                t[i * ldt + j] = acc;
+            }
+        return;
+    }
+    const int64_t p0 = c0 / KILN_NR, np = (tn + KILN_NR - 1) / KILN_NR;
+    if (tm <= 4) {
+        for (int64_t s = 0; s < np; ++s) {
+            const uint8_t *w = wp + (p0 + s) * PB;
+            float *ts = t + s * KILN_NR;
+            if (tm == 1) kiln_qi_gemv_q6_k(1, qa, w, G, ts, ldt);
+            else if (tm == 2) kiln_qi_gemv_q6_k(2, qa, w, G, ts, ldt);
+            else if (tm == 3) kiln_qi_gemv_q6_k(3, qa, w, G, ts, ldt);
+            else kiln_qi_gemv_q6_k(4, qa, w, G, ts, ldt);
+        }
+        return;
+    }
+    const int64_t BC = KILN_KC / 256, NB = K / 256; /* super-blocks per k block, per row */
+    for (int64_t b0 = 0; b0 < NB; b0 += BC) {
+        const int64_t nb = kiln_min(BC, NB - b0);
+        for (int64_t s = 0; s < np; ++s) {
+            const uint8_t *panel = wp + (p0 + s) * PB + b0 * KILN_SBI_Q6_K;
+            for (int64_t i0 = 0; i0 < tm; i0 += KILN_QMR)
+                kiln_qi_ukr_q6_k(nb, qa + (i0 / KILN_QMR) * SB + b0 * 8 * KILN_QA_BLOCK, panel,
+                                 t + i0 * ldt + s * KILN_NR, ldt, b0 > 0);
+        }
+    }
+}
 #endif

@@ -206,13 +206,13 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
         }                                                                                          \
     }                                                                                              \
 }
-#if !defined(KILN_QINT8) /* with VNNI, Q8_0, Q4_0 and Q4_K take the integer path below */
+#if !defined(KILN_QINT8) /* with VNNI, Q8_0, Q4_0 and Q4_K take the integer path (below, gemm_q4k.h) */
 KILN_QPACKED_TILE(kiln_packed_tile_q8_0, KILN_GB_Q8_0, kiln_deq_q8_0, kiln_qat_q8_0, kiln_qgemv_pass_q8_0)
 KILN_QPACKED_TILE(kiln_packed_tile_q4_0, KILN_GB_Q4_0, kiln_deq_q4_0, kiln_qat_q4_0, kiln_qgemv_pass_q4_0)
 KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q4_k, kiln_qgemv_pass_q4_k)
 #endif
 
-/* ---- Integer path: Q8_0, Q4_0 and Q4_K weights on AVX-512 VNNI (KILN_QINT8, the prelude) ---
+/* ---- Integer path: Q8_0 and Q4_0 weights on AVX-512 VNNI (KILN_QINT8, the prelude) ---------
  *
  * As llama.cpp does on these CPUs: the activation rows are quantized per 32 values to int8
  * with an f32 scale (ggml's quantize_row_q8_0: d = amax / 127, q = round(x / d), rounded to
@@ -235,18 +235,16 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
  *   Q8_0: f16 d[NR] | 8 quads x [NR][4] bytes q + 128                  (34 NR bytes: GGUF's)
  *   Q4_0: f16 d[NR] | 8 quads x [NR/2][4] bytes, column c in the low nibble and column
  *         c + NR/2 in the high nibble of byte (c, j)                   (18 NR bytes: GGUF's)
- *   Q4_K: f32 d1[NR] | f32 -m1[NR] | nibbles as Q4_0                   (24 NR bytes)
  * where quad q holds values k = 4q..4q+3 of the group: one 64-byte load is 16 columns x 4 k,
  * the layout of a vpdpbusd operand. The quantized activations of a launch's rows (the
  * worker's abuf) are strips of SR rows (KILN_QMR for the micro-kernel, tm <= 4 for the
  * GEMV), per block (40 SR bytes): i32 [8][SR] (row i's values 4q..4q+3), f32 scale[SR], and
- * per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32), Q8_0 -128 * sum, Q4_K the f32 sa * sum,
+ * per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32), Q8_0 -128 * sum,
  * Q6_K the sums of the block's two 16-value halves (two i16). */
 #if defined(KILN_QINT8)
 #define KILN_QMR 6
 #define KILN_GBI_Q8_0 (34 * KILN_NR)
 #define KILN_GBI_Q4_0 (18 * KILN_NR)
-#define KILN_GBI_Q4_K (24 * KILN_NR)
 #define KILN_QA_BLOCK (40 * KILN_QMR)
 typedef int kiln_v16si __attribute__((vector_size(64)));
 static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
@@ -261,7 +259,8 @@ static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) {
 }
 
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (rows past tm up to the strip's
- * end: zeros), for weights of `kind` (0 Q8_0; 1 Q4_0; 2 Q4_K; 3 Q6_K, gemm_q6k.h). The
+ * end: zeros), for weights of `kind` (0 Q8_0; 1 Q4_0; 3 Q6_K, gemm_q6k.h; Q4_K quantizes
+ * per 256 values, gemm_q4k.h). The
  * micro-kernel reads strips of KILN_QMR rows; the GEMV (tm <= 4) one strip of tm rows, so a
  * decode row's block is 40 contiguous bytes (a 6-row strip spread its 40 over four lines). */
 static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
@@ -310,10 +309,8 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
             /* kind 3 (Q6_K): the halves' sums (|s| <= 16 * 128) as two i16 */
             const int32_t bias = kind == 0 ? -128 * sum : kind == 1 ? -8 * sum
                                : kind == 3 ? (int32_t)((uint32_t)(uint16_t)sum0 | (uint32_t)sum1 << 16) : 0;
-            const float msum = d * (float)sum;
             memcpy(blk + 32 * sr + 4 * s, &d, 4);
-            if (kind == 2) memcpy(blk + 36 * sr + 4 * s, &msum, 4);
-            else memcpy(blk + 36 * sr + 4 * s, &bias, 4);
+            memcpy(blk + 36 * sr + 4 * s, &bias, 4);
         }
     }
 }
@@ -333,14 +330,10 @@ static inline __attribute__((always_inline)) void kiln_qiw_nib(const uint8_t *re
 static inline __attribute__((always_inline)) void kiln_qiw_q4_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
     kiln_qiw_nib(g + 2 * KILN_NR, qd, w0, w1);
 }
-static inline __attribute__((always_inline)) void kiln_qiw_q4_k(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
-    kiln_qiw_nib(g + 8 * KILN_NR, qd, w0, w1);
-}
 /* The f32 scales of a group's columns 0..VL-1 (*s0) and VL..NR-1 (*s1): Q8_0's and Q4_0's
- * (kind 0, 1) widened from the f16 d, the other kinds' f32. */
-static inline __attribute__((always_inline)) void kiln_qi_scales(int kind, const uint8_t *restrict g, kiln_vf *s0, kiln_vf *s1) {
-    if (kind <= 1) { *s0 = kiln_ldhv(g); *s1 = kiln_ldhv(g + 2 * KILN_VL); }
-    else { *s0 = kiln_ldv((const float *)(const void *)g); *s1 = kiln_ldv((const float *)(const void *)g + KILN_VL); }
+ * (kind 0, 1) widened from the f16 d. */
+static inline __attribute__((always_inline)) void kiln_qi_scales(const uint8_t *restrict g, kiln_vf *s0, kiln_vf *s1) {
+    *s0 = kiln_ldhv(g); *s1 = kiln_ldhv(g + 2 * KILN_VL);
 }
 /* One quad of row x (4 activation bytes, broadcast) into a row's two int accumulators. */
 #define KILN_QI_DOT(ia, x, w0, w1)                                                                 \
@@ -371,21 +364,12 @@ static inline __attribute__((always_inline)) void NAME(int64_t nb, const uint8_t
             }                                                                                      \
         }                                                                                          \
         kiln_vf s0, s1;                                                                            \
-        kiln_qi_scales((KIND), wg, &s0, &s1);                                                      \
+        kiln_qi_scales(wg, &s0, &s1);                                                              \
         const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);                       \
         _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                               \
             const kiln_vf sc = kiln_splatv(sa[i]);                                                 \
             acc[i][0] = KILN_FMAV(__builtin_convertvector(ia[i][0], kiln_vf), s0 * sc, acc[i][0]); \
             acc[i][1] = KILN_FMAV(__builtin_convertvector(ia[i][1], kiln_vf), s1 * sc, acc[i][1]); \
-        }                                                                                          \
-        if ((KIND) == 2) {                                                                         \
-            const kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + KILN_NR);                \
-            const kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + KILN_NR + KILN_VL);      \
-            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                           \
-                const kiln_vf ms = kiln_splatv(sa[KILN_QMR + i]);                                  \
-                acc[i][0] = KILN_FMAV(n0, ms, acc[i][0]);                                          \
-                acc[i][1] = KILN_FMAV(n1, ms, acc[i][1]);                                          \
-            }                                                                                      \
         }                                                                                          \
     }                                                                                              \
     _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                                   \
@@ -395,7 +379,6 @@ static inline __attribute__((always_inline)) void NAME(int64_t nb, const uint8_t
 }
 KILN_QI_UKR(kiln_qi_ukr_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
 KILN_QI_UKR(kiln_qi_ukr_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
-KILN_QI_UKR(kiln_qi_ukr_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
 
 /* GEMV pass (decode, R <= 4 rows, quantized as one strip of R rows): one panel w (at its
  * first group) into t[r * ldt + j]. One panel at a time, so the weights are ONE sequential
@@ -415,20 +398,17 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};      \
     for (int64_t g = 0; g < G; ++g) {                                                              \
         const uint8_t *blk = qa + g * 40 * R, *wg = w + g * (GB);                                  \
-        if (R >= 3) /* Q4_K, 4 rows: 30-32 GB/s without, 44-46 with */                           \
+        if (R >= 3) /* 24-byte Q4_K groups, 4 rows: 30-32 GB/s without, 44-46 with */            \
             _Pragma("GCC unroll 20") for (int l = 0; l < (GB) / 64; ++l)                           \
                 __builtin_prefetch(wg + 4 * (GB) + 64 * l, 0, 3);                                  \
         const int32_t *aq = (const int32_t *)(const void *)blk;                                    \
         const float *sa = (const float *)(const void *)(blk + 32 * R);                             \
-        /* the group's scales (and Q4_K's mins) loaded first, in register: the group's lines    \
-         * are then asked for in address order (loaded where used, at the group's end, Q4_K     \
-         * streamed at 0.66-0.74 of the read in scripts/bench-qgemv.sh, 0.87-1.03 so) */        \
+        /* the group's scales loaded first, in register: the group's lines are then asked for   \
+         * in address order (loaded where used, at the group's end, the former 24-byte Q4_K     \
+         * groups streamed at 0.66-0.74 of the read in scripts/bench-qgemv.sh, 0.87-1.03 so) */ \
         kiln_vf s0, s1;                                                                            \
-        kiln_qi_scales((KIND), wg, &s0, &s1);                                                      \
-        kiln_vf n0 = kiln_ldv((const float *)(const void *)wg + ((KIND) == 2 ? KILN_NR : 0));      \
-        kiln_vf n1 = kiln_ldv((const float *)(const void *)wg + ((KIND) == 2 ? KILN_NR : 0) + KILN_VL); \
+        kiln_qi_scales(wg, &s0, &s1);                                                              \
         KILN_IN_REG(s0); KILN_IN_REG(s1);                                                          \
-        if ((KIND) == 2) { KILN_IN_REG(n0); KILN_IN_REG(n1); }                                     \
         kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2]; /* the dot's chains: quads qd % CH */       \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                        \
             ia[r][0] = ia[r][1] = kiln_splati((KIND) <= 1 ? aq[9 * R + r] : 0);                    \
@@ -450,13 +430,6 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
             acc[r][0] = KILN_FMAV(__builtin_convertvector((ia[r][0] + ib[r][0]) + (ic[r][0] + id[r][0]), kiln_vf), s0 * sc, acc[r][0]); \
             acc[r][1] = KILN_FMAV(__builtin_convertvector((ia[r][1] + ib[r][1]) + (ic[r][1] + id[r][1]), kiln_vf), s1 * sc, acc[r][1]); \
         }                                                                                          \
-        if ((KIND) == 2) {                                                                         \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
-                const kiln_vf ms = kiln_splatv(sa[R + r]);                                         \
-                acc[r][0] = KILN_FMAV(n0, ms, acc[r][0]);                                          \
-                acc[r][1] = KILN_FMAV(n1, ms, acc[r][1]);                                          \
-            }                                                                                      \
-        }                                                                                          \
     }                                                                                              \
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                          \
         kiln_stv(t + r * ldt, acc[r][0]);                                                          \
@@ -465,7 +438,6 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
 }
 KILN_QI_GEMV(kiln_qi_gemv_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
 KILN_QI_GEMV(kiln_qi_gemv_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
-KILN_QI_GEMV(kiln_qi_gemv_q4_k, KILN_GBI_Q4_K, 2, kiln_qiw_q4_k)
 
 /* Weight value (n, k) and activation (i, k) as integers, for the scalar columns. */
 static inline int32_t kiln_qiw_at_q8_0(const uint8_t *g, int64_t c, int64_t kk) {
@@ -478,10 +450,6 @@ static inline int32_t kiln_qiw_at_nib(const uint8_t *nib, int64_t c, int64_t kk)
 }
 static inline int32_t kiln_qiw_at_q4_0(const uint8_t *g, int64_t c, int64_t kk) {
     return kiln_qiw_at_nib(g + 2 * KILN_NR, c, kk) - 8;
-}
-
-static inline int32_t kiln_qiw_at_q4_k(const uint8_t *g, int64_t c, int64_t kk) {
-    return kiln_qiw_at_nib(g + 8 * KILN_NR, c, kk);
 }
 
 /* The product tile (as kiln_packed_tile_*): the rows quantized once per launch and worker,
@@ -513,16 +481,9 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
                         dot += (int32_t)(int8_t)av * WAT(g, c, kk);                                \
                     }                                                                              \
                     float sw, sa;                                                                  \
-                    if ((KIND) <= 1) sw = kiln_f16_at(g + 2 * c);                                  \
-                    else memcpy(&sw, g + 4 * c, 4);                                                \
+                    sw = kiln_f16_at(g + 2 * c);                                                   \
                     memcpy(&sa, blk + 32 * SR + 4 * (i % SR), 4);                                  \
                     acc = fmaf((float)dot, sw * sa, acc);                                          \
-                    if ((KIND) == 2) {                                                             \
-                        float nm, ms;                                                              \
-                        memcpy(&nm, g + 4 * KILN_NR + 4 * c, 4);                                   \
-                        memcpy(&ms, blk + 36 * SR + 4 * (i % SR), 4);                              \
-                        acc = fmaf(nm, ms, acc);                                                   \
-                    }                                                                              \
                 }                                                                                  \
                 t[i * ldt + j] = acc;                                                              \
             }                                                                                      \
@@ -553,5 +514,4 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
 }
 KILN_QI_TILE(kiln_packed_tile_q8_0, KILN_GBI_Q8_0, 0, kiln_qi_ukr_q8_0, kiln_qi_gemv_q8_0, kiln_qiw_at_q8_0)
 KILN_QI_TILE(kiln_packed_tile_q4_0, KILN_GBI_Q4_0, 1, kiln_qi_ukr_q4_0, kiln_qi_gemv_q4_0, kiln_qiw_at_q4_0)
-KILN_QI_TILE(kiln_packed_tile_q4_k, KILN_GBI_Q4_K, 2, kiln_qi_ukr_q4_k, kiln_qi_gemv_q4_k, kiln_qiw_at_q4_k)
 #endif
