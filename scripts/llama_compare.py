@@ -10,7 +10,7 @@ A benchmark anchor, never a dependency of kiln or its tests. It:
 2. writes Qwen3-0.6B-shaped GGUF files with seeded random weights into --dir (outside the
    repository: hundreds of MB each; kept between runs): BF16 (the source of the others),
    Q8_0 and Q4_0 (the `gguf` package's own quantizer, every matrix in the type), Q4_K_M
-   (llama.cpp's `llama-quantize`, its own per-tensor choices);
+   (llama.cpp's `llama-quantize`, its own per-tensor choices; Q5_K_M too with --types);
 3. decode: for each file, interleaved rounds of `kiln bench decode --threads 2` (128-token
    prompt, 64 tokens) and one `llama-server -t 2 -ngl 0 -c 512 -np 1` request with the same
    prompt ids (`cache_prompt: false`, `n_predict: 64`, `ignore_eos`, its `timings`);
@@ -55,6 +55,8 @@ SHAPE = dict(vocab=151936, hidden=1024, layers=28, heads=16, kv_heads=8, head_di
              intermediate=3072, rope_theta=1e6, rms_eps=1e-6, context=40960)
 SEED = 600
 TYPES = ["BF16", "Q8_0", "Q4_0", "Q4_K_M"]
+# llama.cpp's own per-tensor mixes, made by its llama-quantize (--types may add Q5_K_M)
+K_MIXES = ("Q4_K_M", "Q5_K_M")
 PROMPT_LEN, NEW_TOKENS, THREADS = 128, 64, 2
 
 
@@ -300,12 +302,12 @@ def make_files(folder, types, tools):
     for t in ["BF16"] + [t for t in types if t != "BF16"]:
         path = os.path.join(folder, f"qwen3-0.6b-shape-seed{SEED}-{t}.gguf")
         if not os.path.exists(path):
-            if t == "Q4_K_M":
+            if t in K_MIXES:
                 if not tools["quantize"]:
-                    log("Q4_K_M skipped: this llama.cpp has no llama-quantize (use --llama source)")
+                    log(f"{t} skipped: this llama.cpp has no llama-quantize (use --llama source)")
                     continue
                 log(f"writing {path} (llama-quantize)")
-                subprocess.check_call([tools["quantize"], src, path + ".tmp", "Q4_K_M", str(THREADS)],
+                subprocess.check_call([tools["quantize"], src, path + ".tmp", t, str(THREADS)],
                                       env=tools["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 os.replace(path + ".tmp", path)
             else:
