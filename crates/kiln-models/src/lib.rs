@@ -6,6 +6,7 @@ pub mod batched;
 pub mod config;
 pub mod files;
 pub mod gguf;
+pub mod memory;
 pub mod model;
 pub mod presets;
 pub mod runtime;
@@ -242,19 +243,9 @@ impl ModelSource {
                 // The file's metadata (every token and merge as a string) and the JSON the
                 // tokenizer was built from are freed now, in small pieces among the
                 // tokenizer's own: give the heap's free pages back before the weights load.
-                return_free_heap();
+                memory::return_free_heap();
                 t
             }
         }
-    }
-}
-
-/// Returns the allocator's free pages to the system (glibc keeps freed small allocations for
-/// reuse; `malloc_trim` gives back every whole free page, not only the heap's top).
-fn return_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases memory the allocator holds free.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
