@@ -257,6 +257,10 @@ pub(crate) fn load_executable(
     // The weights are in memory now: unmap the files (GGUF blocks kept as the file stores
     // them view its mapping, which lives on with them: `GgufFile::shared`).
     drop(checkpoint);
+    // The metadata (a GGUF file's vocabulary and merges: 300,000 strings) and the compile's
+    // working memory are freed now, in small pieces the allocator keeps resident: give them
+    // back before the packed weights are made, or they stay beside them at the peak.
+    crate::memory::return_free_heap();
     crate::memory::trace("checkpoint closed");
     let (mut exe, report) = compiled?;
     let mut weights = weights?;
@@ -270,8 +274,7 @@ pub(crate) fn load_executable(
     for (name, t) in weights {
         bind(exe.as_mut(), &name, t)?;
     }
-    // What the load freed (the file's metadata, the weights as read before they were packed)
-    // lies in the allocator's free lists, much of it resident: give it back.
+    // And what binding freed (weights as read, before they were packed).
     crate::memory::return_free_heap();
     crate::memory::trace("weights bound");
     Ok((config, exe, report))

@@ -377,7 +377,10 @@ mod tests {
             assert!(!Arc::ptr_eq(chunk(6), chunk(0)));
             assert!(Arc::ptr_eq(chunk(7), chunk(0)));
             let end_of_5 = parts[5].0.as_mut_ptr() as usize + 5000 * 8;
-            assert_eq!(parts[7].0.as_mut_ptr() as usize, end_of_5.next_multiple_of(64));
+            assert_eq!(
+                parts[7].0.as_mut_ptr() as usize,
+                end_of_5.next_multiple_of(64)
+            );
         }
     }
 }
