@@ -68,6 +68,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     ])?;
     let source = crate::model_source(&a.flags.model)?;
     let tokenizer = source.tokenizer()?;
+    kiln_models::memory::trace("tokenizer built");
     let prompt_ids = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => {
@@ -93,6 +94,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     // A prompt the model cannot take fails here, before compiling or loading weights.
     let config = source.config()?;
+    kiln_models::memory::trace("config read");
     config.check_prompt(&prompt_ids)?;
     anyhow::ensure!(
         a.top_k <= config.vocab_size,
@@ -123,6 +125,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let model = Model::load(&source, &opts);
     progress.finish(a.flags.trace.as_deref())?;
     let mut model = model?;
+    model.keep_step_logits = a.logits_out.is_some();
+    kiln_models::memory::trace("model loaded");
     if !a.json {
         print_report(&model.report);
     }
@@ -156,6 +160,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             out::print_or_exit(&format!("{id} "));
         }
     })?;
+    kiln_models::memory::trace("generated");
     if let (true, Some(t)) = (show, &tokenizer) {
         // A last token that ended inside a character: shown (as U+FFFD), as --json shows it.
         out::print(&stream.finish(t)?)?;

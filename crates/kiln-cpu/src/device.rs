@@ -117,8 +117,8 @@ pub struct CpuDevice {
     /// The panels of the kernels resolved so far (every module of a program is compiled for
     /// one ISA and quantized path); weights are packed to them.
     panel: Option<Panels>,
-    /// Where packed weights below a huge-page mapping of their own are placed, so that the
-    /// GEMV streams them through 2 MiB pages too.
+    /// Where packed weights (all but the largest) are placed, one after the other on 2 MiB
+    /// pages: the GEMV streams them through huge pages, none rounded up to whole ones.
     weights: HugePageArena,
     /// A launch's argument arrays, kept from launch to launch (no allocation per launch).
     args: ArgArrays,
@@ -328,10 +328,11 @@ impl Device for CpuDevice {
             Dispatch::Rayon(pool) => pool.install(pack_it),
             _ => pack_it(),
         };
-        let packed = self.weights.place(packed);
         // A weight in a mapped file (`Tensor::from_shared`: a GGUF file's embedding table)
-        // stays a view of it: the gather touches only the pages of the rows it reads.
+        // stays a view of it: the gather touches only the pages of the rows it reads. One no
+        // other kernel reads is freed before its panels are copied into the arena.
         let plain = (packed_reads < readers.len()).then(|| HostBuffer::from_tensor(t));
+        let packed = self.weights.place(packed);
         Ok(CpuBuffer {
             plain,
             packed: Some(packed),

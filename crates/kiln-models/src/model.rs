@@ -210,30 +210,48 @@ pub fn fuse_projections(
     weights: &mut std::collections::BTreeMap<String, kiln_ir::Tensor>,
 ) -> Result<()> {
     for (fused, parts) in fused_projections(c) {
-        if reads_parts(c, &fused) {
-            continue;
+        if let Some(t) = fuse_projection(c, weights, &fused, &parts)? {
+            weights.insert(fused, t);
         }
-        let tensors: Vec<kiln_ir::Tensor> = parts
-            .iter()
-            .map(|p| {
-                weights.remove(p).ok_or_else(|| kiln_ir::IrError::Input {
-                    name: p.clone(),
-                    detail: format!("is needed to build '{fused}'"),
-                })
-            })
-            .collect::<Result<_>>()?;
-        let dtype = tensors[0].dtype();
-        let rest: Vec<usize> = tensors[0].shape()[1..].to_vec();
-        let rows: usize = tensors.iter().map(|t| t.shape()[0]).sum();
-        let mut bytes = Vec::with_capacity(tensors.iter().map(|t| t.bytes().len()).sum());
-        for t in &tensors {
-            debug_assert!(t.dtype() == dtype && t.shape()[1..] == rest[..]);
-            bytes.extend_from_slice(t.bytes());
-        }
-        let shape: Vec<usize> = std::iter::once(rows).chain(rest).collect();
-        weights.insert(fused, kiln_ir::Tensor::from_bytes(dtype, &shape, &bytes));
     }
     Ok(())
+}
+
+/// The fused projection `fused` (a name of [`fused_projections`]) made of its `parts`, taken
+/// out of `weights`; None where the graph reads it as its parts ([`reads_parts`]). Parts that
+/// view a mapped file have their pages dropped once copied.
+pub(crate) fn fuse_projection(
+    c: &QwenConfig,
+    weights: &mut std::collections::BTreeMap<String, kiln_ir::Tensor>,
+    fused: &str,
+    parts: &[String],
+) -> Result<Option<kiln_ir::Tensor>> {
+    if reads_parts(c, fused) {
+        return Ok(None);
+    }
+    let tensors: Vec<kiln_ir::Tensor> = parts
+        .iter()
+        .map(|p| {
+            weights.remove(p).ok_or_else(|| kiln_ir::IrError::Input {
+                name: p.clone(),
+                detail: format!("is needed to build '{fused}'"),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let dtype = tensors[0].dtype();
+    let rest: Vec<usize> = tensors[0].shape()[1..].to_vec();
+    let rows: usize = tensors.iter().map(|t| t.shape()[0]).sum();
+    let shape: Vec<usize> = std::iter::once(rows).chain(rest.iter().copied()).collect();
+    let mut out = kiln_ir::Tensor::zeros(dtype, &shape);
+    let mut at = 0;
+    for t in &tensors {
+        debug_assert!(t.dtype() == dtype && t.shape()[1..] == rest[..]);
+        let n = t.bytes().len();
+        out.bytes_mut()[at..at + n].copy_from_slice(t.bytes());
+        t.release_pages();
+        at += n;
+    }
+    Ok(Some(out))
 }
 
 /// One sequence's part of a forward: its `s` new positions at `p` in its cache (of

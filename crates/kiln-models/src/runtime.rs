@@ -2,7 +2,9 @@
 
 use crate::config::QwenConfig;
 use crate::gguf::qwen::GgufCheckpoint;
-use crate::model::{build_graph, fuse_projections, weight_shapes, GraphOptions, WeightDtype};
+use crate::model::{
+    build_graph, fuse_projection, fused_projections, weight_shapes, GraphOptions, WeightDtype,
+};
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::{random_weights, Checkpoint};
 use crate::{ModelError, ModelSource};
@@ -108,6 +110,10 @@ pub struct Model {
     cache_held: Option<u64>,
     /// Positions the executor's caches have room for.
     cache_capacity: usize,
+    /// Whether [`Model::generate`] keeps every step's logits in [`Generation::step_logits`]:
+    /// a vocabulary of f32 per generated token (0.6 MB for Qwen's 151,936 tokens). On by
+    /// default; `kiln run` turns it off unless `--logits-out` wants them.
+    pub keep_step_logits: bool,
 }
 
 /// Why a generation stopped.
@@ -137,7 +143,8 @@ pub struct Generation {
     pub prompt_ids: Vec<u32>,
     pub generated_ids: Vec<u32>,
     pub finish_reason: FinishReason,
-    /// Logits that chose each generated token (row 0: last prompt position).
+    /// Logits that chose each generated token (row 0: last prompt position); empty unless
+    /// [`Model::keep_step_logits`].
     pub step_logits: Vec<Vec<f32>>,
     pub prefill_ms: f64,
     pub decode_ms: f64,
@@ -209,6 +216,7 @@ pub(crate) fn load_executable(
             (config, Some(WeightFiles::Gguf(c)))
         }
     };
+    crate::memory::trace("checkpoint opened");
     let mut config = config;
     if let Some(w) = opts.graph.weight_dtype {
         // --weight-dtype decides every weight, a GGUF file's blocks included.
@@ -242,18 +250,46 @@ pub(crate) fn load_executable(
             .map_err(ModelError::from)
             .and_then(|graph| Ok(opts.target.load(&graph, &opts.compile)?))
             .map(|loaded| (loaded.exe, loaded.report));
+        crate::memory::trace("compiled");
         (c, w.join().expect("weight loader panicked"))
     });
-    // The weights are in memory now: unmap the files (a GGUF embedding table kept in its
-    // blocks holds its file's mapping on: `GgufFile::shared`).
+    crate::memory::trace("weights read");
+    // The weights are in memory now: unmap the files (GGUF blocks kept as the file stores
+    // them view its mapping, which lives on with them: `GgufFile::shared`).
     drop(checkpoint);
+    // The metadata (a GGUF file's vocabulary and merges: 300,000 strings) and the compile's
+    // working memory are freed now, in small pieces the allocator keeps resident: give them
+    // back before the packed weights are made, or they stay beside them at the peak.
+    crate::memory::return_free_heap();
+    crate::memory::trace("checkpoint closed");
     let (mut exe, report) = compiled?;
     let mut weights = weights?;
-    fuse_projections(&config, &mut weights)?;
-    for (name, t) in weights {
-        exe.set_param(&name, t)?;
+    // The fused projections are made as they are bound, one at a time: memory holds one of
+    // them beside the weights bound so far, not all of them at once.
+    for (fused, parts) in fused_projections(&config) {
+        if let Some(t) = fuse_projection(&config, &mut weights, &fused, &parts)? {
+            bind(exe.as_mut(), &fused, t)?;
+        }
     }
+    for (name, t) in weights {
+        bind(exe.as_mut(), &name, t)?;
+    }
+    // And what binding freed (weights as read, before they were packed).
+    crate::memory::return_free_heap();
+    crate::memory::trace("weights bound");
     Ok((config, exe, report))
+}
+
+/// Binds weight `name`. One that views a mapped file (a GGUF file's blocks) has its pages
+/// dropped afterwards: the device has packed or uploaded what it holds (the CPU's gather of a
+/// kept embedding table reads the file again, a page at a time).
+fn bind(exe: &mut dyn Executable, name: &str, t: Tensor) -> Result<(), ModelError> {
+    let view = t.is_shared().then(|| t.clone());
+    exe.set_param(name, t)?;
+    if let Some(v) = view {
+        v.release_pages();
+    }
+    Ok(())
 }
 
 impl Model {
@@ -277,6 +313,7 @@ impl Model {
             last_outputs: HashMap::new(),
             cache_held: None,
             cache_capacity: 0,
+            keep_step_logits: true,
         };
         model.reset_kept_cache(0)?;
         Ok(model)
@@ -471,8 +508,10 @@ impl Model {
             let capacity = self.cache_capacity.max(positions);
             self.reset_kept_cache(capacity)?;
             self.cache_held = None;
-        } else {
-            self.grow_kept_cache(positions, 0)?;
+        } else if positions > self.cache_capacity {
+            // Exactly the room this generation needs (it never goes past it), not the
+            // doubling a forward past the end gets: a short run holds a short cache.
+            self.reset_kept_cache(positions)?;
         }
         let t = Instant::now();
         let mut logits = self.forward(prompt, &mut cache)?;
@@ -481,10 +520,12 @@ impl Model {
         loop {
             let v = self.config.vocab_size;
             let row = logits.as_f32();
-            let last = row[row.len() - v..].to_vec();
-            check_finite(&last, g.generated_ids.len())?;
-            let id = sampler.sample(&last);
-            g.step_logits.push(last);
+            let last = &row[row.len() - v..];
+            check_finite(last, g.generated_ids.len())?;
+            let id = sampler.sample(last);
+            if self.keep_step_logits {
+                g.step_logits.push(last.to_vec());
+            }
             g.generated_ids.push(id);
             on_token(id);
             let n = g.generated_ids.len();

@@ -13,12 +13,14 @@ pub(crate) const EMBEDDED_QWEN: &[u8] = include_bytes!("../assets/qwen3-tokenize
 pub const IM_START: &str = "<|im_start|>";
 pub const IM_END: &str = "<|im_end|>";
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat: Option<ChatTemplate>,
 }
 
 /// A Jinja chat template and the special tokens it may name.
+#[derive(Clone)]
 struct ChatTemplate {
     source: String,
     bos_token: Option<String>,

@@ -136,7 +136,9 @@ impl HostBuffer {
             libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
             Some(HostBuffer {
                 ptr: NonNull::new(start as *mut u64)?,
-                words: len / 8,
+                // The bytes asked for, not the mapping's: a copy of the buffer (into a
+                // `HugePageArena`) takes only those.
+                words: bytes.div_ceil(8).max(1),
                 mapped: len,
                 view: None,
                 chunk: None,
@@ -249,47 +251,54 @@ impl Drop for HostBuffer {
     }
 }
 
-/// Long-lived buffers below [`HUGE_MIN`] (a model's packed weights) placed one after the
-/// other in huge-page chunks, so that they too are read through 2 MiB pages without each being
-/// rounded up to whole ones. A small model's packed quantized weights are 0.6-4 MB each
-/// (Qwen3-0.6B Q4_0: 1.3 MB for q_proj, 2 MB for down_proj); on 4 KiB pages its decode GEMV
-/// read them at ~17 GB/s, against 56-69 GB/s on huge pages (`docs/benchmarks.md`).
+/// Long-lived buffers (a model's packed weights) placed one after the other in huge-page
+/// chunks, so that they are read through 2 MiB pages without each being rounded up to whole
+/// ones. A small model's packed quantized weights are 0.6-8 MB each (Qwen3-0.6B Q4_0: 1.3 MB
+/// for q_proj, 2 MB for down_proj); on 4 KiB pages its decode GEMV read them at ~17 GB/s,
+/// against 56-69 GB/s on huge pages (`docs/benchmarks.md`). A buffer of a few MiB mapped on
+/// its own would hold its last huge page whole: 1 MiB on average, resident for nothing (28 x
+/// 1.5 MiB in a Qwen3-0.6B Q8_0 or Q4_K_M model's panels); in a chunk, the next part uses it.
 #[derive(Default)]
 pub struct HugePageArena {
-    chunk: Option<Arc<HostBuffer>>,
-    used: usize,
+    /// Each chunk and the bytes of it in use (its parts lie in `[0, used)`).
+    chunks: Vec<(Arc<HostBuffer>, usize)>,
 }
 
-/// Bytes of one arena chunk: an unused end of at most one buffer below [`HUGE_MIN`] per chunk.
+/// Bytes of one arena chunk. Buffers from this size up keep their own mapping: copying one
+/// would hold it twice for a moment, and its rounding is a small part of it.
 const ARENA_CHUNK: usize = 32 << 20;
 
 impl HugePageArena {
-    /// `buf`, or a copy of it in the arena where it is below [`HUGE_MIN`] (larger buffers have
-    /// their own huge-page mapping already) and huge-page chunks can be mapped here.
+    /// `buf`, or a copy of it in the arena where it is below [`ARENA_CHUNK`] and huge-page
+    /// chunks can be mapped here: in the first chunk with room (first fit, so that small
+    /// buffers fill the ends that larger ones left), else in a new one.
     pub fn place(&mut self, buf: HostBuffer) -> HostBuffer {
         let bytes = buf.len();
-        if bytes >= HUGE_MIN || buf.view.is_some() {
+        if bytes >= ARENA_CHUNK || buf.view.is_some() {
             return buf;
         }
-        let room = self.chunk.as_ref().map_or(0, |c| c.len() - self.used);
-        if room < bytes {
-            let chunk = HostBuffer::zeroed(ARENA_CHUNK);
-            if chunk.mapped == 0 {
-                return buf; // no huge-page mapping here: the allocator's memory serves
+        let fits = |(chunk, used): &(Arc<HostBuffer>, usize)| chunk.len() - used >= bytes;
+        let i = match self.chunks.iter().position(fits) {
+            Some(i) => i,
+            None => {
+                let chunk = HostBuffer::zeroed(ARENA_CHUNK);
+                if chunk.mapped == 0 {
+                    return buf; // no huge-page mapping here: the allocator's memory serves
+                }
+                self.chunks.push((Arc::new(chunk), 0));
+                self.chunks.len() - 1
             }
-            self.chunk = Some(Arc::new(chunk));
-            self.used = 0;
-        }
-        let chunk = self.chunk.as_ref().expect("a chunk with room");
+        };
+        let (chunk, used) = &mut self.chunks[i];
         // SAFETY: [used, used + bytes) lies in the chunk and no other part of the arena refers
         // to it; `buf` holds `bytes` bytes.
         let ptr = unsafe {
-            let at = chunk.as_mut_ptr().add(self.used);
+            let at = chunk.as_mut_ptr().add(*used);
             std::ptr::copy_nonoverlapping(buf.as_mut_ptr(), at, bytes);
             NonNull::new(at as *mut u64).expect("inside a mapping")
         };
         // The next part on a cache line of its own (`bytes` is whole words).
-        self.used = (self.used + bytes).next_multiple_of(64);
+        *used = (*used + bytes).next_multiple_of(64).min(chunk.len());
         HostBuffer {
             ptr,
             words: bytes / 8,
@@ -326,7 +335,17 @@ mod tests {
     #[test]
     fn arena_parts_are_copies_on_huge_pages_that_outlive_the_arena() {
         let mut arena = HugePageArena::default();
-        let sizes = [8, 1 << 20, 3 << 20, 3 << 20, HUGE_MIN + 8, 5000 * 8];
+        let sizes = [
+            8,
+            1 << 20,
+            3 << 20,
+            3 << 20,
+            HUGE_MIN + 8,
+            5000 * 8,
+            24 << 20,
+            8 << 20,
+            ARENA_CHUNK,
+        ];
         let parts: Vec<(HostBuffer, Vec<u8>)> = sizes
             .iter()
             .enumerate()
@@ -338,8 +357,13 @@ mod tests {
         drop(arena);
         for (b, want) in &parts {
             assert_eq!(&b.read(want.len()), want);
-            if cfg!(target_os = "linux") && want.len() < HUGE_MIN {
-                assert!(b.chunk.is_some(), "{} bytes not in the arena", want.len());
+            if cfg!(target_os = "linux") {
+                assert_eq!(
+                    b.chunk.is_some(),
+                    want.len() < ARENA_CHUNK,
+                    "{} bytes: in the arena only below a chunk",
+                    want.len()
+                );
             }
         }
         if cfg!(target_os = "linux") {
@@ -347,6 +371,16 @@ mod tests {
             let (a, b) = (&parts[1].0, &parts[2].0);
             assert_eq!(b.as_mut_ptr() as usize - a.as_mut_ptr() as usize, 1 << 20);
             assert_eq!(a.as_mut_ptr() as usize % 64, 0);
+            // 24 MiB no longer fits the first chunk (11 MiB used): a second one. The 8 MiB
+            // after it fills the first chunk's end (first fit), right after the parts before.
+            let chunk = |i: usize| parts[i].0.chunk.as_ref().expect("in the arena");
+            assert!(!Arc::ptr_eq(chunk(6), chunk(0)));
+            assert!(Arc::ptr_eq(chunk(7), chunk(0)));
+            let end_of_5 = parts[5].0.as_mut_ptr() as usize + 5000 * 8;
+            assert_eq!(
+                parts[7].0.as_mut_ptr() as usize,
+                end_of_5.next_multiple_of(64)
+            );
         }
     }
 }

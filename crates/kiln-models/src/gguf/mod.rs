@@ -348,6 +348,9 @@ impl GgufFile {
             .map_err(|e| ModelError::checkpoint(path, format!("cannot map: {e}")))?;
         let map = Arc::new(map);
         let header = parse(&map).map_err(|e| e.into_model_error(path))?;
+        // The header is parsed into owned values: its pages (a vocabulary's tokens and merges,
+        // megabytes of them) need not stay resident beside the weights.
+        release_range(&map, 0, header.data_start.min(map.len()));
         let by_name = header
             .tensors
             .iter()
@@ -401,24 +404,13 @@ impl GgufFile {
     /// Drops tensor `t`'s pages from this process's memory once its bytes have been copied
     /// out (at load), so that the mapped file does not stay resident beside the weights made
     /// from it: without this, a loaded model's peak memory counts the file twice.
-    #[cfg(unix)]
     pub fn release(&self, t: &TensorInfo) {
-        let start = self.data_start + t.offset as usize;
-        // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only unmaps
-        // the pages, and a later read of them (a tensor sharing a page at either end, or
-        // `data` again) faults them back in from the page cache with the same bytes. A
-        // failure leaves the pages mapped, which is only memory.
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                start,
-                t.bytes as usize,
-            )
-        };
+        release_range(
+            &self.map,
+            self.data_start + t.offset as usize,
+            t.bytes as usize,
+        );
     }
-
-    #[cfg(not(unix))]
-    pub fn release(&self, _: &TensorInfo) {}
 
     /// Tensor `t`'s bytes as a view of the mapping that outlives this `GgufFile`
     /// (`Tensor::from_shared`): pages are resident only while read.
@@ -448,6 +440,19 @@ impl GgufFile {
         ModelError::tensor(&self.path, name, detail)
     }
 }
+
+/// Drops the pages of `map[start..start + len]` from this process's memory.
+#[cfg(unix)]
+fn release_range(map: &Mmap, start: usize, len: usize) {
+    // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only unmaps the
+    // pages, and a later read of them (a tensor sharing a page at either end, or `data` again)
+    // faults them back in from the page cache with the same bytes. A failure leaves the pages
+    // mapped, which is only memory.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+}
+
+#[cfg(not(unix))]
+fn release_range(_: &Mmap, _: usize, _: usize) {}
 
 /// One tensor's bytes in a GGUF file's mapping ([`GgufFile::shared`]).
 struct MappedTensor {
@@ -529,16 +534,21 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: u64, what: &str) -> Parsed<&'a [u8]> {
         if n > self.remaining() {
-            return Err(ParseError::new(format!(
-                "{what} needs {n} bytes at offset {}, but the file ends {} bytes later \
-                 (truncated?)",
-                self.pos,
-                self.remaining()
-            )));
+            return Err(self.error_taking(n, what));
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
         Ok(s)
+    }
+
+    /// The error of taking `n` bytes for `what` where fewer remain.
+    fn error_taking(&self, n: u64, what: &str) -> ParseError {
+        ParseError::new(format!(
+            "{what} needs {n} bytes at offset {}, but the file ends {} bytes later \
+             (truncated?)",
+            self.pos,
+            self.remaining()
+        ))
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Parsed<[u8; N]> {
@@ -553,11 +563,19 @@ impl<'a> Cursor<'a> {
         self.array(what).map(u64::from_le_bytes)
     }
 
-    fn string(&mut self, what: &str) -> Parsed<String> {
-        let len = self.u64(&format!("the length of {what}"))?;
-        let bytes = self.take(len, what)?;
+    /// A length-prefixed UTF-8 string; `what` names it in an error, made only then (a
+    /// vocabulary's 150,000 strings are read without two messages allocated and freed each).
+    fn string(&mut self, what: impl Fn() -> String) -> Parsed<String> {
+        if self.remaining() < 8 {
+            return Err(self.error_taking(8, &format!("the length of {}", what())));
+        }
+        let len = self.u64("a string's length")?;
+        if len > self.remaining() {
+            return Err(self.error_taking(len, &what()));
+        }
+        let bytes = self.take(len, "a string")?;
         String::from_utf8(bytes.to_vec())
-            .map_err(|e| ParseError::new(format!("{what} is not UTF-8 ({e})")))
+            .map_err(|e| ParseError::new(format!("{} is not UTF-8 ({e})", what())))
     }
 
     /// Checks that `count` items of at least `min_bytes` each can fit in the rest of the file.
@@ -615,7 +633,7 @@ fn parse(buf: &[u8]) -> Parsed<Header> {
 
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
-        let key = c.string(&format!("metadata key #{i}")).map_err(|mut e| {
+        let key = c.string(|| format!("metadata key #{i}")).map_err(|mut e| {
             e.detail = format!("metadata entry #{i}: {}", e.detail);
             e
         })?;
@@ -646,7 +664,7 @@ fn parse(buf: &[u8]) -> Parsed<Header> {
     let mut tensors = Vec::new();
     let mut seen = HashMap::new();
     for i in 0..n_tensors {
-        let name = c.string(&format!("the name of tensor #{i}"))?;
+        let name = c.string(|| format!("the name of tensor #{i}"))?;
         let t = read_tensor_info(&mut c, name.clone()).map_err(|mut e| {
             e.tensor = Some(name.clone());
             e
@@ -764,7 +782,7 @@ fn read_value(c: &mut Cursor<'_>, ty: u32, depth: usize) -> Parsed<MetaValue> {
         5 => MetaValue::I32(i32::from_le_bytes(c.array("an int32")?)),
         6 => MetaValue::F32(f32::from_le_bytes(c.array("a float32")?)),
         7 => MetaValue::Bool(read_bool(c)?),
-        8 => MetaValue::Str(c.string("the string")?),
+        8 => MetaValue::Str(c.string(|| "the string".into())?),
         9 => MetaValue::Array(read_array(c, depth)?),
         10 => MetaValue::U64(c.u64("a uint64")?),
         11 => MetaValue::I64(i64::from_le_bytes(c.array("an int64")?)),
@@ -819,7 +837,7 @@ fn read_array(c: &mut Cursor<'_>, depth: usize) -> Parsed<MetaArray> {
         7 => MetaArray::Bool((0..n).map(|_| read_bool(c)).collect::<Parsed<_>>()?),
         8 => MetaArray::Str(
             (0..n)
-                .map(|i| c.string(&format!("string #{i} of the array")))
+                .map(|i| c.string(|| format!("string #{i} of the array")))
                 .collect::<Parsed<_>>()?,
         ),
         9 => MetaArray::Array(

@@ -9,7 +9,7 @@
 
 use super::{GgufFile, MetaValue, TensorInfo};
 use crate::config::{Arch, QwenConfig, MAX_DIM};
-use crate::model::{WeightDtype, EMBEDDING};
+use crate::model::WeightDtype;
 use crate::weights::load_weights;
 use crate::ModelError;
 use kiln_ir::{DType, QuantType, Tensor};
@@ -346,18 +346,19 @@ impl GgufCheckpoint {
         keep: &BTreeMap<String, DType>,
     ) -> Result<Tensor, ModelError> {
         let data = self.file.data(t);
-        if want == DType::BF16 && qt == QuantType::BF16 {
-            return Ok(Tensor::from_bytes(DType::BF16, shape, data));
-        }
-        // Blocks the kernels read stay as the file stores them (`QwenConfig::file_quant`).
-        if let Some(&d) = keep.get(name) {
-            // The embedding table is read by row (the gather), and by a tied LM head that the
-            // CPU packs into panels of its own: it stays a view of the file, whose pages are
-            // resident only while read, rather than a second copy held beside the panels.
-            if name == EMBEDDING {
-                if let Some(t) = Tensor::from_shared(d, shape, self.file.shared(t)) {
-                    return Ok(t);
-                }
+        // Bytes the kernels read as the file stores them (bf16 wanted as bf16; the blocks of
+        // `QwenConfig::file_quant`) stay in the file: a view of its mapping, not a copy, whose
+        // pages are resident only while read — packed into the CPU's panels a slice at a
+        // time, uploaded to a GPU, or a kept embedding table's rows read by the gather.
+        // Copied, every weight would be held twice at the end of the load: as read and as
+        // packed (the copies freed into the allocator's lists, resident until trimmed).
+        let as_stored = match keep.get(name) {
+            Some(&d) => Some(d),
+            None => (want == DType::BF16 && qt == QuantType::BF16).then_some(DType::BF16),
+        };
+        if let Some(d) = as_stored {
+            if let Some(view) = Tensor::from_shared(d, shape, self.file.shared(t)) {
+                return Ok(view);
             }
             return Ok(Tensor::from_bytes(d, shape, data));
         }
