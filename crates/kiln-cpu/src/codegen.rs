@@ -137,8 +137,26 @@ fn scratch_bytes(k: &Kernel) -> Expr {
         .add(strip + 64 + SCRATCH_HEADER)
 }
 
-/// The function header and the declarations of symbols, output and inputs.
-fn header(d: &dyn Dialect, params: &Params, out: &mut String) {
+/// GCC options of a blocked attention kernel's function ([`attention_block`]), put on that
+/// function alone (`__attribute__((optimize))`: the kernels after it in its unit keep the
+/// flags of every kernel). Its own loops are O(head dim) or O(keys) per row and block (zeroing,
+/// bias, scores, correction, output) next to the O(keys x head dim) products it calls in the
+/// runtime object, yet GCC's loop vectoriser, with the vector and scalar epilogues it adds to
+/// every loop of unknown trip count, took ~30 of its unit's ~120 ms of gcc CPU time (qwen3-0.6b,
+/// gcc 12), the longest unit of a model's compile (issue 27). The very cheap cost model
+/// vectorises only loops that need no epilogue: the bias and score loops run once for a whole
+/// key block (`ATT_KEYS` keys, vectorised) and once for the last, partial one (scalar),
+/// [`whole_or_last_key_block`]; the head-dim loops have a constant trip count. Without the vectoriser at all
+/// a prefill's attention ran ~20% slower; with this, as fast as before (docs/benchmarks.md).
+/// The loops are elementwise: the same bits vectorised or scalar (no -ffast-math).
+const ATTENTION_BLOCK_OPTIMIZE: &str = "vect-cost-model=very-cheap";
+
+/// The function header and the declarations of symbols, output and inputs; `optimize`, if not
+/// empty, the GCC options of this function alone.
+fn header(d: &dyn Dialect, params: &Params, optimize: &str, out: &mut String) {
+    if !optimize.is_empty() {
+        emit!(out, "__attribute__((optimize(\"{optimize}\")))");
+    }
     emit!(out, "void {NAME_PLACEHOLDER}(void *const *restrict kiln_buf, const int64_t *restrict kiln_sym, int64_t kiln_lo, int64_t kiln_hi, void *restrict kiln_scratch) {{");
     emit!(out, "    (void)kiln_scratch;");
     for (i, s) in params.symbols.iter().enumerate() {
@@ -165,7 +183,13 @@ pub fn kernel_source(k: &Kernel) -> String {
     let d: &dyn Dialect = &CStyle;
     let p = Printer::new(d);
     let mut s = String::new();
-    header(d, &Params::of(k), &mut s);
+    let optimize = match &k.kind {
+        KernelKind::Attention { .. } if attention_is_blocked(&AttentionParts::of(&p, k)) => {
+            ATTENTION_BLOCK_OPTIMIZE
+        }
+        _ => "",
+    };
+    header(d, &Params::of(k), optimize, &mut s);
     match &k.kind {
         KernelKind::Elementwise { .. } | KernelKind::Write { .. } => pointwise(&p, k, &mut s),
         KernelKind::Reduce { .. } => reduce(&p, k, &mut s),
@@ -423,14 +447,7 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
 fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     let d = p.d;
     let a = AttentionParts::of(p, k);
-    let (q, kt, v) = (&a.q, &a.kt, &a.v);
-    let f32s = [q.dtype, kt.dtype, v.dtype]
-        .iter()
-        .all(|t| *t == DType::F32);
-    let contiguous = f32s
-        && q.col_stride_expr.is_const(1)
-        && kt.row_stride_expr.is_const(1)
-        && v.col_stride_expr.is_const(1);
+    let contiguous = attention_is_blocked(&a);
     emit!(
         s,
         "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
@@ -494,11 +511,23 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     }
 }
 
+/// Whether an attention kernel takes the blocked path ([`attention_block`]): f32 operands,
+/// contiguous along the head dimension.
+fn attention_is_blocked(a: &AttentionParts) -> bool {
+    let (q, kt, v) = (&a.q, &a.kt, &a.v);
+    [q.dtype, kt.dtype, v.dtype]
+        .iter()
+        .all(|t| *t == DType::F32)
+        && q.col_stride_expr.is_const(1)
+        && kt.row_stride_expr.is_const(1)
+        && v.col_stride_expr.is_const(1)
+}
+
 /// One key block of f32 operands, contiguous along the head dimension, as small matrix
 /// steps: every (row, key) bias first (a block masked for all its rows is skipped), the
 /// block's products as one `NT` product (`kiln_mm_nt`: tiles of 4 rows x 4 keys with AVX-512,
 /// 2 x 4 with AVX2, whose sums are reduced together, `kiln_hsum_tile`), the scores in place
-/// (a vectorized loop) and their maximum (`kiln_maxv`), the online softmax weights a vector
+/// (a loop vectorised for whole key blocks, [`ATTENTION_BLOCK_OPTIMIZE`]) and their maximum (`kiln_maxv`), the online softmax weights a vector
 /// at a time (`kiln_softmax_weights`), then `O += P V` over the block (`kiln_att_pv`: each
 /// value load shared by four rows with AVX-512, two with AVX2). Every score, weight sum and
 /// output element is summed in one order whatever the tile or the row count (a decode row
@@ -511,14 +540,16 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
     let score = match &a.biased {
         Some((bias, rest)) => {
             emit!(s, "            int kiln_live = 0;");
-            emit!(s, "            for (int64_t ii = 0; ii < bi; ++ii) for (int64_t jj = 0; jj < bj; ++jj) {{\n                const int64_t {i} = i0 + ii, {j} = j0 + jj; (void){i}; (void){j};");
-            emit!(s, "                const float b = {bias};\n                kiln_bias[ii * {ATT_KEYS} + jj] = b;\n                kiln_live |= b != -INFINITY;\n            }}");
+            let bias_loop = |keys: &str| {
+                format!("            for (int64_t ii = 0; ii < bi; ++ii) for (int64_t jj = 0; jj < {keys}; ++jj) {{\n                const int64_t {i} = i0 + ii, {j} = j0 + jj; (void){i}; (void){j};\n                const float b = {bias};\n                kiln_bias[ii * {ATT_KEYS} + jj] = b;\n                kiln_live |= b != -INFINITY;\n            }}")
+            };
+            whole_or_last_key_block("            ", bias_loop, s);
             emit!(
                 s,
                 "            if (!kiln_live) continue; /* every key of the block masked for every row */"
             );
-            // The score computed for every key and then selected (not a branch), so that
-            // the loop vectorizes on AVX2 too; a masked key's product was computed anyway.
+            // The score computed for every key and then selected (not a branch): a masked
+            // key's product was computed anyway.
             format!(
                 "{{ const float {} = kiln_bias[ii * {ATT_KEYS} + jj]; const float kiln_sc = {rest}; *sp = {} == -INFINITY ? -INFINITY : kiln_sc; }}",
                 acc_name(1),
@@ -535,8 +566,11 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
     emit!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{");
     emit!(s, "                const int64_t {i} = i0 + ii; (void){i};");
     emit!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};");
-    // The scores in place (a loop GCC vectorizes), then their maximum.
-    emit!(s, "                for (int64_t jj = 0; jj < bj; ++jj) {{\n                    const int64_t {j} = j0 + jj; (void){j};\n                    float *sp = srow + jj;\n                    const float {} = *sp;\n                    {score}\n                }}", acc_name(0));
+    // The scores in place, then their maximum.
+    let score_loop = |keys: &str| {
+        format!("                for (int64_t jj = 0; jj < {keys}; ++jj) {{\n                    const int64_t {j} = j0 + jj; (void){j};\n                    float *sp = srow + jj;\n                    const float {} = *sp;\n                    {score}\n                }}", acc_name(0))
+    };
+    whole_or_last_key_block("                ", score_loop, s);
     emit!(s, "                const float bmax = kiln_maxv(srow, bj);");
     emit!(
         s,
@@ -550,6 +584,26 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
         "            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, pv + j0 * {}, {}, bi, bj, DV);\n        }}",
         v.row_stride, v.row_stride
     );
+}
+
+/// A loop over a key block's keys (`loop_` of the bound), twice: with the constant bound
+/// `ATT_KEYS` for a whole block, which the very cheap cost model vectorises
+/// ([`ATTENTION_BLOCK_OPTIMIZE`]), and with `bj` for the last, partial one. Written once, as
+/// a one-line macro: the kernel's source, which the schedule takes as its compile cost
+/// estimate, grows by one line, not by a second copy of the loop.
+fn whole_or_last_key_block(indent: &str, loop_: impl Fn(&str) -> String, s: &mut String) {
+    let text = loop_("(KEYS)");
+    let one_line: Vec<&str> = str::lines(&text).map(str::trim).collect();
+    emit!(
+        s,
+        "{indent}#define KILN_KEY_LOOP(KEYS) {}",
+        one_line.join(" ")
+    );
+    emit!(
+        s,
+        "{indent}if (bj == {ATT_KEYS}) KILN_KEY_LOOP({ATT_KEYS}) else KILN_KEY_LOOP(bj)"
+    );
+    emit!(s, "{indent}#undef KILN_KEY_LOOP");
 }
 
 /// One key block, row by row, for any operand dtypes and strides: each row's scores (the
