@@ -41,7 +41,8 @@ pub fn prelude(isa: Isa) -> &'static str {
             concat!(
                 include_str!("c/gemm.h"),
                 include_str!("c/gemm_quant.h"),
-                include_str!("c/gemm_q6k.h")
+                include_str!("c/gemm_q6k.h"),
+                include_str!("c/gemm_q5k.h")
             ),
         ))
     })

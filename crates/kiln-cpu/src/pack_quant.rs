@@ -1,5 +1,6 @@
 //! Block-quantized weights in panels: the layout the CPU's matmul kernels read Q8_0, Q4_0,
-//! Q4_K and Q6_K weights in (`c/gemm_quant.h`, `c/gemm_q6k.h`), repacked once when a weight
+//! Q4_K, Q5_K and Q6_K weights in (`c/gemm_quant.h`, `c/gemm_q6k.h`, `c/gemm_q5k.h`),
+//! repacked once when a weight
 //! is bound, like the f32 and bf16 panels of [`crate::pack`].
 //!
 //! A weight `W` of `rows x k` values (rows of GGML blocks, `k` a multiple of 32) becomes
@@ -22,6 +23,10 @@
 //! `c/gemm_q6k.h`: f32 `d * sc` of each half, the low nibbles as Q4_0's, then a plane of the
 //! high bit pairs — 32 bytes per 32 values and column (GGUF 26.25).
 //!
+//! Q5_K (`c/gemm_q5k.h`) is Q4_K's group (`d * sc`, `dmin * m`, the low 4 bits as nibbles)
+//! followed by a plane of the fifth bits, `[32][panel / 8]` bytes (row `r`'s bits, column `c`
+//! at bit `c % 8` of byte `c / 8`) — 28 bytes per 32 values and column (GGUF 22).
+//!
 //! **Integer layout** (Q8_0, Q4_0 and Q4_K when the kernels were compiled for AVX-512 VNNI:
 //! `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
 //! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane),
@@ -37,9 +42,12 @@
 //!   nibbles as Q4_0 — 24 bytes, as in the f32 layout;
 //! - Q6_K: `d: [f32; panel]`, `sc: [[i8; panel]; 2]`, then the 6-bit values, three vectors per
 //!   two quads with the fourth quad's bits in their top bit pairs (`c/gemm_q6k.h` says how and
-//!   why) — 30 bytes.
+//!   why) — 30 bytes;
+//! - Q5_K: Q4_K's group, then per quad the fifth bits as `panel / 2` bytes: bit `4 j + t` of
+//!   the word of half `h` is value `t` of column `j + h * panel / 2`, the k mask of one
+//!   vpdpbusd operand (`c/gemm_q5k.h`) — 28 bytes.
 
-use kiln_ir::quant::{sub_block, sub_block_q6_k};
+use kiln_ir::quant::{sub_block, sub_block_q6_k, QuantType};
 use kiln_ir::DType;
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -54,6 +62,7 @@ pub fn group_bytes(dtype: DType, panel: usize) -> usize {
         DType::Q4_0 => (4 + GROUP / 2) * panel,
         DType::Q4_K => (8 + GROUP / 2) * panel,
         DType::Q6_K => (8 + GROUP / 2 + GROUP / 4) * panel,
+        DType::Q5_K => (8 + GROUP / 2 + GROUP / 8) * panel,
         other => panic!("{other} is not block-quantized"),
     }
 }
@@ -64,6 +73,9 @@ pub fn group_bytes(dtype: DType, panel: usize) -> usize {
 pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     if dtype == DType::Q6_K {
         return pack_q6_k(bytes, depth, panel);
+    }
+    if dtype == DType::Q5_K {
+        return pack_q5_k(bytes, depth, panel, false);
     }
     let (with_min, nibbles) = match dtype {
         DType::Q8_0 => (false, false),
@@ -144,7 +156,10 @@ fn pack_groups<S>(
 
 /// Whether `dtype` has an integer layout ([`pack_quant_int8`]).
 pub fn integer_layout(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K)
+    matches!(
+        dtype,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K
+    )
 }
 
 /// Bytes of one group of a `panel`-column panel of `dtype` in the integer layout
@@ -155,16 +170,20 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
         DType::Q4_0 => (4 + GROUP / 2) * panel,
         DType::Q4_K => (8 + GROUP / 2) * panel,
         DType::Q6_K => (6 + 3 * GROUP / 4) * panel,
+        DType::Q5_K => (8 + GROUP / 2 + GROUP / 8) * panel,
         other => panic!("{other} has no integer layout"),
     }
 }
 
 /// [`pack_quant`] in the integer layout (see the module's documentation): Q8_0, Q4_0, Q4_K,
-/// Q6_K.
+/// Q5_K, Q6_K.
 pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     assert!(integer_layout(dtype), "{dtype} has no integer layout");
     if dtype == DType::Q6_K {
         return pack_q6_k_int8(bytes, depth, panel);
+    }
+    if dtype == DType::Q5_K {
+        return pack_q5_k(bytes, depth, panel, true);
     }
     let half = panel / 2;
     let gb = group_bytes_int8(dtype, panel);
@@ -270,6 +289,43 @@ fn pack_q6_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
     )
 }
 
+/// Q5_K in either layout (`c/gemm_q5k.h`): Q4_K's group — `[f32; panel]` of `d * sc`, of
+/// `dmin * m` (the integer layout: `-(dmin * m)`), the low 4 bits as nibbles (f32 layout
+/// `[32][panel / 2]`, integer layout `[8][panel / 2][4]`) — then the fifth bits, `panel * 4`
+/// bytes: f32 layout row `r`'s at `r * panel / 8`, column `c` bit `c % 8` of byte `c / 8`;
+/// integer layout quad `q`'s at `q * panel / 2`, value `t` of column `c` at bit
+/// `4 (c % half) + t` of half `c / half`'s `half / 2` bytes.
+fn pack_q5_k(bytes: &[u8], depth: usize, panel: usize, int8: bool) -> HostBuffer {
+    let half = panel / 2;
+    let gb = group_bytes(DType::Q5_K, panel);
+    pack_groups(
+        bytes,
+        DType::Q5_K,
+        depth,
+        panel,
+        gb,
+        |row, g| sub_block(QuantType::Q5_K, row, g).expect("whole blocks"),
+        |grp, c, (scale, min, vals)| {
+            grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
+            let min = if int8 { -min } else { min };
+            grp[4 * (panel + c)..][..4].copy_from_slice(&min.to_le_bytes());
+            let shift = if c < half { 0 } else { 4 };
+            for (k, &v) in vals.iter().enumerate() {
+                let (nibble, fifth) = (v & 15, v >> 4);
+                let (at, bit) = if int8 {
+                    grp[8 * panel + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= nibble << shift;
+                    let bit = (c / half) * 4 * half + 4 * (c % half) + k % 4;
+                    (24 * panel + (k / 4) * half + bit / 8, bit % 8)
+                } else {
+                    grp[8 * panel + k * half + c % half] |= nibble << shift;
+                    (24 * panel + k * (panel / 8) + c / 8, c % 8)
+                };
+                grp[at] |= fifth << bit;
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +341,12 @@ mod tests {
         let half = panel / 2;
         match dtype {
             DType::Q8_0 => (g[4 * panel + r * panel + c] as i8) as f32 * scale,
+            DType::Q5_K => {
+                let byte = g[8 * panel + r * half + c % half];
+                let low = if c < half { byte & 15 } else { byte >> 4 };
+                let fifth = (g[24 * panel + r * (panel / 8) + c / 8] >> (c % 8)) & 1;
+                scale * (low | (fifth << 4)) as f32 - f(4 * panel + 4 * c)
+            }
             DType::Q6_K => {
                 let byte = g[8 * panel + r * half + c % half];
                 let low = if c < half { byte & 15 } else { byte >> 4 };

@@ -1,9 +1,9 @@
-//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q6k.h`, AVX-512
-//! VNNI: Q8_0, Q4_0, Q4_K and Q6_K weights times activations quantized per 32 values to int8) against a scalar model
+//! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q6k.h`,
+//! `c/gemm_q5k.h`, AVX-512 VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights times activations quantized per 32 values to int8) against a scalar model
 //! of the same arithmetic, bit for bit: each activation block quantized as ggml's
 //! quantize_row_q8_0 does (d = amax / 127, q = round-half-even(x * (1 / d)), d kept in f32),
 //! each block's dot product an exact integer, and the blocks summed in order with
-//! `acc = fma(dot as f32, sw * sa, acc)` (Q4_K then `acc = fma(-m, sa * sum(q_a), acc)`; Q6_K's
+//! `acc = fma(dot as f32, sw * sa, acc)` (Q4_K and Q5_K then `acc = fma(-m, sa * sum(q_a), acc)`; Q6_K's
 //! dot is `sum(sc * (q - 32) * a)` over both 16-value halves and `sw` the super-block's d). Both sides do the same f32 operations in the same
 //! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
 //! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
@@ -98,7 +98,7 @@ fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
                     })
                     .sum();
                 acc = (dot as f32).mul_add(sw * sa, acc);
-                if dtype == DType::Q4_K {
+                if matches!(dtype, DType::Q4_K | DType::Q5_K) {
                     // d1 * q - m1: the min times the block's activation sum, a second FMA.
                     let sum: i32 = qa.iter().sum();
                     acc = (-mw).mul_add(sa * sum as f32, acc);
@@ -207,6 +207,14 @@ fn q4_0_integer_path_is_the_model() {
     check(DType::Q4_0, 70, 48, 1088);
     check(DType::Q4_0, 1, 8, 64);
     check(DType::Q4_0, 64, 24, 2080);
+}
+
+#[test]
+fn q5_k_integer_path_is_the_model() {
+    // 5-bit values (a fifth bit plane per quad); five super-blocks: across the k block;
+    // half = 40: the up columns start mid-panel (the scalar chains).
+    check(DType::Q5_K, 70, 40, 1280);
+    check(DType::Q5_K, 33, 16, 256);
 }
 
 #[test]

@@ -1,0 +1,88 @@
+/* ---- Q5_K weight panels: Q4_K's panel plus a plane of fifth bits, on gemm_quant.h's kernels --
+ *
+ * Q5_K (ggml): Q4_K's super-block (f16 d, dmin, 6-bit scale and min per 32 values) with 5-bit
+ * q (0..31): value = (d * sc) * q - dmin * m, as Q4_K. The packer (pack_quant.rs) keeps Q4_K's
+ * group (the f32 d * sc and dmin * m of each column, the low 4 bits as nibbles) and adds the
+ * fifth bits as a bit plane: 28 bytes per 32 values and column (GGUF 22; Q4_K's panel 24).
+ *
+ * f32 path (dequantize, then gemm.h's f32 chains; bit for bit the interpreter's values):
+ *   f32 s[NR] (d * sc) | f32 m[NR] (dmin * m) | low nibbles [32][NR/2] as Q4_K's
+ *   | fifth bits [32][NR/8]: row r's NR bits, column c at bit c % 8 of byte c / 8   (28 NR bytes)
+ * A row's fifth bits are one word, broadcast and shifted per lane (vpsrlvd) to each column. */
+#define KILN_GB_Q5_K (28 * KILN_NR)
+
+static const int32_t kiln_q5_lane[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* Row r (< 32) of group g, columns 0..VL-1 into *lo and VL..NR-1 into *hi. */
+static inline __attribute__((always_inline)) void kiln_deq_q5_k(const uint8_t *restrict g, int64_t r, kiln_vf *lo, kiln_vf *hi) {
+    const kiln_vi w = kiln_ld_i8(g + 8 * KILN_NR + r * (KILN_NR / 2), 1);
+    uint32_t bits = 0;
+    memcpy(&bits, g + 24 * KILN_NR + r * (KILN_NR / 8), KILN_NR / 8);
+    kiln_vu lane; memcpy(&lane, kiln_q5_lane, sizeof lane);
+    const kiln_vu b = (kiln_vu){0} + bits;
+    const kiln_vi h0 = (kiln_vi)(((b >> lane) & 1u) << 4);
+    const kiln_vi h1 = (kiln_vi)(((b >> (lane + KILN_VL)) & 1u) << 4);
+    const float *s = (const float *)(const void *)g, *m = s + KILN_NR;
+    kiln_vf pl = kiln_ldv(s) * __builtin_convertvector((w & 15) | h0, kiln_vf);
+    kiln_vf ph = kiln_ldv(s + KILN_VL) * __builtin_convertvector((w >> 4) | h1, kiln_vf);
+    KILN_IN_REG(pl); KILN_IN_REG(ph); /* no FMA with the subtraction: ggml rounds the product */
+    *lo = pl - kiln_ldv(m);
+    *hi = ph - kiln_ldv(m + KILN_VL);
+}
+
+/* Value (n, k) of the weight, scalar (product columns off a panel boundary). */
+static inline float kiln_qat_q5_k(const uint8_t *wp, int64_t K, int64_t n, int64_t k) {
+    const uint8_t *g = wp + ((n / KILN_NR) * (K / 32) + k / 32) * KILN_GB_Q5_K;
+    const int64_t c = n % KILN_NR, r = k % 32;
+    float s, m; memcpy(&s, g + 4 * c, 4); memcpy(&m, g + 4 * KILN_NR + 4 * c, 4);
+    const int32_t fifth = (g[24 * KILN_NR + r * (KILN_NR / 8) + c / 8] >> (c % 8)) & 1;
+    float p = s * (float)(kiln_qnib(g + 8 * KILN_NR, r, c) | fifth << 4);
+    KILN_QKEEP(p);
+    return p - m;
+}
+
+KILN_QGEMV_PASS(kiln_qgemv_pass_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k)
+#if !defined(KILN_QINT8)
+KILN_QPACKED_TILE(kiln_packed_tile_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k, kiln_qat_q5_k, kiln_qgemv_pass_q5_k)
+#endif
+
+/* ---- Q5_K on the integer path (AVX-512 VNNI) ----------------------------------------------
+ *
+ * Q4_K's kind (2): the activations signed, the weights' q (0..31) the unsigned vpdpbusd
+ * operand, each block's dot sum(q * a) started at 0, then
+ *     y = fmaf((float)dot, d1[n] * sa[i][b], y);  y = fmaf(-m1[n][b], sa[i][b] * sum(a), y)
+ * in block order on every path (KILN_QI_TILE with kind 2). Panels, per 32-value group
+ * (pack_quant.rs, integer layout):
+ *   f32 d1[NR] | f32 -m1[NR] | 8 quads x [NR/2][4] nibbles as Q4_K's
+ *   | 8 quads x 2 x u64 of fifth bits                                    (28 NR bytes)
+ * The two words of quad q are the fifth bits of its two vpdpbusd operands (columns 0..15 and
+ * 16..31), bit 4 j + t for byte (j, t): one masked byte add of 16 (vpaddb under a k mask
+ * loaded from the word) turns a nibble operand into the 5-bit one. */
+#if defined(KILN_QINT8)
+#define KILN_GBI_Q5_K (28 * KILN_NR)
+typedef char kiln_v64qi __attribute__((vector_size(64)));
+
+static inline __attribute__((always_inline)) void kiln_qiw_q5_k(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
+    kiln_vu v = (kiln_vu)kiln_ldvi(g + 8 * KILN_NR + qd * 2 * KILN_NR);
+    KILN_IN_REG(v); /* one load for both nibbles */
+    unsigned long long m0, m1;
+    memcpy(&m0, g + 24 * KILN_NR + qd * 16, 8);
+    memcpy(&m1, g + 24 * KILN_NR + qd * 16 + 8, 8);
+    const kiln_v64qi sixteen = (kiln_v64qi){0} + 16;
+    const kiln_v64qi lo = (kiln_v64qi)(v & 0x0F0F0F0Fu), hi = (kiln_v64qi)((v >> 4) & 0x0F0F0F0Fu);
+    *w0 = (kiln_vi)__builtin_ia32_paddb512_mask(lo, sixteen, lo, m0);
+    *w1 = (kiln_vi)__builtin_ia32_paddb512_mask(hi, sixteen, hi, m1);
+}
+
+/* Weight value (n, k) as an integer (0..31), for the scalar columns. */
+static inline int32_t kiln_qiw_at_q5_k(const uint8_t *g, int64_t c, int64_t kk) {
+    const uint8_t b = g[8 * KILN_NR + (kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
+    const int64_t bit = (c % (KILN_NR / 2)) * 4 + kk % 4;
+    const uint8_t h = g[24 * KILN_NR + (kk / 4) * 16 + (c / (KILN_NR / 2)) * 8 + bit / 8];
+    return (int32_t)(c < KILN_NR / 2 ? (b & 15) : (b >> 4)) | ((h >> (bit % 8)) & 1) << 4;
+}
+
+KILN_QI_UKR(kiln_qi_ukr_q5_k, KILN_GBI_Q5_K, 2, kiln_qiw_q5_k)
+KILN_QI_GEMV(kiln_qi_gemv_q5_k, KILN_GBI_Q5_K, 2, kiln_qiw_q5_k)
+KILN_QI_TILE(kiln_packed_tile_q5_k, KILN_GBI_Q5_K, 2, kiln_qi_ukr_q5_k, kiln_qi_gemv_q5_k, kiln_qiw_at_q5_k)
+#endif
