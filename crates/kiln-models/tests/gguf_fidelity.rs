@@ -4,7 +4,7 @@
 //! 1e-4 of it. 1e-4 is the tolerance of the safetensors fixtures: phase 1 dequantizes the
 //! weights to f32 at load (bf16 files stay bf16, widened exactly in the kernels), so kiln
 //! computes the reference's function in f32, and the only difference left is f32 rounding,
-//! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0 and Q4_K linear weights quantized and
+//! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0, Q4_K, Q5_K and Q6_K linear weights quantized and
 //! dequantizes them inside the kernels, to the same f32 values ggml's dequantization gives
 //! (bit for bit: crates/kiln-cpu/tests/gemm_quant.rs), so the same tolerance holds on the f32-dequantizing kernels. Where the CPU has AVX-512 VNNI,
 //! Q8_0 and Q4_0 matmuls take the integer path (activations quantized per 32 values to int8,
@@ -91,12 +91,13 @@ fn references(gguf: &Path) -> Vec<(String, Reference)> {
 }
 
 /// Whether `kept` (the dtypes a model keeps quantized) puts a matmul on the CPU's integer path
-/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K and Q6_K times activations quantized per 32 values to int8).
+/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K times activations quantized per 32 values to
+/// int8).
 fn int8_path(kept: &[&str]) -> bool {
     cpu().quant_int8().unwrap()
         && kept
             .iter()
-            .any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k" | "q6_k"))
+            .any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k" | "q5_k" | "q6_k"))
 }
 
 /// What tests/gguf/make.py measured of llama.cpp on `file` (`dir/name.gguf`), on the same
@@ -230,7 +231,7 @@ fn every_fixture_file_matches_its_numpy_reference() {
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let mut model = load(&ModelSource::Gguf(file.clone()));
-        // Q8_0, Q4_0, Q4_K and Q6_K linear weights stay quantized: the kernels read the
+        // Q8_0, Q4_0, Q4_K, Q5_K and Q6_K linear weights stay quantized: the kernels read the
         // blocks. (K-type rows are 256-value super-blocks: tiny-qwen3's 64-wide K files hold
         // 32-value types; the K_M mixes put the embedding/LM head and some matrices in Q6_K.)
         let kept: Vec<&str> = model.config.file_quant.values().map(|d| d.name()).collect();
@@ -240,6 +241,7 @@ fn every_fixture_file_matches_its_numpy_reference() {
             ("Q8_0", "q8_0"),
             ("Q4_0", "q4_0"),
             ("Q4_K", "q4_k"),
+            ("Q5_K", "q5_k"),
             ("Q6_K", "q6_k"),
         ] {
             if name.contains(&format!("-{ty}")) && (!ty.contains('K') || k_file) {
