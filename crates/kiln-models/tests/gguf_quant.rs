@@ -141,7 +141,10 @@ fn q5_k_quantizer_writes_llama_cpps_bytes() {
     for (name, shape, values) in f32_tensors(&fixtures().join("quant-source.safetensors")) {
         let t = quantized.tensor(&name).unwrap();
         let qt = t.quant_type().unwrap();
-        assert!(matches!(qt, QuantType::Q5_K | QuantType::Q6_K), "{name}: {qt}");
+        assert!(
+            matches!(qt, QuantType::Q5_K | QuantType::Q6_K),
+            "{name}: {qt}"
+        );
         q5 += (qt == QuantType::Q5_K) as usize;
         let row_bytes = qt.bytes_of(shape[1] as u64).unwrap() as usize;
         let bytes = &quantized.data(t)[..shape[0] * row_bytes];
