@@ -313,7 +313,8 @@ fn pack_q5_k(bytes: &[u8], depth: usize, panel: usize, int8: bool) -> HostBuffer
             for (k, &v) in vals.iter().enumerate() {
                 let (nibble, fifth) = (v & 15, v >> 4);
                 let (at, bit) = if int8 {
-                    grp[8 * panel + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= nibble << shift;
+                    grp[8 * panel + (k / 4) * 2 * panel + 4 * (c % half) + k % 4] |=
+                        nibble << shift;
                     let bit = (c / half) * 4 * half + 4 * (c % half) + k % 4;
                     (24 * panel + (k / 4) * half + bit / 8, bit % 8)
                 } else {

@@ -273,7 +273,9 @@ pub enum QuantError {
         expected: Option<usize>,
         got: usize,
     },
-    #[error("kiln has no quantizer for {0} (it writes F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K)")]
+    #[error(
+        "kiln has no quantizer for {0} (it writes F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K)"
+    )]
     NoQuantizer(QuantType),
 }
 
@@ -710,11 +712,13 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
 
 /// The 6-bit scales and mins of a K block's 8 sub-blocks (`scales`, `mins`: the values
 /// `make_qkx2_quants` found) quantized against their largest, as `quantize_row_q4_K_ref` and
-/// `quantize_row_q5_K_ref` store them: `d`, `dmin` (f16) in bytes 0..4 and the 12 packed
-/// bytes (`scale_min_k4`'s layout) in 4..16; returns `d` and `dmin` as stored, in f32.
+/// `quantize_row_q5_K_ref` store them (Q4_K's quantizer above does the same steps inline):
+/// `d`, `dmin` (f16) in bytes 0..4 and the 12 packed bytes (`scale_min_k4`'s layout) in
+/// 4..16; returns `d` and `dmin` as stored, in f32.
 fn store_k_scales(scales: &[f32; 8], mins: &[f32; 8], b: &mut [u8]) -> (f32, f32) {
-    let max_scale = scales.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
-    let max_min = mins.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    // ggml: `if (scale > max_scale) max_scale = scale;` from 0 (a NaN never wins).
+    let max_scale = scales.iter().fold(0.0f32, |m, &v| c_max(v, m));
+    let max_min = mins.iter().fold(0.0f32, |m, &v| c_max(v, m));
     let inv_scale = if max_scale > 0.0 {
         63.0 / max_scale
     } else {

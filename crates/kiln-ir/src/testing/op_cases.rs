@@ -809,7 +809,10 @@ pub fn quantized_weight_matmuls() -> OpCase {
         ];
         for (i, (dtype, name, n, k)) in weights.into_iter().enumerate() {
             let seed = 42 + 2 * i as u64;
-            ins.push((["x_w8", "x_w4", "x_wk", "x_w6", "x_w5"][i], f32s(&[sv, k], seed)));
+            ins.push((
+                ["x_w8", "x_w4", "x_wk", "x_w6", "x_w5"][i],
+                f32s(&[sv, k], seed),
+            ));
             ins.push((name, quantized(dtype, n, k, seed + 1)));
         }
         c.runs.push(Run::new(inputs(&ins)));
