@@ -8,7 +8,8 @@
  * f32 path (dequantize, then gemm.h's f32 chains; bit for bit the interpreter's values):
  *   f32 s[NR] (d * sc) | f32 m[NR] (dmin * m) | low nibbles [32][NR/2] as Q4_K's
  *   | fifth bits [32][NR/8]: row r's NR bits, column c at bit c % 8 of byte c / 8   (28 NR bytes)
- * A row's fifth bits are one word, broadcast and shifted per lane (vpsrlvd) to each column. */
+ * A row's fifth bits are one word: with AVX-512 two lane masks (a masked add of 16), with AVX2
+ * broadcast and shifted per lane (vpsrlvd) to each column. */
 #define KILN_GB_Q5_K (28 * KILN_NR)
 
 static const int32_t kiln_q5_lane[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
@@ -18,13 +19,23 @@ static inline __attribute__((always_inline)) void kiln_deq_q5_k(const uint8_t *r
     const kiln_vi w = kiln_ld_i8(g + 8 * KILN_NR + r * (KILN_NR / 2), 1);
     uint32_t bits = 0;
     memcpy(&bits, g + 24 * KILN_NR + r * (KILN_NR / 8), KILN_NR / 8);
+#if defined(KILN_AVX512)
+    /* the row's 32 bits are two lane masks: a masked add of 16 per vector (vpaddd {k}) */
+    typedef int kiln_q5_v16si __attribute__((vector_size(64)));
+    const kiln_q5_v16si lo4 = (kiln_q5_v16si)(w & 15), hi4 = (kiln_q5_v16si)(w >> 4);
+    const kiln_q5_v16si sixteen = (kiln_q5_v16si){0} + 16;
+    const kiln_vi q0 = (kiln_vi)__builtin_ia32_paddd512_mask(lo4, sixteen, lo4, (unsigned short)bits);
+    const kiln_vi q1 = (kiln_vi)__builtin_ia32_paddd512_mask(hi4, sixteen, hi4, (unsigned short)(bits >> 16));
+#else
+    /* each lane shifts the broadcast bits by its column (vpsrlvd) */
     kiln_vu lane; memcpy(&lane, kiln_q5_lane, sizeof lane);
     const kiln_vu b = (kiln_vu){0} + bits;
-    const kiln_vi h0 = (kiln_vi)(((b >> lane) & 1u) << 4);
-    const kiln_vi h1 = (kiln_vi)(((b >> (lane + KILN_VL)) & 1u) << 4);
+    const kiln_vi q0 = (w & 15) | (kiln_vi)(((b >> lane) & 1u) << 4);
+    const kiln_vi q1 = (w >> 4) | (kiln_vi)(((b >> (lane + KILN_VL)) & 1u) << 4);
+#endif
     const float *s = (const float *)(const void *)g, *m = s + KILN_NR;
-    kiln_vf pl = kiln_ldv(s) * __builtin_convertvector((w & 15) | h0, kiln_vf);
-    kiln_vf ph = kiln_ldv(s + KILN_VL) * __builtin_convertvector((w >> 4) | h1, kiln_vf);
+    kiln_vf pl = kiln_ldv(s) * __builtin_convertvector(q0, kiln_vf);
+    kiln_vf ph = kiln_ldv(s + KILN_VL) * __builtin_convertvector(q1, kiln_vf);
     KILN_IN_REG(pl); KILN_IN_REG(ph); /* no FMA with the subtraction: ggml rounds the product */
     *lo = pl - kiln_ldv(m);
     *hi = ph - kiln_ldv(m + KILN_VL);
