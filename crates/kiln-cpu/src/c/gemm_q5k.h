@@ -1,15 +1,20 @@
-/* ---- Q5_K weight panels: Q4_K's panel plus a plane of fifth bits, on gemm_quant.h's kernels --
+/* ---- Q5_K weight panels: Q4_K's plus a plane of fifth bits ------------------------------------
  *
  * Q5_K (ggml): Q4_K's super-block (f16 d, dmin, 6-bit scale and min per 32 values) with 5-bit
- * q (0..31): value = (d * sc) * q - dmin * m, as Q4_K. The packer (pack_quant.rs) keeps Q4_K's
- * group (the f32 d * sc and dmin * m of each column, the low 4 bits as nibbles) and adds the
- * fifth bits as a bit plane: 28 bytes per 32 values and column (GGUF 22; Q4_K's panel 24).
+ * q (0..31): value = (d * sc) * q - dmin * m, as Q4_K. Both layouts are Q4_K's plus the fifth
+ * bits as a bit plane.
  *
- * f32 path (dequantize, then gemm.h's f32 chains; bit for bit the interpreter's values):
+ * f32 path (gemm_quant.h's tile and GEMV macros: dequantize, then gemm.h's f32 chains; bit for
+ * bit the interpreter's values), per 32-value group: Q4_K's group (the f32 d * sc and dmin * m
+ * of each column, the low 4 bits as nibbles), then the fifth bits, 28 bytes per 32 values and
+ * column (GGUF 22; Q4_K's f32 group 24):
  *   f32 s[NR] (d * sc) | f32 m[NR] (dmin * m) | low nibbles [32][NR/2] as Q4_K's
  *   | fifth bits [32][NR/8]: row r's NR bits, column c at bit c % 8 of byte c / 8   (28 NR bytes)
  * A row's fifth bits are one word: with AVX-512 two lane masks (a masked add of 16), with AVX2
- * broadcast and shifted per lane (vpsrlvd) to each column. */
+ * broadcast and shifted per lane (vpsrlvd) to each column.
+ *
+ * Integer path (AVX-512 VNNI): gemm_q4k.h's super-block kernels, 22.5 bytes per 32 values (the
+ * end of this file). */
 #define KILN_GB_Q5_K (28 * KILN_NR)
 
 static const int32_t kiln_q5_lane[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
