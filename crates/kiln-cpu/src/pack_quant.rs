@@ -53,10 +53,11 @@
 //!   `sc: [[i8; panel]; 2]` and the 6-bit values, three vectors per two quads with the fourth
 //!   quad's bits in their top bit pairs (`c/gemm_q6k.h` says how and why) — 210 bytes per 256
 //!   values and column, 26.25 per 32, the file's size (`d` per group in f32: 30);
-//! - Q5_K, per super-block of 256 values: Q4_K's super-block (its `q` the low 4 bits), then
-//!   the fifth bits, per group and quad `panel / 2` bytes: bit `4 j + t` of the word of half
-//!   `h` is value `t` of column `j + h * panel / 2`, the k mask of one vpdpbusd operand
-//!   (`c/gemm_q4k.h`) — 180 bytes per 256 values and column, 22.5 per 32 (GGUF 22).
+//! - Q5_K, per super-block of 256 values: Q4_K's super-block (its `q` the low 4 bits), each
+//!   group's nibbles followed by its fifth bits, per quad `panel / 2` bytes: bit `4 j + t` of
+//!   the word of half `h` is value `t` of column `j + h * panel / 2`, the k mask of one
+//!   vpdpbusd operand (`c/gemm_q4k.h`) — 180 bytes per 256 values and column, 22.5 per 32
+//!   (GGUF 22).
 
 use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k, super_block_q5_k, QuantType};
 use kiln_ir::DType;
@@ -259,8 +260,8 @@ const Q5_K_SUPER_BLOCK_INT8: usize = Q4_K_SUPER_BLOCK_INT8 + 32;
 
 /// Q4_K or Q5_K in the integer layout (`c/gemm_q4k.h`), per super-block: `d: [f16; panel]`,
 /// `dmin: [f16; panel]`, `m: [2][panel][4]` u8 (group `4 j + t`'s min of column `c` at
-/// `(j, c, t)`), `sc: [8][panel]` u8, then each group's nibbles as Q4_0's integer layout; Q5_K
-/// then the fifth bits, group `g`, quad `qd` at `g * 4 * panel + qd * panel / 2` of the plane.
+/// `(j, c, t)`), `sc: [8][panel]` u8, then each group's nibbles as Q4_0's integer layout, for
+/// Q5_K each followed by the group's fifth bits (quad `qd`'s at `qd * panel / 2`).
 fn pack_k_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     let half = panel / 2;
     let (sbytes, read): (usize, fn(&[u8], usize) -> _) = if dtype == DType::Q5_K {
@@ -268,6 +269,8 @@ fn pack_k_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBu
     } else {
         (Q4_K_SUPER_BLOCK_INT8, super_block_q4_k)
     };
+    // bytes of a group's q: its nibbles, and Q5_K's fifth bits after them
+    let group_q = (sbytes - 20) / 8 * panel;
     pack_units(
         bytes,
         dtype,
@@ -283,16 +286,13 @@ fn pack_k_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBu
             for g in 0..8 {
                 sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4] = m[g];
                 sb[12 * panel + g * panel + c] = sc[g];
-                let nibbles = &mut sb[20 * panel + g * 16 * panel..][..16 * panel];
+                let qg = &mut sb[20 * panel + g * group_q..][..group_q];
                 for (k, &v) in q[g].iter().enumerate() {
-                    nibbles[(k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= (v & 15) << shift;
-                }
-                if dtype == DType::Q5_K {
-                    // quad k / 4's word of half c / half, bit 4 (c % half) + k % 4
-                    let plane = &mut sb[148 * panel + g * 4 * panel..][..4 * panel];
-                    for (k, &v) in q[g].iter().enumerate() {
+                    qg[(k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= (v & 15) << shift;
+                    if dtype == DType::Q5_K {
+                        // quad k / 4's word of half c / half, bit 4 (c % half) + k % 4
                         let bit = (c / half) * 4 * half + 4 * (c % half) + k % 4;
-                        plane[(k / 4) * half + bit / 8] |= (v >> 4) << (bit % 8);
+                        qg[16 * panel + (k / 4) * half + bit / 8] |= (v >> 4) << (bit % 8);
                     }
                 }
             }
@@ -544,15 +544,15 @@ mod tests {
                     let (d, dmin) = (f16(2 * c), f16(2 * panel + 2 * c));
                     let m = sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4];
                     let sc = sb[12 * panel + g * panel + c];
-                    let byte = sb[20 * panel
-                        + g * 16 * panel
+                    let qg = 20 * panel + g * (sbytes - 20) / 8 * panel;
+                    let byte = sb[qg
                         + (kk / 4) * 2 * panel
                         + 4 * (c % half)
                         + kk % 4];
                     let mut v = if c < half { byte & 15 } else { byte >> 4 };
                     if dtype == DType::Q5_K {
                         let bit = 4 * (c % half) + kk % 4;
-                        let word = 148 * panel + g * 4 * panel + (kk / 4) * half + (c / half) * 8;
+                        let word = qg + 16 * panel + (kk / 4) * half + (c / half) * 8;
                         v |= ((sb[word + bit / 8] >> (bit % 8)) & 1) << 4;
                     }
                     let value = (d * sc as f32) * v as f32 - dmin * m as f32;
