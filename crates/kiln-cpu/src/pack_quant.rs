@@ -545,10 +545,7 @@ mod tests {
                     let m = sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4];
                     let sc = sb[12 * panel + g * panel + c];
                     let qg = 20 * panel + g * (sbytes - 20) / 8 * panel;
-                    let byte = sb[qg
-                        + (kk / 4) * 2 * panel
-                        + 4 * (c % half)
-                        + kk % 4];
+                    let byte = sb[qg + (kk / 4) * 2 * panel + 4 * (c % half) + kk % 4];
                     let mut v = if c < half { byte & 15 } else { byte >> 4 };
                     if dtype == DType::Q5_K {
                         let bit = 4 * (c % half) + kk % 4;
