@@ -3,14 +3,15 @@
 against the file size (issue 24: peak RSS <= 1.15x the file):
 
   python3 -m venv .venv-gguf && .venv-gguf/bin/pip install numpy==2.4.6 gguf==0.19.0
-  .venv-gguf/bin/python scripts/make-memory-gguf.py OUT_DIR [q8_0 q4_0 q4_k_m]
+  .venv-gguf/bin/python scripts/make-memory-gguf.py OUT_DIR [q8_0 q4_0 q4_k_m q5_k_m]
 
 The weights are random blocks written directly in the file's byte layout (random quants, small
 finite f16 scales): memory depends on the tensor types and shapes only, and writing blocks
 is seconds where quantizing 600M floats is minutes. "q4_k_m" mixes types as llama.cpp's
 Q4_K_M does for this shape (no output.weight: token_embd in Q6_K; attn_v and ffn_down in Q6_K
 in the first and last eighth of the layers and every third layer between, Q4_K elsewhere), so
-its memory is that of a real Q4_K_M file without llama.cpp's quantizer. The tokenizer is the
+its memory is that of a real Q4_K_M file without llama.cpp's quantizer; "q5_k_m" the same mix
+with Q5_K where Q4_K_M has Q4_K (llama.cpp's Q5_K_M). The tokenizer is the
 real Qwen3 one (tests/gguf/qwen3-tokenizer.gguf.gz).
 """
 import gzip
@@ -25,7 +26,7 @@ from gguf import GGMLQuantizationType as T
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # qwen3-0.6b (crates/kiln-models/src/presets.rs)
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM = 151936, 1024, 3072, 28, 16, 8, 128
-FILE_TYPE = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15}
+FILE_TYPE = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q5_k_m": 17}
 RNG = np.random.default_rng(0)
 
 
@@ -42,6 +43,9 @@ def blocks(qtype, rows, cols):
         b[:, 0:2] = f16_scales(n, 0.02 / (127 if qtype == T.Q8_0 else 8))
     elif qtype == T.Q4_K:  # d, dmin, then 6-bit scales and mins
         b[:, 0:2] = f16_scales(n, 0.02 / 15 / 63)
+        b[:, 2:4] = f16_scales(n, 0.02 / 63)
+    elif qtype == T.Q5_K:  # as Q4_K: d, dmin, then 6-bit scales and mins
+        b[:, 0:2] = f16_scales(n, 0.02 / 31 / 63)
         b[:, 2:4] = f16_scales(n, 0.02 / 63)
     elif qtype == T.Q6_K:  # ql, qh, int8 scales, then d last
         b[:, size - 2:] = f16_scales(n, 0.02 / 32 / 127)
@@ -64,7 +68,7 @@ def matrix_type(kind, name, layer):
         return T.Q6_K
     if name in ("attn_v", "ffn_down") and more_bits(layer):
         return T.Q6_K
-    return T.Q4_K
+    return T.Q5_K if kind == "q5_k_m" else T.Q4_K
 
 
 def copy_tokenizer(w):

@@ -54,14 +54,14 @@ enum Command {
 pub struct CompileFlags {
     /// Model: a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen2.5-0.5b, qwen2.5-1.5b,
     /// qwen2.5-7b), a Hugging Face checkpoint folder or a GGUF file (FILE.gguf: Qwen2/2.5/3 in
-    /// F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; Q8_0, Q4_0, Q4_K and
-    /// Q6_K linear weights stay quantized in memory on every backend, the matmul kernels reading
+    /// F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; Q8_0, Q4_0, Q4_K, Q5_K
+    /// and Q6_K linear weights stay quantized in memory on every backend, the matmul kernels reading
     /// the blocks; the other types are decoded to f32 at load). A folder wins over a preset of the same name (with a note);
     /// preset:NAME is always the preset.
     #[arg(long)]
     pub model: String,
     /// Hold the matrix weights in this dtype: f32, bf16, or quantized at load with ggml's
-    /// reference quantizer (q8_0, q4_0, q4_k, q6_k: GGML blocks, read inside every backend's
+    /// reference quantizer (q8_0, q4_0, q4_k, q5_k, q6_k: GGML blocks, read inside every backend's
     /// matmul kernels; the embedding table too, its gather dequantizing the rows it reads).
     /// Default: the model's own.
     #[arg(long, value_parser = parse_weight_dtype)]

@@ -3,7 +3,7 @@
  * gemm_quant.h), built and run by scripts/bench-qgemv.sh, which assembles the prelude as
  * kiln-cpu does (cc.rs: the blocking constants first, the shared helpers in place).
  *
- * For each weight shape (N product columns x K) and type (Q8_0, Q4_0, Q4_K, Q6_K, in the panel layout
+ * For each weight shape (N product columns x K) and type (Q8_0, Q4_0, Q4_K, Q6_K, Q5_K, in the panel layout
  * the kernels were compiled for: the integer layout with AVX-512 VNNI, the f32-dequant one
  * otherwise), THREADS threads (1 or 2) each compute their half of the product tiles
  * (1 x KILN_NC, as a decode launch's work units) of one activation row, over enough copies of
@@ -31,12 +31,14 @@
 #define GB_Q4_0 KILN_GBI_Q4_0
 #define GB_Q4_K KILN_GBI_Q4_K
 #define GB_Q6_K KILN_GBI_Q6_K
+#define GB_Q5_K KILN_GBI_Q5_K
 #define LAYOUT "integer (VNNI)"
 #else
 #define GB_Q8_0 KILN_GB_Q8_0
 #define GB_Q4_0 KILN_GB_Q4_0
 #define GB_Q4_K KILN_GB_Q4_K
 #define GB_Q6_K KILN_GB_Q6_K
+#define GB_Q5_K KILN_GB_Q5_K
 #define LAYOUT "f32 dequant"
 #endif
 
@@ -48,6 +50,7 @@ static const struct { const char *name; tile_fn f; int64_t gb; int floats, halve
     {"q4_0", kiln_packed_tile_q4_0, GB_Q4_0, 0, 1, 18.0 / 32},
     {"q4_k", kiln_packed_tile_q4_k, GB_Q4_K, 2, 0, 144.0 / 256},
     {"q6_k", kiln_packed_tile_q6_k, GB_Q6_K, 2, 0, 210.0 / 256},
+    {"q5_k", kiln_packed_tile_q5_k, GB_Q5_K, 2, 0, 176.0 / 256},
 };
 
 /* EXTRA=-DLAUNCH_BARRIER: the threads meet at a spin barrier before each copy, as a decode

@@ -40,7 +40,8 @@ pub enum Section {
     /// And `c/gemm.h`: the packed f32 and bf16 GEMM/GEMV (and the types of its scratch,
     /// which the kernels that call it pass on).
     Gemm,
-    /// And `c/gemm_quant.h` and `c/gemm_q6k.h`: the block-quantized tiles.
+    /// And `c/gemm_quant.h`, `c/gemm_q4k.h`, `c/gemm_q6k.h` and `c/gemm_q5k.h`: the
+    /// block-quantized tiles.
     Quant,
 }
 
@@ -66,7 +67,8 @@ pub fn prelude_upto(isa: Isa, section: Section) -> &'static str {
                 include_str!("c/gemm.h"),
                 include_str!("c/gemm_quant.h"),
                 include_str!("c/gemm_q4k.h"),
-                include_str!("c/gemm_q6k.h")
+                include_str!("c/gemm_q6k.h"),
+                include_str!("c/gemm_q5k.h")
             ),
         };
         format!("{defines}{}", base.replace("/* KILN_GEMM */", gemm))

@@ -296,6 +296,7 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
         DType::Q8_0 => "kiln_packed_tile_q8_0",
         DType::Q4_0 => "kiln_packed_tile_q4_0",
         DType::Q4_K => "kiln_packed_tile_q4_k",
+        DType::Q5_K => "kiln_packed_tile_q5_k",
         DType::Q6_K => "kiln_packed_tile_q6_k",
         _ => "kiln_packed_tile_f32",
     });

@@ -90,8 +90,8 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    /// Every dtype: the packed matmul kernels read Q8_0, Q4_0, Q4_K and Q6_K weights
-    /// (`c/gemm_quant.h`, `c/gemm_q4k.h`, `c/gemm_q6k.h`).
+    /// Every dtype: the packed matmul kernels read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights
+    /// (`c/gemm_quant.h`, `c/gemm_q4k.h`, `c/gemm_q6k.h`, `c/gemm_q5k.h`).
     fn supports_weight_dtype(&self, _: kiln_ir::DType) -> bool {
         true
     }

@@ -1,5 +1,6 @@
 //! Block-quantized weights in panels: the layout the CPU's matmul kernels read Q8_0, Q4_0,
-//! Q4_K and Q6_K weights in (`c/gemm_quant.h`, `c/gemm_q4k.h`, `c/gemm_q6k.h`), repacked once when a weight
+//! Q4_K, Q5_K and Q6_K weights in (`c/gemm_quant.h`, `c/gemm_q4k.h`, `c/gemm_q6k.h`,
+//! `c/gemm_q5k.h`), repacked once when a weight
 //! is bound, like the f32 and bf16 panels of [`crate::pack`].
 //!
 //! A weight `W` of `rows x k` values (rows of GGML blocks, `k` a multiple of 32) becomes
@@ -25,8 +26,12 @@
 //! `c/gemm_q6k.h`: f32 `d * sc` of each half, the low nibbles as Q4_0's, then a plane of the
 //! high bit pairs — 32 bytes per 32 values and column (GGUF 26.25).
 //!
-//! **Integer layout** (Q8_0, Q4_0, Q4_K and Q6_K when the kernels were compiled for AVX-512
-//! VNNI: `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
+//! Q5_K (`c/gemm_q5k.h`) is Q4_K's group (`d * sc`, `dmin * m`, the low 4 bits as nibbles)
+//! followed by a plane of the fifth bits, `[32][panel / 8]` bytes (row `r`'s bits, column `c`
+//! at bit `c % 8` of byte `c / 8`) — 28 bytes per 32 values and column (GGUF 22).
+//!
+//! **Integer layout** (Q8_0, Q4_0, Q4_K, Q5_K and Q6_K when the kernels were compiled for
+//! AVX-512 VNNI: `kiln_quant_int8` in the prelude, [`pack_quant_int8`]): the kernels multiply int8
 //! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane),
 //! so a group's values are grouped four k-values per 32-bit lane: quad `q` (values
 //! `4q..4q+3` of the group) is `[panel][4]` bytes, one 64-byte load per 16 columns. The
@@ -47,9 +52,14 @@
 //! - Q6_K, per super-block of 256 values: `d: [f16; panel]` (the file's bits), then per group
 //!   `sc: [[i8; panel]; 2]` and the 6-bit values, three vectors per two quads with the fourth
 //!   quad's bits in their top bit pairs (`c/gemm_q6k.h` says how and why) — 210 bytes per 256
-//!   values and column, 26.25 per 32, the file's size (`d` per group in f32: 30).
+//!   values and column, 26.25 per 32, the file's size (`d` per group in f32: 30);
+//! - Q5_K, per super-block of 256 values: Q4_K's super-block (its `q` the low 4 bits), each
+//!   group's nibbles followed by its fifth bits, per quad `panel / 2` bytes: bit `4 j + t` of
+//!   the word of half `h` is value `t` of column `j + h * panel / 2`, the k mask of one
+//!   vpdpbusd operand (`c/gemm_q4k.h`) — 180 bytes per 256 values and column, 22.5 per 32
+//!   (GGUF 22).
 
-use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k};
+use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k, super_block_q5_k, QuantType};
 use kiln_ir::DType;
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -64,6 +74,7 @@ pub fn group_bytes(dtype: DType, panel: usize) -> usize {
         DType::Q4_0 => (2 + GROUP / 2) * panel,
         DType::Q4_K => (8 + GROUP / 2) * panel,
         DType::Q6_K => (8 + GROUP / 2 + GROUP / 4) * panel,
+        DType::Q5_K => (8 + GROUP / 2 + GROUP / 8) * panel,
         other => panic!("{other} is not block-quantized"),
     }
 }
@@ -76,6 +87,9 @@ pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> Hos
         DType::Q6_K => return pack_q6_k(bytes, depth, panel),
         DType::Q8_0 | DType::Q4_0 => return pack_q8_0_q4_0(bytes, dtype, depth, panel, false),
         _ => {}
+    }
+    if dtype == DType::Q5_K {
+        return pack_q5_k(bytes, depth, panel);
     }
     let gb = group_bytes(dtype, panel);
     let q = dtype.quant().expect("a block-quantized dtype");
@@ -207,7 +221,10 @@ fn pack_units<S>(
 
 /// Whether `dtype` has an integer layout ([`pack_quant_int8`]).
 pub fn integer_layout(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K)
+    matches!(
+        dtype,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K
+    )
 }
 
 /// Bytes of one group of a `panel`-column panel of `dtype` in the integer layout
@@ -218,18 +235,19 @@ pub fn group_bytes_int8(dtype: DType, panel: usize) -> usize {
         DType::Q8_0 => (2 + GROUP) * panel,
         DType::Q4_0 => (2 + GROUP / 2) * panel,
         DType::Q4_K => Q4_K_SUPER_BLOCK_INT8 * panel / 8,
+        DType::Q5_K => Q5_K_SUPER_BLOCK_INT8 * panel / 8,
         DType::Q6_K => Q6_K_SUPER_BLOCK_INT8 * panel / 8,
         other => panic!("{other} has no integer layout"),
     }
 }
 
 /// [`pack_quant`] in the integer layout (see the module's documentation): Q8_0, Q4_0, Q4_K,
-/// Q6_K.
+/// Q5_K, Q6_K.
 pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     assert!(integer_layout(dtype), "{dtype} has no integer layout");
     match dtype {
         DType::Q8_0 | DType::Q4_0 => pack_q8_0_q4_0(bytes, dtype, depth, panel, true),
-        DType::Q4_K => pack_q4_k_int8(bytes, depth, panel),
+        DType::Q4_K | DType::Q5_K => pack_k_int8(bytes, dtype, depth, panel),
         DType::Q6_K => pack_q6_k_int8(bytes, depth, panel),
         other => unreachable!("{other} has no integer layout"),
     }
@@ -237,20 +255,30 @@ pub fn pack_quant_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -
 
 /// Bytes per column of one Q4_K super-block (256 values) in the integer layout.
 const Q4_K_SUPER_BLOCK_INT8: usize = 148;
+/// Q5_K's: Q4_K's and a plane of fifth bits (256 bits per column).
+const Q5_K_SUPER_BLOCK_INT8: usize = Q4_K_SUPER_BLOCK_INT8 + 32;
 
-/// Q4_K in the integer layout (`c/gemm_q4k.h`), per super-block: `d: [f16; panel]`,
+/// Q4_K or Q5_K in the integer layout (`c/gemm_q4k.h`), per super-block: `d: [f16; panel]`,
 /// `dmin: [f16; panel]`, `m: [2][panel][4]` u8 (group `4 j + t`'s min of column `c` at
-/// `(j, c, t)`), `sc: [8][panel]` u8, then each group's nibbles as Q4_0's integer layout.
-fn pack_q4_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
+/// `(j, c, t)`), `sc: [8][panel]` u8, then each group's nibbles as Q4_0's integer layout, for
+/// Q5_K each followed by the group's fifth bits (quad `qd`'s at `qd * panel / 2`).
+fn pack_k_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     let half = panel / 2;
+    let (sbytes, read): (usize, fn(&[u8], usize) -> _) = if dtype == DType::Q5_K {
+        (Q5_K_SUPER_BLOCK_INT8, super_block_q5_k)
+    } else {
+        (Q4_K_SUPER_BLOCK_INT8, super_block_q4_k)
+    };
+    // bytes of a group's q: its nibbles, and Q5_K's fifth bits after them
+    let group_q = (sbytes - 20) / 8 * panel;
     pack_units(
         bytes,
-        DType::Q4_K,
+        dtype,
         depth,
         panel,
         256,
-        Q4_K_SUPER_BLOCK_INT8 * panel,
-        |row, b| super_block_q4_k(row, b).expect("whole blocks"),
+        sbytes * panel,
+        |row, b| read(row, b).expect("whole blocks"),
         |sb, c, (d, dmin, sc, m, q)| {
             sb[2 * c..][..2].copy_from_slice(&d.to_le_bytes());
             sb[2 * panel + 2 * c..][..2].copy_from_slice(&dmin.to_le_bytes());
@@ -258,10 +286,40 @@ fn pack_q4_k_int8(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
             for g in 0..8 {
                 sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4] = m[g];
                 sb[12 * panel + g * panel + c] = sc[g];
-                let nibbles = &mut sb[20 * panel + g * 16 * panel..][..16 * panel];
+                let qg = &mut sb[20 * panel + g * group_q..][..group_q];
                 for (k, &v) in q[g].iter().enumerate() {
-                    nibbles[(k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= v << shift;
+                    qg[(k / 4) * 2 * panel + 4 * (c % half) + k % 4] |= (v & 15) << shift;
+                    if dtype == DType::Q5_K {
+                        // quad k / 4's word of half c / half, bit 4 (c % half) + k % 4
+                        let bit = (c / half) * 4 * half + 4 * (c % half) + k % 4;
+                        qg[16 * panel + (k / 4) * half + bit / 8] |= (v >> 4) << (bit % 8);
+                    }
                 }
+            }
+        },
+    )
+}
+
+/// Q5_K in the f32 layout (`c/gemm_q5k.h`): Q4_K's group — `[f32; panel]` of `d * sc`, of
+/// `dmin * m`, the low 4 bits as nibbles `[32][panel / 2]` — then the fifth bits, `panel * 4`
+/// bytes: row `r`'s at `r * panel / 8`, column `c` bit `c % 8` of byte `c / 8`.
+fn pack_q5_k(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
+    let half = panel / 2;
+    let gb = group_bytes(DType::Q5_K, panel);
+    pack_groups(
+        bytes,
+        DType::Q5_K,
+        depth,
+        panel,
+        gb,
+        |row, g| sub_block(QuantType::Q5_K, row, g).expect("whole blocks"),
+        |grp, c, (scale, min, vals)| {
+            grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
+            grp[4 * (panel + c)..][..4].copy_from_slice(&min.to_le_bytes());
+            let shift = if c < half { 0 } else { 4 };
+            for (k, &v) in vals.iter().enumerate() {
+                grp[8 * panel + k * half + c % half] |= (v & 15) << shift;
+                grp[24 * panel + k * (panel / 8) + c / 8] |= (v >> 4) << (c % 8);
             }
         },
     )
@@ -378,6 +436,12 @@ mod tests {
                 let v = if c < half { byte & 15 } else { byte >> 4 };
                 (v as i32 - 8) as f32 * d
             }
+            DType::Q5_K => {
+                let byte = g[8 * panel + r * half + c % half];
+                let low = if c < half { byte & 15 } else { byte >> 4 };
+                let fifth = (g[24 * panel + r * (panel / 8) + c / 8] >> (c % 8)) & 1;
+                scale * (low | (fifth << 4)) as f32 - f(4 * panel + 4 * c)
+            }
             DType::Q6_K => {
                 let byte = g[8 * panel + r * half + c % half];
                 let low = if c < half { byte & 15 } else { byte >> 4 };
@@ -446,40 +510,55 @@ mod tests {
         }
     }
 
-    /// Q4_K's integer layout read back as `c/gemm_q4k.h` reads it gives ggml's values.
+    /// Q4_K's and Q5_K's integer layout read back as `c/gemm_q4k.h` reads it gives ggml's
+    /// values.
     #[test]
-    fn q4_k_integer_layout_holds_ggmls_values() {
-        let q = QuantType::Q4_K;
-        let (rows, depth, panel): (usize, usize, usize) = (37, 512, 32);
-        let w: Vec<f32> = (0..rows * depth)
-            .map(|i| ((i * 7919) % 257) as f32 / 64.0 - 2.0)
-            .collect();
-        let bytes = q.quantize(&w).unwrap();
-        let mut want = vec![0f32; w.len()];
-        q.dequantize_row(&bytes, &mut want).unwrap();
-        let sbb = Q4_K_SUPER_BLOCK_INT8 * panel;
-        let len = rows.div_ceil(panel) * (depth / 256) * sbb;
-        assert_eq!(
-            len,
-            rows.div_ceil(panel) * (depth / GROUP) * group_bytes_int8(DType::Q4_K, panel)
-        );
-        let p = pack_quant_int8(&bytes, DType::Q4_K, depth, panel);
-        // SAFETY: nothing writes the buffer.
-        let got = unsafe { p.bytes(len) };
-        let half = panel / 2;
-        for n in 0..rows {
-            for k in 0..depth {
-                let sb = &got[((n / panel) * (depth / 256) + k / 256) * sbb..][..sbb];
-                let (c, g, kk) = (n % panel, (k % 256) / 32, k % 32);
-                let f16 = |at: usize| half::f16::from_le_bytes([sb[at], sb[at + 1]]).to_f32();
-                let (d, dmin) = (f16(2 * c), f16(2 * panel + 2 * c));
-                let m = sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4];
-                let sc = sb[12 * panel + g * panel + c];
-                let byte = sb
-                    [20 * panel + g * 16 * panel + (kk / 4) * 2 * panel + 4 * (c % half) + kk % 4];
-                let v = if c < half { byte & 15 } else { byte >> 4 };
-                let value = (d * sc as f32) * v as f32 - dmin * m as f32;
-                assert_eq!(value.to_bits(), want[n * depth + k].to_bits(), "({n}, {k})");
+    fn q4_k_and_q5_k_integer_layout_holds_ggmls_values() {
+        for (dtype, sbytes) in [
+            (DType::Q4_K, Q4_K_SUPER_BLOCK_INT8),
+            (DType::Q5_K, Q5_K_SUPER_BLOCK_INT8),
+        ] {
+            let q: QuantType = dtype.quant().unwrap();
+            let (rows, depth, panel): (usize, usize, usize) = (37, 512, 32);
+            let w: Vec<f32> = (0..rows * depth)
+                .map(|i| ((i * 7919) % 257) as f32 / 64.0 - 2.0)
+                .collect();
+            let bytes = q.quantize(&w).unwrap();
+            let mut want = vec![0f32; w.len()];
+            q.dequantize_row(&bytes, &mut want).unwrap();
+            let sbb = sbytes * panel;
+            let len = rows.div_ceil(panel) * (depth / 256) * sbb;
+            assert_eq!(
+                len,
+                rows.div_ceil(panel) * (depth / GROUP) * group_bytes_int8(dtype, panel)
+            );
+            let p = pack_quant_int8(&bytes, dtype, depth, panel);
+            // SAFETY: nothing writes the buffer.
+            let got = unsafe { p.bytes(len) };
+            let half = panel / 2;
+            for n in 0..rows {
+                for k in 0..depth {
+                    let sb = &got[((n / panel) * (depth / 256) + k / 256) * sbb..][..sbb];
+                    let (c, g, kk) = (n % panel, (k % 256) / 32, k % 32);
+                    let f16 = |at: usize| half::f16::from_le_bytes([sb[at], sb[at + 1]]).to_f32();
+                    let (d, dmin) = (f16(2 * c), f16(2 * panel + 2 * c));
+                    let m = sb[4 * panel + (g / 4) * 4 * panel + 4 * c + g % 4];
+                    let sc = sb[12 * panel + g * panel + c];
+                    let qg = 20 * panel + g * (sbytes - 20) / 8 * panel;
+                    let byte = sb[qg + (kk / 4) * 2 * panel + 4 * (c % half) + kk % 4];
+                    let mut v = if c < half { byte & 15 } else { byte >> 4 };
+                    if dtype == DType::Q5_K {
+                        let bit = 4 * (c % half) + kk % 4;
+                        let word = qg + 16 * panel + (kk / 4) * half + (c / half) * 8;
+                        v |= ((sb[word + bit / 8] >> (bit % 8)) & 1) << 4;
+                    }
+                    let value = (d * sc as f32) * v as f32 - dmin * m as f32;
+                    assert_eq!(
+                        value.to_bits(),
+                        want[n * depth + k].to_bits(),
+                        "{dtype} ({n}, {k})"
+                    );
+                }
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The runtime object: the C code that kernels call but do not contain (the packed GEMM/GEMV
-//! micro-kernels of `c/gemm.h`, `c/gemm_quant.h`, `c/gemm_q4k.h` and `c/gemm_q6k.h`, the attention's helpers of
+//! micro-kernels of `c/gemm.h`, `c/gemm_quant.h`, `c/gemm_q4k.h`, `c/gemm_q6k.h` and `c/gemm_q5k.h`, the attention's helpers of
 //! `c/prelude.h`), compiled once per compiler identity, flags and ISA instead of once per
 //! compile unit that calls it.
 //!
@@ -237,6 +237,7 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
     qtile("gemm_q8_0", "kiln_packed_tile_q8_0", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q4_0", "kiln_packed_tile_q4_0", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q4_k", "kiln_packed_tile_q4_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
+    qtile("gemm_q5_k", "kiln_packed_tile_q5_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q6_k", "kiln_packed_tile_q6_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     RuntimeFn {
         part: "mm_nt",

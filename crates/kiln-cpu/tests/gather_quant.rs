@@ -1,4 +1,4 @@
-//! A gather (embedding lookup) whose table is block-quantized (Q8_0, Q4_0, Q4_K, Q6_K: an embedding
+//! A gather (embedding lookup) whose table is block-quantized (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K: an embedding
 //! held in a GGUF file's blocks), the table also read as a tied LM head's weight: the gathered
 //! rows are bit for bit the rows of the table dequantized to f32 (what the f32-table graph
 //! gives), and both outputs match the interpreter, for each kernel ISA this machine runs. The

@@ -1,12 +1,12 @@
 //! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q4k.h`,
-//! `c/gemm_q6k.h`, AVX-512
-//! VNNI: Q8_0, Q4_0, Q4_K and Q6_K weights times activations quantized per 32 values to int8) against a scalar model
+//! `c/gemm_q6k.h`, `c/gemm_q5k.h`, AVX-512
+//! VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights times activations quantized per 32 values to int8) against a scalar model
 //! of the same arithmetic, bit for bit: each activation block quantized as ggml's
 //! quantize_row_q8_0 does (d = amax / 127, q = round-half-even(x * (1 / d)), d kept in f32),
 //! each block's dot product an exact integer, and the blocks summed in order with
 //! `acc = fma(dot as f32, sw * sa, acc)` (Q6_K's dot is `sum(sc * (q - 32) * a)` over both
-//! 16-value halves and `sw` the super-block's d; Q4_K, `c/gemm_q4k.h`, quantizes activations per
-//! 256 values and sums per super-block: `model_q4_k`). Both sides do the same f32 operations in the same
+//! 16-value halves and `sw` the super-block's d; Q4_K and Q5_K, `c/gemm_q4k.h`, quantize activations per
+//! 256 values and sum per super-block: `model_q4_k`). Both sides do the same f32 operations in the same
 //! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
 //! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
 //! columns starting mid-panel (the scalar chains), blocks of zeros (d = 0); 1 vs 2 threads;
@@ -17,7 +17,7 @@ use common::*;
 use half::f16;
 use kiln_compile::{CompileOptions, Target};
 use kiln_cpu::QuantRequest;
-use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k};
+use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k, super_block_q5_k};
 use kiln_ir::{DType, Expr, Graph, Tensor};
 
 /// The integer path's backend, or None (printed) where this machine cannot compile it.
@@ -77,10 +77,14 @@ fn quantize_super_block(x: &[f32]) -> (f32, [[i32; 32]; 8]) {
     (d, q)
 }
 
-/// The Q4_K model: per super-block the exact integers `Mi = sum_g m_g * sum(a_g)` and
+/// The Q4_K (and Q5_K: 5-bit q) model: per super-block the exact integers `Mi = sum_g m_g * sum(a_g)` and
 /// `S = sum_g sc_g * dot_g`, then `acc = fma(Mi, -dmin * sa, acc)`, `acc = fma(S, d * sa, acc)`.
-fn model_q4_k(x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
-    let row_bytes = k / 256 * 144;
+fn model_q4_k(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
+    let (row_bytes, read): (usize, fn(&[u8], usize) -> _) = if dtype == DType::Q5_K {
+        (k / 256 * 176, super_block_q5_k)
+    } else {
+        (k / 256 * 144, super_block_q4_k)
+    };
     let rows = w.bytes().len() / row_bytes;
     let mut out = vec![0f32; m * rows];
     for i in 0..m {
@@ -92,7 +96,7 @@ fn model_q4_k(x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
             let row = &w.bytes()[n * row_bytes..(n + 1) * row_bytes];
             let mut acc = 0f32;
             for (b, (sa, qa)) in blocks.iter().enumerate() {
-                let (d, dmin, sc, mins, qw) = super_block_q4_k(row, b).unwrap();
+                let (d, dmin, sc, mins, qw) = read(row, b).unwrap();
                 let (mut s, mut mi) = (0i32, 0i32);
                 for g in 0..8 {
                     let dot: i32 = (0..32).map(|j| qa[g][j] * qw[g][j] as i32).sum();
@@ -111,8 +115,8 @@ fn model_q4_k(x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
 
 /// The model: `x [m, k]` times the rows of `w` (`dtype` blocks), `[m, rows]`.
 fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
-    if dtype == DType::Q4_K {
-        return model_q4_k(x, m, k, w);
+    if matches!(dtype, DType::Q4_K | DType::Q5_K) {
+        return model_q4_k(dtype, x, m, k, w);
     }
     let q = dtype.quant().unwrap();
     let row_bytes = k / q.block_elems() * q.block_bytes();
@@ -256,6 +260,14 @@ fn q4_0_integer_path_is_the_model() {
     check(DType::Q4_0, 70, 48, 1088);
     check(DType::Q4_0, 1, 8, 64);
     check(DType::Q4_0, 64, 24, 2080);
+}
+
+#[test]
+fn q5_k_integer_path_is_the_model() {
+    // 5-bit values (Q4_K's super-blocks plus a plane of fifth bits); five super-blocks: across the k block;
+    // half = 40: the up columns start mid-panel (the scalar chains).
+    check(DType::Q5_K, 70, 40, 1280);
+    check(DType::Q5_K, 33, 16, 256);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The block-quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q6k.h`: Q8_0, Q4_0, Q4_K and
-//! Q6_K weights read as
+//! The block-quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q6k.h`, `c/gemm_q5k.h`: Q8_0,
+//! Q4_0, Q4_K, Q5_K and Q6_K weights read as
 //! blocks inside the kernels) for each kernel ISA this machine runs (AVX2 with 16-column
 //! panels, AVX-512 with 32; the AVX-512 half says when it is skipped): against the interpreter
 //! (which dequantizes the weights to f32, the oracle), and bit for bit against the f32 kernels
@@ -177,6 +177,14 @@ fn q4_k_weights_at_awkward_sizes() {
     // Five super-blocks per row: across the k block.
     check_sizes(DType::Q4_K, 70, 40, 1280);
     check_sizes(DType::Q4_K, 33, 16, 256);
+}
+
+#[test]
+fn q5_k_weights_at_awkward_sizes() {
+    // Q4_K's scales with a fifth bit per value (a bit plane per row); five super-blocks: across
+    // the k block; half = 40: the up columns start mid-panel.
+    check_sizes(DType::Q5_K, 70, 40, 1280);
+    check_sizes(DType::Q5_K, 33, 16, 256);
 }
 
 #[test]

@@ -334,7 +334,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
 /// weight: columns `col + c` for each offset `c`) keeps one accumulator per product on both
 /// paths, so its weight reads are as coalesced as a plain product's.
 ///
-/// Plain FMA in f32, no tensor cores; not tuned for Hopper beyond that. A Q8_0, Q4_0, Q4_K or Q6_K
+/// Plain FMA in f32, no tensor cores; not tuned for Hopper beyond that. A Q8_0, Q4_0, Q4_K, Q5_K or Q6_K
 /// weight is read an element at a time from its GGML blocks on both paths (`kiln_q*_at`, the
 /// dequantization ggml does): correct, not tuned (each element re-reads its block's scale).
 fn matmul(p: &Printer, k: &Kernel, s: &mut String) {

@@ -164,7 +164,7 @@ impl Backend for CudaBackend {
         }
     }
 
-    /// Every dtype: the matmul kernels read Q8_0, Q4_0, Q4_K and Q6_K weights in their GGML blocks
+    /// Every dtype: the matmul kernels read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights in their GGML blocks
     /// (`kiln_q*_at` in kiln-render's C-family helpers).
     fn supports_weight_dtype(&self, _: kiln_ir::DType) -> bool {
         true

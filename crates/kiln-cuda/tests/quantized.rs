@@ -1,4 +1,4 @@
-//! Block-quantized weights (Q8_0, Q4_0, Q4_K, Q6_K in GGUF's byte layout) on the CUDA backend: its
+//! Block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K in GGUF's byte layout) on the CUDA backend: its
 //! matmul kernels (the GEMV and the tiled product) read the blocks and dequantize each element
 //! as ggml does (`kiln_q*_at` in kiln-render's C-family helpers). NVRTC compiles them; the CUDA
 //! emulator runs them (the op case `quantized_weight_matmuls` runs in `cuda.rs` with the other
@@ -28,7 +28,7 @@ fn quantized_matmuls_compile_with_nvrtc() {
             .iter()
             .filter(|k| matches!(k.kernel.kind, kiln_program::KernelKind::MatMul { .. }))
             .count();
-        assert_eq!(matmuls, 5, "{arch}");
+        assert_eq!(matmuls, 6, "{arch}");
     }
 }
 

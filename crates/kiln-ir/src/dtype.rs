@@ -1,7 +1,7 @@
 //! Element types and the scalar conversions every backend and the interpreter share.
 //!
-//! Besides the element types, four block-quantized storage types (GGML's `Q8_0`, `Q4_0`,
-//! `Q4_K` and `Q6_K`, in GGUF's byte layout: [`crate::quant`]) that only weights may have: a tensor of
+//! Besides the element types, five block-quantized storage types (GGML's `Q8_0`, `Q4_0`,
+//! `Q4_K`, `Q5_K` and `Q6_K`, in GGUF's byte layout: [`crate::quant`]) that only weights may have: a tensor of
 //! one is a graph input of rank 2 whose rows are whole blocks, read by nothing but matrix
 //! products as their `b` operand (through views) and gathers as their table (an embedding
 //! lookup, whose result is f32), and every value it holds is its ggml dequantization to f32.
@@ -30,6 +30,9 @@ pub enum DType {
     /// GGML Q4_K super-blocks (256 values in 8 sub-blocks with 6-bit scales and mins), a
     /// weight's only.
     Q4_K,
+    /// GGML Q5_K super-blocks (Q4_K's scales and mins, 5-bit values: a plane of fifth bits),
+    /// a weight's only.
+    Q5_K,
     /// GGML Q6_K super-blocks (256 values of 6 bits in 16 sub-blocks with i8 scales), a
     /// weight's only.
     Q6_K,
@@ -37,7 +40,13 @@ pub enum DType {
 
 impl DType {
     /// The block-quantized storage types, in the order [`DType::name`] lists them.
-    pub const QUANTIZED: [DType; 4] = [DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K];
+    pub const QUANTIZED: [DType; 5] = [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
 
     /// Bytes of one element. Block-quantized types have no per-element size (see
     /// [`DType::storage_bytes`]): asking is a bug in the caller.
@@ -46,7 +55,7 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::Bool => 1,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
                 panic!("{self} is block-quantized: it has no per-element size")
             }
         }
@@ -58,6 +67,7 @@ impl DType {
             DType::Q8_0 => Some(QuantType::Q8_0),
             DType::Q4_0 => Some(QuantType::Q4_0),
             DType::Q4_K => Some(QuantType::Q4_K),
+            DType::Q5_K => Some(QuantType::Q5_K),
             DType::Q6_K => Some(QuantType::Q6_K),
             _ => None,
         }
@@ -110,6 +120,7 @@ impl DType {
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
             DType::Q4_K => "q4_k",
+            DType::Q5_K => "q5_k",
             DType::Q6_K => "q6_k",
         }
     }
@@ -131,7 +142,7 @@ impl DType {
             DType::Bool => (v != 0.0) as u8 as f64,
             // Values of a quantized weight are read whole (Tensor::to_f64_vec) and never
             // computed: nothing rounds to these types.
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => v,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => v,
         }
     }
 
@@ -143,7 +154,7 @@ impl DType {
             DType::BF16 => out[..2].copy_from_slice(&bf16::from_f32(v as f32).to_le_bytes()),
             DType::I32 => out[..4].copy_from_slice(&(self.round(v) as i32).to_le_bytes()),
             DType::Bool => out[0] = (v != 0.0) as u8,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
                 panic!("{self} is block-quantized: values are written a block at a time (kiln_ir::quant)")
             }
         }
@@ -157,7 +168,7 @@ impl DType {
             DType::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f64(),
             DType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
             DType::Bool => (b[0] != 0) as u8 as f64,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
                 panic!(
                     "{self} is block-quantized: values are read a block at a time (kiln_ir::quant)"
                 )

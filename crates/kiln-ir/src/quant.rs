@@ -1,6 +1,6 @@
 //! GGML's weight formats, the tensor types of GGUF files: their type ids, their block layouts,
 //! dequantization to f32 exactly as ggml's reference C (`dequantize_row_*` in
-//! `ggml-quants.c`), and ggml's reference quantizers for Q8_0, Q4_0, Q4_K and Q6_K
+//! `ggml-quants.c`), and ggml's reference quantizers for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K
 //! (`quantize_row_*_ref`: the bytes llama.cpp's own quantizer writes when it is given no
 //! importance matrix).
 //!
@@ -63,13 +63,14 @@ impl QuantType {
     ];
 
     /// The types [`QuantType::quantize_row`] writes.
-    pub const QUANTIZERS: [QuantType; 7] = [
+    pub const QUANTIZERS: [QuantType; 8] = [
         QuantType::F32,
         QuantType::F16,
         QuantType::BF16,
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_K,
+        QuantType::Q5_K,
         QuantType::Q6_K,
     ];
 
@@ -225,6 +226,7 @@ impl QuantType {
             QuantType::Q8_0 => blocks.for_each(|(x, b)| quantize_q8_0(x, b)),
             QuantType::Q4_0 => blocks.for_each(|(x, b)| quantize_q4_0(x, b)),
             QuantType::Q4_K => blocks.for_each(|(x, b)| quantize_q4_k(x, b)),
+            QuantType::Q5_K => blocks.for_each(|(x, b)| quantize_q5_k(x, b)),
             QuantType::Q6_K => blocks.for_each(|(x, b)| quantize_q6_k(x, b)),
             other => return Err(QuantError::NoQuantizer(other)),
         }
@@ -271,16 +273,19 @@ pub enum QuantError {
         expected: Option<usize>,
         got: usize,
     },
-    #[error("kiln has no quantizer for {0} (it writes F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K)")]
+    #[error(
+        "kiln has no quantizer for {0} (it writes F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K)"
+    )]
     NoQuantizer(QuantType),
 }
 
-/// Sub-block `g` (values `32 g .. 32 g + 32`) of a row of Q8_0, Q4_0 or Q4_K blocks, as the
-/// kernels that read blocks unpack it: `(scale, min, q)` with `q` the 32 stored integers (the
-/// i8 bits for Q8_0, the 4-bit values for Q4_0 and Q4_K, in value order), such that ggml's
-/// dequantization of value `j` is, in f32:
+/// Sub-block `g` (values `32 g .. 32 g + 32`) of a row of Q8_0, Q4_0, Q4_K or Q5_K blocks, as
+/// the kernels that read blocks unpack it: `(scale, min, q)` with `q` the 32 stored integers
+/// (the i8 bits for Q8_0, the 4-bit values for Q4_0 and Q4_K, the 5-bit values 0..=31 for
+/// Q5_K, in value order), such that ggml's dequantization of value `j` is, in f32:
 /// Q8_0 `(q[j] as i8) as f32 * scale`; Q4_0 `(q[j] as i32 - 8) as f32 * scale`;
-/// Q4_K `scale * q[j] as f32 - min` (its `d * sc` and `dmin * m`, computed here as ggml does).
+/// Q4_K and Q5_K `scale * q[j] as f32 - min` (its `d * sc` and `dmin * m`, computed here as
+/// ggml does).
 /// `None` for another type or a sub-block past the row.
 pub fn sub_block(ty: QuantType, row: &[u8], g: usize) -> Option<(f32, f32, [u8; 32])> {
     let mut q = [0u8; 32];
@@ -309,6 +314,23 @@ pub fn sub_block(ty: QuantType, row: &[u8], g: usize) -> Option<(f32, f32, [u8; 
                 } else {
                     v >> 4
                 };
+            }
+            Some((d * sc as f32, dmin * m as f32, q))
+        }
+        QuantType::Q5_K => {
+            let b = row.get((g / 8) * 176..(g / 8 + 1) * 176)?;
+            let j = g % 8;
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (sc, m) = scale_min_k4(j, &b[4..16]);
+            // Sub-block j: nibble j % 2 of the 32 bytes of pair j / 2, fifth bit j of qh[l].
+            let (qh, ql) = (&b[16..48], &b[48 + 32 * (j / 2)..48 + 32 * (j / 2) + 32]);
+            for (l, q) in q.iter_mut().enumerate() {
+                let low = if j.is_multiple_of(2) {
+                    ql[l] & 0x0F
+                } else {
+                    ql[l] >> 4
+                };
+                *q = low | (((qh[l] >> j) & 1) << 4);
             }
             Some((d * sc as f32, dmin * m as f32, q))
         }
@@ -347,12 +369,35 @@ pub fn super_block_q4_k(
     row: &[u8],
     b: usize,
 ) -> Option<(u16, u16, [u8; 8], [u8; 8], [[u8; 32]; 8])> {
-    let blk = row.get(b * 144..(b + 1) * 144)?;
+    super_block_k(row.get(b * 144..(b + 1) * 144)?, None)
+}
+
+/// [`super_block_q4_k`] for a row of Q5_K blocks: the same super-block with `q[g][j]` 5-bit
+/// (0..31, its fifth bit from the block's `qh` plane), dequantized by the same formula.
+#[allow(clippy::type_complexity)]
+pub fn super_block_q5_k(
+    row: &[u8],
+    b: usize,
+) -> Option<(u16, u16, [u8; 8], [u8; 8], [[u8; 32]; 8])> {
+    let blk = row.get(b * 176..(b + 1) * 176)?;
+    let mut qs = blk[..16].to_vec();
+    qs.extend_from_slice(&blk[48..176]);
+    super_block_k(&qs, Some(&blk[16..48]))
+}
+
+/// A Q4_K block (d, dmin, 12 scale bytes, 128 nibble bytes), plus Q5_K's 32 `qh` bytes (the
+/// fifth bit of value `l` of group `j` is bit `j` of `qh[l]`).
+#[allow(clippy::type_complexity)]
+fn super_block_k(
+    blk: &[u8],
+    qh: Option<&[u8]>,
+) -> Option<(u16, u16, [u8; 8], [u8; 8], [[u8; 32]; 8])> {
     let (mut sc, mut m, mut q) = ([0u8; 8], [0u8; 8], [[0u8; 32]; 8]);
     for j in 0..8 {
         (sc[j], m[j]) = scale_min_k4(j, &blk[4..16]);
         for (l, &v) in blk[16 + 32 * (j / 2)..][..32].iter().enumerate() {
-            q[j][l] = if j % 2 == 0 { v & 0x0F } else { v >> 4 };
+            let fifth = qh.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
+            q[j][l] = (if j % 2 == 0 { v & 0x0F } else { v >> 4 }) | fifth;
         }
     }
     let bits = |at: usize| u16::from_le_bytes([blk[at], blk[at + 1]]);
@@ -706,6 +751,95 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
     for (g, q) in b[16..144].chunks_exact_mut(32).enumerate() {
         for (l, q) in q.iter_mut().enumerate() {
             *q = levels[64 * g + l] | (levels[64 * g + l + 32] << 4);
+        }
+    }
+}
+
+/// The 6-bit scales and mins of a K block's 8 sub-blocks (`scales`, `mins`: the values
+/// `make_qkx2_quants` found) quantized against their largest, as `quantize_row_q4_K_ref` and
+/// `quantize_row_q5_K_ref` store them (Q4_K's quantizer above does the same steps inline):
+/// `d`, `dmin` (f16) in bytes 0..4 and the 12 packed bytes (`scale_min_k4`'s layout) in
+/// 4..16; returns `d` and `dmin` as stored, in f32.
+fn store_k_scales(scales: &[f32; 8], mins: &[f32; 8], b: &mut [u8]) -> (f32, f32) {
+    // ggml: `if (scale > max_scale) max_scale = scale;` from 0 (a NaN never wins).
+    let max_scale = scales.iter().fold(0.0f32, |m, &v| c_max(v, m));
+    let max_min = mins.iter().fold(0.0f32, |m, &v| c_max(v, m));
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let packed = &mut b[4..16];
+    packed.fill(0);
+    for j in 0..8 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    let (d, d_bytes) = f16_round(max_scale / 63.0);
+    let (dmin, dmin_bytes) = f16_round(max_min / 63.0);
+    b[0..2].copy_from_slice(&d_bytes);
+    b[2..4].copy_from_slice(&dmin_bytes);
+    (d, dmin)
+}
+
+/// `quantize_row_q5_K_ref`: Q4_K's search on levels `0..=31` (its candidate scales from
+/// `rmin` -0.5 in 16 steps of 0.1), the same 6-bit scales and mins, then the values
+/// re-quantized against the stored scales; the low 4 bits packed as Q4_K's, the fifth bits of
+/// sub-block `j` in bit `j` of `qh[l]`.
+fn quantize_q5_k(x: &[f32], b: &mut [u8]) {
+    let mut levels = [0u8; QK_K];
+    let mut l_aux = [0u8; 32];
+    let mut weights = [0.0f32; 32];
+    let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0.0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        (scales[j], mins[j]) = make_qkx2_quants(
+            31,
+            xs,
+            &weights,
+            &mut levels[32 * j..32 * j + 32],
+            &mut l_aux,
+            -0.5,
+            0.1,
+            15,
+        );
+    }
+    let (d, dmin) = store_k_scales(&scales, &mins, b);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &b[4..16]);
+        let d = d * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin * m as f32;
+        for i in 32 * j..32 * j + 32 {
+            levels[i] = nearest_int((x[i] + dm) / d).clamp(0, 31) as u8;
+        }
+    }
+    let (qh, ql) = b[16..176].split_at_mut(32);
+    qh.fill(0);
+    for (g, q) in ql.chunks_exact_mut(32).enumerate() {
+        for (l, q) in q.iter_mut().enumerate() {
+            let (l1, l2) = (levels[64 * g + l], levels[64 * g + l + 32]);
+            qh[l] |= ((l1 >> 4) << (2 * g)) | ((l2 >> 4) << (2 * g + 1));
+            *q = (l1 & 0x0F) | ((l2 & 0x0F) << 4);
         }
     }
 }

@@ -332,6 +332,58 @@ fn q4_k_round_trip_error_is_small() {
     }
 }
 
+/// Q5_K's quantizer (32 levels, Q4_K's scales and mins): within 3/4 of a step of its
+/// sub-block's range plus the scales' 6-bit rounding, and a quarter of Q4_K's mean error or
+/// better on the same rows (twice the levels: about a quarter of the squared error).
+#[test]
+fn q5_k_round_trip_error_is_small() {
+    for (seed, scale, shift) in [(16, 0.05f32, 0.0f32), (17, 1.0, 0.3), (18, 20.0, -4.0)] {
+        let x: Vec<f32> = gaussian_row(QK_K * 16, seed, scale)
+            .into_iter()
+            .map(|v| v + shift * scale)
+            .collect();
+        let y = round_trip(QuantType::Q5_K, &x);
+        for (xs, ys) in x.chunks(32).zip(y.chunks(32)) {
+            let (lo, hi) = xs
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+            let range = hi.max(0.0) - lo.min(0.0);
+            for (a, b) in xs.iter().zip(ys) {
+                assert!(
+                    (a - b).abs() <= range / 31.0 * 0.75 + range * 0.05,
+                    "{a} -> {b}"
+                );
+            }
+        }
+        let mse = |y: &[f32]| -> f32 {
+            x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / x.len() as f32
+        };
+        let q4 = round_trip(QuantType::Q4_K, &x);
+        assert!(
+            mse(&y) < mse(&q4) * 0.4,
+            "seed {seed}: Q5_K mse {}, Q4_K {}",
+            mse(&y),
+            mse(&q4)
+        );
+    }
+}
+
+/// The quantizer's bytes in Q5_K's layout: the values it chose (the dequantization of every
+/// level, read back per the format) use all 32 levels, fifth bits included.
+#[test]
+fn q5_k_quantizer_sets_fifth_bits() {
+    let x = gaussian_row(QK_K * 4, 19, 1.0);
+    let q = QuantType::Q5_K.quantize(&x).unwrap();
+    let mut seen = [false; 32];
+    for b in q.chunks(176) {
+        let (qh, qs) = (&b[16..48], &b[48..176]);
+        for v in 0..QK_K {
+            seen[(k_nibble(qs, v) | (((qh[v % 32] >> (v / 32)) & 1) << 4)) as usize] = true;
+        }
+    }
+    assert!(seen.iter().all(|&s| s), "{seen:?}");
+}
+
 #[test]
 fn zero_and_constant_blocks() {
     for t in QuantType::QUANTIZERS {
@@ -392,4 +444,29 @@ fn q6_k_sub_blocks_are_the_dequantization() {
         }
     }
     assert!(kiln_ir::quant::sub_block_q6_k(&row, 2 * QK_K / 32).is_none());
+}
+
+/// `sub_block` of Q5_K (what the kernels' packers read) gives back every value of a Q5_K row
+/// as ggml dequantizes it: `scale * q - min` with `q` the 5-bit value.
+#[test]
+fn q5_k_sub_blocks_are_the_dequantization() {
+    let x: Vec<f32> = (0..2 * QK_K)
+        .map(|i| ((i * 7919) % 257) as f32 / 16.0 - 7.0)
+        .collect();
+    let row = QuantType::Q5_K.quantize(&x).unwrap();
+    let mut y = vec![f32::NAN; x.len()];
+    QuantType::Q5_K.dequantize_row(&row, &mut y).unwrap();
+    for g in 0..2 * QK_K / 32 {
+        let (scale, min, q) = kiln_ir::quant::sub_block(QuantType::Q5_K, &row, g).unwrap();
+        for (j, &q) in q.iter().enumerate() {
+            assert!(q < 32, "group {g} value {j}: {q}");
+            let got = scale * q as f32 - min;
+            assert_eq!(
+                got.to_bits(),
+                y[32 * g + j].to_bits(),
+                "group {g} value {j}"
+            );
+        }
+    }
+    assert!(kiln_ir::quant::sub_block(QuantType::Q5_K, &row, 2 * QK_K / 32).is_none());
 }

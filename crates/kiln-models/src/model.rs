@@ -29,7 +29,7 @@ pub struct GraphOptions {
     pub hidden_states: bool,
 }
 
-/// See [`GraphOptions::weight_dtype`]. The quantized ones (GGML's Q8_0, Q4_0, Q4_K, Q6_K blocks)
+/// See [`GraphOptions::weight_dtype`]. The quantized ones (GGML's Q8_0, Q4_0, Q4_K, Q5_K, Q6_K blocks)
 /// hold every matrix quantized with ggml's reference quantizer at load, the embedding table
 /// included: its gather dequantizes the rows it reads, and a tied LM head reads the same
 /// table's blocks.
@@ -42,17 +42,19 @@ pub enum WeightDtype {
     Q8_0,
     Q4_0,
     Q4_K,
+    Q5_K,
     Q6_K,
 }
 
 impl WeightDtype {
     /// Every weight dtype, as `--weight-dtype` spells them ([`WeightDtype::name`]).
-    pub const ALL: [WeightDtype; 6] = [
+    pub const ALL: [WeightDtype; 7] = [
         WeightDtype::F32,
         WeightDtype::BF16,
         WeightDtype::Q8_0,
         WeightDtype::Q4_0,
         WeightDtype::Q4_K,
+        WeightDtype::Q5_K,
         WeightDtype::Q6_K,
     ];
 
@@ -64,6 +66,7 @@ impl WeightDtype {
             WeightDtype::Q8_0 => DType::Q8_0,
             WeightDtype::Q4_0 => DType::Q4_0,
             WeightDtype::Q4_K => DType::Q4_K,
+            WeightDtype::Q5_K => DType::Q5_K,
             WeightDtype::Q6_K => DType::Q6_K,
         }
     }

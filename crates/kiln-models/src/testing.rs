@@ -207,17 +207,18 @@ pub fn tokenizer_gguf_in(dir: &std::path::Path) -> PathBuf {
     path
 }
 
-/// The GGUF fixture files whose linear weights stay in their blocks (Q8_0, Q4_0, Q4_K, Q6_K)
-/// on a backend that reads blocks: a Qwen3 and a Qwen2 (q/k/v biases) in Q8_0, Q4_0, and the
-/// 256-wide Qwen3 (K-quants need whole 256-value rows) in Q4_K, Q6_K and in llama.cpp's
-/// Q4_K_M mix (Q4_K and Q6_K).
-pub const GGUF_QUANTIZED_FILES: [&str; 6] = [
+/// The GGUF fixture files whose linear weights stay in their blocks (Q8_0, Q4_0, Q4_K, Q5_K,
+/// Q6_K) on a backend that reads blocks: a Qwen3 and a Qwen2 (q/k/v biases) in Q8_0, Q4_0, and
+/// the 256-wide Qwen3 (K-quants need whole 256-value rows) in Q4_K, Q6_K and in llama.cpp's
+/// Q4_K_M and Q5_K_M mixes (Q4_K or Q5_K, and Q6_K).
+pub const GGUF_QUANTIZED_FILES: [&str; 7] = [
     "tiny-qwen3/tiny-qwen3-Q8_0.gguf",
     "tiny-qwen3/tiny-qwen3-Q4_0.gguf",
     "tiny-qwen2/tiny-qwen2-Q8_0.gguf",
     "qwen3-256/qwen3-256-Q4_K.gguf",
     "qwen3-256/qwen3-256-Q6_K.gguf",
     "qwen3-256/qwen3-256-Q4_K_M.gguf",
+    "qwen3-256/qwen3-256-Q5_K_M.gguf",
 ];
 
 /// What NumPy computed for one prompt of a GGUF fixture file (float64, on the weights the
@@ -275,7 +276,7 @@ impl GgufReference {
 }
 
 /// Runs GGUF fixture file `file` (a path under [`gguf_fixtures`]) on `target`: its Q8_0, Q4_0,
-/// Q4_K and Q6_K linear weights must stay quantized (the kernels read the blocks), every prompt's
+/// Q4_K, Q5_K and Q6_K linear weights must stay quantized (the kernels read the blocks), every prompt's
 /// greedy tokens must equal the NumPy reference's and its logits be within `tol` of them.
 /// Returns the largest logit difference.
 pub fn assert_gguf_fixture_matches(target: &dyn kiln_compile::Target, file: &str, tol: f32) -> f32 {

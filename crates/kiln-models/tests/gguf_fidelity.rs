@@ -4,11 +4,11 @@
 //! 1e-4 of it. 1e-4 is the tolerance of the safetensors fixtures: phase 1 dequantizes the
 //! weights to f32 at load (bf16 files stay bf16, widened exactly in the kernels), so kiln
 //! computes the reference's function in f32, and the only difference left is f32 rounding,
-//! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0 and Q4_K linear weights quantized and
+//! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0, Q4_K, Q5_K and Q6_K linear weights quantized and
 //! dequantizes them inside the kernels, to the same f32 values ggml's dequantization gives
 //! (bit for bit: crates/kiln-cpu/tests/gemm_quant.rs), so the same tolerance holds on the f32-dequantizing kernels. Where the CPU has AVX-512 VNNI,
-//! Q8_0, Q4_0, Q4_K and Q6_K matmuls take the integer path (activations quantized to int8 as
-//! llama.cpp does: per 32 values, per 256 for Q4_K): those files are held to llama.cpp's own distance from the reference
+//! Q8_0, Q4_0, Q4_K, Q5_K and Q6_K matmuls take the integer path (activations quantized to int8 as
+//! llama.cpp does: per 32 values, per 256 for Q4_K and Q5_K): those files are held to llama.cpp's own distance from the reference
 //! ([`tolerance`], [`check_prompt`]). The F32 and BF16 files of tiny-qwen3 also give bit-identical
 //! logits to the safetensors fixtures they were written from.
 
@@ -91,13 +91,13 @@ fn references(gguf: &Path) -> Vec<(String, Reference)> {
 }
 
 /// Whether `kept` (the dtypes a model keeps quantized) puts a matmul on the CPU's integer path
-/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K and Q6_K times activations quantized to int8, per 32
-/// values, per 256 for Q4_K).
+/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K times activations quantized to int8, per 32
+/// values, per 256 for Q4_K and Q5_K).
 fn int8_path(kept: &[&str]) -> bool {
     cpu().quant_int8().unwrap()
         && kept
             .iter()
-            .any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k" | "q6_k"))
+            .any(|d| matches!(*d, "q8_0" | "q4_0" | "q4_k" | "q5_k" | "q6_k"))
 }
 
 /// What tests/gguf/make.py measured of llama.cpp on `file` (`dir/name.gguf`), on the same
@@ -232,7 +232,7 @@ fn every_fixture_file_matches_its_numpy_reference() {
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let mut model = load(&ModelSource::Gguf(file.clone()));
-        // Q8_0, Q4_0, Q4_K and Q6_K linear weights stay quantized: the kernels read the
+        // Q8_0, Q4_0, Q4_K, Q5_K and Q6_K linear weights stay quantized: the kernels read the
         // blocks. (K-type rows are 256-value super-blocks: tiny-qwen3's 64-wide K files hold
         // 32-value types; the K_M mixes put the embedding/LM head and some matrices in Q6_K.)
         let kept: Vec<&str> = model.config.file_quant.values().map(|d| d.name()).collect();
@@ -242,6 +242,7 @@ fn every_fixture_file_matches_its_numpy_reference() {
             ("Q8_0", "q8_0"),
             ("Q4_0", "q4_0"),
             ("Q4_K", "q4_k"),
+            ("Q5_K", "q5_k"),
             ("Q6_K", "q6_k"),
         ] {
             if name.contains(&format!("-{ty}")) && (!ty.contains('K') || k_file) {
@@ -427,4 +428,179 @@ fn weight_dtype_quantizes_at_load_as_ggml_does() {
             w.name()
         );
     }
+}
+
+/// A GGUF metadata value as the format writes it: (value type, bytes).
+fn encode_meta(v: &kiln_models::gguf::MetaValue) -> (u32, Vec<u8>) {
+    use kiln_models::gguf::{MetaArray as A, MetaValue as V};
+    let le = |b: &[u8]| b.to_vec();
+    match v {
+        V::U8(x) => (0, vec![*x]),
+        V::I8(x) => (1, le(&x.to_le_bytes())),
+        V::U16(x) => (2, le(&x.to_le_bytes())),
+        V::I16(x) => (3, le(&x.to_le_bytes())),
+        V::U32(x) => (4, le(&x.to_le_bytes())),
+        V::I32(x) => (5, le(&x.to_le_bytes())),
+        V::F32(x) => (6, le(&x.to_le_bytes())),
+        V::Bool(x) => (7, vec![*x as u8]),
+        V::Str(s) => (8, kiln_models::testing::gguf_string(s)),
+        V::U64(x) => (10, le(&x.to_le_bytes())),
+        V::I64(x) => (11, le(&x.to_le_bytes())),
+        V::F64(x) => (12, le(&x.to_le_bytes())),
+        V::Array(a) => {
+            let (ty, n, items): (u32, usize, Vec<u8>) = match a {
+                A::U8(x) => (0, x.len(), x.clone()),
+                A::I32(x) => (5, x.len(), x.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                A::U32(x) => (4, x.len(), x.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                A::F32(x) => (6, x.len(), x.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                A::Str(x) => (
+                    8,
+                    x.len(),
+                    x.iter()
+                        .flat_map(|s| kiln_models::testing::gguf_string(s))
+                        .collect(),
+                ),
+                other => panic!("no writer for a metadata array of {other:?}"),
+            };
+            let mut b = ty.to_le_bytes().to_vec();
+            b.extend((n as u64).to_le_bytes());
+            b.extend(items);
+            (9, b)
+        }
+    }
+}
+
+/// A Q5_K model end to end, the embedding table and tied LM head included (the Q5_K_M fixture
+/// holds those in Q6_K): the fixture's matrices dequantized and quantized again to Q5_K, as
+/// `--weight-dtype q5_k` does at load, written as a GGUF of Q5_K tensors (kept in their
+/// blocks) and as a GGUF of those blocks' dequantized values in F32. Then
+/// - `--weight-dtype q5_k` on the fixture holds the very blocks of the Q5_K file: the same
+///   logits to the bit;
+/// - the Q5_K file on the f32-dequantizing kernels gives the F32 file's tokens and logits
+///   within 1e-4 (the dequantized weights are the same f32 values; f32 rounding only);
+/// - on the integer (VNNI) path, where the CPU has it, every prompt's first logits within
+///   1.25 x llama.cpp's distance on this model (`tolerance`: the activations quantized per 32
+///   values to int8; the model's shape and the rounding are those of the fixture's).
+#[test]
+fn q5_k_files_and_weight_dtype_q5_k_run_the_same_blocks() {
+    use kiln_ir::QuantType;
+    use kiln_models::gguf::GgufFile;
+    use kiln_models::testing::GgufBuilder;
+    let rel = "qwen3-256/qwen3-256-Q5_K_M.gguf";
+    let src = kiln_models::testing::gguf_fixtures().join(rel);
+    let f = GgufFile::open(&src).unwrap();
+    let (mut q5, mut f32s) = (GgufBuilder::default(), GgufBuilder::default());
+    for (k, v) in f.metadata() {
+        let (ty, b) = encode_meta(v);
+        q5 = q5.raw_kv(k, ty, b.clone());
+        f32s = f32s.raw_kv(k, ty, b);
+    }
+    for t in f.tensors() {
+        let qt = t.quant_type().unwrap();
+        let n: usize = t.ne.iter().product::<u64>() as usize;
+        let mut x = vec![0f32; n];
+        qt.dequantize_row(
+            &f.data(t)[..qt.bytes_of(n as u64).unwrap() as usize],
+            &mut x,
+        )
+        .unwrap();
+        let as_f32 = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        if t.ne.len() == 2 {
+            let blocks = QuantType::Q5_K.quantize(&x).unwrap();
+            QuantType::Q5_K.dequantize_row(&blocks, &mut x).unwrap();
+            q5 = q5.tensor(&t.name, &t.ne, QuantType::Q5_K.ggml_id(), blocks);
+        } else {
+            q5 = q5.tensor(&t.name, &t.ne, 0, as_f32(&x));
+        }
+        f32s = f32s.tensor(&t.name, &t.ne, 0, as_f32(&x));
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("q5_k-model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (q5_path, f32_path) = (dir.join("q5_k.gguf"), dir.join("f32.gguf"));
+    std::fs::write(&q5_path, q5.build()).unwrap();
+    std::fs::write(&f32_path, f32s.build()).unwrap();
+
+    let load_on = |cpu: &kiln_cpu::CpuBackend, path: &Path, w: Option<kiln_models::WeightDtype>| {
+        let opts = LoadOptions {
+            compile: CompileOptions {
+                threads: 2,
+                cache: cache(),
+                ..Default::default()
+            },
+            graph: GraphOptions {
+                weight_dtype: w,
+                ..Default::default()
+            },
+            ..LoadOptions::new(cpu)
+        };
+        Model::load(&ModelSource::Gguf(path.to_path_buf()), &opts)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let dequant = cpu().with_quant(kiln_cpu::QuantRequest::Dequant);
+    let mut file = load_on(&dequant, &q5_path, None);
+    let kept = &file.config.file_quant;
+    assert_eq!(
+        kept.get(kiln_models::model::EMBEDDING),
+        Some(&kiln_ir::DType::Q5_K),
+        "{kept:?}"
+    );
+    assert!(
+        kept.values().all(|d| *d == kiln_ir::DType::Q5_K),
+        "{kept:?}"
+    );
+    assert_eq!(kept.len(), 1 + 2 * 7 + 2 * 2, "{kept:?}");
+    let mut at_load = load_on(&dequant, &src, Some(kiln_models::WeightDtype::Q5_K));
+    let mut plain = load_on(&dequant, &f32_path, None);
+    let mut worst = 0.0f32;
+    for (p, r) in references(&src) {
+        let run = |m: &mut Model| {
+            m.generate(&r.prompt, 16, &Sampling::default(), &[], |_| {})
+                .unwrap()
+        };
+        let (a, b, c) = (run(&mut file), run(&mut at_load), run(&mut plain));
+        assert_eq!(a.generated_ids, c.generated_ids, "{p}: greedy ids");
+        for (k, ((x, y), z)) in a
+            .step_logits
+            .iter()
+            .zip(&b.step_logits)
+            .zip(&c.step_logits)
+            .enumerate()
+        {
+            assert!(
+                x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{p} step {k}: --weight-dtype q5_k differs from the Q5_K file by {}",
+                max_abs_diff(x, y)
+            );
+            let d = max_abs_diff(x, z);
+            assert!(
+                d <= 1e-4,
+                "{p} step {k}: Q5_K vs its F32 dequantization: {d}"
+            );
+            worst = worst.max(d);
+        }
+    }
+    eprintln!("Q5_K file (f32 path) vs its F32 dequantization: max |diff| {worst:.2e}");
+    if !int8_path(&["q5_k"]) {
+        eprintln!("no integer (VNNI) path here: the Q5_K file checked on the f32 path only");
+        return;
+    }
+    let mut int8 = load_on(&cpu(), &q5_path, None);
+    let tol = tolerance(rel, true);
+    let mut worst = 0.0f32;
+    for (p, r) in references(&src) {
+        let run = |m: &mut Model| {
+            m.generate(&r.prompt, 1, &Sampling::default(), &[], |_| {})
+                .unwrap()
+        };
+        let d = max_abs_diff(
+            &run(&mut int8).step_logits[0],
+            &run(&mut plain).step_logits[0],
+        );
+        assert!(
+            d <= tol,
+            "{p}: Q5_K integer path vs F32 dequantization: {d} (> {tol})"
+        );
+        worst = worst.max(d);
+    }
+    eprintln!("Q5_K file (int8 path) vs its F32 dequantization: max |diff| {worst:.3} (tolerance {tol:.3})");
 }

@@ -1,8 +1,8 @@
 //! kiln's block formats against the fixture files (tests/gguf): dequantization bit-identical to
 //! the `gguf` Python package's for every type in every file, and kiln's reference quantizers
-//! writing the very bytes of the files: Q8_0 and Q4_0 as the `gguf` package wrote them, Q4_K
-//! and Q6_K as llama.cpp's own quantizer did (`quantize_row_q4_K_ref`, `quantize_row_q6_K_ref`,
-//! no importance matrix).
+//! writing the very bytes of the files: Q8_0 and Q4_0 as the `gguf` package wrote them, Q4_K,
+//! Q5_K and Q6_K as llama.cpp's own quantizer did (`quantize_row_q4_K_ref`,
+//! `quantize_row_q5_K_ref`, `quantize_row_q6_K_ref`, no importance matrix).
 
 use kiln_ir::QuantType;
 use kiln_models::gguf::GgufFile;
@@ -129,6 +129,28 @@ fn k_quantizers_write_llama_cpps_bytes() {
             assert_quantizes_to(&format!("{file} {name}"), qt, &values, bytes);
         }
     }
+}
+
+/// The Q5_K_M file mixes Q5_K and Q6_K (llama.cpp's per-tensor choice): each source tensor is
+/// quantized by kiln to the type the file holds it in, and gives the file's bytes.
+#[test]
+fn q5_k_quantizer_writes_llama_cpps_bytes() {
+    let file = "qwen3-256/qwen3-256-Q5_K_M.gguf";
+    let quantized = open(file);
+    let mut q5 = 0;
+    for (name, shape, values) in f32_tensors(&fixtures().join("quant-source.safetensors")) {
+        let t = quantized.tensor(&name).unwrap();
+        let qt = t.quant_type().unwrap();
+        assert!(
+            matches!(qt, QuantType::Q5_K | QuantType::Q6_K),
+            "{name}: {qt}"
+        );
+        q5 += (qt == QuantType::Q5_K) as usize;
+        let row_bytes = qt.bytes_of(shape[1] as u64).unwrap() as usize;
+        let bytes = &quantized.data(t)[..shape[0] * row_bytes];
+        assert_quantizes_to(&format!("{file} {name}"), qt, &values, bytes);
+    }
+    assert!(q5 >= 1, "{file}: no Q5_K source tensor");
 }
 
 /// The loader drops a tensor's mapped pages once it has copied it out (`GgufFile::release`):

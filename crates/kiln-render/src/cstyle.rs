@@ -64,14 +64,14 @@ impl Dialect for CStyle {
             DType::Bool => "uint8_t",
             // Blocks: the matmul kernels that know their layout read them, other loads (the
             // GPU matmuls, a gather) through `kiln_q*_at`.
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => "uint8_t",
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => "uint8_t",
         }
     }
 
     fn compute_type(&self, d: DType) -> &'static str {
         match d {
             DType::F32 | DType::F16 | DType::BF16 => "float",
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => "float",
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => "float",
             DType::I32 => "int32_t",
             DType::Bool => "int",
         }
@@ -140,6 +140,7 @@ impl Dialect for CStyle {
             DType::Q8_0 => format!("kiln_q8_0_at({buf}, {index})"),
             DType::Q4_0 => format!("kiln_q4_0_at({buf}, {index})"),
             DType::Q4_K => format!("kiln_q4_k_at({buf}, {index})"),
+            DType::Q5_K => format!("kiln_q5_k_at({buf}, {index})"),
             DType::Q6_K => format!("kiln_q6_k_at({buf}, {index})"),
             _ => x,
         }

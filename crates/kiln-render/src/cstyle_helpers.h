@@ -62,12 +62,13 @@ KILN_FN float kiln_round_bf16(float v) { return kiln_bf16_to_f32(kiln_f32_to_bf1
 
 /* Element e (a flat, row-major index; rows of whole blocks) of a tensor of GGML blocks, in the
  * file's byte layout, dequantized exactly as ggml does (kiln-ir's quant.rs): the f16 scale to
- * f32, then d * q, or (d * sc) * q - dmin * m for Q4_K, or (d * sc) * (q - 32) for Q6_K. The GPU matmul kernels read
+ * f32, then d * q, or (d * sc) * q - dmin * m for Q4_K and Q5_K, or (d * sc) * (q - 32) for Q6_K. The GPU matmul kernels read
  * block-quantized weights through these one element at a time, and every backend's gather
  * reads a quantized embedding table through them. Blocks: Q8_0 34 bytes (f16 d, 32 x i8),
  * Q4_0 18 bytes (f16 d, 16 bytes of nibbles: low nibbles values 0..16, high 16..32), Q4_K 144
  * bytes (f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles in 4 groups
- * of 64 values), Q6_K 210 bytes (128 bytes of low nibbles, 64 of high bit pairs, 16 x i8
+ * of 64 values), Q5_K 176 bytes (Q4_K's 16 bytes of scales, 32 bytes of fifth bits: bit j of
+ * byte l for value l of sub-block j, then Q4_K's 128 bytes of nibbles), Q6_K 210 bytes (128 bytes of low nibbles, 64 of high bit pairs, 16 x i8
  * scales of 16 values each, f16 d). signed char, not int8_t: NVRTC's headers lack it. */
 KILN_FN float kiln_f16_at(const uint8_t *p) { return kiln_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
 KILN_FN float kiln_q8_0_at(const uint8_t *w, int64_t e) {
@@ -91,6 +92,19 @@ KILN_FN float kiln_q4_k_at(const uint8_t *w, int64_t e) {
     const int q = l < 32 ? (byte & 0x0F) : (byte >> 4);
     /* Both products rounded before the subtraction, as ggml computes them: no fused
      * multiply-add (the kernels are compiled with contraction allowed). */
+    volatile float scaled = kiln_f16_at(b) * (float)sc * (float)q;
+    volatile float shift = kiln_f16_at(b + 2) * (float)m;
+    return scaled - shift;
+}
+KILN_FN float kiln_q5_k_at(const uint8_t *w, int64_t e) {
+    const uint8_t *b = w + (e >> 8) * 176;
+    const uint8_t *s = b + 4;
+    const int i = (int)(e & 255), j = i >> 5, l = i & 63;
+    const int sc = j < 4 ? (s[j] & 63) : ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4));
+    const int m = j < 4 ? (s[j + 4] & 63) : ((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    const uint8_t byte = b[48 + 32 * (i >> 6) + (l & 31)];
+    const int q = (l < 32 ? (byte & 0x0F) : (byte >> 4)) | (((b[16 + (i & 31)] >> j) & 1) << 4);
+    /* As Q4_K: both products rounded before the subtraction. */
     volatile float scaled = kiln_f16_at(b) * (float)sc * (float)q;
     volatile float shift = kiln_f16_at(b + 2) * (float)m;
     return scaled - shift;

@@ -16,7 +16,7 @@
 //! - `@binding(2..)`: the inputs, `read`, in the kernel's input numbering; an input spans
 //!   [`KernelPlan::slices`] consecutive bindings (slices of [`SLICE_BYTES`] of one buffer).
 //! - Loads and stores go through `ld_<buf>(i)` / `st_out(i, v)`, defined here per buffer. A
-//!   Q8_0, Q4_0, Q4_K or Q6_K weight is bound as its GGML bytes and `ld_<buf>(i)` dequantizes
+//!   Q8_0, Q4_0, Q4_K, Q5_K or Q6_K weight is bound as its GGML bytes and `ld_<buf>(i)` dequantizes
 //!   element `i` from them (`quantized_load`).
 //!
 //! Structure per kind ([`crate::plan`] has the launch grids):
@@ -212,7 +212,7 @@ fn buffers(plan: &KernelPlan, s: &mut String) {
                 "let w = {};\n    return i32((w >> (u32(i & 3i) * 8u)) & 0xffu);",
                 at("i >> 2u")
             ),
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
                 s.push_str(&quantized_bytes(&name));
                 quantized_load(dt, &name)
             }
@@ -236,7 +236,8 @@ fn quantized_bytes(name: &str) -> String {
 /// The body of `ld_<name>(i)` for a weight of GGML blocks: element `i` (a flat element index)
 /// dequantized exactly as ggml does (`kiln_ir::quant`; the same steps as `kiln_q*_at` in
 /// kiln-render's `cstyle_helpers.h`): the f16 scale to f32, then `d * q`, or for Q4_K
-/// `d * sc * q - dmin * m` with ggml's 6-bit sub-block scale and min, for Q6_K
+/// `d * sc * q - dmin * m` with ggml's 6-bit sub-block scale and min (Q5_K: `q` with its
+/// fifth bit, bit `j` of `qh[l]` for value `l` of sub-block `j`), for Q6_K
 /// `d * sc * (q - 32)` with the i8 scale of the value's 16-value sub-block.
 fn quantized_load(dt: DType, name: &str) -> String {
     let byte = |p: &str| format!("kiln_byte_{name}({p})");
@@ -270,6 +271,25 @@ fn quantized_load(dt: DType, name: &str) -> String {
             byte("b + j"),
             byte("b + 4u + j"),
             byte("b + 16u + 32u * (v >> 6u) + (l & 31u)"),
+            half("b"),
+            half("b + 2u")
+        ),
+        DType::Q5_K => format!(
+            "let e = u32(i);\n    let b = (e >> 8u) * 176u;\n    let v = e & 255u;\n    \
+             let j = v >> 5u;\n    let l = v & 63u;\n    \
+             var sc = {} & 63u;\n    var m = {} & 63u;\n    \
+             if (j >= 4u) {{\n        let x = {};\n        \
+             sc = (x & 15u) | (({} >> 6u) << 4u);\n        \
+             m = (x >> 4u) | (({} >> 6u) << 4u);\n    }}\n    \
+             let q = (({} >> ((l >> 5u) * 4u)) & 15u) | ((({} >> j) & 1u) << 4u);\n    \
+             let d = {} * f32(sc);\n    let dm = {} * f32(m);\n    return d * f32(q) - dm;",
+            byte("b + 4u + j"),
+            byte("b + 8u + j"),
+            byte("b + 8u + j"),
+            byte("b + j"),
+            byte("b + 4u + j"),
+            byte("b + 48u + 32u * (v >> 6u) + (l & 31u)"),
+            byte("b + 16u + (v & 31u)"),
             half("b"),
             half("b + 2u")
         ),

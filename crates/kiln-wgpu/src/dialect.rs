@@ -37,14 +37,14 @@ impl Dialect for Wgsl {
             // Packed: two f16/bf16 or four bools per word.
             DType::F16 | DType::BF16 | DType::Bool => "u32",
             // GGML blocks in words, read a byte at a time by `ld_<buf>` (codegen.rs).
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => "u32",
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => "u32",
         }
     }
 
     fn compute_type(&self, d: DType) -> &'static str {
         match d {
             DType::F32 | DType::F16 | DType::BF16 => "f32",
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K => "f32",
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => "f32",
             DType::I32 | DType::Bool => "i32",
         }
     }

@@ -353,7 +353,7 @@ impl Backend for WgpuBackend {
         })
     }
 
-    /// Every dtype: the matmul kernels read Q8_0, Q4_0, Q4_K and Q6_K weights in their GGML blocks,
+    /// Every dtype: the matmul kernels read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights in their GGML blocks,
     /// a byte at a time from 32-bit words (`codegen::quantized_load`).
     fn supports_weight_dtype(&self, _: kiln_ir::DType) -> bool {
         true

@@ -1,4 +1,4 @@
-//! Block-quantized weights (Q8_0, Q4_0, Q4_K, Q6_K in GGUF's byte layout) on wgpu (lavapipe in CI):
+//! Block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K in GGUF's byte layout) on wgpu (lavapipe in CI):
 //! the matmul kernels read the blocks from 32-bit words (WGSL has no 8- or 16-bit loads) and
 //! dequantize each element as ggml does (`codegen::quantized_load`). The op case
 //! `quantized_weight_matmuls` also runs in `ops.rs` on the adapter's own GEMV plan; here under

@@ -82,8 +82,8 @@ pub struct DecodeBench {
     /// cpu, cuda (GPU 0) or wgpu (the bound is then the device's copy bandwidth).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
-    /// Linear weights in f32, bf16, or quantized at load (q8_0, q4_0, q4_k, q6_k; see `kiln
-    /// run --help`). Default: the model's own (a GGUF file's Q8_0/Q4_0/Q4_K/Q6_K stay
+    /// Linear weights in f32, bf16, or quantized at load (q8_0, q4_0, q4_k, q5_k, q6_k; see
+    /// `kiln run --help`). Default: the model's own (a GGUF file's Q8_0/Q4_0/Q4_K/Q5_K/Q6_K stay
     /// quantized).
     #[arg(long, value_parser = crate::parse_weight_dtype)]
     weight_dtype: Option<kiln_models::WeightDtype>,

@@ -25,13 +25,29 @@
  * Activations (the worker's abuf): strips of SR rows, per 32-value group 40 SR bytes as
  * gemm_quant.h's (i32 [8][SR] quads, f32 [SR], 32-bit word [SR]); the f32 is the super-block's
  * scale (the same in its eight groups), the word of group j of a super-block: j = 0 the bytes
- * h_0..h_3, j = 1 l_0..l_3, j = 2 h_4..h_7, j = 3 l_4..l_7, j >= 4 zero. */
+ * h_0..h_3, j = 1 l_0..l_3, j = 2 h_4..h_7, j = 3 l_4..l_7, j >= 4 zero.
+ *
+ * Q5_K (gemm_q5k.h) runs on the same code (the `q5` argument, a constant after inlining): its
+ * super-block is Q4_K's with 5-bit q (0..31, |S| < 2^26), so its panel is Q4_K's with each
+ * group's nibbles (16 NR bytes) followed by the group's fifth bits (4 NR bytes; 180 NR per
+ * super-block, 22.5 bytes per 32 values, the file's 22): quad qd's at 16 NR + NR/2 qd of the
+ * group, two 64-bit words (columns 0..15, 16..31), bit 4 j + t the fifth bit of byte (j, t) of
+ * that vpdpbusd operand, so a masked byte add of 16 (vpaddb under the word as a k mask) turns
+ * the nibble operand into the 5-bit one. Interleaved per group, not a plane at the end of the
+ * super-block: the GEMV then streams one sequential run (with the plane apart, two interleaved
+ * streams 4.6 KB apart, it ran at 0.43 of a streaming read instead of ~0.9, bench-qgemv). */
 #if defined(KILN_QINT8)
 #define KILN_SBI_Q4_K (148 * KILN_NR)
 #define KILN_GBI_Q4_K (KILN_SBI_Q4_K / 8) /* bytes per group, on average (the harness's unit) */
 #define KILN_Q4K_M (4 * KILN_NR)
 #define KILN_Q4K_SC (12 * KILN_NR)
 #define KILN_Q4K_Q (20 * KILN_NR)
+#define KILN_SBI_Q5_K (180 * KILN_NR)
+#define KILN_GBI_Q5_K (KILN_SBI_Q5_K / 8)
+/* group g's q: its nibbles at KILN_Q4K_Q + g * KILN_QG(q5); Q5_K's fifth bits right after */
+#define KILN_QG(q5) ((q5) ? 20 * KILN_NR : 16 * KILN_NR)
+#define KILN_SBI_K(q5) ((q5) ? KILN_SBI_Q5_K : KILN_SBI_Q4_K)
+typedef char kiln_v64qi __attribute__((vector_size(64)));
 _Static_assert(KILN_KC % 256 == 0, "Q4_K's k blocks are whole super-blocks");
 
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (the layout above; rows past tm up
@@ -112,27 +128,39 @@ static inline __attribute__((always_inline)) void kiln_q4k_mins(const uint8_t *r
     *mi1 = kiln_dpbusd(kiln_dpbusd(z, m01, hA), m11, hB) * 128 + kiln_dpbusd(kiln_dpbusd(z, m01, lA), m11, lB);
 }
 
-/* Quad qd of group g's nibbles: columns 0..15 into *w0, 16..31 into *w1. */
-static inline __attribute__((always_inline)) void kiln_qiw_q4k(const uint8_t *restrict sb, int g, int qd,
-        kiln_vi *w0, kiln_vi *w1) {
-    kiln_vu v = (kiln_vu)kiln_ldvi(sb + KILN_Q4K_Q + g * 16 * KILN_NR + qd * 2 * KILN_NR);
+/* Quad qd of group g's q (Q4_K's nibbles; q5: plus the fifth bits): columns 0..15 into *w0,
+ * 16..31 into *w1. */
+static inline __attribute__((always_inline)) void kiln_qiw_q4k(const int q5, const uint8_t *restrict sb, int g,
+        int qd, kiln_vi *w0, kiln_vi *w1) {
+    const uint8_t *qg = sb + KILN_Q4K_Q + g * KILN_QG(q5);
+    kiln_vu v = (kiln_vu)kiln_ldvi(qg + qd * 2 * KILN_NR);
     KILN_IN_REG(v);
-    *w0 = (kiln_vi)(v & 0x0F0F0F0Fu);
-    *w1 = (kiln_vi)((v >> 4) & 0x0F0F0F0Fu);
+    if (!q5) {
+        *w0 = (kiln_vi)(v & 0x0F0F0F0Fu);
+        *w1 = (kiln_vi)((v >> 4) & 0x0F0F0F0Fu);
+        return;
+    }
+    unsigned long long m0, m1;
+    memcpy(&m0, qg + 16 * KILN_NR + qd * (KILN_NR / 2), 8);
+    memcpy(&m1, qg + 16 * KILN_NR + qd * (KILN_NR / 2) + 8, 8);
+    const kiln_v64qi sixteen = (kiln_v64qi){0} + 16;
+    const kiln_v64qi lo = (kiln_v64qi)(v & 0x0F0F0F0Fu), hi = (kiln_v64qi)((v >> 4) & 0x0F0F0F0Fu);
+    *w0 = (kiln_vi)__builtin_ia32_paddb512_mask(lo, sixteen, lo, m0);
+    *w1 = (kiln_vi)__builtin_ia32_paddb512_mask(hi, sixteen, hi, m1);
 }
 
 /* Micro-kernel: rows of one activation strip (QMR) x one panel, super-blocks 0..nsb-1 from qa
  * and w (both at their first super-block), into c (row stride ldc), (+)= as load_c says. The
  * running sums live in c (an L1-resident tile): each super-block needs S and the group's dots
  * of every row in registers. */
-static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(int64_t nsb, const uint8_t *restrict qa,
+static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(const int q5, int64_t nsb, const uint8_t *restrict qa,
         const uint8_t *restrict w, float *restrict c, int64_t ldc, int load_c) {
     if (!load_c)
         _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
             kiln_stv(c + i * ldc, (kiln_vf){0});
             kiln_stv(c + i * ldc + KILN_VL, (kiln_vf){0});
         }
-    for (int64_t b = 0; b < nsb; ++b, qa += 8 * KILN_QA_BLOCK, w += KILN_SBI_Q4_K) {
+    for (int64_t b = 0; b < nsb; ++b, qa += 8 * KILN_QA_BLOCK, w += KILN_SBI_K(q5)) {
         const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);
         {
             kiln_vf d0, d1, n0, n1;
@@ -153,7 +181,7 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(int64_t nsb, c
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) ia[i][0] = ia[i][1] = (kiln_vi){0};
             _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {
                 kiln_vi w0, w1;
-                kiln_qiw_q4k(w, g, qd, &w0, &w1);
+                kiln_qiw_q4k(q5, w, g, qd, &w0, &w1);
                 KILN_IN_REG(w0); KILN_IN_REG(w1);
                 _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
                     const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + i]);
@@ -185,13 +213,13 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(int64_t nsb, c
  * where used; a group's dot split into CH integer chains (quads qd % CH) for latency. No
  * software prefetch at any row count: unlike the 24-byte groups, 4 groups ahead cost 3 and 4
  * rows 15-35% here (scripts/bench-qgemv.sh, ROWS=3: 31-36 GB/s with, 38-50 without). */
-static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int R, const uint8_t *restrict qa,
+static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5, const int R, const uint8_t *restrict qa,
         const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {
     const int CH = R == 1 ? 4 : R == 2 ? 2 : 1;
     kiln_vf acc[4][2];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};
     for (int64_t b = 0; b < G / 8; ++b) {
-        const uint8_t *sb = w + b * KILN_SBI_Q4_K, *ab = qa + b * 8 * 40 * R;
+        const uint8_t *sb = w + b * KILN_SBI_K(q5), *ab = qa + b * 8 * 40 * R;
         const float *sa = (const float *)(const void *)(ab + 32 * R);
         {
             kiln_vf d0, d1, n0, n1;
@@ -213,7 +241,7 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int R, 
                 ia[r][0] = ia[r][1] = ib[r][0] = ib[r][1] = ic[r][0] = ic[r][1] = id[r][0] = id[r][1] = (kiln_vi){0};
             _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {
                 kiln_vi w0, w1;
-                kiln_qiw_q4k(sb, g, qd, &w0, &w1);
+                kiln_qiw_q4k(q5, sb, g, qd, &w0, &w1);
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
                     const kiln_vi x = kiln_splati(aq[qd * R + r]);
                     if (qd % CH == 0) { ia[r][0] = kiln_dpbusd(ia[r][0], w0, x); ia[r][1] = kiln_dpbusd(ia[r][1], w1, x); }
@@ -246,16 +274,22 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int R, 
 
 /* One column c of a super-block sb against row s of a strip of sr rows (its super-block at
  * ab): the two FMAs, in the kernels' order, with scalar integers. */
-static inline float kiln_q4k_column(const uint8_t *sb, int64_t c, const uint8_t *ab, int64_t sr,
-                                    int64_t s, float acc) {
+static inline float kiln_q4k_column(const int q5, const uint8_t *sb, int64_t c, const uint8_t *ab,
+                                    int64_t sr, int64_t s, float acc) {
     int32_t S = 0, Mi = 0;
     for (int g = 0; g < 8; ++g) {
         const uint8_t *blk = ab + g * 40 * sr;
         int32_t dot = 0, asum = 0;
         for (int kk = 0; kk < 32; ++kk) {
             const int32_t av = (int8_t)blk[((kk / 4) * sr + s) * 4 + kk % 4];
-            const uint8_t q = sb[KILN_Q4K_Q + g * 16 * KILN_NR + (kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
-            dot += av * (c < KILN_NR / 2 ? q & 15 : q >> 4);
+            const uint8_t q = sb[KILN_Q4K_Q + g * KILN_QG(q5) + (kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
+            int32_t v = c < KILN_NR / 2 ? q & 15 : q >> 4;
+            if (q5) {
+                const int64_t bit = (c % (KILN_NR / 2)) * 4 + kk % 4;
+                const uint8_t h = sb[KILN_Q4K_Q + g * KILN_QG(q5) + 16 * KILN_NR + (kk / 4) * (KILN_NR / 2) + (c / (KILN_NR / 2)) * (KILN_NR / 4) + bit / 8];
+                v |= ((h >> (bit % 8)) & 1) << 4;
+            }
+            dot += av * v;
             asum += av;
         }
         S += sb[KILN_Q4K_SC + g * KILN_NR + c] * dot;
@@ -271,12 +305,13 @@ static inline float kiln_q4k_column(const uint8_t *sb, int64_t c, const uint8_t 
 }
 
 /* The product tile (as KILN_QI_TILE): the rows quantized once per launch and worker, then the
- * GEMV (up to 4 rows), the micro-kernel, or scalar chains off a panel boundary. */
-static void kiln_packed_tile_q4_k(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,
+ * GEMV (up to 4 rows), the micro-kernel, or scalar chains off a panel boundary. Q4_K's and
+ * (q5) Q5_K's (kiln_packed_tile_q4_k below, kiln_packed_tile_q5_k in gemm_q5k.h). */
+static inline __attribute__((always_inline)) void kiln_packed_tile_k(const int q5, kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,
                                   const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm,
                                   int64_t c0, int64_t tn, float *restrict t, int64_t ldt) {
     const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = 40 * SR;
-    const int64_t G = K / 32, NB = K / 256, PB = NB * KILN_SBI_Q4_K, SB = G * QB;
+    const int64_t G = K / 32, NB = K / 256, PB = NB * KILN_SBI_K(q5), SB = G * QB;
     uint8_t *qa = (uint8_t *)ctx->abuf;
     if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {
         kiln_quantize_a_q4k(a, lda, tm, K, SR, qa);
@@ -289,7 +324,7 @@ static void kiln_packed_tile_q4_k(kiln_gemm_ctx *ctx, const float *restrict a, i
                 const uint8_t *pw = wp + (n / KILN_NR) * PB, *pa = qa + (i / SR) * SB;
                 float acc = 0.0f;
                 for (int64_t b = 0; b < NB; ++b)
-                    acc = kiln_q4k_column(pw + b * KILN_SBI_Q4_K, n % KILN_NR, pa + b * 8 * QB, SR, i % SR, acc);
+                    acc = kiln_q4k_column(q5, pw + b * KILN_SBI_K(q5), n % KILN_NR, pa + b * 8 * QB, SR, i % SR, acc);
                 t[i * ldt + j] = acc;
             }
         return;
@@ -299,10 +334,10 @@ static void kiln_packed_tile_q4_k(kiln_gemm_ctx *ctx, const float *restrict a, i
         for (int64_t s = 0; s < np; ++s) {
             const uint8_t *w = wp + (p0 + s) * PB;
             float *ts = t + s * KILN_NR;
-            if (tm == 1) kiln_qi_gemv_q4k(1, qa, w, G, ts, ldt);
-            else if (tm == 2) kiln_qi_gemv_q4k(2, qa, w, G, ts, ldt);
-            else if (tm == 3) kiln_qi_gemv_q4k(3, qa, w, G, ts, ldt);
-            else kiln_qi_gemv_q4k(4, qa, w, G, ts, ldt);
+            if (tm == 1) kiln_qi_gemv_q4k(q5, 1, qa, w, G, ts, ldt);
+            else if (tm == 2) kiln_qi_gemv_q4k(q5, 2, qa, w, G, ts, ldt);
+            else if (tm == 3) kiln_qi_gemv_q4k(q5, 3, qa, w, G, ts, ldt);
+            else kiln_qi_gemv_q4k(q5, 4, qa, w, G, ts, ldt);
         }
         return;
     }
@@ -310,11 +345,17 @@ static void kiln_packed_tile_q4_k(kiln_gemm_ctx *ctx, const float *restrict a, i
     for (int64_t b0 = 0; b0 < NB; b0 += BC) {
         const int64_t nb = kiln_min(BC, NB - b0);
         for (int64_t s = 0; s < np; ++s) {
-            const uint8_t *panel = wp + (p0 + s) * PB + b0 * KILN_SBI_Q4_K;
+            const uint8_t *panel = wp + (p0 + s) * PB + b0 * KILN_SBI_K(q5);
             for (int64_t i0 = 0; i0 < tm; i0 += KILN_QMR)
-                kiln_qi_ukr_q4k(nb, qa + (i0 / KILN_QMR) * SB + b0 * 8 * KILN_QA_BLOCK, panel,
+                kiln_qi_ukr_q4k(q5, nb, qa + (i0 / KILN_QMR) * SB + b0 * 8 * KILN_QA_BLOCK, panel,
                                 t + i0 * ldt + s * KILN_NR, ldt, b0 > 0);
         }
     }
+}
+
+static void kiln_packed_tile_q4_k(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,
+                                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm,
+                                  int64_t c0, int64_t tn, float *restrict t, int64_t ldt) {
+    kiln_packed_tile_k(0, ctx, a, lda, wp, K, m0, tm, c0, tn, t, ldt);
 }
 #endif

@@ -753,7 +753,7 @@ pub fn bf16_weight_gemv_reads_whole_words() -> OpCase {
     c
 }
 
-/// Matmuls of block-quantized weights (Q8_0, Q4_0, Q4_K and Q6_K in GGML's byte layout, read
+/// Matmuls of block-quantized weights (Q8_0, Q4_0, Q4_K, Q6_K and Q5_K in GGML's byte layout, read
 /// as blocks by the kernels, dequantized by the interpreter): `x @ W^T` for each type with an
 /// odd number of weight rows, so that Q8_0's 34-byte, Q4_0's 18-byte and Q6_K's 210-byte
 /// blocks start on every even byte and not only on 32-bit words, and SiLU(gate) * up from one Q4_0 weight (an epilogue
@@ -769,6 +769,7 @@ pub fn quantized_weight_matmuls() -> OpCase {
         (DType::Q4_0, "w4", 21, 64),
         (DType::Q4_K, "wk", 7, 512),
         (DType::Q6_K, "w6", 5, 512),
+        (DType::Q5_K, "w5", 9, 512),
     ];
     for (dtype, name, n, k) in weights {
         let x = g
@@ -808,7 +809,10 @@ pub fn quantized_weight_matmuls() -> OpCase {
         ];
         for (i, (dtype, name, n, k)) in weights.into_iter().enumerate() {
             let seed = 42 + 2 * i as u64;
-            ins.push((["x_w8", "x_w4", "x_wk", "x_w6"][i], f32s(&[sv, k], seed)));
+            ins.push((
+                ["x_w8", "x_w4", "x_wk", "x_w6", "x_w5"][i],
+                f32s(&[sv, k], seed),
+            ));
             ins.push((name, quantized(dtype, n, k, seed + 1)));
         }
         c.runs.push(Run::new(inputs(&ins)));
