@@ -493,9 +493,9 @@ def main():
                     help="llama.cpp: the PyPI wheel's prebuilt llama-server, or built here from source")
     args = ap.parse_args()
     types = [t for t in args.types.split(",") if t]
-    bad = [t for t in types if t not in TYPES]
+    bad = [t for t in types if t not in TYPES + ["Q5_K_M"]]
     if bad:
-        raise SystemExit(f"--types: unknown {bad}; known: {TYPES}")
+        raise SystemExit(f"--types: unknown {bad}; known: {TYPES + ['Q5_K_M']}")
     if not os.path.exists(args.kiln):
         raise SystemExit(f"{args.kiln}: no kiln binary (cargo build --release -p kiln-cli)")
     out = args.out or os.path.join(args.dir, "results")
