@@ -683,7 +683,6 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
     let mut l_aux = [0u8; 32];
     let mut weights = [0.0f32; 32];
     let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
-    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
     for j in 0..8 {
         let xs = &x[32 * j..32 * j + 32];
         let mut sum_x2 = 0.0f32;
@@ -706,37 +705,8 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
         );
         scales[j] = scale;
         mins[j] = min;
-        if scale > max_scale {
-            max_scale = scale;
-        }
-        if min > max_min {
-            max_min = min;
-        }
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
-    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let packed = &mut b[4..16];
-    packed.fill(0);
-    for j in 0..8 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-        if j < 4 {
-            packed[j] = ls;
-            packed[j + 4] = lm;
-        } else {
-            packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
-            packed[j - 4] |= (ls >> 4) << 6;
-            packed[j] |= (lm >> 4) << 6;
-        }
-    }
-    let (d, d_bytes) = f16_round(max_scale / 63.0);
-    let (dmin, dmin_bytes) = f16_round(max_min / 63.0);
-    b[0..2].copy_from_slice(&d_bytes);
-    b[2..4].copy_from_slice(&dmin_bytes);
+    let (d, dmin) = store_k_scales(&scales, &mins, b);
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, &b[4..16]);
         let d = d * sc as f32;
@@ -757,7 +727,7 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
 
 /// The 6-bit scales and mins of a K block's 8 sub-blocks (`scales`, `mins`: the values
 /// `make_qkx2_quants` found) quantized against their largest, as `quantize_row_q4_K_ref` and
-/// `quantize_row_q5_K_ref` store them (Q4_K's quantizer above does the same steps inline):
+/// `quantize_row_q5_K_ref` store them:
 /// `d`, `dmin` (f16) in bytes 0..4 and the 12 packed bytes (`scale_min_k4`'s layout) in
 /// 4..16; returns `d` and `dmin` as stored, in f32.
 fn store_k_scales(scales: &[f32; 8], mins: &[f32; 8], b: &mut [u8]) -> (f32, f32) {
