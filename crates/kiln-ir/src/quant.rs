@@ -675,11 +675,17 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
-/// `quantize_row_q4_K_ref`: each sub-block of 32 gets a scale and min (weighted towards its
-/// large values), those are quantized to 6 bits against the super-block's largest, and the
-/// values are re-quantized against the stored (rounded) scales.
-fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
-    let mut levels = [0u8; QK_K];
+/// The search both K quantizers start with (`quantize_row_q4_K_ref`, `quantize_row_q5_K_ref`):
+/// each sub-block of 32 values weighted towards its large values (`av_x + |x|`) and searched
+/// by `make_qkx2_quants` on levels `0..=nmax`, candidate scales from `rmin` in `nstep` steps of
+/// 0.1; returns the sub-blocks' scales and mins (their levels into `levels`).
+fn k_sub_block_scales(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    levels: &mut [u8; QK_K],
+) -> ([f32; 8], [f32; 8]) {
     let mut l_aux = [0u8; 32];
     let mut weights = [0.0f32; 32];
     let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
@@ -693,19 +699,26 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (scale, min) = make_qkx2_quants(
-            15,
+        (scales[j], mins[j]) = make_qkx2_quants(
+            nmax,
             xs,
             &weights,
             &mut levels[32 * j..32 * j + 32],
             &mut l_aux,
-            -1.0,
+            rmin,
             0.1,
-            20,
+            nstep,
         );
-        scales[j] = scale;
-        mins[j] = min;
     }
+    (scales, mins)
+}
+
+/// `quantize_row_q4_K_ref`: each sub-block of 32 gets a scale and min (weighted towards its
+/// large values), those are quantized to 6 bits against the super-block's largest, and the
+/// values are re-quantized against the stored (rounded) scales.
+fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
+    let mut levels = [0u8; QK_K];
+    let (scales, mins) = k_sub_block_scales(x, 15, -1.0, 20, &mut levels);
     let (d, dmin) = store_k_scales(&scales, &mins, b);
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, &b[4..16]);
@@ -767,30 +780,7 @@ fn store_k_scales(scales: &[f32; 8], mins: &[f32; 8], b: &mut [u8]) -> (f32, f32
 /// sub-block `j` in bit `j` of `qh[l]`.
 fn quantize_q5_k(x: &[f32], b: &mut [u8]) {
     let mut levels = [0u8; QK_K];
-    let mut l_aux = [0u8; 32];
-    let mut weights = [0.0f32; 32];
-    let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
-    for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        let mut sum_x2 = 0.0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
-        }
-        (scales[j], mins[j]) = make_qkx2_quants(
-            31,
-            xs,
-            &weights,
-            &mut levels[32 * j..32 * j + 32],
-            &mut l_aux,
-            -0.5,
-            0.1,
-            15,
-        );
-    }
+    let (scales, mins) = k_sub_block_scales(x, 31, -0.5, 15, &mut levels);
     let (d, dmin) = store_k_scales(&scales, &mins, b);
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, &b[4..16]);
