@@ -59,7 +59,7 @@
 //!   vpdpbusd operand (`c/gemm_q4k.h`) — 180 bytes per 256 values and column, 22.5 per 32
 //!   (GGUF 22).
 
-use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k, super_block_q5_k, QuantType};
+use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k, super_block_q5_k};
 use kiln_ir::DType;
 use kiln_runtime::HostBuffer;
 use rayon::prelude::*;
@@ -84,33 +84,11 @@ pub fn group_bytes(dtype: DType, panel: usize) -> usize {
 /// graph checks it: `Graph::input`); a trailing partial row (buffer padding) is ignored.
 pub fn pack_quant(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
     match dtype {
-        DType::Q6_K => return pack_q6_k(bytes, depth, panel),
-        DType::Q8_0 | DType::Q4_0 => return pack_q8_0_q4_0(bytes, dtype, depth, panel, false),
-        _ => {}
+        DType::Q6_K => pack_q6_k(bytes, depth, panel),
+        DType::Q8_0 | DType::Q4_0 => pack_q8_0_q4_0(bytes, dtype, depth, panel, false),
+        DType::Q4_K | DType::Q5_K => pack_k(bytes, dtype, depth, panel),
+        other => panic!("{other} is not block-quantized"),
     }
-    if dtype == DType::Q5_K {
-        return pack_q5_k(bytes, depth, panel);
-    }
-    let gb = group_bytes(dtype, panel);
-    let q = dtype.quant().expect("a block-quantized dtype");
-    pack_groups(
-        bytes,
-        dtype,
-        depth,
-        panel,
-        gb,
-        |row, g| sub_block(q, row, g).expect("whole blocks"),
-        |grp, c, (scale, min, vals)| {
-            grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
-            let at = 8 * panel;
-            grp[4 * panel + 4 * c..][..4].copy_from_slice(&min.to_le_bytes());
-            for (r, &v) in vals.iter().enumerate() {
-                let half = panel / 2;
-                let (byte, shift) = (c % half, if c < half { 0 } else { 4 });
-                grp[at + r * half + byte] |= v << shift;
-            }
-        },
-    )
 }
 
 /// Q8_0 and Q4_0 in either layout (the module's documentation): per group the blocks' own f16
@@ -300,26 +278,30 @@ fn pack_k_int8(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBu
     )
 }
 
-/// Q5_K in the f32 layout (`c/gemm_q5k.h`): Q4_K's group — `[f32; panel]` of `d * sc`, of
-/// `dmin * m`, the low 4 bits as nibbles `[32][panel / 2]` — then the fifth bits, `panel * 4`
-/// bytes: row `r`'s at `r * panel / 8`, column `c` bit `c % 8` of byte `c / 8`.
-fn pack_q5_k(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
+/// Q4_K or Q5_K in the f32 layout (`c/gemm_q5k.h` for Q5_K): per group `[f32; panel]` of
+/// `d * sc`, of `dmin * m`, the low 4 bits as nibbles `[32][panel / 2]` (Q4_0's), then for
+/// Q5_K the plane of fifth bits, `panel * 4` bytes: row `r`'s at `r * panel / 8`, column `c`
+/// bit `c % 8` of byte `c / 8`.
+fn pack_k(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer {
+    let q = dtype.quant().expect("a block-quantized dtype");
+    let fifth_bits = dtype == DType::Q5_K;
     let half = panel / 2;
-    let gb = group_bytes(DType::Q5_K, panel);
     pack_groups(
         bytes,
-        DType::Q5_K,
+        dtype,
         depth,
         panel,
-        gb,
-        |row, g| sub_block(QuantType::Q5_K, row, g).expect("whole blocks"),
+        group_bytes(dtype, panel),
+        |row, g| sub_block(q, row, g).expect("whole blocks"),
         |grp, c, (scale, min, vals)| {
             grp[4 * c..4 * c + 4].copy_from_slice(&scale.to_le_bytes());
             grp[4 * (panel + c)..][..4].copy_from_slice(&min.to_le_bytes());
             let shift = if c < half { 0 } else { 4 };
             for (k, &v) in vals.iter().enumerate() {
                 grp[8 * panel + k * half + c % half] |= (v & 15) << shift;
-                grp[24 * panel + k * (panel / 8) + c / 8] |= (v >> 4) << (c % 8);
+                if fifth_bits {
+                    grp[24 * panel + k * (panel / 8) + c / 8] |= (v >> 4) << (c % 8);
+                }
             }
         },
     )
