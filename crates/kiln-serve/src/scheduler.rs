@@ -632,12 +632,6 @@ mod tests {
         s.submit(req(2, 4, 100)).unwrap();
         // Nobody decodes yet: the whole chunk (16 of 1's prompt), 2 waits for budget.
         let st = s.plan();
-        let chunks = |st: &Step| -> Vec<(SeqId, usize, usize)> {
-            st.prefill
-                .iter()
-                .map(|p| (p.seq, p.position, p.tokens.len()))
-                .collect()
-        };
         assert_eq!(chunks(&st), vec![(1, 0, 16)]);
         sample_all(&mut s, &st, 5);
         // Still nobody decodes: 1's last 4 and 2's whole prompt share the 16.
@@ -708,15 +702,20 @@ mod tests {
         assert_eq!(decodes, vec![1, 2, 4, 4, 4, 4]);
     }
 
-    /// Runs steps until none prefills, recording a token for each decode and last chunk and
-    /// telling the scheduler the step took `cost(rows)` seconds. Returns each step's
-    /// (decodes, prefill chunks).
+    /// Plans a step, tells the scheduler it took `cost(rows)` seconds and records a token for
+    /// each decode and last chunk; returns the step.
+    fn timed_step(s: &mut Scheduler, cost: impl Fn(usize) -> f64) -> Step {
+        let st = s.plan();
+        s.observe(&st, Duration::from_secs_f64(cost(st.rows())));
+        sample_all(s, &st, 5);
+        st
+    }
+
+    /// Runs [`timed_step`]s until none prefills. Returns each step's (decodes, prefill chunks).
     fn run_prefills(s: &mut Scheduler, cost: impl Fn(usize) -> f64) -> Vec<(usize, Chunks)> {
         let mut steps = vec![];
         loop {
-            let st = s.plan();
-            s.observe(&st, Duration::from_secs_f64(cost(st.rows())));
-            sample_all(s, &st, 5);
+            let st = timed_step(s, &cost);
             if st.prefill.is_empty() {
                 return steps;
             }
@@ -772,9 +771,7 @@ mod tests {
         s.submit(req(2, 8, 3)).unwrap();
         run_prefills(&mut s, cost);
         while !s.is_idle() {
-            let st = s.plan();
-            s.observe(&st, Duration::from_secs_f64(cost(st.rows())));
-            sample_all(&mut s, &st, 5);
+            timed_step(&mut s, cost);
         }
         // Step times are known, nobody decodes: a 250-token prompt goes 100 tokens a step.
         assert!(s.step_times().estimate(2).is_some());
@@ -815,9 +812,7 @@ mod tests {
                 s.submit(req(next, 4, 2)).unwrap();
                 next += 1;
             }
-            let st = s.plan();
-            s.observe(&st, Duration::from_secs_f64(cost(st.rows())));
-            sample_all(&mut s, &st, 5);
+            let st = timed_step(&mut s, cost);
             let mine: Vec<_> = st.prefill.iter().filter(|p| p.seq == 7).collect();
             assert_eq!(mine.len(), 1, "7 reads at every step: {st:?}");
             assert_eq!(mine[0].position, read);
@@ -837,20 +832,10 @@ mod tests {
         s.submit(req(3, 6, 5)).unwrap();
         let st = s.plan();
         assert_eq!(st.admitted.len(), 3);
-        let got: Vec<(SeqId, usize, usize)> = st
-            .prefill
-            .iter()
-            .map(|p| (p.seq, p.position, p.tokens.len()))
-            .collect();
-        assert_eq!(got, vec![(1, 0, 6), (2, 0, 4)]);
+        assert_eq!(chunks(&st), vec![(1, 0, 6), (2, 0, 4)]);
         sample_all(&mut s, &st, 5);
         let st = s.plan();
-        let got: Vec<(SeqId, usize, usize)> = st
-            .prefill
-            .iter()
-            .map(|p| (p.seq, p.position, p.tokens.len()))
-            .collect();
-        assert_eq!(got, vec![(2, 4, 2), (3, 0, 6)]);
+        assert_eq!(chunks(&st), vec![(2, 4, 2), (3, 0, 6)]);
         assert_eq!(st.decode.len(), 1);
     }
 
