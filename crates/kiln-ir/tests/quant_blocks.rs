@@ -153,43 +153,40 @@ fn k_nibble(qs: &[u8], v: usize) -> u8 {
     }
 }
 
-#[test]
-fn q4_k_sub_block_scales_and_mins() {
-    let (d, dmin) = (0.5f32, 0.25f32);
-    let qs = pattern(128, 3);
+/// A Q4_K block (`qh` None) or a Q5_K block (`qh` its 32 bytes of fifth bits) of `d`, `dmin`,
+/// the scales and mins [`K_SC`], [`K_M`] and the nibbles `qs`, laid out as the format documents,
+/// decodes to `d * sc * q - dmin * m` for every value.
+fn assert_k_block_decodes(d: f32, dmin: f32, qh: Option<&[u8]>, qs: &[u8]) {
+    let (t, len) = if qh.is_some() {
+        (QuantType::Q5_K, 176)
+    } else {
+        (QuantType::Q4_K, 144)
+    };
     let mut b = h(d).to_vec();
     b.extend(h(dmin));
     b.extend(pack_k_scales(K_SC, K_M));
-    b.extend(&qs);
-    assert_eq!(b.len(), 144);
-    let y = decode(QuantType::Q4_K, &b);
+    b.extend(qh.unwrap_or_default());
+    b.extend(qs);
+    assert_eq!(b.len(), len, "{t}");
+    let y = decode(t, &b);
     for v in 0..QK_K {
         let s = v / 32;
-        let want = d * K_SC[s] as f32 * k_nibble(&qs, v) as f32 - dmin * K_M[s] as f32;
-        assert_eq!(y[v], want, "Q4_K value {v}");
+        // Sub-block s's fifth bits are bit s of bytes qh[0..32].
+        let fifth = qh.map_or(0, |qh| (qh[v % 32] >> s) & 1);
+        let q = k_nibble(qs, v) | (fifth << 4);
+        let want = d * K_SC[s] as f32 * q as f32 - dmin * K_M[s] as f32;
+        assert_eq!(y[v], want, "{t} value {v}");
     }
 }
 
 #[test]
+fn q4_k_sub_block_scales_and_mins() {
+    assert_k_block_decodes(0.5, 0.25, None, &pattern(128, 3));
+}
+
+#[test]
 fn q5_k_fifth_bits() {
-    let (d, dmin) = (0.125f32, 2.0f32);
-    let qh = pattern(32, 4);
-    let qs = pattern(128, 5);
-    let mut b = h(d).to_vec();
-    b.extend(h(dmin));
-    b.extend(pack_k_scales(K_SC, K_M));
-    b.extend(&qh);
-    b.extend(&qs);
-    assert_eq!(b.len(), 176);
-    let y = decode(QuantType::Q5_K, &b);
-    for v in 0..QK_K {
-        let s = v / 32;
-        // Sub-block s's fifth bits are bit s of bytes qh[0..32].
-        let fifth = (qh[v % 32] >> s) & 1;
-        let q = k_nibble(&qs, v) | (fifth << 4);
-        let want = d * K_SC[s] as f32 * q as f32 - dmin * K_M[s] as f32;
-        assert_eq!(y[v], want, "Q5_K value {v}");
-    }
+    assert_k_block_decodes(0.125, 2.0, Some(&pattern(32, 4)), &pattern(128, 5));
 }
 
 #[test]
@@ -296,34 +293,45 @@ fn q4_0_round_trip_is_within_a_step() {
     }
 }
 
+/// A K-quant test row: `QK_K * 16` Gaussian values of `scale`, moved by `shift * scale` (so
+/// that a sub-block's range need not hold 0 in its middle).
+fn k_quant_row(seed: u64, scale: f32, shift: f32) -> Vec<f32> {
+    gaussian_row(QK_K * 16, seed, scale)
+        .into_iter()
+        .map(|v| v + shift * scale)
+        .collect()
+}
+
+/// Every value of `y` (`x` quantized to a K type of `steps + 1` levels and back) within 3/4 of
+/// a step over its 32-value sub-block's range (with 0 in it), plus the 6-bit rounding of the
+/// sub-block's scale and min.
+fn assert_within_k_steps(x: &[f32], y: &[f32], steps: f32) {
+    for (xs, ys) in x.chunks(32).zip(y.chunks(32)) {
+        let (lo, hi) = xs
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let range = hi.max(0.0) - lo.min(0.0);
+        for (a, b) in xs.iter().zip(ys) {
+            assert!(
+                (a - b).abs() <= range / steps * 0.75 + range * 0.05,
+                "{a} -> {b}"
+            );
+        }
+    }
+}
+
+/// The mean squared difference of `x` and `y`.
+fn mse(x: &[f32], y: &[f32]) -> f32 {
+    x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / x.len() as f32
+}
+
 #[test]
 fn q4_k_round_trip_error_is_small() {
     for (seed, scale, shift) in [(13, 0.05f32, 0.0f32), (14, 1.0, 0.3), (15, 20.0, -4.0)] {
-        let x: Vec<f32> = gaussian_row(QK_K * 16, seed, scale)
-            .into_iter()
-            .map(|v| v + shift * scale)
-            .collect();
+        let x = k_quant_row(seed, scale, shift);
         let y = round_trip(QuantType::Q4_K, &x);
-        for (xs, ys) in x.chunks(32).zip(y.chunks(32)) {
-            let (lo, hi) = xs
-                .iter()
-                .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-            // 16 levels over the sub-block's range (with 0 in it), plus the 6-bit rounding of
-            // its scale and min.
-            let range = hi.max(0.0) - lo.min(0.0);
-            for (a, b) in xs.iter().zip(ys) {
-                assert!(
-                    (a - b).abs() <= range / 15.0 * 0.75 + range * 0.05,
-                    "{a} -> {b}"
-                );
-            }
-        }
-        let mse: f32 = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f32>()
-            / x.len() as f32;
+        assert_within_k_steps(&x, &y, 15.0);
+        let mse = mse(&x, &y);
         let var: f32 = x.iter().map(|a| a * a).sum::<f32>() / x.len() as f32;
         assert!(
             mse < var * 0.01,
@@ -338,32 +346,14 @@ fn q4_k_round_trip_error_is_small() {
 #[test]
 fn q5_k_round_trip_error_is_small() {
     for (seed, scale, shift) in [(16, 0.05f32, 0.0f32), (17, 1.0, 0.3), (18, 20.0, -4.0)] {
-        let x: Vec<f32> = gaussian_row(QK_K * 16, seed, scale)
-            .into_iter()
-            .map(|v| v + shift * scale)
-            .collect();
+        let x = k_quant_row(seed, scale, shift);
         let y = round_trip(QuantType::Q5_K, &x);
-        for (xs, ys) in x.chunks(32).zip(y.chunks(32)) {
-            let (lo, hi) = xs
-                .iter()
-                .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-            let range = hi.max(0.0) - lo.min(0.0);
-            for (a, b) in xs.iter().zip(ys) {
-                assert!(
-                    (a - b).abs() <= range / 31.0 * 0.75 + range * 0.05,
-                    "{a} -> {b}"
-                );
-            }
-        }
-        let mse = |y: &[f32]| -> f32 {
-            x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / x.len() as f32
-        };
+        assert_within_k_steps(&x, &y, 31.0);
         let q4 = round_trip(QuantType::Q4_K, &x);
+        let (mse_q5, mse_q4) = (mse(&x, &y), mse(&x, &q4));
         assert!(
-            mse(&y) < mse(&q4) * 0.4,
-            "seed {seed}: Q5_K mse {}, Q4_K {}",
-            mse(&y),
-            mse(&q4)
+            mse_q5 < mse_q4 * 0.4,
+            "seed {seed}: Q5_K mse {mse_q5}, Q4_K {mse_q4}"
         );
     }
 }
