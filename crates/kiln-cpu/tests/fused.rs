@@ -255,6 +255,45 @@ fn decode_steps_cost_the_same_at_every_position() {
     }
 }
 
+/// The labels of `g`'s kernels compiled for `isa`, in order.
+fn kernel_labels(g: &Graph, isa: Isa) -> Vec<String> {
+    let opts = CompileOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    let compiled = kiln_compile::compile(g, &backend(Some(isa)), &opts).unwrap();
+    compiled
+        .loaded
+        .kernels
+        .iter()
+        .map(|k| k.kernel.label())
+        .collect()
+}
+
+/// The attention graph `g` (key depth `d`, `dv` value columns) on 2 threads against the
+/// interpreter, and bitwise the same on 1 thread, at each `(s, p)`: `s` query rows at position
+/// `p`, the inputs `inputs(s, p + s)` (rows, keys).
+fn check_on_1_and_2_threads(
+    g: &Graph,
+    isa: Isa,
+    d: usize,
+    dv: usize,
+    steps: &[(usize, usize)],
+    inputs: impl Fn(usize, usize) -> std::collections::HashMap<String, Tensor>,
+) {
+    let mut two = build_for(g, 2, Some(isa));
+    let mut one = build_for(g, 1, Some(isa));
+    for &(s, p) in steps {
+        let ins = inputs(s, s + p);
+        check(two.as_mut(), g, &ins, 1e-5, 1e-4);
+        assert_eq!(
+            two.run(&ins).unwrap(),
+            one.run(&ins).unwrap(),
+            "{isa:?} d={d} dv={dv} s={s} p={p}: 1 vs 2 threads"
+        );
+    }
+}
+
 /// Grouped-query causal attention alone, for each kernel ISA, at sizes that take every path
 /// of the fused kernel: key depths of 20 and 37 (vector steps of 8 or 16, then a scalar tail),
 /// 40 and 80 value columns (passes of four vectors, single vectors, single columns), three
@@ -268,36 +307,15 @@ fn attention_alone_at_awkward_sizes() {
         for (d, dv) in [(20usize, 40usize), (37, 80)] {
             for masked in [true, false] {
                 let g = kiln_ir::testing::attention_graph(KV, G, d, dv, masked);
-                let compiled = kiln_compile::compile(
-                    &g,
-                    &backend(Some(isa)),
-                    &CompileOptions {
-                        threads: 1,
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
                 assert!(
-                    compiled
-                        .loaded
-                        .kernels
-                        .iter()
-                        .any(|k| k.kernel.label() == "attention"),
+                    kernel_labels(&g, isa).iter().any(|l| l == "attention"),
                     "the pattern is fused"
                 );
-                let mut exe = build_for(&g, 2, Some(isa));
-                let mut one = build_for(&g, 1, Some(isa));
                 // (s, p): a prompt of 75 (rows 225: fifteen 16-row units, the last of one
                 // row), then a decode step at 149 (3 rows).
-                for (s, p) in [(75usize, 0usize), (1, 149), (3, 7)] {
-                    let ins = kiln_ir::testing::attention_inputs(KV, G, d, dv, s, s + p);
-                    check(exe.as_mut(), &g, &ins, 1e-5, 1e-4);
-                    assert_eq!(
-                        exe.run(&ins).unwrap(),
-                        one.run(&ins).unwrap(),
-                        "{isa:?} d={d} dv={dv} s={s} p={p}: 1 vs 2 threads"
-                    );
-                }
+                check_on_1_and_2_threads(&g, isa, d, dv, &[(75, 0), (1, 149), (3, 7)], |s, t| {
+                    kiln_ir::testing::attention_inputs(KV, G, d, dv, s, t)
+                });
             }
         }
     }
@@ -315,34 +333,12 @@ fn attention_writes_the_rows_its_projection_reads() {
     for isa in isas() {
         for (d, dv) in [(16usize, 16usize), (20, 12)] {
             let g = kiln_ir::testing::attention_graph_projected(KVH, G, d, dv);
-            let compiled = kiln_compile::compile(
-                &g,
-                &backend(Some(isa)),
-                &CompileOptions {
-                    threads: 1,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            let labels: Vec<String> = compiled
-                .loaded
-                .kernels
-                .iter()
-                .map(|k| k.kernel.label())
-                .collect();
+            let labels = kernel_labels(&g, isa);
             assert_eq!(labels, ["attention", "matmul"], "{isa:?} d={d} dv={dv}");
-            let mut two = build_for(&g, 2, Some(isa));
-            let mut one = build_for(&g, 1, Some(isa));
             // A prompt of 21 (rows 63: several work units, the last partial), decode steps.
-            for (s, p) in [(21usize, 0usize), (1, 40), (3, 7)] {
-                let ins = kiln_ir::testing::attention_projected_inputs(KVH, G, d, dv, s, s + p);
-                check(two.as_mut(), &g, &ins, 1e-5, 1e-4);
-                assert_eq!(
-                    two.run(&ins).unwrap(),
-                    one.run(&ins).unwrap(),
-                    "{isa:?} d={d} dv={dv} s={s} p={p}: 1 vs 2 threads"
-                );
-            }
+            check_on_1_and_2_threads(&g, isa, d, dv, &[(21, 0), (1, 40), (3, 7)], |s, t| {
+                kiln_ir::testing::attention_projected_inputs(KVH, G, d, dv, s, t)
+            });
         }
     }
 }
