@@ -111,11 +111,12 @@ fn pack_q8_0_q4_0(
         group_bytes(dtype, panel)
     };
     let (half, at) = (panel / 2, 2 * panel);
-    pack_groups(
+    pack_units(
         bytes,
         dtype,
         depth,
         panel,
+        GROUP,
         gb,
         |row, g| {
             let (_, _, vals) = sub_block(q, row, g).expect("whole blocks");
@@ -138,25 +139,13 @@ fn pack_q8_0_q4_0(
     )
 }
 
-/// The walk both layouts share: `bytes` (rows of `depth` values in GGML blocks of `dtype`) as
-/// panels of `panel` columns, each `depth / GROUP` groups of `gb` bytes, packed in parallel
-/// (one panel per task); `write(group, column, sub)` fills one column of one group with
-/// `sub = read(row, g)`, sub-block `g` of that column's row (`kiln_ir::quant::sub_block`).
-/// Columns past the last row stay zero.
-fn pack_groups<S>(
-    bytes: &[u8],
-    dtype: DType,
-    depth: usize,
-    panel: usize,
-    gb: usize,
-    read: impl Fn(&[u8], usize) -> S + Sync,
-    write: impl Fn(&mut [u8], usize, S) + Sync,
-) -> HostBuffer {
-    pack_units(bytes, dtype, depth, panel, GROUP, gb, read, write)
-}
-
-/// [`pack_groups`] over units of `unit` values of `k` (a multiple of the type's block or a
-/// divisor of it), `ub` bytes each: Q4_K's integer layout packs whole super-blocks.
+/// The walk every layout shares: `bytes` (rows of `depth` values in GGML blocks of `dtype`)
+/// as panels of `panel` columns, each `depth / unit` units of `ub` bytes — a unit is a group
+/// of [`GROUP`] values of `k` or, in the K types' integer layouts, a super-block of 256 (a
+/// multiple of the type's block or a divisor of it) — packed in parallel (one panel per task);
+/// `write(unit, column, sub)` fills one column of one unit with `sub = read(row, u)`, unit `u`
+/// of that column's row (`kiln_ir::quant::sub_block` for a group). Columns past the last row
+/// stay zero.
 #[allow(clippy::too_many_arguments)]
 fn pack_units<S>(
     bytes: &[u8],
@@ -286,11 +275,12 @@ fn pack_k(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer 
     let q = dtype.quant().expect("a block-quantized dtype");
     let fifth_bits = dtype == DType::Q5_K;
     let half = panel / 2;
-    pack_groups(
+    pack_units(
         bytes,
         dtype,
         depth,
         panel,
+        GROUP,
         group_bytes(dtype, panel),
         |row, g| sub_block(q, row, g).expect("whole blocks"),
         |grp, c, (scale, min, vals)| {
@@ -314,11 +304,12 @@ fn pack_k(bytes: &[u8], dtype: DType, depth: usize, panel: usize) -> HostBuffer 
 fn pack_q6_k(bytes: &[u8], depth: usize, panel: usize) -> HostBuffer {
     let half = panel / 2;
     let gb = group_bytes(DType::Q6_K, panel);
-    pack_groups(
+    pack_units(
         bytes,
         DType::Q6_K,
         depth,
         panel,
+        GROUP,
         gb,
         |row, g| sub_block_q6_k(row, g).expect("whole blocks"),
         |grp, c, (d, sc, vals)| {

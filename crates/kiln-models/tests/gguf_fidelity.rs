@@ -13,7 +13,10 @@
 //! logits to the safetensors fixtures they were written from.
 
 use kiln_compile::CompileOptions;
-use kiln_models::{GraphOptions, LoadOptions, Model, ModelSource, QwenConfig, Sampling};
+use kiln_models::testing::GgufReference;
+use kiln_models::{
+    GraphOptions, LoadOptions, Model, ModelSource, QwenConfig, Sampling, WeightDtype,
+};
 use std::path::{Path, PathBuf};
 
 fn cpu() -> kiln_cpu::CpuBackend {
@@ -26,15 +29,27 @@ fn cache() -> Option<kiln_compile::KernelCache> {
 }
 
 fn load(source: &ModelSource) -> Model {
-    let cpu = cpu();
+    load_on(&cpu(), source, None)
+}
+
+/// `source` loaded on `cpu` with the test's compile options (2 threads, [`cache`]) and
+/// `weight_dtype` (`--weight-dtype`).
+fn load_on(
+    cpu: &kiln_cpu::CpuBackend,
+    source: &ModelSource,
+    weight_dtype: Option<WeightDtype>,
+) -> Model {
     let opts = LoadOptions {
         compile: CompileOptions {
             threads: 2,
             cache: cache(),
             ..Default::default()
         },
-        graph: GraphOptions::default(),
-        ..LoadOptions::new(&cpu)
+        graph: GraphOptions {
+            weight_dtype,
+            ..Default::default()
+        },
+        ..LoadOptions::new(cpu)
     };
     Model::load(source, &opts).unwrap_or_else(|e| panic!("{}: {e}", source.name()))
 }
@@ -52,41 +67,12 @@ fn gguf_files() -> Vec<PathBuf> {
     files
 }
 
-struct Reference {
-    prompt: Vec<u32>,
-    greedy: Vec<u32>,
-    step_logits: Vec<Vec<f32>>,
-}
-
-/// `X.ref.safetensors` beside `X.gguf`: per prompt, its ids, 16 greedy ids and their logits.
-fn references(gguf: &Path) -> Vec<(String, Reference)> {
-    let path = gguf.with_extension("ref.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ints = |n: &str| -> Vec<u32> {
-        let t = st.tensor(n).unwrap();
-        t.data()
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
-            .collect()
-    };
-    ["p1", "p2", "p3"]
-        .iter()
-        .map(|p| {
-            let t = st.tensor(&format!("{p}.step_logits")).unwrap();
-            let vocab = t.shape()[1];
-            let values: Vec<f32> = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            let reference = Reference {
-                prompt: ints(&format!("{p}.prompt_ids")),
-                greedy: ints(&format!("{p}.greedy_ids")),
-                step_logits: values.chunks(vocab).map(<[f32]>::to_vec).collect(),
-            };
-            (p.to_string(), reference)
-        })
+/// `X.ref.safetensors` beside `X.gguf`: per prompt (`p1`..`p3`), its ids, 16 greedy ids and
+/// their logits.
+fn references(gguf: &Path) -> Vec<(String, GgufReference)> {
+    GgufReference::read_all(gguf)
+        .into_iter()
+        .map(|r| (r.prompt.clone(), r))
         .collect()
 }
 
@@ -158,19 +144,25 @@ fn check_prompt(
     model: &mut Model,
     file: &str,
     p: &str,
-    r: &Reference,
+    r: &GgufReference,
     tol: f32,
     int8: bool,
 ) -> f32 {
     let g = model
-        .generate(&r.prompt, r.greedy.len(), &Sampling::default(), &[], |_| {})
+        .generate(
+            &r.prompt_ids,
+            r.greedy_ids.len(),
+            &Sampling::default(),
+            &[],
+            |_| {},
+        )
         .unwrap();
     let first_diff = g
         .generated_ids
         .iter()
-        .zip(&r.greedy)
+        .zip(&r.greedy_ids)
         .position(|(a, b)| a != b);
-    let diverged = first_diff.unwrap_or(r.greedy.len());
+    let diverged = first_diff.unwrap_or(r.greedy_ids.len());
     let mut worst = 0.0f32;
     for (k, (got, want)) in g
         .step_logits
@@ -191,7 +183,7 @@ fn check_prompt(
         int8 && !llama_cpp_argmax_same(file),
         "{file} {p}: greedy ids {:?}, reference {:?}",
         g.generated_ids,
-        r.greedy
+        r.greedy_ids
     );
     let mut sorted = r.step_logits[s].clone();
     sorted.sort_by(|a, b| b.total_cmp(a));
@@ -201,8 +193,13 @@ fn check_prompt(
         "{file} {p}: greedy ids leave the reference's at step {s}, where its top-2 gap {gap} is no near tie (> 2 x {tol})"
     );
     eprintln!("{file} {p}: greedy ids leave the reference's at step {s} (reference top-2 gap {gap:.2e}, as llama.cpp's do on this file); teacher-forced from there");
-    for k in s..r.greedy.len() {
-        let ids: Vec<u32> = r.prompt.iter().chain(&r.greedy[..k]).copied().collect();
+    for k in s..r.greedy_ids.len() {
+        let ids: Vec<u32> = r
+            .prompt_ids
+            .iter()
+            .chain(&r.greedy_ids[..k])
+            .copied()
+            .collect();
         let g = model
             .generate(&ids, 1, &Sampling::default(), &[], |_| {})
             .unwrap();
@@ -311,10 +308,10 @@ fn assert_same_as_safetensors(gguf: &str, dir: &str) {
         references(&kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-F32.gguf"))
     {
         let ga = a
-            .generate(&r.prompt, 16, &Sampling::default(), &[], |_| {})
+            .generate(&r.prompt_ids, 16, &Sampling::default(), &[], |_| {})
             .unwrap();
         let gb = b
-            .generate(&r.prompt, 16, &Sampling::default(), &[], |_| {})
+            .generate(&r.prompt_ids, 16, &Sampling::default(), &[], |_| {})
             .unwrap();
         assert_eq!(ga.generated_ids, gb.generated_ids, "{p}: greedy ids");
         for (k, (x, y)) in ga.step_logits.iter().zip(&gb.step_logits).enumerate() {
@@ -360,23 +357,11 @@ fn weight_dtype_bf16_rounds_decoded_weights_to_bf16() {
     // A Q8_0 file loaded with bf16 matrices: the dequantized weights are rounded to bf16, so
     // the logits move (by bf16 rounding, far more than f32 rounding) but stay close.
     let file = kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-Q8_0.gguf");
-    let cpu = cpu();
-    let opts = LoadOptions {
-        compile: CompileOptions {
-            threads: 2,
-            cache: cache(),
-            ..Default::default()
-        },
-        graph: GraphOptions {
-            weight_dtype: Some(kiln_models::WeightDtype::BF16),
-            ..Default::default()
-        },
-        ..LoadOptions::new(&cpu)
-    };
-    let mut m = Model::load(&ModelSource::Gguf(file.clone()), &opts).unwrap();
+    let source = ModelSource::Gguf(file.clone());
+    let mut m = load_on(&cpu(), &source, Some(WeightDtype::BF16));
     let (_, r) = references(&file).remove(0);
     let g = m
-        .generate(&r.prompt, 1, &Sampling::default(), &[], |_| {})
+        .generate(&r.prompt_ids, 1, &Sampling::default(), &[], |_| {})
         .unwrap();
     let d = max_abs_diff(&g.step_logits[0], &r.step_logits[0]);
     assert!(d > 1e-4 && d < 0.1, "bf16 weights: logits differ by {d}");
@@ -389,7 +374,6 @@ fn weight_dtype_bf16_rounds_decoded_weights_to_bf16() {
 /// 1e-4: a test of the whole quantize-at-load path against a reference kiln did not compute.
 #[test]
 fn weight_dtype_quantizes_at_load_as_ggml_does() {
-    use kiln_models::WeightDtype;
     let root = kiln_models::testing::gguf_fixtures();
     for (file, w) in [
         ("tiny-qwen3/tiny-qwen3-Q8_0.gguf", WeightDtype::Q8_0),
@@ -401,21 +385,7 @@ fn weight_dtype_quantizes_at_load_as_ggml_does() {
         // gives llama.cpp's bytes (kiln-ir's quant tests, tests/gguf/quant-source.safetensors).
     ] {
         let path = root.join(file);
-        let cpu = cpu();
-        let opts = LoadOptions {
-            compile: CompileOptions {
-                threads: 2,
-                cache: cache(),
-                ..Default::default()
-            },
-            graph: GraphOptions {
-                weight_dtype: Some(w),
-                ..Default::default()
-            },
-            ..LoadOptions::new(&cpu)
-        };
-        let mut model = Model::load(&ModelSource::Gguf(path.clone()), &opts)
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut model = load_on(&cpu(), &ModelSource::Gguf(path.clone()), Some(w));
         assert!(model.config.file_quant.is_empty(), "{file}");
         let int8 = int8_path(&[w.name()]);
         let tol = tolerance(file, int8);
@@ -520,24 +490,11 @@ fn q5_k_files_and_weight_dtype_q5_k_run_the_same_blocks() {
     std::fs::write(&q5_path, q5.build()).unwrap();
     std::fs::write(&f32_path, f32s.build()).unwrap();
 
-    let load_on = |cpu: &kiln_cpu::CpuBackend, path: &Path, w: Option<kiln_models::WeightDtype>| {
-        let opts = LoadOptions {
-            compile: CompileOptions {
-                threads: 2,
-                cache: cache(),
-                ..Default::default()
-            },
-            graph: GraphOptions {
-                weight_dtype: w,
-                ..Default::default()
-            },
-            ..LoadOptions::new(cpu)
-        };
-        Model::load(&ModelSource::Gguf(path.to_path_buf()), &opts)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let load_file = |cpu: &kiln_cpu::CpuBackend, path: &Path, w: Option<WeightDtype>| {
+        load_on(cpu, &ModelSource::Gguf(path.to_path_buf()), w)
     };
     let dequant = cpu().with_quant(kiln_cpu::QuantRequest::Dequant);
-    let mut file = load_on(&dequant, &q5_path, None);
+    let mut file = load_file(&dequant, &q5_path, None);
     let kept = &file.config.file_quant;
     assert_eq!(
         kept.get(kiln_models::model::EMBEDDING),
@@ -549,12 +506,12 @@ fn q5_k_files_and_weight_dtype_q5_k_run_the_same_blocks() {
         "{kept:?}"
     );
     assert_eq!(kept.len(), 1 + 2 * 7 + 2 * 2, "{kept:?}");
-    let mut at_load = load_on(&dequant, &src, Some(kiln_models::WeightDtype::Q5_K));
-    let mut plain = load_on(&dequant, &f32_path, None);
+    let mut at_load = load_file(&dequant, &src, Some(WeightDtype::Q5_K));
+    let mut plain = load_file(&dequant, &f32_path, None);
     let mut worst = 0.0f32;
     for (p, r) in references(&src) {
         let run = |m: &mut Model| {
-            m.generate(&r.prompt, 16, &Sampling::default(), &[], |_| {})
+            m.generate(&r.prompt_ids, 16, &Sampling::default(), &[], |_| {})
                 .unwrap()
         };
         let (a, b, c) = (run(&mut file), run(&mut at_load), run(&mut plain));
@@ -584,12 +541,12 @@ fn q5_k_files_and_weight_dtype_q5_k_run_the_same_blocks() {
         eprintln!("no integer (VNNI) path here: the Q5_K file checked on the f32 path only");
         return;
     }
-    let mut int8 = load_on(&cpu(), &q5_path, None);
+    let mut int8 = load_file(&cpu(), &q5_path, None);
     let tol = tolerance(rel, true);
     let mut worst = 0.0f32;
     for (p, r) in references(&src) {
         let run = |m: &mut Model| {
-            m.generate(&r.prompt, 1, &Sampling::default(), &[], |_| {})
+            m.generate(&r.prompt_ids, 1, &Sampling::default(), &[], |_| {})
                 .unwrap()
         };
         let d = max_abs_diff(
