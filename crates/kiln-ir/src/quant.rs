@@ -201,8 +201,8 @@ impl QuantType {
             QuantType::Q4_1 => blocks.for_each(|(b, y)| dequantize_q4_1(b, y)),
             QuantType::Q5_0 => blocks.for_each(|(b, y)| dequantize_q5_0(b, y)),
             QuantType::Q5_1 => blocks.for_each(|(b, y)| dequantize_q5_1(b, y)),
-            QuantType::Q4_K => blocks.for_each(|(b, y)| dequantize_q4_k(b, y)),
-            QuantType::Q5_K => blocks.for_each(|(b, y)| dequantize_q5_k(b, y)),
+            QuantType::Q4_K => blocks.for_each(|(b, y)| dequantize_k::<false>(b, y)),
+            QuantType::Q5_K => blocks.for_each(|(b, y)| dequantize_k::<true>(b, y)),
             QuantType::Q6_K => blocks.for_each(|(b, y)| dequantize_q6_k(b, y)),
         }
         Ok(())
@@ -482,28 +482,17 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-fn dequantize_q4_k(b: &[u8], y: &mut [f32]) {
+/// Q4_K, or with `FIFTH` Q5_K (Q4_K's block with 32 bytes of fifth bits before the nibbles).
+fn dequantize_k<const FIFTH: bool>(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
     let scales = &b[4..16];
+    let (qh, qs) = if FIFTH {
+        (&b[16..48], &b[48..176])
+    } else {
+        (&b[16..16], &b[16..144])
+    };
     // 4 groups of 64 values; each reads 32 bytes: low nibbles are the first 32 values.
-    for (g, q) in b[16..144].chunks_exact(32).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * g, scales);
-        let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
-        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-        let y = &mut y[64 * g..64 * g + 64];
-        for l in 0..32 {
-            y[l] = d1 * (q[l] & 0x0F) as f32 - m1;
-            y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-        }
-    }
-}
-
-fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let scales = &b[4..16];
-    let qh = &b[16..48];
-    for (g, ql) in b[48..176].chunks_exact(32).enumerate() {
+    for (g, ql) in qs.chunks_exact(32).enumerate() {
         let (sc1, m1) = scale_min_k4(2 * g, scales);
         let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
         let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
@@ -512,10 +501,13 @@ fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
         let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
         let y = &mut y[64 * g..64 * g + 64];
         for l in 0..32 {
-            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-            y[l] = d1 * ((ql[l] & 0x0F) as i32 + h1) as f32 - m1;
-            y[l + 32] = d2 * ((ql[l] >> 4) as i32 + h2) as f32 - m2;
+            let (h1, h2) = if FIFTH {
+                ((qh[l] & u1 != 0) as u8 * 16, (qh[l] & u2 != 0) as u8 * 16)
+            } else {
+                (0, 0)
+            };
+            y[l] = d1 * ((ql[l] & 0x0F) + h1) as f32 - m1;
+            y[l + 32] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
         }
     }
 }
@@ -713,12 +705,13 @@ fn k_sub_block_scales(
     (scales, mins)
 }
 
-/// `quantize_row_q4_K_ref`: each sub-block of 32 gets a scale and min (weighted towards its
-/// large values), those are quantized to 6 bits against the super-block's largest, and the
-/// values are re-quantized against the stored (rounded) scales.
-fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
+/// What both K quantizers do before packing their levels: [`k_sub_block_scales`]'s search
+/// (levels `0..=nmax`, `rmin`, `nstep`), the scales and mins stored in `b[0..16]`
+/// ([`store_k_scales`]), then the values re-quantized against the stored (rounded) scales; a
+/// sub-block whose stored scale is 0 keeps the search's levels. Returns the 256 levels.
+fn k_levels(x: &[f32], nmax: i32, rmin: f32, nstep: i32, b: &mut [u8]) -> [u8; QK_K] {
     let mut levels = [0u8; QK_K];
-    let (scales, mins) = k_sub_block_scales(x, 15, -1.0, 20, &mut levels);
+    let (scales, mins) = k_sub_block_scales(x, nmax, rmin, nstep, &mut levels);
     let (d, dmin) = store_k_scales(&scales, &mins, b);
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, &b[4..16]);
@@ -728,9 +721,17 @@ fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
         }
         let dm = dmin * m as f32;
         for i in 32 * j..32 * j + 32 {
-            levels[i] = nearest_int((x[i] + dm) / d).clamp(0, 15) as u8;
+            levels[i] = nearest_int((x[i] + dm) / d).clamp(0, nmax) as u8;
         }
     }
+    levels
+}
+
+/// `quantize_row_q4_K_ref`: each sub-block of 32 gets a scale and min (weighted towards its
+/// large values), those are quantized to 6 bits against the super-block's largest, and the
+/// values are re-quantized against the stored (rounded) scales.
+fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
+    let levels = k_levels(x, 15, -1.0, 20, b);
     for (g, q) in b[16..144].chunks_exact_mut(32).enumerate() {
         for (l, q) in q.iter_mut().enumerate() {
             *q = levels[64 * g + l] | (levels[64 * g + l + 32] << 4);
@@ -779,20 +780,7 @@ fn store_k_scales(scales: &[f32; 8], mins: &[f32; 8], b: &mut [u8]) -> (f32, f32
 /// re-quantized against the stored scales; the low 4 bits packed as Q4_K's, the fifth bits of
 /// sub-block `j` in bit `j` of `qh[l]`.
 fn quantize_q5_k(x: &[f32], b: &mut [u8]) {
-    let mut levels = [0u8; QK_K];
-    let (scales, mins) = k_sub_block_scales(x, 31, -0.5, 15, &mut levels);
-    let (d, dmin) = store_k_scales(&scales, &mins, b);
-    for j in 0..8 {
-        let (sc, m) = scale_min_k4(j, &b[4..16]);
-        let d = d * sc as f32;
-        if d == 0.0 {
-            continue;
-        }
-        let dm = dmin * m as f32;
-        for i in 32 * j..32 * j + 32 {
-            levels[i] = nearest_int((x[i] + dm) / d).clamp(0, 31) as u8;
-        }
-    }
+    let levels = k_levels(x, 31, -0.5, 15, b);
     let (qh, ql) = b[16..176].split_at_mut(32);
     qh.fill(0);
     for (g, q) in ql.chunks_exact_mut(32).enumerate() {
