@@ -94,8 +94,8 @@ pub const DECODE_SUFFIX: &str = "_gemv";
 /// The row count that picks the kernel of a matmul split in two, when it is: a matmul whose
 /// rows are symbolic serves prefill and decode, and its source holds two kernels, the tiled
 /// product (the kernel's own name) and the decode GEMV ([`DECODE_SUFFIX`]), each compiled in
-/// a program of its own (NVRTC takes ~60 ms for each and ~85 ms for both together: apart,
-/// the two compile in parallel, issue 27). The device launches the GEMV where the rows
+/// a program of its own (NVRTC 13 takes ~50 and ~45 ms of CPU for them apart, ~80-90 ms for
+/// both in one program: apart, the two compile in parallel, issue 27). The device launches the GEMV where the rows
 /// evaluate to 1 and the tiled product otherwise: one launch per step, as with one kernel that
 /// branched on `M == 1`, and the same arithmetic. A matmul with constant rows keeps its one
 /// kernel (the branch is decided at compile time).
