@@ -6,7 +6,7 @@
 //! with symbols in sorted order. The launch geometry of each kind is its [`launch`] spec.
 
 use kiln_ir::{numel, DType, Expr};
-use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
+use kiln_program::{Kernel, KernelKind, KernelSource, LaunchSpec, NAME_PLACEHOLDER};
 use kiln_render::cstyle::{attention_slices, slice_pointer, CStyle};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
@@ -61,7 +61,7 @@ pub fn launch(k: &Kernel) -> LaunchSpec {
     }
 }
 
-fn header(d: &dyn Dialect, params: &Params, s: &mut String) {
+fn header(d: &dyn Dialect, params: &Params, name: &str, s: &mut String) {
     let mut ps = vec![format!(
         "{} *__restrict__ {OUT}",
         d.storage_type(params.out)
@@ -79,17 +79,107 @@ fn header(d: &dyn Dialect, params: &Params, s: &mut String) {
     ps.push("int64_t kiln_units".into());
     emit!(
         s,
-        "extern \"C\" __global__ void {NAME_PLACEHOLDER}({}) {{",
+        "extern \"C\" __global__ void {name}({}) {{",
         ps.join(", ")
     );
 }
 
+/// The macro that selects a split matmul's decode kernel (see [`decode_rows`]): its
+/// [`decode_variant`] defines it, the kernel's own unit does not.
+pub const DECODE_VARIANT: &str = "KILN_DECODE_VARIANT";
+
+/// The decode kernel of a split matmul is named after the kernel with this suffix.
+pub const DECODE_SUFFIX: &str = "_gemv";
+
+/// The row count that picks the kernel of a matmul split in two, when it is: a matmul whose
+/// rows are symbolic serves prefill and decode, and its source holds two kernels, the tiled
+/// product (the kernel's own name) and the decode GEMV ([`DECODE_SUFFIX`]), each compiled in
+/// a program of its own (NVRTC 13 takes ~50 and ~45 ms of CPU for them apart, ~80-90 ms for
+/// both in one program: apart, the two compile in parallel, issue 27). The device launches the GEMV where the rows
+/// evaluate to 1 and the tiled product otherwise: one launch per step, as with one kernel that
+/// branched on `M == 1`, and the same arithmetic. A matmul with constant rows keeps its one
+/// kernel (the branch is decided at compile time).
+pub fn decode_rows(k: &Kernel) -> Option<&Expr> {
+    match &k.kind {
+        KernelKind::MatMul { m, .. } if m.as_const().is_none() => Some(m),
+        _ => None,
+    }
+}
+
 /// The kernel's CUDA C source, with [`NAME_PLACEHOLDER`] where its name goes.
 pub fn kernel_source(k: &Kernel) -> String {
+    kernel_source_with(k, &|_| String::new())
+}
+
+/// [`kernel_source`], with `after(name)` written after each kernel function `name` (the
+/// emulator's launchers). A split matmul ([`decode_rows`]) is
+/// `#ifndef KILN_DECODE_VARIANT <tiled kernel> #else <decode kernel> #endif`.
+pub fn kernel_source_with(k: &Kernel, after: &dyn Fn(&str) -> String) -> String {
+    let function = |name: &str, part: MatMulPart| {
+        let mut s = function_source(k, name, part);
+        s.push_str(&after(name));
+        s
+    };
+    if decode_rows(k).is_none() {
+        return function(NAME_PLACEHOLDER, MatMulPart::Both);
+    }
+    let mut s = format!("#ifndef {DECODE_VARIANT}\n");
+    s.push_str(&function(NAME_PLACEHOLDER, MatMulPart::Tiled));
+    s.push_str("#else\n");
+    s.push_str(&function(
+        &format!("{NAME_PLACEHOLDER}{DECODE_SUFFIX}"),
+        MatMulPart::Decode,
+    ));
+    s.push_str("#endif\n");
+    s
+}
+
+/// The decode kernel of a split matmul's source (`kernel`, as [`Backend::codegen`] wrote it)
+/// as a program of its own: the same text with [`DECODE_VARIANT`] defined, named after the
+/// kernel with [`DECODE_SUFFIX`]. None for any other kernel. The backends hand these to the
+/// pipeline as their runtime parts (`Backend::runtime`): each is a compile unit of its own,
+/// keyed, cached and verified like the kernels' units and loaded before them.
+///
+/// [`Backend::codegen`]: kiln_program::Backend::codegen
+pub fn decode_variant(kernel: &KernelSource) -> Option<KernelSource> {
+    let split = kernel
+        .source
+        .starts_with(&format!("#ifndef {DECODE_VARIANT}\n"));
+    split.then(|| KernelSource {
+        name: format!("{}{DECODE_SUFFIX}", kernel.name),
+        source: format!("#define {DECODE_VARIANT}\n{}", kernel.source),
+        launch: kernel.launch.clone(),
+    })
+}
+
+/// The decode variants of `kernels` ([`decode_variant`]), once each, ordered by name: a
+/// function of the kernels only.
+pub fn decode_variants(kernels: &[KernelSource]) -> Vec<KernelSource> {
+    let by_name: std::collections::BTreeMap<String, KernelSource> = kernels
+        .iter()
+        .filter_map(decode_variant)
+        .map(|v| (v.name.clone(), v))
+        .collect();
+    by_name.into_values().collect()
+}
+
+/// Which part of a matmul a kernel function holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MatMulPart {
+    /// Both paths, branching on `M == 1` (also every kernel of any other kind).
+    Both,
+    /// The shared-memory tiled product only.
+    Tiled,
+    /// The decode GEMV only.
+    Decode,
+}
+
+/// One kernel function named `name`.
+fn function_source(k: &Kernel, name: &str, part: MatMulPart) -> String {
     let d: &dyn Dialect = &CStyle;
     let p = Printer::new(d);
     let mut s = String::new();
-    header(d, &Params::of(k), &mut s);
+    header(d, &Params::of(k), name, &mut s);
     match &k.kind {
         KernelKind::Elementwise { .. } | KernelKind::Write { .. } => {
             // One thread per element of the output (or of the written part).
@@ -119,7 +209,7 @@ pub fn kernel_source(k: &Kernel) -> String {
         }
         KernelKind::ReduceMap { .. } => reduce_map(&p, k, &mut s),
         KernelKind::Attention { .. } => attention(&p, k, &mut s),
-        KernelKind::MatMul { .. } => matmul(&p, k, &mut s),
+        KernelKind::MatMul { .. } => matmul(&p, k, part, &mut s),
     }
     s.push_str("}\n");
     s
@@ -287,7 +377,9 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         v.at(d, "pv", j, "kiln_c")
     );
     emit!(s, "        }}");
-    // Merge the warps: rescale each to the largest maximum, then sum.
+    // Merge the warps: rescale each to the largest maximum, then sum. The rescaling loop stays
+    // rolled: it runs once per block, and its eight exp2f unrolled cost ptxas ~8 ms of the
+    // kernel's ~90 (issue 27).
     emit!(
         s,
         "        if (kiln_lane == 0) {{ kiln_wmx[kiln_warp] = mx; kiln_wsum[kiln_warp] = sum; }}\n        #pragma unroll\n        for (int t = 0; t < {per_lane}; ++t) kiln_wacc[kiln_warp][kiln_lane + 32 * t] = acc[t];\n        __syncthreads();"
@@ -302,7 +394,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     );
     emit!(
         s,
-        "            for (int w = 0; w < {warps}; ++w) {{\n                if (kiln_wmx[w] == -INFINITY) continue;\n                const float f = exp2f((kiln_wmx[w] - big) * {LOG2E});\n                total += kiln_wsum[w] * f;\n                val += kiln_wacc[w][threadIdx.x] * f;\n            }}"
+        "            #pragma unroll 1\n            for (int w = 0; w < {warps}; ++w) {{\n                if (kiln_wmx[w] == -INFINITY) continue;\n                const float f = exp2f((kiln_wmx[w] - big) * {LOG2E});\n                total += kiln_wsum[w] * f;\n                val += kiln_wacc[w][threadIdx.x] * f;\n            }}"
     );
     // Row (b.., i) at `kiln_r * DV`, or where the output view puts it (`out_rows`).
     let at = match &a.out_rows {
@@ -322,8 +414,10 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     emit!(s, "        }}\n        __syncthreads();\n    }}");
 }
 
-/// Matmul, one TILE x TILE block per output tile and one batch per grid z. Two paths in one
-/// kernel, because the row count is symbolic (the same kernel serves prefill and decode):
+/// Matmul, one TILE x TILE block per output tile and one batch per grid z. Two paths, because
+/// the row count is symbolic (the same kernel serves prefill and decode); `part` says which
+/// this function holds: both, branching on `M == 1`, or one of them, where the matmul is
+/// split into two kernels that the device picks between at launch ([`decode_rows`]):
 /// - `M == 1` (decode): a GEMV. Each block row (`ty`) owns one output column, its 16 `tx`
 ///   lanes stride K and sum with shuffles: every thread works and, for weights stored
 ///   `[N, K]`, consecutive lanes read consecutive addresses.
@@ -337,7 +431,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
 /// Plain FMA in f32, no tensor cores; not tuned for Hopper beyond that. A Q8_0, Q4_0, Q4_K, Q5_K or Q6_K
 /// weight is read an element at a time from its GGML blocks on both paths (`kiln_q*_at`, the
 /// dequantization ggml does): correct, not tuned (each element re-reads its block's scale).
-fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
+fn matmul(p: &Printer, k: &Kernel, part: MatMulPart, s: &mut String) {
     let d = p.d;
     let t = TILE;
     let mm = MatMul::of(p, k);
@@ -378,33 +472,47 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     };
 
     // Decode: one row.
-    emit!(s, "    if (M == 1) {{");
-    emit!(
-        s,
-        "        const int64_t col = (int64_t)blockIdx.x * {t} + ty;"
-    );
-    emit!(s, "        float {zero_accs};");
-    emit!(s, "        if (col < N) {{");
-    gemv_products(d, &mm, &slots, s);
-    emit!(s, "        }}");
-    // Every lane of the warp reaches the shuffles (a lane past N adds its zeros).
-    emit!(
-        s,
-        "        for (int kiln_o = {}; kiln_o > 0; kiln_o >>= 1) {{",
-        t / 2
-    );
-    for (acc, _) in &slots {
+    match part {
+        MatMulPart::Both => emit!(s, "    if (M == 1) {{"),
+        MatMulPart::Decode => emit!(s, "    {{"),
+        MatMulPart::Tiled => {}
+    }
+    if part != MatMulPart::Tiled {
         emit!(
             s,
-            "            {acc} += __shfl_down_sync(0xffffffffu, {acc}, kiln_o);"
+            "        const int64_t col = (int64_t)blockIdx.x * {t} + ty;"
+        );
+        emit!(s, "        float {zero_accs};");
+        emit!(s, "        if (col < N) {{");
+        gemv_products(d, &mm, &slots, s);
+        emit!(s, "        }}");
+        // Every lane of the warp reaches the shuffles (a lane past N adds its zeros).
+        emit!(
+            s,
+            "        for (int kiln_o = {}; kiln_o > 0; kiln_o >>= 1) {{",
+            t / 2
+        );
+        for (acc, _) in &slots {
+            emit!(
+                s,
+                "            {acc} += __shfl_down_sync(0xffffffffu, {acc}, kiln_o);"
+            );
+        }
+        emit!(s, "        }}");
+        emit!(
+            s,
+            "        if (tx == 0 && col < N) {}",
+            store("0", "col", "kiln_b * N + col")
         );
     }
-    emit!(s, "        }}");
-    emit!(
-        s,
-        "        if (tx == 0 && col < N) {}\n        return;\n    }}",
-        store("0", "col", "kiln_b * N + col")
-    );
+    match part {
+        MatMulPart::Both => emit!(s, "        return;\n    }}"),
+        MatMulPart::Decode => {
+            emit!(s, "    }}");
+            return;
+        }
+        MatMulPart::Tiled => {}
+    }
 
     // Tiled: one A tile and one B tile per product.
     emit!(
@@ -471,7 +579,12 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
 fn gemv_products(d: &dyn Dialect, mm: &MatMul, slots: &[(String, &String)], s: &mut String) {
     let (a, b) = (&mm.a, &mm.b);
     let t = TILE;
-    let scalar_loop = |s: &mut String, indent: &str| {
+    // `fallback`: the loop only views that are not 16-byte aligned take; kept rolled, which
+    // takes ~9 ms (of ~65) off NVRTC's time for the decode kernel (issue 27).
+    let scalar_loop = |s: &mut String, indent: &str, fallback: bool| {
+        if fallback {
+            emit!(s, "{indent}#pragma unroll 1");
+        }
         emit!(
             s,
             "{indent}for (int64_t kx = tx; kx < K; kx += {t}) {{\n{indent}    const float kiln_a = (float)({});",
@@ -492,7 +605,7 @@ fn gemv_products(d: &dyn Dialect, mm: &MatMul, slots: &[(String, &String)], s: &
         _ => None,
     };
     let (Some((lanes, at)), true) = (unpack, b.row_stride_expr.is_const(1)) else {
-        scalar_loop(s, "            ");
+        scalar_loop(s, "            ", false);
         return;
     };
     let ty = d.storage_type(b.dtype);
@@ -541,6 +654,43 @@ fn gemv_products(d: &dyn Dialect, mm: &MatMul, slots: &[(String, &String)], s: &
         s,
         "                    }}\n                }}\n            }} else {{"
     );
-    scalar_loop(s, "                ");
+    scalar_loop(s, "                ", true);
     emit!(s, "            }}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(name: &str, text: &str) -> KernelSource {
+        KernelSource {
+            name: name.into(),
+            source: text.into(),
+            launch: LaunchSpec::units(Vec::new(), Expr::Const(1), Expr::Const(1)),
+        }
+    }
+
+    #[test]
+    fn decode_variants_are_the_split_sources_once_each_by_name() {
+        let split = format!("#ifndef {DECODE_VARIANT}\ntiled\n#else\ngemv\n#endif\n");
+        let kernels = [
+            source("kiln_matmul_b", &split),
+            source(
+                "kiln_elementwise_a",
+                "extern \"C\" __global__ void a() {}\n",
+            ),
+            source("kiln_matmul_a", &split),
+            // Without dedupe, equal kernels repeat: their decode kernel is compiled once.
+            source("kiln_matmul_b", &split),
+        ];
+        let v = decode_variants(&kernels);
+        let names: Vec<&str> = v.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["kiln_matmul_a_gemv", "kiln_matmul_b_gemv"]);
+        assert_eq!(
+            v[0].source,
+            format!("#define {DECODE_VARIANT}\n{split}"),
+            "the same text, compiled with the decode kernel selected"
+        );
+        assert!(decode_variant(&kernels[1]).is_none());
+    }
 }

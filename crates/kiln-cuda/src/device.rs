@@ -5,7 +5,7 @@ use crate::CudaModule;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
-use kiln_ir::Bindings;
+use kiln_ir::{Bindings, Expr};
 use kiln_program::UniqueKernel;
 use kiln_program::{Device, LaunchSpec, RunError};
 use std::sync::Arc;
@@ -19,9 +19,11 @@ pub fn cuda_device_present() -> bool {
     CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
 }
 
-/// A kernel's function and its launch spec.
+/// A kernel's function and its launch spec; for a split matmul, also its decode kernel and
+/// the row count that picks it (where it evaluates to 1; `codegen::decode_rows`).
 pub struct CudaKernel {
     f: CudaFunction,
+    decode: Option<(CudaFunction, Expr)>,
     launch: LaunchSpec,
 }
 
@@ -79,21 +81,45 @@ impl Device for CudaDevice {
     }
 
     fn resolve(&mut self, module: &CudaModule, k: &UniqueKernel) -> Result<CudaKernel, RunError> {
-        let CudaModule::Loaded(m) = module else {
-            return Err(RunError::Kernel {
-                kernel: k.source.name.clone(),
-                detail: "was compiled without a device; compile with CudaBackend::for_device"
-                    .into(),
-            });
+        let not_found = |name: &str, detail: String| RunError::Kernel {
+            kernel: name.to_string(),
+            detail,
         };
-        let f = m
+        let CudaModule::Loaded {
+            module,
+            decode_modules,
+        } = module
+        else {
+            return Err(not_found(
+                &k.source.name,
+                "was compiled without a device; compile with CudaBackend::for_device".into(),
+            ));
+        };
+        let f = module
             .load_function(&k.source.name)
-            .map_err(|e| RunError::Kernel {
-                kernel: k.source.name.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| not_found(&k.source.name, e.to_string()))?;
+        let decode = match crate::codegen::decode_rows(&k.kernel) {
+            None => None,
+            Some(rows) => {
+                let name = format!("{}{}", k.source.name, crate::codegen::DECODE_SUFFIX);
+                let g = decode_modules
+                    .iter()
+                    .rev()
+                    .find_map(|m| m.load_function(&name).ok())
+                    .ok_or_else(|| {
+                        not_found(
+                            &name,
+                            "is in none of the decode kernels' modules loaded before its \
+                             matmul's (Backend::load_runtime)"
+                                .into(),
+                        )
+                    })?;
+                Some((g, rows.clone()))
+            }
+        };
         Ok(CudaKernel {
             f,
+            decode,
             launch: k.source.launch.clone(),
         })
     }
@@ -134,7 +160,11 @@ impl Device for CudaDevice {
         let Some(launch) = crate::launch::resolve(&k.launch, b)? else {
             return Ok(());
         };
-        let mut lb = self.stream.launch_builder(&k.f);
+        let f = match &k.decode {
+            Some((decode, rows)) if rows.eval(b)? == 1 => decode,
+            _ => &k.f,
+        };
+        let mut lb = self.stream.launch_builder(f);
         lb.arg(out);
         for i in inputs {
             lb.arg(*i);

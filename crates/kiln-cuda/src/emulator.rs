@@ -20,15 +20,15 @@
 //! driver. It is slow (one coroutine switch per thread per barrier) and meant for tests of
 //! small graphs; the GPU tests stay the judge.
 
-use kiln_ir::Bindings;
+use kiln_ir::{Bindings, Expr};
 use kiln_process::{self as process, ChildError};
 use kiln_program::{Backend, BackendError, Kernel, KernelKind, KernelSource, UniqueKernel};
 use kiln_program::{Device, LaunchSpec, RunError, Runtime};
 use kiln_render::cstyle::CStyle;
 use kiln_render::Dialect;
-use kiln_runtime::HostBuffer;
+use kiln_runtime::{HostBuffer, HostLibrary};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 const ABI_H: &str = include_str!("emu/abi.h");
@@ -43,6 +43,8 @@ const LAUNCHER_SUFFIX: &str = "_emu_launch";
 /// The emulated CUDA backend.
 pub struct EmulatedCuda {
     identity: OnceLock<Result<String, String>>,
+    /// The decode kernels' objects loaded so far (`load_runtime`), as in the CUDA backend.
+    decode_modules: Mutex<Vec<Arc<HostLibrary>>>,
     /// How long one g++ invocation may take before its process group is killed.
     timeout: Duration,
 }
@@ -52,6 +54,7 @@ impl Default for EmulatedCuda {
     fn default() -> Self {
         EmulatedCuda {
             identity: OnceLock::new(),
+            decode_modules: Mutex::default(),
             timeout: kiln_process::default_compile_timeout(),
         }
     }
@@ -79,8 +82,12 @@ fn run_cxx(
     })
 }
 
-/// A compiled unit: the shared object.
-pub type EmulatedModule = kiln_runtime::HostLibrary;
+/// A compiled unit's shared object, with the decode kernels' objects loaded before it (where
+/// the device finds a split matmul's decode kernel, as on the GPU).
+pub struct EmulatedModule {
+    lib: Arc<HostLibrary>,
+    decode_modules: Vec<Arc<HostLibrary>>,
+}
 
 /// The C++ compiler: `$CXX`, else `g++`.
 fn cxx() -> String {
@@ -90,9 +97,10 @@ fn cxx() -> String {
         .unwrap_or_else(|| "g++".into())
 }
 
-/// The launcher: unpacks `void **args` (output, inputs, then the symbols and `kiln_units` as
-/// int64 scalars passed by address) into the kernel's typed parameters.
-fn launcher(k: &Kernel) -> String {
+/// The launcher of kernel function `name`: unpacks `void **args` (output, inputs, then the
+/// symbols and `kiln_units` as int64 scalars passed by address) into the kernel's typed
+/// parameters.
+fn launcher(k: &Kernel, name: &str) -> String {
     let d = CStyle;
     let mut args = vec![format!("({} *)a[0]", d.storage_type(k.out_dtype))];
     for (j, t) in k.inputs.iter().enumerate() {
@@ -109,7 +117,6 @@ fn launcher(k: &Kernel) -> String {
             | KernelKind::MatMul { .. }
             | KernelKind::Attention { .. }
     );
-    let name = kiln_program::NAME_PLACEHOLDER;
     let mut s = String::new();
     kiln_render::emit!(
         s,
@@ -119,6 +126,7 @@ fn launcher(k: &Kernel) -> String {
         args.join(", "),
         cooperative as i32
     );
+    s.push('\n');
     s
 }
 
@@ -158,8 +166,7 @@ impl Backend for EmulatedCuda {
     }
 
     fn codegen(&self, kernel: &Kernel) -> KernelSource {
-        let mut template = crate::codegen::kernel_source(kernel);
-        template.push_str(&launcher(kernel));
+        let template = crate::codegen::kernel_source_with(kernel, &|name| launcher(kernel, name));
         KernelSource::named(&kernel.label(), &template, crate::codegen::launch(kernel))
     }
 
@@ -202,7 +209,21 @@ impl Backend for EmulatedCuda {
     }
 
     fn load(&self, artifact: &[u8]) -> Result<EmulatedModule, BackendError> {
-        EmulatedModule::open(artifact)
+        Ok(EmulatedModule {
+            lib: Arc::new(HostLibrary::open(artifact)?),
+            decode_modules: self.decode_modules.lock().unwrap().clone(),
+        })
+    }
+
+    /// As the CUDA backend: split matmuls' decode kernels, each compiled apart.
+    fn runtime(&self, kernels: &[KernelSource]) -> Vec<KernelSource> {
+        crate::codegen::decode_variants(kernels)
+    }
+
+    fn load_runtime(&self, artifact: &[u8]) -> Result<EmulatedModule, BackendError> {
+        let module = self.load(artifact)?;
+        self.decode_modules.lock().unwrap().push(module.lib.clone());
+        Ok(module)
     }
 
     /// As the CUDA backend: the same kernels read GGML blocks.
@@ -223,11 +244,13 @@ impl Runtime for EmulatedCuda {
     }
 }
 
-/// An emulated kernel: its launcher and launch spec.
+/// An emulated kernel: its launcher and launch spec; for a split matmul, also its decode
+/// kernel's launcher and the row count that picks it (as [`crate::CudaKernel`]).
 pub struct EmulatedKernel {
     name: String,
     spec: LaunchSpec,
     launch: LaunchFn,
+    decode: Option<(LaunchFn, Expr)>,
 }
 
 /// The CPU playing a GPU: host buffers, kernels launched through their launchers.
@@ -247,18 +270,38 @@ impl Device for EmulatedDevice {
         module: &EmulatedModule,
         k: &UniqueKernel,
     ) -> Result<EmulatedKernel, RunError> {
-        let symbol = format!("{}{LAUNCHER_SUFFIX}", k.source.name);
-        // SAFETY: generated with exactly this signature by `launcher`.
-        let launch = unsafe { module.lib.get::<LaunchFn>(symbol.as_bytes()) }.map_err(|e| {
-            RunError::Kernel {
-                kernel: k.source.name.clone(),
-                detail: format!("CUDA emulator: {e}"),
-            }
+        let launcher_in = |lib: &HostLibrary, kernel: &str| {
+            let symbol = format!("{kernel}{LAUNCHER_SUFFIX}");
+            // SAFETY: generated with exactly this signature by `launcher`.
+            unsafe { lib.lib.get::<LaunchFn>(symbol.as_bytes()) }.map(|f| *f)
+        };
+        let launch = launcher_in(&module.lib, &k.source.name).map_err(|e| RunError::Kernel {
+            kernel: k.source.name.clone(),
+            detail: format!("CUDA emulator: {e}"),
         })?;
+        let decode = match crate::codegen::decode_rows(&k.kernel) {
+            None => None,
+            Some(rows) => {
+                let name = format!("{}{}", k.source.name, crate::codegen::DECODE_SUFFIX);
+                let f = module
+                    .decode_modules
+                    .iter()
+                    .rev()
+                    .find_map(|lib| launcher_in(lib, &name).ok())
+                    .ok_or_else(|| RunError::Kernel {
+                        kernel: name.clone(),
+                        detail: "CUDA emulator: in none of the decode kernels' objects loaded \
+                                 before its matmul's (Backend::load_runtime)"
+                            .into(),
+                    })?;
+                Some((f, rows.clone()))
+            }
+        };
         Ok(EmulatedKernel {
             name: k.source.name.clone(),
             spec: k.source.launch.clone(),
-            launch: *launch,
+            launch,
+            decode,
         })
     }
 
@@ -294,8 +337,12 @@ impl Device for EmulatedDevice {
         args.extend(inputs.iter().map(|i| i.as_mut_ptr()));
         args.extend(scalars.iter().map(|v| v as *const i64 as *mut u8));
         // SAFETY: the launcher unpacks exactly these arguments; buffers are sized by the plan.
+        let f = match &k.decode {
+            Some((decode, rows)) if rows.eval(b)? == 1 => decode,
+            _ => &k.launch,
+        };
         let rc = unsafe {
-            (k.launch)(
+            f(
                 args.as_mut_ptr(),
                 launch.grid.as_ptr(),
                 launch.block.as_ptr(),

@@ -52,11 +52,19 @@ pub struct CudaBackend {
     arch: String,
     /// The device to load modules on; None compiles only (modules stay CUBIN bytes).
     context: Option<std::sync::Arc<cudarc::driver::CudaContext>>,
+    /// The modules of split matmuls' decode kernels loaded so far (`load_runtime`), which
+    /// every kernels' module loaded after them carries ([`CudaModule::Loaded`]).
+    decode_modules: std::sync::Mutex<Vec<std::sync::Arc<cudarc::driver::CudaModule>>>,
 }
 
 /// A loaded CUDA module, or the CUBIN of a compile-only run.
 pub enum CudaModule {
-    Loaded(std::sync::Arc<cudarc::driver::CudaModule>),
+    Loaded {
+        module: std::sync::Arc<cudarc::driver::CudaModule>,
+        /// The decode kernels' modules loaded before it: where the device finds the decode
+        /// kernel of a split matmul in `module` ([`codegen::decode_rows`]).
+        decode_modules: Vec<std::sync::Arc<cudarc::driver::CudaModule>>,
+    },
     Cubin(Vec<u8>),
 }
 
@@ -67,6 +75,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             arch: arch.into(),
             context: None,
+            decode_modules: Default::default(),
         })
     }
 
@@ -88,6 +97,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             arch,
             context: Some(ctx),
+            decode_modules: Default::default(),
         })
     }
 
@@ -153,15 +163,34 @@ impl Backend for CudaBackend {
     }
 
     fn load(&self, artifact: &[u8]) -> Result<CudaModule, BackendError> {
-        match &self.context {
-            None => Ok(CudaModule::Cubin(artifact.to_vec())),
-            Some(ctx) => ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(artifact.to_vec()))
-                .map(CudaModule::Loaded)
-                .map_err(|e| {
-                    BackendError::Invalid(format!("the CUDA driver rejected the CUBIN: {e}"))
-                }),
+        let Some(ctx) = &self.context else {
+            return Ok(CudaModule::Cubin(artifact.to_vec()));
+        };
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(artifact.to_vec()))
+            .map_err(|e| {
+                BackendError::Invalid(format!("the CUDA driver rejected the CUBIN: {e}"))
+            })?;
+        let decode_modules = self.decode_modules.lock().unwrap().clone();
+        Ok(CudaModule::Loaded {
+            module,
+            decode_modules,
+        })
+    }
+
+    /// The decode kernels of the split matmuls ([`codegen::decode_variants`]): each a
+    /// program of its own, so that the GEMV and the tiled product compile in parallel.
+    fn runtime(&self, kernels: &[KernelSource]) -> Vec<KernelSource> {
+        codegen::decode_variants(kernels)
+    }
+
+    /// A decode kernel's module, kept for the kernels' modules loaded after it.
+    fn load_runtime(&self, artifact: &[u8]) -> Result<CudaModule, BackendError> {
+        let loaded = self.load(artifact)?;
+        if let CudaModule::Loaded { module, .. } = &loaded {
+            self.decode_modules.lock().unwrap().push(module.clone());
         }
+        Ok(loaded)
     }
 
     /// Every dtype: the matmul kernels read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights in their GGML blocks

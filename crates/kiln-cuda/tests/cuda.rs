@@ -432,3 +432,110 @@ proptest::proptest! {
         random_graph_matches_the_interpreter(Where::Emulated, &ops, &binds)?;
     }
 }
+
+/// A matmul with symbolic rows is two kernels, each compiled in a program of its own: the tiled
+/// product in the kernels' units, the decode GEMV as a runtime unit (`codegen::decode_rows`).
+/// Each launch runs the one its rows pick, one launch per step: at 1 row the GEMV, at more the
+/// tiled product, both matching the interpreter (as the op cases check on every backend).
+#[test]
+fn a_matmul_with_symbolic_rows_compiles_its_decode_kernel_apart() {
+    let case = kiln_ir::testing::op_cases::bf16_weight_gemv_reads_whole_words();
+    for threads in [1, 2] {
+        let opts = CompileOptions {
+            threads,
+            ..Default::default()
+        };
+        let c = compile(
+            &case.graph,
+            &CudaBackend::compile_only("sm_90").unwrap(),
+            &opts,
+        )
+        .unwrap();
+        let matmuls: Vec<&str> = c
+            .loaded
+            .kernels
+            .iter()
+            .filter(|k| kiln_cuda::codegen::decode_rows(&k.kernel).is_some())
+            .map(|k| k.source.name.as_str())
+            .collect();
+        assert_eq!(matmuls.len(), 2, "both matmuls have symbolic rows");
+        let mut decode: Vec<String> = c
+            .report
+            .units
+            .iter()
+            .filter(|u| u.runtime)
+            .flat_map(|u| u.kernels.clone())
+            .collect();
+        decode.sort();
+        let mut want: Vec<String> = matmuls.iter().map(|m| format!("{m}_gemv")).collect();
+        want.sort();
+        assert_eq!(decode, want, "one decode unit per split matmul");
+        // The kernels' units hold the tiled product only: no CUBIN defines both kernels.
+        for (unit, m) in c.report.units.iter().zip(&c.loaded.modules) {
+            let CudaModule::Cubin(cubin) = m else {
+                panic!("compile-only")
+            };
+            let defines = |name: &str| {
+                let needle = [name.as_bytes(), b"\0"].concat();
+                cubin.windows(needle.len()).any(|w| w == needle)
+            };
+            for k in &matmuls {
+                let gemv = format!("{k}_gemv");
+                assert!(!(defines(k) && defines(&gemv)), "{unit:?}");
+            }
+        }
+    }
+    run_op_case(Where::Emulated, case);
+}
+
+/// A backend wrapper that drops the runtime parts: the decode kernels are never compiled, and
+/// loading says which one is missing instead of running the tiled product at one row.
+struct WithoutRuntime(EmulatedCuda);
+
+impl kiln_program::Backend for WithoutRuntime {
+    type Module = <EmulatedCuda as kiln_program::Backend>::Module;
+    fn name(&self) -> &'static str {
+        "cuda-emulated-without-runtime"
+    }
+    fn identity(&self) -> Result<String, kiln_program::BackendError> {
+        self.0.identity()
+    }
+    fn codegen(&self, k: &kiln_program::Kernel) -> kiln_program::KernelSource {
+        self.0.codegen(k)
+    }
+    fn compile(
+        &self,
+        ks: &[&kiln_program::KernelSource],
+    ) -> Result<Vec<u8>, kiln_program::BackendError> {
+        kiln_program::Backend::compile(&self.0, ks)
+    }
+    fn load(&self, a: &[u8]) -> Result<Self::Module, kiln_program::BackendError> {
+        kiln_program::Backend::load(&self.0, a)
+    }
+    fn supports_weight_dtype(&self, d: kiln_ir::DType) -> bool {
+        self.0.supports_weight_dtype(d)
+    }
+    fn source_extension(&self) -> &'static str {
+        self.0.source_extension()
+    }
+}
+
+impl kiln_program::Runtime for WithoutRuntime {
+    type Device = <EmulatedCuda as kiln_program::Runtime>::Device;
+    fn device(&self) -> Result<Self::Device, kiln_program::RunError> {
+        self.0.device()
+    }
+}
+
+#[test]
+fn a_missing_decode_kernel_is_a_load_error_naming_it() {
+    let case = kiln_ir::testing::op_cases::bf16_weight_gemv_reads_whole_words();
+    let err = match WithoutRuntime(EmulatedCuda::default()).load(&case.graph, &Default::default()) {
+        Ok(_) => panic!("must fail: the decode kernels were never compiled"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("_gemv") && err.contains("load_runtime"),
+        "{err}"
+    );
+}

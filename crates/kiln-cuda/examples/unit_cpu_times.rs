@@ -1,0 +1,157 @@
+//! Each CUDA compile unit's NVRTC time in CPU time of the compiling thread, which a loaded
+//! machine (other builds beside it) lengthens far less than the wall times `kiln compile
+//! --json` reports; and from them the critical path, the available parallelism and the
+//! modelled speedup at 16 threads (kiln's list schedule, `kiln_compile::modelled_makespan_ms`).
+//!
+//! ```text
+//! KILN_NVRTC_LIB=.../libnvrtc.so.13 cargo run --release -p kiln-cuda --example unit_cpu_times -- \
+//!     qwen3-0.6b qwen3-8b [--rounds N] [--dump DIR]
+//! ```
+//!
+//! The compile runs on one thread without a cache, as `kiln compile --threads 1 --no-cache`
+//! does; each unit's time is the least over `--rounds` (default 3) compiles. `--dump DIR`
+//! writes each unit's NVRTC program (the prelude and its kernels) to `DIR/<model>/<first
+//! kernel>.cu`, to time or inspect apart.
+use kiln_compile::{compile, modelled_makespan_ms, CompileOptions};
+use kiln_cuda::CudaBackend;
+use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// The CUDA backend, each `compile` call's thread CPU time recorded under its kernels' names.
+struct Timed {
+    inner: CudaBackend,
+    times: Mutex<BTreeMap<String, f64>>,
+    dump: Option<PathBuf>,
+}
+
+fn thread_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+}
+
+impl Backend for Timed {
+    type Module = <CudaBackend as Backend>::Module;
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn identity(&self) -> Result<String, BackendError> {
+        self.inner.identity()
+    }
+    fn codegen(&self, k: &Kernel) -> KernelSource {
+        self.inner.codegen(k)
+    }
+    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
+        let label = ks
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Some(dir) = &self.dump {
+            let text = kiln_render::translation_unit(
+                kiln_cuda::prelude(),
+                ks.iter().map(|k| k.source.as_str()),
+            );
+            let file = dir.join(format!("{}.cu", ks[0].name));
+            std::fs::write(&file, text).expect("writing a unit's sources");
+        }
+        let start = thread_cpu_ms();
+        let artifact = self.inner.compile(ks)?;
+        let ms = thread_cpu_ms() - start;
+        let mut times = self.times.lock().unwrap();
+        let best = times.entry(label).or_insert(f64::INFINITY);
+        *best = best.min(ms);
+        Ok(artifact)
+    }
+    fn verify(&self, a: &[u8], ks: &[&str]) -> Result<(), BackendError> {
+        self.inner.verify(a, ks)
+    }
+    fn load(&self, a: &[u8]) -> Result<Self::Module, BackendError> {
+        self.inner.load(a)
+    }
+    fn runtime(&self, ks: &[KernelSource]) -> Vec<KernelSource> {
+        self.inner.runtime(ks)
+    }
+    fn load_runtime(&self, a: &[u8]) -> Result<Self::Module, BackendError> {
+        self.inner.load_runtime(a)
+    }
+    fn supports_weight_dtype(&self, d: kiln_ir::DType) -> bool {
+        self.inner.supports_weight_dtype(d)
+    }
+    fn source_extension(&self) -> &'static str {
+        self.inner.source_extension()
+    }
+    fn invocation_overhead(&self) -> u64 {
+        self.inner.invocation_overhead()
+    }
+    fn compiles_on_local_cores(&self) -> bool {
+        self.inner.compiles_on_local_cores()
+    }
+    fn compile_memory_estimate(&self) -> u64 {
+        self.inner.compile_memory_estimate()
+    }
+}
+
+fn main() {
+    let mut models = Vec::new();
+    let mut rounds = 3;
+    let mut dump: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--rounds N")
+            }
+            "--dump" => dump = Some(args.next().expect("--dump DIR").into()),
+            _ => models.push(a),
+        }
+    }
+    println!("| model | units | sum of units CPU ms | critical path CPU ms | available parallelism | modelled speedup at 16 |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for model in &models {
+        let config =
+            kiln_models::presets::preset(model).unwrap_or_else(|| panic!("{model}: not a preset"));
+        let graph = kiln_models::build_graph(&config, Default::default()).expect("graph");
+        let dir = dump.as_ref().map(|d| d.join(model));
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d).expect("dump folder");
+        }
+        let backend = Timed {
+            inner: CudaBackend::compile_only("sm_90").expect("NVRTC"),
+            times: Mutex::default(),
+            dump: dir,
+        };
+        let opts = CompileOptions {
+            threads: 1,
+            ..CompileOptions::default()
+        };
+        let mut order = Vec::new();
+        for _ in 0..rounds {
+            let c = compile(&graph, &backend, &opts).expect("compile");
+            order = c.report.units.iter().map(|u| u.kernels.join(" ")).collect();
+        }
+        let times = backend.times.lock().unwrap();
+        // In the schedule's order, as the pool takes them.
+        let ms: Vec<f64> = order.iter().map(|u| times[u]).collect();
+        let sum: f64 = ms.iter().sum();
+        let crit = ms.iter().copied().fold(0.0, f64::max);
+        for (u, t) in order.iter().zip(&ms) {
+            eprintln!("{model}  {t:7.1} ms  {u}");
+        }
+        println!(
+            "| {model} | {} | {sum:.0} | {crit:.1} | {:.1} | {:.1} |",
+            ms.len(),
+            sum / crit,
+            modelled_makespan_ms(&ms, 1) / modelled_makespan_ms(&ms, 16)
+        );
+    }
+}
