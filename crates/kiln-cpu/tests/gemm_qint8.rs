@@ -64,21 +64,29 @@ fn quantize_block(x: &[f32]) -> (f32, [i32; 32]) {
     (d, q)
 }
 
-/// 256 activations quantized as the Q4_K kernels do (one scale per super-block, as ggml's
-/// q8_K): (d, the 8 groups' q).
-fn quantize_super_block(x: &[f32]) -> (f32, [[i32; 32]; 8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut q = [[0i32; 32]; 8];
-    for (j, &v) in x.iter().enumerate() {
-        q[j / 32][j % 32] = (v * id).round_ties_even() as i32;
+/// A super-block's min sums as the Q4_K kernels carry them: per 32-value group
+/// `A_g = sa_g * sum(q_g)` (f32), as integers in units of `u = max_g |A_g| / 16383`
+/// (round-half-even, so |A'_g| <= 16383: the two bytes `128 h + l` of the kernels' words).
+fn min_sums(blocks: &[(f32, [i32; 32])]) -> (f32, [i32; 8]) {
+    let a: Vec<f32> = blocks
+        .iter()
+        .map(|(sa, q)| sa * q.iter().sum::<i32>() as f32)
+        .collect();
+    let amax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let u = amax / 16383.0;
+    let iu = if u != 0.0 { 1.0 / u } else { 0.0 };
+    let mut ai = [0i32; 8];
+    for (ai, a) in ai.iter_mut().zip(&a) {
+        *ai = (a * iu).round_ties_even() as i32;
+        assert!(ai.abs() <= 16383);
     }
-    (d, q)
+    (u, ai)
 }
 
-/// The Q4_K (and Q5_K: 5-bit q) model: per super-block the exact integers `Mi = sum_g m_g * sum(a_g)` and
-/// `S = sum_g sc_g * dot_g`, then `acc = fma(Mi, -dmin * sa, acc)`, `acc = fma(S, d * sa, acc)`.
+/// The Q4_K (and Q5_K: 5-bit q) model: activations per 32 values as the other types; per
+/// super-block `T = sum_g fma((sc_g * dot_g) as f32, sa_g, T)` (an exact integer per group),
+/// `Mi = sum_g m_g * A'_g` (exact: [`min_sums`]), then `acc = fma(Mi, -dmin * u, acc)`,
+/// `acc = fma(T, d, acc)`.
 fn model_q4_k(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
     let (row_bytes, read): (usize, fn(&[u8], usize) -> _) = if dtype == DType::Q5_K {
         (k / 256 * 176, super_block_q5_k)
@@ -88,24 +96,25 @@ fn model_q4_k(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f3
     let rows = w.bytes().len() / row_bytes;
     let mut out = vec![0f32; m * rows];
     for i in 0..m {
-        let blocks: Vec<_> = x[i * k..(i + 1) * k]
-            .chunks(256)
-            .map(quantize_super_block)
+        let blocks: Vec<(f32, [i32; 32])> = x[i * k..(i + 1) * k]
+            .chunks(32)
+            .map(quantize_block)
             .collect();
+        let mins: Vec<(f32, [i32; 8])> = blocks.chunks(8).map(min_sums).collect();
         for n in 0..rows {
             let row = &w.bytes()[n * row_bytes..(n + 1) * row_bytes];
             let mut acc = 0f32;
-            for (b, (sa, qa)) in blocks.iter().enumerate() {
-                let (d, dmin, sc, mins, qw) = read(row, b).unwrap();
-                let (mut s, mut mi) = (0i32, 0i32);
-                for g in 0..8 {
-                    let dot: i32 = (0..32).map(|j| qa[g][j] * qw[g][j] as i32).sum();
-                    s += sc[g] as i32 * dot;
-                    mi += mins[g] as i32 * qa[g].iter().sum::<i32>();
+            for (b, (sb, (u, ai))) in blocks.chunks(8).zip(&mins).enumerate() {
+                let (d, dmin, sc, mns, qw) = read(row, b).unwrap();
+                let (mut t, mut mi) = (0f32, 0i32);
+                for (g, (sa, qa)) in sb.iter().enumerate() {
+                    let dot: i32 = (0..32).map(|j| qa[j] * qw[g][j] as i32).sum();
+                    t = ((sc[g] as i32 * dot) as f32).mul_add(*sa, t);
+                    mi += mns[g] as i32 * ai[g];
                 }
                 let (d, dmin) = (f16::from_bits(d).to_f32(), f16::from_bits(dmin).to_f32());
-                acc = (mi as f32).mul_add(-dmin * sa, acc);
-                acc = (s as f32).mul_add(d * sa, acc);
+                acc = (mi as f32).mul_add(-dmin * u, acc);
+                acc = t.mul_add(d, acc);
             }
             out[i * rows + n] = acc;
         }

@@ -148,8 +148,42 @@ fn llama_cpp_argmax_same(file: &str) -> bool {
         .expect("a boolean")
 }
 
+/// The logits' differences from the reference over the steps compared: the largest, and the
+/// sum of squares and count (for the rms).
+#[derive(Default)]
+struct Distance {
+    max: f32,
+    sum_sq: f64,
+    n: usize,
+}
+
+impl Distance {
+    fn add(&mut self, got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len());
+        let d = max_abs_diff(got, want);
+        self.max = self.max.max(d);
+        self.sum_sq += got
+            .iter()
+            .zip(want)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum::<f64>();
+        self.n += got.len();
+        d
+    }
+
+    fn merge(&mut self, o: Distance) {
+        self.max = self.max.max(o.max);
+        self.sum_sq += o.sum_sq;
+        self.n += o.n;
+    }
+
+    fn rms(&self) -> f64 {
+        (self.sum_sq / self.n.max(1) as f64).sqrt()
+    }
+}
+
 /// The reference's greedy tokens and logits against `model`'s on one prompt; returns the
-/// largest logit difference. Greedy tokens must be the reference's, except on the integer
+/// logits' distance. Greedy tokens must be the reference's, except on the integer
 /// path for a file where llama.cpp's own greedy tokens also leave the reference's: there a
 /// token may differ only where the reference's top two logits are within 2 x `tol` of each
 /// other (a near tie that an error of `tol` can flip), and then every step is compared
@@ -161,7 +195,7 @@ fn check_prompt(
     r: &Reference,
     tol: f32,
     int8: bool,
-) -> f32 {
+) -> Distance {
     let g = model
         .generate(&r.prompt, r.greedy.len(), &Sampling::default(), &[], |_| {})
         .unwrap();
@@ -171,7 +205,7 @@ fn check_prompt(
         .zip(&r.greedy)
         .position(|(a, b)| a != b);
     let diverged = first_diff.unwrap_or(r.greedy.len());
-    let mut worst = 0.0f32;
+    let mut dist = Distance::default();
     for (k, (got, want)) in g
         .step_logits
         .iter()
@@ -179,14 +213,13 @@ fn check_prompt(
         .enumerate()
         .take(diverged + 1)
     {
-        let d = max_abs_diff(got, want);
+        let d = dist.add(got, want);
         assert!(
             d <= tol,
             "{file} {p}: step {k} logits differ by {d} (> {tol})"
         );
-        worst = worst.max(d);
     }
-    let Some(s) = first_diff else { return worst };
+    let Some(s) = first_diff else { return dist };
     assert!(
         int8 && !llama_cpp_argmax_same(file),
         "{file} {p}: greedy ids {:?}, reference {:?}",
@@ -206,14 +239,13 @@ fn check_prompt(
         let g = model
             .generate(&ids, 1, &Sampling::default(), &[], |_| {})
             .unwrap();
-        let d = max_abs_diff(&g.step_logits[0], &r.step_logits[k]);
+        let d = dist.add(&g.step_logits[0], &r.step_logits[k]);
         assert!(
             d <= tol,
             "{file} {p}: step {k} (teacher-forced) logits differ by {d} (> {tol})"
         );
-        worst = worst.max(d);
     }
-    worst
+    dist
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -274,16 +306,18 @@ fn every_fixture_file_matches_its_numpy_reference() {
             .to_string_lossy();
         let int8 = int8_path(&kept);
         let tol = tolerance(&format!("{dir}/{name}"), int8);
-        let mut file_worst = 0.0f32;
+        let mut dist = Distance::default();
         let rel = format!("{dir}/{name}");
         for (p, r) in references(file) {
-            file_worst = file_worst.max(check_prompt(&mut model, &rel, &p, &r, tol, int8));
+            dist.merge(check_prompt(&mut model, &rel, &p, &r, tol, int8));
         }
+        let file_worst = dist.max;
         if int8 {
             let llama = llama_cpp_distance(&rel);
             eprintln!(
-                "{name} (int8 path): max |kiln - numpy| {file_worst:.3} = {:.2} x llama.cpp's {llama:.3}",
-                file_worst / llama
+                "{name} (int8 path): max |kiln - numpy| {file_worst:.3} = {:.2} x llama.cpp's {llama:.3} (rms {:.4})",
+                file_worst / llama,
+                dist.rms()
             );
         } else {
             eprintln!("{name} (f32 path): max |kiln - numpy| {file_worst:.2e}");
@@ -421,7 +455,7 @@ fn weight_dtype_quantizes_at_load_as_ggml_does() {
         let tol = tolerance(file, int8);
         let mut worst = 0.0f32;
         for (p, r) in references(&path) {
-            worst = worst.max(check_prompt(&mut model, file, &p, &r, tol, int8));
+            worst = worst.max(check_prompt(&mut model, file, &p, &r, tol, int8).max);
         }
         eprintln!(
             "{file} --weight-dtype {}: max |kiln - numpy| {worst:.2e} (tolerance {tol:.2e})",

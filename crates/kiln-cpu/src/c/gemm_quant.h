@@ -258,9 +258,42 @@ static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) {
     return __builtin_ia32_maxps512_mask(a, b, a, (unsigned short)-1, 4);
 }
 
+/* One 32-value block r of activations to int8 (ggml's quantize_row_q8_0: d = amax / 127,
+ * q = round-half-even(x * (1 / d)), d kept in f32): q, the sums of its two 16-value halves,
+ * and d returned. */
+static inline float kiln_quantize_block(const float *restrict r, int8_t q[32], int32_t *sum0, int32_t *sum1) {
+    const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 16);
+    const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
+    kiln_vf m = kiln_vmax((kiln_vf)((kiln_vu)x0 & abs_mask), (kiln_vf)((kiln_vu)x1 & abs_mask));
+    /* the lanes' maximum by halving (max is exact: any order gives the same) */
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+    const float d = m[0] / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const kiln_vf sid = kiln_splatv(id);
+    /* vcvtps2dq: round to nearest even (the MXCSR default) */
+    const kiln_vi q0 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x0 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
+    const kiln_vi q1 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x1 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
+    const kiln_v16qi b0 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q0, (kiln_v16qi){0}, (unsigned short)-1);
+    const kiln_v16qi b1 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q1, (kiln_v16qi){0}, (unsigned short)-1);
+    memcpy(q, &b0, 16); memcpy(q + 16, &b1, 16);
+    /* the sums of the two 16-value halves side by side: lanes 0-7 of the first step hold
+     * half 0's partial sums, 8-15 half 1's */
+    kiln_vi qs = __builtin_shuffle(q0, q1, (kiln_vi){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+               + __builtin_shuffle(q0, q1, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+    qs += __builtin_shuffle(qs, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    qs += __builtin_shuffle(qs, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    *sum0 = qs[0];
+    *sum1 = qs[8];
+    return d;
+}
+
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (rows past tm up to the strip's
- * end: zeros), for weights of `kind` (0 Q8_0; 1 Q4_0; 3 Q6_K, gemm_q6k.h; Q4_K quantizes
- * per 256 values, gemm_q4k.h). The
+ * end: zeros), for weights of `kind` (0 Q8_0; 1 Q4_0; 3 Q6_K, gemm_q6k.h; Q4_K's words are
+ * its own, gemm_q4k.h). The
  * micro-kernel reads strips of KILN_QMR rows; the GEMV (tm <= 4) one strip of tm rows, so a
  * decode row's block is 40 contiguous bytes (a 6-row strip spread its 40 over four lines). */
 static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
@@ -274,36 +307,7 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
             int8_t q[32] = {0};
             float d = 0.0f;
             int32_t sum0 = 0, sum1 = 0;
-            if (i < tm) {
-                const float *restrict r = a + i * lda + g * 32;
-                const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 16);
-                const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
-                kiln_vf m = kiln_vmax((kiln_vf)((kiln_vu)x0 & abs_mask), (kiln_vf)((kiln_vu)x1 & abs_mask));
-                /* the lanes' maximum by halving (max is exact: any order gives the same) */
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
-                const float amax = m[0];
-                d = amax / 127.0f;
-                const float id = d != 0.0f ? 1.0f / d : 0.0f;
-                const kiln_vf sid = kiln_splatv(id);
-                /* vcvtps2dq: round to nearest even (the MXCSR default) */
-                const kiln_vi q0 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x0 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
-                const kiln_vi q1 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x1 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
-                const kiln_v16qi b0 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q0, (kiln_v16qi){0}, (unsigned short)-1);
-                const kiln_v16qi b1 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q1, (kiln_v16qi){0}, (unsigned short)-1);
-                memcpy(q, &b0, 16); memcpy(q + 16, &b1, 16);
-                /* the sums of the two 16-value halves (Q6_K's scales' halves) side by side:
-                 * lanes 0-7 of the first step hold half 0's partial sums, 8-15 half 1's */
-                kiln_vi qs = __builtin_shuffle(q0, q1, (kiln_vi){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
-                           + __builtin_shuffle(q0, q1, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
-                qs += __builtin_shuffle(qs, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-                qs += __builtin_shuffle(qs, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-                qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
-                sum0 = qs[0];
-                sum1 = qs[8];
-            }
+            if (i < tm) d = kiln_quantize_block(a + i * lda + g * 32, q, &sum0, &sum1);
             for (int qd = 0; qd < 8; ++qd) memcpy(blk + (qd * sr + s) * 4, q + 4 * qd, 4);
             const int32_t sum = sum0 + sum1;
             /* kind 3 (Q6_K): the halves' sums (|s| <= 16 * 128) as two i16 */
