@@ -1,12 +1,12 @@
 //! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q4k.h`,
 //! `c/gemm_q6k.h`, `c/gemm_q5k.h`, AVX-512
-//! VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights times activations quantized per 32 values to int8) against a scalar model
-//! of the same arithmetic, bit for bit: each activation block quantized as ggml's
-//! quantize_row_q8_0 does (d = amax / 127, q = round-half-even(x * (1 / d)), d kept in f32),
-//! each block's dot product an exact integer, and the blocks summed in order with
-//! `acc = fma(dot as f32, sw * sa, acc)` (Q6_K's dot is `sum(sc * (q - 32) * a)` over both
-//! 16-value halves and `sw` the super-block's d; Q4_K and Q5_K, `c/gemm_q4k.h`, quantize activations per
-//! 256 values and sum per super-block: `model_q4_k`). Both sides do the same f32 operations in the same
+//! VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights times activations quantized to int8) against a scalar model
+//! of the same arithmetic, bit for bit: each activation block (Q8_0 and Q4_0: each 16-value
+//! half block) quantized as ggml's quantize_row_q8_0 does (d = amax / 127,
+//! q = round-half-even(x * (1 / d)), d kept in f32), each (half) block's dot product an exact
+//! integer, and summed in order with `acc = fma(dot as f32, sw * sa, acc)` (Q6_K's dot is
+//! `sum(sc * (q - 32) * a)` over both 16-value halves and `sw` the super-block's d; Q4_K and
+//! Q5_K, `c/gemm_q4k.h`, sum per super-block: `model_q4_k`). Both sides do the same f32 operations in the same
 //! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
 //! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
 //! columns starting mid-panel (the scalar chains), blocks of zeros (d = 0); 1 vs 2 threads;
@@ -52,16 +52,21 @@ fn graph(dtype: DType, n: i64, half: i64, k: i64) -> Graph {
     g
 }
 
-/// One activation block quantized as the kernels do: (d, q).
-fn quantize_block(x: &[f32]) -> (f32, [i32; 32]) {
+/// One activation block (32 values; Q8_0's and Q4_0's halves: 16) quantized as the kernels
+/// do: (d, q).
+fn quantize<const N: usize>(x: &[f32]) -> (f32, [i32; N]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut q = [0i32; 32];
+    let mut q = [0i32; N];
     for (q, &v) in q.iter_mut().zip(x) {
         *q = (v * id).round_ties_even() as i32;
     }
     (d, q)
+}
+
+fn quantize_block(x: &[f32]) -> (f32, [i32; 32]) {
+    quantize::<32>(x)
 }
 
 /// A super-block's min sums as the Q4_K kernels carry them: per 32-value group
@@ -150,17 +155,22 @@ fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
                     acc = (dot as f32).mul_add(d * sa, acc);
                     continue;
                 }
+                // Q8_0, Q4_0: activations per 16 values, one FMA per half.
                 let (sw, _, qw) = sub_block(q, row, b).unwrap();
-                let dot: i32 = (0..32)
-                    .map(|j| {
-                        let wv = match dtype {
-                            DType::Q8_0 => qw[j] as i8 as i32,
-                            _ => qw[j] as i32 - 8,
-                        };
-                        qa[j] * wv
-                    })
-                    .sum();
-                acc = (dot as f32).mul_add(sw * sa, acc);
+                let x = &x[i * k + 32 * b..i * k + 32 * b + 32];
+                for h in 0..2 {
+                    let (sa, qa) = quantize::<16>(&x[16 * h..16 * h + 16]);
+                    let dot: i32 = (0..16)
+                        .map(|j| {
+                            let wv = match dtype {
+                                DType::Q8_0 => qw[16 * h + j] as i8 as i32,
+                                _ => qw[16 * h + j] as i32 - 8,
+                            };
+                            qa[j] * wv
+                        })
+                        .sum();
+                    acc = (dot as f32).mul_add(sw * sa, acc);
+                }
             }
             out[i * rows + n] = acc;
         }
