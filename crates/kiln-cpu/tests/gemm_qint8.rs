@@ -155,9 +155,11 @@ fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
                     acc = (dot as f32).mul_add(d * sa, acc);
                     continue;
                 }
-                // Q8_0, Q4_0: activations per 16 values, one FMA per half.
+                // Q8_0, Q4_0: activations per 16 values; the halves' scaled dots summed
+                // (`d0 * sa0`, then an FMA with `d1, sa1`), then one FMA with the weight's d.
                 let (sw, _, qw) = sub_block(q, row, b).unwrap();
                 let x = &x[i * k + 32 * b..i * k + 32 * b + 32];
+                let mut hs = 0f32;
                 for h in 0..2 {
                     let (sa, qa) = quantize::<16>(&x[16 * h..16 * h + 16]);
                     let dot: i32 = (0..16)
@@ -169,8 +171,13 @@ fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
                             qa[j] * wv
                         })
                         .sum();
-                    acc = (dot as f32).mul_add(sw * sa, acc);
+                    hs = if h == 0 {
+                        dot as f32 * sa
+                    } else {
+                        (dot as f32).mul_add(sa, hs)
+                    };
                 }
+                acc = hs.mul_add(sw, acc);
             }
             out[i * rows + n] = acc;
         }
