@@ -459,6 +459,34 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
         kiln_vf s0, s1;                                                                            \
         kiln_qi_scales(wg, &s0, &s1);                                                              \
         KILN_IN_REG(s0); KILN_IN_REG(s1);                                                          \
+        if ((KIND) == 0 && R >= 3) { /* Q8_0: as the micro-kernel, column-half passes (half the \
+            * live registers; 4 rows: 0.62-0.70 of the read, one pass 0.54-0.63; Q4_0 loses here, \
+            * its nibbles loaded and split twice: 0.45-0.54, one pass 0.63-0.78) */               \
+            _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {                               \
+                kiln_vf hs[4];                                                                     \
+                _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {                           \
+                    kiln_vi ia1[4];                                                                \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                            \
+                        ia1[r] = kiln_splati(aq[(10 + hf) * R + r]);                               \
+                    _Pragma("GCC unroll 4") for (int qd = 4 * hf; qd < 4 * hf + 4; ++qd) {         \
+                        kiln_vi w0, w1;                                                            \
+                        LOADW(wg, qd, &w0, &w1);                                                   \
+                        kiln_vi wv = ch ? w1 : w0;                                                 \
+                        KILN_IN_REG(wv);                                                           \
+                        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                        \
+                            ia1[r] = kiln_dpbusd(ia1[r], wv, kiln_splati(aq[qd * R + r]));         \
+                    }                                                                              \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                          \
+                        const kiln_vf sc = kiln_splatv(sa[hf * R + r]);                            \
+                        hs[r] = hf == 0 ? __builtin_convertvector(ia1[r], kiln_vf) * sc            \
+                                        : KILN_FMAV(__builtin_convertvector(ia1[r], kiln_vf), sc, hs[r]); \
+                    }                                                                              \
+                }                                                                                  \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                \
+                    acc[r][ch] = KILN_FMAV(hs[r], ch ? s1 : s0, acc[r][ch]);                       \
+            }                                                                                      \
+            continue;                                                                              \
+        }                                                                                          \
         /* the dots' chains: half 0 in ia (and ib), half 1 in ic (and id), each started at its \
          * bias */                                                                                 \
         kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2];                                            \
