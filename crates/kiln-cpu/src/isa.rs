@@ -110,7 +110,7 @@ pub const VNNI_FLAG: &str = "-mavx512vnni";
 
 /// How Q8_0 and Q4_0 weights are multiplied: with `KILN_CPU_QUANT` unset (or `auto`), on the
 /// integer path where the kernels are compiled for AVX-512 with VNNI (activations quantized
-/// per 32 values to int8, `vpdpbusd`), else by dequantizing to f32 in registers; `dequant`
+/// to int8 per 16 or 32 values, `vpdpbusd`), else by dequantizing to f32 in registers; `dequant`
 /// forces the latter (the compile flags then hold `-DKILN_QUANT_DEQUANT`, so the cache key
 /// changes with it), `int8` asks for the former and is an error where it cannot be had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,12 +1,12 @@
 //! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q4k.h`,
 //! `c/gemm_q6k.h`, `c/gemm_q5k.h`, AVX-512
-//! VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights times activations quantized per 32 values to int8) against a scalar model
-//! of the same arithmetic, bit for bit: each activation block quantized as ggml's
-//! quantize_row_q8_0 does (d = amax / 127, q = round-half-even(x * (1 / d)), d kept in f32),
-//! each block's dot product an exact integer, and the blocks summed in order with
-//! `acc = fma(dot as f32, sw * sa, acc)` (Q6_K's dot is `sum(sc * (q - 32) * a)` over both
-//! 16-value halves and `sw` the super-block's d; Q4_K and Q5_K, `c/gemm_q4k.h`, quantize activations per
-//! 256 values and sum per super-block: `model_q4_k`). Both sides do the same f32 operations in the same
+//! VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights times activations quantized to int8) against a scalar model
+//! of the same arithmetic, bit for bit: each activation block (Q8_0 and Q4_0: each 16-value
+//! half block) quantized as ggml's quantize_row_q8_0 does (d = amax / 127,
+//! q = round-half-even(x * (1 / d)), d kept in f32), each (half) block's dot product an exact
+//! integer, and summed in order with `acc = fma(dot as f32, sw * sa, acc)` (Q6_K's dot is
+//! `sum(sc * (q - 32) * a)` over both 16-value halves and `sw` the super-block's d; Q4_K and
+//! Q5_K, `c/gemm_q4k.h`, sum per super-block: `model_q4_k`). Both sides do the same f32 operations in the same
 //! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
 //! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
 //! columns starting mid-panel (the scalar chains), blocks of zeros (d = 0); 1 vs 2 threads;
@@ -52,33 +52,46 @@ fn graph(dtype: DType, n: i64, half: i64, k: i64) -> Graph {
     g
 }
 
-/// One activation block quantized as the kernels do: (d, q).
-fn quantize_block(x: &[f32]) -> (f32, [i32; 32]) {
+/// One activation block (32 values; Q8_0's and Q4_0's halves: 16) quantized as the kernels
+/// do: (d, q).
+fn quantize<const N: usize>(x: &[f32]) -> (f32, [i32; N]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut q = [0i32; 32];
+    let mut q = [0i32; N];
     for (q, &v) in q.iter_mut().zip(x) {
         *q = (v * id).round_ties_even() as i32;
     }
     (d, q)
 }
 
-/// 256 activations quantized as the Q4_K kernels do (one scale per super-block, as ggml's
-/// q8_K): (d, the 8 groups' q).
-fn quantize_super_block(x: &[f32]) -> (f32, [[i32; 32]; 8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut q = [[0i32; 32]; 8];
-    for (j, &v) in x.iter().enumerate() {
-        q[j / 32][j % 32] = (v * id).round_ties_even() as i32;
-    }
-    (d, q)
+fn quantize_block(x: &[f32]) -> (f32, [i32; 32]) {
+    quantize::<32>(x)
 }
 
-/// The Q4_K (and Q5_K: 5-bit q) model: per super-block the exact integers `Mi = sum_g m_g * sum(a_g)` and
-/// `S = sum_g sc_g * dot_g`, then `acc = fma(Mi, -dmin * sa, acc)`, `acc = fma(S, d * sa, acc)`.
+/// A super-block's min sums as the Q4_K kernels carry them: per 32-value group
+/// `A_g = sa_g * sum(q_g)` (f32), as integers in units of `u = max_g |A_g| / 16383`
+/// (round-half-even, so |A'_g| <= 16383: the two bytes `128 h + l` of the kernels' words).
+fn min_sums(blocks: &[(f32, [i32; 32])]) -> (f32, [i32; 8]) {
+    let a: Vec<f32> = blocks
+        .iter()
+        .map(|(sa, q)| sa * q.iter().sum::<i32>() as f32)
+        .collect();
+    let amax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let u = amax / 16383.0;
+    let iu = if u != 0.0 { 1.0 / u } else { 0.0 };
+    let mut ai = [0i32; 8];
+    for (ai, a) in ai.iter_mut().zip(&a) {
+        *ai = (a * iu).round_ties_even() as i32;
+        assert!(ai.abs() <= 16383);
+    }
+    (u, ai)
+}
+
+/// The Q4_K (and Q5_K: 5-bit q) model: activations per 32 values as the other types; per
+/// super-block `T = sum_g fma((sc_g * dot_g) as f32, sa_g, T)` (an exact integer per group),
+/// `Mi = sum_g m_g * A'_g` (exact: [`min_sums`]), then `acc = fma(Mi, -dmin * u, acc)`,
+/// `acc = fma(T, d, acc)`.
 fn model_q4_k(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
     let (row_bytes, read): (usize, fn(&[u8], usize) -> _) = if dtype == DType::Q5_K {
         (k / 256 * 176, super_block_q5_k)
@@ -88,24 +101,25 @@ fn model_q4_k(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f3
     let rows = w.bytes().len() / row_bytes;
     let mut out = vec![0f32; m * rows];
     for i in 0..m {
-        let blocks: Vec<_> = x[i * k..(i + 1) * k]
-            .chunks(256)
-            .map(quantize_super_block)
+        let blocks: Vec<(f32, [i32; 32])> = x[i * k..(i + 1) * k]
+            .chunks(32)
+            .map(quantize_block)
             .collect();
+        let mins: Vec<(f32, [i32; 8])> = blocks.chunks(8).map(min_sums).collect();
         for n in 0..rows {
             let row = &w.bytes()[n * row_bytes..(n + 1) * row_bytes];
             let mut acc = 0f32;
-            for (b, (sa, qa)) in blocks.iter().enumerate() {
-                let (d, dmin, sc, mins, qw) = read(row, b).unwrap();
-                let (mut s, mut mi) = (0i32, 0i32);
-                for g in 0..8 {
-                    let dot: i32 = (0..32).map(|j| qa[g][j] * qw[g][j] as i32).sum();
-                    s += sc[g] as i32 * dot;
-                    mi += mins[g] as i32 * qa[g].iter().sum::<i32>();
+            for (b, (sb, (u, ai))) in blocks.chunks(8).zip(&mins).enumerate() {
+                let (d, dmin, sc, mns, qw) = read(row, b).unwrap();
+                let (mut t, mut mi) = (0f32, 0i32);
+                for (g, (sa, qa)) in sb.iter().enumerate() {
+                    let dot: i32 = (0..32).map(|j| qa[j] * qw[g][j] as i32).sum();
+                    t = ((sc[g] as i32 * dot) as f32).mul_add(*sa, t);
+                    mi += mns[g] as i32 * ai[g];
                 }
                 let (d, dmin) = (f16::from_bits(d).to_f32(), f16::from_bits(dmin).to_f32());
-                acc = (mi as f32).mul_add(-dmin * sa, acc);
-                acc = (s as f32).mul_add(d * sa, acc);
+                acc = (mi as f32).mul_add(-dmin * u, acc);
+                acc = t.mul_add(d, acc);
             }
             out[i * rows + n] = acc;
         }
@@ -141,17 +155,29 @@ fn model(dtype: DType, x: &[f32], m: usize, k: usize, w: &Tensor) -> Vec<f32> {
                     acc = (dot as f32).mul_add(d * sa, acc);
                     continue;
                 }
+                // Q8_0, Q4_0: activations per 16 values; the halves' scaled dots summed
+                // (`d0 * sa0`, then an FMA with `d1, sa1`), then one FMA with the weight's d.
                 let (sw, _, qw) = sub_block(q, row, b).unwrap();
-                let dot: i32 = (0..32)
-                    .map(|j| {
-                        let wv = match dtype {
-                            DType::Q8_0 => qw[j] as i8 as i32,
-                            _ => qw[j] as i32 - 8,
-                        };
-                        qa[j] * wv
-                    })
-                    .sum();
-                acc = (dot as f32).mul_add(sw * sa, acc);
+                let x = &x[i * k + 32 * b..i * k + 32 * b + 32];
+                let mut hs = 0f32;
+                for h in 0..2 {
+                    let (sa, qa) = quantize::<16>(&x[16 * h..16 * h + 16]);
+                    let dot: i32 = (0..16)
+                        .map(|j| {
+                            let wv = match dtype {
+                                DType::Q8_0 => qw[16 * h + j] as i8 as i32,
+                                _ => qw[16 * h + j] as i32 - 8,
+                            };
+                            qa[j] * wv
+                        })
+                        .sum();
+                    hs = if h == 0 {
+                        dot as f32 * sa
+                    } else {
+                        (dot as f32).mul_add(sa, hs)
+                    };
+                }
+                acc = hs.mul_add(sw, acc);
             }
             out[i * rows + n] = acc;
         }

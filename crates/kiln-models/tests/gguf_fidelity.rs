@@ -7,9 +7,9 @@
 //! as for an f32 checkpoint. Phase 2 keeps Q8_0, Q4_0, Q4_K, Q5_K and Q6_K linear weights quantized and
 //! dequantizes them inside the kernels, to the same f32 values ggml's dequantization gives
 //! (bit for bit: crates/kiln-cpu/tests/gemm_quant.rs), so the same tolerance holds on the f32-dequantizing kernels. Where the CPU has AVX-512 VNNI,
-//! Q8_0, Q4_0, Q4_K, Q5_K and Q6_K matmuls take the integer path (activations quantized to int8 as
-//! llama.cpp does: per 32 values, per 256 for Q4_K and Q5_K): those files are held to llama.cpp's own distance from the reference
-//! ([`tolerance`], [`check_prompt`]). The F32 and BF16 files of tiny-qwen3 also give bit-identical
+//! Q8_0, Q4_0, Q4_K, Q5_K and Q6_K matmuls take the integer path (activations quantized to int8,
+//! per 16 values for Q8_0 and Q4_0, per 32 for the K types): those files are held to llama.cpp's
+//! own distance from the reference ([`tolerance`], [`check_prompt`]). The F32 and BF16 files of tiny-qwen3 also give bit-identical
 //! logits to the safetensors fixtures they were written from.
 
 use kiln_compile::CompileOptions;
@@ -77,8 +77,7 @@ fn references(gguf: &Path) -> Vec<(String, GgufReference)> {
 }
 
 /// Whether `kept` (the dtypes a model keeps quantized) puts a matmul on the CPU's integer path
-/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K times activations quantized to int8, per 32
-/// values, per 256 for Q4_K and Q5_K).
+/// (AVX-512 VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K times activations quantized to int8).
 fn int8_path(kept: &[&str]) -> bool {
     cpu().quant_int8().unwrap()
         && kept
@@ -110,18 +109,21 @@ fn llama_cpp_distance(file: &str) -> f32 {
 
 /// The logits' tolerance for `file` (`dir/name.gguf`): 1e-4 where the kernels compute the
 /// dequantized model in f32 (see the top of this file). On the integer path the activations
-/// are quantized to int8 as llama.cpp quantizes them (per 32 values as q8_0, its scale kept in
-/// f32 where llama.cpp rounds it to f16; for Q4_K weights per 256 as q8_K), so the error is of
-/// llama.cpp's kind and size,
-/// and is measured like llama.cpp's in tests/gguf/make.py (teacher-forced, max over 3 prompts x
-/// 16 steps x the vocabulary). Two realisations of the same rounding noise do not have the same
-/// maximum: measured kiln / llama.cpp per file 0.36 to 1.17 (tiny-qwen3 Q8_0: 0.176 vs 0.151,
-/// the only file above 1; printed by the test). The bound is therefore 1.25 x llama.cpp's
-/// distance on the same file: it fails an error of another kind (a wrong scale, block or
-/// sign moves logits by whole units), and `docs/benchmarks.md` states the measured ratios.
+/// are quantized to int8 (ggml's q8_0 rounding, the scale amax / 127 kept in f32): per 16
+/// values for Q8_0 and Q4_0 weights, per 32 for Q4_K, Q5_K and Q6_K — finer than llama.cpp,
+/// which quantizes them per 32 (q8_0, its scale rounded to f16) and per 256 for the K types
+/// (q8_K). The error, measured like llama.cpp's in tests/gguf/make.py (teacher-forced, max over
+/// 3 prompts x 16 steps x the vocabulary), is at most llama.cpp's own on the same file: the
+/// issue's bound, 1.0 x llama.cpp's distance. Measured kiln / llama.cpp per file (printed by
+/// the test, with the rms; `docs/benchmarks.md`): tiny-qwen3 Q8_0 (and Q6_K, which holds
+/// Q8_0) 0.82, Q4_0 0.75, Q4_K_M 0.29; tiny-qwen2 Q8_0 0.86; qwen3-256 Q4_K 0.71, Q4_K_M 0.85,
+/// Q5_K_M 0.60, Q6_K 0.70 (with llama.cpp's own schemes, per 32 and per 256, 0.95 to 1.18:
+/// two draws of the same rounding noise do not have the same maximum, so the finer scales are
+/// what puts every file under llama.cpp's, by a margin of 14% or more). An error of another
+/// kind (a wrong scale, block or sign) moves logits by whole units.
 fn tolerance(file: &str, int8: bool) -> f32 {
     if int8 {
-        1.25 * llama_cpp_distance(file)
+        llama_cpp_distance(file)
     } else {
         1e-4
     }
@@ -134,8 +136,42 @@ fn llama_cpp_argmax_same(file: &str) -> bool {
         .expect("a boolean")
 }
 
+/// The logits' differences from the reference over the steps compared: the largest, and the
+/// sum of squares and count (for the rms).
+#[derive(Default)]
+struct Distance {
+    max: f32,
+    sum_sq: f64,
+    n: usize,
+}
+
+impl Distance {
+    fn add(&mut self, got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len());
+        let d = max_abs_diff(got, want);
+        self.max = self.max.max(d);
+        self.sum_sq += got
+            .iter()
+            .zip(want)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum::<f64>();
+        self.n += got.len();
+        d
+    }
+
+    fn merge(&mut self, o: Distance) {
+        self.max = self.max.max(o.max);
+        self.sum_sq += o.sum_sq;
+        self.n += o.n;
+    }
+
+    fn rms(&self) -> f64 {
+        (self.sum_sq / self.n.max(1) as f64).sqrt()
+    }
+}
+
 /// The reference's greedy tokens and logits against `model`'s on one prompt; returns the
-/// largest logit difference. Greedy tokens must be the reference's, except on the integer
+/// logits' distance. Greedy tokens must be the reference's, except on the integer
 /// path for a file where llama.cpp's own greedy tokens also leave the reference's: there a
 /// token may differ only where the reference's top two logits are within 2 x `tol` of each
 /// other (a near tie that an error of `tol` can flip), and then every step is compared
@@ -147,7 +183,7 @@ fn check_prompt(
     r: &GgufReference,
     tol: f32,
     int8: bool,
-) -> f32 {
+) -> Distance {
     let g = model
         .generate(
             &r.prompt_ids,
@@ -163,7 +199,7 @@ fn check_prompt(
         .zip(&r.greedy_ids)
         .position(|(a, b)| a != b);
     let diverged = first_diff.unwrap_or(r.greedy_ids.len());
-    let mut worst = 0.0f32;
+    let mut dist = Distance::default();
     for (k, (got, want)) in g
         .step_logits
         .iter()
@@ -171,14 +207,13 @@ fn check_prompt(
         .enumerate()
         .take(diverged + 1)
     {
-        let d = max_abs_diff(got, want);
+        let d = dist.add(got, want);
         assert!(
             d <= tol,
             "{file} {p}: step {k} logits differ by {d} (> {tol})"
         );
-        worst = worst.max(d);
     }
-    let Some(s) = first_diff else { return worst };
+    let Some(s) = first_diff else { return dist };
     assert!(
         int8 && !llama_cpp_argmax_same(file),
         "{file} {p}: greedy ids {:?}, reference {:?}",
@@ -203,14 +238,13 @@ fn check_prompt(
         let g = model
             .generate(&ids, 1, &Sampling::default(), &[], |_| {})
             .unwrap();
-        let d = max_abs_diff(&g.step_logits[0], &r.step_logits[k]);
+        let d = dist.add(&g.step_logits[0], &r.step_logits[k]);
         assert!(
             d <= tol,
             "{file} {p}: step {k} (teacher-forced) logits differ by {d} (> {tol})"
         );
-        worst = worst.max(d);
     }
-    worst
+    dist
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -271,16 +305,18 @@ fn every_fixture_file_matches_its_numpy_reference() {
             .to_string_lossy();
         let int8 = int8_path(&kept);
         let tol = tolerance(&format!("{dir}/{name}"), int8);
-        let mut file_worst = 0.0f32;
+        let mut dist = Distance::default();
         let rel = format!("{dir}/{name}");
         for (p, r) in references(file) {
-            file_worst = file_worst.max(check_prompt(&mut model, &rel, &p, &r, tol, int8));
+            dist.merge(check_prompt(&mut model, &rel, &p, &r, tol, int8));
         }
+        let file_worst = dist.max;
         if int8 {
             let llama = llama_cpp_distance(&rel);
             eprintln!(
-                "{name} (int8 path): max |kiln - numpy| {file_worst:.3} = {:.2} x llama.cpp's {llama:.3}",
-                file_worst / llama
+                "{name} (int8 path): max |kiln - numpy| {file_worst:.3} = {:.2} x llama.cpp's {llama:.3} (rms {:.4})",
+                file_worst / llama,
+                dist.rms()
             );
         } else {
             eprintln!("{name} (f32 path): max |kiln - numpy| {file_worst:.2e}");
@@ -391,7 +427,7 @@ fn weight_dtype_quantizes_at_load_as_ggml_does() {
         let tol = tolerance(file, int8);
         let mut worst = 0.0f32;
         for (p, r) in references(&path) {
-            worst = worst.max(check_prompt(&mut model, file, &p, &r, tol, int8));
+            worst = worst.max(check_prompt(&mut model, file, &p, &r, tol, int8).max);
         }
         eprintln!(
             "{file} --weight-dtype {}: max |kiln - numpy| {worst:.2e} (tolerance {tol:.2e})",
@@ -449,7 +485,7 @@ fn encode_meta(v: &kiln_models::gguf::MetaValue) -> (u32, Vec<u8>) {
 /// - the Q5_K file on the f32-dequantizing kernels gives the F32 file's tokens and logits
 ///   within 1e-4 (the dequantized weights are the same f32 values; f32 rounding only);
 /// - on the integer (VNNI) path, where the CPU has it, every prompt's first logits within
-///   1.25 x llama.cpp's distance on this model (`tolerance`: the activations quantized per 32
+///   llama.cpp's distance on this model (`tolerance`: the activations quantized per 32
 ///   values to int8; the model's shape and the rounding are those of the fixture's).
 #[test]
 fn q5_k_files_and_weight_dtype_q5_k_run_the_same_blocks() {

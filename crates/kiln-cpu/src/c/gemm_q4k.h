@@ -1,34 +1,39 @@
 /* ---- Q4_K on the integer path (AVX-512 VNNI): super-block panels, 18.5 bytes per 32 values ---
  *
- * As llama.cpp's ggml_vec_dot_q4_K_q8_K: the activations are quantized per 256 values (one
- * super-block: d = amax / 127, q = round-half-even(x * (1 / d)), as gemm_quant.h's blocks but
- * over 256), so a super-block's eight 32-value groups share one activation scale sa and the
- * group scales stay integers to the end. A Q4_K value is d * sc_g * q - dmin * m_g (q 0..15,
- * sc_g and m_g 6-bit, d and dmin the super-block's f16), so per column and super-block
- *     S  = sum_g sc_g * dot_g,   dot_g = sum_{k in g} q_k a_k   (vpdpbusd, then vpmulld)
- *     Mi = sum_g m_g * asum_g,   asum_g = sum_{k in g} a_k
- * are exact integers (|S| <= 8 * 63 * 32 * 15 * 127 < 2^25, |Mi| <= 8 * 63 * 32 * 127 < 2^21),
- * converted to f32 once per super-block, and
- *     y = fmaf((float)Mi, -dmin * sa, y);  y = fmaf((float)S, d * sa, y)
+ * The activations are quantized per 32 values, as for every other type (gemm_quant.h's
+ * blocks: sa_g = amax / 127, q = round-half-even(x * (1 / sa_g))). llama.cpp's
+ * ggml_vec_dot_q4_K_q8_K quantizes them per 256 (one scale per super-block, q8_K), which puts
+ * its logits' error on the GGUF fixtures ~1.5x kiln's per-32 error (rms; tests/gguf_fidelity.rs,
+ * docs/benchmarks.md). A Q4_K value is d * sc_g * q - dmin * m_g (q 0..15, sc_g and m_g
+ * 6-bit, d and dmin the super-block's f16), so per column and super-block
+ *     T  = sum_g fmaf((float)(sc_g * dot_g), sa_g, T),  dot_g = sum_{k in g} q_k a_k
+ *     Mi = sum_g m_g * A'_g
+ * (sc_g * dot_g an exact integer, vpdpbusd then vpmulld: |sc_g * dot_g| <= 63 * 32 * 15 * 127
+ * < 2^22, Q5_K's < 2^23, so exact in f32; T in f32, in group order). A'_g is the group's
+ * min sum A_g = sa_g * sum(a_g) (f32) as an integer in units of u = max_g |A_g| / 16383 (per
+ * row and super-block, round-half-even: |A'_g| <= 16383, 14 bits, an error below 2^-15 of the
+ * largest A_g, far under the activations' own rounding), so Mi is an exact integer
+ * (|Mi| <= 8 * 63 * 16383 < 2^23), and
+ *     y = fmaf((float)Mi, -dmin * u, y);  y = fmaf(T, d, y)
  * in super-block order on every path (micro-kernel, GEMV, scalar columns), so results do not
- * depend on the thread count and a decode row equals the same row of a prefill. The former
- * layout (f32 d*sc and -dmin*m per group, 24 bytes per 32 values and column) needed an f32
- * conversion, multiply and two FMAs per group and 30% more bytes.
+ * depend on the thread count and a decode row equals the same row of a prefill. Per group
+ * that costs one conversion and FMA per 16 columns and row over the per-256 scheme (whose
+ * integer S needed one add): the one-row GEMV still streams at the read (bench-qgemv).
  *
- * Mi by vpdpbusd too: asum_g (|asum_g| <= 4064) is split as 128 h_g + l_g with l_g in 0..127
- * and h_g in -32..31, both signed bytes; a column's four m_g (u8) of groups 4j..4j+3 are one
+ * Mi by vpdpbusd: A'_g is split as 128 h_g + l_g with l_g in 0..127 and h_g in -128..127,
+ * both signed bytes; a column's four m_g (u8) of groups 4j..4j+3 are one
  * 32-bit lane, so Mi = 128 sum_g m_g h_g + sum_g m_g l_g is four vpdpbusd per 16 columns.
  *
  * Panels (pack_quant.rs, integer layout), per super-block of NR columns (148 NR bytes):
  *   u16 d[NR] (f16) | u16 dmin[NR] (f16) | u8 m[2][NR][4] (m of group 4j + t at (j, c, t))
  *   | u8 sc[8][NR] | 8 groups x 8 quads x [NR/2][4] nibbles (as Q4_0's integer layout)
  * Activations (the worker's abuf): strips of SR rows, per 32-value group 40 SR bytes as
- * gemm_quant.h's (i32 [8][SR] quads, f32 [SR], 32-bit word [SR]); the f32 is the super-block's
- * scale (the same in its eight groups), the word of group j of a super-block: j = 0 the bytes
- * h_0..h_3, j = 1 l_0..l_3, j = 2 h_4..h_7, j = 3 l_4..l_7, j >= 4 zero.
+ * gemm_quant.h's (i32 [8][SR] quads, f32 [SR], 32-bit word [SR]); the f32 is the group's
+ * scale sa_g, the word of group j of a super-block: j = 0 the bytes h_0..h_3, j = 1 l_0..l_3,
+ * j = 2 h_4..h_7, j = 3 l_4..l_7, j = 4 the f32 u, j > 4 zero.
  *
  * Q5_K (gemm_q5k.h) runs on the same code (the `q5` argument, a constant after inlining): its
- * super-block is Q4_K's with 5-bit q (0..31, |S| < 2^26), so its panel is Q4_K's with each
+ * super-block is Q4_K's with 5-bit q (0..31), so its panel is Q4_K's with each
  * group's nibbles (16 NR bytes) followed by the group's fifth bits (4 NR bytes; 180 NR per
  * super-block, 22.5 bytes per 32 values, the file's 22): quad qd's at 16 NR + NR/2 qd of the
  * group, two 64-bit words (columns 0..15, 16..31), bit 4 j + t the fifth bit of byte (j, t) of
@@ -51,51 +56,41 @@ typedef char kiln_v64qi __attribute__((vector_size(64)));
 _Static_assert(KILN_KC % 256 == 0, "Q4_K's k blocks are whole super-blocks");
 
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (the layout above; rows past tm up
- * to the strip's end: zeros). */
+ * to the strip's end: zeros): each 32-value group as gemm_quant.h's blocks (its own scale
+ * sa_g), then per super-block the min sums A_g = sa_g * sum(a_g) as integers in units of
+ * u = max_g |A_g| / 16383 (round-half-even) split into the words, u in group 4's word. */
 static void kiln_quantize_a_q4k(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
                                 int64_t sr, uint8_t *restrict qa) {
     const int64_t G = K / 32, rows = (tm + sr - 1) / sr * sr, qb = 40 * sr;
-    const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
     for (int64_t i = 0; i < rows; ++i) {
         uint8_t *strip = qa + (i / sr) * G * qb;
         const int64_t s = i % sr;
         for (int64_t b = 0; b < G / 8; ++b) {
-            const float *restrict r = a + i * lda + b * 256;
-            float d = 0.0f;
-            if (i < tm) {
-                kiln_vf m = (kiln_vf){0};
-                for (int v = 0; v < 16; ++v) m = kiln_vmax(m, (kiln_vf)((kiln_vu)kiln_ldv(r + 16 * v) & abs_mask));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
-                d = m[0] / 127.0f;
-            }
-            const float id = d != 0.0f ? 1.0f / d : 0.0f;
-            const kiln_vf sid = kiln_splatv(id);
-            uint8_t h[8], l[8];
+            float A[8], amax = 0.0f;
             for (int64_t j = 0; j < 8; ++j) {
                 uint8_t *blk = strip + (b * 8 + j) * qb;
                 int8_t q[32] = {0};
-                int32_t sum = 0;
-                if (i < tm) {
-                    /* vcvtps2dq: round to nearest even (the MXCSR default) */
-                    const kiln_vi q0 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(kiln_ldv(r + 32 * j) * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
-                    const kiln_vi q1 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(kiln_ldv(r + 32 * j + 16) * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
-                    const kiln_v16qi b0 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q0, (kiln_v16qi){0}, (unsigned short)-1);
-                    const kiln_v16qi b1 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q1, (kiln_v16qi){0}, (unsigned short)-1);
-                    memcpy(q, &b0, 16); memcpy(q + 16, &b1, 16);
-                    for (int k = 0; k < 32; ++k) sum += q[k];
-                }
-                h[j] = (uint8_t)(int8_t)(sum >> 7); /* arithmetic shift: floor(sum / 128) */
-                l[j] = (uint8_t)(sum & 127);
+                float d = 0.0f;
+                int32_t sum0 = 0, sum1 = 0;
+                if (i < tm) d = kiln_quantize_block(a + i * lda + b * 256 + 32 * j, q, &sum0, &sum1);
                 for (int qd = 0; qd < 8; ++qd) memcpy(blk + (qd * sr + s) * 4, q + 4 * qd, 4);
                 memcpy(blk + 32 * sr + 4 * s, &d, 4);
+                A[j] = d * (float)(sum0 + sum1);
+                const float fa = __builtin_fabsf(A[j]);
+                amax = fa > amax ? fa : amax;
+            }
+            const float u = amax / 16383.0f, iu = u != 0.0f ? 1.0f / u : 0.0f;
+            uint8_t h[8], l[8];
+            for (int64_t j = 0; j < 8; ++j) {
+                const int32_t ai = (int32_t)__builtin_rintf(A[j] * iu); /* |ai| <= 16383; to nearest even */
+                h[j] = (uint8_t)(int8_t)(ai >> 7); /* arithmetic shift: floor(ai / 128) */
+                l[j] = (uint8_t)(ai & 127);
             }
             for (int64_t j = 0; j < 8; ++j) {
                 const uint8_t *src = j == 0 ? h : j == 1 ? l : j == 2 ? h + 4 : l + 4;
                 uint8_t word[4] = {0, 0, 0, 0};
                 if (j < 4) memcpy(word, src, 4);
+                if (j == 4) memcpy(word, &u, 4);
                 memcpy(strip + (b * 8 + j) * qb + 36 * sr + 4 * s, word, 4);
             }
         }
@@ -161,22 +156,23 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(const int q5, 
             kiln_stv(c + i * ldc + KILN_VL, (kiln_vf){0});
         }
     for (int64_t b = 0; b < nsb; ++b, qa += 8 * KILN_QA_BLOCK, w += KILN_SBI_K(q5)) {
-        const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);
+        const float *u = (const float *)(const void *)(qa + 4 * KILN_QA_BLOCK + 36 * KILN_QMR);
         {
             kiln_vf d0, d1, n0, n1;
             kiln_q4k_dmin(w, &d0, &d1, &n0, &n1);
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
                 kiln_vi mi0, mi1;
                 kiln_q4k_mins(w, (const int32_t *)(const void *)(qa + 36 * KILN_QMR) + i, KILN_QA_BLOCK / 4, &mi0, &mi1);
-                const kiln_vf sc = kiln_splatv(sa[i]);
+                const kiln_vf sc = kiln_splatv(u[i]);
                 kiln_stv(c + i * ldc, KILN_FMAV(__builtin_convertvector(mi0, kiln_vf), n0 * sc, kiln_ldv(c + i * ldc)));
                 kiln_stv(c + i * ldc + KILN_VL, KILN_FMAV(__builtin_convertvector(mi1, kiln_vf), n1 * sc, kiln_ldv(c + i * ldc + KILN_VL)));
             }
         }
-        kiln_vi S[KILN_QMR][2];
-        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) S[i][0] = S[i][1] = (kiln_vi){0};
+        kiln_vf T[KILN_QMR][2];
+        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) T[i][0] = T[i][1] = (kiln_vf){0};
         for (int g = 0; g < 8; ++g) {
             const int32_t *aq = (const int32_t *)(const void *)(qa + g * KILN_QA_BLOCK);
+            const float *sa = (const float *)(const void *)(qa + g * KILN_QA_BLOCK + 32 * KILN_QMR);
             kiln_vi ia[KILN_QMR][2];
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) ia[i][0] = ia[i][1] = (kiln_vi){0};
             _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {
@@ -192,17 +188,17 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(const int q5, 
             const kiln_vi s0 = kiln_ld_i8(w + KILN_Q4K_SC + g * KILN_NR, 1);
             const kiln_vi s1 = kiln_ld_i8(w + KILN_Q4K_SC + g * KILN_NR + KILN_VL, 1);
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
-                S[i][0] += s0 * ia[i][0];
-                S[i][1] += s1 * ia[i][1];
-                KILN_IN_REG(S[i][0]); KILN_IN_REG(S[i][1]);
+                const kiln_vf sc = kiln_splatv(sa[i]);
+                T[i][0] = KILN_FMAV(__builtin_convertvector(s0 * ia[i][0], kiln_vf), sc, T[i][0]);
+                T[i][1] = KILN_FMAV(__builtin_convertvector(s1 * ia[i][1], kiln_vf), sc, T[i][1]);
+                KILN_IN_REG(T[i][0]); KILN_IN_REG(T[i][1]);
             }
         }
         kiln_vf d0, d1, n0, n1;
         kiln_q4k_dmin(w, &d0, &d1, &n0, &n1);
         _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
-            const kiln_vf sc = kiln_splatv(sa[i]);
-            kiln_stv(c + i * ldc, KILN_FMAV(__builtin_convertvector(S[i][0], kiln_vf), d0 * sc, kiln_ldv(c + i * ldc)));
-            kiln_stv(c + i * ldc + KILN_VL, KILN_FMAV(__builtin_convertvector(S[i][1], kiln_vf), d1 * sc, kiln_ldv(c + i * ldc + KILN_VL)));
+            kiln_stv(c + i * ldc, KILN_FMAV(T[i][0], d0, kiln_ldv(c + i * ldc)));
+            kiln_stv(c + i * ldc + KILN_VL, KILN_FMAV(T[i][1], d1, kiln_ldv(c + i * ldc + KILN_VL)));
         }
     }
 }
@@ -220,22 +216,23 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};
     for (int64_t b = 0; b < G / 8; ++b) {
         const uint8_t *sb = w + b * KILN_SBI_K(q5), *ab = qa + b * 8 * 40 * R;
-        const float *sa = (const float *)(const void *)(ab + 32 * R);
+        const float *u = (const float *)(const void *)(ab + 4 * 40 * R + 36 * R);
         {
             kiln_vf d0, d1, n0, n1;
             kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
                 kiln_vi mi0, mi1;
                 kiln_q4k_mins(sb, (const int32_t *)(const void *)(ab + 36 * R) + r, 10 * R, &mi0, &mi1);
-                const kiln_vf sc = kiln_splatv(sa[r]);
+                const kiln_vf sc = kiln_splatv(u[r]);
                 acc[r][0] = KILN_FMAV(__builtin_convertvector(mi0, kiln_vf), n0 * sc, acc[r][0]);
                 acc[r][1] = KILN_FMAV(__builtin_convertvector(mi1, kiln_vf), n1 * sc, acc[r][1]);
             }
         }
-        kiln_vi S[4][2];
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) S[r][0] = S[r][1] = (kiln_vi){0};
+        kiln_vf T[4][2];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) T[r][0] = T[r][1] = (kiln_vf){0};
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; ++g) {
             const int32_t *aq = (const int32_t *)(const void *)(ab + g * 40 * R);
+            const float *sa = (const float *)(const void *)(ab + g * 40 * R + 32 * R);
             kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2];
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
                 ia[r][0] = ia[r][1] = ib[r][0] = ib[r][1] = ic[r][0] = ic[r][1] = id[r][0] = id[r][1] = (kiln_vi){0};
@@ -253,17 +250,17 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
             const kiln_vi s0 = kiln_ld_i8(sb + KILN_Q4K_SC + g * KILN_NR, 1);
             const kiln_vi s1 = kiln_ld_i8(sb + KILN_Q4K_SC + g * KILN_NR + KILN_VL, 1);
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                S[r][0] += s0 * ((ia[r][0] + ib[r][0]) + (ic[r][0] + id[r][0]));
-                S[r][1] += s1 * ((ia[r][1] + ib[r][1]) + (ic[r][1] + id[r][1]));
-                KILN_IN_REG(S[r][0]); KILN_IN_REG(S[r][1]); /* summed here, not all at the end */
+                const kiln_vf sc = kiln_splatv(sa[r]);
+                T[r][0] = KILN_FMAV(__builtin_convertvector(s0 * ((ia[r][0] + ib[r][0]) + (ic[r][0] + id[r][0])), kiln_vf), sc, T[r][0]);
+                T[r][1] = KILN_FMAV(__builtin_convertvector(s1 * ((ia[r][1] + ib[r][1]) + (ic[r][1] + id[r][1])), kiln_vf), sc, T[r][1]);
+                KILN_IN_REG(T[r][0]); KILN_IN_REG(T[r][1]); /* summed here, not all at the end */
             }
         }
         kiln_vf d0, d1, n0, n1;
         kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-            const kiln_vf sc = kiln_splatv(sa[r]);
-            acc[r][0] = KILN_FMAV(__builtin_convertvector(S[r][0], kiln_vf), d0 * sc, acc[r][0]);
-            acc[r][1] = KILN_FMAV(__builtin_convertvector(S[r][1], kiln_vf), d1 * sc, acc[r][1]);
+            acc[r][0] = KILN_FMAV(T[r][0], d0, acc[r][0]);
+            acc[r][1] = KILN_FMAV(T[r][1], d1, acc[r][1]);
         }
     }
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
@@ -276,10 +273,11 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
  * ab): the two FMAs, in the kernels' order, with scalar integers. */
 static inline float kiln_q4k_column(const int q5, const uint8_t *sb, int64_t c, const uint8_t *ab,
                                     int64_t sr, int64_t s, float acc) {
-    int32_t S = 0, Mi = 0;
+    int32_t Mi = 0;
+    float T = 0.0f;
     for (int g = 0; g < 8; ++g) {
         const uint8_t *blk = ab + g * 40 * sr;
-        int32_t dot = 0, asum = 0;
+        int32_t dot = 0;
         for (int kk = 0; kk < 32; ++kk) {
             const int32_t av = (int8_t)blk[((kk / 4) * sr + s) * 4 + kk % 4];
             const uint8_t q = sb[KILN_Q4K_Q + g * KILN_QG(q5) + (kk / 4) * 2 * KILN_NR + (c % (KILN_NR / 2)) * 4 + kk % 4];
@@ -290,18 +288,24 @@ static inline float kiln_q4k_column(const int q5, const uint8_t *sb, int64_t c, 
                 v |= ((h >> (bit % 8)) & 1) << 4;
             }
             dot += av * v;
-            asum += av;
         }
-        S += sb[KILN_Q4K_SC + g * KILN_NR + c] * dot;
-        Mi += sb[KILN_Q4K_M + (g / 4) * 4 * KILN_NR + 4 * c + g % 4] * asum;
+        float sa;
+        memcpy(&sa, blk + 32 * sr + 4 * s, 4);
+        T = fmaf((float)(sb[KILN_Q4K_SC + g * KILN_NR + c] * dot), sa, T);
+        /* the group's min sum A_g in units of u: 128 h + l, the bytes of the words */
+        const int32_t *words = (const int32_t *)(const void *)(ab + 36 * sr) + s;
+        const int64_t wj = (g / 4) * 2, byte = g % 4;
+        const int32_t h = (int8_t)((const uint8_t *)(words + wj * 10 * sr))[byte];
+        const int32_t l = ((const uint8_t *)(words + (wj + 1) * 10 * sr))[byte];
+        Mi += sb[KILN_Q4K_M + (g / 4) * 4 * KILN_NR + 4 * c + g % 4] * (128 * h + l);
     }
     uint16_t dh, mh;
     memcpy(&dh, sb + 2 * c, 2);
     memcpy(&mh, sb + 2 * KILN_NR + 2 * c, 2);
-    float sa;
-    memcpy(&sa, ab + 32 * sr + 4 * s, 4);
-    acc = fmaf((float)Mi, -kiln_f16_to_f32(mh) * sa, acc);
-    return fmaf((float)S, kiln_f16_to_f32(dh) * sa, acc);
+    float u;
+    memcpy(&u, ab + 4 * 40 * sr + 36 * sr + 4 * s, 4);
+    acc = fmaf((float)Mi, -kiln_f16_to_f32(mh) * u, acc);
+    return fmaf(T, kiln_f16_to_f32(dh), acc);
 }
 
 /* The product tile (as KILN_QI_TILE): the rows quantized once per launch and worker, then the

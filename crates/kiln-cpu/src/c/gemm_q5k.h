@@ -65,8 +65,8 @@ KILN_QPACKED_TILE(kiln_packed_tile_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k, kiln_qat_q
 /* ---- Q5_K on the integer path (AVX-512 VNNI): gemm_q4k.h's super-block kernels ------------
  *
  * Q5_K is Q4_K's super-block with 5-bit q, so it takes Q4_K's integer path unchanged but for
- * the weight operand: activations quantized per 256 values, the group scales applied in int32,
- * one f32 conversion per super-block, the same order on every path (a decode row equals the
+ * the weight operand: activations quantized per 32 values, each group's scaled dot summed in
+ * f32, the min sums as one integer per super-block, the same order on every path (a decode row equals the
  * same row of a prefill). Panels: Q4_K's super-block (148 NR bytes) then a plane of fifth bits
  * (32 NR), 22.5 bytes per 32 values; gemm_q4k.h describes both. */
 #if defined(KILN_QINT8)

@@ -46,8 +46,8 @@ KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q
 
 /* ---- Q6_K on the integer path (AVX-512 VNNI) ----------------------------------------------
  *
- * Activations signed (kind 3: as Q4_0's, with the sums of each 16-value half, s0 and s1, in
- * the block's word as two i16), weights the unsigned 6-bit q (0..63). A 32-value block has two
+ * Activations signed (kind 3: per 32 values, one f32 scale, and the sums of each 16-value
+ * half, s0 and s1, in the block's word as two i16), weights the unsigned 6-bit q (0..63). A 32-value block has two
  * scales, so each column's block dot is two int32 dots, D0 (values 0..15, quads 0..3) and D1
  * (16..31, quads 4..7), of a (q - 32) — each started at -32 * s_h and fed q — combined
  * exactly in int32 with the i8 scales:

@@ -214,23 +214,27 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
 
 /* ---- Integer path: Q8_0 and Q4_0 weights on AVX-512 VNNI (KILN_QINT8, the prelude) ---------
  *
- * As llama.cpp does on these CPUs: the activation rows are quantized per 32 values to int8
- * with an f32 scale (ggml's quantize_row_q8_0: d = amax / 127, q = round(x / d), rounded to
- * nearest even as its x86 code does; d kept in f32, where ggml rounds it to f16), each
- * 32-value block of a product is one exact int32 dot product (vpdpbusd: u8 x s8, four
- * products per i32 lane), and the blocks are summed in f32:
- *     y[i][n] = 0;  for each block b in order:  y = fmaf((float)dot_b, sw[n][b] * sa[i][b], y)
+ * As llama.cpp does on these CPUs, but with activation scales twice as fine: the activation
+ * rows are quantized per 16 values to int8 with an f32 scale (ggml's quantize_row_q8_0 on
+ * each half block: d = amax / 127, q = round(x / d), rounded to nearest even as its x86 code
+ * does; d kept in f32, where ggml rounds it to f16; llama.cpp's q8_0 is per 32). Each 16-value
+ * half of a 32-value block of a product is one exact int32 dot product (vpdpbusd: u8 x s8,
+ * four products per i32 lane), and the halves are summed in f32:
+ *     y[i][n] = 0;  for each block b in order:
+ *         h = (float)dot_b0 * sa[i][b][0];  h = fmaf((float)dot_b1, sa[i][b][1], h);
+ *         y = fmaf(h, sw[n][b], y)
  * — the same sequence on every path (GEMM micro-kernel, GEMV, scalar columns), so results do
- * not depend on the thread count and a decode row equals the same row of a prefill.
+ * not depend on the thread count and a decode row equals the same row of a prefill. Per 16
+ * rather than 32: the logits' error on the GGUF fixtures drops by ~20% (rms and max,
+ * tests/gguf_fidelity.rs; per 32 it was llama.cpp's own size, 0.95-1.18x of its max), for a
+ * second conversion and FMA per block (the decode GEMV streams at the read either way:
+ * docs/benchmarks.md).
  * vpdpbusd multiplies unsigned weights by signed activations: Q4_0's nibbles q (0..15) are
  * the unsigned operand and the dot starts at -8 * sum(a) (sum_j (q_j - 8) a_j); Q8_0's values
  * are stored offset to q + 128 (0..255) and the dot starts at -128 * sum(a) — both per row
- * and block, with the activations' quantization, so the panel holds no per-column term.
+ * and half block, with the activations' quantization, so the panel holds no per-column term.
  * Neither overflows: vpdpbusd sums its four u8 x s8 products in 32 bits without saturating
- * (|255 * 127| * 32 < 2^21), and the result is exactly sum(q * a). Q4_K's sub-block is
- * d1 * q - m1 with q in 0..15: the dot sum(q * a) starts at 0 and the block adds, after the
- * scaled dot, a second FMA
- *     y = fmaf(-m1[n][b], sa[i][b] * sum(a), y)     (sa * sum(a) rounded once, per row/block).
+ * (|255 * 127| * 16 < 2^20), and the result is exactly sum(q * a).
  * Panels (pack_quant.rs, "integer layout"), per 32-value group:
  *   Q8_0: f16 d[NR] | 8 quads x [NR][4] bytes q + 128                  (34 NR bytes: GGUF's)
  *   Q4_0: f16 d[NR] | 8 quads x [NR/2][4] bytes, column c in the low nibble and column
@@ -238,14 +242,17 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
  * where quad q holds values k = 4q..4q+3 of the group: one 64-byte load is 16 columns x 4 k,
  * the layout of a vpdpbusd operand. The quantized activations of a launch's rows (the
  * worker's abuf) are strips of SR rows (KILN_QMR for the micro-kernel, tm <= 4 for the
- * GEMV), per block (40 SR bytes): i32 [8][SR] (row i's values 4q..4q+3), f32 scale[SR], and
- * per row a 32-bit word: Q4_0 the initial dot -8 * sum (i32), Q8_0 -128 * sum,
- * Q6_K the sums of the block's two 16-value halves (two i16). */
+ * GEMV), per block: i32 [8][SR] (row i's values 4q..4q+3), then for Q8_0 and Q4_0
+ * (KILN_QB16 = 48 SR bytes) f32 scale[2][SR] (the halves') and i32 start[2][SR] (each half's
+ * initial dot: Q4_0 -8 * sum, Q8_0 -128 * sum); for Q6_K (40 SR bytes, gemm_q6k.h) f32
+ * scale[SR] and per row the sums of the block's two 16-value halves (two i16). */
 #if defined(KILN_QINT8)
 #define KILN_QMR 6
 #define KILN_GBI_Q8_0 (34 * KILN_NR)
 #define KILN_GBI_Q4_0 (18 * KILN_NR)
 #define KILN_QA_BLOCK (40 * KILN_QMR)
+#define KILN_QB16 48 /* Q8_0's and Q4_0's bytes per row and block (per-16 scales) */
+#define KILN_QA_BLOCK16 (KILN_QB16 * KILN_QMR)
 typedef int kiln_v16si __attribute__((vector_size(64)));
 static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
     return (kiln_vi)__builtin_ia32_vpdpbusd_v16si((kiln_v16si)acc, (kiln_v16si)u8, (kiln_v16si)s8);
@@ -258,59 +265,95 @@ static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) {
     return __builtin_ia32_maxps512_mask(a, b, a, (unsigned short)-1, 4);
 }
 
+/* One 32-value block r of activations to int8 (ggml's quantize_row_q8_0: d = amax / 127,
+ * q = round-half-even(x * (1 / d)), d kept in f32): q, the sums of its two 16-value halves,
+ * and d returned. */
+static inline float kiln_quantize_block(const float *restrict r, int8_t q[32], int32_t *sum0, int32_t *sum1) {
+    const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 16);
+    const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
+    kiln_vf m = kiln_vmax((kiln_vf)((kiln_vu)x0 & abs_mask), (kiln_vf)((kiln_vu)x1 & abs_mask));
+    /* the lanes' maximum by halving (max is exact: any order gives the same) */
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+    const float d = m[0] / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const kiln_vf sid = kiln_splatv(id);
+    /* vcvtps2dq: round to nearest even (the MXCSR default) */
+    const kiln_vi q0 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x0 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
+    const kiln_vi q1 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x1 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
+    const kiln_v16qi b0 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q0, (kiln_v16qi){0}, (unsigned short)-1);
+    const kiln_v16qi b1 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q1, (kiln_v16qi){0}, (unsigned short)-1);
+    memcpy(q, &b0, 16); memcpy(q + 16, &b1, 16);
+    /* the sums of the two 16-value halves side by side: lanes 0-7 of the first step hold
+     * half 0's partial sums, 8-15 half 1's */
+    kiln_vi qs = __builtin_shuffle(q0, q1, (kiln_vi){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+               + __builtin_shuffle(q0, q1, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+    qs += __builtin_shuffle(qs, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    qs += __builtin_shuffle(qs, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    *sum0 = qs[0];
+    *sum1 = qs[8];
+    return d;
+}
+
+/* 16 activations r[0..15] to int8 as kiln_quantize_block's halves (d = amax / 127 over the
+ * 16): q, their sum, and d returned. */
+static inline float kiln_quantize_half(const float *restrict r, int8_t q[16], int32_t *sum) {
+    const kiln_vf x = kiln_ldv(r);
+    kiln_vf m = (kiln_vf)((kiln_vu)x & ((kiln_vu){0} + 0x7fffffffu));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+    const float d = m[0] / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    /* vcvtps2dq: round to nearest even (the MXCSR default) */
+    const kiln_vi qi = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x * kiln_splatv(id), (kiln_v16si){0}, (unsigned short)-1, 4);
+    const kiln_v16qi qb = __builtin_ia32_pmovdb512_mask((kiln_v16si)qi, (kiln_v16qi){0}, (unsigned short)-1);
+    memcpy(q, &qb, 16);
+    kiln_vi qs = qi + __builtin_shuffle(qi, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    qs += __builtin_shuffle(qs, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    qs += __builtin_shuffle(qs, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    *sum = qs[0];
+    return d;
+}
+
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (rows past tm up to the strip's
- * end: zeros), for weights of `kind` (0 Q8_0; 1 Q4_0; 3 Q6_K, gemm_q6k.h; Q4_K quantizes
- * per 256 values, gemm_q4k.h). The
- * micro-kernel reads strips of KILN_QMR rows; the GEMV (tm <= 4) one strip of tm rows, so a
- * decode row's block is 40 contiguous bytes (a 6-row strip spread its 40 over four lines). */
+ * end: zeros), for weights of `kind`: 0 Q8_0 and 1 Q4_0 per 16 values (blocks of KILN_QB16
+ * bytes per row: quads, f32 d of each half, each half's bias), 3 Q6_K per 32 (40 bytes:
+ * quads, f32 d, the halves' sums as two i16; gemm_q6k.h); Q4_K's are its own (gemm_q4k.h).
+ * The micro-kernel reads strips of KILN_QMR rows; the GEMV (tm <= 4) one strip of tm rows,
+ * so a decode row's block is contiguous (a 6-row strip spreads it over several lines). */
 static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
                                  int kind, int64_t sr, uint8_t *restrict qa) {
-    const int64_t G = K / 32, rows = (tm + sr - 1) / sr * sr, qb = 40 * sr;
+    const int64_t G = K / 32, rows = (tm + sr - 1) / sr * sr, qb = (kind == 3 ? 40 : KILN_QB16) * sr;
     for (int64_t i = 0; i < rows; ++i) {
         uint8_t *strip = qa + (i / sr) * G * qb;
         const int64_t s = i % sr;
         for (int64_t g = 0; g < G; ++g) {
             uint8_t *blk = strip + g * qb;
+            const float *r = a + i * lda + g * 32;
             int8_t q[32] = {0};
-            float d = 0.0f;
-            int32_t sum0 = 0, sum1 = 0;
-            if (i < tm) {
-                const float *restrict r = a + i * lda + g * 32;
-                const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 16);
-                const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
-                kiln_vf m = kiln_vmax((kiln_vf)((kiln_vu)x0 & abs_mask), (kiln_vf)((kiln_vu)x1 & abs_mask));
-                /* the lanes' maximum by halving (max is exact: any order gives the same) */
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-                m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
-                const float amax = m[0];
-                d = amax / 127.0f;
-                const float id = d != 0.0f ? 1.0f / d : 0.0f;
-                const kiln_vf sid = kiln_splatv(id);
-                /* vcvtps2dq: round to nearest even (the MXCSR default) */
-                const kiln_vi q0 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x0 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
-                const kiln_vi q1 = (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x1 * sid, (kiln_v16si){0}, (unsigned short)-1, 4);
-                const kiln_v16qi b0 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q0, (kiln_v16qi){0}, (unsigned short)-1);
-                const kiln_v16qi b1 = __builtin_ia32_pmovdb512_mask((kiln_v16si)q1, (kiln_v16qi){0}, (unsigned short)-1);
-                memcpy(q, &b0, 16); memcpy(q + 16, &b1, 16);
-                /* the sums of the two 16-value halves (Q6_K's scales' halves) side by side:
-                 * lanes 0-7 of the first step hold half 0's partial sums, 8-15 half 1's */
-                kiln_vi qs = __builtin_shuffle(q0, q1, (kiln_vi){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
-                           + __builtin_shuffle(q0, q1, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
-                qs += __builtin_shuffle(qs, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-                qs += __builtin_shuffle(qs, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-                qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
-                sum0 = qs[0];
-                sum1 = qs[8];
+            int32_t sum[2] = {0, 0};
+            if (kind == 3) { /* Q6_K: the halves' sums (|s| <= 16 * 128) as two i16 */
+                const float d = i < tm ? kiln_quantize_block(r, q, &sum[0], &sum[1]) : 0.0f;
+                const int32_t word = (int32_t)((uint32_t)(uint16_t)sum[0] | (uint32_t)sum[1] << 16);
+                memcpy(blk + 32 * sr + 4 * s, &d, 4);
+                memcpy(blk + 36 * sr + 4 * s, &word, 4);
+            } else {
+                float d[2] = {0.0f, 0.0f};
+                if (i < tm)
+                    for (int hf = 0; hf < 2; ++hf) d[hf] = kiln_quantize_half(r + 16 * hf, q + 16 * hf, &sum[hf]);
+                const int32_t bias[2] = {(kind == 0 ? -128 : -8) * sum[0], (kind == 0 ? -128 : -8) * sum[1]};
+                for (int hf = 0; hf < 2; ++hf) {
+                    memcpy(blk + (32 + 4 * hf) * sr + 4 * s, &d[hf], 4);
+                    memcpy(blk + (40 + 4 * hf) * sr + 4 * s, &bias[hf], 4);
+                }
             }
             for (int qd = 0; qd < 8; ++qd) memcpy(blk + (qd * sr + s) * 4, q + 4 * qd, 4);
-            const int32_t sum = sum0 + sum1;
-            /* kind 3 (Q6_K): the halves' sums (|s| <= 16 * 128) as two i16 */
-            const int32_t bias = kind == 0 ? -128 * sum : kind == 1 ? -8 * sum
-                               : kind == 3 ? (int32_t)((uint32_t)(uint16_t)sum0 | (uint32_t)sum1 << 16) : 0;
-            memcpy(blk + 32 * sr + 4 * s, &d, 4);
-            memcpy(blk + 36 * sr + 4 * s, &bias, 4);
         }
     }
 }
@@ -340,64 +383,71 @@ static inline __attribute__((always_inline)) void kiln_qi_scales(const uint8_t *
     do { ia[0] = kiln_dpbusd(ia[0], w0, x); ia[1] = kiln_dpbusd(ia[1], w1, x); } while (0)
 
 /* Micro-kernel: rows of one activation strip (QMR) x one panel (NR columns), blocks 0..nb-1
- * from qa and wg (both at their first block), into c (row stride ldc), (+)= as load_c says. */
-#define KILN_QI_UKR(NAME, GB, KIND, LOADW)                                                         \
-static inline __attribute__((always_inline)) void NAME(int64_t nb, const uint8_t *restrict qa,     \
-        const uint8_t *restrict wg, float *restrict c, int64_t ldc, int load_c) {                  \
-    kiln_vf acc[KILN_QMR][2];                                                                      \
-    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                                   \
-        acc[i][0] = load_c ? kiln_ldv(c + i * ldc) : (kiln_vf){0};                                 \
-        acc[i][1] = load_c ? kiln_ldv(c + i * ldc + KILN_VL) : (kiln_vf){0};                       \
-    }                                                                                              \
-    for (int64_t b = 0; b < nb; ++b, qa += KILN_QA_BLOCK, wg += (GB)) {                            \
-        const int32_t *aq = (const int32_t *)(const void *)qa;                                     \
-        kiln_vi ia[KILN_QMR][2];                                                                   \
+ * from qa and wg (both at their first block), into c (row stride ldc), (+)= as load_c says.
+ * Per block and row, each 16-value half's dot (quads 0..3, 4..7; started at its bias), the
+ * halves' scaled sum hs and one FMA with the weight's d. The panel's two 16-column halves are
+ * separate passes over the blocks: one pass's accumulators, hs and dots are 18 registers (both
+ * at once, 36, spilled: 0.8 of this kernel's speed). */
+#define KILN_QI_UKR(NAME, GB, LOADW)                                                               \
+static inline __attribute__((always_inline)) void NAME(int64_t nb, const uint8_t *restrict qa0,    \
+        const uint8_t *restrict wg0, float *restrict c, int64_t ldc, int load_c) {                 \
+    _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {                                       \
+        kiln_vf acc[KILN_QMR];                                                                     \
         _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                                 \
-            ia[i][0] = ia[i][1] = kiln_splati((KIND) <= 1 ? aq[9 * KILN_QMR + i] : 0);             \
-        _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                                   \
-            kiln_vi w0, w1;                                                                        \
-            LOADW(wg, qd, &w0, &w1);                                                               \
-            KILN_IN_REG(w0); KILN_IN_REG(w1);                                                      \
-            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                           \
-                const kiln_vi x = kiln_splati(aq[qd * KILN_QMR + i]);                              \
-                KILN_QI_DOT(ia[i], x, w0, w1);                                                     \
+            acc[i] = load_c ? kiln_ldv(c + i * ldc + ch * KILN_VL) : (kiln_vf){0};                 \
+        const uint8_t *qa = qa0, *wg = wg0;                                                        \
+        for (int64_t b = 0; b < nb; ++b, qa += KILN_QA_BLOCK16, wg += (GB)) {                      \
+            const int32_t *aq = (const int32_t *)(const void *)qa;                                 \
+            const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);                   \
+            kiln_vf hs[KILN_QMR]; /* D0 * sa0, then + D1 * sa1 */                                  \
+            _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {                               \
+                kiln_vi ia[KILN_QMR];                                                              \
+                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                         \
+                    ia[i] = kiln_splati(aq[(10 + hf) * KILN_QMR + i]);                             \
+                _Pragma("GCC unroll 4") for (int qd = 4 * hf; qd < 4 * hf + 4; ++qd) {             \
+                    kiln_vi w0, w1;                                                                \
+                    LOADW(wg, qd, &w0, &w1);                                                       \
+                    kiln_vi w = ch ? w1 : w0;                                                      \
+                    KILN_IN_REG(w);                                                                \
+                    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                     \
+                        ia[i] = kiln_dpbusd(ia[i], w, kiln_splati(aq[qd * KILN_QMR + i]));         \
+                }                                                                                  \
+                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                       \
+                    const kiln_vf sc = kiln_splatv(sa[hf * KILN_QMR + i]);                         \
+                    hs[i] = hf == 0 ? __builtin_convertvector(ia[i], kiln_vf) * sc                 \
+                                    : KILN_FMAV(__builtin_convertvector(ia[i], kiln_vf), sc, hs[i]); \
+                }                                                                                  \
             }                                                                                      \
+            kiln_vf s0, s1;                                                                        \
+            kiln_qi_scales(wg, &s0, &s1);                                                          \
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                             \
+                acc[i] = KILN_FMAV(hs[i], ch ? s1 : s0, acc[i]);                                   \
         }                                                                                          \
-        kiln_vf s0, s1;                                                                            \
-        kiln_qi_scales(wg, &s0, &s1);                                                              \
-        const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);                       \
-        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                               \
-            const kiln_vf sc = kiln_splatv(sa[i]);                                                 \
-            acc[i][0] = KILN_FMAV(__builtin_convertvector(ia[i][0], kiln_vf), s0 * sc, acc[i][0]); \
-            acc[i][1] = KILN_FMAV(__builtin_convertvector(ia[i][1], kiln_vf), s1 * sc, acc[i][1]); \
-        }                                                                                          \
-    }                                                                                              \
-    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                                   \
-        kiln_stv(c + i * ldc, acc[i][0]);                                                          \
-        kiln_stv(c + i * ldc + KILN_VL, acc[i][1]);                                                \
+        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) kiln_stv(c + i * ldc + ch * KILN_VL, acc[i]); \
     }                                                                                              \
 }
-KILN_QI_UKR(kiln_qi_ukr_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
-KILN_QI_UKR(kiln_qi_ukr_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
+KILN_QI_UKR(kiln_qi_ukr_q8_0, KILN_GBI_Q8_0, kiln_qiw_q8_0)
+KILN_QI_UKR(kiln_qi_ukr_q4_0, KILN_GBI_Q4_0, kiln_qiw_q4_0)
 
 /* GEMV pass (decode, R <= 4 rows, quantized as one strip of R rows): one panel w (at its
  * first group) into t[r * ldt + j]. One panel at a time, so the weights are ONE sequential
  * stream (the hardware prefetcher follows it; two panels side by side, or software prefetches
  * on top, halved the one-row Q4_0 stream on Zen 4; from 3 rows on, with more work per byte,
- * prefetches 4 groups ahead pay again). A block's dot is split into up to four integer chains
- * (quads qd % CH, added at the end: integers, so the dot is the same) to shorten the vpdpbusd
- * latency chain; the f32 sum over blocks is the micro-kernel's, in block order. */
+ * prefetches 4 groups ahead pay again). Each 16-value half's dot is one or two integer chains
+ * (quads 4 hf + {0, 2} and 4 hf + {1, 3}, added at the end: integers, so the dot is the same)
+ * to shorten the vpdpbusd latency chain; the f32 sum over blocks and halves is the
+ * micro-kernel's, in the same order. */
 #define KILN_QI_GEMV(NAME, GB, KIND, LOADW)                                                        \
 static inline __attribute__((always_inline)) void NAME(const int R, const uint8_t *restrict qa,   \
         const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {                    \
-    /* integer chains per dot: as registers allow; one for Q8_0's single row, whose weights    \
+    /* integer chains per half: two for Q4_0's single row; one for Q8_0's, whose weights      \
      * (unsigned, so no memory operand of vpdpbusd) take a load each: fewer instructions per   \
      * line keep more of the stream in flight (0.86-0.93 of the read with 4, 0.95-1.0 with 1) */ \
-    const int CH = R == 1 ? ((KIND) == 0 ? 1 : 4) : R == 2 ? 2 : 1;                                \
+    const int CH = R == 1 && (KIND) == 1 ? 2 : 1;                                                  \
     kiln_vf acc[4][2];                                                                             \
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};      \
     for (int64_t g = 0; g < G; ++g) {                                                              \
-        const uint8_t *blk = qa + g * 40 * R, *wg = w + g * (GB);                                  \
+        const uint8_t *blk = qa + g * KILN_QB16 * R, *wg = w + g * (GB);                           \
         if (R >= 3) /* 24-byte Q4_K groups, 4 rows: 30-32 GB/s without, 44-46 with */            \
             _Pragma("GCC unroll 20") for (int l = 0; l < (GB) / 64; ++l)                           \
                 __builtin_prefetch(wg + 4 * (GB) + 64 * l, 0, 3);                                  \
@@ -409,26 +459,62 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
         kiln_vf s0, s1;                                                                            \
         kiln_qi_scales(wg, &s0, &s1);                                                              \
         KILN_IN_REG(s0); KILN_IN_REG(s1);                                                          \
-        kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2]; /* the dot's chains: quads qd % CH */       \
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                        \
-            ia[r][0] = ia[r][1] = kiln_splati((KIND) <= 1 ? aq[9 * R + r] : 0);                    \
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                        \
-            ib[r][0] = ib[r][1] = ic[r][0] = ic[r][1] = id[r][0] = id[r][1] = (kiln_vi){0};        \
+        if ((KIND) == 0 && R >= 3) { /* Q8_0: as the micro-kernel, column-half passes (half the \
+            * live registers; 4 rows: 0.62-0.70 of the read, one pass 0.54-0.63; Q4_0 loses here, \
+            * its nibbles loaded and split twice: 0.45-0.54, one pass 0.63-0.78) */               \
+            _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {                               \
+                kiln_vf hs[4];                                                                     \
+                _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {                           \
+                    kiln_vi ia1[4];                                                                \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                            \
+                        ia1[r] = kiln_splati(aq[(10 + hf) * R + r]);                               \
+                    _Pragma("GCC unroll 4") for (int qd = 4 * hf; qd < 4 * hf + 4; ++qd) {         \
+                        kiln_vi w0, w1;                                                            \
+                        LOADW(wg, qd, &w0, &w1);                                                   \
+                        kiln_vi wv = ch ? w1 : w0;                                                 \
+                        KILN_IN_REG(wv);                                                           \
+                        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                        \
+                            ia1[r] = kiln_dpbusd(ia1[r], wv, kiln_splati(aq[qd * R + r]));         \
+                    }                                                                              \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                          \
+                        const kiln_vf sc = kiln_splatv(sa[hf * R + r]);                            \
+                        hs[r] = hf == 0 ? __builtin_convertvector(ia1[r], kiln_vf) * sc            \
+                                        : KILN_FMAV(__builtin_convertvector(ia1[r], kiln_vf), sc, hs[r]); \
+                    }                                                                              \
+                }                                                                                  \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                \
+                    acc[r][ch] = KILN_FMAV(hs[r], ch ? s1 : s0, acc[r][ch]);                       \
+            }                                                                                      \
+            continue;                                                                              \
+        }                                                                                          \
+        /* the dots' chains: half 0 in ia (and ib), half 1 in ic (and id), each started at its \
+         * bias */                                                                                 \
+        kiln_vi ia[4][2], ib[4][2], ic[4][2], id[4][2];                                            \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                      \
+            ia[r][0] = ia[r][1] = kiln_splati(aq[10 * R + r]);                                     \
+            ic[r][0] = ic[r][1] = kiln_splati(aq[11 * R + r]);                                     \
+            ib[r][0] = ib[r][1] = id[r][0] = id[r][1] = (kiln_vi){0};                              \
+        }                                                                                          \
         _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {                                   \
             kiln_vi w0, w1;                                                                        \
             LOADW(wg, qd, &w0, &w1);                                                               \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                  \
                 const kiln_vi x = kiln_splati(aq[qd * R + r]);                                    \
-                if (qd % CH == 0) KILN_QI_DOT(ia[r], x, w0, w1);                                   \
-                else if (qd % CH == 1) KILN_QI_DOT(ib[r], x, w0, w1);                              \
-                else if (qd % CH == 2) KILN_QI_DOT(ic[r], x, w0, w1);                              \
+                const int second = CH == 2 && qd % 2 == 1;                                         \
+                if (qd < 4 && !second) KILN_QI_DOT(ia[r], x, w0, w1);                              \
+                else if (qd < 4) KILN_QI_DOT(ib[r], x, w0, w1);                                    \
+                else if (!second) KILN_QI_DOT(ic[r], x, w0, w1);                                   \
                 else KILN_QI_DOT(id[r], x, w0, w1);                                                \
             }                                                                                      \
         }                                                                                          \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                      \
-            const kiln_vf sc = kiln_splatv(sa[r]);                                                 \
-            acc[r][0] = KILN_FMAV(__builtin_convertvector((ia[r][0] + ib[r][0]) + (ic[r][0] + id[r][0]), kiln_vf), s0 * sc, acc[r][0]); \
-            acc[r][1] = KILN_FMAV(__builtin_convertvector((ia[r][1] + ib[r][1]) + (ic[r][1] + id[r][1]), kiln_vf), s1 * sc, acc[r][1]); \
+            const kiln_vf sc0 = kiln_splatv(sa[r]), sc1 = kiln_splatv(sa[R + r]);                  \
+            const kiln_vf h0 = KILN_FMAV(__builtin_convertvector(ic[r][0] + id[r][0], kiln_vf), sc1, \
+                                         __builtin_convertvector(ia[r][0] + ib[r][0], kiln_vf) * sc0); \
+            const kiln_vf h1 = KILN_FMAV(__builtin_convertvector(ic[r][1] + id[r][1], kiln_vf), sc1, \
+                                         __builtin_convertvector(ia[r][1] + ib[r][1], kiln_vf) * sc0); \
+            acc[r][0] = KILN_FMAV(h0, s0, acc[r][0]);                                              \
+            acc[r][1] = KILN_FMAV(h1, s1, acc[r][1]);                                              \
         }                                                                                          \
     }                                                                                              \
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                                          \
@@ -459,7 +545,7 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0,        \
                  int64_t tn, float *restrict t, int64_t ldt) {                                     \
     /* rows per activation strip: the GEMV's tm, the micro-kernel's QMR */                        \
-    const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = 40 * SR;                                      \
+    const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = KILN_QB16 * SR;                               \
     const int64_t G = K / 32, PB = G * (GB), SB = G * QB;                                          \
     uint8_t *qa = (uint8_t *)ctx->abuf;                                                            \
     if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {                                              \
@@ -475,15 +561,19 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
                 float acc = 0.0f;                                                                  \
                 for (int64_t b = 0; b < G; ++b) {                                                  \
                     const uint8_t *g = pw + b * (GB), *blk = pa + b * QB;                          \
-                    int32_t dot = 0;                                                               \
-                    for (int64_t kk = 0; kk < 32; ++kk) {                                          \
-                        const uint8_t av = blk[((kk / 4) * SR + i % SR) * 4 + kk % 4];             \
-                        dot += (int32_t)(int8_t)av * WAT(g, c, kk);                                \
+                    float h = 0.0f; /* D0 * sa0, then + D1 * sa1 */                                \
+                    for (int64_t hf = 0; hf < 2; ++hf) {                                           \
+                        int32_t dot = 0;                                                           \
+                        for (int64_t kk = 16 * hf; kk < 16 * hf + 16; ++kk) {                      \
+                            const uint8_t av = blk[((kk / 4) * SR + i % SR) * 4 + kk % 4];         \
+                            dot += (int32_t)(int8_t)av * WAT(g, c, kk);                            \
+                        }                                                                          \
+                        float sa;                                                                  \
+                        memcpy(&sa, blk + (32 + 4 * hf) * SR + 4 * (i % SR), 4);                   \
+                        if (hf == 0) { h = (float)dot * sa; KILN_QKEEP(h); }                       \
+                        else h = fmaf((float)dot, sa, h);                                          \
                     }                                                                              \
-                    float sw, sa;                                                                  \
-                    sw = kiln_f16_at(g + 2 * c);                                                   \
-                    memcpy(&sa, blk + 32 * SR + 4 * (i % SR), 4);                                  \
-                    acc = fmaf((float)dot, sw * sa, acc);                                          \
+                    acc = fmaf(h, kiln_f16_at(g + 2 * c), acc);                                    \
                 }                                                                                  \
                 t[i * ldt + j] = acc;                                                              \
             }                                                                                      \
@@ -507,7 +597,7 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
         for (int64_t s = 0; s < np; ++s) {                                                         \
             const uint8_t *panel = wp + (p0 + s) * PB + b0 * (GB);                                 \
             for (int64_t i0 = 0; i0 < tm; i0 += KILN_QMR)                                          \
-                UKR(nb, qa + (i0 / KILN_QMR) * SB + b0 * KILN_QA_BLOCK, panel,                     \
+                UKR(nb, qa + (i0 / KILN_QMR) * SB + b0 * KILN_QA_BLOCK16, panel,                   \
                     t + i0 * ldt + s * KILN_NR, ldt, b0 > 0);                                      \
         }                                                                                          \
     }                                                                                              \
