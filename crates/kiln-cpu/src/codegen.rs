@@ -469,7 +469,10 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     emit!(s, "        const int64_t kiln_b = kiln_t / TM, i0 = (kiln_t % TM) * {ATT_ROWS}, bi = kiln_min(M - i0, {ATT_ROWS});");
     s.lines("        ", attention_slices(p, &a));
     emit!(s, "        float mx[{ATT_ROWS}], sum[{ATT_ROWS}];");
-    emit!(s, "        for (int64_t ii = 0; ii < bi; ++ii) {{ mx[ii] = -INFINITY; sum[ii] = 0.0f; for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] = 0.0f; }}");
+    // The rows' running max, sum and output start in the runtime object (`kiln_att_start`),
+    // as the block path's rescaling does (`kiln_att_rescale`): as loops of the kernel they
+    // were ~20 ms of its unit's gcc, the longest unit of a model (issue 27).
+    emit!(s, "        kiln_att_start(kiln_o, mx, sum, bi, DV);");
     emit!(
         s,
         "        for (int64_t j0 = 0; j0 < T; j0 += {ATT_KEYS}) {{"
@@ -579,7 +582,7 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
     );
     emit!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);");
     emit!(s, "                sum[ii] = sum[ii] * corr + kiln_softmax_weights(srow, bj, mnew);\n                mx[ii] = mnew;");
-    emit!(s, "                if (corr != 1.0f) for (int64_t c = 0; c < DV; ++c) kiln_o[ii * DV + c] *= corr;\n            }}");
+    emit!(s, "                if (corr != 1.0f) kiln_att_rescale(kiln_o + ii * DV, DV, corr);\n            }}");
     emit!(
         s,
         "            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, pv + j0 * {}, {}, bi, bj, DV);\n        }}",

@@ -19,7 +19,7 @@
 //!
 //! A part may call functions of other parts instead of compiling them ([`RuntimeFn::calls`]:
 //! the tiles' micro-kernel, A packing and GEMV pass shapes, `kiln_mm_nt`'s register blocks and
-//! the halves of `kiln_att_pv` are parts of their own), so that no part holds a whole long
+//! the passes of `kiln_att_pv` are parts of their own), so that no part holds a whole long
 //! function's code; and a part compiles only the prelude's
 //! sections its functions need ([`Section`]).
 //!
@@ -114,8 +114,8 @@ const QTILE_CASES: &[Case] = &[
 const MM_NT_OPTIMIZE: &str = "no-tree-loop-vectorize";
 
 const TILE_ARGS: &str = "(ctx, a, lda, wp, K, m0, tm, c0, tn, t, ldt)";
-/// A packed f32 or bf16 tile: its GEMM case calls the micro-kernel and the A packing of
-/// [`GEMM_BLOCKS`], its GEMV case the pass shapes of `gemv` (parts of their own: compiled in
+/// A packed f32 or bf16 tile: its GEMM case calls the micro-kernel and the A packing
+/// ([`GEMM_UKR`], [`GEMM_PACK_A`]), its GEMV case the pass shapes of `gemv` (parts of their own: compiled in
 /// the tile's GEMM case, they made it the longest unit of a model, ~145 ms of gcc of which
 /// ~35 ms the packing and ~30 ms the micro-kernel; the GEMV case ~145 ms of which the shapes
 /// ~70 ms; issue 27).
@@ -168,8 +168,10 @@ const fn called(
     }
 }
 
-/// The part of the micro-kernel and the A packing of the f32 and bf16 tiles' GEMM case.
-const GEMM_BLOCKS: &str = "gemm_blocks";
+/// The parts of the micro-kernel and of the A packing of the f32 and bf16 tiles' GEMM case:
+/// one each (together, ~90 ms of gcc, they were one of a model's longest units; issue 27).
+const GEMM_UKR: &str = "gemm_ukr";
+const GEMM_PACK_A: &str = "gemm_pack_a";
 const GEMV_F32_PARAMS: &str = "(const float *restrict x, int64_t ldx, const float *const *w, int64_t K, float *restrict t, int64_t ldt)";
 const GEMV_BF16_PARAMS: &str = "(const float *restrict x, int64_t ldx, const uint16_t *const *w, int64_t K, float *restrict t, int64_t ldt)";
 const GEMV_ARGS: &str = "(x, ldx, w, K, t, ldt)";
@@ -185,6 +187,17 @@ const fn mm_nt_half(part: &'static str, name: &'static str, params: &'static str
     }
 }
 const ATT_PV_ARGS: &str = "(o, ldo, p, ldp, v, ldv, M, K, N)";
+const fn att_pv_pass(
+    part: &'static str,
+    name: &'static str,
+    params: &'static str,
+    args: &'static str,
+) -> RuntimeFn {
+    RuntimeFn {
+        section: Section::Base,
+        ..called(part, name, params, args)
+    }
+}
 const fn gemv_f32(part: &'static str, name: &'static str) -> RuntimeFn {
     called(part, name, GEMV_F32_PARAMS, GEMV_ARGS)
 }
@@ -197,8 +210,8 @@ const fn gemv_bf16(part: &'static str, name: &'static str) -> RuntimeFn {
 pub const FUNCTIONS: &[RuntimeFn] = &[
     // Called by other parts (before them: see `RuntimeFn::calls`). The GEMV pass shapes of
     // `c/gemm.h` (`KILN_GEMV_SHAPES`: R rows x S panels).
-    called(GEMM_BLOCKS, "kiln_ukr", "(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c, int64_t ldc, int load_c)", "(kc, a, b, c, ldc, load_c)"),
-    called(GEMM_BLOCKS, "kiln_pack_a_rows", "(const float *restrict a, int64_t lda, int64_t tm, int64_t K, float *restrict ap)", "(a, lda, tm, K, ap)"),
+    called(GEMM_UKR, "kiln_ukr", "(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c, int64_t ldc, int load_c)", "(kc, a, b, c, ldc, load_c)"),
+    called(GEMM_PACK_A, "kiln_pack_a_rows", "(const float *restrict a, int64_t lda, int64_t tm, int64_t K, float *restrict ap)", "(a, lda, tm, K, ap)"),
     // Several panels per pass (one row: 4 or 2 panels, two rows: 2), then one panel, 1 to 4
     // rows: two parts a type (~70 ms of gcc each; one part of all seven shapes was the longest
     // of the parts after the split).
@@ -216,15 +229,12 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
     gemv_bf16("gemv_bf16_rows", "kiln_gemv_pass_bf16_2x1"),
     gemv_bf16("gemv_bf16_rows", "kiln_gemv_pass_bf16_3x1"),
     gemv_bf16("gemv_bf16_rows", "kiln_gemv_pass_bf16_4x1"),
-    // The attention's P V product: its AVX-512 tiles of 4 rows, and its passes of 2 and 1 rows.
-    RuntimeFn {
-        section: Section::Base,
-        ..called("attention_pv_rows4", "kiln_att_pv_rows4", ATT_PV_PARAMS, ATT_PV_ARGS)
-    },
-    RuntimeFn {
-        section: Section::Base,
-        ..called("attention_pv_rows2", "kiln_att_pv_rows2", ATT_PV_PARAMS, ATT_PV_ARGS)
-    },
+    // The attention's P V product: its AVX-512 tiles of 4 rows with the columns no pass took
+    // (those once, where each pass compiled its own copy), and its passes of 2 and 1 rows
+    // (with the columns, ~95 ms of gcc: a model's longest unit; issue 27).
+    att_pv_pass("attention_pv_rows4", "kiln_att_pv_rows4", ATT_PV_PARAMS, ATT_PV_ARGS),
+    att_pv_pass("attention_pv_rows4", "kiln_att_pv_cols", "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N)", "(o, ldo, p, ldp, v, ldv, M, K, n0, N)"),
+    att_pv_pass("attention_pv_rows2", "kiln_att_pv_rows2", ATT_PV_PARAMS, ATT_PV_ARGS),
     // `kiln_mm_nt`'s register blocks (its M <= 2 rows stay in its own part): tiles of
     // KILN_MMT_ROWS rows, and the rows left. Each ~half of what was the longest part.
     mm_nt_half("mm_nt_tiles", "kiln_mm_nt_tiles", MM_NT_PARAMS),
@@ -232,8 +242,8 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
     mm_nt_half("mm_nt_bf16_tiles", "kiln_mm_nt_bf16_tiles", MM_NT_BF16_PARAMS),
     mm_nt_half("mm_nt_bf16_rows", "kiln_mm_nt_bf16_rows", MM_NT_BF16_PARAMS),
     // Called by the kernels.
-    tile("gemm_f32", "kiln_packed_tile_f32", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const float *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)", &[GEMM_BLOCKS, "gemv_f32_panels", "gemv_f32_rows"]),
-    tile("gemm_bf16", "kiln_packed_tile_bf16", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint16_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)", &[GEMM_BLOCKS, "gemv_bf16_panels", "gemv_bf16_rows"]),
+    tile("gemm_f32", "kiln_packed_tile_f32", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const float *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)", &[GEMM_UKR, GEMM_PACK_A, "gemv_f32_panels", "gemv_f32_rows"]),
+    tile("gemm_bf16", "kiln_packed_tile_bf16", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint16_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)", &[GEMM_UKR, GEMM_PACK_A, "gemv_bf16_panels", "gemv_bf16_rows"]),
     qtile("gemm_q8_0", "kiln_packed_tile_q8_0", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q4_0", "kiln_packed_tile_q4_0", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q4_k", "kiln_packed_tile_q4_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
@@ -272,7 +282,8 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         calls: &[],
         section: Section::Base,
     },
-    // The attention's helpers: one part, the P V product's halves in parts of their own.
+    // The attention's helpers: the P V product (its passes in parts of their own, above) and
+    // the online softmax's weights.
     RuntimeFn {
         part: "attention",
         ret: "void",
@@ -284,24 +295,49 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         calls: &["attention_pv_rows4", "attention_pv_rows2"],
         section: Section::Base,
     },
-    // The largest score of a key block: inlined, ~20 ms of the attention kernel's compile.
-    RuntimeFn {
-        part: "attention",
-        ret: "float",
-        name: "kiln_maxv",
-        params: "(const float *restrict s, int64_t n)",
-        args: "(s, n)",
-        cases: &[],
-        optimize: "",
-        calls: &[],
-        section: Section::Base,
-    },
     RuntimeFn {
         part: "attention",
         ret: "float",
         name: "kiln_softmax_weights",
         params: "(float *restrict s, int64_t n, float m)",
         args: "(s, n, m)",
+        cases: &[],
+        optimize: "",
+        calls: &[],
+        section: Section::Base,
+    },
+    // The rows' start and rescaling of the online softmax (loops of the attention kernel
+    // before: ~20 ms of its unit's gcc; issue 27) and the largest score of a key block, in a
+    // part of their own (with the others: ~105 ms of gcc, a model's longest unit).
+    RuntimeFn {
+        part: "attention_rows",
+        ret: "void",
+        name: "kiln_att_start",
+        params: "(float *restrict o, float *restrict mx, float *restrict sum, int64_t bi, int64_t dv)",
+        args: "(o, mx, sum, bi, dv)",
+        cases: &[],
+        optimize: "",
+        calls: &[],
+        section: Section::Base,
+    },
+    RuntimeFn {
+        part: "attention_rows",
+        ret: "void",
+        name: "kiln_att_rescale",
+        params: "(float *restrict o, int64_t n, float c)",
+        args: "(o, n, c)",
+        cases: &[],
+        optimize: "",
+        calls: &[],
+        section: Section::Base,
+    },
+    // The largest score of a key block (inlined, it was ~20 ms of the attention kernel's gcc).
+    RuntimeFn {
+        part: "attention_rows",
+        ret: "float",
+        name: "kiln_maxv",
+        params: "(const float *restrict s, int64_t n)",
+        args: "(s, n)",
         cases: &[],
         optimize: "",
         calls: &[],
@@ -617,14 +653,15 @@ mod tests {
         // the tile's part compiles the GEMM section only; a quantized tile's the whole prelude
         assert!(!part.contains("kiln_packed_tile_q8_0"));
         assert!(part_source(Isa::Avx512, "T", "gemm_q8_0_gemm").contains("kiln_packed_tile_q8_0"));
-        let blocks = part_source(Isa::Avx512, "T", "gemm_blocks");
-        assert!(blocks.contains("void kiln_ukr_T(int64_t kc"), "{blocks}");
-        assert!(!blocks.contains("#define kiln_ukr"));
+        let ukr = part_source(Isa::Avx512, "T", "gemm_ukr");
+        assert!(ukr.contains("void kiln_ukr_T(int64_t kc"), "{ukr}");
+        assert!(!ukr.contains("#define kiln_ukr") && !ukr.contains("kiln_pack_a_rows_T"));
         let called = parts_called(["kiln_packed_tile_bf16(ctx"]);
         assert_eq!(
             called,
             [
-                "gemm_blocks",
+                "gemm_ukr",
+                "gemm_pack_a",
                 "gemv_bf16_panels",
                 "gemv_bf16_rows",
                 "gemm_bf16_cols",

@@ -52,12 +52,13 @@ fn the_runtime_is_compiled_once_cached_and_rebuilt_when_damaged() {
         let report = loaded.report;
         let runtime: Vec<_> = report.units.iter().filter(|u| u.runtime).collect();
         // The bf16 tile, compiled in its three cases (columns off a panel boundary, GEMV
-        // passes, GEMM), and the parts they call: the micro-kernel and A packing, the GEMV
+        // passes, GEMM), and the parts they call: the micro-kernel, the A packing, the GEMV
         // pass shapes (several panels, one panel); those first, as they load first.
         let parts: Vec<&str> = runtime.iter().map(|u| u.kernels[0].as_str()).collect();
-        assert_eq!(parts.len(), 6, "the bf16 tile's parts: {:?}", report.units);
+        assert_eq!(parts.len(), 7, "the bf16 tile's parts: {:?}", report.units);
         let expected = [
-            "gemm_blocks",
+            "gemm_ukr",
+            "gemm_pack_a",
             "gemv_bf16_panels",
             "gemv_bf16_rows",
             "gemm_bf16_cols",

@@ -5,6 +5,7 @@
  * unit parses the prelude). GCC knows each by name (the same builtins, the same code); the
  * macros are glibc's own. Declare here any other the kernels or headers come to call. */
 void *memcpy(void *__restrict, const void *__restrict, __SIZE_TYPE__);
+void *memset(void *, int, __SIZE_TYPE__);
 float fmaf(float, float, float);
 float exp2f(float);
 float log2f(float);
@@ -236,7 +237,8 @@ static inline int64_t kiln_bf16_pos(int64_t j) {
  * compiles these without the vectoriser: it spent ~0.1 s on the tails). */
 #define KILN_ID(x) (x)
 #define KILN_MM_NT_TILES(NAME, BT, LDBV, LDB1) \
-/* Rows 0..M-1, M a multiple of KILN_MMT_ROWS: tiles of rows x 4 keys, then the keys left one at a time. */ \
+/* Rows 0..M-1 (M a multiple of KILN_MMT_ROWS) by keys 0..N-1 (N a multiple of 4): tiles of rows x 4 keys, \
+ * their sums over k < KV (the K tail and the keys left: KILN_MM_NT's own loops). */ \
 static void NAME##_tiles(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
                        float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) { \
     const int64_t KV = K - K % KILN_VL; \
@@ -260,33 +262,13 @@ static void NAME##_tiles(const float *restrict a, int64_t lda, const BT *restric
             } \
             float s[KILN_VL]; \
             kiln_stv(s, kiln_hsum_tile(acc)); \
-            if (KV < K) { \
-                const BT *bj[4] = {b0, b1, b2, b3}; \
-                for (int r = 0; r < KILN_MMT_ROWS; ++r) \
-                    for (int j = 0; j < 4; ++j) { \
-                        const float *ar = a + (m + r) * lda; \
-                        float t = s[r * 4 + j]; \
-                        for (int64_t k = KV; k < K; ++k) t = kiln_fma1(ar[k], LDB1(bj[j][k]), t); \
-                        s[r * 4 + j] = t; \
-                    } \
-            } \
             for (int r = 0; r < KILN_MMT_ROWS; ++r) memcpy(c + (m + r) * ldc + n, s + r * 4, 4 * sizeof(float)); \
-        } \
-    } \
-    for (; n < N; ++n) { \
-        const BT *b0 = b + n * ldb; \
-        for (int64_t m = 0; m < M; ++m) { \
-            const float *a0 = a + m * lda; \
-            kiln_vf c0 = {0}; \
-            for (int64_t k = 0; k < KV; k += KILN_VL) c0 = kiln_fmav(kiln_ldv(a0 + k), LDBV(b0 + k), c0); \
-            float s = kiln_hsumv(c0); \
-            for (int64_t k = KV; k < K; ++k) s = kiln_fma1(a0[k], LDB1(b0[k]), s); \
-            c[m * ldc + n] = s; \
         } \
     } \
 }
 #define KILN_MM_NT_ROWS(NAME, BT, LDBV, LDB1) \
-/* Rows 0..M-1 two at a time, then one, over 4 keys; then the keys left one at a time. */ \
+/* Rows 0..M-1 two at a time, then one, by keys 0..N-1 (N a multiple of 4) four at a time: their \
+ * sums over k < KV (the K tail and the keys left: KILN_MM_NT's own loops). */ \
 static void NAME##_rows(const float *restrict a, int64_t lda, const BT *restrict b, int64_t ldb, \
                        float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K) { \
     const int64_t KV = K - K % KILN_VL; \
@@ -307,10 +289,6 @@ static void NAME##_rows(const float *restrict a, int64_t lda, const BT *restrict
             } \
             float s[2][4]; \
             kiln_hsum4v(c00, c01, c02, c03, s[0]); kiln_hsum4v(c10, c11, c12, c13, s[1]); \
-            for (int64_t k = KV; k < K; ++k) { \
-                s[0][0] = kiln_fma1(a0[k], LDB1(b0[k]), s[0][0]); s[0][1] = kiln_fma1(a0[k], LDB1(b1[k]), s[0][1]); s[0][2] = kiln_fma1(a0[k], LDB1(b2[k]), s[0][2]); s[0][3] = kiln_fma1(a0[k], LDB1(b3[k]), s[0][3]); \
-                s[1][0] = kiln_fma1(a1[k], LDB1(b0[k]), s[1][0]); s[1][1] = kiln_fma1(a1[k], LDB1(b1[k]), s[1][1]); s[1][2] = kiln_fma1(a1[k], LDB1(b2[k]), s[1][2]); s[1][3] = kiln_fma1(a1[k], LDB1(b3[k]), s[1][3]); \
-            } \
             for (int j = 0; j < 4; ++j) { c[m * ldc + n + j] = s[0][j]; c[(m + 1) * ldc + n + j] = s[1][j]; } \
         } \
         for (; m < M; ++m) { \
@@ -323,19 +301,7 @@ static void NAME##_rows(const float *restrict a, int64_t lda, const BT *restrict
             } \
             float s[4]; \
             kiln_hsum4v(c0, c1, c2, c3, s); \
-            for (int64_t k = KV; k < K; ++k) { s[0] = kiln_fma1(a0[k], LDB1(b0[k]), s[0]); s[1] = kiln_fma1(a0[k], LDB1(b1[k]), s[1]); s[2] = kiln_fma1(a0[k], LDB1(b2[k]), s[2]); s[3] = kiln_fma1(a0[k], LDB1(b3[k]), s[3]); } \
             for (int j = 0; j < 4; ++j) c[m * ldc + n + j] = s[j]; \
-        } \
-    } \
-    for (; n < N; ++n) { \
-        const BT *b0 = b + n * ldb; \
-        for (int64_t m = 0; m < M; ++m) { \
-            const float *a0 = a + m * lda; \
-            kiln_vf c0 = {0}; \
-            for (int64_t k = 0; k < KV; k += KILN_VL) c0 = kiln_fmav(kiln_ldv(a0 + k), LDBV(b0 + k), c0); \
-            float s = kiln_hsumv(c0); \
-            for (int64_t k = KV; k < K; ++k) s = kiln_fma1(a0[k], LDB1(b0[k]), s); \
-            c[m * ldc + n] = s; \
         } \
     } \
 }
@@ -359,10 +325,34 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
         } \
         return; \
     } \
-    (void)KV; \
-    const int64_t MT = M - M % KILN_MMT_ROWS; \
-    if (MT > 0) NAME##_tiles(a, lda, b, ldb, c, ldc, MT, N, K); \
-    if (M > MT) NAME##_rows(a + MT * lda, lda, b, ldb, c + MT * ldc, ldc, M - MT, N, K); \
+    const int64_t MT = M - M % KILN_MMT_ROWS, N4 = N - N % 4; \
+    if (MT > 0 && N4 > 0) NAME##_tiles(a, lda, b, ldb, c, ldc, MT, N4, K); \
+    if (M > MT && N4 > 0) NAME##_rows(a + MT * lda, lda, b, ldb, c + MT * ldc, ldc, M - MT, N4, K); \
+    /* The K tail of the halves' sums: each chain goes on from the sum they stored, the same \
+     * FMAs in the same order as on the other paths. Here, not in each half, so that it is \
+     * compiled once (issue 27: ~7 and ~14 ms of the halves' gcc). */ \
+    if (KV < K) \
+        for (int64_t m = 0; m < M; ++m) { \
+            const float *a0 = a + m * lda; \
+            for (int64_t n = 0; n < N4; ++n) { \
+                const BT *b0 = b + n * ldb; \
+                float s = c[m * ldc + n]; \
+                for (int64_t k = KV; k < K; ++k) s = kiln_fma1(a0[k], LDB1(b0[k]), s); \
+                c[m * ldc + n] = s; \
+            } \
+        } \
+    /* The keys left, one at a time (once here, where each half compiled its own copy). */ \
+    for (int64_t n = N4; n < N; ++n) { \
+        const BT *b0 = b + n * ldb; \
+        for (int64_t m = 0; m < M; ++m) { \
+            const float *a0 = a + m * lda; \
+            kiln_vf c0 = {0}; \
+            for (int64_t k = 0; k < KV; k += KILN_VL) c0 = kiln_fmav(kiln_ldv(a0 + k), LDBV(b0 + k), c0); \
+            float s = kiln_hsumv(c0); \
+            for (int64_t k = KV; k < K; ++k) s = kiln_fma1(a0[k], LDB1(b0[k]), s); \
+            c[m * ldc + n] = s; \
+        } \
+    } \
 }
 /* f32 weights, and bf16 weights widened in registers. The blocks' two halves are functions of
  * their own, guarded (where the name is a macro, a part of kiln's runtime object compiles it and
@@ -461,6 +451,18 @@ static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) 
     }
     return kiln_hsumv(total);
 }
+/* The online softmax's start for rows 0..bi-1 of a query block: running max -inf, sum 0, each
+ * row's dv output values 0. The empty asm keeps GCC's loop vectoriser off a loop of at most
+ * ATT_ROWS iterations once per block of rows, whose vector and scalar epilogues were most of
+ * this function's ~20 ms of gcc (issue 27); the outputs' zeros are one memset. */
+static inline void kiln_att_start(float *restrict o, float *restrict mx, float *restrict sum, int64_t bi, int64_t dv) {
+    for (int64_t i = 0; i < bi; ++i) { mx[i] = -INFINITY; sum[i] = 0.0f; __asm__("" ::: "memory"); }
+    memset(o, 0, (__SIZE_TYPE__)(bi * dv) * sizeof(float));
+}
+/* o[0..n) *= c: a row of the unnormalised output rescaled to the row's new running max. */
+static inline void kiln_att_rescale(float *restrict o, int64_t n, float c) {
+    for (int64_t i = 0; i < n; ++i) o[i] *= c;
+}
 /* o[m, n] += sum_k p[m*ldp + k] * v[k*ldv + n]: the block's weights times its value rows,
  * value rows contiguous along n. Every element is one FMA chain over k in order (kiln_fmav,
  * kiln_fma1), whatever the pass that computes it. With AVX-512 the rows go in tiles of 4 over
@@ -493,8 +495,9 @@ static inline float kiln_softmax_weights(float *restrict s, int64_t n, float m) 
             _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) kiln_stv(o + (m + r) * ldo + n + j * KILN_VL, a[r][j]); \
     }
 /* Columns n0.. of rows 0..M-1 that no tile took: one vector, then one column at a time. */
-static inline void kiln_att_pv_cols(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
-                                    const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N) {
+#if !defined(kiln_att_pv_cols)
+static void kiln_att_pv_cols(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
+                             const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N) {
     int64_t n = n0;
     for (; n + KILN_VL <= N; n += KILN_VL)
         for (int64_t m = 0; m < M; ++m) {
@@ -509,48 +512,53 @@ static inline void kiln_att_pv_cols(float *restrict o, int64_t ldo, const float 
             o[m * ldo + n] = acc;
         }
 }
-/* Its two halves are functions of their own, each guarded (where the name is a macro, a part of
+#endif
+/* Its passes are functions of their own, each guarded (where the name is a macro, a part of
  * kiln's runtime object compiles it and this translation unit calls that: kiln-cpu runtime.rs,
- * `RuntimeFn::calls`), so that they compile in parallel. With AVX-512, rows 0..M-1 (M a multiple
- * of 4) in tiles of 4 (none with AVX2: the function exists on both, for the runtime's table). */
+ * `RuntimeFn::calls`), so that they compile in parallel; each takes the column blocks of its
+ * tiles, kiln_att_pv_cols the columns left (once, where each pass compiled its own copy: issue
+ * 27). With AVX-512, rows 0..M-1 (M a multiple of 4) in tiles of 4 over blocks of 4 vectors
+ * (none with AVX2: the function exists on both, for the runtime's table). */
+#define KILN_PV_COLS4 (4 * KILN_VL)
 #if !defined(kiln_att_pv_rows4)
 static void kiln_att_pv_rows4(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
                               const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
 #if KILN_VL == 16
-    int64_t n = 0;
-    for (; n + 4 * KILN_VL <= N; n += 4 * KILN_VL) {
+    for (int64_t n = 0; n + KILN_PV_COLS4 <= N; n += KILN_PV_COLS4) {
         int64_t m = 0;
         KILN_PV_TILE(4, 4, M)
     }
-    kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, n, N);
 #else
     (void)o; (void)ldo; (void)p; (void)ldp; (void)v; (void)ldv; (void)M; (void)K; (void)N;
 #endif
 }
 #endif
-/* Rows 0..M-1 in passes of 2 rows, then 1. */
+/* Rows 0..M-1 in passes of 2 rows, then 1, over blocks of KILN_PV_NV vectors. */
+#define KILN_PV_COLS (KILN_PV_NV * KILN_VL)
 #if !defined(kiln_att_pv_rows2)
 static void kiln_att_pv_rows2(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
                               const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
-    int64_t n = 0;
-    for (; n + KILN_PV_NV * KILN_VL <= N; n += KILN_PV_NV * KILN_VL) {
+    for (int64_t n = 0; n + KILN_PV_COLS <= N; n += KILN_PV_COLS) {
         int64_t m = 0;
         KILN_PV_TILE(2, KILN_PV_NV, M)
         KILN_PV_TILE(1, KILN_PV_NV, M)
     }
-    kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, n, N);
 }
 #endif
+/* Every element is computed by one pass (the same FMA chain whichever): the passes' order
+ * does not change a bit. */
 static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
                         const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
 #if KILN_VL == 16
     const int64_t m4 = M - M % 4;
     if (m4 > 0) {
         kiln_att_pv_rows4(o, ldo, p, ldp, v, ldv, m4, K, N);
+        if (N % KILN_PV_COLS4 != 0) kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, m4, K, N - N % KILN_PV_COLS4, N);
         o += m4 * ldo; p += m4 * ldp; M -= m4;
     }
 #endif
     kiln_att_pv_rows2(o, ldo, p, ldp, v, ldv, M, K, N);
+    if (M > 0 && N % KILN_PV_COLS != 0) kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, N - N % KILN_PV_COLS, N);
 }
 
 /* KILN_GEMM */
