@@ -76,7 +76,8 @@ fn characters_split_across_tokens_stream_whole() {
     let ids = tok.encode(text).unwrap();
     // Some character's bytes are spread over more than one token.
     assert!(
-        ids.iter().any(|&i| d.decode(&[i]).unwrap().contains('\u{FFFD}')),
+        ids.iter()
+            .any(|&i| d.decode(&[i]).unwrap().contains('\u{FFFD}')),
         "{ids:?}"
     );
     let mut by_table = StreamDecoder::default();
