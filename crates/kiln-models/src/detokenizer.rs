@@ -15,7 +15,8 @@ use crate::ModelError;
 /// Decodes output ids: a byte table when the tokenizer allows one, the tokenizer itself when not.
 pub enum Detokenizer {
     Table(TokenBytes),
-    Tokenizer(Tokenizer),
+    /// Boxed: the tokenizer's struct is ~10x the table's.
+    Tokenizer(Box<Tokenizer>),
 }
 
 impl Detokenizer {
@@ -23,7 +24,7 @@ impl Detokenizer {
     pub fn new(tok: Tokenizer) -> Detokenizer {
         match TokenBytes::of(&tok) {
             Some(t) => Detokenizer::Table(t),
-            None => Detokenizer::Tokenizer(tok),
+            None => Detokenizer::Tokenizer(Box::new(tok)),
         }
     }
 
