@@ -84,41 +84,65 @@ impl TokenBytes {
         ) {
             return None;
         }
-        // Every id's token, as `tokenizers::Tokenizer::id_to_token` finds it (an added
-        // token's text first, the model's token otherwise), from one copy of the model's
-        // vocabulary (151,936 calls of `id_to_token`, which copies each string, and
-        // `get_vocab(true)` for the bound cost 2-3x as much).
-        let model = tokenizers::Model::get_vocab(inner.get_model());
+        let model = inner.get_model();
+        let model_tokens = tokenizers::Model::get_vocab_size(model);
         let added = inner.get_added_vocabulary();
         // `Tokenizer::vocab_size`: the model's strings and the added ones, each once.
-        let vocab_size = model.len()
+        let vocab_size = model_tokens
             + added
                 .get_vocab()
                 .keys()
-                .filter(|s| !model.contains_key(*s))
+                .filter(|s| tokenizers::Model::token_to_id(model, s).is_none())
                 .count();
-        let added = added.get_added_tokens_decoder();
-        let ids = model
-            .values()
-            .chain(added.keys())
+        // The model's ids are 0..its vocabulary size, in every tokenizer kiln has seen (its
+        // added tokens after them, a GGUF file's unused padding ids left out): a table of
+        // that many, unless some model id was not found below it. Then the bound is read
+        // from a copy of the model's vocabulary (~3x the cost, 151,936 strings copied and
+        // hashed again).
+        let below = added
+            .get_added_tokens_decoder()
+            .keys()
             .max()
-            .map_or(0, |&m| m as usize + 1);
-        let mut tokens: Vec<Option<String>> = vec![None; ids];
-        for (token, id) in model {
-            tokens[id as usize] = Some(token);
+            .map_or(0, |&m| m as usize + 1)
+            .max(model_tokens);
+        let (t, found) = Self::up_to(inner, below, vocab_size)?;
+        if found == model_tokens {
+            return Some(t);
         }
-        for (&id, token) in added {
-            tokens[id as usize] = Some(token.content.clone());
-        }
+        let below = tokenizers::Model::get_vocab(model)
+            .into_values()
+            .max()
+            .map_or(0, |m| m as usize + 1)
+            .max(below);
+        Some(Self::up_to(inner, below, vocab_size)?.0)
+    }
+
+    /// The table of ids `0..below`, and how many of them the model has a token for.
+    fn up_to(
+        inner: &tokenizers::Tokenizer,
+        below: usize,
+        vocab_size: usize,
+    ) -> Option<(TokenBytes, usize)> {
+        let model = inner.get_model();
+        let added = inner.get_added_vocabulary().get_added_tokens_decoder();
         let byte_of = byte_of_char();
         let mut t = TokenBytes {
-            bytes: Vec::with_capacity(tokens.iter().flatten().map(String::len).sum()),
-            starts: Vec::with_capacity(ids + 1),
-            known: Vec::with_capacity(ids),
+            bytes: Vec::new(),
+            starts: Vec::with_capacity(below + 1),
+            known: Vec::with_capacity(below),
             vocab_size,
         };
         t.starts.push(0);
-        for token in &tokens {
+        let mut found = 0;
+        for id in 0..u32::try_from(below).ok()? {
+            // As `tokenizers::Tokenizer::id_to_token`: an added token's text first, the
+            // model's token otherwise.
+            let in_model = tokenizers::Model::id_to_token(model, id);
+            found += usize::from(in_model.is_some());
+            let token = added
+                .get(&id)
+                .map(|a| a.content.as_str())
+                .or(in_model.as_deref());
             if let Some(token) = token {
                 // As tokenizers' ByteLevel decoder: the mapped bytes when every character
                 // maps, else the token's own text.
@@ -139,7 +163,7 @@ impl TokenBytes {
             t.known.push(token.is_some());
         }
         t.bytes.shrink_to_fit();
-        Some(t)
+        Some((t, found))
     }
 
     /// Token `id`'s bytes; None for an id with no token.

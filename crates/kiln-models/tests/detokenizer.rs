@@ -107,3 +107,30 @@ fn a_tokenizer_without_a_byte_level_decoder_is_kept_whole() {
     assert_eq!(d.decode(&ids).unwrap(), tok.decode(&ids).unwrap());
     assert_eq!(d.unknown_ids(&ids), vec![400]);
 }
+
+#[test]
+fn a_model_id_past_the_vocabulary_size_is_in_the_table() {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&kiln_models::testing::small_qwen_tokenizer_json(300)).unwrap();
+    json["added_tokens"] = serde_json::json!([]);
+    // The vocabulary's last token moved from id 299 to 5000: 300 tokens, ids up to 5000.
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    let last = vocab
+        .iter()
+        .find(|(_, id)| id.as_u64() == Some(299))
+        .map(|(t, _)| t.clone())
+        .unwrap();
+    vocab[&last] = 5000.into();
+    let tok = Tokenizer::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+    let d = table(&tok);
+    assert!(!d.decode(&[5000]).unwrap().is_empty());
+    for id in [0, 1, 298, 299, 300, 4999, 5000, 5001] {
+        assert_eq!(
+            d.decode(&[id]).unwrap(),
+            tok.decode(&[id]).unwrap(),
+            "id {id}"
+        );
+    }
+    assert_eq!(d.unknown_ids(&[299, 5000, 7]), vec![299]);
+    assert_eq!(d.vocab_size(), tok.vocab_size());
+}
