@@ -7,7 +7,9 @@ use crate::CompileFlags;
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_compile::{CompileOptions, CompileReport};
-use kiln_models::{FinishReason, GraphOptions, LoadOptions, Model, Sampling, StreamDecoder};
+use kiln_models::{
+    Decode, Detokenizer, FinishReason, GraphOptions, LoadOptions, Model, Sampling, StreamDecoder,
+};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -92,9 +94,26 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
+    let im_end = tokenizer
+        .as_ref()
+        .and_then(|t| t.token_id(kiln_models::tokenizer::IM_END));
+    // The prompt is encoded: what is left to do with the tokenizer is decoding the output,
+    // which needs only each token's bytes. Those are kept (~2 MB) and the rest (~31 MB of BPE
+    // vocabulary and merges for Qwen's 151,936 tokens) given back before the weights are
+    // loaded, so that it is not resident beside them at the peak. The table is made (~50 ms
+    // of CPU) on a thread of its own while the checkpoint's config is read.
+    let (decoder, config) = std::thread::scope(|s| {
+        let decoder = s.spawn(|| tokenizer.map(Detokenizer::new));
+        let config = source.config();
+        let decoder = decoder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (decoder, config)
+    });
+    kiln_models::memory::return_free_heap();
+    kiln_models::memory::trace("config read, tokenizer dropped");
     // A prompt the model cannot take fails here, before compiling or loading weights.
-    let config = source.config()?;
-    kiln_models::memory::trace("config read");
+    let config = config?;
     config.check_prompt(&prompt_ids)?;
     anyhow::ensure!(
         a.top_k <= config.vocab_size,
@@ -134,9 +153,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut stop: Vec<u32> = Vec::new();
     if !a.ignore_eos {
         stop.extend(&model.config.eos_token_ids);
-        if let Some(t) = &tokenizer {
-            stop.extend(t.token_id(kiln_models::tokenizer::IM_END));
-        }
+        stop.extend(im_end);
     }
     let sampling = Sampling {
         temperature: a.temperature,
@@ -152,7 +169,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         if !show {
             return;
         }
-        if let Some(t) = &tokenizer {
+        if let Some(t) = &decoder {
             if let Ok(piece) = stream.push(t, id) {
                 out::print_or_exit(&piece);
             }
@@ -161,11 +178,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     })?;
     kiln_models::memory::trace("generated");
-    if let (true, Some(t)) = (show, &tokenizer) {
+    if let (true, Some(t)) = (show, &decoder) {
         // A last token that ended inside a character: shown (as U+FFFD), as --json shows it.
         out::print(&stream.finish(t)?)?;
     }
-    let text = match &tokenizer {
+    let text = match &decoder {
         Some(t) => {
             let unknown = t.unknown_ids(&gen.generated_ids);
             if !unknown.is_empty() {

@@ -577,6 +577,41 @@ fn run_and_compile_a_gguf_file() {
     );
 }
 
+/// `kiln run` decodes its output without the tokenizer (dropped once the prompt is encoded:
+/// a table of token bytes): the streamed text and `--json`'s are the tokenizer's decode of the
+/// generated ids.
+#[test]
+fn run_on_a_gguf_file_prints_the_text_its_tokenizer_decodes() {
+    let cache = tempfile::tempdir().unwrap();
+    let file = kiln_models::testing::gguf_fixtures().join("tiny-qwen3/tiny-qwen3-Q8_0.gguf");
+    let args = [
+        "run",
+        "--model",
+        file.to_str().unwrap(),
+        "--prompt",
+        "Grüße, 世界 🦀",
+        "--max-new-tokens",
+        "24",
+        "--ignore-eos",
+    ];
+    let r = json(&kiln(&[&args[..], &["--json"]].concat(), cache.path()));
+    let ids = json_ids(&r["generated_ids"], "generated_ids");
+    assert_eq!(ids.len(), 24);
+    let tok = kiln_models::ModelSource::Gguf(file.clone())
+        .tokenizer()
+        .unwrap()
+        .unwrap();
+    let want = tok.decode(&ids).unwrap();
+    assert_eq!(r["text"].as_str().unwrap(), want);
+    let out = kiln(&args, cache.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), want + "\n");
+}
+
 #[test]
 fn chat_run_streams_text() {
     let cache = tempfile::tempdir().unwrap();

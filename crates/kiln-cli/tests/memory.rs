@@ -1,9 +1,11 @@
 //! Peak memory of `kiln run` on a GGUF file against the file's size (issue 24's target: peak
 //! RSS <= 1.15x the file). The file is generated here: the qwen3-0.6b shape in Q4_0 (the type
-//! whose ratio is the largest), random blocks, the embedding tied to the LM head, no tokenizer
-//! (the tokenizer's memory has its own test: kiln-models' `tokenizer_memory`). Alone in its
-//! test binary: the peak is read from the finished child's rusage.
+//! whose ratio is the largest), random blocks, the embedding tied to the LM head, and the real
+//! Qwen3 tokenizer (tests/gguf/qwen3-tokenizer.gguf.gz: 151,936 tokens and 151,387 merges), so
+//! the run reads a text prompt as a user's does. Alone in its test binary: the peak is read
+//! from the finished child's rusage.
 
+use kiln_models::gguf::{GgufFile, MetaArray, MetaValue};
 use kiln_models::testing::{gguf_string, GgufBuilder};
 use std::io::Write;
 use std::path::Path;
@@ -60,8 +62,30 @@ impl Info {
     }
 }
 
-/// Writes the qwen3-0.6b shape in Q4_0 to `path`, streamed (the test process stays small: a
-/// spawned child's peak RSS counts the parent's memory up to the exec).
+/// `header` with the `tokenizer.*` metadata of the Qwen3 tokenizer fixture.
+fn with_qwen3_tokenizer(mut header: GgufBuilder) -> GgufBuilder {
+    let dir = tempfile::tempdir().unwrap();
+    let f = GgufFile::open(&kiln_models::testing::tokenizer_gguf_in(dir.path())).unwrap();
+    for (key, value) in f.metadata() {
+        if !key.starts_with("tokenizer.") {
+            continue;
+        }
+        header = match value {
+            MetaValue::Str(v) => header.str(key, v),
+            MetaValue::U32(v) => header.u32(key, *v),
+            MetaValue::Bool(v) => header.raw_kv(key, 7, vec![*v as u8]),
+            MetaValue::Array(MetaArray::Str(v)) => {
+                header.strs(key, &v.iter().map(String::as_str).collect::<Vec<_>>())
+            }
+            MetaValue::Array(MetaArray::I32(v)) => header.i32s(key, v),
+            other => panic!("the tokenizer fixture's {key}: {other:?} is not copied"),
+        };
+    }
+    header
+}
+
+/// Writes the qwen3-0.6b shape in Q4_0 to `path`, streamed (a spawned child's peak RSS counts
+/// the parent's memory up to the exec: the test process stays well below the child's peak).
 fn write_qwen3_0_6b_q4_0(path: &Path) {
     let mut header = GgufBuilder::default();
     // No padding after the metadata: the tensor infos follow it (the file's alignment is
@@ -79,6 +103,7 @@ fn write_qwen3_0_6b_q4_0(path: &Path) {
         .u32("qwen3.attention.value_length", HEAD_DIM as u32)
         .f32("qwen3.rope.freq_base", 1e6)
         .f32("qwen3.attention.layer_norm_rms_epsilon", 1e-6);
+    let header = with_qwen3_tokenizer(header);
     let mut infos = Vec::new();
     let matrix = |name: String, rows: usize, cols: usize| Info {
         name,
@@ -158,13 +183,16 @@ fn write_qwen3_0_6b_q4_0(path: &Path) {
 /// threads): 1.58x when the tied table was held twice (file rows for the gather and panels for
 /// the head), 1.34x with the gather reading the file's mapping, 1.21x with every weight a view
 /// of the mapping until packed, packed weights end to end in the huge-page arena and the freed
-/// heap given back. What remains: the int8 panels are 20 bytes per 32 values where the file
-/// has 18 (1.11x of the weights), and ~35 MiB of process, kernels, heap and caches. The limit
-/// leaves 0.07x (about 22 MiB) of margin; the issue's 1.15x is not met (docs/benchmarks.md).
+/// heap given back, 1.19x with Q4_0 panels the file's own 18 bytes per 32 values, and 1.10x
+/// (359 MiB for 326) with the BPE tokenizer (31 MiB) dropped once the prompt is encoded, the
+/// output decoded through a table of token bytes. What remains is ~33 MiB of binary, kernels,
+/// heap, threads' scratch and the KV cache. The limit is the issue's 1.15x: 0.05x (16 MiB) of
+/// margin, which the peak does not move by from run to run (it is not load sensitive), and
+/// which a tokenizer resident beside the weights again (+31 MiB) would exceed.
 #[test]
 #[cfg(target_os = "linux")]
-fn kiln_run_on_a_q4_0_gguf_peaks_below_1_28x_the_file() {
-    const LIMIT: f64 = 1.28;
+fn kiln_run_on_a_q4_0_gguf_peaks_below_1_15x_the_file() {
+    const LIMIT: f64 = 1.15;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qwen3-0.6b-q4_0.gguf");
     write_qwen3_0_6b_q4_0(&path);
@@ -175,8 +203,14 @@ fn kiln_run_on_a_q4_0_gguf_peaks_below_1_28x_the_file() {
     let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("memory-test-cache");
     let run = |stderr: std::process::Stdio| {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["run", "--model", path.to_str().unwrap(), "--prompt-ids"])
-            .args(["9707,1052,13", "--max-new-tokens", "8", "--threads", "2"])
+            .args([
+                "run",
+                "--model",
+                path.to_str().unwrap(),
+                "--prompt",
+                "Hello there",
+            ])
+            .args(["--max-new-tokens", "8", "--ignore-eos", "--threads", "2"])
             .env("KILN_CACHE_DIR", &cache)
             .env_remove("KILN_COMPILE_THREADS")
             .stdout(std::process::Stdio::null())

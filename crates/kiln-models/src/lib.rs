@@ -4,6 +4,7 @@
 
 pub mod batched;
 pub mod config;
+pub mod detokenizer;
 pub mod files;
 pub mod gguf;
 pub mod memory;
@@ -18,10 +19,11 @@ pub mod weights;
 
 pub use batched::{BatchedModel, SlotWork};
 pub use config::{Arch, QwenConfig};
+pub use detokenizer::Detokenizer;
 pub use model::{build_batched_graph, build_graph, weight_shapes, GraphOptions, WeightDtype};
 pub use runtime::{FinishReason, Generation, KvCache, LoadOptions, Model, SavedCache};
 pub use sampling::{argmax, Sampler, Sampling};
-pub use tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+pub use tokenizer::{Decode, StreamDecoder, Tokenizer, TokenizerError};
 pub use weights::IndexError;
 
 use std::path::PathBuf;

@@ -163,7 +163,8 @@ impl TokenizeCase {
     }
 
     /// Checks that `tok` encodes the case's text to its ids and decodes them back to its text,
-    /// at once and token by token ([`crate::StreamDecoder`]: never half a character).
+    /// at once and token by token ([`crate::StreamDecoder`]: never half a character), and that
+    /// its [`crate::Detokenizer`] (what `kiln run` decodes with) does the same.
     pub fn check(&self, tok: &crate::Tokenizer) {
         let name = &self.name;
         let ids = tok.encode(&self.text).unwrap();
@@ -176,6 +177,20 @@ impl TokenizeCase {
         let mut s = crate::StreamDecoder::default();
         let streamed: String = ids.iter().map(|&i| s.push(tok, i).unwrap()).collect();
         assert_eq!(streamed, self.decoded, "case {name}: streamed");
+        use crate::Decode;
+        let table = crate::Detokenizer::new(tok.clone());
+        assert!(
+            matches!(table, crate::Detokenizer::Table(_)),
+            "case {name}: a byte-level tokenizer decodes through its table"
+        );
+        assert_eq!(
+            table.decode(&ids).unwrap(),
+            self.decoded,
+            "case {name}: decoded by the table"
+        );
+        let mut s = crate::StreamDecoder::default();
+        let streamed: String = ids.iter().map(|&i| s.push(&table, i).unwrap()).collect();
+        assert_eq!(streamed, self.decoded, "case {name}: streamed by the table");
     }
 }
 

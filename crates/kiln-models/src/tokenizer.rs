@@ -210,6 +210,11 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// The `tokenizers` tokenizer (for [`crate::detokenizer`]'s table).
+    pub(crate) fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     fn knows(&self, id: u32) -> bool {
         self.inner.id_to_token(id).is_some()
     }
@@ -320,6 +325,18 @@ fn no_panic<T>(f: impl FnOnce() -> T) -> Result<T, TokenizerError> {
     })
 }
 
+/// Ids -> text: a [`Tokenizer`], or a [`crate::Detokenizer`] (what `kiln run` keeps of one
+/// once its prompt is encoded).
+pub trait Decode {
+    fn decode(&self, ids: &[u32]) -> Result<String, ModelError>;
+}
+
+impl Decode for Tokenizer {
+    fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        Tokenizer::decode(self, ids)
+    }
+}
+
 /// Turns a growing list of ids into text pieces as soon as they are whole characters.
 #[derive(Default)]
 pub struct StreamDecoder {
@@ -330,7 +347,7 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// The text not returned yet, whole or not: at the end of a generation, a last token that
     /// ended inside a multi-byte character shows as U+FFFD, as the whole text decodes.
-    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String, ModelError> {
+    pub fn finish(&mut self, tok: &impl Decode) -> Result<String, ModelError> {
         let text = tok.decode(&self.ids)?;
         let rest = if text.len() >= self.printed && text.is_char_boundary(self.printed) {
             text[self.printed..].to_string()
@@ -342,7 +359,7 @@ impl StreamDecoder {
     }
 
     /// Adds one id; returns the new text that is complete (possibly empty).
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String, ModelError> {
+    pub fn push(&mut self, tok: &impl Decode, id: u32) -> Result<String, ModelError> {
         self.ids.push(id);
         let text = tok.decode(&self.ids)?;
         // A trailing U+FFFD means the last token ended inside a multi-byte character: wait.
