@@ -9,7 +9,7 @@ use crate::carry::{slot_allocation, CarriedState};
 use crate::profile::Profile;
 use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
 use kiln_program::{
-    canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError,
+    canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError, SlotSizes,
 };
 use std::collections::HashMap;
 use std::time::Instant;
@@ -88,6 +88,8 @@ pub struct Executor<D: Device> {
     device: D,
     program: Program,
     plan: MemoryPlan,
+    /// The plan's slot sizes, as expressions built once (evaluated before every run).
+    slot_sizes: SlotSizes,
     step_kernel: Vec<usize>,
     /// Each step's launch bindings, reused from run to run: its canonical kernel's symbols
     /// bound to the values of the step's own (`kiln_program::launch_bindings`).
@@ -141,6 +143,7 @@ impl<D: Device> Executor<D> {
                 .iter()
                 .map(|k| k.source.name.clone())
                 .collect(),
+            slot_sizes: compiled.plan.slot_sizes(&compiled.program),
             program: compiled.program,
             plan: compiled.plan,
             step_bindings,
@@ -163,7 +166,7 @@ impl<D: Device> Executor<D> {
 
     /// Grows the plan's slots to what bindings `b` need.
     fn size_slots(&mut self, b: &Bindings) -> Result<(), RunError> {
-        let sizes = self.plan.slot_bytes(&self.program, b)?;
+        let sizes = self.slot_sizes.eval(b)?;
         self.slots.resize_with(sizes.len(), || None);
         for (i, &bytes) in sizes.iter().enumerate() {
             if matches!(&self.slots[i], Some(s) if s.capacity >= bytes.max(1)) {
