@@ -4,7 +4,9 @@
 # the tokens/s and bandwidth probe of `kiln bench decode`, the kernels' wall time per decode
 # step (the profile's mean over the runs after the prefill), and its "fastest of each step" per
 # step (each step's fastest launch over the run's tokens, summed: what a token costs when no
-# launch is disturbed), with the executor's work between launches beside it. Binaries without
+# launch is disturbed), with the executor's work between launches beside it, and a token's wall
+# time outside its kernels (1000 / tokens/s less the kernels' ms: binding a run, sizing its
+# slots, downloading the logits, sampling). Binaries without
 # those profile lines (before branch decodewall) show "-".
 #
 #   bash scripts/decode-compare.sh [--rounds N] [--types Q4_0,Q8_0] [--tokens 64]
@@ -28,8 +30,8 @@ done
 [ ${#bins[@]} -gt 0 ] || { echo "name at least one kiln binary" >&2; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-echo "| round | file | binary | decode tok/s | bandwidth GB/s | kernels ms/token | fastest launches ms/token | between launches ms/token | load |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| round | file | binary | decode tok/s | bandwidth GB/s | kernels ms/token | outside kernels ms/token | fastest launches ms/token | between launches ms/token | load |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for r in $(seq "$rounds"); do
   for t in ${types//,/ }; do
     f="$dir/qwen3-0.6b-shape-seed600-$t.gguf"
@@ -43,7 +45,10 @@ for r in $(seq "$rounds"); do
       per=$(grep -o 'later ones [0-9.]* ms each' <<<"$log" | cut -d' ' -f3) || true
       fast=$(grep -o 'fastest of each step: [0-9.]* ms of launches + [0-9.]* ms' <<<"$log" |
         awk '{print $5, $10}') || true
-      echo "| $r | $t | $b | $rate | $bw | ${per:--} | ${fast% *} | ${fast#* } | $(cut -d' ' -f1 /proc/loadavg) |" |
+      # a token's wall time less its kernels: the executor before and after the launches
+      # (binding, slot sizes, the logits' download) and the sampling on the host
+      outside=$([ -n "$per" ] && awk -v r="$rate" -v k="$per" 'BEGIN { printf "%.3f", 1000 / r - k }') || true
+      echo "| $r | $t | $b | $rate | $bw | ${per:--} | ${outside:--} | ${fast% *} | ${fast#* } | $(cut -d' ' -f1 /proc/loadavg) |" |
         sed 's/|  |  |/| - | - |/'
     done
   done

@@ -347,6 +347,16 @@ impl Device for CpuDevice {
         Ok(plain.read(bytes))
     }
 
+    fn download_into(&mut self, buf: &CpuBuffer, out: &mut [u8]) -> Result<(), RunError> {
+        let plain = buf
+            .plain
+            .as_ref()
+            .ok_or_else(|| RunError::Unsupported("a packed weight cannot be read back".into()))?;
+        // SAFETY: launches are synchronous: no kernel writes the buffer now.
+        out.copy_from_slice(unsafe { plain.bytes(out.len()) });
+        Ok(())
+    }
+
     fn launch(
         &mut self,
         k: &CpuKernel,

@@ -164,6 +164,9 @@ impl Generation {
 /// Fails when the logits of generation step `step` hold a NaN or an infinity: sampling would
 /// pick token 0 (or any) from them, forever.
 fn check_finite(logits: &[f32], step: usize) -> Result<(), ModelError> {
+    if crate::sampling::all_finite(logits) {
+        return Ok(());
+    }
     let bad = logits.iter().filter(|x| !x.is_finite()).count();
     if bad == 0 {
         return Ok(());
@@ -542,6 +545,8 @@ impl Model {
                 g.finish_reason = r;
                 break;
             }
+            // Its memory takes the next step's logits (no newly mapped pages a token).
+            self.exe.recycle("logits", logits);
             logits = self.forward(&[id], &mut cache)?;
         }
         g.decode_ms = t.elapsed().as_secs_f64() * 1e3;

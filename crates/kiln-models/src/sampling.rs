@@ -22,15 +22,65 @@ impl Default for Sampling {
     }
 }
 
-/// The index of the largest logit (the first one on ties).
+/// Lanes of the scans over logits: one AVX-512 vector of f32 (two AVX2 ones). A decode step
+/// scans a whole vocabulary (151,936 logits for Qwen) on the host between two steps; a scan
+/// that carries one value from element to element runs at a cycle or more per element.
+const LANES: usize = 16;
+
+/// The index of the largest logit: the first one on ties, and as a scan keeping the first
+/// strictly larger value would pick it when some are NaN (index 0 if the first is NaN, else
+/// never a NaN). The largest value is found in [`LANES`] independent lanes, then the first
+/// block of lanes holding it, then its place there.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
+    match logits.first() {
+        None => return 0,
+        Some(x) if x.is_nan() => return 0,
+        Some(_) => {}
+    }
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let blocks = logits.chunks_exact(LANES);
+    let mut max = f32::NEG_INFINITY;
+    for &v in blocks.remainder() {
+        if v > max {
+            max = v;
         }
     }
-    best as u32
+    for block in blocks {
+        for (m, &v) in lanes.iter_mut().zip(block) {
+            if v > *m {
+                *m = v;
+            }
+        }
+    }
+    for m in lanes {
+        if m > max {
+            max = m;
+        }
+    }
+    let block = logits
+        .chunks(LANES)
+        .position(|b| b.iter().fold(false, |hit, &v| hit | (v == max)))
+        .unwrap_or(0);
+    let within = logits[block * LANES..]
+        .iter()
+        .position(|&v| v == max)
+        .unwrap_or(0);
+    (block * LANES + within) as u32
+}
+
+/// Whether every value is finite (neither NaN nor infinite): an exponent of all ones, tested in
+/// [`LANES`] lanes without an early exit, so that it is vectorised.
+pub fn all_finite(values: &[f32]) -> bool {
+    const EXPONENT: u32 = 0x7f80_0000;
+    let mut bad = [false; LANES];
+    let blocks = values.chunks_exact(LANES);
+    let tail = blocks.remainder().iter().any(|v| !v.is_finite());
+    for block in blocks {
+        for (b, v) in bad.iter_mut().zip(block) {
+            *b |= v.to_bits() & EXPONENT == EXPONENT;
+        }
+    }
+    !tail && !bad.contains(&true)
 }
 
 pub struct Sampler {
@@ -97,6 +147,47 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scan every greedy step used before the lanes: the first strictly larger value.
+    fn argmax_by_scan(logits: &[f32]) -> u32 {
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
+    /// The lanes pick what the scan picks: ties (the first), the maximum in the tail or in
+    /// the first or last lane, signed zeros, NaN and infinities, lengths around the lanes.
+    #[test]
+    fn argmax_in_lanes_is_the_scan() {
+        let mut cases: Vec<Vec<f32>> = vec![vec![], vec![1.0], vec![f32::NAN, 5.0]];
+        for n in [1, 15, 16, 17, 31, 32, 33, 100, 151_936] {
+            let base: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1013) as f32 / 97.0).collect();
+            cases.push(base.clone());
+            for at in [0, n / 2, n - 1] {
+                let mut tie = base.clone();
+                tie[at] = 11.0;
+                tie[n - 1 - at / 2] = 11.0;
+                cases.push(tie.clone());
+                tie[at] = f32::NAN;
+                cases.push(tie.clone());
+                tie[at] = f32::INFINITY;
+                cases.push(tie);
+            }
+            cases.push(vec![f32::NEG_INFINITY; n]);
+            let mut zeros = vec![-1.0; n];
+            zeros[n / 3] = -0.0;
+            zeros[n - 1] = 0.0;
+            cases.push(zeros);
+        }
+        for c in &cases {
+            assert_eq!(argmax(c), argmax_by_scan(c), "{:?}", &c[..c.len().min(40)]);
+            assert_eq!(all_finite(c), c.iter().all(|v| v.is_finite()));
+        }
+    }
 
     #[test]
     fn greedy_and_seeded_sampling() {

@@ -61,6 +61,15 @@ pub trait Device: Send {
     /// The first `bytes` bytes of `buf`, once every launch before has finished.
     fn download(&mut self, buf: &Self::Buffer, bytes: usize) -> Result<Vec<u8>, RunError>;
 
+    /// [`Device::download`] into `out` (its first `out.len()` bytes). A host device copies
+    /// straight into it: a decode step's logits (600 KB for a 151,936-token vocabulary) are
+    /// then copied once, into the tensor the caller gets, not into a vector first.
+    fn download_into(&mut self, buf: &Self::Buffer, out: &mut [u8]) -> Result<(), RunError> {
+        let bytes = self.download(buf, out.len())?;
+        out.copy_from_slice(&bytes[..out.len()]);
+        Ok(())
+    }
+
     /// Runs `kernel` writing `out` and reading `inputs` (in the kernel's input order), with its
     /// symbols taken from `bindings` (its launch spec evaluated with them; no launch where it
     /// has no work units). May return before the kernel finishes.

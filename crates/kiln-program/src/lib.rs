@@ -38,6 +38,6 @@ pub use kernel::{
     ScalarExpr,
 };
 pub use launch::LaunchSpec;
-pub use memplan::MemoryPlan;
+pub use memplan::{MemoryPlan, SlotSizes};
 pub use program::{Buffer, LoadedProgram, Program, Step, UniqueKernel};
 pub use source::{KernelSource, NAME_PLACEHOLDER};

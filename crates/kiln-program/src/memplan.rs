@@ -8,7 +8,7 @@
 //! memory (`input_of`).
 
 use crate::program::Program;
-use kiln_ir::{Bindings, IrError};
+use kiln_ir::{Bindings, Expr, IrError};
 
 #[derive(Clone, Debug)]
 pub struct MemoryPlan {
@@ -24,12 +24,44 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// Bytes of each slot under `b`.
     pub fn slot_bytes(&self, p: &Program, b: &Bindings) -> Result<Vec<usize>, IrError> {
-        self.slots
+        self.slot_sizes(p).eval(b)
+    }
+
+    /// The size expressions of each slot, made once for many runs ([`SlotSizes::eval`]).
+    pub fn slot_sizes(&self, p: &Program) -> SlotSizes {
+        let per_slot = self
+            .slots
             .iter()
             .map(|bufs| {
-                bufs.iter().try_fold(0usize, |m, &buf| {
-                    Ok(m.max(p.buffers[buf].bytes().eval(b)?.max(0) as usize))
-                })
+                let mut sizes: Vec<Expr> = Vec::new();
+                for &buf in bufs {
+                    let bytes = p.buffers[buf].bytes();
+                    if !sizes.contains(&bytes) {
+                        sizes.push(bytes);
+                    }
+                }
+                sizes
+            })
+            .collect();
+        SlotSizes(per_slot)
+    }
+}
+
+/// Each slot's distinct buffer sizes, as expressions built once: an executor sizes its slots
+/// before every run (a decode step), and building each buffer's size expression anew was
+/// most of that (hundreds of buffers, a few dozen distinct sizes).
+#[derive(Clone, Debug)]
+pub struct SlotSizes(Vec<Vec<Expr>>);
+
+impl SlotSizes {
+    /// Bytes of each slot under `b`: the largest of its buffers' sizes.
+    pub fn eval(&self, b: &Bindings) -> Result<Vec<usize>, IrError> {
+        self.0
+            .iter()
+            .map(|sizes| {
+                sizes
+                    .iter()
+                    .try_fold(0usize, |m, e| Ok(m.max(e.eval(b)?.max(0) as usize)))
             })
             .collect()
     }

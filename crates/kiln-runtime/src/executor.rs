@@ -9,7 +9,7 @@ use crate::carry::{slot_allocation, CarriedState};
 use crate::profile::Profile;
 use kiln_ir::{Bindings, DType, Expr, IrError, Tensor};
 use kiln_program::{
-    canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError,
+    canonical_symbol, Device, Kernel, LoadedProgram, MemoryPlan, Program, RunError, SlotSizes,
 };
 use std::collections::HashMap;
 use std::time::Instant;
@@ -46,6 +46,15 @@ pub trait Executable: Send {
     /// A copy of the value now carried into `input` (downloaded from the device).
     fn carried(&mut self, input: &str) -> Result<Tensor, RunError>;
 
+    /// Hands back a tensor that a run returned as `output`, once the caller is done with it:
+    /// the next run downloads that output into its memory (when dtype and shape are the same)
+    /// instead of newly allocated memory. A decode loop that hands back each step's logits
+    /// reads the next ones into pages already mapped: a fresh 600 KB tensor (a 151,936-token
+    /// vocabulary) was ~150 page faults a token. Giving back nothing, or anything, is correct.
+    fn recycle(&mut self, output: &str, t: Tensor) {
+        let _ = (output, t);
+    }
+
     /// What the last run did.
     fn last_run(&self) -> RunStats;
 
@@ -79,6 +88,8 @@ pub struct Executor<D: Device> {
     device: D,
     program: Program,
     plan: MemoryPlan,
+    /// The plan's slot sizes, as expressions built once (evaluated before every run).
+    slot_sizes: SlotSizes,
     step_kernel: Vec<usize>,
     /// Each step's launch bindings, reused from run to run: its canonical kernel's symbols
     /// bound to the values of the step's own (`kiln_program::launch_bindings`).
@@ -93,6 +104,9 @@ pub struct Executor<D: Device> {
     params: HashMap<String, Param<D::Buffer>>,
     slots: Vec<Option<Slot<D::Buffer>>>,
     carried: CarriedState<Slot<D::Buffer>>,
+    /// Tensors handed back by [`Executable::recycle`], by output name: the next run
+    /// downloads that output into one of them.
+    recycled: HashMap<String, Tensor>,
     /// With `KILN_PROFILE=1`: where run time went ([`Profile`]).
     profile: Option<Profile>,
     /// Declared last: dropped after the kernels that point into them.
@@ -129,6 +143,7 @@ impl<D: Device> Executor<D> {
                 .iter()
                 .map(|k| k.source.name.clone())
                 .collect(),
+            slot_sizes: compiled.plan.slot_sizes(&compiled.program),
             program: compiled.program,
             plan: compiled.plan,
             step_bindings,
@@ -139,6 +154,7 @@ impl<D: Device> Executor<D> {
             slots: Vec::new(),
             carried: CarriedState::default(),
             last: None,
+            recycled: HashMap::new(),
             profile,
             _modules: compiled.modules,
         })
@@ -150,7 +166,7 @@ impl<D: Device> Executor<D> {
 
     /// Grows the plan's slots to what bindings `b` need.
     fn size_slots(&mut self, b: &Bindings) -> Result<(), RunError> {
-        let sizes = self.plan.slot_bytes(&self.program, b)?;
+        let sizes = self.slot_sizes.eval(b)?;
         self.slots.resize_with(sizes.len(), || None);
         for (i, &bytes) in sizes.iter().enumerate() {
             if matches!(&self.slots[i], Some(s) if s.capacity >= bytes.max(1)) {
@@ -249,6 +265,7 @@ impl<D: Device> Executable for Executor<D> {
             slots,
             carried,
             last,
+            recycled,
             profile,
             ..
         } = self;
@@ -306,11 +323,12 @@ impl<D: Device> Executable for Executor<D> {
                 kept.push((o.name.to_string(), o.buffer, o.shape));
                 continue;
             }
-            let bytes = device.download(bufs[o.buffer], o.bytes)?;
-            out.insert(
-                o.name.to_string(),
-                Tensor::from_bytes(o.dtype, &o.shape, &bytes[..o.bytes]),
-            );
+            let mut t = match recycled.remove(o.name) {
+                Some(t) if t.dtype() == o.dtype && t.shape() == o.shape => t,
+                _ => Tensor::zeros(o.dtype, &o.shape),
+            };
+            device.download_into(bufs[o.buffer], t.bytes_mut())?;
+            out.insert(o.name.to_string(), t);
         }
         drop(bufs);
         for (name, buffer, shape) in kept {
@@ -345,9 +363,16 @@ impl<D: Device> Executable for Executor<D> {
                 detail: "is not carried".into(),
             })
         })?;
-        let t = Tensor::zeros(c.dtype, &c.shape);
-        let bytes = self.device.download(&c.buf.buf, t.bytes().len())?;
-        Ok(Tensor::from_bytes(c.dtype, &c.shape, &bytes))
+        let mut t = Tensor::zeros(c.dtype, &c.shape);
+        self.device.download_into(&c.buf.buf, t.bytes_mut())?;
+        Ok(t)
+    }
+
+    fn recycle(&mut self, output: &str, t: Tensor) {
+        let is_output = self.program.outputs.iter().any(|(name, _)| name == output);
+        if is_output && !t.is_shared() {
+            self.recycled.insert(output.to_string(), t);
+        }
     }
 
     fn last_run(&self) -> RunStats {

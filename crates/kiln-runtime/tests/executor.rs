@@ -86,6 +86,56 @@ fn runs_size_their_slots_from_the_bound_symbols() {
     }
 }
 
+/// An output handed back is where the next run's value of it is written (its memory is
+/// reused), with the new values; one of another shape or name is not used.
+#[test]
+fn a_recycled_output_takes_the_next_value() {
+    let (program, plan) = chain();
+    let mut exe = executor(program, plan);
+    let w = [1.0f32, -2.0, 0.5, 3.0];
+    exe.set_param("w", Tensor::from_f32(&[4], &w)).unwrap();
+    let expected = |x: &Tensor| -> Vec<f32> {
+        let xs = x.as_f32().iter().enumerate();
+        xs.map(|(i, &v)| (v * w[i % 4] + 1.0).powi(2)).collect()
+    };
+    let first = exe
+        .run(&inputs(&[("x", x(3))]))
+        .unwrap()
+        .remove("y")
+        .unwrap();
+    let memory = first.as_f32().as_ptr();
+    exe.recycle("y", first);
+    let x2 = Tensor::from_f32(&[3, 4], &[0.25; 12]);
+    let second = exe
+        .run(&inputs(&[("x", x2.clone())]))
+        .unwrap()
+        .remove("y")
+        .unwrap();
+    assert_eq!(
+        second.as_f32().as_ptr(),
+        memory,
+        "the handed-back tensor's memory"
+    );
+    assert_eq!(second.as_f32(), expected(&x2).as_slice());
+    // Another shape: a new tensor, the right values.
+    exe.recycle("y", second);
+    let third = exe
+        .run(&inputs(&[("x", x(5))]))
+        .unwrap()
+        .remove("y")
+        .unwrap();
+    assert_eq!(third.shape(), &[5, 4]);
+    assert_eq!(third.as_f32(), expected(&x(5)).as_slice());
+    // A name that is no output is ignored.
+    exe.recycle("x", third);
+    let fourth = exe
+        .run(&inputs(&[("x", x(2))]))
+        .unwrap()
+        .remove("y")
+        .unwrap();
+    assert_eq!(fourth.as_f32(), expected(&x(2)).as_slice());
+}
+
 #[test]
 fn binding_errors_name_the_input_and_what_is_wrong() {
     let (program, plan) = chain();
