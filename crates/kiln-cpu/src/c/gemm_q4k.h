@@ -308,58 +308,11 @@ static inline float kiln_q4k_column(const int q5, const uint8_t *sb, int64_t c, 
     return fmaf(T, kiln_f16_to_f32(dh), acc);
 }
 
-/* The product tile (as KILN_QI_TILE): the rows quantized once per launch and worker, then the
- * GEMV (up to 4 rows), the micro-kernel, or scalar chains off a panel boundary. Q4_K's and
- * (q5) Q5_K's (kiln_packed_tile_q4_k below, kiln_packed_tile_q5_k in gemm_q5k.h). */
-static inline __attribute__((always_inline)) void kiln_packed_tile_k(const int q5, kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,
-                                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm,
-                                  int64_t c0, int64_t tn, float *restrict t, int64_t ldt) {
-    const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = 40 * SR;
-    const int64_t G = K / 32, NB = K / 256, PB = NB * KILN_SBI_K(q5), SB = G * QB;
-    uint8_t *qa = (uint8_t *)ctx->abuf;
-    if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {
-        kiln_quantize_a_q4k(a, lda, tm, K, SR, qa);
-        ctx->st->a_src = a; ctx->st->a_m0 = m0;
-    }
-    if (c0 % KILN_NR != 0) {
-        for (int64_t i = 0; i < tm; ++i)
-            for (int64_t j = 0; j < tn; ++j) {
-                const int64_t n = c0 + j;
-                const uint8_t *pw = wp + (n / KILN_NR) * PB, *pa = qa + (i / SR) * SB;
-                float acc = 0.0f;
-                for (int64_t b = 0; b < NB; ++b)
-                    acc = kiln_q4k_column(q5, pw + b * KILN_SBI_K(q5), n % KILN_NR, pa + b * 8 * QB, SR, i % SR, acc);
-                t[i * ldt + j] = acc;
-            }
-        return;
-    }
-    const int64_t p0 = c0 / KILN_NR, np = (tn + KILN_NR - 1) / KILN_NR;
-    if (tm <= 4) {
-        for (int64_t s = 0; s < np; ++s) {
-            const uint8_t *w = wp + (p0 + s) * PB;
-            float *ts = t + s * KILN_NR;
-            if (tm == 1) kiln_qi_gemv_q4k(q5, 1, qa, w, G, ts, ldt);
-            else if (tm == 2) kiln_qi_gemv_q4k(q5, 2, qa, w, G, ts, ldt);
-            else if (tm == 3) kiln_qi_gemv_q4k(q5, 3, qa, w, G, ts, ldt);
-            else kiln_qi_gemv_q4k(q5, 4, qa, w, G, ts, ldt);
-        }
-        return;
-    }
-    const int64_t BC = KILN_KC / 256; /* super-blocks per k block */
-    for (int64_t b0 = 0; b0 < NB; b0 += BC) {
-        const int64_t nb = kiln_min(BC, NB - b0);
-        for (int64_t s = 0; s < np; ++s) {
-            const uint8_t *panel = wp + (p0 + s) * PB + b0 * KILN_SBI_K(q5);
-            for (int64_t i0 = 0; i0 < tm; i0 += KILN_QMR)
-                kiln_qi_ukr_q4k(q5, nb, qa + (i0 / KILN_QMR) * SB + b0 * 8 * KILN_QA_BLOCK, panel,
-                                t + i0 * ldt + s * KILN_NR, ldt, b0 > 0);
-        }
-    }
-}
-
-static void kiln_packed_tile_q4_k(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,
-                                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm,
-                                  int64_t c0, int64_t tn, float *restrict t, int64_t ldt) {
-    kiln_packed_tile_k(0, ctx, a, lda, wp, K, m0, tm, c0, tn, t, ldt);
-}
+/* The product tiles (gemm_quant.h's KILN_QI_TILE) take each kernel with q5 bound: Q4_K's
+ * here, Q5_K's in gemm_q5k.h. */
+#define kiln_column_q4_k(...) kiln_q4k_column(0, __VA_ARGS__)
+#define kiln_qi_gemv_q4_k(...) kiln_qi_gemv_q4k(0, __VA_ARGS__)
+#define kiln_qi_ukr_q4_k(...) kiln_qi_ukr_q4k(0, __VA_ARGS__)
+KILN_QI_TILE(kiln_packed_tile_q4_k, 256, KILN_SBI_Q4_K, KILN_QB32, kiln_quantize_a_q4k, kiln_column_q4_k,
+             kiln_qi_gemv_q4_k, kiln_qi_ukr_q4_k)
 #endif

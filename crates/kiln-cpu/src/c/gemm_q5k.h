@@ -67,12 +67,13 @@ KILN_QPACKED_TILE(kiln_packed_tile_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k, kiln_qat_q
  * Q5_K is Q4_K's super-block with 5-bit q, so it takes Q4_K's integer path unchanged but for
  * the weight operand: activations quantized per 32 values, each group's scaled dot summed in
  * f32, the min sums as one integer per super-block, the same order on every path (a decode row equals the
- * same row of a prefill). Panels: Q4_K's super-block (148 NR bytes) then a plane of fifth bits
- * (32 NR), 22.5 bytes per 32 values; gemm_q4k.h describes both. */
+ * same row of a prefill). Panels: Q4_K's super-block with each group's fifth bits after its
+ * nibbles (4 NR bytes a group; 180 NR, 22.5 bytes per 32 values); gemm_q4k.h describes both.
+ * The product tile is gemm_quant.h's KILN_QI_TILE over Q4_K's kernels with q5 bound. */
 #if defined(KILN_QINT8)
-static void kiln_packed_tile_q5_k(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,
-                                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm,
-                                  int64_t c0, int64_t tn, float *restrict t, int64_t ldt) {
-    kiln_packed_tile_k(1, ctx, a, lda, wp, K, m0, tm, c0, tn, t, ldt);
-}
+#define kiln_column_q5_k(...) kiln_q4k_column(1, __VA_ARGS__)
+#define kiln_qi_gemv_q5_k(...) kiln_qi_gemv_q4k(1, __VA_ARGS__)
+#define kiln_qi_ukr_q5_k(...) kiln_qi_ukr_q4k(1, __VA_ARGS__)
+KILN_QI_TILE(kiln_packed_tile_q5_k, 256, KILN_SBI_Q5_K, KILN_QB32, kiln_quantize_a_q4k, kiln_column_q5_k,
+             kiln_qi_gemv_q5_k, kiln_qi_ukr_q5_k)
 #endif

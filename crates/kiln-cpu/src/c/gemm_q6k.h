@@ -219,61 +219,26 @@ static inline int32_t kiln_qiw_at_q6_k(const uint8_t *g, int64_t c, int64_t kk) 
     return (int32_t)(int8_t)g[hf * KILN_NR + c] * (q - 32);
 }
 
-/* The product tile (as KILN_QI_TILE, kind 3): the rows quantized once per launch and worker,
- * then the GEMV (up to 4 rows), the micro-kernel, or scalar chains off a panel boundary. */
-static void kiln_packed_tile_q6_k(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,
-                                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm,
-                                  int64_t c0, int64_t tn, float *restrict t, int64_t ldt) {
-    const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = 40 * SR;
-    const int64_t G = K / 32, PB = (K / 256) * KILN_SBI_Q6_K, SB = G * QB;
-    uint8_t *qa = (uint8_t *)ctx->abuf;
-    if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {
-        kiln_quantize_a_rows(a, lda, tm, K, 3, SR, qa);
-        ctx->st->a_src = a; ctx->st->a_m0 = m0;
+/* One column c of a super-block sb against row s of a strip of sr rows (its super-block at
+ * ab): per group the integer dot and one FMA, in the kernels' order. */
+static inline float kiln_column_q6_k(const uint8_t *sb, int64_t c, const uint8_t *ab, int64_t sr, int64_t s,
+                                     float acc) {
+    for (int g = 0; g < 8; ++g) {
+        const uint8_t *wg = KILN_Q6K_GROUP(sb, g), *blk = ab + g * 40 * sr;
+        int32_t dot = 0;
+        for (int64_t kk = 0; kk < 32; ++kk)
+            dot += (int32_t)(int8_t)blk[((kk / 4) * sr + s) * 4 + kk % 4] * kiln_qiw_at_q6_k(wg, c, kk);
+        uint16_t dh;
+        float sa;
+        memcpy(&dh, sb + 2 * c, 2);
+        memcpy(&sa, blk + 32 * sr + 4 * s, 4);
+        acc = fmaf((float)dot, kiln_f16_to_f32(dh) * sa, acc);
     }
-    if (c0 % KILN_NR != 0) {
-        for (int64_t i = 0; i < tm; ++i)
-            for (int64_t j = 0; j < tn; ++j) {
-                const int64_t n = c0 + j, c = n % KILN_NR;
-                const uint8_t *pw = wp + (n / KILN_NR) * PB, *pa = qa + (i / SR) * SB;
-                float acc = 0.0f;
-                for (int64_t b = 0; b < G; ++b) {
-                    const uint8_t *sb = pw + (b / 8) * KILN_SBI_Q6_K, *g = KILN_Q6K_GROUP(sb, b % 8);
-                    const uint8_t *blk = pa + b * QB;
-                    int32_t dot = 0;
-                    for (int64_t kk = 0; kk < 32; ++kk)
-                        dot += (int32_t)(int8_t)blk[((kk / 4) * SR + i % SR) * 4 + kk % 4] * kiln_qiw_at_q6_k(g, c, kk);
-                    uint16_t dh;
-                    float sa;
-                    memcpy(&dh, sb + 2 * c, 2);
-                    memcpy(&sa, blk + 32 * SR + 4 * (i % SR), 4);
-                    acc = fmaf((float)dot, kiln_f16_to_f32(dh) * sa, acc);
-                }
-                t[i * ldt + j] = acc;
-            }
-        return;
-    }
-    const int64_t p0 = c0 / KILN_NR, np = (tn + KILN_NR - 1) / KILN_NR;
-    if (tm <= 4) {
-        for (int64_t s = 0; s < np; ++s) {
-            const uint8_t *w = wp + (p0 + s) * PB;
-            float *ts = t + s * KILN_NR;
-            if (tm == 1) kiln_qi_gemv_q6_k(1, qa, w, G, ts, ldt);
-            else if (tm == 2) kiln_qi_gemv_q6_k(2, qa, w, G, ts, ldt);
-            else if (tm == 3) kiln_qi_gemv_q6_k(3, qa, w, G, ts, ldt);
-            else kiln_qi_gemv_q6_k(4, qa, w, G, ts, ldt);
-        }
-        return;
-    }
-    const int64_t BC = KILN_KC / 256, NB = K / 256; /* super-blocks per k block, per row */
-    for (int64_t b0 = 0; b0 < NB; b0 += BC) {
-        const int64_t nb = kiln_min(BC, NB - b0);
-        for (int64_t s = 0; s < np; ++s) {
-            const uint8_t *panel = wp + (p0 + s) * PB + b0 * KILN_SBI_Q6_K;
-            for (int64_t i0 = 0; i0 < tm; i0 += KILN_QMR)
-                kiln_qi_ukr_q6_k(nb, qa + (i0 / KILN_QMR) * SB + b0 * 8 * KILN_QA_BLOCK, panel,
-                                 t + i0 * ldt + s * KILN_NR, ldt, b0 > 0);
-        }
-    }
+    return acc;
 }
+
+/* The product tile (gemm_quant.h's KILN_QI_TILE), the activations as kind 3's blocks. */
+#define kiln_quantize_a_q6_k(a, lda, tm, K, sr, qa) kiln_quantize_a_rows(a, lda, tm, K, 3, sr, qa)
+KILN_QI_TILE(kiln_packed_tile_q6_k, 256, KILN_SBI_Q6_K, KILN_QB32, kiln_quantize_a_q6_k, kiln_column_q6_k,
+             kiln_qi_gemv_q6_k, kiln_qi_ukr_q6_k)
 #endif

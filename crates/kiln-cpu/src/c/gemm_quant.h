@@ -252,6 +252,7 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
 #define KILN_GBI_Q4_0 (18 * KILN_NR)
 #define KILN_QA_BLOCK (40 * KILN_QMR)
 #define KILN_QB16 48 /* Q8_0's and Q4_0's bytes per row and block (per-16 scales) */
+#define KILN_QB32 40 /* Q4_K's, Q5_K's and Q6_K's (one scale per 32 values) */
 #define KILN_QA_BLOCK16 (KILN_QB16 * KILN_QMR)
 typedef int kiln_v16si __attribute__((vector_size(64)));
 static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
@@ -538,43 +539,39 @@ static inline int32_t kiln_qiw_at_q4_0(const uint8_t *g, int64_t c, int64_t kk) 
     return kiln_qiw_at_nib(g + 2 * KILN_NR, c, kk) - 8;
 }
 
-/* The product tile (as kiln_packed_tile_*): the rows quantized once per launch and worker,
- * then the GEMV (up to 4 rows), the micro-kernel, or scalar chains off a panel boundary. */
-#define KILN_QI_TILE(NAME, GB, KIND, UKR, GEMV, WAT)                                               \
+/* The product tile of every integer-path type (as kiln_packed_tile_*): the rows quantized once
+ * per launch and worker, then the GEMV (up to 4 rows), the micro-kernel, or scalar chains off a
+ * panel boundary. The panel is in weight blocks of BV values (32, or a K kind's 256-value
+ * super-block) of WB bytes; a strip's activations take QBYTES per row and 32 values. Each type
+ * brings its block arithmetic:
+ *   QUANTIZE(a, lda, tm, K, sr, qa)     rows [0, tm) into strips of sr rows at qa
+ *   COLUMN(wb, c, ab, sr, s, acc)       column c of weight block wb against row s of a strip of
+ *                                       sr rows (its block at ab): acc plus the block's FMAs,
+ *                                       in the kernels' order
+ *   GEMV(R, qa, w, G, t, ldt)           R <= 4 rows of one strip of R rows x one panel
+ *   UKR(nb, qa, w, c, ldc, load_c)      rows of one strip of QMR x one panel, nb weight blocks
+ * (Q4_K and Q5_K: gemm_q4k.h, gemm_q5k.h; Q6_K: gemm_q6k.h.) */
+#define KILN_QI_TILE(NAME, BV, WB, QBYTES, QUANTIZE, COLUMN, GEMV, UKR)                            \
 static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,                         \
                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0,        \
                  int64_t tn, float *restrict t, int64_t ldt) {                                     \
     /* rows per activation strip: the GEMV's tm, the micro-kernel's QMR */                        \
-    const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = KILN_QB16 * SR;                               \
-    const int64_t G = K / 32, PB = G * (GB), SB = G * QB;                                          \
+    const int64_t SR = tm <= 4 ? tm : KILN_QMR, QB = (QBYTES) * SR;                                \
+    const int64_t G = K / 32, NB = K / (BV), PB = NB * (WB), SB = G * QB;                          \
+    const int64_t AB = (BV) / 32 * (QBYTES); /* a weight block's activation bytes per row */       \
     uint8_t *qa = (uint8_t *)ctx->abuf;                                                            \
     if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {                                              \
-        kiln_quantize_a_rows(a, lda, tm, K, (KIND), SR, qa);                                       \
+        QUANTIZE(a, lda, tm, K, SR, qa);                                                           \
         ctx->st->a_src = a; ctx->st->a_m0 = m0;                                                    \
     }                                                                                              \
     if (c0 % KILN_NR != 0) {                                                                       \
         for (int64_t i = 0; i < tm; ++i)                                                           \
             for (int64_t j = 0; j < tn; ++j) {                                                     \
-                const int64_t n = c0 + j, c = n % KILN_NR;                                         \
-                const uint8_t *pw = wp + (n / KILN_NR) * PB;                                       \
-                const uint8_t *pa = qa + (i / SR) * SB;                                            \
+                const int64_t n = c0 + j;                                                          \
+                const uint8_t *pw = wp + (n / KILN_NR) * PB, *pa = qa + (i / SR) * SB;             \
                 float acc = 0.0f;                                                                  \
-                for (int64_t b = 0; b < G; ++b) {                                                  \
-                    const uint8_t *g = pw + b * (GB), *blk = pa + b * QB;                          \
-                    float h = 0.0f; /* D0 * sa0, then + D1 * sa1 */                                \
-                    for (int64_t hf = 0; hf < 2; ++hf) {                                           \
-                        int32_t dot = 0;                                                           \
-                        for (int64_t kk = 16 * hf; kk < 16 * hf + 16; ++kk) {                      \
-                            const uint8_t av = blk[((kk / 4) * SR + i % SR) * 4 + kk % 4];         \
-                            dot += (int32_t)(int8_t)av * WAT(g, c, kk);                            \
-                        }                                                                          \
-                        float sa;                                                                  \
-                        memcpy(&sa, blk + (32 + 4 * hf) * SR + 4 * (i % SR), 4);                   \
-                        if (hf == 0) { h = (float)dot * sa; KILN_QKEEP(h); }                       \
-                        else h = fmaf((float)dot, sa, h);                                          \
-                    }                                                                              \
-                    acc = fmaf(h, kiln_f16_at(g + 2 * c), acc);                                    \
-                }                                                                                  \
+                for (int64_t b = 0; b < NB; ++b)                                                   \
+                    acc = COLUMN(pw + b * (WB), n % KILN_NR, pa + b * AB * SR, SR, i % SR, acc);   \
                 t[i * ldt + j] = acc;                                                              \
             }                                                                                      \
         return;                                                                                    \
@@ -591,17 +588,42 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
         }                                                                                          \
         return;                                                                                    \
     }                                                                                              \
-    const int64_t BC = KILN_KC / 32;                                                               \
-    for (int64_t b0 = 0; b0 < G; b0 += BC) {                                                       \
-        const int64_t nb = kiln_min(BC, G - b0);                                                   \
+    const int64_t BC = KILN_KC / (BV); /* weight blocks per k block */                             \
+    for (int64_t b0 = 0; b0 < NB; b0 += BC) {                                                      \
+        const int64_t nb = kiln_min(BC, NB - b0);                                                  \
         for (int64_t s = 0; s < np; ++s) {                                                         \
-            const uint8_t *panel = wp + (p0 + s) * PB + b0 * (GB);                                 \
+            const uint8_t *panel = wp + (p0 + s) * PB + b0 * (WB);                                 \
             for (int64_t i0 = 0; i0 < tm; i0 += KILN_QMR)                                          \
-                UKR(nb, qa + (i0 / KILN_QMR) * SB + b0 * KILN_QA_BLOCK16, panel,                   \
+                UKR(nb, qa + (i0 / KILN_QMR) * SB + b0 * AB * KILN_QMR, panel,                     \
                     t + i0 * ldt + s * KILN_NR, ldt, b0 > 0);                                      \
         }                                                                                          \
     }                                                                                              \
 }
-KILN_QI_TILE(kiln_packed_tile_q8_0, KILN_GBI_Q8_0, 0, kiln_qi_ukr_q8_0, kiln_qi_gemv_q8_0, kiln_qiw_at_q8_0)
-KILN_QI_TILE(kiln_packed_tile_q4_0, KILN_GBI_Q4_0, 1, kiln_qi_ukr_q4_0, kiln_qi_gemv_q4_0, kiln_qiw_at_q4_0)
+
+/* Q8_0's and Q4_0's column of a block (kind 0, 1: the weight value as kiln_qiw_at_*'s
+ * integer): two half dots, D0 * sa0 rounded, then + D1 * sa1, then times the column's d. */
+static inline float kiln_qi_column16(const int kind, const uint8_t *g, int64_t c, const uint8_t *blk,
+                                     int64_t sr, int64_t s, float acc) {
+    float h = 0.0f; /* D0 * sa0, then + D1 * sa1 */
+    for (int64_t hf = 0; hf < 2; ++hf) {
+        int32_t dot = 0;
+        for (int64_t kk = 16 * hf; kk < 16 * hf + 16; ++kk) {
+            const uint8_t av = blk[((kk / 4) * sr + s) * 4 + kk % 4];
+            dot += (int32_t)(int8_t)av * (kind == 0 ? kiln_qiw_at_q8_0(g, c, kk) : kiln_qiw_at_q4_0(g, c, kk));
+        }
+        float sa;
+        memcpy(&sa, blk + (32 + 4 * hf) * sr + 4 * s, 4);
+        if (hf == 0) { h = (float)dot * sa; KILN_QKEEP(h); }
+        else h = fmaf((float)dot, sa, h);
+    }
+    return fmaf(h, kiln_f16_at(g + 2 * c), acc);
+}
+#define kiln_column_q8_0(...) kiln_qi_column16(0, __VA_ARGS__)
+#define kiln_column_q4_0(...) kiln_qi_column16(1, __VA_ARGS__)
+#define kiln_quantize_a_q8_0(a, lda, tm, K, sr, qa) kiln_quantize_a_rows(a, lda, tm, K, 0, sr, qa)
+#define kiln_quantize_a_q4_0(a, lda, tm, K, sr, qa) kiln_quantize_a_rows(a, lda, tm, K, 1, sr, qa)
+KILN_QI_TILE(kiln_packed_tile_q8_0, 32, KILN_GBI_Q8_0, KILN_QB16, kiln_quantize_a_q8_0, kiln_column_q8_0,
+             kiln_qi_gemv_q8_0, kiln_qi_ukr_q8_0)
+KILN_QI_TILE(kiln_packed_tile_q4_0, 32, KILN_GBI_Q4_0, KILN_QB16, kiln_quantize_a_q4_0, kiln_column_q4_0,
+             kiln_qi_gemv_q4_0, kiln_qi_ukr_q4_0)
 #endif
