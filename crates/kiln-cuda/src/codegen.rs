@@ -1,13 +1,15 @@
 //! CUDA C for one kernel, canonical like the CPU backend's: the text depends only on the
-//! kernel's structure. The C-family dialect ([`kiln_render::cstyle::CStyle`]) and the shared
+//! kernel's structure. The C-family dialect ([`crate::dialect::CudaC`]: the CPU's, but for index
+//! division) and the shared
 //! kernel pieces, laid out as threads, warps and tiles.
 //!
 //! Signature: `extern "C" __global__ void NAME(OUT *out, const IN0 *in0, ..., int64_t sym..., int64_t kiln_units)`
 //! with symbols in sorted order. The launch geometry of each kind is its [`launch`] spec.
 
+use crate::dialect::CudaC;
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, KernelSource, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::{attention_slices, slice_pointer, CStyle};
+use kiln_render::cstyle::{attention_slices, slice_pointer};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{emit, Emit};
@@ -20,6 +22,15 @@ pub const TILE: u32 = 16;
 /// blocks of [`BLOCK`] for every kind but the matmul, whose blocks are TILE x TILE output
 /// tiles over (n, m, batch).
 pub fn launch(k: &Kernel) -> LaunchSpec {
+    LaunchSpec {
+        // What index division divides (see `crate::dialect`): checked at each launch.
+        index_extent: numel(k.iteration_shape()).max(numel(&k.out_shape)),
+        ..geometry(k)
+    }
+}
+
+/// The units and grid of [`launch`].
+fn geometry(k: &Kernel) -> LaunchSpec {
     let threads = |units: Expr, threads: Expr| LaunchSpec {
         global: [threads, Expr::Const(1), Expr::Const(1)],
         local: [BLOCK, 1, 1],
@@ -176,7 +187,7 @@ enum MatMulPart {
 
 /// One kernel function named `name`.
 fn function_source(k: &Kernel, name: &str, part: MatMulPart) -> String {
-    let d: &dyn Dialect = &CStyle;
+    let d: &dyn Dialect = &CudaC;
     let p = Printer::new(d);
     let mut s = String::new();
     header(d, &Params::of(k), name, &mut s);
@@ -315,7 +326,9 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     );
     emit!(
         s,
-        "    const int64_t kiln_b = kiln_r / M, {i} = kiln_r % M;"
+        "    const int64_t kiln_b = {}, {i} = {};",
+        d.index_op(IndexOp::Div, "kiln_r", "M"),
+        d.index_op(IndexOp::Rem, "kiln_r", "M")
     );
     s.lines("    ", attention_slices(p, &a));
     emit!(

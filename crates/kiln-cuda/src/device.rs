@@ -22,6 +22,7 @@ pub fn cuda_device_present() -> bool {
 /// A kernel's function and its launch spec; for a split matmul, also its decode kernel and
 /// the row count that picks it (where it evaluates to 1; `codegen::decode_rows`).
 pub struct CudaKernel {
+    name: String,
     f: CudaFunction,
     decode: Option<(CudaFunction, Expr)>,
     launch: LaunchSpec,
@@ -118,6 +119,7 @@ impl Device for CudaDevice {
             }
         };
         Ok(CudaKernel {
+            name: k.source.name.clone(),
             f,
             decode,
             launch: k.source.launch.clone(),
@@ -157,7 +159,11 @@ impl Device for CudaDevice {
         inputs: &[&CudaSlice<u8>],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let Some(launch) = crate::launch::resolve(&k.launch, b)? else {
+        let buffers: Vec<usize> = [out.len()]
+            .into_iter()
+            .chain(inputs.iter().map(|i| i.len()))
+            .collect();
+        let Some(launch) = crate::launch::resolve(&k.launch, b, &k.name, &buffers)? else {
             return Ok(());
         };
         let f = match &k.decode {

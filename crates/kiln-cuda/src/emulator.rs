@@ -324,7 +324,11 @@ impl Device for EmulatedDevice {
         inputs: &[&HostBuffer],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let Some(launch) = crate::launch::resolve(&k.spec, b)? else {
+        let buffers: Vec<usize> = [out.len()]
+            .into_iter()
+            .chain(inputs.iter().map(|i| i.len()))
+            .collect();
+        let Some(launch) = crate::launch::resolve(&k.spec, b, &k.name, &buffers)? else {
             return Ok(());
         };
         let scalars: Vec<i64> = launch
