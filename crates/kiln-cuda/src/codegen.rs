@@ -236,6 +236,12 @@ fn warp_reduce(s: &mut String, ty: &str, acc: &str, combined: &str) {
     );
 }
 
+/// How far the row kernels' lane loops unroll: a row of constant length (1024 on qwen3-0.6b,
+/// 32 iterations a lane) was unrolled whole, and ptxas compiled the map's body (a precise
+/// division and square root per element) 32 times. Four iterations keep four loads in flight
+/// per lane (issue 27).
+const ROW_UNROLL: u32 = 4;
+
 /// One warp per row: lanes stride the reduction and combine with shuffles; lane 0 hands the
 /// row's value to its warp through shared memory (one block barrier); lanes then stride the
 /// row's last axis applying the map.
@@ -257,7 +263,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     s.lines("        ", p.unflatten(&r.rows, "kiln_w", None));
     emit!(
         s,
-        "        for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2} = {3};",
+        "        #pragma unroll {ROW_UNROLL}\n        for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2} = {3};",
         r.var,
         r.len,
         r.acc,
@@ -280,7 +286,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     s.lines("    ", p.unflatten(&r.rows, "kiln_w", None));
     emit!(
         s,
-        "    for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2}",
+        "    #pragma unroll {ROW_UNROLL}\n    for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2}",
         r.map_var,
         r.map_len,
         r.store(d, "kiln_w")
@@ -390,9 +396,9 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         v.at(d, "pv", j, "kiln_c")
     );
     emit!(s, "        }}");
-    // Merge the warps: rescale each to the largest maximum, then sum. The rescaling loop stays
-    // rolled: it runs once per block, and its eight exp2f unrolled cost ptxas ~8 ms of the
-    // kernel's ~90 (issue 27).
+    // Merge the warps: rescale each to the largest maximum, then sum. Both loops over the warps
+    // stay rolled: they run once per block, and unrolled (eight exp2f, eight compares) they
+    // cost ptxas ~8 ms and ~4 ms of the kernel's ~90 (issue 27).
     emit!(
         s,
         "        if (kiln_lane == 0) {{ kiln_wmx[kiln_warp] = mx; kiln_wsum[kiln_warp] = sum; }}\n        #pragma unroll\n        for (int t = 0; t < {per_lane}; ++t) kiln_wacc[kiln_warp][kiln_lane + 32 * t] = acc[t];\n        __syncthreads();"
@@ -403,7 +409,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     );
     emit!(
         s,
-        "            float big = -INFINITY, total = 0.0f, val = 0.0f;\n            for (int w = 0; w < {warps}; ++w) big = kiln_wmx[w] > big ? kiln_wmx[w] : big;"
+        "            float big = -INFINITY, total = 0.0f, val = 0.0f;\n            #pragma unroll 1\n            for (int w = 0; w < {warps}; ++w) big = kiln_wmx[w] > big ? kiln_wmx[w] : big;"
     );
     emit!(
         s,

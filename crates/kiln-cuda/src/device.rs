@@ -23,6 +23,8 @@ pub fn cuda_device_present() -> bool {
 /// the row count that picks it (where it evaluates to 1; `codegen::decode_rows`).
 pub struct CudaKernel {
     name: String,
+    /// The output's and inputs' dtypes (`launch::dtypes`).
+    dtypes: Vec<kiln_ir::DType>,
     f: CudaFunction,
     decode: Option<(CudaFunction, Expr)>,
     launch: LaunchSpec,
@@ -120,6 +122,7 @@ impl Device for CudaDevice {
         };
         Ok(CudaKernel {
             name: k.source.name.clone(),
+            dtypes: crate::launch::dtypes(&k.kernel),
             f,
             decode,
             launch: k.source.launch.clone(),
@@ -159,10 +162,11 @@ impl Device for CudaDevice {
         inputs: &[&CudaSlice<u8>],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let buffers: Vec<usize> = [out.len()]
+        let bytes: Vec<usize> = [out.len()]
             .into_iter()
             .chain(inputs.iter().map(|i| i.len()))
             .collect();
+        let buffers = crate::launch::elements(&k.dtypes, &bytes);
         let Some(launch) = crate::launch::resolve(&k.launch, b, &k.name, &buffers)? else {
             return Ok(());
         };

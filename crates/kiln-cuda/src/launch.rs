@@ -3,7 +3,7 @@
 //! order: the output buffer, the input buffers (in the step's order), the symbols, then
 //! `kiln_units`.
 
-use kiln_ir::Bindings;
+use kiln_ir::{Bindings, DType};
 use kiln_program::{LaunchSpec, RunError};
 
 /// One launch for a binding.
@@ -18,19 +18,37 @@ pub struct Launch {
 /// division covers exactly (`kiln_div` in the prelude: see `crate::dialect`).
 pub const INDEX_LIMIT: u64 = 1 << 32;
 
+/// The elements of each buffer (`bytes`) of a kernel's output and inputs (`dtypes`, in that
+/// order): whole blocks of a quantized type.
+pub fn elements(dtypes: &[DType], bytes: &[usize]) -> Vec<u64> {
+    dtypes
+        .iter()
+        .zip(bytes)
+        .map(|(d, &b)| (b / d.storage_bytes(d.block_elems()) * d.block_elems()) as u64)
+        .collect()
+}
+
+/// The dtypes of a kernel's output and inputs, in argument order.
+pub fn dtypes(k: &kiln_program::Kernel) -> Vec<DType> {
+    std::iter::once(k.out_dtype)
+        .chain(k.inputs.iter().copied())
+        .collect()
+}
+
 /// The launch of `spec` for bindings `b`; None when there is no work (an empty tensor).
-/// `kernel` names it in errors; `buffers` are the bytes of its output and inputs.
+/// `kernel` names it in errors; `buffers` are the elements of its output and inputs
+/// ([`elements`]).
 ///
 /// Kernels divide indices in 32-bit unsigned arithmetic (issue 27: a 64-bit division costs
 /// ptxas much of a row kernel's compile time), which is exact while every index they divide
 /// and every divisor lies in `[0, 2^32)`: the launch is refused, naming the kernel, when the
 /// threads, a symbol, the kernel's iteration or output (`index_extent`) or a buffer's
-/// elements (at most 2 per byte, Q4_0's density, so fewer than `2^31` bytes) reach past it.
+/// elements reach past it.
 pub fn resolve(
     spec: &LaunchSpec,
     b: &Bindings,
     kernel: &str,
-    buffers: &[usize],
+    buffers: &[u64],
 ) -> Result<Option<Launch>, RunError> {
     let units = spec.units.eval(b)?;
     let grid = spec.groups(b)?;
@@ -54,16 +72,13 @@ pub fn resolve(
             .zip(&symbols)
             .map(|(s, &v)| (format!("symbol {s}"), i128::from(v))),
     );
-    extents.extend(buffers.iter().enumerate().map(|(i, &bytes)| {
+    extents.extend(buffers.iter().enumerate().map(|(i, &n)| {
         let what = if i == 0 {
             "output".to_string()
         } else {
             format!("input {}", i - 1)
         };
-        (
-            format!("{what} buffer elements (2 per byte at most)"),
-            2 * bytes as i128,
-        )
+        (format!("{what} buffer's elements"), n as i128)
     }));
     if let Some((what, v)) = extents
         .iter()
@@ -109,6 +124,11 @@ mod tests {
     fn launches_within_32_bit_indices_resolve() {
         let b: Bindings = [("s".to_string(), 1000)].into();
         let l = resolve(&spec(), &b, "k", &[4000, 16]).unwrap().unwrap();
+        assert_eq!(
+            elements(&[DType::F32, DType::Q4_0], &[4000, 36]),
+            [1000, 64],
+            "f32 at 4 bytes, Q4_0 at 32 in 18 bytes"
+        );
         assert_eq!((l.grid, l.units, l.symbols), ([4, 1, 1], 1000, vec![1000]));
     }
 
@@ -124,9 +144,9 @@ mod tests {
             err.contains("kiln_x") && err.contains("index extent = 4294967296"),
             "{err}"
         );
-        // A buffer of 2^31 bytes may hold 2^32 elements (Q4_0's two a byte).
+        // A buffer of 2^32 elements.
         let b: Bindings = [("s".to_string(), 16)].into();
-        let err = resolve(&spec(), &b, "kiln_y", &[64, 1 << 31])
+        let err = resolve(&spec(), &b, "kiln_y", &[64, 1 << 32])
             .err()
             .unwrap()
             .to_string();
