@@ -1,13 +1,15 @@
 //! CUDA C for one kernel, canonical like the CPU backend's: the text depends only on the
-//! kernel's structure. The C-family dialect ([`kiln_render::cstyle::CStyle`]) and the shared
+//! kernel's structure. The C-family dialect ([`crate::dialect::CudaC`]: the CPU's, but for index
+//! division) and the shared
 //! kernel pieces, laid out as threads, warps and tiles.
 //!
 //! Signature: `extern "C" __global__ void NAME(OUT *out, const IN0 *in0, ..., int64_t sym..., int64_t kiln_units)`
 //! with symbols in sorted order. The launch geometry of each kind is its [`launch`] spec.
 
+use crate::dialect::CudaC;
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, KernelSource, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::{attention_slices, slice_pointer, CStyle};
+use kiln_render::cstyle::{attention_slices, slice_pointer};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{emit, Emit};
@@ -20,6 +22,15 @@ pub const TILE: u32 = 16;
 /// blocks of [`BLOCK`] for every kind but the matmul, whose blocks are TILE x TILE output
 /// tiles over (n, m, batch).
 pub fn launch(k: &Kernel) -> LaunchSpec {
+    LaunchSpec {
+        // What index division divides (see `crate::dialect`): checked at each launch.
+        index_extent: numel(k.iteration_shape()).max(numel(&k.out_shape)),
+        ..geometry(k)
+    }
+}
+
+/// The units and grid of [`launch`].
+fn geometry(k: &Kernel) -> LaunchSpec {
     let threads = |units: Expr, threads: Expr| LaunchSpec {
         global: [threads, Expr::Const(1), Expr::Const(1)],
         local: [BLOCK, 1, 1],
@@ -176,7 +187,7 @@ enum MatMulPart {
 
 /// One kernel function named `name`.
 fn function_source(k: &Kernel, name: &str, part: MatMulPart) -> String {
-    let d: &dyn Dialect = &CStyle;
+    let d: &dyn Dialect = &CudaC;
     let p = Printer::new(d);
     let mut s = String::new();
     header(d, &Params::of(k), name, &mut s);
@@ -225,6 +236,12 @@ fn warp_reduce(s: &mut String, ty: &str, acc: &str, combined: &str) {
     );
 }
 
+/// How far the row kernels' lane loops unroll: a row of constant length (1024 on qwen3-0.6b,
+/// 32 iterations a lane) was unrolled whole, and ptxas compiled the map's body (a precise
+/// division and square root per element) 32 times. Four iterations keep four loads in flight
+/// per lane (issue 27).
+const ROW_UNROLL: u32 = 4;
+
 /// One warp per row: lanes stride the reduction and combine with shuffles; lane 0 hands the
 /// row's value to its warp through shared memory (one block barrier); lanes then stride the
 /// row's last axis applying the map.
@@ -246,7 +263,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     s.lines("        ", p.unflatten(&r.rows, "kiln_w", None));
     emit!(
         s,
-        "        for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2} = {3};",
+        "        #pragma unroll {ROW_UNROLL}\n        for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2} = {3};",
         r.var,
         r.len,
         r.acc,
@@ -269,7 +286,7 @@ fn reduce_map(p: &Printer, k: &Kernel, s: &mut String) {
     s.lines("    ", p.unflatten(&r.rows, "kiln_w", None));
     emit!(
         s,
-        "    for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2}",
+        "    #pragma unroll {ROW_UNROLL}\n    for (int64_t {0} = kiln_lane; {0} < {1}; {0} += 32) {2}",
         r.map_var,
         r.map_len,
         r.store(d, "kiln_w")
@@ -315,7 +332,9 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     );
     emit!(
         s,
-        "    const int64_t kiln_b = kiln_r / M, {i} = kiln_r % M;"
+        "    const int64_t kiln_b = {}, {i} = {};",
+        d.index_op(IndexOp::Div, "kiln_r", "M"),
+        d.index_op(IndexOp::Rem, "kiln_r", "M")
     );
     s.lines("    ", attention_slices(p, &a));
     emit!(
@@ -377,9 +396,9 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         v.at(d, "pv", j, "kiln_c")
     );
     emit!(s, "        }}");
-    // Merge the warps: rescale each to the largest maximum, then sum. The rescaling loop stays
-    // rolled: it runs once per block, and its eight exp2f unrolled cost ptxas ~8 ms of the
-    // kernel's ~90 (issue 27).
+    // Merge the warps: rescale each to the largest maximum, then sum. Both loops over the warps
+    // stay rolled: they run once per block, and unrolled (eight exp2f, eight compares) they
+    // cost ptxas ~8 ms and ~4 ms of the kernel's ~90 (issue 27).
     emit!(
         s,
         "        if (kiln_lane == 0) {{ kiln_wmx[kiln_warp] = mx; kiln_wsum[kiln_warp] = sum; }}\n        #pragma unroll\n        for (int t = 0; t < {per_lane}; ++t) kiln_wacc[kiln_warp][kiln_lane + 32 * t] = acc[t];\n        __syncthreads();"
@@ -390,7 +409,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     );
     emit!(
         s,
-        "            float big = -INFINITY, total = 0.0f, val = 0.0f;\n            for (int w = 0; w < {warps}; ++w) big = kiln_wmx[w] > big ? kiln_wmx[w] : big;"
+        "            float big = -INFINITY, total = 0.0f, val = 0.0f;\n            #pragma unroll 1\n            for (int w = 0; w < {warps}; ++w) big = kiln_wmx[w] > big ? kiln_wmx[w] : big;"
     );
     emit!(
         s,

@@ -22,6 +22,9 @@ pub fn cuda_device_present() -> bool {
 /// A kernel's function and its launch spec; for a split matmul, also its decode kernel and
 /// the row count that picks it (where it evaluates to 1; `codegen::decode_rows`).
 pub struct CudaKernel {
+    name: String,
+    /// The output's and inputs' dtypes (`launch::dtypes`).
+    dtypes: Vec<kiln_ir::DType>,
     f: CudaFunction,
     decode: Option<(CudaFunction, Expr)>,
     launch: LaunchSpec,
@@ -118,6 +121,8 @@ impl Device for CudaDevice {
             }
         };
         Ok(CudaKernel {
+            name: k.source.name.clone(),
+            dtypes: crate::launch::dtypes(&k.kernel),
             f,
             decode,
             launch: k.source.launch.clone(),
@@ -157,7 +162,12 @@ impl Device for CudaDevice {
         inputs: &[&CudaSlice<u8>],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let Some(launch) = crate::launch::resolve(&k.launch, b)? else {
+        let bytes: Vec<usize> = [out.len()]
+            .into_iter()
+            .chain(inputs.iter().map(|i| i.len()))
+            .collect();
+        let buffers = crate::launch::elements(&k.dtypes, &bytes);
+        let Some(launch) = crate::launch::resolve(&k.launch, b, &k.name, &buffers)? else {
             return Ok(());
         };
         let f = match &k.decode {

@@ -248,6 +248,8 @@ impl Runtime for EmulatedCuda {
 /// kernel's launcher and the row count that picks it (as [`crate::CudaKernel`]).
 pub struct EmulatedKernel {
     name: String,
+    /// The output's and inputs' dtypes (`launch::dtypes`).
+    dtypes: Vec<kiln_ir::DType>,
     spec: LaunchSpec,
     launch: LaunchFn,
     decode: Option<(LaunchFn, Expr)>,
@@ -299,6 +301,7 @@ impl Device for EmulatedDevice {
         };
         Ok(EmulatedKernel {
             name: k.source.name.clone(),
+            dtypes: crate::launch::dtypes(&k.kernel),
             spec: k.source.launch.clone(),
             launch,
             decode,
@@ -324,7 +327,12 @@ impl Device for EmulatedDevice {
         inputs: &[&HostBuffer],
         b: &Bindings,
     ) -> Result<(), RunError> {
-        let Some(launch) = crate::launch::resolve(&k.spec, b)? else {
+        let bytes: Vec<usize> = [out.len()]
+            .into_iter()
+            .chain(inputs.iter().map(|i| i.len()))
+            .collect();
+        let buffers = crate::launch::elements(&k.dtypes, &bytes);
+        let Some(launch) = crate::launch::resolve(&k.spec, b, &k.name, &buffers)? else {
             return Ok(());
         };
         let scalars: Vec<i64> = launch

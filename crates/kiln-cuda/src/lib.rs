@@ -8,6 +8,7 @@
 
 pub mod codegen;
 mod device;
+mod dialect;
 pub mod emulator;
 mod launch;
 pub mod nvrtc;

@@ -33,6 +33,10 @@ pub struct LaunchSpec {
     pub local: [u32; 3],
     /// Bytes of scratch memory one call needs (a CPU worker's chunk of units).
     pub scratch: Expr,
+    /// The largest element count the kernel's own index arithmetic spans (its iteration and
+    /// its output), for a device whose kernels divide indices in 32 bits (CUDA's) to check at
+    /// launch; 0 where the backend does not say.
+    pub index_extent: Expr,
 }
 
 impl LaunchSpec {
@@ -46,6 +50,7 @@ impl LaunchSpec {
             unit_work,
             local: [1, 1, 1],
             scratch: Expr::Const(0),
+            index_extent: Expr::Const(0),
         }
     }
 

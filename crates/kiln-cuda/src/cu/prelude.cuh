@@ -23,4 +23,10 @@ KILN_FN float kiln_bf16x8_at(uint4 q, int e) {
 KILN_FN float kiln_f32x4_at(uint4 q, int e) {
     return __uint_as_float(e == 0 ? q.x : e == 1 ? q.y : e == 2 ? q.z : q.w);
 }
+/* Index division and remainder (kiln-cuda's dialect.rs) in 32-bit unsigned arithmetic: exactly
+ * int64_t's `/` and `%` while both operands lie in [0, 2^32), which every launch checks
+ * (launch.rs). ptxas compiles each inlined 64-bit division by a run-time value anew, a large
+ * part of the row kernels' compile time (issue 27). */
+KILN_FN int64_t kiln_div(int64_t a, int64_t b) { return (int64_t)((uint32_t)a / (uint32_t)b); }
+KILN_FN int64_t kiln_rem(int64_t a, int64_t b) { return (int64_t)((uint32_t)a % (uint32_t)b); }
 /* KILN_CSTYLE_HELPERS */

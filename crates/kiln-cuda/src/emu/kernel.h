@@ -6,6 +6,7 @@
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __noinline__
 #define __restrict__ __restrict
 /* Shared memory: one block runs at a time on each OS thread, all its threads on that thread. */
 #define __shared__ static thread_local

@@ -1,0 +1,90 @@
+//! The CUDA kernels' C dialect: the CPU's [`CStyle`] except for index division and remainder,
+//! which go through the prelude's `kiln_div` and `kiln_rem` (issue 27).
+//!
+//! Why: a 64-bit signed division by a run-time value (a kernel's row decomposition by symbolic
+//! sizes, a view's reshape) is a long inline subroutine in PTX that ptxas compiles anew at each
+//! use — ~12-16 ms of NVRTC's CPU time in a row kernel. `kiln_div` and `kiln_rem` divide in
+//! 32-bit unsigned arithmetic, which gives exactly C's `a / b` and `a % b` on `int64_t` while
+//! both operands lie in `[0, 2^32)`: what the kernels divide are thread and row indices and
+//! flat positions in the kernel's iteration, its output or its buffers, and their sizes, all
+//! of which each launch checks against 2^32 (`launch::resolve`, an error naming the kernel
+//! otherwise). Only division narrows: sums and products of indices and the byte offsets they
+//! make stay 64-bit. (A fallback to 64-bit division past 2^32, in a shared non-inlined
+//! function, was measured too: it made NVRTC ~25% slower than inlining it, not faster.)
+//!
+//! The CPU backend keeps [`CStyle`] itself: its text (and its artifacts) do not change.
+
+use kiln_ir::{BinaryOp, DType, ReduceOp, UnaryOp};
+use kiln_render::cstyle::CStyle;
+use kiln_render::{Dialect, IndexOp};
+
+/// [`CStyle`] with index division and remainder through `kiln_div` / `kiln_rem`.
+pub struct CudaC;
+
+impl Dialect for CudaC {
+    fn index_op(&self, op: IndexOp, a: &str, b: &str) -> String {
+        match op {
+            IndexOp::Div => format!("kiln_div({a}, {b})"),
+            IndexOp::Rem => format!("kiln_rem({a}, {b})"),
+            _ => CStyle.index_op(op, a, b),
+        }
+    }
+
+    fn storage_type(&self, d: DType) -> &'static str {
+        CStyle.storage_type(d)
+    }
+    fn compute_type(&self, d: DType) -> &'static str {
+        CStyle.compute_type(d)
+    }
+    fn index_type(&self) -> &'static str {
+        CStyle.index_type()
+    }
+    fn index_literal(&self, v: i64) -> String {
+        CStyle.index_literal(v)
+    }
+    fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {
+        CStyle.index_clamp(v, lo, hi)
+    }
+    fn value_to_index(&self, value: &str) -> String {
+        CStyle.value_to_index(value)
+    }
+    fn index_to_value(&self, index: &str, d: DType) -> String {
+        CStyle.index_to_value(index, d)
+    }
+    fn declare_index(&self, name: &str, value: &str) -> String {
+        CStyle.declare_index(name, value)
+    }
+    fn literal(&self, bits: u64, d: DType) -> String {
+        CStyle.literal(bits, d)
+    }
+    fn load(&self, d: DType, buf: &str, index: &str) -> String {
+        CStyle.load(d, buf, index)
+    }
+    fn store(&self, d: DType, buf: &str, index: &str, value: &str) -> String {
+        CStyle.store(d, buf, index, value)
+    }
+    fn select(&self, cond: &str, a: &str, b: &str) -> String {
+        CStyle.select(cond, a, b)
+    }
+    fn unary(&self, op: UnaryOp, d: DType, x: &str) -> String {
+        CStyle.unary(op, d, x)
+    }
+    fn binary(&self, op: BinaryOp, operand: DType, a: &str, b: &str) -> String {
+        CStyle.binary(op, operand, a, b)
+    }
+    fn cast(&self, from: DType, to: DType, x: &str) -> String {
+        CStyle.cast(from, to, x)
+    }
+    fn round(&self, d: DType, x: &str) -> String {
+        CStyle.round(d, x)
+    }
+    fn reduce_combine(&self, op: ReduceOp, d: DType, acc: &str, x: &str) -> String {
+        CStyle.reduce_combine(op, d, acc, x)
+    }
+    fn sym_name(&self, s: &str) -> String {
+        CStyle.sym_name(s)
+    }
+    fn var_name(&self, v: u32) -> String {
+        CStyle.var_name(v)
+    }
+}
