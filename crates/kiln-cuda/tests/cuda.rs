@@ -4,7 +4,7 @@
 //! bodies also run on the CUDA emulator (the same CUDA C on the CPU), which runs everywhere.
 
 use kiln_compile::Target;
-use kiln_compile::{compile, CompileError, CompileOptions};
+use kiln_compile::{compile, CompileOptions};
 use kiln_cpu::CpuBackend;
 use kiln_cuda::emulator::EmulatedCuda;
 use kiln_cuda::{cuda_device_present, CudaBackend, CudaModule};
