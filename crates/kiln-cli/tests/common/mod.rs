@@ -104,6 +104,17 @@ impl Case {
         c
     }
 
+    /// Folders and files in this case's `TMPDIR` whose name starts with `prefix` (a
+    /// compile's scratch folders are `kiln-cc-*`).
+    pub fn tmp_named(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_dir(self.tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+
     /// `kiln args` under a 4 GB address-space limit, killed after `deadline`.
     pub fn run(&self, args: &[&str], deadline: Duration) -> Ran {
         self.run_shell(args, "", deadline)
