@@ -7,6 +7,7 @@ pub enum CacheCommand {
     /// Entries, size and size limit of the kernel cache ($KILN_CACHE_DIR or ~/.cache/kiln).
     /// Reads only: creates and changes nothing.
     Stats {
+        /// Print the result as one JSON object on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -15,6 +16,7 @@ pub enum CacheCommand {
     /// Check every entry (whole, checksum, filed under its own key); exits 1 naming each bad
     /// one. Changes nothing: a compile removes and rebuilds bad entries itself.
     Verify {
+        /// Print the result as one JSON object on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -22,6 +24,7 @@ pub enum CacheCommand {
     /// the cache is over its limit (KILN_CACHE_MAX_MB; kiln does this after every compile that
     /// adds entries).
     Prune {
+        /// Print the result as one JSON object on stdout.
         #[arg(long)]
         json: bool,
     },

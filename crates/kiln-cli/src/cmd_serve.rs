@@ -50,7 +50,8 @@ pub struct ServeArgs {
     /// Require 'Authorization: Bearer KEY' on /v1 requests.
     #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// The model id clients name (default: the preset's name, or the checkpoint folder's).
+    /// The model id clients name (default: the preset's name, the checkpoint folder's, or the
+    /// GGUF file's without `.gguf`).
     #[arg(long)]
     pub served_model_name: Option<String>,
     /// Largest request body, in bytes; larger ones get 413.

@@ -44,7 +44,7 @@ enum Command {
     /// Benchmarks that write JSON and a plot.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Inspect or empty the kernel cache.
+    /// Inspect, check, empty or share (with a remote cache) the kernel cache.
     #[command(subcommand)]
     Cache(cmd_cache::CacheCommand),
 }

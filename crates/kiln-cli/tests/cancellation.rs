@@ -66,11 +66,7 @@ fn signal_after(delay: Duration, signal: i32) -> bool {
         "signal {signal} after {delay:?}: exited {took:?} later"
     );
     assert!(stderr.contains("interrupted by"), "{stderr}");
-    let left: Vec<_> = std::fs::read_dir(c.tmp.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("kiln-cc-"))
-        .collect();
+    let left = c.tmp_named("kiln-cc-");
     assert!(left.is_empty(), "scratch folders left: {left:?}");
     true
 }

@@ -40,11 +40,10 @@ fn kill_listed(pids: &std::path::Path) {
     }
 }
 
-/// Defect 3: a compiler that leaves a detached child holding its output pipes must not keep
-/// kiln waiting past the compiler's own exit, nor past the time limit.
-#[test]
-fn a_compiler_leaving_a_detached_child_does_not_hold_the_compile() {
-    let c = Case::new();
+/// A compiler wrapper in `c`'s folder that first starts a detached child (`setsid`: its own
+/// session) holding the compiler's output pipes for 300 s, and the file it writes that child's
+/// process id to (for [`kill_listed`]).
+fn leaving_a_detached_child(c: &Case) -> (std::path::PathBuf, std::path::PathBuf) {
     let pids = c.tmp.path().join("detached.pids");
     let cc = wrapper(
         c.tmp.path(),
@@ -53,6 +52,15 @@ fn a_compiler_leaving_a_detached_child_does_not_hold_the_compile() {
             pids.display()
         ),
     );
+    (cc, pids)
+}
+
+/// Defect 3: a compiler that leaves a detached child holding its output pipes must not keep
+/// kiln waiting past the compiler's own exit, nor past the time limit.
+#[test]
+fn a_compiler_leaving_a_detached_child_does_not_hold_the_compile() {
+    let c = Case::new();
+    let (cc, pids) = leaving_a_detached_child(&c);
     let tiny = fixture("tiny-qwen3");
     let mut cmd = c.cmd(&[
         "compile",
@@ -71,11 +79,7 @@ fn a_compiler_leaving_a_detached_child_does_not_hold_the_compile() {
     // The compilers themselves finished: the compile succeeds, well before the limit.
     assert!(r.ok(), "{r:?}");
     assert!(r.elapsed < Duration::from_secs(20), "{:?}", r.elapsed);
-    let left: Vec<_> = std::fs::read_dir(c.tmp.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("kiln-cc-"))
-        .collect();
+    let left = c.tmp_named("kiln-cc-");
     assert!(left.is_empty(), "scratch folders left: {left:?}");
 }
 
@@ -84,14 +88,7 @@ fn a_compiler_leaving_a_detached_child_does_not_hold_the_compile() {
 #[test]
 fn sigterm_ends_a_compile_whose_compiler_left_a_detached_child() {
     let c = Case::new();
-    let pids = c.tmp.path().join("detached.pids");
-    let cc = wrapper(
-        c.tmp.path(),
-        &format!(
-            "setsid sh -c 'echo $$ >> {}; exec sleep 300' &",
-            pids.display()
-        ),
-    );
+    let (cc, pids) = leaving_a_detached_child(&c);
     let tiny = fixture("tiny-qwen3");
     let mut child = c
         .cmd(&["compile", "--model", tiny.to_str().unwrap()])

@@ -8,6 +8,8 @@
 //! `KILN_BIN_UNDER_TEST` to run them against another `kiln` binary (this is how each was seen
 //! to fail on the code from before these guarantees).
 
+mod common;
+
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -158,12 +160,7 @@ impl Case {
 
     /// Folders and files in this case's `TMPDIR` whose name starts with `prefix`.
     fn tmp_named(&self, prefix: &str) -> Vec<String> {
-        std::fs::read_dir(self.tmp.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.starts_with(prefix))
-            .collect()
+        common::names_in(self.tmp.path(), prefix)
     }
 
     /// A `/bin/sh` script in this case's folder (outside the cache), executable.

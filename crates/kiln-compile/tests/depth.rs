@@ -4,33 +4,11 @@
 //! is caught by comparing the CPU time of a graph and of one 4x as large, with a wide margin:
 //! a complexity check, not a speed target.
 use kiln_compile::{analysis, extract};
+use kiln_ir::testing::alloc::{allocated, CountingAlloc};
 use kiln_models::{build_graph, GraphOptions, QwenConfig};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-
-static BYTES: AtomicU64 = AtomicU64::new(0);
-static CALLS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        CALLS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
-        CALLS.fetch_add(1, Ordering::Relaxed);
-        System.realloc(ptr, layout, new_size)
-    }
-}
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc;
 
 fn thread_cpu_s() -> f64 {
     let mut t = libc::timespec {
@@ -47,15 +25,11 @@ fn stages(c: &QwenConfig, layers: usize) -> (u64, u64, f64) {
     let mut c = c.clone();
     c.num_layers = layers;
     let g = build_graph(&c, GraphOptions::default()).unwrap();
-    let (b0, c0, t0) = (
-        BYTES.load(Ordering::SeqCst),
-        CALLS.load(Ordering::SeqCst),
-        thread_cpu_s(),
-    );
+    let ((b0, c0), t0) = (allocated(), thread_cpu_s());
     let a = analysis::analyze(&g).unwrap();
     let p = extract::extract(&a);
     let t1 = thread_cpu_s();
-    let (b1, c1) = (BYTES.load(Ordering::SeqCst), CALLS.load(Ordering::SeqCst));
+    let (b1, c1) = allocated();
     drop((p, a, g));
     (b1 - b0, c1 - c0, t1 - t0)
 }

@@ -1,7 +1,6 @@
 //! Errors name what is wrong: the op and shapes, the symbol, the input, the kernel.
 mod common;
 use common::*;
-use kiln_compile::{compile, CompileError, CompileOptions};
 use kiln_cpu::CpuBackend;
 use kiln_ir::{Bindings, DType, Expr, Graph, IrError, Tensor};
 use kiln_runtime::RunError;
@@ -114,39 +113,15 @@ fn kernel_that_fails_to_compile_is_named_with_the_compiler_message() {
     let e = g.exp2(x).unwrap();
     let s = g.sum(e, 1).unwrap();
     g.output("s", s);
-    let b = Faulty {
-        inner: CpuBackend::default(),
-        broken: &["reduce_sum"],
-        panic_on: None,
-    };
-    let err = compile(
+    let (msg, fail) = kiln_compile::testing::compile_with_a_broken_kernel(
         &g,
-        &b,
-        &CompileOptions {
-            threads: 2,
-            ..Default::default()
-        },
-    )
-    .err()
-    .expect("must fail");
-    let CompileError::Kernels(fails) = &err else {
-        panic!("{err}")
-    };
-    assert_eq!(fails.len(), 1);
-    assert!(
-        fails[0].kernel.starts_with("kiln_reduce_sum_"),
-        "{}",
-        fails[0].kernel
+        CpuBackend::default(),
+        &["reduce_sum"],
     );
-    let diagnostics = fails[0].error.to_string();
+    let diagnostics = fail.error.to_string();
     assert!(diagnostics.contains("broken_on_purpose"), "{diagnostics}");
-    let path = fails[0].source_path.as_ref().expect("source written");
-    assert!(std::fs::read_to_string(path)
-        .unwrap()
-        .contains("broken_on_purpose"));
-    let msg = err.to_string();
     assert!(
-        msg.contains("1 kernel(s) failed to compile") && msg.contains(&fails[0].kernel),
+        msg.contains("1 kernel(s) failed to compile") && msg.contains(&fail.kernel),
         "{msg}"
     );
 }

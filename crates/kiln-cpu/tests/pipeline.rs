@@ -2,6 +2,7 @@
 //! panics, the cache, and compiling from inside a library user's rayon pool.
 mod common;
 use common::*;
+use kiln_compile::testing::Faults;
 use kiln_compile::{compile, CompileError, CompileOptions, KernelCache};
 use kiln_cpu::CpuBackend;
 use kiln_ir::{DType, Expr, Graph, Tensor};
@@ -56,15 +57,18 @@ fn every_failing_kernel_is_listed_and_good_ones_are_cached() {
 
     let b = Faulty {
         inner: CpuBackend::default(),
-        // Every reduction, whether the fusion passes left it alone or computed it inside the
-        // elementwise kernel that reads it (the softmax's max and sum become `_map` kernels).
-        broken: &[
-            "reduce_sum",
-            "reduce_max",
-            "reduce_sum_map",
-            "reduce_max_map",
-        ],
-        panic_on: None,
+        hooks: Faults {
+            // Every reduction, whether the fusion passes left it alone or computed it inside
+            // the elementwise kernel that reads it (the softmax's max and sum become `_map`
+            // kernels).
+            broken: &[
+                "reduce_sum",
+                "reduce_max",
+                "reduce_sum_map",
+                "reduce_max_map",
+            ],
+            panic_on: None,
+        },
     };
     // One kernel per compile unit, so that cache entries count kernels.
     let opts = CompileOptions {
@@ -102,8 +106,10 @@ fn a_panicking_worker_becomes_an_error_for_its_kernel() {
     let g = many_kernels();
     let b = Faulty {
         inner: CpuBackend::default(),
-        broken: &[],
-        panic_on: Some("matmul"),
+        hooks: Faults {
+            broken: &[],
+            panic_on: Some("matmul"),
+        },
     };
     for threads in [1, 2] {
         let err = compile(

@@ -12,16 +12,17 @@
 //! does; each unit's time is the least over `--rounds` (default 3) compiles. `--dump DIR`
 //! writes each unit's NVRTC program (the prelude and its kernels) to `DIR/<model>/<first
 //! kernel>.cu`, to time or inspect apart.
+use kiln_compile::testing::{Hooks, Wrapped};
 use kiln_compile::{compile, modelled_makespan_ms, CompileOptions};
 use kiln_cuda::CudaBackend;
-use kiln_program::{Backend, BackendError, Kernel, KernelSource};
+use kiln_program::{Backend, BackendError, KernelSource};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// The CUDA backend, each `compile` call's thread CPU time recorded under its kernels' names.
+/// Over the CUDA backend: each `compile` call's thread CPU time, recorded under its kernels'
+/// names.
 struct Timed {
-    inner: CudaBackend,
     times: Mutex<BTreeMap<String, f64>>,
     dump: Option<PathBuf>,
 }
@@ -36,18 +37,8 @@ fn thread_cpu_ms() -> f64 {
     t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
 }
 
-impl Backend for Timed {
-    type Module = <CudaBackend as Backend>::Module;
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn identity(&self) -> Result<String, BackendError> {
-        self.inner.identity()
-    }
-    fn codegen(&self, k: &Kernel) -> KernelSource {
-        self.inner.codegen(k)
-    }
-    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
+impl Hooks<CudaBackend> for Timed {
+    fn compile(&self, inner: &CudaBackend, ks: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
         let label = ks
             .iter()
             .map(|k| k.name.as_str())
@@ -62,39 +53,12 @@ impl Backend for Timed {
             std::fs::write(&file, text).expect("writing a unit's sources");
         }
         let start = thread_cpu_ms();
-        let artifact = self.inner.compile(ks)?;
+        let artifact = inner.compile(ks)?;
         let ms = thread_cpu_ms() - start;
         let mut times = self.times.lock().unwrap();
         let best = times.entry(label).or_insert(f64::INFINITY);
         *best = best.min(ms);
         Ok(artifact)
-    }
-    fn verify(&self, a: &[u8], ks: &[&str]) -> Result<(), BackendError> {
-        self.inner.verify(a, ks)
-    }
-    fn load(&self, a: &[u8]) -> Result<Self::Module, BackendError> {
-        self.inner.load(a)
-    }
-    fn runtime(&self, ks: &[KernelSource]) -> Vec<KernelSource> {
-        self.inner.runtime(ks)
-    }
-    fn load_runtime(&self, a: &[u8]) -> Result<Self::Module, BackendError> {
-        self.inner.load_runtime(a)
-    }
-    fn supports_weight_dtype(&self, d: kiln_ir::DType) -> bool {
-        self.inner.supports_weight_dtype(d)
-    }
-    fn source_extension(&self) -> &'static str {
-        self.inner.source_extension()
-    }
-    fn invocation_overhead(&self) -> u64 {
-        self.inner.invocation_overhead()
-    }
-    fn compiles_on_local_cores(&self) -> bool {
-        self.inner.compiles_on_local_cores()
-    }
-    fn compile_memory_estimate(&self) -> u64 {
-        self.inner.compile_memory_estimate()
     }
 }
 
@@ -125,10 +89,12 @@ fn main() {
         if let Some(d) = &dir {
             std::fs::create_dir_all(d).expect("dump folder");
         }
-        let backend = Timed {
+        let backend = Wrapped {
             inner: CudaBackend::compile_only("sm_90").expect("NVRTC"),
-            times: Mutex::default(),
-            dump: dir,
+            hooks: Timed {
+                times: Mutex::default(),
+                dump: dir,
+            },
         };
         let opts = CompileOptions {
             threads: 1,
@@ -139,7 +105,7 @@ fn main() {
             let c = compile(&graph, &backend, &opts).expect("compile");
             order = c.report.units.iter().map(|u| u.kernels.join(" ")).collect();
         }
-        let times = backend.times.lock().unwrap();
+        let times = backend.hooks.times.lock().unwrap();
         // In the schedule's order, as the pool takes them.
         let ms: Vec<f64> = order.iter().map(|u| times[u]).collect();
         let sum: f64 = ms.iter().sum();

@@ -4,7 +4,7 @@
 //! bodies also run on the CUDA emulator (the same CUDA C on the CPU), which runs everywhere.
 
 use kiln_compile::Target;
-use kiln_compile::{compile, CompileError, CompileOptions};
+use kiln_compile::{compile, CompileOptions};
 use kiln_cpu::CpuBackend;
 use kiln_cuda::emulator::EmulatedCuda;
 use kiln_cuda::{cuda_device_present, CudaBackend, CudaModule};
@@ -54,33 +54,17 @@ fn qwen3_preset_compiles_to_cubin_deterministically() {
 #[test]
 fn a_cuda_syntax_error_names_the_kernel_with_nvrtc_log() {
     let graph = build_graph(&preset("qwen3-0.6b").unwrap(), GraphOptions::default()).unwrap();
-    let b = kiln_compile::testing::Faulty {
-        inner: CudaBackend::compile_only("sm_90").unwrap(),
-        // The fused attention: one distinct kernel (the softmax's max is inside it).
-        broken: &["attention"],
-        panic_on: None,
-    };
-    let err = compile(
+    // The fused attention: one distinct kernel (the softmax's max is inside it).
+    let (_, fail) = kiln_compile::testing::compile_with_a_broken_kernel(
         &graph,
-        &b,
-        &CompileOptions {
-            threads: 2,
-            ..Default::default()
-        },
-    )
-    .err()
-    .expect("must fail");
-    let CompileError::Kernels(fails) = &err else {
-        panic!("{err}")
-    };
-    assert_eq!(fails.len(), 1, "{err}");
-    assert!(fails[0].kernel.starts_with("kiln_attention_"));
-    let log = fails[0].error.to_string();
+        CudaBackend::compile_only("sm_90").unwrap(),
+        &["attention"],
+    );
+    let log = fail.error.to_string();
     assert!(
         log.contains("error") && log.contains("kernels.cu"),
         "NVRTC log: {log}"
     );
-    assert!(fails[0].source_path.as_ref().unwrap().extension().unwrap() == "cu");
 }
 
 #[test]
@@ -488,49 +472,31 @@ fn a_matmul_with_symbolic_rows_compiles_its_decode_kernel_apart() {
     run_op_case(Where::Emulated, case);
 }
 
-/// A backend wrapper that drops the runtime parts: the decode kernels are never compiled, and
+/// The emulator without its runtime parts: the decode kernels are never compiled, and
 /// loading says which one is missing instead of running the tiled product at one row.
-struct WithoutRuntime(EmulatedCuda);
+struct WithoutRuntime;
 
-impl kiln_program::Backend for WithoutRuntime {
-    type Module = <EmulatedCuda as kiln_program::Backend>::Module;
-    fn name(&self) -> &'static str {
+impl kiln_compile::testing::Hooks<EmulatedCuda> for WithoutRuntime {
+    fn name(&self, _: &EmulatedCuda) -> &'static str {
         "cuda-emulated-without-runtime"
     }
-    fn identity(&self) -> Result<String, kiln_program::BackendError> {
-        self.0.identity()
-    }
-    fn codegen(&self, k: &kiln_program::Kernel) -> kiln_program::KernelSource {
-        self.0.codegen(k)
-    }
-    fn compile(
+    fn runtime(
         &self,
-        ks: &[&kiln_program::KernelSource],
-    ) -> Result<Vec<u8>, kiln_program::BackendError> {
-        kiln_program::Backend::compile(&self.0, ks)
-    }
-    fn load(&self, a: &[u8]) -> Result<Self::Module, kiln_program::BackendError> {
-        kiln_program::Backend::load(&self.0, a)
-    }
-    fn supports_weight_dtype(&self, d: kiln_ir::DType) -> bool {
-        self.0.supports_weight_dtype(d)
-    }
-    fn source_extension(&self) -> &'static str {
-        self.0.source_extension()
-    }
-}
-
-impl kiln_program::Runtime for WithoutRuntime {
-    type Device = <EmulatedCuda as kiln_program::Runtime>::Device;
-    fn device(&self) -> Result<Self::Device, kiln_program::RunError> {
-        self.0.device()
+        _: &EmulatedCuda,
+        _: &[kiln_program::KernelSource],
+    ) -> Vec<kiln_program::KernelSource> {
+        Vec::new()
     }
 }
 
 #[test]
 fn a_missing_decode_kernel_is_a_load_error_naming_it() {
     let case = kiln_ir::testing::op_cases::bf16_weight_gemv_reads_whole_words();
-    let err = match WithoutRuntime(EmulatedCuda::default()).load(&case.graph, &Default::default()) {
+    let backend = kiln_compile::testing::Wrapped {
+        inner: EmulatedCuda::default(),
+        hooks: WithoutRuntime,
+    };
+    let err = match backend.load(&case.graph, &Default::default()) {
         Ok(_) => panic!("must fail: the decode kernels were never compiled"),
         Err(e) => e.to_string(),
     };

@@ -73,32 +73,17 @@ fn emulated_quantized_gguf_fixtures_match_their_numpy_references() {
     eprintln!("CUDA emulator, all quantized GGUF files: max |kiln - numpy| {worst:.2e}");
 }
 
-/// A backend without quantized kernels (every trait default; the CUDA emulator renders and
-/// compiles for it), to check the refusal that such a backend still gets.
-struct WithoutQuantizedKernels(EmulatedCuda);
+/// The emulator, but for what it says of weight dtypes: the trait's default, which refuses
+/// the block-quantized ones (the emulator renders and compiles for it), to check the refusal
+/// that a backend without quantized kernels gets.
+struct WithoutQuantizedKernels;
 
-impl kiln_program::Backend for WithoutQuantizedKernels {
-    type Module = <EmulatedCuda as kiln_program::Backend>::Module;
-    fn name(&self) -> &'static str {
+impl kiln_compile::testing::Hooks<EmulatedCuda> for WithoutQuantizedKernels {
+    fn name(&self, _: &EmulatedCuda) -> &'static str {
         "no-quantized-kernels"
     }
-    fn identity(&self) -> Result<String, kiln_program::BackendError> {
-        self.0.identity()
-    }
-    fn codegen(&self, k: &kiln_program::Kernel) -> kiln_program::KernelSource {
-        self.0.codegen(k)
-    }
-    fn compile(
-        &self,
-        ks: &[&kiln_program::KernelSource],
-    ) -> Result<Vec<u8>, kiln_program::BackendError> {
-        kiln_program::Backend::compile(&self.0, ks)
-    }
-    fn load(&self, a: &[u8]) -> Result<Self::Module, kiln_program::BackendError> {
-        kiln_program::Backend::load(&self.0, a)
-    }
-    fn source_extension(&self) -> &'static str {
-        self.0.source_extension()
+    fn supports_weight_dtype(&self, _: &EmulatedCuda, dtype: kiln_ir::DType) -> bool {
+        !dtype.is_quantized()
     }
 }
 
@@ -108,7 +93,10 @@ impl kiln_program::Backend for WithoutQuantizedKernels {
 fn a_backend_without_quantized_kernels_refuses_them_naming_backend_input_and_dtype() {
     use kiln_program::Backend;
     let case = kiln_ir::testing::op_cases::quantized_weight_matmuls();
-    let backend = WithoutQuantizedKernels(EmulatedCuda::default());
+    let backend = kiln_compile::testing::Wrapped {
+        inner: EmulatedCuda::default(),
+        hooks: WithoutQuantizedKernels,
+    };
     let err = compile(&case.graph, &backend, &CompileOptions::default())
         .err()
         .expect("refused");

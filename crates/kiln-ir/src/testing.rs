@@ -1,7 +1,8 @@
 //! What the backends' tests share: the op cases every backend runs ([`op_cases`]), random
 //! graphs for property tests against the interpreter (deterministic given the op codes, so
 //! proptest can shrink them), deterministic values, the comparison of a backend's outputs with
-//! the interpreter's, and [`require`] (a test that must not skip).
+//! the interpreter's, [`require`] (a test that must not skip) and a counting allocator
+//! ([`alloc`]).
 //!
 //! Compiled only for tests (`cfg(test)`, or the `testing` feature that other crates' tests turn
 //! on through their dev-dependencies), never into the release binary.
@@ -9,6 +10,7 @@
 use crate::{Bindings, DType, Expr, Graph, IrError, NodeId, Tensor};
 use std::collections::HashMap;
 
+pub mod alloc;
 pub mod op_cases;
 pub use op_cases::{OpCase, Run, Tolerance};
 

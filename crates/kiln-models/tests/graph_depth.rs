@@ -1,41 +1,19 @@
 //! Building a model's graph costs work linear in its depth. Work is counted, not timed: every
 //! heap allocation made while building goes through a counting allocator (a quadratic step,
 //! such as scanning all nodes to declare each input, allocates in proportion to the graph).
+use kiln_ir::testing::alloc::{allocated, CountingAlloc};
 use kiln_models::{build_graph, GraphOptions, QwenConfig};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-
-static BYTES: AtomicU64 = AtomicU64::new(0);
-static CALLS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        CALLS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
-        CALLS.fetch_add(1, Ordering::Relaxed);
-        System.realloc(ptr, layout, new_size)
-    }
-}
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// (nodes, bytes allocated, allocations) of building the graph of `c` with `layers` layers.
 fn build(c: &QwenConfig, layers: usize) -> (usize, u64, u64) {
     let mut c = c.clone();
     c.num_layers = layers;
-    let (b0, c0) = (BYTES.load(Ordering::SeqCst), CALLS.load(Ordering::SeqCst));
+    let (b0, c0) = allocated();
     let g = build_graph(&c, GraphOptions::default()).unwrap();
-    let (b1, c1) = (BYTES.load(Ordering::SeqCst), CALLS.load(Ordering::SeqCst));
+    let (b1, c1) = allocated();
     (g.nodes.len(), b1 - b0, c1 - c0)
 }
 

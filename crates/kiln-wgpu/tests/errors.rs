@@ -25,36 +25,16 @@ fn softmax_graph() -> Graph {
 #[test]
 fn a_kernel_naga_rejects_is_named_with_its_report() {
     let inner = backend().unwrap_or_else(WgpuBackend::validate_only);
-    let b = kiln_compile::testing::Faulty {
-        inner,
-        broken: &["reduce_max"],
-        panic_on: None,
-    };
-    let err = compile(
+    let (_, fail) = kiln_compile::testing::compile_with_a_broken_kernel(
         &softmax_graph(),
-        &b,
-        &CompileOptions {
-            threads: 2,
-            ..Default::default()
-        },
-    )
-    .err()
-    .expect("a broken kernel must fail");
-    let CompileError::Kernels(fails) = &err else {
-        panic!("{err}")
-    };
-    assert_eq!(fails.len(), 1, "{err}");
-    assert!(fails[0].kernel.starts_with("kiln_reduce_max_"), "{err}");
-    let report = fails[0].error.to_string();
+        inner,
+        &["reduce_max"],
+    );
+    let report = fail.error.to_string();
     assert!(
         report.contains("WGSL") && report.contains("broken_on_purpose") && report.contains("wgsl:"),
         "naga's report: {report}"
     );
-    let path = fails[0].source_path.as_ref().expect("source written");
-    assert_eq!(path.extension().unwrap(), "wgsl");
-    assert!(std::fs::read_to_string(path)
-        .unwrap()
-        .contains("broken_on_purpose"));
 }
 
 /// Constant sizes whose index arithmetic overflows i32 are refused when the kernel is

@@ -35,6 +35,7 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct CompileBench {
+    /// A preset, a checkpoint folder or a GGUF file (compiled by `kiln compile` children).
     #[arg(long)]
     model: String,
     /// Thread counts to measure (each 1 to 1024).
@@ -43,6 +44,8 @@ pub struct CompileBench {
     /// Runs per configuration (median and min are reported), 1 to 1000.
     #[arg(long, default_value_t = 3, value_parser = crate::bounds::repeat)]
     repeat: usize,
+    /// cpu, cuda or wgpu (each compile is `kiln compile --backend B`; cuda with --arch needs
+    /// no GPU).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
     /// CUDA arch for a compile-only CUDA benchmark (e.g. sm_90).
@@ -54,6 +57,7 @@ pub struct CompileBench {
     /// Time limit of one compiler invocation in each compile, in seconds.
     #[arg(long, value_name = "SECS", env = "KILN_COMPILE_TIMEOUT", default_value_t = kiln_compile::DEFAULT_COMPILE_TIMEOUT.as_secs(), value_parser = crate::bounds::compile_timeout)]
     compile_timeout: u64,
+    /// Folder for the results (compile.json and compile.svg); made if missing.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
     /// Also measure sharing through this remote cache (a fresh key prefix under it): a cold
@@ -72,8 +76,10 @@ pub struct DecodeBench {
     /// A preset, a checkpoint folder or a GGUF file.
     #[arg(long)]
     model: String,
+    /// Prompt tokens of the prefill measured (token ids, not text).
     #[arg(long, default_value_t = 128, value_parser = crate::bounds::prompt_len)]
     prompt_len: usize,
+    /// Tokens decoded after the prompt (greedy).
     #[arg(long, default_value_t = 32, value_parser = crate::bounds::new_tokens)]
     tokens: usize,
     /// Compile and run threads (1 to 1024; kernels run on at most one per core).
@@ -87,6 +93,7 @@ pub struct DecodeBench {
     /// quantized).
     #[arg(long, value_parser = crate::parse_weight_dtype)]
     weight_dtype: Option<kiln_models::WeightDtype>,
+    /// Folder for the results (decode.json and decode.svg); made if missing.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
 }
@@ -116,8 +123,11 @@ pub struct ServeBench {
     /// Compile and run threads of the server (1 to 1024; kernels run on at most one per core).
     #[arg(long, value_parser = crate::parse_threads)]
     pub threads: Option<usize>,
+    /// Where the server's kernels run: cpu, cuda (GPU 0) or wgpu.
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
+    /// Folder for the results (serve.json and serve.svg; serve.log, the log of the `kiln serve`
+    /// child); made if missing.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
 }

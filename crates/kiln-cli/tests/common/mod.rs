@@ -104,6 +104,12 @@ impl Case {
         c
     }
 
+    /// Folders and files in this case's `TMPDIR` whose name starts with `prefix` (a
+    /// compile's scratch folders are `kiln-cc-*`).
+    pub fn tmp_named(&self, prefix: &str) -> Vec<String> {
+        names_in(self.tmp.path(), prefix)
+    }
+
     /// `kiln args` under a 4 GB address-space limit, killed after `deadline`.
     pub fn run(&self, args: &[&str], deadline: Duration) -> Ran {
         self.run_shell(args, "", deadline)
@@ -205,6 +211,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), &target).unwrap();
         }
     }
+}
+
+/// The names of the folders and files in `dir` that start with `prefix`.
+pub fn names_in(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 /// Every `*.kart` file under `dir`, sorted.
