@@ -12,14 +12,40 @@
 //! make stay 64-bit. (A fallback to 64-bit division past 2^32, in a shared non-inlined
 //! function, was measured too: it made NVRTC ~25% slower than inlining it, not faster.)
 //!
+//! One more difference: a reciprocal square root (`1 / sqrt(x)` in f32, RMSNorm's scale) is
+//! `rsqrtf(x)`, one `MUFU.RSQ` within 2 ulp of the correctly rounded result, rather than an
+//! IEEE square root and an IEEE division (at most ~1 ulp together), whose slow paths ptxas
+//! inlines: they were ~15% of NVRTC's work on a row kernel (issue 27).
+//!
+//! And a sine is the prelude's `kiln_sinf`, `sinf` in a function called rather than inlined,
+//! so that kernels batched into one program share one compiled `sinf` (RoPE's two tables).
+//!
 //! The CPU backend keeps [`CStyle`] itself: its text (and its artifacts) do not change.
 
 use kiln_ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_render::cstyle::CStyle;
 use kiln_render::{Dialect, IndexOp};
 
-/// [`CStyle`] with index division and remainder through `kiln_div` / `kiln_rem`.
+/// [`CStyle`] with index division and remainder through `kiln_div` / `kiln_rem`, `rsqrtf`
+/// for the reciprocal of a square root and the prelude's `kiln_sinf` for a sine.
 pub struct CudaC;
+
+/// `x`'s argument where `x` is exactly one call `sqrtf(..)` (not, say, `sqrtf(a) * sqrtf(b)`).
+fn sqrt_argument(x: &str) -> Option<&str> {
+    let inner = x.strip_prefix("sqrtf(")?.strip_suffix(')')?;
+    let mut depth = 0i32;
+    for c in inner.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return None;
+        }
+    }
+    (depth == 0).then_some(inner)
+}
 
 impl Dialect for CudaC {
     fn index_op(&self, op: IndexOp, a: &str, b: &str) -> String {
@@ -67,7 +93,11 @@ impl Dialect for CudaC {
         CStyle.select(cond, a, b)
     }
     fn unary(&self, op: UnaryOp, d: DType, x: &str) -> String {
-        CStyle.unary(op, d, x)
+        match (op, d, sqrt_argument(x)) {
+            (UnaryOp::Recip, DType::F32, Some(arg)) => format!("rsqrtf({arg})"),
+            (UnaryOp::Sin, _, _) => self.round(d, &format!("kiln_sinf({x})")),
+            _ => CStyle.unary(op, d, x),
+        }
     }
     fn binary(&self, op: BinaryOp, operand: DType, a: &str, b: &str) -> String {
         CStyle.binary(op, operand, a, b)
@@ -86,5 +116,27 @@ impl Dialect for CudaC {
     }
     fn var_name(&self, v: u32) -> String {
         CStyle.var_name(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_reciprocal_of_one_f32_square_root_is_rsqrtf() {
+        let recip = |d, x| CudaC.unary(UnaryOp::Recip, d, x);
+        assert_eq!(recip(DType::F32, "sqrtf((a + b))"), "rsqrtf((a + b))");
+        assert_eq!(
+            recip(DType::F32, "sqrtf(a) * sqrtf(b)"),
+            "(1.0f / sqrtf(a) * sqrtf(b))"
+        );
+        assert_eq!(recip(DType::F32, "(a + b)"), "(1.0f / (a + b))");
+        assert_eq!(CudaC.unary(UnaryOp::Sin, DType::F32, "x"), "kiln_sinf(x)");
+        // A rounded square root (f16, bf16) keeps its rounding: no match.
+        assert_eq!(
+            recip(DType::BF16, "sqrtf(a)"),
+            CStyle.unary(UnaryOp::Recip, DType::BF16, "sqrtf(a)")
+        );
     }
 }

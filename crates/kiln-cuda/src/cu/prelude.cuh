@@ -29,4 +29,9 @@ KILN_FN float kiln_f32x4_at(uint4 q, int e) {
  * part of the row kernels' compile time (issue 27). */
 KILN_FN int64_t kiln_div(int64_t a, int64_t b) { return (int64_t)((uint32_t)a / (uint32_t)b); }
 KILN_FN int64_t kiln_rem(int64_t a, int64_t b) { return (int64_t)((uint32_t)a % (uint32_t)b); }
+/* sinf, called rather than inlined (the CUDA dialect prints every sine as kiln_sinf): CUDA's
+ * precise sinf, with its slow path for large arguments, is ~80M instructions of NVRTC's work
+ * inlined, and RoPE's two tables (sin, and cos as a shifted sin) batch into one program, where
+ * the called function is compiled once. A call per table element costs the GPU little (issue 27). */
+static __device__ __noinline__ float kiln_sinf(float x) { return sinf(x); }
 /* KILN_CSTYLE_HELPERS */

@@ -47,3 +47,7 @@ extern "C" float log2f(float);
 extern "C" float sinf(float);
 extern "C" float sqrtf(float);
 extern "C" float fmodf(float, float);
+/* CUDA's fast division (within 2 ulp where kernels use it): the host's exact one here. */
+static inline float __fdividef(float a, float b) { return a / b; }
+/* CUDA's reciprocal square root (within 2 ulp): the host's exact 1 / sqrt here. */
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
