@@ -10,6 +10,8 @@
 #   THREADS=1 REPS=7 bash scripts/bench-qgemv.sh q4_0   # one type; one core
 #   MIN_MB=1 ...        # the weight in cache (compute only);  EXTRA="-DX=1" ... extra C flags
 #   EXTRA=-DSMALL_PAGES ...   # weights and stream on 4 KiB pages (default: 2 MiB ones)
+#   EXTRA=-DSLOTS=2 ...       # gate/up shapes as an epilogue matmul's launch reads them, unit by
+#                             # unit (two column ranges alternating); -DSLOT_MAJOR: slot by slot
 #   REV=main ...        # the C headers (c/*.h, cstyle_helpers.h) as a git revision has them, in
 #                       # target/bench-qgemv-REV (a baseline beside the working tree's kernels;
 #                       # the harness qgemv.c and codegen.rs's constants stay the working tree's)

@@ -123,16 +123,39 @@ static void *run(void *arg) {
         for (int64_t ch = j->id; ch < INTERLEAVED_CHUNKS; ch += j->threads) {
             const int64_t per = (units + INTERLEAVED_CHUNKS - 1) / INTERLEAVED_CHUNKS;
             const int64_t c0 = ch * per, c1 = kiln_min((ch + 1) * per, units);
+#elif defined(SLOTS)
+        /* an epilogue matmul's launch (SiLU(gate) * up: a unit is NC columns of each of SLOTS
+         * column ranges N / SLOTS apart), the thread's share in the pool's 4 chunks; the units
+         * of a chunk slot by slot with -DSLOT_MAJOR (one run per range), else unit by unit
+         * (the ranges alternate every NC columns) */
+        const int64_t su = (j->N / SLOTS + KILN_NC - 1) / KILN_NC;
+        const int64_t s0 = su * j->id / j->threads, s1 = su * (j->id + 1) / j->threads;
+        for (int ch = 0; ch < 4; ++ch) {
+            const int64_t c0 = s0 + (s1 - s0) * ch / 4, c1 = s0 + (s1 - s0) * (ch + 1) / 4;
+#ifdef SLOT_MAJOR
+            for (int sl = 0; sl < SLOTS; ++sl)
+                for (int64_t u = c0; u < c1; ++u) {
+#else
+            for (int64_t u = c0; u < c1; ++u)
+                for (int sl = 0; sl < SLOTS; ++sl) {
+#endif
+                    const int64_t n0 = u * KILN_NC + sl * (j->N / SLOTS);
+                    TYPES[j->type].f(&ctx, j->x, j->K, j->w[c], j->K, 0, j->rows, n0, kiln_min(KILN_NC, j->N - n0), t, KILN_NC);
+                    sink += t[0];
+                }
+        }
 #else
         {
             const int64_t c0 = u0, c1 = u1;
 #endif
+#ifndef SLOTS
             for (int64_t u = c0; u < c1; ++u) {
                 const int64_t n0 = u * KILN_NC;
                 TYPES[j->type].f(&ctx, j->x, j->K, j->w[c], j->K, 0, j->rows, n0, kiln_min(KILN_NC, j->N - n0), t, KILN_NC);
                 sink += t[0];
             }
         }
+#endif
     }
     j->gemv_s = now_cpu() - t0;
     /* the same bytes, read once with vector loads (this thread's share of each copy) */
@@ -160,7 +183,11 @@ int main(int argc, char **argv) {
     if (rows < 1 || rows > KILN_MC) { fprintf(stderr, "ROWS=%d: 1..%d\n", rows, KILN_MC); return 1; }
     /* copies of the weight up to MIN_MB (default 320: past any cache; 1 gives the in-cache speed) */
     const double min_bytes = (getenv("MIN_MB") ? atof(getenv("MIN_MB")) : 320) * 1e6;
+    #ifdef SLOTS
+    static const int64_t SHAPES[][2] = {{6144, 1024}, {3072, 1024}, {2048, 3072}}; /* gate/up */
+#else
     static const int64_t SHAPES[][2] = {{3072, 1024}, {1024, 3072}, {151936, 1024}};
+#endif
     const char *only = argc > 1 ? argv[1] : NULL;
     printf("layout %s, KILN_NR %d, %d row(s), %d thread(s), best of %d; GB/s of panel bytes per CPU second\n",
            LAYOUT, KILN_NR, rows, threads, reps);

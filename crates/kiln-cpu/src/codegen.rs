@@ -351,6 +351,35 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     } else {
         emit!(s, "    float *kiln_tiles = (float *)kiln_scratch;");
     }
+    // An epilogue over several column ranges of a packed weight (SiLU(gate) * up: the gate's
+    // and the up's rows of one weight), in a launch of one row block (decode): the chunk's
+    // units are computed slot by slot into one tile row block each, then stored through the
+    // epilogue unit by unit. Unit by unit, the weight's ranges alternated every MM_NC columns
+    // (two streams restarting every 70 KB of Q8_0 panels: 0.89 of a streaming read in
+    // scripts/bench-qgemv.sh with -DSLOTS=2, 0.92-0.95 slot by slot). The same tile calls with
+    // the same arguments, in another order: the same bits.
+    let by_slot = slots > 1 && packed.is_some() && mm.batch.iter().all(|d| d.is_const(1));
+    if let (true, Some(f)) = (by_slot, packed) {
+        emit!(
+            s,
+            "    const int kiln_by_slot = TM == 1 && (kiln_hi - kiln_lo) * M <= {MM_MC};"
+        );
+        emit!(s, "    if (kiln_by_slot) {{");
+        s.lines("        ", [slice_pointer("pa", a), slice_pointer("pb", b)]);
+        emit!(
+            s,
+            "        for (int kiln_j = 0; kiln_j < {slots}; ++kiln_j)\n            for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
+        );
+        emit!(
+            s,
+            "                const int64_t n0 = kiln_t * {MM_NC}, tn = kiln_min(N - n0, {MM_NC});"
+        );
+        emit!(
+            s,
+            "                {f}(&kiln_ctx, pa, {}, pb, K, 0, M, n0 + kiln_cols[kiln_j], tn, kiln_tiles + kiln_j * {tile} + (kiln_t - kiln_lo) * M * {MM_NC}, {MM_NC});\n            }}\n    }}",
+            a.row_stride
+        );
+    }
     emit!(
         s,
         "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
@@ -370,10 +399,24 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     );
     s.lines("        ", [slice_pointer("pa", a), slice_pointer("pb", b)]);
     let (sam, sak, sbk, sbn) = (&a.row_stride, &a.col_stride, &b.row_stride, &b.col_stride);
-    emit!(
-        s,
-        "        for (int kiln_j = 0; kiln_j < {slots}; ++kiln_j) {{"
-    );
+    // Where the chunk's products were computed slot by slot: this unit's rows in each tile.
+    let tile_at = if by_slot {
+        emit!(
+            s,
+            "        const int64_t kiln_u = kiln_by_slot ? (kiln_t - kiln_lo) * M * {MM_NC} : 0;"
+        );
+        emit!(
+            s,
+            "        for (int kiln_j = 0; kiln_j < {slots} * !kiln_by_slot; ++kiln_j) {{"
+        );
+        "kiln_u + "
+    } else {
+        emit!(
+            s,
+            "        for (int kiln_j = 0; kiln_j < {slots}; ++kiln_j) {{"
+        );
+        ""
+    };
     emit!(
         s,
         "            float *pc = kiln_tiles + kiln_j * {tile};\n            const int64_t c0 = n0 + kiln_cols[kiln_j];"
@@ -427,7 +470,10 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
             acc_name(slot),
             d.round(
                 prod,
-                &format!("kiln_tiles[{} + i * {MM_NC} + j]", slot as i64 * tile)
+                &format!(
+                    "kiln_tiles[{} + {tile_at}i * {MM_NC} + j]",
+                    slot as i64 * tile
+                )
             )
         );
     }

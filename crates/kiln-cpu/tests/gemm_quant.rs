@@ -164,12 +164,17 @@ fn q8_0_weights_at_awkward_sizes() {
     // half = 24: the up columns start mid-panel (scalar chains); k = 1056 > KC.
     check_sizes(DType::Q8_0, 70, 24, 1056);
     check_sizes(DType::Q8_0, 17, 16, 32);
+    // 17 units of gate/up columns: several per chunk, computed slot by slot in a launch of
+    // one row block (the up columns mid-panel: 1040 % 32 = 16).
+    check_sizes(DType::Q8_0, 17, 1040, 64);
 }
 
 #[test]
 fn q4_0_weights_at_awkward_sizes() {
     check_sizes(DType::Q4_0, 70, 48, 1088);
     check_sizes(DType::Q4_0, 1, 8, 64);
+    // As Q8_0's: several gate/up units per chunk, the up columns on a panel boundary.
+    check_sizes(DType::Q4_0, 8, 1024, 64);
 }
 
 #[test]
