@@ -20,6 +20,14 @@ use kiln_program::{Backend, BackendError, Kernel, KernelSource, LaunchSpec};
 use kiln_program::{RunError, Runtime};
 use std::sync::OnceLock;
 
+/// The C compiler's fixed cost per compile unit, in bytes of kernel source (the schedule's
+/// unit, [`Backend::invocation_overhead`]): measured in CPU time (gcc 12, Zen 4), a unit costs
+/// ~30 ms whatever it holds (the compiler's start, the prelude, the link) and ~15-19 ms per KB
+/// of kernel source, so one invocation costs what ~2 KB do. The default (4 KB) overstated it,
+/// and the batches of small kernels came out as long as the longest kernel: ~10 units of
+/// ~70-100 ms beside the runtime's ~14, too few to fill 16 workers twice (issue 27).
+const INVOCATION_OVERHEAD: u64 = 2048;
+
 /// The CPU backend: compiles with the system C compiler, runs on `run_threads` threads.
 pub struct CpuBackend {
     cc: CCompiler,
@@ -170,6 +178,10 @@ impl Backend for CpuBackend {
 
     fn source_extension(&self) -> &'static str {
         "c"
+    }
+
+    fn invocation_overhead(&self) -> u64 {
+        INVOCATION_OVERHEAD
     }
 }
 
