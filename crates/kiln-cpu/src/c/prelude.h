@@ -561,4 +561,19 @@ static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p,
     if (M > 0 && N % KILN_PV_COLS != 0) kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, N - N % KILN_PV_COLS, N);
 }
 
+/* A 16-bit KV cache's rows widened to f32 for the attention's f32 products: rows r < R of n
+ * values, src row r at src + r * lds, dst row r at dst + r * ldd; bf16 (bf != 0) a vector at a
+ * time (kiln_ldbfv), f16 a value at a time (kiln_f16_to_f32). Exact: the products then take
+ * the f32 operands' paths, the same FMA chains. */
+static void kiln_widen_rows(float *restrict dst, int64_t ldd, const uint16_t *restrict src, int64_t lds,
+                            int64_t R, int64_t n, int bf) {
+    const int64_t nv = bf ? n - n % KILN_VL : 0;
+    for (int64_t r = 0; r < R; ++r) {
+        const uint16_t *s = src + r * lds;
+        float *d = dst + r * ldd;
+        for (int64_t i = 0; i < nv; i += KILN_VL) kiln_stv(d + i, kiln_ldbfv(s + i));
+        for (int64_t i = nv; i < n; ++i) d[i] = bf ? kiln_bf16_to_f32(s[i]) : kiln_f16_to_f32(s[i]);
+    }
+}
+
 /* KILN_GEMM */
