@@ -67,7 +67,7 @@ pub struct CompileFlags {
     #[arg(long, value_parser = parse_weight_dtype)]
     pub weight_dtype: Option<kiln_models::WeightDtype>,
     /// Hold the KV cache's keys and values in this dtype: f32, bf16 or f16 (rounded as they
-    /// are written; attention computes in f32). Default: bf16 where the matrix weights are
+    /// are written; attention computes in f32). Default: f16 where the matrix weights are
     /// quantized (a GGUF file's Q8_0/Q4_0/Q4_K/Q5_K/Q6_K blocks, --weight-dtype q*), f32
     /// otherwise.
     #[arg(long, value_parser = parse_kv_dtype)]

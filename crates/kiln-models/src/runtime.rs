@@ -556,9 +556,11 @@ impl Model {
             // doubling a forward past the end gets: a short run holds a short cache.
             self.reset_kept_cache(positions)?;
         }
+        crate::memory::trace("cache reserved");
         let t = Instant::now();
         let mut logits = self.forward(prompt, &mut cache)?;
         g.prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+        crate::memory::trace("prefilled");
         let t = Instant::now();
         loop {
             let v = self.config.vocab_size;

@@ -293,7 +293,7 @@ impl GgufReference {
 /// Runs GGUF fixture file `file` (a path under [`gguf_fixtures`]) on `target`: its Q8_0, Q4_0,
 /// Q4_K, Q5_K and Q6_K linear weights must stay quantized (the kernels read the blocks), every prompt's
 /// greedy tokens must equal the NumPy reference's and its logits be within `tol` of them.
-/// The KV cache is f32 (not the bf16 default of quantized weights): what is checked at `tol` is
+/// The KV cache is f32 (not the f16 default of quantized weights): what is checked at `tol` is
 /// the backend's quantized kernels; its 16-bit cache is checked against the interpreter by the
 /// op case `attention_over_a_16_bit_kv_cache`. Returns the largest logit difference.
 pub fn assert_gguf_fixture_matches(target: &dyn kiln_compile::Target, file: &str, tol: f32) -> f32 {

@@ -87,7 +87,7 @@ pub struct DecodeBench {
     /// quantized).
     #[arg(long, value_parser = crate::parse_weight_dtype)]
     weight_dtype: Option<kiln_models::WeightDtype>,
-    /// KV cache dtype: f32, bf16 or f16 (see `kiln run --help`). Default: bf16 for quantized
+    /// KV cache dtype: f32, bf16 or f16 (see `kiln run --help`). Default: f16 for quantized
     /// weights, f32 otherwise.
     #[arg(long, value_parser = crate::parse_kv_dtype)]
     kv_dtype: Option<kiln_models::KvDtype>,
