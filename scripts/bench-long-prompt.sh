@@ -6,6 +6,7 @@
 #   bash scripts/bench-long-prompt.sh                               # this checkout
 #   BASELINE=/path/to/old/kiln bash scripts/bench-long-prompt.sh    # and a binary to compare
 #   DTYPES="q4_0 q8_0 q4_k bf16" LONG=1536 ROUNDS=3 THREADS=2 bash scripts/bench-long-prompt.sh
+#   KV_DTYPE=f32 DTYPES="q4_0 q8_0" bash scripts/bench-long-prompt.sh  # --kv-dtype for every run
 #
 # For each binary, weight dtype and round it runs `kiln bench decode --model $MODEL --threads
 # $THREADS --weight-dtype D --tokens 2` at a 128-token and a $LONG-token prompt; rounds
@@ -23,6 +24,9 @@ DTYPES=${DTYPES:-q4_0 bf16}
 LONG=${LONG:-1536}
 OUT=${OUT:-bench-out/long-prompt}
 mkdir -p "$OUT"
+# --kv-dtype for every run (a BASELINE binary must know the flag); unset: each binary's default.
+KV=()
+if [ -n "${KV_DTYPE:-}" ]; then KV=(--kv-dtype "$KV_DTYPE"); fi
 
 cargo build --release -q -p kiln-cli
 configs=()
@@ -43,7 +47,7 @@ for round in $(seq 1 "$ROUNDS"); do
         [ "$prompt" = "$LONG" ] && profile=${PROFILE:-0}
         KILN_PROFILE=$profile KILN_CACHE_DIR="$OUT/cache-$label" "$bin" bench decode \
           --model "$MODEL" --threads "$THREADS" --weight-dtype "$dtype" --prompt-len "$prompt" \
-          --tokens 2 --out "$dir" >"$dir.out" 2>"$dir.log" ||
+          --tokens 2 "${KV[@]}" --out "$dir" >"$dir.out" 2>"$dir.log" ||
           { echo "failed (see $dir.log)" >&2; exit 1; }
       done
     done

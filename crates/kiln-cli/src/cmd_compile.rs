@@ -80,6 +80,7 @@ pub fn compile_model(a: &CompileArgs, progress: &Progress) -> anyhow::Result<Com
         &config,
         GraphOptions {
             weight_dtype: a.flags.weight_dtype,
+            kv_dtype: a.flags.kv_dtype,
             ..Default::default()
         },
     )?;

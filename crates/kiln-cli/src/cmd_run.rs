@@ -137,6 +137,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         graph: GraphOptions {
             weight_dtype: a.flags.weight_dtype,
+            kv_dtype: a.flags.kv_dtype,
             ..Default::default()
         },
         seed: a.seed,

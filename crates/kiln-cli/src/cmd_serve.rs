@@ -123,6 +123,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             },
             graph: GraphOptions {
                 weight_dtype: flags.weight_dtype,
+                kv_dtype: flags.kv_dtype,
                 ..Default::default()
             },
             seed,

@@ -66,6 +66,12 @@ pub struct CompileFlags {
     /// Default: the model's own.
     #[arg(long, value_parser = parse_weight_dtype)]
     pub weight_dtype: Option<kiln_models::WeightDtype>,
+    /// Hold the KV cache's keys and values in this dtype: f32, bf16 or f16 (rounded as they
+    /// are written; attention computes in f32). Default: f16 where the matrix weights are
+    /// quantized (a GGUF file's Q8_0/Q4_0/Q4_K/Q5_K/Q6_K blocks, --weight-dtype q*), f32
+    /// otherwise.
+    #[arg(long, value_parser = parse_kv_dtype)]
+    pub kv_dtype: Option<kiln_models::KvDtype>,
     /// Compile threads, 1 to 1024 (1 = sequential). Default: the number of cores. Kernels run
     /// on at most one thread per core.
     #[arg(long, alias = "parallel-threads", env = "KILN_COMPILE_THREADS", value_parser = parse_threads)]
@@ -299,6 +305,13 @@ impl Command {
             Command::Bench(_) | Command::Serve(_) => false,
         }
     }
+}
+
+fn parse_kv_dtype(s: &str) -> Result<kiln_models::KvDtype, String> {
+    kiln_models::KvDtype::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = kiln_models::KvDtype::ALL.iter().map(|k| k.name()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
 }
 
 fn parse_weight_dtype(s: &str) -> Result<kiln_models::WeightDtype, String> {

@@ -112,12 +112,24 @@ pub const SCRATCH_HEADER: i64 = 64;
 /// slot, and with a packed weight the launch's packing state ([`SCRATCH_HEADER`]), the packed
 /// rows of A (`MC x K`) and a widened bf16 strip (`KC x NR`); each part 64-byte aligned.
 fn scratch_bytes(k: &Kernel) -> Expr {
-    if let KernelKind::Attention { dv, .. } = &k.kind {
-        // The rows' unnormalised outputs, and the scores and biases of one key block.
-        return dv
+    if let KernelKind::Attention {
+        k: depth,
+        dv,
+        kt,
+        v,
+        ..
+    } = &k.kind
+    {
+        // The rows' unnormalised outputs, and the scores and biases of one key block; with a
+        // 16-bit KV cache, a key block's keys and values widened to f32 (`attention_block`).
+        let rows = dv
             .clone()
             .mul(ATT_ROWS * 4)
             .add(2 * ATT_ROWS * ATT_KEYS * 4 + 128);
+        if is_half(kt.dtype) || is_half(v.dtype) {
+            return rows.add(depth.clone().add(dv.clone()).mul(ATT_KEYS * 4).add(64));
+        }
+        return rows;
     }
     let KernelKind::MatMul {
         k: depth, epilogue, ..
@@ -508,6 +520,10 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         "    const int64_t TM = (M + {ATT_ROWS} - 1) / {ATT_ROWS};"
     );
     emit!(s, "    float *kiln_o = (float *)kiln_scratch;\n    float *kiln_s = kiln_o + (({ATT_ROWS} * DV + 15) / 16) * 16;\n    float *kiln_bias = kiln_s + {};\n    (void)kiln_bias;", ATT_ROWS * ATT_KEYS);
+    if contiguous && (is_half(a.kt.dtype) || is_half(a.v.dtype)) {
+        // A key block's keys and values widened from a 16-bit cache (`scratch_bytes`).
+        emit!(s, "    float *kiln_kw = kiln_bias + {}, *kiln_vw = kiln_kw + {ATT_KEYS} * KD;\n    (void)kiln_kw; (void)kiln_vw;", ATT_ROWS * ATT_KEYS);
+    }
     emit!(
         s,
         "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
@@ -561,13 +577,19 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     }
 }
 
-/// Whether an attention kernel takes the blocked path ([`attention_block`]): f32 operands,
-/// contiguous along the head dimension.
+/// A 16-bit float (a 16-bit KV cache's keys and values).
+fn is_half(t: DType) -> bool {
+    matches!(t, DType::F16 | DType::BF16)
+}
+
+/// Whether an attention kernel takes the blocked path ([`attention_block`]): f32 queries, f32
+/// or 16-bit keys and values (a 16-bit KV cache), contiguous along the head dimension.
 fn attention_is_blocked(a: &AttentionParts) -> bool {
     let (q, kt, v) = (&a.q, &a.kt, &a.v);
-    [q.dtype, kt.dtype, v.dtype]
-        .iter()
-        .all(|t| *t == DType::F32)
+    let float = |t: DType| t == DType::F32 || is_half(t);
+    q.dtype == DType::F32
+        && float(kt.dtype)
+        && float(v.dtype)
         && q.col_stride_expr.is_const(1)
         && kt.row_stride_expr.is_const(1)
         && v.col_stride_expr.is_const(1)
@@ -608,11 +630,26 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
         }
         None => format!("*sp = {};", a.score),
     };
-    emit!(
-        s,
-        "            kiln_mm_nt(pq + i0 * {}, {}, pk + j0 * {}, {}, kiln_s, {ATT_KEYS}, bi, bj, KD);",
-        q.row_stride, q.row_stride, kt.col_stride, kt.col_stride
-    );
+    // Keys from a 16-bit cache: bf16 widened in registers (`kiln_mm_nt_bf16`), f16 widened
+    // into the scratch first; values from one widened into the scratch (exact either way, so
+    // every product is the f32 path's FMA chain over the same values).
+    match kt.dtype {
+        DType::BF16 => emit!(
+            s,
+            "            kiln_mm_nt_bf16(pq + i0 * {}, {}, pk + j0 * {}, {}, kiln_s, {ATT_KEYS}, bi, bj, KD);",
+            q.row_stride, q.row_stride, kt.col_stride, kt.col_stride
+        ),
+        DType::F16 => emit!(
+            s,
+            "            kiln_widen_rows(kiln_kw, KD, pk + j0 * {}, {}, bj, KD, 0);\n            kiln_mm_nt(pq + i0 * {}, {}, kiln_kw, KD, kiln_s, {ATT_KEYS}, bi, bj, KD);",
+            kt.col_stride, kt.col_stride, q.row_stride, q.row_stride
+        ),
+        _ => emit!(
+            s,
+            "            kiln_mm_nt(pq + i0 * {}, {}, pk + j0 * {}, {}, kiln_s, {ATT_KEYS}, bi, bj, KD);",
+            q.row_stride, q.row_stride, kt.col_stride, kt.col_stride
+        ),
+    }
     emit!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{");
     emit!(s, "                const int64_t {i} = i0 + ii; (void){i};");
     emit!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};");
@@ -629,11 +666,19 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
     emit!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);");
     emit!(s, "                sum[ii] = sum[ii] * corr + kiln_softmax_weights(srow, bj, mnew);\n                mx[ii] = mnew;");
     emit!(s, "                if (corr != 1.0f) kiln_att_rescale(kiln_o + ii * DV, DV, corr);\n            }}");
-    emit!(
-        s,
-        "            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, pv + j0 * {}, {}, bi, bj, DV);\n        }}",
-        v.row_stride, v.row_stride
-    );
+    if is_half(v.dtype) {
+        emit!(
+            s,
+            "            kiln_widen_rows(kiln_vw, DV, pv + j0 * {}, {}, bj, DV, {});\n            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, kiln_vw, DV, bi, bj, DV);\n        }}",
+            v.row_stride, v.row_stride, i32::from(v.dtype == DType::BF16)
+        );
+    } else {
+        emit!(
+            s,
+            "            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, pv + j0 * {}, {}, bi, bj, DV);\n        }}",
+            v.row_stride, v.row_stride
+        );
+    }
 }
 
 /// A loop over a key block's keys (`loop_` of the bound), twice: with the constant bound

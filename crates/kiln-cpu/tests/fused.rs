@@ -343,6 +343,47 @@ fn attention_writes_the_rows_its_projection_reads() {
     }
 }
 
+/// Attention over a 16-bit KV cache (bf16: keys widened in registers, values through the
+/// scratch; f16: both through the scratch) on the blocked path: bitwise what the f32 kernel
+/// computes over the same values widened to f32 (the same FMA chains), for each kernel ISA, at
+/// the awkward sizes of [`attention_alone_at_awkward_sizes`], masked and not; and against the
+/// interpreter.
+#[test]
+fn attention_over_a_16_bit_cache_is_the_f32_kernel_on_the_widened_values() {
+    const G: usize = 3;
+    for isa in isas() {
+        for dtype in [DType::BF16, DType::F16] {
+            for (d, dv, masked) in [(20usize, 40usize, true), (37, 80, false), (16, 64, true)] {
+                let half = kiln_ir::testing::attention_graph_kv(KV, G, d, dv, masked, dtype);
+                let full = kiln_ir::testing::attention_graph(KV, G, d, dv, masked);
+                let mut a = build_for(&half, 2, Some(isa));
+                let mut b = build_for(&full, 2, Some(isa));
+                for (s, p) in [(75usize, 0usize), (1, 149), (3, 7)] {
+                    let mut ins = kiln_ir::testing::attention_inputs(KV, G, d, dv, s, s + p);
+                    for name in ["k", "v"] {
+                        let rounded = ins[name].to_dtype(dtype);
+                        ins.insert(name.to_string(), rounded);
+                    }
+                    check(a.as_mut(), &half, &ins, 1e-5, 1e-4);
+                    let got = a.run(&ins).unwrap();
+                    for name in ["k", "v"] {
+                        let widened = ins[name].to_dtype(DType::F32);
+                        ins.insert(name.to_string(), widened);
+                    }
+                    let want = b.run(&ins).unwrap();
+                    let bits =
+                        |t: &Tensor| t.as_f32().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got["o"]),
+                        bits(&want["o"]),
+                        "{isa:?} {dtype} d={d} dv={dv} masked={masked} s={s} p={p}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A query row gets the same bits as one of a prompt's rows (register tiles of rows, key
 /// blocks with keys masked past it) and as the rows of a decode step over the keys up to it:
 /// the fused attention sums every score, weight sum and output element in one order whatever

@@ -144,6 +144,18 @@ pub fn non_finite_inputs() -> HashMap<String, Tensor> {
 /// the mask's past is `t - s`; values from [`attention_inputs`]); output `o`
 /// `[kv, heads * s, dv]`.
 pub fn attention_graph(kv: usize, heads: usize, d: usize, dv: usize, masked: bool) -> Graph {
+    attention_graph_kv(kv, heads, d, dv, masked, DType::F32)
+}
+
+/// [`attention_graph`] with keys and values `k`, `v` in `kv_dtype` (a 16-bit KV cache).
+pub fn attention_graph_kv(
+    kv: usize,
+    heads: usize,
+    d: usize,
+    dv: usize,
+    masked: bool,
+    kv_dtype: DType,
+) -> Graph {
     let mut g = Graph::new();
     let (s, t) = (Expr::sym("s"), Expr::sym("t"));
     let rows = s.clone().mul(heads as i64);
@@ -158,10 +170,10 @@ pub fn attention_graph(kv: usize, heads: usize, d: usize, dv: usize, masked: boo
         .reshape(q, &[kv.into(), rows.clone(), d.into()])
         .expect("q rows");
     let k = g
-        .input("k", DType::F32, &[kv.into(), t.clone(), d.into()])
+        .input("k", kv_dtype, &[kv.into(), t.clone(), d.into()])
         .expect("k");
     let v = g
-        .input("v", DType::F32, &[kv.into(), t.clone(), dv.into()])
+        .input("v", kv_dtype, &[kv.into(), t.clone(), dv.into()])
         .expect("v");
     let kt = g.transpose(k, 1, 2).expect("k^T");
     let scores = g.matmul(q, kt).expect("q k^T");

@@ -6,8 +6,8 @@
 //! positions it holds, up to the pool's `positions` per slot.
 
 use crate::config::QwenConfig;
-use crate::model::{build_batched_graph, slot_symbols};
-use crate::runtime::{load_executable, LoadOptions};
+use crate::model::{build_batched_graph, kv_cache_dtype, slot_symbols};
+use crate::runtime::{grown_cache, load_executable, LoadOptions, MappedReads};
 use crate::{ModelError, ModelSource};
 use kiln_compile::CompileReport;
 use kiln_ir::{DType, Tensor};
@@ -43,6 +43,10 @@ pub struct BatchedModel {
     slots: Vec<SlotCache>,
     /// Positions one slot holds at most (`kiln serve --ctx`).
     positions: usize,
+    /// The dtype every slot's cache holds keys and values in ([`kv_cache_dtype`]).
+    pub kv_dtype: DType,
+    /// What the device reads of a mapped file: released after each forward.
+    mapped: MappedReads,
 }
 
 impl BatchedModel {
@@ -61,9 +65,12 @@ impl BatchedModel {
             )));
         }
         let build = |c: &QwenConfig, g| build_batched_graph(c, g, slots);
-        let (config, exe, report) = load_executable(source, opts, &build)?;
+        let (config, exe, report, mapped) = load_executable(source, opts, &build)?;
         let positions = positions.min(config.max_position_embeddings);
+        let kv_dtype = kv_cache_dtype(&config, &opts.graph);
         let mut model = BatchedModel {
+            kv_dtype,
+            mapped,
             config,
             exe,
             report,
@@ -97,19 +104,15 @@ impl BatchedModel {
     fn grow(&mut self, slot: usize, capacity: usize) -> Result<(), ModelError> {
         let c = &self.config;
         let (kv, d) = (c.num_kv_heads, c.head_dim);
-        let SlotCache { len, capacity: old } = self.slots[slot];
+        let SlotCache { len, .. } = self.slots[slot];
         for l in 0..c.num_layers {
             for name in ["k", "v"] {
                 let input = format!("{name}_cache.{l}.{slot}");
-                let mut new = Tensor::zeros(DType::F32, &[kv, capacity, d]);
-                if len > 0 {
-                    let held = self.exe.carried(&input)?;
-                    let (src, dst) = (held.as_f32(), new.as_f32_mut());
-                    for h in 0..kv {
-                        let n = len * d;
-                        dst[h * capacity * d..][..n].copy_from_slice(&src[h * old * d..][..n]);
-                    }
-                }
+                let new = if len > 0 {
+                    grown_cache(&self.exe.carried(&input)?, capacity, len)
+                } else {
+                    Tensor::zeros(self.kv_dtype, &[kv, capacity, d])
+                };
                 self.exe
                     .carry(&format!("{name}_cache_out.{l}.{slot}"), &input, new)?;
             }
@@ -209,7 +212,9 @@ impl BatchedModel {
         let mut inputs = HashMap::new();
         inputs.insert("ids".to_string(), Tensor::from_i32(&[ids.len()], &ids));
         inputs.insert("rows".to_string(), Tensor::from_i32(&[rows.len()], &rows));
-        let out = self.exe.run_with(&inputs, &symbols)?;
+        let out = self.exe.run_with(&inputs, &symbols);
+        self.mapped.release();
+        let out = out?;
         for w in work {
             self.slots[w.slot].len += w.tokens.len();
         }

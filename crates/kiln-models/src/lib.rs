@@ -20,7 +20,10 @@ pub mod weights;
 pub use batched::{BatchedModel, SlotWork};
 pub use config::{Arch, QwenConfig};
 pub use detokenizer::Detokenizer;
-pub use model::{build_batched_graph, build_graph, weight_shapes, GraphOptions, WeightDtype};
+pub use model::{
+    build_batched_graph, build_graph, kv_cache_dtype, weight_shapes, GraphOptions, KvDtype,
+    WeightDtype,
+};
 pub use runtime::{FinishReason, Generation, KvCache, LoadOptions, Model, SavedCache};
 pub use sampling::{argmax, Sampler, Sampling};
 pub use tokenizer::{Decode, StreamDecoder, Tokenizer, TokenizerError};

@@ -23,6 +23,9 @@ pub struct GraphOptions {
     /// memory and are widened to f32 inside the matmul kernels. Norm weights and biases are f32.
     /// None: the model's own (`QwenConfig::weight_dtype`).
     pub weight_dtype: Option<WeightDtype>,
+    /// Dtype the KV cache holds keys and values in. None: [`default_kv_dtype`] (f16 for
+    /// quantized weights, f32 otherwise); see [`kv_cache_dtype`].
+    pub kv_dtype: Option<KvDtype>,
     /// Logits for every position instead of the last only.
     pub all_logits: bool,
     /// Also output `hidden.embed`, `hidden.layer{i}` and `hidden.final_norm` (for tests).
@@ -81,6 +84,70 @@ impl WeightDtype {
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s))
     }
+}
+
+/// See [`GraphOptions::kv_dtype`]: the dtype of the `k_cache.{l}` / `v_cache.{l}` tensors.
+/// This step's keys and values are rounded to it as they are written (round to nearest even);
+/// attention reads them widened to f32 and computes in f32. 16 bits halve the cache's memory
+/// and the bytes a decode step reads of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    BF16,
+    F16,
+}
+
+impl KvDtype {
+    /// Every KV cache dtype, as `--kv-dtype` spells them ([`KvDtype::name`]).
+    pub const ALL: [KvDtype; 3] = [KvDtype::F32, KvDtype::BF16, KvDtype::F16];
+
+    pub fn dtype(self) -> DType {
+        match self {
+            KvDtype::F32 => DType::F32,
+            KvDtype::BF16 => DType::BF16,
+            KvDtype::F16 => DType::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.dtype().name()
+    }
+
+    /// Parses [`KvDtype::name`] (any case).
+    pub fn parse(s: &str) -> Option<KvDtype> {
+        KvDtype::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+    }
+}
+
+/// The KV cache dtype of a model whose graph options do not name one: f16 where the matrix
+/// weights are quantized (a GGUF file's blocks, `--weight-dtype q*`), whose logits are already
+/// held to llama.cpp's distance from the reference (llama.cpp keeps an f16 cache by default);
+/// f32 for f32 and bf16 weights, whose logits the fixtures hold to 1e-4. f16 rather than bf16
+/// by the fixtures' distances (`gguf_fidelity.rs`, kiln / llama.cpp on the int8 path): with an
+/// f16 cache every file's ratio stays at most 0.86, as with an f32 one; with bf16 (7 mantissa
+/// bits to f16's 10) tiny-qwen3's Q8_0 and Q6_K went from 0.82 to 0.98, at the bound. Keys and
+/// values stay far inside f16's range (|x| < 65504; llama.cpp's default for every model).
+pub fn default_kv_dtype(c: &QwenConfig, opts: &GraphOptions) -> KvDtype {
+    let quantized = match opts.weight_dtype {
+        Some(w) => w.dtype().is_quantized(),
+        None => c.weight_dtype.dtype().is_quantized() || !c.file_quant.is_empty(),
+    };
+    if quantized {
+        KvDtype::F16
+    } else {
+        KvDtype::F32
+    }
+}
+
+/// The dtype of model `c`'s KV cache under `opts`: the graph's cache inputs, and the tensors
+/// the runtime gives them ([`crate::Model`], [`crate::BatchedModel`]).
+pub fn kv_cache_dtype(c: &QwenConfig, opts: &GraphOptions) -> DType {
+    opts.kv_dtype
+        .unwrap_or_else(|| default_kv_dtype(c, opts))
+        .dtype()
 }
 
 /// The embedding table: read by the gather of the token ids, and by the LM head when the
@@ -274,6 +341,8 @@ struct Builder<'a> {
     g: Graph,
     c: &'a QwenConfig,
     weights: WeightDtype,
+    /// The KV cache's dtype ([`kv_cache_dtype`]).
+    kv: DType,
 }
 
 impl Builder<'_> {
@@ -395,16 +464,18 @@ impl Builder<'_> {
         let q = self.g.rope(q, cos, sin)?;
         let k = self.g.rope(k, cos, sin)?;
 
-        // KV cache: this step's keys and values written at position p, in place; attention
-        // reads the p + s positions that hold something, where they lie.
+        // KV cache: this step's keys and values written at position p, in place (rounded to
+        // the cache's dtype); attention reads the p + s positions that hold something, where
+        // they lie (a 16-bit cache widened to f32 in its kernels).
         let kv_shape = [kv.into(), seq.capacity.clone(), d.into()];
         let suffix = &seq.cache_suffix;
         let k_cache = self
             .g
-            .input(&format!("k_cache.{l}{suffix}"), DType::F32, &kv_shape)?;
+            .input(&format!("k_cache.{l}{suffix}"), self.kv, &kv_shape)?;
         let v_cache = self
             .g
-            .input(&format!("v_cache.{l}{suffix}"), DType::F32, &kv_shape)?;
+            .input(&format!("v_cache.{l}{suffix}"), self.kv, &kv_shape)?;
+        let (k, v) = (self.g.cast(k, self.kv), self.g.cast(v, self.kv));
         let k_cache = self.g.write_slice(k_cache, k, 1, p.clone())?;
         let v_cache = self.g.write_slice(v_cache, v, 1, p.clone())?;
         self.g.output(&format!("k_cache_out.{l}{suffix}"), k_cache);
@@ -454,6 +525,7 @@ pub fn build_graph(c: &QwenConfig, opts: GraphOptions) -> Result<Graph> {
         g: Graph::new(),
         c,
         weights,
+        kv: kv_cache_dtype(c, &opts),
     };
     let (s, p) = (Expr::sym("s"), Expr::sym("p"));
     let h = c.hidden_size;
@@ -546,6 +618,7 @@ pub fn build_batched_graph(c: &QwenConfig, opts: GraphOptions, slots: usize) -> 
         g: Graph::new(),
         c,
         weights,
+        kv: kv_cache_dtype(c, &opts),
     };
     let h = c.hidden_size;
     let mut spans = Vec::with_capacity(slots);

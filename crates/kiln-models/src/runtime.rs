@@ -3,7 +3,8 @@
 use crate::config::QwenConfig;
 use crate::gguf::qwen::GgufCheckpoint;
 use crate::model::{
-    build_graph, fuse_projection, fused_projections, weight_shapes, GraphOptions, WeightDtype,
+    build_graph, fuse_projection, fused_projections, kv_cache_dtype, weight_shapes, GraphOptions,
+    WeightDtype,
 };
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::{random_weights, Checkpoint};
@@ -71,7 +72,7 @@ impl KvCache {
 /// A copy of one [`KvCache`]'s keys and values, taken out of the executor by
 /// [`Model::save_cache`] so that the model can run other caches in between and then go on with
 /// this one ([`Model::restore_cache`]). It lives in host memory: every layer's keys and values,
-/// `[kv_heads, capacity, head_dim]` f32 each.
+/// `[kv_heads, capacity, head_dim]` each, in the cache's dtype ([`Model::kv_dtype`]).
 pub struct SavedCache {
     cache_id: u64,
     len: usize,
@@ -91,9 +92,25 @@ impl SavedCache {
 /// up from 0), so the next forward of any cache starts from an empty one.
 const MIXED_CACHE: u64 = u64::MAX;
 
-/// A KV cache of `capacity` positions for one layer, all zero.
-fn empty_cache(c: &QwenConfig, capacity: usize) -> Tensor {
-    Tensor::zeros(DType::F32, &[c.num_kv_heads, capacity, c.head_dim])
+/// A KV cache of `capacity` positions for one layer in `dtype`, all zero.
+fn empty_cache(c: &QwenConfig, dtype: DType, capacity: usize) -> Tensor {
+    Tensor::zeros(dtype, &[c.num_kv_heads, capacity, c.head_dim])
+}
+
+/// One layer's cache `old` (`[kv_heads, old capacity, head_dim]`) in a new zero tensor of
+/// `capacity` positions, its first `used` positions copied (whatever the cache's dtype).
+pub(crate) fn grown_cache(old: &Tensor, capacity: usize, used: usize) -> Tensor {
+    let &[kv, old_cap, d] = old.shape() else {
+        unreachable!("a KV cache is [kv_heads, capacity, head_dim]")
+    };
+    let mut new = Tensor::zeros(old.dtype(), &[kv, capacity, d]);
+    let row = old.dtype().storage_bytes(d);
+    let (src, dst) = (old.bytes(), new.bytes_mut());
+    for h in 0..kv {
+        let n = used * row;
+        dst[h * capacity * row..][..n].copy_from_slice(&src[h * old_cap * row..][..n]);
+    }
+    new
 }
 
 /// The first positions a cache is given room for; it doubles when it is full.
@@ -110,6 +127,10 @@ pub struct Model {
     cache_held: Option<u64>,
     /// Positions the executor's caches have room for.
     cache_capacity: usize,
+    /// The dtype the KV cache holds keys and values in ([`kv_cache_dtype`]).
+    pub kv_dtype: DType,
+    /// What the device reads of a mapped file: released after each forward.
+    mapped: MappedReads,
     /// Whether [`Model::generate`] keeps every step's logits in [`Generation::step_logits`]:
     /// a vocabulary of f32 per generated token (0.6 MB for Qwen's 151,936 tokens). On by
     /// default; `kiln run` turns it off unless `--logits-out` wants them.
@@ -200,7 +221,7 @@ pub(crate) fn load_executable(
     source: &ModelSource,
     opts: &LoadOptions<'_>,
     build: &dyn Fn(&QwenConfig, GraphOptions) -> kiln_ir::Result<kiln_ir::Graph>,
-) -> Result<(QwenConfig, Box<dyn Executable>, CompileReport), ModelError> {
+) -> Result<(QwenConfig, Box<dyn Executable>, CompileReport, MappedReads), ModelError> {
     // The checkpoint's headers (names, shapes, dtypes) are checked against the config
     // before any graph is built or kernel compiled: a bad checkpoint fails in milliseconds
     // (and a checkpoint that lacks tensors is reported as such, whatever its size).
@@ -274,13 +295,34 @@ pub(crate) fn load_executable(
             bind(exe.as_mut(), &fused, t)?;
         }
     }
+    let mut mapped = MappedReads(Vec::new());
     for (name, t) in weights {
+        if name == crate::model::EMBEDDING && t.is_shared() {
+            mapped.0.push(t.clone());
+        }
         bind(exe.as_mut(), &name, t)?;
     }
     // And what binding freed (weights as read, before they were packed).
     crate::memory::return_free_heap();
     crate::memory::trace("weights bound");
-    Ok((config, exe, report))
+    Ok((config, exe, report, mapped))
+}
+
+/// Views of a mapped file that the device reads after binding: a GGUF embedding table kept
+/// in its blocks, whose gather reads the rows of each forward's tokens there. Each row read
+/// maps the pages around it too (the kernel's fault-around, ~60 KiB a row, which
+/// `MADV_RANDOM` does not turn off): over a 128-token prompt and 64 new tokens, 7.5 MiB
+/// resident beside the weights by the end. [`MappedReads::release`] after each forward gives
+/// them back; the next forward's rows fault in from the page cache.
+#[derive(Default)]
+pub(crate) struct MappedReads(Vec<Tensor>);
+
+impl MappedReads {
+    pub(crate) fn release(&self) {
+        for t in &self.0 {
+            t.release_pages();
+        }
+    }
 }
 
 /// Binds weight `name`. One that views a mapped file (a GGUF file's blocks) has its pages
@@ -308,7 +350,8 @@ impl Model {
     }
 
     pub fn load(source: &ModelSource, opts: &LoadOptions<'_>) -> Result<Model, ModelError> {
-        let (config, exe, report) = load_executable(source, opts, &build_graph)?;
+        let (config, exe, report, mapped) = load_executable(source, opts, &build_graph)?;
+        let kv_dtype = kv_cache_dtype(&config, &opts.graph);
         let mut model = Model {
             config,
             exe,
@@ -316,6 +359,8 @@ impl Model {
             last_outputs: HashMap::new(),
             cache_held: None,
             cache_capacity: 0,
+            kv_dtype,
+            mapped,
             keep_step_logits: true,
         };
         model.reset_kept_cache(0)?;
@@ -329,7 +374,8 @@ impl Model {
         for l in 0..c.num_layers {
             for kv in ["k", "v"] {
                 let (output, input) = (format!("{kv}_cache_out.{l}"), format!("{kv}_cache.{l}"));
-                self.exe.carry(&output, &input, empty_cache(c, capacity))?;
+                self.exe
+                    .carry(&output, &input, empty_cache(c, self.kv_dtype, capacity))?;
             }
         }
         self.cache_capacity = capacity;
@@ -350,18 +396,10 @@ impl Model {
         if used == 0 {
             return self.reset_kept_cache(capacity);
         }
-        let (kv, d) = (c.num_kv_heads, c.head_dim);
         for l in 0..c.num_layers {
             for name in ["k", "v"] {
                 let input = format!("{name}_cache.{l}");
-                let old = self.exe.carried(&input)?;
-                let old_cap = old.shape()[1];
-                let mut new = empty_cache(c, capacity);
-                let (src, dst) = (old.as_f32(), new.as_f32_mut());
-                for h in 0..kv {
-                    let n = used * d;
-                    dst[h * capacity * d..][..n].copy_from_slice(&src[h * old_cap * d..][..n]);
-                }
+                let new = grown_cache(&self.exe.carried(&input)?, capacity, used);
                 self.exe
                     .carry(&format!("{name}_cache_out.{l}"), &input, new)?;
             }
@@ -462,7 +500,9 @@ impl Model {
         let mut inputs = HashMap::new();
         inputs.insert("ids".to_string(), Tensor::from_i32(&[ids.len()], &id_vals));
         let position = [("p".to_string(), cache.len() as i64)].into();
-        let mut out = self.exe.run_with(&inputs, &position)?;
+        let out = self.exe.run_with(&inputs, &position);
+        self.mapped.release();
+        let mut out = out?;
         cache.len += ids.len();
         let logits = out.remove("logits").expect("graph output");
         self.last_outputs = out;
@@ -516,9 +556,11 @@ impl Model {
             // doubling a forward past the end gets: a short run holds a short cache.
             self.reset_kept_cache(positions)?;
         }
+        crate::memory::trace("cache reserved");
         let t = Instant::now();
         let mut logits = self.forward(prompt, &mut cache)?;
         g.prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+        crate::memory::trace("prefilled");
         let t = Instant::now();
         loop {
             let v = self.config.vocab_size;

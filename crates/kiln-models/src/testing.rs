@@ -293,10 +293,13 @@ impl GgufReference {
 /// Runs GGUF fixture file `file` (a path under [`gguf_fixtures`]) on `target`: its Q8_0, Q4_0,
 /// Q4_K, Q5_K and Q6_K linear weights must stay quantized (the kernels read the blocks), every prompt's
 /// greedy tokens must equal the NumPy reference's and its logits be within `tol` of them.
-/// Returns the largest logit difference.
+/// The KV cache is f32 (not the f16 default of quantized weights): what is checked at `tol` is
+/// the backend's quantized kernels; its 16-bit cache is checked against the interpreter by the
+/// op case `attention_over_a_16_bit_kv_cache`. Returns the largest logit difference.
 pub fn assert_gguf_fixture_matches(target: &dyn kiln_compile::Target, file: &str, tol: f32) -> f32 {
     let path = gguf_fixtures().join(file);
-    let opts = crate::LoadOptions::new(target);
+    let mut opts = crate::LoadOptions::new(target);
+    opts.graph.kv_dtype = Some(crate::KvDtype::F32);
     let mut model = crate::Model::load(&crate::ModelSource::Gguf(path.clone()), &opts)
         .unwrap_or_else(|e| panic!("{file}: {e}"));
     assert!(

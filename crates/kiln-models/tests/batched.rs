@@ -7,11 +7,11 @@ use common::*;
 use kiln_compile::CompileOptions;
 use kiln_ir::{interpret, Bindings, DType, Tensor};
 use kiln_models::model::{fuse_projections, slot_symbols};
-use kiln_models::testing::{assert_batched_equals_single, BatchExactness};
+use kiln_models::testing::{assert_batched_equals_single, generate_batched, BatchExactness};
 use kiln_models::weights::random_weights;
 use kiln_models::{
-    build_batched_graph, build_graph, weight_shapes, BatchedModel, GraphOptions, LoadOptions,
-    ModelSource, SlotWork, WeightDtype,
+    build_batched_graph, build_graph, weight_shapes, BatchedModel, GraphOptions, KvDtype,
+    LoadOptions, Model, ModelSource, SlotWork, WeightDtype,
 };
 use std::collections::HashMap;
 
@@ -171,6 +171,40 @@ fn load_batched(slots: usize, positions: usize) -> BatchedModel {
 fn cpu_batched_generation_equals_each_sequence_alone_bitwise() {
     for name in ["tiny-qwen3", "tiny-qwen3-bf16"] {
         assert_batched_equals_single(&cpu(), name, BatchExactness::Bitwise);
+    }
+}
+
+/// A 16-bit KV cache in the slot pool (`--kv-dtype f16|bf16`, f16 the default of quantized
+/// weights): four sequences batched, one with a 70-token prompt whose slot's cache grows from
+/// 64 positions (copying the 16-bit positions it holds), give the tokens and logits, bit for
+/// bit, that each gives alone in the single-sequence model with the same cache dtype.
+#[test]
+fn a_16_bit_kv_cache_batched_equals_each_sequence_alone_bitwise() {
+    let cpu = cpu();
+    let source = ModelSource::Dir(fixture("tiny-qwen3"));
+    let prompts: Vec<Vec<u32>> = [5u32, 9, 14, 70]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (7 + 31 * i as u32 + 13 * j) % 256).collect())
+        .collect();
+    for kv in [KvDtype::F16, KvDtype::BF16] {
+        let mut opts = LoadOptions::new(&cpu);
+        opts.graph.kv_dtype = Some(kv);
+        let mut m = BatchedModel::load(&source, &opts, 4, 256).unwrap();
+        assert_eq!(m.kv_dtype, kv.dtype());
+        let together = generate_batched(&mut m, &prompts, &[3, 0, 2, 1], 12, 3);
+        let mut single = Model::load(&source, &opts).unwrap();
+        assert_eq!(single.kv_dtype, kv.dtype());
+        for (i, prompt) in prompts.iter().enumerate() {
+            let run = single
+                .generate(prompt, 12, &Default::default(), &[], |_| {})
+                .unwrap();
+            assert_eq!(together[i].0, run.generated_ids, "{kv:?}: sequence {i}");
+            assert!(
+                together[i].1 == run.step_logits,
+                "{kv:?}: sequence {i}: logits, batched vs Model"
+            );
+        }
     }
 }
 

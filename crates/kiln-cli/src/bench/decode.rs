@@ -31,6 +31,7 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
         ..LoadOptions::new(target.as_ref())
     };
     opts.graph.weight_dtype = weight_dtype;
+    opts.graph.kv_dtype = a.kv_dtype;
     let t = Instant::now();
     let mut model = Model::load(&source, &opts)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -53,8 +54,8 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
         c.weight_dtype = w;
     }
     let c = &c;
-    // Bytes a decode step must read: every weight, and the KV cache (f32) at the mean
-    // position of the generated tokens.
+    // Bytes a decode step must read: every weight, and the KV cache (in its dtype) at the
+    // mean position of the generated tokens.
     // An untied embedding table is only gathered from (one row per token): it is not
     // streamed. A tied one is the LM head's weight.
     let table = if c.tie_word_embeddings {
@@ -69,7 +70,10 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
     };
     let weight_bytes = c.weight_bytes() as f64 - table;
     let mean_pos = a.prompt_len as f64 + g.generated_ids.len() as f64 / 2.0;
-    let kv_bytes = (2 * c.num_layers * c.num_kv_heads * c.head_dim * 4) as f64 * mean_pos;
+    let kv_bytes = model
+        .kv_dtype
+        .storage_bytes(2 * c.num_layers * c.num_kv_heads * c.head_dim) as f64
+        * mean_pos;
     let bound = bw / (weight_bytes + kv_bytes);
     let decode = g.decode_tokens_per_s();
     // Prefill work: the linear layers for every prompt position, causal attention (q.k and
@@ -105,7 +109,7 @@ pub fn run(a: DecodeBench) -> anyhow::Result<()> {
         "fma_peak_gflops": peak, "prefill_pct_of_peak": peak.map(|p| 100.0 * prefill_gflops / p),
         "decode_tokens_per_s": decode,
         "memory_bandwidth_gb_s": bw / 1e9, "weight_bytes": weight_bytes, "kv_cache_bytes_read": kv_bytes,
-        "weight_dtype": c.weight_dtype.name(), "weight_format": weight_format(c), "params": c.num_params(),
+        "weight_dtype": c.weight_dtype.name(), "weight_format": weight_format(c), "kv_dtype": model.kv_dtype.name(), "params": c.num_params(),
         "bound_tokens_per_s": bound, "decode_pct_of_bound": 100.0 * decode / bound,
         "launches_per_token": step.launches, "bytes_written_per_token": step.bytes_written,
     });

@@ -93,6 +93,10 @@ pub struct DecodeBench {
     /// quantized).
     #[arg(long, value_parser = crate::parse_weight_dtype)]
     weight_dtype: Option<kiln_models::WeightDtype>,
+    /// KV cache dtype: f32, bf16 or f16 (see `kiln run --help`). Default: f16 for quantized
+    /// weights, f32 otherwise.
+    #[arg(long, value_parser = crate::parse_kv_dtype)]
+    kv_dtype: Option<kiln_models::KvDtype>,
     /// Folder for the results (decode.json and decode.svg); made if missing.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,

@@ -37,21 +37,6 @@ static inline kiln_vi kiln_ld_i8(const void *p, int zero_extend) {
     kiln_vq8 v; memcpy(&v, p, KILN_VL); return __builtin_convertvector(v, kiln_vi);
 #endif
 }
-/* KILN_VL f16 values widened to f32, exactly (vcvtph2ps: AVX-512F, or F16C with AVX2). */
-static inline kiln_vf kiln_ldhv(const void *p) {
-    kiln_vh h; memcpy(&h, p, sizeof h);
-#if defined(KILN_AVX512)
-    typedef short kiln_v16hi __attribute__((vector_size(32)));
-    return __builtin_ia32_vcvtph2ps512_mask((kiln_v16hi)h, (kiln_vf){0}, (unsigned short)-1, 4);
-#elif defined(__F16C__) && KILN_VL == 8
-    typedef short kiln_v8hi __attribute__((vector_size(16)));
-    return __builtin_ia32_vcvtph2ps256((kiln_v8hi)h);
-#else
-    kiln_vf f;
-    for (int l = 0; l < KILN_VL; ++l) f[l] = kiln_f16_to_f32(h[l]);
-    return f;
-#endif
-}
 #if defined(KILN_SIMD)
 #define KILN_QFMAV KILN_FMAV
 #else

@@ -561,4 +561,37 @@ static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p,
     if (M > 0 && N % KILN_PV_COLS != 0) kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, N - N % KILN_PV_COLS, N);
 }
 
+/* KILN_VL f16 values widened to f32, exactly (vcvtph2ps: AVX-512F, or F16C with AVX2). */
+static inline kiln_vf kiln_ldhv(const void *p) {
+    kiln_vh h; memcpy(&h, p, sizeof h);
+#if defined(KILN_AVX512)
+    typedef short kiln_v16hi __attribute__((vector_size(32)));
+    return __builtin_ia32_vcvtph2ps512_mask((kiln_v16hi)h, (kiln_vf){0}, (unsigned short)-1, 4);
+#elif defined(__F16C__) && KILN_VL == 8
+    typedef short kiln_v8hi __attribute__((vector_size(16)));
+    return __builtin_ia32_vcvtph2ps256((kiln_v8hi)h);
+#else
+    kiln_vf f;
+    for (int l = 0; l < KILN_VL; ++l) f[l] = kiln_f16_to_f32(h[l]);
+    return f;
+#endif
+}
+/* A 16-bit KV cache's rows widened to f32 for the attention's f32 products: rows r < R of n
+ * values, src row r at src + r * lds, dst row r at dst + r * ldd; bf16 (bf != 0) or f16, a
+ * vector at a time (kiln_ldbfv, kiln_ldhv), the tail a value at a time. Exact: the products
+ * then take the f32 operands' paths, the same FMA chains. */
+static void kiln_widen_rows(float *restrict dst, int64_t ldd, const uint16_t *restrict src, int64_t lds,
+                            int64_t R, int64_t n, int bf) {
+    const int64_t nv = n - n % KILN_VL;
+    for (int64_t r = 0; r < R; ++r) {
+        const uint16_t *s = src + r * lds;
+        float *d = dst + r * ldd;
+        if (bf)
+            for (int64_t i = 0; i < nv; i += KILN_VL) kiln_stv(d + i, kiln_ldbfv(s + i));
+        else
+            for (int64_t i = 0; i < nv; i += KILN_VL) kiln_stv(d + i, kiln_ldhv(s + i));
+        for (int64_t i = nv; i < n; ++i) d[i] = bf ? kiln_bf16_to_f32(s[i]) : kiln_f16_to_f32(s[i]);
+    }
+}
+
 /* KILN_GEMM */

@@ -161,7 +161,8 @@ macro_rules! op_case_tests {
             non_finite_constants_follow_the_interpreter,
             bf16_weight_gemv_reads_whole_words,
             quantized_weight_matmuls,
-            norm_matmul_softmax_and_a_gated_epilogue
+            norm_matmul_softmax_and_a_gated_epilogue,
+            attention_over_a_16_bit_kv_cache
         );
     };
     (@each $run:path; $($case:ident),* $(,)?) => {
@@ -902,6 +903,94 @@ pub fn norm_matmul_softmax_and_a_gated_epilogue() -> OpCase {
             ("nw", f32s(&[64], 3)),
             ("wgu", f32s(&[48, 64], 4)),
         ])));
+    }
+    case
+}
+
+/// A model's attention over a 16-bit KV cache (`--kv-dtype bf16|f16`), once per dtype: this
+/// step's f32 keys and values rounded to the cache's dtype as they are written at `p` (in
+/// place), grouped-query attention (two KV heads of three query heads) over the `p + s`
+/// positions read back from it, scaled and causally masked. Key depth 20 and 24 value columns
+/// (vector remainders), a prompt of 75 (several row blocks and key blocks), a decode step at
+/// the end of a 150-position cache, a short step in between. The written caches are exact (a
+/// rounding of the same f32 values); the attention is f32 arithmetic on the widened values.
+pub fn attention_over_a_16_bit_kv_cache() -> OpCase {
+    const KV: usize = 2;
+    const G: usize = 3;
+    const D: usize = 20;
+    const DV: usize = 24;
+    let (c, s, p) = (Expr::sym("c"), Expr::sym("s"), Expr::sym("p"));
+    let t = p.clone().add(s.clone());
+    let rows = s.clone().mul(G as i64);
+    let mut g = Graph::new();
+    let q = g
+        .input("q", DType::F32, &[KV.into(), G.into(), s.clone(), D.into()])
+        .expect("q");
+    let q = g
+        .reshape(q, &[KV.into(), rows.clone(), D.into()])
+        .expect("q rows");
+    let k = g
+        .input("k", DType::F32, &[KV.into(), s.clone(), D.into()])
+        .expect("k");
+    let v = g
+        .input("v", DType::F32, &[KV.into(), s.clone(), DV.into()])
+        .expect("v");
+    let mask = g.causal_mask(p.clone(), s.clone()).expect("mask");
+    for (dtype, name) in [(DType::BF16, "bf16"), (DType::F16, "f16")] {
+        let mut cache = |x: NodeId, which: &str, width: usize| {
+            let shape = [KV.into(), c.clone(), width.into()];
+            let cache = g
+                .input(&format!("{which}_cache_{name}"), dtype, &shape)
+                .expect("cache");
+            let x = g.cast(x, dtype);
+            let written = g.write_slice(cache, x, 1, p.clone()).expect("write");
+            g.output(&format!("{which}_cache_out_{name}"), written);
+            g.slice(written, 1, 0, t.clone())
+                .expect("the positions written")
+        };
+        let (k_all, v_all) = (cache(k, "k", D), cache(v, "v", DV));
+        let kt = g.transpose(k_all, 1, 2).expect("k^T");
+        let scores = g.matmul(q, kt).expect("q k^T");
+        let scores = g
+            .reshape(scores, &[(KV * G).into(), s.clone(), t.clone()])
+            .expect("per head");
+        let scores = g.mul_scalar(scores, 0.3).expect("scale");
+        let scores = g.add(scores, mask).expect("masked");
+        let probs = g.softmax(scores, 2).expect("softmax");
+        let probs = g
+            .reshape(probs, &[KV.into(), rows.clone(), t.clone()])
+            .expect("probs");
+        let o = g.matmul(probs, v_all).expect("p v");
+        g.output(&format!("o_{name}"), o);
+    }
+    let mut case = OpCase::new(
+        "attention_over_a_16_bit_kv_cache",
+        g,
+        2,
+        Tolerance::new(1e-5, 1e-4),
+    );
+    case.output_tol = [
+        "k_cache_out_bf16",
+        "v_cache_out_bf16",
+        "k_cache_out_f16",
+        "v_cache_out_f16",
+    ]
+    .into_iter()
+    .map(|n| (n, Tolerance::EXACT))
+    .collect();
+    const C: usize = 150;
+    for (sv, pv) in [(75usize, 0i64), (1, 149), (3, 7)] {
+        let mut ins: HashMap<String, Tensor> = inputs(&[
+            ("q", f32s(&[KV, G, sv, D], 1)),
+            ("k", f32s(&[KV, sv, D], 2)),
+            ("v", f32s(&[KV, sv, DV], 3)),
+        ]);
+        for (dtype, name) in [(DType::BF16, "bf16"), (DType::F16, "f16")] {
+            let cache = |shape: &[usize], seed| f32s(shape, seed).to_dtype(dtype);
+            ins.insert(format!("k_cache_{name}"), cache(&[KV, C, D], 4));
+            ins.insert(format!("v_cache_{name}"), cache(&[KV, C, DV], 5));
+        }
+        case.runs.push(Run::new(ins).bound("p", pv));
     }
     case
 }
