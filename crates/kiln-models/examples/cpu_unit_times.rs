@@ -13,15 +13,17 @@
 //! does, so one compiler process runs at a time and the children's CPU time this process
 //! gathers around a unit's `compile` is that unit's; each unit's time is the median over
 //! `--rounds` (default 3) compiles. Units are listed on stderr in the schedule's order.
+use kiln_compile::testing::{Hooks, Wrapped};
 use kiln_compile::{compile, modelled_makespan_ms, CompileOptions};
-use kiln_compile::{Backend, BackendError, Kernel, KernelSource};
+use kiln_compile::{Backend, BackendError, KernelSource};
 use kiln_cpu::CpuBackend;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// The CPU backend, each `compile` call's compiler CPU time recorded under its kernels' names.
+/// The CPU backend's hook that records each `compile` call's compiler CPU time under its
+/// kernels' names.
+#[derive(Default)]
 struct Timed {
-    inner: CpuBackend,
     times: Mutex<BTreeMap<String, Vec<f64>>>,
 }
 
@@ -35,25 +37,15 @@ fn children_cpu_ms() -> f64 {
     ms(u.ru_utime) + ms(u.ru_stime)
 }
 
-impl Backend for Timed {
-    type Module = <CpuBackend as Backend>::Module;
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn identity(&self) -> Result<String, BackendError> {
-        self.inner.identity()
-    }
-    fn codegen(&self, k: &Kernel) -> KernelSource {
-        self.inner.codegen(k)
-    }
-    fn compile(&self, ks: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
+impl Hooks<CpuBackend> for Timed {
+    fn compile(&self, inner: &CpuBackend, ks: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
         let label = ks
             .iter()
             .map(|k| k.name.as_str())
             .collect::<Vec<_>>()
             .join(" ");
         let start = children_cpu_ms();
-        let artifact = self.inner.compile(ks)?;
+        let artifact = inner.compile(ks)?;
         let ms = children_cpu_ms() - start;
         self.times
             .lock()
@@ -62,36 +54,6 @@ impl Backend for Timed {
             .or_default()
             .push(ms);
         Ok(artifact)
-    }
-    fn verify(&self, a: &[u8], ks: &[&str]) -> Result<(), BackendError> {
-        self.inner.verify(a, ks)
-    }
-    fn load(&self, a: &[u8]) -> Result<Self::Module, BackendError> {
-        self.inner.load(a)
-    }
-    fn runtime(&self, ks: &[KernelSource]) -> Vec<KernelSource> {
-        self.inner.runtime(ks)
-    }
-    fn load_runtime(&self, a: &[u8]) -> Result<Self::Module, BackendError> {
-        self.inner.load_runtime(a)
-    }
-    fn supports_fusion(&self) -> bool {
-        self.inner.supports_fusion()
-    }
-    fn supports_weight_dtype(&self, d: kiln_ir::DType) -> bool {
-        self.inner.supports_weight_dtype(d)
-    }
-    fn source_extension(&self) -> &'static str {
-        self.inner.source_extension()
-    }
-    fn invocation_overhead(&self) -> u64 {
-        self.inner.invocation_overhead()
-    }
-    fn compiles_on_local_cores(&self) -> bool {
-        self.inner.compiles_on_local_cores()
-    }
-    fn compile_memory_estimate(&self) -> u64 {
-        self.inner.compile_memory_estimate()
     }
 }
 
@@ -122,9 +84,9 @@ fn main() {
         let config =
             kiln_models::presets::preset(model).unwrap_or_else(|| panic!("{model}: not a preset"));
         let graph = kiln_models::build_graph(&config, Default::default()).expect("graph");
-        let backend = Timed {
+        let backend = Wrapped {
             inner: CpuBackend::default(),
-            times: Mutex::default(),
+            hooks: Timed::default(),
         };
         let opts = CompileOptions {
             threads: 1,
@@ -135,7 +97,7 @@ fn main() {
             let c = compile(&graph, &backend, &opts).expect("compile");
             order = c.report.units.iter().map(|u| u.kernels.join(" ")).collect();
         }
-        let times = backend.times.lock().unwrap();
+        let times = backend.hooks.times.lock().unwrap();
         // In the schedule's order, as the pool takes them.
         let ms: Vec<f64> = order.iter().map(|u| median(&times[u])).collect();
         let sum: f64 = ms.iter().sum();
