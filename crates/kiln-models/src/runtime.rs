@@ -135,6 +135,11 @@ pub struct Model {
     /// a vocabulary of f32 per generated token (0.6 MB for Qwen's 151,936 tokens). On by
     /// default; `kiln run` turns it off unless `--logits-out` wants them.
     pub keep_step_logits: bool,
+    /// At most this many prompt tokens per forward in [`Model::generate`]'s prefill (0: the
+    /// whole prompt in one). Smaller chunks hold smaller activations and fewer gathered
+    /// embedding rows at once (llama.cpp's ubatch); each chunk streams the weights again.
+    /// 0 by default; `kiln run` sets it from `--prefill-chunk`.
+    pub prefill_chunk: usize,
 }
 
 /// Why a generation stopped.
@@ -362,6 +367,7 @@ impl Model {
             kv_dtype,
             mapped,
             keep_step_logits: true,
+            prefill_chunk: 0,
         };
         model.reset_kept_cache(0)?;
         Ok(model)
@@ -558,7 +564,15 @@ impl Model {
         }
         crate::memory::trace("cache reserved");
         let t = Instant::now();
-        let mut logits = self.forward(prompt, &mut cache)?;
+        let chunk = match self.prefill_chunk {
+            0 => prompt.len(),
+            n => n,
+        };
+        let mut parts = prompt.chunks(chunk);
+        let mut logits = self.forward(parts.next().expect("a checked prompt"), &mut cache)?;
+        for part in parts {
+            logits = self.forward(part, &mut cache)?;
+        }
         g.prefill_ms = t.elapsed().as_secs_f64() * 1e3;
         crate::memory::trace("prefilled");
         let t = Instant::now();
