@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Write the logits that chose each generated token to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     pub logits_out: Option<PathBuf>,
+    /// Run the prompt through the model N tokens at a time (0 = all at once): activations
+    /// and gathered embedding rows for N tokens at the peak, not the whole prompt's.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub prefill_chunk: usize,
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -146,6 +150,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     progress.finish(a.flags.trace.as_deref())?;
     let mut model = model?;
     model.keep_step_logits = a.logits_out.is_some();
+    model.prefill_chunk = a.prefill_chunk;
     kiln_models::memory::trace("model loaded");
     if !a.json {
         print_report(&model.report);

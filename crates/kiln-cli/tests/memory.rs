@@ -188,10 +188,14 @@ fn write_qwen3_0_6b_q4_0(path: &Path) {
 /// output decoded through a table of token bytes. What remains is ~33 MiB of binary, kernels,
 /// heap, threads' scratch and the KV cache. The limit is the 1.15x: 0.05x (16 MiB) of
 /// margin, which the peak does not move by from run to run (it is not load sensitive), and
-/// which a tokenizer resident beside the weights again (+31 MiB) would exceed.
+/// which a tokenizer resident beside the weights again (+31 MiB) would exceed. At the issue's
+/// benchmark length (128 prompt tokens, 64 new) the f16 KV cache (21 MiB), the prefill's
+/// activations and its gathered embedding rows come on top: 1.17x before the memory plan
+/// chose slots by size, the embedding's rows were made resident a page each and `kiln run`
+/// prefilled 64 tokens a forward; 1.134x after (4 MiB under the limit).
 #[test]
 #[cfg(target_os = "linux")]
-fn kiln_run_on_a_q4_0_gguf_peaks_below_1_15x_the_file() {
+fn kiln_run_on_a_q4_0_gguf_peaks_below_1_15x_the_file_short_and_at_128_plus_64() {
     const LIMIT: f64 = 1.15;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qwen3-0.6b-q4_0.gguf");
@@ -201,16 +205,11 @@ fn kiln_run_on_a_q4_0_gguf_peaks_below_1_15x_the_file() {
     // measured run finds them there: a compile's C compilers are child processes, whose
     // memory the run's rusage would count.
     let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("memory-test-cache");
-    let run = |stderr: std::process::Stdio| {
+    let run = |stderr: std::process::Stdio, args: &[String]| {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args([
-                "run",
-                "--model",
-                path.to_str().unwrap(),
-                "--prompt",
-                "Hello there",
-            ])
-            .args(["--max-new-tokens", "8", "--ignore-eos", "--threads", "2"])
+            .args(["run", "--model", path.to_str().unwrap()])
+            .args(args)
+            .args(["--ignore-eos", "--threads", "2"])
             .env("KILN_CACHE_DIR", &cache)
             .env_remove("KILN_COMPILE_THREADS")
             .stdout(std::process::Stdio::null())
@@ -218,7 +217,10 @@ fn kiln_run_on_a_q4_0_gguf_peaks_below_1_15x_the_file() {
             .spawn()
             .unwrap()
     };
-    let warm = run(std::process::Stdio::piped())
+    let short: Vec<String> = ["--prompt", "Hello there", "--max-new-tokens", "8"]
+        .map(String::from)
+        .into();
+    let warm = run(std::process::Stdio::piped(), &short)
         .wait_with_output()
         .unwrap();
     assert!(
@@ -226,28 +228,36 @@ fn kiln_run_on_a_q4_0_gguf_peaks_below_1_15x_the_file() {
         "kiln run failed: {}",
         String::from_utf8_lossy(&warm.stderr)
     );
-    // Reaped by wait4 below, which gives its rusage (std's wait does not).
-    #[allow(clippy::zombie_processes)]
-    let child = run(std::process::Stdio::null());
+    // The benchmark length: 128 distinct prompt tokens (each gathers its own
+    // embedding row), 64 new ones (a KV cache of 192 positions).
+    let ids: Vec<String> = (1000..1128).map(|i: u32| i.to_string()).collect();
+    let long: Vec<String> = vec![
+        "--prompt-ids".into(),
+        ids.join(","),
+        "--max-new-tokens".into(),
+        "64".into(),
+    ];
+    for (what, args) in [("Hello there + 8", &short), ("128 + 64", &long)] {
+        let ratio = peak_rss(run(std::process::Stdio::null(), args)) / file;
+        eprintln!("{what} tokens: peak RSS {ratio:.3}x the file");
+        assert!(
+            ratio <= LIMIT,
+            "kiln run ({what} tokens): peak RSS {ratio:.3}x the GGUF file ({:.0} MiB), over {LIMIT}x",
+            file / 1048576.0
+        );
+    }
+}
+
+/// `child`'s peak resident set in bytes, once it has exited successfully.
+#[cfg(target_os = "linux")]
+fn peak_rss(child: std::process::Child) -> f64 {
     // SAFETY: wait4 reaps this child (std's handle is not waited on after) and writes the
     // status and the rusage it is given.
-    let peak = unsafe {
+    unsafe {
         let (mut status, mut u): (i32, libc::rusage) = (0, std::mem::zeroed());
         let pid = child.id() as libc::pid_t;
         assert_eq!(libc::wait4(pid, &mut status, 0, &mut u), pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         u.ru_maxrss as f64 * 1024.0
-    };
-    let ratio = peak / file;
-    eprintln!(
-        "peak RSS {:.0} MiB for a {:.0} MiB file: {ratio:.2}x",
-        peak / 1048576.0,
-        file / 1048576.0
-    );
-    assert!(
-        ratio <= LIMIT,
-        "kiln run's peak RSS is {ratio:.2}x the GGUF file ({:.0} of {:.0} MiB), over {LIMIT}x",
-        peak / 1048576.0,
-        file / 1048576.0
-    );
+    }
 }

@@ -25,6 +25,12 @@ pub fn plan(p: &Program) -> MemoryPlan {
     let mut input_of: Vec<Option<usize>> = vec![None; n];
     let mut slots: Vec<Vec<usize>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
+    // Slots are chosen by size: sizes are symbolic, so each buffer is ranked by its bytes
+    // with every symbol at a nominal value (a 128-token prefill's rows). Taking whichever
+    // slot was freed last let one wide buffer after another grow a different slot (a
+    // 128-row prefill of the qwen3-0.6b shape held three 2 MiB slots where one suffices).
+    let nominal = nominal_bytes(p);
+    let mut slot_size: Vec<i64> = Vec::new();
     for (i, s) in p.steps.iter().enumerate() {
         match s.writes_into {
             // In place: the output takes over the updated buffer's storage.
@@ -37,10 +43,15 @@ pub fn plan(p: &Program) -> MemoryPlan {
             },
             // Allocate the output before freeing inputs: a kernel never writes what it reads.
             None => {
-                let slot = free.pop().unwrap_or_else(|| {
-                    slots.push(Vec::new());
-                    slots.len() - 1
-                });
+                let slot = match pick_free_slot(&free, &slot_size, nominal[s.output]) {
+                    Some(k) => free.remove(k),
+                    None => {
+                        slots.push(Vec::new());
+                        slot_size.push(0);
+                        slots.len() - 1
+                    }
+                };
+                slot_size[slot] = slot_size[slot].max(nominal[s.output]);
                 slots[slot].push(s.output);
                 slot_of[s.output] = Some(slot);
             }
@@ -64,6 +75,35 @@ pub fn plan(p: &Program) -> MemoryPlan {
         slots,
         input_of,
     }
+}
+
+/// Symbol value at which buffer sizes are compared ([`nominal_bytes`]).
+const NOMINAL_SYMBOL: i64 = 128;
+
+/// Each buffer's bytes with every symbol at [`NOMINAL_SYMBOL`] (0 where that does not
+/// evaluate): a ranking for slot choice only; the slots are sized per run from the true sizes.
+fn nominal_bytes(p: &Program) -> Vec<i64> {
+    let mut symbols = std::collections::BTreeSet::new();
+    let sizes: Vec<_> = p.buffers.iter().map(|b| b.bytes()).collect();
+    for e in &sizes {
+        e.symbols(&mut symbols);
+    }
+    let b: kiln_ir::Bindings = symbols.into_iter().map(|s| (s, NOMINAL_SYMBOL)).collect();
+    sizes
+        .iter()
+        .map(|e| e.eval(&b).unwrap_or(0).max(0))
+        .collect()
+}
+
+/// Which free slot (its index in `free`) a buffer of `bytes` (nominal) takes: the smallest
+/// that holds it already, else the largest (it grows the least), the latest freed among
+/// equals; `None` when none is free.
+fn pick_free_slot(free: &[usize], slot_size: &[i64], bytes: i64) -> Option<usize> {
+    let covering = (0..free.len())
+        .rev()
+        .filter(|&k| slot_size[free[k]] >= bytes)
+        .min_by_key(|&k| slot_size[free[k]]);
+    covering.or_else(|| (0..free.len()).max_by_key(|&k| slot_size[free[k]]))
 }
 
 #[cfg(test)]
@@ -104,6 +144,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_buffer_takes_the_smallest_free_slot_that_holds_it_else_the_largest() {
+        // Slots 0..4 of 2 MiB, 0.5 MiB, 1 MiB, 0.5 MiB (nominal bytes), all free, slot 3
+        // freed last.
+        let sizes = [2 << 20, 1 << 19, 1 << 20, 1 << 19];
+        let free = [0, 1, 2, 3];
+        let at = |bytes| free[pick_free_slot(&free, &sizes, bytes).unwrap()];
+        // A 2 MiB buffer goes where 2 MiB buffers were, not into a slot it would grow.
+        assert_eq!(at(2 << 20), 0);
+        assert_eq!(at(3 << 19), 0);
+        assert_eq!(at(1 << 20), 2);
+        // Among equals, the latest freed.
+        assert_eq!(at(1 << 18), 3);
+        // Wider than every slot: the largest grows the least.
+        assert_eq!(at(4 << 20), 0);
+        assert_eq!(pick_free_slot(&[], &sizes, 1), None);
     }
 
     fn buffer(input: Option<&str>) -> Buffer {

@@ -28,6 +28,10 @@ pub trait SharedBytes: Send + Sync {
     /// Drops the bytes' pages from this process's memory (they are read back from their file
     /// when touched again): after a reader has read them all once.
     fn release(&self) {}
+    /// Makes `bytes()[start..start + len]` resident for a reader about to read it, without
+    /// mapping the pages around it where the owner can (a mapped file's read fault maps
+    /// ~60 KiB of neighbours); nothing by default (the read faults them in).
+    fn make_resident(&self, _start: usize, _len: usize) {}
 }
 
 impl PartialEq for Tensor {
@@ -82,6 +86,14 @@ impl Tensor {
     pub fn release_pages(&self) {
         if let Storage::Shared(s) = &self.storage {
             s.release();
+        }
+    }
+
+    /// Makes bytes `start..start + len` of a shared tensor resident
+    /// ([`SharedBytes::make_resident`]); nothing for a tensor that owns its bytes.
+    pub fn make_resident(&self, start: usize, len: usize) {
+        if let Storage::Shared(s) = &self.storage {
+            s.make_resident(start, len);
         }
     }
 

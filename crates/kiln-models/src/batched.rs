@@ -212,6 +212,7 @@ impl BatchedModel {
         let mut inputs = HashMap::new();
         inputs.insert("ids".to_string(), Tensor::from_i32(&[ids.len()], &ids));
         inputs.insert("rows".to_string(), Tensor::from_i32(&[rows.len()], &rows));
+        self.mapped.prepare(&ids);
         let out = self.exe.run_with(&inputs, &symbols);
         self.mapped.release();
         let out = out?;

@@ -135,6 +135,11 @@ pub struct Model {
     /// a vocabulary of f32 per generated token (0.6 MB for Qwen's 151,936 tokens). On by
     /// default; `kiln run` turns it off unless `--logits-out` wants them.
     pub keep_step_logits: bool,
+    /// At most this many prompt tokens per forward in [`Model::generate`]'s prefill (0: the
+    /// whole prompt in one). Smaller chunks hold smaller activations and fewer gathered
+    /// embedding rows at once (llama.cpp's ubatch); each chunk streams the weights again.
+    /// 0 by default; `kiln run` sets it from `--prefill-chunk`.
+    pub prefill_chunk: usize,
 }
 
 /// Why a generation stopped.
@@ -309,15 +314,33 @@ pub(crate) fn load_executable(
 }
 
 /// Views of a mapped file that the device reads after binding: a GGUF embedding table kept
-/// in its blocks, whose gather reads the rows of each forward's tokens there. Each row read
-/// maps the pages around it too (the kernel's fault-around, ~60 KiB a row, which
-/// `MADV_RANDOM` does not turn off): over a 128-token prompt and 64 new tokens, 7.5 MiB
-/// resident beside the weights by the end. [`MappedReads::release`] after each forward gives
-/// them back; the next forward's rows fault in from the page cache.
+/// in its blocks, whose gather reads the rows of each forward's tokens there. A row read
+/// through a plain file mapping maps the pages around it too (the kernel's fault-around,
+/// ~60 KiB a row, which `MADV_RANDOM` does not turn off): [`MappedReads::prepare`] makes each
+/// forward's rows resident first, a page each (the table's private mapping copies the page
+/// a write touches, alone: `gguf::CopiedRows`), and [`MappedReads::release`] after the
+/// forward gives them back; the next forward's rows come from the page cache again.
 #[derive(Default)]
 pub(crate) struct MappedReads(Vec<Tensor>);
 
 impl MappedReads {
+    /// Makes the table rows of tokens `ids` resident before a forward reads them
+    /// ([`Tensor::make_resident`]: without the pages around each row, where the view can).
+    pub(crate) fn prepare(&self, ids: &[i32]) {
+        for t in &self.0 {
+            let rows = t.shape().first().copied().unwrap_or(0);
+            if rows == 0 {
+                continue;
+            }
+            let row_bytes = t.bytes().len() / rows;
+            for &id in ids {
+                if (0..rows as i64).contains(&(id as i64)) {
+                    t.make_resident(id as usize * row_bytes, row_bytes);
+                }
+            }
+        }
+    }
+
     pub(crate) fn release(&self) {
         for t in &self.0 {
             t.release_pages();
@@ -362,6 +385,7 @@ impl Model {
             kv_dtype,
             mapped,
             keep_step_logits: true,
+            prefill_chunk: 0,
         };
         model.reset_kept_cache(0)?;
         Ok(model)
@@ -500,6 +524,7 @@ impl Model {
         let mut inputs = HashMap::new();
         inputs.insert("ids".to_string(), Tensor::from_i32(&[ids.len()], &id_vals));
         let position = [("p".to_string(), cache.len() as i64)].into();
+        self.mapped.prepare(&id_vals);
         let out = self.exe.run_with(&inputs, &position);
         self.mapped.release();
         let mut out = out?;
@@ -558,7 +583,15 @@ impl Model {
         }
         crate::memory::trace("cache reserved");
         let t = Instant::now();
-        let mut logits = self.forward(prompt, &mut cache)?;
+        let chunk = match self.prefill_chunk {
+            0 => prompt.len(),
+            n => n,
+        };
+        let mut parts = prompt.chunks(chunk);
+        let mut logits = self.forward(parts.next().expect("a checked prompt"), &mut cache)?;
+        for part in parts {
+            logits = self.forward(part, &mut cache)?;
+        }
         g.prefill_ms = t.elapsed().as_secs_f64() * 1e3;
         crate::memory::trace("prefilled");
         let t = Instant::now();

@@ -639,3 +639,48 @@ fn q5_k_files_and_weight_dtype_q5_k_run_the_same_blocks() {
     }
     eprintln!("Q5_K file (int8 path) vs its F32 dequantization: max |diff| {worst:.3} (tolerance {tol:.3})");
 }
+
+/// `Model::prefill_chunk` (`kiln run --prefill-chunk`): a prompt run a few tokens a forward
+/// continues the KV cache exactly as in one forward — every row's activations are quantized
+/// on their own and each chunk's attention reads the earlier chunks' keys and values from the
+/// (f16) cache, as the whole prompt's attention does — so the greedy ids and logits are the
+/// same, on each fixture's Q4_0 and Q4_K_M file.
+#[test]
+fn a_prompt_prefilled_in_chunks_generates_what_it_does_in_one_forward() {
+    let mut checked = 0;
+    for gguf in gguf_files().into_iter().filter(|p| {
+        p.to_str()
+            .is_some_and(|s| s.ends_with("Q4_0.gguf") || s.ends_with("Q4_K_M.gguf"))
+    }) {
+        let mut m = load(&ModelSource::Gguf(gguf.clone()));
+        for (p, r) in references(&gguf) {
+            m.prefill_chunk = 0;
+            let whole = m
+                .generate(&r.prompt_ids, 8, &Sampling::default(), &[], |_| {})
+                .unwrap();
+            m.prefill_chunk = 2;
+            let chunked = m
+                .generate(&r.prompt_ids, 8, &Sampling::default(), &[], |_| {})
+                .unwrap();
+            let name = format!("{} {p} ({} prompt ids)", gguf.display(), r.prompt_ids.len());
+            assert_eq!(
+                whole.generated_ids, chunked.generated_ids,
+                "{name}: greedy ids"
+            );
+            for (k, (x, y)) in whole
+                .step_logits
+                .iter()
+                .zip(&chunked.step_logits)
+                .enumerate()
+            {
+                let d = max_abs_diff(x, y);
+                assert!(d <= 1e-4, "{name}: step {k} logits differ by {d}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 6,
+        "{checked} prompts checked: the Q4_0 and Q4_K_M fixtures moved?"
+    );
+}

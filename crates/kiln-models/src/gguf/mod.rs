@@ -422,6 +422,18 @@ impl GgufFile {
         })
     }
 
+    /// Tensor `t`'s bytes in a private mapping of their own that a reader reads a few rows
+    /// of at a time ([`CopiedRows`]: a GGUF embedding table, gathered by token), or `None`
+    /// where the file cannot be mapped again (then [`GgufFile::shared`] serves).
+    pub fn rows_view(&self, t: &TensorInfo) -> Option<Arc<dyn SharedBytes>> {
+        CopiedRows::map(
+            &self.path,
+            (self.data_start + t.offset as usize) as u64,
+            t.bytes as usize,
+        )
+        .map(|r| Arc::new(r) as Arc<dyn SharedBytes>)
+    }
+
     /// An error about this file.
     pub fn error(&self, detail: impl Into<String>) -> ModelError {
         ModelError::checkpoint(&self.path, detail)
@@ -476,6 +488,92 @@ impl SharedBytes for MappedTensor {
                 self.start,
                 self.len,
             )
+        };
+    }
+}
+
+/// A tensor's bytes in a private (copy-on-write) mapping of the file, whose reader makes
+/// the rows it will read resident first ([`SharedBytes::make_resident`]) by writing one byte
+/// of each of their pages back unchanged: a write fault copies that one page, where a read
+/// fault would also map the ~15 cached pages around it (the kernel's fault-around, which
+/// `MADV_RANDOM` does not turn off). The bytes read are the file's either way; `release`
+/// drops the copies and the mapped pages alike.
+struct CopiedRows {
+    map: memmap2::MmapMut,
+    /// Where the tensor starts in `map` (the mapping starts at a page boundary).
+    skip: usize,
+    len: usize,
+    /// `map`'s first byte, written through only by `make_resident`.
+    base: *mut u8,
+}
+
+// SAFETY: `base` points into `map`, owned by this value; the only writes through it
+// (`make_resident`) store the byte they read, between the reader's runs.
+unsafe impl Send for CopiedRows {}
+unsafe impl Sync for CopiedRows {}
+
+impl CopiedRows {
+    #[cfg(unix)]
+    fn map(path: &Path, offset: u64, len: usize) -> Option<CopiedRows> {
+        let page = 4096u64;
+        let start = offset / page * page;
+        let skip = (offset - start) as usize;
+        let file = std::fs::File::open(path).ok()?;
+        // SAFETY: a private mapping: writes stay in this process; the file is a model file
+        // that is not written while kiln runs (as for the main mapping).
+        let mut map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(skip + len)
+                .map_copy(&file)
+                .ok()?
+        };
+        let base = map.as_mut_ptr();
+        Some(CopiedRows {
+            map,
+            skip,
+            len,
+            base,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn map(_: &Path, _: u64, _: usize) -> Option<CopiedRows> {
+        None
+    }
+}
+
+impl SharedBytes for CopiedRows {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `base` is `map`'s start; `skip + len` is its length.
+        unsafe { std::slice::from_raw_parts(self.base.add(self.skip), self.len) }
+    }
+
+    fn make_resident(&self, start: usize, len: usize) {
+        let page = 4096;
+        let end = (start.saturating_add(len)).min(self.len);
+        let first = self.skip + start.min(end);
+        let last = self.skip + end;
+        let mut at = first;
+        while at < last {
+            // SAFETY: `at` is inside `map` (below `skip + len`); a volatile read then a write
+            // of the same byte: the page becomes a private copy of the file's, no other
+            // thread reads or writes the mapping now (between runs).
+            unsafe {
+                let p = self.base.add(at);
+                std::ptr::write_volatile(p, std::ptr::read_volatile(p));
+            }
+            at = (at / page + 1) * page;
+        }
+    }
+
+    #[cfg(unix)]
+    fn release(&self) {
+        // SAFETY: MADV_DONTNEED on a private file mapping drops the copied pages (their bytes
+        // were the file's) and unmaps the others; a later read maps the file's bytes again.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, self.map.len())
         };
     }
 }

@@ -357,7 +357,13 @@ impl GgufCheckpoint {
             None => (want == DType::BF16 && qt == QuantType::BF16).then_some(DType::BF16),
         };
         if let Some(d) = as_stored {
-            if let Some(view) = Tensor::from_shared(d, shape, self.file.shared(t)) {
+            // The embedding table is gathered a few rows a forward: its own mapping, whose
+            // rows are made resident without their neighbours (`GgufFile::rows_view`).
+            let bytes = (name == crate::model::EMBEDDING)
+                .then(|| self.file.rows_view(t))
+                .flatten()
+                .unwrap_or_else(|| self.file.shared(t));
+            if let Some(view) = Tensor::from_shared(d, shape, bytes) {
                 return Ok(view);
             }
             return Ok(Tensor::from_bytes(d, shape, data));
