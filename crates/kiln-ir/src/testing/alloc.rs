@@ -1,7 +1,7 @@
 //! Counting heap allocations, for tests that bound a step's work by what it allocates rather
 //! than by how long it takes. A test binary installs [`CountingAlloc`] as its global allocator:
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static ALLOC: kiln_ir::testing::alloc::CountingAlloc = kiln_ir::testing::alloc::CountingAlloc;
 //! ```
