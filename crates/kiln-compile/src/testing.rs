@@ -161,3 +161,44 @@ pub fn compile_with_a_broken_kernel<B: Backend>(
     assert!(source.contains("broken_on_purpose"), "{}", path.display());
     (msg, fail)
 }
+
+/// Compiles `graph` on one thread without a cache `rounds` times (at least once) and returns
+/// its units in the schedule's order, each named by its kernels' names joined with spaces:
+/// the keys under which a timing [`Hooks::compile`] records them (the `unit_cpu_times`
+/// examples of kiln-cuda and kiln-models).
+pub fn units_in_schedule_order<B: Backend>(
+    graph: &kiln_ir::Graph,
+    backend: &B,
+    rounds: usize,
+) -> Vec<String> {
+    let opts = crate::CompileOptions {
+        threads: 1,
+        ..crate::CompileOptions::default()
+    };
+    let mut order = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let c = crate::compile(graph, backend, &opts).expect("compile");
+        order = c.report.units.iter().map(|u| u.kernels.join(" ")).collect();
+    }
+    order
+}
+
+/// The header of the table [`print_unit_times`] adds rows to.
+pub const UNIT_TIMES_HEADER: &str = "| model | units | sum of units CPU ms | critical path CPU ms | available parallelism | modelled speedup at 16 |\n| --- | --- | --- | --- | --- | --- |";
+
+/// Lists each unit's time on stderr and prints `model`'s row: units, their sum, the longest,
+/// the available parallelism and the modelled speedup at 16 threads (kiln's list schedule).
+/// `ms[i]` is `units[i]`'s time, in the schedule's order.
+pub fn print_unit_times(model: &str, units: &[String], ms: &[f64]) {
+    let sum: f64 = ms.iter().sum();
+    let crit = ms.iter().copied().fold(0.0, f64::max);
+    for (u, t) in units.iter().zip(ms) {
+        eprintln!("{model}  {t:7.1} ms  {u}");
+    }
+    println!(
+        "| {model} | {} | {sum:.0} | {crit:.1} | {:.1} | {:.1} |",
+        ms.len(),
+        sum / crit,
+        crate::modelled_makespan_ms(ms, 1) / crate::modelled_makespan_ms(ms, 16)
+    );
+}

@@ -12,8 +12,9 @@
 //! does; each unit's time is the least over `--rounds` (default 3) compiles. `--dump DIR`
 //! writes each unit's NVRTC program (the prelude and its kernels) to `DIR/<model>/<first
 //! kernel>.cu`, to time or inspect apart.
-use kiln_compile::testing::{Hooks, Wrapped};
-use kiln_compile::{compile, modelled_makespan_ms, CompileOptions};
+use kiln_compile::testing::{
+    print_unit_times, units_in_schedule_order, Hooks, Wrapped, UNIT_TIMES_HEADER,
+};
 use kiln_cuda::CudaBackend;
 use kiln_program::{Backend, BackendError, KernelSource};
 use std::collections::BTreeMap;
@@ -79,8 +80,7 @@ fn main() {
             _ => models.push(a),
         }
     }
-    println!("| model | units | sum of units CPU ms | critical path CPU ms | available parallelism | modelled speedup at 16 |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("{UNIT_TIMES_HEADER}");
     for model in &models {
         let config =
             kiln_models::presets::preset(model).unwrap_or_else(|| panic!("{model}: not a preset"));
@@ -96,28 +96,10 @@ fn main() {
                 dump: dir,
             },
         };
-        let opts = CompileOptions {
-            threads: 1,
-            ..CompileOptions::default()
-        };
-        let mut order = Vec::new();
-        for _ in 0..rounds {
-            let c = compile(&graph, &backend, &opts).expect("compile");
-            order = c.report.units.iter().map(|u| u.kernels.join(" ")).collect();
-        }
+        let order = units_in_schedule_order(&graph, &backend, rounds);
         let times = backend.hooks.times.lock().unwrap();
         // In the schedule's order, as the pool takes them.
         let ms: Vec<f64> = order.iter().map(|u| times[u]).collect();
-        let sum: f64 = ms.iter().sum();
-        let crit = ms.iter().copied().fold(0.0, f64::max);
-        for (u, t) in order.iter().zip(&ms) {
-            eprintln!("{model}  {t:7.1} ms  {u}");
-        }
-        println!(
-            "| {model} | {} | {sum:.0} | {crit:.1} | {:.1} | {:.1} |",
-            ms.len(),
-            sum / crit,
-            modelled_makespan_ms(&ms, 1) / modelled_makespan_ms(&ms, 16)
-        );
+        print_unit_times(model, &order, &ms);
     }
 }
