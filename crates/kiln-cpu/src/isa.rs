@@ -175,9 +175,10 @@ impl std::fmt::Display for Int8Types {
         .filter(|d| self.has(*d))
         .map(|d| d.to_string())
         .collect();
-        match names.is_empty() {
-            true => f.write_str("none"),
-            false => f.write_str(&names.join(", ")),
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(", "))
         }
     }
 }
