@@ -6,7 +6,7 @@
 # /* KILN_GEMM */, with gemm_q4k.h, gemm_q6k.h and gemm_q5k.h), with the kernels' flags (-O3 -march=native; -mno-avx512f for AVX2).
 #
 #   bash scripts/bench-qgemv.sh              # AVX-512 (integer path with VNNI), 2 threads
-#   ISA=avx2 bash scripts/bench-qgemv.sh     # the AVX2 kernels (f32-dequant path)
+#   ISA=avx2 bash scripts/bench-qgemv.sh     # the AVX2 kernels (integer path for Q4_0, f32-dequant for the others)
 #   THREADS=1 REPS=7 bash scripts/bench-qgemv.sh q4_0   # one type; one core
 #   MIN_MB=1 ...        # the weight in cache (compute only);  EXTRA="-DX=1" ... extra C flags
 #   EXTRA=-DSMALL_PAGES ...   # weights and stream on 4 KiB pages (default: 2 MiB ones)

@@ -137,9 +137,9 @@ const fn tile(
         section: Section::Gemm,
     }
 }
-/// A quantized tile: it compiles what it calls itself (with VNNI, the integer path, which
-/// calls neither the micro-kernel nor the packing; without, the dequantizing one is not a
-/// model's longest unit).
+/// A quantized tile: it compiles what it calls itself (on the integer path, VNNI's or AVX2's,
+/// it calls neither the micro-kernel nor the packing; the dequantizing one is not a model's
+/// longest unit).
 const fn qtile(part: &'static str, name: &'static str, params: &'static str) -> RuntimeFn {
     RuntimeFn {
         cases: QTILE_CASES,

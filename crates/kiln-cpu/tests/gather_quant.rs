@@ -3,7 +3,7 @@
 //! rows are bit for bit the rows of the table dequantized to f32 (what the f32-table graph
 //! gives), and both outputs match the interpreter, for each kernel ISA this machine runs. The
 //! head's product takes the f32-dequantizing path (`QuantRequest::Dequant`), bit for bit the
-//! f32 kernels; the integer (VNNI) path quantizes activations (its model: `gemm_qint8.rs`).
+//! f32 kernels; the integer path quantizes activations (its model: `gemm_qint8.rs`).
 mod common;
 use common::*;
 use kiln_compile::{CompileOptions, Target};

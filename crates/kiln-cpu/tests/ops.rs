@@ -10,8 +10,8 @@ use kiln_ir::{DType, Expr, Graph, Tensor};
 
 /// Each case on every kernel ISA this machine can run (AVX2, and AVX-512 where the compiler
 /// targets it; `isas` says when it skips). Quantized weights take the f32-dequantizing path,
-/// which computes the interpreter's function at the cases' tolerances; the integer (VNNI)
-/// path quantizes activations and is checked against its exact model in `gemm_qint8.rs`.
+/// which computes the interpreter's function at the cases' tolerances; the integer path
+/// quantizes activations and is checked against its exact model in `gemm_qint8.rs`.
 fn run(case: OpCase) {
     for isa in isas() {
         // Shown with the failure, if any: which kernels failed.
