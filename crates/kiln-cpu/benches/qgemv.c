@@ -26,19 +26,38 @@
 #include <time.h>
 #include "prelude.h"
 
-#if defined(KILN_QINT8)
+/* Each type in the layout its kernels read: the integer one where this ISA has its integer
+ * kernels (KILN_QINT8_<TYPE>, the prelude), else the f32-dequant one. */
+#if defined(KILN_QINT8_Q8_0)
 #define GB_Q8_0 KILN_GBI_Q8_0
-#define GB_Q4_0 KILN_GBI_Q4_0
-#define GB_Q4_K KILN_GBI_Q4_K
-#define GB_Q6_K KILN_GBI_Q6_K
-#define GB_Q5_K KILN_GBI_Q5_K
-#define LAYOUT "integer (VNNI)"
 #else
 #define GB_Q8_0 KILN_GB_Q8_0
+#endif
+#if defined(KILN_QINT8_Q4_0)
+#define GB_Q4_0 KILN_GBI_Q4_0
+#else
 #define GB_Q4_0 KILN_GB_Q4_0
+#endif
+#if defined(KILN_QINT8_Q4_K)
+#define GB_Q4_K KILN_GBI_Q4_K
+#else
 #define GB_Q4_K KILN_GB_Q4_K
+#endif
+#if defined(KILN_QINT8_Q6_K)
+#define GB_Q6_K KILN_GBI_Q6_K
+#else
 #define GB_Q6_K KILN_GB_Q6_K
+#endif
+#if defined(KILN_QINT8_Q5_K)
+#define GB_Q5_K KILN_GBI_Q5_K
+#else
 #define GB_Q5_K KILN_GB_Q5_K
+#endif
+#if defined(KILN_QINT8) && KILN_VL == 16
+#define LAYOUT "integer where the type has it (VNNI)"
+#elif defined(KILN_QINT8)
+#define LAYOUT "integer where the type has it (AVX2)"
+#else
 #define LAYOUT "f32 dequant"
 #endif
 

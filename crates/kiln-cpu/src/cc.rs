@@ -12,7 +12,8 @@
 //! own CPU. Resolving changes no byte of the output (checked: the shared objects are identical).
 
 use crate::isa::{
-    Isa, IsaError, IsaRequest, QuantRequest, AVX512_FLAGS, ISA_ENV, QUANT_ENV, VNNI_FLAG,
+    Int8Types, Isa, IsaError, IsaRequest, QuantRequest, AVX2_FLAG, AVX512_FLAGS, ISA_ENV,
+    QUANT_ENV, VNNI_FLAG,
 };
 use crate::runtime;
 use kiln_process::{self as process, ChildError};
@@ -179,23 +180,59 @@ impl CCompiler {
         self
     }
 
-    /// Whether the kernels' Q8_0 and Q4_0 matmuls take the integer path (`kiln_quant_int8` in
-    /// the prelude): AVX-512 kernels on a target with VNNI, unless `KILN_CPU_QUANT=dequant`.
-    pub fn quant_int8(&self) -> Result<bool, BackendError> {
+    /// Which quantized types' matmuls the kernels take on the integer path (`kiln_quant_int8`
+    /// in the prelude, [`Int8Types`]): with AVX-512 kernels on a target with VNNI all five,
+    /// with AVX2 kernels on a target with AVX2 those of [`Int8Types::AVX2`]; none with
+    /// `KILN_CPU_QUANT=dequant`.
+    pub fn quant_int8(&self) -> Result<Int8Types, BackendError> {
         let request = self
             .quant_request
             .clone()
             .map_err(|e| BackendError::Unavailable(e.to_string()))?;
-        let vnni = self.isa()? == Isa::Avx512 && self.target_has_vnni();
+        let available = match self.int8_primitives()? {
+            Some(Isa::Avx512) => Int8Types::VNNI,
+            Some(Isa::Avx2) => Int8Types::AVX2,
+            None => Int8Types::NONE,
+        };
         match request {
-            QuantRequest::Dequant => Ok(false),
-            QuantRequest::Auto => Ok(vnni),
-            QuantRequest::Int8 if vnni => Ok(true),
+            QuantRequest::Dequant => Ok(Int8Types::NONE),
+            QuantRequest::Auto => Ok(available),
+            QuantRequest::Int8 if !available.is_empty() => Ok(available),
             QuantRequest::Int8 => Err(BackendError::Unavailable(format!(
-                "{QUANT_ENV}=int8, but the kernels are not compiled for AVX-512 with VNNI here (`{}` kernels; -march=native means `{}`)",
+                "{QUANT_ENV}=int8, but no quantized type has an integer path in these kernels (`{}` kernels: the integer path needs AVX-512 with VNNI for every type, or AVX2 for {}; -march=native means `{}`)",
                 self.isa()?.name(),
+                Int8Types::AVX2,
                 self.native().map_or("(not reported)".to_string(), |f| f.join(" "))
             ))),
+        }
+    }
+
+    /// The ISA whose integer primitives the kernels have (the prelude's `KILN_QINT8`): AVX-512
+    /// kernels on a target with VNNI, AVX2 kernels on a target with AVX2; None otherwise.
+    fn int8_primitives(&self) -> Result<Option<Isa>, BackendError> {
+        Ok(match self.isa()? {
+            Isa::Avx512 if self.target_has_vnni() => Some(Isa::Avx512),
+            Isa::Avx2 if self.target_has_avx2() => Some(Isa::Avx2),
+            _ => None,
+        })
+    }
+
+    fn target_has_avx2(&self) -> bool {
+        if self.real().iter().any(|w| w == "-mno-avx2") {
+            return false;
+        }
+        match self.native() {
+            Some(flags) => flags.iter().any(|g| g == AVX2_FLAG),
+            None => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    std::arch::is_x86_feature_detected!("avx2")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
+                }
+            }
         }
     }
 
@@ -400,10 +437,9 @@ impl CCompiler {
         if matches!(self.isa(), Ok(Isa::Avx2)) && self.target_has_avx512() {
             flags.push("-mno-avx512f".into());
         }
-        // Only where it changes the kernels (the prelude would pick the integer path).
+        // Only where it changes the kernels (the prelude would have the integer primitives).
         if matches!(self.quant_request, Ok(QuantRequest::Dequant))
-            && matches!(self.isa(), Ok(Isa::Avx512))
-            && self.target_has_vnni()
+            && matches!(self.int8_primitives(), Ok(Some(_)))
         {
             flags.push("-DKILN_QUANT_DEQUANT".into());
         }

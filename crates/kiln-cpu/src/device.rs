@@ -5,6 +5,7 @@
 //! each worker has scratch memory that kernels use for their tiles.
 
 use crate::codegen::SCRATCH_HEADER;
+use crate::isa::Int8Types;
 use crate::pack::{pack, packed_weight, Panels};
 use crate::CpuModule;
 use kiln_ir::{Bindings, DType, Expr, Tensor};
@@ -212,9 +213,14 @@ impl CpuDevice {
             .ok()
             .filter(|p| [16, 32].contains(p))
             .ok_or_else(|| bad(format!("its module says panels are {columns} columns wide")))?;
+        let bits = read("kiln_quant_int8")?;
+        let int8_quant = u32::try_from(bits)
+            .ok()
+            .and_then(Int8Types::from_bits)
+            .ok_or_else(|| bad(format!("its module says integer-path types {bits:#x}")))?;
         let panel = Panels {
             columns,
-            int8_quant: read("kiln_quant_int8")? != 0,
+            int8_quant,
         };
         match self.panel {
             Some(p) if p != panel => Err(bad(format!(
@@ -459,7 +465,7 @@ fn pack_shared(t: &Tensor, depth: usize, panels: Panels) -> HostBuffer {
     }
     let row_bytes = bytes.len() / rows;
     let panel_bytes = if dtype.is_quantized() {
-        let group = if panels.int8_quant && crate::pack_quant::integer_layout(dtype) {
+        let group = if panels.int8_quant.has(dtype) && crate::pack_quant::integer_layout(dtype) {
             crate::pack_quant::group_bytes_int8(dtype, columns)
         } else {
             crate::pack_quant::group_bytes(dtype, columns)
@@ -533,7 +539,11 @@ mod tests {
                 Panels::dequant(16),
                 Panels {
                     columns: 32,
-                    int8_quant: true,
+                    int8_quant: Int8Types::VNNI,
+                },
+                Panels {
+                    columns: 16,
+                    int8_quant: Int8Types::from_bits(Int8Types::bit(dtype)).unwrap(),
                 },
             ] {
                 let whole = pack(t.bytes(), dtype, depth, panels);

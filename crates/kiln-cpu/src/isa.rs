@@ -10,6 +10,8 @@
 //! in `-mno-avx512f`, which is part of the compiler identity and so of every cache key), to
 //! compare the two on one machine.
 
+use kiln_ir::DType;
+
 /// The vector ISA the kernels are compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
@@ -74,7 +76,7 @@ pub const MAX_PANEL: usize = 32;
 pub enum IsaError {
     #[error("{env}={0:?} is not a CPU kernel ISA: use avx2, avx512 or auto (the widest the CPU has)", env = ISA_ENV)]
     Unknown(String),
-    #[error("{env}={0:?} is not a quantized matmul path: use int8 (AVX-512 VNNI), dequant or auto", env = QUANT_ENV)]
+    #[error("{env}={0:?} is not a quantized matmul path: use int8 (AVX-512 VNNI, or AVX2 for the types it has), dequant or auto", env = QUANT_ENV)]
     UnknownQuant(String),
     #[error("{env} / {quant}: {0}", env = ISA_ENV, quant = QUANT_ENV)]
     Unreadable(std::env::VarError),
@@ -105,14 +107,88 @@ impl IsaRequest {
 /// The environment variable that picks the quantized matmul path (`auto`, `int8`, `dequant`).
 pub const QUANT_ENV: &str = "KILN_CPU_QUANT";
 
-/// The target-feature flag the integer quantized path needs (with AVX-512).
+/// The target-feature flag the integer quantized path needs with AVX-512.
 pub const VNNI_FLAG: &str = "-mavx512vnni";
 
-/// How Q8_0 and Q4_0 weights are multiplied: with `KILN_CPU_QUANT` unset (or `auto`), on the
-/// integer path where the kernels are compiled for AVX-512 with VNNI (activations quantized
-/// to int8 per 16 or 32 values, `vpdpbusd`), else by dequantizing to f32 in registers; `dequant`
-/// forces the latter (the compile flags then hold `-DKILN_QUANT_DEQUANT`, so the cache key
-/// changes with it), `int8` asks for the former and is an error where it cannot be had.
+/// The target-feature flag the integer quantized path needs with the AVX2 kernels.
+pub const AVX2_FLAG: &str = "-mavx2";
+
+/// The quantized weight types whose matmuls take the integer path: a bit per type, as the C
+/// prelude's `kiln_quant_int8` has them (bit 0 Q8_0, 1 Q4_0, 2 Q4_K, 3 Q5_K, 4 Q6_K). A module
+/// says its own (the device packs by that, `pack::Panels`); the compiler predicts it from the
+/// ISA and target ([`crate::CCompiler::quant_int8`]), from the same table as the prelude's
+/// `KILN_QINT8_<TYPE>` ([`Int8Types::VNNI`], [`Int8Types::AVX2`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Int8Types(u32);
+
+impl Int8Types {
+    /// No type: every quantized matmul dequantizes to f32.
+    pub const NONE: Int8Types = Int8Types(0);
+    /// AVX-512 with VNNI (`vpdpbusd`): all five types.
+    pub const VNNI: Int8Types = Int8Types(0b1_1111);
+    /// The AVX2 kernels (`vpmaddubsw` + `vpmaddwd`): the types whose AVX2 integer kernels exist
+    /// (the prelude's AVX2 `KILN_QINT8_<TYPE>`; the others dequantize to f32 there).
+    pub const AVX2: Int8Types = Int8Types(0);
+
+    /// The bit of `dtype` (0 for a type without an integer path).
+    pub fn bit(dtype: DType) -> u32 {
+        match dtype {
+            DType::Q8_0 => 1,
+            DType::Q4_0 => 2,
+            DType::Q4_K => 4,
+            DType::Q5_K => 8,
+            DType::Q6_K => 16,
+            _ => 0,
+        }
+    }
+
+    /// The mask a module says (`kiln_quant_int8`); None if it names a bit no type has.
+    pub fn from_bits(bits: u32) -> Option<Int8Types> {
+        (bits & !Self::VNNI.0 == 0).then_some(Int8Types(bits))
+    }
+
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether `dtype`'s matmuls take the integer path.
+    pub fn has(self, dtype: DType) -> bool {
+        self.0 & Self::bit(dtype) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// The types' names (`q8_0, q4_0`), or `none`.
+impl std::fmt::Display for Int8Types {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ]
+        .into_iter()
+        .filter(|d| self.has(*d))
+        .map(|d| d.to_string())
+        .collect();
+        match names.is_empty() {
+            true => f.write_str("none"),
+            false => f.write_str(&names.join(", ")),
+        }
+    }
+}
+
+/// How quantized weights are multiplied: with `KILN_CPU_QUANT` unset (or `auto`), on the
+/// integer path for every type the kernels' ISA has it for ([`Int8Types`]: all five with
+/// AVX-512 VNNI, `vpdpbusd`; those of [`Int8Types::AVX2`] with AVX2, `vpmaddubsw` +
+/// `vpmaddwd`; activations quantized to int8 per 16 or 32 values), the others by dequantizing
+/// to f32 in registers; `dequant` forces the latter for every type (the compile flags then
+/// hold `-DKILN_QUANT_DEQUANT`, so the cache key changes with it), `int8` asks for the former
+/// and is an error where no type can have it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantRequest {
     Auto,
@@ -144,6 +220,22 @@ impl QuantRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int8_types_are_the_preludes_bits() {
+        let t = Int8Types::from_bits(0b10010).unwrap();
+        assert!(t.has(DType::Q4_0) && t.has(DType::Q6_K));
+        assert!(!t.has(DType::Q8_0) && !t.has(DType::Q4_K) && !t.has(DType::F32));
+        assert_eq!(t.to_string(), "q4_0, q6_k");
+        assert_eq!(Int8Types::NONE.to_string(), "none");
+        assert_eq!(Int8Types::from_bits(32), None, "no type has bit 5");
+        assert_eq!(
+            Int8Types::from_bits(Int8Types::VNNI.bits()),
+            Some(Int8Types::VNNI)
+        );
+        // AVX2's types are a subset of VNNI's (every type VNNI has an integer path for).
+        assert_eq!(Int8Types::AVX2.bits() & !Int8Types::VNNI.bits(), 0);
+    }
 
     #[test]
     fn the_variable_is_parsed_or_named_in_the_error() {

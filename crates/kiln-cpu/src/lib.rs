@@ -71,8 +71,9 @@ impl CpuBackend {
         self
     }
 
-    /// Whether Q8_0 and Q4_0 matmuls take the integer (VNNI) path ([`isa::QuantRequest`]).
-    pub fn quant_int8(&self) -> Result<bool, BackendError> {
+    /// Which quantized types' matmuls take the integer path ([`isa::Int8Types`],
+    /// [`isa::QuantRequest`]).
+    pub fn quant_int8(&self) -> Result<isa::Int8Types, BackendError> {
         self.cc.quant_int8()
     }
 

@@ -15,6 +15,7 @@
 //! L1/L2 across every row block. `c/gemm.h` reads this layout; which kernel input is packed is
 //! decided from the kernel's description alone ([`packed_weight`]).
 
+use crate::isa::Int8Types;
 use kiln_ir::DType;
 use kiln_program::{Kernel, KernelKind};
 use kiln_runtime::HostBuffer;
@@ -69,8 +70,9 @@ fn quantized_rows(dtype: DType, depth: &kiln_ir::Expr) -> bool {
 pub struct Panels {
     /// Columns per panel (`KILN_NR`): 32 with AVX-512, 16 otherwise.
     pub columns: usize,
-    /// Q8_0 and Q4_0 weights in the integer (VNNI) layout of [`crate::pack_quant`].
-    pub int8_quant: bool,
+    /// The quantized types packed in the integer layout of [`crate::pack_quant`] (the others
+    /// in the f32-dequantizing one).
+    pub int8_quant: Int8Types,
 }
 
 impl Panels {
@@ -78,7 +80,7 @@ impl Panels {
     pub fn dequant(columns: usize) -> Panels {
         Panels {
             columns,
-            int8_quant: false,
+            int8_quant: Int8Types::NONE,
         }
     }
 }
@@ -89,7 +91,7 @@ impl Panels {
 pub fn pack(bytes: &[u8], dtype: DType, depth: usize, panels: Panels) -> HostBuffer {
     let panel = panels.columns;
     if dtype.is_quantized() {
-        if panels.int8_quant && crate::pack_quant::integer_layout(dtype) {
+        if panels.int8_quant.has(dtype) && crate::pack_quant::integer_layout(dtype) {
             return crate::pack_quant::pack_quant_int8(bytes, dtype, depth, panel);
         }
         return crate::pack_quant::pack_quant(bytes, dtype, depth, panel);

@@ -1,17 +1,18 @@
 //! The integer path of the quantized GEMM and GEMV (`c/gemm_quant.h`, `c/gemm_q4k.h`,
-//! `c/gemm_q6k.h`, `c/gemm_q5k.h`, AVX-512
-//! VNNI: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights times activations quantized to int8) against a scalar model
+//! `c/gemm_q6k.h`, `c/gemm_q5k.h`: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights times activations
+//! quantized to int8, on AVX-512 VNNI and on AVX2 for the types it has) against a scalar model
 //! of the same arithmetic, bit for bit: each activation block (Q8_0 and Q4_0: each 16-value
 //! half block) quantized as ggml's quantize_row_q8_0 does (d = amax / 127,
 //! q = round-half-even(x * (1 / d)), d kept in f32), each (half) block's dot product an exact
 //! integer, and summed in order with `acc = fma(dot as f32, sw * sa, acc)` (Q6_K's dot is
 //! `sum(sc * (q - 32) * a)` over both 16-value halves and `sw` the super-block's d; Q4_K and
 //! Q5_K, `c/gemm_q4k.h`, sum per super-block: `model_q4_k`). Both sides do the same f32 operations in the same
-//! order, so equality is exact, not a tolerance. Sizes: rows around the GEMV limit (4) and the
-//! micro-kernel's 6-row strips, a partial last panel, K past the 1024-deep k block, product
+//! order, so equality is exact, not a tolerance, and each ISA's kernels give the same bits.
+//! Sizes: rows around the GEMV limit (4) and the micro-kernels' strips (6 rows with AVX-512, 4
+//! with AVX2), a partial last panel, K past the 1024-deep k block, product
 //! columns starting mid-panel (the scalar chains), blocks of zeros (d = 0); 1 vs 2 threads;
-//! a decode row against the same row of a prefill. Skipped (and says so) where the kernels
-//! are not compiled for AVX-512 with VNNI.
+//! a decode row against the same row of a prefill. Run on every kernel ISA this machine runs
+//! that has the type's integer kernels; says which ran and which were skipped.
 mod common;
 use common::*;
 use half::f16;
@@ -20,17 +21,29 @@ use kiln_cpu::QuantRequest;
 use kiln_ir::quant::{sub_block, sub_block_q6_k, super_block_q4_k, super_block_q5_k};
 use kiln_ir::{DType, Expr, Graph, Tensor};
 
-/// The integer path's backend, or None (printed) where this machine cannot compile it.
-fn int8_backend() -> Option<kiln_cpu::CpuBackend> {
-    let b = backend(Some(Isa::Avx512)).with_quant(QuantRequest::Int8);
-    match b.isa().and_then(|_| b.quant_int8()) {
-        Ok(true) => Some(b),
-        Ok(false) => unreachable!("int8 asked for"),
-        Err(e) => {
-            eprintln!("skipping the integer (VNNI) quantized kernels: {e}");
-            None
+fn int8_backend(isa: Isa) -> kiln_cpu::CpuBackend {
+    backend(Some(isa)).with_quant(QuantRequest::Int8)
+}
+
+/// The kernel ISAs that take `dtype` on the integer path: each kernel ISA this machine
+/// runs (AVX2 everywhere, AVX-512 where the compiler targets it) that has `dtype`'s integer
+/// kernels (AVX-512: with VNNI; AVX2: `Int8Types::AVX2`). Says which ran and which were skipped.
+fn int8_isas(dtype: DType) -> Vec<Isa> {
+    let mut out = Vec::new();
+    for isa in isas() {
+        match int8_backend(isa).quant_int8() {
+            Ok(types) if types.has(dtype) => {
+                eprintln!("{dtype}: the integer path of the {} kernels", isa.name());
+                out.push(isa);
+            }
+            Ok(_) => eprintln!(
+                "{dtype}: skipped on the {} kernels (no integer path for it there)",
+                isa.name()
+            ),
+            Err(e) => eprintln!("{dtype}: skipped on the {} kernels: {e}", isa.name()),
         }
     }
+    out
 }
 
 /// `y = x @ W^T`, and `s = g + u` with `[g | u] = x @ V^T` split at column `half`.
@@ -204,13 +217,15 @@ fn activations(m: usize, k: usize) -> Vec<f32> {
 const ROWS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 13, 133];
 
 fn check(dtype: DType, n: i64, half: i64, k: i64) {
-    if int8_backend().is_none() {
-        return;
+    for isa in int8_isas(dtype) {
+        check_on(isa, dtype, n, half, k);
     }
+}
+
+fn check_on(isa: Isa, dtype: DType, n: i64, half: i64, k: i64) {
     let g = graph(dtype, n, half, k);
     let load = |threads: usize| {
-        int8_backend()
-            .unwrap()
+        int8_backend(isa)
             .with_run_threads(threads)
             .load(
                 &g,
@@ -237,7 +252,7 @@ fn check(dtype: DType, n: i64, half: i64, k: i64) {
         let ins = inputs(&[("x", Tensor::from_f32(&[m, ku], &x))]);
         let got = two.run(&ins).unwrap();
         let single = one.run(&ins).unwrap();
-        let what = format!("{dtype} n={n} half={half} k={k} m={m}");
+        let what = format!("{dtype} {} n={n} half={half} k={k} m={m}", isa.name());
         let want_y = model(dtype, &x, m, ku, &w);
         let gu = model(dtype, &x, m, ku, &v);
         let want_s: Vec<f32> = (0..m * hu)
@@ -262,7 +277,8 @@ fn check(dtype: DType, n: i64, half: i64, k: i64) {
     assert_eq!(
         Some(alone["y"].as_f32().to_vec()),
         prefill_row3,
-        "{dtype}: decode row vs prefill row"
+        "{dtype} {}: decode row vs prefill row",
+        isa.name()
     );
 }
 

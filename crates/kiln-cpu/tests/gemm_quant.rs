@@ -8,10 +8,10 @@
 //! the micro-kernel's strips, a partial last panel, K past the 1024-deep k block, epilogue
 //! columns on and off a panel boundary; weights bound once (packed when bound) and passed per
 //! run (packed at launch); 1 vs 2 threads and a decode row against the same row of a prefill.
-//! Where the compiler targets AVX-512 VNNI, the integer path of every type (activations
-//! quantized to int8) runs too: against the interpreter within the activation quantization's
+//! Where a kernel ISA has a type's integer path (AVX-512 with VNNI: every type; AVX2: the
+//! types of `Int8Types::AVX2`), that path (activations quantized to int8) runs too: against the interpreter within the activation quantization's
 //! error (stated below), not bit for bit against the f32 kernels; its exact model is
-//! tests/gemm_qint8.rs. The f32-dequantizing AVX-512 kernels are then forced
+//! tests/gemm_qint8.rs. The f32-dequantizing kernels of each ISA are then forced
 //! (`QuantRequest::Dequant`) so they stay tested.
 mod common;
 use common::*;
@@ -51,21 +51,20 @@ fn activations(m: usize, n: i64, k: i64) -> Vec<(&'static str, Tensor)> {
 /// Rows around the GEMV limit 4, MR = 6 and 12, and the 132-row block.
 const ROWS: [usize; 8] = [1, 2, 4, 5, 7, 13, 25, 133];
 
-/// The kernel paths this machine runs: AVX2 and AVX-512 dequantizing to f32 (forced where
-/// VNNI would pick the integer path), and AVX-512's integer path where the compiler targets
-/// VNNI (`QuantRequest::Auto` there; says so when it is skipped).
+/// The kernel paths this machine runs: each ISA's kernels dequantizing to f32 (forced:
+/// `QuantRequest::Dequant`), and each ISA's integer path where its kernels have one
+/// (`QuantRequest::Auto` there: AVX-512 with VNNI, all five types; AVX2, the types of
+/// `Int8Types::AVX2`, the others on f32 there too; says so when it is skipped).
 fn paths() -> Vec<(Isa, QuantRequest)> {
-    let mut paths: Vec<(Isa, QuantRequest)> = isas()
-        .into_iter()
-        .map(|i| (i, QuantRequest::Dequant))
-        .collect();
-    if paths.iter().any(|(i, _)| *i == Isa::Avx512) {
-        match backend(Some(Isa::Avx512))
+    let mut paths = Vec::new();
+    for isa in isas() {
+        paths.push((isa, QuantRequest::Dequant));
+        match backend(Some(isa))
             .with_quant(QuantRequest::Int8)
             .quant_int8()
         {
-            Ok(_) => paths.push((Isa::Avx512, QuantRequest::Auto)),
-            Err(e) => eprintln!("skipping the integer (VNNI) quantized kernels: {e}"),
+            Ok(_) => paths.push((isa, QuantRequest::Auto)),
+            Err(e) => eprintln!("skipping the {} integer quantized kernels: {e}", isa.name()),
         }
     }
     paths
@@ -89,7 +88,20 @@ fn load(g: &Graph, (isa, quant): (Isa, QuantRequest), threads: usize) -> Box<dyn
 fn check_sizes(dtype: DType, n: i64, half: i64, k: i64) {
     for isa in paths() {
         // The integer path quantizes the activations (exact model: tests/gemm_qint8.rs).
-        let int8 = backend(Some(isa.0)).with_quant(isa.1).quant_int8().unwrap();
+        let int8 = backend(Some(isa.0))
+            .with_quant(isa.1)
+            .quant_int8()
+            .unwrap()
+            .has(dtype);
+        eprintln!(
+            "{dtype} n={n} half={half} k={k}: the {} kernels, {}",
+            isa.0.name(),
+            if int8 {
+                "integer path"
+            } else {
+                "f32-dequant path"
+            }
+        );
         let g = linear_graph(dtype, n, half, k);
         let q = weights(dtype, n, half, k);
         let deq: Vec<(&str, Tensor)> = q

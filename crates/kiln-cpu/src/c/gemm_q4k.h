@@ -41,7 +41,7 @@
  * the nibble operand into the 5-bit one. Interleaved per group, not a plane at the end of the
  * super-block: the GEMV then streams one sequential run (with the plane apart, two interleaved
  * streams 4.6 KB apart, it ran at 0.43 of a streaming read instead of ~0.9, bench-qgemv). */
-#if defined(KILN_QINT8)
+#if defined(KILN_QINT8_Q4_K) || defined(KILN_QINT8_Q5_K) /* Q5_K takes these kernels too */
 #define KILN_SBI_Q4_K (148 * KILN_NR)
 #define KILN_GBI_Q4_K (KILN_SBI_Q4_K / 8) /* bytes per group, on average (the harness's unit) */
 #define KILN_Q4K_M (4 * KILN_NR)
@@ -483,6 +483,8 @@ static inline float kiln_q4k_column(const int q5, const uint8_t *sb, int64_t c, 
 #define kiln_column_q4_k(...) kiln_q4k_column(0, __VA_ARGS__)
 #define kiln_qi_gemv_q4_k(...) kiln_qi_gemv_q4k(0, __VA_ARGS__)
 #define kiln_qi_ukr_q4_k(...) kiln_qi_ukr_q4k(0, __VA_ARGS__)
+#if defined(KILN_QINT8_Q4_K)
 KILN_QI_TILE(kiln_packed_tile_q4_k, 256, KILN_SBI_Q4_K, KILN_QB32, kiln_quantize_a_q4k, kiln_column_q4_k,
              kiln_qi_gemv_q4_k, kiln_qi_ukr_q4_k)
+#endif
 #endif

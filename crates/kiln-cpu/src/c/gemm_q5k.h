@@ -58,7 +58,7 @@ static inline float kiln_qat_q5_k(const uint8_t *wp, int64_t K, int64_t n, int64
 }
 
 KILN_QGEMV_PASS(kiln_qgemv_pass_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k)
-#if !defined(KILN_QINT8)
+#if !defined(KILN_QINT8_Q5_K)
 KILN_QPACKED_TILE(kiln_packed_tile_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k, kiln_qat_q5_k, kiln_qgemv_pass_q5_k)
 #endif
 
@@ -70,7 +70,7 @@ KILN_QPACKED_TILE(kiln_packed_tile_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k, kiln_qat_q
  * same row of a prefill). Panels: Q4_K's super-block with each group's fifth bits after its
  * nibbles (4 NR bytes a group; 180 NR, 22.5 bytes per 32 values); gemm_q4k.h describes both.
  * The product tile is gemm_quant.h's KILN_QI_TILE over Q4_K's kernels with q5 bound. */
-#if defined(KILN_QINT8)
+#if defined(KILN_QINT8_Q5_K)
 #define kiln_column_q5_k(...) kiln_q4k_column(1, __VA_ARGS__)
 #define kiln_qi_gemv_q5_k(...) kiln_qi_gemv_q4k(1, __VA_ARGS__)
 #define kiln_qi_ukr_q5_k(...) kiln_qi_ukr_q4k(1, __VA_ARGS__)

@@ -40,7 +40,7 @@ static inline float kiln_qat_q6_k(const uint8_t *wp, int64_t K, int64_t n, int64
 }
 
 KILN_QGEMV_PASS(kiln_qgemv_pass_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k)
-#if !defined(KILN_QINT8)
+#if !defined(KILN_QINT8_Q6_K)
 KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q6_k, kiln_qgemv_pass_q6_k)
 #endif
 
@@ -69,7 +69,7 @@ KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q
  * nibbles + high pairs, a bias and q - 32 as the signed operand: 34 NR bytes, 0.38 of the
  * read in scripts/bench-qgemv.sh).
  */
-#if defined(KILN_QINT8)
+#if defined(KILN_QINT8_Q6_K)
 #define KILN_SBI_Q6_K (210 * KILN_NR)
 #define KILN_GBI_Q6_K (KILN_SBI_Q6_K / 8) /* bytes per group, on average (the harness's unit) */
 /* Group g of the super-block at sb. */

@@ -191,13 +191,23 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
         }                                                                                          \
     }                                                                                              \
 }
-#if !defined(KILN_QINT8) /* with VNNI, Q8_0, Q4_0 and Q4_K take the integer path (below, gemm_q4k.h) */
+/* Each type whose integer kernels this ISA has (KILN_QINT8_<TYPE>, the prelude) takes the
+ * integer path instead (below; Q4_K: gemm_q4k.h). */
+#if !defined(KILN_QINT8_Q8_0)
 KILN_QPACKED_TILE(kiln_packed_tile_q8_0, KILN_GB_Q8_0, kiln_deq_q8_0, kiln_qat_q8_0, kiln_qgemv_pass_q8_0)
+#endif
+#if !defined(KILN_QINT8_Q4_0)
 KILN_QPACKED_TILE(kiln_packed_tile_q4_0, KILN_GB_Q4_0, kiln_deq_q4_0, kiln_qat_q4_0, kiln_qgemv_pass_q4_0)
+#endif
+#if !defined(KILN_QINT8_Q4_K)
 KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q4_k, kiln_qgemv_pass_q4_k)
 #endif
 
-/* ---- Integer path: Q8_0 and Q4_0 weights on AVX-512 VNNI (KILN_QINT8, the prelude) ---------
+/* ---- Integer path: Q8_0 and Q4_0 weights (KILN_QINT8_Q8_0, KILN_QINT8_Q4_0, the prelude) ----
+ *
+ * On AVX-512 with VNNI (vpdpbusd), and on AVX2 for the types whose AVX2 integer kernels exist
+ * (kiln_dpbusd there is vpmaddubsw + vpmaddwd: the same exact sums, see below); the same
+ * results bit for bit on both.
  *
  * As llama.cpp does on these CPUs, but with activation scales twice as fine: the activation
  * rows are quantized per 16 values to int8 with an f32 scale (ggml's quantize_row_q8_0 on
@@ -219,26 +229,35 @@ KILN_QPACKED_TILE(kiln_packed_tile_q4_k, KILN_GB_Q4_K, kiln_deq_q4_k, kiln_qat_q
  * are stored offset to q + 128 (0..255) and the dot starts at -128 * sum(a) — both per row
  * and half block, with the activations' quantization, so the panel holds no per-column term.
  * Neither overflows: vpdpbusd sums its four u8 x s8 products in 32 bits without saturating
- * (|255 * 127| * 16 < 2^20), and the result is exactly sum(q * a).
+ * (|255 * 127| * 16 < 2^20), and the result is exactly sum(q * a). On AVX2, kiln_dpbusd's
+ * vpmaddubsw adds two u8 x s8 products into a saturating i16: exact while the unsigned byte is
+ * <= 128 (2 * 128 * 127 < 2^15), so Q4_0's nibbles take it and Q8_0's q + 128 do not.
  * Panels (pack_quant.rs, "integer layout"), per 32-value group:
  *   Q8_0: f16 d[NR] | 8 quads x [NR][4] bytes q + 128                  (34 NR bytes: GGUF's)
  *   Q4_0: f16 d[NR] | 8 quads x [NR/2][4] bytes, column c in the low nibble and column
  *         c + NR/2 in the high nibble of byte (c, j)                   (18 NR bytes: GGUF's)
- * where quad q holds values k = 4q..4q+3 of the group: one 64-byte load is 16 columns x 4 k,
- * the layout of a vpdpbusd operand. The quantized activations of a launch's rows (the
+ * where quad q holds values k = 4q..4q+3 of the group: one vector load (4 KILN_VL bytes) is
+ * KILN_VL columns x 4 k, the layout of a vpdpbusd operand. The quantized activations of a launch's rows (the
  * worker's abuf) are strips of SR rows (KILN_QMR for the micro-kernel, tm <= 4 for the
  * GEMV), per block: i32 [8][SR] (row i's values 4q..4q+3), then for Q8_0 and Q4_0
  * (KILN_QB16 = 48 SR bytes) f32 scale[2][SR] (the halves') and i32 start[2][SR] (each half's
  * initial dot: Q4_0 -8 * sum, Q8_0 -128 * sum); for Q6_K (40 SR bytes, gemm_q6k.h) f32
  * scale[SR] and per row the sums of the block's two 16-value halves (two i16). */
 #if defined(KILN_QINT8)
+/* Rows of the micro-kernels' activation strips: 6 with AVX-512's 32 vector registers; AVX2 has
+ * 16 (a pass's accumulators, half sums and dots are 3 QMR of them). */
+#if KILN_VL == 16
 #define KILN_QMR 6
+#elif !defined(KILN_QMR) /* (scripts/bench-qgemv.sh EXTRA=-DKILN_QMR=n: other AVX2 strips) */
+#define KILN_QMR 4
+#endif
 #define KILN_GBI_Q8_0 (34 * KILN_NR)
 #define KILN_GBI_Q4_0 (18 * KILN_NR)
 #define KILN_QA_BLOCK (40 * KILN_QMR)
 #define KILN_QB16 48 /* Q8_0's and Q4_0's bytes per row and block (per-16 scales) */
 #define KILN_QB32 40 /* Q4_K's, Q5_K's and Q6_K's (one scale per 32 values) */
 #define KILN_QA_BLOCK16 (KILN_QB16 * KILN_QMR)
+#if KILN_VL == 16
 typedef int kiln_v16si __attribute__((vector_size(64)));
 static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
     return (kiln_vi)__builtin_ia32_vpdpbusd_v16si((kiln_v16si)acc, (kiln_v16si)u8, (kiln_v16si)s8);
@@ -246,15 +265,75 @@ static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
 static inline kiln_vi kiln_splati(int32_t x) {
     return (kiln_vi){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
 }
-static inline kiln_vi kiln_ldvi(const void *p) { kiln_vi v; memcpy(&v, p, sizeof v); return v; }
 static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) {
     return __builtin_ia32_maxps512_mask(a, b, a, (unsigned short)-1, 4);
+}
+/* vcvtps2dq: round to nearest even (the MXCSR default) */
+static inline kiln_vi kiln_cvtrv(kiln_vf x) {
+    return (kiln_vi)__builtin_ia32_cvtps2dq512_mask(x, (kiln_v16si){0}, (unsigned short)-1, 4);
+}
+/* The low bytes of KILN_VL i32 lanes (values in -127..127) to q[0..VL). */
+static inline void kiln_sti8(int8_t *q, kiln_vi v) {
+    const kiln_v16qi b = __builtin_ia32_pmovdb512_mask((kiln_v16si)v, (kiln_v16qi){0}, (unsigned short)-1);
+    memcpy(q, &b, 16);
+}
+#else
+/* AVX2 has no vpdpbusd: vpmaddubsw multiplies the unsigned bytes by the signed ones and adds
+ * adjacent pairs into i16 lanes (saturating), vpmaddwd by ones adds those pairs into i32. The
+ * same sum as vpdpbusd's while no pair saturates: every unsigned byte <= 128 (2 * 128 * 127 <
+ * 32767): Q4_0's, Q4_K's, Q5_K's and Q6_K's weights, Q4_K's mins, NOT Q8_0's q + 128. */
+typedef char kiln_v32qi __attribute__((vector_size(32)));
+typedef short kiln_v16hi __attribute__((vector_size(32)));
+typedef int kiln_v8si __attribute__((vector_size(32)));
+static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
+    const kiln_v16hi p = __builtin_ia32_pmaddubsw256((kiln_v32qi)u8, (kiln_v32qi)s8);
+    return acc + (kiln_vi)__builtin_ia32_pmaddwd256(p, (kiln_v16hi){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+}
+static inline kiln_vi kiln_splati(int32_t x) { return (kiln_vi){x, x, x, x, x, x, x, x}; }
+static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) { return __builtin_ia32_maxps256(a, b); }
+/* vcvtps2dq: round to nearest even (the MXCSR default) */
+static inline kiln_vi kiln_cvtrv(kiln_vf x) { return (kiln_vi)__builtin_ia32_cvtps2dq256(x); }
+static inline void kiln_sti8(int8_t *q, kiln_vi v) {
+    typedef int8_t kiln_v8qi __attribute__((vector_size(8)));
+    const kiln_v8qi b = __builtin_convertvector(v, kiln_v8qi);
+    memcpy(q, &b, 8);
+}
+#endif
+static inline kiln_vi kiln_ldvi(const void *p) { kiln_vi v; memcpy(&v, p, sizeof v); return v; }
+/* The largest lane of m in every lane (max is exact: any order gives the same). */
+static inline kiln_vf kiln_vmax_lanes(kiln_vf m) {
+#if KILN_VL == 16
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+#else
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5}));
+    m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6}));
+#endif
+    return m;
+}
+/* The sum of an i32 vector's lanes (integers: any order gives the same). */
+static inline int32_t kiln_hsumi(kiln_vi v) {
+#if KILN_VL == 16
+    v += __builtin_shuffle(v, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    v += __builtin_shuffle(v, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    v += __builtin_shuffle(v, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    v += __builtin_shuffle(v, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+#else
+    v += __builtin_shuffle(v, (kiln_vi){4, 5, 6, 7, 0, 1, 2, 3});
+    v += __builtin_shuffle(v, (kiln_vi){2, 3, 0, 1, 6, 7, 4, 5});
+    v += __builtin_shuffle(v, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6});
+#endif
+    return v[0];
 }
 
 /* One 32-value block r of activations to int8 (ggml's quantize_row_q8_0: d = amax / 127,
  * q = round-half-even(x * (1 / d)), d kept in f32): q, the sums of its two 16-value halves,
  * and d returned. */
 static inline float kiln_quantize_block(const float *restrict r, int8_t q[32], int32_t *sum0, int32_t *sum1) {
+#if KILN_VL == 16
     const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 16);
     const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
     kiln_vf m = kiln_vmax((kiln_vf)((kiln_vu)x0 & abs_mask), (kiln_vf)((kiln_vu)x1 & abs_mask));
@@ -282,11 +361,28 @@ static inline float kiln_quantize_block(const float *restrict r, int8_t q[32], i
     *sum0 = qs[0];
     *sum1 = qs[8];
     return d;
+#else
+    kiln_vf x[4];
+    const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
+    for (int v = 0; v < 4; ++v) x[v] = kiln_ldv(r + 8 * v);
+    kiln_vf m = kiln_vmax(kiln_vmax((kiln_vf)((kiln_vu)x[0] & abs_mask), (kiln_vf)((kiln_vu)x[1] & abs_mask)),
+                          kiln_vmax((kiln_vf)((kiln_vu)x[2] & abs_mask), (kiln_vf)((kiln_vu)x[3] & abs_mask)));
+    m = kiln_vmax_lanes(m);
+    const float d = m[0] / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const kiln_vf sid = kiln_splatv(id);
+    kiln_vi qv[4];
+    for (int v = 0; v < 4; ++v) { qv[v] = kiln_cvtrv(x[v] * sid); kiln_sti8(q + 8 * v, qv[v]); }
+    *sum0 = kiln_hsumi(qv[0] + qv[1]);
+    *sum1 = kiln_hsumi(qv[2] + qv[3]);
+    return d;
+#endif
 }
 
 /* 16 activations r[0..15] to int8 as kiln_quantize_block's halves (d = amax / 127 over the
  * 16): q, their sum, and d returned. */
 static inline float kiln_quantize_half(const float *restrict r, int8_t q[16], int32_t *sum) {
+#if KILN_VL == 16
     const kiln_vf x = kiln_ldv(r);
     kiln_vf m = (kiln_vf)((kiln_vu)x & ((kiln_vu){0} + 0x7fffffffu));
     m = kiln_vmax(m, __builtin_shuffle(m, (kiln_vi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
@@ -305,6 +401,18 @@ static inline float kiln_quantize_half(const float *restrict r, int8_t q[16], in
     qs += __builtin_shuffle(qs, (kiln_vi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
     *sum = qs[0];
     return d;
+#else
+    const kiln_vu abs_mask = (kiln_vu){0} + 0x7fffffffu;
+    const kiln_vf x0 = kiln_ldv(r), x1 = kiln_ldv(r + 8);
+    const kiln_vf m = kiln_vmax_lanes(kiln_vmax((kiln_vf)((kiln_vu)x0 & abs_mask), (kiln_vf)((kiln_vu)x1 & abs_mask)));
+    const float d = m[0] / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const kiln_vf sid = kiln_splatv(id);
+    const kiln_vi q0 = kiln_cvtrv(x0 * sid), q1 = kiln_cvtrv(x1 * sid);
+    kiln_sti8(q, q0); kiln_sti8(q + 8, q1);
+    *sum = kiln_hsumi(q0 + q1);
+    return d;
+#endif
 }
 
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (rows past tm up to the strip's
@@ -313,7 +421,7 @@ static inline float kiln_quantize_half(const float *restrict r, int8_t q[16], in
  * quads, f32 d, the halves' sums as two i16; gemm_q6k.h); Q4_K's are its own (gemm_q4k.h).
  * The micro-kernel reads strips of KILN_QMR rows; the GEMV (tm <= 4) one strip of tm rows,
  * so a decode row's block is contiguous (a 6-row strip spreads it over several lines). */
-static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
+static __attribute__((unused)) void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t tm, int64_t K,
                                  int kind, int64_t sr, uint8_t *restrict qa) {
     const int64_t G = K / 32, rows = (tm + sr - 1) / sr * sr, qb = (kind == 3 ? 40 : KILN_QB16) * sr;
     for (int64_t i = 0; i < rows; ++i) {
@@ -347,7 +455,7 @@ static void kiln_quantize_a_rows(const float *restrict a, int64_t lda, int64_t t
 /* Quad qd of a group's weights: columns 0..15 into *w0, 16..31 into *w1, as vpdpbusd operands. */
 static inline __attribute__((always_inline)) void kiln_qiw_q8_0(const uint8_t *restrict g, int qd, kiln_vi *w0, kiln_vi *w1) {
     *w0 = kiln_ldvi(g + 2 * KILN_NR + qd * 4 * KILN_NR);
-    *w1 = kiln_ldvi(g + 2 * KILN_NR + qd * 4 * KILN_NR + 64);
+    *w1 = kiln_ldvi(g + 2 * KILN_NR + qd * 4 * KILN_NR + 4 * KILN_VL);
 }
 /* The nibble plane `nib` (Q4_0's and Q4_K's): quad qd, both column halves. */
 static inline __attribute__((always_inline)) void kiln_qiw_nib(const uint8_t *restrict nib, int qd, kiln_vi *w0, kiln_vi *w1) {
@@ -607,8 +715,12 @@ static inline float kiln_qi_column16(const int kind, const uint8_t *g, int64_t c
 #define kiln_column_q4_0(...) kiln_qi_column16(1, __VA_ARGS__)
 #define kiln_quantize_a_q8_0(a, lda, tm, K, sr, qa) kiln_quantize_a_rows(a, lda, tm, K, 0, sr, qa)
 #define kiln_quantize_a_q4_0(a, lda, tm, K, sr, qa) kiln_quantize_a_rows(a, lda, tm, K, 1, sr, qa)
+#if defined(KILN_QINT8_Q8_0)
 KILN_QI_TILE(kiln_packed_tile_q8_0, 32, KILN_GBI_Q8_0, KILN_QB16, kiln_quantize_a_q8_0, kiln_column_q8_0,
              kiln_qi_gemv_q8_0, kiln_qi_ukr_q8_0)
+#endif
+#if defined(KILN_QINT8_Q4_0)
 KILN_QI_TILE(kiln_packed_tile_q4_0, 32, KILN_GBI_Q4_0, KILN_QB16, kiln_quantize_a_q4_0, kiln_column_q4_0,
              kiln_qi_gemv_q4_0, kiln_qi_ukr_q4_0)
+#endif
 #endif

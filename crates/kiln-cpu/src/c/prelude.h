@@ -37,15 +37,50 @@ static inline float kiln_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f;
 #endif
 /* What the device packs weights to for this module's kernels (read by name, device.rs). */
 const int kiln_panel_columns = KILN_NR;
-/* Q8_0 and Q4_0 weights on the integer path (gemm_quant.h): AVX-512 with VNNI, unless kiln-cpu
- * forces the f32-dequantizing kernels (KILN_CPU_QUANT=dequant adds -DKILN_QUANT_DEQUANT). The
- * device packs those weights in the integer layout where this says 1 (read by name). */
-#if defined(KILN_AVX512) && defined(__AVX512VNNI__) && !defined(KILN_QUANT_DEQUANT)
+/* Quantized weights on the integer path (gemm_quant.h: activations quantized to int8, exact
+ * integer dots): KILN_QINT8 where its primitives exist (kiln_dpbusd and the activation
+ * quantizers: AVX-512 with VNNI, vpdpbusd; or AVX2, vpmaddubsw + vpmaddwd), and
+ * KILN_QINT8_<TYPE> for each type whose integer kernels this ISA has; the others dequantize to
+ * f32. kiln-cpu forces the f32-dequantizing kernels with KILN_CPU_QUANT=dequant (which adds
+ * -DKILN_QUANT_DEQUANT). The Rust side (isa.rs, Int8Types) holds the same table. */
+#if !defined(KILN_QUANT_DEQUANT) && defined(KILN_AVX512) && defined(__AVX512VNNI__)
 #define KILN_QINT8 1
-const int kiln_quant_int8 = 1;
-#else
-const int kiln_quant_int8 = 0;
+#define KILN_QINT8_Q8_0 1
+#define KILN_QINT8_Q4_0 1
+#define KILN_QINT8_Q4_K 1
+#define KILN_QINT8_Q5_K 1
+#define KILN_QINT8_Q6_K 1
+#elif !defined(KILN_QUANT_DEQUANT) && !defined(KILN_AVX512) && defined(__AVX2__)
+#define KILN_QINT8 1
 #endif
+/* The types on the integer path as a bit mask (bit 0 Q8_0, 1 Q4_0, 2 Q4_K, 3 Q5_K, 4 Q6_K):
+ * the device packs those weights in the integer layout (read by name, device.rs). */
+#if defined(KILN_QINT8_Q8_0)
+#define KILN_QBIT_Q8_0 1
+#else
+#define KILN_QBIT_Q8_0 0
+#endif
+#if defined(KILN_QINT8_Q4_0)
+#define KILN_QBIT_Q4_0 2
+#else
+#define KILN_QBIT_Q4_0 0
+#endif
+#if defined(KILN_QINT8_Q4_K)
+#define KILN_QBIT_Q4_K 4
+#else
+#define KILN_QBIT_Q4_K 0
+#endif
+#if defined(KILN_QINT8_Q5_K)
+#define KILN_QBIT_Q5_K 8
+#else
+#define KILN_QBIT_Q5_K 0
+#endif
+#if defined(KILN_QINT8_Q6_K)
+#define KILN_QBIT_Q6_K 16
+#else
+#define KILN_QBIT_Q6_K 0
+#endif
+const int kiln_quant_int8 = KILN_QBIT_Q8_0 | KILN_QBIT_Q4_0 | KILN_QBIT_Q4_K | KILN_QBIT_Q5_K | KILN_QBIT_Q6_K;
 
 /* ---- matmul building blocks (f32) ------------------------------------------------------- */
 typedef float kiln_v8 __attribute__((vector_size(32)));
