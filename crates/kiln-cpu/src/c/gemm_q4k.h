@@ -1,5 +1,7 @@
-/* ---- Q4_K on the integer path (AVX-512 VNNI): super-block panels, 18.5 bytes per 32 values ---
+/* ---- Q4_K on the integer path (AVX-512 VNNI, AVX2): super-block panels, 18.5 bytes per 32 values
  *
+ * AVX-512 with VNNI and AVX2 (KILN_QINT8_Q4_K, the prelude) give the same results bit for
+ * bit: the AVX2 GEMV and micro-kernel (below) sum the same exact integers another way.
  * The activations are quantized per 32 values, as for every other type (gemm_quant.h's
  * blocks: sa_g = amax / 127, q = round-half-even(x * (1 / sa_g))). llama.cpp's
  * ggml_vec_dot_q4_K_q8_K quantizes them per 256 (one scale per super-block, q8_K), which puts
@@ -8,7 +10,7 @@
  * 6-bit, d and dmin the super-block's f16), so per column and super-block
  *     T  = sum_g fmaf((float)(sc_g * dot_g), sa_g, T),  dot_g = sum_{k in g} q_k a_k
  *     Mi = sum_g m_g * A'_g
- * (sc_g * dot_g an exact integer, vpdpbusd then vpmulld: |sc_g * dot_g| <= 63 * 32 * 15 * 127
+ * (sc_g * dot_g an exact integer, vpdpbusd then vpmulld, on AVX2 vpmaddubsw then vpmaddwd: |sc_g * dot_g| <= 63 * 32 * 15 * 127
  * < 2^22, Q5_K's < 2^23, so exact in f32; T in f32, in group order). A'_g is the group's
  * min sum A_g = sa_g * sum(a_g) (f32) as an integer in units of u = max_g |A_g| / 16383 (per
  * row and super-block, round-half-even: |A'_g| <= 16383, 14 bits, an error below 2^-15 of the
@@ -37,8 +39,9 @@
  * group's nibbles (16 NR bytes) followed by the group's fifth bits (4 NR bytes; 180 NR per
  * super-block, 22.5 bytes per 32 values, the file's 22): quad qd's at 16 NR + NR/2 qd of the
  * group, two 64-bit words (columns 0..15, 16..31), bit 4 j + t the fifth bit of byte (j, t) of
- * that vpdpbusd operand, so a masked byte add of 16 (vpaddb under the word as a k mask) turns
- * the nibble operand into the 5-bit one. Interleaved per group, not a plane at the end of the
+ * that vpdpbusd operand, so a masked byte add of 16 (vpaddb under the word as a k mask; on
+ * AVX2 the word's bits spread to bytes by vpshufb and a compare) turns the nibble operand into
+ * the 5-bit one. Interleaved per group, not a plane at the end of the
  * super-block: the GEMV then streams one sequential run (with the plane apart, two interleaved
  * streams 4.6 KB apart, it ran at 0.43 of a streaming read instead of ~0.9, bench-qgemv). */
 #if defined(KILN_QINT8_Q4_K) || defined(KILN_QINT8_Q5_K) /* Q5_K takes these kernels too */
@@ -123,8 +126,6 @@ static inline __attribute__((always_inline)) void kiln_q4k_mins(const uint8_t *r
 }
 
 #if KILN_VL == 8
-typedef char kiln_v32qi __attribute__((vector_size(32)));
-typedef short kiln_v16hi __attribute__((vector_size(32)));
 /* AVX2: the 32 bytes of a vpdpbusd-shaped operand (8 columns x 4 values) plus 16 where bit i
  * of `bits` is set (byte i): the word broadcast, each byte's bit picked (vpshufb, then a
  * compare against its bit), 16 where set. */

@@ -44,7 +44,7 @@ KILN_QGEMV_PASS(kiln_qgemv_pass_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k)
 KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q6_k, kiln_qgemv_pass_q6_k)
 #endif
 
-/* ---- Q6_K on the integer path (AVX-512 VNNI) ----------------------------------------------
+/* ---- Q6_K on the integer path (AVX-512 VNNI, AVX2) -----------------------------------------
  *
  * Activations signed (kind 3: per 32 values, one f32 scale, and the sums of each 16-value
  * half, s0 and s1, in the block's word as two i16), weights the unsigned 6-bit q (0..63). A 32-value block has two
@@ -64,7 +64,8 @@ KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q
  * j + NR/2 (Y), value 16 + 4p + t of column j (Z), and in their top 2 bits (X, Y, Z: bits 0-1,
  * 2-3, 4-5 of it) value 16 + 4p + t of column j + NR/2. So three of the four vpdpbusd operands
  * of a pair are one AND each (& 0x3F), the fourth is 4 q assembled from the three top bit pairs
- * in place (its dot is 4 D1, started at -128 * s1 and shifted right by 2: exact); the 6-bit
+ * in place (its dot is 4 D1, started at -128 * s1 and shifted right by 2: exact; on AVX2 q
+ * itself, KILN_Q6_X4 below); the 6-bit
  * values cost 0.75 bytes, with no plane of high bits to unpack per quad (the former layout,
  * nibbles + high pairs, a bias and q - 32 as the signed operand: 34 NR bytes, 0.38 of the
  * read in scripts/bench-qgemv.sh).
