@@ -619,6 +619,109 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
 KILN_QI_GEMV(kiln_qi_gemv_q8_0, KILN_GBI_Q8_0, 0, kiln_qiw_q8_0)
 KILN_QI_GEMV(kiln_qi_gemv_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
 
+#if KILN_VL == 8
+/* AVX2's Q4_0 kernels: as KILN_QI_UKR and KILN_QI_GEMV (the same integer dots, the same f32
+ * sequence, so the same bits), but each 16-value half's four quads are summed in i16 lanes
+ * before one vpmaddwd: kiln_maddubs gives two nibble x activation products per i16 lane
+ * (|.| <= 2 * 15 * 127), four quads' of them add up to at most 15240 < 2^15, exact. Per quad
+ * and row a vpmaddubsw and a vpaddw, where kiln_dpbusd is three instructions. */
+static inline kiln_vi kiln_maddubs(kiln_vi u8, kiln_vi s8) {
+    return (kiln_vi)__builtin_ia32_pmaddubsw256((kiln_v32qi)u8, (kiln_v32qi)s8);
+}
+typedef short kiln_vs __attribute__((vector_size(32)));
+/* acc plus the i16 lanes of s added in pairs into i32 (vpmaddwd by ones). */
+static inline kiln_vi kiln_madd1(kiln_vi acc, kiln_vi s) {
+    return acc + (kiln_vi)__builtin_ia32_pmaddwd256((kiln_v16hi)s, (kiln_v16hi){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+}
+static inline kiln_vi kiln_add16(kiln_vi a, kiln_vi b) { return (kiln_vi)((kiln_vs)a + (kiln_vs)b); }
+static inline __attribute__((always_inline)) void kiln_qi_ukr16_q4_0(int64_t nb, const uint8_t *restrict qa0,
+        const uint8_t *restrict wg0, float *restrict c, int64_t ldc, int load_c) {
+    _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {
+        kiln_vf acc[KILN_QMR];
+        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
+            acc[i] = load_c ? kiln_ldv(c + i * ldc + ch * KILN_VL) : (kiln_vf){0};
+        const uint8_t *qa = qa0, *wg = wg0;
+        for (int64_t b = 0; b < nb; ++b, qa += KILN_QA_BLOCK16, wg += KILN_GBI_Q4_0) {
+            const int32_t *aq = (const int32_t *)(const void *)qa;
+            const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);
+            kiln_vf hs[KILN_QMR]; /* D0 * sa0, then + D1 * sa1 */
+            _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
+                kiln_vi p[KILN_QMR]; /* the half's products, in i16 */
+                _Pragma("GCC unroll 4") for (int qd = 4 * hf; qd < 4 * hf + 4; ++qd) {
+                    kiln_vi w0, w1;
+                    kiln_qiw_q4_0(wg, qd, &w0, &w1);
+                    kiln_vi w = ch ? w1 : w0;
+                    KILN_IN_REG(w);
+                    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
+                        const kiln_vi m = kiln_maddubs(w, kiln_splati(aq[qd * KILN_QMR + i]));
+                        p[i] = qd == 4 * hf ? m : kiln_add16(p[i], m);
+                    }
+                }
+                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
+                    const kiln_vi ia = kiln_madd1(kiln_splati(aq[(10 + hf) * KILN_QMR + i]), p[i]);
+                    const kiln_vf sc = kiln_splatv(sa[hf * KILN_QMR + i]);
+                    hs[i] = hf == 0 ? __builtin_convertvector(ia, kiln_vf) * sc
+                                    : KILN_FMAV(__builtin_convertvector(ia, kiln_vf), sc, hs[i]);
+                }
+            }
+            kiln_vf s0, s1;
+            kiln_qi_scales(wg, &s0, &s1);
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
+                acc[i] = KILN_FMAV(hs[i], ch ? s1 : s0, acc[i]);
+        }
+        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) kiln_stv(c + i * ldc + ch * KILN_VL, acc[i]);
+    }
+}
+static inline __attribute__((always_inline)) void kiln_qi_gemv16_q4_0(const int R, const uint8_t *restrict qa,
+        const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {
+    kiln_vf acc[4][2];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};
+    for (int64_t g = 0; g < G; ++g) {
+        const uint8_t *blk = qa + g * KILN_QB16 * R, *wg = w + g * KILN_GBI_Q4_0;
+        if (R >= 3)
+            _Pragma("GCC unroll 20") for (int l = 0; l < KILN_GBI_Q4_0 / 64; ++l)
+                __builtin_prefetch(wg + 4 * KILN_GBI_Q4_0 + 64 * l, 0, 3);
+        const int32_t *aq = (const int32_t *)(const void *)blk;
+        const float *sa = (const float *)(const void *)(blk + 32 * R);
+        kiln_vf s0, s1;
+        kiln_qi_scales(wg, &s0, &s1);
+        KILN_IN_REG(s0); KILN_IN_REG(s1);
+        kiln_vi ia[4][2][2]; /* [row][half][column half] */
+        _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
+            kiln_vi p[4][2];
+            _Pragma("GCC unroll 4") for (int qd = 4 * hf; qd < 4 * hf + 4; ++qd) {
+                kiln_vi w0, w1;
+                kiln_qiw_q4_0(wg, qd, &w0, &w1);
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+                    const kiln_vi x = kiln_splati(aq[qd * R + r]);
+                    const kiln_vi m0 = kiln_maddubs(w0, x), m1 = kiln_maddubs(w1, x);
+                    p[r][0] = qd == 4 * hf ? m0 : kiln_add16(p[r][0], m0);
+                    p[r][1] = qd == 4 * hf ? m1 : kiln_add16(p[r][1], m1);
+                }
+            }
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+                const kiln_vi bias = kiln_splati(aq[(10 + hf) * R + r]);
+                ia[r][hf][0] = kiln_madd1(bias, p[r][0]);
+                ia[r][hf][1] = kiln_madd1(bias, p[r][1]);
+            }
+        }
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+            const kiln_vf sc0 = kiln_splatv(sa[r]), sc1 = kiln_splatv(sa[R + r]);
+            const kiln_vf h0 = KILN_FMAV(__builtin_convertvector(ia[r][1][0], kiln_vf), sc1,
+                                         __builtin_convertvector(ia[r][0][0], kiln_vf) * sc0);
+            const kiln_vf h1 = KILN_FMAV(__builtin_convertvector(ia[r][1][1], kiln_vf), sc1,
+                                         __builtin_convertvector(ia[r][0][1], kiln_vf) * sc0);
+            acc[r][0] = KILN_FMAV(h0, s0, acc[r][0]);
+            acc[r][1] = KILN_FMAV(h1, s1, acc[r][1]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+        kiln_stv(t + r * ldt, acc[r][0]);
+        kiln_stv(t + r * ldt + KILN_VL, acc[r][1]);
+    }
+}
+#endif
+
 /* Weight value (n, k) and activation (i, k) as integers, for the scalar columns. */
 static inline int32_t kiln_qiw_at_q8_0(const uint8_t *g, int64_t c, int64_t kk) {
     return (int32_t)g[2 * KILN_NR + (kk / 4) * 4 * KILN_NR + c * 4 + kk % 4] - 128;
@@ -719,7 +822,10 @@ static inline float kiln_qi_column16(const int kind, const uint8_t *g, int64_t c
 KILN_QI_TILE(kiln_packed_tile_q8_0, 32, KILN_GBI_Q8_0, KILN_QB16, kiln_quantize_a_q8_0, kiln_column_q8_0,
              kiln_qi_gemv_q8_0, kiln_qi_ukr_q8_0)
 #endif
-#if defined(KILN_QINT8_Q4_0)
+#if defined(KILN_QINT8_Q4_0) && KILN_VL == 8
+KILN_QI_TILE(kiln_packed_tile_q4_0, 32, KILN_GBI_Q4_0, KILN_QB16, kiln_quantize_a_q4_0, kiln_column_q4_0,
+             kiln_qi_gemv16_q4_0, kiln_qi_ukr16_q4_0)
+#elif defined(KILN_QINT8_Q4_0)
 KILN_QI_TILE(kiln_packed_tile_q4_0, 32, KILN_GBI_Q4_0, KILN_QB16, kiln_quantize_a_q4_0, kiln_column_q4_0,
              kiln_qi_gemv_q4_0, kiln_qi_ukr_q4_0)
 #endif
