@@ -128,7 +128,7 @@ impl Int8Types {
     pub const VNNI: Int8Types = Int8Types(0b1_1111);
     /// The AVX2 kernels (`vpmaddubsw` + `vpmaddwd`): the types whose AVX2 integer kernels exist
     /// (the prelude's AVX2 `KILN_QINT8_<TYPE>`; the others dequantize to f32 there).
-    pub const AVX2: Int8Types = Int8Types(0b10); // Q4_0
+    pub const AVX2: Int8Types = Int8Types(0b1_1110); // Q4_0, Q4_K, Q5_K, Q6_K
 
     /// The bit of `dtype` (0 for a type without an integer path).
     pub fn bit(dtype: DType) -> u32 {

@@ -30,13 +30,13 @@
 //! followed by a plane of the fifth bits, `[32][panel / 8]` bytes (row `r`'s bits, column `c`
 //! at bit `c % 8` of byte `c / 8`) — 28 bytes per 32 values and column (GGUF 22).
 //!
-//! **Integer layout** (each type the kernels take on the integer path: Q8_0, Q4_0, Q4_K, Q5_K
-//! and Q6_K when compiled for AVX-512 VNNI, Q4_0 for AVX2; `kiln_quant_int8` in the prelude, a
-//! bit per type, [`crate::isa::Int8Types`], [`pack_quant_int8`]): the kernels multiply int8
-//! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane;
-//! AVX2's `vpmaddubsw` + `vpmaddwd` the same sums), so a group's values are grouped four
-//! k-values per 32-bit lane: quad `q` (values `4q..4q+3` of the group) is `[panel][4]` bytes,
-//! one vector load per 16 columns (AVX-512: 64 bytes) or 8 (AVX2: 32 bytes). The
+//! **Integer layout** (Q8_0, Q4_0, Q4_K, Q5_K and Q6_K when the kernels were compiled for
+//! AVX-512 VNNI, the types of `Int8Types::AVX2` for AVX2: `kiln_quant_int8` in the prelude,
+//! [`pack_quant_int8`]; the same layout at either panel width): the kernels multiply int8
+//! activations with the weights' integers (`vpdpbusd`, four u8 x s8 products per i32 lane; on
+//! AVX2 `vpmaddubsw` + `vpmaddwd`), so a group's values are grouped four k-values per 32-bit
+//! lane: quad `q` (values `4q..4q+3` of the group) is `[panel][4]` bytes, one vector load per
+//! 16 columns (AVX-512) or 8 (AVX2). The
 //! weights are `vpdpbusd`'s unsigned operand, the activations its signed one. Per group:
 //! - Q8_0: `d: [f16; panel]`, then `[8][panel][4]` bytes `q + 128` (`q ^ 0x80`, 0..255; the
 //!   kernel starts each block's dot at `-128 * sum(a)`, a term of the activations, so the

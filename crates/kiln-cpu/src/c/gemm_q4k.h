@@ -1,5 +1,7 @@
-/* ---- Q4_K on the integer path (AVX-512 VNNI): super-block panels, 18.5 bytes per 32 values ---
+/* ---- Q4_K on the integer path (AVX-512 VNNI, AVX2): super-block panels, 18.5 bytes per 32 values
  *
+ * AVX-512 with VNNI and AVX2 (KILN_QINT8_Q4_K, the prelude) give the same results bit for
+ * bit: the AVX2 GEMV and micro-kernel (below) sum the same exact integers another way.
  * The activations are quantized per 32 values, as for every other type (gemm_quant.h's
  * blocks: sa_g = amax / 127, q = round-half-even(x * (1 / sa_g))). llama.cpp's
  * ggml_vec_dot_q4_K_q8_K quantizes them per 256 (one scale per super-block, q8_K), which puts
@@ -8,7 +10,7 @@
  * 6-bit, d and dmin the super-block's f16), so per column and super-block
  *     T  = sum_g fmaf((float)(sc_g * dot_g), sa_g, T),  dot_g = sum_{k in g} q_k a_k
  *     Mi = sum_g m_g * A'_g
- * (sc_g * dot_g an exact integer, vpdpbusd then vpmulld: |sc_g * dot_g| <= 63 * 32 * 15 * 127
+ * (sc_g * dot_g an exact integer, vpdpbusd then vpmulld, on AVX2 vpmaddubsw then vpmaddwd: |sc_g * dot_g| <= 63 * 32 * 15 * 127
  * < 2^22, Q5_K's < 2^23, so exact in f32; T in f32, in group order). A'_g is the group's
  * min sum A_g = sa_g * sum(a_g) (f32) as an integer in units of u = max_g |A_g| / 16383 (per
  * row and super-block, round-half-even: |A'_g| <= 16383, 14 bits, an error below 2^-15 of the
@@ -37,8 +39,9 @@
  * group's nibbles (16 NR bytes) followed by the group's fifth bits (4 NR bytes; 180 NR per
  * super-block, 22.5 bytes per 32 values, the file's 22): quad qd's at 16 NR + NR/2 qd of the
  * group, two 64-bit words (columns 0..15, 16..31), bit 4 j + t the fifth bit of byte (j, t) of
- * that vpdpbusd operand, so a masked byte add of 16 (vpaddb under the word as a k mask) turns
- * the nibble operand into the 5-bit one. Interleaved per group, not a plane at the end of the
+ * that vpdpbusd operand, so a masked byte add of 16 (vpaddb under the word as a k mask; on
+ * AVX2 the word's bits spread to bytes by vpshufb and a compare) turns the nibble operand into
+ * the 5-bit one. Interleaved per group, not a plane at the end of the
  * super-block: the GEMV then streams one sequential run (with the plane apart, two interleaved
  * streams 4.6 KB apart, it ran at 0.43 of a streaming read instead of ~0.9, bench-qgemv). */
 #if defined(KILN_QINT8_Q4_K) || defined(KILN_QINT8_Q5_K) /* Q5_K takes these kernels too */
@@ -52,7 +55,9 @@
 /* group g's q: its nibbles at KILN_Q4K_Q + g * KILN_QG(q5); Q5_K's fifth bits right after */
 #define KILN_QG(q5) ((q5) ? 20 * KILN_NR : 16 * KILN_NR)
 #define KILN_SBI_K(q5) ((q5) ? KILN_SBI_Q5_K : KILN_SBI_Q4_K)
+#if KILN_VL == 16
 typedef char kiln_v64qi __attribute__((vector_size(64)));
+#endif
 _Static_assert(KILN_KC % 256 == 0, "Q4_K's k blocks are whole super-blocks");
 
 /* Rows [0, tm) of a into quantized strips of sr rows at qa (the layout above; rows past tm up
@@ -97,25 +102,22 @@ static void kiln_quantize_a_q4k(const float *restrict a, int64_t lda, int64_t tm
     }
 }
 
-/* A super-block's d and -dmin in f32 (exact: f16 widened), columns 0..15 and 16..31. */
+/* A super-block's d and -dmin in f32 (exact: f16 widened), columns 0..VL-1 and VL..NR-1. */
 static inline __attribute__((always_inline)) void kiln_q4k_dmin(const uint8_t *restrict sb, kiln_vf *d0,
         kiln_vf *d1, kiln_vf *n0, kiln_vf *n1) {
-    typedef short kiln_v16hi __attribute__((vector_size(32)));
-    kiln_v16hi h0, h1, h2, h3;
-    memcpy(&h0, sb, 32); memcpy(&h1, sb + 32, 32); memcpy(&h2, sb + 64, 32); memcpy(&h3, sb + 96, 32);
     const kiln_vu sign = (kiln_vu){0} + 0x80000000u;
-    *d0 = __builtin_ia32_vcvtph2ps512_mask(h0, (kiln_vf){0}, (unsigned short)-1, 4);
-    *d1 = __builtin_ia32_vcvtph2ps512_mask(h1, (kiln_vf){0}, (unsigned short)-1, 4);
-    *n0 = (kiln_vf)((kiln_vu)__builtin_ia32_vcvtph2ps512_mask(h2, (kiln_vf){0}, (unsigned short)-1, 4) ^ sign);
-    *n1 = (kiln_vf)((kiln_vu)__builtin_ia32_vcvtph2ps512_mask(h3, (kiln_vf){0}, (unsigned short)-1, 4) ^ sign);
+    *d0 = kiln_ldhv(sb);
+    *d1 = kiln_ldhv(sb + 2 * KILN_VL);
+    *n0 = (kiln_vf)((kiln_vu)kiln_ldhv(sb + 4 * KILN_VL) ^ sign);
+    *n1 = (kiln_vf)((kiln_vu)kiln_ldhv(sb + 6 * KILN_VL) ^ sign);
 }
 
 /* Mi of one row (its super-block's four words hA, lA, hB, lB, `stride` int32 apart) for
- * columns 0..15 and 16..31 of super-block sb. */
+ * columns 0..VL-1 and VL..NR-1 of super-block sb. */
 static inline __attribute__((always_inline)) void kiln_q4k_mins(const uint8_t *restrict sb, const int32_t *words,
         int64_t stride, kiln_vi *mi0, kiln_vi *mi1) {
-    const kiln_vi m00 = kiln_ldvi(sb + KILN_Q4K_M), m01 = kiln_ldvi(sb + KILN_Q4K_M + 64);
-    const kiln_vi m10 = kiln_ldvi(sb + KILN_Q4K_M + 4 * KILN_NR), m11 = kiln_ldvi(sb + KILN_Q4K_M + 4 * KILN_NR + 64);
+    const kiln_vi m00 = kiln_ldvi(sb + KILN_Q4K_M), m01 = kiln_ldvi(sb + KILN_Q4K_M + 4 * KILN_VL);
+    const kiln_vi m10 = kiln_ldvi(sb + KILN_Q4K_M + 4 * KILN_NR), m11 = kiln_ldvi(sb + KILN_Q4K_M + 4 * KILN_NR + 4 * KILN_VL);
     const kiln_vi hA = kiln_splati(words[0]), lA = kiln_splati(words[stride]);
     const kiln_vi hB = kiln_splati(words[2 * stride]), lB = kiln_splati(words[3 * stride]);
     const kiln_vi z = (kiln_vi){0};
@@ -123,8 +125,22 @@ static inline __attribute__((always_inline)) void kiln_q4k_mins(const uint8_t *r
     *mi1 = kiln_dpbusd(kiln_dpbusd(z, m01, hA), m11, hB) * 128 + kiln_dpbusd(kiln_dpbusd(z, m01, lA), m11, lB);
 }
 
-/* Quad qd of group g's q (Q4_K's nibbles; q5: plus the fifth bits): columns 0..15 into *w0,
- * 16..31 into *w1. */
+#if KILN_VL == 8
+/* AVX2: the 32 bytes of a vpdpbusd-shaped operand (8 columns x 4 values) plus 16 where bit i
+ * of `bits` is set (byte i): the word broadcast, each byte's bit picked (vpshufb, then a
+ * compare against its bit), 16 where set. */
+static inline __attribute__((always_inline)) kiln_vi kiln_q5_fifth(kiln_vi v, uint32_t bits) {
+    const kiln_v32qi pick = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                             2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+    const kiln_v32qi bit = {1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128,
+                            1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128};
+    const kiln_v32qi b = __builtin_ia32_pshufb256((kiln_v32qi)kiln_splati((int32_t)bits), pick) & bit;
+    return v | (kiln_vi)((kiln_v32qi)(b == bit) & 16);
+}
+#endif
+
+/* Quad qd of group g's q (Q4_K's nibbles; q5: plus the fifth bits): columns 0..VL-1 into *w0,
+ * VL..NR-1 into *w1. */
 static inline __attribute__((always_inline)) void kiln_qiw_q4k(const int q5, const uint8_t *restrict sb, int g,
         int qd, kiln_vi *w0, kiln_vi *w1) {
     const uint8_t *qg = sb + KILN_Q4K_Q + g * KILN_QG(q5);
@@ -135,6 +151,7 @@ static inline __attribute__((always_inline)) void kiln_qiw_q4k(const int q5, con
         *w1 = (kiln_vi)((v >> 4) & 0x0F0F0F0Fu);
         return;
     }
+#if KILN_VL == 16
     unsigned long long m0, m1;
     memcpy(&m0, qg + 16 * KILN_NR + qd * (KILN_NR / 2), 8);
     memcpy(&m1, qg + 16 * KILN_NR + qd * (KILN_NR / 2) + 8, 8);
@@ -142,8 +159,160 @@ static inline __attribute__((always_inline)) void kiln_qiw_q4k(const int q5, con
     const kiln_v64qi lo = (kiln_v64qi)(v & 0x0F0F0F0Fu), hi = (kiln_v64qi)((v >> 4) & 0x0F0F0F0Fu);
     *w0 = (kiln_vi)__builtin_ia32_paddb512_mask(lo, sixteen, lo, m0);
     *w1 = (kiln_vi)__builtin_ia32_paddb512_mask(hi, sixteen, hi, m1);
+#else
+    uint32_t m0, m1;
+    memcpy(&m0, qg + 16 * KILN_NR + qd * (KILN_NR / 2), 4);
+    memcpy(&m1, qg + 16 * KILN_NR + qd * (KILN_NR / 2) + 4, 4);
+    *w0 = kiln_q5_fifth((kiln_vi)(v & 0x0F0F0F0Fu), m0);
+    *w1 = kiln_q5_fifth((kiln_vi)((v >> 4) & 0x0F0F0F0Fu), m1);
+#endif
 }
 
+#if KILN_VL == 8
+/* ---- AVX2 (KILN_VL 8, 16-column panels): the same integers, summed as i16 ----------------
+ * vpmaddubsw multiplies the unsigned q (0..15, Q5_K 0..31) by the signed activation bytes
+ * (-127..127) and sums adjacent pairs into i16 lanes, exactly (|2 * 31 * 127| < 2^15); a
+ * column's i32 lane holds two of them. Q4_K sums a group's 8 quads in those i16 lanes
+ * (|8 * 2 * 15 * 127| = 30480 < 2^15: exact), Q5_K its two runs of 4 quads (31496); then
+ * vpmaddwd against the column's scale sc_g in both i16 halves gives sc_g * dot_g in i32 —
+ * the same exact integer the VNNI path's vpdpbusd and vpmulld give, so the f32 sequence and
+ * the results are the same bit for bit, with one vpmaddubsw and one vpaddw per quad and row
+ * where the shared kiln_dpbusd (vpmaddubsw, vpmaddwd, vpaddd) takes three. */
+static inline kiln_vi kiln_q4k_mul16(kiln_vi u8, kiln_vi s8) {
+    return (kiln_vi)__builtin_ia32_pmaddubsw256((kiln_v32qi)u8, (kiln_v32qi)s8);
+}
+static inline kiln_vi kiln_q4k_add16(kiln_vi a, kiln_vi b) { return (kiln_vi)((kiln_v16hi)a + (kiln_v16hi)b); }
+/* sc * (the lane's two i16 summed), sc16 holding sc in both halves of each lane */
+static inline kiln_vi kiln_q4k_scale16(kiln_vi p, kiln_vi sc16) {
+    return (kiln_vi)__builtin_ia32_pmaddwd256((kiln_v16hi)p, (kiln_v16hi)sc16);
+}
+/* A group's 6-bit scales of KILN_VL columns, each in both i16 halves of its lane. */
+static inline kiln_vi kiln_q4k_sc16(const uint8_t *p) {
+    const kiln_vi s = kiln_ld_i8(p, 1);
+    return s | s << 16;
+}
+/* One quad's products of row x into a row's i16 runs p[0] (Q5_K: p[1] from quad 4 on). */
+#define KILN_Q4K_RUN(q5, qd, p, m)                                                                \
+    do {                                                                                           \
+        const int run_ = (q5) && (qd) >= 4;                                                        \
+        if ((qd) == 4 * run_) (p)[run_] = (m);                                                     \
+        else (p)[run_] = kiln_q4k_add16((p)[run_], (m));                                           \
+        KILN_IN_REG((p)[run_]); /* summed as it goes (GCC's tree of all 8 products spills) */      \
+    } while (0)
+/* A row's sc_g * dot_g from its runs. */
+#define KILN_Q4K_DOT(q5, p, sc16) \
+    ((q5) ? kiln_q4k_scale16((p)[0], sc16) + kiln_q4k_scale16((p)[1], sc16) : kiln_q4k_scale16((p)[0], sc16))
+
+/* Micro-kernel (as the AVX-512 one below): rows of one activation strip (QMR) x one panel,
+ * super-blocks 0..nsb-1, running sums in c. The panel's two 8-column halves are separate
+ * passes (AVX2's 16 registers: a pass holds QMR sums T, QMR i16 runs (Q5_K 2 QMR), the
+ * weight operand, the broadcast row and the product). */
+static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(const int q5, int64_t nsb, const uint8_t *restrict qa0,
+        const uint8_t *restrict w0, float *restrict c0, int64_t ldc, int load_c) {
+    _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {
+        float *c = c0 + ch * KILN_VL;
+        if (!load_c)
+            _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i) kiln_stv(c + i * ldc, (kiln_vf){0});
+        const uint8_t *qa = qa0, *w = w0;
+        for (int64_t b = 0; b < nsb; ++b, qa += 8 * KILN_QA_BLOCK, w += KILN_SBI_K(q5)) {
+            const float *u = (const float *)(const void *)(qa + 4 * KILN_QA_BLOCK + 36 * KILN_QMR);
+            {
+                kiln_vf d0, d1, n0, n1;
+                kiln_q4k_dmin(w, &d0, &d1, &n0, &n1);
+                const kiln_vf n = ch ? n1 : n0;
+                _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i) {
+                    kiln_vi mi0, mi1;
+                    kiln_q4k_mins(w, (const int32_t *)(const void *)(qa + 36 * KILN_QMR) + i, KILN_QA_BLOCK / 4, &mi0, &mi1);
+                    const kiln_vf sc = kiln_splatv(u[i]);
+                    kiln_stv(c + i * ldc, KILN_FMAV(__builtin_convertvector(ch ? mi1 : mi0, kiln_vf), n * sc, kiln_ldv(c + i * ldc)));
+                }
+            }
+            kiln_vf T[KILN_QMR];
+            _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i) T[i] = (kiln_vf){0};
+            for (int g = 0; g < 8; ++g) {
+                const int32_t *aq = (const int32_t *)(const void *)(qa + g * KILN_QA_BLOCK);
+                const float *sa = (const float *)(const void *)(qa + g * KILN_QA_BLOCK + 32 * KILN_QMR);
+                kiln_vi p[KILN_QMR][2];
+                _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {
+                    kiln_vi wa, wb;
+                    kiln_qiw_q4k(q5, w, g, qd, &wa, &wb);
+                    kiln_vi wv = ch ? wb : wa;
+                    KILN_IN_REG(wv);
+                    _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i)
+                        KILN_Q4K_RUN(q5, qd, p[i], kiln_q4k_mul16(wv, kiln_splati(aq[qd * KILN_QMR + i])));
+                }
+                const kiln_vi s = kiln_q4k_sc16(w + KILN_Q4K_SC + g * KILN_NR + ch * KILN_VL);
+                _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i) {
+                    T[i] = KILN_FMAV(__builtin_convertvector(KILN_Q4K_DOT(q5, p[i], s), kiln_vf), kiln_splatv(sa[i]), T[i]);
+                    KILN_IN_REG(T[i]);
+                }
+            }
+            kiln_vf d0, d1, n0, n1;
+            kiln_q4k_dmin(w, &d0, &d1, &n0, &n1);
+            _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i)
+                kiln_stv(c + i * ldc, KILN_FMAV(T[i], ch ? d1 : d0, kiln_ldv(c + i * ldc)));
+        }
+    }
+}
+
+/* GEMV pass (as the AVX-512 one below: R <= 4 rows of one strip of R rows, one panel, one
+ * sequential stream, no software prefetch), both column halves at once, each row's group dot
+ * in i16 runs. */
+static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5, const int R, const uint8_t *restrict qa,
+        const uint8_t *restrict w, int64_t G, float *restrict t, int64_t ldt) {
+    kiln_vf acc[4][2];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};
+    for (int64_t b = 0; b < G / 8; ++b) {
+        const uint8_t *sb = w + b * KILN_SBI_K(q5), *ab = qa + b * 8 * 40 * R;
+        const float *u = (const float *)(const void *)(ab + 4 * 40 * R + 36 * R);
+        {
+            kiln_vf d0, d1, n0, n1;
+            kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+                kiln_vi mi0, mi1;
+                kiln_q4k_mins(sb, (const int32_t *)(const void *)(ab + 36 * R) + r, 10 * R, &mi0, &mi1);
+                const kiln_vf sc = kiln_splatv(u[r]);
+                acc[r][0] = KILN_FMAV(__builtin_convertvector(mi0, kiln_vf), n0 * sc, acc[r][0]);
+                acc[r][1] = KILN_FMAV(__builtin_convertvector(mi1, kiln_vf), n1 * sc, acc[r][1]);
+            }
+        }
+        kiln_vf T[4][2];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) T[r][0] = T[r][1] = (kiln_vf){0};
+        _Pragma("GCC unroll 8") for (int g = 0; g < 8; ++g) {
+            const int32_t *aq = (const int32_t *)(const void *)(ab + g * 40 * R);
+            const float *sa = (const float *)(const void *)(ab + g * 40 * R + 32 * R);
+            kiln_vi p[4][2][2]; /* [row][column half][run] */
+            _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {
+                kiln_vi w0, w1;
+                kiln_qiw_q4k(q5, sb, g, qd, &w0, &w1);
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+                    const kiln_vi x = kiln_splati(aq[qd * R + r]);
+                    KILN_Q4K_RUN(q5, qd, p[r][0], kiln_q4k_mul16(w0, x));
+                    KILN_Q4K_RUN(q5, qd, p[r][1], kiln_q4k_mul16(w1, x));
+                }
+            }
+            const kiln_vi s0 = kiln_q4k_sc16(sb + KILN_Q4K_SC + g * KILN_NR);
+            const kiln_vi s1 = kiln_q4k_sc16(sb + KILN_Q4K_SC + g * KILN_NR + KILN_VL);
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+                const kiln_vf sc = kiln_splatv(sa[r]);
+                T[r][0] = KILN_FMAV(__builtin_convertvector(KILN_Q4K_DOT(q5, p[r][0], s0), kiln_vf), sc, T[r][0]);
+                T[r][1] = KILN_FMAV(__builtin_convertvector(KILN_Q4K_DOT(q5, p[r][1], s1), kiln_vf), sc, T[r][1]);
+                KILN_IN_REG(T[r][0]); KILN_IN_REG(T[r][1]);
+            }
+        }
+        kiln_vf d0, d1, n0, n1;
+        kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+            acc[r][0] = KILN_FMAV(T[r][0], d0, acc[r][0]);
+            acc[r][1] = KILN_FMAV(T[r][1], d1, acc[r][1]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+        kiln_stv(t + r * ldt, acc[r][0]);
+        kiln_stv(t + r * ldt + KILN_VL, acc[r][1]);
+    }
+}
+#else
 /* Micro-kernel: rows of one activation strip (QMR) x one panel, super-blocks 0..nsb-1 from qa
  * and w (both at their first super-block), into c (row stride ldc), (+)= as load_c says. The
  * running sums live in c (an L1-resident tile): each super-block needs S and the group's dots
@@ -268,6 +437,8 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
         kiln_stv(t + r * ldt + KILN_VL, acc[r][1]);
     }
 }
+
+#endif
 
 /* One column c of a super-block sb against row s of a strip of sr rows (its super-block at
  * ab): the two FMAs, in the kernels' order, with scalar integers. */

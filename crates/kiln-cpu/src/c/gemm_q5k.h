@@ -13,7 +13,7 @@
  * A row's fifth bits are one word: with AVX-512 two lane masks (a masked add of 16), with AVX2
  * broadcast and shifted per lane (vpsrlvd) to each column.
  *
- * Integer path (AVX-512 VNNI): gemm_q4k.h's super-block kernels, 22.5 bytes per 32 values (the
+ * Integer path (AVX-512 VNNI, AVX2): gemm_q4k.h's super-block kernels, 22.5 bytes per 32 values (the
  * end of this file). */
 #define KILN_GB_Q5_K (28 * KILN_NR)
 
@@ -62,7 +62,7 @@ KILN_QGEMV_PASS(kiln_qgemv_pass_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k)
 KILN_QPACKED_TILE(kiln_packed_tile_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k, kiln_qat_q5_k, kiln_qgemv_pass_q5_k)
 #endif
 
-/* ---- Q5_K on the integer path (AVX-512 VNNI): gemm_q4k.h's super-block kernels ------------
+/* ---- Q5_K on the integer path (AVX-512 VNNI, AVX2): gemm_q4k.h's super-block kernels -------
  *
  * Q5_K is Q4_K's super-block with 5-bit q, so it takes Q4_K's integer path unchanged but for
  * the weight operand: activations quantized per 32 values, each group's scaled dot summed in

@@ -44,7 +44,7 @@ KILN_QGEMV_PASS(kiln_qgemv_pass_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k)
 KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q6_k, kiln_qgemv_pass_q6_k)
 #endif
 
-/* ---- Q6_K on the integer path (AVX-512 VNNI) ----------------------------------------------
+/* ---- Q6_K on the integer path (AVX-512 VNNI, AVX2) -----------------------------------------
  *
  * Activations signed (kind 3: per 32 values, one f32 scale, and the sums of each 16-value
  * half, s0 and s1, in the block's word as two i16), weights the unsigned 6-bit q (0..63). A 32-value block has two
@@ -64,7 +64,8 @@ KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q
  * j + NR/2 (Y), value 16 + 4p + t of column j (Z), and in their top 2 bits (X, Y, Z: bits 0-1,
  * 2-3, 4-5 of it) value 16 + 4p + t of column j + NR/2. So three of the four vpdpbusd operands
  * of a pair are one AND each (& 0x3F), the fourth is 4 q assembled from the three top bit pairs
- * in place (its dot is 4 D1, started at -128 * s1 and shifted right by 2: exact); the 6-bit
+ * in place (its dot is 4 D1, started at -128 * s1 and shifted right by 2: exact; on AVX2 q
+ * itself, KILN_Q6_X4 below); the 6-bit
  * values cost 0.75 bytes, with no plane of high bits to unpack per quad (the former layout,
  * nibbles + high pairs, a bias and q - 32 as the signed operand: 34 NR bytes, 0.38 of the
  * read in scripts/bench-qgemv.sh).
@@ -75,18 +76,35 @@ KILN_QPACKED_TILE(kiln_packed_tile_q6_k, KILN_GB_Q6_K, kiln_deq_q6_k, kiln_qat_q
 /* Group g of the super-block at sb. */
 #define KILN_Q6K_GROUP(sb, g) ((sb) + 2 * KILN_NR + (g) * 26 * KILN_NR)
 
-/* A super-block's d in f32 (exact: f16 widened), columns 0..15 and 16..31. */
+/* A super-block's d in f32 (exact: f16 widened), columns 0..VL-1 and VL..NR-1. */
 static inline __attribute__((always_inline)) void kiln_q6k_d(const uint8_t *restrict sb, kiln_vf *d0, kiln_vf *d1) {
+#if KILN_VL == 16
     typedef short kiln_v16hi __attribute__((vector_size(32)));
     kiln_v16hi h0, h1;
     memcpy(&h0, sb, 32); memcpy(&h1, sb + 32, 32);
     *d0 = __builtin_ia32_vcvtph2ps512_mask(h0, (kiln_vf){0}, (unsigned short)-1, 4);
     *d1 = __builtin_ia32_vcvtph2ps512_mask(h1, (kiln_vf){0}, (unsigned short)-1, 4);
+#else
+    *d0 = kiln_ldhv(sb);
+    *d1 = kiln_ldhv(sb + 2 * KILN_VL);
+#endif
 }
 
-/* Pair p (quads p and p + 4) of a group's weights: the vpdpbusd operands of columns 0..15 and
- * 16..31 at quad p (*w00, *w10), columns 0..15 at quad p + 4 (*w01), and 4 q of columns 16..31
- * at quad p + 4 (*w11x4). */
+/* The fourth operand of a pair is KILN_Q6_X4 q: 4 q with VNNI (the top bit pairs in place, a
+ * dot of 4 D1 started at -128 s1 and shifted right by 2 after); q itself on AVX2, whose
+ * vpmaddubsw sums two u8 x s8 products in i16 (2 * 252 * 127 would saturate; 2 * 63 * 127
+ * does not). The same integer D1 either way. */
+#if KILN_VL == 16
+#define KILN_Q6_X4 4
+#define KILN_Q6_X4_SHIFT 2
+#else
+#define KILN_Q6_X4 1
+#define KILN_Q6_X4_SHIFT 0
+#endif
+
+/* Pair p (quads p and p + 4) of a group's weights: the vpdpbusd operands of columns 0..VL-1
+ * and VL..NR-1 at quad p (*w00, *w10), columns 0..VL-1 at quad p + 4 (*w01), and KILN_Q6_X4 q
+ * of columns VL..NR-1 at quad p + 4 (*w11x4). */
 static inline __attribute__((always_inline)) void kiln_qiw_q6_k(const uint8_t *restrict g, int p, kiln_vi *w00,
         kiln_vi *w10, kiln_vi *w01, kiln_vi *w11x4) {
     const uint8_t *v = g + 2 * KILN_NR + p * 6 * KILN_NR;
@@ -95,7 +113,11 @@ static inline __attribute__((always_inline)) void kiln_qiw_q6_k(const uint8_t *r
     *w00 = (kiln_vi)(x & 0x3F3F3F3Fu);
     *w10 = (kiln_vi)(y & 0x3F3F3F3Fu);
     *w01 = (kiln_vi)(z & 0x3F3F3F3Fu);
+#if KILN_VL == 16
     *w11x4 = (kiln_vi)(((x >> 4) & 0x0C0C0C0Cu) | ((y >> 2) & 0x30303030u) | (z & 0xC0C0C0C0u));
+#else
+    *w11x4 = (kiln_vi)(((x >> 6) & 0x03030303u) | ((y >> 4) & 0x0C0C0C0Cu) | ((z >> 2) & 0x30303030u));
+#endif
 }
 
 /* The i32 scales of half `hf` of a group, columns 0..15 and 16..31. */
@@ -125,10 +147,10 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nsb, 
             kiln_vi dot[KILN_QMR];
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) dot[i] = (kiln_vi){0};
             _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
-                const int x4 = ch == 1 && hf == 1; /* this dot is 4 D1 */
+                const int x4 = ch == 1 && hf == 1; /* this dot is KILN_Q6_X4 D1 */
                 kiln_vi ia[KILN_QMR];
                 _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
-                    ia[i] = kiln_splati(kiln_q6_start(aq[9 * KILN_QMR + i], hf) * (x4 ? 4 : 1));
+                    ia[i] = kiln_splati(kiln_q6_start(aq[9 * KILN_QMR + i], hf) * (x4 ? KILN_Q6_X4 : 1));
                 _Pragma("GCC unroll 4") for (int p = 0; p < 4; ++p) {
                     kiln_vi w00, w10, w01, w11;
                     kiln_qiw_q6_k(wg, p, &w00, &w10, &w01, &w11);
@@ -141,7 +163,7 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nsb, 
                 kiln_q6_scales(wg, hf, &s0, &s1);
                 const kiln_vi sc = ch ? s1 : s0;
                 _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
-                    dot[i] += sc * (x4 ? ia[i] >> 2 : ia[i]);
+                    dot[i] += sc * (x4 ? ia[i] >> KILN_Q6_X4_SHIFT : ia[i]);
             }
             kiln_vf d0, d1;
             kiln_q6k_d(sb, &d0, &d1);
@@ -178,12 +200,12 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R,
         kiln_q6_scales(wg, 1, &s10, &s11);
         KILN_IN_REG(dv0); KILN_IN_REG(dv1);
         KILN_IN_REG(s00); KILN_IN_REG(s01); KILN_IN_REG(s10); KILN_IN_REG(s11);
-        kiln_vi d00[4], d10[4], d01[4], d11[4]; /* [column half][value half], d11 = 4 D1 */
+        kiln_vi d00[4], d10[4], d01[4], d11[4]; /* [column half][value half], d11 = KILN_Q6_X4 D1 */
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
             const int32_t s0 = kiln_q6_start(aq[9 * R + r], 0), s1 = kiln_q6_start(aq[9 * R + r], 1);
             d00[r] = d10[r] = kiln_splati(s0);
             d01[r] = kiln_splati(s1);
-            d11[r] = kiln_splati(4 * s1);
+            d11[r] = kiln_splati(KILN_Q6_X4 * s1);
         }
         _Pragma("GCC unroll 4") for (int p = 0; p < 4; ++p) {
             kiln_vi w00, w10, w01, w11;
@@ -198,7 +220,7 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q6_k(const int R,
         }
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
             const kiln_vf sc = kiln_splatv(sa[r]);
-            const kiln_vi dot0 = s00 * d00[r] + s10 * d01[r], dot1 = s01 * d10[r] + s11 * (d11[r] >> 2);
+            const kiln_vi dot0 = s00 * d00[r] + s10 * d01[r], dot1 = s01 * d10[r] + s11 * (d11[r] >> KILN_Q6_X4_SHIFT);
             acc[r][0] = KILN_FMAV(__builtin_convertvector(dot0, kiln_vf), dv0 * sc, acc[r][0]);
             acc[r][1] = KILN_FMAV(__builtin_convertvector(dot1, kiln_vf), dv1 * sc, acc[r][1]);
         }

@@ -52,7 +52,10 @@ const int kiln_panel_columns = KILN_NR;
 #define KILN_QINT8_Q6_K 1
 #elif !defined(KILN_QUANT_DEQUANT) && !defined(KILN_AVX512) && defined(__AVX2__)
 #define KILN_QINT8 1
-#define KILN_QINT8_Q4_0 1
+#define KILN_QINT8_Q4_0 1 /* the AVX2 kernels of gemm_quant.h (Q4_0), gemm_q4k.h (Q4_K, Q5_K), gemm_q6k.h */
+#define KILN_QINT8_Q4_K 1
+#define KILN_QINT8_Q5_K 1
+#define KILN_QINT8_Q6_K 1
 #endif
 /* The types on the integer path as a bit mask (bit 0 Q8_0, 1 Q4_0, 2 Q4_K, 3 Q5_K, 4 Q6_K):
  * the device packs those weights in the integer layout (read by name, device.rs). */
