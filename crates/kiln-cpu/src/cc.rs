@@ -829,6 +829,83 @@ int64_t kiln_selftest(uint64_t *digest) {
         );
     }
 
+    /// A 16-bit KV cache's keys and values widened in registers (`kiln_mm_nt_f16`,
+    /// `kiln_mm_nt_bf16`, `kiln_att_pv_f16`, `kiln_att_pv_bf16`) give the bits of the f32
+    /// kernels (`kiln_mm_nt`, `kiln_att_pv`) over the same values widened first: every path
+    /// (decode's M <= 2, the register blocks, the K tail, the keys left; the P V tiles, passes
+    /// and columns left), f16 over its whole finite range (subnormals and signed zeros too).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn sixteen_bit_keys_and_values_give_the_f32_kernels_bits() {
+        let check = r#"
+static float kiln_test_value(int64_t i) { return (float)((i * 7919) % 2001 - 1000) / 1000.0f; }
+/* f16 bits over the whole finite range (subnormals, zeros of both signs), bf16 the top half of a value */
+static uint16_t kiln_test_f16(int64_t i) { return (uint16_t)(((i * 40503) & 0x7bff) ^ ((i & 1) << 15)); }
+int64_t kiln_selftest(void) {
+    enum { MM = 7, NN = 9, LD = 300, PK = 64, PN = 136 };
+    static float a[MM * LD], w[NN * LD], c[MM * NN], cw[MM * NN];
+    static uint16_t h[2][NN * LD];
+    static float p[MM * PK], o[MM * PN], ow[MM * PN], vw[PK * PN];
+    static uint16_t vh[2][PK * PN];
+    for (int64_t i = 0; i < MM * LD; ++i) a[i] = kiln_test_value(i);
+    for (int64_t i = 0; i < NN * LD; ++i) {
+        h[0][i] = kiln_test_f16(i);
+        h[1][i] = (uint16_t)(kiln_f2u(kiln_test_value(3 * i + 1)) >> 16);
+    }
+    for (int64_t i = 0; i < MM * PK; ++i) p[i] = kiln_test_value(5 * i + 2) + 1.0f;
+    for (int64_t i = 0; i < PK * PN; ++i) {
+        vh[0][i] = kiln_test_f16(7 * i + 3);
+        vh[1][i] = (uint16_t)(kiln_f2u(kiln_test_value(11 * i + 4)) >> 16);
+    }
+    const int64_t ks[] = {1, 3, 15, 16, 17, 31, 33, 47, 131, 300};
+    const int64_t pks[] = {1, 2, 7, 64}, pns[] = {1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 128, 129, 136};
+    int64_t bad = 0;
+    for (int bf = 0; bf < 2; ++bf) {
+        /* Q K^T: keys widened in registers against kiln_mm_nt over the widened keys */
+        for (int64_t i = 0; i < NN * LD; ++i) w[i] = bf ? kiln_bf16_to_f32(h[1][i]) : kiln_f16_to_f32(h[0][i]);
+        for (int ki = 0; ki < 10; ++ki)
+            for (int64_t m = 1; m <= MM; ++m)
+                for (int64_t n = 1; n <= NN; ++n) {
+                    const int64_t k = ks[ki];
+                    if (bf) kiln_mm_nt_bf16(a, LD, h[1], LD, c, NN, m, n, k);
+                    else kiln_mm_nt_f16(a, LD, h[0], LD, c, NN, m, n, k);
+                    kiln_mm_nt(a, LD, w, LD, cw, NN, m, n, k);
+                    for (int64_t i = 0; i < m; ++i)
+                        for (int64_t j = 0; j < n; ++j) bad += kiln_f2u(c[i * NN + j]) != kiln_f2u(cw[i * NN + j]);
+                }
+        /* O += P V: values widened in registers against kiln_att_pv over the widened values */
+        for (int64_t i = 0; i < PK * PN; ++i) vw[i] = bf ? kiln_bf16_to_f32(vh[1][i]) : kiln_f16_to_f32(vh[0][i]);
+        for (int ki = 0; ki < 4; ++ki)
+            for (int ni = 0; ni < 14; ++ni)
+                for (int64_t m = 1; m <= MM; ++m) {
+                    const int64_t k = pks[ki], n = pns[ni];
+                    for (int64_t i = 0; i < MM * PN; ++i) o[i] = ow[i] = kiln_test_value(13 * i + 5);
+                    if (bf) kiln_att_pv_bf16(o, PN, p, PK, vh[1], PN, m, k, n);
+                    else kiln_att_pv_f16(o, PN, p, PK, vh[0], PN, m, k, n);
+                    kiln_att_pv(ow, PN, p, PK, vw, PN, m, k, n);
+                    for (int64_t i = 0; i < MM * PN; ++i) bad += kiln_f2u(o[i]) != kiln_f2u(ow[i]);
+                }
+    }
+    return bad;
+}
+"#;
+        let isa = if Isa::host_has_avx512() {
+            Isa::Avx512
+        } else {
+            Isa::Avx2
+        };
+        let flags: Vec<String> = ["-O3", "-march=native"].map(String::from).to_vec();
+        let (_dir, lib) = selftest_library(&format!("{}\n{check}", prelude(isa)), &flags);
+        // SAFETY: the library was just compiled from the prelude and the checker above.
+        let bad = unsafe {
+            let f = lib
+                .get::<unsafe extern "C" fn() -> i64>(b"kiln_selftest")
+                .unwrap();
+            f()
+        };
+        assert_eq!(bad, 0, "16-bit operands differ from the f32 kernels");
+    }
+
     /// `-march=native` is not always AVX2 (QEMU's default CPU models, some Atoms and
     /// Celerons): the prelude's building blocks must compile for baseline x86-64 too (a register
     /// constraint for 32-byte vectors once broke every kernel there).
@@ -840,6 +917,9 @@ int64_t kiln_selftest(uint64_t *digest) {
         let uses = "void kiln_uses(float *o, const float *a, float *s) {\n\
             kiln_mm_nt(a, 64, a, 64, o, 64, 3, 5, 64);\n\
             kiln_att_pv(o, 40, s, 64, a, 40, 3, 9, 40);\n\
+            kiln_mm_nt_f16(a, 64, (const uint16_t *)a, 64, o, 64, 3, 5, 64);\n\
+            kiln_att_pv_f16(o, 40, s, 64, (const uint16_t *)a, 40, 3, 9, 40);\n\
+            kiln_att_pv_bf16(o, 40, s, 64, (const uint16_t *)a, 40, 3, 9, 40);\n\
             o[0] += kiln_softmax_weights(s, 13, 0.5f);\n\
             o[1] += kiln_maxv(s, 13);\n}\n";
         std::fs::write(&src, format!("{}\n{uses}", prelude(Isa::Avx2))).unwrap();

@@ -112,24 +112,13 @@ pub const SCRATCH_HEADER: i64 = 64;
 /// slot, and with a packed weight the launch's packing state ([`SCRATCH_HEADER`]), the packed
 /// rows of A (`MC x K`) and a widened bf16 strip (`KC x NR`); each part 64-byte aligned.
 fn scratch_bytes(k: &Kernel) -> Expr {
-    if let KernelKind::Attention {
-        k: depth,
-        dv,
-        kt,
-        v,
-        ..
-    } = &k.kind
-    {
-        // The rows' unnormalised outputs, and the scores and biases of one key block; with a
-        // 16-bit KV cache, a key block's keys and values widened to f32 (`attention_block`).
-        let rows = dv
+    if let KernelKind::Attention { dv, .. } = &k.kind {
+        // The rows' unnormalised outputs, and the scores and biases of one key block (a 16-bit
+        // KV cache's keys and values are widened in registers: `attention_block`).
+        return dv
             .clone()
             .mul(ATT_ROWS * 4)
             .add(2 * ATT_ROWS * ATT_KEYS * 4 + 128);
-        if is_half(kt.dtype) || is_half(v.dtype) {
-            return rows.add(depth.clone().add(dv.clone()).mul(ATT_KEYS * 4).add(64));
-        }
-        return rows;
     }
     let KernelKind::MatMul {
         k: depth, epilogue, ..
@@ -520,10 +509,6 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         "    const int64_t TM = (M + {ATT_ROWS} - 1) / {ATT_ROWS};"
     );
     emit!(s, "    float *kiln_o = (float *)kiln_scratch;\n    float *kiln_s = kiln_o + (({ATT_ROWS} * DV + 15) / 16) * 16;\n    float *kiln_bias = kiln_s + {};\n    (void)kiln_bias;", ATT_ROWS * ATT_KEYS);
-    if contiguous && (is_half(a.kt.dtype) || is_half(a.v.dtype)) {
-        // A key block's keys and values widened from a 16-bit cache (`scratch_bytes`).
-        emit!(s, "    float *kiln_kw = kiln_bias + {}, *kiln_vw = kiln_kw + {ATT_KEYS} * KD;\n    (void)kiln_kw; (void)kiln_vw;", ATT_ROWS * ATT_KEYS);
-    }
     emit!(
         s,
         "    for (int64_t kiln_t = kiln_lo; kiln_t < kiln_hi; ++kiln_t) {{"
@@ -601,7 +586,8 @@ fn attention_is_blocked(a: &AttentionParts) -> bool {
 /// 2 x 4 with AVX2, whose sums are reduced together, `kiln_hsum_tile`), the scores in place
 /// (a loop vectorised for whole key blocks, [`ATTENTION_BLOCK_OPTIMIZE`]) and their maximum (`kiln_maxv`), the online softmax weights a vector
 /// at a time (`kiln_softmax_weights`), then `O += P V` over the block (`kiln_att_pv`: each
-/// value load shared by four rows with AVX-512, two with AVX2). Every score, weight sum and
+/// value load shared by four rows with AVX-512, two with AVX2); keys and values of a 16-bit KV
+/// cache widened in registers by the `_f16` and `_bf16` versions of both. Every score, weight sum and
 /// output element is summed in one order whatever the tile or the row count (a decode row
 /// gets the bits a prefill row gets). The products of masked keys in a block that has
 /// unmasked ones are computed and discarded: their score is -inf whatever the product, the
@@ -630,26 +616,20 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
         }
         None => format!("*sp = {};", a.score),
     };
-    // Keys from a 16-bit cache: bf16 widened in registers (`kiln_mm_nt_bf16`), f16 widened
-    // into the scratch first; values from one widened into the scratch (exact either way, so
-    // every product is the f32 path's FMA chain over the same values).
-    match kt.dtype {
-        DType::BF16 => emit!(
-            s,
-            "            kiln_mm_nt_bf16(pq + i0 * {}, {}, pk + j0 * {}, {}, kiln_s, {ATT_KEYS}, bi, bj, KD);",
-            q.row_stride, q.row_stride, kt.col_stride, kt.col_stride
-        ),
-        DType::F16 => emit!(
-            s,
-            "            kiln_widen_rows(kiln_kw, KD, pk + j0 * {}, {}, bj, KD, 0);\n            kiln_mm_nt(pq + i0 * {}, {}, kiln_kw, KD, kiln_s, {ATT_KEYS}, bi, bj, KD);",
-            kt.col_stride, kt.col_stride, q.row_stride, q.row_stride
-        ),
-        _ => emit!(
-            s,
-            "            kiln_mm_nt(pq + i0 * {}, {}, pk + j0 * {}, {}, kiln_s, {ATT_KEYS}, bi, bj, KD);",
-            q.row_stride, q.row_stride, kt.col_stride, kt.col_stride
-        ),
-    }
+    // Keys and values from a 16-bit cache widened in registers (`kiln_mm_nt_bf16`,
+    // `kiln_mm_nt_f16`, `kiln_att_pv_bf16`, `kiln_att_pv_f16`): exact, so every product is
+    // the f32 path's FMA chain over the same values. Widened a block at a time into scratch
+    // instead, each key and value block was converted once per query block and stored and
+    // read back (a 1536-token prompt's f16 cache cost 10-25% of its prefill on a Zen 4).
+    emit!(
+        s,
+        "            {}(pq + i0 * {}, {}, pk + j0 * {}, {}, kiln_s, {ATT_KEYS}, bi, bj, KD);",
+        nt_fn(kt.dtype),
+        q.row_stride,
+        q.row_stride,
+        kt.col_stride,
+        kt.col_stride
+    );
     emit!(s, "            for (int64_t ii = 0; ii < bi; ++ii) {{");
     emit!(s, "                const int64_t {i} = i0 + ii; (void){i};");
     emit!(s, "                float *srow = kiln_s + ii * {ATT_KEYS};");
@@ -666,18 +646,30 @@ fn attention_block(a: &AttentionParts, s: &mut String) {
     emit!(s, "                const float corr = mx[ii] == -INFINITY ? 0.0f : exp2f((mx[ii] - mnew) * 1.44269504088896340736f);");
     emit!(s, "                sum[ii] = sum[ii] * corr + kiln_softmax_weights(srow, bj, mnew);\n                mx[ii] = mnew;");
     emit!(s, "                if (corr != 1.0f) kiln_att_rescale(kiln_o + ii * DV, DV, corr);\n            }}");
-    if is_half(v.dtype) {
-        emit!(
-            s,
-            "            kiln_widen_rows(kiln_vw, DV, pv + j0 * {}, {}, bj, DV, {});\n            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, kiln_vw, DV, bi, bj, DV);\n        }}",
-            v.row_stride, v.row_stride, i32::from(v.dtype == DType::BF16)
-        );
-    } else {
-        emit!(
-            s,
-            "            kiln_att_pv(kiln_o, DV, kiln_s, {ATT_KEYS}, pv + j0 * {}, {}, bi, bj, DV);\n        }}",
-            v.row_stride, v.row_stride
-        );
+    emit!(
+        s,
+        "            {}(kiln_o, DV, kiln_s, {ATT_KEYS}, pv + j0 * {}, {}, bi, bj, DV);\n        }}",
+        pv_fn(v.dtype),
+        v.row_stride,
+        v.row_stride
+    );
+}
+
+/// The NT product (`Q K^T`) of f32 rows by keys of dtype `t` (f32, or widened in registers).
+fn nt_fn(t: DType) -> &'static str {
+    match t {
+        DType::BF16 => "kiln_mm_nt_bf16",
+        DType::F16 => "kiln_mm_nt_f16",
+        _ => "kiln_mm_nt",
+    }
+}
+
+/// The `O += P V` product of value rows of dtype `t` (f32, or widened in registers).
+fn pv_fn(t: DType) -> &'static str {
+    match t {
+        DType::BF16 => "kiln_att_pv_bf16",
+        DType::F16 => "kiln_att_pv_f16",
+        _ => "kiln_att_pv",
     }
 }
 

@@ -176,8 +176,13 @@ const GEMV_F32_PARAMS: &str = "(const float *restrict x, int64_t ldx, const floa
 const GEMV_BF16_PARAMS: &str = "(const float *restrict x, int64_t ldx, const uint16_t *const *w, int64_t K, float *restrict t, int64_t ldt)";
 const GEMV_ARGS: &str = "(x, ldx, w, K, t, ldt)";
 const ATT_PV_PARAMS: &str = "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N)";
+/// The P V passes of a 16-bit KV cache's values (f16 or bf16 bits).
+const ATT_PV_HALF_PARAMS: &str = "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const uint16_t *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N)";
+const ATT_PV_HALF_COLS_PARAMS: &str = "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const uint16_t *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N)";
+const ATT_PV_COLS_ARGS: &str = "(o, ldo, p, ldp, v, ldv, M, K, n0, N)";
 const MM_NT_PARAMS: &str = "(const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)";
-const MM_NT_BF16_PARAMS: &str = "(const float *restrict a, int64_t lda, const uint16_t *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)";
+/// `kiln_mm_nt`'s over 16-bit keys (bf16 or f16 bits, widened in registers).
+const MM_NT_HALF_PARAMS: &str = "(const float *restrict a, int64_t lda, const uint16_t *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)";
 const MM_NT_ARGS: &str = "(a, lda, b, ldb, c, ldc, M, N, K)";
 const fn mm_nt_half(part: &'static str, name: &'static str, params: &'static str) -> RuntimeFn {
     RuntimeFn {
@@ -233,14 +238,23 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
     // (those once, where each pass compiled its own copy), and its passes of 2 and 1 rows
     // (with the columns, ~95 ms of gcc: a model's longest unit; issue 27).
     att_pv_pass("attention_pv_rows4", "kiln_att_pv_rows4", ATT_PV_PARAMS, ATT_PV_ARGS),
-    att_pv_pass("attention_pv_rows4", "kiln_att_pv_cols", "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N)", "(o, ldo, p, ldp, v, ldv, M, K, n0, N)"),
+    att_pv_pass("attention_pv_rows4", "kiln_att_pv_cols", "(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N)", ATT_PV_COLS_ARGS),
     att_pv_pass("attention_pv_rows2", "kiln_att_pv_rows2", ATT_PV_PARAMS, ATT_PV_ARGS),
+    // The same for a 16-bit KV cache's values, widened in registers (f16, bf16).
+    att_pv_pass("attention_pv_f16_rows4", "kiln_att_pv_f16_rows4", ATT_PV_HALF_PARAMS, ATT_PV_ARGS),
+    att_pv_pass("attention_pv_f16_rows4", "kiln_att_pv_f16_cols", ATT_PV_HALF_COLS_PARAMS, ATT_PV_COLS_ARGS),
+    att_pv_pass("attention_pv_f16_rows2", "kiln_att_pv_f16_rows2", ATT_PV_HALF_PARAMS, ATT_PV_ARGS),
+    att_pv_pass("attention_pv_bf16_rows4", "kiln_att_pv_bf16_rows4", ATT_PV_HALF_PARAMS, ATT_PV_ARGS),
+    att_pv_pass("attention_pv_bf16_rows4", "kiln_att_pv_bf16_cols", ATT_PV_HALF_COLS_PARAMS, ATT_PV_COLS_ARGS),
+    att_pv_pass("attention_pv_bf16_rows2", "kiln_att_pv_bf16_rows2", ATT_PV_HALF_PARAMS, ATT_PV_ARGS),
     // `kiln_mm_nt`'s register blocks (its M <= 2 rows stay in its own part): tiles of
     // KILN_MMT_ROWS rows, and the rows left. Each ~half of what was the longest part.
     mm_nt_half("mm_nt_tiles", "kiln_mm_nt_tiles", MM_NT_PARAMS),
     mm_nt_half("mm_nt_rows", "kiln_mm_nt_rows", MM_NT_PARAMS),
-    mm_nt_half("mm_nt_bf16_tiles", "kiln_mm_nt_bf16_tiles", MM_NT_BF16_PARAMS),
-    mm_nt_half("mm_nt_bf16_rows", "kiln_mm_nt_bf16_rows", MM_NT_BF16_PARAMS),
+    mm_nt_half("mm_nt_bf16_tiles", "kiln_mm_nt_bf16_tiles", MM_NT_HALF_PARAMS),
+    mm_nt_half("mm_nt_bf16_rows", "kiln_mm_nt_bf16_rows", MM_NT_HALF_PARAMS),
+    mm_nt_half("mm_nt_f16_tiles", "kiln_mm_nt_f16_tiles", MM_NT_HALF_PARAMS),
+    mm_nt_half("mm_nt_f16_rows", "kiln_mm_nt_f16_rows", MM_NT_HALF_PARAMS),
     // Called by the kernels.
     tile("gemm_f32", "kiln_packed_tile_f32", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const float *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)", &[GEMM_UKR, GEMM_PACK_A, "gemv_f32_panels", "gemv_f32_rows"]),
     tile("gemm_bf16", "kiln_packed_tile_bf16", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint16_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)", &[GEMM_UKR, GEMM_PACK_A, "gemv_bf16_panels", "gemv_bf16_rows"]),
@@ -264,11 +278,23 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         part: "mm_nt_bf16",
         ret: "void",
         name: "kiln_mm_nt_bf16",
-        params: MM_NT_BF16_PARAMS,
+        params: MM_NT_HALF_PARAMS,
         args: MM_NT_ARGS,
         cases: &[],
         optimize: MM_NT_OPTIMIZE,
         calls: &["mm_nt_bf16_tiles", "mm_nt_bf16_rows"],
+        section: Section::Base,
+    },
+    // f16 keys (a 16-bit KV cache's) widened in registers.
+    RuntimeFn {
+        part: "mm_nt_f16",
+        ret: "void",
+        name: "kiln_mm_nt_f16",
+        params: MM_NT_HALF_PARAMS,
+        args: MM_NT_ARGS,
+        cases: &[],
+        optimize: MM_NT_OPTIMIZE,
+        calls: &["mm_nt_f16_tiles", "mm_nt_f16_rows"],
         section: Section::Base,
     },
     RuntimeFn {
@@ -282,10 +308,11 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         calls: &[],
         section: Section::Base,
     },
-    // The attention's helpers: the P V product (its passes in parts of their own, above) and
-    // the online softmax's weights.
+    // The attention's helpers: the P V product (its passes in parts of their own, above; a
+    // part of its own, so that a program with a 16-bit cache does not compile them) and the
+    // online softmax's weights.
     RuntimeFn {
-        part: "attention",
+        part: "attention_pv",
         ret: "void",
         name: "kiln_att_pv",
         params: ATT_PV_PARAMS,
@@ -293,6 +320,30 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
         cases: &[],
         optimize: "",
         calls: &["attention_pv_rows4", "attention_pv_rows2"],
+        section: Section::Base,
+    },
+    // A 16-bit KV cache's P V products, in parts of their own: a program with an f32 cache
+    // does not compile them.
+    RuntimeFn {
+        part: "attention_pv_f16",
+        ret: "void",
+        name: "kiln_att_pv_f16",
+        params: ATT_PV_HALF_PARAMS,
+        args: ATT_PV_ARGS,
+        cases: &[],
+        optimize: "",
+        calls: &["attention_pv_f16_rows4", "attention_pv_f16_rows2"],
+        section: Section::Base,
+    },
+    RuntimeFn {
+        part: "attention_pv_bf16",
+        ret: "void",
+        name: "kiln_att_pv_bf16",
+        params: ATT_PV_HALF_PARAMS,
+        args: ATT_PV_ARGS,
+        cases: &[],
+        optimize: "",
+        calls: &["attention_pv_bf16_rows4", "attention_pv_bf16_rows2"],
         section: Section::Base,
     },
     RuntimeFn {
@@ -611,6 +662,24 @@ mod tests {
         assert!(!part.contains("kiln_packed_tile_bf16_gemv_T"));
         let called = parts_called(["y = kiln_mm_nt(a"]);
         assert_eq!(called, ["mm_nt_tiles", "mm_nt_rows", "mm_nt"]);
+        // an f16 KV cache's attention compiles its own P V passes, not the f32 ones
+        let called = parts_called([
+            "kiln_mm_nt_f16(pq",
+            "kiln_att_pv_f16(kiln_o",
+            "kiln_softmax_weights(s",
+        ]);
+        assert_eq!(
+            called,
+            [
+                "attention_pv_f16_rows4",
+                "attention_pv_f16_rows2",
+                "mm_nt_f16_tiles",
+                "mm_nt_f16_rows",
+                "mm_nt_f16",
+                "attention_pv_f16",
+                "attention"
+            ]
+        );
         // a unit without a tile call compiles the base prelude, and no tile prototype
         assert_eq!(kernel_section(["y = kiln_mm_nt(a"]), Section::Base);
         let base = kernel_prelude(Isa::Avx2, "T", Section::Base);

@@ -343,11 +343,11 @@ fn attention_writes_the_rows_its_projection_reads() {
     }
 }
 
-/// Attention over a 16-bit KV cache (bf16: keys widened in registers, values through the
-/// scratch; f16: both through the scratch) on the blocked path: bitwise what the f32 kernel
-/// computes over the same values widened to f32 (the same FMA chains), for each kernel ISA, at
-/// the awkward sizes of [`attention_alone_at_awkward_sizes`], masked and not; and against the
-/// interpreter.
+/// Attention over a 16-bit KV cache (bf16 and f16 keys and values widened in registers:
+/// `kiln_mm_nt_bf16`/`_f16`, `kiln_att_pv_bf16`/`_f16`) on the blocked path: bitwise what the
+/// f32 kernel computes over the same values widened to f32 (the same FMA chains), for each
+/// kernel ISA, at the awkward sizes of [`attention_alone_at_awkward_sizes`], masked and not;
+/// and against the interpreter.
 #[test]
 fn attention_over_a_16_bit_cache_is_the_f32_kernel_on_the_widened_values() {
     const G: usize = 3;

@@ -233,6 +233,23 @@ static inline kiln_vf kiln_ldbfv(const uint16_t *p) {
 #endif
     kiln_vf f; memcpy(&f, &w, sizeof f); return f;
 }
+/* KILN_VL f16 values widened to f32, exactly (vcvtph2ps: AVX-512F, or F16C with AVX2): the
+ * quantized blocks' scales, and an f16 KV cache's keys and values (kiln_mm_nt_f16,
+ * kiln_att_pv_f16). */
+static inline kiln_vf kiln_ldhv(const void *p) {
+    kiln_vh h; memcpy(&h, p, sizeof h);
+#if defined(KILN_AVX512)
+    typedef short kiln_v16hi __attribute__((vector_size(32)));
+    return __builtin_ia32_vcvtph2ps512_mask((kiln_v16hi)h, (kiln_vf){0}, (unsigned short)-1, 4);
+#elif defined(__F16C__) && KILN_VL == 8
+    typedef short kiln_v8hi __attribute__((vector_size(16)));
+    return __builtin_ia32_vcvtph2ps256((kiln_v8hi)h);
+#else
+    kiln_vf f;
+    for (int l = 0; l < KILN_VL; ++l) f[l] = kiln_f16_to_f32(h[l]);
+    return f;
+#endif
+}
 /* A row of a bf16 weight panel (KILN_NR = 2 KILN_VL values, packed in the order of
  * kiln_bf16_pos, pack.rs) widened to f32: columns 0..VL-1 and VL..2VL-1. Each is one
  * vpunpcklwd / vpunpckhwd against zero (bf16 in the high half of a zero f32 is its f32
@@ -393,9 +410,10 @@ static void NAME(const float *restrict a, int64_t lda, const BT *restrict b, int
         } \
     } \
 }
-/* f32 weights, and bf16 weights widened in registers. The blocks' two halves are functions of
- * their own, guarded (where the name is a macro, a part of kiln's runtime object compiles it and
- * this translation unit calls that: kiln-cpu runtime.rs, `RuntimeFn::calls`). */
+/* f32 weights, and bf16 and f16 ones (and a 16-bit KV cache's keys) widened in registers. The
+ * blocks' two halves are functions of their own, guarded (where the name is a macro, a part of
+ * kiln's runtime object compiles it and this translation unit calls that: kiln-cpu runtime.rs,
+ * `RuntimeFn::calls`). */
 #if !defined(kiln_mm_nt_tiles)
 KILN_MM_NT_TILES(kiln_mm_nt, float, kiln_ldv, KILN_ID)
 #endif
@@ -410,6 +428,13 @@ KILN_MM_NT_TILES(kiln_mm_nt_bf16, uint16_t, kiln_ldbfv, kiln_bf16_to_f32)
 KILN_MM_NT_ROWS(kiln_mm_nt_bf16, uint16_t, kiln_ldbfv, kiln_bf16_to_f32)
 #endif
 KILN_MM_NT(kiln_mm_nt_bf16, uint16_t, kiln_ldbfv, kiln_bf16_to_f32)
+#if !defined(kiln_mm_nt_f16_tiles)
+KILN_MM_NT_TILES(kiln_mm_nt_f16, uint16_t, kiln_ldhv, kiln_f16_to_f32)
+#endif
+#if !defined(kiln_mm_nt_f16_rows)
+KILN_MM_NT_ROWS(kiln_mm_nt_f16, uint16_t, kiln_ldhv, kiln_f16_to_f32)
+#endif
+KILN_MM_NT(kiln_mm_nt_f16, uint16_t, kiln_ldhv, kiln_f16_to_f32)
 
 /* c[m, n] = sum_k a[m*lda + k*sak] * b[k*ldb + n] for N <= KILN_NC: b contiguous along n ("NN", e.g. P @ V). */
 static void kiln_mm_nn(const float *restrict a, int64_t lda, int64_t sak, const float *restrict b, int64_t ldb,
@@ -515,16 +540,18 @@ static inline void kiln_att_rescale(float *restrict o, int64_t n, float c) {
 #define KILN_PV_NV 4
 #endif
 /* Tiles of R rows (from m, below MEND) x NV vectors of columns (from n) of o += P V, the
- * accumulators in registers. */
-#define KILN_PV_TILE(R, NV, MEND) \
+ * accumulators in registers; value rows of type VT, a vector loaded by LDVV (widened in
+ * registers from a 16-bit cache: exact, so the FMA chains are the f32 path's on the same
+ * values). */
+#define KILN_PV_TILE(R, NV, MEND, VT, LDVV) \
     for (; m + (R) <= (MEND); m += (R)) { \
         kiln_vf a[R][NV]; \
         _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) \
             _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) a[r][j] = kiln_ldv(o + (m + r) * ldo + n + j * KILN_VL); \
         for (int64_t k = 0; k < K; ++k) { \
-            const float *vr = v + k * ldv + n; \
+            const VT *vr = v + k * ldv + n; \
             kiln_vf y[NV]; \
-            _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) { y[j] = kiln_ldv(vr + j * KILN_VL); KILN_IN_REG(y[j]); } \
+            _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) { y[j] = LDVV(vr + j * KILN_VL); KILN_IN_REG(y[j]); } \
             _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) { \
                 const kiln_vf x = kiln_splatv(p[(m + r) * ldp + k]); \
                 _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) a[r][j] = kiln_fmav(x, y[j], a[r][j]); \
@@ -533,104 +560,108 @@ static inline void kiln_att_rescale(float *restrict o, int64_t n, float c) {
         _Pragma("GCC unroll 8") for (int r = 0; r < (R); ++r) \
             _Pragma("GCC unroll 8") for (int j = 0; j < (NV); ++j) kiln_stv(o + (m + r) * ldo + n + j * KILN_VL, a[r][j]); \
     }
+/* The P V product's functions for value rows of type VT (f32, or a 16-bit cache's values
+ * widened in registers: LDVV a vector, LDV1 one value), each written once as a macro. Its passes
+ * are functions of their own, each instantiated under a guard (where the name is a macro, a
+ * part of kiln's runtime object compiles it and this translation unit calls that: kiln-cpu
+ * runtime.rs, `RuntimeFn::calls`), so that they compile in parallel; each takes the column
+ * blocks of its tiles, NAME_cols the columns left (once, where each pass compiled its own
+ * copy: issue 27). */
+#define KILN_PV_PARAMS(VT) (float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, \
+                            const VT *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N)
 /* Columns n0.. of rows 0..M-1 that no tile took: one vector, then one column at a time. */
-#if !defined(kiln_att_pv_cols)
-static void kiln_att_pv_cols(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
-                             const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N) {
-    int64_t n = n0;
-    for (; n + KILN_VL <= N; n += KILN_VL)
-        for (int64_t m = 0; m < M; ++m) {
-            kiln_vf a0 = kiln_ldv(o + m * ldo + n);
-            for (int64_t k = 0; k < K; ++k) a0 = kiln_fmav(kiln_splatv(p[m * ldp + k]), kiln_ldv(v + k * ldv + n), a0);
-            kiln_stv(o + m * ldo + n, a0);
-        }
-    for (; n < N; ++n)
-        for (int64_t m = 0; m < M; ++m) {
-            float acc = o[m * ldo + n];
-            for (int64_t k = 0; k < K; ++k) acc = kiln_fma1(p[m * ldp + k], v[k * ldv + n], acc);
-            o[m * ldo + n] = acc;
-        }
+#define KILN_ATT_PV_COLS(NAME, VT, LDVV, LDV1) \
+static void NAME##_cols(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp, \
+                        const VT *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t n0, int64_t N) { \
+    int64_t n = n0; \
+    for (; n + KILN_VL <= N; n += KILN_VL) \
+        for (int64_t m = 0; m < M; ++m) { \
+            kiln_vf a0 = kiln_ldv(o + m * ldo + n); \
+            for (int64_t k = 0; k < K; ++k) a0 = kiln_fmav(kiln_splatv(p[m * ldp + k]), LDVV(v + k * ldv + n), a0); \
+            kiln_stv(o + m * ldo + n, a0); \
+        } \
+    for (; n < N; ++n) \
+        for (int64_t m = 0; m < M; ++m) { \
+            float acc = o[m * ldo + n]; \
+            for (int64_t k = 0; k < K; ++k) acc = kiln_fma1(p[m * ldp + k], LDV1(v[k * ldv + n]), acc); \
+            o[m * ldo + n] = acc; \
+        } \
 }
-#endif
-/* Its passes are functions of their own, each guarded (where the name is a macro, a part of
- * kiln's runtime object compiles it and this translation unit calls that: kiln-cpu runtime.rs,
- * `RuntimeFn::calls`), so that they compile in parallel; each takes the column blocks of its
- * tiles, kiln_att_pv_cols the columns left (once, where each pass compiled its own copy: issue
- * 27). With AVX-512, rows 0..M-1 (M a multiple of 4) in tiles of 4 over blocks of 4 vectors
- * (none with AVX2: the function exists on both, for the runtime's table). */
+/* With AVX-512, rows 0..M-1 (M a multiple of 4) in tiles of 4 over blocks of 4 vectors (none
+ * with AVX2: the function exists on both, for the runtime's table). */
 #define KILN_PV_COLS4 (4 * KILN_VL)
-#if !defined(kiln_att_pv_rows4)
-static void kiln_att_pv_rows4(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
-                              const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
 #if KILN_VL == 16
-    for (int64_t n = 0; n + KILN_PV_COLS4 <= N; n += KILN_PV_COLS4) {
-        int64_t m = 0;
-        KILN_PV_TILE(4, 4, M)
+#define KILN_ATT_PV_ROWS4(NAME, VT, LDVV) \
+static void NAME##_rows4 KILN_PV_PARAMS(VT) { \
+    for (int64_t n = 0; n + KILN_PV_COLS4 <= N; n += KILN_PV_COLS4) { \
+        int64_t m = 0; \
+        KILN_PV_TILE(4, 4, M, VT, LDVV) \
+    } \
+}
+/* The tiles of 4 rows first, their columns left, then the rows left (below). */
+#define KILN_ATT_PV_ROWS4_CALL(NAME) \
+    const int64_t m4 = M - M % 4; \
+    if (m4 > 0) { \
+        NAME##_rows4(o, ldo, p, ldp, v, ldv, m4, K, N); \
+        if (N % KILN_PV_COLS4 != 0) NAME##_cols(o, ldo, p, ldp, v, ldv, m4, K, N - N % KILN_PV_COLS4, N); \
+        o += m4 * ldo; p += m4 * ldp; M -= m4; \
     }
 #else
-    (void)o; (void)ldo; (void)p; (void)ldp; (void)v; (void)ldv; (void)M; (void)K; (void)N;
-#endif
+#define KILN_ATT_PV_ROWS4(NAME, VT, LDVV) \
+static void NAME##_rows4 KILN_PV_PARAMS(VT) { \
+    (void)o; (void)ldo; (void)p; (void)ldp; (void)v; (void)ldv; (void)M; (void)K; (void)N; \
 }
+#define KILN_ATT_PV_ROWS4_CALL(NAME)
 #endif
 /* Rows 0..M-1 in passes of 2 rows, then 1, over blocks of KILN_PV_NV vectors. */
 #define KILN_PV_COLS (KILN_PV_NV * KILN_VL)
-#if !defined(kiln_att_pv_rows2)
-static void kiln_att_pv_rows2(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
-                              const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
-    for (int64_t n = 0; n + KILN_PV_COLS <= N; n += KILN_PV_COLS) {
-        int64_t m = 0;
-        KILN_PV_TILE(2, KILN_PV_NV, M)
-        KILN_PV_TILE(1, KILN_PV_NV, M)
-    }
+#define KILN_ATT_PV_ROWS2(NAME, VT, LDVV) \
+static void NAME##_rows2 KILN_PV_PARAMS(VT) { \
+    for (int64_t n = 0; n + KILN_PV_COLS <= N; n += KILN_PV_COLS) { \
+        int64_t m = 0; \
+        KILN_PV_TILE(2, KILN_PV_NV, M, VT, LDVV) \
+        KILN_PV_TILE(1, KILN_PV_NV, M, VT, LDVV) \
+    } \
 }
-#endif
 /* Every element is computed by one pass (the same FMA chain whichever): the passes' order
  * does not change a bit. */
-static void kiln_att_pv(float *restrict o, int64_t ldo, const float *restrict p, int64_t ldp,
-                        const float *restrict v, int64_t ldv, int64_t M, int64_t K, int64_t N) {
-#if KILN_VL == 16
-    const int64_t m4 = M - M % 4;
-    if (m4 > 0) {
-        kiln_att_pv_rows4(o, ldo, p, ldp, v, ldv, m4, K, N);
-        if (N % KILN_PV_COLS4 != 0) kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, m4, K, N - N % KILN_PV_COLS4, N);
-        o += m4 * ldo; p += m4 * ldp; M -= m4;
-    }
+#define KILN_ATT_PV(NAME, VT) \
+static void NAME KILN_PV_PARAMS(VT) { \
+    KILN_ATT_PV_ROWS4_CALL(NAME) \
+    NAME##_rows2(o, ldo, p, ldp, v, ldv, M, K, N); \
+    if (M > 0 && N % KILN_PV_COLS != 0) NAME##_cols(o, ldo, p, ldp, v, ldv, M, K, N - N % KILN_PV_COLS, N); \
+}
+/* f32 values (kiln_att_pv), and a 16-bit cache's: f16 (kiln_att_pv_f16) and bf16
+ * (kiln_att_pv_bf16). */
+#if !defined(kiln_att_pv_cols)
+KILN_ATT_PV_COLS(kiln_att_pv, float, kiln_ldv, KILN_ID)
 #endif
-    kiln_att_pv_rows2(o, ldo, p, ldp, v, ldv, M, K, N);
-    if (M > 0 && N % KILN_PV_COLS != 0) kiln_att_pv_cols(o, ldo, p, ldp, v, ldv, M, K, N - N % KILN_PV_COLS, N);
-}
-
-/* KILN_VL f16 values widened to f32, exactly (vcvtph2ps: AVX-512F, or F16C with AVX2). */
-static inline kiln_vf kiln_ldhv(const void *p) {
-    kiln_vh h; memcpy(&h, p, sizeof h);
-#if defined(KILN_AVX512)
-    typedef short kiln_v16hi __attribute__((vector_size(32)));
-    return __builtin_ia32_vcvtph2ps512_mask((kiln_v16hi)h, (kiln_vf){0}, (unsigned short)-1, 4);
-#elif defined(__F16C__) && KILN_VL == 8
-    typedef short kiln_v8hi __attribute__((vector_size(16)));
-    return __builtin_ia32_vcvtph2ps256((kiln_v8hi)h);
-#else
-    kiln_vf f;
-    for (int l = 0; l < KILN_VL; ++l) f[l] = kiln_f16_to_f32(h[l]);
-    return f;
+#if !defined(kiln_att_pv_rows4)
+KILN_ATT_PV_ROWS4(kiln_att_pv, float, kiln_ldv)
 #endif
-}
-/* A 16-bit KV cache's rows widened to f32 for the attention's f32 products: rows r < R of n
- * values, src row r at src + r * lds, dst row r at dst + r * ldd; bf16 (bf != 0) or f16, a
- * vector at a time (kiln_ldbfv, kiln_ldhv), the tail a value at a time. Exact: the products
- * then take the f32 operands' paths, the same FMA chains. */
-static void kiln_widen_rows(float *restrict dst, int64_t ldd, const uint16_t *restrict src, int64_t lds,
-                            int64_t R, int64_t n, int bf) {
-    const int64_t nv = n - n % KILN_VL;
-    for (int64_t r = 0; r < R; ++r) {
-        const uint16_t *s = src + r * lds;
-        float *d = dst + r * ldd;
-        if (bf)
-            for (int64_t i = 0; i < nv; i += KILN_VL) kiln_stv(d + i, kiln_ldbfv(s + i));
-        else
-            for (int64_t i = 0; i < nv; i += KILN_VL) kiln_stv(d + i, kiln_ldhv(s + i));
-        for (int64_t i = nv; i < n; ++i) d[i] = bf ? kiln_bf16_to_f32(s[i]) : kiln_f16_to_f32(s[i]);
-    }
-}
+#if !defined(kiln_att_pv_rows2)
+KILN_ATT_PV_ROWS2(kiln_att_pv, float, kiln_ldv)
+#endif
+KILN_ATT_PV(kiln_att_pv, float)
+#if !defined(kiln_att_pv_f16_cols)
+KILN_ATT_PV_COLS(kiln_att_pv_f16, uint16_t, kiln_ldhv, kiln_f16_to_f32)
+#endif
+#if !defined(kiln_att_pv_f16_rows4)
+KILN_ATT_PV_ROWS4(kiln_att_pv_f16, uint16_t, kiln_ldhv)
+#endif
+#if !defined(kiln_att_pv_f16_rows2)
+KILN_ATT_PV_ROWS2(kiln_att_pv_f16, uint16_t, kiln_ldhv)
+#endif
+KILN_ATT_PV(kiln_att_pv_f16, uint16_t)
+#if !defined(kiln_att_pv_bf16_cols)
+KILN_ATT_PV_COLS(kiln_att_pv_bf16, uint16_t, kiln_ldbfv, kiln_bf16_to_f32)
+#endif
+#if !defined(kiln_att_pv_bf16_rows4)
+KILN_ATT_PV_ROWS4(kiln_att_pv_bf16, uint16_t, kiln_ldbfv)
+#endif
+#if !defined(kiln_att_pv_bf16_rows2)
+KILN_ATT_PV_ROWS2(kiln_att_pv_bf16, uint16_t, kiln_ldbfv)
+#endif
+KILN_ATT_PV(kiln_att_pv_bf16, uint16_t)
 
 /* KILN_GEMM */
