@@ -107,6 +107,20 @@ const RUNTIME_FLAGS: &[&str] = &["-fvisibility=hidden"];
 /// Programs that run a compiler given after them: they are not the compiler.
 const WRAPPERS: &[&str] = &["distcc", "icecc", "ccache", "sccache"];
 
+/// Whether the CPU this process runs on has a feature (`is_x86_feature_detected!`; false off x86-64).
+macro_rules! host_has {
+    ($feature:tt) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!($feature)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }};
+}
+
 #[derive(Clone, Debug)]
 pub struct CCompiler {
     /// The command: a program and its leading arguments (`distcc gcc`).
@@ -218,40 +232,24 @@ impl CCompiler {
     }
 
     fn target_has_avx2(&self) -> bool {
-        if self.real().iter().any(|w| w == "-mno-avx2") {
-            return false;
-        }
-        match self.native() {
-            Some(flags) => flags.iter().any(|g| g == AVX2_FLAG),
-            None => {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    std::arch::is_x86_feature_detected!("avx2")
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    false
-                }
-            }
-        }
+        self.target_has(AVX2_FLAG, host_has!("avx2"))
     }
 
     fn target_has_vnni(&self) -> bool {
-        if self.real().iter().any(|w| w == "-mno-avx512vnni") {
+        self.target_has(VNNI_FLAG, host_has!("avx512vnni"))
+    }
+
+    /// Whether the compiler's target has the feature of `flag` (`-mavx2`, ...): not where the
+    /// command turns it off (`-mno-...`), else as `-march=native` resolves, else as the CPU this
+    /// process runs on reports (`host`).
+    fn target_has(&self, flag: &str, host: bool) -> bool {
+        let off = flag.replacen("-m", "-mno-", 1);
+        if self.real().contains(&off) {
             return false;
         }
         match self.native() {
-            Some(flags) => flags.iter().any(|g| g == VNNI_FLAG),
-            None => {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    std::arch::is_x86_feature_detected!("avx512vnni")
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    false
-                }
-            }
+            Some(flags) => flags.iter().any(|g| g == flag),
+            None => host,
         }
     }
 
