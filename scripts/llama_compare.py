@@ -441,7 +441,8 @@ def mb(n):
 def markdown(doc):
     lines = [f"Machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores; {doc['date']}; "
              f"llama.cpp {doc['llama_cpp']}; kiln {doc['kiln_commit']}; {THREADS} threads each; "
-             f"load average during the runs {min(doc['loads']):.1f}-{max(doc['loads']):.1f}.", ""]
+             + (f"load average during the runs {min(doc['loads']):.1f}-{max(doc['loads']):.1f}."
+                if doc["loads"] else "no runs (the files only)."), ""]
     if doc.get("decode"):
         lines += [f"Decode ({PROMPT_LEN}-token prompt, {NEW_TOKENS} tokens; median of {doc['rounds']} "
                   "interleaved rounds; bound = the file's tensor bytes / kiln's bandwidth probe):", "",

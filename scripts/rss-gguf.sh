@@ -10,7 +10,7 @@
 # C compilers are child processes: their memory would be counted), then measured with
 # /usr/bin/time's maximum resident set, for three prompts: "Hello there" with 8 new tokens, a
 # ~24-token prompt with 64 new tokens, and the benchmark length, a 128-token prompt with
-# 64 new tokens (the KV cache grows 0.11 MiB per position for this shape in bf16, the default
+# 64 new tokens (the KV cache grows 0.11 MiB per position for this shape in f16, the default
 # for quantized weights; 0.22 MiB in f32). Peak RSS barely depends on the machine's load.
 set -euo pipefail
 KILN=${1:-target/release/kiln}
