@@ -231,6 +231,8 @@ fn check_on(isa: Isa, dtype: DType, n: i64, half: i64, k: i64) {
                 &g,
                 &CompileOptions {
                     threads: 2,
+                    // The 2- and 1-thread loads are the same kernels: compiled once.
+                    cache: shared_cache("gemm-qint8-cache"),
                     ..Default::default()
                 },
             )

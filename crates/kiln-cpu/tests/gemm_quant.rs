@@ -78,6 +78,8 @@ fn load(g: &Graph, (isa, quant): (Isa, QuantRequest), threads: usize) -> Box<dyn
             g,
             &CompileOptions {
                 threads: 2,
+                // `bound`, `one_thread` and `per_run` are the same kernels: compiled once.
+                cache: shared_cache("gemm-quant-cache"),
                 ..Default::default()
             },
         )

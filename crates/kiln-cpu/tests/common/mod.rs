@@ -31,6 +31,14 @@ pub fn build_for(g: &Graph, threads: usize, isa: Option<Isa>) -> Box<dyn Executa
         .exe
 }
 
+/// A kernel cache shared by the tests of one binary that compile the same kernels several
+/// times (a graph loaded once per run-thread count or per binding style), in Cargo's scratch
+/// folder for integration tests. Not for tests of the cache or of cold compiles.
+pub fn shared_cache(name: &str) -> Option<kiln_compile::KernelCache> {
+    kiln_compile::KernelCache::open(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name))
+        .ok()
+}
+
 /// The CPU backend, with kernels for `isa` if given.
 pub fn backend(isa: Option<Isa>) -> CpuBackend {
     match isa {

@@ -1,10 +1,16 @@
 /* kiln's CUDA emulator runtime: runs a grid of blocks on the calling OS thread. Threads of a
- * cooperative kernel are ucontext coroutines that switch at every barrier: __syncthreads waits
+ * cooperative kernel are coroutines that switch at every barrier: __syncthreads waits
  * for the whole block, a warp shuffle for the 32 lanes of its warp only, so warps that diverge
- * (one warp doing more iterations of a loop with shuffles than another) run as on a GPU. */
+ * (one warp doing more iterations of a loop with shuffles than another) run as on a GPU.
+ * On x86-64 a switch saves and restores the callee-saved registers and the stack pointer
+ * (`kiln_emu_switch` below); elsewhere it is ucontext's swapcontext, which also saves the
+ * signal mask with a system call per switch (most of the emulator's time, measured). */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include "abi.h"
 
@@ -12,13 +18,68 @@ thread_local kiln_emu_where kiln_emu_cur;
 
 namespace {
 
+#if defined(__x86_64__)
+/* A coroutine's saved stack pointer; below it on its stack: the MXCSR and x87 control words,
+ * r15, r14, r13, r12, rbx, rbp (the System V ABI's callee-saved state), then where to return. */
+struct Context { void *sp; };
+} // namespace
+/* Saves the callee-saved state on the current stack and its stack pointer in *from, then
+ * restores the state saved at `to` and returns where that coroutine switched away. Hidden:
+ * every compiled unit carries its own copy. */
+extern "C" __attribute__((visibility("hidden"))) void kiln_emu_switch(void **from, void *to);
+asm(".text\n"
+    ".globl kiln_emu_switch\n"
+    ".hidden kiln_emu_switch\n"
+    ".type kiln_emu_switch, @function\n"
+    "kiln_emu_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+    "  ret\n"
+    ".size kiln_emu_switch, .-kiln_emu_switch\n");
+namespace {
+
+/* A coroutine that starts in `fn` (which never returns) on the stack [stack, stack + size),
+ * with the caller's floating-point control words. */
+void ctx_make(Context &c, char *stack, size_t size, void (*fn)()) {
+    /* `fn` starts as if called: its return address slot (a null one) 16-byte aligned + 8. */
+    uintptr_t top = ((uintptr_t)stack + size) & ~(uintptr_t)15;
+    void **slots = (void **)(top - 72);
+    unsigned mxcsr = 0, x87 = 0;
+    unsigned short x87_word = 0;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(x87_word));
+    x87 = x87_word;
+    __builtin_memcpy((char *)&slots[0], &mxcsr, 4);
+    __builtin_memcpy((char *)&slots[0] + 4, &x87, 4);
+    for (int r = 1; r <= 6; ++r) slots[r] = nullptr; /* r15 .. rbp */
+    slots[7] = (void *)fn;
+    slots[8] = nullptr;
+    c.sp = slots;
+}
+void ctx_switch(Context &from, Context &to) { kiln_emu_switch(&from.sp, to.sp); }
+#else
+struct Context { ucontext_t uc; };
+void ctx_make(Context &c, char *stack, size_t size, void (*fn)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr; /* `fn` never returns */
+    makecontext(&c.uc, fn, 0);
+}
+void ctx_switch(Context &from, Context &to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 enum State { READY, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 const size_t STACK_BYTES = 64 * 1024;
 
 struct Block {
     unsigned n = 0, cur = 0;
-    ucontext_t scheduler;
-    ucontext_t *threads = nullptr;
+    Context scheduler;
+    Context *threads = nullptr;
     char *stacks = nullptr;
     State *state = nullptr;
     /* Shuffles and __syncthreads each thread has passed (2 per thread): threads released
@@ -39,7 +100,9 @@ kiln_emu_dim3 thread_index(const unsigned block[3], unsigned t) {
 void entry() {
     Block *b = running;
     b->body(b->args);
-    b->state[b->cur] = DONE; /* returning resumes the scheduler (uc_link) */
+    b->state[b->cur] = DONE;
+    ctx_switch(b->threads[b->cur], b->scheduler); /* never resumed */
+    abort();
 }
 
 /* Aborts unless the threads [from, to) waiting at `barrier` have passed as many barriers:
@@ -84,11 +147,7 @@ bool release_warps(Block &b) {
  * shuffle first, else the block at __syncthreads once every live thread is there. */
 void run_block(Block &b, const unsigned block[3]) {
     for (unsigned t = 0; t < b.n; ++t) {
-        getcontext(&b.threads[t]);
-        b.threads[t].uc_stack.ss_sp = b.stacks + (size_t)t * STACK_BYTES;
-        b.threads[t].uc_stack.ss_size = STACK_BYTES;
-        b.threads[t].uc_link = &b.scheduler;
-        makecontext(&b.threads[t], entry, 0);
+        ctx_make(b.threads[t], b.stacks + (size_t)t * STACK_BYTES, STACK_BYTES, entry);
         b.state[t] = READY;
         b.passed[2 * t] = b.passed[2 * t + 1] = 0;
     }
@@ -97,7 +156,7 @@ void run_block(Block &b, const unsigned block[3]) {
             if (b.state[t] != READY) continue;
             b.cur = t;
             kiln_emu_cur.thread_idx = thread_index(block, t);
-            swapcontext(&b.scheduler, &b.threads[t]);
+            ctx_switch(b.scheduler, b.threads[t]);
         }
         if (release_warps(b)) continue;
         unsigned live = 0, at_block = 0;
@@ -126,7 +185,7 @@ void wait_at(State barrier) {
     unsigned t = b->cur;
     b->state[t] = barrier;
     b->passed[2 * t + (barrier == AT_BLOCK_BARRIER)]++;
-    swapcontext(&b->threads[t], &b->scheduler);
+    ctx_switch(b->threads[t], b->scheduler);
 }
 
 } // namespace
@@ -158,7 +217,7 @@ extern "C" int kiln_emu_launch(void (*body)(void **), void **args, const unsigne
     b.body = body;
     b.args = args;
     if (cooperative) {
-        b.threads = (ucontext_t *)calloc(b.n, sizeof(ucontext_t));
+        b.threads = (Context *)calloc(b.n, sizeof(Context));
         b.stacks = (char *)malloc((size_t)b.n * STACK_BYTES);
         b.state = (State *)calloc(b.n, sizeof(State));
         b.slots = (unsigned long long *)calloc(b.n, sizeof(unsigned long long));
