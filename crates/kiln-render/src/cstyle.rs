@@ -93,10 +93,6 @@ impl Dialect for CStyle {
         op.c_like(a, b, "kiln_min", "kiln_max")
     }
 
-    fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {
-        format!("kiln_clamp({v}, {lo}, {hi})")
-    }
-
     fn value_to_index(&self, value: &str) -> String {
         format!("(int64_t)({value})")
     }
@@ -195,14 +191,6 @@ impl Dialect for CStyle {
             (true, DType::I32) => format!("kiln_f2i({x})"),
             (false, DType::I32) => format!("(int32_t)({x})"),
             (_, t) => self.round(t, &format!("(float)({x})")),
-        }
-    }
-
-    fn round(&self, d: DType, x: &str) -> String {
-        match d {
-            DType::F16 => format!("kiln_round_f16({x})"),
-            DType::BF16 => format!("kiln_round_bf16({x})"),
-            _ => x.to_string(),
         }
     }
 
