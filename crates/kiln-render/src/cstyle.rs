@@ -204,6 +204,13 @@ impl Dialect for CStyle {
     }
 }
 
+/// `const int64_t M = .., N = ..;`: a kernel's sizes ([`crate::parts::MatMul::sizes`],
+/// [`crate::parts::AttentionParts::sizes`]) in one C declaration.
+pub fn declare_sizes(sizes: &[(&str, &str)]) -> String {
+    let list: Vec<String> = sizes.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    format!("const int64_t {};", list.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -579,12 +579,9 @@ fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
         "    let kiln_b = i32(kiln_wg.z);\n    if (kiln_b >= P.kiln_units) {{ return; }}"
     );
     symbols(plan, s);
-    emit!(
-        s,
-        "    let M: i32 = {};\n    let N: i32 = {};\n    let K: i32 = {};",
-        mm.m,
-        mm.n,
-        mm.k
+    s.lines(
+        "    ",
+        mm.sizes().map(|(name, v)| Wgsl.declare_index(name, v)),
     );
     s.lines("    ", p.unflatten(&mm.batch, "kiln_b", None));
     emit!(
