@@ -600,6 +600,31 @@ mod tests {
         (dir, lib)
     }
 
+    /// `kiln_selftest` of `source` (compiled as [`selftest_library`] does) handed to `call`
+    /// while its library is loaded.
+    ///
+    /// # Safety
+    /// `F` is the C signature of `source`'s `kiln_selftest`.
+    unsafe fn with_selftest<F: Copy, R>(
+        source: &str,
+        flags: &[String],
+        call: impl FnOnce(F) -> R,
+    ) -> R {
+        let (_dir, lib) = selftest_library(source, flags);
+        // SAFETY: the caller's `F` is the function's signature.
+        let f = unsafe { *lib.get::<F>(b"kiln_selftest").unwrap() };
+        call(f)
+    }
+
+    /// The ISA whose kernels this CPU runs: AVX-512 where it has it, else AVX2.
+    fn host_isa() -> Isa {
+        if Isa::host_has_avx512() {
+            Isa::Avx512
+        } else {
+            Isa::Avx2
+        }
+    }
+
     #[test]
     fn the_real_compiler_is_behind_the_wrappers() {
         let real = |cc: &str| CCompiler::command(cc, "test").real().join(" ");
@@ -732,16 +757,13 @@ int kiln_selftest(void) {
             eprintln!("skipping the AVX-512 kernels: this CPU has no AVX-512");
         }
         for (march, isa) in targets {
-            let (_dir, lib) = selftest_library(
-                &format!("{}\n#include <stdlib.h>\n{check}", prelude(isa)),
-                &["-O2".into(), format!("-march={march}")],
-            );
-            // SAFETY: the library was just compiled from the prelude and the checker above.
+            // SAFETY: the checker above defines `int kiln_selftest(void)`.
             let bad = unsafe {
-                let f = lib
-                    .get::<unsafe extern "C" fn() -> i32>(b"kiln_selftest")
-                    .unwrap();
-                f()
+                with_selftest(
+                    &format!("{}\n#include <stdlib.h>\n{check}", prelude(isa)),
+                    &["-O2".into(), format!("-march={march}")],
+                    |f: unsafe extern "C" fn() -> i32| f(),
+                )
             };
             assert_eq!(
                 bad, 0,
@@ -794,11 +816,7 @@ int64_t kiln_selftest(uint64_t *digest) {
     return bad;
 }
 "#;
-        let isa = if Isa::host_has_avx512() {
-            Isa::Avx512
-        } else {
-            Isa::Avx2
-        };
+        let isa = host_isa();
         let mut digests = Vec::new();
         for extra in [None, Some("-fno-tree-loop-vectorize")] {
             let flags: Vec<String> = ["-O3", "-march=native"]
@@ -806,14 +824,14 @@ int64_t kiln_selftest(uint64_t *digest) {
                 .chain(extra)
                 .map(String::from)
                 .collect();
-            let (_dir, lib) = selftest_library(&format!("{}\n{check}", prelude(isa)), &flags);
             let mut digest = 0u64;
-            // SAFETY: the library was just compiled from the prelude and the checker above.
+            // SAFETY: the checker above defines `int64_t kiln_selftest(uint64_t *)`.
             let bad = unsafe {
-                let f = lib
-                    .get::<unsafe extern "C" fn(*mut u64) -> i64>(b"kiln_selftest")
-                    .unwrap();
-                f(&mut digest)
+                with_selftest(
+                    &format!("{}\n{check}", prelude(isa)),
+                    &flags,
+                    |f: unsafe extern "C" fn(*mut u64) -> i64| f(&mut digest),
+                )
             };
             assert_eq!(
                 bad, 0,
@@ -887,19 +905,15 @@ int64_t kiln_selftest(void) {
     return bad;
 }
 "#;
-        let isa = if Isa::host_has_avx512() {
-            Isa::Avx512
-        } else {
-            Isa::Avx2
-        };
+        let isa = host_isa();
         let flags: Vec<String> = ["-O3", "-march=native"].map(String::from).to_vec();
-        let (_dir, lib) = selftest_library(&format!("{}\n{check}", prelude(isa)), &flags);
-        // SAFETY: the library was just compiled from the prelude and the checker above.
+        // SAFETY: the checker above defines `int64_t kiln_selftest(void)`.
         let bad = unsafe {
-            let f = lib
-                .get::<unsafe extern "C" fn() -> i64>(b"kiln_selftest")
-                .unwrap();
-            f()
+            with_selftest(
+                &format!("{}\n{check}", prelude(isa)),
+                &flags,
+                |f: unsafe extern "C" fn() -> i64| f(),
+            )
         };
         assert_eq!(bad, 0, "16-bit operands differ from the f32 kernels");
     }

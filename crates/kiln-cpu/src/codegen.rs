@@ -18,7 +18,7 @@
 use crate::pack::packed_weight;
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::{attention_slices, slice_pointer, CStyle};
+use kiln_render::cstyle::{attention_slices, declare_sizes, slice_pointer, CStyle};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{emit, Emit};
@@ -320,13 +320,7 @@ fn matmul(p: &Printer, k: &Kernel, s: &mut String) {
     let nn = f32_in && b.dtype == DType::F32 && b.col_stride_expr.is_const(1);
     let slots = mm.cols.len();
     let tile = MM_MC * MM_NC;
-    emit!(
-        s,
-        "    const int64_t M = {}, N = {}, K = {};",
-        mm.m,
-        mm.n,
-        mm.k
-    );
+    emit!(s, "    {}", declare_sizes(&mm.sizes()));
     emit!(
         s,
         "    const int64_t TM = (M + {MM_MC} - 1) / {MM_MC}, TN = (N + {MM_NC} - 1) / {MM_NC};"
@@ -496,14 +490,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
     let d = p.d;
     let a = AttentionParts::of(p, k);
     let contiguous = attention_is_blocked(&a);
-    emit!(
-        s,
-        "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
-        a.m,
-        a.n,
-        a.k,
-        a.dv
-    );
+    emit!(s, "    {}", declare_sizes(&a.sizes()));
     emit!(
         s,
         "    const int64_t TM = (M + {ATT_ROWS} - 1) / {ATT_ROWS};"

@@ -148,6 +148,28 @@ const fn qtile(part: &'static str, name: &'static str, params: &'static str) -> 
     }
 }
 
+/// A function of the prelude's base section in a part of its own: no cases, no options, no
+/// calls (see [`RuntimeFn::calling`]).
+const fn base(
+    part: &'static str,
+    ret: &'static str,
+    name: &'static str,
+    params: &'static str,
+    args: &'static str,
+) -> RuntimeFn {
+    RuntimeFn {
+        part,
+        ret,
+        name,
+        params,
+        args,
+        cases: &[],
+        optimize: "",
+        calls: &[],
+        section: Section::Base,
+    }
+}
+
 /// A function of its own part, no cases: the parts that [`RuntimeFn::calls`] name.
 const fn called(
     part: &'static str,
@@ -156,15 +178,8 @@ const fn called(
     args: &'static str,
 ) -> RuntimeFn {
     RuntimeFn {
-        part,
-        ret: "void",
-        name,
-        params,
-        args,
-        cases: &[],
-        optimize: "",
-        calls: &[],
         section: Section::Gemm,
+        ..base(part, "void", name, params, args)
     }
 }
 
@@ -187,8 +202,7 @@ const MM_NT_ARGS: &str = "(a, lda, b, ldb, c, ldc, M, N, K)";
 const fn mm_nt_half(part: &'static str, name: &'static str, params: &'static str) -> RuntimeFn {
     RuntimeFn {
         optimize: MM_NT_OPTIMIZE,
-        section: Section::Base,
-        ..called(part, name, params, MM_NT_ARGS)
+        ..base(part, "void", name, params, MM_NT_ARGS)
     }
 }
 const ATT_PV_ARGS: &str = "(o, ldo, p, ldp, v, ldv, M, K, N)";
@@ -198,10 +212,7 @@ const fn att_pv_pass(
     params: &'static str,
     args: &'static str,
 ) -> RuntimeFn {
-    RuntimeFn {
-        section: Section::Base,
-        ..called(part, name, params, args)
-    }
+    base(part, "void", name, params, args)
 }
 const fn gemv_f32(part: &'static str, name: &'static str) -> RuntimeFn {
     called(part, name, GEMV_F32_PARAMS, GEMV_ARGS)
@@ -263,143 +274,38 @@ pub const FUNCTIONS: &[RuntimeFn] = &[
     qtile("gemm_q4_k", "kiln_packed_tile_q4_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q5_k", "kiln_packed_tile_q5_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
     qtile("gemm_q6_k", "kiln_packed_tile_q6_k", "(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0, int64_t tn, float *restrict t, int64_t ldt)"),
-    RuntimeFn {
-        part: "mm_nt",
-        ret: "void",
-        name: "kiln_mm_nt",
-        params: MM_NT_PARAMS,
-        args: MM_NT_ARGS,
-        cases: &[],
-        optimize: MM_NT_OPTIMIZE,
-        calls: &["mm_nt_tiles", "mm_nt_rows"],
-        section: Section::Base,
-    },
-    RuntimeFn {
-        part: "mm_nt_bf16",
-        ret: "void",
-        name: "kiln_mm_nt_bf16",
-        params: MM_NT_HALF_PARAMS,
-        args: MM_NT_ARGS,
-        cases: &[],
-        optimize: MM_NT_OPTIMIZE,
-        calls: &["mm_nt_bf16_tiles", "mm_nt_bf16_rows"],
-        section: Section::Base,
-    },
+    mm_nt_half("mm_nt", "kiln_mm_nt", MM_NT_PARAMS).calling(&["mm_nt_tiles", "mm_nt_rows"]),
+    mm_nt_half("mm_nt_bf16", "kiln_mm_nt_bf16", MM_NT_HALF_PARAMS).calling(&["mm_nt_bf16_tiles", "mm_nt_bf16_rows"]),
     // f16 keys (a 16-bit KV cache's) widened in registers.
-    RuntimeFn {
-        part: "mm_nt_f16",
-        ret: "void",
-        name: "kiln_mm_nt_f16",
-        params: MM_NT_HALF_PARAMS,
-        args: MM_NT_ARGS,
-        cases: &[],
-        optimize: MM_NT_OPTIMIZE,
-        calls: &["mm_nt_f16_tiles", "mm_nt_f16_rows"],
-        section: Section::Base,
-    },
-    RuntimeFn {
-        part: "mm_nn",
-        ret: "void",
-        name: "kiln_mm_nn",
-        params: "(const float *restrict a, int64_t lda, int64_t sak, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)",
-        args: "(a, lda, sak, b, ldb, c, ldc, M, N, K)",
-        cases: &[],
-        optimize: "",
-        calls: &[],
-        section: Section::Base,
-    },
+    mm_nt_half("mm_nt_f16", "kiln_mm_nt_f16", MM_NT_HALF_PARAMS).calling(&["mm_nt_f16_tiles", "mm_nt_f16_rows"]),
+    base("mm_nn", "void", "kiln_mm_nn", "(const float *restrict a, int64_t lda, int64_t sak, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int64_t M, int64_t N, int64_t K)", "(a, lda, sak, b, ldb, c, ldc, M, N, K)"),
     // The attention's helpers: the P V product (its passes in parts of their own, above; a
     // part of its own, so that a program with a 16-bit cache does not compile them) and the
     // online softmax's weights.
-    RuntimeFn {
-        part: "attention_pv",
-        ret: "void",
-        name: "kiln_att_pv",
-        params: ATT_PV_PARAMS,
-        args: ATT_PV_ARGS,
-        cases: &[],
-        optimize: "",
-        calls: &["attention_pv_rows4", "attention_pv_rows2"],
-        section: Section::Base,
-    },
+    base("attention_pv", "void", "kiln_att_pv", ATT_PV_PARAMS, ATT_PV_ARGS).calling(&["attention_pv_rows4", "attention_pv_rows2"]),
     // A 16-bit KV cache's P V products, in parts of their own: a program with an f32 cache
     // does not compile them.
-    RuntimeFn {
-        part: "attention_pv_f16",
-        ret: "void",
-        name: "kiln_att_pv_f16",
-        params: ATT_PV_HALF_PARAMS,
-        args: ATT_PV_ARGS,
-        cases: &[],
-        optimize: "",
-        calls: &["attention_pv_f16_rows4", "attention_pv_f16_rows2"],
-        section: Section::Base,
-    },
-    RuntimeFn {
-        part: "attention_pv_bf16",
-        ret: "void",
-        name: "kiln_att_pv_bf16",
-        params: ATT_PV_HALF_PARAMS,
-        args: ATT_PV_ARGS,
-        cases: &[],
-        optimize: "",
-        calls: &["attention_pv_bf16_rows4", "attention_pv_bf16_rows2"],
-        section: Section::Base,
-    },
-    RuntimeFn {
-        part: "attention",
-        ret: "float",
-        name: "kiln_softmax_weights",
-        params: "(float *restrict s, int64_t n, float m)",
-        args: "(s, n, m)",
-        cases: &[],
-        optimize: "",
-        calls: &[],
-        section: Section::Base,
-    },
+    base("attention_pv_f16", "void", "kiln_att_pv_f16", ATT_PV_HALF_PARAMS, ATT_PV_ARGS).calling(&["attention_pv_f16_rows4", "attention_pv_f16_rows2"]),
+    base("attention_pv_bf16", "void", "kiln_att_pv_bf16", ATT_PV_HALF_PARAMS, ATT_PV_ARGS).calling(&["attention_pv_bf16_rows4", "attention_pv_bf16_rows2"]),
+    base("attention", "float", "kiln_softmax_weights", "(float *restrict s, int64_t n, float m)", "(s, n, m)"),
     // The rows' start and rescaling of the online softmax (loops of the attention kernel
     // before: ~20 ms of its unit's gcc; issue 27) and the largest score of a key block, in a
     // part of their own (with the others: ~105 ms of gcc, a model's longest unit).
-    RuntimeFn {
-        part: "attention_rows",
-        ret: "void",
-        name: "kiln_att_start",
-        params: "(float *restrict o, float *restrict mx, float *restrict sum, int64_t bi, int64_t dv)",
-        args: "(o, mx, sum, bi, dv)",
-        cases: &[],
-        optimize: "",
-        calls: &[],
-        section: Section::Base,
-    },
-    RuntimeFn {
-        part: "attention_rows",
-        ret: "void",
-        name: "kiln_att_rescale",
-        params: "(float *restrict o, int64_t n, float c)",
-        args: "(o, n, c)",
-        cases: &[],
-        optimize: "",
-        calls: &[],
-        section: Section::Base,
-    },
+    base("attention_rows", "void", "kiln_att_start", "(float *restrict o, float *restrict mx, float *restrict sum, int64_t bi, int64_t dv)", "(o, mx, sum, bi, dv)"),
+    base("attention_rows", "void", "kiln_att_rescale", "(float *restrict o, int64_t n, float c)", "(o, n, c)"),
     // The largest score of a key block (inlined, it was ~20 ms of the attention kernel's gcc).
-    RuntimeFn {
-        part: "attention_rows",
-        ret: "float",
-        name: "kiln_maxv",
-        params: "(const float *restrict s, int64_t n)",
-        args: "(s, n)",
-        cases: &[],
-        optimize: "",
-        calls: &[],
-        section: Section::Base,
-    },
+    base("attention_rows", "float", "kiln_maxv", "(const float *restrict s, int64_t n)", "(s, n)"),
 ];
 
 /// What starts the name of every runtime part (and no kernel's: kernels are `kiln_<label>_`).
 pub const PART_PREFIX: &str = "kiln_rt_";
 
 impl RuntimeFn {
+    /// This function, its body calling the functions of `calls` (see [`RuntimeFn::calls`]).
+    const fn calling(self, calls: &'static [&'static str]) -> RuntimeFn {
+        RuntimeFn { calls, ..self }
+    }
+
     /// The parts this function is compiled in: its part, or one per case.
     fn parts(&self) -> Vec<String> {
         match self.cases {

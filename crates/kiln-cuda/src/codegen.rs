@@ -9,7 +9,7 @@
 use crate::dialect::CudaC;
 use kiln_ir::{numel, DType, Expr};
 use kiln_program::{Kernel, KernelKind, KernelSource, LaunchSpec, NAME_PLACEHOLDER};
-use kiln_render::cstyle::{attention_slices, slice_pointer};
+use kiln_render::cstyle::{attention_slices, declare_sizes, slice_pointer};
 use kiln_render::parts::{AttentionParts, MatMul, Params, Pointwise, Reduction, RowReduction, OUT};
 use kiln_render::printer::{acc_name, input_name};
 use kiln_render::{emit, Emit};
@@ -322,14 +322,7 @@ fn attention(p: &Printer, k: &Kernel, s: &mut String) {
         s,
         "    const int64_t kiln_r = blockIdx.x;\n    if (kiln_r >= kiln_units) return;"
     );
-    emit!(
-        s,
-        "    const int64_t M = {}, T = {}, KD = {}, DV = {};",
-        a.m,
-        a.n,
-        a.k,
-        a.dv
-    );
+    emit!(s, "    {}", declare_sizes(&a.sizes()));
     emit!(
         s,
         "    const int64_t kiln_b = {}, {i} = {};",
@@ -470,13 +463,7 @@ fn matmul(p: &Printer, k: &Kernel, part: MatMulPart, s: &mut String) {
         .map(|(acc, _)| format!("{acc} = 0.0f"))
         .collect::<Vec<_>>()
         .join(", ");
-    emit!(
-        s,
-        "    const int64_t M = {}, N = {}, K = {};",
-        mm.m,
-        mm.n,
-        mm.k
-    );
+    emit!(s, "    {}", declare_sizes(&mm.sizes()));
     emit!(
         s,
         "    const int64_t kiln_b = blockIdx.z;\n    if (kiln_b >= kiln_units) return;"

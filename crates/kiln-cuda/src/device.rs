@@ -101,25 +101,13 @@ impl Device for CudaDevice {
         let f = module
             .load_function(&k.source.name)
             .map_err(|e| not_found(&k.source.name, e.to_string()))?;
-        let decode = match crate::codegen::decode_rows(&k.kernel) {
-            None => None,
-            Some(rows) => {
-                let name = format!("{}{}", k.source.name, crate::codegen::DECODE_SUFFIX);
-                let g = decode_modules
-                    .iter()
-                    .rev()
-                    .find_map(|m| m.load_function(&name).ok())
-                    .ok_or_else(|| {
-                        not_found(
-                            &name,
-                            "is in none of the decode kernels' modules loaded before its \
-                             matmul's (Backend::load_runtime)"
-                                .into(),
-                        )
-                    })?;
-                Some((g, rows.clone()))
-            }
-        };
+        let decode = crate::launch::resolve_decode(
+            k,
+            decode_modules,
+            |m, name| m.load_function(name).ok(),
+            "is in none of the decode kernels' modules loaded before its matmul's \
+             (Backend::load_runtime)",
+        )?;
         Ok(CudaKernel {
             name: k.source.name.clone(),
             dtypes: crate::launch::dtypes(&k.kernel),

@@ -68,9 +68,6 @@ impl Dialect for CudaC {
     fn index_literal(&self, v: i64) -> String {
         CStyle.index_literal(v)
     }
-    fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {
-        CStyle.index_clamp(v, lo, hi)
-    }
     fn value_to_index(&self, value: &str) -> String {
         CStyle.value_to_index(value)
     }
@@ -104,9 +101,6 @@ impl Dialect for CudaC {
     }
     fn cast(&self, from: DType, to: DType, x: &str) -> String {
         CStyle.cast(from, to, x)
-    }
-    fn round(&self, d: DType, x: &str) -> String {
-        CStyle.round(d, x)
     }
     fn reduce_combine(&self, op: ReduceOp, d: DType, acc: &str, x: &str) -> String {
         CStyle.reduce_combine(op, d, acc, x)

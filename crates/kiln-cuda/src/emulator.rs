@@ -282,24 +282,13 @@ impl Device for EmulatedDevice {
             kernel: k.source.name.clone(),
             detail: format!("CUDA emulator: {e}"),
         })?;
-        let decode = match crate::codegen::decode_rows(&k.kernel) {
-            None => None,
-            Some(rows) => {
-                let name = format!("{}{}", k.source.name, crate::codegen::DECODE_SUFFIX);
-                let f = module
-                    .decode_modules
-                    .iter()
-                    .rev()
-                    .find_map(|lib| launcher_in(lib, &name).ok())
-                    .ok_or_else(|| RunError::Kernel {
-                        kernel: name.clone(),
-                        detail: "CUDA emulator: in none of the decode kernels' objects loaded \
-                                 before its matmul's (Backend::load_runtime)"
-                            .into(),
-                    })?;
-                Some((f, rows.clone()))
-            }
-        };
+        let decode = crate::launch::resolve_decode(
+            k,
+            &module.decode_modules,
+            |lib, name| launcher_in(lib, name).ok(),
+            "CUDA emulator: in none of the decode kernels' objects loaded before its matmul's \
+             (Backend::load_runtime)",
+        )?;
         Ok(EmulatedKernel {
             name: k.source.name.clone(),
             dtypes: crate::launch::dtypes(&k.kernel),

@@ -3,8 +3,8 @@
 //! order: the output buffer, the input buffers (in the step's order), the symbols, then
 //! `kiln_units`.
 
-use kiln_ir::{Bindings, DType};
-use kiln_program::{LaunchSpec, RunError};
+use kiln_ir::{Bindings, DType, Expr};
+use kiln_program::{LaunchSpec, RunError, UniqueKernel};
 
 /// One launch for a binding.
 pub struct Launch {
@@ -26,6 +26,32 @@ pub fn elements(dtypes: &[DType], bytes: &[usize]) -> Vec<u64> {
         .zip(bytes)
         .map(|(d, &b)| (b / d.storage_bytes(d.block_elems()) * d.block_elems()) as u64)
         .collect()
+}
+
+/// The decode GEMV of a matmul split in two ([`crate::codegen::decode_rows`]) and the rows that
+/// pick it; `None` for a kernel that is not split. The GEMV is `<kernel>`
+/// [`crate::codegen::DECODE_SUFFIX`], which `find` looks up in `modules` (the decode kernels'
+/// modules, loaded before their matmuls': `Backend::load_runtime`), the newest first; where
+/// none holds it, the error names the GEMV with `missing` as its detail.
+pub fn resolve_decode<M, F>(
+    k: &UniqueKernel,
+    modules: &[M],
+    find: impl Fn(&M, &str) -> Option<F>,
+    missing: &str,
+) -> Result<Option<(F, Expr)>, RunError> {
+    let Some(rows) = crate::codegen::decode_rows(&k.kernel) else {
+        return Ok(None);
+    };
+    let name = format!("{}{}", k.source.name, crate::codegen::DECODE_SUFFIX);
+    let f = modules
+        .iter()
+        .rev()
+        .find_map(|m| find(m, &name))
+        .ok_or_else(|| RunError::Kernel {
+            kernel: name.clone(),
+            detail: missing.into(),
+        })?;
+    Ok(Some((f, rows.clone())))
 }
 
 /// The dtypes of a kernel's output and inputs, in argument order.

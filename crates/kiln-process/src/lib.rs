@@ -389,25 +389,7 @@ mod tests {
         assert!(matches!(err, ChildError::Timeout(d) if d == Duration::from_millis(500)));
         assert!(start.elapsed() < Duration::from_secs(30));
         // The grandchild (the `sleep`) died with its group.
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let alive = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-        };
-        let t = Instant::now();
-        while alive() && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!alive(), "the compiler's child {pid} survived");
+        assert_dies(&pid_file);
     }
 
     #[test]
@@ -476,16 +458,7 @@ mod tests {
             Duration::from_secs(30),
         )
         .unwrap();
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let t = Instant::now();
-        while alive(pid) && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!alive(pid), "the compiler's child {pid} survived");
+        assert_dies(&pid_file);
     }
 
     #[test]
@@ -518,6 +491,20 @@ mod tests {
                 .trim_start()
                 .starts_with('Z')
         })
+    }
+
+    /// The process whose id `pid_file` holds (a compiler's child) is gone within 5 s.
+    fn assert_dies(pid_file: &std::path::Path) {
+        let pid: i32 = std::fs::read_to_string(pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let t = Instant::now();
+        while alive(pid) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "the compiler's child {pid} survived");
     }
 
     #[test]

@@ -93,10 +93,6 @@ impl Dialect for CStyle {
         op.c_like(a, b, "kiln_min", "kiln_max")
     }
 
-    fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {
-        format!("kiln_clamp({v}, {lo}, {hi})")
-    }
-
     fn value_to_index(&self, value: &str) -> String {
         format!("(int64_t)({value})")
     }
@@ -198,14 +194,6 @@ impl Dialect for CStyle {
         }
     }
 
-    fn round(&self, d: DType, x: &str) -> String {
-        match d {
-            DType::F16 => format!("kiln_round_f16({x})"),
-            DType::BF16 => format!("kiln_round_bf16({x})"),
-            _ => x.to_string(),
-        }
-    }
-
     fn reduce_combine(&self, op: ReduceOp, d: DType, acc: &str, x: &str) -> String {
         match (op, d) {
             (ReduceOp::Sum, DType::I32) => format!("kiln_iadd({acc}, {x})"),
@@ -214,6 +202,13 @@ impl Dialect for CStyle {
             (ReduceOp::Max, _) => format!("kiln_imax({acc}, {x})"),
         }
     }
+}
+
+/// `const int64_t M = .., N = ..;`: a kernel's sizes ([`crate::parts::MatMul::sizes`],
+/// [`crate::parts::AttentionParts::sizes`]) in one C declaration.
+pub fn declare_sizes(sizes: &[(&str, &str)]) -> String {
+    let list: Vec<String> = sizes.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    format!("const int64_t {};", list.join(", "))
 }
 
 #[cfg(test)]

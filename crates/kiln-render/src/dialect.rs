@@ -49,8 +49,11 @@ pub trait Dialect: Sync {
     fn index_literal(&self, v: i64) -> String;
     /// `a op b` on indices.
     fn index_op(&self, op: IndexOp, a: &str, b: &str) -> String;
-    /// An index clamped to `[lo, hi]` (a gathered row id).
-    fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String;
+    /// An index clamped to `[lo, hi]` (a gathered row id): every language's prelude defines
+    /// `kiln_clamp`.
+    fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {
+        format!("kiln_clamp({v}, {lo}, {hi})")
+    }
     /// A computed value (an id read from a buffer) converted to an index.
     fn value_to_index(&self, value: &str) -> String;
     /// An index converted to a value of `d` (an iota).
@@ -72,8 +75,15 @@ pub trait Dialect: Sync {
     fn binary(&self, op: BinaryOp, operand: DType, a: &str, b: &str) -> String;
     /// Converts a computed value of `from` to `to`.
     fn cast(&self, from: DType, to: DType, x: &str) -> String;
-    /// Rounds an f32 computation to `d`'s precision where `d` is narrower (f16, bf16).
-    fn round(&self, d: DType, x: &str) -> String;
+    /// Rounds an f32 computation to `d`'s precision where `d` is narrower (f16, bf16): every
+    /// language's prelude defines `kiln_round_f16` and `kiln_round_bf16`.
+    fn round(&self, d: DType, x: &str) -> String {
+        match d {
+            DType::F16 => format!("kiln_round_f16({x})"),
+            DType::BF16 => format!("kiln_round_bf16({x})"),
+            _ => x.to_string(),
+        }
+    }
     /// `acc op x` for a reduction computed in `d`'s compute type.
     fn reduce_combine(&self, op: ReduceOp, d: DType, acc: &str, x: &str) -> String;
 

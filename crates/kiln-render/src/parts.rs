@@ -362,6 +362,11 @@ impl MatMul {
         }
     }
 
+    /// The sizes as the kernels name them: `M`, `N`, `K` and their index expressions.
+    pub fn sizes(&self) -> [(&'static str, &str); 3] {
+        [("M", &self.m), ("N", &self.n), ("K", &self.k)]
+    }
+
     /// The output element's value from the products [`acc_name`]`(0..)`.
     pub fn value(&self) -> String {
         self.epilogue.clone().unwrap_or_else(|| acc_name(0))
@@ -410,6 +415,17 @@ pub struct AttentionParts {
 }
 
 impl AttentionParts {
+    /// The sizes as the kernels name them: rows `M`, keys `T`, head dimension `KD` and value
+    /// dimension `DV`, with their index expressions.
+    pub fn sizes(&self) -> [(&'static str, &str); 4] {
+        [
+            ("M", &self.m),
+            ("T", &self.n),
+            ("KD", &self.k),
+            ("DV", &self.dv),
+        ]
+    }
+
     pub fn of(p: &Printer, kernel: &Kernel) -> AttentionParts {
         let KernelKind::Attention {
             batch,

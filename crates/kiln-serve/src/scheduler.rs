@@ -711,6 +711,12 @@ mod tests {
         st
     }
 
+    /// The step time of the machine of the stretch tests: 30 ms plus 5 ms a row (8 rows
+    /// decode alone in 70 ms).
+    fn cost(rows: usize) -> f64 {
+        0.030 + 0.005 * rows as f64
+    }
+
     /// Runs [`timed_step`]s until none prefills. Returns each step's (decodes, prefill chunks).
     fn run_prefills(s: &mut Scheduler, cost: impl Fn(usize) -> f64) -> Vec<(usize, Chunks)> {
         let mut steps = vec![];
@@ -725,8 +731,6 @@ mod tests {
 
     #[test]
     fn beside_a_busy_batch_a_step_stays_within_the_stretch_of_its_decodes() {
-        // A machine whose step costs 30 ms plus 5 ms a row; 8 decode alone in 70 ms.
-        let cost = |rows: usize| 0.030 + 0.005 * rows as f64;
         let mut s = Scheduler::new(SchedulerConfig {
             prefill_while_decoding: 4,
             prefill_stretch: 2.05,
@@ -762,7 +766,6 @@ mod tests {
 
     #[test]
     fn without_decodes_a_step_prefills_the_whole_chunk() {
-        let cost = |rows: usize| 0.030 + 0.005 * rows as f64;
         let mut s = Scheduler::new(SchedulerConfig {
             prefill_while_decoding: 4,
             ..cfg(4, 512, 100)
@@ -791,7 +794,6 @@ mod tests {
     fn a_long_prompt_advances_every_step_however_slow_the_steps() {
         // A stretch of 1 leaves no room beside the decodes: the prompt still gets
         // `prefill_while_decoding` tokens at every step, ahead of prompts admitted after it.
-        let cost = |rows: usize| 0.030 + 0.005 * rows as f64;
         let mut s = Scheduler::new(SchedulerConfig {
             prefill_while_decoding: 8,
             prefill_stretch: 1.0,

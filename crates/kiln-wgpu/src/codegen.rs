@@ -255,44 +255,48 @@ fn quantized_load(dt: DType, name: &str) -> String {
             byte("b + 2u + (j & 15u)"),
             half("b")
         ),
-        DType::Q4_K => format!(
-            "let e = u32(i);\n    let b = (e >> 8u) * 144u;\n    let v = e & 255u;\n    \
-             let j = v >> 5u;\n    let l = v & 63u;\n    \
-             // ggml's get_scale_min_k4 for sub-block j (the 12 scale bytes start at b + 4).\n    \
-             var sc = {} & 63u;\n    var m = {} & 63u;\n    \
-             if (j >= 4u) {{\n        let x = {};\n        \
-             sc = (x & 15u) | (({} >> 6u) << 4u);\n        \
-             m = (x >> 4u) | (({} >> 6u) << 4u);\n    }}\n    \
-             let q = ({} >> ((l >> 5u) * 4u)) & 15u;\n    \
-             let d = {} * f32(sc);\n    let dm = {} * f32(m);\n    return d * f32(q) - dm;",
-            byte("b + 4u + j"),
-            byte("b + 8u + j"),
-            byte("b + 8u + j"),
-            byte("b + j"),
-            byte("b + 4u + j"),
-            byte("b + 16u + 32u * (v >> 6u) + (l & 31u)"),
-            half("b"),
-            half("b + 2u")
-        ),
-        DType::Q5_K => format!(
-            "let e = u32(i);\n    let b = (e >> 8u) * 176u;\n    let v = e & 255u;\n    \
-             let j = v >> 5u;\n    let l = v & 63u;\n    \
-             var sc = {} & 63u;\n    var m = {} & 63u;\n    \
-             if (j >= 4u) {{\n        let x = {};\n        \
-             sc = (x & 15u) | (({} >> 6u) << 4u);\n        \
-             m = (x >> 4u) | (({} >> 6u) << 4u);\n    }}\n    \
-             let q = (({} >> ((l >> 5u) * 4u)) & 15u) | ((({} >> j) & 1u) << 4u);\n    \
-             let d = {} * f32(sc);\n    let dm = {} * f32(m);\n    return d * f32(q) - dm;",
-            byte("b + 4u + j"),
-            byte("b + 8u + j"),
-            byte("b + 8u + j"),
-            byte("b + j"),
-            byte("b + 4u + j"),
-            byte("b + 48u + 32u * (v >> 6u) + (l & 31u)"),
-            byte("b + 16u + (v & 31u)"),
-            half("b"),
-            half("b + 2u")
-        ),
+        DType::Q4_K | DType::Q5_K => {
+            // The two share a super-block's head (f16 d and dmin, then 12 bytes of 6-bit
+            // sub-block scales and mins) and its dequantization; Q5_K's nibbles come after
+            // 32 bytes of fifth bits.
+            let (bytes, note, q) = if dt == DType::Q4_K {
+                (
+                    144,
+                    "// ggml's get_scale_min_k4 for sub-block j (the 12 scale bytes start at b + 4).\n    ",
+                    format!(
+                        "({} >> ((l >> 5u) * 4u)) & 15u",
+                        byte("b + 16u + 32u * (v >> 6u) + (l & 31u)")
+                    ),
+                )
+            } else {
+                (
+                    176,
+                    "",
+                    format!(
+                        "(({} >> ((l >> 5u) * 4u)) & 15u) | ((({} >> j) & 1u) << 4u)",
+                        byte("b + 48u + 32u * (v >> 6u) + (l & 31u)"),
+                        byte("b + 16u + (v & 31u)")
+                    ),
+                )
+            };
+            format!(
+                "let e = u32(i);\n    let b = (e >> 8u) * {bytes}u;\n    let v = e & 255u;\n    \
+                 let j = v >> 5u;\n    let l = v & 63u;\n    {note}\
+                 var sc = {} & 63u;\n    var m = {} & 63u;\n    \
+                 if (j >= 4u) {{\n        let x = {};\n        \
+                 sc = (x & 15u) | (({} >> 6u) << 4u);\n        \
+                 m = (x >> 4u) | (({} >> 6u) << 4u);\n    }}\n    \
+                 let q = {q};\n    \
+                 let d = {} * f32(sc);\n    let dm = {} * f32(m);\n    return d * f32(q) - dm;",
+                byte("b + 4u + j"),
+                byte("b + 8u + j"),
+                byte("b + 8u + j"),
+                byte("b + j"),
+                byte("b + 4u + j"),
+                half("b"),
+                half("b + 2u")
+            )
+        }
         DType::Q6_K => format!(
             "let e = u32(i);\n    let b = (e >> 8u) * 210u;\n    let v = e & 255u;\n    \
              // Half h of 128 values; quarter k takes nibble k / 2 of ql[l + 32 (k % 2)] and\n    \
@@ -575,12 +579,9 @@ fn matmul(p: &Printer, k: &Kernel, plan: &KernelPlan, s: &mut String) {
         "    let kiln_b = i32(kiln_wg.z);\n    if (kiln_b >= P.kiln_units) {{ return; }}"
     );
     symbols(plan, s);
-    emit!(
-        s,
-        "    let M: i32 = {};\n    let N: i32 = {};\n    let K: i32 = {};",
-        mm.m,
-        mm.n,
-        mm.k
+    s.lines(
+        "    ",
+        mm.sizes().map(|(name, v)| Wgsl.declare_index(name, v)),
     );
     s.lines("    ", p.unflatten(&mm.batch, "kiln_b", None));
     emit!(

@@ -70,10 +70,6 @@ impl Dialect for Wgsl {
         op.c_like(a, b, "min", "max")
     }
 
-    fn index_clamp(&self, v: &str, lo: &str, hi: &str) -> String {
-        format!("kiln_clamp({v}, {lo}, {hi})")
-    }
-
     fn value_to_index(&self, value: &str) -> String {
         format!("i32({value})")
     }
@@ -165,14 +161,6 @@ impl Dialect for Wgsl {
             // Bool and i32 are both i32 while computing.
             DType::I32 => x.to_string(),
             t => self.round(t, &format!("f32({x})")),
-        }
-    }
-
-    fn round(&self, d: DType, x: &str) -> String {
-        match d {
-            DType::F16 => format!("kiln_round_f16({x})"),
-            DType::BF16 => format!("kiln_round_bf16({x})"),
-            _ => x.to_string(),
         }
     }
 
