@@ -80,6 +80,16 @@ static void kiln_pack_a_rows(const float *restrict a, int64_t lda, int64_t tm, i
 }
 #endif
 
+/* Rows [0, tm) of a (the launch's rows m0..) packed into the worker's abuf, unless it holds them
+ * already (kiln_gemm_state). */
+static inline __attribute__((always_inline)) void kiln_pack_a_once(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, int64_t tm, int64_t K,
+                                    int64_t m0) {
+    if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {
+        kiln_pack_a_rows(a, lda, tm, K, ctx->abuf);
+        ctx->st->a_src = a; ctx->st->a_m0 = m0;
+    }
+}
+
 /* bf16 panel strip of kc rows -> f32 strip [kc][NR] in column order. */
 static inline void kiln_widen_bf16(const uint16_t *restrict s, float *restrict d, int64_t kc) {
     for (int64_t r = 0; r < kc; ++r, s += KILN_NR, d += KILN_NR) {
@@ -287,10 +297,7 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda, const
         for (int64_t i = 0; i < tm; ++i) for (int64_t j = 0; j < np * KILN_NR; ++j) t[i * ldt + j] = 0.0f; \
         return;                                                                                    \
     }                                                                                              \
-    if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {                                              \
-        kiln_pack_a_rows(a, lda, tm, K, ctx->abuf);                                                \
-        ctx->st->a_src = a; ctx->st->a_m0 = m0;                                                    \
-    }                                                                                              \
+    kiln_pack_a_once(ctx, a, lda, tm, K, m0);                                                      \
     for (int64_t k0 = 0; k0 < K; k0 += KILN_KC) {                                                  \
         const int64_t kc = kiln_min(KILN_KC, K - k0);                                              \
         for (int64_t s = 0; s < np; ++s) {                                                         \

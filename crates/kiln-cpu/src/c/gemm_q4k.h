@@ -168,6 +168,32 @@ static inline __attribute__((always_inline)) void kiln_qiw_q4k(const int q5, con
 #endif
 }
 
+/* The GEMVs' (both ISAs') super-block steps for R rows of a strip of R rows (super-block sb,
+ * the rows' at ab), on the sums acc[row][column half]: first the min term
+ * fmaf((float)Mi, -dmin * u, acc), after the groups fmaf(T, d, acc). */
+static inline __attribute__((always_inline)) void kiln_q4k_gemv_mins(const int R, const uint8_t *restrict sb,
+        const uint8_t *restrict ab, kiln_vf acc[4][2]) {
+    const float *u = (const float *)(const void *)(ab + 4 * 40 * R + 36 * R);
+    kiln_vf d0, d1, n0, n1;
+    kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+        kiln_vi mi0, mi1;
+        kiln_q4k_mins(sb, (const int32_t *)(const void *)(ab + 36 * R) + r, 10 * R, &mi0, &mi1);
+        const kiln_vf sc = kiln_splatv(u[r]);
+        acc[r][0] = KILN_FMAV(__builtin_convertvector(mi0, kiln_vf), n0 * sc, acc[r][0]);
+        acc[r][1] = KILN_FMAV(__builtin_convertvector(mi1, kiln_vf), n1 * sc, acc[r][1]);
+    }
+}
+static inline __attribute__((always_inline)) void kiln_q4k_gemv_d(const int R, const uint8_t *restrict sb,
+        kiln_vf T[4][2], kiln_vf acc[4][2]) {
+    kiln_vf d0, d1, n0, n1;
+    kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
+        acc[r][0] = KILN_FMAV(T[r][0], d0, acc[r][0]);
+        acc[r][1] = KILN_FMAV(T[r][1], d1, acc[r][1]);
+    }
+}
+
 #if KILN_VL == 8
 /* ---- AVX2 (KILN_VL 8, 16-column panels): the same integers, summed as i16 ----------------
  * vpmaddubsw multiplies the unsigned q (0..15, Q5_K 0..31) by the signed activation bytes
@@ -177,15 +203,8 @@ static inline __attribute__((always_inline)) void kiln_qiw_q4k(const int q5, con
  * vpmaddwd against the column's scale sc_g in both i16 halves gives sc_g * dot_g in i32 —
  * the same exact integer the VNNI path's vpdpbusd and vpmulld give, so the f32 sequence and
  * the results are the same bit for bit, with one vpmaddubsw and one vpaddw per quad and row
- * where the shared kiln_dpbusd (vpmaddubsw, vpmaddwd, vpaddd) takes three. */
-static inline kiln_vi kiln_q4k_mul16(kiln_vi u8, kiln_vi s8) {
-    return (kiln_vi)__builtin_ia32_pmaddubsw256((kiln_v32qi)u8, (kiln_v32qi)s8);
-}
-static inline kiln_vi kiln_q4k_add16(kiln_vi a, kiln_vi b) { return (kiln_vi)((kiln_v16hi)a + (kiln_v16hi)b); }
-/* sc * (the lane's two i16 summed), sc16 holding sc in both halves of each lane */
-static inline kiln_vi kiln_q4k_scale16(kiln_vi p, kiln_vi sc16) {
-    return (kiln_vi)__builtin_ia32_pmaddwd256((kiln_v16hi)p, (kiln_v16hi)sc16);
-}
+ * where the shared kiln_dpbusd (vpmaddubsw, vpmaddwd, vpaddd) takes three (the steps:
+ * gemm_quant.h's kiln_maddubs, kiln_add16, kiln_madd16). */
 /* A group's 6-bit scales of KILN_VL columns, each in both i16 halves of its lane. */
 static inline kiln_vi kiln_q4k_sc16(const uint8_t *p) {
     const kiln_vi s = kiln_ld_i8(p, 1);
@@ -195,13 +214,12 @@ static inline kiln_vi kiln_q4k_sc16(const uint8_t *p) {
 #define KILN_Q4K_RUN(q5, qd, p, m)                                                                \
     do {                                                                                           \
         const int run_ = (q5) && (qd) >= 4;                                                        \
-        if ((qd) == 4 * run_) (p)[run_] = (m);                                                     \
-        else (p)[run_] = kiln_q4k_add16((p)[run_], (m));                                           \
+        KILN_RUN16((p)[run_], (qd) == 4 * run_, (m));                                              \
         KILN_IN_REG((p)[run_]); /* summed as it goes (GCC's tree of all 8 products spills) */      \
     } while (0)
 /* A row's sc_g * dot_g from its runs. */
 #define KILN_Q4K_DOT(q5, p, sc16) \
-    ((q5) ? kiln_q4k_scale16((p)[0], sc16) + kiln_q4k_scale16((p)[1], sc16) : kiln_q4k_scale16((p)[0], sc16))
+    ((q5) ? kiln_madd16((p)[0], sc16) + kiln_madd16((p)[1], sc16) : kiln_madd16((p)[0], sc16))
 
 /* Micro-kernel (as the AVX-512 one below): rows of one activation strip (QMR) x one panel,
  * super-blocks 0..nsb-1, running sums in c. The panel's two 8-column halves are separate
@@ -239,7 +257,7 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(const int q5, 
                     kiln_vi wv = ch ? wb : wa;
                     KILN_IN_REG(wv);
                     _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i)
-                        KILN_Q4K_RUN(q5, qd, p[i], kiln_q4k_mul16(wv, kiln_splati(aq[qd * KILN_QMR + i])));
+                        KILN_Q4K_RUN(q5, qd, p[i], kiln_maddubs(wv, kiln_splati(aq[qd * KILN_QMR + i])));
                 }
                 const kiln_vi s = kiln_q4k_sc16(w + KILN_Q4K_SC + g * KILN_NR + ch * KILN_VL);
                 _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i) {
@@ -264,18 +282,7 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};
     for (int64_t b = 0; b < G / 8; ++b) {
         const uint8_t *sb = w + b * KILN_SBI_K(q5), *ab = qa + b * 8 * 40 * R;
-        const float *u = (const float *)(const void *)(ab + 4 * 40 * R + 36 * R);
-        {
-            kiln_vf d0, d1, n0, n1;
-            kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                kiln_vi mi0, mi1;
-                kiln_q4k_mins(sb, (const int32_t *)(const void *)(ab + 36 * R) + r, 10 * R, &mi0, &mi1);
-                const kiln_vf sc = kiln_splatv(u[r]);
-                acc[r][0] = KILN_FMAV(__builtin_convertvector(mi0, kiln_vf), n0 * sc, acc[r][0]);
-                acc[r][1] = KILN_FMAV(__builtin_convertvector(mi1, kiln_vf), n1 * sc, acc[r][1]);
-            }
-        }
+        kiln_q4k_gemv_mins(R, sb, ab, acc);
         kiln_vf T[4][2];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) T[r][0] = T[r][1] = (kiln_vf){0};
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; ++g) {
@@ -287,8 +294,8 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
                 kiln_qiw_q4k(q5, sb, g, qd, &w0, &w1);
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
                     const kiln_vi x = kiln_splati(aq[qd * R + r]);
-                    KILN_Q4K_RUN(q5, qd, p[r][0], kiln_q4k_mul16(w0, x));
-                    KILN_Q4K_RUN(q5, qd, p[r][1], kiln_q4k_mul16(w1, x));
+                    KILN_Q4K_RUN(q5, qd, p[r][0], kiln_maddubs(w0, x));
+                    KILN_Q4K_RUN(q5, qd, p[r][1], kiln_maddubs(w1, x));
                 }
             }
             const kiln_vi s0 = kiln_q4k_sc16(sb + KILN_Q4K_SC + g * KILN_NR);
@@ -300,12 +307,7 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
                 KILN_IN_REG(T[r][0]); KILN_IN_REG(T[r][1]);
             }
         }
-        kiln_vf d0, d1, n0, n1;
-        kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-            acc[r][0] = KILN_FMAV(T[r][0], d0, acc[r][0]);
-            acc[r][1] = KILN_FMAV(T[r][1], d1, acc[r][1]);
-        }
+        kiln_q4k_gemv_d(R, sb, T, acc);
     }
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
         kiln_stv(t + r * ldt, acc[r][0]);
@@ -385,18 +387,7 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = (kiln_vf){0};
     for (int64_t b = 0; b < G / 8; ++b) {
         const uint8_t *sb = w + b * KILN_SBI_K(q5), *ab = qa + b * 8 * 40 * R;
-        const float *u = (const float *)(const void *)(ab + 4 * 40 * R + 36 * R);
-        {
-            kiln_vf d0, d1, n0, n1;
-            kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-                kiln_vi mi0, mi1;
-                kiln_q4k_mins(sb, (const int32_t *)(const void *)(ab + 36 * R) + r, 10 * R, &mi0, &mi1);
-                const kiln_vf sc = kiln_splatv(u[r]);
-                acc[r][0] = KILN_FMAV(__builtin_convertvector(mi0, kiln_vf), n0 * sc, acc[r][0]);
-                acc[r][1] = KILN_FMAV(__builtin_convertvector(mi1, kiln_vf), n1 * sc, acc[r][1]);
-            }
-        }
+        kiln_q4k_gemv_mins(R, sb, ab, acc);
         kiln_vf T[4][2];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) T[r][0] = T[r][1] = (kiln_vf){0};
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; ++g) {
@@ -425,12 +416,7 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv_q4k(const int q5,
                 KILN_IN_REG(T[r][0]); KILN_IN_REG(T[r][1]); /* summed here, not all at the end */
             }
         }
-        kiln_vf d0, d1, n0, n1;
-        kiln_q4k_dmin(sb, &d0, &d1, &n0, &n1);
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
-            acc[r][0] = KILN_FMAV(T[r][0], d0, acc[r][0]);
-            acc[r][1] = KILN_FMAV(T[r][1], d1, acc[r][1]);
-        }
+        kiln_q4k_gemv_d(R, sb, T, acc);
     }
     _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
         kiln_stv(t + r * ldt, acc[r][0]);

@@ -131,6 +131,72 @@ static inline int32_t kiln_q6_start(int32_t word, int hf) {
     return -32 * (hf ? (int32_t)(int16_t)(word >> 16) : (int32_t)(int16_t)(word & 0xFFFF));
 }
 
+#if KILN_VL == 8
+/* A block's integer dots of the QMR rows of a strip (aq) at column half ch of group wg, into
+ * dot[i] (the micro-kernel's). AVX2: as the VNNI one below (the same integer dot), but the
+ * products summed in i16 runs of two quads (vpmaddubsw's i16 lanes hold two q x a products,
+ * |2 * 2 * 63 * 127| = 32004 < 2^15: exact; four quads could overflow), each run then scaled
+ * by vpmaddwd against the column's sc in both i16 halves of its lane (sc * run summed, exact in
+ * i32); the dot starts at -32 (sc0 s0 + sc1 s1), one vpmaddwd of the row's word (s0 | s1 << 16)
+ * by (-32 sc0) | (-32 sc1) << 16. Per quad and row a vpmaddubsw and (every other quad) a
+ * vpaddw, where kiln_dpbusd is three instructions; a pass holds QMR sums, dots and runs, the
+ * weight operand and a product (the kiln_dpbusd kernel's two dots per row spilled). */
+static inline __attribute__((always_inline)) void kiln_q6k_dots(int ch, const uint8_t *restrict wg,
+        const int32_t *restrict aq, kiln_vi dot[KILN_QMR]) {
+    const kiln_vu m16 = (kiln_vu){0} + 0xFFFFu;
+    const kiln_vi sc0 = kiln_ld_i8(wg + ch * KILN_VL, 0), sc1 = kiln_ld_i8(wg + KILN_NR + ch * KILN_VL, 0);
+    const kiln_vi st = (kiln_vi)(((kiln_vu)(sc0 * -32) & m16) | (kiln_vu)(sc1 * -32) << 16);
+    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
+        dot[i] = kiln_madd16(kiln_splati(aq[9 * KILN_QMR + i]), st);
+    _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
+        const kiln_vi sc = hf ? sc1 : sc0, sc16 = (kiln_vi)(((kiln_vu)sc & m16) | (kiln_vu)sc << 16);
+        _Pragma("GCC unroll 2") for (int run = 0; run < 2; ++run) {
+            kiln_vi p[KILN_QMR];
+            _Pragma("GCC unroll 2") for (int pp = 2 * run; pp < 2 * run + 2; ++pp) {
+                kiln_vi w00, w10, w01, w11;
+                kiln_qiw_q6_k(wg, pp, &w00, &w10, &w01, &w11);
+                kiln_vi wv = ch ? (hf ? w11 : w10) : (hf ? w01 : w00);
+                KILN_IN_REG(wv);
+                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
+                    KILN_RUN16(p[i], pp == 2 * run, kiln_maddubs(wv, kiln_splati(aq[(4 * hf + pp) * KILN_QMR + i])));
+                    KILN_IN_REG(p[i]);
+                }
+            }
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
+                dot[i] += kiln_madd16(p[i], sc16);
+                KILN_IN_REG(dot[i]); /* summed as it goes (GCC's tree of the runs spills) */
+            }
+        }
+    }
+}
+#else
+/* VNNI: per half a vpdpbusd chain started at -32 s_h (the fourth operand's: KILN_Q6_X4 D1),
+ * times the half's scales. */
+static inline __attribute__((always_inline)) void kiln_q6k_dots(int ch, const uint8_t *restrict wg,
+        const int32_t *restrict aq, kiln_vi dot[KILN_QMR]) {
+    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) dot[i] = (kiln_vi){0};
+    _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
+        const int x4 = ch == 1 && hf == 1; /* this dot is KILN_Q6_X4 D1 */
+        kiln_vi ia[KILN_QMR];
+        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
+            ia[i] = kiln_splati(kiln_q6_start(aq[9 * KILN_QMR + i], hf) * (x4 ? KILN_Q6_X4 : 1));
+        _Pragma("GCC unroll 4") for (int p = 0; p < 4; ++p) {
+            kiln_vi w00, w10, w01, w11;
+            kiln_qiw_q6_k(wg, p, &w00, &w10, &w01, &w11);
+            kiln_vi w = ch ? (hf ? w11 : w10) : (hf ? w01 : w00);
+            KILN_IN_REG(w);
+            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
+                ia[i] = kiln_dpbusd(ia[i], w, kiln_splati(aq[(4 * hf + p) * KILN_QMR + i]));
+        }
+        kiln_vi s0, s1;
+        kiln_q6_scales(wg, hf, &s0, &s1);
+        const kiln_vi sc = ch ? s1 : s0;
+        _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
+            dot[i] += sc * (x4 ? ia[i] >> KILN_Q6_X4_SHIFT : ia[i]);
+    }
+}
+#endif
+
 /* Micro-kernel (as KILN_QI_UKR): rows of one activation strip (QMR) x one panel, super-blocks
  * 0..nsb-1. Two dots per row, half and column half need more registers than the other types'
  * kernels have, so the panel's two 16-column halves are separate passes over the blocks. */
@@ -143,28 +209,8 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q6_k(int64_t nsb, 
         const uint8_t *qa = qa0;
         for (int64_t b = 0; b < 8 * nsb; ++b, qa += KILN_QA_BLOCK) {
             const uint8_t *sb = w + (b / 8) * KILN_SBI_Q6_K, *wg = KILN_Q6K_GROUP(sb, b % 8);
-            const int32_t *aq = (const int32_t *)(const void *)qa;
             kiln_vi dot[KILN_QMR];
-            _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) dot[i] = (kiln_vi){0};
-            _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
-                const int x4 = ch == 1 && hf == 1; /* this dot is KILN_Q6_X4 D1 */
-                kiln_vi ia[KILN_QMR];
-                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
-                    ia[i] = kiln_splati(kiln_q6_start(aq[9 * KILN_QMR + i], hf) * (x4 ? KILN_Q6_X4 : 1));
-                _Pragma("GCC unroll 4") for (int p = 0; p < 4; ++p) {
-                    kiln_vi w00, w10, w01, w11;
-                    kiln_qiw_q6_k(wg, p, &w00, &w10, &w01, &w11);
-                    kiln_vi w = ch ? (hf ? w11 : w10) : (hf ? w01 : w00);
-                    KILN_IN_REG(w);
-                    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
-                        ia[i] = kiln_dpbusd(ia[i], w, kiln_splati(aq[(4 * hf + p) * KILN_QMR + i]));
-                }
-                kiln_vi s0, s1;
-                kiln_q6_scales(wg, hf, &s0, &s1);
-                const kiln_vi sc = ch ? s1 : s0;
-                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
-                    dot[i] += sc * (x4 ? ia[i] >> KILN_Q6_X4_SHIFT : ia[i]);
-            }
+            kiln_q6k_dots(ch, wg, (const int32_t *)(const void *)qa, dot);
             kiln_vf d0, d1;
             kiln_q6k_d(sb, &d0, &d1);
             const kiln_vf d = ch ? d1 : d0;

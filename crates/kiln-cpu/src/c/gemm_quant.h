@@ -172,10 +172,7 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
         }                                                                                          \
         return;                                                                                    \
     }                                                                                              \
-    if (ctx->st->a_src != a || ctx->st->a_m0 != m0) {                                              \
-        kiln_pack_a_rows(a, lda, tm, K, ctx->abuf);                                                \
-        ctx->st->a_src = a; ctx->st->a_m0 = m0;                                                    \
-    }                                                                                              \
+    kiln_pack_a_once(ctx, a, lda, tm, K, m0);                                                      \
     for (int64_t k0 = 0; k0 < K; k0 += KILN_KC) {                                                  \
         const int64_t kc = kiln_min(KILN_KC, K - k0);                                              \
         for (int64_t s = 0; s < np; ++s) {                                                         \
@@ -285,10 +282,23 @@ static inline void kiln_sti8(int8_t *q, kiln_vi v) {
 typedef char kiln_v32qi __attribute__((vector_size(32)));
 typedef short kiln_v16hi __attribute__((vector_size(32)));
 typedef int kiln_v8si __attribute__((vector_size(32)));
-static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) {
-    const kiln_v16hi p = __builtin_ia32_pmaddubsw256((kiln_v32qi)u8, (kiln_v32qi)s8);
-    return acc + (kiln_vi)__builtin_ia32_pmaddwd256(p, (kiln_v16hi){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+/* The two steps, apart for the AVX2 kernels that sum several quads' products in i16 first
+ * (their "runs": Q4_0 here, Q4_K, Q5_K, Q6_K): vpmaddubsw, i16 lanes added, vpmaddwd. */
+static inline kiln_vi kiln_maddubs(kiln_vi u8, kiln_vi s8) {
+    return (kiln_vi)__builtin_ia32_pmaddubsw256((kiln_v32qi)u8, (kiln_v32qi)s8);
 }
+static inline kiln_vi kiln_add16(kiln_vi a, kiln_vi b) { return (kiln_vi)((kiln_v16hi)a + (kiln_v16hi)b); }
+/* Each i32 lane: the product of the lane's two i16 halves of p and of s, summed. */
+static inline kiln_vi kiln_madd16(kiln_vi p, kiln_vi s) {
+    return (kiln_vi)__builtin_ia32_pmaddwd256((kiln_v16hi)p, (kiln_v16hi)s);
+}
+/* acc plus the i16 lanes of s added in pairs into i32 (vpmaddwd by ones). */
+static inline kiln_vi kiln_madd1(kiln_vi acc, kiln_vi s) {
+    return acc + kiln_madd16(s, (kiln_vi)(kiln_v16hi){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+}
+/* Product m of a quad into a row's run p, which m starts when `first`. */
+#define KILN_RUN16(p, first, m) ((p) = (first) ? (m) : kiln_add16((p), (m)))
+static inline kiln_vi kiln_dpbusd(kiln_vi acc, kiln_vi u8, kiln_vi s8) { return kiln_madd1(acc, kiln_maddubs(u8, s8)); }
 static inline kiln_vi kiln_splati(int32_t x) { return (kiln_vi){x, x, x, x, x, x, x, x}; }
 static inline kiln_vf kiln_vmax(kiln_vf a, kiln_vf b) { return __builtin_ia32_maxps256(a, b); }
 /* vcvtps2dq: round to nearest even (the MXCSR default) */
@@ -476,6 +486,29 @@ static inline __attribute__((always_inline)) void kiln_qi_scales(const uint8_t *
 #define KILN_QI_DOT(ia, x, w0, w1)                                                                 \
     do { ia[0] = kiln_dpbusd(ia[0], w0, x); ia[1] = kiln_dpbusd(ia[1], w1, x); } while (0)
 
+/* Column half ch of a block for the R rows of a strip of R (aq: its quads, then the halves'
+ * starts; sa: the halves' scales): each 16-value half's dot (quads 0..3, 4..7; started at its
+ * bias) into hs[r] = D0 * sa0, then + D1 * sa1 (the micro-kernel's and the Q8_0 GEMV's). */
+#define KILN_QI_HALVES(R, ch, wg, aq, sa, hs, LOADW)                                               \
+    _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {                                       \
+        kiln_vi ia_[8];                                                                            \
+        _Pragma("GCC unroll 6") for (int i = 0; i < (R); ++i)                                      \
+            ia_[i] = kiln_splati((aq)[(10 + hf) * (R) + i]);                                       \
+        _Pragma("GCC unroll 4") for (int qd = 4 * hf; qd < 4 * hf + 4; ++qd) {                     \
+            kiln_vi w0_, w1_;                                                                      \
+            LOADW(wg, qd, &w0_, &w1_);                                                             \
+            kiln_vi w_ = (ch) ? w1_ : w0_;                                                         \
+            KILN_IN_REG(w_);                                                                       \
+            _Pragma("GCC unroll 6") for (int i = 0; i < (R); ++i)                                  \
+                ia_[i] = kiln_dpbusd(ia_[i], w_, kiln_splati((aq)[qd * (R) + i]));                 \
+        }                                                                                          \
+        _Pragma("GCC unroll 6") for (int i = 0; i < (R); ++i) {                                    \
+            const kiln_vf sc_ = kiln_splatv((sa)[hf * (R) + i]);                                   \
+            (hs)[i] = hf == 0 ? __builtin_convertvector(ia_[i], kiln_vf) * sc_                     \
+                              : KILN_FMAV(__builtin_convertvector(ia_[i], kiln_vf), sc_, (hs)[i]); \
+        }                                                                                          \
+    }
+
 /* Micro-kernel: rows of one activation strip (QMR) x one panel (NR columns), blocks 0..nb-1
  * from qa and wg (both at their first block), into c (row stride ldc), (+)= as load_c says.
  * Per block and row, each 16-value half's dot (quads 0..3, 4..7; started at its bias), the
@@ -493,25 +526,8 @@ static inline __attribute__((always_inline)) void NAME(int64_t nb, const uint8_t
         for (int64_t b = 0; b < nb; ++b, qa += KILN_QA_BLOCK16, wg += (GB)) {                      \
             const int32_t *aq = (const int32_t *)(const void *)qa;                                 \
             const float *sa = (const float *)(const void *)(qa + 32 * KILN_QMR);                   \
-            kiln_vf hs[KILN_QMR]; /* D0 * sa0, then + D1 * sa1 */                                  \
-            _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {                               \
-                kiln_vi ia[KILN_QMR];                                                              \
-                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                         \
-                    ia[i] = kiln_splati(aq[(10 + hf) * KILN_QMR + i]);                             \
-                _Pragma("GCC unroll 4") for (int qd = 4 * hf; qd < 4 * hf + 4; ++qd) {             \
-                    kiln_vi w0, w1;                                                                \
-                    LOADW(wg, qd, &w0, &w1);                                                       \
-                    kiln_vi w = ch ? w1 : w0;                                                      \
-                    KILN_IN_REG(w);                                                                \
-                    _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                     \
-                        ia[i] = kiln_dpbusd(ia[i], w, kiln_splati(aq[qd * KILN_QMR + i]));         \
-                }                                                                                  \
-                _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {                       \
-                    const kiln_vf sc = kiln_splatv(sa[hf * KILN_QMR + i]);                         \
-                    hs[i] = hf == 0 ? __builtin_convertvector(ia[i], kiln_vf) * sc                 \
-                                    : KILN_FMAV(__builtin_convertvector(ia[i], kiln_vf), sc, hs[i]); \
-                }                                                                                  \
-            }                                                                                      \
+            kiln_vf hs[KILN_QMR];                                                                  \
+            KILN_QI_HALVES(KILN_QMR, ch, wg, aq, sa, hs, LOADW);                                   \
             kiln_vf s0, s1;                                                                        \
             kiln_qi_scales(wg, &s0, &s1);                                                          \
             _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)                             \
@@ -558,24 +574,7 @@ static inline __attribute__((always_inline)) void NAME(const int R, const uint8_
             * its nibbles loaded and split twice: 0.45-0.54, one pass 0.63-0.78) */               \
             _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {                               \
                 kiln_vf hs[4];                                                                     \
-                _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {                           \
-                    kiln_vi ia1[4];                                                                \
-                    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                            \
-                        ia1[r] = kiln_splati(aq[(10 + hf) * R + r]);                               \
-                    _Pragma("GCC unroll 4") for (int qd = 4 * hf; qd < 4 * hf + 4; ++qd) {         \
-                        kiln_vi w0, w1;                                                            \
-                        LOADW(wg, qd, &w0, &w1);                                                   \
-                        kiln_vi wv = ch ? w1 : w0;                                                 \
-                        KILN_IN_REG(wv);                                                           \
-                        _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                        \
-                            ia1[r] = kiln_dpbusd(ia1[r], wv, kiln_splati(aq[qd * R + r]));         \
-                    }                                                                              \
-                    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {                          \
-                        const kiln_vf sc = kiln_splatv(sa[hf * R + r]);                            \
-                        hs[r] = hf == 0 ? __builtin_convertvector(ia1[r], kiln_vf) * sc            \
-                                        : KILN_FMAV(__builtin_convertvector(ia1[r], kiln_vf), sc, hs[r]); \
-                    }                                                                              \
-                }                                                                                  \
+                KILN_QI_HALVES(R, ch, wg, aq, sa, hs, LOADW);                                      \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)                                \
                     acc[r][ch] = KILN_FMAV(hs[r], ch ? s1 : s0, acc[r][ch]);                       \
             }                                                                                      \
@@ -625,15 +624,6 @@ KILN_QI_GEMV(kiln_qi_gemv_q4_0, KILN_GBI_Q4_0, 1, kiln_qiw_q4_0)
  * before one vpmaddwd: kiln_maddubs gives two nibble x activation products per i16 lane
  * (|.| <= 2 * 15 * 127), four quads' of them add up to at most 15240 < 2^15, exact. Per quad
  * and row a vpmaddubsw and a vpaddw, where kiln_dpbusd is three instructions. */
-static inline kiln_vi kiln_maddubs(kiln_vi u8, kiln_vi s8) {
-    return (kiln_vi)__builtin_ia32_pmaddubsw256((kiln_v32qi)u8, (kiln_v32qi)s8);
-}
-typedef short kiln_vs __attribute__((vector_size(32)));
-/* acc plus the i16 lanes of s added in pairs into i32 (vpmaddwd by ones). */
-static inline kiln_vi kiln_madd1(kiln_vi acc, kiln_vi s) {
-    return acc + (kiln_vi)__builtin_ia32_pmaddwd256((kiln_v16hi)s, (kiln_v16hi){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
-}
-static inline kiln_vi kiln_add16(kiln_vi a, kiln_vi b) { return (kiln_vi)((kiln_vs)a + (kiln_vs)b); }
 static inline __attribute__((always_inline)) void kiln_qi_ukr16_q4_0(int64_t nb, const uint8_t *restrict qa0,
         const uint8_t *restrict wg0, float *restrict c, int64_t ldc, int load_c) {
     _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {
@@ -654,7 +644,7 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr16_q4_0(int64_t nb,
                     KILN_IN_REG(w);
                     _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
                         const kiln_vi m = kiln_maddubs(w, kiln_splati(aq[qd * KILN_QMR + i]));
-                        p[i] = qd == 4 * hf ? m : kiln_add16(p[i], m);
+                        KILN_RUN16(p[i], qd == 4 * hf, m);
                     }
                 }
                 _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i) {
@@ -695,8 +685,8 @@ static inline __attribute__((always_inline)) void kiln_qi_gemv16_q4_0(const int 
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
                     const kiln_vi x = kiln_splati(aq[qd * R + r]);
                     const kiln_vi m0 = kiln_maddubs(w0, x), m1 = kiln_maddubs(w1, x);
-                    p[r][0] = qd == 4 * hf ? m0 : kiln_add16(p[r][0], m0);
-                    p[r][1] = qd == 4 * hf ? m1 : kiln_add16(p[r][1], m1);
+                    KILN_RUN16(p[r][0], qd == 4 * hf, m0);
+                    KILN_RUN16(p[r][1], qd == 4 * hf, m1);
                 }
             }
             _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r) {
