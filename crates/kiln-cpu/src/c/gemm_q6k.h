@@ -141,15 +141,21 @@ static inline int32_t kiln_q6_start(int32_t word, int hf) {
  * by (-32 sc0) | (-32 sc1) << 16. Per quad and row a vpmaddubsw and (every other quad) a
  * vpaddw, where kiln_dpbusd is three instructions; a pass holds QMR sums, dots and runs, the
  * weight operand and a product (the kiln_dpbusd kernel's two dots per row spilled). */
+/* Each i32 lane: lo's low 16 bits in its low i16, hi's in its high one (a vpmaddwd operand). */
+static inline kiln_vi kiln_i16_pair(kiln_vi lo, kiln_vi hi) {
+    return (kiln_vi)(((kiln_vu)lo & ((kiln_vu){0} + 0xFFFFu)) | (kiln_vu)hi << 16);
+}
 static inline __attribute__((always_inline)) void kiln_q6k_dots(int ch, const uint8_t *restrict wg,
         const int32_t *restrict aq, kiln_vi dot[KILN_QMR]) {
-    const kiln_vu m16 = (kiln_vu){0} + 0xFFFFu;
-    const kiln_vi sc0 = kiln_ld_i8(wg + ch * KILN_VL, 0), sc1 = kiln_ld_i8(wg + KILN_NR + ch * KILN_VL, 0);
-    const kiln_vi st = (kiln_vi)(((kiln_vu)(sc0 * -32) & m16) | (kiln_vu)(sc1 * -32) << 16);
+    kiln_vi s00, s01, s10, s11; /* half 0's and half 1's scales, columns 0..7 and 8..15 */
+    kiln_q6_scales(wg, 0, &s00, &s01);
+    kiln_q6_scales(wg, 1, &s10, &s11);
+    const kiln_vi sc0 = ch ? s01 : s00, sc1 = ch ? s11 : s10;
+    const kiln_vi st = kiln_i16_pair(sc0 * -32, sc1 * -32);
     _Pragma("GCC unroll 6") for (int i = 0; i < KILN_QMR; ++i)
         dot[i] = kiln_madd16(kiln_splati(aq[9 * KILN_QMR + i]), st);
     _Pragma("GCC unroll 2") for (int hf = 0; hf < 2; ++hf) {
-        const kiln_vi sc = hf ? sc1 : sc0, sc16 = (kiln_vi)(((kiln_vu)sc & m16) | (kiln_vu)sc << 16);
+        const kiln_vi sc = hf ? sc1 : sc0, sc16 = kiln_i16_pair(sc, sc);
         _Pragma("GCC unroll 2") for (int run = 0; run < 2; ++run) {
             kiln_vi p[KILN_QMR];
             _Pragma("GCC unroll 2") for (int pp = 2 * run; pp < 2 * run + 2; ++pp) {
