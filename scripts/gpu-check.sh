@@ -91,10 +91,15 @@ for name in ("compile-cuda", "compile-cpu"):
         print(f"{name}: no result")
         continue
     d = json.loads(f.read_text())
-    print(f"\n{name} ({d['machine']['cores']} cores, {d['machine']['cpu']}), warm cache {100 * d['warm']['ratio_to_cold']:.1f}% of cold")
-    print("| threads | median ms | speedup | ceiling | speedup / ceiling |\n| --- | --- | --- | --- | --- |")
+    m = d.get("modelled") or {}
+    modelled = {r["threads"]: r["speedup"] for r in m.get("rows", [])}
+    print(f"\n{name} ({d['machine']['cores']} cores, {d['machine']['cpu']}), warm cache {100 * d['warm']['ratio_to_cold']:.1f}% of cold; "
+          f"{m.get('units', '?')} units, available parallelism {m.get('available_parallelism', 0):.1f}")
+    print("| threads | median ms | speedup | ceiling | speedup / ceiling | modelled speedup | peak RSS MB |\n| --- | --- | --- | --- | --- | --- | --- |")
     for c in d["configs"]:
-        print(f"| {c['threads']} | {c['median_ms']:.0f} | {c['speedup']:.2f} | {c['ceiling']:.2f} | {c['speedup_vs_ceiling']:.2f} |")
+        mod = modelled.get(c["threads"])
+        print(f"| {c['threads']} | {c['median_ms']:.0f} | {c['speedup']:.2f} | {c['ceiling']:.2f} | {c['speedup_vs_ceiling']:.2f} | "
+              f"{'-' if mod is None else f'{mod:.2f}'} | {c['peak_rss_mb']:.0f} |")
 for f in sorted(res.glob("decode-*/decode.json")):
     d = json.loads(f.read_text())
     print(f"\n{d['model']} on {d['backend']} ({d['machine']['bandwidth_from']}, {d['memory_bandwidth_gb_s']:.0f} GB/s), {d['weight_dtype']} weights: "

@@ -372,6 +372,9 @@ fn bench_compile_writes_json_and_plot() {
         assert!(c["stages"].as_array().unwrap().len() >= 9);
     }
     assert!(doc["warm"]["compile_ms"].as_f64().is_some());
+    // The model's name, as decode.json and serve.json carry it (the modelled speedups once
+    // overwrote it: a JSON object keeps one value per key).
+    assert_eq!(doc["model"], model.to_str().unwrap());
     check_model(&doc);
     let svg = std::fs::read_to_string(out.path().join("compile.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("speedup"));
@@ -392,7 +395,7 @@ const MODEL_SLACK_MS: f64 = 50.0;
 /// `bench compile`'s model: rows at 1..32 threads labelled a model, never faster than the
 /// critical path, and within the noise margin of the measured 1- and 2-thread compiles.
 fn check_model(doc: &Value) {
-    let model = &doc["model"];
+    let model = &doc["modelled"];
     assert_eq!(model["kind"], "model");
     assert!(model["label"].as_str().unwrap().contains("not measured"));
     let rows = model["rows"].as_array().unwrap();

@@ -156,7 +156,7 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
         }));
         representative.push((t, last));
     }
-    let model = model(&representative);
+    let modelled = model(&representative);
     // Warm cache: the same compile again on a cache a cold run filled.
     let warm = report(compile_child(
         &a,
@@ -185,7 +185,7 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
         "machine": { "cores": cores(), "cpu": machine::cpu_model() },
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "configs": configs,
-        "model": model,
+        "modelled": modelled,
         "warm": { "threads": cores(), "compile_ms": warm_ms, "cache_hits": warm["cache_hits"], "ratio_to_cold": warm_ms / base_ms },
         "remote": remote,
     });
@@ -193,7 +193,7 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
     super::write_json(&jpath, &doc)?;
     let spath = a.out.join("compile.svg");
     plot::compile(&doc, &spath).with_context(|| format!("writing {}", spath.display()))?;
-    if let Some(rows) = doc["model"]["rows"].as_array() {
+    if let Some(rows) = doc["modelled"]["rows"].as_array() {
         let row = |r: &Value| {
             format!(
                 "{}: {:.1}",
@@ -204,7 +204,7 @@ pub fn run(a: CompileBench) -> anyhow::Result<()> {
         eprintln!(
             "model (LPT over the 1-thread run's unit times, not measured): speedup {}; available parallelism {:.1}",
             rows.iter().map(row).collect::<Vec<_>>().join(", "),
-            doc["model"]["available_parallelism"].as_f64().unwrap_or(0.0)
+            doc["modelled"]["available_parallelism"].as_f64().unwrap_or(0.0)
         );
     }
     eprintln!(

@@ -20,7 +20,7 @@ pub fn compile(doc: &Value, path: &Path) -> anyhow::Result<()> {
         })
         .collect();
     // The modelled speedups (LPT over measured unit times), drawn dashed and labelled a model.
-    let model: Vec<(f64, f64)> = doc["model"]["rows"]
+    let model: Vec<(f64, f64)> = doc["modelled"]["rows"]
         .as_array()
         .map(|rows| {
             rows.iter()
