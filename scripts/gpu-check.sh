@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the CUDA backend, as one run on a GPU machine (the `device` tool):
 #   here:   bash scripts/gpu-kit.sh
-#   device: bash scripts/gpu-check.sh [tests|bench|all]     (carry: .gpu-kit)
+#   device: bash scripts/gpu-check.sh [tests|bench|all|wgpu]     (carry: .gpu-kit)
 # `tests` (~2-3 min) runs the GPU tests (interpreter property tests, fixtures, cpu vs cuda on
 # qwen3-0.6b), then the small ones under compute-sanitizer (racecheck, memcheck); `bench`
 # (~5 min) runs `kiln bench compile` at 1-16 threads (cuda and cpu) and `kiln bench decode`
@@ -10,6 +10,9 @@
 # (the tables for docs/benchmarks.md) that the device tool's output tail shows. Each step has
 # a timeout so that one hang cannot eat the machine's time; the timeouts add up to 21 min, the
 # expected total is 7-8 (`all` should fit one 600 s call; the log in $OUT survives a kill).
+# `wgpu` (~2-3 min; not part of `all`: the second call, on the still-warm machine) unpacks the
+# Vulkan loader the kit carries, finds NVIDIA's Vulkan driver and runs kiln's wgpu backend on
+# the GPU: `kiln run`, the fixture tests (KILN_REQUIRE_WGPU=1) and `kiln bench decode`.
 # KILN_REQUIRE_CUDA=1 (set here unless the caller sets it) makes a GPU test that finds no CUDA
 # device fail instead of skipping. A dry run on a machine without a GPU
 # (`KILN_REQUIRE_CUDA=0 bash scripts/gpu-check.sh`) goes through every step: the GPU tests
@@ -105,6 +108,31 @@ for f in sorted(res.glob("decode-*/decode.json")):
     print(f"\n{d['model']} on {d['backend']} ({d['machine']['bandwidth_from']}, {d['memory_bandwidth_gb_s']:.0f} GB/s), {d['weight_dtype']} weights: "
           f"prefill {d['prompt_len']} tokens {d['prefill_ms']:.1f} ms, decode {d['decode_tokens_per_s']:.1f} tokens/s = "
           f"{d['decode_pct_of_bound']:.1f}% of the {d['bound_tokens_per_s']:.0f} tokens/s bound, {d['launches_per_token']} launches/token, load {d['load_ms'] / 1e3:.1f} s")
+PY
+fi
+if [ "$phase" = wgpu ]; then
+  step "wgpu on Vulkan: the loader from the kit, NVIDIA's Vulkan driver"
+  for f in "$kit"/debs/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+  icd=$(ls /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd*.json /usr/share/vulkan/icd.d/nvidia_icd*.json \
+    /etc/vulkan/icd.d/nvidia_icd*.json 2>/dev/null | head -1)
+  echo "NVIDIA Vulkan driver manifest: ${icd:-none found}" | tee -a "$log"
+  [ -n "$icd" ] && export VK_DRIVER_FILES=$icd
+  export WGPU_BACKEND=vulkan KILN_WGPU_ADAPTER=${KILN_WGPU_ADAPTER-nvidia} KILN_REQUIRE_WGPU=${KILN_REQUIRE_WGPU-1}
+  step "kiln run on wgpu"
+  run 90 "$kit/kiln" run --model qwen3-0.6b --backend wgpu --prompt "Hello, my name is" \
+    --max-new-tokens 16 --json
+  step "wgpu fixture tests (greedy tokens, logits within 1e-3 of transformers)"
+  run 180 "$kit/wgpu-fixtures"
+  step "decode bench, qwen3-0.6b on wgpu"
+  run 120 "$kit/kiln" bench decode --model qwen3-0.6b --backend wgpu --out "$res/decode-wgpu-qwen3-0.6b"
+  python3 - "$res" <<'PY' 2>&1 | tee -a "$log"
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("decode-wgpu-*/decode.json")):
+    d = json.loads(f.read_text())
+    print(f"{d['model']} on {d['backend']} ({d['machine']['bandwidth_from']}, {d['memory_bandwidth_gb_s']:.0f} GB/s): "
+          f"prefill {d['prompt_len']} tokens {d['prefill_ms']:.1f} ms, decode {d['decode_tokens_per_s']:.1f} tokens/s, "
+          f"{d['launches_per_token']} launches/token")
 PY
 fi
 step done
