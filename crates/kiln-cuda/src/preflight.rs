@@ -76,6 +76,22 @@ pub fn check(r: &Resources, threads: u32) -> Result<(), String> {
     }
 }
 
+/// Whether a block of `block` fits the `limit` on threads per block that the driver gives a
+/// loaded function (`CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK`: 1024, or fewer where its
+/// registers or shared memory would not fit a block of 1024): an error saying both.
+pub fn check_block(block: [u32; 3], limit: i32) -> Result<(), String> {
+    let threads: u64 = block.iter().map(|&b| b as u64).product();
+    if threads <= limit.max(0) as u64 {
+        return Ok(());
+    }
+    let [x, y, z] = block;
+    Err(format!(
+        "its block of {threads} threads ({x}x{y}x{z}) exceeds the {limit} threads per block \
+         that the CUDA driver allows this function (CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: \
+         its registers or shared memory do not fit a larger block)"
+    ))
+}
+
 /// The number that `line` writes just before `unit` (`"Used 40 registers"`, unit
 /// `" registers"`), if it writes `unit`.
 fn number_before(line: &str, unit: &str) -> Option<u32> {
@@ -210,5 +226,16 @@ ptxas info    : Compile time = 110.864 ms
             ..r(8)
         };
         assert!(check(&big, 32).unwrap_err().contains("49156 bytes"));
+    }
+
+    #[test]
+    fn a_block_past_the_functions_thread_limit_is_refused_saying_both() {
+        assert!(check_block([16, 16, 1], 1024).is_ok());
+        assert!(check_block([256, 1, 1], 256).is_ok());
+        let e = check_block([16, 16, 1], 128).unwrap_err();
+        assert!(
+            e.contains("block of 256 threads (16x16x1) exceeds the 128 threads"),
+            "{e}"
+        );
     }
 }

@@ -112,9 +112,10 @@ fn every_kernel_fits_a_block_of_its_launch_on_sm_90_and_sm_80() {
         decode > 0,
         "the split matmuls' decode kernels are checked too"
     );
+    let ((major, minor), _) = kiln_cuda::nvrtc::version().unwrap();
     eprintln!(
         "{} distinct kernels ({decode} decode GEMVs) of qwen3-0.6b and qwen3-8b at {} weight \
-         dtypes, rendered in {:.1} s",
+         dtypes, rendered in {:.1} s; NVRTC {major}.{minor}",
         sources.len(),
         WeightDtype::ALL.len(),
         start.elapsed().as_secs_f64()
@@ -140,7 +141,7 @@ fn every_kernel_fits_a_block_of_its_launch_on_sm_90_and_sm_80() {
         rows.sort_by_key(|(r, k, _)| (std::cmp::Reverse(r.registers), k.name.clone()));
         let row = |(r, k, at): &(&Resources, &KernelSource, &BTreeSet<String>)| {
             format!(
-                "  {:<44} {:>4} regs {:>5} threads {:>6} smem {:>5} stack {:>5}/{:<5} spill st/ld  {}",
+                "  {:<44} {:>4} regs {:>5} threads {:>6} smem {:>5} stack {:>5}/{:<5} spill st/ld  {}{}",
                 r.function,
                 r.registers,
                 threads(k),
@@ -148,7 +149,11 @@ fn every_kernel_fits_a_block_of_its_launch_on_sm_90_and_sm_80() {
                 r.stack_bytes,
                 r.spill_store_bytes,
                 r.spill_load_bytes,
-                at.iter().next().map_or("", |s| s.as_str())
+                at.iter().next().map_or("", |s| s.as_str()),
+                match at.len() {
+                    1 => String::new(),
+                    n => format!(" (+{} more)", n - 1),
+                }
             )
         };
         eprintln!("{arch}: the 12 heaviest register users");
