@@ -3,7 +3,9 @@
 //! resource failures that neither NVRTC nor the emulator sees and a real GPU refuses at launch
 //! (`CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`), and the register spills that make a kernel slow.
 //!
-//! `-v` only adds the report to the log: the CUBIN is the backend's ([`crate::compile_unit`]).
+//! The unit is compiled as the backend compiles it ([`crate::compile_unit`]); `-v` adds the
+//! report to the log and changes no section of the CUBIN but the note where NVRTC 13's ptxas
+//! records its options (checked below).
 
 use kiln_program::{BackendError, KernelSource};
 use std::collections::BTreeMap;
@@ -226,6 +228,69 @@ ptxas info    : Compile time = 110.864 ms
             ..r(8)
         };
         assert!(check(&big, 32).unwrap_err().contains("49156 bytes"));
+    }
+
+    /// An ELF64 image's sections by name: (type, bytes; no bytes for NOBITS, only its size).
+    fn sections(elf: &[u8]) -> BTreeMap<String, (u32, Vec<u8>, u64)> {
+        let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+        let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+        let (shoff, shentsize) = (u64_at(0x28) as usize, u16_at(0x3a));
+        let (shnum, shstrndx) = (u16_at(0x3c), u16_at(0x3e));
+        let header = |i: usize| shoff + i * shentsize;
+        let names = u64_at(header(shstrndx) + 0x18) as usize;
+        (0..shnum)
+            .map(|i| {
+                let h = header(i);
+                let start = names + u32_at(h) as usize;
+                let end = start + elf[start..].iter().position(|&b| b == 0).unwrap();
+                let name = String::from_utf8_lossy(&elf[start..end]).into_owned();
+                let (kind, at, size) = (u32_at(h + 4), u64_at(h + 0x18), u64_at(h + 0x20));
+                let bytes = if kind == 8 {
+                    Vec::new()
+                } else {
+                    elf[at as usize..(at + size) as usize].to_vec()
+                };
+                (name, (kind, bytes, size))
+            })
+            .collect()
+    }
+
+    /// What the preflight measures is what the backend loads: with `-v`, the CUBIN differs only
+    /// in the note where NVRTC 13's ptxas records its options (`.note.nv.tkinfo`) and in where
+    /// sections lie.
+    #[test]
+    fn the_report_comes_with_the_backends_cubin() {
+        let k = KernelSource {
+            name: "kiln_preflight_probe".into(),
+            source:
+                "extern \"C\" __global__ void kiln_preflight_probe(float *o, const float *a) {\n\
+                     __shared__ float s[300];\n    s[threadIdx.x] = a[threadIdx.x];\n\
+                     __syncthreads();\n    o[threadIdx.x] = s[(threadIdx.x + 1) % 256];\n}\n"
+                    .into(),
+            launch: kiln_program::LaunchSpec::units(
+                Vec::new(),
+                kiln_ir::Expr::Const(1),
+                kiln_ir::Expr::Const(1),
+            ),
+        };
+        for arch in ["sm_90", "sm_80"] {
+            let (plain, _) = crate::compile_unit(arch, &[&k], &[]).unwrap();
+            let (reported, log) =
+                crate::compile_unit(arch, &[&k], &["--ptxas-options=-v"]).unwrap();
+            let (mut plain, mut reported) = (sections(&plain), sections(&reported));
+            for s in [&mut plain, &mut reported] {
+                s.remove(".note.nv.tkinfo");
+            }
+            assert!(plain.contains_key(".text.kiln_preflight_probe"), "{arch}");
+            assert!(
+                plain == reported,
+                "{arch}: -v changed a section of the CUBIN"
+            );
+            let r = &parse_ptxas_log(&log)["kiln_preflight_probe"];
+            assert_eq!(r.shared_bytes, 1200, "{arch}: {log}");
+            assert!(r.registers > 0 && !r.spills(), "{arch}: {log}");
+        }
     }
 
     #[test]
