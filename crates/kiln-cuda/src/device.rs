@@ -108,6 +108,15 @@ impl Device for CudaDevice {
             "is in none of the decode kernels' modules loaded before its matmul's \
              (Backend::load_runtime)",
         )?;
+        // A block larger than the driver allows the function (its registers and shared
+        // memory) is refused here, naming the kernel, not at its launch with
+        // CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES. The decode kernel has the matmul's block.
+        let block = k.source.launch.local;
+        check_block(&f, &k.source.name, block)?;
+        if let Some((d, _)) = &decode {
+            let name = format!("{}{}", k.source.name, crate::codegen::DECODE_SUFFIX);
+            check_block(d, &name, block)?;
+        }
         Ok(CudaKernel {
             name: k.source.name.clone(),
             dtypes: crate::launch::dtypes(&k.kernel),
@@ -186,6 +195,19 @@ impl Device for CudaDevice {
             .synchronize()
             .map_err(|e| self.err("synchronizing", e))
     }
+}
+
+/// Whether a block of `block` threads fits function `f` (`kernel`):
+/// [`crate::preflight::check_block`] against the driver's limit for it.
+fn check_block(f: &CudaFunction, kernel: &str, block: [u32; 3]) -> Result<(), RunError> {
+    let error = |detail: String| RunError::Kernel {
+        kernel: kernel.to_string(),
+        detail,
+    };
+    let limit = f
+        .max_threads_per_block()
+        .map_err(|e| error(format!("querying its maximum threads per block: {e}")))?;
+    crate::preflight::check_block(block, limit).map_err(error)
 }
 
 /// GPU 0's name and its device-to-device copy bandwidth (bytes read plus bytes written, per

@@ -12,6 +12,7 @@ mod dialect;
 pub mod emulator;
 mod launch;
 pub mod nvrtc;
+pub mod preflight;
 
 pub use device::{copy_bandwidth, cuda_device_present, CudaDevice, CudaKernel};
 
@@ -111,6 +112,20 @@ impl CudaBackend {
     }
 }
 
+/// `kernels` in one NVRTC program with the prelude, compiled for `arch` with [`options`] and
+/// `extra`: the CUBIN and NVRTC's log.
+pub(crate) fn compile_unit(
+    arch: &str,
+    kernels: &[&KernelSource],
+    extra: &[&str],
+) -> Result<(Vec<u8>, String), BackendError> {
+    let unit = kiln_render::translation_unit(prelude(), kernels.iter().map(|k| k.source.as_str()));
+    let (version, _) = nvrtc::version()?;
+    let mut opts = options(version);
+    opts.extend_from_slice(extra);
+    nvrtc::compile_with_log(&unit, arch, &opts)
+}
+
 fn check_arch(arch: &str) -> Result<(), BackendError> {
     let ok = arch
         .strip_prefix("sm_")
@@ -157,10 +172,7 @@ impl Backend for CudaBackend {
     /// stopped from outside without ending the process. (The external compilers — the C
     /// compiler, the emulator's g++ — run as child processes and are killed on both.)
     fn compile(&self, kernels: &[&KernelSource]) -> Result<Vec<u8>, BackendError> {
-        let unit =
-            kiln_render::translation_unit(prelude(), kernels.iter().map(|k| k.source.as_str()));
-        let (version, _) = nvrtc::version()?;
-        nvrtc::compile_cubin(&unit, &self.arch, &options(version))
+        compile_unit(&self.arch, kernels, &[]).map(|(cubin, _)| cubin)
     }
 
     fn load(&self, artifact: &[u8]) -> Result<CudaModule, BackendError> {

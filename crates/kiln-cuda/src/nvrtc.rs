@@ -219,6 +219,16 @@ pub fn version() -> Result<((i32, i32), &'static Path), BackendError> {
 
 /// Compiles CUDA C to a CUBIN for `arch` (e.g. `sm_90`); on failure returns NVRTC's log.
 pub fn compile_cubin(source: &str, arch: &str, options: &[&str]) -> Result<Vec<u8>, BackendError> {
+    compile_with_log(source, arch, options).map(|(cubin, _)| cubin)
+}
+
+/// [`compile_cubin`], also returning the log of a successful compile whole (what ptxas reports
+/// with `--ptxas-options=-v`: [`crate::preflight`]).
+pub fn compile_with_log(
+    source: &str,
+    arch: &str,
+    options: &[&str],
+) -> Result<(Vec<u8>, String), BackendError> {
     loaded().map_err(BackendError::Unavailable)?;
     let src =
         CString::new(source).map_err(|e| BackendError::Invalid(format!("kernel source: {e}")))?;
@@ -230,7 +240,7 @@ pub fn compile_cubin(source: &str, arch: &str, options: &[&str]) -> Result<Vec<u
     // SAFETY: prog is a live program; destroyed below on every path.
     let compiled = unsafe { result::compile_program(prog, &opts) };
     let out = match compiled {
-        Ok(()) => cubin(prog),
+        Ok(()) => cubin(prog).map(|c| (c, raw_log(prog).unwrap_or_default())),
         Err(e) => {
             let log = log(prog).unwrap_or_default();
             Err(BackendError::Rejected(if log.trim().is_empty() {
@@ -245,7 +255,13 @@ pub fn compile_cubin(source: &str, arch: &str, options: &[&str]) -> Result<Vec<u
     out
 }
 
+/// The program's log, escaped and cut like an external compiler's output.
 fn log(prog: sys::nvrtcProgram) -> Option<String> {
+    raw_log(prog).map(|l| kiln_process::diagnostics(l.as_bytes()))
+}
+
+/// The program's log as NVRTC wrote it.
+fn raw_log(prog: sys::nvrtcProgram) -> Option<String> {
     // SAFETY: prog is live.
     let raw = unsafe { result::get_program_log(prog) }.ok()?;
     let bytes: Vec<u8> = raw
@@ -253,8 +269,7 @@ fn log(prog: sys::nvrtcProgram) -> Option<String> {
         .map(|&c| c as u8)
         .take_while(|&b| b != 0)
         .collect();
-    // Escaped and cut like an external compiler's output.
-    Some(kiln_process::diagnostics(&bytes))
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, BackendError> {
