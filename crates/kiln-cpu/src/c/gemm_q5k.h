@@ -74,6 +74,11 @@ KILN_QPACKED_TILE(kiln_packed_tile_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k, kiln_qat_q
 #define kiln_column_q5_k(...) kiln_q4k_column(1, __VA_ARGS__)
 #define kiln_qi_gemv_q5_k(...) kiln_qi_gemv_q4k(1, __VA_ARGS__)
 #define kiln_qi_ukr_q5_k(...) kiln_qi_ukr_q4k(1, __VA_ARGS__)
+#if KILN_VL == 8 /* AVX2: the micro-kernel reads the k block's operands unpacked (gemm_q4k.h) */
+#define kiln_qi_panel_q5_k kiln_q5k_unpack
+#else
+#define kiln_qi_panel_q5_k KILN_QI_PANEL_AS_IS
+#endif
 KILN_QI_TILE(kiln_packed_tile_q5_k, 256, KILN_SBI_Q5_K, KILN_QB32, kiln_quantize_a_q4k, kiln_column_q5_k,
-             kiln_qi_gemv_q5_k, kiln_qi_ukr_q5_k)
+             kiln_qi_gemv_q5_k, kiln_qi_ukr_q5_k, kiln_qi_panel_q5_k)
 #endif
