@@ -41,9 +41,10 @@
  * group, two 64-bit words (columns 0..15, 16..31), bit 4 j + t the fifth bit of byte (j, t) of
  * that vpdpbusd operand, so a masked byte add of 16 (vpaddb under the word as a k mask; on
  * AVX2 the word's bits spread to bytes by vpshufb and a compare) turns the nibble operand into
- * the 5-bit one (the AVX2 micro-kernel: once per k block and panel, kiln_q5k_unpack). Interleaved per group, not a plane at the end of the
- * super-block: the GEMV then streams one sequential run (with the plane apart, two interleaved
- * streams 4.6 KB apart, it ran at 0.43 of a streaming read instead of ~0.9, bench-qgemv). */
+ * the 5-bit one (the AVX2 micro-kernel: once per k block and panel, kiln_q5k_unpack).
+ * Interleaved per group, not a plane at the end of the super-block: the GEMV then streams one
+ * sequential run (with the plane apart, two interleaved streams 4.6 KB apart, it ran at 0.43
+ * of a streaming read instead of ~0.9, bench-qgemv). */
 #if defined(KILN_QINT8_Q4_K) || defined(KILN_QINT8_Q5_K) /* Q5_K takes these kernels too */
 #define KILN_SBI_Q4_K (148 * KILN_NR)
 #define KILN_GBI_Q4_K (KILN_SBI_Q4_K / 8) /* bytes per group, on average (the harness's unit) */
