@@ -41,9 +41,10 @@
  * group, two 64-bit words (columns 0..15, 16..31), bit 4 j + t the fifth bit of byte (j, t) of
  * that vpdpbusd operand, so a masked byte add of 16 (vpaddb under the word as a k mask; on
  * AVX2 the word's bits spread to bytes by vpshufb and a compare) turns the nibble operand into
- * the 5-bit one. Interleaved per group, not a plane at the end of the
- * super-block: the GEMV then streams one sequential run (with the plane apart, two interleaved
- * streams 4.6 KB apart, it ran at 0.43 of a streaming read instead of ~0.9, bench-qgemv). */
+ * the 5-bit one (the AVX2 micro-kernel: once per k block and panel, kiln_q5k_unpack).
+ * Interleaved per group, not a plane at the end of the super-block: the GEMV then streams one
+ * sequential run (with the plane apart, two interleaved streams 4.6 KB apart, it ran at 0.43
+ * of a streaming read instead of ~0.9, bench-qgemv). */
 #if defined(KILN_QINT8_Q4_K) || defined(KILN_QINT8_Q5_K) /* Q5_K takes these kernels too */
 #define KILN_SBI_Q4_K (148 * KILN_NR)
 #define KILN_GBI_Q4_K (KILN_SBI_Q4_K / 8) /* bytes per group, on average (the harness's unit) */
@@ -221,10 +222,36 @@ static inline kiln_vi kiln_q4k_sc16(const uint8_t *p) {
 #define KILN_Q4K_DOT(q5, p, sc16) \
     ((q5) ? kiln_madd16((p)[0], sc16) + kiln_madd16((p)[1], sc16) : kiln_madd16((p)[0], sc16))
 
+/* Q5_K's micro-kernel panels: a k block of the panel with each quad's 5-bit operand
+ * (kiln_qiw_q4k's: nibbles plus the fifth bits, 32 bytes a column half) unpacked once into
+ * the worker's ctx->bbuf (KILN_QI_TILE's PANEL), so its QMR-row strips (up to KILN_MC / QMR of
+ * them) load the operand where each would otherwise merge the fifth bits again (vpshufb,
+ * vpand, vpcmpeqb, vpand, vpor per quad and column half: 1.4x Q4_K's micro-kernel time; the
+ * integers, so the results, are the same). Per super-block (276 NR bytes):
+ *   the panel's d, dmin, m, sc as they are (KILN_Q4K_Q bytes) | operands [half][g][quad][32] */
+#define KILN_SBX_Q5_K (KILN_Q4K_Q + 256 * KILN_NR)
+#define KILN_Q5X_OP(ch, g, qd) (KILN_Q4K_Q + (((ch) * 8 + (g)) * 8 + (qd)) * (int)sizeof(kiln_vi))
+_Static_assert(KILN_KC / 256 * KILN_SBX_Q5_K <= KILN_KC * KILN_NR * (int)sizeof(float), "a k block fits ctx->bbuf");
+static inline const uint8_t *kiln_q5k_unpack(kiln_gemm_ctx *ctx, const uint8_t *restrict w, int64_t nsb) {
+    uint8_t *x = (uint8_t *)ctx->bbuf;
+    for (int64_t b = 0; b < nsb; ++b, w += KILN_SBI_Q5_K) {
+        uint8_t *xb = x + b * KILN_SBX_Q5_K;
+        memcpy(xb, w, KILN_Q4K_Q);
+        for (int g = 0; g < 8; ++g)
+            _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {
+                kiln_vi w0, w1;
+                kiln_qiw_q4k(1, w, g, qd, &w0, &w1);
+                memcpy(xb + KILN_Q5X_OP(0, g, qd), &w0, sizeof w0);
+                memcpy(xb + KILN_Q5X_OP(1, g, qd), &w1, sizeof w1);
+            }
+    }
+    return x;
+}
+
 /* Micro-kernel (as the AVX-512 one below): rows of one activation strip (QMR) x one panel,
- * super-blocks 0..nsb-1, running sums in c. The panel's two 8-column halves are separate
- * passes (AVX2's 16 registers: a pass holds QMR sums T, QMR i16 runs (Q5_K 2 QMR), the
- * weight operand, the broadcast row and the product). */
+ * super-blocks 0..nsb-1, running sums in c; Q5_K's panel as kiln_q5k_unpack leaves it. The
+ * panel's two 8-column halves are separate passes (AVX2's 16 registers: a pass holds QMR sums
+ * T, QMR i16 runs (Q5_K 2 QMR), the weight operand, the broadcast row and the product). */
 static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(const int q5, int64_t nsb, const uint8_t *restrict qa0,
         const uint8_t *restrict w0, float *restrict c0, int64_t ldc, int load_c) {
     _Pragma("GCC unroll 2") for (int ch = 0; ch < 2; ++ch) {
@@ -232,7 +259,7 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(const int q5, 
         if (!load_c)
             _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i) kiln_stv(c + i * ldc, (kiln_vf){0});
         const uint8_t *qa = qa0, *w = w0;
-        for (int64_t b = 0; b < nsb; ++b, qa += 8 * KILN_QA_BLOCK, w += KILN_SBI_K(q5)) {
+        for (int64_t b = 0; b < nsb; ++b, qa += 8 * KILN_QA_BLOCK, w += q5 ? KILN_SBX_Q5_K : KILN_SBI_Q4_K) {
             const float *u = (const float *)(const void *)(qa + 4 * KILN_QA_BLOCK + 36 * KILN_QMR);
             {
                 kiln_vf d0, d1, n0, n1;
@@ -253,7 +280,8 @@ static inline __attribute__((always_inline)) void kiln_qi_ukr_q4k(const int q5, 
                 kiln_vi p[KILN_QMR][2];
                 _Pragma("GCC unroll 8") for (int qd = 0; qd < 8; ++qd) {
                     kiln_vi wa, wb;
-                    kiln_qiw_q4k(q5, w, g, qd, &wa, &wb);
+                    if (q5) wa = wb = kiln_ldvi(w + KILN_Q5X_OP(ch, g, qd));
+                    else kiln_qiw_q4k(0, w, g, qd, &wa, &wb);
                     kiln_vi wv = ch ? wb : wa;
                     KILN_IN_REG(wv);
                     _Pragma("GCC unroll 8") for (int i = 0; i < KILN_QMR; ++i)
@@ -472,6 +500,6 @@ static inline float kiln_q4k_column(const int q5, const uint8_t *sb, int64_t c, 
 #define kiln_qi_ukr_q4_k(...) kiln_qi_ukr_q4k(0, __VA_ARGS__)
 #if defined(KILN_QINT8_Q4_K)
 KILN_QI_TILE(kiln_packed_tile_q4_k, 256, KILN_SBI_Q4_K, KILN_QB32, kiln_quantize_a_q4k, kiln_column_q4_k,
-             kiln_qi_gemv_q4_k, kiln_qi_ukr_q4_k)
+             kiln_qi_gemv_q4_k, kiln_qi_ukr_q4_k, KILN_QI_PANEL_AS_IS)
 #endif
 #endif

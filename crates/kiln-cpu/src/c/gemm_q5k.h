@@ -69,11 +69,17 @@ KILN_QPACKED_TILE(kiln_packed_tile_q5_k, KILN_GB_Q5_K, kiln_deq_q5_k, kiln_qat_q
  * f32, the min sums as one integer per super-block, the same order on every path (a decode row equals the
  * same row of a prefill). Panels: Q4_K's super-block with each group's fifth bits after its
  * nibbles (4 NR bytes a group; 180 NR, 22.5 bytes per 32 values); gemm_q4k.h describes both.
- * The product tile is gemm_quant.h's KILN_QI_TILE over Q4_K's kernels with q5 bound. */
+ * The product tile is gemm_quant.h's KILN_QI_TILE over Q4_K's kernels with q5 bound (and on
+ * AVX2 kiln_q5k_unpack as its PANEL: the micro-kernel's operands unpacked once per k block). */
 #if defined(KILN_QINT8_Q5_K)
 #define kiln_column_q5_k(...) kiln_q4k_column(1, __VA_ARGS__)
 #define kiln_qi_gemv_q5_k(...) kiln_qi_gemv_q4k(1, __VA_ARGS__)
 #define kiln_qi_ukr_q5_k(...) kiln_qi_ukr_q4k(1, __VA_ARGS__)
+#if KILN_VL == 8 /* AVX2: the micro-kernel reads the k block's operands unpacked (gemm_q4k.h) */
+#define kiln_qi_panel_q5_k kiln_q5k_unpack
+#else
+#define kiln_qi_panel_q5_k KILN_QI_PANEL_AS_IS
+#endif
 KILN_QI_TILE(kiln_packed_tile_q5_k, 256, KILN_SBI_Q5_K, KILN_QB32, kiln_quantize_a_q4k, kiln_column_q5_k,
-             kiln_qi_gemv_q5_k, kiln_qi_ukr_q5_k)
+             kiln_qi_gemv_q5_k, kiln_qi_ukr_q5_k, kiln_qi_panel_q5_k)
 #endif

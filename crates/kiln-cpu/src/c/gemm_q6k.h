@@ -314,5 +314,5 @@ static inline float kiln_column_q6_k(const uint8_t *sb, int64_t c, const uint8_t
 /* The product tile (gemm_quant.h's KILN_QI_TILE), the activations as kind 3's blocks. */
 #define kiln_quantize_a_q6_k(a, lda, tm, K, sr, qa) kiln_quantize_a_rows(a, lda, tm, K, 3, sr, qa)
 KILN_QI_TILE(kiln_packed_tile_q6_k, 256, KILN_SBI_Q6_K, KILN_QB32, kiln_quantize_a_q6_k, kiln_column_q6_k,
-             kiln_qi_gemv_q6_k, kiln_qi_ukr_q6_k)
+             kiln_qi_gemv_q6_k, kiln_qi_ukr_q6_k, KILN_QI_PANEL_AS_IS)
 #endif

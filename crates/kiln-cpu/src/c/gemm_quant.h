@@ -736,8 +736,13 @@ static inline int32_t kiln_qiw_at_q4_0(const uint8_t *g, int64_t c, int64_t kk) 
  *                                       in the kernels' order
  *   GEMV(R, qa, w, G, t, ldt)           R <= 4 rows of one strip of R rows x one panel
  *   UKR(nb, qa, w, c, ldc, load_c)      rows of one strip of QMR x one panel, nb weight blocks
+ *   PANEL(ctx, w, nb)                   the panel's nb weight blocks from w as UKR reads them,
+ *                                       once per k block and panel for all its strips: w itself
+ *                                       (KILN_QI_PANEL_AS_IS), or a copy the type unpacks into
+ *                                       the worker's ctx->bbuf (AVX2 Q5_K, gemm_q4k.h)
  * (Q4_K and Q5_K: gemm_q4k.h, gemm_q5k.h; Q6_K: gemm_q6k.h.) */
-#define KILN_QI_TILE(NAME, BV, WB, QBYTES, QUANTIZE, COLUMN, GEMV, UKR)                            \
+#define KILN_QI_PANEL_AS_IS(ctx, w, nb) (w)
+#define KILN_QI_TILE(NAME, BV, WB, QBYTES, QUANTIZE, COLUMN, GEMV, UKR, PANEL)                     \
 static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,                         \
                  const uint8_t *restrict wp, int64_t K, int64_t m0, int64_t tm, int64_t c0,        \
                  int64_t tn, float *restrict t, int64_t ldt) {                                     \
@@ -778,7 +783,7 @@ static void NAME(kiln_gemm_ctx *ctx, const float *restrict a, int64_t lda,      
     for (int64_t b0 = 0; b0 < NB; b0 += BC) {                                                      \
         const int64_t nb = kiln_min(BC, NB - b0);                                                  \
         for (int64_t s = 0; s < np; ++s) {                                                         \
-            const uint8_t *panel = wp + (p0 + s) * PB + b0 * (WB);                                 \
+            const uint8_t *panel = PANEL(ctx, wp + (p0 + s) * PB + b0 * (WB), nb);                 \
             for (int64_t i0 = 0; i0 < tm; i0 += KILN_QMR)                                          \
                 UKR(nb, qa + (i0 / KILN_QMR) * SB + b0 * AB * KILN_QMR, panel,                     \
                     t + i0 * ldt + s * KILN_NR, ldt, b0 > 0);                                      \
@@ -810,13 +815,13 @@ static inline float kiln_qi_column16(const int kind, const uint8_t *g, int64_t c
 #define kiln_quantize_a_q4_0(a, lda, tm, K, sr, qa) kiln_quantize_a_rows(a, lda, tm, K, 1, sr, qa)
 #if defined(KILN_QINT8_Q8_0)
 KILN_QI_TILE(kiln_packed_tile_q8_0, 32, KILN_GBI_Q8_0, KILN_QB16, kiln_quantize_a_q8_0, kiln_column_q8_0,
-             kiln_qi_gemv_q8_0, kiln_qi_ukr_q8_0)
+             kiln_qi_gemv_q8_0, kiln_qi_ukr_q8_0, KILN_QI_PANEL_AS_IS)
 #endif
 #if defined(KILN_QINT8_Q4_0) && KILN_VL == 8
 KILN_QI_TILE(kiln_packed_tile_q4_0, 32, KILN_GBI_Q4_0, KILN_QB16, kiln_quantize_a_q4_0, kiln_column_q4_0,
-             kiln_qi_gemv16_q4_0, kiln_qi_ukr16_q4_0)
+             kiln_qi_gemv16_q4_0, kiln_qi_ukr16_q4_0, KILN_QI_PANEL_AS_IS)
 #elif defined(KILN_QINT8_Q4_0)
 KILN_QI_TILE(kiln_packed_tile_q4_0, 32, KILN_GBI_Q4_0, KILN_QB16, kiln_quantize_a_q4_0, kiln_column_q4_0,
-             kiln_qi_gemv_q4_0, kiln_qi_ukr_q4_0)
+             kiln_qi_gemv_q4_0, kiln_qi_ukr_q4_0, KILN_QI_PANEL_AS_IS)
 #endif
 #endif
