@@ -40,7 +40,8 @@ step() { echo "== $* ($(date +%T))" | tee -a "$log"; }
 run() {
   local limit=$1
   shift
-  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  # -k: a step that ignores the TERM (or hangs on its way out) is killed 15 s later.
+  timeout -k 15 "$limit" "$@" 2>&1 | tee -a "$log"
   echo "-> exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
 
