@@ -12,9 +12,8 @@ use kiln_cuda::preflight::{self, Resources};
 use kiln_cuda::{codegen, CudaBackend};
 use kiln_models::{build_graph, presets::preset, GraphOptions, WeightDtype};
 use kiln_program::{BackendError, KernelSource};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// The real backend's kernels and runtime parts, compiled by nothing: the artifact only names
 /// its kernels (what the pipeline verifies), so the pipeline hands out every distinct kernel's
@@ -74,22 +73,11 @@ fn resources(arch: &str, kernels: &[&KernelSource]) -> BTreeMap<String, Resource
         kernels.iter().partition(|k| is_decode(k));
     let programs: Vec<&[&KernelSource]> =
         decode.chunks(1).chain(rest.chunks(PER_PROGRAM)).collect();
-    let next = AtomicUsize::new(0);
-    let found = Mutex::new(BTreeMap::new());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    std::thread::scope(|s| {
-        for _ in 0..cores.min(programs.len()) {
-            s.spawn(|| {
-                while let Some(p) = programs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let rs =
-                        preflight::resources(arch, p).unwrap_or_else(|e| panic!("{arch}: {e}"));
-                    let mut found = found.lock().unwrap();
-                    found.extend(rs.into_iter().map(|r| (r.function.clone(), r)));
-                }
-            });
-        }
-    });
-    found.into_inner().unwrap()
+    programs
+        .par_iter()
+        .flat_map_iter(|p| preflight::resources(arch, p).unwrap_or_else(|e| panic!("{arch}: {e}")))
+        .map(|r| (r.function.clone(), r))
+        .collect()
 }
 
 /// A split matmul's decode kernel ([`codegen::decode_variant`]).
